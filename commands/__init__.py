@@ -1,0 +1,1 @@
+"""Decisions: control-plane aggregates and data-plane admission. No Kafka, HTTP or SQL."""

@@ -1,0 +1,284 @@
+"""Control-plane aggregates (tenants, API keys, meters) in the eventsourcing event store.
+
+Each decision is a method on an aggregate guarded by a `check_*`; the event
+store's optimistic concurrency turns a lost race into a Conflict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.domain import Aggregate, event
+from eventsourcing.persistence import IntegrityError
+
+from commands.errors import Conflict, NotFound, Rejected
+from schemas.meters import MeterDefinition
+
+OMNI_NAMESPACE = uuid5(NAMESPACE_URL, "https://omni.dev/ids")
+KEY_PREFIX = "omni"
+PLATFORM = "_platform"
+AUDIT_TYPE = "omni.audit.recorded"
+
+
+def key_aggregate_id(key_id: str) -> UUID:
+    return uuid5(OMNI_NAMESPACE, f"api-key:{key_id}")
+
+
+def meter_aggregate_id(slug: str) -> UUID:
+    return uuid5(OMNI_NAMESPACE, f"meter:{slug}")
+
+
+def hash_secret(secret: str) -> str:
+    # The secret has 256 bits of entropy, so a fast hash is as good as a slow one here.
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class Tenant(Aggregate):
+    @event("Created")
+    def __init__(self, name: str, plan: str) -> None:
+        self.name = name
+        self.plan = plan
+
+
+class ApiKey(Aggregate):
+    @staticmethod
+    def create_id(key_id: str, tenant_id: str, secret_hash: str, label: str | None) -> UUID:
+        return key_aggregate_id(key_id)
+
+    @event("Issued")
+    def __init__(self, key_id: str, tenant_id: str, secret_hash: str, label: str | None) -> None:
+        self.key_id = key_id
+        self.tenant_id = tenant_id
+        self.secret_hash = secret_hash
+        self.label = label
+        self.revoked = False
+
+    @event("Revoked")
+    def revoke(self, key_id: str, tenant_id: str) -> None:
+        """The event names the key and tenant so readers of the log need nothing else."""
+        self.revoked = True
+
+
+class Meter(Aggregate):
+    @staticmethod
+    def create_id(slug: str, definition: dict[str, Any]) -> UUID:
+        return meter_aggregate_id(slug)
+
+    @event("Defined")
+    def __init__(self, slug: str, definition: dict[str, Any]) -> None:
+        self.slug = slug
+        self.definition = definition
+
+
+class AuditEntry(Aggregate):
+    """One command, accepted or rejected: stored with the command's own events, in one save."""
+
+    @event("Recorded")
+    def __init__(
+        self,
+        tenant_id: str,
+        action: str,
+        resource: str,
+        outcome: str,
+        reason: str | None,
+        actor_key_id: str | None,
+        actor_ip: str | None,
+        user_agent: str | None,
+        trace_id: str | None,
+    ) -> None:
+        self.tenant_id = tenant_id
+        self.action = action
+        self.outcome = outcome
+
+
+@dataclass(frozen=True, slots=True)
+class CommandContext:
+    """Who issued a command and from where; every audit entry carries it."""
+
+    tenant_id: str | None = None
+    key_id: str | None = None
+    ip: str | None = None
+    user_agent: str | None = None
+    trace_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedKey:
+    key_id: str
+    tenant_id: str
+    token: str  # shown once, stored only as a hash
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: a tenant's key, or the platform admin."""
+
+    tenant_id: str | None
+    key_id: str | None
+    is_admin: bool = False
+
+
+def parse_token(token: str) -> tuple[str, str] | None:
+    parts = token.split("_", 2)
+    if len(parts) != 3 or parts[0] != KEY_PREFIX or not parts[1] or not parts[2]:
+        return None
+    return parts[1], parts[2]
+
+
+class ControlPlane(Application[UUID]):
+    """Tenants, keys and meters: the decisions that need invariants.
+
+    Every command saves an AuditEntry: with its events when accepted (one
+    atomic save), alone when rejected.
+    """
+
+    name = "omni_control"
+
+    def create_tenant(self, ctx: CommandContext, name: str, plan: str) -> tuple[Tenant, IssuedKey]:
+        tenant = Tenant(name=name, plan=plan)
+        key, issued = self._new_key(str(tenant.id), label="default")
+        self.save(tenant, key, self._audit(ctx, "tenant.create", f"tenants/{tenant.id}", str(tenant.id)))
+        return tenant, issued
+
+    def get_tenant(self, tenant_id: str) -> Tenant:
+        try:
+            tenant = self.repository.get(UUID(tenant_id))
+        except (AggregateNotFoundError, ValueError) as missing:
+            raise NotFound(f"tenant {tenant_id} not found") from missing
+        if not isinstance(tenant, Tenant):
+            raise NotFound(f"tenant {tenant_id} not found")
+        return tenant
+
+    def issue_key(self, ctx: CommandContext, tenant_id: str, label: str | None = None) -> IssuedKey:
+        resource = f"tenants/{tenant_id}/keys"
+        with self._rejections_audited(ctx, "api_key.issue", resource):
+            if ctx.tenant_id is not None and ctx.tenant_id != tenant_id:
+                raise NotFound(f"tenant {tenant_id} not found")
+            self.get_tenant(tenant_id)
+        key, issued = self._new_key(tenant_id, label)
+        self.save(key, self._audit(ctx, "api_key.issue", f"keys/{issued.key_id}", tenant_id))
+        return issued
+
+    def revoke_key(self, ctx: CommandContext, key_id: str) -> None:
+        """Revoke a key. A tenant may only revoke its own; revoking twice changes nothing."""
+        resource = f"keys/{key_id}"
+        with self._rejections_audited(ctx, "api_key.revoke", resource):
+            key = self._get_key(key_id)
+            if key is None or (ctx.tenant_id is not None and key.tenant_id != ctx.tenant_id):
+                raise NotFound(f"key {key_id} not found")
+            if not key.revoked:
+                key.revoke(key_id=key.key_id, tenant_id=key.tenant_id)
+            try:
+                self.save(key, self._audit(ctx, "api_key.revoke", resource, key.tenant_id))
+            except IntegrityError as race:
+                raise Conflict(f"key {key_id} changed concurrently; retry") from race
+
+    def define_meter(self, ctx: CommandContext, definition: MeterDefinition) -> Meter:
+        resource = f"meters/{definition.slug}"
+        with self._rejections_audited(ctx, "meter.define", resource):
+            meter = Meter(slug=definition.slug, definition=definition.model_dump(mode="json"))
+            try:
+                self.save(meter, self._audit(ctx, "meter.define", resource, PLATFORM))
+            except IntegrityError as taken:
+                raise Conflict(f"meter {definition.slug!r} is already defined") from taken
+        return meter
+
+    def record_rejection(self, ctx: CommandContext, action: str, resource: str, reason: str) -> None:
+        """For commands refused before reaching an aggregate (bad input, no permission)."""
+        self.save(self._audit(ctx, action, resource, ctx.tenant_id or PLATFORM, outcome="rejected", reason=reason))
+
+    def authenticate(self, token: str) -> Principal | None:
+        parsed = parse_token(token)
+        if parsed is None:
+            return None
+        key_id, secret = parsed
+        key = self._get_key(key_id)
+        if key is None or key.revoked:
+            return None
+        if not hmac.compare_digest(key.secret_hash, hash_secret(secret)):
+            return None
+        return Principal(tenant_id=key.tenant_id, key_id=key.key_id)
+
+    @contextmanager
+    def _rejections_audited(self, ctx: CommandContext, action: str, resource: str) -> Iterator[None]:
+        try:
+            yield
+        except Rejected as refused:
+            self.record_rejection(ctx, action, resource, str(refused))
+            raise
+
+    @staticmethod
+    def _audit(
+        ctx: CommandContext,
+        action: str,
+        resource: str,
+        tenant_id: str,
+        *,
+        outcome: str = "accepted",
+        reason: str | None = None,
+    ) -> AuditEntry:
+        return AuditEntry(
+            tenant_id=ctx.tenant_id or tenant_id,
+            action=action,
+            resource=resource,
+            outcome=outcome,
+            reason=reason,
+            actor_key_id=ctx.key_id,
+            actor_ip=ctx.ip,
+            user_agent=ctx.user_agent,
+            trace_id=ctx.trace_id,
+        )
+
+    def _get_key(self, key_id: str) -> ApiKey | None:
+        try:
+            key = self.repository.get(key_aggregate_id(key_id))
+        except AggregateNotFoundError:
+            return None
+        return key if isinstance(key, ApiKey) else None
+
+    @staticmethod
+    def _new_key(tenant_id: str, label: str | None) -> tuple[ApiKey, IssuedKey]:
+        key_id = secrets.token_hex(8)
+        secret = secrets.token_urlsafe(32)
+        key = ApiKey(key_id=key_id, tenant_id=tenant_id, secret_hash=hash_secret(secret), label=label)
+        return key, IssuedKey(key_id=key_id, tenant_id=tenant_id, token=f"{KEY_PREFIX}_{key_id}_{secret}")
+
+
+# What the outbox relay publishes for each stored event: log type, tenant, payload.
+def describe(domain_event: Any) -> tuple[str, str, dict[str, Any]]:
+    kind = type(domain_event).__qualname__  # e.g. "Tenant.Created"
+    match kind:
+        case "Tenant.Created":
+            tenant = str(domain_event.originator_id)
+            return "omni.tenant.created", tenant, {"tenant_id": tenant, "name": domain_event.name, "plan": domain_event.plan}
+        case "ApiKey.Issued":
+            return "omni.api_key.issued", domain_event.tenant_id, {
+                "key_id": domain_event.key_id,
+                "tenant_id": domain_event.tenant_id,
+                "label": domain_event.label,
+            }
+        case "ApiKey.Revoked":
+            return "omni.api_key.revoked", domain_event.tenant_id, {
+                "key_id": domain_event.key_id,
+                "tenant_id": domain_event.tenant_id,
+            }
+        case "AuditEntry.Recorded":
+            return AUDIT_TYPE, domain_event.tenant_id, {
+                "action": domain_event.action,
+                "resource": domain_event.resource,
+                "outcome": domain_event.outcome,
+                "reason": domain_event.reason,
+                "actor": {"key_id": domain_event.actor_key_id, "ip": domain_event.actor_ip, "user_agent": domain_event.user_agent},
+                "trace_id": domain_event.trace_id,
+            }
+        case "Meter.Defined":
+            return "omni.meter.defined", PLATFORM, {"slug": domain_event.slug, "definition": domain_event.definition}
+    return f"omni.unknown.{kind.lower()}", PLATFORM, {}

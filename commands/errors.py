@@ -1,0 +1,21 @@
+"""Named rejections. The API maps each to one problem+json status."""
+
+
+class Rejected(Exception):
+    """A command the domain refuses."""
+
+
+class NotFound(Rejected):
+    """The resource does not exist, or belongs to another tenant (same answer, by design)."""
+
+
+class Conflict(Rejected):
+    """The command contradicts the current state."""
+
+
+class Invalid(Rejected):
+    """The command is well-formed but breaks a rule; `errors` says which and where."""
+
+    def __init__(self, message: str, errors: list[dict[str, object]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or []

@@ -1,0 +1,100 @@
+"""Admission of usage events: validation, the acceptance window, the envelope.
+
+Pure: the caller passes the clock reading and fresh ids in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+
+from commands.errors import Invalid
+from schemas.cloudevents import CloudEvent, extension_errors
+from schemas.envelope import Actor, Envelope
+
+FUTURE_TOLERANCE = timedelta(minutes=5)
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionPolicy:
+    """Events older than `window` or further ahead than `future` are refused.
+
+    De-duplication keeps each (source, id) until event time + window, so an
+    event accepted once can never be accepted again while it is admissible.
+    """
+
+    window: timedelta = timedelta(days=7)
+    future: timedelta = FUTURE_TOLERANCE
+
+
+def _reason(error: dict[str, Any]) -> str:
+    where = ".".join(str(part) for part in error.get("loc", ())) or "event"
+    return f"{where}: {error.get('msg', 'invalid')}"
+
+
+def admit(
+    items: Sequence[Any],
+    *,
+    tenant_id: str,
+    actor: Actor,
+    received: datetime,
+    policy: AdmissionPolicy,
+    new_id: Callable[[], str],
+    traceparent: str | None = None,
+) -> list[Envelope]:
+    """Turn raw CloudEvents into envelopes, or reject the whole batch naming each bad event."""
+    errors: list[dict[str, Any]] = []
+    envelopes: list[Envelope] = []
+    oldest, newest = received - policy.window, received + policy.future
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            errors.append({"index": index, "reason": "an event must be a JSON object"})
+            continue
+        try:
+            event = CloudEvent.model_validate(item)
+        except ValidationError as invalid:
+            errors.append({"index": index, "id": _safe_id(item), "reasons": [_reason(e) for e in invalid.errors()]})
+            continue
+        problems = extension_errors(event)
+        moment = event.time or received
+        if moment < oldest:
+            problems.append(f"time {moment.isoformat()} is older than the acceptance window ({policy.window})")
+        elif moment > newest:
+            problems.append(f"time {moment.isoformat()} is more than {policy.future} in the future")
+        if problems:
+            errors.append({"index": index, "id": event.id, "reasons": problems})
+            continue
+        extensions = event.extensions()
+        envelopes.append(
+            Envelope(
+                id=new_id(),
+                type=event.type,
+                tenant_id=tenant_id,
+                source=event.source,
+                source_id=event.id,
+                subject=event.subject,
+                event_time=moment,
+                recorded_time=received,
+                data=event.data,
+                actor=actor,
+                traceparent=extensions.pop("traceparent", None) or traceparent,
+                extensions=extensions,
+            )
+        )
+    if errors:
+        raise Invalid(f"{len(errors)} of {len(items)} events are invalid; none were accepted", errors)
+    return envelopes
+
+
+def _safe_id(item: dict[str, Any]) -> str | None:
+    value = item.get("id")
+    return value if isinstance(value, str) else None
+
+
+def expires_at(envelope: Envelope, policy: AdmissionPolicy) -> datetime:
+    """Until when the de-duplication entry for this event must be kept."""
+    return envelope.event_time + policy.window + policy.future

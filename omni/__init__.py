@@ -1,0 +1,1 @@
+"""Omni: composition root, settings and command line."""

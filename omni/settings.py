@@ -1,0 +1,48 @@
+"""Configuration from the environment (pydantic-settings). Every field is documented in README.md."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Mode(StrEnum):
+    EMBEDDED = "embedded"
+    KAFKA = "kafka"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OMNI_", extra="ignore", populate_by_name=True)
+
+    mode: Mode = Mode.EMBEDDED
+    data_dir: Path = Path(".omni-data")
+    admin_key: str | None = None
+    topic_prefix: str = "omni"
+    usage_partitions: int = Field(default=4, ge=1, le=256)
+    acceptance_window_seconds: int = Field(default=7 * 86400, ge=60)
+    future_tolerance_seconds: int = Field(default=300, ge=0)
+    max_batch_events: int = Field(default=1000, ge=1)
+    max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
+    runner_batch_size: int = Field(default=5000, ge=1)
+    produce_timeout_seconds: float = Field(default=10.0, gt=0)
+    meter_api_calls: bool = True
+    log_level: str = "INFO"
+    # Kafka mode: the usual names, no prefix, as every Kafka/PostgreSQL/Redis tool reads them.
+    kafka_bootstrap_servers: str = Field(default="localhost:19092", validation_alias="KAFKA_BOOTSTRAP_SERVERS")
+    database_url: str = Field(
+        default="postgresql://omni:omni@127.0.0.1:15432/omni", validation_alias="DATABASE_URL"
+    )
+    database_schema: str = "public"
+    redis_url: str = Field(default="redis://127.0.0.1:16379/0", validation_alias="REDIS_URL")
+
+    @property
+    def acceptance_window(self) -> timedelta:
+        return timedelta(seconds=self.acceptance_window_seconds)
+
+    @property
+    def future_tolerance(self) -> timedelta:
+        return timedelta(seconds=self.future_tolerance_seconds)

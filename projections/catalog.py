@@ -1,0 +1,56 @@
+"""The catalog view: tenants, keys and meter definitions, folded from control-plane events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from schemas.envelope import Envelope, format_time
+from schemas.meters import MeterDefinition
+
+
+@dataclass(frozen=True, slots=True)
+class TenantAdded:
+    tenant_id: str
+    name: str
+    plan: str
+    created_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeyAdded:
+    key_id: str
+    tenant_id: str
+    label: str | None
+    issued_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRevoked:
+    key_id: str
+    revoked_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class MeterAdded:
+    definition: MeterDefinition
+    event_id: str
+
+
+Change = TenantAdded | KeyAdded | KeyRevoked | MeterAdded
+
+
+def changes(event: Envelope) -> list[Change]:
+    """What one control-plane event changes in the catalog. Unknown types change nothing."""
+    data: dict[str, Any] = event.data or {}
+    at = format_time(event.event_time)
+    match event.type:
+        case "omni.tenant.created":
+            return [TenantAdded(data["tenant_id"], data["name"], data["plan"], at)]
+        case "omni.api_key.issued":
+            return [KeyAdded(data["key_id"], data["tenant_id"], data.get("label"), at)]
+        case "omni.api_key.revoked":
+            return [KeyRevoked(data["key_id"], at)]
+        case "omni.meter.defined":
+            return [MeterAdded(MeterDefinition.model_validate(data["definition"]), event.id)]
+    return []

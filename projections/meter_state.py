@@ -1,0 +1,116 @@
+"""The state kept per meter bucket, and how two states combine.
+
+One state shape serves every aggregation: combining is associative and
+commutative (LATEST breaks ties by log position), so a batch can be folded
+into deltas first and the deltas combined with stored rows afterwards, and
+minute buckets can be rolled up into any larger window at query time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from schemas.meters import Aggregation
+
+
+@dataclass(frozen=True, slots=True)
+class BucketState:
+    count: int = 0
+    total: Decimal = Decimal(0)
+    minimum: Decimal | None = None
+    maximum: Decimal | None = None
+    latest_at: tuple[int, int] | None = None  # (event time in µs, log offset)
+    latest: Decimal | None = None
+    uniques: frozenset[str] = frozenset()
+
+
+EMPTY = BucketState()
+
+
+def observe(state: BucketState, aggregation: Aggregation, value: Any, at: tuple[int, int]) -> BucketState:
+    """Add one observation. `value` is already validated for the aggregation."""
+    if aggregation is Aggregation.COUNT:
+        return BucketState(count=state.count + 1)
+    if aggregation is Aggregation.UNIQUE_COUNT:
+        return BucketState(count=state.count + 1, uniques=state.uniques | {value})
+    return combine(state, BucketState(count=1, total=value, minimum=value, maximum=value, latest_at=at, latest=value))
+
+
+def combine(a: BucketState, b: BucketState) -> BucketState:
+    if a is EMPTY:
+        return b
+    if b is EMPTY:
+        return a
+    if a.latest_at is None or (b.latest_at is not None and b.latest_at > a.latest_at):
+        latest_at, latest = b.latest_at, b.latest
+    else:
+        latest_at, latest = a.latest_at, a.latest
+    return BucketState(
+        count=a.count + b.count,
+        total=a.total + b.total,
+        minimum=_pick(min, a.minimum, b.minimum),
+        maximum=_pick(max, a.maximum, b.maximum),
+        latest_at=latest_at,
+        latest=latest,
+        uniques=a.uniques | b.uniques if b.uniques else a.uniques,
+    )
+
+
+def _pick(choose: Any, a: Decimal | None, b: Decimal | None) -> Decimal | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return choose(a, b)
+
+
+def value_of(state: BucketState, aggregation: Aggregation) -> Decimal | int | None:
+    """The number a query shows for this state."""
+    match aggregation:
+        case Aggregation.COUNT:
+            return state.count
+        case Aggregation.SUM:
+            return state.total
+        case Aggregation.MIN:
+            return state.minimum
+        case Aggregation.MAX:
+            return state.maximum
+        case Aggregation.AVG:
+            return state.total / state.count if state.count else None
+        case Aggregation.LATEST:
+            return state.latest
+        case Aggregation.UNIQUE_COUNT:
+            return len(state.uniques)
+
+
+def dump(state: BucketState) -> str:
+    body: dict[str, Any] = {"n": state.count}
+    if state.total:
+        body["t"] = str(state.total)
+    if state.minimum is not None:
+        body["lo"] = str(state.minimum)
+        body["hi"] = str(state.maximum)
+    if state.latest_at is not None:
+        body["la"] = list(state.latest_at)
+        body["l"] = str(state.latest)
+    if state.uniques:
+        body["u"] = sorted(state.uniques)
+    return orjson.dumps(body).decode()
+
+
+def load(text: str | bytes) -> BucketState:
+    body = orjson.loads(text)
+    latest_at = body.get("la")
+    return BucketState(
+        count=body["n"],
+        total=Decimal(body.get("t", "0")),
+        minimum=Decimal(body["lo"]) if "lo" in body else None,
+        maximum=Decimal(body["hi"]) if "hi" in body else None,
+        latest_at=(latest_at[0], latest_at[1]) if latest_at else None,
+        latest=Decimal(body["l"]) if "l" in body else None,
+        uniques=frozenset(body.get("u", ())),
+    )

@@ -1,0 +1,73 @@
+"""Meter definitions: what to count, how to aggregate it, how to group it."""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+_PATH = re.compile(r"^\$(\.[A-Za-z_][A-Za-z0-9_\-]*)+$")
+_GROUP_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+RESERVED_GROUP_KEYS = frozenset({"subject"})
+
+
+class Aggregation(StrEnum):
+    SUM = "SUM"
+    COUNT = "COUNT"
+    MAX = "MAX"
+    MIN = "MIN"
+    AVG = "AVG"
+    UNIQUE_COUNT = "UNIQUE_COUNT"
+    LATEST = "LATEST"
+
+
+class WindowSize(StrEnum):
+    MINUTE = "MINUTE"
+    HOUR = "HOUR"
+    DAY = "DAY"
+    MONTH = "MONTH"
+
+
+def _check_path(path: str) -> str:
+    if not _PATH.match(path):
+        raise ValueError("must be a dotted JSON path such as $.data.tokens")
+    return path
+
+
+JsonPath = Annotated[str, AfterValidator(_check_path)]
+
+
+def path_parts(path: str) -> tuple[str, ...]:
+    """`$.data.usage.tokens` -> ("data", "usage", "tokens")."""
+    return tuple(path.split(".")[1:])
+
+
+class MeterDefinition(BaseModel):
+    """A meter, as defined by the platform admin. Applies to every tenant."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    slug: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]{0,62}$", description="Unique name, used in URLs")
+    event_type: str = Field(min_length=1, max_length=256, description="CloudEvent `type` this meter counts")
+    aggregation: Aggregation
+    value_property: JsonPath | None = Field(default=None, description="Where the value is, e.g. $.data.tokens")
+    group_by: dict[str, JsonPath] = Field(default_factory=dict, description="Dimensions, e.g. {\"model\": \"$.data.model\"}")
+    description: str | None = Field(default=None, max_length=1024)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MeterDefinition:
+        if self.aggregation is Aggregation.COUNT:
+            if self.value_property is not None:
+                raise ValueError("COUNT meters take no value_property")
+        elif self.value_property is None:
+            raise ValueError(f"{self.aggregation} meters need a value_property")
+        for key in self.group_by:
+            if not _GROUP_KEY.match(key):
+                raise ValueError(f"group_by key {key!r} must be an identifier")
+            if key in RESERVED_GROUP_KEYS:
+                raise ValueError(f"group_by key {key!r} is reserved")
+        if len(self.group_by) > 16:
+            raise ValueError("at most 16 group_by dimensions")
+        return self

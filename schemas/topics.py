@@ -1,0 +1,45 @@
+"""Topic names and how events are keyed onto partitions."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """The log's topics. The prefix lets tests and tenants of a shared broker keep apart."""
+
+    prefix: str = "omni"
+    usage_partitions: int = 4
+
+    @property
+    def usage(self) -> str:
+        """Data-plane facts: API calls, inferences, any metered usage."""
+        return f"{self.prefix}.usage"
+
+    @property
+    def control(self) -> str:
+        """Control-plane events relayed from the event store (one partition: total order)."""
+        return f"{self.prefix}.control"
+
+    @property
+    def audit(self) -> str:
+        """One entry per command, accepted or rejected."""
+        return f"{self.prefix}.audit"
+
+    @property
+    def notifications(self) -> str:
+        """Events the platform emits about itself (thresholds, alerts)."""
+        return f"{self.prefix}.notifications"
+
+    def partitions(self, topic: str) -> int:
+        return 1 if topic == self.control else self.usage_partitions
+
+    def all(self) -> tuple[str, ...]:
+        return (self.usage, self.control, self.audit, self.notifications)
+
+
+def partition_for(key: str, partitions: int) -> int:
+    """Stable in every runner and mode, so one tenant's events keep their order."""
+    return zlib.crc32(key.encode()) % partitions

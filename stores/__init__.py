@@ -1,0 +1,1 @@
+"""Where views live: SQLite in embedded mode, PostgreSQL in Kafka mode."""

@@ -1,0 +1,157 @@
+"""Two SQL databases behind one small interface: a transaction that runs statements.
+
+Statements are written once with `?` placeholders; the PostgreSQL adapter
+rewrites them to psycopg's `%s`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+
+class StoreUnavailable(Exception):
+    """The view database cannot be reached. Reads answer 503."""
+
+
+class Tx(Protocol):
+    dialect: str
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+
+    def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
+
+class Database(Protocol):
+    dialect: str
+
+    def transaction(self) -> Any:
+        """A context manager giving a Tx; commits on success, rolls back on error."""
+
+    def migrate(self, script: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _SqliteTx:
+    dialect = "sqlite"
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self._db.execute(sql, params).fetchall()
+
+    def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._db.executemany(sql, rows)
+
+
+class SqliteDatabase:
+    """One connection, one writer at a time (SQLite's own rule), WAL for concurrent reads."""
+
+    dialect = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._lock = threading.RLock()
+
+    @contextmanager
+    def transaction(self) -> Iterator[_SqliteTx]:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as failure:
+                raise StoreUnavailable(str(failure)) from failure
+            try:
+                yield _SqliteTx(self._db)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            else:
+                self._db.execute("COMMIT")
+
+    def migrate(self, script: str) -> None:
+        with self._lock:
+            self._db.executescript(script)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class _PostgresTx:
+    dialect = "postgres"
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        cursor = self._conn.execute(sql.replace("?", "%s"), params)  # type: ignore[arg-type]
+        return cursor.fetchall() if cursor.description else []
+
+    def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        with self._conn.cursor() as cursor:
+            cursor.executemany(sql.replace("?", "%s"), rows)  # type: ignore[arg-type]
+
+
+class PostgresDatabase:
+    """A psycopg 3 connection pool; each transaction borrows one connection."""
+
+    dialect = "postgres"
+
+    def __init__(self, url: str, *, schema: str = "public", min_size: int = 1, max_size: int = 8) -> None:
+        self.schema = schema
+        self._pool = ConnectionPool(
+            url,
+            min_size=min_size,
+            max_size=max_size,
+            kwargs={"options": f"-c search_path={schema}", "autocommit": True},
+            open=False,
+            timeout=10,
+        )
+        self._opened = False
+
+    def _open(self) -> None:
+        if not self._opened:
+            try:
+                self._pool.open(wait=True, timeout=10)
+            except Exception as failure:
+                raise StoreUnavailable(f"PostgreSQL is unreachable: {failure}") from failure
+            self._opened = True
+
+    @contextmanager
+    def transaction(self) -> Iterator[_PostgresTx]:
+        self._open()
+        try:
+            with self._pool.connection() as conn:
+                with conn.transaction():
+                    yield _PostgresTx(conn)
+        except (psycopg.OperationalError, psycopg.InterfaceError) as failure:
+            raise StoreUnavailable(f"PostgreSQL failed: {failure}") from failure
+        except Exception as failure:
+            if type(failure).__name__ == "PoolTimeout":
+                raise StoreUnavailable(f"PostgreSQL pool exhausted or unreachable: {failure}") from failure
+            raise
+
+    def migrate(self, script: str) -> None:
+        self._open()
+        with self._pool.connection() as conn, conn.transaction():
+            # Many workers may start at once; one migrates, the others wait for it.
+            conn.execute("SELECT pg_advisory_xact_lock(7243)")
+            conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            conn.execute(f'SET LOCAL search_path TO "{self.schema}"')
+            for statement in filter(str.strip, script.split(";")):
+                conn.execute(statement)
+
+    def close(self) -> None:
+        self._pool.close()

@@ -1,0 +1,1 @@
+"""The log: ports and adapters, the outbox relay, and the runners that feed projections."""

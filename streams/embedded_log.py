@@ -1,0 +1,158 @@
+"""An append-only log in SQLite: topics, partitions, offsets, like Kafka's, in one file.
+
+De-duplication entries live in the same file, so admitting an event and
+appending it are one transaction: exact, even under concurrency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+from schemas.envelope import Envelope, encode
+from schemas.topics import Topics, partition_for
+from streams.log import LogRecord, LogUnavailable, Outgoing
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    topic TEXT NOT NULL, partition INTEGER NOT NULL, "offset" INTEGER NOT NULL,
+    key TEXT NOT NULL, value BLOB NOT NULL, appended_ms INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition, "offset")) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS heads (
+    topic TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dedupe (
+    tenant_id TEXT NOT NULL, source TEXT NOT NULL, source_id TEXT NOT NULL, keep_until INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, source, source_id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dedupe_expiry ON dedupe (keep_until);
+"""
+
+PURGE_EVERY_SECONDS = 60.0
+
+
+class EmbeddedLog:
+    """The log for embedded mode. Also the UsageSink there."""
+
+    def __init__(self, path: Path, topics: Topics) -> None:
+        self.path = path
+        self.topics = topics
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        self._last_purge = 0.0
+        self.appended = asyncio.Event()  # wakes the in-process runner
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")  # a 202 means the event survives a power cut
+        db.executescript(SCHEMA)
+        self._db = db
+
+    async def close(self) -> None:
+        if self._db is not None:
+            with self._lock:
+                self._db.close()
+            self._db = None
+
+    async def ping(self) -> None:
+        await self._run(lambda db: db.execute("SELECT 1").fetchone())
+
+    async def append(self, topic: str, items: Sequence[Outgoing]) -> None:
+        await self._run(lambda db: self._write(db, topic, list(items)))
+        self.appended.set()
+
+    async def ingest(self, envelopes: Sequence[Envelope], keep_until: Sequence[datetime]) -> list[bool]:
+        accepted = await self._run(lambda db: self._ingest(db, envelopes, keep_until))
+        if any(accepted):
+            self.appended.set()
+        return accepted
+
+    async def read(self, topic: str, partition: int, start: int, limit: int) -> list[LogRecord]:
+        rows = await self._run(
+            lambda db: db.execute(
+                'SELECT "offset", key, value FROM records WHERE topic=? AND partition=? AND "offset">=? '
+                'ORDER BY "offset" LIMIT ?',
+                (topic, partition, start, limit),
+            ).fetchall()
+        )
+        return [LogRecord(topic, partition, offset, key, value) for offset, key, value in rows]
+
+    async def end_offsets(self, topic: str) -> dict[int, int]:
+        rows = await self._run(
+            lambda db: db.execute("SELECT partition, next_offset FROM heads WHERE topic=?", (topic,)).fetchall()
+        )
+        ends = {p: 0 for p in range(self.topics.partitions(topic))}
+        ends.update(dict(rows))
+        return ends
+
+    async def _run(self, work):  # type: ignore[no-untyped-def]
+        def locked():  # type: ignore[no-untyped-def]
+            if self._db is None:
+                raise LogUnavailable("the embedded log is closed")
+            with self._lock:
+                return work(self._db)
+
+        try:
+            return await asyncio.to_thread(locked)
+        except sqlite3.Error as failure:
+            raise LogUnavailable(f"the embedded log failed: {failure}") from failure
+
+    def _write(self, db: sqlite3.Connection, topic: str, items: list[Outgoing]) -> None:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            self._append_rows(db, topic, items)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _ingest(self, db: sqlite3.Connection, envelopes: Sequence[Envelope], keep_until: Sequence[datetime]) -> list[bool]:
+        now = time.time()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if now - self._last_purge > PURGE_EVERY_SECONDS:
+                db.execute("DELETE FROM dedupe WHERE keep_until < ?", (int(now),))
+                self._last_purge = now
+            accepted: list[bool] = []
+            fresh: list[Outgoing] = []
+            for envelope, until in zip(envelopes, keep_until, strict=True):
+                claimed = db.execute(
+                    "INSERT INTO dedupe VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    (envelope.tenant_id, envelope.source, envelope.source_id, int(until.timestamp())),
+                ).rowcount
+                accepted.append(claimed == 1)
+                if claimed == 1:
+                    fresh.append(Outgoing(envelope.tenant_id, encode(envelope)))
+            self._append_rows(db, self.topics.usage, fresh)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return accepted
+
+    def _append_rows(self, db: sqlite3.Connection, topic: str, items: list[Outgoing]) -> None:
+        if not items:
+            return
+        partitions = self.topics.partitions(topic)
+        by_partition: dict[int, list[Outgoing]] = defaultdict(list)
+        for item in items:
+            by_partition[partition_for(item.key, partitions)].append(item)
+        now_ms = int(time.time() * 1000)
+        for partition, batch in by_partition.items():
+            row = db.execute("SELECT next_offset FROM heads WHERE topic=? AND partition=?", (topic, partition)).fetchone()
+            first = row[0] if row else 0
+            db.executemany(
+                "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?)",
+                [(topic, partition, first + i, item.key, item.value, now_ms) for i, item in enumerate(batch)],
+            )
+            db.execute(
+                "INSERT INTO heads VALUES (?, ?, ?) ON CONFLICT (topic, partition) DO UPDATE SET next_offset=excluded.next_offset",
+                (topic, partition, first + len(batch)),
+            )

@@ -1,0 +1,57 @@
+"""The log port: append durably, read by position. Two adapters: embedded SQLite and Kafka."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from schemas.envelope import Envelope
+from schemas.topics import Topics
+
+
+class LogUnavailable(Exception):
+    """The log could not durably take or give events. The API answers 503."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    topic: str
+    partition: int
+    offset: int
+    key: str
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    key: str
+    value: bytes
+
+
+class EventLog(Protocol):
+    topics: Topics
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def append(self, topic: str, items: Sequence[Outgoing]) -> None:
+        """Return only once every item is durable; raise LogUnavailable otherwise."""
+
+    async def read(self, topic: str, partition: int, start: int, limit: int) -> list[LogRecord]:
+        """Records at offsets >= start, in order, at most `limit`; empty at the end."""
+
+    async def end_offsets(self, topic: str) -> dict[int, int]:
+        """Next offset to be written, per partition."""
+
+    async def ping(self) -> None:
+        """Raise LogUnavailable when the log cannot be reached."""
+
+
+class UsageSink(Protocol):
+    """Where admitted usage events go: exactly once per (tenant, source, id)."""
+
+    async def ingest(self, envelopes: Sequence[Envelope], keep_until: Sequence[datetime]) -> list[bool]:
+        """Append the events not seen before; True for each accepted, False for each duplicate."""

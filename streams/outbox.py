@@ -1,0 +1,96 @@
+"""The outbox relay: every event stored in the control-plane event store reaches the log.
+
+The event store's notification log is the outbox. The relay reads from its
+tracked position, publishes, then advances the position: a crash between
+"stored" and "published" loses nothing, and a crash between "published" and
+"position saved" republishes, which the catalog fold absorbs (its writes are
+idempotent and the envelope id is derived from the stored event).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+from uuid import uuid5
+
+from commands.control_plane import AUDIT_TYPE, OMNI_NAMESPACE, ControlPlane, describe
+from schemas.envelope import Envelope, encode
+from schemas.topics import Topics
+from stores import views
+from stores.database import Database
+from streams.log import EventLog, LogUnavailable, Outgoing
+
+log = logging.getLogger(__name__)
+
+SOURCE = "omni://control-plane"
+RELAY = "control-outbox"
+
+
+def to_envelope(domain_event: Any) -> Envelope:
+    kind, tenant_id, data = describe(domain_event)
+    identity = f"{domain_event.originator_id}/{domain_event.originator_version}"
+    return Envelope(
+        id=str(uuid5(OMNI_NAMESPACE, identity)),
+        type=kind,
+        tenant_id=tenant_id,
+        source=SOURCE,
+        source_id=identity,
+        event_time=domain_event.timestamp,
+        recorded_time=domain_event.timestamp,
+        data=data,
+    )
+
+
+class OutboxRelay:
+    def __init__(self, control: ControlPlane, log_: EventLog, db: Database, topics: Topics) -> None:
+        self.control = control
+        self.log = log_
+        self.db = db
+        self.topic = topics.control
+        self.audit_topic = topics.audit
+
+    def _pending(self, limit: int) -> tuple[int, list[Envelope]]:
+        with self.db.transaction() as tx:
+            position = views.relay_position(tx, RELAY)
+        notifications = self.control.recorder.select_notifications(position + 1, limit)
+        if not notifications:
+            return position, []
+        envelopes = [to_envelope(self.control.mapper.to_domain_event(n)) for n in notifications]
+        return notifications[-1].id, envelopes
+
+    def _advance(self, position: int) -> None:
+        with self.db.transaction() as tx:
+            views.set_relay_position(tx, RELAY, position)
+
+    async def relay_once(self, limit: int = 500) -> int:
+        """Publish the next stored events; return how many."""
+        position, envelopes = await asyncio.to_thread(self._pending, limit)
+        if not envelopes:
+            return 0
+        control = [Outgoing(e.id, encode(e)) for e in envelopes if e.type != AUDIT_TYPE]
+        audit = [Outgoing(e.tenant_id, encode(e)) for e in envelopes if e.type == AUDIT_TYPE]
+        if control:
+            await self.log.append(self.topic, control)
+        if audit:
+            await self.log.append(self.audit_topic, audit)
+        await asyncio.to_thread(self._advance, position)
+        return len(envelopes)
+
+    async def run(self, stop: asyncio.Event, idle: float = 0.05) -> None:
+        while not stop.is_set():
+            try:
+                moved = await self.relay_once()
+            except LogUnavailable as outage:
+                log.warning("outbox relay waiting for the log: %s", outage)
+                moved = 0
+                await asyncio.sleep(1.0)
+            except Exception:
+                log.exception("outbox relay failed; retrying")
+                moved = 0
+                await asyncio.sleep(1.0)
+            if not moved:
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=idle)
+                except TimeoutError:
+                    pass

@@ -1,0 +1,160 @@
+"""Apply log records to views, committing view rows and offsets in one transaction.
+
+Runners (the embedded loop, the Faust agents) only fetch records and hand
+them here. Every record below a stored checkpoint is skipped, so redelivery
+changes nothing: exactly-once effect over at-least-once delivery.
+
+Meters have checkpoints of their own. A meter whose checkpoint equals the
+partition's is live and is folded with each batch; a meter defined later
+starts at offset zero and is caught up from the log until it is live, so it
+covers the whole history.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from projections import catalog
+from projections.meter_state import BucketState
+from projections.meters import BucketKey, MeterIndex, apply
+from schemas.envelope import Envelope, decode
+from schemas.topics import Topics
+from stores import views
+from stores.database import Database, Tx
+from streams.log import LogRecord
+
+log = logging.getLogger(__name__)
+
+METERS = "meters"
+PURGE_EVERY_BATCHES = 200
+CATALOG = "catalog"
+
+
+@dataclass(frozen=True, slots=True)
+class Lag:
+    meter: str
+    partition: int
+    start: int
+    end: int
+
+
+class CatalogProjector:
+    """Control topic -> tenants, keys and meter definitions."""
+
+    def __init__(self, db: Database, topics: Topics) -> None:
+        self.db = db
+        self.topic = topics.control
+
+    def process(self, partition: int, records: Sequence[LogRecord]) -> int:
+        with self.db.transaction() as tx:
+            start = views.lock_checkpoint(tx, CATALOG, self.topic, partition)
+            fresh = [r for r in records if r.offset >= start]
+            if not fresh:
+                return 0
+            for record in fresh:
+                for change in catalog.changes(decode(record.value)):
+                    _write_change(tx, change)
+            views.set_checkpoint(tx, CATALOG, self.topic, partition, fresh[-1].offset + 1)
+        return len(fresh)
+
+
+def _write_change(tx: Tx, change: catalog.Change) -> None:
+    match change:
+        case catalog.TenantAdded():
+            views.upsert_tenant(tx, change.tenant_id, change.name, change.plan, change.created_at)
+        case catalog.KeyAdded():
+            views.add_key(tx, change.key_id, change.tenant_id, change.label, change.issued_at)
+        case catalog.KeyRevoked():
+            views.revoke_key(tx, change.key_id, change.revoked_at)
+        case catalog.MeterAdded():
+            views.add_meter_definition(tx, "_platform", change.definition, change.event_id)
+
+
+class MeterProjector:
+    """Usage topic -> meter buckets, with de-duplication by (tenant, source, id)."""
+
+    def __init__(self, db: Database, topics: Topics, *, keep_seen: timedelta) -> None:
+        self.db = db
+        self.topic = topics.usage
+        self.keep_seen = keep_seen  # at least as long as an event can be admitted
+        self._batches = 0
+
+    def process(self, partition: int, records: Sequence[LogRecord]) -> int:
+        with self.db.transaction() as tx:
+            start = views.lock_checkpoint(tx, METERS, self.topic, partition)
+            fresh = [r for r in records if r.offset >= start]
+            if not fresh:
+                return 0
+            events = [(r, decode(r.value)) for r in fresh]
+            kept = self._first_occurrences(tx, partition, events)
+            meters = MeterIndex(views.meter_definitions(tx))
+            offsets = views.meter_checkpoints(tx, self.topic, partition)
+            live = [slug for slug in meters.by_slug if offsets.get((slug, partition), 0) == start]
+            end = fresh[-1].offset + 1
+            self._fold_into_views(tx, meters.only(live), kept)
+            views.set_checkpoint(tx, METERS, self.topic, partition, end)
+            views.set_meter_checkpoints(tx, self.topic, partition, {slug: end for slug in live})
+        return len(fresh)
+
+    def lagging(self) -> list[Lag]:
+        """Meters that have not yet folded everything the partition checkpoint has passed."""
+        with self.db.transaction() as tx:
+            slugs = [m.slug for m in views.meter_definitions(tx)]
+            heads = views.checkpoints(tx, METERS, self.topic)
+            offsets = views.meter_checkpoints(tx, self.topic)
+        return [
+            Lag(slug, partition, offsets.get((slug, partition), 0), head)
+            for slug in slugs
+            for partition, head in sorted(heads.items())
+            if offsets.get((slug, partition), 0) < head
+        ]
+
+    def catch_up(self, lag: Lag, records: Sequence[LogRecord]) -> int:
+        """Fold records [lag.start, ...) into one lagging meter; return how many offsets it advanced."""
+        with self.db.transaction() as tx:
+            head = views.lock_checkpoint(tx, METERS, self.topic, lag.partition)
+            current = views.meter_checkpoints(tx, self.topic, lag.partition).get((lag.meter, lag.partition), 0)
+            definition = views.meter_definition(tx, lag.meter)
+            if definition is None or current >= head:
+                return 0
+            batch = [r for r in records if current <= r.offset < head]
+            # Nothing left to read below the head means the rest is a gap in the log.
+            end = min(batch[-1].offset + 1, head) if batch else head
+            dropped = views.dropped_between(tx, self.topic, lag.partition, current, end)
+            kept = [(r, decode(r.value)) for r in batch if r.offset not in dropped]
+            self._fold_into_views(tx, MeterIndex([definition]), kept)
+            views.set_meter_checkpoints(tx, self.topic, lag.partition, {lag.meter: end})
+        return end - current
+
+    def _first_occurrences(
+        self, tx: Tx, partition: int, events: list[tuple[LogRecord, Envelope]]
+    ) -> list[tuple[LogRecord, Envelope]]:
+        first: dict[tuple[str, str, str], tuple[LogRecord, Envelope]] = {}
+        for record, event in events:
+            first.setdefault(event.dedupe_key, (record, event))
+        keep_until = {key: int((event.event_time + self.keep_seen).timestamp()) for key, (_, event) in first.items()}
+        self._batches += 1
+        if self._batches % PURGE_EVERY_BATCHES == 0:
+            # The log's own recording clock, not the wall clock: replays purge the same way.
+            views.purge_seen(tx, int(max(e.recorded_time for _, e in events).timestamp()))
+        fresh = views.claim_events(tx, [(*key, keep_until[key]) for key in first])
+        kept = [first[key] for key in first if key in fresh]
+        kept_offsets = {record.offset for record, _ in kept}
+        dropped = [record.offset for record, _ in events if record.offset not in kept_offsets]
+        if dropped:
+            log.warning("dropped %d duplicate records on %s/%d", len(dropped), self.topic, partition)
+            views.add_dropped(tx, self.topic, partition, dropped)
+        kept.sort(key=lambda pair: pair[0].offset)
+        return kept
+
+    @staticmethod
+    def _fold_into_views(tx: Tx, meters: MeterIndex, events: Sequence[tuple[LogRecord, Envelope]]) -> None:
+        if not meters.by_slug or not events:
+            return
+        deltas: dict[BucketKey, BucketState] = {}
+        for record, event in events:
+            apply(deltas, meters, event, record.offset)
+        views.merge_buckets(tx, deltas)
