@@ -54,22 +54,36 @@ def roll_up(
     buckets: Iterable[StoredBucket],
     aggregation: Aggregation,
     *,
-    start: datetime,
-    end: datetime,
+    start: datetime | None,
+    end: datetime | None,
     window_size: WindowSize | None,
     group_by: Sequence[str],
     by_subject: bool,
 ) -> list[MeterRow]:
     """Combine buckets into one row per (window, subject?, group values).
 
-    Without a window size there is one window: [start, end).
+    Without a window size there is one window: [start, end), each bound
+    defaulting to the first and last minute that has data. Windows at the
+    edges of an explicit range are cut to it.
     """
+    buckets = list(buckets)
+    if not buckets:
+        return []
+    if window_size is None:
+        whole = (
+            start or datetime.fromtimestamp(min(b.window_start for b in buckets), timezone.utc),
+            end or datetime.fromtimestamp(max(b.window_start for b in buckets) + 60, timezone.utc),
+        )
     groups: dict[tuple[Any, ...], BucketState] = {}
     windows: dict[tuple[Any, ...], tuple[datetime, datetime]] = {}
     wanted = tuple(group_by)
     for bucket in buckets:
         moment = datetime.fromtimestamp(bucket.window_start, timezone.utc)
-        bounds = window_bounds(moment, window_size) if window_size else (start, end)
+        if window_size:
+            lower, upper = window_bounds(moment, window_size)
+            bounds = (max(lower, start) if start else lower, min(upper, end) if end else upper)
+        else:
+            bounds = whole
         values = orjson.loads(bucket.group_key) if wanted else {}
         key = (bounds[0], bucket.subject if by_subject else None, tuple(values.get(k) for k in wanted))
         groups[key] = combine(groups.get(key, EMPTY), bucket.state)

@@ -1,0 +1,46 @@
+"""The FastAPI application: routers, problem handlers, self-metering, lifecycle."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api import metering, problems
+from api.routes import events, health, meters, tenants
+from omni.bootstrap import Platform, build
+from omni.settings import Settings
+
+
+def create_app(settings: Settings | None = None, *, platform: Platform | None = None, background: bool = True) -> FastAPI:
+    """`background` runs the relay (and, embedded, the runner) inside the API process."""
+    platform = platform or build(settings or Settings())
+    recorder = metering.ApiCallRecorder(platform.log)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await platform.start(background=background)
+        if platform.settings.meter_api_calls:
+            recorder.start()
+        try:
+            yield
+        finally:
+            await recorder.stop()
+            await recorder.flush()
+            await platform.stop()
+
+    app = FastAPI(
+        title="Omni",
+        version="0.1.0",
+        summary="Metering, quotas, billing, SLOs and compliance on an event log",
+        lifespan=lifespan,
+    )
+    app.state.platform = platform
+    app.state.api_calls = recorder
+    problems.install(app)
+    if platform.settings.meter_api_calls:
+        metering.install(app, recorder)
+    for router in (health.router, tenants.router, events.router, meters.router):
+        app.include_router(router)
+    return app

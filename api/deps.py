@@ -1,0 +1,73 @@
+"""Reusable dependencies: the platform, the caller, the command context."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
+
+from api.problems import Problem
+from commands.control_plane import CommandContext, Principal
+from omni.bootstrap import Platform
+
+
+def get_platform(request: Request) -> Platform:
+    return request.app.state.platform  # type: ignore[no-any-return]
+
+
+PlatformDep = Annotated[Platform, Depends(get_platform)]
+
+
+async def get_principal(request: Request, platform: PlatformDep) -> Principal:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Problem(401, "Unauthorized", "Send an API key as `Authorization: Bearer <key>`.", kind="unauthorized", headers={"WWW-Authenticate": "Bearer"})
+    principal = await run_in_threadpool(platform.authenticate, token.strip())
+    if principal is None:
+        raise Problem(401, "Unauthorized", "The API key is unknown or revoked.", kind="unauthorized", headers={"WWW-Authenticate": "Bearer"})
+    request.state.principal = principal
+    return principal
+
+
+CallerDep = Annotated[Principal, Depends(get_principal)]
+
+
+async def get_admin(principal: CallerDep) -> Principal:
+    if not principal.is_admin:
+        raise Problem(403, "Forbidden", "This route needs the platform admin key.", kind="forbidden")
+    return principal
+
+
+async def get_tenant(principal: CallerDep) -> Principal:
+    if principal.is_admin or principal.tenant_id is None:
+        raise Problem(403, "Forbidden", "This route needs a tenant API key.", kind="forbidden")
+    return principal
+
+
+AdminDep = Annotated[Principal, Depends(get_admin)]
+TenantDep = Annotated[Principal, Depends(get_tenant)]
+
+
+def trace_id(request: Request) -> str:
+    """From the W3C traceparent header when present, else a fresh one."""
+    parts = request.headers.get("traceparent", "").split("-")
+    if len(parts) == 4 and len(parts[1]) == 32:
+        return parts[1]
+    existing = getattr(request.state, "trace_id", None)
+    if existing:
+        return existing  # type: ignore[no-any-return]
+    request.state.trace_id = secrets.token_hex(16)
+    return request.state.trace_id  # type: ignore[no-any-return]
+
+
+def command_context(request: Request, principal: Principal) -> CommandContext:
+    return CommandContext(
+        tenant_id=None if principal.is_admin else principal.tenant_id,
+        key_id=principal.key_id,
+        ip=request.client.host if request.client else None,
+        user_agent=request.headers.get("user-agent"),
+        trace_id=trace_id(request),
+    )

@@ -1,0 +1,105 @@
+"""The platform meters itself: every HTTP request becomes an `api_call` event on the log.
+
+Requests are recorded off the request path: a bounded buffer flushed in
+batches, so a slow log never slows the API, and a full buffer drops the
+oldest telemetry rather than blocking callers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from datetime import datetime, timezone
+
+import uuid_utils
+from fastapi import FastAPI, Request
+from starlette.responses import Response
+
+from commands.control_plane import PLATFORM
+from schemas.envelope import Actor, Envelope, encode
+from streams.log import EventLog, Outgoing
+
+log = logging.getLogger(__name__)
+
+API_CALL = "api_call"
+SOURCE = "omni://api"
+ANONYMOUS = "_anonymous"
+
+
+class ApiCallRecorder:
+    def __init__(self, log_: EventLog, *, capacity: int = 50_000, every: float = 0.2) -> None:
+        self.log = log_
+        self.buffer: deque[Envelope] = deque(maxlen=capacity)
+        self.every = every
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+
+    def record(self, envelope: Envelope) -> None:
+        self.buffer.append(envelope)
+
+    async def flush(self) -> None:
+        while self.buffer:
+            batch = [self.buffer.popleft() for _ in range(min(len(self.buffer), 1000))]
+            try:
+                await self.log.append(self.log.topics.usage, [Outgoing(e.tenant_id, encode(e)) for e in batch])
+            except Exception as failure:
+                self.buffer.extendleft(reversed(batch))
+                log.warning("api_call events waiting for the log: %s", failure)
+                return
+
+    async def _loop(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=self.every)
+            await self.flush()
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._task = asyncio.create_task(self._loop(), name="api-call-recorder")
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._task, timeout=5)
+
+
+def install(app: FastAPI, recorder: ApiCallRecorder) -> None:
+    @app.middleware("http")
+    async def meter_request(request: Request, call_next):  # type: ignore[no-untyped-def]
+        started = time.perf_counter()
+        response: Response = await call_next(request)
+        latency_ms = (time.perf_counter() - started) * 1000
+        route = request.scope.get("route")
+        principal = getattr(request.state, "principal", None)
+        tenant = (PLATFORM if principal.is_admin else principal.tenant_id) if principal else ANONYMOUS
+        now = datetime.now(timezone.utc)
+        request_id = str(uuid_utils.uuid7())
+        recorder.record(
+            Envelope(
+                id=request_id,
+                type=API_CALL,
+                tenant_id=tenant,
+                source=SOURCE,
+                source_id=request_id,
+                subject=principal.key_id if principal else ANONYMOUS,
+                event_time=now,
+                recorded_time=now,
+                actor=Actor(
+                    key_id=principal.key_id if principal else None,
+                    ip=request.client.host if request.client else None,
+                    user_agent=request.headers.get("user-agent"),
+                ),
+                traceparent=request.headers.get("traceparent"),
+                data={
+                    "route": getattr(route, "path", None) or "unmatched",
+                    "method": request.method,
+                    "status": response.status_code,
+                    "latency_ms": round(latency_ms, 3),
+                },
+            )
+        )
+        return response

@@ -1,0 +1,145 @@
+"""Every error the API gives is RFC 9457 problem+json; this module is the one place that maps them."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import simplejson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from commands.errors import Conflict, Invalid, NotFound
+from stores.database import StoreUnavailable
+from streams.log import LogUnavailable
+
+log = logging.getLogger(__name__)
+
+PROBLEM_BASE = "https://omni.dev/problems/"
+MEDIA_TYPE = "application/problem+json"
+
+
+class Problem(Exception):
+    """Raise to answer with a problem; `errors` lists per-item reasons."""
+
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str | None = None,
+        *,
+        kind: str | None = None,
+        errors: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail or title)
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.kind = kind
+        self.errors = errors
+        self.headers = headers or {}
+
+
+class ExactJSONResponse(Response):
+    """JSON where Decimals are written as exact numbers, never through float."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return simplejson.dumps(content, use_decimal=True, separators=(",", ":"), default=str).encode()
+
+
+def problem_response(request: Request, problem: Problem) -> Response:
+    body: dict[str, Any] = {
+        "type": PROBLEM_BASE + problem.kind if problem.kind else "about:blank",
+        "title": problem.title,
+        "status": problem.status,
+        "instance": request.url.path,
+    }
+    if problem.detail:
+        body["detail"] = problem.detail
+    if problem.errors is not None:
+        body["errors"] = problem.errors
+    return Response(
+        simplejson.dumps(body, default=str),
+        status_code=problem.status,
+        media_type=MEDIA_TYPE,
+        headers=problem.headers,
+    )
+
+
+_TITLES = {
+    400: "Bad request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    413: "Content too large",
+    415: "Unsupported media type",
+    422: "Unprocessable content",
+    429: "Too many requests",
+    503: "Service unavailable",
+}
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(Problem)
+    async def _problem(request: Request, exc: Problem) -> Response:
+        return problem_response(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        errors = [
+            {"location": ".".join(str(p) for p in e.get("loc", ())), "reason": e.get("msg", "invalid")}
+            for e in exc.errors()
+        ]
+        body_error = any(e["location"].startswith("body") for e in errors)
+        json_broken = any(e.get("type") == "json_invalid" for e in exc.errors())
+        status = 400 if json_broken else 422
+        return problem_response(
+            request,
+            Problem(status, "Malformed JSON" if json_broken else "Invalid request", kind="invalid-request" if not body_error else "invalid-body", errors=errors),
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        return problem_response(
+            request,
+            Problem(exc.status_code, _TITLES.get(exc.status_code, "Error"), str(exc.detail) if exc.detail else None, headers=dict(exc.headers or {})),
+        )
+
+    @app.exception_handler(NotFound)
+    async def _not_found(request: Request, exc: NotFound) -> Response:
+        return problem_response(request, Problem(404, "Not found", str(exc), kind="not-found"))
+
+    @app.exception_handler(Conflict)
+    async def _conflict(request: Request, exc: Conflict) -> Response:
+        return problem_response(request, Problem(409, "Conflict", str(exc), kind="conflict"))
+
+    @app.exception_handler(Invalid)
+    async def _rule(request: Request, exc: Invalid) -> Response:
+        return problem_response(request, Problem(422, "Invalid events", str(exc), kind="invalid-events", errors=exc.errors))
+
+    @app.exception_handler(LogUnavailable)
+    async def _log_down(request: Request, exc: LogUnavailable) -> Response:
+        log.warning("log unavailable: %s", exc)
+        return problem_response(
+            request,
+            Problem(503, "Log unavailable", "The event log cannot take events right now; nothing was accepted. Retry later.", kind="log-unavailable", headers={"Retry-After": "1"}),
+        )
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store_down(request: Request, exc: StoreUnavailable) -> Response:
+        log.warning("store unavailable: %s", exc)
+        return problem_response(
+            request, Problem(503, "Store unavailable", "A database is unreachable; retry later.", kind="store-unavailable", headers={"Retry-After": "1"})
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem_response(request, Problem(500, "Internal error", "An unexpected error occurred; it has been logged.", kind="internal"))

@@ -1,0 +1,93 @@
+"""POST /v1/events: CloudEvents in, durable on the log, exactly once."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+import uuid_utils
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import PlatformDep, TenantDep
+from api.problems import Problem
+from commands.ingest import admit, expires_at
+from schemas.api import EventResult, IngestResult
+from schemas.cloudevents import BATCH, STRUCTURED
+from schemas.envelope import Actor
+
+router = APIRouter(prefix="/v1", tags=["events"])
+
+_SINGLE = {STRUCTURED, "application/json"}
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    """Read the body, refusing more than `limit` bytes without buffering them."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise Problem(413, "Content too large", f"The body may be at most {limit} bytes.", kind="too-large")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise Problem(413, "Content too large", f"The body may be at most {limit} bytes.", kind="too-large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_items(content_type: str, body: bytes, max_events: int) -> list[Any]:
+    media = content_type.split(";")[0].strip().lower()
+    if media not in _SINGLE and media != BATCH:
+        raise Problem(
+            415,
+            "Unsupported media type",
+            f"Send {STRUCTURED} (one event) or {BATCH} (a JSON array of events).",
+            kind="unsupported-media-type",
+        )
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as broken:
+        raise Problem(400, "Malformed JSON", str(broken), kind="malformed-json") from broken
+    if media == BATCH or (media == "application/json" and isinstance(parsed, list)):
+        if not isinstance(parsed, list):
+            raise Problem(400, "Malformed batch", "A batch is a JSON array of events.", kind="malformed-batch")
+        if not parsed:
+            raise Problem(422, "Empty batch", "A batch needs at least one event.", kind="empty-batch")
+        if len(parsed) > max_events:
+            raise Problem(413, "Batch too large", f"A batch may hold at most {max_events} events; got {len(parsed)}.", kind="batch-too-large")
+        return parsed
+    if not isinstance(parsed, dict):
+        raise Problem(400, "Malformed event", "A single event is a JSON object.", kind="malformed-event")
+    return [parsed]
+
+
+@router.post("/events", status_code=202, response_model=IngestResult, responses={413: {}, 415: {}, 422: {}, 503: {}})
+async def ingest_events(request: Request, platform: PlatformDep, principal: TenantDep) -> IngestResult:
+    """Accept one CloudEvent or a batch; 202 once every accepted event is durable on the log."""
+    settings = platform.settings
+    body = await read_limited(request, settings.max_body_bytes)
+    items = parse_items(request.headers.get("content-type", ""), body, settings.max_batch_events)
+    actor = Actor(
+        key_id=principal.key_id,
+        ip=request.client.host if request.client else None,
+        user_agent=request.headers.get("user-agent"),
+    )
+    received = datetime.now(timezone.utc)
+    envelopes = await run_in_threadpool(
+        admit,
+        items,
+        tenant_id=principal.tenant_id or "",
+        actor=actor,
+        received=received,
+        policy=platform.policy,
+        new_id=lambda: str(uuid_utils.uuid7()),
+        traceparent=request.headers.get("traceparent"),
+    )
+    accepted = await platform.sink.ingest(envelopes, [expires_at(e, platform.policy) for e in envelopes])
+    results = [
+        EventResult(index=i, id=e.source_id, status="accepted" if ok else "duplicate")
+        for i, (e, ok) in enumerate(zip(envelopes, accepted, strict=True))
+    ]
+    count = sum(accepted)
+    return IngestResult(accepted=count, duplicates=len(accepted) - count, results=results)

@@ -1,0 +1,119 @@
+"""Meters: defined by the admin, queried by tenants over their own usage."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import AdminDep, CallerDep, PlatformDep, TenantDep, command_context
+from api.problems import ExactJSONResponse, Problem
+from commands.errors import NotFound
+from projections.meter_query import roll_up
+from schemas.api import MeterList, MeterQueryResult
+from schemas.meters import MeterDefinition, WindowSize
+from stores import views
+
+router = APIRouter(prefix="/v1/meters", tags=["meters"])
+
+
+@router.post("", status_code=201, response_model=MeterDefinition)
+async def define_meter(body: MeterDefinition, request: Request, platform: PlatformDep, admin: AdminDep) -> MeterDefinition:
+    """Define a meter. It covers every event already on the log, not only new ones."""
+    await run_in_threadpool(platform.control.define_meter, command_context(request, admin), body)
+    return body
+
+
+@router.get("", response_model=MeterList)
+def list_meters(platform: PlatformDep, principal: CallerDep) -> MeterList:
+    """Every meter defined so far (as folded from the log)."""
+    with platform.db.transaction() as tx:
+        definitions = views.meter_definitions(tx)
+    return MeterList(data=[d.model_dump(mode="json") for d in definitions])
+
+
+@router.get("/{slug}", response_model=MeterDefinition)
+def get_meter(slug: str, platform: PlatformDep, principal: CallerDep) -> MeterDefinition:
+    """One meter's definition."""
+    with platform.db.transaction() as tx:
+        definition = views.meter_definition(tx, slug)
+    if definition is None:
+        raise NotFound(f"meter {slug!r} not found")
+    return definition
+
+
+def _whole_minute(name: str, moment: datetime | None) -> int | None:
+    if moment is None:
+        return None
+    if moment.second or moment.microsecond:
+        raise Problem(422, "Invalid time range", f"`{name}` must fall on a whole minute (UTC).", kind="invalid-range")
+    return int(moment.timestamp())
+
+
+def _split(values: list[str]) -> list[str]:
+    return [part for value in values for part in value.split(",") if part]
+
+
+@router.get("/{slug}/query", response_model=MeterQueryResult, response_class=ExactJSONResponse)
+def query_meter(
+    slug: str,
+    platform: PlatformDep,
+    principal: TenantDep,
+    from_: Annotated[datetime | None, Query(alias="from", description="Inclusive, RFC 3339, whole minute")] = None,
+    to: Annotated[datetime | None, Query(description="Exclusive, RFC 3339, whole minute")] = None,
+    window_size: Annotated[WindowSize | None, Query()] = None,
+    group_by: Annotated[list[str], Query(description="Dimensions to group by; `subject` is one")] = [],  # noqa: B006
+    subject: Annotated[list[str], Query(description="Only these subjects")] = [],  # noqa: B006
+) -> ExactJSONResponse:
+    """The caller's usage on one meter, per window and group."""
+    for name, moment in (("from", from_), ("to", to)):
+        if moment is not None and moment.tzinfo is None:
+            raise Problem(422, "Invalid time range", f"`{name}` needs a time zone offset (e.g. Z).", kind="invalid-range")
+    start, end = _whole_minute("from", from_), _whole_minute("to", to)
+    if start is not None and end is not None and start >= end:
+        raise Problem(422, "Invalid time range", "`from` must be before `to`.", kind="invalid-range")
+    groups = _split(group_by)
+    with platform.db.transaction() as tx:
+        definition = views.meter_definition(tx, slug)
+        if definition is None:
+            raise NotFound(f"meter {slug!r} not found")
+        unknown = [g for g in groups if g != "subject" and g not in definition.group_by]
+        if unknown:
+            raise Problem(
+                422,
+                "Unknown group_by",
+                f"{', '.join(unknown)} not among this meter's dimensions: {', '.join(['subject', *definition.group_by])}.",
+                kind="unknown-group-by",
+            )
+        stored = views.buckets(tx, principal.tenant_id or "", slug, start, end, _split(subject))
+    dims = [g for g in groups if g != "subject"]
+    by_subject = "subject" in groups or len(_split(subject)) == 1
+    rows = roll_up(
+        stored,
+        definition.aggregation,
+        start=from_,
+        end=to,
+        window_size=window_size,
+        group_by=dims,
+        by_subject=by_subject,
+    )
+    body: dict[str, Any] = {
+        "meter": slug,
+        "aggregation": definition.aggregation.value,
+        "window_size": window_size.value if window_size else None,
+        "from": from_.isoformat() if from_ else None,
+        "to": to.isoformat() if to else None,
+        "data": [
+            {
+                "window_start": row.window_start.isoformat().replace("+00:00", "Z"),
+                "window_end": row.window_end.isoformat().replace("+00:00", "Z"),
+                "value": row.value,
+                "subject": row.subject,
+                "group_by": row.group_by,
+            }
+            for row in rows
+        ],
+    }
+    return ExactJSONResponse(body)

@@ -1,0 +1,73 @@
+"""Tenants and their API keys (control plane)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import AdminDep, CallerDep, PlatformDep, command_context
+from commands.errors import NotFound
+from schemas.api import KeyCreate, KeyIssued, KeyList, KeyPublic, TenantCreate, TenantCreated, TenantList, TenantPublic
+from stores import views
+
+router = APIRouter(prefix="/v1", tags=["tenants"])
+
+
+@router.post("/tenants", status_code=201, response_model=TenantCreated)
+async def create_tenant(body: TenantCreate, request: Request, platform: PlatformDep, admin: AdminDep) -> TenantCreated:
+    """Create a tenant and its first API key (shown once)."""
+    tenant, key = await run_in_threadpool(platform.control.create_tenant, command_context(request, admin), body.name, body.plan)
+    return TenantCreated(id=str(tenant.id), name=tenant.name, plan=tenant.plan, api_key=key.token, key_id=key.key_id)
+
+
+@router.get("/tenants", response_model=TenantList)
+def list_tenants(
+    platform: PlatformDep, admin: AdminDep, limit: int = Query(100, ge=1, le=1000), after: str | None = None
+) -> TenantList:
+    """List tenants (admin), paged by id."""
+    with platform.db.transaction() as tx:
+        rows = views.tenants(tx, limit, after)
+    data = [TenantPublic(id=r[0], name=r[1], plan=r[2], created_at=r[3]) for r in rows]
+    return TenantList(data=data, next_after=data[-1].id if len(data) == limit else None)
+
+
+def _visible(principal: CallerDep, tenant_id: str) -> None:
+    if not principal.is_admin and principal.tenant_id != tenant_id:
+        raise NotFound(f"tenant {tenant_id} not found")
+
+
+@router.get("/tenants/{tenant_id}", response_model=TenantPublic)
+def get_tenant(tenant_id: str, platform: PlatformDep, principal: CallerDep) -> TenantPublic:
+    """One tenant: the admin sees any, a tenant key only its own."""
+    _visible(principal, tenant_id)
+    with platform.db.transaction() as tx:
+        row = views.tenant(tx, tenant_id)
+    if row is None:
+        raise NotFound(f"tenant {tenant_id} not found")
+    return TenantPublic(id=row[0], name=row[1], plan=row[2], created_at=row[3])
+
+
+@router.post("/tenants/{tenant_id}/keys", status_code=201, response_model=KeyIssued)
+async def issue_key(
+    tenant_id: str, request: Request, platform: PlatformDep, principal: CallerDep, body: KeyCreate | None = None
+) -> KeyIssued:
+    """Issue another API key for a tenant (the admin, or the tenant itself)."""
+    ctx = command_context(request, principal)
+    issued = await run_in_threadpool(platform.control.issue_key, ctx, tenant_id, body.label if body else None)
+    return KeyIssued(key_id=issued.key_id, tenant_id=issued.tenant_id, api_key=issued.token)
+
+
+@router.get("/tenants/{tenant_id}/keys", response_model=KeyList)
+def list_keys(tenant_id: str, platform: PlatformDep, principal: CallerDep) -> KeyList:
+    """The tenant's keys, without secrets."""
+    _visible(principal, tenant_id)
+    with platform.db.transaction() as tx:
+        rows = views.keys_of(tx, tenant_id)
+    return KeyList(data=[KeyPublic(key_id=r[0], label=r[1], issued_at=r[2], revoked_at=r[3]) for r in rows])
+
+
+@router.delete("/keys/{key_id}", status_code=204, response_class=Response)
+async def revoke_key(key_id: str, request: Request, platform: PlatformDep, principal: CallerDep) -> Response:
+    """Revoke a key; it is refused at once. Revoking twice is harmless."""
+    await run_in_threadpool(platform.control.revoke_key, command_context(request, principal), key_id)
+    return Response(status_code=204)

@@ -1,0 +1,161 @@
+"""The composition root: the only place that builds infrastructure and wires it to the core."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from commands.control_plane import ControlPlane, Principal
+from commands.ingest import AdmissionPolicy
+from omni.settings import Mode, Settings
+from schemas.topics import Topics
+from stores import views
+from stores.database import Database, PostgresDatabase, SqliteDatabase
+from streams.log import EventLog, UsageSink
+from streams.outbox import OutboxRelay
+from streams.projectors import CatalogProjector, MeterProjector
+from streams.runner import Runner
+
+log = logging.getLogger(__name__)
+
+
+def event_store_env(settings: Settings) -> dict[str, str]:
+    """eventsourcing's persistence settings for the mode."""
+    if settings.mode is Mode.EMBEDDED:
+        return {
+            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "SQLITE_DBNAME": str(settings.data_dir / "eventstore.sqlite"),
+            "SQLITE_LOCK_TIMEOUT": "10",
+        }
+    url = urlparse(settings.database_url)
+    return {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": url.path.lstrip("/"),
+        "POSTGRES_HOST": url.hostname or "localhost",
+        "POSTGRES_PORT": str(url.port or 5432),
+        "POSTGRES_USER": unquote(url.username or ""),
+        "POSTGRES_PASSWORD": unquote(url.password or ""),
+        "POSTGRES_SCHEMA": settings.database_schema,
+        "POSTGRES_CONNECT_TIMEOUT": "5",
+        "POSTGRES_POOL_SIZE": "5",
+        "CREATE_TABLE": "true",
+    }
+
+
+def admin_key(settings: Settings) -> str:
+    """OMNI_ADMIN_KEY, or one generated once and kept in the data directory."""
+    if settings.admin_key:
+        return settings.admin_key
+    path = settings.data_dir / "admin_key"
+    if path.exists():
+        return path.read_text().strip()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    key = "omni_admin_" + secrets.token_urlsafe(32)
+    path.write_text(key + "\n")
+    path.chmod(0o600)
+    return key
+
+
+@dataclass
+class Platform:
+    settings: Settings
+    topics: Topics
+    control: ControlPlane
+    log: EventLog
+    sink: UsageSink
+    db: Database
+    relay: OutboxRelay
+    runner: Runner
+    policy: AdmissionPolicy
+    admin_key_digest: bytes
+    redis: Any = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def is_admin(self, token: str) -> bool:
+        return hmac.compare_digest(hashlib.sha256(token.encode()).digest(), self.admin_key_digest)
+
+    def authenticate(self, token: str) -> Principal | None:
+        if self.is_admin(token):
+            return Principal(tenant_id=None, key_id="admin", is_admin=True)
+        return self.control.authenticate(token)
+
+    async def start(self, *, background: bool) -> None:
+        """Open the log; with `background`, also run the relay (and the runner in embedded mode)."""
+        await self.log.start()
+        if not background:
+            return
+        self._stop.clear()
+        self._tasks.append(asyncio.create_task(self.relay.run(self._stop), name="outbox-relay"))
+        if self.settings.mode is Mode.EMBEDDED:
+            wake = getattr(self.log, "appended", None)
+            self._tasks.append(asyncio.create_task(self.runner.run(self._stop, wake), name="runner"))
+
+    async def stop(self) -> None:
+        self._stop.set()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(task, timeout=5)
+        self._tasks.clear()
+        await self.log.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+        self.db.close()
+        self.control.close()
+
+    async def settle(self) -> None:
+        """Relay and fold everything stored so far (tests, `omni replay`)."""
+        while await self.relay.relay_once():
+            pass
+        await self.runner.drain()
+
+
+def build(settings: Settings) -> Platform:
+    topics = Topics(prefix=settings.topic_prefix, usage_partitions=settings.usage_partitions)
+    db: Database
+    if settings.mode is Mode.EMBEDDED:
+        from streams.embedded_log import EmbeddedLog
+
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        embedded = EmbeddedLog(settings.data_dir / "log.sqlite", topics)
+        log_: EventLog = embedded
+        sink: UsageSink = embedded
+        db = SqliteDatabase(settings.data_dir / "views.sqlite")
+        redis = None
+    else:
+        from streams.kafka_log import KafkaLog
+        from streams.redis_dedupe import RedisDedupedSink
+
+        kafka = KafkaLog(settings.kafka_bootstrap_servers, topics, produce_timeout=settings.produce_timeout_seconds)
+        log_ = kafka
+        sink = RedisDedupedSink(kafka, settings.redis_url, topics)
+        redis = getattr(sink, "redis", None)
+        db = PostgresDatabase(settings.database_url, schema=settings.database_schema)
+    db.migrate(views.SCHEMA)
+    control = ControlPlane(env=event_store_env(settings))
+    keep_seen = settings.acceptance_window + settings.future_tolerance
+    catalog = CatalogProjector(db, topics)
+    meters = MeterProjector(db, topics, keep_seen=keep_seen)
+    return Platform(
+        settings=settings,
+        topics=topics,
+        control=control,
+        log=log_,
+        sink=sink,
+        db=db,
+        relay=OutboxRelay(control, log_, db, topics),
+        runner=Runner(log_, catalog, meters, batch_size=settings.runner_batch_size),
+        policy=AdmissionPolicy(window=settings.acceptance_window, future=settings.future_tolerance),
+        admin_key_digest=hashlib.sha256(admin_key(settings).encode()).digest(),
+        redis=redis,
+    )
+
+

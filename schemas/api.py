@@ -1,0 +1,103 @@
+"""Request and response bodies of the HTTP API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TenantCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    plan: str = Field(min_length=1, max_length=100)
+
+
+class TenantCreated(BaseModel):
+    id: str
+    name: str
+    plan: str
+    api_key: str = Field(description="Shown once; only its hash is stored")
+    key_id: str
+
+
+class TenantPublic(BaseModel):
+    id: str
+    name: str
+    plan: str
+    created_at: str
+
+
+class TenantList(BaseModel):
+    data: list[TenantPublic]
+    next_after: str | None = None
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    label: str | None = Field(default=None, max_length=200)
+
+
+class KeyIssued(BaseModel):
+    key_id: str
+    tenant_id: str
+    api_key: str = Field(description="Shown once; only its hash is stored")
+
+
+class KeyPublic(BaseModel):
+    key_id: str
+    label: str | None
+    issued_at: str
+    revoked_at: str | None
+
+
+class KeyList(BaseModel):
+    data: list[KeyPublic]
+
+
+class EventResult(BaseModel):
+    index: int
+    id: str
+    status: Literal["accepted", "duplicate"]
+
+
+class IngestResult(BaseModel):
+    accepted: int
+    duplicates: int
+    results: list[EventResult]
+
+
+class MeterList(BaseModel):
+    data: list[dict[str, Any]]
+
+
+class MeterRowPublic(BaseModel):
+    window_start: datetime
+    window_end: datetime
+    value: Decimal | int | None = Field(description="Exact: rendered as a JSON number without float rounding")
+    subject: str | None
+    group_by: dict[str, Any]
+
+
+class MeterQueryResult(BaseModel):
+    meter: str
+    aggregation: str
+    window_size: str | None
+    from_: datetime | None = Field(alias="from")
+    to: datetime | None
+    data: list[MeterRowPublic]
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str | None = None
+    instance: str | None = None
+    errors: list[dict[str, Any]] | None = None
