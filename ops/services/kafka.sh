@@ -115,7 +115,8 @@ start() {
   local deadline=$((SECONDS + 60))
   until answers; do
     if ((SECONDS >= deadline)) || ! kill -0 $! 2>/dev/null; then
-      tail -n 30 "$OUT" "$RUN/logs/server.log" >&2 2>/dev/null || true
+      # stack traces bury the cause: show the stdout tail, then the ERROR / "Caused by" lines
+      { tail -n 10 "$OUT"; grep -hE ' (ERROR|FATAL) |^Caused by' "$RUN/logs/server.log" | tail -n 8; } >&2 2>/dev/null || true
       die "Kafka did not come up on localhost:$PORT (logs above, full logs in $RUN)"
     fi
     sleep 0.5

@@ -1,0 +1,39 @@
+# Omni: `make run` (embedded, no servers) and `make test` (everything, real Kafka/PostgreSQL/Redis).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run run-kafka test test-unit services-up services-down bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)  ## Embedded mode on http://127.0.0.1:8000 (state in $OMNI_DATA_DIR, default .omni-data)
+	$(BIN)/omni serve --host 127.0.0.1 --port 8000
+
+services-up:  ## Kafka, PostgreSQL and Redis, unless their URLs point at running ones
+	bash ops/services/up.sh
+
+services-down:
+	bash ops/services/down.sh
+
+test: $(STAMP) services-up  ## The whole suite against real services
+	eval "$$(bash ops/services/env.sh)" && OMNI_REQUIRE_SERVICES=1 $(BIN)/python -m pytest -q -p no:cacheprovider
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
+
+run-kafka: $(STAMP) services-up  ## Kafka mode: relay and worker in the background, API in the foreground
+	eval "$$(bash ops/services/env.sh)" && export OMNI_MODE=kafka && \
+	  ( $(BIN)/omni relay & $(BIN)/omni worker & trap 'kill 0' EXIT; $(BIN)/omni serve --host 127.0.0.1 --port 8000 )
+
+bench: $(STAMP) services-up  ## Benchmarks (not part of `make test`)
+	eval "$$(bash ops/services/env.sh)" && $(BIN)/python -m ops.bench.run
+
+clean:
+	rm -rf .omni-data .run

@@ -1,0 +1,90 @@
+"""Tenants and keys over HTTP: keys shown once, revocation at once, tenants kept apart."""
+
+from __future__ import annotations
+
+from tests.e2e.conftest import ADMIN, Omni
+
+
+async def test_a_tenant_gets_a_working_key(omni: Omni) -> None:
+    tenant_id, key = await omni.tenant("acme", "pro")
+    await omni.settle()
+    response = await omni.client.get(f"/v1/tenants/{tenant_id}", headers=omni.auth(key))
+    assert response.status_code == 200
+    assert response.json() == {"id": tenant_id, "name": "acme", "plan": "pro", "created_at": response.json()["created_at"]}
+
+
+async def test_a_revoked_key_is_refused_at_once(omni: Omni) -> None:
+    tenant_id, first = await omni.tenant()
+    issued = await omni.client.post(f"/v1/tenants/{tenant_id}/keys", json={"label": "ci"}, headers=omni.auth(first))
+    assert issued.status_code == 201
+    second, second_id = issued.json()["api_key"], issued.json()["key_id"]
+    first_id = first.split("_")[1]
+
+    revoked = await omni.client.delete(f"/v1/keys/{first_id}", headers=omni.auth(second))
+    assert revoked.status_code == 204
+    # No settling: authentication reads the event store, so the refusal is immediate.
+    refused = await omni.client.get(f"/v1/tenants/{tenant_id}/keys", headers=omni.auth(first))
+    assert refused.status_code == 401
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert (await omni.client.get(f"/v1/tenants/{tenant_id}/keys", headers=omni.auth(second))).status_code == 200
+    # Revoking again is harmless.
+    assert (await omni.client.delete(f"/v1/keys/{first_id}", headers=omni.auth(second))).status_code == 204
+
+    await omni.settle()
+    keys = (await omni.client.get(f"/v1/tenants/{tenant_id}/keys", headers=omni.auth(second))).json()["data"]
+    states = {k["key_id"]: k["revoked_at"] is not None for k in keys}
+    assert states == {first_id: True, second_id: False}
+    assert all("api_key" not in k and "secret" not in str(k) for k in keys)
+
+
+async def test_another_tenants_resources_answer_404(omni: Omni) -> None:
+    a_id, a_key = await omni.tenant("a")
+    b_id, b_key = await omni.tenant("b")
+    await omni.settle()
+    b_key_id = b_key.split("_")[1]
+    for method, path in [
+        ("GET", f"/v1/tenants/{b_id}"),
+        ("GET", f"/v1/tenants/{b_id}/keys"),
+        ("POST", f"/v1/tenants/{b_id}/keys"),
+        ("DELETE", f"/v1/keys/{b_key_id}"),
+    ]:
+        response = await omni.client.request(method, path, headers=omni.auth(a_key))
+        assert response.status_code == 404, (method, path, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+    # B's key still works: A's attempt to revoke it changed nothing.
+    assert (await omni.client.get(f"/v1/tenants/{b_id}", headers=omni.auth(b_key))).status_code == 200
+
+
+async def test_the_tenant_comes_from_the_key_never_the_body(omni: Omni) -> None:
+    _, a_key = await omni.tenant("a")
+    b_id, b_key = await omni.tenant("b")
+    await omni.meter(slug="calls", event_type="call", aggregation="COUNT")
+    sneaky = {"specversion": "1.0", "id": "1", "source": "s", "type": "call", "subject": "u", "tenant_id": b_id}
+    response = await omni.send(a_key, [sneaky])
+    # `tenant_id` is not a CloudEvents extension name (underscore): the whole event is refused.
+    assert response.status_code == 422
+    sneaky = {k: v for k, v in sneaky.items() if k != "tenant_id"} | {"tenantid": b_id}
+    assert (await omni.send(a_key, [sneaky])).status_code == 202
+    await omni.settle()
+    assert await omni.query(b_key, "calls") == []
+    assert [row["value"] for row in await omni.query(a_key, "calls")] == [1]
+
+
+async def test_keys_and_roles_are_enforced(omni: Omni) -> None:
+    tenant_id, key = await omni.tenant()
+    no_key = await omni.client.post("/v1/tenants", json={"name": "x", "plan": "y"})
+    assert no_key.status_code == 401
+    bad_key = await omni.client.post("/v1/tenants", json={"name": "x", "plan": "y"}, headers=omni.auth("omni_abc_def"))
+    assert bad_key.status_code == 401
+    tenant_on_admin = await omni.client.post("/v1/tenants", json={"name": "x", "plan": "y"}, headers=omni.auth(key))
+    assert tenant_on_admin.status_code == 403
+    meter_by_tenant = await omni.client.post(
+        "/v1/meters", json={"slug": "m", "event_type": "t", "aggregation": "COUNT"}, headers=omni.auth(key)
+    )
+    assert meter_by_tenant.status_code == 403
+    admin_ingest = await omni.send(ADMIN, [{"specversion": "1.0", "id": "1", "source": "s", "type": "t", "subject": "u"}])
+    assert admin_ingest.status_code == 403
+    mass_assignment = await omni.client.post(
+        "/v1/tenants", json={"name": "x", "plan": "y", "role": "admin"}, headers=omni.auth(ADMIN)
+    )
+    assert mass_assignment.status_code == 422

@@ -1,0 +1,134 @@
+"""Usage in, meters out: exact values, windows, groups, late meters, duplicates."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import orjson
+
+from tests.conftest import cloud_event
+from tests.e2e.conftest import SINGLE, Omni
+
+TOKENS = {
+    "slug": "tokens",
+    "event_type": "inference",
+    "aggregation": "SUM",
+    "value_property": "$.data.tokens",
+    "group_by": {"model": "$.data.model"},
+}
+
+
+def minute(offset: int) -> datetime:
+    now = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    return now - timedelta(minutes=offset)
+
+
+async def test_sum_meter_is_exact_and_grouped(omni: Omni) -> None:
+    _, key = await omni.tenant()
+    await omni.meter(**TOKENS)
+    events = [
+        cloud_event(f"e{i}", subject=f"user-{i % 2}", time=minute(10), data={"tokens": "0.1", "model": "small" if i % 3 else "large"})
+        for i in range(30)
+    ]
+    events.append(cloud_event("big", time=minute(10), data={"tokens": 2**62, "model": "large"}))
+    response = await omni.send(key, events)
+    assert response.status_code == 202, response.text
+    assert response.json()["accepted"] == 31
+    await omni.settle()
+
+    total = await omni.query(key, "tokens")
+    assert len(total) == 1
+    assert total[0]["value"] == Decimal("3.0") + 2**62
+    raw = (await omni.client.get("/v1/meters/tokens/query", headers=omni.auth(key))).text
+    assert str(2**62 + 3) + ".0" in raw  # exact in the JSON text itself, no float rounding
+
+    by_model = {row["group_by"]["model"]: row["value"] for row in await omni.query(key, "tokens", group_by="model")}
+    assert by_model == {"small": Decimal("2.0"), "large": Decimal("1.0") + 2**62}
+
+    by_subject = await omni.query(key, "tokens", group_by="subject", subject=["user-0", "user-1"])
+    assert {row["subject"] for row in by_subject} == {"user-0", "user-1"}
+
+
+async def test_windows_follow_event_time(omni: Omni) -> None:
+    _, key = await omni.tenant()
+    await omni.meter(slug="calls", event_type="call", aggregation="COUNT")
+    base = minute(0) - timedelta(hours=3)
+    events = [cloud_event(f"c{i}", type_="call", time=base + timedelta(minutes=i)) for i in range(90)]
+    assert (await omni.send(key, events)).status_code == 202
+    await omni.settle()
+    rows = await omni.query(key, "calls", window_size="MINUTE")
+    assert len(rows) == 90 and all(row["value"] == 1 for row in rows)
+    hours = await omni.query(key, "calls", window_size="HOUR")
+    assert sum(row["value"] for row in hours) == 90
+    clipped = await omni.query(
+        key,
+        "calls",
+        window_size="HOUR",
+        **{"from": (base + timedelta(minutes=30)).isoformat(), "to": (base + timedelta(minutes=60)).isoformat()},
+    )
+    assert [row["value"] for row in clipped] == [30]
+    assert clipped[0]["window_start"].startswith((base + timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M"))
+
+
+async def test_duplicates_count_once_even_in_a_concurrent_storm(omni: Omni) -> None:
+    _, key = await omni.tenant()
+    await omni.meter(slug="calls", event_type="call", aggregation="COUNT")
+    event = cloud_event("same-id", type_="call")
+    body = orjson.dumps(event)
+    responses = await asyncio.gather(
+        *[
+            omni.client.post("/v1/events", content=body, headers={**omni.auth(key), "Content-Type": SINGLE})
+            for _ in range(10)
+        ]
+    )
+    assert all(r.status_code == 202 for r in responses)
+    assert sum(r.json()["accepted"] for r in responses) == 1
+    assert sum(r.json()["duplicates"] for r in responses) == 9
+    await omni.settle()
+    assert [row["value"] for row in await omni.query(key, "calls")] == [1]
+    # The same id from another source is another event.
+    assert (await omni.send(key, [cloud_event("same-id", type_="call", source="other")])).json()["accepted"] == 1
+
+
+async def test_a_meter_defined_later_covers_the_whole_history(omni: Omni) -> None:
+    _, key = await omni.tenant()
+    events = [cloud_event(f"e{i}", data={"tokens": i, "model": "m"}) for i in range(500)]
+    assert (await omni.send(key, events)).status_code == 202
+    await omni.settle()
+    await omni.meter(**TOKENS)
+    await omni.meter(slug="inferences", event_type="inference", aggregation="COUNT")
+    await omni.settle()
+    more = [cloud_event(f"late{i}", data={"tokens": 1, "model": "m"}) for i in range(5)]
+    assert (await omni.send(key, more)).status_code == 202
+    await omni.settle()
+    assert [row["value"] for row in await omni.query(key, "tokens")] == [sum(range(500)) + 5]
+    assert [row["value"] for row in await omni.query(key, "inferences")] == [505]
+
+
+async def test_each_aggregation(omni: Omni) -> None:
+    _, key = await omni.tenant()
+    for aggregation in ("SUM", "MAX", "MIN", "AVG", "LATEST", "UNIQUE_COUNT"):
+        await omni.meter(slug=aggregation.lower(), event_type="latency", aggregation=aggregation, value_property="$.data.ms")
+    values = [5, 1, 9, 3]
+    events = [cloud_event(f"l{i}", type_="latency", time=minute(5) + timedelta(seconds=i), data={"ms": v}) for i, v in enumerate(values)]
+    events.append(cloud_event("dup-value", type_="latency", time=minute(5) + timedelta(seconds=30), data={"ms": 9}))
+    assert (await omni.send(key, events)).status_code == 202
+    await omni.settle()
+    got = {slug: (await omni.query(key, slug))[0]["value"] for slug in ("sum", "max", "min", "avg", "latest", "unique_count")}
+    assert got == {"sum": 27, "max": 9, "min": 1, "avg": Decimal("5.4"), "latest": 9, "unique_count": 4}
+
+
+async def test_api_calls_are_metered(omni: Omni) -> None:
+    tenant_id, key = await omni.tenant()
+    await omni.meter(slug="api-calls", event_type="api_call", aggregation="COUNT", group_by={"route": "$.data.route", "status": "$.data.status"})
+    await omni.settle()  # the tenant view is folded from the log
+    for _ in range(3):
+        await omni.client.get(f"/v1/tenants/{tenant_id}", headers=omni.auth(key))
+    await omni.client.get("/v1/tenants/not-mine", headers=omni.auth(key))
+    await omni.settle()
+    rows = await omni.query(key, "api-calls", group_by=["route", "status"])
+    counts = {(r["group_by"]["route"], r["group_by"]["status"]): r["value"] for r in rows}
+    assert counts[("/v1/tenants/{tenant_id}", 200)] == 3
+    assert counts[("/v1/tenants/{tenant_id}", 404)] == 1
