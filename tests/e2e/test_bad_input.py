@@ -1,0 +1,116 @@
+"""Bad input: a clear 4xx problem+json, never a 500, and nothing already accepted is lost."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from api.app import create_app
+from omni.bootstrap import build
+from tests.conftest import cloud_event
+from tests.e2e.conftest import ADMIN, BATCH, SINGLE, Omni, embedded_settings
+
+
+def assert_problem(response: httpx.Response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["status"] == status and body["title"]
+    return body
+
+
+async def test_malformed_and_misaddressed_events(omni: Omni) -> None:
+    _, key = await omni.tenant()
+    auth = omni.auth(key)
+    post = omni.client.post
+    assert_problem(await post("/v1/events", content=b"{not json", headers={**auth, "Content-Type": SINGLE}), 400)
+    assert_problem(await post("/v1/events", content=b"{}", headers={**auth, "Content-Type": "text/plain"}), 415)
+    assert_problem(await post("/v1/events", content=b"[]", headers={**auth, "Content-Type": BATCH}), 422)
+    assert_problem(await post("/v1/events", content=b"{}", headers={**auth, "Content-Type": BATCH}), 400)
+    assert_problem(await post("/v1/events", content=b"[1]", headers={**auth, "Content-Type": SINGLE}), 400)
+    missing = assert_problem(await post("/v1/events", content=b"{}", headers={**auth, "Content-Type": SINGLE}), 422)
+    reasons = " ".join(missing["errors"][0]["reasons"])
+    for field in ("specversion", "id", "source", "type", "subject"):
+        assert field in reasons
+
+
+async def test_a_batch_with_bad_events_is_refused_whole(omni: Omni) -> None:
+    _, key = await omni.tenant()
+    await omni.meter(slug="calls", event_type="call", aggregation="COUNT")
+    good = [cloud_event(f"g{i}", type_="call") for i in range(3)]
+    bad_index_1 = {"specversion": "0.3", "id": "x", "source": "s", "type": "call", "subject": "u"}
+    bad_index_3 = cloud_event("old", type_="call") | {"time": "2000-01-01T00:00:00Z"}
+    response = await omni.send(key, [good[0], bad_index_1, good[1], bad_index_3, good[2]])
+    body = assert_problem(response, 422)
+    assert [e["index"] for e in body["errors"]] == [1, 3]
+    assert body["errors"][1]["id"] == "old"
+    await omni.settle()
+    assert await omni.query(key, "calls") == []
+    # The good events were not remembered as seen: sent alone, they are accepted.
+    assert (await omni.send(key, good)).json()["accepted"] == 3
+
+
+async def test_meter_queries_refuse_bad_ranges_and_unknowns(omni: Omni) -> None:
+    _, key = await omni.tenant()
+    await omni.meter(slug="tokens", event_type="inference", aggregation="SUM", value_property="$.data.tokens", group_by={"model": "$.data.model"})
+    await omni.settle()
+    get = omni.client.get
+    auth = omni.auth(key)
+    assert_problem(await get("/v1/meters/nope/query", headers=auth), 404)
+    assert_problem(await get("/v1/meters/tokens/query", params={"window_size": "WEEK"}, headers=auth), 422)
+    assert_problem(await get("/v1/meters/tokens/query", params={"from": "yesterday"}, headers=auth), 422)
+    assert_problem(await get("/v1/meters/tokens/query", params={"from": "2026-01-01T00:00:30Z"}, headers=auth), 422)
+    assert_problem(await get("/v1/meters/tokens/query", params={"from": "2026-01-02T00:00:00Z", "to": "2026-01-01T00:00:00Z"}, headers=auth), 422)
+    assert_problem(await get("/v1/meters/tokens/query", params={"from": "2026-01-01T00:00:00"}, headers=auth), 422)
+    assert_problem(await get("/v1/meters/tokens/query", params={"group_by": "colour"}, headers=auth), 422)
+    assert_problem(await get("/v1/meters/tokens/query", headers=omni.auth(ADMIN)), 403)
+
+
+async def test_meter_definitions_are_validated(omni: Omni) -> None:
+    admin = omni.auth(ADMIN)
+    post = omni.client.post
+    assert_problem(await post("/v1/meters", json={"slug": "x", "event_type": "t", "aggregation": "SUM"}, headers=admin), 422)
+    assert_problem(await post("/v1/meters", json={"slug": "Bad Slug", "event_type": "t", "aggregation": "COUNT"}, headers=admin), 422)
+    assert_problem(await post("/v1/meters", json={"slug": "x", "event_type": "t", "aggregation": "SUM", "value_property": "data.x"}, headers=admin), 422)
+    assert_problem(await post("/v1/meters", content=b"{", headers={**admin, "Content-Type": "application/json"}), 400)
+    ok = {"slug": "x", "event_type": "t", "aggregation": "COUNT"}
+    assert (await post("/v1/meters", json=ok, headers=admin)).status_code == 201
+    assert_problem(await post("/v1/meters", json=ok, headers=admin), 409)
+
+
+@pytest.fixture
+async def small(tmp_path: Path):  # type: ignore[no-untyped-def]
+    platform = build(embedded_settings(tmp_path / "data", max_body_bytes=4096, max_batch_events=5))
+    app = create_app(platform=platform, background=False)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://omni.test") as client:
+            yield Omni(client, platform, app)
+
+
+async def test_oversized_bodies_and_batches_get_413(small: Omni) -> None:
+    _, key = await small.tenant()
+    huge = cloud_event("h", data={"blob": "x" * 10_000})
+    assert_problem(await small.client.post("/v1/events", content=orjson.dumps(huge), headers={**small.auth(key), "Content-Type": SINGLE}), 413)
+    six = [cloud_event(f"e{i}") for i in range(6)]
+    assert_problem(await small.send(key, six), 413)
+    assert (await small.send(key, six[:5])).status_code == 202
+
+
+async def test_the_log_being_down_gives_503_and_claims_nothing(omni: Omni) -> None:
+    _, key = await omni.tenant()
+    await omni.meter(slug="calls", event_type="call", aggregation="COUNT")
+    await omni.settle()
+    await omni.platform.log.close()
+    down = assert_problem(await omni.send(key, [cloud_event("during-outage", type_="call")]), 503)
+    assert "Retry" in down["detail"] or down["title"]
+    assert (await omni.client.get("/readyz")).status_code == 503
+    await omni.platform.log.start()
+    assert (await omni.client.get("/readyz")).status_code == 200
+    # The retry after the outage is accepted: the failed attempt left no trace.
+    retry = await omni.send(key, [cloud_event("during-outage", type_="call")])
+    assert retry.json() == {"accepted": 1, "duplicates": 0, "results": [{"index": 0, "id": "during-outage", "status": "accepted"}]}
+    await omni.settle()
+    assert [row["value"] for row in await omni.query(key, "calls")] == [1]
