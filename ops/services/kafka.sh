@@ -107,6 +107,7 @@ start() {
       || die "formatting $RUN/data failed; see $RUN/logs/storage.log"
   fi
   mkdir -p "$RUN/logs"
+  rm -f "$PIDFILE"
   # setsid: survive the caller's session/Ctrl-C; the child writes its own pid, then execs java.
   nohup setsid bash -c 'echo $$ >"$0"; exec "$@"' "$PIDFILE" \
     java -Xms512m -Xmx512m -cp "$LIBS/*" -Dlog4j2.configurationFile="$LOG4J" \
@@ -114,7 +115,9 @@ start() {
     >>"$OUT" 2>&1 </dev/null &
   local deadline=$((SECONDS + 60))
   until answers; do
-    if ((SECONDS >= deadline)) || ! kill -0 $! 2>/dev/null; then
+    # setsid forks when the caller has job control, so $! is only a fallback until the pid file exists
+    local pid=$!; [[ -s $PIDFILE ]] && pid=$(<"$PIDFILE")
+    if ((SECONDS >= deadline)) || ! kill -0 "$pid" 2>/dev/null; then
       # stack traces bury the cause: show the stdout tail, then the ERROR / "Caused by" lines
       { tail -n 10 "$OUT"; grep -hE ' (ERROR|FATAL) |^Caused by' "$RUN/logs/server.log" | tail -n 8; } >&2 2>/dev/null || true
       die "Kafka did not come up on localhost:$PORT (logs above, full logs in $RUN)"

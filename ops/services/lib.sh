@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared helpers, sourced by the ops/services/*.sh scripts.
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 RUN_BASE=${OMNI_RUN_DIR:-$ROOT/.run}

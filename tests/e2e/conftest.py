@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
@@ -64,11 +66,55 @@ def embedded_settings(data_dir: Path, **overrides: Any) -> Settings:
     return Settings(mode="embedded", data_dir=data_dir, admin_key=ADMIN, usage_partitions=3, **overrides)
 
 
-@pytest.fixture
-async def omni(tmp_path: Path) -> AsyncIterator[Omni]:
-    platform = build(embedded_settings(tmp_path / "data"))
+def kafka_settings(name: str, **overrides: Any) -> Settings:
+    """Kafka mode on the test services, with topics and a schema of its own."""
+    from tests.contract.conftest import DATABASE_URL
+
+    return Settings(
+        mode="kafka",
+        admin_key=ADMIN,
+        usage_partitions=3,
+        topic_prefix=f"e2e-{name}",
+        database_schema=f"e2e_{name}",
+        database_url=DATABASE_URL,
+        kafka_bootstrap_servers=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:19092"),
+        redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:16379/0"),
+        produce_timeout_seconds=5,
+        **overrides,
+    )
+
+
+def services_or_skip() -> None:
+    import socket
+
+    from tests.contract.conftest import postgres_or_skip
+
+    postgres_or_skip()
+    host, _, port = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:19092").split(",")[0].partition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+    except OSError as down:
+        if os.environ.get("OMNI_REQUIRE_SERVICES"):
+            raise
+        pytest.skip(f"Kafka unreachable: {down}")
+
+
+@pytest.fixture(params=["embedded", "kafka"])
+async def omni(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Omni]:
+    """The same API, over each mode's adapters. Settling uses the in-process runner in both."""
+    if request.param == "embedded":
+        settings = embedded_settings(tmp_path / "data")
+    else:
+        services_or_skip()
+        settings = kafka_settings(uuid.uuid4().hex[:12])
+    platform = build(settings)
     app = create_app(platform=platform, background=False)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://omni.test") as client:
             yield Omni(client, platform, app)
+    if request.param == "kafka":
+        import psycopg
+
+        with psycopg.connect(settings.database_url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{settings.database_schema}" CASCADE')
