@@ -32,12 +32,64 @@ class Tx(Protocol):
 class Database(Protocol):
     dialect: str
 
+    def leadership(self, name: str) -> Leadership:
+        """Who among many processes does a singleton job (the outbox relay)."""
+
     def transaction(self) -> Any:
         """A context manager giving a Tx; commits on success, rolls back on error."""
 
     def migrate(self, script: str) -> None: ...
 
     def close(self) -> None: ...
+
+
+class Leadership(Protocol):
+    def hold(self) -> bool:
+        """True while this process leads; tries to become leader when it does not."""
+
+    def release(self) -> None: ...
+
+
+class _Sole:
+    """SQLite lives in one process: it always leads."""
+
+    def hold(self) -> bool:
+        return True
+
+    def release(self) -> None:
+        pass
+
+
+class _AdvisoryLock:
+    """A PostgreSQL session advisory lock on a connection of its own: lost with the connection."""
+
+    def __init__(self, url: str, name: str) -> None:
+        self.url = url
+        self.name = name
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def hold(self) -> bool:
+        try:
+            if self._conn is not None:
+                self._conn.execute("SELECT 1")
+                return True
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
+            row = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (self.name,)).fetchone()
+            if row and row[0]:
+                self._conn = conn
+                return True
+            conn.close()
+        except psycopg.Error:
+            self.release()
+        return False
+
+    def release(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except psycopg.Error:
+                pass
+            self._conn = None
 
 
 class _SqliteTx:
@@ -84,6 +136,9 @@ class SqliteDatabase:
         with self._lock:
             self._db.executescript(script)
 
+    def leadership(self, name: str) -> Leadership:
+        return _Sole()
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -110,6 +165,7 @@ class PostgresDatabase:
     dialect = "postgres"
 
     def __init__(self, url: str, *, schema: str = "public", min_size: int = 1, max_size: int = 8) -> None:
+        self.url = url
         self.schema = schema
         self._pool = ConnectionPool(
             url,
@@ -152,6 +208,9 @@ class PostgresDatabase:
             conn.execute(f'SET LOCAL search_path TO "{self.schema}"')
             for statement in filter(str.strip, script.split(";")):
                 conn.execute(statement)
+
+    def leadership(self, name: str) -> Leadership:
+        return _AdvisoryLock(self.url, f"{self.schema}:{name}")
 
     def close(self) -> None:
         self._pool.close()

@@ -18,7 +18,7 @@ from commands.control_plane import AUDIT_TYPE, OMNI_NAMESPACE, ControlPlane, des
 from schemas.envelope import Envelope, encode
 from schemas.topics import Topics
 from stores import views
-from stores.database import Database
+from stores.database import Database, Leadership
 from streams.log import EventLog, LogUnavailable, Outgoing
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,18 @@ class OutboxRelay:
         return len(envelopes)
 
     async def run(self, stop: asyncio.Event, idle: float = 0.05) -> None:
+        """Relay until stopped. Many processes may run this; one leads, the others stand by."""
+        leadership = self.db.leadership(RELAY)
+        try:
+            await self._relay_while_leading(stop, leadership, idle)
+        finally:
+            leadership.release()
+
+    async def _relay_while_leading(self, stop: asyncio.Event, leadership: Leadership, idle: float) -> None:
         while not stop.is_set():
+            if not await asyncio.to_thread(leadership.hold):
+                await _pause(stop, 1.0)
+                continue
             try:
                 moved = await self.relay_once()
             except LogUnavailable as outage:
@@ -90,7 +101,11 @@ class OutboxRelay:
                 moved = 0
                 await asyncio.sleep(1.0)
             if not moved:
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=idle)
-                except TimeoutError:
-                    pass
+                await _pause(stop, idle)
+
+
+async def _pause(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        pass
