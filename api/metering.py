@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from starlette.responses import Response
 
 from commands.control_plane import PLATFORM
+from omni import metrics
 from schemas.envelope import Actor, Envelope, encode
 from streams.log import EventLog, Outgoing
 
@@ -74,6 +75,9 @@ def install(app: FastAPI, recorder: ApiCallRecorder) -> None:
         response: Response = await call_next(request)
         latency_ms = (time.perf_counter() - started) * 1000
         route = request.scope.get("route")
+        template = getattr(route, "path", None) or "unmatched"
+        metrics.HTTP_REQUESTS.labels(template, request.method, str(response.status_code)).inc()
+        metrics.HTTP_LATENCY.labels(template).observe(latency_ms / 1000)
         principal = getattr(request.state, "principal", None)
         tenant = (PLATFORM if principal.is_admin else principal.tenant_id) if principal else ANONYMOUS
         now = datetime.now(timezone.utc)
@@ -95,7 +99,7 @@ def install(app: FastAPI, recorder: ApiCallRecorder) -> None:
                 ),
                 traceparent=request.headers.get("traceparent"),
                 data={
-                    "route": getattr(route, "path", None) or "unmatched",
+                    "route": template,
                     "method": request.method,
                     "status": response.status_code,
                     "latency_ms": round(latency_ms, 3),

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
+from omni import metrics
 from projections import catalog
 from projections.meter_state import BucketState
 from projections.meters import BucketKey, MeterIndex, apply
@@ -58,6 +59,7 @@ class CatalogProjector:
                 for change in catalog.changes(decode(record.value)):
                     _write_change(tx, change)
             views.set_checkpoint(tx, CATALOG, self.topic, partition, fresh[-1].offset + 1)
+        metrics.PROJECTED.labels(CATALOG).inc(len(fresh))
         return len(fresh)
 
 
@@ -97,6 +99,7 @@ class MeterProjector:
             self._fold_into_views(tx, meters.only(live), kept)
             views.set_checkpoint(tx, METERS, self.topic, partition, end)
             views.set_meter_checkpoints(tx, self.topic, partition, {slug: end for slug in live})
+        metrics.PROJECTED.labels(METERS).inc(len(fresh))
         return len(fresh)
 
     def lagging(self) -> list[Lag]:

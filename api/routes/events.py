@@ -16,6 +16,8 @@ from commands.ingest import admit, expires_at
 from schemas.api import EventResult, IngestResult
 from schemas.cloudevents import BATCH, STRUCTURED
 from schemas.envelope import Actor
+from streams.log import LogUnavailable
+from omni import metrics
 
 router = APIRouter(prefix="/v1", tags=["events"])
 
@@ -84,10 +86,16 @@ async def ingest_events(request: Request, platform: PlatformDep, principal: Tena
         new_id=lambda: str(uuid_utils.uuid7()),
         traceparent=request.headers.get("traceparent"),
     )
-    accepted = await platform.sink.ingest(envelopes, [expires_at(e, platform.policy) for e in envelopes])
+    try:
+        accepted = await platform.sink.ingest(envelopes, [expires_at(e, platform.policy) for e in envelopes])
+    except LogUnavailable:
+        metrics.LOG_UNAVAILABLE.inc()
+        raise
     results = [
         EventResult(index=i, id=e.source_id, status="accepted" if ok else "duplicate")
         for i, (e, ok) in enumerate(zip(envelopes, accepted, strict=True))
     ]
     count = sum(accepted)
+    metrics.EVENTS.labels("accepted").inc(count)
+    metrics.EVENTS.labels("duplicate").inc(len(accepted) - count)
     return IngestResult(accepted=count, duplicates=len(accepted) - count, results=results)

@@ -134,3 +134,12 @@ async def test_api_calls_are_metered(omni: Omni) -> None:
     counts = {(r["group_by"]["route"], r["group_by"]["status"]): r["value"] for r in rows}
     assert counts[("/v1/tenants/{tenant_id}", 200)] == 3
     assert counts[("/v1/tenants/{tenant_id}", 404)] == 1
+
+
+async def test_metrics_are_exposed_for_prometheus(omni: Omni) -> None:
+    _, key = await omni.tenant()
+    assert (await omni.send(key, [cloud_event("m1")])).status_code == 202
+    response = await omni.client.get("/metrics")
+    assert response.status_code == 200
+    assert 'omni_events_total{outcome="accepted"}' in response.text
+    assert 'omni_http_requests_total{method="POST",route="/v1/events",status="202"}' in response.text

@@ -1,0 +1,16 @@
+"""Prometheus metrics shared by the API and the runners. Labels stay low-cardinality."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+EVENTS = Counter("omni_events_total", "Usage events offered to POST /v1/events", ["outcome"])
+HTTP_REQUESTS = Counter("omni_http_requests_total", "HTTP requests served", ["route", "method", "status"])
+HTTP_LATENCY = Histogram(
+    "omni_http_request_seconds",
+    "HTTP request latency",
+    ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+PROJECTED = Counter("omni_projected_records_total", "Log records applied to views", ["projector"])
+LOG_UNAVAILABLE = Counter("omni_log_unavailable_total", "Requests answered 503 because the log was down")
