@@ -9,7 +9,7 @@ minute buckets can be rolled up into any larger window at query time.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Context, Decimal, DivisionByZero, InvalidOperation, Overflow
 from typing import Any
 
 import orjson
@@ -29,6 +29,12 @@ class BucketState:
 
 
 EMPTY = BucketState()
+
+# Values are bounded (projections.meters.numeric): < 1e38, >= 1e-18. 120 digits
+# hold any sum of them exactly, so addition never rounds and order never matters.
+EXACT = Context(prec=120, traps=[InvalidOperation, Overflow, DivisionByZero])
+# An average is a quotient: it gets the precision of IEEE decimal128.
+QUOTIENT = Context(prec=34)
 
 
 def observe(state: BucketState, aggregation: Aggregation, value: Any, at: tuple[int, int]) -> BucketState:
@@ -51,7 +57,7 @@ def combine(a: BucketState, b: BucketState) -> BucketState:
         latest_at, latest = a.latest_at, a.latest
     return BucketState(
         count=a.count + b.count,
-        total=a.total + b.total,
+        total=EXACT.add(a.total, b.total),
         minimum=_pick(min, a.minimum, b.minimum),
         maximum=_pick(max, a.maximum, b.maximum),
         latest_at=latest_at,
@@ -80,7 +86,7 @@ def value_of(state: BucketState, aggregation: Aggregation) -> Decimal | int | No
         case Aggregation.MAX:
             return state.maximum
         case Aggregation.AVG:
-            return state.total / state.count if state.count else None
+            return QUOTIENT.divide(state.total, state.count) if state.count else None
         case Aggregation.LATEST:
             return state.latest
         case Aggregation.UNIQUE_COUNT:

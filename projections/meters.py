@@ -89,21 +89,38 @@ def lookup(doc: Any, parts: Sequence[str]) -> Any:
     return doc
 
 
+MAX_MAGNITUDE = Decimal(10) ** 38
+MIN_EXPONENT = -18  # at most 18 decimal places
+
+
 def numeric(value: Any) -> Decimal | None:
-    """A finite number, or a string holding one; never a bool."""
+    """A number a meter can sum exactly, or None.
+
+    Finite, below 1e38 in magnitude, at most 18 decimal places: within those
+    bounds every sum fits meter_state's 120-digit context, so it is exact and
+    independent of order, and no value can overflow the fold.
+    """
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int):
-        return Decimal(value)
-    if isinstance(value, float):
-        return Decimal(repr(value)) if math.isfinite(value) else None
-    if isinstance(value, str):
+        number = Decimal(value)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        number = Decimal(repr(value))
+    elif isinstance(value, str):
         try:
-            number = Decimal(value)
+            number = Decimal(value.strip())
         except InvalidOperation:
             return None
-        return number if number.is_finite() else None
-    return None
+        if not number.is_finite():
+            return None
+    else:
+        return None
+    exponent = number.as_tuple().exponent
+    if abs(number) >= MAX_MAGNITUDE or not isinstance(exponent, int) or exponent < MIN_EXPONENT:
+        return None
+    return number
 
 
 def unique_token(value: Any) -> str | None:

@@ -8,8 +8,9 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-_PATH = re.compile(r"^\$(\.[A-Za-z_][A-Za-z0-9_\-]*)+$")
-_GROUP_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+# \Z, not $: in Python `$` also matches before a trailing newline.
+_PATH = re.compile(r"\$(\.[A-Za-z_][A-Za-z0-9_\-]*)+\Z")
+_GROUP_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 RESERVED_GROUP_KEYS = frozenset({"subject"})
 
 

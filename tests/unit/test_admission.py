@@ -1,0 +1,350 @@
+"""Admission of usage events: commands.ingest.admit."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from commands.errors import Invalid
+from commands.ingest import AdmissionPolicy, admit, expires_at
+from schemas.envelope import Actor, Envelope, decode, encode
+
+PROPS = settings(max_examples=80, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+
+RECEIVED = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
+ACTOR = Actor(key_id="k1", ip="10.0.0.1", user_agent="pytest")
+POLICY = AdmissionPolicy()
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+REQUIRED = ("specversion", "id", "source", "type", "subject")
+
+
+def good(**overrides) -> dict:
+    event = {"specversion": "1.0", "id": "evt-1", "source": "app://x", "type": "inference", "subject": "cust-1", "data": {"tokens": 5}}
+    event.update(overrides)
+    return event
+
+
+def iso(moment: datetime) -> str:
+    return moment.isoformat()
+
+
+def run(items, *, policy=POLICY, traceparent=None, received=RECEIVED, tenant_id="tenant-1"):
+    ids = (f"id-{n}" for n in itertools.count())
+    return admit(items, tenant_id=tenant_id, actor=ACTOR, received=received, policy=policy, new_id=lambda: next(ids), traceparent=traceparent)
+
+
+def rejected(items, **kwargs) -> Invalid:
+    with pytest.raises(Invalid) as caught:
+        run(items, **kwargs)
+    return caught.value
+
+
+def reasons(error: Invalid, index: int = 0) -> str:
+    (entry,) = [e for e in error.errors if e["index"] == index]
+    return " | ".join(entry.get("reasons", [entry.get("reason", "")]))
+
+
+# --- the happy path ---------------------------------------------------------------------
+
+
+def test_valid_single_event_becomes_an_envelope():
+    (envelope,) = run([good(time=iso(RECEIVED - timedelta(minutes=3)))], traceparent=None)
+    assert envelope == Envelope(
+        id="id-0",
+        type="inference",
+        tenant_id="tenant-1",
+        source="app://x",
+        source_id="evt-1",
+        subject="cust-1",
+        event_time=RECEIVED - timedelta(minutes=3),
+        recorded_time=RECEIVED,
+        data={"tokens": 5},
+        actor=ACTOR,
+        traceparent=None,
+        extensions={},
+    )
+    assert envelope.dedupe_key == ("tenant-1", "app://x", "evt-1")
+
+
+def test_batch_of_valid_events_keeps_order_and_gets_fresh_ids():
+    envelopes = run([good(id=f"e{n}") for n in range(5)])
+    assert [e.source_id for e in envelopes] == ["e0", "e1", "e2", "e3", "e4"]
+    assert [e.id for e in envelopes] == ["id-0", "id-1", "id-2", "id-3", "id-4"]
+
+
+def test_tenant_comes_from_the_caller_not_the_body():
+    (envelope,) = run([good(tenantid="someone-else")], tenant_id="tenant-1")
+    assert envelope.tenant_id == "tenant-1"
+    assert envelope.extensions == {"tenantid": "someone-else"}
+
+
+def test_time_defaults_to_received():
+    (implicit,) = run([good()])
+    (explicit_null,) = run([good(time=None)])
+    assert implicit.event_time == RECEIVED == explicit_null.event_time
+
+
+def test_time_with_an_offset_is_kept_as_the_same_instant():
+    local = datetime(2024, 5, 1, 14, 0, tzinfo=timezone(timedelta(hours=2)))
+    (envelope,) = run([good(time="2024-05-01T14:00:00+02:00")])
+    assert envelope.event_time == local == datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+
+
+def test_expires_at_covers_the_whole_admission_window():
+    (envelope,) = run([good(time=iso(RECEIVED - timedelta(days=2)))])
+    assert expires_at(envelope, POLICY) == RECEIVED - timedelta(days=2) + POLICY.window + POLICY.future
+
+
+# --- required fields ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", REQUIRED)
+def test_missing_required_field_is_rejected_naming_index_and_field(field):
+    bad = good()
+    del bad[field]
+    error = rejected([good(id="ok"), bad])
+    assert [e["index"] for e in error.errors] == [1]
+    assert field in reasons(error, 1)
+    assert "1 of 2" in str(error)
+
+
+@pytest.mark.parametrize("field", ["id", "source", "type", "subject"])
+@pytest.mark.parametrize("value", ["", None, 7, ["x"]])
+def test_required_string_fields_must_be_non_empty_strings(field, value):
+    error = rejected([good(**{field: value})])
+    assert field in reasons(error)
+
+
+@pytest.mark.parametrize("version", ["0.3", "1", "1.0 ", 1.0, None, "2.0"])
+def test_wrong_specversion_is_rejected(version):
+    error = rejected([good(specversion=version)])
+    assert "specversion" in reasons(error)
+
+
+def test_the_rejection_names_the_event_id():
+    error = rejected([good(id="my-id", subject="")])
+    assert error.errors[0]["id"] == "my-id"
+    error = rejected([good(id=12, subject="")])
+    assert error.errors[0]["id"] is None
+
+
+# --- the acceptance window ------------------------------------------------------------------
+
+
+def test_time_exactly_at_the_window_bounds_is_accepted():
+    oldest, newest = RECEIVED - POLICY.window, RECEIVED + POLICY.future
+    envelopes = run([good(id="old", time=iso(oldest)), good(id="new", time=iso(newest))])
+    assert [e.event_time for e in envelopes] == [oldest, newest]
+
+
+def test_time_older_than_the_window_is_rejected():
+    error = rejected([good(time=iso(RECEIVED - POLICY.window - timedelta(microseconds=1)))])
+    assert "older than the acceptance window" in reasons(error)
+
+
+def test_time_more_than_five_minutes_ahead_is_rejected():
+    assert POLICY.future == timedelta(minutes=5)
+    error = rejected([good(time=iso(RECEIVED + timedelta(minutes=5, microseconds=1)))])
+    assert "in the future" in reasons(error)
+
+
+def test_custom_window():
+    policy = AdmissionPolicy(window=timedelta(hours=1), future=timedelta(0))
+    run([good(time=iso(RECEIVED - timedelta(hours=1)))], policy=policy)
+    rejected([good(time=iso(RECEIVED - timedelta(hours=1, seconds=1)))], policy=policy)
+    rejected([good(time=iso(RECEIVED + timedelta(microseconds=1)))], policy=policy)
+
+
+@pytest.mark.parametrize("naive", ["2024-05-01T12:00:00", "2024-05-01 12:00:00", "2024-05-01T12:00:00.5"])
+def test_naive_time_is_rejected(naive):
+    error = rejected([good(time=naive)])
+    assert "time" in reasons(error)
+
+
+@pytest.mark.parametrize("junk", ["yesterday", "", 10**30, True, {"t": 1}, "2024-13-01T00:00:00Z"])
+def test_unparseable_time_is_rejected(junk):
+    assert "time" in reasons(rejected([good(time=junk)]))
+
+
+# --- extensions and trace context ---------------------------------------------------------
+
+
+def test_extensions_are_kept():
+    (envelope,) = run([good(region="eu", n1=5, flag=True, nested={"a": [1]})])
+    assert envelope.extensions == {"region": "eu", "n1": 5, "flag": True, "nested": {"a": [1]}}
+
+
+@pytest.mark.parametrize("name", ["Region", "my_ext", "my-ext", "a" * 21, "", "ü", "x y"])
+def test_bad_extension_names_are_rejected(name):
+    error = rejected([good(**{name: "v"})])
+    assert repr(name) in reasons(error)
+
+
+def test_extension_name_of_twenty_characters_is_fine():
+    (envelope,) = run([good(**{"a" * 20: 1})])
+    assert envelope.extensions == {"a" * 20: 1}
+
+
+def test_traceparent_extension_moves_to_the_envelope():
+    (envelope,) = run([good(traceparent=TRACEPARENT, region="eu")], traceparent="00-" + "1" * 32 + "-" + "2" * 16 + "-01")
+    assert envelope.traceparent == TRACEPARENT
+    assert envelope.extensions == {"region": "eu"}
+
+
+def test_request_traceparent_is_used_when_the_event_has_none():
+    (envelope,) = run([good()], traceparent=TRACEPARENT)
+    assert envelope.traceparent == TRACEPARENT
+    assert envelope.extensions == {}
+
+
+@pytest.mark.parametrize("value", ["nope", TRACEPARENT.upper(), TRACEPARENT + "0", 5, None])
+def test_malformed_traceparent_extension_is_rejected(value):
+    assert "traceparent" in reasons(rejected([good(traceparent=value)]))
+
+
+# --- batches --------------------------------------------------------------------------------
+
+
+def test_one_bad_event_rejects_the_whole_batch_and_every_bad_index_is_listed():
+    items = [
+        good(id="a"),
+        good(id="b", specversion="0.3"),
+        good(id="c"),
+        good(id="d", time=iso(RECEIVED + timedelta(hours=1))),
+        "not an object",
+        good(id="f", BadName=1),
+        good(id="g"),
+    ]
+    error = rejected(items)
+    assert [e["index"] for e in error.errors] == [1, 3, 4, 5]
+    assert [e.get("id") for e in error.errors] == ["b", "d", None, "f"]
+    assert "4 of 7" in str(error)
+    assert "object" in error.errors[2]["reason"]
+
+
+def test_several_problems_in_one_event_are_all_reported():
+    error = rejected([{"specversion": "1.0", "id": "x"}])
+    text = reasons(error)
+    assert all(field in text for field in ("source", "type", "subject"))
+
+
+def test_empty_batch_admits_nothing():
+    assert run([]) == []
+
+
+# --- properties -----------------------------------------------------------------------------
+
+# JSON as orjson.loads can produce it (the API parses bodies with orjson).
+json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=12),
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+FIELD_NAMES = ["specversion", "id", "source", "type", "subject", "time", "data", "datacontenttype", "dataschema", "traceparent"]
+odd_times = st.one_of(
+    st.datetimes(timezones=st.timezones() | st.just(timezone(timedelta(hours=-23, minutes=-59)))).map(lambda d: d.isoformat()),
+    st.datetimes().map(lambda d: d.isoformat()),
+    st.integers(-(2**70), 2**70),
+    st.floats(),
+    st.text(max_size=30),
+)
+
+
+@st.composite
+def mutated_events(draw):
+    """Valid events with some fields replaced by arbitrary JSON and extra attributes added."""
+    event = good(time=iso(RECEIVED))
+    for name in draw(st.lists(st.sampled_from(FIELD_NAMES), max_size=3)):
+        if draw(st.booleans()):
+            event.pop(name, None)
+        elif name == "time":
+            event[name] = draw(odd_times)
+        else:
+            event[name] = draw(json_values)
+    event.update(draw(st.dictionaries(st.text(max_size=22), json_values, max_size=3)))
+    return event
+
+
+@PROPS
+@given(st.lists(json_values | mutated_events(), max_size=5))
+def test_arbitrary_json_items_only_ever_raise_invalid(items):
+    try:
+        envelopes = run(items)
+    except Invalid as error:
+        indexes = [e["index"] for e in error.errors]
+        assert indexes == sorted(set(indexes))
+        assert indexes and all(0 <= i < len(items) for i in indexes)
+        assert all(isinstance(e.get("reasons", [e.get("reason")]), list) for e in error.errors)
+    else:
+        assert len(envelopes) == len(items)
+        assert all(isinstance(item, dict) for item in items)
+        for envelope in envelopes:
+            assert RECEIVED - POLICY.window <= envelope.event_time <= RECEIVED + POLICY.future
+
+
+extension_names = st.from_regex(r"\A[a-z0-9]{1,20}\Z").filter(lambda n: n not in FIELD_NAMES)
+offsets = st.integers(-23 * 60 + 1, 23 * 60 - 1).map(lambda m: timezone(timedelta(minutes=m)))
+
+
+@st.composite
+def valid_events(draw):
+    event = {
+        "specversion": "1.0",
+        "id": draw(st.text(min_size=1, max_size=40)),
+        "source": draw(st.text(min_size=1, max_size=40)),
+        "type": draw(st.text(min_size=1, max_size=40)),
+        "subject": draw(st.text(min_size=1, max_size=40)),
+    }
+    if draw(st.booleans()):
+        shift = draw(st.integers(-int(POLICY.window / timedelta(microseconds=1)), int(POLICY.future / timedelta(microseconds=1))))
+        event["time"] = (RECEIVED + timedelta(microseconds=shift)).astimezone(draw(offsets)).isoformat()
+    if draw(st.booleans()):
+        event["data"] = draw(json_values)
+    if draw(st.booleans()):
+        event["traceparent"] = draw(st.from_regex(r"\A[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}\Z"))
+    event.update(draw(st.dictionaries(extension_names, json_values, max_size=3)))
+    return event
+
+
+@PROPS
+@given(st.lists(valid_events(), min_size=1, max_size=4), st.none() | st.just(TRACEPARENT))
+def test_valid_events_are_admitted_and_round_trip_through_the_wire_encoding(events, header_trace):
+    envelopes = run(events, traceparent=header_trace)
+    assert len(envelopes) == len(events)
+    for event, envelope in zip(events, envelopes, strict=True):
+        assert (envelope.source_id, envelope.source, envelope.type, envelope.subject) == (
+            event["id"],
+            event["source"],
+            event["type"],
+            event["subject"],
+        )
+        assert envelope.data == event.get("data")
+        assert envelope.traceparent == (event.get("traceparent") or header_trace)
+        assert set(envelope.extensions) == set(event) - {*FIELD_NAMES}
+        again = decode(encode(envelope))
+        assert again == envelope
+        assert again.event_time.utcoffset() == timedelta(0)
+        assert encode(again) == encode(envelope)
+
+
+# --- regex anchoring --------------------------------------------------------------------------
+
+
+def test_extension_name_with_a_trailing_newline_is_rejected():
+    assert repr("region\n") in reasons(rejected([good(**{"region\n": "eu"})]))
+
+
+def test_traceparent_with_a_trailing_newline_is_rejected():
+    assert "traceparent" in reasons(rejected([good(traceparent=TRACEPARENT + "\n")]))
