@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import uuid_utils
 from fastapi import FastAPI, Request
@@ -80,7 +80,7 @@ def install(app: FastAPI, recorder: ApiCallRecorder) -> None:
         metrics.HTTP_LATENCY.labels(template).observe(latency_ms / 1000)
         principal = getattr(request.state, "principal", None)
         tenant = (PLATFORM if principal.is_admin else principal.tenant_id) if principal else ANONYMOUS
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         request_id = str(uuid_utils.uuid7())
         recorder.record(
             Envelope(

@@ -9,7 +9,6 @@ import hmac
 import logging
 import secrets
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -33,7 +33,7 @@ class MeterRow:
 
 def window_bounds(moment: datetime, size: WindowSize) -> tuple[datetime, datetime]:
     """The UTC window of `size` containing `moment`."""
-    moment = moment.astimezone(timezone.utc)
+    moment = moment.astimezone(UTC)
     match size:
         case WindowSize.MINUTE:
             start = moment.replace(second=0, microsecond=0)
@@ -71,14 +71,14 @@ def roll_up(
         return []
     if window_size is None:
         whole = (
-            start or datetime.fromtimestamp(min(b.window_start for b in buckets), timezone.utc),
-            end or datetime.fromtimestamp(max(b.window_start for b in buckets) + 60, timezone.utc),
+            start or datetime.fromtimestamp(min(b.window_start for b in buckets), UTC),
+            end or datetime.fromtimestamp(max(b.window_start for b in buckets) + 60, UTC),
         )
     groups: dict[tuple[Any, ...], BucketState] = {}
     windows: dict[tuple[Any, ...], tuple[datetime, datetime]] = {}
     wanted = tuple(group_by)
     for bucket in buckets:
-        moment = datetime.fromtimestamp(bucket.window_start, timezone.utc)
+        moment = datetime.fromtimestamp(bucket.window_start, UTC)
         if window_size:
             lower, upper = window_bounds(moment, window_size)
             bounds = (max(lower, start) if start else lower, min(upper, end) if end else upper)

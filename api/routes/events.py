@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -13,11 +13,11 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import PlatformDep, TenantDep
 from api.problems import Problem
 from commands.ingest import admit, expires_at
+from omni import metrics
 from schemas.api import EventResult, IngestResult
 from schemas.cloudevents import BATCH, STRUCTURED
 from schemas.envelope import Actor
 from streams.log import LogUnavailable
-from omni import metrics
 
 router = APIRouter(prefix="/v1", tags=["events"])
 
@@ -75,7 +75,7 @@ async def ingest_events(request: Request, platform: PlatformDep, principal: Tena
         ip=request.client.host if request.client else None,
         user_agent=request.headers.get("user-agent"),
     )
-    received = datetime.now(timezone.utc)
+    received = datetime.now(UTC)
     envelopes = await run_in_threadpool(
         admit,
         items,
