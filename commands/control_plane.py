@@ -150,7 +150,7 @@ class ControlPlane(Application[UUID]):
 
     def get_tenant(self, tenant_id: str) -> Tenant:
         try:
-            tenant = self.repository.get(UUID(tenant_id))
+            tenant: object = self.repository.get(UUID(tenant_id))
         except (AggregateNotFoundError, ValueError) as missing:
             raise NotFound(f"tenant {tenant_id} not found") from missing
         if not isinstance(tenant, Tenant):
@@ -239,7 +239,7 @@ class ControlPlane(Application[UUID]):
 
     def _get_key(self, key_id: str) -> ApiKey | None:
         try:
-            key = self.repository.get(key_aggregate_id(key_id))
+            key: object = self.repository.get(key_aggregate_id(key_id))
         except AggregateNotFoundError:
             return None
         return key if isinstance(key, ApiKey) else None

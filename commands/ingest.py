@@ -5,7 +5,7 @@ Pure: the caller passes the clock reading and fresh ids in.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -31,7 +31,7 @@ class AdmissionPolicy:
     future: timedelta = FUTURE_TOLERANCE
 
 
-def _reason(error: dict[str, Any]) -> str:
+def _reason(error: Mapping[str, Any]) -> str:
     where = ".".join(str(part) for part in error.get("loc", ())) or "event"
     return f"{where}: {error.get('msg', 'invalid')}"
 
