@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from api.audit import record_refusal
 from commands.errors import Conflict, Invalid, NotFound
 from stores.database import StoreUnavailable
 from streams.log import LogUnavailable
@@ -89,6 +90,8 @@ _TITLES = {
 def install(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> Response:
+        if 400 <= exc.status < 500:
+            await record_refusal(request, f"{exc.status} {exc.title}: {exc.detail or ''}".strip())
         return problem_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
@@ -100,6 +103,7 @@ def install(app: FastAPI) -> None:
         body_error = any(e["location"].startswith("body") for e in errors)
         json_broken = any(e.get("type") == "json_invalid" for e in exc.errors())
         status = 400 if json_broken else 422
+        await record_refusal(request, f"{status} " + "; ".join(f"{e['location']}: {e['reason']}" for e in errors))
         return problem_response(
             request,
             Problem(status, "Malformed JSON" if json_broken else "Invalid request", kind="invalid-request" if not body_error else "invalid-body", errors=errors),

@@ -88,3 +88,28 @@ async def test_keys_and_roles_are_enforced(omni: Omni) -> None:
         "/v1/tenants", json={"name": "x", "plan": "y", "role": "admin"}, headers=omni.auth(ADMIN)
     )
     assert mass_assignment.status_code == 422
+
+
+async def test_every_command_is_audited_accepted_or_refused(omni: Omni) -> None:
+    from schemas.envelope import decode
+
+    tenant_id, key = await omni.tenant("audited")
+    await omni.client.post("/v1/tenants", json={"name": "x", "plan": "y"}, headers=omni.auth(key))  # wrong role
+    await omni.client.post("/v1/tenants", json={"name": ""}, headers=omni.auth(ADMIN))  # invalid body
+    await omni.client.delete("/v1/keys/nope", headers={**omni.auth(key), "User-Agent": "auditor/1"})  # unknown key
+    await omni.settle()
+    topic = omni.platform.topics.audit
+    entries = [
+        decode(r.value)
+        for p in range(omni.platform.topics.partitions(topic))
+        for r in await omni.platform.log.read(topic, p, 0, 1000)
+    ]
+    seen = {(e.data["action"], e.data["outcome"], e.tenant_id) for e in entries}
+    assert ("tenant.create", "accepted", tenant_id) in seen
+    assert ("tenant.create", "rejected", tenant_id) in seen  # the tenant key tried an admin command
+    assert ("tenant.create", "rejected", "_platform") in seen  # the admin sent an invalid body
+    revoke = next(e for e in entries if e.data["action"] == "api_key.revoke")
+    assert revoke.data["outcome"] == "rejected"
+    assert revoke.data["actor"]["user_agent"] == "auditor/1"
+    assert revoke.data["actor"]["key_id"] == key.split("_")[1]
+    assert revoke.data["trace_id"]

@@ -1,0 +1,41 @@
+"""Commands refused before they reach the control plane still leave an audit entry."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import Request
+from starlette.concurrency import run_in_threadpool
+
+from commands.control_plane import CommandContext
+
+log = logging.getLogger(__name__)
+
+# (method, route template) -> the action the control plane records for it.
+COMMAND_ROUTES = {
+    ("POST", "/v1/tenants"): "tenant.create",
+    ("POST", "/v1/tenants/{tenant_id}/keys"): "api_key.issue",
+    ("DELETE", "/v1/keys/{key_id}"): "api_key.revoke",
+    ("POST", "/v1/meters"): "meter.define",
+}
+
+
+async def record_refusal(request: Request, reason: str) -> None:
+    """Audit a refused command (bad key, wrong role, invalid body). Never fails the response."""
+    route = request.scope.get("route")
+    action = COMMAND_ROUTES.get((request.method, getattr(route, "path", "")))
+    platform = getattr(request.app.state, "platform", None)
+    if action is None or platform is None:
+        return
+    principal = getattr(request.state, "principal", None)
+    ctx = CommandContext(
+        tenant_id=None if principal is None or principal.is_admin else principal.tenant_id,
+        key_id=principal.key_id if principal else None,
+        ip=request.client.host if request.client else None,
+        user_agent=request.headers.get("user-agent"),
+        trace_id=getattr(request.state, "trace_id", None),
+    )
+    try:
+        await run_in_threadpool(platform.control.record_rejection, ctx, action, request.url.path, reason)
+    except Exception:  # the refusal itself must still be answered
+        log.exception("could not audit a refused %s", action)
