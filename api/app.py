@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import metering, problems
+from api import metering, problems, tracing
 from api.routes import events, health, meters, tenants
 from omni.bootstrap import Platform, build
 from omni.settings import Settings
@@ -41,6 +41,7 @@ def create_app(settings: Settings | None = None, *, platform: Platform | None = 
     problems.install(app)
     if platform.settings.meter_api_calls:
         metering.install(app, recorder)
+    tracing.install(app)  # installed last, so it runs first: every later layer sees the span
     for router in (health.router, tenants.router, events.router, meters.router):
         app.include_router(router)
     return app

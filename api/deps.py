@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -51,16 +50,9 @@ AdminDep = Annotated[Principal, Depends(get_admin)]
 TenantDep = Annotated[Principal, Depends(get_tenant)]
 
 
-def trace_id(request: Request) -> str:
-    """From the W3C traceparent header when present, else a fresh one."""
-    parts = request.headers.get("traceparent", "").split("-")
-    if len(parts) == 4 and len(parts[1]) == 32:
-        return parts[1]
-    existing = getattr(request.state, "trace_id", None)
-    if existing:
-        return existing  # type: ignore[no-any-return]
-    request.state.trace_id = secrets.token_hex(16)
-    return request.state.trace_id  # type: ignore[no-any-return]
+def trace_id(request: Request) -> str | None:
+    """Set by the tracing middleware: the request's span joins the caller's trace."""
+    return getattr(request.state, "trace_id", None)
 
 
 def command_context(request: Request, principal: Principal) -> CommandContext:

@@ -97,7 +97,7 @@ def install(app: FastAPI, recorder: ApiCallRecorder) -> None:
                     ip=request.client.host if request.client else None,
                     user_agent=request.headers.get("user-agent"),
                 ),
-                traceparent=request.headers.get("traceparent"),
+                traceparent=getattr(request.state, "traceparent", None),
                 data={
                     "route": template,
                     "method": request.method,

@@ -84,7 +84,7 @@ async def ingest_events(request: Request, platform: PlatformDep, principal: Tena
         received=received,
         policy=platform.policy,
         new_id=lambda: str(uuid_utils.uuid7()),
-        traceparent=request.headers.get("traceparent"),
+        traceparent=getattr(request.state, "traceparent", None),
     )
     try:
         accepted = await platform.sink.ingest(envelopes, [expires_at(e, platform.policy) for e in envelopes])

@@ -143,3 +143,22 @@ async def test_metrics_are_exposed_for_prometheus(omni: Omni) -> None:
     assert response.status_code == 200
     assert 'omni_events_total{outcome="accepted"}' in response.text
     assert 'omni_http_requests_total{method="POST",route="/v1/events",status="202"}' in response.text
+
+
+async def test_the_callers_trace_reaches_the_log(omni: Omni) -> None:
+    from schemas.envelope import decode
+
+    _, key = await omni.tenant()
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    headers = {**omni.auth(key), "Content-Type": SINGLE, "traceparent": f"00-{trace}-00f067aa0ba902b7-01"}
+    response = await omni.client.post("/v1/events", content=orjson.dumps(cloud_event("traced")), headers=headers)
+    assert response.status_code == 202
+    assert response.headers["traceparent"].split("-")[1] == trace
+    topic = omni.platform.topics.usage
+    stored = [
+        decode(r.value)
+        for p in range(omni.platform.topics.partitions(topic))
+        for r in await omni.platform.log.read(topic, p, 0, 100)
+    ]
+    event = next(e for e in stored if e.source_id == "traced")
+    assert event.traceparent is not None and event.traceparent.split("-")[1] == trace
