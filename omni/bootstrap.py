@@ -9,7 +9,6 @@ import hmac
 import logging
 import secrets
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import unquote, urlparse
 
 from commands.control_plane import ControlPlane, Principal
@@ -75,7 +74,6 @@ class Platform:
     runner: Runner
     policy: AdmissionPolicy
     admin_key_digest: bytes
-    redis: Any = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -105,8 +103,8 @@ class Platform:
                 await asyncio.wait_for(task, timeout=5)
         self._tasks.clear()
         await self.log.close()
-        if self.redis is not None:
-            await self.redis.aclose()
+        if self.sink is not self.log:
+            await self.sink.close()
         self.db.close()
         self.control.close()
 
@@ -128,7 +126,6 @@ def build(settings: Settings) -> Platform:
         log_: EventLog = embedded
         sink: UsageSink = embedded
         db = SqliteDatabase(settings.data_dir / "views.sqlite")
-        redis = None
     else:
         from streams.kafka_log import KafkaLog
         from streams.redis_dedupe import RedisDedupedSink
@@ -136,7 +133,6 @@ def build(settings: Settings) -> Platform:
         kafka = KafkaLog(settings.kafka_bootstrap_servers, topics, produce_timeout=settings.produce_timeout_seconds)
         log_ = kafka
         sink = RedisDedupedSink(kafka, settings.redis_url, topics)
-        redis = getattr(sink, "redis", None)
         db = PostgresDatabase(settings.database_url, schema=settings.database_schema)
     db.migrate(views.SCHEMA)
     control = ControlPlane(env=event_store_env(settings))
@@ -154,7 +150,6 @@ def build(settings: Settings) -> Platform:
         runner=Runner(log_, catalog, meters, batch_size=settings.runner_batch_size),
         policy=AdmissionPolicy(window=settings.acceptance_window, future=settings.future_tolerance),
         admin_key_digest=hashlib.sha256(admin_key(settings).encode()).digest(),
-        redis=redis,
     )
 
 

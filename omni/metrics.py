@@ -14,3 +14,5 @@ HTTP_LATENCY = Histogram(
 )
 PROJECTED = Counter("omni_projected_records_total", "Log records applied to views", ["projector"])
 LOG_UNAVAILABLE = Counter("omni_log_unavailable_total", "Requests answered 503 because the log was down")
+DEAD_LETTERS = Counter("omni_dead_letters_total", "Log records no projector could read, kept aside with the reason", ["consumer"])
+LOG_HOLES = Counter("omni_log_holes_total", "Ranges of offsets missing from a partition")

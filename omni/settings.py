@@ -21,7 +21,7 @@ class Settings(BaseSettings):
     mode: Mode = Mode.EMBEDDED
     data_dir: Path = Path(".omni-data")
     admin_key: str | None = None
-    topic_prefix: str = "omni"
+    topic_prefix: str = Field(default="omni", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}$")
     usage_partitions: int = Field(default=4, ge=1, le=256)
     acceptance_window_seconds: int = Field(default=7 * 86400, ge=60)
     future_tolerance_seconds: int = Field(default=300, ge=0)
@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     database_url: str = Field(
         default="postgresql://omni:omni@127.0.0.1:15432/omni", validation_alias="DATABASE_URL"
     )
-    database_schema: str = "public"
+    database_schema: str = Field(default="public", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     redis_url: str = Field(default="redis://127.0.0.1:16379/0", validation_alias="REDIS_URL")
 
     @property

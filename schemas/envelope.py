@@ -102,9 +102,13 @@ def decode(raw: bytes | str) -> Envelope:
     )
 
 
+class NewerSchema(Exception):
+    """Written by newer code: upgrade this reader rather than skip the event."""
+
+
 def upcast(body: dict[str, Any]) -> dict[str, Any]:
     """Bring an older envelope up to SCHEMA_VERSION. Version 1 is the first."""
     version = body.get("schema_version", 1)
     if version > SCHEMA_VERSION:
-        raise ValueError(f"envelope schema version {version} is newer than this code ({SCHEMA_VERSION})")
+        raise NewerSchema(f"envelope schema version {version} is newer than this code ({SCHEMA_VERSION})")
     return body

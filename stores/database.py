@@ -171,7 +171,7 @@ class PostgresDatabase:
             url,
             min_size=min_size,
             max_size=max_size,
-            kwargs={"options": f"-c search_path={schema}", "autocommit": True},
+            kwargs={"options": f'-c search_path="{schema}"', "autocommit": True},
             open=False,
             timeout=10,
         )

@@ -34,6 +34,9 @@ CREATE TABLE IF NOT EXISTS seen_events (
 CREATE TABLE IF NOT EXISTS dropped_records (
     topic TEXT NOT NULL, partition INTEGER NOT NULL, record_offset BIGINT NOT NULL,
     PRIMARY KEY (topic, partition, record_offset));
+CREATE TABLE IF NOT EXISTS dead_letters (
+    topic TEXT NOT NULL, partition INTEGER NOT NULL, record_offset BIGINT NOT NULL, consumer TEXT NOT NULL,
+    reason TEXT NOT NULL, PRIMARY KEY (topic, partition, record_offset, consumer));
 CREATE TABLE IF NOT EXISTS relay_positions (name TEXT PRIMARY KEY, position BIGINT NOT NULL);
 CREATE TABLE IF NOT EXISTS tenants (
     tenant_id TEXT PRIMARY KEY, name TEXT NOT NULL, plan TEXT NOT NULL, created_at TEXT NOT NULL);
@@ -127,6 +130,20 @@ def add_dropped(tx: Tx, topic: str, partition: int, offsets: Iterable[int]) -> N
         "INSERT INTO dropped_records VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
         [(topic, partition, offset) for offset in offsets],
     )
+
+
+def add_dead_letter(tx: Tx, consumer: str, topic: str, partition: int, offset: int, reason: str) -> None:
+    tx.execute(
+        "INSERT INTO dead_letters VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", (topic, partition, offset, consumer, reason[:1000])
+    )
+
+
+def dead_letters(tx: Tx, topic: str) -> list[tuple[int, int, str, str]]:
+    rows = tx.execute(
+        "SELECT partition, record_offset, consumer, reason FROM dead_letters WHERE topic=? ORDER BY partition, record_offset",
+        (topic,),
+    )
+    return [(int(p), int(o), c, r) for p, o, c, r in rows]
 
 
 def dropped_between(tx: Tx, topic: str, partition: int, start: int, end: int) -> set[int]:

@@ -38,7 +38,12 @@ class EventLog(Protocol):
     async def close(self) -> None: ...
 
     async def append(self, topic: str, items: Sequence[Outgoing]) -> None:
-        """Return only once every item is durable; raise LogUnavailable otherwise."""
+        """Return only once every item is durable; raise LogUnavailable otherwise.
+
+        LogUnavailable means "not known to be durable", not "not written": on
+        Kafka some items may still land after a timeout. Callers claim nothing
+        on failure, and readers de-duplicate, so a late landing is harmless.
+        """
 
     async def read(self, topic: str, partition: int, start: int, limit: int) -> list[LogRecord]:
         """Records at offsets >= start, in order, at most `limit`; empty at the end."""
@@ -55,3 +60,5 @@ class UsageSink(Protocol):
 
     async def ingest(self, envelopes: Sequence[Envelope], keep_until: Sequence[datetime]) -> list[bool]:
         """Append the events not seen before; True for each accepted, False for each duplicate."""
+
+    async def close(self) -> None: ...

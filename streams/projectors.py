@@ -21,7 +21,7 @@ from omni import metrics
 from projections import catalog
 from projections.meter_state import BucketState
 from projections.meters import BucketKey, MeterIndex, apply
-from schemas.envelope import Envelope, decode
+from schemas.envelope import Envelope, NewerSchema, decode
 from schemas.topics import Topics
 from stores import views
 from stores.database import Database, Tx
@@ -42,6 +42,29 @@ class Lag:
     end: int
 
 
+def decoded(tx: Tx, consumer: str, records: Sequence[LogRecord]) -> list[tuple[LogRecord, Envelope]]:
+    """Decode a batch. A record that is not an envelope is dead-lettered (kept, with the reason)
+    instead of stopping its partition forever; one written by newer code stops it (NewerSchema)."""
+    events = []
+    for record in records:
+        try:
+            events.append((record, decode(record.value)))
+        except NewerSchema:
+            raise
+        except (ValueError, KeyError, TypeError) as unreadable:
+            log.error("dead-lettering %s/%d@%d: %s", record.topic, record.partition, record.offset, unreadable)
+            views.add_dead_letter(tx, consumer, record.topic, record.partition, record.offset, repr(unreadable))
+            metrics.DEAD_LETTERS.labels(consumer).inc()
+    return events
+
+
+def _check_contiguous(topic: str, partition: int, start: int, fresh: Sequence[LogRecord]) -> None:
+    if fresh and fresh[0].offset > start:
+        # Our topics are never compacted nor transactional: a hole means records were lost upstream.
+        log.error("%s/%d: records %d..%d are missing from the log; continuing after them", topic, partition, start, fresh[0].offset - 1)
+        metrics.LOG_HOLES.inc()
+
+
 class CatalogProjector:
     """Control topic -> tenants, keys and meter definitions."""
 
@@ -55,8 +78,9 @@ class CatalogProjector:
             fresh = [r for r in records if r.offset >= start]
             if not fresh:
                 return 0
-            for record in fresh:
-                for change in catalog.changes(decode(record.value)):
+            _check_contiguous(self.topic, partition, start, fresh)
+            for _, event in decoded(tx, CATALOG, fresh):
+                for change in catalog.changes(event):
                     _write_change(tx, change)
             views.set_checkpoint(tx, CATALOG, self.topic, partition, fresh[-1].offset + 1)
         metrics.PROJECTED.labels(CATALOG).inc(len(fresh))
@@ -90,7 +114,11 @@ class MeterProjector:
             fresh = [r for r in records if r.offset >= start]
             if not fresh:
                 return 0
-            events = [(r, decode(r.value)) for r in fresh]
+            _check_contiguous(self.topic, partition, start, fresh)
+            events = decoded(tx, METERS, fresh)
+            dead = {r.offset for r in fresh} - {r.offset for r, _ in events}
+            if dead:
+                views.add_dropped(tx, self.topic, partition, dead)  # so catch-up skips them too
             kept = self._first_occurrences(tx, partition, events)
             meters = MeterIndex(views.meter_definitions(tx))
             offsets = views.meter_checkpoints(tx, self.topic, partition)
@@ -121,13 +149,13 @@ class MeterProjector:
             head = views.lock_checkpoint(tx, METERS, self.topic, lag.partition)
             current = views.meter_checkpoints(tx, self.topic, lag.partition).get((lag.meter, lag.partition), 0)
             definition = views.meter_definition(tx, lag.meter)
-            if definition is None or current >= head:
-                return 0
+            if definition is None or current >= head or current != lag.start:
+                return 0  # someone else moved it since `records` were read: read again from `current`
             batch = [r for r in records if current <= r.offset < head]
             # Nothing left to read below the head means the rest is a gap in the log.
             end = min(batch[-1].offset + 1, head) if batch else head
             dropped = views.dropped_between(tx, self.topic, lag.partition, current, end)
-            kept = [(r, decode(r.value)) for r in batch if r.offset not in dropped]
+            kept = [(r, decode(r.value)) for r in batch if r.offset not in dropped]  # dead letters are in `dropped`
             self._fold_into_views(tx, MeterIndex([definition]), kept)
             views.set_meter_checkpoints(tx, self.topic, lag.partition, {lag.meter: end})
         return end - current

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 
@@ -17,7 +17,7 @@ def cloud_event(
 ) -> dict[str, Any]:
     event: dict[str, Any] = {"specversion": "1.0", "id": event_id, "source": source, "type": type_, "subject": subject}
     if time is not None:
-        event["time"] = time.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+        event["time"] = time.astimezone(UTC).isoformat().replace("+00:00", "Z")
     if data is not None:
         event["data"] = data
     return event

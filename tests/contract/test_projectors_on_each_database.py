@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -17,7 +17,7 @@ from streams.log import LogRecord
 from streams.projectors import MeterProjector
 
 TOPICS = Topics(prefix="t", usage_partitions=1)
-START = datetime(2026, 11, 1, tzinfo=timezone.utc)
+START = datetime(2026, 11, 1, tzinfo=UTC)
 TOKENS = MeterDefinition(slug="tokens", event_type="inference", aggregation="SUM", value_property="$.data.tokens", group_by={"model": "$.data.model"})
 COUNT = MeterDefinition(slug="count", event_type="inference", aggregation="COUNT")
 
@@ -117,3 +117,43 @@ def test_tenants_never_share_buckets(database: Database) -> None:
     projector(database).process(0, records)
     assert totals(database, "tokens", "a") == 600
     assert totals(database, "tokens", "b") == 300
+
+
+def test_an_unreadable_record_is_dead_lettered_and_the_partition_goes_on(database: Database) -> None:
+    define(database, COUNT)
+    records = [record(i, f"e{i}") for i in range(10)]
+    records[4] = LogRecord(TOPICS.usage, 0, 4, "t1", b"\x00 not an envelope")
+    meters = projector(database)
+    meters.process(0, records)
+    assert totals(database, "count") == 9
+    define(database, TOKENS)  # a late meter's catch-up skips the dead letter too
+    for lag in meters.lagging():
+        meters.catch_up(lag, records[lag.start : lag.end])
+    assert totals(database, "tokens") == 9
+    with database.transaction() as tx:
+        [(partition, offset, consumer, reason)] = views.dead_letters(tx, TOPICS.usage)
+    assert (partition, offset, consumer) == (0, 4, "meters") and reason
+
+
+def test_a_record_from_newer_code_stops_the_partition_rather_than_skip(database: Database) -> None:
+    from schemas.envelope import NewerSchema
+
+    define(database, COUNT)
+    newer = LogRecord(TOPICS.usage, 0, 1, "t1", record(1, "e1").value.replace(b'"schema_version":1', b'"schema_version":99'))
+    with pytest.raises(NewerSchema):
+        projector(database).process(0, [record(0, "e0"), newer])
+    assert totals(database, "count") == 0  # nothing of the batch was committed
+
+
+def test_a_catch_up_with_stale_records_changes_nothing(database: Database) -> None:
+    define(database, COUNT)
+    records = [record(i, f"e{i}") for i in range(100)]
+    meters = projector(database)
+    meters.process(0, records)
+    define(database, TOKENS)
+    [lag] = meters.lagging()
+    meters.catch_up(lag, records[0:30])  # another worker got there first...
+    assert meters.catch_up(lag, records[0:30]) == 0  # ...so this stale read is refused, not skipped ahead
+    for lag in meters.lagging():
+        meters.catch_up(lag, records[lag.start : lag.end])
+    assert totals(database, "tokens") == 100

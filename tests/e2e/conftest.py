@@ -16,6 +16,7 @@ import pytest
 from api.app import create_app
 from omni.bootstrap import Platform, build
 from omni.settings import Settings
+from schemas.topics import Topics
 
 ADMIN = "test-admin-key"
 BATCH = "application/cloudevents-batch+json"
@@ -114,7 +115,20 @@ async def omni(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
         async with httpx.AsyncClient(transport=transport, base_url="http://omni.test") as client:
             yield Omni(client, platform, app)
     if request.param == "kafka":
-        import psycopg
+        await drop_kafka_state(settings)
 
-        with psycopg.connect(settings.database_url, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{settings.database_schema}" CASCADE')
+
+async def drop_kafka_state(settings: Settings) -> None:
+    """Each Kafka-mode test leaves no topics nor schema behind."""
+    import psycopg
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{settings.database_schema}" CASCADE')
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        topics = Topics(prefix=settings.topic_prefix).all()
+        await admin.delete_topics([t for t in topics if t in set(await admin.list_topics())])
+    finally:
+        await admin.close()

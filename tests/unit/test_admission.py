@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -15,7 +15,7 @@ from schemas.envelope import Actor, Envelope, decode, encode
 
 PROPS = settings(max_examples=80, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
-RECEIVED = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
+RECEIVED = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 ACTOR = Actor(key_id="k1", ip="10.0.0.1", user_agent="pytest")
 POLICY = AdmissionPolicy()
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -91,7 +91,7 @@ def test_time_defaults_to_received():
 def test_time_with_an_offset_is_kept_as_the_same_instant():
     local = datetime(2024, 5, 1, 14, 0, tzinfo=timezone(timedelta(hours=2)))
     (envelope,) = run([good(time="2024-05-01T14:00:00+02:00")])
-    assert envelope.event_time == local == datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+    assert envelope.event_time == local == datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 
 def test_expires_at_covers_the_whole_admission_window():

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import decimal
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import orjson
@@ -19,7 +18,7 @@ from schemas.meters import Aggregation, MeterDefinition
 
 PROPS = settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
-T0 = datetime(2024, 3, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 T0_EPOCH = int(T0.timestamp())
 
 _serial = iter(range(10**9))
@@ -145,7 +144,7 @@ def test_latest_ties_on_event_time_are_broken_by_offset_whatever_the_fold_order(
     assert only_value(fold(index, [second, first], offsets=[2, 1]), Aggregation.LATEST) == Decimal(2)
     assert only_value(fold(index, [first, second], offsets=[2, 1]), Aggregation.LATEST) == Decimal(1)
     (state,) = fold(index, [first, second], offsets=[1, 2]).values()
-    assert state.latest_at == ((T0 - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(microseconds=1), 2)
+    assert state.latest_at == ((T0 - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1), 2)
 
 
 # --- keys: group_by, subjects, tenants, minutes --------------------------------------
@@ -227,7 +226,7 @@ def test_event_time_offset_and_pre_epoch_times_bucket_by_utc_minute():
         index,
         [
             ev(at=datetime(2024, 3, 1, 14, 0, 30, tzinfo=plus_two)),  # 12:00:30 UTC
-            ev(at=datetime(1969, 12, 31, 23, 59, 30, tzinfo=timezone.utc)),
+            ev(at=datetime(1969, 12, 31, 23, 59, 30, tzinfo=UTC)),
         ],
     )
     assert {k.window_start for k in view} == {T0_EPOCH, -60}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import orjson
@@ -12,7 +12,7 @@ from projections.meter_query import MeterRow, StoredBucket, roll_up, window_boun
 from projections.meter_state import EMPTY, BucketState, observe
 from schemas.meters import Aggregation, WindowSize
 
-UTC = timezone.utc
+UTC = UTC
 
 
 def at(*parts: int) -> datetime:

@@ -1,0 +1,306 @@
+"""The Faust worker for Kafka mode: folds the control and usage topics into the views.
+
+Exactness does not come from Faust's offsets. Each batch is handed to a
+projector that commits the view rows *and* the consumed offsets in one
+PostgreSQL transaction and skips whatever is below its stored checkpoint.
+So the worker:
+
+- seeks every newly assigned partition to the views' checkpoint, so it
+  resumes from what the views hold, not from the consumer group's offsets
+  (on the on_partitions_assigned signal, and in Faust's own post-rebalance
+  seek "to the committed offsets", which ViewsConsumer redefines: otherwise
+  that seek races ours, and a fresh views store would never be rebuilt);
+- checks each batch against the checkpoint, and reads any gap from the log
+  before applying the batch (should the consumer still be past the views,
+  e.g. when the views' database was down during the rebalance);
+- retries a failed batch until it commits: Faust acknowledges the batch's
+  messages only when the agent asks for the next batch, so nothing is acked
+  past an uncommitted batch;
+- runs the runner's catch-up on a timer, so a meter defined after its events
+  arrived still covers the whole history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import faust
+from faust.transport.drivers.aiokafka import Consumer as KafkaConsumer
+from faust.transport.drivers.aiokafka import Transport as KafkaTransport
+from faust.types import TP, ConsumerT, EventT, StreamT
+
+from omni.settings import Settings
+from schemas.topics import Topics
+from stores import views
+from stores.database import Database, PostgresDatabase, StoreUnavailable
+from streams.kafka_log import KafkaLog
+from streams.log import LogRecord, LogUnavailable
+from streams.projectors import CATALOG, METERS, CatalogProjector, MeterProjector
+from streams.runner import Runner
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+BATCH_WITHIN = 0.2  # seconds a partial batch waits for more events
+CATCH_UP_EVERY = 0.5
+RETRY_FIRST, RETRY_MAX = 0.1, 5.0
+SEEK_RETRY_SECONDS = 20.0  # within Faust's broker_request_timeout for the recovery's seek
+# A killed worker's partitions move to the survivors (or to its restart) once its session
+# expires; Faust's default of 60 s would stall the views that long.
+SESSION_TIMEOUT, HEARTBEAT_INTERVAL = 10.0, 3.0
+
+Process = Callable[[int, Sequence[LogRecord]], int]
+
+
+async def retry_forever(what: str, work: Callable[[], Awaitable[T]]) -> T:
+    """Await `work()` until it succeeds, backing off. Used where giving up would lose events."""
+    return await retry_for(None, what, work)
+
+
+async def retry_for(seconds: float | None, what: str, work: Callable[[], Awaitable[T]]) -> T:
+    """Await `work()` until it succeeds or `seconds` pass (then its last error propagates)."""
+    deadline = None if seconds is None else time.monotonic() + seconds
+    delay = RETRY_FIRST
+    while True:
+        try:
+            return await work()
+        except (LogUnavailable, StoreUnavailable) as outage:  # expected while a dependency is down
+            if deadline is not None and time.monotonic() + delay > deadline:
+                raise
+            logger.warning("%s failed (%s); retrying in %.1fs", what, outage, delay)
+        except Exception:
+            if deadline is not None and time.monotonic() + delay > deadline:
+                raise
+            logger.exception("%s failed; retrying in %.1fs", what, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, RETRY_MAX)
+
+
+class Feeder:
+    """Hands one topic's batches to its projector, contiguously and with retries."""
+
+    def __init__(self, log_: KafkaLog, db: Database, consumer: str, topic: str, process: Process, batch_size: int) -> None:
+        self.log = log_
+        self.db = db
+        self.consumer = consumer
+        self.topic = topic
+        self.process = process
+        self.batch_size = batch_size
+        # Next offset known to be committed per partition: lets most batches skip a checkpoint query.
+        self._next: dict[int, int] = {}
+
+    def forget(self) -> None:
+        """After a rebalance another worker may have moved the checkpoints."""
+        self._next.clear()
+
+    async def feed(self, events: Sequence[EventT]) -> None:
+        for partition, records in sorted(group_by_partition(events).items()):
+            await self.feed_partition(partition, records)
+
+    async def feed_partition(self, partition: int, records: list[LogRecord]) -> None:
+        expected = self._next.get(partition)
+        if expected is None or records[0].offset > expected:
+            expected = await retry_forever(f"reading the {self.consumer} checkpoint", lambda: self._checkpoint(partition))
+        if records[0].offset > expected:
+            await self._fill_gap(partition, expected, records[0].offset)
+        await self._apply(partition, records)
+
+    async def _checkpoint(self, partition: int) -> int:
+        return (await self.stored_offsets()).get(partition, 0)
+
+    async def _fill_gap(self, partition: int, start: int, end: int) -> None:
+        """The consumer is ahead of the views: read [start, end) from the log and apply it first."""
+        logger.warning("%s/%d: consumer is at %d but the views at %d; reading the gap", self.topic, partition, end, start)
+        while start < end:
+            limit = min(self.batch_size, end - start)
+            missing = await retry_forever(
+                f"reading {self.topic}/{partition} from {start}",
+                lambda start=start, limit=limit: self.log.read(self.topic, partition, start, limit),  # type: ignore[misc]
+            )
+            missing = [r for r in missing if r.offset < end]
+            if not missing:
+                return  # nothing below `end` to read: a hole in the log itself
+            await self._apply(partition, missing)
+            start = missing[-1].offset + 1
+
+    async def _apply(self, partition: int, records: list[LogRecord]) -> None:
+        await retry_forever(
+            f"applying {self.topic}/{partition} [{records[0].offset}..{records[-1].offset}]",
+            lambda: asyncio.to_thread(self.process, partition, records),
+        )
+        self._next[partition] = max(self._next.get(partition, 0), records[-1].offset + 1)
+
+    async def stored_offsets(self) -> dict[int, int]:
+        def read() -> dict[int, int]:
+            with self.db.transaction() as tx:
+                return views.checkpoints(tx, self.consumer, self.topic)
+
+        return await asyncio.to_thread(read)
+
+
+class CheckpointSeeker:
+    """Where each of our partitions resumes: the checkpoint committed with the views."""
+
+    def __init__(self, feeders: Sequence[Feeder]) -> None:
+        self.feeders = {feeder.topic: feeder for feeder in feeders}
+
+    async def offsets(self, assigned: Iterable[TP]) -> dict[TP, int]:
+        found: dict[TP, int] = {}
+        for topic, feeder in self.feeders.items():
+            ours = [tp for tp in assigned if tp.topic == topic]
+            if ours:
+                feeder.forget()  # another worker may have moved them since we last owned them
+                stored = await feeder.stored_offsets()
+                found.update({tp: stored.get(tp.partition, 0) for tp in ours})
+        return found
+
+    async def seek(self, consumer: ConsumerT, assigned: Iterable[TP]) -> dict[TP, int]:
+        offsets = await self.offsets(assigned)
+        for tp, offset in sorted(offsets.items()):
+            logger.info("seeking %s/%d to the views' checkpoint %d", tp.topic, tp.partition, offset)
+            await consumer.seek(tp, offset)
+        return offsets
+
+
+def views_transport(seeker: CheckpointSeeker) -> type[KafkaTransport]:
+    """Faust's aiokafka transport, whose consumer's "committed offsets" are the views' checkpoints.
+
+    After every rebalance Faust's recovery seeks all assigned partitions "to their
+    committed offsets", concurrently with the on_partitions_assigned signal. If that
+    meant the group's offsets, whichever seek ran last would win; here both agree.
+    """
+
+    class ViewsConsumer(KafkaConsumer):
+        async def seek_to_committed(self) -> Mapping[TP, int]:
+            committed = dict(await super().seek_to_committed())
+            try:
+                stored = await retry_for(
+                    SEEK_RETRY_SECONDS, "reading the views' checkpoints", lambda: seeker.seek(self, self.assignment())
+                )
+            except Exception:
+                # The group's offsets are never past the views' (batches are acked only once
+                # committed), and Feeder fills any gap, so going on is safe, if slower.
+                logger.error("could not read the views' checkpoints; resuming from the group's offsets", exc_info=True)
+                return committed
+            committed.update(stored)
+            return committed
+
+    class ViewsTransport(KafkaTransport):
+        Consumer = ViewsConsumer
+
+    return ViewsTransport
+
+
+def group_by_partition(events: Sequence[EventT]) -> dict[int, list[LogRecord]]:
+    """Events -> LogRecords per partition, in offset order, each offset once (redelivery after a seek)."""
+    by_partition: dict[int, dict[int, LogRecord]] = {}
+    for event in events:
+        message = event.message
+        key = message.key.decode() if isinstance(message.key, bytes) else (message.key or "")
+        value = message.value if isinstance(message.value, bytes) else bytes(message.value or b"")
+        record = LogRecord(message.topic, message.partition, message.offset, key, value)
+        by_partition.setdefault(message.partition, {})[message.offset] = record
+    return {p: [records[o] for o in sorted(records)] for p, records in by_partition.items()}
+
+
+def broker_url(bootstrap_servers: str) -> str:
+    return ";".join(f"kafka://{server.strip()}" for server in bootstrap_servers.split(",") if server.strip())
+
+
+def create_worker_app(settings: Settings, db: Database, log: KafkaLog) -> faust.App:
+    topics: Topics = log.topics
+    keep_seen = settings.acceptance_window + settings.future_tolerance
+    catalog = CatalogProjector(db, topics)
+    meters = MeterProjector(db, topics, keep_seen=keep_seen)
+    runner = Runner(log, catalog, meters, batch_size=settings.runner_batch_size)
+    feeders = (
+        Feeder(log, db, CATALOG, topics.control, catalog.process, settings.runner_batch_size),
+        Feeder(log, db, METERS, topics.usage, meters.process, settings.runner_batch_size),
+    )
+
+    datadir = Path(settings.data_dir) / "faust"
+    datadir.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
+    app = faust.App(
+        f"{settings.topic_prefix}-views",
+        broker=broker_url(settings.kafka_bootstrap_servers),
+        key_serializer="raw",
+        value_serializer="raw",
+        web_enabled=False,
+        consumer_auto_offset_reset="earliest",
+        topic_allow_declare=False,  # KafkaLog creates the topics, with retention disabled
+        topic_disable_leader=True,  # no leader topic: nothing here needs a leader
+        store="memory://",
+        datadir=str(datadir),
+        autodiscover=False,
+        broker_session_timeout=SESSION_TIMEOUT,
+        broker_heartbeat_interval=HEARTBEAT_INTERVAL,
+    )
+    seeker = CheckpointSeeker(feeders)
+    # Through the public setter, before anything builds the consumer from the default transport.
+    app.transport = views_transport(seeker)(app.conf.broker_consumer, app)
+
+    def source(name: str) -> faust.TopicT:
+        return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+
+    def agent_for(feeder: Feeder) -> Callable[[StreamT[bytes]], Awaitable[None]]:
+        async def fold(stream: StreamT[bytes]) -> None:
+            batches = cast(faust.Stream[bytes], stream).take_events(settings.runner_batch_size, within=BATCH_WITHIN)
+            async for events in batches:
+                # Returning from this body is what acks the batch, so it returns only once committed.
+                await feeder.feed(events)
+
+        fold.__qualname__ = fold.__name__ = f"fold_{feeder.consumer}"  # names the agent in Faust's logs
+        return fold
+
+    app.agent(source(topics.control), name=f"{settings.topic_prefix}-catalog")(agent_for(feeders[0]))
+    app.agent(source(topics.usage), name=f"{settings.topic_prefix}-meters")(agent_for(feeders[1]))
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # Faust sends `assigned` positionally
+    async def seek_to_checkpoints(sender: faust.App, assigned: set[TP], **_: Any) -> None:
+        try:
+            await seeker.seek(sender.consumer, assigned)
+        except Exception:
+            # Never crash a rebalance over this: the recovery's seek (ViewsConsumer) comes next.
+            logger.warning("could not seek to the views' checkpoints on assignment", exc_info=True)
+
+    @app.timer(CATCH_UP_EVERY)
+    async def catch_up_new_meters() -> None:
+        try:
+            await runner.catch_up()
+        except Exception:
+            logger.warning("meter catch-up failed; retrying on the next tick", exc_info=True)
+
+    return app
+
+
+def run_worker(settings: Settings) -> None:
+    """`omni worker`: build the views database and the log, then run the Faust worker until stopped."""
+    db = PostgresDatabase(settings.database_url, schema=settings.database_schema)
+    db.migrate(views.SCHEMA)
+    topics = Topics(prefix=settings.topic_prefix, usage_partitions=settings.usage_partitions)
+    kafka = KafkaLog(settings.kafka_bootstrap_servers, topics, produce_timeout=settings.produce_timeout_seconds)
+    # One loop for the log's clients and the worker: aiokafka clients are bound to the loop they start on.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    # The topics must exist before the consumer subscribes (the broker does not auto-create them).
+    loop.run_until_complete(retry_forever("creating the topics on Kafka", kafka.ping))
+    app = create_worker_app(settings, db, kafka)
+    worker = faust.Worker(app, loglevel=settings.log_level, loop=loop, override_logging=False)
+    try:
+        worker.execute_from_commandline()
+    finally:
+        db.close()
+
+
+if __name__ == "__main__":
+    from omni import logs
+
+    worker_settings = Settings()
+    logs.configure(worker_settings.log_level)
+    run_worker(worker_settings)

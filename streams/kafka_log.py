@@ -1,0 +1,222 @@
+"""The log port on Apache Kafka (aiokafka): the adapter for Kafka mode.
+
+It behaves like the embedded log: an item goes to `partition_for(key, n)`,
+chosen here rather than by the client's partitioner, so both modes place a
+tenant's events on the same partition number; `append` returns only when
+every item is acknowledged by all in-sync replicas; `read` is positional.
+
+Connecting is lazy. A broker that is down when the API starts must not stop
+the API from booting (it answers 503 until the broker is back), so `start`
+only tries once, and every `append`/`read`/`ping` retries the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Sequence
+from typing import TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+
+from schemas.topics import Topics, partition_for
+from streams.log import LogRecord, LogUnavailable, Outgoing
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# The log is the system of record: never delete by age or size.
+TOPIC_CONFIGS = {"retention.ms": "-1", "retention.bytes": "-1"}
+LINGER_MS = 5  # a little batching across concurrent requests, barely any latency
+POLL_MS = 100  # one getmany wait inside `read`
+FETCH_WAIT_MS = 20
+
+
+class KafkaLog:
+    """EventLog on Kafka. One idempotent producer, one group-less reader consumer."""
+
+    def __init__(self, bootstrap_servers: str, topics: Topics, *, produce_timeout: float = 10.0) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.topics = topics
+        self.produce_timeout = produce_timeout
+        self._producer: AIOKafkaProducer | None = None
+        self._reader: AIOKafkaConsumer | None = None
+        self._connecting = asyncio.Lock()  # one connection attempt at a time
+        self._reading = asyncio.Lock()  # the reader's assignment and position are shared state
+        self._closed = False
+
+    # Lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect if the broker answers; otherwise log and let the next call retry."""
+        self._closed = False
+        try:
+            await self._guard(self._connected(), "connecting to Kafka")
+        except LogUnavailable as outage:
+            log.warning("Kafka is not reachable yet (%s); will retry on the next append or ping", outage)
+
+    async def close(self) -> None:
+        self._closed = True
+        async with self._connecting:
+            await self._disconnect()
+
+    # EventLog -------------------------------------------------------------------
+
+    async def append(self, topic: str, items: Sequence[Outgoing]) -> None:
+        if not items:
+            return
+        partitions = self.topics.partitions(topic)
+
+        async def send_all() -> None:
+            producer, _ = await self._connected()
+            # Send everything first, then wait: the batch travels in few requests.
+            acks = [
+                await producer.send(topic, item.value, key=item.key.encode(), partition=partition_for(item.key, partitions))
+                for item in items
+            ]
+            await asyncio.gather(*acks)
+
+        await self._guard(send_all(), f"appending {len(items)} records to {topic}")
+
+    async def read(self, topic: str, partition: int, start: int, limit: int) -> list[LogRecord]:
+        if limit <= 0:
+            return []
+        return await self._guard(self._read(TopicPartition(topic, partition), start, limit), f"reading {topic}/{partition}")
+
+    async def end_offsets(self, topic: str) -> dict[int, int]:
+        async def ends() -> dict[int, int]:
+            _, reader = await self._connected()
+            tps = [TopicPartition(topic, p) for p in range(self.topics.partitions(topic))]
+            async with self._reading:
+                found = await reader.end_offsets(tps)
+            return {tp.partition: int(offset) for tp, offset in found.items()}
+
+        return await self._guard(ends(), f"asking the end offsets of {topic}")
+
+    async def ping(self) -> None:
+        async def metadata() -> None:
+            producer, _ = await self._connected()
+            await producer.client.fetch_all_metadata()
+
+        await self._guard(metadata(), "asking Kafka for metadata")
+
+    # Internals ------------------------------------------------------------------
+
+    async def _guard(self, work: Awaitable[T], what: str) -> T:
+        """Every Kafka failure, and every wait longer than produce_timeout, is LogUnavailable."""
+        try:
+            return await asyncio.wait_for(work, timeout=self.produce_timeout)
+        except LogUnavailable:
+            raise
+        except TimeoutError as slow:
+            raise LogUnavailable(f"Kafka did not answer within {self.produce_timeout}s while {what}") from slow
+        except (KafkaError, OSError) as failure:
+            raise LogUnavailable(f"Kafka failed while {what}: {failure!r}") from failure
+
+    async def _connected(self) -> tuple[AIOKafkaProducer, AIOKafkaConsumer]:
+        if self._producer is not None and self._reader is not None:
+            return self._producer, self._reader
+        async with self._connecting:
+            if self._closed:
+                raise LogUnavailable("the Kafka log is closed")
+            if self._producer is None or self._reader is None:
+                try:
+                    await self._connect()
+                except BaseException:
+                    # Clients that failed to start cannot be restarted: drop them, build new ones next time.
+                    await self._disconnect()
+                    raise
+            assert self._producer is not None and self._reader is not None
+            return self._producer, self._reader
+
+    async def _connect(self) -> None:
+        await self._ensure_topics()
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap_servers,
+            acks="all",
+            enable_idempotence=True,  # broker-side retries never duplicate or reorder a partition
+            linger_ms=LINGER_MS,
+            request_timeout_ms=int(self.produce_timeout * 1000),
+        )
+        await self._producer.start()
+        self._reader = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap_servers,
+            group_id=None,  # positional reads: no group, no committed offsets
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            # Kafka answers one request per connection at a time, so a long-polling fetch would hold
+            # up the next end_offsets by its whole wait; keep the wait short (and pause when idle).
+            fetch_max_wait_ms=FETCH_WAIT_MS,
+            request_timeout_ms=max(int(self.produce_timeout * 1000), 5000),
+        )
+        await self._reader.start()
+        await self._check_partitions(self._producer)
+        log.info("connected to Kafka at %s", self.bootstrap_servers)
+
+    async def _disconnect(self) -> None:
+        producer, reader = self._producer, self._reader
+        self._producer = self._reader = None
+        for client in (producer, reader):
+            if client is not None:
+                try:
+                    await client.stop()
+                except Exception:  # stopping a half-started client can fail; nothing to keep
+                    log.debug("stopping a Kafka client failed", exc_info=True)
+
+    async def _ensure_topics(self) -> None:
+        """Create our topics when missing. Creating is idempotent; an existing topic is kept as is."""
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers, request_timeout_ms=int(self.produce_timeout * 1000))
+        try:
+            await admin.start()
+            wanted = [NewTopic(t, self.topics.partitions(t), 1, topic_configs=dict(TOPIC_CONFIGS)) for t in self.topics.all()]
+            response = await admin.create_topics(wanted)
+            for entry in response.topic_errors:
+                name, code = entry[0], entry[1]
+                error = for_code(code)
+                if code != 0 and error is not TopicAlreadyExistsError:
+                    raise error(f"creating topic {name}: {entry[2] if len(entry) > 2 else ''}")
+        finally:
+            await admin.close()
+
+    async def _check_partitions(self, producer: AIOKafkaProducer) -> None:
+        """A topic made elsewhere with another partition count would misplace tenants: refuse it."""
+        for topic in self.topics.all():
+            found = await producer.partitions_for(topic)
+            if len(found) != self.topics.partitions(topic):
+                raise LogUnavailable(
+                    f"topic {topic} has {len(found)} partitions but {self.topics.partitions(topic)} are configured"
+                )
+
+    async def _read(self, tp: TopicPartition, start: int, limit: int) -> list[LogRecord]:
+        _, reader = await self._connected()
+        async with self._reading:
+            end = (await reader.end_offsets([tp]))[tp]
+            if start >= end:
+                return []  # the end of the partition: answer at once, no fetch wait
+            if reader.assignment() != {tp}:
+                reader.assign([tp])
+            reader.seek(tp, start)
+            reader.resume(tp)
+            try:
+                return await _fetch_some(reader, tp, start, limit)
+            finally:
+                # No background prefetching between reads: it would only be thrown away by the next seek.
+                reader.pause(tp)
+
+
+async def _fetch_some(reader: AIOKafkaConsumer, tp: TopicPartition, start: int, limit: int) -> list[LogRecord]:
+    # Records exist at `start` (it is below the end), so an empty answer only means "not fetched
+    # yet": keep asking (bounded by _guard's timeout). Returning [] would tell the caller that the
+    # partition ended, and a meter's catch-up would then skip history.
+    while True:
+        batch = (await reader.getmany(tp, timeout_ms=POLL_MS, max_records=limit)).get(tp, [])
+        records = [_record(m.topic, m.partition, m.offset, m.key, m.value) for m in batch if m.offset >= start]
+        if records:
+            return records
+
+
+def _record(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> LogRecord:
+    return LogRecord(topic, partition, offset, (key or b"").decode(), value or b"")

@@ -1,0 +1,440 @@
+"""The Faust worker as a real process over real Kafka and PostgreSQL.
+
+Ground truth is computed here from the generated events; the views must equal it
+after the worker is SIGKILLed mid-stream and restarted, after a PostgreSQL outage
+in the middle of its batches, and when it starts on fresh views while the
+consumer group's offsets say everything was consumed already.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from urllib.parse import urlparse
+
+import orjson
+import pytest
+
+from commands.control_plane import Meter
+from projections.meters import document, lookup, micros_of
+from schemas.envelope import Envelope, encode
+from schemas.meters import Aggregation, MeterDefinition, path_parts
+from schemas.topics import Topics, partition_for
+from stores import views
+from stores.database import PostgresDatabase
+from streams.faust_app import Feeder
+from streams.kafka_log import KafkaLog
+from streams.log import Outgoing
+from streams.outbox import to_envelope
+from streams.projectors import CATALOG, METERS, CatalogProjector, MeterProjector
+from tests.integration.conftest import free_port, new_schema_name
+
+pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
+
+ROOT = Path(__file__).resolve().parents[2]
+TENANTS = ("tenant-0", "tenant-1", "tenant-2")  # one on each of the 3 usage partitions
+EVENT_TYPE = "ai.inference"
+TOKENS = MeterDefinition(slug="tokens", event_type=EVENT_TYPE, aggregation=Aggregation.SUM, value_property="$.data.tokens")
+CALLS = MeterDefinition(slug="calls", event_type=EVENT_TYPE, aggregation=Aggregation.COUNT)
+TOKENS_BY_MODEL = MeterDefinition(
+    slug="tokens-by-model",
+    event_type=EVENT_TYPE,
+    aggregation=Aggregation.SUM,
+    value_property="$.data.tokens",
+    group_by={"model": "$.data.model"},
+)
+WORKER_BATCH = 100  # small batches, so a kill lands between (and inside) many of them
+
+
+# The event stream and its ground truth --------------------------------------------------
+
+
+@dataclass
+class Stream:
+    """Generated usage events, with re-sent copies that must count once."""
+
+    events: list[Envelope] = field(default_factory=list)
+    base: datetime = field(default_factory=lambda: datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=1))
+
+    def generate(self, count: int, *, resend_every: int = 37) -> list[Envelope]:
+        now = datetime.now(UTC)
+        batch: list[Envelope] = []
+        for _ in range(count):
+            n = len(self.events)
+            event = Envelope(
+                id=str(uuid.uuid4()),
+                type=EVENT_TYPE,
+                tenant_id=TENANTS[n % len(TENANTS)],
+                source="gateway-a" if n % 5 else "gateway-b",
+                source_id=f"evt-{n}",
+                subject=f"user-{n % 4}",
+                event_time=self.base + timedelta(milliseconds=700 * n),
+                recorded_time=now,
+                data={"tokens": (n * 7) % 50 + 1, "model": ("small", "large")[n % 2]},
+            )
+            self.events.append(event)
+            batch.append(event)
+            if n % resend_every == 0:
+                batch.append(replace(event, id=str(uuid.uuid4())))  # a client retry that got onto the log twice
+        return batch
+
+    def truth(self, meter: MeterDefinition) -> dict[tuple[str, int, str], Decimal]:
+        """(tenant, minute, group value) -> the meter's value, from each event once."""
+        values: dict[tuple[str, int, str], Decimal] = defaultdict(Decimal)
+        group_path = path_parts(next(iter(meter.group_by.values()))) if meter.group_by else ()
+        for event in self.events:
+            minute = micros_of(event) // 60_000_000 * 60
+            doc = document(event)
+            group = str(lookup(doc, group_path)) if group_path else ""
+            if meter.aggregation is Aggregation.COUNT:
+                values[(event.tenant_id, minute, group)] += 1
+            else:
+                values[(event.tenant_id, minute, group)] += Decimal(lookup(doc, path_parts(meter.value_property or "")))
+        return dict(values)
+
+
+def meter_defined(definition: MeterDefinition) -> Outgoing:
+    """The control-topic record the outbox relay publishes for a defined meter."""
+    envelope = to_envelope(Meter(slug=definition.slug, definition=definition.model_dump(mode="json")).collect_events()[0])
+    return Outgoing(envelope.id, encode(envelope))
+
+
+def to_records(events: list[Envelope]) -> list[Outgoing]:
+    return [Outgoing(e.tenant_id, encode(e)) for e in events]
+
+
+def stored_values(db: PostgresDatabase, meter: MeterDefinition) -> dict[tuple[str, int, str], Decimal]:
+    """The views' buckets, summed over subjects, in the shape of Stream.truth."""
+    values: dict[tuple[str, int, str], Decimal] = defaultdict(Decimal)
+    group_name = next(iter(meter.group_by), None)
+    with db.transaction() as tx:
+        for tenant in TENANTS:
+            for bucket in views.buckets(tx, tenant, meter.slug, None, None, []):
+                group = str(orjson.loads(bucket.group_key).get(group_name)) if group_name else ""
+                state = bucket.state
+                values[(tenant, bucket.window_start, group)] += (
+                    state.count if meter.aggregation is Aggregation.COUNT else state.total
+                )
+    return dict(values)
+
+
+# The worker process ------------------------------------------------------------------------
+
+
+class WorkerProcess:
+    """`python -m streams.faust_app`, configured only through the environment like `omni worker`."""
+
+    def __init__(self, env: dict[str, str], logs: Path) -> None:
+        self.env = env
+        self.logs = logs
+        self.runs = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.runs += 1
+        # Popen duplicates the descriptor into the child; ours can be closed at once.
+        with open(self.logs / f"worker-{self.runs}.log", "wb") as output:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "streams.faust_app"], cwd=ROOT, env=self.env, stdout=output, stderr=subprocess.STDOUT
+            )
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM: Faust's graceful stop (commits the group's offsets on the way out)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+    def ensure_dead(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def log_text(self) -> str:
+        return "".join((self.logs / f"worker-{run}.log").read_text(errors="replace") for run in range(1, self.runs + 1))
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+
+def worker_env(topics: Topics, kafka_servers: str, database_url: str, schema: str, data_dir: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "OMNI_MODE": "kafka",
+        "OMNI_TOPIC_PREFIX": topics.prefix,
+        "OMNI_USAGE_PARTITIONS": str(topics.usage_partitions),
+        "OMNI_DATABASE_SCHEMA": schema,
+        "OMNI_DATA_DIR": str(data_dir),
+        "OMNI_RUNNER_BATCH_SIZE": str(WORKER_BATCH),
+        "OMNI_LOG_LEVEL": "INFO",
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_servers,
+        "DATABASE_URL": database_url,
+    }
+
+
+@pytest.fixture
+def worker_factory(tmp_path: Path, topics: Topics, kafka_servers: str) -> Iterator[Callable[[str, str], WorkerProcess]]:
+    workers: list[WorkerProcess] = []
+
+    def make(database_url: str, schema: str) -> WorkerProcess:
+        logs = tmp_path / f"logs-{len(workers)}"
+        logs.mkdir()
+        worker = WorkerProcess(worker_env(topics, kafka_servers, database_url, schema, tmp_path / "data"), logs)
+        workers.append(worker)
+        return worker
+
+    yield make
+    for worker in workers:
+        worker.ensure_dead()
+
+
+# Progress of the views ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Progress:
+    catalog: dict[int, int]
+    meters: dict[int, int]
+    per_meter: dict[tuple[str, int], int]
+
+    @property
+    def folded(self) -> int:
+        return sum(self.meters.values())
+
+
+def progress(db: PostgresDatabase, topics: Topics) -> Progress:
+    with db.transaction() as tx:
+        return Progress(
+            views.checkpoints(tx, CATALOG, topics.control),
+            views.checkpoints(tx, METERS, topics.usage),
+            views.meter_checkpoints(tx, topics.usage),
+        )
+
+
+async def caught_up(db: PostgresDatabase, log: KafkaLog, slugs: list[str]) -> bool:
+    usage_end = await log.end_offsets(log.topics.usage)
+    control_end = await log.end_offsets(log.topics.control)
+    seen = await asyncio.to_thread(progress, db, log.topics)
+    meters_done = all(seen.per_meter.get((slug, p), 0) == end for slug in slugs for p, end in usage_end.items())
+    return seen.catalog == control_end and seen.meters == {p: e for p, e in usage_end.items() if e} and meters_done
+
+
+async def wait_for(condition: Callable[[], Awaitable[bool]], worker: WorkerProcess, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if worker.process is not None and worker.process.poll() is not None:
+            pytest.fail(f"the worker exited ({worker.process.returncode}) while waiting for {what}:\n{worker.tail()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}; worker log:\n{worker.tail()}")
+        await asyncio.sleep(0.05)
+
+
+def assert_views_equal_truth(db: PostgresDatabase, stream: Stream, meters: list[MeterDefinition]) -> None:
+    for meter in meters:
+        expected, actual = stream.truth(meter), stored_values(db, meter)
+        missing = {k: v for k, v in expected.items() if actual.get(k) != v}
+        extra = {k: v for k, v in actual.items() if k not in expected}
+        assert not missing and not extra, (
+            f"{meter.slug}: wrong buckets {list(missing.items())[:5]}, extra {list(extra.items())[:5]}"
+        )
+
+
+# The tests -------------------------------------------------------------------------------
+
+
+async def test_sigkill_mid_stream_loses_nothing_and_counts_nothing_twice(
+    kafka_log: KafkaLog,
+    topics: Topics,
+    views_db: PostgresDatabase,
+    database_url: str,
+    worker_factory: Callable[[str, str], WorkerProcess],
+) -> None:
+    assert sorted(partition_for(t, topics.usage_partitions) for t in TENANTS) == [0, 1, 2]
+    stream = Stream()
+    await kafka_log.append(topics.control, [meter_defined(TOKENS), meter_defined(CALLS)])
+    await kafka_log.append(topics.usage, to_records(stream.generate(1500)))
+
+    worker = worker_factory(database_url, views_db.schema)
+    worker.start()
+    # Kill it a few hundred events in, while more keeps arriving.
+    more = asyncio.create_task(_append_slowly(kafka_log, stream, 1500, chunk=100, pause=0.1))
+    await wait_for(lambda: _folded_at_least(views_db, topics, 500), worker, 30, "the first folded batches")
+    worker.kill()
+    folded_at_kill = (await asyncio.to_thread(progress, views_db, topics)).folded
+    await more
+    total = sum((await kafka_log.end_offsets(topics.usage)).values())
+    assert 0 < folded_at_kill < total, "the kill should land mid-stream"
+
+    worker.start()
+    await wait_for(lambda: caught_up(views_db, kafka_log, ["tokens", "calls"]), worker, 40, "catch-up after SIGKILL")
+    assert_views_equal_truth(views_db, stream, [TOKENS, CALLS])
+
+    # A meter defined after its events arrived covers the whole history, then stays live.
+    await kafka_log.append(topics.control, [meter_defined(TOKENS_BY_MODEL)])
+    await kafka_log.append(topics.usage, to_records(stream.generate(150)))
+    await wait_for(lambda: caught_up(views_db, kafka_log, ["tokens", "calls", "tokens-by-model"]), worker, 30, "the late meter")
+    assert_views_equal_truth(views_db, stream, [TOKENS, CALLS, TOKENS_BY_MODEL])
+    assert worker.stop() == 0
+
+
+async def test_a_batch_past_the_checkpoint_is_preceded_by_the_gap_read_from_the_log(
+    kafka_log: KafkaLog, topics: Topics, views_db: PostgresDatabase
+) -> None:
+    """Should the consumer ever be positioned past the views, nothing in between is skipped."""
+    stream = Stream()
+    tenant = TENANTS[0]
+    partition = partition_for(tenant, topics.usage_partitions)
+    await kafka_log.append(topics.control, [meter_defined(CALLS)])
+    await kafka_log.append(topics.usage, to_records([e for e in stream.generate(300) if e.tenant_id == tenant]))
+    stream.events = [e for e in stream.events if e.tenant_id == tenant]
+    catalog = CatalogProjector(views_db, topics)
+    catalog.process(0, await kafka_log.read(topics.control, 0, 0, 10))
+    meters = MeterProjector(views_db, topics, keep_seen=timedelta(days=8))
+    feeder = Feeder(kafka_log, views_db, METERS, topics.usage, meters.process, batch_size=40)
+
+    end = (await kafka_log.end_offsets(topics.usage))[partition]
+    tail = await kafka_log.read(topics.usage, partition, end - 10, 100)  # what a consumer past the views would deliver
+    await feeder.feed_partition(partition, tail)
+
+    assert (await asyncio.to_thread(progress, views_db, topics)).meters == {partition: end}
+    assert_views_equal_truth(views_db, stream, [CALLS])
+
+
+async def test_fresh_views_are_rebuilt_from_their_own_checkpoints_not_the_groups(
+    kafka_log: KafkaLog,
+    topics: Topics,
+    views_db: PostgresDatabase,
+    database_url: str,
+    pg_schemas: list[str],
+    worker_factory: Callable[[str, str], WorkerProcess],
+) -> None:
+    stream = Stream()
+    await kafka_log.append(topics.control, [meter_defined(CALLS)])
+    await kafka_log.append(topics.usage, to_records(stream.generate(600)))
+    first = worker_factory(database_url, views_db.schema)
+    first.start()
+    await wait_for(lambda: caught_up(views_db, kafka_log, ["calls"]), first, 30, "the first worker")
+    assert first.stop() == 0  # a clean stop commits the group's offsets at the end of every partition
+
+    # Same topics, same consumer group, new empty views (a rebuild into a new schema).
+    schema = new_schema_name()
+    pg_schemas.append(schema)
+    fresh = PostgresDatabase(database_url, schema=schema)
+    fresh.migrate(views.SCHEMA)
+    try:
+        second = worker_factory(database_url, schema)
+        second.start()
+        await wait_for(lambda: caught_up(fresh, kafka_log, ["calls"]), second, 30, "the rebuild")
+        assert_views_equal_truth(fresh, stream, [CALLS])
+        assert second.stop() == 0
+    finally:
+        fresh.close()
+
+
+async def test_a_database_outage_mid_batch_is_retried_until_committed(
+    kafka_log: KafkaLog,
+    topics: Topics,
+    views_db: PostgresDatabase,
+    database_url: str,
+    worker_factory: Callable[[str, str], WorkerProcess],
+) -> None:
+    """The worker reaches PostgreSQL through a relay this test cuts and restores."""
+    stream = Stream()
+    await kafka_log.append(topics.control, [meter_defined(TOKENS)])
+    await kafka_log.append(topics.usage, to_records(stream.generate(300)))
+    relay = TcpRelay(*_host_port(database_url))
+    await relay.start()
+    try:
+        worker = worker_factory(_via(database_url, relay.port), views_db.schema)
+        worker.start()
+        await wait_for(lambda: caught_up(views_db, kafka_log, ["tokens"]), worker, 30, "the first events")
+
+        await relay.cut()  # every connection dropped, nothing listening
+        await kafka_log.append(topics.usage, to_records(stream.generate(600)))
+        await asyncio.sleep(2.0)  # batches arrive and fail against the missing database
+        await relay.start()
+        await wait_for(lambda: caught_up(views_db, kafka_log, ["tokens"]), worker, 40, "recovery after the outage")
+        assert_views_equal_truth(views_db, stream, [TOKENS])
+        assert "retrying" in worker.log_text(), "the outage should have been seen and retried"
+        assert worker.stop() == 0
+    finally:
+        await relay.cut()
+
+
+# Helpers -------------------------------------------------------------------------------------
+
+
+async def _append_slowly(log: KafkaLog, stream: Stream, count: int, *, chunk: int, pause: float) -> None:
+    for _ in range(count // chunk):
+        await log.append(log.topics.usage, to_records(stream.generate(chunk)))
+        await asyncio.sleep(pause)
+
+
+async def _folded_at_least(db: PostgresDatabase, topics: Topics, count: int) -> bool:
+    return (await asyncio.to_thread(progress, db, topics)).folded >= count
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    parsed = urlparse(url)
+    return parsed.hostname or "127.0.0.1", parsed.port or 5432
+
+
+def _via(url: str, port: int) -> str:
+    parsed = urlparse(url)
+    return parsed._replace(netloc=f"{parsed.username}:{parsed.password}@127.0.0.1:{port}").geturl()
+
+
+class TcpRelay:
+    """A byte relay to PostgreSQL that can be cut (all connections reset) and restored on the same port."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.port = free_port()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+
+    async def cut(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers.update((writer, upstream_writer))
+        await asyncio.gather(self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer))
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.transport.abort()
+            self._writers.discard(writer)
