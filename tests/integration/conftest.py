@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -22,6 +23,7 @@ from schemas.topics import Topics
 from stores import views
 from stores.database import PostgresDatabase
 from streams.kafka_log import KafkaLog
+from tests.integration.worker import WorkerProcess, worker_env
 
 KAFKA_BOOTSTRAP_SERVERS = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:19092")
 DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://omni:omni@127.0.0.1:15432/omni")
@@ -132,3 +134,19 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def worker_factory(tmp_path: Path, topics: Topics, kafka_servers: str) -> Iterator[Callable[[str, str], WorkerProcess]]:
+    workers: list[WorkerProcess] = []
+
+    def make(database_url: str, schema: str) -> WorkerProcess:
+        logs = tmp_path / f"logs-{len(workers)}"
+        logs.mkdir()
+        worker = WorkerProcess(worker_env(topics, kafka_servers, database_url, schema, tmp_path / "data"), logs)
+        workers.append(worker)
+        return worker
+
+    yield make
+    for worker in workers:
+        worker.ensure_dead()

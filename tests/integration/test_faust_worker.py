@@ -9,18 +9,13 @@ consumer group's offsets say everything was consumed already.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from urllib.parse import urlparse
 
 import orjson
@@ -39,10 +34,10 @@ from streams.log import Outgoing
 from streams.outbox import to_envelope
 from streams.projectors import CATALOG, METERS, CatalogProjector, MeterProjector
 from tests.integration.conftest import free_port, new_schema_name
+from tests.integration.worker import WorkerProcess
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
-ROOT = Path(__file__).resolve().parents[2]
 TENANTS = ("tenant-0", "tenant-1", "tenant-2")  # one on each of the 3 usage partitions
 EVENT_TYPE = "ai.inference"
 TOKENS = MeterDefinition(slug="tokens", event_type=EVENT_TYPE, aggregation=Aggregation.SUM, value_property="$.data.tokens")
@@ -54,7 +49,6 @@ TOKENS_BY_MODEL = MeterDefinition(
     value_property="$.data.tokens",
     group_by={"model": "$.data.model"},
 )
-WORKER_BATCH = 100  # small batches, so a kill lands between (and inside) many of them
 
 
 # The event stream and its ground truth --------------------------------------------------
@@ -127,80 +121,6 @@ def stored_values(db: PostgresDatabase, meter: MeterDefinition) -> dict[tuple[st
                     state.count if meter.aggregation is Aggregation.COUNT else state.total
                 )
     return dict(values)
-
-
-# The worker process ------------------------------------------------------------------------
-
-
-class WorkerProcess:
-    """`python -m streams.faust_app`, configured only through the environment like `omni worker`."""
-
-    def __init__(self, env: dict[str, str], logs: Path) -> None:
-        self.env = env
-        self.logs = logs
-        self.runs = 0
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.runs += 1
-        # Popen duplicates the descriptor into the child; ours can be closed at once.
-        with open(self.logs / f"worker-{self.runs}.log", "wb") as output:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "streams.faust_app"], cwd=ROOT, env=self.env, stdout=output, stderr=subprocess.STDOUT
-            )
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self, timeout: float = 20.0) -> int:
-        """SIGTERM: Faust's graceful stop (commits the group's offsets on the way out)."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=timeout)
-
-    def ensure_dead(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-    def log_text(self) -> str:
-        return "".join((self.logs / f"worker-{run}.log").read_text(errors="replace") for run in range(1, self.runs + 1))
-
-    def tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
-
-
-def worker_env(topics: Topics, kafka_servers: str, database_url: str, schema: str, data_dir: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "OMNI_MODE": "kafka",
-        "OMNI_TOPIC_PREFIX": topics.prefix,
-        "OMNI_USAGE_PARTITIONS": str(topics.usage_partitions),
-        "OMNI_DATABASE_SCHEMA": schema,
-        "OMNI_DATA_DIR": str(data_dir),
-        "OMNI_RUNNER_BATCH_SIZE": str(WORKER_BATCH),
-        "OMNI_LOG_LEVEL": "INFO",
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_servers,
-        "DATABASE_URL": database_url,
-    }
-
-
-@pytest.fixture
-def worker_factory(tmp_path: Path, topics: Topics, kafka_servers: str) -> Iterator[Callable[[str, str], WorkerProcess]]:
-    workers: list[WorkerProcess] = []
-
-    def make(database_url: str, schema: str) -> WorkerProcess:
-        logs = tmp_path / f"logs-{len(workers)}"
-        logs.mkdir()
-        worker = WorkerProcess(worker_env(topics, kafka_servers, database_url, schema, tmp_path / "data"), logs)
-        workers.append(worker)
-        return worker
-
-    yield make
-    for worker in workers:
-        worker.ensure_dead()
 
 
 # Progress of the views ---------------------------------------------------------------------

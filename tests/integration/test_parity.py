@@ -22,13 +22,12 @@ from tests.integration.test_faust_worker import (
     EVENT_TYPE,
     TENANTS,
     Stream,
-    WorkerProcess,
     caught_up,
     meter_defined,
     to_records,
     wait_for,
-    worker_factory,  # noqa: F401 - a fixture
 )
+from tests.integration.worker import WorkerProcess
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
