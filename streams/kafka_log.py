@@ -79,7 +79,14 @@ class KafkaLog:
             ]
             await asyncio.gather(*acks)
 
-        await self._guard(send_all(), f"appending {len(items)} records to {topic}")
+        try:
+            await self._guard(send_all(), f"appending {len(items)} records to {topic}")
+        except LogUnavailable:
+            # An idempotent producer whose batches were abandoned (timed out, broker gone) has
+            # sequence numbers the broker will refuse forever after it returns
+            # (OutOfOrderSequence). A fresh producer gets a fresh id and starts clean.
+            await self._reset()
+            raise
 
     async def read(self, topic: str, partition: int, start: int, limit: int) -> list[LogRecord]:
         if limit <= 0:
@@ -155,6 +162,14 @@ class KafkaLog:
         await self._reader.start()
         await self._check_partitions(self._producer)
         log.info("connected to Kafka at %s", self.bootstrap_servers)
+
+    async def _reset(self) -> None:
+        async with self._connecting:
+            try:
+                await asyncio.wait_for(self._disconnect(), timeout=self.produce_timeout)
+            except TimeoutError:
+                log.warning("Kafka clients did not stop within %ss; dropped", self.produce_timeout)
+                self._producer = self._reader = None
 
     async def _disconnect(self) -> None:
         producer, reader = self._producer, self._reader

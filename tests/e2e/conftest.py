@@ -71,18 +71,18 @@ def kafka_settings(name: str, **overrides: Any) -> Settings:
     """Kafka mode on the test services, with topics and a schema of its own."""
     from tests.contract.conftest import DATABASE_URL
 
-    return Settings(
-        mode="kafka",
-        admin_key=ADMIN,
-        usage_partitions=3,
-        topic_prefix=f"e2e-{name}",
-        database_schema=f"e2e_{name}",
-        database_url=DATABASE_URL,
-        kafka_bootstrap_servers=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:19092"),
-        redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:16379/0"),
-        produce_timeout_seconds=5,
-        **overrides,
-    )
+    values: dict[str, Any] = {
+        "mode": "kafka",
+        "admin_key": ADMIN,
+        "usage_partitions": 3,
+        "topic_prefix": f"e2e-{name}",
+        "database_schema": f"e2e_{name}",
+        "database_url": DATABASE_URL,
+        "kafka_bootstrap_servers": os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:19092"),
+        "redis_url": os.environ.get("REDIS_URL", "redis://127.0.0.1:16379/0"),
+        "produce_timeout_seconds": 5,
+    }
+    return Settings(**(values | overrides))
 
 
 def services_or_skip() -> None:
