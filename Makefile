@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run run-kafka test test-unit services-up services-down bench clean
+.PHONY: run run-kafka test test-unit soak services-up services-down bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ services-down:
 
 test: $(STAMP) services-up  ## The whole suite against real services
 	eval "$$(bash ops/services/env.sh)" && OMNI_REQUIRE_SERVICES=1 $(BIN)/python -m pytest -q -p no:cacheprovider
+
+soak: $(STAMP) services-up  ## Long fault-injection runs (OMNI_SOAK_EVENTS, OMNI_SOAK_KILLS)
+	eval "$$(bash ops/services/env.sh)" && OMNI_REQUIRE_SERVICES=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m soak
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit

@@ -1,0 +1,67 @@
+"""Soak (`make soak`, not part of `make test`): the Faust worker SIGKILLed at random points
+five times during a 200,000-event stream; the final meters equal the ground truth."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from collections.abc import Callable
+
+import pytest
+
+from schemas.topics import Topics
+from stores.database import PostgresDatabase
+from streams.kafka_log import KafkaLog
+from tests.integration.test_faust_worker import (
+    CALLS,
+    TOKENS,
+    TOKENS_BY_MODEL,
+    Stream,
+    assert_views_equal_truth,
+    caught_up,
+    meter_defined,
+    to_records,
+    wait_for,
+)
+from tests.integration.worker import WorkerProcess
+
+pytestmark = [pytest.mark.soak, pytest.mark.kafka, pytest.mark.postgres]
+
+EVENTS = int(os.environ.get("OMNI_SOAK_EVENTS", "200000"))
+KILLS = int(os.environ.get("OMNI_SOAK_KILLS", "5"))
+
+
+@pytest.mark.timeout(1800)
+async def test_five_random_sigkills_during_a_long_stream(
+    kafka_log: KafkaLog,
+    topics: Topics,
+    views_db: PostgresDatabase,
+    database_url: str,
+    worker_factory: Callable[[str, str], WorkerProcess],
+) -> None:
+    rng = random.Random(int(os.environ.get("OMNI_SOAK_SEED", "2026")))
+    stream = Stream()
+    await kafka_log.append(topics.control, [meter_defined(TOKENS), meter_defined(CALLS)])
+    worker = worker_factory(database_url, views_db.schema)
+    worker.start()
+
+    async def produce() -> None:
+        chunk = 5000
+        for sent in range(0, EVENTS, chunk):
+            await kafka_log.append(topics.usage, to_records(stream.generate(min(chunk, EVENTS - sent))))
+            if sent == EVENTS // 2:
+                await kafka_log.append(topics.control, [meter_defined(TOKENS_BY_MODEL)])
+            await asyncio.sleep(0.05)
+
+    producing = asyncio.create_task(produce())
+    for _ in range(KILLS):
+        await asyncio.sleep(rng.uniform(2.0, 8.0))
+        worker.kill()
+        worker.start()
+    await producing
+    slugs = ["tokens", "calls", "tokens-by-model"]
+    await wait_for(lambda: caught_up(views_db, kafka_log, slugs), worker, 1200, "the worker to fold the whole stream")
+    assert_views_equal_truth(views_db, stream, [TOKENS, CALLS, TOKENS_BY_MODEL])
+    assert worker.runs == KILLS + 1
+    assert worker.stop() == 0
