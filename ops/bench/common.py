@@ -1,0 +1,603 @@
+"""The shared harness: options, machine facts, reports, services, subprocesses, load."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import math
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = Path(__file__).resolve().parent / "results"
+KAFKA = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:19092")
+DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://omni:omni@127.0.0.1:15432/omni")
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:16379/0")
+ADMIN_KEY = f"omni_bench_admin_{uuid.uuid4().hex}"
+BATCH_TYPE = "application/cloudevents-batch+json"
+EVENT_TYPE = "inference"
+METER: dict[str, Any] = {
+    "slug": "tokens",
+    "event_type": EVENT_TYPE,
+    "aggregation": "SUM",
+    "value_property": "$.data.tokens",
+    "group_by": {"model": "$.data.model"},
+}
+MODELS = ("small", "medium", "large")
+
+
+# Options: dataclass fields, overridable by env BENCH_<NAME>_<FIELD> and by flags ----------------
+
+
+def env_name(bench: str, field: str) -> str:
+    return f"BENCH_{bench}_{field}".upper()
+
+
+def add_options(parser: argparse.ArgumentParser, bench: str, options: type[Any], *, prefixed: bool) -> None:
+    """Flags `--field` (a benchmark run alone) or `--bench-field` (the runner, many benchmarks)."""
+    for field in dataclasses.fields(options):
+        kind: Any = type(field.default)
+        default = kind(os.environ.get(env_name(bench, field.name), field.default))
+        flag = f"--{bench}-{field.name}" if prefixed else f"--{field.name}"
+        parser.add_argument(
+            flag.replace("_", "-"),
+            dest=f"{bench}__{field.name}",
+            metavar=field.name.upper(),
+            type=kind,
+            default=default,
+            help=f"{field.metadata.get('help', '')} (env {env_name(bench, field.name)}; default {default})",
+        )
+
+
+def options_from(args: argparse.Namespace, bench: str, options: type[Any]) -> Any:
+    return options(**{f.name: getattr(args, f"{bench}__{f.name}") for f in dataclasses.fields(options)})
+
+
+def opt(default: Any, help: str) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def sizes(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+# Machine facts and reports -------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_model": cpu,
+        "memory_gib": round(int(meminfo["MemTotal"].split()[0]) / 2**20, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_average": os.getloadavg(),
+        "hostname": socket.gethostname(),
+    }
+
+
+@dataclasses.dataclass
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[list[Any]]
+
+    def render(self) -> str:
+        cells = [self.columns] + [[fmt(v) for v in row] for row in self.rows]
+        widths = [max(len(row[i]) for row in cells) for i in range(len(self.columns))]
+        line = lambda row: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))  # noqa: E731
+        return "\n".join([self.title, line(cells[0]), line(["-" * w for w in widths]), *map(line, cells[1:])])
+
+
+@dataclasses.dataclass
+class Target:
+    what: str
+    measured: float
+    required: float
+    higher_is_better: bool = True
+
+    @property
+    def met(self) -> bool:
+        return self.measured >= self.required if self.higher_is_better else self.measured <= self.required
+
+    @property
+    def shortfall(self) -> str:
+        """How far off, as the factor a fix must bring."""
+        if self.met or not self.measured or not math.isfinite(self.measured):
+            return "" if self.met else "no measurement"
+        factor = self.required / self.measured if self.higher_is_better else self.measured / self.required
+        return f"missed by {factor:.1f}x"
+
+
+@dataclasses.dataclass
+class Report:
+    name: str
+    options: Any
+    tables: list[Table]
+    figures: dict[str, Any]
+    targets: list[Target] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    def text(self) -> str:
+        parts = [table.render() for table in self.tables]
+        if self.targets:
+            parts.append(
+                Table(
+                    f"{self.name}: targets",
+                    ["target", "measured", "required", "met"],
+                    [[t.what, t.measured, t.required, "yes" if t.met else f"NO ({t.shortfall})"] for t in self.targets],
+                ).render()
+            )
+        parts += [f"note: {note}" for note in self.notes]
+        return "\n\n".join(parts)
+
+    def save(self, facts: dict[str, Any]) -> Path:
+        # A profiled run is slowed by its profiler: keep it beside the profiles, not as the result.
+        folder = RESULTS / "profiles" if profiling() else RESULTS
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{self.name}.json"
+        body = {
+            "benchmark": self.name,
+            "machine": facts,
+            "options": dataclasses.asdict(self.options),
+            "figures": self.figures,
+            "tables": [dataclasses.asdict(t) for t in self.tables],
+            "targets": [{**dataclasses.asdict(t), "met": t.met, "shortfall": t.shortfall} for t in self.targets],
+            "notes": self.notes,
+            "text": self.text(),
+        }
+        path.write_bytes(orjson.dumps(body, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY, default=str))
+        return path
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        return f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest rank: a value that was actually observed."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
+
+
+def ratio(ours: float, base: float) -> float:
+    return ours / base if base else math.nan
+
+
+# CPU accounting: which process used the machine's cores during a measurement -----------------
+
+TICK = os.sysconf("SC_CLK_TCK")
+SERVICES = {"postgres": "postgres", "java": "kafka", "redis-server": "redis"}
+
+
+def _cpu_of(pid: int | str) -> tuple[str, float]:
+    """(command name, CPU seconds used so far) of one process."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    name, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+    return name, (int(rest[11]) + int(rest[12])) / TICK
+
+
+def cpu_snapshot(ours: dict[str, int]) -> dict[str, float]:
+    """CPU seconds by role: our processes by pid, the services by name, the rest as `other`."""
+    used: dict[str, float] = dict.fromkeys([*ours, *SERVICES.values(), "other"], 0.0)
+    roles = {pid: role for role, pid in ours.items()}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                name, seconds = _cpu_of(entry.name)
+            except (OSError, ValueError, IndexError):
+                continue  # gone meanwhile
+            role = roles.get(int(entry.name)) or next((r for n, r in SERVICES.items() if name.startswith(n)), "other")
+            used[role] += seconds
+    used["wall"] = time.monotonic()
+    return used
+
+
+def cpu_cores(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Cores each role kept busy between two snapshots (processes that exited meanwhile are lost)."""
+    wall = after["wall"] - before["wall"]
+    return {role: round((after[role] - before.get(role, 0.0)) / wall, 2) for role in after if role != "wall"}
+
+
+# Events --------------------------------------------------------------------------------------
+
+
+def tokens_of(i: int) -> int:
+    return i % 50 + 1
+
+
+def cloud_events(run: str, count: int, *, start: int = 0, subjects: int = 10, at: datetime | None = None) -> list[dict[str, Any]]:
+    """CloudEvents like a gateway sends; unique ids per run, current time (inside the acceptance window)."""
+    moment = (at or datetime.now(UTC)).isoformat().replace("+00:00", "Z")
+    return [
+        {
+            "specversion": "1.0",
+            "id": f"{run}-{i}",
+            "source": "bench-gateway",
+            "type": EVENT_TYPE,
+            "subject": f"customer-{i % subjects}",
+            "time": moment,
+            "data": {"tokens": tokens_of(i), "model": MODELS[i % len(MODELS)], "latency_ms": 120 + i % 400},
+        }
+        for i in range(start, start + count)
+    ]
+
+
+def expected_total(start: int, count: int) -> int:
+    return sum(tokens_of(i) for i in range(start, start + count))
+
+
+def encoded(events: Sequence[dict[str, Any]], tenant_id: str | None = None) -> list[bytes]:
+    """The envelopes the API would put on the log for these events, encoded."""
+    from commands.ingest import AdmissionPolicy, admit
+    from schemas.envelope import Actor, encode
+
+    envelopes = admit(
+        events,
+        tenant_id=tenant_id or str(uuid.uuid4()),
+        actor=Actor(key_id="k" * 26, ip="127.0.0.1", user_agent=f"python-httpx/{httpx.__version__}"),
+        received=datetime.now(UTC),
+        policy=AdmissionPolicy(),
+        new_id=lambda: str(uuid.uuid4()),
+    )
+    return [encode(e) for e in envelopes]
+
+
+def bodies(events: Sequence[dict[str, Any]], size: int) -> list[tuple[int, bytes]]:
+    """Pre-encoded batch bodies, so the load generator spends no time encoding while timed."""
+    return [(len(events[i : i + size]), orjson.dumps(events[i : i + size])) for i in range(0, len(events), size)]
+
+
+# Services ------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def unique(kind: str) -> str:
+    return f"bench{kind}{uuid.uuid4().hex[:10]}"
+
+
+def drop_schema(schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(DATABASE_URL, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+async def delete_topics(prefix: str) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
+    await admin.start()
+    try:
+        ours = [t for t in await admin.list_topics() if t.startswith(prefix + ".")]
+        if ours:
+            await admin.delete_topics(ours)
+    finally:
+        await admin.close()
+
+
+def delete_redis_claims(tenants: Sequence[str]) -> None:
+    """The API's de-duplication claims live until event time + 7 days: do not leave them behind."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        for tenant in tenants:
+            keys = list(client.scan_iter(f"omni:seen:{tenant}:*", count=10_000))
+            for i in range(0, len(keys), 10_000):
+                client.delete(*keys[i : i + 10_000])
+    finally:
+        client.close()
+
+
+def profiling() -> bool:
+    return os.environ.get("BENCH_PROFILE", "") not in ("", "0")
+
+
+def tracing() -> bool:
+    return os.environ.get("BENCH_TRACE_WORKER", "") not in ("", "0")
+
+
+class Spy:
+    """py-spy attached to a process (BENCH_PROFILE=1): raw collapsed stacks of every busy thread."""
+
+    def __init__(self, pid: int, name: str) -> None:
+        self.path = RESULTS / "profiles" / f"{name}.txt"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        spy = Path(sys.executable).parent / "py-spy"
+        argv = [str(spy), "record", "--pid", str(pid), "--threads", "--format", "raw", "--rate", "97", "-o", str(self.path)]
+        self.popen = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self) -> Path:
+        """Write the profile (py-spy also stops by itself when its target exits)."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGINT)
+        self.popen.wait(timeout=60)
+        return self.path
+
+
+@contextmanager
+def spying(name: str) -> Iterator[None]:
+    """Profile this process for the duration of the block, when BENCH_PROFILE is set."""
+    spy = Spy(os.getpid(), name) if profiling() else None
+    try:
+        yield
+    finally:
+        if spy is not None:
+            spy.stop()
+
+
+class Process:
+    """A Python service in a subprocess; with BENCH_PROFILE=1 py-spy samples it until it exits."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], workdir: Path) -> None:
+        self.name = name
+        self.args = args
+        self.env = env
+        self.log = workdir / f"{name}.log"
+        self.popen: subprocess.Popen[bytes] | None = None
+        self.spy: Spy | None = None
+
+    def start(self) -> None:
+        log = self.log.open("wb")
+        self.popen = subprocess.Popen([sys.executable, *self.args], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        if profiling():
+            self.spy = Spy(self.popen.pid, self.name)
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def memory_kib(self) -> dict[str, int]:
+        """VmHWM (peak resident set) and VmRSS, from /proc."""
+        status = Path(f"/proc/{self.pid}/status").read_text().splitlines()
+        fields = dict(line.split(":", 1) for line in status if line.startswith(("VmHWM", "VmRSS")))
+        return {key: int(value.split()[0]) for key, value in fields.items()}
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if not self.alive():
+            return
+        os.kill(self.pid, signal.SIGTERM)
+        assert self.popen is not None
+        try:
+            self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(timeout=10)
+        if self.spy is not None:
+            self.spy.stop()
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:]) if self.log.exists() else ""
+
+
+class Api:
+    """An HTTP client for one served Omni."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.http = httpx.AsyncClient(base_url=base_url, timeout=60)
+
+    @staticmethod
+    def auth(key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"}
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    async def wait_ready(self, process: Process, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if (await self.http.get("/readyz")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if not process.alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"{process.name} is not ready:\n{process.tail()}")
+            await asyncio.sleep(0.2)
+
+    async def tenant(self, name: str) -> tuple[str, str]:
+        """A new tenant: (tenant id, API key)."""
+        response = await self.http.post("/v1/tenants", json={"name": name, "plan": "pro"}, headers=self.auth(ADMIN_KEY))
+        response.raise_for_status()
+        body = response.json()
+        return body["id"], body["api_key"]
+
+    async def define_meter(self, timeout: float = 60) -> None:
+        """Define the benchmark meter and wait until the views have it (relay -> log -> catalog fold)."""
+        response = await self.http.post("/v1/meters", json=METER, headers=self.auth(ADMIN_KEY))
+        if response.status_code not in (201, 409):
+            response.raise_for_status()
+        deadline = time.monotonic() + timeout
+        while (await self.http.get(f"/v1/meters/{METER['slug']}", headers=self.auth(ADMIN_KEY))).status_code != 200:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the meter definition never reached the views")
+            await asyncio.sleep(0.1)
+
+    async def total(self, key: str, **params: Any) -> Decimal:
+        response = await self.http.get(f"/v1/meters/{METER['slug']}/query", params=params, headers=self.auth(key))
+        response.raise_for_status()
+        return sum((Decimal(str(row["value"])) for row in response.json()["data"]), Decimal(0))
+
+    async def wait_total(self, key: str, expected: int, timeout: float, every: float = 0.05) -> float:
+        """Poll the meter query until it shows `expected`; return the monotonic time it did."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if await self.total(key) == expected:
+                return time.monotonic()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the meter shows {await self.total(key)} after {timeout}s, expected {expected}")
+            await asyncio.sleep(every)
+
+
+async def post_batch(http: httpx.AsyncClient, body: bytes, headers: dict[str, str], count: int) -> httpx.Response:
+    """POST one batch; resend once when the connection drops (a keep-alive race): the API de-duplicates."""
+    for attempt in (1, 2):
+        try:
+            response = await http.post("/v1/events", content=body, headers=headers)
+        except (httpx.ReadError, httpx.RemoteProtocolError, httpx.WriteError):
+            if attempt == 2:
+                raise
+            continue
+        result = response.json() if response.status_code == 202 else {}
+        if result.get("accepted", 0) + result.get("duplicates", 0) != count:
+            raise RuntimeError(f"batch refused: {response.status_code} {response.text[:300]}")
+        return response
+    raise AssertionError("unreachable")
+
+
+async def post_all(base_url: str, key: str, work: Sequence[tuple[int, bytes]], clients: int) -> list[float]:
+    """Send every pre-encoded batch through `clients` concurrent connections; each must be accepted whole."""
+    queue: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
+    for item in work:
+        queue.put_nowait(item)
+    latencies: list[float] = []
+    headers = {**Api.auth(key), "Content-Type": BATCH_TYPE}
+
+    async def client() -> None:
+        async with httpx.AsyncClient(base_url=base_url, timeout=120) as http:
+            while not queue.empty():
+                count, body = queue.get_nowait()
+                started = time.perf_counter()
+                await post_batch(http, body, headers, count)
+                latencies.append(time.perf_counter() - started)
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return latencies
+
+
+def service_env(**omni: str) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "OMNI_ADMIN_KEY": ADMIN_KEY,
+        "OMNI_LOG_LEVEL": "WARNING",
+        "KAFKA_BOOTSTRAP_SERVERS": KAFKA,
+        "DATABASE_URL": DATABASE_URL,
+        "REDIS_URL": REDIS_URL,
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.update({f"OMNI_{k.upper()}": v for k, v in omni.items()})
+    return env
+
+
+@dataclasses.dataclass
+class Stack:
+    """Omni served over a real socket in a subprocess (and, in Kafka mode, its Faust worker)."""
+
+    api: Api
+    server: Process
+    worker: Process | None
+    workdir: Path
+    prefix: str
+    schema: str
+    tenants: list[str]
+    trace: Path  # the worker's batches, with BENCH_TRACE_WORKER=1 (ops.bench.worker_trace)
+    traced: int = 0  # lines of the trace already summarized
+
+    def batches(self) -> dict[str, Any]:
+        """Summary of the worker's batches since the last call (empty unless tracing)."""
+        from ops.bench.worker_trace import summarize
+
+        if not self.trace.exists():
+            return {}
+        lines = self.trace.read_text().splitlines()
+        summary, self.traced = summarize(lines[self.traced :]), len(lines)
+        return summary
+
+    async def tenant(self, name: str) -> str:
+        tenant_id, key = await self.api.tenant(name)
+        self.tenants.append(tenant_id)
+        return key
+
+    def pids(self) -> dict[str, int]:
+        processes = [self.server] + ([self.worker] if self.worker else [])
+        return {"bench client": os.getpid(), **{p.name: p.pid for p in processes}}
+
+    def memory(self) -> dict[str, dict[str, int]]:
+        processes = [self.server] + ([self.worker] if self.worker else [])
+        return {p.name: p.memory_kib() for p in processes if p.alive()}
+
+
+@asynccontextmanager
+async def serve(mode: str, *, partitions: int = 4) -> AsyncIterator[Stack]:
+    """Start Omni in `mode` with topics, a schema and a data folder of its own; remove them all after."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"omni-bench-{mode}-"))
+    prefix, schema = unique("-"), unique("_")
+    env = service_env(
+        mode=mode,
+        data_dir=str(workdir / "data"),
+        topic_prefix=prefix,
+        database_schema=schema,
+        usage_partitions=str(partitions),
+    )
+    port = free_port()
+    server = Process(f"{mode}-api", ["-m", "omni.cli", "serve", "--host", "127.0.0.1", "--port", str(port)], env, workdir)
+    trace = workdir / "worker-trace.jsonl"
+    module = "ops.bench.worker_trace" if tracing() else "streams.faust_app"
+    worker = Process(f"{mode}-worker", ["-m", module], {**env, "BENCH_TRACE": str(trace)}, workdir) if mode == "kafka" else None
+    api = Api(f"http://127.0.0.1:{port}")
+    stack = Stack(api, server, worker, workdir, prefix, schema, [], trace)
+    try:
+        server.start()
+        await api.wait_ready(server)
+        if worker is not None:
+            worker.start()  # after the API, whose KafkaLog creates the topics the worker subscribes to
+        await api.define_meter()
+        yield stack
+    finally:
+        await api.close()
+        for process in filter(None, (worker, server)):
+            process.stop()
+        if mode == "kafka":
+            await delete_topics(prefix)
+            await asyncio.to_thread(drop_schema, schema)
+            await asyncio.to_thread(delete_redis_claims, stack.tenants)
+        shutil.rmtree(workdir, ignore_errors=True)

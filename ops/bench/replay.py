@@ -1,0 +1,260 @@
+"""Benchmark 5: replay, rebuilding every projection from events already on Kafka.
+
+N usage events (and a meter definition on the control topic) are put on fresh
+topics first. Ours: the in-process Runner over KafkaLog folds them into a
+fresh PostgreSQL views schema until drained. Baseline: a plain aiokafka
+consumer reading the same topic from the beginning to its end, same process.
+
+Two more rows say where a rebuild by the Kafka-mode worker stands: the Faust
+worker itself (`python -m streams.faust_app` on another fresh schema), and
+Faust's delivery alone (ops.bench.faust_noop: the same take_events loop, no
+fold). Both are timed from their first delivery, so start-up is left out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from ops.bench.common import (
+    DATABASE_URL,
+    KAFKA,
+    METER,
+    ROOT,
+    Process,
+    Report,
+    Table,
+    delete_topics,
+    drop_schema,
+    opt,
+    ratio,
+    service_env,
+    spying,
+    unique,
+)
+from streams.kafka_log import KafkaLog
+
+NAME = "replay"
+
+
+@dataclasses.dataclass
+class Options:
+    events: int = opt(200_000, "usage events on the topic (the issue's figure: 1000000)")
+    partitions: int = opt(4, "usage topic partitions")
+    tenants: int = opt(8, "tenants the events are spread over")
+    runner_batch: int = opt(5000, "records per runner read and transaction (OMNI_RUNNER_BATCH_SIZE)")
+    faust: int = opt(1, "also rebuild with the Faust worker and time Faust's bare delivery (0: skip)")
+
+
+def envelopes(count: int, tenants: int, start: int) -> list[bytes]:
+    """Usage envelopes over the last hours, as the API would have encoded them."""
+    from schemas.envelope import Envelope, encode
+
+    rng = random.Random(start)
+    base = datetime.now(UTC) - timedelta(hours=6)
+    return [
+        encode(
+            Envelope(
+                id=str(uuid.uuid4()),
+                type=METER["event_type"],
+                tenant_id=f"tenant-{i % tenants}",
+                source="bench-gateway",
+                source_id=f"evt-{i}",
+                subject=f"customer-{rng.randrange(20)}",
+                event_time=base + timedelta(milliseconds=100 * i),
+                recorded_time=base + timedelta(milliseconds=100 * i),
+                data={"tokens": i % 50 + 1, "model": ("small", "medium", "large")[i % 3]},
+            )
+        )
+        for i in range(start, start + count)
+    ]
+
+
+async def fill(log: KafkaLog, count: int, tenants: int) -> float:
+    """Put the meter definition and `count` usage events on the log; return events/s of the fill."""
+    from commands.control_plane import Meter
+    from schemas.envelope import decode, encode
+    from streams.log import Outgoing
+    from streams.outbox import to_envelope
+
+    defined = to_envelope(Meter(slug=METER["slug"], definition=dict(METER)).collect_events()[0])
+    await log.append(log.topics.control, [Outgoing(defined.id, encode(defined))])
+    started = time.perf_counter()
+    for first in range(0, count, 10_000):
+        values = envelopes(min(10_000, count - first), tenants, first)
+        items = [Outgoing(decode(v).tenant_id, v) for v in values]
+        await log.append(log.topics.usage, items)
+    return count / (time.perf_counter() - started)
+
+
+async def raw_read(topic: str, partitions: int, expected: int) -> float:
+    """Events/s of a bare aiokafka consumer reading the whole topic (values touched, nothing decoded)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=KAFKA, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        seen = size = 0
+        started = time.perf_counter()
+        while seen < expected:
+            for records in (await consumer.getmany(timeout_ms=500, max_records=10_000)).values():
+                seen += len(records)
+                size += sum(len(r.value or b"") for r in records)
+        elapsed = time.perf_counter() - started
+        assert seen == sum(ends.values()) == expected, (seen, ends, expected)
+    finally:
+        await consumer.stop()
+    return seen / elapsed
+
+
+async def rebuild(log: KafkaLog, schema: str, batch: int) -> tuple[float, int]:
+    """Events/s of the Runner folding the whole log into fresh views; and the meter total it got."""
+    from stores import views
+    from stores.database import PostgresDatabase
+    from streams.projectors import CatalogProjector, MeterProjector
+    from streams.runner import Runner
+
+    db = PostgresDatabase(DATABASE_URL, schema=schema)
+    try:
+        db.migrate(views.SCHEMA)
+        topics = log.topics
+        runner = Runner(
+            log,
+            CatalogProjector(db, topics),
+            MeterProjector(db, topics, keep_seen=timedelta(days=7, minutes=5)),
+            batch_size=batch,
+        )
+        started = time.perf_counter()
+        with spying(f"{NAME}-runner"):
+            await runner.drain()
+        elapsed = time.perf_counter() - started
+        with db.transaction() as tx:
+            total = tx.execute("SELECT count(*) FROM seen_events")[0][0]
+    finally:
+        db.close()
+    return elapsed, int(total)
+
+
+def folded(schema: str, topic: str) -> int:
+    with psycopg.connect(DATABASE_URL, autocommit=True) as conn:
+        try:
+            row = conn.execute(
+                f'SELECT sum(next_offset) FROM "{schema}".checkpoints WHERE consumer=%s AND topic=%s', ("meters", topic)
+            ).fetchone()
+        except psycopg.errors.UndefinedTable:
+            return 0
+    return int(row[0] or 0) if row else 0
+
+
+async def faust_rebuild(prefix: str, topic: str, schema: str, o: Options) -> float:
+    """Seconds the Faust worker takes from its first folded batch to the last; the schema is dropped after."""
+    with tempfile.TemporaryDirectory(prefix="omni-bench-replay-") as folder:
+        env = service_env(
+            mode="kafka", topic_prefix=prefix, database_schema=schema, usage_partitions=str(o.partitions),
+            data_dir=folder, runner_batch_size=str(o.runner_batch),
+        )  # fmt: skip
+        worker = Process(f"{NAME}-faust-worker", ["-m", "streams.faust_app"], env, Path(folder))
+        worker.start()
+        try:
+            first = 0.0
+            while (done := await asyncio.to_thread(folded, schema, topic)) < o.events:
+                first = first or (time.monotonic() if done else 0.0)
+                if not worker.alive():
+                    raise RuntimeError(f"the Faust worker exited:\n{worker.tail()}")
+                await asyncio.sleep(0.05)
+            return time.monotonic() - first
+        finally:
+            worker.stop()
+            await asyncio.to_thread(drop_schema, schema)
+
+
+async def faust_delivery(topic: str, o: Options) -> float:
+    """Seconds Faust takes to hand every record to an agent that folds nothing."""
+    command = [sys.executable, "-m", "ops.bench.faust_noop", topic, str(o.events), str(o.runner_batch), "0.2"]
+    done = await asyncio.to_thread(subprocess.run, command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    result = next((line.split() for line in done.stdout.splitlines() if line.startswith("RESULT")), None)
+    if result is None:
+        raise RuntimeError(f"faust_noop failed:\n{done.stdout[-1000:]}\n{done.stderr[-2000:]}")
+    return float(result[2])
+
+
+async def run(o: Options) -> Report:
+    from schemas.topics import Topics
+
+    topics = Topics(prefix=unique("-"), usage_partitions=o.partitions)
+    schema = unique("_")
+    log = KafkaLog(KAFKA, topics, produce_timeout=30)
+    try:
+        await log.start()
+        await log.ping()
+        fill_rate = await fill(log, o.events, o.tenants)
+        raw = await raw_read(topics.usage, o.partitions, o.events)
+        elapsed, distinct = await rebuild(log, schema, o.runner_batch)
+        assert distinct == o.events, f"the rebuild folded {distinct} distinct events, expected {o.events}"
+        faust_seconds = await faust_rebuild(topics.prefix, topics.usage, unique("_"), o) if o.faust else None
+        noop_seconds = await faust_delivery(topics.usage, o) if o.faust else None
+    finally:
+        await log.close()
+        await delete_topics(topics.prefix)
+        await asyncio.to_thread(drop_schema, schema)
+    ours = o.events / elapsed
+    rows = [
+        ["raw aiokafka read (baseline)", raw, 1.0, o.events / raw],
+        ["ours: Runner + KafkaLog -> PostgreSQL views", ours, ratio(ours, raw), elapsed],
+    ]
+    figures = {
+        "events": o.events,
+        "ours_per_s": ours,
+        "raw_per_s": raw,
+        "ratio": ratio(ours, raw),
+        "seconds": elapsed,
+        "fill_per_s": fill_rate,
+    }
+    if faust_seconds and noop_seconds:
+        rows += [
+            [
+                "Faust worker (streams.faust_app) -> views",
+                o.events / faust_seconds,
+                ratio(o.events / faust_seconds, raw),
+                faust_seconds,
+            ],
+            [
+                "Faust delivery alone, no fold (faust_noop)",
+                o.events / noop_seconds,
+                ratio(o.events / noop_seconds, raw),
+                noop_seconds,
+            ],
+        ]
+        figures |= {"faust_worker_per_s": o.events / faust_seconds, "faust_noop_per_s": o.events / noop_seconds}
+    return Report(
+        NAME,
+        o,
+        [
+            Table(
+                f"{NAME}: rebuild every projection from {o.events:,} events on Kafka into fresh views",
+                ["reader", "events/s", "vs raw", "seconds"],
+                rows,
+            )
+        ],
+        figures,
+        notes=[f"filling the topic through KafkaLog.append ran at {fill_rate:,.0f} events/s (not part of either figure)"],
+    )
+
+
+if __name__ == "__main__":
+    from ops.bench.run import main
+
+    raise SystemExit(main(only=NAME))
