@@ -45,6 +45,8 @@ class EmbeddedLog:
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._last_purge = 0.0
+        self._waiting: list[tuple[Sequence[Envelope], Sequence[datetime], asyncio.Future[list[bool]]]] = []
+        self._committer: asyncio.Task[None] | None = None
         self.appended = asyncio.Event()  # wakes the in-process runner
 
     async def start(self) -> None:
@@ -69,10 +71,26 @@ class EmbeddedLog:
         self.appended.set()
 
     async def ingest(self, envelopes: Sequence[Envelope], keep_until: Sequence[datetime]) -> list[bool]:
-        accepted = await self._run(lambda db: self._ingest(db, envelopes, keep_until))
-        if any(accepted):
-            self.appended.set()
-        return accepted
+        """Group commit: requests arriving while a commit is under way share the next one (one fsync)."""
+        done: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
+        self._waiting.append((envelopes, keep_until, done))
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_waiting())
+        return await done
+
+    async def _commit_waiting(self) -> None:
+        while self._waiting:
+            group, self._waiting = self._waiting, []
+            try:
+                results = await self._run(lambda db: self._ingest(db, [(e, k) for e, k, _ in group]))
+            except Exception as failure:  # nothing of the group was committed: every request fails
+                for *_, done in group:
+                    done.set_exception(failure)
+                continue
+            for (*_, done), accepted in zip(group, results, strict=True):
+                done.set_result(accepted)
+            if any(any(accepted) for accepted in results):
+                self.appended.set()
 
     async def read(self, topic: str, partition: int, start: int, limit: int) -> list[LogRecord]:
         rows = await self._run(
@@ -113,29 +131,54 @@ class EmbeddedLog:
             db.execute("ROLLBACK")
             raise
 
-    def _ingest(self, db: sqlite3.Connection, envelopes: Sequence[Envelope], keep_until: Sequence[datetime]) -> list[bool]:
+    def _ingest(
+        self, db: sqlite3.Connection, requests: list[tuple[Sequence[Envelope], Sequence[datetime]]]
+    ) -> list[list[bool]]:
+        """Admit several requests' events in one transaction, in arrival order."""
         now = time.time()
         db.execute("BEGIN IMMEDIATE")
         try:
             if now - self._last_purge > PURGE_EVERY_SECONDS:
                 db.execute("DELETE FROM dedupe WHERE keep_until < ?", (int(now),))
                 self._last_purge = now
-            accepted: list[bool] = []
+            first: dict[tuple[str, str, str], int] = {}
+            for envelopes, keep_until in requests:
+                for envelope, until in zip(envelopes, keep_until, strict=True):
+                    first.setdefault(envelope.dedupe_key, int(until.timestamp()))
+            unclaimed = self._claim(db, first)
+            results: list[list[bool]] = []
             fresh: list[Outgoing] = []
-            for envelope, until in zip(envelopes, keep_until, strict=True):
-                claimed = db.execute(
-                    "INSERT INTO dedupe VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    (envelope.tenant_id, envelope.source, envelope.source_id, int(until.timestamp())),
-                ).rowcount
-                accepted.append(claimed == 1)
-                if claimed == 1:
-                    fresh.append(Outgoing(envelope.tenant_id, encode(envelope)))
+            for envelopes, _ in requests:
+                accepted: list[bool] = []
+                for envelope in envelopes:
+                    key = envelope.dedupe_key
+                    new = key in unclaimed
+                    accepted.append(new)
+                    if new:
+                        unclaimed.discard(key)  # a later copy, in this request or another, is a duplicate
+                        fresh.append(Outgoing(envelope.tenant_id, encode(envelope)))
+                results.append(accepted)
             self._append_rows(db, self.topics.usage, fresh)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        return accepted
+        return results
+
+    @staticmethod
+    def _claim(db: sqlite3.Connection, keep_until: dict[tuple[str, str, str], int]) -> set[tuple[str, str, str]]:
+        """Insert every key not yet seen; return those that were new (RETURNING gives only inserted rows)."""
+        fresh: set[tuple[str, str, str]] = set()
+        keys = list(keep_until)
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            rows = db.execute(
+                "INSERT INTO dedupe VALUES " + ", ".join("(?, ?, ?, ?)" for _ in chunk) + " ON CONFLICT DO NOTHING "
+                "RETURNING tenant_id, source, source_id",
+                [part for key in chunk for part in (*key, keep_until[key])],
+            ).fetchall()
+            fresh.update((t, s, i) for t, s, i in rows)
+        return fresh
 
     def _append_rows(self, db: sqlite3.Connection, topic: str, items: list[Outgoing]) -> None:
         if not items:
