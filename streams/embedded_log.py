@@ -82,7 +82,8 @@ class EmbeddedLog:
         while self._waiting:
             group, self._waiting = self._waiting, []
             try:
-                results = await self._run(lambda db: self._ingest(db, [(e, k) for e, k, _ in group]))
+                requests = [(e, k) for e, k, _ in group]
+                results = await self._run(lambda db: self._ingest(db, requests))  # noqa: B023 - awaited at once
             except Exception as failure:  # nothing of the group was committed: every request fails
                 for *_, done in group:
                     done.set_exception(failure)
