@@ -13,9 +13,9 @@ So the worker:
 - checks each batch against the checkpoint, and reads any gap from the log
   before applying the batch (should the consumer still be past the views,
   e.g. when the views' database was down during the rebalance);
-- retries a failed batch until it commits: Faust acknowledges the batch's
-  messages only when the agent asks for the next batch, so nothing is acked
-  past an uncommitted batch;
+- retries a failed batch until it commits, in order, while Faust fills the
+  next batches (a bounded queue), so fetching and folding overlap; Faust may
+  ack past the views, which the seek on every assignment makes harmless;
 - runs the runner's catch-up on a timer, so a meter defined after its events
   arrived still covers the whole history.
 """
@@ -48,6 +48,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 BATCH_WITHIN = 0.2  # seconds a partial batch waits for more events
+PIPELINE_DEPTH = 2  # batches buffered between Faust and the fold
 CATCH_UP_EVERY = 0.5
 RETRY_FIRST, RETRY_MAX = 0.1, 5.0
 SEEK_RETRY_SECONDS = 20.0  # within Faust's broker_request_timeout for the recovery's seek
@@ -184,8 +185,8 @@ def views_transport(seeker: CheckpointSeeker) -> type[KafkaTransport]:
                     SEEK_RETRY_SECONDS, "reading the views' checkpoints", lambda: seeker.seek(self, self.assignment())
                 )
             except Exception:
-                # The group's offsets are never past the views' (batches are acked only once
-                # committed), and Feeder fills any gap, so going on is safe, if slower.
+                # The group's offsets may be past the views' (the pipeline acks ahead), but
+                # Feeder reads any gap from the log before a batch, so going on is safe.
                 logger.error("could not read the views' checkpoints; resuming from the group's offsets", exc_info=True)
                 return committed
             committed.update(stored)
@@ -250,10 +251,25 @@ def create_worker_app(settings: Settings, db: Database, log: KafkaLog) -> faust.
 
     def agent_for(feeder: Feeder) -> Callable[[StreamT[bytes]], Awaitable[None]]:
         async def fold(stream: StreamT[bytes]) -> None:
-            batches = cast(faust.Stream[bytes], stream).take_events(settings.runner_batch_size, within=BATCH_WITHIN)
-            async for events in batches:
-                # Returning from this body is what acks the batch, so it returns only once committed.
-                await feeder.feed(events)
+            # Faust fills the next batch while the previous one folds. Faust may then ack (and
+            # commit the group's offsets) past what the views hold; that is safe because every
+            # assignment seeks to the views' checkpoints, not to the group's offsets.
+            pending: asyncio.Queue[Sequence[EventT]] = asyncio.Queue(maxsize=PIPELINE_DEPTH)
+
+            async def drain() -> None:
+                while True:
+                    await feeder.feed(await pending.get())
+                    pending.task_done()
+
+            folding = asyncio.create_task(drain(), name=f"fold-{feeder.consumer}")
+            try:
+                batches = cast(faust.Stream[bytes], stream).take_events(settings.runner_batch_size, within=BATCH_WITHIN)
+                async for events in batches:
+                    if folding.done():
+                        folding.result()  # surface the reason the fold stopped
+                    await pending.put(list(events))
+            finally:
+                folding.cancel()
 
         fold.__qualname__ = fold.__name__ = f"fold_{feeder.consumer}"  # names the agent in Faust's logs
         return fold
