@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 import uuid_utils
 from fastapi import FastAPI, Request
-from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from commands.control_plane import PLATFORM
 from omni import metrics
@@ -68,21 +68,40 @@ class ApiCallRecorder:
                 await asyncio.wait_for(self._task, timeout=5)
 
 
-def install(app: FastAPI, recorder: ApiCallRecorder) -> None:
-    @app.middleware("http")
-    async def meter_request(request: Request, call_next):  # type: ignore[no-untyped-def]
+class ApiCallMiddleware:
+    """Plain ASGI rather than `@app.middleware("http")`, whose task group and memory streams
+    cost more per request than the recording itself."""
+
+    def __init__(self, app: ASGIApp, recorder: ApiCallRecorder) -> None:
+        self.app = app
+        self.recorder = recorder
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         started = time.perf_counter()
-        response: Response = await call_next(request)
-        latency_ms = (time.perf_counter() - started) * 1000
+        answered: list[tuple[int, float]] = []  # (status, latency ms) once the response starts
+
+        async def send_and_watch(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                answered.append((message["status"], (time.perf_counter() - started) * 1000))
+            await send(message)
+
+        await self.app(scope, receive, send_and_watch)
+        if answered:
+            self.record(Request(scope), *answered[0])
+
+    def record(self, request: Request, status: int, latency_ms: float) -> None:
         route = request.scope.get("route")
         template = getattr(route, "path", None) or "unmatched"
-        metrics.HTTP_REQUESTS.labels(template, request.method, str(response.status_code)).inc()
+        metrics.HTTP_REQUESTS.labels(template, request.method, str(status)).inc()
         metrics.HTTP_LATENCY.labels(template).observe(latency_ms / 1000)
         principal = getattr(request.state, "principal", None)
         tenant = (PLATFORM if principal.is_admin else principal.tenant_id) if principal else ANONYMOUS
         now = datetime.now(UTC)
         request_id = str(uuid_utils.uuid7())
-        recorder.record(
+        self.recorder.record(
             Envelope(
                 id=request_id,
                 type=API_CALL,
@@ -101,9 +120,12 @@ def install(app: FastAPI, recorder: ApiCallRecorder) -> None:
                 data={
                     "route": template,
                     "method": request.method,
-                    "status": response.status_code,
+                    "status": status,
                     "latency_ms": round(latency_ms, 3),
                 },
             )
         )
-        return response
+
+
+def install(app: FastAPI, recorder: ApiCallRecorder) -> None:
+    app.add_middleware(ApiCallMiddleware, recorder=recorder)

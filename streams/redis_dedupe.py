@@ -4,18 +4,22 @@ Kafka cannot check "seen before?" and append in one step the way the embedded
 log's SQLite transaction does, so each event's identity is claimed in Redis
 first. Per event key `omni:seen:{tenant}:{sha256(source NUL id)}`:
 
-- `SET key pending:<token> NX PX claim_ttl` claims it (one pipeline per batch);
+- `SET key pending:<token> NX PX claim_ttl` claims it; one Lua script (CLAIM)
+  does this for every key of a batch and answers, for each key it did not win,
+  the value found there;
 - the winners are appended in one `log.append`, then marked `done` until the
-  event's keep_until (`PXAT`), so a retry within the acceptance window is a
-  duplicate;
+  event's keep_until (`PXAT`) by another script (MARK_DONE), so a retry within
+  the acceptance window is a duplicate;
 - if the append fails, our claims are deleted (only where they still hold our
   token) and the request fails with LogUnavailable: nothing is claimed as
   accepted that is not on the log;
-- a key another request holds as `pending:` is polled until it is `done`
-  (a duplicate) or gone (its holder failed: claim it again).
+- a key found `done` is a duplicate; a key another request holds as `pending:`
+  is claimed again every POLL_SECONDS until it is `done` (a duplicate) or gone
+  (its holder failed: this claim wins it).
 
-The counts in the response are right because of this; the views are exact
-regardless, because MeterProjector also de-duplicates by (tenant, source, id).
+So a batch costs two Redis round trips, whatever its size. The counts in the
+response are right because of this; the views are exact regardless, because
+MeterProjector also de-duplicates by (tenant, source, id).
 """
 
 from __future__ import annotations
@@ -41,6 +45,28 @@ log = logging.getLogger(__name__)
 DONE = b"done"
 PENDING = b"pending:"
 POLL_SECONDS = 0.02
+
+# KEYS: the keys to claim; ARGV: our token, the claim's TTL in ms.
+# Claims every free key; answers {position, value found, ...} for the keys it did not win
+# (positions are 1-based), so nothing at all when every key was new.
+CLAIM = """
+local lost = {}
+for i, key in ipairs(KEYS) do
+  if not redis.call('SET', key, ARGV[1], 'NX', 'PX', ARGV[2]) then
+    lost[#lost + 1] = i
+    lost[#lost + 1] = redis.call('GET', key)
+  end
+end
+return lost
+"""
+
+# KEYS: keys whose events are on the log; ARGV[i]: until when KEYS[i] is kept (Unix ms).
+MARK_DONE = """
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, 'done', 'PXAT', ARGV[i])
+end
+return #KEYS
+"""
 
 # Delete each key only if it still holds our claim: a claim that expired and was
 # taken by another request must survive our failure.
@@ -78,6 +104,9 @@ class RedisDedupedSink:
         self.redis: aioredis.Redis = aioredis.Redis.from_url(
             redis_url, socket_connect_timeout=2.0, socket_timeout=5.0, health_check_interval=30
         )
+        # EVALSHA; a server that does not know a script yet (first use, restart) is sent it once.
+        self._claim_all = self.redis.register_script(CLAIM)
+        self._mark_all_done = self.redis.register_script(MARK_DONE)
         self._release = self.redis.register_script(RELEASE)
 
     async def close(self) -> None:
@@ -91,17 +120,14 @@ class RedisDedupedSink:
         deadline = time.monotonic() + self.wait_timeout
         token = PENDING + secrets.token_hex(16).encode()  # this request's claims, and only them
         while waiting:
-            won = await self._claim(waiting, token)
+            won, pending = await self._claim(waiting, token)
             if won:
                 # Append what we hold before waiting on anyone else: holding claims while waiting
                 # for another request's claims could deadlock two requests with crossed batches.
-                await self._publish([envelopes[i] for i in won.values()], [keep_until[i] for i in won.values()], won, token)
+                await self._publish(envelopes, keep_until, won, token)
                 for index in won.values():
                     accepted[index] = True
-                waiting = {key: index for key, index in waiting.items() if key not in won}
-            if not waiting:
-                break
-            waiting = await self._still_pending(waiting)
+            waiting = pending
             if waiting:
                 if time.monotonic() >= deadline:
                     raise LogUnavailable(
@@ -111,20 +137,32 @@ class RedisDedupedSink:
                 await asyncio.sleep(POLL_SECONDS)
         return accepted
 
-    async def _claim(self, waiting: dict[str, int], token: bytes) -> dict[str, int]:
-        """Try to claim every key; return the ones we won (key -> batch index)."""
+    async def _claim(self, waiting: dict[str, int], token: bytes) -> tuple[dict[str, int], dict[str, int]]:
+        """Claim every key we can, in one round trip.
+
+        Returns (won, pending), key -> batch index: the keys we now hold, and the keys another
+        request holds. The keys found `done` are in neither: they are duplicates.
+        """
         keys = list(waiting)
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.set(key, token, nx=True, px=self.claim_ttl_ms)
-                results = await pipe.execute()
+            lost = await self._claim_all(keys=keys, args=[token, self.claim_ttl_ms])
         except RedisError as failure:
             raise LogUnavailable(f"Redis (de-duplication) is unavailable: {failure}") from failure
-        return {key: waiting[key] for key, ok in zip(keys, results, strict=True) if ok}
+        if not lost:
+            return waiting, {}
+        won = dict(waiting)
+        pending = {}
+        for position, value in zip(lost[::2], lost[1::2], strict=True):
+            key = keys[position - 1]
+            index = won.pop(key)
+            if value != DONE:
+                pending[key] = index
+        return won, pending
 
-    async def _publish(self, envelopes: list[Envelope], keep_until: list[datetime], won: dict[str, int], token: bytes) -> None:
-        items = [Outgoing(e.tenant_id, encode(e)) for e in envelopes]
+    async def _publish(
+        self, envelopes: Sequence[Envelope], keep_until: Sequence[datetime], won: dict[str, int], token: bytes
+    ) -> None:
+        items = [Outgoing(envelopes[i].tenant_id, encode(envelopes[i])) for i in won.values()]
         try:
             await self.log.append(self.topics.usage, items)
         except BaseException:
@@ -132,7 +170,7 @@ class RedisDedupedSink:
             # the client's retry is admitted (the views de-duplicate if the first attempt landed).
             await self._give_back(list(won), token)
             raise
-        await self._mark_done(list(won), keep_until)
+        await self._mark_done(list(won), [int(keep_until[i].timestamp() * 1000) for i in won.values()])
 
     async def _give_back(self, keys: list[str], token: bytes) -> None:
         try:
@@ -141,25 +179,13 @@ class RedisDedupedSink:
             # The claims expire after claim_ttl anyway; until then retries wait and then get a 503.
             log.warning("could not release %d de-duplication claims; they expire by themselves", len(keys), exc_info=True)
 
-    async def _mark_done(self, keys: list[str], keep_until: list[datetime]) -> None:
+    async def _mark_done(self, keys: list[str], until_ms: list[int]) -> None:
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for key, until in zip(keys, keep_until, strict=True):
-                    pipe.set(key, DONE, pxat=int(until.timestamp() * 1000))
-                await pipe.execute()
+            await self._mark_all_done(keys=keys, args=until_ms)
         except RedisError:
             # The events are durable on the log, so the request did succeed; saying 503 now would
             # be false. The pending claims expire, and a late retry is caught by the views' de-dup.
             log.warning("appended %d events but could not mark them done in Redis", len(keys), exc_info=True)
-
-    async def _still_pending(self, waiting: dict[str, int]) -> dict[str, int]:
-        """Drop the keys now `done` (duplicates); keep pending and vanished ones (claim again)."""
-        keys = list(waiting)
-        try:
-            states = await self.redis.mget(keys)
-        except RedisError as failure:
-            raise LogUnavailable(f"Redis (de-duplication) is unavailable: {failure}") from failure
-        return {key: waiting[key] for key, state in zip(keys, states, strict=True) if state != DONE}
 
 
 def _first_occurrences(envelopes: Sequence[Envelope]) -> dict[str, int]:

@@ -7,14 +7,14 @@ from typing import Any
 
 import orjson
 import uuid_utils
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import PlatformDep, TenantDep
 from api.problems import Problem
 from commands.ingest import admit, expires_at
 from omni import metrics
-from schemas.api import EventResult, IngestResult
+from schemas.api import IngestResult
 from schemas.cloudevents import BATCH, STRUCTURED
 from schemas.envelope import Actor
 from streams.log import LogUnavailable
@@ -65,7 +65,7 @@ def parse_items(content_type: str, body: bytes, max_events: int) -> list[Any]:
 
 
 @router.post("/events", status_code=202, response_model=IngestResult, responses={413: {}, 415: {}, 422: {}, 503: {}})
-async def ingest_events(request: Request, platform: PlatformDep, principal: TenantDep) -> IngestResult:
+async def ingest_events(request: Request, platform: PlatformDep, principal: TenantDep) -> Response:
     """Accept one CloudEvent or a batch; 202 once every accepted event is durable on the log."""
     settings = platform.settings
     body = await read_limited(request, settings.max_body_bytes)
@@ -91,11 +91,17 @@ async def ingest_events(request: Request, platform: PlatformDep, principal: Tena
     except LogUnavailable:
         metrics.LOG_UNAVAILABLE.inc()
         raise
-    results = [
-        EventResult(index=i, id=e.source_id, status="accepted" if ok else "duplicate")
-        for i, (e, ok) in enumerate(zip(envelopes, accepted, strict=True))
-    ]
     count = sum(accepted)
     metrics.EVENTS.labels("accepted").inc(count)
     metrics.EVENTS.labels("duplicate").inc(len(accepted) - count)
-    return IngestResult(accepted=count, duplicates=len(accepted) - count, results=results)
+    # An IngestResult, written directly: up to 1,000 pydantic models per request, validated
+    # again as the response model, cost more than the rest of the answer.
+    answer = {
+        "accepted": count,
+        "duplicates": len(accepted) - count,
+        "results": [
+            {"index": i, "id": e.source_id, "status": "accepted" if ok else "duplicate"}
+            for i, (e, ok) in enumerate(zip(envelopes, accepted, strict=True))
+        ],
+    }
+    return Response(orjson.dumps(answer), status_code=202, media_type="application/json")

@@ -11,7 +11,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from schemas.topics import Topics, partition_for
-from streams.kafka_log import KafkaLog
+from streams.kafka_log import MAX_BATCH_BYTES, OWN_BATCH_FROM, KafkaLog
 from streams.log import LogUnavailable, Outgoing
 from tests.integration.conftest import free_port
 
@@ -39,6 +39,26 @@ async def test_append_read_and_end_offsets_round_trip(kafka_log: KafkaLog, topic
         assert [(r.key, r.value) for r in records] == [(i.key, i.value) for i in expected[partition]]
         assert [r.offset for r in records] == list(range(len(records)))
         assert {(r.topic, r.partition) for r in records} == {(topics.usage, partition)}
+
+
+async def test_a_large_append_to_one_partition_arrives_whole_and_in_order(kafka_log: KafkaLog, topics: Topics) -> None:
+    """More than one batch's worth (MAX_BATCH_BYTES) for one tenant, beside a few records of others."""
+    padding = b"x" * 1000
+    big = [Outgoing("big-tenant", b"%05d:" % i + padding) for i in range(3 * MAX_BATCH_BYTES // len(padding))]
+    small = [Outgoing(f"small-{i}", f"s{i}".encode()) for i in range(OWN_BATCH_FROM // 2)]
+    assert len(big) >= OWN_BATCH_FROM
+    await asyncio.gather(kafka_log.append(topics.usage, big + small), kafka_log.append(topics.usage, small[:3]))
+
+    stored: dict[int, list[bytes]] = {}
+    for partition, end in (await kafka_log.end_offsets(topics.usage)).items():
+        stored[partition] = []
+        while len(stored[partition]) < end:
+            stored[partition] += [r.value for r in await kafka_log.read(topics.usage, partition, len(stored[partition]), 10_000)]
+    big_partition = partition_for("big-tenant", topics.usage_partitions)
+    assert [v for v in stored[big_partition] if v.endswith(padding)] == [item.value for item in big]
+    for item in small:
+        assert item.value in stored[partition_for(item.key, topics.usage_partitions)]
+    assert sum(map(len, stored.values())) == len(big) + len(small) + 3
 
 
 async def test_read_is_positional_and_bounded(kafka_log: KafkaLog, topics: Topics) -> None:

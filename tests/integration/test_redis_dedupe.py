@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from schemas.envelope import Envelope, decode
 from schemas.topics import Topics
 from streams.kafka_log import KafkaLog
-from streams.log import LogUnavailable
+from streams.log import LogUnavailable, Outgoing
 from streams.redis_dedupe import RedisDedupedSink, seen_key
 from tests.integration.conftest import free_port
 
@@ -164,3 +165,116 @@ async def test_redis_down_is_log_unavailable(kafka_log: KafkaLog, topics: Topics
     finally:
         await no_redis.close()
     assert await on_topic(kafka_log, topics) == []
+
+
+async def test_new_duplicate_and_pending_keys_of_one_batch_resolve_together(
+    sink: RedisDedupedSink, kafka_log: KafkaLog, topics: Topics, raw_redis: aioredis.Redis, tenant: str
+) -> None:
+    seen, held, fresh = usage_event(tenant, "seen"), usage_event(tenant, "held"), usage_event(tenant, "fresh")
+    await raw_redis.set(seen_key(seen), b"done", px=60_000)
+    await raw_redis.set(seen_key(held), b"pending:someone-else", px=60_000)
+
+    async def holder_finishes() -> None:
+        await asyncio.sleep(0.2)
+        await raw_redis.set(seen_key(held), b"done", px=60_000)
+
+    batch = [held, seen, fresh, replace(fresh, id=str(uuid.uuid4()))]
+    answer, _ = await asyncio.gather(sink.ingest(batch, [keep(e) for e in batch]), holder_finishes())
+
+    assert answer == [False, False, True, False]
+    assert [e.source_id for e in await on_topic(kafka_log, topics)] == ["fresh"]
+    assert await raw_redis.get(seen_key(fresh)) == b"done"
+
+
+async def test_each_key_is_kept_until_its_own_keep_until(sink: RedisDedupedSink, raw_redis: aioredis.Redis, tenant: str) -> None:
+    events = [usage_event(tenant, f"e{i}") for i in range(3)]
+    until = [datetime.now(UTC) + timedelta(days=days) for days in (1, 3, 6)]
+
+    assert await sink.ingest(events, until) == [True, True, True]
+
+    for event, moment in zip(events, until, strict=True):
+        assert await raw_redis.get(seen_key(event)) == b"done"
+        assert await raw_redis.pexpiretime(seen_key(event)) == int(moment.timestamp() * 1000)
+
+
+async def test_a_batch_costs_two_redis_round_trips_whatever_its_size(
+    sink: RedisDedupedSink, raw_redis: aioredis.Redis, tenant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    warm = usage_event(tenant, "warm")
+    await sink.ingest([warm], [keep(warm)])  # the scripts are known to the server from now on
+    commands: list[str] = []
+    send = sink.redis.execute_command
+
+    async def counted(*args: object, **options: object) -> object:
+        commands.append(str(args[0]))
+        return await send(*args, **options)
+
+    monkeypatch.setattr(sink.redis, "execute_command", counted)
+    batch = [usage_event(tenant, f"r{i}") for i in range(500)]
+    assert await sink.ingest(batch, [keep(e) for e in batch]) == [True] * 500
+    assert commands == ["EVALSHA", "EVALSHA"]  # claim all, then mark all done
+
+    commands.clear()
+    assert await sink.ingest(batch, [keep(e) for e in batch]) == [False] * 500
+    assert commands == ["EVALSHA"]  # every key answered `done` with the claim: nothing else to ask
+
+
+async def test_scripts_unknown_to_the_server_are_loaded_again(
+    sink: RedisDedupedSink, raw_redis: aioredis.Redis, tenant: str
+) -> None:
+    first, second = usage_event(tenant, "before-flush"), usage_event(tenant, "after-flush")
+    assert await sink.ingest([first], [keep(first)]) == [True]
+    await raw_redis.script_flush()  # as after a Redis restart or failover
+    assert await sink.ingest([second, first], [keep(second), keep(first)]) == [True, False]
+
+
+class FailingLog:
+    """Stands for the Kafka log: runs `meanwhile`, then fails like an unreachable broker."""
+
+    produce_timeout = 1.0
+
+    def __init__(self, meanwhile: Callable[[], Awaitable[None]]) -> None:
+        self.meanwhile = meanwhile
+
+    async def append(self, topic: str, items: Sequence[Outgoing]) -> None:
+        await self.meanwhile()
+        raise LogUnavailable("the broker is gone")
+
+
+async def test_a_failed_append_gives_back_only_the_claims_still_ours(
+    redis_url: str, topics: Topics, raw_redis: aioredis.Redis, tenant: str
+) -> None:
+    ours, lost_meanwhile = usage_event(tenant, "ours"), usage_event(tenant, "taken-over")
+
+    async def another_request_takes_one_over() -> None:
+        # Our claim expired during a slow append and another request claimed the key.
+        await raw_redis.set(seen_key(lost_meanwhile), b"pending:another-request", px=60_000)
+
+    failing = RedisDedupedSink(FailingLog(another_request_takes_one_over), redis_url, topics)  # type: ignore[arg-type]
+    try:
+        with pytest.raises(LogUnavailable):
+            await failing.ingest([ours, lost_meanwhile], [keep(ours), keep(lost_meanwhile)])
+    finally:
+        await failing.close()
+    assert await raw_redis.get(seen_key(ours)) is None
+    assert await raw_redis.get(seen_key(lost_meanwhile)) == b"pending:another-request"
+
+
+async def test_redis_failing_after_the_append_still_accepts(
+    sink: RedisDedupedSink,
+    kafka_log: KafkaLog,
+    topics: Topics,
+    tenant: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    event = usage_event(tenant, "durable")
+
+    async def redis_gone(*args: object, **options: object) -> object:
+        raise RedisConnectionError("Redis went away after the claim")
+
+    monkeypatch.setattr(sink, "_mark_all_done", redis_gone)
+    # The event is durable on the log: the answer is an acceptance, not a 503 (the claim expires).
+    assert await sink.ingest([event], [keep(event)]) == [True]
+    assert [e.source_id for e in await on_topic(kafka_log, topics)] == ["durable"]
+    assert "could not mark them done" in caplog.text
