@@ -1,4 +1,13 @@
-"""Rolling minute buckets up into the windows and groups a query asks for."""
+"""Answering a meter query from stored buckets: which buckets to read, and how to roll them up.
+
+Buckets are kept at three resolutions (minute, hour, day; see meters.py). A
+query reads the coarsest resolution whose buckets each fall inside a single
+window of the query, and finer buckets only for the edges of a from/to that
+is not aligned to it (`plan`). The store then combines the buckets per
+window and group, either in SQL (PostgreSQL) or here in Python (`roll_up`),
+and `meter_rows` turns the combined values into the rows the API answers.
+Windows are UTC.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +15,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
 from projections.meter_state import EMPTY, BucketState, combine, value_of
+from projections.meters import DAY, HOUR, MINUTE
 from schemas.meters import Aggregation, WindowSize
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+SECONDS = {WindowSize.MINUTE: MINUTE, WindowSize.HOUR: HOUR, WindowSize.DAY: DAY}
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,13 +35,23 @@ class StoredBucket:
     state: BucketState
 
 
-@dataclass(frozen=True, slots=True)
-class MeterRow:
+class MeterRow(NamedTuple):
+    """One answer row. A named tuple: a query can have thousands, and they are built fast."""
+
     window_start: datetime
     window_end: datetime
     value: Decimal | int | None
     subject: str | None
     group_by: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """Read buckets of `resolution` seconds whose window starts in [start, end) (None: unbounded)."""
+
+    resolution: int
+    start: int | None
+    end: int | None
 
 
 def window_bounds(moment: datetime, size: WindowSize) -> tuple[datetime, datetime]:
@@ -50,6 +73,127 @@ def window_bounds(moment: datetime, size: WindowSize) -> tuple[datetime, datetim
             return start, end
 
 
+def resolutions_for(window_size: WindowSize | None) -> tuple[int, ...]:
+    """Bucket sizes that never straddle a window of this size, coarsest first."""
+    match window_size:
+        case WindowSize.MINUTE:
+            return (MINUTE,)
+        case WindowSize.HOUR:
+            return (HOUR, MINUTE)
+        case _:  # days, months (unions of UTC days) and one window over the whole range
+            return (DAY, HOUR, MINUTE)
+
+
+def plan(start: int | None, end: int | None, window_size: WindowSize | None) -> list[Piece]:
+    """Disjoint pieces that cover [start, end) (epoch seconds, whole minutes) exactly.
+
+    The middle is read at the coarsest resolution the window size allows; an
+    edge that is not aligned to it is covered by finer buckets.
+    """
+    return _cover(start, end, resolutions_for(window_size))
+
+
+def _cover(start: int | None, end: int | None, levels: Sequence[int]) -> list[Piece]:
+    size, finer = levels[0], levels[1:]
+    if not finer:
+        return [Piece(size, start, end)]
+    inner_start = None if start is None else -(-start // size) * size
+    inner_end = None if end is None else end // size * size
+    if inner_start is not None and inner_end is not None and inner_start >= inner_end:
+        return _cover(start, end, finer)  # no whole bucket of this size fits
+    pieces = [Piece(size, inner_start, inner_end)]
+    if start is not None and inner_start is not None and start < inner_start:
+        pieces = _cover(start, inner_start, finer) + pieces
+    if end is not None and inner_end is not None and inner_end < end:
+        pieces = pieces + _cover(inner_end, end, finer)
+    return pieces
+
+
+def window_start_of(epoch_seconds: int, window_size: WindowSize) -> int:
+    """The start (epoch seconds) of the UTC window of `window_size` holding this second."""
+    if window_size is WindowSize.MONTH:
+        moment = EPOCH + timedelta(seconds=epoch_seconds)
+        return (datetime(moment.year, moment.month, 1, tzinfo=UTC) - EPOCH) // timedelta(seconds=1)
+    size = SECONDS[window_size]
+    return epoch_seconds // size * size
+
+
+# One grouped value, before it becomes a row: (window start in epoch seconds, subject or None,
+# the JSON texts of the requested group values, the value).
+Grouped = tuple[int, str | None, tuple[str, ...], Decimal | int | None]
+
+
+def meter_rows(
+    grouped: Iterable[Grouped],
+    *,
+    start: datetime | None,
+    end: datetime | None,
+    window_size: WindowSize | None,
+    group_by: Sequence[str],
+    whole: tuple[datetime, datetime] | None = None,
+) -> list[MeterRow]:
+    """Rows sorted by window, subject, then group values; edge windows cut to [start, end).
+
+    Without a window size, every row spans `whole`; otherwise a row's window
+    is the one holding its epoch second. A query may answer thousands of rows,
+    so this loop avoids every avoidable object.
+    """
+    wanted = tuple(group_by)
+    items: list[Any] = list(grouped)
+    if wanted:
+        items = [(w, s, {k: orjson.loads(t) for k, t in zip(wanted, texts, strict=True)}, v) for w, s, texts, v in items]
+        items.sort(key=lambda i: (i[0], i[1] or "", orjson.dumps(i[2], option=orjson.OPT_SORT_KEYS)))
+    elif items and items[0][1] is not None:  # rows are either all per subject or none
+        items.sort(key=lambda i: (i[0], i[1] or ""))
+    else:
+        items.sort(key=lambda i: i[0])
+    new = tuple.__new__  # a MeterRow without the named tuple's Python-level __new__
+    if window_size is None:
+        assert whole is not None
+        lower, upper = whole
+        return [new(MeterRow, (lower, upper, v, s, g if wanted else {})) for _, s, g, v in items]
+    first = None if start is None else int(start.timestamp())
+    last = None if end is None else int(end.timestamp())
+    seconds = SECONDS.get(window_size)
+    step = timedelta(seconds=seconds or 0)
+    rows = []
+    previous = following = None  # the last window seen, and where it ends (epoch seconds)
+    lower = upper = cut_lower = cut_upper = EPOCH
+    for w, s, g, v in items:
+        if seconds is not None:
+            w -= w % seconds
+        if w != previous:
+            if seconds is None:  # a month
+                lower, upper = window_bounds(EPOCH + timedelta(seconds=w), window_size)
+                w, high = (lower - EPOCH) // _SECOND, (upper - EPOCH) // _SECOND
+            else:
+                lower = upper if w == following else EPOCH + timedelta(seconds=w)
+                upper, high = lower + step, w + seconds
+            cut_lower = start if start is not None and first is not None and first > w else lower
+            cut_upper = end if end is not None and last is not None and last < high else upper
+            previous, following = w, high
+        rows.append(new(MeterRow, (cut_lower, cut_upper, v, s, g if wanted else {})))
+    return rows
+
+
+_SECOND = timedelta(seconds=1)
+
+
+def whole_range(start: datetime | None, end: datetime | None, first: int | None, last: int | None) -> tuple[datetime, datetime]:
+    """The one window of a query without a window size: [start, end), each bound defaulting to
+    the first minute with data and the end of the last one (`first`, `last`: their epoch seconds)."""
+    return (
+        start or EPOCH + timedelta(seconds=first or 0),
+        end or EPOCH + timedelta(seconds=(last or 0) + MINUTE),
+    )
+
+
+def group_texts(group_key: str, group_by: Sequence[str]) -> tuple[str, ...]:
+    """The canonical JSON text of each requested group value (null when absent)."""
+    values = orjson.loads(group_key)
+    return tuple(orjson.dumps(values.get(k)).decode() for k in group_by)
+
+
 def roll_up(
     buckets: Iterable[StoredBucket],
     aggregation: Aggregation,
@@ -59,44 +203,38 @@ def roll_up(
     window_size: WindowSize | None,
     group_by: Sequence[str],
     by_subject: bool,
+    span: tuple[int, int] | None = None,
 ) -> list[MeterRow]:
-    """Combine buckets into one row per (window, subject?, group values).
+    """Combine buckets into one row per (window, subject?, group values), in Python.
 
-    Without a window size there is one window: [start, end), each bound
-    defaulting to the first and last minute that has data. Windows at the
-    edges of an explicit range are cut to it.
+    Each bucket must lie inside one window (see `plan`). Without a window
+    size there is one window: [start, end), each bound defaulting to the
+    first and last minute that has data, given as `span` (epoch seconds of
+    both minutes) or, when absent, taken from the buckets (minute buckets).
+    Windows at the edges of an explicit range are cut to it.
     """
     buckets = list(buckets)
     if not buckets:
         return []
+    whole = None
     if window_size is None:
-        whole = (
-            start or datetime.fromtimestamp(min(b.window_start for b in buckets), UTC),
-            end or datetime.fromtimestamp(max(b.window_start for b in buckets) + 60, UTC),
-        )
-    groups: dict[tuple[Any, ...], BucketState] = {}
-    windows: dict[tuple[Any, ...], tuple[datetime, datetime]] = {}
+        first, last = span or (min(b.window_start for b in buckets), max(b.window_start for b in buckets))
+        whole = whole_range(start, end, first, last)
     wanted = tuple(group_by)
+    texts: dict[str, tuple[str, ...]] = {}
+    groups: dict[tuple[int, str | None, tuple[str, ...]], BucketState] = {}
     for bucket in buckets:
-        moment = datetime.fromtimestamp(bucket.window_start, UTC)
-        if window_size:
-            lower, upper = window_bounds(moment, window_size)
-            bounds = (max(lower, start) if start else lower, min(upper, end) if end else upper)
-        else:
-            bounds = whole
-        values = orjson.loads(bucket.group_key) if wanted else {}
-        key = (bounds[0], bucket.subject if by_subject else None, tuple(values.get(k) for k in wanted))
+        window = 0 if window_size is None else window_start_of(bucket.window_start, window_size)
+        values = texts.get(bucket.group_key)
+        if values is None:
+            values = texts[bucket.group_key] = group_texts(bucket.group_key, wanted) if wanted else ()
+        key = (window, bucket.subject if by_subject else None, values)
         groups[key] = combine(groups.get(key, EMPTY), bucket.state)
-        windows[key] = bounds
-    rows = [
-        MeterRow(
-            window_start=windows[key][0],
-            window_end=windows[key][1],
-            value=value_of(state, aggregation),
-            subject=key[1],
-            group_by=dict(zip(wanted, key[2], strict=True)),
-        )
-        for key, state in groups.items()
-    ]
-    rows.sort(key=lambda row: (row.window_start, row.subject or "", orjson.dumps(row.group_by, option=orjson.OPT_SORT_KEYS)))
-    return rows
+    return meter_rows(
+        ((window, subject, values, value_of(state, aggregation)) for (window, subject, values), state in groups.items()),
+        start=start,
+        end=end,
+        window_size=window_size,
+        group_by=wanted,
+        whole=whole,
+    )

@@ -3,22 +3,24 @@
 One state shape serves every aggregation: combining is associative and
 commutative (LATEST breaks ties by log position), so a batch can be folded
 into deltas first and the deltas combined with stored rows afterwards, and
-minute buckets can be rolled up into any larger window at query time.
+minute buckets can be rolled up into hours, days and totals (and any larger
+window at query time).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from decimal import Context, Decimal, DivisionByZero, InvalidOperation, Overflow
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
 from schemas.meters import Aggregation
 
 
-@dataclass(frozen=True, slots=True)
-class BucketState:
+class BucketState(NamedTuple):
+    """Immutable. A named tuple rather than a frozen dataclass: the fold makes a few per event,
+    and a named tuple is built four times faster."""
+
     count: int = 0
     total: Decimal = Decimal(0)
     minimum: Decimal | None = None
@@ -43,7 +45,20 @@ def observe(state: BucketState, aggregation: Aggregation, value: Any, at: tuple[
         return BucketState(count=state.count + 1)
     if aggregation is Aggregation.UNIQUE_COUNT:
         return BucketState(count=state.count + 1, uniques=state.uniques | {value})
-    return combine(state, BucketState(count=1, total=value, minimum=value, maximum=value, latest_at=at, latest=value))
+    if state.minimum is None:  # the first value (a state only ever holds values of its own meter)
+        total = value if state is EMPTY else EXACT.add(state.total, value)  # as combine(EMPTY, b) is b
+        return BucketState(state.count + 1, total, value, value, at, value, state.uniques)
+    # combine(state, <this one value>), without building the one-value state first: the fold's hot path.
+    newer = state.latest_at is None or at > state.latest_at
+    return BucketState(
+        state.count + 1,
+        EXACT.add(state.total, value),
+        min(state.minimum, value),
+        max(state.maximum, value),  # type: ignore[type-var]
+        at if newer else state.latest_at,
+        value if newer else state.latest,
+        state.uniques,
+    )
 
 
 def combine(a: BucketState, b: BucketState) -> BucketState:
@@ -86,11 +101,16 @@ def value_of(state: BucketState, aggregation: Aggregation) -> Decimal | int | No
         case Aggregation.MAX:
             return state.maximum
         case Aggregation.AVG:
-            return QUOTIENT.divide(state.total, state.count) if state.count else None
+            return average(state.total, state.count)
         case Aggregation.LATEST:
             return state.latest
         case Aggregation.UNIQUE_COUNT:
             return len(state.uniques)
+
+
+def average(total: Decimal, count: int) -> Decimal | None:
+    """total / count, rounded to 34 significant digits; None without values."""
+    return QUOTIENT.divide(total, count) if count else None
 
 
 def dump(state: BucketState) -> str:

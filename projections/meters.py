@@ -1,7 +1,9 @@
 """The usage-meter projection: events folded into per-minute buckets.
 
-A bucket is keyed by (tenant, meter, minute, subject, group values). Queries
-roll minute buckets up into larger windows (see meter_query.py).
+A bucket is keyed by (tenant, meter, minute, subject, group values). The same
+deltas are also rolled up into hour and day buckets (keyed the same way) and
+into totals per window that drop the subject and the group values, so a query
+reads the coarsest buckets that fit its windows (see meter_query.py).
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from projections.meter_state import EMPTY, BucketState, observe
+from projections.meter_state import EMPTY, BucketState, combine, observe
 from schemas.envelope import Envelope
 from schemas.meters import Aggregation, MeterDefinition, path_parts
 
 MINUTE = 60
+HOUR = 3600
+DAY = 86400
+RESOLUTIONS = (MINUTE, HOUR, DAY)  # bucket sizes in seconds; UTC days are whole multiples of DAY since the epoch
 
 
 class BucketKey(NamedTuple):
@@ -28,6 +33,14 @@ class BucketKey(NamedTuple):
     window_start: int  # epoch seconds, a whole minute
     subject: str
     group_key: str  # canonical JSON object of the group-by values
+
+
+class TotalKey(NamedTuple):
+    """A bucket of every subject and group value together."""
+
+    tenant_id: str
+    meter: str
+    window_start: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,3 +190,30 @@ def apply(
         key = BucketKey(event.tenant_id, meter.slug, minute, event.subject or "", group_key(meter, doc))
         view[key] = observe(view.get(key, EMPTY), meter.aggregation, value, at)
     return view
+
+
+def coarser(deltas: Mapping[BucketKey, BucketState], resolution: int) -> dict[BucketKey, BucketState]:
+    """The same buckets, with their windows widened to `resolution` seconds (a multiple of theirs)."""
+    out: dict[BucketKey, BucketState] = {}
+    for key, state in deltas.items():
+        wide = BucketKey(key.tenant_id, key.meter, key.window_start // resolution * resolution, key.subject, key.group_key)
+        out[wide] = combine(out[wide], state) if wide in out else state
+    return out
+
+
+def totals(deltas: Mapping[BucketKey, BucketState]) -> dict[TotalKey, BucketState]:
+    """The buckets of each window combined across subjects and group values."""
+    out: dict[TotalKey, BucketState] = {}
+    for key, state in deltas.items():
+        total = TotalKey(key.tenant_id, key.meter, key.window_start)
+        out[total] = combine(out[total], state) if total in out else state
+    return out
+
+
+def roll_ups(minutes: Mapping[BucketKey, BucketState]) -> dict[int, dict[BucketKey, BucketState]]:
+    """Minute deltas, and the same deltas rolled up into every coarser resolution."""
+    levels: dict[int, dict[BucketKey, BucketState]] = {MINUTE: dict(minutes)}
+    finer = levels[MINUTE]
+    for resolution in RESOLUTIONS[1:]:
+        finer = levels[resolution] = coarser(finer, resolution)
+    return levels

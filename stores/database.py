@@ -1,11 +1,14 @@
 """Two SQL databases behind one small interface: a transaction that runs statements.
 
 Statements are written once with `?` placeholders; the PostgreSQL adapter
-rewrites them to psycopg's `%s`.
+rewrites them to psycopg's `%s`. A schema script is one text for both: a
+statement that starts with `/*sqlite*/` or `/*postgres*/` runs on that
+dialect only (where column types must differ, e.g. exact decimals).
 """
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -15,6 +18,19 @@ from typing import Any, Protocol
 
 import psycopg
 from psycopg_pool import ConnectionPool
+
+_DIALECT_TAG = re.compile(r"/\*\s*(sqlite|postgres)\s*\*/")
+
+
+def statements(script: str, dialect: str) -> list[str]:
+    """The statements of a `;`-separated script that apply to `dialect`."""
+    chosen = []
+    for statement in script.split(";"):
+        text = statement.strip()
+        tag = _DIALECT_TAG.match(text)
+        if text and (tag is None or tag.group(1) == dialect):
+            chosen.append(text)
+    return chosen
 
 
 class StoreUnavailable(Exception):
@@ -134,7 +150,7 @@ class SqliteDatabase:
 
     def migrate(self, script: str) -> None:
         with self._lock:
-            self._db.executescript(script)
+            self._db.executescript("".join(f"{statement};\n" for statement in statements(script, self.dialect)))
 
     def leadership(self, name: str) -> Leadership:
         return _Sole()
@@ -206,7 +222,7 @@ class PostgresDatabase:
             conn.execute("SELECT pg_advisory_xact_lock(7243)")
             conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
             conn.execute(f'SET LOCAL search_path TO "{self.schema}"')
-            for statement in filter(str.strip, script.split(";")):
+            for statement in statements(script, self.dialect):
                 conn.execute(statement)
 
     def leadership(self, name: str) -> Leadership:

@@ -11,7 +11,6 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import AdminDep, CallerDep, PlatformDep, TenantDep, command_context
 from api.problems import ExactJSONResponse, Problem
 from commands.errors import NotFound
-from projections.meter_query import roll_up
 from schemas.api import MeterList, MeterQueryResult
 from schemas.meters import MeterDefinition, WindowSize
 from stores import views
@@ -87,18 +86,18 @@ def query_meter(
                 f"{', '.join(unknown)} not among this meter's dimensions: {', '.join(['subject', *definition.group_by])}.",
                 kind="unknown-group-by",
             )
-        stored = views.buckets(tx, principal.tenant_id or "", slug, start, end, _split(subject))
-    dims = [g for g in groups if g != "subject"]
-    by_subject = "subject" in groups or len(_split(subject)) == 1
-    rows = roll_up(
-        stored,
-        definition.aggregation,
-        start=from_,
-        end=to,
-        window_size=window_size,
-        group_by=dims,
-        by_subject=by_subject,
-    )
+        subjects = _split(subject)
+        rows = views.query_meter(
+            tx,
+            principal.tenant_id or "",
+            definition,
+            start=from_,
+            end=to,
+            window_size=window_size,
+            group_by=list(dict.fromkeys(g for g in groups if g != "subject")),
+            by_subject="subject" in groups or len(subjects) == 1,
+            subjects=subjects,
+        )
     body: dict[str, Any] = {
         "meter": slug,
         "aggregation": definition.aggregation.value,

@@ -3,7 +3,7 @@
 N events spread over a month are folded into a fresh PostgreSQL views schema by
 the MeterProjector, in runner-sized transactions (the worker's own code path),
 and the same events are copied into a naive table, one row per event. Each
-query runs the query route's code path (views.buckets + roll_up) and the naive
+query runs the query route's code path (views.query_meter) and the naive
 `SUM ... GROUP BY` on the same data, interleaved, and both answers are checked
 to agree before anything is timed.
 """
@@ -135,8 +135,9 @@ def generate(o: Options, schema: str) -> dict[str, float]:
                     copy.write_row(row)
         naive.execute("CREATE INDEX ON naive_events (tenant_id, event_time)")
         naive.execute("VACUUM ANALYZE naive_events")
-        naive.execute("VACUUM ANALYZE meter_buckets")
-        buckets = naive.execute("SELECT count(*) FROM meter_buckets").fetchone()[0]  # type: ignore[index]
+        naive.execute("VACUUM ANALYZE meter_windows")
+        naive.execute("VACUUM ANALYZE meter_totals")
+        buckets = naive.execute("SELECT count(*) FROM meter_windows WHERE resolution=60").fetchone()[0]  # type: ignore[index]
     finally:
         naive.close()
         db.close()
@@ -144,19 +145,17 @@ def generate(o: Options, schema: str) -> dict[str, float]:
 
 
 def views_side(db: Any, tenant: str, query: Query) -> dict[tuple[Any, ...], Decimal]:
-    """What GET /v1/meters/{slug}/query does, minus HTTP: read the buckets, roll them up."""
-    from projections.meter_query import roll_up
+    """What GET /v1/meters/{slug}/query does, minus HTTP: read the meter, query its buckets."""
     from schemas.meters import WindowSize
     from stores import views
 
     with db.transaction() as tx:
         definition = views.meter_definition(tx, METER["slug"])
         assert definition is not None
-        stored = views.buckets(tx, tenant, METER["slug"], int(query.start.timestamp()), int(query.end.timestamp()), [])
-    rows = roll_up(
-        stored, definition.aggregation, start=query.start, end=query.end,
-        window_size=WindowSize(query.window), group_by=list(query.group_by), by_subject=False,
-    )  # fmt: skip
+        rows = views.query_meter(
+            tx, tenant, definition, start=query.start, end=query.end, window_size=WindowSize(query.window),
+            group_by=list(query.group_by), by_subject=False, subjects=[],
+        )  # fmt: skip
     return {(row.window_start, *row.group_by.values()): Decimal(row.value or 0) for row in rows}
 
 
@@ -249,7 +248,7 @@ async def run(o: Options) -> Report:
         },
         targets,
         notes=[
-            "views = the query route's code path without HTTP (views.buckets + projections.meter_query.roll_up); "
+            "views = the query route's code path without HTTP (views.query_meter: one GROUP BY over the coarsest roll-up that fits); "
             "naive = one row per event, index (tenant_id, event_time), SUM ... GROUP BY date_trunc(...) in PostgreSQL",
             f"building the views through MeterProjector.process ran at {built['fold_per_s']:,.0f} events/s",
         ],

@@ -474,3 +474,38 @@ def test_values_outside_the_exact_range_are_skipped():
     kept = ["9.99e37", "0.000000000000000001"]
     view = fold(index, [ev({"v": v}) for v in kept])
     assert only_value(view, Aggregation.SUM) == Decimal("99900000000000000000000000000000000000.000000000000000001")
+
+
+@PROPS
+@given(fold_events())
+def test_roll_ups_and_totals_hold_the_minute_buckets_combined(events):
+    from projections.meters import DAY, HOUR, MINUTE, roll_ups, totals
+
+    minutes = fold(FOLD_INDEX, events)
+    levels = roll_ups(minutes)
+    assert levels[MINUTE] == minutes
+
+    def combined(view, key_of):
+        out = {}
+        for key, state in view.items():
+            out[key_of(key)] = combine(out.get(key_of(key), EMPTY), state)
+        return out
+
+    for resolution in (HOUR, DAY):
+        widen = lambda k, r=resolution: k._replace(window_start=k.window_start // r * r)  # noqa: E731
+        assert levels[resolution] == combined(minutes, widen)
+        assert all(k.window_start % resolution == 0 for k in levels[resolution])
+    for resolution, level in levels.items():
+        whole = combined(minutes, lambda k, r=resolution: (k.tenant_id, k.meter, k.window_start // r * r))
+        assert {tuple(k): s for k, s in totals(level).items()} == whole
+
+
+@PROPS
+@given(observed_states(1), modest_decimals, st.integers(0, 5), st.integers(0, 10**6))
+def test_observe_is_combine_with_a_one_value_state(states, value, micros, offset):
+    (state,) = states
+    for aggregation in (Aggregation.SUM, Aggregation.MIN, Aggregation.MAX, Aggregation.AVG, Aggregation.LATEST):
+        if state.count and state.minimum is None:
+            continue  # a COUNT or UNIQUE_COUNT state: never observed with a value
+        one = BucketState(count=1, total=value, minimum=value, maximum=value, latest_at=(micros, offset), latest=value)
+        assert observe(state, aggregation, value, (micros, offset)) == combine(state, one)

@@ -7,9 +7,12 @@ from decimal import Decimal
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from projections.meter_query import MeterRow, StoredBucket, roll_up, window_bounds
+from projections.meter_query import MeterRow, Piece, StoredBucket, plan, resolutions_for, roll_up, window_bounds
 from projections.meter_state import EMPTY, BucketState, observe
+from projections.meters import DAY, HOUR, MINUTE
 from schemas.meters import Aggregation, WindowSize
 
 UTC = UTC
@@ -272,3 +275,58 @@ def test_rows_are_meter_rows_with_aware_utc_bounds():
     (row,) = run([bucket(at(2024, 1, 1, 10, 0), 1)], size=WindowSize.MINUTE)
     assert isinstance(row, MeterRow)
     assert row.window_start.utcoffset() == timedelta(0) and row.window_end.utcoffset() == timedelta(0)
+
+
+# Which buckets a query reads: projections.meter_query.plan ------------------------------
+
+D0 = int(at(2024, 1, 1).timestamp())
+
+
+def test_plan_reads_day_buckets_for_aligned_or_open_ranges():
+    month = (int(at(2024, 1, 1).timestamp()), int(at(2024, 2, 1).timestamp()))
+    assert plan(*month, WindowSize.MONTH) == [Piece(DAY, *month)]
+    assert plan(*month, None) == [Piece(DAY, *month)]
+    assert plan(None, None, None) == [Piece(DAY, None, None)]
+    assert plan(None, None, WindowSize.DAY) == [Piece(DAY, None, None)]
+    assert plan(*month, WindowSize.HOUR) == [Piece(HOUR, *month)]
+    assert plan(*month, WindowSize.MINUTE) == [Piece(MINUTE, *month)]
+
+
+def test_plan_covers_unaligned_edges_with_finer_buckets():
+    start, end = D0 + 10 * HOUR + 37 * MINUTE, D0 + 2 * DAY + 3 * HOUR + 5 * MINUTE
+    assert plan(start, end, WindowSize.DAY) == [
+        Piece(MINUTE, start, D0 + 11 * HOUR),
+        Piece(HOUR, D0 + 11 * HOUR, D0 + DAY),
+        Piece(DAY, D0 + DAY, D0 + 2 * DAY),
+        Piece(HOUR, D0 + 2 * DAY, D0 + 2 * DAY + 3 * HOUR),
+        Piece(MINUTE, D0 + 2 * DAY + 3 * HOUR, end),
+    ]
+    # Nothing whole of an hour inside: minutes only.
+    assert plan(D0 + 5 * MINUTE, D0 + 50 * MINUTE, None) == [Piece(MINUTE, D0 + 5 * MINUTE, D0 + 50 * MINUTE)]
+    # Open on one side.
+    assert plan(D0 + 30 * MINUTE, None, None) == [Piece(MINUTE, D0 + 30 * MINUTE, D0 + HOUR), Piece(HOUR, D0 + HOUR, D0 + DAY), Piece(DAY, D0 + DAY, None)]
+
+
+bounds = st.none() | st.integers(-3 * DAY // MINUTE, 3 * DAY // MINUTE).map(lambda m: D0 + m * MINUTE)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(bounds, bounds, st.sampled_from([None, *WindowSize]))
+def test_plan_covers_the_range_exactly_with_buckets_inside_one_window(start, end, size):
+    if start is not None and end is not None and start >= end:
+        start, end = end - MINUTE, start + MINUTE
+    pieces = plan(start, end, size)
+    horizon = (D0 - 5 * DAY, D0 + 5 * DAY)  # open bounds: look this far
+    low, high = start if start is not None else horizon[0], end if end is not None else horizon[1]
+    covered: list[int] = []
+    for piece in pieces:
+        assert piece.resolution in resolutions_for(size)
+        for edge in (piece.start, piece.end):
+            assert edge is None or edge % piece.resolution == 0
+        first = piece.start if piece.start is not None else horizon[0]
+        last = piece.end if piece.end is not None else horizon[1]
+        covered += range(first, last, MINUTE)
+        if size in (WindowSize.MINUTE, WindowSize.HOUR, WindowSize.DAY):
+            assert {"MINUTE": MINUTE, "HOUR": HOUR, "DAY": DAY}[size.value] % piece.resolution == 0
+    assert sorted(covered) == list(range(low, high, MINUTE))  # disjoint, and nothing missing
+    assert len(pieces) <= 5

@@ -1,0 +1,262 @@
+"""Meter queries over the typed, rolled-up buckets give exactly what rolling up the minute
+buckets in Python gives, on SQLite and on PostgreSQL alike; and the roll-up rows equal
+the minute rows combined. Also: a database with the version 1 bucket tables is migrated
+by rebuilding the meters from the log."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from projections.meter_query import roll_up
+from projections.meters import DAY, HOUR, MINUTE, BucketKey, coarser, totals
+from schemas.envelope import Envelope, decode, encode
+from schemas.meters import Aggregation, MeterDefinition, WindowSize
+from schemas.topics import Topics
+from stores import views
+from stores.database import Database
+from streams.log import LogRecord
+from streams.projectors import MeterProjector
+
+TOPICS = Topics(prefix="q", usage_partitions=1)
+# Two days either side of a month end, so MONTH windows split.
+START = datetime(2026, 1, 30, 22, 0, tzinfo=UTC)
+GROUPS = {"model": "$.data.model", "region": "$.data.region"}
+METERS = [
+    MeterDefinition(
+        slug=a.value.lower().replace("_", "-"),
+        event_type="inference",
+        aggregation=a,
+        value_property=None if a is Aggregation.COUNT else "$.data.v",
+        group_by=GROUPS,
+    )
+    for a in Aggregation
+]
+MODELS = ["a", "b", 1, 1.0, True, None, "x\u0000y", "é"]
+VALUES: list[Any] = [1, 7, -3, "0.000000000000000001", "12345678901234567890.123456789012345678", "2.50", 0.1, "1e3", None, "n/a", "x\u0000y"]
+
+
+def records(count: int, seed: int = 11) -> list[LogRecord]:
+    rng = random.Random(seed)
+    out = []
+    for offset in range(count):
+        moment = START + timedelta(seconds=rng.randrange(0, 2 * 86400), microseconds=rng.choice([0, 5]))
+        data: dict[str, Any] = {"v": rng.choice(VALUES), "model": rng.choice(MODELS)}
+        if rng.random() < 0.7:
+            data["region"] = rng.choice(["eu", "us"])
+        envelope = Envelope(
+            id=f"id-{offset}", type="inference", tenant_id=rng.choice(["t1", "t1", "t2"]), source="gw",
+            source_id=f"e{offset if rng.random() > 0.05 else offset // 2}",  # some duplicates on the log
+            event_time=moment, recorded_time=moment, subject=rng.choice(["s1", "s2", "s3", None]), data=data,
+        )  # fmt: skip
+        out.append(LogRecord(TOPICS.usage, 0, offset, envelope.tenant_id, encode(envelope)))
+    return out
+
+
+def build(db: Database, log: list[LogRecord]) -> None:
+    """Half the meters live from the start, half defined later and caught up; many batches."""
+    early, late = METERS[::2], METERS[1::2]
+    with db.transaction() as tx:
+        for meter in early:
+            views.add_meter_definition(tx, "_platform", meter, f"def-{meter.slug}")
+    projector = MeterProjector(db, TOPICS, keep_seen=timedelta(days=30))
+    for first in range(0, len(log) // 2, 97):
+        projector.process(0, log[first : min(first + 97, len(log) // 2)])
+    with db.transaction() as tx:
+        for meter in late:
+            views.add_meter_definition(tx, "_platform", meter, f"def-{meter.slug}")
+    for first in range(len(log) // 2, len(log), 131):
+        projector.process(0, log[first : first + 131])
+        for lag in projector.lagging():
+            projector.catch_up(lag, log[lag.start : min(lag.end, lag.start + 150)])
+    while lags := projector.lagging():
+        for lag in lags:
+            projector.catch_up(lag, log[lag.start : min(lag.end, lag.start + 150)])
+
+
+def at(*parts: int) -> datetime:
+    return datetime(*parts, tzinfo=UTC)
+
+
+RANGES: list[tuple[datetime | None, datetime | None]] = [
+    (None, None),
+    (at(2026, 1, 31), at(2026, 2, 1)),  # whole days
+    (at(2026, 1, 30, 23, 17), at(2026, 2, 1, 13, 41)),  # neither edge aligned to an hour
+    (at(2026, 1, 31, 5), None),  # an hour, open-ended
+    (None, at(2026, 2, 1, 0, 1)),
+    (at(2026, 1, 31, 10, 15), at(2026, 1, 31, 10, 50)),  # inside one hour
+]
+SHAPES: list[dict[str, Any]] = [
+    {"group_by": [], "by_subject": False, "subjects": []},
+    {"group_by": ["model"], "by_subject": False, "subjects": []},
+    {"group_by": ["region", "model"], "by_subject": True, "subjects": []},
+    {"group_by": [], "by_subject": True, "subjects": ["s1"]},
+    {"group_by": ["region"], "by_subject": False, "subjects": ["s2", ""]},
+]
+
+
+def reference(db: Database, tenant: str, meter: MeterDefinition, start, end, window_size, shape) -> list:
+    """The version 1 answer: every minute bucket in the range, rolled up in Python."""
+    with db.transaction() as tx:
+        minutes = views.buckets(
+            tx, tenant, meter.slug, start and int(start.timestamp()), end and int(end.timestamp()), shape["subjects"]
+        )
+    return roll_up(
+        minutes, meter.aggregation, start=start, end=end, window_size=window_size,
+        group_by=shape["group_by"], by_subject=shape["by_subject"],
+    )  # fmt: skip
+
+
+def shown(rows: list) -> list[tuple[Any, ...]]:
+    """Rows as the API shows them, values with their type and exact digits compared numerically."""
+    return [(r.window_start, r.window_end, r.subject, r.group_by, type(r.value), r.value) for r in rows]
+
+
+def test_queries_read_roll_ups_and_equal_the_minute_roll_up(database: Database) -> None:
+    build(database, records(1500))
+    checked = 0
+    for meter in METERS:
+        for window_size in [None, *WindowSize]:
+            for start, end in RANGES:
+                for shape in SHAPES:
+                    with database.transaction() as tx:
+                        got = views.query_meter(tx, "t1", meter, start=start, end=end, window_size=window_size, **shape)
+                    want = reference(database, "t1", meter, start, end, window_size, shape)
+                    assert shown(got) == shown(want), (meter.slug, window_size, start, end, shape)
+                    checked += bool(want)
+    assert checked > 1000
+
+
+def test_roll_up_rows_are_the_minute_rows_combined(database: Database) -> None:
+    build(database, records(800, seed=5))
+    with database.transaction() as tx:
+        for meter in METERS:
+            for tenant in ("t1", "t2"):
+                minutes = {
+                    BucketKey(tenant, meter.slug, b.window_start, b.subject, b.group_key): b.state
+                    for b in views.buckets(tx, tenant, meter.slug, None, None, [])
+                }
+                assert minutes
+                for resolution in (MINUTE, HOUR, DAY):
+                    expected = coarser(minutes, resolution) if resolution != MINUTE else minutes
+                    stored = {
+                        BucketKey(tenant, meter.slug, b.window_start, b.subject, b.group_key): b.state
+                        for b in views.buckets(tx, tenant, meter.slug, None, None, [], resolution=resolution)
+                    }
+                    assert stored == expected
+                    overall = {
+                        b.window_start: b.state
+                        for b in views.total_buckets(tx, tenant, meter.slug, None, None, resolution=resolution)
+                    }
+                    assert overall == {k.window_start: s for k, s in totals(expected).items()}
+
+
+def test_a_query_with_no_data_has_no_rows(database: Database) -> None:
+    with database.transaction() as tx:
+        for meter in METERS:
+            for window_size in (None, WindowSize.MONTH):
+                assert views.query_meter(tx, "t1", meter, start=None, end=None, window_size=window_size, **SHAPES[0]) == []
+                assert views.query_meter(tx, "t1", meter, start=None, end=None, window_size=window_size, **SHAPES[2]) == []
+
+
+def test_exact_decimals_survive_both_databases(database: Database) -> None:
+    meter = METERS[[m.aggregation for m in METERS].index(Aggregation.SUM)]
+    with database.transaction() as tx:
+        views.add_meter_definition(tx, "_platform", meter, "def")
+    big = "99999999999999999999.999999999999999999"
+    log = []
+    for offset, value in enumerate([big, big, "0.000000000000000001", "-0.5"]):
+        moment = START + timedelta(hours=offset * 13)
+        envelope = Envelope(
+            id=f"id-{offset}", type="inference", tenant_id="t1", source="gw", source_id=f"e{offset}",
+            event_time=moment, recorded_time=moment, subject="s", data={"v": value, "model": "m"},
+        )  # fmt: skip
+        log.append(LogRecord(TOPICS.usage, 0, offset, "t1", encode(envelope)))
+    projector = MeterProjector(database, TOPICS, keep_seen=timedelta(days=30))
+    for record in log:
+        projector.process(0, [record])
+    with database.transaction() as tx:
+        [row] = views.query_meter(tx, "t1", meter, start=None, end=None, window_size=WindowSize.MONTH, **SHAPES[0])[-1:]
+        [whole] = views.query_meter(tx, "t1", meter, start=None, end=None, window_size=None, **SHAPES[0])
+    assert whole.value == Decimal("199999999999999999999.499999999999999999")
+    assert row.value == Decimal("-0.499999999999999999")  # February: the last two
+    assert str(whole.value) == "199999999999999999999.499999999999999999"
+
+
+# Version 1 of the schema: JSON states per minute bucket, meters' checkpoints in meter_checkpoints.
+VERSION_1 = """
+CREATE TABLE IF NOT EXISTS checkpoints (
+    consumer TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL, next_offset BIGINT NOT NULL,
+    PRIMARY KEY (consumer, topic, partition));
+CREATE TABLE IF NOT EXISTS meter_definitions (
+    slug TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, body TEXT NOT NULL, event_id TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS meter_checkpoints (
+    meter TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL, next_offset BIGINT NOT NULL,
+    PRIMARY KEY (meter, topic, partition));
+CREATE TABLE IF NOT EXISTS meter_buckets (
+    tenant_id TEXT NOT NULL, meter TEXT NOT NULL, window_start BIGINT NOT NULL,
+    subject TEXT NOT NULL, group_key TEXT NOT NULL, state TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, meter, window_start, subject, group_key));
+CREATE TABLE IF NOT EXISTS seen_events (
+    tenant_id TEXT NOT NULL, source TEXT NOT NULL, source_id TEXT NOT NULL, keep_until BIGINT NOT NULL,
+    PRIMARY KEY (tenant_id, source, source_id));
+CREATE TABLE IF NOT EXISTS dropped_records (
+    topic TEXT NOT NULL, partition INTEGER NOT NULL, record_offset BIGINT NOT NULL,
+    PRIMARY KEY (topic, partition, record_offset))
+"""
+
+
+@pytest.fixture
+def version_1(database: Database) -> Database:
+    """The fixture's database as version 1 left it: its meter tables replaced by the old ones."""
+    with database.transaction() as tx:
+        for table in ("meter_windows", "meter_totals", "meter_offsets"):
+            tx.execute(f"DROP TABLE {table}")
+    database.migrate(VERSION_1)
+    return database
+
+
+def test_version_1_views_are_rebuilt_from_the_log(version_1: Database) -> None:
+    log = records(400, seed=3)
+    count = METERS[[m.aggregation for m in METERS].index(Aggregation.COUNT)]
+    with version_1.transaction() as tx:
+        views.add_meter_definition(tx, "_platform", count, "def-count")
+        # What version 1 had committed: everything folded, duplicates recorded as dropped.
+        tx.execute("INSERT INTO checkpoints VALUES ('meters', ?, 0, 400)", (TOPICS.usage,))
+        tx.execute("INSERT INTO meter_checkpoints VALUES ('count', ?, 0, 400)", (TOPICS.usage,))
+        tx.execute("INSERT INTO meter_buckets VALUES ('t1', 'count', 0, '', '{}', '{\"n\": 999}')")
+    fresh = MeterProjector(version_1, TOPICS, keep_seen=timedelta(days=30))
+    # The first 400 records as version 1 saw them, to learn which were duplicates.
+    with version_1.transaction() as tx:
+        events = [(r, decode(r.value)) for r in log]
+        seen: set[tuple[str, str, str]] = set()
+        dropped = []
+        for record, event in events:
+            if event.dedupe_key in seen:
+                dropped.append(record.offset)
+            seen.add(event.dedupe_key)
+        views.add_dropped(tx, TOPICS.usage, 0, dropped)
+        views.claim_events(tx, [(*key, 2**40) for key in seen])
+
+    version_1.migrate(views.SCHEMA)
+    with version_1.transaction() as tx:
+        tables = {"meter_buckets", "meter_checkpoints"} & {
+            name for (name,) in tx.execute(
+                "SELECT name FROM sqlite_master" if tx.dialect == "sqlite" else "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+            )
+        }  # fmt: skip
+    assert tables == set()
+    [lag] = fresh.lagging()
+    assert (lag.meter, lag.start, lag.end) == ("count", 0, 400)
+    while lags := fresh.lagging():
+        for lag in lags:
+            fresh.catch_up(lag, log[lag.start : min(lag.end, lag.start + 64)])
+    with version_1.transaction() as tx:
+        rows = views.query_meter(tx, "t1", count, start=None, end=None, window_size=None, **SHAPES[0])
+        assert views.checkpoints(tx, "meters", TOPICS.usage) == {0: 400}
+    expected = sum(1 for record, event in events if record.offset not in dropped and event.tenant_id == "t1")
+    assert [r.value for r in rows] == [expected]
