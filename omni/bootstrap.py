@@ -19,8 +19,7 @@ from stores import views
 from stores.database import Database, PostgresDatabase, SqliteDatabase
 from streams.log import EventLog, UsageSink
 from streams.outbox import OutboxRelay
-from streams.projectors import CatalogProjector, MeterProjector
-from streams.runner import Runner
+from streams.runner import Runner, build_runner
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +135,6 @@ def build(settings: Settings) -> Platform:
         db = PostgresDatabase(settings.database_url, schema=settings.database_schema)
     db.migrate(views.SCHEMA)
     control = ControlPlane(env=event_store_env(settings))
-    keep_seen = settings.acceptance_window + settings.future_tolerance
-    catalog = CatalogProjector(db, topics)
-    meters = MeterProjector(db, topics, keep_seen=keep_seen)
     return Platform(
         settings=settings,
         topics=topics,
@@ -147,7 +143,7 @@ def build(settings: Settings) -> Platform:
         sink=sink,
         db=db,
         relay=OutboxRelay(control, log_, db, topics),
-        runner=Runner(log_, catalog, meters, batch_size=settings.runner_batch_size),
+        runner=build_runner(settings, db, log_),
         policy=AdmissionPolicy(window=settings.acceptance_window, future=settings.future_tolerance),
         admin_key_digest=hashlib.sha256(admin_key(settings).encode()).digest(),
     )

@@ -40,8 +40,8 @@ from stores import views
 from stores.database import Database, PostgresDatabase, StoreUnavailable
 from streams.kafka_log import KafkaLog
 from streams.log import LogRecord, LogUnavailable
-from streams.projectors import CATALOG, METERS, CatalogProjector, MeterProjector
-from streams.runner import Runner
+from streams.projectors import CATALOG, METERS
+from streams.runner import build_runner
 
 logger = logging.getLogger(__name__)
 
@@ -216,10 +216,8 @@ def broker_url(bootstrap_servers: str) -> str:
 
 def create_worker_app(settings: Settings, db: Database, log: KafkaLog) -> faust.App:
     topics: Topics = log.topics
-    keep_seen = settings.acceptance_window + settings.future_tolerance
-    catalog = CatalogProjector(db, topics)
-    meters = MeterProjector(db, topics, keep_seen=keep_seen)
-    runner = Runner(log, catalog, meters, batch_size=settings.runner_batch_size)
+    runner = build_runner(settings, db, log)
+    catalog, meters = runner.catalog, runner.meters
     feeders = (
         Feeder(log, db, CATALOG, topics.control, catalog.process, settings.runner_batch_size),
         Feeder(log, db, METERS, topics.usage, meters.process, settings.runner_batch_size),

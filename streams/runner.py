@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from omni.settings import Settings
 from stores import views
+from stores.database import Database
 from streams.log import EventLog, LogUnavailable
 from streams.projectors import CATALOG, METERS, CatalogProjector, MeterProjector
 
@@ -86,3 +88,15 @@ class Runner:
                 pass
             if wake is not None:
                 wake.clear()
+
+
+def build_runner(settings: Settings, db: Database, log_: EventLog) -> Runner:
+    """The projectors and their runner, as every mode and process wires them."""
+    # De-duplication must last as long as an event can still be admitted.
+    keep_seen = settings.acceptance_window + settings.future_tolerance
+    return Runner(
+        log_,
+        CatalogProjector(db, log_.topics),
+        MeterProjector(db, log_.topics, keep_seen=keep_seen),
+        batch_size=settings.runner_batch_size,
+    )
