@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import faust
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as KafkaConsumer
 from faust.transport.drivers.aiokafka import Transport as KafkaTransport
 from faust.types import TP, ConsumerT, EventT, StreamT
@@ -55,6 +56,10 @@ SEEK_RETRY_SECONDS = 20.0  # within Faust's broker_request_timeout for the recov
 # A killed worker's partitions move to the survivors (or to its restart) once its session
 # expires; Faust's default of 60 s would stall the views that long.
 SESSION_TIMEOUT, HEARTBEAT_INTERVAL = 10.0, 3.0
+# How long the broker may hold a fetch that finds nothing new. Faust fixes 1,500 ms, and with one
+# broker aiokafka sends no other fetch meanwhile: a fetch for a drained partition (say the control
+# topic) then stalled the usage partitions, which had data waiting, for up to 1.5 s at a time.
+FETCH_MAX_WAIT_MS = 20
 
 Process = Callable[[int, Sequence[LogRecord]], int]
 
@@ -177,7 +182,16 @@ def views_transport(seeker: CheckpointSeeker) -> type[KafkaTransport]:
     meant the group's offsets, whichever seek ran last would win; here both agree.
     """
 
+    class ViewsConsumerThread(AIOKafkaConsumerThread):
+        def _create_worker_consumer(self, transport: KafkaTransport) -> Any:
+            consumer = super()._create_worker_consumer(transport)
+            consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by its fetcher, created on start
+            return consumer
+
     class ViewsConsumer(KafkaConsumer):
+        def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
+            return ViewsConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
         async def seek_to_committed(self) -> Mapping[TP, int]:
             committed = dict(await super().seek_to_committed())
             try:

@@ -349,6 +349,8 @@ class Spy:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         spy = Path(sys.executable).parent / "py-spy"
         argv = [str(spy), "record", "--pid", str(pid), "--threads", "--format", "raw", "--rate", "97", "-o", str(self.path)]
+        if os.environ.get("BENCH_PROFILE_IDLE", "") not in ("", "0"):
+            argv.append("--idle")  # also where threads wait: for a pipeline that stalls rather than burns CPU
         self.popen = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def stop(self) -> Path:

@@ -28,7 +28,8 @@ from schemas.meters import Aggregation, MeterDefinition, path_parts
 from schemas.topics import Topics, partition_for
 from stores import views
 from stores.database import PostgresDatabase
-from streams.faust_app import Feeder
+from omni.settings import Settings
+from streams.faust_app import FETCH_MAX_WAIT_MS, Feeder, create_worker_app
 from streams.kafka_log import KafkaLog
 from streams.log import Outgoing
 from streams.outbox import to_envelope
@@ -210,6 +211,18 @@ async def test_sigkill_mid_stream_loses_nothing_and_counts_nothing_twice(
     await wait_for(lambda: caught_up(views_db, kafka_log, ["tokens", "calls", "tokens-by-model"]), worker, 30, "the late meter")
     assert_views_equal_truth(views_db, stream, [TOKENS, CALLS, TOKENS_BY_MODEL])
     assert worker.stop() == 0
+
+
+async def test_the_broker_may_not_hold_the_workers_empty_fetches_for_long(
+    kafka_log: KafkaLog, topics: Topics, views_db: PostgresDatabase, kafka_servers: str
+) -> None:
+    # With one broker, aiokafka sends no fetch while another is in flight; Faust's 1.5 s hold on a
+    # fetch for a drained partition stalled partitions with data waiting (2,000 events/s end to end).
+    settings = Settings(kafka_bootstrap_servers=kafka_servers, topic_prefix=topics.prefix, database_schema=views_db.schema)
+    app = create_worker_app(settings, views_db, kafka_log)
+    thread = app.consumer._new_consumer_thread()  # type: ignore[attr-defined]
+    consumer = thread._create_worker_consumer(app.transport)
+    assert consumer._fetch_max_wait_ms == FETCH_MAX_WAIT_MS <= 100
 
 
 async def test_a_batch_past_the_checkpoint_is_preceded_by_the_gap_read_from_the_log(
