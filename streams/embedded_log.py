@@ -132,9 +132,7 @@ class EmbeddedLog:
             db.execute("ROLLBACK")
             raise
 
-    def _ingest(
-        self, db: sqlite3.Connection, requests: list[tuple[Sequence[Envelope], Sequence[datetime]]]
-    ) -> list[list[bool]]:
+    def _ingest(self, db: sqlite3.Connection, requests: list[tuple[Sequence[Envelope], Sequence[datetime]]]) -> list[list[bool]]:
         """Admit several requests' events in one transaction, in arrival order."""
         now = time.time()
         db.execute("BEGIN IMMEDIATE")

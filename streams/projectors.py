@@ -61,7 +61,9 @@ def decoded(tx: Tx, consumer: str, records: Sequence[LogRecord]) -> list[tuple[L
 def _check_contiguous(topic: str, partition: int, start: int, fresh: Sequence[LogRecord]) -> None:
     if fresh and fresh[0].offset > start:
         # Our topics are never compacted nor transactional: a hole means records were lost upstream.
-        log.error("%s/%d: records %d..%d are missing from the log; continuing after them", topic, partition, start, fresh[0].offset - 1)
+        log.error(
+            "%s/%d: records %d..%d are missing from the log; continuing after them", topic, partition, start, fresh[0].offset - 1
+        )
         metrics.LOG_HOLES.inc()
 
 

@@ -37,7 +37,19 @@ METERS = [
     for a in Aggregation
 ]
 MODELS = ["a", "b", 1, 1.0, True, None, "x\u0000y", "é"]
-VALUES: list[Any] = [1, 7, -3, "0.000000000000000001", "12345678901234567890.123456789012345678", "2.50", 0.1, "1e3", None, "n/a", "x\u0000y"]
+VALUES: list[Any] = [
+    1,
+    7,
+    -3,
+    "0.000000000000000001",
+    "12345678901234567890.123456789012345678",
+    "2.50",
+    0.1,
+    "1e3",
+    None,
+    "n/a",
+    "x\u0000y",
+]
 
 
 def records(count: int, seed: int = 11) -> list[LogRecord]:

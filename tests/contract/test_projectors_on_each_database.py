@@ -18,15 +18,24 @@ from streams.projectors import MeterProjector
 
 TOPICS = Topics(prefix="t", usage_partitions=1)
 START = datetime(2026, 11, 1, tzinfo=UTC)
-TOKENS = MeterDefinition(slug="tokens", event_type="inference", aggregation="SUM", value_property="$.data.tokens", group_by={"model": "$.data.model"})
+TOKENS = MeterDefinition(
+    slug="tokens", event_type="inference", aggregation="SUM", value_property="$.data.tokens", group_by={"model": "$.data.model"}
+)
 COUNT = MeterDefinition(slug="count", event_type="inference", aggregation="COUNT")
 
 
 def record(offset: int, source_id: str, tenant: str = "t1", tokens: int = 1, model: str = "m") -> LogRecord:
     moment = START + timedelta(seconds=offset * 7)
     envelope = Envelope(
-        id=f"id-{offset}", type="inference", tenant_id=tenant, source="gw", source_id=source_id,
-        event_time=moment, recorded_time=moment, subject="u", data={"tokens": tokens, "model": model},
+        id=f"id-{offset}",
+        type="inference",
+        tenant_id=tenant,
+        source="gw",
+        source_id=source_id,
+        event_time=moment,
+        recorded_time=moment,
+        subject="u",
+        data={"tokens": tokens, "model": model},
     )
     return LogRecord(TOPICS.usage, 0, offset, tenant, encode(envelope))
 

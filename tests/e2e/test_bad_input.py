@@ -55,7 +55,13 @@ async def test_a_batch_with_bad_events_is_refused_whole(omni: Omni) -> None:
 
 async def test_meter_queries_refuse_bad_ranges_and_unknowns(omni: Omni) -> None:
     _, key = await omni.tenant()
-    await omni.meter(slug="tokens", event_type="inference", aggregation="SUM", value_property="$.data.tokens", group_by={"model": "$.data.model"})
+    await omni.meter(
+        slug="tokens",
+        event_type="inference",
+        aggregation="SUM",
+        value_property="$.data.tokens",
+        group_by={"model": "$.data.model"},
+    )
     await omni.settle()
     get = omni.client.get
     auth = omni.auth(key)
@@ -63,7 +69,10 @@ async def test_meter_queries_refuse_bad_ranges_and_unknowns(omni: Omni) -> None:
     assert_problem(await get("/v1/meters/tokens/query", params={"window_size": "WEEK"}, headers=auth), 422)
     assert_problem(await get("/v1/meters/tokens/query", params={"from": "yesterday"}, headers=auth), 422)
     assert_problem(await get("/v1/meters/tokens/query", params={"from": "2026-01-01T00:00:30Z"}, headers=auth), 422)
-    assert_problem(await get("/v1/meters/tokens/query", params={"from": "2026-01-02T00:00:00Z", "to": "2026-01-01T00:00:00Z"}, headers=auth), 422)
+    assert_problem(
+        await get("/v1/meters/tokens/query", params={"from": "2026-01-02T00:00:00Z", "to": "2026-01-01T00:00:00Z"}, headers=auth),
+        422,
+    )
     assert_problem(await get("/v1/meters/tokens/query", params={"from": "2026-01-01T00:00:00"}, headers=auth), 422)
     assert_problem(await get("/v1/meters/tokens/query", params={"group_by": "colour"}, headers=auth), 422)
     assert_problem(await get("/v1/meters/tokens/query", headers=omni.auth(ADMIN)), 403)
@@ -73,8 +82,15 @@ async def test_meter_definitions_are_validated(omni: Omni) -> None:
     admin = omni.auth(ADMIN)
     post = omni.client.post
     assert_problem(await post("/v1/meters", json={"slug": "x", "event_type": "t", "aggregation": "SUM"}, headers=admin), 422)
-    assert_problem(await post("/v1/meters", json={"slug": "Bad Slug", "event_type": "t", "aggregation": "COUNT"}, headers=admin), 422)
-    assert_problem(await post("/v1/meters", json={"slug": "x", "event_type": "t", "aggregation": "SUM", "value_property": "data.x"}, headers=admin), 422)
+    assert_problem(
+        await post("/v1/meters", json={"slug": "Bad Slug", "event_type": "t", "aggregation": "COUNT"}, headers=admin), 422
+    )
+    assert_problem(
+        await post(
+            "/v1/meters", json={"slug": "x", "event_type": "t", "aggregation": "SUM", "value_property": "data.x"}, headers=admin
+        ),
+        422,
+    )
     assert_problem(await post("/v1/meters", content=b"{", headers={**admin, "Content-Type": "application/json"}), 400)
     ok = {"slug": "x", "event_type": "t", "aggregation": "COUNT"}
     assert (await post("/v1/meters", json=ok, headers=admin)).status_code == 201
@@ -93,7 +109,10 @@ async def small(tmp_path: Path):  # type: ignore[no-untyped-def]
 async def test_oversized_bodies_and_batches_get_413(small: Omni) -> None:
     _, key = await small.tenant()
     huge = cloud_event("h", data={"blob": "x" * 10_000})
-    assert_problem(await small.client.post("/v1/events", content=orjson.dumps(huge), headers={**small.auth(key), "Content-Type": SINGLE}), 413)
+    assert_problem(
+        await small.client.post("/v1/events", content=orjson.dumps(huge), headers={**small.auth(key), "Content-Type": SINGLE}),
+        413,
+    )
     six = [cloud_event(f"e{i}") for i in range(6)]
     assert_problem(await small.send(key, six), 413)
     assert (await small.send(key, six[:5])).status_code == 202
@@ -111,6 +130,10 @@ async def test_the_log_being_down_gives_503_and_claims_nothing(omni: Omni) -> No
     assert (await omni.client.get("/readyz")).status_code == 200
     # The retry after the outage is accepted: the failed attempt left no trace.
     retry = await omni.send(key, [cloud_event("during-outage", type_="call")])
-    assert retry.json() == {"accepted": 1, "duplicates": 0, "results": [{"index": 0, "id": "during-outage", "status": "accepted"}]}
+    assert retry.json() == {
+        "accepted": 1,
+        "duplicates": 0,
+        "results": [{"index": 0, "id": "during-outage", "status": "accepted"}],
+    }
     await omni.settle()
     assert [row["value"] for row in await omni.query(key, "calls")] == [1]

@@ -35,7 +35,13 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        env = {**os.environ, "OMNI_DATA_DIR": str(self.data_dir), "OMNI_ADMIN_KEY": ADMIN, "OMNI_USAGE_PARTITIONS": "3", "OMNI_MODE": "embedded"}
+        env = {
+            **os.environ,
+            "OMNI_DATA_DIR": str(self.data_dir),
+            "OMNI_ADMIN_KEY": ADMIN,
+            "OMNI_USAGE_PARTITIONS": "3",
+            "OMNI_MODE": "embedded",
+        }
         log = open(self.data_dir.parent / "server.log", "ab")  # noqa: SIM115 - closed with the process
         self.process = subprocess.Popen(
             [sys.executable, "-m", "omni.cli", "serve", "--port", str(self.port)], env=env, stdout=log, stderr=log
@@ -75,7 +81,10 @@ def test_kill_minus_nine_loses_nothing_and_counts_nothing_twice(tmp_path: Path) 
 
         truth_sum, truth_count = Decimal(0), 0
         for b in range(BATCHES):
-            events = [cloud_event(f"b{b}-{i}", subject=f"u{i % 13}", data={"tokens": (b * PER_BATCH + i) % 7 + 1}) for i in range(PER_BATCH)]
+            events = [
+                cloud_event(f"b{b}-{i}", subject=f"u{i % 13}", data={"tokens": (b * PER_BATCH + i) % 7 + 1})
+                for i in range(PER_BATCH)
+            ]
             body = orjson.dumps(events)
             response = httpx.post(server.url + "/v1/events", content=body, headers={**key, "Content-Type": BATCH}, timeout=30)
             assert response.status_code == 202, response.text

@@ -37,7 +37,6 @@ def test_no_server_errors_and_problems_everywhere(server: Server) -> None:
     keys = (ADMIN, server.tenant_key, "omni_nope_nope")  # type: ignore[attr-defined]
 
     for operation in operations:
-
         cases = st.one_of(
             operation.as_strategy(generation_mode=schemathesis.GenerationMode.POSITIVE),
             operation.as_strategy(generation_mode=schemathesis.GenerationMode.NEGATIVE),

@@ -29,7 +29,9 @@ async def test_sum_meter_is_exact_and_grouped(omni: Omni) -> None:
     _, key = await omni.tenant()
     await omni.meter(**TOKENS)
     events = [
-        cloud_event(f"e{i}", subject=f"user-{i % 2}", time=minute(10), data={"tokens": "0.1", "model": "small" if i % 3 else "large"})
+        cloud_event(
+            f"e{i}", subject=f"user-{i % 2}", time=minute(10), data={"tokens": "0.1", "model": "small" if i % 3 else "large"}
+        )
         for i in range(30)
     ]
     events.append(cloud_event("big", time=minute(10), data={"tokens": 2**62, "model": "large"}))
@@ -81,10 +83,7 @@ async def test_duplicates_count_once_even_in_a_concurrent_storm(omni: Omni) -> N
     event = cloud_event("same-id", type_="call")
     body = orjson.dumps(event)
     responses = await asyncio.gather(
-        *[
-            omni.client.post("/v1/events", content=body, headers={**omni.auth(key), "Content-Type": SINGLE})
-            for _ in range(10)
-        ]
+        *[omni.client.post("/v1/events", content=body, headers={**omni.auth(key), "Content-Type": SINGLE}) for _ in range(10)]
     )
     assert all(r.status_code == 202 for r in responses)
     assert sum(r.json()["accepted"] for r in responses) == 1
@@ -115,7 +114,9 @@ async def test_each_aggregation(omni: Omni) -> None:
     for aggregation in ("SUM", "MAX", "MIN", "AVG", "LATEST", "UNIQUE_COUNT"):
         await omni.meter(slug=aggregation.lower(), event_type="latency", aggregation=aggregation, value_property="$.data.ms")
     values = [5, 1, 9, 3]
-    events = [cloud_event(f"l{i}", type_="latency", time=minute(5) + timedelta(seconds=i), data={"ms": v}) for i, v in enumerate(values)]
+    events = [
+        cloud_event(f"l{i}", type_="latency", time=minute(5) + timedelta(seconds=i), data={"ms": v}) for i, v in enumerate(values)
+    ]
     events.append(cloud_event("dup-value", type_="latency", time=minute(5) + timedelta(seconds=30), data={"ms": 9}))
     assert (await omni.send(key, events)).status_code == 202
     await omni.settle()
@@ -125,7 +126,12 @@ async def test_each_aggregation(omni: Omni) -> None:
 
 async def test_api_calls_are_metered(omni: Omni) -> None:
     tenant_id, key = await omni.tenant()
-    await omni.meter(slug="api-calls", event_type="api_call", aggregation="COUNT", group_by={"route": "$.data.route", "status": "$.data.status"})
+    await omni.meter(
+        slug="api-calls",
+        event_type="api_call",
+        aggregation="COUNT",
+        group_by={"route": "$.data.route", "status": "$.data.status"},
+    )
     await omni.settle()  # the tenant view is folded from the log
     for _ in range(3):
         await omni.client.get(f"/v1/tenants/{tenant_id}", headers=omni.auth(key))

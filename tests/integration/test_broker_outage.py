@@ -31,7 +31,12 @@ class OwnBroker:
 
     def __init__(self, run_dir: Path) -> None:
         self.port, self.controller = free_port(), free_port()
-        self.env = {**os.environ, "OMNI_RUN_DIR": str(run_dir), "KAFKA_PORT": str(self.port), "KAFKA_CONTROLLER_PORT": str(self.controller)}
+        self.env = {
+            **os.environ,
+            "OMNI_RUN_DIR": str(run_dir),
+            "KAFKA_PORT": str(self.port),
+            "KAFKA_CONTROLLER_PORT": str(self.controller),
+        }
 
     def run(self, action: str) -> None:
         subprocess.run(["bash", "ops/services/kafka.sh", action], cwd=ROOT, env=self.env, check=True, timeout=120)
@@ -44,9 +49,10 @@ async def test_broker_outage_gives_503_then_202_and_exact_counts(tmp_path: Path,
     platform = build(settings)
     app = create_app(platform=platform, background=False)
     try:
-        async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://omni.test", timeout=30
-        ) as client:
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://omni.test", timeout=30) as client,
+        ):
             admin = {"Authorization": f"Bearer {ADMIN}"}
             tenant = (await client.post("/v1/tenants", json={"name": "outage", "plan": "p"}, headers=admin)).json()
             meter = {"slug": "calls", "event_type": "call", "aggregation": "COUNT"}

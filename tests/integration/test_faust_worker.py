@@ -22,13 +22,13 @@ import orjson
 import pytest
 
 from commands.control_plane import Meter
+from omni.settings import Settings
 from projections.meters import document, lookup, micros_of
 from schemas.envelope import Envelope, encode
 from schemas.meters import Aggregation, MeterDefinition, path_parts
 from schemas.topics import Topics, partition_for
 from stores import views
 from stores.database import PostgresDatabase
-from omni.settings import Settings
 from streams.faust_app import FETCH_MAX_WAIT_MS, Feeder, create_worker_app
 from streams.kafka_log import KafkaLog
 from streams.log import Outgoing

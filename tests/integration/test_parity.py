@@ -39,12 +39,16 @@ def meters() -> tuple[list[MeterDefinition], list[MeterDefinition]]:
     """Defined before the stream, and defined half-way through it (so caught up from history)."""
     model = {"model": "$.data.model"}
     early = [
-        MeterDefinition(slug="sum", event_type=EVENT_TYPE, aggregation=Aggregation.SUM, value_property="$.data.tokens", group_by=model),
+        MeterDefinition(
+            slug="sum", event_type=EVENT_TYPE, aggregation=Aggregation.SUM, value_property="$.data.tokens", group_by=model
+        ),
         MeterDefinition(slug="count", event_type=EVENT_TYPE, aggregation=Aggregation.COUNT),
         MeterDefinition(slug="latest", event_type=EVENT_TYPE, aggregation=Aggregation.LATEST, value_property="$.data.tokens"),
     ]
     late = [
-        MeterDefinition(slug="max", event_type=EVENT_TYPE, aggregation=Aggregation.MAX, value_property="$.data.tokens", group_by=model),
+        MeterDefinition(
+            slug="max", event_type=EVENT_TYPE, aggregation=Aggregation.MAX, value_property="$.data.tokens", group_by=model
+        ),
         MeterDefinition(slug="min", event_type=EVENT_TYPE, aggregation=Aggregation.MIN, value_property="$.data.tokens"),
         MeterDefinition(slug="avg", event_type=EVENT_TYPE, aggregation=Aggregation.AVG, value_property="$.data.tokens"),
         MeterDefinition(slug="users", event_type=EVENT_TYPE, aggregation=Aggregation.UNIQUE_COUNT, value_property="$.subject"),
@@ -73,8 +77,12 @@ def query_answers(db: Database, meters: list[MeterDefinition]) -> dict[tuple[str
         for tenant in TENANTS:
             for meter in meters:
                 for window_size in (None, *WindowSize):
-                    for n, shape in enumerate(({"group_by": [], "by_subject": False}, {"group_by": list(meter.group_by), "by_subject": True})):
-                        rows = views.query_meter(tx, tenant, meter, start=None, end=None, window_size=window_size, subjects=[], **shape)
+                    for n, shape in enumerate(
+                        ({"group_by": [], "by_subject": False}, {"group_by": list(meter.group_by), "by_subject": True})
+                    ):
+                        rows = views.query_meter(
+                            tx, tenant, meter, start=None, end=None, window_size=window_size, subjects=[], **shape
+                        )
                         answers[(tenant, meter.slug, str(window_size), n)] = [
                             (r.window_start, r.window_end, r.subject, r.group_by, str(r.value)) for r in rows
                         ]
@@ -108,7 +116,12 @@ async def test_embedded_runner_and_faust_worker_build_identical_views(
     sqlite_views = SqliteDatabase(tmp_path / "views.sqlite")
     sqlite_views.migrate(views.SCHEMA)
     keep = timedelta(days=8)
-    runner = Runner(embedded_log, CatalogProjector(sqlite_views, embedded_log.topics), MeterProjector(sqlite_views, embedded_log.topics, keep_seen=keep), batch_size=700)
+    runner = Runner(
+        embedded_log,
+        CatalogProjector(sqlite_views, embedded_log.topics),
+        MeterProjector(sqlite_views, embedded_log.topics, keep_seen=keep),
+        batch_size=700,
+    )
     await runner.drain()
 
     worker = worker_factory(database_url, views_db.schema)

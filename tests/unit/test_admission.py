@@ -23,7 +23,14 @@ REQUIRED = ("specversion", "id", "source", "type", "subject")
 
 
 def good(**overrides) -> dict:
-    event = {"specversion": "1.0", "id": "evt-1", "source": "app://x", "type": "inference", "subject": "cust-1", "data": {"tokens": 5}}
+    event = {
+        "specversion": "1.0",
+        "id": "evt-1",
+        "source": "app://x",
+        "type": "inference",
+        "subject": "cust-1",
+        "data": {"tokens": 5},
+    }
     event.update(overrides)
     return event
 
@@ -34,7 +41,15 @@ def iso(moment: datetime) -> str:
 
 def run(items, *, policy=POLICY, traceparent=None, received=RECEIVED, tenant_id="tenant-1"):
     ids = (f"id-{n}" for n in itertools.count())
-    return admit(items, tenant_id=tenant_id, actor=ACTOR, received=received, policy=policy, new_id=lambda: next(ids), traceparent=traceparent)
+    return admit(
+        items,
+        tenant_id=tenant_id,
+        actor=ACTOR,
+        received=received,
+        policy=policy,
+        new_id=lambda: next(ids),
+        traceparent=traceparent,
+    )
 
 
 def rejected(items, **kwargs) -> Invalid:

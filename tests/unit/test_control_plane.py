@@ -36,7 +36,13 @@ def app() -> ControlPlane:
 
 
 def ctx_for(tenant_id: str, key_id: str = "k", **kw: Any) -> CommandContext:
-    return CommandContext(tenant_id=tenant_id, key_id=key_id, ip=kw.get("ip", "10.1.2.3"), user_agent=kw.get("ua", "sdk/1"), trace_id=kw.get("trace", "t-1"))
+    return CommandContext(
+        tenant_id=tenant_id,
+        key_id=key_id,
+        ip=kw.get("ip", "10.1.2.3"),
+        user_agent=kw.get("ua", "sdk/1"),
+        trace_id=kw.get("trace", "t-1"),
+    )
 
 
 def stored_events(app: ControlPlane) -> list[Any]:
@@ -101,7 +107,19 @@ def test_authenticate_rejects_an_unknown_key(app):
 
 @pytest.mark.parametrize(
     "token",
-    ["", "omni", "omni_", "omni__", "omni_abc", "omni_abc_", "omni__secret", "xomni_abc_def", "OMNI_abc_def", "Bearer omni_abc_def", "abc_def_ghi"],
+    [
+        "",
+        "omni",
+        "omni_",
+        "omni__",
+        "omni_abc",
+        "omni_abc_",
+        "omni__secret",
+        "xomni_abc_def",
+        "OMNI_abc_def",
+        "Bearer omni_abc_def",
+        "abc_def_ghi",
+    ],
 )
 def test_authenticate_rejects_malformed_tokens(app, token):
     app.create_tenant(ADMIN, "acme", "pro")
@@ -172,7 +190,12 @@ def test_a_tenant_cannot_revoke_another_tenants_key(app):
     entry = audits(app)[-1]
     assert (entry.action, entry.resource, entry.outcome) == ("api_key.revoke", f"keys/{key_a.key_id}", "rejected")
     assert entry.tenant_id == str(b.id)  # filed under the caller, not the victim
-    assert (entry.actor_key_id, entry.actor_ip, entry.user_agent, entry.trace_id) == (key_b.key_id, "192.0.2.9", "evil/1", "trace-b")
+    assert (entry.actor_key_id, entry.actor_ip, entry.user_agent, entry.trace_id) == (
+        key_b.key_id,
+        "192.0.2.9",
+        "evil/1",
+        "trace-b",
+    )
     assert entry.reason
 
 
@@ -185,7 +208,12 @@ def test_a_tenant_cannot_issue_keys_for_another_tenant(app):
     keys_after = [e for e in stored_events(app) if isinstance(e, ApiKey.Issued)]
     assert len(keys_after) == len(keys_before)
     entry = audits(app)[-1]
-    assert (entry.action, entry.resource, entry.outcome, entry.tenant_id) == ("api_key.issue", f"tenants/{a.id}/keys", "rejected", str(b.id))
+    assert (entry.action, entry.resource, entry.outcome, entry.tenant_id) == (
+        "api_key.issue",
+        f"tenants/{a.id}/keys",
+        "rejected",
+        str(b.id),
+    )
 
 
 def test_unknown_key_revocation_is_not_found_and_audited(app):

@@ -53,7 +53,23 @@ def test_good_paths(path):
 
 @pytest.mark.parametrize(
     "path",
-    ["data.tokens", "$", "$.", "$..data", "$.data..x", "$.data.", "$.data[0]", "$.1abc", "$.-x", "$.da ta", " $.data", "$.data.tokens ", "@.data", "$['data']", ""],
+    [
+        "data.tokens",
+        "$",
+        "$.",
+        "$..data",
+        "$.data..x",
+        "$.data.",
+        "$.data[0]",
+        "$.1abc",
+        "$.-x",
+        "$.da ta",
+        " $.data",
+        "$.data.tokens ",
+        "@.data",
+        "$['data']",
+        "",
+    ],
 )
 def test_bad_paths(path):
     fails("dotted JSON path", value_property=path)

@@ -263,7 +263,9 @@ def test_non_numeric_values_are_skipped(aggregation, data):
     assert view == {}
 
 
-@pytest.mark.parametrize("raw, expected", [("42", Decimal(42)), ("-1.5", Decimal("-1.5")), ("1e3", Decimal(1000)), (0, Decimal(0))])
+@pytest.mark.parametrize(
+    "raw, expected", [("42", Decimal(42)), ("-1.5", Decimal("-1.5")), ("1e3", Decimal(1000)), (0, Decimal(0))]
+)
 def test_numeric_strings_and_zero_count(raw, expected):
     view = fold(MeterIndex([meter("SUM")]), [ev({"v": raw})])
     (state,) = view.values()

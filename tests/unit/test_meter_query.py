@@ -29,7 +29,12 @@ def gk(**groups) -> str:
 def state(*values, aggregation=Aggregation.SUM, start_offset=0) -> BucketState:
     s = EMPTY
     for i, v in enumerate(values):
-        s = observe(s, aggregation, Decimal(v) if aggregation not in (Aggregation.COUNT, Aggregation.UNIQUE_COUNT) else v, (i, start_offset + i))
+        s = observe(
+            s,
+            aggregation,
+            Decimal(v) if aggregation not in (Aggregation.COUNT, Aggregation.UNIQUE_COUNT) else v,
+            (i, start_offset + i),
+        )
     return s
 
 
@@ -120,7 +125,11 @@ def test_month_window_ends_on_the_first_of_the_next_month(last_minute, month_end
 @pytest.mark.parametrize(
     "moment, size, expected",
     [
-        (datetime(2024, 3, 10, 1, 30, 15, 5, tzinfo=timezone(timedelta(hours=5))), WindowSize.MINUTE, (at(2024, 3, 9, 20, 30), at(2024, 3, 9, 20, 31))),
+        (
+            datetime(2024, 3, 10, 1, 30, 15, 5, tzinfo=timezone(timedelta(hours=5))),
+            WindowSize.MINUTE,
+            (at(2024, 3, 9, 20, 30), at(2024, 3, 9, 20, 31)),
+        ),
         (datetime(2024, 1, 1, 0, 30, tzinfo=timezone(timedelta(hours=1))), WindowSize.DAY, (at(2023, 12, 31), at(2024, 1, 1))),
         (datetime(2024, 1, 1, 0, 30, tzinfo=timezone(timedelta(hours=1))), WindowSize.MONTH, (at(2023, 12, 1), at(2024, 1, 1))),
         (at(2024, 12, 31, 23, 59, 59), WindowSize.HOUR, (at(2024, 12, 31, 23), at(2025, 1, 1))),
@@ -248,15 +257,21 @@ def test_avg_rolls_up_as_total_over_count_not_mean_of_means():
 
 def test_unique_count_rolls_up_as_a_union():
     buckets = [
-        StoredBucket(int(at(2024, 1, 1, 10, 0).timestamp()), "s", "{}", state('"a"', '"b"', aggregation=Aggregation.UNIQUE_COUNT)),
-        StoredBucket(int(at(2024, 1, 1, 10, 1).timestamp()), "s", "{}", state('"b"', '"c"', aggregation=Aggregation.UNIQUE_COUNT)),
+        StoredBucket(
+            int(at(2024, 1, 1, 10, 0).timestamp()), "s", "{}", state('"a"', '"b"', aggregation=Aggregation.UNIQUE_COUNT)
+        ),
+        StoredBucket(
+            int(at(2024, 1, 1, 10, 1).timestamp()), "s", "{}", state('"b"', '"c"', aggregation=Aggregation.UNIQUE_COUNT)
+        ),
     ]
     (row,) = run(buckets, size=WindowSize.DAY, aggregation=Aggregation.UNIQUE_COUNT)
     assert row.value == 3
 
 
 def test_latest_min_max_count_roll_up():
-    early = StoredBucket(int(at(2024, 1, 1, 10, 0).timestamp()), "s", "{}", state(5, 1, aggregation=Aggregation.LATEST, start_offset=0))
+    early = StoredBucket(
+        int(at(2024, 1, 1, 10, 0).timestamp()), "s", "{}", state(5, 1, aggregation=Aggregation.LATEST, start_offset=0)
+    )
     # Stored later in the list, but observed earlier on the log.
     late = StoredBucket(
         int(at(2024, 1, 1, 10, 1).timestamp()),
@@ -304,7 +319,11 @@ def test_plan_covers_unaligned_edges_with_finer_buckets():
     # Nothing whole of an hour inside: minutes only.
     assert plan(D0 + 5 * MINUTE, D0 + 50 * MINUTE, None) == [Piece(MINUTE, D0 + 5 * MINUTE, D0 + 50 * MINUTE)]
     # Open on one side.
-    assert plan(D0 + 30 * MINUTE, None, None) == [Piece(MINUTE, D0 + 30 * MINUTE, D0 + HOUR), Piece(HOUR, D0 + HOUR, D0 + DAY), Piece(DAY, D0 + DAY, None)]
+    assert plan(D0 + 30 * MINUTE, None, None) == [
+        Piece(MINUTE, D0 + 30 * MINUTE, D0 + HOUR),
+        Piece(HOUR, D0 + HOUR, D0 + DAY),
+        Piece(DAY, D0 + DAY, None),
+    ]
 
 
 bounds = st.none() | st.integers(-3 * DAY // MINUTE, 3 * DAY // MINUTE).map(lambda m: D0 + m * MINUTE)
