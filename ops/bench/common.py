@@ -496,20 +496,36 @@ async def post_batch(http: httpx.AsyncClient, body: bytes, headers: dict[str, st
     raise AssertionError("unreachable")
 
 
-async def post_all(base_url: str, key: str, work: Sequence[tuple[int, bytes]], clients: int) -> list[float]:
-    """Send every pre-encoded batch through `clients` concurrent connections; each must be accepted whole."""
-    queue: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
-    for item in work:
-        queue.put_nowait(item)
+def key_of_batch(keys: str | Sequence[str], index: int) -> str:
+    """Batch `index` of a run goes to one tenant's key; with several, round-robin."""
+    return keys if isinstance(keys, str) else keys[index % len(keys)]
+
+
+def expected_totals(keys: str | Sequence[str], work: Sequence[tuple[int, bytes]], size: int) -> dict[str, int]:
+    """The meter total each key's tenant must show once the batches of `bodies(events, size)` are folded."""
+    totals: dict[str, int] = {}
+    for index, (count, _) in enumerate(work):
+        key = key_of_batch(keys, index)
+        totals[key] = totals.get(key, 0) + expected_total(index * size, count)
+    return totals
+
+
+async def post_all(base_url: str, keys: str | Sequence[str], work: Sequence[tuple[int, bytes]], clients: int) -> list[float]:
+    """Send every pre-encoded batch through `clients` concurrent connections; each must be accepted whole.
+
+    With several keys, batch i goes to keys[i % len(keys)]: many tenants, as a platform has.
+    """
+    queue: asyncio.Queue[tuple[str, int, bytes]] = asyncio.Queue()
+    for index, (count, body) in enumerate(work):
+        queue.put_nowait((key_of_batch(keys, index), count, body))
     latencies: list[float] = []
-    headers = {**Api.auth(key), "Content-Type": BATCH_TYPE}
 
     async def client() -> None:
         async with httpx.AsyncClient(base_url=base_url, timeout=120) as http:
             while not queue.empty():
-                count, body = queue.get_nowait()
+                key, count, body = queue.get_nowait()
                 started = time.perf_counter()
-                await post_batch(http, body, headers, count)
+                await post_batch(http, body, {**Api.auth(key), "Content-Type": BATCH_TYPE}, count)
                 latencies.append(time.perf_counter() - started)
 
     await asyncio.gather(*(client() for _ in range(clients)))
@@ -532,11 +548,11 @@ def service_env(**omni: str) -> dict[str, str]:
 
 @dataclasses.dataclass
 class Stack:
-    """Omni served over a real socket in a subprocess (and, in Kafka mode, its Faust worker)."""
+    """Omni served over a real socket in a subprocess (and, in Kafka mode, its Faust workers)."""
 
     api: Api
     server: Process
-    worker: Process | None
+    workers: list[Process]
     workdir: Path
     prefix: str
     schema: str
@@ -559,18 +575,40 @@ class Stack:
         self.tenants.append(tenant_id)
         return key
 
+    async def tenants_over_partitions(self, name: str, count: int, partitions: int) -> list[str]:
+        """Keys of `count` new tenants spread evenly over the usage partitions (a tenant's events share one).
+
+        Tenants are created until each partition has its share; the extra ones are simply unused.
+        """
+        from schemas.topics import partition_for
+
+        share = -(-count // partitions)
+        taken: dict[int, int] = {}
+        keys: list[str] = []
+        for attempt in range(count * 20):
+            tenant_id, key = await self.api.tenant(f"{name}-{attempt}")
+            self.tenants.append(tenant_id)
+            partition = partition_for(tenant_id, partitions)
+            if taken.get(partition, 0) < share:
+                taken[partition] = taken.get(partition, 0) + 1
+                keys.append(key)
+                if len(keys) == count:
+                    return keys
+        raise RuntimeError(f"could not spread {count} tenants over {partitions} partitions")
+
     def pids(self) -> dict[str, int]:
-        processes = [self.server] + ([self.worker] if self.worker else [])
-        return {"bench client": os.getpid(), **{p.name: p.pid for p in processes}}
+        return {"bench client": os.getpid(), **{p.name: p.pid for p in [self.server, *self.workers]}}
 
     def memory(self) -> dict[str, dict[str, int]]:
-        processes = [self.server] + ([self.worker] if self.worker else [])
-        return {p.name: p.memory_kib() for p in processes if p.alive()}
+        return {p.name: p.memory_kib() for p in [self.server, *self.workers] if p.alive()}
 
 
 @asynccontextmanager
-async def serve(mode: str, *, partitions: int = 4) -> AsyncIterator[Stack]:
-    """Start Omni in `mode` with topics, a schema and a data folder of its own; remove them all after."""
+async def serve(mode: str, *, partitions: int = 4, workers: int = 1) -> AsyncIterator[Stack]:
+    """Start Omni in `mode` with topics, a schema and a data folder of its own; remove them all after.
+
+    Kafka mode runs `workers` Faust workers in one consumer group (they share the partitions).
+    """
     workdir = Path(tempfile.mkdtemp(prefix=f"omni-bench-{mode}-"))
     prefix, schema = unique("-"), unique("_")
     env = service_env(
@@ -584,19 +622,22 @@ async def serve(mode: str, *, partitions: int = 4) -> AsyncIterator[Stack]:
     server = Process(f"{mode}-api", ["-m", "omni.cli", "serve", "--host", "127.0.0.1", "--port", str(port)], env, workdir)
     trace = workdir / "worker-trace.jsonl"
     module = "ops.bench.worker_trace" if tracing() else "streams.faust_app"
-    worker = Process(f"{mode}-worker", ["-m", module], {**env, "BENCH_TRACE": str(trace)}, workdir) if mode == "kafka" else None
+    count = workers if mode == "kafka" else 0
+    names = [f"{mode}-worker"] if count == 1 else [f"{mode}-worker-{n}" for n in range(1, count + 1)]
+    worker_env = {**env, "BENCH_TRACE": str(trace)}
+    processes = [Process(name, ["-m", module], worker_env, workdir) for name in names]
     api = Api(f"http://127.0.0.1:{port}")
-    stack = Stack(api, server, worker, workdir, prefix, schema, [], trace)
+    stack = Stack(api, server, processes, workdir, prefix, schema, [], trace)
     try:
         server.start()
         await api.wait_ready(server)
-        if worker is not None:
-            worker.start()  # after the API, whose KafkaLog creates the topics the worker subscribes to
+        for worker in processes:
+            worker.start()  # after the API, whose KafkaLog creates the topics the workers subscribe to
         await api.define_meter()
         yield stack
     finally:
         await api.close()
-        for process in filter(None, (worker, server)):
+        for process in [*processes, server]:
             process.stop()
         if mode == "kafka":
             await delete_topics(prefix)

@@ -28,6 +28,7 @@ from ops.bench.common import (
     cpu_snapshot,
     encoded,
     expected_total,
+    expected_totals,
     machine,
     opt,
     percentile,
@@ -48,6 +49,8 @@ class Options:
     batch_sizes: str = opt("100,1000", "events per request, one round each")
     clients: int = opt(4, "concurrent HTTP connections")
     partitions: int = opt(4, "usage topic partitions")
+    workers: int = opt(2, "Faust workers in the consumer group (one per core)")
+    tenants: int = opt(4, "tenants the batches go to, round-robin, spread evenly over the partitions (1: one tenant)")
     timeout: float = opt(900.0, "seconds a round may take before it fails")
 
 
@@ -78,7 +81,7 @@ async def run(o: Options) -> Report:
     cpu_rows: list[list[object]] = []
     figures: dict[str, object] = {"rounds": []}
     targets: list[Target] = []
-    async with serve("kafka", partitions=o.partitions) as stack:
+    async with serve("kafka", partitions=o.partitions, workers=o.workers) as stack:
         idle = stack.memory()
         run_id = uuid.uuid4().hex[:8]
         # Warm-up: connections, the meter's catch-up past the API's own api_call events, JIT-free but cache-warm.
@@ -87,15 +90,20 @@ async def run(o: Options) -> Report:
         await stack.api.wait_total(warm, expected_total(0, 2000), timeout=120)
         stack.batches()  # forget the warm-up's
         for size in sizes(o.batch_sizes):
-            key = await stack.tenant(f"batch-{size}")
+            keys = await stack.tenants_over_partitions(f"batch-{size}", o.tenants, o.partitions)
             events = cloud_events(f"{run_id}-{size}", o.events)
             work = bodies(events, size)
             record_size = round(sum(map(len, encoded(events[:1000]))) / min(1000, o.events))
             cpu_before = cpu_snapshot(stack.pids())
             started = time.monotonic()
-            latencies = await post_all(stack.api.base_url, key, work, o.clients)
+            latencies = await post_all(stack.api.base_url, keys, work, o.clients)
             acked = time.monotonic()
-            visible = await stack.api.wait_total(key, expected_total(0, o.events), timeout=o.timeout)
+            visible = max(
+                [
+                    await stack.api.wait_total(key, total, timeout=o.timeout)
+                    for key, total in expected_totals(keys, work, size).items()
+                ]
+            )
             cores = cpu_cores(cpu_before, cpu_snapshot(stack.pids()))
             worker_batches = stack.batches()
             cpu_rows.append([size, *cores.values(), round(sum(cores.values()), 2)])
@@ -142,7 +150,8 @@ async def run(o: Options) -> Report:
         o,
         [
             Table(
-                f"{NAME}: Kafka mode, HTTP POST -> Kafka -> Faust worker -> PostgreSQL meter view ({o.clients} clients)",
+                f"{NAME}: Kafka mode, HTTP POST -> Kafka -> {o.workers} Faust worker(s) -> PostgreSQL meter view "
+                f"({o.clients} clients, {o.tenants} tenants)",
                 ["batch", "events", "accepted/s", "ours e2e/s", "raw Kafka/s", "ours/raw", "req p50 ms", "req p99 ms"],
                 rows,
             ),
