@@ -32,7 +32,8 @@ from ops.bench.common import (
     Table,
     Target,
     cloud_events,
-    expected_total,
+    expected_totals,
+    key_of_batch,
     opt,
     percentile,
     post_batch,
@@ -55,6 +56,8 @@ class Options:
     poll_ms: float = opt(10.0, "milliseconds between polls of a probe's meter query")
     attempts: int = opt(3, "attempts, halving the rate while not sustained")
     partitions: int = opt(4, "usage topic partitions")
+    workers: int = opt(2, "Faust workers in the consumer group (one per core)")
+    tenants: int = opt(4, "tenants the batches go to, round-robin, spread evenly over the partitions")
 
 
 @dataclasses.dataclass
@@ -74,7 +77,7 @@ class Attempt:
 
 
 async def attempt(stack: Stack, o: Options, rate: int) -> Attempt:
-    key = await stack.tenant(f"fresh-{rate}")
+    keys = await stack.tenants_over_partitions(f"fresh-{rate}", o.tenants, o.partitions)
     count = int(rate * o.duration) // o.batch * o.batch
     requests = count // o.batch
     every = max(1, round(rate / o.batch / o.probes))
@@ -82,7 +85,6 @@ async def attempt(stack: Stack, o: Options, rate: int) -> Attempt:
     for i in range(every - 1, requests, every):
         events[i * o.batch + o.batch - 1]["subject"] = f"probe-{i}"
     work = [orjson.dumps(events[i * o.batch : (i + 1) * o.batch]) for i in range(requests)]
-    headers = {**Api.auth(key), "Content-Type": BATCH_TYPE}
     freshness: list[float] = []
     queries: list[float] = []
     floor: list[float] = []
@@ -97,7 +99,7 @@ async def attempt(stack: Stack, o: Options, rate: int) -> Attempt:
         started = time.monotonic()
         counted_from = started + o.warmup
 
-        async def watch(subject: str, acked: float) -> None:
+        async def watch(key: str, subject: str, acked: float) -> None:
             nonlocal timeouts
             while time.monotonic() - acked < 30:
                 asked = time.monotonic()
@@ -114,10 +116,11 @@ async def attempt(stack: Stack, o: Options, rate: int) -> Attempt:
             timeouts += 1
 
         async def send(i: int) -> None:
-            await post_batch(load, work[i], headers, o.batch)
+            key = key_of_batch(keys, i)
+            await post_batch(load, work[i], {**Api.auth(key), "Content-Type": BATCH_TYPE}, o.batch)
             acked = time.monotonic()
             if (i + 1) % every == 0:
-                await watch(f"probe-{i}", acked)
+                await watch(key, f"probe-{i}", acked)
 
         async def ping() -> None:
             while not done.is_set():
@@ -144,13 +147,14 @@ async def attempt(stack: Stack, o: Options, rate: int) -> Attempt:
             for task in [*tasks, pinger]:
                 task.cancel()
             await asyncio.gather(*tasks, pinger, return_exceptions=True)
-    visible = await stack.api.wait_total(key, expected_total(0, count), timeout=600)
+    totals = expected_totals(keys, [(o.batch, body) for body in work], o.batch)
+    visible = max([await stack.api.wait_total(key, total, timeout=600) for key, total in totals.items()])
     return Attempt(rate, count / (acked_all - started), visible - acked_all, freshness, floor, queries, late, timeouts)
 
 
 async def run(o: Options) -> Report:
     attempts: list[Attempt] = []
-    async with serve("kafka", partitions=o.partitions) as stack:
+    async with serve("kafka", partitions=o.partitions, workers=o.workers) as stack:
         rate = o.rate
         for _ in range(o.attempts):
             attempts.append(await attempt(stack, o, rate))
@@ -180,7 +184,8 @@ async def run(o: Options) -> Report:
         o,
         [
             Table(
-                f"{NAME}: 202 -> visible in a meter query, Kafka mode, {o.batch} events/request, {o.duration:.0f} s per attempt",
+                f"{NAME}: 202 -> visible in a meter query, Kafka mode, {o.batch} events/request, {o.duration:.0f} s per attempt, "
+                f"{o.tenants} tenants, {o.workers} worker(s)",
                 [
                     "rate/s",
                     "accepted/s",
