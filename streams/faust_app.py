@@ -307,6 +307,16 @@ def create_worker_app(settings: Settings, db: Database, log: KafkaLog) -> faust.
     return app
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where it exists (Faust hands each record through several futures; uvloop makes
+    that about 20% cheaper), else asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:  # e.g. Windows
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 def run_worker(settings: Settings) -> None:
     """`omni worker`: build the views database and the log, then run the Faust worker until stopped."""
     db = PostgresDatabase(settings.database_url, schema=settings.database_schema)
@@ -314,7 +324,7 @@ def run_worker(settings: Settings) -> None:
     topics = Topics(prefix=settings.topic_prefix, usage_partitions=settings.usage_partitions)
     kafka = KafkaLog(settings.kafka_bootstrap_servers, topics, produce_timeout=settings.produce_timeout_seconds)
     # One loop for the log's clients and the worker: aiokafka clients are bound to the loop they start on.
-    loop = asyncio.new_event_loop()
+    loop = new_event_loop()
     asyncio.set_event_loop(loop)
     # The topics must exist before the consumer subscribes (the broker does not auto-create them).
     loop.run_until_complete(retry_forever("creating the topics on Kafka", kafka.ping))
