@@ -190,6 +190,9 @@ class PostgresDatabase:
             kwargs={"options": f'-c search_path="{schema}"', "autocommit": True},
             open=False,
             timeout=10,
+            # A connection is tested as it leaves the pool, so one broken by a database restart is
+            # replaced instead of failing the next request (costs one round trip per transaction).
+            check=ConnectionPool.check_connection,
         )
         self._opened = False
 

@@ -201,7 +201,8 @@ def add_dropped(tx: Tx, topic: str, partition: int, offsets: Iterable[int]) -> N
 
 def add_dead_letter(tx: Tx, consumer: str, topic: str, partition: int, offset: int, reason: str) -> None:
     tx.execute(
-        "INSERT INTO dead_letters VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", (topic, partition, offset, consumer, reason[:1000])
+        "INSERT INTO dead_letters VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        (topic, partition, offset, consumer, reason[:1000]),
     )
 
 
@@ -254,7 +255,14 @@ _KEYS = {
     "meter_windows": ("tenant_id", "meter", "resolution", "window_start", "subject", "group_key"),
     "meter_totals": ("tenant_id", "meter", "resolution", "window_start"),
 }
-_KEY_TYPES = {"tenant_id": "text", "meter": "text", "resolution": "int", "window_start": "bigint", "subject": "text", "group_key": "text"}
+_KEY_TYPES = {
+    "tenant_id": "text",
+    "meter": "text",
+    "resolution": "int",
+    "window_start": "bigint",
+    "subject": "text",
+    "group_key": "text",
+}
 _VALUES = ("count", "total", "minimum", "maximum", "latest_at_us", "latest_offset", "latest", "uniques")
 _VALUE_TYPES = ("bigint", "numeric", "numeric", "numeric", "bigint", "bigint", "numeric", "text[]")
 _NEWER = "(t.latest_at_us IS NULL OR (excluded.latest_at_us, excluded.latest_offset) > (t.latest_at_us, t.latest_offset))"
@@ -286,7 +294,9 @@ def _postgres_upsert(table: str) -> str:
     for n, (column, kind) in enumerate(zip(columns, types, strict=True)):
         if column in ("uniques", "group_values"):
             elements = f"ARRAY(SELECT json_array_elements_text(d -> {n}))"
-            picked.append(elements if column == "group_values" else f"CASE WHEN json_typeof(d -> {n}) = 'array' THEN {elements} END")
+            picked.append(
+                elements if column == "group_values" else f"CASE WHEN json_typeof(d -> {n}) = 'array' THEN {elements} END"
+            )
         else:
             picked.append(f"(d ->> {n})::{kind}")
     return (
@@ -359,11 +369,16 @@ def merge_buckets(tx: Tx, deltas: Mapping[BucketKey, BucketState]) -> None:
     first = itemgetter(0)
     # Sorted by key, so concurrent writers would lock rows in the same order.
     windows: list[tuple[tuple[Any, ...], BucketState]] = sorted(
-        (((k.tenant_id, k.meter, r, k.window_start, k.subject, k.group_key), s) for r, level in levels.items() for k, s in level.items()),
+        (
+            ((k.tenant_id, k.meter, r, k.window_start, k.subject, k.group_key), s)
+            for r, level in levels.items()
+            for k, s in level.items()
+        ),
         key=first,
     )
     overall: list[tuple[tuple[Any, ...], BucketState]] = sorted(
-        (((k.tenant_id, k.meter, r, k.window_start), s) for r, level in levels.items() for k, s in totals(level).items()), key=first
+        (((k.tenant_id, k.meter, r, k.window_start), s) for r, level in levels.items() for k, s in totals(level).items()),
+        key=first,
     )
     if tx.dialect == "postgres":
         group_values: dict[str, list[str]] = {}
@@ -584,7 +599,9 @@ def _query_in_sql(
             params += [] if last is None else [last]
             params += [list(subjects)] if subjects else []
     columns = ", ".join([*keys, *bounds, _VALUE_SQL[aggregation] if direct else _AGGREGATE_SQL[aggregation]])
-    inner = ", ".join(["window_start", *(["subject"] if by_subject else []), *(["group_values"] if group_by else []), _COLUMNS_SQL[aggregation]])
+    inner = ", ".join(
+        ["window_start", *(["subject"] if by_subject else []), *(["group_values"] if group_by else []), _COLUMNS_SQL[aggregation]]
+    )
     selects = []
     for piece in pieces:
         params += [tenant_id, definition.slug, piece.resolution]

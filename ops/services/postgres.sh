@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Private PostgreSQL cluster for dev and tests: 127.0.0.1:${PG_PORT:-15432}, role/db omni, trust auth.
-# Usage: postgres.sh start|stop|status
+# Usage: postgres.sh start|stop|restart|status
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -77,6 +77,7 @@ stop() {
 case ${1:-} in
   start) start ;;
   stop) stop ;;
+  restart) stop && start ;;
   status) [[ -n $BIN ]] && "$BIN/pg_isready" -q -h 127.0.0.1 -p "$PORT" ;;
-  *) die "usage: $0 start|stop|status" ;;
+  *) die "usage: $0 start|stop|restart|status" ;;
 esac

@@ -9,6 +9,8 @@ consumer group's offsets say everything was consumed already.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import time
 import uuid
 from collections import defaultdict
@@ -16,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from urllib.parse import urlparse
 
 import orjson
@@ -35,7 +38,7 @@ from streams.log import Outgoing
 from streams.outbox import to_envelope
 from streams.projectors import CATALOG, METERS, CatalogProjector, MeterProjector
 from tests.integration.conftest import free_port, new_schema_name
-from tests.integration.worker import WorkerProcess
+from tests.integration.worker import ROOT, WorkerProcess
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
@@ -309,7 +312,52 @@ async def test_a_database_outage_mid_batch_is_retried_until_committed(
         await relay.cut()
 
 
+async def test_postgresql_restarted_mid_stream_the_worker_retries_and_ends_exact(
+    kafka_log: KafkaLog, topics: Topics, worker_factory: Callable[[str, str], WorkerProcess], tmp_path: Path
+) -> None:
+    """A PostgreSQL of this test's own, restarted (pg_ctl stop -m fast, then start) while the worker folds."""
+    postgres = OwnPostgres(tmp_path / "run")
+    postgres.run("start")
+    db = PostgresDatabase(postgres.url, schema=new_schema_name())
+    try:
+        db.migrate(views.SCHEMA)
+        stream = Stream()
+        await kafka_log.append(topics.control, [meter_defined(TOKENS), meter_defined(CALLS)])
+        await kafka_log.append(topics.usage, to_records(stream.generate(300)))
+        worker = worker_factory(postgres.url, db.schema)
+        worker.start()
+        await wait_for(lambda: caught_up(db, kafka_log, ["tokens", "calls"]), worker, 30, "the first events")
+
+        more = asyncio.create_task(_append_slowly(kafka_log, stream, 2000, chunk=100, pause=0.1))
+        await wait_for(lambda: _folded_at_least(db, topics, 600), worker, 30, "batches folding")
+        folded_at_restart = (await asyncio.to_thread(progress, db, topics)).folded
+        await asyncio.to_thread(postgres.run, "restart")
+        await more
+        total = sum((await kafka_log.end_offsets(topics.usage)).values())
+        assert folded_at_restart < total, "the restart should land mid-stream"
+        # The pool tests each connection as it is taken, so the worker waits out a short restart
+        # (or retries the batch, when it takes longer than the pool's timeout).
+        await wait_for(lambda: caught_up(db, kafka_log, ["tokens", "calls"]), worker, 60, "recovery after the restart")
+        assert_views_equal_truth(db, stream, [TOKENS, CALLS])
+        assert worker.stop() == 0
+    finally:
+        db.close()
+        postgres.run("stop")
+
+
 # Helpers -------------------------------------------------------------------------------------
+
+
+class OwnPostgres:
+    """A PostgreSQL cluster of the test's own (ops/services/postgres.sh), so restarting it disturbs no other test."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.port = free_port()
+        self.url = f"postgresql://omni:omni@127.0.0.1:{self.port}/omni"
+        self.env = {**os.environ, "OMNI_RUN_DIR": str(run_dir), "PG_PORT": str(self.port)}
+
+    def run(self, action: str) -> None:
+        subprocess.run(["bash", "ops/services/postgres.sh", action], cwd=ROOT, env=self.env, check=True, timeout=120)
 
 
 async def _append_slowly(log: KafkaLog, stream: Stream, count: int, *, chunk: int, pause: float) -> None:
