@@ -1,0 +1,156 @@
+"""Access control on every route, after OWASP API Security Top 10 2023, API1 to API5.
+
+The routes come from the app's own OpenAPI schema and each must be classified
+below, so a route added later cannot escape these checks:
+
+- API2 (broken authentication): no key, a malformed key and an unknown key get 401.
+- API5 (broken function level authorization): admin routes refuse tenant keys, and
+  tenant routes refuse the admin key, with 403.
+- API1 (broken object level authorization): every route that takes an id, called
+  with another tenant's id and one's own key, answers 404 and changes nothing.
+- API3 (broken object property level authorization): no response carries a key's
+  secret after it was issued, and bodies with properties we do not accept
+  (tenant_id, role, id) are refused, not silently applied.
+- API4 (unrestricted resource consumption): list routes are bounded by `limit`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+from tests.conftest import cloud_event
+from tests.e2e.conftest import ADMIN, BATCH, Omni
+
+PUBLIC, ADMIN_ONLY, TENANT_ONLY, EITHER = "public", "admin", "tenant", "either"
+
+ROUTES: dict[tuple[str, str], str] = {
+    ("GET", "/healthz"): PUBLIC,
+    ("GET", "/readyz"): PUBLIC,
+    ("GET", "/metrics"): PUBLIC,  # Prometheus scrapes it; no tenant data in it
+    ("POST", "/v1/tenants"): ADMIN_ONLY,
+    ("GET", "/v1/tenants"): ADMIN_ONLY,
+    ("GET", "/v1/tenants/{tenant_id}"): EITHER,
+    ("POST", "/v1/tenants/{tenant_id}/keys"): EITHER,
+    ("GET", "/v1/tenants/{tenant_id}/keys"): EITHER,
+    ("DELETE", "/v1/keys/{key_id}"): EITHER,
+    ("POST", "/v1/meters"): ADMIN_ONLY,
+    ("GET", "/v1/meters"): EITHER,
+    ("GET", "/v1/meters/{slug}"): EITHER,
+    ("GET", "/v1/meters/{slug}/query"): TENANT_ONLY,
+    ("POST", "/v1/events"): TENANT_ONLY,
+}
+
+
+def operations(omni: Omni) -> set[tuple[str, str]]:
+    paths = omni.app.openapi()["paths"]
+    return {(method.upper(), path) for path, item in paths.items() for method in item}
+
+
+def concrete(path: str, ids: dict[str, str]) -> str:
+    return re.sub(r"\{(\w+)\}", lambda match: ids[match.group(1)], path)
+
+
+def request_body(method: str, path: str) -> dict[str, Any]:
+    """A body that would be valid, so only the key decides the answer."""
+    if (method, path) == ("POST", "/v1/events"):
+        return {"content": orjson.dumps([cloud_event("acl-1", type_="call")]), "headers": {"Content-Type": BATCH}}
+    if (method, path) == ("POST", "/v1/tenants"):
+        return {"json": {"name": "acl", "plan": "pro"}}
+    if (method, path) == ("POST", "/v1/meters"):
+        return {"json": {"slug": "acl-meter", "event_type": "call", "aggregation": "COUNT"}}
+    if method == "POST":
+        return {"json": {"label": "acl"}}
+    return {}
+
+
+async def call(omni: Omni, method: str, path: str, ids: dict[str, str], key: str | None) -> Any:
+    body = request_body(method, path)
+    headers = {**body.pop("headers", {}), **(omni.auth(key) if key is not None else {})}
+    return await omni.client.request(method, concrete(path, ids), headers=headers, **body)
+
+
+async def test_every_route_is_classified(omni: Omni) -> None:
+    assert operations(omni) == set(ROUTES), "classify every new route in ROUTES"
+
+
+async def test_every_route_but_health_requires_a_valid_key(omni: Omni) -> None:
+    tenant_id, key = await omni.tenant("a")
+    await omni.meter(slug="calls", event_type="call", aggregation="COUNT")
+    await omni.settle()
+    ids = {"tenant_id": tenant_id, "key_id": key.split("_")[1], "slug": "calls"}
+    for (method, path), access in ROUTES.items():
+        if access == PUBLIC:
+            continue
+        for wrong in (None, "not-a-key", "omni_unknownkeyid_secret", key + "x"):
+            response = await call(omni, method, path, ids, wrong)
+            assert response.status_code == 401, (method, path, wrong, response.text)
+            assert response.headers["content-type"] == "application/problem+json"
+            assert response.headers.get("www-authenticate", "").startswith("Bearer")
+
+
+async def test_admin_routes_refuse_tenant_keys_and_tenant_routes_refuse_the_admin(omni: Omni) -> None:
+    tenant_id, key = await omni.tenant("a")
+    await omni.meter(slug="calls", event_type="call", aggregation="COUNT")
+    await omni.settle()
+    ids = {"tenant_id": tenant_id, "key_id": key.split("_")[1], "slug": "calls"}
+    for (method, path), access in ROUTES.items():
+        wrong = {ADMIN_ONLY: key, TENANT_ONLY: ADMIN}.get(access)
+        if wrong is None:
+            continue
+        response = await call(omni, method, path, ids, wrong)
+        assert response.status_code == 403, (method, path, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+    await omni.settle()
+    # Nothing the refused calls asked for happened.
+    listed = (await omni.client.get("/v1/tenants", headers=omni.auth(ADMIN))).json()["data"]
+    assert [t["name"] for t in listed] == ["a"]
+    assert (await omni.client.get("/v1/meters/acl-meter", headers=omni.auth(ADMIN))).status_code == 404
+
+
+async def test_every_route_with_an_id_refuses_another_tenants_id_with_404(omni: Omni) -> None:
+    a_id, a_key = await omni.tenant("a")
+    b_id, b_key = await omni.tenant("b")
+    await omni.settle()
+    b_ids = {"tenant_id": b_id, "key_id": b_key.split("_")[1], "slug": "calls"}
+    owned = [(m, p) for (m, p), access in ROUTES.items() if "{tenant_id}" in p or "{key_id}" in p]
+    assert owned, "the tenant-owned routes"
+    for method, path in owned:
+        response = await call(omni, method, path, b_ids, a_key)
+        assert response.status_code == 404, (method, path, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+    await omni.settle()
+    # B's key works and B has no key A issued in its name.
+    keys = await omni.client.get(f"/v1/tenants/{b_id}/keys", headers=omni.auth(b_key))
+    assert keys.status_code == 200
+    assert [k["key_id"] for k in keys.json()["data"]] == [b_key.split("_")[1]]
+
+
+async def test_bodies_cannot_assign_what_the_key_decides(omni: Omni) -> None:
+    a_id, a_key = await omni.tenant("a")
+    b_id, _ = await omni.tenant("b")
+    for method, path, body in [
+        ("POST", "/v1/tenants", {"name": "x", "plan": "p", "role": "admin"}),
+        ("POST", "/v1/tenants", {"name": "x", "plan": "p", "id": a_id}),
+        ("POST", f"/v1/tenants/{a_id}/keys", {"label": "x", "tenant_id": b_id}),
+        ("POST", f"/v1/tenants/{a_id}/keys", {"label": "x", "role": "admin"}),
+        ("POST", "/v1/meters", {"slug": "m", "event_type": "t", "aggregation": "COUNT", "tenant_id": a_id}),
+    ]:
+        key = ADMIN if path in ("/v1/tenants", "/v1/meters") else a_key
+        response = await omni.client.request(method, path, json=body, headers=omni.auth(key))
+        assert response.status_code == 422, (method, path, body, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_secrets_are_shown_once_and_lists_are_bounded(omni: Omni) -> None:
+    tenant_id, key = await omni.tenant("a")
+    secret = key.split("_", 2)[2]
+    await omni.settle()
+    for path in (f"/v1/tenants/{tenant_id}", f"/v1/tenants/{tenant_id}/keys"):
+        text = (await omni.client.get(path, headers=omni.auth(key))).text
+        assert secret not in text and "api_key" not in text, path
+    listed = await omni.client.get("/v1/tenants", params={"limit": 100_000}, headers=omni.auth(ADMIN))
+    assert listed.status_code == 422
+    assert listed.headers["content-type"] == "application/problem+json"
