@@ -23,10 +23,18 @@ async def get_principal(request: Request, platform: PlatformDep) -> Principal:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise Problem(401, "Unauthorized", "Send an API key as `Authorization: Bearer <key>`.", kind="unauthorized", headers={"WWW-Authenticate": "Bearer"})
+        raise Problem(
+            401,
+            "Unauthorized",
+            "Send an API key as `Authorization: Bearer <key>`.",
+            kind="unauthorized",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     principal = await run_in_threadpool(platform.authenticate, token.strip())
     if principal is None:
-        raise Problem(401, "Unauthorized", "The API key is unknown or revoked.", kind="unauthorized", headers={"WWW-Authenticate": "Bearer"})
+        raise Problem(
+            401, "Unauthorized", "The API key is unknown or revoked.", kind="unauthorized", headers={"WWW-Authenticate": "Bearer"}
+        )
     request.state.principal = principal
     return principal
 

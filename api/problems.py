@@ -97,8 +97,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
         errors = [
-            {"location": ".".join(str(p) for p in e.get("loc", ())), "reason": e.get("msg", "invalid")}
-            for e in exc.errors()
+            {"location": ".".join(str(p) for p in e.get("loc", ())), "reason": e.get("msg", "invalid")} for e in exc.errors()
         ]
         body_error = any(e["location"].startswith("body") for e in errors)
         json_broken = any(e.get("type") == "json_invalid" for e in exc.errors())
@@ -106,14 +105,24 @@ def install(app: FastAPI) -> None:
         await record_refusal(request, f"{status} " + "; ".join(f"{e['location']}: {e['reason']}" for e in errors))
         return problem_response(
             request,
-            Problem(status, "Malformed JSON" if json_broken else "Invalid request", kind="invalid-request" if not body_error else "invalid-body", errors=errors),
+            Problem(
+                status,
+                "Malformed JSON" if json_broken else "Invalid request",
+                kind="invalid-request" if not body_error else "invalid-body",
+                errors=errors,
+            ),
         )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         return problem_response(
             request,
-            Problem(exc.status_code, _TITLES.get(exc.status_code, "Error"), str(exc.detail) if exc.detail else None, headers=dict(exc.headers or {})),
+            Problem(
+                exc.status_code,
+                _TITLES.get(exc.status_code, "Error"),
+                str(exc.detail) if exc.detail else None,
+                headers=dict(exc.headers or {}),
+            ),
         )
 
     @app.exception_handler(NotFound)
@@ -133,17 +142,32 @@ def install(app: FastAPI) -> None:
         log.warning("log unavailable: %s", exc)
         return problem_response(
             request,
-            Problem(503, "Log unavailable", "The event log cannot take events right now; nothing was accepted. Retry later.", kind="log-unavailable", headers={"Retry-After": "1"}),
+            Problem(
+                503,
+                "Log unavailable",
+                "The event log cannot take events right now; nothing was accepted. Retry later.",
+                kind="log-unavailable",
+                headers={"Retry-After": "1"},
+            ),
         )
 
     @app.exception_handler(StoreUnavailable)
     async def _store_down(request: Request, exc: StoreUnavailable) -> Response:
         log.warning("store unavailable: %s", exc)
         return problem_response(
-            request, Problem(503, "Store unavailable", "A database is unreachable; retry later.", kind="store-unavailable", headers={"Retry-After": "1"})
+            request,
+            Problem(
+                503,
+                "Store unavailable",
+                "A database is unreachable; retry later.",
+                kind="store-unavailable",
+                headers={"Retry-After": "1"},
+            ),
         )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem_response(request, Problem(500, "Internal error", "An unexpected error occurred; it has been logged.", kind="internal"))
+        return problem_response(
+            request, Problem(500, "Internal error", "An unexpected error occurred; it has been logged.", kind="internal")
+        )

@@ -57,7 +57,12 @@ def parse_items(content_type: str, body: bytes, max_events: int) -> list[Any]:
         if not parsed:
             raise Problem(422, "Empty batch", "A batch needs at least one event.", kind="empty-batch")
         if len(parsed) > max_events:
-            raise Problem(413, "Batch too large", f"A batch may hold at most {max_events} events; got {len(parsed)}.", kind="batch-too-large")
+            raise Problem(
+                413,
+                "Batch too large",
+                f"A batch may hold at most {max_events} events; got {len(parsed)}.",
+                kind="batch-too-large",
+            )
         return parsed
     if not isinstance(parsed, dict):
         raise Problem(400, "Malformed event", "A single event is a JSON object.", kind="malformed-event")
