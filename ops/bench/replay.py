@@ -55,6 +55,7 @@ class Options:
     tenants: int = opt(8, "tenants the events are spread over")
     runner_batch: int = opt(5000, "records per runner read and transaction (OMNI_RUNNER_BATCH_SIZE)")
     faust: int = opt(1, "also rebuild with the Faust worker and time Faust's bare delivery (0: skip)")
+    workers: int = opt(2, "also rebuild with this many Faust workers in one group (one per core; 1: skip)")
 
 
 def envelopes(count: int, tenants: int, start: int) -> list[bytes]:
@@ -159,25 +160,27 @@ def folded(schema: str, topic: str) -> int:
     return int(row[0] or 0) if row else 0
 
 
-async def faust_rebuild(prefix: str, topic: str, schema: str, o: Options) -> float:
-    """Seconds the Faust worker takes from its first folded batch to the last; the schema is dropped after."""
+async def faust_rebuild(prefix: str, topic: str, schema: str, o: Options, workers: int = 1) -> float:
+    """Seconds `workers` Faust workers take from the first folded batch to the last; the schema is dropped after."""
     with tempfile.TemporaryDirectory(prefix="omni-bench-replay-") as folder:
         env = service_env(
             mode="kafka", topic_prefix=prefix, database_schema=schema, usage_partitions=str(o.partitions),
             data_dir=folder, runner_batch_size=str(o.runner_batch),
         )  # fmt: skip
-        worker = Process(f"{NAME}-faust-worker", ["-m", "streams.faust_app"], env, Path(folder))
-        worker.start()
+        group = [Process(f"{NAME}-faust-worker-{n}", ["-m", "streams.faust_app"], env, Path(folder)) for n in range(workers)]
+        for worker in group:
+            worker.start()
         try:
             first = 0.0
             while (done := await asyncio.to_thread(folded, schema, topic)) < o.events:
                 first = first or (time.monotonic() if done else 0.0)
-                if not worker.alive():
-                    raise RuntimeError(f"the Faust worker exited:\n{worker.tail()}")
+                if dead := [w for w in group if not w.alive()]:
+                    raise RuntimeError(f"a Faust worker exited:\n{dead[0].tail()}")
                 await asyncio.sleep(0.05)
             return time.monotonic() - first
         finally:
-            worker.stop()
+            for worker in group:
+                worker.stop()
             await asyncio.to_thread(drop_schema, schema)
 
 
@@ -205,6 +208,9 @@ async def run(o: Options) -> Report:
         elapsed, distinct = await rebuild(log, schema, o.runner_batch)
         assert distinct == o.events, f"the rebuild folded {distinct} distinct events, expected {o.events}"
         faust_seconds = await faust_rebuild(topics.prefix, topics.usage, unique("_"), o) if o.faust else None
+        group_seconds = (
+            await faust_rebuild(topics.prefix, topics.usage, unique("_"), o, o.workers) if o.faust and o.workers > 1 else None
+        )
         noop_seconds = await faust_delivery(topics.usage, o) if o.faust else None
     finally:
         await log.close()
@@ -239,6 +245,16 @@ async def run(o: Options) -> Report:
             ],
         ]
         figures |= {"faust_worker_per_s": o.events / faust_seconds, "faust_noop_per_s": o.events / noop_seconds}
+    if group_seconds:
+        rows.append(
+            [
+                f"{o.workers} Faust workers in one group -> views",
+                o.events / group_seconds,
+                ratio(o.events / group_seconds, raw),
+                group_seconds,
+            ]
+        )
+        figures |= {"faust_workers": o.workers, "faust_workers_per_s": o.events / group_seconds}
     return Report(
         NAME,
         o,
