@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run run-kafka test test-unit soak services-up services-down bench clean
+.PHONY: bench-full run run-kafka test test-unit soak services-up services-down bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,8 +35,12 @@ run-kafka: $(STAMP) services-up  ## Kafka mode: relay and worker in the backgrou
 	eval "$$(bash ops/services/env.sh)" && export OMNI_MODE=kafka && \
 	  ( $(BIN)/omni relay & $(BIN)/omni worker & trap 'kill 0' EXIT; $(BIN)/omni serve --host 127.0.0.1 --port 8000 )
 
-bench: $(STAMP) services-up  ## Benchmarks (not part of `make test`)
+bench: $(STAMP) services-up  ## Benchmarks (not part of `make test`), at sizes that take about 10 minutes
 	eval "$$(bash ops/services/env.sh)" && $(BIN)/python -m ops.bench.run
+
+bench-full: $(STAMP) services-up  ## Benchmarks at the sizes the README reports (10M-event queries, 1M-event replay; about 45 minutes)
+	eval "$$(bash ops/services/env.sh)" && BENCH_QUERY_LATENCY_EVENTS=10000000 BENCH_REPLAY_EVENTS=1000000 \
+		$(BIN)/python -m ops.bench.run
 
 clean:
 	rm -rf .omni-data .run
