@@ -306,7 +306,10 @@ async def test_a_database_outage_mid_batch_is_retried_until_committed(
         await relay.start()
         await wait_for(lambda: caught_up(views_db, kafka_log, ["tokens"]), worker, 40, "recovery after the outage")
         assert_views_equal_truth(views_db, stream, [TOKENS])
-        assert "retrying" in worker.log_text(), "the outage should have been seen and retried"
+        # Seen either by the batch (failed, retried) or by the pool (its connection attempts failed
+        # while the batch waited for a connection); which depends on the outage against the pool's timeout.
+        seen = worker.log_text()
+        assert "retrying" in seen or "error connecting" in seen, "the outage should have been seen"
         assert worker.stop() == 0
     finally:
         await relay.cut()
