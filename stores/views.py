@@ -411,13 +411,32 @@ def merge_buckets(tx: Tx, deltas: Mapping[BucketKey, BucketState]) -> None:
         )
 
 
-def _range(sql: str, params: list[Any], start: int | None, end: int | None) -> str:
+def _where(
+    dialect: str,
+    params: list[Any],
+    tenant_id: str,
+    meter: str,
+    resolution: int,
+    start: int | None,
+    end: int | None,
+    subjects: Sequence[str] = (),
+) -> str:
+    """The condition for one meter's buckets of one resolution, window starts in [start, end) and
+    of these subjects (all when none); its parameters are appended to `params`."""
+    sql = "tenant_id=? AND meter=? AND resolution=?"
+    params += [tenant_id, meter, resolution]
     if start is not None:
         sql += " AND window_start>=?"
         params.append(start)
     if end is not None:
         sql += " AND window_start<?"
         params.append(end)
+    if subjects and dialect == "postgres":
+        sql += " AND subject = ANY(?)"
+        params.append(list(subjects))
+    elif subjects:
+        sql += " AND subject IN (" + ", ".join("?" for _ in subjects) + ")"
+        params.extend(subjects)
     return sql
 
 
@@ -432,16 +451,9 @@ def buckets(
     resolution: int = MINUTE,
 ) -> list[StoredBucket]:
     """Stored buckets of one resolution (minutes unless told) whose window starts in [start, end)."""
-    params: list[Any] = [tenant_id, meter, resolution]
-    sql = _range(
-        f"SELECT window_start, subject, group_key, {', '.join(_VALUES)} FROM meter_windows WHERE tenant_id=? AND meter=? AND resolution=?",
-        params,
-        start,
-        end,
-    )
-    if subjects:
-        sql += " AND subject IN (" + ", ".join("?" for _ in subjects) + ")"
-        params.extend(subjects)
+    params: list[Any] = []
+    where = _where(tx.dialect, params, tenant_id, meter, resolution, start, end, subjects)
+    sql = f"SELECT window_start, subject, group_key, {', '.join(_VALUES)} FROM meter_windows WHERE {where}"
     return [StoredBucket(int(w), s, g, _state(values)) for w, s, g, *values in tx.execute(sql, params)]
 
 
@@ -449,13 +461,9 @@ def total_buckets(
     tx: Tx, tenant_id: str, meter: str, start: int | None, end: int | None, *, resolution: int = MINUTE
 ) -> list[StoredBucket]:
     """Stored totals (every subject and group value together) of one resolution, as buckets of subject "" and no group."""
-    params: list[Any] = [tenant_id, meter, resolution]
-    sql = _range(
-        f"SELECT window_start, {', '.join(_VALUES)} FROM meter_totals WHERE tenant_id=? AND meter=? AND resolution=?",
-        params,
-        start,
-        end,
-    )
+    params: list[Any] = []
+    where = _where(tx.dialect, params, tenant_id, meter, resolution, start, end)
+    sql = f"SELECT window_start, {', '.join(_VALUES)} FROM meter_totals WHERE {where}"
     return [StoredBucket(int(w), "", "{}", _state(values)) for w, *values in tx.execute(sql, params)]
 
 
@@ -495,18 +503,10 @@ def query_meter(
             stored += total_buckets(tx, tenant_id, definition.slug, piece.start, piece.end, resolution=piece.resolution)
     span = None
     if stored and window_size is None and (start is None or end is None):
-        params: list[Any] = [tenant_id, definition.slug, MINUTE]
-        sql = _range(
-            f"SELECT min(window_start), max(window_start) FROM {'meter_windows' if detailed else 'meter_totals'} "
-            "WHERE tenant_id=? AND meter=? AND resolution=?",
-            params,
-            first,
-            last,
-        )
-        if subjects:
-            sql += " AND subject IN (" + ", ".join("?" for _ in subjects) + ")"
-            params.extend(subjects)
-        [(low, high)] = tx.execute(sql, params)
+        params: list[Any] = []
+        where = _where(tx.dialect, params, tenant_id, definition.slug, MINUTE, first, last, subjects)
+        table = "meter_windows" if detailed else "meter_totals"
+        [(low, high)] = tx.execute(f"SELECT min(window_start), max(window_start) FROM {table} WHERE {where}", params)
         span = (int(low), int(high))
     return roll_up(
         stored,
@@ -588,27 +588,18 @@ def _query_in_sql(
     whole = window_size is None and (start is None or end is None)
     bounds = []
     if whole:  # the first and last minute with data, in the same statement (and snapshot)
-        bound = f"FROM {table} WHERE tenant_id=? AND meter=? AND resolution={MINUTE}"
-        bound += "" if first is None else " AND window_start>=?"
-        bound += "" if last is None else " AND window_start<?"
-        bound += " AND subject = ANY(?)" if subjects else ""
-        bounds = [f"(SELECT min(window_start) {bound})", f"(SELECT max(window_start) {bound})"]
-        for _ in bounds:
-            params += [tenant_id, definition.slug]
-            params += [] if first is None else [first]
-            params += [] if last is None else [last]
-            params += [list(subjects)] if subjects else []
+        bounds = [
+            f"(SELECT {edge}(window_start) FROM {table} "
+            f"WHERE {_where(tx.dialect, params, tenant_id, definition.slug, MINUTE, first, last, subjects)})"
+            for edge in ("min", "max")
+        ]
     columns = ", ".join([*keys, *bounds, _VALUE_SQL[aggregation] if direct else _AGGREGATE_SQL[aggregation]])
     inner = ", ".join(
         ["window_start", *(["subject"] if by_subject else []), *(["group_values"] if group_by else []), _COLUMNS_SQL[aggregation]]
     )
     selects = []
     for piece in pieces:
-        params += [tenant_id, definition.slug, piece.resolution]
-        where = _range("tenant_id=? AND meter=? AND resolution=?", params, piece.start, piece.end)
-        if subjects:
-            where += " AND subject = ANY(?)"
-            params.append(list(subjects))
+        where = _where(tx.dialect, params, tenant_id, definition.slug, piece.resolution, piece.start, piece.end, subjects)
         selects.append(f"SELECT {columns if direct else inner} FROM {table} WHERE {where}")
     if direct:
         sql = " UNION ALL ".join(selects)
