@@ -72,15 +72,20 @@ async def call(omni: Omni, method: str, path: str, ids: dict[str, str], key: str
     return await omni.client.request(method, concrete(path, ids), headers=headers, **body)
 
 
+async def tenant_with_a_meter(omni: Omni) -> tuple[dict[str, str], str]:
+    """A tenant, its key, and the ids every route's path can be filled with."""
+    tenant_id, key = await omni.tenant("a")
+    await omni.meter(slug="calls", event_type="call", aggregation="COUNT")
+    await omni.settle()
+    return {"tenant_id": tenant_id, "key_id": key.split("_")[1], "slug": "calls"}, key
+
+
 async def test_every_route_is_classified(omni: Omni) -> None:
     assert operations(omni) == set(ROUTES), "classify every new route in ROUTES"
 
 
 async def test_every_route_but_health_requires_a_valid_key(omni: Omni) -> None:
-    tenant_id, key = await omni.tenant("a")
-    await omni.meter(slug="calls", event_type="call", aggregation="COUNT")
-    await omni.settle()
-    ids = {"tenant_id": tenant_id, "key_id": key.split("_")[1], "slug": "calls"}
+    ids, key = await tenant_with_a_meter(omni)
     for (method, path), access in ROUTES.items():
         if access == PUBLIC:
             continue
@@ -92,10 +97,7 @@ async def test_every_route_but_health_requires_a_valid_key(omni: Omni) -> None:
 
 
 async def test_admin_routes_refuse_tenant_keys_and_tenant_routes_refuse_the_admin(omni: Omni) -> None:
-    tenant_id, key = await omni.tenant("a")
-    await omni.meter(slug="calls", event_type="call", aggregation="COUNT")
-    await omni.settle()
-    ids = {"tenant_id": tenant_id, "key_id": key.split("_")[1], "slug": "calls"}
+    ids, key = await tenant_with_a_meter(omni)
     for (method, path), access in ROUTES.items():
         wrong = {ADMIN_ONLY: key, TENANT_ONLY: ADMIN}.get(access)
         if wrong is None:
