@@ -54,7 +54,7 @@ class MeterDefinition(BaseModel):
     event_type: str = Field(min_length=1, max_length=256, description="CloudEvent `type` this meter counts")
     aggregation: Aggregation
     value_property: JsonPath | None = Field(default=None, description="Where the value is, e.g. $.data.tokens")
-    group_by: dict[str, JsonPath] = Field(default_factory=dict, description="Dimensions, e.g. {\"model\": \"$.data.model\"}")
+    group_by: dict[str, JsonPath] = Field(default_factory=dict, description='Dimensions, e.g. {"model": "$.data.model"}')
     description: str | None = Field(default=None, max_length=1024)
 
     @model_validator(mode="after")

@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 
 import orjson
 import pytest
+from faust.types import TP
 
 from commands.control_plane import Meter
 from omni.settings import Settings
@@ -226,6 +227,22 @@ async def test_the_broker_may_not_hold_the_workers_empty_fetches_for_long(
     thread = app.consumer._new_consumer_thread()  # type: ignore[attr-defined]
     consumer = thread._create_worker_consumer(app.transport)
     assert consumer._fetch_max_wait_ms == FETCH_MAX_WAIT_MS <= 100
+
+
+async def test_a_full_agent_queue_does_not_pause_the_partition(
+    kafka_log: KafkaLog, topics: Topics, views_db: PostgresDatabase, kafka_servers: str
+) -> None:
+    # Faust pauses a partition whose agent queue fills up; once all are paused its fetch loop sleeps
+    # a whole second. The worker's deliveries wait for room in the queue instead.
+    settings = Settings(kafka_bootstrap_servers=kafka_servers, topic_prefix=topics.prefix, database_schema=views_db.schema)
+    app = create_worker_app(settings, views_db, kafka_log)
+    consumer = app.consumer
+    tp = TP(topics.usage, 0)
+    consumer._get_active_partitions().add(tp)  # type: ignore[attr-defined]
+
+    consumer.on_buffer_full(tp)  # type: ignore[attr-defined]
+
+    assert tp in consumer._get_active_partitions()  # type: ignore[attr-defined]
 
 
 async def test_a_batch_past_the_checkpoint_is_preceded_by_the_gap_read_from_the_log(
