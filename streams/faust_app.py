@@ -30,18 +30,14 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import faust
-from faust.sensors import Monitor
-from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
-from faust.transport.drivers.aiokafka import Consumer as KafkaConsumer
 from faust.transport.drivers.aiokafka import Transport as KafkaTransport
-from faust.types import TP, ConsumerT, EventT, Message, StreamT
-from mode.services import WaitResults
+from faust.types import TP, ConsumerT, EventT, StreamT
 
 from omni.settings import Settings
 from schemas.topics import Topics
 from stores import views
 from stores.database import Database, PostgresDatabase, StoreUnavailable
-from streams.faust_delivery import deliver_first
+from streams.faust_consumer import BatchConsumer, QuietMonitor, new_event_loop, transport_with
 from streams.kafka_log import KafkaLog
 from streams.log import LogRecord, LogUnavailable
 from streams.projectors import CATALOG, METERS
@@ -59,10 +55,6 @@ SEEK_RETRY_SECONDS = 20.0  # within Faust's broker_request_timeout for the recov
 # A killed worker's partitions move to the survivors (or to its restart) once its session
 # expires; Faust's default of 60 s would stall the views that long.
 SESSION_TIMEOUT, HEARTBEAT_INTERVAL = 10.0, 3.0
-# How long the broker may hold a fetch that finds nothing new. Faust fixes 1,500 ms, and with one
-# broker aiokafka sends no other fetch meanwhile: a fetch for a drained partition (say the control
-# topic) then stalled the usage partitions, which had data waiting, for up to 1.5 s at a time.
-FETCH_MAX_WAIT_MS = 20
 
 Process = Callable[[int, Sequence[LogRecord]], int]
 
@@ -177,26 +169,6 @@ class CheckpointSeeker:
         return offsets
 
 
-class QuietMonitor(Monitor):
-    """Faust's monitor without its per-record bookkeeping, about 8% of Faust's delivery.
-
-    The monitor keeps statistics for Faust's web pages, which this worker does not
-    serve; its own figures are the Prometheus metrics of the projectors.
-    """
-
-    def on_message_in(self, tp: TP, offset: int, message: Message) -> None:
-        return None
-
-    def on_stream_event_in(self, tp: TP, offset: int, stream: StreamT, event: EventT) -> dict | None:
-        return None
-
-    def on_stream_event_out(self, tp: TP, offset: int, stream: StreamT, event: EventT, state: dict | None = None) -> None:
-        return None
-
-    def on_message_out(self, tp: TP, offset: int, message: Message) -> None:
-        return None
-
-
 def views_transport(seeker: CheckpointSeeker) -> type[KafkaTransport]:
     """Faust's aiokafka transport, whose consumer's "committed offsets" are the views' checkpoints.
 
@@ -205,26 +177,7 @@ def views_transport(seeker: CheckpointSeeker) -> type[KafkaTransport]:
     meant the group's offsets, whichever seek ran last would win; here both agree.
     """
 
-    class ViewsConsumerThread(AIOKafkaConsumerThread):
-        def _create_worker_consumer(self, transport: KafkaTransport) -> Any:
-            consumer = super()._create_worker_consumer(transport)
-            consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by its fetcher, created on start
-            return consumer
-
-    class ViewsConsumer(KafkaConsumer):
-        def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
-            return ViewsConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-        async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
-            return await deliver_first(super().wait_first, coros, timeout)
-
-        def on_buffer_full(self, tp: TP) -> None:
-            """Keep fetching the partition; its delivery waits for room in the agent's queue instead.
-
-            Faust would pause the partition, and once every partition is paused its fetch
-            loop sleeps a whole second, while the agent empties its queue in a fraction of that.
-            """
-
+    class ViewsConsumer(BatchConsumer):
         async def seek_to_committed(self) -> Mapping[TP, int]:
             committed = dict(await super().seek_to_committed())
             try:
@@ -239,10 +192,7 @@ def views_transport(seeker: CheckpointSeeker) -> type[KafkaTransport]:
             committed.update(stored)
             return committed
 
-    class ViewsTransport(KafkaTransport):
-        Consumer = ViewsConsumer
-
-    return ViewsTransport
+    return transport_with(ViewsConsumer)
 
 
 def group_by_partition(events: Sequence[EventT]) -> dict[int, list[LogRecord]]:
@@ -339,16 +289,6 @@ def create_worker_app(settings: Settings, db: Database, log: KafkaLog) -> faust.
             logger.warning("meter catch-up failed; retrying on the next tick", exc_info=True)
 
     return app
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop where it exists (Faust hands each record through several futures; uvloop makes
-    that about 20% cheaper), else asyncio's own."""
-    try:
-        import uvloop
-    except ImportError:  # e.g. Windows
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
 
 
 def run_worker(settings: Settings) -> None:

@@ -1,7 +1,8 @@
 """`python -m ops.bench.faust_noop TOPIC COUNT BATCH WITHIN`: Faust's delivery alone, folding nothing.
 
-The same app settings and `take_events` loop as streams.faust_app, with an agent that only counts:
-replay's measure of what Faust itself costs per event. Prints `RESULT <events> <seconds>` on stdout.
+The same app settings, consumer (streams.faust_consumer), event loop and `take_events` loop as
+streams.faust_app, with an agent that only counts: replay's measure of what Faust itself costs
+per event. Prints `RESULT <events> <seconds>` on stdout.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import faust
 
 from ops.bench.common import KAFKA
+from streams.faust_consumer import BatchConsumer, QuietMonitor, new_event_loop, transport_with
 
 
 def main(topic: str, count: int, batch: int, within: float) -> None:
@@ -30,7 +32,9 @@ def main(topic: str, count: int, batch: int, within: float) -> None:
         store="memory://",
         datadir=tempfile.mkdtemp(prefix="omni-bench-noop-"),
         autodiscover=False,
+        monitor=QuietMonitor(),
     )
+    app.transport = transport_with(BatchConsumer)(app.conf.broker_consumer, app)
     source = app.topic(topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     seen, first = 0, 0.0
 
@@ -44,7 +48,7 @@ def main(topic: str, count: int, batch: int, within: float) -> None:
                 print(f"RESULT {seen} {time.monotonic() - first}", flush=True)
                 os._exit(0)  # Faust's graceful stop takes seconds and measures nothing
 
-    faust.Worker(app, loglevel="WARNING", override_logging=False).execute_from_commandline()
+    faust.Worker(app, loglevel="WARNING", override_logging=False, loop=new_event_loop()).execute_from_commandline()
 
 
 if __name__ == "__main__":

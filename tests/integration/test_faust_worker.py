@@ -33,7 +33,8 @@ from schemas.meters import Aggregation, MeterDefinition, path_parts
 from schemas.topics import Topics, partition_for
 from stores import views
 from stores.database import PostgresDatabase
-from streams.faust_app import FETCH_MAX_WAIT_MS, Feeder, create_worker_app
+from streams.faust_app import Feeder, create_worker_app
+from streams.faust_consumer import FETCH_MAX_WAIT_MS
 from streams.kafka_log import KafkaLog
 from streams.log import Outgoing
 from streams.outbox import to_envelope
