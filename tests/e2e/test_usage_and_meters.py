@@ -78,6 +78,31 @@ async def test_windows_follow_event_time(omni: Omni) -> None:
     assert clipped[-1]["window_end"].startswith((base + timedelta(minutes=60)).strftime("%Y-%m-%dT%H:%M"))
 
 
+async def test_late_events_land_in_their_own_windows_and_too_late_ones_are_refused(omni: Omni) -> None:
+    _, key = await omni.tenant()
+    await omni.meter(**TOKENS)
+    now = minute(0)
+    await omni.send(key, [cloud_event(f"new{i}", data={"tokens": 1, "model": "m"}, time=now) for i in range(3)])
+    await omni.settle()
+    # Hours and days late, newest first, after the current minute was already counted.
+    late_at = [now - timedelta(days=6), now - timedelta(hours=5), now - timedelta(minutes=42)]
+    late = [cloud_event(f"late{i}", data={"tokens": 10 * (i + 1), "model": "m"}, time=at) for i, at in enumerate(late_at)]
+    assert (await omni.send(key, list(reversed(late)))).status_code == 202
+    too_late = cloud_event("too-late", data={"tokens": 1000, "model": "m"}, time=now - timedelta(days=7, minutes=5))
+    refused = await omni.send(key, [too_late])
+    await omni.settle()
+
+    assert refused.status_code == 422 and refused.headers["content-type"] == "application/problem+json"
+    assert "acceptance window" in refused.text
+    since = (now - timedelta(days=8)).isoformat()
+    rows = await omni.query(key, "tokens", window_size="MINUTE", **{"from": since})
+    assert {row["window_start"][:16]: row["value"] for row in rows} == {
+        at.strftime("%Y-%m-%dT%H:%M"): value for at, value in [(late_at[0], 10), (late_at[1], 20), (late_at[2], 30), (now, 3)]
+    }
+    days = await omni.query(key, "tokens", window_size="DAY", **{"from": since})
+    assert sum(row["value"] for row in days) == 63  # the refused event is nowhere
+
+
 async def test_duplicates_count_once_even_in_a_concurrent_storm(omni: Omni) -> None:
     _, key = await omni.tenant()
     await omni.meter(slug="calls", event_type="call", aggregation="COUNT")
