@@ -7,7 +7,7 @@ worker and is measured by `ops.bench.replay` (the `faust_noop` row):
 
 - the broker holds an empty fetch for 20 ms, not Faust's 1.5 s;
 - a record is handed to the agent inline unless it has to wait (streams.faust_delivery);
-- a full agent queue makes the delivery wait for room, instead of pausing the partition;
+- full agent queues make the next delivery wait until they are drained, instead of pausing partitions;
 - Faust's web monitor, which this worker does not serve, keeps no per-record statistics;
 - uvloop runs the event loop.
 """
@@ -24,12 +24,15 @@ from faust.transport.drivers.aiokafka import Transport as KafkaTransport
 from faust.types import TP, EventT, Message, StreamT
 from mode.services import WaitResults
 
-from streams.faust_delivery import deliver_first
+from streams.faust_delivery import deliver_first, is_delivery
 
 # How long the broker may hold a fetch that finds nothing new. Faust fixes 1,500 ms, and with one
 # broker aiokafka sends no other fetch meanwhile: a fetch for a drained partition (say the control
 # topic) then stalled the usage partitions, which had data waiting, for up to 1.5 s at a time.
 FETCH_MAX_WAIT_MS = 20
+# The longest a delivery waits for full agent queues to drain to their low-water mark; past it the
+# delivery goes on and waits for room on its own (a queue cleared on rebalance never reports its drop).
+RELIEF_WAIT = 1.0
 
 
 class BatchConsumerThread(AIOKafkaConsumerThread):
@@ -40,18 +43,46 @@ class BatchConsumerThread(AIOKafkaConsumerThread):
 
 
 class BatchConsumer(KafkaConsumer):
+    """Delivers records inline while the agents' queues have room, and waits while they are full.
+
+    Faust tells the consumer when a queue passes its high-water mark (80 %) and when
+    it is back under its low-water mark (40 %). Faust pauses the partition in between,
+    and once every partition is paused its fetch loop sleeps a whole second. Here the
+    next delivery waits instead, once, until the queues are drained to the low mark,
+    so a worker that folds slower than it fetches does not pay for a wait per record.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pressed: set[TP] = set()
+        self._relieved = asyncio.Event()
+        self._relieved.set()
+
     def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
         return BatchConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
-    async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
-        return await deliver_first(super().wait_first, coros, timeout)
-
     def on_buffer_full(self, tp: TP) -> None:
-        """Keep fetching the partition; its delivery waits for room in the agent's queue instead.
+        self._pressed.add(tp)
+        self._relieved.clear()
 
-        Faust would pause the partition, and once every partition is paused its fetch
-        loop sleeps a whole second, while the agent empties its queue in a fraction of that.
-        """
+    def on_buffer_drop(self, tp: TP) -> None:
+        self._pressed.discard(tp)
+        if not self._pressed:
+            self._relieved.set()
+
+    async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
+        if is_delivery(coros, timeout) and not self._relieved.is_set():
+            delivery, suspended = coros
+            drained = await super().wait_first(self._relieved.wait(), suspended, timeout=RELIEF_WAIT)
+            if self.should_stop or self.crashed or self.suspend_flow.is_set():
+                delivery.close()  # abandoned, as Faust abandons a delivery when the flow stops
+                return drained
+            if not self._relieved.is_set():
+                # A queue cleared on rebalance never reports its drop: stop waiting for it.
+                self._pressed.clear()
+                self._relieved.set()
+            coros = (delivery, self.suspend_flow.wait())
+        return await deliver_first(super().wait_first, coros, timeout)
 
 
 def transport_with(consumer: type[KafkaConsumer]) -> type[KafkaTransport]:

@@ -1,0 +1,96 @@
+"""BatchConsumer: full agent queues hold the next delivery until they drain, once, not per record."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any
+
+import faust
+import pytest
+from faust.types import TP
+
+from streams import faust_consumer
+from streams.faust_consumer import BatchConsumer, transport_with
+
+TOPIC_PARTITION = TP("usage", 0)
+
+
+@pytest.fixture
+def consumer(tmp_path: Path) -> Iterator[BatchConsumer]:
+    app = faust.App("unit-batch-consumer", broker="kafka://127.0.0.1:1", datadir=str(tmp_path), web_enabled=False)
+    app.transport = transport_with(BatchConsumer)(app.conf.broker_consumer, app)
+    consumer = app.consumer  # built, never started: no broker is contacted
+    assert isinstance(consumer, BatchConsumer)
+    yield consumer
+
+
+def recording(delivered: list[int], item: int) -> Coroutine[Any, Any, None]:
+    async def deliver() -> None:
+        delivered.append(item)
+
+    return deliver()
+
+
+async def test_deliveries_run_inline_while_the_queues_have_room(consumer: BatchConsumer) -> None:
+    delivered: list[int] = []
+    for item in range(3):
+        await consumer.wait_first(recording(delivered, item), consumer.suspend_flow.wait())
+    assert delivered == [0, 1, 2]
+
+
+async def test_a_full_queue_holds_the_next_delivery_until_it_drains(consumer: BatchConsumer) -> None:
+    delivered: list[int] = []
+    consumer.on_buffer_full(TOPIC_PARTITION)
+
+    held = asyncio.create_task(consumer.wait_first(recording(delivered, 1), consumer.suspend_flow.wait()))
+    await asyncio.sleep(0.05)
+    assert not held.done() and delivered == []
+
+    consumer.on_buffer_drop(TOPIC_PARTITION)  # back under the low-water mark
+    await asyncio.wait_for(held, 1)
+    assert delivered == [1]
+    await consumer.wait_first(recording(delivered, 2), consumer.suspend_flow.wait())  # no wait now
+    assert delivered == [1, 2]
+
+
+async def test_every_full_partition_must_drain_before_deliveries_go_on(consumer: BatchConsumer) -> None:
+    delivered: list[int] = []
+    other = TP("usage", 1)
+    consumer.on_buffer_full(TOPIC_PARTITION)
+    consumer.on_buffer_full(other)
+    held = asyncio.create_task(consumer.wait_first(recording(delivered, 1), consumer.suspend_flow.wait()))
+
+    consumer.on_buffer_drop(TOPIC_PARTITION)
+    await asyncio.sleep(0.05)
+    assert not held.done()
+    consumer.on_buffer_drop(other)
+    await asyncio.wait_for(held, 1)
+    assert delivered == [1]
+
+
+async def test_a_rebalance_abandons_a_held_delivery(consumer: BatchConsumer) -> None:
+    delivered: list[int] = []
+    consumer.on_buffer_full(TOPIC_PARTITION)
+    held = asyncio.create_task(consumer.wait_first(recording(delivered, 1), consumer.suspend_flow.wait()))
+    await asyncio.sleep(0.02)
+
+    consumer.stop_flow()  # what Faust does when partitions are revoked
+    await asyncio.wait_for(held, 1)
+
+    assert delivered == []
+
+
+async def test_a_drop_that_never_comes_holds_deliveries_only_briefly(
+    consumer: BatchConsumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A queue cleared on rebalance never reports its drop.
+    monkeypatch.setattr(faust_consumer, "RELIEF_WAIT", 0.05)
+    delivered: list[int] = []
+    consumer.on_buffer_full(TOPIC_PARTITION)
+
+    await asyncio.wait_for(consumer.wait_first(recording(delivered, 1), consumer.suspend_flow.wait()), 1)
+    await asyncio.wait_for(consumer.wait_first(recording(delivered, 2), consumer.suspend_flow.wait()), 0.04)
+
+    assert delivered == [1, 2]
