@@ -33,7 +33,7 @@ test-unit: $(STAMP)
 
 run-kafka: $(STAMP) services-up  ## Kafka mode: relay and worker in the background, API in the foreground
 	eval "$$(bash ops/services/env.sh)" && export OMNI_MODE=kafka && \
-	  ( $(BIN)/omni relay & $(BIN)/omni worker & trap 'kill 0' EXIT; $(BIN)/omni serve --host 127.0.0.1 --port 8000 )
+	  ( $(BIN)/omni relay & OMNI_WORKER_METRICS_PORT=9400 $(BIN)/omni worker & trap 'kill 0' EXIT; $(BIN)/omni serve --host 127.0.0.1 --port 8000 )
 
 bench: $(STAMP) services-up  ## Benchmarks (not part of `make test`), at sizes that take about 10 minutes
 	eval "$$(bash ops/services/env.sh)" && $(BIN)/python -m ops.bench.run

@@ -147,5 +147,3 @@ def build(settings: Settings) -> Platform:
         policy=AdmissionPolicy(window=settings.acceptance_window, future=settings.future_tolerance),
         admin_key_digest=hashlib.sha256(admin_key(settings).encode()).digest(),
     )
-
-

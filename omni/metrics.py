@@ -16,3 +16,13 @@ PROJECTED = Counter("omni_projected_records_total", "Log records applied to view
 LOG_UNAVAILABLE = Counter("omni_log_unavailable_total", "Requests answered 503 because the log was down")
 DEAD_LETTERS = Counter("omni_dead_letters_total", "Log records no projector could read, kept aside with the reason", ["consumer"])
 LOG_HOLES = Counter("omni_log_holes_total", "Ranges of offsets missing from a partition")
+FOLD_SECONDS = Histogram(
+    "omni_fold_batch_seconds",
+    "Time to apply one batch of log records to the views, retries included",
+    ["projector"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+DELIVERIES_HELD = Counter(
+    "omni_worker_deliveries_held_total",
+    "Times the worker's fetch waited for its agents' full queues to drain: the fold is behind the log",
+)

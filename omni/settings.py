@@ -30,12 +30,13 @@ class Settings(BaseSettings):
     runner_batch_size: int = Field(default=5000, ge=1)
     produce_timeout_seconds: float = Field(default=10.0, gt=0)
     meter_api_calls: bool = True
+    # `omni worker` serves its Prometheus metrics on this port (0: not at all). One port per worker:
+    # several workers on one host (one per core) each need their own.
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
     log_level: str = "INFO"
     # Kafka mode: the usual names, no prefix, as every Kafka/PostgreSQL/Redis tool reads them.
     kafka_bootstrap_servers: str = Field(default="localhost:19092", validation_alias="KAFKA_BOOTSTRAP_SERVERS")
-    database_url: str = Field(
-        default="postgresql://omni:omni@127.0.0.1:15432/omni", validation_alias="DATABASE_URL"
-    )
+    database_url: str = Field(default="postgresql://omni:omni@127.0.0.1:15432/omni", validation_alias="DATABASE_URL")
     database_schema: str = Field(default="public", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     redis_url: str = Field(default="redis://127.0.0.1:16379/0", validation_alias="REDIS_URL")
 

@@ -30,9 +30,11 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import faust
+import prometheus_client
 from faust.transport.drivers.aiokafka import Transport as KafkaTransport
 from faust.types import TP, ConsumerT, EventT, StreamT
 
+from omni import metrics
 from omni.settings import Settings
 from schemas.topics import Topics
 from stores import views
@@ -131,10 +133,11 @@ class Feeder:
             start = missing[-1].offset + 1
 
     async def _apply(self, partition: int, records: list[LogRecord]) -> None:
-        await retry_forever(
-            f"applying {self.topic}/{partition} [{records[0].offset}..{records[-1].offset}]",
-            lambda: asyncio.to_thread(self.process, partition, records),
-        )
+        with metrics.FOLD_SECONDS.labels(self.consumer).time():
+            await retry_forever(
+                f"applying {self.topic}/{partition} [{records[0].offset}..{records[-1].offset}]",
+                lambda: asyncio.to_thread(self.process, partition, records),
+            )
         self._next[partition] = max(self._next.get(partition, 0), records[-1].offset + 1)
 
     async def stored_offsets(self) -> dict[int, int]:
@@ -291,8 +294,21 @@ def create_worker_app(settings: Settings, db: Database, log: KafkaLog) -> faust.
     return app
 
 
+def serve_metrics(port: int) -> None:
+    """Prometheus metrics on http://host:port/metrics, from a thread of their own; 0 serves none."""
+    if not port:
+        return
+    try:
+        prometheus_client.start_http_server(port)
+    except OSError as taken:  # the worker still folds; only its metrics are missing
+        logger.error("cannot serve metrics on port %d (%s): set OMNI_WORKER_METRICS_PORT to a free port", port, taken)
+    else:
+        logger.info("metrics on port %d at /metrics", port)
+
+
 def run_worker(settings: Settings) -> None:
     """`omni worker`: build the views database and the log, then run the Faust worker until stopped."""
+    serve_metrics(settings.worker_metrics_port)
     db = PostgresDatabase(settings.database_url, schema=settings.database_schema)
     db.migrate(views.SCHEMA)
     topics = Topics(prefix=settings.topic_prefix, usage_partitions=settings.usage_partitions)

@@ -24,6 +24,7 @@ from faust.transport.drivers.aiokafka import Transport as KafkaTransport
 from faust.types import TP, EventT, Message, StreamT
 from mode.services import WaitResults
 
+from omni import metrics
 from streams.faust_delivery import deliver_first, is_delivery
 
 # How long the broker may hold a fetch that finds nothing new. Faust fixes 1,500 ms, and with one
@@ -73,6 +74,7 @@ class BatchConsumer(KafkaConsumer):
     async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
         if is_delivery(coros, timeout) and not self._relieved.is_set():
             delivery, suspended = coros
+            metrics.DELIVERIES_HELD.inc()
             drained = await super().wait_first(self._relieved.wait(), suspended, timeout=RELIEF_WAIT)
             if self.should_stop or self.crashed or self.suspend_flow.is_set():
                 delivery.close()  # abandoned, as Faust abandons a delivery when the flow stops

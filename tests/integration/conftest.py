@@ -143,7 +143,8 @@ def worker_factory(tmp_path: Path, topics: Topics, kafka_servers: str) -> Iterat
     def make(database_url: str, schema: str) -> WorkerProcess:
         logs = tmp_path / f"logs-{len(workers)}"
         logs.mkdir()
-        worker = WorkerProcess(worker_env(topics, kafka_servers, database_url, schema, tmp_path / "data"), logs)
+        env = worker_env(topics, kafka_servers, database_url, schema, tmp_path / "data")
+        worker = WorkerProcess({**env, "OMNI_WORKER_METRICS_PORT": str(free_port())}, logs)
         workers.append(worker)
         return worker
 

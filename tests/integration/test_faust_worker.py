@@ -40,7 +40,7 @@ from streams.log import Outgoing
 from streams.outbox import to_envelope
 from streams.projectors import CATALOG, METERS, CatalogProjector, MeterProjector
 from tests.integration.conftest import free_port, new_schema_name
-from tests.integration.worker import ROOT, WorkerProcess
+from tests.integration.worker import ROOT, WORKER_BATCH, WorkerProcess
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
@@ -209,6 +209,10 @@ async def test_sigkill_mid_stream_loses_nothing_and_counts_nothing_twice(
     worker.start()
     await wait_for(lambda: caught_up(views_db, kafka_log, ["tokens", "calls"]), worker, 40, "catch-up after SIGKILL")
     assert_views_equal_truth(views_db, stream, [TOKENS, CALLS])
+    # The restarted worker's metrics count what it applied: everything past the views at the kill, once.
+    samples = worker.metrics()
+    assert samples['omni_projected_records_total{projector="meters"}'] == total - folded_at_kill
+    assert samples['omni_fold_batch_seconds_count{projector="meters"}'] >= (total - folded_at_kill) / WORKER_BATCH
 
     # A meter defined after its events arrived covers the whole history, then stays live.
     await kafka_log.append(topics.control, [meter_defined(TOKENS_BY_MODEL)])

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 from schemas.topics import Topics
@@ -46,6 +47,14 @@ class WorkerProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(timeout=10)
+
+    def metrics(self) -> dict[str, float]:
+        """The worker's Prometheus samples, by name and labels as exposed (`name{label="value"}`)."""
+        port = self.env["OMNI_WORKER_METRICS_PORT"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        samples = (line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+        return {name: float(value) for name, value in samples}
 
     def log_text(self) -> str:
         return "".join((self.logs / f"worker-{run}.log").read_text(errors="replace") for run in range(1, self.runs + 1))
