@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS = Counter("omni_events_total", "Usage events offered to POST /v1/events", ["outcome"])
 HTTP_REQUESTS = Counter("omni_http_requests_total", "HTTP requests served", ["route", "method", "status"])
@@ -25,4 +25,9 @@ FOLD_SECONDS = Histogram(
 DELIVERIES_HELD = Counter(
     "omni_worker_deliveries_held_total",
     "Times the worker's fetch waited for its agents' full queues to drain: the fold is behind the log",
+)
+VIEWS_LAG = Gauge(
+    "omni_views_lag_records",
+    "Records on the log the views do not hold yet, per partition the worker owns",
+    ["projector", "partition"],
 )

@@ -52,6 +52,7 @@ T = TypeVar("T")
 BATCH_WITHIN = 0.2  # seconds a partial batch waits for more events
 PIPELINE_DEPTH = 2  # batches buffered between Faust and the fold
 CATCH_UP_EVERY = 0.5
+LAG_EVERY = 1.0
 RETRY_FIRST, RETRY_MAX = 0.1, 5.0
 SEEK_RETRY_SECONDS = 20.0  # within Faust's broker_request_timeout for the recovery's seek
 # A killed worker's partitions move to the survivors (or to its restart) once its session
@@ -102,6 +103,15 @@ class Feeder:
         """After a rebalance another worker may have moved the checkpoints."""
         self._next.clear()
 
+    def remember(self, committed: Mapping[int, int]) -> None:
+        """Checkpoints just read from the views, e.g. on assignment."""
+        self._next.update(committed)
+
+    def lag(self, partition: int, log_end: int | None) -> int | None:
+        """Records of `partition` below `log_end` the views do not hold; None while either is unknown."""
+        position = self._next.get(partition)
+        return None if position is None or log_end is None else max(0, log_end - position)
+
     async def feed(self, events: Sequence[EventT]) -> None:
         for partition, records in sorted(group_by_partition(events).items()):
             await self.feed_partition(partition, records)
@@ -148,6 +158,30 @@ class Feeder:
         return await asyncio.to_thread(read)
 
 
+class LagGauge:
+    """omni_views_lag_records for the partitions this worker owns: the log's end as its last fetch
+    saw it, less the views' checkpoint as the worker last committed or read it. No I/O, so it
+    shows the lag while the views' database is down too."""
+
+    def __init__(self, feeders: Sequence[Feeder]) -> None:
+        self.feeders = feeders
+        self._shown: set[tuple[str, str]] = set()
+
+    def update(self, consumer: ConsumerT) -> None:
+        shown: set[tuple[str, str]] = set()
+        assigned = consumer.assignment()
+        for feeder in self.feeders:
+            for tp in sorted(tp for tp in assigned if tp.topic == feeder.topic):
+                lag = feeder.lag(tp.partition, consumer.highwater(tp))
+                if lag is not None:
+                    labels = (feeder.consumer, str(tp.partition))
+                    metrics.VIEWS_LAG.labels(*labels).set(lag)
+                    shown.add(labels)
+        for gone in self._shown - shown:  # revoked: another worker shows it now
+            metrics.VIEWS_LAG.remove(*gone)
+        self._shown = shown
+
+
 class CheckpointSeeker:
     """Where each of our partitions resumes: the checkpoint committed with the views."""
 
@@ -162,6 +196,7 @@ class CheckpointSeeker:
                 feeder.forget()  # another worker may have moved them since we last owned them
                 stored = await feeder.stored_offsets()
                 found.update({tp: stored.get(tp.partition, 0) for tp in ours})
+                feeder.remember({tp.partition: stored.get(tp.partition, 0) for tp in ours})
         return found
 
     async def seek(self, consumer: ConsumerT, assigned: Iterable[TP]) -> dict[TP, int]:
@@ -283,6 +318,15 @@ def create_worker_app(settings: Settings, db: Database, log: KafkaLog) -> faust.
         except Exception:
             # Never crash a rebalance over this: the recovery's seek (ViewsConsumer) comes next.
             logger.warning("could not seek to the views' checkpoints on assignment", exc_info=True)
+
+    lag = LagGauge(feeders)
+
+    @app.timer(LAG_EVERY)
+    async def measure_lag() -> None:
+        try:
+            lag.update(app.consumer)
+        except Exception:  # e.g. no assignment yet
+            logger.debug("could not measure the views' lag", exc_info=True)
 
     @app.timer(CATCH_UP_EVERY)
     async def catch_up_new_meters() -> None:

@@ -340,7 +340,7 @@ async def test_a_database_outage_mid_batch_is_retried_until_committed(
 async def test_postgresql_restarted_mid_stream_the_worker_retries_and_ends_exact(
     kafka_log: KafkaLog, topics: Topics, worker_factory: Callable[[str, str], WorkerProcess], tmp_path: Path
 ) -> None:
-    """A PostgreSQL of this test's own, restarted (pg_ctl stop -m fast, then start) while the worker folds."""
+    """A PostgreSQL of this test's own, stopped (pg_ctl stop -m fast) while the worker folds, then started."""
     postgres = OwnPostgres(tmp_path / "run")
     postgres.run("start")
     db = PostgresDatabase(postgres.url, schema=new_schema_name())
@@ -356,13 +356,17 @@ async def test_postgresql_restarted_mid_stream_the_worker_retries_and_ends_exact
         more = asyncio.create_task(_append_slowly(kafka_log, stream, 2000, chunk=100, pause=0.1))
         await wait_for(lambda: _folded_at_least(db, topics, 600), worker, 30, "batches folding")
         folded_at_restart = (await asyncio.to_thread(progress, db, topics)).folded
-        await asyncio.to_thread(postgres.run, "restart")
+        await asyncio.to_thread(postgres.run, "stop")
+        # The worker cannot fold while its views' database is down, and its lag gauge says so.
+        await wait_for(lambda: _lag(worker, above=0), worker, 30, "the lag to show while PostgreSQL is down")
+        await asyncio.to_thread(postgres.run, "start")
         await more
         total = sum((await kafka_log.end_offsets(topics.usage)).values())
         assert folded_at_restart < total, "the restart should land mid-stream"
-        # The pool tests each connection as it is taken, so the worker waits out a short restart
+        # The pool tests each connection as it is taken, so the worker waits out a short outage
         # (or retries the batch, when it takes longer than the pool's timeout).
         await wait_for(lambda: caught_up(db, kafka_log, ["tokens", "calls"]), worker, 60, "recovery after the restart")
+        await wait_for(lambda: _lag(worker, at_most=0), worker, 10, "the lag back to zero")
         assert_views_equal_truth(db, stream, [TOKENS, CALLS])
         assert worker.stop() == 0
     finally:
@@ -389,6 +393,13 @@ async def _append_slowly(log: KafkaLog, stream: Stream, count: int, *, chunk: in
     for _ in range(count // chunk):
         await log.append(log.topics.usage, to_records(stream.generate(chunk)))
         await asyncio.sleep(pause)
+
+
+async def _lag(worker: WorkerProcess, *, above: int = -1, at_most: int | None = None) -> bool:
+    """The worker's omni_views_lag_records over the usage partitions, compared with the bounds."""
+    samples = await asyncio.to_thread(worker.metrics)
+    lags = [v for name, v in samples.items() if name.startswith("omni_views_lag_records{") and 'projector="meters"' in name]
+    return bool(lags) and sum(lags) > above and (at_most is None or sum(lags) <= at_most)
 
 
 async def _folded_at_least(db: PostgresDatabase, topics: Topics, count: int) -> bool:
