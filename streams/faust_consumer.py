@@ -32,7 +32,7 @@ from streams.faust_delivery import deliver_first, is_delivery
 # topic) then stalled the usage partitions, which had data waiting, for up to 1.5 s at a time.
 FETCH_MAX_WAIT_MS = 20
 # The longest a delivery waits for full agent queues to drain to their low-water mark; past it the
-# delivery goes on and waits for room on its own (a queue cleared on rebalance never reports its drop).
+# delivery goes on and waits for room on its own (should a drop ever go unreported).
 RELIEF_WAIT = 1.0
 
 
@@ -71,6 +71,12 @@ class BatchConsumer(KafkaConsumer):
         if not self._pressed:
             self._relieved.set()
 
+    def stop_flow(self) -> None:
+        super().stop_flow()
+        # A rebalance: Faust clears the agents' queues next, and a cleared queue reports no drop.
+        self._pressed.clear()
+        self._relieved.set()
+
     async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
         if is_delivery(coros, timeout) and not self._relieved.is_set():
             delivery, suspended = coros
@@ -80,7 +86,7 @@ class BatchConsumer(KafkaConsumer):
                 delivery.close()  # abandoned, as Faust abandons a delivery when the flow stops
                 return drained
             if not self._relieved.is_set():
-                # A queue cleared on rebalance never reports its drop: stop waiting for it.
+                # No drop reported in all that time: stop waiting for one.
                 self._pressed.clear()
                 self._relieved.set()
             coros = (delivery, self.suspend_flow.wait())

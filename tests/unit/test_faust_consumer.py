@@ -82,10 +82,20 @@ async def test_a_rebalance_abandons_a_held_delivery(consumer: BatchConsumer) -> 
     assert delivered == []
 
 
+async def test_after_a_rebalance_deliveries_are_not_held_for_the_cleared_queues(consumer: BatchConsumer) -> None:
+    delivered: list[int] = []
+    consumer.on_buffer_full(TOPIC_PARTITION)
+    consumer.stop_flow()  # Faust clears the agents' queues next; a cleared queue reports no drop
+    consumer.resume_flow()
+
+    await asyncio.wait_for(consumer.wait_first(recording(delivered, 1), consumer.suspend_flow.wait()), 0.1)
+
+    assert delivered == [1]
+
+
 async def test_a_drop_that_never_comes_holds_deliveries_only_briefly(
     consumer: BatchConsumer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A queue cleared on rebalance never reports its drop.
     monkeypatch.setattr(faust_consumer, "RELIEF_WAIT", 0.05)
     delivered: list[int] = []
     consumer.on_buffer_full(TOPIC_PARTITION)
