@@ -28,6 +28,6 @@ DELIVERIES_HELD = Counter(
 )
 VIEWS_LAG = Gauge(
     "omni_views_lag_records",
-    "Records on the log the views do not hold yet, per partition the worker owns",
+    "Records on the log the views do not hold yet, per partition this process folds",
     ["projector", "partition"],
 )

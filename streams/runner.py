@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
+from omni import metrics
 from omni.settings import Settings
 from stores import views
 from stores.database import Database
@@ -16,6 +18,8 @@ from streams.log import EventLog, LogUnavailable
 from streams.projectors import CATALOG, METERS, CatalogProjector, MeterProjector
 
 log = logging.getLogger(__name__)
+
+LAG_EVERY = 1.0  # seconds between updates of omni_views_lag_records
 
 
 class Runner:
@@ -53,6 +57,19 @@ class Runner:
                 moved += await asyncio.to_thread(self.meters.process, partition, records)
         return moved + await self.catch_up()
 
+    async def lag(self) -> dict[tuple[str, int], int]:
+        """Records on the log the views do not hold yet, per (projector, partition)."""
+        catalog_heads, meter_heads = await asyncio.to_thread(self._heads)
+        found: dict[tuple[str, int], int] = {}
+        for projector, topic, heads in ((CATALOG, self.catalog.topic, catalog_heads), (METERS, self.meters.topic, meter_heads)):
+            for partition, end in (await self.log.end_offsets(topic)).items():
+                found[(projector, partition)] = max(0, end - heads.get(partition, 0))
+        return found
+
+    async def report_lag(self) -> None:
+        for (projector, partition), records in (await self.lag()).items():
+            metrics.VIEWS_LAG.labels(projector, str(partition)).set(records)
+
     async def catch_up(self) -> int:
         """Fold history into meters defined after their events arrived."""
         moved = 0
@@ -68,8 +85,12 @@ class Runner:
                 return
 
     async def run(self, stop: asyncio.Event, wake: asyncio.Event | None = None, idle: float = 0.05) -> None:
+        lag_due = 0.0
         while not stop.is_set():
             try:
+                if time.monotonic() >= lag_due:
+                    lag_due = time.monotonic() + LAG_EVERY
+                    await self.report_lag()
                 moved = await self.step()
             except LogUnavailable as outage:
                 log.warning("runner waiting for the log: %s", outage)

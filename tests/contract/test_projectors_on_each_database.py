@@ -5,7 +5,9 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
+import prometheus_client
 import pytest
 
 from schemas.envelope import Envelope, encode
@@ -13,8 +15,10 @@ from schemas.meters import MeterDefinition
 from schemas.topics import Topics
 from stores import views
 from stores.database import Database
-from streams.log import LogRecord
-from streams.projectors import MeterProjector
+from streams.embedded_log import EmbeddedLog
+from streams.log import LogRecord, Outgoing
+from streams.projectors import CatalogProjector, MeterProjector
+from streams.runner import Runner
 
 TOPICS = Topics(prefix="t", usage_partitions=1)
 START = datetime(2026, 11, 1, tzinfo=UTC)
@@ -166,3 +170,28 @@ def test_a_catch_up_with_stale_records_changes_nothing(database: Database) -> No
     for lag in meters.lagging():
         meters.catch_up(lag, records[lag.start : lag.end])
     assert totals(database, "tokens") == 100
+
+
+async def test_the_runner_reports_how_far_the_views_are_behind_the_log(database: Database, tmp_path: Path) -> None:
+    topics = Topics(prefix="lag", usage_partitions=2)
+    log = EmbeddedLog(tmp_path / "log.sqlite", topics)
+    await log.start()
+    try:
+        runner = Runner(
+            log, CatalogProjector(database, topics), MeterProjector(database, topics, keep_seen=timedelta(days=8)), batch_size=5
+        )
+        await log.append(
+            topics.usage, [Outgoing(tenant, record(i, f"e{i}", tenant=tenant).value) for i, tenant in enumerate("aad")]
+        )
+        ends = await log.end_offsets(topics.usage)
+        assert ends == {0: 1, 1: 2}  # tenant d on partition 0, tenant a on 1
+
+        assert await runner.lag() == {("catalog", 0): 0, **{("meters", p): end for p, end in ends.items()}}
+        await runner.drain()
+        assert set((await runner.lag()).values()) == {0}
+
+        await runner.report_lag()
+        exposed = prometheus_client.generate_latest().decode()
+        assert 'omni_views_lag_records{partition="0",projector="meters"} 0.0' in exposed
+    finally:
+        await log.close()
