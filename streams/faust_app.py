@@ -331,7 +331,10 @@ def create_worker_app(settings: Settings, db: Database, log: KafkaLog) -> faust.
     @app.timer(CATCH_UP_EVERY)
     async def catch_up_new_meters() -> None:
         try:
-            await runner.catch_up()
+            # Until caught up, not one batch per tick: a meter defined after a million events
+            # would otherwise take an hour to cover them at runner_batch_size per half second.
+            while await runner.catch_up() and not app.should_stop:
+                pass
         except Exception:
             logger.warning("meter catch-up failed; retrying on the next tick", exc_info=True)
 

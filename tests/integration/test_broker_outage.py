@@ -1,6 +1,6 @@
 """The broker stopped for 20 s during ingest (a broker of this test's own): the API answers
 503 while it is down and 202 again after; a client that retries what got 503 ends with
-every event counted exactly once."""
+every event counted exactly once, by the Faust worker that ran through the outage."""
 
 from __future__ import annotations
 
@@ -16,9 +16,11 @@ import pytest
 
 from api.app import create_app
 from omni.bootstrap import build
+from schemas.topics import Topics
 from tests.conftest import cloud_event
 from tests.e2e.conftest import ADMIN, BATCH, drop_kafka_state, kafka_settings
 from tests.integration.conftest import free_port
+from tests.integration.worker import WorkerProcess, worker_env
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.redis]
 
@@ -48,6 +50,7 @@ async def test_broker_outage_gives_503_then_202_and_exact_counts(tmp_path: Path,
     settings = kafka_settings(os.urandom(6).hex(), produce_timeout_seconds=2, kafka_bootstrap_servers=f"localhost:{broker.port}")
     platform = build(settings)
     app = create_app(platform=platform, background=False)
+    worker: WorkerProcess | None = None
     try:
         async with (
             app.router.lifespan_context(app),
@@ -57,7 +60,14 @@ async def test_broker_outage_gives_503_then_202_and_exact_counts(tmp_path: Path,
             tenant = (await client.post("/v1/tenants", json={"name": "outage", "plan": "p"}, headers=admin)).json()
             meter = {"slug": "calls", "event_type": "call", "aggregation": "COUNT"}
             assert (await client.post("/v1/meters", json=meter, headers=admin)).status_code == 201
+            while await platform.relay.relay_once():  # the meter definition onto the control topic
+                pass
             key = {"Authorization": f"Bearer {tenant['api_key']}", "Content-Type": BATCH}
+            topics = Topics(prefix=settings.topic_prefix, usage_partitions=settings.usage_partitions)
+            env = worker_env(topics, settings.kafka_bootstrap_servers, database_url, settings.database_schema, tmp_path)
+            (tmp_path / "logs").mkdir()
+            worker = WorkerProcess(env, tmp_path / "logs")
+            worker.start()
 
             statuses: list[int] = []
             sent = 0
@@ -88,11 +98,22 @@ async def test_broker_outage_gives_503_then_202_and_exact_counts(tmp_path: Path,
             await loop
             assert statuses[-1] == 202
 
-            await platform.settle()
-            query = await client.get("/v1/meters/calls/query", headers={"Authorization": key["Authorization"]})
-            assert [row["value"] for row in query.json()["data"]] == [sent * 50]
+            async def counted() -> list[int]:
+                query = await client.get("/v1/meters/calls/query", headers={"Authorization": key["Authorization"]})
+                return [row["value"] for row in query.json()["data"]]
+
+            deadline = time.monotonic() + 90
+            while await counted() != [sent * 50] and time.monotonic() < deadline:
+                assert worker.process is not None and worker.process.poll() is None, f"the worker died:\n{worker.tail()}"
+                await asyncio.sleep(0.2)
+            assert await counted() == [sent * 50], f"the worker's views; its log:\n{worker.tail()}"
+            await asyncio.sleep(1.0)  # and nothing is counted twice later
+            assert await counted() == [sent * 50]
+            assert worker.stop() == 0
     finally:
         try:
+            if worker is not None:
+                worker.ensure_dead()
             await drop_kafka_state(settings)
         finally:
             broker.run("stop")
