@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: bench-full run run-kafka test test-unit soak services-up services-down bench clean
+.PHONY: bench-full bench-smoke run run-kafka test test-unit soak services-up services-down bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,9 @@ run-kafka: $(STAMP) services-up  ## Kafka mode: relay and worker in the backgrou
 
 bench: $(STAMP) services-up  ## Benchmarks (not part of `make test`), at sizes that take about 10 minutes
 	eval "$$(bash ops/services/env.sh)" && $(BIN)/python -m ops.bench.run
+
+bench-smoke: $(STAMP) services-up  ## Every benchmark at a tiny size, reports to a temporary folder (about a minute)
+	eval "$$(bash ops/services/env.sh)" && OMNI_REQUIRE_SERVICES=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m bench_smoke
 
 bench-full: $(STAMP) services-up  ## Benchmarks at the sizes the README reports (10M-event queries, 1M-event replay; about 45 minutes)
 	eval "$$(bash ops/services/env.sh)" && BENCH_QUERY_LATENCY_EVENTS=10000000 BENCH_REPLAY_EVENTS=1000000 \

@@ -1,7 +1,7 @@
 """Every benchmark under ops/bench runs to the end at a tiny size and writes its report.
 
-The figures at these sizes mean nothing; this only keeps `make bench` from rotting between
-the runs that produce the README's figures. Reports go to a temporary folder.
+The figures at these sizes mean nothing; this keeps `make bench` from rotting between the
+runs that produce the README's figures. `make bench-smoke` runs it, outside `make test`. Reports go to a temporary folder.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import pytest
 
 from ops.bench.run import BENCHMARKS
 from tests.integration.worker import ROOT
+
+pytestmark = pytest.mark.bench_smoke  # `make bench-smoke`; benchmarks stay out of `make test`
 
 TINY = {
     "ingest_kafka": ["--ingest-kafka-events", "2000", "--ingest-kafka-raw-runs", "1"],
