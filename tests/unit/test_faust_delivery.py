@@ -30,6 +30,13 @@ class Fetcher(Service):
         return await Service.wait_first(self, *coros, timeout=timeout)
 
 
+def full_queue() -> asyncio.Queue[int]:
+    """A queue with no room: a delivery into it has to wait for the agent."""
+    queue: asyncio.Queue[int] = asyncio.Queue(maxsize=1)
+    queue.put_nowait(0)
+    return queue
+
+
 async def put(queue: asyncio.Queue[int], item: int) -> str:
     await queue.put(item)
     return f"delivered {item}"
@@ -47,9 +54,7 @@ async def test_a_delivery_that_need_not_wait_finishes_inline() -> None:
 
 
 async def test_a_delivery_that_waits_for_room_finishes_under_modes_wait_first() -> None:
-    fetcher, suspend = Fetcher(), Event()
-    queue: asyncio.Queue[int] = asyncio.Queue(maxsize=1)
-    queue.put_nowait(0)  # full: the delivery has to wait for the agent
+    fetcher, suspend, queue = Fetcher(), Event(), full_queue()
     asyncio.get_running_loop().call_later(0.02, queue.get_nowait)
 
     result = await fetcher.wait_first(put(queue, 1), suspend.wait())
@@ -60,9 +65,7 @@ async def test_a_delivery_that_waits_for_room_finishes_under_modes_wait_first() 
 
 
 async def test_a_suspended_flow_abandons_a_waiting_delivery() -> None:
-    fetcher, suspend = Fetcher(), Event()
-    queue: asyncio.Queue[int] = asyncio.Queue(maxsize=1)
-    queue.put_nowait(0)
+    fetcher, suspend, queue = Fetcher(), Event(), full_queue()
     abandoned = asyncio.Event()
 
     async def deliver() -> None:
@@ -80,9 +83,7 @@ async def test_a_suspended_flow_abandons_a_waiting_delivery() -> None:
 
 
 async def test_a_stopped_fetch_loop_cancels_a_waiting_delivery() -> None:
-    fetcher, suspend = Fetcher(), Event()
-    queue: asyncio.Queue[int] = asyncio.Queue(maxsize=1)
-    queue.put_nowait(0)
+    fetcher, suspend, queue = Fetcher(), Event(), full_queue()
     cancelled = asyncio.Event()
 
     async def deliver() -> None:
