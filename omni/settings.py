@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     max_batch_events: int = Field(default=1000, ge=1)
     max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
     runner_batch_size: int = Field(default=5000, ge=1)
+    fold_linger_seconds: float = Field(default=0.1, ge=0, le=10)
     produce_timeout_seconds: float = Field(default=10.0, gt=0)
     meter_api_calls: bool = True
     # `omni worker` serves its Prometheus metrics on this port (0: not at all). One port per worker:

@@ -5,6 +5,9 @@ projector that commits the view rows *and* the consumed offsets in one
 PostgreSQL transaction and skips whatever is below its stored checkpoint.
 So the worker:
 
+- receives each partition's fetched records as one event, a run
+  (streams.faust_runs), since Faust's cost per event would otherwise be the
+  largest cost of Kafka mode;
 - seeks every newly assigned partition to the views' checkpoint, so it
   resumes from what the views hold, not from the consumer group's offsets
   (on the on_partitions_assigned signal, and in Faust's own post-rebalance
@@ -13,9 +16,11 @@ So the worker:
 - checks each batch against the checkpoint, and reads any gap from the log
   before applying the batch (should the consumer still be past the views,
   e.g. when the views' database was down during the rebalance);
-- retries a failed batch until it commits, in order, while Faust fills the
-  next batches (a bounded queue), so fetching and folding overlap; Faust may
-  ack past the views, which the seek on every assignment makes harmless;
+- retries a failed batch until it commits, in order, while Faust fetches the
+  next runs (a buffer bounded in records, from which the fold takes a batch
+  once it is full or has lingered fold_linger_seconds), so fetching and folding
+  overlap; Faust may ack past the views, which the seek on every assignment
+  makes harmless;
 - runs the runner's catch-up on a timer, so a meter defined after its events
   arrived still covers the whole history.
 """
@@ -27,19 +32,20 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import faust
 import prometheus_client
 from faust.transport.drivers.aiokafka import Transport as KafkaTransport
-from faust.types import TP, ConsumerT, EventT, StreamT
+from faust.types import TP, ConsumerT, StreamT
 
 from omni import metrics
 from omni.settings import Settings
 from schemas.topics import Topics
 from stores import views
 from stores.database import Database, PostgresDatabase, StoreUnavailable
-from streams.faust_consumer import BatchConsumer, QuietMonitor, new_event_loop, transport_with
+from streams.faust_consumer import BatchConsumer, delivery_settings, new_event_loop, transport_with
+from streams.faust_runs import FetchedRecord, RunBuffer, RunSchema, log_records
 from streams.kafka_log import KafkaLog
 from streams.log import LogRecord, LogUnavailable
 from streams.projectors import CATALOG, METERS
@@ -49,8 +55,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-BATCH_WITHIN = 0.2  # seconds a partial batch waits for more events
-PIPELINE_DEPTH = 2  # batches buffered between Faust and the fold
 CATCH_UP_EVERY = 0.5
 LAG_EVERY = 1.0
 RETRY_FIRST, RETRY_MAX = 0.1, 5.0
@@ -112,8 +116,8 @@ class Feeder:
         position = self._next.get(partition)
         return None if position is None or log_end is None else max(0, log_end - position)
 
-    async def feed(self, events: Sequence[EventT]) -> None:
-        for partition, records in sorted(group_by_partition(events).items()):
+    async def feed(self, runs: Sequence[Sequence[FetchedRecord]]) -> None:
+        for partition, records in sorted(log_records(runs).items()):
             await self.feed_partition(partition, records)
 
     async def feed_partition(self, partition: int, records: list[LogRecord]) -> None:
@@ -233,18 +237,6 @@ def views_transport(seeker: CheckpointSeeker) -> type[KafkaTransport]:
     return transport_with(ViewsConsumer)
 
 
-def group_by_partition(events: Sequence[EventT]) -> dict[int, list[LogRecord]]:
-    """Events -> LogRecords per partition, in offset order, each offset once (redelivery after a seek)."""
-    by_partition: dict[int, dict[int, LogRecord]] = {}
-    for event in events:
-        message = event.message
-        key = message.key.decode() if isinstance(message.key, bytes) else (message.key or "")
-        value = message.value if isinstance(message.value, bytes) else bytes(message.value or b"")
-        record = LogRecord(message.topic, message.partition, message.offset, key, value)
-        by_partition.setdefault(message.partition, {})[message.offset] = record
-    return {p: [records[o] for o in sorted(records)] for p, records in by_partition.items()}
-
-
 def broker_url(bootstrap_servers: str) -> str:
     return ";".join(f"kafka://{server.strip()}" for server in bootstrap_servers.split(",") if server.strip())
 
@@ -274,34 +266,32 @@ def create_worker_app(settings: Settings, db: Database, log: KafkaLog) -> faust.
         autodiscover=False,
         broker_session_timeout=SESSION_TIMEOUT,
         broker_heartbeat_interval=HEARTBEAT_INTERVAL,
-        monitor=QuietMonitor(),
+        **delivery_settings(settings.runner_batch_size),
     )
     seeker = CheckpointSeeker(feeders)
     # Through the public setter, before anything builds the consumer from the default transport.
     app.transport = views_transport(seeker)(app.conf.broker_consumer, app)
 
     def source(name: str) -> faust.TopicT:
-        return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+        return app.topic(name, schema=RunSchema())
 
-    def agent_for(feeder: Feeder) -> Callable[[StreamT[bytes]], Awaitable[None]]:
-        async def fold(stream: StreamT[bytes]) -> None:
-            # Faust fills the next batch while the previous one folds. Faust may then ack (and
+    def agent_for(feeder: Feeder) -> Callable[[StreamT[Any]], Awaitable[None]]:
+        async def fold(stream: StreamT[Any]) -> None:
+            # Faust fetches the next runs while the previous batch folds. Faust may then ack (and
             # commit the group's offsets) past what the views hold; that is safe because every
             # assignment seeks to the views' checkpoints, not to the group's offsets.
-            pending: asyncio.Queue[Sequence[EventT]] = asyncio.Queue(maxsize=PIPELINE_DEPTH)
+            buffered = RunBuffer(max_records=2 * feeder.batch_size, linger=settings.fold_linger_seconds)
 
             async def drain() -> None:
                 while True:
-                    await feeder.feed(await pending.get())
-                    pending.task_done()
+                    await feeder.feed(await buffered.take(feeder.batch_size))
 
             folding = asyncio.create_task(drain(), name=f"fold-{feeder.consumer}")
             try:
-                batches = cast(faust.Stream[bytes], stream).take_events(settings.runner_batch_size, within=BATCH_WITHIN)
-                async for events in batches:
+                async for event in stream.events():  # one per partition's fetched run
                     if folding.done():
                         folding.result()  # surface the reason the fold stopped
-                    await pending.put(list(events))
+                    await buffered.put(event.value)
             finally:
                 folding.cancel()
 

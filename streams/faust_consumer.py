@@ -6,15 +6,16 @@ what limit a worker. Each setting below was found with a py-spy profile of the
 worker and is measured by `ops.bench.replay` (the `faust_noop` row):
 
 - the broker holds an empty fetch for 20 ms, not Faust's 1.5 s;
-- a record is handed to the agent inline unless it has to wait (streams.faust_delivery);
+- each partition's fetched records reach the agent as one event, a run (streams.faust_runs);
 - full agent queues make the next delivery wait until they are drained, instead of pausing partitions;
-- Faust's web monitor, which this worker does not serve, keeps no per-record statistics;
+- Faust's web monitor, which this worker does not serve, keeps no per-message statistics;
 - uvloop runs the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 from faust.sensors import Monitor
@@ -25,7 +26,7 @@ from faust.types import TP, EventT, Message, StreamT
 from mode.services import WaitResults
 
 from omni import metrics
-from streams.faust_delivery import deliver_first, is_delivery
+from streams.faust_runs import run_message
 
 # How long the broker may hold a fetch that finds nothing new. Faust fixes 1,500 ms, and with one
 # broker aiokafka sends no other fetch meanwhile: a fetch for a drained partition (say the control
@@ -62,6 +63,29 @@ class BatchConsumer(KafkaConsumer):
     def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
         return BatchConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
+        """Each partition's fetched records as one message (streams.faust_runs), not one per record.
+
+        Otherwise as Faust's own: only partitions still active, and nothing more once the
+        flow stops or the consumer generation changes (a rebalance began).
+        """
+        fetched, active = await self._wait_next_records(timeout)
+        if fetched is None or self.should_stop:
+            return
+        if not self.flow_active:
+            try:
+                await self.perform_seek()  # as Faust does: back to the committed offsets
+            except Exception as failed:
+                self.log.warning("could not seek to the committed offsets while the flow is stopped: %r", failed)
+            return
+        generation = self.app.consumer_generation_id
+        for tp, records in fetched.items():
+            if not self.flow_active or self.app.consumer_generation_id != generation:
+                break
+            if records and (active is None or tp in active or tp in self._buffered_partitions):
+                self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+                yield tp, run_message(tp, records, generation)
+
     def on_buffer_full(self, tp: TP) -> None:
         self._pressed.add(tp)
         self._relieved.clear()
@@ -78,7 +102,7 @@ class BatchConsumer(KafkaConsumer):
         self._relieved.set()
 
     async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
-        if is_delivery(coros, timeout) and not self._relieved.is_set():
+        if _is_delivery(coros, timeout) and not self._relieved.is_set():
             delivery, suspended = coros
             metrics.DELIVERIES_HELD.inc()
             drained = await super().wait_first(self._relieved.wait(), suspended, timeout=RELIEF_WAIT)
@@ -90,7 +114,26 @@ class BatchConsumer(KafkaConsumer):
                 self._pressed.clear()
                 self._relieved.set()
             coros = (delivery, self.suspend_flow.wait())
-        return await deliver_first(super().wait_first, coros, timeout)
+        return await super().wait_first(*coros, timeout=timeout)
+
+
+def _is_delivery(coros: tuple[Any, ...], timeout: object) -> bool:
+    """The fetch loop's call: `wait_first(deliver(message), suspend_flow.wait())`, no timeout."""
+    return timeout is None and len(coros) == 2 and all(asyncio.iscoroutine(c) for c in coros)
+
+
+# Runs (streams.faust_runs) Faust may buffer per agent, each at most a batch of records: a bound on
+# the worker's memory while its fold is behind.
+STREAM_BUFFER_RUNS = 16
+
+
+def delivery_settings(batch_size: int) -> dict[str, Any]:
+    """The faust.App settings that go with BatchConsumer: runs of at most `batch_size` records."""
+    return {
+        "monitor": QuietMonitor(),
+        "stream_buffer_maxsize": STREAM_BUFFER_RUNS,
+        "broker_max_poll_records": batch_size,
+    }
 
 
 def transport_with(consumer: type[KafkaConsumer]) -> type[KafkaTransport]:
@@ -103,7 +146,7 @@ def transport_with(consumer: type[KafkaConsumer]) -> type[KafkaTransport]:
 
 
 class QuietMonitor(Monitor):
-    """Faust's monitor without its per-record bookkeeping, about 8% of Faust's delivery.
+    """Faust's monitor without its per-message bookkeeping (about 8% of Faust's delivery of single records).
 
     The monitor keeps statistics for Faust's web pages, which the worker does not
     serve; its own figures are the Prometheus metrics of the projectors.

@@ -349,7 +349,7 @@ class Spy:
         self.path = RESULTS / "profiles" / f"{name}.txt"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         spy = Path(sys.executable).parent / "py-spy"
-        argv = [str(spy), "record", "--pid", str(pid), "--threads", "--format", "raw", "--rate", "97", "-o", str(self.path)]
+        argv = [str(spy), "record", "--pid", str(pid), "--threads", "--format", "raw", "--rate", os.environ.get("BENCH_PROFILE_RATE", "97"), "-o", str(self.path)]
         if os.environ.get("BENCH_PROFILE_IDLE", "") not in ("", "0"):
             argv.append("--idle")  # also where threads wait: for a pipeline that stalls rather than burns CPU
         self.popen = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -537,7 +537,7 @@ def service_env(**omni: str) -> dict[str, str]:
     env = {
         **os.environ,
         "OMNI_ADMIN_KEY": ADMIN_KEY,
-        "OMNI_LOG_LEVEL": "WARNING",
+        "OMNI_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
         "KAFKA_BOOTSTRAP_SERVERS": KAFKA,
         "DATABASE_URL": DATABASE_URL,
         "REDIS_URL": REDIS_URL,

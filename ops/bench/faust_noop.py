@@ -1,8 +1,8 @@
-"""`python -m ops.bench.faust_noop TOPIC COUNT BATCH WITHIN`: Faust's delivery alone, folding nothing.
+"""`python -m ops.bench.faust_noop TOPIC COUNT BATCH`: Faust's delivery alone, folding nothing.
 
-The same app settings, consumer (streams.faust_consumer), event loop and `take_events` loop as
-streams.faust_app, with an agent that only counts: replay's measure of what Faust itself costs
-per event. Prints `RESULT <events> <seconds>` on stdout.
+The same consumer and delivery settings (streams.faust_consumer), runs (streams.faust_runs) and
+event loop as streams.faust_app, with an agent that only counts the records of each run: replay's
+measure of what Faust itself costs per event. Prints `RESULT <events> <seconds>` on stdout.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from typing import Any
 import faust
 
 from ops.bench.common import KAFKA
-from streams.faust_consumer import BatchConsumer, QuietMonitor, new_event_loop, transport_with
+from streams.faust_consumer import BatchConsumer, delivery_settings, new_event_loop, transport_with
+from streams.faust_runs import RunSchema
 
 
-def main(topic: str, count: int, batch: int, within: float) -> None:
+def main(topic: str, count: int, batch: int) -> None:
     app = faust.App(
         f"bench-noop-{os.getpid()}",
         broker=f"kafka://{KAFKA}",
@@ -32,18 +33,18 @@ def main(topic: str, count: int, batch: int, within: float) -> None:
         store="memory://",
         datadir=tempfile.mkdtemp(prefix="omni-bench-noop-"),
         autodiscover=False,
-        monitor=QuietMonitor(),
+        **delivery_settings(batch),
     )
     app.transport = transport_with(BatchConsumer)(app.conf.broker_consumer, app)
-    source = app.topic(topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+    source = app.topic(topic, schema=RunSchema())
     seen, first = 0, 0.0
 
     @app.agent(source)
     async def count_only(stream: Any) -> None:
         nonlocal seen, first
-        async for events in stream.take_events(batch, within=within):
+        async for event in stream.events():  # one per partition's fetched run (streams.faust_runs)
             first = first or time.monotonic()  # from the first delivery: start-up and rebalance left out
-            seen += len(events)
+            seen += len(event.value)
             if seen >= count:
                 print(f"RESULT {seen} {time.monotonic() - first}", flush=True)
                 os._exit(0)  # Faust's graceful stop takes seconds and measures nothing
@@ -52,6 +53,6 @@ def main(topic: str, count: int, batch: int, within: float) -> None:
 
 
 if __name__ == "__main__":
-    topic, count, batch, within = sys.argv[1:5]
+    topic, count, batch = sys.argv[1:4]
     sys.argv = sys.argv[:1] + ["worker"]
-    main(topic, int(count), int(batch), float(within))
+    main(topic, int(count), int(batch))

@@ -7,7 +7,7 @@ consumer reading the same topic from the beginning to its end, same process.
 
 Two more rows say where a rebuild by the Kafka-mode worker stands: the Faust
 worker itself (`python -m streams.faust_app` on another fresh schema), and
-Faust's delivery alone (ops.bench.faust_noop: the same take_events loop, no
+Faust's delivery alone (ops.bench.faust_noop: the same consumer and runs, no
 fold). Both are timed from their first delivery, so start-up is left out.
 """
 
@@ -186,7 +186,7 @@ async def faust_rebuild(prefix: str, topic: str, schema: str, o: Options, worker
 
 async def faust_delivery(topic: str, o: Options) -> float:
     """Seconds Faust takes to hand every record to an agent that folds nothing."""
-    command = [sys.executable, "-m", "ops.bench.faust_noop", topic, str(o.events), str(o.runner_batch), "0.2"]
+    command = [sys.executable, "-m", "ops.bench.faust_noop", topic, str(o.events), str(o.runner_batch)]
     done = await asyncio.to_thread(subprocess.run, command, cwd=ROOT, capture_output=True, text=True, timeout=900)
     result = next((line.split() for line in done.stdout.splitlines() if line.startswith("RESULT")), None)
     if result is None:

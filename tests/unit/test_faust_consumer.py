@@ -1,9 +1,9 @@
-"""BatchConsumer: full agent queues hold the next delivery until they drain, once, not per record."""
+"""BatchConsumer: full agent queues hold the next delivery until they drain, once, not per delivery."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,14 @@ TOPIC_PARTITION = TP("usage", 0)
 
 
 @pytest.fixture
-def consumer(tmp_path: Path) -> Iterator[BatchConsumer]:
-    app = faust.App("unit-batch-consumer", broker="kafka://127.0.0.1:1", datadir=str(tmp_path), web_enabled=False)
+async def consumer(tmp_path: Path) -> AsyncIterator[BatchConsumer]:
+    app = faust.App(
+        "unit-batch-consumer",
+        broker="kafka://127.0.0.1:1",
+        datadir=str(tmp_path),
+        web_enabled=False,
+        loop=asyncio.get_running_loop(),  # the consumer's waits run on the test's loop
+    )
     app.transport = transport_with(BatchConsumer)(app.conf.broker_consumer, app)
     consumer = app.consumer  # built, never started: no broker is contacted
     assert isinstance(consumer, BatchConsumer)
@@ -33,7 +39,7 @@ def recording(delivered: list[int], item: int) -> Coroutine[Any, Any, None]:
     return deliver()
 
 
-async def test_deliveries_run_inline_while_the_queues_have_room(consumer: BatchConsumer) -> None:
+async def test_deliveries_go_straight_through_while_the_queues_have_room(consumer: BatchConsumer) -> None:
     delivered: list[int] = []
     for item in range(3):
         await consumer.wait_first(recording(delivered, item), consumer.suspend_flow.wait())
