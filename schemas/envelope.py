@@ -52,7 +52,14 @@ class Envelope:
 def format_time(moment: datetime) -> str:
     """RFC 3339 in UTC with microseconds, so the text sorts like the time."""
     utc = moment if moment.tzinfo is UTC else moment.astimezone(UTC)
-    return utc.isoformat(timespec="microseconds").removesuffix("+00:00") + "Z"  # a third of strftime's cost
+    return utc.isoformat(timespec="microseconds").removesuffix("+00:00") + "Z"
+
+
+def _wire_time(moment: datetime) -> datetime | str:
+    """What `encode` hands orjson for a time: the UTC datetime itself, which orjson writes as
+    format_time does but 6 times faster, except when its microseconds are 0 (orjson leaves them out)."""
+    utc = moment if moment.tzinfo is UTC else moment.astimezone(UTC)
+    return utc if utc.microsecond else format_time(utc)
 
 
 def parse_time(text: str) -> datetime:
@@ -71,13 +78,14 @@ def encode(envelope: Envelope) -> bytes:
             "source_id": envelope.source_id,
             "subject": envelope.subject,
             "data_subject_id": envelope.data_subject_id,
-            "event_time": format_time(envelope.event_time),
-            "recorded_time": format_time(envelope.recorded_time),
+            "event_time": _wire_time(envelope.event_time),
+            "recorded_time": _wire_time(envelope.recorded_time),
             "actor": {"key_id": actor.key_id, "ip": actor.ip, "user_agent": actor.user_agent},
             "traceparent": envelope.traceparent,
             "extensions": envelope.extensions,
             "data": envelope.data,
-        }
+        },
+        option=orjson.OPT_UTC_Z,
     )
 
 
