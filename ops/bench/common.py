@@ -307,6 +307,28 @@ def drop_schema(schema: str) -> None:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
+async def wait_group_stable(group: str, members: int, timeout: float = 90.0) -> None:
+    """Until the consumer group is Stable with `members` members: workers that are still joining
+    would put a rebalance, seconds without folding, inside the measured round."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
+    await admin.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            (response,) = await admin.describe_consumer_groups([group])
+            # Each group: (error_code, group, state, protocol_type, protocol, members, ...)
+            state, joined = next(((g[2], len(g[5])) for g in response.groups if g[1] == group), ("", 0))
+            if state == "Stable" and joined == members:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"consumer group {group} is {state or 'unknown'} with {joined} of {members} members")
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+
+
 async def delete_topics(prefix: str) -> None:
     from aiokafka.admin import AIOKafkaAdminClient
 
@@ -635,6 +657,8 @@ async def serve(mode: str, *, partitions: int = 4, workers: int = 1) -> AsyncIte
         for worker in processes:
             worker.start()  # after the API, whose KafkaLog creates the topics the workers subscribe to
         await api.define_meter()
+        if processes:
+            await wait_group_stable(f"{prefix}-views", len(processes))
         yield stack
     finally:
         await api.close()

@@ -8,6 +8,7 @@ measure of what Faust itself costs per event. Prints `RESULT <events> <seconds>`
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -21,6 +22,7 @@ from streams.faust_runs import RunSchema
 
 
 def main(topic: str, count: int, batch: int) -> None:
+    datadir = tempfile.mkdtemp(prefix="omni-bench-noop-")
     app = faust.App(
         f"bench-noop-{os.getpid()}",
         broker=f"kafka://{KAFKA}",
@@ -31,7 +33,7 @@ def main(topic: str, count: int, batch: int) -> None:
         topic_allow_declare=False,
         topic_disable_leader=True,
         store="memory://",
-        datadir=tempfile.mkdtemp(prefix="omni-bench-noop-"),
+        datadir=datadir,
         autodiscover=False,
         **delivery_settings(batch),
     )
@@ -47,6 +49,7 @@ def main(topic: str, count: int, batch: int) -> None:
             seen += len(event.value)
             if seen >= count:
                 print(f"RESULT {seen} {time.monotonic() - first}", flush=True)
+                shutil.rmtree(datadir, ignore_errors=True)
                 os._exit(0)  # Faust's graceful stop takes seconds and measures nothing
 
     faust.Worker(app, loglevel="WARNING", override_logging=False, loop=new_event_loop()).execute_from_commandline()
