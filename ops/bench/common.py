@@ -371,7 +371,19 @@ class Spy:
         self.path = RESULTS / "profiles" / f"{name}.txt"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         spy = Path(sys.executable).parent / "py-spy"
-        argv = [str(spy), "record", "--pid", str(pid), "--threads", "--format", "raw", "--rate", os.environ.get("BENCH_PROFILE_RATE", "97"), "-o", str(self.path)]
+        argv = [
+            str(spy),
+            "record",
+            "--pid",
+            str(pid),
+            "--threads",
+            "--format",
+            "raw",
+            "--rate",
+            os.environ.get("BENCH_PROFILE_RATE", "97"),
+            "-o",
+            str(self.path),
+        ]
         if os.environ.get("BENCH_PROFILE_IDLE", "") not in ("", "0"):
             argv.append("--idle")  # also where threads wait: for a pipeline that stalls rather than burns CPU
         self.popen = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -533,25 +545,29 @@ def expected_totals(keys: str | Sequence[str], work: Sequence[tuple[int, bytes]]
     return totals
 
 
-async def post_all(base_url: str, keys: str | Sequence[str], work: Sequence[tuple[int, bytes]], clients: int) -> list[float]:
+async def post_all(
+    base_url: str | Sequence[str], keys: str | Sequence[str], work: Sequence[tuple[int, bytes]], clients: int
+) -> list[float]:
     """Send every pre-encoded batch through `clients` concurrent connections; each must be accepted whole.
 
-    With several keys, batch i goes to keys[i % len(keys)]: many tenants, as a platform has.
+    With several keys, batch i goes to keys[i % len(keys)]: many tenants, as a platform has. With
+    several base URLs (API replicas), client j sends to base_url[j % len(base_url)].
     """
+    urls = [base_url] if isinstance(base_url, str) else list(base_url)
     queue: asyncio.Queue[tuple[str, int, bytes]] = asyncio.Queue()
     for index, (count, body) in enumerate(work):
         queue.put_nowait((key_of_batch(keys, index), count, body))
     latencies: list[float] = []
 
-    async def client() -> None:
-        async with httpx.AsyncClient(base_url=base_url, timeout=120) as http:
+    async def client(url: str) -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=120) as http:
             while not queue.empty():
                 key, count, body = queue.get_nowait()
                 started = time.perf_counter()
                 await post_batch(http, body, {**Api.auth(key), "Content-Type": BATCH_TYPE}, count)
                 latencies.append(time.perf_counter() - started)
 
-    await asyncio.gather(*(client() for _ in range(clients)))
+    await asyncio.gather(*(client(urls[j % len(urls)]) for j in range(clients)))
     return latencies
 
 
@@ -581,6 +597,8 @@ class Stack:
     schema: str
     tenants: list[str]
     trace: Path  # the worker's batches, with BENCH_TRACE_WORKER=1 (ops.bench.worker_trace)
+    urls: list[str]  # every API process: the first is `api`'s
+    replicas: list[Process]  # the API processes after the first
     traced: int = 0  # lines of the trace already summarized
 
     def batches(self) -> dict[str, Any]:
@@ -620,18 +638,21 @@ class Stack:
         raise RuntimeError(f"could not spread {count} tenants over {partitions} partitions")
 
     def pids(self) -> dict[str, int]:
-        return {"bench client": os.getpid(), **{p.name: p.pid for p in [self.server, *self.workers]}}
+        return {"bench client": os.getpid(), **{p.name: p.pid for p in [self.server, *self.replicas, *self.workers]}}
 
     def memory(self) -> dict[str, dict[str, int]]:
-        return {p.name: p.memory_kib() for p in [self.server, *self.workers] if p.alive()}
+        return {p.name: p.memory_kib() for p in [self.server, *self.replicas, *self.workers] if p.alive()}
 
 
 @asynccontextmanager
-async def serve(mode: str, *, partitions: int = 4, workers: int = 1) -> AsyncIterator[Stack]:
+async def serve(mode: str, *, partitions: int = 4, workers: int = 1, apis: int = 1) -> AsyncIterator[Stack]:
     """Start Omni in `mode` with topics, a schema and a data folder of its own; remove them all after.
 
-    Kafka mode runs `workers` Faust workers in one consumer group (they share the partitions).
+    Kafka mode runs `workers` Faust workers in one consumer group (they share the partitions) and
+    `apis` API processes, as replicas would run behind a load balancer (`Stack.urls`).
     """
+    if apis > 1 and mode != "kafka":
+        raise ValueError("embedded mode serves from one process: its log and runner live in it")
     workdir = Path(tempfile.mkdtemp(prefix=f"omni-bench-{mode}-"))
     prefix, schema = unique("-"), unique("_")
     env = service_env(
@@ -641,19 +662,31 @@ async def serve(mode: str, *, partitions: int = 4, workers: int = 1) -> AsyncIte
         database_schema=schema,
         usage_partitions=str(partitions),
     )
-    port = free_port()
-    server = Process(f"{mode}-api", ["-m", "omni.cli", "serve", "--host", "127.0.0.1", "--port", str(port)], env, workdir)
+    ports = [free_port() for _ in range(apis)]
+    servers = [
+        Process(
+            f"{mode}-api" if n == 0 else f"{mode}-api-{n + 1}",
+            ["-m", "omni.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env,
+            workdir,
+        )
+        for n, port in enumerate(ports)
+    ]
     trace = workdir / "worker-trace.jsonl"
     module = "ops.bench.worker_trace" if tracing() else "streams.faust_app"
     count = workers if mode == "kafka" else 0
     names = [f"{mode}-worker"] if count == 1 else [f"{mode}-worker-{n}" for n in range(1, count + 1)]
     worker_env = {**env, "BENCH_TRACE": str(trace)}
     processes = [Process(name, ["-m", module], worker_env, workdir) for name in names]
-    api = Api(f"http://127.0.0.1:{port}")
-    stack = Stack(api, server, processes, workdir, prefix, schema, [], trace)
+    api = Api(f"http://127.0.0.1:{ports[0]}")
+    stack = Stack(
+        api, servers[0], processes, workdir, prefix, schema, [], trace, [f"http://127.0.0.1:{p}" for p in ports], servers[1:]
+    )
     try:
-        server.start()
-        await api.wait_ready(server)
+        for server in servers:
+            server.start()
+        for server, port in zip(servers, ports, strict=True):
+            await Api(f"http://127.0.0.1:{port}").wait_ready(server)
         for worker in processes:
             worker.start()  # after the API, whose KafkaLog creates the topics the workers subscribe to
         await api.define_meter()
@@ -662,7 +695,7 @@ async def serve(mode: str, *, partitions: int = 4, workers: int = 1) -> AsyncIte
         yield stack
     finally:
         await api.close()
-        for process in [*processes, server]:
+        for process in [*processes, *servers]:
             process.stop()
         if mode == "kafka":
             await delete_topics(prefix)

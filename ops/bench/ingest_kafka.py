@@ -53,6 +53,7 @@ class Options:
     clients: int = opt(4, "concurrent HTTP connections")
     partitions: int = opt(4, "usage topic partitions")
     workers: int = opt(2, "Faust workers in the consumer group (one per core)")
+    apis: int = opt(1, "API processes (replicas; the clients spread over them)")
     tenants: int = opt(4, "tenants the batches go to, round-robin, spread evenly over the partitions (1: one tenant)")
     timeout: float = opt(900.0, "seconds a round may take before it fails")
     raw_runs: int = opt(3, "ProducerPerformance runs per round; the baseline is their median")
@@ -85,7 +86,7 @@ async def run(o: Options) -> Report:
     cpu_rows: list[list[object]] = []
     figures: dict[str, object] = {"rounds": []}
     targets: list[Target] = []
-    async with serve("kafka", partitions=o.partitions, workers=o.workers) as stack:
+    async with serve("kafka", partitions=o.partitions, workers=o.workers, apis=o.apis) as stack:
         idle = stack.memory()
         run_id = uuid.uuid4().hex[:8]
         # Warm-up: connections, the meter's catch-up past the API's own api_call events, JIT-free but cache-warm.
@@ -100,7 +101,7 @@ async def run(o: Options) -> Report:
             record_size = round(sum(map(len, encoded(events[:1000]))) / min(1000, o.events))
             cpu_before = cpu_snapshot(stack.pids())
             started = time.monotonic()
-            latencies = await post_all(stack.api.base_url, keys, work, o.clients)
+            latencies = await post_all(stack.urls, keys, work, o.clients)
             acked = time.monotonic()
             visible = max(
                 [
@@ -160,8 +161,8 @@ async def run(o: Options) -> Report:
         o,
         [
             Table(
-                f"{NAME}: Kafka mode, HTTP POST -> Kafka -> {o.workers} Faust worker(s) -> PostgreSQL meter view "
-                f"({o.clients} clients, {o.tenants} tenants)",
+                f"{NAME}: Kafka mode, HTTP POST -> {o.apis} API process(es) -> Kafka -> {o.workers} Faust worker(s) "
+                f"-> PostgreSQL meter view ({o.clients} clients, {o.tenants} tenants)",
                 ["batch", "events", "accepted/s", "ours e2e/s", "raw Kafka/s", "ours/raw", "req p50 ms", "req p99 ms"],
                 rows,
             ),
