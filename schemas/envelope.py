@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import orjson
 
 SCHEMA_VERSION = 1
 
 
-@dataclass(frozen=True, slots=True)
-class Actor:
+class Actor(msgspec.Struct, frozen=True):
     """Who caused an event: the API key, and where the request came from."""
 
     key_id: str | None = None
@@ -20,13 +19,15 @@ class Actor:
     user_agent: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Envelope:
+class Envelope(msgspec.Struct, frozen=True):
     """One fact on the log.
 
     `id` is unique on the log (UUIDv7). `source` and `source_id` are the
     producer's own identity for the fact (the CloudEvent `source` and `id`);
     together with the tenant they are the de-duplication key.
+
+    An immutable msgspec struct: built and decoded in C (a frozen dataclass took 2 µs to
+    build and the dict-based decoding 5 µs, per event, in the API and in every worker).
     """
 
     id: str
@@ -39,10 +40,10 @@ class Envelope:
     data: Any = None
     subject: str | None = None
     data_subject_id: str | None = None
-    actor: Actor = field(default_factory=Actor)
+    actor: Actor = msgspec.field(default_factory=Actor)
     traceparent: str | None = None
     schema_version: int = SCHEMA_VERSION
-    extensions: dict[str, Any] = field(default_factory=dict)
+    extensions: dict[str, Any] = msgspec.field(default_factory=dict)
 
     @property
     def dedupe_key(self) -> tuple[str, str, str]:
@@ -89,8 +90,25 @@ def encode(envelope: Envelope) -> bytes:
     )
 
 
+_CURRENT = msgspec.json.Decoder(Envelope)
+
+
 def decode(raw: bytes | str) -> Envelope:
+    """An envelope from its wire encoding. NewerSchema if newer code wrote it; ValueError,
+    KeyError or TypeError if it is not an envelope at all."""
+    try:
+        envelope = _CURRENT.decode(raw)  # the common case: this version's layout, typed in C
+    except msgspec.DecodeError:
+        return _decode_any(raw)  # an older layout, a newer one, or none: decided field by field
+    if envelope.schema_version > SCHEMA_VERSION:
+        raise NewerSchema(f"envelope schema version {envelope.schema_version} is newer than this code ({SCHEMA_VERSION})")
+    return envelope
+
+
+def _decode_any(raw: bytes | str) -> Envelope:
     body = orjson.loads(raw)
+    if not isinstance(body, dict):
+        raise TypeError(f"an envelope is a JSON object, not {type(body).__name__}")
     body = upcast(body)
     actor = body.get("actor") or {}
     return Envelope(

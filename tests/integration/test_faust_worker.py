@@ -15,7 +15,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -25,6 +25,7 @@ import orjson
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from faust.types import TP
+from msgspec.structs import replace
 
 from commands.control_plane import Meter
 from omni.settings import Settings

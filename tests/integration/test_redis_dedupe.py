@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis.asyncio as aioredis
+from msgspec.structs import replace
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from schemas.envelope import Envelope, decode
