@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from commands.errors import Invalid
 from schemas.cloudevents import CloudEvent, extension_errors
 from schemas.envelope import Actor, Envelope
+from schemas.text import holds_nul
 
 FUTURE_TOLERANCE = timedelta(minutes=5)
 
@@ -45,8 +46,13 @@ def admit(
     policy: AdmissionPolicy,
     new_id: Callable[[], str],
     traceparent: str | None = None,
+    may_hold_nul: bool = True,
 ) -> list[Envelope]:
-    """Turn raw CloudEvents into envelopes, or reject the whole batch naming each bad event."""
+    """Turn raw CloudEvents into envelopes, or reject the whole batch naming each bad event.
+
+    `may_hold_nul=False` tells that no text holds a NUL character (e.g. the request body has
+    no `\\u0000`), which saves looking through every event for one.
+    """
     errors: list[dict[str, Any]] = []
     envelopes: list[Envelope] = []
     oldest, newest = received - policy.window, received + policy.future
@@ -60,6 +66,8 @@ def admit(
             errors.append({"index": index, "id": _safe_id(item), "reasons": [_reason(e) for e in invalid.errors()]})
             continue
         problems = extension_errors(event)
+        if may_hold_nul and holds_nul(item):
+            problems.append("text may not contain NUL characters (\\u0000): the views cannot store them")
         moment = event.time or received
         if moment < oldest:
             problems.append(f"time {moment.isoformat()} is older than the acceptance window ({policy.window})")

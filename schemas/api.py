@@ -8,12 +8,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.text import Text
+
 
 class TenantCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200)
-    plan: str = Field(min_length=1, max_length=100)
+    name: Text = Field(min_length=1, max_length=200)
+    plan: Text = Field(min_length=1, max_length=100)
 
 
 class TenantCreated(BaseModel):
@@ -39,7 +41,7 @@ class TenantList(BaseModel):
 class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    label: str | None = Field(default=None, max_length=200)
+    label: Text | None = Field(default=None, max_length=200)
 
 
 class KeyIssued(BaseModel):

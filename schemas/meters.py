@@ -8,6 +8,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from schemas.text import Text
+
 # \Z, not $: in Python `$` also matches before a trailing newline.
 _PATH = re.compile(r"\$(\.[A-Za-z_][A-Za-z0-9_\-]*)+\Z")
 _GROUP_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
@@ -51,11 +53,11 @@ class MeterDefinition(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     slug: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]{0,62}$", description="Unique name, used in URLs")
-    event_type: str = Field(min_length=1, max_length=256, description="CloudEvent `type` this meter counts")
+    event_type: Text = Field(min_length=1, max_length=256, description="CloudEvent `type` this meter counts")
     aggregation: Aggregation
     value_property: JsonPath | None = Field(default=None, description="Where the value is, e.g. $.data.tokens")
     group_by: dict[str, JsonPath] = Field(default_factory=dict, description='Dimensions, e.g. {"model": "$.data.model"}')
-    description: str | None = Field(default=None, max_length=1024)
+    description: Text | None = Field(default=None, max_length=1024)
 
     @model_validator(mode="after")
     def _consistent(self) -> MeterDefinition:

@@ -22,6 +22,7 @@ from projections import catalog
 from projections.meter_state import BucketState
 from projections.meters import BucketKey, MeterIndex, apply
 from schemas.envelope import Envelope, NewerSchema, decode
+from schemas.text import NUL_ESCAPE, holds_nul
 from schemas.topics import Topics
 from stores import views
 from stores.database import Database, Tx
@@ -48,7 +49,12 @@ def decoded(tx: Tx, consumer: str, records: Sequence[LogRecord]) -> list[tuple[L
     events = []
     for record in records:
         try:
-            events.append((record, decode(record.value)))
+            event = decode(record.value)
+            if NUL_ESCAPE in record.value and holds_nul(event):
+                # Older code admitted these. PostgreSQL text cannot hold NUL, so folding one would
+                # fail its batch on every retry and stop the partition, every tenant on it.
+                raise ValueError("a text field holds a NUL character, which the views cannot store")
+            events.append((record, event))
         except NewerSchema:
             raise
         except (ValueError, KeyError, TypeError) as unreadable:

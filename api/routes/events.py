@@ -17,6 +17,7 @@ from omni import metrics
 from schemas.api import IngestResult
 from schemas.cloudevents import BATCH, STRUCTURED
 from schemas.envelope import Actor
+from schemas.text import NUL_ESCAPE
 from streams.log import LogUnavailable
 
 router = APIRouter(prefix="/v1", tags=["events"])
@@ -90,6 +91,7 @@ async def ingest_events(request: Request, platform: PlatformDep, principal: Tena
         policy=platform.policy,
         new_id=lambda: str(uuid_utils.uuid7()),
         traceparent=getattr(request.state, "traceparent", None),
+        may_hold_nul=NUL_ESCAPE in body,
     )
     try:
         accepted = await platform.sink.ingest(envelopes, [expires_at(e, platform.policy) for e in envelopes])

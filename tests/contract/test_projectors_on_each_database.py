@@ -148,6 +148,24 @@ def test_an_unreadable_record_is_dead_lettered_and_the_partition_goes_on(databas
     assert (partition, offset, consumer) == (0, 4, "meters") and reason
 
 
+@pytest.mark.parametrize("where", ["source_id", "subject", "group value"])
+def test_a_record_holding_a_nul_character_is_dead_lettered_not_retried_forever(database: Database, where: str) -> None:
+    # PostgreSQL text cannot hold NUL: such a record would fail its batch on every retry and
+    # stop the partition, every tenant on it, for good. The log keeps it; the views skip it.
+    define(database, TOKENS, COUNT)
+    records = [record(i, f"e{i}") for i in range(6)]
+    poison = {"source_id": record(3, "e\x003"), "subject": record(3, "e3"), "group value": record(3, "e3", model="m\x00")}[where]
+    if where == "subject":
+        poison = LogRecord(TOPICS.usage, 0, 3, "t1", poison.value.replace(b'"subject":"u"', b'"subject":"u\\u0000"'))
+    records[3] = poison
+    meters = projector(database)
+    assert meters.process(0, records) == 6
+    assert totals(database, "count") == 5
+    with database.transaction() as tx:
+        [(_, offset, consumer, reason)] = views.dead_letters(tx, TOPICS.usage)
+    assert (offset, consumer) == (3, "meters") and "NUL" in reason
+
+
 def test_a_record_from_newer_code_stops_the_partition_rather_than_skip(database: Database) -> None:
     from schemas.envelope import NewerSchema
 

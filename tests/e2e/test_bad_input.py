@@ -53,6 +53,26 @@ async def test_a_batch_with_bad_events_is_refused_whole(omni: Omni) -> None:
     assert (await omni.send(key, good)).json()["accepted"] == 3
 
 
+async def test_text_with_a_nul_character_is_refused_everywhere_and_the_fold_goes_on(omni: Omni) -> None:
+    # The views cannot store NUL (PostgreSQL text): admitted, one such event would stop its
+    # partition's fold for every tenant on it.
+    tenant_id, key = await omni.tenant()
+    admin = omni.auth(ADMIN)
+    post = omni.client.post
+    await omni.meter(slug="calls", event_type="call", aggregation="COUNT")
+    body = assert_problem(await omni.send(key, [cloud_event("ok", type_="call"), cloud_event("e\x00", type_="call")]), 422)
+    assert [e["index"] for e in body["errors"]] == [1] and "NUL" in " ".join(body["errors"][0]["reasons"])
+    assert_problem(await omni.send(key, [cloud_event("d", type_="call", data={"model": "m\x00"})]), 422)
+    assert_problem(await post("/v1/tenants", json={"name": "a\x00b", "plan": "free"}, headers=admin), 422)
+    assert_problem(await post(f"/v1/tenants/{tenant_id}/keys", json={"label": "ci\x00"}, headers=admin), 422)
+    meter = {"slug": "nul", "event_type": "call\x00", "aggregation": "COUNT"}
+    assert_problem(await post("/v1/meters", json=meter, headers=admin), 422)
+    # A literal backslash-u in text is no NUL: accepted.
+    assert (await omni.send(key, [cloud_event("x", type_="call", subject="\\u0000")])).json()["accepted"] == 1
+    await omni.settle()
+    assert sum(row["value"] for row in await omni.query(key, "calls")) == 1
+
+
 async def test_meter_queries_refuse_bad_ranges_and_unknowns(omni: Omni) -> None:
     _, key = await omni.tenant()
     await omni.meter(

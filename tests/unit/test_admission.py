@@ -253,19 +253,30 @@ def test_empty_batch_admits_nothing():
 
 # --- properties -----------------------------------------------------------------------------
 
+
 # JSON as orjson.loads can produce it (the API parses bodies with orjson).
-json_scalars = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(min_value=-(2**63), max_value=2**64 - 1),
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=12),
-)
-json_values = st.recursive(
-    json_scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-    max_leaves=12,
-)
+def json_values_of(text):
+    scalars = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(min_value=-(2**63), max_value=2**64 - 1),
+        st.floats(allow_nan=False, allow_infinity=False),
+        text(max_size=12),
+    )
+    return st.recursive(
+        scalars,
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text(max_size=8), inner, max_size=4),
+        max_leaves=12,
+    )
+
+
+def storable_text(**size):
+    """Text the views can store: anything but NUL."""
+    return st.text(alphabet=st.characters(blacklist_characters="\x00"), **size)
+
+
+json_values = json_values_of(st.text)
+storable_json_values = json_values_of(storable_text)
 
 FIELD_NAMES = ["specversion", "id", "source", "type", "subject", "time", "data", "datacontenttype", "dataschema", "traceparent"]
 odd_times = st.one_of(
@@ -317,19 +328,19 @@ offsets = st.integers(-23 * 60 + 1, 23 * 60 - 1).map(lambda m: timezone(timedelt
 def valid_events(draw):
     event = {
         "specversion": "1.0",
-        "id": draw(st.text(min_size=1, max_size=40)),
-        "source": draw(st.text(min_size=1, max_size=40)),
-        "type": draw(st.text(min_size=1, max_size=40)),
-        "subject": draw(st.text(min_size=1, max_size=40)),
+        "id": draw(storable_text(min_size=1, max_size=40)),
+        "source": draw(storable_text(min_size=1, max_size=40)),
+        "type": draw(storable_text(min_size=1, max_size=40)),
+        "subject": draw(storable_text(min_size=1, max_size=40)),
     }
     if draw(st.booleans()):
         shift = draw(st.integers(-int(POLICY.window / timedelta(microseconds=1)), int(POLICY.future / timedelta(microseconds=1))))
         event["time"] = (RECEIVED + timedelta(microseconds=shift)).astimezone(draw(offsets)).isoformat()
     if draw(st.booleans()):
-        event["data"] = draw(json_values)
+        event["data"] = draw(storable_json_values)
     if draw(st.booleans()):
         event["traceparent"] = draw(st.from_regex(r"\A[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}\Z"))
-    event.update(draw(st.dictionaries(extension_names, json_values, max_size=3)))
+    event.update(draw(st.dictionaries(extension_names, storable_json_values, max_size=3)))
     return event
 
 
@@ -352,6 +363,28 @@ def test_valid_events_are_admitted_and_round_trip_through_the_wire_encoding(even
         assert again == envelope
         assert again.event_time.utcoffset() == timedelta(0)
         assert encode(again) == encode(envelope)
+
+
+@pytest.mark.parametrize(
+    "where",
+    [{"id": "e\x001"}, {"subject": "u\x00"}, {"data": {"model": ["m\x00"]}}, {"data": {"k\x00": 1}}, {"region": "eu\x00"}],
+)
+def test_text_holding_a_nul_character_is_refused_naming_the_event(where):
+    # PostgreSQL text cannot store NUL: admitted, such an event would stop its partition's fold.
+    events = [{"specversion": "1.0", "id": "ok", "source": "s", "type": "t", "subject": "u"}]
+    events.append({**events[0], "id": "bad", **where})
+    with pytest.raises(Invalid) as refused:
+        run(events)
+    [error] = refused.value.errors
+    assert error["index"] == 1 and any("NUL" in reason for reason in error["reasons"])
+
+
+def test_the_nul_search_is_skipped_only_when_the_caller_knows_there_is_none():
+    event = {"specversion": "1.0", "id": "e\x001", "source": "s", "type": "t", "subject": "u"}
+    kwargs = {"tenant_id": "t", "actor": Actor(), "received": RECEIVED, "policy": POLICY, "new_id": lambda: "x"}
+    with pytest.raises(Invalid):
+        admit([event], **kwargs)
+    assert admit([event], **kwargs, may_hold_nul=False)[0].source_id == "e\x001"
 
 
 # --- regex anchoring --------------------------------------------------------------------------
