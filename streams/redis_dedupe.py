@@ -2,24 +2,31 @@
 
 Kafka cannot check "seen before?" and append in one step the way the embedded
 log's SQLite transaction does, so each event's identity is claimed in Redis
-first. Per event key `omni:seen:{tenant}:{sha256(source NUL id)}`:
+first. Per event, the key `omni:seen:{tenant}:{sha256(source NUL id)}`; per
+request (per round of claims, should it wait for another's), a token and its
+marker `omni:claim:{token}`:
 
-- `SET key pending:<token> NX PX claim_ttl` claims it; one Lua script (CLAIM)
-  does this for every key of a batch and answers, for each key it did not win,
-  the value found there;
-- the winners are appended in one `log.append`, then marked `done` until the
-  event's keep_until (`PXAT`) by another script (MARK_DONE), so a retry within
-  the acceptance window is a duplicate;
+- one Lua script (CLAIM) does `SET key pending:<token> NX PXAT keep_until` for
+  every key of the batch (keep_until: the batch's latest, so each key outlives
+  its own event's admissibility), sets the marker to `pending` for claim_ttl
+  once it has won a key, and answers, for each key it did not win, whether it
+  is a duplicate or pending;
+- the winners are appended in one `log.append`; then the marker alone is set
+  to `done` until keep_until. The keys need no second write: a key is `done`
+  when its request's marker is;
 - if the append fails, our claims are deleted (only where they still hold our
-  token) and the request fails with LogUnavailable: nothing is claimed as
-  accepted that is not on the log;
-- a key found `done` is a duplicate; a key another request holds as `pending:`
-  is claimed again every POLL_SECONDS until it is `done` (a duplicate) or gone
-  (its holder failed: this claim wins it).
+  token) with our marker, and the request fails with LogUnavailable: nothing
+  is claimed as accepted that is not on the log;
+- a key whose request's marker is `done` (or whose value is `done`, as earlier
+  versions wrote) is a duplicate; one whose marker is `pending` is claimed
+  again every POLL_SECONDS until it is done (a duplicate) or given back (this
+  claim wins it); one whose marker has expired belongs to a request that died
+  between claim and append, and is taken over at once.
 
-So a batch costs two Redis round trips, whatever its size. The counts in the
-response are right because of this; the views are exact regardless, because
-MeterProjector also de-duplicates by (tenant, source, id).
+So a batch costs two Redis round trips, whatever its size, and writes each key
+once. The counts in the response are right because of this; the views are
+exact regardless, because MeterProjector also de-duplicates by (tenant,
+source, id).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import logging
 import secrets
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 import redis.asyncio as aioredis
@@ -44,36 +52,53 @@ log = logging.getLogger(__name__)
 
 DONE = b"done"
 PENDING = b"pending:"
+MARKER = "omni:claim:"
 POLL_SECONDS = 0.02
 
-# KEYS: the keys to claim; ARGV: our token, the claim's TTL in ms.
-# Claims every free key; answers {position, value found, ...} for the keys it did not win
-# (positions are 1-based), so nothing at all when every key was new.
+# KEYS: the keys to claim. ARGV: our value (pending:<token>), our marker's key, the claim's
+# TTL in ms, until when the keys are kept (Unix ms). The marker is set once a key is won.
+# Answers {position, "done" | "pending", ...} for the keys it did not win (positions are
+# 1-based), so nothing at all when every key was new.
 CLAIM = """
 local lost = {}
+local marked = false
 for i, key in ipairs(KEYS) do
-  if not redis.call('SET', key, ARGV[1], 'NX', 'PX', ARGV[2]) then
+  local won = redis.call('SET', key, ARGV[1], 'NX', 'PXAT', ARGV[4])
+  local state = nil
+  if not won then
+    local value = redis.call('GET', key)
+    state = 'done'
+    if value and string.sub(value, 1, 8) == 'pending:' then
+      local marker = redis.call('GET', 'omni:claim:' .. string.sub(value, 9))
+      if marker == 'pending' then
+        state = 'pending'
+      elseif not marker then
+        -- its request died between claim and append: the key is ours now
+        redis.call('SET', key, ARGV[1], 'PXAT', ARGV[4])
+        state = nil
+        won = true
+      end
+    end
+  end
+  if won and not marked then
+    redis.call('SET', ARGV[2], 'pending', 'PX', ARGV[3])
+    marked = true
+  end
+  if state then
     lost[#lost + 1] = i
-    lost[#lost + 1] = redis.call('GET', key)
+    lost[#lost + 1] = state
   end
 end
 return lost
 """
 
-# KEYS: keys whose events are on the log; ARGV[i]: until when KEYS[i] is kept (Unix ms).
-MARK_DONE = """
-for i, key in ipairs(KEYS) do
-  redis.call('SET', key, 'done', 'PXAT', ARGV[i])
-end
-return #KEYS
-"""
-
-# Delete each key only if it still holds our claim: a claim that expired and was
-# taken by another request must survive our failure.
+# Delete each key only if it still holds our claim (one taken over meanwhile must survive our
+# failure), then our marker. KEYS: the keys; ARGV: our value, our marker's key.
 RELEASE = """
 for i, key in ipairs(KEYS) do
   if redis.call('GET', key) == ARGV[1] then redis.call('DEL', key) end
 end
+redis.call('DEL', ARGV[2])
 return 0
 """
 
@@ -106,7 +131,6 @@ class RedisDedupedSink:
         )
         # EVALSHA; a server that does not know a script yet (first use, restart) is sent it once.
         self._claim_all = self.redis.register_script(CLAIM)
-        self._mark_all_done = self.redis.register_script(MARK_DONE)
         self._release = self.redis.register_script(RELEASE)
 
     async def close(self) -> None:
@@ -117,14 +141,19 @@ class RedisDedupedSink:
             raise ValueError("one keep_until per envelope")
         accepted = [False] * len(envelopes)
         waiting = _first_occurrences(envelopes)  # later copies in the same batch stay False
+        if not waiting:
+            return accepted
         deadline = time.monotonic() + self.wait_timeout
-        token = PENDING + secrets.token_hex(16).encode()  # this request's claims, and only them
+        keep_until_ms = int(max(keep_until).timestamp() * 1000)
         while waiting:
-            won, pending = await self._claim(waiting, token)
+            # A token of its own for each round: a round's marker lives from its claim to its
+            # append, whatever earlier rounds of this request did.
+            claim = Claim.new(keep_until_ms)
+            won, pending = await self._claim(waiting, claim)
             if won:
                 # Append what we hold before waiting on anyone else: holding claims while waiting
                 # for another request's claims could deadlock two requests with crossed batches.
-                await self._publish(envelopes, keep_until, won, token)
+                await self._publish(envelopes, won, claim)
                 for index in won.values():
                     accepted[index] = True
             waiting = pending
@@ -137,55 +166,67 @@ class RedisDedupedSink:
                 await asyncio.sleep(POLL_SECONDS)
         return accepted
 
-    async def _claim(self, waiting: dict[str, int], token: bytes) -> tuple[dict[str, int], dict[str, int]]:
+    async def _claim(self, waiting: dict[str, int], claim: Claim) -> tuple[dict[str, int], dict[str, int]]:
         """Claim every key we can, in one round trip.
 
         Returns (won, pending), key -> batch index: the keys we now hold, and the keys another
-        request holds. The keys found `done` are in neither: they are duplicates.
+        request holds. The keys that are done are in neither: they are duplicates.
         """
         keys = list(waiting)
         try:
-            lost = await self._claim_all(keys=keys, args=[token, self.claim_ttl_ms])
+            lost = await self._claim_all(keys=keys, args=[claim.value, claim.marker, self.claim_ttl_ms, claim.keep_until_ms])
         except RedisError as failure:
             raise LogUnavailable(f"Redis (de-duplication) is unavailable: {failure}") from failure
         if not lost:
             return waiting, {}
         won = dict(waiting)
         pending = {}
-        for position, value in zip(lost[::2], lost[1::2], strict=True):
+        for position, state in zip(lost[::2], lost[1::2], strict=True):
             key = keys[position - 1]
             index = won.pop(key)
-            if value != DONE:
+            if state != DONE:
                 pending[key] = index
         return won, pending
 
-    async def _publish(
-        self, envelopes: Sequence[Envelope], keep_until: Sequence[datetime], won: dict[str, int], token: bytes
-    ) -> None:
+    async def _publish(self, envelopes: Sequence[Envelope], won: dict[str, int], claim: Claim) -> None:
         items = [Outgoing(envelopes[i].tenant_id, encode(envelopes[i])) for i in won.values()]
         try:
             await self.log.append(self.topics.usage, items)
         except BaseException:
             # Cancelled or failed: the records may or may not be on the log; give the keys back so
             # the client's retry is admitted (the views de-duplicate if the first attempt landed).
-            await self._give_back(list(won), token)
+            await self._give_back(list(won), claim)
             raise
-        await self._mark_done(list(won), [int(keep_until[i].timestamp() * 1000) for i in won.values()])
+        await self._mark_done(len(won), claim)
 
-    async def _give_back(self, keys: list[str], token: bytes) -> None:
+    async def _give_back(self, keys: list[str], claim: Claim) -> None:
         try:
-            await self._release(keys=keys, args=[token])
+            await self._release(keys=keys, args=[claim.value, claim.marker])
         except RedisError:
-            # The claims expire after claim_ttl anyway; until then retries wait and then get a 503.
-            log.warning("could not release %d de-duplication claims; they expire by themselves", len(keys), exc_info=True)
+            # The marker expires after claim_ttl anyway; until then retries wait and then get a 503.
+            log.warning("could not release %d de-duplication claims; they lapse by themselves", len(keys), exc_info=True)
 
-    async def _mark_done(self, keys: list[str], until_ms: list[int]) -> None:
+    async def _mark_done(self, count: int, claim: Claim) -> None:
         try:
-            await self._mark_all_done(keys=keys, args=until_ms)
+            await self.redis.set(claim.marker, DONE, pxat=claim.keep_until_ms)
         except RedisError:
             # The events are durable on the log, so the request did succeed; saying 503 now would
-            # be false. The pending claims expire, and a late retry is caught by the views' de-dup.
-            log.warning("appended %d events but could not mark them done in Redis", len(keys), exc_info=True)
+            # be false. The marker lapses, and a late retry is caught by the views' de-dup.
+            log.warning("appended %d events but could not mark them done in Redis", count, exc_info=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """One request's claims: the value its keys hold, its marker's key, and until when both are kept."""
+
+    value: bytes
+    marker: str
+    keep_until_ms: int
+
+    @staticmethod
+    def new(keep_until_ms: int) -> Claim:
+        token = secrets.token_hex(16)
+        return Claim(PENDING + token.encode(), MARKER + token, keep_until_ms)
 
 
 def _first_occurrences(envelopes: Sequence[Envelope]) -> dict[str, int]:

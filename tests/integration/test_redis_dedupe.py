@@ -16,7 +16,7 @@ from schemas.envelope import Envelope, decode
 from schemas.topics import Topics
 from streams.kafka_log import KafkaLog
 from streams.log import LogUnavailable, Outgoing
-from streams.redis_dedupe import RedisDedupedSink, seen_key
+from streams.redis_dedupe import MARKER, RedisDedupedSink, seen_key
 from tests.integration.conftest import free_port
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
@@ -53,8 +53,26 @@ async def raw_redis(redis_url: str, tenant: str) -> AsyncIterator[aioredis.Redis
     client = aioredis.Redis.from_url(redis_url)
     yield client
     async for key in client.scan_iter(match=f"omni:seen:{tenant}*"):
+        value = await client.get(key)
+        if value and value.startswith(b"pending:"):
+            await client.delete(MARKER + value.removeprefix(b"pending:").decode())
         await client.delete(key)
     await client.aclose()
+
+
+async def hold(client: aioredis.Redis, key: str, request: str, marker: bytes | None = b"pending") -> None:
+    """Make `key` claimed by another request, whose marker says `marker` (None: that request died)."""
+    await client.set(key, b"pending:" + request.encode(), px=60_000)
+    if marker is not None:
+        await client.set(MARKER + request, marker, px=60_000)
+
+
+async def state(client: aioredis.Redis, key: str) -> bytes | None:
+    """done, pending or None (free), as the claim script reads a key."""
+    value = await client.get(key)
+    if value is None or value == b"done":
+        return value
+    return await client.get(MARKER + value.removeprefix(b"pending:").decode())
 
 
 @pytest.fixture
@@ -85,7 +103,7 @@ async def test_the_same_event_sent_ten_times_at_once_is_accepted_once(
     assert sorted(answers) == [[False]] * 9 + [[True]]
     stored = await on_topic(kafka_log, topics)
     assert [(e.tenant_id, e.source, e.source_id) for e in stored] == [event.dedupe_key]
-    assert await raw_redis.get(seen_key(event)) == b"done"
+    assert await state(raw_redis, seen_key(event)) == b"done"
     # Kept until keep_until (PXAT), not for the short claim TTL.
     assert await raw_redis.pttl(seen_key(event)) > timedelta(days=6).total_seconds() * 1000
     # And later, one more retry is still a duplicate.
@@ -130,17 +148,28 @@ async def test_a_pending_claim_resolves_to_duplicate_or_is_taken_over(
     sink: RedisDedupedSink, raw_redis: aioredis.Redis, tenant: str
 ) -> None:
     finishing, abandoned = usage_event(tenant, "finishing"), usage_event(tenant, "abandoned")
-    await raw_redis.set(seen_key(finishing), b"pending:someone-else", px=60_000)
-    await raw_redis.set(seen_key(abandoned), b"pending:someone-else", px=60_000)
+    await hold(raw_redis, seen_key(finishing), f"{tenant}-finishing")
+    await hold(raw_redis, seen_key(abandoned), f"{tenant}-failing")
 
-    async def other_request_finishes_and_other_fails() -> None:
+    async def one_request_finishes_and_the_other_fails() -> None:
         await asyncio.sleep(0.2)
-        await raw_redis.set(seen_key(finishing), b"done", px=60_000)
-        await raw_redis.delete(seen_key(abandoned))
+        await raw_redis.set(MARKER + f"{tenant}-finishing", b"done", px=60_000)
+        await raw_redis.delete(seen_key(abandoned), MARKER + f"{tenant}-failing")  # it gave its claims back
 
     batch = [finishing, abandoned]
-    answer, _ = await asyncio.gather(sink.ingest(batch, [keep(e) for e in batch]), other_request_finishes_and_other_fails())
+    answer, _ = await asyncio.gather(sink.ingest(batch, [keep(e) for e in batch]), one_request_finishes_and_the_other_fails())
     assert answer == [False, True]
+
+
+async def test_the_claims_of_a_request_that_died_are_taken_over_at_once(
+    sink: RedisDedupedSink, kafka_log: KafkaLog, topics: Topics, raw_redis: aioredis.Redis, tenant: str
+) -> None:
+    # Its process died between claim and append: its marker lapsed after claim_ttl, its keys stay.
+    orphan = usage_event(tenant, "orphan")
+    await hold(raw_redis, seen_key(orphan), f"{tenant}-dead", marker=None)
+    assert await sink.ingest([orphan], [keep(orphan)]) == [True]
+    assert [e.source_id for e in await on_topic(kafka_log, topics)] == ["orphan"]
+    assert await state(raw_redis, seen_key(orphan)) == b"done"
 
 
 async def test_a_claim_held_too_long_is_a_503_not_a_success(
@@ -148,7 +177,7 @@ async def test_a_claim_held_too_long_is_a_503_not_a_success(
 ) -> None:
     impatient = RedisDedupedSink(kafka_log, redis_url, topics, wait_timeout=0.3)
     stuck = usage_event(tenant, "stuck")
-    await raw_redis.set(seen_key(stuck), b"pending:someone-else", px=60_000)
+    await hold(raw_redis, seen_key(stuck), f"{tenant}-slow")
     try:
         with pytest.raises(LogUnavailable):
             await impatient.ingest([stuck], [keep(stuck)])
@@ -170,34 +199,38 @@ async def test_redis_down_is_log_unavailable(kafka_log: KafkaLog, topics: Topics
 async def test_new_duplicate_and_pending_keys_of_one_batch_resolve_together(
     sink: RedisDedupedSink, kafka_log: KafkaLog, topics: Topics, raw_redis: aioredis.Redis, tenant: str
 ) -> None:
-    seen, held, fresh = usage_event(tenant, "seen"), usage_event(tenant, "held"), usage_event(tenant, "fresh")
-    await raw_redis.set(seen_key(seen), b"done", px=60_000)
-    await raw_redis.set(seen_key(held), b"pending:someone-else", px=60_000)
+    seen, held, fresh, earlier = (usage_event(tenant, name) for name in ("seen", "held", "fresh", "earlier"))
+    await hold(raw_redis, seen_key(seen), f"{tenant}-finished", marker=b"done")
+    await raw_redis.set(seen_key(earlier), b"done", px=60_000)  # as earlier versions marked keys
+    await hold(raw_redis, seen_key(held), f"{tenant}-holder")
 
     async def holder_finishes() -> None:
         await asyncio.sleep(0.2)
-        await raw_redis.set(seen_key(held), b"done", px=60_000)
+        await raw_redis.set(MARKER + f"{tenant}-holder", b"done", px=60_000)
 
-    batch = [held, seen, fresh, replace(fresh, id=str(uuid.uuid4()))]
+    batch = [held, seen, fresh, replace(fresh, id=str(uuid.uuid4())), earlier]
     answer, _ = await asyncio.gather(sink.ingest(batch, [keep(e) for e in batch]), holder_finishes())
 
-    assert answer == [False, False, True, False]
+    assert answer == [False, False, True, False, False]
     assert [e.source_id for e in await on_topic(kafka_log, topics)] == ["fresh"]
-    assert await raw_redis.get(seen_key(fresh)) == b"done"
+    assert await state(raw_redis, seen_key(fresh)) == b"done"
 
 
-async def test_each_key_is_kept_until_its_own_keep_until(sink: RedisDedupedSink, raw_redis: aioredis.Redis, tenant: str) -> None:
+async def test_each_key_outlives_its_own_keep_until(sink: RedisDedupedSink, raw_redis: aioredis.Redis, tenant: str) -> None:
     events = [usage_event(tenant, f"e{i}") for i in range(3)]
     until = [datetime.now(UTC) + timedelta(days=days) for days in (1, 3, 6)]
 
     assert await sink.ingest(events, until) == [True, True, True]
 
-    for event, moment in zip(events, until, strict=True):
-        assert await raw_redis.get(seen_key(event)) == b"done"
-        assert await raw_redis.pexpiretime(seen_key(event)) == int(moment.timestamp() * 1000)
+    latest = int(max(until).timestamp() * 1000)  # one expiry for the batch: its latest keep_until
+    for event in events:
+        key = seen_key(event)
+        assert await state(raw_redis, key) == b"done"
+        marker = MARKER + (await raw_redis.get(key)).removeprefix(b"pending:").decode()
+        assert await raw_redis.pexpiretime(key) == await raw_redis.pexpiretime(marker) == latest
 
 
-async def test_a_batch_costs_two_redis_round_trips_whatever_its_size(
+async def test_a_batch_costs_two_redis_round_trips_and_one_write_per_key(
     sink: RedisDedupedSink, raw_redis: aioredis.Redis, tenant: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     warm = usage_event(tenant, "warm")
@@ -212,7 +245,7 @@ async def test_a_batch_costs_two_redis_round_trips_whatever_its_size(
     monkeypatch.setattr(sink.redis, "execute_command", counted)
     batch = [usage_event(tenant, f"r{i}") for i in range(500)]
     assert await sink.ingest(batch, [keep(e) for e in batch]) == [True] * 500
-    assert commands == ["EVALSHA", "EVALSHA"]  # claim all, then mark all done
+    assert commands == ["EVALSHA", "SET"]  # claim every key, then mark the request done: one key
 
     commands.clear()
     assert await sink.ingest(batch, [keep(e) for e in batch]) == [False] * 500
@@ -245,10 +278,12 @@ async def test_a_failed_append_gives_back_only_the_claims_still_ours(
     redis_url: str, topics: Topics, raw_redis: aioredis.Redis, tenant: str
 ) -> None:
     ours, lost_meanwhile = usage_event(tenant, "ours"), usage_event(tenant, "taken-over")
+    our_marker: list[str] = []
 
     async def another_request_takes_one_over() -> None:
-        # Our claim expired during a slow append and another request claimed the key.
-        await raw_redis.set(seen_key(lost_meanwhile), b"pending:another-request", px=60_000)
+        our_marker.append(MARKER + (await raw_redis.get(seen_key(ours))).removeprefix(b"pending:").decode())
+        # Our marker lapsed during a slow append and another request took the key over.
+        await hold(raw_redis, seen_key(lost_meanwhile), f"{tenant}-another")
 
     failing = RedisDedupedSink(FailingLog(another_request_takes_one_over), redis_url, topics)  # type: ignore[arg-type]
     try:
@@ -257,7 +292,8 @@ async def test_a_failed_append_gives_back_only_the_claims_still_ours(
     finally:
         await failing.close()
     assert await raw_redis.get(seen_key(ours)) is None
-    assert await raw_redis.get(seen_key(lost_meanwhile)) == b"pending:another-request"
+    assert await raw_redis.get(seen_key(lost_meanwhile)) == f"pending:{tenant}-another".encode()
+    assert our_marker and await raw_redis.exists(*our_marker) == 0
 
 
 async def test_redis_failing_after_the_append_still_accepts(
@@ -273,8 +309,8 @@ async def test_redis_failing_after_the_append_still_accepts(
     async def redis_gone(*args: object, **options: object) -> object:
         raise RedisConnectionError("Redis went away after the claim")
 
-    monkeypatch.setattr(sink, "_mark_all_done", redis_gone)
-    # The event is durable on the log: the answer is an acceptance, not a 503 (the claim expires).
+    monkeypatch.setattr(sink.redis, "set", redis_gone)  # the marker's write, after the append
+    # The event is durable on the log: the answer is an acceptance, not a 503 (the marker lapses).
     assert await sink.ingest([event], [keep(event)]) == [True]
     assert [e.source_id for e in await on_topic(kafka_log, topics)] == ["durable"]
     assert "could not mark them done" in caplog.text
