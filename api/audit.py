@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 
 from fastapi import Request
-from starlette.concurrency import run_in_threadpool
 
+from api.relaying import run_command
 from commands.control_plane import CommandContext
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,6 @@ async def record_refusal(request: Request, reason: str) -> None:
         trace_id=getattr(request.state, "trace_id", None),
     )
     try:
-        await run_in_threadpool(platform.control.record_rejection, ctx, action, request.url.path, reason)
+        await run_command(platform, platform.control.record_rejection, ctx, action, request.url.path, reason)
     except Exception:  # the refusal itself must still be answered
         log.exception("could not audit a refused %s", action)

@@ -5,6 +5,12 @@ tracked position, publishes, then advances the position: a crash between
 "stored" and "published" loses nothing, and a crash between "published" and
 "position saved" republishes, which the catalog fold absorbs (its writes are
 idempotent and the envelope id is derived from the stored event).
+
+The leader polls the event store while events keep coming, and less often as
+it stays idle (every IDLE_FIRST seconds, doubling up to IDLE_MAX). A process
+that stores a command's events calls `wake()`, so they are published at once
+whatever the pause; commands stored by another process wait for its relay, or
+for the next poll.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ log = logging.getLogger(__name__)
 
 SOURCE = "omni://control-plane"
 RELAY = "control-outbox"
+IDLE_FIRST, IDLE_MAX = 0.05, 1.0
 
 
 def to_envelope(domain_event: Any) -> Envelope:
@@ -49,6 +56,11 @@ class OutboxRelay:
         self.db = db
         self.topic = topics.control
         self.audit_topic = topics.audit
+        self._woken = asyncio.Event()
+
+    def wake(self) -> None:
+        """Something was just stored: poll now rather than after the idle pause. Call on the loop."""
+        self._woken.set()
 
     def _pending(self, limit: int) -> tuple[int, list[Envelope]]:
         with self.db.transaction() as tx:
@@ -77,19 +89,21 @@ class OutboxRelay:
         await asyncio.to_thread(self._advance, position)
         return len(envelopes)
 
-    async def run(self, stop: asyncio.Event, idle: float = 0.05) -> None:
+    async def run(self, stop: asyncio.Event, idle: float = IDLE_FIRST, idle_max: float = IDLE_MAX) -> None:
         """Relay until stopped. Many processes may run this; one leads, the others stand by."""
         leadership = self.db.leadership(RELAY)
         try:
-            await self._relay_while_leading(stop, leadership, idle)
+            await self._relay_while_leading(stop, leadership, idle, idle_max)
         finally:
             leadership.release()
 
-    async def _relay_while_leading(self, stop: asyncio.Event, leadership: Leadership, idle: float) -> None:
+    async def _relay_while_leading(self, stop: asyncio.Event, leadership: Leadership, idle: float, idle_max: float) -> None:
+        pause = idle
         while not stop.is_set():
             if not await asyncio.to_thread(leadership.hold):
                 await _pause(stop, 1.0)
                 continue
+            self._woken.clear()  # before reading: a wake while we read is kept for the pause below
             try:
                 moved = await self.relay_once()
             except LogUnavailable as outage:
@@ -100,12 +114,23 @@ class OutboxRelay:
                 log.exception("outbox relay failed; retrying")
                 moved = 0
                 await asyncio.sleep(1.0)
-            if not moved:
-                await _pause(stop, idle)
+            if moved:
+                pause = idle
+                continue
+            if await _pause(stop, pause, self._woken):
+                pause = idle
+            else:
+                pause = min(pause * 2, idle_max)
 
 
-async def _pause(stop: asyncio.Event, seconds: float) -> None:
+async def _pause(stop: asyncio.Event, seconds: float, woken: asyncio.Event | None = None) -> bool:
+    """Wait `seconds`, or until stopped or woken; True if woken."""
+    waits = [asyncio.ensure_future(stop.wait())]
+    if woken is not None:
+        waits.append(asyncio.ensure_future(woken.wait()))
     try:
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except TimeoutError:
-        pass
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in waits:
+            waiting.cancel()
+    return woken is not None and woken.is_set()

@@ -6,10 +6,10 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from starlette.concurrency import run_in_threadpool
 
 from api.deps import AdminDep, CallerDep, PlatformDep, TenantDep, command_context
 from api.problems import ExactJSONResponse, Problem
+from api.relaying import run_command
 from commands.errors import NotFound
 from schemas.api import MeterList, MeterQueryResult
 from schemas.meters import MeterDefinition, WindowSize
@@ -21,7 +21,7 @@ router = APIRouter(prefix="/v1/meters", tags=["meters"])
 @router.post("", status_code=201, response_model=MeterDefinition)
 async def define_meter(body: MeterDefinition, request: Request, platform: PlatformDep, admin: AdminDep) -> MeterDefinition:
     """Define a meter. It covers every event already on the log, not only new ones."""
-    await run_in_threadpool(platform.control.define_meter, command_context(request, admin), body)
+    await run_command(platform, platform.control.define_meter, command_context(request, admin), body)
     return body
 
 

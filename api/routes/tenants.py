@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Query, Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from api.deps import AdminDep, CallerDep, PlatformDep, command_context
+from api.relaying import run_command
 from commands.errors import NotFound
 from schemas.api import KeyCreate, KeyIssued, KeyList, KeyPublic, TenantCreate, TenantCreated, TenantList, TenantPublic
 from stores import views
@@ -16,7 +16,9 @@ router = APIRouter(prefix="/v1", tags=["tenants"])
 @router.post("/tenants", status_code=201, response_model=TenantCreated)
 async def create_tenant(body: TenantCreate, request: Request, platform: PlatformDep, admin: AdminDep) -> TenantCreated:
     """Create a tenant and its first API key (shown once)."""
-    tenant, key = await run_in_threadpool(platform.control.create_tenant, command_context(request, admin), body.name, body.plan)
+    tenant, key = await run_command(
+        platform, platform.control.create_tenant, command_context(request, admin), body.name, body.plan
+    )
     return TenantCreated(id=str(tenant.id), name=tenant.name, plan=tenant.plan, api_key=key.token, key_id=key.key_id)
 
 
@@ -53,7 +55,7 @@ async def issue_key(
 ) -> KeyIssued:
     """Issue another API key for a tenant (the admin, or the tenant itself)."""
     ctx = command_context(request, principal)
-    issued = await run_in_threadpool(platform.control.issue_key, ctx, tenant_id, body.label if body else None)
+    issued = await run_command(platform, platform.control.issue_key, ctx, tenant_id, body.label if body else None)
     return KeyIssued(key_id=issued.key_id, tenant_id=issued.tenant_id, api_key=issued.token)
 
 
@@ -69,5 +71,5 @@ def list_keys(tenant_id: str, platform: PlatformDep, principal: CallerDep) -> Ke
 @router.delete("/keys/{key_id}", status_code=204, response_class=Response)
 async def revoke_key(key_id: str, request: Request, platform: PlatformDep, principal: CallerDep) -> Response:
     """Revoke a key; it is refused at once. Revoking twice is harmless."""
-    await run_in_threadpool(platform.control.revoke_key, command_context(request, principal), key_id)
+    await run_command(platform, platform.control.revoke_key, command_context(request, principal), key_id)
     return Response(status_code=204)

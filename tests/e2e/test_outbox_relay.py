@@ -3,6 +3,8 @@ between "published" and "position saved" republishes, and the views absorb it.""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 from commands.control_plane import CommandContext
@@ -63,3 +65,39 @@ async def test_a_republished_batch_changes_no_view(tmp_path: Path) -> None:
         assert len(views.keys_of(tx, str(tenant.id))) == 1
         assert [m.slug for m in views.meter_definitions(tx)] == ["calls"]
     await platform.stop()
+
+
+async def test_an_idle_relay_polls_less_often_but_a_wake_publishes_at_once(tmp_path: Path) -> None:
+    platform = build(embedded_settings(tmp_path / "data"))
+    await platform.start(background=False)
+    stop = asyncio.Event()
+    relay = asyncio.create_task(platform.relay.run(stop, idle=0.05, idle_max=2.0))
+    try:
+        await asyncio.sleep(2.5)  # idle since the start: its pause has grown to 2 s
+
+        platform.control.create_tenant(CTX, "woken", "pro")  # stored, and no one says so
+        await asyncio.sleep(0.3)
+        assert await control_records(platform) == []  # still in its pause
+
+        platform.relay.wake()  # what the API does after every command
+        await wait_until(lambda: control_records(platform), within=0.5)
+
+        await asyncio.sleep(2.5)  # idle again
+        platform.control.create_tenant(CTX, "polled", "pro")
+        await wait_until(lambda: _tenants_published(platform, 2), within=2.5)  # the next poll finds it
+    finally:
+        stop.set()
+        await relay
+        await platform.stop()
+
+
+async def _tenants_published(platform, count: int) -> bool:  # type: ignore[no-untyped-def]
+    records = await control_records(platform)
+    return sum(decode(r.value).type == "omni.tenant.created" for r in records) >= count
+
+
+async def wait_until(check, within: float) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + within
+    while not await check():
+        assert time.monotonic() < deadline, f"not within {within} s"
+        await asyncio.sleep(0.01)
