@@ -26,6 +26,7 @@ from schemas.topics import Topics
 from stores import views
 from stores.database import Database, Leadership
 from streams.log import EventLog, LogUnavailable, Outgoing
+from streams.pausing import pause
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +99,10 @@ class OutboxRelay:
             leadership.release()
 
     async def _relay_while_leading(self, stop: asyncio.Event, leadership: Leadership, idle: float, idle_max: float) -> None:
-        pause = idle
+        idle_for = idle
         while not stop.is_set():
             if not await asyncio.to_thread(leadership.hold):
-                await _pause(stop, 1.0)
+                await pause(stop, 1.0)
                 continue
             self._woken.clear()  # before reading: a wake while we read is kept for the pause below
             try:
@@ -115,22 +116,9 @@ class OutboxRelay:
                 moved = 0
                 await asyncio.sleep(1.0)
             if moved:
-                pause = idle
+                idle_for = idle
                 continue
-            if await _pause(stop, pause, self._woken):
-                pause = idle
+            if await pause(stop, idle_for, self._woken):
+                idle_for = idle
             else:
-                pause = min(pause * 2, idle_max)
-
-
-async def _pause(stop: asyncio.Event, seconds: float, woken: asyncio.Event | None = None) -> bool:
-    """Wait `seconds`, or until stopped or woken; True if woken."""
-    waits = [asyncio.ensure_future(stop.wait())]
-    if woken is not None:
-        waits.append(asyncio.ensure_future(woken.wait()))
-    try:
-        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiting in waits:
-            waiting.cancel()
-    return woken is not None and woken.is_set()
+                idle_for = min(idle_for * 2, idle_max)

@@ -15,6 +15,7 @@ from omni.settings import Settings
 from stores import views
 from stores.database import Database
 from streams.log import EventLog, LogUnavailable
+from streams.pausing import pause
 from streams.projectors import CATALOG, METERS, CatalogProjector, MeterProjector
 
 log = logging.getLogger(__name__)
@@ -102,11 +103,7 @@ class Runner:
                 await asyncio.sleep(1.0)
             if moved:
                 continue
-            waiter = wake.wait() if wake is not None else stop.wait()
-            try:
-                await asyncio.wait_for(waiter, timeout=idle)
-            except TimeoutError:
-                pass
+            await pause(stop, idle, wake)
             if wake is not None:
                 wake.clear()
 
