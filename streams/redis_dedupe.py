@@ -55,8 +55,9 @@ PENDING = b"pending:"
 MARKER = "omni:claim:"
 POLL_SECONDS = 0.02
 
-# KEYS: the keys to claim. ARGV: our value (pending:<token>), our marker's key, the claim's
-# TTL in ms, until when the keys are kept (Unix ms). The marker is set once a key is won.
+# KEYS: the keys to claim. ARGV: our value (PENDING + token), our marker's key, the claim's
+# TTL in ms, until when the keys are kept (Unix ms), PENDING, MARKER. The marker is set once
+# a key is won.
 # Answers {position, "done" | "pending", ...} for the keys it did not win (positions are
 # 1-based), so nothing at all when every key was new.
 CLAIM = """
@@ -68,8 +69,9 @@ for i, key in ipairs(KEYS) do
   if not won then
     local value = redis.call('GET', key)
     state = 'done'
-    if value and string.sub(value, 1, 8) == 'pending:' then
-      local marker = redis.call('GET', 'omni:claim:' .. string.sub(value, 9))
+    local pending = ARGV[5]
+    if value and string.sub(value, 1, #pending) == pending then
+      local marker = redis.call('GET', ARGV[6] .. string.sub(value, #pending + 1))
       if marker == 'pending' then
         state = 'pending'
       elseif not marker then
@@ -174,7 +176,9 @@ class RedisDedupedSink:
         """
         keys = list(waiting)
         try:
-            lost = await self._claim_all(keys=keys, args=[claim.value, claim.marker, self.claim_ttl_ms, claim.keep_until_ms])
+            lost = await self._claim_all(
+                keys=keys, args=[claim.value, claim.marker, self.claim_ttl_ms, claim.keep_until_ms, PENDING, MARKER]
+            )
         except RedisError as failure:
             raise LogUnavailable(f"Redis (de-duplication) is unavailable: {failure}") from failure
         if not lost:
