@@ -45,7 +45,7 @@ class BatchConsumerThread(AIOKafkaConsumerThread):
 
 
 class BatchConsumer(KafkaConsumer):
-    """Delivers records inline while the agents' queues have room, and waits while they are full.
+    """Delivers runs straight through while the agents' queues have room, and waits while they are full.
 
     Faust tells the consumer when a queue passes its high-water mark (80 %) and when
     it is back under its low-water mark (40 %). Faust pauses the partition in between,
