@@ -35,6 +35,7 @@ def create_app(settings: Settings | None = None, *, platform: Platform | None = 
         version="0.1.0",
         summary="Metering, quotas, billing, SLOs and compliance on an event log",
         lifespan=lifespan,
+        telemetry=tracing.TELEMETRY,
     )
     app.state.platform = platform
     app.state.api_calls = recorder

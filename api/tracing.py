@@ -1,19 +1,29 @@
-"""W3C trace context: every request gets a server span, joined to the caller's trace when it sends one.
+"""W3C trace context: every request has a server span, joined to the caller's trace when it sends one.
+
+FastAPI opens that span itself (its native OpenTelemetry support) once an SDK
+tracer provider is set; this middleware then only reads it. Without one (say,
+`FastAPI(telemetry={"tracing": False})`), the middleware opens the span.
 
 The span's `traceparent` travels on into the envelopes and audit entries the
-request produces, so a usage event or a command can be followed end to end.
+request produces, so a usage event or a command can be followed end to end,
+and goes back to the caller in the `traceparent` response header.
 """
 
 from __future__ import annotations
 
 from fastapi import FastAPI, Request
+from fastapi.telemetry import TelemetryConfig
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import Span, SpanKind
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 tracer = trace.get_tracer("omni.api")
+
+# FastAPI's server span is all we need. Its operation spans (one per dependency, the endpoint and
+# the serialisation) cost about as much as the span itself, several times per request.
+TELEMETRY: TelemetryConfig = {"operation_spans": False}
 
 
 def ensure_provider() -> None:
@@ -33,27 +43,35 @@ class TracingMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        current = trace.get_current_span()
+        if current.get_span_context().is_valid:  # FastAPI's own server span
+            await self._within(current, scope, receive, send)
+            return
         request = Request(scope)
         parent = propagate.extract(dict(request.headers))
-        name = f"{request.method} {request.url.path}"
-        with tracer.start_as_current_span(name, context=parent, kind=SpanKind.SERVER) as span:
-            carrier: dict[str, str] = {}
-            propagate.inject(carrier)
-            traceparent = carrier.get("traceparent")
-            request.state.traceparent = traceparent
-            request.state.trace_id = format(span.get_span_context().trace_id, "032x")
-
-            async def send_traced(message: Message) -> None:
-                if message["type"] == "http.response.start":
-                    span.set_attribute("http.response.status_code", message["status"])
-                    if traceparent:
-                        MutableHeaders(scope=message).append("traceparent", traceparent)
-                await send(message)
-
-            await self.app(scope, receive, send_traced)
+        with tracer.start_as_current_span(f"{request.method} {request.url.path}", context=parent, kind=SpanKind.SERVER) as span:
+            await self._within(span, scope, receive, send)
             route = scope.get("route")
             if route is not None:
                 span.update_name(f"{request.method} {getattr(route, 'path', request.url.path)}")
+
+    async def _within(self, span: Span, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the request with `span` current: its ids on request.state, its traceparent on the response."""
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        traceparent = carrier.get("traceparent")
+        state = scope.setdefault("state", {})
+        state["traceparent"] = traceparent
+        state["trace_id"] = format(span.get_span_context().trace_id, "032x")
+
+        async def send_traced(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                span.set_attribute("http.response.status_code", message["status"])
+                if traceparent:
+                    MutableHeaders(scope=message).append("traceparent", traceparent)
+            await send(message)
+
+        await self.app(scope, receive, send_traced)
 
 
 def install(app: FastAPI) -> None:

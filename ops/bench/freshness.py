@@ -34,6 +34,7 @@ from ops.bench.common import (
     cloud_events,
     expected_totals,
     key_of_batch,
+    load_client,
     opt,
     percentile,
     post_batch,
@@ -93,7 +94,7 @@ async def attempt(stack: Stack, o: Options, rate: int) -> Attempt:
     done = asyncio.Event()
 
     async with (
-        httpx.AsyncClient(base_url=stack.api.base_url, timeout=60, limits=httpx.Limits(max_connections=64)) as load,
+        load_client(64) as load,
         httpx.AsyncClient(base_url=stack.api.base_url, timeout=60) as probe,
     ):
         started = time.monotonic()
@@ -117,7 +118,9 @@ async def attempt(stack: Stack, o: Options, rate: int) -> Attempt:
 
         async def send(i: int) -> None:
             key = key_of_batch(keys, i)
-            await post_batch(load, work[i], {**Api.auth(key), "Content-Type": BATCH_TYPE}, o.batch)
+            await post_batch(
+                load, f"{stack.api.base_url}/v1/events", work[i], {**Api.auth(key), "Content-Type": BATCH_TYPE}, o.batch
+            )
             acked = time.monotonic()
             if (i + 1) % every == 0:
                 await watch(key, f"probe-{i}", acked)

@@ -197,6 +197,34 @@ async def test_the_callers_trace_reaches_the_log(omni: Omni) -> None:
     assert event.traceparent is not None and event.traceparent.split("-")[1] == trace
 
 
+async def test_a_request_makes_one_server_span_in_the_callers_trace(omni: Omni) -> None:
+    """FastAPI's own server span is the request's span: no second one from our middleware, no
+    operation spans, and the traceparent the API hands on names that span."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import SpanKind
+
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    try:
+        _, key = await omni.tenant()
+        caller = "5bf92f3577b34da6a3ce929d0e0e4737"
+        headers = {**omni.auth(key), "Content-Type": SINGLE, "traceparent": f"00-{caller}-00f067aa0ba902b7-01"}
+        response = await omni.client.post("/v1/events", content=orjson.dumps(cloud_event("one-span")), headers=headers)
+        assert response.status_code == 202
+        spans = [s for s in exporter.get_finished_spans() if format(s.context.trace_id, "032x") == caller]
+    finally:
+        exporter.shutdown()
+    assert [(s.kind, s.name) for s in spans] == [(SpanKind.SERVER, "POST /v1/events")]
+    assert spans[0].attributes is not None and spans[0].attributes["http.response.status_code"] == 202
+    handed_on = response.headers["traceparent"].split("-")
+    assert handed_on[1] == caller and handed_on[2] == format(spans[0].context.span_id, "016x")
+
+
 async def test_a_redis_flush_mid_stream_still_counts_every_event_once(omni: Omni) -> None:
     """Kafka mode: Redis holds the door's claims. Losing them (a restart without persistence,
     a failover) lets repeats through to the log, where the projector's own record drops them."""
