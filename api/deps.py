@@ -30,7 +30,8 @@ async def get_principal(request: Request, platform: PlatformDep) -> Principal:
             kind="unauthorized",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    principal = await run_in_threadpool(platform.authenticate, token.strip())
+    token = token.strip()
+    principal = platform.cached_principal(token) or await run_in_threadpool(platform.authenticate, token)
     if principal is None:
         raise Problem(
             401, "Unauthorized", "The API key is unknown or revoked.", kind="unauthorized", headers={"WWW-Authenticate": "Bearer"}

@@ -13,15 +13,19 @@ from urllib.parse import unquote, urlparse
 
 from commands.control_plane import ControlPlane, Principal
 from commands.ingest import AdmissionPolicy
+from omni.key_cache import KeyCache, KeyChanges
 from omni.settings import Mode, Settings
 from schemas.topics import Topics
 from stores import views
 from stores.database import Database, PostgresDatabase, SqliteDatabase
+from stores.store_listener import StoreListener
 from streams.log import EventLog, UsageSink
 from streams.outbox import OutboxRelay
 from streams.runner import Runner, build_runner
 
 log = logging.getLogger(__name__)
+
+ADMIN = Principal(tenant_id=None, key_id="admin", is_admin=True)
 
 
 def event_store_env(settings: Settings) -> dict[str, str]:
@@ -73,27 +77,70 @@ class Platform:
     runner: Runner
     policy: AdmissionPolicy
     admin_key_digest: bytes
+    keys: KeyCache
+    key_changes: KeyChanges
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     def is_admin(self, token: str) -> bool:
         return hmac.compare_digest(hashlib.sha256(token.encode()).digest(), self.admin_key_digest)
 
-    def authenticate(self, token: str) -> Principal | None:
+    def cached_principal(self, token: str) -> Principal | None:
+        """Who `token` is, if that is known without reading the event store (the admin, or a cached key)."""
         if self.is_admin(token):
-            return Principal(tenant_id=None, key_id="admin", is_admin=True)
-        return self.control.authenticate(token)
+            return ADMIN
+        return self.keys.get(token)
+
+    def authenticate(self, token: str) -> Principal | None:
+        """Who `token` is, reading the event store if needed (blocking: call it from a worker thread)."""
+        if self.is_admin(token):
+            return ADMIN
+        generation = self.keys.generation
+        principal = self.control.authenticate(token)
+        if principal is not None:
+            self.keys.put(token, principal, generation)
+        return principal
 
     async def start(self, *, background: bool) -> None:
-        """Open the log; with `background`, also run the relay (and the runner in embedded mode)."""
+        """Open the log and watch for key changes; with `background`, also run the relay (and the
+        runner in embedded mode)."""
         await self.log.start()
+        self._stop.clear()
+        if self.settings.mode is Mode.EMBEDDED:
+            # The only process on this data: every key change is one of its own commands.
+            await asyncio.to_thread(self.key_changes.start_watching)
+        else:
+            self._tasks.append(asyncio.create_task(self._key_listener().run(self._stop), name="key-listener"))
         if not background:
             return
-        self._stop.clear()
         self._tasks.append(asyncio.create_task(self.relay.run(self._stop), name="outbox-relay"))
         if self.settings.mode is Mode.EMBEDDED:
             wake = getattr(self.log, "appended", None)
             self._tasks.append(asyncio.create_task(self.runner.run(self._stop, wake), name="runner"))
+
+    async def after_command(self) -> None:
+        """What a command stored takes effect in this process at once: key changes reach the cache,
+        and the relay publishes (rather than after an idle pause)."""
+        self.relay.wake()
+        try:
+            await asyncio.to_thread(self.key_changes.catch_up)
+        except Exception:
+            log.warning("could not read the key changes after a command; authenticating from the store", exc_info=True)
+
+    def _key_listener(self) -> StoreListener:
+        """Kafka mode: other API processes' commands reach this one's key cache through PostgreSQL."""
+
+        async def changed() -> None:
+            await asyncio.to_thread(self.key_changes.catch_up)
+
+        async def listening() -> None:
+            await asyncio.to_thread(self.key_changes.start_watching)
+
+        async def lost() -> None:
+            self.key_changes.stop_watching()
+
+        channel: str = self.control.recorder.channel_name  # type: ignore[attr-defined]
+        return StoreListener(self.settings.database_url, channel, listening=listening, changed=changed, lost=lost)
 
     async def stop(self) -> None:
         self._stop.set()
@@ -135,6 +182,7 @@ def build(settings: Settings) -> Platform:
         db = PostgresDatabase(settings.database_url, schema=settings.database_schema)
     db.migrate(views.SCHEMA)
     control = ControlPlane(env=event_store_env(settings))
+    keys = KeyCache()  # trusted once `start` watches the key changes
     return Platform(
         settings=settings,
         topics=topics,
@@ -146,4 +194,6 @@ def build(settings: Settings) -> Platform:
         runner=build_runner(settings, db, log_),
         policy=AdmissionPolicy(window=settings.acceptance_window, future=settings.future_tolerance),
         admin_key_digest=hashlib.sha256(admin_key(settings).encode()).digest(),
+        keys=keys,
+        key_changes=KeyChanges(control.recorder, keys),
     )

@@ -31,3 +31,10 @@ VIEWS_LAG = Gauge(
     "Records on the log the views do not hold yet, per partition this process folds",
     ["projector", "partition"],
 )
+KEY_CACHE = Counter(
+    "omni_key_cache_total", "API key lookups answered from memory (hit) or by the event store (miss)", ["outcome"]
+)
+KEY_CACHE_TRUSTED = Gauge(
+    "omni_key_cache_trusted",
+    "1 while every API key change reaches this process's key cache; 0 while it is bypassed (its listener is down)",
+)

@@ -22,7 +22,7 @@ async def test_a_revoked_key_is_refused_at_once(omni: Omni) -> None:
 
     revoked = await omni.client.delete(f"/v1/keys/{first_id}", headers=omni.auth(second))
     assert revoked.status_code == 204
-    # No settling: authentication reads the event store, so the refusal is immediate.
+    # No settling: the revocation reaches this process's key cache before the 204 answers it.
     refused = await omni.client.get(f"/v1/tenants/{tenant_id}/keys", headers=omni.auth(first))
     assert refused.status_code == 401
     assert refused.headers["content-type"] == "application/problem+json"

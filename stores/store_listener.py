@@ -1,0 +1,89 @@
+"""LISTEN to the event store's PostgreSQL channel: every process hears every command's commit.
+
+The eventsourcing recorder sends NOTIFY on its channel in each transaction
+that stores events, so the notice arrives when the events are committed, from
+whichever process stored them. A notice carries nothing; the listener only
+says "the store changed" and the reader looks at what changed.
+
+Whether notices can be trusted matters as much as the notices: `listening`
+runs once LISTEN is in place (nothing committed after it can go unheard), and
+`lost` runs when the connection fails or stops answering a probe, before any
+retry. Between the two, changes may go unheard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+import psycopg
+from psycopg import sql
+
+log = logging.getLogger(__name__)
+
+APPLICATION_NAME = "omni-store-listener"  # how its connection shows in pg_stat_activity
+
+
+class StoreListener:
+    def __init__(
+        self,
+        url: str,
+        channel: str,
+        *,
+        listening: Callable[[], Awaitable[None]],
+        changed: Callable[[], Awaitable[None]],
+        lost: Callable[[], Awaitable[None]],
+        probe_every: float = 5.0,
+        probe_timeout: float = 2.0,
+        retry_max: float = 5.0,
+    ) -> None:
+        self.url = url
+        self.channel = channel
+        self.listening = listening
+        self.changed = changed
+        self.lost = lost
+        self.probe_every = probe_every
+        self.probe_timeout = probe_timeout
+        self.retry_max = retry_max
+
+    async def run(self, stop: asyncio.Event) -> None:
+        backoff = 0.2
+        try:
+            while not stop.is_set():
+                try:
+                    await self._listen(stop)
+                    backoff = 0.2
+                except Exception as failure:
+                    log.warning("event store notifications lost (%s); retrying in %.1fs", failure, backoff)
+                    await self.lost()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=backoff)
+                    backoff = min(backoff * 2, self.retry_max)
+        finally:
+            await self.lost()  # stopped or cancelled: nobody hears the store any more
+
+    async def _listen(self, stop: asyncio.Event) -> None:
+        conn = await psycopg.AsyncConnection.connect(
+            self.url, autocommit=True, connect_timeout=5, application_name=APPLICATION_NAME
+        )
+        async with conn:
+            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+            await self.listening()
+            quiet = 0.0
+            while not stop.is_set():
+                heard = False
+                # Returns after the first notice or a second of silence, so `stop` is seen promptly.
+                async for _ in conn.notifies(timeout=1.0, stop_after=1):
+                    heard = True
+                if heard:
+                    quiet = 0.0
+                    await self.changed()
+                    continue
+                quiet += 1.0
+                if quiet >= self.probe_every:
+                    # A connection that died without a word delivers no notices and raises nothing:
+                    # only asking proves it is alive.
+                    await asyncio.wait_for(conn.execute("SELECT 1"), timeout=self.probe_timeout)
+                    quiet = 0.0

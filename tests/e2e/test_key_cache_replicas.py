@@ -1,0 +1,90 @@
+"""Kafka mode: API replicas share one event store, and each keeps verified keys in memory.
+
+A key revoked through one replica must stop working on the others at once, not
+when their cached answer ages out: PostgreSQL notifies every replica of each
+commit to the store. Two platforms on one schema stand for two API processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+import psycopg
+import pytest
+
+from api.app import create_app
+from omni.bootstrap import Platform, build
+from stores.store_listener import APPLICATION_NAME
+from tests.contract.conftest import DATABASE_URL
+from tests.e2e.conftest import ADMIN, drop_kafka_state, kafka_settings, services_or_skip
+
+Replica = tuple[Platform, httpx.AsyncClient]
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> float:
+    """Seconds until `condition` held; fails after `timeout`."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"not within {timeout}s")
+        await asyncio.sleep(0.01)
+    return time.monotonic() - started
+
+
+@pytest.fixture
+async def replicas() -> AsyncIterator[tuple[Replica, Replica]]:
+    services_or_skip()
+    settings = kafka_settings(uuid.uuid4().hex[:12])
+    first, second = build(settings), build(settings)
+    apps = [create_app(platform=p, background=False) for p in (first, second)]
+    async with apps[0].router.lifespan_context(apps[0]), apps[1].router.lifespan_context(apps[1]):
+        async with (
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=apps[0]), base_url="http://a.test") as a,
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=apps[1]), base_url="http://b.test") as b,
+        ):
+            await eventually(lambda: first.keys.trusted and second.keys.trusted)
+            yield (first, a), (second, b)
+    await drop_kafka_state(settings)
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def test_a_key_revoked_on_one_replica_stops_working_on_the_other(replicas: tuple[Replica, Replica]) -> None:
+    (_, a), (second, b) = replicas
+    created = (await a.post("/v1/tenants", json={"name": "acme", "plan": "pro"}, headers=auth(ADMIN))).json()
+    key = created["api_key"]
+    assert (await b.get("/v1/meters", headers=auth(key))).status_code == 200
+    assert second.cached_principal(key) is not None, "the second replica keeps the key it verified"
+
+    assert (await a.delete(f"/v1/keys/{key.split('_')[1]}", headers=auth(ADMIN))).status_code == 204
+    waited = await eventually(lambda: second.cached_principal(key) is None, timeout=2.0)
+    assert (await b.get("/v1/meters", headers=auth(key))).status_code == 401
+    assert waited < 1.0, f"the second replica forgot the revoked key only after {waited:.2f}s"
+
+
+async def test_a_replica_that_cannot_hear_the_store_keeps_nothing_until_it_hears_again(
+    replicas: tuple[Replica, Replica],
+) -> None:
+    (_, a), (second, b) = replicas
+    created = (await a.post("/v1/tenants", json={"name": "acme", "plan": "pro"}, headers=auth(ADMIN))).json()
+    key = created["api_key"]
+    assert (await b.get("/v1/meters", headers=auth(key))).status_code == 200
+    assert len(second.keys) == 1
+
+    with psycopg.connect(DATABASE_URL, autocommit=True) as conn:
+        cut = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s", (APPLICATION_NAME,)
+        ).fetchall()
+    assert cut, "no listener connection to cut"
+    # Whatever it kept may have gone stale while it was deaf: it goes, whether or not it reconnected yet.
+    await eventually(lambda: len(second.keys) == 0)
+    assert (await b.get("/v1/meters", headers=auth(key))).status_code == 200, "read from the store"
+    await eventually(lambda: second.keys.trusted)
+    assert (await b.get("/v1/meters", headers=auth(key))).status_code == 200
+    assert len(second.keys) == 1, "listening again, it keeps keys again"
