@@ -86,6 +86,33 @@ class BatchConsumer(KafkaConsumer):
                 self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
                 yield tp, run_message(tp, records, generation)
 
+    async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        """Record the offsets before a run's last one as done: the agents never see them.
+
+        Faust's fetch loop calls this with `offset_to` the offset of the message it is about to
+        deliver, and Faust's own version counts that offset as a gap too. The message is acked
+        as well, so it is then listed twice, and `_new_offset` stops at the first repeat: with
+        a gap before every message, as runs leave, each commit advanced by one run, and the
+        list of acked offsets grew by every record in between, without end. Here the gap ends
+        before `offset_to`.
+
+        Faust also rebuilt the whole interval tree on every gap (`merge_overlaps`), a cost
+        growing with the gaps held until the next commit. Runs' gaps only touch, never overlap,
+        so the tree is rebuilt only when one does overlap (a re-delivery after a seek back),
+        and then offsets already acked are cut out of it.
+        """
+        committed = self._committed_offset[tp]
+        if committed is not None:
+            offset_from = max(offset_from, committed + 1)
+        if offset_from < offset_to:
+            gaps = self._gap[tp]
+            overlapping = gaps.overlaps(offset_from, offset_to)
+            gaps.addi(offset_from, offset_to)  # interval ends are exclusive: offset_to is not a gap
+            if overlapping:
+                gaps.merge_overlaps()
+                for acked in [o for o in self._acked_index[tp] if offset_from <= o < offset_to]:
+                    gaps.chop(acked, acked + 1)  # listed as acked already: never twice
+
     def on_buffer_full(self, tp: TP) -> None:
         self._pressed.add(tp)
         self._relieved.clear()

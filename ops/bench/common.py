@@ -536,7 +536,7 @@ async def post_batch(http: aiohttp.ClientSession, url: str, body: bytes, headers
 
 
 def load_client(connections: int) -> aiohttp.ClientSession:
-    """The load generator's HTTP client: aiohttp, about a fifth of httpx's CPU per request.
+    """The load generator's HTTP client: aiohttp, about a quarter of httpx's CPU per request.
 
     It shares the 2 cores with the system under test, so every microsecond it spends is
     one the API and the workers do not get.

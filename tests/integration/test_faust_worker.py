@@ -311,6 +311,35 @@ async def test_fresh_views_are_rebuilt_from_their_own_checkpoints_not_the_groups
         fresh.close()
 
 
+async def test_the_groups_offsets_keep_up_with_many_small_runs(
+    kafka_log: KafkaLog,
+    kafka_servers: str,
+    topics: Topics,
+    views_db: PostgresDatabase,
+    database_url: str,
+    worker_factory: Callable[[str, str], WorkerProcess],
+) -> None:
+    """Events arriving a few at a time make many runs, each a gap plus an ack for Faust. Its
+    commits must still reach the log's end while the worker runs, not one run per commit."""
+    stream = Stream()
+    await kafka_log.append(topics.control, [meter_defined(CALLS)])
+    worker = worker_factory(database_url, views_db.schema)
+    worker.start()
+    for _ in range(40):
+        await kafka_log.append(topics.usage, to_records(stream.generate(15)))
+        await asyncio.sleep(0.05)
+    await wait_for(lambda: caught_up(views_db, kafka_log, ["calls"]), worker, 30, "the views")
+    end = await kafka_log.end_offsets(topics.usage)
+
+    async def committed_to_the_end() -> bool:
+        return await group_offsets(kafka_servers, f"{topics.prefix}-views", topics.usage) == end
+
+    # Faust commits every few seconds (broker_commit_interval); one such commit must do.
+    await wait_for(committed_to_the_end, worker, 15, "the group's offsets to reach the log end")
+    assert_views_equal_truth(views_db, stream, [CALLS])
+    assert worker.stop() == 0
+
+
 async def test_a_database_outage_mid_batch_is_retried_until_committed(
     kafka_log: KafkaLog,
     topics: Topics,

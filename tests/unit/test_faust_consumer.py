@@ -110,3 +110,36 @@ async def test_a_drop_that_never_comes_holds_deliveries_only_briefly(
     await asyncio.wait_for(consumer.wait_first(recording(delivered, 2), consumer.suspend_flow.wait()), 0.04)
 
     assert delivered == [1, 2]
+
+
+async def test_committing_runs_reaches_their_last_offset_and_keeps_nothing(consumer: BatchConsumer) -> None:
+    """As Faust's fetch loop does: a gap up to each run's message, then its ack; commits now
+    and then. Each commit must reach the last acked run, and leave no offsets behind."""
+    tp = TP("usage", 7)
+    consumer._committed_offset[tp] = None
+    read: int | None = None
+    last = -1
+    for run, size in enumerate([100, 150, 1, 150, 100] * 40):
+        last += size
+        if read is not None and last - read > 1:
+            await consumer._add_gap(tp, read + 1, last)
+        consumer._acked[tp].append(last)
+        consumer._acked_index[tp].add(last)
+        read = last
+        if run % 7 == 6:
+            committed = consumer._new_offset(tp)
+            assert committed == last + 1
+            consumer._committed_offset[tp] = committed - 1
+            assert consumer._acked[tp] == [] and not consumer._gap[tp], "nothing held after a commit"
+
+
+async def test_an_overlapping_gap_still_commits_to_the_end(consumer: BatchConsumer) -> None:
+    tp = TP("usage", 8)
+    consumer._committed_offset[tp] = None
+    for first, last in [(0, 99), (100, 249)]:
+        await consumer._add_gap(tp, first, last)
+        consumer._acked[tp].append(last)
+        consumer._acked_index[tp].add(last)
+    await consumer._add_gap(tp, 50, 120)  # overlaps both and covers an acked offset, as after a seek back
+    assert consumer._new_offset(tp) == 250
+    assert consumer._acked[tp] == []
