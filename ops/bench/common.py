@@ -706,6 +706,10 @@ async def serve(mode: str, *, partitions: int = 4, workers: int = 1, apis: int =
         if processes:
             await wait_group_stable(f"{prefix}-views", len(processes))
         yield stack
+    except BaseException:
+        for process in [*servers, *processes]:
+            print(f"--- the last lines of {process.name}'s log:\n{process.tail()}", file=sys.stderr)
+        raise
     finally:
         await api.close()
         for process in [*processes, *servers]:
