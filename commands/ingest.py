@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from commands.errors import Invalid
 from schemas.cloudevents import CloudEvent, extension_errors
@@ -56,14 +56,12 @@ def admit(
     errors: list[dict[str, Any]] = []
     envelopes: list[Envelope] = []
     oldest, newest = received - policy.window, received + policy.future
-    for index, item in enumerate(items):
-        if not isinstance(item, dict):
+    for index, (item, event) in enumerate(zip(items, _validated(items), strict=True)):
+        if event is None:
             errors.append({"index": index, "reason": "an event must be a JSON object"})
             continue
-        try:
-            event = CloudEvent.model_validate(item)
-        except ValidationError as invalid:
-            errors.append({"index": index, "id": _safe_id(item), "reasons": [_reason(e) for e in invalid.errors()]})
+        if isinstance(event, ValidationError):
+            errors.append({"index": index, "id": _safe_id(item), "reasons": [_reason(e) for e in event.errors()]})
             continue
         problems = extension_errors(event)
         if may_hold_nul and holds_nul(item):
@@ -96,6 +94,31 @@ def admit(
     if errors:
         raise Invalid(f"{len(errors)} of {len(items)} events are invalid; none were accepted", errors)
     return envelopes
+
+
+_BATCH = TypeAdapter(list[CloudEvent])
+
+
+def _validated(items: Sequence[Any]) -> list[CloudEvent | ValidationError | None]:
+    """Each item as a CloudEvent, or why it is not one (None: not even a JSON object).
+
+    The whole batch in one call first: about half the cost of one call per event. Only a batch
+    with a bad event in it pays for the second pass, which tells each event's own errors.
+    """
+    try:
+        return list(_BATCH.validate_python(items))
+    except ValidationError:
+        pass
+    results: list[CloudEvent | ValidationError | None] = []
+    for item in items:
+        if not isinstance(item, dict):
+            results.append(None)
+            continue
+        try:
+            results.append(CloudEvent.model_validate(item))
+        except ValidationError as invalid:
+            results.append(invalid)
+    return results
 
 
 def _safe_id(item: dict[str, Any]) -> str | None:

@@ -1,7 +1,7 @@
 """`python -m ops.bench.worker_trace`: the Faust worker of `python -m streams.faust_app`, logging every batch.
 
 A diagnostic (`--trace-worker` / BENCH_TRACE_WORKER=1 on the Kafka-mode benchmarks): one JSON line per
-batch the agent hands to Feeder.feed, with its size, the time spent folding it and the time the agent
+batch the agent hands to Feeder.feed, with its size (runs and records), the time spent folding it and the time the agent
 waited for it, written to the file named by BENCH_TRACE. Summarized by `summarize`.
 """
 
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from streams import faust_app
+from streams.faust_runs import FetchedRecord
 
 
 def install(path: Path) -> None:
@@ -23,13 +24,14 @@ def install(path: Path) -> None:
     out = path.open("a", buffering=1)
     last: dict[str, float] = {}
 
-    async def feed(self: faust_app.Feeder, events: Sequence[Any]) -> None:
+    async def feed(self: faust_app.Feeder, runs: Sequence[Sequence[FetchedRecord]]) -> None:
         started = time.monotonic()
-        await original(self, events)
+        await original(self, runs)
         ended = time.monotonic()
         line = {
             "topic": self.topic,
-            "events": len(events),
+            "runs": len(runs),
+            "events": sum(len(run) for run in runs),
             "wait_s": started - last.get(self.topic, started),
             "feed_s": ended - started,
         }
@@ -49,6 +51,7 @@ def summarize(lines: Sequence[str]) -> dict[str, Any]:
         "batches": len(batches),
         "events_per_batch_mean": statistics.fmean(b["events"] for b in batches),
         "events_per_batch_max": max(b["events"] for b in batches),
+        "runs_per_batch_mean": statistics.fmean(b.get("runs", 0) for b in batches),
         "feed_ms_mean": 1000 * feed / len(batches),
         "fold_events_per_s": sum(b["events"] for b in batches) / feed if feed else 0.0,
         "share_folding": feed / (feed + wait) if feed + wait else 0.0,

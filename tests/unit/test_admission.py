@@ -320,6 +320,29 @@ def test_arbitrary_json_items_only_ever_raise_invalid(items):
             assert RECEIVED - POLICY.window <= envelope.event_time <= RECEIVED + POLICY.future
 
 
+@PROPS
+@given(st.lists(json_values | mutated_events(), max_size=5))
+def test_a_batch_is_judged_as_its_events_one_by_one(items):
+    """Admission validates a batch in one call and looks at events one by one only when it
+    fails: the outcome must be the one of admitting each event on its own."""
+    alone: list[dict | None] = []  # per item: its error entry, or None when it is admissible
+    for index, item in enumerate(items):
+        try:
+            run([item])
+            alone.append(None)
+        except Invalid as error:
+            (entry,) = error.errors
+            alone.append({**entry, "index": index})
+    try:
+        run(items)
+        together: list[dict | None] = [None] * len(items)
+    except Invalid as error:
+        together = [None] * len(items)
+        for entry in error.errors:
+            together[entry["index"]] = entry
+    assert together == alone
+
+
 extension_names = st.from_regex(r"\A[a-z0-9]{1,20}\Z").filter(lambda n: n not in FIELD_NAMES)
 offsets = st.integers(-23 * 60 + 1, 23 * 60 - 1).map(lambda m: timezone(timedelta(minutes=m)))
 
