@@ -50,7 +50,7 @@ TARGET_SHARE = 0.30
 class Options:
     events: int = opt(100_000, "events per round (one round per batch size)")
     batch_sizes: str = opt("100,1000", "events per request, one round each")
-    clients: int = opt(4, "concurrent HTTP connections")
+    clients: int = opt(16, "concurrent HTTP connections (4 leave a quarter of the 2 cores idle at 100 events a request)")
     partitions: int = opt(4, "usage topic partitions")
     workers: int = opt(2, "Faust workers in the consumer group (one per core)")
     apis: int = opt(1, "API processes (replicas; the clients spread over them)")
