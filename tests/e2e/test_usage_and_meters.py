@@ -248,9 +248,7 @@ async def test_a_redis_flush_mid_stream_still_counts_every_event_once(omni: Omni
     assert [row["value"] for row in await omni.query(key, "calls")] == [80]
 
 
-async def test_an_ingest_request_with_a_known_key_hops_to_no_worker_thread(
-    omni: Omni, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_an_ingest_request_with_a_known_key_hops_to_no_worker_thread(omni: Omni, monkeypatch: pytest.MonkeyPatch) -> None:
     """A thread hop costs about a tenth of a small request's CPU: none on the hot path, once the
     key is verified and kept (FastAPI runs plain `def` dependencies and routes in worker threads,
     through anyio). The embedded log's own SQLite write is not the framework's and not counted."""
