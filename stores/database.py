@@ -3,7 +3,9 @@
 Statements are written once with `?` placeholders; the PostgreSQL adapter
 rewrites them to psycopg's `%s`. A schema script is one text for both: a
 statement that starts with `/*sqlite*/` or `/*postgres*/` runs on that
-dialect only (where column types must differ, e.g. exact decimals).
+dialect only (where column types must differ, e.g. exact decimals). SQLite
+connections get `seen_digest(tenant_id, source, source_id)`, the de-duplication
+digest (stores.views.seen_digest), which PostgreSQL computes with built-ins.
 """
 
 from __future__ import annotations
@@ -131,6 +133,10 @@ class SqliteDatabase:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        # SQLite has no sha256: the schema's migration of the de-duplication memory calls this one.
+        from stores.views import seen_digest  # here, not at the top: stores.views imports this module
+
+        self._db.create_function("seen_digest", 3, seen_digest, deterministic=True)
         self._lock = threading.RLock()
 
     @contextmanager

@@ -32,10 +32,27 @@ dead letters the live fold recorded), while new batches keep being folded
 into the meters already caught up. Until a meter has caught up its queries
 show only the history folded so far. A later layout does the same with new
 names again.
+
+De-duplication memory (`seen_digests`)
+--------------------------------------
+The usage projector remembers every (tenant, source, id) it has folded, for
+as long as an event may be admitted (a week), so a duplicate that reached
+the log anyway is dropped. One row per event: `digest`, the first 16 bytes
+of sha256 over the UTF-8 of `tenant_id NUL source NUL source_id`
+(`seen_digest`; text never holds NUL, admission refuses it, so the
+separator is unambiguous), and `keep_until` (epoch seconds), indexed for
+`purge_seen`. Unlike the views this table cannot be rebuilt from the log:
+losing it would let an event seen last week be counted again. So its
+migration moves the rows: the script (re)creates the legacy `seen_events`
+table (tenant, source, id as text) if absent, copies its rows into
+`seen_digests` with the digest computed in SQL (PostgreSQL: `sha256`;
+SQLite: the same Python function, registered on the connection as
+`seen_digest`), then drops it. Run again, it finds nothing to copy.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -55,6 +72,10 @@ _BUCKET_VALUES_POSTGRES = """count BIGINT NOT NULL, total NUMERIC NOT NULL, mini
     latest_at_us BIGINT, latest_offset BIGINT, latest NUMERIC, uniques TEXT[]"""
 _BUCKET_VALUES_SQLITE = """count INTEGER NOT NULL, total TEXT NOT NULL, minimum TEXT, maximum TEXT,
     latest_at_us INTEGER, latest_offset INTEGER, latest TEXT, uniques TEXT"""
+# seen_digest in PostgreSQL's built-ins; decode('00', 'hex') is one NUL byte whatever standard_conforming_strings is.
+# (The migration's INSERT ... SELECT has `WHERE true` so SQLite does not read its ON CONFLICT as a join's ON.)
+_SEEN_DIGEST_POSTGRES = """substring(sha256(convert_to(tenant_id, 'UTF8') || decode('00', 'hex') || convert_to(source, 'UTF8')
+    || decode('00', 'hex') || convert_to(source_id, 'UTF8')) from 1 for 16)"""
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -83,9 +104,6 @@ CREATE TABLE IF NOT EXISTS meter_offsets (
     tenant_id TEXT NOT NULL, meter TEXT NOT NULL, resolution INTEGER NOT NULL, window_start INTEGER NOT NULL,
     {_BUCKET_VALUES_SQLITE},
     PRIMARY KEY (tenant_id, meter, resolution, window_start)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS seen_events (
-    tenant_id TEXT NOT NULL, source TEXT NOT NULL, source_id TEXT NOT NULL, keep_until BIGINT NOT NULL,
-    PRIMARY KEY (tenant_id, source, source_id));
 CREATE TABLE IF NOT EXISTS dropped_records (
     topic TEXT NOT NULL, partition INTEGER NOT NULL, record_offset BIGINT NOT NULL,
     PRIMARY KEY (topic, partition, record_offset));
@@ -98,7 +116,17 @@ CREATE TABLE IF NOT EXISTS tenants (
 CREATE TABLE IF NOT EXISTS api_keys (
     key_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, label TEXT, issued_at TEXT NOT NULL, revoked_at TEXT);
 CREATE INDEX IF NOT EXISTS api_keys_by_tenant ON api_keys (tenant_id);
-CREATE INDEX IF NOT EXISTS seen_events_expiry ON seen_events (keep_until)
+/*postgres*/ CREATE TABLE IF NOT EXISTS seen_digests (digest BYTEA PRIMARY KEY, keep_until BIGINT NOT NULL);
+/*sqlite*/ CREATE TABLE IF NOT EXISTS seen_digests (digest BLOB PRIMARY KEY, keep_until INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS seen_digests_expiry ON seen_digests (keep_until);
+CREATE TABLE IF NOT EXISTS seen_events (
+    tenant_id TEXT NOT NULL, source TEXT NOT NULL, source_id TEXT NOT NULL, keep_until BIGINT NOT NULL,
+    PRIMARY KEY (tenant_id, source, source_id));
+/*postgres*/ INSERT INTO seen_digests (digest, keep_until) SELECT {_SEEN_DIGEST_POSTGRES}, keep_until
+    FROM seen_events WHERE true ORDER BY 1 ON CONFLICT DO NOTHING;
+/*sqlite*/ INSERT INTO seen_digests (digest, keep_until) SELECT seen_digest(tenant_id, source, source_id), keep_until
+    FROM seen_events WHERE true ORDER BY 1 ON CONFLICT DO NOTHING;
+DROP TABLE IF EXISTS seen_events
 """
 
 CHUNK = 400
@@ -160,36 +188,45 @@ def set_meter_checkpoints(tx: Tx, topic: str, partition: int, next_offsets: Mapp
 # De-duplication ----------------------------------------------------------------
 
 
-def claim_events(tx: Tx, keys: Sequence[tuple[str, str, str, int]]) -> set[tuple[str, str, str]]:
-    """Record (tenant, source, id, keep_until) as seen; return the keys that were new.
+def seen_digest(tenant_id: str, source: str, source_id: str) -> bytes:
+    """The de-duplication key of an event: sha256 of `tenant_id NUL source NUL source_id` (UTF-8), first 16 bytes.
 
-    PostgreSQL gets one statement with four array parameters, whatever the batch size.
+    The SCHEMA's migration computes the same bytes in SQL (PostgreSQL's sha256; on SQLite
+    this function, registered on the connection).
+    """
+    return hashlib.sha256(f"{tenant_id}\x00{source}\x00{source_id}".encode()).digest()[:16]
+
+
+def claim_events(tx: Tx, keys: Sequence[tuple[str, str, str, int]]) -> set[tuple[str, str, str]]:
+    """Record (tenant, source, id, keep_until) as seen; return the (tenant, source, id) that were new.
+
+    Stored as digests (seen_digest); PostgreSQL gets one statement with two array parameters,
+    whatever the batch size. Digests are sorted, so concurrent claimers lock them in one order.
     """
     if not keys:
         return set()
+    claimed: dict[bytes, tuple[tuple[str, str, str], int]] = {}
+    for tenant_id, source, source_id, keep_until in keys:
+        claimed.setdefault(seen_digest(tenant_id, source, source_id), ((tenant_id, source, source_id), keep_until))
+    digests = sorted(claimed)
     if tx.dialect == "postgres":
-        tenants, sources, ids, keep = (list(column) for column in zip(*keys, strict=True))
         rows = tx.execute(
-            "INSERT INTO seen_events (tenant_id, source, source_id, keep_until) "
-            "SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::bigint[]) "
-            "ON CONFLICT DO NOTHING RETURNING tenant_id, source, source_id",
-            (tenants, sources, ids, keep),
+            "INSERT INTO seen_digests (digest, keep_until) SELECT * FROM unnest(%b::bytea[], %b::bigint[]) "
+            "ON CONFLICT DO NOTHING RETURNING digest",
+            (digests, [claimed[d][1] for d in digests]),
         )
-        return {(t, s, i) for t, s, i in rows}
+        return {claimed[bytes(d)][0] for (d,) in rows}
     fresh: set[tuple[str, str, str]] = set()
-    for chunk in _chunks(keys):
-        values = ", ".join("(?, ?, ?, ?)" for _ in chunk)
-        params = [value for key in chunk for value in key]
-        rows = tx.execute(
-            f"INSERT INTO seen_events VALUES {values} ON CONFLICT DO NOTHING RETURNING tenant_id, source, source_id",
-            params,
-        )
-        fresh.update((t, s, i) for t, s, i in rows)
+    for chunk in _chunks(digests):
+        values = ", ".join("(?, ?)" for _ in chunk)
+        params = [value for d in chunk for value in (d, claimed[d][1])]
+        rows = tx.execute(f"INSERT INTO seen_digests VALUES {values} ON CONFLICT DO NOTHING RETURNING digest", params)
+        fresh.update(claimed[bytes(d)][0] for (d,) in rows)
     return fresh
 
 
 def purge_seen(tx: Tx, older_than: int) -> None:
-    tx.execute("DELETE FROM seen_events WHERE keep_until < ?", (older_than,))
+    tx.execute("DELETE FROM seen_digests WHERE keep_until < ?", (older_than,))
 
 
 def add_dropped(tx: Tx, topic: str, partition: int, offsets: Iterable[int]) -> None:

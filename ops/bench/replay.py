@@ -143,7 +143,7 @@ async def rebuild(log: KafkaLog, schema: str, batch: int) -> tuple[float, int]:
             await runner.drain()
         elapsed = time.perf_counter() - started
         with db.transaction() as tx:
-            total = tx.execute("SELECT count(*) FROM seen_events")[0][0]
+            total = tx.execute("SELECT count(*) FROM seen_digests")[0][0]
     finally:
         db.close()
     return elapsed, int(total)
