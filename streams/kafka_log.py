@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import defaultdict
 from collections.abc import Awaitable, Sequence
 from typing import TypeVar
 
@@ -58,6 +59,9 @@ class KafkaLog:
         self._reader: AIOKafkaConsumer | None = None
         self._connecting = asyncio.Lock()  # one connection attempt at a time
         self._reading = asyncio.Lock()  # the reader's assignment and position are shared state
+        # One append at a time hands its own batches to a partition, first come first served:
+        # see `append`.
+        self._enqueueing: defaultdict[tuple[str, int], asyncio.Lock] = defaultdict(asyncio.Lock)
         self._closed = False
 
     # Lifecycle ------------------------------------------------------------------
@@ -91,7 +95,14 @@ class KafkaLog:
             acks: list[asyncio.Future[object]] = []
             for partition, group in by_partition.items():
                 if len(group) >= OWN_BATCH_FROM:
-                    acks += await _send_as_batches(producer, topic, partition, group)
+                    # aiokafka queues one batch per partition; a send_batch finding the slot taken
+                    # waits for it to drain and then races every other waiter for it, and its
+                    # timeout shrinks by the whole time waited on every lost race. Many concurrent
+                    # large appends to a partition then failed with KafkaTimeoutError in seconds,
+                    # and the producer's reset failed every other append in flight too. In turn,
+                    # each append waits for at most one drain per batch.
+                    async with self._enqueueing[(topic, partition)]:
+                        acks += await _send_as_batches(producer, topic, partition, group)
                 else:
                     acks += [await producer.send(topic, i.value, key=i.key.encode(), partition=partition) for i in group]
             await asyncio.gather(*acks)

@@ -61,6 +61,36 @@ async def test_a_large_append_to_one_partition_arrives_whole_and_in_order(kafka_
     assert sum(map(len, stored.values())) == len(big) + len(small) + 3
 
 
+async def test_many_concurrent_large_appends_to_one_partition_all_succeed(kafka_servers: str, topics: Topics) -> None:
+    """Each append hands aiokafka several batches of its own for one partition, and aiokafka
+    queues one batch per partition at a time. Without appends taking turns, the waiting sends
+    raced for that slot, and aiokafka takes the whole time waited off a send's timeout again on
+    every lost race: these 32 appends, half a second of work, failed with KafkaTimeoutError
+    within a 2 s timeout (and in the API, the producer's reset then failed every other append)."""
+    log_ = KafkaLog(kafka_servers, topics, produce_timeout=2)
+    await log_.start()
+    try:
+        padding = b"x" * 500
+        per_append = 3 * MAX_BATCH_BYTES // len(padding)  # about four batches each
+        appends = [[Outgoing("one-tenant", b"%03d-%05d:" % (a, i) + padding) for i in range(per_append)] for a in range(32)]
+        started = time.monotonic()
+        await asyncio.gather(*(log_.append(topics.usage, items) for items in appends))
+        took = time.monotonic() - started
+
+        partition = partition_for("one-tenant", topics.usage_partitions)
+        stored: list[bytes] = []
+        end = (await log_.end_offsets(topics.usage))[partition]
+        while len(stored) < end:
+            stored += [r.value for r in await log_.read(topics.usage, partition, len(stored), 10_000)]
+        assert sorted(stored) == sorted(item.value for items in appends for item in items)
+        for items in appends:  # each append's records stay in order, and together
+            first = stored.index(items[0].value)
+            assert stored[first : first + len(items)] == [item.value for item in items]
+        assert took < 2
+    finally:
+        await log_.close()
+
+
 async def test_read_is_positional_and_bounded(kafka_log: KafkaLog, topics: Topics) -> None:
     items = [Outgoing("one-tenant", f"v{i}".encode()) for i in range(50)]
     await kafka_log.append(topics.usage, items)
