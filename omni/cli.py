@@ -10,6 +10,7 @@ import uvicorn
 
 from omni import logs
 from omni.bootstrap import admin_key, build
+from omni.runtime import tune_collector
 from omni.settings import Mode, Settings
 
 app = typer.Typer(help="Omni: metering, quotas, billing and compliance on an event log.", no_args_is_help=True)
@@ -23,6 +24,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     from api.app import create_app
 
     api = create_app(settings, background=True)
+    tune_collector(settings.gc_gen0_threshold)
     typer.echo(f"Omni ({settings.mode.value} mode) on http://{host}:{port}  docs: http://{host}:{port}/docs", err=True)
     typer.echo(f"Admin key: {admin_key(settings)}", err=True)
     uvicorn.run(api, host=host, port=port, log_config=None, access_log=False)

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     # several workers on one host (one per core) each need their own.
     worker_metrics_port: int = Field(default=0, ge=0, le=65535)
     log_level: str = "INFO"
+    # The cyclic garbage collector of `omni serve` and `omni worker` (omni/runtime.py): its youngest
+    # generation runs every this many net allocations (CPython: 700); 0 keeps CPython's settings.
+    gc_gen0_threshold: int = Field(default=100_000, ge=0)
     # Kafka mode: the usual names, no prefix, as every Kafka/PostgreSQL/Redis tool reads them.
     kafka_bootstrap_servers: str = Field(default="localhost:19092", validation_alias="KAFKA_BOOTSTRAP_SERVERS")
     database_url: str = Field(default="postgresql://omni:omni@127.0.0.1:15432/omni", validation_alias="DATABASE_URL")

@@ -40,6 +40,7 @@ from faust.transport.drivers.aiokafka import Transport as KafkaTransport
 from faust.types import TP, ConsumerT, StreamT
 
 from omni import metrics
+from omni.runtime import tune_collector
 from omni.settings import Settings
 from schemas.topics import Topics
 from stores import views
@@ -357,6 +358,7 @@ def run_worker(settings: Settings) -> None:
     loop.run_until_complete(retry_forever("creating the topics on Kafka", kafka.ping))
     app = create_worker_app(settings, db, kafka)
     worker = faust.Worker(app, loglevel=settings.log_level, loop=loop, override_logging=False)
+    tune_collector(settings.gc_gen0_threshold)
     try:
         worker.execute_from_commandline()
     finally:
