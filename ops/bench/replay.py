@@ -123,6 +123,8 @@ async def raw_read(topic: str, partitions: int, expected: int) -> float:
 
 async def rebuild(log: KafkaLog, schema: str, batch: int) -> tuple[float, int]:
     """Events/s of the Runner folding the whole log into fresh views; and the meter total it got."""
+    from omni.runtime import tune_collector
+    from omni.settings import Settings
     from stores import views
     from stores.database import PostgresDatabase
     from streams.projectors import CatalogProjector, MeterProjector
@@ -138,6 +140,8 @@ async def rebuild(log: KafkaLog, schema: str, batch: int) -> tuple[float, int]:
             MeterProjector(db, topics, keep_seen=timedelta(days=7, minutes=5)),
             batch_size=batch,
         )
+        # The runner runs inside `omni serve` (embedded mode), which tunes the collector: so here too.
+        tune_collector(Settings().gc_gen0_threshold)
         started = time.perf_counter()
         with spying(f"{NAME}-runner"):
             await runner.drain()
