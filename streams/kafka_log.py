@@ -86,8 +86,11 @@ class KafkaLog:
             return
         partitions = self.topics.partitions(topic)
 
+        used: list[AIOKafkaProducer] = []  # the producer this append handed records to, if any
+
         async def send_all() -> None:
             producer, _ = await self._connected()
+            used.append(producer)
             by_partition: dict[int, list[Outgoing]] = {}
             for item in items:
                 by_partition.setdefault(partition_for(item.key, partitions), []).append(item)
@@ -113,7 +116,8 @@ class KafkaLog:
             # An idempotent producer whose batches were abandoned (timed out, broker gone) has
             # sequence numbers the broker will refuse forever after it returns
             # (OutOfOrderSequence). A fresh producer gets a fresh id and starts clean.
-            await self._reset()
+            if used:
+                await self._reset(used[0])
             raise
 
     async def read(self, topic: str, partition: int, start: int, limit: int) -> list[LogRecord]:
@@ -192,8 +196,12 @@ class KafkaLog:
         await self._check_partitions(self._producer)
         log.info("connected to Kafka at %s", self.bootstrap_servers)
 
-    async def _reset(self) -> None:
+    async def _reset(self, failed: AIOKafkaProducer) -> None:
+        """Replace `failed`, unless it was replaced already: appends that were still using it when
+        it was closed fail too, and must not close its successor (other appends' producer) in turn."""
         async with self._connecting:
+            if self._producer is not failed:
+                return
             try:
                 await asyncio.wait_for(self._disconnect(), timeout=self.produce_timeout)
             except TimeoutError:

@@ -91,6 +91,27 @@ async def test_many_concurrent_large_appends_to_one_partition_all_succeed(kafka_
         await log_.close()
 
 
+async def test_a_late_failure_on_a_replaced_producer_leaves_its_successor_alone(kafka_servers: str, topics: Topics) -> None:
+    """A failed append replaces the producer. Appends still using the old one when it closed fail
+    as well, later: replacing the producer again then would close its successor, which the other
+    appends are using by then, and fail them in turn (a chain of 503s under load)."""
+    log_ = KafkaLog(kafka_servers, topics, produce_timeout=5)
+    await log_.start()
+    try:
+        first = log_._producer
+        assert first is not None
+        await log_._reset(first)  # an append on `first` failed
+        await log_.append(topics.usage, outgoing(3))  # the next append connects a successor
+        second = log_._producer
+        assert second is not None and second is not first
+        await log_._reset(first)  # another append that was still on `first` fails now
+        assert log_._producer is second
+        await log_.append(topics.usage, outgoing(3))
+        assert log_._producer is second
+    finally:
+        await log_.close()
+
+
 async def test_read_is_positional_and_bounded(kafka_log: KafkaLog, topics: Topics) -> None:
     items = [Outgoing("one-tenant", f"v{i}".encode()) for i in range(50)]
     await kafka_log.append(topics.usage, items)
