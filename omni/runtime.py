@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import gc
 
-PYTHON_GEN0_THRESHOLD = 700  # CPython's own
-
 
 def tune_collector(gen0_threshold: int) -> None:
     """Call once start-up is done. Everything alive then (modules, the app, its clients) lives for

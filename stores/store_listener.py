@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
@@ -26,27 +27,16 @@ log = logging.getLogger(__name__)
 APPLICATION_NAME = "omni-store-listener"  # how its connection shows in pg_stat_activity
 
 
+@dataclass
 class StoreListener:
-    def __init__(
-        self,
-        url: str,
-        channel: str,
-        *,
-        listening: Callable[[], Awaitable[None]],
-        changed: Callable[[], Awaitable[None]],
-        lost: Callable[[], Awaitable[None]],
-        probe_every: float = 5.0,
-        probe_timeout: float = 2.0,
-        retry_max: float = 5.0,
-    ) -> None:
-        self.url = url
-        self.channel = channel
-        self.listening = listening
-        self.changed = changed
-        self.lost = lost
-        self.probe_every = probe_every
-        self.probe_timeout = probe_timeout
-        self.retry_max = retry_max
+    url: str
+    channel: str
+    listening: Callable[[], Awaitable[None]]
+    changed: Callable[[], Awaitable[None]]
+    lost: Callable[[], Awaitable[None]]
+    probe_every: float = 5.0
+    probe_timeout: float = 2.0
+    retry_max: float = 5.0
 
     async def run(self, stop: asyncio.Event) -> None:
         backoff = 0.2

@@ -100,10 +100,9 @@ class KafkaLog:
                 if len(group) >= OWN_BATCH_FROM:
                     # aiokafka queues one batch per partition; a send_batch finding the slot taken
                     # waits for it to drain and then races every other waiter for it, and its
-                    # timeout shrinks by the whole time waited on every lost race. Many concurrent
-                    # large appends to a partition then failed with KafkaTimeoutError in seconds,
-                    # and the producer's reset failed every other append in flight too. In turn,
-                    # each append waits for at most one drain per batch.
+                    # timeout shrinks by the whole time waited on every lost race: concurrent large
+                    # appends to a partition failed with KafkaTimeoutError within seconds. Taking
+                    # turns, each append waits for at most one drain per batch.
                     async with self._enqueueing[(topic, partition)]:
                         acks += await _send_as_batches(producer, topic, partition, group)
                 else:
