@@ -63,7 +63,8 @@ def admit(
         if isinstance(event, ValidationError):
             errors.append({"index": index, "id": _safe_id(item), "reasons": [_reason(e) for e in event.errors()]})
             continue
-        problems = extension_errors(event)
+        extensions = event.extensions()
+        problems = extension_errors(extensions)
         if may_hold_nul and holds_nul(item):
             problems.append("text may not contain NUL characters (\\u0000): the views cannot store them")
         moment = event.time or received
@@ -74,7 +75,6 @@ def admit(
         if problems:
             errors.append({"index": index, "id": event.id, "reasons": problems})
             continue
-        extensions = event.extensions()
         envelopes.append(
             Envelope(
                 id=new_id(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal
 
@@ -35,10 +36,10 @@ class CloudEvent(BaseModel):
         return dict(self.model_extra or {})
 
 
-def extension_errors(event: CloudEvent) -> list[str]:
-    """Extension names must follow the CloudEvents naming rule."""
+def extension_errors(extensions: Mapping[str, Any]) -> list[str]:
+    """Extension names (a CloudEvent's `extensions()`) must follow the CloudEvents naming rule."""
     problems = []
-    for name, value in event.extensions().items():
+    for name, value in extensions.items():
         if not _EXTENSION_NAME.match(name):
             problems.append(f"extension attribute {name!r} must be 1-20 lowercase letters or digits")
         if name == "traceparent" and not (isinstance(value, str) and _TRACEPARENT.match(value)):

@@ -47,6 +47,7 @@ from schemas.envelope import Envelope, encode
 from schemas.topics import Topics
 from streams.kafka_log import KafkaLog
 from streams.log import LogUnavailable, Outgoing
+from streams.redis_wire import redis_client
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ class RedisDedupedSink:
         # win the key while the first one's records are still on their way.
         self.claim_ttl_ms = int(max(claim_ttl, log_.produce_timeout + 1.0) * 1000)
         self.wait_timeout = wait_timeout
-        self.redis: aioredis.Redis = aioredis.Redis.from_url(
+        self.redis: aioredis.Redis = redis_client(
             redis_url, socket_connect_timeout=2.0, socket_timeout=5.0, health_check_interval=30
         )
         # EVALSHA; a server that does not know a script yet (first use, restart) is sent it once.
