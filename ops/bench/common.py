@@ -232,13 +232,32 @@ def cpu_snapshot(ours: dict[str, int]) -> dict[str, float]:
             role = roles.get(int(entry.name)) or next((r for n, r in SERVICES.items() if name.startswith(n)), "other")
             used[role] += seconds
     used["wall"] = time.monotonic()
+    used[STOLEN] = stolen_seconds()
     return used
 
 
+STOLEN = "stolen"  # a snapshot's key beside the roles: CPU time the hypervisor gave to other machines
+
+
+def stolen_seconds() -> float:
+    """Steal time of the whole machine so far, in CPU seconds (/proc/stat), 0 where none is reported."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return int(fields[8]) / TICK if len(fields) > 8 else 0.0
+
+
 def cpu_cores(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """Cores each role kept busy between two snapshots (processes that exited meanwhile are lost)."""
+    """Cores each role kept busy between two snapshots (processes that exited meanwhile are lost).
+
+    Beside the roles, `stolen`: cores' worth of time other virtual machines took from this one
+    meanwhile. It is no role's and is not part of any total, but it says how far a run's figures
+    were held down by the neighbours rather than by the code."""
     wall = after["wall"] - before["wall"]
     return {role: round((after[role] - before.get(role, 0.0)) / wall, 2) for role in after if role != "wall"}
+
+
+def cpu_per_event(cores: dict[str, float], events_per_s: float) -> dict[str, float]:
+    """Microseconds of CPU each role spent per event, from its cores busy at a rate of events/s."""
+    return {role: round(busy / events_per_s * 1e6, 1) for role, busy in cores.items() if role != STOLEN}
 
 
 # Events --------------------------------------------------------------------------------------
@@ -389,6 +408,8 @@ class Spy:
         ]
         if os.environ.get("BENCH_PROFILE_IDLE", "") not in ("", "0"):
             argv.append("--idle")  # also where threads wait: for a pipeline that stalls rather than burns CPU
+        if os.environ.get("BENCH_PROFILE_GIL", "") not in ("", "0"):
+            argv.append("--gil")  # only the thread holding the GIL: Python's own CPU, whatever the loop's idle looks like
         self.popen = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def stop(self) -> Path:
