@@ -39,25 +39,40 @@ EXACT = Context(prec=120, traps=[InvalidOperation, Overflow, DivisionByZero])
 QUOTIENT = Context(prec=34)
 
 
+_new = tuple.__new__  # what BucketState(...) calls, without the named tuple's own Python frame
+_exact_add = EXACT.add  # bound once: a Context method looked up per call costs as much again
+_ZERO, _NO_UNIQUES = EMPTY.total, EMPTY.uniques  # BucketState's defaults, the very objects
+# An enum member read from its class costs a lookup per use (Python 3.11); these are the members.
+_COUNT = Aggregation.COUNT
+_UNIQUE_COUNT = Aggregation.UNIQUE_COUNT
+
+
 def observe(state: BucketState, aggregation: Aggregation, value: Any, at: tuple[int, int]) -> BucketState:
     """Add one observation. `value` is already validated for the aggregation."""
-    if aggregation is Aggregation.COUNT:
-        return BucketState(count=state.count + 1)
-    if aggregation is Aggregation.UNIQUE_COUNT:
-        return BucketState(count=state.count + 1, uniques=state.uniques | {value})
-    if state.minimum is None:  # the first value (a state only ever holds values of its own meter)
-        total = value if state is EMPTY else EXACT.add(state.total, value)  # as combine(EMPTY, b) is b
-        return BucketState(state.count + 1, total, value, value, at, value, state.uniques)
-    # combine(state, <this one value>), without building the one-value state first: the fold's hot path.
-    newer = state.latest_at is None or at > state.latest_at
-    return BucketState(
-        state.count + 1,
-        EXACT.add(state.total, value),
-        min(state.minimum, value),
-        max(state.maximum, value),  # type: ignore[type-var]
-        at if newer else state.latest_at,
-        value if newer else state.latest,
-        state.uniques,
+    # The fold's hot path, called per event and meter: the fields unpacked at once, and the new
+    # state built as its named tuple's __new__ does (tuple.__new__), without that Python frame.
+    count, total, minimum, maximum, latest_at, latest, uniques = state
+    if aggregation is _COUNT:
+        return _new(BucketState, (count + 1, _ZERO, None, None, None, None, _NO_UNIQUES))
+    if aggregation is _UNIQUE_COUNT:
+        return _new(BucketState, (count + 1, _ZERO, None, None, None, None, uniques | {value}))
+    if minimum is None:  # the first value (a state only ever holds values of its own meter)
+        total = value if state is EMPTY else _exact_add(total, value)  # as combine(EMPTY, b) is b
+        return _new(BucketState, (count + 1, total, value, value, at, value, uniques))
+    # combine(state, <this one value>), without building the one-value state first.
+    # `x if x < m else m` is min(m, x) (and likewise max): the stored one wins a tie.
+    newer = latest_at is None or at > latest_at
+    return _new(
+        BucketState,
+        (
+            count + 1,
+            _exact_add(total, value),
+            value if value < minimum else minimum,
+            value if value > maximum else maximum,  # type: ignore[operator]
+            at if newer else latest_at,
+            value if newer else latest,
+            uniques,
+        ),
     )
 
 

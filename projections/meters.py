@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, NamedTuple
@@ -43,26 +43,52 @@ class TotalKey(NamedTuple):
     window_start: int
 
 
+# A path compiled for reading straight from an event: (first step, the Envelope attribute that
+# step names in document() or None, the remaining steps). See `read`.
+Reader = tuple[str, str | None, tuple[str, ...]]
+
+# document()'s own keys, and the Envelope attribute each one is.
+_ATTRIBUTES = {"id": "source_id", "source": "source", "type": "type", "subject": "subject", "data": "data"}
+
+GROUP_KEY_CACHE_SIZE = 4096  # group keys kept per compiled meter; the cache is cleared when full
+
+_new_tuple = tuple.__new__  # what a named tuple's own __new__ calls, without that Python frame
+# An enum member read from its class costs a lookup per use (Python 3.11); these are the members.
+_COUNT = Aggregation.COUNT
+_UNIQUE_COUNT = Aggregation.UNIQUE_COUNT
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledMeter:
     definition: MeterDefinition
     value_path: tuple[str, ...] | None
     group_paths: tuple[tuple[str, tuple[str, ...]], ...]
+    # The same, prepared for apply(): plain fields, not properties, as they are read per event.
+    slug: str
+    aggregation: Aggregation
+    value_reader: Reader | None
+    group_names: tuple[str, ...]
+    group_readers: tuple[Reader, ...]
+    # group_key's text by the tuple of the group values, when they are all str or None (see _group_key).
+    group_keys: dict[tuple[str | None, ...], str] = field(default_factory=dict, compare=False, repr=False)
 
-    @property
-    def slug(self) -> str:
-        return self.definition.slug
 
-    @property
-    def aggregation(self) -> Aggregation:
-        return self.definition.aggregation
+def _reader(parts: tuple[str, ...]) -> Reader:
+    return (parts[0], _ATTRIBUTES.get(parts[0]), parts[1:])
 
 
 def compile_meter(definition: MeterDefinition) -> CompiledMeter:
+    value_path = path_parts(definition.value_property) if definition.value_property else None
+    group_paths = tuple(sorted((key, path_parts(path)) for key, path in definition.group_by.items()))
     return CompiledMeter(
         definition=definition,
-        value_path=path_parts(definition.value_property) if definition.value_property else None,
-        group_paths=tuple(sorted((key, path_parts(path)) for key, path in definition.group_by.items())),
+        value_path=value_path,
+        group_paths=group_paths,
+        slug=definition.slug,
+        aggregation=definition.aggregation,
+        value_reader=_reader(value_path) if value_path else None,
+        group_names=tuple(key for key, _ in group_paths),
+        group_readers=tuple(_reader(parts) for _, parts in group_paths),
     )
 
 
@@ -83,7 +109,10 @@ class MeterIndex:
 
 
 def document(event: Envelope) -> dict[str, Any]:
-    """What a meter's JSON paths are evaluated against: the CloudEvent's shape."""
+    """What a meter's JSON paths are evaluated against: the CloudEvent's shape.
+
+    apply() does not build it: `read` takes each path's first step from the event (_ATTRIBUTES).
+    """
     return {
         "id": event.source_id,
         "source": event.source,
@@ -102,8 +131,28 @@ def lookup(doc: Any, parts: Sequence[str]) -> Any:
     return doc
 
 
+def read(event: Envelope, reader: Reader) -> Any:
+    """lookup(document(event), path), without building the document: the fold's hot path."""
+    head, attribute, rest = reader
+    extensions = event.extensions
+    if head in extensions:  # an extension of that name wins, as in document()
+        doc = extensions[head]
+    elif attribute is None:
+        return None
+    else:
+        doc = getattr(event, attribute)
+    for part in rest:
+        if not isinstance(doc, dict):
+            return None
+        doc = doc.get(part)
+    return doc
+
+
 MAX_MAGNITUDE = Decimal(10) ** 38
 MIN_EXPONENT = -18  # at most 18 decimal places
+# Below this an int passes _numeric's checks whatever they round: abs() of its Decimal is exact in the
+# default 28-digit context (larger ones are rounded there, so some just below 1e38 are refused).
+_SMALL_INT = 10**28
 
 
 def numeric(value: Any) -> Decimal | None:
@@ -113,6 +162,13 @@ def numeric(value: Any) -> Decimal | None:
     bounds every sum fits meter_state's 120-digit context, so it is exact and
     independent of order, and no value can overflow the fold.
     """
+    if type(value) is int and -_SMALL_INT < value < _SMALL_INT:  # the common case (not a bool): exponent 0, in range
+        return Decimal(value)
+    return _numeric(value)
+
+
+def _numeric(value: Any) -> Decimal | None:
+    """numeric() of any value, ints included: what the int fast path must agree with."""
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int):
@@ -152,7 +208,10 @@ def micros_of(event: Envelope) -> int:
 
 
 def contribution(meter: CompiledMeter, event: Envelope, doc: Mapping[str, Any]) -> Any | None:
-    """The value this event adds to the meter, or None when it adds nothing."""
+    """The value this event adds to the meter, or None when it adds nothing.
+
+    The definition; apply() computes the same from the event directly (tests hold them equal).
+    """
     if meter.aggregation is Aggregation.COUNT:
         return True
     raw = lookup(doc, meter.value_path or ())
@@ -162,10 +221,40 @@ def contribution(meter: CompiledMeter, event: Envelope, doc: Mapping[str, Any]) 
 
 
 def group_key(meter: CompiledMeter, doc: Mapping[str, Any]) -> str:
+    """The bucket's group values as canonical JSON. The definition; apply() uses _group_key, the same text."""
     groups = {}
     for key, parts in meter.group_paths:
         value = lookup(doc, parts)
         groups[key] = value if not isinstance(value, (dict, list)) else None
+    return orjson.dumps(groups, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _group_key(meter: CompiledMeter, event: Envelope) -> str:
+    """group_key(meter, document(event)), from a per-meter cache when every group value is a str or None.
+
+    Only those: other values that compare equal can have different JSON texts (1, 1.0 and True;
+    0.0 and -0.0), so they would share an entry that is right for one of them only.
+    """
+    readers = meter.group_readers
+    if len(readers) == 1:  # the common case, without a comprehension's frame
+        values: tuple[Any, ...] = (read(event, readers[0]),)
+    else:
+        values = tuple([read(event, reader) for reader in readers])
+    for value in values:
+        if value is not None and type(value) is not str:
+            return _canonical(meter.group_names, values)
+    cache = meter.group_keys
+    text = cache.get(values)
+    if text is None:
+        text = _canonical(meter.group_names, values)
+        if len(cache) >= GROUP_KEY_CACHE_SIZE:
+            cache.clear()
+        cache[values] = text
+    return text
+
+
+def _canonical(names: tuple[str, ...], values: tuple[Any, ...]) -> str:
+    groups = {name: value if not isinstance(value, (dict, list)) else None for name, value in zip(names, values, strict=True)}
     return orjson.dumps(groups, option=orjson.OPT_SORT_KEYS).decode()
 
 
@@ -179,16 +268,26 @@ def apply(
     candidates = meters.by_type.get(event.type)
     if not candidates:
         return view
-    doc = document(event)
+    # contribution() and group_key() of each meter, read from the event itself rather than from
+    # document(event) (read, _group_key): the fold's hot path, per event and meter.
     micros = micros_of(event)
     minute = micros // 60_000_000 * MINUTE
     at = (micros, offset)
+    tenant_id = event.tenant_id
+    subject = event.subject or ""
     for meter in candidates:
-        value = contribution(meter, event, doc)
-        if value is None:
-            continue
-        key = BucketKey(event.tenant_id, meter.slug, minute, event.subject or "", group_key(meter, doc))
-        view[key] = observe(view.get(key, EMPTY), meter.aggregation, value, at)
+        aggregation = meter.aggregation
+        if aggregation is _COUNT:
+            value: Any = True
+        else:
+            reader = meter.value_reader  # None only if the definition is invalid: then, as in contribution(), no value
+            raw = read(event, reader) if reader is not None else None
+            value = unique_token(raw) if aggregation is _UNIQUE_COUNT else numeric(raw)
+            if value is None:
+                continue
+        group = _group_key(meter, event) if meter.group_readers else "{}"
+        key = _new_tuple(BucketKey, (tenant_id, meter.slug, minute, subject, group))
+        view[key] = observe(view.get(key, EMPTY), aggregation, value, at)
     return view
 
 

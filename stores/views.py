@@ -188,20 +188,34 @@ def set_meter_checkpoints(tx: Tx, topic: str, partition: int, next_offsets: Mapp
 # De-duplication ----------------------------------------------------------------
 
 
+DIGEST_SIZE = 16  # bytes of seen_digest
+
+
 def seen_digest(tenant_id: str, source: str, source_id: str) -> bytes:
     """The de-duplication key of an event: sha256 of `tenant_id NUL source NUL source_id` (UTF-8), first 16 bytes.
 
     The SCHEMA's migration computes the same bytes in SQL (PostgreSQL's sha256; on SQLite
     this function, registered on the connection).
     """
-    return hashlib.sha256(f"{tenant_id}\x00{source}\x00{source_id}".encode()).digest()[:16]
+    return hashlib.sha256(f"{tenant_id}\x00{source}\x00{source_id}".encode()).digest()[:DIGEST_SIZE]
+
+
+# The n-th keep_until (from 1, WITH ORDINALITY) goes with the n-th digest of the concatenation.
+_CLAIM_POSTGRES = (
+    "INSERT INTO seen_digests (digest, keep_until) "
+    f"SELECT substring(%b::bytea FROM (n::int - 1) * {DIGEST_SIZE} + 1 FOR {DIGEST_SIZE}), keep_until "
+    "FROM unnest(%s::bigint[]) WITH ORDINALITY AS claims(keep_until, n) "
+    "ON CONFLICT DO NOTHING RETURNING digest"
+)
 
 
 def claim_events(tx: Tx, keys: Sequence[tuple[str, str, str, int]]) -> set[tuple[str, str, str]]:
     """Record (tenant, source, id, keep_until) as seen; return the (tenant, source, id) that were new.
 
-    Stored as digests (seen_digest); PostgreSQL gets one statement with two array parameters,
-    whatever the batch size. Digests are sorted, so concurrent claimers lock them in one order.
+    Stored as digests (seen_digest); PostgreSQL gets one statement with two parameters, whatever
+    the batch size: the digests concatenated (one bytea, cut up in SQL) and the keep_until values
+    as an array literal, both built in C rather than dumped element by element by psycopg.
+    Digests are sorted, so concurrent claimers lock them in one order.
     """
     if not keys:
         return set()
@@ -210,11 +224,8 @@ def claim_events(tx: Tx, keys: Sequence[tuple[str, str, str, int]]) -> set[tuple
         claimed.setdefault(seen_digest(tenant_id, source, source_id), ((tenant_id, source, source_id), keep_until))
     digests = sorted(claimed)
     if tx.dialect == "postgres":
-        rows = tx.execute(
-            "INSERT INTO seen_digests (digest, keep_until) SELECT * FROM unnest(%b::bytea[], %b::bigint[]) "
-            "ON CONFLICT DO NOTHING RETURNING digest",
-            (digests, [claimed[d][1] for d in digests]),
-        )
+        until = "{" + ",".join([str(claimed[d][1]) for d in digests]) + "}"
+        rows = tx.execute(_CLAIM_POSTGRES, (b"".join(digests), until))
         return {claimed[bytes(d)][0] for (d,) in rows}
     fresh: set[tuple[str, str, str]] = set()
     for chunk in _chunks(digests):

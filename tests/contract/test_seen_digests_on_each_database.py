@@ -123,3 +123,14 @@ def test_purging_removes_only_expired_entries(database: Database) -> None:
     with database.transaction() as tx:
         views.purge_seen(tx, 10_000)
     assert stored(database) == {}
+
+
+def test_each_claimed_digest_keeps_its_own_keep_until(database: Database) -> None:
+    """PostgreSQL gets the digests as one concatenation and keep_until as an array: each pair stays a pair,
+    whatever order the digests sort in; a key twice in a batch keeps its first keep_until."""
+    keys = [(f"tenant-{n % 3}", "gateway", f"evt-{n}") for n in range(300)] + KEYS
+    until = {key: -(2**40) + 7919 * n if n % 5 == 0 else 2**40 + n for n, key in enumerate(keys)}
+    again = [(*key, 1) for key in keys[::7]]  # later in the same batch: not their keep_until
+    with database.transaction() as tx:
+        assert views.claim_events(tx, [*((*key, until[key]) for key in keys), *again]) == set(keys)
+    assert stored(database) == {views.seen_digest(*key): until[key] for key in keys}
