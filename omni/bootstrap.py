@@ -101,16 +101,13 @@ class Platform:
             self.keys.put(token, principal, generation)
         return principal
 
-    async def start(self, *, background: bool) -> None:
-        """Open the log and watch for key changes; with `background`, also run the relay (and the
-        runner in embedded mode)."""
+    async def start(self, *, background: bool, watch_keys: bool = True) -> None:
+        """Open the log and, with `watch_keys` (a process that authenticates requests), watch for key
+        changes; with `background`, also run the relay (and the runner in embedded mode)."""
         await self.log.start()
         self._stop.clear()
-        if self.settings.mode is Mode.EMBEDDED:
-            # The only process on this data: every key change is one of its own commands.
-            await asyncio.to_thread(self.key_changes.start_watching)
-        else:
-            self._tasks.append(asyncio.create_task(self._key_listener().run(self._stop), name="key-listener"))
+        if watch_keys:
+            await self._watch_keys()
         if not background:
             return
         self._tasks.append(asyncio.create_task(self.relay.run(self._stop), name="outbox-relay"))
@@ -126,6 +123,13 @@ class Platform:
             await asyncio.to_thread(self.key_changes.catch_up)
         except Exception:
             log.warning("could not read the key changes after a command; authenticating from the store", exc_info=True)
+
+    async def _watch_keys(self) -> None:
+        if self.settings.mode is Mode.EMBEDDED:
+            # The only process on this data: every key change is one of its own commands.
+            await asyncio.to_thread(self.key_changes.start_watching)
+        else:
+            self._tasks.append(asyncio.create_task(self._key_listener().run(self._stop), name="key-listener"))
 
     def _key_listener(self) -> StoreListener:
         """Kafka mode: other API processes' commands reach this one's key cache through PostgreSQL."""

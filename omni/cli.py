@@ -50,7 +50,7 @@ def relay() -> None:
 
     async def main() -> None:
         platform = build(settings)
-        await platform.start(background=False)
+        await platform.start(background=False, watch_keys=False)  # it authenticates no one
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -101,3 +101,19 @@ async def wait_until(check, within: float) -> None:  # type: ignore[no-untyped-d
     while not await check():
         assert time.monotonic() < deadline, f"not within {within} s"
         await asyncio.sleep(0.01)
+
+
+async def test_a_relay_process_watches_no_keys(tmp_path: Path) -> None:
+    """`omni relay` authenticates no one: it does not watch the store's key changes."""
+    relay = build(embedded_settings(tmp_path / "data"))
+    await relay.start(background=False, watch_keys=False)
+    try:
+        assert not relay.keys.trusted
+    finally:
+        await relay.stop()
+    api = build(embedded_settings(tmp_path / "data"))
+    await api.start(background=False)
+    try:
+        assert api.keys.trusted  # what an API process does, for contrast
+    finally:
+        await api.stop()
