@@ -260,25 +260,41 @@ def describe(domain_event: Any) -> tuple[str, str, dict[str, Any]]:
             tenant = str(domain_event.originator_id)
             return "omni.tenant.created", tenant, {"tenant_id": tenant, "name": domain_event.name, "plan": domain_event.plan}
         case "ApiKey.Issued":
-            return "omni.api_key.issued", domain_event.tenant_id, {
-                "key_id": domain_event.key_id,
-                "tenant_id": domain_event.tenant_id,
-                "label": domain_event.label,
-            }
+            return (
+                "omni.api_key.issued",
+                domain_event.tenant_id,
+                {
+                    "key_id": domain_event.key_id,
+                    "tenant_id": domain_event.tenant_id,
+                    "label": domain_event.label,
+                },
+            )
         case "ApiKey.Revoked":
-            return "omni.api_key.revoked", domain_event.tenant_id, {
-                "key_id": domain_event.key_id,
-                "tenant_id": domain_event.tenant_id,
-            }
+            return (
+                "omni.api_key.revoked",
+                domain_event.tenant_id,
+                {
+                    "key_id": domain_event.key_id,
+                    "tenant_id": domain_event.tenant_id,
+                },
+            )
         case "AuditEntry.Recorded":
-            return AUDIT_TYPE, domain_event.tenant_id, {
-                "action": domain_event.action,
-                "resource": domain_event.resource,
-                "outcome": domain_event.outcome,
-                "reason": domain_event.reason,
-                "actor": {"key_id": domain_event.actor_key_id, "ip": domain_event.actor_ip, "user_agent": domain_event.user_agent},
-                "trace_id": domain_event.trace_id,
-            }
+            return (
+                AUDIT_TYPE,
+                domain_event.tenant_id,
+                {
+                    "action": domain_event.action,
+                    "resource": domain_event.resource,
+                    "outcome": domain_event.outcome,
+                    "reason": domain_event.reason,
+                    "actor": {
+                        "key_id": domain_event.actor_key_id,
+                        "ip": domain_event.actor_ip,
+                        "user_agent": domain_event.user_agent,
+                    },
+                    "trace_id": domain_event.trace_id,
+                },
+            )
         case "Meter.Defined":
             return "omni.meter.defined", PLATFORM, {"slug": domain_event.slug, "definition": domain_event.definition}
     return f"omni.unknown.{kind.lower()}", PLATFORM, {}
