@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: bench-full bench-smoke run run-kafka test test-unit soak services-up services-down bench clean
+.PHONY: bench-full bench-smoke lint run run-kafka test test-unit soak services-up services-down bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,10 @@ services-up:  ## Kafka, PostgreSQL and Redis, unless their URLs point at running
 services-down:
 	bash ops/services/down.sh
 
-test: $(STAMP) services-up  ## The whole suite against real services
+lint: $(STAMP)  ## ruff: the lint rules and the formatting of pyproject.toml
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+test: $(STAMP) lint services-up  ## Lint, then the whole suite against real services
 	eval "$$(bash ops/services/env.sh)" && OMNI_REQUIRE_SERVICES=1 $(BIN)/python -m pytest -q -p no:cacheprovider
 
 soak: $(STAMP) services-up  ## Long fault-injection runs (OMNI_SOAK_EVENTS, OMNI_SOAK_KILLS)
