@@ -60,3 +60,14 @@ def test_the_reports_are_not_the_committed_ones(reports: Path) -> None:
     committed = ROOT / "ops" / "bench" / "results"
     assert reports.resolve() != committed.resolve()
     assert not (reports / "profiles").exists()  # nothing was profiled
+
+
+def test_compare_runs_both_sides_in_turn_and_leaves_no_worktree(kafka_servers: str, database_url: str, redis_url: str) -> None:
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_servers, "DATABASE_URL": database_url, "REDIS_URL": redis_url}
+    command = [sys.executable, "-m", "ops.bench.compare", "HEAD", "--benchmark", "ingest_embedded", "--rounds", "1"]
+    done = subprocess.run([*command, "--", "--events", "2000"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    assert "round 1/1 base: done" in done.stdout and "round 1/1 ours: done" in done.stdout
+    assert "rounds[100].ours_per_s" in done.stdout and "rounds[1000].ours_per_s" in done.stdout
+    worktrees = subprocess.run(["git", "worktree", "list", "--porcelain"], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert "omni-compare-" not in worktrees.stdout
