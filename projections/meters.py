@@ -150,8 +150,7 @@ def read(event: Envelope, reader: Reader) -> Any:
 
 MAX_MAGNITUDE = Decimal(10) ** 38
 MIN_EXPONENT = -18  # at most 18 decimal places
-# Below this an int passes _numeric's checks whatever they round: abs() of its Decimal is exact in the
-# default 28-digit context (larger ones are rounded there, so some just below 1e38 are refused).
+# Ints below this need no check but their type: far inside the bound, exponent 0.
 _SMALL_INT = 10**28
 
 
@@ -187,7 +186,9 @@ def _numeric(value: Any) -> Decimal | None:
     else:
         return None
     exponent = number.as_tuple().exponent
-    if abs(number) >= MAX_MAGNITUDE or not isinstance(exponent, int) or exponent < MIN_EXPONENT:
+    # copy_abs, not abs(): abs() rounds to the thread's decimal context (28 digits by default), which
+    # refused numbers just below 1e38 and made the answer depend on that context.
+    if number.copy_abs() >= MAX_MAGNITUDE or not isinstance(exponent, int) or exponent < MIN_EXPONENT:
         return None
     return number
 

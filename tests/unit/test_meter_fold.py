@@ -478,6 +478,19 @@ def test_values_outside_the_exact_range_are_skipped():
     assert only_value(view, Aggregation.SUM) == Decimal("99900000000000000000000000000000000000.000000000000000001")
 
 
+def test_the_bound_is_exact_whatever_the_threads_decimal_context():
+    """Just below 1e38 is in range; the thread's context (the fold runs in worker threads) changes nothing."""
+    from decimal import Context, localcontext
+
+    from projections.meters import numeric
+
+    below = [10**38 - 1, -(10**38 - 1), "99999999999999999999999999999999999999.5", 10**38 - 5 * 10**9]
+    for context in (None, Context(prec=3)):
+        with localcontext(context):
+            assert [numeric(v) for v in below] == [Decimal(v) for v in below]
+            assert numeric(10**38) is None and numeric("-1e38") is None
+
+
 @PROPS
 @given(fold_events())
 def test_roll_ups_and_totals_hold_the_minute_buckets_combined(events):

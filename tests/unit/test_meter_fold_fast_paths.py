@@ -39,8 +39,8 @@ from tests.unit.test_meter_fold import ALL_AGGS, PROPS, T0, ev, meter
 
 # --- numeric: the int fast path -----------------------------------------------------------
 
-# Around the fast path's own bound, and around 1e38, where the general path's abs() rounds (to 28
-# digits, half even) some ints just below the bound up to it.
+# Around the fast path's own bound, and around 1e38 (where the general path once refused ints just
+# below the bound: abs() rounded them up to it in the default 28-digit context).
 EDGES = [_SMALL_INT, 10**38, 10**38 - 5 * 10**9, 10**38 - 15 * 10**9]
 BOUNDARY_INTS = [0, 1, 812, 2**63, *(sign * (edge + d) for edge in EDGES for d in (-1, 0, 1) for sign in (1, -1))]
 
