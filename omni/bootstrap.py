@@ -182,7 +182,7 @@ def build(settings: Settings) -> Platform:
 
         kafka = KafkaLog(settings.kafka_bootstrap_servers, topics, produce_timeout=settings.produce_timeout_seconds)
         log_ = kafka
-        sink = RedisDedupedSink(kafka, settings.redis_url, topics)
+        sink = RedisDedupedSink(kafka, settings.redis_url, topics, keep_for=settings.redis_dedupe_seconds)
         db = PostgresDatabase(settings.database_url, schema=settings.database_schema)
     db.migrate(views.SCHEMA)
     control = ControlPlane(env=event_store_env(settings))

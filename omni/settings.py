@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     database_url: str = Field(default="postgresql://omni:omni@127.0.0.1:15432/omni", validation_alias="DATABASE_URL")
     database_schema: str = Field(default="public", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     redis_url: str = Field(default="redis://127.0.0.1:16379/0", validation_alias="REDIS_URL")
+    # Kafka mode: how long Redis keeps each accepted event's de-duplication key at most (None: the
+    # whole acceptance window). The usage projector's own record always lasts the whole window.
+    redis_dedupe_seconds: int | None = Field(default=None, ge=60)
 
     @property
     def acceptance_window(self) -> timedelta:

@@ -8,7 +8,8 @@ marker `omni:claim:{token}`:
 
 - one Lua script (CLAIM) does `SET key pending:<token> NX PXAT keep_until` for
   every key of the batch (keep_until: the batch's latest, so each key outlives
-  its own event's admissibility), sets the marker to `pending` for claim_ttl
+  its own event's admissibility; or `keep_for` from now, when that is sooner,
+  to bound Redis's memory), sets the marker to `pending` for claim_ttl
   once it has won a key, and answers, for each key it did not win, whether it
   is a duplicate or pending;
 - the winners are appended in one `log.append`; then the marker alone is set
@@ -122,9 +123,14 @@ class RedisDedupedSink:
         *,
         claim_ttl: float = 30.0,
         wait_timeout: float = 15.0,
+        keep_for: float | None = None,
     ) -> None:
         self.log = log_
         self.topics = topics
+        # How long Redis keeps an accepted event's key at most (None: until its keep_until, the
+        # whole acceptance window). Past it a repeat is accepted again and appended, and the usage
+        # projector drops it: never counted twice, only answered `accepted` rather than `duplicate`.
+        self.keep_for_ms = None if keep_for is None else int(keep_for * 1000)
         # A claim must outlive the append it protects, or a second request could
         # win the key while the first one's records are still on their way.
         self.claim_ttl_ms = int(max(claim_ttl, log_.produce_timeout + 1.0) * 1000)
@@ -148,6 +154,8 @@ class RedisDedupedSink:
             return accepted
         deadline = time.monotonic() + self.wait_timeout
         keep_until_ms = int(max(keep_until).timestamp() * 1000)
+        if self.keep_for_ms is not None:
+            keep_until_ms = min(keep_until_ms, int(time.time() * 1000) + self.keep_for_ms)
         while waiting:
             # A token of its own for each round: a round's marker lives from its claim to its
             # append, whatever earlier rounds of this request did.

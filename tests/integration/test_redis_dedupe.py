@@ -314,3 +314,26 @@ async def test_redis_failing_after_the_append_still_accepts(
     assert await sink.ingest([event], [keep(event)]) == [True]
     assert [e.source_id for e in await on_topic(kafka_log, topics)] == ["durable"]
     assert "could not mark them done" in caplog.text
+
+
+async def test_keep_for_bounds_how_long_redis_keeps_a_key(
+    kafka_log: KafkaLog, redis_url: str, topics: Topics, raw_redis: aioredis.Redis, tenant: str
+) -> None:
+    """OMNI_REDIS_DEDUPE_SECONDS: the key and its request's marker live `keep_for`, not the whole window;
+    within it a repeat is still a duplicate (past it, the usage projector drops the repeat instead)."""
+    bounded = RedisDedupedSink(kafka_log, redis_url, topics, keep_for=120.0)
+    try:
+        event = usage_event(tenant, "evt-bounded")
+        assert await bounded.ingest([event], [keep(event)]) == [True]
+        key_ttl = await raw_redis.pttl(seen_key(event))
+        marker = MARKER + (await raw_redis.get(seen_key(event))).removeprefix(b"pending:").decode()
+        for ttl in (key_ttl, await raw_redis.pttl(marker)):
+            assert 110_000 < ttl <= 120_000
+        assert await state(raw_redis, seen_key(event)) == b"done"
+        assert await bounded.ingest([replace(event, id=str(uuid.uuid4()))], [keep(event)]) == [False]
+        # An event whose own window ends sooner keeps that end.
+        old = replace(usage_event(tenant, "evt-old"), event_time=datetime.now(UTC) - timedelta(days=7))
+        assert await bounded.ingest([old], [old.event_time + timedelta(days=7, seconds=30)]) == [True]
+        assert 0 < await raw_redis.pttl(seen_key(old)) <= 31_000
+    finally:
+        await bounded.close()
