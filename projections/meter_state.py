@@ -77,31 +77,29 @@ def observe(state: BucketState, aggregation: Aggregation, value: Any, at: tuple[
 
 
 def combine(a: BucketState, b: BucketState) -> BucketState:
+    """a ⊕ b: associative and commutative (LATEST's ties go by log position, min and max keep `a`'s
+    of equal values). Built as `observe` builds states, without the named tuple's own frame: the
+    roll-ups and totals of every fold call it per bucket."""
     if a is EMPTY:
         return b
     if b is EMPTY:
         return a
-    if a.latest_at is None or (b.latest_at is not None and b.latest_at > a.latest_at):
-        latest_at, latest = b.latest_at, b.latest
-    else:
-        latest_at, latest = a.latest_at, a.latest
-    return BucketState(
-        count=a.count + b.count,
-        total=EXACT.add(a.total, b.total),
-        minimum=_pick(min, a.minimum, b.minimum),
-        maximum=_pick(max, a.maximum, b.maximum),
-        latest_at=latest_at,
-        latest=latest,
-        uniques=a.uniques | b.uniques if b.uniques else a.uniques,
+    a_count, a_total, a_min, a_max, a_at, a_latest, a_uniques = a
+    b_count, b_total, b_min, b_max, b_at, b_latest, b_uniques = b
+    if a_at is None or (b_at is not None and b_at > a_at):
+        a_at, a_latest = b_at, b_latest
+    return _new(
+        BucketState,
+        (
+            a_count + b_count,
+            _exact_add(a_total, b_total),
+            b_min if a_min is None else a_min if b_min is None or not b_min < a_min else b_min,
+            b_max if a_max is None else a_max if b_max is None or not b_max > a_max else b_max,
+            a_at,
+            a_latest,
+            a_uniques | b_uniques if b_uniques else a_uniques,
+        ),
     )
-
-
-def _pick(choose: Any, a: Decimal | None, b: Decimal | None) -> Decimal | None:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return choose(a, b)
 
 
 def value_of(state: BucketState, aggregation: Aggregation) -> Decimal | int | None:

@@ -295,18 +295,20 @@ def apply(
 def coarser(deltas: Mapping[BucketKey, BucketState], resolution: int) -> dict[BucketKey, BucketState]:
     """The same buckets, with their windows widened to `resolution` seconds (a multiple of theirs)."""
     out: dict[BucketKey, BucketState] = {}
-    for key, state in deltas.items():
-        wide = BucketKey(key.tenant_id, key.meter, key.window_start // resolution * resolution, key.subject, key.group_key)
-        out[wide] = combine(out[wide], state) if wide in out else state
+    for (tenant_id, meter, window_start, subject, group), state in deltas.items():
+        wide = _new_tuple(BucketKey, (tenant_id, meter, window_start // resolution * resolution, subject, group))
+        known = out.get(wide)
+        out[wide] = state if known is None else combine(known, state)
     return out
 
 
 def totals(deltas: Mapping[BucketKey, BucketState]) -> dict[TotalKey, BucketState]:
     """The buckets of each window combined across subjects and group values."""
     out: dict[TotalKey, BucketState] = {}
-    for key, state in deltas.items():
-        total = TotalKey(key.tenant_id, key.meter, key.window_start)
-        out[total] = combine(out[total], state) if total in out else state
+    for (tenant_id, meter, window_start, _, _), state in deltas.items():
+        total = _new_tuple(TotalKey, (tenant_id, meter, window_start))
+        known = out.get(total)
+        out[total] = state if known is None else combine(known, state)
     return out
 
 

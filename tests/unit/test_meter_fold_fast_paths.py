@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from projections.meter_state import EMPTY, BucketState, combine, dump, observe
+from projections.meter_state import EMPTY, EXACT, BucketState, combine, dump, observe
 from projections.meters import (
     _SMALL_INT,
     BucketKey,
@@ -250,3 +250,50 @@ def test_observe_keeps_the_first_of_equal_extremes(aggregation):
     for n, text in enumerate(["1.0", "1", "1.00"]):
         state = observe(state, aggregation, Decimal(text), (0, n))
     assert str(state.minimum) == str(state.maximum) == "1.0"
+
+
+# --- combine, against its definition as written before its fast path ---------------------------
+
+
+def reference_combine(a: BucketState, b: BucketState) -> BucketState:
+    def pick(choose, x, y):  # type: ignore[no-untyped-def]
+        return y if x is None else x if y is None else choose(x, y)
+
+    if a is EMPTY:
+        return b
+    if b is EMPTY:
+        return a
+    if a.latest_at is None or (b.latest_at is not None and b.latest_at > a.latest_at):
+        latest_at, latest = b.latest_at, b.latest
+    else:
+        latest_at, latest = a.latest_at, a.latest
+    return BucketState(
+        count=a.count + b.count,
+        total=EXACT.add(a.total, b.total),
+        minimum=pick(min, a.minimum, b.minimum),
+        maximum=pick(max, a.maximum, b.maximum),
+        latest_at=latest_at,
+        latest=latest,
+        uniques=a.uniques | b.uniques if b.uniques else a.uniques,
+    )
+
+
+numbers = st.sampled_from(TIED) | st.integers(-(10**6), 10**6).map(lambda n: Decimal(n) / 8)
+states = st.just(EMPTY) | st.builds(
+    lambda count, total, low, high, at, latest, uniques: BucketState(count, total, low, high, at, latest, uniques),
+    st.integers(0, 5),
+    numbers,
+    st.none() | numbers,
+    st.none() | numbers,
+    st.none() | st.tuples(st.integers(0, 3), st.integers(0, 3)),
+    st.none() | numbers,
+    st.frozensets(st.sampled_from(['"a"', '"b"', "1"]), max_size=2),
+)
+
+
+@PROPS
+@given(states, states)
+def test_combine_is_its_definition(a, b):
+    fast, slow = combine(a, b), reference_combine(a, b)
+    assert fast == slow and type(fast) is BucketState
+    assert dump(fast) == dump(slow)  # which of equal extremes was kept shows in the text
