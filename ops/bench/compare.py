@@ -28,8 +28,8 @@ from typing import Any
 from ops.bench.common import ROOT
 from ops.bench.run import BENCHMARKS
 
-# The figures worth a ratio: rates, shares of a baseline, latencies, CPU per event.
-INTERESTING = ("per_s", "ratio", "_ms", "p50", "p99", "cpu_micros_per_event")
+# The figures worth a ratio: rates, shares of a baseline, latencies, CPU per event, peak memory.
+INTERESTING = ("per_s", "ratio", "_ms", "p50", "p99", "cpu_micros_per_event", "VmHWM")
 
 
 def leaves(figures: Any, path: str = "") -> Iterator[tuple[str, float]]:

@@ -35,6 +35,7 @@ def test_leaves_name_rounds_by_their_batch_size() -> None:
         ("rounds[100].cpu_micros_per_event.postgres", True),
         ("rounds[100].raw_runs_per_s[0]", False),  # the baseline's single runs: their median is raw_per_s
         ("rounds[100].batch_size", False),
+        ("memory_kib.end.kafka-api.VmHWM", True),
         ("events", False),
     ],
 )

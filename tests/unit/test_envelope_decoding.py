@@ -56,3 +56,23 @@ def test_a_newer_schema_version_stops_the_reader_whatever_its_layout() -> None:
 def test_what_is_not_an_envelope_raises_what_the_projectors_dead_letter(raw: bytes) -> None:
     with pytest.raises((ValueError, KeyError, TypeError)):
         decode(raw)
+
+
+def test_an_encoded_envelope_holds_no_more_memory_than_its_text() -> None:
+    """encode trims orjson's output buffer (at least 4 KiB), which the log's appends would otherwise
+    hold per event until Kafka acknowledges them."""
+    import tracemalloc
+
+    envelope = Envelope(
+        id="0193-x", type="inference", tenant_id="t-1", source="gw", source_id="e-1", event_time=AT, recorded_time=AT,
+        data={"tokens": 3, "model": "m" * 300},
+    )  # fmt: skip
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [encode(envelope) for _ in range(200)]
+        held = (tracemalloc.get_traced_memory()[0] - before) / len(kept)
+    finally:
+        tracemalloc.stop()
+    assert decode(kept[0]) == envelope
+    assert held < len(kept[0]) + 200  # the text, the bytes object's header, the list's slot
