@@ -9,7 +9,7 @@ reads the coarsest buckets that fit its windows (see meter_query.py).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -43,11 +43,11 @@ class TotalKey(NamedTuple):
     window_start: int
 
 
-# A path compiled for reading straight from an event: (first step, the Envelope attribute that
-# step names in document() or None, the remaining steps). See `read`.
+# A meter's JSON path compiled for reading straight from an event: (first step, the Envelope
+# attribute that step names or None, the remaining steps). See `read`.
 Reader = tuple[str, str | None, tuple[str, ...]]
 
-# document()'s own keys, and the Envelope attribute each one is.
+# The CloudEvent attributes a path's first step can name, and the Envelope attribute each one is.
 _ATTRIBUTES = {"id": "source_id", "source": "source", "type": "type", "subject": "subject", "data": "data"}
 
 GROUP_KEY_CACHE_SIZE = 4096  # group keys kept per compiled meter; the cache is cleared when full
@@ -61,9 +61,7 @@ _UNIQUE_COUNT = Aggregation.UNIQUE_COUNT
 @dataclass(frozen=True, slots=True)
 class CompiledMeter:
     definition: MeterDefinition
-    value_path: tuple[str, ...] | None
-    group_paths: tuple[tuple[str, tuple[str, ...]], ...]
-    # The same, prepared for apply(): plain fields, not properties, as they are read per event.
+    # The definition prepared for apply(): plain fields, not properties, as they are read per event.
     slug: str
     aggregation: Aggregation
     value_reader: Reader | None
@@ -82,8 +80,6 @@ def compile_meter(definition: MeterDefinition) -> CompiledMeter:
     group_paths = tuple(sorted((key, path_parts(path)) for key, path in definition.group_by.items()))
     return CompiledMeter(
         definition=definition,
-        value_path=value_path,
-        group_paths=group_paths,
         slug=definition.slug,
         aggregation=definition.aggregation,
         value_reader=_reader(value_path) if value_path else None,
@@ -108,34 +104,12 @@ class MeterIndex:
         return MeterIndex(m.definition for m in self.by_slug.values() if m.slug in wanted)
 
 
-def document(event: Envelope) -> dict[str, Any]:
-    """What a meter's JSON paths are evaluated against: the CloudEvent's shape.
-
-    apply() does not build it: `read` takes each path's first step from the event (_ATTRIBUTES).
-    """
-    return {
-        "id": event.source_id,
-        "source": event.source,
-        "type": event.type,
-        "subject": event.subject,
-        "data": event.data,
-        **event.extensions,
-    }
-
-
-def lookup(doc: Any, parts: Sequence[str]) -> Any:
-    for part in parts:
-        if not isinstance(doc, dict):
-            return None
-        doc = doc.get(part)
-    return doc
-
-
 def read(event: Envelope, reader: Reader) -> Any:
-    """lookup(document(event), path), without building the document: the fold's hot path."""
+    """The value at a meter's JSON path in the event seen as its CloudEvent: the first step names an
+    extension attribute, else `id`, `source`, `type`, `subject` or `data`; None where nothing is."""
     head, attribute, rest = reader
     extensions = event.extensions
-    if head in extensions:  # an extension of that name wins, as in document()
+    if head in extensions:  # an extension attribute of that name wins over the envelope's own
         doc = extensions[head]
     elif attribute is None:
         return None
@@ -208,30 +182,9 @@ def micros_of(event: Envelope) -> int:
     return (event.event_time - EPOCH) // MICROSECOND
 
 
-def contribution(meter: CompiledMeter, event: Envelope, doc: Mapping[str, Any]) -> Any | None:
-    """The value this event adds to the meter, or None when it adds nothing.
-
-    The definition; apply() computes the same from the event directly (tests hold them equal).
-    """
-    if meter.aggregation is Aggregation.COUNT:
-        return True
-    raw = lookup(doc, meter.value_path or ())
-    if meter.aggregation is Aggregation.UNIQUE_COUNT:
-        return unique_token(raw)
-    return numeric(raw)
-
-
-def group_key(meter: CompiledMeter, doc: Mapping[str, Any]) -> str:
-    """The bucket's group values as canonical JSON. The definition; apply() uses _group_key, the same text."""
-    groups = {}
-    for key, parts in meter.group_paths:
-        value = lookup(doc, parts)
-        groups[key] = value if not isinstance(value, (dict, list)) else None
-    return orjson.dumps(groups, option=orjson.OPT_SORT_KEYS).decode()
-
-
 def _group_key(meter: CompiledMeter, event: Envelope) -> str:
-    """group_key(meter, document(event)), from a per-meter cache when every group value is a str or None.
+    """The bucket's group values as canonical JSON (a dict or list as null), from a per-meter cache
+    when every group value is a str or None.
 
     Only those: other values that compare equal can have different JSON texts (1, 1.0 and True;
     0.0 and -0.0), so they would share an entry that is right for one of them only.
@@ -269,8 +222,8 @@ def apply(
     candidates = meters.by_type.get(event.type)
     if not candidates:
         return view
-    # contribution() and group_key() of each meter, read from the event itself rather than from
-    # document(event) (read, _group_key): the fold's hot path, per event and meter.
+    # The fold's hot path, per event and meter: the value and the group values read from the event
+    # itself (read, _group_key).
     micros = micros_of(event)
     minute = micros // 60_000_000 * MINUTE
     at = (micros, offset)
@@ -281,7 +234,7 @@ def apply(
         if aggregation is _COUNT:
             value: Any = True
         else:
-            reader = meter.value_reader  # None only if the definition is invalid: then, as in contribution(), no value
+            reader = meter.value_reader  # None only if the definition is invalid: then no value
             raw = read(event, reader) if reader is not None else None
             value = unique_token(raw) if aggregation is _UNIQUE_COUNT else numeric(raw)
             if value is None:

@@ -29,7 +29,7 @@ from msgspec.structs import replace
 
 from commands.control_plane import Meter
 from omni.settings import Settings
-from projections.meters import document, lookup, micros_of
+from projections.meters import micros_of
 from schemas.envelope import Envelope, encode
 from schemas.meters import Aggregation, MeterDefinition, path_parts
 from schemas.topics import Topics, partition_for
@@ -43,6 +43,7 @@ from streams.outbox import to_envelope
 from streams.projectors import CATALOG, METERS, CatalogProjector, MeterProjector
 from tests.integration.conftest import free_port, new_schema_name
 from tests.integration.worker import ROOT, WORKER_BATCH, WorkerProcess
+from tests.meter_reference import document, lookup
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 

@@ -26,15 +26,12 @@ from projections.meters import (
     _numeric,
     apply,
     compile_meter,
-    contribution,
-    document,
-    group_key,
-    lookup,
     micros_of,
     numeric,
     read,
 )
 from schemas.meters import Aggregation, path_parts
+from tests.meter_reference import contribution, document, group_key, lookup
 from tests.unit.test_meter_fold import ALL_AGGS, PROPS, T0, ev, meter
 
 # --- numeric: the int fast path -----------------------------------------------------------
