@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import metering, problems, tracing
+from api import edge, metering, problems, tracing
 from api.routes import events, health, meters, tenants
 from omni.bootstrap import Platform, build
 from omni.settings import Settings
@@ -36,10 +36,14 @@ def create_app(settings: Settings | None = None, *, platform: Platform | None = 
         summary="Metering, quotas, billing, SLOs and compliance on an event log",
         lifespan=lifespan,
         telemetry=tracing.TELEMETRY,
+        # Starlette's redirect to the other spelling builds its Location from the Host header, which
+        # the caller chooses: a path with a trailing slash is simply not found.
+        redirect_slashes=False,
     )
     app.state.platform = platform
     app.state.api_calls = recorder
     problems.install(app)
+    edge.install(app, platform)  # innermost of the middlewares: it runs after tracing and metering saw the request
     if platform.settings.meter_api_calls:
         metering.install(app, recorder)
     tracing.install(app)  # installed last, so it runs first: every later layer sees the span

@@ -1,4 +1,8 @@
-"""Commands refused before they reach the control plane still leave an audit entry."""
+"""Commands refused before they reach the control plane still leave an audit entry.
+
+Only an authenticated caller's refusals do: a request without a valid key is refused at the
+edge (api/edge.py) and counted in metrics, never stored, so anonymous traffic cannot grow the
+event store or the audit topic."""
 
 from __future__ import annotations
 
@@ -21,16 +25,16 @@ COMMAND_ROUTES = {
 
 
 async def record_refusal(request: Request, reason: str) -> None:
-    """Audit a refused command (bad key, wrong role, invalid body). Never fails the response."""
+    """Audit an authenticated caller's refused command (wrong role, invalid body). Never fails the response."""
     route = request.scope.get("route")
     action = COMMAND_ROUTES.get((request.method, getattr(route, "path", "")))
     platform = getattr(request.app.state, "platform", None)
-    if action is None or platform is None:
-        return
     principal = getattr(request.state, "principal", None)
+    if action is None or platform is None or principal is None:
+        return
     ctx = CommandContext(
-        tenant_id=None if principal is None or principal.is_admin else principal.tenant_id,
-        key_id=principal.key_id if principal else None,
+        tenant_id=None if principal.is_admin else principal.tenant_id,
+        key_id=principal.key_id,
         ip=request.client.host if request.client else None,
         user_agent=request.headers.get("user-agent"),
         trace_id=getattr(request.state, "trace_id", None),

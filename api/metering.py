@@ -1,4 +1,8 @@
-"""The platform meters itself: every HTTP request becomes an `api_call` event on the log.
+"""The platform meters itself: every authenticated HTTP request becomes an `api_call` event.
+
+Every request is counted in Prometheus metrics; only a caller with a valid key gets a durable
+`api_call` record (under its tenant, or `_platform` for the admin). Anonymous traffic stays out
+of the log, which keeps events forever.
 
 Requests are recorded off the request path: a bounded buffer flushed in
 batches, so a slow log never slows the API, and a full buffer drops the
@@ -27,7 +31,6 @@ log = logging.getLogger(__name__)
 
 API_CALL = "api_call"
 SOURCE = "omni://api"
-ANONYMOUS = "_anonymous"
 
 
 class ApiCallRecorder:
@@ -88,9 +91,16 @@ class ApiCallMiddleware:
                 answered.append((message["status"], (time.perf_counter() - started) * 1000))
             await send(message)
 
-        await self.app(scope, receive, send_and_watch)
-        if answered:
-            self.record(Request(scope), *answered[0])
+        try:
+            await self.app(scope, receive, send_and_watch)
+        except Exception:
+            # Starlette's outermost layer turns this into the 500; count it here, or it is invisible.
+            if not answered:
+                answered.append((500, (time.perf_counter() - started) * 1000))
+            raise
+        finally:
+            if answered:
+                self.record(Request(scope), *answered[0])
 
     def record(self, request: Request, status: int, latency_ms: float) -> None:
         route = request.scope.get("route")
@@ -98,21 +108,23 @@ class ApiCallMiddleware:
         metrics.HTTP_REQUESTS.labels(template, request.method, str(status)).inc()
         metrics.HTTP_LATENCY.labels(template).observe(latency_ms / 1000)
         principal = getattr(request.state, "principal", None)
-        tenant = (PLATFORM if principal.is_admin else principal.tenant_id) if principal else ANONYMOUS
+        if principal is None:
+            return  # counted above; never one durable record per anonymous request
+        tenant = PLATFORM if principal.is_admin else principal.tenant_id
         now = datetime.now(UTC)
         request_id = str(uuid_utils.uuid7())
         self.recorder.record(
             Envelope(
                 id=request_id,
                 type=API_CALL,
-                tenant_id=tenant,
+                tenant_id=tenant or PLATFORM,
                 source=SOURCE,
                 source_id=request_id,
-                subject=principal.key_id if principal else ANONYMOUS,
+                subject=principal.key_id,
                 event_time=now,
                 recorded_time=now,
                 actor=Actor(
-                    key_id=principal.key_id if principal else None,
+                    key_id=principal.key_id,
                     ip=request.client.host if request.client else None,
                     user_agent=request.headers.get("user-agent"),
                 ),

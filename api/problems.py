@@ -7,12 +7,14 @@ from typing import Any
 
 import simplejson
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi.exceptions import HTTPException, RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from api.audit import record_refusal
 from commands.errors import Conflict, Invalid, NotFound
+from omni import metrics
 from stores.database import StoreUnavailable
 from streams.log import LogUnavailable
 
@@ -20,6 +22,7 @@ log = logging.getLogger(__name__)
 
 PROBLEM_BASE = "https://omni.dev/problems/"
 MEDIA_TYPE = "application/problem+json"
+CLIENT_CLOSED_REQUEST = 499  # never sent (the client is gone); what metrics count such a request as
 
 
 class Problem(Exception):
@@ -42,6 +45,15 @@ class Problem(Exception):
         self.kind = kind
         self.errors = errors
         self.headers = headers or {}
+
+
+class BodyProblem(HTTPException):
+    """A Problem raised while the body is read (api/edge.py). FastAPI turns any other exception
+    from reading a body into a plain 400; an HTTPException it lets through."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(problem.status, problem.detail, problem.headers)
+        self.problem = problem
 
 
 class ExactJSONResponse(Response):
@@ -78,9 +90,11 @@ _TITLES = {
     403: "Forbidden",
     404: "Not found",
     405: "Method not allowed",
+    408: "Request timeout",
     409: "Conflict",
     413: "Content too large",
     415: "Unsupported media type",
+    431: "Request header fields too large",
     422: "Unprocessable content",
     429: "Too many requests",
     503: "Service unavailable",
@@ -93,6 +107,10 @@ def install(app: FastAPI) -> None:
         if 400 <= exc.status < 500:
             await record_refusal(request, f"{exc.status} {exc.title}: {exc.detail or ''}".strip())
         return problem_response(request, exc)
+
+    @app.exception_handler(BodyProblem)
+    async def _body(request: Request, exc: BodyProblem) -> Response:
+        return await _problem(request, exc.problem)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
@@ -164,6 +182,13 @@ def install(app: FastAPI) -> None:
                 headers={"Retry-After": "1"},
             ),
         )
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect) -> Response:
+        # Nobody is left to answer, and nothing went wrong on our side: no traceback, no ERROR.
+        log.info("client went away during %s %s before its body was read", request.method, request.url.path)
+        metrics.CLIENT_DISCONNECTS.inc()
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:

@@ -20,6 +20,7 @@ from eventsourcing.domain import Aggregate, event
 from eventsourcing.persistence import IntegrityError
 
 from commands.errors import Conflict, NotFound, Rejected
+from schemas.ids import canonical_uuid
 from schemas.meters import MeterDefinition
 
 OMNI_NAMESPACE = uuid5(NAMESPACE_URL, "https://omni.dev/ids")
@@ -149,9 +150,12 @@ class ControlPlane(Application[UUID]):
         return tenant, issued
 
     def get_tenant(self, tenant_id: str) -> Tenant:
+        canonical = canonical_uuid(tenant_id)
+        if canonical is None:
+            raise NotFound(f"tenant {tenant_id} not found")
         try:
-            tenant: object = self.repository.get(UUID(tenant_id))
-        except (AggregateNotFoundError, ValueError) as missing:
+            tenant: object = self.repository.get(UUID(canonical))
+        except AggregateNotFoundError as missing:
             raise NotFound(f"tenant {tenant_id} not found") from missing
         if not isinstance(tenant, Tenant):
             raise NotFound(f"tenant {tenant_id} not found")
@@ -160,9 +164,11 @@ class ControlPlane(Application[UUID]):
     def issue_key(self, ctx: CommandContext, tenant_id: str, label: str | None = None) -> IssuedKey:
         resource = f"tenants/{tenant_id}/keys"
         with self._rejections_audited(ctx, "api_key.issue", resource):
-            if ctx.tenant_id is not None and ctx.tenant_id != tenant_id:
+            if ctx.tenant_id is not None and ctx.tenant_id != canonical_uuid(tenant_id):
                 raise NotFound(f"tenant {tenant_id} not found")
-            self.get_tenant(tenant_id)
+            # The key names the tenant in its one canonical spelling: any other (upper case, braces,
+            # no hyphens) would make a key whose usage no view of the tenant ever shows.
+            tenant_id = str(self.get_tenant(tenant_id).id)
         key, issued = self._new_key(tenant_id, label)
         self.save(key, self._audit(ctx, "api_key.issue", f"keys/{issued.key_id}", tenant_id))
         return issued

@@ -9,6 +9,7 @@ import hmac
 import logging
 import secrets
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from commands.control_plane import ControlPlane, Principal
@@ -51,15 +52,26 @@ def event_store_env(settings: Settings) -> dict[str, str]:
     }
 
 
-def admin_key(settings: Settings) -> str:
-    """OMNI_ADMIN_KEY, or one generated once and kept in the data directory."""
+def admin_key_path(settings: Settings) -> Path:
+    return settings.data_dir / "admin_key"
+
+
+def stored_admin_key(settings: Settings) -> str | None:
+    """OMNI_ADMIN_KEY, or the key generated earlier in the data directory; None if there is neither."""
     if settings.admin_key:
         return settings.admin_key
-    path = settings.data_dir / "admin_key"
-    if path.exists():
-        return path.read_text().strip()
+    path = admin_key_path(settings)
+    return path.read_text().strip() if path.exists() else None
+
+
+def admin_key(settings: Settings) -> str:
+    """OMNI_ADMIN_KEY, or one generated once and kept in the data directory (readable by its owner only)."""
+    existing = stored_admin_key(settings)
+    if existing is not None:
+        return existing
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     key = "omni_admin_" + secrets.token_urlsafe(32)
+    path = admin_key_path(settings)
     path.write_text(key + "\n")
     path.chmod(0o600)
     return key

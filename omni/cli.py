@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
-
 import typer
-import uvicorn
 
 from omni import logs
-from omni.bootstrap import admin_key, build
+from omni.bootstrap import admin_key, admin_key_path, stored_admin_key
 from omni.runtime import tune_collector
 from omni.settings import Mode, Settings
 
@@ -22,12 +18,18 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     settings = Settings()
     logs.configure(settings.log_level)
     from api.app import create_app
+    from api.server import serve_app
 
+    new_admin_key = None if stored_admin_key(settings) is not None else admin_key(settings)
     api = create_app(settings, background=True)
     tune_collector(settings.gc_gen0_threshold)
     typer.echo(f"Omni ({settings.mode.value} mode) on http://{host}:{port}  docs: http://{host}:{port}/docs", err=True)
-    typer.echo(f"Admin key: {admin_key(settings)}", err=True)
-    uvicorn.run(api, host=host, port=port, log_config=None, access_log=False)
+    if settings.mode is Mode.EMBEDDED:
+        typer.echo(f"Data: {settings.data_dir.resolve()}", err=True)
+    if new_admin_key is not None:
+        # Printed once, when generated, never again at later starts (logs are often kept and shared).
+        typer.echo(f"Admin key (generated now; `omni admin-key` prints it again): {new_admin_key}", err=True)
+    serve_app(api, settings, host=host, port=port)
 
 
 @app.command()
@@ -47,26 +49,24 @@ def relay() -> None:
     """Publish control-plane events from the event store to the log (Kafka mode)."""
     settings = Settings()
     logs.configure(settings.log_level)
+    from omni.relay_process import run_relay
 
-    async def main() -> None:
-        platform = build(settings)
-        await platform.start(background=False, watch_keys=False)  # it authenticates no one
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            await platform.relay.run(stop)
-        finally:
-            await platform.stop()
-
-    asyncio.run(main())
+    run_relay(settings)
 
 
 @app.command("admin-key")
 def show_admin_key() -> None:
-    """Print the admin key (OMNI_ADMIN_KEY, or the one generated in the data directory)."""
-    typer.echo(admin_key(Settings()))
+    """Print the admin key (OMNI_ADMIN_KEY, or the one `omni serve` generated in the data directory)."""
+    settings = Settings()
+    key = stored_admin_key(settings)
+    if key is None:
+        typer.echo(
+            f"No admin key: OMNI_ADMIN_KEY is not set and {admin_key_path(settings).resolve()} does not exist. "
+            "Run this where `omni serve` ran, or set OMNI_DATA_DIR to its data directory.",
+            err=True,
+        )
+        raise typer.Exit(1)
+    typer.echo(key)
 
 
 if __name__ == "__main__":

@@ -38,3 +38,16 @@ KEY_CACHE_TRUSTED = Gauge(
     "omni_key_cache_trusted",
     "1 while every API key change reaches this process's key cache; 0 while it is bypassed (its listener is down)",
 )
+REFUSED_BEFORE_AUTH = Counter(
+    "omni_http_refused_before_auth_total",
+    "Requests refused at the edge before any route ran (no valid key, oversized headers): counted, never stored",
+    ["reason"],
+)
+CLIENT_DISCONNECTS = Counter(
+    "omni_http_client_disconnects_total", "Requests whose client went away before its body was read in full"
+)
+READY = Gauge(
+    "omni_ready",
+    "1 while this process is ready (its GET /readyz answers 200): omni worker and omni relay",
+    ["process"],
+)

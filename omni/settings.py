@@ -31,9 +31,20 @@ class Settings(BaseSettings):
     fold_linger_seconds: float = Field(default=0.1, ge=0, le=10)
     produce_timeout_seconds: float = Field(default=10.0, gt=0)
     meter_api_calls: bool = True
+    # The HTTP edge (api/edge.py, api/server.py): what one request may cost before it is refused.
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)  # names and values of all headers, together
+    header_timeout_seconds: float = Field(default=10.0, gt=0)  # from a request's first byte to its last header
+    body_timeout_seconds: float = Field(default=30.0, gt=0)  # the longest wait for the next piece of a body
+    # GET /metrics on the API: off, open (no token), or only with `Authorization: Bearer <token>`.
+    api_metrics: bool = True
+    metrics_token: str | None = None
     # `omni worker` serves its Prometheus metrics on this port (0: not at all). One port per worker:
     # several workers on one host (one per core) each need their own.
     worker_metrics_port: int = Field(default=0, ge=0, le=65535)
+    # `omni relay` serves its metrics and readiness on this port (0: not at all).
+    relay_metrics_port: int = Field(default=0, ge=0, le=65535)
+    # The address `omni worker` and `omni relay` serve /metrics and /readyz on (0.0.0.0: every interface).
+    metrics_host: str = "127.0.0.1"
     log_level: str = "INFO"
     # The cyclic garbage collector of `omni serve` and `omni worker` (omni/runtime.py): its youngest
     # generation runs every this many net allocations (CPython: 700); 0 keeps CPython's settings.

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import JSONResponse, Response
 
 from api.deps import PlatformDep
+from api.problems import Problem
 
 router = APIRouter(tags=["health"])
 
@@ -19,9 +21,33 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/metrics", response_class=Response)
-def prometheus_metrics() -> Response:
-    """Prometheus exposition format."""
+@router.api_route(
+    "/metrics",
+    methods=["GET", "HEAD"],
+    response_class=Response,
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text exposition"},
+        401: {"description": "OMNI_METRICS_TOKEN is set and the request does not carry it"},
+        404: {"description": "OMNI_API_METRICS is off"},
+    },
+)
+def prometheus_metrics(request: Request, platform: PlatformDep) -> Response:
+    """Prometheus exposition format. The counts span every tenant: open unless OMNI_METRICS_TOKEN is
+    set (then `Authorization: Bearer <token>`), and absent with OMNI_API_METRICS=false."""
+    settings = platform.settings
+    if not settings.api_metrics:
+        raise Problem(404, "Not found", "Metrics are not served on this port (OMNI_API_METRICS=false).", kind="not-found")
+    if settings.metrics_token is not None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        given = token.strip().encode()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given, settings.metrics_token.encode()):
+            raise Problem(
+                401,
+                "Unauthorized",
+                "Send the metrics token as `Authorization: Bearer <token>`.",
+                kind="unauthorized",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 

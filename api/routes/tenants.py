@@ -8,6 +8,7 @@ from api.deps import AdminDep, CallerDep, PlatformDep, command_context
 from api.relaying import run_command
 from commands.errors import NotFound
 from schemas.api import KeyCreate, KeyIssued, KeyList, KeyPublic, TenantCreate, TenantCreated, TenantList, TenantPublic
+from schemas.ids import canonical_uuid
 from stores import views
 
 router = APIRouter(prefix="/v1", tags=["tenants"])
@@ -33,15 +34,18 @@ def list_tenants(
     return TenantList(data=data, next_after=data[-1].id if len(data) == limit else None)
 
 
-def _visible(principal: CallerDep, tenant_id: str) -> None:
-    if not principal.is_admin and principal.tenant_id != tenant_id:
+def _visible(principal: CallerDep, tenant_id: str) -> str:
+    """The tenant id in its canonical spelling, if the caller may see that tenant; else 404."""
+    canonical = canonical_uuid(tenant_id)
+    if canonical is None or (not principal.is_admin and principal.tenant_id != canonical):
         raise NotFound(f"tenant {tenant_id} not found")
+    return canonical
 
 
 @router.get("/tenants/{tenant_id}", response_model=TenantPublic)
 def get_tenant(tenant_id: str, platform: PlatformDep, principal: CallerDep) -> TenantPublic:
     """One tenant: the admin sees any, a tenant key only its own."""
-    _visible(principal, tenant_id)
+    tenant_id = _visible(principal, tenant_id)
     with platform.db.transaction() as tx:
         row = views.tenant(tx, tenant_id)
     if row is None:
@@ -62,7 +66,7 @@ async def issue_key(
 @router.get("/tenants/{tenant_id}/keys", response_model=KeyList)
 def list_keys(tenant_id: str, platform: PlatformDep, principal: CallerDep) -> KeyList:
     """The tenant's keys, without secrets."""
-    _visible(principal, tenant_id)
+    tenant_id = _visible(principal, tenant_id)
     with platform.db.transaction() as tx:
         rows = views.keys_of(tx, tenant_id)
     return KeyList(data=[KeyPublic(key_id=r[0], label=r[1], issued_at=r[2], revoked_at=r[3]) for r in rows])

@@ -29,7 +29,9 @@ PUBLIC, ADMIN_ONLY, TENANT_ONLY, EITHER = "public", "admin", "tenant", "either"
 ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/healthz"): PUBLIC,
     ("GET", "/readyz"): PUBLIC,
-    ("GET", "/metrics"): PUBLIC,  # Prometheus scrapes it; no tenant data in it
+    # Prometheus scrapes it: counts across tenants, no tenant data; OMNI_METRICS_TOKEN closes it.
+    ("GET", "/metrics"): PUBLIC,
+    ("HEAD", "/metrics"): PUBLIC,
     ("POST", "/v1/tenants"): ADMIN_ONLY,
     ("GET", "/v1/tenants"): ADMIN_ONLY,
     ("GET", "/v1/tenants/{tenant_id}"): EITHER,

@@ -1,0 +1,147 @@
+"""How `omni serve` runs the API: uvicorn, with limits on what a connection may hold before the app runs.
+
+uvicorn's httptools protocol keeps every header a client sends, however large, and waits for
+them without end. The protocol here bounds both at the transport, before any of the request
+reaches the app: headers past `max_header_bytes` are answered 431 and the connection closed,
+and a request whose headers are not complete `header_timeout_seconds` after its first byte (or
+after the connection opened) is answered 408 and closed, so slow or endless headers cannot pin
+memory or connections. The app's edge (api/edge.py) enforces the same header limit for other
+servers, and bounds the body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import uvicorn
+from fastapi import FastAPI
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from api.problems import PROBLEM_BASE
+from omni.settings import Settings
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """HttpToolsProtocol that bounds the size of a request's headers and the time they take."""
+
+    max_header_bytes = 16 * 1024
+    header_timeout = 10.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_bytes = 0  # of the request line and the headers parsed so far
+        self._fed = 0  # bytes fed to the parser while the headers are incomplete
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._refused = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._await_headers()  # a connection that never sends a request is closed too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_header_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # answered and closing: the rest of what it sends is not read
+        awaiting = self._header_timer is not None
+        super().data_received(data)
+        # The parser holds an unfinished header until its end arrives, so count what is fed while the
+        # headers are incomplete too: a single endless header is cut off after about the limit.
+        if awaiting and self._header_timer is not None:
+            self._fed += len(data)
+            if self._fed > self.max_header_bytes:
+                self._count(self.max_header_bytes + 1)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._header_bytes = self._fed = 0
+        self._await_headers()
+
+    def on_url(self, url: bytes) -> None:
+        if self._count(len(url)):
+            super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._count(len(name) + len(value)):
+            super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._stop_header_timer()
+        if not self._refused:
+            super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self._refused:
+            super().on_message_complete()
+
+    # -------------------------------------------------------------------------
+
+    def _count(self, size: int) -> bool:
+        """Add to the request's header bytes; past the limit, answer 431 and stop reading."""
+        if self._refused:
+            return False
+        self._header_bytes += size
+        if self._header_bytes <= self.max_header_bytes:
+            return True
+        self._refuse(
+            431,
+            b"Request Header Fields Too Large",
+            f"The request's headers may hold at most {self.max_header_bytes} bytes, names and values together.",
+            "headers-too-large",
+        )
+        return False
+
+    def _await_headers(self) -> None:
+        self._stop_header_timer()
+        self._header_timer = self.loop.call_later(self.header_timeout, self._headers_too_slow)
+
+    def _stop_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        if self.transport.is_closing():
+            return
+        if self._header_bytes == self._fed == 0 and (self.cycle is None or self.cycle.response_complete):
+            self.transport.close()  # an idle connection that never started a request: nothing to answer
+            return
+        self._refuse(
+            408, b"Request Timeout", f"The request's headers did not arrive within {self.header_timeout} s.", "header-timeout"
+        )
+
+    def _refuse(self, status: int, reason: bytes, detail: str, kind: str) -> None:
+        self._refused = True
+        self._stop_header_timer()
+        body = orjson.dumps({"type": PROBLEM_BASE + kind, "title": reason.decode(), "status": status, "detail": detail})
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/problem+json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
+            % (status, reason, len(body), body)
+        )
+        self.transport.close()
+
+
+def bounded_protocol(settings: Settings) -> type[BoundedHttpToolsProtocol]:
+    """The protocol class with this configuration's limits (uvicorn builds one per connection)."""
+    return type(
+        "ConfiguredHttpToolsProtocol",
+        (BoundedHttpToolsProtocol,),
+        {"max_header_bytes": settings.max_header_bytes, "header_timeout": settings.header_timeout_seconds},
+    )
+
+
+def server_config(app: FastAPI, settings: Settings, *, host: str, port: int) -> uvicorn.Config:
+    return uvicorn.Config(app, host=host, port=port, http=bounded_protocol(settings), log_config=None, access_log=False)
+
+
+def serve_app(app: FastAPI, settings: Settings, *, host: str, port: int) -> None:
+    uvicorn.Server(server_config(app, settings, host=host, port=port)).run()

@@ -1,0 +1,223 @@
+"""Requests as an attacker sends them: anonymous floods, huge headers and bodies, ids spelt
+another way, failures and disconnects. None may cost a durable record, nor fail anyone else."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client import REGISTRY
+
+from api.app import create_app
+from omni.bootstrap import build
+from tests.conftest import cloud_event
+from tests.e2e.conftest import ADMIN, SINGLE, Omni, embedded_settings
+from tests.e2e.test_bad_input import assert_problem
+
+
+async def durable_footprint(omni: Omni) -> tuple[dict[str, int], int]:
+    """Everything durable a request could add to: records per topic on the log, and the event
+    store's notifications (commands and audit entries)."""
+    await omni.settle()
+    platform = omni.platform
+    records = {topic: sum((await platform.log.end_offsets(topic)).values()) for topic in platform.topics.all()}
+    return records, platform.control.recorder.max_notification_id() or 0
+
+
+async def test_anonymous_requests_leave_no_durable_record(omni: Omni) -> None:
+    tenant_id, key = await omni.tenant()
+    before = await durable_footprint(omni)
+    huge_agent = {"User-Agent": "x" * 12_000}
+    bad_key = {"Authorization": "Bearer omni_0123456789abcdef_not-the-secret"}
+    post, get = omni.client.post, omni.client.get
+    for _ in range(10):
+        assert_problem(await get("/v1/tenants", headers=huge_agent), 401)
+        assert_problem(await get(f"/v1/tenants/{tenant_id}", headers=bad_key), 401)
+        assert_problem(await post("/v1/tenants", json={"name": "x", "plan": "p"}, headers=huge_agent), 401)
+        assert_problem(await post("/v1/meters", json={"slug": "m"}, headers=bad_key), 401)
+        assert_problem(await post(f"/v1/tenants/{tenant_id}/keys", json={}, headers={"Authorization": "Basic abc"}), 401)
+        assert_problem(await omni.client.delete("/v1/keys/0123456789abcdef"), 401)
+        assert_problem(await post("/v1/events", json=cloud_event("e"), headers={"Content-Type": SINGLE}), 401)
+        assert_problem(await get("/v1/no-such-route"), 401)  # no route enumeration without a key
+        assert (await get("/healthz", headers=huge_agent)).status_code == 200
+        assert_problem(await get("/no-such-page"), 404)
+    assert await durable_footprint(omni) == before
+    refused = REGISTRY.get_sample_value("omni_http_refused_before_auth_total", {"reason": "unauthorized"})
+    assert refused is not None and refused >= 80
+    # An authenticated call still meters itself: one api_call record on the usage topic.
+    assert (await get(f"/v1/tenants/{tenant_id}", headers=omni.auth(key))).status_code == 200
+    records, _ = await durable_footprint(omni)
+    assert records[omni.platform.topics.usage] == before[0][omni.platform.topics.usage] + 1
+
+
+async def test_a_body_is_not_read_before_the_key_is_checked(omni: Omni) -> None:
+    pulled = 0
+
+    async def endless_body() -> AsyncIterator[bytes]:
+        nonlocal pulled
+        for _ in range(200):  # 200 MB, were it read
+            pulled += 1
+            yield b" " * 1_000_000
+
+    for path in ("/v1/tenants", "/v1/meters", "/v1/tenants/0e7e9b52-5c4c-4d1c-9b5e-0d3c3c1a4a11/keys", "/v1/events"):
+        pulled = 0
+        response = await omni.client.post(path, content=endless_body(), headers={"Content-Type": "application/json"})
+        assert_problem(response, 401)
+        assert pulled <= 1, f"{path}: {pulled} MB read before the 401"
+
+
+async def test_every_route_bounds_its_body(tmp_path: Path) -> None:
+    platform = build(embedded_settings(tmp_path / "data", max_body_bytes=64 * 1024))
+    app = create_app(platform=platform, background=False)
+    admin = {"Authorization": f"Bearer {ADMIN}", "Content-Type": "application/json"}
+    big = b'{"name": "' + b"n" * 100_000 + b'", "plan": "p"}'
+
+    async def streamed() -> AsyncIterator[bytes]:
+        for start in range(0, len(big), 8192):
+            yield big[start : start + 8192]
+
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c,
+    ):
+        tenant = (await c.post("/v1/tenants", json={"name": "a", "plan": "p"}, headers=admin)).json()
+        tenant_headers = {"Authorization": f"Bearer {tenant['api_key']}", "Content-Type": "application/json"}
+        for path, headers in (("/v1/tenants", admin), ("/v1/meters", admin), ("/v1/events", tenant_headers)):
+            declared = assert_problem(await c.post(path, content=big, headers=headers), 413)
+            assert "65536 bytes" in declared["detail"]
+            assert_problem(await c.post(path, content=streamed(), headers=headers), 413)  # no Content-Length
+        # Nothing of it was stored, and a body within the limit is still served.
+        await platform.settle()
+        assert [t["name"] for t in (await c.get("/v1/tenants", headers=admin)).json()["data"]] == ["a"]
+        assert (await c.post("/v1/tenants", json={"name": "b", "plan": "p"}, headers=admin)).status_code == 201
+
+
+async def test_oversized_headers_are_refused_with_431(omni: Omni) -> None:
+    _, key = await omni.tenant()
+    response = await omni.client.get("/v1/meters", headers={**omni.auth(key), "X-Padding": "p" * 20_000})
+    body = assert_problem(response, 431)
+    assert "16384 bytes" in body["detail"]
+    assert_problem(await omni.client.get("/healthz", headers={"User-Agent": "u" * 20_000}), 431)
+
+
+async def test_tenant_ids_in_any_spelling_name_the_one_tenant(omni: Omni) -> None:
+    tenant_id, tenant_key = await omni.tenant()
+    await omni.meter(slug="calls", event_type="call", aggregation="COUNT")
+    await omni.settle()
+    admin = omni.auth(ADMIN)
+    spellings = [tenant_id.upper(), "{" + tenant_id + "}", "urn:uuid:" + tenant_id, tenant_id.replace("-", "")]
+    keys = []
+    for spelling in spellings:
+        issued = await omni.client.post(f"/v1/tenants/{spelling}/keys", json={}, headers=admin)
+        assert issued.status_code == 201, issued.text
+        assert issued.json()["tenant_id"] == tenant_id
+        keys.append(issued.json()["api_key"])
+        shown = await omni.client.get(f"/v1/tenants/{spelling}", headers=omni.auth(tenant_key))
+        assert shown.status_code == 200 and shown.json()["id"] == tenant_id
+    # Usage sent with each of those keys is the tenant's own.
+    for i, key in enumerate(keys):
+        assert (await omni.send(key, [cloud_event(f"c{i}", type_="call")])).status_code == 202
+    await omni.settle()
+    assert [row["value"] for row in await omni.query(tenant_key, "calls")] == [len(keys)]
+    for garbage in ("not-a-uuid", tenant_id + "0", "../" + tenant_id):
+        assert_problem(await omni.client.post(f"/v1/tenants/{garbage}/keys", json={}, headers=admin), 404)
+        assert_problem(await omni.client.get(f"/v1/tenants/{garbage}/keys", headers=admin), 404)
+
+
+async def test_an_unexpected_error_is_counted_and_metered(omni: Omni, monkeypatch: pytest.MonkeyPatch) -> None:
+    from stores import views
+
+    tenant_id, key = await omni.tenant()
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(views, "tenant", broken)
+    labels = {"route": "/v1/tenants/{tenant_id}", "method": "GET", "status": "500"}
+    before = REGISTRY.get_sample_value("omni_http_requests_total", labels) or 0
+    recorder = omni.app.state.api_calls
+    await recorder.flush()
+    # Starlette answers 500 and raises the error on to the server, as it would to uvicorn.
+    transport = httpx.ASGITransport(app=omni.app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://omni.test") as client:
+        assert_problem(await client.get(f"/v1/tenants/{tenant_id}", headers=omni.auth(key)), 500)
+    assert REGISTRY.get_sample_value("omni_http_requests_total", labels) == before + 1
+    [call] = list(recorder.buffer)
+    assert call.tenant_id == tenant_id and call.data["status"] == 500 and call.data["route"] == labels["route"]
+
+
+async def test_a_client_that_leaves_mid_body_logs_no_error(omni: Omni, caplog: pytest.LogCaptureFixture) -> None:
+    _, key = await omni.tenant()
+    sent: list[dict] = []
+    messages = [
+        {"type": "http.request", "body": b'[{"specversion": "1.0", ', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive() -> dict:
+        return messages.pop(0)
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/events",
+        "raw_path": b"/v1/events",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"authorization", f"Bearer {key}".encode()), (b"content-type", b"application/cloudevents-batch+json")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("omni.test", 80),
+        "state": {},
+    }
+    before = REGISTRY.get_sample_value("omni_http_client_disconnects_total") or 0
+    with caplog.at_level(logging.INFO):
+        await omni.app(scope, receive, send)
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert REGISTRY.get_sample_value("omni_http_client_disconnects_total") == before + 1
+
+
+async def test_secrets_are_never_cached_and_slashes_never_redirect(omni: Omni) -> None:
+    admin = omni.auth(ADMIN)
+    created = await omni.client.post("/v1/tenants", json={"name": "a", "plan": "p"}, headers=admin)
+    assert created.status_code == 201 and created.headers["cache-control"] == "no-store"
+    issued = await omni.client.post(f"/v1/tenants/{created.json()['id']}/keys", json={}, headers=admin)
+    assert issued.status_code == 201 and issued.headers["cache-control"] == "no-store"
+    for path in ("/v1/meters/", "/v1/tenants/"):
+        response = await omni.client.get(path, headers={**admin, "Host": "evil.example"})
+        assert_problem(response, 404)
+        assert "location" not in response.headers
+
+
+@pytest.mark.parametrize(
+    ("overrides", "auth", "status"),
+    [
+        ({}, None, 200),
+        ({"metrics_token": "s3cret"}, None, 401),
+        ({"metrics_token": "s3cret"}, "Bearer wrong", 401),
+        ({"metrics_token": "s3cret"}, "Bearer s3cret", 200),
+        ({"api_metrics": False}, None, 404),
+    ],
+)
+async def test_metrics_can_be_closed_or_turned_off(tmp_path: Path, overrides: dict, auth: str | None, status: int) -> None:
+    platform = build(embedded_settings(tmp_path / "data", **overrides))
+    app = create_app(platform=platform, background=False)
+    headers = {"Authorization": auth} if auth else {}
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c,
+    ):
+        response = await c.get("/metrics", headers=headers)
+        assert response.status_code == status, response.text
+        head = await c.head("/metrics", headers=headers)
+        assert head.status_code == status and head.content == b""
+        if status == 200:
+            assert "omni_http_requests_total" in response.text

@@ -1,0 +1,104 @@
+"""`omni serve`'s HTTP server as a client meets it over a socket: headers bounded in size and
+in time at the transport, before the app sees them; and the admin key printed once."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+import pytest
+import uvicorn
+from typer.testing import CliRunner
+
+from api.app import create_app
+from api.server import server_config
+from omni import cli
+from omni.bootstrap import build
+from tests.e2e.conftest import embedded_settings
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[int]:
+    settings = embedded_settings(tmp_path / "data", header_timeout_seconds=0.5, max_header_bytes=4096)
+    app = create_app(platform=build(settings), background=False)
+    port = free_port()
+    running = uvicorn.Server(server_config(app, settings, host="127.0.0.1", port=port))
+    task = asyncio.create_task(running.serve())
+    while not running.started:
+        await asyncio.sleep(0.01)
+    try:
+        yield port
+    finally:
+        running.should_exit = True
+        await task
+
+
+async def exchange(port: int, request: bytes, *, wait: float = 5.0) -> bytes:
+    """Send `request`, then read until the server closes the connection (or `wait` passes)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), timeout=wait)
+    finally:
+        writer.close()
+
+
+def status_and_body(answer: bytes) -> tuple[int, dict]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), orjson.loads(body)
+
+
+async def test_a_normal_request_is_served(server: int) -> None:
+    answer = await exchange(server, b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    assert status_and_body(answer) == (200, {"status": "ok"})
+
+
+async def test_headers_past_the_limit_are_refused_before_the_app(server: int) -> None:
+    # 100 KiB of one header, sent as a client would, with more of the request still to come.
+    answer = await exchange(server, b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Pad: " + b"p" * 100_000 + b"\r\n")
+    status, body = status_and_body(answer)
+    assert status == 431 and body["type"].endswith("/headers-too-large") and "4096 bytes" in body["detail"]
+
+
+async def test_headers_that_never_finish_are_cut_off(server: int) -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    answer = await exchange(server, b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Slow: ", wait=5.0)
+    status, body = status_and_body(answer)
+    assert status == 408 and body["type"].endswith("/header-timeout")
+    assert loop.time() - started < 4.0  # the 0.5 s limit, not the test's own 5 s wait
+
+
+async def test_a_connection_that_sends_nothing_is_closed(server: int) -> None:
+    assert await exchange(server, b"", wait=5.0) == b""
+
+
+def test_the_admin_key_is_printed_once_when_generated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    served: list[int] = []
+    monkeypatch.setattr("api.server.serve_app", lambda app, settings, host, port: served.append(port))
+    monkeypatch.delenv("OMNI_ADMIN_KEY", raising=False)
+    env = {"OMNI_DATA_DIR": str(tmp_path / "data"), "OMNI_METER_API_CALLS": "false"}
+    runner = CliRunner()
+
+    missing = runner.invoke(cli.app, ["admin-key"], env=env)
+    assert missing.exit_code == 1 and "No admin key" in missing.output and str(tmp_path / "data") in missing.output
+    assert not (tmp_path / "data" / "admin_key").exists()  # asking for the key creates none
+
+    first = runner.invoke(cli.app, ["serve", "--port", "1"], env=env)
+    assert first.exit_code == 0, first.output
+    key = (tmp_path / "data" / "admin_key").read_text().strip()
+    assert key in first.output
+    again = runner.invoke(cli.app, ["serve", "--port", "1"], env=env)
+    assert again.exit_code == 0 and key not in again.output
+    assert runner.invoke(cli.app, ["admin-key"], env=env).output.strip() == key
+    assert served == [1, 1]
