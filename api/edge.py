@@ -106,7 +106,8 @@ class EdgeMiddleware:
             if complete:  # the body is in: what comes now is only the disconnect, whenever it comes
                 return await receive()
             try:
-                message = await asyncio.wait_for(receive(), timeout=self.body_timeout)
+                async with asyncio.timeout(self.body_timeout):  # no task of its own, unlike wait_for
+                    message = await receive()
             except TimeoutError:
                 raise BodyProblem(
                     Problem(

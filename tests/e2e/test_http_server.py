@@ -17,7 +17,7 @@ from api.app import create_app
 from api.server import server_config
 from omni import cli
 from omni.bootstrap import build
-from tests.e2e.conftest import embedded_settings
+from tests.e2e.conftest import ADMIN, embedded_settings
 
 
 def free_port() -> int:
@@ -28,7 +28,7 @@ def free_port() -> int:
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[int]:
-    settings = embedded_settings(tmp_path / "data", header_timeout_seconds=0.5, max_header_bytes=4096)
+    settings = embedded_settings(tmp_path / "data", header_timeout_seconds=0.5, max_header_bytes=4096, body_timeout_seconds=0.5)
     app = create_app(platform=build(settings), background=False)
     port = free_port()
     running = uvicorn.Server(server_config(app, settings, host="127.0.0.1", port=port))
@@ -77,6 +77,17 @@ async def test_headers_that_never_finish_are_cut_off(server: int) -> None:
     status, body = status_and_body(answer)
     assert status == 408 and body["type"].endswith("/header-timeout")
     assert loop.time() - started < 4.0  # the 0.5 s limit, not the test's own 5 s wait
+
+
+async def test_a_body_that_stalls_is_cut_off(server: int) -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    head = f"POST /v1/tenants HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {ADMIN}\r\n"
+    head += "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    answer = await exchange(server, head.encode() + b'{"name": "slow', wait=5.0)
+    status, body = status_and_body(answer)
+    assert status == 408 and body["type"].endswith("/body-timeout")
+    assert loop.time() - started < 4.0
 
 
 async def test_a_connection_that_sends_nothing_is_closed(server: int) -> None:
