@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate, event
-from eventsourcing.persistence import IntegrityError
+from eventsourcing.persistence import IntegrityError, Recording
 
 from commands.errors import Conflict, NotFound, Rejected
 from schemas.ids import canonical_uuid
@@ -142,6 +143,25 @@ class ControlPlane(Application[UUID]):
     """
 
     name = "omni_control"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._saved = threading.local()  # commands run in worker threads, one at a time each
+
+    def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
+        """Store, and remember in this thread the store position of the last event that changes a view
+        (audit entries go to the audit topic, not the catalog): the caller's reads wait for it."""
+        recordings = super().save(*objs, **kwargs)
+        positions = [r.notification.id for r in recordings if not isinstance(r.domain_event, AuditEntry.Recorded)]
+        if positions:
+            self._saved.position = max(positions)
+        return recordings
+
+    def take_saved_position(self) -> int | None:
+        """The position remembered by this thread's last save (see `save`), once; None if it changed no view."""
+        position: int | None = getattr(self._saved, "position", None)
+        self._saved.position = None
+        return position
 
     def create_tenant(self, ctx: CommandContext, name: str, plan: str) -> tuple[Tenant, IssuedKey]:
         tenant = Tenant(name=name, plan=plan)

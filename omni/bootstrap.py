@@ -8,12 +8,14 @@ import hashlib
 import hmac
 import logging
 import secrets
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from commands.control_plane import ControlPlane, Principal
 from commands.ingest import AdmissionPolicy
+from omni import metrics
 from omni.key_cache import KeyCache, KeyChanges
 from omni.settings import Mode, Settings
 from schemas.topics import Topics
@@ -22,6 +24,7 @@ from stores.database import Database, PostgresDatabase, SqliteDatabase
 from stores.store_listener import StoreListener
 from streams.log import EventLog, UsageSink
 from streams.outbox import OutboxRelay
+from streams.projectors import CATALOG_APPLIED
 from streams.runner import Runner, build_runner
 
 log = logging.getLogger(__name__)
@@ -135,6 +138,27 @@ class Platform:
             await asyncio.to_thread(self.key_changes.catch_up)
         except Exception:
             log.warning("could not read the key changes after a command; authenticating from the store", exc_info=True)
+
+    async def views_reach(self, position: int) -> bool:
+        """Wait until the catalog views hold every control event up to event-store `position`, at most
+        `read_your_writes_seconds`. False (and counted) when they did not in time: the command still
+        stands, its caller may just not read it back yet."""
+        deadline = time.monotonic() + self.settings.read_your_writes_seconds
+        delay = 0.002
+        while True:
+            if await asyncio.to_thread(self._catalog_applied) >= position:
+                return True
+            if time.monotonic() + delay > deadline:
+                if self.settings.read_your_writes_seconds:
+                    log.warning("the views did not reach store position %d in time; answering without them", position)
+                    metrics.READ_YOUR_WRITES_MISSED.inc()
+                return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def _catalog_applied(self) -> int:
+        with self.db.transaction() as tx:
+            return views.relay_position(tx, CATALOG_APPLIED)
 
     async def _watch_keys(self) -> None:
         if self.settings.mode is Mode.EMBEDDED:

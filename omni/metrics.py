@@ -51,3 +51,7 @@ READY = Gauge(
     "1 while this process is ready (its GET /readyz answers 200): omni worker and omni relay",
     ["process"],
 )
+READ_YOUR_WRITES_MISSED = Counter(
+    "omni_read_your_writes_missed_total",
+    "Commands answered before the views held their changes (OMNI_READ_YOUR_WRITES_SECONDS ran out)",
+)

@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     fold_linger_seconds: float = Field(default=0.1, ge=0, le=10)
     produce_timeout_seconds: float = Field(default=10.0, gt=0)
     meter_api_calls: bool = True
+    # A command's answer waits at most this long for the views to hold its changes (read-your-writes).
+    read_your_writes_seconds: float = Field(default=5.0, ge=0, le=60)
     # The HTTP edge (api/edge.py, api/server.py): what one request may cost before it is refused.
     max_header_bytes: int = Field(default=16 * 1024, ge=1024)  # names and values of all headers, together
     header_timeout_seconds: float = Field(default=10.0, gt=0)  # from a request's first byte to its last header

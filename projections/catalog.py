@@ -7,6 +7,7 @@ from typing import Any
 
 from schemas.envelope import Envelope, format_time
 from schemas.meters import MeterDefinition
+from schemas.topics import STORE_POSITION
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,12 @@ class MeterAdded:
 
 
 Change = TenantAdded | KeyAdded | KeyRevoked | MeterAdded
+
+
+def store_position(event: Envelope) -> int:
+    """The event-store position a relayed control event carries (0 for none: relayed by older code)."""
+    position = event.extensions.get(STORE_POSITION)
+    return position if type(position) is int else 0
 
 
 def changes(event: Envelope) -> list[Change]:

@@ -5,6 +5,11 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
+# The CloudEvents extension attribute on each control event the outbox relays: its position in the
+# event store (notification id). The catalog fold keeps the highest it applied, so the caller of a
+# command can wait until its own writes are readable.
+STORE_POSITION = "storeposition"
+
 
 @dataclass(frozen=True, slots=True)
 class Topics:

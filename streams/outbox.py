@@ -22,7 +22,7 @@ from uuid import uuid5
 
 from commands.control_plane import AUDIT_TYPE, OMNI_NAMESPACE, ControlPlane, describe
 from schemas.envelope import Envelope, encode
-from schemas.topics import Topics
+from schemas.topics import STORE_POSITION, Topics
 from stores import views
 from stores.database import Database, Leadership
 from streams.log import EventLog, LogUnavailable, Outgoing
@@ -35,7 +35,8 @@ RELAY = "control-outbox"
 IDLE_FIRST, IDLE_MAX = 0.05, 1.0
 
 
-def to_envelope(domain_event: Any) -> Envelope:
+def to_envelope(domain_event: Any, position: int | None = None) -> Envelope:
+    """The log's envelope for a stored event; `position` is its notification id in the store."""
     kind, tenant_id, data = describe(domain_event)
     identity = f"{domain_event.originator_id}/{domain_event.originator_version}"
     return Envelope(
@@ -47,6 +48,7 @@ def to_envelope(domain_event: Any) -> Envelope:
         event_time=domain_event.timestamp,
         recorded_time=domain_event.timestamp,
         data=data,
+        extensions={} if position is None else {STORE_POSITION: position},
     )
 
 
@@ -69,7 +71,7 @@ class OutboxRelay:
         notifications = self.control.recorder.select_notifications(position + 1, limit)
         if not notifications:
             return position, []
-        envelopes = [to_envelope(self.control.mapper.to_domain_event(n)) for n in notifications]
+        envelopes = [to_envelope(self.control.mapper.to_domain_event(n), n.id) for n in notifications]
         return notifications[-1].id, envelopes
 
     def _advance(self, position: int) -> None:

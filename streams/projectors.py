@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 METERS = "meters"
 PURGE_EVERY_BATCHES = 200
 CATALOG = "catalog"
+CATALOG_APPLIED = "catalog-applied"  # the highest event-store position the catalog views hold
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,10 +88,16 @@ class CatalogProjector:
             if not fresh:
                 return 0
             _check_contiguous(self.topic, partition, start, fresh)
+            position = 0
             for _, event in decoded(tx, CATALOG, fresh):
                 for change in catalog.changes(event):
                     _write_change(tx, change)
+                position = max(position, catalog.store_position(event))
             views.set_checkpoint(tx, CATALOG, self.topic, partition, fresh[-1].offset + 1)
+            # Records relayed by older versions carry no position; one republished after a relay's
+            # crash carries an older one than the records that came before it.
+            if position > views.relay_position(tx, CATALOG_APPLIED):
+                views.set_relay_position(tx, CATALOG_APPLIED, position)
         metrics.PROJECTED.labels(CATALOG).inc(len(fresh))
         return len(fresh)
 

@@ -64,7 +64,9 @@ class Omni:
 
 
 def embedded_settings(data_dir: Path, **overrides: Any) -> Settings:
-    return Settings(mode="embedded", data_dir=data_dir, admin_key=ADMIN, usage_partitions=3, **overrides)
+    """Embedded mode for tests that settle the views themselves: commands do not wait for them."""
+    values: dict[str, Any] = {"mode": "embedded", "data_dir": data_dir, "admin_key": ADMIN, "usage_partitions": 3}
+    return Settings(**(values | {"read_your_writes_seconds": 0} | overrides))
 
 
 def kafka_settings(name: str, **overrides: Any) -> Settings:
@@ -81,6 +83,7 @@ def kafka_settings(name: str, **overrides: Any) -> Settings:
         "kafka_bootstrap_servers": os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:19092"),
         "redis_url": os.environ.get("REDIS_URL", "redis://127.0.0.1:16379/0"),
         "produce_timeout_seconds": 5,
+        "read_your_writes_seconds": 0,  # tests that settle the views themselves: commands do not wait
     }
     return Settings(**(values | overrides))
 
