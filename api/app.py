@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import edge, metering, problems, tracing
+from api import docs, edge, metering, problems, tracing
 from api.routes import events, health, meters, tenants
 from omni.bootstrap import Platform, build
 from omni.settings import Settings
@@ -39,6 +39,10 @@ def create_app(settings: Settings | None = None, *, platform: Platform | None = 
         # Starlette's redirect to the other spelling builds its Location from the Host header, which
         # the caller chooses: a path with a trailing slash is simply not found.
         redirect_slashes=False,
+        # Served by api/docs.py instead: offline, and as routes that metrics can name.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.platform = platform
     app.state.api_calls = recorder
@@ -49,4 +53,5 @@ def create_app(settings: Settings | None = None, *, platform: Platform | None = 
     tracing.install(app)  # installed last, so it runs first: every later layer sees the span
     for router in (health.router, tenants.router, events.router, meters.router):
         app.include_router(router)
+    docs.install(app)
     return app

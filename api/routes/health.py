@@ -21,9 +21,9 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.api_route(
+@router.head("/metrics", include_in_schema=False)
+@router.get(
     "/metrics",
-    methods=["GET", "HEAD"],
     response_class=Response,
     responses={
         200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text exposition"},

@@ -4,6 +4,7 @@ another way, failures and disconnects. None may cost a durable record, nor fail 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -221,3 +222,17 @@ async def test_metrics_can_be_closed_or_turned_off(tmp_path: Path, overrides: di
         assert head.status_code == status and head.content == b""
         if status == 200:
             assert "omni_http_requests_total" in response.text
+
+
+async def test_the_docs_are_served_offline_and_named_in_metrics(omni: Omni) -> None:
+    page = await omni.client.get("/docs")
+    assert page.status_code == 200
+    sources = re.findall(r"""(?:src|href)=['"]([^'"]+)['"]""", page.text) + re.findall(r"""url: *['"]([^'"]+)['"]""", page.text)
+    assert sources and all(s.startswith("/") or s.startswith("data:") for s in sources), sources  # nothing from a CDN
+    for source in sources:
+        if source.startswith("/"):
+            assert (await omni.client.get(source)).status_code == 200, source
+    labels = {"route": "/openapi.json", "method": "GET", "status": "200"}
+    before = REGISTRY.get_sample_value("omni_http_requests_total", labels) or 0
+    assert (await omni.client.get("/openapi.json")).json()["info"]["title"] == "Omni"
+    assert REGISTRY.get_sample_value("omni_http_requests_total", labels) == before + 1
