@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import docs, edge, metering, problems, tracing
+from api import docs, edge, metering, openapi, problems, tracing
 from api.routes import events, health, meters, tenants
 from omni.bootstrap import Platform, build
 from omni.settings import Settings
@@ -53,5 +53,6 @@ def create_app(settings: Settings | None = None, *, platform: Platform | None = 
     tracing.install(app)  # installed last, so it runs first: every later layer sees the span
     for router in (health.router, tenants.router, events.router, meters.router):
         app.include_router(router)
+    openapi.install(app)
     docs.install(app)
     return app

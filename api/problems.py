@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
 from typing import Any
 
 import simplejson
@@ -101,6 +103,22 @@ _TITLES = {
 }
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method the OpenAPI document lists for this request's path: Starlette names only those of
+    the first route it finds on the path, and FastAPI's routers keep the others out of its reach."""
+    path = request.url.path
+    methods: set[str] = set()
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        if _template_regex(template).fullmatch(path):
+            methods |= {method.upper() for method in operations}
+    return sorted(methods)
+
+
+@functools.cache
+def _template_regex(template: str) -> re.Pattern[str]:
+    return re.compile(re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)))
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> Response:
@@ -133,13 +151,13 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request)) or headers.get("Allow", "")
         return problem_response(
             request,
             Problem(
-                exc.status_code,
-                _TITLES.get(exc.status_code, "Error"),
-                str(exc.detail) if exc.detail else None,
-                headers=dict(exc.headers or {}),
+                exc.status_code, _TITLES.get(exc.status_code, "Error"), str(exc.detail) if exc.detail else None, headers=headers
             ),
         )
 

@@ -39,7 +39,16 @@ def _check_path(path: str) -> str:
     return path
 
 
-JsonPath = Annotated[str, AfterValidator(_check_path)]
+JsonPath = Annotated[str, AfterValidator(_check_path), Field(json_schema_extra={"pattern": r"^\$(\.[A-Za-z_][A-Za-z0-9_\-]*)+$"})]
+_GROUP_KEYS_SCHEMA = {"pattern": r"^[A-Za-z_][A-Za-z0-9_]{0,62}$", "not": {"enum": sorted(RESERVED_GROUP_KEYS)}}
+
+# The rules `_consistent` checks, told in JSON Schema too, so clients and fuzzers know them: COUNT
+# takes no value_property, every other aggregation needs one.
+_VALUE_RULE = {
+    "if": {"properties": {"aggregation": {"const": "COUNT"}}},
+    "then": {"properties": {"value_property": {"type": "null"}}},
+    "else": {"required": ["value_property"], "properties": {"value_property": {"type": "string"}}},
+}
 
 
 def path_parts(path: str) -> tuple[str, ...]:
@@ -50,13 +59,18 @@ def path_parts(path: str) -> tuple[str, ...]:
 class MeterDefinition(BaseModel):
     """A meter, as defined by the platform admin. Applies to every tenant."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=_VALUE_RULE)
 
     slug: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]{0,62}$", description="Unique name, used in URLs")
     event_type: Text = Field(min_length=1, max_length=256, description="CloudEvent `type` this meter counts")
     aggregation: Aggregation
     value_property: JsonPath | None = Field(default=None, description="Where the value is, e.g. $.data.tokens")
-    group_by: dict[str, JsonPath] = Field(default_factory=dict, description='Dimensions, e.g. {"model": "$.data.model"}')
+    group_by: dict[str, JsonPath] = Field(
+        default_factory=dict,
+        max_length=16,
+        description='Dimensions, e.g. {"model": "$.data.model"}',
+        json_schema_extra={"propertyNames": _GROUP_KEYS_SCHEMA},
+    )
     description: Text | None = Field(default=None, max_length=1024)
 
     @model_validator(mode="after")

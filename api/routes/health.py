@@ -21,7 +21,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.head("/metrics", include_in_schema=False)
+@router.head("/metrics", operation_id="prometheus_metrics_head", response_class=Response)
 @router.get(
     "/metrics",
     response_class=Response,

@@ -31,6 +31,7 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/readyz"): PUBLIC,
     # Prometheus scrapes it: counts across tenants, no tenant data; OMNI_METRICS_TOKEN closes it.
     ("GET", "/metrics"): PUBLIC,
+    ("HEAD", "/metrics"): PUBLIC,
     ("POST", "/v1/tenants"): ADMIN_ONLY,
     ("GET", "/v1/tenants"): ADMIN_ONLY,
     ("GET", "/v1/tenants/{tenant_id}"): EITHER,

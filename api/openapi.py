@@ -1,0 +1,105 @@
+"""The OpenAPI document as clients and generators need it: who may call, and every answer.
+
+FastAPI documents each route's success and a JSON 422 it never sends (errors here are
+`application/problem+json`, api/problems.py). This completes the document from what every route
+shares, so no route has to repeat it:
+
+- the bearer scheme, required on every /v1 operation (`/metrics` takes an optional token);
+- the errors each operation can answer, as problem+json: 401 and 403 under /v1; 404 where the
+  path names a resource; 400, 408, 413 and 415 where there is a body; 409 for commands; 422
+  where anything is validated; 431 everywhere; 503 wherever a store or the log is read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from api.problems import MEDIA_TYPE
+from schemas.api import Problem
+
+BEARER = "bearer"
+METRICS_TOKEN = "metricsToken"
+UNGUARDED = {"/healthz", "/metrics"}  # read no store: never 503
+COMMAND_METHODS = {"post", "put", "patch", "delete"}
+
+DESCRIPTIONS = {
+    "400": "Malformed JSON or batch",
+    "401": "No valid API key (the body is not read)",
+    "403": "The key's role may not call this operation",
+    "404": "No such resource for this caller (another tenant's resource answers 404 too)",
+    "408": "The headers or the body arrived too slowly",
+    "409": "Conflicts with the current state (already defined, changed concurrently)",
+    "413": "The body or the batch is larger than allowed",
+    "415": "Unsupported content type",
+    "422": "The request is well-formed but invalid; `errors` lists each reason",
+    "431": "The request's headers are larger than allowed",
+    "503": "A dependency (the log, the event store, the views) is unavailable; retry later",
+}
+
+
+def _problem_response(status: str) -> dict[str, Any]:
+    return {
+        "description": DESCRIPTIONS.get(status, "An error, as problem details"),
+        "content": {MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+
+
+def _errors_of(path: str, method: str, operation: dict[str, Any]) -> list[str]:
+    protected = path.startswith("/v1/")
+    has_body = "requestBody" in operation
+    has_params = bool(operation.get("parameters")) or has_body
+    statuses = ["431"]
+    if protected:
+        statuses += ["401", "403"]
+    if "{" in path:
+        statuses.append("404")
+    if has_body:
+        statuses += ["400", "408", "413", "415"]
+    if protected and method in COMMAND_METHODS:
+        statuses.append("409")
+    if has_params:
+        statuses.append("422")
+    if path not in UNGUARDED:
+        statuses.append("503")
+    return statuses
+
+
+def complete(document: dict[str, Any]) -> dict[str, Any]:
+    """Add security and the shared error answers to FastAPI's document (in place) and return it."""
+    components = document.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    schemas["Problem"] = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
+    components["securitySchemes"] = {
+        BEARER: {"type": "http", "scheme": "bearer", "description": "An API key: the admin's or a tenant's (`omni_...`)"},
+        METRICS_TOKEN: {"type": "http", "scheme": "bearer", "description": "OMNI_METRICS_TOKEN, when it is set"},
+    }
+    for path, operations in document.get("paths", {}).items():
+        for method, operation in operations.items():
+            responses = operation.setdefault("responses", {})
+            declared = [status for status in responses if status.isdigit() and int(status) >= 400]
+            for status in {*_errors_of(path, method, operation), *declared}:
+                responses[status] = _problem_response(status)
+            operation["responses"] = dict(sorted(responses.items()))
+            if path.startswith("/v1/"):
+                operation["security"] = [{BEARER: []}]
+            elif path == "/metrics":
+                operation["security"] = [{}, {METRICS_TOKEN: []}]
+    return document
+
+
+def install(app: FastAPI) -> None:
+    """`app.openapi()` builds the completed document once and keeps it."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = complete(
+                get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            )
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,63 @@
+"""The OpenAPI document tells a client generator everything: who may call each operation, and
+every answer it can get, errors as problem+json. Checked here against the document itself; the
+schemathesis runs check the server against it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import ADMIN, Omni
+
+PROBLEM = {"$ref": "#/components/schemas/Problem"}
+
+
+@pytest.fixture
+async def document(omni: Omni) -> dict[str, Any]:
+    response = await omni.client.get("/openapi.json")
+    assert response.status_code == 200
+    return response.json()  # type: ignore[no-any-return]
+
+
+def operations(document: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [(path, method, op) for path, ops in document["paths"].items() for method, op in ops.items()]
+
+
+async def test_every_v1_operation_needs_the_bearer_key(document: dict[str, Any]) -> None:
+    assert document["components"]["securitySchemes"]["bearer"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key: the admin's or a tenant's (`omni_...`)",
+    }
+    for path, method, op in operations(document):
+        if path.startswith("/v1/"):
+            assert op["security"] == [{"bearer": []}], (method, path)
+            assert {"401", "403"} <= set(op["responses"]), (method, path)
+        else:
+            assert "401" not in op["responses"] or path == "/metrics", (method, path)
+
+
+async def test_every_error_is_problem_json_and_every_answer_is_documented(document: dict[str, Any]) -> None:
+    schemas = document["components"]["schemas"]
+    assert "HTTPValidationError" not in schemas and set(schemas["Problem"]["required"]) == {"title", "status"}
+    for path, method, op in operations(document):
+        responses = op["responses"]
+        for status, response in responses.items():
+            if int(status) >= 400:
+                assert response["content"] == {"application/problem+json": {"schema": PROBLEM}}, (method, path, status)
+        if "{" in path:
+            assert "404" in responses, (method, path)
+        if "requestBody" in op:
+            assert {"400", "413", "415", "422"} <= set(responses), (method, path)
+        if path not in ("/healthz", "/metrics"):
+            assert "503" in responses, (method, path)
+
+
+async def test_unsupported_methods_name_every_method_of_the_path(omni: Omni) -> None:
+    admin = omni.auth(ADMIN)
+    for path, allowed in (("/v1/meters", "GET, POST"), ("/v1/tenants", "GET, POST"), ("/healthz", "GET")):
+        response = await omni.client.request("OPTIONS", path, headers=admin)
+        assert response.status_code == 405, path
+        assert response.headers["allow"] == allowed, path
+        assert response.headers["content-type"] == "application/problem+json"
