@@ -22,7 +22,11 @@ So the worker:
   overlap; Faust may ack past the views, which the seek on every assignment
   makes harmless;
 - runs the runner's catch-up on a timer, so a meter defined after its events
-  arrived still covers the whole history.
+  arrived still covers the whole history;
+- never exits because Kafka or PostgreSQL is away: it waits for both as it starts (each
+  attempt logged once, with backoff), and rides out later outages; meanwhile GET /readyz on
+  its metrics port (omni.health_server) answers 503 with the reason, and 200 once Kafka and
+  the views' database answer and it folds assigned partitions.
 """
 
 from __future__ import annotations
@@ -35,11 +39,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import faust
-import prometheus_client
+import psycopg
 from faust.transport.drivers.aiokafka import Transport as KafkaTransport
 from faust.types import TP, ConsumerT, StreamT
 
-from omni import metrics
+from omni import health_server, metrics
+from omni.health_server import Prober, Readiness, failure_text, in_daemon_thread
 from omni.runtime import tune_collector
 from omni.settings import Settings
 from schemas.topics import Topics
@@ -63,6 +68,9 @@ SEEK_RETRY_SECONDS = 20.0  # within Faust's broker_request_timeout for the recov
 # A killed worker's partitions move to the survivors (or to its restart) once its session
 # expires; Faust's default of 60 s would stall the views that long.
 SESSION_TIMEOUT, HEARTBEAT_INTERVAL = 10.0, 3.0
+# The worker's readiness checks (GET /readyz): Kafka answers, the views' database answers, and
+# the group gave it partitions to fold.
+LOG, VIEWS, PARTITIONS = "log", "views", "partitions"
 
 Process = Callable[[int, Sequence[LogRecord]], int]
 
@@ -242,7 +250,7 @@ def broker_url(bootstrap_servers: str) -> str:
     return ";".join(f"kafka://{server.strip()}" for server in bootstrap_servers.split(",") if server.strip())
 
 
-def create_worker_app(settings: Settings, db: Database, log: KafkaLog) -> faust.App:
+def create_worker_app(settings: Settings, db: Database, log: KafkaLog, readiness: Readiness | None = None) -> faust.App:
     topics: Topics = log.topics
     runner = build_runner(settings, db, log)
     catalog, meters = runner.catalog, runner.meters
@@ -309,6 +317,13 @@ def create_worker_app(settings: Settings, db: Database, log: KafkaLog) -> faust.
         except Exception:
             # Never crash a rebalance over this: the recovery's seek (ViewsConsumer) comes next.
             logger.warning("could not seek to the views' checkpoints on assignment", exc_info=True)
+        if readiness is not None:
+            show_assignment(readiness, assigned)
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def rebalancing(sender: faust.App, revoked: set[TP], **_: Any) -> None:
+        if readiness is not None:
+            readiness.failed(PARTITIONS, "rebalancing: waiting for the group's next assignment")
 
     lag = LagGauge(feeders)
 
@@ -332,36 +347,88 @@ def create_worker_app(settings: Settings, db: Database, log: KafkaLog) -> faust.
     return app
 
 
-def serve_metrics(port: int) -> None:
-    """Prometheus metrics on http://host:port/metrics, from a thread of their own; 0 serves none."""
-    if not port:
-        return
-    try:
-        prometheus_client.start_http_server(port)
-    except OSError as taken:  # the worker still folds; only its metrics are missing
-        logger.error("cannot serve metrics on port %d (%s): set OMNI_WORKER_METRICS_PORT to a free port", port, taken)
+def show_assignment(readiness: Readiness, assigned: Iterable[TP]) -> None:
+    """The partitions this worker folds, on /readyz; none assigned is not ready."""
+    by_topic: dict[str, list[int]] = {}
+    for tp in sorted(assigned):
+        by_topic.setdefault(tp.topic, []).append(tp.partition)
+    readiness.detail("partitions", by_topic)
+    if by_topic:
+        readiness.ok(PARTITIONS)
     else:
-        logger.info("metrics on port %d at /metrics", port)
+        readiness.failed(PARTITIONS, "no partitions assigned (more workers than partitions?)")
+
+
+def open_views(settings: Settings, readiness: Readiness) -> PostgresDatabase:
+    """The views' database, migrated; waits (with backoff, one warning per attempt) while PostgreSQL is away."""
+    delay = RETRY_FIRST
+    while True:
+        try:
+            db = _migrated_views(settings)
+        except Exception as failure:
+            readiness.failed(VIEWS, failure_text(failure))
+            logger.warning("migrating the views' tables failed (%s); retrying in %.1fs", failure, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
+            continue
+        readiness.ok(VIEWS)
+        return db
+
+
+def _migrated_views(settings: Settings) -> PostgresDatabase:
+    # A plain connection first, as it fails at once; the pool waits 10 s for its first one.
+    psycopg.connect(settings.database_url, connect_timeout=5).close()
+    # A pool that failed to open is closed for good: each attempt gets a new one.
+    db = PostgresDatabase(settings.database_url, schema=settings.database_schema)
+    try:
+        db.migrate(views.SCHEMA)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def views_answer(db: Database) -> Callable[[], Awaitable[None]]:
+    def select_one() -> None:
+        with db.transaction() as tx:
+            tx.execute("SELECT 1")
+
+    async def probe() -> None:
+        await in_daemon_thread(select_one)  # never holds up the worker's threads or its exit
+
+    return probe
+
+
+def serve_metrics(port: int, readiness: Readiness | None = None, host: str = "127.0.0.1") -> None:
+    """/metrics and /readyz (omni.health_server) on host:port from a thread of their own; 0 serves none."""
+    health_server.serve(host, port, readiness or Readiness("worker", ()), "OMNI_WORKER_METRICS_PORT")
 
 
 def run_worker(settings: Settings) -> None:
-    """`omni worker`: build the views database and the log, then run the Faust worker until stopped."""
-    serve_metrics(settings.worker_metrics_port)
-    db = PostgresDatabase(settings.database_url, schema=settings.database_schema)
-    db.migrate(views.SCHEMA)
+    """`omni worker`: build the views database and the log, then run the Faust worker until stopped.
+
+    Kafka or PostgreSQL being away at start (or later) never stops it: it waits, and reports
+    why on GET /readyz meanwhile."""
+    readiness = Readiness("worker", (LOG, VIEWS, PARTITIONS))
+    serve_metrics(settings.worker_metrics_port, readiness, settings.metrics_host)
+    readiness.failed(PARTITIONS, "not in the consumer group yet")
+    db = open_views(settings, readiness)
     topics = Topics(prefix=settings.topic_prefix, usage_partitions=settings.usage_partitions)
     kafka = KafkaLog(settings.kafka_bootstrap_servers, topics, produce_timeout=settings.produce_timeout_seconds)
     # One loop for the log's clients and the worker: aiokafka clients are bound to the loop they start on.
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
+    prober = Prober(readiness, {LOG: kafka.ping, VIEWS: views_answer(db)})
+    probing = loop.create_task(prober.run(), name="readiness")  # runs as long as the loop does
     # The topics must exist before the consumer subscribes (the broker does not auto-create them).
     loop.run_until_complete(retry_forever("creating the topics on Kafka", kafka.ping))
-    app = create_worker_app(settings, db, kafka)
+    app = create_worker_app(settings, db, kafka, readiness)
     worker = faust.Worker(app, loglevel=settings.log_level, loop=loop, override_logging=False)
     tune_collector(settings.gc_gen0_threshold)
     try:
         worker.execute_from_commandline()
     finally:
+        probing.cancel()
         db.close()
 
 

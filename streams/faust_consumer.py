@@ -10,18 +10,29 @@ worker and is measured by `ops.bench.replay` (the `faust_noop` row):
 - full agent queues make the next delivery wait until they are drained, instead of pausing partitions;
 - Faust's web monitor, which this worker does not serve, keeps no per-message statistics;
 - uvloop runs the event loop.
+
+It also waits for Kafka: Faust's producer and consumer crash the worker when the broker cannot
+be reached as they start (`KafkaConnectionError: Unable to bootstrap`); here each retries with
+backoff, one warning per attempt, until the broker answers (aiokafka itself rides out outages
+once they run).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+from aiokafka.errors import KafkaError
+from faust.exceptions import ConsumerNotStarted
 from faust.sensors import Monitor
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as KafkaConsumer
+from faust.transport.drivers.aiokafka import Producer as KafkaProducer
 from faust.transport.drivers.aiokafka import Transport as KafkaTransport
+from faust.transport.producer import Producer as FaustProducer
 from faust.types import TP, EventT, Message, StreamT
 from mode.services import WaitResults
 
@@ -35,6 +46,12 @@ FETCH_MAX_WAIT_MS = 20
 # The longest a delivery waits for full agent queues to drain to their low-water mark; past it the
 # delivery goes on and waits for room on its own (should a drop ever go unreported).
 RELIEF_WAIT = 1.0
+# Backoff between attempts to start a Kafka client while the broker does not answer.
+START_RETRY_FIRST, START_RETRY_MAX = 0.5, 5.0
+# What a client that cannot reach the broker raises as it starts.
+UNREACHABLE = (KafkaError, OSError, TimeoutError)
+
+logger = logging.getLogger(__name__)
 
 
 class BatchConsumerThread(AIOKafkaConsumerThread):
@@ -42,6 +59,53 @@ class BatchConsumerThread(AIOKafkaConsumerThread):
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by its fetcher, created on start
         return consumer
+
+    async def on_start(self) -> None:
+        """Faust's, but a consumer that cannot reach the broker is dropped and a new one tried
+        (with backoff) until one starts, instead of crashing the worker."""
+        delay = START_RETRY_FIRST
+        while True:
+            try:
+                await super().on_start()
+                return
+            except UNREACHABLE as failure:
+                consumer, self._consumer = self._consumer, None
+                await _stop_quietly(consumer)
+                if self.should_stop:
+                    return
+                logger.warning("Faust's consumer cannot reach Kafka (%r); retrying in %.1fs", failure, delay)
+            await self.sleep(delay)  # returns early when the worker stops
+            if self.should_stop:
+                return
+            delay = min(delay * 2, START_RETRY_MAX)
+
+
+class PatientProducer(KafkaProducer):
+    """Faust's aiokafka producer, started again (with backoff) until the broker answers."""
+
+    async def on_start(self) -> None:
+        await FaustProducer.on_start(self)  # the producer's buffer, as Faust's own on_start does first
+        delay = START_RETRY_FIRST
+        while not self.should_stop:
+            producer = self._new_producer()
+            try:
+                await producer.start()
+            except UNREACHABLE as failure:
+                await _stop_quietly(producer)
+                logger.warning("Faust's producer cannot reach Kafka (%r); retrying in %.1fs", failure, delay)
+                await self.sleep(delay)  # returns early when the worker stops
+                delay = min(delay * 2, START_RETRY_MAX)
+                continue
+            self._producer = producer
+            self.beacon.add(producer)
+            return
+
+
+async def _stop_quietly(client: Any) -> None:
+    """Stop a Kafka client that failed to start: it cannot be started again, and holds connections."""
+    if client is not None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.stop(), timeout=5)
 
 
 class BatchConsumer(KafkaConsumer):
@@ -62,6 +126,18 @@ class BatchConsumer(KafkaConsumer):
 
     def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
         return BatchConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def assignment(self) -> set[TP]:
+        """No partitions while the consumer thread still waits for Kafka (BatchConsumerThread.on_start).
+
+        Faust starts the consumer's own timers (its commit livelock detector asks for the
+        assignment) before the thread that owns the Kafka consumer: Faust's raised
+        ConsumerNotStarted there, and that crashed a worker whose broker was late.
+        """
+        try:
+            return set(super().assignment())
+        except ConsumerNotStarted:
+            return set()
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
         """Each partition's fetched records as one message (streams.faust_runs), not one per record.
@@ -164,10 +240,11 @@ def delivery_settings(batch_size: int) -> dict[str, Any]:
 
 
 def transport_with(consumer: type[KafkaConsumer]) -> type[KafkaTransport]:
-    """Faust's aiokafka transport with `consumer` as its consumer class."""
+    """Faust's aiokafka transport with `consumer` as its consumer class, and a producer that waits for Kafka."""
 
     class Transport(KafkaTransport):
         Consumer = consumer
+        Producer = PatientProducer
 
     return Transport
 

@@ -24,6 +24,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from schemas.topics import Topics, partition_for
 from streams.log import LogRecord, LogUnavailable, Outgoing
+from streams.quiet_logs import limit_kafka_client_logs
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class KafkaLog:
         # see `append`.
         self._enqueueing: defaultdict[tuple[str, int], asyncio.Lock] = defaultdict(asyncio.Lock)
         self._closed = False
+        limit_kafka_client_logs()  # aiokafka logs every failed attempt of every client while Kafka is away
 
     # Lifecycle ------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from commands.control_plane import AUDIT_TYPE, OMNI_NAMESPACE, ControlPlane, des
 from schemas.envelope import Envelope, encode
 from schemas.topics import STORE_POSITION, Topics
 from stores import views
-from stores.database import Database, Leadership
+from stores.database import Database, Leadership, StoreUnavailable
 from streams.log import EventLog, LogUnavailable, Outgoing
 from streams.pausing import pause
 
@@ -109,8 +109,8 @@ class OutboxRelay:
             self._woken.clear()  # before reading: a wake while we read is kept for the pause below
             try:
                 moved = await self.relay_once()
-            except LogUnavailable as outage:
-                log.warning("outbox relay waiting for the log: %s", outage)
+            except (LogUnavailable, StoreUnavailable) as outage:  # expected while a dependency is away: no traceback
+                log.warning("outbox relay waiting: %s", outage)
                 moved = 0
                 await asyncio.sleep(1.0)
             except Exception:

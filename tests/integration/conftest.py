@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ from schemas.topics import Topics
 from stores import views
 from stores.database import PostgresDatabase
 from streams.kafka_log import KafkaLog
-from tests.integration.worker import WorkerProcess, worker_env
+from tests.integration.worker import ROOT, WorkerProcess, worker_env
 
 KAFKA_BOOTSTRAP_SERVERS = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:19092")
 DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://omni:omni@127.0.0.1:15432/omni")
@@ -136,6 +137,30 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+class OwnBroker:
+    """A second single-node Kafka (ops/services/kafka.sh on free ports, its data under `run_dir`),
+    so stopping it disturbs no other test. Not started until `run("start")`."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.port, self.controller = free_port(), free_port()
+        self.servers = f"localhost:{self.port}"
+        self.env = {
+            **os.environ,
+            "OMNI_RUN_DIR": str(run_dir),
+            "KAFKA_PORT": str(self.port),
+            "KAFKA_CONTROLLER_PORT": str(self.controller),
+        }
+
+    def run(self, action: str) -> None:
+        subprocess.run(["bash", "ops/services/kafka.sh", action], cwd=ROOT, env=self.env, check=True, timeout=120)
+
+
+def drop_schema(database_url: str, schema: str) -> None:
+    """Drop a test's PostgreSQL schema (its event store and views)."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
 @pytest.fixture
 def worker_factory(tmp_path: Path, topics: Topics, kafka_servers: str) -> Iterator[Callable[[str, str], WorkerProcess]]:
     workers: list[WorkerProcess] = []
@@ -144,7 +169,7 @@ def worker_factory(tmp_path: Path, topics: Topics, kafka_servers: str) -> Iterat
         logs = tmp_path / f"logs-{len(workers)}"
         logs.mkdir()
         env = worker_env(topics, kafka_servers, database_url, schema, tmp_path / "data")
-        worker = WorkerProcess({**env, "OMNI_WORKER_METRICS_PORT": str(free_port())}, logs)
+        worker = WorkerProcess({**env, "OMNI_WORKER_METRICS_PORT": str(free_port())}, logs, name=f"worker{len(workers)}")
         workers.append(worker)
         return worker
 

@@ -1,12 +1,12 @@
 """The broker stopped for 20 s during ingest (a broker of this test's own): the API answers
 503 while it is down and 202 again after; a client that retries what got 503 ends with
-every event counted exactly once, by the Faust worker that ran through the outage."""
+every event counted exactly once, by the Faust worker that ran through the outage (and said
+it was not ready meanwhile)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import time
 from pathlib import Path
 
@@ -18,36 +18,20 @@ from api.app import create_app
 from omni.bootstrap import build
 from schemas.topics import Topics
 from tests.conftest import cloud_event
-from tests.e2e.conftest import ADMIN, BATCH, drop_kafka_state, kafka_settings
-from tests.integration.conftest import free_port
-from tests.integration.worker import WorkerProcess, worker_env
+from tests.e2e.conftest import ADMIN, BATCH, kafka_settings
+from tests.integration.conftest import OwnBroker, drop_schema, free_port
+from tests.integration.worker import WorkerProcess, wait_ready, worker_env
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.redis]
 
-ROOT = Path(__file__).resolve().parents[2]
 OUTAGE_SECONDS = 20
-
-
-class OwnBroker:
-    """A second single-node Kafka, so stopping it disturbs no other test."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.port, self.controller = free_port(), free_port()
-        self.env = {
-            **os.environ,
-            "OMNI_RUN_DIR": str(run_dir),
-            "KAFKA_PORT": str(self.port),
-            "KAFKA_CONTROLLER_PORT": str(self.controller),
-        }
-
-    def run(self, action: str) -> None:
-        subprocess.run(["bash", "ops/services/kafka.sh", action], cwd=ROOT, env=self.env, check=True, timeout=120)
+BEFORE_OUTAGE = 5  # batches accepted before the broker stops
 
 
 async def test_broker_outage_gives_503_then_202_and_exact_counts(tmp_path: Path, database_url: str, redis_url: str) -> None:
     broker = OwnBroker(tmp_path / "run")
     broker.run("start")
-    settings = kafka_settings(os.urandom(6).hex(), produce_timeout_seconds=2, kafka_bootstrap_servers=f"localhost:{broker.port}")
+    settings = kafka_settings(os.urandom(6).hex(), produce_timeout_seconds=2, kafka_bootstrap_servers=broker.servers)
     platform = build(settings)
     app = create_app(platform=platform, background=False)
     worker: WorkerProcess | None = None
@@ -66,8 +50,10 @@ async def test_broker_outage_gives_503_then_202_and_exact_counts(tmp_path: Path,
             topics = Topics(prefix=settings.topic_prefix, usage_partitions=settings.usage_partitions)
             env = worker_env(topics, settings.kafka_bootstrap_servers, database_url, settings.database_schema, tmp_path)
             (tmp_path / "logs").mkdir()
-            worker = WorkerProcess(env, tmp_path / "logs")
+            worker = WorkerProcess({**env, "OMNI_WORKER_METRICS_PORT": str(free_port())}, tmp_path / "logs")
             worker.start()
+            # The outage must come after the worker joined its group (not at a fixed time after its start).
+            await wait_ready([worker], 60, "the worker to join its group before the outage")
 
             statuses: list[int] = []
             sent = 0
@@ -90,30 +76,40 @@ async def test_broker_outage_gives_503_then_202_and_exact_counts(tmp_path: Path,
                     sent += 1
 
             loop = asyncio.create_task(client_loop(time.monotonic() + OUTAGE_SECONDS + 25))
-            await asyncio.sleep(3)
+            while sent < BEFORE_OUTAGE and not loop.done():
+                await asyncio.sleep(0.05)
             await asyncio.to_thread(broker.run, "stop")
-            await asyncio.sleep(OUTAGE_SECONDS)
+            outage_ends = time.monotonic() + OUTAGE_SECONDS
+            # The worker rides the outage out, and says it is not ready meanwhile.
+            while (status := (await asyncio.to_thread(worker.readiness))[0]) == 200 and time.monotonic() < outage_ends:
+                await asyncio.sleep(0.2)
+            assert status == 503, f"the worker should report the outage on /readyz:\n{worker.report()}"
+            await asyncio.sleep(max(0.0, outage_ends - time.monotonic()))
             assert statuses.count(503) > 0, "the outage should have been visible to the client"
+            assert worker.exited is None, f"the worker died during the outage:\n{worker.report()}"
             await asyncio.to_thread(broker.run, "start")
             await loop
             assert statuses[-1] == 202
+            await wait_ready([worker], 60, "the worker to be ready again after the outage")
 
-            async def counted() -> list[int]:
+            async def counted() -> tuple[int, object]:
                 query = await client.get("/v1/meters/calls/query", headers={"Authorization": key["Authorization"]})
-                return [row["value"] for row in query.json()["data"]]
+                body = query.json()
+                return query.status_code, [row["value"] for row in body["data"]] if query.status_code == 200 else body
 
+            expected = (200, [sent * 50])
             deadline = time.monotonic() + 90
-            while await counted() != [sent * 50] and time.monotonic() < deadline:
-                assert worker.process is not None and worker.process.poll() is None, f"the worker died:\n{worker.tail()}"
+            while (seen := await counted()) != expected and time.monotonic() < deadline:
+                assert worker.exited is None, f"the worker died:\n{worker.report()}"
                 await asyncio.sleep(0.2)
-            assert await counted() == [sent * 50], f"the worker's views; its log:\n{worker.tail()}"
+            assert seen == expected, f"the meter: expected {expected}, the API answered {seen}\n{worker.report()}"
             await asyncio.sleep(1.0)  # and nothing is counted twice later
-            assert await counted() == [sent * 50]
+            assert await counted() == expected
             assert worker.stop() == 0
     finally:
         try:
             if worker is not None:
                 worker.ensure_dead()
-            await drop_kafka_state(settings)
+            drop_schema(database_url, settings.database_schema)  # the topics go with the broker's own data
         finally:
             broker.run("stop")

@@ -155,21 +155,46 @@ def progress(db: PostgresDatabase, topics: Topics) -> Progress:
         )
 
 
-async def caught_up(db: PostgresDatabase, log: KafkaLog, slugs: list[str]) -> bool:
+@dataclass(frozen=True)
+class Verdict:
+    """A condition's outcome, with what it compared (shown when a wait for it times out)."""
+
+    ok: bool
+    detail: str
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+async def caught_up(db: PostgresDatabase, log: KafkaLog, slugs: list[str]) -> Verdict:
     usage_end = await log.end_offsets(log.topics.usage)
     control_end = await log.end_offsets(log.topics.control)
     seen = await asyncio.to_thread(progress, db, log.topics)
-    meters_done = all(seen.per_meter.get((slug, p), 0) == end for slug in slugs for p, end in usage_end.items())
-    return seen.catalog == control_end and seen.meters == {p: e for p, e in usage_end.items() if e} and meters_done
+    per_meter = {slug: {p: seen.per_meter.get((slug, p), 0) for p in usage_end} for slug in slugs}
+    meters_done = all(per_meter[slug] == usage_end for slug in slugs)
+    usage_expected = {p: e for p, e in usage_end.items() if e}
+    ok = seen.catalog == control_end and seen.meters == usage_expected and meters_done
+    return Verdict(
+        ok,
+        f"expected the views at the log's ends (control {control_end}, usage {usage_expected}, every meter at {usage_end}); "
+        f"saw control {seen.catalog}, usage {seen.meters}, per meter {per_meter}",
+    )
 
 
-async def wait_for(condition: Callable[[], Awaitable[bool]], worker: WorkerProcess, timeout: float, what: str) -> None:
+async def wait_for(
+    condition: Callable[[], Awaitable[object]], worker: WorkerProcess | list[WorkerProcess], timeout: float, what: str
+) -> None:
+    """Until `condition()` is true; else fail with its last outcome (a Verdict's detail) and each worker's log."""
+    workers = worker if isinstance(worker, list) else [worker]
     deadline = time.monotonic() + timeout
-    while not await condition():
-        if worker.process is not None and worker.process.poll() is not None:
-            pytest.fail(f"the worker exited ({worker.process.returncode}) while waiting for {what}:\n{worker.tail()}")
+    while not (last := await condition()):
+        for each in workers:
+            if each.exited is not None:
+                pytest.fail(f"{each.name} exited ({each.exited}) while waiting for {what}:\n{each.report()}")
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}; worker log:\n{worker.tail()}")
+            seen = f"; {last.detail}" if isinstance(last, Verdict) else ""
+            logs = "\n".join(each.report() for each in workers)
+            pytest.fail(f"timed out after {timeout}s waiting for {what}{seen}\n{logs}")
         await asyncio.sleep(0.05)
 
 
@@ -223,6 +248,42 @@ async def test_sigkill_mid_stream_loses_nothing_and_counts_nothing_twice(
     await wait_for(lambda: caught_up(views_db, kafka_log, ["tokens", "calls", "tokens-by-model"]), worker, 30, "the late meter")
     assert_views_equal_truth(views_db, stream, [TOKENS, CALLS, TOKENS_BY_MODEL])
     assert worker.stop() == 0
+
+
+async def test_two_workers_one_sigkilled_mid_stream_the_survivor_takes_its_partitions_and_views_end_exact(
+    kafka_log: KafkaLog,
+    topics: Topics,
+    views_db: PostgresDatabase,
+    database_url: str,
+    worker_factory: Callable[[str, str], WorkerProcess],
+) -> None:
+    stream = Stream()
+    await kafka_log.append(topics.control, [meter_defined(TOKENS), meter_defined(CALLS)])
+    await kafka_log.append(topics.usage, to_records(stream.generate(600)))
+    workers = [worker_factory(database_url, views_db.schema) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    everything = {topics.control: [0], topics.usage: list(range(topics.usage_partitions))}
+    await wait_for(lambda: _assigned(workers, everything), workers, 60, "both workers ready, sharing the partitions")
+
+    # Events keep arriving (about 18 s) through the kill and the survivor's takeover.
+    more = asyncio.create_task(_append_slowly(kafka_log, stream, 2000, chunk=50, pause=0.4))
+    await wait_for(lambda: _folded_at_least(views_db, topics, 900), workers, 30, "both workers folding")
+    owned = {worker.name: _partitions(worker) for worker in workers}
+    victim = max(workers, key=lambda worker: len(_partitions(worker).get(topics.usage, [])))
+    survivor = next(worker for worker in workers if worker is not victim)
+    victim.kill()
+    assert not more.done(), "the kill should land while events are arriving"
+    folded_at_kill = (await asyncio.to_thread(progress, views_db, topics)).folded
+
+    # Once the killed worker's session expires, the survivor folds every partition.
+    await wait_for(lambda: _assigned([survivor], everything), survivor, 45, f"the survivor to take over from {owned}")
+    await more
+    total = sum((await kafka_log.end_offsets(topics.usage)).values())
+    assert folded_at_kill < total, "the kill should land mid-stream"
+    await wait_for(lambda: caught_up(views_db, kafka_log, ["tokens", "calls"]), survivor, 40, "the survivor's catch-up")
+    assert_views_equal_truth(views_db, stream, [TOKENS, CALLS])
+    assert survivor.stop() == 0
 
 
 async def test_the_broker_may_not_hold_the_workers_empty_fetches_for_long(
@@ -448,6 +509,23 @@ async def _lag(worker: WorkerProcess, *, above: int = -1, at_most: int | None = 
     samples = await asyncio.to_thread(worker.metrics)
     lags = [v for name, v in samples.items() if name.startswith("omni_views_lag_records{") and 'projector="meters"' in name]
     return bool(lags) and sum(lags) > above and (at_most is None or sum(lags) <= at_most)
+
+
+def _partitions(worker: WorkerProcess) -> dict[str, list[int]]:
+    """The partitions a worker folds, as its /readyz lists them (none while it is not ready)."""
+    status, body = worker.readiness()
+    return body.get("partitions", {}) if status == 200 else {}
+
+
+async def _assigned(workers: list[WorkerProcess], everything: dict[str, list[int]]) -> Verdict:
+    """Every worker ready, and between them folding each partition once."""
+    seen = [await asyncio.to_thread(worker.readiness) for worker in workers]
+    held: dict[str, list[int]] = defaultdict(list)
+    for status, body in seen:
+        for topic, partitions in (body.get("partitions", {}) if status == 200 else {}).items():
+            held[topic] += partitions
+    ok = all(status == 200 for status, _ in seen) and {t: sorted(p) for t, p in held.items()} == everything
+    return Verdict(ok, f"expected {everything} between {[w.name for w in workers]}; their /readyz: {seen}")
 
 
 async def _folded_at_least(db: PostgresDatabase, topics: Topics, count: int) -> bool:
