@@ -7,6 +7,12 @@ tracer provider is set; this middleware then only reads it. Without one (say,
 The span's `traceparent` travels on into the envelopes and audit entries the
 request produces, so a usage event or a command can be followed end to end,
 and goes back to the caller in the `traceparent` response header.
+
+An invalid incoming `traceparent` header (malformed, version ff, an all-zero
+trace or parent id) is ignored, as W3C trace context says, not refused: the
+OpenTelemetry propagator drops it and the server span starts a trace of its
+own. (A CloudEvent's `traceparent` extension is refused instead, with its
+event: schemas/cloudevents.py.)
 """
 
 from __future__ import annotations

@@ -1,6 +1,11 @@
-"""Admission of usage events: validation, the acceptance window, the envelope.
+"""Admission of usage events: validation, the acceptance window, the envelope and its wire form.
 
 Pure: the caller passes the clock reading and fresh ids in.
+
+Admission also encodes each envelope, so an event that cannot be stored (nested too deep for the
+encoder, larger than a Kafka record may be) is refused here, in its own request, with a reason that
+names the limit. Encoded later, inside a commit shared with other requests (the embedded log's group
+commit, a Kafka produce batch), it failed them all.
 """
 
 from __future__ import annotations
@@ -8,16 +13,23 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
+import orjson
 from pydantic import TypeAdapter, ValidationError
 
 from commands.errors import Invalid
 from schemas.cloudevents import CloudEvent, extension_errors
-from schemas.envelope import Actor, Envelope
-from schemas.text import holds_nul
+from schemas.envelope import Actor, Envelope, encode
+from schemas.text import json_holds_nul, nests_deeper
 
 FUTURE_TOLERANCE = timedelta(minutes=5)
+# OMNI_MAX_JSON_DEPTH: how many levels of arrays and objects `data` or an extension attribute's
+# value may nest (`{"a": [1]}` is two). orjson encodes at most 254 levels in all.
+MAX_DEPTH = 32
+# OMNI_MAX_EVENT_BYTES: an event's JSON as sent, and its envelope as stored, at most. Kafka refuses a
+# record larger than the broker's message.max.bytes (1,048,588 by default), failing its whole batch.
+MAX_EVENT_BYTES = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +42,25 @@ class AdmissionPolicy:
 
     window: timedelta = timedelta(days=7)
     future: timedelta = FUTURE_TOLERANCE
+    max_depth: int = MAX_DEPTH
+    max_event_bytes: int = MAX_EVENT_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class TooLarge:
+    """Stands for a batch item whose JSON text alone is over the limit: refused without parsing it."""
+
+    size: int
+    limit: int
+
+    @property
+    def reason(self) -> str:
+        return f"the event's JSON is {self.size} bytes; an event may be at most {self.limit} bytes (OMNI_MAX_EVENT_BYTES)"
+
+
+class Admitted(NamedTuple):
+    envelopes: list[Envelope]
+    values: list[bytes]  # each envelope's wire form (schemas.envelope.encode), for the log
 
 
 def _reason(error: Mapping[str, Any]) -> str:
@@ -48,15 +79,45 @@ def admit(
     traceparent: str | None = None,
     may_hold_nul: bool = True,
 ) -> list[Envelope]:
-    """Turn raw CloudEvents into envelopes, or reject the whole batch naming each bad event.
+    """Turn raw CloudEvents into envelopes, or reject the whole batch naming each bad event."""
+    return admit_encoded(
+        items,
+        tenant_id=tenant_id,
+        actor=actor,
+        received=received,
+        policy=policy,
+        new_id=new_id,
+        traceparent=traceparent,
+        may_hold_nul=may_hold_nul,
+    ).envelopes
+
+
+def admit_encoded(
+    items: Sequence[Any],
+    *,
+    tenant_id: str,
+    actor: Actor,
+    received: datetime,
+    policy: AdmissionPolicy,
+    new_id: Callable[[], str],
+    traceparent: str | None = None,
+    may_hold_nul: bool = True,
+) -> Admitted:
+    """Turn raw CloudEvents into envelopes and their wire forms, or reject the whole batch naming
+    each bad event. An item may be a TooLarge in place of an event too large to parse.
 
     `may_hold_nul=False` tells that no text holds a NUL character (e.g. the request body has
-    no `\\u0000`), which saves looking through every event for one.
+    none: schemas.text.json_holds_nul), which saves looking through every event for one.
     """
     errors: list[dict[str, Any]] = []
     envelopes: list[Envelope] = []
+    positions: list[int] = []  # each envelope's index in `items`
+    problems_of: list[list[str]] = []  # each envelope's problems so far
     oldest, newest = received - policy.window, received + policy.future
     for index, (item, event) in enumerate(zip(items, _validated(items), strict=True)):
+        if type(item) is TooLarge:
+            errors.append({"index": index, "reason": item.reason})
+            continue
         if event is None:
             errors.append({"index": index, "reason": "an event must be a JSON object"})
             continue
@@ -65,16 +126,13 @@ def admit(
             continue
         extensions = event.extensions()
         problems = extension_errors(extensions)
-        if may_hold_nul and holds_nul(item):
+        if may_hold_nul and _holds_nul(item):
             problems.append("text may not contain NUL characters (\\u0000): the views cannot store them")
         moment = event.time or received
         if moment < oldest:
             problems.append(f"time {moment.isoformat()} is older than the acceptance window ({policy.window})")
         elif moment > newest:
             problems.append(f"time {moment.isoformat()} is more than {policy.future} in the future")
-        if problems:
-            errors.append({"index": index, "id": event.id, "reasons": problems})
-            continue
         envelopes.append(
             Envelope(
                 id=new_id(),
@@ -91,9 +149,96 @@ def admit(
                 extensions=extensions,
             )
         )
+        positions.append(index)
+        problems_of.append(problems)
+    # Encoded in a loop of their own: interleaved with the work above, orjson's buffer is out of
+    # cache by the next event, and encoding took 3.1 rather than 2.2 µs an envelope.
+    values = _encoded(envelopes)
+    max_depth, max_bytes = policy.max_depth, policy.max_event_bytes
+    for index, envelope, value, problems in zip(positions, envelopes, values, problems_of, strict=True):
+        if value is None:  # orjson's recursion limit: all it refuses of what orjson parsed
+            problems.append(_too_deep(envelope, max_depth) or "the event cannot be encoded as JSON")
+        else:
+            # Most events have no extension attributes and flat `data`, which no limit refuses.
+            # Otherwise the encoded text is measured: in the envelope `data` sits one level down and
+            # extension attributes two, so text nesting deeper than limit + 1 levels breaks the
+            # limit only if one of them does, and _too_deep tells which.
+            if (envelope.extensions or not _flat(envelope.data)) and nests_deeper(value, max_depth + 1):
+                too_deep = _too_deep(envelope, max_depth)
+                if too_deep:
+                    problems.append(too_deep)
+            if len(value) > max_bytes:
+                problems.append(
+                    f"the event is {len(value)} bytes stored; an event may be at most {max_bytes} bytes (OMNI_MAX_EVENT_BYTES)"
+                )
+        if problems:
+            errors.append({"index": index, "id": envelope.source_id, "reasons": problems})
     if errors:
+        errors.sort(key=lambda error: error["index"])
         raise Invalid(f"{len(errors)} of {len(items)} events are invalid; none were accepted", errors)
-    return envelopes
+    return Admitted(envelopes, values)  # type: ignore[arg-type]  # no None without an error
+
+
+def _encoded(envelopes: list[Envelope]) -> list[bytes | None]:
+    """Each envelope's wire form; None for one orjson refuses (nested beyond its 254 levels)."""
+    try:
+        return [encode(envelope) for envelope in envelopes]  # type: ignore[misc]
+    except orjson.JSONEncodeError:
+        pass
+    values: list[bytes | None] = []
+    for envelope in envelopes:
+        try:
+            values.append(encode(envelope))
+        except orjson.JSONEncodeError:
+            values.append(None)
+    return values
+
+
+def _holds_nul(item: Any) -> bool:
+    """Whether the raw event holds a NUL anywhere (attributes the envelope drops too), found in its
+    JSON text: orjson writes a NUL as \\u0000."""
+    try:
+        return json_holds_nul(orjson.dumps(item))
+    except orjson.JSONEncodeError:  # nested beyond orjson's 254 levels: refused as too deep anyway
+        return False
+
+
+_FLAT_SIZE = 16  # a dict or list up to this long is looked through in Python; a longer one is measured
+
+
+def _flat(value: Any) -> bool:
+    """Whether `value` is a scalar, or a short dict or list of scalars: at most one level deep.
+    About 0.2 µs for a dict of three scalars, less than half of counting an envelope's brackets."""
+    kind = type(value)
+    if kind is dict:
+        if len(value) > _FLAT_SIZE:
+            return False
+        value = value.values()
+    elif kind is list:
+        if len(value) > _FLAT_SIZE:
+            return False
+    else:
+        return True
+    for item in value:
+        kind = type(item)
+        if kind is dict or kind is list:
+            return False
+    return True
+
+
+def _too_deep(envelope: Envelope, limit: int) -> str | None:
+    parts = [("data", envelope.data), *((f"extension attribute {name!r}", v) for name, v in envelope.extensions.items())]
+    for what, value in parts:
+        if isinstance(value, dict | list) and _nests_deeper(value, limit):
+            return f"{what} nests deeper than {limit} levels (OMNI_MAX_JSON_DEPTH)"
+    return None
+
+
+def _nests_deeper(value: Any, limit: int) -> bool:
+    try:
+        return nests_deeper(orjson.dumps(value), limit)
+    except orjson.JSONEncodeError:  # beyond orjson's 254 levels
+        return True
 
 
 _BATCH = TypeAdapter(list[CloudEvent])

@@ -27,6 +27,11 @@ class Settings(BaseSettings):
     future_tolerance_seconds: int = Field(default=300, ge=0)
     max_batch_events: int = Field(default=1000, ge=1)
     max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
+    # One usage event: how deep its `data` or an extension attribute may nest (orjson encodes 254
+    # levels in all), and how large it may be as sent and as stored (Kafka's default limits on a
+    # record, message.max.bytes and the producer's max_request_size, are 1 MiB with its overhead).
+    max_json_depth: int = Field(default=32, ge=1, le=200)
+    max_event_bytes: int = Field(default=1_000_000, ge=1024, le=1_000_000)
     runner_batch_size: int = Field(default=5000, ge=1)
     fold_linger_seconds: float = Field(default=0.1, ge=0, le=10)
     produce_timeout_seconds: float = Field(default=10.0, gt=0)

@@ -151,7 +151,9 @@ def meter_rows(
     if window_size is None:
         assert whole is not None
         lower, upper = whole
-        return [new(MeterRow, (lower, upper, v, s, g if wanted else {})) for _, s, g, v in items]
+        return [
+            new(MeterRow, (lower, upper, v if v or v is None else _unsigned(v), s, g if wanted else {})) for _, s, g, v in items
+        ]
     first = None if start is None else int(start.timestamp())
     last = None if end is None else int(end.timestamp())
     seconds = SECONDS.get(window_size)
@@ -172,11 +174,19 @@ def meter_rows(
             cut_lower = start if start is not None and first is not None and first > w else lower
             cut_upper = end if end is not None and last is not None and last < high else upper
             previous, following = w, high
+        if not v and v is not None:
+            v = _unsigned(v)
         rows.append(new(MeterRow, (cut_lower, cut_upper, v, s, g if wanted else {})))
     return rows
 
 
 _SECOND = timedelta(seconds=1)
+
+
+def _unsigned(zero: Decimal | int) -> Decimal | int:
+    """Zero without a sign: a sum of -0.0 values, say, is stored as Decimal("-0.0") (Decimal keeps the
+    sign of a zero), but an answer of -0.0 only confuses. The digits after the point are kept."""
+    return zero.copy_abs() if type(zero) is Decimal else zero
 
 
 def whole_range(start: datetime | None, end: datetime | None, first: int | None, last: int | None) -> tuple[datetime, datetime]:

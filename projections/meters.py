@@ -8,7 +8,9 @@ reads the coarsest buckets that fit its windows (see meter_query.py).
 
 from __future__ import annotations
 
+import hashlib
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -140,6 +142,12 @@ def numeric(value: Any) -> Decimal | None:
     return _numeric(value)
 
 
+# JSON's number grammar (RFC 8259, section 6), in ASCII digits only, with JSON's whitespace around it:
+# what a numeric string may hold. Python's Decimal also takes "1_000", "+5", "007", ".5", "5." and
+# every script's digits ("١٢٣", "１２３"), and strips any Unicode space.
+_JSON_NUMBER = re.compile(r"[ \t\n\r]*(-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)[ \t\n\r]*")
+
+
 def _numeric(value: Any) -> Decimal | None:
     """numeric() of any value, ints included: what the int fast path must agree with."""
     if isinstance(value, bool) or value is None:
@@ -151,11 +159,12 @@ def _numeric(value: Any) -> Decimal | None:
             return None
         number = Decimal(repr(value))
     elif isinstance(value, str):
-        try:
-            number = Decimal(value.strip())
-        except InvalidOperation:
+        text = _JSON_NUMBER.fullmatch(value)
+        if text is None:
             return None
-        if not number.is_finite():
+        try:
+            number = Decimal(text[1])  # a JSON number is a finite decimal: no NaN, no Infinity
+        except InvalidOperation:  # an exponent beyond what Decimal can hold (1e99999999999999999999)
             return None
     else:
         return None
@@ -167,10 +176,26 @@ def _numeric(value: Any) -> Decimal | None:
     return number
 
 
+# A group value, or a UNIQUE_COUNT token, longer than this is stored as "sha256:" and the 64 hex
+# digits of its SHA-256: each is stored in every bucket it counts in (minute, hour and day; tokens in
+# the totals too), so a 4 MB value took 20 MB and more. Counting stays exact (a collision would take
+# one of SHA-256). A group value shows as its digest; a client that sends text of that very form
+# (71 characters) for another value of the same dimension merges the two in its own usage only.
+MAX_GROUP_VALUE_CHARS = 256
+DIGEST_PREFIX = "sha256:"
+
+
+def digest(text: str) -> str:
+    return DIGEST_PREFIX + hashlib.sha256(text.encode()).hexdigest()
+
+
 def unique_token(value: Any) -> str | None:
+    """What UNIQUE_COUNT counts of a value: its JSON text, or that text's digest when it is long (no
+    JSON text starts with "sha256:", so a digest is never taken for a value)."""
     if value is None or isinstance(value, (dict, list)):
         return None
-    return orjson.dumps(value).decode()
+    token = orjson.dumps(value).decode()
+    return token if len(token) <= MAX_GROUP_VALUE_CHARS else digest(token)
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -183,11 +208,13 @@ def micros_of(event: Envelope) -> int:
 
 
 def _group_key(meter: CompiledMeter, event: Envelope) -> str:
-    """The bucket's group values as canonical JSON (a dict or list as null), from a per-meter cache
-    when every group value is a str or None.
+    """The bucket's group values as canonical JSON (a dict or list as null, a long text as its
+    digest), from a per-meter cache when every group value is None or a str of at most
+    MAX_GROUP_VALUE_CHARS.
 
     Only those: other values that compare equal can have different JSON texts (1, 1.0 and True;
-    0.0 and -0.0), so they would share an entry that is right for one of them only.
+    0.0 and -0.0), so they would share an entry that is right for one of them only; and the cache
+    would keep long texts alive (4,096 values of a few MB each).
     """
     readers = meter.group_readers
     if len(readers) == 1:  # the common case, without a comprehension's frame
@@ -201,6 +228,8 @@ def _group_key(meter: CompiledMeter, event: Envelope) -> str:
     text = cache.get(values)
     if text is None:
         text = _canonical(meter.group_names, values)
+        if any(value is not None and len(value) > MAX_GROUP_VALUE_CHARS for value in values):
+            return text  # never cached, so never found: the cache holds only short texts
         if len(cache) >= GROUP_KEY_CACHE_SIZE:
             cache.clear()
         cache[values] = text
@@ -208,8 +237,16 @@ def _group_key(meter: CompiledMeter, event: Envelope) -> str:
 
 
 def _canonical(names: tuple[str, ...], values: tuple[Any, ...]) -> str:
-    groups = {name: value if not isinstance(value, (dict, list)) else None for name, value in zip(names, values, strict=True)}
+    groups = {name: _group_value(value) for name, value in zip(names, values, strict=True)}
     return orjson.dumps(groups, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _group_value(value: Any) -> Any:
+    if isinstance(value, (dict, list)):
+        return None
+    if type(value) is str and len(value) > MAX_GROUP_VALUE_CHARS:
+        return digest(value)
+    return value
 
 
 def apply(

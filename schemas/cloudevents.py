@@ -5,16 +5,40 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, GetCoreSchemaHandler, GetPydanticSchema
+from pydantic_core import core_schema
 
 STRUCTURED = "application/cloudevents+json"
 BATCH = "application/cloudevents-batch+json"
 
 # \Z, not $: in Python `$` also matches before a trailing newline.
 _EXTENSION_NAME = re.compile(r"[a-z0-9]{1,20}\Z")
-_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}\Z")
+# W3C trace context, version 00's layout: version ff, an all-zero trace id and an all-zero parent
+# (span) id are invalid. Lowercase hex only.
+_TRACEPARENT = re.compile(r"(?!ff)[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}\Z")
+# RFC 3339 date-time (section 5.6): seconds required, any fraction, Z or a +hh:mm offset. T and Z
+# may be lowercase, and the separator a space (its note on readability). [0-9], not \d: a Python \d
+# takes every script's digits. Checked in pydantic-core (Rust) before its datetime parsing, which
+# would also take a number, or digits, as Unix seconds or milliseconds (guessing which), and times
+# without seconds: a Python validator here cost 0.9 µs per event, this one 0.1. (In Rust, `$` is
+# the end of the text: no trailing newline passes.)
+RFC_3339 = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+RFC_3339_REASON = "must be an RFC 3339 timestamp as text, such as 2024-05-01T12:00:00Z (a number is not taken)"
+
+
+def _rfc_3339_text(source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+    text = core_schema.str_schema(pattern=RFC_3339, strict=True)
+    return core_schema.chain_schema(
+        [
+            core_schema.custom_error_schema(text, custom_error_type="rfc_3339", custom_error_message=RFC_3339_REASON),
+            handler(source),
+        ]
+    )
+
+
+Rfc3339Time = Annotated[AwareDatetime, GetPydanticSchema(_rfc_3339_text)]
 
 
 class CloudEvent(BaseModel):
@@ -27,7 +51,7 @@ class CloudEvent(BaseModel):
     source: str = Field(min_length=1, max_length=1024)
     type: str = Field(min_length=1, max_length=256)
     subject: str = Field(min_length=1, max_length=256)
-    time: AwareDatetime | None = None
+    time: Rfc3339Time | None = None
     datacontenttype: str | None = None
     dataschema: str | None = None
     data: Any = None
@@ -43,7 +67,7 @@ def extension_errors(extensions: Mapping[str, Any]) -> list[str]:
         if not _EXTENSION_NAME.match(name):
             problems.append(f"extension attribute {name!r} must be 1-20 lowercase letters or digits")
         if name == "traceparent" and not (isinstance(value, str) and _TRACEPARENT.match(value)):
-            problems.append("traceparent must be a W3C trace context header value")
+            problems.append("traceparent must be a valid W3C trace context header value (version 00's layout, not all-zero ids)")
     return problems
 
 

@@ -12,6 +12,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -36,6 +37,34 @@ CREATE INDEX IF NOT EXISTS dedupe_expiry ON dedupe (keep_until);
 PURGE_EVERY_SECONDS = 60.0
 
 
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """One caller's part of a group commit."""
+
+    envelopes: Sequence[Envelope]
+    values: Sequence[bytes]  # each envelope's wire form
+    keep_until: Sequence[datetime]
+    done: asyncio.Future[list[bool]]
+
+
+def _of_the_log(failure: BaseException) -> bool:
+    """Whether a failed commit failed for a reason of the log's own (closed, locked, out of space,
+    I/O), which every request would meet again alone, rather than for one request's content."""
+    return isinstance(failure, LogUnavailable) and (
+        failure.__cause__ is None or isinstance(failure.__cause__, sqlite3.OperationalError)
+    )
+
+
+def _succeed(done: asyncio.Future[list[bool]], accepted: list[bool]) -> None:
+    if not done.done():  # cancelled meanwhile: its caller is gone, and its events are committed anyway
+        done.set_result(accepted)
+
+
+def _fail(done: asyncio.Future[list[bool]], failure: BaseException) -> None:
+    if not done.done():
+        done.set_exception(failure)
+
+
 class EmbeddedLog:
     """The log for embedded mode. Also the UsageSink there."""
 
@@ -45,7 +74,7 @@ class EmbeddedLog:
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._last_purge = 0.0
-        self._waiting: list[tuple[Sequence[Envelope], Sequence[datetime], asyncio.Future[list[bool]]]] = []
+        self._waiting: list[_Request] = []
         self._committer: asyncio.Task[None] | None = None
         self.appended = asyncio.Event()  # wakes the in-process runner
 
@@ -70,10 +99,22 @@ class EmbeddedLog:
         await self._run(lambda db: self._write(db, topic, list(items)))
         self.appended.set()
 
-    async def ingest(self, envelopes: Sequence[Envelope], keep_until: Sequence[datetime]) -> list[bool]:
-        """Group commit: requests arriving while a commit is under way share the next one (one fsync)."""
+    async def ingest(
+        self, envelopes: Sequence[Envelope], keep_until: Sequence[datetime], values: Sequence[bytes] | None = None
+    ) -> list[bool]:
+        """Group commit: requests arriving while a commit is under way share the next one (one fsync).
+
+        Nothing a request brings can fail another one: its envelopes are encoded here, in its own
+        task, before it joins a group (when the caller has not encoded them already), and a group
+        that fails for any reason but the log's own (see _of_the_log) is committed again request by
+        request, so that only a request that fails alone fails (say, one whose key SQLite cannot bind).
+        """
+        if len(keep_until) != len(envelopes) or (values is not None and len(values) != len(envelopes)):
+            raise ValueError("one keep_until and one value per envelope")
+        if values is None:
+            values = [encode(envelope) for envelope in envelopes]
         done: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
-        self._waiting.append((envelopes, keep_until, done))
+        self._waiting.append(_Request(envelopes, values, keep_until, done))
         if self._committer is None or self._committer.done():
             self._committer = asyncio.create_task(self._commit_waiting())
         return await done
@@ -82,14 +123,24 @@ class EmbeddedLog:
         while self._waiting:
             group, self._waiting = self._waiting, []
             try:
-                requests = [(e, k) for e, k, _ in group]
-                results = await self._run(lambda db: self._ingest(db, requests))  # noqa: B023 - awaited at once
-            except Exception as failure:  # nothing of the group was committed: every request fails
-                for *_, done in group:
-                    done.set_exception(failure)
+                results = await self._run(lambda db: self._ingest(db, group))  # noqa: B023 - awaited at once
+            except Exception as failure:  # nothing of the group was committed
+                if len(group) == 1 or _of_the_log(failure):
+                    for request in group:
+                        _fail(request.done, failure)
+                    continue
+                for request in group:  # one by one: only a request that fails alone fails
+                    try:
+                        [accepted] = await self._run(lambda db: self._ingest(db, [request]))  # noqa: B023
+                    except Exception as own:
+                        _fail(request.done, own)
+                    else:
+                        _succeed(request.done, accepted)
+                        if any(accepted):
+                            self.appended.set()
                 continue
-            for (*_, done), accepted in zip(group, results, strict=True):
-                done.set_result(accepted)
+            for request, accepted in zip(group, results, strict=True):
+                _succeed(request.done, accepted)
             if any(any(accepted) for accepted in results):
                 self.appended.set()
 
@@ -132,36 +183,38 @@ class EmbeddedLog:
             db.execute("ROLLBACK")
             raise
 
-    def _ingest(self, db: sqlite3.Connection, requests: list[tuple[Sequence[Envelope], Sequence[datetime]]]) -> list[list[bool]]:
+    def _ingest(self, db: sqlite3.Connection, requests: Sequence[_Request]) -> list[list[bool]]:
         """Admit several requests' events in one transaction, in arrival order."""
         now = time.time()
+        purge = now - self._last_purge > PURGE_EVERY_SECONDS
         db.execute("BEGIN IMMEDIATE")
         try:
-            if now - self._last_purge > PURGE_EVERY_SECONDS:
+            if purge:
                 db.execute("DELETE FROM dedupe WHERE keep_until < ?", (int(now),))
-                self._last_purge = now
             first: dict[tuple[str, str, str], int] = {}
-            for envelopes, keep_until in requests:
-                for envelope, until in zip(envelopes, keep_until, strict=True):
+            for request in requests:
+                for envelope, until in zip(request.envelopes, request.keep_until, strict=True):
                     first.setdefault(envelope.dedupe_key, int(until.timestamp()))
             unclaimed = self._claim(db, first)
             results: list[list[bool]] = []
             fresh: list[Outgoing] = []
-            for envelopes, _ in requests:
+            for request in requests:
                 accepted: list[bool] = []
-                for envelope in envelopes:
+                for envelope, value in zip(request.envelopes, request.values, strict=True):
                     key = envelope.dedupe_key
                     new = key in unclaimed
                     accepted.append(new)
                     if new:
                         unclaimed.discard(key)  # a later copy, in this request or another, is a duplicate
-                        fresh.append(Outgoing(envelope.tenant_id, encode(envelope)))
+                        fresh.append(Outgoing(envelope.tenant_id, value))
                 results.append(accepted)
             self._append_rows(db, self.topics.usage, fresh)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        if purge:
+            self._last_purge = now
         return results
 
     @staticmethod

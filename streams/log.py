@@ -58,7 +58,15 @@ class EventLog(Protocol):
 class UsageSink(Protocol):
     """Where admitted usage events go: exactly once per (tenant, source, id)."""
 
-    async def ingest(self, envelopes: Sequence[Envelope], keep_until: Sequence[datetime]) -> list[bool]:
-        """Append the events not seen before; True for each accepted, False for each duplicate."""
+    async def ingest(
+        self, envelopes: Sequence[Envelope], keep_until: Sequence[datetime], values: Sequence[bytes] | None = None
+    ) -> list[bool]:
+        """Append the events not seen before; True for each accepted, False for each duplicate.
+
+        `values` are the envelopes' wire forms, encoded by the caller (admission does, and refuses
+        what cannot be encoded or is too large for the log); without them the sink encodes each
+        envelope itself, in the caller's own request. Either way one request's event that cannot be
+        stored fails that request only, never others sharing a commit or a produce batch with it.
+        """
 
     async def close(self) -> None: ...

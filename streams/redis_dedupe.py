@@ -145,9 +145,16 @@ class RedisDedupedSink:
     async def close(self) -> None:
         await self.redis.aclose()
 
-    async def ingest(self, envelopes: Sequence[Envelope], keep_until: Sequence[datetime]) -> list[bool]:
-        if len(envelopes) != len(keep_until):
-            raise ValueError("one keep_until per envelope")
+    async def ingest(
+        self, envelopes: Sequence[Envelope], keep_until: Sequence[datetime], values: Sequence[bytes] | None = None
+    ) -> list[bool]:
+        """See UsageSink.ingest. `values` (the envelopes' wire forms) are encoded here when not given,
+        before anything is claimed: an envelope that cannot be encoded fails its own request only,
+        and claims nothing."""
+        if len(envelopes) != len(keep_until) or (values is not None and len(values) != len(envelopes)):
+            raise ValueError("one keep_until and one value per envelope")
+        if values is None:
+            values = [encode(envelope) for envelope in envelopes]
         accepted = [False] * len(envelopes)
         waiting = _first_occurrences(envelopes)  # later copies in the same batch stay False
         if not waiting:
@@ -164,7 +171,7 @@ class RedisDedupedSink:
             if won:
                 # Append what we hold before waiting on anyone else: holding claims while waiting
                 # for another request's claims could deadlock two requests with crossed batches.
-                await self._publish(envelopes, won, claim)
+                await self._publish(envelopes, values, won, claim)
                 for index in won.values():
                     accepted[index] = True
             waiting = pending
@@ -201,8 +208,8 @@ class RedisDedupedSink:
                 pending[key] = index
         return won, pending
 
-    async def _publish(self, envelopes: Sequence[Envelope], won: dict[str, int], claim: Claim) -> None:
-        items = [Outgoing(envelopes[i].tenant_id, encode(envelopes[i])) for i in won.values()]
+    async def _publish(self, envelopes: Sequence[Envelope], values: Sequence[bytes], won: dict[str, int], claim: Claim) -> None:
+        items = [Outgoing(envelopes[i].tenant_id, values[i]) for i in won.values()]
         try:
             await self.log.append(self.topics.usage, items)
         except BaseException:

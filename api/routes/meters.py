@@ -52,6 +52,8 @@ def _whole_minute(name: str, moment: datetime | None) -> int | None:
 
 
 def _split(values: list[str]) -> list[str]:
+    """`group_by=model,region` as `group_by=model&group_by=region`: a dimension's name is an
+    identifier (schemas.meters), so it never holds a comma. Subjects may: they are never split."""
     return [part for value in values for part in value.split(",") if part]
 
 
@@ -63,8 +65,12 @@ def query_meter(
     from_: Annotated[datetime | None, Query(alias="from", description="Inclusive, RFC 3339, whole minute")] = None,
     to: Annotated[datetime | None, Query(description="Exclusive, RFC 3339, whole minute")] = None,
     window_size: Annotated[WindowSize | None, Query()] = None,
-    group_by: Annotated[list[str], Query(description="Dimensions to group by; `subject` is one")] = [],  # noqa: B006
-    subject: Annotated[list[str], Query(description="Only these subjects")] = [],  # noqa: B006
+    group_by: Annotated[
+        list[str], Query(description="Dimensions to group by; `subject` is one. Repeat it, or separate names with commas")
+    ] = [],  # noqa: B006
+    subject: Annotated[
+        list[str], Query(description="Only these subjects: repeat it for several (taken whole: a subject may hold a comma)")
+    ] = [],  # noqa: B006
 ) -> ExactJSONResponse:
     """The caller's usage on one meter, per window and group."""
     for name, moment in (("from", from_), ("to", to)):
@@ -86,7 +92,7 @@ def query_meter(
                 f"{', '.join(unknown)} not among this meter's dimensions: {', '.join(['subject', *definition.group_by])}.",
                 kind="unknown-group-by",
             )
-        subjects = _split(subject)
+        subjects = [s for s in dict.fromkeys(subject) if s]  # an empty `subject=` filters nothing, as before
         rows = views.query_meter(
             tx,
             principal.tenant_id or "",

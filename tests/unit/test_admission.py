@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from commands.errors import Invalid
-from commands.ingest import AdmissionPolicy, admit, expires_at
+from commands.ingest import AdmissionPolicy, TooLarge, admit, admit_encoded, expires_at
 from schemas.envelope import Actor, Envelope, decode, encode
 
 PROPS = settings(max_examples=80, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
@@ -362,7 +362,11 @@ def valid_events(draw):
     if draw(st.booleans()):
         event["data"] = draw(storable_json_values)
     if draw(st.booleans()):
-        event["traceparent"] = draw(st.from_regex(r"\A[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}\Z"))
+        event["traceparent"] = draw(
+            st.from_regex(r"\A[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}\Z").filter(
+                lambda t: not t.startswith("ff") and t[3:35] != "0" * 32 and t[36:52] != "0" * 16
+            )
+        )
     event.update(draw(st.dictionaries(extension_names, storable_json_values, max_size=3)))
     return event
 
@@ -419,3 +423,122 @@ def test_extension_name_with_a_trailing_newline_is_rejected():
 
 def test_traceparent_with_a_trailing_newline_is_rejected():
     assert "traceparent" in reasons(rejected([good(traceparent=TRACEPARENT + "\n")]))
+
+
+# --- what cannot be stored is refused, naming the limit (issue 11, item 1) ---------------------
+
+
+def nested(depth: int, leaf=1):
+    """A value `depth` levels of arrays and objects deep (`{"a": 1}` is one level)."""
+    value = leaf
+    for level in range(depth):
+        value = [value] if level % 2 else {"k": value}
+    return value
+
+
+def test_data_nesting_up_to_the_limit_is_admitted_and_deeper_is_refused_naming_it():
+    limit = POLICY.max_depth
+    assert limit == 32
+    (envelope,) = run([good(data=nested(limit))])
+    assert envelope.data == nested(limit)
+    error = rejected([good(id="ok"), good(id="deep", data=nested(limit + 1))])
+    assert [e["index"] for e in error.errors] == [1]
+    assert f"data nests deeper than {limit} levels" in reasons(error, 1)
+
+
+@pytest.mark.parametrize("depth", [200, 253, 254, 300, 1000])
+def test_data_too_deep_to_encode_is_refused_not_admitted(depth):
+    # orjson encodes at most 254 levels: such an event used to be admitted and then failed inside
+    # the shared group commit, failing every other request in it.
+    error = rejected([good(data=nested(depth))])
+    assert "data nests deeper than 32 levels" in reasons(error)
+
+
+def test_an_extension_attribute_may_nest_as_deep_as_data():
+    limit = POLICY.max_depth
+    (envelope,) = run([good(region=nested(limit), data=nested(limit))])  # one level deeper than data in the envelope
+    assert envelope.extensions == {"region": nested(limit)}
+    assert "extension attribute 'region' nests deeper than 32 levels" in reasons(rejected([good(region=nested(limit + 1))]))
+
+
+def test_a_custom_depth_limit():
+    policy = AdmissionPolicy(max_depth=3)
+    run([good(data=nested(3))], policy=policy)
+    assert "data nests deeper than 3 levels" in reasons(rejected([good(data=nested(4))], policy=policy))
+
+
+def test_an_event_larger_than_the_limit_stored_is_refused_naming_it():
+    policy = AdmissionPolicy(max_event_bytes=2_000)
+    (envelope,) = run([good(data={"blob": "x" * 1_000})], policy=policy)
+    error = rejected([good(data={"blob": "x" * 2_000})], policy=policy)
+    assert "at most 2000 bytes" in reasons(error) and "OMNI_MAX_EVENT_BYTES" in reasons(error)
+    assert POLICY.max_event_bytes == 1_000_000  # below Kafka's default message.max.bytes (1,048,588)
+    assert "at most 1000000 bytes" in reasons(rejected([good(data={"blob": "é" * 500_001})]))
+
+
+def test_admission_hands_out_each_envelopes_wire_form():
+    admitted = admit_encoded(
+        [good(id="a"), good(id="b", data={"x": [1, 2]})],
+        tenant_id="t",
+        actor=ACTOR,
+        received=RECEIVED,
+        policy=POLICY,
+        new_id=lambda: "x",
+    )
+    assert admitted.values == [encode(e) for e in admitted.envelopes]
+
+
+def test_an_item_too_large_to_parse_is_refused_by_its_index():
+    error = rejected([good(id="a"), TooLarge(2_000_000, 1_000_000)])
+    assert [e["index"] for e in error.errors] == [1]
+    assert "at most 1000000 bytes" in error.errors[0]["reason"] and "OMNI_MAX_EVENT_BYTES" in error.errors[0]["reason"]
+
+
+# --- loose values (issue 11, item 7) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("number", [1714564800, 1714564800000, 1714564800.5, 0])
+def test_time_as_a_json_number_is_refused_not_guessed(number):
+    assert "RFC 3339" in reasons(rejected([good(time=number)]))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1714564800",
+        "2024-05-01T12:00Z",
+        "2024-05-01T12:00:00,5Z",
+        "2024-05-01T12:00:00+0200",
+        "2024-05-01",
+        "2024-05-01T12:00:00Z\n",
+    ],
+)
+def test_time_must_be_rfc_3339_text(text):
+    assert "RFC 3339" in reasons(rejected([good(time=text)]))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2024-05-01T12:00:00Z",
+        "2024-05-01t12:00:00z",
+        "2024-05-01 12:00:00Z",
+        "2024-05-01T12:00:00.5+00:00",
+        "2024-05-01T14:00:00.123456789+02:00",
+    ],
+)
+def test_rfc_3339_times_are_admitted(text):
+    (envelope,) = run([good(time=text)], received=datetime(2024, 5, 1, 12, 1, tzinfo=UTC))
+    assert envelope.event_time.replace(microsecond=0) == datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "00-" + "0" * 32 + "-00f067aa0ba902b7-01",  # the all-zero trace id is invalid
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-" + "0" * 16 + "-01",  # and so is the all-zero span id
+        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",  # version ff is invalid
+    ],
+)
+def test_invalid_w3c_traceparents_are_refused(value):
+    assert "traceparent" in reasons(rejected([good(traceparent=value)]))
