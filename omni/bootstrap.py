@@ -232,7 +232,12 @@ def build(settings: Settings) -> Platform:
         db=db,
         relay=OutboxRelay(control, log_, db, topics),
         runner=build_runner(settings, db, log_),
-        policy=AdmissionPolicy(window=settings.acceptance_window, future=settings.future_tolerance),
+        policy=AdmissionPolicy(
+            window=settings.acceptance_window,
+            future=settings.future_tolerance,
+            max_depth=settings.max_json_depth,
+            max_event_bytes=settings.max_event_bytes,
+        ),
         admin_key_digest=hashlib.sha256(admin_key(settings).encode()).digest(),
         keys=keys,
         key_changes=KeyChanges(control.recorder, keys),

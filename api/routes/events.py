@@ -12,8 +12,6 @@ whole if it is larger than an event may be (OMNI_MAX_EVENT_BYTES).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import functools
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -25,7 +23,7 @@ from fastapi import APIRouter, Request, Response
 
 from api.deps import PlatformDep, TenantDep
 from api.problems import Problem
-from commands.ingest import AdmissionPolicy, Admitted, TooLarge, admit_encoded, expires_at
+from commands.ingest import Admitted, TooLarge, admit_encoded, expires_at
 from omni import metrics
 from schemas.api import IngestResult
 from schemas.cloudevents import BATCH, STRUCTURED
@@ -117,20 +115,12 @@ def _parsed_event_by_event(body: bytes, max_events: int, max_event_bytes: int) -
     return items
 
 
-@functools.lru_cache(maxsize=4)
-def _policy(policy: AdmissionPolicy, max_depth: int, max_event_bytes: int) -> AdmissionPolicy:
-    """The platform's policy with the limits of its settings (OMNI_MAX_JSON_DEPTH, OMNI_MAX_EVENT_BYTES)."""
-    if (policy.max_depth, policy.max_event_bytes) == (max_depth, max_event_bytes):
-        return policy
-    return dataclasses.replace(policy, max_depth=max_depth, max_event_bytes=max_event_bytes)
-
-
 @router.post("/events", status_code=202, response_model=IngestResult, responses={413: {}, 415: {}, 422: {}, 503: {}})
 async def ingest_events(request: Request, platform: PlatformDep, principal: TenantDep) -> Response:
     """Accept one CloudEvent or a batch; 202 once every accepted event is durable on the log."""
     settings = platform.settings
     body = await read_limited(request, settings.max_body_bytes)
-    policy = _policy(platform.policy, settings.max_json_depth, settings.max_event_bytes)
+    policy = platform.policy
     content_type = request.headers.get("content-type", "")
     actor = Actor(
         key_id=principal.key_id,
