@@ -53,6 +53,6 @@ def create_app(settings: Settings | None = None, *, platform: Platform | None = 
     tracing.install(app)  # installed last, so it runs first: every later layer sees the span
     for router in (health.router, tenants.router, events.router, meters.router):
         app.include_router(router)
-    openapi.install(app)
+    openapi.install(app, platform.settings)
     docs.install(app)
     return app

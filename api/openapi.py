@@ -18,7 +18,9 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from api.problems import MEDIA_TYPE
+from omni.settings import Settings
 from schemas.api import Problem
+from schemas.cloudevents import BATCH, STRUCTURED, documented_schema
 
 BEARER = "bearer"
 METRICS_TOKEN = "metricsToken"
@@ -67,10 +69,32 @@ def _errors_of(path: str, method: str, operation: dict[str, Any]) -> list[str]:
     return statuses
 
 
-def complete(document: dict[str, Any]) -> dict[str, Any]:
-    """Add security and the shared error answers to FastAPI's document (in place) and return it."""
+INGEST = ("/v1/events", "post")
+
+
+def ingest_body(max_batch_events: int) -> dict[str, Any]:
+    """POST /v1/events reads its body itself (one parse, no model per event), so FastAPI cannot see
+    it: one CloudEvent, or a batch of them."""
+    event = {"$ref": "#/components/schemas/CloudEvent"}
+    batch = {"type": "array", "items": event, "minItems": 1, "maxItems": max_batch_events}
+    return {
+        "required": True,
+        "content": {
+            STRUCTURED: {"schema": event},
+            BATCH: {"schema": batch},
+            "application/json": {"schema": {"anyOf": [event, batch]}},
+        },
+    }
+
+
+def complete(document: dict[str, Any], *, max_batch_events: int = 1000) -> dict[str, Any]:
+    """Add security, the ingest body and the shared error answers to FastAPI's document (in place)."""
     components = document.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
+    schemas["CloudEvent"] = documented_schema()
+    path, method = INGEST
+    if method in document.get("paths", {}).get(path, {}):
+        document["paths"][path][method]["requestBody"] = ingest_body(max_batch_events)
     schemas["Problem"] = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
     for unused in ("HTTPValidationError", "ValidationError"):
         schemas.pop(unused, None)
@@ -92,13 +116,14 @@ def complete(document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, settings: Settings) -> None:
     """`app.openapi()` builds the completed document once and keeps it."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             app.openapi_schema = complete(
-                get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+                get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes),
+                max_batch_events=settings.max_batch_events,
             )
         return app.openapi_schema
 

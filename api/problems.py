@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import HTTPException, RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from api.audit import record_refusal
 from commands.errors import Conflict, Invalid, NotFound
@@ -58,10 +58,9 @@ class BodyProblem(HTTPException):
         self.problem = problem
 
 
-class ExactJSONResponse(Response):
-    """JSON where Decimals are written as exact numbers, never through float."""
-
-    media_type = "application/json"
+class ExactJSONResponse(JSONResponse):
+    """JSON where Decimals are written as exact numbers, never through float. A JSONResponse, so
+    the OpenAPI document shows the route's response model rather than a string."""
 
     def render(self, content: Any) -> bytes:
         return simplejson.dumps(content, use_decimal=True, separators=(",", ":"), default=str).encode()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from schemas.text import Text
 
@@ -80,7 +80,9 @@ class MeterList(BaseModel):
 class MeterRowPublic(BaseModel):
     window_start: datetime
     window_end: datetime
-    value: Decimal | int | None = Field(description="Exact: rendered as a JSON number without float rounding")
+    value: Annotated[Decimal | int | None, WithJsonSchema({"type": ["number", "null"]})] = Field(
+        description="Exact: written as a JSON number with every digit (read it as a decimal to keep them)"
+    )
     subject: str | None
     group_by: dict[str, Any]
 

@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, GetCoreSchemaHandler, GetPydanticSchema
 from pydantic_core import core_schema
 
+from schemas.text import NO_NUL_PATTERN
+
 STRUCTURED = "application/cloudevents+json"
 BATCH = "application/cloudevents-batch+json"
 
@@ -73,3 +75,27 @@ def extension_errors(extensions: Mapping[str, Any]) -> list[str]:
 
 def event_time_or(event: CloudEvent, received: datetime) -> datetime:
     return event.time if event.time is not None else received
+
+
+def documented_schema() -> dict[str, Any]:
+    """A CloudEvent as POST /v1/events takes it, in JSON Schema: what the model checks, and what
+    admission checks besides (extension names, traceparent's layout, no NUL in text)."""
+    schema = CloudEvent.model_json_schema()
+    properties = schema["properties"]
+    for name in ("id", "source", "type", "subject"):
+        properties[name]["pattern"] = NO_NUL_PATTERN
+    properties["time"] = {
+        "anyOf": [{"type": "string", "format": "date-time", "pattern": RFC_3339}, {"type": "null"}],
+        "description": "RFC 3339, within the acceptance window (7 days back, 5 minutes ahead, by default); "
+        "the time of receipt when absent or null",
+    }
+    properties["traceparent"] = {
+        "type": "string",
+        "pattern": "^" + _TRACEPARENT.pattern.removesuffix("\\Z") + "$",
+        "description": "W3C trace context: the event joins this trace",
+    }
+    properties["data"] = {"description": "Any JSON: text without NUL characters, nested at most OMNI_MAX_JSON_DEPTH levels"}
+    # Extension attributes: any other lowercase alphanumeric name (CloudEvents' naming rule).
+    schema["patternProperties"] = {"^[a-z0-9]{1,20}$": {}}
+    schema["additionalProperties"] = False
+    return schema

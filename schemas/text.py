@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
-from pydantic import AfterValidator
+from pydantic import AfterValidator, Field
 
 NUL_ESCAPE = b"\\u0000"  # how JSON writes a NUL character: no JSON text holds a raw one
 _ESCAPED_BACKSLASH = b"\\\\"
@@ -74,4 +74,7 @@ def _no_nul(text: str) -> str:
     return text
 
 
-Text = Annotated[str, AfterValidator(_no_nul)]
+# JSON Schema's spelling of the same rule, for the OpenAPI document (ECMA-262 regex syntax).
+NO_NUL_PATTERN = "^[^\\u0000]*$"
+
+Text = Annotated[str, AfterValidator(_no_nul), Field(json_schema_extra={"pattern": NO_NUL_PATTERN})]

@@ -12,6 +12,7 @@ from api.problems import ExactJSONResponse, Problem
 from api.relaying import run_command
 from commands.errors import NotFound
 from schemas.api import MeterList, MeterQueryResult
+from schemas.cloudevents import Rfc3339Time
 from schemas.meters import MeterDefinition, WindowSize
 from stores import views
 
@@ -62,8 +63,8 @@ def query_meter(
     slug: str,
     platform: PlatformDep,
     principal: TenantDep,
-    from_: Annotated[datetime | None, Query(alias="from", description="Inclusive, RFC 3339, whole minute")] = None,
-    to: Annotated[datetime | None, Query(description="Exclusive, RFC 3339, whole minute")] = None,
+    from_: Annotated[Rfc3339Time | None, Query(alias="from", description="Inclusive, RFC 3339, whole minute")] = None,
+    to: Annotated[Rfc3339Time | None, Query(description="Exclusive, RFC 3339, whole minute")] = None,
     window_size: Annotated[WindowSize | None, Query()] = None,
     group_by: Annotated[
         list[str], Query(description="Dimensions to group by; `subject` is one. Repeat it, or separate names with commas")
