@@ -39,6 +39,9 @@ def create_app(settings: Settings | None = None, *, platform: Platform | None = 
         # Starlette's redirect to the other spelling builds its Location from the Host header, which
         # the caller chooses: a path with a trailing slash is simply not found.
         redirect_slashes=False,
+        # Operation ids are the routes' function names (`create_tenant`, `ingest_events`): what client
+        # generators name their methods after.
+        generate_unique_id_function=lambda route: route.name,
         # Served by api/docs.py instead: offline, and as routes that metrics can name.
         openapi_url=None,
         docs_url=None,
