@@ -1,5 +1,8 @@
 """POST /v1/events: CloudEvents in, durable on the log, exactly once.
 
+One event in structured mode, a batch, or one event in the HTTP binding's binary mode (`ce-*`
+headers; api/cloudevents_http.py), each with data or data_base64.
+
 Admission (parsing, validation, encoding) is CPU work that holds the event loop, and so every
 other request, while it runs. A small body is admitted on the loop: a hop to a worker thread costs
 about a tenth of a small request's CPU. A body over OFF_LOOP_BYTES is admitted in a worker thread,
@@ -21,8 +24,10 @@ import orjson
 import uuid_utils
 from fastapi import APIRouter, Request, Response
 
+from api.cloudevents_http import Unreadable, from_binary, is_binary_mode, with_readable_data
 from api.deps import PlatformDep, TenantDep
 from api.problems import Problem
+from commands.errors import Invalid
 from commands.ingest import Admitted, TooLarge, admit_encoded, expires_at
 from omni import metrics
 from schemas.api import IngestResult
@@ -115,6 +120,28 @@ def _parsed_event_by_event(body: bytes, max_events: int, max_event_bytes: int) -
     return items
 
 
+def _binary_event(headers: dict[str, str], body: bytes) -> dict[str, Any]:
+    try:
+        return from_binary(headers, body)
+    except Unreadable as unreadable:
+        raise Invalid("1 of 1 events is invalid; none were accepted", [{"index": 0, "reasons": [str(unreadable)]}]) from None
+
+
+def _with_readable_data(items: list[Any]) -> list[Any]:
+    """The items with any `data_base64` decoded into `data` (the same list when none has one)."""
+    if not any(isinstance(item, dict) and "data_base64" in item for item in items):
+        return items
+    readable, errors = [], []
+    for index, item in enumerate(items):
+        try:
+            readable.append(with_readable_data(item))
+        except Unreadable as unreadable:
+            errors.append({"index": index, "reasons": [str(unreadable)]})
+    if errors:
+        raise Invalid(f"{len(errors)} of {len(items)} events are invalid; none were accepted", errors)
+    return readable
+
+
 @router.post("/events", status_code=202, response_model=IngestResult, responses={413: {}, 415: {}, 422: {}, 503: {}})
 async def ingest_events(request: Request, platform: PlatformDep, principal: TenantDep) -> Response:
     """Accept one CloudEvent or a batch; 202 once every accepted event is durable on the log."""
@@ -131,19 +158,27 @@ async def ingest_events(request: Request, platform: PlatformDep, principal: Tena
     traceparent = getattr(request.state, "traceparent", None)
     large = len(body) > OFF_LOOP_BYTES or len(body) > policy.max_event_bytes
 
+    binary = is_binary_mode(request.headers)
+    headers = dict(request.headers) if binary else {}
+
     def admission() -> Admitted:
-        items = parse_items(
-            content_type, body, settings.max_batch_events, max_event_bytes=policy.max_event_bytes if large else None
-        )
+        if binary:
+            items = [_binary_event(headers, body)]
+        else:
+            items = parse_items(
+                content_type, body, settings.max_batch_events, max_event_bytes=policy.max_event_bytes if large else None
+            )
+        readable = _with_readable_data(items)
         return admit_encoded(
-            items,
+            readable,
             tenant_id=principal.tenant_id or "",
             actor=actor,
             received=received,
             policy=policy,
             new_id=lambda: str(uuid_utils.uuid7()),
             traceparent=traceparent,
-            may_hold_nul=json_holds_nul(body),
+            # The body tells about NUL only where it holds every event's text as JSON.
+            may_hold_nul=binary or readable is not items or json_holds_nul(body),
         )
 
     admitted = await asyncio.to_thread(admission) if large else admission()

@@ -1,0 +1,79 @@
+"""The CloudEvents HTTP protocol binding's other shapes, brought to the JSON format admission reads.
+
+- Binary mode: the attributes as `ce-*` headers (percent-encoded), the data as the body, its media
+  type as `Content-Type` (the event's `datacontenttype`). Told apart from structured mode by the
+  `ce-specversion` header, as the binding says.
+- `data_base64` (the JSON format's binary data), in either mode's events.
+
+Omni meters what it can read, so data arrives at admission as JSON: a JSON media type (or none, as
+the CloudEvents SDK sends JSON data in binary mode) is parsed, text is kept as text, and any other
+(opaque bytes) is refused with the reason, since no meter could read it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import unquote
+
+import orjson
+
+PREFIX = "ce-"
+SPECVERSION_HEADER = "ce-specversion"
+
+
+class Unreadable(ValueError):
+    """Data that no meter could read, or that is not what its media type says."""
+
+
+def is_binary_mode(headers: Mapping[str, str]) -> bool:
+    return SPECVERSION_HEADER in headers
+
+
+def from_binary(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
+    """One event in the JSON format from a binary-mode request (header names in lower case)."""
+    event: dict[str, Any] = {
+        name.removeprefix(PREFIX): unquote(value) for name, value in headers.items() if name.startswith(PREFIX)
+    }
+    media = headers.get("content-type")
+    if media:
+        event["datacontenttype"] = media
+    if body:
+        event["data"] = _readable(body, media)
+    return event
+
+
+def with_readable_data(item: Any) -> Any:
+    """`item` with its `data_base64` decoded into `data` (a new dict), or unchanged without one."""
+    if not isinstance(item, dict) or "data_base64" not in item:
+        return item
+    if "data" in item:
+        raise Unreadable("an event carries either data or data_base64, not both")
+    encoded = item["data_base64"]
+    if not isinstance(encoded, str):
+        raise Unreadable("data_base64 must be base64 text")
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError) as broken:
+        raise Unreadable(f"data_base64 is not valid base64: {broken}") from None
+    readable = {key: value for key, value in item.items() if key != "data_base64"}
+    readable["data"] = _readable(raw, item.get("datacontenttype"))
+    return readable
+
+
+def _readable(raw: bytes, media: Any) -> Any:
+    kind = str(media or "").split(";")[0].strip().lower()
+    if not kind or kind == "application/json" or kind.endswith("+json"):
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as broken:
+            if kind:
+                raise Unreadable(f"data of type {kind} is not valid JSON: {broken}") from None
+    if not kind or kind.startswith("text/"):
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise Unreadable(f"data of type {kind or 'unknown'} is not UTF-8 text") from None
+    raise Unreadable(f"data of type {kind} cannot be metered: send JSON (or text), as data or data_base64")

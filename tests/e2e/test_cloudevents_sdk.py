@@ -1,0 +1,65 @@
+"""The CloudEvents Python SDK, as an integrator would use it, against POST /v1/events in both
+modes: structured mode, binary mode, a batch built from its JSON format, and data_base64."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import httpx
+import orjson
+from cloudevents.v1.conversion import to_binary, to_json, to_structured
+from cloudevents.v1.http import CloudEvent
+
+from tests.e2e.conftest import BATCH, Omni
+
+
+def usage(event_id: str, tokens: int, **attributes: str) -> dict[str, str]:
+    return {"type": "inference", "source": "sdk", "subject": "customer-9", "id": event_id, **attributes}
+
+
+async def post(omni: Omni, key: str, headers: dict[str, str], body: bytes) -> httpx.Response:
+    return await omni.client.post("/v1/events", content=body, headers={**omni.auth(key), **headers})
+
+
+async def test_the_sdk_sends_structured_binary_batch_and_base64(omni: Omni) -> None:
+    _, key = await omni.tenant()
+    await omni.meter(slug="tokens", event_type="inference", aggregation="SUM", value_property="$.data.tokens")
+    sent: list[httpx.Response] = []
+
+    headers, body = to_structured(CloudEvent(usage("structured", 1), {"tokens": 1}))
+    sent.append(await post(omni, key, headers, body))
+    headers, body = to_binary(CloudEvent(usage("binary", 2), {"tokens": 2}))  # JSON data, no Content-Type
+    assert "content-type" not in {h.lower() for h in headers}
+    sent.append(await post(omni, key, headers, body))
+    typed = CloudEvent(usage("binary-typed", 4, datacontenttype="application/json"), b'{"tokens": 4}')
+    headers, body = to_binary(typed)
+    sent.append(await post(omni, key, headers, body))
+    # Bytes data in structured mode travel as data_base64.
+    headers, body = to_structured(CloudEvent(usage("base64", 8, datacontenttype="application/json"), b'{"tokens": 8}'))
+    assert b"data_base64" in body
+    sent.append(await post(omni, key, headers, body))
+    batch = b"[" + b",".join(to_json(CloudEvent(usage(f"batch-{i}", 16), {"tokens": 16})) for i in range(2)) + b"]"
+    sent.append(await post(omni, key, {"Content-Type": BATCH}, batch))
+
+    assert [r.status_code for r in sent] == [202] * 5, [r.text for r in sent]
+    assert sum(r.json()["accepted"] for r in sent) == 6
+    # Sent again in binary mode, the same (source, id) is a duplicate, as in any other mode.
+    headers, body = to_binary(CloudEvent(usage("structured", 1), {"tokens": 1}))
+    assert (await post(omni, key, headers, body)).json()["duplicates"] == 1
+    await omni.settle()
+    assert [row["value"] for row in await omni.query(key, "tokens")] == [1 + 2 + 4 + 8 + 32]
+
+
+async def test_binary_mode_attributes_are_checked_like_any_others(omni: Omni) -> None:
+    _, key = await omni.tenant()
+    now = datetime.now(UTC).isoformat()
+    missing = await post(omni, key, {"ce-specversion": "1.0", "ce-id": "x", "ce-time": now}, b'{"tokens": 1}')
+    assert missing.status_code == 422 and missing.headers["content-type"] == "application/problem+json"
+    reasons = " ".join(orjson.loads(missing.content)["errors"][0]["reasons"])
+    assert "source" in reasons and "type" in reasons and "subject" in reasons
+    opaque = CloudEvent(usage("opaque", 0, datacontenttype="application/octet-stream"), b"\x00\x01")
+    headers, body = to_binary(opaque)
+    refused = await post(omni, key, headers, body)
+    assert refused.status_code == 422 and "cannot be metered" in refused.text
+    nul = await post(omni, key, {**to_binary(CloudEvent(usage("n", 0), {}))[0], "ce-subject": "a%00b"}, b"{}")
+    assert nul.status_code == 422 and "NUL" in nul.text

@@ -1,0 +1,85 @@
+"""The HTTP binding's binary mode and data_base64, brought to the JSON format admission reads."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from api.cloudevents_http import Unreadable, from_binary, is_binary_mode, with_readable_data
+
+HEADERS = {"ce-specversion": "1.0", "ce-id": "e-1", "ce-source": "gw", "ce-type": "inference", "ce-subject": "u"}
+
+
+def test_binary_mode_is_told_by_its_specversion_header() -> None:
+    assert is_binary_mode(HEADERS)
+    assert not is_binary_mode({"content-type": "application/cloudevents+json", "ce-id": "x"})
+
+
+def test_attributes_come_from_the_ce_headers_percent_decoded() -> None:
+    headers = {**HEADERS, "ce-subject": "customer%2042%25", "ce-traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}
+    event = from_binary({**headers, "content-type": "application/json", "user-agent": "sdk"}, b'{"tokens": 5}')
+    assert event == {
+        "specversion": "1.0",
+        "id": "e-1",
+        "source": "gw",
+        "type": "inference",
+        "subject": "customer 42%",
+        "traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01",
+        "datacontenttype": "application/json",
+        "data": {"tokens": 5},
+    }
+
+
+@pytest.mark.parametrize(
+    ("media", "body", "data"),
+    [
+        (None, b'{"tokens": 5}', {"tokens": 5}),  # the CloudEvents SDK sends JSON data with no Content-Type
+        (None, b"plain words", "plain words"),
+        ("application/json; charset=utf-8", b"[1, 2]", [1, 2]),
+        ("application/vnd.usage+json", b'{"n": 1}', {"n": 1}),
+        ("text/plain", b"caf\xc3\xa9", "café"),
+    ],
+)
+def test_data_is_read_by_its_media_type(media: str | None, body: bytes, data: object) -> None:
+    headers = {**HEADERS, **({"content-type": media} if media else {})}
+    assert from_binary(headers, body)["data"] == data
+
+
+@pytest.mark.parametrize(
+    ("media", "body", "reason"),
+    [
+        ("application/octet-stream", b"\x00\x01", "cannot be metered"),
+        ("application/json", b"{not json", "not valid JSON"),
+        ("text/plain", b"\xff\xfe", "not UTF-8"),
+    ],
+)
+def test_data_no_meter_could_read_is_refused_with_the_reason(media: str, body: bytes, reason: str) -> None:
+    with pytest.raises(Unreadable, match=reason):
+        from_binary({**HEADERS, "content-type": media}, body)
+
+
+def test_an_empty_body_is_an_event_without_data() -> None:
+    assert "data" not in from_binary(HEADERS, b"")
+
+
+def test_data_base64_is_decoded_into_data() -> None:
+    item = {"id": "1", "datacontenttype": "application/json", "data_base64": base64.b64encode(b'{"tokens": 3}').decode()}
+    assert with_readable_data(item) == {"id": "1", "datacontenttype": "application/json", "data": {"tokens": 3}}
+    assert with_readable_data({"id": "2", "data": 1}) == {"id": "2", "data": 1}  # untouched
+    text = {"id": "3", "datacontenttype": "text/plain", "data_base64": base64.b64encode(b"hi").decode()}
+    assert with_readable_data(text)["data"] == "hi"
+
+
+@pytest.mark.parametrize(
+    ("item", "reason"),
+    [
+        ({"data": 1, "data_base64": "AA=="}, "not both"),
+        ({"data_base64": "not base64!"}, "not valid base64"),
+        ({"data_base64": 7}, "base64 text"),
+        ({"datacontenttype": "image/png", "data_base64": "iVBORw=="}, "cannot be metered"),
+    ],
+)
+def test_bad_data_base64_is_refused_with_the_reason(item: dict, reason: str) -> None:
+    with pytest.raises(Unreadable, match=reason):
+        with_readable_data(item)
