@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+import time
+
+import psycopg
 import typer
 
 from omni import logs
-from omni.bootstrap import admin_key, admin_key_path, stored_admin_key
+from omni.bootstrap import Platform, admin_key, admin_key_path, build, stored_admin_key
 from omni.runtime import tune_collector
 from omni.settings import Mode, Settings
+
+log = logging.getLogger(__name__)
 
 app = typer.Typer(help="Omni: metering, quotas, billing and compliance on an event log.", no_args_is_help=True)
 
@@ -21,7 +27,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     from api.server import serve_app
 
     new_admin_key = None if stored_admin_key(settings) is not None else admin_key(settings)
-    api = create_app(settings, background=True)
+    api = create_app(platform=platform_when_reachable(settings), background=True)
     tune_collector(settings.gc_gen0_threshold)
     typer.echo(f"Omni ({settings.mode.value} mode) on http://{host}:{port}  docs: http://{host}:{port}/docs", err=True)
     if settings.mode is Mode.EMBEDDED:
@@ -30,6 +36,23 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
         # Printed once, when generated, never again at later starts (logs are often kept and shared).
         typer.echo(f"Admin key (generated now; `omni admin-key` prints it again): {new_admin_key}", err=True)
     serve_app(api, settings, host=host, port=port)
+
+
+def platform_when_reachable(settings: Settings) -> Platform:
+    """build(settings), waiting (with backoff, one warning per attempt) while PostgreSQL is away in
+    Kafka mode: the API then does not listen yet, which load balancers and probes read as not ready.
+    Kafka may be away too: the log connects lazily and /readyz tells."""
+    delay = 0.5
+    while True:
+        try:
+            if settings.mode is Mode.KAFKA:
+                # A plain connection first: a build that fails halfway would leave a pool behind.
+                psycopg.connect(settings.database_url, connect_timeout=5).close()
+            return build(settings)
+        except psycopg.OperationalError as away:
+            log.warning("omni serve cannot reach PostgreSQL (%s); retrying in %.1fs", str(away).strip(), delay)
+        time.sleep(delay)
+        delay = min(delay * 2, 5.0)
 
 
 @app.command()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -191,7 +192,7 @@ async def test_kafka_gone_between_the_workers_topic_check_and_fausts_start(tmp_p
         broker.run("stop")
 
 
-async def test_worker_and_relay_start_without_postgresql_and_become_ready_when_it_comes(
+async def test_worker_relay_and_api_start_without_postgresql_and_become_ready_when_it_comes(
     tmp_path: Path, kafka_log: KafkaLog, topics: Topics, redis_url: str
 ) -> None:
     postgres = OwnPostgres(tmp_path / "run")  # not started: nothing listens on its port yet
@@ -201,14 +202,21 @@ async def test_worker_and_relay_start_without_postgresql_and_become_ready_when_i
     worker = WorkerProcess({**env, "OMNI_WORKER_METRICS_PORT": str(free_port())}, logs)
     relay_env = {**env, "OMNI_RELAY_METRICS_PORT": str(free_port()), "OMNI_ADMIN_KEY": ADMIN, "REDIS_URL": redis_url}
     relay = WorkerProcess(relay_env, logs, args=RELAY, name="relay", port_setting="OMNI_RELAY_METRICS_PORT")
-    processes = [worker, relay]
+    # `omni serve` waits to build until PostgreSQL answers, and listens only then.
+    api_port = str(free_port())
+    api_env = {**relay_env, "OMNI_TEST_API_PORT": api_port}
+    api = WorkerProcess(
+        api_env, logs, args=("-m", "omni.cli", "serve", "--port", api_port), name="api", port_setting="OMNI_TEST_API_PORT"
+    )
+    processes = [worker, relay, api]
     try:
-        worker.start()
-        relay.start()
+        for process in processes:
+            process.start()
         deadline = time.monotonic() + 60
         while True:
             seen = [await asyncio.to_thread(p.readiness) for p in processes]
-            if all(status == 503 and body["checks"]["views"] != "ok" for status, body in seen):
+            waiting = all(status == 503 and body["checks"]["views"] != "ok" for status, body in seen[:2])
+            if waiting and seen[2][0] == 0 and "cannot reach PostgreSQL" in api.log_text():
                 break
             if any(p.exited is not None for p in processes) or time.monotonic() > deadline:
                 pytest.fail(
@@ -219,10 +227,11 @@ async def test_worker_and_relay_start_without_postgresql_and_become_ready_when_i
 
         await asyncio.to_thread(postgres.run, "start")
 
-        await wait_ready(processes, 90, "the worker and the relay to be ready once PostgreSQL answers")
-        assert worker.runs == relay.runs == 1  # no restart
+        await wait_ready(processes, 90, "the worker, the relay and the API to be ready once PostgreSQL answers")
+        assert worker.runs == relay.runs == api.runs == 1  # no restart
         assert worker.stop() == 0
         assert relay.stop() == 0
+        assert api.stop() in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it shut down for
     finally:
         try:
             for process in processes:
