@@ -348,15 +348,15 @@ def create_worker_app(settings: Settings, db: Database, log: KafkaLog, readiness
 
 
 def show_assignment(readiness: Readiness, assigned: Iterable[TP]) -> None:
-    """The partitions this worker folds, on /readyz; none assigned is not ready."""
+    """The partitions this worker folds, on /readyz. A worker the group gave none (more workers than
+    partitions) is a ready standby: it takes partitions over when another worker goes, and a rolling
+    deploy that waits for readiness must not wait for it forever."""
     by_topic: dict[str, list[int]] = {}
     for tp in sorted(assigned):
         by_topic.setdefault(tp.topic, []).append(tp.partition)
     readiness.detail("partitions", by_topic)
-    if by_topic:
-        readiness.ok(PARTITIONS)
-    else:
-        readiness.failed(PARTITIONS, "no partitions assigned (more workers than partitions?)")
+    readiness.detail("role", "folding" if by_topic else "standby (no partitions assigned: more workers than partitions)")
+    readiness.ok(PARTITIONS)
 
 
 def open_views(settings: Settings, readiness: Readiness) -> PostgresDatabase:
