@@ -118,7 +118,8 @@ def test_month_windows_across_the_year_end():
 def test_month_window_ends_on_the_first_of_the_next_month(last_minute, month_end):
     month_start = last_minute.replace(day=1, hour=0, minute=0)
     rows = run([bucket(month_start, 1), bucket(last_minute, 2), bucket(month_end, 4)], size=WindowSize.MONTH)
-    assert windows(rows) == [(month_start, month_end, Decimal(3)), (month_end, windows(rows)[1][1], Decimal(4))]
+    following_end = datetime(month_end.year + month_end.month // 12, month_end.month % 12 + 1, 1, tzinfo=UTC)
+    assert windows(rows) == [(month_start, month_end, Decimal(3)), (month_end, following_end, Decimal(4))]
     assert (rows[0].window_end - rows[0].window_start).days == last_minute.day
 
 

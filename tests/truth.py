@@ -1,0 +1,171 @@
+"""Meter queries answered straight from the raw events, with none of the code under test: no bucket
+states, no roll-ups, no plans. Contract, parity and soak tests hold the views to these answers.
+
+It restates the rules of README "Meters" the plain way: the first occurrence of each (tenant, source,
+id) on the log counts; an event with a NUL in any text counts nowhere; a meter's value is read from
+the event as its CloudEvent (tests/meter_reference.py); each window of the query (UTC minute, hour,
+day or month, or one window over the whole range) aggregates the events whose time falls in it,
+per subject and group values when asked; edge windows are cut to [from, to).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, localcontext
+from typing import Any
+
+from schemas.envelope import Envelope
+from schemas.meters import Aggregation, MeterDefinition, WindowSize, path_parts
+from tests.meter_reference import LONGEST_KEPT, document, lookup, reference_numeric, reference_token
+
+Row = tuple[datetime, datetime, str | None, str, Decimal | int | None]  # start, end, subject, group JSON, value
+
+
+@dataclass(frozen=True)
+class Query:
+    start: datetime | None = None
+    end: datetime | None = None
+    window_size: WindowSize | None = None
+    group_by: Sequence[str] = ()
+    by_subject: bool = False
+    subjects: Sequence[str] = ()
+
+
+def counted(log: Iterable[tuple[int, Envelope]]) -> list[tuple[int, Envelope]]:
+    """The events that count, in log order: none holding a NUL, and of the others each (tenant,
+    source, id) once, its first."""
+    seen: set[tuple[str, str, str]] = set()
+    out = []
+    for offset, event in sorted(log, key=lambda pair: pair[0]):
+        if "\\u0000" in json.dumps([event.subject, event.data, event.extensions, event.source, event.source_id, event.type]):
+            continue  # dead-lettered: it counts nowhere, not even as the first of its id
+        key = (event.tenant_id, event.source, event.source_id)
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append((offset, event))
+    return out
+
+
+def answer(log: Iterable[tuple[int, Envelope]], tenant: str, meter: MeterDefinition, query: Query) -> list[Row]:
+    """The rows GET /v1/meters/{slug}/query shows, sorted by window, subject and group values."""
+    observations: list[tuple[datetime, int, str | None, str, Any]] = []
+    for offset, event in counted(log):
+        if event.tenant_id != tenant or event.type != meter.event_type:
+            continue
+        subject = event.subject or ""
+        if query.subjects and subject not in query.subjects:
+            continue
+        moment = event.event_time.astimezone(UTC)
+        if query.start is not None and moment < query.start:
+            continue
+        if query.end is not None and moment >= query.end:
+            continue
+        value = _value(meter, event)
+        if value is None:
+            continue
+        groups = _groups(meter, event, query.group_by)
+        observations.append((moment, offset, subject if query.by_subject else None, groups, value))
+    if not observations:
+        return []
+    windows: dict[tuple[datetime, datetime, str | None, str], list[tuple[datetime, int, Any]]] = {}
+    whole = _whole(query, [moment for moment, *_ in observations])
+    for moment, offset, subject, groups, value in observations:
+        lower, upper = whole if query.window_size is None else _window(moment, query.window_size)
+        lower = max(lower, query.start) if query.start is not None else lower
+        upper = min(upper, query.end) if query.end is not None else upper
+        windows.setdefault((lower, upper, subject, groups), []).append((moment, offset, value))
+    rows = [
+        (lower, upper, subject, groups, _aggregate(meter.aggregation, values))
+        for (lower, upper, subject, groups), values in windows.items()
+    ]
+    return sorted(rows, key=lambda row: (row[0], row[2] or "", row[3]))
+
+
+def _value(meter: MeterDefinition, event: Envelope) -> Any:
+    if meter.aggregation is Aggregation.COUNT:
+        return 1
+    raw = lookup(document(event), path_parts(meter.value_property or "$"))
+    if meter.aggregation is Aggregation.UNIQUE_COUNT:
+        return reference_token(raw)
+    return reference_numeric(raw)
+
+
+def _groups(meter: MeterDefinition, event: Envelope, wanted: Sequence[str]) -> str:
+    """The requested group values as canonical JSON (a container as null, a long text as its digest)."""
+    shown = {}
+    for name in sorted(wanted):
+        value = lookup(document(event), path_parts(meter.group_by[name])) if name in meter.group_by else None
+        if isinstance(value, (dict, list)):
+            value = None
+        elif isinstance(value, str) and len(value) > LONGEST_KEPT:
+            value = "sha256:" + hashlib.sha256(value.encode()).hexdigest()
+        shown[name] = value
+    return json.dumps(shown, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _aggregate(aggregation: Aggregation, values: list[tuple[datetime, int, Any]]) -> Decimal | int | None:
+    numbers = [value for _, _, value in values]
+    with localcontext() as exact:
+        exact.prec = 200  # wider than any sum of values below 1e38 with 18 decimal places
+        match aggregation:
+            case Aggregation.COUNT:
+                return len(numbers)
+            case Aggregation.UNIQUE_COUNT:
+                return len(set(numbers))
+            case Aggregation.SUM:
+                return sum(numbers, Decimal(0))
+            case Aggregation.MIN:
+                return min(numbers)
+            case Aggregation.MAX:
+                return max(numbers)
+            case Aggregation.LATEST:
+                return max(values, key=lambda v: (v[0], v[1]))[2]
+            case Aggregation.AVG:
+                total = sum(numbers, Decimal(0))
+    with localcontext() as quotient:
+        quotient.prec = 34  # an average is shown to IEEE decimal128's precision
+        return total / len(numbers)
+
+
+def _window(moment: datetime, size: WindowSize) -> tuple[datetime, datetime]:
+    if size is WindowSize.MINUTE:
+        start = moment.replace(second=0, microsecond=0)
+        return start, start + timedelta(minutes=1)
+    if size is WindowSize.HOUR:
+        start = moment.replace(minute=0, second=0, microsecond=0)
+        return start, start + timedelta(hours=1)
+    if size is WindowSize.DAY:
+        start = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+        return start, start + timedelta(days=1)
+    start = datetime(moment.year, moment.month, 1, tzinfo=UTC)
+    return start, datetime(moment.year + moment.month // 12, moment.month % 12 + 1, 1, tzinfo=UTC)
+
+
+def _whole(query: Query, moments: list[datetime]) -> tuple[datetime, datetime]:
+    """Without a window size, one window: [from, to), each defaulting to the first minute with a
+    counted value and the end of the last one."""
+    first = min(moments).replace(second=0, microsecond=0)
+    last = max(moments).replace(second=0, microsecond=0) + timedelta(minutes=1)
+    return (query.start or first, query.end or last)
+
+
+def shown(rows: Iterable[Any]) -> list[Row]:
+    """Rows of views.query_meter (MeterRow) in the truth's form: group values as canonical JSON."""
+    return sorted(
+        (
+            (
+                r.window_start,
+                r.window_end,
+                r.subject,
+                json.dumps(r.group_by, sort_keys=True, separators=(",", ":"), ensure_ascii=False),
+                r.value,
+            )
+            for r in rows
+        ),
+        key=lambda row: (row[0], row[2] or "", row[3]),
+    )
