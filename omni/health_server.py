@@ -16,6 +16,7 @@ see. `omni_ready{process=...}` follows the same state.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import threading
@@ -46,8 +47,8 @@ class Readiness:
         self._lock = threading.Lock()
         self._checks = dict.fromkeys(checks, "not checked yet")
         self._details: dict[str, Any] = {}
-        self._ready = False
-        metrics.READY.labels(process).set(0)
+        self._ready = not self._checks  # a process with nothing to check is ready
+        metrics.READY.labels(process).set(1 if self._ready else 0)
 
     def ok(self, check: str) -> None:
         self.set(check, OK)
@@ -173,15 +174,18 @@ class Prober:
         self._running.clear()
 
 
-def serve(host: str, port: int, readiness: Readiness, setting: str) -> ThreadingHTTPServer | None:
+def serve(
+    host: str, port: int, readiness: Readiness, setting: str, *, metrics_token: str | None = None
+) -> ThreadingHTTPServer | None:
     """Serve /metrics, /readyz and /healthz on host:port from a thread; port 0 serves nothing.
+    With `metrics_token` (OMNI_METRICS_TOKEN), /metrics answers only `Authorization: Bearer <token>`.
 
     A port that cannot be bound is logged, not fatal: the process still does its work.
     """
     if not port:
         return None
     try:
-        server = ThreadingHTTPServer((host, port), _handler(readiness))
+        server = ThreadingHTTPServer((host, port), _handler(readiness, metrics_token))
     except OSError as taken:
         logger.error("cannot serve metrics on port %d of %s (%s): set %s to a free port", port, host, taken, setting)
         return None
@@ -191,7 +195,9 @@ def serve(host: str, port: int, readiness: Readiness, setting: str) -> Threading
     return server
 
 
-def _handler(readiness: Readiness) -> type[BaseHTTPRequestHandler]:
+def _handler(readiness: Readiness, metrics_token: str | None = None) -> type[BaseHTTPRequestHandler]:
+    expected = None if metrics_token is None else f"Bearer {metrics_token}".encode()
+
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             self._answer(with_body=True)
@@ -202,7 +208,12 @@ def _handler(readiness: Readiness) -> type[BaseHTTPRequestHandler]:
         def _answer(self, *, with_body: bool) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
-                self._send(200, CONTENT_TYPE_LATEST, generate_latest(), with_body)
+                given = self.headers.get("Authorization", "").encode()
+                if expected is not None and not hmac.compare_digest(given, expected):
+                    refused = {"type": "https://omni.dev/problems/unauthorized", "title": "Unauthorized", "status": 401}
+                    self._send(401, "application/problem+json", json.dumps(refused).encode(), with_body)
+                else:
+                    self._send(200, CONTENT_TYPE_LATEST, generate_latest(), with_body)
             elif path == "/readyz":
                 ready, report = readiness.report()
                 if ready:

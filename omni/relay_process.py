@@ -31,7 +31,13 @@ def run_relay(settings: Settings) -> None:
 
 async def relay_until_stopped(settings: Settings) -> None:
     readiness = Readiness("relay", (LOG, EVENT_STORE, VIEWS))
-    health_server.serve(settings.metrics_host, settings.relay_metrics_port, readiness, "OMNI_RELAY_METRICS_PORT")
+    health_server.serve(
+        settings.metrics_host,
+        settings.relay_metrics_port,
+        readiness,
+        "OMNI_RELAY_METRICS_PORT",
+        metrics_token=settings.metrics_token,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
