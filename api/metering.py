@@ -4,6 +4,11 @@ Every request is counted in Prometheus metrics; only a caller with a valid key g
 `api_call` record (under its tenant, or `_platform` for the admin). Anonymous traffic stays out
 of the log, which keeps events forever.
 
+The records go to a topic of their own (Topics.api_calls), not to the tenants' usage topic, whose
+consumers expect the tenants' own facts only; the meters fold both. They name the key that
+called (`actorkeyid`, and the subject) but not the caller's IP address nor its user agent:
+personal data, which a topic that keeps everything forever could never erase.
+
 Requests are recorded off the request path: a bounded buffer flushed in
 batches, so a slow log never slows the API, and a full buffer drops the
 oldest telemetry rather than blocking callers.
@@ -25,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from commands.control_plane import PLATFORM
 from omni import metrics
 from schemas.envelope import Actor, Envelope, encode
-from streams.log import EventLog, Outgoing
+from streams.log import EventLog, outgoing
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +53,7 @@ class ApiCallRecorder:
         while self.buffer:
             batch = [self.buffer.popleft() for _ in range(min(len(self.buffer), 1000))]
             try:
-                await self.log.append(self.log.topics.usage, [Outgoing(e.tenant_id, encode(e)) for e in batch])
+                await self.log.append(self.log.topics.api_calls, [outgoing(e.tenant_id, e, encode(e)) for e in batch])
             except Exception as failure:
                 self.buffer.extendleft(reversed(batch))
                 log.warning("api_call events waiting for the log: %s", failure)
@@ -123,11 +128,7 @@ class ApiCallMiddleware:
                 subject=principal.key_id,
                 event_time=now,
                 recorded_time=now,
-                actor=Actor(
-                    key_id=principal.key_id,
-                    ip=request.client.host if request.client else None,
-                    user_agent=request.headers.get("user-agent"),
-                ),
+                actor=Actor(key_id=principal.key_id),  # no IP address nor user agent: see the module's doc
                 traceparent=getattr(request.state, "traceparent", None),
                 data={
                     "route": template,

@@ -20,7 +20,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from commands.errors import Invalid
 from schemas.cloudevents import CloudEvent, extension_errors
-from schemas.envelope import Actor, Envelope, encode
+from schemas.envelope import RESERVED, Actor, Envelope, encode
 from schemas.text import json_holds_nul, nests_deeper
 
 FUTURE_TOLERANCE = timedelta(minutes=5)
@@ -110,6 +110,9 @@ def admit_encoded(
     none: schemas.text.json_holds_nul), which saves looking through every event for one.
     """
     errors: list[dict[str, Any]] = []
+    if actor.ip is not None or actor.user_agent is not None:
+        # The usage topic keeps events forever, so nothing personal goes there: only the key.
+        actor = Actor(actor.key_id)
     envelopes: list[Envelope] = []
     positions: list[int] = []  # each envelope's index in `items`
     problems_of: list[list[str]] = []  # each envelope's problems so far
@@ -126,6 +129,13 @@ def admit_encoded(
             continue
         extensions = event.extensions()
         problems = extension_errors(extensions)
+        if extensions and not RESERVED.isdisjoint(extensions):
+            taken = sorted(RESERVED.intersection(extensions))
+            problems += [
+                f"extension attribute {name!r} is reserved: Omni writes an attribute of that name on the log" for name in taken
+            ]
+            for name in taken:  # refused anyway; left out, the envelope can still be encoded and measured
+                del extensions[name]
         if may_hold_nul and _holds_nul(item):
             problems.append("text may not contain NUL characters (\\u0000): the views cannot store them")
         moment = event.time or received

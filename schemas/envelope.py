@@ -1,30 +1,92 @@
-"""The envelope every event on the log carries, and its wire encoding."""
+"""The envelope every event on the log carries, and its wire encoding.
+
+On the log an event is a CloudEvent 1.0 in the structured content mode of the CloudEvents Kafka
+protocol binding: the record's value is the whole event in the JSON event format
+(`application/cloudevents+json`, said by the record header `content-type`), and the W3C trace
+context travels in the record header `traceparent` too (OpenTelemetry's messaging conventions).
+So the CloudEvents SDKs, kcat or any Kafka consumer read Omni's topics without Omni's code.
+
+The CloudEvent's identity is the producer's own: `source` and `id` are what the client sent
+(with the tenant, the de-duplication key). Omni's own attributes are CloudEvents extension
+attributes (lowercase letters and digits):
+
+- `omniid`: Omni's unique id of the record's event (UUIDv7 for usage, derived from the event
+  store for control-plane events);
+- `schemaversion`: this layout's version (SCHEMA_VERSION);
+- `tenantid`: the tenant, from the caller's key (never from the body);
+- `recordedtime`: when Omni accepted the event (RFC 3339, UTC, microseconds);
+- `datasubjectid`: the person the event concerns, where one is (not yet set by anything);
+- `actorkeyid`: the API key that sent it. Nothing personal (no IP address, no user agent): the
+  topics keep events forever, where personal data could not be erased; the audit trail keeps
+  where each command came from;
+- `traceparent`: the W3C trace context (the CloudEvents distributed-tracing extension).
+
+The client's own extension attributes sit beside them, as CloudEvents wants; admission refuses
+a client extension named like one of Omni's (RESERVED).
+
+Layout 1 (every record written before this one) was Omni's own JSON: `id` was Omni's id and
+`source_id` the client's, `event_time`, `recorded_time`, `tenant_id`, an `actor` object with the
+IP address and user agent, the client's extensions nested under `extensions`, and no record
+headers. `decode` reads both.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import orjson
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+SPECVERSION = "1.0"
+STRUCTURED = "application/cloudevents+json"  # the record header `content-type` of every event
+
+# A Kafka record's headers, as aiokafka takes and gives them: (name, value) pairs, in order.
+Headers = tuple[tuple[str, bytes], ...]
+CONTENT_TYPE = "content-type"
+TRACEPARENT = "traceparent"
+_STRUCTURED_HEADERS: Headers = ((CONTENT_TYPE, STRUCTURED.encode()),)
+
+# CloudEvents' context attributes (and `data`, `data_base64`), and Omni's extension attributes.
+CONTEXT_ATTRIBUTES = frozenset(
+    {"specversion", "id", "source", "type", "subject", "time", "datacontenttype", "dataschema", "data", "data_base64"}
+)
+OMNI_ATTRIBUTES = frozenset(
+    {"omniid", "schemaversion", "tenantid", "recordedtime", "datasubjectid", "actorkeyid", "traceparent", "storeposition"}
+)
+# The names a client's extension attribute may not take (admission refuses them): Omni's own, but
+# `traceparent`, which a client sends for Omni to keep; and `partitionkey`, the Kafka binding's
+# name for the record key (here the tenant), which the SDKs set from the key on reading.
+RESERVED = (CONTEXT_ATTRIBUTES | OMNI_ATTRIBUTES | {"partitionkey"}) - {"traceparent"}
+# Attributes written from and read into the Envelope's own fields; every other one is an extension
+# (`storeposition` too: the outbox relay sets it among the extensions of control-plane events).
+_FIELDS = CONTEXT_ATTRIBUTES | (OMNI_ATTRIBUTES - {"storeposition"})
+_NOT_FROM_EXTENSIONS = _FIELDS | {"partitionkey"}
 
 
 class Actor(msgspec.Struct, frozen=True):
-    """Who caused an event: the API key, and where the request came from."""
+    """Who caused an event: the API key, and where the request came from.
+
+    Only `key_id` is written to the log (`actorkeyid`): the IP address and user agent are
+    personal data, kept in the audit trail of commands rather than on the topics, which keep
+    every event forever. Records of layout 1 still carry them, and decode to them.
+    """
 
     key_id: str | None = None
     ip: str | None = None
     user_agent: str | None = None
 
 
+NO_ACTOR = Actor()
+
+
 class Envelope(msgspec.Struct, frozen=True):
     """One fact on the log.
 
-    `id` is unique on the log (UUIDv7). `source` and `source_id` are the
-    producer's own identity for the fact (the CloudEvent `source` and `id`);
-    together with the tenant they are the de-duplication key.
+    `id` is Omni's unique id for it (UUIDv7; `omniid` on the wire). `source` and `source_id` are
+    the producer's own identity for the fact (the CloudEvent `source` and `id`); together with
+    the tenant they are the de-duplication key.
 
     An immutable msgspec struct: built and decoded in C (a frozen dataclass took 2 µs to
     build and the dict-based decoding 5 µs, per event, in the API and in every worker).
@@ -40,9 +102,9 @@ class Envelope(msgspec.Struct, frozen=True):
     data: Any = None
     subject: str | None = None
     data_subject_id: str | None = None
-    actor: Actor = msgspec.field(default_factory=Actor)
+    actor: Actor = NO_ACTOR
     traceparent: str | None = None
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = SCHEMA_VERSION  # the layout it was read from; `encode` writes SCHEMA_VERSION
     extensions: dict[str, Any] = msgspec.field(default_factory=dict)
 
     @property
@@ -67,62 +129,165 @@ def parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text)  # takes the "Z" since Python 3.11
 
 
+class ReservedName(ValueError):
+    """An extension attribute named like one of CloudEvents' or Omni's own."""
+
+
 def encode(envelope: Envelope) -> bytes:
-    """The envelope's wire form (JSON), in a bytes object of its own size.
+    """The envelope's wire form, a structured-mode CloudEvent (JSON), in a bytes object of its own size.
+
+    Attributes without a value are left out (CloudEvents has no null attributes; its SDKs refuse an
+    empty `subject`), and `data` comes last.
 
     orjson (3.12 on) writes into a buffer of at least 4 KiB, more for larger objects, and hands it
     back untrimmed: about 8 KiB held per encoded envelope while its append waits for Kafka, 16x the
     text. Copying the text out frees the buffer at once, and the next encode reuses it while it is
     still in cache, so the copy makes encoding faster too (about 5.5 -> 2.3 µs per envelope).
     """
-    actor = envelope.actor
-    text = orjson.dumps(
-        {
-            "id": envelope.id,
-            "type": envelope.type,
-            "schema_version": envelope.schema_version,
-            "tenant_id": envelope.tenant_id,
-            "source": envelope.source,
-            "source_id": envelope.source_id,
-            "subject": envelope.subject,
-            "data_subject_id": envelope.data_subject_id,
-            "event_time": _wire_time(envelope.event_time),
-            "recorded_time": _wire_time(envelope.recorded_time),
-            "actor": {"key_id": actor.key_id, "ip": actor.ip, "user_agent": actor.user_agent},
-            "traceparent": envelope.traceparent,
-            "extensions": envelope.extensions,
-            "data": envelope.data,
-        },
-        option=orjson.OPT_UTC_Z,
-    )
+    body: dict[str, Any] = {
+        "specversion": SPECVERSION,
+        "id": envelope.source_id,
+        "source": envelope.source,
+        "type": envelope.type,
+    }
+    if envelope.subject is not None:
+        body["subject"] = envelope.subject
+    body["time"] = _wire_time(envelope.event_time)
+    body["omniid"] = envelope.id
+    body["schemaversion"] = SCHEMA_VERSION
+    body["tenantid"] = envelope.tenant_id
+    body["recordedtime"] = _wire_time(envelope.recorded_time)
+    if envelope.data_subject_id is not None:
+        body["datasubjectid"] = envelope.data_subject_id
+    if envelope.actor.key_id is not None:
+        body["actorkeyid"] = envelope.actor.key_id
+    if envelope.traceparent is not None:
+        body["traceparent"] = envelope.traceparent
+    extensions = envelope.extensions
+    if extensions:
+        if not _NOT_FROM_EXTENSIONS.isdisjoint(extensions):
+            # Admission refuses these; nothing else building envelopes may overwrite Omni's own.
+            taken = sorted(_NOT_FROM_EXTENSIONS.intersection(extensions))
+            raise ReservedName(f"extension attributes {taken} are reserved (CloudEvents' or Omni's own)")
+        body.update(extensions)
+    if envelope.data is not None:
+        body["data"] = envelope.data
+    text = orjson.dumps(body, option=orjson.OPT_UTC_Z)
     return bytes(memoryview(text))
 
 
-_CURRENT = msgspec.json.Decoder(Envelope)
+def record_headers(envelope: Envelope) -> Headers:
+    """The Kafka record headers of an envelope's record: its content type (the structured mode of
+    the CloudEvents Kafka binding), and its trace context when it has one."""
+    if envelope.traceparent is None:
+        return _STRUCTURED_HEADERS
+    return (_STRUCTURED_HEADERS[0], (TRACEPARENT, envelope.traceparent.encode()))
+
+
+class _Wire(msgspec.Struct, forbid_unknown_fields=True):
+    """This version's layout without extensions, typed and checked in C. Unknown attributes (the
+    client's extensions, `storeposition`, anything newer) make it refuse the record, which then
+    takes the general path: most usage events have no extensions."""
+
+    specversion: Literal["1.0"]
+    id: str
+    source: str
+    type: str
+    time: datetime
+    omniid: str
+    schemaversion: int
+    tenantid: str
+    recordedtime: datetime
+    subject: str | None = None
+    datasubjectid: str | None = None
+    actorkeyid: str | None = None
+    traceparent: str | None = None
+    datacontenttype: str | None = None
+    dataschema: str | None = None
+    data: Any = None
+
+
+class _Attributes(_Wire, forbid_unknown_fields=False):
+    """This version's own attributes among any others."""
+
+
+_CURRENT = msgspec.json.Decoder(_Wire)
 
 
 def decode(raw: bytes | str) -> Envelope:
-    """An envelope from its wire encoding. NewerSchema if newer code wrote it; ValueError,
-    KeyError or TypeError if it is not an envelope at all."""
+    """An envelope from its wire encoding (this layout or layout 1). NewerSchema if newer code wrote
+    it; ValueError, KeyError or TypeError if it is not an envelope at all."""
     try:
-        envelope = _CURRENT.decode(raw)  # the common case: this version's layout, typed in C
+        wire = _CURRENT.decode(raw)  # the common case: this version's layout, no extensions, typed in C
     except msgspec.DecodeError:
-        return _decode_any(raw)  # an older layout, a newer one, or none: decided field by field
-    if envelope.schema_version > SCHEMA_VERSION:
-        raise NewerSchema(f"envelope schema version {envelope.schema_version} is newer than this code ({SCHEMA_VERSION})")
-    return envelope
+        return _decode_any(raw)  # extensions, an older layout, a newer one, or none: decided field by field
+    if wire.schemaversion > SCHEMA_VERSION:
+        raise NewerSchema(f"envelope schema version {wire.schemaversion} is newer than this code ({SCHEMA_VERSION})")
+    return _envelope(wire, {})
+
+
+def _envelope(wire: _Wire, extensions: dict[str, Any]) -> Envelope:
+    key_id = wire.actorkeyid
+    return Envelope(
+        id=wire.omniid,
+        type=wire.type,
+        tenant_id=wire.tenantid,
+        source=wire.source,
+        source_id=wire.id,
+        event_time=wire.time,
+        recorded_time=wire.recordedtime,
+        data=wire.data,
+        subject=wire.subject,
+        data_subject_id=wire.datasubjectid,
+        actor=NO_ACTOR if key_id is None else Actor(key_id),
+        traceparent=wire.traceparent,
+        schema_version=wire.schemaversion,
+        extensions=extensions,
+    )
 
 
 def _decode_any(raw: bytes | str) -> Envelope:
     body = orjson.loads(raw)
     if not isinstance(body, dict):
         raise TypeError(f"an envelope is a JSON object, not {type(body).__name__}")
-    body = upcast(body)
+    return upcast(body)
+
+
+class NewerSchema(Exception):
+    """Written by newer code: upgrade this reader rather than skip the event."""
+
+
+def upcast(body: dict[str, Any]) -> Envelope:
+    """The envelope of a decoded record of any layout this code knows (a CloudEvent of this layout,
+    or layout 1), brought up to this version. NewerSchema for a newer one."""
+    if "specversion" in body:
+        version = body.get("schemaversion", SCHEMA_VERSION)
+        layout = _from_cloudevent
+    else:
+        version = body.get("schema_version", 1)
+        layout = _from_layout_1
+    if type(version) is not int:
+        raise TypeError(f"an envelope's schema version is an integer, not {type(version).__name__}")
+    if version > SCHEMA_VERSION:
+        raise NewerSchema(f"envelope schema version {version} is newer than this code ({SCHEMA_VERSION})")
+    return layout(body, version)
+
+
+def _from_cloudevent(body: dict[str, Any], _version: int) -> Envelope:
+    """This layout with extension attributes: its own attributes typed and checked as in the fast
+    path, in C (msgspec.ValidationError is a ValueError), every other one kept as an extension.
+    About 4 µs rather than 1: most usage events have no extensions."""
+    extensions = {name: value for name, value in body.items() if name not in _FIELDS}  # in their order
+    return _envelope(msgspec.convert(body, _Attributes), extensions)
+
+
+def _from_layout_1(body: dict[str, Any], version: int) -> Envelope:
+    """Layout 1: Omni's own JSON, every attribute present (null when unset)."""
     actor = body.get("actor") or {}
     return Envelope(
         id=body["id"],
         type=body["type"],
-        schema_version=body["schema_version"],
+        schema_version=version,
         tenant_id=body["tenant_id"],
         source=body["source"],
         source_id=body["source_id"],
@@ -135,15 +300,3 @@ def _decode_any(raw: bytes | str) -> Envelope:
         extensions=body.get("extensions") or {},
         data=body.get("data"),
     )
-
-
-class NewerSchema(Exception):
-    """Written by newer code: upgrade this reader rather than skip the event."""
-
-
-def upcast(body: dict[str, Any]) -> dict[str, Any]:
-    """Bring an older envelope up to SCHEMA_VERSION. Version 1 is the first."""
-    version = body.get("schema_version", 1)
-    if version > SCHEMA_VERSION:
-        raise NewerSchema(f"envelope schema version {version} is newer than this code ({SCHEMA_VERSION})")
-    return body

@@ -1,4 +1,4 @@
-"""Topic names and how events are keyed onto partitions."""
+"""Topic names and how events are keyed onto partitions (README, "Topics", documents each)."""
 
 from __future__ import annotations
 
@@ -38,11 +38,18 @@ class Topics:
         """Events the platform emits about itself (thresholds, alerts)."""
         return f"{self.prefix}.notifications"
 
+    @property
+    def api_calls(self) -> str:
+        """Self-metering: one `api_call` event per authenticated request, keyed by tenant like usage
+        (`_platform` for the admin's). Apart from usage, so the tenants' own facts are all that
+        consumers of the usage topic see; meters fold both."""
+        return f"{self.prefix}.api_calls"
+
     def partitions(self, topic: str) -> int:
         return 1 if topic == self.control else self.usage_partitions
 
     def all(self) -> tuple[str, ...]:
-        return (self.usage, self.control, self.audit, self.notifications)
+        return (self.usage, self.control, self.audit, self.notifications, self.api_calls)
 
 
 def partition_for(key: str, partitions: int) -> int:

@@ -16,14 +16,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from schemas.envelope import Envelope, encode
-from schemas.topics import Topics, partition_for
-from streams.log import LogRecord, LogUnavailable, Outgoing
+import msgspec
 
+from schemas.envelope import Envelope, Headers, encode
+from schemas.topics import Topics, partition_for
+from streams.log import LogRecord, LogUnavailable, Outgoing, outgoing
+
+# `headers`: the record's Kafka headers, a MessagePack array of [name, value] pairs (NULL: none).
+# Logs made before it existed gain the column on start; their rows keep NULL, as their records
+# on Kafka have no headers either.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
     topic TEXT NOT NULL, partition INTEGER NOT NULL, "offset" INTEGER NOT NULL,
-    key TEXT NOT NULL, value BLOB NOT NULL, appended_ms INTEGER NOT NULL,
+    key TEXT NOT NULL, value BLOB NOT NULL, appended_ms INTEGER NOT NULL, headers BLOB,
     PRIMARY KEY (topic, partition, "offset")) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS heads (
     topic TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
@@ -35,6 +40,28 @@ CREATE INDEX IF NOT EXISTS dedupe_expiry ON dedupe (keep_until);
 """
 
 PURGE_EVERY_SECONDS = 60.0
+
+_pack_headers = msgspec.msgpack.Encoder().encode
+_unpack_headers = msgspec.msgpack.Decoder(tuple[tuple[str, bytes], ...]).decode
+
+
+def _packed(headers: Headers) -> bytes | None:
+    return _pack_headers(headers) if headers else None
+
+
+def _unpacked(blob: bytes | None) -> Headers:
+    return _unpack_headers(blob) if blob else ()
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a log made by an earlier version up to SCHEMA: records gain their headers."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(records)")}
+    if "headers" not in columns:
+        try:
+            db.execute("ALTER TABLE records ADD COLUMN headers BLOB")
+        except sqlite3.OperationalError as failure:  # another process starting on the same file added it first
+            if "duplicate column" not in str(failure):
+                raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +111,7 @@ class EmbeddedLog:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")  # a 202 means the event survives a power cut
         db.executescript(SCHEMA)
+        _migrate(db)
         self._db = db
 
     async def close(self) -> None:
@@ -147,12 +175,12 @@ class EmbeddedLog:
     async def read(self, topic: str, partition: int, start: int, limit: int) -> list[LogRecord]:
         rows = await self._run(
             lambda db: db.execute(
-                'SELECT "offset", key, value FROM records WHERE topic=? AND partition=? AND "offset">=? '
+                'SELECT "offset", key, value, headers FROM records WHERE topic=? AND partition=? AND "offset">=? '
                 'ORDER BY "offset" LIMIT ?',
                 (topic, partition, start, limit),
             ).fetchall()
         )
-        return [LogRecord(topic, partition, offset, key, value) for offset, key, value in rows]
+        return [LogRecord(topic, partition, offset, key, value, _unpacked(headers)) for offset, key, value, headers in rows]
 
     async def end_offsets(self, topic: str) -> dict[int, int]:
         rows = await self._run(
@@ -206,7 +234,7 @@ class EmbeddedLog:
                     accepted.append(new)
                     if new:
                         unclaimed.discard(key)  # a later copy, in this request or another, is a duplicate
-                        fresh.append(Outgoing(envelope.tenant_id, value))
+                        fresh.append(outgoing(envelope.tenant_id, envelope, value))
                 results.append(accepted)
             self._append_rows(db, self.topics.usage, fresh)
             db.execute("COMMIT")
@@ -244,8 +272,11 @@ class EmbeddedLog:
             row = db.execute("SELECT next_offset FROM heads WHERE topic=? AND partition=?", (topic, partition)).fetchone()
             first = row[0] if row else 0
             db.executemany(
-                "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?)",
-                [(topic, partition, first + i, item.key, item.value, now_ms) for i, item in enumerate(batch)],
+                'INSERT INTO records (topic, partition, "offset", key, value, appended_ms, headers) VALUES (?, ?, ?, ?, ?, ?, ?)',
+                [
+                    (topic, partition, first + i, item.key, item.value, now_ms, _packed(item.headers))
+                    for i, item in enumerate(batch)
+                ],
             )
             db.execute(
                 "INSERT INTO heads VALUES (?, ?, ?) ON CONFLICT (topic, partition) DO UPDATE SET next_offset=excluded.next_offset",

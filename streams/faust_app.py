@@ -1,4 +1,4 @@
-"""The Faust worker for Kafka mode: folds the control and usage topics into the views.
+"""The Faust worker for Kafka mode: folds the control, usage and api_calls topics into the views.
 
 Exactness does not come from Faust's offsets. Each batch is handed to a
 projector that commits the view rows *and* the consumed offsets in one
@@ -54,7 +54,7 @@ from streams.faust_consumer import BatchConsumer, delivery_settings, new_event_l
 from streams.faust_runs import FetchedRecord, RunBuffer, RunSchema, log_records
 from streams.kafka_log import KafkaLog
 from streams.log import LogRecord, LogUnavailable
-from streams.projectors import CATALOG, METERS
+from streams.projectors import CATALOG
 from streams.runner import build_runner
 
 logger = logging.getLogger(__name__)
@@ -253,10 +253,9 @@ def broker_url(bootstrap_servers: str) -> str:
 def create_worker_app(settings: Settings, db: Database, log: KafkaLog, readiness: Readiness | None = None) -> faust.App:
     topics: Topics = log.topics
     runner = build_runner(settings, db, log)
-    catalog, meters = runner.catalog, runner.meters
     feeders = (
-        Feeder(log, db, CATALOG, topics.control, catalog.process, settings.runner_batch_size),
-        Feeder(log, db, METERS, topics.usage, meters.process, settings.runner_batch_size),
+        Feeder(log, db, CATALOG, topics.control, runner.catalog.process, settings.runner_batch_size),
+        *(Feeder(log, db, m.consumer, m.topic, m.process, settings.runner_batch_size) for m in runner.meter_projectors),
     )
 
     datadir = Path(settings.data_dir) / "faust"
@@ -307,8 +306,8 @@ def create_worker_app(settings: Settings, db: Database, log: KafkaLog, readiness
         fold.__qualname__ = fold.__name__ = f"fold_{feeder.consumer}"  # names the agent in Faust's logs
         return fold
 
-    app.agent(source(topics.control), name=f"{settings.topic_prefix}-catalog")(agent_for(feeders[0]))
-    app.agent(source(topics.usage), name=f"{settings.topic_prefix}-meters")(agent_for(feeders[1]))
+    for feeder in feeders:  # catalog, meters (usage) and api-calls (the meters' fold of self-metering)
+        app.agent(source(feeder.topic), name=f"{settings.topic_prefix}-{feeder.consumer}")(agent_for(feeder))
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # Faust sends `assigned` positionally
     async def seek_to_checkpoints(sender: faust.App, assigned: set[TP], **_: Any) -> None:

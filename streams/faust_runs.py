@@ -42,6 +42,7 @@ class FetchedRecord(Protocol):
     timestamp_type: int
     key: bytes | None
     value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
     serialized_value_size: int
 
 
@@ -54,7 +55,7 @@ def run_message(tp: TP, records: Sequence[FetchedRecord], generation_id: int | N
         last.offset,
         last.timestamp / 1000.0,
         last.timestamp_type,
-        None,  # headers: our envelopes carry everything in the value
+        None,  # headers: each record of the run keeps its own
         None,
         cast(Any, records),  # Faust types a value as bytes; RunSchema passes the run through
         None,
@@ -87,7 +88,9 @@ def log_records(runs: Iterable[Sequence[FetchedRecord]]) -> dict[int, list[LogRe
             records = by_partition.setdefault(record.partition, {})
             if record.offset not in records:
                 key = record.key.decode() if record.key else ""
-                records[record.offset] = LogRecord(record.topic, record.partition, record.offset, key, record.value or b"")
+                records[record.offset] = LogRecord(
+                    record.topic, record.partition, record.offset, key, record.value or b"", tuple(record.headers)
+                )
     return {partition: [records[o] for o in sorted(records)] for partition, records in by_partition.items()}
 
 

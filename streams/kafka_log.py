@@ -108,7 +108,10 @@ class KafkaLog:
                     async with self._enqueueing[(topic, partition)]:
                         acks += await _send_as_batches(producer, topic, partition, group)
                 else:
-                    acks += [await producer.send(topic, i.value, key=i.key.encode(), partition=partition) for i in group]
+                    acks += [
+                        await producer.send(topic, i.value, key=i.key.encode(), partition=partition, headers=list(i.headers))
+                        for i in group
+                    ]
             await asyncio.gather(*acks)
 
         try:
@@ -267,7 +270,8 @@ async def _send_as_batches(
     batch = producer.create_batch()
     for item in items:
         # A full batch refuses the record (and closes); an empty one takes any record.
-        while batch.append(key=item.key.encode(), value=item.value, timestamp=None) is None:
+        # aiokafka's record builder (Cython) takes the headers as a list only.
+        while batch.append(key=item.key.encode(), value=item.value, timestamp=None, headers=list(item.headers)) is None:
             acks.append(await producer.send_batch(batch, topic, partition=partition))
             batch = producer.create_batch()
     batch.close()
@@ -281,10 +285,12 @@ async def _fetch_some(reader: AIOKafkaConsumer, tp: TopicPartition, start: int, 
     # partition ended, and a meter's catch-up would then skip history.
     while True:
         batch = (await reader.getmany(tp, timeout_ms=POLL_MS, max_records=limit)).get(tp, [])
-        records = [_record(m.topic, m.partition, m.offset, m.key, m.value) for m in batch if m.offset >= start]
+        records = [_record(m.topic, m.partition, m.offset, m.key, m.value, m.headers) for m in batch if m.offset >= start]
         if records:
             return records
 
 
-def _record(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> LogRecord:
-    return LogRecord(topic, partition, offset, (key or b"").decode(), value or b"")
+def _record(
+    topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]]
+) -> LogRecord:
+    return LogRecord(topic, partition, offset, (key or b"").decode(), value or b"", tuple(headers))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from schemas.envelope import Envelope
+from schemas.envelope import Envelope, Headers, record_headers
 from schemas.topics import Topics
 
 
@@ -17,17 +17,26 @@ class LogUnavailable(Exception):
 
 @dataclass(frozen=True, slots=True)
 class LogRecord:
+    """One record as both adapters give it: Kafka's, or the embedded log's copy of one."""
+
     topic: str
     partition: int
     offset: int
     key: str
     value: bytes
+    headers: Headers = ()  # (name, value) pairs; none on records written before layout 2
 
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
     key: str
     value: bytes
+    headers: Headers = ()  # schemas.envelope.record_headers for an envelope
+
+
+def outgoing(key: str, envelope: Envelope, value: bytes) -> Outgoing:
+    """An envelope's record: `value` is its wire form (schemas.envelope.encode), with its headers."""
+    return Outgoing(key, value, record_headers(envelope))
 
 
 class EventLog(Protocol):

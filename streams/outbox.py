@@ -25,7 +25,7 @@ from schemas.envelope import Envelope, encode
 from schemas.topics import STORE_POSITION, Topics
 from stores import views
 from stores.database import Database, Leadership, StoreUnavailable
-from streams.log import EventLog, LogUnavailable, Outgoing
+from streams.log import EventLog, LogUnavailable, outgoing
 from streams.pausing import pause
 
 log = logging.getLogger(__name__)
@@ -83,8 +83,8 @@ class OutboxRelay:
         position, envelopes = await asyncio.to_thread(self._pending, limit)
         if not envelopes:
             return 0
-        control = [Outgoing(e.id, encode(e)) for e in envelopes if e.type != AUDIT_TYPE]
-        audit = [Outgoing(e.tenant_id, encode(e)) for e in envelopes if e.type == AUDIT_TYPE]
+        control = [outgoing(e.id, e, encode(e)) for e in envelopes if e.type != AUDIT_TYPE]
+        audit = [outgoing(e.tenant_id, e, encode(e)) for e in envelopes if e.type == AUDIT_TYPE]
         if control:
             await self.log.append(self.topic, control)
         if audit:

@@ -31,6 +31,7 @@ from streams.log import LogRecord
 log = logging.getLogger(__name__)
 
 METERS = "meters"
+API_CALLS = "api-calls"  # the meters' fold of the api_calls topic (self-metering), with checkpoints of its own
 PURGE_EVERY_BATCHES = 200
 CATALOG = "catalog"
 CATALOG_APPLIED = "catalog-applied"  # the highest event-store position the catalog views hold
@@ -117,22 +118,28 @@ def _write_change(tx: Tx, change: catalog.Change) -> None:
 
 
 class MeterProjector:
-    """Usage topic -> meter buckets, with de-duplication by (tenant, source, id)."""
+    """Usage topic -> meter buckets, with de-duplication by (tenant, source, id).
 
-    def __init__(self, db: Database, topics: Topics, *, keep_seen: timedelta) -> None:
+    One instance per topic the meters fold: the usage topic (consumer METERS), and the api_calls
+    topic of self-metering (API_CALLS). Every meter folds both; each topic has its checkpoints."""
+
+    def __init__(
+        self, db: Database, topics: Topics, *, keep_seen: timedelta, topic: str | None = None, consumer: str = METERS
+    ) -> None:
         self.db = db
-        self.topic = topics.usage
+        self.topic = topics.usage if topic is None else topic
+        self.consumer = consumer
         self.keep_seen = keep_seen  # at least as long as an event can be admitted
         self._batches = 0
 
     def process(self, partition: int, records: Sequence[LogRecord]) -> int:
         with self.db.transaction() as tx:
-            start = views.lock_checkpoint(tx, METERS, self.topic, partition)
+            start = views.lock_checkpoint(tx, self.consumer, self.topic, partition)
             fresh = [r for r in records if r.offset >= start]
             if not fresh:
                 return 0
             _check_contiguous(self.topic, partition, start, fresh)
-            events = decoded(tx, METERS, fresh)
+            events = decoded(tx, self.consumer, fresh)
             dead = {r.offset for r in fresh} - {r.offset for r, _ in events}
             if dead:
                 views.add_dropped(tx, self.topic, partition, dead)  # so catch-up skips them too
@@ -142,16 +149,16 @@ class MeterProjector:
             live = [slug for slug in meters.by_slug if offsets.get((slug, partition), 0) == start]
             end = fresh[-1].offset + 1
             self._fold_into_views(tx, meters.only(live), kept)
-            views.set_checkpoint(tx, METERS, self.topic, partition, end)
+            views.set_checkpoint(tx, self.consumer, self.topic, partition, end)
             views.set_meter_checkpoints(tx, self.topic, partition, {slug: end for slug in live})
-        metrics.PROJECTED.labels(METERS).inc(len(fresh))
+        metrics.PROJECTED.labels(self.consumer).inc(len(fresh))
         return len(fresh)
 
     def lagging(self) -> list[Lag]:
         """Meters that have not yet folded everything the partition checkpoint has passed."""
         with self.db.transaction() as tx:
             slugs = [m.slug for m in views.meter_definitions(tx)]
-            heads = views.checkpoints(tx, METERS, self.topic)
+            heads = views.checkpoints(tx, self.consumer, self.topic)
             offsets = views.meter_checkpoints(tx, self.topic)
         return [
             Lag(slug, partition, offsets.get((slug, partition), 0), head)
@@ -163,7 +170,7 @@ class MeterProjector:
     def catch_up(self, lag: Lag, records: Sequence[LogRecord]) -> int:
         """Fold records [lag.start, ...) into one lagging meter; return how many offsets it advanced."""
         with self.db.transaction() as tx:
-            head = views.lock_checkpoint(tx, METERS, self.topic, lag.partition)
+            head = views.lock_checkpoint(tx, self.consumer, self.topic, lag.partition)
             current = views.meter_checkpoints(tx, self.topic, lag.partition).get((lag.meter, lag.partition), 0)
             definition = views.meter_definition(tx, lag.meter)
             if definition is None or current >= head or current != lag.start:

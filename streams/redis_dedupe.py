@@ -47,7 +47,7 @@ from redis.exceptions import RedisError
 from schemas.envelope import Envelope, encode
 from schemas.topics import Topics
 from streams.kafka_log import KafkaLog
-from streams.log import LogUnavailable, Outgoing
+from streams.log import LogUnavailable, outgoing
 from streams.redis_wire import redis_client
 
 log = logging.getLogger(__name__)
@@ -209,7 +209,7 @@ class RedisDedupedSink:
         return won, pending
 
     async def _publish(self, envelopes: Sequence[Envelope], values: Sequence[bytes], won: dict[str, int], claim: Claim) -> None:
-        items = [Outgoing(envelopes[i].tenant_id, values[i]) for i in won.values()]
+        items = [outgoing(envelopes[i].tenant_id, envelopes[i], values[i]) for i in won.values()]
         try:
             await self.log.append(self.topics.usage, items)
         except BaseException:

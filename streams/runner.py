@@ -16,7 +16,7 @@ from stores import views
 from stores.database import Database
 from streams.log import EventLog, LogUnavailable
 from streams.pausing import pause
-from streams.projectors import CATALOG, METERS, CatalogProjector, MeterProjector
+from streams.projectors import API_CALLS, CATALOG, CatalogProjector, MeterProjector
 
 log = logging.getLogger(__name__)
 
@@ -31,17 +31,24 @@ class Runner:
         meters: MeterProjector,
         *,
         batch_size: int = 5000,
+        api_calls: MeterProjector | None = None,
     ) -> None:
         self.log = log_
         self.catalog = catalog
-        self.meters = meters
+        self.meters = meters  # the usage topic's
+        self.api_calls = api_calls  # the api_calls topic's (self-metering), when wired
         self.batch_size = batch_size
 
-    def _heads(self) -> tuple[dict[int, int], dict[int, int]]:
+    @property
+    def meter_projectors(self) -> tuple[MeterProjector, ...]:
+        """Every topic the meters fold, each with its projector."""
+        return (self.meters,) if self.api_calls is None else (self.meters, self.api_calls)
+
+    def _heads(self) -> tuple[dict[int, int], list[dict[int, int]]]:
         with self.meters.db.transaction() as tx:
             return (
                 views.checkpoints(tx, CATALOG, self.catalog.topic),
-                views.checkpoints(tx, METERS, self.meters.topic),
+                [views.checkpoints(tx, m.consumer, m.topic) for m in self.meter_projectors],
             )
 
     async def step(self) -> int:
@@ -52,17 +59,20 @@ class Runner:
             records = await self.log.read(self.catalog.topic, partition, catalog_heads.get(partition, 0), self.batch_size)
             if records:
                 moved += await asyncio.to_thread(self.catalog.process, partition, records)
-        for partition in range(self.log.topics.partitions(self.meters.topic)):
-            records = await self.log.read(self.meters.topic, partition, meter_heads.get(partition, 0), self.batch_size)
-            if records:
-                moved += await asyncio.to_thread(self.meters.process, partition, records)
+        for meters, heads in zip(self.meter_projectors, meter_heads, strict=True):
+            for partition in range(self.log.topics.partitions(meters.topic)):
+                records = await self.log.read(meters.topic, partition, heads.get(partition, 0), self.batch_size)
+                if records:
+                    moved += await asyncio.to_thread(meters.process, partition, records)
         return moved + await self.catch_up()
 
     async def lag(self) -> dict[tuple[str, int], int]:
         """Records on the log the views do not hold yet, per (projector, partition)."""
         catalog_heads, meter_heads = await asyncio.to_thread(self._heads)
         found: dict[tuple[str, int], int] = {}
-        for projector, topic, heads in ((CATALOG, self.catalog.topic, catalog_heads), (METERS, self.meters.topic, meter_heads)):
+        sources = [(CATALOG, self.catalog.topic, catalog_heads)]
+        sources += [(m.consumer, m.topic, heads) for m, heads in zip(self.meter_projectors, meter_heads, strict=True)]
+        for projector, topic, heads in sources:
             for partition, end in (await self.log.end_offsets(topic)).items():
                 found[(projector, partition)] = max(0, end - heads.get(partition, 0))
         return found
@@ -72,11 +82,12 @@ class Runner:
             metrics.VIEWS_LAG.labels(projector, str(partition)).set(records)
 
     async def catch_up(self) -> int:
-        """Fold history into meters defined after their events arrived."""
+        """Fold history into meters defined after their events arrived, from every topic meters fold."""
         moved = 0
-        for lag in await asyncio.to_thread(self.meters.lagging):
-            records = await self.log.read(self.meters.topic, lag.partition, lag.start, min(self.batch_size, lag.end - lag.start))
-            moved += await asyncio.to_thread(self.meters.catch_up, lag, records)
+        for meters in self.meter_projectors:
+            for lag in await asyncio.to_thread(meters.lagging):
+                records = await self.log.read(meters.topic, lag.partition, lag.start, min(self.batch_size, lag.end - lag.start))
+                moved += await asyncio.to_thread(meters.catch_up, lag, records)
         return moved
 
     async def drain(self, rounds: int = 10_000) -> None:
@@ -112,9 +123,11 @@ def build_runner(settings: Settings, db: Database, log_: EventLog) -> Runner:
     """The projectors and their runner, as every mode and process wires them."""
     # De-duplication must last as long as an event can still be admitted.
     keep_seen = settings.acceptance_window + settings.future_tolerance
+    topics = log_.topics
     return Runner(
         log_,
-        CatalogProjector(db, log_.topics),
-        MeterProjector(db, log_.topics, keep_seen=keep_seen),
+        CatalogProjector(db, topics),
+        MeterProjector(db, topics, keep_seen=keep_seen),
         batch_size=settings.runner_batch_size,
+        api_calls=MeterProjector(db, topics, keep_seen=keep_seen, topic=topics.api_calls, consumer=API_CALLS),
     )

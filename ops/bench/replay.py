@@ -86,15 +86,17 @@ async def fill(log: KafkaLog, count: int, tenants: int) -> float:
     """Put the meter definition and `count` usage events on the log; return events/s of the fill."""
     from commands.control_plane import Meter
     from schemas.envelope import decode, encode
-    from streams.log import Outgoing
+    from streams.log import outgoing
     from streams.outbox import to_envelope
 
     defined = to_envelope(Meter(slug=METER["slug"], definition=dict(METER)).collect_events()[0])
-    await log.append(log.topics.control, [Outgoing(defined.id, encode(defined))])
+    await log.append(log.topics.control, [outgoing(defined.id, defined, encode(defined))])
     started = time.perf_counter()
     for first in range(0, count, 10_000):
         values = envelopes(min(10_000, count - first), tenants, first)
-        items = [Outgoing(decode(v).tenant_id, v) for v in values]
+        items = [
+            outgoing(envelope.tenant_id, envelope, value) for value in values for envelope in [decode(value)]
+        ]  # with its headers
         await log.append(log.topics.usage, items)
     return count / (time.perf_counter() - started)
 

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import orjson
 import prometheus_client
 import pytest
 
@@ -42,6 +43,21 @@ def record(offset: int, source_id: str, tenant: str = "t1", tokens: int = 1, mod
         data={"tokens": tokens, "model": model},
     )
     return LogRecord(TOPICS.usage, 0, offset, tenant, encode(envelope))
+
+
+def layout_1_record(offset: int, source_id: str, tenant: str = "t1", tokens: int = 1, model: str = "m") -> LogRecord:
+    """The record `record` makes, as the code before layout 2 wrote it (schemas/envelope.py at
+    dd0d6be): Omni's own JSON, the caller's IP and user agent, no headers."""
+    moment = (START + timedelta(seconds=offset * 7)).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    value = orjson.dumps(
+        {
+            "id": f"id-{offset}", "type": "inference", "schema_version": 1, "tenant_id": tenant, "source": "gw",
+            "source_id": source_id, "subject": "u", "data_subject_id": None, "event_time": moment, "recorded_time": moment,
+            "actor": {"key_id": "k1", "ip": "10.0.0.1", "user_agent": "curl/8"}, "traceparent": None, "extensions": {},
+            "data": {"tokens": tokens, "model": model},
+        }
+    )  # fmt: skip
+    return LogRecord(TOPICS.usage, 0, offset, tenant, value)
 
 
 def define(db: Database, *meters: MeterDefinition) -> None:
@@ -214,10 +230,33 @@ def test_a_record_from_newer_code_stops_the_partition_rather_than_skip(database:
     from schemas.envelope import NewerSchema
 
     define(database, COUNT)
-    newer = LogRecord(TOPICS.usage, 0, 1, "t1", record(1, "e1").value.replace(b'"schema_version":1', b'"schema_version":99'))
+    newer = LogRecord(TOPICS.usage, 0, 1, "t1", record(1, "e1").value.replace(b'"schemaversion":2', b'"schemaversion":99'))
     with pytest.raises(NewerSchema):
         projector(database).process(0, [record(0, "e0"), newer])
     assert totals(database, "count") == 0  # nothing of the batch was committed
+
+
+def test_a_log_holding_both_layouts_folds_as_one(database: Database) -> None:
+    """An upgraded log: records of layout 1 (before the upgrade) then layout 2, each event once,
+    and the same events again in the other layout (a client's retry across the upgrade), which
+    de-duplication drops since both layouts give the same (tenant, source, id). A meter defined
+    afterwards catches up over both."""
+    define(database, TOKENS)
+    old = [layout_1_record(i, f"e{i}", tokens=i % 5 + 1) for i in range(100)]
+    new = [record(100 + i, f"e{100 + i}", tokens=i % 5 + 1) for i in range(100)]
+    retried = [record(200 + i, f"e{i}", tokens=99) for i in range(10)] + [layout_1_record(210, "e150", tokens=99)]
+    log = old + new + retried
+    assert [o.offset for o in log] == list(range(len(log)))
+    meters = projector(database)
+    meters.process(0, log[:150])
+    meters.process(0, log[150:])
+    assert totals(database, "tokens") == 2 * sum(i % 5 + 1 for i in range(100))
+    define(database, COUNT)
+    for lag in meters.lagging():
+        meters.catch_up(lag, log[lag.start : lag.end])
+    assert totals(database, "count") == 200
+    with database.transaction() as tx:
+        assert views.dead_letters(tx, TOPICS.usage) == []
 
 
 def test_a_catch_up_with_stale_records_changes_nothing(database: Database) -> None:

@@ -48,10 +48,10 @@ async def test_anonymous_requests_leave_no_durable_record(omni: Omni) -> None:
     assert await durable_footprint(omni) == before
     refused = REGISTRY.get_sample_value("omni_http_refused_before_auth_total", {"reason": "unauthorized"})
     assert refused is not None and refused >= 80
-    # An authenticated call still meters itself: one api_call record on the usage topic.
+    # An authenticated call still meters itself: one api_call record on the api_calls topic.
     assert (await get(f"/v1/tenants/{tenant_id}", headers=omni.auth(key))).status_code == 200
     records, _ = await durable_footprint(omni)
-    assert records[omni.platform.topics.usage] == before[0][omni.platform.topics.usage] + 1
+    assert records[omni.platform.topics.api_calls] == before[0][omni.platform.topics.api_calls] + 1
 
 
 async def test_a_body_is_not_read_before_the_key_is_checked(omni: Omni) -> None:

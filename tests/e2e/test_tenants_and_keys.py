@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from uuid import UUID
+
 from tests.e2e.conftest import ADMIN, Omni
 
 
 async def test_a_tenant_gets_a_working_key(omni: Omni) -> None:
+    before = datetime.now(UTC)
     tenant_id, key = await omni.tenant("acme", "pro")
+    after = datetime.now(UTC)
     await omni.settle()
     response = await omni.client.get(f"/v1/tenants/{tenant_id}", headers=omni.auth(key))
     assert response.status_code == 200
-    assert response.json() == {"id": tenant_id, "name": "acme", "plan": "pro", "created_at": response.json()["created_at"]}
+    # created_at is when the event store recorded the tenant, to the microsecond, in UTC.
+    created_on = omni.platform.control.repository.get(UUID(tenant_id)).created_on
+    assert before <= created_on <= after
+    created_at = created_on.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert response.json() == {"id": tenant_id, "name": "acme", "plan": "pro", "created_at": created_at}
 
 
 async def test_a_revoked_key_is_refused_at_once(omni: Omni) -> None:
@@ -64,6 +73,10 @@ async def test_the_tenant_comes_from_the_key_never_the_body(omni: Omni) -> None:
     # `tenant_id` is not a CloudEvents extension name (underscore): the whole event is refused.
     assert response.status_code == 422
     sneaky = {k: v for k, v in sneaky.items() if k != "tenant_id"} | {"tenantid": b_id}
+    # `tenantid` is Omni's own extension attribute on the log (README, Topics): refused too.
+    refused = await omni.send(a_key, [sneaky])
+    assert refused.status_code == 422 and "'tenantid' is reserved" in refused.text
+    sneaky = {k: v for k, v in sneaky.items() if k != "tenantid"} | {"tenant": b_id}  # any other name is the client's own
     assert (await omni.send(a_key, [sneaky])).status_code == 202
     await omni.settle()
     assert await omni.query(b_key, "calls") == []

@@ -178,6 +178,91 @@ async def test_metrics_are_exposed_for_prometheus(omni: Omni) -> None:
     assert 'omni_http_requests_total{method="POST",route="/v1/events",status="202"}' in response.text
 
 
+async def all_records(omni: Omni, topic: str) -> list:
+    log, topics = omni.platform.log, omni.platform.topics
+    return [r for p in range(topics.partitions(topic)) for r in await log.read(topic, p, 0, 10_000)]
+
+
+async def test_every_topic_holds_cloudevents_that_outside_consumers_read(omni: Omni) -> None:
+    """What the README's "Topics" promises, in each mode: every record is a structured-mode
+    CloudEvent (record header content-type, traceparent as a record header) that the CloudEvents
+    SDK's Kafka binding reads and the envelope's JSON Schema takes; the usage topic holds the
+    tenants' own events only, with nothing personal about the caller; api_call events have a topic
+    of their own; the audit trail keeps where each command came from."""
+    from schemas.envelope import STRUCTURED, decode
+    from tests.topic_records import assert_readable_by_outsiders
+
+    tenant_id, key = await omni.tenant()
+    await omni.meter(**TOKENS)
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    headers = {
+        **omni.auth(key),
+        "Content-Type": SINGLE,
+        "traceparent": f"00-{trace}-00f067aa0ba902b7-01",
+        "User-Agent": "agent/1",
+    }
+    traced = cloud_event("traced", data={"tokens": 3, "model": "large"}) | {"region": "eu", "tracestate": "a=b"}
+    assert (await omni.client.post("/v1/events", content=orjson.dumps(traced), headers=headers)).status_code == 202
+    assert (await omni.send(key, [cloud_event("plain", data={"tokens": 4, "model": "small"})])).status_code == 202
+    await omni.settle()  # the tenant view is folded from the log
+    assert (
+        await omni.client.get(f"/v1/tenants/{tenant_id}", headers={**omni.auth(key), "User-Agent": "agent/1"})
+    ).status_code == 200
+    await omni.settle()
+
+    topics = omni.platform.topics
+    read = {topic: await all_records(omni, topic) for topic in topics.all()}
+    events = {
+        topic: [assert_readable_by_outsiders(r.headers, r.key, r.value) for r in records] for topic, records in read.items()
+    }
+    usage = {e.source_id: e for e in events[topics.usage]}
+    assert set(usage) == {"traced", "plain"}
+    assert {e.tenant_id for e in usage.values()} == {tenant_id}
+    assert usage["traced"].traceparent is not None and usage["traced"].traceparent.split("-")[1] == trace
+    assert usage["traced"].extensions == {"region": "eu", "tracestate": "a=b"}
+    [traced_record] = [r for r in read[topics.usage] if decode(r.value).source_id == "traced"]
+    assert dict(traced_record.headers) == {
+        "content-type": STRUCTURED.encode(),
+        "traceparent": usage["traced"].traceparent.encode(),
+    }
+    for record in read[topics.usage] + read[topics.api_calls]:
+        assert b"agent/1" not in record.value and b"127.0.0.1" not in record.value  # no user agent, no IP address
+    calls = events[topics.api_calls]
+    assert {e.type for e in calls} == {"api_call"} and {e.tenant_id for e in calls} == {tenant_id, "_platform"}
+    assert any(e.data["route"] == "/v1/tenants/{tenant_id}" and e.actor.key_id for e in calls if e.tenant_id == tenant_id)
+    control = events[topics.control]
+    assert {e.type for e in control} >= {"omni.tenant.created", "omni.api_key.issued", "omni.meter.defined"}
+    assert all(type(e.extensions.get("storeposition")) is int for e in control)
+    audit = events[topics.audit]
+    assert {e.data["action"] for e in audit} >= {"tenant.create", "meter.define"}
+    assert events[topics.notifications] == []
+    rows = await omni.query(key, "tokens", group_by=["model"])
+    assert {r["group_by"]["model"]: r["value"] for r in rows} == {"large": 3, "small": 4}
+
+    if omni.platform.settings.mode.value == "kafka":
+        # And straight from the broker, with no code of Omni's in between.
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        consumer = AIOKafkaConsumer(bootstrap_servers=omni.platform.settings.kafka_bootstrap_servers, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            for topic, records in read.items():
+                partitions = [TopicPartition(topic, p) for p in range(topics.partitions(topic))]
+                consumer.assign(partitions)
+                await consumer.seek_to_beginning(*partitions)
+                wanted = {(r.partition, r.offset): (r.key.encode(), r.value, r.headers) for r in records}
+                fetched = {}
+                while not wanted.keys() <= fetched.keys():  # (api_call events may have come since)
+                    for batch in (await consumer.getmany(timeout_ms=1000)).values():
+                        fetched.update({(m.partition, m.offset): m for m in batch})
+                for place, (record_key, value, record_headers) in wanted.items():
+                    message = fetched[place]
+                    assert (message.key, message.value, tuple(message.headers)) == (record_key, value, record_headers)
+                    assert_readable_by_outsiders(message.headers, message.key, message.value)
+        finally:
+            await consumer.stop()
+
+
 async def test_the_callers_trace_reaches_the_log(omni: Omni) -> None:
     from schemas.envelope import decode
 

@@ -263,7 +263,11 @@ async def test_two_workers_one_sigkilled_mid_stream_the_survivor_takes_its_parti
     workers = [worker_factory(database_url, views_db.schema) for _ in range(2)]
     for worker in workers:
         worker.start()
-    everything = {topics.control: [0], topics.usage: list(range(topics.usage_partitions))}
+    everything = {
+        topics.control: [0],
+        topics.usage: list(range(topics.usage_partitions)),
+        topics.api_calls: list(range(topics.usage_partitions)),
+    }
     await wait_for(lambda: _assigned(workers, everything), workers, 60, "both workers ready, sharing the partitions")
 
     # Events keep arriving (about 18 s) through the kill and the survivor's takeover.

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from commands.errors import Invalid
 from commands.ingest import AdmissionPolicy, TooLarge, admit, admit_encoded, expires_at
-from schemas.envelope import Actor, Envelope, decode, encode
+from schemas.envelope import RESERVED, Actor, Envelope, decode, encode
 
 PROPS = settings(max_examples=80, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -78,7 +78,7 @@ def test_valid_single_event_becomes_an_envelope():
         event_time=RECEIVED - timedelta(minutes=3),
         recorded_time=RECEIVED,
         data={"tokens": 5},
-        actor=ACTOR,
+        actor=Actor(key_id="k1"),  # the key only: the caller's IP address and user agent stay off the log
         traceparent=None,
         extensions={},
     )
@@ -92,9 +92,25 @@ def test_batch_of_valid_events_keeps_order_and_gets_fresh_ids():
 
 
 def test_tenant_comes_from_the_caller_not_the_body():
-    (envelope,) = run([good(tenantid="someone-else")], tenant_id="tenant-1")
+    (envelope,) = run([good()], tenant_id="tenant-1")
     assert envelope.tenant_id == "tenant-1"
-    assert envelope.extensions == {"tenantid": "someone-else"}
+    # On the log the tenant is the extension attribute `tenantid`, which a client may not send.
+    assert "'tenantid' is reserved" in reasons(rejected([good(tenantid="someone-else")], tenant_id="tenant-1"))
+
+
+@pytest.mark.parametrize("name", sorted(RESERVED - {"data", "data_base64", "datacontenttype", "dataschema", "time"}))
+def test_extension_attributes_named_like_omnis_own_are_refused(name):
+    """The record on the log is a CloudEvent whose extension attributes are Omni's and the client's
+    side by side: a client's `tenantid` or `omniid` would pose as Omni's own."""
+    if name in {"specversion", "id", "source", "type", "subject"}:
+        return  # CloudEvents' own attributes: validated as such, never extensions
+    assert f"{name!r} is reserved" in reasons(rejected([good(**{name: "x"})]))
+
+
+def test_traceparent_and_other_extensions_are_not_reserved():
+    (envelope,) = run([good(traceparent=TRACEPARENT, tracestate="a=b", omni="x", tenant="t")])
+    assert envelope.traceparent == TRACEPARENT
+    assert envelope.extensions == {"tracestate": "a=b", "omni": "x", "tenant": "t"}
 
 
 def test_time_defaults_to_received():
@@ -343,7 +359,7 @@ def test_a_batch_is_judged_as_its_events_one_by_one(items):
     assert together == alone
 
 
-extension_names = st.from_regex(r"\A[a-z0-9]{1,20}\Z").filter(lambda n: n not in FIELD_NAMES)
+extension_names = st.from_regex(r"\A[a-z0-9]{1,20}\Z").filter(lambda n: n not in FIELD_NAMES and n not in RESERVED)
 offsets = st.integers(-23 * 60 + 1, 23 * 60 - 1).map(lambda m: timezone(timedelta(minutes=m)))
 
 

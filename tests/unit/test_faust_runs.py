@@ -23,6 +23,7 @@ class Fetched:
     offset: int
     key: bytes | None = b"tenant-a"
     value: bytes | None = b"{}"
+    headers: tuple[tuple[str, bytes], ...] = ()
     timestamp: int = 1_700_000_000_000
     timestamp_type: int = 0
     serialized_value_size: int = 2
@@ -62,6 +63,12 @@ def test_log_records_group_by_partition_in_offset_order_each_offset_once() -> No
 def test_log_records_read_a_missing_key_or_value_as_empty() -> None:
     (record,) = log_records([[Fetched("usage", 0, 4, key=None, value=None)]])[0]
     assert (record.key, record.value) == ("", b"")
+
+
+def test_log_records_keep_each_records_headers() -> None:
+    headers = [("content-type", b"application/cloudevents+json"), ("traceparent", b"00-ab-cd-01")]
+    (record,) = log_records([[Fetched("usage", 0, 4, headers=headers)]])[0]  # type: ignore[arg-type]  # aiokafka gives a list
+    assert record.headers == tuple(headers)
 
 
 async def test_take_gathers_buffered_runs_up_to_a_batch_and_leaves_the_rest() -> None:

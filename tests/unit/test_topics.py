@@ -46,8 +46,9 @@ def test_partition_for_spreads_tenants():
 
 def test_topic_names_and_partition_counts():
     topics = Topics(prefix="test1", usage_partitions=6)
-    assert topics.all() == ("test1.usage", "test1.control", "test1.audit", "test1.notifications")
+    assert topics.all() == ("test1.usage", "test1.control", "test1.audit", "test1.notifications", "test1.api_calls")
     assert topics.partitions(topics.control) == 1  # total order of control-plane events
     assert topics.partitions(topics.usage) == 6
     assert topics.partitions(topics.audit) == 6
+    assert topics.partitions(topics.api_calls) == 6  # keyed by tenant, like usage
     assert Topics().usage == "omni.usage"

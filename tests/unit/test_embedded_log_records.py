@@ -1,0 +1,85 @@
+"""The embedded log keeps each record's headers as Kafka does, and a log made before it did
+(no `headers` column) is migrated on start with its records unchanged."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+from schemas.envelope import Actor, Envelope, decode, encode
+from schemas.topics import Topics, partition_for
+from streams.embedded_log import EmbeddedLog
+from streams.log import LogRecord, Outgoing
+from tests.topic_records import assert_readable_by_outsiders
+from tests.unit.test_envelope_decoding import LAYOUT_1
+
+TOPICS = Topics(prefix="t", usage_partitions=2)
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+# The table as every version before record headers made it.
+OLD_RECORDS = """
+CREATE TABLE records (
+    topic TEXT NOT NULL, partition INTEGER NOT NULL, "offset" INTEGER NOT NULL,
+    key TEXT NOT NULL, value BLOB NOT NULL, appended_ms INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition, "offset")) WITHOUT ROWID;
+CREATE TABLE heads (
+    topic TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition)) WITHOUT ROWID;
+"""
+
+
+def envelope(source_id: str, traceparent: str | None = None) -> Envelope:
+    now = datetime.now(UTC)
+    return Envelope(
+        id=f"o-{source_id}", type="inference", tenant_id="t-1", source="gw", source_id=source_id, event_time=now,
+        recorded_time=now, subject="u", data={"tokens": 1}, actor=Actor("k-1"), traceparent=traceparent,
+    )  # fmt: skip
+
+
+async def test_ingested_records_carry_their_headers_and_the_sdk_reads_them(tmp_path: Path) -> None:
+    log = EmbeddedLog(tmp_path / "log.sqlite", TOPICS)
+    await log.start()
+    try:
+        envelopes = [envelope("plain"), envelope("traced", TRACEPARENT)]
+        until = [e.event_time for e in envelopes]
+        assert await log.ingest(envelopes, until) == [True, True]
+        [one, two] = await log.read(TOPICS.usage, partition_for("t-1", 2), 0, 10)
+        assert one.headers == (("content-type", b"application/cloudevents+json"),)
+        assert two.headers == (*one.headers, ("traceparent", TRACEPARENT.encode()))
+        for record, sent in zip((one, two), envelopes, strict=True):
+            assert assert_readable_by_outsiders(record.headers, record.key, record.value) == sent
+        await log.append(TOPICS.audit, [Outgoing("k", b"v"), Outgoing("k", b"w", (("a", b""), ("a", b"\x00\xff")))])
+        records = await log.read(TOPICS.audit, partition_for("k", 2), 0, 10)
+        assert [r.headers for r in records] == [(), (("a", b""), ("a", b"\x00\xff"))]  # any bytes, in order, repeats kept
+    finally:
+        await log.close()
+
+
+async def test_a_log_made_before_headers_is_migrated_and_its_records_still_read(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript(OLD_RECORDS)
+    partition = partition_for("t-1", 2)
+    old.execute("INSERT INTO records VALUES (?, ?, 0, 't-1', ?, 0)", (TOPICS.usage, partition, LAYOUT_1))
+    old.execute("INSERT INTO heads VALUES (?, ?, 1)", (TOPICS.usage, partition))
+    old.commit()
+    old.close()
+
+    log = EmbeddedLog(path, TOPICS)
+    await log.start()
+    try:
+        new = envelope("after-the-upgrade")
+        assert await log.ingest([new], [new.event_time], [encode(new)]) == [True]
+        before, after = await log.read(TOPICS.usage, partition, 0, 10)
+        assert before == LogRecord(TOPICS.usage, partition, 0, "t-1", LAYOUT_1, ())
+        assert decode(before.value).source_id == "e-1"
+        assert after.offset == 1 and decode(after.value) == new and after.headers
+    finally:
+        await log.close()
+    again = EmbeddedLog(path, TOPICS)  # the next start finds the column there
+    await again.start()
+    try:
+        assert len(await again.read(TOPICS.usage, partition, 0, 10)) == 2
+    finally:
+        await again.close()
