@@ -33,6 +33,7 @@ headers. `decode` reads both.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from itertools import filterfalse
 from typing import Any, Literal
 
 import msgspec
@@ -63,6 +64,7 @@ RESERVED = (CONTEXT_ATTRIBUTES | OMNI_ATTRIBUTES | {"partitionkey"}) - {"tracepa
 # (`storeposition` too: the outbox relay sets it among the extensions of control-plane events).
 _FIELDS = CONTEXT_ATTRIBUTES | (OMNI_ATTRIBUTES - {"storeposition"})
 _NOT_FROM_EXTENSIONS = _FIELDS | {"partitionkey"}
+_IS_FIELD = _FIELDS.__contains__
 
 
 class Actor(msgspec.Struct, frozen=True):
@@ -277,8 +279,8 @@ def _from_cloudevent(body: dict[str, Any], _version: int) -> Envelope:
     """This layout with extension attributes: its own attributes typed and checked as in the fast
     path, in C (msgspec.ValidationError is a ValueError), every other one kept as an extension.
     About 4 µs rather than 1: most usage events have no extensions."""
-    extensions = {name: value for name, value in body.items() if name not in _FIELDS}  # in their order
-    return _envelope(msgspec.convert(body, _Attributes), extensions)
+    names = list(filterfalse(_IS_FIELD, body))  # in their order, in C (a comprehension took 1.2 µs)
+    return _envelope(msgspec.convert(body, _Attributes), {name: body[name] for name in names})
 
 
 def _from_layout_1(body: dict[str, Any], version: int) -> Envelope:
