@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import os
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from urllib.parse import unquote, urlparse
 
 from commands.control_plane import ControlPlane, Principal
 from commands.ingest import AdmissionPolicy
-from omni import metrics
+from omni import failpoints, metrics
 from omni.key_cache import KeyCache, KeyChanges
 from omni.settings import Mode, Settings
 from schemas.topics import Topics
@@ -202,6 +203,7 @@ class Platform:
 
 
 def build(settings: Settings) -> Platform:
+    failpoints.arm_from(os.environ)  # tests' crash points; nothing is armed unless OMNI_FAILPOINTS says so
     topics = Topics(prefix=settings.topic_prefix, usage_partitions=settings.usage_partitions)
     db: Database
     if settings.mode is Mode.EMBEDDED:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -43,7 +44,7 @@ import psycopg
 from faust.transport.drivers.aiokafka import Transport as KafkaTransport
 from faust.types import TP, ConsumerT, StreamT
 
-from omni import health_server, metrics
+from omni import failpoints, health_server, metrics
 from omni.health_server import Prober, Readiness, failure_text, in_daemon_thread
 from omni.runtime import tune_collector
 from omni.settings import Settings
@@ -398,9 +399,12 @@ def views_answer(db: Database) -> Callable[[], Awaitable[None]]:
     return probe
 
 
-def serve_metrics(port: int, readiness: Readiness | None = None, host: str = "127.0.0.1") -> None:
+def serve_metrics(
+    port: int, readiness: Readiness | None = None, host: str = "127.0.0.1", metrics_token: str | None = None
+) -> None:
     """/metrics and /readyz (omni.health_server) on host:port from a thread of their own; 0 serves none."""
-    health_server.serve(host, port, readiness or Readiness("worker", ()), "OMNI_WORKER_METRICS_PORT")
+    readiness = readiness or Readiness("worker", ())
+    health_server.serve(host, port, readiness, "OMNI_WORKER_METRICS_PORT", metrics_token=metrics_token)
 
 
 def run_worker(settings: Settings) -> None:
@@ -408,8 +412,9 @@ def run_worker(settings: Settings) -> None:
 
     Kafka or PostgreSQL being away at start (or later) never stops it: it waits, and reports
     why on GET /readyz meanwhile."""
+    failpoints.arm_from(os.environ)  # tests' crash points; nothing is armed unless OMNI_FAILPOINTS says so
     readiness = Readiness("worker", (LOG, VIEWS, PARTITIONS))
-    serve_metrics(settings.worker_metrics_port, readiness, settings.metrics_host)
+    serve_metrics(settings.worker_metrics_port, readiness, settings.metrics_host, settings.metrics_token)
     readiness.failed(PARTITIONS, "not in the consumer group yet")
     db = open_views(settings, readiness)
     topics = Topics(prefix=settings.topic_prefix, usage_partitions=settings.usage_partitions)

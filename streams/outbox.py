@@ -21,6 +21,7 @@ from typing import Any
 from uuid import uuid5
 
 from commands.control_plane import AUDIT_TYPE, OMNI_NAMESPACE, ControlPlane, describe
+from omni import failpoints
 from schemas.envelope import Envelope, encode
 from schemas.topics import STORE_POSITION, Topics
 from stores import views
@@ -85,10 +86,12 @@ class OutboxRelay:
             return 0
         control = [outgoing(e.id, e, encode(e)) for e in envelopes if e.type != AUDIT_TYPE]
         audit = [outgoing(e.tenant_id, e, encode(e)) for e in envelopes if e.type == AUDIT_TYPE]
+        failpoints.hit(failpoints.RELAY_BEFORE_PUBLISH)
         if control:
             await self.log.append(self.topic, control)
         if audit:
             await self.log.append(self.audit_topic, audit)
+        failpoints.hit(failpoints.RELAY_AFTER_PUBLISH)
         await asyncio.to_thread(self._advance, position)
         return len(envelopes)
 

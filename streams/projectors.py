@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from omni import metrics
+from omni import failpoints, metrics
 from projections import catalog
 from projections.meter_state import BucketState
 from projections.meters import BucketKey, MeterIndex, apply
@@ -101,6 +101,7 @@ class CatalogProjector:
             # crash carries an older one than the records that came before it.
             if position > views.relay_position(tx, CATALOG_APPLIED):
                 views.set_relay_position(tx, CATALOG_APPLIED, position)
+            failpoints.hit(failpoints.CATALOG_BEFORE_COMMIT)
         metrics.PROJECTED.labels(CATALOG).inc(len(fresh))
         return len(fresh)
 
@@ -151,6 +152,8 @@ class MeterProjector:
             self._fold_into_views(tx, meters.only(live), kept)
             views.set_checkpoint(tx, self.consumer, self.topic, partition, end)
             views.set_meter_checkpoints(tx, self.topic, partition, {slug: end for slug in live})
+            failpoints.hit(failpoints.METERS_BEFORE_COMMIT)
+        failpoints.hit(failpoints.METERS_AFTER_COMMIT)
         metrics.PROJECTED.labels(self.consumer).inc(len(fresh))
         return len(fresh)
 

@@ -44,6 +44,7 @@ from datetime import datetime
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from omni import failpoints
 from schemas.envelope import Envelope, encode
 from schemas.topics import Topics
 from streams.kafka_log import KafkaLog
@@ -217,6 +218,7 @@ class RedisDedupedSink:
             # the client's retry is admitted (the views de-duplicate if the first attempt landed).
             await self._give_back(list(won), claim)
             raise
+        failpoints.hit(failpoints.DEDUPE_AFTER_APPEND)
         await self._mark_done(len(won), claim)
 
     async def _give_back(self, keys: list[str], claim: Claim) -> None:

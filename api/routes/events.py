@@ -29,7 +29,7 @@ from api.deps import PlatformDep, TenantDep
 from api.problems import Problem
 from commands.errors import Invalid
 from commands.ingest import Admitted, TooLarge, admit_encoded, expires_at
-from omni import metrics
+from omni import failpoints, metrics
 from schemas.api import IngestResult
 from schemas.cloudevents import BATCH, STRUCTURED
 from schemas.envelope import Actor
@@ -188,6 +188,7 @@ async def ingest_events(request: Request, platform: PlatformDep, principal: Tena
     except LogUnavailable:
         metrics.LOG_UNAVAILABLE.inc()
         raise
+    failpoints.hit(failpoints.INGEST_AFTER_APPEND)
     count = sum(accepted)
     metrics.EVENTS.labels("accepted").inc(count)
     metrics.EVENTS.labels("duplicate").inc(len(accepted) - count)

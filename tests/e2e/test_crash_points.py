@@ -1,0 +1,142 @@
+"""Crash points (omni/failpoints.py), embedded mode: `omni serve` is killed with SIGKILL at exactly
+one named point, at a known hit, is restarted, and the client retries what got no answer. The
+views end exactly equal to the events sent, and every control-plane fact is in them once.
+
+A kill is known to have landed where the test says because the point is the only thing that
+sends SIGKILL: the process must have exited with -9 when the first request went unanswered."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from omni import failpoints
+from tests.conftest import cloud_event
+from tests.e2e.conftest import ADMIN, BATCH
+from tests.e2e.test_crash_restart_embedded import Server
+
+BATCHES, PER_BATCH = 6, 200
+ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
+
+
+class ArmedServer(Server):
+    """`omni serve` with OMNI_FAILPOINTS set for its first run only."""
+
+    def __init__(self, data_dir: Path, failpoint: str) -> None:
+        super().__init__(data_dir)
+        self.failpoint = failpoint
+        self.kills = 0
+
+    def start(self) -> None:
+        armed = self.failpoint if self.kills == 0 else ""
+        os.environ[failpoints.ENVIRONMENT], os.environ["OMNI_METER_API_CALLS"] = armed, "false"
+        try:
+            super().start()
+        finally:
+            del os.environ[failpoints.ENVIRONMENT], os.environ["OMNI_METER_API_CALLS"]
+
+    def call(self, request: Callable[[], httpx.Response]) -> httpx.Response:
+        """`request()`; if it goes unanswered, the failpoint must have killed the server: restart
+        it (disarmed) and send the request again, as a client retries."""
+        try:
+            return request()
+        except httpx.TransportError as unanswered:
+            assert self.process is not None
+            code = self.process.wait(timeout=30)
+            assert code == -signal.SIGKILL, f"the server went away with {code}, not at {self.failpoint}: {unanswered!r}"
+            self.kills += 1
+            self.start()
+            return request()
+
+
+@pytest.mark.parametrize(
+    "failpoint",
+    [
+        f"{failpoints.METERS_BEFORE_COMMIT}=kill@3",  # buckets and checkpoints written, not committed
+        f"{failpoints.METERS_AFTER_COMMIT}=kill@3",  # committed, not yet acknowledged
+        f"{failpoints.CATALOG_BEFORE_COMMIT}=kill@2",  # a meter's definition folded, not committed
+        f"{failpoints.RELAY_BEFORE_PUBLISH}=kill@2",  # read from the event store, not published
+        f"{failpoints.RELAY_AFTER_PUBLISH}=kill@2",  # published, the relay's position not saved
+        f"{failpoints.INGEST_AFTER_APPEND}=kill@2",  # durable on the log, not answered
+    ],
+)
+def test_a_kill_at_each_crash_point_loses_nothing_and_counts_nothing_twice(tmp_path: Path, failpoint: str) -> None:
+    server = ArmedServer(tmp_path / "data", failpoint)
+    server.start()
+    try:
+        tenant = server.call(lambda: created_tenant(server))
+        key = {"Authorization": f"Bearer {tenant['api_key']}"}
+        for meter in (
+            {"slug": "tokens", "event_type": "inference", "aggregation": "SUM", "value_property": "$.data.tokens"},
+            {"slug": "inferences", "event_type": "inference", "aggregation": "COUNT"},
+        ):
+            defined = server.call(lambda meter=meter: defined_meter(server, meter))  # type: ignore[misc]
+            assert defined.status_code in (201, 409), defined.text  # 409: it was defined before the kill
+        truth = Decimal(0)
+        for b in range(BATCHES):
+            events = [cloud_event(f"b{b}-{i}", data={"tokens": (b * PER_BATCH + i) % 7 + 1}) for i in range(PER_BATCH)]
+            body = orjson.dumps(events)
+            answer = server.call(
+                lambda body=body: httpx.post(  # type: ignore[misc]
+                    server.url + "/v1/events", content=body, headers={**key, "Content-Type": BATCH}, timeout=30
+                )
+            )
+            assert answer.status_code == 202, answer.text
+            truth += sum(e["data"]["tokens"] for e in events)
+            # Each batch folded before the next is sent: one fold commit (or more) per batch, so the
+            # Nth hit of a fold's point falls inside this run, whatever the machine's speed.
+            server.call(lambda b=b: folded(server, key, (b + 1) * PER_BATCH))  # type: ignore[misc]
+        assert server.kills == 1, f"{failpoint} was never reached"
+        assert meter_value(server, key, "inferences") == BATCHES * PER_BATCH
+        assert meter_value(server, key, "tokens") == truth
+        time.sleep(0.5)  # and nothing is applied twice later
+        assert meter_value(server, key, "inferences") == BATCHES * PER_BATCH
+        tenants = httpx.get(server.url + "/v1/tenants", headers=ADMIN_HEADERS).json()["data"]
+        assert [t["name"] for t in tenants] == ["acme"]  # a republished creation is folded once
+        assert {m["slug"] for m in httpx.get(server.url + "/v1/meters", headers=key).json()["data"]} == {"tokens", "inferences"}
+    finally:
+        server.stop()
+
+
+def created_tenant(server: Server) -> dict[str, Any]:
+    """The tenant, created now or (after a kill that left its creation unanswered) found and given a key."""
+    existing = httpx.get(server.url + "/v1/tenants", headers=ADMIN_HEADERS).json()["data"]
+    if existing:
+        issued = httpx.post(server.url + f"/v1/tenants/{existing[0]['id']}/keys", json={}, headers=ADMIN_HEADERS).json()
+        return {"id": existing[0]["id"], "api_key": issued["api_key"]}
+    response = httpx.post(server.url + "/v1/tenants", json={"name": "acme", "plan": "pro"}, headers=ADMIN_HEADERS, timeout=30)
+    assert response.status_code == 201, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+def defined_meter(server: Server, meter: dict[str, Any]) -> httpx.Response:
+    return httpx.post(server.url + "/v1/meters", json=meter, headers=ADMIN_HEADERS, timeout=30)
+
+
+def meter_value(server: Server, key: dict[str, str], slug: str) -> Decimal:
+    data = orjson.loads(httpx.get(server.url + f"/v1/meters/{slug}/query", headers=key).content)["data"]
+    return Decimal(str(data[0]["value"])) if data else Decimal(0)
+
+
+def folded(server: Server, key: dict[str, str], count: int, timeout: float = 60) -> httpx.Response:
+    """Wait until the count meter holds `count` events (never more); the last answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = httpx.get(server.url + "/v1/meters/inferences/query", headers=key)
+        assert response.status_code == 200, f"the count meter cannot be read: {response.text}"
+        data = orjson.loads(response.content)["data"]
+        seen = data[0]["value"] if data else 0
+        assert seen <= count, f"{seen} events counted, {count} sent"
+        if seen == count:
+            return response
+        assert time.monotonic() < deadline, f"timed out waiting for {count} events in the views ({seen} there)"
+        time.sleep(0.02)
