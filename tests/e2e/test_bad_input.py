@@ -143,8 +143,13 @@ async def test_the_log_being_down_gives_503_and_claims_nothing(omni: Omni) -> No
     await omni.meter(slug="calls", event_type="call", aggregation="COUNT")
     await omni.settle()
     await omni.platform.log.close()
-    down = assert_problem(await omni.send(key, [cloud_event("during-outage", type_="call")]), 503)
-    assert "Retry" in down["detail"] or down["title"]
+    refused = await omni.send(key, [cloud_event("during-outage", type_="call")])
+    down = assert_problem(refused, 503)
+    # The answer says what happened and that nothing was taken, and when to retry.
+    assert down["type"] == "https://omni.dev/problems/log-unavailable"
+    assert down["title"] == "Log unavailable"
+    assert down["detail"] == "The event log cannot take events right now; nothing was accepted. Retry later."
+    assert refused.headers["retry-after"] == "1"
     assert (await omni.client.get("/readyz")).status_code == 503
     await omni.platform.log.start()
     assert (await omni.client.get("/readyz")).status_code == 200

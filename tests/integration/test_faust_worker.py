@@ -23,9 +23,11 @@ from urllib.parse import urlparse
 
 import orjson
 import pytest
+from aiokafka import TopicPartition as AIOKafkaTP
 from aiokafka.admin import AIOKafkaAdminClient
 from faust.types import TP
 from msgspec.structs import replace
+from prometheus_client import REGISTRY
 
 from commands.control_plane import Meter
 from omni.settings import Settings
@@ -36,7 +38,6 @@ from schemas.topics import Topics, partition_for
 from stores import views
 from stores.database import PostgresDatabase
 from streams.faust_app import Feeder, create_worker_app
-from streams.faust_consumer import FETCH_MAX_WAIT_MS
 from streams.kafka_log import KafkaLog
 from streams.log import Outgoing
 from streams.outbox import to_envelope
@@ -295,11 +296,34 @@ async def test_the_broker_may_not_hold_the_workers_empty_fetches_for_long(
 ) -> None:
     # With one broker, aiokafka sends no fetch while another is in flight; Faust's 1.5 s hold on a
     # fetch for a drained partition stalled partitions with data waiting (2,000 events/s end to end).
+    # Measured on the wire: each fetch the worker's consumer sends for a drained partition comes back
+    # within a fraction of a second.
     settings = Settings(kafka_bootstrap_servers=kafka_servers, topic_prefix=topics.prefix, database_schema=views_db.schema)
     app = create_worker_app(settings, views_db, kafka_log)
     thread = app.consumer._new_consumer_thread()  # type: ignore[attr-defined]
     consumer = thread._create_worker_consumer(app.transport)
-    assert consumer._fetch_max_wait_ms == FETCH_MAX_WAIT_MS <= 100
+    fetches: list[float] = []  # seconds each fetch took, from its request to its answer
+    client, send = consumer._client, consumer._client.send
+
+    async def timed_send(node_id: int, request: object, **kwargs: object) -> object:
+        started = time.monotonic()
+        answer = await send(node_id, request, **kwargs)
+        if type(request).__name__.startswith("FetchRequest"):
+            fetches.append(time.monotonic() - started)
+        return answer
+
+    client.send = timed_send
+    consumer.assign([AIOKafkaTP(topics.control, 0)])  # the control topic: empty, so every fetch finds nothing
+    await consumer.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(fetches) < 20 and time.monotonic() < deadline:
+            assert await consumer.getmany(timeout_ms=100) == {}
+    finally:
+        await consumer.stop()
+    assert len(fetches) >= 20, f"only {len(fetches)} fetches in 10 s, taking {[round(f, 3) for f in fetches]} s"
+    held = sorted(fetches)[len(fetches) // 2]
+    assert held < 0.25, f"the broker held the median empty fetch {held:.3f} s: {[round(f, 3) for f in fetches]}"
 
 
 async def test_a_full_agent_queue_does_not_pause_the_partition(
@@ -310,12 +334,35 @@ async def test_a_full_agent_queue_does_not_pause_the_partition(
     settings = Settings(kafka_bootstrap_servers=kafka_servers, topic_prefix=topics.prefix, database_schema=views_db.schema)
     app = create_worker_app(settings, views_db, kafka_log)
     consumer = app.consumer
-    tp = TP(topics.usage, 0)
-    consumer._get_active_partitions().add(tp)  # type: ignore[attr-defined]
+    full, other = TP(topics.usage, 0), TP(topics.usage, 1)
+    consumer._set_active_tps({full, other})  # type: ignore[attr-defined]  # as an assignment does
+    fetched_for: list[set[TP]] = []
 
-    consumer.on_buffer_full(tp)  # type: ignore[attr-defined]
+    async def fetch(active_partitions: set[TP], timeout: float) -> dict[TP, list[object]]:
+        fetched_for.append(set(active_partitions))
+        return {}
 
-    assert tp in consumer._get_active_partitions()  # type: ignore[attr-defined]
+    consumer._getmany = fetch  # type: ignore[attr-defined]  # the thread's fetch, which Faust's fetch loop asks
+    consumer.on_buffer_full(full)  # type: ignore[attr-defined]
+    await consumer._wait_next_records(0.01)  # type: ignore[attr-defined]
+    assert fetched_for == [{full, other}], "the full partition was left out of the next fetch: paused"
+
+    # Instead the fetch loop's next delivery waits until the queue is drained below its low mark.
+    held_before = REGISTRY.get_sample_value("omni_worker_deliveries_held_total") or 0.0
+    delivered = asyncio.Event()
+
+    async def deliver() -> None:
+        delivered.set()
+
+    suspended = asyncio.Event()
+    delivery = asyncio.create_task(consumer.wait_first(deliver(), suspended.wait()))  # the fetch loop's call
+    for _ in range(50):  # the delivery gets every chance to run; no time passes
+        await asyncio.sleep(0)
+    assert not delivered.is_set(), "a delivery went on while the agent's queue was full"
+    consumer.on_buffer_drop(full)  # type: ignore[attr-defined]
+    await asyncio.wait_for(delivered.wait(), timeout=0.5)  # well before the 1 s it would wait for a drop
+    await asyncio.wait_for(delivery, timeout=5)
+    assert REGISTRY.get_sample_value("omni_worker_deliveries_held_total") == held_before + 1
 
 
 async def test_a_batch_past_the_checkpoint_is_preceded_by_the_gap_read_from_the_log(

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import socket
+import threading
 import urllib.request
 
 import pytest
@@ -30,7 +33,21 @@ def test_metrics_are_served_on_the_port() -> None:
         assert "omni_projected_records_total" in response.read().decode()
 
 
+def _sockets() -> set[str]:
+    """This process's open sockets, as the kernel names them (socket:[inode])."""
+    names = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            names.add(os.readlink(f"/proc/self/fd/{fd}"))
+    return {name for name in names if name.startswith("socket:")}
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to list the process's sockets")
 def test_port_zero_serves_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    threads, sockets = set(threading.enumerate()), _sockets()
     with caplog.at_level(logging.INFO):
         serve_metrics(0)
+    # Not on a port of the kernel's choosing either: no socket opened, no server thread started.
+    assert _sockets() == sockets
+    assert set(threading.enumerate()) - threads == set()
     assert "metrics" not in caplog.text
