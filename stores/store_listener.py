@@ -75,5 +75,26 @@ class StoreListener:
                 if quiet >= self.probe_every:
                     # A connection that died without a word delivers no notices and raises nothing:
                     # only asking proves it is alive.
-                    await asyncio.wait_for(conn.execute("SELECT 1"), timeout=self.probe_timeout)
+                    await self._probe(conn)
                     quiet = 0.0
+
+    async def _probe(self, conn: psycopg.AsyncConnection) -> None:
+        """SELECT 1 within probe_timeout, or the notices are lost from that moment on.
+
+        Not asyncio.wait_for: psycopg meets the cancellation by cancelling the query on the server
+        and waiting for it to end, up to ten seconds more on a connection that does not answer,
+        all before the timeout would reach us. Here `lost` runs at the timeout; the unanswered
+        query is cancelled behind it, and the connection closed as we leave."""
+        probe = asyncio.ensure_future(conn.execute("SELECT 1"))
+        done, _ = await asyncio.wait({probe}, timeout=self.probe_timeout)
+        if done:
+            probe.result()  # raises if the probe failed
+            return
+        await self.lost()
+        probe.add_done_callback(lambda task: task.cancelled() or task.exception())  # nobody awaits it
+        probe.cancel()
+        raise ProbeUnanswered(f"the event store did not answer a probe within {self.probe_timeout}s")
+
+
+class ProbeUnanswered(Exception):
+    """The listening connection did not answer a probe in time: notices may be going unheard."""

@@ -45,7 +45,22 @@ class Lag:
     end: int
 
 
-def decoded(tx: Tx, consumer: str, records: Sequence[LogRecord]) -> list[tuple[LogRecord, Envelope]]:
+@dataclass(slots=True)
+class Mishaps:
+    """What one batch found wrong with its records: counted in metrics once its transaction
+    commits, so a batch retried after a failure counts them once, not once per try."""
+
+    dead_letters: int = 0
+    holes: int = 0
+
+    def count(self, consumer: str) -> None:
+        if self.dead_letters:
+            metrics.DEAD_LETTERS.labels(consumer).inc(self.dead_letters)
+        if self.holes:
+            metrics.LOG_HOLES.inc(self.holes)
+
+
+def decoded(tx: Tx, consumer: str, records: Sequence[LogRecord], mishaps: Mishaps) -> list[tuple[LogRecord, Envelope]]:
     """Decode a batch. A record that is not an envelope is dead-lettered (kept, with the reason)
     instead of stopping its partition forever; one written by newer code stops it (NewerSchema)."""
     events = []
@@ -64,17 +79,25 @@ def decoded(tx: Tx, consumer: str, records: Sequence[LogRecord]) -> list[tuple[L
         except (ValueError, KeyError, TypeError) as unreadable:
             log.error("dead-lettering %s/%d@%d: %s", record.topic, record.partition, record.offset, unreadable)
             views.add_dead_letter(tx, consumer, record.topic, record.partition, record.offset, repr(unreadable))
-            metrics.DEAD_LETTERS.labels(consumer).inc()
+            mishaps.dead_letters += 1
     return events
 
 
-def _check_contiguous(topic: str, partition: int, start: int, fresh: Sequence[LogRecord]) -> None:
-    if fresh and fresh[0].offset > start:
-        # Our topics are never compacted nor transactional: a hole means records were lost upstream.
-        log.error(
-            "%s/%d: records %d..%d are missing from the log; continuing after them", topic, partition, start, fresh[0].offset - 1
-        )
-        metrics.LOG_HOLES.inc()
+def _check_contiguous(topic: str, partition: int, start: int, fresh: Sequence[LogRecord], mishaps: Mishaps) -> None:
+    """Our topics are never compacted nor transactional: a hole, before the batch or inside it,
+    means records were lost upstream. Logged and counted; the fold continues after it."""
+    expected = start
+    for record in fresh:
+        if record.offset > expected:
+            log.error(
+                "%s/%d: records %d..%d are missing from the log; continuing after them",
+                topic,
+                partition,
+                expected,
+                record.offset - 1,
+            )
+            mishaps.holes += 1
+        expected = record.offset + 1
 
 
 class CatalogProjector:
@@ -90,9 +113,10 @@ class CatalogProjector:
             fresh = [r for r in records if r.offset >= start]
             if not fresh:
                 return 0
-            _check_contiguous(self.topic, partition, start, fresh)
+            mishaps = Mishaps()
+            _check_contiguous(self.topic, partition, start, fresh, mishaps)
             position = 0
-            for _, event in decoded(tx, CATALOG, fresh):
+            for _, event in decoded(tx, CATALOG, fresh, mishaps):
                 for change in catalog.changes(event):
                     _write_change(tx, change)
                 position = max(position, catalog.store_position(event))
@@ -102,6 +126,7 @@ class CatalogProjector:
             if position > views.relay_position(tx, CATALOG_APPLIED):
                 views.set_relay_position(tx, CATALOG_APPLIED, position)
             failpoints.hit(failpoints.CATALOG_BEFORE_COMMIT)
+        mishaps.count(CATALOG)
         metrics.PROJECTED.labels(CATALOG).inc(len(fresh))
         return len(fresh)
 
@@ -139,8 +164,9 @@ class MeterProjector:
             fresh = [r for r in records if r.offset >= start]
             if not fresh:
                 return 0
-            _check_contiguous(self.topic, partition, start, fresh)
-            events = decoded(tx, self.consumer, fresh)
+            mishaps = Mishaps()
+            _check_contiguous(self.topic, partition, start, fresh, mishaps)
+            events = decoded(tx, self.consumer, fresh, mishaps)
             dead = {r.offset for r in fresh} - {r.offset for r, _ in events}
             if dead:
                 views.add_dropped(tx, self.topic, partition, dead)  # so catch-up skips them too
@@ -153,6 +179,7 @@ class MeterProjector:
             views.set_checkpoint(tx, self.consumer, self.topic, partition, end)
             views.set_meter_checkpoints(tx, self.topic, partition, {slug: end for slug in live})
             failpoints.hit(failpoints.METERS_BEFORE_COMMIT)
+        mishaps.count(self.consumer)
         failpoints.hit(failpoints.METERS_AFTER_COMMIT)
         metrics.PROJECTED.labels(self.consumer).inc(len(fresh))
         return len(fresh)

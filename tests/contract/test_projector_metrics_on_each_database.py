@@ -116,11 +116,6 @@ def test_each_hole_in_the_log_counts_once(database: Database) -> None:
     assert (count(database), count(database, "late")) == (13, 13)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="counted as the batch is read, before its transaction commits: a batch that fails and is "
-    "retried (the worker's retry through a database outage) counts its dead letters and hole twice",
-)
 def test_a_batch_retried_after_a_failure_counts_its_dead_letters_and_hole_once(
     database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -143,11 +138,6 @@ def test_a_batch_retried_after_a_failure_counts_its_dead_letters_and_hole_once(
     assert (holes(), dead_letters("meters")) == (before[0] + 1, before[1] + 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="only a batch that starts past the checkpoint is checked: offsets missing between two records "
-    "of one batch are neither logged nor counted",
-)
 def test_a_hole_inside_a_batch_counts_too(database: Database) -> None:
     define(database, COUNT)
     before = holes()

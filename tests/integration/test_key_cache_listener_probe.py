@@ -156,12 +156,6 @@ async def test_while_the_listener_does_not_answer_its_probe_the_cache_keeps_noth
     assert len(keys) == 1 and platform.cached_principal(token) is not None, "listening again, it keeps keys again"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="psycopg handles the probe's cancellation (asyncio.wait_for) by cancelling the query on the server "
-    "(up to 5 s) and then waiting for it to end (5 s more) before the TimeoutError reaches the listener: the "
-    "cache stays trusted about 10 s past the probe's timeout (17 s, not the 7 s README promises, at the defaults)",
-)
 async def test_a_probe_not_answered_in_time_distrusts_the_cache_within_its_timeout(deafened: Deafened) -> None:
     keys = deafened.platform.keys
     deafened.proxy.freeze()
