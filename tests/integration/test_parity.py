@@ -19,6 +19,7 @@ from streams.embedded_log import EmbeddedLog
 from streams.kafka_log import KafkaLog
 from streams.projectors import CatalogProjector, MeterProjector
 from streams.runner import Runner
+from tests import truth
 from tests.integration.test_faust_worker import (
     EVENT_TYPE,
     TENANTS,
@@ -141,6 +142,23 @@ async def test_embedded_runner_and_faust_worker_build_identical_views(
 
     for meter in (m for m in early + late if m.aggregation in (Aggregation.SUM, Aggregation.COUNT)):
         assert stored_values(views_db, meter) == stream.truth(meter)
+    # Every aggregation, every window size, per subject and group: as tests/truth.py computes it from
+    # the records in the order they went onto the log, with none of the code under test.
+    on_the_log = list(enumerate(first_half + second_half))
+    for tenant in TENANTS:
+        for meter in early + late:
+            for window_size in (None, *WindowSize):
+                for group_by, by_subject in (((), False), (tuple(meter.group_by), True)):
+                    query = truth.Query(window_size=window_size, group_by=group_by, by_subject=by_subject)
+                    want = truth.answer(on_the_log, tenant, meter, query)
+                    assert want, (tenant, meter.slug)
+                    for db in (sqlite_views, views_db):
+                        with db.transaction() as tx:
+                            got = views.query_meter(
+                                tx, tenant, meter, start=None, end=None, window_size=window_size,
+                                group_by=list(group_by), by_subject=by_subject, subjects=[],
+                            )  # fmt: skip
+                        assert truth.shown(got) == want, (db.__class__.__name__, tenant, meter.slug, window_size, group_by)
     assert worker.stop() == 0
     await embedded_log.close()
     sqlite_views.close()
