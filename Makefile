@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: bench-full bench-smoke lint run run-kafka test test-unit soak services-up services-down bench clean
+.PHONY: bench-full bench-smoke lint mutation run run-kafka test test-unit soak services-up services-down bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,5 +48,23 @@ bench-full: $(STAMP) services-up  ## Benchmarks at the sizes the README reports 
 	eval "$$(bash ops/services/env.sh)" && BENCH_QUERY_LATENCY_EVENTS=10000000 BENCH_REPLAY_EVENTS=1000000 \
 		$(BIN)/python -m ops.bench.run
 
+MUTATION_VENV := .venv-mutation
+MUTATION_STAMP := $(MUTATION_VENV)/.installed
+
+# mutmut needs click >= 8.4.2, which faust-streaming's pin forbids, and the fast tests need no faust:
+# a venv of its own with Omni's other dependencies, as .venv has them.
+$(MUTATION_STAMP): pyproject.toml $(STAMP)
+	$(PYTHON) -m venv $(MUTATION_VENV)
+	$(MUTATION_VENV)/bin/pip install -q --upgrade pip
+	$(MUTATION_VENV)/bin/pip install -q "mutmut==3.8.1"
+	$(BIN)/pip freeze --exclude-editable | grep -v -i -E '^(faust-streaming|mode-streaming|click|mutmut)==' > $(MUTATION_VENV)/requirements.txt
+	$(MUTATION_VENV)/bin/pip install -q -r $(MUTATION_VENV)/requirements.txt
+	$(MUTATION_VENV)/bin/pip install -q --no-deps -e .
+	touch $(MUTATION_STAMP)
+
+mutation: $(MUTATION_STAMP)  ## Mutation testing of the core against the fast tests ([tool.mutmut] in pyproject.toml); not part of `make test`
+	$(MUTATION_VENV)/bin/mutmut run --max-children 2
+	$(MUTATION_VENV)/bin/mutmut results
+
 clean:
-	rm -rf .omni-data .run
+	rm -rf .omni-data .run mutants
