@@ -55,8 +55,8 @@ from streams.faust_consumer import BatchConsumer, delivery_settings, new_event_l
 from streams.faust_runs import FetchedRecord, RunBuffer, RunSchema, log_records
 from streams.kafka_log import KafkaLog
 from streams.log import LogRecord, LogUnavailable
-from streams.projectors import CATALOG
-from streams.runner import build_runner
+from streams.projectors import API_CALLS, CATALOG
+from streams.runner import API_CALLS_EVERY, build_runner
 
 logger = logging.getLogger(__name__)
 
@@ -289,7 +289,10 @@ def create_worker_app(settings: Settings, db: Database, log: KafkaLog, readiness
             # Faust fetches the next runs while the previous batch folds. Faust may then ack (and
             # commit the group's offsets) past what the views hold; that is safe because every
             # assignment seeks to the views' checkpoints, not to the group's offsets.
-            buffered = RunBuffer(max_records=2 * feeder.batch_size, linger=settings.fold_linger_seconds)
+            linger = settings.fold_linger_seconds
+            if feeder.consumer == API_CALLS:  # a trickle of api_call events: see API_CALLS_EVERY
+                linger = max(linger, API_CALLS_EVERY)
+            buffered = RunBuffer(max_records=2 * feeder.batch_size, linger=linger)
 
             async def drain() -> None:
                 while True:

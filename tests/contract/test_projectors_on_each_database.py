@@ -296,3 +296,53 @@ async def test_the_runner_reports_how_far_the_views_are_behind_the_log(database:
         assert 'omni_views_lag_records{partition="0",projector="meters"} 0.0' in exposed
     finally:
         await log.close()
+
+
+async def test_the_runner_folds_api_calls_at_most_once_a_second_but_drains_everything(database: Database, tmp_path: Path) -> None:
+    """api_call events (self-metering) have a topic of their own; each fold of it is a transaction,
+    so the loop folds it at most every API_CALLS_EVERY while usage folds at once. A meter on
+    api_call folds both topics; `drain` (tests, rebuilds) takes everything."""
+    from streams import runner as runner_module
+    from streams.projectors import API_CALLS
+
+    clock = [1000.0]
+    topics = Topics(prefix="calls", usage_partitions=1)
+    log = EmbeddedLog(tmp_path / "log.sqlite", topics)
+    await log.start()
+    calls = MeterDefinition(slug="calls", event_type="api_call", aggregation="COUNT")
+    define(database, calls)
+
+    def call(n: int) -> Outgoing:
+        moment = START + timedelta(seconds=n)
+        envelope = Envelope(
+            id=f"c{n}", type="api_call", tenant_id="t1", source="omni://api", source_id=f"c{n}", event_time=moment,
+            recorded_time=moment, data={"route": "/v1/events"},
+        )  # fmt: skip
+        return Outgoing("t1", encode(envelope))
+
+    try:
+        keep = timedelta(days=8)
+        runner = Runner(
+            log,
+            CatalogProjector(database, topics),
+            MeterProjector(database, topics, keep_seen=keep),
+            batch_size=50,
+            api_calls=MeterProjector(database, topics, keep_seen=keep, topic=topics.api_calls, consumer=API_CALLS),
+            clock=lambda: clock[0],
+        )
+        await log.append(topics.api_calls, [call(0)])
+        assert await runner.step() == 1
+        await log.append(topics.api_calls, [call(1), call(2)])
+        await log.append(topics.usage, [Outgoing("t1", record(0, "e0").value)])
+        assert await runner.step() == 1  # the usage record only
+        assert totals(database, "calls") == 1
+        clock[0] += runner_module.API_CALLS_EVERY
+        assert await runner.step() == 2
+        assert totals(database, "calls") == 3
+        await log.append(topics.api_calls, [call(3)])
+        await runner.drain()
+        assert totals(database, "calls") == 4
+        assert set((await runner.lag()).values()) == {0}
+        assert {projector for projector, _ in await runner.lag()} == {"catalog", "meters", API_CALLS}
+    finally:
+        await log.close()
