@@ -160,7 +160,23 @@ class BatchConsumer(KafkaConsumer):
                 break
             if records and (active is None or tp in active or tp in self._buffered_partitions):
                 self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+                await self._gap_within_run(tp, records[0].offset, records[-1].offset)
                 yield tp, run_message(tp, records, generation)
+
+    async def _gap_within_run(self, tp: TP, first: int, last: int) -> None:
+        """The run's offsets before its last, as a gap, where Faust's fetch loop records none.
+
+        Faust adds the gap up to a message only when its read offset for the partition is
+        truthy: never for the first run after a seek to offset 0. That run's earlier offsets
+        were then neither acked nor a gap, and were committed only because nothing had been
+        committed before. When an older run's ack had landed first (a run fetched before a
+        second seek to 0, as a worker's start does one from the assignment and one from
+        Faust), the group's commit stopped at that ack and never moved again: the lag Kafka's
+        tools show grew for ever, though the views were exact. Called as the run is handed
+        to Faust's loop, which sets the read offset only after delivering it.
+        """
+        if last > first and not self._read_offset.get(tp):
+            await self._add_gap(tp, first, last)
 
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
         """Record the offsets before a run's last one as done: the agents never see them.
@@ -174,8 +190,8 @@ class BatchConsumer(KafkaConsumer):
 
         Faust also rebuilt the whole interval tree on every gap (`merge_overlaps`), a cost
         growing with the gaps held until the next commit. Runs' gaps only touch, never overlap,
-        so the tree is rebuilt only when one does overlap (a re-delivery after a seek back),
-        and then offsets already acked are cut out of it.
+        so the tree is rebuilt only when one does overlap (a re-delivery after a seek back).
+        Offsets acked already (a run re-delivered after a seek back) are cut out of the gap.
         """
         committed = self._committed_offset[tp]
         if committed is not None:
@@ -186,6 +202,8 @@ class BatchConsumer(KafkaConsumer):
             gaps.addi(offset_from, offset_to)  # interval ends are exclusive: offset_to is not a gap
             if overlapping:
                 gaps.merge_overlaps()
+            acks = self._acked[tp]
+            if overlapping or (acks and acks[-1] >= offset_from):  # acks come in order: the last is the highest
                 for acked in [o for o in self._acked_index[tp] if offset_from <= o < offset_to]:
                     gaps.chop(acked, acked + 1)  # listed as acked already: never twice
 

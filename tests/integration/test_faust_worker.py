@@ -444,8 +444,9 @@ async def test_the_groups_offsets_keep_up_with_many_small_runs(
     await wait_for(lambda: caught_up(views_db, kafka_log, ["calls"]), worker, 30, "the views")
     end = await kafka_log.end_offsets(topics.usage)
 
-    async def committed_to_the_end() -> bool:
-        return await group_offsets(kafka_servers, f"{topics.prefix}-views", topics.usage) == end
+    async def committed_to_the_end() -> Verdict:
+        committed = await group_offsets(kafka_servers, f"{topics.prefix}-views", topics.usage)
+        return Verdict(committed == end, f"committed {committed}, log end {end}")
 
     # Faust commits every few seconds (broker_commit_interval); one such commit must do.
     await wait_for(committed_to_the_end, worker, 15, "the group's offsets to reach the log end")

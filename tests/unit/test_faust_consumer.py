@@ -143,3 +143,39 @@ async def test_an_overlapping_gap_still_commits_to_the_end(consumer: BatchConsum
     await consumer._add_gap(tp, 50, 120)  # overlaps both and covers an acked offset, as after a seek back
     assert consumer._new_offset(tp) == 250
     assert consumer._acked[tp] == []
+
+
+async def test_a_second_seek_to_zero_behind_an_acked_run_still_commits_to_the_end(consumer: BatchConsumer) -> None:
+    """A worker's start seeks twice (the assignment, then Faust): a run fetched between them
+    is acked after the second seek to 0 has re-delivered its offsets in a longer run.
+
+    Faust's fetch loop adds no gap while its read offset is 0, so only the consumer's own gap
+    within the run lets the commit pass the early ack; without it the commit stopped there
+    for good."""
+    tp = TP("usage", 9)
+
+    async def deliver(first: int, last: int) -> None:
+        """What getmany and Faust's fetch loop do for one run, then the run's ack."""
+        await consumer._gap_within_run(tp, first, last)
+        read = consumer._read_offset.get(tp)
+        if read and last - read > 1:
+            await consumer._add_gap(tp, read + 1, last)
+        consumer._read_offset[tp] = last
+        if last not in consumer._acked_index[tp]:
+            consumer._acked[tp].append(last)
+            consumer._acked_index[tp].add(last)
+
+    def seek_to_zero() -> None:
+        consumer._read_offset[tp] = 0
+        consumer._committed_offset[tp] = None
+
+    seek_to_zero()
+    await deliver(0, 9)  # fetched before the second seek, acked after it
+    seek_to_zero()
+    await deliver(0, 29)
+    committed = consumer._new_offset(tp)
+    assert committed == 30
+    consumer._committed_offset[tp] = committed
+    await deliver(30, 49)
+    assert consumer._new_offset(tp) == 50
+    assert consumer._acked[tp] == [] and not consumer._gap[tp], "nothing held after a commit"
