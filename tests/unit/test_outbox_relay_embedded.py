@@ -1,0 +1,207 @@
+"""The outbox relay over the embedded log and the SQLite event store, without a platform around it:
+what it publishes where (control events keyed by their id on the control topic, audit entries keyed
+by tenant on the audit topic), the envelope it derives from a stored event, the position it keeps,
+what a crash before or after publishing leaves, and its loop (a wake, an outage, a failure)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from uuid import uuid5
+
+import pytest
+
+from commands.control_plane import AUDIT_TYPE, CommandContext, ControlPlane
+from commands.ids import OMNI_NAMESPACE
+from omni import failpoints
+from omni.bootstrap import event_store_env
+from omni.settings import Settings
+from schemas.envelope import decode, record_headers
+from schemas.meters import MeterDefinition
+from schemas.topics import STORE_POSITION, Topics, partition_for
+from stores import views
+from stores.database import SqliteDatabase
+from streams.embedded_log import EmbeddedLog
+from streams.outbox import RELAY, SOURCE, OutboxRelay, to_envelope
+
+CTX = CommandContext(key_id="admin")
+TOPICS = Topics(prefix="relay", usage_partitions=3)
+
+
+@dataclass
+class Setup:
+    control: ControlPlane
+    log: EmbeddedLog
+    db: SqliteDatabase
+    relay: OutboxRelay
+
+    def position(self) -> int:
+        with self.db.transaction() as tx:
+            return views.relay_position(tx, RELAY)
+
+    async def control_records(self):  # type: ignore[no-untyped-def]
+        return await self.log.read(TOPICS.control, 0, 0, 1000)
+
+    async def audit_records(self):  # type: ignore[no-untyped-def]
+        return [r for p in range(TOPICS.usage_partitions) for r in await self.log.read(TOPICS.audit, p, 0, 1000)]
+
+
+@pytest.fixture
+async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
+    failpoints.disarm_all()
+    control = ControlPlane(env=event_store_env(Settings(mode="embedded", data_dir=tmp_path)))
+    log = EmbeddedLog(tmp_path / "log.sqlite", TOPICS)
+    await log.start()
+    db = SqliteDatabase(tmp_path / "views.sqlite")
+    db.migrate(views.SCHEMA)
+    yield Setup(control, log, db, OutboxRelay(control, log, db, TOPICS))
+    failpoints.disarm_all()
+    await log.close()
+    db.close()
+    control.close()
+
+
+def stored(control: ControlPlane) -> list:  # type: ignore[type-arg]
+    notifications = control.recorder.select_notifications(start=1, limit=1000)
+    return [(n.id, control.mapper.to_domain_event(n)) for n in notifications]
+
+
+def test_the_envelope_of_a_stored_event_is_derived_from_its_identity(tmp_path: Path) -> None:
+    control = ControlPlane(env=event_store_env(Settings(mode="embedded", data_dir=tmp_path)))
+    try:
+        tenant, _ = control.create_tenant(CTX, "acme", "pro")
+        (position, created), *_ = stored(control)
+        identity = f"{created.originator_id}/{created.originator_version}"
+        envelope = to_envelope(created, position)
+        assert envelope.id == str(uuid5(OMNI_NAMESPACE, identity))
+        assert (envelope.type, envelope.tenant_id, envelope.source, envelope.source_id) == (
+            "omni.tenant.created",
+            str(tenant.id),
+            SOURCE,
+            identity,
+        )
+        assert envelope.event_time == envelope.recorded_time == created.timestamp
+        assert envelope.data["name"] == "acme"
+        assert envelope.extensions == {STORE_POSITION: position}
+        assert to_envelope(created).extensions == {}
+        assert to_envelope(created).id == envelope.id  # the same event always gets the same id
+    finally:
+        control.close()
+
+
+async def test_every_stored_event_is_published_once_to_its_topic_and_the_position_follows(setup: Setup) -> None:
+    tenant, _ = setup.control.create_tenant(CTX, "acme", "pro")
+    setup.control.define_meter(CTX, MeterDefinition(slug="calls", event_type="call", aggregation="COUNT"))
+    events = stored(setup.control)
+    assert setup.position() == 0
+
+    assert await setup.relay.relay_once() == len(events)
+    assert setup.position() == events[-1][0]
+    assert await setup.relay.relay_once() == 0  # nothing new: nothing published again
+
+    control = await setup.control_records()
+    expected = [to_envelope(e, position) for position, e in events if to_envelope(e).type != AUDIT_TYPE]
+    assert [decode(r.value) for r in control] == expected
+    assert [r.key for r in control] == [e.id for e in expected]  # keyed by the envelope's id
+    assert [r.headers for r in control] == [record_headers(e) for e in expected]
+    assert [e.type for e in expected] == ["omni.tenant.created", "omni.api_key.issued", "omni.meter.defined"]
+
+    audit = await setup.audit_records()
+    entries = [to_envelope(e, position) for position, e in events if to_envelope(e).type == AUDIT_TYPE]
+    assert len(entries) == 2
+    assert sorted(decode(r.value).id for r in audit) == sorted(e.id for e in entries)
+    for r in audit:  # keyed by tenant: one tenant's entries keep their order
+        assert r.partition == partition_for(r.key, TOPICS.usage_partitions)
+        assert r.key == decode(r.value).tenant_id
+    assert {r.key for r in audit} <= {str(tenant.id), "_platform"}
+
+
+async def test_the_relay_publishes_at_most_its_limit_at_a_time(setup: Setup) -> None:
+    setup.control.create_tenant(CTX, "acme", "pro")
+    events = stored(setup.control)
+    assert len(events) == 3  # tenant created, key issued, audit entry
+    assert await setup.relay.relay_once(limit=2) == 2
+    assert setup.position() == events[1][0]
+    assert await setup.relay.relay_once(limit=2) == 1
+    assert setup.position() == events[2][0]
+    assert len(await setup.control_records()) + len(await setup.audit_records()) == 3
+
+
+async def test_a_crash_before_publishing_publishes_later_and_one_after_republishes_the_same_ids(setup: Setup) -> None:
+    setup.control.create_tenant(CTX, "acme", "pro")
+    failpoints.arm(failpoints.RELAY_BEFORE_PUBLISH)
+    with pytest.raises(failpoints.FailpointHit):
+        await setup.relay.relay_once()
+    assert await setup.control_records() == [] and setup.position() == 0
+
+    failpoints.arm(failpoints.RELAY_AFTER_PUBLISH)
+    with pytest.raises(failpoints.FailpointHit):
+        await setup.relay.relay_once()
+    first = [decode(r.value).id for r in await setup.control_records()]
+    assert len(first) == 2 and setup.position() == 0  # on the log, the position not saved
+
+    assert await setup.relay.relay_once() == 3
+    assert [decode(r.value).id for r in await setup.control_records()] == first * 2
+    assert await setup.relay.relay_once() == 0
+
+
+async def wait_for(check, within: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    async def poll() -> None:
+        while not await check():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), within)
+
+
+async def test_the_loop_publishes_what_is_stored_at_a_wake_and_rides_out_an_outage_and_a_failure(
+    setup: Setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "streams.outbox")
+    stop = asyncio.Event()
+    loop = asyncio.create_task(setup.relay.run(stop, idle=5.0, idle_max=5.0))  # polls seldom: only a wake is quick
+    try:
+        await asyncio.sleep(0.1)
+        setup.control.create_tenant(CTX, "woken", "pro")
+        setup.relay.wake()
+        await wait_for(lambda: _count(setup, 2), within=2.0)
+
+        failpoints.arm(failpoints.RELAY_BEFORE_PUBLISH)  # a failure: logged, and the loop goes on
+        setup.control.create_tenant(CTX, "retried", "pro")
+        setup.relay.wake()
+        await wait_for(lambda: _logged(caplog, "outbox relay failed; retrying"), within=2.0)
+        assert len(await setup.control_records()) == 2
+        await asyncio.sleep(1.1)  # its second's pause after a failure
+        setup.relay.wake()
+        await wait_for(lambda: _count(setup, 4), within=2.0)
+
+        await setup.log.close()  # the log goes away: waited for, without a traceback
+        setup.control.create_tenant(CTX, "after", "pro")
+        setup.relay.wake()
+        await wait_for(lambda: _logged(caplog, "outbox relay waiting: the embedded log is closed"), within=2.0)
+        await setup.log.start()
+        await asyncio.sleep(1.1)
+        setup.relay.wake()
+        await wait_for(lambda: _count(setup, 6), within=2.0)
+    finally:
+        stop.set()
+        await asyncio.wait_for(loop, 6.0)
+    assert setup.position() == stored(setup.control)[-1][0]
+
+
+async def _logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
+    return text in caplog.text
+
+
+async def _count(setup: Setup, n: int) -> bool:
+    return len(await setup.control_records()) >= n
+
+
+async def test_the_loop_stops_when_told_even_in_a_long_pause(setup: Setup) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.create_task(setup.relay.run(stop, idle=30.0, idle_max=60.0))
+    await asyncio.sleep(0.1)
+    stop.set()
+    await asyncio.wait_for(loop, 1.0)
