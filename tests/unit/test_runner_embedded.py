@@ -1,0 +1,171 @@
+"""The in-process runner as embedded mode wires it (build_runner), over the embedded log and SQLite,
+without a platform around it: the control topic folded into the catalog (tenants, meter definitions,
+the highest store position applied, which a republished batch never lowers), usage folded into the
+meters with exact counts of what each step moved, a meter defined late caught up from the log, and
+the loop (`run`) woken by an append and stopped when told."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from commands.control_plane import CommandContext, ControlPlane
+from omni.bootstrap import event_store_env
+from omni.settings import Settings
+from schemas.envelope import Envelope, encode
+from schemas.meters import MeterDefinition
+from schemas.topics import Topics
+from stores import views
+from stores.database import SqliteDatabase
+from streams.embedded_log import EmbeddedLog
+from streams.log import Outgoing
+from streams.outbox import RELAY, OutboxRelay
+from streams.projectors import API_CALLS, CATALOG, CATALOG_APPLIED, METERS
+from streams.runner import Runner, build_runner
+
+CTX = CommandContext(key_id="admin")
+START = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=1)
+COUNT = MeterDefinition(slug="calls", event_type="call", aggregation="COUNT")
+TOKENS = MeterDefinition(slug="tokens", event_type="call", aggregation="SUM", value_property="$.data.tokens")
+
+
+@dataclass
+class Embedded:
+    settings: Settings
+    control: ControlPlane
+    log: EmbeddedLog
+    db: SqliteDatabase
+    relay: OutboxRelay
+    runner: Runner
+
+    def read(self, work):  # type: ignore[no-untyped-def]
+        with self.db.transaction() as tx:
+            return work(tx)
+
+    def total(self, meter: str, tenant: str) -> Decimal:
+        rows = self.read(lambda tx: views.buckets(tx, tenant, meter, None, None, []))
+        return sum((b.state.total if meter == "tokens" else Decimal(b.state.count) for b in rows), Decimal(0))
+
+
+@pytest.fixture
+async def embedded(tmp_path: Path) -> AsyncIterator[Embedded]:
+    settings = Settings(mode="embedded", data_dir=tmp_path, topic_prefix="run", usage_partitions=2, runner_batch_size=7)
+    topics = Topics(prefix=settings.topic_prefix, usage_partitions=settings.usage_partitions)
+    control = ControlPlane(env=event_store_env(settings))
+    log = EmbeddedLog(tmp_path / "log.sqlite", topics)
+    await log.start()
+    db = SqliteDatabase(tmp_path / "views.sqlite")
+    db.migrate(views.SCHEMA)
+    yield Embedded(settings, control, log, db, OutboxRelay(control, log, db, topics), build_runner(settings, db, log))
+    await log.close()
+    db.close()
+    control.close()
+
+
+async def use(embedded: Embedded, tenant: str, n: int, first: int = 0) -> None:
+    items = []
+    for i in range(first, first + n):
+        moment = START + timedelta(seconds=i)
+        envelope = Envelope(
+            id=f"id-{i}", type="call", tenant_id=tenant, source="gw", source_id=f"e{i}", event_time=moment,
+            recorded_time=moment, data={"tokens": 2},
+        )  # fmt: skip
+        items.append(Outgoing(tenant, encode(envelope)))
+    await embedded.log.append(embedded.log.topics.usage, items)
+
+
+def test_build_runner_wires_both_topics_with_the_settings(tmp_path: Path) -> None:
+    settings = Settings(
+        mode="embedded", data_dir=tmp_path, acceptance_window_seconds=3600, future_tolerance_seconds=60, runner_batch_size=9
+    )
+    topics = Topics(prefix="w", usage_partitions=3)
+    log = EmbeddedLog(tmp_path / "log.sqlite", topics)
+    runner = build_runner(settings, SqliteDatabase(tmp_path / "v.sqlite"), log)
+    assert runner.log is log and runner.batch_size == 9
+    assert runner.catalog.topic == topics.control
+    assert (runner.meters.topic, runner.meters.consumer) == (topics.usage, METERS)
+    assert runner.api_calls is not None
+    assert (runner.api_calls.topic, runner.api_calls.consumer) == (topics.api_calls, API_CALLS)
+    assert runner.meters.keep_seen == runner.api_calls.keep_seen == timedelta(seconds=3660)
+    assert runner.meter_projectors == (runner.meters, runner.api_calls)
+
+
+async def test_a_step_folds_the_catalog_and_usage_and_says_how_many_records_it_moved(embedded: Embedded) -> None:
+    tenant, _ = embedded.control.create_tenant(CTX, "acme", "pro")
+    embedded.control.define_meter(CTX, COUNT)
+    assert await embedded.relay.relay_once() == 5  # 3 control events, 2 audit entries
+    await use(embedded, str(tenant.id), 20)
+    ends = await embedded.log.end_offsets(embedded.log.topics.usage)
+
+    # Batches of 7: the 3 control records, then at most 7 usage records per partition and step.
+    assert await embedded.runner.step() == 3 + sum(min(7, end) for end in ends.values())
+    await embedded.runner.drain()
+    assert await embedded.runner.step() == 0
+
+    assert [(t[0], t[1]) for t in embedded.read(lambda tx: views.tenants(tx, 100, None))] == [(str(tenant.id), "acme")]
+    assert [m.slug for m in embedded.read(views.meter_definitions)] == ["calls"]
+    assert embedded.read(lambda tx: views.checkpoints(tx, CATALOG, embedded.log.topics.control)) == {0: 3}
+    position = embedded.read(lambda tx: views.relay_position(tx, RELAY))
+    assert position > 0 and embedded.read(lambda tx: views.relay_position(tx, CATALOG_APPLIED)) == position - 1
+    assert embedded.total("calls", str(tenant.id)) == 20
+    assert embedded.read(lambda tx: views.checkpoints(tx, METERS, embedded.log.topics.usage)) == {
+        p: e for p, e in ends.items() if e
+    }
+    assert set((await embedded.runner.lag()).values()) == {0}
+
+
+async def test_a_republished_catalog_changes_nothing_and_never_lowers_the_position_applied(embedded: Embedded) -> None:
+    embedded.control.create_tenant(CTX, "acme", "pro")
+    embedded.control.define_meter(CTX, COUNT)
+    await embedded.relay.relay_once()
+    await embedded.runner.drain()
+    applied = embedded.read(lambda tx: views.relay_position(tx, CATALOG_APPLIED))
+    with embedded.db.transaction() as tx:
+        views.set_relay_position(tx, RELAY, 0)  # published, the position never saved: all again
+    await embedded.relay.relay_once()
+    assert await embedded.runner.step() == 3
+    assert embedded.read(lambda tx: views.relay_position(tx, CATALOG_APPLIED)) == applied
+    assert len(embedded.read(lambda tx: views.tenants(tx, 100, None))) == 1
+    assert [m.slug for m in embedded.read(views.meter_definitions)] == ["calls"]
+
+
+async def test_a_meter_defined_late_is_caught_up_from_the_log(embedded: Embedded) -> None:
+    tenant, _ = embedded.control.create_tenant(CTX, "acme", "pro")
+    embedded.control.define_meter(CTX, COUNT)
+    await embedded.relay.relay_once()
+    await use(embedded, str(tenant.id), 30)
+    await embedded.runner.drain()
+    embedded.control.define_meter(CTX, TOKENS)
+    await embedded.relay.relay_once()
+    assert await embedded.runner.catch_up() == 0  # not in the catalog yet: nothing to catch up
+    await embedded.runner.step()  # the catalog learns of it, then catch-up starts
+    await embedded.runner.drain()
+    assert embedded.total("tokens", str(tenant.id)) == 60
+    assert embedded.total("calls", str(tenant.id)) == 30
+    assert embedded.runner.meters.lagging() == []
+
+
+async def test_the_loop_folds_what_is_appended_when_woken_and_stops_when_told(embedded: Embedded) -> None:
+    tenant, _ = embedded.control.create_tenant(CTX, "acme", "pro")
+    embedded.control.define_meter(CTX, COUNT)
+    await embedded.relay.relay_once()
+    stop = asyncio.Event()
+    loop = asyncio.create_task(embedded.runner.run(stop, embedded.log.appended, idle=30.0))  # only a wake is quick
+    try:
+        await asyncio.sleep(0.2)
+        assert [m.slug for m in embedded.read(views.meter_definitions)] == ["calls"]
+        await use(embedded, str(tenant.id), 10)  # sets `appended`
+        for _ in range(200):
+            if embedded.total("calls", str(tenant.id)) == 10:
+                break
+            await asyncio.sleep(0.01)
+        assert embedded.total("calls", str(tenant.id)) == 10
+    finally:
+        stop.set()
+        await asyncio.wait_for(loop, 2.0)
