@@ -160,6 +160,7 @@ class RedisDedupedSink:
         waiting = _first_occurrences(envelopes)  # later copies in the same batch stay False
         if not waiting:
             return accepted
+        # pragma: no mutate start (the rounds of claims need Redis: tests/integration/test_redis_dedupe.py)
         deadline = time.monotonic() + self.wait_timeout
         keep_until_ms = int(max(keep_until).timestamp() * 1000)
         if self.keep_for_ms is not None:
@@ -183,9 +184,13 @@ class RedisDedupedSink:
                         f"within {self.wait_timeout}s"
                     )
                 await asyncio.sleep(POLL_SECONDS)
+        # pragma: no mutate end
         return accepted
 
-    async def _claim(self, waiting: dict[str, int], claim: Claim) -> tuple[dict[str, int], dict[str, int]]:
+    # Talks to Redis: tested against it (tests/integration/test_redis_dedupe.py), not mutated.
+    async def _claim(
+        self, waiting: dict[str, int], claim: Claim
+    ) -> tuple[dict[str, int], dict[str, int]]:  # pragma: no mutate block
         """Claim every key we can, in one round trip.
 
         Returns (won, pending), key -> batch index: the keys we now hold, and the keys another
@@ -209,7 +214,10 @@ class RedisDedupedSink:
                 pending[key] = index
         return won, pending
 
-    async def _publish(self, envelopes: Sequence[Envelope], values: Sequence[bytes], won: dict[str, int], claim: Claim) -> None:
+    # Talks to Redis: tested against it (tests/integration/test_redis_dedupe.py), not mutated.
+    async def _publish(
+        self, envelopes: Sequence[Envelope], values: Sequence[bytes], won: dict[str, int], claim: Claim
+    ) -> None:  # pragma: no mutate block
         items = [outgoing(envelopes[i].tenant_id, envelopes[i], values[i]) for i in won.values()]
         try:
             await self.log.append(self.topics.usage, items)
@@ -221,14 +229,16 @@ class RedisDedupedSink:
         failpoints.hit(failpoints.DEDUPE_AFTER_APPEND)
         await self._mark_done(len(won), claim)
 
-    async def _give_back(self, keys: list[str], claim: Claim) -> None:
+    # Talks to Redis: tested against it (tests/integration/test_redis_dedupe.py), not mutated.
+    async def _give_back(self, keys: list[str], claim: Claim) -> None:  # pragma: no mutate block
         try:
             await self._release(keys=keys, args=[claim.value, claim.marker])
         except RedisError:
             # The marker expires after claim_ttl anyway; until then retries wait and then get a 503.
             log.warning("could not release %d de-duplication claims; they lapse by themselves", len(keys), exc_info=True)
 
-    async def _mark_done(self, count: int, claim: Claim) -> None:
+    # Talks to Redis: tested against it (tests/integration/test_redis_dedupe.py), not mutated.
+    async def _mark_done(self, count: int, claim: Claim) -> None:  # pragma: no mutate block
         try:
             await self.redis.set(claim.marker, DONE, pxat=claim.keep_until_ms)
         except RedisError:
