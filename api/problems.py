@@ -39,6 +39,7 @@ class Problem(Exception):
         kind: str | None = None,
         errors: list[dict[str, Any]] | None = None,
         headers: dict[str, str] | None = None,
+        members: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(detail or title)
         self.status = status
@@ -47,6 +48,7 @@ class Problem(Exception):
         self.kind = kind
         self.errors = errors
         self.headers = headers or {}
+        self.members = members or {}  # extension members (RFC 9457 section 3.2), beside the standard ones
 
 
 class BodyProblem(HTTPException):
@@ -77,6 +79,8 @@ def problem_response(request: Request, problem: Problem) -> Response:
         body["detail"] = problem.detail
     if problem.errors is not None:
         body["errors"] = problem.errors
+    for name, value in problem.members.items():
+        body.setdefault(name, value)
     return Response(
         simplejson.dumps(body, default=str),
         status_code=problem.status,
@@ -170,7 +174,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Invalid)
     async def _rule(request: Request, exc: Invalid) -> Response:
-        return problem_response(request, Problem(422, "Invalid events", str(exc), kind="invalid-events", errors=exc.errors))
+        return problem_response(request, Problem(422, exc.title, str(exc), kind=exc.kind, errors=exc.errors))
 
     @app.exception_handler(LogUnavailable)
     async def _log_down(request: Request, exc: LogUnavailable) -> Response:

@@ -14,28 +14,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
-from uuid import NAMESPACE_URL, UUID, uuid5
+from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate, event
 from eventsourcing.persistence import IntegrityError, Recording
 
+from commands import plans
 from commands.errors import Conflict, NotFound, Rejected
+from commands.ids import key_aggregate_id, meter_aggregate_id
 from schemas.ids import canonical_uuid
 from schemas.meters import MeterDefinition
 
-OMNI_NAMESPACE = uuid5(NAMESPACE_URL, "https://omni.dev/ids")
 KEY_PREFIX = "omni"
 PLATFORM = "_platform"
 AUDIT_TYPE = "omni.audit.recorded"
-
-
-def key_aggregate_id(key_id: str) -> UUID:
-    return uuid5(OMNI_NAMESPACE, f"api-key:{key_id}")
-
-
-def meter_aggregate_id(slug: str) -> UUID:
-    return uuid5(OMNI_NAMESPACE, f"meter:{slug}")
 
 
 def hash_secret(secret: str) -> str:
@@ -47,6 +40,11 @@ class Tenant(Aggregate):
     @event("Created")
     def __init__(self, name: str, plan: str) -> None:
         self.name = name
+        self.plan = plan
+
+    @event("PlanAssigned")
+    def assign_plan(self, tenant_id: str, plan: str) -> None:
+        """The event names the tenant so readers of the log need nothing else."""
         self.plan = plan
 
 
@@ -135,8 +133,8 @@ def parse_token(token: str) -> tuple[str, str] | None:
     return parts[1], parts[2]
 
 
-class ControlPlane(Application[UUID]):
-    """Tenants, keys and meters: the decisions that need invariants.
+class ControlPlane(plans.PlanCommands, Application[UUID]):
+    """Tenants, keys, meters, plans and quota overrides: the decisions that need invariants.
 
     Every command saves an AuditEntry: with its events when accepted (one
     atomic save), alone when rejected.
@@ -280,6 +278,9 @@ class ControlPlane(Application[UUID]):
 
 # What the outbox relay publishes for each stored event: log type, tenant, payload.
 def describe(domain_event: Any) -> tuple[str, str, dict[str, Any]]:
+    described = plans.describe(domain_event)
+    if described is not None:
+        return described
     kind = type(domain_event).__qualname__  # e.g. "Tenant.Created"
     match kind:
         case "Tenant.Created":

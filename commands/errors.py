@@ -16,6 +16,15 @@ class Conflict(Rejected):
 class Invalid(Rejected):
     """The command is well-formed but breaks a rule; `errors` says which and where."""
 
-    def __init__(self, message: str, errors: list[dict[str, object]] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        errors: list[dict[str, object]] | None = None,
+        *,
+        title: str = "Invalid events",
+        kind: str = "invalid-events",
+    ) -> None:
         super().__init__(message)
         self.errors = errors or []
+        self.title = title  # the problem's title and type (api.problems)
+        self.kind = kind

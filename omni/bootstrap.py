@@ -11,6 +11,7 @@ import os
 import secrets
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -20,9 +21,10 @@ from omni import failpoints, metrics
 from omni.key_cache import KeyCache, KeyChanges
 from omni.settings import Mode, Settings
 from schemas.topics import Topics
-from stores import views
+from stores import schema, views
 from stores.database import Database, PostgresDatabase, SqliteDatabase
 from stores.store_listener import StoreListener
+from streams.embedded_quotas import EmbeddedQuotaLedger
 from streams.log import EventLog, UsageSink
 from streams.outbox import OutboxRelay
 from streams.projectors import CATALOG_APPLIED
@@ -95,6 +97,7 @@ class Platform:
     admin_key_digest: bytes
     keys: KeyCache
     key_changes: KeyChanges
+    quotas: EmbeddedQuotaLedger | None = None  # embedded mode's quota counters; Kafka mode's come with Redis
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -124,8 +127,12 @@ class Platform:
         self._stop.clear()
         if watch_keys:
             await self._watch_keys()
+        if self.quotas is not None:
+            await self.quotas.start()
         if not background:
             return
+        if self.quotas is not None:
+            await self.quotas.ensure_built(self.settle, self.db, datetime.now(UTC))
         self._tasks.append(asyncio.create_task(self.relay.run(self._stop), name="outbox-relay"))
         if self.settings.mode is Mode.EMBEDDED:
             wake = getattr(self.log, "appended", None)
@@ -206,6 +213,7 @@ def build(settings: Settings) -> Platform:
     failpoints.arm_from(os.environ)  # tests' crash points; nothing is armed unless OMNI_FAILPOINTS says so
     topics = Topics(prefix=settings.topic_prefix, usage_partitions=settings.usage_partitions)
     db: Database
+    ledger: EmbeddedQuotaLedger | None = None
     if settings.mode is Mode.EMBEDDED:
         from streams.embedded_log import EmbeddedLog
 
@@ -213,6 +221,7 @@ def build(settings: Settings) -> Platform:
         embedded = EmbeddedLog(settings.data_dir / "log.sqlite", topics)
         log_: EventLog = embedded
         sink: UsageSink = embedded
+        ledger = EmbeddedQuotaLedger(embedded)
         db = SqliteDatabase(settings.data_dir / "views.sqlite")
     else:
         from streams.kafka_log import KafkaLog
@@ -222,7 +231,7 @@ def build(settings: Settings) -> Platform:
         log_ = kafka
         sink = RedisDedupedSink(kafka, settings.redis_url, topics, keep_for=settings.redis_dedupe_seconds)
         db = PostgresDatabase(settings.database_url, schema=settings.database_schema)
-    db.migrate(views.SCHEMA)
+    db.migrate(schema.SCHEMA)
     control = ControlPlane(env=event_store_env(settings))
     keys = KeyCache()  # trusted once `start` watches the key changes
     return Platform(
@@ -233,7 +242,7 @@ def build(settings: Settings) -> Platform:
         sink=sink,
         db=db,
         relay=OutboxRelay(control, log_, db, topics),
-        runner=build_runner(settings, db, log_),
+        runner=build_runner(settings, db, log_, ledger),
         policy=AdmissionPolicy(
             window=settings.acceptance_window,
             future=settings.future_tolerance,
@@ -243,4 +252,5 @@ def build(settings: Settings) -> Platform:
         admin_key_digest=hashlib.sha256(admin_key(settings).encode()).digest(),
         keys=keys,
         key_changes=KeyChanges(control.recorder, keys),
+        quotas=ledger,
     )

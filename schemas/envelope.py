@@ -54,15 +54,26 @@ CONTEXT_ATTRIBUTES = frozenset(
     {"specversion", "id", "source", "type", "subject", "time", "datacontenttype", "dataschema", "data", "data_base64"}
 )
 OMNI_ATTRIBUTES = frozenset(
-    {"omniid", "schemaversion", "tenantid", "recordedtime", "datasubjectid", "actorkeyid", "traceparent", "storeposition"}
+    {
+        "omniid",
+        "schemaversion",
+        "tenantid",
+        "recordedtime",
+        "datasubjectid",
+        "actorkeyid",
+        "traceparent",
+        "storeposition",
+        "quotaconsume",
+    }
 )
 # The names a client's extension attribute may not take (admission refuses them): Omni's own, but
 # `traceparent`, which a client sends for Omni to keep; and `partitionkey`, the Kafka binding's
 # name for the record key (here the tenant), which the SDKs set from the key on reading.
 RESERVED = (CONTEXT_ATTRIBUTES | OMNI_ATTRIBUTES | {"partitionkey"}) - {"traceparent"}
 # Attributes written from and read into the Envelope's own fields; every other one is an extension
-# (`storeposition` too: the outbox relay sets it among the extensions of control-plane events).
-_FIELDS = CONTEXT_ATTRIBUTES | (OMNI_ATTRIBUTES - {"storeposition"})
+# (`storeposition` too: the outbox relay sets it among the extensions of control-plane events; and
+# `quotaconsume`, which marks a usage event that a quota's consume recorded: projections.quotas).
+_FIELDS = CONTEXT_ATTRIBUTES | (OMNI_ATTRIBUTES - {"storeposition", "quotaconsume"})
 _NOT_FROM_EXTENSIONS = _FIELDS | {"partitionkey"}
 _IS_FIELD = _FIELDS.__contains__
 

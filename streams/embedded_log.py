@@ -11,10 +11,11 @@ import sqlite3
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
 import msgspec
 
@@ -40,6 +41,7 @@ CREATE INDEX IF NOT EXISTS dedupe_expiry ON dedupe (keep_until);
 """
 
 PURGE_EVERY_SECONDS = 60.0
+T = TypeVar("T")
 
 _pack_headers = msgspec.msgpack.Encoder().encode
 _unpack_headers = msgspec.msgpack.Decoder(tuple[tuple[str, bytes], ...]).decode
@@ -191,16 +193,22 @@ class EmbeddedLog:
         return ends
 
     async def _run(self, work):  # type: ignore[no-untyped-def]
-        def locked():  # type: ignore[no-untyped-def]
-            if self._db is None:
-                raise LogUnavailable("the embedded log is closed")
+        return await asyncio.to_thread(self.run_locked, work)
+
+    def run_locked(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """`work` on the log's connection, alone (blocking: other users of the file wait). For what
+        must commit with the log's records in one transaction, such as the quota ledger's."""
+        if self._db is None:
+            raise LogUnavailable("the embedded log is closed")
+        try:
             with self._lock:
                 return work(self._db)
-
-        try:
-            return await asyncio.to_thread(locked)
         except sqlite3.Error as failure:
             raise LogUnavailable(f"the embedded log failed: {failure}") from failure
+
+    def append_rows(self, db: sqlite3.Connection, topic: str, items: list[Outgoing]) -> None:
+        """Append inside a transaction `run_locked` holds (see `_append_rows`)."""
+        self._append_rows(db, topic, items)
 
     def _write(self, db: sqlite3.Connection, topic: str, items: list[Outgoing]) -> None:
         db.execute("BEGIN IMMEDIATE")

@@ -49,7 +49,7 @@ from omni.health_server import Prober, Readiness, failure_text, in_daemon_thread
 from omni.runtime import tune_collector
 from omni.settings import Settings
 from schemas.topics import Topics
-from stores import views
+from stores import schema, views
 from stores.database import Database, PostgresDatabase, StoreUnavailable
 from streams.faust_consumer import BatchConsumer, delivery_settings, new_event_loop, transport_with
 from streams.faust_runs import FetchedRecord, RunBuffer, RunSchema, log_records
@@ -384,7 +384,7 @@ def _migrated_views(settings: Settings) -> PostgresDatabase:
     # A pool that failed to open is closed for good: each attempt gets a new one.
     db = PostgresDatabase(settings.database_url, schema=settings.database_schema)
     try:
-        db.migrate(views.SCHEMA)
+        db.migrate(schema.SCHEMA)
     except BaseException:
         db.close()
         raise

@@ -20,7 +20,8 @@ import logging
 from typing import Any
 from uuid import uuid5
 
-from commands.control_plane import AUDIT_TYPE, OMNI_NAMESPACE, ControlPlane, describe
+from commands.control_plane import AUDIT_TYPE, ControlPlane, describe
+from commands.ids import OMNI_NAMESPACE
 from omni import failpoints
 from schemas.envelope import Envelope, encode
 from schemas.topics import STORE_POSITION, Topics

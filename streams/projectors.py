@@ -16,14 +16,20 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from decimal import Decimal
+from typing import Protocol
 
 from omni import failpoints, metrics
-from projections import catalog
+from projections import catalog, quotas
+from projections import plans as plan_view
 from projections.meter_state import BucketState
 from projections.meters import BucketKey, MeterIndex, apply
+from projections.plans import changes as plan_changes
 from schemas.envelope import Envelope, NewerSchema, decode
 from schemas.text import NUL_ESCAPE, json_holds_nul
 from schemas.topics import Topics
+from stores import plans as plan_store
+from stores import quotas as quota_store
 from stores import views
 from stores.database import Database, Tx
 from streams.log import LogRecord
@@ -35,6 +41,14 @@ API_CALLS = "api-calls"  # the meters' fold of the api_calls topic (self-meterin
 PURGE_EVERY_BATCHES = 200
 CATALOG = "catalog"
 CATALOG_APPLIED = "catalog-applied"  # the highest event-store position the catalog views hold
+
+
+class FactLedger(Protocol):
+    """Quota counters kept beside the log (streams.embedded_quotas): facts are counted there as folded."""
+
+    def add_facts(
+        self, topic: str, partition: int, events: Sequence[tuple[LogRecord, Envelope]], end: int, meters: MeterIndex
+    ) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +133,8 @@ class CatalogProjector:
             for _, event in decoded(tx, CATALOG, fresh, mishaps):
                 for change in catalog.changes(event):
                     _write_change(tx, change)
+                for plan_change in plan_changes(event):
+                    _write_plan_change(tx, plan_change)
                 position = max(position, catalog.store_position(event))
             views.set_checkpoint(tx, CATALOG, self.topic, partition, fresh[-1].offset + 1)
             # Records relayed by older versions carry no position; one republished after a relay's
@@ -143,6 +159,18 @@ def _write_change(tx: Tx, change: catalog.Change) -> None:
             views.add_meter_definition(tx, "_platform", change.definition, change.event_id)
 
 
+def _write_plan_change(tx: Tx, change: plan_view.Change) -> None:
+    match change:
+        case plan_view.PlanPublished():
+            plan_store.put_plan(tx, change.slug, change.version, change.name, change.entitlements, change.at)
+        case plan_view.PlanAssigned():
+            plan_store.assign_plan(tx, change.tenant_id, change.plan)
+        case plan_view.OverrideSet():
+            plan_store.set_override(tx, change.tenant_id, change.entitlement)
+        case plan_view.OverrideRemoved():
+            plan_store.remove_override(tx, change.tenant_id, change.meter)
+
+
 class MeterProjector:
     """Usage topic -> meter buckets, with de-duplication by (tenant, source, id).
 
@@ -150,9 +178,17 @@ class MeterProjector:
     topic of self-metering (API_CALLS). Every meter folds both; each topic has its checkpoints."""
 
     def __init__(
-        self, db: Database, topics: Topics, *, keep_seen: timedelta, topic: str | None = None, consumer: str = METERS
+        self,
+        db: Database,
+        topics: Topics,
+        *,
+        keep_seen: timedelta,
+        topic: str | None = None,
+        consumer: str = METERS,
+        ledger: FactLedger | None = None,
     ) -> None:
         self.db = db
+        self.ledger = ledger  # the quota counters that facts are counted in as they are folded (embedded mode)
         self.topic = topics.usage if topic is None else topic
         self.consumer = consumer
         self.keep_seen = keep_seen  # at least as long as an event can be admitted
@@ -175,7 +211,11 @@ class MeterProjector:
             offsets = views.meter_checkpoints(tx, self.topic, partition)
             live = [slug for slug in meters.by_slug if offsets.get((slug, partition), 0) == start]
             end = fresh[-1].offset + 1
-            self._fold_into_views(tx, meters.only(live), kept)
+            live_meters = meters.only(live)
+            self._notify_thresholds(tx, live_meters, kept)
+            if self.ledger is not None:
+                self.ledger.add_facts(self.topic, partition, kept, end, live_meters)
+            self._fold_into_views(tx, live_meters, kept)
             views.set_checkpoint(tx, self.consumer, self.topic, partition, end)
             views.set_meter_checkpoints(tx, self.topic, partition, {slug: end for slug in live})
             failpoints.hit(failpoints.METERS_BEFORE_COMMIT)
@@ -234,6 +274,35 @@ class MeterProjector:
             views.add_dropped(tx, self.topic, partition, dropped)
         kept.sort(key=lambda pair: pair[0].offset)
         return kept
+
+    @staticmethod
+    def _notify_thresholds(tx: Tx, meters: MeterIndex, events: Sequence[tuple[LogRecord, Envelope]]) -> None:
+        """Thresholds of quotas the batch crosses, kept as notifications (before the batch's buckets
+        are merged: usage before the batch is read from the views)."""
+        additive = [m.slug for m in meters.by_slug.values() if m.aggregation in quotas.ADDITIVE]
+        if not additive or not events:
+            return
+        touched = {(e.tenant_id, m.slug) for _, e in events for m in meters.by_type.get(e.type, ()) if m.slug in additive}
+        if not touched:
+            return
+        in_force = plan_store.quotas_on(tx, {t for t, _ in touched}, additive)
+        in_force = {key: quota for key, quota in in_force.items() if key in touched}
+        if not in_force:
+            return
+        quota_meters = meters.only(m for _, m in in_force)
+        before: dict[quotas.CounterKey, Decimal] = {}
+        for _, event in events:
+            for meter in quota_meters.by_type.get(event.type, ()):
+                quota = in_force.get((event.tenant_id, meter.slug))
+                if quota is None:
+                    continue
+                period = quotas.period_of(event.event_time, quota.entitlement.period)
+                key = (event.tenant_id, meter.slug, period.text)
+                if key not in before:
+                    before[key] = quota_store.period_total(tx, event.tenant_id, meter.definition, period)
+        found = quotas.crossings(before, [e for _, e in events], quota_meters, in_force)
+        if found:
+            quota_store.add_notifications(tx, found)
 
     @staticmethod
     def _fold_into_views(tx: Tx, meters: MeterIndex, events: Sequence[tuple[LogRecord, Envelope]]) -> None:

@@ -17,7 +17,7 @@ from stores import views
 from stores.database import Database
 from streams.log import EventLog, LogUnavailable
 from streams.pausing import pause
-from streams.projectors import API_CALLS, CATALOG, CatalogProjector, MeterProjector
+from streams.projectors import API_CALLS, CATALOG, CatalogProjector, FactLedger, MeterProjector
 
 log = logging.getLogger(__name__)
 
@@ -136,15 +136,16 @@ class Runner:
                 wake.clear()
 
 
-def build_runner(settings: Settings, db: Database, log_: EventLog) -> Runner:
-    """The projectors and their runner, as every mode and process wires them."""
+def build_runner(settings: Settings, db: Database, log_: EventLog, ledger: FactLedger | None = None) -> Runner:
+    """The projectors and their runner, as every mode and process wires them (`ledger`: the quota
+    counters of embedded mode, which count facts as the meters fold them)."""
     # De-duplication must last as long as an event can still be admitted.
     keep_seen = settings.acceptance_window + settings.future_tolerance
     topics = log_.topics
     return Runner(
         log_,
         CatalogProjector(db, topics),
-        MeterProjector(db, topics, keep_seen=keep_seen),
+        MeterProjector(db, topics, keep_seen=keep_seen, ledger=ledger),
         batch_size=settings.runner_batch_size,
-        api_calls=MeterProjector(db, topics, keep_seen=keep_seen, topic=topics.api_calls, consumer=API_CALLS),
+        api_calls=MeterProjector(db, topics, keep_seen=keep_seen, topic=topics.api_calls, consumer=API_CALLS, ledger=ledger),
     )

@@ -10,8 +10,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from stores import views
 from stores.database import Database, PostgresDatabase, SqliteDatabase
+from stores.schema import SCHEMA as VIEW_SCHEMA
 
 DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://omni:omni@127.0.0.1:15432/omni")
 
@@ -42,6 +42,6 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databas
     else:
         schema = request.getfixturevalue("pg_schema")
         db = PostgresDatabase(DATABASE_URL, schema=schema)
-    db.migrate(views.SCHEMA)
+    db.migrate(VIEW_SCHEMA)
     yield db
     db.close()

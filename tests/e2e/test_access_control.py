@@ -43,6 +43,16 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/v1/meters/{slug}"): EITHER,
     ("GET", "/v1/meters/{slug}/query"): TENANT_ONLY,
     ("POST", "/v1/events"): TENANT_ONLY,
+    ("PUT", "/v1/plans/{slug}"): ADMIN_ONLY,
+    ("GET", "/v1/plans"): EITHER,
+    ("GET", "/v1/plans/{slug}"): EITHER,
+    ("PUT", "/v1/tenants/{tenant_id}/plan"): ADMIN_ONLY,
+    ("PUT", "/v1/tenants/{tenant_id}/quotas/{meter}"): ADMIN_ONLY,
+    ("DELETE", "/v1/tenants/{tenant_id}/quotas/{meter}"): ADMIN_ONLY,
+    ("POST", "/v1/quotas/{meter}/consume"): TENANT_ONLY,
+    ("GET", "/v1/quotas"): EITHER,
+    ("GET", "/v1/quotas/{meter}"): EITHER,
+    ("GET", "/v1/notifications"): EITHER,
 }
 
 
@@ -63,6 +73,14 @@ def request_body(method: str, path: str) -> dict[str, Any]:
         return {"json": {"name": "acl", "plan": "pro"}}
     if (method, path) == ("POST", "/v1/meters"):
         return {"json": {"slug": "acl-meter", "event_type": "call", "aggregation": "COUNT"}}
+    if (method, path) == ("PUT", "/v1/plans/{slug}"):
+        return {"json": {"entitlements": [{"meter": "calls", "limit": 5, "period": "DAY"}]}}
+    if (method, path) == ("PUT", "/v1/tenants/{tenant_id}/plan"):
+        return {"json": {"plan": "calls"}}
+    if (method, path) == ("PUT", "/v1/tenants/{tenant_id}/quotas/{meter}"):
+        return {"json": {"limit": 5, "period": "DAY"}}
+    if (method, path) == ("POST", "/v1/quotas/{meter}/consume"):
+        return {"json": {"amount": 1, "idempotency_key": "acl-1"}}
     if method == "POST":
         return {"json": {"label": "acl"}}
     return {}
@@ -79,7 +97,7 @@ async def tenant_with_a_meter(omni: Omni) -> tuple[dict[str, str], str]:
     tenant_id, key = await omni.tenant("a")
     await omni.meter(slug="calls", event_type="call", aggregation="COUNT")
     await omni.settle()
-    return {"tenant_id": tenant_id, "key_id": key.split("_")[1], "slug": "calls"}, key
+    return {"tenant_id": tenant_id, "key_id": key.split("_")[1], "slug": "calls", "meter": "calls"}, key
 
 
 async def test_every_route_is_classified(omni: Omni) -> None:
@@ -112,14 +130,16 @@ async def test_admin_routes_refuse_tenant_keys_and_tenant_routes_refuse_the_admi
     listed = (await omni.client.get("/v1/tenants", headers=omni.auth(ADMIN))).json()["data"]
     assert [t["name"] for t in listed] == ["a"]
     assert (await omni.client.get("/v1/meters/acl-meter", headers=omni.auth(ADMIN))).status_code == 404
+    assert (await omni.client.get("/v1/plans", headers=omni.auth(ADMIN))).json()["data"] == []
 
 
 async def test_every_route_with_an_id_refuses_another_tenants_id_with_404(omni: Omni) -> None:
     a_id, a_key = await omni.tenant("a")
     b_id, b_key = await omni.tenant("b")
     await omni.settle()
-    b_ids = {"tenant_id": b_id, "key_id": b_key.split("_")[1], "slug": "calls"}
-    owned = [(m, p) for (m, p), access in ROUTES.items() if "{tenant_id}" in p or "{key_id}" in p]
+    b_ids = {"tenant_id": b_id, "key_id": b_key.split("_")[1], "slug": "calls", "meter": "calls"}
+    # Admin routes refuse a tenant's key whatever the id (403, the test above).
+    owned = [(m, p) for (m, p), access in ROUTES.items() if ("{tenant_id}" in p or "{key_id}" in p) and access != ADMIN_ONLY]
     assert owned, "the tenant-owned routes"
     for method, path in owned:
         response = await call(omni, method, path, b_ids, a_key)

@@ -21,8 +21,8 @@ import redis
 from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas.topics import Topics
-from stores import views
 from stores.database import PostgresDatabase
+from stores.schema import SCHEMA as VIEW_SCHEMA
 from streams.kafka_log import KafkaLog
 from tests.integration.worker import ROOT, WorkerProcess, worker_env
 
@@ -125,7 +125,7 @@ def views_db(database_url: str, pg_schemas: list[str]) -> Iterator[PostgresDatab
     schema = new_schema_name()
     pg_schemas.append(schema)
     db = PostgresDatabase(database_url, schema=schema)
-    db.migrate(views.SCHEMA)
+    db.migrate(VIEW_SCHEMA)
     yield db
     db.close()
 

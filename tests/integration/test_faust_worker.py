@@ -37,6 +37,7 @@ from schemas.meters import Aggregation, MeterDefinition, path_parts
 from schemas.topics import Topics, partition_for
 from stores import views
 from stores.database import PostgresDatabase
+from stores.schema import SCHEMA as VIEW_SCHEMA
 from streams.faust_app import Feeder, create_worker_app
 from streams.kafka_log import KafkaLog
 from streams.log import Outgoing
@@ -413,7 +414,7 @@ async def test_fresh_views_are_rebuilt_from_their_own_checkpoints_not_the_groups
     schema = new_schema_name()
     pg_schemas.append(schema)
     fresh = PostgresDatabase(database_url, schema=schema)
-    fresh.migrate(views.SCHEMA)
+    fresh.migrate(VIEW_SCHEMA)
     try:
         second = worker_factory(database_url, schema)
         second.start()
@@ -495,7 +496,7 @@ async def test_postgresql_restarted_mid_stream_the_worker_retries_and_ends_exact
     postgres.run("start")
     db = PostgresDatabase(postgres.url, schema=new_schema_name())
     try:
-        db.migrate(views.SCHEMA)
+        db.migrate(VIEW_SCHEMA)
         stream = Stream()
         await kafka_log.append(topics.control, [meter_defined(TOKENS), meter_defined(CALLS)])
         await kafka_log.append(topics.usage, to_records(stream.generate(300)))

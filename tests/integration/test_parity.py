@@ -15,6 +15,7 @@ from schemas.meters import Aggregation, MeterDefinition, WindowSize
 from schemas.topics import Topics
 from stores import views
 from stores.database import Database, PostgresDatabase, SqliteDatabase
+from stores.schema import SCHEMA as VIEW_SCHEMA
 from streams.embedded_log import EmbeddedLog
 from streams.kafka_log import KafkaLog
 from streams.projectors import CatalogProjector, MeterProjector
@@ -115,7 +116,7 @@ async def test_embedded_runner_and_faust_worker_build_identical_views(
     assert sum((await kafka_log.end_offsets(topics.usage)).values()) > 10_000
 
     sqlite_views = SqliteDatabase(tmp_path / "views.sqlite")
-    sqlite_views.migrate(views.SCHEMA)
+    sqlite_views.migrate(VIEW_SCHEMA)
     keep = timedelta(days=8)
     runner = Runner(
         embedded_log,

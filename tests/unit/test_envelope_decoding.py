@@ -176,7 +176,7 @@ def test_what_is_not_an_envelope_raises_what_the_projectors_dead_letter(raw: byt
         decode(raw)
 
 
-@pytest.mark.parametrize("name", sorted(RESERVED - {"storeposition"}) + ["traceparent"])
+@pytest.mark.parametrize("name", sorted(RESERVED - {"storeposition", "quotaconsume"}) + ["traceparent"])
 def test_an_extension_may_not_overwrite_an_attribute_of_omnis_own(name: str) -> None:
     with pytest.raises(ReservedName):
         encode(envelope(extensions={name: "x"}))

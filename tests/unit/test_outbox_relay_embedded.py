@@ -24,6 +24,7 @@ from schemas.meters import MeterDefinition
 from schemas.topics import STORE_POSITION, Topics, partition_for
 from stores import views
 from stores.database import SqliteDatabase
+from stores.schema import SCHEMA as VIEW_SCHEMA
 from streams.embedded_log import EmbeddedLog
 from streams.outbox import RELAY, SOURCE, OutboxRelay, to_envelope
 
@@ -56,7 +57,7 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
     log = EmbeddedLog(tmp_path / "log.sqlite", TOPICS)
     await log.start()
     db = SqliteDatabase(tmp_path / "views.sqlite")
-    db.migrate(views.SCHEMA)
+    db.migrate(VIEW_SCHEMA)
     yield Setup(control, log, db, OutboxRelay(control, log, db, TOPICS))
     failpoints.disarm_all()
     await log.close()

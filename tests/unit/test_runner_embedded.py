@@ -23,6 +23,7 @@ from schemas.meters import MeterDefinition
 from schemas.topics import Topics
 from stores import views
 from stores.database import SqliteDatabase
+from stores.schema import SCHEMA as VIEW_SCHEMA
 from streams.embedded_log import EmbeddedLog
 from streams.log import Outgoing
 from streams.outbox import RELAY, OutboxRelay
@@ -61,7 +62,7 @@ async def embedded(tmp_path: Path) -> AsyncIterator[Embedded]:
     log = EmbeddedLog(tmp_path / "log.sqlite", topics)
     await log.start()
     db = SqliteDatabase(tmp_path / "views.sqlite")
-    db.migrate(views.SCHEMA)
+    db.migrate(VIEW_SCHEMA)
     yield Embedded(settings, control, log, db, OutboxRelay(control, log, db, topics), build_runner(settings, db, log))
     await log.close()
     db.close()

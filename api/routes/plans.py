@@ -1,0 +1,99 @@
+"""Plans (admin), tenants' plans and their quota overrides (admin)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+
+from api.deps import AdminDep, CallerDep, PlatformDep, command_context
+from api.relaying import run_command
+from commands.errors import NotFound
+from schemas.ids import canonical_uuid
+from schemas.envelope import format_time
+from schemas.plans import Entitlement, PlanAssignment, PlanBody, PlanList, PlanPublic, QuotaOverrideBody
+from stores import plans as plan_store
+
+router = APIRouter(prefix="/v1", tags=["plans"])
+
+
+def _public(row: plan_store.PlanRow) -> PlanPublic:
+    slug, version, name, entitlements, updated_at = row
+    return PlanPublic(
+        slug=slug, version=version, name=name, entitlements=[e.public() for e in entitlements], updated_at=updated_at
+    )
+
+
+@router.put(
+    "/plans/{slug}",
+    response_model=PlanPublic,
+    responses={201: {"model": PlanPublic, "description": "Published"}, 404: {}, 409: {}, 422: {}},
+)
+async def put_plan(
+    slug: str, body: PlanBody, request: Request, response: Response, platform: PlatformDep, admin: AdminDep
+) -> PlanPublic:
+    """Publish a plan (201), or revise it (200): a changed body is the next version, and its tenants
+    get the new entitlements at once; usage so far in the period carries over."""
+    if not plan_store.SLUG.fullmatch(slug):
+        raise NotFound(f"plan {slug!r} not found")
+    plan, created = await run_command(platform, platform.control.put_plan, command_context(request, admin), slug, body)
+    response.status_code = 201 if created else 200
+    return PlanPublic(
+        slug=plan.slug,
+        version=plan.plan_version,
+        name=plan.body.get("name"),
+        entitlements=[Entitlement.model_validate(e).public() for e in plan.body["entitlements"]],
+        updated_at=format_time(plan.modified_on),
+    )
+
+
+@router.get("/plans", response_model=PlanList)
+def list_plans(platform: PlatformDep, principal: CallerDep) -> PlanList:
+    """Every plan, at its current version."""
+    with platform.db.transaction() as tx:
+        rows = plan_store.plans(tx)
+    return PlanList(data=[_public(r) for r in rows])
+
+
+@router.get("/plans/{slug}", response_model=PlanPublic, responses={404: {}})
+def get_plan(slug: str, platform: PlatformDep, principal: CallerDep) -> PlanPublic:
+    """One plan, at its current version."""
+    with platform.db.transaction() as tx:
+        row = plan_store.plan(tx, slug)
+    if row is None:
+        raise NotFound(f"plan {slug!r} not found")
+    return _public(row)
+
+
+def _tenant(tenant_id: str) -> str:
+    canonical = canonical_uuid(tenant_id)
+    if canonical is None:
+        raise NotFound(f"tenant {tenant_id} not found")
+    return canonical
+
+
+@router.put("/tenants/{tenant_id}/plan", status_code=204, response_class=Response, responses={404: {}, 409: {}, 422: {}})
+async def assign_plan(tenant_id: str, body: PlanAssignment, request: Request, platform: PlatformDep, admin: AdminDep) -> Response:
+    """Put a tenant on a plan: its entitlements apply from now on, to usage so far in the period too."""
+    await run_command(platform, platform.control.assign_plan, command_context(request, admin), _tenant(tenant_id), body.plan)
+    return Response(status_code=204)
+
+
+@router.put(
+    "/tenants/{tenant_id}/quotas/{meter}", status_code=204, response_class=Response, responses={404: {}, 409: {}, 422: {}}
+)
+async def set_quota_override(
+    tenant_id: str, meter: str, body: QuotaOverrideBody, request: Request, platform: PlatformDep, admin: AdminDep
+) -> Response:
+    """Give one tenant its own entitlement on one meter, in place of its plan's."""
+    if not plan_store.SLUG.fullmatch(meter):
+        raise NotFound(f"meter {meter!r} not found")
+    ctx = command_context(request, admin)
+    await run_command(platform, platform.control.set_quota_override, ctx, _tenant(tenant_id), body.entitlement(meter))
+    return Response(status_code=204)
+
+
+@router.delete("/tenants/{tenant_id}/quotas/{meter}", status_code=204, response_class=Response, responses={404: {}, 409: {}})
+async def remove_quota_override(tenant_id: str, meter: str, request: Request, platform: PlatformDep, admin: AdminDep) -> Response:
+    """Remove a tenant's override: its plan's entitlement applies again."""
+    ctx = command_context(request, admin)
+    await run_command(platform, platform.control.remove_quota_override, ctx, _tenant(tenant_id), meter)
+    return Response(status_code=204)

@@ -1,0 +1,291 @@
+"""Quotas: consume (the gateway's check-and-record), reads of each quota, threshold notifications."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated
+
+import uuid_utils
+from fastapi import APIRouter, Query
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import CallerDep, PlatformDep, TenantDep
+from api.problems import Problem
+from commands.errors import NotFound
+from omni.bootstrap import Platform
+from projections.quotas import (
+    CONSUME_SOURCE,
+    QUOTA_CONSUME,
+    REFUSED,
+    PeriodKey,
+    Quota,
+    consume_event_data,
+    is_additive,
+    period_of,
+)
+from schemas.envelope import Actor, Envelope, encode
+from schemas.ids import canonical_uuid
+from schemas.plans import (
+    ConsumeBody,
+    ConsumeResult,
+    NotificationList,
+    NotificationPublic,
+    Period,
+    QuotaList,
+    QuotaPublic,
+    quantity_json,
+)
+from stores import plans as plan_store
+from stores import quotas as quota_store
+from stores import views
+from streams.embedded_quotas import ConsumeRequest, EmbeddedQuotaLedger
+
+router = APIRouter(prefix="/v1", tags=["quotas"])
+
+
+def _ledger(platform: Platform) -> EmbeddedQuotaLedger:
+    if platform.quotas is None:
+        raise Problem(
+            503,
+            "Quotas unavailable",
+            "Quota enforcement runs in embedded mode in this version; Kafka mode's (Redis counters) is under way.",
+            kind="quotas-unavailable",
+            headers={"Retry-After": "60"},
+        )
+    return platform.quotas
+
+
+def _z(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+@router.post(
+    "/quotas/{meter}/consume",
+    response_model=ConsumeResult,
+    responses={404: {}, 409: {}, 422: {}, 429: {}, 503: {}},
+)
+async def consume(meter: str, body: ConsumeBody, platform: PlatformDep, principal: TenantDep) -> ConsumeResult:
+    """Check and record usage before serving a request: the usage is on the log (an event of the
+    meter's type, whose id is the idempotency key) when the answer is 200. A hard limit refuses
+    with 429 what would pass it; a retry with the same idempotency key returns the first answer and
+    counts nothing."""
+    ledger = _ledger(platform)
+    tenant_id = principal.tenant_id or ""
+    with platform.db.transaction() as tx:
+        definition = views.meter_definition(tx, meter)
+        if definition is None:
+            raise NotFound(f"meter {meter!r} not found")
+        quota: Quota | None = plan_store.quotas_of(tx, tenant_id).get(meter)
+    if not is_additive(definition):
+        raise Problem(
+            422,
+            "Not an additive meter",
+            f"meter {meter!r} aggregates {definition.aggregation.value}: only SUM and COUNT meters have quotas.",
+            kind="invalid-quota",
+        )
+    amount = body.amount
+    if definition.aggregation.value == "COUNT" and amount != 1:
+        raise Problem(
+            422, "Invalid amount", f"meter {meter!r} counts events: each consume counts one (amount 1).", kind="invalid-amount"
+        )
+    if amount != amount.to_integral_value() and Decimal(repr(float(amount))) != amount:
+        raise Problem(
+            422,
+            "Invalid amount",
+            "amount has more significant digits than the log's JSON numbers keep exactly (15).",
+            kind="invalid-amount",
+        )
+    try:
+        data = consume_event_data(definition, amount, body.data)
+    except ValueError as unusable:
+        raise Problem(422, "Meter cannot be consumed", str(unusable), kind="invalid-quota") from None
+    now = datetime.now(UTC)
+    period = period_of(now, quota.entitlement.period if quota else Period.DAY)
+    actor = Actor(principal.key_id)
+    usage = Envelope(
+        id=str(uuid_utils.uuid7()),
+        type=definition.event_type,
+        tenant_id=tenant_id,
+        source=CONSUME_SOURCE,
+        source_id=body.idempotency_key,
+        event_time=now,
+        recorded_time=now,
+        data=data,
+        subject=body.subject,
+        actor=actor,
+        extensions={QUOTA_CONSUME: period.text},
+    )
+    refusal = Envelope(
+        id=str(uuid_utils.uuid7()),
+        type=REFUSED,
+        tenant_id=tenant_id,
+        source=CONSUME_SOURCE,
+        source_id=body.idempotency_key,
+        event_time=now,
+        recorded_time=now,
+        data={
+            "meter": meter,
+            "amount": quantity_json(amount),
+            "limit": quantity_json(quota.entitlement.limit) if quota else None,
+            "period": period.label,
+        },
+        subject=body.subject,
+        actor=actor,
+    )
+    request = ConsumeRequest(
+        tenant_id=tenant_id,
+        meter=meter,
+        amount=amount,
+        idempotency_key=body.idempotency_key,
+        subject=body.subject,
+        entitlement=quota.entitlement if quota else None,
+        period=period,
+        usage=(usage, encode(usage)),
+        refusal=(refusal, encode(refusal)),
+        keep_until=now + platform.policy.window,
+    )
+    outcome = await run_in_threadpool(ledger.consume, request)
+    if outcome.conflict:
+        raise Problem(
+            409,
+            "Idempotency key reused",
+            "This idempotency key was used for another consume (meter, amount or subject).",
+            kind="idempotency-key-reused",
+        )
+    decision = outcome.decision
+    if not decision.accepted:
+        retry_after = max(1, math.ceil((outcome.period.end - now).total_seconds()))
+        raise Problem(
+            429,
+            "Quota exceeded",
+            f"{meter}: {quantity_json(decision.used)} of {quantity_json(decision.limit or Decimal(0))} used in {outcome.period.label}; "
+            f"{quantity_json(amount)} more would pass the limit.",
+            kind="quota-exceeded",
+            headers={"Retry-After": str(retry_after)},
+            members={
+                "meter": meter,
+                "limit": quantity_json(decision.limit or Decimal(0)),
+                "used": quantity_json(decision.used),
+                "period": outcome.period.label,
+                "period_end": _z(outcome.period.end),
+            },
+        )
+    return ConsumeResult(
+        used=quantity_json(decision.used),
+        remaining=quantity_json(decision.remaining) if decision.remaining is not None else None,
+        limit=quantity_json(decision.limit) if decision.limit is not None else None,
+        period_end=_z(outcome.period.end),
+    )
+
+
+def _tenant_of(principal: CallerDep, tenant: str | None) -> str:
+    """The caller's own tenant, or for the admin the one named by `?tenant=`."""
+    if not principal.is_admin:
+        if tenant is not None and canonical_uuid(tenant) != principal.tenant_id:
+            raise NotFound(f"tenant {tenant} not found")
+        return principal.tenant_id or ""
+    if tenant is None:
+        raise Problem(422, "Tenant needed", "The admin names the tenant: ?tenant=ID.", kind="tenant-needed")
+    canonical = canonical_uuid(tenant)
+    if canonical is None:
+        raise NotFound(f"tenant {tenant} not found")
+    return canonical
+
+
+def _quotas(platform: Platform, tenant_id: str) -> list[QuotaPublic]:
+    with platform.db.transaction() as tx:
+        if views.tenant(tx, tenant_id) is None:
+            raise NotFound(f"tenant {tenant_id} not found")
+        quotas = plan_store.quotas_of(tx, tenant_id)
+        definitions = {d.slug: d for d in views.meter_definitions(tx)}
+        now = datetime.now(UTC)
+        found = []
+        for meter, quota in quotas.items():
+            period = period_of(now, quota.entitlement.period)
+            if platform.quotas is not None:
+                used = platform.quotas.used(tenant_id, meter, period)
+            elif meter in definitions:
+                used = quota_store.period_total(tx, tenant_id, definitions[meter], period)
+            else:
+                used = Decimal(0)
+            found.append(_public(meter, quota, period, used))
+    return found
+
+
+def _public(meter: str, quota: Quota, period: PeriodKey, used: Decimal) -> QuotaPublic:
+    e = quota.entitlement
+    return QuotaPublic(
+        meter=meter,
+        limit=quantity_json(e.limit),
+        used=quantity_json(used),
+        remaining=quantity_json(max(e.limit - used, Decimal(0))),
+        period=e.period,
+        period_start=_z(period.start),
+        period_end=_z(period.end),
+        enforcement=e.enforcement,
+        thresholds=e.thresholds,
+        source=quota.source,
+        plan=quota.plan,
+    )
+
+
+@router.get("/quotas", response_model=QuotaList, responses={404: {}, 422: {}})
+def list_quotas(
+    platform: PlatformDep,
+    principal: CallerDep,
+    tenant: Annotated[str | None, Query(description="Admin only: whose quotas")] = None,
+) -> QuotaList:
+    """Each quota of the tenant, with its usage in the current period."""
+    return QuotaList(data=_quotas(platform, _tenant_of(principal, tenant)))
+
+
+@router.get("/quotas/{meter}", response_model=QuotaPublic, responses={404: {}, 422: {}})
+def get_quota(
+    meter: str,
+    platform: PlatformDep,
+    principal: CallerDep,
+    tenant: Annotated[str | None, Query(description="Admin only: whose quota")] = None,
+) -> QuotaPublic:
+    """One quota of the tenant, with its usage in the current period."""
+    for quota in _quotas(platform, _tenant_of(principal, tenant)):
+        if quota.meter == meter:
+            return quota
+    raise NotFound(f"no quota on meter {meter!r}")
+
+
+@router.get("/notifications", response_model=NotificationList, responses={404: {}, 422: {}})
+def list_notifications(
+    platform: PlatformDep,
+    principal: CallerDep,
+    tenant: Annotated[str | None, Query(description="Admin only: whose notifications")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    before: Annotated[str | None, Query(description="The `next_before` of the previous page")] = None,
+) -> NotificationList:
+    """The tenant's notifications (quota thresholds crossed), newest first."""
+    tenant_id = _tenant_of(principal, tenant)
+    cursor = None
+    if before is not None:
+        at, _, last_id = before.partition("~")
+        if not at or not last_id:
+            raise Problem(422, "Invalid cursor", "`before` must be a `next_before` from an earlier page.", kind="invalid-cursor")
+        cursor = (at, last_id)
+    with platform.db.transaction() as tx:
+        rows = quota_store.notifications(tx, tenant_id, limit, cursor)
+    data = [
+        NotificationPublic(
+            id=r[0],
+            type=r[2],
+            tenant_id=r[1],
+            meter=r[3],
+            period=PeriodKey.parse(r[4]).label,
+            threshold=r[5],
+            limit=quantity_json(Decimal(r[6])),
+            used=quantity_json(Decimal(r[7])),
+            occurred_at=r[8],
+        )
+        for r in rows
+    ]
+    next_before = f"{data[-1].occurred_at}~{data[-1].id}" if len(data) == limit else None
+    return NotificationList(data=data, next_before=next_before)

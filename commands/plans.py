@@ -1,0 +1,214 @@
+"""Plans and quota overrides: control-plane aggregates in the event store.
+
+A plan is published at version 1 and revised to the next version by each change; its tenants get
+the new entitlements from that change on (usage so far in the period carries over: it is the
+meter's, not the plan's). A tenant's plan is an event on its Tenant aggregate. An override is an
+aggregate per (tenant, meter), set and removed. Each change is saved with its audit entry.
+
+Every entitlement names an additive meter (SUM or COUNT) that exists: quotas count usage, and a
+maximum or an average cannot be used up.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.domain import Aggregate, event
+from eventsourcing.persistence import IntegrityError
+
+from commands.errors import Conflict, Invalid, NotFound
+from commands.ids import meter_aggregate_id, override_aggregate_id, plan_aggregate_id
+from schemas.meters import MeterDefinition
+from schemas.plans import Entitlement, PlanBody
+
+if TYPE_CHECKING:
+    from commands.control_plane import CommandContext, ControlPlane
+
+PLATFORM = "_platform"
+
+
+class Plan(Aggregate):
+    @staticmethod
+    def create_id(slug: str, body: dict[str, Any]) -> UUID:
+        return plan_aggregate_id(slug)
+
+    @event("Published")
+    def __init__(self, slug: str, body: dict[str, Any]) -> None:
+        self.slug = slug
+        self.body = body
+        self.plan_version = 1
+
+    @event("Revised")
+    def revise(self, slug: str, plan_version: int, body: dict[str, Any]) -> None:
+        """The event names the plan and its new version, so readers of the log need nothing else."""
+        self.body = body
+        self.plan_version = plan_version
+
+
+class QuotaOverride(Aggregate):
+    @staticmethod
+    def create_id(tenant_id: str, meter: str, entitlement: dict[str, Any]) -> UUID:
+        return override_aggregate_id(tenant_id, meter)
+
+    @event("Set")
+    def __init__(self, tenant_id: str, meter: str, entitlement: dict[str, Any]) -> None:
+        self.tenant_id = tenant_id
+        self.meter = meter
+        self.entitlement: dict[str, Any] | None = entitlement
+
+    @event("Changed")
+    def change(self, tenant_id: str, meter: str, entitlement: dict[str, Any]) -> None:
+        self.entitlement = entitlement
+
+    @event("Removed")
+    def remove(self, tenant_id: str, meter: str) -> None:
+        self.entitlement = None
+
+
+def entitlement_json(entitlement: Entitlement) -> dict[str, Any]:
+    """As stored in events: the limit as exact decimal text."""
+    body = entitlement.model_dump(mode="json")
+    body["limit"] = str(entitlement.limit)
+    return body
+
+
+def plan_json(body: PlanBody) -> dict[str, Any]:
+    return {"name": body.name, "entitlements": [entitlement_json(e) for e in body.entitlements]}
+
+
+class PlanCommands:
+    """The plan and quota commands of the ControlPlane application (mixed into it)."""
+
+    def put_plan(self: ControlPlane, ctx: CommandContext, slug: str, body: PlanBody) -> tuple[Plan, bool]:
+        """Publish a plan, or revise it when the body differs; returns the plan and whether it is new."""
+        resource = f"plans/{slug}"
+        with self._rejections_audited(ctx, "plan.put", resource):
+            self._check_meters(body.entitlements)
+            stored = plan_json(body)
+            plan = self._get_plan(slug)
+            created = plan is None
+            if plan is None:
+                plan = Plan(slug=slug, body=stored)
+            elif plan.body != stored:
+                plan.revise(slug=slug, plan_version=plan.plan_version + 1, body=stored)
+            try:
+                self.save(plan, self._audit(ctx, "plan.put", resource, PLATFORM))
+            except IntegrityError as race:
+                raise Conflict(f"plan {slug!r} changed concurrently; retry") from race
+        return plan, created
+
+    def assign_plan(self: ControlPlane, ctx: CommandContext, tenant_id: str, slug: str) -> None:
+        resource = f"tenants/{tenant_id}/plan"
+        with self._rejections_audited(ctx, "tenant.plan.assign", resource):
+            tenant = self.get_tenant(tenant_id)
+            if self._get_plan(slug) is None:
+                raise Invalid(
+                    f"plan {slug!r} is not defined",
+                    [{"loc": ["body", "plan"], "msg": "no such plan"}],
+                    title="Invalid plan",
+                    kind="invalid-plan",
+                )
+            if tenant.plan != slug:
+                tenant.assign_plan(tenant_id=str(tenant.id), plan=slug)
+            try:
+                self.save(tenant, self._audit(ctx, "tenant.plan.assign", f"tenants/{tenant.id}/plan", str(tenant.id)))
+            except IntegrityError as race:
+                raise Conflict(f"tenant {tenant_id} changed concurrently; retry") from race
+
+    def set_quota_override(self: ControlPlane, ctx: CommandContext, tenant_id: str, entitlement: Entitlement) -> None:
+        resource = f"tenants/{tenant_id}/quotas/{entitlement.meter}"
+        with self._rejections_audited(ctx, "quota.override.set", resource):
+            tenant = str(self.get_tenant(tenant_id).id)
+            self._check_meters([entitlement])
+            stored = entitlement_json(entitlement)
+            override = self._get_override(tenant, entitlement.meter)
+            if override is None:
+                override = QuotaOverride(tenant_id=tenant, meter=entitlement.meter, entitlement=stored)
+            elif override.entitlement != stored:
+                override.change(tenant_id=tenant, meter=entitlement.meter, entitlement=stored)
+            try:
+                self.save(
+                    override, self._audit(ctx, "quota.override.set", f"tenants/{tenant}/quotas/{entitlement.meter}", tenant)
+                )
+            except IntegrityError as race:
+                raise Conflict("the override changed concurrently; retry") from race
+
+    def remove_quota_override(self: ControlPlane, ctx: CommandContext, tenant_id: str, meter: str) -> None:
+        resource = f"tenants/{tenant_id}/quotas/{meter}"
+        with self._rejections_audited(ctx, "quota.override.remove", resource):
+            tenant = str(self.get_tenant(tenant_id).id)
+            override = self._get_override(tenant, meter)
+            if override is None or override.entitlement is None:
+                raise NotFound(f"tenant {tenant_id} has no override on meter {meter!r}")
+            override.remove(tenant_id=tenant, meter=meter)
+            try:
+                self.save(override, self._audit(ctx, "quota.override.remove", f"tenants/{tenant}/quotas/{meter}", tenant))
+            except IntegrityError as race:
+                raise Conflict("the override changed concurrently; retry") from race
+
+    def _check_meters(self: ControlPlane, entitlements: list[Entitlement]) -> None:
+        """Every entitlement's meter exists and is additive; else Invalid, naming each."""
+        errors: list[dict[str, object]] = []
+        for index, entitlement in enumerate(entitlements):
+            definition = self._meter_definition(entitlement.meter)
+            where = ["body", "entitlements", index, "meter"]
+            if definition is None:
+                errors.append({"loc": where, "msg": f"meter {entitlement.meter!r} is not defined"})
+            elif definition.aggregation.value not in ("SUM", "COUNT"):
+                errors.append(
+                    {
+                        "loc": where,
+                        "msg": f"meter {entitlement.meter!r} aggregates {definition.aggregation.value}: "
+                        "quotas apply to SUM and COUNT meters only",
+                    }
+                )
+        if errors:
+            raise Invalid("; ".join(str(e["msg"]) for e in errors), errors, title="Invalid quota", kind="invalid-quota")
+
+    def _meter_definition(self: ControlPlane, slug: str) -> MeterDefinition | None:
+        try:
+            meter: object = self.repository.get(meter_aggregate_id(slug))
+        except AggregateNotFoundError:
+            return None
+        definition = getattr(meter, "definition", None)  # a Meter (commands.control_plane)
+        return MeterDefinition.model_validate(definition) if isinstance(definition, dict) else None
+
+    def _get_plan(self: ControlPlane, slug: str) -> Plan | None:
+        try:
+            plan: object = self.repository.get(plan_aggregate_id(slug))
+        except AggregateNotFoundError:
+            return None
+        return plan if isinstance(plan, Plan) else None
+
+    def _get_override(self: ControlPlane, tenant_id: str, meter: str) -> QuotaOverride | None:
+        try:
+            override: object = self.repository.get(override_aggregate_id(tenant_id, meter))
+        except AggregateNotFoundError:
+            return None
+        return override if isinstance(override, QuotaOverride) else None
+
+
+def describe(domain_event: Any) -> tuple[str, str, dict[str, Any]] | None:
+    """The log's type, tenant and data for a plan or quota event; None for any other event."""
+    kind = type(domain_event).__qualname__
+    match kind:
+        case "Plan.Published":
+            return "omni.plan.published", PLATFORM, {"slug": domain_event.slug, "version": 1, **domain_event.body}
+        case "Plan.Revised":
+            data = {"slug": domain_event.slug, "version": domain_event.plan_version, **domain_event.body}
+            return "omni.plan.published", PLATFORM, data
+        case "Tenant.PlanAssigned":
+            return (
+                "omni.tenant.plan_assigned",
+                domain_event.tenant_id,
+                {"tenant_id": domain_event.tenant_id, "plan": domain_event.plan},
+            )
+        case "QuotaOverride.Set" | "QuotaOverride.Changed":
+            data = {"tenant_id": domain_event.tenant_id, "meter": domain_event.meter, "entitlement": domain_event.entitlement}
+            return "omni.quota.override_set", domain_event.tenant_id, data
+        case "QuotaOverride.Removed":
+            data = {"tenant_id": domain_event.tenant_id, "meter": domain_event.meter}
+            return "omni.quota.override_removed", domain_event.tenant_id, data
+    return None

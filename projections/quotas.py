@@ -1,0 +1,243 @@
+"""Quotas: periods, the entitlement in effect, consume decisions, what usage counts, threshold crossings.
+
+Pure: no clock, no I/O. The ledgers (streams.embedded_quotas; Redis in Kafka mode) and the meter
+projector call these with what they read.
+
+A quota is an entitlement on an additive meter (SUM or COUNT) for one tenant: a limit per calendar
+period (UTC day or month, by event time), from the tenant's plan or from an override of its own.
+Its usage in a period is the meter's total for the tenant over that period: the same events, de-
+duplicated the same way, whether they came as facts (POST /v1/events) or through consume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+from uuid import NAMESPACE_URL, uuid5
+
+from projections.meters import MeterIndex, numeric, read
+from schemas.envelope import Envelope
+from schemas.meters import Aggregation, MeterDefinition
+from schemas.plans import Enforcement, Entitlement, Period
+
+ADDITIVE = frozenset({Aggregation.SUM, Aggregation.COUNT})
+# The extension attribute on a usage event that consume recorded: its amount is already counted by
+# the ledger that decided, so the fold does not count it there a second time. Admission refuses it
+# from clients (schemas.envelope.RESERVED).
+QUOTA_CONSUME = "quotaconsume"
+CONSUME_SOURCE = "omni://quotas"
+THRESHOLD_CROSSED = "omni.quota.threshold_crossed"
+REFUSED = "omni.quota.refused"
+NOTICES = uuid5(NAMESPACE_URL, "https://omni.dev/ids/notifications")
+
+
+def is_additive(definition: MeterDefinition) -> bool:
+    return definition.aggregation in ADDITIVE
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class PeriodKey:
+    """One calendar period: `D:2026-12-04` or `M:2026-12` as text."""
+
+    period: Period
+    start: datetime
+
+    @property
+    def end(self) -> datetime:
+        if self.period is Period.DAY:
+            return self.start + timedelta(days=1)
+        year, month = (self.start.year + 1, 1) if self.start.month == 12 else (self.start.year, self.start.month + 1)
+        return self.start.replace(year=year, month=month)
+
+    @property
+    def text(self) -> str:
+        if self.period is Period.DAY:
+            return "D:" + self.start.strftime("%Y-%m-%d")
+        return "M:" + self.start.strftime("%Y-%m")
+
+    @property
+    def label(self) -> str:
+        """As users read it: 2026-12-04 or 2026-12."""
+        return self.text[2:]
+
+    @classmethod
+    def parse(cls, text: str) -> PeriodKey:
+        kind, _, rest = text.partition(":")
+        if kind == "D":
+            return cls(Period.DAY, datetime.strptime(rest, "%Y-%m-%d").replace(tzinfo=UTC))
+        return cls(Period.MONTH, datetime.strptime(rest, "%Y-%m").replace(tzinfo=UTC))
+
+
+def period_of(moment: datetime, period: Period) -> PeriodKey:
+    """The calendar period (UTC) an instant belongs to: its start is in it, its end is not."""
+    utc = moment.astimezone(UTC)
+    if period is Period.DAY:
+        return PeriodKey(period, datetime(utc.year, utc.month, utc.day, tzinfo=UTC))
+    return PeriodKey(period, datetime(utc.year, utc.month, 1, tzinfo=UTC))
+
+
+def periods_of(moment: datetime) -> tuple[PeriodKey, PeriodKey]:
+    """Both periods an instant counts in: every quota's usage is kept per day and per month."""
+    return period_of(moment, Period.DAY), period_of(moment, Period.MONTH)
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """The entitlement in effect for one tenant and meter, and where it comes from."""
+
+    entitlement: Entitlement
+    source: str  # "plan" or "override"
+    plan: str | None
+
+
+def in_effect(plan: str | None, plan_entitlements: Iterable[Entitlement], overrides: Iterable[Entitlement]) -> dict[str, Quota]:
+    """Each meter's quota for a tenant: its own override where it has one, else its plan's."""
+    quotas = {e.meter: Quota(e, "plan", plan) for e in plan_entitlements}
+    quotas.update({e.meter: Quota(e, "override", plan) for e in overrides})
+    return dict(sorted(quotas.items()))
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    accepted: bool
+    used: Decimal  # after the decision: with the amount if accepted
+    limit: Decimal | None
+    remaining: Decimal | None
+
+
+def decide(used: Decimal, amount: Decimal, entitlement: Entitlement | None) -> Decision:
+    """Consume `amount` with `used` counted so far in the period. A hard limit refuses what would
+    pass it (so the accepted total never does, and reaches it exactly when demand exceeds it); a
+    soft limit or no quota at all accepts everything."""
+    if entitlement is None:
+        return Decision(True, used + amount, None, None)
+    limit = entitlement.limit
+    after = used + amount
+    if entitlement.enforcement is Enforcement.HARD and after > limit:
+        return Decision(False, used, limit, max(limit - used, Decimal(0)))
+    return Decision(True, after, limit, max(limit - after, Decimal(0)))
+
+
+CounterKey = tuple[str, str, str]  # tenant, meter, period text
+
+
+def usage_deltas(meters: MeterIndex, events: Iterable[Envelope], *, facts_only: bool) -> dict[CounterKey, Decimal]:
+    """Each (tenant, additive meter, period) the events add to, and by how much: in the day and
+    the month of each event's time. `facts_only` leaves out what consume recorded (its ledger
+    counted it when it decided)."""
+    deltas: dict[CounterKey, Decimal] = {}
+    for event in events:
+        candidates = meters.by_type.get(event.type)
+        if not candidates or (facts_only and QUOTA_CONSUME in event.extensions):
+            continue
+        periods: tuple[PeriodKey, PeriodKey] | None = None
+        for meter in candidates:
+            if meter.aggregation is Aggregation.COUNT:
+                amount: Decimal | None = Decimal(1)
+            elif meter.aggregation is Aggregation.SUM and meter.value_reader is not None:
+                amount = numeric(read(event, meter.value_reader))
+            else:
+                continue
+            if amount is None:
+                continue
+            periods = periods or periods_of(event.event_time)
+            for period in periods:
+                key = (event.tenant_id, meter.slug, period.text)
+                deltas[key] = deltas.get(key, Decimal(0)) + amount
+    return deltas
+
+
+def reached(used: Decimal, limit: Decimal, threshold: int) -> bool:
+    """Whether usage has reached `threshold` percent of the limit (a zero limit: any usage at all)."""
+    if limit == 0:
+        return used > 0
+    return used * 100 >= limit * threshold
+
+
+def crossed(before: Decimal, after: Decimal, entitlement: Entitlement) -> list[int]:
+    """The thresholds usage reached going from `before` to `after`."""
+    return [
+        t for t in entitlement.thresholds if reached(after, entitlement.limit, t) and not reached(before, entitlement.limit, t)
+    ]
+
+
+def notification_id(tenant_id: str, meter: str, period: PeriodKey, threshold: int) -> str:
+    """One id per (tenant, meter, period, threshold): a restart or a replay cannot notify twice."""
+    return str(uuid5(NOTICES, f"quota-threshold/{tenant_id}/{meter}/{period.text}/{threshold}"))
+
+
+@dataclass(frozen=True, slots=True)
+class Crossing:
+    id: str
+    tenant_id: str
+    meter: str
+    period: PeriodKey
+    threshold: int
+    limit: Decimal
+    used: Decimal
+    occurred_at: datetime  # the recorded time of the event that crossed it
+
+
+def crossings(
+    before: Mapping[CounterKey, Decimal],
+    events: Iterable[Envelope],
+    meters: MeterIndex,
+    quotas: Mapping[tuple[str, str], Quota],
+) -> list[Crossing]:
+    """Thresholds crossed by a batch of events, in order, given each key's usage before the batch.
+
+    `quotas` maps (tenant, meter) to its quota; a key's usage counts in the quota's own period."""
+    used = dict(before)
+    found: list[Crossing] = []
+    for event in events:
+        candidates = meters.by_type.get(event.type)
+        if not candidates:
+            continue
+        for meter in candidates:
+            quota = quotas.get((event.tenant_id, meter.slug))
+            if quota is None:
+                continue
+            single = usage_deltas(meters.only([meter.slug]), [event], facts_only=False)
+            period = period_of(event.event_time, quota.entitlement.period)
+            key = (event.tenant_id, meter.slug, period.text)
+            amount = single.get(key)
+            if amount is None:
+                continue
+            was = used.get(key, Decimal(0))
+            now = was + amount
+            used[key] = now
+            for threshold in crossed(was, now, quota.entitlement):
+                found.append(
+                    Crossing(
+                        notification_id(event.tenant_id, meter.slug, period, threshold),
+                        event.tenant_id,
+                        meter.slug,
+                        period,
+                        threshold,
+                        quota.entitlement.limit,
+                        now,
+                        event.recorded_time,
+                    )
+                )
+    return found
+
+
+def consume_event_data(definition: MeterDefinition, amount: Decimal, data: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The usage event's `data` for a consume: the caller's `data`, with the amount at the meter's
+    value path (a SUM meter's path must be under `$.data`)."""
+    body: dict[str, Any] = dict(data or {})
+    if definition.aggregation is Aggregation.COUNT:
+        return body
+    parts = (definition.value_property or "").split(".")[1:]
+    if len(parts) < 2 or parts[0] != "data":
+        raise ValueError(f"meter {definition.slug!r} reads its value from {definition.value_property}, not from data")
+    doc = body
+    for part in parts[1:-1]:
+        inner = doc.get(part)
+        doc[part] = inner = dict(inner) if isinstance(inner, dict) else {}
+        doc = inner
+    doc[parts[-1]] = int(amount) if amount == amount.to_integral_value() else float(amount)
+    return body

@@ -1,0 +1,210 @@
+"""Plans and quotas as clients send and read them: entitlements per meter, overrides, consume calls."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+from schemas.text import Text
+
+SLUG_PATTERN = r"^[a-z0-9][a-z0-9_\-]{0,62}$"
+# The largest limit or amount: far above any real plan, and every sum of them stays exact (the
+# meters' own bound on a value is 1e38; see projections.meters.numeric).
+MAX_QUANTITY = Decimal(10) ** 18
+MAX_DECIMALS = 6  # decimal places in a limit or an amount: micro-units (GPU-seconds, dollars of credit)
+
+
+class Period(StrEnum):
+    DAY = "DAY"
+    MONTH = "MONTH"
+
+
+class Enforcement(StrEnum):
+    HARD = "hard"  # consume refuses what would pass the limit
+    SOFT = "soft"  # consume never refuses; crossing thresholds only notifies
+
+
+def exact_quantity(value: Any, *, name: str, positive: bool) -> Decimal:
+    """A limit or an amount: a JSON number (or decimal string), finite, at most MAX_DECIMALS places,
+    below MAX_QUANTITY; zero or more for a limit, more than zero for an amount."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
+        raise ValueError(f"{name} must be a number")
+    try:
+        quantity = Decimal(str(value)) if not isinstance(value, Decimal) else value
+    except ArithmeticError as bad:
+        raise ValueError(f"{name} must be a number") from bad
+    if not quantity.is_finite():
+        raise ValueError(f"{name} must be a finite number")
+    if quantity < 0 or (positive and quantity == 0):
+        raise ValueError(f"{name} must be {'more than zero' if positive else 'zero or more'}")
+    if quantity >= MAX_QUANTITY:
+        raise ValueError(f"{name} must be below 10^18")
+    exponent = quantity.as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -MAX_DECIMALS and quantity != quantity.quantize(Decimal(1).scaleb(-MAX_DECIMALS)):
+        raise ValueError(f"{name} may have at most {MAX_DECIMALS} decimal places")
+    return quantity.normalize() if quantity == quantity.to_integral_value() else quantity
+
+
+def quantity_json(quantity: Decimal) -> int | float | str:
+    """A quantity as JSON: an integer when whole, else its exact decimal text as a number where
+    a double holds it exactly enough to read back (clients compare with what they sent)."""
+    if quantity == quantity.to_integral_value():
+        return int(quantity)
+    return float(quantity) if Decimal(repr(float(quantity))) == quantity else str(quantity)
+
+
+def _distinct(value: list[int]) -> list[int]:
+    if len(set(value)) != len(value):
+        raise ValueError("thresholds must be distinct")
+    return sorted(value)
+
+
+Thresholds = Annotated[list[Annotated[int, Field(ge=1, le=1000)]], AfterValidator(_distinct)]
+
+_QUANTITY_SCHEMA = {"type": "number", "minimum": 0, "exclusiveMaximum": 1e18, "multipleOf": 0.000001}
+Limit = Annotated[Decimal, Field(json_schema_extra=_QUANTITY_SCHEMA)]
+
+
+class Entitlement(BaseModel):
+    """How much of one meter a plan allows per period, and what happens at the limit."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    meter: str = Field(pattern=SLUG_PATTERN, description="A SUM or COUNT meter's slug")
+    limit: Limit = Field(description="Units of the meter per period (zero allows nothing)")
+    period: Period = Field(description="Calendar day or month, UTC, by event time")
+    enforcement: Enforcement = Enforcement.HARD
+    thresholds: Thresholds = Field(
+        default_factory=lambda: [80, 100],
+        max_length=10,
+        description="Percentages of the limit; crossing each is notified once per period",
+        json_schema_extra={"uniqueItems": True},
+    )
+
+    @field_validator("limit", mode="before")
+    @classmethod
+    def _limit(cls, value: Any) -> Decimal:
+        return exact_quantity(value, name="limit", positive=False)
+
+    def public(self) -> dict[str, Any]:
+        body = self.model_dump(mode="json")
+        body["limit"] = quantity_json(self.limit)
+        return body
+
+
+class PlanBody(BaseModel):
+    """A plan as PUT by the admin. Prices join it with invoicing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Text | None = Field(default=None, max_length=200)
+    entitlements: list[Entitlement] = Field(default_factory=list, max_length=100)
+
+    @field_validator("entitlements")
+    @classmethod
+    def _one_per_meter(cls, value: list[Entitlement]) -> list[Entitlement]:
+        meters = [e.meter for e in value]
+        repeated = sorted({m for m in meters if meters.count(m) > 1})
+        if repeated:
+            raise ValueError(f"one entitlement per meter: {', '.join(repeated)} appear more than once")
+        return value
+
+
+class PlanPublic(BaseModel):
+    slug: str
+    version: int = Field(description="1 when published, one more at each change")
+    name: str | None
+    entitlements: list[dict[str, Any]]
+    updated_at: str
+
+
+class PlanList(BaseModel):
+    data: list[PlanPublic]
+
+
+class PlanAssignment(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    plan: str = Field(pattern=SLUG_PATTERN)
+
+
+class QuotaOverrideBody(BaseModel):
+    """One tenant's own entitlement on one meter, in place of its plan's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limit: Limit
+    period: Period
+    enforcement: Enforcement = Enforcement.HARD
+    thresholds: Thresholds = Field(default_factory=lambda: [80, 100], max_length=10, json_schema_extra={"uniqueItems": True})
+
+    @field_validator("limit", mode="before")
+    @classmethod
+    def _limit(cls, value: Any) -> Decimal:
+        return exact_quantity(value, name="limit", positive=False)
+
+    def entitlement(self, meter: str) -> Entitlement:
+        return Entitlement(meter=meter, **self.model_dump())
+
+
+class ConsumeBody(BaseModel):
+    """The gateway's check-and-record before it serves a request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    amount: Annotated[Decimal, Field(json_schema_extra={**_QUANTITY_SCHEMA, "exclusiveMinimum": 0})]
+    subject: Text | None = Field(default=None, min_length=1, max_length=256)
+    idempotency_key: Text = Field(
+        min_length=1, max_length=200, description="The usage event's id: a retry with it returns the first answer"
+    )
+    data: dict[str, Any] | None = Field(default=None, description="Merged into the usage event's data")
+
+    @field_validator("amount", mode="before")
+    @classmethod
+    def _amount(cls, value: Any) -> Decimal:
+        return exact_quantity(value, name="amount", positive=True)
+
+
+class QuotaPublic(BaseModel):
+    meter: str
+    limit: int | float | str
+    used: int | float | str
+    remaining: int | float | str
+    period: Period
+    period_start: str
+    period_end: str
+    enforcement: Enforcement
+    thresholds: list[int]
+    source: str = Field(description="`plan` or `override`")
+    plan: str | None
+
+
+class QuotaList(BaseModel):
+    data: list[QuotaPublic]
+
+
+class ConsumeResult(BaseModel):
+    used: int | float | str = Field(description="Usage in the quota's period, this consume included")
+    remaining: int | float | str | None = Field(description="Left before the limit (null: no quota on this meter)")
+    limit: int | float | str | None = Field(description="The limit in effect (null: no quota on this meter)")
+    period_end: str
+
+
+class NotificationPublic(BaseModel):
+    id: str
+    type: str
+    tenant_id: str
+    meter: str
+    period: str
+    threshold: int
+    limit: int | float | str
+    used: int | float | str
+    occurred_at: str
+
+
+class NotificationList(BaseModel):
+    data: list[NotificationPublic]
+    next_before: str | None = None

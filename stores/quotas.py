@@ -1,0 +1,92 @@
+"""Quota usage as the meter views hold it, and the notifications the threshold fold writes.
+
+A quota's usage in a period is its meter's total for the tenant over the period's UTC days: the
+day buckets of `meter_totals` (stores.views), summed here (SQLite keeps totals as decimal text).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from decimal import Decimal
+
+from projections.meters import DAY
+from projections.quotas import THRESHOLD_CROSSED, Crossing, PeriodKey
+from schemas.envelope import format_time
+from schemas.meters import Aggregation, MeterDefinition
+from stores.database import Tx
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS notifications (
+    id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, type TEXT NOT NULL, meter TEXT NOT NULL, period TEXT NOT NULL,
+    threshold INTEGER NOT NULL, quota_limit TEXT NOT NULL, used TEXT NOT NULL, occurred_at TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS notifications_by_tenant ON notifications (tenant_id, occurred_at, id);
+"""
+
+
+def _amount(definition: MeterDefinition) -> str:
+    return "count" if definition.aggregation is Aggregation.COUNT else "total"
+
+
+def period_totals(tx: Tx, definition: MeterDefinition, start: int, end: int) -> dict[str, Decimal]:
+    """Every tenant's usage of an additive meter over [start, end) (epoch seconds, whole UTC days)."""
+    rows = tx.execute(
+        f"SELECT tenant_id, {_amount(definition)} FROM meter_totals WHERE meter=? AND resolution=? "
+        "AND window_start >= ? AND window_start < ?",
+        (definition.slug, DAY, start, end),
+    )
+    found: dict[str, Decimal] = {}
+    for tenant_id, amount in rows:
+        found[tenant_id] = found.get(tenant_id, Decimal(0)) + Decimal(amount)
+    return found
+
+
+def period_total(tx: Tx, tenant_id: str, definition: MeterDefinition, period: PeriodKey) -> Decimal:
+    """One tenant's usage of an additive meter in one period."""
+    rows = tx.execute(
+        f"SELECT {_amount(definition)} FROM meter_totals WHERE tenant_id=? AND meter=? AND resolution=? "
+        "AND window_start >= ? AND window_start < ?",
+        (tenant_id, definition.slug, DAY, int(period.start.timestamp()), int(period.end.timestamp())),
+    )
+    return sum((Decimal(row[0]) for row in rows), Decimal(0))
+
+
+def add_notifications(tx: Tx, crossings: Iterable[Crossing]) -> int:
+    """Keep each crossing once (its id is deterministic); returns how many were new."""
+    added = 0
+    for c in crossings:
+        rows = tx.execute(
+            "INSERT INTO notifications VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
+            (
+                c.id,
+                c.tenant_id,
+                THRESHOLD_CROSSED,
+                c.meter,
+                c.period.text,
+                c.threshold,
+                str(c.limit),
+                str(c.used),
+                format_time(c.occurred_at),
+            ),
+        )
+        added += len(rows)
+    return added
+
+
+NotificationRow = tuple[str, str, str, str, str, int, str, str, str]
+
+
+def notifications(tx: Tx, tenant_id: str, limit: int, before: tuple[str, str] | None) -> list[NotificationRow]:
+    """The tenant's notifications, newest first; `before` is the (occurred_at, id) of the last one seen."""
+    columns = "id, tenant_id, type, meter, period, threshold, quota_limit, used, occurred_at"
+    if before is None:
+        rows = tx.execute(
+            f"SELECT {columns} FROM notifications WHERE tenant_id=? ORDER BY occurred_at DESC, id DESC LIMIT ?",
+            (tenant_id, limit),
+        )
+    else:
+        rows = tx.execute(
+            f"SELECT {columns} FROM notifications WHERE tenant_id=? AND (occurred_at < ? OR (occurred_at = ? AND id < ?)) "
+            "ORDER BY occurred_at DESC, id DESC LIMIT ?",
+            (tenant_id, before[0], before[0], before[1], limit),
+        )
+    return [tuple(r) for r in rows]  # type: ignore[misc]

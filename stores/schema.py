@@ -1,0 +1,5 @@
+"""Every view table, migrated together (stores.database.Database.migrate)."""
+
+from stores import plans, quotas, views
+
+SCHEMA = ";\n".join(script.strip().rstrip(";") for script in (views.SCHEMA, plans.SCHEMA, quotas.SCHEMA))

@@ -1,0 +1,285 @@
+"""The quota ledger of embedded mode: hot counters in the embedded log's own SQLite file.
+
+A consume is one transaction of the log's file: the caller's earlier answer under its idempotency
+key, else the counter read, the decision (projections.quotas.decide), the usage record appended to
+the log (or the refusal's), the counters raised and the answer kept, committed together. Nothing
+can come between the check and the count, across threads and processes: SQLite's write lock
+(BEGIN IMMEDIATE) orders them.
+
+Counters hold, per (tenant, additive meter, period), everything the log holds for it: consumes,
+counted as they are decided, and facts (POST /v1/events), counted by the meter projector as it
+folds them (`add_facts`, before the views commit). A per-partition mark says which offsets the
+counters hold, so a batch folded again after a failed commit is not counted twice. Both periods
+of every event are kept (its UTC day and its month): a quota's period is its own.
+
+`ensure_built` fills the counters of a log that has none (made before quotas existed): it folds
+the log to its end, then, in one transaction of the log's file, where nothing can be appended,
+takes the current day's and month's totals from the meter views, if the views hold the whole log.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import orjson
+
+from projections.meters import MeterIndex
+from projections.quotas import CounterKey, Decision, PeriodKey, decide, periods_of, usage_deltas
+from schemas.envelope import Envelope, record_headers
+from schemas.meters import Aggregation, MeterDefinition
+from schemas.plans import Entitlement
+from stores import quotas as quota_views
+from stores import views
+from stores.database import Database, Tx
+from streams.embedded_log import EmbeddedLog
+from streams.log import LogRecord, Outgoing
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS quota_counters (
+    tenant_id TEXT NOT NULL, meter TEXT NOT NULL, period TEXT NOT NULL, used TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, meter, period)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS quota_marks (
+    topic TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS quota_answers (
+    tenant_id TEXT NOT NULL, idempotency_key TEXT NOT NULL, request TEXT NOT NULL, answer TEXT NOT NULL,
+    keep_until INTEGER NOT NULL, PRIMARY KEY (tenant_id, idempotency_key)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS quota_answers_expiry ON quota_answers (keep_until);
+CREATE TABLE IF NOT EXISTS quota_ledger (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+"""
+
+BUILT = "built"
+PURGE_EVERY_SECONDS = 3600.0
+KEEP_PERIODS = timedelta(days=62)  # counters of periods that ended longer ago are dropped
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumeRequest:
+    tenant_id: str
+    meter: str
+    amount: Decimal
+    idempotency_key: str
+    subject: str | None
+    entitlement: Entitlement | None
+    period: PeriodKey  # the quota's period (a day when there is no quota), of the consume's time
+    usage: tuple[Envelope, bytes]  # the usage event to append if accepted, and its wire form
+    refusal: tuple[Envelope, bytes]  # the refusal's, if refused
+    keep_until: datetime  # how long the answer is kept for retries
+
+    def fingerprint(self) -> str:
+        return orjson.dumps([self.meter, str(self.amount), self.subject]).decode()
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumeOutcome:
+    decision: Decision
+    period: PeriodKey
+    replayed: bool  # the answer kept from an earlier call with this idempotency key
+    conflict: bool = False  # the key was used before for another request: nothing decided
+
+
+class EmbeddedQuotaLedger:
+    def __init__(self, log: EmbeddedLog) -> None:
+        self.log = log
+        self._last_purge = 0.0
+
+    async def start(self) -> None:
+        self.log.run_locked(lambda db: db.executescript(SCHEMA))
+
+    # Consume ------------------------------------------------------------------------------------
+
+    def consume(self, request: ConsumeRequest) -> ConsumeOutcome:
+        """Decide and record, atomically (blocking: call it from a worker thread)."""
+        outcome = self.log.run_locked(lambda db: self._consume(db, request))
+        if not outcome.replayed:
+            self.log.appended.set()
+        return outcome
+
+    def _consume(self, db: sqlite3.Connection, request: ConsumeRequest) -> ConsumeOutcome:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            outcome = self._decide(db, request)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return outcome
+
+    def _decide(self, db: sqlite3.Connection, request: ConsumeRequest) -> ConsumeOutcome:
+        kept = db.execute(
+            "SELECT request, answer FROM quota_answers WHERE tenant_id=? AND idempotency_key=?",
+            (request.tenant_id, request.idempotency_key),
+        ).fetchone()
+        if kept is not None:
+            if kept[0] != request.fingerprint():
+                return ConsumeOutcome(decide(Decimal(0), request.amount, None), request.period, replayed=True, conflict=True)
+            return _outcome_of(orjson.loads(kept[1]))
+        used = _counter(db, (request.tenant_id, request.meter, request.period.text))
+        decision = decide(used, request.amount, request.entitlement)
+        envelope, value = request.usage if decision.accepted else request.refusal
+        self.log.append_rows(db, self.log.topics.usage, [Outgoing(envelope.tenant_id, value, record_headers(envelope))])
+        if decision.accepted:
+            for period in periods_of(envelope.event_time):
+                _raise(db, (request.tenant_id, request.meter, period.text), request.amount)
+        outcome = ConsumeOutcome(decision, request.period, replayed=False)
+        db.execute(
+            "INSERT INTO quota_answers VALUES (?, ?, ?, ?, ?)",
+            (
+                request.tenant_id,
+                request.idempotency_key,
+                request.fingerprint(),
+                orjson.dumps(_answer_of(outcome)).decode(),
+                int(request.keep_until.timestamp()),
+            ),
+        )
+        self._purge(db)
+        return outcome
+
+    def _purge(self, db: sqlite3.Connection) -> None:
+        now = time.time()
+        if now - self._last_purge < PURGE_EVERY_SECONDS:
+            return
+        self._last_purge = now
+        db.execute("DELETE FROM quota_answers WHERE keep_until < ?", (int(now),))
+        oldest = datetime.fromtimestamp(now - KEEP_PERIODS.total_seconds(), tz=UTC).strftime("%Y-%m-%d")
+        db.execute("DELETE FROM quota_counters WHERE period < ? AND period LIKE 'D:%'", ("D:" + oldest,))
+        db.execute("DELETE FROM quota_counters WHERE period < ? AND period LIKE 'M:%'", ("M:" + oldest[:7],))
+
+    # Reads --------------------------------------------------------------------------------------
+
+    def used(self, tenant_id: str, meter: str, period: PeriodKey) -> Decimal:
+        return self.log.run_locked(lambda db: _counter(db, (tenant_id, meter, period.text)))
+
+    # Facts, from the meter projector ---------------------------------------------------------
+
+    def add_facts(
+        self, topic: str, partition: int, events: Sequence[tuple[LogRecord, Envelope]], end: int, meters: MeterIndex
+    ) -> None:
+        """Count the facts of a folded batch ending before offset `end`, those at or past the
+        partition's mark only, and move the mark to `end` (blocking)."""
+
+        def add(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute(
+                    "SELECT next_offset FROM quota_marks WHERE topic=? AND partition=?", (topic, partition)
+                ).fetchone()
+                mark = row[0] if row else 0
+                if end > mark:
+                    fresh = [event for record, event in events if record.offset >= mark]
+                    for key, amount in usage_deltas(meters, fresh, facts_only=True).items():
+                        _raise(db, key, amount)
+                    _set_mark(db, topic, partition, end)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+        self.log.run_locked(add)
+
+    # Building the counters of an older log ------------------------------------------------------
+
+    async def ensure_built(self, drain: Callable[[], Awaitable[None]], views_db: Database, now: datetime) -> bool:
+        """Fill the counters from the views if they were never built; True once they are."""
+        for _ in range(100):
+            if self.log.run_locked(lambda db: db.execute("SELECT 1 FROM quota_ledger WHERE name=?", (BUILT,)).fetchone()):
+                return True
+            await drain()
+            ends = {topic: await self.log.end_offsets(topic) for topic in (self.log.topics.usage, self.log.topics.api_calls)}
+            if self.log.run_locked(lambda db: self._build(db, views_db, ends, now)):  # noqa: B023 - called at once
+                return True
+        return False
+
+    def _build(self, db: sqlite3.Connection, views_db: Database, ends: dict[str, dict[int, int]], now: datetime) -> bool:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            current = {
+                topic: dict(db.execute("SELECT partition, next_offset FROM heads WHERE topic=?", (topic,)).fetchall())
+                for topic in ends
+            }
+            if any({p: o for p, o in ends[topic].items() if o} != current[topic] for topic in ends):
+                db.execute("ROLLBACK")
+                return False  # appended to since the drain: fold again
+            with views_db.transaction() as tx:
+                held = {topic: views.checkpoints(tx, consumer, topic) for topic, consumer in self._consumers().items()}
+                if any(held[topic].get(p, 0) != o for topic in ends for p, o in current[topic].items()):
+                    db.execute("ROLLBACK")
+                    return False
+                totals = _current_totals(tx, views.meter_definitions(tx), now)
+            db.execute("DELETE FROM quota_counters")
+            for key, amount in totals.items():
+                _raise(db, key, amount)
+            for topic, partitions in current.items():
+                for partition, end in partitions.items():
+                    _set_mark(db, topic, partition, end)
+            db.execute("INSERT INTO quota_ledger VALUES (?, ?) ON CONFLICT DO NOTHING", (BUILT, now.isoformat()))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return True
+
+    def _consumers(self) -> dict[str, str]:
+        from streams.projectors import API_CALLS, METERS
+
+        return {self.log.topics.usage: METERS, self.log.topics.api_calls: API_CALLS}
+
+
+def _current_totals(tx: Tx, definitions: list[MeterDefinition], now: datetime) -> dict[CounterKey, Decimal]:
+    """Every tenant's usage of each additive meter in the day and the month of `now`, from the views."""
+    day, month = periods_of(now)
+    found: dict[CounterKey, Decimal] = {}
+    for definition in definitions:
+        if definition.aggregation not in (Aggregation.SUM, Aggregation.COUNT):
+            continue
+        for period in (day, month):
+            for tenant_id, amount in quota_views.period_totals(
+                tx, definition, int(period.start.timestamp()), int(period.end.timestamp())
+            ).items():
+                found[(tenant_id, definition.slug, period.text)] = amount
+    return found
+
+
+def _counter(db: sqlite3.Connection, key: CounterKey) -> Decimal:
+    row = db.execute("SELECT used FROM quota_counters WHERE tenant_id=? AND meter=? AND period=?", key).fetchone()
+    return Decimal(row[0]) if row else Decimal(0)
+
+
+def _raise(db: sqlite3.Connection, key: CounterKey, amount: Decimal) -> None:
+    db.execute(
+        "INSERT INTO quota_counters VALUES (?, ?, ?, ?) ON CONFLICT (tenant_id, meter, period) DO UPDATE SET used=?",
+        (*key, str(amount), str(_counter(db, key) + amount)),
+    )
+
+
+def _set_mark(db: sqlite3.Connection, topic: str, partition: int, end: int) -> None:
+    db.execute(
+        "INSERT INTO quota_marks VALUES (?, ?, ?) ON CONFLICT (topic, partition) DO UPDATE SET next_offset=excluded.next_offset",
+        (topic, partition, end),
+    )
+
+
+def _answer_of(outcome: ConsumeOutcome) -> dict[str, object]:
+    d = outcome.decision
+    return {
+        "accepted": d.accepted,
+        "used": str(d.used),
+        "limit": None if d.limit is None else str(d.limit),
+        "remaining": None if d.remaining is None else str(d.remaining),
+        "period": outcome.period.text,
+    }
+
+
+def _outcome_of(answer: dict[str, object]) -> ConsumeOutcome:
+    def number(value: object) -> Decimal | None:
+        return None if value is None else Decimal(str(value))
+
+    decision = Decision(
+        bool(answer["accepted"]), Decimal(str(answer["used"])), number(answer["limit"]), number(answer["remaining"])
+    )
+    return ConsumeOutcome(decision, PeriodKey.parse(str(answer["period"])), replayed=True)

@@ -1,0 +1,279 @@
+"""Plans and quotas over the API: plans as data, consume's exact enforcement, facts never refused,
+threshold notifications once, overrides, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from api.app import create_app
+from omni.bootstrap import build
+from tests.conftest import cloud_event
+from tests.e2e.conftest import ADMIN, Omni, embedded_settings
+
+TOKENS = {"slug": "tokens", "event_type": "inference", "aggregation": "SUM", "value_property": "$.data.tokens"}
+CALLS = {"slug": "calls", "event_type": "request", "aggregation": "COUNT"}
+LATEST = {"slug": "speed", "event_type": "inference", "aggregation": "MAX", "value_property": "$.data.tokens"}
+
+
+@pytest.fixture
+async def embedded(tmp_path: Path) -> AsyncIterator[Omni]:
+    platform = build(embedded_settings(tmp_path / "data"))
+    app = create_app(platform=platform, background=False)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://omni.test") as client:
+            yield Omni(client, platform, app)
+
+
+async def put_plan(omni: Omni, slug: str, *entitlements: dict[str, Any], status: int | None = None) -> httpx.Response:
+    response = await omni.client.put(f"/v1/plans/{slug}", json={"entitlements": list(entitlements)}, headers=omni.auth(ADMIN))
+    await omni.settle()
+    if status is not None:
+        assert response.status_code == status, response.text
+    return response
+
+
+async def on_plan(omni: Omni, tenant_id: str, slug: str) -> None:
+    response = await omni.client.put(f"/v1/tenants/{tenant_id}/plan", json={"plan": slug}, headers=omni.auth(ADMIN))
+    assert response.status_code == 204, response.text
+    await omni.settle()
+
+
+async def consume(
+    omni: Omni, key: str, meter: str, amount: Any, idempotency_key: str | None = None, **extra: Any
+) -> httpx.Response:
+    body = {"amount": amount, "idempotency_key": idempotency_key or uuid.uuid4().hex, **extra}
+    return await omni.client.post(f"/v1/quotas/{meter}/consume", json=body, headers=omni.auth(key))
+
+
+async def quota(omni: Omni, key: str, meter: str) -> dict[str, Any]:
+    response = await omni.client.get(f"/v1/quotas/{meter}", headers=omni.auth(key))
+    assert response.status_code == 200, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+async def test_plans_are_versioned_data(embedded: Omni) -> None:
+    await embedded.meter(**TOKENS)
+    first = await put_plan(embedded, "pro", {"meter": "tokens", "limit": 1000, "period": "DAY"}, status=201)
+    assert first.json()["version"] == 1
+    assert first.json()["entitlements"] == [
+        {"meter": "tokens", "limit": 1000, "period": "DAY", "enforcement": "hard", "thresholds": [80, 100]}
+    ]
+    same = await put_plan(embedded, "pro", {"meter": "tokens", "limit": 1000, "period": "DAY"}, status=200)
+    assert same.json()["version"] == 1, "an unchanged body is no new version"
+    changed = await put_plan(
+        embedded, "pro", {"meter": "tokens", "limit": 2000, "period": "MONTH", "thresholds": [50]}, status=200
+    )
+    assert changed.json()["version"] == 2
+    listed = (await embedded.client.get("/v1/plans", headers=embedded.auth(ADMIN))).json()["data"]
+    assert [(p["slug"], p["version"], p["entitlements"][0]["limit"]) for p in listed] == [("pro", 2, 2000)]
+    _, key = await embedded.tenant()
+    assert (await embedded.client.get("/v1/plans/pro", headers=embedded.auth(key))).status_code == 200
+    assert (await embedded.client.get("/v1/plans/none", headers=embedded.auth(key))).status_code == 404
+
+
+async def test_bad_plans_are_refused_and_nothing_is_stored(embedded: Omni) -> None:
+    await embedded.meter(**TOKENS)
+    await embedded.meter(**LATEST)
+    _, key = await embedded.tenant()
+    cases = [
+        {"meter": "speed", "limit": 10, "period": "DAY"},  # a MAX meter
+        {"meter": "nothing", "limit": 10, "period": "DAY"},  # unknown
+        {"meter": "tokens", "limit": -1, "period": "DAY"},  # negative
+        {"meter": "tokens", "limit": "ten", "period": "DAY"},
+        {"meter": "tokens", "limit": 10, "period": "WEEK"},
+        {"meter": "tokens", "limit": 0.0000001, "period": "DAY"},
+    ]
+    for entitlement in cases:
+        response = await put_plan(embedded, "bad", entitlement)
+        assert response.status_code == 422, (entitlement, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+    twice = await put_plan(
+        embedded, "bad", {"meter": "tokens", "limit": 1, "period": "DAY"}, {"meter": "tokens", "limit": 2, "period": "DAY"}
+    )
+    assert twice.status_code == 422
+    forbidden = await embedded.client.put("/v1/plans/x", json={"entitlements": []}, headers=embedded.auth(key))
+    assert forbidden.status_code == 403
+    assert (await embedded.client.get("/v1/plans", headers=embedded.auth(ADMIN))).json()["data"] == []
+
+
+async def test_concurrent_consumers_never_pass_a_hard_limit(embedded: Omni) -> None:
+    await embedded.meter(**TOKENS)
+    await put_plan(embedded, "pro", {"meter": "tokens", "limit": 1000, "period": "DAY"}, status=201)
+    tenant_id, key = await embedded.tenant()
+    await on_plan(embedded, tenant_id, "pro")
+
+    answers = await asyncio.gather(*(consume(embedded, key, "tokens", 30) for _ in range(60)))
+    accepted = [a for a in answers if a.status_code == 200]
+    refused = [a for a in answers if a.status_code == 429]
+    assert len(accepted) + len(refused) == 60, [a.text for a in answers if a.status_code not in (200, 429)]
+    assert len(accepted) == 33, "1000 // 30 fit; demand was 1800"
+    assert max(a.json()["used"] for a in accepted) == 990
+    problem = refused[0].json()
+    assert problem["meter"] == "tokens" and problem["limit"] == 1000 and problem["used"] == 990
+    assert int(refused[0].headers["Retry-After"]) >= 1
+    # Demand beyond the limit fills it exactly.
+    assert (await consume(embedded, key, "tokens", 10)).json()["remaining"] == 0
+    assert (await consume(embedded, key, "tokens", 1)).status_code == 429
+
+    await embedded.settle()
+    assert (await quota(embedded, key, "tokens"))["used"] == 1000
+    rows = await embedded.query(key, "tokens")
+    assert sum(row["value"] for row in rows) == 1000, "the meter counts exactly what consume accepted"
+
+
+async def test_a_retry_returns_the_first_answer_and_counts_nothing(embedded: Omni) -> None:
+    await embedded.meter(**TOKENS)
+    await put_plan(embedded, "pro", {"meter": "tokens", "limit": 100, "period": "MONTH"}, status=201)
+    tenant_id, key = await embedded.tenant()
+    await on_plan(embedded, tenant_id, "pro")
+    first = await consume(embedded, key, "tokens", 60, "req-1")
+    again = await consume(embedded, key, "tokens", 60, "req-1")
+    assert first.status_code == again.status_code == 200
+    assert first.json() == again.json()
+    refused = await consume(embedded, key, "tokens", 60, "req-2")
+    assert refused.status_code == 429
+    assert (await consume(embedded, key, "tokens", 60, "req-2")).status_code == 429, "a refusal is the answer too"
+    reused = await consume(embedded, key, "tokens", 5, "req-1")
+    assert reused.status_code == 409, "the same key for another request"
+    await embedded.settle()
+    assert sum(row["value"] for row in await embedded.query(key, "tokens")) == 60
+
+
+async def test_facts_count_but_are_never_refused(embedded: Omni) -> None:
+    await embedded.meter(**TOKENS)
+    await put_plan(embedded, "pro", {"meter": "tokens", "limit": 100, "period": "DAY"}, status=201)
+    tenant_id, key = await embedded.tenant()
+    await on_plan(embedded, tenant_id, "pro")
+    assert (await consume(embedded, key, "tokens", 40)).status_code == 200
+    facts = await embedded.send(key, [cloud_event(f"f{i}", type_="inference", data={"tokens": 50}) for i in range(3)])
+    assert facts.status_code == 202 and facts.json()["accepted"] == 3, "facts past the limit are still recorded"
+    await embedded.settle()
+    assert (await quota(embedded, key, "tokens"))["used"] == 190
+    assert (await consume(embedded, key, "tokens", 1)).status_code == 429, "facts count against the quota"
+
+
+async def test_thresholds_are_notified_once_per_period(embedded: Omni) -> None:
+    await embedded.meter(**CALLS)
+    await put_plan(embedded, "pro", {"meter": "calls", "limit": 10, "period": "DAY", "thresholds": [50, 80, 100]}, status=201)
+    tenant_id, key = await embedded.tenant()
+    other_id, other_key = await embedded.tenant("other", plan="free")
+    await on_plan(embedded, tenant_id, "pro")
+    for _ in range(4):
+        assert (await consume(embedded, key, "calls", 1)).status_code == 200
+    await embedded.settle()
+    assert (await embedded.client.get("/v1/notifications", headers=embedded.auth(key))).json()["data"] == []
+    await embedded.send(key, [cloud_event(f"c{i}", type_="request") for i in range(6)])
+    await embedded.settle()
+    for _ in range(3):
+        await consume(embedded, key, "calls", 1)
+    await embedded.settle()
+    notes = (await embedded.client.get("/v1/notifications", headers=embedded.auth(key))).json()["data"]
+    assert sorted(n["threshold"] for n in notes) == [50, 80, 100]
+    assert all(n["type"] == "omni.quota.threshold_crossed" and n["meter"] == "calls" and n["limit"] == 10 for n in notes)
+    assert (await embedded.client.get("/v1/notifications", headers=embedded.auth(other_key))).json()["data"] == []
+    admin_view = await embedded.client.get("/v1/notifications", params={"tenant": tenant_id}, headers=embedded.auth(ADMIN))
+    assert len(admin_view.json()["data"]) == 3
+    page = (await embedded.client.get("/v1/notifications", params={"limit": 2}, headers=embedded.auth(key))).json()
+    rest = await embedded.client.get(
+        "/v1/notifications", params={"limit": 2, "before": page["next_before"]}, headers=embedded.auth(key)
+    )
+    assert [n["id"] for n in page["data"] + rest.json()["data"]] == [n["id"] for n in notes]
+    assert other_id != tenant_id
+
+
+async def test_an_override_replaces_the_plan_and_usage_carries_over(embedded: Omni) -> None:
+    await embedded.meter(**TOKENS)
+    await put_plan(embedded, "pro", {"meter": "tokens", "limit": 100, "period": "DAY"}, status=201)
+    tenant_id, key = await embedded.tenant()
+    await on_plan(embedded, tenant_id, "pro")
+    assert (await consume(embedded, key, "tokens", 100)).status_code == 200
+    assert (await consume(embedded, key, "tokens", 1)).status_code == 429
+    response = await embedded.client.put(
+        f"/v1/tenants/{tenant_id}/quotas/tokens", json={"limit": 150, "period": "DAY"}, headers=embedded.auth(ADMIN)
+    )
+    assert response.status_code == 204, response.text
+    await embedded.settle()
+    current = await quota(embedded, key, "tokens")
+    assert (current["source"], current["limit"], current["used"], current["remaining"]) == ("override", 150, 100, 50)
+    assert (await consume(embedded, key, "tokens", 50)).status_code == 200
+    removed = await embedded.client.delete(f"/v1/tenants/{tenant_id}/quotas/tokens", headers=embedded.auth(ADMIN))
+    assert removed.status_code == 204
+    await embedded.settle()
+    assert (await quota(embedded, key, "tokens"))["source"] == "plan"
+    again = await embedded.client.delete(f"/v1/tenants/{tenant_id}/quotas/tokens", headers=embedded.auth(ADMIN))
+    assert again.status_code == 404
+    # A plan change mid-period: the new limit applies to the usage so far.
+    await put_plan(embedded, "pro", {"meter": "tokens", "limit": 400, "period": "DAY"}, status=200)
+    assert (await quota(embedded, key, "tokens"))["remaining"] == 250
+
+
+async def test_bad_consumes_are_refused_and_count_nothing(embedded: Omni) -> None:
+    await embedded.meter(**TOKENS)
+    await embedded.meter(**CALLS)
+    await embedded.meter(**LATEST)
+    await put_plan(embedded, "pro", {"meter": "tokens", "limit": 100, "period": "DAY"}, status=201)
+    tenant_id, key = await embedded.tenant()
+    await on_plan(embedded, tenant_id, "pro")
+    for amount in (0, -5, "lots", None, 10**19, 1e-9, True):
+        response = await consume(embedded, key, "tokens", amount)
+        assert response.status_code == 422, (amount, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+    assert (
+        await embedded.client.post("/v1/quotas/tokens/consume", json={"amount": 1}, headers=embedded.auth(key))
+    ).status_code == 422
+    assert (await consume(embedded, key, "nothing", 1)).status_code == 404
+    assert (await consume(embedded, key, "speed", 1)).status_code == 422
+    assert (await consume(embedded, key, "calls", 2)).status_code == 422
+    assert (await consume(embedded, ADMIN, "tokens", 1)).status_code == 403
+    await embedded.settle()
+    assert (await quota(embedded, key, "tokens"))["used"] == 0
+    assert await embedded.query(key, "tokens") == []
+
+
+async def test_another_tenants_quota_is_not_found(embedded: Omni) -> None:
+    await embedded.meter(**TOKENS)
+    await put_plan(embedded, "pro", {"meter": "tokens", "limit": 100, "period": "DAY"}, status=201)
+    tenant_id, key = await embedded.tenant()
+    other_id, other_key = await embedded.tenant("other", plan="free")
+    await on_plan(embedded, tenant_id, "pro")
+    assert (
+        await embedded.client.get("/v1/quotas", params={"tenant": tenant_id}, headers=embedded.auth(other_key))
+    ).status_code == 404
+    assert (await embedded.client.get("/v1/quotas/tokens", headers=embedded.auth(other_key))).status_code == 404
+    listed = await embedded.client.get("/v1/quotas", params={"tenant": tenant_id}, headers=embedded.auth(ADMIN))
+    assert [q["meter"] for q in listed.json()["data"]] == ["tokens"]
+    assert (await embedded.client.get("/v1/quotas", headers=embedded.auth(other_key))).json()["data"] == []
+    assert other_id != tenant_id
+
+
+async def test_consume_without_a_quota_records_and_never_refuses(embedded: Omni) -> None:
+    await embedded.meter(**TOKENS)
+    _, key = await embedded.tenant()
+    await embedded.settle()
+    answer = await consume(embedded, key, "tokens", 5, data={"model": "large"})
+    assert answer.status_code == 200
+    assert answer.json()["limit"] is None and answer.json()["used"] == 5
+    await embedded.settle()
+    assert sum(row["value"] for row in await embedded.query(key, "tokens")) == 5
+
+
+def test_periods_split_at_utc_boundaries() -> None:
+    from projections.quotas import period_of
+    from schemas.plans import Period
+
+    last = datetime(2026, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+    first = last + timedelta(microseconds=1)
+    assert period_of(last, Period.DAY).label == "2026-12-31" and period_of(first, Period.DAY).label == "2027-01-01"
+    assert period_of(last, Period.MONTH).label == "2026-12" and period_of(first, Period.MONTH).label == "2027-01"
+    assert period_of(last, Period.MONTH).end == first
+    assert json.dumps(period_of(first, Period.DAY).text) == '"D:2027-01-01"'
