@@ -170,3 +170,20 @@ async def test_the_loop_folds_what_is_appended_when_woken_and_stops_when_told(em
     finally:
         stop.set()
         await asyncio.wait_for(loop, 2.0)
+
+
+async def test_the_catalog_holds_each_tenant_key_and_revocation_as_commanded(embedded: Embedded) -> None:
+    tenant, first = embedded.control.create_tenant(CTX, "acme", "pro")
+    second = embedded.control.issue_key(CTX, str(tenant.id), label="ci")
+    embedded.control.revoke_key(CTX, first.key_id)
+    await embedded.relay.relay_once()
+    await embedded.runner.drain()
+    [(tenant_id, name, plan, created_at)] = embedded.read(lambda tx: views.tenants(tx, 100, None))
+    assert (tenant_id, name, plan) == (str(tenant.id), "acme", "pro") and created_at
+    keys = {
+        key_id: (label, issued, revoked)
+        for key_id, label, issued, revoked in embedded.read(lambda tx: views.keys_of(tx, str(tenant.id)))
+    }
+    assert set(keys) == {first.key_id, second.key_id}
+    assert keys[second.key_id][0] == "ci" and keys[second.key_id][2] is None
+    assert keys[first.key_id][2] is not None  # revoked, and when
