@@ -44,14 +44,14 @@ def changes(event: Envelope) -> list[Change]:
     data: dict[str, Any] = event.data or {}
     match event.type:
         case "omni.plan.published":
-            entitlements = tuple(Entitlement.model_validate(e) for e in data.get("entitlements", []))
+            entitlements = tuple(Entitlement.from_stored(e) for e in data.get("entitlements", []))
             return [
                 PlanPublished(data["slug"], int(data["version"]), data.get("name"), entitlements, format_time(event.event_time))
             ]
         case "omni.tenant.plan_assigned":
             return [PlanAssigned(data["tenant_id"], data["plan"])]
         case "omni.quota.override_set":
-            return [OverrideSet(data["tenant_id"], Entitlement.model_validate({**data["entitlement"], "meter": data["meter"]}))]
+            return [OverrideSet(data["tenant_id"], Entitlement.from_stored({**data["entitlement"], "meter": data["meter"]}))]
         case "omni.quota.override_removed":
             return [OverrideRemoved(data["tenant_id"], data["meter"])]
     return []

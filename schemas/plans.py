@@ -11,10 +11,11 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from schemas.text import Text
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9_\-]{0,62}$"
-# The largest limit or amount: far above any real plan, and every sum of them stays exact (the
-# meters' own bound on a value is 1e38; see projections.meters.numeric).
-MAX_QUANTITY = Decimal(10) ** 18
-MAX_DECIMALS = 6  # decimal places in a limit or an amount: micro-units (GPU-seconds, dollars of credit)
+# A limit or an amount: below 10^12 units, with at most three decimal places (milli-units: GPU-
+# seconds to the millisecond, credit to a tenth of a cent). Kafka mode's hot counters keep milli-
+# units in Redis, whose Lua numbers are doubles: exact below 2^53 milli-units, about 9 * 10^12 units.
+MAX_QUANTITY = Decimal(10) ** 12
+MAX_DECIMALS = 3
 
 
 class Period(StrEnum):
@@ -28,9 +29,9 @@ class Enforcement(StrEnum):
 
 
 def exact_quantity(value: Any, *, name: str, positive: bool) -> Decimal:
-    """A limit or an amount: a JSON number (or decimal string), finite, at most MAX_DECIMALS places,
+    """A limit or an amount: a JSON number (not a string), finite, at most MAX_DECIMALS places,
     below MAX_QUANTITY; zero or more for a limit, more than zero for an amount."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
         raise ValueError(f"{name} must be a number")
     try:
         quantity = Decimal(str(value)) if not isinstance(value, Decimal) else value
@@ -41,11 +42,10 @@ def exact_quantity(value: Any, *, name: str, positive: bool) -> Decimal:
     if quantity < 0 or (positive and quantity == 0):
         raise ValueError(f"{name} must be {'more than zero' if positive else 'zero or more'}")
     if quantity >= MAX_QUANTITY:
-        raise ValueError(f"{name} must be below 10^18")
-    exponent = quantity.as_tuple().exponent
-    if isinstance(exponent, int) and exponent < -MAX_DECIMALS and quantity != quantity.quantize(Decimal(1).scaleb(-MAX_DECIMALS)):
+        raise ValueError(f"{name} must be below 10^12")
+    if quantity != quantity.quantize(Decimal(1).scaleb(-MAX_DECIMALS)):
         raise ValueError(f"{name} may have at most {MAX_DECIMALS} decimal places")
-    return quantity.normalize() if quantity == quantity.to_integral_value() else quantity
+    return quantity.quantize(Decimal(1)) if quantity == quantity.to_integral_value() else quantity.normalize()
 
 
 def quantity_json(quantity: Decimal) -> int | float | str:
@@ -64,7 +64,7 @@ def _distinct(value: list[int]) -> list[int]:
 
 Thresholds = Annotated[list[Annotated[int, Field(ge=1, le=1000)]], AfterValidator(_distinct)]
 
-_QUANTITY_SCHEMA = {"type": "number", "minimum": 0, "exclusiveMaximum": 1e18, "multipleOf": 0.000001}
+_QUANTITY_SCHEMA = {"type": "number", "minimum": 0, "exclusiveMaximum": 1e12, "multipleOf": 0.001}
 Limit = Annotated[Decimal, Field(json_schema_extra=_QUANTITY_SCHEMA)]
 
 
@@ -88,6 +88,11 @@ class Entitlement(BaseModel):
     @classmethod
     def _limit(cls, value: Any) -> Decimal:
         return exact_quantity(value, name="limit", positive=False)
+
+    @classmethod
+    def from_stored(cls, stored: dict[str, Any]) -> Entitlement:
+        """As events and views keep it (commands.plans.entitlement_json): the limit as decimal text."""
+        return cls.model_validate({**stored, "limit": Decimal(str(stored["limit"]))})
 
     def public(self) -> dict[str, Any]:
         body = self.model_dump(mode="json")

@@ -28,7 +28,7 @@ CREATE TABLE IF NOT EXISTS quota_overrides (
 
 
 def _entitlements(text: str) -> list[Entitlement]:
-    return [Entitlement.model_validate(e) for e in orjson.loads(text)]
+    return [Entitlement.from_stored(e) for e in orjson.loads(text)]
 
 
 def put_plan(tx: Tx, slug: str, version: int, name: str | None, entitlements: Iterable[Entitlement], at: str) -> None:
@@ -76,7 +76,7 @@ def quotas_of(tx: Tx, tenant_id: str) -> dict[str, Quota]:
     plan_slug = rows[0][0] if rows else None
     found = plan(tx, plan_slug) if plan_slug else None
     overrides = tx.execute("SELECT entitlement FROM quota_overrides WHERE tenant_id=?", (tenant_id,))
-    return in_effect(plan_slug, found[3] if found else [], [Entitlement.model_validate(orjson.loads(r[0])) for r in overrides])
+    return in_effect(plan_slug, found[3] if found else [], [Entitlement.from_stored(orjson.loads(r[0])) for r in overrides])
 
 
 def quotas_on(tx: Tx, tenant_ids: Iterable[str], meters: Iterable[str]) -> dict[tuple[str, str], Quota]:
@@ -101,7 +101,7 @@ def quotas_on(tx: Tx, tenant_ids: Iterable[str], meters: Iterable[str]) -> dict[
         for tenant_id, text in tx.execute(
             f"SELECT tenant_id, entitlement FROM quota_overrides WHERE tenant_id IN ({marks})", chunk
         ):
-            own.setdefault(tenant_id, []).append(Entitlement.model_validate(orjson.loads(text)))
+            own.setdefault(tenant_id, []).append(Entitlement.from_stored(orjson.loads(text)))
     found: dict[tuple[str, str], Quota] = {}
     for tenant_id in tenants:
         plan_slug = plan_of.get(tenant_id)

@@ -7,8 +7,8 @@ from fastapi import APIRouter, Request, Response
 from api.deps import AdminDep, CallerDep, PlatformDep, command_context
 from api.relaying import run_command
 from commands.errors import NotFound
-from schemas.ids import canonical_uuid
 from schemas.envelope import format_time
+from schemas.ids import canonical_uuid
 from schemas.plans import Entitlement, PlanAssignment, PlanBody, PlanList, PlanPublic, QuotaOverrideBody
 from stores import plans as plan_store
 
@@ -40,7 +40,7 @@ async def put_plan(
         slug=plan.slug,
         version=plan.plan_version,
         name=plan.body.get("name"),
-        entitlements=[Entitlement.model_validate(e).public() for e in plan.body["entitlements"]],
+        entitlements=[Entitlement.from_stored(e).public() for e in plan.body["entitlements"]],
         updated_at=format_time(plan.modified_on),
     )
 
