@@ -28,6 +28,7 @@ from streams.embedded_quotas import EmbeddedQuotaLedger
 from streams.log import EventLog, UsageSink
 from streams.outbox import OutboxRelay
 from streams.projectors import CATALOG_APPLIED
+from streams.quota_ledger import FactLedger, QuotaLedger
 from streams.runner import Runner, build_runner
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ class Platform:
     admin_key_digest: bytes
     keys: KeyCache
     key_changes: KeyChanges
-    quotas: EmbeddedQuotaLedger | None = None  # embedded mode's quota counters; Kafka mode's come with Redis
+    quotas: QuotaLedger | None = None  # where consume decides: the embedded log's file, or Redis
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -131,7 +132,7 @@ class Platform:
             await self.quotas.start()
         if not background:
             return
-        if self.quotas is not None:
+        if isinstance(self.quotas, EmbeddedQuotaLedger):
             await self.quotas.ensure_built(self.settle, self.db, datetime.now(UTC))
         self._tasks.append(asyncio.create_task(self.relay.run(self._stop), name="outbox-relay"))
         if self.settings.mode is Mode.EMBEDDED:
@@ -196,6 +197,8 @@ class Platform:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(task, timeout=5)
         self._tasks.clear()
+        if self.quotas is not None:
+            await self.quotas.close()
         await self.log.close()
         if self.sink is not self.log:
             await self.sink.close()
@@ -213,7 +216,8 @@ def build(settings: Settings) -> Platform:
     failpoints.arm_from(os.environ)  # tests' crash points; nothing is armed unless OMNI_FAILPOINTS says so
     topics = Topics(prefix=settings.topic_prefix, usage_partitions=settings.usage_partitions)
     db: Database
-    ledger: EmbeddedQuotaLedger | None = None
+    quotas: QuotaLedger
+    facts: FactLedger
     if settings.mode is Mode.EMBEDDED:
         from streams.embedded_log import EmbeddedLog
 
@@ -221,16 +225,26 @@ def build(settings: Settings) -> Platform:
         embedded = EmbeddedLog(settings.data_dir / "log.sqlite", topics)
         log_: EventLog = embedded
         sink: UsageSink = embedded
-        ledger = EmbeddedQuotaLedger(embedded)
+        quotas = facts = EmbeddedQuotaLedger(embedded)
         db = SqliteDatabase(settings.data_dir / "views.sqlite")
     else:
         from streams.kafka_log import KafkaLog
         from streams.redis_dedupe import RedisDedupedSink
+        from streams.redis_quotas import RedisFactLedger, RedisQuotaLedger
 
         kafka = KafkaLog(settings.kafka_bootstrap_servers, topics, produce_timeout=settings.produce_timeout_seconds)
         log_ = kafka
         sink = RedisDedupedSink(kafka, settings.redis_url, topics, keep_for=settings.redis_dedupe_seconds)
         db = PostgresDatabase(settings.database_url, schema=settings.database_schema)
+        quotas = RedisQuotaLedger(
+            settings.redis_url,
+            topics,
+            kafka,
+            db,
+            grace=settings.produce_timeout_seconds,
+            keep_seconds=int(settings.acceptance_window.total_seconds()),
+        )
+        facts = RedisFactLedger(settings.redis_url, topics)
     db.migrate(schema.SCHEMA)
     control = ControlPlane(env=event_store_env(settings))
     keys = KeyCache()  # trusted once `start` watches the key changes
@@ -242,7 +256,7 @@ def build(settings: Settings) -> Platform:
         sink=sink,
         db=db,
         relay=OutboxRelay(control, log_, db, topics),
-        runner=build_runner(settings, db, log_, ledger),
+        runner=build_runner(settings, db, log_, facts),
         policy=AdmissionPolicy(
             window=settings.acceptance_window,
             future=settings.future_tolerance,
@@ -252,5 +266,5 @@ def build(settings: Settings) -> Platform:
         admin_key_digest=hashlib.sha256(admin_key(settings).encode()).digest(),
         keys=keys,
         key_changes=KeyChanges(control.recorder, keys),
-        quotas=ledger,
+        quotas=quotas,
     )

@@ -236,6 +236,17 @@ def claim_events(tx: Tx, keys: Sequence[tuple[str, str, str, int]]) -> set[tuple
     return fresh
 
 
+def already_seen(tx: Tx, keys: Sequence[tuple[str, str, str]]) -> set[tuple[str, str, str]]:
+    """Which of these (tenant, source, id) the usage fold has claimed (folded, or dropped as a duplicate)."""
+    by_digest = {seen_digest(*key): key for key in keys}
+    found: set[tuple[str, str, str]] = set()
+    for chunk in _chunks(sorted(by_digest)):
+        marks = ", ".join("?" for _ in chunk)
+        rows = tx.execute(f"SELECT digest FROM seen_digests WHERE digest IN ({marks})", list(chunk))
+        found.update(by_digest[bytes(d)] for (d,) in rows)
+    return found
+
+
 def purge_seen(tx: Tx, older_than: int) -> None:
     tx.execute("DELETE FROM seen_digests WHERE keep_until < ?", (older_than,))
 

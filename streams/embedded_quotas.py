@@ -19,10 +19,10 @@ takes the current day's and month's totals from the meter views, if the views ho
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -32,12 +32,12 @@ from projections.meters import MeterIndex
 from projections.quotas import CounterKey, Decision, PeriodKey, decide, periods_of, usage_deltas
 from schemas.envelope import Envelope, record_headers
 from schemas.meters import Aggregation, MeterDefinition
-from schemas.plans import Entitlement
 from stores import quotas as quota_views
 from stores import views
 from stores.database import Database, Tx
 from streams.embedded_log import EmbeddedLog
 from streams.log import LogRecord, Outgoing
+from streams.quota_ledger import ConsumeOutcome, ConsumeRequest
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS quota_counters (
@@ -58,31 +58,6 @@ PURGE_EVERY_SECONDS = 3600.0
 KEEP_PERIODS = timedelta(days=62)  # counters of periods that ended longer ago are dropped
 
 
-@dataclass(frozen=True, slots=True)
-class ConsumeRequest:
-    tenant_id: str
-    meter: str
-    amount: Decimal
-    idempotency_key: str
-    subject: str | None
-    entitlement: Entitlement | None
-    period: PeriodKey  # the quota's period (a day when there is no quota), of the consume's time
-    usage: tuple[Envelope, bytes]  # the usage event to append if accepted, and its wire form
-    refusal: tuple[Envelope, bytes]  # the refusal's, if refused
-    keep_until: datetime  # how long the answer is kept for retries
-
-    def fingerprint(self) -> str:
-        return orjson.dumps([self.meter, str(self.amount), self.subject]).decode()
-
-
-@dataclass(frozen=True, slots=True)
-class ConsumeOutcome:
-    decision: Decision
-    period: PeriodKey
-    replayed: bool  # the answer kept from an earlier call with this idempotency key
-    conflict: bool = False  # the key was used before for another request: nothing decided
-
-
 class EmbeddedQuotaLedger:
     def __init__(self, log: EmbeddedLog) -> None:
         self.log = log
@@ -91,11 +66,14 @@ class EmbeddedQuotaLedger:
     async def start(self) -> None:
         self.log.run_locked(lambda db: db.executescript(SCHEMA))
 
+    async def close(self) -> None:
+        return None  # the log's file is closed with the log
+
     # Consume ------------------------------------------------------------------------------------
 
-    def consume(self, request: ConsumeRequest) -> ConsumeOutcome:
-        """Decide and record, atomically (blocking: call it from a worker thread)."""
-        outcome = self.log.run_locked(lambda db: self._consume(db, request))
+    async def consume(self, request: ConsumeRequest) -> ConsumeOutcome:
+        """Decide and record, atomically."""
+        outcome = await asyncio.to_thread(self.log.run_locked, lambda db: self._consume(db, request))
         if not outcome.replayed:
             self.log.appended.set()
         return outcome
@@ -152,13 +130,13 @@ class EmbeddedQuotaLedger:
 
     # Reads --------------------------------------------------------------------------------------
 
-    def used(self, tenant_id: str, meter: str, period: PeriodKey) -> Decimal:
-        return self.log.run_locked(lambda db: _counter(db, (tenant_id, meter, period.text)))
+    async def used(self, tenant_id: str, meter: str, period: PeriodKey) -> Decimal | None:
+        return await asyncio.to_thread(self.log.run_locked, lambda db: _counter(db, (tenant_id, meter, period.text)))
 
     # Facts, from the meter projector ---------------------------------------------------------
 
     def add_facts(
-        self, topic: str, partition: int, events: Sequence[tuple[LogRecord, Envelope]], end: int, meters: MeterIndex
+        self, topic: str, partition: int, start: int, events: Sequence[tuple[LogRecord, Envelope]], end: int, meters: MeterIndex
     ) -> None:
         """Count the facts of a folded batch ending before offset `end`, those at or past the
         partition's mark only, and move the mark to `end` (blocking)."""

@@ -253,7 +253,9 @@ def broker_url(bootstrap_servers: str) -> str:
 
 def create_worker_app(settings: Settings, db: Database, log: KafkaLog, readiness: Readiness | None = None) -> faust.App:
     topics: Topics = log.topics
-    runner = build_runner(settings, db, log)
+    from streams.redis_quotas import RedisFactLedger
+
+    runner = build_runner(settings, db, log, RedisFactLedger(settings.redis_url, topics))
     feeders = (
         Feeder(log, db, CATALOG, topics.control, runner.catalog.process, settings.runner_batch_size),
         *(Feeder(log, db, m.consumer, m.topic, m.process, settings.runner_batch_size) for m in runner.meter_projectors),

@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
-from typing import Protocol
 
 from omni import failpoints, metrics
 from projections import catalog, quotas
@@ -33,6 +32,7 @@ from stores import quotas as quota_store
 from stores import views
 from stores.database import Database, Tx
 from streams.log import LogRecord
+from streams.quota_ledger import FactLedger
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +41,6 @@ API_CALLS = "api-calls"  # the meters' fold of the api_calls topic (self-meterin
 PURGE_EVERY_BATCHES = 200
 CATALOG = "catalog"
 CATALOG_APPLIED = "catalog-applied"  # the highest event-store position the catalog views hold
-
-
-class FactLedger(Protocol):
-    """Quota counters kept beside the log (streams.embedded_quotas): facts are counted there as folded."""
-
-    def add_facts(
-        self, topic: str, partition: int, events: Sequence[tuple[LogRecord, Envelope]], end: int, meters: MeterIndex
-    ) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +206,7 @@ class MeterProjector:
             live_meters = meters.only(live)
             self._notify_thresholds(tx, live_meters, kept)
             if self.ledger is not None:
-                self.ledger.add_facts(self.topic, partition, kept, end, live_meters)
+                self.ledger.add_facts(self.topic, partition, start, kept, end, live_meters)
             self._fold_into_views(tx, live_meters, kept)
             views.set_checkpoint(tx, self.consumer, self.topic, partition, end)
             views.set_meter_checkpoints(tx, self.topic, partition, {slug: end for slug in live})

@@ -17,7 +17,8 @@ from stores import views
 from stores.database import Database
 from streams.log import EventLog, LogUnavailable
 from streams.pausing import pause
-from streams.projectors import API_CALLS, CATALOG, CatalogProjector, FactLedger, MeterProjector
+from streams.projectors import API_CALLS, CATALOG, CatalogProjector, MeterProjector
+from streams.quota_ledger import FactLedger, Rebuilding
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +108,18 @@ class Runner:
                 moved += await asyncio.to_thread(meters.catch_up, lag, records)
         return moved
 
-    async def drain(self, rounds: int = 10_000) -> None:
-        """Apply everything currently on the log (tests and rebuilds)."""
+    async def drain(self, rounds: int = 10_000, *, wait_for_counters: float = 60.0) -> None:
+        """Apply everything currently on the log (tests and rebuilds), waiting out a rebuild of the
+        quota counters (the fold counts facts in them)."""
+        deadline = time.monotonic() + wait_for_counters
         for _ in range(rounds):
-            if not await self.step(everything=True):
-                return
+            try:
+                if not await self.step(everything=True):
+                    return
+            except Rebuilding:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
 
     async def run(self, stop: asyncio.Event, wake: asyncio.Event | None = None, idle: float = 0.05) -> None:
         lag_due = 0.0

@@ -27,6 +27,7 @@ from projections.quotas import (
 )
 from schemas.envelope import Actor, Envelope, encode
 from schemas.ids import canonical_uuid
+from schemas.meters import MeterDefinition
 from schemas.plans import (
     ConsumeBody,
     ConsumeResult,
@@ -40,20 +41,14 @@ from schemas.plans import (
 from stores import plans as plan_store
 from stores import quotas as quota_store
 from stores import views
-from streams.embedded_quotas import ConsumeRequest, EmbeddedQuotaLedger
+from streams.quota_ledger import ConsumeRequest, QuotaLedger
 
 router = APIRouter(prefix="/v1", tags=["quotas"])
 
 
-def _ledger(platform: Platform) -> EmbeddedQuotaLedger:
+def _ledger(platform: Platform) -> QuotaLedger:
     if platform.quotas is None:
-        raise Problem(
-            503,
-            "Quotas unavailable",
-            "Quota enforcement runs in embedded mode in this version; Kafka mode's (Redis counters) is under way.",
-            kind="quotas-unavailable",
-            headers={"Retry-After": "60"},
-        )
+        raise Problem(503, "Quotas unavailable", "This process keeps no quota counters.", kind="quotas-unavailable")
     return platform.quotas
 
 
@@ -73,11 +68,15 @@ async def consume(meter: str, body: ConsumeBody, platform: PlatformDep, principa
     counts nothing."""
     ledger = _ledger(platform)
     tenant_id = principal.tenant_id or ""
-    with platform.db.transaction() as tx:
-        definition = views.meter_definition(tx, meter)
-        if definition is None:
-            raise NotFound(f"meter {meter!r} not found")
-        quota: Quota | None = plan_store.quotas_of(tx, tenant_id).get(meter)
+
+    def read() -> tuple[MeterDefinition, Quota | None]:
+        with platform.db.transaction() as tx:
+            definition = views.meter_definition(tx, meter)
+            if definition is None:
+                raise NotFound(f"meter {meter!r} not found")
+            return definition, plan_store.quotas_of(tx, tenant_id).get(meter)
+
+    definition, quota = await run_in_threadpool(read)
     if not is_additive(definition):
         raise Problem(
             422,
@@ -146,7 +145,15 @@ async def consume(meter: str, body: ConsumeBody, platform: PlatformDep, principa
         refusal=(refusal, encode(refusal)),
         keep_until=now + platform.policy.window,
     )
-    outcome = await run_in_threadpool(ledger.consume, request)
+    outcome = await ledger.consume(request)
+    if outcome.in_progress:
+        raise Problem(
+            409,
+            "Consume in progress",
+            "A consume with this idempotency key is still being recorded; retry it in a moment.",
+            kind="consume-in-progress",
+            headers={"Retry-After": "1"},
+        )
     if outcome.conflict:
         raise Problem(
             409,
@@ -194,23 +201,26 @@ def _tenant_of(principal: CallerDep, tenant: str | None) -> str:
     return canonical
 
 
-def _quotas(platform: Platform, tenant_id: str) -> list[QuotaPublic]:
-    with platform.db.transaction() as tx:
-        if views.tenant(tx, tenant_id) is None:
-            raise NotFound(f"tenant {tenant_id} not found")
-        quotas = plan_store.quotas_of(tx, tenant_id)
-        definitions = {d.slug: d for d in views.meter_definitions(tx)}
-        now = datetime.now(UTC)
-        found = []
-        for meter, quota in quotas.items():
-            period = period_of(now, quota.entitlement.period)
-            if platform.quotas is not None:
-                used = platform.quotas.used(tenant_id, meter, period)
-            elif meter in definitions:
-                used = quota_store.period_total(tx, tenant_id, definitions[meter], period)
-            else:
-                used = Decimal(0)
-            found.append(_public(meter, quota, period, used))
+async def _quotas(platform: Platform, tenant_id: str) -> list[QuotaPublic]:
+    """Usage from the hot counters, which hold consumes at once; from the views where there are none."""
+    now = datetime.now(UTC)
+
+    def from_views() -> list[tuple[str, Quota, PeriodKey, Decimal]]:
+        with platform.db.transaction() as tx:
+            if views.tenant(tx, tenant_id) is None:
+                raise NotFound(f"tenant {tenant_id} not found")
+            definitions = {d.slug: d for d in views.meter_definitions(tx)}
+            found = []
+            for meter, quota in plan_store.quotas_of(tx, tenant_id).items():
+                period = period_of(now, quota.entitlement.period)
+                used = quota_store.period_total(tx, tenant_id, definitions[meter], period) if meter in definitions else Decimal(0)
+                found.append((meter, quota, period, used))
+            return found
+
+    found = []
+    for meter, quota, period, folded in await run_in_threadpool(from_views):
+        counted = await platform.quotas.used(tenant_id, meter, period) if platform.quotas is not None else None
+        found.append(_public(meter, quota, period, folded if counted is None else counted))
     return found
 
 
@@ -232,24 +242,24 @@ def _public(meter: str, quota: Quota, period: PeriodKey, used: Decimal) -> Quota
 
 
 @router.get("/quotas", response_model=QuotaList, responses={404: {}, 422: {}})
-def list_quotas(
+async def list_quotas(
     platform: PlatformDep,
     principal: CallerDep,
     tenant: Annotated[str | None, Query(description="Admin only: whose quotas")] = None,
 ) -> QuotaList:
     """Each quota of the tenant, with its usage in the current period."""
-    return QuotaList(data=_quotas(platform, _tenant_of(principal, tenant)))
+    return QuotaList(data=await _quotas(platform, _tenant_of(principal, tenant)))
 
 
 @router.get("/quotas/{meter}", response_model=QuotaPublic, responses={404: {}, 422: {}})
-def get_quota(
+async def get_quota(
     meter: str,
     platform: PlatformDep,
     principal: CallerDep,
     tenant: Annotated[str | None, Query(description="Admin only: whose quota")] = None,
 ) -> QuotaPublic:
     """One quota of the tenant, with its usage in the current period."""
-    for quota in _quotas(platform, _tenant_of(principal, tenant)):
+    for quota in await _quotas(platform, _tenant_of(principal, tenant)):
         if quota.meter == meter:
             return quota
     raise NotFound(f"no quota on meter {meter!r}")

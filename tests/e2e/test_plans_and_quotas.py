@@ -1,37 +1,22 @@
-"""Plans and quotas over the API: plans as data, consume's exact enforcement, facts never refused,
-threshold notifications once, overrides, bad input."""
+"""Plans and quotas over the API, in both modes: plans as data, consume's exact enforcement, facts
+never refused, threshold notifications once, overrides, bad input."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
-from api.app import create_app
-from omni.bootstrap import build
 from tests.conftest import cloud_event
-from tests.e2e.conftest import ADMIN, Omni, embedded_settings
+from tests.e2e.conftest import ADMIN, Omni
 
 TOKENS = {"slug": "tokens", "event_type": "inference", "aggregation": "SUM", "value_property": "$.data.tokens"}
 CALLS = {"slug": "calls", "event_type": "request", "aggregation": "COUNT"}
 LATEST = {"slug": "speed", "event_type": "inference", "aggregation": "MAX", "value_property": "$.data.tokens"}
-
-
-@pytest.fixture
-async def embedded(tmp_path: Path) -> AsyncIterator[Omni]:
-    platform = build(embedded_settings(tmp_path / "data"))
-    app = create_app(platform=platform, background=False)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://omni.test") as client:
-            yield Omni(client, platform, app)
 
 
 async def put_plan(omni: Omni, slug: str, *entitlements: dict[str, Any], status: int | None = None) -> httpx.Response:
@@ -61,30 +46,28 @@ async def quota(omni: Omni, key: str, meter: str) -> dict[str, Any]:
     return response.json()  # type: ignore[no-any-return]
 
 
-async def test_plans_are_versioned_data(embedded: Omni) -> None:
-    await embedded.meter(**TOKENS)
-    first = await put_plan(embedded, "pro", {"meter": "tokens", "limit": 1000, "period": "DAY"}, status=201)
+async def test_plans_are_versioned_data(omni: Omni) -> None:
+    await omni.meter(**TOKENS)
+    first = await put_plan(omni, "pro", {"meter": "tokens", "limit": 1000, "period": "DAY"}, status=201)
     assert first.json()["version"] == 1
     assert first.json()["entitlements"] == [
         {"meter": "tokens", "limit": 1000, "period": "DAY", "enforcement": "hard", "thresholds": [80, 100]}
     ]
-    same = await put_plan(embedded, "pro", {"meter": "tokens", "limit": 1000, "period": "DAY"}, status=200)
+    same = await put_plan(omni, "pro", {"meter": "tokens", "limit": 1000, "period": "DAY"}, status=200)
     assert same.json()["version"] == 1, "an unchanged body is no new version"
-    changed = await put_plan(
-        embedded, "pro", {"meter": "tokens", "limit": 2000, "period": "MONTH", "thresholds": [50]}, status=200
-    )
+    changed = await put_plan(omni, "pro", {"meter": "tokens", "limit": 2000, "period": "MONTH", "thresholds": [50]}, status=200)
     assert changed.json()["version"] == 2
-    listed = (await embedded.client.get("/v1/plans", headers=embedded.auth(ADMIN))).json()["data"]
+    listed = (await omni.client.get("/v1/plans", headers=omni.auth(ADMIN))).json()["data"]
     assert [(p["slug"], p["version"], p["entitlements"][0]["limit"]) for p in listed] == [("pro", 2, 2000)]
-    _, key = await embedded.tenant()
-    assert (await embedded.client.get("/v1/plans/pro", headers=embedded.auth(key))).status_code == 200
-    assert (await embedded.client.get("/v1/plans/none", headers=embedded.auth(key))).status_code == 404
+    _, key = await omni.tenant()
+    assert (await omni.client.get("/v1/plans/pro", headers=omni.auth(key))).status_code == 200
+    assert (await omni.client.get("/v1/plans/none", headers=omni.auth(key))).status_code == 404
 
 
-async def test_bad_plans_are_refused_and_nothing_is_stored(embedded: Omni) -> None:
-    await embedded.meter(**TOKENS)
-    await embedded.meter(**LATEST)
-    _, key = await embedded.tenant()
+async def test_bad_plans_are_refused_and_nothing_is_stored(omni: Omni) -> None:
+    await omni.meter(**TOKENS)
+    await omni.meter(**LATEST)
+    _, key = await omni.tenant()
     cases = [
         {"meter": "speed", "limit": 10, "period": "DAY"},  # a MAX meter
         {"meter": "nothing", "limit": 10, "period": "DAY"},  # unknown
@@ -95,25 +78,25 @@ async def test_bad_plans_are_refused_and_nothing_is_stored(embedded: Omni) -> No
         {"meter": "tokens", "limit": 10**12, "period": "DAY"},
     ]
     for entitlement in cases:
-        response = await put_plan(embedded, "bad", entitlement)
+        response = await put_plan(omni, "bad", entitlement)
         assert response.status_code == 422, (entitlement, response.text)
         assert response.headers["content-type"] == "application/problem+json"
     twice = await put_plan(
-        embedded, "bad", {"meter": "tokens", "limit": 1, "period": "DAY"}, {"meter": "tokens", "limit": 2, "period": "DAY"}
+        omni, "bad", {"meter": "tokens", "limit": 1, "period": "DAY"}, {"meter": "tokens", "limit": 2, "period": "DAY"}
     )
     assert twice.status_code == 422
-    forbidden = await embedded.client.put("/v1/plans/x", json={"entitlements": []}, headers=embedded.auth(key))
+    forbidden = await omni.client.put("/v1/plans/x", json={"entitlements": []}, headers=omni.auth(key))
     assert forbidden.status_code == 403
-    assert (await embedded.client.get("/v1/plans", headers=embedded.auth(ADMIN))).json()["data"] == []
+    assert (await omni.client.get("/v1/plans", headers=omni.auth(ADMIN))).json()["data"] == []
 
 
-async def test_concurrent_consumers_never_pass_a_hard_limit(embedded: Omni) -> None:
-    await embedded.meter(**TOKENS)
-    await put_plan(embedded, "pro", {"meter": "tokens", "limit": 1000, "period": "DAY"}, status=201)
-    tenant_id, key = await embedded.tenant()
-    await on_plan(embedded, tenant_id, "pro")
+async def test_concurrent_consumers_never_pass_a_hard_limit(omni: Omni) -> None:
+    await omni.meter(**TOKENS)
+    await put_plan(omni, "pro", {"meter": "tokens", "limit": 1000, "period": "DAY"}, status=201)
+    tenant_id, key = await omni.tenant()
+    await on_plan(omni, tenant_id, "pro")
 
-    answers = await asyncio.gather(*(consume(embedded, key, "tokens", 30) for _ in range(60)))
+    answers = await asyncio.gather(*(consume(omni, key, "tokens", 30) for _ in range(60)))
     accepted = [a for a in answers if a.status_code == 200]
     refused = [a for a in answers if a.status_code == 429]
     assert len(accepted) + len(refused) == 60, [a.text for a in answers if a.status_code not in (200, 429)]
@@ -123,149 +106,143 @@ async def test_concurrent_consumers_never_pass_a_hard_limit(embedded: Omni) -> N
     assert problem["meter"] == "tokens" and problem["limit"] == 1000 and problem["used"] == 990
     assert int(refused[0].headers["Retry-After"]) >= 1
     # Demand beyond the limit fills it exactly.
-    assert (await consume(embedded, key, "tokens", 10)).json()["remaining"] == 0
-    assert (await consume(embedded, key, "tokens", 1)).status_code == 429
+    assert (await consume(omni, key, "tokens", 10)).json()["remaining"] == 0
+    assert (await consume(omni, key, "tokens", 1)).status_code == 429
 
-    await embedded.settle()
-    assert (await quota(embedded, key, "tokens"))["used"] == 1000
-    rows = await embedded.query(key, "tokens")
+    await omni.settle()
+    assert (await quota(omni, key, "tokens"))["used"] == 1000
+    rows = await omni.query(key, "tokens")
     assert sum(row["value"] for row in rows) == 1000, "the meter counts exactly what consume accepted"
 
 
-async def test_a_retry_returns_the_first_answer_and_counts_nothing(embedded: Omni) -> None:
-    await embedded.meter(**TOKENS)
-    await put_plan(embedded, "pro", {"meter": "tokens", "limit": 100, "period": "MONTH"}, status=201)
-    tenant_id, key = await embedded.tenant()
-    await on_plan(embedded, tenant_id, "pro")
-    first = await consume(embedded, key, "tokens", 60, "req-1")
-    again = await consume(embedded, key, "tokens", 60, "req-1")
+async def test_a_retry_returns_the_first_answer_and_counts_nothing(omni: Omni) -> None:
+    await omni.meter(**TOKENS)
+    await put_plan(omni, "pro", {"meter": "tokens", "limit": 100, "period": "MONTH"}, status=201)
+    tenant_id, key = await omni.tenant()
+    await on_plan(omni, tenant_id, "pro")
+    first = await consume(omni, key, "tokens", 60, "req-1")
+    again = await consume(omni, key, "tokens", 60, "req-1")
     assert first.status_code == again.status_code == 200
     assert first.json() == again.json()
-    refused = await consume(embedded, key, "tokens", 60, "req-2")
+    refused = await consume(omni, key, "tokens", 60, "req-2")
     assert refused.status_code == 429
-    assert (await consume(embedded, key, "tokens", 60, "req-2")).status_code == 429, "a refusal is the answer too"
-    reused = await consume(embedded, key, "tokens", 5, "req-1")
+    assert (await consume(omni, key, "tokens", 60, "req-2")).status_code == 429, "a refusal is the answer too"
+    reused = await consume(omni, key, "tokens", 5, "req-1")
     assert reused.status_code == 409, "the same key for another request"
-    await embedded.settle()
-    assert sum(row["value"] for row in await embedded.query(key, "tokens")) == 60
+    await omni.settle()
+    assert sum(row["value"] for row in await omni.query(key, "tokens")) == 60
 
 
-async def test_facts_count_but_are_never_refused(embedded: Omni) -> None:
-    await embedded.meter(**TOKENS)
-    await put_plan(embedded, "pro", {"meter": "tokens", "limit": 100, "period": "DAY"}, status=201)
-    tenant_id, key = await embedded.tenant()
-    await on_plan(embedded, tenant_id, "pro")
-    assert (await consume(embedded, key, "tokens", 40)).status_code == 200
-    facts = await embedded.send(key, [cloud_event(f"f{i}", type_="inference", data={"tokens": 50}) for i in range(3)])
+async def test_facts_count_but_are_never_refused(omni: Omni) -> None:
+    await omni.meter(**TOKENS)
+    await put_plan(omni, "pro", {"meter": "tokens", "limit": 100, "period": "DAY"}, status=201)
+    tenant_id, key = await omni.tenant()
+    await on_plan(omni, tenant_id, "pro")
+    assert (await consume(omni, key, "tokens", 40)).status_code == 200
+    facts = await omni.send(key, [cloud_event(f"f{i}", type_="inference", data={"tokens": 50}) for i in range(3)])
     assert facts.status_code == 202 and facts.json()["accepted"] == 3, "facts past the limit are still recorded"
-    await embedded.settle()
-    assert (await quota(embedded, key, "tokens"))["used"] == 190
-    assert (await consume(embedded, key, "tokens", 1)).status_code == 429, "facts count against the quota"
+    await omni.settle()
+    assert (await quota(omni, key, "tokens"))["used"] == 190
+    assert (await consume(omni, key, "tokens", 1)).status_code == 429, "facts count against the quota"
 
 
-async def test_thresholds_are_notified_once_per_period(embedded: Omni) -> None:
-    await embedded.meter(**CALLS)
-    await put_plan(embedded, "pro", {"meter": "calls", "limit": 10, "period": "DAY", "thresholds": [50, 80, 100]}, status=201)
-    tenant_id, key = await embedded.tenant()
-    other_id, other_key = await embedded.tenant("other", plan="free")
-    await on_plan(embedded, tenant_id, "pro")
+async def test_thresholds_are_notified_once_per_period(omni: Omni) -> None:
+    await omni.meter(**CALLS)
+    await put_plan(omni, "pro", {"meter": "calls", "limit": 10, "period": "DAY", "thresholds": [50, 80, 100]}, status=201)
+    tenant_id, key = await omni.tenant()
+    other_id, other_key = await omni.tenant("other", plan="free")
+    await on_plan(omni, tenant_id, "pro")
     for _ in range(4):
-        assert (await consume(embedded, key, "calls", 1)).status_code == 200
-    await embedded.settle()
-    assert (await embedded.client.get("/v1/notifications", headers=embedded.auth(key))).json()["data"] == []
-    await embedded.send(key, [cloud_event(f"c{i}", type_="request") for i in range(6)])
-    await embedded.settle()
+        assert (await consume(omni, key, "calls", 1)).status_code == 200
+    await omni.settle()
+    assert (await omni.client.get("/v1/notifications", headers=omni.auth(key))).json()["data"] == []
+    await omni.send(key, [cloud_event(f"c{i}", type_="request") for i in range(6)])
+    await omni.settle()
     for _ in range(3):
-        await consume(embedded, key, "calls", 1)
-    await embedded.settle()
-    notes = (await embedded.client.get("/v1/notifications", headers=embedded.auth(key))).json()["data"]
+        await consume(omni, key, "calls", 1)
+    await omni.settle()
+    notes = (await omni.client.get("/v1/notifications", headers=omni.auth(key))).json()["data"]
     assert sorted(n["threshold"] for n in notes) == [50, 80, 100]
     assert all(n["type"] == "omni.quota.threshold_crossed" and n["meter"] == "calls" and n["limit"] == 10 for n in notes)
-    assert (await embedded.client.get("/v1/notifications", headers=embedded.auth(other_key))).json()["data"] == []
-    admin_view = await embedded.client.get("/v1/notifications", params={"tenant": tenant_id}, headers=embedded.auth(ADMIN))
+    assert (await omni.client.get("/v1/notifications", headers=omni.auth(other_key))).json()["data"] == []
+    admin_view = await omni.client.get("/v1/notifications", params={"tenant": tenant_id}, headers=omni.auth(ADMIN))
     assert len(admin_view.json()["data"]) == 3
-    page = (await embedded.client.get("/v1/notifications", params={"limit": 2}, headers=embedded.auth(key))).json()
-    rest = await embedded.client.get(
-        "/v1/notifications", params={"limit": 2, "before": page["next_before"]}, headers=embedded.auth(key)
-    )
+    page = (await omni.client.get("/v1/notifications", params={"limit": 2}, headers=omni.auth(key))).json()
+    rest = await omni.client.get("/v1/notifications", params={"limit": 2, "before": page["next_before"]}, headers=omni.auth(key))
     assert [n["id"] for n in page["data"] + rest.json()["data"]] == [n["id"] for n in notes]
     assert other_id != tenant_id
 
 
-async def test_an_override_replaces_the_plan_and_usage_carries_over(embedded: Omni) -> None:
-    await embedded.meter(**TOKENS)
-    await put_plan(embedded, "pro", {"meter": "tokens", "limit": 100, "period": "DAY"}, status=201)
-    tenant_id, key = await embedded.tenant()
-    await on_plan(embedded, tenant_id, "pro")
-    assert (await consume(embedded, key, "tokens", 100)).status_code == 200
-    assert (await consume(embedded, key, "tokens", 1)).status_code == 429
-    response = await embedded.client.put(
-        f"/v1/tenants/{tenant_id}/quotas/tokens", json={"limit": 150, "period": "DAY"}, headers=embedded.auth(ADMIN)
+async def test_an_override_replaces_the_plan_and_usage_carries_over(omni: Omni) -> None:
+    await omni.meter(**TOKENS)
+    await put_plan(omni, "pro", {"meter": "tokens", "limit": 100, "period": "DAY"}, status=201)
+    tenant_id, key = await omni.tenant()
+    await on_plan(omni, tenant_id, "pro")
+    assert (await consume(omni, key, "tokens", 100)).status_code == 200
+    assert (await consume(omni, key, "tokens", 1)).status_code == 429
+    response = await omni.client.put(
+        f"/v1/tenants/{tenant_id}/quotas/tokens", json={"limit": 150, "period": "DAY"}, headers=omni.auth(ADMIN)
     )
     assert response.status_code == 204, response.text
-    await embedded.settle()
-    current = await quota(embedded, key, "tokens")
+    await omni.settle()
+    current = await quota(omni, key, "tokens")
     assert (current["source"], current["limit"], current["used"], current["remaining"]) == ("override", 150, 100, 50)
-    assert (await consume(embedded, key, "tokens", 50)).status_code == 200
-    removed = await embedded.client.delete(f"/v1/tenants/{tenant_id}/quotas/tokens", headers=embedded.auth(ADMIN))
+    assert (await consume(omni, key, "tokens", 50)).status_code == 200
+    removed = await omni.client.delete(f"/v1/tenants/{tenant_id}/quotas/tokens", headers=omni.auth(ADMIN))
     assert removed.status_code == 204
-    await embedded.settle()
-    assert (await quota(embedded, key, "tokens"))["source"] == "plan"
-    again = await embedded.client.delete(f"/v1/tenants/{tenant_id}/quotas/tokens", headers=embedded.auth(ADMIN))
+    await omni.settle()
+    assert (await quota(omni, key, "tokens"))["source"] == "plan"
+    again = await omni.client.delete(f"/v1/tenants/{tenant_id}/quotas/tokens", headers=omni.auth(ADMIN))
     assert again.status_code == 404
     # A plan change mid-period: the new limit applies to the usage so far.
-    await put_plan(embedded, "pro", {"meter": "tokens", "limit": 400, "period": "DAY"}, status=200)
-    assert (await quota(embedded, key, "tokens"))["remaining"] == 250
+    await put_plan(omni, "pro", {"meter": "tokens", "limit": 400, "period": "DAY"}, status=200)
+    assert (await quota(omni, key, "tokens"))["remaining"] == 250
 
 
-async def test_bad_consumes_are_refused_and_count_nothing(embedded: Omni) -> None:
-    await embedded.meter(**TOKENS)
-    await embedded.meter(**CALLS)
-    await embedded.meter(**LATEST)
-    await put_plan(embedded, "pro", {"meter": "tokens", "limit": 100, "period": "DAY"}, status=201)
-    tenant_id, key = await embedded.tenant()
-    await on_plan(embedded, tenant_id, "pro")
+async def test_bad_consumes_are_refused_and_count_nothing(omni: Omni) -> None:
+    await omni.meter(**TOKENS)
+    await omni.meter(**CALLS)
+    await omni.meter(**LATEST)
+    await put_plan(omni, "pro", {"meter": "tokens", "limit": 100, "period": "DAY"}, status=201)
+    tenant_id, key = await omni.tenant()
+    await on_plan(omni, tenant_id, "pro")
     for amount in (0, -5, "lots", None, 10**12, 0.0005, 1e-9, True, "NaN"):
-        response = await consume(embedded, key, "tokens", amount)
+        response = await consume(omni, key, "tokens", amount)
         assert response.status_code == 422, (amount, response.text)
         assert response.headers["content-type"] == "application/problem+json"
-    assert (
-        await embedded.client.post("/v1/quotas/tokens/consume", json={"amount": 1}, headers=embedded.auth(key))
-    ).status_code == 422
-    assert (await consume(embedded, key, "nothing", 1)).status_code == 404
-    assert (await consume(embedded, key, "speed", 1)).status_code == 422
-    assert (await consume(embedded, key, "calls", 2)).status_code == 422
-    assert (await consume(embedded, ADMIN, "tokens", 1)).status_code == 403
-    await embedded.settle()
-    assert (await quota(embedded, key, "tokens"))["used"] == 0
-    assert await embedded.query(key, "tokens") == []
+    assert (await omni.client.post("/v1/quotas/tokens/consume", json={"amount": 1}, headers=omni.auth(key))).status_code == 422
+    assert (await consume(omni, key, "nothing", 1)).status_code == 404
+    assert (await consume(omni, key, "speed", 1)).status_code == 422
+    assert (await consume(omni, key, "calls", 2)).status_code == 422
+    assert (await consume(omni, ADMIN, "tokens", 1)).status_code == 403
+    await omni.settle()
+    assert (await quota(omni, key, "tokens"))["used"] == 0
+    assert await omni.query(key, "tokens") == []
 
 
-async def test_another_tenants_quota_is_not_found(embedded: Omni) -> None:
-    await embedded.meter(**TOKENS)
-    await put_plan(embedded, "pro", {"meter": "tokens", "limit": 100, "period": "DAY"}, status=201)
-    tenant_id, key = await embedded.tenant()
-    other_id, other_key = await embedded.tenant("other", plan="free")
-    await on_plan(embedded, tenant_id, "pro")
-    assert (
-        await embedded.client.get("/v1/quotas", params={"tenant": tenant_id}, headers=embedded.auth(other_key))
-    ).status_code == 404
-    assert (await embedded.client.get("/v1/quotas/tokens", headers=embedded.auth(other_key))).status_code == 404
-    listed = await embedded.client.get("/v1/quotas", params={"tenant": tenant_id}, headers=embedded.auth(ADMIN))
+async def test_another_tenants_quota_is_not_found(omni: Omni) -> None:
+    await omni.meter(**TOKENS)
+    await put_plan(omni, "pro", {"meter": "tokens", "limit": 100, "period": "DAY"}, status=201)
+    tenant_id, key = await omni.tenant()
+    other_id, other_key = await omni.tenant("other", plan="free")
+    await on_plan(omni, tenant_id, "pro")
+    assert (await omni.client.get("/v1/quotas", params={"tenant": tenant_id}, headers=omni.auth(other_key))).status_code == 404
+    assert (await omni.client.get("/v1/quotas/tokens", headers=omni.auth(other_key))).status_code == 404
+    listed = await omni.client.get("/v1/quotas", params={"tenant": tenant_id}, headers=omni.auth(ADMIN))
     assert [q["meter"] for q in listed.json()["data"]] == ["tokens"]
-    assert (await embedded.client.get("/v1/quotas", headers=embedded.auth(other_key))).json()["data"] == []
+    assert (await omni.client.get("/v1/quotas", headers=omni.auth(other_key))).json()["data"] == []
     assert other_id != tenant_id
 
 
-async def test_consume_without_a_quota_records_and_never_refuses(embedded: Omni) -> None:
-    await embedded.meter(**TOKENS)
-    _, key = await embedded.tenant()
-    await embedded.settle()
-    answer = await consume(embedded, key, "tokens", 5, data={"model": "large"})
+async def test_consume_without_a_quota_records_and_never_refuses(omni: Omni) -> None:
+    await omni.meter(**TOKENS)
+    _, key = await omni.tenant()
+    await omni.settle()
+    answer = await consume(omni, key, "tokens", 5, data={"model": "large"})
     assert answer.status_code == 200
     assert answer.json()["limit"] is None and answer.json()["used"] == 5
-    await embedded.settle()
-    assert sum(row["value"] for row in await embedded.query(key, "tokens")) == 5
+    await omni.settle()
+    assert sum(row["value"] for row in await omni.query(key, "tokens")) == 5
 
 
 def test_periods_split_at_utc_boundaries() -> None:

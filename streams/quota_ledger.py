@@ -1,0 +1,76 @@
+"""The quota ledger port: where consume decides and the hot counters live.
+
+Embedded mode keeps them in the embedded log's SQLite file (streams.embedded_quotas), Kafka mode in
+Redis (streams.redis_quotas). Both decide with projections.quotas.decide and count the same events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Protocol
+
+import orjson
+
+from projections.meters import MeterIndex
+from projections.quotas import Decision, PeriodKey
+from schemas.envelope import Envelope
+from schemas.plans import Entitlement
+from streams.log import LogRecord, LogUnavailable
+
+
+class Rebuilding(LogUnavailable):
+    """The hot counters are being rebuilt: a fold that would count facts waits and tries again."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumeRequest:
+    tenant_id: str
+    meter: str
+    amount: Decimal
+    idempotency_key: str
+    subject: str | None
+    entitlement: Entitlement | None
+    period: PeriodKey  # the quota's period (a day when there is no quota), of the consume's time
+    usage: tuple[Envelope, bytes]  # the usage event to append if accepted, and its wire form
+    refusal: tuple[Envelope, bytes]  # the refusal's, if refused
+    keep_until: datetime  # how long the answer is kept for retries
+
+    def fingerprint(self) -> str:
+        """What a retry must repeat to get the kept answer: the same meter, amount and subject."""
+        return orjson.dumps([self.meter, str(self.amount), self.subject]).decode()
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumeOutcome:
+    decision: Decision
+    period: PeriodKey
+    replayed: bool  # the answer kept from an earlier call with this idempotency key
+    conflict: bool = False  # the key was used before for another request: nothing decided
+    in_progress: bool = False  # an earlier call with this key is still being recorded
+
+
+class QuotaLedger(Protocol):
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def consume(self, request: ConsumeRequest) -> ConsumeOutcome:
+        """Decide and record atomically; LogUnavailable when it cannot (nothing is counted)."""
+        ...
+
+    async def used(self, tenant_id: str, meter: str, period: PeriodKey) -> Decimal | None:
+        """The hot counter; None when there is none to read (then read the views)."""
+        ...
+
+
+class FactLedger(Protocol):
+    """The worker's side: facts counted as the meters fold them (blocking)."""
+
+    def add_facts(
+        self, topic: str, partition: int, start: int, events: Sequence[tuple[LogRecord, Envelope]], end: int, meters: MeterIndex
+    ) -> None:
+        """Count the facts among `events` (the batch [start, end) as folded) not yet counted."""
+        ...

@@ -1,0 +1,435 @@
+"""The quota ledger of Kafka mode: hot counters in Redis, a cache of the log rebuilt when lost.
+
+Counters hold, per (tenant, additive meter, period), what the log holds for it, in milli-units
+(Lua numbers are doubles: exact below 2^53, about 9 * 10^12 units). Their keys name an epoch, the
+value of `built`: a rebuild fills a new epoch's keys, then points `built` at it.
+
+Consume, for one (tenant, idempotency key):
+
+1. one Lua script (CONSUME): the answer kept under the key, if any; else the decision against
+   the counter of the quota's period, the counters of the consume's day and month raised if
+   accepted, and a *pending* answer kept for PENDING_MS;
+2. the usage event (or the refusal) appended to Kafka with acks=all;
+3. SETTLE turns the pending answer into the kept one; if the append failed, UNDO takes the
+   amount back (in the same epoch only) and drops the pending answer: 503, nothing counted.
+
+A process that dies between 1 and 3 leaves its amount counted and its answer pending until
+PENDING_MS: the counter is then above the log (refusing early, never overshooting) until the next
+rebuild; a retry after that decides again, and the event's id (the idempotency key) keeps the
+meters from counting it twice if both appends landed.
+
+Facts (POST /v1/events) are counted by the worker as it folds them (ADD_FACTS, before the views
+commit), against a mark per partition: the offsets the counters hold. A batch folded again after
+a failed commit finds the mark past it and counts nothing. A batch that starts past the mark
+(folded while Redis was away) means facts were folded without being counted: the script drops
+`built`, and the next consume rebuilds.
+
+Rebuilding (Redis lost its data, a cold start, or the above): under a lock, after a grace of the
+produce timeout (appends that were in flight land or fail), from the views (each tenant's totals
+this day and this month, at the views' checkpoints) plus the log past those checkpoints up to its
+end, de-duplicated as the fold does. Until `built` points at the new epoch, consume waits (then
+answers 503), and the worker's batches wait too, so nothing folded meanwhile is missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import secrets
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_EVEN, Decimal
+
+import redis
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from projections.meters import MeterIndex
+from projections.quotas import CounterKey, Decision, PeriodKey, periods_of, usage_deltas
+from schemas.envelope import Envelope, NewerSchema, decode, record_headers
+from schemas.meters import Aggregation, MeterDefinition
+from schemas.plans import Enforcement
+from schemas.topics import Topics
+from stores import quotas as quota_views
+from stores import views
+from stores.database import Database
+from streams.log import EventLog, LogRecord, LogUnavailable, Outgoing
+from streams.quota_ledger import ConsumeOutcome, ConsumeRequest, Rebuilding
+from streams.redis_wire import redis_client
+
+log = logging.getLogger(__name__)
+
+MILLI = Decimal(1000)
+PENDING_MS = 30_000
+LOCK_MS = 120_000
+WAIT_FOR_BUILD_SECONDS = 10.0
+READ_CHUNK = 5000
+
+
+def milli(amount: Decimal) -> int:
+    """An amount in milli-units, rounded half to even (facts may have more decimals than limits)."""
+    return int((amount * MILLI).to_integral_value(rounding=ROUND_HALF_EVEN))
+
+
+def from_milli(value: int | str | bytes) -> Decimal:
+    number = Decimal(value.decode() if isinstance(value, bytes) else str(value)) / MILLI
+    return number.quantize(Decimal(1)) if number == number.to_integral_value() else number.normalize()
+
+
+# KEYS: built, answer. ARGV: prefix, tenant, fingerprint, amount, limit ('' for none), hard ('1'),
+# field of the quota's period, field of the day, field of the month, pending TTL (ms), the period.
+# Answers {'rebuild'} | {'kept', answer} | {'decided', accepted, used, epoch, pending value}.
+CONSUME = """
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then return {'rebuild'} end
+local kept = redis.call('GET', KEYS[2])
+if kept then return {'kept', kept} end
+local counters = ARGV[1] .. 'c:' .. epoch .. ':' .. ARGV[2]
+local used = tonumber(redis.call('HGET', counters, ARGV[7]) or '0')
+local amount = tonumber(ARGV[4])
+local accepted = '1'
+if ARGV[5] ~= '' and ARGV[6] == '1' and used + amount > tonumber(ARGV[5]) then accepted = '0' end
+if accepted == '1' then
+  redis.call('HINCRBY', counters, ARGV[8], ARGV[4])
+  if ARGV[9] ~= ARGV[8] then redis.call('HINCRBY', counters, ARGV[9], ARGV[4]) end
+  used = used + amount
+end
+local value = 'pending|' .. epoch .. '|' .. ARGV[3] .. '|' .. accepted .. '|' .. string.format('%.0f', used) .. '|' .. ARGV[11]
+redis.call('SET', KEYS[2], value, 'PX', ARGV[10])
+return {'decided', accepted, string.format('%.0f', used), epoch, value}
+"""
+
+# KEYS: answer. ARGV: the pending value, the kept value, its TTL (ms). Whether it was still ours.
+SETTLE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+"""
+
+# KEYS: built, answer. ARGV: prefix, tenant, pending value, epoch, accepted, amount, day field,
+# month field. Takes the amount back if the counters are still that epoch's.
+UNDO = """
+if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
+if ARGV[5] == '1' and redis.call('GET', KEYS[1]) == ARGV[4] then
+  local counters = ARGV[1] .. 'c:' .. ARGV[4] .. ':' .. ARGV[2]
+  redis.call('HINCRBY', counters, ARGV[7], -tonumber(ARGV[6]))
+  if ARGV[8] ~= ARGV[7] then redis.call('HINCRBY', counters, ARGV[8], -tonumber(ARGV[6])) end
+end
+return 1
+"""
+
+# KEYS: built, lock. ARGV: prefix, mark field (topic/partition), the batch's first offset, the
+# mark the caller counted from, the batch's end, then (tenant, field, amount) triples.
+# Answers {'skip'} (no counters, or a rebuild is filling them: count nothing, or 'wait'),
+# {'moved', mark} (count again from there), {'reset'} (facts were folded uncounted), {'ok'}.
+ADD_FACTS = """
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  if redis.call('EXISTS', KEYS[2]) == 1 then return {'wait'} end
+  return {'skip'}
+end
+local marks = ARGV[1] .. 'm:' .. epoch
+local mark = tonumber(redis.call('HGET', marks, ARGV[2]) or '0')
+if mark < tonumber(ARGV[3]) then
+  redis.call('DEL', KEYS[1])
+  return {'reset'}
+end
+if mark ~= tonumber(ARGV[4]) then return {'moved', string.format('%.0f', mark)} end
+if mark >= tonumber(ARGV[5]) then return {'ok'} end
+for i = 6, #ARGV, 3 do
+  redis.call('HINCRBY', ARGV[1] .. 'c:' .. epoch .. ':' .. ARGV[i], ARGV[i + 1], ARGV[i + 2])
+end
+redis.call('HSET', marks, ARGV[2], ARGV[5])
+return {'ok'}
+"""
+
+# KEYS: lock, built. ARGV: token, epoch. Points `built` at the filled epoch if the lock is still ours.
+INSTALL = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+
+def field(meter: str, period: PeriodKey) -> str:
+    return f"{meter}|{period.text}"
+
+
+class QuotaKeys:
+    def __init__(self, topics: Topics) -> None:
+        self.prefix = f"omni:quota:{topics.prefix}:"
+        self.built = self.prefix + "built"
+        self.lock = self.prefix + "building"
+
+    def answer(self, tenant_id: str, idempotency_key: str) -> str:
+        return self.prefix + "a:" + tenant_id + ":" + hashlib.sha256(idempotency_key.encode()).hexdigest()
+
+    def counters(self, epoch: str, tenant_id: str) -> str:
+        return self.prefix + "c:" + epoch + ":" + tenant_id
+
+    def marks(self, epoch: str) -> str:
+        return self.prefix + "m:" + epoch
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisQuotaLedger:
+    """The API's side: consume, reads and rebuilds (asyncio)."""
+
+    def __init__(self, url: str, topics: Topics, log_: EventLog, views_db: Database, *, grace: float, keep_seconds: int) -> None:
+        self.redis: aioredis.Redis = redis_client(url)
+        self.topics = topics
+        self.keys = QuotaKeys(topics)
+        self.log = log_
+        self.views_db = views_db
+        self.grace = grace  # how long an append may still be in flight (the produce timeout)
+        self.keep_ms = keep_seconds * 1000
+        self._consume = self.redis.register_script(CONSUME)
+        self._settle = self.redis.register_script(SETTLE)
+        self._undo = self.redis.register_script(UNDO)
+        self._install = self.redis.register_script(INSTALL)
+        self._rebuilding: asyncio.Task[bool] | None = None
+
+    async def close(self) -> None:
+        if self._rebuilding is not None:
+            self._rebuilding.cancel()
+        await self.redis.aclose()
+
+    async def start(self) -> None:
+        """Rebuild at once if the counters are missing, so the first consume does not wait."""
+        try:
+            if not await self.redis.exists(self.keys.built):
+                self._start_rebuild()
+        except RedisError as away:
+            log.warning("Redis unreachable at start (%s); quota counters are rebuilt on the first consume", away)
+
+    # Consume ------------------------------------------------------------------------------------
+
+    async def consume(self, request: ConsumeRequest) -> ConsumeOutcome:
+        event, value = request.usage
+        refusal, refusal_value = request.refusal
+        tenant_id, meter, amount = request.tenant_id, request.meter, request.amount
+        limit = request.entitlement.limit if request.entitlement is not None else None
+        hard = request.entitlement is not None and request.entitlement.enforcement is Enforcement.HARD
+        day, month = periods_of(event.event_time)
+        answer_key = self.keys.answer(tenant_id, request.idempotency_key)
+        digest = hashlib.sha256(request.fingerprint().encode()).hexdigest()
+        args = [
+            self.keys.prefix,
+            tenant_id,
+            digest,
+            milli(amount),
+            "" if limit is None else milli(limit),
+            "1" if hard else "0",
+            field(meter, request.period),
+            field(meter, day),
+            field(meter, month),
+            PENDING_MS,
+            request.period.text,
+        ]
+        deadline = time.monotonic() + WAIT_FOR_BUILD_SECONDS
+        while True:
+            try:
+                reply = await self._consume(keys=[self.keys.built, answer_key], args=args)
+            except RedisError as away:
+                raise LogUnavailable(f"the quota counters (Redis) are unreachable: {away}") from away
+            kind = _text(reply[0])
+            if kind != "rebuild":
+                break
+            self._start_rebuild()
+            if time.monotonic() > deadline:
+                raise LogUnavailable("the quota counters are being rebuilt; retry shortly")
+            await asyncio.sleep(0.05)
+        if kind == "kept":
+            return _kept(_text(reply[1]), digest)
+        accepted, used, epoch, pending = _text(reply[1]) == "1", int(_text(reply[2])), _text(reply[3]), _text(reply[4])
+        record, wire = (event, value) if accepted else (refusal, refusal_value)
+        try:
+            await self.log.append(self.topics.usage, [Outgoing(tenant_id, wire, record_headers(record))])
+        except BaseException:
+            undo = [self.keys.prefix, tenant_id, pending, epoch, "1" if accepted else "0", milli(amount)]
+            try:
+                await self._undo(keys=[self.keys.built, answer_key], args=[*undo, field(meter, day), field(meter, month)])
+            except RedisError:
+                log.warning("could not take back an unrecorded consume; the counter is over until the next rebuild")
+            raise
+        kept = pending.replace("pending|", "done|", 1) + "|" + ("" if limit is None else str(milli(limit)))
+        try:
+            await self._settle(keys=[answer_key], args=[pending, kept, self.keep_ms])
+        except RedisError:
+            log.warning("could not keep a consume's answer; a retry may decide again (the meters count it once)")
+        return ConsumeOutcome(_decision(accepted, from_milli(used), limit), request.period, replayed=False)
+
+    # Reads --------------------------------------------------------------------------------------
+
+    async def used(self, tenant_id: str, meter: str, period: PeriodKey) -> Decimal | None:
+        """The counter, or None when there are none (Redis away or lost): read the views then."""
+        try:
+            epoch = await self.redis.get(self.keys.built)
+            if epoch is None:
+                return None
+            value = await self.redis.hget(self.keys.counters(_text(epoch), tenant_id), field(meter, period))
+        except RedisError:
+            return None
+        return from_milli(value or 0)
+
+    # Rebuild ------------------------------------------------------------------------------------
+
+    def _start_rebuild(self) -> None:
+        if self._rebuilding is None or self._rebuilding.done():
+            self._rebuilding = asyncio.create_task(self.rebuild(), name="quota-rebuild")
+
+    async def rebuild(self, now: datetime | None = None) -> bool:
+        """Fill a new epoch from the views and the log; True if this process did it."""
+        token = secrets.token_hex(8)
+        try:
+            if not await self.redis.set(self.keys.lock, token, nx=True, px=LOCK_MS):
+                return False  # another process is at it
+            await self.redis.delete(self.keys.built)  # consumes and the worker wait from here
+            await asyncio.sleep(self.grace)
+            epoch = secrets.token_hex(6)
+            moment = now or datetime.now(UTC)
+            counters, marks = await self._from_views_and_log(moment)
+            pipe = self.redis.pipeline(transaction=False)
+            for (tenant_id, meter, period), amount in counters.items():
+                pipe.hincrby(self.keys.counters(epoch, tenant_id), f"{meter}|{period}", milli(amount))
+            for mark_field, end in marks.items():
+                pipe.hset(self.keys.marks(epoch), mark_field, end)
+            await pipe.execute()
+            installed = bool(await self._install(keys=[self.keys.lock, self.keys.built], args=[token, epoch]))
+            log.info(
+                "quota counters rebuilt (epoch %s, %d counters): %s",
+                epoch,
+                len(counters),
+                "installed" if installed else "lost the lock",
+            )
+            return installed
+        except (RedisError, LogUnavailable) as failure:
+            log.warning("rebuilding the quota counters failed (%s); the next consume tries again", failure)
+            try:
+                if _text(await self.redis.get(self.keys.lock) or b"") == token:
+                    await self.redis.delete(self.keys.lock)
+            except RedisError:
+                pass
+            return False
+
+    async def _from_views_and_log(self, now: datetime) -> tuple[dict[CounterKey, Decimal], dict[str, int]]:
+        from streams.projectors import API_CALLS, METERS
+
+        day, month = periods_of(now)
+        sources = {self.topics.usage: METERS, self.topics.api_calls: API_CALLS}
+        ends = {topic: await self.log.end_offsets(topic) for topic in sources}
+
+        def read_views() -> tuple[dict[str, dict[int, int]], list[MeterDefinition], dict[CounterKey, Decimal]]:
+            with self.views_db.transaction() as tx:
+                held = {topic: views.checkpoints(tx, consumer, topic) for topic, consumer in sources.items()}
+                definitions = [d for d in views.meter_definitions(tx) if d.aggregation in (Aggregation.SUM, Aggregation.COUNT)]
+                totals: dict[CounterKey, Decimal] = {}
+                for definition in definitions:
+                    for period in (day, month):
+                        start, end = int(period.start.timestamp()), int(period.end.timestamp())
+                        for tenant_id, amount in quota_views.period_totals(tx, definition, start, end).items():
+                            totals[(tenant_id, definition.slug, period.text)] = amount
+                return held, definitions, totals
+
+        held, definitions, counters = await asyncio.to_thread(read_views)
+        meters = MeterIndex(definitions)
+        tail: list[Envelope] = []
+        marks: dict[str, int] = {}
+        for topic, partitions in ends.items():
+            for partition, end in partitions.items():
+                start = held[topic].get(partition, 0)
+                marks[f"{topic}/{partition}"] = max(end, start)
+                while start < end:
+                    records = await self.log.read(topic, partition, start, min(READ_CHUNK, end - start))
+                    if not records:
+                        break
+                    tail.extend(_decoded(r) for r in records if r.offset < end)
+                    start = records[-1].offset + 1
+        fresh = await asyncio.to_thread(self._not_folded, [e for e in tail if e is not None])
+        current = {day.text, month.text}
+        for key, amount in usage_deltas(meters, fresh, facts_only=False).items():
+            if key[2] in current:
+                counters[key] = counters.get(key, Decimal(0)) + amount
+        return counters, marks
+
+    def _not_folded(self, events: Sequence[Envelope]) -> list[Envelope]:
+        """The tail's events, each (tenant, source, id) once, less those the views folded already."""
+        first: dict[tuple[str, str, str], Envelope] = {}
+        for event in events:
+            first.setdefault(event.dedupe_key, event)
+        with self.views_db.transaction() as tx:
+            seen = views.already_seen(tx, list(first))
+        return [event for key, event in first.items() if key not in seen]
+
+
+def _decoded(record: LogRecord) -> Envelope | None:
+    try:
+        return decode(record.value)
+    except NewerSchema:
+        raise
+    except (ValueError, KeyError, TypeError):
+        return None  # dead-lettered by the fold too
+
+
+def _decision(accepted: bool, used: Decimal, limit: Decimal | None) -> Decision:
+    remaining = None if limit is None else max(limit - used, Decimal(0))
+    return Decision(accepted, used, limit, remaining)
+
+
+def _kept(kept: str, digest: str) -> ConsumeOutcome:
+    """The answer kept under an idempotency key: `state|epoch|fingerprint|accepted|used|period[|limit]`."""
+    parts = kept.split("|")
+    state, _epoch, fingerprint, accepted, used, period = parts[:6]
+    if fingerprint != digest:
+        return ConsumeOutcome(_decision(False, Decimal(0), None), PeriodKey.parse(period), replayed=True, conflict=True)
+    if state == "pending":
+        return ConsumeOutcome(_decision(False, Decimal(0), None), PeriodKey.parse(period), replayed=True, in_progress=True)
+    limit = from_milli(parts[6]) if len(parts) > 6 and parts[6] else None
+    return ConsumeOutcome(_decision(accepted == "1", from_milli(used), limit), PeriodKey.parse(period), replayed=True)
+
+
+class RedisFactLedger:
+    """The worker's side: facts counted as the meters fold them (blocking; the projectors run in threads)."""
+
+    def __init__(self, url: str, topics: Topics) -> None:
+        self.redis = redis.Redis.from_url(url)
+        self.keys = QuotaKeys(topics)
+        self._add = self.redis.register_script(ADD_FACTS)
+
+    def add_facts(
+        self, topic: str, partition: int, start: int, events: Sequence[tuple[LogRecord, Envelope]], end: int, meters: MeterIndex
+    ) -> None:
+        mark_field = f"{topic}/{partition}"
+        try:
+            epoch = self.redis.get(self.keys.built)
+            if epoch is None:
+                if self.redis.exists(self.keys.lock):
+                    raise Rebuilding("the quota counters are being rebuilt")
+                return  # no counters to keep: the next rebuild counts this batch from the log
+            current = self.redis.hget(self.keys.marks(_text(epoch)), mark_field)
+            counted_from = int(current) if current is not None else 0
+            for _ in range(10):
+                fresh = [event for record, event in events if record.offset >= counted_from]
+                args: list[object] = [self.keys.prefix, mark_field, start, counted_from, end]
+                for (tenant_id, meter, period), amount in usage_deltas(meters, fresh, facts_only=True).items():
+                    args += [tenant_id, f"{meter}|{period}", milli(amount)]
+                reply = self._add(keys=[self.keys.built, self.keys.lock], args=args)
+                kind = _text(reply[0])
+                if kind == "moved":
+                    counted_from = int(_text(reply[1]))
+                    continue
+                if kind == "wait":
+                    raise Rebuilding("the quota counters are being rebuilt")
+                if kind == "reset":
+                    log.warning("%s: facts were folded uncounted; the quota counters will be rebuilt", mark_field)
+                return
+        except RedisError as away:
+            # The views go on; the counters miss this batch, which the next batch's check finds
+            # (its first offset past the mark), dropping them for a rebuild.
+            log.warning("quota counters unreachable (%s); %s folded without counting its facts", away, mark_field)
