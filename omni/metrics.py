@@ -55,3 +55,7 @@ READ_YOUR_WRITES_MISSED = Counter(
     "omni_read_your_writes_missed_total",
     "Commands answered before the views held their changes (OMNI_READ_YOUR_WRITES_SECONDS ran out)",
 )
+QUOTA_DECISIONS = Counter(
+    "omni_quota_decisions_total", "Consume calls decided (a kept answer given again counts as replayed)", ["outcome"]
+)
+QUOTA_REBUILDS = Counter("omni_quota_counter_rebuilds_total", "Times the quota counters were rebuilt from the views and the log")

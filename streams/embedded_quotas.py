@@ -28,6 +28,7 @@ from decimal import Decimal
 
 import orjson
 
+from omni import metrics
 from projections.meters import MeterIndex
 from projections.quotas import CounterKey, Decision, PeriodKey, decide, periods_of, usage_deltas
 from schemas.envelope import Envelope, record_headers
@@ -197,6 +198,7 @@ class EmbeddedQuotaLedger:
                     _set_mark(db, topic, partition, end)
             db.execute("INSERT INTO quota_ledger VALUES (?, ?) ON CONFLICT DO NOTHING", (BUILT, now.isoformat()))
             db.execute("COMMIT")
+            metrics.QUOTA_REBUILDS.inc()
         except BaseException:
             db.execute("ROLLBACK")
             raise

@@ -46,6 +46,7 @@ import redis
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from omni import metrics
 from projections.meters import MeterIndex
 from projections.quotas import CounterKey, Decision, PeriodKey, periods_of, usage_deltas
 from schemas.envelope import Envelope, NewerSchema, decode, record_headers
@@ -302,6 +303,8 @@ class RedisQuotaLedger:
                 pipe.hset(self.keys.marks(epoch), mark_field, end)
             await pipe.execute()
             installed = bool(await self._install(keys=[self.keys.lock, self.keys.built], args=[token, epoch]))
+            if installed:
+                metrics.QUOTA_REBUILDS.inc()
             log.info(
                 "quota counters rebuilt (epoch %s, %d counters): %s",
                 epoch,

@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import CallerDep, PlatformDep, TenantDep
 from api.problems import Problem
 from commands.errors import NotFound
+from omni import metrics
 from omni.bootstrap import Platform
 from projections.quotas import (
     CONSUME_SOURCE,
@@ -146,6 +147,10 @@ async def consume(meter: str, body: ConsumeBody, platform: PlatformDep, principa
         keep_until=now + platform.policy.window,
     )
     outcome = await ledger.consume(request)
+    if outcome.replayed:
+        metrics.QUOTA_DECISIONS.labels("replayed").inc()
+    else:
+        metrics.QUOTA_DECISIONS.labels("accepted" if outcome.decision.accepted else "refused").inc()
     if outcome.in_progress:
         raise Problem(
             409,
