@@ -10,6 +10,7 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -99,6 +100,7 @@ class Platform:
     keys: KeyCache
     key_changes: KeyChanges
     quotas: QuotaLedger | None = None  # where consume decides: the embedded log's file, or Redis
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))  # consume's time (tests set it)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 

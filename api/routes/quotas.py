@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Annotated
 
@@ -101,7 +101,7 @@ async def consume(meter: str, body: ConsumeBody, platform: PlatformDep, principa
         data = consume_event_data(definition, amount, body.data)
     except ValueError as unusable:
         raise Problem(422, "Meter cannot be consumed", str(unusable), kind="invalid-quota") from None
-    now = datetime.now(UTC)
+    now = platform.clock()
     period = period_of(now, quota.entitlement.period if quota else Period.DAY)
     actor = Actor(principal.key_id)
     usage = Envelope(
@@ -208,7 +208,7 @@ def _tenant_of(principal: CallerDep, tenant: str | None) -> str:
 
 async def _quotas(platform: Platform, tenant_id: str) -> list[QuotaPublic]:
     """Usage from the hot counters, which hold consumes at once; from the views where there are none."""
-    now = datetime.now(UTC)
+    now = platform.clock()
 
     def from_views() -> list[tuple[str, Quota, PeriodKey, Decimal]]:
         with platform.db.transaction() as tx:

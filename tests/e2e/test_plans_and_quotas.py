@@ -255,3 +255,35 @@ def test_periods_split_at_utc_boundaries() -> None:
     assert period_of(last, Period.MONTH).label == "2026-12" and period_of(first, Period.MONTH).label == "2027-01"
     assert period_of(last, Period.MONTH).end == first
     assert json.dumps(period_of(first, Period.DAY).text) == '"D:2027-01-01"'
+
+
+async def test_periods_reset_at_midnight_utc_and_nothing_counts_in_two(omni: Omni) -> None:
+    await omni.meter(**CALLS)
+    await put_plan(omni, "pro", {"meter": "calls", "limit": 3, "period": "DAY"}, status=201)
+    tenant_id, key = await omni.tenant()
+    await on_plan(omni, tenant_id, "pro")
+    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    last_instant = midnight - timedelta(microseconds=1)
+    facts = [cloud_event("late", type_="request", time=last_instant), cloud_event("early", type_="request", time=midnight)]
+    assert (await omni.send(key, facts)).status_code == 202
+    await omni.settle()
+
+    omni.platform.clock = lambda: last_instant
+    answers = [await consume(omni, key, "calls", 1) for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 429], "the fact took one of yesterday's three"
+    assert answers[0].json()["period_end"] == midnight.isoformat().replace("+00:00", "Z")
+    omni.platform.clock = lambda: midnight
+    answers = [await consume(omni, key, "calls", 1) for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 429], "a new day, less the fact at its first instant"
+
+    await omni.settle()
+    days = await omni.query(
+        key,
+        "calls",
+        window_size="DAY",
+        **{"from": (midnight - timedelta(days=1)).isoformat(), "to": (midnight + timedelta(days=1)).isoformat()},
+    )
+    assert {row["window_start"]: row["value"] for row in days} == {
+        (midnight - timedelta(days=1)).isoformat().replace("+00:00", "Z"): 3,
+        midnight.isoformat().replace("+00:00", "Z"): 3,
+    }
