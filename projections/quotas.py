@@ -225,6 +225,16 @@ def crossings(
     return found
 
 
+def reached_now(tenant_id: str, meter: str, period: PeriodKey, quota: Quota, used: Decimal, at: datetime) -> list[Crossing]:
+    """Every threshold `used` has reached, as crossings at `at` (a quota change's sweep)."""
+    e = quota.entitlement
+    return [
+        Crossing(notification_id(tenant_id, meter, period, t), tenant_id, meter, period, t, e.limit, used, at)
+        for t in e.thresholds
+        if reached(used, e.limit, t)
+    ]
+
+
 def consume_event_data(definition: MeterDefinition, amount: Decimal, data: Mapping[str, Any] | None) -> dict[str, Any]:
     """The usage event's `data` for a consume: the caller's `data`, with the amount at the meter's
     value path (a SUM meter's path must be under `$.data`)."""

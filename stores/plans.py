@@ -70,6 +70,10 @@ def plan(tx: Tx, slug: str) -> PlanRow | None:
     return (rows[0][0], int(rows[0][1]), rows[0][2], _entitlements(rows[0][3]), rows[0][4]) if rows else None
 
 
+def tenants_on(tx: Tx, plan_slug: str) -> list[str]:
+    return [r[0] for r in tx.execute("SELECT tenant_id FROM tenants WHERE plan=? ORDER BY tenant_id", (plan_slug,))]
+
+
 def quotas_of(tx: Tx, tenant_id: str) -> dict[str, Quota]:
     """The tenant's quota on each meter that has one: its overrides over its plan's entitlements."""
     rows = tx.execute("SELECT plan FROM tenants WHERE tenant_id=?", (tenant_id,))

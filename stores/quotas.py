@@ -23,6 +23,17 @@ CREATE INDEX IF NOT EXISTS notifications_by_tenant ON notifications (tenant_id, 
 """
 
 
+# PostgreSQL advisory lock (transaction-scoped) between the usage folds (shared) and the catalog's
+# threshold sweep (exclusive): otherwise a usage batch that found no quota and a plan change that
+# found no usage yet could commit side by side, and neither notify. SQLite has one writer anyway.
+THRESHOLD_LOCK = 7245
+
+
+def lock_thresholds(tx: Tx, *, exclusive: bool) -> None:
+    if tx.dialect == "postgres":
+        tx.execute(f"SELECT pg_advisory_xact_lock{'' if exclusive else '_shared'}({THRESHOLD_LOCK})")
+
+
 def _amount(definition: MeterDefinition) -> str:
     return "count" if definition.aggregation is Aggregation.COUNT else "total"
 

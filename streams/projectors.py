@@ -127,6 +127,7 @@ class CatalogProjector:
                     _write_change(tx, change)
                 for plan_change in plan_changes(event):
                     _write_plan_change(tx, plan_change)
+                    _sweep_thresholds(tx, plan_change, event)
                 position = max(position, catalog.store_position(event))
             views.set_checkpoint(tx, CATALOG, self.topic, partition, fresh[-1].offset + 1)
             # Records relayed by older versions carry no position; one republished after a relay's
@@ -149,6 +150,32 @@ def _write_change(tx: Tx, change: catalog.Change) -> None:
             views.revoke_key(tx, change.key_id, change.revoked_at)
         case catalog.MeterAdded():
             views.add_meter_definition(tx, "_platform", change.definition, change.event_id)
+
+
+def _sweep_thresholds(tx: Tx, change: plan_view.Change, event: Envelope) -> None:
+    """Thresholds a quota change finds reached already (usage folded before the change, or a lower
+    limit), notified as of the change. With the usage folds' own checks (under the same lock) no
+    crossing is missed, whichever topic is folded first, as in a replay."""
+    match change:
+        case plan_view.PlanPublished():
+            tenants = plan_store.tenants_on(tx, change.slug)
+        case plan_view.PlanAssigned() | plan_view.OverrideSet():
+            tenants = [change.tenant_id]
+        case _:
+            return
+    quota_store.lock_thresholds(tx, exclusive=True)
+    definitions = {d.slug: d for d in views.meter_definitions(tx)}
+    found: list[quotas.Crossing] = []
+    for tenant_id in tenants:
+        for meter, quota in plan_store.quotas_of(tx, tenant_id).items():
+            definition = definitions.get(meter)
+            if definition is None:
+                continue
+            period = quotas.period_of(event.event_time, quota.entitlement.period)
+            used = quota_store.period_total(tx, tenant_id, definition, period)
+            found += quotas.reached_now(tenant_id, meter, period, quota, used, event.recorded_time)
+    if found:
+        quota_store.add_notifications(tx, found)
 
 
 def _write_plan_change(tx: Tx, change: plan_view.Change) -> None:
@@ -242,6 +269,7 @@ class MeterProjector:
             end = min(batch[-1].offset + 1, head) if batch else head
             dropped = views.dropped_between(tx, self.topic, lag.partition, current, end)
             kept = [(r, decode(r.value)) for r in batch if r.offset not in dropped]  # dead letters are in `dropped`
+            self._notify_thresholds(tx, MeterIndex([definition]), kept)
             self._fold_into_views(tx, MeterIndex([definition]), kept)
             views.set_meter_checkpoints(tx, self.topic, lag.partition, {lag.meter: end})
         return end - current
@@ -277,6 +305,7 @@ class MeterProjector:
         touched = {(e.tenant_id, m.slug) for _, e in events for m in meters.by_type.get(e.type, ()) if m.slug in additive}
         if not touched:
             return
+        quota_store.lock_thresholds(tx, exclusive=False)
         in_force = plan_store.quotas_on(tx, {t for t, _ in touched}, additive)
         in_force = {key: quota for key, quota in in_force.items() if key in touched}
         if not in_force:

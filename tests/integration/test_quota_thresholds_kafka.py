@@ -1,0 +1,95 @@
+"""Quota threshold notifications, Kafka mode: each threshold once per period across a worker killed
+with SIGKILL mid-fold (after its commit, before anything else), and the same notifications again,
+no more, when the whole log is folded anew into fresh views (a replay)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from omni import failpoints
+from tests.conftest import cloud_event
+from tests.e2e.conftest import ADMIN
+from tests.integration.conftest import drop_schema, free_port
+from tests.integration.test_crash_points_kafka import ADMIN_HEADERS, Deployment, created_tenant, deployment, folded, retried
+from tests.integration.worker import WorkerProcess, wait_ready
+
+pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.redis]
+__all__ = ["deployment"]  # the fixture, shared with the crash-point tests
+
+BATCHES, PER_BATCH = 5, 200
+THRESHOLDS = [25, 50, 75, 100]
+
+
+def notices(database_url: str, schema: str) -> list[tuple[str, str, int]]:
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(f'SELECT id, meter, threshold FROM "{schema}".notifications ORDER BY threshold').fetchall()
+    return [(r[0], r[1], int(r[2])) for r in rows]
+
+
+@pytest.mark.parametrize("deployment", [f"{failpoints.METERS_AFTER_COMMIT}=kill@3"], indirect=True)
+async def test_thresholds_are_notified_once_across_a_kill_and_a_replay(deployment: Deployment, tmp_path: Path) -> None:
+    deployment.start()
+    await wait_ready([deployment.api, deployment.worker], 90, "the API and the worker")
+    tenant = deployment.call(lambda: created_tenant(deployment.url))
+    key = {"Authorization": f"Bearer {tenant['api_key']}"}
+    meter = {"slug": "inferences", "event_type": "inference", "aggregation": "COUNT"}
+    assert (
+        deployment.call(
+            lambda: httpx.post(deployment.url + "/v1/meters", json=meter, headers=ADMIN_HEADERS, timeout=30)
+        ).status_code
+        == 201
+    )
+    plan = {"entitlements": [{"meter": "inferences", "limit": 1000, "period": "MONTH", "thresholds": THRESHOLDS}]}
+    put = deployment.call(lambda: httpx.put(deployment.url + "/v1/plans/pro", json=plan, headers=ADMIN_HEADERS, timeout=30))
+    assert put.status_code == 201, put.text
+    for b in range(BATCHES):
+        events = [cloud_event(f"b{b}-{i}") for i in range(PER_BATCH)]
+        answer = retried(
+            deployment,
+            lambda events=events: httpx.post(  # type: ignore[misc]
+                deployment.url + "/v1/events",
+                json=events,
+                headers={**key, "Content-Type": "application/cloudevents-batch+json"},
+                timeout=60,
+            ),
+        )
+        assert answer.status_code == 202, answer.text
+        folded(deployment, key, (b + 1) * PER_BATCH)
+    assert deployment.kills == ["worker"], deployment.report()
+
+    first = notices(deployment.database_url, deployment.schema)
+    assert [t for _, _, t in first] == THRESHOLDS, "each threshold once, though a batch was folded twice"
+    listed = deployment.call(lambda: httpx.get(deployment.url + "/v1/notifications", headers=key)).json()["data"]
+    assert sorted(n["id"] for n in listed) == sorted(i for i, _, _ in first)
+
+    # A replay: the whole log folded again, by a new worker, into views of its own.
+    deployment.worker.ensure_dead()
+    replay_schema = deployment.schema + "_replay"
+    env = {**deployment.worker.env, "OMNI_DATABASE_SCHEMA": replay_schema, "OMNI_WORKER_METRICS_PORT": str(free_port())}
+    replayer = WorkerProcess(env, tmp_path / "logs", name="replay")
+    replayer.start()
+    try:
+        deadline = time.monotonic() + 120
+        while len(notices_or_none(deployment.database_url, replay_schema)) < len(THRESHOLDS):
+            assert replayer.exited is None, replayer.report()
+            assert time.monotonic() < deadline, f"the replay did not notify\n{replayer.report()}"
+            time.sleep(0.2)
+        time.sleep(1.0)  # nothing more comes
+        assert notices(deployment.database_url, replay_schema) == first, "the same notifications, with the same ids"
+    finally:
+        replayer.ensure_dead()
+        drop_schema(deployment.database_url, replay_schema)
+    assert os.environ.get("OMNI_ADMIN_KEY", ADMIN)
+
+
+def notices_or_none(database_url: str, schema: str) -> list[tuple[str, str, int]]:
+    try:
+        return notices(database_url, schema)
+    except psycopg.errors.UndefinedTable:
+        return []
