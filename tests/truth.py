@@ -169,3 +169,29 @@ def shown(rows: Iterable[Any]) -> list[Row]:
         ),
         key=lambda row: (row[0], row[2] or "", row[3]),
     )
+
+
+def thresholds_reached(
+    log: Iterable[tuple[int, Envelope]], meter: MeterDefinition, quotas: dict[str, tuple[Decimal, str, Sequence[int]]]
+) -> set[tuple[str, str, str, int]]:
+    """The threshold notifications a quota log holds once everything is folded, as (tenant, meter,
+    period, threshold), the period as `D:2026-12-04` or `M:2026-12`: every threshold the tenant's
+    usage of the meter reached in a period, by event time (UTC). `quotas` maps a tenant to its
+    (limit, "DAY" | "MONTH", thresholds). Usage only grows here (positive values)."""
+    used: dict[tuple[str, str], Decimal] = {}
+    for _, event in counted(log):
+        if event.type != meter.event_type or event.tenant_id not in quotas:
+            continue
+        value = _value(meter, event)
+        if value is None:
+            continue
+        moment = event.event_time.astimezone(UTC)
+        period = moment.strftime("D:%Y-%m-%d") if quotas[event.tenant_id][1] == "DAY" else moment.strftime("M:%Y-%m")
+        used[(event.tenant_id, period)] = used.get((event.tenant_id, period), Decimal(0)) + Decimal(value)
+    found = set()
+    for (tenant, period), total in used.items():
+        limit, _, thresholds = quotas[tenant]
+        for threshold in thresholds:
+            if total > 0 if limit == 0 else total * 100 >= limit * threshold:
+                found.add((tenant, meter.slug, period, threshold))
+    return found

@@ -30,13 +30,15 @@ from msgspec.structs import replace
 from prometheus_client import REGISTRY
 
 from commands.control_plane import Meter
+from commands.plans import QuotaOverride, entitlement_json
 from omni.settings import Settings
 from projections.meters import micros_of
 from schemas.envelope import Envelope, encode
 from schemas.meters import Aggregation, MeterDefinition, path_parts
+from schemas.plans import Entitlement
 from schemas.topics import Topics, partition_for
 from stores import views
-from stores.database import PostgresDatabase
+from stores.database import Database, PostgresDatabase
 from stores.schema import SCHEMA as VIEW_SCHEMA
 from streams.faust_app import Feeder, create_worker_app
 from streams.kafka_log import KafkaLog
@@ -113,6 +115,20 @@ def meter_defined(definition: MeterDefinition) -> Outgoing:
     """The control-topic record the outbox relay publishes for a defined meter."""
     envelope = to_envelope(Meter(slug=definition.slug, definition=definition.model_dump(mode="json")).collect_events()[0])
     return Outgoing(envelope.id, encode(envelope))
+
+
+def quota_set(tenant_id: str, entitlement: Entitlement) -> Outgoing:
+    """The control-topic record the outbox relay publishes for a tenant's quota override."""
+    override = QuotaOverride(tenant_id=tenant_id, meter=entitlement.meter, entitlement=entitlement_json(entitlement))
+    envelope = to_envelope(override.collect_events()[0])
+    return Outgoing(envelope.id, encode(envelope))
+
+
+def notified(db: Database) -> set[tuple[str, str, str, int]]:
+    """The threshold notifications the views hold, as (tenant, meter, period, threshold)."""
+    with db.transaction() as tx:
+        rows = tx.execute("SELECT tenant_id, meter, period, threshold, id FROM notifications")
+    return {(r[0], r[1], r[2], int(r[3])) for r in rows}
 
 
 def to_records(events: list[Envelope]) -> list[Outgoing]:

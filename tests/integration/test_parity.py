@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from projections.meter_state import BucketState
 from projections.meters import RESOLUTIONS
 from schemas.meters import Aggregation, MeterDefinition, WindowSize
+from schemas.plans import Entitlement, Period
 from schemas.topics import Topics
 from stores import views
 from stores.database import Database, PostgresDatabase, SqliteDatabase
@@ -27,6 +29,8 @@ from tests.integration.test_faust_worker import (
     Stream,
     caught_up,
     meter_defined,
+    notified,
+    quota_set,
     to_records,
     wait_for,
 )
@@ -56,6 +60,28 @@ def meters() -> tuple[list[MeterDefinition], list[MeterDefinition]]:
         MeterDefinition(slug="users", event_type=EVENT_TYPE, aggregation=Aggregation.UNIQUE_COUNT, value_property="$.subject"),
     ]
     return early, late
+
+
+# A quota per tenant, on the sum meter for two tenants (a month) and on the count meter for one (a day):
+# limits the stream passes through several thresholds of.
+QUOTAS = {
+    TENANTS[0]: Entitlement(meter="sum", limit=Decimal(40_000), period=Period.MONTH, thresholds=[10, 50, 90, 100, 200]),
+    TENANTS[1]: Entitlement(meter="sum", limit=Decimal(1_000_000), period=Period.MONTH, thresholds=[1, 5, 50]),
+    TENANTS[2]: Entitlement(meter="count", limit=Decimal(2_000), period=Period.DAY, thresholds=[25, 75, 100]),
+}
+SUM = MeterDefinition(
+    slug="sum",
+    event_type=EVENT_TYPE,
+    aggregation=Aggregation.SUM,
+    value_property="$.data.tokens",
+    group_by={"model": "$.data.model"},
+)
+COUNT = MeterDefinition(slug="count", event_type=EVENT_TYPE, aggregation=Aggregation.COUNT)
+
+
+def quota_truth(tenant: str) -> dict[str, tuple[Decimal, str, list[int]]]:
+    q = QUOTAS[tenant]
+    return {tenant: (q.limit, q.period.value, q.thresholds)}
 
 
 def all_buckets(db: Database, slugs: list[str]) -> dict[tuple[str, str, str, int, int, str, str], BucketState]:
@@ -110,6 +136,7 @@ async def test_embedded_runner_and_faust_worker_build_identical_views(
     await embedded_log.start()
     for log in (embedded_log, kafka_log):
         await log.append(topics.control, [meter_defined(m) for m in early])
+        await log.append(topics.control, [quota_set(tenant, q) for tenant, q in QUOTAS.items()])
         await log.append(topics.usage, to_records(first_half))
         await log.append(topics.control, [meter_defined(m) for m in late])
         await log.append(topics.usage, to_records(second_half))
@@ -160,6 +187,15 @@ async def test_embedded_runner_and_faust_worker_build_identical_views(
                                 group_by=list(group_by), by_subject=by_subject, subjects=[],
                             )  # fmt: skip
                         assert truth.shown(got) == want, (db.__class__.__name__, tenant, meter.slug, window_size, group_by)
+    # Quota thresholds: the same notifications from both runners, each reached threshold once.
+    want = set().union(
+        *(
+            truth.thresholds_reached(on_the_log, SUM if q.meter == "sum" else COUNT, quota_truth(tenant))
+            for tenant, q in QUOTAS.items()
+        )
+    )
+    assert len(want) >= 4, want
+    assert notified(sqlite_views) == notified(views_db) == want
     assert worker.stop() == 0
     await embedded_log.close()
     sqlite_views.close()

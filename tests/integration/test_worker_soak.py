@@ -7,11 +7,13 @@ import asyncio
 import os
 import random
 from collections.abc import Callable
+from decimal import Decimal
 
 import pytest
 
 from schemas.envelope import Envelope
 from schemas.meters import WindowSize
+from schemas.plans import Entitlement, Period
 from schemas.topics import Topics
 from stores import views
 from stores.database import PostgresDatabase
@@ -26,6 +28,8 @@ from tests.integration.test_faust_worker import (
     assert_views_equal_truth,
     caught_up,
     meter_defined,
+    notified,
+    quota_set,
     to_records,
     wait_for,
 )
@@ -33,8 +37,15 @@ from tests.integration.worker import WorkerProcess
 
 pytestmark = [pytest.mark.soak, pytest.mark.kafka, pytest.mark.postgres]
 
+
 EVENTS = int(os.environ.get("OMNI_SOAK_EVENTS", "200000"))
 KILLS = int(os.environ.get("OMNI_SOAK_KILLS", "5"))
+
+# Quotas the stream passes thresholds of (about 65,000 events and 1.7M tokens per tenant at 200,000 events).
+QUOTAS = {
+    TENANTS[0]: Entitlement(meter="tokens", limit=Decimal(EVENTS * 5), period=Period.MONTH, thresholds=[10, 50, 100, 150]),
+    TENANTS[1]: Entitlement(meter="calls", limit=Decimal(EVENTS // 6), period=Period.DAY, thresholds=[20, 60, 100]),
+}
 
 
 @pytest.mark.timeout(1800)
@@ -48,6 +59,7 @@ async def test_five_random_sigkills_during_a_long_stream(
     rng = random.Random(int(os.environ.get("OMNI_SOAK_SEED", "2026")))
     stream = Stream()
     await kafka_log.append(topics.control, [meter_defined(TOKENS), meter_defined(CALLS)])
+    await kafka_log.append(topics.control, [quota_set(tenant, q) for tenant, q in QUOTAS.items()])
     worker = worker_factory(database_url, views_db.schema)
     worker.start()
 
@@ -85,5 +97,15 @@ async def test_five_random_sigkills_during_a_long_stream(
                         group_by=list(query.group_by), by_subject=query.by_subject, subjects=[],
                     )  # fmt: skip
                 assert truth.shown(got) == truth.answer(enumerate(on_the_log), tenant, meter, query), (tenant, meter.slug)
+    # Quota thresholds: each one the usage reached, once, whatever the kills interrupted.
+    want = set().union(
+        *(
+            truth.thresholds_reached(
+                enumerate(on_the_log), TOKENS if q.meter == "tokens" else CALLS, {t: (q.limit, q.period.value, q.thresholds)}
+            )
+            for t, q in QUOTAS.items()
+        )
+    )
+    assert want and notified(views_db) == want
     assert worker.runs == KILLS + 1
     assert worker.stop() == 0
