@@ -1,0 +1,562 @@
+"""Benchmark 7: quota consume in Kafka mode, beside the I/O it cannot do without.
+
+`POST /v1/quotas/{meter}/consume` over real HTTP to `omni serve` (Kafka mode, a subprocess; one
+Faust worker, which folds the catalog the consume reads and the usage events it appends) from
+`clients` concurrent keep-alive connections, each sending consumes with unique idempotency keys
+for a fixed time; the tenants' plan has a hard limit no run reaches, so every consume is
+accepted. Reported: consumes/s, client-side p50/p90/p99, answers by status, the CPU each process
+spent per consume. A second phase puts other tenants on a plan whose limit the demand passes:
+refusals are answered (and appended to the log) too, and the accepted total must be the limit
+exactly.
+
+Baselines, in the same run, on the same Redis and Kafka, from `clients` concurrent asyncio tasks
+in this process: (a) EVALSHA of consume's own decision script (streams.redis_quotas.CONSUME) on
+keys of their own; (b) aiokafka `send_and_wait`, acks=all and idempotent as the API's producer,
+of a record the size of consume's usage event, with its headers, to the partition of the same
+tenants; (c) the two chained, and (d) the chain with the settle script after the send: the I/O
+of one consume and nothing else, the floor it is measured against ("share of floor").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import multiprocessing
+import os
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from ops.bench.common import (
+    ADMIN_KEY,
+    KAFKA,
+    METER,
+    REDIS_URL,
+    STOLEN,
+    Api,
+    Report,
+    Stack,
+    Table,
+    Target,
+    cpu_cores,
+    cpu_per_event,
+    cpu_snapshot,
+    load_client,
+    machine,
+    opt,
+    percentile,
+    ratio,
+    serve,
+)
+
+NAME = "quota_consume"
+TARGET_RATE = 2_000.0
+TARGET_P99_MS = 25.0
+OPEN_LIMIT = 10**11  # a hard limit no run reaches (limits stay below 10^12)
+
+
+@dataclasses.dataclass
+class Options:
+    duration: float = opt(20.0, "seconds of measured consumes")
+    baseline_duration: float = opt(8.0, "seconds each baseline is measured")
+    warmup: float = opt(3.0, "seconds of consumes before the measured ones, not counted")
+    clients: int = opt(50, "concurrent clients (keep-alive connections; tasks in the baselines)")
+    processes: int = opt(1, "load generator processes the clients are spread over (1: all in this one)")
+    tenants: int = opt(4, "tenants the clients consume for, round-robin, spread evenly over the partitions")
+    partitions: int = opt(4, "usage topic partitions")
+    workers: int = opt(1, "Faust workers (the catalog of meters and plans is folded by them)")
+    apis: int = opt(1, "API processes (replicas; the clients spread over them)")
+    refusal_duration: float = opt(5.0, "seconds of the phase whose demand passes the limit (0: no such phase)")
+    refusal_limit: int = opt(2000, "the hard daily limit of that phase's plan (consumes of 1 each)")
+
+
+# Load: closed-loop clients, each a keep-alive connection --------------------------------------
+
+
+@dataclasses.dataclass
+class Load:
+    """What the clients saw between `start` and `end` (wall clock): requests started in that window."""
+
+    latencies: dict[int, list[float]]  # seconds, by status
+    failures: Counter[str]  # transport errors, by kind
+    started: float
+    ended: float
+
+    def merge(self, other: Load) -> None:
+        for status, values in other.latencies.items():
+            self.latencies.setdefault(status, []).extend(values)
+        self.failures.update(other.failures)
+
+    @property
+    def count(self) -> int:
+        return sum(map(len, self.latencies.values()))
+
+    def statuses(self) -> dict[str, int]:
+        return {str(status): len(values) for status, values in sorted(self.latencies.items())} | dict(self.failures)
+
+    def all(self) -> list[float]:
+        return [value for values in self.latencies.values() for value in values]
+
+
+async def consume_load(
+    urls: Sequence[str],
+    keys: Sequence[str],
+    clients: int,
+    first: int,
+    run: str,
+    start_at: float,
+    count_from: float,
+    until: float,
+    fixed_amount: int,
+) -> Load:
+    """`clients` connections (numbered from `first`) consuming from `start_at` to `until` (time.time());
+    only requests started from `count_from` on are counted."""
+    load = Load({}, Counter(), count_from, until)
+    url = f"/v1/quotas/{METER['slug']}/consume"
+
+    async def client(n: int) -> None:
+        key = keys[n % len(keys)]
+        headers = {**Api.auth(key), "Content-Type": "application/json"}
+        target = urls[n % len(urls)] + url
+        i = 0
+        async with load_client(1) as http:
+            while (now := time.time()) < until:
+                i += 1
+                amount = fixed_amount or i % 50 + 1
+                body = orjson.dumps(
+                    {
+                        "amount": amount,
+                        "idempotency_key": f"{run}-{n}-{i}",
+                        "subject": f"customer-{i % 10}",
+                        "data": {"model": "small"},
+                    }
+                )
+                begun = time.perf_counter()
+                try:
+                    async with http.post(target, data=body, headers=headers) as response:
+                        await response.read()
+                        status = response.status
+                except Exception as failure:  # noqa: BLE001 - counted, reported as an error
+                    if now >= count_from:
+                        load.failures[type(failure).__name__] += 1
+                    continue
+                if now >= count_from:
+                    load.latencies.setdefault(status, []).append(time.perf_counter() - begun)
+
+    await asyncio.sleep(max(0.0, start_at - time.time()))
+    await asyncio.gather(*(client(first + n) for n in range(clients)))
+    return load
+
+
+def consume_load_process(*args: Any) -> Load:
+    """One load generator process's share (concurrent.futures runs it in a spawned process)."""
+    return asyncio.run(consume_load(*args))
+
+
+def _ready() -> int:
+    return os.getpid()
+
+
+async def consume_phase(
+    stack: Stack, o: Options, keys: Sequence[str], run: str, *, warmup: float, duration: float, amount: int = 0
+) -> tuple[Load, dict[str, float]]:
+    """Consumes from every client for warmup + duration seconds; the Load of the last `duration`,
+    and the cores each process kept busy meanwhile."""
+    processes = max(1, o.processes)
+    shares = [o.clients // processes + (1 if p < o.clients % processes else 0) for p in range(processes)]
+    pool = None
+    load_pids: dict[str, int] = {}
+    if processes > 1:
+        pool = concurrent.futures.ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+        # Start every process (and its imports) before the clock starts.
+        loop = asyncio.get_running_loop()
+        pids = await asyncio.gather(*(loop.run_in_executor(pool, _ready) for _ in range(processes * 4)))
+        load_pids = {f"load generator {n + 1}": pid for n, pid in enumerate(sorted(set(pids)))}
+    start_at = time.time() + (2.0 if pool else 0.2)
+    count_from, until = start_at + warmup, start_at + warmup + duration
+    args = [
+        (stack.urls, keys, share, sum(shares[:p]), run, start_at, count_from, until, amount) for p, share in enumerate(shares)
+    ]
+    try:
+        if pool is None:
+            task = asyncio.create_task(consume_load(*args[0]))
+        else:
+            loop = asyncio.get_running_loop()
+            task = asyncio.ensure_future(asyncio.gather(*(loop.run_in_executor(pool, consume_load_process, *a) for a in args)))
+        await asyncio.sleep(max(0.0, count_from - time.time()))
+        pids = {**stack.pids(), **load_pids}
+        before = cpu_snapshot(pids)
+        await asyncio.sleep(max(0.0, until - time.time()))
+        after = cpu_snapshot(pids)
+        loads = await task
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    if isinstance(loads, Load):
+        return loads, cpu_cores(before, after)
+    total = Load({}, Counter(), count_from, until)
+    for load in loads:
+        total.merge(load)
+    return total, cpu_cores(before, after)
+
+
+# Set-up: plans and tenants ---------------------------------------------------------------------
+
+
+async def put_plan(api: Api, slug: str, limit: int) -> None:
+    entitlement = {"meter": METER["slug"], "limit": limit, "period": "DAY", "enforcement": "hard"}
+    response = await api.http.put(f"/v1/plans/{slug}", json={"entitlements": [entitlement]}, headers=api.auth(ADMIN_KEY))
+    response.raise_for_status()
+
+
+async def tenants_on_plan(
+    stack: Stack, name: str, count: int, partitions: int, plan: str, limit: int
+) -> tuple[list[str], list[str]]:
+    """(ids, keys) of `count` new tenants spread over the usage partitions, each on `plan`, their quota readable."""
+    from schemas.topics import partition_for
+
+    share = -(-count // partitions)
+    taken: Counter[int] = Counter()
+    ids: list[str] = []
+    keys: list[str] = []
+    for attempt in range(count * 20):
+        tenant_id, key = await stack.api.tenant(f"{name}-{attempt}")
+        stack.tenants.append(tenant_id)
+        partition = partition_for(tenant_id, partitions)
+        if taken[partition] >= share:
+            continue
+        taken[partition] += 1
+        response = await stack.api.http.put(f"/v1/tenants/{tenant_id}/plan", json={"plan": plan}, headers=Api.auth(ADMIN_KEY))
+        response.raise_for_status()
+        deadline = time.monotonic() + 60
+        while True:  # read-your-writes holds for 5 s at most: make sure the quota is in effect
+            quota = await stack.api.http.get(f"/v1/quotas/{METER['slug']}", headers=Api.auth(key))
+            if quota.status_code == 200 and quota.json()["limit"] == limit:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the quota never showed: {quota.status_code} {quota.text[:300]}")
+            await asyncio.sleep(0.1)
+        ids.append(tenant_id)
+        keys.append(key)
+        if len(keys) == count:
+            return ids, keys
+    raise RuntimeError(f"could not spread {count} tenants over {partitions} partitions")
+
+
+# Baselines -------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Timed:
+    calls: int
+    seconds: float
+    latencies: list[float]
+
+    @property
+    def per_s(self) -> float:
+        return self.calls / self.seconds
+
+    def ms(self, q: float) -> float:
+        return percentile(self.latencies, q) * 1000
+
+
+async def closed_loop(tasks: int, duration: float, call: Callable[[int, int], Awaitable[None]], warmup: float = 1.0) -> Timed:
+    """`tasks` concurrent loops of `call(task, i)`; those started in the last `duration` seconds are timed."""
+    latencies: list[float] = []
+    started = time.monotonic()
+    count_from, until = started + warmup, started + warmup + duration
+
+    async def loop(t: int) -> None:
+        i = 0
+        while (now := time.monotonic()) < until:
+            i += 1
+            begun = time.perf_counter()
+            await call(t, i)
+            if now >= count_from:
+                latencies.append(time.perf_counter() - begun)
+
+    await asyncio.gather(*(loop(t) for t in range(tasks)))
+    return Timed(len(latencies), duration, latencies)
+
+
+def usage_record(tenant_id: str) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """A usage event as consume appends it (same attributes and sizes), encoded, with its headers."""
+    import uuid_utils
+
+    from projections.quotas import CONSUME_SOURCE, QUOTA_CONSUME, period_of
+    from schemas.envelope import Actor, Envelope, encode, record_headers
+    from schemas.plans import Period
+
+    now = datetime.now(UTC)
+    event = Envelope(
+        id=str(uuid_utils.uuid7()),
+        type=str(METER["event_type"]),
+        tenant_id=tenant_id,
+        source=CONSUME_SOURCE,
+        source_id=f"{uuid.uuid4().hex[:8]}-12-345",
+        event_time=now,
+        recorded_time=now,
+        data={"model": "small", "tokens": 25},
+        subject="customer-5",
+        actor=Actor("k" * 26),
+        extensions={QUOTA_CONSUME: period_of(now, Period.DAY).text},
+    )
+    return encode(event), list(record_headers(event))
+
+
+async def baselines(stack: Stack, o: Options, tenants: Sequence[str]) -> dict[str, Timed | int]:
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    from projections.quotas import periods_of
+    from schemas.topics import partition_for
+    from streams.kafka_log import LINGER_MS, MAX_BATCH_BYTES
+    from streams.redis_quotas import CONSUME, PENDING_MS, SETTLE, field
+    from streams.redis_wire import redis_client
+
+    prefix = f"omni:quota:{stack.prefix}:raw:"
+    redis = redis_client(REDIS_URL)
+    consume, settle = redis.register_script(CONSUME), redis.register_script(SETTLE)
+    topic = f"{stack.prefix}.raw-consume"
+    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, o.partitions, 1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(
+        bootstrap_servers=KAFKA, acks="all", enable_idempotence=True, linger_ms=LINGER_MS, max_batch_size=MAX_BATCH_BYTES
+    )
+    await producer.start()
+    records = [usage_record(t) for t in tenants]
+    day, month = periods_of(datetime.now(UTC))
+    meter = str(METER["slug"])
+    try:
+        await redis.set(prefix + "built", "e0")
+        await producer.send_and_wait(topic, records[0][0], key=tenants[0].encode(), partition=0)  # connections, metadata
+
+        phase = [""]  # each baseline's answers under keys of their own, as consume's idempotency keys are
+
+        def answer(t: int, i: int) -> str:
+            return f"{prefix}a:{tenants[t % len(tenants)]}:{phase[0]}-{t}-{i}"
+
+        async def script(t: int, i: int) -> list[Any]:
+            tenant = tenants[t % len(tenants)]
+            args = [prefix, tenant, "f" * 64, 25_000, OPEN_LIMIT * 1000, "1", field(meter, day), field(meter, day)]
+            args += [field(meter, month), PENDING_MS, day.text]
+            return await consume(keys=[prefix + "built", answer(t, i)], args=args)  # type: ignore[no-any-return]
+
+        async def send(t: int, i: int) -> None:
+            tenant = tenants[t % len(tenants)]
+            value, headers = records[t % len(records)]
+            await producer.send_and_wait(
+                topic, value, key=tenant.encode(), partition=partition_for(tenant, o.partitions), headers=headers
+            )
+
+        async def chained(t: int, i: int) -> None:
+            await script(t, i)
+            await send(t, i)
+
+        async def chained_settled(t: int, i: int) -> None:
+            reply = await script(t, i)
+            await send(t, i)
+            pending = reply[4].decode() if isinstance(reply[4], bytes) else str(reply[4])
+            await settle(keys=[answer(t, i)], args=[pending, pending.replace("pending|", "done|", 1), 60_000])
+
+        found: dict[str, Timed | int] = {"record_bytes": len(records[0][0])}
+        for name, call in (("script", script), ("send", send), ("chain", chained), ("chain_settled", chained_settled)):
+            phase[0] = name
+            found[name] = await closed_loop(o.clients, o.baseline_duration, call)
+        return found
+    finally:
+        await producer.stop()
+        await delete_quota_keys(redis, prefix)
+        await redis.aclose()
+
+
+async def delete_quota_keys(redis: Any, prefix: str) -> None:
+    """Consume's answers are kept for the acceptance window (days): do not leave the run's behind."""
+    batch: list[bytes] = []
+    async for key in redis.scan_iter(match=prefix + "*", count=10_000):
+        batch.append(key)
+        if len(batch) >= 10_000:
+            await redis.delete(*batch)
+            batch.clear()
+    if batch:
+        await redis.delete(*batch)
+
+
+# The run ---------------------------------------------------------------------------------------
+
+
+def latency_row(what: str, count: int, seconds: float, latencies: Sequence[float]) -> list[object]:
+    return [
+        what,
+        count,
+        count / seconds if seconds else 0.0,
+        percentile(latencies, 50) * 1000,
+        percentile(latencies, 90) * 1000,
+        percentile(latencies, 99) * 1000,
+    ]
+
+
+async def run(o: Options) -> Report:
+    from streams.redis_wire import redis_client
+
+    run_id = uuid.uuid4().hex[:8]
+    figures: dict[str, Any] = {}
+    notes: list[str] = []
+    async with serve("kafka", partitions=o.partitions, workers=o.workers, apis=o.apis) as stack:
+        try:
+            await put_plan(stack.api, "bench-open", OPEN_LIMIT)
+            chosen, keys = await tenants_on_plan(stack, "consume", o.tenants, o.partitions, "bench-open", OPEN_LIMIT)
+            found = await baselines(stack, o, chosen)
+            load, cores = await consume_phase(stack, o, keys, f"{run_id}-c", warmup=o.warmup, duration=o.duration)
+            refusals: Load | None = None
+            exact: dict[str, Any] = {}
+            if o.refusal_duration > 0:
+                await put_plan(stack.api, "bench-tight", o.refusal_limit)
+                _, tight = await tenants_on_plan(stack, "refused", 1, 1, "bench-tight", o.refusal_limit)
+                refusals, _ = await consume_phase(
+                    stack, o, tight, f"{run_id}-r", warmup=0.0, duration=o.refusal_duration, amount=1
+                )
+                quota = (await stack.api.http.get(f"/v1/quotas/{METER['slug']}", headers=Api.auth(tight[0]))).json()
+                accepted = len(refusals.latencies.get(200, []))
+                exact = {
+                    "limit": o.refusal_limit,
+                    "accepted": accepted,
+                    "refused": len(refusals.latencies.get(429, [])),
+                    "quota_used": quota["used"],
+                    "exact": accepted == o.refusal_limit and quota["used"] == o.refusal_limit,
+                }
+        finally:
+            redis = redis_client(REDIS_URL)
+            try:
+                await delete_quota_keys(redis, f"omni:quota:{stack.prefix}:")
+            finally:
+                await redis.aclose()
+
+    script, send, chain, settled = (found[k] for k in ("script", "send", "chain", "chain_settled"))
+    assert isinstance(script, Timed) and isinstance(send, Timed) and isinstance(chain, Timed) and isinstance(settled, Timed)
+    accepted_latencies = load.latencies.get(200, [])
+    ours = len(accepted_latencies) / o.duration
+    p50, p90, p99 = (percentile(accepted_latencies, q) * 1000 for q in (50, 90, 99))
+    stolen = cores.pop(STOLEN)
+    per_consume = cpu_per_event(cores, ours) if ours else {}
+    figures.update(
+        {
+            "consume_per_s": ours,
+            "consume_p50_ms": p50,
+            "consume_p90_ms": p90,
+            "consume_p99_ms": p99,
+            "statuses": load.statuses(),
+            "errors": load.count - len(accepted_latencies),
+            "record_bytes": found["record_bytes"],
+            "script_per_s": script.per_s,
+            "script_p50_ms": script.ms(50),
+            "script_p99_ms": script.ms(99),
+            "send_per_s": send.per_s,
+            "send_p50_ms": send.ms(50),
+            "send_p99_ms": send.ms(99),
+            "chain_per_s": chain.per_s,
+            "chain_p50_ms": chain.ms(50),
+            "chain_p99_ms": chain.ms(99),
+            "floor_per_s": settled.per_s,
+            "floor_p50_ms": settled.ms(50),
+            "floor_p99_ms": settled.ms(99),
+            "ratio": ratio(ours, settled.per_s),
+            "ratio_of_chain": ratio(ours, chain.per_s),
+            "p99_over_floor": ratio(p99, settled.ms(99)),
+            "cpu_cores": cores,
+            "cpu_stolen_cores": stolen,
+            "cpu_micros_per_consume": per_consume,
+        }
+    )
+    rows = [
+        latency_row("consume over HTTP (200s)", len(accepted_latencies), o.duration, accepted_latencies),
+        latency_row("(a) EVALSHA of the CONSUME script", script.calls, script.seconds, script.latencies),
+        latency_row("(b) aiokafka send_and_wait, acks=all", send.calls, send.seconds, send.latencies),
+        latency_row("(c) script, then send", chain.calls, chain.seconds, chain.latencies),
+        latency_row("(d) script, send, SETTLE script: the floor", settled.calls, settled.seconds, settled.latencies),
+    ]
+    tables = [
+        Table(
+            f"{NAME}: Kafka mode, {o.clients} clients ({o.processes} load process(es)) -> {o.apis} API process(es), "
+            f"{o.tenants} tenants, {o.workers} Faust worker(s); baselines from {o.clients} asyncio tasks",
+            ["what", "calls", "calls/s", "p50 ms", "p90 ms", "p99 ms"],
+            rows,
+        ),
+        Table(
+            "consume: answers by status in the measured window, and the share of the floor",
+            ["statuses", "consumes/s / floor's calls/s", "/ (c)'s", "p99 / floor's p99"],
+            [
+                [
+                    ", ".join(f"{k}: {v}" for k, v in load.statuses().items()),
+                    figures["ratio"],
+                    figures["ratio_of_chain"],
+                    figures["p99_over_floor"],
+                ]
+            ],
+        ),
+        Table(
+            f"CPU while consume ran: cores busy per role (machine: {machine()['nproc']} cores; stolen: by other "
+            "virtual machines) and microseconds per accepted consume",
+            ["", *cores, "total", STOLEN],
+            [
+                ["cores", *cores.values(), round(sum(cores.values()), 2), stolen],
+                ["µs per consume", *per_consume.values(), round(sum(per_consume.values()), 1), ""],
+            ],
+        ),
+    ]
+    if refusals is not None:
+        refused = refusals.latencies.get(429, [])
+        accepted = refusals.latencies.get(200, [])
+        figures["refusal_phase"] = {
+            **exact,
+            "decisions_per_s": (len(refused) + len(accepted)) / o.refusal_duration,
+            "refused_p50_ms": percentile(refused, 50) * 1000,
+            "refused_p99_ms": percentile(refused, 99) * 1000,
+            "statuses": refusals.statuses(),
+        }
+        tables.append(
+            Table(
+                f"demand past a hard limit: one tenant, limit {o.refusal_limit:,} a day, consumes of 1, "
+                f"{o.clients} clients for {o.refusal_duration:g} s",
+                ["answers", "count", "per s", "p50 ms", "p90 ms", "p99 ms"],
+                [
+                    latency_row("accepted (200)", len(accepted), o.refusal_duration, accepted),
+                    latency_row("refused (429)", len(refused), o.refusal_duration, refused),
+                ],
+            )
+        )
+        notes.append(
+            f"limit {o.refusal_limit:,}: {exact['accepted']:,} accepted, the quota shows {exact['quota_used']} used: "
+            + ("exact" if exact["exact"] else "NOT EXACT (demand may not have reached the limit)")
+        )
+    notes.append(
+        "load: aiohttp keep-alive clients (about a quarter of httpx's CPU per request), closed loop, unique idempotency "
+        f"keys, amounts 1..50; the baselines run before, from this process, while the API is idle; record {found['record_bytes']} B"
+    )
+    return Report(
+        NAME,
+        o,
+        tables,
+        figures,
+        [
+            Target(f"consumes/s, {o.clients} clients", ours, TARGET_RATE),
+            Target("consume p99 ms", p99, TARGET_P99_MS, higher_is_better=False),
+        ],
+        notes,
+    )
+
+
+if __name__ == "__main__":
+    from ops.bench.run import main
+
+    raise SystemExit(main(only=NAME))
