@@ -102,13 +102,13 @@ def test_the_plan_reads_no_empty_piece_when_a_range_holds_one_bucket_boundary() 
 
 def test_rows_come_sorted_by_window_then_subject_whatever_order_they_arrive_in() -> None:
     w1, w2 = seconds(at(2026, 3, 5, 10)), seconds(at(2026, 3, 5, 11))
-    grouped = [(w2, "a", (), 1), (w1, "b", (), 2), (w1, "a", (), 3), (w2, "", (), 4)]
+    grouped = [(w2, "A", (), 1), (w1, "B", (), 2), (w1, "A", (), 3), (w2, "", (), 4)]
     rows = meter_rows(grouped, start=None, end=None, window_size=WindowSize.HOUR, group_by=[])
     assert [(r.window_start, r.subject, r.value) for r in rows] == [
-        (at(2026, 3, 5, 10), "a", 3),
-        (at(2026, 3, 5, 10), "b", 2),
-        (at(2026, 3, 5, 11), "", 4),  # the empty subject first
-        (at(2026, 3, 5, 11), "a", 1),
+        (at(2026, 3, 5, 10), "A", 3),
+        (at(2026, 3, 5, 10), "B", 2),
+        (at(2026, 3, 5, 11), "", 4),  # the empty subject first, before upper-case ones too
+        (at(2026, 3, 5, 11), "A", 1),
     ]
 
 
