@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlparse
 from commands.control_plane import ControlPlane, Principal
 from commands.ingest import AdmissionPolicy
 from omni import failpoints, metrics
+from omni.catalog_cache import CatalogCache
 from omni.key_cache import KeyCache, KeyChanges
 from omni.settings import Mode, Settings
 from schemas.topics import Topics
@@ -99,6 +100,7 @@ class Platform:
     admin_key_digest: bytes
     keys: KeyCache
     key_changes: KeyChanges
+    catalog: CatalogCache  # what consume reads from the catalog views, kept while notices say it holds
     quotas: QuotaLedger | None = None  # where consume decides: the embedded log's file, or Redis
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))  # consume's time (tests set it)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -145,10 +147,15 @@ class Platform:
         """What a command stored takes effect in this process at once: key changes reach the cache,
         and the relay publishes (rather than after an idle pause)."""
         self.relay.wake()
+        self.catalog.heard()
         try:
             await asyncio.to_thread(self.key_changes.catch_up)
         except Exception:
             log.warning("could not read the key changes after a command; authenticating from the store", exc_info=True)
+        try:
+            await asyncio.to_thread(self.catalog.catch_up)
+        except Exception:
+            log.warning("could not read the catalog changes after a command; consume reads the views", exc_info=True)
 
     async def views_reach(self, position: int) -> bool:
         """Wait until the catalog views hold every control event up to event-store `position`, at most
@@ -182,13 +189,17 @@ class Platform:
         """Kafka mode: other API processes' commands reach this one's key cache through PostgreSQL."""
 
         async def changed() -> None:
+            self.catalog.heard()  # before anything else runs: no consume reads a stale quota from here
             await asyncio.to_thread(self.key_changes.catch_up)
+            await asyncio.to_thread(self.catalog.catch_up)
 
         async def listening() -> None:
             await asyncio.to_thread(self.key_changes.start_watching)
+            await asyncio.to_thread(lambda: self.catalog.start_watching(self._catalog_applied()))
 
         async def lost() -> None:
             self.key_changes.stop_watching()
+            self.catalog.stop_watching()
 
         channel: str = self.control.recorder.channel_name  # type: ignore[attr-defined]
         return StoreListener(self.settings.database_url, channel, listening=listening, changed=changed, lost=lost)
@@ -268,5 +279,6 @@ def build(settings: Settings) -> Platform:
         admin_key_digest=hashlib.sha256(admin_key(settings).encode()).digest(),
         keys=keys,
         key_changes=KeyChanges(control.recorder, keys),
+        catalog=CatalogCache(control.recorder),
         quotas=quotas,
     )

@@ -42,6 +42,7 @@ from schemas.plans import (
 from stores import plans as plan_store
 from stores import quotas as quota_store
 from stores import views
+from streams.projectors import CATALOG_APPLIED
 from streams.quota_ledger import ConsumeRequest, QuotaLedger
 
 router = APIRouter(prefix="/v1", tags=["quotas"])
@@ -51,6 +52,27 @@ def _ledger(platform: Platform) -> QuotaLedger:
     if platform.quotas is None:
         raise Problem(503, "Quotas unavailable", "This process keeps no quota counters.", kind="quotas-unavailable")
     return platform.quotas
+
+
+async def _catalog(platform: Platform, meter: str, tenant_id: str) -> tuple[MeterDefinition | None, dict[str, Quota]]:
+    """The meter's definition and the tenant's quotas: kept in memory while they hold (omni.catalog_cache),
+    else read from the views, in a worker thread."""
+    cache = platform.catalog
+    found_meter, definition = cache.get(("meter", meter))
+    found_quotas, quotas = cache.get(("quotas", tenant_id))
+    if found_meter and found_quotas:
+        return definition, quotas
+
+    def read() -> tuple[MeterDefinition | None, dict[str, Quota]]:
+        with platform.db.transaction() as tx:
+            applied = views.relay_position(tx, CATALOG_APPLIED)  # first: what follows is at least this new
+            definition = views.meter_definition(tx, meter)
+            quotas = plan_store.quotas_of(tx, tenant_id)
+        cache.put(("meter", meter), applied, definition)
+        cache.put(("quotas", tenant_id), applied, quotas)
+        return definition, quotas
+
+    return await run_in_threadpool(read)
 
 
 def _z(moment: datetime) -> str:
@@ -70,14 +92,10 @@ async def consume(meter: str, body: ConsumeBody, platform: PlatformDep, principa
     ledger = _ledger(platform)
     tenant_id = principal.tenant_id or ""
 
-    def read() -> tuple[MeterDefinition, Quota | None]:
-        with platform.db.transaction() as tx:
-            definition = views.meter_definition(tx, meter)
-            if definition is None:
-                raise NotFound(f"meter {meter!r} not found")
-            return definition, plan_store.quotas_of(tx, tenant_id).get(meter)
-
-    definition, quota = await run_in_threadpool(read)
+    definition, quotas = await _catalog(platform, meter, tenant_id)
+    if definition is None:
+        raise NotFound(f"meter {meter!r} not found")
+    quota = quotas.get(meter)
     if not is_additive(definition):
         raise Problem(
             422,
