@@ -20,7 +20,7 @@ from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate, event
 from eventsourcing.persistence import IntegrityError, Recording
 
-from commands import plans
+from commands import notices, plans
 from commands.errors import Conflict, NotFound, Rejected
 from commands.ids import key_aggregate_id, meter_aggregate_id
 from schemas.ids import canonical_uuid
@@ -215,6 +215,14 @@ class ControlPlane(plans.PlanCommands, Application[UUID]):
                 raise Conflict(f"meter {definition.slug!r} is already defined") from taken
         return meter
 
+    def record_notice(self, notice: notices.Notice) -> bool:
+        """Store a notice the folds found; False if it was recorded before (its id is deterministic)."""
+        try:
+            self.save(notice)
+        except IntegrityError:
+            return False
+        return True
+
     def record_rejection(self, ctx: CommandContext, action: str, resource: str, reason: str) -> None:
         """For commands refused before reaching an aggregate (bad input, no permission)."""
         self.save(self._audit(ctx, action, resource, ctx.tenant_id or PLATFORM, outcome="rejected", reason=reason))
@@ -278,7 +286,7 @@ class ControlPlane(plans.PlanCommands, Application[UUID]):
 
 # What the outbox relay publishes for each stored event: log type, tenant, payload.
 def describe(domain_event: Any) -> tuple[str, str, dict[str, Any]]:
-    described = plans.describe(domain_event)
+    described = plans.describe(domain_event) or notices.describe(domain_event)
     if described is not None:
         return described
     kind = type(domain_event).__qualname__  # e.g. "Tenant.Created"

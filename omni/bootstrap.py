@@ -28,6 +28,7 @@ from stores.database import Database, PostgresDatabase, SqliteDatabase
 from stores.store_listener import StoreListener
 from streams.embedded_quotas import EmbeddedQuotaLedger
 from streams.log import EventLog, UsageSink
+from streams.notices import NoticesRelay
 from streams.outbox import OutboxRelay
 from streams.projectors import CATALOG_APPLIED
 from streams.quota_ledger import FactLedger, QuotaLedger
@@ -103,6 +104,11 @@ class Platform:
     catalog: CatalogCache  # what consume reads from the catalog views, kept while notices say it holds
     quotas: QuotaLedger | None = None  # where consume decides: the embedded log's file, or Redis
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))  # consume's time (tests set it)
+    notices: NoticesRelay = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.notices = NoticesRelay(self.control, self.db, self.relay.wake)
+
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -139,6 +145,7 @@ class Platform:
         if isinstance(self.quotas, EmbeddedQuotaLedger):
             await self.quotas.ensure_built(self.settle, self.db, datetime.now(UTC))
         self._tasks.append(asyncio.create_task(self.relay.run(self._stop), name="outbox-relay"))
+        self._tasks.append(asyncio.create_task(self.notices.run(self._stop), name="notices-relay"))
         if self.settings.mode is Mode.EMBEDDED:
             wake = getattr(self.log, "appended", None)
             self._tasks.append(asyncio.create_task(self.runner.run(self._stop, wake), name="runner"))
@@ -219,10 +226,13 @@ class Platform:
         self.control.close()
 
     async def settle(self) -> None:
-        """Relay and fold everything stored so far (tests, `omni replay`)."""
+        """Relay and fold everything stored so far, and record the notices found (tests, `omni replay`)."""
         while await self.relay.relay_once():
             pass
         await self.runner.drain()
+        while await asyncio.to_thread(self.notices.record_once):
+            while await self.relay.relay_once():
+                pass
 
 
 def build(settings: Settings) -> Platform:

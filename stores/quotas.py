@@ -18,8 +18,10 @@ from stores.database import Tx
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS notifications (
     id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, type TEXT NOT NULL, meter TEXT NOT NULL, period TEXT NOT NULL,
-    threshold INTEGER NOT NULL, quota_limit TEXT NOT NULL, used TEXT NOT NULL, occurred_at TEXT NOT NULL);
+    threshold INTEGER NOT NULL, quota_limit TEXT NOT NULL, used TEXT NOT NULL, occurred_at TEXT NOT NULL,
+    recorded INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS notifications_by_tenant ON notifications (tenant_id, occurred_at, id);
+CREATE INDEX IF NOT EXISTS notifications_to_record ON notifications (id) WHERE recorded = 0;
 """
 
 
@@ -66,7 +68,7 @@ def add_notifications(tx: Tx, crossings: Iterable[Crossing]) -> int:
     added = 0
     for c in crossings:
         rows = tx.execute(
-            "INSERT INTO notifications VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
+            "INSERT INTO notifications VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0) ON CONFLICT DO NOTHING RETURNING id",
             (
                 c.id,
                 c.tenant_id,
@@ -101,3 +103,14 @@ def notifications(tx: Tx, tenant_id: str, limit: int, before: tuple[str, str] | 
             (tenant_id, before[0], before[0], before[1], limit),
         )
     return [tuple(r) for r in rows]  # type: ignore[misc]
+
+
+def unrecorded(tx: Tx, limit: int) -> list[NotificationRow]:
+    """Notifications the notices relay has not recorded in the event store yet."""
+    columns = "id, tenant_id, type, meter, period, threshold, quota_limit, used, occurred_at"
+    rows = tx.execute(f"SELECT {columns} FROM notifications WHERE recorded = 0 ORDER BY occurred_at, id LIMIT ?", (limit,))
+    return [tuple(r) for r in rows]  # type: ignore[misc]
+
+
+def mark_recorded(tx: Tx, ids: Iterable[str]) -> None:
+    tx.execute_many("UPDATE notifications SET recorded = 1 WHERE id = ?", [(i,) for i in ids])

@@ -22,6 +22,7 @@ from uuid import uuid5
 
 from commands.control_plane import AUDIT_TYPE, ControlPlane, describe
 from commands.ids import OMNI_NAMESPACE
+from commands.notices import NOTICE_TYPES
 from omni import failpoints
 from schemas.envelope import Envelope, encode
 from schemas.topics import STORE_POSITION, Topics
@@ -61,6 +62,7 @@ class OutboxRelay:
         self.db = db
         self.topic = topics.control
         self.audit_topic = topics.audit
+        self.notifications_topic = topics.notifications
         self._woken = asyncio.Event()
 
     def wake(self) -> None:
@@ -85,13 +87,16 @@ class OutboxRelay:
         position, envelopes = await asyncio.to_thread(self._pending, limit)
         if not envelopes:
             return 0
-        control = [outgoing(e.id, e, encode(e)) for e in envelopes if e.type != AUDIT_TYPE]
+        control = [outgoing(e.id, e, encode(e)) for e in envelopes if e.type != AUDIT_TYPE and e.type not in NOTICE_TYPES]
         audit = [outgoing(e.tenant_id, e, encode(e)) for e in envelopes if e.type == AUDIT_TYPE]
+        notices = [outgoing(e.tenant_id, e, encode(e)) for e in envelopes if e.type in NOTICE_TYPES]
         failpoints.hit(failpoints.RELAY_BEFORE_PUBLISH)
         if control:
             await self.log.append(self.topic, control)
         if audit:
             await self.log.append(self.audit_topic, audit)
+        if notices:
+            await self.log.append(self.notifications_topic, notices)
         failpoints.hit(failpoints.RELAY_AFTER_PUBLISH)
         await asyncio.to_thread(self._advance, position)
         return len(envelopes)

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 
+from schemas.envelope import decode
 from tests.conftest import cloud_event
 from tests.e2e.conftest import ADMIN, Omni
 
@@ -38,6 +39,18 @@ async def consume(
 ) -> httpx.Response:
     body = {"amount": amount, "idempotency_key": idempotency_key or uuid.uuid4().hex, **extra}
     return await omni.client.post(f"/v1/quotas/{meter}/consume", json=body, headers=omni.auth(key))
+
+
+async def notices_on_the_log(omni: Omni) -> list[str]:
+    """The ids of the notices on the notifications topic, in every partition."""
+    log, topic = omni.platform.log, omni.platform.topics.notifications
+    found = []
+    for partition in range(omni.platform.topics.partitions(topic)):
+        for record in await log.read(topic, partition, 0, 1000):
+            event = decode(record.value)
+            assert event.type == "omni.quota.threshold_crossed" and event.data["meter"] == "calls"
+            found.append(event.data["id"])
+    return sorted(found)
 
 
 async def quota(omni: Omni, key: str, meter: str) -> dict[str, Any]:
@@ -167,6 +180,12 @@ async def test_thresholds_are_notified_once_per_period(omni: Omni) -> None:
     assert (await omni.client.get("/v1/notifications", headers=omni.auth(other_key))).json()["data"] == []
     admin_view = await omni.client.get("/v1/notifications", params={"tenant": tenant_id}, headers=omni.auth(ADMIN))
     assert len(admin_view.json()["data"]) == 3
+    # Each on the notifications topic once, even when the views find them again (a replay).
+    assert await notices_on_the_log(omni) == sorted(n["id"] for n in notes)
+    with omni.platform.db.transaction() as tx:
+        tx.execute("UPDATE notifications SET recorded = 0")
+    await omni.settle()
+    assert await notices_on_the_log(omni) == sorted(n["id"] for n in notes)
     page = (await omni.client.get("/v1/notifications", params={"limit": 2}, headers=omni.auth(key))).json()
     rest = await omni.client.get("/v1/notifications", params={"limit": 2, "before": page["next_before"]}, headers=omni.auth(key))
     assert [n["id"] for n in page["data"] + rest.json()["data"]] == [n["id"] for n in notes]

@@ -1,0 +1,75 @@
+"""The notices relay: notifications the folds found become Notice events in the event store.
+
+The folds write a notification (a quota threshold crossed) into the views with a deterministic id;
+views are rebuilt from the log, so they may find the same notification again (a replay). This relay
+records each one as a Notice aggregate under that id: the event store refuses a second one, and the
+outbox relay publishes each Notice once, on the notifications topic. Then the row is marked
+recorded. One process leads, as with the outbox relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from decimal import Decimal
+
+from commands.control_plane import ControlPlane
+from commands.notices import Notice
+from projections.quotas import PeriodKey
+from schemas.plans import quantity_json
+from stores import quotas as quota_views
+from stores.database import Database, StoreUnavailable
+from streams.pausing import pause
+
+log = logging.getLogger(__name__)
+
+LEADER = "notices-relay"
+IDLE_SECONDS = 0.5
+
+
+class NoticesRelay:
+    def __init__(self, control: ControlPlane, db: Database, wake: Callable[[], None] | None = None) -> None:
+        self.control = control
+        self.db = db
+        self.wake = wake  # the outbox relay's: publish what was just recorded
+
+    def record_once(self, limit: int = 200) -> int:
+        """Record the next notifications (blocking); return how many rows were settled."""
+        with self.db.transaction() as tx:
+            rows = quota_views.unrecorded(tx, limit)
+        if not rows:
+            return 0
+        for notice_id, tenant_id, kind, meter, period, threshold, quota_limit, used, occurred_at in rows:
+            data = {
+                "tenant_id": tenant_id,
+                "meter": meter,
+                "period": PeriodKey.parse(period).label,
+                "threshold": int(threshold),
+                "limit": quantity_json(Decimal(quota_limit)),
+                "used": quantity_json(Decimal(used)),
+                "occurred_at": occurred_at,
+            }
+            self.control.record_notice(Notice(notice_id=notice_id, kind=kind, tenant_id=tenant_id, data=data))
+        with self.db.transaction() as tx:
+            quota_views.mark_recorded(tx, [row[0] for row in rows])
+        return len(rows)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        leadership = self.db.leadership(LEADER)
+        try:
+            while not stop.is_set():
+                moved = 0
+                try:
+                    if await asyncio.to_thread(leadership.hold):
+                        moved = await asyncio.to_thread(self.record_once)
+                        if moved and self.wake is not None:
+                            self.wake()
+                except StoreUnavailable as outage:
+                    log.warning("notices relay waiting: %s", outage)
+                except Exception:
+                    log.exception("notices relay failed; retrying")
+                if not moved:
+                    await pause(stop, IDLE_SECONDS)
+        finally:
+            leadership.release()
