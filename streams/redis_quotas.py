@@ -183,7 +183,7 @@ class RedisQuotaLedger:
     """The API's side: consume, reads and rebuilds (asyncio)."""
 
     def __init__(self, url: str, topics: Topics, log_: EventLog, views_db: Database, *, grace: float, keep_seconds: int) -> None:
-        self.redis: aioredis.Redis = redis_client(url)
+        self.redis: aioredis.Redis = redis_client(url, socket_connect_timeout=2.0, socket_timeout=5.0, health_check_interval=30)
         self.topics = topics
         self.keys = QuotaKeys(topics)
         self.log = log_
@@ -401,7 +401,8 @@ class RedisFactLedger:
     """The worker's side: facts counted as the meters fold them (blocking; the projectors run in threads)."""
 
     def __init__(self, url: str, topics: Topics) -> None:
-        self.redis = redis.Redis.from_url(url)
+        # Bounded: a Redis that stops answering must not hold up the fold (its batch goes on uncounted).
+        self.redis = redis.Redis.from_url(url, socket_connect_timeout=2.0, socket_timeout=5.0)
         self.keys = QuotaKeys(topics)
         self._add = self.redis.register_script(ADD_FACTS)
 
