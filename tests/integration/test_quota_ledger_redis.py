@@ -1,0 +1,136 @@
+"""Kafka mode's quota ledger on real Redis: a consume whose append fails counts nothing; facts are
+counted once per offset, and a gap in what was counted drops the counters for a rebuild."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from projections.meters import MeterIndex
+from projections.quotas import CONSUME_SOURCE, QUOTA_CONSUME, period_of
+from schemas.envelope import Envelope, encode
+from schemas.meters import Aggregation, MeterDefinition
+from schemas.plans import Entitlement, Period
+from schemas.topics import Topics
+from stores.database import SqliteDatabase
+from stores.schema import SCHEMA as VIEW_SCHEMA
+from streams.embedded_log import EmbeddedLog
+from streams.kafka_log import KafkaLog
+from streams.log import LogRecord, LogUnavailable
+from streams.quota_ledger import ConsumeRequest
+from streams.redis_quotas import QuotaKeys, RedisFactLedger, RedisQuotaLedger
+from tests.integration.conftest import free_port
+
+pytestmark = [pytest.mark.redis, pytest.mark.kafka]
+
+TOKENS = MeterDefinition(slug="tokens", event_type="inference", aggregation=Aggregation.SUM, value_property="$.data.tokens")
+NOW = datetime.now(UTC)
+
+
+@pytest.fixture
+def topics() -> Topics:
+    return Topics(prefix=f"q-{uuid.uuid4().hex[:10]}", usage_partitions=2)
+
+
+@pytest.fixture
+async def raw(redis_url: str, topics: Topics) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    async for key in client.scan_iter(match=QuotaKeys(topics).prefix + "*", count=10_000):
+        await client.delete(key)
+    await client.aclose()
+
+
+def usage(tenant: str, key: str, tokens: int, *, consumed: bool = False) -> Envelope:
+    return Envelope(
+        id=str(uuid.uuid4()),
+        type="inference",
+        tenant_id=tenant,
+        source=CONSUME_SOURCE if consumed else "gw",
+        source_id=key,
+        event_time=NOW,
+        recorded_time=NOW,
+        data={"tokens": tokens},
+        extensions={QUOTA_CONSUME: "D:x"} if consumed else {},
+    )
+
+
+def request(tenant: str, key: str, amount: int, limit: int) -> ConsumeRequest:
+    event = usage(tenant, key, amount, consumed=True)
+    return ConsumeRequest(
+        tenant_id=tenant,
+        meter="tokens",
+        amount=Decimal(amount),
+        idempotency_key=key,
+        subject=None,
+        entitlement=Entitlement(meter="tokens", limit=Decimal(limit), period=Period.DAY),
+        period=period_of(NOW, Period.DAY),
+        usage=(event, encode(event)),
+        refusal=(event, encode(event)),
+        keep_until=NOW + timedelta(days=1),
+    )
+
+
+async def test_a_consume_whose_append_fails_counts_nothing(
+    redis_url: str, topics: Topics, raw: aioredis.Redis, tmp_path: Path
+) -> None:
+    views = SqliteDatabase(tmp_path / "views.sqlite")
+    views.migrate(VIEW_SCHEMA)
+    dead = KafkaLog(f"127.0.0.1:{free_port()}", topics, produce_timeout=1)  # nothing listens there
+    ledger = RedisQuotaLedger(redis_url, topics, dead, views, grace=0, keep_seconds=60)
+    await raw.set(QuotaKeys(topics).built, "e1")  # counters of epoch e1, all zero
+    try:
+        with pytest.raises(LogUnavailable):
+            await ledger.consume(request("t1", "req-1", 4, limit=10))
+        assert await ledger.used("t1", "tokens", period_of(NOW, Period.DAY)) == 0
+        assert not await raw.exists(QuotaKeys(topics).answer("t1", "req-1")), "the retry decides again"
+
+        working = EmbeddedLog(tmp_path / "log.sqlite", topics)
+        await working.start()
+        ledger.log = working
+        retried = await ledger.consume(request("t1", "req-1", 4, limit=10))
+        assert (retried.decision.accepted, retried.decision.used, retried.replayed) == (True, Decimal(4), False)
+        assert sum((await working.end_offsets(topics.usage)).values()) == 1
+        again = await ledger.consume(request("t1", "req-1", 4, limit=10))
+        assert (again.replayed, again.decision.used) == (True, Decimal(4))
+        assert sum((await working.end_offsets(topics.usage)).values()) == 1, "a retry appends nothing"
+        await working.close()
+    finally:
+        await ledger.close()
+        views.close()
+
+
+async def test_facts_count_once_per_offset_and_a_gap_drops_the_counters(
+    redis_url: str, topics: Topics, raw: aioredis.Redis
+) -> None:
+    keys = QuotaKeys(topics)
+    await raw.set(keys.built, "e1")
+    facts = RedisFactLedger(redis_url, topics)
+    meters = MeterIndex([TOKENS])
+    topic = topics.usage
+
+    def batch(first: int, tokens: list[int], *, consumed_at: int | None = None) -> list[tuple[LogRecord, Envelope]]:
+        return [
+            (LogRecord(topic, 0, first + i, "t1", b""), usage("t1", f"f{first + i}", t, consumed=first + i == consumed_at))
+            for i, t in enumerate(tokens)
+        ]
+
+    day = f"tokens|{period_of(NOW, Period.DAY).text}"
+    counters = keys.counters("e1", "t1")
+    facts.add_facts(topic, 0, 0, batch(0, [5, 7, 9], consumed_at=2), 3, meters)
+    assert int(await raw.hget(counters, day) or 0) == 12 * 1000, "consume's own amount is left out (milli-units)"
+    facts.add_facts(topic, 0, 0, batch(0, [5, 7, 9], consumed_at=2), 3, meters)  # the batch again, after a failed commit
+    assert int(await raw.hget(counters, day) or 0) == 12 * 1000
+    facts.add_facts(topic, 0, 1, batch(1, [7, 9, 11], consumed_at=2), 4, meters)  # overlapping: only offset 3 is new
+    assert int(await raw.hget(counters, day) or 0) == 23 * 1000
+    facts.add_facts(topic, 0, 4, [], 6, meters)  # nothing kept (duplicates): the mark moves all the same
+    assert int(await raw.hget(keys.marks("e1"), f"{topic}/0") or 0) == 6
+    facts.add_facts(topic, 0, 9, batch(9, [1]), 10, meters)  # 6..8 folded without being counted
+    assert not await raw.exists(keys.built), "the counters are dropped, to be rebuilt"
+    facts.redis.close()
