@@ -138,12 +138,14 @@ class Platform:
         self._stop.clear()
         if watch_keys:
             await self._watch_keys()
-        if self.quotas is not None:
-            await self.quotas.start()
+        if isinstance(self.quotas, EmbeddedQuotaLedger):
+            await self.quotas.start()  # its tables in the log's file
         if not background:
             return
         if isinstance(self.quotas, EmbeddedQuotaLedger):
             await self.quotas.ensure_built(self.settle, self.db, datetime.now(UTC))
+        elif self.quotas is not None:
+            await self.quotas.start()  # Redis's counters rebuilt now if missing, not on the first consume
         self._tasks.append(asyncio.create_task(self.relay.run(self._stop), name="outbox-relay"))
         self._tasks.append(asyncio.create_task(self.notices.run(self._stop), name="notices-relay"))
         if self.settings.mode is Mode.EMBEDDED:

@@ -92,13 +92,14 @@ def generate(o: Options, schema: str) -> dict[str, float]:
     from schemas.topics import Topics, partition_for
     from stores import views
     from stores.database import PostgresDatabase
+    from stores.schema import SCHEMA as VIEW_SCHEMA
     from streams.log import LogRecord
     from streams.projectors import MeterProjector
 
     rng = random.Random(7)
     topics = Topics(prefix="bench", usage_partitions=o.partitions)
     db = PostgresDatabase(DATABASE_URL, schema=schema)
-    db.migrate(views.SCHEMA)
+    db.migrate(VIEW_SCHEMA)
     with db.transaction() as tx:
         views.add_meter_definition(tx, "_platform", MeterDefinition.model_validate(METER), "bench")
     projector = MeterProjector(db, topics, keep_seen=timedelta(days=7, minutes=5))

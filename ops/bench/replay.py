@@ -127,14 +127,14 @@ async def rebuild(log: KafkaLog, schema: str, batch: int) -> tuple[float, int]:
     """Events/s of the Runner folding the whole log into fresh views; and the meter total it got."""
     from omni.runtime import tune_collector
     from omni.settings import Settings
-    from stores import views
     from stores.database import PostgresDatabase
+    from stores.schema import SCHEMA as VIEW_SCHEMA
     from streams.projectors import CatalogProjector, MeterProjector
     from streams.runner import Runner
 
     db = PostgresDatabase(DATABASE_URL, schema=schema)
     try:
-        db.migrate(views.SCHEMA)
+        db.migrate(VIEW_SCHEMA)
         topics = log.topics
         runner = Runner(
             log,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
@@ -15,7 +16,7 @@ import pytest
 
 from api.app import create_app
 from omni.bootstrap import Platform, build
-from omni.settings import Settings
+from omni.settings import Mode, Settings
 from schemas.topics import Topics
 
 ADMIN = "test-admin-key"
@@ -111,13 +112,21 @@ async def omni(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
     else:
         services_or_skip()
         settings = kafka_settings(uuid.uuid4().hex[:12])
+    async with served(settings) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def served(settings: Settings, *, timeout: float = 5.0) -> AsyncIterator[Omni]:
+    """Omni on `settings`, in-process over ASGI, without background tasks; Kafka mode's topics and
+    schema are dropped afterwards."""
     platform = build(settings)
     app = create_app(platform=platform, background=False)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://omni.test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://omni.test", timeout=timeout) as client:
             yield Omni(client, platform, app)
-    if request.param == "kafka":
+    if settings.mode is Mode.KAFKA:
         await drop_kafka_state(settings)
 
 

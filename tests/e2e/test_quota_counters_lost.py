@@ -8,15 +8,12 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 
-import httpx
 import pytest
 import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 
-from api.app import create_app
-from omni.bootstrap import build
 from tests.conftest import cloud_event
-from tests.e2e.conftest import ADMIN, Omni, drop_kafka_state, kafka_settings, services_or_skip
+from tests.e2e.conftest import ADMIN, Omni, kafka_settings, served, services_or_skip
 
 LIMIT = 1000
 AMOUNT = 7
@@ -25,14 +22,8 @@ AMOUNT = 7
 @pytest.fixture
 async def kafka_omni() -> AsyncIterator[Omni]:
     services_or_skip()
-    settings = kafka_settings(uuid.uuid4().hex[:12])
-    platform = build(settings)
-    app = create_app(platform=platform, background=False)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://omni.test", timeout=60) as client:
-            yield Omni(client, platform, app)
-    await drop_kafka_state(settings)
+    async with served(kafka_settings(uuid.uuid4().hex[:12]), timeout=60) as running:
+        yield running
 
 
 async def test_flushall_mid_storm_loses_nothing_and_passes_no_limit(kafka_omni: Omni) -> None:
