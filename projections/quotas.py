@@ -79,6 +79,15 @@ def period_of(moment: datetime, period: Period) -> PeriodKey:
     return PeriodKey(period, datetime(utc.year, utc.month, 1, tzinfo=UTC))
 
 
+def periods_around(moment: datetime) -> list[PeriodKey]:
+    """The periods a consume may count in soon after `moment`: the day before, of and after it, and
+    their months. What a rebuild of the hot counters fills (a consume counts in its own time's
+    periods; facts may be ahead of the clock by the future tolerance)."""
+    days = [period_of(moment + timedelta(days=shift), Period.DAY) for shift in (-1, 0, 1)]
+    months = sorted({period_of(day.start, Period.MONTH) for day in days})
+    return [*days, *months]
+
+
 def periods_of(moment: datetime) -> tuple[PeriodKey, PeriodKey]:
     """Both periods an instant counts in: every quota's usage is kept per day and per month."""
     return period_of(moment, Period.DAY), period_of(moment, Period.MONTH)

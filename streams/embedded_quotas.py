@@ -30,7 +30,7 @@ import orjson
 
 from omni import metrics
 from projections.meters import MeterIndex
-from projections.quotas import CounterKey, Decision, PeriodKey, decide, periods_of, usage_deltas
+from projections.quotas import CounterKey, Decision, PeriodKey, decide, periods_around, periods_of, usage_deltas
 from schemas.envelope import Envelope, record_headers
 from schemas.meters import Aggregation, MeterDefinition
 from stores import quotas as quota_views
@@ -211,13 +211,12 @@ class EmbeddedQuotaLedger:
 
 
 def _current_totals(tx: Tx, definitions: list[MeterDefinition], now: datetime) -> dict[CounterKey, Decimal]:
-    """Every tenant's usage of each additive meter in the day and the month of `now`, from the views."""
-    day, month = periods_of(now)
+    """Every tenant's usage of each additive meter in the periods around `now`, from the views."""
     found: dict[CounterKey, Decimal] = {}
     for definition in definitions:
         if definition.aggregation not in (Aggregation.SUM, Aggregation.COUNT):
             continue
-        for period in (day, month):
+        for period in periods_around(now):
             for tenant_id, amount in quota_views.period_totals(
                 tx, definition, int(period.start.timestamp()), int(period.end.timestamp())
             ).items():

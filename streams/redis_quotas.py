@@ -48,7 +48,7 @@ from redis.exceptions import RedisError
 
 from omni import metrics
 from projections.meters import MeterIndex
-from projections.quotas import CounterKey, Decision, PeriodKey, periods_of, usage_deltas
+from projections.quotas import CounterKey, Decision, PeriodKey, periods_around, periods_of, usage_deltas
 from schemas.envelope import Envelope, NewerSchema, decode, record_headers
 from schemas.meters import Aggregation, MeterDefinition
 from schemas.plans import Enforcement
@@ -64,7 +64,7 @@ log = logging.getLogger(__name__)
 
 MILLI = Decimal(1000)
 PENDING_MS = 30_000
-LOCK_MS = 120_000
+LOCK_MS = 15_000  # renewed while a rebuild runs: a process that died rebuilding holds it no longer than this
 WAIT_FOR_BUILD_SECONDS = 10.0
 READ_CHUNK = 5000
 
@@ -146,6 +146,13 @@ redis.call('HSET', marks, ARGV[2], ARGV[5])
 return {'ok'}
 """
 
+# KEYS: lock. ARGV: token, TTL (ms). Extends the lock if it is still ours.
+EXTEND = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
 # KEYS: lock, built. ARGV: token, epoch. Points `built` at the filled epoch if the lock is still ours.
 INSTALL = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -194,20 +201,32 @@ class RedisQuotaLedger:
         self._settle = self.redis.register_script(SETTLE)
         self._undo = self.redis.register_script(UNDO)
         self._install = self.redis.register_script(INSTALL)
+        self._extend = self.redis.register_script(EXTEND)
         self._rebuilding: asyncio.Task[bool] | None = None
+        self._keeper: asyncio.Task[None] | None = None
 
     async def close(self) -> None:
-        if self._rebuilding is not None:
-            self._rebuilding.cancel()
+        for task in (self._rebuilding, self._keeper):
+            if task is not None:
+                task.cancel()
         await self.redis.aclose()
 
     async def start(self) -> None:
-        """Rebuild at once if the counters are missing, so the first consume does not wait."""
-        try:
-            if not await self.redis.exists(self.keys.built):
+        """Rebuild now if the counters are missing, so the first consume need not wait; if another
+        process holds the rebuild's lock (or died holding it), try again until they are built."""
+        self._keeper = asyncio.create_task(self._keep_built(), name="quota-counters")
+
+    async def _keep_built(self) -> None:
+        while True:
+            try:
+                if await self.redis.exists(self.keys.built):
+                    return
                 self._start_rebuild()
-        except RedisError as away:
-            log.warning("Redis unreachable at start (%s); quota counters are rebuilt on the first consume", away)
+                assert self._rebuilding is not None
+                await asyncio.shield(self._rebuilding)
+            except RedisError as away:
+                log.warning("quota counters: Redis unreachable (%s); trying again", away)
+            await asyncio.sleep(1.0)
 
     # Consume ------------------------------------------------------------------------------------
 
@@ -292,10 +311,14 @@ class RedisQuotaLedger:
             if not await self.redis.set(self.keys.lock, token, nx=True, px=LOCK_MS):
                 return False  # another process is at it
             await self.redis.delete(self.keys.built)  # consumes and the worker wait from here
-            await asyncio.sleep(self.grace)
-            epoch = secrets.token_hex(6)
-            moment = now or datetime.now(UTC)
-            counters, marks = await self._from_views_and_log(moment)
+            renewing = asyncio.create_task(self._renew(token), name="quota-rebuild-lock")
+            try:
+                await asyncio.sleep(self.grace)
+                epoch = secrets.token_hex(6)
+                moment = now or datetime.now(UTC)
+                counters, marks = await self._from_views_and_log(moment)
+            finally:
+                renewing.cancel()
             pipe = self.redis.pipeline(transaction=False)
             for (tenant_id, meter, period), amount in counters.items():
                 pipe.hincrby(self.keys.counters(epoch, tenant_id), f"{meter}|{period}", milli(amount))
@@ -321,10 +344,17 @@ class RedisQuotaLedger:
                 pass
             return False
 
+    async def _renew(self, token: str) -> None:
+        """Keep the rebuild's lock while it runs (it lapses LOCK_MS after its process dies)."""
+        while True:
+            await asyncio.sleep(LOCK_MS / 3000)
+            if not await self._extend(keys=[self.keys.lock], args=[token, LOCK_MS]):
+                return
+
     async def _from_views_and_log(self, now: datetime) -> tuple[dict[CounterKey, Decimal], dict[str, int]]:
         from streams.projectors import API_CALLS, METERS
 
-        day, month = periods_of(now)
+        periods = periods_around(now)
         sources = {self.topics.usage: METERS, self.topics.api_calls: API_CALLS}
         ends = {topic: await self.log.end_offsets(topic) for topic in sources}
 
@@ -334,7 +364,7 @@ class RedisQuotaLedger:
                 definitions = [d for d in views.meter_definitions(tx) if d.aggregation in (Aggregation.SUM, Aggregation.COUNT)]
                 totals: dict[CounterKey, Decimal] = {}
                 for definition in definitions:
-                    for period in (day, month):
+                    for period in periods:
                         start, end = int(period.start.timestamp()), int(period.end.timestamp())
                         for tenant_id, amount in quota_views.period_totals(tx, definition, start, end).items():
                             totals[(tenant_id, definition.slug, period.text)] = amount
@@ -355,7 +385,7 @@ class RedisQuotaLedger:
                     tail.extend(_decoded(r) for r in records if r.offset < end)
                     start = records[-1].offset + 1
         fresh = await asyncio.to_thread(self._not_folded, [e for e in tail if e is not None])
-        current = {day.text, month.text}
+        current = {period.text for period in periods}
         for key, amount in usage_deltas(meters, fresh, facts_only=False).items():
             if key[2] in current:
                 counters[key] = counters.get(key, Decimal(0)) + amount

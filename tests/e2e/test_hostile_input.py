@@ -85,23 +85,22 @@ async def test_an_event_that_cannot_be_stored_fails_only_its_own_request(omni: O
     assert await omni.query(attacker, "calls") == []
 
 
-async def healthz_latencies(client: httpx.AsyncClient, stop: asyncio.Event) -> list[float]:
-    """How long each round of `GET /healthz` and a 5 ms pause took beyond the pause: a loop held by
-    another request shows in the round it falls in, whether the probe was waiting for its answer
-    or pausing."""
-    latencies = []
+async def healthz_rounds(client: httpx.AsyncClient, stop: asyncio.Event) -> list[float]:
+    """When each round of `GET /healthz` and a 5 ms pause ended (perf_counter): a loop held by
+    another request ends no round while it is held, whether the probe waits for its answer or pauses."""
+    ended = []
     while not stop.is_set():
-        started = time.perf_counter()
         response = await client.get("/healthz")
         assert response.status_code == 200
         await asyncio.sleep(0.005)
-        latencies.append(time.perf_counter() - started - 0.005)
-    return latencies
+        ended.append(time.perf_counter())
+    return ended
 
 
 async def test_a_large_batch_full_of_escaped_nul_text_does_not_hold_up_other_requests(omni: Omni) -> None:
     """Before: the six characters \\u0000 anywhere in a body made admission walk every value in
-    Python: seconds for 5 MB, with /healthz waiting as long."""
+    Python: seconds for 5 MB, with /healthz waiting as long. Judged by how many probe rounds end
+    while the batch is in flight (none could, with the loop held), not by a time limit."""
     _, key = await omni.tenant()
     # Each event: an escaped backslash before u0000 (no NUL), then thousands of tiny values.
     events = [cloud_event(f"e{i}", type_="call", data=["\\u0000", *[0] * 2450]) for i in range(1000)]
@@ -110,24 +109,19 @@ async def test_a_large_batch_full_of_escaped_nul_text_does_not_hold_up_other_req
     assert b"\\\\u0000" in body
 
     stop = asyncio.Event()
-    probe = asyncio.create_task(healthz_latencies(omni.client, stop))
+    probe = asyncio.create_task(healthz_rounds(omni.client, stop))
     await asyncio.sleep(0.05)
     started = time.perf_counter()
     response = await omni.client.post("/v1/events", content=body, headers={**omni.auth(key), "Content-Type": BATCH})
-    took = time.perf_counter() - started
+    finished = time.perf_counter()
     await asyncio.sleep(0.05)
     stop.set()
-    latencies = await probe
-    print(
-        f"5 MB batch: {took * 1000:.0f} ms; /healthz rounds meanwhile: {len(latencies)}, longest {max(latencies) * 1000:.1f} ms"
-    )
+    ended = await probe
+    during = [moment for moment in ended if started < moment < finished]
+    print(f"5 MB batch: {(finished - started) * 1000:.0f} ms; /healthz rounds ended meanwhile: {len(during)}")
     assert response.status_code == 202, response.text
     assert response.json()["accepted"] == 1000
-    assert len(latencies) >= 5
-    assert max(latencies) < 0.25, (
-        f"/healthz took up to {max(latencies):.3f}s while the batch took {took:.3f}s",
-        sorted(latencies)[-5:],
-    )
+    assert len(during) >= 5, f"only {len(during)} /healthz rounds ended during the {finished - started:.3f}s batch"
 
 
 async def test_loose_values_are_refused_or_read_strictly(omni: Omni) -> None:
