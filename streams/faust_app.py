@@ -56,6 +56,7 @@ from streams.faust_runs import FetchedRecord, RunBuffer, RunSchema, log_records
 from streams.kafka_log import KafkaLog
 from streams.log import LogRecord, LogUnavailable
 from streams.projectors import API_CALLS, CATALOG
+from streams.quota_ledger import Rebuilding
 from streams.runner import API_CALLS_EVERY, build_runner
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ T = TypeVar("T")
 CATCH_UP_EVERY = 0.5
 LAG_EVERY = 1.0
 RETRY_FIRST, RETRY_MAX = 0.1, 5.0
+REBUILD_POLL = 0.2
 SEEK_RETRY_SECONDS = 20.0  # within Faust's broker_request_timeout for the recovery's seek
 # A killed worker's partitions move to the survivors (or to its restart) once its session
 # expires; Faust's default of 60 s would stall the views that long.
@@ -88,6 +90,11 @@ async def retry_for(seconds: float | None, what: str, work: Callable[[], Awaitab
     while True:
         try:
             return await work()
+        except Rebuilding:  # the quota counters are being rebuilt: seconds, so look again soon
+            if deadline is not None and time.monotonic() + REBUILD_POLL > deadline:
+                raise
+            await asyncio.sleep(REBUILD_POLL)
+            continue
         except (LogUnavailable, StoreUnavailable) as outage:  # expected while a dependency is down
             if deadline is not None and time.monotonic() + delay > deadline:
                 raise

@@ -67,6 +67,7 @@ PENDING_MS = 30_000
 LOCK_MS = 15_000  # renewed while a rebuild runs: a process that died rebuilding holds it no longer than this
 WAIT_FOR_BUILD_SECONDS = 10.0
 READ_CHUNK = 5000
+BUILT_MARK = "quota-counters-built"  # in the views: counters were installed once (a rebuild then waits its grace)
 
 
 def milli(amount: Decimal) -> int:
@@ -313,7 +314,9 @@ class RedisQuotaLedger:
             await self.redis.delete(self.keys.built)  # consumes and the worker wait from here
             renewing = asyncio.create_task(self._renew(token), name="quota-rebuild-lock")
             try:
-                await asyncio.sleep(self.grace)
+                # Counters never built before (a new deployment) had no consume in flight to wait for.
+                if await asyncio.to_thread(self._built_before):
+                    await asyncio.sleep(self.grace)
                 epoch = secrets.token_hex(6)
                 moment = now or datetime.now(UTC)
                 counters, marks = await self._from_views_and_log(moment)
@@ -328,6 +331,7 @@ class RedisQuotaLedger:
             installed = bool(await self._install(keys=[self.keys.lock, self.keys.built], args=[token, epoch]))
             if installed:
                 metrics.QUOTA_REBUILDS.inc()
+                await asyncio.to_thread(self._remember_built)
             log.info(
                 "quota counters rebuilt (epoch %s, %d counters): %s",
                 epoch,
@@ -343,6 +347,14 @@ class RedisQuotaLedger:
             except RedisError:
                 pass
             return False
+
+    def _built_before(self) -> bool:
+        with self.views_db.transaction() as tx:
+            return views.relay_position(tx, BUILT_MARK) > 0
+
+    def _remember_built(self) -> None:
+        with self.views_db.transaction() as tx:
+            views.set_relay_position(tx, BUILT_MARK, 1)
 
     async def _renew(self, token: str) -> None:
         """Keep the rebuild's lock while it runs (it lapses LOCK_MS after its process dies)."""
