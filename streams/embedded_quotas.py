@@ -22,22 +22,21 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import orjson
 
 from omni import metrics
-from projections.meters import MeterIndex
-from projections.quotas import CounterKey, Decision, PeriodKey, decide, periods_around, periods_of, usage_deltas
-from schemas.envelope import Envelope, record_headers
+from projections.quotas import CounterKey, Decision, PeriodKey, decide, periods_around, periods_of
+from schemas.envelope import record_headers
 from schemas.meters import Aggregation, MeterDefinition
 from stores import quotas as quota_views
 from stores import views
 from stores.database import Database, Tx
 from streams.embedded_log import EmbeddedLog
-from streams.log import LogRecord, Outgoing
+from streams.log import Outgoing
 from streams.quota_ledger import ConsumeOutcome, ConsumeRequest
 
 SCHEMA = """
@@ -137,10 +136,10 @@ class EmbeddedQuotaLedger:
     # Facts, from the meter projector ---------------------------------------------------------
 
     def add_facts(
-        self, topic: str, partition: int, start: int, events: Sequence[tuple[LogRecord, Envelope]], end: int, meters: MeterIndex
+        self, topic: str, partition: int, start: int, end: int, counted: Callable[[int], Mapping[CounterKey, Decimal]]
     ) -> None:
-        """Count the facts of a folded batch ending before offset `end`, those at or past the
-        partition's mark only, and move the mark to `end` (blocking)."""
+        """Count what the batch's facts add from the partition's mark on, and move the mark to
+        `end` (blocking)."""
 
         def add(db: sqlite3.Connection) -> None:
             db.execute("BEGIN IMMEDIATE")
@@ -150,8 +149,7 @@ class EmbeddedQuotaLedger:
                 ).fetchone()
                 mark = row[0] if row else 0
                 if end > mark:
-                    fresh = [event for record, event in events if record.offset >= mark]
-                    for key, amount in usage_deltas(meters, fresh, facts_only=True).items():
+                    for key, amount in counted(mark).items():
                         _raise(db, key, amount)
                     _set_mark(db, topic, partition, end)
                 db.execute("COMMIT")

@@ -13,7 +13,7 @@ covers the whole history.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -231,10 +231,14 @@ class MeterProjector:
             live = [slug for slug in meters.by_slug if offsets.get((slug, partition), 0) == start]
             end = fresh[-1].offset + 1
             live_meters = meters.only(live)
-            self._notify_thresholds(tx, live_meters, kept)
-            if self.ledger is not None:
-                self.ledger.add_facts(self.topic, partition, start, kept, end, live_meters)
-            self._fold_into_views(tx, live_meters, kept)
+            deltas = _folded(live_meters, kept)
+            usage = quotas.usage_from_buckets(live_meters, deltas)
+            self._notify_thresholds(tx, live_meters, kept, usage)
+            if self.ledger is not None and usage:
+                self.ledger.add_facts(self.topic, partition, start, end, _facts_counter(live_meters, kept, start, usage))
+            elif self.ledger is not None:
+                self.ledger.add_facts(self.topic, partition, start, end, lambda since: {})
+            views.merge_buckets(tx, deltas)
             views.set_checkpoint(tx, self.consumer, self.topic, partition, end)
             views.set_meter_checkpoints(tx, self.topic, partition, {slug: end for slug in live})
             failpoints.hit(failpoints.METERS_BEFORE_COMMIT)
@@ -269,8 +273,10 @@ class MeterProjector:
             end = min(batch[-1].offset + 1, head) if batch else head
             dropped = views.dropped_between(tx, self.topic, lag.partition, current, end)
             kept = [(r, decode(r.value)) for r in batch if r.offset not in dropped]  # dead letters are in `dropped`
-            self._notify_thresholds(tx, MeterIndex([definition]), kept)
-            self._fold_into_views(tx, MeterIndex([definition]), kept)
+            one = MeterIndex([definition])
+            deltas = _folded(one, kept)
+            self._notify_thresholds(tx, one, kept, quotas.usage_from_buckets(one, deltas))
+            views.merge_buckets(tx, deltas)
             views.set_meter_checkpoints(tx, self.topic, lag.partition, {lag.meter: end})
         return end - current
 
@@ -296,23 +302,24 @@ class MeterProjector:
         return kept
 
     @staticmethod
-    def _notify_thresholds(tx: Tx, meters: MeterIndex, events: Sequence[tuple[LogRecord, Envelope]]) -> None:
+    def _notify_thresholds(
+        tx: Tx, meters: MeterIndex, events: Sequence[tuple[LogRecord, Envelope]], usage: Mapping[quotas.CounterKey, Decimal]
+    ) -> None:
         """Thresholds of quotas the batch crosses, kept as notifications (before the batch's buckets
-        are merged: usage before the batch is read from the views)."""
-        additive = [m.slug for m in meters.by_slug.values() if m.aggregation in quotas.ADDITIVE]
-        if not additive or not events:
+        are merged: usage before the batch is read from the views). `usage`: what the batch adds."""
+        if not usage:
             return
-        touched = {(e.tenant_id, m.slug) for _, e in events for m in meters.by_type.get(e.type, ()) if m.slug in additive}
-        if not touched:
-            return
+        touched = {(tenant, meter) for tenant, meter, _ in usage}
         quota_store.lock_thresholds(tx, exclusive=False)
-        in_force = plan_store.quotas_on(tx, {t for t, _ in touched}, additive)
+        in_force = plan_store.quotas_on(tx, {t for t, _ in touched}, {m for _, m in touched})
         in_force = {key: quota for key, quota in in_force.items() if key in touched}
         if not in_force:
             return
         quota_meters = meters.only(m for _, m in in_force)
+        tenants = {t for t, _ in in_force}
+        relevant = [e for _, e in events if e.tenant_id in tenants]
         before: dict[quotas.CounterKey, Decimal] = {}
-        for _, event in events:
+        for event in relevant:
             for meter in quota_meters.by_type.get(event.type, ()):
                 quota = in_force.get((event.tenant_id, meter.slug))
                 if quota is None:
@@ -321,15 +328,33 @@ class MeterProjector:
                 key = (event.tenant_id, meter.slug, period.text)
                 if key not in before:
                     before[key] = quota_store.period_total(tx, event.tenant_id, meter.definition, period)
-        found = quotas.crossings(before, [e for _, e in events], quota_meters, in_force)
+        found = quotas.crossings(before, relevant, quota_meters, in_force)
         if found:
             quota_store.add_notifications(tx, found)
 
-    @staticmethod
-    def _fold_into_views(tx: Tx, meters: MeterIndex, events: Sequence[tuple[LogRecord, Envelope]]) -> None:
-        if not meters.by_slug or not events:
-            return
-        deltas: dict[BucketKey, BucketState] = {}
+
+def _folded(meters: MeterIndex, events: Sequence[tuple[LogRecord, Envelope]]) -> dict[BucketKey, BucketState]:
+    """The batch's bucket deltas, in memory (views.merge_buckets writes them)."""
+    deltas: dict[BucketKey, BucketState] = {}
+    if meters.by_slug:
         for record, event in events:
             apply(deltas, meters, event, record.offset)
-        views.merge_buckets(tx, deltas)
+    return deltas
+
+
+def _facts_counter(
+    meters: MeterIndex, events: Sequence[tuple[LogRecord, Envelope]], start: int, usage: Mapping[quotas.CounterKey, Decimal]
+) -> Callable[[int], Mapping[quotas.CounterKey, Decimal]]:
+    """What the facts of the batch add, from an offset on, for the quota ledger: from the whole
+    batch (its buckets' usage, less what consume recorded and counted already) unless the ledger
+    counted the batch's first offsets before (a batch folded again); then event by event."""
+
+    def counted(since: int) -> Mapping[quotas.CounterKey, Decimal]:
+        if since <= start:
+            consumed = [e for _, e in events if quotas.QUOTA_CONSUME in e.extensions]
+            if not consumed:
+                return usage
+            return quotas.minus(usage, quotas.usage_deltas(meters, consumed, facts_only=False))
+        return quotas.usage_deltas(meters, [e for r, e in events if r.offset >= since], facts_only=True)
+
+    return counted

@@ -6,7 +6,7 @@ Redis (streams.redis_quotas). Both decide with projections.quotas.decide and cou
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -14,11 +14,10 @@ from typing import Protocol
 
 import orjson
 
-from projections.meters import MeterIndex
-from projections.quotas import Decision, PeriodKey
+from projections.quotas import CounterKey, Decision, PeriodKey
 from schemas.envelope import Envelope
 from schemas.plans import Entitlement
-from streams.log import LogRecord, LogUnavailable
+from streams.log import LogUnavailable
 
 
 class Rebuilding(LogUnavailable):
@@ -70,7 +69,8 @@ class FactLedger(Protocol):
     """The worker's side: facts counted as the meters fold them (blocking)."""
 
     def add_facts(
-        self, topic: str, partition: int, start: int, events: Sequence[tuple[LogRecord, Envelope]], end: int, meters: MeterIndex
+        self, topic: str, partition: int, start: int, end: int, counted: Callable[[int], Mapping[CounterKey, Decimal]]
     ) -> None:
-        """Count the facts among `events` (the batch [start, end) as folded) not yet counted."""
+        """Count the facts of the batch [start, end) as folded that are not counted yet: `counted(since)`
+        is what the batch's facts at offsets from `since` on add, per counter."""
         ...

@@ -38,7 +38,7 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 
@@ -449,32 +449,26 @@ class RedisFactLedger:
         self._add = self.redis.register_script(ADD_FACTS)
 
     def add_facts(
-        self, topic: str, partition: int, start: int, events: Sequence[tuple[LogRecord, Envelope]], end: int, meters: MeterIndex
+        self, topic: str, partition: int, start: int, end: int, counted: Callable[[int], Mapping[CounterKey, Decimal]]
     ) -> None:
+        """One script call in the common case: the batch counted whole, from its first offset."""
         mark_field = f"{topic}/{partition}"
+        counted_from = start
         try:
-            epoch = self.redis.get(self.keys.built)
-            if epoch is None:
-                if self.redis.exists(self.keys.lock):
-                    raise Rebuilding("the quota counters are being rebuilt")
-                return  # no counters to keep: the next rebuild counts this batch from the log
-            current = self.redis.hget(self.keys.marks(_text(epoch)), mark_field)
-            counted_from = int(current) if current is not None else 0
             for _ in range(10):
-                fresh = [event for record, event in events if record.offset >= counted_from]
                 args: list[object] = [self.keys.prefix, mark_field, start, counted_from, end]
-                for (tenant_id, meter, period), amount in usage_deltas(meters, fresh, facts_only=True).items():
+                for (tenant_id, meter, period), amount in counted(counted_from).items():
                     args += [tenant_id, f"{meter}|{period}", milli(amount)]
                 reply = self._add(keys=[self.keys.built, self.keys.lock], args=args)
                 kind = _text(reply[0])
                 if kind == "moved":
-                    counted_from = int(_text(reply[1]))
+                    counted_from = max(int(_text(reply[1])), start)
                     continue
                 if kind == "wait":
                     raise Rebuilding("the quota counters are being rebuilt")
                 if kind == "reset":
                     log.warning("%s: facts were folded uncounted; the quota counters will be rebuilt", mark_field)
-                return
+                return  # 'ok', or 'skip': no counters to keep (the next rebuild counts this batch from the log)
         except RedisError as away:
             # The views go on; the counters miss this batch, which the next batch's check finds
             # (its first offset past the mark), dropping them for a rebuild.

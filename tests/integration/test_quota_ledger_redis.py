@@ -4,16 +4,17 @@ counted once per offset, and a gap in what was counted drops the counters for a 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
 from projections.meters import MeterIndex
-from projections.quotas import CONSUME_SOURCE, QUOTA_CONSUME, period_of
+from projections.quotas import CONSUME_SOURCE, QUOTA_CONSUME, period_of, usage_deltas
 from schemas.envelope import Envelope, encode
 from schemas.meters import Aggregation, MeterDefinition
 from schemas.plans import Entitlement, Period
@@ -115,22 +116,24 @@ async def test_facts_count_once_per_offset_and_a_gap_drops_the_counters(
     meters = MeterIndex([TOKENS])
     topic = topics.usage
 
-    def batch(first: int, tokens: list[int], *, consumed_at: int | None = None) -> list[tuple[LogRecord, Envelope]]:
-        return [
+    def batch(first: int, tokens: list[int], *, consumed_at: int | None = None) -> Callable[[int], dict[Any, Decimal]]:
+        """A batch's facts from an offset on, as the meter projector hands them to the ledger."""
+        events = [
             (LogRecord(topic, 0, first + i, "t1", b""), usage("t1", f"f{first + i}", t, consumed=first + i == consumed_at))
             for i, t in enumerate(tokens)
         ]
+        return lambda since: usage_deltas(meters, [e for r, e in events if r.offset >= since], facts_only=True)
 
     day = f"tokens|{period_of(NOW, Period.DAY).text}"
     counters = keys.counters("e1", "t1")
-    facts.add_facts(topic, 0, 0, batch(0, [5, 7, 9], consumed_at=2), 3, meters)
+    facts.add_facts(topic, 0, 0, 3, batch(0, [5, 7, 9], consumed_at=2))
     assert int(await raw.hget(counters, day) or 0) == 12 * 1000, "consume's own amount is left out (milli-units)"
-    facts.add_facts(topic, 0, 0, batch(0, [5, 7, 9], consumed_at=2), 3, meters)  # the batch again, after a failed commit
+    facts.add_facts(topic, 0, 0, 3, batch(0, [5, 7, 9], consumed_at=2))  # the batch again, after a failed commit
     assert int(await raw.hget(counters, day) or 0) == 12 * 1000
-    facts.add_facts(topic, 0, 1, batch(1, [7, 9, 11], consumed_at=2), 4, meters)  # overlapping: only offset 3 is new
+    facts.add_facts(topic, 0, 1, 4, batch(1, [7, 9, 11], consumed_at=2))  # overlapping: only offset 3 is new
     assert int(await raw.hget(counters, day) or 0) == 23 * 1000
-    facts.add_facts(topic, 0, 4, [], 6, meters)  # nothing kept (duplicates): the mark moves all the same
+    facts.add_facts(topic, 0, 4, 6, lambda since: {})  # nothing kept (duplicates): the mark moves all the same
     assert int(await raw.hget(keys.marks("e1"), f"{topic}/0") or 0) == 6
-    facts.add_facts(topic, 0, 9, batch(9, [1]), 10, meters)  # 6..8 folded without being counted
+    facts.add_facts(topic, 0, 9, 10, batch(9, [1]))  # 6..8 folded without being counted
     assert not await raw.exists(keys.built), "the counters are dropped, to be rebuilt"
     facts.redis.close()

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from projections.meters import MeterIndex
+from projections.meters import MeterIndex, apply
 from projections.quotas import (
     QUOTA_CONSUME,
     PeriodKey,
@@ -23,6 +23,7 @@ from projections.quotas import (
     period_of,
     reached,
     usage_deltas,
+    usage_from_buckets,
 )
 from schemas.envelope import Envelope
 from schemas.meters import Aggregation, MeterDefinition
@@ -191,3 +192,24 @@ def test_quantities_are_exact() -> None:
     assert exact_quantity(999_999_999_999.999, name="amount", positive=True) == Decimal("999999999999.999")
     with pytest.raises(ValueError):
         exact_quantity(0, name="amount", positive=True)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["t1", "t2"]),
+            st.one_of(st.integers(-50, 50), st.sampled_from(["1.5", "x", None])),
+            st.integers(0, 3 * 86_400),
+        ),
+        max_size=40,
+    )
+)
+def test_usage_from_the_buckets_equals_usage_from_the_events(specs: list[tuple[str, object, int]]) -> None:
+    meters = MeterIndex([TOKENS, CALLS])
+    events = [event(n, tokens, at=NOW - timedelta(seconds=ago), tenant=tenant) for n, (tenant, tokens, ago) in enumerate(specs)]
+    deltas: dict = {}
+    for n, e in enumerate(events):
+        apply(deltas, meters, e, n)
+    from_buckets = usage_from_buckets(meters, deltas)
+    from_events = usage_deltas(meters, events, facts_only=False)
+    assert {k: v for k, v in from_buckets.items() if v} == {k: v for k, v in from_events.items() if v}
