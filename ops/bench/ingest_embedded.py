@@ -60,7 +60,7 @@ def raw_sqlite_append(values: list[bytes], batch: int, partitions: int) -> float
             chunk = values[first : first + batch]
             db.execute("BEGIN IMMEDIATE")
             db.executemany(
-                "INSERT INTO records VALUES ('usage', ?, ?, 'tenant', ?, 0)",
+                "INSERT INTO records VALUES ('usage', ?, ?, 'tenant', ?, 0, NULL)",
                 [((first + i) % partitions, first + i, value) for i, value in enumerate(chunk)],
             )
             db.execute("COMMIT")
