@@ -88,3 +88,28 @@ async def test_a_replica_that_cannot_hear_the_store_keeps_nothing_until_it_hears
     await eventually(lambda: second.keys.trusted)
     assert (await b.get("/v1/meters", headers=auth(key))).status_code == 200
     assert len(second.keys) == 1, "listening again, it keeps keys again"
+
+
+async def test_a_plan_changed_on_one_replica_limits_consumes_on_the_other_at_once(replicas: tuple[Replica, Replica]) -> None:
+    """Consume keeps the tenant's quotas in memory (omni/catalog_cache.py): a plan change through
+    another replica must reach it as soon as the views hold the change, not when a cache ages out."""
+    (first, a), (_, b) = replicas
+    meter = {"slug": "tokens", "event_type": "inference", "aggregation": "SUM", "value_property": "$.data.tokens"}
+    assert (await a.post("/v1/meters", json=meter, headers=auth(ADMIN))).status_code == 201
+    plan = {"entitlements": [{"meter": "tokens", "limit": 10, "period": "DAY"}]}
+    assert (await a.put("/v1/plans/pro", json=plan, headers=auth(ADMIN))).status_code == 201
+    created = (await a.post("/v1/tenants", json={"name": "acme", "plan": "pro"}, headers=auth(ADMIN))).json()
+    await first.settle()
+    key = created["api_key"]
+
+    async def consume(amount: int, name: str) -> int:
+        body = {"amount": amount, "idempotency_key": name}
+        return (await b.post("/v1/quotas/tokens/consume", json=body, headers=auth(key))).status_code
+
+    assert await consume(5, "first") == 200  # b now keeps the tenant's quotas
+    assert await consume(1, "second") == 200
+    lowered = {"entitlements": [{"meter": "tokens", "limit": 7, "period": "DAY"}]}
+    assert (await a.put("/v1/plans/pro", json=lowered, headers=auth(ADMIN))).status_code == 200
+    await first.settle()  # the views hold the new version: what a command's answer waits for
+    assert await consume(2, "third") == 429, "b served the plan it kept: 6 + 2 passes the new limit of 7"
+    assert await consume(1, "fourth") == 200
