@@ -13,7 +13,8 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
-THRESHOLD_CROSSED = "omni.quota.threshold_crossed"
+from projections.quotas import THRESHOLD_CROSSED
+
 NOTICE_TYPES = frozenset({THRESHOLD_CROSSED})
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from uuid import NAMESPACE_URL, uuid5
 
 from projections.meter_state import BucketState
-from projections.meters import BucketKey, MeterIndex, numeric, read
+from projections.meters import BucketKey, CompiledMeter, MeterIndex, numeric, read
 from schemas.envelope import Envelope
 from schemas.meters import Aggregation, MeterDefinition
 from schemas.plans import Enforcement, Entitlement, Period
@@ -134,6 +134,16 @@ def decide(used: Decimal, amount: Decimal, entitlement: Entitlement | None) -> D
 CounterKey = tuple[str, str, str]  # tenant, meter, period text
 
 
+def amount_of(meter: CompiledMeter, event: Envelope) -> Decimal | None:
+    """What one event of the meter's type adds to its usage: 1 for COUNT, the value for SUM; None
+    for a value the meter skips, or a meter that is not additive."""
+    if meter.aggregation is Aggregation.COUNT:
+        return Decimal(1)
+    if meter.aggregation is Aggregation.SUM and meter.value_reader is not None:
+        return numeric(read(event, meter.value_reader))
+    return None
+
+
 def usage_deltas(meters: MeterIndex, events: Iterable[Envelope], *, facts_only: bool) -> dict[CounterKey, Decimal]:
     """Each (tenant, additive meter, period) the events add to, and by how much: in the day and
     the month of each event's time. `facts_only` leaves out what consume recorded (its ledger
@@ -145,12 +155,7 @@ def usage_deltas(meters: MeterIndex, events: Iterable[Envelope], *, facts_only: 
             continue
         periods: tuple[PeriodKey, PeriodKey] | None = None
         for meter in candidates:
-            if meter.aggregation is Aggregation.COUNT:
-                amount: Decimal | None = Decimal(1)
-            elif meter.aggregation is Aggregation.SUM and meter.value_reader is not None:
-                amount = numeric(read(event, meter.value_reader))
-            else:
-                continue
+            amount = amount_of(meter, event)
             if amount is None:
                 continue
             periods = periods or periods_of(event.event_time)
@@ -244,12 +249,11 @@ def crossings(
             quota = quotas.get((event.tenant_id, meter.slug))
             if quota is None:
                 continue
-            single = usage_deltas(meters.only([meter.slug]), [event], facts_only=False)
-            period = period_of(event.event_time, quota.entitlement.period)
-            key = (event.tenant_id, meter.slug, period.text)
-            amount = single.get(key)
+            amount = amount_of(meter, event)
             if amount is None:
                 continue
+            period = period_of(event.event_time, quota.entitlement.period)
+            key = (event.tenant_id, meter.slug, period.text)
             was = used.get(key, Decimal(0))
             now = was + amount
             used[key] = now

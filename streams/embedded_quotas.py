@@ -30,7 +30,7 @@ import orjson
 
 from omni import metrics
 from projections.quotas import CounterKey, Decision, PeriodKey, decide, periods_around, periods_of
-from schemas.envelope import record_headers
+from schemas.envelope import encode, record_headers
 from schemas.meters import Aggregation, MeterDefinition
 from stores import quotas as quota_views
 from stores import views
@@ -99,7 +99,7 @@ class EmbeddedQuotaLedger:
             return _outcome_of(orjson.loads(kept[1]))
         used = _counter(db, (request.tenant_id, request.meter, request.period.text))
         decision = decide(used, request.amount, request.entitlement)
-        envelope, value = request.usage if decision.accepted else request.refusal
+        envelope, value = request.usage if decision.accepted else (request.refusal, encode(request.refusal))
         self.log.append_rows(db, self.log.topics.usage, [Outgoing(envelope.tenant_id, value, record_headers(envelope))])
         if decision.accepted:
             for period in periods_of(envelope.event_time):

@@ -34,7 +34,7 @@ class ConsumeRequest:
     entitlement: Entitlement | None
     period: PeriodKey  # the quota's period (a day when there is no quota), of the consume's time
     usage: tuple[Envelope, bytes]  # the usage event to append if accepted, and its wire form
-    refusal: tuple[Envelope, bytes]  # the refusal's, if refused
+    refusal: Envelope  # the refusal to append if refused (encoded only then: most consumes are accepted)
     keep_until: datetime  # how long the answer is kept for retries
 
     def fingerprint(self) -> str:

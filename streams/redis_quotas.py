@@ -49,7 +49,7 @@ from redis.exceptions import RedisError
 from omni import metrics
 from projections.meters import MeterIndex
 from projections.quotas import CounterKey, Decision, PeriodKey, periods_around, periods_of, usage_deltas
-from schemas.envelope import Envelope, NewerSchema, decode, record_headers
+from schemas.envelope import Envelope, NewerSchema, decode, encode, record_headers
 from schemas.meters import Aggregation, MeterDefinition
 from schemas.plans import Enforcement
 from schemas.topics import Topics
@@ -233,7 +233,6 @@ class RedisQuotaLedger:
 
     async def consume(self, request: ConsumeRequest) -> ConsumeOutcome:
         event, value = request.usage
-        refusal, refusal_value = request.refusal
         tenant_id, meter, amount = request.tenant_id, request.meter, request.amount
         limit = request.entitlement.limit if request.entitlement is not None else None
         hard = request.entitlement is not None and request.entitlement.enforcement is Enforcement.HARD
@@ -269,7 +268,7 @@ class RedisQuotaLedger:
         if kind == "kept":
             return _kept(_text(reply[1]), digest)
         accepted, used, epoch, pending = _text(reply[1]) == "1", int(_text(reply[2])), _text(reply[3]), _text(reply[4])
-        record, wire = (event, value) if accepted else (refusal, refusal_value)
+        record, wire = (event, value) if accepted else (request.refusal, encode(request.refusal))
         try:
             await self.log.append(self.topics.usage, [Outgoing(tenant_id, wire, record_headers(record))])
         except BaseException:

@@ -161,7 +161,7 @@ async def consume(meter: str, body: ConsumeBody, platform: PlatformDep, principa
         entitlement=quota.entitlement if quota else None,
         period=period,
         usage=(usage, encode(usage)),
-        refusal=(refusal, encode(refusal)),
+        refusal=refusal,
         keep_until=now + platform.policy.window,
     )
     outcome = await ledger.consume(request)

@@ -73,7 +73,7 @@ def request(tenant: str, key: str, amount: int, limit: int) -> ConsumeRequest:
         entitlement=Entitlement(meter="tokens", limit=Decimal(limit), period=Period.DAY),
         period=period_of(NOW, Period.DAY),
         usage=(event, encode(event)),
-        refusal=(event, encode(event)),
+        refusal=event,
         keep_until=NOW + timedelta(days=1),
     )
 

@@ -4,7 +4,6 @@ no more, when the whole log is folded anew into fresh views (a replay)."""
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -14,7 +13,6 @@ import pytest
 
 from omni import failpoints
 from tests.conftest import cloud_event
-from tests.e2e.conftest import ADMIN
 from tests.integration.conftest import drop_schema, free_port
 from tests.integration.test_crash_points_kafka import ADMIN_HEADERS, Deployment, created_tenant, deployment, folded, retried
 from tests.integration.worker import WorkerProcess, wait_ready
@@ -85,7 +83,6 @@ async def test_thresholds_are_notified_once_across_a_kill_and_a_replay(deploymen
     finally:
         replayer.ensure_dead()
         drop_schema(deployment.database_url, replay_schema)
-    assert os.environ.get("OMNI_ADMIN_KEY", ADMIN)
 
 
 def notices_or_none(database_url: str, schema: str) -> list[tuple[str, str, int]]:
