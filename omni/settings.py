@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     meter_api_calls: bool = True
     # A command's answer waits at most this long for the views to hold its changes (read-your-writes).
     read_your_writes_seconds: float = Field(default=5.0, ge=0, le=60)
+    # Billing (README, "Invoices"): a month closes by itself this long after it ends; a close first
+    # waits at most billing_catch_up_seconds for the meter views to fold what the log holds.
+    billing_auto_close: bool = True
+    billing_close_grace_seconds: int = Field(default=86400, ge=0)
+    billing_catch_up_seconds: float = Field(default=30.0, gt=0, le=600)
     # The HTTP edge (api/edge.py, api/server.py): what one request may cost before it is refused.
     max_header_bytes: int = Field(default=16 * 1024, ge=1024)  # names and values of all headers, together
     header_timeout_seconds: float = Field(default=10.0, gt=0)  # from a request's first byte to its last header

@@ -1,5 +1,5 @@
 """Every view table, migrated together (stores.database.Database.migrate)."""
 
-from stores import plans, quotas, views
+from stores import billing, plans, quotas, views
 
-SCHEMA = ";\n".join(script.strip().rstrip(";") for script in (views.SCHEMA, plans.SCHEMA, quotas.SCHEMA))
+SCHEMA = ";\n".join(script.strip().rstrip(";") for script in (views.SCHEMA, plans.SCHEMA, quotas.SCHEMA, billing.SCHEMA))

@@ -19,7 +19,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 from omni import failpoints, metrics
-from projections import catalog, quotas
+from projections import catalog, invoices, quotas
 from projections import plans as plan_view
 from projections.meter_state import BucketState
 from projections.meters import BucketKey, MeterIndex, apply
@@ -27,6 +27,7 @@ from projections.plans import changes as plan_changes
 from schemas.envelope import Envelope, NewerSchema, decode
 from schemas.text import NUL_ESCAPE, json_holds_nul
 from schemas.topics import Topics
+from stores import billing as billing_store
 from stores import plans as plan_store
 from stores import quotas as quota_store
 from stores import views
@@ -128,6 +129,8 @@ class CatalogProjector:
                 for plan_change in plan_changes(event):
                     _write_plan_change(tx, plan_change)
                     _sweep_thresholds(tx, plan_change, event)
+                for billing_change in invoices.changes(event):
+                    _write_billing_change(tx, billing_change)
                 position = max(position, catalog.store_position(event))
             views.set_checkpoint(tx, CATALOG, self.topic, partition, fresh[-1].offset + 1)
             # Records relayed by older versions carry no position; one republished after a relay's
@@ -178,10 +181,18 @@ def _sweep_thresholds(tx: Tx, change: plan_view.Change, event: Envelope) -> None
         quota_store.add_notifications(tx, found)
 
 
+def _write_billing_change(tx: Tx, change: invoices.BillingChange) -> None:
+    match change:
+        case invoices.DocumentFinalized(document):
+            billing_store.add_invoice(tx, document)
+        case invoices.PeriodClosed(period, closed_at, count, cut):
+            billing_store.add_closed_period(tx, period, closed_at, count, cut)
+
+
 def _write_plan_change(tx: Tx, change: plan_view.Change) -> None:
     match change:
         case plan_view.PlanPublished():
-            plan_store.put_plan(tx, change.slug, change.version, change.name, change.entitlements, change.at)
+            plan_store.put_plan(tx, change.slug, change.version, change.name, change.entitlements, change.at, change.billing)
         case plan_view.PlanAssigned():
             plan_store.assign_plan(tx, change.tenant_id, change.plan)
         case plan_view.OverrideSet():

@@ -17,6 +17,7 @@ below, so a route added later cannot escape these checks:
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Any
 
 import orjson
@@ -53,6 +54,10 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/v1/quotas"): EITHER,
     ("GET", "/v1/quotas/{meter}"): EITHER,
     ("GET", "/v1/notifications"): EITHER,
+    ("POST", "/v1/billing/periods/{period}/close"): ADMIN_ONLY,
+    ("GET", "/v1/invoices"): EITHER,
+    ("GET", "/v1/invoices/upcoming"): EITHER,
+    ("GET", "/v1/invoices/{invoice_id}"): EITHER,
 }
 
 
@@ -97,7 +102,8 @@ async def tenant_with_a_meter(omni: Omni) -> tuple[dict[str, str], str]:
     tenant_id, key = await omni.tenant("a")
     await omni.meter(slug="calls", event_type="call", aggregation="COUNT")
     await omni.settle()
-    return {"tenant_id": tenant_id, "key_id": key.split("_")[1], "slug": "calls", "meter": "calls"}, key
+    ids = {"tenant_id": tenant_id, "key_id": key.split("_")[1], "slug": "calls", "meter": "calls", "period": "2020-01"}
+    return {**ids, "invoice_id": str(uuid.uuid4())}, key
 
 
 async def test_every_route_is_classified(omni: Omni) -> None:
