@@ -25,7 +25,8 @@ from eventsourcing.persistence import IntegrityError
 
 from commands.errors import Conflict, NotFound
 from commands.ids import billing_account_aggregate_id, billing_period_aggregate_id
-from projections.invoices import CREDIT_NOTE, Billed, BillingPeriod, PricedPlan, Statement, bill
+from projections.invoices import CREDIT_NOTE, Billed, BillingPeriod, PricedPlan, Statement, bill, void_credit_note
+from schemas.envelope import format_time
 
 if TYPE_CHECKING:
     from commands.control_plane import CommandContext, ControlPlane
@@ -59,6 +60,15 @@ class BillingAccount(Aggregate):
             self.invoices_issued += 1
         self.statuses[invoice["id"]] = FINALIZED
         self.billed.update(billed)
+
+    @event("StatusChanged")
+    def change_status(self, tenant_id: str, invoice_id: str, status: str, reason: str | None, source: str) -> None:
+        """`source`: who moved it (`admin`, `stripe`)."""
+        self.statuses[invoice_id] = status
+
+    @event("PaymentFailed")
+    def payment_failed(self, tenant_id: str, invoice_id: str, reason: str | None, source: str) -> None:
+        """A payment attempt failed; the invoice stays finalized (Stripe retries by its own schedule)."""
 
     @event("BilledCorrected")
     def rebill(self, tenant_id: str, billed: dict[str, dict[str, Any]]) -> None:
@@ -187,11 +197,58 @@ class BillingCommands:
             return None
         return closed if isinstance(closed, ClosedPeriod) else None
 
-    def billing_account_of(self: ControlPlane, tenant_id: str) -> BillingAccount:
+    def set_invoice_status(
+        self: ControlPlane,
+        ctx: CommandContext,
+        document: Mapping[str, Any],
+        status: str,
+        *,
+        reason: str | None,
+        source: str,
+        at: str,
+    ) -> dict[str, Any] | None:
+        """Move a finalized invoice to `status` (MOVES says which may follow which; Conflict otherwise).
+        Voiding issues a credit note for its total, returned. Setting the status it has changes nothing."""
+        invoice_id, tenant_id = str(document["id"]), str(document["tenant_id"])
+        resource = f"invoices/{invoice_id}"
+        action = f"invoice.{status}"
+        with self._rejections_audited(ctx, action, resource):
+            account = self._billing_account(tenant_id)
+            if account is None or invoice_id not in account.statuses or document["kind"] != "invoice":
+                raise NotFound(f"invoice {invoice_id} not found")
+            now = account.statuses[invoice_id]
+            if now == status:
+                return None
+            if status not in MOVES[now]:
+                raise Conflict(f"invoice {invoice_id} is {now}; it cannot become {status}")
+            account.change_status(tenant_id=tenant_id, invoice_id=invoice_id, status=status, reason=reason, source=source)
+            credit_note = None
+            if status == VOID:
+                credit_note = void_credit_note(document, account.credit_notes_issued + 1, reason, at)
+                account.finalize(tenant_id=tenant_id, invoice=credit_note, billed={})
+            try:
+                self.save(account, self._audit(ctx, action, resource, tenant_id, reason=reason))
+            except IntegrityError as race:
+                raise Conflict(f"invoice {invoice_id} changed concurrently; retry") from race
+        return credit_note
+
+    def record_payment_failure(
+        self: ControlPlane, ctx: CommandContext, tenant_id: str, invoice_id: str, reason: str | None
+    ) -> None:
         account = self._billing_account(tenant_id)
-        if account is None:
-            raise NotFound(f"tenant {tenant_id} has no invoices")
-        return account
+        if account is None or invoice_id not in account.statuses:
+            raise NotFound(f"invoice {invoice_id} not found")
+        account.payment_failed(tenant_id=tenant_id, invoice_id=invoice_id, reason=reason, source="stripe")
+        self.save(account, self._audit(ctx, "invoice.payment_failed", f"invoices/{invoice_id}", tenant_id, reason=reason))
+
+
+# Which status may follow which: a paid or void invoice is settled for good.
+MOVES: dict[str, frozenset[str]] = {
+    FINALIZED: frozenset({PAID, VOID, UNCOLLECTIBLE}),
+    UNCOLLECTIBLE: frozenset({PAID, VOID}),
+    PAID: frozenset(),
+    VOID: frozenset(),
+}
 
 
 def _issue(account: BillingAccount, statement: Statement) -> tuple[list[dict[str, Any]], bool]:
@@ -224,6 +281,18 @@ def describe(domain_event: Any) -> tuple[str, str, dict[str, Any]] | None:
             invoice = domain_event.invoice
             kind = "omni.credit_note.finalized" if invoice["kind"] == CREDIT_NOTE else "omni.invoice.finalized"
             return kind, domain_event.tenant_id, {"invoice": invoice, "billed": domain_event.billed}
+        case "BillingAccount.StatusChanged":
+            data = {
+                "invoice_id": domain_event.invoice_id,
+                "status": domain_event.status,
+                "reason": domain_event.reason,
+                "source": domain_event.source,
+                "at": format_time(domain_event.timestamp),
+            }
+            return "omni.invoice.status_changed", domain_event.tenant_id, data
+        case "BillingAccount.PaymentFailed":
+            data = {"invoice_id": domain_event.invoice_id, "reason": domain_event.reason, "source": domain_event.source}
+            return "omni.invoice.payment_failed", domain_event.tenant_id, data
         case "BillingAccount.BilledCorrected":
             return "omni.billing.billed_corrected", domain_event.tenant_id, {"billed": domain_event.billed}
         case "ClosedPeriod.Closed":

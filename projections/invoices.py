@@ -314,6 +314,24 @@ def _document(
     }
 
 
+def void_credit_note(invoice: Mapping[str, Any], sequence: int, reason: str | None, issued_at: str) -> dict[str, Any]:
+    """The credit note that voids `invoice`: its whole total back, numbered in the credit-note sequence."""
+    tenant_id = str(invoice["tenant_id"])
+    line = {"type": "void", "invoice": invoice["id"], "number": invoice["number"], "amount": int(invoice["total"])}
+    return {
+        **{k: invoice[k] for k in ("tenant_id", "period", "period_start", "period_end", "currency", "minor_units", "plan")},
+        "id": credit_note_id(tenant_id, f"void/{invoice['id']}"),
+        "kind": CREDIT_NOTE,
+        "number": document_number(tenant_id, CREDIT_NOTE, sequence),
+        "status": "finalized",
+        "lines": [line],
+        "subtotal": line["amount"],
+        "total": line["amount"],
+        "issued_at": issued_at,
+        "reason": f"voids {invoice['number']}" + (f": {reason}" if reason else ""),
+    }
+
+
 # The billing view's changes, folded from control events -----------------------------
 
 
@@ -330,7 +348,14 @@ class PeriodClosed:
     cut: dict[str, Any]
 
 
-BillingChange = DocumentFinalized | PeriodClosed
+@dataclass(frozen=True, slots=True)
+class StatusChanged:
+    invoice_id: str
+    status: str
+    at: str
+
+
+BillingChange = DocumentFinalized | PeriodClosed | StatusChanged
 
 
 def changes(event: Envelope) -> list[BillingChange]:
@@ -339,6 +364,8 @@ def changes(event: Envelope) -> list[BillingChange]:
     match event.type:
         case "omni.invoice.finalized" | "omni.credit_note.finalized":
             return [DocumentFinalized(data["invoice"])]
+        case "omni.invoice.status_changed":
+            return [StatusChanged(data["invoice_id"], data["status"], data["at"])]
         case "omni.billing.period_closed":
             return [PeriodClosed(data["period"], data["closed_at"], int(data["invoices"]), data["cut"])]
     return []

@@ -292,3 +292,16 @@ class PeriodClose(BaseModel):
     invoices: int = Field(description="Invoices finalized")
     credit_notes: int = Field(description="Credit notes issued for usage corrected after its period was invoiced")
     totals: dict[str, int] = Field(description="Invoiced per currency, in minor units")
+
+
+class StatusChange(BaseModel):
+    """Why an admin voids an invoice, or marks it paid or uncollectible (kept in the audit trail)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Annotated[str, Field(min_length=1, max_length=500)]
+
+
+class InvoiceChanged(BaseModel):
+    invoice: InvoicePublic
+    credit_note: InvoicePublic | None = Field(default=None, description="Issued when voided: the invoice's total back")

@@ -52,6 +52,10 @@ def add_invoice(tx: Tx, document: Mapping[str, Any]) -> None:
     )
 
 
+def set_status(tx: Tx, invoice_id: str, status: str, at: str) -> None:
+    tx.execute("UPDATE invoices SET status=?, status_changed_at=? WHERE id=?", (status, at, invoice_id))
+
+
 def add_closed_period(tx: Tx, period: str, closed_at: str, invoices: int, cut: Mapping[str, Any]) -> None:
     tx.execute(
         "INSERT INTO billing_periods VALUES (?, ?, ?, ?) ON CONFLICT (period) DO NOTHING",

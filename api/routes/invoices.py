@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
@@ -9,11 +10,13 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import AdminDep, CallerDep, PlatformDep, command_context
 from api.problems import Problem
+from api.relaying import run_command
+from commands.billing import PAID, UNCOLLECTIBLE, VOID
 from commands.errors import NotFound
 from omni.billing_close import NotOver, ViewsBehind, close_period, read_cut
 from omni.bootstrap import Platform
 from projections.invoices import CREDIT_NOTE, INVOICE, PERIOD_PATTERN, BillingPeriod, bill, digest
-from schemas.billing import InvoiceList, InvoicePublic, PeriodClose
+from schemas.billing import InvoiceChanged, InvoiceList, InvoicePublic, PeriodClose, StatusChange
 from schemas.envelope import format_time
 from schemas.ids import canonical_uuid
 from stores import billing as billing_store
@@ -144,3 +147,44 @@ def get_invoice(invoice_id: str, platform: PlatformDep, principal: CallerDep) ->
     if row is None or (not principal.is_admin and row[0]["tenant_id"] != principal.tenant_id):
         raise NotFound(f"invoice {invoice_id} not found")
     return _public(row)
+
+
+async def _move(platform: Platform, request: Request, admin: Any, invoice_id: str, status: str, reason: str) -> InvoiceChanged:
+    with platform.db.transaction() as tx:
+        row = billing_store.invoice(tx, invoice_id)
+    if row is None or row[0]["kind"] != INVOICE:
+        raise NotFound(f"invoice {invoice_id} not found")
+    ctx = command_context(request, admin)
+    at = format_time(platform.clock())
+    move = functools.partial(platform.control.set_invoice_status, reason=reason, source="admin", at=at)
+    credit_note = await run_command(platform, move, ctx, row[0], status)
+    # The answer is the command's outcome (its caller's next read waits for the views to hold it).
+    changed = None if credit_note is None else _public((credit_note, "finalized", None))
+    return InvoiceChanged(invoice=_public((row[0], status, at)), credit_note=changed)
+
+
+_MOVE_RESPONSES: dict[int | str, dict[str, Any]] = {404: {}, 409: {}, 422: {}}
+
+
+@router.post("/invoices/{invoice_id}/void", response_model=InvoiceChanged, responses=_MOVE_RESPONSES)
+async def void_invoice(
+    invoice_id: str, body: StatusChange, request: Request, platform: PlatformDep, admin: AdminDep
+) -> InvoiceChanged:
+    """Void a finalized or uncollectible invoice, with a reason: a credit note gives its total back."""
+    return await _move(platform, request, admin, invoice_id, VOID, body.reason)
+
+
+@router.post("/invoices/{invoice_id}/mark-uncollectible", response_model=InvoiceChanged, responses=_MOVE_RESPONSES)
+async def mark_invoice_uncollectible(
+    invoice_id: str, body: StatusChange, request: Request, platform: PlatformDep, admin: AdminDep
+) -> InvoiceChanged:
+    """Give up collecting a finalized invoice (it may still be paid later)."""
+    return await _move(platform, request, admin, invoice_id, UNCOLLECTIBLE, body.reason)
+
+
+@router.post("/invoices/{invoice_id}/mark-paid", response_model=InvoiceChanged, responses=_MOVE_RESPONSES)
+async def mark_invoice_paid(
+    invoice_id: str, body: StatusChange, request: Request, platform: PlatformDep, admin: AdminDep
+) -> InvoiceChanged:
+    """Record a payment made outside Stripe (Stripe's own payments arrive by its webhook)."""
+    return await _move(platform, request, admin, invoice_id, PAID, body.reason)

@@ -58,6 +58,9 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/v1/invoices"): EITHER,
     ("GET", "/v1/invoices/upcoming"): EITHER,
     ("GET", "/v1/invoices/{invoice_id}"): EITHER,
+    ("POST", "/v1/invoices/{invoice_id}/void"): ADMIN_ONLY,
+    ("POST", "/v1/invoices/{invoice_id}/mark-uncollectible"): ADMIN_ONLY,
+    ("POST", "/v1/invoices/{invoice_id}/mark-paid"): ADMIN_ONLY,
 }
 
 
@@ -86,6 +89,8 @@ def request_body(method: str, path: str) -> dict[str, Any]:
         return {"json": {"limit": 5, "period": "DAY"}}
     if (method, path) == ("POST", "/v1/quotas/{meter}/consume"):
         return {"json": {"amount": 1, "idempotency_key": "acl-1"}}
+    if method == "POST" and path.startswith("/v1/invoices/"):
+        return {"json": {"reason": "acl"}}
     if method == "POST":
         return {"json": {"label": "acl"}}
     return {}

@@ -230,3 +230,41 @@ async def test_bad_billing_input_is_refused_with_problems(omni: Omni) -> None:
     assert refused.status_code == 403, refused.text
     missing = await omni.client.get(f"/v1/invoices/{uuid.uuid4()}", headers=omni.auth(key))
     assert missing.status_code == 404, missing.text
+
+
+async def test_an_invoice_is_voided_with_a_credit_note_and_settled_states_stay_settled(omni: Omni) -> None:
+    ((tenant_id, key), (_, other_key)) = await setup(omni, tenants=2)
+    await use(omni, key, tokens=10)
+    await use(omni, other_key, tokens=10)
+    this_month = BillingPeriod.of(datetime.now(UTC))
+    omni.platform.clock = lambda: after(this_month)
+    assert (await close(omni, this_month.text)).status_code == 200
+    (invoice,) = await invoices(omni, key)
+    (other,) = await invoices(omni, other_key)
+
+    async def move(invoice_id: str, action: str, reason: str = "ops") -> httpx.Response:
+        response = await omni.client.post(f"/v1/invoices/{invoice_id}/{action}", json={"reason": reason}, headers=omni.auth(ADMIN))
+        await omni.settle()
+        return response
+
+    voided = await move(invoice["id"], "void", "billed the wrong plan")
+    assert voided.status_code == 200, voided.text
+    credit = voided.json()["credit_note"]
+    assert voided.json()["invoice"]["status"] == "void"
+    assert (credit["kind"], credit["total"], credit["number"]) == ("credit_note", invoice["total"], invoice["number"].replace("-0001", "-CN-0001"))
+    assert credit["reason"] == f"voids {invoice['number']}: billed the wrong plan"
+    assert credit["lines"] == [{"type": "void", "invoice": invoice["id"], "number": invoice["number"], "amount": invoice["total"]}]
+    listed = {d["id"]: d["status"] for d in await invoices(omni, key)}
+    assert listed == {invoice["id"]: "void", credit["id"]: "finalized"}
+
+    again = await move(invoice["id"], "void")
+    assert again.status_code == 200 and again.json()["credit_note"] is None, again.text  # no second credit note
+    assert (await move(invoice["id"], "mark-paid")).status_code == 409  # void is final
+
+    assert (await move(other["id"], "mark-uncollectible", "customer vanished")).json()["invoice"]["status"] == "uncollectible"
+    assert (await move(other["id"], "mark-paid", "paid by wire")).json()["invoice"]["status"] == "paid"
+    assert (await move(other["id"], "void")).status_code == 409  # paid is final
+    assert (await move(credit["id"], "void")).status_code == 404  # a credit note is not an invoice
+    no_reason = await omni.client.post(f"/v1/invoices/{other['id']}/void", json={}, headers=omni.auth(ADMIN))
+    assert no_reason.status_code == 422, no_reason.text
+    assert tenant_id == invoice["tenant_id"]
