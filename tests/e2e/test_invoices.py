@@ -243,7 +243,9 @@ async def test_an_invoice_is_voided_with_a_credit_note_and_settled_states_stay_s
     (other,) = await invoices(omni, other_key)
 
     async def move(invoice_id: str, action: str, reason: str = "ops") -> httpx.Response:
-        response = await omni.client.post(f"/v1/invoices/{invoice_id}/{action}", json={"reason": reason}, headers=omni.auth(ADMIN))
+        response = await omni.client.post(
+            f"/v1/invoices/{invoice_id}/{action}", json={"reason": reason}, headers=omni.auth(ADMIN)
+        )
         await omni.settle()
         return response
 
@@ -251,9 +253,15 @@ async def test_an_invoice_is_voided_with_a_credit_note_and_settled_states_stay_s
     assert voided.status_code == 200, voided.text
     credit = voided.json()["credit_note"]
     assert voided.json()["invoice"]["status"] == "void"
-    assert (credit["kind"], credit["total"], credit["number"]) == ("credit_note", invoice["total"], invoice["number"].replace("-0001", "-CN-0001"))
+    assert (credit["kind"], credit["total"], credit["number"]) == (
+        "credit_note",
+        invoice["total"],
+        invoice["number"].replace("-0001", "-CN-0001"),
+    )
     assert credit["reason"] == f"voids {invoice['number']}: billed the wrong plan"
-    assert credit["lines"] == [{"type": "void", "invoice": invoice["id"], "number": invoice["number"], "amount": invoice["total"]}]
+    assert credit["lines"] == [
+        {"type": "void", "invoice": invoice["id"], "number": invoice["number"], "amount": invoice["total"]}
+    ]
     listed = {d["id"]: d["status"] for d in await invoices(omni, key)}
     assert listed == {invoice["id"]: "void", credit["id"]: "finalized"}
 
