@@ -50,6 +50,7 @@ class BillingAccount(Aggregate):
         self.credit_notes_issued = 0
         self.billed: dict[str, dict[str, Any]] = {}  # period -> Billed.to_json()
         self.statuses: dict[str, str] = {}  # invoice id -> status
+        self.currency: str | None = None  # its first invoice's: a tenant is billed in one currency
 
     @event("InvoiceFinalized")
     def finalize(self, tenant_id: str, invoice: dict[str, Any], billed: dict[str, dict[str, Any]]) -> None:
@@ -60,6 +61,7 @@ class BillingAccount(Aggregate):
             self.invoices_issued += 1
         self.statuses[invoice["id"]] = FINALIZED
         self.billed.update(billed)
+        self.currency = invoice["currency"]
 
     @event("StatusChanged")
     def change_status(self, tenant_id: str, invoice_id: str, status: str, reason: str | None, source: str) -> None:
@@ -179,6 +181,11 @@ class BillingCommands:
             return {}, 1, 1
         billed = {p: Billed.from_json(b) for p, b in account.billed.items()}
         return billed, account.invoices_issued + 1, account.credit_notes_issued + 1
+
+    def billing_currency(self: ControlPlane, tenant_id: str) -> str | None:
+        """The currency the tenant has been invoiced in; None before its first invoice."""
+        account = self._billing_account(tenant_id)
+        return None if account is None else account.currency
 
     def is_closed(self: ControlPlane, period: str) -> bool:
         return self._closed_period(period) is not None

@@ -113,10 +113,19 @@ class PlanCommands:
         resource = f"tenants/{tenant_id}/plan"
         with self._rejections_audited(ctx, "tenant.plan.assign", resource):
             tenant = self.get_tenant(tenant_id)
-            if self._get_plan(slug) is None:
+            plan = self._get_plan(slug)
+            if plan is None:
                 raise Invalid(
                     f"plan {slug!r} is not defined",
                     [{"loc": ["body", "plan"], "msg": "no such plan"}],
+                    title="Invalid plan",
+                    kind="invalid-plan",
+                )
+            billed_in, charges_in = self.billing_currency(str(tenant.id)), plan.body.get("currency")
+            if billed_in is not None and charges_in not in (None, billed_in):
+                raise Invalid(
+                    f"tenant {tenant.id} is invoiced in {billed_in}; plan {slug!r} charges in {charges_in}",
+                    [{"loc": ["body", "plan"], "msg": f"a tenant keeps the currency it is invoiced in ({billed_in})"}],
                     title="Invalid plan",
                     kind="invalid-plan",
                 )

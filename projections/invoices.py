@@ -263,6 +263,9 @@ def _adjustments(
             now, then = totals.get(meter, ZERO), quantities.get(meter, ZERO)
             if price is None or now == then:
                 continue
+            if currency not in (None, priced_by.currency):
+                # A tenant keeps its currency (commands.plans refuses a plan in another one).
+                raise ValueError(f"{text} was billed in {priced_by.currency}, this invoice is in {currency}")
             digits = MINOR_UNITS[priced_by.currency]
             difference = charge(price, now, digits).amount - charge(price, then, digits).amount
             line = {

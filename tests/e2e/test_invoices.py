@@ -5,6 +5,8 @@ a correction downwards, gapless numbers, byte-identical after the views are rebu
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import re
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,6 +15,7 @@ import httpx
 
 from projections.invoices import BillingPeriod
 from schemas.envelope import decode
+from stores import schema
 from tests.conftest import cloud_event
 from tests.e2e.conftest import ADMIN, Omni
 
@@ -276,3 +279,64 @@ async def test_an_invoice_is_voided_with_a_credit_note_and_settled_states_stay_s
     no_reason = await omni.client.post(f"/v1/invoices/{other['id']}/void", json={}, headers=omni.auth(ADMIN))
     assert no_reason.status_code == 422, no_reason.text
     assert tenant_id == invoice["tenant_id"]
+
+
+async def test_invoices_are_byte_identical_after_the_views_are_rebuilt_from_the_log(omni: Omni) -> None:
+    tenants = await setup(omni, tenants=3)
+    for index, (_, key) in enumerate(tenants):
+        await use(omni, key, tokens=1000 + 777 * index, calls=3 * index, images=99 + index)
+    this_month = BillingPeriod.of(datetime.now(UTC))
+    omni.platform.clock = lambda: after(this_month)
+    assert (await close(omni, this_month.text)).status_code == 200
+    await use(omni, tenants[0][1], tokens=5000)  # late: billed next month
+    next_month = BillingPeriod.parse(f"{this_month.end:%Y-%m}")
+    assert next_month is not None
+    omni.platform.clock = lambda: after(next_month)
+    assert (await close(omni, next_month.text)).status_code == 200
+    paid = await omni.client.post(
+        f"/v1/invoices/{(await invoices(omni, tenants[1][1]))[0]['id']}/mark-paid",
+        json={"reason": "wire"},
+        headers=omni.auth(ADMIN),
+    )
+    assert paid.status_code == 200, paid.text
+    await omni.settle()
+
+    def stored() -> list[tuple[str, str, str, str]]:
+        with omni.platform.db.transaction() as tx:
+            rows = tx.execute("SELECT id, document, digest, status FROM invoices ORDER BY id")
+        return [tuple(map(str, row)) for row in rows]  # type: ignore[misc]
+
+    before = stored()
+    assert len(before) == 6  # each of three tenants, each month (the plan has a fee)
+    assert all(digest == hashlib.sha256(document.encode()).hexdigest() for _, document, digest, _ in before)
+
+    with omni.platform.db.transaction() as tx:  # an empty view store
+        dropped = set(re.findall(r"DROP TABLE IF EXISTS (\w+)", schema.SCHEMA))
+        for table in set(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", schema.SCHEMA)) - dropped:
+            tx.execute(f"DELETE FROM {table}")
+    assert stored() == []
+    await omni.settle()
+    assert stored() == before
+
+
+async def test_concurrent_closes_number_gaplessly_and_close_each_period_once(omni: Omni) -> None:
+    tenants = await setup(omni, tenants=4)
+    for _, key in tenants:
+        await use(omni, key, tokens=1500)
+    this_month = BillingPeriod.of(datetime.now(UTC))
+    next_month = BillingPeriod.parse(f"{this_month.end:%Y-%m}")
+    assert next_month is not None
+    omni.platform.clock = lambda: after(next_month)
+    await omni.settle()
+    periods = [this_month.text, next_month.text, this_month.text, next_month.text]
+    closing = [asyncio.create_task(omni.client.post(f"/v1/billing/periods/{p}/close", headers=omni.auth(ADMIN))) for p in periods]
+    while not all(task.done() for task in closing):
+        await omni.settle()
+        await asyncio.sleep(0.01)
+    await omni.settle()
+    statuses = sorted(task.result().status_code for task in closing)
+    assert statuses == [200, 200, 409, 409], [task.result().text for task in closing]
+    for tenant_id, key in tenants:
+        numbers = sorted(doc["number"] for doc in await invoices(omni, key))
+        prefix = tenant_id.replace("-", "")[:8].upper()
+        assert numbers == [f"{prefix}-0001", f"{prefix}-0002"]  # one per month, in whichever order they closed
