@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: bench-full bench-smoke lint mutation run run-kafka test test-unit soak services-up services-down bench clean
+.PHONY: bench-full bench-smoke lint mutation run run-kafka test test-unit soak services-up services-down tools bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,13 +19,16 @@ run: $(STAMP)  ## Embedded mode on http://127.0.0.1:8000 (state in $OMNI_DATA_DI
 services-up:  ## Kafka, PostgreSQL and Redis, unless their URLs point at running ones
 	bash ops/services/up.sh
 
+tools:  ## What tests drive besides the services: headless Chromium (Debian's package) for the pages Omni serves
+	bash ops/services/chromium.sh
+
 services-down:
 	bash ops/services/down.sh
 
 lint: $(STAMP)  ## ruff: the lint rules and the formatting of pyproject.toml
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-test: $(STAMP) lint services-up  ## Lint, then the whole suite against real services
+test: $(STAMP) lint services-up tools  ## Lint, then the whole suite against real services
 	eval "$$(bash ops/services/env.sh)" && OMNI_REQUIRE_SERVICES=1 $(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 
 soak: $(STAMP) services-up  ## Long fault-injection runs (OMNI_SOAK_EVENTS, OMNI_SOAK_KILLS)

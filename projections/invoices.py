@@ -169,6 +169,9 @@ def usage_line(found: Charge) -> dict[str, Any]:
         ]
     if found.packages is not None:
         line["packages"] = found.packages
+        line["package_price"] = found.unit_price
+    elif found.unit_price is not None:
+        line["unit_price"] = found.unit_price
     if found.minimum_applied:
         line["minimum_applied"] = True
     return line

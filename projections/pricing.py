@@ -44,6 +44,7 @@ class Charge:
     billable: Decimal  # usage past the included allowance (zero or more)
     tiers: tuple[TierCharge, ...]
     packages: int | None
+    unit_price: str | None  # per_unit: each unit's; package: each package's
     exact: Decimal  # the unrounded amount, in whole currency units
     amount: int  # minor units: `exact` rounded half-even once, lifted to the minimum
     minimum_applied: bool
@@ -59,11 +60,14 @@ def charge(price: MeterPrice, quantity: Decimal, digits: int) -> Charge:
     billable = max(ZERO, quantity - price.included)
     tiers: tuple[TierCharge, ...] = ()
     packages: int | None = None
+    unit_price: str | None = None
     if isinstance(price, PerUnitPrice):
-        exact = billable * Decimal(price.unit_price)
+        unit_price = price.unit_price
+        exact = billable * Decimal(unit_price)
     elif isinstance(price, PackagePrice):
         packages = int((billable / price.package_size).to_integral_value(rounding=ROUND_CEILING))
-        exact = packages * Decimal(price.package_price)
+        unit_price = price.package_price
+        exact = packages * Decimal(unit_price)
     elif isinstance(price, GraduatedPrice):
         tiers = _volume(price, billable) if price.model is PriceModel.VOLUME else _graduated(price, billable)
         exact = sum((t.amount for t in tiers), ZERO)
@@ -79,6 +83,7 @@ def charge(price: MeterPrice, quantity: Decimal, digits: int) -> Charge:
         billable=billable,
         tiers=tiers,
         packages=packages,
+        unit_price=unit_price,
         exact=exact,
         amount=max(rounded, least),
         minimum_applied=least > rounded,

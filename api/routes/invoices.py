@@ -6,8 +6,10 @@ import functools
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
+from api import invoice_page
 from api.deps import AdminDep, CallerDep, PlatformDep, command_context
 from api.problems import Problem
 from api.relaying import run_command
@@ -139,14 +141,37 @@ def _draft(platform: Platform, tenant_id: str) -> InvoicePublic:
     return InvoicePublic.model_validate(draft)
 
 
-@router.get("/invoices/{invoice_id}", response_model=InvoicePublic, responses={404: {}})
-def get_invoice(invoice_id: str, platform: PlatformDep, principal: CallerDep) -> InvoicePublic:
-    """One invoice or credit note (another tenant's answers 404)."""
+@router.get(
+    "/invoices/{invoice_id}",
+    response_model=InvoicePublic,
+    responses={
+        200: {
+            "content": {"text/html": {"schema": {"type": "string"}}},
+            "description": "JSON, or a printable page for Accept: text/html",
+        },
+        404: {},
+    },
+)
+def get_invoice(invoice_id: str, request: Request, platform: PlatformDep, principal: CallerDep) -> Any:
+    """One invoice or credit note (another tenant's answers 404); with `Accept: text/html`, a printable page."""
     with platform.db.transaction() as tx:
         row = billing_store.invoice(tx, invoice_id)
-    if row is None or (not principal.is_admin and row[0]["tenant_id"] != principal.tenant_id):
-        raise NotFound(f"invoice {invoice_id} not found")
-    return _public(row)
+        if row is None or (not principal.is_admin and row[0]["tenant_id"] != principal.tenant_id):
+            raise NotFound(f"invoice {invoice_id} not found")
+        tenant = views.tenant(tx, row[0]["tenant_id"])
+    if not _wants_html(request.headers.get("accept", "")):
+        return _public(row)
+    customer = tenant[1] if tenant is not None else row[0]["tenant_id"]
+    page = invoice_page.render(row[0], row[1], seller=platform.settings.invoice_seller, customer=customer)
+    return HTMLResponse(page, headers={"Vary": "Accept"})
+
+
+def _wants_html(accept: str) -> bool:
+    """HTML when the client lists text/html before any JSON (a browser, `curl -H 'Accept: text/html'`)."""
+    kinds = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+    html = kinds.index("text/html") if "text/html" in kinds else None
+    json_ = min((i for i, k in enumerate(kinds) if k in ("application/json", "application/problem+json")), default=None)
+    return html is not None and (json_ is None or html < json_)
 
 
 async def _move(platform: Platform, request: Request, admin: Any, invoice_id: str, status: str, reason: str) -> InvoiceChanged:
