@@ -47,8 +47,9 @@ bench: $(STAMP) services-up  ## Benchmarks (not part of `make test`), at sizes t
 bench-smoke: $(STAMP) services-up  ## Every benchmark at a tiny size, reports to a temporary folder (about a minute)
 	eval "$$(bash ops/services/env.sh)" && OMNI_REQUIRE_SERVICES=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m bench_smoke
 
-bench-full: $(STAMP) services-up  ## Benchmarks at the sizes the README reports (10M-event queries, 1M-event replay; about 45 minutes)
+bench-full: $(STAMP) services-up  ## Benchmarks at the sizes the README reports (10M-event queries, 1M-event replay and close; about 60 minutes)
 	eval "$$(bash ops/services/env.sh)" && BENCH_QUERY_LATENCY_EVENTS=10000000 BENCH_REPLAY_EVENTS=1000000 \
+		BENCH_CLOSE_PERIOD_EVENTS=1000000 BENCH_CLOSE_PERIOD_TENANTS=100,1000,10000 \
 		$(BIN)/python -m ops.bench.run
 
 MUTATION_VENV := .venv-mutation
