@@ -10,15 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from projections.invoices import BillingPeriod, PricedPlan, bill, canonical
 from projections.meter_state import BucketState
 from projections.meters import RESOLUTIONS
-from schemas.billing import Billing
-from schemas.envelope import Envelope
 from schemas.meters import Aggregation, MeterDefinition, WindowSize
 from schemas.plans import Entitlement, Period
 from schemas.topics import Topics
-from stores import billing as billing_store
 from stores import views
 from stores.database import Database, PostgresDatabase, SqliteDatabase
 from stores.schema import SCHEMA as VIEW_SCHEMA
@@ -27,6 +23,7 @@ from streams.kafka_log import KafkaLog
 from streams.projectors import CatalogProjector, MeterProjector
 from streams.runner import Runner
 from tests import truth
+from tests.integration.billing_truth import invoices_from
 from tests.integration.test_faust_worker import (
     EVENT_TYPE,
     TENANTS,
@@ -122,51 +119,6 @@ def query_answers(db: Database, meters: list[MeterDefinition]) -> dict[tuple[str
     return answers
 
 
-PRICED = PricedPlan(
-    "parity",
-    1,
-    Billing.model_validate(
-        {
-            "currency": "KWD",
-            "fee": "1.500",
-            "prices": [
-                {
-                    "meter": "sum",
-                    "model": "graduated",
-                    "tiers": [{"up_to": 5000, "unit_price": "0.0004"}, {"up_to": None, "unit_price": "0.0001"}],
-                },
-                {"meter": "count", "model": "package", "package_size": 250, "package_price": "0.125"},
-            ],
-        }
-    ),
-)
-
-
-def invoices_from(db: Database, on_the_log: list[tuple[int, Envelope]]) -> list[bytes]:
-    """Every tenant's invoice for every month the stream touched, as a close would bill it from these
-    views; the usage it reads first checked against the truth's monthly values."""
-    meters = {"sum": "SUM", "count": "COUNT"}
-    months = sorted({BillingPeriod.of(event.event_time).text for _, event in on_the_log})
-    documents = []
-    for month in months:
-        period = BillingPeriod.parse(month)
-        assert period is not None
-        with db.transaction() as tx:
-            usage = billing_store.period_usage(tx, meters, period)
-        for tenant in TENANTS:
-            for meter in (SUM, COUNT):
-                rows = truth.answer(on_the_log, tenant, meter, truth.Query(window_size=WindowSize.MONTH))
-                want = sum((Decimal(r[4] or 0) for r in rows if r[0] == period.start), Decimal(0))
-                assert usage.get(tenant, {}).get(meter.slug, Decimal(0)) == want, (tenant, meter.slug, month)
-            statement = bill(
-                tenant_id=tenant, period=period, plan=PRICED, usage=usage.get(tenant, {}), earlier={}, billed={},
-                plan_at=lambda slug, version: PRICED, next_invoice=1, next_credit_note=1, issued_at="2030-01-01T00:00:00Z",
-            )  # fmt: skip
-            assert statement.invoice is not None
-            documents.append(canonical(statement.invoice))
-    return documents
-
-
 async def test_embedded_runner_and_faust_worker_build_identical_views(
     tmp_path: Path,
     kafka_log: KafkaLog,
@@ -247,7 +199,8 @@ async def test_embedded_runner_and_faust_worker_build_identical_views(
     assert notified(sqlite_views) == notified(views_db) == want
     # Invoices: each month's usage as a close reads it, equal from both runners and to the truth, and
     # so byte-identical invoices priced from it.
-    assert invoices_from(sqlite_views, on_the_log) == invoices_from(views_db, on_the_log)
+    billed = [SUM, COUNT]
+    assert invoices_from(sqlite_views, on_the_log, billed, TENANTS) == invoices_from(views_db, on_the_log, billed, TENANTS)
     assert worker.stop() == 0
     await embedded_log.close()
     sqlite_views.close()
