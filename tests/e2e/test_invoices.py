@@ -340,3 +340,29 @@ async def test_concurrent_closes_number_gaplessly_and_close_each_period_once(omn
         numbers = sorted(doc["number"] for doc in await invoices(omni, key))
         prefix = tenant_id.replace("-", "")[:8].upper()
         assert numbers == [f"{prefix}-0001", f"{prefix}-0002"]  # one per month, in whichever order they closed
+
+
+async def test_last_month_closes_by_itself_once_its_grace_has_passed(omni: Omni) -> None:
+    from omni.billing_close import AutoClose
+
+    ((_, key),) = await setup(omni)
+    await use(omni, key, tokens=10)
+    await omni.settle()
+    this_month = BillingPeriod.of(datetime.now(UTC))
+    closer = AutoClose(omni.platform)
+    grace = timedelta(seconds=omni.platform.settings.billing_close_grace_seconds)
+    omni.platform.clock = lambda: this_month.end + grace - timedelta(seconds=1)
+    assert await closer.once() is None  # still in its grace
+    assert await invoices(omni, key) == []
+
+    omni.platform.clock = lambda: this_month.end + grace
+    closing = asyncio.create_task(closer.once())
+    while not closing.done():
+        await omni.settle()
+        await asyncio.sleep(0.01)
+    closed = closing.result()
+    assert closed is not None and closed.period == this_month.text
+    await omni.settle()
+    (invoice,) = await invoices(omni, key)
+    assert invoice["period"] == this_month.text
+    assert await closer.once() is None  # closed: nothing more
