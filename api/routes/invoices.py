@@ -96,6 +96,8 @@ def list_invoices(
         at, _, last_id = before.partition("~")
         cursor = (at, last_id)
     with platform.db.transaction() as tx:
+        if tenant_id is not None and views.tenant(tx, tenant_id) is None:
+            raise NotFound(f"tenant {tenant} not found")
         rows = billing_store.invoices_of(tx, tenant_id, limit=limit, before=cursor, period=period)
     found = [_public(r) for r in rows]
     last = found[-1] if len(found) == limit else None

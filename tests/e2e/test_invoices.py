@@ -233,6 +233,9 @@ async def test_bad_billing_input_is_refused_with_problems(omni: Omni) -> None:
     assert refused.status_code == 403, refused.text
     missing = await omni.client.get(f"/v1/invoices/{uuid.uuid4()}", headers=omni.auth(key))
     assert missing.status_code == 404, missing.text
+    for route in ("/v1/invoices", "/v1/invoices/upcoming"):
+        unknown = await omni.client.get(route, params={"tenant": str(uuid.uuid4())}, headers=omni.auth(ADMIN))
+        assert unknown.status_code == 404 and unknown.headers["content-type"] == "application/problem+json", unknown.text
 
 
 async def test_an_invoice_is_voided_with_a_credit_note_and_settled_states_stay_settled(omni: Omni) -> None:
