@@ -66,10 +66,29 @@ class Entitlement(BaseModel):
         return body
 
 
+# The README's worked example (and the OpenAPI document's): USD 39.34 for 2,501 tokens, 1,234 calls
+# and 250 images in a month.
+EXAMPLE_PLAN: dict[str, Any] = {
+    "name": "Pro",
+    "currency": "USD",
+    "fee": "10.00",
+    "entitlements": [{"meter": "tokens", "limit": 1_000_000, "period": "MONTH", "enforcement": "soft", "thresholds": [80, 100]}],
+    "prices": [
+        {
+            "meter": "tokens",
+            "model": "graduated",
+            "tiers": [{"up_to": 1000, "unit_price": "0"}, {"up_to": None, "unit_price": "0.002"}],
+        },
+        {"meter": "calls", "model": "per_unit", "unit_price": "0.01", "included": 100},
+        {"meter": "images", "model": "package", "package_size": 100, "package_price": "5.00"},
+    ],
+}
+
+
 class PlanBody(Billing):
     """A plan as PUT by the admin: its entitlements (quotas) and what it charges (invoices)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE_PLAN]})
 
     name: Text | None = Field(default=None, max_length=200)
     entitlements: list[Entitlement] = Field(default_factory=list, max_length=100)

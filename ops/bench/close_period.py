@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ops.bench.common import DATABASE_URL, KAFKA, Report, Table, Target, delete_topics, drop_schema, opt, sizes, unique
+from schemas.plans import EXAMPLE_PLAN
 
 NAME = "close_period"
 TARGET_SECONDS_1000 = 30.0
@@ -31,20 +32,7 @@ METERS = (
     {"slug": "images", "event_type": "image", "aggregation": "SUM", "value_property": "$.data.images"},
     {"slug": "calls", "event_type": "request", "aggregation": "COUNT"},
 )
-PLAN = {
-    "name": "Pro",
-    "currency": "USD",
-    "fee": "10.00",
-    "prices": [
-        {
-            "meter": "tokens",
-            "model": "graduated",
-            "tiers": [{"up_to": 1000, "unit_price": "0"}, {"up_to": None, "unit_price": "0.002"}],
-        },
-        {"meter": "calls", "model": "per_unit", "unit_price": "0.01", "included": 100},
-        {"meter": "images", "model": "package", "package_size": 100, "package_price": "5.00"},
-    ],
-}
+PLAN = {key: value for key, value in EXAMPLE_PLAN.items() if key != "entitlements"}
 
 
 @dataclasses.dataclass

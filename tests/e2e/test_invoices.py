@@ -15,6 +15,7 @@ import httpx
 
 from projections.invoices import BillingPeriod
 from schemas.envelope import decode
+from schemas.plans import EXAMPLE_PLAN
 from stores import schema
 from tests.conftest import cloud_event
 from tests.e2e.conftest import ADMIN, Omni
@@ -24,20 +25,7 @@ CALLS = {"slug": "calls", "event_type": "request", "aggregation": "COUNT"}
 IMAGES = {"slug": "images", "event_type": "image", "aggregation": "SUM", "value_property": "$.data.images"}
 FASTEST = {"slug": "fastest", "event_type": "inference", "aggregation": "MAX", "value_property": "$.data.tokens"}
 
-PLAN = {
-    "name": "Pro",
-    "currency": "USD",
-    "fee": "10.00",
-    "prices": [
-        {
-            "meter": "tokens",
-            "model": "graduated",
-            "tiers": [{"up_to": 1000, "unit_price": "0"}, {"up_to": None, "unit_price": "0.002"}],
-        },
-        {"meter": "calls", "model": "per_unit", "unit_price": "0.01", "included": 100},
-        {"meter": "images", "model": "package", "package_size": 100, "package_price": "5.00"},
-    ],
-}
+PLAN = {key: value for key, value in EXAMPLE_PLAN.items() if key != "entitlements"}
 
 
 async def setup(omni: Omni, *, tenants: int = 1) -> list[tuple[str, str]]:
