@@ -12,6 +12,7 @@ api/routes/webhooks.py.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid5
 
@@ -19,6 +20,7 @@ from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate, event
 from eventsourcing.persistence import IntegrityError
 
+from commands.billing import PAID
 from commands.errors import Conflict, NotFound
 from commands.ids import OMNI_NAMESPACE
 from schemas.envelope import format_time
@@ -121,6 +123,17 @@ class StripeCommands:
             )
         except IntegrityError:
             return False
+        return True
+
+    def record_stripe_payment(
+        self: ControlPlane, ctx: CommandContext, event_id: str, document: Mapping[str, Any], at: str
+    ) -> bool:
+        """Stripe's `invoice.paid` event `event_id`: the invoice becomes paid (source `stripe`); False
+        when it was paid already (a redelivery changes nothing). Conflict (audited) when it is void."""
+        account = self._billing_account(str(document["tenant_id"]))
+        if account is not None and account.statuses.get(str(document["id"])) == PAID:
+            return False
+        self.set_invoice_status(ctx, document, PAID, reason=f"Stripe event {event_id}", source="stripe", at=at)
         return True
 
     def record_stripe_payment_failure(
