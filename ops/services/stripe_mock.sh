@@ -46,8 +46,9 @@ start() {
   mkdir -p "$RUN"
   rm -f "$PIDFILE"
   # setsid: survive the caller's session/Ctrl-C; the child writes its own pid, then execs stripe-mock.
+  # Given an HTTP address alone it also takes HTTPS on :12112; that goes to any free port instead.
   nohup setsid bash -c 'echo $$ >"$0"; exec "$@"' "$PIDFILE" \
-    "$bin" -http-addr "127.0.0.1:$PORT" >>"$OUT" 2>&1 </dev/null &
+    "$bin" -http-addr "127.0.0.1:$PORT" -https-addr "127.0.0.1:" >>"$OUT" 2>&1 </dev/null &
   wait_for 30 answers || { tail -n 20 "$OUT" >&2; die "stripe-mock does not answer on 127.0.0.1:$PORT (log: $OUT)"; }
 }
 
