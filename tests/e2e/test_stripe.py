@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import os
 import re
 import time
 import uuid
@@ -17,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 
@@ -27,6 +29,7 @@ from schemas.envelope import Envelope, decode
 from stores import stripe as stripe_store
 from streams.stripe_sync import Round, StripeSync, StripeUnavailable, stripe_client
 from tests.e2e.conftest import ADMIN, Omni, embedded_settings, kafka_settings, served, services_or_skip
+from tests.e2e.test_crash_restart_embedded import Server
 from tests.e2e.test_invoices import after, close, invoices, setup, use
 from tests.stripe_peer import RecordingProxy, Seen, stripe_mock_or_skip
 
@@ -276,3 +279,33 @@ async def test_a_bad_or_stale_signature_is_refused_and_nothing_is_recorded(omni:
         assert response.headers["content-type"] == "application/problem+json"
     assert [len(await logged(omni, t)) for t in (topics.control, topics.audit)] == before
     assert (await omni.client.get(f"/v1/invoices/{invoice['id']}", headers=omni.auth(ADMIN))).json()["status"] == "finalized"
+
+
+def test_omni_serve_pushes_in_the_background_when_a_key_is_set(tmp_path: Path, proxy: RecordingProxy) -> None:
+    """The wiring: `omni serve` (embedded) with OMNI_STRIPE_API_KEY pushes a closed month's invoice by itself."""
+    server = Server(tmp_path / "data")
+    configured = {"OMNI_STRIPE_API_KEY": "sk_test_omni", "OMNI_STRIPE_API_BASE": proxy.url, "OMNI_BILLING_AUTO_CLOSE": "false"}
+    os.environ.update(configured)
+    try:
+        server.start()
+    finally:
+        for name in configured:
+            del os.environ[name]
+    try:
+        admin = {"Authorization": f"Bearer {ADMIN}"}
+        tenant = httpx.post(server.url + "/v1/tenants", json={"name": "acme", "plan": "flat"}, headers=admin).json()
+        plan = {"name": "Flat", "currency": "EUR", "fee": "25.00", "prices": []}
+        assert httpx.put(server.url + "/v1/plans/flat", json=plan, headers=admin).status_code == 201
+        assigned = httpx.put(server.url + f"/v1/tenants/{tenant['id']}/plan", json={"plan": "flat"}, headers=admin)
+        assert assigned.status_code == 204, assigned.text
+        closed = httpx.post(server.url + "/v1/billing/periods/2020-01/close", headers=admin, timeout=30)
+        assert closed.status_code == 200 and closed.json()["invoices"] == 1, closed.text
+        deadline = time.monotonic() + 20
+        while not any(s.path.endswith("/finalize") for s in proxy.seen) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        keys = [s.key for s in proxy.seen if s.status == 200]
+        assert keys[0] == f"omni-customer-{tenant['id']}" and keys[-1].endswith("-finalize"), keys
+        (item,) = [s.params for s in proxy.seen if s.path == "/v1/invoiceitems"]
+        assert (item["amount"], item["currency"]) == ("2500", "eur")
+    finally:
+        server.stop()
