@@ -50,8 +50,3 @@ def unpushed(tx: Tx, limit: int) -> list[dict[str, Any]]:
 def stripe_invoice(tx: Tx, invoice_id: str) -> str | None:
     rows = tx.execute("SELECT stripe_invoice_id FROM stripe_invoices WHERE invoice_id=?", (invoice_id,))
     return str(rows[0][0]) if rows else None
-
-
-def stripe_customer(tx: Tx, tenant_id: str) -> str | None:
-    rows = tx.execute("SELECT customer_id FROM stripe_customers WHERE tenant_id=?", (tenant_id,))
-    return str(rows[0][0]) if rows else None
