@@ -153,6 +153,7 @@ class Platform:
         self._tasks.append(asyncio.create_task(self.relay.run(self._stop), name="outbox-relay"))
         self._tasks.append(asyncio.create_task(self.notices.run(self._stop), name="notices-relay"))
         self.start_auto_close()
+        self.start_stripe_sync()
         if self.settings.mode is Mode.EMBEDDED:
             wake = getattr(self.log, "appended", None)
             self._tasks.append(asyncio.create_task(self.runner.run(self._stop, wake), name="runner"))
@@ -163,6 +164,14 @@ class Platform:
             from omni.billing_close import AutoClose
 
             self._tasks.append(asyncio.create_task(AutoClose(self).run(self._stop), name="billing-auto-close"))
+
+    def start_stripe_sync(self) -> None:
+        """Push finalized invoices to Stripe in the background, when OMNI_STRIPE_API_KEY is set (README, "Stripe")."""
+        if self.settings.stripe_api_key:
+            from streams.stripe_sync import from_settings
+
+            sync = from_settings(self.settings, self.control, self.db, self.relay.wake)
+            self._tasks.append(asyncio.create_task(sync.run(self._stop), name="stripe-sync"))
 
     async def run_command(self, action: Callable[..., T], *args: Any) -> T:
         """Run `action` in a worker thread. Then what the command stored (its events, or the audit entry

@@ -30,6 +30,7 @@ INGEST_AFTER_APPEND = "ingest.after_append"  # durable on the log, not answered:
 DEDUPE_AFTER_APPEND = (
     "dedupe.after_append"  # Kafka mode: appended, Redis claim not marked done: a retry waits, then is a duplicate
 )
+STRIPE_BEFORE_RECORD = "stripe.before_record"  # Stripe answered, our record not saved: the retry sends the same keys
 
 POINTS = (
     METERS_BEFORE_COMMIT,
@@ -39,6 +40,7 @@ POINTS = (
     RELAY_AFTER_PUBLISH,
     INGEST_AFTER_APPEND,
     DEDUPE_AFTER_APPEND,
+    STRIPE_BEFORE_RECORD,
 )
 ENVIRONMENT = "OMNI_FAILPOINTS"
 

@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     billing_close_grace_seconds: int = Field(default=86400, ge=0)
     billing_catch_up_seconds: float = Field(default=30.0, gt=0, le=600)
     invoice_seller: str = Field(default="Omni", max_length=500)  # the "From" of printable invoices
+    # Stripe (README, "Stripe"): finalized invoices are pushed when a key is set (None: off); the
+    # base address is Stripe's own unless given (tests: stripe-mock); webhooks verify with the secret.
+    stripe_api_key: str | None = None
+    stripe_api_base: str | None = None
+    stripe_webhook_secret: str | None = None
     # The HTTP edge (api/edge.py, api/server.py): what one request may cost before it is refused.
     max_header_bytes: int = Field(default=16 * 1024, ge=1024)  # names and values of all headers, together
     header_timeout_seconds: float = Field(default=10.0, gt=0)  # from a request's first byte to its last header

@@ -1,5 +1,7 @@
 """Every view table, migrated together (stores.database.Database.migrate)."""
 
-from stores import billing, plans, quotas, views
+from stores import billing, plans, quotas, stripe, views
 
-SCHEMA = ";\n".join(script.strip().rstrip(";") for script in (views.SCHEMA, plans.SCHEMA, quotas.SCHEMA, billing.SCHEMA))
+SCHEMA = ";\n".join(
+    script.strip().rstrip(";") for script in (views.SCHEMA, plans.SCHEMA, quotas.SCHEMA, billing.SCHEMA, stripe.SCHEMA)
+)

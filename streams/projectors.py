@@ -21,6 +21,7 @@ from decimal import Decimal
 from omni import failpoints, metrics
 from projections import catalog, invoices, quotas
 from projections import plans as plan_view
+from projections import stripe as stripe_view
 from projections.meter_state import BucketState
 from projections.meters import BucketKey, MeterIndex, apply
 from projections.plans import changes as plan_changes
@@ -30,6 +31,7 @@ from schemas.topics import Topics
 from stores import billing as billing_store
 from stores import plans as plan_store
 from stores import quotas as quota_store
+from stores import stripe as stripe_store
 from stores import views
 from stores.database import Database, Tx
 from streams.log import LogRecord
@@ -131,6 +133,8 @@ class CatalogProjector:
                     _sweep_thresholds(tx, plan_change, event)
                 for billing_change in invoices.changes(event):
                     _write_billing_change(tx, billing_change)
+                for stripe_change in stripe_view.changes(event):
+                    stripe_store.write(tx, stripe_change)
                 position = max(position, catalog.store_position(event))
             views.set_checkpoint(tx, CATALOG, self.topic, partition, fresh[-1].offset + 1)
             # Records relayed by older versions carry no position; one republished after a relay's
