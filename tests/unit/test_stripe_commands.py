@@ -12,7 +12,7 @@ from commands.control_plane import AuditEntry, CommandContext, ControlPlane, des
 from commands.errors import Conflict, NotFound
 
 SYNC = CommandContext(key_id="omni-stripe-sync")
-INVOICE = {"id": "inv-1", "kind": "invoice", "tenant_id": "t-1"}
+INVOICE = {"id": "inv-1", "kind": "invoice", "tenant_id": "t-1", "currency": "USD"}
 
 
 @pytest.fixture
