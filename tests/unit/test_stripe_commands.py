@@ -66,7 +66,7 @@ def test_a_payment_marks_paid_once_and_a_voided_invoice_stays_void(app: ControlP
     moves = [describe(e)[2] for e in stored(app) if type(e).__qualname__ == "BillingAccount.StatusChanged"]
     assert [(m["status"], m["source"], m["reason"]) for m in moves] == [("paid", "stripe", "Stripe event evt_1")]
 
-    other = {"id": "inv-2", "kind": "invoice", "tenant_id": "t-1", "number": "X-0002", "total": 5, "lines": []}
+    other = {"id": "inv-2", "kind": "invoice", "tenant_id": "t-1", "currency": "USD", "number": "X-0002", "total": 5, "lines": []}
     account = app._billing_account("t-1")
     assert account is not None
     account.finalize(tenant_id="t-1", invoice=other, billed={})
