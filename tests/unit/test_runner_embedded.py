@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from commands.control_plane import CommandContext, ControlPlane
+from omni import failpoints
 from omni.bootstrap import event_store_env
 from omni.settings import Settings
 from schemas.envelope import Envelope, encode
@@ -29,6 +30,7 @@ from streams.log import Outgoing
 from streams.outbox import RELAY, OutboxRelay
 from streams.projectors import API_CALLS, CATALOG, CATALOG_APPLIED, METERS
 from streams.runner import Runner, build_runner
+from tests.loop_waits import Waits
 
 CTX = CommandContext(key_id="admin")
 START = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=1)
@@ -187,3 +189,68 @@ async def test_the_catalog_holds_each_tenant_key_and_revocation_as_commanded(emb
     assert set(keys) == {first.key_id, second.key_id}
     assert keys[second.key_id][0] == "ci" and keys[second.key_id][2] is None
     assert keys[first.key_id][2] is not None  # revoked, and when
+
+
+def waiting_runner(embedded: Embedded, waits: Waits) -> Runner:
+    """The fixture's projectors in a runner whose clock, sleep and pause are the test's."""
+    runner = embedded.runner
+    return Runner(
+        embedded.log,
+        runner.catalog,
+        runner.meters,
+        batch_size=runner.batch_size,
+        api_calls=runner.api_calls,
+        clock=waits.clock,
+        sleep=waits.sleep,
+        pause_=waits.pause,
+    )
+
+
+async def test_the_loop_pauses_idle_clears_its_wake_and_reports_the_lag_once_a_second(embedded: Embedded) -> None:
+    stop, wake = asyncio.Event(), asyncio.Event()
+    reports: list[float] = []
+
+    async def at(now: float) -> None:
+        waits.now = now
+
+    waits = Waits(stop, [lambda: at(0.5), lambda: at(1.0), lambda: at(1.0)])
+    runner = waiting_runner(embedded, waits)
+    report_lag = runner.report_lag
+
+    async def reported() -> None:
+        reports.append(waits.now)
+        await report_lag()
+
+    runner.report_lag = reported  # type: ignore[method-assign]
+    wake.set()  # woken before it starts: the first pause finds the wake set, the next ones cleared
+    await asyncio.wait_for(runner.run(stop, wake), 5.0)
+    assert waits.waited == [("pause", 0.05)] * 3  # nothing to fold: the default idle pause, every round
+    assert waits.woken_at_pause == [True, False, False]
+    assert reports == [0.0, 1.0]  # at once, then when a second has gone by, not in between
+
+
+async def test_after_an_outage_or_a_failed_step_the_loop_waits_a_second_then_pauses(embedded: Embedded) -> None:
+    tenant, _ = embedded.control.create_tenant(CTX, "acme", "pro")
+    embedded.control.define_meter(CTX, COUNT)
+    await embedded.relay.relay_once()
+    await embedded.runner.drain()
+    stop = asyncio.Event()
+
+    async def back_with_a_failing_fold() -> None:
+        await embedded.log.start()
+        await use(embedded, str(tenant.id), 1)
+        failpoints.arm(failpoints.METERS_BEFORE_COMMIT)  # the next fold fails once, then folds
+
+    async def nothing() -> None:
+        return None
+
+    waits = Waits(stop, [back_with_a_failing_fold, nothing, nothing])
+    await embedded.log.close()  # the first round meets an outage
+    try:
+        await asyncio.wait_for(waiting_runner(embedded, waits).run(stop, idle=0.25), 5.0)
+    finally:
+        failpoints.disarm_all()
+    # outage: a second, then the idle pause; failed fold: the same; then the record folds, and the
+    # loop goes straight on to the next step, which finds nothing and pauses
+    assert waits.waited == [("sleep", 1.0), ("pause", 0.25), ("sleep", 1.0), ("pause", 0.25), ("pause", 0.25)]
+    assert embedded.total("calls", str(tenant.id)) == 1
