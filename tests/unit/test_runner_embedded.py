@@ -14,9 +14,10 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from commands.control_plane import CommandContext, ControlPlane
-from omni import failpoints
+from omni import failpoints, metrics
 from omni.bootstrap import event_store_env
 from omni.settings import Settings
 from schemas.envelope import Envelope, encode
@@ -254,3 +255,51 @@ async def test_after_an_outage_or_a_failed_step_the_loop_waits_a_second_then_pau
     # loop goes straight on to the next step, which finds nothing and pauses
     assert waits.waited == [("sleep", 1.0), ("pause", 0.25), ("sleep", 1.0), ("pause", 0.25), ("pause", 0.25)]
     assert embedded.total("calls", str(tenant.id)) == 1
+
+
+ON_0, ON_1 = "d", "a"  # tenants whose usage lands on partition 0 and on partition 1 of two
+
+
+async def test_a_step_counts_what_its_catch_up_folded_on_every_partition(embedded: Embedded) -> None:
+    embedded.control.define_meter(CTX, COUNT)
+    await embedded.relay.relay_once()
+    await use(embedded, ON_0, 20)
+    await use(embedded, ON_1, 20, first=20)
+    assert await embedded.log.end_offsets(embedded.log.topics.usage) == {0: 20, 1: 20}
+    await embedded.runner.drain()
+    embedded.control.define_meter(CTX, TOKENS)
+    await embedded.relay.relay_once()
+    # the definition (1 control record), then catch-up: a batch of 7 on each partition
+    assert await embedded.runner.step() == 1 + 7 + 7
+    assert await embedded.runner.catch_up() == 7 + 7
+    await embedded.runner.drain()
+    assert (embedded.total("tokens", ON_0), embedded.total("tokens", ON_1)) == (40, 40)
+
+
+async def test_the_lag_is_reported_for_each_projector_and_partition(embedded: Embedded) -> None:
+    await use(embedded, ON_0, 3)
+    await use(embedded, ON_1, 5, first=3)
+    gauges = {(p, str(partition)): -1.0 for p in (CATALOG, METERS, API_CALLS) for partition in (0, 1)}
+    for labels, sentinel in gauges.items():  # whatever other tests left there
+        metrics.VIEWS_LAG.labels(*labels).set(sentinel)
+    await embedded.runner.report_lag()
+    exposed = {
+        (p, partition): REGISTRY.get_sample_value("omni_views_lag_records", {"projector": p, "partition": partition})
+        for p, partition in gauges
+    }
+    assert exposed == {
+        (CATALOG, "0"): 0.0,  # the control topic has one partition: partition 1 is not reported
+        (CATALOG, "1"): -1.0,
+        (METERS, "0"): 3.0,
+        (METERS, "1"): 5.0,
+        (API_CALLS, "0"): 0.0,
+        (API_CALLS, "1"): 0.0,
+    }
+
+
+async def test_meter_definitions_are_the_platforms_in_the_catalog(embedded: Embedded) -> None:
+    embedded.control.define_meter(CTX, COUNT)
+    await embedded.relay.relay_once()
+    await embedded.runner.drain()
+    owners = embedded.read(lambda tx: tx.execute("SELECT slug, tenant_id FROM meter_definitions"))
+    assert [tuple(row) for row in owners] == [("calls", "_platform")]
