@@ -22,7 +22,9 @@ from omni.bootstrap import event_store_env
 from omni.settings import Settings
 from schemas.envelope import Envelope, encode
 from schemas.meters import MeterDefinition
+from schemas.plans import Entitlement, Period, PlanBody
 from schemas.topics import Topics
+from stores import quotas as quota_views
 from stores import views
 from stores.database import SqliteDatabase
 from stores.schema import SCHEMA as VIEW_SCHEMA
@@ -303,3 +305,44 @@ async def test_meter_definitions_are_the_platforms_in_the_catalog(embedded: Embe
     await embedded.runner.drain()
     owners = embedded.read(lambda tx: tx.execute("SELECT slug, tenant_id FROM meter_definitions"))
     assert [tuple(row) for row in owners] == [("calls", "_platform")]
+
+
+async def test_a_quota_changes_threshold_sweep_commits_with_the_catalog_and_notifies_once(embedded: Embedded) -> None:
+    """The sweep of a plan assignment (thresholds the usage already folded has reached) is written in
+    the catalog's own transaction: a crash before its commit leaves no notification, and the
+    batch folded again (or republished) notifies once."""
+    tenant, _ = embedded.control.create_tenant(CTX, "acme", "free")
+    embedded.control.define_meter(CTX, COUNT)
+    plan = PlanBody(entitlements=[Entitlement(meter="calls", limit=Decimal(10), period=Period.MONTH, thresholds=[50, 100])])
+    embedded.control.put_plan(CTX, "metered", plan)
+    await embedded.relay.relay_once()
+    now = datetime.now(UTC) - timedelta(seconds=5)  # this month's usage (the sweep is as of the change)
+    await embedded.log.append(
+        embedded.log.topics.usage,
+        [Outgoing(str(tenant.id), encode(Envelope(
+            id=f"id-{i}", type="call", tenant_id=str(tenant.id), source="gw", source_id=f"e{i}", event_time=now,
+            recorded_time=now, data={},
+        ))) for i in range(6)],
+    )  # fmt: skip
+    await embedded.runner.drain()
+    embedded.control.assign_plan(CTX, str(tenant.id), "metered")
+    await embedded.relay.relay_once()
+
+    def thresholds() -> list[int]:
+        rows = embedded.read(lambda tx: quota_views.notifications(tx, str(tenant.id), 100, None))
+        return sorted(int(row[5]) for row in rows)
+
+    failpoints.arm(failpoints.CATALOG_BEFORE_COMMIT)
+    try:
+        with pytest.raises(failpoints.FailpointHit):
+            await embedded.runner.step()
+        assert thresholds() == []
+    finally:
+        failpoints.disarm_all()
+    await embedded.runner.drain()
+    assert thresholds() == [50]  # 6 of 10 used when the plan came
+    with embedded.db.transaction() as tx:
+        views.set_relay_position(tx, RELAY, 0)  # the relay's position lost: everything republished
+    await embedded.relay.relay_once()
+    await embedded.runner.drain()
+    assert thresholds() == [50]
