@@ -166,3 +166,10 @@ def test_records_applied_are_counted_once_per_projector(database: Database) -> N
     meters.process(0, [record(i) for i in range(10)])  # 0..5 redelivered: only 6..9 are applied
     catalog.process(0, [unreadable(0, TOPICS.control)])  # dead-lettered: applied all the same
     assert (projected("meters"), projected("catalog")) == (before[0] + 10, before[1] + 1)
+
+
+def test_a_hole_in_the_control_topic_counts_too(database: Database) -> None:
+    catalog = CatalogProjector(database, TOPICS)
+    before = holes()
+    catalog.process(0, [unreadable(0, TOPICS.control), unreadable(2, TOPICS.control)])  # 1 is missing
+    assert holes() == before + 1

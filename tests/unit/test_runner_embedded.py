@@ -20,6 +20,7 @@ from commands.control_plane import CommandContext, ControlPlane
 from omni import failpoints, metrics
 from omni.bootstrap import event_store_env
 from omni.settings import Settings
+from projections.quotas import period_of
 from schemas.envelope import Envelope, encode
 from schemas.meters import MeterDefinition
 from schemas.plans import Entitlement, Period, PlanBody
@@ -29,6 +30,7 @@ from stores import views
 from stores.database import SqliteDatabase
 from stores.schema import SCHEMA as VIEW_SCHEMA
 from streams.embedded_log import EmbeddedLog
+from streams.embedded_quotas import EmbeddedQuotaLedger
 from streams.log import Outgoing
 from streams.outbox import RELAY, OutboxRelay
 from streams.projectors import API_CALLS, CATALOG, CATALOG_APPLIED, METERS
@@ -316,33 +318,100 @@ async def test_a_quota_changes_threshold_sweep_commits_with_the_catalog_and_noti
     plan = PlanBody(entitlements=[Entitlement(meter="calls", limit=Decimal(10), period=Period.MONTH, thresholds=[50, 100])])
     embedded.control.put_plan(CTX, "metered", plan)
     await embedded.relay.relay_once()
-    now = datetime.now(UTC) - timedelta(seconds=5)  # this month's usage (the sweep is as of the change)
-    await embedded.log.append(
-        embedded.log.topics.usage,
-        [Outgoing(str(tenant.id), encode(Envelope(
-            id=f"id-{i}", type="call", tenant_id=str(tenant.id), source="gw", source_id=f"e{i}", event_time=now,
-            recorded_time=now, data={},
-        ))) for i in range(6)],
-    )  # fmt: skip
+    await used_now(embedded, str(tenant.id), 6)  # this month's usage (the sweep is as of the change)
     await embedded.runner.drain()
     embedded.control.assign_plan(CTX, str(tenant.id), "metered")
     await embedded.relay.relay_once()
-
-    def thresholds() -> list[int]:
-        rows = embedded.read(lambda tx: quota_views.notifications(tx, str(tenant.id), 100, None))
-        return sorted(int(row[5]) for row in rows)
 
     failpoints.arm(failpoints.CATALOG_BEFORE_COMMIT)
     try:
         with pytest.raises(failpoints.FailpointHit):
             await embedded.runner.step()
-        assert thresholds() == []
+        assert thresholds(embedded, str(tenant.id)) == []
     finally:
         failpoints.disarm_all()
     await embedded.runner.drain()
-    assert thresholds() == [50]  # 6 of 10 used when the plan came
+    assert thresholds(embedded, str(tenant.id)) == [50]  # 6 of 10 used when the plan came
     with embedded.db.transaction() as tx:
         views.set_relay_position(tx, RELAY, 0)  # the relay's position lost: everything republished
     await embedded.relay.relay_once()
     await embedded.runner.drain()
-    assert thresholds() == [50]
+    assert thresholds(embedded, str(tenant.id)) == [50]
+
+
+METERED = PlanBody(entitlements=[Entitlement(meter="calls", limit=Decimal(10), period=Period.MONTH, thresholds=[50, 100])])
+
+
+async def used_now(embedded: Embedded, tenant: str, n: int, *, first: int = 0, type_: str = "call") -> None:
+    """`n` events of this month (five seconds ago), ids from `first` on."""
+    now = datetime.now(UTC) - timedelta(seconds=5)
+    await embedded.log.append(
+        embedded.log.topics.usage,
+        [Outgoing(tenant, encode(Envelope(
+            id=f"id-{i}", type=type_, tenant_id=tenant, source="gw", source_id=f"e{i}", event_time=now,
+            recorded_time=now, data={},
+        ))) for i in range(first, first + n)],
+    )  # fmt: skip
+
+
+def thresholds(embedded: Embedded, tenant: str) -> list[int]:
+    rows = embedded.read(lambda tx: quota_views.notifications(tx, tenant, 100, None))
+    return sorted(int(row[5]) for row in rows)
+
+
+async def test_the_fold_notifies_each_threshold_usage_crosses_under_a_quota_once(embedded: Embedded) -> None:
+    tenant, _ = embedded.control.create_tenant(CTX, "acme", "free")
+    embedded.control.define_meter(CTX, COUNT)
+    embedded.control.put_plan(CTX, "metered", METERED)
+    embedded.control.assign_plan(CTX, str(tenant.id), "metered")
+    await embedded.relay.relay_once()
+    await embedded.runner.drain()
+    await used_now(embedded, str(tenant.id), 4)
+    await embedded.runner.drain()
+    assert thresholds(embedded, str(tenant.id)) == []
+    await used_now(embedded, str(tenant.id), 1, first=4)
+    await embedded.runner.drain()
+    assert thresholds(embedded, str(tenant.id)) == [50]  # 5 of 10
+    await used_now(embedded, str(tenant.id), 7, first=5)
+    await embedded.runner.drain()
+    assert thresholds(embedded, str(tenant.id)) == [50, 100]  # 12 of 10: facts pass a limit, notified once
+
+
+async def test_a_meter_defined_after_its_usage_notifies_what_its_catch_up_crosses(embedded: Embedded) -> None:
+    tenant, _ = embedded.control.create_tenant(CTX, "acme", "free")
+    await embedded.relay.relay_once()
+    await used_now(embedded, str(tenant.id), 6)
+    await embedded.runner.drain()  # no meter yet: nothing folded
+    embedded.control.define_meter(CTX, COUNT)
+    embedded.control.put_plan(CTX, "metered", METERED)
+    embedded.control.assign_plan(CTX, str(tenant.id), "metered")
+    await embedded.relay.relay_once()
+    await embedded.runner.drain()  # the sweep finds the meter empty; its catch-up crosses 50 %
+    assert embedded.total("calls", str(tenant.id)) == 6
+    assert thresholds(embedded, str(tenant.id)) == [50]
+
+
+async def test_the_fold_counts_facts_in_the_quota_counters_once_even_when_folded_again(embedded: Embedded) -> None:
+    ledger = EmbeddedQuotaLedger(embedded.log)
+    await ledger.start()
+    runner = build_runner(embedded.settings, embedded.db, embedded.log, ledger=ledger)
+    tenant, _ = embedded.control.create_tenant(CTX, "acme", "free")
+    embedded.control.define_meter(CTX, COUNT)
+    await embedded.relay.relay_once()
+    await runner.drain()
+    month = period_of(datetime.now(UTC) - timedelta(seconds=5), Period.MONTH)
+    await used_now(embedded, str(tenant.id), 5)
+    failpoints.arm(failpoints.METERS_BEFORE_COMMIT)  # counted, then the views' commit fails
+    try:
+        with pytest.raises(failpoints.FailpointHit):
+            await runner.step()
+    finally:
+        failpoints.disarm_all()
+    await runner.drain()  # the batch folded again: counted already
+    assert await ledger.used(str(tenant.id), "calls", month) == 5
+    await used_now(embedded, str(tenant.id), 3, first=5, type_="other")  # a batch no meter counts
+    await runner.drain()  # moves the marks all the same
+    assert await ledger.used(str(tenant.id), "calls", month) == 5
+    marks = embedded.log.run_locked(lambda db: db.execute("SELECT topic, partition, next_offset FROM quota_marks").fetchall())
+    ends = await embedded.log.end_offsets(embedded.log.topics.usage)
+    assert sorted(marks) == sorted((embedded.log.topics.usage, p, end) for p, end in ends.items() if end)
