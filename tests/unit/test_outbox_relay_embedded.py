@@ -9,8 +9,10 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
-from uuid import uuid5
+from uuid import uuid4, uuid5
 
 import pytest
 
@@ -19,13 +21,16 @@ from commands.ids import OMNI_NAMESPACE
 from omni import failpoints
 from omni.bootstrap import event_store_env
 from omni.settings import Settings
+from projections.quotas import THRESHOLD_CROSSED, Crossing, PeriodKey
 from schemas.envelope import decode, record_headers
 from schemas.meters import MeterDefinition
 from schemas.topics import STORE_POSITION, Topics, partition_for
+from stores import quotas as quota_views
 from stores import views
 from stores.database import SqliteDatabase
 from stores.schema import SCHEMA as VIEW_SCHEMA
 from streams.embedded_log import EmbeddedLog
+from streams.notices import NoticesRelay
 from streams.outbox import RELAY, SOURCE, OutboxRelay, to_envelope
 from tests.loop_waits import Waits
 
@@ -252,3 +257,29 @@ async def test_after_an_outage_or_a_failure_the_relay_waits_a_second_then_pauses
     # published and the relay reads again at once, finds nothing, and pauses from the first again
     assert waits.waited == [("sleep", 1.0), ("pause", 0.25), ("sleep", 1.0), ("pause", 0.5), ("pause", 0.25)]
     assert len(await setup.control_records()) == 2
+
+
+async def test_a_notice_is_recorded_and_published_once_across_a_crash_after_recording(setup: Setup) -> None:
+    """The notices relay stores each notification the folds found as a Notice; the outbox relay
+    publishes it on the notifications topic, keyed by tenant. A crash after storing, before the
+    view row is marked recorded, records it again: refused as the duplicate it is, published once."""
+    month = PeriodKey.parse("M:2026-12")
+    crossing = Crossing(str(uuid4()), "tenant-1", "calls", month, 80, Decimal(10), Decimal(8), datetime(2026, 12, 4, tzinfo=UTC))
+    with setup.db.transaction() as tx:
+        quota_views.add_notifications(tx, [crossing])
+    notices = NoticesRelay(setup.control, setup.db)
+    failpoints.arm(failpoints.NOTICES_AFTER_RECORD)
+    with pytest.raises(failpoints.FailpointHit):
+        notices.record_once()
+    assert notices.record_once() == 1  # the row again: stored already, now marked
+    assert notices.record_once() == 0
+    assert await setup.relay.relay_once() == 1
+    records = [r for p in range(TOPICS.usage_partitions) for r in await setup.log.read(TOPICS.notifications, p, 0, 100)]
+    [record] = records
+    event = decode(record.value)
+    assert (record.key, event.type, event.tenant_id) == ("tenant-1", THRESHOLD_CROSSED, "tenant-1")
+    assert event.data == {
+        "id": crossing.id, "tenant_id": "tenant-1", "meter": "calls", "period": month.label, "threshold": 80, "limit": 10,
+        "used": 8, "occurred_at": "2026-12-04T00:00:00.000000Z",
+    }  # fmt: skip
+    assert await setup.control_records() == [] and await setup.audit_records() == []

@@ -20,7 +20,7 @@ from commands.control_plane import CommandContext, ControlPlane
 from omni import failpoints, metrics
 from omni.bootstrap import event_store_env
 from omni.settings import Settings
-from projections.quotas import period_of
+from projections.quotas import CONSUME_SOURCE, QUOTA_CONSUME, REFUSED, period_of
 from schemas.envelope import Envelope, encode
 from schemas.meters import MeterDefinition
 from schemas.plans import Entitlement, Period, PlanBody
@@ -34,6 +34,7 @@ from streams.embedded_quotas import EmbeddedQuotaLedger
 from streams.log import Outgoing
 from streams.outbox import RELAY, OutboxRelay
 from streams.projectors import API_CALLS, CATALOG, CATALOG_APPLIED, METERS
+from streams.quota_ledger import ConsumeRequest
 from streams.runner import Runner, build_runner
 from tests.loop_waits import Waits
 
@@ -246,19 +247,21 @@ async def test_after_an_outage_or_a_failed_step_the_loop_waits_a_second_then_pau
         await use(embedded, str(tenant.id), 1)
         failpoints.arm(failpoints.METERS_BEFORE_COMMIT)  # the next fold fails once, then folds
 
-    async def nothing() -> None:
-        return None
+    folded_at_pause: list[Decimal] = []
 
-    waits = Waits(stop, [back_with_a_failing_fold, nothing, nothing])
+    async def folded() -> None:
+        folded_at_pause.append(embedded.total("calls", str(tenant.id)))
+
+    waits = Waits(stop, [back_with_a_failing_fold, folded, folded])
     await embedded.log.close()  # the first round meets an outage
     try:
         await asyncio.wait_for(waiting_runner(embedded, waits).run(stop, idle=0.25), 5.0)
     finally:
         failpoints.disarm_all()
-    # outage: a second, then the idle pause; failed fold: the same; then the record folds, and the
-    # loop goes straight on to the next step, which finds nothing and pauses
+    # outage: a second, then the idle pause; failed fold: the same, before folding again; then the
+    # record folds, and the loop goes straight on to the next step, which finds nothing and pauses
     assert waits.waited == [("sleep", 1.0), ("pause", 0.25), ("sleep", 1.0), ("pause", 0.25), ("pause", 0.25)]
-    assert embedded.total("calls", str(tenant.id)) == 1
+    assert folded_at_pause == [0, 1]
 
 
 ON_0, ON_1 = "d", "a"  # tenants whose usage lands on partition 0 and on partition 1 of two
@@ -412,6 +415,29 @@ async def test_the_fold_counts_facts_in_the_quota_counters_once_even_when_folded
     await used_now(embedded, str(tenant.id), 3, first=5, type_="other")  # a batch no meter counts
     await runner.drain()  # moves the marks all the same
     assert await ledger.used(str(tenant.id), "calls", month) == 5
+    outcome = await ledger.consume(consume_of_one_call(str(tenant.id), "req-1"))
+    assert outcome.decision.accepted and outcome.decision.used == 6  # counted as it is decided...
+    await runner.drain()
+    assert await ledger.used(str(tenant.id), "calls", month) == 6  # ...not again when folded
+    assert embedded.total("calls", str(tenant.id)) == 6
     marks = embedded.log.run_locked(lambda db: db.execute("SELECT topic, partition, next_offset FROM quota_marks").fetchall())
     ends = await embedded.log.end_offsets(embedded.log.topics.usage)
     assert sorted(marks) == sorted((embedded.log.topics.usage, p, end) for p, end in ends.items() if end)
+
+
+def consume_of_one_call(tenant: str, idempotency_key: str) -> ConsumeRequest:
+    """What POST /v1/quotas/calls/consume asks the ledger, without a quota (never refused)."""
+    now = datetime.now(UTC) - timedelta(seconds=5)
+    period = period_of(now, Period.DAY)
+    usage = Envelope(
+        id=f"u-{idempotency_key}", type="call", tenant_id=tenant, source=CONSUME_SOURCE, source_id=idempotency_key,
+        event_time=now, recorded_time=now, data={}, extensions={QUOTA_CONSUME: period.text},
+    )  # fmt: skip
+    refusal = Envelope(
+        id=f"r-{idempotency_key}", type=REFUSED, tenant_id=tenant, source=CONSUME_SOURCE, source_id=idempotency_key,
+        event_time=now, recorded_time=now, data={},
+    )  # fmt: skip
+    return ConsumeRequest(
+        tenant_id=tenant, meter="calls", amount=Decimal(1), idempotency_key=idempotency_key, subject=None,
+        entitlement=None, period=period, usage=(usage, encode(usage)), refusal=refusal, keep_until=now + timedelta(days=1),
+    )  # fmt: skip
