@@ -153,7 +153,6 @@ METERED = {"entitlements": [{"meter": "calls", "limit": LIMIT, "period": "DAY", 
     [
         f"{failpoints.QUOTA_BEFORE_APPEND}=kill@3",  # decided, not on the log (one transaction: nothing stays)
         f"{failpoints.QUOTA_AFTER_APPEND}=kill@3",  # on the log with its answer, not answered
-        f"{failpoints.NOTICES_AFTER_RECORD}=kill@1",  # the 50 % notice stored, its view row not marked recorded
     ],
 )
 def test_a_kill_at_each_quota_crash_point_keeps_consume_exact_and_notifies_once(tmp_path: Path, failpoint: str) -> None:
@@ -176,6 +175,7 @@ def test_a_kill_at_each_quota_crash_point_keeps_consume_exact_and_notifies_once(
         assert [status for status, _ in answers.values()] == [200] * LIMIT + [429, 429]  # the limit reached, never passed
         assert [body["used"] for status, body in answers.values()] == [1, 2, 3, 4, 4, 4]
         notes = server.call(lambda: notified(server, key, 2))
+        published(server, 2)
         assert server.kills == 1, f"{failpoint} was never reached"
 
         for idempotency_key, answer in answers.items():  # after the restart, each key answers as it did
@@ -195,6 +195,37 @@ def test_a_kill_at_each_quota_crash_point_keeps_consume_exact_and_notifies_once(
         server.stop()
 
 
+def test_a_kill_after_notices_are_recorded_publishes_each_once(tmp_path: Path) -> None:
+    """notices.after_record: a quota assigned over usage already folded (the catalog's sweep finds
+    both thresholds reached), both notices stored in the event store, the server killed before their
+    view rows are marked recorded. After the restart they are recorded again (refused as duplicates)
+    and each is listed and published once."""
+    server = ArmedServer(tmp_path / "data", f"{failpoints.NOTICES_AFTER_RECORD}=kill@1")
+    server.start()
+    try:
+        tenant = server.call(lambda: created_tenant(server))
+        key = {"Authorization": f"Bearer {tenant['api_key']}"}
+        assert server.call(lambda: defined_meter(server, CALLS)).status_code == 201
+        plan = server.call(lambda: httpx.put(server.url + "/v1/plans/metered", json=METERED, headers=ADMIN_HEADERS, timeout=30))
+        assert plan.status_code == 201, plan.text
+        body = orjson.dumps([cloud_event(f"c{i}", type_="request") for i in range(LIMIT + 2)])
+        sent = httpx.post(server.url + "/v1/events", content=body, headers={**key, "Content-Type": BATCH}, timeout=30)
+        assert sent.status_code == 202, sent.text
+        folded(server, key, LIMIT + 2, slug="calls")
+        on_plan = f"{server.url}/v1/tenants/{tenant['id']}/plan"
+        assigned = server.call(lambda: httpx.put(on_plan, json={"plan": "metered"}, headers=ADMIN_HEADERS, timeout=30))
+        assert assigned.status_code == 204, assigned.text  # (again after a kill that took its answer: the same)
+        notes = server.call(lambda: notified(server, key, 2))
+        published(server, 2)  # recorded as notices, then published: past the point, so killed there before
+        assert server.kills == 1, "notices.after_record was never reached"
+        assert sorted(n["threshold"] for n in notes) == [50, 100]
+        time.sleep(0.5)  # nothing is recorded or published twice later
+        assert on_the_log(server)[2] == sorted(n["id"] for n in notes)
+        assert notified(server, key, 2) == notes
+    finally:
+        server.stop()
+
+
 def consumed(server: Server, key: dict[str, str], idempotency_key: str) -> httpx.Response:
     body = {"amount": 1, "idempotency_key": idempotency_key}
     return httpx.post(server.url + "/v1/quotas/calls/consume", json=body, headers=key, timeout=30)
@@ -209,6 +240,20 @@ def notified(server: Server, key: dict[str, str], count: int, timeout: float = 3
         if len(notes) == count:
             return notes
         assert time.monotonic() < deadline, f"timed out waiting for {count} notifications ({notes})"
+        time.sleep(0.02)
+
+
+def published(server: ArmedServer, count: int, timeout: float = 30) -> None:
+    """Wait until the notifications topic holds `count` notices (never more), restarting the server
+    if the failpoint killed it meanwhile."""
+    deadline = time.monotonic() + timeout
+    while True:
+        server.call(lambda: httpx.get(server.url + "/healthz"))
+        notices = on_the_log(server)[2]
+        assert len(notices) <= count, notices
+        if len(notices) == count:
+            return
+        assert time.monotonic() < deadline, f"timed out waiting for {count} notices published ({notices})"
         time.sleep(0.02)
 
 

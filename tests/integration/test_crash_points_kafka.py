@@ -214,8 +214,6 @@ KILLED = "req-2"  # the third consume, where the quota points kill
         f"{failpoints.QUOTA_BEFORE_APPEND}=kill@3",
         # On the log, its answer pending: 409 to the retry; the consume counts once, in both.
         f"{failpoints.QUOTA_AFTER_APPEND}=kill@3",
-        # The 50 % notice stored in the event store, its view row not marked recorded.
-        f"{failpoints.NOTICES_AFTER_RECORD}=kill@1",
     ],
     indirect=True,
 )
@@ -239,19 +237,15 @@ async def test_a_kill_at_each_quota_crash_point_keeps_consume_exact_and_notifies
         answer = retried(deployment, lambda i=i: consumed(deployment, key, f"req-{i}"))  # type: ignore[misc]
         answers[f"req-{i}"] = (answer.status_code, answer.json())
     statuses = [status for status, _ in answers.values()]
-    if point == failpoints.NOTICES_AFTER_RECORD:
-        accepted, thresholds = [f"req-{i}" for i in range(LIMIT)], [50, 100]
-        assert statuses == [200] * LIMIT + [429, 429]
-    else:
-        assert statuses == [200, 200, 409, 200, 429, 429]  # the killed consume's retry: in progress
-        assert answers[KILLED][1]["type"].endswith("consume-in-progress")
-        landed = point == failpoints.QUOTA_AFTER_APPEND
-        accepted = ["req-0", "req-1", *([KILLED] if landed else []), "req-3"]
-        thresholds = [50, 100] if landed else [50]  # the views hold 3 of 4 when the append never was
+    assert statuses == [200, 200, 409, 200, 429, 429]  # the killed consume's retry: in progress
+    assert answers[KILLED][1]["type"].endswith("consume-in-progress")
+    landed = point == failpoints.QUOTA_AFTER_APPEND
+    accepted = ["req-0", "req-1", *([KILLED] if landed else []), "req-3"]
+    thresholds = [50, 100] if landed else [50]  # the views hold 3 of 4 when the append never was
     used = [body["used"] for status, body in answers.values() if status != 409]
-    # req-3 finds the killed consume counted (the counter holds it whether or not its append landed)
-    assert used == ([1, 2, 3, 4, 4, 4] if point == failpoints.NOTICES_AFTER_RECORD else [1, 2, 4, 4, 4])
+    assert used == [1, 2, 4, 4, 4]  # req-3 finds the killed consume counted, whether or not it landed
     notes = notified(deployment, key, len(thresholds))
+    await published(deployment, len(thresholds))
     assert deployment.kills == ["api"], deployment.report()
 
     for idempotency_key, answer in answers.items():  # after the restart, each key answers as it did
@@ -268,6 +262,41 @@ async def test_a_kill_at_each_quota_crash_point_keeps_consume_exact_and_notifies
     assert refusals == ["req-4", "req-5"]
     assert notices == sorted(n["id"] for n in notes)  # each threshold once on the notifications topic
     assert notified(deployment, key, len(thresholds)) == notes
+
+
+@pytest.mark.parametrize("deployment", [f"{failpoints.NOTICES_AFTER_RECORD}=kill@1"], indirect=True)
+async def test_a_kill_after_notices_are_recorded_publishes_each_once(deployment: Deployment) -> None:
+    """notices.after_record in the API's notices relay: a quota assigned over usage already folded
+    (the catalog's sweep finds both thresholds reached), both notices stored in the event store, the
+    API killed before their view rows are marked recorded. After the restart they are recorded again
+    (refused as duplicates) and each is listed and published once."""
+    deployment.start()
+    await wait_ready([deployment.api, deployment.worker], 90, "the API and the worker")
+    tenant = deployment.call(lambda: created_tenant(deployment.url))
+    key = {"Authorization": f"Bearer {tenant['api_key']}"}
+    defined = deployment.call(lambda: httpx.post(deployment.url + "/v1/meters", json=CALLS, headers=ADMIN_HEADERS, timeout=30))
+    assert defined.status_code == 201, defined.text
+    plan = deployment.call(
+        lambda: httpx.put(deployment.url + "/v1/plans/metered", json=METERED, headers=ADMIN_HEADERS, timeout=30)
+    )
+    assert plan.status_code == 201, plan.text
+    body = orjson.dumps([cloud_event(f"c{i}", type_="request") for i in range(LIMIT + 2)])
+    sent = retried(
+        deployment,
+        lambda: httpx.post(deployment.url + "/v1/events", content=body, headers={**key, "Content-Type": BATCH}, timeout=60),
+    )
+    assert sent.status_code == 202, sent.text
+    folded(deployment, key, LIMIT + 2, slug="calls")
+    on_plan = f"{deployment.url}/v1/tenants/{tenant['id']}/plan"
+    assigned = deployment.call(lambda: httpx.put(on_plan, json={"plan": "metered"}, headers=ADMIN_HEADERS, timeout=30))
+    assert assigned.status_code == 204, assigned.text
+    notes = notified(deployment, key, 2)
+    await published(deployment, 2)  # recorded as notices, then published: past the point, so killed there before
+    assert deployment.kills == ["api"], deployment.report()
+    assert sorted(n["threshold"] for n in notes) == [50, 100]
+    time.sleep(0.5)  # nothing is recorded or published twice later
+    assert (await on_the_log(deployment))[2] == sorted(n["id"] for n in notes)
+    assert notified(deployment, key, 2) == notes
 
 
 def consumed(deployment: Deployment, key: dict[str, str], idempotency_key: str) -> httpx.Response:
@@ -287,6 +316,19 @@ def notified(deployment: Deployment, key: dict[str, str], count: int, timeout: f
             return notes
         assert time.monotonic() < deadline, f"timed out waiting for {count} notifications ({notes})\n{deployment.report()}"
         time.sleep(0.05)
+
+
+async def published(deployment: Deployment, count: int, timeout: float = 60) -> None:
+    """Wait until the notifications topic holds `count` notices (never more), restarting a killed process."""
+    deadline = time.monotonic() + timeout
+    while True:
+        deployment.restart_if_killed()
+        notices = (await on_the_log(deployment))[2]
+        assert len(notices) <= count, notices
+        if len(notices) == count:
+            return
+        assert time.monotonic() < deadline, f"timed out waiting for {count} notices published\n{deployment.report()}"
+        time.sleep(0.2)
 
 
 async def on_the_log(deployment: Deployment) -> tuple[list[str], list[str], list[str]]:
