@@ -9,14 +9,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from omni import metrics
 from omni.settings import Settings
 from stores import views
 from stores.database import Database
 from streams.log import EventLog, LogUnavailable
-from streams.pausing import pause
+from streams.pausing import Pause, pause
 from streams.projectors import API_CALLS, CATALOG, CatalogProjector, MeterProjector
 from streams.quota_ledger import FactLedger, Rebuilding
 
@@ -41,13 +41,17 @@ class Runner:
         batch_size: int = 5000,
         api_calls: MeterProjector | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        pause_: Pause = pause,
     ) -> None:
         self.log = log_
         self.catalog = catalog
         self.meters = meters  # the usage topic's
         self.api_calls = api_calls  # the api_calls topic's (self-metering), when wired
         self.batch_size = batch_size
-        self.clock = clock
+        self.clock = clock  # the schedules of the api_calls fold and of the lag report
+        self.sleep = sleep  # the wait after a failed step
+        self.pause = pause_  # the idle wait between steps
         self._api_calls_due = 0.0  # the clock's time of the next fold of api_calls (API_CALLS_EVERY)
 
     @property
@@ -125,21 +129,21 @@ class Runner:
         lag_due = 0.0
         while not stop.is_set():
             try:
-                if time.monotonic() >= lag_due:
-                    lag_due = time.monotonic() + LAG_EVERY
+                if self.clock() >= lag_due:
+                    lag_due = self.clock() + LAG_EVERY
                     await self.report_lag()
                 moved = await self.step()
             except LogUnavailable as outage:
                 log.warning("runner waiting for the log: %s", outage)
                 moved = 0
-                await asyncio.sleep(1.0)
+                await self.sleep(1.0)
             except Exception:
                 log.exception("runner step failed; retrying from the stored checkpoints")
                 moved = 0
-                await asyncio.sleep(1.0)
+                await self.sleep(1.0)
             if moved:
                 continue
-            await pause(stop, idle, wake)
+            await self.pause(stop, idle, wake)
             if wake is not None:
                 wake.clear()
 
