@@ -68,6 +68,12 @@ class StripeInvoice(Aggregate):
         self.invoice_id = invoice_id
         self.tenant_id = tenant_id
         self.stripe_invoice_id = stripe_invoice_id
+        self.mirrored: str | None = None  # the last status of ours Stripe was told of
+
+    @event("StatusMirrored")
+    def mirror(self, invoice_id: str, tenant_id: str, status: str) -> None:
+        """Stripe's copy now says what ours does: void, uncollectible, or paid out of band."""
+        self.mirrored = status
 
 
 class StripeWebhookEvent(Aggregate):
@@ -123,6 +129,20 @@ class StripeCommands:
             )
         except IntegrityError:
             return False
+        return True
+
+    def record_stripe_status(self: ControlPlane, ctx: CommandContext, tenant_id: str, invoice_id: str, status: str) -> bool:
+        """Record that Stripe's copy of the invoice was moved to `status`; False if it was before."""
+        found = self._stripe_aggregate(stripe_invoice_aggregate_id(invoice_id))
+        if not isinstance(found, StripeInvoice):
+            raise NotFound(f"invoice {invoice_id} was not pushed to Stripe")
+        if getattr(found, "mirrored", None) == status:
+            return False
+        found.mirror(invoice_id=invoice_id, tenant_id=tenant_id, status=status)
+        try:
+            self.save(found, self._audit(ctx, f"invoice.stripe_{status}", f"invoices/{invoice_id}", tenant_id))
+        except IntegrityError:
+            return False  # another process recorded it first
         return True
 
     def record_stripe_payment(
@@ -184,6 +204,13 @@ def describe(domain_event: Any) -> tuple[str, str, dict[str, Any]] | None:
                 "at": format_time(domain_event.timestamp),
             }
             return "omni.stripe.invoice_pushed", domain_event.tenant_id, data
+        case "StripeInvoice.StatusMirrored":
+            data = {
+                "invoice_id": domain_event.invoice_id,
+                "status": domain_event.status,
+                "at": format_time(domain_event.timestamp),
+            }
+            return "omni.stripe.invoice_status_mirrored", domain_event.tenant_id, data
         case "StripeWebhookEvent.Received":
             data = {"event_id": domain_event.event_id, "type": domain_event.kind, "invoice_id": domain_event.invoice_id}
             return "omni.stripe.webhook_received", domain_event.tenant_id, data

@@ -359,6 +359,7 @@ class StatusChanged:
     invoice_id: str
     status: str
     at: str
+    source: str
 
 
 BillingChange = DocumentFinalized | PeriodClosed | StatusChanged
@@ -371,7 +372,7 @@ def changes(event: Envelope) -> list[BillingChange]:
         case "omni.invoice.finalized" | "omni.credit_note.finalized":
             return [DocumentFinalized(data["invoice"])]
         case "omni.invoice.status_changed":
-            return [StatusChanged(data["invoice_id"], data["status"], data["at"])]
+            return [StatusChanged(data["invoice_id"], data["status"], data["at"], data.get("source", "admin"))]
         case "omni.billing.period_closed":
             return [PeriodClosed(data["period"], data["closed_at"], int(data["invoices"]), data["cut"])]
     return []

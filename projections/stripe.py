@@ -25,7 +25,13 @@ class InvoicePushed:
     at: str
 
 
-StripeChange = CustomerLinked | InvoicePushed
+@dataclass(frozen=True, slots=True)
+class StatusMirrored:
+    invoice_id: str
+    status: str
+
+
+StripeChange = CustomerLinked | InvoicePushed | StatusMirrored
 
 
 def changes(event: Envelope) -> list[StripeChange]:
@@ -38,4 +44,6 @@ def changes(event: Envelope) -> list[StripeChange]:
             return [
                 InvoicePushed(data["invoice_id"], event.tenant_id, data["stripe_invoice_id"], data["customer_id"], data["at"])
             ]
+        case "omni.stripe.invoice_status_mirrored":
+            return [StatusMirrored(data["invoice_id"], data["status"])]
     return []

@@ -23,7 +23,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS invoices (
     id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, kind TEXT NOT NULL, number TEXT NOT NULL, period TEXT NOT NULL,
     status TEXT NOT NULL, currency TEXT NOT NULL, total BIGINT NOT NULL, issued_at TEXT NOT NULL,
-    document TEXT NOT NULL, digest TEXT NOT NULL, status_changed_at TEXT);
+    document TEXT NOT NULL, digest TEXT NOT NULL, status_changed_at TEXT, status_source TEXT);
 CREATE INDEX IF NOT EXISTS invoices_by_tenant ON invoices (tenant_id, issued_at, id);
 CREATE TABLE IF NOT EXISTS billing_periods (
     period TEXT PRIMARY KEY, closed_at TEXT NOT NULL, invoices INTEGER NOT NULL, cut TEXT NOT NULL);
@@ -35,7 +35,7 @@ InvoiceRow = tuple[dict[str, Any], str, str | None]  # the finalized document, i
 def add_invoice(tx: Tx, document: Mapping[str, Any]) -> None:
     """Keep a finalized document once: a control event relayed twice changes nothing."""
     tx.execute(
-        "INSERT INTO invoices VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL) ON CONFLICT (id) DO NOTHING",
+        "INSERT INTO invoices VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL) ON CONFLICT (id) DO NOTHING",
         (
             document["id"],
             document["tenant_id"],
@@ -52,8 +52,9 @@ def add_invoice(tx: Tx, document: Mapping[str, Any]) -> None:
     )
 
 
-def set_status(tx: Tx, invoice_id: str, status: str, at: str) -> None:
-    tx.execute("UPDATE invoices SET status=?, status_changed_at=? WHERE id=?", (status, at, invoice_id))
+def set_status(tx: Tx, invoice_id: str, status: str, at: str, source: str) -> None:
+    """`source`: who moved it (`admin`, or `stripe` for what Stripe's webhook reported)."""
+    tx.execute("UPDATE invoices SET status=?, status_changed_at=?, status_source=? WHERE id=?", (status, at, source, invoice_id))
 
 
 def add_closed_period(tx: Tx, period: str, closed_at: str, invoices: int, cut: Mapping[str, Any]) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from projections.invoices import INVOICE
-from projections.stripe import CustomerLinked, InvoicePushed, StripeChange
+from projections.stripe import CustomerLinked, InvoicePushed, StatusMirrored, StripeChange
 from stores.database import Tx
 
 SCHEMA = """
@@ -18,7 +18,7 @@ CREATE TABLE IF NOT EXISTS stripe_customers (
     tenant_id TEXT PRIMARY KEY, customer_id TEXT NOT NULL, linked_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS stripe_invoices (
     invoice_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, stripe_invoice_id TEXT NOT NULL,
-    customer_id TEXT NOT NULL, pushed_at TEXT NOT NULL);
+    customer_id TEXT NOT NULL, pushed_at TEXT NOT NULL, mirrored_status TEXT);
 """
 
 FINALIZED = "finalized"
@@ -32,9 +32,28 @@ def write(tx: Tx, change: StripeChange) -> None:
             )
         case InvoicePushed(invoice_id, tenant_id, stripe_invoice_id, customer_id, at):
             tx.execute(
-                "INSERT INTO stripe_invoices VALUES (?, ?, ?, ?, ?) ON CONFLICT (invoice_id) DO NOTHING",
+                "INSERT INTO stripe_invoices VALUES (?, ?, ?, ?, ?, NULL) ON CONFLICT (invoice_id) DO NOTHING",
                 (invoice_id, tenant_id, stripe_invoice_id, customer_id, at),
             )
+        case StatusMirrored(invoice_id, status):
+            tx.execute("UPDATE stripe_invoices SET mirrored_status=? WHERE invoice_id=?", (status, invoice_id))
+
+
+# What Stripe is told when an admin moves a pushed invoice (Stripe's own payments come from Stripe).
+MIRRORED = ("void", "uncollectible", "paid")
+
+
+def to_mirror(tx: Tx, limit: int) -> list[tuple[str, str, str, str]]:
+    """(invoice id, tenant, Stripe invoice id, status) of pushed invoices an admin moved since Stripe
+    was last told: void, uncollectible, or paid outside Stripe."""
+    marks = ", ".join("?" for _ in MIRRORED)
+    rows = tx.execute(
+        "SELECT i.id, i.tenant_id, s.stripe_invoice_id, i.status FROM invoices i JOIN stripe_invoices s ON s.invoice_id = i.id "
+        f"WHERE i.status IN ({marks}) AND i.status_source = 'admin' "
+        "AND (s.mirrored_status IS NULL OR s.mirrored_status <> i.status) ORDER BY i.status_changed_at, i.id LIMIT ?",
+        (*MIRRORED, limit),
+    )
+    return [(str(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in rows]
 
 
 def unpushed(tx: Tx, limit: int) -> list[dict[str, Any]]:

@@ -189,8 +189,8 @@ def _write_billing_change(tx: Tx, change: invoices.BillingChange) -> None:
     match change:
         case invoices.DocumentFinalized(document):
             billing_store.add_invoice(tx, document)
-        case invoices.StatusChanged(invoice_id, status, at):
-            billing_store.set_status(tx, invoice_id, status, at)
+        case invoices.StatusChanged(invoice_id, status, at, source):
+            billing_store.set_status(tx, invoice_id, status, at, source)
         case invoices.PeriodClosed(period, closed_at, count, cut):
             billing_store.add_closed_period(tx, period, closed_at, count, cut)
 

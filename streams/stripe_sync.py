@@ -8,6 +8,10 @@ For each invoice (not credit note) still finalized and not yet pushed (stores.st
    minor units already, currency in lower case), then finalize;
 3. the Stripe invoice id recorded (record_stripe_invoice), which ends the invoice's push.
 
+4. later, what an admin does to a pushed invoice reaches Stripe's copy (mirror_once): void,
+   uncollectible, or paid outside Stripe (`paid_out_of_band`); Stripe's own payments, which its
+   webhook reported, are not sent back.
+
 Every request carries an idempotency key derived from our ids (`omni-customer-<tenant>`,
 `omni-<invoice>-invoice`, `-item-<n>`, `-finalize`): a push redone after a crash between Stripe's
 answer and our record sends the very same requests, and Stripe answers them as the first time
@@ -172,6 +176,31 @@ class StripeSync:
                 log.error("Stripe refused invoice %s; retrying next round: %s", document["id"], error)
         return Round(pushed, refused)
 
+    def mirror_once(self, limit: int = PER_ROUND) -> int:
+        """Tell Stripe of what an admin did to pushed invoices (void, uncollectible, paid out of band),
+        each with an idempotency key from our invoice id and the status; returns how many. A refusal
+        is logged and retried next round; an outage raises StripeUnavailable."""
+        with self.db.transaction() as tx:
+            pending = stripe_store.to_mirror(tx, limit)
+        done = 0
+        for invoice_id, tenant_id, stripe_invoice_id, status in pending:
+            options: Any = {"idempotency_key": f"omni-{invoice_id}-{status}"}
+            invoices = self.client.v1.invoices
+            try:
+                if status == "void":
+                    invoices.void_invoice(stripe_invoice_id, options=options)
+                elif status == "uncollectible":
+                    invoices.mark_uncollectible(stripe_invoice_id, options=options)
+                else:
+                    invoices.pay(stripe_invoice_id, params={"paid_out_of_band": True}, options=options)
+            except stripe.StripeError as error:
+                if is_outage(error):
+                    raise StripeUnavailable(f"{type(error).__name__}: {error}") from error
+                log.error("Stripe refused to mark invoice %s %s; retrying next round: %s", invoice_id, status, error)
+                continue
+            done += self.control.record_stripe_status(SYNC, tenant_id, invoice_id, status)
+        return done
+
     def push(self, document: Mapping[str, Any]) -> bool:
         """Push one invoice; False (nothing sent) if it was recorded as pushed before."""
         invoice_id, tenant_id = str(document["id"]), str(document["tenant_id"])
@@ -204,7 +233,8 @@ class StripeSync:
                 try:
                     if await asyncio.to_thread(leadership.hold):
                         done = await asyncio.to_thread(self.push_once)
-                        if done.pushed and self.wake is not None:
+                        mirrored = await asyncio.to_thread(self.mirror_once)
+                        if (done.pushed or mirrored) and self.wake is not None:
                             self.wake()
                         failures = failures + 1 if done.refused else 0
                 except StripeUnavailable as outage:

@@ -197,6 +197,69 @@ async def test_a_stripe_outage_loses_nothing_and_the_invoice_is_pushed_once_stri
     assert [c[2] for c in calls(delivered)].count(f"omni-{invoice['id']}-finalize") == 1
 
 
+async def test_what_an_admin_does_to_a_pushed_invoice_reaches_stripe_once(omni: Omni, proxy: RecordingProxy) -> None:
+    invoice = await one_invoice(omni)
+    sync = sync_through(omni, proxy)
+    assert (await asyncio.to_thread(sync.push_once)).pushed == 1
+    await omni.settle()
+    proxy.take()
+    assert await asyncio.to_thread(sync.mirror_once) == 0  # finalized: nothing to tell
+    assert proxy.take() == []
+
+    async def move(action: str) -> None:
+        response = await omni.client.post(
+            f"/v1/invoices/{invoice['id']}/{action}", json={"reason": "ops"}, headers=omni.auth(ADMIN)
+        )
+        assert response.status_code == 200, response.text
+        await omni.settle()
+
+    await move("mark-uncollectible")
+    assert await asyncio.to_thread(sync.mirror_once) == 1
+    await omni.settle()
+    await move("mark-paid")  # paid by wire: Stripe marks it paid out of band
+    assert await asyncio.to_thread(sync.mirror_once) == 1
+    await omni.settle()
+    assert await asyncio.to_thread(sync.mirror_once) == 0  # told once each
+    seen = proxy.take()
+    assert calls(seen) == [
+        ("POST", "/v1/invoices/{id}/mark_uncollectible", f"omni-{invoice['id']}-uncollectible"),
+        ("POST", "/v1/invoices/{id}/pay", f"omni-{invoice['id']}-paid"),
+    ]
+    assert seen[1].params == {"paid_out_of_band": "true"} and all(s.status == 200 for s in seen), seen
+    audit = [
+        e.data["action"]
+        for e in await logged(omni, omni.platform.topics.audit)
+        if e.data["resource"] == f"invoices/{invoice['id']}"
+    ]
+    assert audit[-4:] == ["invoice.uncollectible", "invoice.stripe_uncollectible", "invoice.paid", "invoice.stripe_paid"]
+
+
+async def test_a_voided_invoice_is_voided_in_stripe_and_stripes_own_payments_are_not_sent_back(
+    omni: Omni, proxy: RecordingProxy
+) -> None:
+    ((_, key), (_, other_key)) = await setup(omni, tenants=2)
+    await use(omni, key, tokens=10)
+    await use(omni, other_key, tokens=10)
+    this_month = BillingPeriod.of(datetime.now(UTC))
+    omni.platform.clock = lambda: after(this_month)
+    assert (await close(omni, this_month.text)).status_code == 200
+    (voided,), (paid,) = await invoices(omni, key), await invoices(omni, other_key)
+    sync = sync_through(omni, proxy)
+    assert (await asyncio.to_thread(sync.push_once)).pushed == 2
+    await omni.settle()
+    proxy.take()
+
+    response = await omni.client.post(
+        f"/v1/invoices/{voided['id']}/void", json={"reason": "wrong plan"}, headers=omni.auth(ADMIN)
+    )
+    assert response.status_code == 200, response.text
+    event = stripe_event("invoice.paid", paid["id"])
+    assert (await webhook(omni, event, signed(event))).json()["outcome"] == "recorded"
+    await omni.settle()
+    assert await asyncio.to_thread(sync.mirror_once) == 1
+    assert calls(proxy.take()) == [("POST", "/v1/invoices/{id}/void", f"omni-{voided['id']}-void")]
+
+
 def signed(payload: bytes, *, secret: str = SECRET, at: int | None = None) -> dict[str, str]:
     """Headers as Stripe signs a webhook: t=<unix time>,v1=<HMAC-SHA256(secret, "<t>.<body>")>."""
     moment = int(time.time()) if at is None else at
