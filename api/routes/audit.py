@@ -9,7 +9,6 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import APIRouter, Query
 from fastapi.responses import Response, StreamingResponse
-from pydantic import AwareDatetime
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import CallerDep, PlatformDep
@@ -20,6 +19,7 @@ from omni.audit_keys import public_pem
 from omni.bootstrap import Platform
 from projections.audit_chain import EMPTY, Head, checkpoint, export_lines
 from schemas.audit import AuditList
+from schemas.cloudevents import Rfc3339Time
 from schemas.envelope import format_time
 from schemas.ids import canonical_uuid
 from stores import audit as audit_store
@@ -65,8 +65,8 @@ def list_audit(
     platform: PlatformDep,
     principal: CallerDep,
     tenant: TenantQuery = None,
-    from_: Annotated[AwareDatetime | None, Query(alias="from", description="Entries recorded at or after (RFC 3339)")] = None,
-    to: Annotated[AwareDatetime | None, Query(description="Entries recorded before (RFC 3339)")] = None,
+    from_: Annotated[Rfc3339Time | None, Query(alias="from", description="Entries recorded at or after (RFC 3339)")] = None,
+    to: Annotated[Rfc3339Time | None, Query(description="Entries recorded before (RFC 3339)")] = None,
     action: Annotated[str | None, Query(max_length=200, pattern=NO_NUL, description="e.g. `api_key.revoke`")] = None,
     actor: Annotated[str | None, Query(max_length=200, pattern=NO_NUL, description="The key id that acted")] = None,
     outcome: Annotated[Literal["accepted", "rejected"] | None, Query()] = None,
