@@ -41,6 +41,9 @@ QUOTA_AFTER_APPEND = "quota.after_append"
 # Notices stored in the event store, their rows in the views not marked recorded: recorded again
 # (the event store refuses each as a duplicate), published once.
 NOTICES_AFTER_RECORD = "notices.after_record"
+# Audit entries linked into their chains and the audit checkpoint written, not committed: nothing
+# stays, and the batch is linked again after the restart, to the same hashes.
+AUDIT_BEFORE_COMMIT = "audit.before_commit"
 
 POINTS = (
     METERS_BEFORE_COMMIT,
@@ -54,6 +57,7 @@ POINTS = (
     QUOTA_BEFORE_APPEND,
     QUOTA_AFTER_APPEND,
     NOTICES_AFTER_RECORD,
+    AUDIT_BEFORE_COMMIT,
 )
 ENVIRONMENT = "OMNI_FAILPOINTS"
 

@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     stripe_api_key: str | None = None
     stripe_api_base: str | None = None
     stripe_webhook_secret: str | None = None
+    # The audit trail (README, "Audit trail"): the Ed25519 key that signs checkpoints (PEM, or a file
+    # holding it; None: generated once), and how many entries of a chain each periodic checkpoint closes.
+    audit_signing_key: str | None = Field(default=None, repr=False)
+    audit_checkpoint_every: int = Field(default=100, ge=1, le=1_000_000)
     # The HTTP edge (api/edge.py, api/server.py): what one request may cost before it is refused.
     max_header_bytes: int = Field(default=16 * 1024, ge=1024)  # names and values of all headers, together
     header_timeout_seconds: float = Field(default=10.0, gt=0)  # from a request's first byte to its last header

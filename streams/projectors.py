@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from omni import failpoints, metrics
-from projections import catalog, invoices, quotas
+from projections import audit_chain, catalog, invoices, quotas
 from projections import plans as plan_view
 from projections import stripe as stripe_view
 from projections.meter_state import BucketState
@@ -28,6 +30,7 @@ from projections.plans import changes as plan_changes
 from schemas.envelope import Envelope, NewerSchema, decode
 from schemas.text import NUL_ESCAPE, json_holds_nul
 from schemas.topics import Topics
+from stores import audit as audit_store
 from stores import billing as billing_store
 from stores import plans as plan_store
 from stores import quotas as quota_store
@@ -43,6 +46,7 @@ METERS = "meters"
 API_CALLS = "api-calls"  # the meters' fold of the api_calls topic (self-metering), with checkpoints of its own
 PURGE_EVERY_BATCHES = 200
 CATALOG = "catalog"
+AUDIT = "audit"  # the audit topic's fold into the tenants' hash chains
 CATALOG_APPLIED = "catalog-applied"  # the highest event-store position the catalog views hold
 
 
@@ -205,6 +209,44 @@ def _write_plan_change(tx: Tx, change: plan_view.Change) -> None:
             plan_store.set_override(tx, change.tenant_id, change.entitlement)
         case plan_view.OverrideRemoved():
             plan_store.remove_override(tx, change.tenant_id, change.meter)
+
+
+class AuditProjector:
+    """Audit topic -> one hash chain per tenant (projections.audit_chain), with periodic signed
+    checkpoints. The topic is keyed by tenant, so each chain lives in one partition and is linked
+    in the log's order; an entry the relay republished (same id) is linked once. The entries, the
+    heads and the offsets commit in one transaction, so a rebuild from the log gives the same hashes."""
+
+    def __init__(self, db: Database, topics: Topics, key: Ed25519PrivateKey, *, every: int) -> None:
+        self.db = db
+        self.topic = topics.audit
+        self.key = key
+        self.every = every
+
+    def process(self, partition: int, records: Sequence[LogRecord]) -> int:
+        with self.db.transaction() as tx:
+            start = views.lock_checkpoint(tx, AUDIT, self.topic, partition)
+            fresh = [r for r in records if r.offset >= start]
+            if not fresh:
+                return 0
+            mishaps = Mishaps()
+            _check_contiguous(self.topic, partition, start, fresh, mishaps)
+            pairs = [(r, e) for r, e in decoded(tx, AUDIT, fresh, mishaps) if e.type == audit_chain.AUDIT_TYPE]
+            events = [e for _, e in pairs]
+            seen = audit_store.known(tx, [e.id for e in events])
+            heads = audit_store.heads(tx, (e.tenant_id for e in events))
+            folded = audit_chain.fold(heads, events, seen, every=self.every, key=self.key)
+            offsets = {id(e): r.offset for r, e in pairs}
+            for event, reason in folded.unlinked:
+                views.add_dead_letter(tx, AUDIT, self.topic, partition, offsets[id(event)], reason)
+                mishaps.dead_letters += 1
+            changed = {entry["chain"] for entry in folded.entries}
+            audit_store.write(tx, folded.entries, folded.checkpoints, {chain: folded.heads[chain] for chain in changed})
+            views.set_checkpoint(tx, AUDIT, self.topic, partition, fresh[-1].offset + 1)
+            failpoints.hit(failpoints.AUDIT_BEFORE_COMMIT)
+        mishaps.count(AUDIT)
+        metrics.PROJECTED.labels(AUDIT).inc(len(fresh))
+        return len(fresh)
 
 
 class MeterProjector:

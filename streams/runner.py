@@ -12,12 +12,13 @@ import time
 from collections.abc import Awaitable, Callable
 
 from omni import metrics
+from omni.audit_keys import signing_key
 from omni.settings import Settings
 from stores import views
 from stores.database import Database
 from streams.log import EventLog, LogUnavailable
 from streams.pausing import Pause, pause
-from streams.projectors import API_CALLS, CATALOG, CatalogProjector, MeterProjector
+from streams.projectors import API_CALLS, AUDIT, CATALOG, AuditProjector, CatalogProjector, MeterProjector
 from streams.quota_ledger import FactLedger, Rebuilding
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class Runner:
         *,
         batch_size: int = 5000,
         api_calls: MeterProjector | None = None,
+        audit: AuditProjector | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         pause_: Pause = pause,
@@ -48,6 +50,7 @@ class Runner:
         self.catalog = catalog
         self.meters = meters  # the usage topic's
         self.api_calls = api_calls  # the api_calls topic's (self-metering), when wired
+        self.audit = audit  # the audit topic's hash chains, when wired
         self.batch_size = batch_size
         self.clock = clock  # the schedules of the api_calls fold and of the lag report
         self.sleep = sleep  # the wait after a failed step
@@ -59,18 +62,19 @@ class Runner:
         """Every topic the meters fold, each with its projector."""
         return (self.meters,) if self.api_calls is None else (self.meters, self.api_calls)
 
-    def _heads(self) -> tuple[dict[int, int], list[dict[int, int]]]:
+    def _heads(self) -> tuple[dict[int, int], list[dict[int, int]], dict[int, int]]:
         with self.meters.db.transaction() as tx:
             return (
                 views.checkpoints(tx, CATALOG, self.catalog.topic),
                 [views.checkpoints(tx, m.consumer, m.topic) for m in self.meter_projectors],
+                {} if self.audit is None else views.checkpoints(tx, AUDIT, self.audit.topic),
             )
 
     async def step(self, *, everything: bool = False) -> int:
         """One pass over every partition; returns how many records were applied. The api_calls
         topic is passed over until API_CALLS_EVERY has gone by since its last fold, unless told
         `everything`."""
-        catalog_heads, meter_heads = await asyncio.to_thread(self._heads)
+        catalog_heads, meter_heads, audit_heads = await asyncio.to_thread(self._heads)
         moved = 0
         for partition in range(self.log.topics.partitions(self.catalog.topic)):
             records = await self.log.read(self.catalog.topic, partition, catalog_heads.get(partition, 0), self.batch_size)
@@ -86,14 +90,21 @@ class Runner:
                 records = await self.log.read(meters.topic, partition, heads.get(partition, 0), self.batch_size)
                 if records:
                     moved += await asyncio.to_thread(meters.process, partition, records)
+        if self.audit is not None:
+            for partition in range(self.log.topics.partitions(self.audit.topic)):
+                records = await self.log.read(self.audit.topic, partition, audit_heads.get(partition, 0), self.batch_size)
+                if records:
+                    moved += await asyncio.to_thread(self.audit.process, partition, records)
         return moved + await self.catch_up()
 
     async def lag(self) -> dict[tuple[str, int], int]:
         """Records on the log the views do not hold yet, per (projector, partition)."""
-        catalog_heads, meter_heads = await asyncio.to_thread(self._heads)
+        catalog_heads, meter_heads, audit_heads = await asyncio.to_thread(self._heads)
         found: dict[tuple[str, int], int] = {}
         sources = [(CATALOG, self.catalog.topic, catalog_heads)]
         sources += [(m.consumer, m.topic, heads) for m, heads in zip(self.meter_projectors, meter_heads, strict=True)]
+        if self.audit is not None:
+            sources.append((AUDIT, self.audit.topic, audit_heads))
         for projector, topic, heads in sources:
             for partition, end in (await self.log.end_offsets(topic)).items():
                 found[(projector, partition)] = max(0, end - heads.get(partition, 0))
@@ -150,7 +161,8 @@ class Runner:
 
 def build_runner(settings: Settings, db: Database, log_: EventLog, ledger: FactLedger | None = None) -> Runner:
     """The projectors and their runner, as every mode and process wires them (`ledger`: the quota
-    counters of embedded mode, which count facts as the meters fold them)."""
+    counters of embedded mode, which count facts as the meters fold them). The views' tables must
+    be migrated: Kafka mode may keep the audit signing key there (omni.audit_keys)."""
     # De-duplication must last as long as an event can still be admitted.
     keep_seen = settings.acceptance_window + settings.future_tolerance
     topics = log_.topics
@@ -160,4 +172,5 @@ def build_runner(settings: Settings, db: Database, log_: EventLog, ledger: FactL
         MeterProjector(db, topics, keep_seen=keep_seen, ledger=ledger),
         batch_size=settings.runner_batch_size,
         api_calls=MeterProjector(db, topics, keep_seen=keep_seen, topic=topics.api_calls, consumer=API_CALLS, ledger=ledger),
+        audit=AuditProjector(db, topics, signing_key(settings, db), every=settings.audit_checkpoint_every),
     )

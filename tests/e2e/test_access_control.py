@@ -63,6 +63,9 @@ ROUTES: dict[tuple[str, str], str] = {
     ("POST", "/v1/invoices/{invoice_id}/mark-uncollectible"): ADMIN_ONLY,
     ("POST", "/v1/invoices/{invoice_id}/mark-paid"): ADMIN_ONLY,
     ("POST", "/v1/webhooks/stripe"): SIGNED,
+    ("GET", "/v1/audit"): EITHER,  # a tenant's own chain; the admin's `_platform`, or `?tenant=`
+    ("GET", "/v1/audit/export"): EITHER,
+    ("GET", "/v1/audit/public-key"): EITHER,
 }
 
 

@@ -269,3 +269,51 @@ def on_the_log(server: Server) -> tuple[list[str], list[str], list[str]]:
         sorted(e["id"] for e in quota_events if e["type"] == "omni.quota.refused"),
         sorted(e["data"]["id"] for topic, e in events if topic == "omni.notifications"),
     )
+
+
+def test_a_kill_before_the_audit_fold_commits_links_each_entry_once(tmp_path: Path) -> None:
+    """audit.before_commit: the server killed while the second batch of audit entries is linked
+    into its chain, before the commit. After the restart the chain holds each audit event on the
+    log once, in the log's order, without a gap, and its export verifies."""
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    from projections.audit_verify import Intact, verify
+
+    server = ArmedServer(tmp_path / "data", f"{failpoints.AUDIT_BEFORE_COMMIT}=kill@2")
+    server.start()
+    try:
+        tenant = server.call(lambda: created_tenant(server))
+        key = {"Authorization": f"Bearer {tenant['api_key']}"}
+        keys_url = f"{server.url}/v1/tenants/{tenant['id']}/keys"
+        for i in range(4):
+            issued = server.call(lambda i=i: httpx.post(keys_url, json={"label": f"k{i}"}, headers=key, timeout=30))  # type: ignore[misc]
+            assert issued.status_code == 201, issued.text
+            server.call(lambda: chain_holds_the_log(server, key, tenant["id"]))  # folded before the next command
+        assert server.kills == 1, "audit.before_commit was never reached"
+        time.sleep(0.5)  # and nothing is linked twice later
+        entries = chain_holds_the_log(server, key, tenant["id"])
+        assert [e["seq"] for e in entries] == list(range(1, len(entries) + 1)) and len(entries) >= 5
+        export = httpx.get(server.url + "/v1/audit/export", headers=key).content.splitlines()
+        public_key = load_pem_public_key(httpx.get(server.url + "/v1/audit/public-key", headers=key).content)
+        outcome = verify(export, public_key)  # type: ignore[arg-type]
+        assert isinstance(outcome, Intact) and outcome.entries == len(entries), outcome
+    finally:
+        server.stop()
+
+
+def chain_holds_the_log(server: Server, key: dict[str, str], tenant_id: str, timeout: float = 30) -> list[dict[str, Any]]:
+    """Wait until the tenant's chain lists exactly the distinct audit events the log holds for it,
+    in the log's order (never another); the chain."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with sqlite3.connect(server.data_dir / "log.sqlite") as log:
+            rows = log.execute("SELECT value FROM records WHERE topic = 'omni.audit' ORDER BY partition, \"offset\"").fetchall()
+        on_log = list(dict.fromkeys(e["omniid"] for e in map(orjson.loads, (r[0] for r in rows)) if e["tenantid"] == tenant_id))
+        response = httpx.get(server.url + "/v1/audit", params={"limit": 500}, headers=key)
+        assert response.status_code == 200, response.text
+        entries: list[dict[str, Any]] = response.json()["data"]
+        assert [e["id"] for e in entries] == on_log[: len(entries)], "the chain is not the log's audit events in order"
+        if len(entries) == len(on_log):
+            return entries
+        assert time.monotonic() < deadline, f"timed out: {len(entries)} entries linked, {len(on_log)} on the log"
+        time.sleep(0.02)

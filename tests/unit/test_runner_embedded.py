@@ -103,6 +103,7 @@ def test_build_runner_wires_both_topics_with_the_settings(tmp_path: Path) -> Non
     assert (runner.api_calls.topic, runner.api_calls.consumer) == (topics.api_calls, API_CALLS)
     assert runner.meters.keep_seen == runner.api_calls.keep_seen == timedelta(seconds=3660)
     assert runner.meter_projectors == (runner.meters, runner.api_calls)
+    assert runner.audit is not None and runner.audit.topic == topics.audit
 
 
 async def test_a_step_folds_the_catalog_and_usage_and_says_how_many_records_it_moved(embedded: Embedded) -> None:
@@ -112,8 +113,8 @@ async def test_a_step_folds_the_catalog_and_usage_and_says_how_many_records_it_m
     await use(embedded, str(tenant.id), 20)
     ends = await embedded.log.end_offsets(embedded.log.topics.usage)
 
-    # Batches of 7: the 3 control records, then at most 7 usage records per partition and step.
-    assert await embedded.runner.step() == 3 + sum(min(7, end) for end in ends.values())
+    # Batches of 7: the 3 control records, at most 7 usage records per partition and step, and the 2 audit entries.
+    assert await embedded.runner.step() == 3 + sum(min(7, end) for end in ends.values()) + 2
     await embedded.runner.drain()
     assert await embedded.runner.step() == 0
 
@@ -126,7 +127,11 @@ async def test_a_step_folds_the_catalog_and_usage_and_says_how_many_records_it_m
     assert embedded.read(lambda tx: views.checkpoints(tx, METERS, embedded.log.topics.usage)) == {
         p: e for p, e in ends.items() if e
     }
+    # Each audit entry linked into its chain: the tenant's creation, and the platform's meter.
+    chains = embedded.read(lambda tx: tx.execute("SELECT chain, length FROM audit_heads"))
+    assert {tuple(row) for row in chains} == {("_platform", 1), (str(tenant.id), 1)}
     assert set((await embedded.runner.lag()).values()) == {0}
+    assert ("audit", 0) in await embedded.runner.lag()
 
 
 async def test_a_republished_catalog_changes_nothing_and_never_lowers_the_position_applied(embedded: Embedded) -> None:
@@ -138,7 +143,8 @@ async def test_a_republished_catalog_changes_nothing_and_never_lowers_the_positi
     with embedded.db.transaction() as tx:
         views.set_relay_position(tx, RELAY, 0)  # published, the position never saved: all again
     await embedded.relay.relay_once()
-    assert await embedded.runner.step() == 3
+    assert await embedded.runner.step() == 3 + 2  # the control records, and the audit entries: each linked once
+    assert sorted(row[0] for row in embedded.read(lambda tx: tx.execute("SELECT length FROM audit_heads"))) == [1, 1]
     assert embedded.read(lambda tx: views.relay_position(tx, CATALOG_APPLIED)) == applied
     assert len(embedded.read(lambda tx: views.tenants(tx, 100, None))) == 1
     assert [m.slug for m in embedded.read(views.meter_definitions)] == ["calls"]
@@ -276,8 +282,8 @@ async def test_a_step_counts_what_its_catch_up_folded_on_every_partition(embedde
     await embedded.runner.drain()
     embedded.control.define_meter(CTX, TOKENS)
     await embedded.relay.relay_once()
-    # the definition (1 control record), then catch-up: a batch of 7 on each partition
-    assert await embedded.runner.step() == 1 + 7 + 7
+    # the definition (1 control record, 1 audit entry), then catch-up: a batch of 7 on each partition
+    assert await embedded.runner.step() == 1 + 1 + 7 + 7
     assert await embedded.runner.catch_up() == 7 + 7
     await embedded.runner.drain()
     assert (embedded.total("tokens", ON_0), embedded.total("tokens", ON_1)) == (40, 40)
