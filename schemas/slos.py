@@ -35,13 +35,24 @@ _SLI_RULES = {
     "allOf": [
         {
             "if": {"properties": {"sli": {"const": "availability"}}},
-            "then": {"required": ["status_property"], "properties": {"status_property": {"type": "string"}}},
+            "then": {
+                "required": ["status_property"],
+                "properties": {
+                    "status_property": {"type": "string"},
+                    "latency_property": {"type": "null"},
+                    "threshold_ms": {"type": "null"},
+                },
+            },
         },
         {
             "if": {"properties": {"sli": {"const": "latency"}}},
             "then": {
                 "required": ["latency_property", "threshold_ms"],
-                "properties": {"latency_property": {"type": "string"}, "threshold_ms": {"type": "number"}},
+                "properties": {
+                    "latency_property": {"type": "string"},
+                    "threshold_ms": {"type": "number"},
+                    "status_property": {"type": "null"},
+                },
             },
         },
     ]
