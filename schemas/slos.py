@@ -11,6 +11,7 @@ from schemas.meters import JsonPath
 from schemas.text import Text
 
 SLO_NAME_PATTERN = r"^[a-z0-9][a-z0-9_\-]{0,62}$"
+JSON_PATH_PATTERN = r"^\$(\.[A-Za-z_][A-Za-z0-9_\-]*)+$"  # schemas.meters.JsonPath's
 
 
 class Sli(StrEnum):
@@ -28,7 +29,10 @@ class SloWindow(StrEnum):
         return int(self.value.removesuffix("d")) * 86400
 
 
-MatchValue = Annotated[str | int | float | bool | None, Field(description="Equal to this JSON value")]
+# Text: a NUL in a control event would have the catalog fold dead-letter it (streams.projectors.decoded).
+MatchValue = Annotated[
+    Text | int | Annotated[float, Field(allow_inf_nan=False)] | bool | None, Field(description="Equal to this JSON value")
+]
 
 # The rules `_consistent` checks, told in JSON Schema too, so clients and fuzzers know them.
 _SLI_RULES = {
@@ -66,7 +70,10 @@ class SloBody(BaseModel):
 
     event_type: Text = Field(min_length=1, max_length=256, description="CloudEvent `type` the SLO counts")
     match: dict[JsonPath, MatchValue] = Field(
-        default_factory=dict, max_length=16, description='Equality filters on JSON paths, e.g. {"$.data.model": "large"}'
+        default_factory=dict,
+        max_length=16,
+        description='Equality filters on JSON paths, e.g. {"$.data.model": "large"}',
+        json_schema_extra={"propertyNames": {"pattern": JSON_PATH_PATTERN}},
     )
     sli: Sli
     status_property: JsonPath | None = Field(default=None, description="availability: where the status is")
