@@ -134,6 +134,11 @@ async def test_status_and_history_from_the_log(omni: Omni) -> None:
         (4, 4, 1.0),
         (0, 0, None),
     ]
+    # A revision is a new version, folded afresh from the whole log: the same events, judged anew.
+    revised = {**LARGE, "sli": "latency", "status_property": None, "latency_property": "$.data.status", "threshold_ms": 503}
+    await put_slo(omni, key, "large", {k: v for k, v in revised.items() if v is not None}, 200)
+    again = await status_of(omni, key, "large")
+    assert (again["version"], again["good"], again["total"]) == (2, 8, 8), "503 ms is within 503"
     uneven = {**params, "from": _text(now - timedelta(minutes=3, seconds=1))}
     assert (await omni.client.get("/v1/slos/large/history", params=uneven, headers=omni.auth(key))).status_code == 422
     assert a
