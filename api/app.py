@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import docs, edge, metering, openapi, problems, tracing
-from api.routes import audit, events, health, invoices, meters, plans, quotas, tenants, webhooks
+from api.routes import audit, events, health, invoices, meters, plans, quotas, slos, tenants, webhooks
 from omni.bootstrap import Platform, build
 from omni.settings import Settings
 
@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None, *, platform: Platform | None = 
         audit.router,
     ):
         app.include_router(router)
+    app.include_router(slos.router)
     app.include_router(webhooks.router)  # authenticated by Stripe's signature, not an API key (api/edge.py)
     openapi.install(app, platform.settings)
     docs.install(app)

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from omni import failpoints, metrics
 from projections import audit_chain, catalog, invoices, quotas
 from projections import plans as plan_view
+from projections import slos as slo_view
 from projections import stripe as stripe_view
 from projections.meter_state import BucketState
 from projections.meters import BucketKey, MeterIndex, apply
@@ -34,11 +35,13 @@ from stores import audit as audit_store
 from stores import billing as billing_store
 from stores import plans as plan_store
 from stores import quotas as quota_store
+from stores import slos as slo_store
 from stores import stripe as stripe_store
 from stores import views
 from stores.database import Database, Tx
 from streams.log import LogRecord
 from streams.quota_ledger import FactLedger
+from streams.slos import SloFold
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +142,8 @@ class CatalogProjector:
                     _write_billing_change(tx, billing_change)
                 for stripe_change in stripe_view.changes(event):
                     stripe_store.write(tx, stripe_change)
+                for slo in slo_view.changes(event):
+                    slo_store.put(tx, slo.owner, slo.name, slo.version, slo.definition, slo.at)
                 position = max(position, catalog.store_position(event))
             views.set_checkpoint(tx, CATALOG, self.topic, partition, fresh[-1].offset + 1)
             # Records relayed by older versions carry no position; one republished after a relay's
@@ -271,6 +276,7 @@ class MeterProjector:
         self.consumer = consumer
         self.keep_seen = keep_seen  # at least as long as an event can be admitted
         self._batches = 0
+        self.slos = SloFold(db, self.topic, consumer)  # folded in the same transaction, from the same events
 
     def process(self, partition: int, records: Sequence[LogRecord]) -> int:
         with self.db.transaction() as tx:
@@ -298,6 +304,7 @@ class MeterProjector:
             elif self.ledger is not None:
                 self.ledger.add_facts(self.topic, partition, start, end, lambda since: {})
             views.merge_buckets(tx, deltas)
+            self.slos.fold_live(tx, partition, start, end, kept)
             views.set_checkpoint(tx, self.consumer, self.topic, partition, end)
             views.set_meter_checkpoints(tx, self.topic, partition, {slug: end for slug in live})
             failpoints.hit(failpoints.METERS_BEFORE_COMMIT)

@@ -115,12 +115,17 @@ class Runner:
             metrics.VIEWS_LAG.labels(projector, str(partition)).set(records)
 
     async def catch_up(self) -> int:
-        """Fold history into meters defined after their events arrived, from every topic meters fold."""
+        """Fold history into meters and SLOs defined after their events arrived, from every topic meters fold."""
         moved = 0
         for meters in self.meter_projectors:
             for lag in await asyncio.to_thread(meters.lagging):
                 records = await self.log.read(meters.topic, lag.partition, lag.start, min(self.batch_size, lag.end - lag.start))
                 moved += await asyncio.to_thread(meters.catch_up, lag, records)
+            for slo_lag in await asyncio.to_thread(meters.slos.lagging):  # SLOs too (streams.slos)
+                size = min(self.batch_size, slo_lag.end - slo_lag.start)
+                moved += await asyncio.to_thread(
+                    meters.slos.catch_up, slo_lag, await self.log.read(meters.topic, slo_lag.partition, slo_lag.start, size)
+                )
         return moved
 
     async def drain(self, rounds: int = 10_000, *, wait_for_counters: float = 60.0) -> None:

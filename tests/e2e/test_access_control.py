@@ -66,6 +66,11 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/v1/audit"): EITHER,  # a tenant's own chain; the admin's `_platform`, or `?tenant=`
     ("GET", "/v1/audit/export"): EITHER,
     ("GET", "/v1/audit/public-key"): EITHER,
+    # A tenant's SLO covers its own events, the admin's every tenant's; each sees only its own.
+    ("PUT", "/v1/slos/{name}"): EITHER,
+    ("GET", "/v1/slos"): EITHER,
+    ("GET", "/v1/slos/{name}"): EITHER,
+    ("GET", "/v1/slos/{name}/history"): EITHER,
 }
 
 
@@ -94,6 +99,16 @@ def request_body(method: str, path: str) -> dict[str, Any]:
         return {"json": {"limit": 5, "period": "DAY"}}
     if (method, path) == ("POST", "/v1/quotas/{meter}/consume"):
         return {"json": {"amount": 1, "idempotency_key": "acl-1"}}
+    if (method, path) == ("PUT", "/v1/slos/{name}"):
+        return {
+            "json": {
+                "event_type": "call",
+                "sli": "availability",
+                "status_property": "$.data.status",
+                "objective": 99,
+                "window": "7d",
+            }
+        }
     if method == "POST" and path.startswith("/v1/invoices/"):
         return {"json": {"reason": "acl"}}
     if method == "POST":
@@ -113,7 +128,7 @@ async def tenant_with_a_meter(omni: Omni) -> tuple[dict[str, str], str]:
     await omni.meter(slug="calls", event_type="call", aggregation="COUNT")
     await omni.settle()
     ids = {"tenant_id": tenant_id, "key_id": key.split("_")[1], "slug": "calls", "meter": "calls", "period": "2020-01"}
-    return {**ids, "invoice_id": str(uuid.uuid4())}, key
+    return {**ids, "invoice_id": str(uuid.uuid4()), "name": "acl-slo"}, key
 
 
 async def test_every_route_is_classified(omni: Omni) -> None:
@@ -177,6 +192,18 @@ async def test_bodies_cannot_assign_what_the_key_decides(omni: Omni) -> None:
         ("POST", f"/v1/tenants/{a_id}/keys", {"label": "x", "tenant_id": b_id}),
         ("POST", f"/v1/tenants/{a_id}/keys", {"label": "x", "role": "admin"}),
         ("POST", "/v1/meters", {"slug": "m", "event_type": "t", "aggregation": "COUNT", "tenant_id": a_id}),
+        (
+            "PUT",
+            "/v1/slos/s",
+            {
+                "event_type": "t",
+                "sli": "availability",
+                "status_property": "$.data.s",
+                "objective": 99,
+                "window": "7d",
+                "owner": b_id,
+            },
+        ),
     ]:
         key = ADMIN if path in ("/v1/tenants", "/v1/meters") else a_key
         response = await omni.client.request(method, path, json=body, headers=omni.auth(key))
