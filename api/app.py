@@ -63,9 +63,9 @@ def create_app(settings: Settings | None = None, *, platform: Platform | None = 
         quotas.router,
         invoices.router,
         audit.router,
+        slos.router,
     ):
         app.include_router(router)
-    app.include_router(slos.router)
     app.include_router(webhooks.router)  # authenticated by Stripe's signature, not an API key (api/edge.py)
     openapi.install(app, platform.settings)
     docs.install(app)
