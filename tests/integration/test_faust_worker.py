@@ -285,6 +285,7 @@ async def test_two_workers_one_sigkilled_mid_stream_the_survivor_takes_its_parti
         topics.control: [0],
         topics.usage: list(range(topics.usage_partitions)),
         topics.api_calls: list(range(topics.usage_partitions)),
+        topics.audit: list(range(topics.partitions(topics.audit))),  # the audit chains' fold
     }
     await wait_for(lambda: _assigned(workers, everything), workers, 60, "both workers ready, sharing the partitions")
 
