@@ -11,10 +11,11 @@ exactly.
 
 Baselines, in the same run, on the same Redis and Kafka, from `clients` concurrent asyncio tasks
 in this process: (a) EVALSHA of consume's own decision script (streams.redis_quotas.CONSUME) on
-keys of their own; (b) aiokafka `send_and_wait`, acks=all and idempotent as the API's producer,
-of a record the size of consume's usage event, with its headers, to the partition of the same
-tenants; (c) the two chained, and (d) the chain with the settle script after the send: the I/O
-of one consume and nothing else, the floor it is measured against ("share of floor").
+keys of their own, one consume a call (the API groups the consumes that arrive together into one
+call); (b) aiokafka `send_and_wait`, acks=all and idempotent as the API's producer, of a record
+the size of consume's usage event, with its headers, to the partition of the same tenants; (c) the
+two chained, and (d) the chain with the settle script after the send: the I/O of one consume and
+nothing else, the floor it is measured against ("share of floor").
 """
 
 from __future__ import annotations
@@ -348,9 +349,10 @@ async def baselines(stack: Stack, o: Options, tenants: Sequence[str]) -> dict[st
 
         async def script(t: int, i: int) -> list[Any]:
             tenant = tenants[t % len(tenants)]
-            args = [prefix, tenant, "f" * 64, 25_000, OPEN_LIMIT * 1000, "1", field(meter, day), field(meter, day)]
-            args += [field(meter, month), PENDING_MS, day.text]
-            return await consume(keys=[prefix + "built", answer(t, i)], args=args)  # type: ignore[no-any-return]
+            args = [prefix, PENDING_MS, tenant, "f" * 64, 25_000, OPEN_LIMIT * 1000, "1", field(meter, day)]
+            args += [field(meter, day), field(meter, month), day.text]
+            [reply] = await consume(keys=[prefix + "built", answer(t, i)], args=args)  # a group of one
+            return reply  # type: ignore[no-any-return]
 
         async def send(t: int, i: int) -> None:
             tenant = tenants[t % len(tenants)]
@@ -367,7 +369,7 @@ async def baselines(stack: Stack, o: Options, tenants: Sequence[str]) -> dict[st
             reply = await script(t, i)
             await send(t, i)
             pending = reply[4].decode() if isinstance(reply[4], bytes) else str(reply[4])
-            await settle(keys=[answer(t, i)], args=[pending, pending.replace("pending|", "done|", 1), 60_000])
+            await settle(keys=[answer(t, i)], args=[60_000, pending, pending.replace("pending|", "done|", 1)])
 
         found: dict[str, Timed | int] = {"record_bytes": len(records[0][0])}
         for name, call in (("script", script), ("send", send), ("chain", chained), ("chain_settled", chained_settled)):
