@@ -146,3 +146,21 @@ async def test_json_media_types_are_taken(omni: Omni, media: str) -> None:
         layer.app = original
     assert answer.status_code == 200, answer.text
     assert taken == [], "answered by the lean path, not handed on"
+
+
+async def test_a_log_outage_is_503_on_both_paths(omni: Omni, monkeypatch: pytest.MonkeyPatch) -> None:
+    from streams.log import LogUnavailable
+
+    await omni.client.get("/healthz")
+    await omni.meter(**TOKENS)
+    await omni.settle()
+    _, key = await omni.tenant("outage")
+    assert omni.platform.quotas is not None
+
+    async def down(request: Any) -> Any:
+        raise LogUnavailable("the log is away")
+
+    monkeypatch.setattr(omni.platform.quotas, "consume", down)
+    lean, routed = await both(omni, key, "tokens", {"amount": 1, "idempotency_key": "o-1"})
+    assert lean.status_code == 503 and lean.headers["retry-after"] == "1", lean.text
+    assert shown(lean) == shown(routed)
