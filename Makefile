@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: bench-full bench-smoke lint mutation run run-kafka test test-unit soak services-up services-down bench clean
+.PHONY: bench-full bench-smoke lint mutation run run-kafka test test-unit soak services-up services-down tools bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,13 +19,16 @@ run: $(STAMP)  ## Embedded mode on http://127.0.0.1:8000 (state in $OMNI_DATA_DI
 services-up:  ## Kafka, PostgreSQL and Redis, unless their URLs point at running ones
 	bash ops/services/up.sh
 
+tools:  ## What tests drive besides the services: headless Chromium (Debian's package) for the pages Omni serves
+	bash ops/services/chromium.sh
+
 services-down:
 	bash ops/services/down.sh
 
 lint: $(STAMP)  ## ruff: the lint rules and the formatting of pyproject.toml
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-test: $(STAMP) lint services-up  ## Lint, then the whole suite against real services
+test: $(STAMP) lint services-up tools  ## Lint, then the whole suite against real services
 	eval "$$(bash ops/services/env.sh)" && OMNI_REQUIRE_SERVICES=1 $(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 
 soak: $(STAMP) services-up  ## Long fault-injection runs (OMNI_SOAK_EVENTS, OMNI_SOAK_KILLS)
@@ -44,8 +47,9 @@ bench: $(STAMP) services-up  ## Benchmarks (not part of `make test`), at sizes t
 bench-smoke: $(STAMP) services-up  ## Every benchmark at a tiny size, reports to a temporary folder (about a minute)
 	eval "$$(bash ops/services/env.sh)" && OMNI_REQUIRE_SERVICES=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m bench_smoke
 
-bench-full: $(STAMP) services-up  ## Benchmarks at the sizes the README reports (10M-event queries, 1M-event replay; about 45 minutes)
+bench-full: $(STAMP) services-up  ## Benchmarks at the sizes the README reports (10M-event queries, 1M-event replay and close; about 60 minutes)
 	eval "$$(bash ops/services/env.sh)" && BENCH_QUERY_LATENCY_EVENTS=10000000 BENCH_REPLAY_EVENTS=1000000 \
+		BENCH_CLOSE_PERIOD_EVENTS=1000000 BENCH_CLOSE_PERIOD_TENANTS=100,1000,10000 \
 		$(BIN)/python -m ops.bench.run
 
 MUTATION_VENV := .venv-mutation

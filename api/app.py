@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import docs, edge, lean_consume, metering, openapi, problems, tracing
-from api.routes import events, health, meters, plans, quotas, tenants
+from api.routes import audit, events, health, invoices, meters, plans, quotas, slos, tenants, webhooks
 from omni.bootstrap import Platform, build
 from omni.settings import Settings
 
@@ -55,8 +55,19 @@ def create_app(settings: Settings | None = None, *, platform: Platform | None = 
     if platform.settings.meter_api_calls:
         metering.install(app, recorder)
     tracing.install(app)  # installed last, so it runs first: every later layer sees the span
-    for router in (health.router, tenants.router, events.router, meters.router, plans.router, quotas.router):
+    for router in (
+        health.router,
+        tenants.router,
+        events.router,
+        meters.router,
+        plans.router,
+        quotas.router,
+        invoices.router,
+        audit.router,
+        slos.router,
+    ):
         app.include_router(router)
+    app.include_router(webhooks.router)  # authenticated by Stripe's signature, not an API key (api/edge.py)
     openapi.install(app, platform.settings)
     docs.install(app)
     return app

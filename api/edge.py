@@ -28,6 +28,7 @@ from omni import metrics
 from omni.bootstrap import Platform
 
 PROTECTED_PREFIX = "/v1/"
+WEBHOOKS_PREFIX = "/v1/webhooks/"  # no API key: each webhook verifies its sender's signature itself
 
 
 def unauthorized(detail: str) -> Problem:
@@ -68,7 +69,7 @@ class EdgeMiddleware:
             return
         try:
             self._check_headers(scope)
-            protected = scope["path"].startswith(PROTECTED_PREFIX)
+            protected = scope["path"].startswith(PROTECTED_PREFIX) and not scope["path"].startswith(WEBHOOKS_PREFIX)
             if protected:
                 principal = await authenticate(self.platform, _header(scope, b"authorization"))
                 scope.setdefault("state", {})["principal"] = principal

@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from api.edge import WEBHOOKS_PREFIX
 from api.problems import MEDIA_TYPE
 from omni.settings import Settings
 from schemas.api import Problem
@@ -50,7 +51,7 @@ def _problem_response(status: str) -> dict[str, Any]:
 
 
 def _errors_of(path: str, method: str, operation: dict[str, Any]) -> list[str]:
-    protected = path.startswith("/v1/")
+    protected = path.startswith("/v1/") and not path.startswith(WEBHOOKS_PREFIX)
     has_body = "requestBody" in operation
     has_params = bool(operation.get("parameters")) or has_body
     statuses = ["431"]
@@ -110,7 +111,9 @@ def complete(document: dict[str, Any], *, max_batch_events: int = 1000) -> dict[
             for status in {*_errors_of(path, method, operation), *declared}:
                 responses[status] = _problem_response(status)
             operation["responses"] = dict(sorted(responses.items()))
-            if path.startswith("/v1/"):
+            if path.startswith(WEBHOOKS_PREFIX):
+                operation["security"] = []  # the sender's signature authenticates it (api/routes/webhooks.py)
+            elif path.startswith("/v1/"):
                 operation["security"] = [{BEARER: []}]
             elif path == "/metrics":
                 operation["security"] = [{}, {METRICS_TOKEN: []}]

@@ -21,3 +21,11 @@ def plan_aggregate_id(slug: str) -> UUID:
 
 def override_aggregate_id(tenant_id: str, meter: str) -> UUID:
     return uuid5(OMNI_NAMESPACE, f"quota-override:{tenant_id}:{meter}")
+
+
+def billing_account_aggregate_id(tenant_id: str) -> UUID:
+    return uuid5(OMNI_NAMESPACE, f"billing-account:{tenant_id}")
+
+
+def billing_period_aggregate_id(period: str) -> UUID:
+    return uuid5(OMNI_NAMESPACE, f"billing-period:{period}")

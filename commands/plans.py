@@ -11,6 +11,7 @@ maximum or an average cannot be used up.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -20,6 +21,7 @@ from eventsourcing.persistence import IntegrityError
 
 from commands.errors import Conflict, Invalid, NotFound
 from commands.ids import meter_aggregate_id, override_aggregate_id, plan_aggregate_id
+from schemas.billing import MeterPrice, billing_json
 from schemas.meters import MeterDefinition
 from schemas.plans import Entitlement, PlanBody
 
@@ -75,7 +77,8 @@ def entitlement_json(entitlement: Entitlement) -> dict[str, Any]:
 
 
 def plan_json(body: PlanBody) -> dict[str, Any]:
-    return {"name": body.name, "entitlements": [entitlement_json(e) for e in body.entitlements]}
+    """As stored in events: a plan that charges nothing has no billing keys (schemas.billing.billing_json)."""
+    return {"name": body.name, "entitlements": [entitlement_json(e) for e in body.entitlements], **billing_json(body)}
 
 
 class PlanCommands:
@@ -85,10 +88,17 @@ class PlanCommands:
         """Publish a plan, or revise it when the body differs; returns the plan and whether it is new."""
         resource = f"plans/{slug}"
         with self._rejections_audited(ctx, "plan.put", resource):
-            self._check_meters(body.entitlements)
+            self._check_meters(body.entitlements, body.prices)
             stored = plan_json(body)
             plan = self._get_plan(slug)
             created = plan is None
+            if plan is not None and plan.body.get("currency") not in (None, stored.get("currency")):
+                raise Invalid(
+                    f"plan {slug!r} charges in {plan.body['currency']}; its currency cannot change (publish a new plan)",
+                    [{"loc": ["body", "currency"], "msg": "a plan's currency cannot change"}],
+                    title="Invalid plan",
+                    kind="invalid-plan",
+                )
             if plan is None:
                 plan = Plan(slug=slug, body=stored)
             elif plan.body != stored:
@@ -103,10 +113,19 @@ class PlanCommands:
         resource = f"tenants/{tenant_id}/plan"
         with self._rejections_audited(ctx, "tenant.plan.assign", resource):
             tenant = self.get_tenant(tenant_id)
-            if self._get_plan(slug) is None:
+            plan = self._get_plan(slug)
+            if plan is None:
                 raise Invalid(
                     f"plan {slug!r} is not defined",
                     [{"loc": ["body", "plan"], "msg": "no such plan"}],
+                    title="Invalid plan",
+                    kind="invalid-plan",
+                )
+            billed_in, charges_in = self.billing_currency(str(tenant.id)), plan.body.get("currency")
+            if billed_in is not None and charges_in not in (None, billed_in):
+                raise Invalid(
+                    f"tenant {tenant.id} is invoiced in {billed_in}; plan {slug!r} charges in {charges_in}",
+                    [{"loc": ["body", "plan"], "msg": f"a tenant keeps the currency it is invoiced in ({billed_in})"}],
                     title="Invalid plan",
                     kind="invalid-plan",
                 )
@@ -148,24 +167,29 @@ class PlanCommands:
             except IntegrityError as race:
                 raise Conflict("the override changed concurrently; retry") from race
 
-    def _check_meters(self: ControlPlane, entitlements: list[Entitlement]) -> None:
-        """Every entitlement's meter exists and is additive; else Invalid, naming each."""
+    def _check_meters(self: ControlPlane, entitlements: list[Entitlement], prices: Sequence[MeterPrice] = ()) -> None:
+        """Every entitlement's and price's meter exists and is additive; else Invalid, naming each.
+        Quotas count usage up, and invoices bill the usage of a period: neither has a meaning for a
+        maximum or an average."""
         errors: list[dict[str, object]] = []
-        for index, entitlement in enumerate(entitlements):
-            definition = self._meter_definition(entitlement.meter)
-            where = ["body", "entitlements", index, "meter"]
+        named = [("entitlements", i, e.meter, "quotas") for i, e in enumerate(entitlements)]
+        named += [("prices", i, p.meter, "prices") for i, p in enumerate(prices)]
+        for field_name, index, meter, what in named:
+            definition = self._meter_definition(meter)
+            where = ["body", field_name, index, "meter"]
             if definition is None:
-                errors.append({"loc": where, "msg": f"meter {entitlement.meter!r} is not defined"})
+                errors.append({"loc": where, "msg": f"meter {meter!r} is not defined"})
             elif definition.aggregation.value not in ("SUM", "COUNT"):
                 errors.append(
                     {
                         "loc": where,
-                        "msg": f"meter {entitlement.meter!r} aggregates {definition.aggregation.value}: "
-                        "quotas apply to SUM and COUNT meters only",
+                        "msg": f"meter {meter!r} aggregates {definition.aggregation.value}: "
+                        f"{what} apply to SUM and COUNT meters only",
                     }
                 )
         if errors:
-            raise Invalid("; ".join(str(e["msg"]) for e in errors), errors, title="Invalid quota", kind="invalid-quota")
+            title, kind = ("Invalid quota", "invalid-quota") if not prices else ("Invalid plan", "invalid-plan")
+            raise Invalid("; ".join(str(e["msg"]) for e in errors), errors, title=title, kind=kind)
 
     def _meter_definition(self: ControlPlane, slug: str) -> MeterDefinition | None:
         try:

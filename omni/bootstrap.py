@@ -14,7 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlparse
+
+from starlette.concurrency import run_in_threadpool
 
 from commands.control_plane import ControlPlane, Principal
 from commands.ingest import AdmissionPolicy
@@ -35,6 +38,7 @@ from streams.quota_ledger import FactLedger, QuotaLedger
 from streams.runner import Runner, build_runner
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ADMIN = Principal(tenant_id=None, key_id="admin", is_admin=True)
 
@@ -148,9 +152,45 @@ class Platform:
             await self.quotas.start()  # Redis's counters rebuilt now if missing, not on the first consume
         self._tasks.append(asyncio.create_task(self.relay.run(self._stop), name="outbox-relay"))
         self._tasks.append(asyncio.create_task(self.notices.run(self._stop), name="notices-relay"))
+        self.start_auto_close()
+        self.start_stripe_sync()
         if self.settings.mode is Mode.EMBEDDED:
             wake = getattr(self.log, "appended", None)
             self._tasks.append(asyncio.create_task(self.runner.run(self._stop, wake), name="runner"))
+
+    def start_auto_close(self) -> None:
+        """Close last month's billing period by itself once its grace has passed (unless turned off)."""
+        if self.settings.billing_auto_close:
+            from omni.billing_close import AutoClose
+
+            self._tasks.append(asyncio.create_task(AutoClose(self).run(self._stop), name="billing-auto-close"))
+
+    def start_stripe_sync(self) -> None:
+        """Push finalized invoices to Stripe in the background, when OMNI_STRIPE_API_KEY is set (README, "Stripe")."""
+        if self.settings.stripe_api_key:
+            from streams.stripe_sync import from_settings
+
+            sync = from_settings(self.settings, self.control, self.db, self.relay.wake)
+            self._tasks.append(asyncio.create_task(sync.run(self._stop), name="stripe-sync"))
+
+    async def run_command(self, action: Callable[..., T], *args: Any) -> T:
+        """Run `action` in a worker thread. Then what the command stored (its events, or the audit entry
+        of its refusal) takes effect: key changes reach this process's key cache before the answer, and
+        the relay publishes now, not after an idle pause. Last, the answer waits (a bounded time) until
+        the views hold what the command changed, so the caller's next read sees it."""
+        control = self.control
+
+        def act() -> tuple[T, int | None]:
+            control.take_saved_position()  # nothing left over from an earlier command on this thread
+            return action(*args), control.take_saved_position()
+
+        try:
+            result, position = await run_in_threadpool(act)
+        finally:
+            await self.after_command()
+        if position is not None:
+            await self.views_reach(position)
+        return result
 
     async def after_command(self) -> None:
         """What a command stored takes effect in this process at once: key changes reach the cache,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
+from typing import Annotated
 
 import psycopg
 import typer
@@ -75,6 +77,40 @@ def relay() -> None:
     from omni.relay_process import run_relay
 
     run_relay(settings)
+
+
+audit = typer.Typer(help='The tamper-evident audit trail (README, "Audit trail").', no_args_is_help=True)
+app.add_typer(audit, name="audit")
+
+
+@audit.command("verify")
+def verify_audit(
+    export: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="An export of GET /v1/audit/export (JSON Lines)")],
+    public_key: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="The PEM of GET /v1/audit/public-key")],
+) -> None:
+    """Verify an audit export offline: exit 0 when intact, 1 naming the first broken line otherwise."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    from projections.audit_verify import Broken, verify
+
+    try:
+        key = load_pem_public_key(public_key.read_bytes())
+    except ValueError as unreadable:
+        typer.echo(f"{public_key}: not a PEM public key ({unreadable})", err=True)
+        raise typer.Exit(2) from unreadable
+    if not isinstance(key, Ed25519PublicKey):
+        typer.echo(f"{public_key}: an {type(key).__name__}, not an Ed25519 public key", err=True)
+        raise typer.Exit(2)
+    with export.open("rb") as lines:
+        outcome = verify(lines, key)
+    if isinstance(outcome, Broken):
+        typer.echo(f"{export}:{outcome.line}: {outcome.reason}", err=True)
+        raise typer.Exit(1)
+    typer.echo(
+        f"intact: chain {outcome.chain}, {outcome.entries} entries ending in {outcome.head}, "
+        f"{outcome.checkpoints} periodic checkpoints, exported and signed at {outcome.at}"
+    )
 
 
 @app.command("admin-key")

@@ -2,7 +2,7 @@
 
 The code that keeps counts exact calls `hit(NAME)` at the places where a crash would matter most:
 between writing the views and acknowledging the log, between reading the outbox and publishing,
-between appending to the log and answering. Nothing is armed in production: `hit` is one test
+between appending to the log and answering, between a consume's decision and its append. Nothing is armed in production: `hit` is one test
 of an empty dict. A test arms a point in-process (`arm`), or in a process it starts through the
 environment (`OMNI_FAILPOINTS`, read by the composition roots):
 
@@ -30,6 +30,20 @@ INGEST_AFTER_APPEND = "ingest.after_append"  # durable on the log, not answered:
 DEDUPE_AFTER_APPEND = (
     "dedupe.after_append"  # Kafka mode: appended, Redis claim not marked done: a retry waits, then is a duplicate
 )
+STRIPE_BEFORE_RECORD = "stripe.before_record"  # Stripe answered, our record not saved: the retry sends the same keys
+# A consume decided, its usage (or refusal) not yet on the log. Embedded: inside the one transaction,
+# so nothing stays and the retry decides afresh. Kafka: the amount stays counted in Redis with its
+# answer pending (the retry is told 409, in progress): the counter may refuse early, never overshoot.
+QUOTA_BEFORE_APPEND = "quota.before_append"
+# A consume on the log, not answered. Embedded: committed with its answer, which the retry gets.
+# Kafka: the answer still pending (409 to a retry until it lapses); the meters count the key once.
+QUOTA_AFTER_APPEND = "quota.after_append"
+# Notices stored in the event store, their rows in the views not marked recorded: recorded again
+# (the event store refuses each as a duplicate), published once.
+NOTICES_AFTER_RECORD = "notices.after_record"
+# Audit entries linked into their chains and the audit checkpoint written, not committed: nothing
+# stays, and the batch is linked again after the restart, to the same hashes.
+AUDIT_BEFORE_COMMIT = "audit.before_commit"
 
 POINTS = (
     METERS_BEFORE_COMMIT,
@@ -39,6 +53,11 @@ POINTS = (
     RELAY_AFTER_PUBLISH,
     INGEST_AFTER_APPEND,
     DEDUPE_AFTER_APPEND,
+    STRIPE_BEFORE_RECORD,
+    QUOTA_BEFORE_APPEND,
+    QUOTA_AFTER_APPEND,
+    NOTICES_AFTER_RECORD,
+    AUDIT_BEFORE_COMMIT,
 )
 ENVIRONMENT = "OMNI_FAILPOINTS"
 

@@ -46,6 +46,8 @@ async def relay_until_stopped(settings: Settings) -> None:
     if platform is None:
         return  # stopped while waiting
     await platform.start(background=False, watch_keys=False)  # it authenticates no one
+    platform.start_auto_close()
+    platform.start_stripe_sync()
     prober = Prober(readiness, probes(platform))
     probing = asyncio.create_task(prober.run(stop), name="readiness")
     try:

@@ -38,6 +38,21 @@ class Settings(BaseSettings):
     meter_api_calls: bool = True
     # A command's answer waits at most this long for the views to hold its changes (read-your-writes).
     read_your_writes_seconds: float = Field(default=5.0, ge=0, le=60)
+    # Billing (README, "Invoices"): a month closes by itself this long after it ends; a close first
+    # waits at most billing_catch_up_seconds for the meter views to fold what the log holds.
+    billing_auto_close: bool = True
+    billing_close_grace_seconds: int = Field(default=86400, ge=0)
+    billing_catch_up_seconds: float = Field(default=30.0, gt=0, le=600)
+    invoice_seller: str = Field(default="Omni", max_length=500)  # the "From" of printable invoices
+    # Stripe (README, "Stripe"): finalized invoices are pushed when a key is set (None: off); the
+    # base address is Stripe's own unless given (tests: stripe-mock); webhooks verify with the secret.
+    stripe_api_key: str | None = None
+    stripe_api_base: str | None = None
+    stripe_webhook_secret: str | None = None
+    # The audit trail (README, "Audit trail"): the Ed25519 key that signs checkpoints (PEM, or a file
+    # holding it; None: generated once), and how many entries of a chain each periodic checkpoint closes.
+    audit_signing_key: str | None = Field(default=None, repr=False)
+    audit_checkpoint_every: int = Field(default=100, ge=1, le=1_000_000)
     # The HTTP edge (api/edge.py, api/server.py): what one request may cost before it is refused.
     max_header_bytes: int = Field(default=16 * 1024, ge=1024)  # names and values of all headers, together
     header_timeout_seconds: float = Field(default=10.0, gt=0)  # from a request's first byte to its last header

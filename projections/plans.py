@@ -8,6 +8,8 @@ from typing import Any
 from schemas.envelope import Envelope, format_time
 from schemas.plans import Entitlement
 
+BILLING_KEYS = ("currency", "fee", "prices")
+
 
 @dataclass(frozen=True, slots=True)
 class PlanPublished:
@@ -16,6 +18,7 @@ class PlanPublished:
     name: str | None
     entitlements: tuple[Entitlement, ...]
     at: str
+    billing: dict[str, Any]  # as stored: currency, fee, prices (schemas.billing.billing_json); {} charges nothing
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,9 +48,9 @@ def changes(event: Envelope) -> list[Change]:
     match event.type:
         case "omni.plan.published":
             entitlements = tuple(Entitlement.from_stored(e) for e in data.get("entitlements", []))
-            return [
-                PlanPublished(data["slug"], int(data["version"]), data.get("name"), entitlements, format_time(event.event_time))
-            ]
+            billing = {key: data[key] for key in BILLING_KEYS if key in data}
+            at = format_time(event.event_time)
+            return [PlanPublished(data["slug"], int(data["version"]), data.get("name"), entitlements, at, billing)]
         case "omni.tenant.plan_assigned":
             return [PlanAssigned(data["tenant_id"], data["plan"])]
         case "omni.quota.override_set":

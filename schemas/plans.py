@@ -8,14 +8,9 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from schemas.billing import Billing, parse_billing, price_public
+from schemas.quantities import QUANTITY_SCHEMA, SLUG_PATTERN, exact_quantity, quantity_json
 from schemas.text import Text
-
-SLUG_PATTERN = r"^[a-z0-9][a-z0-9_\-]{0,62}$"
-# A limit or an amount: below 10^12 units, with at most three decimal places (milli-units: GPU-
-# seconds to the millisecond, credit to a tenth of a cent). Kafka mode's hot counters keep milli-
-# units in Redis, whose Lua numbers are doubles: exact below 2^53 milli-units, about 9 * 10^12 units.
-MAX_QUANTITY = Decimal(10) ** 12
-MAX_DECIMALS = 3
 
 
 class Period(StrEnum):
@@ -28,34 +23,6 @@ class Enforcement(StrEnum):
     SOFT = "soft"  # consume never refuses; crossing thresholds only notifies
 
 
-def exact_quantity(value: Any, *, name: str, positive: bool) -> Decimal:
-    """A limit or an amount: a JSON number (not a string), finite, at most MAX_DECIMALS places,
-    below MAX_QUANTITY; zero or more for a limit, more than zero for an amount."""
-    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
-        raise ValueError(f"{name} must be a number")
-    try:
-        quantity = Decimal(str(value)) if not isinstance(value, Decimal) else value
-    except ArithmeticError as bad:
-        raise ValueError(f"{name} must be a number") from bad
-    if not quantity.is_finite():
-        raise ValueError(f"{name} must be a finite number")
-    if quantity < 0 or (positive and quantity == 0):
-        raise ValueError(f"{name} must be {'more than zero' if positive else 'zero or more'}")
-    if quantity >= MAX_QUANTITY:
-        raise ValueError(f"{name} must be below 10^12")
-    if quantity != quantity.quantize(Decimal(1).scaleb(-MAX_DECIMALS)):
-        raise ValueError(f"{name} may have at most {MAX_DECIMALS} decimal places")
-    return quantity.quantize(Decimal(1)) if quantity == quantity.to_integral_value() else quantity.normalize()
-
-
-def quantity_json(quantity: Decimal) -> int | float | str:
-    """A quantity as JSON: an integer when whole, else its exact decimal text as a number where
-    a double holds it exactly enough to read back (clients compare with what they sent)."""
-    if quantity == quantity.to_integral_value():
-        return int(quantity)
-    return float(quantity) if Decimal(repr(float(quantity))) == quantity else str(quantity)
-
-
 def _distinct(value: list[int]) -> list[int]:
     if len(set(value)) != len(value):
         raise ValueError("thresholds must be distinct")
@@ -64,8 +31,7 @@ def _distinct(value: list[int]) -> list[int]:
 
 Thresholds = Annotated[list[Annotated[int, Field(ge=1, le=1000)]], AfterValidator(_distinct)]
 
-_QUANTITY_SCHEMA = {"type": "number", "minimum": 0, "exclusiveMaximum": 1e12, "multipleOf": 0.001}
-Limit = Annotated[Decimal, Field(json_schema_extra=_QUANTITY_SCHEMA)]
+Limit = Annotated[Decimal, Field(json_schema_extra=QUANTITY_SCHEMA)]
 
 
 class Entitlement(BaseModel):
@@ -100,10 +66,29 @@ class Entitlement(BaseModel):
         return body
 
 
-class PlanBody(BaseModel):
-    """A plan as PUT by the admin. Prices join it with invoicing."""
+# The README's worked example (and the OpenAPI document's): USD 39.34 for 2,501 tokens, 1,234 calls
+# and 250 images in a month.
+EXAMPLE_PLAN: dict[str, Any] = {
+    "name": "Pro",
+    "currency": "USD",
+    "fee": "10.00",
+    "entitlements": [{"meter": "tokens", "limit": 1_000_000, "period": "MONTH", "enforcement": "soft", "thresholds": [80, 100]}],
+    "prices": [
+        {
+            "meter": "tokens",
+            "model": "graduated",
+            "tiers": [{"up_to": 1000, "unit_price": "0"}, {"up_to": None, "unit_price": "0.002"}],
+        },
+        {"meter": "calls", "model": "per_unit", "unit_price": "0.01", "included": 100},
+        {"meter": "images", "model": "package", "package_size": 100, "package_price": "5.00"},
+    ],
+}
 
-    model_config = ConfigDict(extra="forbid")
+
+class PlanBody(Billing):
+    """A plan as PUT by the admin: its entitlements (quotas) and what it charges (invoices)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE_PLAN]})
 
     name: Text | None = Field(default=None, max_length=200)
     entitlements: list[Entitlement] = Field(default_factory=list, max_length=100)
@@ -123,7 +108,27 @@ class PlanPublic(BaseModel):
     version: int = Field(description="1 when published, one more at each change")
     name: str | None
     entitlements: list[dict[str, Any]]
+    currency: str | None = Field(default=None, description="ISO 4217; null: the plan charges nothing")
+    fee: str | None = Field(default=None, description="A flat fee each period")
+    prices: list[dict[str, Any]] = Field(default_factory=list, description="Per meter, as PUT")
     updated_at: str
+
+    @classmethod
+    def of(
+        cls, slug: str, version: int, name: str | None, entitlements: list[Entitlement], billing: dict[str, Any], at: str
+    ) -> PlanPublic:
+        """`billing` as stored (schemas.billing.billing_json)."""
+        parsed = parse_billing(billing)
+        return cls(
+            slug=slug,
+            version=version,
+            name=name,
+            entitlements=[e.public() for e in entitlements],
+            currency=parsed.currency,
+            fee=parsed.fee,
+            prices=[price_public(p) for p in parsed.prices],
+            updated_at=at,
+        )
 
 
 class PlanList(BaseModel):
@@ -160,7 +165,7 @@ class ConsumeBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    amount: Annotated[Decimal, Field(json_schema_extra={**_QUANTITY_SCHEMA, "exclusiveMinimum": 0})]
+    amount: Annotated[Decimal, Field(json_schema_extra={**QUANTITY_SCHEMA, "exclusiveMinimum": 0})]
     subject: Text | None = Field(default=None, min_length=1, max_length=256)
     idempotency_key: Text = Field(
         min_length=1, max_length=200, description="The usage event's id: a retry with it returns the first answer"

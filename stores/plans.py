@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Any
 
 import orjson
 
@@ -22,6 +23,9 @@ SLUG = re.compile(r"[a-z0-9][a-z0-9_\-]{0,62}")  # plans' and meters' slugs (sch
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS plans (
     slug TEXT PRIMARY KEY, version INTEGER NOT NULL, name TEXT, entitlements TEXT NOT NULL, updated_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS plan_versions (
+    slug TEXT NOT NULL, version INTEGER NOT NULL, name TEXT, billing TEXT NOT NULL, published_at TEXT NOT NULL,
+    PRIMARY KEY (slug, version));
 CREATE TABLE IF NOT EXISTS quota_overrides (
     tenant_id TEXT NOT NULL, meter TEXT NOT NULL, entitlement TEXT NOT NULL, PRIMARY KEY (tenant_id, meter));
 """
@@ -31,7 +35,15 @@ def _entitlements(text: str) -> list[Entitlement]:
     return [Entitlement.from_stored(e) for e in orjson.loads(text)]
 
 
-def put_plan(tx: Tx, slug: str, version: int, name: str | None, entitlements: Iterable[Entitlement], at: str) -> None:
+def put_plan(
+    tx: Tx, slug: str, version: int, name: str | None, entitlements: Iterable[Entitlement], at: str, billing: dict[str, Any]
+) -> None:
+    """The plan's current version (entitlements), and every version's billing: an invoice names the
+    version that priced it, and a late adjustment is priced by that version again."""
+    tx.execute(
+        "INSERT INTO plan_versions VALUES (?, ?, ?, ?, ?) ON CONFLICT (slug, version) DO NOTHING",
+        (slug, version, name, orjson.dumps(billing, option=orjson.OPT_SORT_KEYS).decode(), at),
+    )
     body = orjson.dumps([entitlement_json(e) for e in entitlements]).decode()
     tx.execute(
         "INSERT INTO plans VALUES (?, ?, ?, ?, ?) ON CONFLICT (slug) DO UPDATE SET version=excluded.version, "
@@ -57,17 +69,45 @@ def remove_override(tx: Tx, tenant_id: str, meter: str) -> None:
     tx.execute("DELETE FROM quota_overrides WHERE tenant_id=? AND meter=?", (tenant_id, meter))
 
 
-PlanRow = tuple[str, int, str | None, list[Entitlement], str]
+PlanRow = tuple[str, int, str | None, list[Entitlement], str, dict[str, Any]]
+_PLAN_ROWS = (
+    "SELECT p.slug, p.version, p.name, p.entitlements, p.updated_at, v.billing FROM plans p "
+    "LEFT JOIN plan_versions v ON v.slug = p.slug AND v.version = p.version"
+)
+
+
+def _plan_row(row: tuple[Any, ...]) -> PlanRow:
+    return (row[0], int(row[1]), row[2], _entitlements(row[3]), row[4], orjson.loads(row[5]) if row[5] else {})
 
 
 def plans(tx: Tx) -> list[PlanRow]:
-    rows = tx.execute("SELECT slug, version, name, entitlements, updated_at FROM plans ORDER BY slug")
-    return [(r[0], int(r[1]), r[2], _entitlements(r[3]), r[4]) for r in rows]
+    return [_plan_row(r) for r in tx.execute(f"{_PLAN_ROWS} ORDER BY p.slug")]
 
 
 def plan(tx: Tx, slug: str) -> PlanRow | None:
-    rows = tx.execute("SELECT slug, version, name, entitlements, updated_at FROM plans WHERE slug=?", (slug,))
-    return (rows[0][0], int(rows[0][1]), rows[0][2], _entitlements(rows[0][3]), rows[0][4]) if rows else None
+    rows = tx.execute(f"{_PLAN_ROWS} WHERE p.slug=?", (slug,))
+    return _plan_row(rows[0]) if rows else None
+
+
+def billing_of(tx: Tx, slug: str, version: int | None = None) -> tuple[int, dict[str, Any]] | None:
+    """A plan version's billing (the current version when `version` is None), with its version."""
+    if version is None:
+        rows = tx.execute(
+            "SELECT v.version, v.billing FROM plan_versions v JOIN plans p ON p.slug = v.slug AND p.version = v.version "
+            "WHERE v.slug=?",
+            (slug,),
+        )
+    else:
+        rows = tx.execute("SELECT version, billing FROM plan_versions WHERE slug=? AND version=?", (slug, version))
+    return (int(rows[0][0]), orjson.loads(rows[0][1])) if rows else None
+
+
+def current_billing(tx: Tx) -> dict[str, tuple[int, dict[str, Any]]]:
+    """Every plan's current version and billing."""
+    rows = tx.execute(
+        "SELECT v.slug, v.version, v.billing FROM plan_versions v JOIN plans p ON p.slug = v.slug AND p.version = v.version"
+    )
+    return {r[0]: (int(r[1]), orjson.loads(r[2])) for r in rows}
 
 
 def tenants_on(tx: Tx, plan_slug: str) -> list[str]:
@@ -88,7 +128,7 @@ def quotas_on(tx: Tx, tenant_ids: Iterable[str], meters: Iterable[str]) -> dict[
     batch. A few statements whatever the number of tenants; two when no plan or override names
     any of the meters (the common case before quotas are used)."""
     wanted = set(meters)
-    by_plan = {slug: [e for e in entitlements if e.meter in wanted] for slug, _, _, entitlements, _ in plans(tx)}
+    by_plan = {row[0]: [e for e in row[3] if e.meter in wanted] for row in plans(tx)}
     by_plan = {slug: found for slug, found in by_plan.items() if found}
     marks = ", ".join("?" for _ in wanted)
     if not by_plan and not tx.execute(f"SELECT 1 FROM quota_overrides WHERE meter IN ({marks}) LIMIT 1", tuple(wanted)):

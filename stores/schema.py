@@ -1,5 +1,8 @@
 """Every view table, migrated together (stores.database.Database.migrate)."""
 
-from stores import plans, quotas, views
+from stores import audit, billing, plans, quotas, slos, stripe, views
 
-SCHEMA = ";\n".join(script.strip().rstrip(";") for script in (views.SCHEMA, plans.SCHEMA, quotas.SCHEMA))
+SCHEMA = ";\n".join(
+    script.strip().rstrip(";")
+    for script in (views.SCHEMA, plans.SCHEMA, quotas.SCHEMA, billing.SCHEMA, stripe.SCHEMA, audit.SCHEMA, slos.SCHEMA)
+)

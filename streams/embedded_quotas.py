@@ -28,7 +28,7 @@ from decimal import Decimal
 
 import orjson
 
-from omni import metrics
+from omni import failpoints, metrics
 from projections.quotas import CounterKey, Decision, PeriodKey, decide, periods_around, periods_of
 from schemas.envelope import encode, record_headers
 from schemas.meters import Aggregation, MeterDefinition
@@ -76,6 +76,7 @@ class EmbeddedQuotaLedger:
         outcome = await asyncio.to_thread(self.log.run_locked, lambda db: self._consume(db, request))
         if not outcome.replayed:
             self.log.appended.set()
+            failpoints.hit(failpoints.QUOTA_AFTER_APPEND)
         return outcome
 
     def _consume(self, db: sqlite3.Connection, request: ConsumeRequest) -> ConsumeOutcome:
@@ -100,6 +101,7 @@ class EmbeddedQuotaLedger:
         used = _counter(db, (request.tenant_id, request.meter, request.period.text))
         decision = decide(used, request.amount, request.entitlement)
         envelope, value = request.usage if decision.accepted else (request.refusal, encode(request.refusal))
+        failpoints.hit(failpoints.QUOTA_BEFORE_APPEND)
         self.log.append_rows(db, self.log.topics.usage, [Outgoing(envelope.tenant_id, value, record_headers(envelope))])
         if decision.accepted:
             for period in periods_of(envelope.event_time):

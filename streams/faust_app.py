@@ -1,4 +1,4 @@
-"""The Faust worker for Kafka mode: folds the control, usage and api_calls topics into the views.
+"""The Faust worker for Kafka mode: folds the control, usage, api_calls and audit topics into the views.
 
 Exactness does not come from Faust's offsets. Each batch is handed to a
 projector that commits the view rows *and* the consumed offsets in one
@@ -55,7 +55,7 @@ from streams.faust_consumer import BatchConsumer, delivery_settings, new_event_l
 from streams.faust_runs import FetchedRecord, RunBuffer, RunSchema, log_records
 from streams.kafka_log import KafkaLog
 from streams.log import LogRecord, LogUnavailable
-from streams.projectors import API_CALLS, CATALOG
+from streams.projectors import API_CALLS, AUDIT, CATALOG
 from streams.quota_ledger import Rebuilding
 from streams.runner import API_CALLS_EVERY, build_runner
 
@@ -267,6 +267,8 @@ def create_worker_app(settings: Settings, db: Database, log: KafkaLog, readiness
         Feeder(log, db, CATALOG, topics.control, runner.catalog.process, settings.runner_batch_size),
         *(Feeder(log, db, m.consumer, m.topic, m.process, settings.runner_batch_size) for m in runner.meter_projectors),
     )
+    if runner.audit is not None:  # the audit topic's hash chains
+        feeders += (Feeder(log, db, AUDIT, topics.audit, runner.audit.process, settings.runner_batch_size),)
 
     datadir = Path(settings.data_dir) / "faust"
     datadir.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
@@ -319,7 +321,7 @@ def create_worker_app(settings: Settings, db: Database, log: KafkaLog, readiness
         fold.__qualname__ = fold.__name__ = f"fold_{feeder.consumer}"  # names the agent in Faust's logs
         return fold
 
-    for feeder in feeders:  # catalog, meters (usage) and api-calls (the meters' fold of self-metering)
+    for feeder in feeders:  # catalog, meters (usage), api-calls (the meters' fold of self-metering), audit
         app.agent(source(feeder.topic), name=f"{settings.topic_prefix}-{feeder.consumer}")(agent_for(feeder))
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # Faust sends `assigned` positionally

@@ -16,6 +16,7 @@ from decimal import Decimal
 
 from commands.control_plane import ControlPlane
 from commands.notices import Notice
+from omni import failpoints
 from projections.quotas import PeriodKey
 from schemas.plans import quantity_json
 from stores import quotas as quota_views
@@ -51,6 +52,7 @@ class NoticesRelay:
                 "occurred_at": occurred_at,
             }
             self.control.record_notice(Notice(notice_id=notice_id, kind=kind, tenant_id=tenant_id, data=data))
+        failpoints.hit(failpoints.NOTICES_AFTER_RECORD)
         with self.db.transaction() as tx:
             quota_views.mark_recorded(tx, [row[0] for row in rows])
         return len(rows)

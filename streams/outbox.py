@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 from uuid import uuid5
 
@@ -29,7 +30,7 @@ from schemas.topics import STORE_POSITION, Topics
 from stores import views
 from stores.database import Database, Leadership, StoreUnavailable
 from streams.log import EventLog, LogUnavailable, outgoing
-from streams.pausing import pause
+from streams.pausing import Pause, pause
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +57,24 @@ def to_envelope(domain_event: Any, position: int | None = None) -> Envelope:
 
 
 class OutboxRelay:
-    def __init__(self, control: ControlPlane, log_: EventLog, db: Database, topics: Topics) -> None:
+    def __init__(
+        self,
+        control: ControlPlane,
+        log_: EventLog,
+        db: Database,
+        topics: Topics,
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        pause_: Pause = pause,
+    ) -> None:
         self.control = control
         self.log = log_
         self.db = db
         self.topic = topics.control
         self.audit_topic = topics.audit
         self.notifications_topic = topics.notifications
+        self.sleep = sleep  # the wait after a failed round
+        self.pause = pause_  # the idle wait between rounds
         self._woken = asyncio.Event()
 
     def wake(self) -> None:
@@ -113,7 +125,7 @@ class OutboxRelay:
         idle_for = idle
         while not stop.is_set():
             if not await asyncio.to_thread(leadership.hold):
-                await pause(stop, 1.0)
+                await self.pause(stop, 1.0)
                 continue
             self._woken.clear()  # before reading: a wake while we read is kept for the pause below
             try:
@@ -121,15 +133,15 @@ class OutboxRelay:
             except (LogUnavailable, StoreUnavailable) as outage:  # expected while a dependency is away: no traceback
                 log.warning("outbox relay waiting: %s", outage)
                 moved = 0
-                await asyncio.sleep(1.0)
+                await self.sleep(1.0)
             except Exception:
                 log.exception("outbox relay failed; retrying")
                 moved = 0
-                await asyncio.sleep(1.0)
+                await self.sleep(1.0)
             if moved:
                 idle_for = idle
                 continue
-            if await pause(stop, idle_for, self._woken):
+            if await self.pause(stop, idle_for, self._woken):
                 idle_for = idle
             else:
                 idle_for = min(idle_for * 2, idle_max)

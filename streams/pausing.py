@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Protocol
+
+
+class Pause(Protocol):
+    """`pause`'s signature: the loops take one, so that a test can pass a pause of its own."""
+
+    async def __call__(self, stop: asyncio.Event, seconds: float, woken: asyncio.Event | None = None) -> bool: ...
 
 
 async def pause(stop: asyncio.Event, seconds: float, woken: asyncio.Event | None = None) -> bool:

@@ -18,21 +18,30 @@ from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from omni import failpoints, metrics
-from projections import catalog, quotas
+from projections import audit_chain, catalog, invoices, quotas
 from projections import plans as plan_view
+from projections import slos as slo_view
+from projections import stripe as stripe_view
 from projections.meter_state import BucketState
 from projections.meters import BucketKey, MeterIndex, apply
 from projections.plans import changes as plan_changes
 from schemas.envelope import Envelope, NewerSchema, decode
 from schemas.text import NUL_ESCAPE, json_holds_nul
 from schemas.topics import Topics
+from stores import audit as audit_store
+from stores import billing as billing_store
 from stores import plans as plan_store
 from stores import quotas as quota_store
+from stores import slos as slo_store
+from stores import stripe as stripe_store
 from stores import views
 from stores.database import Database, Tx
 from streams.log import LogRecord
 from streams.quota_ledger import FactLedger
+from streams.slos import SloFold
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +49,7 @@ METERS = "meters"
 API_CALLS = "api-calls"  # the meters' fold of the api_calls topic (self-metering), with checkpoints of its own
 PURGE_EVERY_BATCHES = 200
 CATALOG = "catalog"
+AUDIT = "audit"  # the audit topic's fold into the tenants' hash chains
 CATALOG_APPLIED = "catalog-applied"  # the highest event-store position the catalog views hold
 
 
@@ -128,6 +138,12 @@ class CatalogProjector:
                 for plan_change in plan_changes(event):
                     _write_plan_change(tx, plan_change)
                     _sweep_thresholds(tx, plan_change, event)
+                for billing_change in invoices.changes(event):
+                    _write_billing_change(tx, billing_change)
+                for stripe_change in stripe_view.changes(event):
+                    stripe_store.write(tx, stripe_change)
+                for slo in slo_view.changes(event):
+                    slo_store.put(tx, slo.owner, slo.name, slo.version, slo.definition, slo.at)
                 position = max(position, catalog.store_position(event))
             views.set_checkpoint(tx, CATALOG, self.topic, partition, fresh[-1].offset + 1)
             # Records relayed by older versions carry no position; one republished after a relay's
@@ -178,16 +194,64 @@ def _sweep_thresholds(tx: Tx, change: plan_view.Change, event: Envelope) -> None
         quota_store.add_notifications(tx, found)
 
 
+def _write_billing_change(tx: Tx, change: invoices.BillingChange) -> None:
+    match change:
+        case invoices.DocumentFinalized(document):
+            billing_store.add_invoice(tx, document)
+        case invoices.StatusChanged(invoice_id, status, at, source):
+            billing_store.set_status(tx, invoice_id, status, at, source)
+        case invoices.PeriodClosed(period, closed_at, count, cut):
+            billing_store.add_closed_period(tx, period, closed_at, count, cut)
+
+
 def _write_plan_change(tx: Tx, change: plan_view.Change) -> None:
     match change:
         case plan_view.PlanPublished():
-            plan_store.put_plan(tx, change.slug, change.version, change.name, change.entitlements, change.at)
+            plan_store.put_plan(tx, change.slug, change.version, change.name, change.entitlements, change.at, change.billing)
         case plan_view.PlanAssigned():
             plan_store.assign_plan(tx, change.tenant_id, change.plan)
         case plan_view.OverrideSet():
             plan_store.set_override(tx, change.tenant_id, change.entitlement)
         case plan_view.OverrideRemoved():
             plan_store.remove_override(tx, change.tenant_id, change.meter)
+
+
+class AuditProjector:
+    """Audit topic -> one hash chain per tenant (projections.audit_chain), with periodic signed
+    checkpoints. The topic is keyed by tenant, so each chain lives in one partition and is linked
+    in the log's order; an entry the relay republished (same id) is linked once. The entries, the
+    heads and the offsets commit in one transaction, so a rebuild from the log gives the same hashes."""
+
+    def __init__(self, db: Database, topics: Topics, key: Ed25519PrivateKey, *, every: int) -> None:
+        self.db = db
+        self.topic = topics.audit
+        self.key = key
+        self.every = every
+
+    def process(self, partition: int, records: Sequence[LogRecord]) -> int:
+        with self.db.transaction() as tx:
+            start = views.lock_checkpoint(tx, AUDIT, self.topic, partition)
+            fresh = [r for r in records if r.offset >= start]
+            if not fresh:
+                return 0
+            mishaps = Mishaps()
+            _check_contiguous(self.topic, partition, start, fresh, mishaps)
+            pairs = [(r, e) for r, e in decoded(tx, AUDIT, fresh, mishaps) if e.type == audit_chain.AUDIT_TYPE]
+            events = [e for _, e in pairs]
+            seen = audit_store.known(tx, [e.id for e in events])
+            heads = audit_store.heads(tx, (e.tenant_id for e in events))
+            folded = audit_chain.fold(heads, events, seen, every=self.every, key=self.key)
+            offsets = {id(e): r.offset for r, e in pairs}
+            for event, reason in folded.unlinked:
+                views.add_dead_letter(tx, AUDIT, self.topic, partition, offsets[id(event)], reason)
+                mishaps.dead_letters += 1
+            changed = {entry["chain"] for entry in folded.entries}
+            audit_store.write(tx, folded.entries, folded.checkpoints, {chain: folded.heads[chain] for chain in changed})
+            views.set_checkpoint(tx, AUDIT, self.topic, partition, fresh[-1].offset + 1)
+            failpoints.hit(failpoints.AUDIT_BEFORE_COMMIT)
+        mishaps.count(AUDIT)
+        metrics.PROJECTED.labels(AUDIT).inc(len(fresh))
+        return len(fresh)
 
 
 class MeterProjector:
@@ -212,6 +276,7 @@ class MeterProjector:
         self.consumer = consumer
         self.keep_seen = keep_seen  # at least as long as an event can be admitted
         self._batches = 0
+        self.slos = SloFold(db, self.topic, consumer)  # folded in the same transaction, from the same events
 
     def process(self, partition: int, records: Sequence[LogRecord]) -> int:
         with self.db.transaction() as tx:
@@ -239,6 +304,7 @@ class MeterProjector:
             elif self.ledger is not None:
                 self.ledger.add_facts(self.topic, partition, start, end, lambda since: {})
             views.merge_buckets(tx, deltas)
+            self.slos.fold_live(tx, partition, start, end, kept)
             views.set_checkpoint(tx, self.consumer, self.topic, partition, end)
             views.set_meter_checkpoints(tx, self.topic, partition, {slug: end for slug in live})
             failpoints.hit(failpoints.METERS_BEFORE_COMMIT)

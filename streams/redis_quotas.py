@@ -51,7 +51,7 @@ import redis
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from omni import metrics
+from omni import failpoints, metrics
 from projections.meters import MeterIndex
 from projections.quotas import CounterKey, Decision, PeriodKey, periods_around, periods_of, usage_deltas
 from schemas.envelope import Envelope, NewerSchema, decode, encode, record_headers
@@ -293,6 +293,7 @@ class RedisQuotaLedger:
             return _kept(_text(reply[1]), digest)
         accepted, used, epoch, pending = _text(reply[1]) == "1", int(_text(reply[2])), _text(reply[3]), _text(reply[4])
         record, wire = (event, value) if accepted else (request.refusal, encode(request.refusal))
+        failpoints.hit(failpoints.QUOTA_BEFORE_APPEND)
         try:
             await self.log.append(self.topics.usage, [Outgoing(tenant_id, wire, record_headers(record))])
         except BaseException:
@@ -302,6 +303,7 @@ class RedisQuotaLedger:
             except RedisError:
                 log.warning("could not take back an unrecorded consume; the counter is over until the next rebuild")
             raise
+        failpoints.hit(failpoints.QUOTA_AFTER_APPEND)
         kept = pending.replace("pending|", "done|", 1) + "|" + ("" if limit is None else str(milli(limit)))
         try:
             await self._keep((answer_key, pending, kept))

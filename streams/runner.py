@@ -9,15 +9,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from omni import metrics
+from omni.audit_keys import signing_key
 from omni.settings import Settings
 from stores import views
 from stores.database import Database
 from streams.log import EventLog, LogUnavailable
-from streams.pausing import pause
-from streams.projectors import API_CALLS, CATALOG, CatalogProjector, MeterProjector
+from streams.pausing import Pause, pause
+from streams.projectors import API_CALLS, AUDIT, CATALOG, AuditProjector, CatalogProjector, MeterProjector
 from streams.quota_ledger import FactLedger, Rebuilding
 
 log = logging.getLogger(__name__)
@@ -40,14 +41,20 @@ class Runner:
         *,
         batch_size: int = 5000,
         api_calls: MeterProjector | None = None,
+        audit: AuditProjector | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        pause_: Pause = pause,
     ) -> None:
         self.log = log_
         self.catalog = catalog
         self.meters = meters  # the usage topic's
         self.api_calls = api_calls  # the api_calls topic's (self-metering), when wired
+        self.audit = audit  # the audit topic's hash chains, when wired
         self.batch_size = batch_size
-        self.clock = clock
+        self.clock = clock  # the schedules of the api_calls fold and of the lag report
+        self.sleep = sleep  # the wait after a failed step
+        self.pause = pause_  # the idle wait between steps
         self._api_calls_due = 0.0  # the clock's time of the next fold of api_calls (API_CALLS_EVERY)
 
     @property
@@ -55,18 +62,19 @@ class Runner:
         """Every topic the meters fold, each with its projector."""
         return (self.meters,) if self.api_calls is None else (self.meters, self.api_calls)
 
-    def _heads(self) -> tuple[dict[int, int], list[dict[int, int]]]:
+    def _heads(self) -> tuple[dict[int, int], list[dict[int, int]], dict[int, int]]:
         with self.meters.db.transaction() as tx:
             return (
                 views.checkpoints(tx, CATALOG, self.catalog.topic),
                 [views.checkpoints(tx, m.consumer, m.topic) for m in self.meter_projectors],
+                {} if self.audit is None else views.checkpoints(tx, AUDIT, self.audit.topic),
             )
 
     async def step(self, *, everything: bool = False) -> int:
         """One pass over every partition; returns how many records were applied. The api_calls
         topic is passed over until API_CALLS_EVERY has gone by since its last fold, unless told
         `everything`."""
-        catalog_heads, meter_heads = await asyncio.to_thread(self._heads)
+        catalog_heads, meter_heads, audit_heads = await asyncio.to_thread(self._heads)
         moved = 0
         for partition in range(self.log.topics.partitions(self.catalog.topic)):
             records = await self.log.read(self.catalog.topic, partition, catalog_heads.get(partition, 0), self.batch_size)
@@ -82,14 +90,21 @@ class Runner:
                 records = await self.log.read(meters.topic, partition, heads.get(partition, 0), self.batch_size)
                 if records:
                     moved += await asyncio.to_thread(meters.process, partition, records)
+        if self.audit is not None:
+            for partition in range(self.log.topics.partitions(self.audit.topic)):
+                records = await self.log.read(self.audit.topic, partition, audit_heads.get(partition, 0), self.batch_size)
+                if records:
+                    moved += await asyncio.to_thread(self.audit.process, partition, records)
         return moved + await self.catch_up()
 
     async def lag(self) -> dict[tuple[str, int], int]:
         """Records on the log the views do not hold yet, per (projector, partition)."""
-        catalog_heads, meter_heads = await asyncio.to_thread(self._heads)
+        catalog_heads, meter_heads, audit_heads = await asyncio.to_thread(self._heads)
         found: dict[tuple[str, int], int] = {}
         sources = [(CATALOG, self.catalog.topic, catalog_heads)]
         sources += [(m.consumer, m.topic, heads) for m, heads in zip(self.meter_projectors, meter_heads, strict=True)]
+        if self.audit is not None:
+            sources.append((AUDIT, self.audit.topic, audit_heads))
         for projector, topic, heads in sources:
             for partition, end in (await self.log.end_offsets(topic)).items():
                 found[(projector, partition)] = max(0, end - heads.get(partition, 0))
@@ -100,12 +115,17 @@ class Runner:
             metrics.VIEWS_LAG.labels(projector, str(partition)).set(records)
 
     async def catch_up(self) -> int:
-        """Fold history into meters defined after their events arrived, from every topic meters fold."""
+        """Fold history into meters and SLOs defined after their events arrived, from every topic meters fold."""
         moved = 0
         for meters in self.meter_projectors:
             for lag in await asyncio.to_thread(meters.lagging):
                 records = await self.log.read(meters.topic, lag.partition, lag.start, min(self.batch_size, lag.end - lag.start))
                 moved += await asyncio.to_thread(meters.catch_up, lag, records)
+            for slo_lag in await asyncio.to_thread(meters.slos.lagging):  # SLOs too (streams.slos)
+                size = min(self.batch_size, slo_lag.end - slo_lag.start)
+                moved += await asyncio.to_thread(
+                    meters.slos.catch_up, slo_lag, await self.log.read(meters.topic, slo_lag.partition, slo_lag.start, size)
+                )
         return moved
 
     async def drain(self, rounds: int = 10_000, *, wait_for_counters: float = 60.0) -> None:
@@ -125,28 +145,29 @@ class Runner:
         lag_due = 0.0
         while not stop.is_set():
             try:
-                if time.monotonic() >= lag_due:
-                    lag_due = time.monotonic() + LAG_EVERY
+                if self.clock() >= lag_due:
+                    lag_due = self.clock() + LAG_EVERY
                     await self.report_lag()
                 moved = await self.step()
             except LogUnavailable as outage:
                 log.warning("runner waiting for the log: %s", outage)
                 moved = 0
-                await asyncio.sleep(1.0)
+                await self.sleep(1.0)
             except Exception:
                 log.exception("runner step failed; retrying from the stored checkpoints")
                 moved = 0
-                await asyncio.sleep(1.0)
+                await self.sleep(1.0)
             if moved:
                 continue
-            await pause(stop, idle, wake)
+            await self.pause(stop, idle, wake)
             if wake is not None:
                 wake.clear()
 
 
 def build_runner(settings: Settings, db: Database, log_: EventLog, ledger: FactLedger | None = None) -> Runner:
     """The projectors and their runner, as every mode and process wires them (`ledger`: the quota
-    counters of embedded mode, which count facts as the meters fold them)."""
+    counters of embedded mode, which count facts as the meters fold them). The views' tables must
+    be migrated: Kafka mode may keep the audit signing key there (omni.audit_keys)."""
     # De-duplication must last as long as an event can still be admitted.
     keep_seen = settings.acceptance_window + settings.future_tolerance
     topics = log_.topics
@@ -156,4 +177,5 @@ def build_runner(settings: Settings, db: Database, log_: EventLog, ledger: FactL
         MeterProjector(db, topics, keep_seen=keep_seen, ledger=ledger),
         batch_size=settings.runner_batch_size,
         api_calls=MeterProjector(db, topics, keep_seen=keep_seen, topic=topics.api_calls, consumer=API_CALLS, ledger=ledger),
+        audit=AuditProjector(db, topics, signing_key(settings, db), every=settings.audit_checkpoint_every),
     )

@@ -195,3 +195,33 @@ def thresholds_reached(
             if total > 0 if limit == 0 else total * 100 >= limit * threshold:
                 found.add((tenant, meter.slug, period, threshold))
     return found
+
+
+def slo_minutes(log: Iterable[tuple[int, Envelope]], owner: str, slo: dict[str, Any]) -> dict[tuple[str, int], tuple[int, int]]:
+    """An SLO's (good, total) per (tenant, minute of event time), restated from README "SLOs": the
+    events that count (as for meters), of the SLO's type, of its owner's tenant unless the owner is
+    `_platform`, equal at every `match` path (JSON equality: true is not 1); the value at the SLI's
+    path a number (else not counted); good below 500 (availability) or at most threshold_ms (latency)."""
+    out: dict[tuple[str, int], tuple[int, int]] = {}
+    for _, event in counted(log):
+        if event.type != slo["event_type"] or (owner != "_platform" and event.tenant_id != owner):
+            continue
+        doc = document(event)
+        found = [(lookup(doc, path_parts(path)), want) for path, want in slo.get("match", {}).items()]
+        if not all(_json_equal(f, want) for f, want in found):
+            continue
+        path = slo["status_property"] if slo["sli"] == "availability" else slo["latency_property"]
+        value = reference_numeric(lookup(doc, path_parts(path)))
+        if value is None:
+            continue
+        good = value < 500 if slo["sli"] == "availability" else value <= Decimal(str(slo["threshold_ms"]))
+        minute = int(event.event_time.timestamp()) // 60 * 60
+        g, t = out.get((event.tenant_id, minute), (0, 0))
+        out[(event.tenant_id, minute)] = (g + int(good), t + 1)
+    return out
+
+
+def _json_equal(found: Any, want: Any) -> bool:
+    if isinstance(found, bool) or isinstance(want, bool):
+        return found is want
+    return not isinstance(found, (dict, list)) and bool(found == want)

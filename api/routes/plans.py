@@ -7,6 +7,7 @@ from fastapi import APIRouter, Request, Response
 from api.deps import AdminDep, CallerDep, PlatformDep, command_context
 from api.relaying import run_command
 from commands.errors import NotFound
+from projections.plans import BILLING_KEYS
 from schemas.envelope import format_time
 from schemas.ids import canonical_uuid
 from schemas.plans import Entitlement, PlanAssignment, PlanBody, PlanList, PlanPublic, QuotaOverrideBody
@@ -16,10 +17,8 @@ router = APIRouter(prefix="/v1", tags=["plans"])
 
 
 def _public(row: plan_store.PlanRow) -> PlanPublic:
-    slug, version, name, entitlements, updated_at = row
-    return PlanPublic(
-        slug=slug, version=version, name=name, entitlements=[e.public() for e in entitlements], updated_at=updated_at
-    )
+    slug, version, name, entitlements, updated_at, billing = row
+    return PlanPublic.of(slug, version, name, entitlements, billing, updated_at)
 
 
 @router.put(
@@ -36,12 +35,10 @@ async def put_plan(
         raise NotFound(f"plan {slug!r} not found")
     plan, created = await run_command(platform, platform.control.put_plan, command_context(request, admin), slug, body)
     response.status_code = 201 if created else 200
-    return PlanPublic(
-        slug=plan.slug,
-        version=plan.plan_version,
-        name=plan.body.get("name"),
-        entitlements=[Entitlement.from_stored(e).public() for e in plan.body["entitlements"]],
-        updated_at=format_time(plan.modified_on),
+    entitlements = [Entitlement.from_stored(e) for e in plan.body["entitlements"]]
+    billing = {key: plan.body[key] for key in BILLING_KEYS if key in plan.body}
+    return PlanPublic.of(
+        plan.slug, plan.plan_version, plan.body.get("name"), entitlements, billing, format_time(plan.modified_on)
     )
 
 

@@ -17,7 +17,7 @@ from types import ModuleType
 
 from ops.bench.common import add_options, machine, options_from
 
-BENCHMARKS = ("ingest_kafka", "freshness", "ingest_embedded", "query_latency", "replay", "quota_consume")
+BENCHMARKS = ("ingest_kafka", "freshness", "ingest_embedded", "query_latency", "replay", "quota_consume", "close_period")
 
 
 def module(name: str) -> ModuleType:

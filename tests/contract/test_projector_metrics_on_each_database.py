@@ -144,3 +144,32 @@ def test_a_hole_inside_a_batch_counts_too(database: Database) -> None:
     projector(database).process(0, [record(i) for i in (0, 1, 2, 5, 6)])  # 3 and 4 are missing
     assert count(database) == 5
     assert holes() == before + 1
+
+
+def test_two_holes_inside_one_batch_count_two(database: Database) -> None:
+    define(database, COUNT)
+    before = holes()
+    projector(database).process(0, [record(i) for i in (0, 2, 3, 5)])  # 1 and 4 are missing
+    assert count(database) == 4
+    assert holes() == before + 2
+
+
+def projected(projector_name: str) -> float:
+    return REGISTRY.get_sample_value("omni_projected_records_total", {"projector": projector_name}) or 0.0
+
+
+def test_records_applied_are_counted_once_per_projector(database: Database) -> None:
+    define(database, COUNT)
+    meters, catalog = projector(database), CatalogProjector(database, TOPICS)
+    before = projected("meters"), projected("catalog")
+    meters.process(0, [record(i) for i in range(6)])
+    meters.process(0, [record(i) for i in range(10)])  # 0..5 redelivered: only 6..9 are applied
+    catalog.process(0, [unreadable(0, TOPICS.control)])  # dead-lettered: applied all the same
+    assert (projected("meters"), projected("catalog")) == (before[0] + 10, before[1] + 1)
+
+
+def test_a_hole_in_the_control_topic_counts_too(database: Database) -> None:
+    catalog = CatalogProjector(database, TOPICS)
+    before = holes()
+    catalog.process(0, [unreadable(0, TOPICS.control), unreadable(2, TOPICS.control)])  # 1 is missing
+    assert holes() == before + 1

@@ -11,14 +11,15 @@ import orjson
 import prometheus_client
 import pytest
 
+from omni import failpoints
 from schemas.envelope import Envelope, encode
 from schemas.meters import MeterDefinition
-from schemas.topics import Topics
+from schemas.topics import STORE_POSITION, Topics
 from stores import views
 from stores.database import Database
 from streams.embedded_log import EmbeddedLog
 from streams.log import LogRecord, Outgoing
-from streams.projectors import CatalogProjector, MeterProjector
+from streams.projectors import CATALOG_APPLIED, CatalogProjector, MeterProjector
 from streams.runner import Runner
 
 TOPICS = Topics(prefix="t", usage_partitions=1)
@@ -346,3 +347,109 @@ async def test_the_runner_folds_api_calls_at_most_once_a_second_but_drains_every
         assert {projector for projector, _ in await runner.lag()} == {"catalog", "meters", API_CALLS}
     finally:
         await log.close()
+
+
+def tenant_created(offset: int, name: str, position: int | None) -> LogRecord:
+    """A tenant's creation on the control topic, relayed with its event-store `position` (or, as by
+    older code, without one)."""
+    moment = START + timedelta(seconds=offset)
+    envelope = Envelope(
+        id=f"c-{offset}", type="omni.tenant.created", tenant_id=f"tenant-{name}", source="omni://control-plane",
+        source_id=f"{name}/1", event_time=moment, recorded_time=moment,
+        data={"tenant_id": f"tenant-{name}", "name": name, "plan": "pro"},
+        extensions={} if position is None else {STORE_POSITION: position},
+    )  # fmt: skip
+    return LogRecord(TOPICS.control, 0, offset, envelope.tenant_id, encode(envelope))
+
+
+def applied_position(db: Database) -> int:
+    with db.transaction() as tx:
+        return views.relay_position(tx, CATALOG_APPLIED)
+
+
+def tenant_names(db: Database) -> list[str]:
+    with db.transaction() as tx:
+        return [name for _, name, _, _ in views.tenants(tx, 100, None)]
+
+
+def test_a_batch_says_how_many_records_it_applied_and_a_redelivered_one_none(database: Database) -> None:
+    define(database, COUNT)
+    meters = projector(database)
+    records = [record(i, f"e{i}") for i in range(10)]
+    assert meters.process(0, records[:6]) == 6
+    assert meters.process(0, records[:6]) == 0
+    assert meters.process(0, records) == 4
+    catalog = CatalogProjector(database, TOPICS)
+    created = [tenant_created(0, "a", 1), tenant_created(1, "b", 2)]
+    assert catalog.process(0, created) == 2
+    assert catalog.process(0, created) == 0
+    assert totals(database, "count") == 10 and tenant_names(database) == ["a", "b"]
+
+
+def test_the_catalog_keeps_the_highest_store_position_it_applied(database: Database) -> None:
+    catalog = CatalogProjector(database, TOPICS)
+    catalog.process(0, [tenant_created(0, "a", None)])  # relayed by older code: no position
+    assert applied_position(database) == 0
+    catalog.process(0, [tenant_created(1, "b", 5), tenant_created(2, "c", 7), tenant_created(3, "d", None)])
+    assert applied_position(database) == 7
+    catalog.process(0, [tenant_created(4, "b", 5)])  # republished after a relay's crash: an older position
+    assert applied_position(database) == 7
+    assert tenant_names(database) == ["a", "b", "c", "d"]
+
+
+def test_the_projectors_crash_points_are_before_and_after_their_commits(database: Database) -> None:
+    define(database, COUNT)
+    meters, catalog = projector(database), CatalogProjector(database, TOPICS)
+    records = [record(i, f"e{i}") for i in range(10)]
+    try:
+        failpoints.arm(failpoints.METERS_BEFORE_COMMIT)
+        with pytest.raises(failpoints.FailpointHit, match=failpoints.METERS_BEFORE_COMMIT):
+            meters.process(0, records[:5])
+        with database.transaction() as tx:
+            assert views.checkpoints(tx, "meters", TOPICS.usage) == {}  # nothing of the batch stays
+        failpoints.arm(failpoints.METERS_AFTER_COMMIT)
+        with pytest.raises(failpoints.FailpointHit, match=failpoints.METERS_AFTER_COMMIT):
+            meters.process(0, records[:5])
+        assert totals(database, "count") == 5  # committed: its redelivery changes nothing
+        assert meters.process(0, records) == 5
+        failpoints.arm(failpoints.CATALOG_BEFORE_COMMIT)
+        with pytest.raises(failpoints.FailpointHit, match=failpoints.CATALOG_BEFORE_COMMIT):
+            catalog.process(0, [tenant_created(0, "a", 1)])
+        assert tenant_names(database) == [] and applied_position(database) == 0
+    finally:
+        failpoints.disarm_all()
+    assert catalog.process(0, [tenant_created(0, "a", 1)]) == 1
+    assert totals(database, "count") == 10 and tenant_names(database) == ["a"]
+
+
+def test_a_meter_defined_when_its_partition_holds_one_record_catches_it_up(database: Database) -> None:
+    define(database, COUNT)
+    meters = projector(database)
+    meters.process(0, [record(0, "e0", tokens=4)])
+    define(database, TOKENS)
+    [lag] = meters.lagging()
+    assert (lag.meter, lag.partition, lag.start, lag.end) == ("tokens", 0, 0, 1)
+    assert meters.catch_up(lag, [record(0, "e0", tokens=4)]) == 1
+    assert meters.lagging() == [] and totals(database, "tokens") == 4
+
+
+def test_a_catch_up_folds_nothing_from_the_head_on_and_steps_over_a_gap_before_it(database: Database) -> None:
+    define(database, COUNT)
+    meters = projector(database)
+    records = [record(i, f"e{i}", tokens=2) for i in range(10)]
+    meters.process(0, records[:6])
+    define(database, TOKENS)
+    [lag] = meters.lagging()
+    assert meters.catch_up(lag, records[:3]) == 3
+    [lag] = meters.lagging()
+    assert (lag.start, lag.end) == (3, 6)
+    assert meters.catch_up(lag, records[3:]) == 3  # 6..9 are at and past the head: the live fold's
+    assert totals(database, "tokens") == 12 and meters.lagging() == []
+
+    meters.process(0, records[6:])
+    define(database, MeterDefinition(slug="late", event_type="inference", aggregation="COUNT"))
+    [lag] = meters.lagging()
+    assert meters.catch_up(lag, records[:4]) == 4
+    [lag] = meters.lagging()
+    assert meters.catch_up(lag, []) == 6  # nothing left below the head: a gap at its end, stepped over
+    assert meters.lagging() == [] and totals(database, "late") == 4

@@ -66,7 +66,13 @@ class Omni:
 
 def embedded_settings(data_dir: Path, **overrides: Any) -> Settings:
     """Embedded mode for tests that settle the views themselves: commands do not wait for them."""
-    values: dict[str, Any] = {"mode": "embedded", "data_dir": data_dir, "admin_key": ADMIN, "usage_partitions": 3}
+    values: dict[str, Any] = {
+        "mode": "embedded",
+        "data_dir": data_dir,
+        "admin_key": ADMIN,
+        "usage_partitions": 3,
+        "billing_auto_close": False,  # tests close their periods themselves
+    }
     return Settings(**(values | {"read_your_writes_seconds": 0} | overrides))
 
 
@@ -85,6 +91,7 @@ def kafka_settings(name: str, **overrides: Any) -> Settings:
         "redis_url": os.environ.get("REDIS_URL", "redis://127.0.0.1:16379/0"),
         "produce_timeout_seconds": 5,
         "read_your_writes_seconds": 0,  # tests that settle the views themselves: commands do not wait
+        "billing_auto_close": False,  # tests close their periods themselves
     }
     return Settings(**(values | overrides))
 

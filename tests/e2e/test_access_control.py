@@ -17,6 +17,7 @@ below, so a route added later cannot escape these checks:
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Any
 
 import orjson
@@ -25,6 +26,7 @@ from tests.conftest import cloud_event
 from tests.e2e.conftest import ADMIN, BATCH, Omni
 
 PUBLIC, ADMIN_ONLY, TENANT_ONLY, EITHER = "public", "admin", "tenant", "either"
+SIGNED = "signed"  # no API key: the sender's signature authenticates it (tests/e2e/test_stripe.py)
 
 ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/healthz"): PUBLIC,
@@ -53,6 +55,22 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/v1/quotas"): EITHER,
     ("GET", "/v1/quotas/{meter}"): EITHER,
     ("GET", "/v1/notifications"): EITHER,
+    ("POST", "/v1/billing/periods/{period}/close"): ADMIN_ONLY,
+    ("GET", "/v1/invoices"): EITHER,
+    ("GET", "/v1/invoices/upcoming"): EITHER,
+    ("GET", "/v1/invoices/{invoice_id}"): EITHER,
+    ("POST", "/v1/invoices/{invoice_id}/void"): ADMIN_ONLY,
+    ("POST", "/v1/invoices/{invoice_id}/mark-uncollectible"): ADMIN_ONLY,
+    ("POST", "/v1/invoices/{invoice_id}/mark-paid"): ADMIN_ONLY,
+    ("POST", "/v1/webhooks/stripe"): SIGNED,
+    ("GET", "/v1/audit"): EITHER,  # a tenant's own chain; the admin's `_platform`, or `?tenant=`
+    ("GET", "/v1/audit/export"): EITHER,
+    ("GET", "/v1/audit/public-key"): EITHER,
+    # A tenant's SLO covers its own events, the admin's every tenant's; each sees only its own.
+    ("PUT", "/v1/slos/{name}"): EITHER,
+    ("GET", "/v1/slos"): EITHER,
+    ("GET", "/v1/slos/{name}"): EITHER,
+    ("GET", "/v1/slos/{name}/history"): EITHER,
 }
 
 
@@ -81,6 +99,18 @@ def request_body(method: str, path: str) -> dict[str, Any]:
         return {"json": {"limit": 5, "period": "DAY"}}
     if (method, path) == ("POST", "/v1/quotas/{meter}/consume"):
         return {"json": {"amount": 1, "idempotency_key": "acl-1"}}
+    if (method, path) == ("PUT", "/v1/slos/{name}"):
+        return {
+            "json": {
+                "event_type": "call",
+                "sli": "availability",
+                "status_property": "$.data.status",
+                "objective": 99,
+                "window": "7d",
+            }
+        }
+    if method == "POST" and path.startswith("/v1/invoices/"):
+        return {"json": {"reason": "acl"}}
     if method == "POST":
         return {"json": {"label": "acl"}}
     return {}
@@ -97,7 +127,8 @@ async def tenant_with_a_meter(omni: Omni) -> tuple[dict[str, str], str]:
     tenant_id, key = await omni.tenant("a")
     await omni.meter(slug="calls", event_type="call", aggregation="COUNT")
     await omni.settle()
-    return {"tenant_id": tenant_id, "key_id": key.split("_")[1], "slug": "calls", "meter": "calls"}, key
+    ids = {"tenant_id": tenant_id, "key_id": key.split("_")[1], "slug": "calls", "meter": "calls", "period": "2020-01"}
+    return {**ids, "invoice_id": str(uuid.uuid4()), "name": "acl-slo"}, key
 
 
 async def test_every_route_is_classified(omni: Omni) -> None:
@@ -107,7 +138,7 @@ async def test_every_route_is_classified(omni: Omni) -> None:
 async def test_every_route_but_health_requires_a_valid_key(omni: Omni) -> None:
     ids, key = await tenant_with_a_meter(omni)
     for (method, path), access in ROUTES.items():
-        if access == PUBLIC:
+        if access in (PUBLIC, SIGNED):
             continue
         for wrong in (None, "not-a-key", "omni_unknownkeyid_secret", key + "x"):
             response = await call(omni, method, path, ids, wrong)
@@ -161,6 +192,18 @@ async def test_bodies_cannot_assign_what_the_key_decides(omni: Omni) -> None:
         ("POST", f"/v1/tenants/{a_id}/keys", {"label": "x", "tenant_id": b_id}),
         ("POST", f"/v1/tenants/{a_id}/keys", {"label": "x", "role": "admin"}),
         ("POST", "/v1/meters", {"slug": "m", "event_type": "t", "aggregation": "COUNT", "tenant_id": a_id}),
+        (
+            "PUT",
+            "/v1/slos/s",
+            {
+                "event_type": "t",
+                "sli": "availability",
+                "status_property": "$.data.s",
+                "objective": 99,
+                "window": "7d",
+                "owner": b_id,
+            },
+        ),
     ]:
         key = ADMIN if path in ("/v1/tenants", "/v1/meters") else a_key
         response = await omni.client.request(method, path, json=body, headers=omni.auth(key))

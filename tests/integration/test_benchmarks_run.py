@@ -28,6 +28,7 @@ TINY = {
     "replay": ["--replay-events", "4000", "--replay-workers", "1"],
     "quota_consume": ["--quota-consume-duration", "2", "--quota-consume-warmup", "0.5", "--quota-consume-baseline-duration", "1"]
     + ["--quota-consume-clients", "10", "--quota-consume-refusal-duration", "1", "--quota-consume-refusal-limit", "50"],
+    "close_period": ["--close-period-tenants", "5", "--close-period-events", "300"],
 }
 
 

@@ -20,7 +20,9 @@ import orjson
 import pytest
 
 from omni import failpoints
+from schemas.envelope import decode
 from schemas.topics import Topics
+from streams.kafka_log import KafkaLog
 from tests.conftest import cloud_event
 from tests.e2e.conftest import ADMIN, BATCH, kafka_settings
 from tests.integration.conftest import drop_schema, free_port
@@ -41,6 +43,7 @@ class Deployment:
         self.schema = settings.database_schema
         self.database_url = database_url
         topics = Topics(prefix=settings.topic_prefix, usage_partitions=settings.usage_partitions)
+        self.topics, self.kafka_servers = topics, settings.kafka_bootstrap_servers
         env = worker_env(topics, settings.kafka_bootstrap_servers, database_url, self.schema, tmp_path / "data")
         env |= {"REDIS_URL": redis_url, "OMNI_ADMIN_KEY": ADMIN, "OMNI_METER_API_CALLS": "false"}
         logs = tmp_path / "logs"
@@ -183,14 +186,171 @@ def meter_value(deployment: Deployment, key: dict[str, str], slug: str, *, defin
     return Decimal(str(data[0]["value"])) if data else Decimal(0)
 
 
-def folded(deployment: Deployment, key: dict[str, str], count: int, timeout: float = 90) -> None:
-    """Wait until the count meter holds `count` events (never more), restarting a killed process."""
+def folded(deployment: Deployment, key: dict[str, str], count: int, timeout: float = 90, slug: str = "inferences") -> None:
+    """Wait until the count meter `slug` holds `count` events (never more), restarting a killed process."""
     deadline = time.monotonic() + timeout
     while True:
         deployment.restart_if_killed()
-        seen = meter_value(deployment, key, "inferences", defined=False)
+        seen = meter_value(deployment, key, slug, defined=False)
         assert seen <= count, f"{seen} events counted, {count} sent\n{deployment.report()}"
         if seen == count:
             return
         assert time.monotonic() < deadline, f"timed out waiting for {count} events in the views ({seen})\n{deployment.report()}"
         time.sleep(0.05)
+
+
+LIMIT = 4  # a hard daily limit on a count meter, consumed LIMIT + 2 times, one consume at a time
+CALLS = {"slug": "calls", "event_type": "request", "aggregation": "COUNT"}
+METERED = {"entitlements": [{"meter": "calls", "limit": LIMIT, "period": "DAY", "thresholds": [50, 100]}]}
+KILLED = "req-2"  # the third consume, where the quota points kill
+
+
+@pytest.mark.parametrize(
+    "deployment",
+    [
+        # Decided and counted in Redis, its answer pending, not on the log: the key answers 409 (in
+        # progress) until the pending answer lapses; the counter stays above the log (the limit
+        # refuses early, never late) until the next rebuild.
+        f"{failpoints.QUOTA_BEFORE_APPEND}=kill@3",
+        # On the log, its answer pending: 409 to the retry; the consume counts once, in both.
+        f"{failpoints.QUOTA_AFTER_APPEND}=kill@3",
+    ],
+    indirect=True,
+)
+async def test_a_kill_at_each_quota_crash_point_keeps_consume_exact_and_notifies_once(deployment: Deployment) -> None:
+    point = deployment.api.env[failpoints.ENVIRONMENT].partition("=")[0]
+    deployment.start()
+    await wait_ready([deployment.api, deployment.worker], 90, "the API and the worker")
+    tenant = deployment.call(lambda: created_tenant(deployment.url))
+    key = {"Authorization": f"Bearer {tenant['api_key']}"}
+    defined = deployment.call(lambda: httpx.post(deployment.url + "/v1/meters", json=CALLS, headers=ADMIN_HEADERS, timeout=30))
+    assert defined.status_code in (201, 409), defined.text
+    plan = deployment.call(
+        lambda: httpx.put(deployment.url + "/v1/plans/metered", json=METERED, headers=ADMIN_HEADERS, timeout=30)
+    )
+    assert plan.status_code in (200, 201), plan.text
+    on_plan = f"{deployment.url}/v1/tenants/{tenant['id']}/plan"
+    assigned = deployment.call(lambda: httpx.put(on_plan, json={"plan": "metered"}, headers=ADMIN_HEADERS, timeout=30))
+    assert assigned.status_code == 204, assigned.text
+    answers = {}
+    for i in range(LIMIT + 2):
+        answer = retried(deployment, lambda i=i: consumed(deployment, key, f"req-{i}"))  # type: ignore[misc]
+        answers[f"req-{i}"] = (answer.status_code, answer.json())
+    statuses = [status for status, _ in answers.values()]
+    assert statuses == [200, 200, 409, 200, 429, 429]  # the killed consume's retry: in progress
+    assert answers[KILLED][1]["type"].endswith("consume-in-progress")
+    landed = point == failpoints.QUOTA_AFTER_APPEND
+    accepted = ["req-0", "req-1", *([KILLED] if landed else []), "req-3"]
+    thresholds = [50, 100] if landed else [50]  # the views hold 3 of 4 when the append never was
+    used = [body["used"] for status, body in answers.values() if status != 409]
+    assert used == [1, 2, 4, 4, 4]  # req-3 finds the killed consume counted, whether or not it landed
+    notes = notified(deployment, key, len(thresholds))
+    await published(deployment, len(thresholds))
+    assert deployment.kills == ["api"], deployment.report()
+
+    for idempotency_key, answer in answers.items():  # after the restart, each key answers as it did
+        if answer[0] != 409:  # (the killed one's pending answer lapses after PENDING_MS: it decides anew then)
+            again = consumed(deployment, key, idempotency_key)
+            assert (again.status_code, again.json()) == answer
+    folded(deployment, key, len(accepted), slug="calls")
+    quota = deployment.call(lambda: httpx.get(deployment.url + "/v1/quotas/calls", headers=key)).json()
+    assert quota["used"] == LIMIT  # the counter: never past the limit (above the log if the append never was)
+    assert sorted(n["threshold"] for n in notes) == thresholds
+    time.sleep(0.5)  # nothing is recorded or published twice later
+    consumes, refusals, notices = await on_the_log(deployment)
+    assert consumes == accepted  # each accepted consume once on the log
+    assert refusals == ["req-4", "req-5"]
+    assert notices == sorted(n["id"] for n in notes)  # each threshold once on the notifications topic
+    assert notified(deployment, key, len(thresholds)) == notes
+
+
+@pytest.mark.parametrize("deployment", [f"{failpoints.NOTICES_AFTER_RECORD}=kill@1"], indirect=True)
+async def test_a_kill_after_notices_are_recorded_publishes_each_once(deployment: Deployment) -> None:
+    """notices.after_record in the API's notices relay: a quota assigned over usage already folded
+    (the catalog's sweep finds both thresholds reached), both notices stored in the event store, the
+    API killed before their view rows are marked recorded. After the restart they are recorded again
+    (refused as duplicates) and each is listed and published once."""
+    deployment.start()
+    await wait_ready([deployment.api, deployment.worker], 90, "the API and the worker")
+    tenant = deployment.call(lambda: created_tenant(deployment.url))
+    key = {"Authorization": f"Bearer {tenant['api_key']}"}
+    defined = deployment.call(lambda: httpx.post(deployment.url + "/v1/meters", json=CALLS, headers=ADMIN_HEADERS, timeout=30))
+    assert defined.status_code == 201, defined.text
+    plan = deployment.call(
+        lambda: httpx.put(deployment.url + "/v1/plans/metered", json=METERED, headers=ADMIN_HEADERS, timeout=30)
+    )
+    assert plan.status_code == 201, plan.text
+    body = orjson.dumps([cloud_event(f"c{i}", type_="request") for i in range(LIMIT + 2)])
+    sent = retried(
+        deployment,
+        lambda: httpx.post(deployment.url + "/v1/events", content=body, headers={**key, "Content-Type": BATCH}, timeout=60),
+    )
+    assert sent.status_code == 202, sent.text
+    folded(deployment, key, LIMIT + 2, slug="calls")
+    on_plan = f"{deployment.url}/v1/tenants/{tenant['id']}/plan"
+    assigned = deployment.call(lambda: httpx.put(on_plan, json={"plan": "metered"}, headers=ADMIN_HEADERS, timeout=30))
+    assert assigned.status_code == 204, assigned.text
+    notes = notified(deployment, key, 2)
+    await published(deployment, 2)  # recorded as notices, then published: past the point, so killed there before
+    assert deployment.kills == ["api"], deployment.report()
+    assert sorted(n["threshold"] for n in notes) == [50, 100]
+    time.sleep(0.5)  # nothing is recorded or published twice later
+    assert (await on_the_log(deployment))[2] == sorted(n["id"] for n in notes)
+    assert notified(deployment, key, 2) == notes
+
+
+def consumed(deployment: Deployment, key: dict[str, str], idempotency_key: str) -> httpx.Response:
+    body = {"amount": 1, "idempotency_key": idempotency_key}
+    return httpx.post(deployment.url + "/v1/quotas/calls/consume", json=body, headers=key, timeout=30)
+
+
+def notified(deployment: Deployment, key: dict[str, str], count: int, timeout: float = 60) -> list[dict[str, Any]]:
+    """Wait until the tenant's notifications list `count` notices (never more), restarting a killed process."""
+    deadline = time.monotonic() + timeout
+    while True:
+        notes: list[dict[str, Any]] = deployment.call(
+            lambda: httpx.get(deployment.url + "/v1/notifications", headers=key, timeout=30)
+        ).json()["data"]
+        assert len(notes) <= count, notes
+        if len(notes) == count:
+            return notes
+        assert time.monotonic() < deadline, f"timed out waiting for {count} notifications ({notes})\n{deployment.report()}"
+        time.sleep(0.05)
+
+
+async def published(deployment: Deployment, count: int, timeout: float = 60) -> None:
+    """Wait until the notifications topic holds `count` notices (never more), restarting a killed process."""
+    deadline = time.monotonic() + timeout
+    while True:
+        deployment.restart_if_killed()
+        notices = (await on_the_log(deployment))[2]
+        assert len(notices) <= count, notices
+        if len(notices) == count:
+            return
+        assert time.monotonic() < deadline, f"timed out waiting for {count} notices published\n{deployment.report()}"
+        time.sleep(0.2)
+
+
+async def on_the_log(deployment: Deployment) -> tuple[list[str], list[str], list[str]]:
+    """From Kafka: the idempotency keys of the accepted consumes and of the refusals on the usage
+    topic, and the ids of the notices on the notifications topic, sorted."""
+    topics = deployment.topics
+    log = KafkaLog(deployment.kafka_servers, topics)
+    await log.start()
+    try:
+        events = {}
+        for topic in (topics.usage, topics.notifications):
+            ends = await log.end_offsets(topic)
+            events[topic] = [
+                decode(record.value)
+                for partition, end in ends.items()
+                for record in (await log.read(topic, partition, 0, end) if end else [])
+            ]
+    finally:
+        await log.close()
+    quota_events = [e for e in events[topics.usage] if e.source == "omni://quotas"]
+    return (
+        sorted(e.source_id for e in quota_events if e.type == "request"),
+        sorted(e.source_id for e in quota_events if e.type == "omni.quota.refused"),
+        sorted(e.data["id"] for e in events[topics.notifications]),
+    )

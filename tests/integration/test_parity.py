@@ -23,6 +23,7 @@ from streams.kafka_log import KafkaLog
 from streams.projectors import CatalogProjector, MeterProjector
 from streams.runner import Runner
 from tests import truth
+from tests.integration.billing_truth import invoices_from
 from tests.integration.test_faust_worker import (
     EVENT_TYPE,
     TENANTS,
@@ -196,6 +197,10 @@ async def test_embedded_runner_and_faust_worker_build_identical_views(
     )
     assert len(want) >= 4, want
     assert notified(sqlite_views) == notified(views_db) == want
+    # Invoices: each month's usage as a close reads it, equal from both runners and to the truth, and
+    # so byte-identical invoices priced from it.
+    billed = [SUM, COUNT]
+    assert invoices_from(sqlite_views, on_the_log, billed, TENANTS) == invoices_from(views_db, on_the_log, billed, TENANTS)
     assert worker.stop() == 0
     await embedded_log.close()
     sqlite_views.close()

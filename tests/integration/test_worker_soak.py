@@ -19,6 +19,7 @@ from stores import views
 from stores.database import PostgresDatabase
 from streams.kafka_log import KafkaLog
 from tests import truth
+from tests.integration.billing_truth import invoices_from
 from tests.integration.test_faust_worker import (
     CALLS,
     TENANTS,
@@ -107,5 +108,7 @@ async def test_five_random_sigkills_during_a_long_stream(
         )
     )
     assert want and notified(views_db) == want
+    # Invoices: each month's usage as a close reads it equals the truth's, whatever the kills interrupted.
+    assert invoices_from(views_db, list(enumerate(on_the_log)), [TOKENS, CALLS], TENANTS)
     assert worker.runs == KILLS + 1
     assert worker.stop() == 0

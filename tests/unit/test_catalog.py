@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+import msgspec
 import pytest
 from pydantic import ValidationError
 
 from commands.control_plane import AUDIT_TYPE, PLATFORM, CommandContext, ControlPlane, describe
-from projections.catalog import KeyAdded, KeyRevoked, MeterAdded, TenantAdded, changes
+from projections.catalog import KeyAdded, KeyRevoked, MeterAdded, TenantAdded, changes, store_position
 from schemas.envelope import Envelope
 from schemas.meters import Aggregation, MeterDefinition
+from schemas.topics import STORE_POSITION
 
 AT = datetime(2024, 5, 1, 14, 30, 0, 250000, tzinfo=timezone(timedelta(hours=2)))
 AT_TEXT = "2024-05-01T12:30:00.250000Z"
@@ -111,3 +113,13 @@ def test_what_the_control_plane_publishes_is_what_the_catalog_reads():
     assert [r.key_id for r in revoked] == [extra.key_id]
     assert [m.definition for m in meters] == [definition]
     assert len(found) == 5  # audit entries change nothing
+
+
+def test_the_store_position_is_a_relayed_events_integer_position_or_zero():
+    def relayed(extensions: dict[str, object]) -> Envelope:
+        return msgspec.structs.replace(control("omni.tenant.created", {}), extensions=extensions)
+
+    assert store_position(relayed({STORE_POSITION: 7})) == 7
+    assert store_position(relayed({})) == 0  # relayed by older code: none
+    for unusable in ("7", 7.0, True, None):  # only an integer is a position (True is an int to Python)
+        assert store_position(relayed({STORE_POSITION: unusable})) == 0, unusable

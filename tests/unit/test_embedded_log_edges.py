@@ -16,7 +16,7 @@ import pytest
 
 from schemas.envelope import Envelope, decode
 from schemas.topics import Topics
-from streams.embedded_log import EmbeddedLog
+from streams.embedded_log import EmbeddedLog, _of_the_log
 from streams.log import LogUnavailable, Outgoing
 
 NOW = datetime.now(UTC)
@@ -151,3 +151,20 @@ async def test_requests_that_arrive_while_a_group_fails_are_committed_after_it(l
     answers = await asyncio.gather(*first, return_exceptions=True)
     assert isinstance(answers[0], UnicodeEncodeError)
     assert await usage(log) == (["g0", "later"] if group == 2 else ["later"])
+
+
+def unavailable_from(cause: BaseException | None) -> LogUnavailable:
+    """The LogUnavailable `run_locked` raises for a failure of SQLite's (`cause`), or for none."""
+    try:
+        raise LogUnavailable("the embedded log failed") from cause
+    except LogUnavailable as failure:
+        return failure
+
+
+def test_a_group_fails_whole_only_for_a_failure_of_the_log_itself() -> None:
+    assert _of_the_log(unavailable_from(None))  # closed
+    assert _of_the_log(unavailable_from(sqlite3.OperationalError("disk I/O error")))  # locked, full, I/O
+    # one request's content that SQLite cannot take: the group is committed again request by request
+    assert not _of_the_log(unavailable_from(sqlite3.InterfaceError("Error binding parameter 2")))
+    assert not _of_the_log(unavailable_from(sqlite3.IntegrityError("NOT NULL constraint failed")))
+    assert not _of_the_log(ValueError("not an envelope"))

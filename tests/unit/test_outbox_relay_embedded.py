@@ -9,8 +9,10 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
-from uuid import uuid5
+from uuid import uuid4, uuid5
 
 import pytest
 
@@ -19,14 +21,18 @@ from commands.ids import OMNI_NAMESPACE
 from omni import failpoints
 from omni.bootstrap import event_store_env
 from omni.settings import Settings
+from projections.quotas import THRESHOLD_CROSSED, Crossing, PeriodKey
 from schemas.envelope import decode, record_headers
 from schemas.meters import MeterDefinition
 from schemas.topics import STORE_POSITION, Topics, partition_for
+from stores import quotas as quota_views
 from stores import views
 from stores.database import SqliteDatabase
 from stores.schema import SCHEMA as VIEW_SCHEMA
 from streams.embedded_log import EmbeddedLog
+from streams.notices import NoticesRelay
 from streams.outbox import RELAY, SOURCE, OutboxRelay, to_envelope
+from tests.loop_waits import Waits
 
 CTX = CommandContext(key_id="admin")
 TOPICS = Topics(prefix="relay", usage_partitions=3)
@@ -206,3 +212,74 @@ async def test_the_loop_stops_when_told_even_in_a_long_pause(setup: Setup) -> No
     await asyncio.sleep(0.1)
     stop.set()
     await asyncio.wait_for(loop, 1.0)
+
+
+async def test_the_idle_relay_doubles_its_pause_up_to_the_most_and_starts_again_when_woken(setup: Setup) -> None:
+    stop = asyncio.Event()
+
+    async def idle() -> None:
+        return None
+
+    async def woken() -> None:
+        relay.wake()  # a wake in the pause, with nothing stored
+
+    async def stored() -> None:
+        setup.control.create_tenant(CTX, "acme", "pro")  # by another process: no wake, found at the next poll
+
+    waits = Waits(stop, [idle] * 6 + [woken, idle, stored, idle, idle])
+    relay = OutboxRelay(setup.control, setup.log, setup.db, TOPICS, sleep=waits.sleep, pause_=waits.pause)
+    await asyncio.wait_for(relay.run(stop), 5.0)
+    assert [seconds for _, seconds in waits.waited] == [
+        0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0,  # IDLE_FIRST doubling up to IDLE_MAX
+        0.05, 0.1,  # a wake starts it again
+        0.05, 0.1,  # so do events published (stored in the pause of 0.1, found by the next poll)
+    ]  # fmt: skip
+    assert {kind for kind, _ in waits.waited} == {"pause"}
+    assert len(await setup.control_records()) == 2
+
+
+async def test_after_an_outage_or_a_failure_the_relay_waits_a_second_then_pauses_as_at_first(setup: Setup) -> None:
+    stop = asyncio.Event()
+
+    async def back_with_a_failing_publish() -> None:
+        await setup.log.start()
+        failpoints.arm(failpoints.RELAY_BEFORE_PUBLISH)  # the next round fails once
+
+    async def idle() -> None:
+        return None
+
+    setup.control.create_tenant(CTX, "acme", "pro")
+    waits = Waits(stop, [back_with_a_failing_publish, idle, idle])
+    relay = OutboxRelay(setup.control, setup.log, setup.db, TOPICS, sleep=waits.sleep, pause_=waits.pause)
+    await setup.log.close()  # the first round meets an outage
+    await asyncio.wait_for(relay.run(stop, idle=0.25, idle_max=4.0), 5.0)
+    # outage: a second, then the first idle pause; failure: the same, doubled; then the events are
+    # published and the relay reads again at once, finds nothing, and pauses from the first again
+    assert waits.waited == [("sleep", 1.0), ("pause", 0.25), ("sleep", 1.0), ("pause", 0.5), ("pause", 0.25)]
+    assert len(await setup.control_records()) == 2
+
+
+async def test_a_notice_is_recorded_and_published_once_across_a_crash_after_recording(setup: Setup) -> None:
+    """The notices relay stores each notification the folds found as a Notice; the outbox relay
+    publishes it on the notifications topic, keyed by tenant. A crash after storing, before the
+    view row is marked recorded, records it again: refused as the duplicate it is, published once."""
+    month = PeriodKey.parse("M:2026-12")
+    crossing = Crossing(str(uuid4()), "tenant-1", "calls", month, 80, Decimal(10), Decimal(8), datetime(2026, 12, 4, tzinfo=UTC))
+    with setup.db.transaction() as tx:
+        quota_views.add_notifications(tx, [crossing])
+    notices = NoticesRelay(setup.control, setup.db)
+    failpoints.arm(failpoints.NOTICES_AFTER_RECORD)
+    with pytest.raises(failpoints.FailpointHit):
+        notices.record_once()
+    assert notices.record_once() == 1  # the row again: stored already, now marked
+    assert notices.record_once() == 0
+    assert await setup.relay.relay_once() == 1
+    records = [r for p in range(TOPICS.usage_partitions) for r in await setup.log.read(TOPICS.notifications, p, 0, 100)]
+    [record] = records
+    event = decode(record.value)
+    assert (record.key, event.type, event.tenant_id) == ("tenant-1", THRESHOLD_CROSSED, "tenant-1")
+    assert event.data == {
+        "id": crossing.id, "tenant_id": "tenant-1", "meter": "calls", "period": month.label, "threshold": 80, "limit": 10,
+        "used": 8, "occurred_at": "2026-12-04T00:00:00.000000Z",
+    }  # fmt: skip
+    assert await setup.control_records() == [] and await setup.audit_records() == []

@@ -14,21 +14,29 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from commands.control_plane import CommandContext, ControlPlane
+from omni import failpoints, metrics
 from omni.bootstrap import event_store_env
 from omni.settings import Settings
+from projections.quotas import CONSUME_SOURCE, QUOTA_CONSUME, REFUSED, period_of
 from schemas.envelope import Envelope, encode
 from schemas.meters import MeterDefinition
+from schemas.plans import Entitlement, Period, PlanBody
 from schemas.topics import Topics
+from stores import quotas as quota_views
 from stores import views
 from stores.database import SqliteDatabase
 from stores.schema import SCHEMA as VIEW_SCHEMA
 from streams.embedded_log import EmbeddedLog
+from streams.embedded_quotas import EmbeddedQuotaLedger
 from streams.log import Outgoing
 from streams.outbox import RELAY, OutboxRelay
 from streams.projectors import API_CALLS, CATALOG, CATALOG_APPLIED, METERS
+from streams.quota_ledger import ConsumeRequest
 from streams.runner import Runner, build_runner
+from tests.loop_waits import Waits
 
 CTX = CommandContext(key_id="admin")
 START = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=1)
@@ -95,6 +103,7 @@ def test_build_runner_wires_both_topics_with_the_settings(tmp_path: Path) -> Non
     assert (runner.api_calls.topic, runner.api_calls.consumer) == (topics.api_calls, API_CALLS)
     assert runner.meters.keep_seen == runner.api_calls.keep_seen == timedelta(seconds=3660)
     assert runner.meter_projectors == (runner.meters, runner.api_calls)
+    assert runner.audit is not None and runner.audit.topic == topics.audit
 
 
 async def test_a_step_folds_the_catalog_and_usage_and_says_how_many_records_it_moved(embedded: Embedded) -> None:
@@ -104,8 +113,8 @@ async def test_a_step_folds_the_catalog_and_usage_and_says_how_many_records_it_m
     await use(embedded, str(tenant.id), 20)
     ends = await embedded.log.end_offsets(embedded.log.topics.usage)
 
-    # Batches of 7: the 3 control records, then at most 7 usage records per partition and step.
-    assert await embedded.runner.step() == 3 + sum(min(7, end) for end in ends.values())
+    # Batches of 7: the 3 control records, at most 7 usage records per partition and step, and the 2 audit entries.
+    assert await embedded.runner.step() == 3 + sum(min(7, end) for end in ends.values()) + 2
     await embedded.runner.drain()
     assert await embedded.runner.step() == 0
 
@@ -118,7 +127,11 @@ async def test_a_step_folds_the_catalog_and_usage_and_says_how_many_records_it_m
     assert embedded.read(lambda tx: views.checkpoints(tx, METERS, embedded.log.topics.usage)) == {
         p: e for p, e in ends.items() if e
     }
+    # Each audit entry linked into its chain: the tenant's creation, and the platform's meter.
+    chains = embedded.read(lambda tx: tx.execute("SELECT chain, length FROM audit_heads"))
+    assert {tuple(row) for row in chains} == {("_platform", 1), (str(tenant.id), 1)}
     assert set((await embedded.runner.lag()).values()) == {0}
+    assert ("audit", 0) in await embedded.runner.lag()
 
 
 async def test_a_republished_catalog_changes_nothing_and_never_lowers_the_position_applied(embedded: Embedded) -> None:
@@ -130,7 +143,8 @@ async def test_a_republished_catalog_changes_nothing_and_never_lowers_the_positi
     with embedded.db.transaction() as tx:
         views.set_relay_position(tx, RELAY, 0)  # published, the position never saved: all again
     await embedded.relay.relay_once()
-    assert await embedded.runner.step() == 3
+    assert await embedded.runner.step() == 3 + 2  # the control records, and the audit entries: each linked once
+    assert sorted(row[0] for row in embedded.read(lambda tx: tx.execute("SELECT length FROM audit_heads"))) == [1, 1]
     assert embedded.read(lambda tx: views.relay_position(tx, CATALOG_APPLIED)) == applied
     assert len(embedded.read(lambda tx: views.tenants(tx, 100, None))) == 1
     assert [m.slug for m in embedded.read(views.meter_definitions)] == ["calls"]
@@ -187,3 +201,249 @@ async def test_the_catalog_holds_each_tenant_key_and_revocation_as_commanded(emb
     assert set(keys) == {first.key_id, second.key_id}
     assert keys[second.key_id][0] == "ci" and keys[second.key_id][2] is None
     assert keys[first.key_id][2] is not None  # revoked, and when
+
+
+def waiting_runner(embedded: Embedded, waits: Waits) -> Runner:
+    """The fixture's projectors in a runner whose clock, sleep and pause are the test's."""
+    runner = embedded.runner
+    return Runner(
+        embedded.log,
+        runner.catalog,
+        runner.meters,
+        batch_size=runner.batch_size,
+        api_calls=runner.api_calls,
+        clock=waits.clock,
+        sleep=waits.sleep,
+        pause_=waits.pause,
+    )
+
+
+async def test_the_loop_pauses_idle_clears_its_wake_and_reports_the_lag_once_a_second(embedded: Embedded) -> None:
+    stop, wake = asyncio.Event(), asyncio.Event()
+    reports: list[float] = []
+
+    async def at(now: float) -> None:
+        waits.now = now
+
+    waits = Waits(stop, [lambda: at(0.5), lambda: at(1.0), lambda: at(1.0)])
+    runner = waiting_runner(embedded, waits)
+    report_lag = runner.report_lag
+
+    async def reported() -> None:
+        reports.append(waits.now)
+        await report_lag()
+
+    runner.report_lag = reported  # type: ignore[method-assign]
+    wake.set()  # woken before it starts: the first pause finds the wake set, the next ones cleared
+    await asyncio.wait_for(runner.run(stop, wake), 5.0)
+    assert waits.waited == [("pause", 0.05)] * 3  # nothing to fold: the default idle pause, every round
+    assert waits.woken_at_pause == [True, False, False]
+    assert reports == [0.0, 1.0]  # at once, then when a second has gone by, not in between
+
+
+async def test_after_an_outage_or_a_failed_step_the_loop_waits_a_second_then_pauses(embedded: Embedded) -> None:
+    tenant, _ = embedded.control.create_tenant(CTX, "acme", "pro")
+    embedded.control.define_meter(CTX, COUNT)
+    await embedded.relay.relay_once()
+    await embedded.runner.drain()
+    stop = asyncio.Event()
+
+    async def back_with_a_failing_fold() -> None:
+        await embedded.log.start()
+        await use(embedded, str(tenant.id), 1)
+        failpoints.arm(failpoints.METERS_BEFORE_COMMIT)  # the next fold fails once, then folds
+
+    folded_at_pause: list[Decimal] = []
+
+    async def folded() -> None:
+        folded_at_pause.append(embedded.total("calls", str(tenant.id)))
+
+    waits = Waits(stop, [back_with_a_failing_fold, folded, folded])
+    await embedded.log.close()  # the first round meets an outage
+    try:
+        await asyncio.wait_for(waiting_runner(embedded, waits).run(stop, idle=0.25), 5.0)
+    finally:
+        failpoints.disarm_all()
+    # outage: a second, then the idle pause; failed fold: the same, before folding again; then the
+    # record folds, and the loop goes straight on to the next step, which finds nothing and pauses
+    assert waits.waited == [("sleep", 1.0), ("pause", 0.25), ("sleep", 1.0), ("pause", 0.25), ("pause", 0.25)]
+    assert folded_at_pause == [0, 1]
+
+
+ON_0, ON_1 = "d", "a"  # tenants whose usage lands on partition 0 and on partition 1 of two
+
+
+async def test_a_step_counts_what_its_catch_up_folded_on_every_partition(embedded: Embedded) -> None:
+    embedded.control.define_meter(CTX, COUNT)
+    await embedded.relay.relay_once()
+    await use(embedded, ON_0, 20)
+    await use(embedded, ON_1, 20, first=20)
+    assert await embedded.log.end_offsets(embedded.log.topics.usage) == {0: 20, 1: 20}
+    await embedded.runner.drain()
+    embedded.control.define_meter(CTX, TOKENS)
+    await embedded.relay.relay_once()
+    # the definition (1 control record, 1 audit entry), then catch-up: a batch of 7 on each partition
+    assert await embedded.runner.step() == 1 + 1 + 7 + 7
+    assert await embedded.runner.catch_up() == 7 + 7
+    await embedded.runner.drain()
+    assert (embedded.total("tokens", ON_0), embedded.total("tokens", ON_1)) == (40, 40)
+
+
+async def test_the_lag_is_reported_for_each_projector_and_partition(embedded: Embedded) -> None:
+    await use(embedded, ON_0, 3)
+    await use(embedded, ON_1, 5, first=3)
+    gauges = {(p, str(partition)): -1.0 for p in (CATALOG, METERS, API_CALLS) for partition in (0, 1)}
+    for labels, sentinel in gauges.items():  # whatever other tests left there
+        metrics.VIEWS_LAG.labels(*labels).set(sentinel)
+    await embedded.runner.report_lag()
+    exposed = {
+        (p, partition): REGISTRY.get_sample_value("omni_views_lag_records", {"projector": p, "partition": partition})
+        for p, partition in gauges
+    }
+    assert exposed == {
+        (CATALOG, "0"): 0.0,  # the control topic has one partition: partition 1 is not reported
+        (CATALOG, "1"): -1.0,
+        (METERS, "0"): 3.0,
+        (METERS, "1"): 5.0,
+        (API_CALLS, "0"): 0.0,
+        (API_CALLS, "1"): 0.0,
+    }
+
+
+async def test_meter_definitions_are_the_platforms_in_the_catalog(embedded: Embedded) -> None:
+    embedded.control.define_meter(CTX, COUNT)
+    await embedded.relay.relay_once()
+    await embedded.runner.drain()
+    owners = embedded.read(lambda tx: tx.execute("SELECT slug, tenant_id FROM meter_definitions"))
+    assert [tuple(row) for row in owners] == [("calls", "_platform")]
+
+
+async def test_a_quota_changes_threshold_sweep_commits_with_the_catalog_and_notifies_once(embedded: Embedded) -> None:
+    """The sweep of a plan assignment (thresholds the usage already folded has reached) is written in
+    the catalog's own transaction: a crash before its commit leaves no notification, and the
+    batch folded again (or republished) notifies once."""
+    tenant, _ = embedded.control.create_tenant(CTX, "acme", "free")
+    embedded.control.define_meter(CTX, COUNT)
+    plan = PlanBody(entitlements=[Entitlement(meter="calls", limit=Decimal(10), period=Period.MONTH, thresholds=[50, 100])])
+    embedded.control.put_plan(CTX, "metered", plan)
+    await embedded.relay.relay_once()
+    await used_now(embedded, str(tenant.id), 6)  # this month's usage (the sweep is as of the change)
+    await embedded.runner.drain()
+    embedded.control.assign_plan(CTX, str(tenant.id), "metered")
+    await embedded.relay.relay_once()
+
+    failpoints.arm(failpoints.CATALOG_BEFORE_COMMIT)
+    try:
+        with pytest.raises(failpoints.FailpointHit):
+            await embedded.runner.step()
+        assert thresholds(embedded, str(tenant.id)) == []
+    finally:
+        failpoints.disarm_all()
+    await embedded.runner.drain()
+    assert thresholds(embedded, str(tenant.id)) == [50]  # 6 of 10 used when the plan came
+    with embedded.db.transaction() as tx:
+        views.set_relay_position(tx, RELAY, 0)  # the relay's position lost: everything republished
+    await embedded.relay.relay_once()
+    await embedded.runner.drain()
+    assert thresholds(embedded, str(tenant.id)) == [50]
+
+
+METERED = PlanBody(entitlements=[Entitlement(meter="calls", limit=Decimal(10), period=Period.MONTH, thresholds=[50, 100])])
+
+
+async def used_now(embedded: Embedded, tenant: str, n: int, *, first: int = 0, type_: str = "call") -> None:
+    """`n` events of this month (five seconds ago), ids from `first` on."""
+    now = datetime.now(UTC) - timedelta(seconds=5)
+    await embedded.log.append(
+        embedded.log.topics.usage,
+        [Outgoing(tenant, encode(Envelope(
+            id=f"id-{i}", type=type_, tenant_id=tenant, source="gw", source_id=f"e{i}", event_time=now,
+            recorded_time=now, data={},
+        ))) for i in range(first, first + n)],
+    )  # fmt: skip
+
+
+def thresholds(embedded: Embedded, tenant: str) -> list[int]:
+    rows = embedded.read(lambda tx: quota_views.notifications(tx, tenant, 100, None))
+    return sorted(int(row[5]) for row in rows)
+
+
+async def test_the_fold_notifies_each_threshold_usage_crosses_under_a_quota_once(embedded: Embedded) -> None:
+    tenant, _ = embedded.control.create_tenant(CTX, "acme", "free")
+    embedded.control.define_meter(CTX, COUNT)
+    embedded.control.put_plan(CTX, "metered", METERED)
+    embedded.control.assign_plan(CTX, str(tenant.id), "metered")
+    await embedded.relay.relay_once()
+    await embedded.runner.drain()
+    await used_now(embedded, str(tenant.id), 4)
+    await embedded.runner.drain()
+    assert thresholds(embedded, str(tenant.id)) == []
+    await used_now(embedded, str(tenant.id), 1, first=4)
+    await embedded.runner.drain()
+    assert thresholds(embedded, str(tenant.id)) == [50]  # 5 of 10
+    await used_now(embedded, str(tenant.id), 7, first=5)
+    await embedded.runner.drain()
+    assert thresholds(embedded, str(tenant.id)) == [50, 100]  # 12 of 10: facts pass a limit, notified once
+
+
+async def test_a_meter_defined_after_its_usage_notifies_what_its_catch_up_crosses(embedded: Embedded) -> None:
+    tenant, _ = embedded.control.create_tenant(CTX, "acme", "free")
+    await embedded.relay.relay_once()
+    await used_now(embedded, str(tenant.id), 6)
+    await embedded.runner.drain()  # no meter yet: nothing folded
+    embedded.control.define_meter(CTX, COUNT)
+    embedded.control.put_plan(CTX, "metered", METERED)
+    embedded.control.assign_plan(CTX, str(tenant.id), "metered")
+    await embedded.relay.relay_once()
+    await embedded.runner.drain()  # the sweep finds the meter empty; its catch-up crosses 50 %
+    assert embedded.total("calls", str(tenant.id)) == 6
+    assert thresholds(embedded, str(tenant.id)) == [50]
+
+
+async def test_the_fold_counts_facts_in_the_quota_counters_once_even_when_folded_again(embedded: Embedded) -> None:
+    ledger = EmbeddedQuotaLedger(embedded.log)
+    await ledger.start()
+    runner = build_runner(embedded.settings, embedded.db, embedded.log, ledger=ledger)
+    tenant, _ = embedded.control.create_tenant(CTX, "acme", "free")
+    embedded.control.define_meter(CTX, COUNT)
+    await embedded.relay.relay_once()
+    await runner.drain()
+    month = period_of(datetime.now(UTC) - timedelta(seconds=5), Period.MONTH)
+    await used_now(embedded, str(tenant.id), 5)
+    failpoints.arm(failpoints.METERS_BEFORE_COMMIT)  # counted, then the views' commit fails
+    try:
+        with pytest.raises(failpoints.FailpointHit):
+            await runner.step()
+    finally:
+        failpoints.disarm_all()
+    await runner.drain()  # the batch folded again: counted already
+    assert await ledger.used(str(tenant.id), "calls", month) == 5
+    await used_now(embedded, str(tenant.id), 3, first=5, type_="other")  # a batch no meter counts
+    await runner.drain()  # moves the marks all the same
+    assert await ledger.used(str(tenant.id), "calls", month) == 5
+    outcome = await ledger.consume(consume_of_one_call(str(tenant.id), "req-1"))
+    assert outcome.decision.accepted and outcome.decision.used == 6  # counted as it is decided...
+    await runner.drain()
+    assert await ledger.used(str(tenant.id), "calls", month) == 6  # ...not again when folded
+    assert embedded.total("calls", str(tenant.id)) == 6
+    marks = embedded.log.run_locked(lambda db: db.execute("SELECT topic, partition, next_offset FROM quota_marks").fetchall())
+    ends = await embedded.log.end_offsets(embedded.log.topics.usage)
+    assert sorted(marks) == sorted((embedded.log.topics.usage, p, end) for p, end in ends.items() if end)
+
+
+def consume_of_one_call(tenant: str, idempotency_key: str) -> ConsumeRequest:
+    """What POST /v1/quotas/calls/consume asks the ledger, without a quota (never refused)."""
+    now = datetime.now(UTC) - timedelta(seconds=5)
+    period = period_of(now, Period.DAY)
+    usage = Envelope(
+        id=f"u-{idempotency_key}", type="call", tenant_id=tenant, source=CONSUME_SOURCE, source_id=idempotency_key,
+        event_time=now, recorded_time=now, data={}, extensions={QUOTA_CONSUME: period.text},
+    )  # fmt: skip
+    refusal = Envelope(
+        id=f"r-{idempotency_key}", type=REFUSED, tenant_id=tenant, source=CONSUME_SOURCE, source_id=idempotency_key,
+        event_time=now, recorded_time=now, data={},
+    )  # fmt: skip
+    return ConsumeRequest(
+        tenant_id=tenant, meter="calls", amount=Decimal(1), idempotency_key=idempotency_key, subject=None,
+        entitlement=None, period=period, usage=(usage, encode(usage)), refusal=refusal, keep_until=now + timedelta(days=1),
+    )  # fmt: skip

@@ -1,0 +1,140 @@
+"""The audit trail: entries of a chain, its export as JSON Lines, the key its checkpoints are signed with."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated, Literal
+
+import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi import APIRouter, Query
+from fastapi.responses import Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import CallerDep, PlatformDep
+from api.problems import Problem
+from commands.control_plane import PLATFORM, Principal
+from commands.errors import NotFound
+from omni.audit_keys import public_pem
+from omni.bootstrap import Platform
+from projections.audit_chain import EMPTY, Head, checkpoint, export_lines
+from schemas.audit import AuditList
+from schemas.cloudevents import Rfc3339Time
+from schemas.envelope import format_time
+from schemas.ids import canonical_uuid
+from stores import audit as audit_store
+from stores import views
+
+router = APIRouter(prefix="/v1", tags=["audit"])
+
+JSON_LINES = "application/jsonl"
+PEM = "application/x-pem-file"
+EXPORT_PAGE = 1000
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL: such a filter matches nothing anyway
+TenantQuery = Annotated[
+    str | None,
+    Query(description="Admin only: whose chain (a tenant id, or `_platform`, the default, for platform-wide actions)"),
+]
+
+
+def _key(platform: Platform) -> Ed25519PrivateKey:
+    if platform.runner.audit is None:
+        raise Problem(503, "Audit unavailable", "This process keeps no audit signing key.", kind="audit-unavailable")
+    return platform.runner.audit.key
+
+
+def _chain_of(platform: Platform, principal: Principal, tenant: str | None) -> str:
+    """The caller's own chain; the admin's, `_platform` or the tenant named by `?tenant=`."""
+    if not principal.is_admin:
+        if tenant is not None and canonical_uuid(tenant) != principal.tenant_id:
+            raise NotFound(f"tenant {tenant} not found")
+        return principal.tenant_id or ""
+    if tenant is None or tenant == PLATFORM:
+        return PLATFORM
+    canonical = canonical_uuid(tenant)
+    if canonical is None:
+        raise NotFound(f"tenant {tenant} not found")
+    with platform.db.transaction() as tx:
+        if views.tenant(tx, canonical) is None:
+            raise NotFound(f"tenant {tenant} not found")
+    return canonical
+
+
+@router.get("/audit", response_model=AuditList, responses={404: {}, 422: {}})
+def list_audit(
+    platform: PlatformDep,
+    principal: CallerDep,
+    tenant: TenantQuery = None,
+    from_: Annotated[Rfc3339Time | None, Query(alias="from", description="Entries recorded at or after (RFC 3339)")] = None,
+    to: Annotated[Rfc3339Time | None, Query(description="Entries recorded before (RFC 3339)")] = None,
+    action: Annotated[str | None, Query(max_length=200, pattern=NO_NUL, description="e.g. `api_key.revoke`")] = None,
+    actor: Annotated[str | None, Query(max_length=200, pattern=NO_NUL, description="The key id that acted")] = None,
+    outcome: Annotated[Literal["accepted", "rejected"] | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    after: Annotated[int, Query(ge=0, le=2**62, description="The `next_after` of the previous page")] = 0,
+) -> AuditList:
+    """The commands of the caller's chain, accepted or refused, in chain order, as hashed."""
+    chain = _chain_of(platform, principal, tenant)
+    filters = audit_store.Filters(
+        start_us=None if from_ is None else audit_store.micros(from_),
+        end_us=None if to is None else audit_store.micros(to),
+        action=action,
+        actor=actor,
+        outcome=outcome,
+    )
+    with platform.db.transaction() as tx:
+        rows = audit_store.entries(tx, chain, filters, after=after, limit=limit)
+    return AuditList.model_validate(
+        {"data": [orjson.loads(body) for _, body in rows], "next_after": rows[-1][0] if len(rows) == limit else None}
+    )
+
+
+@router.get(
+    "/audit/export",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "content": {JSON_LINES: {"schema": {"type": "string"}}},
+            "description": "The whole chain as JSON Lines: each entry, each periodic checkpoint after the entry it "
+            "closes, and a final checkpoint signed now (verify with `omni audit verify`)",
+        },
+        404: {},
+        422: {},
+    },
+)
+async def export_audit(platform: PlatformDep, principal: CallerDep, tenant: TenantQuery = None) -> StreamingResponse:
+    """The caller's chain, whole, for offline verification: as it stood when the export began."""
+    chain = await run_in_threadpool(_chain_of, platform, principal, tenant)
+    key = _key(platform)
+
+    def snapshot() -> tuple[Head, dict[int, str]]:
+        with platform.db.transaction() as tx:
+            head = audit_store.heads(tx, [chain]).get(chain, EMPTY)
+            return head, audit_store.checkpoints_through(tx, chain, head.length)
+
+    head, checkpoints = await run_in_threadpool(snapshot)
+    final = checkpoint(chain, head, format_time(platform.clock()), final=True, key=key)
+
+    def entries() -> Iterator[tuple[int, str]]:
+        after = 0
+        while after < head.length:
+            with platform.db.transaction() as tx:
+                page = audit_store.bodies_between(tx, chain, after, head.length, EXPORT_PAGE)
+            if not page:
+                return
+            yield from page
+            after = page[-1][0]
+
+    lines = (line + "\n" for line in export_lines(entries(), checkpoints, final))
+    name = f"audit-{chain}.jsonl"
+    return StreamingResponse(lines, media_type=JSON_LINES, headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+@router.get(
+    "/audit/public-key",
+    response_class=Response,
+    responses={200: {"content": {PEM: {"schema": {"type": "string"}}}, "description": "The Ed25519 public key, PEM"}},
+)
+def audit_public_key(platform: PlatformDep, principal: CallerDep) -> Response:
+    """The public key the audit checkpoints are signed with (SubjectPublicKeyInfo, PEM)."""
+    return Response(public_pem(_key(platform)), media_type=PEM)

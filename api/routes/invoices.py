@@ -1,0 +1,217 @@
+"""Invoices: closing billing periods (admin), finalized invoices and credit notes, the upcoming draft."""
+
+from __future__ import annotations
+
+import functools
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import HTMLResponse
+from starlette.concurrency import run_in_threadpool
+
+from api import invoice_page
+from api.deps import AdminDep, CallerDep, PlatformDep, command_context
+from api.problems import Problem
+from api.relaying import run_command
+from commands.billing import PAID, UNCOLLECTIBLE, VOID
+from commands.errors import NotFound
+from omni.billing_close import NotOver, ViewsBehind, close_period, read_cut
+from omni.bootstrap import Platform
+from projections.invoices import CREDIT_NOTE, INVOICE, PERIOD_PATTERN, BillingPeriod, bill, digest
+from schemas.billing import InvoiceChanged, InvoiceList, InvoicePublic, PeriodClose, StatusChange
+from schemas.envelope import format_time
+from schemas.ids import canonical_uuid
+from stores import billing as billing_store
+from stores import views
+
+router = APIRouter(prefix="/v1", tags=["invoices"])
+
+
+def _tenant_of(principal: CallerDep, tenant: str | None) -> str | None:
+    """The caller's own tenant; for the admin, the one named by `?tenant=` (None: every tenant)."""
+    if not principal.is_admin:
+        if tenant is not None and canonical_uuid(tenant) != principal.tenant_id:
+            raise NotFound(f"tenant {tenant} not found")
+        return principal.tenant_id or ""
+    if tenant is None:
+        return None
+    canonical = canonical_uuid(tenant)
+    if canonical is None:
+        raise NotFound(f"tenant {tenant} not found")
+    return canonical
+
+
+def _public(row: billing_store.InvoiceRow) -> InvoicePublic:
+    document, status, _ = row
+    return InvoicePublic.model_validate({**document, "status": status, "digest": digest(document)})
+
+
+@router.post(
+    "/billing/periods/{period}/close",
+    response_model=PeriodClose,
+    responses={409: {}, 422: {}, 503: {}},
+)
+async def close_billing_period(
+    period: Annotated[str, Path(pattern=PERIOD_PATTERN, description="The month, YYYY-MM (UTC)", examples=["2026-11"])],
+    request: Request,
+    platform: PlatformDep,
+    admin: AdminDep,
+) -> PeriodClose:
+    """Finalize every tenant's invoice for a month that has ended: once (409 after), from the usage the
+    log held when the close began. 503 when the meter views lag the log for too long."""
+    found = BillingPeriod.parse(period)
+    assert found is not None  # the path's pattern
+    try:
+        closed = await close_period(platform, found, command_context(request, admin))
+    except NotOver as early:
+        raise Problem(409, "Period not over", str(early), kind="period-not-over") from early
+    except ViewsBehind as behind:
+        raise Problem(503, "Views behind", str(behind), kind="views-behind", headers={"Retry-After": "5"}) from behind
+    totals: dict[str, int] = {}
+    for document in closed.invoices:
+        if document["kind"] == INVOICE:
+            totals[document["currency"]] = totals.get(document["currency"], 0) + int(document["total"])
+    return PeriodClose(
+        period=closed.period,
+        closed_at=closed.closed_at,
+        invoices=sum(1 for d in closed.invoices if d["kind"] == INVOICE),
+        credit_notes=sum(1 for d in closed.invoices if d["kind"] == CREDIT_NOTE),
+        totals=dict(sorted(totals.items())),
+    )
+
+
+@router.get("/invoices", response_model=InvoiceList, responses={404: {}, 422: {}})
+def list_invoices(
+    platform: PlatformDep,
+    principal: CallerDep,
+    tenant: Annotated[str | None, Query(description="Admin only: whose invoices (every tenant's if absent)")] = None,
+    period: Annotated[str | None, Query(pattern=PERIOD_PATTERN, description="Only this month's")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    before: Annotated[str | None, Query(pattern=r"^[^~]+~.+$", description="The `next_before` of the previous page")] = None,
+) -> InvoiceList:
+    """Finalized invoices and credit notes, newest first."""
+    tenant_id = _tenant_of(principal, tenant)
+    cursor = None
+    if before is not None:
+        at, _, last_id = before.partition("~")
+        cursor = (at, last_id)
+    with platform.db.transaction() as tx:
+        if tenant_id is not None and views.tenant(tx, tenant_id) is None:
+            raise NotFound(f"tenant {tenant} not found")
+        rows = billing_store.invoices_of(tx, tenant_id, limit=limit, before=cursor, period=period)
+    found = [_public(r) for r in rows]
+    last = found[-1] if len(found) == limit else None
+    return InvoiceList(data=found, next_before=f"{last.issued_at}~{last.id}" if last is not None else None)
+
+
+@router.get("/invoices/upcoming", response_model=InvoicePublic, responses={404: {}, 422: {}})
+async def upcoming_invoice(
+    platform: PlatformDep,
+    principal: CallerDep,
+    tenant: Annotated[str | None, Query(description="Admin only: whose")] = None,
+) -> InvoicePublic:
+    """This month's invoice as it stands: the usage so far, priced by the tenant's plan now, with the
+    adjustments the next close will bill. 404 when the tenant's plan charges nothing."""
+    tenant_id = _tenant_of(principal, tenant)
+    if tenant_id is None:
+        raise Problem(422, "Tenant needed", "The admin names the tenant: ?tenant=ID.", kind="tenant-needed")
+    return await run_in_threadpool(_draft, platform, tenant_id)
+
+
+def _draft(platform: Platform, tenant_id: str) -> InvoicePublic:
+    with platform.db.transaction() as tx:
+        if views.tenant(tx, tenant_id) is None:
+            raise NotFound(f"tenant {tenant_id} not found")
+    period = BillingPeriod.of(platform.clock())
+    cut = read_cut(platform.db, period, platform.settings.acceptance_window, tenant_id)
+    billed, next_invoice, next_credit_note = platform.control.billed_so_far(tenant_id)
+    statement = bill(
+        tenant_id=tenant_id,
+        period=period,
+        plan=cut.plans.get(cut.tenants.get(tenant_id, "")),
+        usage=cut.usage.get(tenant_id, {}),
+        earlier=cut.earlier.get(tenant_id, {}),
+        billed=billed,
+        plan_at=cut.plan_at,
+        next_invoice=next_invoice,
+        next_credit_note=next_credit_note,
+        issued_at=format_time(platform.clock()),
+    )
+    if statement.invoice is None:
+        raise NotFound(f"tenant {tenant_id} has nothing to be invoiced for {period.text} so far")
+    draft: dict[str, Any] = {**statement.invoice, "status": "draft", "number": None, "issued_at": None}
+    return InvoicePublic.model_validate(draft)
+
+
+@router.get(
+    "/invoices/{invoice_id}",
+    response_model=InvoicePublic,
+    responses={
+        200: {
+            "content": {"text/html": {"schema": {"type": "string"}}},
+            "description": "JSON, or a printable page for Accept: text/html",
+        },
+        404: {},
+    },
+)
+def get_invoice(invoice_id: str, request: Request, platform: PlatformDep, principal: CallerDep) -> Any:
+    """One invoice or credit note (another tenant's answers 404); with `Accept: text/html`, a printable page."""
+    with platform.db.transaction() as tx:
+        row = billing_store.invoice(tx, invoice_id)
+        if row is None or (not principal.is_admin and row[0]["tenant_id"] != principal.tenant_id):
+            raise NotFound(f"invoice {invoice_id} not found")
+        tenant = views.tenant(tx, row[0]["tenant_id"])
+    if not _wants_html(request.headers.get("accept", "")):
+        return _public(row)
+    customer = tenant[1] if tenant is not None else row[0]["tenant_id"]
+    page = invoice_page.render(row[0], row[1], seller=platform.settings.invoice_seller, customer=customer)
+    return HTMLResponse(page, headers={"Vary": "Accept"})
+
+
+def _wants_html(accept: str) -> bool:
+    """HTML when the client lists text/html before any JSON (a browser, `curl -H 'Accept: text/html'`)."""
+    kinds = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+    html = kinds.index("text/html") if "text/html" in kinds else None
+    json_ = min((i for i, k in enumerate(kinds) if k in ("application/json", "application/problem+json")), default=None)
+    return html is not None and (json_ is None or html < json_)
+
+
+async def _move(platform: Platform, request: Request, admin: Any, invoice_id: str, status: str, reason: str) -> InvoiceChanged:
+    with platform.db.transaction() as tx:
+        row = billing_store.invoice(tx, invoice_id)
+    if row is None or row[0]["kind"] != INVOICE:
+        raise NotFound(f"invoice {invoice_id} not found")
+    ctx = command_context(request, admin)
+    at = format_time(platform.clock())
+    move = functools.partial(platform.control.set_invoice_status, reason=reason, source="admin", at=at)
+    credit_note = await run_command(platform, move, ctx, row[0], status)
+    # The answer is the command's outcome (its caller's next read waits for the views to hold it).
+    changed = None if credit_note is None else _public((credit_note, "finalized", None))
+    return InvoiceChanged(invoice=_public((row[0], status, at)), credit_note=changed)
+
+
+_MOVE_RESPONSES: dict[int | str, dict[str, Any]] = {404: {}, 409: {}, 422: {}}
+
+
+@router.post("/invoices/{invoice_id}/void", response_model=InvoiceChanged, responses=_MOVE_RESPONSES)
+async def void_invoice(
+    invoice_id: str, body: StatusChange, request: Request, platform: PlatformDep, admin: AdminDep
+) -> InvoiceChanged:
+    """Void a finalized or uncollectible invoice, with a reason: a credit note gives its total back."""
+    return await _move(platform, request, admin, invoice_id, VOID, body.reason)
+
+
+@router.post("/invoices/{invoice_id}/mark-uncollectible", response_model=InvoiceChanged, responses=_MOVE_RESPONSES)
+async def mark_invoice_uncollectible(
+    invoice_id: str, body: StatusChange, request: Request, platform: PlatformDep, admin: AdminDep
+) -> InvoiceChanged:
+    """Give up collecting a finalized invoice (it may still be paid later)."""
+    return await _move(platform, request, admin, invoice_id, UNCOLLECTIBLE, body.reason)
+
+
+@router.post("/invoices/{invoice_id}/mark-paid", response_model=InvoiceChanged, responses=_MOVE_RESPONSES)
+async def mark_invoice_paid(
+    invoice_id: str, body: StatusChange, request: Request, platform: PlatformDep, admin: AdminDep
+) -> InvoiceChanged:
+    """Record a payment made outside Stripe (Stripe's own payments arrive by its webhook)."""
+    return await _move(platform, request, admin, invoice_id, PAID, body.reason)

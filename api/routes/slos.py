@@ -1,0 +1,155 @@
+"""SLOs: a tenant's over its own events, the admin's over every tenant's; status and history."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+
+from api.deps import CallerDep, PlatformDep, command_context
+from api.problems import Problem
+from api.relaying import run_command
+from commands.control_plane import Principal
+from commands.errors import NotFound
+from commands.slos import PLATFORM
+from projections import slos as slo_view
+from schemas.cloudevents import Rfc3339Time
+from schemas.envelope import format_time
+from schemas.meters import WindowSize
+from schemas.slos import (
+    Alerts,
+    Counts,
+    ErrorBudget,
+    SloBody,
+    SloHistory,
+    SloHistoryPoint,
+    SloList,
+    SloPublic,
+    SloStatus,
+)
+from stores import slos as slo_store
+
+router = APIRouter(prefix="/v1/slos", tags=["slos"])
+
+NAME = re.compile(r"[a-z0-9][a-z0-9_\-]{0,62}")  # schemas.slos.SLO_NAME_PATTERN
+HISTORY_SIZES = {WindowSize.MINUTE: 60, WindowSize.HOUR: 3600, WindowSize.DAY: 86400}
+MAX_HISTORY_POINTS = 10_000
+
+
+def _owner(principal: Principal) -> str:
+    return PLATFORM if principal.is_admin or principal.tenant_id is None else principal.tenant_id
+
+
+def _public(row: slo_store.SloRow) -> SloPublic:
+    return SloPublic(name=row.name, owner=row.owner, version=row.version, updated_at=row.updated_at, definition=row.definition)
+
+
+def _row(platform: PlatformDep, principal: Principal, name: str) -> slo_store.SloRow:
+    """The caller's own SLO (another owner's answers 404, as a missing one does)."""
+    row = None
+    if NAME.fullmatch(name):
+        with platform.db.transaction() as tx:
+            row = slo_store.one(tx, _owner(principal), name)
+    if row is None:
+        raise NotFound(f"SLO {name!r} not found")
+    return row
+
+
+@router.put(
+    "/{name}",
+    response_model=SloPublic,
+    responses={201: {"model": SloPublic, "description": "Defined"}, 404: {}, 409: {}, 422: {}},
+)
+async def put_slo(
+    name: str, body: SloBody, request: Request, response: Response, platform: PlatformDep, principal: CallerDep
+) -> SloPublic:
+    """Define an SLO (201), or revise it (200): a changed body is the next version, folded afresh from
+    the whole log. A tenant's SLO counts its own events; the admin's counts every tenant's."""
+    if not NAME.fullmatch(name):
+        raise NotFound(f"SLO {name!r} not found")
+    slo, created = await run_command(platform, platform.control.put_slo, command_context(request, principal), name, body)
+    response.status_code = 201 if created else 200
+    return SloPublic(
+        name=slo.name, owner=slo.owner, version=slo.slo_version, updated_at=format_time(slo.modified_on), definition=body
+    )
+
+
+@router.get("", response_model=SloList)
+def list_slos(platform: PlatformDep, principal: CallerDep) -> SloList:
+    """The caller's SLOs, at their current versions (the admin's: the platform's)."""
+    with platform.db.transaction() as tx:
+        rows = slo_store.of_owner(tx, _owner(principal))
+    return SloList(data=[_public(r) for r in rows])
+
+
+@router.get("/{name}", response_model=SloStatus, responses={404: {}})
+def get_slo(name: str, platform: PlatformDep, principal: CallerDep) -> SloStatus:
+    """The SLO and where it stands now: SLI, error budget, burn rates and alerts over the rolling
+    window that ends with the current minute. No matching event: no data (null), never 100%."""
+    row = _row(platform, principal, name)
+    end = slo_view.window_end(platform.clock())
+    window = row.definition.window
+    with platform.db.transaction() as tx:
+        counts = slo_store.counts(tx, slo_view.fold_id(row.owner, row.name, row.version), slo_view.spans(end, window))
+    found = slo_view.report(end, counts, row.definition.objective, window)
+    budget = found.budget
+    return SloStatus(
+        **_public(row).model_dump(),
+        as_of=found.as_of,
+        good=found.good,
+        total=found.total,
+        sli=found.sli,
+        error_budget=ErrorBudget(
+            total=Counts(events=budget.total, share=None if budget.total is None else 1.0),
+            consumed=Counts(events=budget.consumed, share=budget.consumed_share),
+            remaining=Counts(events=budget.remaining, share=budget.remaining_share),
+        ),
+        burn_rates=found.burn_rates,
+        alerts=Alerts(page="firing" if found.page else "ok", ticket="firing" if found.ticket else "ok"),
+    )
+
+
+def _minute(name: str, moment: datetime) -> int:
+    if moment.second or moment.microsecond:
+        raise Problem(422, "Invalid time range", f"`{name}` must fall on a whole minute (UTC).", kind="invalid-range")
+    return int(moment.timestamp())
+
+
+@router.get("/{name}/history", response_model=SloHistory, responses={404: {}, 422: {}})
+def slo_history(
+    name: str,
+    platform: PlatformDep,
+    principal: CallerDep,
+    from_: Annotated[Rfc3339Time, Query(alias="from", description="Inclusive, RFC 3339, whole minute")],
+    to: Annotated[Rfc3339Time, Query(description="Exclusive, RFC 3339, whole minute")],
+    window_size: Annotated[WindowSize, Query(description="MINUTE, HOUR or DAY")] = WindowSize.HOUR,
+) -> SloHistory:
+    """Good and total events, and the SLI, per window of `window_size` from `from` to `to`: for a chart."""
+    row = _row(platform, principal, name)
+    start, end = _minute("from", from_), _minute("to", to)
+    size = HISTORY_SIZES.get(window_size)
+    if size is None:
+        raise Problem(422, "Invalid window size", "`window_size` is MINUTE, HOUR or DAY for an SLO.", kind="invalid-range")
+    if start >= end:
+        raise Problem(422, "Invalid time range", "`from` must come before `to`.", kind="invalid-range")
+    if (end - start) // size > MAX_HISTORY_POINTS:
+        raise Problem(
+            422, "Invalid time range", f"At most {MAX_HISTORY_POINTS} windows: widen `window_size`.", kind="invalid-range"
+        )
+    with platform.db.transaction() as tx:
+        found = slo_store.windows(tx, slo_view.fold_id(row.owner, row.name, row.version), start, end, size)
+    points = []
+    for at in range(start, end, size):
+        counts = found.get(at, slo_view.NONE)
+        points.append(
+            SloHistoryPoint(
+                start=_text(at), end=_text(min(at + size, end)), good=counts.good, total=counts.total, sli=slo_view.sli(counts)
+            )
+        )
+    return SloHistory(name=row.name, window_size=window_size.value, data=points)
+
+
+def _text(epoch: int) -> str:
+    return format_time(datetime.fromtimestamp(epoch, tz=UTC))

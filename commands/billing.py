@@ -1,0 +1,313 @@
+"""Billing: closing a period into invoices, and each invoice's life after (paid, void, uncollectible).
+
+A tenant's BillingAccount aggregate holds its invoice and credit-note sequences and what each
+period was billed: the event store's optimistic concurrency makes the numbers gapless under
+concurrent closes (a lost race is retried, never numbered twice). A BillingPeriod aggregate per
+month records its close once: closing it again is a Conflict.
+
+Closing reads the usage from the views at one cut (stores.billing.usage_cut, at the edge) and hands
+it here; the invoices themselves come from the pure `projections.invoices.bill`. Everything a close
+decides (the period's record, every tenant's invoice and credit note, their audit entries) is saved
+in one transaction: a crash leaves either all of it or none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.domain import Aggregate, event
+from eventsourcing.persistence import IntegrityError
+
+from commands.errors import Conflict, NotFound
+from commands.ids import billing_account_aggregate_id, billing_period_aggregate_id
+from projections.invoices import CREDIT_NOTE, Billed, BillingPeriod, PricedPlan, Statement, bill, void_credit_note
+from schemas.envelope import format_time
+
+if TYPE_CHECKING:
+    from commands.control_plane import CommandContext, ControlPlane
+
+PLATFORM = "_platform"
+FINALIZED, PAID, VOID, UNCOLLECTIBLE = "finalized", "paid", "void", "uncollectible"
+CLOSE_ATTEMPTS = 5
+
+
+class BillingAccount(Aggregate):
+    """One tenant's invoices: numbering, what each period was billed, and each invoice's status."""
+
+    @staticmethod
+    def create_id(tenant_id: str) -> UUID:
+        return billing_account_aggregate_id(tenant_id)
+
+    @event("Opened")
+    def __init__(self, tenant_id: str) -> None:
+        self.tenant_id = tenant_id
+        self.invoices_issued = 0
+        self.credit_notes_issued = 0
+        self.billed: dict[str, dict[str, Any]] = {}  # period -> Billed.to_json()
+        self.statuses: dict[str, str] = {}  # invoice id -> status
+        self.currency: str | None = None  # its first invoice's: a tenant is billed in one currency
+
+    @event("InvoiceFinalized")
+    def finalize(self, tenant_id: str, invoice: dict[str, Any], billed: dict[str, dict[str, Any]]) -> None:
+        """The event carries the whole invoice: the log alone says what was billed, and how."""
+        if invoice["kind"] == CREDIT_NOTE:
+            self.credit_notes_issued += 1
+        else:
+            self.invoices_issued += 1
+        self.statuses[invoice["id"]] = FINALIZED
+        self.billed.update(billed)
+        self.currency = invoice["currency"]
+
+    @event("StatusChanged")
+    def change_status(self, tenant_id: str, invoice_id: str, status: str, reason: str | None, source: str) -> None:
+        """`source`: who moved it (`admin`, `stripe`)."""
+        self.statuses[invoice_id] = status
+
+    @event("PaymentFailed")
+    def payment_failed(self, tenant_id: str, invoice_id: str, reason: str | None, source: str) -> None:
+        """A payment attempt failed; the invoice stays finalized (Stripe retries by its own schedule)."""
+
+    @event("BilledCorrected")
+    def rebill(self, tenant_id: str, billed: dict[str, dict[str, Any]]) -> None:
+        """Usage of a billed period moved at no cost (inside an allowance): remembered, not invoiced."""
+        self.billed.update(billed)
+
+
+class ClosedPeriod(Aggregate):
+    """A billing month, closed once."""
+
+    @staticmethod
+    def create_id(period: str, closed_at: str, cut: dict[str, Any], invoices: int) -> UUID:
+        return billing_period_aggregate_id(period)
+
+    @event("Closed")
+    def __init__(self, period: str, closed_at: str, cut: dict[str, Any], invoices: int) -> None:
+        self.period = period
+        self.closed_at = closed_at
+
+
+@dataclass(frozen=True, slots=True)
+class UsageCut:
+    """What the views held at one instant, for closing one period (stores.billing.usage_cut).
+
+    `usage`: tenant -> meter -> total in the period. `earlier`: tenant -> earlier closed period ->
+    meter -> total now. `offsets`: each priced meter's checkpoints at the cut (topic/partition ->
+    next offset): the log prefix the invoices bill, so anyone can recompute them."""
+
+    period: BillingPeriod
+    tenants: Mapping[str, str]  # tenant -> its plan's slug
+    plans: Mapping[str, PricedPlan]  # the plans that charge, at their current versions
+    usage: Mapping[str, Mapping[str, Decimal]]
+    earlier: Mapping[str, Mapping[str, Mapping[str, Decimal]]]
+    offsets: Mapping[str, Mapping[str, int]]
+    plan_at: Callable[[str, int], PricedPlan | None] = field(compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    period: str
+    closed_at: str
+    invoices: list[dict[str, Any]]  # invoices and credit notes, in tenant order
+
+
+class BillingCommands:
+    """The billing commands of the ControlPlane application (mixed into it)."""
+
+    def close_period(self: ControlPlane, ctx: CommandContext, cut: UsageCut, closed_at: str) -> Closed:
+        """Finalize every tenant's invoice for the period, once. Conflict if it was closed before.
+        A close that loses a race with another period's close over an account is redone on the
+        accounts as they are now, so the numbers stay gapless."""
+        period = cut.period.text
+        resource = f"billing/periods/{period}"
+        with self._rejections_audited(ctx, "billing.period.close", resource):
+            for _ in range(CLOSE_ATTEMPTS - 1):
+                try:
+                    return self._close_once(ctx, cut, closed_at)
+                except IntegrityError:
+                    continue  # another close saved first: read the accounts again
+            try:
+                return self._close_once(ctx, cut, closed_at)
+            except IntegrityError as race:
+                raise Conflict(f"billing period {period} could not be closed for concurrent changes; retry") from race
+
+    def _close_once(self: ControlPlane, ctx: CommandContext, cut: UsageCut, closed_at: str) -> Closed:
+        period = cut.period.text
+        if self._closed_period(period) is not None:
+            raise Conflict(f"billing period {period} is already closed")
+        accounts: list[BillingAccount] = []
+        documents: list[dict[str, Any]] = []
+        audits = []
+        for tenant_id in sorted(cut.tenants):
+            plan = cut.plans.get(cut.tenants[tenant_id])
+            usage = cut.usage.get(tenant_id, {})
+            earlier = cut.earlier.get(tenant_id, {})
+            if not usage and not earlier and (plan is None or not plan.charges_without_usage):
+                continue
+            account = self._billing_account(tenant_id) or BillingAccount(tenant_id=tenant_id)
+            statement = bill(
+                tenant_id=tenant_id,
+                period=cut.period,
+                plan=plan,
+                usage=usage,
+                earlier=earlier,
+                billed={p: Billed.from_json(b) for p, b in account.billed.items()},
+                plan_at=cut.plan_at,
+                next_invoice=account.invoices_issued + 1,
+                next_credit_note=account.credit_notes_issued + 1,
+                issued_at=closed_at,
+            )
+            issued, changed = _issue(account, statement)
+            if not changed:
+                continue
+            accounts.append(account)
+            documents += issued
+            for document in issued:
+                action, target = f"{document['kind']}.finalize", f"invoices/{document['id']}"
+                audits.append(self._audit(ctx, action, target, tenant_id, reason=_why(document)))
+        closed = ClosedPeriod(period=period, closed_at=closed_at, cut=dict(cut.offsets), invoices=len(documents))
+        self.save(closed, *accounts, self._audit(ctx, "billing.period.close", f"billing/periods/{period}", PLATFORM), *audits)
+        return Closed(period, closed_at, documents)
+
+    def billed_so_far(self: ControlPlane, tenant_id: str) -> tuple[dict[str, Billed], int, int]:
+        """What the tenant was billed per period, and its next invoice and credit-note numbers (the
+        upcoming invoice reads them)."""
+        account = self._billing_account(tenant_id)
+        if account is None:
+            return {}, 1, 1
+        billed = {p: Billed.from_json(b) for p, b in account.billed.items()}
+        return billed, account.invoices_issued + 1, account.credit_notes_issued + 1
+
+    def billing_currency(self: ControlPlane, tenant_id: str) -> str | None:
+        """The currency the tenant has been invoiced in; None before its first invoice."""
+        account = self._billing_account(tenant_id)
+        return None if account is None else account.currency
+
+    def is_closed(self: ControlPlane, period: str) -> bool:
+        return self._closed_period(period) is not None
+
+    def _billing_account(self: ControlPlane, tenant_id: str) -> BillingAccount | None:
+        try:
+            account: object = self.repository.get(billing_account_aggregate_id(tenant_id))
+        except AggregateNotFoundError:
+            return None
+        return account if isinstance(account, BillingAccount) else None
+
+    def _closed_period(self: ControlPlane, period: str) -> ClosedPeriod | None:
+        try:
+            closed: object = self.repository.get(billing_period_aggregate_id(period))
+        except AggregateNotFoundError:
+            return None
+        return closed if isinstance(closed, ClosedPeriod) else None
+
+    def set_invoice_status(
+        self: ControlPlane,
+        ctx: CommandContext,
+        document: Mapping[str, Any],
+        status: str,
+        *,
+        reason: str | None,
+        source: str,
+        at: str,
+    ) -> dict[str, Any] | None:
+        """Move a finalized invoice to `status` (MOVES says which may follow which; Conflict otherwise).
+        Voiding issues a credit note for its total, returned. Setting the status it has changes nothing."""
+        invoice_id, tenant_id = str(document["id"]), str(document["tenant_id"])
+        resource = f"invoices/{invoice_id}"
+        action = f"invoice.{status}"
+        with self._rejections_audited(ctx, action, resource):
+            account = self._billing_account(tenant_id)
+            if account is None or invoice_id not in account.statuses or document["kind"] != "invoice":
+                raise NotFound(f"invoice {invoice_id} not found")
+            now = account.statuses[invoice_id]
+            if now == status:
+                return None
+            if status not in MOVES[now]:
+                raise Conflict(f"invoice {invoice_id} is {now}; it cannot become {status}")
+            account.change_status(tenant_id=tenant_id, invoice_id=invoice_id, status=status, reason=reason, source=source)
+            credit_note = None
+            if status == VOID:
+                credit_note = void_credit_note(document, account.credit_notes_issued + 1, reason, at)
+                account.finalize(tenant_id=tenant_id, invoice=credit_note, billed={})
+            try:
+                self.save(account, self._audit(ctx, action, resource, tenant_id, reason=reason))
+            except IntegrityError as race:
+                raise Conflict(f"invoice {invoice_id} changed concurrently; retry") from race
+        return credit_note
+
+    def record_payment_failure(
+        self: ControlPlane, ctx: CommandContext, tenant_id: str, invoice_id: str, reason: str | None
+    ) -> None:
+        account = self._billing_account(tenant_id)
+        if account is None or invoice_id not in account.statuses:
+            raise NotFound(f"invoice {invoice_id} not found")
+        account.payment_failed(tenant_id=tenant_id, invoice_id=invoice_id, reason=reason, source="stripe")
+        self.save(account, self._audit(ctx, "invoice.payment_failed", f"invoices/{invoice_id}", tenant_id, reason=reason))
+
+
+# Which status may follow which: a paid or void invoice is settled for good.
+MOVES: dict[str, frozenset[str]] = {
+    FINALIZED: frozenset({PAID, VOID, UNCOLLECTIBLE}),
+    UNCOLLECTIBLE: frozenset({PAID, VOID}),
+    PAID: frozenset(),
+    VOID: frozenset(),
+}
+
+
+def _issue(account: BillingAccount, statement: Statement) -> tuple[list[dict[str, Any]], bool]:
+    """Record the statement's documents on the account, the billed state with the first; with no
+    document, a change of billed state alone (a late correction that costs nothing) is recorded."""
+    issued = [d for d in (statement.invoice, statement.credit_note) if d is not None]
+    billed = {p: b.to_json() for p, b in statement.billed.items()}
+    for index, document in enumerate(issued):
+        account.finalize(tenant_id=account.tenant_id, invoice=document, billed=billed if index == 0 else {})
+    if not issued and billed and any(account.billed.get(p) != b for p, b in billed.items()):
+        account.rebill(tenant_id=account.tenant_id, billed=billed)
+        return issued, True
+    return issued, bool(issued)
+
+
+def _why(document: Mapping[str, Any]) -> str:
+    adjusted = sorted({line["period"] for line in document["lines"] if line.get("type") == "adjustment"})
+    because = f"closing {document['period']}"
+    if adjusted:
+        because += f"; usage of {', '.join(adjusted)} changed after it was invoiced"
+    return because
+
+
+def describe(domain_event: Any) -> tuple[str, str, dict[str, Any]] | None:
+    """The log's type, tenant and data for a billing event; None for any other event."""
+    match type(domain_event).__qualname__:
+        case "BillingAccount.Opened":
+            return "omni.billing.account_opened", domain_event.tenant_id, {"tenant_id": domain_event.tenant_id}
+        case "BillingAccount.InvoiceFinalized":
+            invoice = domain_event.invoice
+            kind = "omni.credit_note.finalized" if invoice["kind"] == CREDIT_NOTE else "omni.invoice.finalized"
+            return kind, domain_event.tenant_id, {"invoice": invoice, "billed": domain_event.billed}
+        case "BillingAccount.StatusChanged":
+            data = {
+                "invoice_id": domain_event.invoice_id,
+                "status": domain_event.status,
+                "reason": domain_event.reason,
+                "source": domain_event.source,
+                "at": format_time(domain_event.timestamp),
+            }
+            return "omni.invoice.status_changed", domain_event.tenant_id, data
+        case "BillingAccount.PaymentFailed":
+            data = {"invoice_id": domain_event.invoice_id, "reason": domain_event.reason, "source": domain_event.source}
+            return "omni.invoice.payment_failed", domain_event.tenant_id, data
+        case "BillingAccount.BilledCorrected":
+            return "omni.billing.billed_corrected", domain_event.tenant_id, {"billed": domain_event.billed}
+        case "ClosedPeriod.Closed":
+            data = {
+                "period": domain_event.period,
+                "closed_at": domain_event.closed_at,
+                "cut": domain_event.cut,
+                "invoices": domain_event.invoices,
+            }
+            return "omni.billing.period_closed", PLATFORM, data
+    return None

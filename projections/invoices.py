@@ -1,0 +1,378 @@
+"""Invoices as a pure function of a period's usage, the plan that prices it, and what was billed.
+
+Closing a billing period (commands.billing) hands `bill` one tenant's usage totals for the period
+(the meters' day buckets summed over the month, read from the views at one consistent cut), its
+current totals for the closed periods before it, and what it was billed for those. `bill` answers
+with the invoice (and a credit note, if late corrections lowered an earlier period) as canonical
+documents: the same inputs give the same bytes, so re-closing or rebuilding the views cannot change
+an invoice, and anyone holding the log can recompute it.
+
+Late usage (an event for a closed period, inside the acceptance window) never touches the invoice
+that period got: the next close finds the period's total moved past what was billed and bills the
+difference as an adjustment line naming the period, priced with the plan version that priced the
+period; a negative difference goes on a credit note.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+from uuid import NAMESPACE_URL, uuid5
+
+import orjson
+
+from projections.pricing import ZERO, Charge, charge, to_minor
+from schemas.billing import Billing, MeterPrice
+from schemas.currencies import MINOR_UNITS
+from schemas.envelope import Envelope
+from schemas.quantities import quantity_json
+
+PERIOD_TEXT = re.compile(r"((?:19|2\d)\d{2})-(0[1-9]|1[0-2])")  # 1900-01 to 2999-12
+PERIOD_PATTERN = f"^{PERIOD_TEXT.pattern}$"
+INVOICE = "invoice"
+CREDIT_NOTE = "credit_note"
+# Invoices' and credit notes' ids: uuid5 under this namespace, of what they are for.
+INVOICE_NAMESPACE = uuid5(NAMESPACE_URL, "https://omni.dev/invoices")
+
+
+@dataclass(frozen=True, slots=True)
+class BillingPeriod:
+    """A calendar month, UTC, by event time: [start, end)."""
+
+    text: str  # "2026-11"
+    start: datetime
+    end: datetime
+
+    @classmethod
+    def parse(cls, text: str) -> BillingPeriod | None:
+        found = PERIOD_TEXT.fullmatch(text)
+        if found is None:
+            return None
+        year, month = int(found[1]), int(found[2])
+        start = datetime(year, month, 1, tzinfo=UTC)
+        end = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=UTC)
+        return cls(text, start, end)
+
+    @classmethod
+    def of(cls, moment: datetime) -> BillingPeriod:
+        period = cls.parse(f"{moment.astimezone(UTC):%Y-%m}")
+        assert period is not None
+        return period
+
+    def before(self) -> BillingPeriod:
+        year, month = self.start.year, self.start.month
+        found = BillingPeriod.parse(f"{year - (month == 1):04d}-{(month - 2) % 12 + 1:02d}")
+        assert found is not None
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class PricedPlan:
+    """A plan version that charges: its slug and version name it on every invoice it priced."""
+
+    slug: str
+    version: int
+    billing: Billing
+
+    @property
+    def currency(self) -> str:
+        assert self.billing.currency is not None
+        return self.billing.currency
+
+    @property
+    def charges_without_usage(self) -> bool:
+        """A fee, or a minimum on some meter: the plan bills even a period with no usage."""
+        fee = self.billing.fee is not None and Decimal(self.billing.fee) > 0
+        return fee or any(p.minimum is not None and Decimal(p.minimum) > 0 for p in self.billing.prices)
+
+    def price_of(self, meter: str) -> MeterPrice | None:
+        return next((p for p in self.billing.prices if p.meter == meter), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Billed:
+    """What one tenant was billed for one period: the plan version that priced it and the quantity
+    of each meter billed so far (the invoice's, then each adjustment's)."""
+
+    plan: str
+    version: int
+    quantities: Mapping[str, Decimal]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"plan": self.plan, "version": self.version, "quantities": {m: str(q) for m, q in sorted(self.quantities.items())}}
+
+    @classmethod
+    def from_json(cls, stored: Mapping[str, Any]) -> Billed:
+        return cls(stored["plan"], int(stored["version"]), {m: Decimal(q) for m, q in stored["quantities"].items()})
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """One tenant's outcome of closing one period."""
+
+    invoice: dict[str, Any] | None
+    credit_note: dict[str, Any] | None
+    billed: dict[str, Billed] = field(default_factory=dict)  # the periods whose billed state changed
+
+
+def invoice_id(tenant_id: str, period: str) -> str:
+    return str(uuid5(INVOICE_NAMESPACE, f"{INVOICE}/{tenant_id}/{period}"))
+
+
+def credit_note_id(tenant_id: str, reason: str) -> str:
+    """`reason`: the period whose close issued it, or `void/<invoice id>`."""
+    return str(uuid5(INVOICE_NAMESPACE, f"{CREDIT_NOTE}/{tenant_id}/{reason}"))
+
+
+def document_number(tenant_id: str, kind: str, sequence: int) -> str:
+    """Gapless per tenant and kind: `3F2A9C1B-0001` for invoices, `3F2A9C1B-CN-0001` for credit notes."""
+    prefix = tenant_id.replace("-", "")[:8].upper()
+    return f"{prefix}-{sequence:04d}" if kind == INVOICE else f"{prefix}-CN-{sequence:04d}"
+
+
+def canonical(document: Mapping[str, Any]) -> bytes:
+    """The document's canonical bytes: JSON with sorted keys and no spaces (every value in it is a
+    string, an integer, a boolean or null, so the encoding is unique)."""
+    return orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
+
+
+def digest(document: Mapping[str, Any]) -> str:
+    return hashlib.sha256(canonical(document)).hexdigest()
+
+
+def usage_line(found: Charge) -> dict[str, Any]:
+    line: dict[str, Any] = {
+        "type": "usage",
+        "meter": found.meter,
+        "model": found.model.value,
+        "quantity": quantity_json(found.quantity),
+        "included": quantity_json(found.included),
+        "billable": quantity_json(found.billable),
+        "amount": found.amount,
+    }
+    if found.tiers:
+        line["tiers"] = [
+            {
+                "tier": t.index + 1,
+                "up_to": None if t.up_to is None else quantity_json(t.up_to),
+                "quantity": quantity_json(t.quantity),
+                "unit_price": t.unit_price,
+                "flat_price": t.flat_price,
+                "amount": _decimal_text(t.amount),
+            }
+            for t in found.tiers
+        ]
+    if found.packages is not None:
+        line["packages"] = found.packages
+        line["package_price"] = found.unit_price
+    elif found.unit_price is not None:
+        line["unit_price"] = found.unit_price
+    if found.minimum_applied:
+        line["minimum_applied"] = True
+    return line
+
+
+def _decimal_text(amount: Decimal) -> str:
+    """Exact, without exponent or trailing zeros: 3.002, 0, 15."""
+    text = format(amount.normalize(), "f")
+    return "0" if text in ("-0", "0") else text
+
+
+def _fee_line(plan: PricedPlan) -> dict[str, Any] | None:
+    fee = plan.billing.fee
+    if fee is None or Decimal(fee) == 0:
+        return None
+    return {"type": "fee", "plan": plan.slug, "amount": to_minor(Decimal(fee), MINOR_UNITS[plan.currency])}
+
+
+def bill(
+    *,
+    tenant_id: str,
+    period: BillingPeriod,
+    plan: PricedPlan | None,
+    usage: Mapping[str, Decimal],
+    earlier: Mapping[str, Mapping[str, Decimal]],
+    billed: Mapping[str, Billed],
+    plan_at: Callable[[str, int], PricedPlan | None],
+    next_invoice: int,
+    next_credit_note: int,
+    issued_at: str,
+) -> Statement:
+    """Close `period` for one tenant.
+
+    `usage`: the tenant's total of each meter in the period. `earlier`: its current totals in the
+    closed periods before (period text -> meter -> total). `billed`: what it was billed for those.
+    `plan_at(slug, version)`: an earlier plan version. Sequences are the next unused numbers."""
+    updates: dict[str, Billed] = {}
+    lines: list[dict[str, Any]] = []
+    if plan is not None:
+        fee = _fee_line(plan)
+        if fee is not None:
+            lines.append(fee)
+        digits = MINOR_UNITS[plan.currency]
+        for price in sorted(plan.billing.prices, key=lambda p: p.meter):
+            found = charge(price, usage.get(price.meter, ZERO), digits)
+            if found.quantity != 0 or found.amount != 0:
+                lines.append(usage_line(found))
+        updates[period.text] = Billed(plan.slug, plan.version, {m: q for m, q in usage.items() if plan.price_of(m) is not None})
+    debits, credits, currency = _adjustments(plan, earlier, billed, plan_at, updates)
+    charged = bool(lines) or any(line["amount"] > 0 for line in debits)
+    invoice = None
+    if charged and currency is not None:
+        lines += debits
+        invoice = _document(
+            INVOICE, invoice_id(tenant_id, period.text), document_number(tenant_id, INVOICE, next_invoice),
+            tenant_id, period, currency, plan, lines, issued_at,
+        )  # fmt: skip
+    credit_note = None
+    if credits and currency is not None:
+        credit_note = _document(
+            CREDIT_NOTE, credit_note_id(tenant_id, period.text), document_number(tenant_id, CREDIT_NOTE, next_credit_note),
+            tenant_id, period, currency, plan, credits, issued_at,
+        )  # fmt: skip
+        credit_note["reason"] = "usage corrected after its period was invoiced"
+    if invoice is None:
+        updates.pop(period.text, None)  # nothing billed for the period: nothing to remember
+    return Statement(invoice, credit_note, updates)
+
+
+def _adjustments(
+    plan: PricedPlan | None,
+    earlier: Mapping[str, Mapping[str, Decimal]],
+    billed: Mapping[str, Billed],
+    plan_at: Callable[[str, int], PricedPlan | None],
+    updates: dict[str, Billed],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str | None]:
+    """Lines for the earlier periods whose totals moved since they were billed: debits (amount zero or
+    more, on the invoice) and credits (on a credit note, as positive amounts)."""
+    debits: list[dict[str, Any]] = []
+    credits: list[dict[str, Any]] = []
+    currency = plan.currency if plan is not None else None
+    for text in sorted(earlier):
+        totals = earlier[text]
+        before = billed.get(text)
+        priced_by = plan_at(before.plan, before.version) if before is not None else plan
+        if priced_by is None:
+            continue
+        quantities = dict(before.quantities) if before is not None else {}
+        moved = False
+        for meter in sorted({*quantities, *(p.meter for p in priced_by.billing.prices)}):
+            price = priced_by.price_of(meter)
+            now, then = totals.get(meter, ZERO), quantities.get(meter, ZERO)
+            if price is None or now == then:
+                continue
+            if currency not in (None, priced_by.currency):
+                # A tenant keeps its currency (commands.plans refuses a plan in another one).
+                raise ValueError(f"{text} was billed in {priced_by.currency}, this invoice is in {currency}")
+            digits = MINOR_UNITS[priced_by.currency]
+            difference = charge(price, now, digits).amount - charge(price, then, digits).amount
+            line = {
+                "type": "adjustment",
+                "meter": meter,
+                "period": text,
+                "quantity": quantity_json(now - then),
+                "billed_quantity": quantity_json(then),
+                "corrected_quantity": quantity_json(now),
+                "amount": abs(difference),
+            }
+            (credits if difference < 0 else debits).append(line)
+            quantities[meter] = now
+            moved = True
+            currency = currency or priced_by.currency
+        if moved:
+            updates[text] = Billed(priced_by.slug, priced_by.version, quantities)
+    return debits, credits, currency
+
+
+def _document(
+    kind: str,
+    document_id: str,
+    number: str,
+    tenant_id: str,
+    period: BillingPeriod,
+    currency: str,
+    plan: PricedPlan | None,
+    lines: list[dict[str, Any]],
+    issued_at: str,
+) -> dict[str, Any]:
+    subtotal = sum(int(line["amount"]) for line in lines)
+    return {
+        "id": document_id,
+        "kind": kind,
+        "number": number,
+        "tenant_id": tenant_id,
+        "period": period.text,
+        "period_start": f"{period.start:%Y-%m-%dT%H:%M:%SZ}",
+        "period_end": f"{period.end:%Y-%m-%dT%H:%M:%SZ}",
+        "currency": currency,
+        "minor_units": MINOR_UNITS[currency],
+        "status": "finalized",
+        "plan": None if plan is None else {"slug": plan.slug, "version": plan.version},
+        "lines": lines,
+        "subtotal": subtotal,
+        "total": subtotal,
+        "issued_at": issued_at,
+    }
+
+
+def void_credit_note(invoice: Mapping[str, Any], sequence: int, reason: str | None, issued_at: str) -> dict[str, Any]:
+    """The credit note that voids `invoice`: its whole total back, numbered in the credit-note sequence."""
+    tenant_id = str(invoice["tenant_id"])
+    line = {"type": "void", "invoice": invoice["id"], "number": invoice["number"], "amount": int(invoice["total"])}
+    return {
+        **{k: invoice[k] for k in ("tenant_id", "period", "period_start", "period_end", "currency", "minor_units", "plan")},
+        "id": credit_note_id(tenant_id, f"void/{invoice['id']}"),
+        "kind": CREDIT_NOTE,
+        "number": document_number(tenant_id, CREDIT_NOTE, sequence),
+        "status": "finalized",
+        "lines": [line],
+        "subtotal": line["amount"],
+        "total": line["amount"],
+        "issued_at": issued_at,
+        "reason": f"voids {invoice['number']}" + (f": {reason}" if reason else ""),
+    }
+
+
+# The billing view's changes, folded from control events -----------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentFinalized:
+    document: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodClosed:
+    period: str
+    closed_at: str
+    invoices: int
+    cut: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChanged:
+    invoice_id: str
+    status: str
+    at: str
+    source: str
+
+
+BillingChange = DocumentFinalized | PeriodClosed | StatusChanged
+
+
+def changes(event: Envelope) -> list[BillingChange]:
+    """What one control event changes in the billing views. Other types change nothing."""
+    data: dict[str, Any] = event.data or {}
+    match event.type:
+        case "omni.invoice.finalized" | "omni.credit_note.finalized":
+            return [DocumentFinalized(data["invoice"])]
+        case "omni.invoice.status_changed":
+            return [StatusChanged(data["invoice_id"], data["status"], data["at"], data.get("source", "admin"))]
+        case "omni.billing.period_closed":
+            return [PeriodClosed(data["period"], data["closed_at"], int(data["invoices"]), data["cut"])]
+    return []

@@ -1,0 +1,37 @@
+"""Bodies of the audit routes (README, "Audit trail"): entries exactly as the chain hashes them."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class AuditActor(BaseModel):
+    key_id: str | None = Field(description="The API key that issued the command (`admin` for the admin's)")
+    ip: str | None
+    user_agent: str | None
+
+
+class AuditEntryPublic(BaseModel):
+    """One command, accepted or rejected, as its chain holds it: `hash` is the SHA-256 (hex) of the
+    RFC 8785 canonical JSON of every other member, and `prev` the hash of the entry before."""
+
+    kind: Literal["entry"]
+    chain: str = Field(description="The tenant, or `_platform` for platform-wide admin actions")
+    seq: int = Field(description="Position in the chain, from 1, without gaps")
+    id: str = Field(description="The audit event's `omniid` on the audit topic")
+    time: str = Field(description="When the command was recorded (RFC 3339, UTC)")
+    action: str | None
+    resource: str | None
+    outcome: str | None = Field(description="`accepted` or `rejected`")
+    reason: str | None
+    actor: AuditActor
+    trace_id: str | None
+    prev: str = Field(description="The previous entry's hash (64 zeros for the first)")
+    hash: str
+
+
+class AuditList(BaseModel):
+    data: list[AuditEntryPublic]
+    next_after: int | None = Field(default=None, description="Pass as `after` for the next page; null on the last")

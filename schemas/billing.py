@@ -1,0 +1,307 @@
+"""Prices on plans, and invoices, as clients send and read them.
+
+Money is exact: prices are decimal strings ("0.002"), never binary floats, and every amount on an
+invoice is an integer number of the currency's minor units (schemas.currencies). Quantities are
+the meters' own (JSON numbers, at most three decimals, as quotas take them).
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from schemas.currencies import MINOR_UNITS
+from schemas.quantities import QUANTITY_SCHEMA, SLUG_PATTERN, exact_quantity, quantity_json
+
+PRICE_TEXT = re.compile(r"\d{1,9}(\.\d{1,12})?")  # below 10^9, at most 12 decimals: a token at 0.000002
+PRICE_PATTERN = PRICE_TEXT.pattern
+
+
+def price_text(value: Any, *, name: str) -> str:
+    """A price: a decimal string (a JSON number would pass through a binary float), zero or more."""
+    if not isinstance(value, str) or not PRICE_TEXT.fullmatch(value):
+        raise ValueError(f'{name} must be a decimal string such as "0.002" (zero or more, below 10^9, 12 decimals at most)')
+    return value
+
+
+def decimals_of(text: str) -> int:
+    return len(text.partition(".")[2])
+
+
+Price = Annotated[str, Field(pattern=f"^{PRICE_PATTERN}$", examples=["0.002"])]
+Quantity = Annotated[Decimal, Field(json_schema_extra=QUANTITY_SCHEMA)]
+
+
+class PriceModel(StrEnum):
+    PER_UNIT = "per_unit"  # every billable unit at one price
+    GRADUATED = "graduated"  # each unit at the price of the tier it falls in
+    VOLUME = "volume"  # every unit at the price of the tier the whole quantity falls in
+    PACKAGE = "package"  # per started package of N units
+
+
+class Tier(BaseModel):
+    """Units up to `up_to` (from the end of the tier before; null: no end) at `unit_price`, plus
+    `flat_price` once when any unit falls in the tier."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    up_to: Quantity | None = Field(description="The tier's last unit; null for the last tier, which has no end")
+    unit_price: Price = "0"
+    flat_price: Price | None = Field(default=None, description="Charged once when the quantity reaches the tier")
+
+    @field_validator("up_to", mode="before")
+    @classmethod
+    def _up_to(cls, value: Any) -> Decimal | None:
+        return None if value is None else exact_quantity(value, name="up_to", positive=True)
+
+    @field_validator("unit_price", "flat_price", mode="before")
+    @classmethod
+    def _price(cls, value: Any) -> str | None:
+        return None if value is None else price_text(value, name="a tier's price")
+
+
+def _check_tiers(tiers: list[Tier]) -> list[Tier]:
+    """Tiers follow each other without overlap or gap: each ends past the one before, and only the
+    last is open-ended, so every quantity falls in exactly one tier."""
+    if not tiers:
+        raise ValueError("at least one tier")
+    ends = [t.up_to for t in tiers]
+    if ends[-1] is not None:
+        raise ValueError(f"the last tier must have up_to null: quantities past {ends[-1]} would have no price (a gap)")
+    if any(end is None for end in ends[:-1]):
+        raise ValueError("only the last tier may have up_to null: the tiers after it would overlap it")
+    bounded = [end for end in ends[:-1] if end is not None]
+    for before, after in zip(bounded, bounded[1:], strict=False):
+        if after <= before:
+            raise ValueError(f"tiers overlap: up_to {after} does not end past the tier before it (up_to {before})")
+    return tiers
+
+
+class _PriceBase(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    meter: str = Field(pattern=SLUG_PATTERN, description="A SUM or COUNT meter's slug")
+    included: Quantity = Field(default=Decimal(0), description="Units free each period, before any price applies")
+    minimum: Price | None = Field(default=None, description="The line's least amount each period, in the plan's currency")
+
+    @field_validator("included", mode="before")
+    @classmethod
+    def _included(cls, value: Any) -> Decimal:
+        return exact_quantity(value, name="included", positive=False)
+
+    @field_validator("minimum", mode="before")
+    @classmethod
+    def _minimum(cls, value: Any) -> str | None:
+        return None if value is None else price_text(value, name="minimum")
+
+    def amounts(self) -> list[tuple[str, str]]:
+        """(name, decimal text) of every whole-currency amount in this price: each must fit the
+        plan's currency (no fraction of its minor unit)."""
+        return [("minimum", self.minimum)] if self.minimum is not None else []
+
+
+class PerUnitPrice(_PriceBase):
+    model: Literal[PriceModel.PER_UNIT] = PriceModel.PER_UNIT
+    unit_price: Price
+
+    @field_validator("unit_price", mode="before")
+    @classmethod
+    def _unit_price(cls, value: Any) -> str:
+        return price_text(value, name="unit_price")
+
+
+class GraduatedPrice(_PriceBase):
+    model: Literal[PriceModel.GRADUATED] = PriceModel.GRADUATED
+    tiers: list[Tier] = Field(min_length=1, max_length=50)
+
+    @field_validator("tiers")
+    @classmethod
+    def _tiers(cls, value: list[Tier]) -> list[Tier]:
+        return _check_tiers(value)
+
+    def amounts(self) -> list[tuple[str, str]]:
+        flat = [(f"tiers[{i}].flat_price", t.flat_price) for i, t in enumerate(self.tiers) if t.flat_price is not None]
+        return super().amounts() + flat
+
+
+class VolumePrice(GraduatedPrice):
+    model: Literal[PriceModel.VOLUME] = PriceModel.VOLUME  # type: ignore[assignment]
+
+
+class PackagePrice(_PriceBase):
+    model: Literal[PriceModel.PACKAGE] = PriceModel.PACKAGE
+    package_size: Quantity = Field(description="Units per package; a started package is charged whole")
+    package_price: Price
+
+    @field_validator("package_size", mode="before")
+    @classmethod
+    def _package_size(cls, value: Any) -> Decimal:
+        return exact_quantity(value, name="package_size", positive=True)
+
+    @field_validator("package_price", mode="before")
+    @classmethod
+    def _package_price(cls, value: Any) -> str:
+        return price_text(value, name="package_price")
+
+    def amounts(self) -> list[tuple[str, str]]:
+        return [*super().amounts(), ("package_price", self.package_price)]
+
+
+MeterPrice = Annotated[PerUnitPrice | GraduatedPrice | VolumePrice | PackagePrice, Field(discriminator="model")]
+
+
+def parse_price(stored: dict[str, Any]) -> MeterPrice:
+    """A price as events and views keep it (`price_json`)."""
+    body = {**stored}
+    body["included"] = Decimal(str(body.get("included", "0")))
+    if "package_size" in body:
+        body["package_size"] = Decimal(str(body["package_size"]))
+    if "tiers" in body:
+        body["tiers"] = [{**t, "up_to": None if t["up_to"] is None else Decimal(str(t["up_to"]))} for t in body["tiers"]]
+    model = body.get("model")
+    kind: type[MeterPrice]
+    match model:
+        case PriceModel.PER_UNIT:
+            kind = PerUnitPrice
+        case PriceModel.GRADUATED:
+            kind = GraduatedPrice
+        case PriceModel.VOLUME:
+            kind = VolumePrice
+        case PriceModel.PACKAGE:
+            kind = PackagePrice
+        case _:
+            raise ValueError(f"unknown price model {model!r}")
+    return kind.model_validate(body)
+
+
+def price_json(price: MeterPrice) -> dict[str, Any]:
+    """As stored in events and views, and as read back by clients: quantities as exact decimal text
+    inside events (`parse_price` reads them), prices as the strings they were given."""
+    body = price.model_dump(mode="json", exclude_none=True)
+    body["included"] = str(price.included)
+    if isinstance(price, PackagePrice):
+        body["package_size"] = str(price.package_size)
+    if isinstance(price, GraduatedPrice):
+        body["tiers"] = [
+            {**tier, "up_to": None if t.up_to is None else str(t.up_to)}
+            for tier, t in zip(body["tiers"], price.tiers, strict=True)
+        ]
+    return body
+
+
+class Billing(BaseModel):
+    """What a plan charges: its currency, a flat fee per period, and prices per meter."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$", description="ISO 4217, such as USD, JPY or KWD")
+    fee: Price | None = Field(default=None, description="A flat fee each period, in the currency")
+    prices: list[MeterPrice] = Field(default_factory=list, max_length=100)
+
+    @field_validator("fee", mode="before")
+    @classmethod
+    def _fee(cls, value: Any) -> str | None:
+        return None if value is None else price_text(value, name="fee")
+
+    @model_validator(mode="after")
+    def _in_the_currency(self) -> Billing:
+        if self.currency is None:
+            if self.fee is not None or self.prices:
+                raise ValueError("a plan with a fee or prices needs a currency")
+            return self
+        if self.currency not in MINOR_UNITS:
+            raise ValueError(f"currency {self.currency!r} is not an ISO 4217 currency with minor units")
+        digits = MINOR_UNITS[self.currency]
+        amounts = [("fee", self.fee)] if self.fee is not None else []
+        for index, price in enumerate(self.prices):
+            amounts += [(f"prices[{index}].{name}", text) for name, text in price.amounts()]
+        for name, text in amounts:
+            if decimals_of(text) > digits:
+                raise ValueError(f"{name} {text!r} has more decimals than {self.currency} has minor units ({digits})")
+        meters = [p.meter for p in self.prices]
+        repeated = sorted({m for m in meters if meters.count(m) > 1})
+        if repeated:
+            raise ValueError(f"one price per meter: {', '.join(repeated)} appear more than once")
+        return self
+
+
+def billing_json(billing: Billing) -> dict[str, Any]:
+    """As stored with a plan (absent keys: a plan that charges nothing)."""
+    if billing.currency is None:
+        return {}
+    body: dict[str, Any] = {"currency": billing.currency, "prices": [price_json(p) for p in billing.prices]}
+    if billing.fee is not None:
+        body["fee"] = billing.fee
+    return body
+
+
+def parse_billing(stored: dict[str, Any]) -> Billing:
+    return Billing(
+        currency=stored.get("currency"),
+        fee=stored.get("fee"),
+        prices=[parse_price(p) for p in stored.get("prices", [])],
+    )
+
+
+def price_public(price: MeterPrice) -> dict[str, Any]:
+    """A price as clients read it back: as they PUT it, quantities as JSON numbers."""
+    body = price.model_dump(mode="json", exclude_none=True)
+    body["included"] = quantity_json(price.included)
+    if isinstance(price, PackagePrice):
+        body["package_size"] = quantity_json(price.package_size)
+    if isinstance(price, GraduatedPrice):
+        for tier, parsed in zip(body["tiers"], price.tiers, strict=True):
+            tier["up_to"] = None if parsed.up_to is None else quantity_json(parsed.up_to)
+    return body
+
+
+class InvoicePublic(BaseModel):
+    """An invoice or a credit note: amounts in integer minor units (`"total": 1930` is USD 19.30)."""
+
+    id: str
+    kind: Literal["invoice", "credit_note"]
+    number: str | None = Field(description="Gapless per tenant and kind; null on a draft")
+    tenant_id: str
+    period: str = Field(description="The billing month, YYYY-MM (UTC, by event time)")
+    period_start: str
+    period_end: str
+    currency: str
+    minor_units: int = Field(description="The currency's digits after the point: USD 2, JPY 0, KWD 3")
+    status: Literal["draft", "finalized", "paid", "void", "uncollectible"]
+    plan: dict[str, Any] | None = Field(description="The plan version that priced it: {slug, version}")
+    lines: list[dict[str, Any]] = Field(description="fee, usage (with tiers applied) and adjustment lines")
+    subtotal: int
+    total: int
+    issued_at: str | None = Field(description="When it was finalized; null on a draft")
+    reason: str | None = None
+    digest: str | None = Field(default=None, description="SHA-256 of the finalized document's canonical JSON")
+
+
+class InvoiceList(BaseModel):
+    data: list[InvoicePublic]
+    next_before: str | None = None
+
+
+class PeriodClose(BaseModel):
+    period: str
+    closed_at: str
+    invoices: int = Field(description="Invoices finalized")
+    credit_notes: int = Field(description="Credit notes issued for usage corrected after its period was invoiced")
+    totals: dict[str, int] = Field(description="Invoiced per currency, in minor units")
+
+
+class StatusChange(BaseModel):
+    """Why an admin voids an invoice, or marks it paid or uncollectible (kept in the audit trail)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Annotated[str, Field(min_length=1, max_length=500)]
+
+
+class InvoiceChanged(BaseModel):
+    invoice: InvoicePublic
+    credit_note: InvoicePublic | None = Field(default=None, description="Issued when voided: the invoice's total back")

@@ -1,0 +1,44 @@
+"""Quantities as limits, amounts and prices' tiers take them, and the slugs that name plans and meters."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+SLUG_PATTERN = r"^[a-z0-9][a-z0-9_\-]{0,62}$"
+# A limit or an amount: below 10^12 units, with at most three decimal places (milli-units: GPU-
+# seconds to the millisecond, credit to a tenth of a cent). Kafka mode's hot counters keep milli-
+# units in Redis, whose Lua numbers are doubles: exact below 2^53 milli-units, about 9 * 10^12 units.
+MAX_QUANTITY = Decimal(10) ** 12
+MAX_DECIMALS = 3
+
+
+def exact_quantity(value: Any, *, name: str, positive: bool) -> Decimal:
+    """A limit or an amount: a JSON number (not a string), finite, at most MAX_DECIMALS places,
+    below MAX_QUANTITY; zero or more for a limit, more than zero for an amount."""
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        raise ValueError(f"{name} must be a number")
+    try:
+        quantity = Decimal(str(value)) if not isinstance(value, Decimal) else value
+    except ArithmeticError as bad:
+        raise ValueError(f"{name} must be a number") from bad
+    if not quantity.is_finite():
+        raise ValueError(f"{name} must be a finite number")
+    if quantity < 0 or (positive and quantity == 0):
+        raise ValueError(f"{name} must be {'more than zero' if positive else 'zero or more'}")
+    if quantity >= MAX_QUANTITY:
+        raise ValueError(f"{name} must be below 10^12")
+    if quantity != quantity.quantize(Decimal(1).scaleb(-MAX_DECIMALS)):
+        raise ValueError(f"{name} may have at most {MAX_DECIMALS} decimal places")
+    return quantity.quantize(Decimal(1)) if quantity == quantity.to_integral_value() else quantity.normalize()
+
+
+def quantity_json(quantity: Decimal) -> int | float | str:
+    """A quantity as JSON: an integer when whole, else its exact decimal text as a number where
+    a double holds it exactly enough to read back (clients compare with what they sent)."""
+    if quantity == quantity.to_integral_value():
+        return int(quantity)
+    return float(quantity) if Decimal(repr(float(quantity))) == quantity else str(quantity)
+
+
+QUANTITY_SCHEMA = {"type": "number", "minimum": 0, "exclusiveMaximum": 1e12, "multipleOf": 0.001}

@@ -1,0 +1,157 @@
+"""The audit trail over the API, in both modes: each tenant's chain (and `_platform`'s) listed with
+filters and pages, exported as JSON Lines that `omni audit verify` accepts untouched and refuses,
+naming the line, once edited; tenants see only their own chain; and a rebuild of the chains from
+the audit topic gives the same entries, hashes and signed checkpoints."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from omni.cli import app as cli
+from tests.e2e.conftest import ADMIN, Omni, embedded_settings, kafka_settings, served, services_or_skip
+
+EVERY = 2  # a periodic checkpoint every two entries of a chain
+
+
+@pytest.fixture(params=["embedded", "kafka"])
+async def omni(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Omni]:
+    if request.param == "embedded":
+        settings = embedded_settings(tmp_path / "data", audit_checkpoint_every=EVERY)
+    else:
+        services_or_skip()
+        settings = kafka_settings(uuid.uuid4().hex[:12], audit_checkpoint_every=EVERY)
+    async with served(settings) as running:
+        yield running
+
+
+async def some_commands(omni: Omni) -> tuple[str, str, str]:
+    """Tenant A: created, a second key, a refused revocation, a revocation; the admin defines a meter."""
+    a_id, a_key = await omni.tenant("a")
+    issued = await omni.client.post(f"/v1/tenants/{a_id}/keys", json={"label": "ci"}, headers=omni.auth(a_key))
+    assert issued.status_code == 201, issued.text
+    refused = await omni.client.delete("/v1/keys/nope", headers={**omni.auth(a_key), "User-Agent": "auditor/1"})
+    assert refused.status_code == 404
+    revoked = await omni.client.delete(f"/v1/keys/{issued.json()['key_id']}", headers=omni.auth(a_key))
+    assert revoked.status_code == 204
+    await omni.meter(slug="calls", event_type="call", aggregation="COUNT")
+    b_id, _ = await omni.tenant("b")
+    await omni.settle()
+    return a_id, a_key, b_id
+
+
+async def listed(omni: Omni, key: str, **params: Any) -> dict[str, Any]:
+    response = await omni.client.get("/v1/audit", params=params, headers=omni.auth(key))
+    assert response.status_code == 200, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+async def exported(omni: Omni, key: str, **params: Any) -> bytes:
+    response = await omni.client.get("/v1/audit/export", params=params, headers=omni.auth(key))
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("application/jsonl")
+    return response.content
+
+
+def verified(tmp_path: Path, export: bytes, pem: str) -> tuple[int, str]:
+    """`omni audit verify EXPORT --public-key PEM_FILE`: its exit code and what it said."""
+    (tmp_path / "export.jsonl").write_bytes(export)
+    (tmp_path / "audit.pem").write_text(pem)
+    result = CliRunner().invoke(
+        cli, ["audit", "verify", str(tmp_path / "export.jsonl"), "--public-key", str(tmp_path / "audit.pem")]
+    )
+    return result.exit_code, result.output
+
+
+async def test_each_tenant_has_a_chain_listed_filtered_and_paged(omni: Omni) -> None:
+    a_id, a_key, b_id = await some_commands(omni)
+    chain = (await listed(omni, a_key))["data"]
+    assert [(e["seq"], e["action"], e["outcome"]) for e in chain] == [
+        (1, "tenant.create", "accepted"),
+        (2, "api_key.issue", "accepted"),
+        (3, "api_key.revoke", "rejected"),
+        (4, "api_key.revoke", "accepted"),
+    ]
+    assert {e["chain"] for e in chain} == {a_id}
+    assert [e["prev"] for e in chain[1:]] == [e["hash"] for e in chain[:-1]]
+    assert chain[2]["actor"]["user_agent"] == "auditor/1"
+    # Filters and pages.
+    assert [e["seq"] for e in (await listed(omni, a_key, outcome="rejected"))["data"]] == [3]
+    assert [e["seq"] for e in (await listed(omni, a_key, action="api_key.revoke"))["data"]] == [3, 4]
+    assert [e["seq"] for e in (await listed(omni, a_key, actor="admin"))["data"]] == [1]
+    first = await listed(omni, a_key, limit=3)
+    assert [e["seq"] for e in first["data"]] == [1, 2, 3] and first["next_after"] == 3
+    rest = await listed(omni, a_key, limit=3, after=3)
+    assert [e["seq"] for e in rest["data"]] == [4] and rest["next_after"] is None
+    start, end = chain[1]["time"], chain[3]["time"]
+    assert [e["seq"] for e in (await listed(omni, a_key, **{"from": start, "to": end}))["data"]] == [2, 3]
+    # The admin: the platform's own chain by default, a tenant's by `?tenant=`.
+    platform = (await listed(omni, ADMIN))["data"]
+    assert [(e["chain"], e["action"]) for e in platform] == [("_platform", "meter.define")]
+    assert (await listed(omni, ADMIN, tenant=a_id))["data"] == chain
+    assert [e["action"] for e in (await listed(omni, ADMIN, tenant=b_id))["data"]] == ["tenant.create"]
+    # Another tenant's chain, or the platform's, is not found for a tenant; an unknown tenant neither.
+    for path in ("/v1/audit", "/v1/audit/export"):
+        for key, tenant in ((a_key, b_id), (a_key, "_platform"), (ADMIN, str(uuid.uuid4())), (ADMIN, "nope")):
+            response = await omni.client.get(path, params={"tenant": tenant}, headers=omni.auth(key))
+            assert response.status_code == 404, (path, tenant, response.text)
+            assert response.headers["content-type"] == "application/problem+json"
+    bad = await omni.client.get("/v1/audit", params={"from": "2026-11-02T00:00:00"}, headers=omni.auth(a_key))
+    assert bad.status_code == 422 and bad.headers["content-type"] == "application/problem+json"  # no offset
+
+
+async def test_an_export_verifies_untouched_and_names_the_line_once_edited(omni: Omni, tmp_path: Path) -> None:
+    a_id, a_key, _ = await some_commands(omni)
+    pem = (await omni.client.get("/v1/audit/public-key", headers=omni.auth(a_key))).text
+    assert pem.startswith("-----BEGIN PUBLIC KEY-----")
+    export = await exported(omni, a_key)
+    lines = export.splitlines()
+    kinds = [(item["kind"], item.get("seq", item.get("length"))) for item in map(orjson.loads, lines)]
+    assert kinds == [
+        ("entry", 1),
+        ("entry", 2),
+        ("checkpoint", 2),
+        ("entry", 3),
+        ("entry", 4),
+        ("checkpoint", 4),
+        ("checkpoint", 4),
+    ]
+    assert orjson.loads(lines[-1])["final"] is True
+    code, said = verified(tmp_path, export, pem)
+    assert code == 0, said
+    assert f"chain {a_id}, 4 entries" in said
+    # An edited outcome (the refusal made to look accepted) is named by its line, 4.
+    tampered = export.replace(b'"outcome":"rejected"', b'"outcome":"accepted"')
+    assert tampered != export
+    code, said = verified(tmp_path, tampered, pem)
+    assert code == 1 and ":4:" in said, said
+    # The tail cut off: the export no longer ends with its final checkpoint (line 7 is missing).
+    code, said = verified(tmp_path, b"\n".join(lines[:-1]) + b"\n", pem)
+    assert code == 1 and ":7:" in said and "truncated" in said, said
+    # The platform's chain and another tenant's verify too (the admin exports them).
+    for params in ({}, {"tenant": a_id}):
+        code, said = verified(tmp_path, await exported(omni, ADMIN, **params), pem)
+        assert code == 0, (params, said)
+
+
+async def test_a_rebuild_from_the_audit_topic_gives_the_same_chains(omni: Omni, tmp_path: Path) -> None:
+    a_id, a_key, _ = await some_commands(omni)
+    before = {chain: await exported(omni, ADMIN, tenant=chain) for chain in ("_platform", a_id)}
+    with omni.platform.db.transaction() as tx:
+        for table in ("audit_entries", "audit_heads", "audit_checkpoints"):
+            tx.execute(f"DELETE FROM {table}")
+        tx.execute("DELETE FROM checkpoints WHERE consumer='audit'")
+    assert (await listed(omni, a_key))["data"] == []
+    await omni.settle()
+    pem = (await omni.client.get("/v1/audit/public-key", headers=omni.auth(ADMIN))).text
+    for chain, export in before.items():
+        again = await exported(omni, ADMIN, tenant=chain)
+        # Everything but the final checkpoint, signed at each export's own time, is byte-identical.
+        assert again.splitlines()[:-1] == export.splitlines()[:-1], chain
+        assert verified(tmp_path, again, pem)[0] == 0

@@ -1,0 +1,148 @@
+"""SLOs over the API, in both modes: definitions as versioned data per owner, bad input, isolation,
+and the status and history folded from the log (history before the definition included)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+
+from tests.conftest import cloud_event
+from tests.e2e.conftest import ADMIN, Omni
+
+LARGE = {
+    "event_type": "inference",
+    "match": {"$.data.model": "large"},
+    "sli": "availability",
+    "status_property": "$.data.status",
+    "objective": 99,
+    "window": "30d",
+}
+EVERY_TENANT = {
+    "event_type": "inference",
+    "sli": "availability",
+    "status_property": "$.data.status",
+    "objective": 90,
+    "window": "7d",
+}
+NOTHING = {**LARGE, "match": {"$.data.model": "none-such"}}
+
+
+async def put_slo(omni: Omni, key: str, name: str, body: dict[str, Any], status: int | None = None) -> httpx.Response:
+    response = await omni.client.put(f"/v1/slos/{name}", json=body, headers=omni.auth(key))
+    await omni.settle()
+    if status is not None:
+        assert response.status_code == status, response.text
+    return response
+
+
+async def status_of(omni: Omni, key: str, name: str) -> dict[str, Any]:
+    response = await omni.client.get(f"/v1/slos/{name}", headers=omni.auth(key))
+    assert response.status_code == 200, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+async def test_slos_are_versioned_per_owner_and_refuse_bad_input(omni: Omni) -> None:
+    _, key = await omni.tenant("a")
+    _, other = await omni.tenant("b")
+    first = await put_slo(omni, key, "large", LARGE, 201)
+    assert first.json()["version"] == 1 and first.json()["owner"] != "_platform"
+    assert (await put_slo(omni, key, "large", LARGE, 200)).json()["version"] == 1, "an unchanged body is no new version"
+    assert (await put_slo(omni, key, "large", {**LARGE, "objective": 99.5}, 200)).json()["version"] == 2
+    assert (await put_slo(omni, ADMIN, "large", EVERY_TENANT, 201)).json()["owner"] == "_platform"
+    listed = (await omni.client.get("/v1/slos", headers=omni.auth(key))).json()["data"]
+    assert [(s["name"], s["version"], s["definition"]["objective"]) for s in listed] == [("large", 2, 99.5)]
+    platform = (await omni.client.get("/v1/slos", headers=omni.auth(ADMIN))).json()["data"]
+    assert [(s["name"], s["definition"]["window"]) for s in platform] == [("large", "7d")]
+    # Another tenant's SLO is not there for the other tenant.
+    assert (await omni.client.get("/v1/slos/large", headers=omni.auth(other))).status_code == 404
+    assert (await omni.client.get("/v1/slos/large/history", headers=omni.auth(other))).status_code in (404, 422)
+    assert (await omni.client.get("/v1/slos", headers=omni.auth(other))).json()["data"] == []
+    for bad in (
+        {**LARGE, "objective": 100},
+        {**LARGE, "objective": 0},
+        {**LARGE, "window": "14d"},
+        {**LARGE, "sli": "latency", "status_property": None, "latency_property": "$.data.ms"},  # no threshold
+        {**LARGE, "match": {"data.model": "large"}},  # not a JSON path
+        {**LARGE, "status_property": "$data"},
+    ):
+        response = await put_slo(omni, key, "bad", bad, 422)
+        assert response.headers["content-type"] == "application/problem+json"
+    assert (await omni.client.get("/v1/slos/bad", headers=omni.auth(key))).status_code == 404
+
+
+async def test_status_and_history_from_the_log(omni: Omni) -> None:
+    a, key = await omni.tenant("a")
+    _, other = await omni.tenant("b")
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    two_ago, one_ago = now - timedelta(minutes=2, seconds=-10), now - timedelta(minutes=1, seconds=-10)
+
+    def inference(i: str, at: datetime, **data: Any) -> dict[str, Any]:
+        return cloud_event(i, time=at, data=data)
+
+    # Before the SLOs exist: folded by their catch-up.
+    before = [inference(f"b{n}", two_ago, model="large", status=s) for n, s in enumerate((200, 200, 200, 503))]
+    assert (await omni.send(key, before)).status_code == 202
+    await omni.settle()
+    await put_slo(omni, key, "large", LARGE, 201)
+    await put_slo(omni, key, "nothing", NOTHING, 201)
+    await put_slo(omni, ADMIN, "all", EVERY_TENANT, 201)
+    await omni.settle()
+    # After: folded live, with the meters. A duplicate of an earlier event counts once.
+    after = [inference(f"a{n}", one_ago, model="large", status=200) for n in range(4)]
+    after += [inference("small", one_ago, model="small", status=500), inference("no-status", one_ago, model="large")]
+    after += [inference("b0", two_ago, model="large", status=200)]
+    assert (await omni.send(key, after)).status_code == 202
+    assert (await omni.send(other, [inference("x", one_ago, model="large", status=500)])).status_code == 202
+    await omni.settle()
+    omni.platform.clock = lambda: now + timedelta(seconds=30)
+
+    # Tenant a, model large: 8 counted (no-status is not, the duplicate neither), 1 bad. Objective
+    # 99%: 0.08 bad events allowed, 1 consumed (12.5 budgets), burn 0.125 / 0.01 = 12.5 everywhere.
+    large = await status_of(omni, key, "large")
+    assert (large["good"], large["total"], large["sli"]) == (7, 8, 0.875)
+    assert large["error_budget"]["total"] == {"events": 0.08, "share": 1.0}
+    assert large["error_budget"]["consumed"] == {"events": 1, "share": 12.5}
+    assert large["error_budget"]["remaining"]["share"] == -11.5
+    assert large["burn_rates"] == dict.fromkeys(("5m", "30m", "1h", "2h", "6h", "1d", "3d"), 12.5)
+    # 30d: page at 14.4 (1h, 5m) does not fire, 6 (6h, 30m) does; the ticket's 3 and 1 too.
+    assert large["alerts"] == {"page": "firing", "ticket": "firing"}
+    assert large["as_of"] == (now + timedelta(minutes=1)).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+    # Matches nothing: no data, never 100%.
+    nothing = await status_of(omni, key, "nothing")
+    assert (nothing["total"], nothing["sli"]) == (0, None)
+    assert nothing["error_budget"]["consumed"] == {"events": None, "share": None}
+    assert set(nothing["burn_rates"].values()) == {None}
+    assert nothing["alerts"] == {"page": "ok", "ticket": "ok"}
+
+    # The admin's covers both tenants: 10 with a status, 3 bad (503, small's 500, b's 500). 90% over
+    # 7 days: burn 0.3 / 0.1 = 3; page thresholds 3.36 (1h) and 1.4 (6h): the second fires; ticket 0.7.
+    every = await status_of(omni, ADMIN, "all")
+    assert (every["good"], every["total"], every["sli"]) == (7, 10, 0.7)
+    assert every["error_budget"]["consumed"] == {"events": 3, "share": 3.0}
+    assert every["burn_rates"]["5m"] == 3.0
+    assert every["alerts"] == {"page": "firing", "ticket": "firing"}
+
+    params = {"from": _text(now - timedelta(minutes=3)), "to": _text(now + timedelta(minutes=1)), "window_size": "MINUTE"}
+    response = await omni.client.get("/v1/slos/large/history", params=params, headers=omni.auth(key))
+    assert response.status_code == 200, response.text
+    assert [(p["good"], p["total"], p["sli"]) for p in response.json()["data"]] == [
+        (0, 0, None),
+        (3, 4, 0.75),
+        (4, 4, 1.0),
+        (0, 0, None),
+    ]
+    # A revision is a new version, folded afresh from the whole log: the same events, judged anew.
+    revised = {**LARGE, "sli": "latency", "status_property": None, "latency_property": "$.data.status", "threshold_ms": 503}
+    await put_slo(omni, key, "large", {k: v for k, v in revised.items() if v is not None}, 200)
+    again = await status_of(omni, key, "large")
+    assert (again["version"], again["good"], again["total"]) == (2, 8, 8), "503 ms is within 503"
+    uneven = {**params, "from": _text(now - timedelta(minutes=3, seconds=1))}
+    assert (await omni.client.get("/v1/slos/large/history", params=uneven, headers=omni.auth(key))).status_code == 422
+    assert a
+
+
+def _text(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")

@@ -1,0 +1,177 @@
+"""Closing a period for one tenant (projections.invoices.bill): which documents, which lines, and the
+invariant that billing usage late never changes what it costs in all."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from projections.invoices import Billed, BillingPeriod, PricedPlan, Statement, bill, canonical, digest
+from projections.pricing import charge
+from schemas.billing import Billing
+
+NOVEMBER = BillingPeriod.parse("2026-11")
+DECEMBER = BillingPeriod.parse("2026-12")
+assert NOVEMBER is not None and DECEMBER is not None
+TENANT = "3f2a9c1b-0000-4000-8000-000000000001"
+
+PRO = PricedPlan(
+    "pro",
+    1,
+    Billing.model_validate(
+        {
+            "currency": "USD",
+            "fee": "10.00",
+            "prices": [
+                {
+                    "meter": "tokens",
+                    "model": "graduated",
+                    "tiers": [{"up_to": 1000, "unit_price": "0"}, {"up_to": None, "unit_price": "0.002"}],
+                },
+                {"meter": "images", "model": "package", "package_size": 100, "package_price": "5.00"},
+            ],
+        }
+    ),
+)
+USAGE_ONLY = PricedPlan(
+    "metered",
+    3,
+    Billing.model_validate({"currency": "JPY", "prices": [{"meter": "tokens", "model": "per_unit", "unit_price": "2"}]}),
+)
+
+
+def close(
+    period: BillingPeriod = NOVEMBER,
+    plan: PricedPlan | None = PRO,
+    usage: dict[str, Decimal] | None = None,
+    earlier: dict[str, dict[str, Decimal]] | None = None,
+    billed: dict[str, Billed] | None = None,
+) -> Statement:
+    plans = {(p.slug, p.version): p for p in (PRO, USAGE_ONLY)}
+    return bill(
+        tenant_id=TENANT,
+        period=period,
+        plan=plan,
+        usage=usage or {},
+        earlier=earlier or {},
+        billed=billed or {},
+        plan_at=lambda slug, version: plans.get((slug, version)),
+        next_invoice=7,
+        next_credit_note=2,
+        issued_at="2026-12-01T01:00:00Z",
+    )
+
+
+def test_an_invoice_bills_the_fee_and_each_priced_meter_and_remembers_what_it_billed() -> None:
+    statement = close(usage={"tokens": Decimal(2501), "images": Decimal(250), "unpriced": Decimal(9)})
+    invoice = statement.invoice
+    assert invoice is not None and statement.credit_note is None
+    assert (invoice["number"], invoice["period"], invoice["currency"], invoice["total"]) == (
+        "3F2A9C1B-0007",
+        "2026-11",
+        "USD",
+        2800,
+    )
+    assert [(line["type"], line.get("meter"), line["amount"]) for line in invoice["lines"]] == [
+        ("fee", None, 1000),
+        ("usage", "images", 1500),
+        ("usage", "tokens", 300),
+    ]
+    assert statement.billed == {"2026-11": Billed("pro", 1, {"tokens": Decimal(2501), "images": Decimal(250)})}
+
+
+def test_no_usage_and_no_fee_means_no_invoice_and_nothing_remembered() -> None:
+    assert close(plan=USAGE_ONLY) == Statement(None, None, {})
+    assert close(plan=None, usage={"tokens": Decimal(5)}) == Statement(None, None, {})
+
+
+def test_a_fee_alone_is_invoiced() -> None:
+    invoice = close().invoice
+    assert invoice is not None and [line["type"] for line in invoice["lines"]] == ["fee"] and invoice["total"] == 1000
+
+
+def test_usage_that_costs_nothing_is_still_invoiced_at_zero() -> None:
+    free = PricedPlan(
+        "free",
+        1,
+        Billing.model_validate(
+            {"currency": "USD", "prices": [{"meter": "tokens", "model": "per_unit", "unit_price": "0.01", "included": 100}]}
+        ),
+    )
+    invoice = close(plan=free, usage={"tokens": Decimal(40)}).invoice
+    assert invoice is not None and invoice["total"] == 0 and invoice["lines"][0]["billable"] == 0
+
+
+def test_late_usage_is_billed_with_the_plan_version_that_priced_its_period() -> None:
+    # November was billed by pro v1; pro is at v2 now, with tokens at 0.01: the adjustment is priced by v1.
+    billed = {"2026-11": Billed("pro", 1, {"tokens": Decimal(2501), "images": Decimal(250)})}
+    now = PricedPlan("pro", 2, PRO.billing.model_copy(update={"prices": [PRO.billing.prices[1]]}))
+    statement = close(DECEMBER, plan=now, earlier={"2026-11": {"tokens": Decimal(3001), "images": Decimal(250)}}, billed=billed)
+    invoice = statement.invoice
+    assert invoice is not None
+    adjustment = invoice["lines"][-1]
+    assert adjustment == {
+        "type": "adjustment",
+        "meter": "tokens",
+        "period": "2026-11",
+        "quantity": 500,
+        "billed_quantity": 2501,
+        "corrected_quantity": 3001,
+        "amount": 100,  # 2001 x 0.002 = 4.002 -> 400 cents, 300 billed before
+    }
+    assert statement.billed["2026-11"] == Billed("pro", 1, {"tokens": Decimal(3001), "images": Decimal(250)})
+
+
+def test_a_correction_downwards_is_a_credit_note_and_no_fee_less_invoice_is_made_for_it() -> None:
+    billed = {"2026-11": Billed("metered", 3, {"tokens": Decimal(100)})}
+    statement = close(DECEMBER, plan=USAGE_ONLY, earlier={"2026-11": {"tokens": Decimal(40)}}, billed=billed)
+    assert statement.invoice is None
+    credit = statement.credit_note
+    assert credit is not None
+    assert (credit["kind"], credit["number"], credit["currency"], credit["total"]) == (
+        "credit_note",
+        "3F2A9C1B-CN-0002",
+        "JPY",
+        120,
+    )
+    assert credit["lines"][0]["quantity"] == -60
+    assert statement.billed == {"2026-11": Billed("metered", 3, {"tokens": Decimal(40)})}
+
+
+def test_a_period_never_invoiced_is_adjusted_from_nothing_with_the_plan_now() -> None:
+    statement = close(DECEMBER, plan=USAGE_ONLY, earlier={"2026-11": {"tokens": Decimal(10)}})
+    assert statement.invoice is not None
+    assert [(line["type"], line["amount"]) for line in statement.invoice["lines"]] == [("adjustment", 20)]
+
+
+def test_the_same_inputs_give_the_same_bytes() -> None:
+    usage = {"tokens": Decimal("2501.5"), "images": Decimal(1)}
+    first, second = close(usage=usage).invoice, close(usage=dict(reversed(list(usage.items())))).invoice
+    assert first is not None and second is not None
+    assert canonical(first) == canonical(second) and digest(first) == digest(second)
+    assert b" " not in canonical(first) and canonical(first).startswith(b'{"currency":"USD"')
+
+
+amounts = st.integers(min_value=0, max_value=50_000).map(Decimal)
+
+
+@given(billed_then=amounts, late=st.integers(min_value=-5_000, max_value=50_000).map(Decimal))
+def test_what_a_period_costs_in_all_does_not_depend_on_when_its_usage_arrived(billed_then: Decimal, late: Decimal) -> None:
+    """The invoice's line plus the adjustment (or minus the credit) equals pricing the whole total at once."""
+    total = max(Decimal(0), billed_then + late)
+    first = close(usage={"tokens": billed_then})
+    assert first.invoice is not None
+    on_time = sum(line["amount"] for line in first.invoice["lines"] if line.get("meter") == "tokens")
+    second = close(DECEMBER, earlier={"2026-11": {"tokens": total}}, billed=first.billed)
+    debit = _lines(second.invoice, "adjustment")
+    credit = _lines(second.credit_note, "adjustment")
+    price = PRO.price_of("tokens")
+    assert price is not None
+    assert on_time + debit - credit == charge(price, total, 2).amount
+
+
+def _lines(document: dict[str, Any] | None, kind: str) -> int:
+    return 0 if document is None else sum(line["amount"] for line in document["lines"] if line["type"] == kind)
