@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import docs, edge, metering, openapi, problems, tracing
+from api import docs, edge, lean_consume, metering, openapi, problems, tracing
 from api.routes import audit, events, health, invoices, meters, plans, quotas, slos, tenants, webhooks
 from omni.bootstrap import Platform, build
 from omni.settings import Settings
@@ -50,7 +50,8 @@ def create_app(settings: Settings | None = None, *, platform: Platform | None = 
     app.state.platform = platform
     app.state.api_calls = recorder
     problems.install(app)
-    edge.install(app, platform)  # innermost of the middlewares: it runs after tracing and metering saw the request
+    lean_consume.install(app)  # consume's common case, past FastAPI's routing (after the edge's checks)
+    edge.install(app, platform)  # innermost but for lean_consume: it runs after tracing and metering saw the request
     if platform.settings.meter_api_calls:
         metering.install(app, recorder)
     tracing.install(app)  # installed last, so it runs first: every later layer sees the span

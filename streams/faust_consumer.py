@@ -43,6 +43,11 @@ from streams.faust_runs import run_message
 # broker aiokafka sends no other fetch meanwhile: a fetch for a drained partition (say the control
 # topic) then stalled the usage partitions, which had data waiting, for up to 1.5 s at a time.
 FETCH_MAX_WAIT_MS = 20
+# And how much a fetch waits for (within that wait): with aiokafka's default, one byte, a steady
+# stream of small records (consumes, api_calls) was fetched as soon as each few arrived, hundreds of
+# fetches a second, each costing the broker and this worker's decoding; the fold lingers longer
+# than the wait anyway (fold_linger_seconds).
+FETCH_MIN_BYTES = 64 * 1024
 # The longest a delivery waits for full agent queues to drain to their low-water mark; past it the
 # delivery goes on and waits for room on its own (should a drop ever go unreported).
 RELIEF_WAIT = 1.0
@@ -58,6 +63,7 @@ class BatchConsumerThread(AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: KafkaTransport) -> Any:
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by its fetcher, created on start
+        consumer._fetch_min_bytes = FETCH_MIN_BYTES
         return consumer
 
     async def on_start(self) -> None:

@@ -151,7 +151,8 @@ class KafkaLog:
     async def _guard(self, work: Awaitable[T], what: str) -> T:
         """Every Kafka failure, and every wait longer than produce_timeout, is LogUnavailable."""
         try:
-            return await asyncio.wait_for(work, timeout=self.produce_timeout)
+            async with asyncio.timeout(self.produce_timeout):  # no task of its own per call, unlike wait_for
+                return await work
         except LogUnavailable:
             raise
         except TimeoutError as slow:

@@ -29,7 +29,7 @@ from ops.bench.common import ROOT
 from ops.bench.run import BENCHMARKS
 
 # The figures worth a ratio: rates, shares of a baseline, latencies, CPU per event, peak memory.
-INTERESTING = ("per_s", "ratio", "_ms", "p50", "p99", "cpu_micros_per_event", "VmHWM")
+INTERESTING = ("per_s", "ratio", "_ms", "p50", "p99", "cpu_micros_per_event", "cpu_micros_per_consume", "VmHWM")
 
 
 def leaves(figures: Any, path: str = "") -> Iterator[tuple[str, float]]:

@@ -11,10 +11,11 @@ exactly.
 
 Baselines, in the same run, on the same Redis and Kafka, from `clients` concurrent asyncio tasks
 in this process: (a) EVALSHA of consume's own decision script (streams.redis_quotas.CONSUME) on
-keys of their own; (b) aiokafka `send_and_wait`, acks=all and idempotent as the API's producer,
-of a record the size of consume's usage event, with its headers, to the partition of the same
-tenants; (c) the two chained, and (d) the chain with the settle script after the send: the I/O
-of one consume and nothing else, the floor it is measured against ("share of floor").
+keys of their own, one consume a call (the API groups the consumes that arrive together into one
+call); (b) aiokafka `send_and_wait`, acks=all and idempotent as the API's producer, of a record
+the size of consume's usage event, with its headers, to the partition of the same tenants; (c) the
+two chained, and (d) the chain with the settle script after the send: the I/O of one consume and
+nothing else, the floor it is measured against ("share of floor").
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from ops.bench.common import (
     ratio,
     serve,
 )
+from ops.bench.raw_http import RawHttpClient
 
 NAME = "quota_consume"
 TARGET_RATE = 2_000.0
@@ -74,6 +76,7 @@ class Options:
     apis: int = opt(1, "API processes (replicas; the clients spread over them)")
     refusal_duration: float = opt(5.0, "seconds of the phase whose demand passes the limit (0: no such phase)")
     refusal_limit: int = opt(2000, "the hard daily limit of that phase's plan (consumes of 1 each)")
+    client: str = opt("raw", "the load's HTTP client: raw (ops/bench/raw_http.py, the lightest) or aiohttp")
 
 
 # Load: closed-loop clients, each a keep-alive connection --------------------------------------
@@ -114,13 +117,32 @@ async def consume_load(
     count_from: float,
     until: float,
     fixed_amount: int,
+    client_kind: str = "raw",
 ) -> Load:
     """`clients` connections (numbered from `first`) consuming from `start_at` to `until` (time.time());
     only requests started from `count_from` on are counted."""
     load = Load({}, Counter(), count_from, until)
     url = f"/v1/quotas/{METER['slug']}/consume"
 
-    async def client(n: int) -> None:
+    def body_of(n: int, i: int) -> bytes:
+        return orjson.dumps(
+            {
+                "amount": fixed_amount or i % 50 + 1,
+                "idempotency_key": f"{run}-{n}-{i}",
+                "subject": f"customer-{i % 10}",
+                "data": {"model": "small"},
+            }
+        )
+
+    def counted(now: float, begun: float, status: int) -> None:
+        if now >= count_from:
+            load.latencies.setdefault(status, []).append(time.perf_counter() - begun)
+
+    def failed(now: float, failure: Exception) -> None:
+        if now >= count_from:
+            load.failures[type(failure).__name__] += 1
+
+    async def aiohttp_client(n: int) -> None:
         key = keys[n % len(keys)]
         headers = {**Api.auth(key), "Content-Type": "application/json"}
         target = urls[n % len(urls)] + url
@@ -128,26 +150,34 @@ async def consume_load(
         async with load_client(1) as http:
             while (now := time.time()) < until:
                 i += 1
-                amount = fixed_amount or i % 50 + 1
-                body = orjson.dumps(
-                    {
-                        "amount": amount,
-                        "idempotency_key": f"{run}-{n}-{i}",
-                        "subject": f"customer-{i % 10}",
-                        "data": {"model": "small"},
-                    }
-                )
+                body = body_of(n, i)
                 begun = time.perf_counter()
                 try:
                     async with http.post(target, data=body, headers=headers) as response:
                         await response.read()
                         status = response.status
                 except Exception as failure:  # noqa: BLE001 - counted, reported as an error
-                    if now >= count_from:
-                        load.failures[type(failure).__name__] += 1
+                    failed(now, failure)
                     continue
-                if now >= count_from:
-                    load.latencies.setdefault(status, []).append(time.perf_counter() - begun)
+                counted(now, begun, status)
+
+    async def raw_client(n: int) -> None:
+        key = keys[n % len(keys)]
+        i = 0
+        async with RawHttpClient(urls[n % len(urls)]) as http:
+            head = http.request_head(url, {**Api.auth(key), "Content-Type": "application/json"})
+            while (now := time.time()) < until:
+                i += 1
+                body = body_of(n, i)
+                begun = time.perf_counter()
+                try:
+                    status, _ = await http.post(head, body)
+                except Exception as failure:  # noqa: BLE001 - counted, reported as an error
+                    failed(now, failure)
+                    continue
+                counted(now, begun, status)
+
+    client = raw_client if client_kind == "raw" else aiohttp_client
 
     await asyncio.sleep(max(0.0, start_at - time.time()))
     await asyncio.gather(*(client(first + n) for n in range(clients)))
@@ -181,7 +211,8 @@ async def consume_phase(
     start_at = time.time() + (2.0 if pool else 0.2)
     count_from, until = start_at + warmup, start_at + warmup + duration
     args = [
-        (stack.urls, keys, share, sum(shares[:p]), run, start_at, count_from, until, amount) for p, share in enumerate(shares)
+        (stack.urls, keys, share, sum(shares[:p]), run, start_at, count_from, until, amount, o.client)
+        for p, share in enumerate(shares)
     ]
     try:
         if pool is None:
@@ -348,9 +379,10 @@ async def baselines(stack: Stack, o: Options, tenants: Sequence[str]) -> dict[st
 
         async def script(t: int, i: int) -> list[Any]:
             tenant = tenants[t % len(tenants)]
-            args = [prefix, tenant, "f" * 64, 25_000, OPEN_LIMIT * 1000, "1", field(meter, day), field(meter, day)]
-            args += [field(meter, month), PENDING_MS, day.text]
-            return await consume(keys=[prefix + "built", answer(t, i)], args=args)  # type: ignore[no-any-return]
+            args = [prefix, PENDING_MS, tenant, "f" * 64, 25_000, OPEN_LIMIT * 1000, "1", field(meter, day)]
+            args += [field(meter, day), field(meter, month), day.text]
+            [reply] = await consume(keys=[prefix + "built", answer(t, i)], args=args)  # a group of one
+            return reply  # type: ignore[no-any-return]
 
         async def send(t: int, i: int) -> None:
             tenant = tenants[t % len(tenants)]
@@ -367,7 +399,7 @@ async def baselines(stack: Stack, o: Options, tenants: Sequence[str]) -> dict[st
             reply = await script(t, i)
             await send(t, i)
             pending = reply[4].decode() if isinstance(reply[4], bytes) else str(reply[4])
-            await settle(keys=[answer(t, i)], args=[pending, pending.replace("pending|", "done|", 1), 60_000])
+            await settle(keys=[answer(t, i)], args=[60_000, pending, pending.replace("pending|", "done|", 1)])
 
         found: dict[str, Timed | int] = {"record_bytes": len(records[0][0])}
         for name, call in (("script", script), ("send", send), ("chain", chained), ("chain_settled", chained_settled)):
@@ -540,7 +572,7 @@ async def run(o: Options) -> Report:
             + ("exact" if exact["exact"] else "NOT EXACT (demand may not have reached the limit)")
         )
     notes.append(
-        "load: aiohttp keep-alive clients (about a quarter of httpx's CPU per request), closed loop, unique idempotency "
+        f"load: {'bare HTTP/1.1 (ops/bench/raw_http.py)' if o.client == 'raw' else 'aiohttp'} keep-alive clients, closed loop, unique idempotency "
         f"keys, amounts 1..50; the baselines run before, from this process, while the API is idle; record {found['record_bytes']} B"
     )
     return Report(

@@ -1,0 +1,141 @@
+"""Consume without FastAPI's per-request machinery: the same route function, called directly.
+
+Consume is what a gateway calls before each request it serves: the API's hottest route. Around
+its own work FastAPI spent more CPU than the work itself (py-spy during quota_consume: trying
+every route's pattern in turn, solving the dependencies, reading the body through a Request,
+validating and serialising the answer model, and three more ASGI layers). This layer, the
+innermost middleware (the edge has authenticated the caller and bounds the body), answers the
+common case itself: a tenant key and a JSON body that `ConsumeBody` accepts, parsed as FastAPI
+parses it (`json.loads`, then the model). It calls the route function (`api.routes.quotas.consume`)
+with the arguments FastAPI would pass, writes its answer as FastAPI would (the model's JSON,
+`application/json`), answers what the function raises with the app's own exception handlers,
+and marks the request with the route, so metrics, the `api_call` record and the trace name it
+as before.
+
+Everything else goes on to FastAPI unchanged, with what was read of the body handed on (and a
+failure while reading it raised again there): another key, another media type, a body that does
+not parse or validate. So every refusal of a request's shape is still FastAPI's own.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.routes import quotas
+from schemas.plans import ConsumeBody
+
+try:  # how FastAPI names the request's span and metrics after its route (private; optional)
+    from fastapi.telemetry._api import _route_selected
+except ImportError:  # pragma: no cover - another FastAPI: the span keeps the name the tracing layer gives it
+    _route_selected = None
+
+
+def _route_of(endpoint: Callable[..., Any]) -> BaseRoute:
+    for route in quotas.router.routes:
+        if getattr(route, "endpoint", None) is endpoint:
+            return route
+    raise LookupError(f"no route for {endpoint.__name__}")
+
+
+def _json_media_type(scope: Scope) -> bool:
+    """As FastAPI decides to parse a body as JSON: application/json or application/*+json."""
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            media = value.split(b";", 1)[0].strip().lower()
+            return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
+    return False
+
+
+class LeanConsume:
+    def __init__(self, app: ASGIApp, fastapi_app: FastAPI) -> None:
+        self.app = app
+        self.fastapi_app = fastapi_app
+        self.route = _route_of(quotas.consume)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].endswith("/consume"):
+            await self.app(scope, receive, send)
+            return
+        principal = scope.get("state", {}).get("principal")
+        match, child = self.route.matches(scope)
+        if (
+            match is not Match.FULL
+            or principal is None
+            or principal.is_admin
+            or principal.tenant_id is None
+            or not _json_media_type(scope)
+        ):
+            await self.app(scope, receive, send)
+            return
+        read: list[Message] = []
+        body = b""
+        try:
+            while True:
+                message = await receive()
+                read.append(message)
+                if message["type"] != "http.request":  # the client left: FastAPI answers that
+                    await self.app(scope, _replay(read, None, receive), send)
+                    return
+                body += message.get("body", b"")
+                if not message.get("more_body", False):
+                    break
+        except Exception as failure:  # noqa: BLE001 - raised again where FastAPI reads the body
+            await self.app(scope, _replay(read, failure, receive), send)
+            return
+        try:
+            parsed = ConsumeBody.model_validate(json.loads(body))
+        except ValueError:  # not JSON, or not a consume (pydantic's ValidationError too): FastAPI's refusal
+            await self.app(scope, _replay(read, None, receive), send)
+            return
+        scope.update(child)  # as the router does: the route, its endpoint and path parameters
+        if _route_selected is not None:
+            _route_selected(scope=scope, path=self.route.path)  # type: ignore[attr-defined]
+        platform = self.fastapi_app.state.platform
+        try:
+            result = await quotas.consume(child["path_params"]["meter"], parsed, platform, principal)
+            response: Response = Response(result.model_dump_json().encode(), media_type="application/json")
+        except Exception as failure:
+            handler = self._handler(failure)
+            if handler is None:
+                raise
+            response = await handler(Request(scope, receive), failure)
+        await response(scope, receive, send)
+
+    def _handler(self, failure: Exception) -> Callable[..., Any] | None:
+        """The app's handler for `failure`, as Starlette's ExceptionMiddleware finds it (by class, most
+        specific first); None for the catch-all, which the outermost layer applies after re-raising."""
+        handlers = self.fastapi_app.exception_handlers
+        for kind in type(failure).__mro__:
+            if kind is Exception:
+                return None
+            if kind in handlers:
+                return handlers[kind]
+        return None
+
+
+def _replay(read: list[Message], failure: BaseException | None, receive: Receive) -> Receive:
+    """`receive` as if nothing had been read: the messages read first, then what reading raised, then the rest."""
+    pending = list(read)
+
+    async def again() -> Message:
+        nonlocal failure
+        if pending:
+            return pending.pop(0)
+        if failure is not None:
+            raised, failure = failure, None
+            raise raised
+        return await receive()
+
+    return again
+
+
+def install(app: FastAPI) -> None:
+    app.add_middleware(LeanConsume, fastapi_app=app)

@@ -1,0 +1,99 @@
+"""Group calls: a lone item goes at once; items arriving during a call share the next one, in order;
+a failed call fails its own items only; a caller that gives up does not stop the others."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from streams.group_call import GroupCall
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[list[int]] = []
+        self.release = asyncio.Event()
+        self.failing: set[int] = set()
+
+    async def run(self, items: list[int]) -> list[int]:
+        self.calls.append(list(items))
+        await self.release.wait()
+        if self.failing & set(items):
+            raise ConnectionError(f"lost {items}")
+        return [item * 10 for item in items]
+
+
+async def test_a_lone_item_goes_at_once_and_later_ones_share_the_next_call_in_order() -> None:
+    recorder = Recorder()
+    call: GroupCall[int, int] = GroupCall(recorder.run)
+    first = asyncio.create_task(call(1))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert recorder.calls == [[1]], "the first item does not wait for company"
+    rest = [asyncio.create_task(call(n)) for n in (2, 3, 4)]
+    await asyncio.sleep(0)
+    assert recorder.calls == [[1]], "one call at a time"
+    recorder.release.set()
+    assert await first == 10
+    assert [await task for task in rest] == [20, 30, 40]
+    assert recorder.calls == [[1], [2, 3, 4]]
+
+
+async def test_groups_are_bounded() -> None:
+    recorder = Recorder()
+    recorder.release.set()
+    call: GroupCall[int, int] = GroupCall(recorder.run, most=2)
+    assert await asyncio.gather(*(call(n) for n in range(5))) == [0, 10, 20, 30, 40]
+    assert all(len(group) <= 2 for group in recorder.calls)
+    assert [item for group in recorder.calls for item in group] == [0, 1, 2, 3, 4]
+
+
+async def test_a_failed_call_fails_its_own_items_only() -> None:
+    recorder = Recorder()
+    recorder.failing = {1}
+    call: GroupCall[int, int] = GroupCall(recorder.run)
+    first = asyncio.create_task(call(1))
+    await asyncio.sleep(0)
+    later = asyncio.create_task(call(2))
+    await asyncio.sleep(0)
+    recorder.release.set()
+    with pytest.raises(ConnectionError):
+        await first
+    assert await later == 20
+
+
+async def test_a_caller_that_gives_up_leaves_the_others_answered() -> None:
+    recorder = Recorder()
+    call: GroupCall[int, int] = GroupCall(recorder.run)
+    first = asyncio.create_task(call(1))
+    await asyncio.sleep(0)
+    gone, kept = asyncio.create_task(call(2)), asyncio.create_task(call(3))
+    await asyncio.sleep(0)
+    gone.cancel()
+    recorder.release.set()
+    assert await first == 10
+    assert await kept == 30
+    assert recorder.calls == [[1], [2, 3]], "the item was sent anyway (it may have been already)"
+
+
+async def test_closing_cancels_the_waiting_items() -> None:
+    recorder = Recorder()
+    call: GroupCall[int, int] = GroupCall(recorder.run)
+    first = asyncio.create_task(call(1))
+    await asyncio.sleep(0)
+    waiting = asyncio.create_task(call(2))
+    await asyncio.sleep(0)
+    call.close()
+    for task in (first, waiting):
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_a_wrong_number_of_results_fails_the_group() -> None:
+    async def short(items: list[int]) -> list[int]:
+        return items[:-1]
+
+    call: GroupCall[int, int] = GroupCall(short)
+    with pytest.raises(RuntimeError, match="2 results for 3 items"):
+        await asyncio.gather(call(1), call(2), call(3))
