@@ -25,7 +25,21 @@ from eventsourcing.persistence import IntegrityError
 
 from commands.errors import Conflict, NotFound
 from commands.ids import billing_account_aggregate_id, billing_period_aggregate_id
-from projections.invoices import CREDIT_NOTE, Billed, BillingPeriod, PricedPlan, Statement, bill, void_credit_note
+from projections.invoices import (
+    CREDIT_NOTE,
+    Billed,
+    BillingPeriod,
+    PricedPlan,
+    Statement,
+    bill,
+    void_credit_note,
+)
+from projections.invoices import (
+    credit_note_id as credit_note_id_of,
+)
+from projections.invoices import (
+    invoice_id as invoice_id_of,
+)
 from schemas.envelope import format_time
 
 if TYPE_CHECKING:
@@ -34,6 +48,7 @@ if TYPE_CHECKING:
 PLATFORM = "_platform"
 FINALIZED, PAID, VOID, UNCOLLECTIBLE = "finalized", "paid", "void", "uncollectible"
 CLOSE_ATTEMPTS = 5
+CLOSE_CHUNK = 250  # tenants per event-store transaction of a close
 
 
 class BillingAccount(Aggregate):
@@ -120,35 +135,72 @@ class BillingCommands:
 
     def close_period(self: ControlPlane, ctx: CommandContext, cut: UsageCut, closed_at: str) -> Closed:
         """Finalize every tenant's invoice for the period, once. Conflict if it was closed before.
-        A close that loses a race with another period's close over an account is redone on the
-        accounts as they are now, so the numbers stay gapless."""
+
+        Tenants are billed and saved CLOSE_CHUNK at a time (an event-store transaction of tens of
+        thousands of events stalls PostgreSQL's client), each chunk with its audit entries; the
+        period's own record is saved with the last. A close cut short (a crash, an outage) is
+        resumed by closing again: tenants already invoiced for the period keep their invoice, and
+        their usage after that first cut is billed next month as an adjustment, never twice. A chunk
+        that loses a race with another period's close over an account is redone on the accounts as
+        they are now, so the numbers stay gapless."""
         period = cut.period.text
         resource = f"billing/periods/{period}"
         with self._rejections_audited(ctx, "billing.period.close", resource):
-            for _ in range(CLOSE_ATTEMPTS - 1):
-                try:
-                    return self._close_once(ctx, cut, closed_at)
-                except IntegrityError:
-                    continue  # another close saved first: read the accounts again
-            try:
-                return self._close_once(ctx, cut, closed_at)
-            except IntegrityError as race:
-                raise Conflict(f"billing period {period} could not be closed for concurrent changes; retry") from race
+            if self._closed_period(period) is not None:
+                raise Conflict(f"billing period {period} is already closed")
+            tenants = sorted(cut.tenants)
+            documents: list[dict[str, Any]] = []
+            earlier_documents = 0
+            for start in range(0, max(len(tenants), 1), CLOSE_CHUNK):
+                chunk = tenants[start : start + CLOSE_CHUNK]
+                last = start + CLOSE_CHUNK >= len(tenants)
+                for attempt in range(CLOSE_ATTEMPTS):
+                    accounts, issued, audits, before = self._bill_chunk(ctx, cut, chunk, closed_at)
+                    extra: list[Any] = []
+                    if last:
+                        count = len(documents) + len(issued) + earlier_documents + before
+                        closed = ClosedPeriod(period=period, closed_at=closed_at, cut=dict(cut.offsets), invoices=count)
+                        extra = [closed, self._audit(ctx, "billing.period.close", resource, PLATFORM)]
+                    if not accounts and not extra:
+                        break
+                    try:
+                        self.save(*extra, *accounts, *audits)
+                        break
+                    except IntegrityError as race:
+                        if last and self._closed_period(period) is not None:
+                            raise Conflict(f"billing period {period} is already closed") from race
+                        if attempt == CLOSE_ATTEMPTS - 1:
+                            raise Conflict(f"billing period {period} could not be closed for concurrent changes; retry") from race
+                documents += issued
+                earlier_documents += before
+        return Closed(period, closed_at, documents)
 
-    def _close_once(self: ControlPlane, ctx: CommandContext, cut: UsageCut, closed_at: str) -> Closed:
+    def _bill_chunk(
+        self: ControlPlane, ctx: CommandContext, cut: UsageCut, tenants: list[str], closed_at: str
+    ) -> tuple[list[BillingAccount], list[dict[str, Any]], list[Any], int]:
+        """The accounts changed, the documents issued and their audit entries for these tenants, and
+        how many documents an earlier, interrupted close of this period issued to them."""
         period = cut.period.text
-        if self._closed_period(period) is not None:
-            raise Conflict(f"billing period {period} is already closed")
         accounts: list[BillingAccount] = []
         documents: list[dict[str, Any]] = []
         audits = []
-        for tenant_id in sorted(cut.tenants):
+        before = 0
+        for tenant_id in tenants:
             plan = cut.plans.get(cut.tenants[tenant_id])
             usage = cut.usage.get(tenant_id, {})
             earlier = cut.earlier.get(tenant_id, {})
             if not usage and not earlier and (plan is None or not plan.charges_without_usage):
                 continue
-            account = self._billing_account(tenant_id) or BillingAccount(tenant_id=tenant_id)
+            account = self._billing_account(tenant_id)
+            done = [
+                d
+                for d in (invoice_id_of(tenant_id, period), credit_note_id_of(tenant_id, period))
+                if account and d in account.statuses
+            ]
+            if done:
+                before += len(done)  # invoiced by a close of this period that was cut short
+                continue
+            account = account or BillingAccount(tenant_id=tenant_id)
             statement = bill(
                 tenant_id=tenant_id,
                 period=cut.period,
@@ -169,9 +221,7 @@ class BillingCommands:
             for document in issued:
                 action, target = f"{document['kind']}.finalize", f"invoices/{document['id']}"
                 audits.append(self._audit(ctx, action, target, tenant_id, reason=_why(document)))
-        closed = ClosedPeriod(period=period, closed_at=closed_at, cut=dict(cut.offsets), invoices=len(documents))
-        self.save(closed, *accounts, self._audit(ctx, "billing.period.close", f"billing/periods/{period}", PLATFORM), *audits)
-        return Closed(period, closed_at, documents)
+        return accounts, documents, audits, before
 
     def billed_so_far(self: ControlPlane, tenant_id: str) -> tuple[dict[str, Billed], int, int]:
         """What the tenant was billed per period, and its next invoice and credit-note numbers (the

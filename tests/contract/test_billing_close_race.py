@@ -13,10 +13,12 @@ from typing import Any
 
 import psycopg
 import pytest
+from eventsourcing.application import AggregateNotFoundError
 
 from commands.billing import BillingAccount, UsageCut
 from commands.control_plane import CommandContext, ControlPlane
 from commands.errors import Conflict
+from commands.ids import billing_period_aggregate_id
 from omni.bootstrap import event_store_env
 from omni.settings import Settings
 from projections.invoices import BillingPeriod, PricedPlan
@@ -60,11 +62,13 @@ def cut(period: str, tenants: list[str]) -> UsageCut:
 
 
 def numbers(control: ControlPlane, tenant_id: str) -> list[str]:
-    account = control.repository.get(BillingAccount.create_id(tenant_id))
-    events = [
-        e for e in control.repository.event_store.get(account.id) if type(e).__qualname__ == "BillingAccount.InvoiceFinalized"
-    ]
-    return sorted(e.invoice["number"] for e in events)  # type: ignore[attr-defined]
+    """The tenant's invoice numbers, from its account's events (none before its first invoice)."""
+    try:
+        account = control.repository.get(BillingAccount.create_id(tenant_id))
+    except AggregateNotFoundError:
+        return []
+    stored = control.repository.event_store.get(account.id)
+    return sorted(e.invoice["number"] for e in stored if type(e).__qualname__ == "BillingAccount.InvoiceFinalized")  # type: ignore[attr-defined]
 
 
 def test_a_close_that_loses_a_race_is_redone_and_numbers_stay_gapless(control: ControlPlane, monkeypatch: Any) -> None:
@@ -106,3 +110,36 @@ def test_usage_that_no_price_bills_issues_nothing_and_stores_no_account(control:
     )
     assert closed.invoices == [] and control.billed_so_far(tenant_id) == ({}, 1, 1)
     assert control._billing_account(tenant_id) is None
+
+
+def test_a_close_cut_short_is_resumed_and_bills_each_tenant_once(control: ControlPlane, monkeypatch: Any) -> None:
+    from commands import billing
+
+    monkeypatch.setattr(billing, "CLOSE_CHUNK", 2)
+    tenants = sorted(str(control.create_tenant(CTX, f"t{i}", "pro")[0].id) for i in range(5))
+    saves = 0
+    original = ControlPlane.save
+
+    def fail_the_second_chunk(self: ControlPlane, *objs: Any, **kwargs: Any) -> Any:
+        nonlocal saves
+        if any(isinstance(o, BillingAccount) for o in objs):
+            saves += 1
+            if saves == 2:
+                raise ConnectionError("the event store went away mid-close")
+        return original(self, *objs, **kwargs)
+
+    monkeypatch.setattr(ControlPlane, "save", fail_the_second_chunk)
+    with pytest.raises(ConnectionError):
+        control.close_period(CTX, cut("2026-11", tenants), "2026-12-02T00:00:00Z")
+    assert [bool(numbers(control, t)) for t in tenants] == [True, True, False, False, False]
+    assert not control.is_closed("2026-11")
+
+    closed = control.close_period(CTX, cut("2026-11", tenants), "2026-12-02T00:05:00Z")  # resumed
+    assert sorted(d["tenant_id"] for d in closed.invoices) == tenants[2:]
+    assert control.is_closed("2026-11")
+    for tenant_id in tenants:
+        assert [n[-4:] for n in numbers(control, tenant_id)] == ["0001"]  # once each, whichever attempt
+    record = control.repository.get(billing_period_aggregate_id("2026-11"))
+    assert record.closed_at == "2026-12-02T00:05:00Z"
+    stored = [e for e in control.repository.event_store.get(record.id) if type(e).__qualname__ == "ClosedPeriod.Closed"]
+    assert [e.invoices for e in stored] == [5]  # type: ignore[attr-defined]
