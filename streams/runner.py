@@ -56,6 +56,7 @@ class Runner:
         self.sleep = sleep  # the wait after a failed step
         self.pause = pause_  # the idle wait between steps
         self._api_calls_due = 0.0  # the clock's time of the next fold of api_calls (API_CALLS_EVERY)
+        self._audit_due = 0.0  # and of the audit topic's
 
     @property
     def meter_projectors(self) -> tuple[MeterProjector, ...]:
@@ -90,7 +91,10 @@ class Runner:
                 records = await self.log.read(meters.topic, partition, heads.get(partition, 0), self.batch_size)
                 if records:
                     moved += await asyncio.to_thread(meters.process, partition, records)
-        if self.audit is not None:
+        if self.audit is not None and (everything or self.clock() >= self._audit_due):
+            # Like api_calls, the audit topic is folded at most every API_CALLS_EVERY: its reads cost
+            # a round trip per partition, and no command's caller waits for the chain.
+            self._audit_due = self.clock() + API_CALLS_EVERY
             for partition in range(self.log.topics.partitions(self.audit.topic)):
                 records = await self.log.read(self.audit.topic, partition, audit_heads.get(partition, 0), self.batch_size)
                 if records:
