@@ -289,15 +289,6 @@ class BillingCommands:
                 raise Conflict(f"invoice {invoice_id} changed concurrently; retry") from race
         return credit_note
 
-    def record_payment_failure(
-        self: ControlPlane, ctx: CommandContext, tenant_id: str, invoice_id: str, reason: str | None
-    ) -> None:
-        account = self._billing_account(tenant_id)
-        if account is None or invoice_id not in account.statuses:
-            raise NotFound(f"invoice {invoice_id} not found")
-        account.payment_failed(tenant_id=tenant_id, invoice_id=invoice_id, reason=reason, source="stripe")
-        self.save(account, self._audit(ctx, "invoice.payment_failed", f"invoices/{invoice_id}", tenant_id, reason=reason))
-
 
 # Which status may follow which: a paid or void invoice is settled for good.
 MOVES: dict[str, frozenset[str]] = {

@@ -89,27 +89,6 @@ def plan(tx: Tx, slug: str) -> PlanRow | None:
     return _plan_row(rows[0]) if rows else None
 
 
-def billing_of(tx: Tx, slug: str, version: int | None = None) -> tuple[int, dict[str, Any]] | None:
-    """A plan version's billing (the current version when `version` is None), with its version."""
-    if version is None:
-        rows = tx.execute(
-            "SELECT v.version, v.billing FROM plan_versions v JOIN plans p ON p.slug = v.slug AND p.version = v.version "
-            "WHERE v.slug=?",
-            (slug,),
-        )
-    else:
-        rows = tx.execute("SELECT version, billing FROM plan_versions WHERE slug=? AND version=?", (slug, version))
-    return (int(rows[0][0]), orjson.loads(rows[0][1])) if rows else None
-
-
-def current_billing(tx: Tx) -> dict[str, tuple[int, dict[str, Any]]]:
-    """Every plan's current version and billing."""
-    rows = tx.execute(
-        "SELECT v.slug, v.version, v.billing FROM plan_versions v JOIN plans p ON p.slug = v.slug AND p.version = v.version"
-    )
-    return {r[0]: (int(r[1]), orjson.loads(r[2])) for r in rows}
-
-
 def tenants_on(tx: Tx, plan_slug: str) -> list[str]:
     return [r[0] for r in tx.execute("SELECT tenant_id FROM tenants WHERE plan=? ORDER BY tenant_id", (plan_slug,))]
 
