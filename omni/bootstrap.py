@@ -299,7 +299,9 @@ def build(settings: Settings) -> Platform:
 
         kafka = KafkaLog(settings.kafka_bootstrap_servers, topics, produce_timeout=settings.produce_timeout_seconds)
         log_ = kafka
-        sink = RedisDedupedSink(kafka, settings.redis_url, topics, keep_for=settings.redis_dedupe_seconds)
+        sink = RedisDedupedSink(
+            kafka, settings.redis_url, topics, claim_ttl=settings.dedupe_claim_seconds, keep_for=settings.redis_dedupe_seconds
+        )
         db = PostgresDatabase(settings.database_url, schema=settings.database_schema)
         quotas = RedisQuotaLedger(
             settings.redis_url,

@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     # Kafka mode: how long Redis keeps each accepted event's de-duplication key at most (None: the
     # whole acceptance window). The usage projector's own record always lasts the whole window.
     redis_dedupe_seconds: int | None = Field(default=None, ge=60)
+    # Kafka mode: how long an event's claim in Redis holds its id while its append is in flight. A
+    # process killed between claim and append leaves the claim; retries get 503 until it lapses. It
+    # always outlives the append it protects (produce_timeout_seconds + 1 at least).
+    dedupe_claim_seconds: float = Field(default=30.0, ge=1, le=600)
 
     @property
     def acceptance_window(self) -> timedelta:

@@ -22,7 +22,10 @@ AMOUNT = 7
 @pytest.fixture
 async def kafka_omni() -> AsyncIterator[Omni]:
     services_or_skip()
-    async with served(kafka_settings(uuid.uuid4().hex[:12]), timeout=60) as running:
+    # A Redis database of its own: the test empties it (FLUSHDB, all Omni's keys lost at once), and
+    # tests running beside it keep theirs.
+    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:16379/0").rsplit("/", 1)[0] + "/15"
+    async with served(kafka_settings(uuid.uuid4().hex[:12], redis_url=redis_url), timeout=60) as running:
         yield running
 
 
@@ -54,8 +57,8 @@ async def test_flushall_mid_storm_loses_nothing_and_passes_no_limit(kafka_omni: 
             )
             statuses.append(response.status_code)
             if n == 0 and i == 2:
-                redis = aioredis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:16379/0"))
-                await redis.flushall()
+                redis = aioredis.from_url(omni.platform.settings.redis_url)
+                await redis.flushdb()
                 await redis.aclose()
                 flushed.set()
 

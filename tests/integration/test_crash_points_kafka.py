@@ -46,6 +46,8 @@ class Deployment:
         self.topics, self.kafka_servers = topics, settings.kafka_bootstrap_servers
         env = worker_env(topics, settings.kafka_bootstrap_servers, database_url, self.schema, tmp_path / "data")
         env |= {"REDIS_URL": redis_url, "OMNI_ADMIN_KEY": ADMIN, "OMNI_METER_API_CALLS": "false"}
+        # A claim left by a kill between claim and append lapses after 5 s here, not 30 (the retries wait for it).
+        env |= {"OMNI_PRODUCE_TIMEOUT_SECONDS": "4", "OMNI_DEDUPE_CLAIM_SECONDS": "1"}
         logs = tmp_path / "logs"
         logs.mkdir()
         point = failpoint.partition("=")[0]
