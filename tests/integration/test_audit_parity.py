@@ -49,6 +49,20 @@ def audit_records() -> list[Outgoing]:
     return records
 
 
+async def audit_folded(db: PostgresDatabase, log: KafkaLog) -> Verdict:
+    """The worker's audit checkpoints are at the audit topic's ends."""
+    end = await log.end_offsets(log.topics.audit)
+
+    def read() -> dict[int, int]:
+        with db.transaction() as tx:
+            return {
+                int(p): int(o) for p, o in tx.execute("SELECT partition, next_offset FROM checkpoints WHERE consumer=?", (AUDIT,))
+            }
+
+    seen = await asyncio.to_thread(read)
+    return Verdict(seen == {p: e for p, e in end.items() if e}, f"audit checkpoints {seen}, log ends {end}")
+
+
 def chains(db: Database) -> tuple[list[tuple[object, ...]], ...]:
     with db.transaction() as tx:
         return (
@@ -93,20 +107,7 @@ async def test_embedded_runner_and_faust_worker_build_identical_audit_chains(
     worker = worker_factory(database_url, views_db.schema)
     worker.env.update({"OMNI_AUDIT_SIGNING_KEY": private_pem(key), "OMNI_AUDIT_CHECKPOINT_EVERY": str(EVERY)})
     worker.start()
-    end = await kafka_log.end_offsets(topics.audit)
-
-    async def folded() -> Verdict:
-        def read() -> dict[int, int]:
-            with views_db.transaction() as tx:
-                return {
-                    int(p): int(o)
-                    for p, o in tx.execute("SELECT partition, next_offset FROM checkpoints WHERE consumer=?", (AUDIT,))
-                }
-
-        seen = await asyncio.to_thread(read)
-        return Verdict(seen == {p: e for p, e in end.items() if e}, f"audit checkpoints {seen}, log ends {end}")
-
-    await wait_for(folded, worker, 90, "the worker to fold the audit topic")
+    await wait_for(lambda: audit_folded(views_db, kafka_log), worker, 90, "the worker to fold the audit topic")
     embedded, kafka = chains(sqlite_views), chains(views_db)
     entries, heads, checkpoints = embedded
     assert len(entries) == len(TENANTS) * PER_TENANT  # each record once, the republished ones too

@@ -1,5 +1,6 @@
 """Soak (`make soak`, not part of `make test`): the Faust worker SIGKILLed at random points
-five times during a 200,000-event stream; the final meters equal the ground truth."""
+five times during a 200,000-event stream; the final meters, quota notices, invoices' usage and SLO
+minutes equal the ground truth, and the audit chains appended meanwhile hold each entry once."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ from collections.abc import Callable
 from decimal import Decimal
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from omni.audit_keys import private_pem
+from projections.slos import fold_id
 from schemas.envelope import Envelope
 from schemas.meters import WindowSize
 from schemas.plans import Entitlement, Period
@@ -20,6 +24,8 @@ from stores.database import PostgresDatabase
 from streams.kafka_log import KafkaLog
 from tests import truth
 from tests.integration.billing_truth import invoices_from
+from tests.integration.test_audit_parity import PER_TENANT, audit_folded, audit_records, chains
+from tests.integration.test_audit_parity import TENANTS as AUDITED
 from tests.integration.test_faust_worker import (
     CALLS,
     TENANTS,
@@ -34,6 +40,7 @@ from tests.integration.test_faust_worker import (
     to_records,
     wait_for,
 )
+from tests.integration.test_parity_slos import EARLY, LATE, slo_buckets, slo_defined, slos_caught_up
 from tests.integration.worker import WorkerProcess
 
 pytestmark = [pytest.mark.soak, pytest.mark.kafka, pytest.mark.postgres]
@@ -61,8 +68,11 @@ async def test_five_random_sigkills_during_a_long_stream(
     stream = Stream()
     await kafka_log.append(topics.control, [meter_defined(TOKENS), meter_defined(CALLS)])
     await kafka_log.append(topics.control, [quota_set(tenant, q) for tenant, q in QUOTAS.items()])
+    await kafka_log.append(topics.control, [slo_defined(*slo) for slo in EARLY])
     worker = worker_factory(database_url, views_db.schema)
+    worker.env["OMNI_AUDIT_SIGNING_KEY"] = private_pem(Ed25519PrivateKey.generate())
     worker.start()
+    audit = audit_records()  # interleaved across chains, some republished as after a relay's crash
 
     on_the_log: list[Envelope] = []  # every record, re-sent copies too, in the order appended
 
@@ -74,6 +84,10 @@ async def test_five_random_sigkills_during_a_long_stream(
             on_the_log.extend(batch)
             if sent == EVENTS // 2:
                 await kafka_log.append(topics.control, [meter_defined(TOKENS_BY_MODEL)])
+                await kafka_log.append(topics.control, [slo_defined(*slo) for slo in LATE])  # caught up from history
+            share = len(audit) * (sent + chunk) // EVENTS - len(audit) * sent // EVENTS
+            appended = len(audit) * sent // EVENTS
+            await kafka_log.append(topics.audit, audit[appended : appended + share])
             await asyncio.sleep(0.05)
 
     producing = asyncio.create_task(produce())
@@ -84,6 +98,8 @@ async def test_five_random_sigkills_during_a_long_stream(
     await producing
     slugs = ["tokens", "calls", "tokens-by-model"]
     await wait_for(lambda: caught_up(views_db, kafka_log, slugs), worker, 1200, "the worker to fold the whole stream")
+    await wait_for(lambda: slos_caught_up(views_db, kafka_log), worker, 300, "the SLOs to catch up")
+    await wait_for(lambda: audit_folded(views_db, kafka_log), worker, 300, "the worker to fold the audit topic")
     assert_views_equal_truth(views_db, stream, [TOKENS, CALLS, TOKENS_BY_MODEL])
     # The answers the API gives, as tests/truth.py computes them from the log with none of the code under test.
     for tenant in TENANTS:
@@ -110,5 +126,15 @@ async def test_five_random_sigkills_during_a_long_stream(
     assert want and notified(views_db) == want
     # Invoices: each month's usage as a close reads it equals the truth's, whatever the kills interrupted.
     assert invoices_from(views_db, list(enumerate(on_the_log)), [TOKENS, CALLS], TENANTS)
+    # SLO minutes (good, total), each SLO's over the whole log, the late ones caught up from history.
+    folded = slo_buckets(views_db)
+    for owner, name, body in EARLY + LATE:
+        key = fold_id(owner, name, 1)
+        want_minutes = truth.slo_minutes(enumerate(on_the_log), owner, body)
+        assert want_minutes and {(t, m): c for (slo, t, m), c in folded.items() if slo == key} == want_minutes, name
+    # The audit chains: every entry linked once, republished ones too, whatever the kills interrupted.
+    entries, heads, _ = chains(views_db)
+    assert len(entries) == len(AUDITED) * PER_TENANT
+    assert [(chain, length) for chain, length, _ in heads] == [(tenant, PER_TENANT) for tenant in sorted(AUDITED)]
     assert worker.runs == KILLS + 1
     assert worker.stop() == 0
