@@ -27,7 +27,8 @@ TINY = {
     "query_latency": ["--query-latency-events", "20000", "--query-latency-days", "3", "--query-latency-repeat", "5"],
     "replay": ["--replay-events", "4000", "--replay-workers", "1"],
     "quota_consume": ["--quota-consume-duration", "2", "--quota-consume-warmup", "0.5", "--quota-consume-baseline-duration", "1"]
-    + ["--quota-consume-clients", "10", "--quota-consume-refusal-duration", "1", "--quota-consume-refusal-limit", "50"],
+    + ["--quota-consume-clients", "10", "--quota-consume-refusal-duration", "1", "--quota-consume-refusal-limit", "50"]
+    + ["--quota-consume-paced-duration", "2", "--quota-consume-paced-rate", "200"],
     "close_period": ["--close-period-tenants", "5", "--close-period-events", "300"],
 }
 
