@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import psycopg
 import typer
@@ -14,6 +14,9 @@ from omni import logs
 from omni.bootstrap import Platform, admin_key, admin_key_path, build, stored_admin_key
 from omni.runtime import tune_collector
 from omni.settings import Mode, Settings
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 log = logging.getLogger(__name__)
 
@@ -89,19 +92,9 @@ def verify_audit(
     public_key: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="The PEM of GET /v1/audit/public-key")],
 ) -> None:
     """Verify an audit export offline: exit 0 when intact, 1 naming the first broken line otherwise."""
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-    from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
     from projections.audit_verify import Broken, verify
 
-    try:
-        key = load_pem_public_key(public_key.read_bytes())
-    except ValueError as unreadable:
-        typer.echo(f"{public_key}: not a PEM public key ({unreadable})", err=True)
-        raise typer.Exit(2) from unreadable
-    if not isinstance(key, Ed25519PublicKey):
-        typer.echo(f"{public_key}: an {type(key).__name__}, not an Ed25519 public key", err=True)
-        raise typer.Exit(2)
+    key = _audit_public_key(public_key)
     with export.open("rb") as lines:
         outcome = verify(lines, key)
     if isinstance(outcome, Broken):
@@ -111,6 +104,46 @@ def verify_audit(
         f"intact: chain {outcome.chain}, {outcome.entries} entries ending in {outcome.head}, "
         f"{outcome.checkpoints} periodic checkpoints, exported and signed at {outcome.at}"
     )
+
+
+@audit.command("verify-proof")
+def verify_audit_proof(
+    proof: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A proof of GET /v1/audit/proof (JSON)")],
+    public_key: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="The PEM of GET /v1/audit/public-key")],
+) -> None:
+    """Verify one entry's inclusion proof offline: exit 0 when it holds, 1 saying why not otherwise."""
+    import orjson
+
+    from projections.audit_proof import NotProven, verify_inclusion
+
+    key = _audit_public_key(public_key)
+    try:
+        body = orjson.loads(proof.read_bytes())
+    except orjson.JSONDecodeError as unreadable:
+        typer.echo(f"{proof}: not JSON ({unreadable})", err=True)
+        raise typer.Exit(1) from unreadable
+    outcome = verify_inclusion(body, key) if isinstance(body, dict) else NotProven("not a JSON object")
+    if isinstance(outcome, NotProven):
+        typer.echo(f"{proof}: {outcome.reason}", err=True)
+        raise typer.Exit(1)
+    typer.echo(
+        f"included: entry {outcome.seq} of chain {outcome.chain}, in the signed tree of {outcome.tree_size} entries {outcome.root}"
+    )
+
+
+def _audit_public_key(public_key: Path) -> Ed25519PublicKey:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    try:
+        key = load_pem_public_key(public_key.read_bytes())
+    except ValueError as unreadable:
+        typer.echo(f"{public_key}: not a PEM public key ({unreadable})", err=True)
+        raise typer.Exit(2) from unreadable
+    if not isinstance(key, Ed25519PublicKey):
+        typer.echo(f"{public_key}: an {type(key).__name__}, not an Ed25519 public key", err=True)
+        raise typer.Exit(2)
+    return key
 
 
 @app.command("admin-key")

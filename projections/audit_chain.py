@@ -10,11 +10,12 @@ An entry is a JSON object; its `hash` is the SHA-256 (hex) of the RFC 8785 canon
      "action", "resource", "outcome", "reason", "actor": {"key_id", "ip", "user_agent"},
      "trace_id", "prev": the hash of entry seq - 1 (GENESIS for the first), "hash"}
 
-A checkpoint commits to a chain's length and head, signed with Ed25519 over the canonical form of
-every member but `signature` (base64):
+A checkpoint commits to a chain's length and head, and to the RFC 9162 Merkle tree head of its
+entries' hashes (projections.merkle: inclusion proofs of single entries check against it), signed
+with Ed25519 over the canonical form of every member but `signature` (base64):
 
-    {"kind": "checkpoint", "chain", "length", "head", "at", "final", "key": the public key's
-     SHA-256 (hex, of its 32 raw bytes), "signature"}
+    {"kind": "checkpoint", "chain", "length", "head", "root": the Merkle tree head (hex), "at",
+     "final", "key": the public key's SHA-256 (hex, of its 32 raw bytes), "signature"}
 
 Periodic checkpoints (`final` false) are made by the fold every `every` entries, at the time of
 the entry they close; an export ends with one signed when it is made (`final` true), committing
@@ -34,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from projections.jcs import NotCanonicalizable, canonical
+from projections.merkle import Frontier
 from schemas.envelope import Envelope, format_time
 
 AUDIT_TYPE = "omni.audit.recorded"  # as commands.control_plane describes an AuditEntry
@@ -42,18 +44,28 @@ ENTRY, CHECKPOINT = "entry", "checkpoint"
 ENTRY_FIELDS = frozenset(
     {"kind", "chain", "seq", "id", "time", "action", "resource", "outcome", "reason", "actor", "trace_id", "prev", "hash"}
 )
-CHECKPOINT_FIELDS = frozenset({"kind", "chain", "length", "head", "at", "final", "key", "signature"})
+CHECKPOINT_FIELDS = frozenset({"kind", "chain", "length", "head", "root", "at", "final", "key", "signature"})
 
 
 @dataclass(frozen=True, slots=True)
 class Head:
-    """A chain's length and the hash of its last entry."""
+    """A chain's length, the hash of its last entry, and the Merkle tree of its entries' hashes."""
 
     length: int = 0
     hash: str = GENESIS
+    tree: Frontier = Frontier()
+
+    def then(self, entry: Mapping[str, Any]) -> Head:
+        """The head once `entry` (the next one) is linked."""
+        return Head(entry["seq"], entry["hash"], self.tree.append(leaf_of(entry)))
 
 
 EMPTY = Head()
+
+
+def leaf_of(entry: Mapping[str, Any]) -> bytes:
+    """An entry's leaf in the chain's Merkle tree: its hash, as 32 bytes."""
+    return bytes.fromhex(str(entry["hash"]))
 
 
 def digest(members: Mapping[str, Any]) -> str:
@@ -98,6 +110,7 @@ def checkpoint(chain: str, head: Head, at: str, *, final: bool, key: Ed25519Priv
         "chain": chain,
         "length": head.length,
         "head": head.hash,
+        "root": head.tree.root().hex(),
         "at": at,
         "final": final,
         "key": key_id(key.public_key()),
@@ -141,7 +154,7 @@ def fold(heads: Mapping[str, Head], events: Sequence[Envelope], seen: set[str], 
         except NotCanonicalizable as odd:  # e.g. a lone surrogate: left out of the chain, dead-lettered
             folded.unlinked.append((event, str(odd)))
             continue
-        head = Head(entry["seq"], entry["hash"])
+        head = folded.heads.get(chain, EMPTY).then(entry)
         folded.heads[chain] = head
         folded.entries.append(entry)
         if every and head.length % every == 0:

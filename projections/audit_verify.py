@@ -8,7 +8,8 @@ first line that breaks, and why:
 - an edited field: the entry no longer matches its `hash`, or the line is not canonical;
 - a deleted, inserted or swapped entry: `seq` is not the next one, or `prev` is not the hash of
   the entry before (an inserted entry with a recomputed hash breaks the line after it);
-- a forged checkpoint: its signature does not verify with the public key;
+- a forged checkpoint: its signature does not verify with the public key, or its Merkle tree
+  head is not the one of the entries before it;
 - a replayed checkpoint (from another chain, another export, or another place): it names another
   chain, does not commit to exactly the entries before it, repeats one already seen, or is a
   final checkpoint that is not the last line;
@@ -36,9 +37,11 @@ from projections.audit_chain import (
     ENTRY_FIELDS,
     GENESIS,
     entry_hash,
+    leaf_of,
     signature_holds,
 )
 from projections.jcs import NotCanonicalizable, canonical
+from projections.merkle import Frontier
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +76,7 @@ def verify(lines: Iterable[bytes], public_key: Ed25519PublicKey) -> Intact | Bro
     """Check an export line by line; the first broken line, or what the intact export holds."""
     chain: str | None = None
     head, length, periodic = GENESIS, 0, 0
+    tree = Frontier()
     seen_periodic: set[int] = set()
     final: dict[str, Any] | None = None
     final_line = 0
@@ -107,7 +111,7 @@ def verify(lines: Iterable[bytes], public_key: Ed25519PublicKey) -> Intact | Bro
                 return Broken(number, f"entry {item['seq']} does not follow the entry before it (prev)")
             if final is not None:  # the chain goes on past a final checkpoint: that one is out of place
                 return Broken(final_line, "a final checkpoint in the middle of the chain: replayed from an earlier export")
-            head, length = item["hash"], item["seq"]
+            head, length, tree = item["hash"], item["seq"], tree.append(leaf_of(item))
             continue
         if final is not None:
             return Broken(number, "a checkpoint after the export's final checkpoint")
@@ -121,6 +125,8 @@ def verify(lines: Iterable[bytes], public_key: Ed25519PublicKey) -> Intact | Bro
                 f"the checkpoint commits to {item['length']} entries ending in {str(item['head'])[:12]}..., "
                 f"but {length} precede it: replayed from elsewhere, or entries were changed",
             )
+        if item["root"] != tree.root().hex():
+            return Broken(number, "the checkpoint's Merkle tree head is not the one of the entries before it")
         if item["final"]:
             final, final_line = item, number
         elif length in seen_periodic:

@@ -35,3 +35,31 @@ class AuditEntryPublic(BaseModel):
 class AuditList(BaseModel):
     data: list[AuditEntryPublic]
     next_after: int | None = Field(default=None, description="Pass as `after` for the next page; null on the last")
+
+
+class AuditCheckpoint(BaseModel):
+    """A signed commitment to a chain's first `length` entries (Ed25519 over the RFC 8785 canonical
+    JSON of every other member)."""
+
+    kind: Literal["checkpoint"]
+    chain: str
+    length: int = Field(description="How many entries it commits to")
+    head: str = Field(description="The hash of entry `length`")
+    root: str = Field(description="The RFC 9162 Merkle tree head over the hashes of entries 1..length (hex)")
+    at: str = Field(description="When it was signed (periodic: the time of entry `length`)")
+    final: bool = Field(description="Signed on request (an export's end, a proof's), not periodic")
+    key: str = Field(description="SHA-256 (hex) of the raw public key that signed it")
+    signature: str = Field(description="Ed25519, base64")
+
+
+class AuditProof(BaseModel):
+    """An inclusion proof (RFC 9162, 2.1.3): `audit_path` leads from the entry's hash to the
+    checkpoint's `root`. Check it offline with `omni audit verify-proof`."""
+
+    chain: str
+    seq: int
+    entry: AuditEntryPublic
+    tree_size: int = Field(description="The checkpoint's length: the tree the entry is proven in")
+    leaf_index: int = Field(description="seq - 1")
+    audit_path: list[str] = Field(description="Sibling hashes (hex), from the leaf up")
+    checkpoint: AuditCheckpoint

@@ -13,8 +13,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from projections.audit_chain import Head
 from projections.jcs import canonical
+from projections.merkle import Frontier, frontier_of
 from schemas.envelope import parse_time
 from stores.database import Tx
 
@@ -25,6 +28,7 @@ CREATE TABLE IF NOT EXISTS audit_entries (
 CREATE UNIQUE INDEX IF NOT EXISTS audit_entries_by_event ON audit_entries (event_id);
 CREATE INDEX IF NOT EXISTS audit_entries_by_time ON audit_entries (chain, time_us);
 CREATE TABLE IF NOT EXISTS audit_heads (chain TEXT PRIMARY KEY, length BIGINT NOT NULL, head TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS audit_trees (chain TEXT PRIMARY KEY, frontier TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS audit_checkpoints (
     chain TEXT NOT NULL, length BIGINT NOT NULL, body TEXT NOT NULL, PRIMARY KEY (chain, length));
 CREATE TABLE IF NOT EXISTS audit_signing_key (name TEXT PRIMARY KEY, pem TEXT NOT NULL);
@@ -50,10 +54,24 @@ def known(tx: Tx, event_ids: Sequence[str]) -> set[str]:
 def heads(tx: Tx, chains: Iterable[str]) -> dict[str, Head]:
     found: dict[str, Head] = {}
     for chain in sorted(set(chains)):
-        rows = tx.execute("SELECT length, head FROM audit_heads WHERE chain=?", (chain,))
+        rows = tx.execute(
+            "SELECT h.length, h.head, t.frontier FROM audit_heads h LEFT JOIN audit_trees t ON t.chain = h.chain WHERE h.chain=?",
+            (chain,),
+        )
         if rows:
-            found[chain] = Head(int(rows[0][0]), str(rows[0][1]))
+            length, head, frontier = int(rows[0][0]), str(rows[0][1]), rows[0][2]
+            tree = Frontier.parse(str(frontier)) if frontier is not None else frontier_of(leaves(tx, chain, length))
+            if tree.size != length:  # cannot be, unless edited by hand: the entries are the truth
+                tree = frontier_of(leaves(tx, chain, length))
+            found[chain] = Head(length, head, tree)
     return found
+
+
+def leaves(tx: Tx, chain: str, through: int) -> list[bytes]:
+    """The Merkle leaves of the chain's first `through` entries (their hashes), in order. (A chain
+    linked before the trees were kept gets its tree from here once.)"""
+    rows = tx.execute("SELECT body FROM audit_entries WHERE chain=? AND seq<=? ORDER BY seq", (chain, through))
+    return [bytes.fromhex(orjson.loads(body)["hash"]) for (body,) in rows]
 
 
 def write(tx: Tx, entries: Sequence[dict[str, Any]], checkpoints: Sequence[dict[str, Any]], new_heads: dict[str, Head]) -> None:
@@ -80,6 +98,22 @@ def write(tx: Tx, entries: Sequence[dict[str, Any]], checkpoints: Sequence[dict[
         "INSERT INTO audit_heads VALUES (?, ?, ?) ON CONFLICT (chain) DO UPDATE SET length=excluded.length, head=excluded.head",
         [(chain, head.length, head.hash) for chain, head in sorted(new_heads.items())],
     )
+    tx.execute_many(
+        "INSERT INTO audit_trees VALUES (?, ?) ON CONFLICT (chain) DO UPDATE SET frontier=excluded.frontier",
+        [(chain, head.tree.text()) for chain, head in sorted(new_heads.items())],
+    )
+
+
+def entry(tx: Tx, chain: str, seq: int) -> str | None:
+    """The body of entry `seq` of the chain."""
+    rows = tx.execute("SELECT body FROM audit_entries WHERE chain=? AND seq=?", (chain, seq))
+    return str(rows[0][0]) if rows else None
+
+
+def checkpoint_at(tx: Tx, chain: str, length: int) -> str | None:
+    """The body of the chain's periodic checkpoint of its first `length` entries."""
+    rows = tx.execute("SELECT body FROM audit_checkpoints WHERE chain=? AND length=?", (chain, length))
+    return str(rows[0][0]) if rows else None
 
 
 @dataclass(frozen=True, slots=True)

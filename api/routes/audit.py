@@ -18,7 +18,8 @@ from commands.errors import NotFound
 from omni.audit_keys import public_pem
 from omni.bootstrap import Platform
 from projections.audit_chain import EMPTY, Head, checkpoint, export_lines
-from schemas.audit import AuditList
+from projections.audit_proof import prove
+from schemas.audit import AuditList, AuditProof
 from schemas.cloudevents import Rfc3339Time
 from schemas.envelope import format_time
 from schemas.ids import canonical_uuid
@@ -128,6 +129,36 @@ async def export_audit(platform: PlatformDep, principal: CallerDep, tenant: Tena
     lines = (line + "\n" for line in export_lines(entries(), checkpoints, final))
     name = f"audit-{chain}.jsonl"
     return StreamingResponse(lines, media_type=JSON_LINES, headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+@router.get("/audit/proof", response_model=AuditProof, responses={404: {}, 422: {}, 503: {}})
+def audit_proof(
+    platform: PlatformDep,
+    principal: CallerDep,
+    seq: Annotated[int, Query(ge=1, le=2**62, description="The entry to prove")],
+    tenant: TenantQuery = None,
+    length: Annotated[
+        int | None,
+        Query(ge=1, le=2**62, description="Prove it in the periodic checkpoint of this many entries (default: one signed now)"),
+    ] = None,
+) -> AuditProof:
+    """An inclusion proof of one entry of the caller's chain, in the Merkle tree head of a signed
+    checkpoint: the entry and log2(n) hashes, none of the chain's other entries."""
+    chain = _chain_of(platform, principal, tenant)
+    with platform.db.transaction() as tx:
+        head = audit_store.heads(tx, [chain]).get(chain, EMPTY)
+        body = audit_store.entry(tx, chain, seq)
+        if body is None:
+            raise NotFound(f"entry {seq} of chain {chain} not found")
+        if length is None:
+            size, signed = head.length, checkpoint(chain, head, format_time(platform.clock()), final=True, key=_key(platform))
+        else:
+            stored = audit_store.checkpoint_at(tx, chain, length) if length >= seq else None
+            if stored is None:
+                raise NotFound(f"no periodic checkpoint of chain {chain} at length {length} covers entry {seq}")
+            size, signed = length, orjson.loads(stored)
+        leaves = audit_store.leaves(tx, chain, size)
+    return AuditProof.model_validate(prove(orjson.loads(body), leaves, signed))
 
 
 @router.get(

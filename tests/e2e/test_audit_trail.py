@@ -59,6 +59,16 @@ async def exported(omni: Omni, key: str, **params: Any) -> bytes:
     return response.content
 
 
+def proven(tmp_path: Path, proof: bytes, pem: str) -> tuple[int, str]:
+    """`omni audit verify-proof PROOF --public-key PEM_FILE`: its exit code and what it said."""
+    (tmp_path / "proof.json").write_bytes(proof)
+    (tmp_path / "audit.pem").write_text(pem)
+    result = CliRunner().invoke(
+        cli, ["audit", "verify-proof", str(tmp_path / "proof.json"), "--public-key", str(tmp_path / "audit.pem")]
+    )
+    return result.exit_code, result.output
+
+
 def verified(tmp_path: Path, export: bytes, pem: str) -> tuple[int, str]:
     """`omni audit verify EXPORT --public-key PEM_FILE`: its exit code and what it said."""
     (tmp_path / "export.jsonl").write_bytes(export)
@@ -144,7 +154,7 @@ async def test_a_rebuild_from_the_audit_topic_gives_the_same_chains(omni: Omni, 
     a_id, a_key, _ = await some_commands(omni)
     before = {chain: await exported(omni, ADMIN, tenant=chain) for chain in ("_platform", a_id)}
     with omni.platform.db.transaction() as tx:
-        for table in ("audit_entries", "audit_heads", "audit_checkpoints"):
+        for table in ("audit_entries", "audit_heads", "audit_checkpoints", "audit_trees"):
             tx.execute(f"DELETE FROM {table}")
         tx.execute("DELETE FROM checkpoints WHERE consumer='audit'")
     assert (await listed(omni, a_key))["data"] == []
@@ -155,3 +165,47 @@ async def test_a_rebuild_from_the_audit_topic_gives_the_same_chains(omni: Omni, 
         # Everything but the final checkpoint, signed at each export's own time, is byte-identical.
         assert again.splitlines()[:-1] == export.splitlines()[:-1], chain
         assert verified(tmp_path, again, pem)[0] == 0
+
+
+async def test_one_entry_is_proven_in_a_signed_tree_head_without_the_others(omni: Omni, tmp_path: Path) -> None:
+    a_id, a_key, b_id = await some_commands(omni)
+    pem = (await omni.client.get("/v1/audit/public-key", headers=omni.auth(a_key))).text
+    chain = (await listed(omni, a_key))["data"]
+
+    async def proof(key: str, **params: Any) -> Any:
+        return await omni.client.get("/v1/audit/proof", params=params, headers=omni.auth(key))
+
+    for seq in (1, 3, 4):  # in a tree signed now, of all 4 entries
+        response = await proof(a_key, seq=seq)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["entry"] == chain[seq - 1] and body["tree_size"] == 4 and body["checkpoint"]["final"] is True
+        assert len(body["audit_path"]) == 2  # log2(4) hashes, no other entry
+        code, said = proven(tmp_path, response.content, pem)
+        assert code == 0 and f"entry {seq} of chain {a_id}" in said, said
+    # In the periodic checkpoint of the first 2 entries, as stored (and as the export holds it).
+    periodic = (await proof(a_key, seq=2, length=2)).json()
+    export_checkpoint = orjson.loads((await exported(omni, a_key)).splitlines()[2])
+    assert periodic["checkpoint"] == export_checkpoint and periodic["tree_size"] == 2
+    assert proven(tmp_path, orjson.dumps(periodic), pem)[0] == 0
+    # An edited entry, a path leading elsewhere, or another chain's checkpoint: not proven, and why.
+    edited = {**periodic, "entry": {**periodic["entry"], "outcome": "rejected"}}
+    moved = {**periodic, "audit_path": [chain[3]["hash"]]}
+    other = (await proof(ADMIN, tenant=b_id, seq=1)).json()
+    swapped = {**periodic, "checkpoint": other["checkpoint"]}
+    for tampered, why in ((edited, "a field was edited"), (moved, "does not lead"), (swapped, "different chains")):
+        code, said = proven(tmp_path, orjson.dumps(tampered), pem)
+        assert code == 1 and why in said, said
+    # Not found: past the chain's end, a checkpoint that does not cover the entry, another tenant's chain.
+    for key, params in ((a_key, {"seq": 5}), (a_key, {"seq": 3, "length": 2}), (a_key, {"seq": 1, "tenant": b_id})):
+        response = await proof(key, **params)
+        assert response.status_code == 404, (params, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+    # A chain linked before its tree was kept gets it from its entries: checkpoints and proofs still hold.
+    with omni.platform.db.transaction() as tx:
+        tx.execute("DELETE FROM audit_trees")
+    issued = await omni.client.post(f"/v1/tenants/{a_id}/keys", json={"label": "later"}, headers=omni.auth(a_key))
+    assert issued.status_code == 201
+    await omni.settle()
+    assert verified(tmp_path, await exported(omni, a_key), pem)[0] == 0
+    assert proven(tmp_path, (await proof(a_key, seq=5)).content, pem)[0] == 0

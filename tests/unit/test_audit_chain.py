@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
+from projections import merkle
 from projections.audit_chain import (
     AUDIT_TYPE,
     EMPTY,
@@ -107,7 +108,13 @@ def test_entries_link_each_to_the_one_before_per_tenant_once() -> None:
     assert [e["seq"] for e in a] == [1, 2]
     assert a[0]["prev"] == GENESIS and a[1]["prev"] == a[0]["hash"]
     assert all(e["hash"] == entry_hash(e) for e in folded.entries)
-    assert folded.heads == {"tenant-a": Head(2, a[1]["hash"]), "tenant-b": Head(1, folded.entries[1]["hash"])}
+    assert {chain: (h.length, h.hash) for chain, h in folded.heads.items()} == {
+        "tenant-a": (2, a[1]["hash"]),
+        "tenant-b": (1, folded.entries[1]["hash"]),
+    }
+    # Each head keeps the Merkle tree of its chain's entry hashes, which the checkpoints sign.
+    assert folded.heads["tenant-a"].tree.root() == merkle.root([bytes.fromhex(e["hash"]) for e in a])
+    assert folded.checkpoints[0]["root"] == folded.heads["tenant-a"].tree.root().hex()
     assert [(c["chain"], c["length"], c["head"], c["at"]) for c in folded.checkpoints] == [
         ("tenant-a", 2, a[1]["hash"], a[1]["time"])
     ]
@@ -213,6 +220,10 @@ def test_a_forged_checkpoint_is_named() -> None:
     )
     assert broken_at([*lines[:3], canonical(resigned), *lines[4:]]) == 4
     assert broken_at([*lines[:9], edited(lines[9], head=GENESIS)]) == 10
+    # Signed with the right key, but over another tree head than the entries before it make.
+    head = Head(3, json.loads(lines[2])["hash"])
+    wrong_tree = checkpoint("tenant-a", head, "2026-11-02T09:30:03.000000Z", final=False, key=KEY)
+    assert broken_at([*lines[:3], canonical(wrong_tree), *lines[4:]]) == 4
 
 
 def test_a_replayed_checkpoint_is_named() -> None:
