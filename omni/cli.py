@@ -131,6 +131,39 @@ def verify_audit_proof(
     )
 
 
+@audit.command("verify-consistency")
+def verify_audit_consistency(
+    proof: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A proof of GET /v1/audit/consistency (JSON)")],
+    kept: Annotated[
+        Path, typer.Option(exists=True, dir_okay=False, help="The checkpoint you kept (JSON, e.g. an export's last line)")
+    ],
+    public_key: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="The PEM of GET /v1/audit/public-key")],
+) -> None:
+    """Verify offline that a checkpoint you kept commits to a prefix of a later one: exit 0 when the
+    chain only grew, 1 saying why not otherwise."""
+    import orjson
+
+    from projections.audit_proof import NotProven, verify_consistency
+
+    key = _audit_public_key(public_key)
+    bodies = []
+    for path in (kept, proof):
+        try:
+            bodies.append(orjson.loads(path.read_bytes()))
+        except orjson.JSONDecodeError as unreadable:
+            typer.echo(f"{path}: not JSON ({unreadable})", err=True)
+            raise typer.Exit(1) from unreadable
+    kept_body, proof_body = bodies
+    if not isinstance(kept_body, dict) or not isinstance(proof_body, dict):
+        outcome: object = NotProven("the kept checkpoint and the proof must be JSON objects")
+    else:
+        outcome = verify_consistency(kept_body, proof_body, key)
+    if isinstance(outcome, NotProven):
+        typer.echo(f"{proof}: {outcome.reason}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"consistent: the chain grew from the {kept_body['length']} entries you kept to {proof_body['second']['length']}")
+
+
 def _audit_public_key(public_key: Path) -> Ed25519PublicKey:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
     from cryptography.hazmat.primitives.serialization import load_pem_public_key

@@ -7,6 +7,9 @@ one entry's inclusion with log2(n) hashes, without the rest of the chain.
   two below n: MTH(D[n]) = SHA-256(0x01 || MTH(D[0:k]) || MTH(D[k:n])).
 - An inclusion proof of leaf m in D[n] is PATH(m, D[n]) (section 2.1.3.1), checked by the
   algorithm of section 2.1.3.2 (`root_from_path`).
+- A consistency proof between the tree heads of D[m] and D[n], m < n, is PROOF(m, D[n]) (section
+  2.1.4.1): it shows D[m] is a prefix of D[n], so the chain only grew. Checked by the algorithm
+  of section 2.1.4.2 (`consistent`).
 
 The fold keeps a chain's tree as its *frontier*: the roots of the perfect subtrees that the binary
 digits of n cut D[n] into, left to right. Appending a leaf merges equal heights, as adding one to
@@ -80,6 +83,57 @@ def root_from_path(index: int, size: int, leaf: bytes, path: Sequence[bytes]) ->
         fn >>= 1
         sn >>= 1
     return r if sn == 0 else None
+
+
+def consistency_path(m: int, leaves: Sequence[bytes]) -> list[bytes]:
+    """PROOF(m, D[n]) for 0 < m <= n: the hashes that show D[m] is a prefix of D[n]."""
+    if not 0 < m <= len(leaves):
+        raise IndexError(f"no consistency proof from {m} leaves to {len(leaves)}")
+    return _subproof(m, leaves, True)
+
+
+def _subproof(m: int, leaves: Sequence[bytes], whole: bool) -> list[bytes]:
+    n = len(leaves)
+    if m == n:
+        return [] if whole else [root(leaves)]
+    k = _split(n)
+    if m <= k:
+        return [*_subproof(m, leaves[:k], whole), root(leaves[k:])]
+    return [*_subproof(m - k, leaves[k:], False), root(leaves[:k])]
+
+
+def consistent(first: int, second: int, first_root: bytes, second_root: bytes, path: Sequence[bytes]) -> bool:
+    """Whether `path` proves the tree of `first` leaves with head `first_root` a prefix of the tree of
+    `second` leaves with head `second_root` (RFC 9162, 2.1.4.2; equal sizes need equal heads and
+    no path, and the empty tree is a prefix of any)."""
+    if not 0 <= first <= second:
+        return False
+    if first == second:
+        return not path and first_root == second_root
+    if first == 0:
+        return not path and first_root == EMPTY_ROOT
+    if not path:
+        return False
+    nodes = [first_root, *path] if first & (first - 1) == 0 else list(path)
+    fn, sn = first - 1, second - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = sr = nodes[0]
+    for c in nodes[1:]:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            fr, sr = node_hash(c, fr), node_hash(c, sr)
+            if not fn & 1:
+                while fn and not fn & 1:
+                    fn >>= 1
+                    sn >>= 1
+        else:
+            sr = node_hash(sr, c)
+        fn >>= 1
+        sn >>= 1
+    return fr == first_root and sr == second_root and sn == 0
 
 
 @dataclass(frozen=True, slots=True)

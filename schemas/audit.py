@@ -63,3 +63,14 @@ class AuditProof(BaseModel):
     leaf_index: int = Field(description="seq - 1")
     audit_path: list[str] = Field(description="Sibling hashes (hex), from the leaf up")
     checkpoint: AuditCheckpoint
+
+
+class AuditConsistency(BaseModel):
+    """A consistency proof (RFC 9162, 2.1.4): the chain's first `first_length` entries, which a
+    checkpoint you kept commits to, are a prefix of the `second` checkpoint's. Check it offline with
+    `omni audit verify-consistency`."""
+
+    chain: str
+    first_length: int
+    second: AuditCheckpoint
+    consistency_path: list[str] = Field(description="PROOF(first_length, D[second.length]), hex")

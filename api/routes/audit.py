@@ -18,8 +18,8 @@ from commands.errors import NotFound
 from omni.audit_keys import public_pem
 from omni.bootstrap import Platform
 from projections.audit_chain import EMPTY, Head, checkpoint, export_lines
-from projections.audit_proof import prove
-from schemas.audit import AuditList, AuditProof
+from projections.audit_proof import prove, prove_consistency
+from schemas.audit import AuditConsistency, AuditList, AuditProof
 from schemas.cloudevents import Rfc3339Time
 from schemas.envelope import format_time
 from schemas.ids import canonical_uuid
@@ -159,6 +159,39 @@ def audit_proof(
             size, signed = length, orjson.loads(stored)
         leaves = audit_store.leaves(tx, chain, size)
     return AuditProof.model_validate(prove(orjson.loads(body), leaves, signed))
+
+
+@router.get("/audit/consistency", response_model=AuditConsistency, responses={404: {}, 422: {}, 503: {}})
+def audit_consistency(
+    platform: PlatformDep,
+    principal: CallerDep,
+    first: Annotated[int, Query(ge=1, le=2**62, description="The length of the checkpoint you kept")],
+    tenant: TenantQuery = None,
+    second: Annotated[
+        int | None,
+        Query(
+            ge=1,
+            le=2**62,
+            description="Prove it a prefix of the periodic checkpoint of this many entries (default: one signed now)",
+        ),
+    ] = None,
+) -> AuditConsistency:
+    """A consistency proof: the chain's first `first` entries are a prefix of a later checkpoint's,
+    so the chain only grew since a checkpoint you kept (compare it with `omni audit verify-consistency`)."""
+    chain = _chain_of(platform, principal, tenant)
+    with platform.db.transaction() as tx:
+        head = audit_store.heads(tx, [chain]).get(chain, EMPTY)
+        if second is None:
+            size, signed = head.length, checkpoint(chain, head, format_time(platform.clock()), final=True, key=_key(platform))
+        else:
+            stored = audit_store.checkpoint_at(tx, chain, second)
+            if stored is None:
+                raise NotFound(f"no periodic checkpoint of chain {chain} at length {second}")
+            size, signed = second, orjson.loads(stored)
+        if first > size:
+            raise NotFound(f"chain {chain} has no checkpoint of {first} entries before one of {size}")
+        leaves = audit_store.leaves(tx, chain, size)
+    return AuditConsistency.model_validate(prove_consistency(first, leaves, signed))
 
 
 @router.get(

@@ -66,6 +66,7 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/v1/audit"): EITHER,  # a tenant's own chain; the admin's `_platform`, or `?tenant=`
     ("GET", "/v1/audit/export"): EITHER,
     ("GET", "/v1/audit/proof"): EITHER,
+    ("GET", "/v1/audit/consistency"): EITHER,
     ("GET", "/v1/audit/public-key"): EITHER,
     # A tenant's SLO covers its own events, the admin's every tenant's; each sees only its own.
     ("PUT", "/v1/slos/{name}"): EITHER,

@@ -69,6 +69,19 @@ def proven(tmp_path: Path, proof: bytes, pem: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
+def grown(tmp_path: Path, kept: bytes, proof: bytes, pem: str) -> tuple[int, str]:
+    """`omni audit verify-consistency PROOF --kept CHECKPOINT --public-key PEM_FILE`."""
+    (tmp_path / "kept.json").write_bytes(kept)
+    (tmp_path / "consistency.json").write_bytes(proof)
+    (tmp_path / "audit.pem").write_text(pem)
+    result = CliRunner().invoke(
+        cli,
+        ["audit", "verify-consistency", str(tmp_path / "consistency.json"), "--kept", str(tmp_path / "kept.json"),
+         "--public-key", str(tmp_path / "audit.pem")],
+    )  # fmt: skip
+    return result.exit_code, result.output
+
+
 def verified(tmp_path: Path, export: bytes, pem: str) -> tuple[int, str]:
     """`omni audit verify EXPORT --public-key PEM_FILE`: its exit code and what it said."""
     (tmp_path / "export.jsonl").write_bytes(export)
@@ -209,3 +222,36 @@ async def test_one_entry_is_proven_in_a_signed_tree_head_without_the_others(omni
     await omni.settle()
     assert verified(tmp_path, await exported(omni, a_key), pem)[0] == 0
     assert proven(tmp_path, (await proof(a_key, seq=5)).content, pem)[0] == 0
+
+
+async def test_a_kept_checkpoint_is_proven_a_prefix_of_the_chain_as_it_grew(omni: Omni, tmp_path: Path) -> None:
+    a_id, a_key, _ = await some_commands(omni)
+    pem = (await omni.client.get("/v1/audit/public-key", headers=omni.auth(a_key))).text
+    kept = (await exported(omni, a_key)).splitlines()[-1]  # an auditor keeps the export's final checkpoint (4 entries)
+    for label in ("one", "two"):
+        issued = await omni.client.post(f"/v1/tenants/{a_id}/keys", json={"label": label}, headers=omni.auth(a_key))
+        assert issued.status_code == 201
+    await omni.settle()
+    response = await omni.client.get("/v1/audit/consistency", params={"first": 4}, headers=omni.auth(a_key))
+    assert response.status_code == 200, response.text
+    assert response.json()["second"]["length"] == 6 and response.json()["first_length"] == 4
+    code, said = grown(tmp_path, kept, response.content, pem)
+    assert code == 0 and "from the 4 entries you kept to 6" in said, said
+    # Against the periodic checkpoint of 6 entries too; a kept checkpoint of another length is refused.
+    periodic = await omni.client.get("/v1/audit/consistency", params={"first": 4, "second": 6}, headers=omni.auth(a_key))
+    assert grown(tmp_path, kept, periodic.content, pem)[0] == 0
+    from_two = await omni.client.get("/v1/audit/consistency", params={"first": 2}, headers=omni.auth(a_key))
+    code, said = grown(tmp_path, kept, from_two.content, pem)
+    assert code == 1 and "starts from 2" in said, said
+    # A rewritten history: the kept checkpoint's tree is no prefix of the chain now.
+    with omni.platform.db.transaction() as tx:
+        tx.execute("DELETE FROM audit_trees")
+        body = tx.execute("SELECT body FROM audit_entries WHERE chain=? AND seq=2", (a_id,))[0][0]
+        forged = orjson.loads(body) | {"hash": "ab" * 32}
+        tx.execute("UPDATE audit_entries SET body=? WHERE chain=? AND seq=2", (orjson.dumps(forged).decode(), a_id))
+    rewritten = await omni.client.get("/v1/audit/consistency", params={"first": 4}, headers=omni.auth(a_key))
+    code, said = grown(tmp_path, kept, rewritten.content, pem)
+    assert code == 1 and "not a prefix" in said, said
+    for params in ({"first": 7}, {"first": 2, "second": 3}):  # past the chain's end; no such periodic checkpoint
+        missing = await omni.client.get("/v1/audit/consistency", params=params, headers=omni.auth(a_key))
+        assert missing.status_code == 404, (params, missing.text)

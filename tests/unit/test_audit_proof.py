@@ -7,7 +7,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from projections.audit_chain import checkpoint, fold, leaf_of
-from projections.audit_proof import Included, NotProven, prove, verify_inclusion
+from projections.audit_proof import Grown, Included, NotProven, prove, prove_consistency, verify_consistency, verify_inclusion
 from tests.unit.test_audit_chain import KEY, audit_event
 
 
@@ -55,3 +55,41 @@ def test_every_change_to_a_proof_is_refused_with_its_reason() -> None:
     assert "no entry" in reason({**proof, "entry": {"seq": 3}})
     assert "no checkpoint" in reason({**proof, "checkpoint": {**signed, "extra": 1}})
     assert "not a list" in reason({**proof, "audit_path": "ab"})
+
+
+def test_a_kept_checkpoint_is_proven_a_prefix_of_a_later_one() -> None:
+    entries, later = chain(9)
+    leaves = [leaf_of(e) for e in entries]
+    for m in (1, 4, 5, 9):
+        kept = checkpoint("tenant-a", fold({}, [audit_event(n) for n in range(1, m + 1)], set(), every=0, key=KEY).heads[
+            "tenant-a"], "2026-11-02T00:00:00.000000Z", final=True, key=KEY)  # fmt: skip
+        proof = prove_consistency(m, leaves, later)
+        assert verify_consistency(kept, proof, KEY.public_key()) == Grown("tenant-a", m, 9)
+    kept5 = checkpoint("tenant-a", fold({}, [audit_event(n) for n in range(1, 6)], set(), every=0, key=KEY).heads["tenant-a"],
+                       "2026-11-02T00:00:00.000000Z", final=True, key=KEY)  # fmt: skip
+    proof = prove_consistency(5, leaves, later)
+
+    def refused(kept: dict[str, Any], proof: dict[str, Any]) -> str:
+        outcome = verify_consistency(kept, proof, KEY.public_key())
+        assert isinstance(outcome, NotProven)
+        return outcome.reason
+
+    # A chain rewritten before entry 5: its later head is no extension of the kept one.
+    other_events = [audit_event(n) for n in range(1, 10)]
+    other_events[2] = audit_event(33)
+    changed = fold({}, other_events, set(), every=0, key=KEY)
+    changed_head = checkpoint("tenant-a", changed.heads["tenant-a"], "x", final=True, key=KEY)
+    changed_proof = prove_consistency(5, [leaf_of(e) for e in changed.entries], changed_head)
+    assert "not a prefix" in refused(kept5, changed_proof)
+    assert "not a prefix" in refused(kept5, {**proof, "consistency_path": proof["consistency_path"][:-1]})
+    assert "starts from 4" in refused(kept5, {**proof, "first_length": 4})
+    assert "forged" in refused({**kept5, "root": "00" * 32}, proof)
+    assert "forged" in refused(kept5, {**proof, "second": {**later, "length": 10}})
+    # A later checkpoint shorter than the kept one: the chain was cut.
+    short = checkpoint("tenant-a", fold({}, [audit_event(n) for n in range(1, 4)], set(), every=0, key=KEY).heads["tenant-a"],
+                       "x", final=True, key=KEY)  # fmt: skip
+    assert "was cut" in refused(kept5, {**proof, "second": short})
+    assert "different chains" in refused({**kept5}, {**proof, "chain": "tenant-b"})
+    assert "members" in refused({**kept5, "extra": 1}, proof)
+    assert "not a list" in refused(kept5, {**proof, "consistency_path": "ab"})
+    assert "not a hash" in refused(kept5, {**proof, "consistency_path": ["zz"]})

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from projections.merkle import Frontier, frontier_of, inclusion_path, root, root_from_path
+from projections.merkle import Frontier, consistency_path, consistent, frontier_of, inclusion_path, root, root_from_path
 
 
 def sha(data: bytes) -> bytes:
@@ -92,3 +92,29 @@ def test_appending_one_leaf_at_a_time_gives_the_tree_head_and_proofs_hold(leaves
         assert frontier.root() == mth(leaves[:count])
     index = data.draw(st.integers(0, len(leaves) - 1))
     assert root_from_path(index, len(leaves), leaves[index], inclusion_path(index, leaves)) == mth(leaves)
+
+
+@pytest.mark.parametrize("n", range(1, 20))
+def test_every_earlier_tree_is_proven_a_prefix_of_a_later_one(n: int) -> None:
+    leaves = LEAVES[:n]
+    for m in range(1, n + 1):
+        path = consistency_path(m, leaves)
+        assert consistent(m, n, mth(leaves[:m]), mth(leaves), path), (m, n)
+        if m < n:
+            assert path and len(path) <= 2 * n.bit_length()
+            # A first tree whose leaves differ, or another size, or a path changed: not proven.
+            other = [*leaves[: m - 1], b"x" * 32]
+            assert not consistent(m, n, mth(other), mth(leaves), path)
+            assert not consistent(m, n, mth(leaves[:m]), mth([*leaves[:-1], b"y" * 32]), path)
+            assert not consistent(m, n, mth(leaves[:m]), mth(leaves), [path[0][::-1], *path[1:]])
+            assert not consistent(m, n, mth(leaves[:m]), mth(leaves), path[:-1])
+            assert not consistent(n, m, mth(leaves), mth(leaves[:m]), path)
+    assert consistent(0, n, root([]), mth(leaves), [])
+    assert not consistent(n, n, mth(leaves), mth(leaves), [mth(leaves)])
+
+
+def test_a_consistency_proof_needs_a_first_tree_within_the_second() -> None:
+    with pytest.raises(IndexError):
+        consistency_path(0, LEAVES[:3])
+    with pytest.raises(IndexError):
+        consistency_path(4, LEAVES[:3])
