@@ -59,8 +59,33 @@ class SloFold:
         live = [c for c in map(self._compile, rows) if offsets.get((c.fold_id, partition), 0) == start]
         if not live:
             return
-        slo_store.merge(tx, folded(live, (event for _, event in events)))
+        self._fold(tx, rows, live, (event for _, event in events))
         slo_store.set_checkpoints(tx, self.topic, partition, {c.fold_id: end for c in live})
+
+    def _fold(
+        self, tx: Tx, rows: Sequence[slo_store.SloRow], slos: Sequence[slo_view.CompiledSlo], events: Iterable[Envelope]
+    ) -> None:
+        """Merge the events' buckets, and move the alerts of the SLOs they count, noting each
+        transition (evaluated against the buckets before this batch's, then the batch in order)."""
+        deltas, judged = slo_view.fold_batch(slo_view.SloIndex(slos), events)
+        if judged:
+            by_id = {slo_view.fold_id(r.owner, r.name, r.version): r for r in rows}
+            states = slo_store.alert_states(tx, sorted(judged))
+            for slo, seen in sorted(judged.items()):
+                state, row = states[slo], by_id[slo]
+                if state is not None and max(minute for minute, _ in seen) <= state.open:
+                    before: dict[int, slo_view.GoodTotal] = {}  # no minute completes: nothing is evaluated
+                else:
+                    end = (seen[0][0] if state is None else state.open) + slo_view.MINUTE
+                    before = slo_store.minute_counts(tx, slo, end - slo_view.LONGEST, end)
+                moved, transitions = slo_view.evaluate_alerts(
+                    state, before, seen, row.definition.objective, row.definition.window
+                )
+                if moved is not None and moved != state:
+                    slo_store.set_alert_state(tx, slo, moved)
+                if transitions:
+                    slo_store.add_alert_notifications(tx, row, slo, transitions)
+        slo_store.merge(tx, deltas)
 
     def lagging(self) -> list[SloLag]:
         """SLO versions that have not yet folded everything the partition checkpoint has passed."""
@@ -91,15 +116,6 @@ class SloFold:
             end = min(batch[-1].offset + 1, head) if batch else head  # nothing below the head: a gap
             dropped = views.dropped_between(tx, self.topic, lag.partition, current, end)
             events = (decode(r.value) for r in batch if r.offset not in dropped)
-            slo_store.merge(tx, folded([self._compile(row)], events))
+            self._fold(tx, [row], [self._compile(row)], events)
             slo_store.set_checkpoints(tx, self.topic, lag.partition, {lag.slo: end})
         return end - current
-
-
-def folded(slos: Sequence[slo_view.CompiledSlo], events: Iterable[Envelope]) -> dict[slo_view.Bucket, slo_view.GoodTotal]:
-    """A batch's bucket deltas, in memory."""
-    index = slo_view.SloIndex(slos)
-    deltas: dict[slo_view.Bucket, slo_view.GoodTotal] = {}
-    for event in events:
-        slo_view.apply(deltas, index, event)
-    return deltas
