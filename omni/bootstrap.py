@@ -301,6 +301,7 @@ def build(settings: Settings) -> Platform:
         log_ = kafka
         sink = RedisDedupedSink(kafka, settings.redis_url, topics, keep_for=settings.redis_dedupe_seconds)
         db = PostgresDatabase(settings.database_url, schema=settings.database_schema)
+        metrics.POOLS.watch_postgres(settings.database_schema, db.pool)
         quotas = RedisQuotaLedger(
             settings.redis_url,
             topics,

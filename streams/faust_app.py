@@ -197,9 +197,11 @@ class LagGauge:
                 if lag is not None:
                     labels = (feeder.consumer, str(tp.partition))
                     metrics.VIEWS_LAG.labels(*labels).set(lag)
+                    metrics.FRESHNESS.waiting(feeder.consumer, tp.partition, lag)
                     shown.add(labels)
         for gone in self._shown - shown:  # revoked: another worker shows it now
             metrics.VIEWS_LAG.remove(*gone)
+            metrics.FRESHNESS.forget(gone[0], int(gone[1]))
         self._shown = shown
 
 
@@ -394,6 +396,7 @@ def _migrated_views(settings: Settings) -> PostgresDatabase:
     psycopg.connect(settings.database_url, connect_timeout=5).close()
     # A pool that failed to open is closed for good: each attempt gets a new one.
     db = PostgresDatabase(settings.database_url, schema=settings.database_schema)
+    metrics.POOLS.watch_postgres(settings.database_schema, db.pool)
     try:
         db.migrate(schema.SCHEMA)
     except BaseException:

@@ -311,6 +311,10 @@ class MeterProjector:
         mishaps.count(self.consumer)
         failpoints.hit(failpoints.METERS_AFTER_COMMIT)
         metrics.PROJECTED.labels(self.consumer).inc(len(fresh))
+        self.slos.committed()
+        if kept:
+            newest = kept[-1][1]
+            metrics.FRESHNESS.folded(self.consumer, partition, newest.recorded_time.timestamp(), newest.event_time.timestamp())
         return len(fresh)
 
     def lagging(self) -> list[Lag]:

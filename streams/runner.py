@@ -117,6 +117,7 @@ class Runner:
     async def report_lag(self) -> None:
         for (projector, partition), records in (await self.lag()).items():
             metrics.VIEWS_LAG.labels(projector, str(partition)).set(records)
+            metrics.FRESHNESS.waiting(projector, partition, records)
 
     async def catch_up(self) -> int:
         """Fold history into meters and SLOs defined after their events arrived, from every topic meters fold."""

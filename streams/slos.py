@@ -11,9 +11,11 @@ With no SLO defined, a batch costs one query that finds no rows.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import functools
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from omni import metrics
 from projections import slos as slo_view
 from schemas.envelope import Envelope, decode
 from stores import slos as slo_store
@@ -41,6 +43,7 @@ class SloFold:
         self.topic = topic
         self.consumer = consumer  # whose partition checkpoints the SLOs follow
         self._compiled: dict[str, slo_view.CompiledSlo] = {}  # by fold id: a version never changes
+        self._metrics: list[Callable[[], None]] = []  # what the open transaction shows once it commits
 
     def _compile(self, row: slo_store.SloRow) -> slo_view.CompiledSlo:
         key = slo_view.fold_id(row.owner, row.name, row.version)
@@ -52,6 +55,7 @@ class SloFold:
     def fold_live(self, tx: Tx, partition: int, start: int, end: int, events: Sequence[tuple[LogRecord, Envelope]]) -> None:
         """Inside the meter projector's transaction: fold a batch [start, end) into the live SLOs
         and move their checkpoints with the partition's."""
+        self._metrics.clear()
         rows = slo_store.definitions(tx)
         if not rows:
             return
@@ -85,6 +89,7 @@ class SloFold:
                     slo_store.set_alert_state(tx, slo, moved)
                 if transitions:
                     slo_store.add_alert_notifications(tx, row, slo, transitions)
+                self._metrics.append(functools.partial(_show, row, seen, moved))
         slo_store.merge(tx, deltas)
 
     def lagging(self) -> list[SloLag]:
@@ -106,6 +111,7 @@ class SloFold:
 
     def catch_up(self, lag: SloLag, records: Sequence[LogRecord]) -> int:
         """Fold records [lag.start, ...) into one lagging SLO version; return how many offsets it advanced."""
+        self._metrics.clear()
         with self.db.transaction() as tx:
             head = views.lock_checkpoint(tx, self.consumer, self.topic, lag.partition)
             current = slo_store.checkpoints(tx, self.topic, lag.partition).get((lag.slo, lag.partition), 0)
@@ -118,4 +124,20 @@ class SloFold:
             events = (decode(r.value) for r in batch if r.offset not in dropped)
             self._fold(tx, [row], [self._compile(row)], events)
             slo_store.set_checkpoints(tx, self.topic, lag.partition, {lag.slo: end})
+        self.committed()
         return end - current
+
+    def committed(self) -> None:
+        """After the transaction that folded a batch commits: its counts and alert states to the metrics."""
+        for show in self._metrics:
+            show()
+        self._metrics.clear()
+
+
+def _show(row: slo_store.SloRow, judged: Sequence[tuple[int, bool]], state: slo_view.AlertState | None) -> None:
+    good = sum(1 for _, ok in judged if ok)
+    metrics.SLO_EVENTS.labels(row.owner, row.name, "good").inc(good)
+    metrics.SLO_EVENTS.labels(row.owner, row.name, "bad").inc(len(judged) - good)
+    metrics.SLO_OBJECTIVE.labels(row.owner, row.name, row.definition.window.value).set(row.definition.objective / 100)
+    for alert in slo_view.ALERTS:
+        metrics.SLO_ALERT_FIRING.labels(row.owner, row.name, alert).set(1 if state and alert in state.firing else 0)

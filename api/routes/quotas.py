@@ -307,7 +307,7 @@ def list_notifications(
         if not at or not last_id:
             raise Problem(422, "Invalid cursor", "`before` must be a `next_before` from an earlier page.", kind="invalid-cursor")
         cursor = (at, last_id)
-    with platform.db.transaction() as tx:
+    with metrics.VIEW_QUERY.labels("notifications").time(), platform.db.transaction() as tx:
         rows = quota_store.notifications(tx, tenant_id, limit, cursor)
         alerts = slo_store.alert_notifications(tx, tenant_id, limit, cursor)
     found: list[NotificationPublic | SloAlertNotification] = [

@@ -18,6 +18,7 @@ from schemas.envelope import format_time
 from tests.conftest import cloud_event
 from tests.e2e.conftest import BATCH
 from tests.e2e.test_crash_points import ArmedServer, created_tenant, on_the_log
+from tests.promtool import check_metrics
 
 AVAILABILITY = {
     "event_type": "inference",
@@ -73,6 +74,23 @@ def test_alert_transitions_are_notified_once_across_a_kill_and_a_replay(tmp_path
         assert alerts(server, key, 3) == notes, "the same transitions, under the same ids"
         time.sleep(0.3)  # the notices relay has had its turn: nothing more is published
         assert on_the_log(server)[2] == sorted(n["id"] for n in notes)
+
+        # The server's /metrics (embedded: the API and the runner in one process) passes promtool's
+        # lint and shows what the fold, the reads and a produce did.
+        one_more = orjson.dumps([cloud_event("m4", data={"status": 200}, time=t0 + timedelta(minutes=4))])
+        assert httpx.post(server.url + "/v1/events", content=one_more, headers={**key, "Content-Type": BATCH}).status_code == 202
+        exposition = httpx.get(server.url + "/metrics").text
+        check_metrics(exposition)
+        mine = f'owner="{tenant["id"]}",slo="inference"'
+        for sample in (
+            f'omni_slo_events_total{{outcome="bad",{mine}}} 10.0',
+            f'omni_slo_alert_firing{{alert="ticket",{mine}}} 1.0',
+            f'omni_slo_alert_firing{{alert="page",{mine}}} 0.0',
+            'omni_log_records_produced_total{topic="omni.usage"}',
+            'omni_views_lag_seconds{partition="0",projector="meters"}',
+            'omni_view_query_seconds_count{view="notifications"}',
+        ):
+            assert sample in exposition, sample
     finally:
         server.stop()
 

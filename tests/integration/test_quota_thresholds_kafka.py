@@ -16,6 +16,7 @@ from tests.conftest import cloud_event
 from tests.integration.conftest import drop_schema, free_port
 from tests.integration.test_crash_points_kafka import ADMIN_HEADERS, Deployment, created_tenant, deployment, folded, retried
 from tests.integration.worker import WorkerProcess, wait_ready
+from tests.promtool import check_metrics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.redis]
 __all__ = ["deployment"]  # the fixture, shared with the crash-point tests
@@ -65,6 +66,15 @@ async def test_thresholds_are_notified_once_across_a_kill_and_a_replay(deploymen
     assert [t for _, _, t in first] == THRESHOLDS, "each threshold once, though a batch was folded twice"
     listed = deployment.call(lambda: httpx.get(deployment.url + "/v1/notifications", headers=key)).json()["data"]
     assert sorted(n["id"] for n in listed) == sorted(i for i, _, _ in first)
+
+    # Both processes' /metrics pass promtool's lint, with the pools, the produce and the fold's freshness.
+    api_metrics = httpx.get(deployment.url + "/metrics").text
+    worker_metrics = httpx.get(deployment.worker.url("/metrics")).text
+    check_metrics(api_metrics)
+    check_metrics(worker_metrics)
+    assert f'omni_log_records_produced_total{{topic="{deployment.topics.usage}"}}' in api_metrics
+    assert 'omni_db_pool_connections{pool="' in api_metrics and "omni_redis_pool_connections" in api_metrics
+    assert 'omni_views_lag_seconds{partition="' in worker_metrics and 'omni_db_pool_max_connections{pool="' in worker_metrics
 
     # A replay: the whole log folded again, by a new worker, into views of its own.
     deployment.worker.ensure_dead()
