@@ -44,7 +44,7 @@ import psycopg
 from faust.transport.drivers.aiokafka import Transport as KafkaTransport
 from faust.types import TP, ConsumerT, StreamT
 
-from omni import failpoints, health_server, metrics
+from omni import failpoints, health_server, metrics, telemetry
 from omni.health_server import Prober, Readiness, failure_text, in_daemon_thread
 from omni.runtime import tune_collector
 from omni.settings import Settings
@@ -430,6 +430,7 @@ def run_worker(settings: Settings) -> None:
     Kafka or PostgreSQL being away at start (or later) never stops it: it waits, and reports
     why on GET /readyz meanwhile."""
     failpoints.arm_from(os.environ)  # tests' crash points; nothing is armed unless OMNI_FAILPOINTS says so
+    telemetry.configure("omni-worker")  # the fold's spans, exported with OTLP when configured
     readiness = Readiness("worker", (LOG, VIEWS, PARTITIONS))
     serve_metrics(settings.worker_metrics_port, readiness, settings.metrics_host, settings.metrics_token)
     readiness.failed(PARTITIONS, "not in the consumer group yet")

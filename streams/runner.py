@@ -176,11 +176,14 @@ def build_runner(settings: Settings, db: Database, log_: EventLog, ledger: FactL
     # De-duplication must last as long as an event can still be admitted.
     keep_seen = settings.acceptance_window + settings.future_tolerance
     topics = log_.topics
+    system = settings.mode.value  # messaging.system of the fold's spans: kafka, or embedded
     return Runner(
         log_,
         CatalogProjector(db, topics),
-        MeterProjector(db, topics, keep_seen=keep_seen, ledger=ledger),
+        MeterProjector(db, topics, keep_seen=keep_seen, ledger=ledger, log_system=system),
         batch_size=settings.runner_batch_size,
-        api_calls=MeterProjector(db, topics, keep_seen=keep_seen, topic=topics.api_calls, consumer=API_CALLS, ledger=ledger),
+        api_calls=MeterProjector(
+            db, topics, keep_seen=keep_seen, topic=topics.api_calls, consumer=API_CALLS, ledger=ledger, log_system=system
+        ),
         audit=AuditProjector(db, topics, signing_key(settings, db), every=settings.audit_checkpoint_every),
     )
