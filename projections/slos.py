@@ -161,7 +161,10 @@ def apply(view: dict[Bucket, GoodTotal], slos: SloIndex, event: Envelope) -> dic
     return view
 
 
-Judged = dict[str, list[tuple[int, bool]]]  # per SLO version (fold id): (minute, good) in log order
+# What one SLO judged in a batch, in log order, as runs of one minute: [minute, good, total]. (Events
+# arrive mostly in order, so a batch of thousands is a few runs: the alerts walk runs, not events.)
+Run = list[int]
+Judged = dict[str, list[Run]]  # per SLO version (fold id)
 
 
 def fold_batch(slos: SloIndex, events: Iterable[Envelope]) -> tuple[dict[Bucket, GoodTotal], Judged]:
@@ -180,7 +183,15 @@ def fold_batch(slos: SloIndex, events: Iterable[Envelope]) -> tuple[dict[Bucket,
             key = Bucket(slo.fold_id, event.tenant_id, minute)
             known = view.get(key, NONE)
             view[key] = GoodTotal(known.good + good, known.total + 1)
-            judged.setdefault(slo.fold_id, []).append((minute, good))
+            runs = judged.get(slo.fold_id)
+            if runs is None:
+                judged[slo.fold_id] = [[minute, int(good), 1]]
+            elif runs[-1][0] == minute:
+                last = runs[-1]
+                last[1] += good
+                last[2] += 1
+            else:
+                runs.append([minute, int(good), 1])
     return view, judged
 
 
@@ -331,12 +342,12 @@ class BurnWindows:
                 known = self.sums[label]
                 self.sums[label] = GoodTotal(known.good + sign * counts.good, known.total + sign * counts.total)
 
-    def add(self, minute: int, good: bool) -> None:
+    def add(self, minute: int, good: int, total: int) -> None:
         if minute < self.end - LONGEST:
             return  # older than every window: it counts in the SLI, never in an alert
         known = self.minutes.get(minute, NONE)
-        self.minutes[minute] = GoodTotal(known.good + good, known.total + 1)
-        self._shift(minute, GoodTotal(int(good), 1), 1)
+        self.minutes[minute] = GoodTotal(known.good + good, known.total + total)
+        self._shift(minute, GoodTotal(good, total), 1)
 
     def advance(self) -> None:
         """Move the end on by one minute: the minute at the old end comes in, the oldest go out."""
@@ -363,11 +374,11 @@ class BurnWindows:
 def evaluate_alerts(
     state: AlertState | None,
     before: Mapping[int, GoodTotal],
-    judged: Sequence[tuple[int, bool]],
+    judged: Sequence[Sequence[int]],
     objective: float,
     window: SloWindow,
 ) -> tuple[AlertState | None, list[Transition]]:
-    """Fold judged events (minute, good), in log order, into an SLO version's alerts.
+    """Fold judged events, runs of (minute, good, total) in log order, into an SLO version's alerts.
 
     `before` holds the counts per minute already folded (every tenant's, at least the 3 days
     before `state.open`). A minute is evaluated, with the windows ending at its end, when the first
@@ -381,7 +392,7 @@ def evaluate_alerts(
     on = set() if state is None else set(state.firing)
     sums = BurnWindows(open_ + MINUTE, before)
     found: list[Transition] = []
-    for minute, good in judged:
+    for minute, good, total in judged:
         while minute > open_:
             rates = sums.rates(objective)
             for alert, rules in ALERTS.items():
@@ -395,7 +406,7 @@ def evaluate_alerts(
             else:
                 sums.advance()
                 open_ += MINUTE
-        sums.add(minute, good)
+        sums.add(minute, good, total)
     return AlertState(open_, frozenset(on)), found
 
 

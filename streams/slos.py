@@ -77,7 +77,7 @@ class SloFold:
             states = slo_store.alert_states(tx, sorted(judged))
             for slo, seen in sorted(judged.items()):
                 state, row = states[slo], by_id[slo]
-                if state is not None and max(minute for minute, _ in seen) <= state.open:
+                if state is not None and max(run[0] for run in seen) <= state.open:
                     before: dict[int, slo_view.GoodTotal] = {}  # no minute completes: nothing is evaluated
                 else:
                     end = (seen[0][0] if state is None else state.open) + slo_view.MINUTE
@@ -134,10 +134,10 @@ class SloFold:
         self._metrics.clear()
 
 
-def _show(row: slo_store.SloRow, judged: Sequence[tuple[int, bool]], state: slo_view.AlertState | None) -> None:
-    good = sum(1 for _, ok in judged if ok)
+def _show(row: slo_store.SloRow, judged: Sequence[slo_view.Run], state: slo_view.AlertState | None) -> None:
+    good, total = sum(run[1] for run in judged), sum(run[2] for run in judged)
     metrics.SLO_EVENTS.labels(row.owner, row.name, "good").inc(good)
-    metrics.SLO_EVENTS.labels(row.owner, row.name, "bad").inc(len(judged) - good)
+    metrics.SLO_EVENTS.labels(row.owner, row.name, "bad").inc(total - good)
     metrics.SLO_OBJECTIVE.labels(row.owner, row.name, row.definition.window.value).set(row.definition.objective / 100)
     for alert in slo_view.ALERTS:
         metrics.SLO_ALERT_FIRING.labels(row.owner, row.name, alert).set(1 if state and alert in state.firing else 0)

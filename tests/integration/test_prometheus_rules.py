@@ -5,9 +5,11 @@ ops/prometheus/tests/ pass `promtool test rules` (page and ticket thresholds, th
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
+import pytest
+
+from omni.cli import slo_rules
 from tests.promtool import ROOT, promtool
 
 RULES = ROOT / "ops/prometheus"
@@ -15,14 +17,7 @@ RULES = ROOT / "ops/prometheus"
 
 def test_the_slo_rules_are_generated_from_the_definitions(tmp_path: Path) -> None:
     out = tmp_path / "slos.rules.yml"
-    generated = subprocess.run(
-        [sys.executable, "-m", "omni.cli", "slo", "rules", "--definitions", str(RULES / "slos.json"), "--out", str(out)],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=ROOT,
-    )
-    assert generated.returncode == 0, generated.stderr
+    slo_rules(out=out, definitions=RULES / "slos.json")  # `omni slo rules --definitions ... --out ...`
     assert out.read_text() == (RULES / "slos.rules.yml").read_text(), (
         "regenerate: omni slo rules --definitions ops/prometheus/slos.json"
     )
@@ -58,3 +53,32 @@ def test_every_dashboard_query_is_valid_promql(tmp_path: Path) -> None:
     checked = subprocess.run([promtool(), "check", "rules", str(path)], capture_output=True, text=True, check=False)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert f"SUCCESS: {len(rules)} rules found" in checked.stdout
+
+
+def test_without_a_file_the_rules_come_from_the_deployments_views(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`omni slo rules` reads the SLOs at their current versions from the views (embedded: its data folder)."""
+    from stores import slos as slo_store
+    from stores.database import SqliteDatabase
+    from stores.schema import SCHEMA
+
+    db = SqliteDatabase(tmp_path / "data" / "views.sqlite")
+    db.migrate(SCHEMA)
+    body = {
+        "event_type": "inference",
+        "sli": "latency",
+        "latency_property": "$.data.ms",
+        "threshold_ms": 250,
+        "objective": 99.5,
+        "window": "28d",
+    }
+    with db.transaction() as tx:
+        slo_store.put(tx, "tenant-1", "fast", 2, body, "2026-12-05T00:00:00Z")
+    db.close()
+    out = tmp_path / "rules.yml"
+    monkeypatch.setenv("OMNI_MODE", "embedded")
+    monkeypatch.setenv("OMNI_DATA_DIR", str(tmp_path / "data"))
+    slo_rules(out=out, definitions=None)
+    text = out.read_text()
+    # 28 days, 99.5%: the 1h page threshold is 0.02 x 672 h = 13.44 times the 0.5% budget.
+    assert 'slo:sli_error:ratio_rate1h{owner="tenant-1",slo="fast"} > 0.0672' in text
+    assert "slo:sli_error:ratio_rate28d" in text

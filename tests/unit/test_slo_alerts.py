@@ -33,11 +33,23 @@ def walk(judged: Sequence[tuple[int, bool]], batches: Sequence[int] = (), window
     cuts = [0, *sorted(set(batches)), len(judged)]
     for start, end in zip(cuts, cuts[1:], strict=False):
         part = judged[start:end]
-        state, moved = slos.evaluate_alerts(state, dict(stored), part, 99, window)
+        state, moved = slos.evaluate_alerts(state, dict(stored), runs(part), 99, window)
         found += moved
         for at, good in part:
             known = stored.get(at, GoodTotal(0, 0))
             stored[at] = GoodTotal(known.good + good, known.total + 1)
+    return found
+
+
+def runs(judged: Sequence[tuple[int, bool]]) -> list[list[int]]:
+    """Consecutive events of one minute as one run [minute, good, total], as fold_batch gives them."""
+    found: list[list[int]] = []
+    for at, good in judged:
+        if found and found[-1][0] == at:
+            found[-1][1] += good
+            found[-1][2] += 1
+        else:
+            found.append([at, int(good), 1])
     return found
 
 
@@ -76,7 +88,8 @@ def test_a_minute_is_evaluated_when_a_later_minutes_event_arrives_not_before() -
     slo = compiled(AVAILABILITY)
 
     def judged_of(events: list[Envelope]) -> list[tuple[int, bool]]:
-        return slos.fold_batch(slos.SloIndex([slo]), events)[1][slo.fold_id]
+        found = slos.fold_batch(slos.SloIndex([slo]), events)[1][slo.fold_id]
+        return [(at, n < good) for at, good, total in found for n in range(total)]
 
     good, late_bad, on_the_minute = (
         ev({"status": 200}, at=T0),
