@@ -19,8 +19,9 @@ run: $(STAMP)  ## Embedded mode on http://127.0.0.1:8000 (state in $OMNI_DATA_DI
 services-up:  ## Kafka, PostgreSQL and Redis, unless their URLs point at running ones
 	bash ops/services/up.sh
 
-tools:  ## What tests drive besides the services: headless Chromium (Debian's package) for the pages Omni serves
+tools:  ## What tests drive besides the services: headless Chromium (Debian's package) for the pages Omni serves, promtool for the rules
 	bash ops/services/chromium.sh
+	bash ops/services/promtool.sh >/dev/null
 
 services-down:
 	bash ops/services/down.sh

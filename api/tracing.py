@@ -17,13 +17,17 @@ event: schemas/cloudevents.py.)
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from fastapi import FastAPI, Request
 from fastapi.telemetry import TelemetryConfig
 from opentelemetry import propagate, trace
-from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Span, SpanKind
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from omni import telemetry
 
 tracer = trace.get_tracer("omni.api")
 
@@ -33,9 +37,24 @@ TELEMETRY: TelemetryConfig = {"operation_spans": False}
 
 
 def ensure_provider() -> None:
-    """Real span ids need the SDK's provider; exporters are the deployer's choice (OTEL_* variables)."""
-    if not isinstance(trace.get_tracer_provider(), TracerProvider):
-        trace.set_tracer_provider(TracerProvider())
+    """Real span ids need the SDK's provider; spans are exported with OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set."""
+    telemetry.configure("omni-api")
+
+
+@contextmanager
+def send_span(topic: str, system: str) -> Iterator[Span]:
+    """The PRODUCER span of a request's records, a child of the request's server span."""
+    attributes = {"messaging.system": system, "messaging.operation.type": "send", "messaging.destination.name": topic}
+    with tracer.start_as_current_span(f"send {topic}", kind=SpanKind.PRODUCER, attributes=attributes) as span:
+        yield span
+
+
+def traceparent_of(span: Span) -> str | None:
+    """The W3C traceparent naming `span` (None for a span that is not recorded)."""
+    context = span.get_span_context()
+    if not context.is_valid:
+        return None
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
 
 
 class TracingMiddleware:

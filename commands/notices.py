@@ -1,4 +1,4 @@
-"""Notices: what the platform says about itself (a quota threshold crossed), recorded once each.
+"""Notices: what the platform says about itself (a quota threshold crossed, an SLO alert fired or resolved), recorded once each.
 
 The folds find notices in the views (stores.quotas); the notices relay (streams.notices) records
 each one here as an aggregate whose id is the notice's own deterministic id, so a second recording
@@ -14,8 +14,9 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate, event
 
 from projections.quotas import THRESHOLD_CROSSED
+from projections.slos import ALERT_FIRED, ALERT_RESOLVED
 
-NOTICE_TYPES = frozenset({THRESHOLD_CROSSED})
+NOTICE_TYPES = frozenset({THRESHOLD_CROSSED, ALERT_FIRED, ALERT_RESOLVED})
 
 
 class Notice(Aggregate):

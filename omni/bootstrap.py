@@ -303,6 +303,7 @@ def build(settings: Settings) -> Platform:
             kafka, settings.redis_url, topics, claim_ttl=settings.dedupe_claim_seconds, keep_for=settings.redis_dedupe_seconds
         )
         db = PostgresDatabase(settings.database_url, schema=settings.database_schema)
+        metrics.POOLS.watch_postgres(settings.database_schema, db.pool)
         quotas = RedisQuotaLedger(
             settings.redis_url,
             topics,

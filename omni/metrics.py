@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 EVENTS = Counter("omni_events_total", "Usage events offered to POST /v1/events", ["outcome"])
 HTTP_REQUESTS = Counter("omni_http_requests_total", "HTTP requests served", ["route", "method", "status"])
+for _status in ("500", "503"):  # exported from the start, so the first failure of ingest is an increase
+    HTTP_REQUESTS.labels("/v1/events", "POST", _status)
 HTTP_LATENCY = Histogram(
     "omni_http_request_seconds",
     "HTTP request latency",
@@ -58,4 +68,124 @@ READ_YOUR_WRITES_MISSED = Counter(
 QUOTA_DECISIONS = Counter(
     "omni_quota_decisions_total", "Consume calls decided (a kept answer given again counts as replayed)", ["outcome"]
 )
-QUOTA_REBUILDS = Counter("omni_quota_counter_rebuilds_total", "Times the quota counters were rebuilt from the views and the log")
+QUOTA_REBUILDS = Counter("omni_quota_ledger_rebuilds_total", "Times the quota counters were rebuilt from the views and the log")
+
+PRODUCED = Counter("omni_log_records_produced_total", "Records appended to the log, per topic", ["topic"])
+VIEW_QUERY = Histogram(
+    "omni_view_query_seconds",
+    "Time to read one answer from the views (the query routes' database work)",
+    ["view"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+SLO_EVENTS = Counter(
+    "omni_slo_events_total",
+    "Events an SLO counted as they were folded (outcome good or bad): the rates its Prometheus rules read",
+    ["owner", "slo", "outcome"],
+)
+SLO_OBJECTIVE = Gauge("omni_slo_objective_ratio", "An SLO's objective, as a ratio (0.999)", ["owner", "slo", "window"])
+SLO_ALERT_FIRING = Gauge(
+    "omni_slo_alert_firing",
+    "1 while an SLO's alert fires as the fold evaluates it by event time (omni.slo.alert_fired / _resolved)",
+    ["owner", "slo", "alert"],
+)
+
+
+class Freshness(Collector):
+    """How far behind the log the views are, in time, per projector and partition:
+    omni_views_lag_seconds (now less the recorded time of the newest record folded, while records
+    are waiting; 0 when none are) and omni_views_event_time_seconds (the newest event time folded)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._folded: dict[tuple[str, str], tuple[float, float]] = {}  # recorded, event time (epoch)
+        self._waiting: dict[tuple[str, str], int] = {}
+
+    def folded(self, projector: str, partition: int, recorded: float, event: float) -> None:
+        with self._lock:
+            key = (projector, str(partition))
+            known = self._folded.get(key, (0.0, 0.0))
+            self._folded[key] = (max(known[0], recorded), max(known[1], event))
+
+    def waiting(self, projector: str, partition: int, records: int) -> None:
+        with self._lock:
+            self._waiting[(projector, str(partition))] = records
+
+    def forget(self, projector: str, partition: int) -> None:
+        with self._lock:
+            self._waiting.pop((projector, str(partition)), None)
+            self._folded.pop((projector, str(partition)), None)
+
+    def collect(self) -> Iterator[Metric]:
+        now = time.time()
+        lag = GaugeMetricFamily(
+            "omni_views_lag_seconds",
+            "Seconds the views are behind the log: now less the recorded time of the newest record folded, "
+            "while records wait; 0 when none wait",
+            labels=["projector", "partition"],
+        )
+        event = GaugeMetricFamily(
+            "omni_views_event_time_seconds",
+            "The newest event time folded into the views (Unix seconds)",
+            labels=["projector", "partition"],
+        )
+        with self._lock:
+            keys = sorted(set(self._folded) | set(self._waiting))
+            for key in keys:
+                recorded, newest = self._folded.get(key, (0.0, 0.0))
+                behind = 0.0 if not self._waiting.get(key) or not recorded else max(0.0, now - recorded)
+                lag.add_metric(list(key), behind)
+                if newest:
+                    event.add_metric(list(key), newest)
+        yield lag
+        yield event
+
+
+FRESHNESS = Freshness()
+REGISTRY.register(FRESHNESS)
+
+
+class Pools(Collector):
+    """The PostgreSQL connection pools (psycopg_pool) and Redis clients of this process, read at scrape."""
+
+    def __init__(self) -> None:
+        self._postgres: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+        self._redis: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def watch_postgres(self, name: str, pool: Any) -> None:
+        self._postgres[name] = pool
+
+    def watch_redis(self, pool: Any) -> None:
+        self._redis.add(pool)
+
+    def collect(self) -> Iterator[Metric]:
+        size = GaugeMetricFamily("omni_db_pool_connections", "PostgreSQL pool connections, by state", labels=["pool", "state"])
+        most = GaugeMetricFamily("omni_db_pool_max_connections", "PostgreSQL pool size limit", labels=["pool"])
+        waiting = GaugeMetricFamily(
+            "omni_db_pool_requests_waiting", "Transactions waiting for a pooled connection now", labels=["pool"]
+        )
+        requests = CounterMetricFamily(
+            "omni_db_pool_requests", "Connections asked of the pool (queued: had to wait)", labels=["pool", "outcome"]
+        )
+        for name, pool in sorted(self._postgres.items()):
+            stats = pool.get_stats()
+            in_use = stats.get("pool_size", 0) - stats.get("pool_available", 0)
+            size.add_metric([name, "in_use"], in_use)
+            size.add_metric([name, "idle"], stats.get("pool_available", 0))
+            most.add_metric([name], stats.get("pool_max", 0))
+            waiting.add_metric([name], stats.get("requests_waiting", 0))
+            requests.add_metric([name, "served"], stats.get("requests_num", 0))
+            requests.add_metric([name, "queued"], stats.get("requests_queued", 0))
+            requests.add_metric([name, "failed"], stats.get("requests_errors", 0))
+        yield from (size, most, waiting, requests)
+        clients = GaugeMetricFamily("omni_redis_pool_connections", "Redis client connections, by state", labels=["state"])
+        in_use = idle = 0
+        for pool in list(self._redis):
+            in_use += len(getattr(pool, "_in_use_connections", ()))
+            idle += len(getattr(pool, "_available_connections", ()))
+        clients.add_metric(["in_use"], in_use)
+        clients.add_metric(["idle"], idle)
+        yield clients
+
+
+POOLS = Pools()
+REGISTRY.register(POOLS)

@@ -13,11 +13,12 @@ events has no data (None), never 100%.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, NamedTuple
+from uuid import NAMESPACE_URL, uuid5
 
 from projections.meters import Reader, _reader, micros_of, numeric, read
 from schemas.envelope import Envelope, format_time
@@ -160,6 +161,40 @@ def apply(view: dict[Bucket, GoodTotal], slos: SloIndex, event: Envelope) -> dic
     return view
 
 
+# What one SLO judged in a batch, in log order, as runs of one minute: [minute, good, total]. (Events
+# arrive mostly in order, so a batch of thousands is a few runs: the alerts walk runs, not events.)
+Run = list[int]
+Judged = dict[str, list[Run]]  # per SLO version (fold id)
+
+
+def fold_batch(slos: SloIndex, events: Iterable[Envelope]) -> tuple[dict[Bucket, GoodTotal], Judged]:
+    """A batch's bucket deltas, and what each SLO judged in order (what its alerts fold)."""
+    view: dict[Bucket, GoodTotal] = {}
+    judged: Judged = {}
+    for event in events:
+        candidates = slos.by_type.get(event.type)
+        if not candidates:
+            continue
+        minute = micros_of(event) // 60_000_000 * MINUTE
+        for slo in candidates:
+            good = judge(slo, event)
+            if good is None:
+                continue
+            key = Bucket(slo.fold_id, event.tenant_id, minute)
+            known = view.get(key, NONE)
+            view[key] = GoodTotal(known.good + good, known.total + 1)
+            runs = judged.get(slo.fold_id)
+            if runs is None:
+                judged[slo.fold_id] = [[minute, int(good), 1]]
+            elif runs[-1][0] == minute:
+                last = runs[-1]
+                last[1] += good
+                last[2] += 1
+            else:
+                runs.append([minute, int(good), 1])
+    return view, judged
+
+
 # Reading: windows, budgets, burn rates, alerts ------------------------------------------------
 
 
@@ -253,6 +288,126 @@ def report(end: int, counts: Mapping[str, GoodTotal], objective: float, window: 
         page=firing(PAGE, rates, window),
         ticket=firing(TICKET, rates, window),
     )
+
+
+# Alert transitions, folded by event time ------------------------------------------------------
+
+ALERT_FIRED = "omni.slo.alert_fired"
+ALERT_RESOLVED = "omni.slo.alert_resolved"
+ALERTS: dict[str, tuple[AlertRule, ...]] = {"page": PAGE, "ticket": TICKET}
+LONGEST = max(BURN_WINDOWS.values())
+NOTICES = uuid5(NAMESPACE_URL, "https://omni.dev/ids/notifications")  # projections.quotas.NOTICES
+
+
+@dataclass(frozen=True, slots=True)
+class AlertState:
+    """Where one SLO version's alerts stand: `open` is the latest minute of event time folded (the
+    minute still filling); every minute before it has been evaluated; `firing` names the alerts
+    firing after the last evaluation."""
+
+    open: int
+    firing: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    alert: str  # "page" or "ticket"
+    firing: bool  # fired (True) or resolved
+    at: int  # the moment evaluated: the end of the minute that completed (epoch seconds)
+    burn_rates: dict[str, float | None]
+
+    @property
+    def type(self) -> str:
+        return ALERT_FIRED if self.firing else ALERT_RESOLVED
+
+
+def alert_notice_id(slo: str, transition: Transition) -> str:
+    """One id per (SLO version, alert, direction, moment): refolding the same log finds the same ones."""
+    direction = "fired" if transition.firing else "resolved"
+    return str(uuid5(NOTICES, f"slo-alert/{slo}/{transition.alert}/{direction}/{transition.at}"))
+
+
+class BurnWindows:
+    """The counts over each burn-rate window ending at `end`, kept current as minutes are added and
+    the end moves on, so evaluating every minute of a long stretch costs a few additions each."""
+
+    def __init__(self, end: int, minutes: Mapping[int, GoodTotal]) -> None:
+        self.end = end
+        self.minutes = {m: c for m, c in minutes.items() if end - LONGEST <= m}
+        self.sums = {label: counts_in(self.minutes, end - seconds, end) for label, seconds in BURN_WINDOWS.items()}
+
+    def _shift(self, minute: int, counts: GoodTotal, sign: int) -> None:
+        for label, seconds in BURN_WINDOWS.items():
+            if self.end - seconds <= minute < self.end:
+                known = self.sums[label]
+                self.sums[label] = GoodTotal(known.good + sign * counts.good, known.total + sign * counts.total)
+
+    def add(self, minute: int, good: int, total: int) -> None:
+        if minute < self.end - LONGEST:
+            return  # older than every window: it counts in the SLI, never in an alert
+        known = self.minutes.get(minute, NONE)
+        self.minutes[minute] = GoodTotal(known.good + good, known.total + total)
+        self._shift(minute, GoodTotal(good, total), 1)
+
+    def advance(self) -> None:
+        """Move the end on by one minute: the minute at the old end comes in, the oldest go out."""
+        leaving = {label: self.end - seconds for label, seconds in BURN_WINDOWS.items()}
+        entering = self.minutes.get(self.end)
+        for label, minute in leaving.items():
+            counts = self.minutes.get(minute)
+            if counts is not None:
+                known = self.sums[label]
+                self.sums[label] = GoodTotal(known.good - counts.good, known.total - counts.total)
+            if entering is not None:
+                known = self.sums[label]
+                self.sums[label] = GoodTotal(known.good + entering.good, known.total + entering.total)
+        self.minutes.pop(self.end - LONGEST, None)
+        self.end += MINUTE
+
+    def empty(self) -> bool:
+        return self.sums["3d"].total == 0
+
+    def rates(self, objective: float) -> dict[str, float | None]:
+        return {label: burn_rate(self.sums[label], objective) for label in BURN_WINDOWS}
+
+
+def evaluate_alerts(
+    state: AlertState | None,
+    before: Mapping[int, GoodTotal],
+    judged: Sequence[Sequence[int]],
+    objective: float,
+    window: SloWindow,
+) -> tuple[AlertState | None, list[Transition]]:
+    """Fold judged events, runs of (minute, good, total) in log order, into an SLO version's alerts.
+
+    `before` holds the counts per minute already folded (every tenant's, at least the 3 days
+    before `state.open`). A minute is evaluated, with the windows ending at its end, when the first
+    event of a later minute arrives: in log order, so the same log gives the same transitions
+    however it is cut into batches. An event of a minute already evaluated (late, or from a
+    partition behind another) counts from the next evaluation on: it may fire or resolve an alert
+    late, never rewrite one."""
+    if not judged:
+        return state, []
+    open_ = judged[0][0] if state is None else state.open
+    on = set() if state is None else set(state.firing)
+    sums = BurnWindows(open_ + MINUTE, before)
+    found: list[Transition] = []
+    for minute, good, total in judged:
+        while minute > open_:
+            rates = sums.rates(objective)
+            for alert, rules in ALERTS.items():
+                now = firing(rules, rates, window)
+                if now != (alert in on):
+                    found.append(Transition(alert, now, open_ + MINUTE, rates))
+                    (on.add if now else on.discard)(alert)
+            if sums.empty():  # nothing in any window, so nothing fires until an event comes: skip ahead
+                open_ = minute
+                sums = BurnWindows(open_ + MINUTE, {})
+            else:
+                sums.advance()
+                open_ += MINUTE
+        sums.add(minute, good, total)
+    return AlertState(open_, frozenset(on)), found
 
 
 def history(minutes: Mapping[int, GoodTotal], start: int, end: int, size: int) -> list[tuple[int, GoodTotal]]:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from schemas.billing import Billing, parse_billing, price_public
 from schemas.quantities import QUANTITY_SCHEMA, SLUG_PATTERN, exact_quantity, quantity_json
+from schemas.slos import SloAlertNotification
 from schemas.text import Text
 
 
@@ -204,8 +205,10 @@ class ConsumeResult(BaseModel):
 
 
 class NotificationPublic(BaseModel):
+    """A quota's threshold reached in a period."""
+
     id: str
-    type: str
+    type: Literal["omni.quota.threshold_crossed"]
     tenant_id: str
     meter: str
     period: str
@@ -216,5 +219,5 @@ class NotificationPublic(BaseModel):
 
 
 class NotificationList(BaseModel):
-    data: list[NotificationPublic]
+    data: list[Annotated[NotificationPublic | SloAlertNotification, Field(discriminator="type")]]
     next_before: str | None = None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -152,3 +152,17 @@ class SloHistory(BaseModel):
     name: str
     window_size: str
     data: list[SloHistoryPoint]
+
+
+class SloAlertNotification(BaseModel):
+    """An SLO's page or ticket alert fired or resolved, at the end of the minute of event time whose
+    windows first (or no longer) burned past the thresholds."""
+
+    id: str
+    type: Literal["omni.slo.alert_fired", "omni.slo.alert_resolved"]
+    tenant_id: str = Field(description="The SLO's owner: the tenant, or `_platform`")
+    slo: str
+    version: int
+    alert: Literal["page", "ticket"]
+    burn_rates: dict[str, float | None] = Field(description="Burn rates over 5m..3d at that moment")
+    occurred_at: str

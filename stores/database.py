@@ -237,5 +237,10 @@ class PostgresDatabase:
     def leadership(self, name: str) -> Leadership:
         return _AdvisoryLock(self.url, f"{self.schema}:{name}")
 
+    @property
+    def pool(self) -> ConnectionPool:
+        """For the metrics (omni.metrics.Pools): its get_stats()."""
+        return self._pool
+
     def close(self) -> None:
         self._pool.close()

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from projections.slos import Bucket, GoodTotal
+from projections.slos import AlertState, Bucket, GoodTotal, Transition, alert_notice_id
+from schemas.envelope import format_time
 from schemas.slos import SloBody
 from stores.database import Tx
 
@@ -30,6 +32,12 @@ CREATE TABLE IF NOT EXISTS slo_offsets (
 CREATE TABLE IF NOT EXISTS slo_minutes (
     slo TEXT NOT NULL, tenant_id TEXT NOT NULL, minute BIGINT NOT NULL, good BIGINT NOT NULL, total BIGINT NOT NULL,
     PRIMARY KEY (slo, tenant_id, minute));
+CREATE TABLE IF NOT EXISTS slo_alerts (slo TEXT PRIMARY KEY, open_minute BIGINT, firing TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS slo_notifications (
+    id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, type TEXT NOT NULL, slo TEXT NOT NULL, version INTEGER NOT NULL,
+    alert TEXT NOT NULL, burn_rates TEXT NOT NULL, occurred_at TEXT NOT NULL, recorded INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS slo_notifications_by_tenant ON slo_notifications (tenant_id, occurred_at, id);
+CREATE INDEX IF NOT EXISTS slo_notifications_to_record ON slo_notifications (id) WHERE recorded = 0;
 """
 
 
@@ -118,3 +126,85 @@ def windows(tx: Tx, slo: str, start: int, end: int, size: int) -> dict[int, Good
         (start, size, slo, start, end),
     )
     return {start + int(n) * size: GoodTotal(int(good), int(total)) for n, good, total in rows}
+
+
+def alert_states(tx: Tx, slos: Sequence[str]) -> dict[str, AlertState | None]:
+    """The alert state of each SLO version, its row locked until the transaction ends (the
+    partitions of one topic fold in transactions of their own, and may move one SLO's alerts)."""
+    tx.execute_many("INSERT INTO slo_alerts VALUES (?, NULL, '') ON CONFLICT (slo) DO NOTHING", [(s,) for s in sorted(slos)])
+    marks = ", ".join("?" for _ in slos)
+    lock = " ORDER BY slo FOR UPDATE" if tx.dialect == "postgres" else ""
+    rows = tx.execute(f"SELECT slo, open_minute, firing FROM slo_alerts WHERE slo IN ({marks}){lock}", tuple(slos))
+    found: dict[str, AlertState | None] = {slo: None for slo in slos}
+    for slo, open_minute, firing in rows:
+        if open_minute is not None:
+            found[slo] = AlertState(int(open_minute), frozenset(a for a in str(firing).split(",") if a))
+    return found
+
+
+def set_alert_state(tx: Tx, slo: str, state: AlertState) -> None:
+    tx.execute("UPDATE slo_alerts SET open_minute=?, firing=? WHERE slo=?", (state.open, ",".join(sorted(state.firing)), slo))
+
+
+def minute_counts(tx: Tx, slo: str, start: int, end: int) -> dict[int, GoodTotal]:
+    """Every tenant's counts per minute in [start, end): what the alerts are evaluated from."""
+    rows = tx.execute(
+        "SELECT minute, SUM(good), SUM(total) FROM slo_minutes WHERE slo=? AND minute>=? AND minute<? GROUP BY minute",
+        (slo, start, end),
+    )
+    return {int(minute): GoodTotal(int(good), int(total)) for minute, good, total in rows}
+
+
+def add_alert_notifications(tx: Tx, row: SloRow, slo: str, transitions: Sequence[Transition]) -> None:
+    """Keep each transition once (its id is deterministic: a batch folded again adds nothing)."""
+    tx.execute_many(
+        "INSERT INTO slo_notifications VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0) ON CONFLICT (id) DO NOTHING",
+        [
+            (
+                alert_notice_id(slo, t),
+                row.owner,
+                t.type,
+                row.name,
+                row.version,
+                t.alert,
+                orjson.dumps(t.burn_rates).decode(),
+                format_time(datetime.fromtimestamp(t.at, tz=UTC)),
+            )
+            for t in transitions
+        ],
+    )
+
+
+AlertNotificationRow = tuple[str, str, str, str, int, str, dict[str, float | None], str]
+_ALERT_COLUMNS = "id, tenant_id, type, slo, version, alert, burn_rates, occurred_at"
+
+
+def _alert_row(r: Sequence[Any]) -> AlertNotificationRow:
+    return (r[0], r[1], r[2], r[3], int(r[4]), r[5], orjson.loads(r[6]), r[7])
+
+
+def alert_notifications(tx: Tx, tenant_id: str, limit: int, before: tuple[str, str] | None) -> list[AlertNotificationRow]:
+    """The owner's SLO alert transitions, newest first; `before` as stores.quotas.notifications takes it."""
+    if before is None:
+        rows = tx.execute(
+            f"SELECT {_ALERT_COLUMNS} FROM slo_notifications WHERE tenant_id=? ORDER BY occurred_at DESC, id DESC LIMIT ?",
+            (tenant_id, limit),
+        )
+    else:
+        rows = tx.execute(
+            f"SELECT {_ALERT_COLUMNS} FROM slo_notifications WHERE tenant_id=? "
+            "AND (occurred_at < ? OR (occurred_at = ? AND id < ?)) ORDER BY occurred_at DESC, id DESC LIMIT ?",
+            (tenant_id, before[0], before[0], before[1], limit),
+        )
+    return [_alert_row(r) for r in rows]
+
+
+def unrecorded_alerts(tx: Tx, limit: int) -> list[AlertNotificationRow]:
+    rows = tx.execute(
+        f"SELECT {_ALERT_COLUMNS} FROM slo_notifications WHERE recorded = 0 ORDER BY occurred_at, id LIMIT ?", (limit,)
+    )
+    return [_alert_row(r) for r in rows]
+
+
+def mark_alerts_recorded(tx: Tx, ids: Sequence[str]) -> None:
+    tx.execute_many("UPDATE slo_notifications SET recorded = 1 WHERE id = ?", [(i,) for i in ids])

@@ -44,7 +44,7 @@ import psycopg
 from faust.transport.drivers.aiokafka import Transport as KafkaTransport
 from faust.types import TP, ConsumerT, StreamT
 
-from omni import failpoints, health_server, metrics
+from omni import failpoints, health_server, metrics, telemetry
 from omni.health_server import Prober, Readiness, failure_text, in_daemon_thread
 from omni.runtime import tune_collector
 from omni.settings import Settings
@@ -197,9 +197,11 @@ class LagGauge:
                 if lag is not None:
                     labels = (feeder.consumer, str(tp.partition))
                     metrics.VIEWS_LAG.labels(*labels).set(lag)
+                    metrics.FRESHNESS.waiting(feeder.consumer, tp.partition, lag)
                     shown.add(labels)
         for gone in self._shown - shown:  # revoked: another worker shows it now
             metrics.VIEWS_LAG.remove(*gone)
+            metrics.FRESHNESS.forget(gone[0], int(gone[1]))
         self._shown = shown
 
 
@@ -394,6 +396,7 @@ def _migrated_views(settings: Settings) -> PostgresDatabase:
     psycopg.connect(settings.database_url, connect_timeout=5).close()
     # A pool that failed to open is closed for good: each attempt gets a new one.
     db = PostgresDatabase(settings.database_url, schema=settings.database_schema)
+    metrics.POOLS.watch_postgres(settings.database_schema, db.pool)
     try:
         db.migrate(schema.SCHEMA)
     except BaseException:
@@ -427,6 +430,7 @@ def run_worker(settings: Settings) -> None:
     Kafka or PostgreSQL being away at start (or later) never stops it: it waits, and reports
     why on GET /readyz meanwhile."""
     failpoints.arm_from(os.environ)  # tests' crash points; nothing is armed unless OMNI_FAILPOINTS says so
+    telemetry.configure("omni-worker")  # the fold's spans, exported with OTLP when configured
     readiness = Readiness("worker", (LOG, VIEWS, PARTITIONS))
     serve_metrics(settings.worker_metrics_port, readiness, settings.metrics_host, settings.metrics_token)
     readiness.failed(PARTITIONS, "not in the consumer group yet")

@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
+from omni import metrics
 from schemas.topics import Topics, partition_for
 from streams.log import LogRecord, LogUnavailable, Outgoing
 from streams.quiet_logs import limit_kafka_client_logs
@@ -123,6 +124,7 @@ class KafkaLog:
             if used:
                 await self._reset(used[0])
             raise
+        metrics.PRODUCED.labels(topic).inc(len(items))
 
     async def read(self, topic: str, partition: int, start: int, limit: int) -> list[LogRecord]:
         if limit <= 0:

@@ -1,6 +1,6 @@
 """The notices relay: notifications the folds found become Notice events in the event store.
 
-The folds write a notification (a quota threshold crossed) into the views with a deterministic id;
+The folds write a notification (a quota threshold crossed, an SLO alert fired or resolved) into the views with a deterministic id;
 views are rebuilt from the log, so they may find the same notification again (a replay). This relay
 records each one as a Notice aggregate under that id: the event store refuses a second one, and the
 outbox relay publishes each Notice once, on the notifications topic. Then the row is marked
@@ -20,6 +20,7 @@ from omni import failpoints
 from projections.quotas import PeriodKey
 from schemas.plans import quantity_json
 from stores import quotas as quota_views
+from stores import slos as slo_views
 from stores.database import Database, StoreUnavailable
 from streams.pausing import pause
 
@@ -39,7 +40,8 @@ class NoticesRelay:
         """Record the next notifications (blocking); return how many rows were settled."""
         with self.db.transaction() as tx:
             rows = quota_views.unrecorded(tx, limit)
-        if not rows:
+            alerts = slo_views.unrecorded_alerts(tx, limit)
+        if not rows and not alerts:
             return 0
         for notice_id, tenant_id, kind, meter, period, threshold, quota_limit, used, occurred_at in rows:
             data = {
@@ -52,10 +54,16 @@ class NoticesRelay:
                 "occurred_at": occurred_at,
             }
             self.control.record_notice(Notice(notice_id=notice_id, kind=kind, tenant_id=tenant_id, data=data))
+        for notice_id, owner, kind, slo, version, alert, burn_rates, occurred_at in alerts:
+            data = {"tenant_id": owner, "slo": slo, "version": version, "alert": alert, "burn_rates": burn_rates}
+            self.control.record_notice(
+                Notice(notice_id=notice_id, kind=kind, tenant_id=owner, data={**data, "occurred_at": occurred_at})
+            )
         failpoints.hit(failpoints.NOTICES_AFTER_RECORD)
         with self.db.transaction() as tx:
             quota_views.mark_recorded(tx, [row[0] for row in rows])
-        return len(rows)
+            slo_views.mark_alerts_recorded(tx, [row[0] for row in alerts])
+        return len(rows) + len(alerts)
 
     async def run(self, stop: asyncio.Event) -> None:
         leadership = self.db.leadership(LEADER)

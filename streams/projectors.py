@@ -12,6 +12,7 @@ covers the whole history.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from opentelemetry import trace
 
 from omni import failpoints, metrics
 from projections import audit_chain, catalog, invoices, quotas
@@ -39,6 +41,7 @@ from stores import slos as slo_store
 from stores import stripe as stripe_store
 from stores import views
 from stores.database import Database, Tx
+from streams import tracing
 from streams.log import LogRecord
 from streams.quota_ledger import FactLedger
 from streams.slos import SloFold
@@ -269,8 +272,10 @@ class MeterProjector:
         topic: str | None = None,
         consumer: str = METERS,
         ledger: FactLedger | None = None,
+        log_system: str = "kafka",
     ) -> None:
         self.db = db
+        self.log_system = log_system  # the spans' messaging.system
         self.ledger = ledger  # the quota counters that facts are counted in as they are folded (embedded mode)
         self.topic = topics.usage if topic is None else topic
         self.consumer = consumer
@@ -279,7 +284,12 @@ class MeterProjector:
         self.slos = SloFold(db, self.topic, consumer)  # folded in the same transaction, from the same events
 
     def process(self, partition: int, records: Sequence[LogRecord]) -> int:
-        with self.db.transaction() as tx:
+        """Fold a batch in one transaction, within a `process` span continuing its records' traces."""
+        with tracing.batch_span(self.log_system, self.topic, partition, records):
+            return self._process(partition, records)
+
+    def _process(self, partition: int, records: Sequence[LogRecord]) -> int:
+        with contextlib.ExitStack() as writing, self.db.transaction() as tx:
             start = views.lock_checkpoint(tx, self.consumer, self.topic, partition)
             fresh = [r for r in records if r.offset >= start]
             if not fresh:
@@ -303,6 +313,8 @@ class MeterProjector:
                 self.ledger.add_facts(self.topic, partition, start, end, _facts_counter(live_meters, kept, start, usage))
             elif self.ledger is not None:
                 self.ledger.add_facts(self.topic, partition, start, end, lambda since: {})
+            # `write views` ends after the commit: the ExitStack is left after the transaction.
+            writing.enter_context(trace.use_span(tracing.write_span(), end_on_exit=True))
             views.merge_buckets(tx, deltas)
             self.slos.fold_live(tx, partition, start, end, kept)
             views.set_checkpoint(tx, self.consumer, self.topic, partition, end)
@@ -311,6 +323,10 @@ class MeterProjector:
         mishaps.count(self.consumer)
         failpoints.hit(failpoints.METERS_AFTER_COMMIT)
         metrics.PROJECTED.labels(self.consumer).inc(len(fresh))
+        self.slos.committed()
+        if kept:
+            newest = kept[-1][1]
+            metrics.FRESHNESS.folded(self.consumer, partition, newest.recorded_time.timestamp(), newest.event_time.timestamp())
         return len(fresh)
 
     def lagging(self) -> list[Lag]:

@@ -486,6 +486,7 @@ class RedisFactLedger:
     def __init__(self, url: str, topics: Topics) -> None:
         # Bounded: a Redis that stops answering must not hold up the fold (its batch goes on uncounted).
         self.redis = redis.Redis.from_url(url, socket_connect_timeout=2.0, socket_timeout=5.0)
+        metrics.POOLS.watch_redis(self.redis.connection_pool)
         self.keys = QuotaKeys(topics)
         self._add = self.redis.register_script(ADD_FACTS)
 

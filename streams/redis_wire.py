@@ -18,6 +18,8 @@ import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 
+from omni import metrics
+
 
 class HiredisPacking(AbstractConnection):
     """Mixed into a redis-py asyncio connection class: commands packed by hiredis."""
@@ -48,4 +50,5 @@ def redis_client(url: str, **options: Any) -> aioredis.Redis:
     it owns its pool and closes it with itself."""
     pool = aioredis.ConnectionPool.from_url(url, **options)
     pool.connection_class = packed(pool.connection_class)
+    metrics.POOLS.watch_redis(pool)
     return aioredis.Redis.from_pool(pool)

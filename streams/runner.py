@@ -117,6 +117,7 @@ class Runner:
     async def report_lag(self) -> None:
         for (projector, partition), records in (await self.lag()).items():
             metrics.VIEWS_LAG.labels(projector, str(partition)).set(records)
+            metrics.FRESHNESS.waiting(projector, partition, records)
 
     async def catch_up(self) -> int:
         """Fold history into meters and SLOs defined after their events arrived, from every topic meters fold."""
@@ -175,11 +176,14 @@ def build_runner(settings: Settings, db: Database, log_: EventLog, ledger: FactL
     # De-duplication must last as long as an event can still be admitted.
     keep_seen = settings.acceptance_window + settings.future_tolerance
     topics = log_.topics
+    system = settings.mode.value  # messaging.system of the fold's spans: kafka, or embedded
     return Runner(
         log_,
         CatalogProjector(db, topics),
-        MeterProjector(db, topics, keep_seen=keep_seen, ledger=ledger),
+        MeterProjector(db, topics, keep_seen=keep_seen, ledger=ledger, log_system=system),
         batch_size=settings.runner_batch_size,
-        api_calls=MeterProjector(db, topics, keep_seen=keep_seen, topic=topics.api_calls, consumer=API_CALLS, ledger=ledger),
+        api_calls=MeterProjector(
+            db, topics, keep_seen=keep_seen, topic=topics.api_calls, consumer=API_CALLS, ledger=ledger, log_system=system
+        ),
         audit=AuditProjector(db, topics, signing_key(settings, db), every=settings.audit_checkpoint_every),
     )

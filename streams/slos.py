@@ -11,9 +11,11 @@ With no SLO defined, a batch costs one query that finds no rows.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import functools
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from omni import metrics
 from projections import slos as slo_view
 from schemas.envelope import Envelope, decode
 from stores import slos as slo_store
@@ -41,6 +43,7 @@ class SloFold:
         self.topic = topic
         self.consumer = consumer  # whose partition checkpoints the SLOs follow
         self._compiled: dict[str, slo_view.CompiledSlo] = {}  # by fold id: a version never changes
+        self._metrics: list[Callable[[], None]] = []  # what the open transaction shows once it commits
 
     def _compile(self, row: slo_store.SloRow) -> slo_view.CompiledSlo:
         key = slo_view.fold_id(row.owner, row.name, row.version)
@@ -52,6 +55,7 @@ class SloFold:
     def fold_live(self, tx: Tx, partition: int, start: int, end: int, events: Sequence[tuple[LogRecord, Envelope]]) -> None:
         """Inside the meter projector's transaction: fold a batch [start, end) into the live SLOs
         and move their checkpoints with the partition's."""
+        self._metrics.clear()
         rows = slo_store.definitions(tx)
         if not rows:
             return
@@ -59,8 +63,34 @@ class SloFold:
         live = [c for c in map(self._compile, rows) if offsets.get((c.fold_id, partition), 0) == start]
         if not live:
             return
-        slo_store.merge(tx, folded(live, (event for _, event in events)))
+        self._fold(tx, rows, live, (event for _, event in events))
         slo_store.set_checkpoints(tx, self.topic, partition, {c.fold_id: end for c in live})
+
+    def _fold(
+        self, tx: Tx, rows: Sequence[slo_store.SloRow], slos: Sequence[slo_view.CompiledSlo], events: Iterable[Envelope]
+    ) -> None:
+        """Merge the events' buckets, and move the alerts of the SLOs they count, noting each
+        transition (evaluated against the buckets before this batch's, then the batch in order)."""
+        deltas, judged = slo_view.fold_batch(slo_view.SloIndex(slos), events)
+        if judged:
+            by_id = {slo_view.fold_id(r.owner, r.name, r.version): r for r in rows}
+            states = slo_store.alert_states(tx, sorted(judged))
+            for slo, seen in sorted(judged.items()):
+                state, row = states[slo], by_id[slo]
+                if state is not None and max(run[0] for run in seen) <= state.open:
+                    before: dict[int, slo_view.GoodTotal] = {}  # no minute completes: nothing is evaluated
+                else:
+                    end = (seen[0][0] if state is None else state.open) + slo_view.MINUTE
+                    before = slo_store.minute_counts(tx, slo, end - slo_view.LONGEST, end)
+                moved, transitions = slo_view.evaluate_alerts(
+                    state, before, seen, row.definition.objective, row.definition.window
+                )
+                if moved is not None and moved != state:
+                    slo_store.set_alert_state(tx, slo, moved)
+                if transitions:
+                    slo_store.add_alert_notifications(tx, row, slo, transitions)
+                self._metrics.append(functools.partial(_show, row, seen, moved))
+        slo_store.merge(tx, deltas)
 
     def lagging(self) -> list[SloLag]:
         """SLO versions that have not yet folded everything the partition checkpoint has passed."""
@@ -81,6 +111,7 @@ class SloFold:
 
     def catch_up(self, lag: SloLag, records: Sequence[LogRecord]) -> int:
         """Fold records [lag.start, ...) into one lagging SLO version; return how many offsets it advanced."""
+        self._metrics.clear()
         with self.db.transaction() as tx:
             head = views.lock_checkpoint(tx, self.consumer, self.topic, lag.partition)
             current = slo_store.checkpoints(tx, self.topic, lag.partition).get((lag.slo, lag.partition), 0)
@@ -91,15 +122,22 @@ class SloFold:
             end = min(batch[-1].offset + 1, head) if batch else head  # nothing below the head: a gap
             dropped = views.dropped_between(tx, self.topic, lag.partition, current, end)
             events = (decode(r.value) for r in batch if r.offset not in dropped)
-            slo_store.merge(tx, folded([self._compile(row)], events))
+            self._fold(tx, [row], [self._compile(row)], events)
             slo_store.set_checkpoints(tx, self.topic, lag.partition, {lag.slo: end})
+        self.committed()
         return end - current
 
+    def committed(self) -> None:
+        """After the transaction that folded a batch commits: its counts and alert states to the metrics."""
+        for show in self._metrics:
+            show()
+        self._metrics.clear()
 
-def folded(slos: Sequence[slo_view.CompiledSlo], events: Iterable[Envelope]) -> dict[slo_view.Bucket, slo_view.GoodTotal]:
-    """A batch's bucket deltas, in memory."""
-    index = slo_view.SloIndex(slos)
-    deltas: dict[slo_view.Bucket, slo_view.GoodTotal] = {}
-    for event in events:
-        slo_view.apply(deltas, index, event)
-    return deltas
+
+def _show(row: slo_store.SloRow, judged: Sequence[slo_view.Run], state: slo_view.AlertState | None) -> None:
+    good, total = sum(run[1] for run in judged), sum(run[2] for run in judged)
+    metrics.SLO_EVENTS.labels(row.owner, row.name, "good").inc(good)
+    metrics.SLO_EVENTS.labels(row.owner, row.name, "bad").inc(total - good)
+    metrics.SLO_OBJECTIVE.labels(row.owner, row.name, row.definition.window.value).set(row.definition.objective / 100)
+    for alert in slo_view.ALERTS:
+        metrics.SLO_ALERT_FIRING.labels(row.owner, row.name, alert).set(1 if state and alert in state.firing else 0)

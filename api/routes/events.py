@@ -24,6 +24,7 @@ import orjson
 import uuid_utils
 from fastapi import APIRouter, Request, Response
 
+from api import tracing
 from api.cloudevents_http import Unreadable, from_binary, is_binary_mode, with_readable_data
 from api.deps import PlatformDep, TenantDep
 from api.problems import Problem
@@ -141,39 +142,43 @@ async def ingest_events(request: Request, platform: PlatformDep, principal: Tena
         user_agent=request.headers.get("user-agent"),
     )
     received = datetime.now(UTC)
-    traceparent = getattr(request.state, "traceparent", None)
-    large = len(body) > OFF_LOOP_BYTES or len(body) > policy.max_event_bytes
+    # The records carry the `send` span's context (OpenTelemetry's messaging conventions): the
+    # worker's `process` span continues it (streams/tracing.py).
+    with tracing.send_span(platform.topics.usage, platform.settings.mode.value) as send:
+        traceparent = tracing.traceparent_of(send) or getattr(request.state, "traceparent", None)
+        large = len(body) > OFF_LOOP_BYTES or len(body) > policy.max_event_bytes
 
-    binary = is_binary_mode(request.headers)
-    headers = dict(request.headers) if binary else {}
+        binary = is_binary_mode(request.headers)
+        headers = dict(request.headers) if binary else {}
 
-    def admission() -> Admitted:
-        if binary:
-            items = [_binary_event(headers, body)]
-        else:
-            items = parse_items(
-                content_type, body, settings.max_batch_events, max_event_bytes=policy.max_event_bytes if large else None
+        def admission() -> Admitted:
+            if binary:
+                items = [_binary_event(headers, body)]
+            else:
+                items = parse_items(
+                    content_type, body, settings.max_batch_events, max_event_bytes=policy.max_event_bytes if large else None
+                )
+            readable = _with_readable_data(items)
+            return admit_encoded(
+                readable,
+                tenant_id=principal.tenant_id or "",
+                actor=actor,
+                received=received,
+                policy=policy,
+                new_id=lambda: str(uuid_utils.uuid7()),
+                traceparent=traceparent,
+                # The body tells about NUL only where it holds every event's text as JSON.
+                may_hold_nul=binary or readable is not items or json_holds_nul(body),
             )
-        readable = _with_readable_data(items)
-        return admit_encoded(
-            readable,
-            tenant_id=principal.tenant_id or "",
-            actor=actor,
-            received=received,
-            policy=policy,
-            new_id=lambda: str(uuid_utils.uuid7()),
-            traceparent=traceparent,
-            # The body tells about NUL only where it holds every event's text as JSON.
-            may_hold_nul=binary or readable is not items or json_holds_nul(body),
-        )
 
-    admitted = await asyncio.to_thread(admission) if large else admission()
-    envelopes = admitted.envelopes
-    try:
-        accepted = await platform.sink.ingest(envelopes, [expires_at(e, policy) for e in envelopes], admitted.values)
-    except LogUnavailable:
-        metrics.LOG_UNAVAILABLE.inc()
-        raise
+        admitted = await asyncio.to_thread(admission) if large else admission()
+        envelopes = admitted.envelopes
+        try:
+            accepted = await platform.sink.ingest(envelopes, [expires_at(e, policy) for e in envelopes], admitted.values)
+        except LogUnavailable:
+            metrics.LOG_UNAVAILABLE.inc()
+            raise
+        send.set_attribute("messaging.batch.message_count", len(envelopes))
     failpoints.hit(failpoints.INGEST_AFTER_APPEND)
     count = sum(accepted)
     metrics.EVENTS.labels("accepted").inc(count)

@@ -15,6 +15,7 @@ from api.problems import Problem
 from api.relaying import run_command
 from commands.billing import PAID, UNCOLLECTIBLE, VOID
 from commands.errors import NotFound
+from omni import metrics
 from omni.billing_close import NotOver, ViewsBehind, close_period, read_cut
 from omni.bootstrap import Platform
 from projections.invoices import CREDIT_NOTE, INVOICE, PERIOD_PATTERN, BillingPeriod, bill, digest
@@ -95,7 +96,7 @@ def list_invoices(
     if before is not None:
         at, _, last_id = before.partition("~")
         cursor = (at, last_id)
-    with platform.db.transaction() as tx:
+    with metrics.VIEW_QUERY.labels("invoices").time(), platform.db.transaction() as tx:
         if tenant_id is not None and views.tenant(tx, tenant_id) is None:
             raise NotFound(f"tenant {tenant} not found")
         rows = billing_store.invoices_of(tx, tenant_id, limit=limit, before=cursor, period=period)

@@ -11,6 +11,7 @@ from api.deps import AdminDep, CallerDep, PlatformDep, TenantDep, command_contex
 from api.problems import ExactJSONResponse, Problem
 from api.relaying import run_command
 from commands.errors import NotFound
+from omni import metrics
 from schemas.api import MeterList, MeterQueryResult
 from schemas.cloudevents import Rfc3339Time
 from schemas.meters import MeterDefinition, WindowSize
@@ -81,7 +82,7 @@ def query_meter(
     if start is not None and end is not None and start >= end:
         raise Problem(422, "Invalid time range", "`from` must be before `to`.", kind="invalid-range")
     groups = _split(group_by)
-    with platform.db.transaction() as tx:
+    with metrics.VIEW_QUERY.labels("meters").time(), platform.db.transaction() as tx:
         definition = views.meter_definition(tx, slug)
         if definition is None:
             raise NotFound(f"meter {slug!r} not found")

@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import CallerDep, PlatformDep, TenantDep
 from api.problems import Problem
 from commands.errors import NotFound
+from commands.slos import PLATFORM
 from omni import metrics
 from omni.bootstrap import Platform
 from projections.quotas import (
@@ -39,8 +40,10 @@ from schemas.plans import (
     QuotaPublic,
     quantity_json,
 )
+from schemas.slos import SloAlertNotification
 from stores import plans as plan_store
 from stores import quotas as quota_store
+from stores import slos as slo_store
 from stores import views
 from streams.projectors import CATALOG_APPLIED
 from streams.quota_ledger import ConsumeRequest, QuotaLedger
@@ -292,24 +295,25 @@ async def get_quota(
 def list_notifications(
     platform: PlatformDep,
     principal: CallerDep,
-    tenant: Annotated[str | None, Query(description="Admin only: whose notifications")] = None,
+    tenant: Annotated[str | None, Query(description="Admin only: whose notifications (none: the platform SLOs')")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     before: Annotated[str | None, Query(description="The `next_before` of the previous page")] = None,
 ) -> NotificationList:
-    """The tenant's notifications (quota thresholds crossed), newest first."""
-    tenant_id = _tenant_of(principal, tenant)
+    """The tenant's notifications (quota thresholds crossed, SLO alerts fired and resolved), newest first."""
+    tenant_id = PLATFORM if principal.is_admin and tenant is None else _tenant_of(principal, tenant)
     cursor = None
     if before is not None:
         at, _, last_id = before.partition("~")
         if not at or not last_id:
             raise Problem(422, "Invalid cursor", "`before` must be a `next_before` from an earlier page.", kind="invalid-cursor")
         cursor = (at, last_id)
-    with platform.db.transaction() as tx:
+    with metrics.VIEW_QUERY.labels("notifications").time(), platform.db.transaction() as tx:
         rows = quota_store.notifications(tx, tenant_id, limit, cursor)
-    data = [
+        alerts = slo_store.alert_notifications(tx, tenant_id, limit, cursor)
+    found: list[NotificationPublic | SloAlertNotification] = [
         NotificationPublic(
             id=r[0],
-            type=r[2],
+            type=r[2],  # type: ignore[arg-type]
             tenant_id=r[1],
             meter=r[3],
             period=PeriodKey.parse(r[4]).label,
@@ -320,5 +324,19 @@ def list_notifications(
         )
         for r in rows
     ]
+    found += [
+        SloAlertNotification(
+            id=a[0],
+            type=a[2],
+            tenant_id=a[1],
+            slo=a[3],
+            version=a[4],
+            alert=a[5],
+            burn_rates=a[6],
+            occurred_at=a[7],  # type: ignore[arg-type]
+        )
+        for a in alerts
+    ]
+    data = sorted(found, key=lambda n: (n.occurred_at, n.id), reverse=True)[:limit]
     next_before = f"{data[-1].occurred_at}~{data[-1].id}" if len(data) == limit else None
     return NotificationList(data=data, next_before=next_before)

@@ -14,6 +14,7 @@ from api.relaying import run_command
 from commands.control_plane import Principal
 from commands.errors import NotFound
 from commands.slos import PLATFORM
+from omni import metrics
 from projections import slos as slo_view
 from schemas.cloudevents import Rfc3339Time
 from schemas.envelope import format_time
@@ -91,7 +92,7 @@ def get_slo(name: str, platform: PlatformDep, principal: CallerDep) -> SloStatus
     row = _row(platform, principal, name)
     end = slo_view.window_end(platform.clock())
     window = row.definition.window
-    with platform.db.transaction() as tx:
+    with metrics.VIEW_QUERY.labels("slos").time(), platform.db.transaction() as tx:
         counts = slo_store.counts(tx, slo_view.fold_id(row.owner, row.name, row.version), slo_view.spans(end, window))
     found = slo_view.report(end, counts, row.definition.objective, window)
     budget = found.budget
@@ -138,7 +139,7 @@ def slo_history(
         raise Problem(
             422, "Invalid time range", f"At most {MAX_HISTORY_POINTS} windows: widen `window_size`.", kind="invalid-range"
         )
-    with platform.db.transaction() as tx:
+    with metrics.VIEW_QUERY.labels("slo_history").time(), platform.db.transaction() as tx:
         found = slo_store.windows(tx, slo_view.fold_id(row.owner, row.name, row.version), start, end, size)
     points = []
     for at in range(start, end, size):

@@ -44,7 +44,7 @@ async def test_flushall_mid_storm_loses_nothing_and_passes_no_limit(kafka_omni: 
     assert facts.status_code == 202
     await omni.settle()
 
-    rebuilds = REGISTRY.get_sample_value("omni_quota_counter_rebuilds_total") or 0.0
+    rebuilds = REGISTRY.get_sample_value("omni_quota_ledger_rebuilds_total") or 0.0
     statuses: list[int] = []
     flushed = asyncio.Event()
 
@@ -64,7 +64,7 @@ async def test_flushall_mid_storm_loses_nothing_and_passes_no_limit(kafka_omni: 
 
     await asyncio.gather(*(consumer(n) for n in range(50)))
     assert flushed.is_set()
-    assert (REGISTRY.get_sample_value("omni_quota_counter_rebuilds_total") or 0.0) > rebuilds, "the counters were rebuilt"
+    assert (REGISTRY.get_sample_value("omni_quota_ledger_rebuilds_total") or 0.0) > rebuilds, "the counters were rebuilt"
     assert set(statuses) <= {200, 429, 503}, statuses
     accepted = statuses.count(200)
     # 300 consumes of 7 asked for 2,100 on top of the 200 the facts used: demand passed the limit.

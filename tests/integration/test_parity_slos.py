@@ -54,6 +54,14 @@ def slo_buckets(db: Database) -> dict[tuple[str, str, int], tuple[int, int]]:
     return {(slo, tenant, int(minute)): (int(good), int(total)) for slo, tenant, minute, good, total in rows}
 
 
+def alert_transitions(db: Database, owner: str, name: str) -> list[tuple[str, str, str, str]]:
+    with db.transaction() as tx:
+        rows = tx.execute(
+            "SELECT id, type, alert, occurred_at FROM slo_notifications WHERE tenant_id=? AND slo=? ORDER BY id", (owner, name)
+        )
+    return [tuple(r) for r in rows]  # type: ignore[misc]
+
+
 async def slos_caught_up(db: PostgresDatabase, log: KafkaLog) -> bool:
     ends = await log.end_offsets(log.topics.usage)
     with db.transaction() as tx:
@@ -105,6 +113,11 @@ async def test_embedded_runner_and_faust_worker_fold_identical_slo_buckets(
         got = {(tenant, minute): counts for (slo, tenant, minute), counts in embedded.items() if slo == key}
         assert want and got == want, name
         assert {g for g, _ in want.values()} != {0}, "some minutes have good events"
+    # A tenant's events are on one partition, in one order for both runners: so are its SLO's alerts.
+    for owner, name, _ in EARLY + LATE:
+        if owner != "_platform":
+            assert alert_transitions(sqlite_views, owner, name) == alert_transitions(views_db, owner, name), name
+    assert alert_transitions(sqlite_views, TENANTS[0], "mine"), "the tenant's SLO has fired"
     assert worker.stop() == 0
     await embedded_log.close()
     sqlite_views.close()

@@ -16,9 +16,11 @@ from tests.conftest import cloud_event
 from tests.integration.conftest import drop_schema, free_port
 from tests.integration.test_crash_points_kafka import ADMIN_HEADERS, Deployment, created_tenant, deployment, folded, retried
 from tests.integration.worker import WorkerProcess, wait_ready
+from tests.otlp import Receiver, otlp
+from tests.promtool import check_metrics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.redis]
-__all__ = ["deployment"]  # the fixture, shared with the crash-point tests
+__all__ = ["deployment", "otlp"]  # fixtures: shared with the crash-point tests; the OTLP receiver
 
 BATCHES, PER_BATCH = 5, 200
 THRESHOLDS = [25, 50, 75, 100]
@@ -31,7 +33,11 @@ def notices(database_url: str, schema: str) -> list[tuple[str, str, int]]:
 
 
 @pytest.mark.parametrize("deployment", [f"{failpoints.METERS_AFTER_COMMIT}=kill@3"], indirect=True)
-async def test_thresholds_are_notified_once_across_a_kill_and_a_replay(deployment: Deployment, tmp_path: Path) -> None:
+async def test_thresholds_are_notified_once_across_a_kill_and_a_replay(
+    deployment: Deployment, tmp_path: Path, otlp: Receiver
+) -> None:
+    for process in (deployment.api, deployment.worker):  # both export their spans to the test's receiver
+        process.env |= {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"}
     deployment.start()
     await wait_ready([deployment.api, deployment.worker], 90, "the API and the worker")
     tenant = deployment.call(lambda: created_tenant(deployment.url))
@@ -65,6 +71,39 @@ async def test_thresholds_are_notified_once_across_a_kill_and_a_replay(deploymen
     assert [t for _, _, t in first] == THRESHOLDS, "each threshold once, though a batch was folded twice"
     listed = deployment.call(lambda: httpx.get(deployment.url + "/v1/notifications", headers=key)).json()["data"]
     assert sorted(n["id"] for n in listed) == sorted(i for i, _, _ in first)
+
+    # Both processes' /metrics pass promtool's lint, with the pools, the produce and the fold's freshness.
+    api_metrics = httpx.get(deployment.url + "/metrics").text
+    worker_metrics = httpx.get(deployment.worker.url("/metrics")).text
+    check_metrics(api_metrics)
+    check_metrics(worker_metrics)
+    assert f'omni_log_records_produced_total{{topic="{deployment.topics.usage}"}}' in api_metrics
+    assert 'omni_db_pool_connections{pool="' in api_metrics and "omni_redis_pool_connections" in api_metrics
+    assert 'omni_views_lag_seconds{partition="' in worker_metrics and 'omni_db_pool_max_connections{pool="' in worker_metrics
+
+    # One trace from the client's request, through Kafka, into the worker's fold and its commit,
+    # exported by both processes with OTLP.
+    caller = "8bf92f3577b34da6a3ce929d0e0e4730"
+    traced = httpx.post(
+        deployment.url + "/v1/events",
+        json=cloud_event("traced", type_="call"),
+        headers={**key, "Content-Type": "application/cloudevents+json", "traceparent": f"00-{caller}-00f067aa0ba902b7-01"},
+        timeout=30,
+    )
+    assert traced.status_code == 202, traced.text
+    usage = deployment.topics.usage
+    deadline = time.monotonic() + 30
+    while True:
+        spans = {(s.service, s.name): s for s in otlp.received() if s.trace_id == caller}
+        if {("omni-worker", f"process {usage}"), ("omni-worker", "write views")} <= set(spans):
+            break
+        assert time.monotonic() < deadline, f"no worker span in the caller's trace: {sorted(spans)}"
+        time.sleep(0.1)
+    server, send = spans[("omni-api", "POST /v1/events")], spans[("omni-api", f"send {usage}")]
+    process, write = spans[("omni-worker", f"process {usage}")], spans[("omni-worker", "write views")]
+    assert (server.kind, send.kind, process.kind) == (2, 4, 5)  # server, producer, consumer
+    assert send.parent_span_id == server.span_id and process.parent_span_id == send.span_id
+    assert write.parent_span_id == process.span_id
 
     # A replay: the whole log folded again, by a new worker, into views of its own.
     deployment.worker.ensure_dead()
