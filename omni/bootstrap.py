@@ -35,6 +35,7 @@ from streams.notices import NoticesRelay
 from streams.outbox import OutboxRelay
 from streams.projectors import CATALOG_APPLIED
 from streams.quota_ledger import FactLedger, QuotaLedger
+from streams.replay import Replayer
 from streams.runner import Runner, build_runner
 
 log = logging.getLogger(__name__)
@@ -334,3 +335,38 @@ def build(settings: Settings) -> Platform:
         catalog=CatalogCache(control.recorder),
         quotas=quotas,
     )
+
+
+def build_replayer(settings: Settings, db: Database, log_: EventLog) -> Replayer:
+    """Replays (streams.replay) of the live views `db` from `log_`, folded as `build_runner` folds."""
+    from omni.audit_keys import signing_key
+
+    return Replayer(
+        log=log_,
+        live=db,
+        folder=settings.data_dir if settings.mode is Mode.EMBEDDED else None,
+        audit_key=lambda: signing_key(settings, db),
+        keep_seen=settings.acceptance_window + settings.future_tolerance,
+        batch_size=settings.runner_batch_size,
+        audit_every=settings.audit_checkpoint_every,
+    )
+
+
+def open_log_and_views(settings: Settings) -> tuple[EventLog, Database]:
+    """The log and the live views alone, as `build` opens them (for `omni replay`, beside a running platform)."""
+    topics = Topics(prefix=settings.topic_prefix, usage_partitions=settings.usage_partitions)
+    db: Database
+    log_: EventLog
+    if settings.mode is Mode.EMBEDDED:
+        from streams.embedded_log import EmbeddedLog
+
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        log_ = EmbeddedLog(settings.data_dir / "log.sqlite", topics)
+        db = SqliteDatabase(settings.data_dir / "views.sqlite")
+    else:
+        from streams.kafka_log import KafkaLog
+
+        log_ = KafkaLog(settings.kafka_bootstrap_servers, topics, produce_timeout=settings.produce_timeout_seconds)
+        db = PostgresDatabase(settings.database_url, schema=settings.database_schema)
+    db.migrate(schema.SCHEMA)
+    return log_, db
