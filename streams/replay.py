@@ -21,11 +21,15 @@ from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from schemas.envelope import recorded_time_of
+from projections.meter_state import BucketState
+from projections.meters import BucketKey, MeterIndex, apply
+from schemas.envelope import decode, recorded_time_of
+from schemas.meters import MeterDefinition
 from schemas.topics import Topics
 from stores import shadow as shadows
 from stores import views
-from stores.database import Database
+from stores.database import Database, SqliteDatabase
+from stores.schema import SCHEMA
 from streams.log import EventLog, LogRecord, Outgoing
 from streams.projectors import API_CALLS, AUDIT, CATALOG, METERS, AuditProjector, CatalogProjector, MeterProjector
 from streams.runner import Runner
@@ -254,3 +258,45 @@ class _Folding:
     def _checkpoints(self, consumer: str, topic: str) -> dict[int, int]:
         with self.db.transaction() as tx:
             return views.checkpoints(tx, consumer, topic)
+
+
+async def meter_as_of(log: EventLog, definition: MeterDefinition, tenant_id: str, as_of: datetime) -> Database:
+    """One tenant's buckets of one meter as the platform knew them at `as_of`: folded from the
+    records of the topics the meters fold that were recorded by then (whatever their event time),
+    each (source, id) once, into a store of their own in memory (close it after the query).
+
+    It reads those topics whole, so it costs time in proportion to the log (README, "Replay")."""
+    index = MeterIndex([definition])
+    deltas: dict[BucketKey, BucketState] = {}
+    seen: set[tuple[str, str, str]] = set()
+    for topic in (log.topics.usage, log.topics.api_calls):
+        ends = await log.end_offsets(topic)
+        for partition, end in sorted(ends.items()):
+            offset = 0
+            while offset < end:
+                records = await log.read(topic, partition, offset, 5000)
+                if not records:
+                    break
+                offset = records[-1].offset + 1
+                for record in records:
+                    moment = recorded_time_of(record.value)
+                    if moment is None or moment > as_of:
+                        continue
+                    try:
+                        event = decode(record.value)
+                    except (ValueError, KeyError, TypeError):
+                        continue  # dead-lettered by the folds too
+                    if event.tenant_id != tenant_id or event.type != definition.event_type or event.dedupe_key in seen:
+                        continue
+                    seen.add(event.dedupe_key)
+                    apply(deltas, index, event, record.offset)
+    db = SqliteDatabase(Path(":memory:"))
+    try:
+        db.migrate(SCHEMA)
+        with db.transaction() as tx:
+            views.add_meter_definition(tx, "_platform", definition, "as-of")
+            views.merge_buckets(tx, deltas)
+    except BaseException:
+        db.close()
+        raise
+    return db

@@ -178,3 +178,47 @@ def test_omni_replay_on_the_command_line_and_killed_midway(tmp_path: Path) -> No
         refused = cli.invoke(app, bad, env=env)
         assert refused.exit_code == 2 and "omni replay:" in refused.output, refused.output
     assert not list(settings.data_dir.glob("views.replay-*"))
+
+
+async def test_a_meter_as_of_an_instant_counts_only_the_events_recorded_by_then(omni: Omni) -> None:
+    await omni.meter(**TOKENS)
+    _, key = await omni.tenant()
+    an_hour_ago = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=1)
+    two_hours_ago = an_hour_ago - timedelta(hours=1)
+
+    async def send(*events: dict[str, Any]) -> datetime:
+        assert (await omni.send(key, list(events))).status_code == 202
+        return datetime.now(UTC)  # after the answer: these were recorded by then, the next ones after
+
+    before = datetime.now(UTC)
+    first = await send(
+        cloud_event("a", data={"tokens": 100}, time=an_hour_ago), cloud_event("b", data={"tokens": 20}, time=an_hour_ago)
+    )
+    second = await send(
+        cloud_event("c", data={"tokens": 3}, time=two_hours_ago), cloud_event("a", data={"tokens": 100}, time=an_hour_ago)
+    )
+    await send(cloud_event("d", data={"tokens": 4000}, time=an_hour_ago))
+    await omni.settle()
+
+    def total(rows: list[dict[str, Any]]) -> Decimal:
+        return sum((Decimal(str(row["value"])) for row in rows), Decimal(0))
+
+    def at(moment: datetime) -> str:
+        return moment.isoformat().replace("+00:00", "Z")
+
+    # By hand: a and b (120) were recorded by `first`; c (3) by `second` (a again is a duplicate); d after.
+    assert total(await omni.query(key, "tokens", as_of=at(first))) == 120
+    assert total(await omni.query(key, "tokens", as_of=at(second))) == 123
+    assert total(await omni.query(key, "tokens")) == 4123
+    assert await omni.query(key, "tokens", as_of=at(before)) == []
+    # `to` bounds event time instead: c happened first, however late it was recorded.
+    assert total(await omni.query(key, "tokens", to=at(an_hour_ago))) == 3
+    assert total(await omni.query(key, "tokens", to=at(an_hour_ago), as_of=at(first))) == 0
+    by_minute = await omni.query(key, "tokens", window_size="MINUTE", as_of=at(second))
+    assert [(row["window_start"], Decimal(str(row["value"]))) for row in by_minute] == [
+        (at(two_hours_ago), 3),
+        (at(an_hour_ago), 120),
+    ]
+    for bad in (at(datetime.now(UTC) + timedelta(minutes=5)), "2024-05-01T12:00:00", "yesterday"):
+        refused = await omni.client.get("/v1/meters/tokens/query", params={"as_of": bad}, headers=omni.auth(key))
+        assert refused.status_code == 422 and refused.headers["content-type"] == "application/problem+json", refused.text
