@@ -36,6 +36,7 @@ from streams.outbox import OutboxRelay
 from streams.projectors import CATALOG_APPLIED
 from streams.quota_ledger import FactLedger, QuotaLedger
 from streams.replay import Replayer
+from streams.replay_jobs import ReplayJobs
 from streams.runner import Runner, build_runner
 
 log = logging.getLogger(__name__)
@@ -110,9 +111,11 @@ class Platform:
     quotas: QuotaLedger | None = None  # where consume decides: the embedded log's file, or Redis
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))  # consume's time (tests set it)
     notices: NoticesRelay = field(init=False)
+    replays: ReplayJobs = field(init=False)
 
     def __post_init__(self) -> None:
         self.notices = NoticesRelay(self.control, self.db, self.relay.wake)
+        self.replays = ReplayJobs(build_replayer(self.settings, self.db, self.log), self.db)
 
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -256,6 +259,7 @@ class Platform:
 
     async def stop(self) -> None:
         self._stop.set()
+        await self.replays.close()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(task, timeout=5)

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from stores.database import Database, PostgresDatabase, SqliteDatabase, Tx
-from stores.schema import SCHEMA
 
 CATALOG, METERS, AUDIT = "catalog", "meters", "audit"  # the folds (see the module's docstring)
 
@@ -139,6 +138,8 @@ class Shadow:
 def open_shadow(live: Database, replay_id: str, *, folder: Path | None = None) -> Shadow:
     """A fresh, migrated shadow of `live`: `views.replay-<id>.sqlite` in `folder` (SQLite), or the
     schema `<live schema>_replay_<id>` (PostgreSQL)."""
+    from stores.schema import SCHEMA  # here: stores.schema holds stores.replays, which reads the folds here
+
     if not re.fullmatch(r"[a-z0-9]{1,16}", replay_id):
         raise ValueError(f"a replay id is 1 to 16 lowercase letters and digits, not {replay_id!r}")
     if isinstance(live, PostgresDatabase):

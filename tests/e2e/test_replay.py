@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -222,3 +223,55 @@ async def test_a_meter_as_of_an_instant_counts_only_the_events_recorded_by_then(
     for bad in (at(datetime.now(UTC) + timedelta(minutes=5)), "2024-05-01T12:00:00", "yesterday"):
         refused = await omni.client.get("/v1/meters/tokens/query", params={"as_of": bad}, headers=omni.auth(key))
         assert refused.status_code == 422 and refused.headers["content-type"] == "application/problem+json", refused.text
+
+
+async def test_replays_as_jobs_diff_swap_and_one_at_a_time_per_projection(omni: Omni) -> None:
+    await omni.meter(**TOKENS)
+    _, key = await omni.tenant()
+    assert (await omni.send(key, [cloud_event(f"e{i}", data={"tokens": i + 1}) for i in range(20)])).status_code == 202
+    await omni.settle()
+    admin = omni.auth(ADMIN)
+
+    async def replay(body: dict[str, Any]) -> dict[str, Any]:
+        started = await omni.client.post("/v1/admin/replays", json=body, headers=admin)
+        assert started.status_code == 202, started.text
+        job = started.json()
+        assert job["state"] in ("queued", "running", "done") and started.headers["location"] == f"/v1/admin/replays/{job['id']}"
+        deadline = time.monotonic() + 30
+        while job["state"] in ("queued", "running"):
+            assert time.monotonic() < deadline, job
+            await asyncio.sleep(0.02)  # the job runs on this event loop: give it turns
+            answer = await omni.client.get(f"/v1/admin/replays/{job['id']}", headers=admin)
+            assert answer.status_code == 200, answer.text
+            job = answer.json()
+        return job
+
+    same = await replay({"projections": ["meters"], "mode": "diff"})
+    assert same["state"] == "done" and same["differences"] == 0, same
+    assert same["progress"]["done"] == same["progress"]["total"] > 20 and same["events_per_second"] > 0
+    with omni.platform.db.transaction() as tx:
+        tx.execute("UPDATE meter_totals SET count = 99 WHERE meter = 'tokens'")
+        changed = len(tx.execute("SELECT 1 FROM meter_totals WHERE meter = 'tokens'"))
+    found = await replay({"projections": ["meters"], "mode": "diff"})
+    assert found["differences"] == 2 * changed and found["swapped"] is False
+    swapped = await replay({"projections": ["meters"], "mode": "swap"})
+    assert swapped["state"] == "done" and swapped["swapped"] is True and swapped["differences"] is None
+    assert (await replay({"projections": [], "mode": "diff"}))["differences"] == 0
+
+    # One at a time per projection: a job that holds the meters (queued, its process alive) refuses another.
+    held = omni.platform.replays.start(["meters"], Mode.SWAP)
+    busy = await omni.client.post("/v1/admin/replays", json={"projections": ["meters", "audit"]}, headers=admin)
+    assert busy.status_code == 409 and busy.headers["content-type"] == "application/problem+json", busy.text
+    assert held in busy.json()["detail"]
+    assert (await omni.client.post("/v1/admin/replays", json={"projections": ["quotas"], "mode": "swap"}, headers=admin)).status_code == 409  # fmt: skip
+    assert (await replay({"projections": ["audit"], "mode": "diff"}))["state"] == "done"  # another projection runs
+    with omni.platform.db.transaction() as tx:  # its process died: it stops beating
+        tx.execute("UPDATE replay_jobs SET beat_us = 0 WHERE id = ?", (held,))
+    dead = (await omni.client.get(f"/v1/admin/replays/{held}", headers=admin)).json()
+    assert dead["state"] == "failed" and "stopped" in dead["error"]
+    assert (await replay({"projections": ["meters"], "mode": "diff"}))["differences"] == 0
+
+    for bad in ({"projections": ["nope"]}, {"mode": "rebuild"}, {"projections": "meters"}, {"tenant_id": "x"}):
+        refused = await omni.client.post("/v1/admin/replays", json=bad, headers=admin)
+        assert refused.status_code == 422 and refused.headers["content-type"] == "application/problem+json", refused.text
+    assert (await omni.client.get("/v1/admin/replays/nope", headers=admin)).status_code == 404
