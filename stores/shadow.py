@@ -194,8 +194,8 @@ def columns(tx: Tx, table: str) -> list[str]:
 
 
 def _hashable(value: Any) -> Any:
-    if isinstance(value, list):  # PostgreSQL arrays
-        return tuple(_hashable(v) for v in value)
+    if isinstance(value, list):  # PostgreSQL arrays: a unique count's tokens are kept in no particular order
+        return tuple(sorted(_hashable(v) for v in value))
     if isinstance(value, memoryview):
         return bytes(value)
     return value

@@ -303,7 +303,7 @@ class MeterProjector:
                 self.ledger.add_facts(self.topic, partition, start, end, _facts_counter(live_meters, kept, start, usage))
             elif self.ledger is not None:
                 self.ledger.add_facts(self.topic, partition, start, end, lambda since: {})
-            views.merge_buckets(tx, deltas)
+            self._merge(tx, deltas)
             self.slos.fold_live(tx, partition, start, end, kept)
             views.set_checkpoint(tx, self.consumer, self.topic, partition, end)
             views.set_meter_checkpoints(tx, self.topic, partition, {slug: end for slug in live})
@@ -312,6 +312,10 @@ class MeterProjector:
         failpoints.hit(failpoints.METERS_AFTER_COMMIT)
         metrics.PROJECTED.labels(self.consumer).inc(len(fresh))
         return len(fresh)
+
+    def _merge(self, tx: Tx, deltas: dict[BucketKey, BucketState]) -> None:
+        """Write a batch's bucket deltas (a rebuild's fold may keep them for later: streams.bulk_meters)."""
+        views.merge_buckets(tx, deltas)
 
     def lagging(self) -> list[Lag]:
         """Meters that have not yet folded everything the partition checkpoint has passed."""

@@ -26,12 +26,14 @@ from projections.meters import BucketKey, MeterIndex, apply
 from schemas.envelope import decode, recorded_time_of
 from schemas.meters import MeterDefinition
 from schemas.topics import Topics
+from stores import plans as plan_store
 from stores import shadow as shadows
 from stores import views
 from stores.database import Database, SqliteDatabase
 from stores.schema import SCHEMA
+from streams.bulk_meters import CHUNK, BulkMeterProjector, Deferred
 from streams.log import EventLog, LogRecord, Outgoing
-from streams.projectors import API_CALLS, AUDIT, CATALOG, METERS, AuditProjector, CatalogProjector, MeterProjector
+from streams.projectors import API_CALLS, AUDIT, CATALOG, METERS, AuditProjector, CatalogProjector
 from streams.runner import Runner
 
 SWAP_TRIES = 20  # folds of the shadow towards a moving live view before a swap gives up
@@ -212,8 +214,11 @@ class Replayer:
     def _folding(self, source: ReadOnlyLog, db: Database, folds: set[str]) -> _Folding:
         topics = source.topics
         catalog = CatalogProjector(db, topics)
-        meters = MeterProjector(db, topics, keep_seen=self.keep_seen)
-        api_calls = MeterProjector(db, topics, keep_seen=self.keep_seen, topic=topics.api_calls, consumer=API_CALLS)
+        seen: dict[bytes, int] = {}  # the de-duplication memory of both topics' bulk folds
+        meters = BulkMeterProjector(db, topics, keep_seen=self.keep_seen, seen=seen)
+        api_calls = BulkMeterProjector(
+            db, topics, keep_seen=self.keep_seen, seen=seen, topic=topics.api_calls, consumer=API_CALLS
+        )
         # The catalog always: the meters fold only the meters it defines.
         sources: list[tuple[str, Folder]] = [(CATALOG, catalog)]
         if shadows.METERS in folds:
@@ -221,7 +226,8 @@ class Replayer:
         if shadows.AUDIT in folds:
             sources.append((AUDIT, AuditProjector(db, topics, self.audit_key(), every=self.audit_every)))
         runner = Runner(source, catalog, meters, batch_size=self.batch_size, api_calls=api_calls)  # for its catch-up
-        return _Folding(source, db, sources, runner if shadows.METERS in folds else None, self.batch_size)
+        chunks = {METERS: max(self.batch_size, CHUNK), API_CALLS: max(self.batch_size, CHUNK)}
+        return _Folding(source, db, sources, runner if shadows.METERS in folds else None, self.batch_size, chunks)
 
 
 @dataclass
@@ -231,29 +237,72 @@ class _Folding:
     sources: list[tuple[str, Folder]]
     runner: Runner | None  # catches up meters and SLOs defined after their events (with the meters)
     batch_size: int
+    chunks: dict[str, int] = field(default_factory=dict)  # records per read and fold, by consumer (else batch_size)
+    bulk_done: bool = False
 
     @property
     def topics(self) -> list[str]:
         return [folder.topic for _, folder in self.sources]
 
     async def drain(self, progress: Progress, on_progress: Callable[[Progress], None]) -> None:
-        """Fold until every source is at the end of its log (or of its cut)."""
+        """Fold until every source is at the end of its log (or of its cut). The first time, the
+        catalog goes first, then the meters in bulk (streams.bulk_meters), their buckets written
+        once at the end when no quota is in force; then everything, as the live runner does."""
+        bulk = [folder for _, folder in self.sources if isinstance(folder, BulkMeterProjector)]
+        if bulk and not self.bulk_done:
+            self.bulk_done = True
+            while await self._pass(self.sources[:1], progress, on_progress):
+                pass
+            quotas = await asyncio.to_thread(self._any_quota)
+            deferred = None if quotas else Deferred()
+            for folder in bulk:
+                folder.deferred = deferred
+            try:
+                while await self._pass([(c, f) for c, f in self.sources if f in bulk], progress, on_progress):
+                    if deferred is not None and deferred.full:
+                        await asyncio.to_thread(deferred.flush, self.db)
+                if deferred is not None:
+                    await asyncio.to_thread(deferred.flush, self.db)
+            finally:
+                for folder in bulk:
+                    folder.deferred = None
         while True:
-            moved = 0
-            for consumer, folder in self.sources:
-                heads = await asyncio.to_thread(self._checkpoints, consumer, folder.topic)
-                for partition in range(self.log.topics.partitions(folder.topic)):
-                    records = await self.log.read(folder.topic, partition, heads.get(partition, 0), self.batch_size)
-                    if records:
-                        folded = await asyncio.to_thread(folder.process, partition, records)
-                        moved += folded
-                        progress.done += folded
-                        progress.total = max(progress.total, progress.done)
-                        on_progress(progress)
+            moved = await self._pass(self.sources, progress, on_progress)
             if self.runner is not None:
                 moved += await self.runner.catch_up()
             if not moved:
                 return
+
+    async def _pass(self, sources: list[tuple[str, Folder]], progress: Progress, on_progress: Callable[[Progress], None]) -> int:
+        """One chunk from each partition of each source; how many records were folded."""
+        moved = 0
+        for consumer, folder in sources:
+            heads = await asyncio.to_thread(self._checkpoints, consumer, folder.topic)
+            size = self.chunks.get(consumer, self.batch_size)
+            for partition in range(self.log.topics.partitions(folder.topic)):
+                records = await self._read(folder.topic, partition, heads.get(partition, 0), size)
+                if records:
+                    folded = await asyncio.to_thread(folder.process, partition, records)
+                    moved += folded
+                    progress.done += folded
+                    progress.total = max(progress.total, progress.done)
+                    on_progress(progress)
+        return moved
+
+    def _any_quota(self) -> bool:
+        with self.db.transaction() as tx:
+            return plan_store.any_quota(tx)
+
+    async def _read(self, topic: str, partition: int, start: int, size: int) -> list[LogRecord]:
+        """Up to `size` records from `start`: reads until that many came or the partition ended."""
+        records: list[LogRecord] = []
+        while len(records) < size:
+            more = await self.log.read(topic, partition, start, size - len(records))
+            if not more:
+                break
+            records += more
+            start = more[-1].offset + 1
+        return records
 
     def _checkpoints(self, consumer: str, topic: str) -> dict[int, int]:
         with self.db.transaction() as tx:
