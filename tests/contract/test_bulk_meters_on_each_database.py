@@ -1,6 +1,6 @@
 """The rebuild's bulk meters fold (streams.bulk_meters) leaves exactly the views the streaming fold
-leaves, on SQLite and on PostgreSQL, for any events (duplicates, unreadable records, every
-aggregation, decimals of any scale) cut into any batches and chunks."""
+leaves, on SQLite and on PostgreSQL, for any events (duplicates, unreadable records, both envelope
+layouts, every aggregation, decimals of any scale) cut into any batches and chunks."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -57,6 +58,7 @@ events = st.lists(
             | st.sampled_from([Decimal("1"), Decimal("1.0"), Decimal("1.00"), Decimal(0)]),
             st.sampled_from(["small", "large", None]),
             st.sampled_from(["a", "b", "c"]),
+            st.booleans(),  # written by the code before layout 2 (schemas.envelope's upcaster reads it)
         ),
         st.just(None),  # a record that is not an envelope
     ),
@@ -70,7 +72,7 @@ def records(drawn: list[Any]) -> list[LogRecord]:
         if item is None:
             made.append(LogRecord(TOPICS.usage, 0, offset, "x", b"not an envelope"))
             continue
-        tenant, source_id, minute, subject, tokens, model, user = item
+        tenant, source_id, minute, subject, tokens, model, user, layout_1 = item
         moment = START + timedelta(minutes=minute, seconds=offset % 60)
         data = {"tokens": str(tokens) if offset % 2 else int(tokens) if tokens == tokens.to_integral() else str(tokens)}
         data |= {"model": model, "user": user}
@@ -78,8 +80,21 @@ def records(drawn: list[Any]) -> list[LogRecord]:
             id=f"id-{offset}", type="inference", tenant_id=tenant, source="gw", source_id=str(source_id),
             event_time=moment, recorded_time=moment, subject=subject or None, data=data,
         )  # fmt: skip
-        made.append(LogRecord(TOPICS.usage, 0, offset, tenant, encode(envelope)))
+        made.append(LogRecord(TOPICS.usage, 0, offset, tenant, layout_1_value(envelope) if layout_1 else encode(envelope)))
     return made
+
+
+def layout_1_value(envelope: Envelope) -> bytes:
+    """An envelope as layout 1 wrote it (tests/contract/test_projectors_on_each_database.py)."""
+    moment = envelope.event_time.isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return orjson.dumps(
+        {
+            "id": envelope.id, "type": envelope.type, "schema_version": 1, "tenant_id": envelope.tenant_id,
+            "source": envelope.source, "source_id": envelope.source_id, "subject": envelope.subject, "data_subject_id": None,
+            "event_time": moment, "recorded_time": moment, "actor": {"key_id": "k1", "ip": "10.0.0.1", "user_agent": "x"},
+            "traceparent": None, "extensions": {}, "data": envelope.data,
+        }
+    )  # fmt: skip
 
 
 def rows(db: Database) -> dict[str, list[str]]:
