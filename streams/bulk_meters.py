@@ -79,11 +79,15 @@ class BulkMeterProjector(MeterProjector):
         keep_seen: timedelta,
         seen: dict[bytes, int],
         deferred: Deferred | None = None,
+        remember: bool = True,
         topic: str | None = None,
         consumer: str = METERS,
     ) -> None:
         super().__init__(db, topics, keep_seen=keep_seen, topic=topic, consumer=consumer)
         self.seen = seen
+        # Whether the store keeps the de-duplication memory (seen_digests): a live fold going on from
+        # this store needs it (a swap); views only compared or read as of a moment do not.
+        self.remember = remember
         self.deferred = deferred  # shared by the topics' projectors; None: each chunk merges its buckets
         self.broken = False
 
@@ -119,7 +123,7 @@ class BulkMeterProjector(MeterProjector):
             seen[digest] = until
             fresh.append((digest, until))
             kept.append((record, event))
-        if fresh:
+        if fresh and self.remember:
             tx.copy_rows("seen_digests", ("digest", "keep_until"), fresh)
         if dropped:
             log.warning("dropped %d duplicate records on %s/%d", len(dropped), self.topic, partition)

@@ -11,6 +11,7 @@ them as they were (and its shadow behind, removed by the next replay of the same
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -175,7 +176,7 @@ class Replayer:
         keep = request.keep or (request.mode is Mode.BUILD)
         try:
             source = ReadOnlyLog(self.log, request.until)
-            folding = self._folding(source, shadow.db, {f.name for f in folds})
+            folding = self._folding(source, shadow.db, {f.name for f in folds}, swap=request.mode is Mode.SWAP)
             progress.total = sum([sum((await source.end_offsets(topic)).values()) for topic in folding.topics])
             progress.started = time.monotonic()
             on_progress(progress)
@@ -211,7 +212,7 @@ class Replayer:
             else:
                 await asyncio.to_thread(shadow.drop)
 
-    def _folding(self, source: ReadOnlyLog, db: Database, folds: set[str]) -> _Folding:
+    def _folding(self, source: ReadOnlyLog, db: Database, folds: set[str], *, swap: bool) -> _Folding:
         topics = source.topics
         catalog = CatalogProjector(db, topics)
         seen: dict[bytes, int] = {}  # the de-duplication memory of both topics' bulk folds
@@ -257,6 +258,10 @@ class _Folding:
             deferred = None if quotas else Deferred()
             for folder in bulk:
                 folder.deferred = deferred
+            # The fold keeps millions of small tuples alive (the buckets, the digests seen): the cyclic
+            # collector would walk them all again at every full collection, for nothing to free.
+            collecting = gc.isenabled()
+            gc.disable()
             try:
                 while await self._pass([(c, f) for c, f in self.sources if f in bulk], progress, on_progress):
                     if deferred is not None and deferred.full:
@@ -264,6 +269,8 @@ class _Folding:
                 if deferred is not None:
                     await asyncio.to_thread(deferred.flush, self.db)
             finally:
+                if collecting:
+                    gc.enable()
                 for folder in bulk:
                     folder.deferred = None
         while True:

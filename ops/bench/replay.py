@@ -160,7 +160,7 @@ async def rebuild(log: KafkaLog, schema: str, batch: int) -> tuple[float, int]:
 
 async def replay_meters(log: KafkaLog, schema: str, batch: int) -> tuple[float, int]:
     """Seconds `omni replay meters` (streams.replay) takes to rebuild the meters into a shadow of
-    an empty views schema; and how many distinct events its shadow holds."""
+    an empty views schema; and how many events its shadow's meter counts."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from omni.runtime import tune_collector
@@ -184,7 +184,10 @@ async def replay_meters(log: KafkaLog, schema: str, batch: int) -> tuple[float, 
         shadow = reopen(live, outcome.kept)
         try:
             with shadow.db.transaction() as tx:
-                total = tx.execute("SELECT count(*) FROM seen_digests")[0][0]
+                total = tx.execute(
+                    "SELECT sum(count) FROM meter_totals WHERE meter = ? AND resolution = (SELECT max(resolution) FROM meter_totals)",
+                    (METER["slug"],),
+                )[0][0]
         finally:
             shadow.drop()
     finally:

@@ -144,7 +144,7 @@ class _nothing:
         return None
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(drawn=events, batch=st.integers(1, 6), chunk=st.integers(1, 50), deferred=st.booleans())
 def test_the_bulk_fold_leaves_the_views_the_streaming_fold_leaves(
     two: tuple[Database, Database], drawn: list[Any], batch: int, chunk: int, deferred: bool
