@@ -35,6 +35,8 @@ from streams.notices import NoticesRelay
 from streams.outbox import OutboxRelay
 from streams.projectors import CATALOG_APPLIED
 from streams.quota_ledger import FactLedger, QuotaLedger
+from streams.replay import Replayer
+from streams.replay_jobs import ReplayJobs
 from streams.runner import Runner, build_runner
 
 log = logging.getLogger(__name__)
@@ -109,9 +111,11 @@ class Platform:
     quotas: QuotaLedger | None = None  # where consume decides: the embedded log's file, or Redis
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))  # consume's time (tests set it)
     notices: NoticesRelay = field(init=False)
+    replays: ReplayJobs = field(init=False)
 
     def __post_init__(self) -> None:
         self.notices = NoticesRelay(self.control, self.db, self.relay.wake)
+        self.replays = ReplayJobs(build_replayer(self.settings, self.db, self.log), self.db)
 
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -255,6 +259,7 @@ class Platform:
 
     async def stop(self) -> None:
         self._stop.set()
+        await self.replays.close()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(task, timeout=5)
@@ -337,3 +342,38 @@ def build(settings: Settings) -> Platform:
         catalog=CatalogCache(control.recorder),
         quotas=quotas,
     )
+
+
+def build_replayer(settings: Settings, db: Database, log_: EventLog) -> Replayer:
+    """Replays (streams.replay) of the live views `db` from `log_`, folded as `build_runner` folds."""
+    from omni.audit_keys import signing_key
+
+    return Replayer(
+        log=log_,
+        live=db,
+        folder=settings.data_dir if settings.mode is Mode.EMBEDDED else None,
+        audit_key=lambda: signing_key(settings, db),
+        keep_seen=settings.acceptance_window + settings.future_tolerance,
+        batch_size=settings.runner_batch_size,
+        audit_every=settings.audit_checkpoint_every,
+    )
+
+
+def open_log_and_views(settings: Settings) -> tuple[EventLog, Database]:
+    """The log and the live views alone, as `build` opens them (for `omni replay`, beside a running platform)."""
+    topics = Topics(prefix=settings.topic_prefix, usage_partitions=settings.usage_partitions)
+    db: Database
+    log_: EventLog
+    if settings.mode is Mode.EMBEDDED:
+        from streams.embedded_log import EmbeddedLog
+
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        log_ = EmbeddedLog(settings.data_dir / "log.sqlite", topics)
+        db = SqliteDatabase(settings.data_dir / "views.sqlite")
+    else:
+        from streams.kafka_log import KafkaLog
+
+        log_ = KafkaLog(settings.kafka_bootstrap_servers, topics, produce_timeout=settings.produce_timeout_seconds)
+        db = PostgresDatabase(settings.database_url, schema=settings.database_schema)
+    db.migrate(schema.SCHEMA)
+    return log_, db

@@ -250,6 +250,30 @@ def _stored_slos(settings: Settings) -> list[Any]:
     return [SloSpec(r.owner, r.name, r.definition) for r in rows]
 
 
+@app.command()
+def replay(
+    projections: Annotated[
+        list[str] | None, typer.Argument(help="Projections to rebuild (meters quotas invoices slos audit catalog; none: all)")
+    ] = None,
+    diff: Annotated[
+        bool, typer.Option("--diff", help="Report every row that differs from the live views (exit 1 if any)")
+    ] = False,
+    swap: Annotated[bool, typer.Option("--swap", help="Make the rebuilt views live, atomically")] = False,
+    until: Annotated[
+        str | None, typer.Option(help="Only what the log held at this moment (RFC 3339): the point-in-time views")
+    ] = None,
+    keep: Annotated[bool, typer.Option("--keep", help="Keep the shadow store afterwards, and say where")] = False,
+) -> None:
+    """Rebuild projections from the start of the log into a shadow store; then diff or swap (README, "Replay")."""
+    import asyncio
+
+    from omni.replay_cli import run_replay
+
+    settings = Settings()
+    logs.configure(settings.log_level)
+    raise typer.Exit(asyncio.run(run_replay(settings, projections or [], diff=diff, swap=swap, until=until, keep=keep)))
+
+
 @app.command("admin-key")
 def show_admin_key() -> None:
     """Print the admin key (OMNI_ADMIN_KEY, or the one `omni serve` generated in the data directory)."""

@@ -313,3 +313,24 @@ def _from_layout_1(body: dict[str, Any], version: int) -> Envelope:
         extensions=body.get("extensions") or {},
         data=body.get("data"),
     )
+
+
+class _Recorded(msgspec.Struct):
+    """Only when a record was recorded, in either layout (replays cut the log at a moment)."""
+
+    recordedtime: datetime | None = None  # this layout
+    recorded_time: datetime | None = None  # layout 1
+
+
+_RECORDED = msgspec.json.Decoder(_Recorded)
+
+
+def recorded_time_of(raw: bytes) -> datetime | None:
+    """When the record's event was recorded, read without decoding the rest; None if it is not an
+    envelope (such a record is dead-lettered by the folds, whenever it came)."""
+    try:
+        found = _RECORDED.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    moment = found.recordedtime or found.recorded_time
+    return moment if moment is not None and moment.tzinfo is not None else None

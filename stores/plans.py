@@ -102,6 +102,11 @@ def quotas_of(tx: Tx, tenant_id: str) -> dict[str, Quota]:
     return in_effect(plan_slug, found[3] if found else [], [Entitlement.from_stored(orjson.loads(r[0])) for r in overrides])
 
 
+def any_quota(tx: Tx) -> bool:
+    """Whether any plan has an entitlement or any tenant an override (else no threshold can be crossed)."""
+    return any(row[3] for row in plans(tx)) or bool(tx.execute("SELECT 1 FROM quota_overrides LIMIT 1"))
+
+
 def quotas_on(tx: Tx, tenant_ids: Iterable[str], meters: Iterable[str]) -> dict[tuple[str, str], Quota]:
     """Each (tenant, meter) among those given that has a quota: what the threshold fold needs, per
     batch. A few statements whatever the number of tenants; two when no plan or override names

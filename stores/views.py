@@ -417,6 +417,40 @@ def _group_values(group_key: str) -> list[str]:
     return [orjson.dumps(values[k]).decode() for k in sorted(values)]
 
 
+def append_buckets(tx: Tx, deltas: Mapping[BucketKey, BucketState]) -> None:
+    """Write minute buckets and their roll-ups into tables that hold none of their rows yet (a
+    rebuild's first write): the rows merge_buckets would leave there, appended in bulk (COPY)."""
+    levels = roll_ups(deltas)
+    windows = [
+        ((k.tenant_id, k.meter, r, k.window_start, k.subject, k.group_key), s)
+        for r, level in levels.items()
+        for k, s in level.items()
+    ]
+    overall = [((k.tenant_id, k.meter, r, k.window_start), s) for r, level in levels.items() for k, s in totals(level).items()]
+    if tx.dialect == "postgres":
+        # COPY's text format: arrays as array literals, the group values' built once per group key.
+        literals: dict[str, str] = {}
+        for key, _ in windows:
+            if key[5] not in literals:
+                literals[key[5]] = _array_literal(_group_values(key[5]))
+        tx.copy_rows(
+            "meter_windows",
+            _POSTGRES_COLUMNS["meter_windows"],
+            ((*key, literals[key[5]], *_values(state, _array_literal)) for key, state in windows),
+        )
+        tx.copy_rows(
+            "meter_totals", _POSTGRES_COLUMNS["meter_totals"], ((*key, *_values(state, _array_literal)) for key, state in overall)
+        )
+        return
+    for table, keyed in (("meter_windows", windows), ("meter_totals", overall)):
+        tx.copy_rows(table, (*_KEYS[table], *_VALUES), ((*key, *_values(state)) for key, state in keyed))
+
+
+def _array_literal(texts: Sequence[str]) -> str:
+    """A PostgreSQL text[] literal: every element quoted, with its backslashes and quotes escaped."""
+    return "{" + ",".join('"' + t.replace("\\", "\\\\").replace('"', '\\"') + '"' for t in texts) + "}"
+
+
 def merge_buckets(tx: Tx, deltas: Mapping[BucketKey, BucketState]) -> None:
     """stored := stored ⊕ delta for every touched minute bucket, and for its hour, day and totals rows."""
     if not deltas:

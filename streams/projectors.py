@@ -315,7 +315,7 @@ class MeterProjector:
                 self.ledger.add_facts(self.topic, partition, start, end, lambda since: {})
             # `write views` ends after the commit: the ExitStack is left after the transaction.
             writing.enter_context(trace.use_span(tracing.write_span(), end_on_exit=True))
-            views.merge_buckets(tx, deltas)
+            self._merge(tx, deltas)
             self.slos.fold_live(tx, partition, start, end, kept)
             views.set_checkpoint(tx, self.consumer, self.topic, partition, end)
             views.set_meter_checkpoints(tx, self.topic, partition, {slug: end for slug in live})
@@ -328,6 +328,10 @@ class MeterProjector:
             newest = kept[-1][1]
             metrics.FRESHNESS.folded(self.consumer, partition, newest.recorded_time.timestamp(), newest.event_time.timestamp())
         return len(fresh)
+
+    def _merge(self, tx: Tx, deltas: dict[BucketKey, BucketState]) -> None:
+        """Write a batch's bucket deltas (a rebuild's fold may keep them for later: streams.bulk_meters)."""
+        views.merge_buckets(tx, deltas)
 
     def lagging(self) -> list[Lag]:
         """Meters that have not yet folded everything the partition checkpoint has passed."""

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
+from anyio import from_thread
 from fastapi import APIRouter, Query, Request
 
 from api.deps import AdminDep, CallerDep, PlatformDep, TenantDep, command_context
@@ -12,10 +13,13 @@ from api.problems import ExactJSONResponse, Problem
 from api.relaying import run_command
 from commands.errors import NotFound
 from omni import metrics
+from projections.meter_query import MeterRow
 from schemas.api import MeterList, MeterQueryResult
 from schemas.cloudevents import Rfc3339Time
 from schemas.meters import MeterDefinition, WindowSize
 from stores import views
+from stores.database import Tx
+from streams.replay import meter_as_of
 
 router = APIRouter(prefix="/v1/meters", tags=["meters"])
 
@@ -73,14 +77,23 @@ def query_meter(
     subject: Annotated[
         list[str], Query(description="Only these subjects: repeat it for several (taken whole: a subject may hold a comma)")
     ] = [],  # noqa: B006
+    as_of: Annotated[
+        Rfc3339Time | None,
+        Query(
+            description="Answer as the platform knew it at this instant: only events recorded by then count "
+            "(`to` bounds event time instead). Read from the log, so it takes longer the longer the log"
+        ),
+    ] = None,
 ) -> ExactJSONResponse:
     """The caller's usage on one meter, per window and group."""
-    for name, moment in (("from", from_), ("to", to)):
+    for name, moment in (("from", from_), ("to", to), ("as_of", as_of)):
         if moment is not None and moment.tzinfo is None:
             raise Problem(422, "Invalid time range", f"`{name}` needs a time zone offset (e.g. Z).", kind="invalid-range")
     start, end = _whole_minute("from", from_), _whole_minute("to", to)
     if start is not None and end is not None and start >= end:
         raise Problem(422, "Invalid time range", "`from` must be before `to`.", kind="invalid-range")
+    if as_of is not None and as_of > datetime.now(UTC):
+        raise Problem(422, "Invalid as_of", "`as_of` is in the future: the platform cannot know it yet.", kind="invalid-as-of")
     groups = _split(group_by)
     with metrics.VIEW_QUERY.labels("meters").time(), platform.db.transaction() as tx:
         definition = views.meter_definition(tx, slug)
@@ -95,17 +108,29 @@ def query_meter(
                 kind="unknown-group-by",
             )
         subjects = [s for s in dict.fromkeys(subject) if s]  # an empty `subject=` filters nothing, as before
-        rows = views.query_meter(
-            tx,
-            principal.tenant_id or "",
-            definition,
-            start=from_,
-            end=to,
-            window_size=window_size,
-            group_by=list(dict.fromkeys(g for g in groups if g != "subject")),
-            by_subject="subject" in groups or len(subjects) == 1,
-            subjects=subjects,
-        )
+
+        def query(tx: Tx) -> list[MeterRow]:
+            return views.query_meter(
+                tx,
+                principal.tenant_id or "",
+                definition,
+                start=from_,
+                end=to,
+                window_size=window_size,
+                group_by=list(dict.fromkeys(g for g in groups if g != "subject")),
+                by_subject="subject" in groups or len(subjects) == 1,
+                subjects=subjects,
+            )
+
+        if as_of is None:
+            rows = query(tx)
+    if as_of is not None:  # the buckets as they stood then, folded from the log into a store of their own
+        past = from_thread.run(meter_as_of, platform.log, definition, principal.tenant_id or "", as_of)
+        try:
+            with past.transaction() as past_tx:
+                rows = query(past_tx)
+        finally:
+            past.close()
     body: dict[str, Any] = {
         "meter": slug,
         "aggregation": definition.aggregation.value,

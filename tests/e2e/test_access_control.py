@@ -73,6 +73,9 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/v1/slos"): EITHER,
     ("GET", "/v1/slos/{name}"): EITHER,
     ("GET", "/v1/slos/{name}/history"): EITHER,
+    # Replays rebuild every tenant's views from the log: the operator's alone.
+    ("POST", "/v1/admin/replays"): ADMIN_ONLY,
+    ("GET", "/v1/admin/replays/{replay_id}"): ADMIN_ONLY,
 }
 
 
@@ -111,6 +114,8 @@ def request_body(method: str, path: str) -> dict[str, Any]:
                 "window": "7d",
             }
         }
+    if (method, path) == ("POST", "/v1/admin/replays"):
+        return {"json": {"projections": ["catalog"], "mode": "diff"}}
     if method == "POST" and path.startswith("/v1/invoices/"):
         return {"json": {"reason": "acl"}}
     if method == "POST":
@@ -130,7 +135,7 @@ async def tenant_with_a_meter(omni: Omni) -> tuple[dict[str, str], str]:
     await omni.meter(slug="calls", event_type="call", aggregation="COUNT")
     await omni.settle()
     ids = {"tenant_id": tenant_id, "key_id": key.split("_")[1], "slug": "calls", "meter": "calls", "period": "2020-01"}
-    return {**ids, "invoice_id": str(uuid.uuid4()), "name": "acl-slo"}, key
+    return {**ids, "invoice_id": str(uuid.uuid4()), "name": "acl-slo", "replay_id": "0123456789ab"}, key
 
 
 async def test_every_route_is_classified(omni: Omni) -> None:

@@ -1,0 +1,302 @@
+"""Shadow view stores for replays (README, "Replay"): where a replay folds, how it differs from
+the live views, and how it becomes them.
+
+A shadow is a database of its own: a separate SQLite file beside the live views (embedded mode),
+or a separate PostgreSQL schema in the same database (Kafka mode). Nothing here touches the log.
+
+Projections are named as users know them (meters, quotas, invoices, slos, audit, catalog); each
+names the view tables `--diff` compares. The tables are written by three folds, each committing
+its tables and its offsets together (streams.projectors): the catalog (control topic), the
+meters (usage and api_calls topics; SLO minutes and quota notifications too) and the audit
+chains. A swap can only move a fold's tables together with its offsets, so `--swap` of a
+projection makes live every table of the folds it needs.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import sqlite3
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from stores.database import Database, PostgresDatabase, SqliteDatabase, Tx
+
+CATALOG, METERS, AUDIT = "catalog", "meters", "audit"  # the folds (see the module's docstring)
+
+
+@dataclass(frozen=True, slots=True)
+class Fold:
+    """One fold's share of the views: its consumers' offsets, its tables, and its rows of shared ones."""
+
+    name: str
+    consumers: tuple[str, ...]  # its rows of `checkpoints` and `dead_letters`
+    tables: tuple[str, ...]  # the tables it alone writes (replaced whole by a swap)
+    relay_positions: tuple[str, ...] = ()  # its rows of `relay_positions`
+
+
+FOLDS: dict[str, Fold] = {
+    CATALOG: Fold(
+        CATALOG,
+        ("catalog",),
+        (
+            "tenants",
+            "api_keys",
+            "meter_definitions",
+            "plans",
+            "plan_versions",
+            "quota_overrides",
+            "invoices",
+            "billing_periods",
+            "stripe_customers",
+            "stripe_invoices",
+            "slos",
+        ),
+        ("catalog-applied",),
+    ),
+    METERS: Fold(
+        METERS,
+        ("meters", "api-calls"),
+        (
+            "meter_windows",
+            "meter_totals",
+            "meter_offsets",
+            "seen_digests",
+            "dropped_records",
+            "slo_offsets",
+            "slo_minutes",
+            "slo_alerts",
+            "slo_notifications",
+        ),
+    ),
+    AUDIT: Fold(AUDIT, ("audit",), ("audit_entries", "audit_heads", "audit_checkpoints", "audit_trees")),
+}
+# Threshold notifications are written by the catalog's fold (a quota changed) and the meters' (usage
+# crossed one): swapped with either. Whether each was recorded (sent) is kept from the live views.
+NOTIFICATIONS = "notifications"
+# Tables of notices the notices relay records (sent) and marks `recorded`: a swap keeps those marks.
+SENT = (NOTIFICATIONS, "slo_notifications")
+
+
+@dataclass(frozen=True, slots=True)
+class Projection:
+    name: str
+    tables: tuple[str, ...]  # the views `--diff` compares
+    folds: tuple[str, ...]  # what a swap replaces
+
+
+PROJECTIONS: dict[str, Projection] = {
+    p.name: p
+    for p in (
+        Projection("meters", ("meter_windows", "meter_totals"), (METERS,)),
+        Projection("quotas", ("plans", "plan_versions", "quota_overrides", NOTIFICATIONS), (CATALOG, METERS)),
+        Projection("invoices", ("invoices", "billing_periods", "stripe_customers", "stripe_invoices"), (CATALOG,)),
+        Projection("slos", ("slos", "slo_minutes", "slo_alerts", "slo_notifications"), (CATALOG, METERS)),
+        Projection("audit", ("audit_entries", "audit_heads", "audit_checkpoints", "audit_trees"), (AUDIT,)),
+        Projection("catalog", ("tenants", "api_keys", "meter_definitions"), (CATALOG,)),
+    )
+}
+# Columns no replay can know: whether the notices relay has sent a notification yet.
+UNCOMPARED = {table: ("recorded",) for table in SENT}
+SWAP_CHUNK = 10_000
+
+
+class UnknownProjection(ValueError):
+    """A projection name that is not one of PROJECTIONS."""
+
+
+def chosen(names: Iterable[str]) -> list[Projection]:
+    """The projections named (every one when none is), in PROJECTIONS' order; UnknownProjection otherwise."""
+    wanted = list(dict.fromkeys(names))
+    unknown = [name for name in wanted if name not in PROJECTIONS]
+    if unknown:
+        raise UnknownProjection(f"unknown projection {', '.join(map(repr, unknown))}; known: {', '.join(PROJECTIONS)}")
+    return [p for name, p in PROJECTIONS.items() if not wanted or name in wanted]
+
+
+def folds_of(projections: Sequence[Projection]) -> list[Fold]:
+    names = {fold for p in projections for fold in p.folds}
+    return [fold for name, fold in FOLDS.items() if name in names]
+
+
+def new_id() -> str:
+    return secrets.token_hex(6)
+
+
+@dataclass(frozen=True, slots=True)
+class Shadow:
+    """Where one replay folds: `db`, and how to find it again (`file` or `schema`)."""
+
+    db: Database
+    file: Path | None = None
+    schema: str | None = None
+
+    def drop(self) -> None:
+        """Close and remove the shadow (its file, or its schema)."""
+        if isinstance(self.db, PostgresDatabase) and self.schema is not None:
+            with self.db.transaction() as tx:
+                tx.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
+        self.db.close()
+        if self.file is not None:
+            for path in (self.file, Path(f"{self.file}-wal"), Path(f"{self.file}-shm")):
+                path.unlink(missing_ok=True)
+
+
+def open_shadow(live: Database, replay_id: str, *, folder: Path | None = None) -> Shadow:
+    """A fresh, migrated shadow of `live`: `views.replay-<id>.sqlite` in `folder` (SQLite), or the
+    schema `<live schema>_replay_<id>` (PostgreSQL)."""
+    from stores.schema import SCHEMA  # here: stores.schema holds stores.replays, which reads the folds here
+
+    if not re.fullmatch(r"[a-z0-9]{1,16}", replay_id):
+        raise ValueError(f"a replay id is 1 to 16 lowercase letters and digits, not {replay_id!r}")
+    if isinstance(live, PostgresDatabase):
+        schema = f"{live.schema[:40]}_replay_{replay_id}"
+        db: Database = PostgresDatabase(live.url, schema=schema, max_size=2)
+        with db.transaction() as tx:  # left over by a replay that died at the same id: start afresh
+            tx.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        db.migrate(SCHEMA)
+        return Shadow(db, schema=schema)
+    if folder is None:
+        raise ValueError("an SQLite shadow needs the folder of the live views")
+    file = folder / f"views.replay-{replay_id}.sqlite"
+    for path in (file, Path(f"{file}-wal"), Path(f"{file}-shm")):
+        path.unlink(missing_ok=True)
+    db = SqliteDatabase(file)
+    db.migrate(SCHEMA)
+    return Shadow(db, file=file)
+
+
+def reopen(live: Database, kept: str) -> Shadow:
+    """A shadow a replay kept (`kept`: its schema, or its file), to read or drop."""
+    if isinstance(live, PostgresDatabase):
+        if not re.fullmatch(r"[a-z0-9_]{1,63}", kept) or "_replay_" not in kept:
+            raise ValueError(f"not a replay's schema: {kept!r}")
+        return Shadow(PostgresDatabase(live.url, schema=kept, max_size=2), schema=kept)
+    file = Path(kept)
+    if not file.name.startswith("views.replay-") or not file.exists():
+        raise ValueError(f"not a replay's file: {kept!r}")
+    return Shadow(SqliteDatabase(file), file=file)
+
+
+# --- comparing ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    table: str
+    side: str  # "live": a row only the live views hold; "replay": one only the replay holds
+    row: tuple[Any, ...]
+
+
+def columns(tx: Tx, table: str) -> list[str]:
+    if tx.dialect == "postgres":
+        rows = tx.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+            "AND table_name = ? ORDER BY ordinal_position",
+            (table,),
+        )
+    else:
+        rows = [(row[1],) for row in tx.execute(f"PRAGMA table_info({table})")]
+    return [str(row[0]) for row in rows]
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, list):  # PostgreSQL arrays: a unique count's tokens are kept in no particular order
+        return tuple(sorted(_hashable(v) for v in value))
+    if isinstance(value, memoryview):
+        return bytes(value)
+    return value
+
+
+def _rows(db: Database, table: str) -> tuple[list[str], Counter[tuple[Any, ...]]]:
+    with db.transaction() as tx:
+        names = [c for c in columns(tx, table) if c not in UNCOMPARED.get(table, ())]
+        rows = tx.execute(f"SELECT {', '.join(names)} FROM {table}")
+    return names, Counter(tuple(_hashable(v) for v in row) for row in rows)
+
+
+def diff(live: Database, shadow: Database, tables: Iterable[str]) -> list[Difference]:
+    """Every row that is in one store and not the other (as many times as it is missing), table
+    by table, in a stable order."""
+    found: list[Difference] = []
+    for table in dict.fromkeys(tables):
+        _, ours = _rows(live, table)
+        _, theirs = _rows(shadow, table)
+        for side, rows in (("live", ours - theirs), ("replay", theirs - ours)):
+            for row in sorted(rows.elements(), key=repr):
+                found.append(Difference(table, side, row))
+    return found
+
+
+# --- swapping ----------------------------------------------------------------------------------
+
+
+class ShadowBehind(Exception):
+    """The live views have folded further than the shadow: fold the shadow on, then swap again."""
+
+
+def _offsets(tx: Tx, consumers: Sequence[str]) -> dict[tuple[str, str, int], int]:
+    marks = ", ".join("?" for _ in consumers)
+    rows = tx.execute(f"SELECT consumer, topic, partition, next_offset FROM checkpoints WHERE consumer IN ({marks})", consumers)
+    return {(str(c), str(t), int(p)): int(o) for c, t, p, o in rows}
+
+
+def _swapped_rows(folds: Sequence[Fold]) -> list[tuple[str, str, tuple[str, ...]]]:
+    """(table, WHERE clause, its parameters) of every row a swap of `folds` replaces."""
+    consumers = tuple(c for fold in folds for c in fold.consumers)
+    marks = ", ".join("?" for _ in consumers)
+    parts: list[tuple[str, str, tuple[str, ...]]] = [(t, "", ()) for fold in folds for t in fold.tables]
+    if {CATALOG, METERS} & {fold.name for fold in folds}:
+        parts.append((NOTIFICATIONS, "", ()))
+    parts.append(("checkpoints", f"WHERE consumer IN ({marks})", consumers))
+    parts.append(("dead_letters", f"WHERE consumer IN ({marks})", consumers))
+    positions = tuple(name for fold in folds for name in fold.relay_positions)
+    if positions:
+        parts.append(("relay_positions", f"WHERE name IN ({', '.join('?' for _ in positions)})", positions))
+    return parts
+
+
+def swap(live: Database, shadow: Shadow, folds: Sequence[Fold]) -> None:
+    """Make the shadow's rows of `folds` the live ones, in one transaction of the live views: their
+    readers see the old rows or the new, never a mix, and the live folds wait (they lock their
+    checkpoints first) and go on from the shadow's offsets. ShadowBehind (nothing changed) when
+    the live folds are past the shadow's offsets anywhere: they would skip what lies between."""
+    consumers = tuple(c for fold in folds for c in fold.consumers)
+    with shadow.db.transaction() as stx:
+        theirs = _offsets(stx, consumers)
+    with live.transaction() as tx:
+        if tx.dialect == "postgres":
+            tx.execute("LOCK TABLE checkpoints IN EXCLUSIVE MODE")  # the folds' first statement waits for us
+        ours = _offsets(tx, consumers)
+        behind = [key for key, offset in ours.items() if theirs.get(key, 0) < offset]
+        if behind:
+            raise ShadowBehind(f"the live views are past the replay at {behind[:3]}")
+        sent = {table: sorted(str(row[0]) for row in tx.execute(f"SELECT id FROM {table} WHERE recorded = 1")) for table in SENT}
+        for table, where, params in _swapped_rows(folds):
+            tx.execute(f"DELETE FROM {table} {where}", params)
+            names = ", ".join(columns(tx, table))
+            if isinstance(shadow.db, PostgresDatabase):
+                tx.execute(f'INSERT INTO {table} ({names}) SELECT {names} FROM "{shadow.schema}".{table} {where}', params)
+            else:
+                assert shadow.file is not None
+                with _reading(shadow.file) as source:
+                    cursor = source.execute(f"SELECT {names} FROM {table} {where}", params)
+                    marks = ", ".join("?" for _ in names.split(", "))
+                    while chunk := list(islice(cursor, SWAP_CHUNK)):
+                        tx.execute_many(f"INSERT INTO {table} ({names}) VALUES ({marks})", chunk)
+        for table, ids in sent.items():
+            tx.execute_many(f"UPDATE {table} SET recorded = 1 WHERE id = ?", [(i,) for i in ids])
+
+
+@contextmanager
+def _reading(file: Path) -> Iterator[sqlite3.Connection]:
+    source = sqlite3.connect(f"file:{file}?mode=ro", uri=True)
+    try:
+        yield source
+    finally:
+        source.close()

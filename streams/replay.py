@@ -1,0 +1,358 @@
+"""Replays (README, "Replay"): the log folded again from its start into a shadow store, compared
+with the live views or made live.
+
+A replay only reads the log (nothing here can append to it) and never runs the notices relay, so
+no notification is sent again: the shadow's threshold notifications stay rows, and a swap keeps
+which ones were sent from the live views. The live views are written by a swap alone, in one
+transaction, after the whole fold has succeeded: a replay that fails or is killed before leaves
+them as they were (and its shadow behind, removed by the next replay of the same id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Protocol
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from projections.meter_state import BucketState
+from projections.meters import BucketKey, MeterIndex, apply
+from schemas.envelope import decode, recorded_time_of
+from schemas.meters import MeterDefinition
+from schemas.topics import Topics
+from stores import plans as plan_store
+from stores import shadow as shadows
+from stores import views
+from stores.database import Database, SqliteDatabase
+from stores.schema import SCHEMA
+from streams.bulk_meters import CHUNK, BulkMeterProjector, Deferred
+from streams.log import EventLog, LogRecord, Outgoing
+from streams.projectors import API_CALLS, AUDIT, CATALOG, METERS, AuditProjector, CatalogProjector
+from streams.runner import Runner
+
+SWAP_TRIES = 20  # folds of the shadow towards a moving live view before a swap gives up
+
+
+class Mode(StrEnum):
+    BUILD = "build"  # fold into the shadow only (with `until`: the point-in-time views, kept)
+    DIFF = "diff"
+    SWAP = "swap"
+
+
+class BadReplay(ValueError):
+    """A replay that cannot be: an unknown projection, a moment in the future, a point in time swapped live."""
+
+
+class Appending(RuntimeError):
+    """Something tried to append to the log through a replay's reader."""
+
+
+@dataclass(slots=True)
+class Progress:
+    total: int = 0  # records on the replayed topics when the replay began (at `until`: up to it, once known)
+    done: int = 0  # records folded into the shadow
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+
+    @property
+    def seconds(self) -> float:
+        return (self.finished or time.monotonic()) - self.started
+
+    @property
+    def per_second(self) -> float:
+        return self.done / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    progress: Progress
+    differences: list[shadows.Difference]
+    swapped: bool
+    kept: str | None  # where the shadow was kept (its file or schema), when it was
+
+
+class ReadOnlyLog:
+    """A log as a replay sees it: read only, and with `until`, each partition up to its first
+    record recorded after that moment (the log as it stood then: recorded times grow along a
+    partition, the order records were appended in)."""
+
+    def __init__(self, log: EventLog, until: datetime | None = None) -> None:
+        self.log = log
+        self.topics: Topics = log.topics
+        self.until = until
+        self._cut: dict[tuple[str, int], int] = {}
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def ping(self) -> None:
+        await self.log.ping()
+
+    async def append(self, topic: str, items: Sequence[Outgoing]) -> None:
+        raise Appending("a replay never writes to the log")
+
+    async def read(self, topic: str, partition: int, start: int, limit: int) -> list[LogRecord]:
+        cut = self._cut.get((topic, partition))
+        if cut is not None and start >= cut:
+            return []
+        records = await self.log.read(topic, partition, start, limit)
+        if self.until is None:
+            return records
+        if cut is not None:
+            return [r for r in records if r.offset < cut]
+        for index, record in enumerate(records):
+            moment = recorded_time_of(record.value)
+            if moment is not None and moment > self.until:
+                self._cut[(topic, partition)] = record.offset
+                return records[:index]
+        return records
+
+    async def end_offsets(self, topic: str) -> dict[int, int]:
+        ends = await self.log.end_offsets(topic)
+        return {p: min(end, self._cut.get((topic, p), end)) for p, end in ends.items()}
+
+
+class Folder(Protocol):
+    topic: str
+
+    def process(self, partition: int, records: Sequence[LogRecord]) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What to replay: projection names (none: all), what to do with the shadow, up to when."""
+
+    projections: Sequence[str] = ()
+    mode: Mode = Mode.DIFF
+    until: datetime | None = None
+    keep: bool = False  # keep the shadow afterwards (always, for point-in-time views built alone)
+
+    def check(self, now: datetime) -> list[shadows.Projection]:
+        chosen = shadows.chosen(self.projections)  # UnknownProjection is a BadReplay's kin: ValueError
+        if self.until is not None:
+            if self.until.tzinfo is None:
+                raise BadReplay("`until` needs a time zone offset (e.g. Z)")
+            if self.until > now:
+                raise BadReplay(f"`until` ({self.until.isoformat()}) is in the future: the log cannot tell yet")
+            if self.mode is Mode.SWAP:
+                raise BadReplay("point-in-time views (`until`) cannot be swapped live: the live views go on from the log's end")
+        return chosen
+
+
+@dataclass
+class Replayer:
+    """The wiring a replay needs from its process: the log, the live views, and how the folds are set."""
+
+    log: EventLog
+    live: Database
+    folder: Path | None  # where SQLite shadows go (beside the live views)
+    audit_key: Callable[[], Ed25519PrivateKey]
+    keep_seen: timedelta
+    batch_size: int = 5000
+    audit_every: int = 100
+
+    async def run(
+        self,
+        request: Request,
+        *,
+        replay_id: str | None = None,
+        progress: Progress | None = None,
+        on_progress: Callable[[Progress], None] = lambda _: None,
+    ) -> Outcome:
+        chosen = request.check(datetime.now(UTC))
+        folds = shadows.folds_of(chosen)
+        progress = progress or Progress()
+        shadow = await asyncio.to_thread(shadows.open_shadow, self.live, replay_id or shadows.new_id(), folder=self.folder)
+        keep = request.keep or (request.mode is Mode.BUILD)
+        try:
+            source = ReadOnlyLog(self.log, request.until)
+            folding = self._folding(source, shadow.db, {f.name for f in folds}, swap=request.mode is Mode.SWAP)
+            progress.total = sum([sum((await source.end_offsets(topic)).values()) for topic in folding.topics])
+            progress.started = time.monotonic()
+            on_progress(progress)
+            await folding.drain(progress, on_progress)
+            if request.until is not None:
+                progress.total = progress.done
+            differences: list[shadows.Difference] = []
+            if request.mode is Mode.DIFF:
+                tables = [t for p in chosen for t in p.tables]
+                differences = await asyncio.to_thread(shadows.diff, self.live, shadow.db, tables)
+            swapped = False
+            if request.mode is Mode.SWAP:
+                for _ in range(SWAP_TRIES):
+                    try:
+                        await asyncio.to_thread(shadows.swap, self.live, shadow, folds)
+                    except shadows.ShadowBehind:
+                        progress.total = max(progress.total, progress.done)
+                        await folding.drain(progress, on_progress)
+                        continue
+                    swapped = True
+                    break
+                else:
+                    raise shadows.ShadowBehind(f"the live views kept ahead of the replay {SWAP_TRIES} times; try again")
+            progress.finished = time.monotonic()
+            on_progress(progress)
+            return Outcome(progress, differences, swapped, (shadow.schema or str(shadow.file)) if keep else None)
+        except BaseException:
+            keep = False
+            raise
+        finally:
+            if keep:
+                shadow.db.close()
+            else:
+                await asyncio.to_thread(shadow.drop)
+
+    def _folding(self, source: ReadOnlyLog, db: Database, folds: set[str], *, swap: bool) -> _Folding:
+        topics = source.topics
+        catalog = CatalogProjector(db, topics)
+        seen: dict[bytes, int] = {}  # the de-duplication memory of both topics' bulk folds
+        meters = BulkMeterProjector(db, topics, keep_seen=self.keep_seen, seen=seen)
+        api_calls = BulkMeterProjector(
+            db, topics, keep_seen=self.keep_seen, seen=seen, topic=topics.api_calls, consumer=API_CALLS
+        )
+        # The catalog always: the meters fold only the meters it defines.
+        sources: list[tuple[str, Folder]] = [(CATALOG, catalog)]
+        if shadows.METERS in folds:
+            sources += [(METERS, meters), (API_CALLS, api_calls)]
+        if shadows.AUDIT in folds:
+            sources.append((AUDIT, AuditProjector(db, topics, self.audit_key(), every=self.audit_every)))
+        runner = Runner(source, catalog, meters, batch_size=self.batch_size, api_calls=api_calls)  # for its catch-up
+        chunks = {METERS: max(self.batch_size, CHUNK), API_CALLS: max(self.batch_size, CHUNK)}
+        return _Folding(source, db, sources, runner if shadows.METERS in folds else None, self.batch_size, chunks)
+
+
+@dataclass
+class _Folding:
+    log: ReadOnlyLog
+    db: Database
+    sources: list[tuple[str, Folder]]
+    runner: Runner | None  # catches up meters and SLOs defined after their events (with the meters)
+    batch_size: int
+    chunks: dict[str, int] = field(default_factory=dict)  # records per read and fold, by consumer (else batch_size)
+    bulk_done: bool = False
+
+    @property
+    def topics(self) -> list[str]:
+        return [folder.topic for _, folder in self.sources]
+
+    async def drain(self, progress: Progress, on_progress: Callable[[Progress], None]) -> None:
+        """Fold until every source is at the end of its log (or of its cut). The first time, the
+        catalog goes first, then the meters in bulk (streams.bulk_meters), their buckets written
+        once at the end when no quota is in force; then everything, as the live runner does."""
+        bulk = [folder for _, folder in self.sources if isinstance(folder, BulkMeterProjector)]
+        if bulk and not self.bulk_done:
+            self.bulk_done = True
+            while await self._pass(self.sources[:1], progress, on_progress):
+                pass
+            quotas = await asyncio.to_thread(self._any_quota)
+            deferred = None if quotas else Deferred()
+            for folder in bulk:
+                folder.deferred = deferred
+            # The fold keeps millions of small tuples alive (the buckets, the digests seen): the cyclic
+            # collector would walk them all again at every full collection, for nothing to free.
+            collecting = gc.isenabled()
+            gc.disable()
+            try:
+                while await self._pass([(c, f) for c, f in self.sources if f in bulk], progress, on_progress):
+                    if deferred is not None and deferred.full:
+                        await asyncio.to_thread(deferred.flush, self.db)
+                if deferred is not None:
+                    await asyncio.to_thread(deferred.flush, self.db)
+            finally:
+                if collecting:
+                    gc.enable()
+                for folder in bulk:
+                    folder.deferred = None
+        while True:
+            moved = await self._pass(self.sources, progress, on_progress)
+            if self.runner is not None:
+                moved += await self.runner.catch_up()
+            if not moved:
+                return
+
+    async def _pass(self, sources: list[tuple[str, Folder]], progress: Progress, on_progress: Callable[[Progress], None]) -> int:
+        """One chunk from each partition of each source; how many records were folded."""
+        moved = 0
+        for consumer, folder in sources:
+            heads = await asyncio.to_thread(self._checkpoints, consumer, folder.topic)
+            size = self.chunks.get(consumer, self.batch_size)
+            for partition in range(self.log.topics.partitions(folder.topic)):
+                records = await self._read(folder.topic, partition, heads.get(partition, 0), size)
+                if records:
+                    folded = await asyncio.to_thread(folder.process, partition, records)
+                    moved += folded
+                    progress.done += folded
+                    progress.total = max(progress.total, progress.done)
+                    on_progress(progress)
+        return moved
+
+    def _any_quota(self) -> bool:
+        with self.db.transaction() as tx:
+            return plan_store.any_quota(tx)
+
+    async def _read(self, topic: str, partition: int, start: int, size: int) -> list[LogRecord]:
+        """Up to `size` records from `start`: reads until that many came or the partition ended."""
+        records: list[LogRecord] = []
+        while len(records) < size:
+            more = await self.log.read(topic, partition, start, size - len(records))
+            if not more:
+                break
+            records += more
+            start = more[-1].offset + 1
+        return records
+
+    def _checkpoints(self, consumer: str, topic: str) -> dict[int, int]:
+        with self.db.transaction() as tx:
+            return views.checkpoints(tx, consumer, topic)
+
+
+async def meter_as_of(log: EventLog, definition: MeterDefinition, tenant_id: str, as_of: datetime) -> Database:
+    """One tenant's buckets of one meter as the platform knew them at `as_of`: folded from the
+    records of the topics the meters fold that were recorded by then (whatever their event time),
+    each (source, id) once, into a store of their own in memory (close it after the query).
+
+    It reads those topics whole, so it costs time in proportion to the log (README, "Replay")."""
+    index = MeterIndex([definition])
+    deltas: dict[BucketKey, BucketState] = {}
+    seen: set[tuple[str, str, str]] = set()
+    for topic in (log.topics.usage, log.topics.api_calls):
+        ends = await log.end_offsets(topic)
+        for partition, end in sorted(ends.items()):
+            offset = 0
+            while offset < end:
+                records = await log.read(topic, partition, offset, 5000)
+                if not records:
+                    break
+                offset = records[-1].offset + 1
+                for record in records:
+                    moment = recorded_time_of(record.value)
+                    if moment is None or moment > as_of:
+                        continue
+                    try:
+                        event = decode(record.value)
+                    except (ValueError, KeyError, TypeError):
+                        continue  # dead-lettered by the folds too
+                    if event.tenant_id != tenant_id or event.type != definition.event_type or event.dedupe_key in seen:
+                        continue
+                    seen.add(event.dedupe_key)
+                    apply(deltas, index, event, record.offset)
+    db = SqliteDatabase(Path(":memory:"))
+    try:
+        db.migrate(SCHEMA)
+        with db.transaction() as tx:
+            views.add_meter_definition(tx, "_platform", definition, "as-of")
+            views.merge_buckets(tx, deltas)
+    except BaseException:
+        db.close()
+        raise
+    return db
