@@ -1,8 +1,17 @@
 """Every view table, migrated together (stores.database.Database.migrate)."""
 
-from stores import audit, billing, plans, quotas, slos, stripe, views
+from stores import audit, billing, gdpr, plans, quotas, slos, stripe, views
 
 SCHEMA = ";\n".join(
     script.strip().rstrip(";")
-    for script in (views.SCHEMA, plans.SCHEMA, quotas.SCHEMA, billing.SCHEMA, stripe.SCHEMA, audit.SCHEMA, slos.SCHEMA)
+    for script in (
+        views.SCHEMA,
+        plans.SCHEMA,
+        quotas.SCHEMA,
+        billing.SCHEMA,
+        stripe.SCHEMA,
+        audit.SCHEMA,
+        slos.SCHEMA,
+        gdpr.SCHEMA,
+    )
 )

@@ -71,6 +71,13 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/v1/slos"): EITHER,
     ("GET", "/v1/slos/{name}"): EITHER,
     ("GET", "/v1/slos/{name}/history"): EITHER,
+    # GDPR: the admin declares what is personal; a tenant acts for its own data subjects only.
+    ("PUT", "/v1/data-classes/{event_type}"): ADMIN_ONLY,
+    ("GET", "/v1/data-classes"): EITHER,
+    ("GET", "/v1/data-classes/{event_type}"): EITHER,
+    ("POST", "/v1/gdpr/requests"): TENANT_ONLY,
+    ("GET", "/v1/gdpr/requests/{request_id}"): TENANT_ONLY,
+    ("GET", "/v1/gdpr/requests/{request_id}/export"): TENANT_ONLY,
 }
 
 
@@ -109,6 +116,10 @@ def request_body(method: str, path: str) -> dict[str, Any]:
                 "window": "7d",
             }
         }
+    if (method, path) == ("PUT", "/v1/data-classes/{event_type}"):
+        return {"json": {"personal": ["$.data.email"]}}
+    if (method, path) == ("POST", "/v1/gdpr/requests"):
+        return {"json": {"subject": "acl-person", "kind": "access"}}
     if method == "POST" and path.startswith("/v1/invoices/"):
         return {"json": {"reason": "acl"}}
     if method == "POST":
@@ -128,7 +139,7 @@ async def tenant_with_a_meter(omni: Omni) -> tuple[dict[str, str], str]:
     await omni.meter(slug="calls", event_type="call", aggregation="COUNT")
     await omni.settle()
     ids = {"tenant_id": tenant_id, "key_id": key.split("_")[1], "slug": "calls", "meter": "calls", "period": "2020-01"}
-    return {**ids, "invoice_id": str(uuid.uuid4()), "name": "acl-slo"}, key
+    return {**ids, "invoice_id": str(uuid.uuid4()), "name": "acl-slo", "event_type": "call", "request_id": str(uuid.uuid4())}, key
 
 
 async def test_every_route_is_classified(omni: Omni) -> None:

@@ -1,0 +1,142 @@
+"""GDPR contracts: data classes (which paths of an event type are personal), requests, the legal
+deadline, and the sealed form a personal value takes on the log.
+
+A personal value is replaced at admission by a *sealed value*, a JSON object:
+
+    {"omni_sealed": 1, "kid": "<data key id>", "ps": "ps1_<pseudonym>", "ct": "<base64url nonce||ciphertext>"}
+
+`ct` is AES-256-GCM under the person's data key of the value's JSON text (12-byte random nonce
+first, 16-byte tag last), with the tenant, the person and the path as associated data; `ps` is the
+person's pseudonym of that value (HMAC-SHA256 under a key derived from the same data key), which
+meters count and group by. Both are useless once the data key is erased.
+"""
+
+from __future__ import annotations
+
+import calendar
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from schemas.meters import JsonPath, path_parts
+from schemas.text import Text
+
+SEALED = "omni_sealed"  # the marker member of a sealed value; its version is the value (1)
+SEALED_VERSION = 1
+PSEUDONYM = "ps"
+PSEUDONYM_PREFIX = "ps1_"
+DEFAULT_SUBJECT_PROPERTY = "$.subject"
+EVENT_TYPE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-/]{0,255}$"
+
+
+def pseudonym_of(value: Any) -> str | None:
+    """The pseudonym a sealed value carries, or None when `value` is not one (cheap: one type test)."""
+    if type(value) is dict and value.get(SEALED) == SEALED_VERSION:
+        found = value.get(PSEUDONYM)
+        return found if type(found) is str else None
+    return None
+
+
+class RequestKind(StrEnum):
+    ACCESS = "access"
+    PORTABILITY = "portability"
+    ERASURE = "erasure"
+    RECTIFICATION = "rectification"
+
+
+class RequestStatus(StrEnum):
+    RECEIVED = "received"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+def legal_deadline(received: datetime) -> datetime:
+    """One month from receipt (GDPR Art. 12(3)): the same day of the next month at the same time,
+    or that month's last day when it has no such day (Jan 31 -> Feb 28, or 29 in a leap year)."""
+    year, month = (received.year + 1, 1) if received.month == 12 else (received.year, received.month + 1)
+    day = min(received.day, calendar.monthrange(year, month)[1])
+    return received.replace(year=year, month=month, day=day)
+
+
+class DataClassBody(BaseModel):
+    """Which values of an event type are personal, and which names the person they are about."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    personal: list[JsonPath] = Field(
+        min_length=1,
+        max_length=32,
+        description='Personal values, dotted paths under $.data, e.g. ["$.data.email", "$.data.prompt"]',
+        json_schema_extra={"items": {"type": "string", "pattern": r"^\$\.data(\.[A-Za-z_][A-Za-z0-9_\-]*)+$"}},
+    )
+    subject_property: JsonPath = Field(
+        default=DEFAULT_SUBJECT_PROPERTY,
+        description="Where the person's id is: the CloudEvent `subject` (default) or a path under $.data",
+        json_schema_extra={"pattern": r"^\$\.(subject|data(\.[A-Za-z_][A-Za-z0-9_\-]*)+)$"},
+    )
+
+    @field_validator("personal")
+    @classmethod
+    def _under_data(cls, paths: list[str]) -> list[str]:
+        for path in paths:
+            parts = path_parts(path)
+            if parts[0] != "data" or len(parts) < 2:
+                raise ValueError(f"{path}: a personal path names a value under $.data")
+        if len(set(paths)) != len(paths):
+            raise ValueError("each personal path once")
+        return paths
+
+    @field_validator("subject_property")
+    @classmethod
+    def _names_a_person(cls, path: str) -> str:
+        parts = path_parts(path)
+        if parts != ("subject",) and (parts[0] != "data" or len(parts) < 2):
+            raise ValueError(f"{path}: the person is named by $.subject or a path under $.data")
+        return path
+
+    @model_validator(mode="after")
+    def _person_apart(self) -> DataClassBody:
+        if self.subject_property in self.personal:
+            raise ValueError("the subject_property names the person; it cannot be sealed as one of the personal paths")
+        return self
+
+    def stored(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class DataClassPublic(BaseModel):
+    event_type: str
+    version: int
+    updated_at: str
+    definition: DataClassBody
+
+
+class DataClassList(BaseModel):
+    data: list[DataClassPublic]
+
+
+class GdprRequestBody(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    subject: Text = Field(min_length=1, max_length=256, description="The data subject's id")
+    kind: RequestKind
+
+
+class GdprStep(BaseModel):
+    status: RequestStatus
+    step: str
+    at: str
+
+
+class GdprRequestPublic(BaseModel):
+    id: str
+    subject: str
+    kind: RequestKind
+    status: RequestStatus
+    received_at: str
+    deadline: str = Field(description="One month from receipt (GDPR Art. 12(3))")
+    steps: list[GdprStep]
+    export: str | None = Field(default=None, description="Where the export is, once an access or portability request completed")

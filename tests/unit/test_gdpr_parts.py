@@ -1,0 +1,125 @@
+"""GDPR's pure parts: the legal deadline at month ends, data class validation, sealing and
+pseudonyms, and the meters counting and grouping sealed values by their pseudonyms."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+
+import pytest
+from cryptography.exceptions import InvalidTag
+from pydantic import ValidationError
+
+from omni.personal_data import DataKey, MasterKey, associated_data
+from projections.meters import MeterIndex, apply, unique_token
+from schemas.envelope import Envelope
+from schemas.gdpr import DataClassBody, legal_deadline, pseudonym_of
+from schemas.meters import MeterDefinition
+
+
+@pytest.mark.parametrize(
+    ("received", "deadline"),
+    [
+        ("2025-01-31T10:00:00", "2025-02-28T10:00:00"),
+        ("2024-01-31T10:00:00", "2024-02-29T10:00:00"),  # a leap year
+        ("2024-01-30T23:59:59", "2024-02-29T23:59:59"),
+        ("2025-03-31T00:00:00", "2025-04-30T00:00:00"),
+        ("2025-08-31T12:30:00", "2025-09-30T12:30:00"),
+        ("2025-12-31T08:00:00", "2026-01-31T08:00:00"),  # over the year's end
+        ("2025-12-15T08:00:00", "2026-01-15T08:00:00"),
+        ("2025-02-28T08:00:00", "2025-03-28T08:00:00"),
+        ("2025-05-15T08:00:00", "2025-06-15T08:00:00"),
+    ],
+)
+def test_the_deadline_is_one_month_later_or_that_months_last_day(received: str, deadline: str) -> None:
+    at = datetime.fromisoformat(received).replace(tzinfo=UTC)
+    assert legal_deadline(at) == datetime.fromisoformat(deadline).replace(tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"personal": ["data.email"]},  # not a path
+        {"personal": ["$.data..email"]},
+        {"personal": ["$.data"]},  # the whole payload: name its values
+        {"personal": ["$.source"]},  # not under data
+        {"personal": ["$.subject"]},
+        {"personal": []},
+        {"personal": ["$.data.a", "$.data.a"]},
+        {"personal": ["$.data.user"], "subject_property": "$.data.user"},
+        {"personal": ["$.data.a"], "subject_property": "$.type"},
+        {"personal": ["$.data.a"], "extra": 1},
+    ],
+)
+def test_data_classes_that_do_not_parse_are_refused(body: dict) -> None:
+    with pytest.raises(ValidationError):
+        DataClassBody.model_validate(body)
+
+
+def test_a_data_class_defaults_to_the_subject() -> None:
+    body = DataClassBody.model_validate({"personal": ["$.data.email", "$.data.profile.name"]})
+    assert body.subject_property == "$.subject"
+    assert DataClassBody.model_validate({"personal": ["$.data.a"], "subject_property": "$.data.user_id"}).subject_property
+
+
+def test_sealed_values_open_only_for_their_tenant_person_and_path() -> None:
+    key = DataKey("k1", os.urandom(32))
+    aad = associated_data("t1", "alice", "$.data.email")
+    sealed = key.seal({"email": "alice@example.com", "n": [1, 2]}, aad)
+    assert set(sealed) == {"omni_sealed", "kid", "ps", "ct"} and sealed["kid"] == "k1"
+    assert "alice" not in str(sealed)
+    assert key.open(sealed, aad) == {"email": "alice@example.com", "n": [1, 2]}
+    for other in (associated_data("t2", "alice", "$.data.email"), associated_data("t1", "bob", "$.data.email")):
+        with pytest.raises(InvalidTag):
+            key.open(sealed, other)
+    with pytest.raises(InvalidTag):
+        DataKey("k1", os.urandom(32)).open(sealed, aad)  # another key, even with the same id
+
+
+def test_pseudonyms_are_stable_per_person_and_unlinkable_across_persons() -> None:
+    alice, bob = DataKey("a", os.urandom(32)), DataKey("b", os.urandom(32))
+    aad = associated_data("t1", "x", "$.data.email")
+    first, second = alice.seal("same@example.com", aad), alice.seal("same@example.com", aad)
+    assert first["ct"] != second["ct"]  # a fresh nonce each time
+    assert first["ps"] == second["ps"] and first["ps"].startswith("ps1_")
+    assert bob.seal("same@example.com", aad)["ps"] != first["ps"]
+    assert alice.seal("other@example.com", aad)["ps"] != first["ps"]
+
+
+def test_the_master_key_wraps_data_keys() -> None:
+    master = MasterKey(os.urandom(32))
+    secret = os.urandom(32)
+    wrapped = master.wrap(secret)
+    assert wrapped != secret and master.unwrap(wrapped) == secret
+    assert MasterKey.from_text("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=").id != master.id
+    for bad in ("", "not base64!", "c2hvcnQ="):
+        with pytest.raises(ValueError):
+            MasterKey.from_text(bad)
+
+
+def _event(n: int, email: object, tenant: str = "t1") -> Envelope:
+    at = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
+    return Envelope(
+        id=f"e{n}", type="chat", tenant_id=tenant, source="s", source_id=str(n), event_time=at, recorded_time=at,
+        data={"email": email}, subject="s1",
+    )  # fmt: skip
+
+
+def test_meters_count_and_group_sealed_values_by_their_pseudonym() -> None:
+    alice, bob = DataKey("a", os.urandom(32)), DataKey("b", os.urandom(32))
+    aad = associated_data("t1", "s1", "$.data.email")
+    meters = MeterIndex(
+        [
+            MeterDefinition(slug="by-email", event_type="chat", aggregation="COUNT", group_by={"email": "$.data.email"}),
+            MeterDefinition(slug="people", event_type="chat", aggregation="UNIQUE_COUNT", value_property="$.data.email"),
+        ]
+    )
+    view: dict = {}
+    sealed = [alice.seal("a@x", aad), alice.seal("a@x", aad), bob.seal("b@x", aad)]
+    for n, value in enumerate(sealed):
+        apply(view, meters, _event(n, value), n)
+    groups = {key.group_key: state.count for key, state in view.items() if key.meter == "by-email"}
+    assert sorted(groups.values()) == [1, 2] and all("ps1_" in group for group in groups)
+    people = next(state for key, state in view.items() if key.meter == "people")
+    assert len(people.uniques) == 2
+    assert unique_token(sealed[0]) == pseudonym_of(sealed[0]) and unique_token({"not": "sealed"}) is None
