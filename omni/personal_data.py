@@ -34,6 +34,8 @@ import msgspec
 import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.hmac import HMAC
 from cryptography.hazmat.primitives.keywrap import aes_key_unwrap, aes_key_wrap
 from eventsourcing.persistence import ApplicationRecorder
 from eventsourcing.utils import get_topic
@@ -79,9 +81,9 @@ def generate_master_key() -> str:
     return base64.b64encode(os.urandom(32)).decode()
 
 
-def associated_data(tenant_id: str, subject: str, path: str) -> bytes:
-    """What a sealed value is bound to: it opens only for that tenant, person and path."""
-    return orjson.dumps([tenant_id, subject, path])
+def associated_data(tenant_id: str, subject: str) -> bytes:
+    """What a sealed event's ciphertext is bound to: it opens only for that tenant and person."""
+    return orjson.dumps([tenant_id, subject])
 
 
 class DataKey:
@@ -92,25 +94,35 @@ class DataKey:
     def __init__(self, key_id: str, secret: bytes) -> None:
         self.key_id = key_id
         self._aead = AESGCM(hmac.digest(secret, _SEAL_INFO, "sha256"))
-        self._mac = hmac.digest(secret, _PSEUDONYM_INFO, "sha256")
+        # Keyed once; each pseudonym copies it (0.75 µs, where hmac.digest took 2.5 µs: OpenSSL 3
+        # looks the algorithm up by name on every call).
+        self._mac = HMAC(hmac.digest(secret, _PSEUDONYM_INFO, "sha256"), SHA256())
 
     def pseudonym(self, text: bytes) -> str:
-        return PSEUDONYM_PREFIX + base64.urlsafe_b64encode(hmac.digest(self._mac, text, "sha256")[:16]).decode().rstrip("=")
+        mac = self._mac.copy()
+        mac.update(text)
+        return PSEUDONYM_PREFIX + mac.finalize()[:16].hex()
 
-    def seal(self, value: Any, aad: bytes) -> dict[str, Any]:
-        text = orjson.dumps(value)
-        nonce = os.urandom(12)
-        sealed = nonce + self._aead.encrypt(nonce, text, aad)
-        return {
-            SEALED: SEALED_VERSION,
-            "kid": self.key_id,
-            PSEUDONYM: self.pseudonym(text),
-            "ct": base64.b64encode(sealed).decode(),
-        }
+    def seal(self, values: dict[str, Any], aad: bytes, nonce: bytes | None = None) -> dict[str, dict[str, Any]]:
+        """Each value (by its path) replaced by a sealed value carrying its pseudonym; one ciphertext
+        of them all (a JSON object, path -> value), carried by the first. `nonce`: 12 fresh random bytes."""
+        nonce = nonce or os.urandom(12)
+        ciphertext = base64.b64encode(nonce + self._aead.encrypt(nonce, orjson.dumps(values), aad)).decode()
+        sealed: dict[str, dict[str, Any]] = {}
+        for path, value in values.items():
+            sealed[path] = {SEALED: SEALED_VERSION, PSEUDONYM: self.pseudonym(orjson.dumps(value))}
+        first = sealed[next(iter(sealed))]
+        first["kid"] = self.key_id
+        first["ct"] = ciphertext
+        return sealed
 
-    def open(self, sealed: dict[str, Any], aad: bytes) -> Any:
-        raw = base64.b64decode(sealed["ct"])
-        return orjson.loads(self._aead.decrypt(raw[:12], raw[12:], aad))
+    def open(self, ciphertext: str, aad: bytes) -> dict[str, Any]:
+        """The values (by path) a sealed event's ciphertext holds."""
+        raw = base64.b64decode(ciphertext)
+        opened = orjson.loads(self._aead.decrypt(raw[:12], raw[12:], aad))
+        if not isinstance(opened, dict):
+            raise ValueError("not a sealed object")
+        return opened
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,38 +376,57 @@ class PersonalData:
 
     @staticmethod
     def _seal(envelopes: list[Envelope], work: list[tuple[int, Envelope, CompiledClass, str]], keys: dict[str, DataKey]) -> None:
-        for index, envelope, compiled, person in work:
-            envelopes[index] = msgspec.structs.replace(envelope, data_subject_id=person)
-            key = keys[person]
+        nonces = os.urandom(12 * len(work))  # one call for the batch: a syscall per event cost more than the cipher
+        for n, (index, envelope, compiled, person) in enumerate(work):
+            found: dict[str, Any] = {}
+            parents: dict[str, tuple[dict[str, Any], str]] = {}
             for path, steps in compiled.personal:
                 parent = _parent(envelope.data, steps)
                 if parent is None:
                     continue
                 name = steps[-1]
-                value = parent.get(name)
-                if value is None and name not in parent:
-                    continue
-                parent[name] = key.seal(value, associated_data(envelope.tenant_id, person, path))
+                if name in parent:
+                    found[path] = parent[name]
+                    parents[path] = (parent, name)
+            if compiled.subject != ("subject",):  # the person is not the subject: say who it is
+                envelopes[index] = msgspec.structs.replace(envelope, data_subject_id=person)
+            if not found:
+                continue
+            sealed = keys[person].seal(found, associated_data(envelope.tenant_id, person), nonces[12 * n : 12 * n + 12])
+            for path, (parent, name) in parents.items():
+                parent[name] = sealed[path]
 
     # -- reads -------------------------------------------------------------------------------------
 
     @staticmethod
     def opened(envelope: Envelope, keys: dict[str, DataKey]) -> Any:
-        """The event's data with every sealed value opened with its person's key in `keys`; a value
-        whose key is not there (erased) is null. A copy: the envelope is unchanged."""
+        """The event's data with its sealed values opened with its person's key in `keys`; values
+        whose key is not there (erased) are null. A copy: the envelope is unchanged."""
         person = envelope.data_subject_id or envelope.subject or ""
         key = keys.get(person)
-        tenant_id = envelope.tenant_id
+        opened: dict[str, Any] = {}
+        found: list[dict[str, Any]] = []
+
+        def collect(value: Any) -> None:
+            if type(value) is dict:
+                if value.get(SEALED) == SEALED_VERSION:
+                    found.append(value)
+                else:
+                    for item in value.values():
+                        collect(item)
+
+        collect(envelope.data)
+        for sealed in found:
+            if "ct" in sealed and key is not None and sealed.get("kid") == key.key_id:
+                try:
+                    opened = key.open(sealed["ct"], associated_data(envelope.tenant_id, person))
+                except (InvalidTag, ValueError, TypeError):
+                    opened = {}
 
         def walk(value: Any, path: str) -> Any:
             if type(value) is dict:
                 if value.get(SEALED) == SEALED_VERSION:
-                    if key is None or value.get("kid") != key.key_id:
-                        return None
-                    try:
-                        return key.open(value, associated_data(tenant_id, person, path))
-                    except (InvalidTag, ValueError, KeyError, TypeError):
-                        return None
+                    return opened.get(path)
                 return {name: walk(item, f"{path}.{name}") for name, item in value.items()}
             if type(value) is list:
                 return [walk(item, path) for item in value]

@@ -3,12 +3,17 @@ deadline, and the sealed form a personal value takes on the log.
 
 A personal value is replaced at admission by a *sealed value*, a JSON object:
 
-    {"omni_sealed": 1, "kid": "<data key id>", "ps": "ps1_<pseudonym>", "ct": "<base64url nonce||ciphertext>"}
+    {"omni_sealed": 1, "ps": "ps1_<pseudonym>"}
 
-`ct` is AES-256-GCM under the person's data key of the value's JSON text (12-byte random nonce
-first, 16-byte tag last), with the tenant, the person and the path as associated data; `ps` is the
-person's pseudonym of that value (HMAC-SHA256 under a key derived from the same data key), which
-meters count and group by. Both are useless once the data key is erased.
+and the first sealed value of an event also carries the event's ciphertext:
+
+    {"omni_sealed": 1, "ps": "ps1_...", "kid": "<data key id>", "ct": "<base64 of nonce || ciphertext || tag>"}
+
+`ct` is AES-256-GCM under the person's data key (12-byte random nonce first, 16-byte tag last) of
+the JSON object mapping each sealed path to its value ({"$.data.email": "...", ...}), with the JSON
+array [tenant id, person] as associated data; `ps` is the person's pseudonym of that value
+(HMAC-SHA256 of its JSON text under a key derived from the same data key, its first 128 bits in hex),
+which meters count and group by. Both are useless once the data key is erased.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ TINY = {
     "quota_consume": ["--quota-consume-duration", "2", "--quota-consume-warmup", "0.5", "--quota-consume-baseline-duration", "1"]
     + ["--quota-consume-clients", "10", "--quota-consume-refusal-duration", "1", "--quota-consume-refusal-limit", "50"],
     "close_period": ["--close-period-tenants", "5", "--close-period-events", "300"],
+    "gdpr_ingest": ["--gdpr-ingest-events", "1000", "--gdpr-ingest-rounds", "1", "--gdpr-ingest-subjects", "50"],
 }
 
 

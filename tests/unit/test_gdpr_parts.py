@@ -62,28 +62,32 @@ def test_a_data_class_defaults_to_the_subject() -> None:
     assert DataClassBody.model_validate({"personal": ["$.data.a"], "subject_property": "$.data.user_id"}).subject_property
 
 
-def test_sealed_values_open_only_for_their_tenant_person_and_path() -> None:
+def test_sealed_values_open_only_for_their_tenant_and_person() -> None:
     key = DataKey("k1", os.urandom(32))
-    aad = associated_data("t1", "alice", "$.data.email")
-    sealed = key.seal({"email": "alice@example.com", "n": [1, 2]}, aad)
-    assert set(sealed) == {"omni_sealed", "kid", "ps", "ct"} and sealed["kid"] == "k1"
+    aad = associated_data("t1", "alice")
+    values = {"$.data.email": "alice@example.com", "$.data.profile": {"n": [1, 2]}}
+    sealed = key.seal(values, aad)
+    first, second = sealed["$.data.email"], sealed["$.data.profile"]
+    assert set(first) == {"omni_sealed", "kid", "ps", "ct"} and first["kid"] == "k1"
+    assert set(second) == {"omni_sealed", "ps"}  # the event's one ciphertext rides on the first
     assert "alice" not in str(sealed)
-    assert key.open(sealed, aad) == {"email": "alice@example.com", "n": [1, 2]}
-    for other in (associated_data("t2", "alice", "$.data.email"), associated_data("t1", "bob", "$.data.email")):
+    assert key.open(first["ct"], aad) == values
+    for other in (associated_data("t2", "alice"), associated_data("t1", "bob")):
         with pytest.raises(InvalidTag):
-            key.open(sealed, other)
+            key.open(first["ct"], other)
     with pytest.raises(InvalidTag):
-        DataKey("k1", os.urandom(32)).open(sealed, aad)  # another key, even with the same id
+        DataKey("k1", os.urandom(32)).open(first["ct"], aad)  # another key, even with the same id
 
 
 def test_pseudonyms_are_stable_per_person_and_unlinkable_across_persons() -> None:
     alice, bob = DataKey("a", os.urandom(32)), DataKey("b", os.urandom(32))
-    aad = associated_data("t1", "x", "$.data.email")
-    first, second = alice.seal("same@example.com", aad), alice.seal("same@example.com", aad)
+    aad = associated_data("t1", "x")
+    value = {"$.data.email": "same@example.com"}
+    first, second = alice.seal(value, aad)["$.data.email"], alice.seal(value, aad)["$.data.email"]
     assert first["ct"] != second["ct"]  # a fresh nonce each time
     assert first["ps"] == second["ps"] and first["ps"].startswith("ps1_")
-    assert bob.seal("same@example.com", aad)["ps"] != first["ps"]
-    assert alice.seal("other@example.com", aad)["ps"] != first["ps"]
+    assert bob.seal(value, aad)["$.data.email"]["ps"] != first["ps"]
+    assert alice.seal({"$.data.email": "other@example.com"}, aad)["$.data.email"]["ps"] != first["ps"]
 
 
 def test_the_master_key_wraps_data_keys() -> None:
@@ -107,7 +111,7 @@ def _event(n: int, email: object, tenant: str = "t1") -> Envelope:
 
 def test_meters_count_and_group_sealed_values_by_their_pseudonym() -> None:
     alice, bob = DataKey("a", os.urandom(32)), DataKey("b", os.urandom(32))
-    aad = associated_data("t1", "s1", "$.data.email")
+    aad = associated_data("t1", "s1")
     meters = MeterIndex(
         [
             MeterDefinition(slug="by-email", event_type="chat", aggregation="COUNT", group_by={"email": "$.data.email"}),
@@ -115,7 +119,7 @@ def test_meters_count_and_group_sealed_values_by_their_pseudonym() -> None:
         ]
     )
     view: dict = {}
-    sealed = [alice.seal("a@x", aad), alice.seal("a@x", aad), bob.seal("b@x", aad)]
+    sealed = [k.seal({"$.data.email": v}, aad)["$.data.email"] for k, v in ((alice, "a@x"), (alice, "a@x"), (bob, "b@x"))]
     for n, value in enumerate(sealed):
         apply(view, meters, _event(n, value), n)
     groups = {key.group_key: state.count for key, state in view.items() if key.meter == "by-email"}
