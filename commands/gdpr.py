@@ -45,12 +45,12 @@ class DataClass(Aggregate):
     def __init__(self, event_type: str, spec: dict[str, Any]) -> None:
         self.event_type = event_type
         self.spec = spec
-        self.class_version = 1
+        self.revision = 1
 
     @event("Revised")
-    def revise(self, event_type: str, class_version: int, spec: dict[str, Any]) -> None:
+    def revise(self, event_type: str, revision: int, spec: dict[str, Any]) -> None:
         self.spec = spec
-        self.class_version = class_version
+        self.revision = revision
 
 
 class GdprRequest(Aggregate):
@@ -83,7 +83,7 @@ class GdprCommands:
             if found is None:
                 found = DataClass(event_type=event_type, spec=spec)
             elif found.spec != spec:
-                found.revise(event_type=event_type, class_version=found.class_version + 1, spec=spec)
+                found.revise(event_type=event_type, revision=found.revision + 1, spec=spec)
             try:
                 self.save(found, self._audit(ctx, "data_class.put", resource, PLATFORM))
             except IntegrityError as race:
@@ -142,7 +142,7 @@ def describe(domain_event: Any) -> tuple[str, str, dict[str, Any]] | None:
             data = {"event_type": domain_event.event_type, "version": 1, "definition": domain_event.spec}
             return DATA_CLASS_DEFINED, PLATFORM, data
         case "DataClass.Revised":
-            data = {"event_type": domain_event.event_type, "version": domain_event.class_version, "definition": domain_event.spec}
+            data = {"event_type": domain_event.event_type, "version": domain_event.revision, "definition": domain_event.spec}
             return DATA_CLASS_DEFINED, PLATFORM, data
         case "GdprRequest.Received":
             tenant = domain_event.tenant_id

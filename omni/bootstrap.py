@@ -285,9 +285,9 @@ class Platform:
         return StoreListener(self.settings.database_url, channel, listening=listening, changed=changed, lost=lost)
 
     async def stop(self) -> None:
-        self._stop.set()
-        with contextlib.suppress(TimeoutError):
+        with contextlib.suppress(TimeoutError):  # before the relay and runner stop: a job's steps wait for the views
             await asyncio.wait_for(self.gdpr_jobs.wait(), timeout=10)
+        self._stop.set()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(task, timeout=5)

@@ -33,7 +33,7 @@ SEALED_VERSION = 1
 PSEUDONYM = "ps"
 PSEUDONYM_PREFIX = "ps1_"
 DEFAULT_SUBJECT_PROPERTY = "$.subject"
-EVENT_TYPE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-/]{0,255}$"
+EVENT_TYPE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,255}$"
 
 
 def pseudonym_of(value: Any) -> str | None:

@@ -56,7 +56,7 @@ async def put_data_class(
     )
     response.status_code = 201 if created else 200
     return DataClassPublic(
-        event_type=event_type, version=found.class_version, updated_at=format_time(found.modified_on), definition=body
+        event_type=event_type, version=found.revision, updated_at=format_time(found.modified_on), definition=body
     )
 
 

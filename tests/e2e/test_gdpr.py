@@ -171,6 +171,9 @@ async def test_personal_data_is_sealed_exported_and_erased_for_good(omni: Omni, 
     got = await omni.client.get("/v1/data-classes/chat", headers=omni.auth(key))
     assert got.status_code == 200 and got.json()["definition"]["personal"] == DATA_CLASS["personal"], got.text
     assert (await omni.client.put("/v1/data-classes/chat", json=DATA_CLASS, headers=admin)).status_code == 200
+    assert (await omni.client.put("/v1/data-classes/note", json={"personal": ["$.data.a"]}, headers=admin)).status_code == 201
+    revised = await omni.client.put("/v1/data-classes/note", json={"personal": ["$.data.a", "$.data.b"]}, headers=admin)
+    assert revised.status_code == 200 and revised.json()["version"] == 2, revised.text
     assert (await omni.client.get("/v1/data-classes/none", headers=admin)).status_code == 404
 
     await omni.meter(slug="chats", event_type="chat", aggregation="COUNT", group_by={"email": "$.data.email"})
