@@ -75,7 +75,10 @@ class DataClassBody(BaseModel):
         min_length=1,
         max_length=32,
         description='Personal values, dotted paths under $.data, e.g. ["$.data.email", "$.data.prompt"]',
-        json_schema_extra={"items": {"type": "string", "pattern": r"^\$\.data(\.[A-Za-z_][A-Za-z0-9_\-]*)+$"}},
+        json_schema_extra={
+            "uniqueItems": True,
+            "items": {"type": "string", "pattern": r"^\$\.data(\.[A-Za-z_][A-Za-z0-9_\-]*)+$"},
+        },
     )
     subject_property: JsonPath = Field(
         default=DEFAULT_SUBJECT_PROPERTY,

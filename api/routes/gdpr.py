@@ -142,19 +142,29 @@ def get_gdpr_request(request_id: str, platform: PlatformDep, principal: TenantDe
 
 @router.get(
     "/gdpr/requests/{request_id}/export",
-    responses={200: {"content": {"application/json": {}}, "description": "The export"}, 404: {}, 409: {}},
+    responses={200: {"content": {"application/json": {}}, "description": "The export"}, 404: {}, 409: {}, 410: {}},
 )
 def get_gdpr_export(request_id: str, platform: PlatformDep, principal: TenantDep) -> Response:
     """An access or portability request's export, once completed: every event and view row about the
     person, opened (JSON)."""
     row = _row(platform, principal, request_id)
     if row.kind not in EXPORTING:
-        raise NotFound(f"request {request_id} has no export: it is an {row.kind} request")
+        raise Problem(
+            409,
+            "No export",
+            f"request {request_id} is a {row.kind} request: only access and portability make one",
+            kind="no-export",
+        )
     with platform.db.transaction() as tx:
         document = gdpr_store.export(tx, row.tenant_id, row.id)
     if document is None:
         if row.status == RequestStatus.COMPLETED.value:
-            raise NotFound(f"the export of request {request_id} was deleted: its subject was erased since")
+            raise Problem(
+                410,
+                "Export erased",
+                f"the export of request {request_id} was deleted: its subject was erased since",
+                kind="export-erased",
+            )
         raise Problem(
             409, "Export not ready", f"request {request_id} is {row.status}; the export comes once it completed", kind="not-ready"
         )

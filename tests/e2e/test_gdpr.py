@@ -229,7 +229,9 @@ async def test_personal_data_is_sealed_exported_and_erased_for_good(omni: Omni, 
     assert erasure["deadline"] > erasure["received_at"]
     again = await request(omni, key, "person-a", "erasure")
     assert again["status"] == "completed" and "nothing to erase" in again["steps"][-1]["step"], again
-    assert (await omni.client.get(access["export"], headers=omni.auth(key))).status_code == 404  # the export went too
+    assert (await omni.client.get(access["export"], headers=omni.auth(key))).status_code == 410  # the export went too
+    no_export = await omni.client.get(f"/v1/gdpr/requests/{erasure['id']}/export", headers=omni.auth(key))
+    assert no_export.status_code == 409, no_export.text
     after = await request(omni, key, "person-a", "access")
     emptied = (await omni.client.get(after["export"], headers=omni.auth(key))).json()
     assert len(emptied["events"]) == 3 and all(
