@@ -186,6 +186,18 @@ async def test_personal_data_is_sealed_exported_and_erased_for_good(omni: Omni, 
     events += [cloud_event("b0", type_="chat", subject="person-b", data={"email": bob_email, "prompt": "hi", "tokens": 5})]
     sent = await omni.send(key, events)
     assert sent.status_code == 202 and sent.json()["accepted"] == 4, sent.text
+    await omni.settle()  # the meters, for consume
+    consumed = await omni.client.post(  # a gateway's consume records usage too: sealed the same way
+        "/v1/quotas/chat-tokens/consume",
+        json={
+            "amount": 10,
+            "idempotency_key": "consume-1",
+            "subject": "person-a",
+            "data": {"email": alice_email, "prompt": alice_prompt},
+        },
+        headers=omni.auth(key),
+    )
+    assert consumed.status_code == 200, consumed.text
     await omni.settle()
 
     async def meters() -> list[str]:
@@ -198,7 +210,7 @@ async def test_personal_data_is_sealed_exported_and_erased_for_good(omni: Omni, 
 
     before = await meters()
     chats = await omni.query(key, "chats", group_by="email")
-    assert sorted(int(row["value"]) for row in chats) == [1, 3]  # grouped by pseudonym: one group per person
+    assert sorted(int(row["value"]) for row in chats) == [1, 4]  # grouped by pseudonym: one group per person
     assert all(row["group_by"]["email"].startswith("ps1_") for row in chats)
     assert [int(row["value"]) for row in await omni.query(key, "people")] == [2]
 
@@ -209,7 +221,7 @@ async def test_personal_data_is_sealed_exported_and_erased_for_good(omni: Omni, 
     export = await omni.client.get(access["export"], headers=omni.auth(key))
     assert export.status_code == 200, export.text
     document = export.json()
-    assert document["subject"] == "person-a" and len(document["events"]) == 3
+    assert document["subject"] == "person-a" and len(document["events"]) == 4
     assert {e["data"]["email"] for e in document["events"]} == {alice_email}
     assert {e["data"]["prompt"] for e in document["events"]} == {alice_prompt}
     assert bob_email not in export.text
@@ -234,7 +246,7 @@ async def test_personal_data_is_sealed_exported_and_erased_for_good(omni: Omni, 
     assert no_export.status_code == 409, no_export.text
     after = await request(omni, key, "person-a", "access")
     emptied = (await omni.client.get(after["export"], headers=omni.auth(key))).json()
-    assert len(emptied["events"]) == 3 and all(
+    assert len(emptied["events"]) == 4 and all(
         e["data"]["email"] is None and e["data"]["prompt"] is None for e in emptied["events"]
     )
     assert await meters() == before  # usage stays, unlinked from the person
