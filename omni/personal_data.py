@@ -42,6 +42,7 @@ from eventsourcing.utils import get_topic
 
 from commands.errors import Invalid
 from commands.gdpr import DataClass, GdprRequest
+from omni import metrics
 from schemas.envelope import Envelope, format_time
 from schemas.gdpr import PSEUDONYM, PSEUDONYM_PREFIX, SEALED, SEALED_VERSION, DataClassBody
 from schemas.meters import path_parts
@@ -369,10 +370,13 @@ class PersonalData:
                 keys[person] = key
         else:
             self._seal(envelopes, work, keys)
+            metrics.SEALED_EVENTS.inc(len(work))
             return
         if not may_block:
             raise KeysMissing()
+        metrics.DATA_KEY_READS.inc()
         self._seal(envelopes, work, self.keys_for(tenant_id, {p for _, _, _, p in work}, create=True))
+        metrics.SEALED_EVENTS.inc(len(work))
 
     @staticmethod
     def _seal(envelopes: list[Envelope], work: list[tuple[int, Envelope, CompiledClass, str]], keys: dict[str, DataKey]) -> None:

@@ -1,6 +1,6 @@
 """Benchmark: the cost of sealing personal data at the door (GDPR, README "GDPR").
 
-`omni serve` in embedded mode (a subprocess) takes the same batched CloudEvents over real HTTP in
+`omni serve` (a subprocess; embedded mode, or Kafka mode with a Faust worker) takes the same batched CloudEvents over real HTTP in
 two variants, in the same run and interleaved round by round: `plain`, an event type without a
 data class, and `sealed`, an event type whose data class declares two of the data's values
 personal (`$.data.email`, `$.data.prompt`), so admission seals each with AES-256-GCM under the
@@ -39,6 +39,7 @@ class Options:
     clients: int = opt(4, "concurrent HTTP connections")
     subjects: int = opt(1000, "distinct persons (each has a data key)")
     timeout: float = opt(600.0, "seconds a round may take before it fails")
+    mode: str = opt("embedded", "embedded, or kafka (one API process, one Faust worker)")
 
 
 def events(run: str, event_type: str, count: int, subjects: int) -> list[dict[str, Any]]:
@@ -75,7 +76,7 @@ async def wait_total(stack: Any, key: str, slug: str, expected: int, timeout: fl
 async def run(o: Options) -> Report:
     run_id = uuid.uuid4().hex[:8]
     figures: dict[str, list[dict[str, float]]] = {name: [] for name in VARIANTS}
-    async with serve("embedded") as stack:
+    async with serve(o.mode) as stack:
         admin = stack.api.auth(ADMIN_KEY)
         (await stack.api.http.put(f"/v1/data-classes/{VARIANTS['sealed']}", json=DATA_CLASS, headers=admin)).raise_for_status()
         keys, sums = {}, {}
@@ -111,7 +112,7 @@ async def run(o: Options) -> Report:
         o,
         [
             Table(
-                f"{NAME}: embedded mode, HTTP POST -> admission (sealing) -> SQLite log -> meter view, median of rounds ({o.clients} clients, {o.batch}/request)",
+                f"{NAME}: {o.mode} mode, HTTP POST -> admission (sealing) -> log -> meter view, median of rounds ({o.clients} clients, {o.batch}/request)",
                 ["variant", "events", "rounds", "accepted/s", "e2e/s"],
                 rows,
             )
