@@ -9,6 +9,7 @@ Every one of those events is saved with its audit entry.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid5
 
@@ -19,7 +20,7 @@ from eventsourcing.persistence import IntegrityError
 from commands.errors import Conflict, NotFound
 from commands.ids import OMNI_NAMESPACE
 from schemas.envelope import format_time
-from schemas.gdpr import DataClassBody, RequestKind, RequestStatus
+from schemas.gdpr import BreachBody, DataClassBody, RequestKind, RequestStatus
 from schemas.ids import canonical_uuid
 
 if TYPE_CHECKING:
@@ -30,6 +31,8 @@ DATA_CLASS_DEFINED = "omni.data_class.defined"
 REQUEST_RECEIVED = "omni.gdpr.request_received"
 REQUEST_UPDATED = "omni.gdpr.request_updated"
 SUBJECT_ERASED = "omni.gdpr.subject_erased"
+BREACH_RECORDED = "omni.gdpr.breach_recorded"
+BREACH_NOTIFIED = "omni.gdpr.breach_notified"
 
 
 def data_class_aggregate_id(event_type: str) -> UUID:
@@ -69,6 +72,19 @@ class GdprRequest(Aggregate):
     @event("SubjectErased")
     def erased(self, tenant_id: str, subject: str, key_id: str | None) -> None:
         """The person's data key is gone (key_id None: there was none)."""
+
+
+class Breach(Aggregate):
+    """A personal data breach in the platform's register (Art. 33): recorded, then notified."""
+
+    @event("Recorded")
+    def __init__(self, detected_at: str, scope: str, subjects: int | None, description: str | None) -> None:
+        self.detected_at = detected_at
+        self.notified_at: str | None = None
+
+    @event("AuthorityNotified")
+    def authority_notified(self, notified_at: str) -> None:
+        self.notified_at = notified_at
 
 
 class GdprCommands:
@@ -134,6 +150,34 @@ class GdprCommands:
         action = f"gdpr.{request.kind}.{status.value}"
         self.save(request, self._audit(ctx, action, f"gdpr/requests/{request.id}", request.tenant_id))
 
+    def record_breach(self: ControlPlane, ctx: CommandContext, body: BreachBody) -> Breach:
+        breach = Breach(
+            detected_at=format_time(body.detected_at), scope=body.scope, subjects=body.subjects, description=body.description
+        )
+        self.save(breach, self._audit(ctx, "gdpr.breach.record", f"gdpr/breaches/{breach.id}", PLATFORM))
+        return breach
+
+    def breach_notified(self: ControlPlane, ctx: CommandContext, breach_id: str) -> Breach:
+        """The supervisory authority was notified (now); once: a second call changes nothing."""
+        resource = f"gdpr/breaches/{breach_id}"
+        with self._rejections_audited(ctx, "gdpr.breach.notified", resource):
+            canonical = canonical_uuid(breach_id)
+            found: object = None
+            if canonical is not None:
+                try:
+                    found = self.repository.get(UUID(canonical))
+                except AggregateNotFoundError:
+                    found = None
+            if not isinstance(found, Breach):
+                raise NotFound(f"breach {breach_id} not found")
+            if found.notified_at is None:
+                found.authority_notified(notified_at=format_time(datetime.now(UTC)))
+            try:
+                self.save(found, self._audit(ctx, "gdpr.breach.notified", resource, PLATFORM))
+            except IntegrityError as race:
+                raise Conflict(f"breach {breach_id} changed concurrently; retry") from race
+        return found
+
 
 def describe(domain_event: Any) -> tuple[str, str, dict[str, Any]] | None:
     """The log's type, tenant and data for a GDPR event; None for any other event."""
@@ -165,6 +209,18 @@ def describe(domain_event: Any) -> tuple[str, str, dict[str, Any]] | None:
                 "at": format_time(domain_event.timestamp),
             }
             return REQUEST_UPDATED, tenant, data
+        case "Breach.Recorded":
+            data = {
+                "id": str(domain_event.originator_id),
+                "detected_at": domain_event.detected_at,
+                "recorded_at": format_time(domain_event.timestamp),
+                "scope": domain_event.scope,
+                "subjects": domain_event.subjects,
+                "description": domain_event.description,
+            }
+            return BREACH_RECORDED, PLATFORM, data
+        case "Breach.AuthorityNotified":
+            return BREACH_NOTIFIED, PLATFORM, {"id": str(domain_event.originator_id), "notified_at": domain_event.notified_at}
         case "GdprRequest.SubjectErased":
             tenant = domain_event.tenant_id
             data = {

@@ -14,8 +14,9 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate, event
 
 from projections.quotas import THRESHOLD_CROSSED
+from schemas.gdpr import BREACH_OVERDUE
 
-NOTICE_TYPES = frozenset({THRESHOLD_CROSSED})
+NOTICE_TYPES = frozenset({THRESHOLD_CROSSED, BREACH_OVERDUE})
 
 
 class Notice(Aggregate):

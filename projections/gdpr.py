@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from schemas.envelope import Envelope, format_time
+from schemas.gdpr import BREACH_NOTIFY_WITHIN
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +32,29 @@ class RequestStep:
     kind: str | None = None
 
 
-Change = DataClassDefined | RequestStep
+@dataclass(frozen=True, slots=True)
+class BreachRecorded:
+    breach_id: str
+    detected_at: str
+    recorded_at: str
+    deadline: str
+    scope: str
+    subjects: int | None
+    description: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class BreachNotified:
+    breach_id: str
+    notified_at: str
+
+
+Change = DataClassDefined | RequestStep | BreachRecorded | BreachNotified
+
+
+def breach_deadline(detected_at: str) -> str:
+    """72 hours after detection (GDPR Art. 33(1))."""
+    return format_time(datetime.fromisoformat(detected_at) + BREACH_NOTIFY_WITHIN)
 
 
 def changes(event: Envelope) -> list[Change]:
@@ -44,6 +68,21 @@ def changes(event: Envelope) -> list[Change]:
                     data["id"], data["tenant_id"], event.id, "received", "received", data["at"], data["subject"], data["kind"]
                 )
             ]
+        case "omni.gdpr.breach_recorded":
+            detected = data["detected_at"]
+            return [
+                BreachRecorded(
+                    data["id"],
+                    detected,
+                    data["recorded_at"],
+                    breach_deadline(detected),
+                    data["scope"],
+                    data.get("subjects"),
+                    data.get("description"),
+                )
+            ]
+        case "omni.gdpr.breach_notified":
+            return [BreachNotified(data["id"], data["notified_at"])]
         case "omni.gdpr.request_updated":
             return [RequestStep(data["id"], data["tenant_id"], event.id, data["status"], data["step"], data["at"])]
     return []

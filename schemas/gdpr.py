@@ -19,12 +19,13 @@ which meters count and group by. Both are useless once the data key is erased.
 from __future__ import annotations
 
 import calendar
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from schemas.cloudevents import Rfc3339Time
 from schemas.meters import JsonPath, path_parts
 from schemas.text import Text
 
@@ -148,3 +149,36 @@ class GdprRequestPublic(BaseModel):
     deadline: str = Field(description="One month from receipt (GDPR Art. 12(3))")
     steps: list[GdprStep]
     export: str | None = Field(default=None, description="Where the export is, once an access or portability request completed")
+
+
+# Breaches (Art. 33): the supervisory authority is to be notified within 72 hours of detection.
+BREACH_OVERDUE = "omni.gdpr.breach_overdue"  # the notification, once per breach, when the deadline passes
+BREACH_NOTIFY_WITHIN = timedelta(hours=72)
+
+
+class BreachBody(BaseModel):
+    """A personal data breach as recorded by the platform's admin."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    detected_at: Rfc3339Time = Field(description="When the breach was detected (the 72 hours run from it)")
+    scope: Text = Field(min_length=1, max_length=2000, description="What was breached: systems, data, tenants")
+    subjects: int | None = Field(default=None, ge=0, le=10**12, description="How many data subjects, if known")
+    description: Text | None = Field(default=None, max_length=4000)
+
+
+class BreachPublic(BaseModel):
+    id: str
+    detected_at: str
+    recorded_at: str
+    deadline: str = Field(description="72 hours after detection (GDPR Art. 33(1))")
+    status: str = Field(pattern="^(open|overdue|notified)$")
+    notified_at: str | None = Field(description="When the supervisory authority was notified")
+    overdue_notice_at: str | None = Field(description="When the overdue notification was emitted (once)")
+    scope: str
+    subjects: int | None
+    description: str | None
+
+
+class BreachList(BaseModel):
+    data: list[BreachPublic]

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from projections.gdpr import DataClassDefined, RequestStep
+from projections.gdpr import BreachNotified, BreachRecorded, DataClassDefined, RequestStep
 from schemas.gdpr import DataClassBody
 from stores.database import Tx
 
@@ -26,7 +26,10 @@ CREATE TABLE IF NOT EXISTS gdpr_steps (
     event_id TEXT PRIMARY KEY, request_id TEXT NOT NULL, status TEXT NOT NULL, step TEXT NOT NULL, at TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS gdpr_steps_by_request ON gdpr_steps (request_id, at);
 CREATE TABLE IF NOT EXISTS gdpr_exports (
-    request_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, subject TEXT NOT NULL, document TEXT NOT NULL)
+    request_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, subject TEXT NOT NULL, document TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS gdpr_breaches (
+    id TEXT PRIMARY KEY, detected_at TEXT NOT NULL, recorded_at TEXT NOT NULL, deadline TEXT NOT NULL, scope TEXT NOT NULL,
+    subjects BIGINT, description TEXT, notified_at TEXT, overdue_notice_at TEXT)
 """
 
 
@@ -135,3 +138,73 @@ def meter_rows_of_subject(tx: Tx, tenant_id: str, subject: str) -> list[dict[str
     return [
         {"meter": m, "day_start": int(w), "group": orjson.loads(g), "count": int(c), "total": str(t)} for m, w, g, c, t in rows
     ]
+
+
+BREACH_COLUMNS = "id, detected_at, recorded_at, deadline, scope, subjects, description, notified_at, overdue_notice_at"
+
+
+@dataclass(frozen=True, slots=True)
+class BreachRow:
+    id: str
+    detected_at: str
+    recorded_at: str
+    deadline: str
+    scope: str
+    subjects: int | None
+    description: str | None
+    notified_at: str | None
+    overdue_notice_at: str | None
+
+    def status(self, now: str) -> str:
+        if self.notified_at is not None:
+            return "notified"
+        return "overdue" if now >= self.deadline else "open"
+
+
+def add_breach(tx: Tx, change: BreachRecorded) -> None:
+    tx.execute(
+        "INSERT INTO gdpr_breaches VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL) ON CONFLICT (id) DO NOTHING",
+        (
+            change.breach_id,
+            change.detected_at,
+            change.recorded_at,
+            change.deadline,
+            change.scope,
+            change.subjects,
+            change.description,
+        ),
+    )
+
+
+def breach_notified(tx: Tx, change: BreachNotified) -> None:
+    tx.execute(
+        "UPDATE gdpr_breaches SET notified_at=? WHERE id=? AND notified_at IS NULL", (change.notified_at, change.breach_id)
+    )
+
+
+def _breach(row: Sequence[Any]) -> BreachRow:
+    values = list(row)
+    values[5] = None if values[5] is None else int(values[5])
+    return BreachRow(*values)
+
+
+def breaches(tx: Tx) -> list[BreachRow]:
+    return [_breach(r) for r in tx.execute(f"SELECT {BREACH_COLUMNS} FROM gdpr_breaches ORDER BY detected_at DESC, id")]
+
+
+def breach(tx: Tx, breach_id: str) -> BreachRow | None:
+    rows = tx.execute(f"SELECT {BREACH_COLUMNS} FROM gdpr_breaches WHERE id=?", (breach_id,))
+    return next((_breach(r) for r in rows), None)
+
+
+def overdue_unnoticed(tx: Tx, now: str) -> list[BreachRow]:
+    """Breaches past their deadline, the authority not notified, and no overdue notice emitted yet."""
+    rows = tx.execute(
+        f"SELECT {BREACH_COLUMNS} FROM gdpr_breaches WHERE deadline <= ? AND notified_at IS NULL AND overdue_notice_at IS NULL",
+        (now,),
+    )
+    return [_breach(r) for r in rows]
+
+
+def mark_overdue_noticed(tx: Tx, breach_id: str, at: str) -> None:
+    tx.execute("UPDATE gdpr_breaches SET overdue_notice_at=? WHERE id=? AND overdue_notice_at IS NULL", (at, breach_id))

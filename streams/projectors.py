@@ -147,10 +147,15 @@ class CatalogProjector:
                 for slo in slo_view.changes(event):
                     slo_store.put(tx, slo.owner, slo.name, slo.version, slo.definition, slo.at)
                 for gdpr_change in gdpr_view.changes(event):
-                    if isinstance(gdpr_change, gdpr_view.DataClassDefined):
-                        gdpr_store.put_data_class(tx, gdpr_change)
-                    else:
-                        gdpr_store.add_step(tx, gdpr_change)
+                    match gdpr_change:
+                        case gdpr_view.DataClassDefined():
+                            gdpr_store.put_data_class(tx, gdpr_change)
+                        case gdpr_view.RequestStep():
+                            gdpr_store.add_step(tx, gdpr_change)
+                        case gdpr_view.BreachRecorded():
+                            gdpr_store.add_breach(tx, gdpr_change)
+                        case gdpr_view.BreachNotified():
+                            gdpr_store.breach_notified(tx, gdpr_change)
                 position = max(position, catalog.store_position(event))
             views.set_checkpoint(tx, CATALOG, self.topic, partition, fresh[-1].offset + 1)
             # Records relayed by older versions carry no position; one republished after a relay's

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 
 from api.deps import AdminDep, CallerDep, PlatformDep, TenantDep, command_context
 from api.problems import Problem
 from api.relaying import run_command
 from commands.errors import NotFound
+from projections.gdpr import breach_deadline
 from schemas.envelope import format_time
 from schemas.gdpr import (
     EVENT_TYPE_PATTERN,
+    BreachBody,
+    BreachList,
+    BreachPublic,
     DataClassBody,
     DataClassList,
     DataClassPublic,
@@ -170,3 +174,87 @@ def get_gdpr_export(request_id: str, platform: PlatformDep, principal: TenantDep
         )
     headers = {"Content-Disposition": f'attachment; filename="gdpr-export-{row.id}.json"'}
     return Response(document, media_type="application/json", headers=headers)
+
+
+def _breach(row: gdpr_store.BreachRow, now: str) -> BreachPublic:
+    return BreachPublic(
+        id=row.id,
+        detected_at=row.detected_at,
+        recorded_at=row.recorded_at,
+        deadline=row.deadline,
+        status=row.status(now),
+        notified_at=row.notified_at,
+        overdue_notice_at=row.overdue_notice_at,
+        scope=row.scope,
+        subjects=row.subjects,
+        description=row.description,
+    )
+
+
+def _now() -> str:
+    return format_time(datetime.now(UTC))
+
+
+def _breach_row(platform: PlatformDep, breach_id: str) -> gdpr_store.BreachRow:
+    canonical = canonical_uuid(breach_id)
+    row = None
+    if canonical is not None:
+        with platform.db.transaction() as tx:
+            row = gdpr_store.breach(tx, canonical)
+    if row is None:
+        raise NotFound(f"breach {breach_id} not found")
+    return row
+
+
+@router.post("/gdpr/breaches", status_code=201, response_model=BreachPublic, responses={422: {}})
+async def record_breach(
+    body: BreachBody, request: Request, response: Response, platform: PlatformDep, admin: AdminDep
+) -> BreachPublic:
+    """Record a personal data breach: the supervisory authority is to be notified within 72 hours of
+    its detection (Art. 33); past that, one `omni.gdpr.breach_overdue` notification is emitted."""
+    breach = await run_command(platform, platform.control.record_breach, command_context(request, admin), body)
+    response.headers["Location"] = f"/v1/gdpr/breaches/{breach.id}"
+    with platform.db.transaction() as tx:
+        row = gdpr_store.breach(tx, str(breach.id))
+    if row is not None:
+        return _breach(row, _now())
+    detected = format_time(body.detected_at)  # the views are behind (read-your-writes missed): from the command
+    return BreachPublic(
+        id=str(breach.id),
+        detected_at=detected,
+        recorded_at=format_time(breach.created_on),
+        deadline=breach_deadline(detected),
+        status="overdue" if _now() >= breach_deadline(detected) else "open",
+        notified_at=None,
+        overdue_notice_at=None,
+        scope=body.scope,
+        subjects=body.subjects,
+        description=body.description,
+    )
+
+
+@router.get("/gdpr/breaches", response_model=BreachList)
+def list_breaches(
+    platform: PlatformDep,
+    admin: AdminDep,
+    status: Annotated[str | None, Query(pattern="^(open|overdue|notified)$", description="Only breaches in this state")] = None,
+) -> BreachList:
+    """The breach register, most recently detected first, each with its deadline and state."""
+    now = _now()
+    with platform.db.transaction() as tx:
+        rows = gdpr_store.breaches(tx)
+    found = [_breach(row, now) for row in rows]
+    return BreachList(data=[b for b in found if status is None or b.status == status])
+
+
+@router.get("/gdpr/breaches/{breach_id}", response_model=BreachPublic, responses={404: {}})
+def get_breach(breach_id: str, platform: PlatformDep, admin: AdminDep) -> BreachPublic:
+    """One breach of the register."""
+    return _breach(_breach_row(platform, breach_id), _now())
+
+
+@router.post("/gdpr/breaches/{breach_id}/notified", response_model=BreachPublic, responses={404: {}, 409: {}})
+async def breach_notified(breach_id: str, request: Request, platform: PlatformDep, admin: AdminDep) -> BreachPublic:
+    """The supervisory authority has been notified of the breach (now); again changes nothing."""
+    await run_command(platform, platform.control.breach_notified, command_context(request, admin), breach_id)
+    return _breach(_breach_row(platform, breach_id), _now())

@@ -78,6 +78,11 @@ ROUTES: dict[tuple[str, str], str] = {
     ("POST", "/v1/gdpr/requests"): TENANT_ONLY,
     ("GET", "/v1/gdpr/requests/{request_id}"): TENANT_ONLY,
     ("GET", "/v1/gdpr/requests/{request_id}/export"): TENANT_ONLY,
+    # The breach register is the platform's own (Art. 33).
+    ("POST", "/v1/gdpr/breaches"): ADMIN_ONLY,
+    ("GET", "/v1/gdpr/breaches"): ADMIN_ONLY,
+    ("GET", "/v1/gdpr/breaches/{breach_id}"): ADMIN_ONLY,
+    ("POST", "/v1/gdpr/breaches/{breach_id}/notified"): ADMIN_ONLY,
 }
 
 
@@ -118,6 +123,8 @@ def request_body(method: str, path: str) -> dict[str, Any]:
         }
     if (method, path) == ("PUT", "/v1/data-classes/{event_type}"):
         return {"json": {"personal": ["$.data.email"]}}
+    if (method, path) == ("POST", "/v1/gdpr/breaches"):
+        return {"json": {"detected_at": "2026-01-01T00:00:00Z", "scope": "acl"}}
     if (method, path) == ("POST", "/v1/gdpr/requests"):
         return {"json": {"subject": "acl-person", "kind": "access"}}
     if method == "POST" and path.startswith("/v1/invoices/"):

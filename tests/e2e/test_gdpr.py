@@ -12,8 +12,10 @@ import re
 import sqlite3
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
 
 from omni.settings import Mode
@@ -260,9 +262,47 @@ async def test_personal_data_is_sealed_exported_and_erased_for_good(omni: Omni, 
     await omni.settle()
     assert await meters() == before
     assert await in_views(omni, needles) == []
+    await breaches(omni)
     logged = "\n".join(f"{r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
     assert not [n for n in needles if n.decode() in logged]
     assert tenant_id
+
+
+async def breaches(omni: Omni) -> None:
+    """The breach register: 72 hours from detection; past them, one overdue notification, ever."""
+    admin = omni.auth(ADMIN)
+    detected = datetime.now(UTC) - timedelta(hours=73)
+    late = await omni.client.post(
+        "/v1/gdpr/breaches", json={"detected_at": detected.isoformat(), "scope": "a backup bucket", "subjects": 12}, headers=admin
+    )
+    assert late.status_code == 201, late.text
+    fresh = await omni.client.post(
+        "/v1/gdpr/breaches", json={"detected_at": datetime.now(UTC).isoformat(), "scope": "a laptop"}, headers=admin
+    )
+    assert fresh.status_code == 201, fresh.text
+    assert (
+        await omni.client.post("/v1/gdpr/breaches", json={"detected_at": "yesterday", "scope": "x"}, headers=admin)
+    ).status_code == 422
+    for _ in range(3):  # settled three times: the notice is emitted once
+        await omni.settle()
+    shown = (await omni.client.get(f"/v1/gdpr/breaches/{late.json()['id']}", headers=admin)).json()
+    assert shown["status"] == "overdue" and shown["overdue_notice_at"] is not None, shown
+    assert datetime.fromisoformat(shown["deadline"]) == datetime.fromisoformat(shown["detected_at"]) + timedelta(hours=72)
+    notices = []
+    topic = omni.platform.topics.notifications
+    for partition, end in (await omni.platform.log.end_offsets(topic)).items():
+        for record in await omni.platform.log.read(topic, partition, 0, end):
+            if b"omni.gdpr.breach_overdue" in record.value:
+                notices.append(orjson.loads(record.value)["data"]["breach_id"])
+    assert notices == [late.json()["id"]]
+    notified = await omni.client.post(f"/v1/gdpr/breaches/{fresh.json()['id']}/notified", headers=admin)
+    assert notified.status_code == 200, notified.text
+    await omni.settle()
+    listed = (await omni.client.get("/v1/gdpr/breaches", headers=admin)).json()["data"]
+    assert {b["id"]: b["status"] for b in listed} == {late.json()["id"]: "overdue", fresh.json()["id"]: "notified"}
+    overdue = (await omni.client.get("/v1/gdpr/breaches", params={"status": "overdue"}, headers=admin)).json()["data"]
+    assert [b["id"] for b in overdue] == [late.json()["id"]]
+    assert (await omni.client.get(f"/v1/gdpr/breaches/{uuid.uuid4()}", headers=admin)).status_code == 404
 
 
 def test_kafka_mode_refuses_to_serve_without_a_master_key(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:

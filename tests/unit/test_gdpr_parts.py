@@ -11,10 +11,12 @@ from cryptography.exceptions import InvalidTag
 from pydantic import ValidationError
 
 from omni.personal_data import DataKey, MasterKey, associated_data
+from projections.gdpr import breach_deadline
 from projections.meters import MeterIndex, apply, unique_token
 from schemas.envelope import Envelope
 from schemas.gdpr import DataClassBody, legal_deadline, pseudonym_of
 from schemas.meters import MeterDefinition
+from stores.gdpr import BreachRow
 
 
 @pytest.mark.parametrize(
@@ -127,3 +129,17 @@ def test_meters_count_and_group_sealed_values_by_their_pseudonym() -> None:
     people = next(state for key, state in view.items() if key.meter == "people")
     assert len(people.uniques) == 2
     assert unique_token(sealed[0]) == pseudonym_of(sealed[0]) and unique_token({"not": "sealed"}) is None
+
+
+def test_a_breach_is_due_72_hours_after_detection_and_overdue_past_it() -> None:
+    assert breach_deadline("2026-02-27T10:00:00.000000Z") == "2026-03-02T10:00:00.000000Z"  # over a month's end
+    row = BreachRow("b", "2026-02-27T10:00:00.000000Z", "x", "2026-03-02T10:00:00.000000Z", "s", None, None, None, None)
+    assert row.status("2026-03-02T09:59:59.999999Z") == "open"
+    assert row.status("2026-03-02T10:00:00.000000Z") == "overdue"
+    assert (
+        BreachRow(*[*vars_of(row)[:7], "2026-03-03T00:00:00.000000Z", None]).status("2026-04-01T00:00:00.000000Z") == "notified"
+    )
+
+
+def vars_of(row: BreachRow) -> list:
+    return [getattr(row, name) for name in BreachRow.__dataclass_fields__]
