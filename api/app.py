@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import docs, edge, lean_consume, metering, openapi, problems, tracing
-from api.routes import audit, events, health, invoices, meters, plans, quotas, replays, slos, tenants, webhooks
+from api.routes import audit, events, gdpr, health, invoices, meters, plans, quotas, replays, slos, tenants, webhooks
 from omni.bootstrap import Platform, build
 from omni.settings import Settings
 
@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None, *, platform: Platform | None = 
         audit.router,
         slos.router,
         replays.router,
+        gdpr.router,
     ):
         app.include_router(router)
     app.include_router(webhooks.router)  # authenticated by Stripe's signature, not an API key (api/edge.py)

@@ -20,7 +20,7 @@ from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate, event
 from eventsourcing.persistence import IntegrityError, Recording
 
-from commands import billing, notices, plans, slos, stripe_sync
+from commands import billing, gdpr, notices, plans, slos, stripe_sync
 from commands.errors import Conflict, NotFound, Rejected
 from commands.ids import key_aggregate_id, meter_aggregate_id
 from schemas.ids import canonical_uuid
@@ -133,7 +133,14 @@ def parse_token(token: str) -> tuple[str, str] | None:
     return parts[1], parts[2]
 
 
-class ControlPlane(plans.PlanCommands, billing.BillingCommands, stripe_sync.StripeCommands, slos.SloCommands, Application[UUID]):
+class ControlPlane(
+    plans.PlanCommands,
+    billing.BillingCommands,
+    stripe_sync.StripeCommands,
+    slos.SloCommands,
+    gdpr.GdprCommands,
+    Application[UUID],
+):
     """Tenants, keys, meters, plans and quota overrides: the decisions that need invariants.
 
     Every command saves an AuditEntry: with its events when accepted (one
@@ -287,7 +294,7 @@ class ControlPlane(plans.PlanCommands, billing.BillingCommands, stripe_sync.Stri
 # What the outbox relay publishes for each stored event: log type, tenant, payload.
 def describe(domain_event: Any) -> tuple[str, str, dict[str, Any]]:
     described = plans.describe(domain_event) or billing.describe(domain_event) or notices.describe(domain_event)
-    described = described or stripe_sync.describe(domain_event) or slos.describe(domain_event)
+    described = described or stripe_sync.describe(domain_event) or slos.describe(domain_event) or gdpr.describe(domain_event)
     if described is not None:
         return described
     kind = type(domain_event).__qualname__  # e.g. "Tenant.Created"

@@ -15,8 +15,9 @@ from eventsourcing.domain import Aggregate, event
 
 from projections.quotas import THRESHOLD_CROSSED
 from projections.slos import ALERT_FIRED, ALERT_RESOLVED
+from schemas.gdpr import BREACH_OVERDUE
 
-NOTICE_TYPES = frozenset({THRESHOLD_CROSSED, ALERT_FIRED, ALERT_RESOLVED})
+NOTICE_TYPES = frozenset({THRESHOLD_CROSSED, ALERT_FIRED, ALERT_RESOLVED, BREACH_OVERDUE})
 
 
 class Notice(Aggregate):

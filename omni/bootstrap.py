@@ -23,10 +23,12 @@ from commands.control_plane import ControlPlane, Principal
 from commands.ingest import AdmissionPolicy
 from omni import failpoints, metrics
 from omni.catalog_cache import CatalogCache
+from omni.gdpr_jobs import GdprJobs
 from omni.key_cache import KeyCache, KeyChanges
+from omni.personal_data import PersonalData, generate_master_key, master_key_from
 from omni.settings import Mode, Settings
 from schemas.topics import Topics
-from stores import schema, views
+from stores import data_keys, schema, views
 from stores.database import Database, PostgresDatabase, SqliteDatabase
 from stores.store_listener import StoreListener
 from streams.embedded_quotas import EmbeddedQuotaLedger
@@ -80,6 +82,23 @@ def stored_admin_key(settings: Settings) -> str | None:
     return path.read_text().strip() if path.exists() else None
 
 
+def gdpr_master_key(settings: Settings) -> str | None:
+    """OMNI_GDPR_MASTER_KEY; in embedded mode without it, one generated once into the data directory
+    (readable by its owner only). Kafka mode has none unless configured (`omni serve` refuses to start)."""
+    if settings.gdpr_master_key:
+        return settings.gdpr_master_key
+    if settings.mode is not Mode.EMBEDDED:
+        return None
+    path = settings.data_dir / "gdpr_master_key"
+    if path.exists():
+        return path.read_text().strip()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    key = generate_master_key()
+    path.write_text(key + "\n")
+    path.chmod(0o600)
+    return key
+
+
 def admin_key(settings: Settings) -> str:
     """OMNI_ADMIN_KEY, or one generated once and kept in the data directory (readable by its owner only)."""
     existing = stored_admin_key(settings)
@@ -108,14 +127,18 @@ class Platform:
     keys: KeyCache
     key_changes: KeyChanges
     catalog: CatalogCache  # what consume reads from the catalog views, kept while notices say it holds
+    personal: PersonalData  # data classes and data keys: sealing at admission, opening for reads, erasure
     quotas: QuotaLedger | None = None  # where consume decides: the embedded log's file, or Redis
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))  # consume's time (tests set it)
     notices: NoticesRelay = field(init=False)
     replays: ReplayJobs = field(init=False)
 
+    gdpr_jobs: GdprJobs = field(init=False)
+
     def __post_init__(self) -> None:
         self.notices = NoticesRelay(self.control, self.db, self.relay.wake)
         self.replays = ReplayJobs(build_replayer(self.settings, self.db, self.log), self.db)
+        self.gdpr_jobs = GdprJobs(self)
 
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -206,6 +229,10 @@ class Platform:
         except Exception:
             log.warning("could not read the key changes after a command; authenticating from the store", exc_info=True)
         try:
+            await asyncio.to_thread(self.personal.catch_up)
+        except Exception:
+            log.warning("could not read the GDPR changes after a command; data keys are read from the store", exc_info=True)
+        try:
             await asyncio.to_thread(self.catalog.catch_up)
         except Exception:
             log.warning("could not read the catalog changes after a command; consume reads the views", exc_info=True)
@@ -235,6 +262,7 @@ class Platform:
         if self.settings.mode is Mode.EMBEDDED:
             # The only process on this data: every key change is one of its own commands.
             await asyncio.to_thread(self.key_changes.start_watching)
+            await asyncio.to_thread(self.personal.start_watching)
         else:
             self._tasks.append(asyncio.create_task(self._key_listener().run(self._stop), name="key-listener"))
 
@@ -244,20 +272,25 @@ class Platform:
         async def changed() -> None:
             self.catalog.heard()  # before anything else runs: no consume reads a stale quota from here
             await asyncio.to_thread(self.key_changes.catch_up)
+            await asyncio.to_thread(self.personal.catch_up)
             await asyncio.to_thread(self.catalog.catch_up)
 
         async def listening() -> None:
             await asyncio.to_thread(self.key_changes.start_watching)
+            await asyncio.to_thread(self.personal.start_watching)
             await asyncio.to_thread(lambda: self.catalog.start_watching(self._catalog_applied()))
 
         async def lost() -> None:
             self.key_changes.stop_watching()
+            self.personal.stop_watching()
             self.catalog.stop_watching()
 
         channel: str = self.control.recorder.channel_name  # type: ignore[attr-defined]
         return StoreListener(self.settings.database_url, channel, listening=listening, changed=changed, lost=lost)
 
     async def stop(self) -> None:
+        with contextlib.suppress(TimeoutError):  # before the relay and runner stop: a job's steps wait for the views
+            await asyncio.wait_for(self.gdpr_jobs.wait(), timeout=10)
         self._stop.set()
         await self.replays.close()
         for task in self._tasks:
@@ -269,6 +302,8 @@ class Platform:
         await self.log.close()
         if self.sink is not self.log:
             await self.sink.close()
+        if self.personal.keys_db is not self.db:
+            self.personal.keys_db.close()
         self.db.close()
         self.control.close()
 
@@ -320,6 +355,10 @@ def build(settings: Settings) -> Platform:
         facts = RedisFactLedger(settings.redis_url, topics)
     db.migrate(schema.SCHEMA)
     control = ControlPlane(env=event_store_env(settings))
+    # The data keys live in the event store's database: its own file in embedded mode, its schema in PostgreSQL.
+    keys_db = SqliteDatabase(settings.data_dir / "eventstore.sqlite") if settings.mode is Mode.EMBEDDED else db
+    keys_db.migrate(data_keys.SCHEMA)
+    personal = PersonalData(master_key_from(gdpr_master_key(settings)), keys_db, control.recorder, control.mapper.to_domain_event)
     keys = KeyCache()  # trusted once `start` watches the key changes
     return Platform(
         settings=settings,
@@ -340,6 +379,7 @@ def build(settings: Settings) -> Platform:
         keys=keys,
         key_changes=KeyChanges(control.recorder, keys),
         catalog=CatalogCache(control.recorder),
+        personal=personal,
         quotas=quotas,
     )
 

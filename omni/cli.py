@@ -28,6 +28,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve the API. In embedded mode the relay and the projection runner run in-process too."""
     settings = Settings()
     logs.configure(settings.log_level)
+    check_master_key(settings)
     from api.app import create_app
     from api.server import serve_app
 
@@ -41,6 +42,27 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
         # Printed once, when generated, never again at later starts (logs are often kept and shared).
         typer.echo(f"Admin key (generated now; `omni admin-key` prints it again): {new_admin_key}", err=True)
     serve_app(api, settings, host=host, port=port)
+
+
+def check_master_key(settings: Settings) -> None:
+    """Kafka mode's API processes seal personal data with the master key they all share: none given,
+    `omni serve` refuses to start (embedded mode generates one into its data directory)."""
+    if settings.mode is Mode.KAFKA and not settings.gdpr_master_key:
+        typer.echo(
+            "omni serve: OMNI_GDPR_MASTER_KEY is not set. In Kafka mode every API process must seal personal data "
+            "with the same master key (32 bytes in base64; `omni gdpr-master-key` prints a new one). Keep it secret, "
+            "and never lose it: without it no personal data can be read again.",
+            err=True,
+        )
+        raise typer.Exit(2)
+    if settings.gdpr_master_key:
+        from omni.personal_data import MasterKey
+
+        try:
+            MasterKey.from_text(settings.gdpr_master_key)
+        except ValueError as bad:
+            typer.echo(f"omni serve: {bad}", err=True)
+            raise typer.Exit(2) from bad
 
 
 def platform_when_reachable(settings: Settings) -> Platform:
@@ -272,6 +294,14 @@ def replay(
     settings = Settings()
     logs.configure(settings.log_level)
     raise typer.Exit(asyncio.run(run_replay(settings, projections or [], diff=diff, swap=swap, until=until, keep=keep)))
+
+
+@app.command("gdpr-master-key")
+def new_master_key() -> None:
+    """Print a new GDPR master key (32 random bytes in base64) for OMNI_GDPR_MASTER_KEY."""
+    from omni.personal_data import generate_master_key
+
+    typer.echo(generate_master_key())
 
 
 @app.command("admin-key")

@@ -41,6 +41,10 @@ VIEWS_LAG = Gauge(
     "Records on the log the views do not hold yet, per partition this process folds",
     ["projector", "partition"],
 )
+SEALED_EVENTS = Counter("omni_gdpr_sealed_events_total", "Events whose personal values admission sealed (README, GDPR)")
+DATA_KEY_READS = Counter(
+    "omni_gdpr_data_key_reads_total", "Admissions that read (or made) data keys in the key store: persons not in memory"
+)
 KEY_CACHE = Counter(
     "omni_key_cache_total", "API key lookups answered from memory (hit) or by the event store (miss)", ["outcome"]
 )

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     # holding it; None: generated once), and how many entries of a chain each periodic checkpoint closes.
     audit_signing_key: str | None = Field(default=None, repr=False)
     audit_checkpoint_every: int = Field(default=100, ge=1, le=1_000_000)
+    # GDPR (README, "GDPR"): the master key wrapping every data subject's key, 32 bytes in base64.
+    # Embedded mode generates one into the data directory; `omni serve` in Kafka mode refuses to start without it.
+    gdpr_master_key: str | None = Field(default=None, repr=False)
     # The HTTP edge (api/edge.py, api/server.py): what one request may cost before it is refused.
     max_header_bytes: int = Field(default=16 * 1024, ge=1024)  # names and values of all headers, together
     header_timeout_seconds: float = Field(default=10.0, gt=0)  # from a request's first byte to its last header

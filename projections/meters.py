@@ -21,6 +21,7 @@ import orjson
 
 from projections.meter_state import EMPTY, BucketState, combine, observe
 from schemas.envelope import Envelope
+from schemas.gdpr import pseudonym_of
 from schemas.meters import Aggregation, MeterDefinition, path_parts
 
 MINUTE = 60
@@ -193,7 +194,8 @@ def unique_token(value: Any) -> str | None:
     """What UNIQUE_COUNT counts of a value: its JSON text, or that text's digest when it is long (no
     JSON text starts with "sha256:", so a digest is never taken for a value)."""
     if value is None or isinstance(value, (dict, list)):
-        return None
+        # A personal value sealed at admission counts as its pseudonym (no JSON text starts with it).
+        return pseudonym_of(value)
     token = orjson.dumps(value).decode()
     return token if len(token) <= MAX_GROUP_VALUE_CHARS else digest(token)
 
@@ -243,7 +245,7 @@ def _canonical(names: tuple[str, ...], values: tuple[Any, ...]) -> str:
 
 def _group_value(value: Any) -> Any:
     if isinstance(value, (dict, list)):
-        return None
+        return pseudonym_of(value)  # a sealed personal value groups by its pseudonym; other objects as null
     if type(value) is str and len(value) > MAX_GROUP_VALUE_CHARS:
         return digest(value)
     return value

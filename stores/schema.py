@@ -1,6 +1,6 @@
 """Every view table, migrated together (stores.database.Database.migrate)."""
 
-from stores import audit, billing, plans, quotas, replays, slos, stripe, views
+from stores import audit, billing, gdpr, plans, quotas, replays, slos, stripe, views
 
 SCHEMA = ";\n".join(
     script.strip().rstrip(";")
@@ -13,5 +13,6 @@ SCHEMA = ";\n".join(
         audit.SCHEMA,
         slos.SCHEMA,
         replays.SCHEMA,
+        gdpr.SCHEMA,
     )
 )

@@ -12,13 +12,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 from decimal import Decimal
+from uuid import uuid5
 
 from commands.control_plane import ControlPlane
+from commands.gdpr import PLATFORM
 from commands.notices import Notice
 from omni import failpoints
-from projections.quotas import PeriodKey
+from projections.quotas import NOTICES, PeriodKey
+from schemas.envelope import format_time
+from schemas.gdpr import BREACH_OVERDUE
 from schemas.plans import quantity_json
+from stores import gdpr as gdpr_views
 from stores import quotas as quota_views
 from stores import slos as slo_views
 from stores.database import Database, StoreUnavailable
@@ -38,11 +44,12 @@ class NoticesRelay:
 
     def record_once(self, limit: int = 200) -> int:
         """Record the next notifications (blocking); return how many rows were settled."""
+        moved = self._breaches_overdue()
         with self.db.transaction() as tx:
             rows = quota_views.unrecorded(tx, limit)
             alerts = slo_views.unrecorded_alerts(tx, limit)
         if not rows and not alerts:
-            return 0
+            return moved
         for notice_id, tenant_id, kind, meter, period, threshold, quota_limit, used, occurred_at in rows:
             data = {
                 "tenant_id": tenant_id,
@@ -63,7 +70,21 @@ class NoticesRelay:
         with self.db.transaction() as tx:
             quota_views.mark_recorded(tx, [row[0] for row in rows])
             slo_views.mark_alerts_recorded(tx, [row[0] for row in alerts])
-        return len(rows) + len(alerts)
+        return moved + len(rows) + len(alerts)
+
+    def _breaches_overdue(self) -> int:
+        """A breach whose 72 hours passed with the authority not notified: one notice, ever (its id is
+        deterministic, so the event store refuses a second, after a restart or a replay too)."""
+        now = format_time(datetime.now(UTC))
+        with self.db.transaction() as tx:
+            overdue = gdpr_views.overdue_unnoticed(tx, now)
+        for breach in overdue:
+            data = {"breach_id": breach.id, "detected_at": breach.detected_at, "deadline": breach.deadline, "scope": breach.scope}
+            notice_id = str(uuid5(NOTICES, f"breach-overdue:{breach.id}"))
+            self.control.record_notice(Notice(notice_id=notice_id, kind=BREACH_OVERDUE, tenant_id=PLATFORM, data=data))
+            with self.db.transaction() as tx:
+                gdpr_views.mark_overdue_noticed(tx, breach.id, now)
+        return len(overdue)
 
     async def run(self, stop: asyncio.Event) -> None:
         leadership = self.db.leadership(LEADER)

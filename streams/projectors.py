@@ -24,6 +24,7 @@ from opentelemetry import trace
 
 from omni import failpoints, metrics
 from projections import audit_chain, catalog, invoices, quotas
+from projections import gdpr as gdpr_view
 from projections import plans as plan_view
 from projections import slos as slo_view
 from projections import stripe as stripe_view
@@ -35,6 +36,7 @@ from schemas.text import NUL_ESCAPE, json_holds_nul
 from schemas.topics import Topics
 from stores import audit as audit_store
 from stores import billing as billing_store
+from stores import gdpr as gdpr_store
 from stores import plans as plan_store
 from stores import quotas as quota_store
 from stores import slos as slo_store
@@ -147,6 +149,16 @@ class CatalogProjector:
                     stripe_store.write(tx, stripe_change)
                 for slo in slo_view.changes(event):
                     slo_store.put(tx, slo.owner, slo.name, slo.version, slo.definition, slo.at)
+                for gdpr_change in gdpr_view.changes(event):
+                    match gdpr_change:
+                        case gdpr_view.DataClassDefined():
+                            gdpr_store.put_data_class(tx, gdpr_change)
+                        case gdpr_view.RequestStep():
+                            gdpr_store.add_step(tx, gdpr_change)
+                        case gdpr_view.BreachRecorded():
+                            gdpr_store.add_breach(tx, gdpr_change)
+                        case gdpr_view.BreachNotified():
+                            gdpr_store.breach_notified(tx, gdpr_change)
                 position = max(position, catalog.store_position(event))
             views.set_checkpoint(tx, CATALOG, self.topic, partition, fresh[-1].offset + 1)
             # Records relayed by older versions carry no position; one republished after a relay's

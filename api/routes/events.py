@@ -31,6 +31,7 @@ from api.problems import Problem
 from commands.errors import Invalid
 from commands.ingest import Admitted, TooLarge, admit_encoded, expires_at
 from omni import failpoints, metrics
+from omni.personal_data import KeysMissing
 from schemas.api import IngestResult
 from schemas.cloudevents import BATCH, STRUCTURED
 from schemas.envelope import Actor
@@ -151,7 +152,9 @@ async def ingest_events(request: Request, platform: PlatformDep, principal: Tena
         binary = is_binary_mode(request.headers)
         headers = dict(request.headers) if binary else {}
 
-        def admission() -> Admitted:
+        personal = platform.personal
+
+        def admission(may_block: bool) -> Admitted:
             if binary:
                 items = [_binary_event(headers, body)]
             else:
@@ -169,9 +172,16 @@ async def ingest_events(request: Request, platform: PlatformDep, principal: Tena
                 traceparent=traceparent,
                 # The body tells about NUL only where it holds every event's text as JSON.
                 may_hold_nul=binary or readable is not items or json_holds_nul(body),
+                protect=lambda envelopes: personal.protect(envelopes, may_block=may_block),
             )
 
-        admitted = await asyncio.to_thread(admission) if large else admission()
+        if large:
+            admitted = await asyncio.to_thread(admission, True)
+        else:
+            try:
+                admitted = admission(False)
+            except KeysMissing:  # a person's data key is not in memory: read (or made) off the event loop
+                admitted = await asyncio.to_thread(admission, True)
         envelopes = admitted.envelopes
         try:
             accepted = await platform.sink.ingest(envelopes, [expires_at(e, policy) for e in envelopes], admitted.values)

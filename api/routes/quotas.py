@@ -17,6 +17,7 @@ from commands.errors import NotFound
 from commands.slos import PLATFORM
 from omni import metrics
 from omni.bootstrap import Platform
+from omni.personal_data import KeysMissing
 from projections.quotas import (
     CONSUME_SOURCE,
     QUOTA_CONSUME,
@@ -138,6 +139,7 @@ async def consume(meter: str, body: ConsumeBody, platform: PlatformDep, principa
         actor=actor,
         extensions={QUOTA_CONSUME: period.text},
     )
+    usage = await _sealed(platform, usage)
     refusal = Envelope(
         id=str(uuid_utils.uuid7()),
         type=REFUSED,
@@ -211,6 +213,16 @@ async def consume(meter: str, body: ConsumeBody, platform: PlatformDep, principa
         limit=quantity_json(decision.limit) if decision.limit is not None else None,
         period_end=_z(outcome.period.end),
     )
+
+
+async def _sealed(platform: Platform, usage: Envelope) -> Envelope:
+    """The usage event with its personal values sealed, as POST /v1/events seals them (README, "GDPR")."""
+    envelopes = [usage]
+    try:
+        platform.personal.protect(envelopes, may_block=False)
+    except KeysMissing:  # the person's key is not in memory: read (or made) off the event loop
+        await run_in_threadpool(platform.personal.protect, envelopes, may_block=True)
+    return envelopes[0]
 
 
 def _tenant_of(principal: CallerDep, tenant: str | None) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import dataclasses
 import math
 import os
@@ -34,6 +35,7 @@ KAFKA = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:19092")
 DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://omni:omni@127.0.0.1:15432/omni")
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:16379/0")
 ADMIN_KEY = f"omni_bench_admin_{uuid.uuid4().hex}"
+GDPR_MASTER_KEY = base64.b64encode(os.urandom(32)).decode()  # what `omni serve` seals personal data with
 BATCH_TYPE = "application/cloudevents-batch+json"
 # What the load generator sends as User-Agent (the envelopes carry it, so record sizes depend on it).
 LOAD_USER_AGENT = aiohttp.http.SERVER_SOFTWARE
@@ -609,6 +611,7 @@ def service_env(**omni: str) -> dict[str, str]:
     env = {
         **os.environ,
         "OMNI_ADMIN_KEY": ADMIN_KEY,
+        "OMNI_GDPR_MASTER_KEY": GDPR_MASTER_KEY,
         "OMNI_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
         "KAFKA_BOOTSTRAP_SERVERS": KAFKA,
         "DATABASE_URL": DATABASE_URL,

@@ -17,7 +17,16 @@ from types import ModuleType
 
 from ops.bench.common import add_options, machine, options_from
 
-BENCHMARKS = ("ingest_kafka", "freshness", "ingest_embedded", "query_latency", "replay", "quota_consume", "close_period")
+BENCHMARKS = (
+    "ingest_kafka",
+    "freshness",
+    "ingest_embedded",
+    "query_latency",
+    "replay",
+    "quota_consume",
+    "close_period",
+    "gdpr_ingest",
+)
 
 
 def module(name: str) -> ModuleType:

@@ -22,6 +22,7 @@ from schemas.topics import Topics
 ADMIN = "test-admin-key"
 BATCH = "application/cloudevents-batch+json"
 SINGLE = "application/cloudevents+json"
+GDPR_MASTER_KEY = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="  # 32 bytes, base64: tests only
 
 
 class Omni:
@@ -92,6 +93,7 @@ def kafka_settings(name: str, **overrides: Any) -> Settings:
         "produce_timeout_seconds": 5,
         "read_your_writes_seconds": 0,  # tests that settle the views themselves: commands do not wait
         "billing_auto_close": False,  # tests close their periods themselves
+        "gdpr_master_key": GDPR_MASTER_KEY,  # embedded mode generates its own
     }
     return Settings(**(values | overrides))
 

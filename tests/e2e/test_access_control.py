@@ -76,6 +76,18 @@ ROUTES: dict[tuple[str, str], str] = {
     # Replays rebuild every tenant's views from the log: the operator's alone.
     ("POST", "/v1/admin/replays"): ADMIN_ONLY,
     ("GET", "/v1/admin/replays/{replay_id}"): ADMIN_ONLY,
+    # GDPR: the admin declares what is personal; a tenant acts for its own data subjects only.
+    ("PUT", "/v1/data-classes/{event_type}"): ADMIN_ONLY,
+    ("GET", "/v1/data-classes"): EITHER,
+    ("GET", "/v1/data-classes/{event_type}"): EITHER,
+    ("POST", "/v1/gdpr/requests"): TENANT_ONLY,
+    ("GET", "/v1/gdpr/requests/{request_id}"): TENANT_ONLY,
+    ("GET", "/v1/gdpr/requests/{request_id}/export"): TENANT_ONLY,
+    # The breach register is the platform's own (Art. 33).
+    ("POST", "/v1/gdpr/breaches"): ADMIN_ONLY,
+    ("GET", "/v1/gdpr/breaches"): ADMIN_ONLY,
+    ("GET", "/v1/gdpr/breaches/{breach_id}"): ADMIN_ONLY,
+    ("POST", "/v1/gdpr/breaches/{breach_id}/notified"): ADMIN_ONLY,
 }
 
 
@@ -116,6 +128,12 @@ def request_body(method: str, path: str) -> dict[str, Any]:
         }
     if (method, path) == ("POST", "/v1/admin/replays"):
         return {"json": {"projections": ["catalog"], "mode": "diff"}}
+    if (method, path) == ("PUT", "/v1/data-classes/{event_type}"):
+        return {"json": {"personal": ["$.data.email"]}}
+    if (method, path) == ("POST", "/v1/gdpr/breaches"):
+        return {"json": {"detected_at": "2026-01-01T00:00:00Z", "scope": "acl"}}
+    if (method, path) == ("POST", "/v1/gdpr/requests"):
+        return {"json": {"subject": "acl-person", "kind": "access"}}
     if method == "POST" and path.startswith("/v1/invoices/"):
         return {"json": {"reason": "acl"}}
     if method == "POST":
@@ -135,7 +153,14 @@ async def tenant_with_a_meter(omni: Omni) -> tuple[dict[str, str], str]:
     await omni.meter(slug="calls", event_type="call", aggregation="COUNT")
     await omni.settle()
     ids = {"tenant_id": tenant_id, "key_id": key.split("_")[1], "slug": "calls", "meter": "calls", "period": "2020-01"}
-    return {**ids, "invoice_id": str(uuid.uuid4()), "name": "acl-slo", "replay_id": "0123456789ab"}, key
+    return {
+        **ids,
+        "invoice_id": str(uuid.uuid4()),
+        "name": "acl-slo",
+        "replay_id": "0123456789ab",
+        "event_type": "call",
+        "request_id": str(uuid.uuid4()),
+    }, key
 
 
 async def test_every_route_is_classified(omni: Omni) -> None:

@@ -84,3 +84,22 @@ async def test_usage_sent_before_a_meter_is_defined_is_in_its_first_query(live: 
     defined = await live.post("/v1/meters", json={"slug": "calls", "event_type": "call", "aggregation": "COUNT"}, headers=admin)
     assert defined.status_code == 201
     assert (await live.get("/v1/meters/calls/query", headers=own)).status_code == 200
+
+
+async def test_a_data_class_and_a_gdpr_request_are_readable_at_once(live: httpx.AsyncClient) -> None:
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    tenant = (await live.post("/v1/tenants", json={"name": "t", "plan": "p"}, headers=admin)).json()
+    own = {"Authorization": f"Bearer {tenant['api_key']}"}
+    for n in range(3):
+        put = await live.put(f"/v1/data-classes/chat-{n}", json={"personal": ["$.data.email"]}, headers=admin)
+        assert put.status_code == 201, put.text
+        assert (await live.get(f"/v1/data-classes/chat-{n}", headers=own)).status_code == 200
+        created = await live.post("/v1/gdpr/requests", json={"subject": f"person-{n}", "kind": "access"}, headers=own)
+        assert created.status_code == 202, created.text
+        shown = await live.get(created.headers["location"], headers=own)
+        assert shown.status_code == 200 and shown.json()["subject"] == f"person-{n}", shown.text
+        deadline = asyncio.get_running_loop().time() + 10
+        while shown.json()["status"] != "completed":  # the job's own steps are read-your-writes too
+            assert asyncio.get_running_loop().time() < deadline, shown.text
+            await asyncio.sleep(0.01)
+            shown = await live.get(created.headers["location"], headers=own)

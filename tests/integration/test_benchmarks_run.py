@@ -30,6 +30,7 @@ TINY = {
     + ["--quota-consume-clients", "10", "--quota-consume-refusal-duration", "1", "--quota-consume-refusal-limit", "50"]
     + ["--quota-consume-paced-duration", "2", "--quota-consume-paced-rate", "200"],
     "close_period": ["--close-period-tenants", "5", "--close-period-events", "300"],
+    "gdpr_ingest": ["--gdpr-ingest-events", "1000", "--gdpr-ingest-rounds", "1", "--gdpr-ingest-subjects", "50"],
 }
 
 

@@ -132,6 +132,7 @@ def worker_env(topics: Topics, kafka_servers: str, database_url: str, schema: st
     return {
         **os.environ,
         "OMNI_MODE": "kafka",
+        "OMNI_GDPR_MASTER_KEY": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",  # `omni serve` refuses to start in Kafka mode without one
         "OMNI_TOPIC_PREFIX": topics.prefix,
         "OMNI_USAGE_PARTITIONS": str(topics.usage_partitions),
         "OMNI_DATABASE_SCHEMA": schema,

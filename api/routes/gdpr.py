@@ -1,0 +1,260 @@
+"""GDPR: data classes (which values are personal; admin) and data subjects' requests (tenants)."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request, Response
+
+from api.deps import AdminDep, CallerDep, PlatformDep, TenantDep, command_context
+from api.problems import Problem
+from api.relaying import run_command
+from commands.errors import NotFound
+from projections.gdpr import breach_deadline
+from schemas.envelope import format_time
+from schemas.gdpr import (
+    EVENT_TYPE_PATTERN,
+    BreachBody,
+    BreachList,
+    BreachPublic,
+    DataClassBody,
+    DataClassList,
+    DataClassPublic,
+    GdprRequestBody,
+    GdprRequestPublic,
+    GdprStep,
+    RequestKind,
+    RequestStatus,
+    legal_deadline,
+)
+from schemas.ids import canonical_uuid
+from stores import gdpr as gdpr_store
+
+router = APIRouter(prefix="/v1", tags=["gdpr"])
+
+EVENT_TYPE = re.compile(EVENT_TYPE_PATTERN)
+EXPORTING = {RequestKind.ACCESS.value, RequestKind.PORTABILITY.value}
+
+
+@router.put(
+    "/data-classes/{event_type}",
+    response_model=DataClassPublic,
+    responses={201: {"model": DataClassPublic, "description": "Defined"}, 404: {}, 409: {}, 422: {}},
+)
+async def put_data_class(
+    event_type: Annotated[str, Path(pattern=EVENT_TYPE_PATTERN, description="The CloudEvent `type` it covers")],
+    body: DataClassBody,
+    request: Request,
+    response: Response,
+    platform: PlatformDep,
+    admin: AdminDep,
+) -> DataClassPublic:
+    """Declare which values of an event type are personal (201), or change it (200, `version` + 1).
+    From the answer on, every API process seals those values of new events at admission."""
+    if not EVENT_TYPE.fullmatch(event_type):
+        raise NotFound(f"data class {event_type!r} not found")
+    found, created = await run_command(
+        platform, platform.control.put_data_class, command_context(request, admin), event_type, body
+    )
+    response.status_code = 201 if created else 200
+    return DataClassPublic(
+        event_type=event_type, version=found.revision, updated_at=format_time(found.modified_on), definition=body
+    )
+
+
+@router.get("/data-classes", response_model=DataClassList)
+def list_data_classes(platform: PlatformDep, principal: CallerDep) -> DataClassList:
+    """Every data class, at its current version."""
+    with platform.db.transaction() as tx:
+        rows = gdpr_store.data_classes(tx)
+    return DataClassList(
+        data=[
+            DataClassPublic(event_type=r.event_type, version=r.version, updated_at=r.updated_at, definition=r.definition)
+            for r in rows
+        ]
+    )
+
+
+@router.get("/data-classes/{event_type}", response_model=DataClassPublic, responses={404: {}})
+def get_data_class(event_type: str, platform: PlatformDep, principal: CallerDep) -> DataClassPublic:
+    """One event type's data class."""
+    row = None
+    if EVENT_TYPE.fullmatch(event_type):
+        with platform.db.transaction() as tx:
+            row = gdpr_store.data_class(tx, event_type)
+    if row is None:
+        raise NotFound(f"data class {event_type!r} not found")
+    return DataClassPublic(event_type=row.event_type, version=row.version, updated_at=row.updated_at, definition=row.definition)
+
+
+def _public(row: gdpr_store.RequestRow) -> GdprRequestPublic:
+    received = datetime.fromisoformat(row.received_at)
+    done = row.status == RequestStatus.COMPLETED.value and row.kind in EXPORTING
+    return GdprRequestPublic(
+        id=row.id,
+        subject=row.subject,
+        kind=RequestKind(row.kind),
+        status=RequestStatus(row.status),
+        received_at=row.received_at,
+        deadline=format_time(legal_deadline(received)),
+        steps=[GdprStep(status=RequestStatus(status), step=step, at=at) for status, step, at in row.steps],
+        export=f"/v1/gdpr/requests/{row.id}/export" if done else None,
+    )
+
+
+def _row(platform: PlatformDep, principal: TenantDep, request_id: str) -> gdpr_store.RequestRow:
+    canonical = canonical_uuid(request_id)
+    row = None
+    if canonical is not None:
+        with platform.db.transaction() as tx:
+            row = gdpr_store.request(tx, principal.tenant_id or "", canonical)
+    if row is None:
+        raise NotFound(f"request {request_id} not found")
+    return row
+
+
+@router.post("/gdpr/requests", status_code=202, response_model=GdprRequestPublic, responses={422: {}})
+async def create_gdpr_request(
+    body: GdprRequestBody, request: Request, response: Response, platform: PlatformDep, principal: TenantDep
+) -> GdprRequestPublic:
+    """A data subject's request (Art. 15-17, 20), about one of the caller's own subjects: recorded
+    (202) and run in the background; its status and steps at `GET /v1/gdpr/requests/{id}`."""
+    ctx = command_context(request, principal)
+    tenant_id = principal.tenant_id or ""
+    received = await run_command(platform, platform.control.receive_gdpr_request, ctx, tenant_id, body.subject, body.kind)
+    platform.gdpr_jobs.start(ctx, received)
+    response.headers["Location"] = f"/v1/gdpr/requests/{received.id}"
+    at = received.created_on
+    return GdprRequestPublic(
+        id=str(received.id),
+        subject=body.subject,
+        kind=body.kind,
+        status=RequestStatus.RECEIVED,
+        received_at=format_time(at),
+        deadline=format_time(legal_deadline(at)),
+        steps=[GdprStep(status=RequestStatus.RECEIVED, step="received", at=format_time(at))],
+    )
+
+
+@router.get("/gdpr/requests/{request_id}", response_model=GdprRequestPublic, responses={404: {}})
+def get_gdpr_request(request_id: str, platform: PlatformDep, principal: TenantDep) -> GdprRequestPublic:
+    """A request of the caller's: its status, each step with its time, and its legal deadline."""
+    return _public(_row(platform, principal, request_id))
+
+
+@router.get(
+    "/gdpr/requests/{request_id}/export",
+    responses={200: {"content": {"application/json": {}}, "description": "The export"}, 404: {}, 409: {}, 410: {}},
+)
+def get_gdpr_export(request_id: str, platform: PlatformDep, principal: TenantDep) -> Response:
+    """An access or portability request's export, once completed: every event and view row about the
+    person, opened (JSON)."""
+    row = _row(platform, principal, request_id)
+    if row.kind not in EXPORTING:
+        raise Problem(
+            409,
+            "No export",
+            f"request {request_id} is a {row.kind} request: only access and portability make one",
+            kind="no-export",
+        )
+    with platform.db.transaction() as tx:
+        document = gdpr_store.export(tx, row.tenant_id, row.id)
+    if document is None:
+        if row.status == RequestStatus.COMPLETED.value:
+            raise Problem(
+                410,
+                "Export erased",
+                f"the export of request {request_id} was deleted: its subject was erased since",
+                kind="export-erased",
+            )
+        raise Problem(
+            409, "Export not ready", f"request {request_id} is {row.status}; the export comes once it completed", kind="not-ready"
+        )
+    headers = {"Content-Disposition": f'attachment; filename="gdpr-export-{row.id}.json"'}
+    return Response(document, media_type="application/json", headers=headers)
+
+
+def _breach(row: gdpr_store.BreachRow, now: str) -> BreachPublic:
+    return BreachPublic(
+        id=row.id,
+        detected_at=row.detected_at,
+        recorded_at=row.recorded_at,
+        deadline=row.deadline,
+        status=row.status(now),
+        notified_at=row.notified_at,
+        overdue_notice_at=row.overdue_notice_at,
+        scope=row.scope,
+        subjects=row.subjects,
+        description=row.description,
+    )
+
+
+def _now() -> str:
+    return format_time(datetime.now(UTC))
+
+
+def _breach_row(platform: PlatformDep, breach_id: str) -> gdpr_store.BreachRow:
+    canonical = canonical_uuid(breach_id)
+    row = None
+    if canonical is not None:
+        with platform.db.transaction() as tx:
+            row = gdpr_store.breach(tx, canonical)
+    if row is None:
+        raise NotFound(f"breach {breach_id} not found")
+    return row
+
+
+@router.post("/gdpr/breaches", status_code=201, response_model=BreachPublic, responses={422: {}})
+async def record_breach(
+    body: BreachBody, request: Request, response: Response, platform: PlatformDep, admin: AdminDep
+) -> BreachPublic:
+    """Record a personal data breach: the supervisory authority is to be notified within 72 hours of
+    its detection (Art. 33); past that, one `omni.gdpr.breach_overdue` notification is emitted."""
+    breach = await run_command(platform, platform.control.record_breach, command_context(request, admin), body)
+    response.headers["Location"] = f"/v1/gdpr/breaches/{breach.id}"
+    with platform.db.transaction() as tx:
+        row = gdpr_store.breach(tx, str(breach.id))
+    if row is not None:
+        return _breach(row, _now())
+    detected = format_time(body.detected_at)  # the views are behind (read-your-writes missed): from the command
+    return BreachPublic(
+        id=str(breach.id),
+        detected_at=detected,
+        recorded_at=format_time(breach.created_on),
+        deadline=breach_deadline(detected),
+        status="overdue" if _now() >= breach_deadline(detected) else "open",
+        notified_at=None,
+        overdue_notice_at=None,
+        scope=body.scope,
+        subjects=body.subjects,
+        description=body.description,
+    )
+
+
+@router.get("/gdpr/breaches", response_model=BreachList)
+def list_breaches(
+    platform: PlatformDep,
+    admin: AdminDep,
+    status: Annotated[str | None, Query(pattern="^(open|overdue|notified)$", description="Only breaches in this state")] = None,
+) -> BreachList:
+    """The breach register, most recently detected first, each with its deadline and state."""
+    now = _now()
+    with platform.db.transaction() as tx:
+        rows = gdpr_store.breaches(tx)
+    found = [_breach(row, now) for row in rows]
+    return BreachList(data=[b for b in found if status is None or b.status == status])
+
+
+@router.get("/gdpr/breaches/{breach_id}", response_model=BreachPublic, responses={404: {}})
+def get_breach(breach_id: str, platform: PlatformDep, admin: AdminDep) -> BreachPublic:
+    """One breach of the register."""
+    return _breach(_breach_row(platform, breach_id), _now())
+
+
+@router.post("/gdpr/breaches/{breach_id}/notified", response_model=BreachPublic, responses={404: {}, 409: {}})
+async def breach_notified(breach_id: str, request: Request, platform: PlatformDep, admin: AdminDep) -> BreachPublic:
+    """The supervisory authority has been notified of the breach (now); again changes nothing."""
+    await run_command(platform, platform.control.breach_notified, command_context(request, admin), breach_id)
+    return _breach(_breach_row(platform, breach_id), _now())

@@ -1,0 +1,148 @@
+"""The jobs behind GDPR requests, run in the background of the API process that received them.
+
+Erasure: the person's data key is deleted (stores.data_keys), then what the views hold about the
+person in clear (the exports made for them) goes, then `SubjectErased` and `completed` are recorded
+in one save: every API process reads that save and forgets the key (omni.personal_data). The log
+keeps the sealed events, unreadable; meters keep their pseudonyms, unlinkable.
+
+Access and portability: every usage event on the log about the person (its subject, or the person
+its data class names), opened, and every view row about them, in one JSON document kept for the
+request (stores.gdpr.gdpr_exports) until the person is erased.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from commands.control_plane import CommandContext
+from commands.gdpr import GdprRequest
+from schemas.envelope import NewerSchema, decode, format_time
+from schemas.gdpr import RequestKind, RequestStatus
+from stores import gdpr as gdpr_store
+
+if TYPE_CHECKING:
+    from omni.bootstrap import Platform
+
+log = logging.getLogger(__name__)
+READ_PAGE = 5000
+
+
+class GdprJobs:
+    def __init__(self, platform: Platform) -> None:
+        self.platform = platform
+        self._running: set[asyncio.Task[None]] = set()
+
+    def start(self, ctx: CommandContext, request: GdprRequest) -> None:
+        task = asyncio.create_task(self.run(ctx, request), name=f"gdpr-{request.id}")
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def wait(self) -> None:
+        """Every job started so far has ended (tests, shutdown)."""
+        while self._running:
+            await asyncio.gather(*list(self._running), return_exceptions=True)
+
+    async def run(self, ctx: CommandContext, request: GdprRequest) -> None:
+        platform = self.platform
+        step = platform.control.advance_gdpr_request
+        try:
+            await platform.run_command(step, ctx, request, RequestStatus.RUNNING, f"{request.kind} started")
+            match RequestKind(request.kind):
+                case RequestKind.ERASURE:
+                    await self._erase(ctx, request)
+                case RequestKind.ACCESS | RequestKind.PORTABILITY:
+                    events = await self._export(request)
+                    done = f"export ready: {events} events; GET /v1/gdpr/requests/{request.id}/export"
+                    await platform.run_command(step, ctx, request, RequestStatus.COMPLETED, done)
+                case RequestKind.RECTIFICATION:
+                    done = "recorded: the tenant corrects the data by sending corrected events, sealed like the first"
+                    await platform.run_command(step, ctx, request, RequestStatus.COMPLETED, done)
+        except Exception as failure:
+            # The reason names the failure's kind only: its text could quote personal data.
+            log.exception("GDPR request %s failed", request.id)
+            try:
+                await platform.run_command(step, ctx, request, RequestStatus.FAILED, f"failed: {type(failure).__name__}")
+            except Exception:
+                log.exception("GDPR request %s: could not record its failure", request.id)
+
+    async def _erase(self, ctx: CommandContext, request: GdprRequest) -> None:
+        platform = self.platform
+        key_id = await asyncio.to_thread(platform.personal.erase, request.tenant_id, request.subject)
+
+        def purge() -> int:
+            with platform.db.transaction() as tx:
+                return gdpr_store.forget_exports(tx, request.tenant_id, request.subject)
+
+        exports = await asyncio.to_thread(purge)
+        if key_id is None:
+            done = f"nothing to erase: no live data key (erased before, or never seen); {exports} exports deleted"
+        else:
+            done = f"data key {key_id} erased; {exports} exports deleted"
+        record = functools.partial(platform.control.advance_gdpr_request, erased_key=key_id, erased=key_id is not None)
+        await platform.run_command(record, ctx, request, RequestStatus.COMPLETED, done)
+
+    async def _export(self, request: GdprRequest) -> int:
+        """Build and keep the export; how many events it holds."""
+        platform = self.platform
+        tenant_id, subject = request.tenant_id, request.subject
+        events: list[dict[str, Any]] = []
+        topic = platform.topics.usage
+        ends = await platform.log.end_offsets(topic)
+        about: list[Any] = []
+        for partition, end in sorted(ends.items()):
+            offset = 0
+            while offset < end:
+                records = await platform.log.read(topic, partition, offset, min(READ_PAGE, end - offset))
+                if not records:
+                    break
+                offset = records[-1].offset + 1
+                for record in records:
+                    try:
+                        event = decode(record.value)
+                    except (NewerSchema, ValueError, KeyError, TypeError):
+                        continue
+                    if event.tenant_id == tenant_id and subject in (event.data_subject_id, event.subject):
+                        about.append(event)
+        keys = await asyncio.to_thread(platform.personal.keys_for, tenant_id, [subject], create=False)
+        for event in about:
+            events.append(
+                {
+                    "id": event.source_id,
+                    "source": event.source,
+                    "type": event.type,
+                    "subject": event.subject,
+                    "time": format_time(event.event_time),
+                    "recorded": format_time(event.recorded_time),
+                    "data": platform.personal.opened(event, keys),
+                }
+            )
+
+        def views() -> dict[str, Any]:
+            with platform.db.transaction() as tx:
+                return {
+                    "meters": gdpr_store.meter_rows_of_subject(tx, tenant_id, subject),
+                    "gdpr_requests": gdpr_store.requests_of_subject(tx, tenant_id, subject),
+                }
+
+        document = {
+            "request": str(request.id),
+            "tenant_id": tenant_id,
+            "subject": subject,
+            "generated_at": format_time(datetime.now(UTC)),
+            "events": events,
+            "views": await asyncio.to_thread(views),
+        }
+        text = orjson.dumps(document, option=orjson.OPT_SORT_KEYS).decode()
+
+        def keep() -> None:
+            with platform.db.transaction() as tx:
+                gdpr_store.put_export(tx, str(request.id), tenant_id, subject, text)
+
+        await asyncio.to_thread(keep)
+        return len(events)

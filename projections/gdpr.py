@@ -1,0 +1,88 @@
+"""The GDPR views folded from control-plane events: data classes, requests and their steps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from schemas.envelope import Envelope, format_time
+from schemas.gdpr import BREACH_NOTIFY_WITHIN
+
+
+@dataclass(frozen=True, slots=True)
+class DataClassDefined:
+    event_type: str
+    version: int
+    definition: dict[str, Any]
+    at: str
+
+
+@dataclass(frozen=True, slots=True)
+class RequestStep:
+    """A request's step; `received` carries the request itself (subject, kind)."""
+
+    request_id: str
+    tenant_id: str
+    event_id: str  # the step's own id: a control event relayed twice adds it once
+    status: str
+    step: str
+    at: str
+    subject: str | None = None
+    kind: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BreachRecorded:
+    breach_id: str
+    detected_at: str
+    recorded_at: str
+    deadline: str
+    scope: str
+    subjects: int | None
+    description: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class BreachNotified:
+    breach_id: str
+    notified_at: str
+
+
+Change = DataClassDefined | RequestStep | BreachRecorded | BreachNotified
+
+
+def breach_deadline(detected_at: str) -> str:
+    """72 hours after detection (GDPR Art. 33(1))."""
+    return format_time(datetime.fromisoformat(detected_at) + BREACH_NOTIFY_WITHIN)
+
+
+def changes(event: Envelope) -> list[Change]:
+    data: dict[str, Any] = event.data or {}
+    match event.type:
+        case "omni.data_class.defined":
+            return [DataClassDefined(data["event_type"], int(data["version"]), data["definition"], format_time(event.event_time))]
+        case "omni.gdpr.request_received":
+            return [
+                RequestStep(
+                    data["id"], data["tenant_id"], event.id, "received", "received", data["at"], data["subject"], data["kind"]
+                )
+            ]
+        case "omni.gdpr.breach_recorded":
+            detected = data["detected_at"]
+            return [
+                BreachRecorded(
+                    data["id"],
+                    detected,
+                    data["recorded_at"],
+                    breach_deadline(detected),
+                    data["scope"],
+                    data.get("subjects"),
+                    data.get("description"),
+                )
+            ]
+        case "omni.gdpr.breach_notified":
+            return [BreachNotified(data["id"], data["notified_at"])]
+        case "omni.gdpr.request_updated":
+            return [RequestStep(data["id"], data["tenant_id"], event.id, data["status"], data["step"], data["at"])]
+    return []

@@ -1,0 +1,184 @@
+"""GDPR contracts: data classes (which paths of an event type are personal), requests, the legal
+deadline, and the sealed form a personal value takes on the log.
+
+A personal value is replaced at admission by a *sealed value*, a JSON object:
+
+    {"omni_sealed": 1, "ps": "ps1_<pseudonym>"}
+
+and the first sealed value of an event also carries the event's ciphertext:
+
+    {"omni_sealed": 1, "ps": "ps1_...", "kid": "<data key id>", "ct": "<base64 of nonce || ciphertext || tag>"}
+
+`ct` is AES-256-GCM under the person's data key (12-byte random nonce first, 16-byte tag last) of
+the JSON object mapping each sealed path to its value ({"$.data.email": "...", ...}), with the JSON
+array [tenant id, person] as associated data; `ps` is the person's pseudonym of that value
+(HMAC-SHA256 of its JSON text under a key derived from the same data key, its first 128 bits in hex),
+which meters count and group by. Both are useless once the data key is erased.
+"""
+
+from __future__ import annotations
+
+import calendar
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from schemas.cloudevents import Rfc3339Time
+from schemas.meters import JsonPath, path_parts
+from schemas.text import Text
+
+SEALED = "omni_sealed"  # the marker member of a sealed value; its version is the value (1)
+SEALED_VERSION = 1
+PSEUDONYM = "ps"
+PSEUDONYM_PREFIX = "ps1_"
+DEFAULT_SUBJECT_PROPERTY = "$.subject"
+EVENT_TYPE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,255}$"
+
+
+def pseudonym_of(value: Any) -> str | None:
+    """The pseudonym a sealed value carries, or None when `value` is not one (cheap: one type test)."""
+    if type(value) is dict and value.get(SEALED) == SEALED_VERSION:
+        found = value.get(PSEUDONYM)
+        return found if type(found) is str else None
+    return None
+
+
+class RequestKind(StrEnum):
+    ACCESS = "access"
+    PORTABILITY = "portability"
+    ERASURE = "erasure"
+    RECTIFICATION = "rectification"
+
+
+class RequestStatus(StrEnum):
+    RECEIVED = "received"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+def legal_deadline(received: datetime) -> datetime:
+    """One month from receipt (GDPR Art. 12(3)): the same day of the next month at the same time,
+    or that month's last day when it has no such day (Jan 31 -> Feb 28, or 29 in a leap year)."""
+    year, month = (received.year + 1, 1) if received.month == 12 else (received.year, received.month + 1)
+    day = min(received.day, calendar.monthrange(year, month)[1])
+    return received.replace(year=year, month=month, day=day)
+
+
+class DataClassBody(BaseModel):
+    """Which values of an event type are personal, and which names the person they are about."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    personal: list[JsonPath] = Field(
+        min_length=1,
+        max_length=32,
+        description='Personal values, dotted paths under $.data, e.g. ["$.data.email", "$.data.prompt"]',
+        json_schema_extra={
+            "uniqueItems": True,
+            "items": {"type": "string", "pattern": r"^\$\.data(\.[A-Za-z_][A-Za-z0-9_\-]*)+$"},
+        },
+    )
+    subject_property: JsonPath = Field(
+        default=DEFAULT_SUBJECT_PROPERTY,
+        description="Where the person's id is: the CloudEvent `subject` (default) or a path under $.data",
+        json_schema_extra={"pattern": r"^\$\.(subject|data(\.[A-Za-z_][A-Za-z0-9_\-]*)+)$"},
+    )
+
+    @field_validator("personal")
+    @classmethod
+    def _under_data(cls, paths: list[str]) -> list[str]:
+        for path in paths:
+            parts = path_parts(path)
+            if parts[0] != "data" or len(parts) < 2:
+                raise ValueError(f"{path}: a personal path names a value under $.data")
+        if len(set(paths)) != len(paths):
+            raise ValueError("each personal path once")
+        return paths
+
+    @field_validator("subject_property")
+    @classmethod
+    def _names_a_person(cls, path: str) -> str:
+        parts = path_parts(path)
+        if parts != ("subject",) and (parts[0] != "data" or len(parts) < 2):
+            raise ValueError(f"{path}: the person is named by $.subject or a path under $.data")
+        return path
+
+    @model_validator(mode="after")
+    def _person_apart(self) -> DataClassBody:
+        if self.subject_property in self.personal:
+            raise ValueError("the subject_property names the person; it cannot be sealed as one of the personal paths")
+        return self
+
+    def stored(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class DataClassPublic(BaseModel):
+    event_type: str
+    version: int
+    updated_at: str
+    definition: DataClassBody
+
+
+class DataClassList(BaseModel):
+    data: list[DataClassPublic]
+
+
+class GdprRequestBody(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    subject: Text = Field(min_length=1, max_length=256, description="The data subject's id")
+    kind: RequestKind
+
+
+class GdprStep(BaseModel):
+    status: RequestStatus
+    step: str
+    at: str
+
+
+class GdprRequestPublic(BaseModel):
+    id: str
+    subject: str
+    kind: RequestKind
+    status: RequestStatus
+    received_at: str
+    deadline: str = Field(description="One month from receipt (GDPR Art. 12(3))")
+    steps: list[GdprStep]
+    export: str | None = Field(default=None, description="Where the export is, once an access or portability request completed")
+
+
+# Breaches (Art. 33): the supervisory authority is to be notified within 72 hours of detection.
+BREACH_OVERDUE = "omni.gdpr.breach_overdue"  # the notification, once per breach, when the deadline passes
+BREACH_NOTIFY_WITHIN = timedelta(hours=72)
+
+
+class BreachBody(BaseModel):
+    """A personal data breach as recorded by the platform's admin."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    detected_at: Rfc3339Time = Field(description="When the breach was detected (the 72 hours run from it)")
+    scope: Text = Field(min_length=1, max_length=2000, description="What was breached: systems, data, tenants")
+    subjects: int | None = Field(default=None, ge=0, le=10**12, description="How many data subjects, if known")
+    description: Text | None = Field(default=None, max_length=4000)
+
+
+class BreachPublic(BaseModel):
+    id: str
+    detected_at: str
+    recorded_at: str
+    deadline: str = Field(description="72 hours after detection (GDPR Art. 33(1))")
+    status: str = Field(pattern="^(open|overdue|notified)$")
+    notified_at: str | None = Field(description="When the supervisory authority was notified")
+    overdue_notice_at: str | None = Field(description="When the overdue notification was emitted (once)")
+    scope: str
+    subjects: int | None
+    description: str | None
+
+
+class BreachList(BaseModel):
+    data: list[BreachPublic]

@@ -1,0 +1,72 @@
+"""The data subjects' keys, in the event-store database (eventstore.sqlite, or the event store's
+PostgreSQL schema): one row per (tenant, person), the data key wrapped by the master key.
+
+Erasure sets `wrapped` to NULL and keeps the row (`erased_at`), so erasing again finds nothing to
+do. A person seen again after erasure gets a new key, with a new id: what was sealed under the
+erased key stays unreadable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from stores.database import Tx
+
+SCHEMA = """
+/*postgres*/ CREATE TABLE IF NOT EXISTS gdpr_data_keys (
+    tenant_id TEXT NOT NULL, subject TEXT NOT NULL, key_id TEXT NOT NULL, kek_id TEXT NOT NULL, wrapped BYTEA,
+    created_at TEXT NOT NULL, erased_at TEXT, PRIMARY KEY (tenant_id, subject));
+/*sqlite*/ CREATE TABLE IF NOT EXISTS gdpr_data_keys (
+    tenant_id TEXT NOT NULL, subject TEXT NOT NULL, key_id TEXT NOT NULL, kek_id TEXT NOT NULL, wrapped BLOB,
+    created_at TEXT NOT NULL, erased_at TEXT, PRIMARY KEY (tenant_id, subject))
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredKey:
+    key_id: str
+    kek_id: str  # which master key wrapped it
+    wrapped: bytes
+
+
+def live(tx: Tx, tenant_id: str, subjects: Iterable[str]) -> dict[str, StoredKey]:
+    """The keys of these persons that exist and are not erased."""
+    found: dict[str, StoredKey] = {}
+    wanted = sorted(set(subjects))
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        marks = ", ".join("?" * len(chunk))
+        rows = tx.execute(
+            f"SELECT subject, key_id, kek_id, wrapped FROM gdpr_data_keys WHERE tenant_id=? AND subject IN ({marks}) "
+            "AND wrapped IS NOT NULL",
+            (tenant_id, *chunk),
+        )
+        found.update({s: StoredKey(k, kek, bytes(w)) for s, k, kek, w in rows})
+    return found
+
+
+def create(tx: Tx, tenant_id: str, keys: dict[str, StoredKey], at: str) -> None:
+    """Store new keys; a person who has a live key keeps it (a concurrent creator won: read it back)."""
+    tx.execute_many(
+        "INSERT INTO gdpr_data_keys VALUES (?, ?, ?, ?, ?, ?, NULL) ON CONFLICT (tenant_id, subject) DO UPDATE SET "
+        "key_id=excluded.key_id, kek_id=excluded.kek_id, wrapped=excluded.wrapped, created_at=excluded.created_at, "
+        "erased_at=NULL WHERE gdpr_data_keys.wrapped IS NULL",
+        [(tenant_id, subject, k.key_id, k.kek_id, k.wrapped, at) for subject, k in sorted(keys.items())],
+    )
+
+
+def erase(tx: Tx, tenant_id: str, subject: str, at: str) -> str | None:
+    """Delete the person's key material; the id of the key erased, None if there was none live."""
+    rows = tx.execute(
+        "SELECT key_id FROM gdpr_data_keys WHERE tenant_id=? AND subject=? AND wrapped IS NOT NULL", (tenant_id, subject)
+    )
+    if not rows:
+        return None
+    tx.execute("UPDATE gdpr_data_keys SET wrapped=NULL, erased_at=? WHERE tenant_id=? AND subject=?", (at, tenant_id, subject))
+    return str(rows[0][0])
+
+
+def erased_key_id(tx: Tx, tenant_id: str, subject: str) -> bool:
+    rows = tx.execute("SELECT erased_at FROM gdpr_data_keys WHERE tenant_id=? AND subject=?", (tenant_id, subject))
+    return bool(rows) and rows[0][0] is not None

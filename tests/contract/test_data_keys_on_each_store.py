@@ -1,0 +1,129 @@
+"""Data keys on each event store (SQLite and PostgreSQL): sealing at admission, and an erasure by one
+process reaching the key cache of another, which never uses the erased key again.
+
+Two ControlPlanes and two PersonalData on one store stand for two API processes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from commands.control_plane import CommandContext, ControlPlane
+from omni.bootstrap import event_store_env
+from omni.personal_data import KeysMissing, MasterKey, PersonalData
+from omni.settings import Settings
+from schemas.envelope import Envelope
+from schemas.gdpr import DataClassBody, RequestKind, RequestStatus
+from stores import data_keys
+from stores.database import Database, PostgresDatabase, SqliteDatabase
+from tests.contract.conftest import DATABASE_URL
+
+ADMIN = CommandContext()
+MASTER = MasterKey(b"0123456789abcdef0123456789abcdef")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[dict[str, str], Database]]:
+    db: Database
+    if request.param == "sqlite":
+        env = event_store_env(Settings(mode="embedded", data_dir=tmp_path))
+        db = SqliteDatabase(tmp_path / "eventstore.sqlite")
+    else:
+        schema = request.getfixturevalue("pg_schema")
+        with psycopg.connect(DATABASE_URL, autocommit=True) as conn:
+            conn.execute(f'CREATE SCHEMA "{schema}"')
+        env = event_store_env(Settings(mode="kafka", database_url=DATABASE_URL, database_schema=schema))
+        db = PostgresDatabase(DATABASE_URL, schema=schema)
+    db.migrate(data_keys.SCHEMA)
+    yield env, db
+    db.close()
+
+
+def chat(n: int, subject: str, email: str) -> Envelope:
+    at = datetime(2025, 1, 1, tzinfo=UTC)
+    data = {"email": email, "tokens": n}
+    return Envelope(
+        id=f"e{n}",
+        type="chat",
+        tenant_id="t1",
+        source="s",
+        source_id=str(n),
+        event_time=at,
+        recorded_time=at,
+        data=data,
+        subject=subject,
+    )
+
+
+def test_an_erasure_by_one_process_is_never_undone_by_another(store: tuple[dict[str, str], Database]) -> None:
+    env, db = store
+    writer, reader = ControlPlane(env=env), ControlPlane(env=env)
+    try:
+        one = PersonalData(MASTER, db, writer.recorder, writer.mapper.to_domain_event)
+        two = PersonalData(MASTER, db, reader.recorder, reader.mapper.to_domain_event)
+        one.start_watching()
+        two.start_watching()
+        writer.put_data_class(ADMIN, "chat", DataClassBody.model_validate({"personal": ["$.data.email"]}))
+        untouched = [chat(0, "alice", "alice@example.com")]
+        two.protect(untouched, may_block=True)  # not looked at the store yet: no data class known
+        assert untouched[0].data["email"] == "alice@example.com"
+        two.catch_up()
+        events = [chat(1, "alice", "alice@example.com"), chat(2, "bob", "bob@example.com")]
+        with pytest.raises(KeysMissing):
+            two.protect(events, may_block=False)  # the keys are not in memory: off the event loop
+        two.protect(events, may_block=True)
+        assert events[0].data_subject_id == "alice" and events[0].data["tokens"] == 1
+        sealed = events[0].data["email"]
+        assert sealed["omni_sealed"] == 1 and "alice" not in str(sealed)
+        again = [chat(3, "alice", "alice@example.com")]
+        two.protect(again, may_block=False)  # cached now: on the loop
+        assert again[0].data["email"]["ps"] == sealed["ps"]
+        alice_key = two.cache.get("t1", "alice")
+        assert alice_key is not None
+        assert two.opened(events[0], {"alice": alice_key}) == {"email": "alice@example.com", "tokens": 1}
+
+        # Process one erases: the key goes from the store, then SubjectErased is recorded.
+        request = writer.receive_gdpr_request(ADMIN, "t1", "alice", RequestKind.ERASURE)
+        erased = one.erase("t1", "alice")
+        assert erased == sealed["kid"]
+        writer.advance_gdpr_request(ADMIN, request, RequestStatus.COMPLETED, "erased", erased_key=erased, erased=True)
+        assert one.erase("t1", "alice") is None  # again: nothing to do
+        assert two.cache.get("t1", "alice") is not None  # process two has not looked yet
+        two.catch_up()
+        assert two.cache.get("t1", "alice") is None and two.cache.get("t1", "bob") is not None
+        assert two.keys_for("t1", ["alice"], create=False) == {}
+        assert two.opened(events[0], two.keys_for("t1", ["alice", "bob"], create=False))["email"] is None
+        assert two.opened(events[1], two.keys_for("t1", ["bob"], create=False))["email"] == "bob@example.com"
+
+        # Alice seen again: a new key, never the erased one; the old values stay unreadable.
+        later = [chat(4, "alice", "alice@example.com")]
+        two.protect(later, may_block=True)
+        assert later[0].data["email"]["kid"] != erased
+        assert later[0].data["email"]["ps"] != sealed["ps"]  # unlinkable to what came before
+        assert two.opened(events[0], two.keys_for("t1", ["alice"], create=False))["email"] is None
+    finally:
+        writer.close()
+        reader.close()
+
+
+def test_an_untrusted_cache_keeps_nothing_and_reads_the_store(store: tuple[dict[str, str], Database]) -> None:
+    env, db = store
+    control = ControlPlane(env=env)
+    try:
+        personal = PersonalData(MASTER, db, control.recorder, control.mapper.to_domain_event)
+        control.put_data_class(ADMIN, "chat", DataClassBody.model_validate({"personal": ["$.data.email"]}))
+        with pytest.raises(KeysMissing):
+            personal.protect([chat(1, "alice", "a@x")], may_block=False)  # not watching: nothing known on the loop
+        events = [chat(1, "alice", "a@x")]
+        personal.protect(events, may_block=True)  # reads the data classes and the key from the store
+        assert events[0].data["email"]["omni_sealed"] == 1
+        assert personal.cache.get("t1", "alice") is None  # nothing kept while not watched
+        no_master = PersonalData(None, db, control.recorder, control.mapper.to_domain_event)
+        with pytest.raises(Exception, match="OMNI_GDPR_MASTER_KEY"):
+            no_master.protect([chat(2, "carol", "c@x")], may_block=True)
+    finally:
+        control.close()

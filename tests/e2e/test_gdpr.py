@@ -1,0 +1,321 @@
+"""GDPR through HTTP, in both modes: data classes, sealing at the door, access export, erasure by
+crypto-shredding. One setup per mode; the erasure part is the issue's "done when": after it the
+original strings are nowhere (topics, event store, views, Redis, logs), a replay brings none back,
+and the meters answer byte for byte as before."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import re
+import sqlite3
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+
+from omni.settings import Mode
+from stores import schema
+from tests.conftest import cloud_event
+from tests.e2e.conftest import ADMIN, Omni
+
+DATA_CLASS = {"personal": ["$.data.email", "$.data.prompt"]}
+
+
+async def finished(omni: Omni, key: str, request_id: str, deadline: float = 20.0) -> dict[str, Any]:
+    """The request once its job ended (polled: the job runs in the background)."""
+    until = time.monotonic() + deadline
+    while True:
+        await omni.settle()
+        response = await omni.client.get(f"/v1/gdpr/requests/{request_id}", headers=omni.auth(key))
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        if body["status"] in ("completed", "failed"):
+            return body
+        assert time.monotonic() < until, body
+        await asyncio.sleep(0.02)
+
+
+async def request(omni: Omni, key: str, subject: str, kind: str) -> dict[str, Any]:
+    response = await omni.client.post("/v1/gdpr/requests", json={"subject": subject, "kind": kind}, headers=omni.auth(key))
+    assert response.status_code == 202, response.text
+    assert response.json()["status"] == "received"
+    return await finished(omni, key, response.json()["id"])
+
+
+def _holds(value: Any, needles: list[bytes]) -> list[bytes]:
+    if isinstance(value, memoryview):
+        value = bytes(value)
+    if isinstance(value, str):
+        value = value.encode()
+    if isinstance(value, bytes):
+        return [n for n in needles if n in value]
+    if value is None or isinstance(value, int | float):
+        return []
+    return _holds(str(value), needles)
+
+
+def _scan_sqlite(path: Any, needles: list[bytes]) -> list[str]:
+    found = []
+    with sqlite3.connect(path) as db:
+        for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'"):
+            for row in db.execute(f'SELECT * FROM "{table}"'):
+                for value in row:
+                    found += [f"{path.name}:{table}: {n!r}" for n in _holds(value, needles)]
+    return found
+
+
+def _scan_postgres(omni: Omni, needles: list[bytes]) -> list[str]:
+    import psycopg
+
+    settings = omni.platform.settings
+    found = []
+    with psycopg.connect(settings.database_url) as conn:
+        tables = conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema=%s", (settings.database_schema,)
+        )
+        for (table,) in tables.fetchall():
+            for row in conn.execute(f'SELECT * FROM "{settings.database_schema}"."{table}"').fetchall():
+                for value in row:
+                    found += [f"{table}: {n!r}" for n in _holds(value, needles)]
+    return found
+
+
+async def _scan_log(omni: Omni, needles: list[bytes]) -> list[str]:
+    log = omni.platform.log
+    found = []
+    for topic in omni.platform.topics.all():
+        for partition, end in (await log.end_offsets(topic)).items():
+            offset = 0
+            while offset < end:
+                records = await log.read(topic, partition, offset, 1000)
+                if not records:
+                    break
+                offset = records[-1].offset + 1
+                for record in records:
+                    raw = record.value + b"".join(name.encode() + value for name, value in record.headers)
+                    found += [f"{topic}/{partition}@{record.offset}: {n!r}" for n in _holds(raw, needles)]
+    return found
+
+
+async def _scan_redis(omni: Omni, needles: list[bytes]) -> list[str]:
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(omni.platform.settings.redis_url)
+    readers = {"string": "get", "hash": "hgetall", "list": "lrange", "set": "smembers", "zset": "zrange"}
+    found = []
+    try:
+        keys = [key async for key in client.scan_iter(count=5000)]
+        async with client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.type(key)
+            kinds = [kind.decode() for kind in await pipe.execute()]
+        async with client.pipeline(transaction=False) as pipe:
+            for key, kind in zip(keys, kinds, strict=True):
+                reader = readers.get(kind, "exists")
+                getattr(pipe, reader)(*((key, 0, -1) if reader in ("lrange", "zrange") else (key,)))
+            values = await pipe.execute(raise_on_error=False)
+        for key, value in zip(keys, values, strict=True):
+            if isinstance(value, dict):
+                value = b"".join(k + v for k, v in value.items())
+            elif isinstance(value, list | set):
+                value = b"".join(value)
+            found += [f"redis {key!r}: {n!r}" for n in _holds(key, needles) + _holds(value, needles)]
+    finally:
+        await client.aclose()
+    return found
+
+
+async def in_views(omni: Omni, needles: list[bytes]) -> list[str]:
+    if omni.platform.settings.mode is Mode.EMBEDDED:
+        return _scan_sqlite(omni.platform.settings.data_dir / "views.sqlite", needles)
+    return _scan_postgres(omni, needles)  # the views and the event store share the schema
+
+
+async def everywhere(omni: Omni, needles: list[bytes]) -> list[str]:
+    """Where any of `needles` is: every record of every topic, every row of the event store, the key
+    store and the views, and (Kafka mode) every key and value in Redis."""
+    found = await _scan_log(omni, needles)
+    if omni.platform.settings.mode is Mode.EMBEDDED:
+        data = omni.platform.settings.data_dir
+        for name in ("eventstore.sqlite", "views.sqlite", "log.sqlite"):
+            found += _scan_sqlite(data / name, needles)
+    else:
+        found += _scan_postgres(omni, needles)
+        found += await _scan_redis(omni, needles)
+    return found
+
+
+async def test_personal_data_is_sealed_exported_and_erased_for_good(omni: Omni, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    mark = uuid.uuid4().hex[:10]
+    alice_email, alice_prompt = f"alice-{mark}@example.com", f"alice's secret prompt {mark}"
+    bob_email = f"bob-{mark}@example.com"
+    needles = [alice_email.encode(), alice_prompt.encode(), mark.encode()]
+    admin = omni.auth(ADMIN)
+
+    # Data classes: admin only, paths that parse, read-your-writes.
+    bad = await omni.client.put("/v1/data-classes/chat", json={"personal": ["data.email"]}, headers=admin)
+    assert bad.status_code == 422, bad.text
+    outside = await omni.client.put("/v1/data-classes/chat", json={"personal": ["$.source"]}, headers=admin)
+    assert outside.status_code == 422, outside.text
+    tenant_id, key = await omni.tenant("acme")
+    _, other_key = await omni.tenant("globex")
+    assert (await omni.client.put("/v1/data-classes/chat", json=DATA_CLASS, headers=omni.auth(key))).status_code == 403
+    put = await omni.client.put("/v1/data-classes/chat", json=DATA_CLASS, headers=admin)
+    assert put.status_code == 201, put.text
+    assert put.json()["version"] == 1 and put.json()["definition"]["subject_property"] == "$.subject"
+    await omni.settle()  # these tests' settings do not wait for the views (tests/e2e/test_read_your_writes.py does)
+    got = await omni.client.get("/v1/data-classes/chat", headers=omni.auth(key))
+    assert got.status_code == 200 and got.json()["definition"]["personal"] == DATA_CLASS["personal"], got.text
+    assert (await omni.client.put("/v1/data-classes/chat", json=DATA_CLASS, headers=admin)).status_code == 200
+    assert (await omni.client.put("/v1/data-classes/note", json={"personal": ["$.data.a"]}, headers=admin)).status_code == 201
+    revised = await omni.client.put("/v1/data-classes/note", json={"personal": ["$.data.a", "$.data.b"]}, headers=admin)
+    assert revised.status_code == 200 and revised.json()["version"] == 2, revised.text
+    assert (await omni.client.get("/v1/data-classes/none", headers=admin)).status_code == 404
+
+    await omni.meter(slug="chats", event_type="chat", aggregation="COUNT", group_by={"email": "$.data.email"})
+    await omni.meter(slug="people", event_type="chat", aggregation="UNIQUE_COUNT", value_property="$.data.email")
+    await omni.meter(slug="chat-tokens", event_type="chat", aggregation="SUM", value_property="$.data.tokens")
+    events = [
+        cloud_event(f"a{i}", type_="chat", subject="person-a", data={"email": alice_email, "prompt": alice_prompt, "tokens": 10})
+        for i in range(3)
+    ]
+    events += [cloud_event("b0", type_="chat", subject="person-b", data={"email": bob_email, "prompt": "hi", "tokens": 5})]
+    sent = await omni.send(key, events)
+    assert sent.status_code == 202 and sent.json()["accepted"] == 4, sent.text
+    await omni.settle()  # the meters, for consume
+    consumed = await omni.client.post(  # a gateway's consume records usage too: sealed the same way
+        "/v1/quotas/chat-tokens/consume",
+        json={
+            "amount": 10,
+            "idempotency_key": "consume-1",
+            "subject": "person-a",
+            "data": {"email": alice_email, "prompt": alice_prompt},
+        },
+        headers=omni.auth(key),
+    )
+    assert consumed.status_code == 200, consumed.text
+    await omni.settle()
+
+    async def meters() -> list[str]:
+        answers = []
+        for slug, params in (("chats", {"group_by": "email"}), ("people", {}), ("chat-tokens", {"group_by": "subject"})):
+            response = await omni.client.get(f"/v1/meters/{slug}/query", params=params, headers=omni.auth(key))
+            assert response.status_code == 200, response.text
+            answers.append(response.text)
+        return answers
+
+    before = await meters()
+    chats = await omni.query(key, "chats", group_by="email")
+    assert sorted(int(row["value"]) for row in chats) == [1, 4]  # grouped by pseudonym: one group per person
+    assert all(row["group_by"]["email"].startswith("ps1_") for row in chats)
+    assert [int(row["value"]) for row in await omni.query(key, "people")] == [2]
+
+    # Access: the export holds the person's events, opened, and nobody else's.
+    access = await request(omni, key, "person-a", "access")
+    assert access["status"] == "completed", access
+    assert [s["status"] for s in access["steps"]] == ["received", "running", "completed"]
+    export = await omni.client.get(access["export"], headers=omni.auth(key))
+    assert export.status_code == 200, export.text
+    document = export.json()
+    assert document["subject"] == "person-a" and len(document["events"]) == 4
+    assert {e["data"]["email"] for e in document["events"]} == {alice_email}
+    assert {e["data"]["prompt"] for e in document["events"]} == {alice_prompt}
+    assert bob_email not in export.text
+    assert [f for f in await in_views(omni, needles) if "gdpr_exports" in f]  # the scan finds what is there
+    assert document["views"]["meters"] and all(
+        r["group"].get("email", "ps1_").startswith("ps1_") for r in document["views"]["meters"]
+    )
+    # Another tenant's request is not found; an unknown person gets an empty export.
+    assert (await omni.client.get(f"/v1/gdpr/requests/{access['id']}", headers=omni.auth(other_key))).status_code == 404
+    assert (await omni.client.get(f"/v1/gdpr/requests/{access['id']}/export", headers=omni.auth(other_key))).status_code == 404
+    nobody = await request(omni, other_key, "person-a", "portability")
+    assert (await omni.client.get(nobody["export"], headers=omni.auth(other_key))).json()["events"] == []
+
+    # Erasure: the key goes, then nothing anywhere holds the strings; a second erasure still answers.
+    erasure = await request(omni, key, "person-a", "erasure")
+    assert erasure["status"] == "completed" and "erased" in erasure["steps"][-1]["step"], erasure
+    assert erasure["deadline"] > erasure["received_at"]
+    again = await request(omni, key, "person-a", "erasure")
+    assert again["status"] == "completed" and "nothing to erase" in again["steps"][-1]["step"], again
+    assert (await omni.client.get(access["export"], headers=omni.auth(key))).status_code == 410  # the export went too
+    no_export = await omni.client.get(f"/v1/gdpr/requests/{erasure['id']}/export", headers=omni.auth(key))
+    assert no_export.status_code == 409, no_export.text
+    after = await request(omni, key, "person-a", "access")
+    emptied = (await omni.client.get(after["export"], headers=omni.auth(key))).json()
+    assert len(emptied["events"]) == 4 and all(
+        e["data"]["email"] is None and e["data"]["prompt"] is None for e in emptied["events"]
+    )
+    assert await meters() == before  # usage stays, unlinked from the person
+    assert await everywhere(omni, needles) == []
+
+    # A replay of the whole log into empty views resurrects nothing, and the meters are the same.
+    with omni.platform.db.transaction() as tx:
+        dropped = set(re.findall(r"DROP TABLE IF EXISTS (\w+)", schema.SCHEMA))
+        for table in set(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", schema.SCHEMA)) - dropped:
+            tx.execute(f"DELETE FROM {table}")
+    await omni.settle()
+    assert await meters() == before
+    assert await in_views(omni, needles) == []
+    await breaches(omni)
+    logged = "\n".join(f"{r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
+    assert not [n for n in needles if n.decode() in logged]
+    assert tenant_id
+
+
+async def breaches(omni: Omni) -> None:
+    """The breach register: 72 hours from detection; past them, one overdue notification, ever."""
+    admin = omni.auth(ADMIN)
+    detected = datetime.now(UTC) - timedelta(hours=73)
+    late = await omni.client.post(
+        "/v1/gdpr/breaches", json={"detected_at": detected.isoformat(), "scope": "a backup bucket", "subjects": 12}, headers=admin
+    )
+    assert late.status_code == 201, late.text
+    fresh = await omni.client.post(
+        "/v1/gdpr/breaches", json={"detected_at": datetime.now(UTC).isoformat(), "scope": "a laptop"}, headers=admin
+    )
+    assert fresh.status_code == 201, fresh.text
+    assert (
+        await omni.client.post("/v1/gdpr/breaches", json={"detected_at": "yesterday", "scope": "x"}, headers=admin)
+    ).status_code == 422
+    for _ in range(3):  # settled three times: the notice is emitted once
+        await omni.settle()
+    shown = (await omni.client.get(f"/v1/gdpr/breaches/{late.json()['id']}", headers=admin)).json()
+    assert shown["status"] == "overdue" and shown["overdue_notice_at"] is not None, shown
+    assert datetime.fromisoformat(shown["deadline"]) == datetime.fromisoformat(shown["detected_at"]) + timedelta(hours=72)
+    notices = []
+    topic = omni.platform.topics.notifications
+    for partition, end in (await omni.platform.log.end_offsets(topic)).items():
+        for record in await omni.platform.log.read(topic, partition, 0, end):
+            if b"omni.gdpr.breach_overdue" in record.value:
+                notices.append(orjson.loads(record.value)["data"]["breach_id"])
+    assert notices == [late.json()["id"]]
+    notified = await omni.client.post(f"/v1/gdpr/breaches/{fresh.json()['id']}/notified", headers=admin)
+    assert notified.status_code == 200, notified.text
+    await omni.settle()
+    listed = (await omni.client.get("/v1/gdpr/breaches", headers=admin)).json()["data"]
+    assert {b["id"]: b["status"] for b in listed} == {late.json()["id"]: "overdue", fresh.json()["id"]: "notified"}
+    overdue = (await omni.client.get("/v1/gdpr/breaches", params={"status": "overdue"}, headers=admin)).json()["data"]
+    assert [b["id"] for b in overdue] == [late.json()["id"]]
+    assert (await omni.client.get(f"/v1/gdpr/breaches/{uuid.uuid4()}", headers=admin)).status_code == 404
+
+
+def test_kafka_mode_refuses_to_serve_without_a_master_key(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from omni import cli
+
+    monkeypatch.delenv("OMNI_GDPR_MASTER_KEY", raising=False)
+    monkeypatch.setattr(cli, "platform_when_reachable", lambda settings: pytest.fail("built without a master key"))
+    runner = CliRunner()
+    refused = runner.invoke(cli.app, ["serve", "--port", "1"], env={"OMNI_MODE": "kafka", "OMNI_DATA_DIR": str(tmp_path)})
+    assert refused.exit_code == 2 and "OMNI_GDPR_MASTER_KEY is not set" in refused.output, refused.output
+    bad = runner.invoke(cli.app, ["serve"], env={"OMNI_MODE": "kafka", "OMNI_GDPR_MASTER_KEY": "c2hvcnQ="})
+    assert bad.exit_code == 2 and "not 32 bytes" in bad.output, bad.output
+    printed = runner.invoke(cli.app, ["gdpr-master-key"])
+    assert printed.exit_code == 0 and len(base64.b64decode(printed.output.strip())) == 32

@@ -1,0 +1,145 @@
+"""GDPR's pure parts: the legal deadline at month ends, data class validation, sealing and
+pseudonyms, and the meters counting and grouping sealed values by their pseudonyms."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+
+import pytest
+from cryptography.exceptions import InvalidTag
+from pydantic import ValidationError
+
+from omni.personal_data import DataKey, MasterKey, associated_data
+from projections.gdpr import breach_deadline
+from projections.meters import MeterIndex, apply, unique_token
+from schemas.envelope import Envelope
+from schemas.gdpr import DataClassBody, legal_deadline, pseudonym_of
+from schemas.meters import MeterDefinition
+from stores.gdpr import BreachRow
+
+
+@pytest.mark.parametrize(
+    ("received", "deadline"),
+    [
+        ("2025-01-31T10:00:00", "2025-02-28T10:00:00"),
+        ("2024-01-31T10:00:00", "2024-02-29T10:00:00"),  # a leap year
+        ("2024-01-30T23:59:59", "2024-02-29T23:59:59"),
+        ("2025-03-31T00:00:00", "2025-04-30T00:00:00"),
+        ("2025-08-31T12:30:00", "2025-09-30T12:30:00"),
+        ("2025-12-31T08:00:00", "2026-01-31T08:00:00"),  # over the year's end
+        ("2025-12-15T08:00:00", "2026-01-15T08:00:00"),
+        ("2025-02-28T08:00:00", "2025-03-28T08:00:00"),
+        ("2025-05-15T08:00:00", "2025-06-15T08:00:00"),
+    ],
+)
+def test_the_deadline_is_one_month_later_or_that_months_last_day(received: str, deadline: str) -> None:
+    at = datetime.fromisoformat(received).replace(tzinfo=UTC)
+    assert legal_deadline(at) == datetime.fromisoformat(deadline).replace(tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"personal": ["data.email"]},  # not a path
+        {"personal": ["$.data..email"]},
+        {"personal": ["$.data"]},  # the whole payload: name its values
+        {"personal": ["$.source"]},  # not under data
+        {"personal": ["$.subject"]},
+        {"personal": []},
+        {"personal": ["$.data.a", "$.data.a"]},
+        {"personal": ["$.data.user"], "subject_property": "$.data.user"},
+        {"personal": ["$.data.a"], "subject_property": "$.type"},
+        {"personal": ["$.data.a"], "extra": 1},
+    ],
+)
+def test_data_classes_that_do_not_parse_are_refused(body: dict) -> None:
+    with pytest.raises(ValidationError):
+        DataClassBody.model_validate(body)
+
+
+def test_a_data_class_defaults_to_the_subject() -> None:
+    body = DataClassBody.model_validate({"personal": ["$.data.email", "$.data.profile.name"]})
+    assert body.subject_property == "$.subject"
+    assert DataClassBody.model_validate({"personal": ["$.data.a"], "subject_property": "$.data.user_id"}).subject_property
+
+
+def test_sealed_values_open_only_for_their_tenant_and_person() -> None:
+    key = DataKey("k1", os.urandom(32))
+    aad = associated_data("t1", "alice")
+    values = {"$.data.email": "alice@example.com", "$.data.profile": {"n": [1, 2]}}
+    sealed = key.seal(values, aad)
+    first, second = sealed["$.data.email"], sealed["$.data.profile"]
+    assert set(first) == {"omni_sealed", "kid", "ps", "ct"} and first["kid"] == "k1"
+    assert set(second) == {"omni_sealed", "ps"}  # the event's one ciphertext rides on the first
+    assert "alice" not in str(sealed)
+    assert key.open(first["ct"], aad) == values
+    for other in (associated_data("t2", "alice"), associated_data("t1", "bob")):
+        with pytest.raises(InvalidTag):
+            key.open(first["ct"], other)
+    with pytest.raises(InvalidTag):
+        DataKey("k1", os.urandom(32)).open(first["ct"], aad)  # another key, even with the same id
+
+
+def test_pseudonyms_are_stable_per_person_and_unlinkable_across_persons() -> None:
+    alice, bob = DataKey("a", os.urandom(32)), DataKey("b", os.urandom(32))
+    aad = associated_data("t1", "x")
+    value = {"$.data.email": "same@example.com"}
+    first, second = alice.seal(value, aad)["$.data.email"], alice.seal(value, aad)["$.data.email"]
+    assert first["ct"] != second["ct"]  # a fresh nonce each time
+    assert first["ps"] == second["ps"] and first["ps"].startswith("ps1_")
+    assert bob.seal(value, aad)["$.data.email"]["ps"] != first["ps"]
+    assert alice.seal({"$.data.email": "other@example.com"}, aad)["$.data.email"]["ps"] != first["ps"]
+
+
+def test_the_master_key_wraps_data_keys() -> None:
+    master = MasterKey(os.urandom(32))
+    secret = os.urandom(32)
+    wrapped = master.wrap(secret)
+    assert wrapped != secret and master.unwrap(wrapped) == secret
+    assert MasterKey.from_text("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=").id != master.id
+    for bad in ("", "not base64!", "c2hvcnQ="):
+        with pytest.raises(ValueError):
+            MasterKey.from_text(bad)
+
+
+def _event(n: int, email: object, tenant: str = "t1") -> Envelope:
+    at = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
+    return Envelope(
+        id=f"e{n}", type="chat", tenant_id=tenant, source="s", source_id=str(n), event_time=at, recorded_time=at,
+        data={"email": email}, subject="s1",
+    )  # fmt: skip
+
+
+def test_meters_count_and_group_sealed_values_by_their_pseudonym() -> None:
+    alice, bob = DataKey("a", os.urandom(32)), DataKey("b", os.urandom(32))
+    aad = associated_data("t1", "s1")
+    meters = MeterIndex(
+        [
+            MeterDefinition(slug="by-email", event_type="chat", aggregation="COUNT", group_by={"email": "$.data.email"}),
+            MeterDefinition(slug="people", event_type="chat", aggregation="UNIQUE_COUNT", value_property="$.data.email"),
+        ]
+    )
+    view: dict = {}
+    sealed = [k.seal({"$.data.email": v}, aad)["$.data.email"] for k, v in ((alice, "a@x"), (alice, "a@x"), (bob, "b@x"))]
+    for n, value in enumerate(sealed):
+        apply(view, meters, _event(n, value), n)
+    groups = {key.group_key: state.count for key, state in view.items() if key.meter == "by-email"}
+    assert sorted(groups.values()) == [1, 2] and all("ps1_" in group for group in groups)
+    people = next(state for key, state in view.items() if key.meter == "people")
+    assert len(people.uniques) == 2
+    assert unique_token(sealed[0]) == pseudonym_of(sealed[0]) and unique_token({"not": "sealed"}) is None
+
+
+def test_a_breach_is_due_72_hours_after_detection_and_overdue_past_it() -> None:
+    assert breach_deadline("2026-02-27T10:00:00.000000Z") == "2026-03-02T10:00:00.000000Z"  # over a month's end
+    row = BreachRow("b", "2026-02-27T10:00:00.000000Z", "x", "2026-03-02T10:00:00.000000Z", "s", None, None, None, None)
+    assert row.status("2026-03-02T09:59:59.999999Z") == "open"
+    assert row.status("2026-03-02T10:00:00.000000Z") == "overdue"
+    assert (
+        BreachRow(*[*vars_of(row)[:7], "2026-03-03T00:00:00.000000Z", None]).status("2026-04-01T00:00:00.000000Z") == "notified"
+    )
+
+
+def vars_of(row: BreachRow) -> list:
+    return [getattr(row, name) for name in BreachRow.__dataclass_fields__]
