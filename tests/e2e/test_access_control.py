@@ -146,7 +146,9 @@ async def tenant_with_a_meter(omni: Omni) -> tuple[dict[str, str], str]:
     await omni.meter(slug="calls", event_type="call", aggregation="COUNT")
     await omni.settle()
     ids = {"tenant_id": tenant_id, "key_id": key.split("_")[1], "slug": "calls", "meter": "calls", "period": "2020-01"}
-    return {**ids, "invoice_id": str(uuid.uuid4()), "name": "acl-slo", "event_type": "call", "request_id": str(uuid.uuid4())}, key
+    return {**ids, "invoice_id": str(uuid.uuid4()), "name": "acl-slo", "event_type": "call", "request_id": str(uuid.uuid4())} | {
+        "breach_id": str(uuid.uuid4())
+    }, key
 
 
 async def test_every_route_is_classified(omni: Omni) -> None:
