@@ -160,6 +160,7 @@ async def tenant_with_a_meter(omni: Omni) -> tuple[dict[str, str], str]:
         "replay_id": "0123456789ab",
         "event_type": "call",
         "request_id": str(uuid.uuid4()),
+        "breach_id": str(uuid.uuid4()),
     }, key
 
 
