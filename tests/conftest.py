@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from typing import Any
+
+from hypothesis import settings
 
 
 def cloud_event(
@@ -21,3 +24,10 @@ def cloud_event(
     if data is not None:
         event["data"] = data
     return event
+
+
+# Under mutation testing (make mutation: mutmut sets MUTANT_UNDER_TEST), property tests draw the same
+# examples every run, so a mutant's verdict does not depend on the luck of the draw.
+if os.environ.get("MUTANT_UNDER_TEST"):
+    settings.register_profile("mutation", derandomize=True, database=None)
+    settings.load_profile("mutation")
