@@ -41,97 +41,102 @@ CASES: list[tuple[str, list[bytes], Broken]] = [
         "an object of another kind",
         [*LINES[:2], canonical({"kind": "note"}), *LINES[2:]],
         Broken(3, "neither an entry nor a checkpoint"),
-    ),  # fmt: skip
+    ),
     (
         "a member twice",
         [LINES[0], LINES[1][:-1] + b',"seq":2}', *LINES[2:]],
         Broken(2, "not a JSON object: member 'seq' appears twice"),
-    ),  # fmt: skip
+    ),
     (
         "a space added",
         [*LINES[:4], LINES[4].replace(b'":"', b'": "', 1), *LINES[5:]],
         Broken(5, "not in RFC 8785 canonical form: the line was edited"),
-    ),  # fmt: skip
+    ),
     (
         "a space after the line",
         [*LINES[:4], LINES[4] + b" ", *LINES[5:]],
         Broken(5, "not in RFC 8785 canonical form: the line was edited"),
-    ),  # fmt: skip
+    ),
     (
         "a lone surrogate",
         [*LINES[:4], LINES[4].replace(b'"outcome":"accepted"', b'"outcome":"\\udc00"'), *LINES[5:]],
         Broken(5, "not canonicalizable (a lone surrogate (U+DC00) is not valid Unicode text): the line was edited"),
-    ),  # fmt: skip
+    ),
     (
         "an entry of another chain",
         [*LINES[:4], rehashed(LINES[4], chain="tenant-b"), *LINES[5:]],
         Broken(5, "belongs to chain 'tenant-b', not 'tenant-a': from another chain"),
-    ),  # fmt: skip
+    ),
     (
         "a chain that is no text",
         [rehashed(LINES[0], chain=7), *LINES[1:]],
         Broken(1, "belongs to chain 7, not 7: from another chain"),
-    ),  # fmt: skip
+    ),
     (
         "an entry with a member more",
         [*LINES[:4], rehashed(LINES[4], note="x"), *LINES[5:]],
         Broken(5, "an entry without exactly the entry's members"),
-    ),  # fmt: skip
+    ),
     (
         "a seq that is true",
         [rehashed(LINES[0], seq=True), *LINES[1:]],
         Broken(1, "an entry without exactly the entry's members"),
-    ),  # fmt: skip
+    ),
     (
         "a seq that is text",
         [*LINES[:4], rehashed(LINES[4], seq="4"), *LINES[5:]],
         Broken(5, "an entry without exactly the entry's members"),
-    ),  # fmt: skip
+    ),
     (
         "an edited field",
         [*LINES[:4], edited(LINES[4], action="tenant.create"), *LINES[5:]],
         Broken(5, "entry 4 does not match its hash: a field was edited"),
-    ),  # fmt: skip
+    ),
     (
         "an entry deleted",
         [*LINES[:4], *LINES[5:]],
         Broken(5, "entry 5 where 4 was due: entries before it were deleted or moved"),
-    ),  # fmt: skip
+    ),
     (
         "an entry repeated",
         [*LINES[:5], LINES[4], *LINES[5:]],
         Broken(6, "entry 4 where 5 was due: repeated or out of order"),
-    ),  # fmt: skip
+    ),
     (
         "an entry two back",
         [*LINES[:5], LINES[2], *LINES[5:]],
         Broken(6, "entry 3 where 5 was due: repeated or out of order"),
-    ),  # fmt: skip
+    ),
     (
         "an entry relinked",
         [*LINES[:4], rehashed(LINES[4], prev=GENESIS), *LINES[5:]],
         Broken(5, "entry 4 does not follow the entry before it (prev)"),
-    ),  # fmt: skip
+    ),
     (
         "a checkpoint with a member more",
         [*LINES[:3], edited(LINES[3], note="x"), *LINES[4:]],
         Broken(4, "a checkpoint without exactly the checkpoint's members"),
-    ),  # fmt: skip
+    ),
     (
         "a length that is text",
         [*LINES[:3], edited(LINES[3], length="3"), *LINES[4:]],
         Broken(4, "a checkpoint without exactly the checkpoint's members"),
-    ),  # fmt: skip
+    ),
     (
         "a final that is not a boolean",
         [*LINES[:3], edited(LINES[3], final=0), *LINES[4:]],
         Broken(4, "a checkpoint without exactly the checkpoint's members"),
-    ),  # fmt: skip
+    ),
     (
         "a forged signature",
         [*LINES[:3], edited(LINES[3], length=2), *LINES[4:]],
         Broken(4, "the checkpoint's signature does not verify with this public key: forged"),
-    ),  # fmt: skip
+    ),
+    (
+        "a signature with a character more",
+        [*LINES[:3], edited(LINES[3], signature=E[3]["signature"][:8] + "!" + E[3]["signature"][8:]), *LINES[4:]],
+        Broken(4, "the checkpoint's signature does not verify with this public key: forged"),
+    ),
     (
         "a checkpoint of another head",
         [*LINES[:3], signed("tenant-a", 3, "f" * 64), *LINES[4:]],
@@ -139,7 +144,7 @@ CASES: list[tuple[str, list[bytes], Broken]] = [
             4,
             f"the checkpoint commits to 3 entries ending in {'f' * 12}..., but 3 precede it: replayed from elsewhere, or entries were changed",
         ),
-    ),  # fmt: skip
+    ),
     (
         "a checkpoint of other entries",
         [*LINES[:3], signed("tenant-a", 2, E[1]["hash"]), *LINES[4:]],
@@ -147,27 +152,27 @@ CASES: list[tuple[str, list[bytes], Broken]] = [
             4,
             f"the checkpoint commits to 2 entries ending in {ahead(E[1]['hash'])}..., but 3 precede it: replayed from elsewhere, or entries were changed",
         ),
-    ),  # fmt: skip
+    ),
     (
         "a checkpoint twice",
         [*LINES[:4], LINES[3], *LINES[4:]],
         Broken(5, "the checkpoint of entry 3 a second time: replayed"),
-    ),  # fmt: skip
+    ),
     (
         "a final checkpoint in the middle",
         [*LINES[:4], signed("tenant-a", 3, E[2]["hash"], final=True), *LINES[4:]],
         Broken(5, "a final checkpoint in the middle of the chain: replayed from an earlier export"),
-    ),  # fmt: skip
+    ),
     (
         "a checkpoint after the final one",
         [*LINES, LINES[3]],
         Broken(11, "a checkpoint after the export's final checkpoint"),
-    ),  # fmt: skip
+    ),
     (
         "the final checkpoint cut off",
         LINES[:-1],
         Broken(10, "the export ends at line 9 without its final checkpoint: truncated"),
-    ),  # fmt: skip
+    ),
 ]
 
 
