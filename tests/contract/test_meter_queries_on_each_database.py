@@ -114,7 +114,7 @@ SHAPES: list[dict[str, Any]] = [
 
 # Under mutation testing (make mutation sets MUTANT_UNDER_TEST) a smaller log: the test runs for every
 # mutant that survives the faster ones, and most of its time is the truth's, not the code's.
-LOG_SIZE = 400 if os.environ.get("MUTANT_UNDER_TEST") else 1500
+LOG_SIZE = 300 if os.environ.get("MUTANT_UNDER_TEST") else 1500
 
 
 def test_queries_equal_the_truth_computed_from_the_raw_events(database: Database) -> None:
