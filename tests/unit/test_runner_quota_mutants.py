@@ -1,0 +1,105 @@
+"""Plans and quota overrides folded by the catalog (embedded mode, end to end from the control plane):
+the views hold each change, each change sweeps the thresholds it makes reached; and a batch folded
+again past what the quota ledger counted adds only its new facts. Written for the mutants `make
+mutation` found alive in streams/projectors.py (_write_plan_change, _sweep_thresholds, _facts_counter)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from omni import failpoints
+from projections.quotas import Quota, period_of
+from schemas.plans import Entitlement, Period, PlanBody
+from stores import plans as plan_store
+from stores import quotas as quota_views
+from streams.embedded_quotas import EmbeddedQuotaLedger
+from streams.runner import build_runner
+from tests.unit import test_runner_embedded
+from tests.unit.test_runner_embedded import COUNT, CTX, Embedded, consume_of_one_call, thresholds, used_now
+
+embedded = test_runner_embedded.embedded  # the fixture: the embedded stack, control plane to views
+
+CALLS = Entitlement(meter="calls", limit=Decimal(10), period=Period.MONTH, thresholds=[50, 100])
+METERED = PlanBody.model_validate(
+    {
+        "name": "Metered",
+        "entitlements": [CALLS],
+        "currency": "USD",
+        "fee": "10.00",
+        "prices": [{"meter": "calls", "model": "per_unit", "unit_price": "0.01"}],
+    }
+)
+
+
+def periods_and_thresholds(embedded: Embedded, tenant: str) -> list[tuple[str, int]]:
+    rows = embedded.read(lambda tx: quota_views.notifications(tx, tenant, 100, None))
+    return sorted((str(row[4]), int(row[5])) for row in rows)
+
+
+async def test_plans_and_overrides_are_folded_and_each_change_sweeps_its_thresholds(embedded: Embedded) -> None:
+    acme, _ = embedded.control.create_tenant(CTX, "acme", "metered")
+    other, _ = embedded.control.create_tenant(CTX, "other", "metered")
+    tenant = str(acme.id)
+    embedded.control.define_meter(CTX, COUNT)
+    await embedded.relay.relay_once()
+    await used_now(embedded, tenant, 6)
+    await used_now(embedded, str(other.id), 5, first=100)
+    await embedded.runner.drain()
+    embedded.control.put_plan(CTX, "metered", METERED)  # published for tenants already on it
+    await embedded.relay.relay_once()
+    await embedded.runner.drain()
+
+    row = embedded.read(lambda tx: plan_store.plan(tx, "metered"))
+    assert row is not None
+    assert (row[0], row[1], row[2], row[3]) == ("metered", 1, "Metered", [CALLS])
+    assert row[5] == {
+        "currency": "USD", "fee": "10.00", "prices": [{"meter": "calls", "model": "per_unit", "unit_price": "0.01", "included": "0"}],
+    }  # fmt: skip
+    assert embedded.read(lambda tx: plan_store.tenants_on(tx, "metered")) == sorted([tenant, str(other.id)])
+    assert thresholds(embedded, tenant) == [50]  # 6 of 10 when the plan came: each tenant on it swept
+    assert thresholds(embedded, str(other.id)) == [50]
+
+    lower = Entitlement(meter="calls", limit=Decimal(6), period=Period.DAY, thresholds=[100])
+    embedded.control.set_quota_override(CTX, tenant, lower)
+    await embedded.relay.relay_once()
+    await embedded.runner.drain()
+    assert embedded.read(lambda tx: plan_store.quotas_of(tx, tenant)) == {"calls": Quota(lower, "override", "metered")}
+    now = datetime.now(UTC) - timedelta(seconds=5)
+    assert periods_and_thresholds(embedded, tenant) == [  # the override's 100 % of 6 today, as of the change
+        (period_of(now, Period.DAY).text, 100),
+        (period_of(now, Period.MONTH).text, 50),
+    ]
+
+    embedded.control.remove_quota_override(CTX, tenant, "calls")
+    await embedded.relay.relay_once()
+    await embedded.runner.drain()
+    assert embedded.read(lambda tx: plan_store.quotas_of(tx, tenant)) == {"calls": Quota(CALLS, "plan", "metered")}
+
+
+async def test_a_batch_folded_again_past_the_ledgers_mark_adds_only_its_new_facts(embedded: Embedded) -> None:
+    ledger = EmbeddedQuotaLedger(embedded.log)
+    await ledger.start()
+    runner = build_runner(embedded.settings, embedded.db, embedded.log, ledger=ledger)  # batches of 7
+    acme, _ = embedded.control.create_tenant(CTX, "acme", "free")
+    tenant = str(acme.id)
+    embedded.control.define_meter(CTX, COUNT)
+    await embedded.relay.relay_once()
+    await runner.drain()
+    month = period_of(datetime.now(UTC) - timedelta(seconds=5), Period.MONTH)
+    await used_now(embedded, tenant, 5)  # offsets 0-4
+    failpoints.arm(failpoints.METERS_BEFORE_COMMIT)  # the ledger counts 5 and marks 5; the views' commit fails
+    try:
+        with pytest.raises(failpoints.FailpointHit):
+            await runner.step()
+    finally:
+        failpoints.disarm_all()
+    assert await ledger.used(tenant, "calls", month) == 5
+    await used_now(embedded, tenant, 1, first=5)  # offset 5: a fact
+    outcome = await ledger.consume(consume_of_one_call(tenant, "req-1"))  # offset 6: counted as decided
+    assert outcome.decision.used == 6
+    await runner.drain()  # offsets 0-6 folded again: only offset 5 is new to the ledger
+    assert await ledger.used(tenant, "calls", month) == 7
+    assert embedded.total("calls", tenant) == 7
