@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from projections import slos
-from projections.slos import Budget, Bucket, GoodTotal, Report
+from projections.slos import Bucket, Budget, GoodTotal, Report
 from schemas.slos import SloWindow
 from tests.unit.test_slo_projection import AVAILABILITY, LATENCY, T0_EPOCH, compiled, ev
 
