@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from uuid import NAMESPACE_URL, uuid5
@@ -301,3 +302,13 @@ def test_what_was_billed_is_kept_as_json_and_read_back_exactly() -> None:
     assert billed.to_json() == {"plan": "pro", "version": 2, "quantities": {"images": "1", "tokens": "2.50"}}
     assert Billed.from_json(billed.to_json()) == billed
     assert Billed.from_json({"plan": "pro", "version": "2", "quantities": {"tokens": "2.50", "images": "1"}}) == billed
+
+
+def test_the_period_of_an_instant_does_not_depend_on_the_servers_time_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        assert BillingPeriod.of(datetime(2026, 11, 30, 23, 0, tzinfo=UTC)) == BillingPeriod.parse("2026-11")
+    finally:
+        monkeypatch.undo()
+        time.tzset()

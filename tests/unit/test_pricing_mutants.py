@@ -102,3 +102,9 @@ def test_the_rounding_is_half_even_whatever_the_decimal_context() -> None:
             ambient.rounding = rounding
             assert [to_minor(Decimal(v), 0) for v in ("2.5", "3.5", "-2.5")] == [2, 4, -2]
             assert to_minor(Decimal("0.125"), 2) == 12
+
+
+def test_a_tier_amount_is_written_without_an_exponent() -> None:
+    tiers = [{"up_to": 10, "unit_price": "1.000"}, {"up_to": None, "unit_price": "0.5"}]
+    found = priced({"model": "graduated", "tiers": tiers}, "40")
+    assert [t["amount"] for t in usage_line(found)["tiers"]] == ["10", "15"]  # 10.000 and 15.0, not 1E+1
