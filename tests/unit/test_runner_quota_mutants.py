@@ -1,7 +1,8 @@
 """Plans and quota overrides folded by the catalog (embedded mode, end to end from the control plane):
 the views hold each change, each change sweeps the thresholds it makes reached; and a batch folded
-again past what the quota ledger counted adds only its new facts. Written for the mutants `make
-mutation` found alive in streams/projectors.py (_write_plan_change, _sweep_thresholds, _facts_counter)."""
+again past what the quota ledger counted adds only its new facts; a drain waits out a rebuild of the
+counters until its deadline. Written for the mutants `make mutation` found alive in
+streams/projectors.py (_write_plan_change, _sweep_thresholds, _facts_counter) and Runner.drain."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from schemas.plans import Entitlement, Period, PlanBody
 from stores import plans as plan_store
 from stores import quotas as quota_views
 from streams.embedded_quotas import EmbeddedQuotaLedger
+from streams.quota_ledger import Rebuilding
 from streams.runner import build_runner
 from tests.unit import test_runner_embedded
 from tests.unit.test_runner_embedded import COUNT, CTX, Embedded, consume_of_one_call, thresholds, used_now
@@ -103,3 +105,34 @@ async def test_a_batch_folded_again_past_the_ledgers_mark_adds_only_its_new_fact
     await runner.drain()  # offsets 0-6 folded again: only offset 5 is new to the ledger
     assert await ledger.used(tenant, "calls", month) == 7
     assert embedded.total("calls", tenant) == 7
+
+
+class RebuildingFirst:
+    """The embedded ledger, answering its first `times` batches as Redis's ledger does while it rebuilds."""
+
+    def __init__(self, ledger: EmbeddedQuotaLedger, times: int) -> None:
+        self.ledger, self.times = ledger, times
+
+    def add_facts(self, topic, partition, start, end, counted):  # type: ignore[no-untyped-def]
+        if self.times:
+            self.times -= 1
+            raise Rebuilding("the quota counters are being rebuilt")
+        self.ledger.add_facts(topic, partition, start, end, counted)
+
+
+async def test_a_drain_waits_out_a_rebuild_of_the_counters_until_its_deadline(embedded: Embedded) -> None:
+    ledger = EmbeddedQuotaLedger(embedded.log)
+    await ledger.start()
+    acme, _ = embedded.control.create_tenant(CTX, "acme", "free")
+    tenant = str(acme.id)
+    embedded.control.define_meter(CTX, COUNT)
+    await embedded.relay.relay_once()
+    await used_now(embedded, tenant, 3)
+    patient = build_runner(embedded.settings, embedded.db, embedded.log, ledger=RebuildingFirst(ledger, 2))
+    await patient.drain(wait_for_counters=30.0)  # two rebuilding answers, then folded
+    assert embedded.total("calls", tenant) == 3
+    await used_now(embedded, tenant, 1, first=3)
+    hasty = build_runner(embedded.settings, embedded.db, embedded.log, ledger=RebuildingFirst(ledger, 1))
+    with pytest.raises(Rebuilding):
+        await hasty.drain(wait_for_counters=0.0)
+    assert embedded.total("calls", tenant) == 3
