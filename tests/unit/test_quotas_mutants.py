@@ -12,6 +12,7 @@ from uuid import NAMESPACE_URL, uuid5
 
 import pytest
 
+from projections import plans
 from projections.meters import MeterIndex
 from projections.quotas import (
     Crossing,
@@ -173,3 +174,11 @@ def test_a_consume_of_a_meter_reading_all_of_data_is_refused() -> None:
     meter = MeterDefinition(slug="s", event_type="x", aggregation=Aggregation.SUM, value_property="$.data")
     with pytest.raises(ValueError, match=r"reads its value from \$\.data, not from data"):
         consume_event_data(meter, Decimal(1), None)
+
+
+def test_a_plan_published_without_entitlements_or_billing_has_none() -> None:
+    published = Envelope(
+        id="p", type="omni.plan.published", tenant_id="_platform", source="omni://control-plane", source_id="plans/free",
+        event_time=NOW, recorded_time=NOW, data={"slug": "free", "version": 1},
+    )  # fmt: skip
+    assert plans.changes(published) == [plans.PlanPublished("free", 1, None, (), "2026-12-31T23:30:00.000000Z", {})]
