@@ -20,14 +20,17 @@ from projections.invoices import (
     BillingPeriod,
     PricedPlan,
     Statement,
+    StatusChanged,
     bill,
     canonical,
+    changes,
     credit_note_id,
     digest,
     document_number,
     void_credit_note,
 )
 from schemas.billing import Billing
+from schemas.envelope import Envelope
 from tests.unit.test_invoices import DECEMBER, TENANT, close
 
 
@@ -312,3 +315,13 @@ def test_the_period_of_an_instant_does_not_depend_on_the_servers_time_zone(monke
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def test_a_status_change_recorded_without_its_source_was_an_admins() -> None:
+    moment = datetime(2026, 12, 2, 8, tzinfo=UTC)
+    data = {"invoice_id": "inv-1", "status": "void", "at": "2026-12-02T08:00:00Z"}
+    event = Envelope(
+        id="s", type="omni.invoice.status_changed", tenant_id=TENANT, source="omni://billing", source_id="s",
+        event_time=moment, recorded_time=moment, data=data,
+    )  # fmt: skip
+    assert changes(event) == [StatusChanged("inv-1", "void", "2026-12-02T08:00:00Z", "admin")]
