@@ -8,14 +8,21 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
 from omni import failpoints
+from omni.audit_keys import signing_key
+from omni.settings import Settings
 from projections.quotas import Quota, period_of
 from schemas.plans import Entitlement, Period, PlanBody
+from schemas.topics import Topics
 from stores import plans as plan_store
 from stores import quotas as quota_views
+from stores.database import SqliteDatabase
+from stores.schema import SCHEMA as VIEW_SCHEMA
+from streams.embedded_log import EmbeddedLog
 from streams.embedded_quotas import EmbeddedQuotaLedger
 from streams.quota_ledger import Rebuilding
 from streams.runner import build_runner
@@ -136,3 +143,18 @@ async def test_a_drain_waits_out_a_rebuild_of_the_counters_until_its_deadline(em
     with pytest.raises(Rebuilding):
         await hasty.drain(wait_for_counters=0.0)
     assert embedded.total("calls", tenant) == 3
+
+
+@pytest.mark.parametrize("mode", ["embedded", "kafka"])
+def test_build_runner_gives_both_meter_folds_the_ledger_and_the_audit_fold_its_key_and_spacing(tmp_path: Path, mode: str) -> None:
+    settings = Settings(mode=mode, data_dir=tmp_path, audit_checkpoint_every=7)
+    db = SqliteDatabase(tmp_path / "views.sqlite")
+    db.migrate(VIEW_SCHEMA)
+    log = EmbeddedLog(tmp_path / "log.sqlite", Topics(prefix="w", usage_partitions=1))
+    ledger = EmbeddedQuotaLedger(log)
+    runner = build_runner(settings, db, log, ledger=ledger)
+    assert runner.meters.ledger is ledger and runner.api_calls is not None and runner.api_calls.ledger is ledger
+    assert runner.audit is not None and runner.audit.every == 7
+    key = signing_key(settings, db)  # the one kept (data directory, or the views in Kafka mode)
+    assert runner.audit.key.public_key().public_bytes_raw() == key.public_key().public_bytes_raw()
+    db.close()
