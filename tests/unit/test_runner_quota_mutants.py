@@ -1,8 +1,9 @@
 """Plans and quota overrides folded by the catalog (embedded mode, end to end from the control plane):
 the views hold each change, each change sweeps the thresholds it makes reached; and a batch folded
 again past what the quota ledger counted adds only its new facts; a drain waits out a rebuild of the
-counters until its deadline. Written for the mutants `make mutation` found alive in
-streams/projectors.py (_write_plan_change, _sweep_thresholds, _facts_counter) and Runner.drain."""
+counters until its deadline; build_runner's wiring; an SLO defined after its events is caught up.
+Written for the mutants `make mutation` found alive in streams/projectors.py (_write_plan_change,
+_sweep_thresholds, _facts_counter) and streams/runner.py (drain, catch_up, build_runner)."""
 
 from __future__ import annotations
 
@@ -16,14 +17,19 @@ from omni import failpoints
 from omni.audit_keys import signing_key
 from omni.settings import Settings
 from projections.quotas import Quota, period_of
+from projections.slos import GoodTotal
+from schemas.envelope import Envelope, encode
 from schemas.plans import Entitlement, Period, PlanBody
+from schemas.slos import SloBody
 from schemas.topics import Topics
 from stores import plans as plan_store
 from stores import quotas as quota_views
+from stores import slos as slo_store
 from stores.database import SqliteDatabase
 from stores.schema import SCHEMA as VIEW_SCHEMA
 from streams.embedded_log import EmbeddedLog
 from streams.embedded_quotas import EmbeddedQuotaLedger
+from streams.log import Outgoing
 from streams.quota_ledger import Rebuilding
 from streams.runner import build_runner
 from tests.unit import test_runner_embedded
@@ -158,3 +164,27 @@ def test_build_runner_gives_both_meter_folds_the_ledger_and_the_audit_fold_its_k
     key = signing_key(settings, db)  # the one kept (data directory, or the views in Kafka mode)
     assert runner.audit.key.public_key().public_bytes_raw() == key.public_key().public_bytes_raw()
     db.close()
+
+
+async def test_an_slo_defined_after_its_events_is_caught_up_in_batches(embedded: Embedded) -> None:
+    acme, _ = embedded.control.create_tenant(CTX, "acme", "free")
+    tenant = str(acme.id)
+    now = datetime.now(UTC) - timedelta(seconds=5)
+    statuses = [200] * 8 + [500] * 3  # 11 events: caught up in batches of 7 and 4
+    await embedded.log.append(
+        embedded.log.topics.usage,
+        [Outgoing(tenant, encode(Envelope(
+            id=f"s-{i}", type="call", tenant_id=tenant, source="gw", source_id=f"s{i}", event_time=now,
+            recorded_time=now, data={"status": status},
+        ))) for i, status in enumerate(statuses)],
+    )  # fmt: skip
+    await embedded.relay.relay_once()
+    await embedded.runner.drain()  # folded before any SLO counts them
+    body = SloBody.model_validate(
+        {"event_type": "call", "sli": "availability", "status_property": "$.data.status", "objective": 99, "window": "30d"}
+    )
+    embedded.control.put_slo(CTX, "api", body)
+    await embedded.relay.relay_once()
+    await embedded.runner.drain()
+    span = {"all": (0, int(now.timestamp()) + 60)}
+    assert embedded.read(lambda tx: slo_store.counts(tx, "_platform/api/1", span)) == {"all": GoodTotal(8, 11)}
