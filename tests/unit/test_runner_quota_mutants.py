@@ -22,6 +22,7 @@ from schemas.envelope import Envelope, encode
 from schemas.plans import Entitlement, Period, PlanBody
 from schemas.slos import SloBody
 from schemas.topics import Topics
+from stores import audit as audit_store
 from stores import plans as plan_store
 from stores import quotas as quota_views
 from stores import slos as slo_store
@@ -188,3 +189,13 @@ async def test_an_slo_defined_after_its_events_is_caught_up_in_batches(embedded:
     await embedded.runner.drain()
     span = {"all": (0, int(now.timestamp()) + 60)}
     assert embedded.read(lambda tx: slo_store.counts(tx, "_platform/api/1", span)) == {"all": GoodTotal(8, 11)}
+
+
+async def test_a_chain_longer_than_a_batch_is_linked_whole(embedded: Embedded) -> None:
+    acme, _ = embedded.control.create_tenant(CTX, "acme", "free")
+    tenant = str(acme.id)
+    for n in range(9):  # with the creation, 10 audit entries in one chain: batches of 7 and 3
+        embedded.control.issue_key(CTX, tenant, f"key-{n}")
+    await embedded.relay.relay_once()
+    await embedded.runner.drain()
+    assert embedded.read(lambda tx: audit_store.heads(tx, [tenant]))[tenant].length == 10
