@@ -16,6 +16,7 @@ import pytest
 from omni import failpoints
 from omni.audit_keys import signing_key
 from omni.settings import Settings
+from projections.audit_chain import EMPTY
 from projections.quotas import Quota, period_of
 from projections.slos import GoodTotal
 from schemas.envelope import Envelope, encode
@@ -32,7 +33,7 @@ from streams.embedded_log import EmbeddedLog
 from streams.embedded_quotas import EmbeddedQuotaLedger
 from streams.log import Outgoing
 from streams.quota_ledger import Rebuilding
-from streams.runner import build_runner
+from streams.runner import Runner, build_runner
 from tests.unit import test_runner_embedded
 from tests.unit.test_runner_embedded import COUNT, CTX, Embedded, consume_of_one_call, thresholds, used_now
 
@@ -186,7 +187,8 @@ async def test_an_slo_defined_after_its_events_is_caught_up_in_batches(embedded:
     )
     embedded.control.put_slo(CTX, "api", body)
     await embedded.relay.relay_once()
-    await embedded.runner.drain()
+    first = await embedded.runner.step(everything=True)  # its definition, its audit entry, 7 events caught up
+    assert (first, await embedded.runner.step(everything=True), await embedded.runner.step(everything=True)) == (9, 4, 0)
     span = {"all": (0, int(now.timestamp()) + 60)}
     assert embedded.read(lambda tx: slo_store.counts(tx, "_platform/api/1", span)) == {"all": GoodTotal(8, 11)}
 
@@ -199,3 +201,33 @@ async def test_a_chain_longer_than_a_batch_is_linked_whole(embedded: Embedded) -
     await embedded.relay.relay_once()
     await embedded.runner.drain()
     assert embedded.read(lambda tx: audit_store.heads(tx, [tenant]))[tenant].length == 10
+
+
+async def test_the_audit_topic_is_folded_at_most_once_a_second_but_drained_whole(embedded: Embedded) -> None:
+    clock = [1000.0]
+    built = embedded.runner
+    runner = Runner(
+        embedded.log, built.catalog, built.meters, batch_size=7, api_calls=built.api_calls, audit=built.audit,
+        clock=lambda: clock[0],
+    )  # fmt: skip
+    acme, _ = embedded.control.create_tenant(CTX, "acme", "free")
+    tenant = str(acme.id)
+
+    def chain() -> int:
+        return embedded.read(lambda tx: audit_store.heads(tx, [tenant])).get(tenant, EMPTY).length
+
+    await embedded.relay.relay_once()
+    await runner.step()  # due at once: the creation's entry
+    assert chain() == 1
+    embedded.control.issue_key(CTX, tenant, "second")
+    await embedded.relay.relay_once()
+    clock[0] = 1000.5
+    await runner.step()
+    assert chain() == 1  # not a second since the last fold
+    clock[0] = 1001.0
+    await runner.step()
+    assert chain() == 2  # a second later, to the instant
+    embedded.control.issue_key(CTX, tenant, "third")
+    await embedded.relay.relay_once()
+    await runner.step(everything=True)
+    assert chain() == 3  # everything: whenever asked
