@@ -178,9 +178,9 @@ def usage_line(found: Charge) -> dict[str, Any]:
 
 
 def _decimal_text(amount: Decimal) -> str:
-    """Exact, without exponent or trailing zeros: 3.002, 0, 15."""
-    text = format(amount.normalize(), "f")
-    return "0" if text in ("-0", "0") else text
+    """Exact, without exponent or trailing zeros: 3.002, 0, 15. (A tier's amount is never negative:
+    its quantity is positive and its prices are not negative, so there is no -0 to write as 0.)"""
+    return format(amount.normalize(), "f")
 
 
 def _fee_line(plan: PricedPlan) -> dict[str, Any] | None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from typing import Any
+
+from hypothesis import Phase, settings
 
 
 def cloud_event(
@@ -21,3 +24,19 @@ def cloud_event(
     if data is not None:
         event["data"] = data
     return event
+
+
+# Under mutation testing (make mutation: mutmut sets MUTANT_UNDER_TEST), property tests draw the same
+# examples every run, so a mutant's verdict does not depend on the luck of the draw; fewer of them
+# (tests that set their own max_examples keep it): each runs again for every mutant the example-based
+# tests before it leave alive; and a failing example is not shrunk: one kills the mutant, and shrinking
+# it took long enough for mutmut to call it a timeout.
+if os.environ.get("MUTANT_UNDER_TEST"):
+    settings.register_profile(
+        "mutation",
+        derandomize=True,
+        database=None,
+        max_examples=30,
+        phases=(Phase.explicit, Phase.reuse, Phase.generate),
+    )
+    settings.load_profile("mutation")
