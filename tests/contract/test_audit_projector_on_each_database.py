@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import REGISTRY
 
 from omni import failpoints
-from projections.audit_chain import EMPTY, Head, checkpoint, export_lines
+from projections.audit_chain import EMPTY, checkpoint, export_lines
 from projections.audit_verify import Intact, verify
 from schemas.envelope import Envelope, encode
 from schemas.topics import Topics
@@ -50,7 +50,7 @@ def exported(db: Database, chain: str) -> list[bytes]:
         entries = audit_store.bodies_between(tx, chain, 0, 100, 100)
         checkpoints = audit_store.checkpoints_through(tx, chain, 100)
         head = audit_store.heads(tx, [chain]).get(chain, EMPTY)
-    final = checkpoint(chain, Head(head.length, head.hash), "2026-11-03T00:00:00.000000Z", final=True, key=KEY)
+    final = checkpoint(chain, head, "2026-11-03T00:00:00.000000Z", final=True, key=KEY)
     return [line.encode() for line in export_lines(entries, checkpoints, final)]
 
 

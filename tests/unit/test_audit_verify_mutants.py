@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from projections.audit_chain import GENESIS, Head, checkpoint, entry_hash
+from projections.audit_chain import GENESIS, Head, checkpoint, entry_hash, leaf_of
 from projections.audit_verify import Broken, Intact, verify
 from projections.jcs import canonical
+from projections.merkle import frontier_of
 from tests.unit.test_audit_chain import KEY, check, edited, export
 
 LINES = export()  # e1 e2 e3 c3 e4 e5 e6 c6 e7 F
@@ -26,8 +27,9 @@ def rehashed(line: bytes, **members: Any) -> bytes:
 
 
 def signed(chain: str, length: int, head: str, *, final: bool = False) -> bytes:
-    """A checkpoint the real key signed, of whatever it was given."""
-    return canonical(checkpoint(chain, Head(length, head), "2026-11-02T09:30:03.000000Z", final=final, key=KEY))
+    """A checkpoint the real key signed, of whatever it was given (its tree: chain tenant-a's first `length` entries)."""
+    tree = frontier_of([leaf_of(e) for e in E if e["kind"] == "entry"][:length])
+    return canonical(checkpoint(chain, Head(length, head, tree), "2026-11-02T09:30:03.000000Z", final=final, key=KEY))
 
 
 def ahead(head: str) -> str:
