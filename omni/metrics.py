@@ -136,8 +136,11 @@ class Freshness(Collector):
             keys = sorted(set(self._folded) | set(self._waiting))
             for key in keys:
                 recorded, newest = self._folded.get(key, (0.0, 0.0))
-                behind = 0.0 if not self._waiting.get(key) or not recorded else max(0.0, now - recorded)
-                lag.add_metric(list(key), behind)
+                if not self._waiting.get(key):
+                    lag.add_metric(list(key), 0.0)
+                elif recorded:
+                    lag.add_metric(list(key), max(0.0, now - recorded))
+                # (records waiting and none folded by this process yet: unknown, so no sample)
                 if newest:
                     event.add_metric(list(key), newest)
         yield lag

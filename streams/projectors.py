@@ -328,14 +328,15 @@ class MeterProjector:
             # `write views` ends after the commit: the ExitStack is left after the transaction.
             writing.enter_context(trace.use_span(tracing.write_span(), end_on_exit=True))
             self._merge(tx, deltas)
-            self.slos.fold_live(tx, partition, start, end, kept)
+            shown = self.slos.fold_live(tx, partition, start, end, kept)
             views.set_checkpoint(tx, self.consumer, self.topic, partition, end)
             views.set_meter_checkpoints(tx, self.topic, partition, {slug: end for slug in live})
             failpoints.hit(failpoints.METERS_BEFORE_COMMIT)
         mishaps.count(self.consumer)
         failpoints.hit(failpoints.METERS_AFTER_COMMIT)
         metrics.PROJECTED.labels(self.consumer).inc(len(fresh))
-        self.slos.committed()
+        for show in shown:
+            show()
         if kept:
             newest = kept[-1][1]
             metrics.FRESHNESS.folded(self.consumer, partition, newest.recorded_time.timestamp(), newest.event_time.timestamp())

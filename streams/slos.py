@@ -23,6 +23,8 @@ from stores import views
 from stores.database import Database, Tx
 from streams.log import LogRecord
 
+Shown = Callable[[], None]  # a batch's SLO counts and alert states, for the metrics once it has committed
+
 
 @dataclass(frozen=True, slots=True)
 class SloLag:
@@ -43,7 +45,6 @@ class SloFold:
         self.topic = topic
         self.consumer = consumer  # whose partition checkpoints the SLOs follow
         self._compiled: dict[str, slo_view.CompiledSlo] = {}  # by fold id: a version never changes
-        self._metrics: list[Callable[[], None]] = []  # what the open transaction shows once it commits
 
     def _compile(self, row: slo_store.SloRow) -> slo_view.CompiledSlo:
         key = slo_view.fold_id(row.owner, row.name, row.version)
@@ -52,26 +53,30 @@ class SloFold:
             compiled = self._compiled[key] = slo_view.compile_slo(row.owner, row.name, row.version, row.definition)
         return compiled
 
-    def fold_live(self, tx: Tx, partition: int, start: int, end: int, events: Sequence[tuple[LogRecord, Envelope]]) -> None:
+    def fold_live(
+        self, tx: Tx, partition: int, start: int, end: int, events: Sequence[tuple[LogRecord, Envelope]]
+    ) -> list[Shown]:
         """Inside the meter projector's transaction: fold a batch [start, end) into the live SLOs
-        and move their checkpoints with the partition's."""
-        self._metrics.clear()
+        and move their checkpoints with the partition's. Returns what the metrics show once the
+        transaction has committed."""
         rows = slo_store.definitions(tx)
         if not rows:
-            return
+            return []
         offsets = slo_store.checkpoints(tx, self.topic, partition)
         live = [c for c in map(self._compile, rows) if offsets.get((c.fold_id, partition), 0) == start]
         if not live:
-            return
-        self._fold(tx, rows, live, (event for _, event in events))
+            return []
+        shown = self._fold(tx, rows, live, (event for _, event in events))
         slo_store.set_checkpoints(tx, self.topic, partition, {c.fold_id: end for c in live})
+        return shown
 
     def _fold(
         self, tx: Tx, rows: Sequence[slo_store.SloRow], slos: Sequence[slo_view.CompiledSlo], events: Iterable[Envelope]
-    ) -> None:
+    ) -> list[Shown]:
         """Merge the events' buckets, and move the alerts of the SLOs they count, noting each
         transition (evaluated against the buckets before this batch's, then the batch in order)."""
         deltas, judged = slo_view.fold_batch(slo_view.SloIndex(slos), events)
+        shown: list[Shown] = []
         if judged:
             by_id = {slo_view.fold_id(r.owner, r.name, r.version): r for r in rows}
             states = slo_store.alert_states(tx, sorted(judged))
@@ -89,8 +94,9 @@ class SloFold:
                     slo_store.set_alert_state(tx, slo, moved)
                 if transitions:
                     slo_store.add_alert_notifications(tx, row, slo, transitions)
-                self._metrics.append(functools.partial(_show, row, seen, moved))
+                shown.append(functools.partial(_show, row, seen, moved))
         slo_store.merge(tx, deltas)
+        return shown
 
     def lagging(self) -> list[SloLag]:
         """SLO versions that have not yet folded everything the partition checkpoint has passed."""
@@ -111,7 +117,6 @@ class SloFold:
 
     def catch_up(self, lag: SloLag, records: Sequence[LogRecord]) -> int:
         """Fold records [lag.start, ...) into one lagging SLO version; return how many offsets it advanced."""
-        self._metrics.clear()
         with self.db.transaction() as tx:
             head = views.lock_checkpoint(tx, self.consumer, self.topic, lag.partition)
             current = slo_store.checkpoints(tx, self.topic, lag.partition).get((lag.slo, lag.partition), 0)
@@ -122,16 +127,11 @@ class SloFold:
             end = min(batch[-1].offset + 1, head) if batch else head  # nothing below the head: a gap
             dropped = views.dropped_between(tx, self.topic, lag.partition, current, end)
             events = (decode(r.value) for r in batch if r.offset not in dropped)
-            self._fold(tx, [row], [self._compile(row)], events)
+            shown = self._fold(tx, [row], [self._compile(row)], events)
             slo_store.set_checkpoints(tx, self.topic, lag.partition, {lag.slo: end})
-        self.committed()
-        return end - current
-
-    def committed(self) -> None:
-        """After the transaction that folded a batch commits: its counts and alert states to the metrics."""
-        for show in self._metrics:
+        for show in shown:  # committed
             show()
-        self._metrics.clear()
+        return end - current
 
 
 def _show(row: slo_store.SloRow, judged: Sequence[slo_view.Run], state: slo_view.AlertState | None) -> None:

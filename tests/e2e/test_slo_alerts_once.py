@@ -42,11 +42,7 @@ def test_alert_transitions_are_notified_once_across_a_kill_and_a_replay(tmp_path
         put = server.call(lambda: httpx.put(server.url + "/v1/slos/inference", json=AVAILABILITY, headers=key, timeout=30))
         assert put.status_code == 201, put.text
         t0 = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=10)
-        events = []
-        for n, (good, bad) in enumerate([(10, 0), (0, 10), (200, 0), (1, 0)]):
-            at = t0 + timedelta(minutes=n, seconds=30)
-            events += [cloud_event(f"m{n}-{i}", data={"status": 200 if i < good else 503}, time=at) for i in range(good + bad)]
-        body = orjson.dumps(events)
+        body = orjson.dumps(outage(t0))
         sent = httpx.post(server.url + "/v1/events", content=body, headers={**key, "Content-Type": BATCH}, timeout=30)
         assert sent.status_code == 202, sent.text
         expected = [
@@ -93,6 +89,18 @@ def test_alert_transitions_are_notified_once_across_a_kill_and_a_replay(tmp_path
             assert sample in exposition, sample
     finally:
         server.stop()
+
+
+def outage(t0: datetime, type_: str = "inference") -> list[dict[str, Any]]:
+    """Minute 0: 10 good; minute 1: 10 bad; minute 2: 200 good; minute 3: one good (statuses 200, 503).
+    For an availability SLO at 99% over 30 days: page and ticket fire at minute 2, the page resolves at 3."""
+    events = []
+    for n, (good, bad) in enumerate([(10, 0), (0, 10), (200, 0), (1, 0)]):
+        at = t0 + timedelta(minutes=n, seconds=30)
+        events += [
+            cloud_event(f"m{n}-{i}", type_=type_, data={"status": 200 if i < good else 503}, time=at) for i in range(good + bad)
+        ]
+    return events
 
 
 def alerts(server: ArmedServer, key: dict[str, str], count: int, timeout: float = 30) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 
+from schemas.envelope import format_time
 from tests.conftest import cloud_event
 from tests.e2e.conftest import ADMIN, Omni
 
@@ -124,6 +125,19 @@ async def test_status_and_history_from_the_log(omni: Omni) -> None:
     assert every["error_budget"]["consumed"] == {"events": 3, "share": 3.0}
     assert every["burn_rates"]["5m"] == 3.0
     assert every["alerts"] == {"page": "firing", "ticket": "firing"}
+
+    # Alert events, by event time: the minute two ago is evaluated when the first event of the next
+    # arrives, so both fire at the start of the minute one ago. Tenant a's (burn 25: 1 bad of 4) and
+    # the admin's (burn 2.5 over 10%: the 6h/30m page at 1.4, the ticket at 0.7); none for tenant b.
+    fired = format_time(now - timedelta(minutes=1))
+
+    async def alerts(caller: str) -> list[tuple[str, str, str, str, str]]:
+        listed = (await omni.client.get("/v1/notifications", headers=omni.auth(caller))).json()["data"]
+        return sorted((n["type"], n["tenant_id"], n["slo"], n["alert"], n["occurred_at"]) for n in listed)
+
+    assert await alerts(key) == [("omni.slo.alert_fired", a, "large", alert, fired) for alert in ("page", "ticket")]
+    assert await alerts(ADMIN) == [("omni.slo.alert_fired", "_platform", "all", alert, fired) for alert in ("page", "ticket")]
+    assert await alerts(other) == []
 
     params = {"from": _text(now - timedelta(minutes=3)), "to": _text(now + timedelta(minutes=1)), "window_size": "MINUTE"}
     response = await omni.client.get("/v1/slos/large/history", params=params, headers=omni.auth(key))

@@ -1,10 +1,14 @@
-"""Quota threshold notifications, Kafka mode: each threshold once per period across a worker killed
-with SIGKILL mid-fold (after its commit, before anything else), and the same notifications again,
-no more, when the whole log is folded anew into fresh views (a replay)."""
+"""Notifications, Kafka mode: each quota threshold once per period, and each SLO alert transition
+once, across a worker killed with SIGKILL mid-fold (after its commit, before anything else), and
+the same notifications again, no more, when the whole log is folded anew into fresh views (a
+replay). The same deployment (one setup for several checks) shows that both processes' /metrics
+pass `promtool check metrics`, and that one trace runs from a request through Kafka into the
+worker's commit, exported by both processes with OTLP."""
 
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -13,6 +17,8 @@ import pytest
 
 from omni import failpoints
 from tests.conftest import cloud_event
+from tests.e2e.conftest import BATCH
+from tests.e2e.test_slo_alerts_once import outage
 from tests.integration.conftest import drop_schema, free_port
 from tests.integration.test_crash_points_kafka import ADMIN_HEADERS, Deployment, created_tenant, deployment, folded, retried
 from tests.integration.worker import WorkerProcess, wait_ready
@@ -52,6 +58,16 @@ async def test_thresholds_are_notified_once_across_a_kill_and_a_replay(
     plan = {"entitlements": [{"meter": "inferences", "limit": 1000, "period": "MONTH", "thresholds": THRESHOLDS}]}
     put = deployment.call(lambda: httpx.put(deployment.url + "/v1/plans/pro", json=plan, headers=ADMIN_HEADERS, timeout=30))
     assert put.status_code == 201, put.text
+    # An SLO over `call` events (no meter counts them) and an outage that fires and resolves its alerts.
+    slo = {"event_type": "call", "sli": "availability", "status_property": "$.data.status", "objective": 99, "window": "30d"}
+    defined = deployment.call(lambda: httpx.put(deployment.url + "/v1/slos/calls", json=slo, headers=key, timeout=30))
+    assert defined.status_code == 201, defined.text
+    crafted = outage(datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=10), type_="call")
+    sent = retried(
+        deployment,
+        lambda: httpx.post(deployment.url + "/v1/events", json=crafted, headers={**key, "Content-Type": BATCH}, timeout=60),
+    )
+    assert sent.status_code == 202, sent.text
     for b in range(BATCHES):
         events = [cloud_event(f"b{b}-{i}") for i in range(PER_BATCH)]
         answer = retried(
@@ -70,7 +86,13 @@ async def test_thresholds_are_notified_once_across_a_kill_and_a_replay(
     first = notices(deployment.database_url, deployment.schema)
     assert [t for _, _, t in first] == THRESHOLDS, "each threshold once, though a batch was folded twice"
     listed = deployment.call(lambda: httpx.get(deployment.url + "/v1/notifications", headers=key)).json()["data"]
-    assert sorted(n["id"] for n in listed) == sorted(i for i, _, _ in first)
+    assert sorted(n["id"] for n in listed if n["type"] == "omni.quota.threshold_crossed") == sorted(i for i, _, _ in first)
+    slo_first = slo_alerts(deployment.database_url, deployment.schema, 3)
+    assert [(kind, alert) for _, kind, alert, _ in slo_first] == [
+        ("omni.slo.alert_fired", "page"),
+        ("omni.slo.alert_fired", "ticket"),
+        ("omni.slo.alert_resolved", "page"),
+    ]
 
     # Both processes' /metrics pass promtool's lint, with the pools, the produce and the fold's freshness.
     api_metrics = httpx.get(deployment.url + "/metrics").text
@@ -117,11 +139,31 @@ async def test_thresholds_are_notified_once_across_a_kill_and_a_replay(
             assert replayer.exited is None, replayer.report()
             assert time.monotonic() < deadline, f"the replay did not notify\n{replayer.report()}"
             time.sleep(0.2)
+        assert slo_alerts(deployment.database_url, replay_schema, 3) == slo_first, "the same SLO alerts, with the same ids"
         time.sleep(1.0)  # nothing more comes
         assert notices(deployment.database_url, replay_schema) == first, "the same notifications, with the same ids"
+        assert slo_alerts(deployment.database_url, replay_schema, 3) == slo_first
     finally:
         replayer.ensure_dead()
         drop_schema(deployment.database_url, replay_schema)
+
+
+def slo_alerts(database_url: str, schema: str, count: int, timeout: float = 60) -> list[tuple[str, str, str, str]]:
+    """Wait until the schema's views hold `count` SLO alert transitions (never more); them, in time order."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with psycopg.connect(database_url) as conn:
+                rows = conn.execute(
+                    f'SELECT id, type, alert, occurred_at FROM "{schema}".slo_notifications ORDER BY occurred_at, type, alert'
+                ).fetchall()
+        except psycopg.errors.UndefinedTable:
+            rows = []
+        assert len(rows) <= count, rows
+        if len(rows) == count:
+            return [tuple(r) for r in rows]  # type: ignore[misc]
+        assert time.monotonic() < deadline, f"timed out waiting for {count} SLO alerts in {schema} ({rows})"
+        time.sleep(0.1)
 
 
 def notices_or_none(database_url: str, schema: str) -> list[tuple[str, str, int]]:
