@@ -74,7 +74,7 @@ class CompiledMeter:
     group_keys: dict[tuple[str | None, ...], str] = field(default_factory=dict, compare=False, repr=False)
 
 
-def _reader(parts: tuple[str, ...]) -> Reader:
+def reader_of(parts: tuple[str, ...]) -> Reader:
     return (parts[0], _ATTRIBUTES.get(parts[0]), parts[1:])
 
 
@@ -85,9 +85,9 @@ def compile_meter(definition: MeterDefinition) -> CompiledMeter:
         definition=definition,
         slug=definition.slug,
         aggregation=definition.aggregation,
-        value_reader=_reader(value_path) if value_path else None,
+        value_reader=reader_of(value_path) if value_path else None,
         group_names=tuple(key for key, _ in group_paths),
-        group_readers=tuple(_reader(parts) for _, parts in group_paths),
+        group_readers=tuple(reader_of(parts) for _, parts in group_paths),
     )
 
 

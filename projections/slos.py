@@ -20,7 +20,7 @@ from decimal import Decimal
 from typing import Any, NamedTuple
 from uuid import NAMESPACE_URL, uuid5
 
-from projections.meters import Reader, _reader, micros_of, numeric, read
+from projections.meters import Reader, micros_of, numeric, read, reader_of
 from schemas.envelope import Envelope, format_time
 from schemas.meters import path_parts
 from schemas.slos import SloBody, SloWindow
@@ -104,9 +104,9 @@ def compile_slo(owner: str, name: str, version: int, body: SloBody) -> CompiledS
         fold_id=fold_id(owner, name, version),
         owner=owner,
         event_type=body.event_type,
-        match=tuple((_reader(path_parts(path)), expected) for path, expected in sorted(body.match.items())),
+        match=tuple((reader_of(path_parts(path)), expected) for path, expected in sorted(body.match.items())),
         availability=body.status_property is not None,
-        value_reader=_reader(path_parts(value)),
+        value_reader=reader_of(path_parts(value)),
         threshold_ms=None if body.threshold_ms is None else Decimal(repr(body.threshold_ms)),
     )
 
