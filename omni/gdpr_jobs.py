@@ -7,7 +7,8 @@ keeps the sealed events, unreadable; meters keep their pseudonyms, unlinkable.
 
 Access and portability: every usage event on the log about the person (its subject, or the person
 its data class names), opened, and every view row about them, in one JSON document kept for the
-request (stores.gdpr.gdpr_exports) until the person is erased.
+request (stores.gdpr.gdpr_exports) until the person is erased. It reads the tenant's partition of
+the usage topic from its start: its cost follows the tenant's history.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from commands.control_plane import CommandContext
 from commands.gdpr import GdprRequest
 from schemas.envelope import NewerSchema, decode, format_time
 from schemas.gdpr import RequestKind, RequestStatus
+from schemas.topics import partition_for
 from stores import gdpr as gdpr_store
 
 if TYPE_CHECKING:
@@ -95,7 +97,10 @@ class GdprJobs:
         topic = platform.topics.usage
         ends = await platform.log.end_offsets(topic)
         about: list[Any] = []
+        own = partition_for(tenant_id, len(ends))  # the usage topic is keyed by tenant: one partition holds its events
         for partition, end in sorted(ends.items()):
+            if partition != own:
+                continue
             offset = 0
             while offset < end:
                 records = await platform.log.read(topic, partition, offset, min(READ_PAGE, end - offset))

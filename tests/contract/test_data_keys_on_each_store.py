@@ -76,7 +76,7 @@ def test_an_erasure_by_one_process_is_never_undone_by_another(store: tuple[dict[
         with pytest.raises(KeysMissing):
             two.protect(events, may_block=False)  # the keys are not in memory: off the event loop
         two.protect(events, may_block=True)
-        assert events[0].data_subject_id == "alice" and events[0].data["tokens"] == 1
+        assert events[0].data_subject_id is None and events[0].data["tokens"] == 1  # the subject is the person
         sealed = events[0].data["email"]
         assert sealed["omni_sealed"] == 1 and "alice" not in str(sealed)
         again = [chat(3, "alice", "alice@example.com")]
@@ -85,6 +85,28 @@ def test_an_erasure_by_one_process_is_never_undone_by_another(store: tuple[dict[
         alice_key = two.cache.get("t1", "alice")
         assert alice_key is not None
         assert two.opened(events[0], {"alice": alice_key}) == {"email": "alice@example.com", "tokens": 1}
+
+        # A data class may name the person under data: the envelope then says whom (datasubjectid).
+        writer.put_data_class(
+            ADMIN, "note", DataClassBody.model_validate({"personal": ["$.data.text"], "subject_property": "$.data.user"})
+        )
+        two.catch_up()
+        at = datetime(2025, 1, 1, tzinfo=UTC)
+        note = [
+            Envelope(
+                id="n",
+                type="note",
+                tenant_id="t1",
+                source="s",
+                source_id="n",
+                event_time=at,
+                recorded_time=at,
+                data={"user": "bob", "text": "hi"},
+            )
+        ]
+        two.protect(note, may_block=True)
+        assert note[0].data_subject_id == "bob" and note[0].data["text"]["omni_sealed"] == 1
+        assert two.opened(note[0], two.keys_for("t1", ["bob"], create=False)) == {"user": "bob", "text": "hi"}
 
         # Process one erases: the key goes from the store, then SubjectErased is recorded.
         request = writer.receive_gdpr_request(ADMIN, "t1", "alice", RequestKind.ERASURE)
