@@ -259,18 +259,18 @@ class _Folding:
             for folder in bulk:
                 folder.deferred = deferred
             # The fold keeps millions of small tuples alive (the buckets, the digests seen): the cyclic
-            # collector would walk them all again at every full collection, for nothing to free.
-            collecting = gc.isenabled()
-            gc.disable()
+            # collector would walk them all again at every full collection, for nothing to free. They
+            # are frozen (left out of collections) after each pass; the process's other objects, an
+            # API's requests, are collected as before.
             try:
                 while await self._pass([(c, f) for c, f in self.sources if f in bulk], progress, on_progress):
+                    gc.freeze()
                     if deferred is not None and deferred.full:
                         await asyncio.to_thread(deferred.flush, self.db)
                 if deferred is not None:
                     await asyncio.to_thread(deferred.flush, self.db)
             finally:
-                if collecting:
-                    gc.enable()
+                gc.unfreeze()
                 for folder in bulk:
                     folder.deferred = None
         while True:
