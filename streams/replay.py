@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -106,8 +106,12 @@ class ReadOnlyLog:
         if cut is not None and start >= cut:
             return []
         records = await self.log.read(topic, partition, start, limit)
+        return self._before_cut(topic, partition, records)
+
+    def _before_cut(self, topic: str, partition: int, records: list[LogRecord]) -> list[LogRecord]:
         if self.until is None:
             return records
+        cut = self._cut.get((topic, partition))
         if cut is not None:
             return [r for r in records if r.offset < cut]
         for index, record in enumerate(records):
@@ -116,6 +120,30 @@ class ReadOnlyLog:
                 self._cut[(topic, partition)] = record.offset
                 return records[:index]
         return records
+
+    async def chunks(self, topic: str, starts: dict[int, int], size: int) -> AsyncIterator[tuple[int, list[LogRecord]]]:
+        """(partition, records) from `starts` to the end (or the cut), up to `size` at a time: Kafka's
+        own scan when the log is Kafka, else reads partition by partition."""
+        scan = getattr(self.log, "scan", None)
+        if scan is not None:
+            async for partition, records in scan(topic, starts, size):
+                kept = self._before_cut(topic, partition, records)
+                if kept:
+                    yield partition, kept
+            return
+        for partition in range(self.topics.partitions(topic)):
+            start = starts.get(partition, 0)
+            while True:
+                records: list[LogRecord] = []
+                while len(records) < size:
+                    more = await self.read(topic, partition, start, size - len(records))
+                    if not more:
+                        break
+                    records += more
+                    start = more[-1].offset + 1
+                if not records:
+                    break
+                yield partition, records
 
     async def end_offsets(self, topic: str) -> dict[int, int]:
         ends = await self.log.end_offsets(topic)
@@ -263,10 +291,17 @@ class _Folding:
             # are frozen (left out of collections) after each pass; the process's other objects, an
             # API's requests, are collected as before.
             try:
-                while await self._pass([(c, f) for c, f in self.sources if f in bulk], progress, on_progress):
-                    gc.freeze()
-                    if deferred is not None and deferred.full:
-                        await asyncio.to_thread(deferred.flush, self.db)
+                for consumer, folder in [(c, f) for c, f in self.sources if f in bulk]:
+                    starts = await asyncio.to_thread(self._checkpoints, consumer, folder.topic)
+                    size = self.chunks.get(consumer, self.batch_size)
+                    async for partition, records in self.log.chunks(folder.topic, starts, size):
+                        folded = await asyncio.to_thread(folder.process, partition, records)
+                        progress.done += folded
+                        progress.total = max(progress.total, progress.done)
+                        on_progress(progress)
+                        gc.freeze()
+                        if deferred is not None and deferred.full:
+                            await asyncio.to_thread(deferred.flush, self.db)
                 if deferred is not None:
                     await asyncio.to_thread(deferred.flush, self.db)
             finally:
