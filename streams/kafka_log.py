@@ -129,11 +129,13 @@ class KafkaLog:
             return []
         return await self._guard(self._read(TopicPartition(topic, partition), start, limit), f"reading {topic}/{partition}")
 
-    async def scan(self, topic: str, starts: dict[int, int], size: int) -> AsyncIterator[tuple[int, list[LogRecord]]]:
+    async def scan(
+        self, topic: str, starts: dict[int, int], size: int, partitions: Sequence[int] | None = None
+    ) -> AsyncIterator[tuple[int, list[LogRecord]]]:
         """Every record of `topic` from `starts` (per partition) to the end as it is now, in chunks of
         up to `size` records of one partition (each partition's in order): for replays. A consumer of
         its own reads every partition at once and fetches ahead while the caller folds, as a plain
-        consumer does (`read` seeks, and asks for the end, at every call)."""
+        consumer does (`read` seeks, and asks for the end, at every call). `partitions`: only those."""
         reader = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap_servers,
             group_id=None,
@@ -143,7 +145,8 @@ class KafkaLog:
         )
         try:
             await self._guard(reader.start(), f"starting a reader of {topic}")
-            tps = {p: TopicPartition(topic, p) for p in range(self.topics.partitions(topic))}
+            wanted = range(self.topics.partitions(topic)) if partitions is None else partitions
+            tps = {p: TopicPartition(topic, p) for p in wanted}
             ends = {tp.partition: int(o) for tp, o in (await self._guard(reader.end_offsets(list(tps.values())), "ends")).items()}
             left = {p for p, end in ends.items() if starts.get(p, 0) < end}
             reader.assign([tps[p] for p in sorted(left)])

@@ -245,7 +245,10 @@ async def test_replays_as_jobs_diff_swap_and_one_at_a_time_per_projection(omni: 
             job = answer.json()
         return job
 
+    # Kafka mode: half the usage topic's partitions folded by a process of its own, as in large replays.
+    omni.platform.replays.replayer.shard_from = 0
     same = await replay({"projections": ["meters"], "mode": "diff"})
+    omni.platform.replays.replayer.shard_from = 10**9
     assert same["state"] == "done" and same["differences"] == 0, same
     assert same["progress"]["done"] == same["progress"]["total"] > 20 and same["events_per_second"] > 0
     with omni.platform.db.transaction() as tx:
