@@ -208,7 +208,16 @@ class Replayer:
         chosen = request.check(datetime.now(UTC))
         folds = shadows.folds_of(chosen)
         progress = progress or Progress()
-        shadow = await asyncio.to_thread(shadows.open_shadow, self.live, replay_id or shadows.new_id(), folder=self.folder)
+        opening = asyncio.ensure_future(
+            asyncio.to_thread(shadows.open_shadow, self.live, replay_id or shadows.new_id(), folder=self.folder)
+        )
+        try:
+            shadow = await asyncio.shield(opening)
+        except asyncio.CancelledError:  # stopped while the shadow was being made: it is removed all the same
+            made = await asyncio.gather(opening, return_exceptions=True)
+            if isinstance(made[0], shadows.Shadow):
+                await asyncio.to_thread(made[0].drop)
+            raise
         keep = request.keep or (request.mode is Mode.BUILD)
         try:
             source = ReadOnlyLog(self.log, request.until)
