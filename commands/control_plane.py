@@ -234,6 +234,10 @@ class ControlPlane(
         """For commands refused before reaching an aggregate (bad input, no permission)."""
         self.save(self._audit(ctx, action, resource, ctx.tenant_id or PLATFORM, outcome="rejected", reason=reason))
 
+    def record_action(self, ctx: CommandContext, action: str, resource: str) -> None:
+        """For accepted actions that change no aggregate (an admin starting a replay): their audit entry alone."""
+        self.save(self._audit(ctx, action, resource, ctx.tenant_id or PLATFORM))
+
     def authenticate(self, token: str) -> Principal | None:
         parsed = parse_token(token)
         if parsed is None:

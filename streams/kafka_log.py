@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -130,6 +130,50 @@ class KafkaLog:
         if limit <= 0:
             return []
         return await self._guard(self._read(TopicPartition(topic, partition), start, limit), f"reading {topic}/{partition}")
+
+    async def scan(
+        self, topic: str, starts: dict[int, int], size: int, partitions: Sequence[int] | None = None
+    ) -> AsyncIterator[tuple[int, list[LogRecord]]]:
+        """Every record of `topic` from `starts` (per partition) to the end as it is now, in chunks of
+        up to `size` records of one partition (each partition's in order): for replays. A consumer of
+        its own reads every partition at once and fetches ahead while the caller folds, as a plain
+        consumer does (`read` seeks, and asks for the end, at every call). `partitions`: only those."""
+        reader = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap_servers,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            request_timeout_ms=max(int(self.produce_timeout * 1000), 5000),
+        )
+        try:
+            await self._guard(reader.start(), f"starting a reader of {topic}")
+            wanted = range(self.topics.partitions(topic)) if partitions is None else partitions
+            tps = {p: TopicPartition(topic, p) for p in wanted}
+            ends = {tp.partition: int(o) for tp, o in (await self._guard(reader.end_offsets(list(tps.values())), "ends")).items()}
+            left = {p for p, end in ends.items() if starts.get(p, 0) < end}
+            reader.assign([tps[p] for p in sorted(left)])
+            for p in left:
+                reader.seek(tps[p], starts.get(p, 0))
+            held: dict[int, list[LogRecord]] = defaultdict(list)
+            while left or any(held.values()):
+                if left:
+                    fetched = await self._guard(reader.getmany(timeout_ms=POLL_MS, max_records=size), f"reading {topic}")
+                    for tp, messages in fetched.items():
+                        end = ends[tp.partition]
+                        held[tp.partition] += [
+                            _record(m.topic, m.partition, m.offset, m.key, m.value, m.headers) for m in messages if m.offset < end
+                        ]
+                        if messages and messages[-1].offset + 1 >= end:
+                            left.discard(tp.partition)
+                            reader.pause(tp)
+                for partition in sorted(held):
+                    records = held[partition]
+                    while len(records) >= size or (records and partition not in left):
+                        chunk, records = records[:size], records[size:]
+                        held[partition] = records
+                        yield partition, chunk
+        finally:
+            await reader.stop()
 
     async def end_offsets(self, topic: str) -> dict[int, int]:
         async def ends() -> dict[int, int]:

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
+import multiprocessing
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -30,12 +33,14 @@ from schemas.topics import Topics
 from stores import plans as plan_store
 from stores import shadow as shadows
 from stores import views
-from stores.database import Database, SqliteDatabase
+from stores.database import Database, PostgresDatabase, SqliteDatabase
 from stores.schema import SCHEMA
 from streams.bulk_meters import CHUNK, BulkMeterProjector, Deferred
 from streams.log import EventLog, LogRecord, Outgoing
 from streams.projectors import API_CALLS, AUDIT, CATALOG, METERS, AuditProjector, CatalogProjector
 from streams.runner import Runner
+
+log = logging.getLogger(__name__)
 
 SWAP_TRIES = 20  # folds of the shadow towards a moving live view before a swap gives up
 
@@ -106,8 +111,12 @@ class ReadOnlyLog:
         if cut is not None and start >= cut:
             return []
         records = await self.log.read(topic, partition, start, limit)
+        return self._before_cut(topic, partition, records)
+
+    def _before_cut(self, topic: str, partition: int, records: list[LogRecord]) -> list[LogRecord]:
         if self.until is None:
             return records
+        cut = self._cut.get((topic, partition))
         if cut is not None:
             return [r for r in records if r.offset < cut]
         for index, record in enumerate(records):
@@ -116,6 +125,32 @@ class ReadOnlyLog:
                 self._cut[(topic, partition)] = record.offset
                 return records[:index]
         return records
+
+    async def chunks(
+        self, topic: str, starts: dict[int, int], size: int, partitions: Sequence[int] | None = None
+    ) -> AsyncIterator[tuple[int, list[LogRecord]]]:
+        """(partition, records) from `starts` to the end (or the cut), up to `size` at a time: Kafka's
+        own scan when the log is Kafka, else reads partition by partition. `partitions`: only those."""
+        scan = getattr(self.log, "scan", None)
+        if scan is not None:
+            async for partition, records in scan(topic, starts, size, partitions):
+                kept = self._before_cut(topic, partition, records)
+                if kept:
+                    yield partition, kept
+            return
+        for partition in range(self.topics.partitions(topic)) if partitions is None else partitions:
+            start = starts.get(partition, 0)
+            while True:
+                records: list[LogRecord] = []
+                while len(records) < size:
+                    more = await self.read(topic, partition, start, size - len(records))
+                    if not more:
+                        break
+                    records += more
+                    start = more[-1].offset + 1
+                if not records:
+                    break
+                yield partition, records
 
     async def end_offsets(self, topic: str) -> dict[int, int]:
         ends = await self.log.end_offsets(topic)
@@ -160,6 +195,7 @@ class Replayer:
     keep_seen: timedelta
     batch_size: int = 5000
     audit_every: int = 100
+    shard_from: int = 200_000  # records to replay from which another process folds half the usage topic
 
     async def run(
         self,
@@ -172,7 +208,16 @@ class Replayer:
         chosen = request.check(datetime.now(UTC))
         folds = shadows.folds_of(chosen)
         progress = progress or Progress()
-        shadow = await asyncio.to_thread(shadows.open_shadow, self.live, replay_id or shadows.new_id(), folder=self.folder)
+        opening = asyncio.ensure_future(
+            asyncio.to_thread(shadows.open_shadow, self.live, replay_id or shadows.new_id(), folder=self.folder)
+        )
+        try:
+            shadow = await asyncio.shield(opening)
+        except asyncio.CancelledError:  # stopped while the shadow was being made: it is removed all the same
+            made = await asyncio.gather(opening, return_exceptions=True)
+            if isinstance(made[0], shadows.Shadow):
+                await asyncio.to_thread(made[0].drop)
+            raise
         keep = request.keep or (request.mode is Mode.BUILD)
         try:
             source = ReadOnlyLog(self.log, request.until)
@@ -228,7 +273,8 @@ class Replayer:
             sources.append((AUDIT, AuditProjector(db, topics, self.audit_key(), every=self.audit_every)))
         runner = Runner(source, catalog, meters, batch_size=self.batch_size, api_calls=api_calls)  # for its catch-up
         chunks = {METERS: max(self.batch_size, CHUNK), API_CALLS: max(self.batch_size, CHUNK)}
-        return _Folding(source, db, sources, runner if shadows.METERS in folds else None, self.batch_size, chunks)
+        meters_runner = runner if shadows.METERS in folds else None
+        return _Folding(source, db, sources, meters_runner, self.batch_size, chunks, shard_from=self.shard_from)
 
 
 @dataclass
@@ -239,6 +285,7 @@ class _Folding:
     runner: Runner | None  # catches up meters and SLOs defined after their events (with the meters)
     batch_size: int
     chunks: dict[str, int] = field(default_factory=dict)  # records per read and fold, by consumer (else batch_size)
+    shard_from: int = 200_000  # records to replay from which half the usage topic is folded by another process
     bulk_done: bool = False
 
     @property
@@ -259,18 +306,32 @@ class _Folding:
             for folder in bulk:
                 folder.deferred = deferred
             # The fold keeps millions of small tuples alive (the buckets, the digests seen): the cyclic
-            # collector would walk them all again at every full collection, for nothing to free.
-            collecting = gc.isenabled()
-            gc.disable()
+            # collector would walk them all again at every full collection, for nothing to free. They
+            # are frozen (left out of collections) after each pass; the process's other objects, an
+            # API's requests, are collected as before.
             try:
-                while await self._pass([(c, f) for c, f in self.sources if f in bulk], progress, on_progress):
-                    if deferred is not None and deferred.full:
-                        await asyncio.to_thread(deferred.flush, self.db)
+                for consumer, folder in [(c, f) for c, f in self.sources if f in bulk]:
+                    starts = await asyncio.to_thread(self._checkpoints, consumer, folder.topic)
+                    size = self.chunks.get(consumer, self.batch_size)
+                    partitions = list(range(self.log.topics.partitions(folder.topic)))
+                    shard = self._shard(consumer, folder, starts, size, partitions, deferred, progress)
+                    mine = partitions if shard is None else partitions[: (len(partitions) + 1) // 2]
+                    async for partition, records in self.log.chunks(folder.topic, starts, size, mine):
+                        folded = await asyncio.to_thread(folder.process, partition, records)
+                        progress.done += folded
+                        progress.total = max(progress.total, progress.done)
+                        on_progress(progress)
+                        gc.freeze()
+                        if deferred is not None and deferred.full:
+                            await asyncio.to_thread(deferred.flush, self.db)
+                    if shard is not None:
+                        progress.done += await shard
+                        progress.total = max(progress.total, progress.done)
+                        on_progress(progress)
                 if deferred is not None:
                     await asyncio.to_thread(deferred.flush, self.db)
             finally:
-                if collecting:
-                    gc.enable()
+                gc.unfreeze()
                 for folder in bulk:
                     folder.deferred = None
         while True:
@@ -279,6 +340,52 @@ class _Folding:
                 moved += await self.runner.catch_up()
             if not moved:
                 return
+
+    def _shard(
+        self,
+        consumer: str,
+        folder: Folder,
+        starts: dict[int, int],
+        size: int,
+        partitions: list[int],
+        deferred: Deferred | None,
+        progress: Progress,
+    ) -> asyncio.Future[int] | None:
+        """The second half of the usage topic's partitions folded by a process of its own, when that
+        can be: on Kafka and PostgreSQL, buckets written at the end (no quota in force), a log large
+        enough to be worth a process's start. A tenant's events, buckets, digests and SLO minutes all
+        live in its one partition, so the two processes never write the same row."""
+        kafka, db = self.log.log, self.db
+        if (
+            consumer != METERS
+            or deferred is None
+            or len(partitions) < 2
+            or progress.total < self.shard_from
+            or not isinstance(db, PostgresDatabase)
+            or not hasattr(kafka, "scan")
+            or not isinstance(folder, BulkMeterProjector)
+        ):
+            return None
+        job = Shard(
+            bootstrap_servers=kafka.bootstrap_servers,  # type: ignore[attr-defined]
+            topics=self.log.topics,
+            produce_timeout=kafka.produce_timeout,  # type: ignore[attr-defined]
+            url=db.url,
+            schema=db.schema,
+            topic=folder.topic,
+            consumer=consumer,
+            partitions=tuple(partitions[(len(partitions) + 1) // 2 :]),
+            starts=dict(starts),
+            size=size,
+            keep_seen=folder.keep_seen,
+            remember=folder.remember,
+            until=self.log.until,
+        )
+        log.info("replay: %s partitions %s folded by a process of its own", folder.topic, list(job.partitions))
+        pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        future = asyncio.get_running_loop().run_in_executor(pool, fold_shard, job)
+        future.add_done_callback(lambda _: pool.shutdown(wait=False))
+        return future
 
     async def _pass(self, sources: list[tuple[str, Folder]], progress: Progress, on_progress: Callable[[Progress], None]) -> int:
         """One chunk from each partition of each source; how many records were folded."""
@@ -356,3 +463,51 @@ async def meter_as_of(log: EventLog, definition: MeterDefinition, tenant_id: str
         db.close()
         raise
     return db
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """What a process folding some of a topic's partitions in bulk needs (it is spawned: no shared state)."""
+
+    bootstrap_servers: str
+    topics: Topics
+    produce_timeout: float
+    url: str
+    schema: str
+    topic: str
+    consumer: str
+    partitions: tuple[int, ...]
+    starts: dict[int, int]
+    size: int
+    keep_seen: timedelta
+    remember: bool
+    until: datetime | None
+
+
+def fold_shard(job: Shard) -> int:
+    """In a process of its own: fold `job.partitions` into the shadow schema; how many records."""
+    return asyncio.run(_fold_shard(job))
+
+
+async def _fold_shard(job: Shard) -> int:
+    from streams.kafka_log import KafkaLog
+
+    log = KafkaLog(job.bootstrap_servers, job.topics, produce_timeout=job.produce_timeout)
+    db = PostgresDatabase(job.url, schema=job.schema, max_size=1)
+    deferred = Deferred()
+    folder = BulkMeterProjector(
+        db, job.topics, keep_seen=job.keep_seen, seen={}, deferred=deferred, remember=job.remember, topic=job.topic,
+        consumer=job.consumer,
+    )  # fmt: skip
+    done = 0
+    try:
+        async for partition, records in ReadOnlyLog(log, job.until).chunks(job.topic, job.starts, job.size, job.partitions):
+            done += await asyncio.to_thread(folder.process, partition, records)
+            gc.freeze()
+            if deferred.full:
+                await asyncio.to_thread(deferred.flush, db)
+        await asyncio.to_thread(deferred.flush, db)
+    finally:
+        await log.close()
+        db.close()
+    return done

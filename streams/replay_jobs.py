@@ -71,6 +71,7 @@ class ReplayJobs:
             await asyncio.to_thread(self._finish, job_id, "done", progress, differences, outcome.swapped, None)
         except asyncio.CancelledError:
             work.cancel()
+            await asyncio.gather(work, return_exceptions=True)  # its shadow removed before the views close
             await asyncio.to_thread(self._finish, job_id, "failed", progress, None, False, "stopped with its process")
             raise
         except Exception as failure:

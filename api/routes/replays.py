@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import AdminDep, PlatformDep
+from api.deps import AdminDep, PlatformDep, command_context
 from api.problems import Problem
+from api.relaying import run_command
 from commands.errors import NotFound
 from schemas.replays import ReplayCreate, ReplayJob, ReplayProgress
 from stores import replays as store
@@ -14,6 +15,7 @@ from stores.shadow import UnknownProjection
 from streams.replay import Mode
 
 router = APIRouter(prefix="/v1/admin/replays", tags=["replays"])
+ACTION = "replay.start"
 
 
 def _public(row: store.JobRow) -> ReplayJob:
@@ -33,16 +35,22 @@ def _public(row: store.JobRow) -> ReplayJob:
 
 
 @router.post("", status_code=202, response_model=ReplayJob, responses={409: {}, 422: {}})
-async def start_replay(body: ReplayCreate, response: Response, platform: PlatformDep, admin: AdminDep) -> ReplayJob:
+async def start_replay(
+    body: ReplayCreate, request: Request, response: Response, platform: PlatformDep, admin: AdminDep
+) -> ReplayJob:
     """Start a replay of projections into a shadow store, then a diff with the live views or a swap;
-    409 while another replay of one of them runs."""
+    409 while another replay of one of them runs. Audited, accepted or refused (`replay.start`)."""
     mode = Mode(body.mode.value)
+    ctx = command_context(request, admin)
     try:
         job_id = await run_in_threadpool(platform.replays.start, [p.value for p in body.projections], mode)
     except UnknownProjection as unknown:
+        await run_command(platform, platform.control.record_rejection, ctx, ACTION, "replays", str(unknown))
         raise Problem(422, "Unknown projection", str(unknown), kind="unknown-projection") from unknown
     except store.Busy as busy:
+        await run_command(platform, platform.control.record_rejection, ctx, ACTION, "replays", str(busy))
         raise Problem(409, "Replay running", f"{busy}; one replay at a time per projection.", kind="replay-running") from busy
+    await run_command(platform, platform.control.record_action, ctx, ACTION, f"replays/{job_id}")
     row = await run_in_threadpool(platform.replays.get, job_id)
     assert row is not None
     platform.replays.run(job_id, row.projections, mode)

@@ -146,6 +146,9 @@ async def drop_kafka_state(settings: Settings) -> None:
 
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{settings.database_schema}" CASCADE')
+        like = f"{settings.database_schema}_replay_%"  # shadows of replays that were stopped (streams.replay)
+        for (shadow,) in conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE %s", (like,)).fetchall():
+            conn.execute(f'DROP SCHEMA IF EXISTS "{shadow}" CASCADE')
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
     await admin.start()
     try:

@@ -41,6 +41,24 @@ async def test_append_read_and_end_offsets_round_trip(kafka_log: KafkaLog, topic
         assert {(r.topic, r.partition) for r in records} == {(topics.usage, partition)}
 
 
+async def test_a_scan_gives_each_partition_from_its_start_to_the_end_in_ordered_chunks(
+    kafka_log: KafkaLog, topics: Topics
+) -> None:
+    """What replays read (streams.replay): every partition at once, from a start of its own, in chunks."""
+    items = outgoing(90)
+    await kafka_log.append(topics.usage, items)
+    expected: dict[int, list[bytes]] = defaultdict(list)
+    for item in items:
+        expected[partition_for(item.key, topics.usage_partitions)].append(item.value)
+    starts = {0: 3, 1: len(expected[1])}  # partition 1 from its end: nothing; the others from 3, or 0
+    got: dict[int, list[bytes]] = defaultdict(list)
+    async for partition, chunk in kafka_log.scan(topics.usage, starts, 4):
+        assert 0 < len(chunk) <= 4 and {r.partition for r in chunk} == {partition}
+        assert [r.offset for r in chunk] == list(range(chunk[0].offset, chunk[0].offset + len(chunk)))
+        got[partition] += [r.value for r in chunk]
+    assert dict(got) == {p: values[starts.get(p, 0) :] for p, values in expected.items() if values[starts.get(p, 0) :]}
+
+
 async def test_a_large_append_to_one_partition_arrives_whole_and_in_order(kafka_log: KafkaLog, topics: Topics) -> None:
     """More than one batch's worth (MAX_BATCH_BYTES) for one tenant, beside a few records of others."""
     padding = b"x" * 1000
