@@ -59,16 +59,16 @@ def observe(state: BucketState, aggregation: Aggregation, value: Any, at: tuple[
     if minimum is None:  # the first value (a state only ever holds values of its own meter)
         total = value if state is EMPTY else _exact_add(total, value)  # as combine(EMPTY, b) is b
         return _new(BucketState, (count + 1, total, value, value, at, value, uniques))
-    # combine(state, <this one value>), without building the one-value state first.
-    # `x if x < m else m` is min(m, x) (and likewise max): the stored one wins a tie.
+    # combine(state, <this one value>), without building the one-value state first: the smaller
+    # value, or of equal ones the plainer text (`_plainer`); most values are neither, one comparison.
     newer = latest_at is None or at > latest_at
     return _new(
         BucketState,
         (
             count + 1,
             _exact_add(total, value),
-            value if value < minimum else minimum,
-            value if value > maximum else maximum,  # type: ignore[operator]
+            value if value <= minimum and (value < minimum or _plainer(value, minimum)) else minimum,
+            value if value >= maximum and (value > maximum or _plainer(value, maximum)) else maximum,  # type: ignore[operator]
             at if newer else latest_at,
             value if newer else latest,
             uniques,
@@ -76,10 +76,33 @@ def observe(state: BucketState, aggregation: Aggregation, value: Any, at: tuple[
     )
 
 
+def _plainer(x: Decimal, y: Decimal) -> bool:
+    """Of two equal values (1.0 and 1), whether x has the larger exponent (fewer digits after the
+    point). Min and max keep that one of equal values whatever order they meet them in, so a
+    rebuild's chunks, a stream's batches and PostgreSQL's upserts (stores.views) store the same text."""
+    return x.as_tuple().exponent > y.as_tuple().exponent  # type: ignore[operator]
+
+
+def _lower(a: Decimal | None, b: Decimal | None) -> Decimal | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return b if b <= a and (b < a or _plainer(b, a)) else a
+
+
+def _higher(a: Decimal | None, b: Decimal | None) -> Decimal | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return b if b >= a and (b > a or _plainer(b, a)) else a
+
+
 def combine(a: BucketState, b: BucketState) -> BucketState:
-    """a ⊕ b: associative and commutative (LATEST's ties go by log position, min and max keep `a`'s
-    of equal values). Built as `observe` builds states, without the named tuple's own frame: the
-    roll-ups and totals of every fold call it per bucket."""
+    """a ⊕ b: associative and commutative, in the values and in their text (LATEST's ties go by log
+    position; of equal minima or maxima, the plainer text). Built as `observe` builds states,
+    without the named tuple's own frame: the roll-ups and totals of every fold call it per bucket."""
     if a is EMPTY:
         return b
     if b is EMPTY:
@@ -93,8 +116,8 @@ def combine(a: BucketState, b: BucketState) -> BucketState:
         (
             a_count + b_count,
             _exact_add(a_total, b_total),
-            b_min if a_min is None else a_min if b_min is None or not b_min < a_min else b_min,
-            b_max if a_max is None else a_max if b_max is None or not b_max > a_max else b_max,
+            _lower(a_min, b_min),
+            _higher(a_max, b_max),
             a_at,
             a_latest,
             a_uniques | b_uniques if b_uniques else a_uniques,

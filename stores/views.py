@@ -327,7 +327,12 @@ _VALUE_TYPES = ("bigint", "numeric", "numeric", "numeric", "bigint", "bigint", "
 _NEWER = "(t.latest_at_us IS NULL OR (excluded.latest_at_us, excluded.latest_offset) > (t.latest_at_us, t.latest_offset))"
 # stored := stored ⊕ delta, in SQL: the same algebra as meter_state.combine.
 _COMBINE = f"""count = t.count + excluded.count, total = t.total + excluded.total,
-    minimum = least(t.minimum, excluded.minimum), maximum = greatest(t.maximum, excluded.maximum),
+    minimum = CASE WHEN t.minimum IS NULL OR excluded.minimum < t.minimum
+        OR (excluded.minimum = t.minimum AND scale(excluded.minimum) < scale(t.minimum))
+        THEN coalesce(excluded.minimum, t.minimum) ELSE t.minimum END,
+    maximum = CASE WHEN t.maximum IS NULL OR excluded.maximum > t.maximum
+        OR (excluded.maximum = t.maximum AND scale(excluded.maximum) < scale(t.maximum))
+        THEN coalesce(excluded.maximum, t.maximum) ELSE t.maximum END,
     latest_at_us = CASE WHEN {_NEWER} THEN excluded.latest_at_us ELSE t.latest_at_us END,
     latest_offset = CASE WHEN {_NEWER} THEN excluded.latest_offset ELSE t.latest_offset END,
     latest = CASE WHEN {_NEWER} THEN excluded.latest ELSE t.latest END,

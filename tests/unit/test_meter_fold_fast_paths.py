@@ -242,11 +242,27 @@ def test_observe_is_combining_with_a_one_value_state(aggregation, observations):
 
 
 @pytest.mark.parametrize("aggregation", [Aggregation.MIN, Aggregation.MAX])
-def test_observe_keeps_the_first_of_equal_extremes(aggregation):
+@pytest.mark.parametrize("order", [["1.0", "1", "1.00"], ["1.00", "1.0", "1"], ["1", "1.00", "1.0"]])
+def test_observe_keeps_the_plainest_of_equal_extremes_in_any_order(aggregation, order):
     state = EMPTY
-    for n, text in enumerate(["1.0", "1", "1.00"]):
+    for n, text in enumerate(order):
         state = observe(state, aggregation, Decimal(text), (0, n))
-    assert str(state.minimum) == str(state.maximum) == "1.0"
+    assert str(state.minimum) == str(state.maximum) == "1"
+
+
+@given(st.permutations(["2.50", "2.5", "2.500", "3", "3.0", "-1.0", "-1"]), st.integers(1, 6))
+def test_equal_extremes_combine_to_the_same_text_in_any_order_and_grouping(texts, split):
+    """Min and max of equal values keep one text whatever order or grouping the fold met them in:
+    a rebuild's chunks and a stream's batches store the same bytes."""
+    parts = [texts[:split], texts[split:]]
+    states = []
+    for part in parts:
+        state = EMPTY
+        for n, text in enumerate(part):
+            state = observe(state, Aggregation.MIN, Decimal(text), (0, n))
+        states.append(state)
+    for state in (combine(states[0], states[1]), combine(states[1], states[0])):
+        assert (str(state.minimum), str(state.maximum)) == ("-1", "3")
 
 
 # --- combine, against its definition as written before its fast path ---------------------------
