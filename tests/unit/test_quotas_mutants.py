@@ -206,6 +206,10 @@ def test_the_period_of_an_instant_does_not_depend_on_the_servers_time_zone(monke
     try:
         moment = datetime(2026, 11, 30, 23, 0, tzinfo=UTC)
         assert [period_of(moment, p).text for p in (Period.DAY, Period.MONTH)] == ["D:2026-11-30", "M:2026-11"]
+        meters = MeterIndex([TOKENS])
+        deltas: dict = {}
+        apply(deltas, meters, event(1, 5, at=moment), 0)
+        assert set(usage_from_buckets(meters, deltas)) == {("t1", "tokens", "D:2026-11-30"), ("t1", "tokens", "M:2026-11")}
     finally:
         monkeypatch.undo()
         time.tzset()
