@@ -5,6 +5,7 @@ of the hot counters fills)."""
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -13,7 +14,7 @@ from uuid import NAMESPACE_URL, uuid5
 import pytest
 
 from projections import plans
-from projections.meters import MeterIndex
+from projections.meters import MeterIndex, apply
 from projections.quotas import (
     Crossing,
     Decision,
@@ -26,10 +27,12 @@ from projections.quotas import (
     in_effect,
     is_additive,
     minus,
+    period_of,
     periods_around,
     reached,
     reached_now,
     usage_deltas,
+    usage_from_buckets,
 )
 from schemas.envelope import Envelope
 from schemas.meters import Aggregation, MeterDefinition
@@ -182,3 +185,31 @@ def test_a_plan_published_without_entitlements_or_billing_has_none() -> None:
         event_time=NOW, recorded_time=NOW, data={"slug": "free", "version": 1},
     )  # fmt: skip
     assert plans.changes(published) == [plans.PlanPublished("free", 1, None, (), "2026-12-31T23:30:00.000000Z", {})]
+
+
+def test_usage_from_buckets_counts_only_the_additive_meters_it_knows() -> None:
+    meters = MeterIndex([MAXIMUM, TOKENS])
+    deltas: dict = {}
+    apply(deltas, meters, event(1, 5), 0)
+    assert {key.meter for key in deltas} == {"peak", "tokens"}
+    gone = next(key for key in deltas if key.meter == "tokens")
+    deltas[gone._replace(meter="gone")] = deltas[gone]  # a bucket of a meter not in the index
+    assert usage_from_buckets(meters, deltas) == {
+        ("t1", "tokens", "D:2026-12-31"): Decimal(5),
+        ("t1", "tokens", "M:2026-12"): Decimal(5),
+    }
+
+
+def test_the_period_of_an_instant_does_not_depend_on_the_servers_time_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        moment = datetime(2026, 11, 30, 23, 0, tzinfo=UTC)
+        assert [period_of(moment, p).text for p in (Period.DAY, Period.MONTH)] == ["D:2026-11-30", "M:2026-11"]
+        meters = MeterIndex([TOKENS])
+        deltas: dict = {}
+        apply(deltas, meters, event(1, 5, at=moment), 0)
+        assert set(usage_from_buckets(meters, deltas)) == {("t1", "tokens", "D:2026-11-30"), ("t1", "tokens", "M:2026-11")}
+    finally:
+        monkeypatch.undo()
+        time.tzset()

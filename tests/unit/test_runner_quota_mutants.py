@@ -191,6 +191,15 @@ async def test_an_slo_defined_after_its_events_is_caught_up_in_batches(embedded:
     assert (first, await embedded.runner.step(everything=True), await embedded.runner.step(everything=True)) == (9, 4, 0)
     span = {"all": (0, int(now.timestamp()) + 60)}
     assert embedded.read(lambda tx: slo_store.counts(tx, "_platform/api/1", span)) == {"all": GoodTotal(8, 11)}
+    await embedded.log.append(
+        embedded.log.topics.usage,
+        [Outgoing(tenant, encode(Envelope(
+            id=f"l-{i}", type="call", tenant_id=tenant, source="gw", source_id=f"l{i}", event_time=now,
+            recorded_time=now, data={"status": 503},
+        ))) for i in range(2)],
+    )  # fmt: skip
+    await embedded.runner.drain()  # live now: folded with the meters
+    assert embedded.read(lambda tx: slo_store.counts(tx, "_platform/api/1", span)) == {"all": GoodTotal(8, 13)}
 
 
 async def test_a_chain_longer_than_a_batch_is_linked_whole(embedded: Embedded) -> None:
@@ -231,3 +240,18 @@ async def test_the_audit_topic_is_folded_at_most_once_a_second_but_drained_whole
     await embedded.relay.relay_once()
     await runner.step(everything=True)
     assert chain() == 3  # everything: whenever asked
+
+
+async def test_the_usage_fold_notifies_a_daily_quota_in_its_day_past_events_no_quota_counts(embedded: Embedded) -> None:
+    daily = Entitlement(meter="calls", limit=Decimal(4), period=Period.DAY, thresholds=[50])
+    embedded.control.define_meter(CTX, COUNT)
+    embedded.control.put_plan(CTX, "daily", PlanBody(entitlements=[daily]))
+    acme, _ = embedded.control.create_tenant(CTX, "acme", "daily")
+    tenant = str(acme.id)
+    await embedded.relay.relay_once()
+    await embedded.runner.drain()
+    await used_now(embedded, tenant, 1, first=0, type_="other")  # in the same batch, no quota counts it
+    await used_now(embedded, tenant, 2, first=1)
+    await embedded.runner.drain()
+    day = period_of(datetime.now(UTC) - timedelta(seconds=5), Period.DAY)
+    assert periods_and_thresholds(embedded, tenant) == [(day.text, 50)]

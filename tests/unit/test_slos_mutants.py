@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
+
+import pytest
 
 from projections import slos
 from projections.slos import Bucket, Budget, GoodTotal, Report
@@ -65,3 +68,15 @@ def test_a_report_is_whole_as_of_the_end_of_its_minute() -> None:
         page=False,
         ticket=False,
     )
+
+
+def test_a_report_is_as_of_utc_whatever_the_servers_time_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        end = int(datetime(2024, 3, 1, 12, 1, tzinfo=UTC).timestamp())
+        quiet = {label: GoodTotal(0, 0) for label in ("slo", *slos.BURN_WINDOWS)}
+        assert slos.report(end, quiet, 99.0, SloWindow.D30).as_of == "2024-03-01T12:01:00.000000Z"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
