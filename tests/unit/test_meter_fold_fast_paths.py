@@ -283,8 +283,9 @@ def reference_combine(a: BucketState, b: BucketState) -> BucketState:
     return BucketState(
         count=a.count + b.count,
         total=EXACT.add(a.total, b.total),
-        minimum=pick(min, a.minimum, b.minimum),
-        maximum=pick(max, a.maximum, b.maximum),
+        # The smallest (largest) value; of equal ones the plainest text, the largest exponent.
+        minimum=pick(lambda x, y: min(x, y, key=lambda d: (d, -d.as_tuple().exponent)), a.minimum, b.minimum),
+        maximum=pick(lambda x, y: max(x, y, key=lambda d: (d, d.as_tuple().exponent)), a.maximum, b.maximum),
         latest_at=latest_at,
         latest=latest,
         uniques=a.uniques | b.uniques if b.uniques else a.uniques,
