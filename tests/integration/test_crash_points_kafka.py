@@ -32,7 +32,12 @@ pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.redis]
 
 BATCHES, PER_BATCH = 5, 200
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
-IN_THE_WORKER = {failpoints.METERS_BEFORE_COMMIT, failpoints.METERS_AFTER_COMMIT, failpoints.CATALOG_BEFORE_COMMIT}
+IN_THE_WORKER = {
+    failpoints.METERS_BEFORE_COMMIT,
+    failpoints.METERS_AFTER_COMMIT,
+    failpoints.CATALOG_BEFORE_COMMIT,
+    failpoints.AUDIT_BEFORE_COMMIT,
+}
 
 
 class Deployment:
@@ -119,7 +124,9 @@ def deployment(request: pytest.FixtureRequest, tmp_path: Path, database_url: str
         f"{failpoints.METERS_BEFORE_COMMIT}=kill@3",
         f"{failpoints.METERS_AFTER_COMMIT}=kill@3",
         f"{failpoints.CATALOG_BEFORE_COMMIT}=kill@2",
+        f"{failpoints.RELAY_BEFORE_PUBLISH}=kill@3",  # past the tenant's create (a create has no idempotency key: retried, it makes a second tenant)
         f"{failpoints.RELAY_AFTER_PUBLISH}=kill@2",
+        f"{failpoints.AUDIT_BEFORE_COMMIT}=kill@2",  # past the start-up's own entry (last month closed), at a command's
         f"{failpoints.INGEST_AFTER_APPEND}=kill@2",
         f"{failpoints.DEDUPE_AFTER_APPEND}=kill@2",
     ],
@@ -157,6 +164,27 @@ async def test_a_kill_at_each_crash_point_loses_nothing_and_counts_nothing_twice
     assert meter_value(deployment, key, "inferences") == BATCHES * PER_BATCH
     tenants = deployment.call(lambda: httpx.get(deployment.url + "/v1/tenants", headers=ADMIN_HEADERS)).json()["data"]
     assert [t["name"] for t in tenants] == ["acme"]
+    # The audit chains: each command's entry linked once, in order, whatever the kill interrupted.
+    linked(deployment, {"meter.define"})
+    linked(deployment, {"tenant.create"}, tenant=tenants[0]["id"])
+
+
+def linked(deployment: Deployment, actions: set[str], tenant: str | None = None) -> None:
+    """Wait until a chain holds the `actions` (the admin's `_platform` chain, or a tenant's), then
+    check it is whole: seq 1, 2, ... and each audit event once."""
+    params = {} if tenant is None else {"tenant": tenant}
+    deadline = time.monotonic() + 60
+    while True:
+        entries = deployment.call(
+            lambda: httpx.get(deployment.url + "/v1/audit", params={**params, "limit": 500}, headers=ADMIN_HEADERS)
+        ).json()["data"]
+        if actions <= {e["action"] for e in entries}:
+            break
+        assert time.monotonic() < deadline, f"the chain never held {actions}: {entries}\n{deployment.report()}"
+        time.sleep(0.1)
+    assert [e["seq"] for e in entries] == list(range(1, len(entries) + 1))
+    assert len({e["id"] for e in entries}) == len(entries), "an audit event linked twice"
+    assert [e["prev"] for e in entries[1:]] == [e["hash"] for e in entries[:-1]]
 
 
 def retried(deployment: Deployment, request: Callable[[], httpx.Response], timeout: float = 90) -> httpx.Response:
