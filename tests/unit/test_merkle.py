@@ -66,14 +66,14 @@ def test_every_leaf_is_proven_in_its_tree_and_nowhere_else(n: int) -> None:
         # (The size is not proven by the path: leaf 0's path in 3 leaves is a valid one in 4. The
         # signed checkpoint binds it: projections.audit_proof checks tree_size against its length.)
         if path:
-            assert root_from_path(index, n, leaves[index], path[:-1]) != head  # a path cut short
+            assert root_from_path(index, n, leaves[index], path[:-1]) is None  # a path cut short: no root at all
             bent = [path[0][::-1], *path[1:]]
             assert root_from_path(index, n, leaves[index], bent) != head
         assert root_from_path(index, n, leaves[index], [*path, head]) is None  # a path too long
 
 
 def test_a_leaf_outside_the_tree_has_no_proof() -> None:
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match="leaf 3 is not in a tree of 3"):
         inclusion_path(3, LEAVES[:3])
     assert root_from_path(3, 3, LEAVES[0], []) is None
     assert root_from_path(-1, 3, LEAVES[0], []) is None
@@ -110,11 +110,13 @@ def test_every_earlier_tree_is_proven_a_prefix_of_a_later_one(n: int) -> None:
             assert not consistent(m, n, mth(leaves[:m]), mth(leaves), path[:-1])
             assert not consistent(n, m, mth(leaves), mth(leaves[:m]), path)
     assert consistent(0, n, root([]), mth(leaves), [])
+    assert not consistent(0, n, mth(leaves), mth(leaves), [])  # the empty tree's head is SHA-256 of nothing
+    assert not consistent(0, n, root([]), mth(leaves), [mth(leaves)])
     assert not consistent(n, n, mth(leaves), mth(leaves), [mth(leaves)])
 
 
 def test_a_consistency_proof_needs_a_first_tree_within_the_second() -> None:
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match="no consistency proof from 0 leaves to 3"):
         consistency_path(0, LEAVES[:3])
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match="no consistency proof from 4 leaves to 3"):
         consistency_path(4, LEAVES[:3])
