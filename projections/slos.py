@@ -145,22 +145,6 @@ def judge(slo: CompiledSlo, event: Envelope) -> bool | None:
     return value <= slo.threshold_ms
 
 
-def apply(view: dict[Bucket, GoodTotal], slos: SloIndex, event: Envelope) -> dict[Bucket, GoodTotal]:
-    """Fold one event into the minute buckets of every SLO that counts it."""
-    candidates = slos.by_type.get(event.type)
-    if not candidates:
-        return view
-    minute = micros_of(event) // 60_000_000 * MINUTE
-    for slo in candidates:
-        good = judge(slo, event)
-        if good is None:
-            continue
-        key = Bucket(slo.fold_id, event.tenant_id, minute)
-        known = view.get(key, NONE)
-        view[key] = GoodTotal(known.good + good, known.total + 1)
-    return view
-
-
 # What one SLO judged in a batch, in log order, as runs of one minute: [minute, good, total]. (Events
 # arrive mostly in order, so a batch of thousands is a few runs: the alerts walk runs, not events.)
 Run = list[int]

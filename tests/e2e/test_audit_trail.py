@@ -225,7 +225,7 @@ async def test_one_entry_is_proven_in_a_signed_tree_head_without_the_others(omni
 
 
 async def test_a_kept_checkpoint_is_proven_a_prefix_of_the_chain_as_it_grew(omni: Omni, tmp_path: Path) -> None:
-    a_id, a_key, _ = await some_commands(omni)
+    a_id, a_key, b_id = await some_commands(omni)
     pem = (await omni.client.get("/v1/audit/public-key", headers=omni.auth(a_key))).text
     kept = (await exported(omni, a_key)).splitlines()[-1]  # an auditor keeps the export's final checkpoint (4 entries)
     for label in ("one", "two"):
@@ -252,6 +252,7 @@ async def test_a_kept_checkpoint_is_proven_a_prefix_of_the_chain_as_it_grew(omni
     rewritten = await omni.client.get("/v1/audit/consistency", params={"first": 4}, headers=omni.auth(a_key))
     code, said = grown(tmp_path, kept, rewritten.content, pem)
     assert code == 1 and "not a prefix" in said, said
-    for params in ({"first": 7}, {"first": 2, "second": 3}):  # past the chain's end; no such periodic checkpoint
+    # Past the chain's end; no such periodic checkpoint; another tenant's chain.
+    for params in ({"first": 7}, {"first": 2, "second": 3}, {"first": 1, "tenant": b_id}):
         missing = await omni.client.get("/v1/audit/consistency", params=params, headers=omni.auth(a_key))
         assert missing.status_code == 404, (params, missing.text)

@@ -61,11 +61,7 @@ def compiled(body: dict[str, Any], owner: str = "_platform", version: int = 1) -
 
 
 def fold(slo: slos.CompiledSlo, events: list[Envelope]) -> dict[slos.Bucket, GoodTotal]:
-    view: dict[slos.Bucket, GoodTotal] = {}
-    index = slos.SloIndex([slo])
-    for event in events:
-        slos.apply(view, index, event)
-    return view
+    return slos.fold_batch(slos.SloIndex([slo]), events)[0]
 
 
 def test_availability_judges_by_status_and_counts_only_what_it_can_judge() -> None:

@@ -29,7 +29,7 @@ def test_a_match_on_an_object_or_a_list_never_holds() -> None:
 def test_every_slo_of_the_type_counts_an_event_even_after_one_that_does_not() -> None:
     skipping = compiled({**AVAILABILITY, "match": {"$.data.model": "large"}})
     counting = compiled(LATENCY, owner="_platform", version=2)
-    view = slos.apply({}, slos.SloIndex([skipping, counting]), ev({"status": 200, "ms": 100, "model": "small"}))
+    view, _ = slos.fold_batch(slos.SloIndex([skipping, counting]), [ev({"status": 200, "ms": 100, "model": "small"})])
     assert view == {Bucket("_platform/s/2", "t1", T0_EPOCH): GoodTotal(1, 1)}
 
 
