@@ -257,6 +257,13 @@ class Replayer:
             else:
                 await asyncio.to_thread(shadow.drop)
 
+    async def views_as_of(self, projections: Sequence[str], until: datetime) -> shadows.Shadow:
+        """The point-in-time views of `projections` at `until` (as `omni replay --until` builds them),
+        in a shadow of their own: the caller reads it, then drops it."""
+        outcome = await self.run(Request(tuple(projections), Mode.BUILD, until=until))
+        assert outcome.kept is not None  # a point-in-time build is always kept
+        return await asyncio.to_thread(shadows.reopen, self.live, outcome.kept)
+
     def _folding(self, source: ReadOnlyLog, db: Database, folds: set[str], *, swap: bool) -> _Folding:
         topics = source.topics
         catalog = CatalogProjector(db, topics)
@@ -424,12 +431,18 @@ class _Folding:
 
 
 async def meter_as_of(log: EventLog, definition: MeterDefinition, tenant_id: str, as_of: datetime) -> Database:
-    """One tenant's buckets of one meter as the platform knew them at `as_of`: folded from the
+    """One tenant's buckets of one meter as the platform knew them at `as_of` (see meters_as_of)."""
+    return await meters_as_of(log, [definition], tenant_id, as_of)
+
+
+async def meters_as_of(log: EventLog, definitions: Sequence[MeterDefinition], tenant_id: str, as_of: datetime) -> Database:
+    """One tenant's buckets of some meters as the platform knew them at `as_of`: folded from the
     records of the topics the meters fold that were recorded by then (whatever their event time),
     each (source, id) once, into a store of their own in memory (close it after the query).
 
     It reads those topics whole, so it costs time in proportion to the log (README, "Replay")."""
-    index = MeterIndex([definition])
+    index = MeterIndex(definitions)
+    types = {definition.event_type for definition in definitions}
     deltas: dict[BucketKey, BucketState] = {}
     seen: set[tuple[str, str, str]] = set()
     for topic in (log.topics.usage, log.topics.api_calls):
@@ -449,7 +462,7 @@ async def meter_as_of(log: EventLog, definition: MeterDefinition, tenant_id: str
                         event = decode(record.value)
                     except (ValueError, KeyError, TypeError):
                         continue  # dead-lettered by the folds too
-                    if event.tenant_id != tenant_id or event.type != definition.event_type or event.dedupe_key in seen:
+                    if event.tenant_id != tenant_id or event.type not in types or event.dedupe_key in seen:
                         continue
                     seen.add(event.dedupe_key)
                     apply(deltas, index, event, record.offset)
@@ -457,7 +470,8 @@ async def meter_as_of(log: EventLog, definition: MeterDefinition, tenant_id: str
     try:
         db.migrate(SCHEMA)
         with db.transaction() as tx:
-            views.add_meter_definition(tx, "_platform", definition, "as-of")
+            for definition in definitions:
+                views.add_meter_definition(tx, "_platform", definition, "as-of")
             views.merge_buckets(tx, deltas)
     except BaseException:
         db.close()
