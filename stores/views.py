@@ -53,7 +53,8 @@ SQLite: the same Python function, registered on the connection as
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from functools import lru_cache
@@ -62,6 +63,8 @@ from typing import Any
 
 import orjson
 
+from projections import meter_bulk
+from projections.meter_bulk import BulkFold
 from projections.meter_query import SECONDS, MeterRow, StoredBucket, meter_rows, plan, roll_up, whole_range
 from projections.meter_state import BucketState, average, combine
 from projections.meters import MINUTE, BucketKey, roll_ups, totals
@@ -449,6 +452,79 @@ def append_buckets(tx: Tx, deltas: Mapping[BucketKey, BucketState]) -> None:
         return
     for table, keyed in (("meter_windows", windows), ("meter_totals", overall)):
         tx.copy_rows(table, (*_KEYS[table], *_VALUES), ((*key, *_values(state)) for key, state in keyed))
+
+
+def append_cells(tx: Tx, fold: BulkFold) -> None:
+    """append_buckets of a rebuild's minute cells (projections.meter_bulk): the same rows, rolled up
+    and written from the cells, on PostgreSQL as COPY text built here rather than row by row."""
+    windows, overall = meter_bulk.rows(fold.roll_ups())
+    if tx.dialect != "postgres":
+        tx.copy_rows("meter_windows", (*_KEYS["meter_windows"], *_VALUES), ((*key, *_cell_values(cell)) for key, cell in windows))
+        tx.copy_rows("meter_totals", (*_KEYS["meter_totals"], *_VALUES), ((*key, *_cell_values(cell)) for key, cell in overall))
+        return
+    escaped: dict[str, str] = {}
+    literals: dict[str, str] = {}
+
+    def text(value: str) -> str:
+        found = escaped.get(value)
+        if found is None:
+            found = escaped[value] = _copy_escape(value)
+        return found
+
+    def literal(group_key: str) -> str:
+        found = literals.get(group_key)
+        if found is None:
+            found = literals[group_key] = _copy_escape(_array_literal(_group_values(group_key)))
+        return found
+
+    window_lines = (
+        f"{text(tenant)}\t{text(meter)}\t{resolution}\t{start}\t{text(subject)}\t{text(group)}\t{literal(group)}\t{_cell_text(cell)}\n"
+        for (tenant, meter, resolution, start, subject, group), cell in windows
+    )
+    tx.copy_text("meter_windows", _POSTGRES_COLUMNS["meter_windows"], _joined(window_lines))
+    total_lines = (
+        f"{text(tenant)}\t{text(meter)}\t{resolution}\t{start}\t{_cell_text(cell)}\n"
+        for (tenant, meter, resolution, start), cell in overall
+    )
+    tx.copy_text("meter_totals", _POSTGRES_COLUMNS["meter_totals"], _joined(total_lines))
+
+
+_COPY_SPECIAL = re.compile("[\b\t\n\v\f\r\\\\]")  # psycopg's own (_copy_base._dump_re)
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\v": "\\v", "\f": "\\f", "\r": "\\r"})
+
+
+def _copy_escape(value: str) -> str:
+    """A text value as COPY's text format takes it (as psycopg's Copy.write_row escapes it)."""
+    return value.translate(_COPY_ESCAPES) if _COPY_SPECIAL.search(value) else value
+
+
+def _cell_text(cell: meter_bulk.Cell) -> str:
+    """A cell's state columns in COPY's text format: what _values gives of its BucketState."""
+    count, total, low, high, at_us, at_offset, latest, uniques = cell
+    if low is not None:
+        return f"{count}\t{total}\t{low}\t{high}\t{at_us}\t{at_offset}\t{latest}\t\\N"
+    tokens = "\\N" if not uniques else _copy_escape(_array_literal(sorted(uniques)))
+    return f"{count}\t{total}\t\\N\t\\N\t\\N\t\\N\t\\N\t{tokens}"
+
+
+def _cell_values(cell: meter_bulk.Cell) -> tuple[Any, ...]:
+    """A cell's state columns as _values gives them for SQLite."""
+    count, total, low, high, at_us, at_offset, latest, uniques = cell
+    if low is not None:
+        return (count, str(total), str(low), str(high), at_us, at_offset, str(latest), None)
+    return (count, str(total), None, None, None, None, None, _json_text(sorted(uniques)) if uniques else None)
+
+
+def _joined(lines: Iterable[str], size: int = 5000) -> Iterator[str]:
+    """The lines in strings of `size` lines: one write to COPY each."""
+    batch: list[str] = []
+    for line in lines:
+        batch.append(line)
+        if len(batch) >= size:
+            yield "".join(batch)
+            batch = []
+    if batch:
+        yield "".join(batch)
 
 
 def _array_literal(texts: Sequence[str]) -> str:

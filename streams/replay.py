@@ -261,9 +261,11 @@ class Replayer:
         topics = source.topics
         catalog = CatalogProjector(db, topics)
         seen: dict[bytes, int] = {}  # the de-duplication memory of both topics' bulk folds
-        meters = BulkMeterProjector(db, topics, keep_seen=self.keep_seen, seen=seen)
+        # Written into the shadow for a swap only: the live fold going on from it needs it, a diff
+        # ignores it (bookkeeping) and point-in-time views are only read.
+        meters = BulkMeterProjector(db, topics, keep_seen=self.keep_seen, seen=seen, remember=swap)
         api_calls = BulkMeterProjector(
-            db, topics, keep_seen=self.keep_seen, seen=seen, topic=topics.api_calls, consumer=API_CALLS
+            db, topics, keep_seen=self.keep_seen, seen=seen, remember=swap, topic=topics.api_calls, consumer=API_CALLS
         )
         # The catalog always: the meters fold only the meters it defines.
         sources: list[tuple[str, Folder]] = [(CATALOG, catalog)]
