@@ -96,46 +96,91 @@ def read_wire(wire: Wire, reader: WireReader) -> Any:
     return doc
 
 
+# What add_wire needs of one meter: the meter, its slug and aggregation, its value's wire path
+# (None: a COUNT, or no value), its group values' wire paths.
+PlanEntry = tuple[CompiledMeter, str, Aggregation, WireReader | None, tuple[WireReader, ...]]
+Plan = dict[str, tuple[PlanEntry, ...]]  # by event type
+
+
+def plan(meters: MeterIndex) -> Plan:
+    """The meters of `meters` prepared for add_wire, by the event type they count."""
+    found: Plan = {}
+    for event_type, candidates in meters.by_type.items():
+        entries = []
+        for meter in candidates:
+            value, groups = _wire_readers(meter)
+            entries.append((meter, meter.slug, meter.aggregation, None if meter.aggregation is _COUNT else value, groups))
+        found[event_type] = tuple(entries)
+    return found
+
+
 class BulkFold:
     """Minute buckets of many events, as `apply` folds them (in the order they are added), in cells."""
 
     def __init__(self) -> None:
         self.cells: dict[Key, Cell] = {}
-        # Per compiled meter (by identity: a MeterIndex is built per chunk): its wire readers.
-        self._readers: dict[int, tuple[CompiledMeter, WireReader | None, tuple[WireReader, ...]]] = {}
 
     def __len__(self) -> int:
         return len(self.cells)
 
-    def _wire_plan(self, meter: CompiledMeter) -> tuple[WireReader | None, tuple[WireReader, ...]]:
-        known = self._readers.get(id(meter))
-        if known is None or known[0] is not meter:
-            value, groups = _wire_readers(meter)
-            known = self._readers[id(meter)] = (meter, value, groups)
-        return known[1], known[2]
-
-    def add_wire(self, meters: MeterIndex, wire: Wire, offset: int) -> None:
-        """Fold one event decoded in the current layout (at `offset` in its partition)."""
-        candidates = meters.by_type.get(wire.type)
-        if not candidates:
+    def add_wire(self, meters: Plan, wire: Wire, offset: int) -> None:
+        """Fold one event decoded in the current layout (at `offset` in its partition). The fold's
+        hot path, per event: the paths read and the cell updated here, without calls where the
+        values are plain (a number, a short text)."""
+        entries = meters.get(wire.type)
+        if entries is None:
             return
         micros = (wire.time - EPOCH) // MICROSECOND
         minute = micros // _MINUTE_MICROS * MINUTE
         tenant_id = wire.tenantid
         subject = wire.subject or ""
-        for meter in candidates:
-            value_reader, group_readers = self._wire_plan(meter)
-            aggregation = meter.aggregation
-            raw = None if aggregation is _COUNT or value_reader is None else read_wire(wire, value_reader)
-            if group_readers:
-                if len(group_readers) == 1:
-                    values: tuple[Any, ...] = (read_wire(wire, group_readers[0]),)
-                else:
-                    values = tuple([read_wire(wire, r) for r in group_readers])
-                group = group_key_of(meter, values)
-            else:
+        cells = self.cells
+        for meter, slug, aggregation, value_path, group_paths in entries:
+            raw = None
+            if value_path is not None:
+                attribute, rest = value_path
+                raw = None if attribute is None else getattr(wire, attribute)
+                for part in rest:
+                    if type(raw) is not dict:  # JSON objects decode to dict itself
+                        raw = None
+                        break
+                    raw = raw.get(part)
+            if not group_paths:
                 group = "{}"
-            self._observe((tenant_id, meter.slug, minute, subject, group), aggregation, raw, micros, offset)
+            elif len(group_paths) == 1:  # the common case: one dimension, a short text (cached)
+                one = read_wire(wire, group_paths[0])
+                values: tuple[Any, ...] = (one,)
+                group = meter.group_keys.get(values) if one is None or type(one) is str else None
+                if group is None:
+                    group = group_key_of(meter, values)
+            else:
+                group = group_key_of(meter, tuple([read_wire(wire, path) for path in group_paths]))
+            key = (tenant_id, slug, minute, subject, group)
+            if aggregation is _COUNT or aggregation is _UNIQUE_COUNT:
+                self._observe(key, aggregation, raw, micros, offset)
+                continue
+            if type(raw) is int and -_SMALL_INT < raw < _SMALL_INT:  # not a bool; numeric() would be Decimal(raw)
+                value: int | Decimal = raw
+            else:
+                number = _numeric(raw)
+                if number is None:
+                    continue  # a value the meter skips: the bucket is not touched
+                value = number
+            cell = cells.get(key)
+            if cell is None:
+                cells[key] = [1, value, value, value, micros, offset, value, None]
+            elif type(value) is int and type(cell[TOTAL]) is int:  # ints: no exponents to compare on ties
+                cell[COUNT] += 1
+                cell[TOTAL] += value
+                if value < cell[LOW]:
+                    cell[LOW] = value
+                if value > cell[HIGH]:
+                    cell[HIGH] = value
+                at = cell[AT_US]
+                if micros > at or (micros == at and offset > cell[AT_OFFSET]):
+                    cell[AT_US], cell[AT_OFFSET], cell[LATEST] = micros, offset, value
+            else:
+                self._observe_number(key, value, micros, offset)
 
     def add(self, meters: MeterIndex, event: Envelope, offset: int) -> None:
         """Fold one event of any layout (an Envelope: with extension attributes, or upcast)."""
@@ -181,6 +226,11 @@ class BulkFold:
             if number is None:
                 return  # a value the meter skips: the bucket is not touched
             value = number
+        self._observe_number(key, value, micros, offset)
+
+    def _observe_number(self, key: Key, value: int | Decimal, micros: int, offset: int) -> None:
+        """observe() of a numeric meter's value (an int, or numeric()'s Decimal)."""
+        cells = self.cells
         cell = cells.get(key)
         if cell is None:
             cells[key] = [1, value, value, value, micros, offset, value, None]

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 from omni import failpoints, metrics
-from projections.meter_bulk import BulkFold
+from projections.meter_bulk import BulkFold, plan
 from projections.meters import MeterIndex
 from schemas.envelope import Envelope, NewerSchema, Wire, decode_lean, envelope_of
 from schemas.text import NUL_ESCAPE, json_holds_nul
@@ -126,6 +126,7 @@ class BulkMeterProjector(MeterProjector):
             offsets = views.meter_checkpoints(tx, self.topic, partition)
             live = [slug for slug in meters.by_slug if offsets.get((slug, partition), 0) == start]
             live_meters = meters.only(live)
+            wire_plan = plan(live_meters)
             slo_types = {row.definition.event_type for row in slo_store.definitions(tx)}
             slo_events: list[tuple[LogRecord, Envelope]] = []  # what the SLOs fold: kept events of their types
             dropped: list[int] = []  # dead letters and duplicates: the meters' catch-up skips both
@@ -164,7 +165,7 @@ class BulkMeterProjector(MeterProjector):
                     remembered.append((digest, until))
                 seen[digest] = until
                 if wire:
-                    add_wire(live_meters, event, record.offset)  # type: ignore[arg-type]
+                    add_wire(wire_plan, event, record.offset)  # type: ignore[arg-type]
                 else:
                     add(live_meters, event, record.offset)  # type: ignore[arg-type]
                 newest = event
