@@ -18,9 +18,9 @@ Pure: no I/O. Cells are written by stores.views.append_cells.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from projections.meter_state import EXACT, BucketState
 from projections.meters import (
@@ -49,6 +49,7 @@ COUNT, TOTAL, LOW, HIGH, AT_US, AT_OFFSET, LATEST, UNIQUES = range(8)
 Key = tuple[str, str, int, str, str]  # a BucketKey's fields: tenant, meter, minute, subject, group key
 Window = tuple[str, str, int, int, str, str]  # tenant, meter, resolution, window start, subject, group key
 Total = tuple[str, str, int, int]  # tenant, meter, resolution, window start
+K = TypeVar("K")
 
 _SMALL_INT = 10**28  # as projections.meters.numeric: ints inside it are values as they are
 _exact_add = EXACT.add  # takes ints and Decimals alike, exactly
@@ -293,25 +294,31 @@ def _copy(cell: Cell) -> Cell:
 
 
 def _coarser(cells: Mapping[Key, Cell], resolution: int) -> dict[Key, Cell]:
-    out: dict[Key, Cell] = {}
-    for (tenant_id, meter, window_start, subject, group), cell in cells.items():
-        wide = (tenant_id, meter, window_start // resolution * resolution, subject, group)
-        known = out.get(wide)
-        if known is None:
-            out[wide] = _copy(cell)
-        else:
-            _merge(known, cell)
-    return out
+    return _combined(((t, m, start // resolution * resolution, s, g), cell) for (t, m, start, s, g), cell in cells.items())
 
 
 def totals(cells: Mapping[Key, Cell]) -> dict[tuple[str, str, int], Cell]:
     """The cells of each window combined across subjects and group values (projections.meters.totals)."""
-    out: dict[tuple[str, str, int], Cell] = {}
-    for (tenant_id, meter, window_start, _, _), cell in cells.items():
-        total = (tenant_id, meter, window_start)
-        known = out.get(total)
+    return _combined(((t, m, start), cell) for (t, m, start, _, _), cell in cells.items())
+
+
+def _combined(keyed: Iterable[tuple[K, Cell]]) -> dict[K, Cell]:
+    """The cells of each key combined (`_merge`, in the order given), the common case inline: ints."""
+    out: dict[K, Cell] = {}
+    for key, cell in keyed:
+        known = out.get(key)
         if known is None:
-            out[total] = _copy(cell)
+            out[key] = cell.copy() if cell[UNIQUES] is None else _copy(cell)
+        elif cell[LOW] is not None and type(known[TOTAL]) is int and type(cell[TOTAL]) is int:
+            known[COUNT] += cell[COUNT]
+            known[TOTAL] += cell[TOTAL]
+            if cell[LOW] < known[LOW]:
+                known[LOW] = cell[LOW]
+            if cell[HIGH] > known[HIGH]:
+                known[HIGH] = cell[HIGH]
+            at, latest_at = cell[AT_US], known[AT_US]
+            if at > latest_at or (at == latest_at and cell[AT_OFFSET] > known[AT_OFFSET]):
+                known[AT_US], known[AT_OFFSET], known[LATEST] = at, cell[AT_OFFSET], cell[LATEST]
         else:
             _merge(known, cell)
     return out

@@ -457,36 +457,62 @@ def append_buckets(tx: Tx, deltas: Mapping[BucketKey, BucketState]) -> None:
 def append_cells(tx: Tx, fold: BulkFold) -> None:
     """append_buckets of a rebuild's minute cells (projections.meter_bulk): the same rows, rolled up
     and written from the cells, on PostgreSQL as COPY text built here rather than row by row."""
-    windows, overall = meter_bulk.rows(fold.roll_ups())
+    levels = fold.roll_ups()
     if tx.dialect != "postgres":
+        windows, overall = meter_bulk.rows(levels)
         tx.copy_rows("meter_windows", (*_KEYS["meter_windows"], *_VALUES), ((*key, *_cell_values(cell)) for key, cell in windows))
         tx.copy_rows("meter_totals", (*_KEYS["meter_totals"], *_VALUES), ((*key, *_cell_values(cell)) for key, cell in overall))
         return
-    escaped: dict[str, str] = {}
-    literals: dict[str, str] = {}
+    minutes = levels[MINUTE]
+    # Every text of the keys (the coarser levels' are the minutes'), escaped for COPY where it must be.
+    groups = {k[4] for k in minutes}
+    texts = {k[0] for k in minutes} | {k[1] for k in minutes} | {k[3] for k in minutes} | groups
+    escaped = {text: _copy_escape(text) for text in texts}
+    plain = all(escaped[text] is text for text in texts)
+    literals = {group: _copy_escape(_array_literal(_group_values(group))) for group in groups}
+    tx.copy_text("meter_windows", _POSTGRES_COLUMNS["meter_windows"], _window_lines(levels, literals, None if plain else escaped))
+    overall = {resolution: meter_bulk.totals(level) for resolution, level in levels.items()}
+    tx.copy_text("meter_totals", _POSTGRES_COLUMNS["meter_totals"], _total_lines(overall, None if plain else escaped))
 
-    def text(value: str) -> str:
-        found = escaped.get(value)
-        if found is None:
-            found = escaped[value] = _copy_escape(value)
-        return found
 
-    def literal(group_key: str) -> str:
-        found = literals.get(group_key)
-        if found is None:
-            found = literals[group_key] = _copy_escape(_array_literal(_group_values(group_key)))
-        return found
+def _window_lines(
+    levels: Mapping[int, Mapping[meter_bulk.Key, meter_bulk.Cell]], literals: Mapping[str, str], escaped: Mapping[str, str] | None
+) -> Iterator[str]:
+    """meter_windows rows in COPY's text format, 5,000 lines a string. `escaped`: the key texts
+    as COPY takes them, when any of them is not as it is (None: none needs escaping)."""
+    lines: list[str] = []
+    for resolution, level in levels.items():
+        for (tenant, meter, start, subject, group), cell in level.items():
+            literal = literals[group]
+            if escaped is not None:
+                tenant, meter, subject, group = escaped[tenant], escaped[meter], escaped[subject], escaped[group]
+            count, total, low, high, at_us, at_offset, latest, uniques = cell
+            if low is not None:
+                state = f"{count}\t{total}\t{low}\t{high}\t{at_us}\t{at_offset}\t{latest}\t\\N"
+            else:
+                state = _cell_text(cell)
+            lines.append(f"{tenant}\t{meter}\t{resolution}\t{start}\t{subject}\t{group}\t{literal}\t{state}\n")
+            if len(lines) >= 5000:
+                yield "".join(lines)
+                lines.clear()
+    if lines:
+        yield "".join(lines)
 
-    window_lines = (
-        f"{text(tenant)}\t{text(meter)}\t{resolution}\t{start}\t{text(subject)}\t{text(group)}\t{literal(group)}\t{_cell_text(cell)}\n"
-        for (tenant, meter, resolution, start, subject, group), cell in windows
-    )
-    tx.copy_text("meter_windows", _POSTGRES_COLUMNS["meter_windows"], _joined(window_lines))
-    total_lines = (
-        f"{text(tenant)}\t{text(meter)}\t{resolution}\t{start}\t{_cell_text(cell)}\n"
-        for (tenant, meter, resolution, start), cell in overall
-    )
-    tx.copy_text("meter_totals", _POSTGRES_COLUMNS["meter_totals"], _joined(total_lines))
+
+def _total_lines(
+    levels: Mapping[int, Mapping[tuple[str, str, int], meter_bulk.Cell]], escaped: Mapping[str, str] | None
+) -> Iterator[str]:
+    lines: list[str] = []
+    for resolution, level in levels.items():
+        for (tenant, meter, start), cell in level.items():
+            if escaped is not None:
+                tenant, meter = escaped[tenant], escaped[meter]
+            lines.append(f"{tenant}\t{meter}\t{resolution}\t{start}\t{_cell_text(cell)}\n")
+            if len(lines) >= 5000:
+                yield "".join(lines)
+                lines.clear()
+    if lines:
+        yield "".join(lines)
 
 
 _COPY_SPECIAL = re.compile("[\b\t\n\v\f\r\\\\]")  # psycopg's own (_copy_base._dump_re)
@@ -513,18 +539,6 @@ def _cell_values(cell: meter_bulk.Cell) -> tuple[Any, ...]:
     if low is not None:
         return (count, str(total), str(low), str(high), at_us, at_offset, str(latest), None)
     return (count, str(total), None, None, None, None, None, _json_text(sorted(uniques)) if uniques else None)
-
-
-def _joined(lines: Iterable[str], size: int = 5000) -> Iterator[str]:
-    """The lines in strings of `size` lines: one write to COPY each."""
-    batch: list[str] = []
-    for line in lines:
-        batch.append(line)
-        if len(batch) >= size:
-            yield "".join(batch)
-            batch = []
-    if batch:
-        yield "".join(batch)
 
 
 def _array_literal(texts: Sequence[str]) -> str:
