@@ -53,12 +53,15 @@ events = st.lists(
             st.sampled_from(["t1", "t2"]),
             st.integers(0, 12),  # source id: repeats are duplicates
             st.integers(0, 180),  # minute of event time: spans hours
-            st.sampled_from(["u1", "u2", ""]),
+            st.sampled_from(["u1", "u2", "", "u\t3", "back\\slash"]),  # texts COPY's text format escapes
             st.decimals(min_value=-1000, max_value=1000, places=2, allow_nan=False)
-            | st.sampled_from([Decimal("1"), Decimal("1.0"), Decimal("1.00"), Decimal(0)]),
-            st.sampled_from(["small", "large", None]),
-            st.sampled_from(["a", "b", "c"]),
+            | st.sampled_from(
+                [Decimal("1"), Decimal("1.0"), Decimal("1.00"), Decimal(0), Decimal("1E+2"), Decimal("-0.000000000000000001")]
+            ),
+            st.sampled_from(["small", "large", None, "new\nline", 'q"uote']),
+            st.sampled_from(["a", "b", "c", "nul\x00"]),  # a NUL: dead-lettered (the views cannot store it)
             st.booleans(),  # written by the code before layout 2 (schemas.envelope's upcaster reads it)
+            st.booleans(),  # with an extension attribute (decoded as an Envelope by the bulk fold too)
         ),
         st.just(None),  # a record that is not an envelope
     ),
@@ -72,13 +75,14 @@ def records(drawn: list[Any]) -> list[LogRecord]:
         if item is None:
             made.append(LogRecord(TOPICS.usage, 0, offset, "x", b"not an envelope"))
             continue
-        tenant, source_id, minute, subject, tokens, model, user, layout_1 = item
+        tenant, source_id, minute, subject, tokens, model, user, layout_1, extended = item
         moment = START + timedelta(minutes=minute, seconds=offset % 60)
         data = {"tokens": str(tokens) if offset % 2 else int(tokens) if tokens == tokens.to_integral() else str(tokens)}
         data |= {"model": model, "user": user}
         envelope = Envelope(
             id=f"id-{offset}", type="inference", tenant_id=tenant, source="gw", source_id=str(source_id),
             event_time=moment, recorded_time=moment, subject=subject or None, data=data,
+            extensions={"region": "eu"} if extended else {},
         )  # fmt: skip
         made.append(LogRecord(TOPICS.usage, 0, offset, tenant, layout_1_value(envelope) if layout_1 else encode(envelope)))
     return made
