@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from schemas.envelope import Envelope, encode
 from schemas.meters import MeterDefinition
 from schemas.topics import Topics
+from stores import slos as slo_store
 from stores import views
 from stores.database import Database, PostgresDatabase, SqliteDatabase
 from stores.schema import SCHEMA
@@ -45,7 +46,19 @@ METERS = [
     MeterDefinition(slug="last", event_type="inference", aggregation="LATEST", value_property="$.data.tokens"),
     MeterDefinition(slug="users", event_type="inference", aggregation="UNIQUE_COUNT", value_property="$.data.user"),
 ]
-TABLES = ("meter_windows", "meter_totals", "seen_digests", "dropped_records", "dead_letters", "checkpoints", "meter_offsets")
+# An SLO on the same events: the bulk fold hands it the kept events of its type, as Envelopes.
+SLO = {
+    "event_type": "inference",
+    "sli": "latency",
+    "latency_property": "$.data.tokens",
+    "threshold_ms": 100,
+    "objective": 90,
+    "window": "7d",
+}
+TABLES = (
+    "meter_windows", "meter_totals", "seen_digests", "dropped_records", "dead_letters", "checkpoints", "meter_offsets",
+    "slo_minutes", "slo_offsets", "slo_alerts", "slo_notifications",
+)  # fmt: skip
 
 events = st.lists(
     st.one_of(
@@ -132,6 +145,7 @@ def two(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Databa
         with made[-1].transaction() as tx:
             for definition in METERS:
                 views.add_meter_definition(tx, "_platform", definition, f"def-{definition.slug}")
+            slo_store.put(tx, "_platform", "latency", 1, SLO, "2026-11-01T00:00:00Z")
     yield made[0], made[1]
     for db in made:
         db.close()
