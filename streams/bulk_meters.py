@@ -18,6 +18,7 @@ streaming fold's.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from datetime import timedelta
@@ -31,6 +32,7 @@ from schemas.topics import Topics
 from stores import slos as slo_store
 from stores import views
 from stores.database import Database, Tx
+from stores.views import DIGEST_SIZE
 from streams.log import LogRecord
 from streams.projectors import METERS, MeterProjector, Mishaps, _check_contiguous
 
@@ -133,7 +135,7 @@ class BulkMeterProjector(MeterProjector):
             duplicates = 0
             remembered: list[tuple[bytes, int]] = []
             seen, remember, keep = self.seen, self.remember, self.keep_seen
-            add_wire, add, digest_of = deferred.fold.add_wire, deferred.fold.add, views.seen_digest
+            add_wire, add, digest_of, sha256 = deferred.fold.add_wire, deferred.fold.add, views.seen_digest, hashlib.sha256
             newest: Wire | Envelope | None = None
             for record in fresh:
                 raw = record.value
@@ -150,8 +152,8 @@ class BulkMeterProjector(MeterProjector):
                     dropped.append(record.offset)
                     continue
                 wire = type(event) is Wire
-                if wire:
-                    digest = digest_of(event.tenantid, event.source, event.id)  # type: ignore[union-attr]
+                if wire:  # views.seen_digest, inline: one call less per record
+                    digest = sha256(f"{event.tenantid}\x00{event.source}\x00{event.id}".encode()).digest()[:DIGEST_SIZE]  # type: ignore[union-attr]
                 else:
                     digest = digest_of(event.tenant_id, event.source, event.source_id)  # type: ignore[union-attr]
                 if digest in seen:
