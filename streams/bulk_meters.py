@@ -11,9 +11,9 @@ need them). With a `Deferred`, each record is decoded (schemas.envelope.decode_l
 Envelope in the common case), de-duplicated and folded into the rebuild's buckets at once
 (projections.meter_bulk: mutable cells, ints where the values are), and the buckets are written
 at the end; without one, each chunk goes through the streaming code (decoding, dead letters, the
-fold, roll-ups, threshold notifications, SLO minutes, offsets). Property tests
-(tests/contract/test_bulk_meters_on_each_database.py) hold the views both build to the
-streaming fold's.
+fold, roll-ups, threshold notifications, SLO minutes, offsets). Property tests hold the cells
+to `apply` (tests/unit/test_meter_bulk.py) and the views both paths build to the streaming
+fold's (tests/contract/test_bulk_meters_on_each_database.py).
 """
 
 from __future__ import annotations
@@ -78,7 +78,8 @@ class Broken(RuntimeError):
 
 
 class BulkMeterProjector(MeterProjector):
-    """One topic's meters fold into a fresh store. `seen` (digest -> keep until) is shared by the
+    """One topic's meters fold into a fresh store. `seen` (digest -> keep until; 0 unless the store
+    remembers) is shared by the
     projectors of every topic the meters fold, as the seen_digests table is; start it empty with
     an empty store, and fold nothing else into that store's meters meanwhile. With `deferred`, the
     buckets are written by its flush (the rebuild's, before anything reads them), not per chunk."""
