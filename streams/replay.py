@@ -268,9 +268,11 @@ class Replayer:
         topics = source.topics
         catalog = CatalogProjector(db, topics)
         seen: dict[bytes, int] = {}  # the de-duplication memory of both topics' bulk folds
-        meters = BulkMeterProjector(db, topics, keep_seen=self.keep_seen, seen=seen)
+        # Written into the shadow for a swap only: the live fold going on from it needs it, a diff
+        # ignores it (bookkeeping) and point-in-time views are only read.
+        meters = BulkMeterProjector(db, topics, keep_seen=self.keep_seen, seen=seen, remember=swap)
         api_calls = BulkMeterProjector(
-            db, topics, keep_seen=self.keep_seen, seen=seen, topic=topics.api_calls, consumer=API_CALLS
+            db, topics, keep_seen=self.keep_seen, seen=seen, remember=swap, topic=topics.api_calls, consumer=API_CALLS
         )
         # The catalog always: the meters fold only the meters it defines.
         sources: list[tuple[str, Folder]] = [(CATALOG, catalog)]
@@ -294,6 +296,7 @@ class _Folding:
     chunks: dict[str, int] = field(default_factory=dict)  # records per read and fold, by consumer (else batch_size)
     shard_from: int = 200_000  # records to replay from which half the usage topic is folded by another process
     bulk_done: bool = False
+    _pool: ProcessPoolExecutor | None = None  # the shard's process, while the bulk fold runs
 
     @property
     def topics(self) -> list[str]:
@@ -306,17 +309,19 @@ class _Folding:
         bulk = [folder for _, folder in self.sources if isinstance(folder, BulkMeterProjector)]
         if bulk and not self.bulk_done:
             self.bulk_done = True
-            while await self._pass(self.sources[:1], progress, on_progress):
-                pass
-            quotas = await asyncio.to_thread(self._any_quota)
-            deferred = None if quotas else Deferred()
-            for folder in bulk:
-                folder.deferred = deferred
             # The fold keeps millions of small tuples alive (the buckets, the digests seen): the cyclic
             # collector would walk them all again at every full collection, for nothing to free. They
             # are frozen (left out of collections) after each pass; the process's other objects, an
             # API's requests, are collected as before.
             try:
+                # The shard's process starts (a new interpreter, importing the folds) while the catalog folds.
+                self._pool = self._shard_pool(progress)
+                while await self._pass(self.sources[:1], progress, on_progress):
+                    pass
+                quotas = await asyncio.to_thread(self._any_quota)
+                deferred = None if quotas else Deferred()
+                for folder in bulk:
+                    folder.deferred = deferred
                 for consumer, folder in [(c, f) for c, f in self.sources if f in bulk]:
                     starts = await asyncio.to_thread(self._checkpoints, consumer, folder.topic)
                     size = self.chunks.get(consumer, self.batch_size)
@@ -332,6 +337,11 @@ class _Folding:
                         if deferred is not None and deferred.full:
                             await asyncio.to_thread(deferred.flush, self.db)
                     if shard is not None:
+                        # This process's buckets are written while the shard folds on (the shard's
+                        # tenants are others). The topics after this one are folded once the shard is
+                        # done, and merged (deferred.written): their buckets may be the shard's.
+                        if deferred is not None:
+                            await asyncio.to_thread(deferred.flush, self.db)
                         progress.done += await shard
                         progress.total = max(progress.total, progress.done)
                         on_progress(progress)
@@ -341,6 +351,9 @@ class _Folding:
                 gc.unfreeze()
                 for folder in bulk:
                     folder.deferred = None
+                if self._pool is not None:
+                    self._pool.shutdown(wait=False, cancel_futures=True)
+                    self._pool = None
         while True:
             moved = await self._pass(self.sources, progress, on_progress)
             if self.runner is not None:
@@ -362,14 +375,12 @@ class _Folding:
         can be: on Kafka and PostgreSQL, buckets written at the end (no quota in force), a log large
         enough to be worth a process's start. A tenant's events, buckets, digests and SLO minutes all
         live in its one partition, so the two processes never write the same row."""
-        kafka, db = self.log.log, self.db
+        kafka, db, pool = self.log.log, self.db, self._pool
         if (
-            consumer != METERS
+            pool is None
+            or consumer != METERS
             or deferred is None
             or len(partitions) < 2
-            or progress.total < self.shard_from
-            or not isinstance(db, PostgresDatabase)
-            or not hasattr(kafka, "scan")
             or not isinstance(folder, BulkMeterProjector)
         ):
             return None
@@ -387,12 +398,24 @@ class _Folding:
             keep_seen=folder.keep_seen,
             remember=folder.remember,
             until=self.log.until,
+            collector=gc.get_threshold(),
         )
         log.info("replay: %s partitions %s folded by a process of its own", folder.topic, list(job.partitions))
+        return asyncio.get_running_loop().run_in_executor(pool, fold_shard, job)
+
+    def _shard_pool(self, progress: Progress) -> ProcessPoolExecutor | None:
+        """A process for `_shard`, started now, when the replay can use one: on Kafka and PostgreSQL,
+        the meters folded, a log large enough to be worth a process's start."""
+        if (
+            progress.total < self.shard_from
+            or not isinstance(self.db, PostgresDatabase)
+            or not hasattr(self.log.log, "scan")
+            or not any(consumer == METERS for consumer, _ in self.sources)
+        ):
+            return None
         pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-        future = asyncio.get_running_loop().run_in_executor(pool, fold_shard, job)
-        future.add_done_callback(lambda _: pool.shutdown(wait=False))
-        return future
+        pool.submit(warm_shard)
+        return pool
 
     async def _pass(self, sources: list[tuple[str, Folder]], progress: Progress, on_progress: Callable[[Progress], None]) -> int:
         """One chunk from each partition of each source; how many records were folded."""
@@ -496,6 +519,12 @@ class Shard:
     keep_seen: timedelta
     remember: bool
     until: datetime | None
+    collector: tuple[int, int, int] = (700, 10, 10)  # the cyclic collector's thresholds (the parent's: gc.get_threshold)
+
+
+def warm_shard() -> None:
+    """Run first in the shard's process, while the catalog folds: the imports `fold_shard` needs."""
+    import streams.kafka_log  # noqa: F401
 
 
 def fold_shard(job: Shard) -> int:
@@ -505,6 +534,9 @@ def fold_shard(job: Shard) -> int:
 
 async def _fold_shard(job: Shard) -> int:
     from streams.kafka_log import KafkaLog
+
+    gc.set_threshold(*job.collector)  # as tuned in the replay's process (omni.runtime.tune_collector)
+    gc.freeze()
 
     log = KafkaLog(job.bootstrap_servers, job.topics, produce_timeout=job.produce_timeout)
     db = PostgresDatabase(job.url, schema=job.schema, max_size=1)
