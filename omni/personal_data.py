@@ -228,6 +228,7 @@ class PersonalData:
         self.recorder = recorder
         self._to_event = to_event
         self.cache = DataKeyCache()
+        self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)  # when keys are made and persons seen (tests set it)
         self.classes: dict[str, CompiledClass] = {}
         self._position = 0
         self._reading = threading.Lock()
@@ -307,10 +308,15 @@ class PersonalData:
         with self.keys_db.transaction() as tx:
             stored = data_keys.live(tx, tenant_id, missing)
             new = missing - stored.keys()
-            if new and create:
-                made = {s: data_keys.StoredKey(os.urandom(16).hex(), master.id, master.wrap(os.urandom(32))) for s in new}
-                data_keys.create(tx, tenant_id, made, format_time(datetime.now(UTC)))
-                stored = data_keys.live(tx, tenant_id, missing)
+            if create:
+                now = format_time(self.clock())
+                if new:
+                    made = {s: data_keys.StoredKey(os.urandom(16).hex(), master.id, master.wrap(os.urandom(32))) for s in new}
+                    data_keys.create(tx, tenant_id, made, now)
+                    stored = data_keys.live(tx, tenant_id, missing)
+                # Their last event, for retention: a key kept in memory is used for at most
+                # `cache.max_age` more without coming back here (schemas.gdpr.RETENTION_SLACK).
+                data_keys.touch(tx, tenant_id, stored, now)
         loaded = {s: self._unwrapped(k) for s, k in stored.items()}
         self.cache.put(tenant_id, loaded, generation)
         return found | loaded

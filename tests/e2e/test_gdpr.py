@@ -315,3 +315,83 @@ def test_kafka_mode_refuses_to_serve_without_a_master_key(tmp_path: Any, monkeyp
     assert bad.exit_code == 2 and "not 32 bytes" in bad.output, bad.output
     printed = runner.invoke(cli.app, ["gdpr-master-key"])
     assert printed.exit_code == 0 and len(base64.b64decode(printed.output.strip())) == 32
+
+
+async def _control_events(omni: Omni, event_type: bytes) -> list[dict[str, Any]]:
+    found = []
+    topic = omni.platform.topics.control
+    for partition, end in (await omni.platform.log.end_offsets(topic)).items():
+        for record in await omni.platform.log.read(topic, partition, 0, end):
+            if event_type in record.value:
+                found.append(orjson.loads(record.value)["data"])
+    return found
+
+
+async def test_retention_shreds_the_keys_of_persons_idle_longer_than_the_period(omni: Omni) -> None:
+    """A tenant's retention period: the sweeper (at an instant the test chooses) erases each person
+    whose last event is older, as an erasure request with the reason `retention`, once; the others
+    keep their keys, and the usage totals stay as they were."""
+    from commands.control_plane import CommandContext
+    from stores import data_keys
+
+    mark = uuid.uuid4().hex[:10]
+    tenant_id, key = await omni.tenant("acme")
+    other_id, other_key = await omni.tenant("globex")
+    auth = omni.auth(key)
+    assert (await omni.client.put("/v1/data-classes/chat", json=DATA_CLASS, headers=omni.auth(ADMIN))).status_code == 201
+    await omni.meter(slug="chat-tokens", event_type="chat", aggregation="SUM", value_property="$.data.tokens")
+    assert (await omni.client.get("/v1/gdpr/retention", headers=auth)).json() == {
+        "personal_data_days": None,
+        "version": 0,
+        "updated_at": None,
+    }
+    assert (await omni.client.put("/v1/gdpr/retention", json={"personal_data_days": 0}, headers=auth)).status_code == 422
+    assert (await omni.client.put("/v1/gdpr/retention", json={"days": 30}, headers=auth)).status_code == 422
+    put = await omni.client.put("/v1/gdpr/retention", json={"personal_data_days": 30}, headers=auth)
+    assert put.status_code == 201 and put.json()["personal_data_days"] == 30 and put.json()["version"] == 1, put.text
+    assert (await omni.client.put("/v1/gdpr/retention", json={"personal_data_days": 30}, headers=auth)).status_code == 200
+    await omni.settle()
+    assert (await omni.client.get("/v1/gdpr/retention", headers=auth)).json()["personal_data_days"] == 30
+    assert (await omni.client.get("/v1/gdpr/retention", headers=omni.auth(other_key))).json()["version"] == 0
+
+    # Two persons seen 40 days ago, one of them again now; the other tenant's idle person has no period.
+    now = datetime.now(UTC)
+    omni.platform.personal.clock = lambda: now - timedelta(days=40)
+
+    def chat(event_id: str, person: str) -> dict[str, Any]:
+        return cloud_event(event_id, type_="chat", subject=person, data={"email": f"{person}-{mark}@example.com", "tokens": 7})
+
+    assert (await omni.send(key, [chat("o1", "old"), chat("o2", "old"), chat("r1", "returning")])).status_code == 202
+    assert (await omni.send(other_key, [chat("g1", "old")])).status_code == 202
+    omni.platform.personal.clock = lambda: now
+    omni.platform.personal.cache.forget([(tenant_id, "returning")])  # as if its cached key had expired
+    assert (await omni.send(key, [chat("r2", "returning")])).status_code == 202
+    await omni.settle()
+    before = (await omni.client.get("/v1/meters/chat-tokens/query", params={"group_by": "subject"}, headers=auth)).text
+
+    assert await omni.platform.retention.sweep_once(now) == 1
+    assert await omni.platform.retention.sweep_once(now) == 0  # swept once: nothing is erased twice
+    await omni.settle()
+    with omni.platform.personal.keys_db.transaction() as tx:
+        assert set(data_keys.live(tx, tenant_id, ["old", "returning"])) == {"returning"}
+        assert set(data_keys.live(tx, other_id, ["old"])) == {"old"}
+    erased = await _control_events(omni, b"omni.gdpr.subject_erased")
+    assert [(e["tenant_id"], e["subject"], e["reason"]) for e in erased] == [(tenant_id, "old", "retention")]
+    audited = (await omni.client.get("/v1/audit", params={"action": "gdpr.erasure.received"}, headers=auth)).json()["data"]
+    assert [a["reason"] for a in audited] == ["retention: no event for 30 days"]
+    request_id = audited[0]["resource"].removeprefix("gdpr/requests/")
+    shown = (await omni.client.get(f"/v1/gdpr/requests/{request_id}", headers=auth)).json()
+    assert shown["subject"] == "old" and shown["kind"] == "erasure" and shown["status"] == "completed", shown
+    assert [s["status"] for s in shown["steps"]] == ["received", "running", "completed"]
+    assert shown["steps"][0]["step"] == "received: retention" and erased[0]["key_id"] in shown["steps"][-1]["step"]
+    sweeper = CommandContext(tenant_id=tenant_id, key_id="retention")
+    again = await omni.platform.run_command(
+        omni.platform.control.receive_retention_erasure, sweeper, tenant_id, "old", erased[0]["key_id"], 30
+    )
+    assert str(again.id) == request_id and again.status == "completed"  # its id is the key's: recorded once
+    after = (await omni.client.get("/v1/meters/chat-tokens/query", params={"group_by": "subject"}, headers=auth)).text
+    assert after == before  # the usage stays, unlinked from the person
+    # Past the period for the returning person too, and no period at all for the other tenant.
+    assert await omni.platform.retention.sweep_once(now + timedelta(days=31)) == 1
+    with omni.platform.personal.keys_db.transaction() as tx:
+        assert data_keys.live(tx, tenant_id, ["returning"]) == {}
