@@ -363,6 +363,7 @@ def build(settings: Settings) -> Platform:
     keys_db = SqliteDatabase(settings.data_dir / "eventstore.sqlite") if settings.mode is Mode.EMBEDDED else db
     keys_db.migrate(data_keys.SCHEMA)
     personal = PersonalData(master_key_from(gdpr_master_key(settings)), keys_db, control.recorder, control.mapper.to_domain_event)
+    control.seal_actor = personal.seal_actor  # the audit trail's IP addresses and user agents
     keys = KeyCache()  # trusted once `start` watches the key changes
     return Platform(
         settings=settings,

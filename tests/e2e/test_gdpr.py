@@ -12,8 +12,10 @@ import re
 import sqlite3
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 
@@ -21,6 +23,7 @@ from omni.settings import Mode
 from stores import schema
 from tests.conftest import cloud_event
 from tests.e2e.conftest import ADMIN, Omni
+from tests.e2e.test_audit_trail import verified
 
 DATA_CLASS = {"personal": ["$.data.email", "$.data.prompt"]}
 
@@ -146,7 +149,15 @@ async def everywhere(omni: Omni, needles: list[bytes]) -> list[str]:
     return found
 
 
-async def test_personal_data_is_sealed_exported_and_erased_for_good(omni: Omni, caplog: pytest.LogCaptureFixture) -> None:
+async def audited(omni: Omni, key: str) -> list[dict[str, Any]]:
+    response = await omni.client.get("/v1/audit", params={"limit": 500}, headers=omni.auth(key))
+    assert response.status_code == 200, response.text
+    return response.json()["data"]  # type: ignore[no-any-return]
+
+
+async def test_personal_data_is_sealed_exported_and_erased_for_good(
+    omni: Omni, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
     caplog.set_level(logging.DEBUG)
     mark = uuid.uuid4().hex[:10]
     alice_email, alice_prompt = f"alice-{mark}@example.com", f"alice's secret prompt {mark}"
@@ -161,6 +172,16 @@ async def test_personal_data_is_sealed_exported_and_erased_for_good(omni: Omni, 
     assert outside.status_code == 422, outside.text
     tenant_id, key = await omni.tenant("acme")
     _, other_key = await omni.tenant("globex")
+    # The tenant's staff, from an address and a browser of their own: personal data of the audit trail.
+    staff_ip, staff_agent = "203.0.113.77", f"acme-console/{mark}"
+    staff = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=omni.app, client=(staff_ip, 4242)),
+        base_url="http://omni.test",
+        headers={"User-Agent": staff_agent, **omni.auth(key)},
+    )
+    actor_needles = [staff_ip.encode(), staff_agent.encode()]
+    assert (await staff.post(f"/v1/tenants/{tenant_id}/keys", json={"label": "ci"})).status_code == 201
+    assert (await staff.delete("/v1/keys/0000000000000000")).status_code == 404  # a refusal is audited too
     assert (await omni.client.put("/v1/data-classes/chat", json=DATA_CLASS, headers=omni.auth(key))).status_code == 403
     put = await omni.client.put("/v1/data-classes/chat", json=DATA_CLASS, headers=admin)
     assert put.status_code == 201, put.text
@@ -248,7 +269,23 @@ async def test_personal_data_is_sealed_exported_and_erased_for_good(omni: Omni, 
         e["data"]["email"] is None and e["data"]["prompt"] is None for e in emptied["events"]
     )
     assert await meters() == before  # usage stays, unlinked from the person
-    assert await everywhere(omni, needles) == []
+
+    # The staff's IP address and user agent: sealed in the chain, opened for the tenant, until the
+    # actor (its API key, as the data subject `apikey:<key id>`) is erased; the chain still verifies.
+    staff_entries = [e for e in await audited(omni, key) if e["action"] in ("api_key.issue", "api_key.revoke")]
+    assert [e["opened_actor"] for e in staff_entries] == [{"ip": staff_ip, "user_agent": staff_agent}] * 2
+    assert all(e["actor"]["ip"]["ps"].startswith("ps1_") for e in staff_entries)
+    actor = await request(omni, key, f"apikey:{key.split('_')[1]}", "erasure")
+    assert actor["status"] == "completed" and "erased" in actor["steps"][-1]["step"], actor
+    await staff.aclose()
+    staff_entries = [e for e in await audited(omni, key) if e["action"] in ("api_key.issue", "api_key.revoke")]
+    assert [e["opened_actor"] for e in staff_entries] == [{"ip": None, "user_agent": None}] * 2
+    assert await everywhere(omni, needles + actor_needles) == []  # the person's and the actor's
+    export = await omni.client.get("/v1/audit/export", headers=omni.auth(key))
+    pem = (await omni.client.get("/v1/audit/public-key", headers=omni.auth(key))).text
+    assert export.status_code == 200 and staff_ip.encode() not in export.content
+    code, said = verified(tmp_path, export.content, pem)
+    assert code == 0, said
 
     # A replay of the whole log into empty views resurrects nothing, and the meters are the same.
     with omni.platform.db.transaction() as tx:
@@ -257,10 +294,10 @@ async def test_personal_data_is_sealed_exported_and_erased_for_good(omni: Omni, 
             tx.execute(f"DELETE FROM {table}")
     await omni.settle()
     assert await meters() == before
-    assert await in_views(omni, needles) == []
+    assert await in_views(omni, needles + actor_needles) == []
     await breaches(omni)
     logged = "\n".join(f"{r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
-    assert not [n for n in needles if n.decode() in logged]
+    assert not [n for n in needles + actor_needles if n.decode() in logged]
     assert tenant_id
 
 
@@ -391,7 +428,10 @@ async def test_retention_shreds_the_keys_of_persons_idle_longer_than_the_period(
     assert str(again.id) == request_id and again.status == "completed"  # its id is the key's: recorded once
     after = (await omni.client.get("/v1/meters/chat-tokens/query", params={"group_by": "subject"}, headers=auth)).text
     assert after == before  # the usage stays, unlinked from the person
-    # Past the period for the returning person too, and no period at all for the other tenant.
-    assert await omni.platform.retention.sweep_once(now + timedelta(days=31)) == 1
+    # Past the period for the returning person too, and for the actors of the tenant's audit trail
+    # (the admin's key and the tenant's, whose IP addresses are sealed there); none for the other tenant.
+    actors = ["apikey:admin", f"apikey:{key.split('_')[1]}"]
+    assert await omni.platform.retention.sweep_once(now + timedelta(days=31)) == 3
     with omni.platform.personal.keys_db.transaction() as tx:
-        assert data_keys.live(tx, tenant_id, ["returning"]) == {}
+        assert data_keys.live(tx, tenant_id, ["returning", *actors]) == {}
+        assert set(data_keys.live(tx, other_id, ["old", "apikey:admin"])) == {"old", "apikey:admin"}
