@@ -104,9 +104,12 @@ class AuditEntry(Aggregate):
 ActorSealer = Callable[[str, str | None, str | None, str | None], tuple[Any, Any]]
 
 
+ACTOR_PREFIX = "apikey:"
+
+
 def actor_subject(key_id: str | None) -> str:
     """The data subject an actor is in its chain's tenant: its API key (`apikey:<key id>`)."""
-    return f"apikey:{key_id or '-'}"
+    return f"{ACTOR_PREFIX}{key_id or '-'}"
 
 
 def audit_entry(

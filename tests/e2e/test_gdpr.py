@@ -275,7 +275,10 @@ async def test_personal_data_is_sealed_exported_and_erased_for_good(
     staff_entries = [e for e in await audited(omni, key) if e["action"] in ("api_key.issue", "api_key.revoke")]
     assert [e["opened_actor"] for e in staff_entries] == [{"ip": staff_ip, "user_agent": staff_agent}] * 2
     assert all(e["actor"]["ip"]["ps"].startswith("ps1_") for e in staff_entries)
-    actor = await request(omni, key, f"apikey:{key.split('_')[1]}", "erasure")
+    actor_access = await request(omni, key, f"apikey:{key.split('_')[1]}", "access")
+    actor_export = (await omni.client.get(actor_access["export"], headers=omni.auth(key))).json()
+    assert {"ip": staff_ip, "user_agent": staff_agent} in [e["opened_actor"] for e in actor_export["views"]["audit"]]
+    actor = await request(omni, key, f"apikey:{key.split('_')[1]}", "erasure")  # its export goes too
     assert actor["status"] == "completed" and "erased" in actor["steps"][-1]["step"], actor
     await staff.aclose()
     staff_entries = [e for e in await audited(omni, key) if e["action"] in ("api_key.issue", "api_key.revoke")]
