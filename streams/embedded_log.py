@@ -30,8 +30,8 @@ from streams.log import LogRecord, LogUnavailable, Outgoing, outgoing
 # `records` is a rowid table with its key in an index of its own, not a WITHOUT ROWID table: in the
 # latter each row is a key of the tree, whole, in the interior pages too, so rows of 500 to 900 bytes
 # left a few per page and a deep tree to rebalance on every append; sealed events (README, "GDPR":
-# 700 bytes against 440) took 0.55 of plain events' rate to the 202, 0.8 since. Logs made before
-# keep their WITHOUT ROWID table, which the same statements read and write.
+# 700 bytes against 440) were admitted at 0.55 of plain events' rate, about 0.8 since. Logs made
+# before keep their WITHOUT ROWID table, which the same statements read and write.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
     topic TEXT NOT NULL, partition INTEGER NOT NULL, "offset" INTEGER NOT NULL,
@@ -108,11 +108,6 @@ class EmbeddedLog:
         self.topics = topics
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
-        # Reads (the runner's, exports', replays') have a connection of their own: in WAL mode they
-        # see the last commit without waiting for the one under way, which holds the writer's lock
-        # for as long as it writes and syncs, longer the larger the records (README, "GDPR", cost).
-        self._read_lock = threading.Lock()
-        self._reader: sqlite3.Connection | None = None
         self._last_purge = 0.0
         self._waiting: list[_Request] = []
         self._committer: asyncio.Task[None] | None = None
@@ -126,13 +121,8 @@ class EmbeddedLog:
         db.executescript(SCHEMA)
         _migrate(db)
         self._db = db
-        self._reader = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
 
     async def close(self) -> None:
-        if self._reader is not None:
-            with self._read_lock:
-                self._reader.close()
-            self._reader = None
         if self._db is not None:
             with self._lock:
                 self._db.close()
@@ -191,7 +181,7 @@ class EmbeddedLog:
                 self.appended.set()
 
     async def read(self, topic: str, partition: int, start: int, limit: int) -> list[LogRecord]:
-        rows = await self._read(
+        rows = await self._run(
             lambda db: db.execute(
                 'SELECT "offset", key, value, headers FROM records WHERE topic=? AND partition=? AND "offset">=? '
                 'ORDER BY "offset" LIMIT ?',
@@ -201,7 +191,7 @@ class EmbeddedLog:
         return [LogRecord(topic, partition, offset, key, value, _unpacked(headers)) for offset, key, value, headers in rows]
 
     async def end_offsets(self, topic: str) -> dict[int, int]:
-        rows = await self._read(
+        rows = await self._run(
             lambda db: db.execute("SELECT partition, next_offset FROM heads WHERE topic=?", (topic,)).fetchall()
         )
         ends = {p: 0 for p in range(self.topics.partitions(topic))}
@@ -210,19 +200,6 @@ class EmbeddedLog:
 
     async def _run(self, work):  # type: ignore[no-untyped-def]
         return await asyncio.to_thread(self.run_locked, work)
-
-    async def _read(self, work):  # type: ignore[no-untyped-def]
-        return await asyncio.to_thread(self._read_locked, work)
-
-    def _read_locked(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """`work` (reads only) on the reader's connection: it waits for no commit."""
-        if self._reader is None:
-            raise LogUnavailable("the embedded log is closed")
-        try:
-            with self._read_lock:
-                return work(self._reader)
-        except sqlite3.Error as failure:
-            raise LogUnavailable(f"the embedded log failed: {failure}") from failure
 
     def run_locked(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """`work` on the log's connection, alone (blocking: other users of the file wait). For what
