@@ -170,9 +170,10 @@ class GdprCommands:
         reason = f"{RETENTION}: no event for {days} days"
         try:
             self.save(request, self._audit(ctx, "gdpr.erasure.received", resource, tenant_id, reason=reason))
-        except IntegrityError:
+        except IntegrityError as recorded:
             found: object = self.repository.get(request.id)
-            assert isinstance(found, GdprRequest)
+            if not isinstance(found, GdprRequest):  # cannot be: the id is derived for this request alone
+                raise Conflict(f"{request.id} is taken by another aggregate") from recorded
             return found
         return request
 
