@@ -44,6 +44,8 @@ class Fold:
     relay_positions: tuple[str, ...] = ()  # its rows of `relay_positions`
 
 
+# The GDPR views the catalog folds (gdpr_exports is no view: the request jobs write the documents).
+GDPR_VIEWS = ("data_classes", "gdpr_requests", "gdpr_steps", "gdpr_breaches", "gdpr_retention")
 FOLDS: dict[str, Fold] = {
     CATALOG: Fold(
         CATALOG,
@@ -60,6 +62,7 @@ FOLDS: dict[str, Fold] = {
             "stripe_customers",
             "stripe_invoices",
             "slos",
+            *GDPR_VIEWS,
         ),
         ("catalog-applied",),
     ),
@@ -102,11 +105,13 @@ PROJECTIONS: dict[str, Projection] = {
         Projection("invoices", ("invoices", "billing_periods", "stripe_customers", "stripe_invoices"), (CATALOG,)),
         Projection("slos", ("slos", "slo_minutes", "slo_alerts", "slo_notifications"), (CATALOG, METERS)),
         Projection("audit", ("audit_entries", "audit_heads", "audit_checkpoints", "audit_trees"), (AUDIT,)),
+        Projection("gdpr", GDPR_VIEWS, (CATALOG,)),
         Projection("catalog", ("tenants", "api_keys", "meter_definitions"), (CATALOG,)),
     )
 }
 # Columns no replay can know: whether the notices relay has sent a notification yet.
-UNCOMPARED = {table: ("recorded",) for table in SENT}
+# Nor when the notices relay emitted a breach's overdue notice (a swap keeps both from the live views).
+UNCOMPARED = {**{table: ("recorded",) for table in SENT}, "gdpr_breaches": ("overdue_notice_at",)}
 SWAP_CHUNK = 10_000
 
 
@@ -281,7 +286,9 @@ def swap(live: Database, shadow: Shadow, folds: Sequence[Fold]) -> None:
         if behind:
             raise ShadowBehind(f"the live views are past the replay at {behind[:3]}")
         sent = {table: sorted(str(row[0]) for row in tx.execute(f"SELECT id FROM {table} WHERE recorded = 1")) for table in SENT}
-        past = _slo_past(tx) if METERS in {fold.name for fold in folds} else None
+        names = {fold.name for fold in folds}
+        past = _slo_past(tx) if METERS in names else None
+        noticed = _overdue_noticed(tx) if CATALOG in names else []
         for table, where, params in _swapped_rows(folds):
             tx.execute(f"DELETE FROM {table} {where}", params)
             names = ", ".join(columns(tx, table))
@@ -298,6 +305,13 @@ def swap(live: Database, shadow: Shadow, folds: Sequence[Fold]) -> None:
             tx.execute_many(f"UPDATE {table} SET recorded = 1 WHERE id = ?", [(i,) for i in ids])
         if past is not None:
             _keep_slo_past(tx, past)
+        tx.execute_many("UPDATE gdpr_breaches SET overdue_notice_at=? WHERE id=?", [(at, i) for i, at in noticed])
+
+
+def _overdue_noticed(tx: Tx) -> list[tuple[str, str]]:
+    """(breach id, when its overdue notice was emitted): no replay can know it, a swap keeps it."""
+    rows = tx.execute("SELECT id, overdue_notice_at FROM gdpr_breaches WHERE overdue_notice_at IS NOT NULL")
+    return [(str(i), str(at)) for i, at in rows]
 
 
 @dataclass(frozen=True, slots=True)

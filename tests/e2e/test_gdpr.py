@@ -21,6 +21,8 @@ import pytest
 
 from omni.settings import Mode
 from stores import schema
+from streams.replay import Mode as ReplayMode
+from streams.replay import Request
 from tests.conftest import cloud_event
 from tests.e2e.conftest import ADMIN, Omni
 from tests.e2e.test_audit_trail import verified
@@ -339,6 +341,23 @@ async def breaches(omni: Omni) -> None:
     overdue = (await omni.client.get("/v1/gdpr/breaches", params={"status": "overdue"}, headers=admin)).json()["data"]
     assert [b["id"] for b in overdue] == [late.json()["id"]]
     assert (await omni.client.get(f"/v1/gdpr/breaches/{uuid.uuid4()}", headers=admin)).status_code == 404
+
+    # The GDPR views rebuild from the log as they are; a swap makes the rebuild live (a row edited
+    # behind the log's back as it was), and the overdue notice, which only the live views had
+    # marked, is neither emitted again nor marked anew.
+    replayer = omni.platform.replays.replayer
+    assert (await replayer.run(Request(("gdpr",), ReplayMode.DIFF))).differences == []
+    with omni.platform.db.transaction() as tx:
+        tx.execute("UPDATE gdpr_breaches SET scope = 'edited' WHERE id = ?", (late.json()["id"],))
+    assert len((await replayer.run(Request(("gdpr",), ReplayMode.DIFF))).differences) == 2
+    assert (await replayer.run(Request(("gdpr",), ReplayMode.SWAP))).swapped
+    for _ in range(2):
+        await omni.settle()
+    assert (await omni.client.get("/v1/gdpr/breaches", headers=admin)).json()["data"] == listed
+    again = []
+    for partition, end in (await omni.platform.log.end_offsets(topic)).items():
+        again += [r for r in await omni.platform.log.read(topic, partition, 0, end) if b"omni.gdpr.breach_overdue" in r.value]
+    assert len(again) == 1
 
 
 def test_kafka_mode_refuses_to_serve_without_a_master_key(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
