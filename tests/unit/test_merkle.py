@@ -76,6 +76,7 @@ def test_a_leaf_outside_the_tree_has_no_proof() -> None:
     with pytest.raises(IndexError, match="leaf 3 is not in a tree of 3"):
         inclusion_path(3, LEAVES[:3])
     assert root_from_path(3, 3, LEAVES[0], []) is None
+    assert root_from_path(1, 1, LEAVES[0], []) is None  # not the head of the tree of that one leaf
     assert root_from_path(-1, 3, LEAVES[0], []) is None
 
 
