@@ -511,5 +511,7 @@ async def test_each_batch_is_a_process_span_of_the_log_system_with_its_write_end
         assert len(process) == 1 and process[0].attributes is not None
         assert process[0].attributes["messaging.system"] == "embedded"
         assert process[0].attributes["messaging.batch.message_count"] == count
+        assert process[0].attributes["messaging.destination.name"] == topic
+        assert process[0].attributes["messaging.destination.partition.id"] == "0"
         writes = [s for s in spans if s.name == "write views" and s.parent and s.parent.span_id == process[0].context.span_id]
         assert len(writes) == 1 and writes[0].end_time is not None
