@@ -187,6 +187,16 @@ def conditions(groups: list[dict[str, Any]]) -> dict[str, list[tuple[str, str, s
             },
         ),
         (
+            99.99999,  # a budget of 1e-7: written out, never as 1E-7
+            "30d",
+            AVAILABILITY,
+            ["vector(0.9999999)", "vector(0.0000001)", "vector(30)"],
+            {
+                "OmniSloPage": [("1h", "5m", "0.00000144"), ("6h", "30m", "0.0000006")],
+                "OmniSloTicket": [("1d", "2h", "0.0000003"), ("3d", "6h", "0.0000001")],
+            },
+        ),
+        (
             50.0,
             "30d",
             AVAILABILITY,
