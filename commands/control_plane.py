@@ -10,7 +10,7 @@ import hashlib
 import hmac
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -90,13 +90,55 @@ class AuditEntry(Aggregate):
         outcome: str,
         reason: str | None,
         actor_key_id: str | None,
-        actor_ip: str | None,
-        user_agent: str | None,
+        actor_ip: str | dict[str, Any] | None,  # a sealed value (schemas.gdpr), or text in entries from before
+        user_agent: str | dict[str, Any] | None,
         trace_id: str | None,
     ) -> None:
         self.tenant_id = tenant_id
         self.action = action
         self.outcome = outcome
+
+
+# (chain, actor's key id, ip, user agent) -> the ip and user agent as the chain keeps them: sealed
+# under the data key of the actor as a data subject of that chain (README, "GDPR").
+ActorSealer = Callable[[str, str | None, str | None, str | None], tuple[Any, Any]]
+
+
+ACTOR_PREFIX = "apikey:"
+
+
+def actor_subject(key_id: str | None) -> str:
+    """The data subject an actor is in its chain's tenant: its API key (`apikey:<key id>`)."""
+    return f"{ACTOR_PREFIX}{key_id or '-'}"
+
+
+def audit_entry(
+    ctx: CommandContext,
+    action: str,
+    resource: str,
+    tenant_id: str,
+    *,
+    outcome: str = "accepted",
+    reason: str | None = None,
+    seal: ActorSealer | None = None,
+) -> AuditEntry:
+    """The audit entry of a command, in the chain of the caller's tenant (or of `tenant_id` for the
+    admin's and the platform's own commands), its actor's IP address and user agent sealed by `seal`."""
+    chain = ctx.tenant_id or tenant_id
+    ip, user_agent = ctx.ip, ctx.user_agent
+    if seal is not None and (ip is not None or user_agent is not None):
+        ip, user_agent = seal(chain, ctx.key_id, ip, user_agent)
+    return AuditEntry(
+        tenant_id=chain,
+        action=action,
+        resource=resource,
+        outcome=outcome,
+        reason=reason,
+        actor_key_id=ctx.key_id,
+        actor_ip=ip,
+        user_agent=user_agent,
+        trace_id=ctx.trace_id,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +194,9 @@ class ControlPlane(
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._saved = threading.local()  # commands run in worker threads, one at a time each
+        # Seals the actor's IP address and user agent for the audit trail (omni.personal_data); None:
+        # kept as given (tools that record no commands from the network).
+        self.seal_actor: ActorSealer | None = None
 
     def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
         """Store, and remember in this thread the store position of the last event that changes a view
@@ -258,8 +303,8 @@ class ControlPlane(
             self.record_rejection(ctx, action, resource, str(refused))
             raise
 
-    @staticmethod
     def _audit(
+        self,
         ctx: CommandContext,
         action: str,
         resource: str,
@@ -268,17 +313,7 @@ class ControlPlane(
         outcome: str = "accepted",
         reason: str | None = None,
     ) -> AuditEntry:
-        return AuditEntry(
-            tenant_id=ctx.tenant_id or tenant_id,
-            action=action,
-            resource=resource,
-            outcome=outcome,
-            reason=reason,
-            actor_key_id=ctx.key_id,
-            actor_ip=ctx.ip,
-            user_agent=ctx.user_agent,
-            trace_id=ctx.trace_id,
-        )
+        return audit_entry(ctx, action, resource, tenant_id, outcome=outcome, reason=reason, seal=self.seal_actor)
 
     def _get_key(self, key_id: str) -> ApiKey | None:
         try:

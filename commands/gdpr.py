@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
-from uuid import UUID, uuid5
+from uuid import UUID, uuid4, uuid5
 
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate, event
@@ -20,7 +20,7 @@ from eventsourcing.persistence import IntegrityError
 from commands.errors import Conflict, NotFound
 from commands.ids import OMNI_NAMESPACE
 from schemas.envelope import format_time
-from schemas.gdpr import BreachBody, DataClassBody, RequestKind, RequestStatus
+from schemas.gdpr import RETENTION, BreachBody, DataClassBody, RequestKind, RequestStatus, RetentionBody
 from schemas.ids import canonical_uuid
 
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ REQUEST_UPDATED = "omni.gdpr.request_updated"
 SUBJECT_ERASED = "omni.gdpr.subject_erased"
 BREACH_RECORDED = "omni.gdpr.breach_recorded"
 BREACH_NOTIFIED = "omni.gdpr.breach_notified"
+RETENTION_SET = "omni.gdpr.retention_set"
 
 
 def data_class_aggregate_id(event_type: str) -> UUID:
@@ -56,12 +57,30 @@ class DataClass(Aggregate):
         self.revision = revision
 
 
+def retention_request_id(tenant_id: str, subject: str, key_id: str) -> UUID:
+    """The erasure a retention period makes of one data key: one id, whoever sweeps and how often."""
+    return uuid5(OMNI_NAMESPACE, f"gdpr-retention:{tenant_id}:{subject}:{key_id}")
+
+
+def retention_aggregate_id(tenant_id: str) -> UUID:
+    return uuid5(OMNI_NAMESPACE, f"gdpr-retention-period:{tenant_id}")
+
+
 class GdprRequest(Aggregate):
+    @staticmethod
+    def create_id(tenant_id: str, subject: str, kind: str, reason: str | None = None, key_id: str | None = None) -> UUID:
+        """A data subject's request gets a fresh id; a retention erasure the id of the key it shreds."""
+        if reason == RETENTION and key_id is not None:
+            return retention_request_id(tenant_id, subject, key_id)
+        return uuid4()
+
     @event("Received")
-    def __init__(self, tenant_id: str, subject: str, kind: str) -> None:
+    def __init__(self, tenant_id: str, subject: str, kind: str, reason: str | None = None, key_id: str | None = None) -> None:
+        """`reason`: None for a data subject's request, `retention` for the sweeper's (of data key `key_id`)."""
         self.tenant_id = tenant_id
         self.subject = subject
         self.kind = kind
+        self.reason = reason
         self.status = RequestStatus.RECEIVED.value
 
     @event("Advanced")
@@ -70,8 +89,27 @@ class GdprRequest(Aggregate):
         self.status = status
 
     @event("SubjectErased")
-    def erased(self, tenant_id: str, subject: str, key_id: str | None) -> None:
-        """The person's data key is gone (key_id None: there was none)."""
+    def erased(self, tenant_id: str, subject: str, key_id: str | None, reason: str | None = None) -> None:
+        """The person's data key is gone (key_id None: there was none); `reason` as the request's."""
+
+
+class Retention(Aggregate):
+    """A tenant's retention period for personal data (None: none)."""
+
+    @staticmethod
+    def create_id(tenant_id: str, days: int | None) -> UUID:
+        return retention_aggregate_id(tenant_id)
+
+    @event("Set")
+    def __init__(self, tenant_id: str, days: int | None) -> None:
+        self.tenant_id = tenant_id
+        self.days = days
+        self.revision = 1
+
+    @event("Changed")
+    def change(self, tenant_id: str, days: int | None, revision: int) -> None:
+        self.days = days
+        self.revision = revision
 
 
 class Breach(Aggregate):
@@ -120,6 +158,48 @@ class GdprCommands:
         self.save(request, self._audit(ctx, f"gdpr.{kind.value}.received", f"gdpr/requests/{request.id}", tenant_id))
         return request
 
+    def receive_retention_erasure(
+        self: ControlPlane, ctx: CommandContext, tenant_id: str, subject: str, key_id: str, days: int
+    ) -> GdprRequest:
+        """The erasure of data key `key_id`, whose person had no event for `days` days: recorded once
+        (its id is the key's); a second call returns the one recorded, to be run again if unfinished."""
+        request = GdprRequest(
+            tenant_id=tenant_id, subject=subject, kind=RequestKind.ERASURE.value, reason=RETENTION, key_id=key_id
+        )
+        resource = f"gdpr/requests/{request.id}"
+        reason = f"{RETENTION}: no event for {days} days"
+        try:
+            self.save(request, self._audit(ctx, "gdpr.erasure.received", resource, tenant_id, reason=reason))
+        except IntegrityError as recorded:
+            found: object = self.repository.get(request.id)
+            if not isinstance(found, GdprRequest):  # cannot be: the id is derived for this request alone
+                raise Conflict(f"{request.id} is taken by another aggregate") from recorded
+            return found
+        return request
+
+    def put_retention(self: ControlPlane, ctx: CommandContext, tenant_id: str, body: RetentionBody) -> tuple[Retention, bool]:
+        """Set the tenant's retention period (or none); whether it was set for the first time."""
+        resource = "gdpr/retention"
+        with self._rejections_audited(ctx, "gdpr.retention.put", resource):
+            found = self.get_retention(tenant_id)
+            created = found is None
+            if found is None:
+                found = Retention(tenant_id=tenant_id, days=body.personal_data_days)
+            elif found.days != body.personal_data_days:
+                found.change(tenant_id=tenant_id, days=body.personal_data_days, revision=found.revision + 1)
+            try:
+                self.save(found, self._audit(ctx, "gdpr.retention.put", resource, tenant_id))
+            except IntegrityError as race:
+                raise Conflict("the retention period changed concurrently; retry") from race
+        return found, created
+
+    def get_retention(self: ControlPlane, tenant_id: str) -> Retention | None:
+        try:
+            found: object = self.repository.get(retention_aggregate_id(tenant_id))
+        except AggregateNotFoundError:
+            return None
+        return found if isinstance(found, Retention) else None
+
     def get_gdpr_request(self: ControlPlane, tenant_id: str, request_id: str) -> GdprRequest:
         """The tenant's own request (another tenant's answers NotFound, as a missing one does)."""
         canonical = canonical_uuid(request_id)
@@ -145,7 +225,8 @@ class GdprCommands:
     ) -> None:
         """Record a step of the request's job (with `erased`, the erasure of the person's key first)."""
         if erased:
-            request.erased(tenant_id=request.tenant_id, subject=request.subject, key_id=erased_key)
+            reason = getattr(request, "reason", None)
+            request.erased(tenant_id=request.tenant_id, subject=request.subject, key_id=erased_key, reason=reason)
         request.advance(tenant_id=request.tenant_id, status=status.value, step=step)
         action = f"gdpr.{request.kind}.{status.value}"
         self.save(request, self._audit(ctx, action, f"gdpr/requests/{request.id}", request.tenant_id))
@@ -198,6 +279,9 @@ def describe(domain_event: Any) -> tuple[str, str, dict[str, Any]] | None:
                 "status": RequestStatus.RECEIVED.value,
                 "at": format_time(domain_event.timestamp),
             }
+            reason = getattr(domain_event, "reason", None)
+            if reason is not None:  # the sweeper's: say why (a data subject's request has none)
+                data["reason"] = reason
             return REQUEST_RECEIVED, tenant, data
         case "GdprRequest.Advanced":
             tenant = domain_event.tenant_id
@@ -228,7 +312,17 @@ def describe(domain_event: Any) -> tuple[str, str, dict[str, Any]] | None:
                 "tenant_id": tenant,
                 "subject": domain_event.subject,
                 "key_id": domain_event.key_id,
+                "reason": getattr(domain_event, "reason", None) or "request",
                 "at": format_time(domain_event.timestamp),
             }
             return SUBJECT_ERASED, tenant, data
+        case "Retention.Set" | "Retention.Changed":
+            tenant = domain_event.tenant_id
+            data = {
+                "tenant_id": tenant,
+                "personal_data_days": domain_event.days,
+                "version": getattr(domain_event, "revision", 1),
+                "at": format_time(domain_event.timestamp),
+            }
+            return RETENTION_SET, tenant, data
     return None

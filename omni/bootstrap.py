@@ -24,6 +24,7 @@ from commands.ingest import AdmissionPolicy
 from omni import failpoints, metrics
 from omni.catalog_cache import CatalogCache
 from omni.gdpr_jobs import GdprJobs
+from omni.gdpr_retention import RetentionSweeper
 from omni.key_cache import KeyCache, KeyChanges
 from omni.personal_data import PersonalData, generate_master_key, master_key_from
 from omni.settings import Mode, Settings
@@ -134,11 +135,13 @@ class Platform:
     replays: ReplayJobs = field(init=False)
 
     gdpr_jobs: GdprJobs = field(init=False)
+    retention: RetentionSweeper = field(init=False)
 
     def __post_init__(self) -> None:
         self.notices = NoticesRelay(self.control, self.db, self.relay.wake)
         self.replays = ReplayJobs(build_replayer(self.settings, self.db, self.log), self.db)
         self.gdpr_jobs = GdprJobs(self)
+        self.retention = RetentionSweeper(self)
 
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -179,6 +182,7 @@ class Platform:
             await self.quotas.start()  # Redis's counters rebuilt now if missing, not on the first consume
         self._tasks.append(asyncio.create_task(self.relay.run(self._stop), name="outbox-relay"))
         self._tasks.append(asyncio.create_task(self.notices.run(self._stop), name="notices-relay"))
+        self._tasks.append(asyncio.create_task(self.retention.run(self._stop), name="gdpr-retention"))
         self.start_auto_close()
         self.start_stripe_sync()
         if self.settings.mode is Mode.EMBEDDED:
@@ -359,6 +363,7 @@ def build(settings: Settings) -> Platform:
     keys_db = SqliteDatabase(settings.data_dir / "eventstore.sqlite") if settings.mode is Mode.EMBEDDED else db
     keys_db.migrate(data_keys.SCHEMA)
     personal = PersonalData(master_key_from(gdpr_master_key(settings)), keys_db, control.recorder, control.mapper.to_domain_event)
+    control.seal_actor = personal.seal_actor  # the audit trail's IP addresses and user agents
     keys = KeyCache()  # trusted once `start` watches the key changes
     return Platform(
         settings=settings,

@@ -293,6 +293,7 @@ def replay(
 
     settings = Settings()
     logs.configure(settings.log_level)
+    tune_collector(settings.gc_gen0_threshold)  # a rebuild allocates as `omni serve` does, in bulk
     raise typer.Exit(asyncio.run(run_replay(settings, projections or [], diff=diff, swap=swap, until=until, keep=keep)))
 
 

@@ -21,18 +21,32 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from commands.control_plane import CommandContext
+from commands.control_plane import ACTOR_PREFIX, CommandContext
 from commands.gdpr import GdprRequest
 from schemas.envelope import NewerSchema, decode, format_time
 from schemas.gdpr import RequestKind, RequestStatus
 from schemas.topics import partition_for
+from stores import audit as audit_store
 from stores import gdpr as gdpr_store
+from stores.database import Tx
 
 if TYPE_CHECKING:
     from omni.bootstrap import Platform
 
 log = logging.getLogger(__name__)
 READ_PAGE = 5000
+
+
+def _audit_entries_of(tx: Tx, chain: str, key_id: str) -> list[dict[str, Any]]:
+    """The entries of the chain whose actor is the key, as hashed."""
+    found: list[dict[str, Any]] = []
+    after = 0
+    while True:
+        page = audit_store.entries(tx, chain, audit_store.Filters(actor=key_id), after=after, limit=READ_PAGE)
+        found += [orjson.loads(body) for _, body in page]
+        if len(page) < READ_PAGE:
+            return found
+        after = page[-1][0]
 
 
 class GdprJobs:
@@ -130,10 +144,16 @@ class GdprJobs:
 
         def views() -> dict[str, Any]:
             with platform.db.transaction() as tx:
-                return {
+                found = {
                     "meters": gdpr_store.meter_rows_of_subject(tx, tenant_id, subject),
                     "gdpr_requests": gdpr_store.requests_of_subject(tx, tenant_id, subject),
                 }
+                actor = subject.removeprefix(ACTOR_PREFIX) if subject.startswith(ACTOR_PREFIX) else None
+                entries = [] if actor is None else _audit_entries_of(tx, tenant_id, actor)
+            if actor is not None:  # an API key as the data subject: the audit entries of its commands, opened
+                opened = platform.personal.open_actors(tenant_id, [e["actor"] for e in entries])
+                found["audit"] = [e | {"opened_actor": o} for e, o in zip(entries, opened, strict=True)]
+            return found
 
         document = {
             "request": str(request.id),

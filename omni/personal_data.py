@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.keywrap import aes_key_unwrap, aes_key_wrap
 from eventsourcing.persistence import ApplicationRecorder
 from eventsourcing.utils import get_topic
 
+from commands.control_plane import actor_subject
 from commands.errors import Invalid
 from commands.gdpr import DataClass, GdprRequest
 from omni import metrics
@@ -51,6 +52,7 @@ from stores.database import Database, StoreUnavailable
 
 CLASS_TOPICS = tuple(sorted(get_topic(kind) for kind in (DataClass.Defined, DataClass.Revised)))
 ERASURE_TOPICS = (get_topic(GdprRequest.SubjectErased),)
+ACTOR_IP, ACTOR_USER_AGENT = "$.actor.ip", "$.actor.user_agent"  # the paths an audit entry's ciphertext names
 _SEAL_INFO = b"omni seal v1"
 _PSEUDONYM_INFO = b"omni pseudonym v1"
 
@@ -228,6 +230,7 @@ class PersonalData:
         self.recorder = recorder
         self._to_event = to_event
         self.cache = DataKeyCache()
+        self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)  # when keys are made and persons seen (tests set it)
         self.classes: dict[str, CompiledClass] = {}
         self._position = 0
         self._reading = threading.Lock()
@@ -307,10 +310,15 @@ class PersonalData:
         with self.keys_db.transaction() as tx:
             stored = data_keys.live(tx, tenant_id, missing)
             new = missing - stored.keys()
-            if new and create:
-                made = {s: data_keys.StoredKey(os.urandom(16).hex(), master.id, master.wrap(os.urandom(32))) for s in new}
-                data_keys.create(tx, tenant_id, made, format_time(datetime.now(UTC)))
-                stored = data_keys.live(tx, tenant_id, missing)
+            if create:
+                now = format_time(self.clock())
+                if new:
+                    made = {s: data_keys.StoredKey(os.urandom(16).hex(), master.id, master.wrap(os.urandom(32))) for s in new}
+                    data_keys.create(tx, tenant_id, made, now)
+                    stored = data_keys.live(tx, tenant_id, missing)
+                # Their last event, for retention: a key kept in memory is used for at most
+                # `cache.max_age` more without coming back here (schemas.gdpr.RETENTION_SLACK).
+                data_keys.touch(tx, tenant_id, stored, now)
         loaded = {s: self._unwrapped(k) for s, k in stored.items()}
         self.cache.put(tenant_id, loaded, generation)
         return found | loaded
@@ -400,6 +408,36 @@ class PersonalData:
             for path, (parent, name) in parents.items():
                 parent[name] = sealed[path]
 
+    # -- the audit trail's actors -------------------------------------------------------------------
+
+    def seal_actor(self, chain: str, key_id: str | None, ip: str | None, user_agent: str | None) -> tuple[Any, Any]:
+        """The actor's IP address and user agent sealed (blocking) under the data key of the actor, as
+        the data subject `apikey:<key id>` of the chain's tenant: the audit chain commits to that, and
+        erasing the subject leaves them unreadable while the chain still verifies."""
+        values = {path: value for path, value in ((ACTOR_IP, ip), (ACTOR_USER_AGENT, user_agent)) if value is not None}
+        if not values:
+            return ip, user_agent
+        subject = actor_subject(key_id)
+        key = self.keys_for(chain, [subject], create=True)[subject]
+        sealed = key.seal(values, associated_data(chain, subject))
+        return sealed.get(ACTOR_IP), sealed.get(ACTOR_USER_AGENT)
+
+    def open_actors(self, chain: str, actors: list[dict[str, Any]]) -> list[dict[str, str | None]]:
+        """Each actor's IP address and user agent in clear (blocking), for the chain's owner: null once
+        the actor was erased; entries from before sealing hold them in clear and show them as they are."""
+        sealed_by = {actor_subject(a.get("key_id")) for a in actors if _is_sealed(a.get("ip")) or _is_sealed(a.get("user_agent"))}
+        keys = self.keys_for(chain, sealed_by, create=False) if sealed_by else {}
+        opened: list[dict[str, str | None]] = []
+        for actor in actors:
+            ip, user_agent = actor.get("ip"), actor.get("user_agent")
+            if _is_sealed(ip) or _is_sealed(user_agent):
+                subject = actor_subject(actor.get("key_id"))
+                values = _open_sealed(keys.get(subject), [ip, user_agent], associated_data(chain, subject))
+                ip = values.get(ACTOR_IP) if _is_sealed(ip) else ip
+                user_agent = values.get(ACTOR_USER_AGENT) if _is_sealed(user_agent) else user_agent
+            opened.append({"ip": ip, "user_agent": user_agent})
+        return opened
+
     # -- reads -------------------------------------------------------------------------------------
 
     @staticmethod
@@ -437,6 +475,21 @@ class PersonalData:
             return value
 
         return walk(envelope.data, "$.data")
+
+
+def _is_sealed(value: Any) -> bool:
+    return type(value) is dict and value.get(SEALED) == SEALED_VERSION
+
+
+def _open_sealed(key: DataKey | None, values: list[Any], aad: bytes) -> dict[str, Any]:
+    """What the ciphertext among these sealed values holds (by path); empty without the key (erased)."""
+    for value in values:
+        if _is_sealed(value) and "ct" in value and key is not None and value.get("kid") == key.key_id:
+            try:
+                return key.open(value["ct"], aad)
+            except (InvalidTag, ValueError, TypeError):
+                return {}
+    return {}
 
 
 def master_key_from(text: str | None) -> MasterKey | None:

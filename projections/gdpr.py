@@ -49,7 +49,15 @@ class BreachNotified:
     notified_at: str
 
 
-Change = DataClassDefined | RequestStep | BreachRecorded | BreachNotified
+@dataclass(frozen=True, slots=True)
+class RetentionSet:
+    tenant_id: str
+    days: int | None
+    version: int
+    at: str
+
+
+Change = DataClassDefined | RequestStep | BreachRecorded | BreachNotified | RetentionSet
 
 
 def breach_deadline(detected_at: str) -> str:
@@ -63,11 +71,13 @@ def changes(event: Envelope) -> list[Change]:
         case "omni.data_class.defined":
             return [DataClassDefined(data["event_type"], int(data["version"]), data["definition"], format_time(event.event_time))]
         case "omni.gdpr.request_received":
+            step = "received" if data.get("reason") is None else f"received: {data['reason']}"
             return [
-                RequestStep(
-                    data["id"], data["tenant_id"], event.id, "received", "received", data["at"], data["subject"], data["kind"]
-                )
+                RequestStep(data["id"], data["tenant_id"], event.id, "received", step, data["at"], data["subject"], data["kind"])
             ]
+        case "omni.gdpr.retention_set":
+            days = data.get("personal_data_days")
+            return [RetentionSet(data["tenant_id"], None if days is None else int(days), int(data["version"]), data["at"])]
         case "omni.gdpr.breach_recorded":
             detected = data["detected_at"]
             return [

@@ -223,6 +223,11 @@ def _group_key(meter: CompiledMeter, event: Envelope) -> str:
         values: tuple[Any, ...] = (read(event, readers[0]),)
     else:
         values = tuple([read(event, reader) for reader in readers])
+    return group_key_of(meter, values)
+
+
+def group_key_of(meter: CompiledMeter, values: tuple[Any, ...]) -> str:
+    """_group_key of the group values read from an event, in the order of meter.group_readers."""
     for value in values:
         if value is not None and type(value) is not str:
             return _canonical(meter.group_names, values)

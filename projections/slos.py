@@ -394,6 +394,16 @@ def evaluate_alerts(
     return AlertState(open_, frozenset(on)), found
 
 
+def state_after_swap(live: AlertState, replayed: AlertState | None) -> AlertState:
+    """Which alert state goes on after a replay's swap. The live state's transitions were notified
+    up to its `open`; the replay's may sit a minute or two away where a platform SLO's partitions
+    committed in another order. The live state wins unless the replay evaluated further: then its
+    later transitions are new, and its state is the one they lead to."""
+    if replayed is None or live.open >= replayed.open:
+        return live
+    return replayed
+
+
 def history(minutes: Mapping[int, GoodTotal], start: int, end: int, size: int) -> list[tuple[int, GoodTotal]]:
     """The counts per window of `size` seconds over [start, end), every window listed."""
     out = []

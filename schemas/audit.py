@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+
+SEALED_NOTE = (
+    "Sealed (an object: `omni_sealed`, `ps`, and on the first of the two `kid` and `ct`; README, GDPR) under the data key "
+    "of the actor as the data subject `apikey:<key_id>` of the chain's tenant; text in entries recorded before sealing"
+)
 
 
 class AuditActor(BaseModel):
     key_id: str | None = Field(description="The API key that issued the command (`admin` for the admin's)")
+    ip: str | dict[str, Any] | None = Field(description=f"The IP address. {SEALED_NOTE}")
+    user_agent: str | dict[str, Any] | None = Field(description=f"The user agent. {SEALED_NOTE}")
+
+
+class OpenedActor(BaseModel):
     ip: str | None
     user_agent: str | None
 
@@ -32,8 +42,17 @@ class AuditEntryPublic(BaseModel):
     hash: str
 
 
+class AuditListed(AuditEntryPublic):
+    """An entry as hashed, and beside it (not hashed) its actor's IP address and user agent opened."""
+
+    opened_actor: OpenedActor = Field(
+        description="Not part of the hash: the actor's IP address and user agent in clear for the chain's owner; "
+        "null once the actor (`apikey:<key_id>`) was erased"
+    )
+
+
 class AuditList(BaseModel):
-    data: list[AuditEntryPublic]
+    data: list[AuditListed]
     next_after: int | None = Field(default=None, description="Pass as `after` for the next page; null on the last")
 
 

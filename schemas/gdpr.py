@@ -19,6 +19,7 @@ which meters count and group by. Both are useless once the data key is erased.
 from __future__ import annotations
 
 import calendar
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -65,6 +66,49 @@ def legal_deadline(received: datetime) -> datetime:
     year, month = (received.year + 1, 1) if received.month == 12 else (received.year, received.month + 1)
     day = min(received.day, calendar.monthrange(year, month)[1])
     return received.replace(year=year, month=month, day=day)
+
+
+# Retention (README, "GDPR"): a tenant's period for personal data; a person whose last event is older
+# has their data key shredded by the sweeper, as an erasure request with the reason `retention`.
+RETENTION = "retention"
+# A person's last event time is kept in the key store when an API process reads their key, and each
+# process keeps a key in memory at most 5 minutes (omni.personal_data.DataKeyCache.max_age), so the
+# true last event is at most that much later than the stored one: the sweeper waits this much more.
+RETENTION_SLACK = timedelta(minutes=10)
+MAX_RETENTION_DAYS = 36_500
+
+
+def retention_cutoff(now: datetime, days: int) -> datetime:
+    """Persons whose stored last event is before this are due for shredding at `now`."""
+    return now - timedelta(days=days) - RETENTION_SLACK
+
+
+def due_for_shredding(last_seen: Mapping[str, datetime], days: int | None, now: datetime) -> list[str]:
+    """Which persons (by their last event time) a retention of `days` shreds at `now`, in order of
+    their last event, oldest first: those whose last event is strictly before the cutoff. None: no
+    retention, nobody."""
+    if days is None:
+        return []
+    cutoff = retention_cutoff(now, days)
+    return [person for person, seen in sorted(last_seen.items(), key=lambda item: (item[1], item[0])) if seen < cutoff]
+
+
+class RetentionBody(BaseModel):
+    """A tenant's retention period for personal data."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    personal_data_days: int | None = Field(
+        ge=1,
+        le=MAX_RETENTION_DAYS,
+        description="Days after a person's last event before their data key is shredded; null: kept until erased",
+    )
+
+
+class RetentionPublic(BaseModel):
+    personal_data_days: int | None = Field(description="null: no retention period (personal data kept until erased)")
+    version: int = Field(description="0 until first set, then + 1 on each change")
+    updated_at: str | None
 
 
 class DataClassBody(BaseModel):

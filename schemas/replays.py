@@ -20,6 +20,7 @@ class ProjectionName(StrEnum):
     INVOICES = "invoices"
     SLOS = "slos"
     AUDIT = "audit"
+    GDPR = "gdpr"
     CATALOG = "catalog"
 
 

@@ -4,6 +4,10 @@ PostgreSQL schema): one row per (tenant, person), the data key wrapped by the ma
 Erasure sets `wrapped` to NULL and keeps the row (`erased_at`), so erasing again finds nothing to
 do. A person seen again after erasure gets a new key, with a new id: what was sealed under the
 erased key stays unreadable.
+
+`gdpr_key_activity` keeps when each person's key was last read for admission (their last event,
+give or take the time a process keeps a key in memory): the retention sweeper shreds the keys of
+persons idle for longer than their tenant's period.
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ SCHEMA = """
     created_at TEXT NOT NULL, erased_at TEXT, PRIMARY KEY (tenant_id, subject));
 /*sqlite*/ CREATE TABLE IF NOT EXISTS gdpr_data_keys (
     tenant_id TEXT NOT NULL, subject TEXT NOT NULL, key_id TEXT NOT NULL, kek_id TEXT NOT NULL, wrapped BLOB,
-    created_at TEXT NOT NULL, erased_at TEXT, PRIMARY KEY (tenant_id, subject))
+    created_at TEXT NOT NULL, erased_at TEXT, PRIMARY KEY (tenant_id, subject));
+CREATE TABLE IF NOT EXISTS gdpr_key_activity (
+    tenant_id TEXT NOT NULL, subject TEXT NOT NULL, last_seen_at TEXT NOT NULL, PRIMARY KEY (tenant_id, subject));
+CREATE INDEX IF NOT EXISTS gdpr_key_activity_by_time ON gdpr_key_activity (tenant_id, last_seen_at)
 """
 
 
@@ -64,7 +71,37 @@ def erase(tx: Tx, tenant_id: str, subject: str, at: str) -> str | None:
     if not rows:
         return None
     tx.execute("UPDATE gdpr_data_keys SET wrapped=NULL, erased_at=? WHERE tenant_id=? AND subject=?", (at, tenant_id, subject))
+    tx.execute("DELETE FROM gdpr_key_activity WHERE tenant_id=? AND subject=?", (tenant_id, subject))
     return str(rows[0][0])
+
+
+def touch(tx: Tx, tenant_id: str, subjects: Iterable[str], at: str) -> None:
+    """The persons were seen at `at` (an event about them is being admitted); a later time stays."""
+    tx.execute_many(
+        "INSERT INTO gdpr_key_activity VALUES (?, ?, ?) ON CONFLICT (tenant_id, subject) DO UPDATE SET "
+        "last_seen_at=excluded.last_seen_at WHERE gdpr_key_activity.last_seen_at < excluded.last_seen_at",
+        [(tenant_id, subject, at) for subject in sorted(set(subjects))],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Idle:
+    subject: str
+    key_id: str
+    last_seen_at: str
+
+
+def idle(tx: Tx, tenant_id: str, before: str, limit: int) -> list[Idle]:
+    """The tenant's persons with a live key and no event since `before` (oldest first, at most `limit`);
+    a key never touched counts from its creation."""
+    rows = tx.execute(
+        "SELECT k.subject, k.key_id, COALESCE(a.last_seen_at, k.created_at) AS seen FROM gdpr_data_keys k "
+        "LEFT JOIN gdpr_key_activity a ON a.tenant_id = k.tenant_id AND a.subject = k.subject "
+        "WHERE k.tenant_id=? AND k.wrapped IS NOT NULL AND COALESCE(a.last_seen_at, k.created_at) < ? "
+        "ORDER BY seen, k.subject LIMIT ?",
+        (tenant_id, before, limit),
+    )
+    return [Idle(str(s), str(k), str(at)) for s, k, at in rows]
 
 
 def erased_key_id(tx: Tx, tenant_id: str, subject: str) -> bool:

@@ -192,6 +192,12 @@ class _PostgresTx:
             for row in rows:
                 copy.write_row(row)
 
+    def copy_text(self, table: str, columns: Sequence[str], texts: Iterable[str]) -> None:
+        """Append rows given as COPY's text format (lines of tab-separated, escaped values)."""
+        with self._conn.cursor() as cursor, cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+            for text in texts:
+                copy.write(text)
+
 
 class PostgresDatabase:
     """A psycopg 3 connection pool; each transaction borrows one connection."""

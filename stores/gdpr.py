@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from projections.gdpr import BreachNotified, BreachRecorded, DataClassDefined, RequestStep
+from projections.gdpr import BreachNotified, BreachRecorded, DataClassDefined, RequestStep, RetentionSet
 from schemas.gdpr import DataClassBody
 from stores.database import Tx
 
@@ -29,7 +29,9 @@ CREATE TABLE IF NOT EXISTS gdpr_exports (
     request_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, subject TEXT NOT NULL, document TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS gdpr_breaches (
     id TEXT PRIMARY KEY, detected_at TEXT NOT NULL, recorded_at TEXT NOT NULL, deadline TEXT NOT NULL, scope TEXT NOT NULL,
-    subjects BIGINT, description TEXT, notified_at TEXT, overdue_notice_at TEXT)
+    subjects BIGINT, description TEXT, notified_at TEXT, overdue_notice_at TEXT);
+CREATE TABLE IF NOT EXISTS gdpr_retention (
+    tenant_id TEXT PRIMARY KEY, days INTEGER, version INTEGER NOT NULL, updated_at TEXT NOT NULL)
 """
 
 
@@ -208,3 +210,22 @@ def overdue_unnoticed(tx: Tx, now: str) -> list[BreachRow]:
 
 def mark_overdue_noticed(tx: Tx, breach_id: str, at: str) -> None:
     tx.execute("UPDATE gdpr_breaches SET overdue_notice_at=? WHERE id=? AND overdue_notice_at IS NULL", (at, breach_id))
+
+
+def put_retention(tx: Tx, change: RetentionSet) -> None:
+    tx.execute(
+        "INSERT INTO gdpr_retention VALUES (?, ?, ?, ?) ON CONFLICT (tenant_id) DO UPDATE SET days=excluded.days, "
+        "version=excluded.version, updated_at=excluded.updated_at WHERE gdpr_retention.version < excluded.version",
+        (change.tenant_id, change.days, change.version, change.at),
+    )
+
+
+def retention(tx: Tx, tenant_id: str) -> RetentionSet | None:
+    rows = tx.execute("SELECT tenant_id, days, version, updated_at FROM gdpr_retention WHERE tenant_id=?", (tenant_id,))
+    return next((RetentionSet(t, None if d is None else int(d), int(v), at) for t, d, v, at in rows), None)
+
+
+def retention_periods(tx: Tx) -> dict[str, int]:
+    """Each tenant with a retention period: its days."""
+    rows = tx.execute("SELECT tenant_id, days FROM gdpr_retention WHERE days IS NOT NULL ORDER BY tenant_id")
+    return {str(t): int(d) for t, d in rows}

@@ -21,10 +21,14 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from projections.slos import AlertState, state_after_swap
+from schemas.envelope import format_time
+from stores import slos as slo_store
 from stores.database import Database, PostgresDatabase, SqliteDatabase, Tx
 
 CATALOG, METERS, AUDIT = "catalog", "meters", "audit"  # the folds (see the module's docstring)
@@ -40,6 +44,8 @@ class Fold:
     relay_positions: tuple[str, ...] = ()  # its rows of `relay_positions`
 
 
+# The GDPR views the catalog folds (gdpr_exports is no view: the request jobs write the documents).
+GDPR_VIEWS = ("data_classes", "gdpr_requests", "gdpr_steps", "gdpr_breaches", "gdpr_retention")
 FOLDS: dict[str, Fold] = {
     CATALOG: Fold(
         CATALOG,
@@ -56,6 +62,7 @@ FOLDS: dict[str, Fold] = {
             "stripe_customers",
             "stripe_invoices",
             "slos",
+            *GDPR_VIEWS,
         ),
         ("catalog-applied",),
     ),
@@ -98,11 +105,13 @@ PROJECTIONS: dict[str, Projection] = {
         Projection("invoices", ("invoices", "billing_periods", "stripe_customers", "stripe_invoices"), (CATALOG,)),
         Projection("slos", ("slos", "slo_minutes", "slo_alerts", "slo_notifications"), (CATALOG, METERS)),
         Projection("audit", ("audit_entries", "audit_heads", "audit_checkpoints", "audit_trees"), (AUDIT,)),
+        Projection("gdpr", GDPR_VIEWS, (CATALOG,)),
         Projection("catalog", ("tenants", "api_keys", "meter_definitions"), (CATALOG,)),
     )
 }
 # Columns no replay can know: whether the notices relay has sent a notification yet.
-UNCOMPARED = {table: ("recorded",) for table in SENT}
+# Nor when the notices relay emitted a breach's overdue notice (a swap keeps both from the live views).
+UNCOMPARED = {**{table: ("recorded",) for table in SENT}, "gdpr_breaches": ("overdue_notice_at",)}
 SWAP_CHUNK = 10_000
 
 
@@ -277,6 +286,9 @@ def swap(live: Database, shadow: Shadow, folds: Sequence[Fold]) -> None:
         if behind:
             raise ShadowBehind(f"the live views are past the replay at {behind[:3]}")
         sent = {table: sorted(str(row[0]) for row in tx.execute(f"SELECT id FROM {table} WHERE recorded = 1")) for table in SENT}
+        names = {fold.name for fold in folds}
+        past = _slo_past(tx) if METERS in names else None
+        noticed = _overdue_noticed(tx) if CATALOG in names else []
         for table, where, params in _swapped_rows(folds):
             tx.execute(f"DELETE FROM {table} {where}", params)
             names = ", ".join(columns(tx, table))
@@ -291,6 +303,55 @@ def swap(live: Database, shadow: Shadow, folds: Sequence[Fold]) -> None:
                         tx.execute_many(f"INSERT INTO {table} ({names}) VALUES ({marks})", chunk)
         for table, ids in sent.items():
             tx.execute_many(f"UPDATE {table} SET recorded = 1 WHERE id = ?", [(i,) for i in ids])
+        if past is not None:
+            _keep_slo_past(tx, past)
+        tx.execute_many("UPDATE gdpr_breaches SET overdue_notice_at=? WHERE id=?", [(at, i) for i, at in noticed])
+
+
+def _overdue_noticed(tx: Tx) -> list[tuple[str, str]]:
+    """(breach id, when its overdue notice was emitted): no replay can know it, a swap keeps it."""
+    rows = tx.execute("SELECT id, overdue_notice_at FROM gdpr_breaches WHERE overdue_notice_at IS NOT NULL")
+    return [(str(i), str(at)) for i, at in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class SloPast:
+    """What the live views had told of SLO alerts before a swap: each version's state, its notices."""
+
+    states: dict[str, AlertState]  # by fold id
+    columns: list[str]
+    notices: list[tuple[Any, ...]]  # every row of slo_notifications
+
+
+def _slo_past(tx: Tx) -> SloPast:
+    known = [str(row[0]) for row in tx.execute("SELECT slo FROM slo_alerts")]
+    states = slo_store.alert_states(tx, known) if known else {}
+    names = columns(tx, "slo_notifications")
+    notices = [tuple(row) for row in tx.execute(f"SELECT {', '.join(names)} FROM slo_notifications")]
+    return SloPast({slo: state for slo, state in states.items() if state is not None}, names, notices)
+
+
+def _keep_slo_past(tx: Tx, past: SloPast) -> None:
+    """A replay never notifies the past again. A platform SLO counts every partition, so the order
+    in which their batches commit can move one of its transitions by a minute or two, and a refold
+    finds it under another moment's id. So every transition up to where the live fold had evaluated
+    stays as the live views told it (sent or not), the replay's own of that stretch are dropped, and
+    only what the replay evaluated beyond it is new (and notified). A tenant's SLO folds one
+    partition in log order: its transitions are the same either way."""
+    replayed = slo_store.alert_states(tx, sorted(past.states)) if past.states else {}
+    for slo, live in past.states.items():
+        owner, name, version = slo.rsplit("/", 2)
+        horizon = format_time(datetime.fromtimestamp(live.open, tz=UTC))
+        tx.execute(
+            "DELETE FROM slo_notifications WHERE tenant_id=? AND slo=? AND version=? AND occurred_at<=?",
+            (owner, name, int(version), horizon),
+        )
+        kept = state_after_swap(live, replayed.get(slo))
+        if kept != replayed.get(slo):
+            slo_store.set_alert_state(tx, slo, kept)
+    tx.execute_many("DELETE FROM slo_notifications WHERE id=?", [(row[0],) for row in past.notices])
+    marks = ", ".join("?" for _ in past.columns)
+    tx.execute_many(f"INSERT INTO slo_notifications ({', '.join(past.columns)}) VALUES ({marks})", past.notices)
 
 
 @contextmanager

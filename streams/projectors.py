@@ -159,6 +159,8 @@ class CatalogProjector:
                             gdpr_store.add_breach(tx, gdpr_change)
                         case gdpr_view.BreachNotified():
                             gdpr_store.breach_notified(tx, gdpr_change)
+                        case gdpr_view.RetentionSet():
+                            gdpr_store.put_retention(tx, gdpr_change)
                 position = max(position, catalog.store_position(event))
             views.set_checkpoint(tx, CATALOG, self.topic, partition, fresh[-1].offset + 1)
             # Records relayed by older versions carry no position; one republished after a relay's

@@ -257,13 +257,22 @@ class Replayer:
             else:
                 await asyncio.to_thread(shadow.drop)
 
+    async def views_as_of(self, projections: Sequence[str], until: datetime) -> shadows.Shadow:
+        """The point-in-time views of `projections` at `until` (as `omni replay --until` builds them),
+        in a shadow of their own: the caller reads it, then drops it."""
+        outcome = await self.run(Request(tuple(projections), Mode.BUILD, until=until))
+        assert outcome.kept is not None  # a point-in-time build is always kept
+        return await asyncio.to_thread(shadows.reopen, self.live, outcome.kept)
+
     def _folding(self, source: ReadOnlyLog, db: Database, folds: set[str], *, swap: bool) -> _Folding:
         topics = source.topics
         catalog = CatalogProjector(db, topics)
         seen: dict[bytes, int] = {}  # the de-duplication memory of both topics' bulk folds
-        meters = BulkMeterProjector(db, topics, keep_seen=self.keep_seen, seen=seen)
+        # Written into the shadow for a swap only: the live fold going on from it needs it, a diff
+        # ignores it (bookkeeping) and point-in-time views are only read.
+        meters = BulkMeterProjector(db, topics, keep_seen=self.keep_seen, seen=seen, remember=swap)
         api_calls = BulkMeterProjector(
-            db, topics, keep_seen=self.keep_seen, seen=seen, topic=topics.api_calls, consumer=API_CALLS
+            db, topics, keep_seen=self.keep_seen, seen=seen, remember=swap, topic=topics.api_calls, consumer=API_CALLS
         )
         # The catalog always: the meters fold only the meters it defines.
         sources: list[tuple[str, Folder]] = [(CATALOG, catalog)]
@@ -287,6 +296,7 @@ class _Folding:
     chunks: dict[str, int] = field(default_factory=dict)  # records per read and fold, by consumer (else batch_size)
     shard_from: int = 200_000  # records to replay from which half the usage topic is folded by another process
     bulk_done: bool = False
+    _pool: ProcessPoolExecutor | None = None  # the shard's process, while the bulk fold runs
 
     @property
     def topics(self) -> list[str]:
@@ -299,17 +309,19 @@ class _Folding:
         bulk = [folder for _, folder in self.sources if isinstance(folder, BulkMeterProjector)]
         if bulk and not self.bulk_done:
             self.bulk_done = True
-            while await self._pass(self.sources[:1], progress, on_progress):
-                pass
-            quotas = await asyncio.to_thread(self._any_quota)
-            deferred = None if quotas else Deferred()
-            for folder in bulk:
-                folder.deferred = deferred
             # The fold keeps millions of small tuples alive (the buckets, the digests seen): the cyclic
             # collector would walk them all again at every full collection, for nothing to free. They
             # are frozen (left out of collections) after each pass; the process's other objects, an
             # API's requests, are collected as before.
             try:
+                # The shard's process starts (a new interpreter, importing the folds) while the catalog folds.
+                self._pool = self._shard_pool(progress)
+                while await self._pass(self.sources[:1], progress, on_progress):
+                    pass
+                quotas = await asyncio.to_thread(self._any_quota)
+                deferred = None if quotas else Deferred()
+                for folder in bulk:
+                    folder.deferred = deferred
                 for consumer, folder in [(c, f) for c, f in self.sources if f in bulk]:
                     starts = await asyncio.to_thread(self._checkpoints, consumer, folder.topic)
                     size = self.chunks.get(consumer, self.batch_size)
@@ -325,6 +337,11 @@ class _Folding:
                         if deferred is not None and deferred.full:
                             await asyncio.to_thread(deferred.flush, self.db)
                     if shard is not None:
+                        # This process's buckets are written while the shard folds on (the shard's
+                        # tenants are others). The topics after this one are folded once the shard is
+                        # done, and merged (deferred.written): their buckets may be the shard's.
+                        if deferred is not None:
+                            await asyncio.to_thread(deferred.flush, self.db)
                         progress.done += await shard
                         progress.total = max(progress.total, progress.done)
                         on_progress(progress)
@@ -334,6 +351,9 @@ class _Folding:
                 gc.unfreeze()
                 for folder in bulk:
                     folder.deferred = None
+                if self._pool is not None:
+                    self._pool.shutdown(wait=False, cancel_futures=True)
+                    self._pool = None
         while True:
             moved = await self._pass(self.sources, progress, on_progress)
             if self.runner is not None:
@@ -355,14 +375,12 @@ class _Folding:
         can be: on Kafka and PostgreSQL, buckets written at the end (no quota in force), a log large
         enough to be worth a process's start. A tenant's events, buckets, digests and SLO minutes all
         live in its one partition, so the two processes never write the same row."""
-        kafka, db = self.log.log, self.db
+        kafka, db, pool = self.log.log, self.db, self._pool
         if (
-            consumer != METERS
+            pool is None
+            or consumer != METERS
             or deferred is None
             or len(partitions) < 2
-            or progress.total < self.shard_from
-            or not isinstance(db, PostgresDatabase)
-            or not hasattr(kafka, "scan")
             or not isinstance(folder, BulkMeterProjector)
         ):
             return None
@@ -380,12 +398,24 @@ class _Folding:
             keep_seen=folder.keep_seen,
             remember=folder.remember,
             until=self.log.until,
+            collector=gc.get_threshold(),
         )
         log.info("replay: %s partitions %s folded by a process of its own", folder.topic, list(job.partitions))
+        return asyncio.get_running_loop().run_in_executor(pool, fold_shard, job)
+
+    def _shard_pool(self, progress: Progress) -> ProcessPoolExecutor | None:
+        """A process for `_shard`, started now, when the replay can use one: on Kafka and PostgreSQL,
+        the meters folded, a log large enough to be worth a process's start."""
+        if (
+            progress.total < self.shard_from
+            or not isinstance(self.db, PostgresDatabase)
+            or not hasattr(self.log.log, "scan")
+            or not any(consumer == METERS for consumer, _ in self.sources)
+        ):
+            return None
         pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-        future = asyncio.get_running_loop().run_in_executor(pool, fold_shard, job)
-        future.add_done_callback(lambda _: pool.shutdown(wait=False))
-        return future
+        pool.submit(warm_shard)
+        return pool
 
     async def _pass(self, sources: list[tuple[str, Folder]], progress: Progress, on_progress: Callable[[Progress], None]) -> int:
         """One chunk from each partition of each source; how many records were folded."""
@@ -424,12 +454,18 @@ class _Folding:
 
 
 async def meter_as_of(log: EventLog, definition: MeterDefinition, tenant_id: str, as_of: datetime) -> Database:
-    """One tenant's buckets of one meter as the platform knew them at `as_of`: folded from the
+    """One tenant's buckets of one meter as the platform knew them at `as_of` (see meters_as_of)."""
+    return await meters_as_of(log, [definition], tenant_id, as_of)
+
+
+async def meters_as_of(log: EventLog, definitions: Sequence[MeterDefinition], tenant_id: str, as_of: datetime) -> Database:
+    """One tenant's buckets of some meters as the platform knew them at `as_of`: folded from the
     records of the topics the meters fold that were recorded by then (whatever their event time),
     each (source, id) once, into a store of their own in memory (close it after the query).
 
     It reads those topics whole, so it costs time in proportion to the log (README, "Replay")."""
-    index = MeterIndex([definition])
+    index = MeterIndex(definitions)
+    types = {definition.event_type for definition in definitions}
     deltas: dict[BucketKey, BucketState] = {}
     seen: set[tuple[str, str, str]] = set()
     for topic in (log.topics.usage, log.topics.api_calls):
@@ -449,7 +485,7 @@ async def meter_as_of(log: EventLog, definition: MeterDefinition, tenant_id: str
                         event = decode(record.value)
                     except (ValueError, KeyError, TypeError):
                         continue  # dead-lettered by the folds too
-                    if event.tenant_id != tenant_id or event.type != definition.event_type or event.dedupe_key in seen:
+                    if event.tenant_id != tenant_id or event.type not in types or event.dedupe_key in seen:
                         continue
                     seen.add(event.dedupe_key)
                     apply(deltas, index, event, record.offset)
@@ -457,7 +493,8 @@ async def meter_as_of(log: EventLog, definition: MeterDefinition, tenant_id: str
     try:
         db.migrate(SCHEMA)
         with db.transaction() as tx:
-            views.add_meter_definition(tx, "_platform", definition, "as-of")
+            for definition in definitions:
+                views.add_meter_definition(tx, "_platform", definition, "as-of")
             views.merge_buckets(tx, deltas)
     except BaseException:
         db.close()
@@ -482,6 +519,12 @@ class Shard:
     keep_seen: timedelta
     remember: bool
     until: datetime | None
+    collector: tuple[int, int, int] = (700, 10, 10)  # the cyclic collector's thresholds (the parent's: gc.get_threshold)
+
+
+def warm_shard() -> None:
+    """Run first in the shard's process, while the catalog folds: the imports `fold_shard` needs."""
+    import streams.kafka_log  # noqa: F401
 
 
 def fold_shard(job: Shard) -> int:
@@ -491,6 +534,9 @@ def fold_shard(job: Shard) -> int:
 
 async def _fold_shard(job: Shard) -> int:
     from streams.kafka_log import KafkaLog
+
+    gc.set_threshold(*job.collector)  # as tuned in the replay's process (omni.runtime.tune_collector)
+    gc.freeze()
 
     log = KafkaLog(job.bootstrap_servers, job.topics, produce_timeout=job.produce_timeout)
     db = PostgresDatabase(job.url, schema=job.schema, max_size=1)

@@ -74,7 +74,8 @@ def list_audit(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     after: Annotated[int, Query(ge=0, le=2**62, description="The `next_after` of the previous page")] = 0,
 ) -> AuditList:
-    """The commands of the caller's chain, accepted or refused, in chain order, as hashed."""
+    """The commands of the caller's chain, accepted or refused, in chain order, as hashed; beside
+    each, its actor's IP address and user agent opened (`opened_actor`, not hashed)."""
     chain = _chain_of(platform, principal, tenant)
     filters = audit_store.Filters(
         start_us=None if from_ is None else audit_store.micros(from_),
@@ -85,9 +86,10 @@ def list_audit(
     )
     with platform.db.transaction() as tx:
         rows = audit_store.entries(tx, chain, filters, after=after, limit=limit)
-    return AuditList.model_validate(
-        {"data": [orjson.loads(body) for _, body in rows], "next_after": rows[-1][0] if len(rows) == limit else None}
-    )
+    entries = [orjson.loads(body) for _, body in rows]
+    for entry, opened in zip(entries, platform.personal.open_actors(chain, [e["actor"] for e in entries]), strict=True):
+        entry["opened_actor"] = opened
+    return AuditList.model_validate({"data": entries, "next_after": rows[-1][0] if len(rows) == limit else None})
 
 
 @router.get(

@@ -27,6 +27,8 @@ from schemas.gdpr import (
     GdprStep,
     RequestKind,
     RequestStatus,
+    RetentionBody,
+    RetentionPublic,
     legal_deadline,
 )
 from schemas.ids import canonical_uuid
@@ -174,6 +176,35 @@ def get_gdpr_export(request_id: str, platform: PlatformDep, principal: TenantDep
         )
     headers = {"Content-Disposition": f'attachment; filename="gdpr-export-{row.id}.json"'}
     return Response(document, media_type="application/json", headers=headers)
+
+
+@router.put(
+    "/gdpr/retention",
+    response_model=RetentionPublic,
+    responses={201: {"model": RetentionPublic, "description": "Set for the first time"}, 409: {}, 422: {}},
+)
+async def put_retention(
+    body: RetentionBody, request: Request, response: Response, platform: PlatformDep, principal: TenantDep
+) -> RetentionPublic:
+    """The caller's retention period for personal data: once a person has had no event for that many
+    days, their data key is shredded, each as an erasure request with the reason `retention` (null:
+    none). 201 the first time, 200 after."""
+    tenant_id = principal.tenant_id or ""
+    found, created = await run_command(
+        platform, platform.control.put_retention, command_context(request, principal), tenant_id, body
+    )
+    response.status_code = 201 if created else 200
+    return RetentionPublic(personal_data_days=found.days, version=found.revision, updated_at=format_time(found.modified_on))
+
+
+@router.get("/gdpr/retention", response_model=RetentionPublic)
+def get_retention(platform: PlatformDep, principal: TenantDep) -> RetentionPublic:
+    """The caller's retention period for personal data (null days and version 0: never set)."""
+    with platform.db.transaction() as tx:
+        row = gdpr_store.retention(tx, principal.tenant_id or "")
+    if row is None:
+        return RetentionPublic(personal_data_days=None, version=0, updated_at=None)
+    return RetentionPublic(personal_data_days=row.days, version=row.version, updated_at=row.at)
 
 
 def _breach(row: gdpr_store.BreachRow, now: str) -> BreachPublic:

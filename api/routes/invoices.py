@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
-from api import invoice_page
+from api import as_of, invoice_page
 from api.deps import AdminDep, CallerDep, PlatformDep, command_context
 from api.problems import Problem
 from api.relaying import run_command
@@ -20,6 +20,7 @@ from omni.billing_close import NotOver, ViewsBehind, close_period, read_cut
 from omni.bootstrap import Platform
 from projections.invoices import CREDIT_NOTE, INVOICE, PERIOD_PATTERN, BillingPeriod, bill, digest
 from schemas.billing import InvoiceChanged, InvoiceList, InvoicePublic, PeriodClose, StatusChange
+from schemas.cloudevents import Rfc3339Time
 from schemas.envelope import format_time
 from schemas.ids import canonical_uuid
 from stores import billing as billing_store
@@ -89,8 +90,11 @@ def list_invoices(
     period: Annotated[str | None, Query(pattern=PERIOD_PATTERN, description="Only this month's")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     before: Annotated[str | None, Query(pattern=r"^[^~]+~.+$", description="The `next_before` of the previous page")] = None,
+    as_of_: Annotated[Rfc3339Time | None, Query(alias="as_of", description=as_of.DESCRIPTION)] = None,
 ) -> InvoiceList:
-    """Finalized invoices and credit notes, newest first."""
+    """Finalized invoices and credit notes, newest first (with `as_of`: those issued by then, each
+    with its status then)."""
+    as_of.check(as_of_)
     tenant_id = _tenant_of(principal, tenant)
     cursor = None
     if before is not None:
@@ -99,7 +103,11 @@ def list_invoices(
     with metrics.VIEW_QUERY.labels("invoices").time(), platform.db.transaction() as tx:
         if tenant_id is not None and views.tenant(tx, tenant_id) is None:
             raise NotFound(f"tenant {tenant} not found")
-        rows = billing_store.invoices_of(tx, tenant_id, limit=limit, before=cursor, period=period)
+        if as_of_ is None:
+            rows = billing_store.invoices_of(tx, tenant_id, limit=limit, before=cursor, period=period)
+    if as_of_ is not None:
+        with as_of.catalog_as_of(platform, as_of_) as past, past.transaction() as tx:
+            rows = billing_store.invoices_of(tx, tenant_id, limit=limit, before=cursor, period=period)
     found = [_public(r) for r in rows]
     last = found[-1] if len(found) == limit else None
     return InvoiceList(data=found, next_before=f"{last.issued_at}~{last.id}" if last is not None else None)
@@ -155,13 +163,26 @@ def _draft(platform: Platform, tenant_id: str) -> InvoicePublic:
         404: {},
     },
 )
-def get_invoice(invoice_id: str, request: Request, platform: PlatformDep, principal: CallerDep) -> Any:
-    """One invoice or credit note (another tenant's answers 404); with `Accept: text/html`, a printable page."""
+def get_invoice(
+    invoice_id: str,
+    request: Request,
+    platform: PlatformDep,
+    principal: CallerDep,
+    as_of_: Annotated[Rfc3339Time | None, Query(alias="as_of", description=as_of.DESCRIPTION)] = None,
+) -> Any:
+    """One invoice or credit note (another tenant's answers 404); with `Accept: text/html`, a printable
+    page; with `as_of`, its status then (404 if it was not issued yet)."""
+    as_of.check(as_of_)
     with platform.db.transaction() as tx:
         row = billing_store.invoice(tx, invoice_id)
         if row is None or (not principal.is_admin and row[0]["tenant_id"] != principal.tenant_id):
             raise NotFound(f"invoice {invoice_id} not found")
         tenant = views.tenant(tx, row[0]["tenant_id"])
+    if as_of_ is not None:
+        with as_of.catalog_as_of(platform, as_of_) as past, past.transaction() as tx:
+            row = billing_store.invoice(tx, invoice_id)
+        if row is None:
+            raise NotFound(f"invoice {invoice_id} was not issued by {format_time(as_of_)}")
     if not _wants_html(request.headers.get("accept", "")):
         return _public(row)
     customer = tenant[1] if tenant is not None else row[0]["tenant_id"]

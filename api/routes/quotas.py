@@ -8,9 +8,11 @@ from decimal import Decimal
 from typing import Annotated
 
 import uuid_utils
+from anyio import from_thread
 from fastapi import APIRouter, Query
 from starlette.concurrency import run_in_threadpool
 
+from api import as_of
 from api.deps import CallerDep, PlatformDep, TenantDep
 from api.problems import Problem
 from commands.errors import NotFound
@@ -28,6 +30,7 @@ from projections.quotas import (
     is_additive,
     period_of,
 )
+from schemas.cloudevents import Rfc3339Time
 from schemas.envelope import Actor, Envelope, encode
 from schemas.ids import canonical_uuid
 from schemas.meters import MeterDefinition
@@ -48,6 +51,7 @@ from stores import slos as slo_store
 from stores import views
 from streams.projectors import CATALOG_APPLIED
 from streams.quota_ledger import ConsumeRequest, QuotaLedger
+from streams.replay import meters_as_of
 
 router = APIRouter(prefix="/v1", tags=["quotas"])
 
@@ -284,9 +288,11 @@ async def list_quotas(
     platform: PlatformDep,
     principal: CallerDep,
     tenant: Annotated[str | None, Query(description="Admin only: whose quotas")] = None,
+    as_of_: Annotated[Rfc3339Time | None, Query(alias="as_of", description=as_of.DESCRIPTION)] = None,
 ) -> QuotaList:
-    """Each quota of the tenant, with its usage in the current period."""
-    return QuotaList(data=await _quotas(platform, _tenant_of(principal, tenant)))
+    """Each quota of the tenant, with its usage in the current period (with `as_of`: in the period
+    holding that instant, as the platform knew both then)."""
+    return QuotaList(data=await _quotas_at(platform, _tenant_of(principal, tenant), as_of_))
 
 
 @router.get("/quotas/{meter}", response_model=QuotaPublic, responses={404: {}, 422: {}})
@@ -295,12 +301,46 @@ async def get_quota(
     platform: PlatformDep,
     principal: CallerDep,
     tenant: Annotated[str | None, Query(description="Admin only: whose quota")] = None,
+    as_of_: Annotated[Rfc3339Time | None, Query(alias="as_of", description=as_of.DESCRIPTION)] = None,
 ) -> QuotaPublic:
-    """One quota of the tenant, with its usage in the current period."""
-    for quota in await _quotas(platform, _tenant_of(principal, tenant)):
+    """One quota of the tenant, with its usage in the current period (or as of an instant)."""
+    for quota in await _quotas_at(platform, _tenant_of(principal, tenant), as_of_):
         if quota.meter == meter:
             return quota
     raise NotFound(f"no quota on meter {meter!r}")
+
+
+async def _quotas_at(platform: Platform, tenant_id: str, moment: datetime | None) -> list[QuotaPublic]:
+    as_of.check(moment)
+    if moment is None:
+        return await _quotas(platform, tenant_id)
+    return await run_in_threadpool(_quotas_as_of, platform, tenant_id, moment)
+
+
+def _quotas_as_of(platform: Platform, tenant_id: str, moment: datetime) -> list[QuotaPublic]:
+    """In a worker thread: the quotas in force at `moment` (plan, overrides) from the catalog as the
+    log held it then, and their usage in the period holding `moment` from the events recorded by then."""
+    with platform.db.transaction() as tx:
+        if views.tenant(tx, tenant_id) is None:
+            raise NotFound(f"tenant {tenant_id} not found")
+    with as_of.catalog_as_of(platform, moment) as past, past.transaction() as tx:
+        definitions = {d.slug: d for d in views.meter_definitions(tx)}
+        quotas = plan_store.quotas_of(tx, tenant_id)
+    counted = [definitions[meter] for meter in quotas if meter in definitions]
+    usage = from_thread.run(meters_as_of, platform.log, counted, tenant_id, moment) if counted else None
+    try:
+        found = []
+        for meter, quota in quotas.items():
+            period = period_of(moment, quota.entitlement.period)
+            used = Decimal(0)
+            if usage is not None and meter in definitions:
+                with usage.transaction() as tx:
+                    used = quota_store.period_total(tx, tenant_id, definitions[meter], period)
+            found.append(_public(meter, quota, period, used))
+        return found
+    finally:
+        if usage is not None:
+            usage.close()
 
 
 @router.get("/notifications", response_model=NotificationList, responses={404: {}, 422: {}})

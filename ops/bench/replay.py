@@ -192,6 +192,7 @@ async def replay_meters(log: KafkaLog, schema: str, batch: int) -> tuple[float, 
             shadow.drop()
     finally:
         live.close()
+        await asyncio.to_thread(drop_schema, schema)  # the (empty) live views the replay was compared with
     return elapsed, int(total)
 
 

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from schemas.envelope import Envelope, encode
 from schemas.meters import MeterDefinition
 from schemas.topics import Topics
+from stores import slos as slo_store
 from stores import views
 from stores.database import Database, PostgresDatabase, SqliteDatabase
 from stores.schema import SCHEMA
@@ -45,7 +46,19 @@ METERS = [
     MeterDefinition(slug="last", event_type="inference", aggregation="LATEST", value_property="$.data.tokens"),
     MeterDefinition(slug="users", event_type="inference", aggregation="UNIQUE_COUNT", value_property="$.data.user"),
 ]
-TABLES = ("meter_windows", "meter_totals", "seen_digests", "dropped_records", "dead_letters", "checkpoints", "meter_offsets")
+# An SLO on the same events: the bulk fold hands it the kept events of its type, as Envelopes.
+SLO = {
+    "event_type": "inference",
+    "sli": "latency",
+    "latency_property": "$.data.tokens",
+    "threshold_ms": 100,
+    "objective": 90,
+    "window": "7d",
+}
+TABLES = (
+    "meter_windows", "meter_totals", "seen_digests", "dropped_records", "dead_letters", "checkpoints", "meter_offsets",
+    "slo_minutes", "slo_offsets", "slo_alerts", "slo_notifications",
+)  # fmt: skip
 
 events = st.lists(
     st.one_of(
@@ -53,12 +66,15 @@ events = st.lists(
             st.sampled_from(["t1", "t2"]),
             st.integers(0, 12),  # source id: repeats are duplicates
             st.integers(0, 180),  # minute of event time: spans hours
-            st.sampled_from(["u1", "u2", ""]),
+            st.sampled_from(["u1", "u2", "", "u\t3", "back\\slash"]),  # texts COPY's text format escapes
             st.decimals(min_value=-1000, max_value=1000, places=2, allow_nan=False)
-            | st.sampled_from([Decimal("1"), Decimal("1.0"), Decimal("1.00"), Decimal(0)]),
-            st.sampled_from(["small", "large", None]),
-            st.sampled_from(["a", "b", "c"]),
+            | st.sampled_from(
+                [Decimal("1"), Decimal("1.0"), Decimal("1.00"), Decimal(0), Decimal("1E+2"), Decimal("-0.000000000000000001")]
+            ),
+            st.sampled_from(["small", "large", None, "new\nline", 'q"uote']),
+            st.sampled_from(["a", "b", "c", "nul\x00"]),  # a NUL: dead-lettered (the views cannot store it)
             st.booleans(),  # written by the code before layout 2 (schemas.envelope's upcaster reads it)
+            st.booleans(),  # with an extension attribute (decoded as an Envelope by the bulk fold too)
         ),
         st.just(None),  # a record that is not an envelope
     ),
@@ -72,13 +88,14 @@ def records(drawn: list[Any]) -> list[LogRecord]:
         if item is None:
             made.append(LogRecord(TOPICS.usage, 0, offset, "x", b"not an envelope"))
             continue
-        tenant, source_id, minute, subject, tokens, model, user, layout_1 = item
+        tenant, source_id, minute, subject, tokens, model, user, layout_1, extended = item
         moment = START + timedelta(minutes=minute, seconds=offset % 60)
         data = {"tokens": str(tokens) if offset % 2 else int(tokens) if tokens == tokens.to_integral() else str(tokens)}
         data |= {"model": model, "user": user}
         envelope = Envelope(
             id=f"id-{offset}", type="inference", tenant_id=tenant, source="gw", source_id=str(source_id),
             event_time=moment, recorded_time=moment, subject=subject or None, data=data,
+            extensions={"region": "eu"} if extended else {},
         )  # fmt: skip
         made.append(LogRecord(TOPICS.usage, 0, offset, tenant, layout_1_value(envelope) if layout_1 else encode(envelope)))
     return made
@@ -128,6 +145,7 @@ def two(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Databa
         with made[-1].transaction() as tx:
             for definition in METERS:
                 views.add_meter_definition(tx, "_platform", definition, f"def-{definition.slug}")
+            slo_store.put(tx, "_platform", "latency", 1, SLO, "2026-11-01T00:00:00Z")
     yield made[0], made[1]
     for db in made:
         db.close()

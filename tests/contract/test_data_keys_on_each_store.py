@@ -149,3 +149,61 @@ def test_an_untrusted_cache_keeps_nothing_and_reads_the_store(store: tuple[dict[
             no_master.protect([chat(2, "carol", "c@x")], may_block=True)
     finally:
         control.close()
+
+
+def test_the_last_event_time_a_retention_sweep_reads(store: tuple[dict[str, str], Database]) -> None:
+    """Persons with a live key and no event since a cutoff, oldest first; a later touch keeps the
+    later time, an erasure forgets the person, another tenant's persons are not listed."""
+    _, db = store
+    key = data_keys.StoredKey("k", MASTER.id, MASTER.wrap(bytes(32)))
+    with db.transaction() as tx:
+        data_keys.create(tx, "t1", {"old": key, "seen": key, "never-touched": key}, "2025-01-01T00:00:00.000000Z")
+        data_keys.create(tx, "t2", {"old": key}, "2025-01-01T00:00:00.000000Z")
+        data_keys.touch(tx, "t1", ["old", "seen"], "2025-02-01T00:00:00.000000Z")
+        data_keys.touch(tx, "t1", ["seen"], "2025-06-01T00:00:00.000000Z")
+        data_keys.touch(tx, "t1", ["seen"], "2025-03-01T00:00:00.000000Z")  # earlier: the later time stays
+    with db.transaction() as tx:
+        idle = data_keys.idle(tx, "t1", "2025-05-01T00:00:00.000000Z", 10)
+        assert [(p.subject, p.last_seen_at) for p in idle] == [
+            ("never-touched", "2025-01-01T00:00:00.000000Z"),  # from its creation
+            ("old", "2025-02-01T00:00:00.000000Z"),
+        ]
+        assert [p.subject for p in data_keys.idle(tx, "t1", "2025-05-01T00:00:00.000000Z", 1)] == ["never-touched"]
+        assert [p.subject for p in data_keys.idle(tx, "t1", "2025-07-01T00:00:00.000000Z", 10)] == [
+            "never-touched",
+            "old",
+            "seen",
+        ]
+        assert data_keys.erase(tx, "t1", "old", "2025-05-02T00:00:00.000000Z") == "k"
+    with db.transaction() as tx:
+        assert [p.subject for p in data_keys.idle(tx, "t1", "2025-07-01T00:00:00.000000Z", 10)] == ["never-touched", "seen"]
+        assert [p.subject for p in data_keys.idle(tx, "t2", "2025-07-01T00:00:00.000000Z", 10)] == ["old"]
+
+
+def test_an_actors_ip_address_and_user_agent_are_sealed_for_its_chain_and_shredded_with_its_key(
+    store: tuple[dict[str, str], Database],
+) -> None:
+    env, db = store
+    control = ControlPlane(env=env)
+    try:
+        personal = PersonalData(MASTER, db, control.recorder, control.mapper.to_domain_event)
+        ip, agent = personal.seal_actor("t1", "k1", "203.0.113.9", "console/1")
+        assert ip["ps"].startswith("ps1_") and "ct" in ip and "ct" not in agent  # one ciphertext, on the first
+        assert "203.0.113.9" not in str((ip, agent)) and "console/1" not in str((ip, agent))
+        assert personal.seal_actor("t1", "k1", None, None) == (None, None)  # nothing to seal
+        only_agent = personal.seal_actor("t1", "k1", None, "cli/2")
+        actors = [
+            {"key_id": "k1", "ip": ip, "user_agent": agent},
+            {"key_id": "k1", "ip": None, "user_agent": only_agent[1]},
+            {"key_id": "k2", "ip": "198.51.100.1", "user_agent": "old/1"},  # recorded before sealing: as it is
+        ]
+        assert personal.open_actors("t1", actors) == [
+            {"ip": "203.0.113.9", "user_agent": "console/1"},
+            {"ip": None, "user_agent": "cli/2"},
+            {"ip": "198.51.100.1", "user_agent": "old/1"},
+        ]
+        assert personal.open_actors("t2", actors[:1]) == [{"ip": None, "user_agent": None}]  # another chain's: no key
+        assert personal.erase("t1", "apikey:k1") is not None
+        assert personal.open_actors("t1", actors)[:2] == [{"ip": None, "user_agent": None}] * 2
+    finally:
+        control.close()

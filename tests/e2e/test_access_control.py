@@ -83,6 +83,8 @@ ROUTES: dict[tuple[str, str], str] = {
     ("POST", "/v1/gdpr/requests"): TENANT_ONLY,
     ("GET", "/v1/gdpr/requests/{request_id}"): TENANT_ONLY,
     ("GET", "/v1/gdpr/requests/{request_id}/export"): TENANT_ONLY,
+    ("PUT", "/v1/gdpr/retention"): TENANT_ONLY,  # the tenant's own period for its own data subjects
+    ("GET", "/v1/gdpr/retention"): TENANT_ONLY,
     # The breach register is the platform's own (Art. 33).
     ("POST", "/v1/gdpr/breaches"): ADMIN_ONLY,
     ("GET", "/v1/gdpr/breaches"): ADMIN_ONLY,
@@ -134,6 +136,8 @@ def request_body(method: str, path: str) -> dict[str, Any]:
         return {"json": {"detected_at": "2026-01-01T00:00:00Z", "scope": "acl"}}
     if (method, path) == ("POST", "/v1/gdpr/requests"):
         return {"json": {"subject": "acl-person", "kind": "access"}}
+    if (method, path) == ("PUT", "/v1/gdpr/retention"):
+        return {"json": {"personal_data_days": 30}}
     if method == "POST" and path.startswith("/v1/invoices/"):
         return {"json": {"reason": "acl"}}
     if method == "POST":

@@ -103,7 +103,8 @@ async def test_each_tenant_has_a_chain_listed_filtered_and_paged(omni: Omni) -> 
     ]
     assert {e["chain"] for e in chain} == {a_id}
     assert [e["prev"] for e in chain[1:]] == [e["hash"] for e in chain[:-1]]
-    assert chain[2]["actor"]["user_agent"] == "auditor/1"
+    assert chain[2]["opened_actor"]["user_agent"] == "auditor/1"  # sealed in the entry, opened for its tenant
+    assert chain[2]["actor"]["user_agent"]["ps"].startswith("ps1_") and "auditor/1" not in str(chain[2]["actor"])
     # Filters and pages.
     assert [e["seq"] for e in (await listed(omni, a_key, outcome="rejected"))["data"]] == [3]
     assert [e["seq"] for e in (await listed(omni, a_key, action="api_key.revoke"))["data"]] == [3, 4]
@@ -183,7 +184,8 @@ async def test_a_rebuild_from_the_audit_topic_gives_the_same_chains(omni: Omni, 
 async def test_one_entry_is_proven_in_a_signed_tree_head_without_the_others(omni: Omni, tmp_path: Path) -> None:
     a_id, a_key, b_id = await some_commands(omni)
     pem = (await omni.client.get("/v1/audit/public-key", headers=omni.auth(a_key))).text
-    chain = (await listed(omni, a_key))["data"]
+    # As hashed: without what the list adds beside each entry (its actor opened).
+    chain = [{k: v for k, v in e.items() if k != "opened_actor"} for e in (await listed(omni, a_key))["data"]]
 
     async def proof(key: str, **params: Any) -> Any:
         return await omni.client.get("/v1/audit/proof", params=params, headers=omni.auth(key))

@@ -12,15 +12,20 @@ import re
 import sqlite3
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 
 from omni.settings import Mode
 from stores import schema
+from streams.replay import Mode as ReplayMode
+from streams.replay import Request
 from tests.conftest import cloud_event
 from tests.e2e.conftest import ADMIN, Omni
+from tests.e2e.test_audit_trail import verified
 
 DATA_CLASS = {"personal": ["$.data.email", "$.data.prompt"]}
 
@@ -146,7 +151,15 @@ async def everywhere(omni: Omni, needles: list[bytes]) -> list[str]:
     return found
 
 
-async def test_personal_data_is_sealed_exported_and_erased_for_good(omni: Omni, caplog: pytest.LogCaptureFixture) -> None:
+async def audited(omni: Omni, key: str) -> list[dict[str, Any]]:
+    response = await omni.client.get("/v1/audit", params={"limit": 500}, headers=omni.auth(key))
+    assert response.status_code == 200, response.text
+    return response.json()["data"]  # type: ignore[no-any-return]
+
+
+async def test_personal_data_is_sealed_exported_and_erased_for_good(
+    omni: Omni, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
     caplog.set_level(logging.DEBUG)
     mark = uuid.uuid4().hex[:10]
     alice_email, alice_prompt = f"alice-{mark}@example.com", f"alice's secret prompt {mark}"
@@ -161,6 +174,16 @@ async def test_personal_data_is_sealed_exported_and_erased_for_good(omni: Omni, 
     assert outside.status_code == 422, outside.text
     tenant_id, key = await omni.tenant("acme")
     _, other_key = await omni.tenant("globex")
+    # The tenant's staff, from an address and a browser of their own: personal data of the audit trail.
+    staff_ip, staff_agent = "203.0.113.77", f"acme-console/{mark}"
+    staff = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=omni.app, client=(staff_ip, 4242)),
+        base_url="http://omni.test",
+        headers={"User-Agent": staff_agent, **omni.auth(key)},
+    )
+    actor_needles = [staff_ip.encode(), staff_agent.encode()]
+    assert (await staff.post(f"/v1/tenants/{tenant_id}/keys", json={"label": "ci"})).status_code == 201
+    assert (await staff.delete("/v1/keys/0000000000000000")).status_code == 404  # a refusal is audited too
     assert (await omni.client.put("/v1/data-classes/chat", json=DATA_CLASS, headers=omni.auth(key))).status_code == 403
     put = await omni.client.put("/v1/data-classes/chat", json=DATA_CLASS, headers=admin)
     assert put.status_code == 201, put.text
@@ -248,7 +271,26 @@ async def test_personal_data_is_sealed_exported_and_erased_for_good(omni: Omni, 
         e["data"]["email"] is None and e["data"]["prompt"] is None for e in emptied["events"]
     )
     assert await meters() == before  # usage stays, unlinked from the person
-    assert await everywhere(omni, needles) == []
+
+    # The staff's IP address and user agent: sealed in the chain, opened for the tenant, until the
+    # actor (its API key, as the data subject `apikey:<key id>`) is erased; the chain still verifies.
+    staff_entries = [e for e in await audited(omni, key) if e["action"] in ("api_key.issue", "api_key.revoke")]
+    assert [e["opened_actor"] for e in staff_entries] == [{"ip": staff_ip, "user_agent": staff_agent}] * 2
+    assert all(e["actor"]["ip"]["ps"].startswith("ps1_") for e in staff_entries)
+    actor_access = await request(omni, key, f"apikey:{key.split('_')[1]}", "access")
+    actor_export = (await omni.client.get(actor_access["export"], headers=omni.auth(key))).json()
+    assert {"ip": staff_ip, "user_agent": staff_agent} in [e["opened_actor"] for e in actor_export["views"]["audit"]]
+    actor = await request(omni, key, f"apikey:{key.split('_')[1]}", "erasure")  # its export goes too
+    assert actor["status"] == "completed" and "erased" in actor["steps"][-1]["step"], actor
+    await staff.aclose()
+    staff_entries = [e for e in await audited(omni, key) if e["action"] in ("api_key.issue", "api_key.revoke")]
+    assert [e["opened_actor"] for e in staff_entries] == [{"ip": None, "user_agent": None}] * 2
+    assert await everywhere(omni, needles + actor_needles) == []  # the person's and the actor's
+    export = await omni.client.get("/v1/audit/export", headers=omni.auth(key))
+    pem = (await omni.client.get("/v1/audit/public-key", headers=omni.auth(key))).text
+    assert export.status_code == 200 and staff_ip.encode() not in export.content
+    code, said = verified(tmp_path, export.content, pem)
+    assert code == 0, said
 
     # A replay of the whole log into empty views resurrects nothing, and the meters are the same.
     with omni.platform.db.transaction() as tx:
@@ -257,10 +299,10 @@ async def test_personal_data_is_sealed_exported_and_erased_for_good(omni: Omni, 
             tx.execute(f"DELETE FROM {table}")
     await omni.settle()
     assert await meters() == before
-    assert await in_views(omni, needles) == []
+    assert await in_views(omni, needles + actor_needles) == []
     await breaches(omni)
     logged = "\n".join(f"{r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
-    assert not [n for n in needles if n.decode() in logged]
+    assert not [n for n in needles + actor_needles if n.decode() in logged]
     assert tenant_id
 
 
@@ -300,6 +342,23 @@ async def breaches(omni: Omni) -> None:
     assert [b["id"] for b in overdue] == [late.json()["id"]]
     assert (await omni.client.get(f"/v1/gdpr/breaches/{uuid.uuid4()}", headers=admin)).status_code == 404
 
+    # The GDPR views rebuild from the log as they are; a swap makes the rebuild live (a row edited
+    # behind the log's back as it was), and the overdue notice, which only the live views had
+    # marked, is neither emitted again nor marked anew.
+    replayer = omni.platform.replays.replayer
+    assert (await replayer.run(Request(("gdpr",), ReplayMode.DIFF))).differences == []
+    with omni.platform.db.transaction() as tx:
+        tx.execute("UPDATE gdpr_breaches SET scope = 'edited' WHERE id = ?", (late.json()["id"],))
+    assert len((await replayer.run(Request(("gdpr",), ReplayMode.DIFF))).differences) == 2
+    assert (await replayer.run(Request(("gdpr",), ReplayMode.SWAP))).swapped
+    for _ in range(2):
+        await omni.settle()
+    assert (await omni.client.get("/v1/gdpr/breaches", headers=admin)).json()["data"] == listed
+    again = []
+    for partition, end in (await omni.platform.log.end_offsets(topic)).items():
+        again += [r for r in await omni.platform.log.read(topic, partition, 0, end) if b"omni.gdpr.breach_overdue" in r.value]
+    assert len(again) == 1
+
 
 def test_kafka_mode_refuses_to_serve_without_a_master_key(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
@@ -315,3 +374,86 @@ def test_kafka_mode_refuses_to_serve_without_a_master_key(tmp_path: Any, monkeyp
     assert bad.exit_code == 2 and "not 32 bytes" in bad.output, bad.output
     printed = runner.invoke(cli.app, ["gdpr-master-key"])
     assert printed.exit_code == 0 and len(base64.b64decode(printed.output.strip())) == 32
+
+
+async def _control_events(omni: Omni, event_type: bytes) -> list[dict[str, Any]]:
+    found = []
+    topic = omni.platform.topics.control
+    for partition, end in (await omni.platform.log.end_offsets(topic)).items():
+        for record in await omni.platform.log.read(topic, partition, 0, end):
+            if event_type in record.value:
+                found.append(orjson.loads(record.value)["data"])
+    return found
+
+
+async def test_retention_shreds_the_keys_of_persons_idle_longer_than_the_period(omni: Omni) -> None:
+    """A tenant's retention period: the sweeper (at an instant the test chooses) erases each person
+    whose last event is older, as an erasure request with the reason `retention`, once; the others
+    keep their keys, and the usage totals stay as they were."""
+    from commands.control_plane import CommandContext
+    from stores import data_keys
+
+    mark = uuid.uuid4().hex[:10]
+    tenant_id, key = await omni.tenant("acme")
+    other_id, other_key = await omni.tenant("globex")
+    auth = omni.auth(key)
+    assert (await omni.client.put("/v1/data-classes/chat", json=DATA_CLASS, headers=omni.auth(ADMIN))).status_code == 201
+    await omni.meter(slug="chat-tokens", event_type="chat", aggregation="SUM", value_property="$.data.tokens")
+    assert (await omni.client.get("/v1/gdpr/retention", headers=auth)).json() == {
+        "personal_data_days": None,
+        "version": 0,
+        "updated_at": None,
+    }
+    assert (await omni.client.put("/v1/gdpr/retention", json={"personal_data_days": 0}, headers=auth)).status_code == 422
+    assert (await omni.client.put("/v1/gdpr/retention", json={"days": 30}, headers=auth)).status_code == 422
+    put = await omni.client.put("/v1/gdpr/retention", json={"personal_data_days": 30}, headers=auth)
+    assert put.status_code == 201 and put.json()["personal_data_days"] == 30 and put.json()["version"] == 1, put.text
+    assert (await omni.client.put("/v1/gdpr/retention", json={"personal_data_days": 30}, headers=auth)).status_code == 200
+    await omni.settle()
+    assert (await omni.client.get("/v1/gdpr/retention", headers=auth)).json()["personal_data_days"] == 30
+    assert (await omni.client.get("/v1/gdpr/retention", headers=omni.auth(other_key))).json()["version"] == 0
+
+    # Two persons seen 40 days ago, one of them again now; the other tenant's idle person has no period.
+    now = datetime.now(UTC)
+    omni.platform.personal.clock = lambda: now - timedelta(days=40)
+
+    def chat(event_id: str, person: str) -> dict[str, Any]:
+        return cloud_event(event_id, type_="chat", subject=person, data={"email": f"{person}-{mark}@example.com", "tokens": 7})
+
+    assert (await omni.send(key, [chat("o1", "old"), chat("o2", "old"), chat("r1", "returning")])).status_code == 202
+    assert (await omni.send(other_key, [chat("g1", "old")])).status_code == 202
+    omni.platform.personal.clock = lambda: now
+    omni.platform.personal.cache.forget([(tenant_id, "returning")])  # as if its cached key had expired
+    assert (await omni.send(key, [chat("r2", "returning")])).status_code == 202
+    await omni.settle()
+    before = (await omni.client.get("/v1/meters/chat-tokens/query", params={"group_by": "subject"}, headers=auth)).text
+
+    assert await omni.platform.retention.sweep_once(now) == 1
+    assert await omni.platform.retention.sweep_once(now) == 0  # swept once: nothing is erased twice
+    await omni.settle()
+    with omni.platform.personal.keys_db.transaction() as tx:
+        assert set(data_keys.live(tx, tenant_id, ["old", "returning"])) == {"returning"}
+        assert set(data_keys.live(tx, other_id, ["old"])) == {"old"}
+    erased = await _control_events(omni, b"omni.gdpr.subject_erased")
+    assert [(e["tenant_id"], e["subject"], e["reason"]) for e in erased] == [(tenant_id, "old", "retention")]
+    audited = (await omni.client.get("/v1/audit", params={"action": "gdpr.erasure.received"}, headers=auth)).json()["data"]
+    assert [a["reason"] for a in audited] == ["retention: no event for 30 days"]
+    request_id = audited[0]["resource"].removeprefix("gdpr/requests/")
+    shown = (await omni.client.get(f"/v1/gdpr/requests/{request_id}", headers=auth)).json()
+    assert shown["subject"] == "old" and shown["kind"] == "erasure" and shown["status"] == "completed", shown
+    assert [s["status"] for s in shown["steps"]] == ["received", "running", "completed"]
+    assert shown["steps"][0]["step"] == "received: retention" and erased[0]["key_id"] in shown["steps"][-1]["step"]
+    sweeper = CommandContext(tenant_id=tenant_id, key_id="retention")
+    again = await omni.platform.run_command(
+        omni.platform.control.receive_retention_erasure, sweeper, tenant_id, "old", erased[0]["key_id"], 30
+    )
+    assert str(again.id) == request_id and again.status == "completed"  # its id is the key's: recorded once
+    after = (await omni.client.get("/v1/meters/chat-tokens/query", params={"group_by": "subject"}, headers=auth)).text
+    assert after == before  # the usage stays, unlinked from the person
+    # Past the period for the returning person too, and for the actors of the tenant's audit trail
+    # (the admin's key and the tenant's, whose IP addresses are sealed there); none for the other tenant.
+    actors = ["apikey:admin", f"apikey:{key.split('_')[1]}"]
+    assert await omni.platform.retention.sweep_once(now + timedelta(days=31)) == 3
+    with omni.platform.personal.keys_db.transaction() as tx:
+        assert data_keys.live(tx, tenant_id, ["returning", *actors]) == {}
+        assert set(data_keys.live(tx, other_id, ["old", "apikey:admin"])) == {"old", "apikey:admin"}

@@ -22,11 +22,14 @@ from typer.testing import CliRunner
 from omni import failpoints
 from omni.bootstrap import build_replayer
 from omni.cli import app
+from projections.invoices import BillingPeriod
 from stores import shadow as shadows
 from stores import views
 from streams.replay import BadReplay, Mode, Request
 from tests.conftest import cloud_event
 from tests.e2e.conftest import ADMIN, Omni, embedded_settings, served
+from tests.e2e.test_invoices import after, close, invoices, use
+from tests.e2e.test_invoices import setup as invoice_setup
 from tests.e2e.test_plans_and_quotas import TOKENS, on_plan, put_plan
 
 TABLES = sorted({t for fold in shadows.FOLDS.values() for t in fold.tables} | {shadows.NOTIFICATIONS, "checkpoints"})
@@ -222,6 +225,71 @@ async def test_a_meter_as_of_an_instant_counts_only_the_events_recorded_by_then(
     for bad in (at(datetime.now(UTC) + timedelta(minutes=5)), "2024-05-01T12:00:00", "yesterday"):
         refused = await omni.client.get("/v1/meters/tokens/query", params={"as_of": bad}, headers=omni.auth(key))
         assert refused.status_code == 422 and refused.headers["content-type"] == "application/problem+json", refused.text
+
+
+async def test_quotas_and_invoices_as_of_an_instant_are_as_the_platform_knew_them(omni: Omni) -> None:
+    """Quotas: the plan, then an override, then more usage; invoices: a close, then a void. Each
+    `as_of` sees what the log had recorded by then, worked out by hand below."""
+    ((tenant_id, key),) = await invoice_setup(omni)
+    await put_plan(omni, "small", {"meter": "tokens", "limit": 1000, "period": "MONTH"}, status=201)
+    before_plan = datetime.now(UTC)
+    await on_plan(omni, tenant_id, "small")
+    await use(omni, key, tokens=300)
+    await omni.settle()
+    first = datetime.now(UTC)
+    override = await omni.client.put(
+        f"/v1/tenants/{tenant_id}/quotas/tokens", json={"limit": 5000, "period": "MONTH"}, headers=omni.auth(ADMIN)
+    )
+    assert override.status_code == 204, override.text
+    await omni.settle()
+    second = datetime.now(UTC)
+    await use(omni, key, tokens=200)
+    await omni.settle()
+
+    def at(moment: datetime) -> str:
+        return moment.isoformat().replace("+00:00", "Z")
+
+    async def quotas(**params: str) -> list[tuple[str, Any, Any, str]]:
+        answer = await omni.client.get("/v1/quotas", params=params, headers=omni.auth(key))
+        assert answer.status_code == 200, answer.text
+        return [(q["meter"], q["limit"], q["used"], q["source"]) for q in answer.json()["data"]]
+
+    assert await quotas(as_of=at(before_plan)) == []  # the tenant's plan (pro) had no entitlement yet
+    assert await quotas(as_of=at(first)) == [("tokens", 1000, 300, "plan")]
+    assert await quotas(as_of=at(second)) == [("tokens", 5000, 300, "override")]
+    assert await quotas() == [("tokens", 5000, 500, "override")]
+    one = await omni.client.get("/v1/quotas/tokens", params={"as_of": at(first)}, headers=omni.auth(key))
+    assert one.status_code == 200 and (one.json()["limit"], one.json()["used"]) == (1000, 300), one.text
+
+    await on_plan(omni, tenant_id, "pro")  # the plan with prices: "small" bills nothing
+    this_month = BillingPeriod.of(datetime.now(UTC))
+    omni.platform.clock = lambda: after(this_month)
+    before_close = datetime.now(UTC)
+    assert (await close(omni, this_month.text)).status_code == 200
+    (invoice,) = await invoices(omni, key)
+    closed = datetime.now(UTC)
+    voided = await omni.client.post(f"/v1/invoices/{invoice['id']}/void", json={"reason": "ops"}, headers=omni.auth(ADMIN))
+    assert voided.status_code == 200, voided.text
+    await omni.settle()
+
+    async def listed(**params: str) -> dict[str, str]:
+        answer = await omni.client.get("/v1/invoices", params=params, headers=omni.auth(key))
+        assert answer.status_code == 200, answer.text
+        return {d["id"]: d["status"] for d in answer.json()["data"]}
+
+    credit_note = voided.json()["credit_note"]["id"]
+    assert await listed(as_of=at(before_close)) == {}
+    assert await listed(as_of=at(closed)) == {invoice["id"]: "finalized"}
+    assert await listed() == await listed(as_of=at(datetime.now(UTC))) == {invoice["id"]: "void", credit_note: "finalized"}
+    then = await omni.client.get(f"/v1/invoices/{invoice['id']}", params={"as_of": at(closed)}, headers=omni.auth(key))
+    assert then.status_code == 200 and then.json() == invoice, then.text
+    unborn = await omni.client.get(f"/v1/invoices/{invoice['id']}", params={"as_of": at(before_close)}, headers=omni.auth(key))
+    assert unborn.status_code == 404, unborn.text
+    for path in ("/v1/quotas", "/v1/quotas/tokens", "/v1/invoices", f"/v1/invoices/{invoice['id']}"):
+        for bad in (at(datetime.now(UTC) + timedelta(minutes=5)), "2024-05-01T12:00:00", "yesterday"):
+            refused = await omni.client.get(path, params={"as_of": bad}, headers=omni.auth(key))
+            assert refused.status_code == 422 and refused.headers["content-type"] == "application/problem+json", refused.text
+    assert shadows_left(omni) == []
 
 
 async def test_replays_as_jobs_diff_swap_and_one_at_a_time_per_projection(omni: Omni) -> None:

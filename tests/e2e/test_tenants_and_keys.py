@@ -123,6 +123,12 @@ async def test_every_command_is_audited_accepted_or_refused(omni: Omni) -> None:
     assert ("tenant.create", "rejected", "_platform") in seen  # the admin sent an invalid body
     revoke = next(e for e in entries if e.data["action"] == "api_key.revoke")
     assert revoke.data["outcome"] == "rejected"
-    assert revoke.data["actor"]["user_agent"] == "auditor/1"
+    assert revoke.data["actor"]["user_agent"]["ps"].startswith("ps1_")  # sealed on the topic
+    raw = [
+        r.value for p in range(omni.platform.topics.partitions(topic)) for r in await omni.platform.log.read(topic, p, 0, 1000)
+    ]
+    assert not [value for value in raw if b"auditor/1" in value]
+    opened = omni.platform.personal.open_actors(tenant_id, [revoke.data["actor"]])
+    assert opened == [{"ip": "127.0.0.1", "user_agent": "auditor/1"}]  # and opens for its tenant
     assert revoke.data["actor"]["key_id"] == key.split("_")[1]
     assert revoke.data["trace_id"]

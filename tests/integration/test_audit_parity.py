@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from commands.control_plane import PLATFORM, CommandContext, ControlPlane
+from commands.control_plane import PLATFORM, CommandContext, audit_entry
 from omni.audit_keys import private_pem
 from schemas.envelope import encode
 from schemas.topics import Topics
@@ -41,7 +41,7 @@ def audit_records() -> list[Outgoing]:
         for t, tenant in enumerate(TENANTS):
             ctx = CommandContext(tenant_id=None, key_id="admin", ip="10.0.0.1", user_agent=f"parity/{n}", trace_id=None)
             outcome = "rejected" if (n + t) % 5 == 0 else "accepted"
-            entry = ControlPlane._audit(ctx, "api_key.issue", f"keys/{t}-{n}", tenant, outcome=outcome)
+            entry = audit_entry(ctx, "api_key.issue", f"keys/{t}-{n}", tenant, outcome=outcome)
             envelope = to_envelope(entry.collect_events()[0])
             records.append(Outgoing(envelope.tenant_id, encode(envelope)))
             if len(records) % 9 == 0:

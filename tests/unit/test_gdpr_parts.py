@@ -4,17 +4,27 @@ pseudonyms, and the meters counting and grouping sealed values by their pseudony
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography.exceptions import InvalidTag
 from pydantic import ValidationError
 
+from commands.gdpr import GdprRequest, retention_request_id
 from omni.personal_data import DataKey, MasterKey, associated_data
 from projections.gdpr import breach_deadline
 from projections.meters import MeterIndex, apply, unique_token
 from schemas.envelope import Envelope
-from schemas.gdpr import DataClassBody, legal_deadline, pseudonym_of
+from schemas.gdpr import (
+    RETENTION,
+    RETENTION_SLACK,
+    DataClassBody,
+    RetentionBody,
+    due_for_shredding,
+    legal_deadline,
+    pseudonym_of,
+    retention_cutoff,
+)
 from schemas.meters import MeterDefinition
 from stores.gdpr import BreachRow
 
@@ -143,3 +153,46 @@ def test_a_breach_is_due_72_hours_after_detection_and_overdue_past_it() -> None:
 
 def vars_of(row: BreachRow) -> list:
     return [getattr(row, name) for name in BreachRow.__dataclass_fields__]
+
+
+def test_retention_shreds_persons_whose_last_event_is_older_than_the_period_and_its_slack() -> None:
+    now = datetime(2026, 3, 31, 12, 0, tzinfo=UTC)
+    cutoff = now - timedelta(days=30) - RETENTION_SLACK
+    assert retention_cutoff(now, 30) == cutoff
+    seen = {
+        "long-gone": cutoff - timedelta(days=400),
+        "just-before": cutoff - timedelta(microseconds=1),
+        "at-the-cutoff": cutoff,  # not strictly before: kept until the next sweep
+        "within-the-slack": now - timedelta(days=30),  # the period passed, but a cached key may be newer
+        "recent": now - timedelta(hours=1),
+        "in-the-future": now + timedelta(minutes=1),
+    }
+    assert due_for_shredding(seen, 30, now) == ["long-gone", "just-before"]  # oldest first
+    assert due_for_shredding(seen, None, now) == []  # no retention: nobody
+    assert due_for_shredding(seen, 1, now + timedelta(days=400)) == sorted(seen, key=seen.__getitem__)
+    same_time = {"b": cutoff - timedelta(days=1), "a": cutoff - timedelta(days=1)}
+    assert due_for_shredding(same_time, 30, now) == ["a", "b"]  # a stable order, whatever the mapping's
+
+
+@pytest.mark.parametrize("body", [{"personal_data_days": 0}, {"personal_data_days": 36_501}, {}, {"days": 3}])
+def test_retention_periods_out_of_range_are_refused(body: dict) -> None:
+    with pytest.raises(ValidationError):
+        RetentionBody.model_validate(body)
+    assert RetentionBody.model_validate({"personal_data_days": None}).personal_data_days is None
+
+
+def test_a_retention_erasure_has_the_id_of_the_key_it_shreds() -> None:
+    first = GdprRequest(tenant_id="t", subject="p", kind="erasure", reason=RETENTION, key_id="k1")
+    again = GdprRequest(tenant_id="t", subject="p", kind="erasure", reason=RETENTION, key_id="k1")
+    assert first.id == again.id == retention_request_id("t", "p", "k1")
+    assert GdprRequest(tenant_id="t", subject="p", kind="erasure", reason=RETENTION, key_id="k2").id != first.id
+    assert GdprRequest(tenant_id="u", subject="p", kind="erasure", reason=RETENTION, key_id="k1").id != first.id
+    asked = [GdprRequest(tenant_id="t", subject="p", kind="erasure") for _ in range(2)]
+    assert asked[0].id != asked[1].id  # a data subject's requests are each new
+
+
+def test_a_key_is_kept_in_memory_for_less_than_the_retention_slack() -> None:
+    """The last event time stored is at most a cached key's age behind the true one (README, "GDPR")."""
+    from omni.personal_data import DataKeyCache
+
+    assert DataKeyCache().max_age < RETENTION_SLACK.total_seconds()
