@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from projections.gdpr import RetentionSet
 from schemas.envelope import Envelope, encode
 from schemas.gdpr import DataClassBody
 from schemas.topics import Topics
@@ -84,11 +85,18 @@ def test_gdpr_events_fold_into_the_gdpr_views(database: Database) -> None:
         control(4, "omni.data_class.defined", {"event_type": "signup", "version": 2, "definition": revised}),
         control(5, "omni.gdpr.breach_notified", {"id": "b-1", "notified_at": "2026-12-02T10:00:00.000000Z"}),
         control(6, "omni.gdpr.breach_notified", {"id": "b-1", "notified_at": "2026-12-03T10:00:00.000000Z"}),  # kept once
+        control(
+            7,
+            "omni.gdpr.retention_set",
+            {"tenant_id": "t-1", "personal_data_days": 30, "version": 1, "at": "2026-12-01T09:00:07.000000Z"},
+            "t-1",
+        ),
     ]
-    assert catalog.process(0, again) == 3
+    assert catalog.process(0, again) == 4
     with database.transaction() as tx:
         assert gdpr_store.data_class(tx, "signup") == DataClassRow(
             "signup", 2, DataClassBody.model_validate(revised), "2026-12-01T09:00:04.000000Z"
         )
         breach = gdpr_store.breach(tx, "b-1")
         assert breach is not None and breach.notified_at == "2026-12-02T10:00:00.000000Z"
+        assert gdpr_store.retention(tx, "t-1") == RetentionSet("t-1", 30, 1, "2026-12-01T09:00:07.000000Z")

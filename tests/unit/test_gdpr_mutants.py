@@ -10,7 +10,15 @@ from typing import Any
 import msgspec
 import pytest
 
-from projections.gdpr import BreachNotified, BreachRecorded, DataClassDefined, RequestStep, breach_deadline, changes
+from projections.gdpr import (
+    BreachNotified,
+    BreachRecorded,
+    DataClassDefined,
+    RequestStep,
+    RetentionSet,
+    breach_deadline,
+    changes,
+)
 from schemas.envelope import Envelope
 
 T0 = datetime(2025, 3, 1, 9, 30, 15, 250_000, tzinfo=UTC)
@@ -59,6 +67,36 @@ def test_a_received_request_is_its_first_step_with_its_subject_and_kind() -> Non
     assert changes(control("omni.gdpr.request_received", data, event_id="ev-1")) == [
         RequestStep("req-1", "tenant-a", "ev-1", "received", "received", "2025-03-01T09:30:14.000001Z", "user-7", "erasure")
     ]
+
+
+def test_a_request_the_retention_sweeper_made_names_its_reason_in_its_first_step() -> None:
+    data = {
+        "id": "req-2",
+        "tenant_id": "tenant-a",
+        "subject": "user-8",
+        "kind": "erasure",
+        "status": "received",
+        "at": "2025-03-01T09:30:14.000001Z",
+        "reason": "retention",
+    }
+    assert changes(control("omni.gdpr.request_received", data, event_id="ev-3")) == [
+        RequestStep(
+            "req-2", "tenant-a", "ev-3", "received", "received: retention", "2025-03-01T09:30:14.000001Z", "user-8", "erasure"
+        )
+    ]
+
+
+@pytest.mark.parametrize(("days", "kept"), [(30, 30), ("400", 400), (None, None)])
+def test_a_retention_period_carries_its_tenant_days_version_and_time(days: Any, kept: int | None) -> None:
+    data = {"tenant_id": "tenant-a", "personal_data_days": days, "version": "2", "at": "2025-03-01T09:30:15.250000Z"}
+    found = changes(control("omni.gdpr.retention_set", data))
+    assert found == [RetentionSet("tenant-a", kept, 2, "2025-03-01T09:30:15.250000Z")]
+    assert type(found[0].version) is int and (kept is None or type(found[0].days) is int)
+
+
+def test_a_retention_period_without_days_is_none() -> None:
+    data = {"tenant_id": "tenant-a", "version": 1, "at": "2025-03-01T09:30:15.250000Z"}
+    assert changes(control("omni.gdpr.retention_set", data)) == [RetentionSet("tenant-a", None, 1, "2025-03-01T09:30:15.250000Z")]
 
 
 def test_an_updated_request_is_a_step_without_subject_or_kind() -> None:
