@@ -78,9 +78,11 @@ def observe(state: BucketState, aggregation: Aggregation, value: Any, at: tuple[
 
 def _plainer(x: Decimal, y: Decimal) -> bool:
     """Of two equal values (1.0 and 1), whether x has the larger exponent (fewer digits after the
-    point). Min and max keep that one of equal values whatever order they meet them in, so a
-    rebuild's chunks, a stream's batches and PostgreSQL's upserts (stores.views) store the same text."""
-    return x.as_tuple().exponent > y.as_tuple().exponent  # type: ignore[operator]
+    point), or of equal exponents, whether x is the unsigned of two zeros (0 and -0, which JSON's
+    -0 and -0.0 give). Min and max keep that one of equal values whatever order they meet them in, so
+    a rebuild's chunks, a stream's batches and PostgreSQL's upserts (stores.views) store the same text."""
+    x_exponent, y_exponent = x.as_tuple().exponent, y.as_tuple().exponent
+    return x_exponent > y_exponent or (x_exponent == y_exponent and y.is_signed() and not x.is_signed())  # type: ignore[operator]
 
 
 def _lower(a: Decimal | None, b: Decimal | None) -> Decimal | None:

@@ -107,3 +107,27 @@ def test_an_event_of_exactly_the_size_limit_is_admitted() -> None:
 def test_a_deep_value_inside_wide_data_is_still_refused(data) -> None:  # type: ignore[no-untyped-def]
     [error] = errors_of([good(data=data)])
     assert error["reasons"] == ["data nests deeper than 32 levels (OMNI_MAX_JSON_DEPTH)"]
+
+
+def test_personal_values_are_sealed_before_encoding_and_only_in_a_batch_admitted_whole() -> None:
+    """`protect` (omni.personal_data's sealing) gets every envelope once, before they are encoded:
+    the log's form holds what it wrote. A batch refused is not sealed at all."""
+    handed: list[list[str]] = []
+
+    def protect(envelopes: list) -> None:  # type: ignore[type-arg]
+        handed.append([e.source_id for e in envelopes])
+        for envelope in envelopes:
+            envelope.data["email"] = "sealed"
+
+    ids = (f"id-{n}" for n in itertools.count())
+    options = {"tenant_id": "t", "actor": KEY_ONLY, "received": RECEIVED, "policy": DEFAULT, "new_id": lambda: next(ids)}
+    admitted = admit_encoded(
+        [good(id="a", data={"email": "a@example.com"}), good(id="b", data={"email": "b@example.com"})], protect=protect, **options
+    )
+    assert handed == [["a", "b"]]
+    assert [e.data for e in admitted.envelopes] == [{"email": "sealed"}, {"email": "sealed"}]
+    assert all(b'"data":{"email":"sealed"}' in value for value in admitted.values)
+    handed.clear()
+    with pytest.raises(Invalid):
+        admit_encoded([good(id="c", data={"email": "c@example.com"}), {"id": "bad"}], protect=protect, **options)
+    assert handed == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -124,5 +125,10 @@ def test_a_kept_checkpoint_is_proven_a_prefix_of_a_later_one() -> None:
         refused(kept5, {**proof, "second": {**later, "extra": 1}})
         == "the second checkpoint does not have exactly the checkpoint's members"
     )
+    # Lengths that are no whole numbers, though the key signed them: refused, not compared.
+    nine = fold({}, [audit_event(n) for n in range(1, 10)], set(), every=0, key=KEY).heads["tenant-a"]
+    for length in ("9", True):
+        odd = checkpoint("tenant-a", dataclasses.replace(nine, length=length), "x", final=True, key=KEY)
+        assert refused(kept5, {**proof, "second": odd}) == "the proof starts from 5 entries, the kept checkpoint has 5"
     assert refused(kept5, {**proof, "consistency_path": "ab"}) == "the consistency path is not a list of hashes"
     assert refused(kept5, {**proof, "consistency_path": ["zz"]}) == "the consistency path holds something that is not a hash"

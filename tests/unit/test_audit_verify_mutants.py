@@ -26,9 +26,10 @@ def rehashed(line: bytes, **members: Any) -> bytes:
     return canonical(entry)
 
 
-def signed(chain: str, length: int, head: str, *, final: bool = False) -> bytes:
-    """A checkpoint the real key signed, of whatever it was given (its tree: chain tenant-a's first `length` entries)."""
-    tree = frontier_of([leaf_of(e) for e in E if e["kind"] == "entry"][:length])
+def signed(chain: str, length: int, head: str, *, final: bool = False, leaves: slice | None = None) -> bytes:
+    """A checkpoint the real key signed, of whatever it was given (its tree: chain tenant-a's first
+    `length` entries, or those `leaves` picks)."""
+    tree = frontier_of([leaf_of(e) for e in E if e["kind"] == "entry"][leaves or slice(length)])
     return canonical(checkpoint(chain, Head(length, head, tree), "2026-11-02T09:30:03.000000Z", final=final, key=KEY))
 
 
@@ -154,6 +155,11 @@ CASES: list[tuple[str, list[bytes], Broken]] = [
             4,
             f"the checkpoint commits to 2 entries ending in {ahead(E[1]['hash'])}..., but 3 precede it: replayed from elsewhere, or entries were changed",
         ),
+    ),
+    (
+        "a checkpoint of the right head over another tree",
+        [*LINES[:3], signed("tenant-a", 3, E[2]["hash"], leaves=slice(1, 4)), *LINES[4:]],
+        Broken(4, "the checkpoint's Merkle tree head is not the one of the entries before it"),
     ),
     (
         "a checkpoint twice",

@@ -76,6 +76,7 @@ def test_a_leaf_outside_the_tree_has_no_proof() -> None:
     with pytest.raises(IndexError, match="leaf 3 is not in a tree of 3"):
         inclusion_path(3, LEAVES[:3])
     assert root_from_path(3, 3, LEAVES[0], []) is None
+    assert root_from_path(1, 1, LEAVES[0], []) is None  # not the head of the tree of that one leaf
     assert root_from_path(-1, 3, LEAVES[0], []) is None
 
 
@@ -108,6 +109,7 @@ def test_every_earlier_tree_is_proven_a_prefix_of_a_later_one(n: int) -> None:
             assert not consistent(m, n, mth(leaves[:m]), mth([*leaves[:-1], b"y" * 32]), path)
             assert not consistent(m, n, mth(leaves[:m]), mth(leaves), [path[0][::-1], *path[1:]])
             assert not consistent(m, n, mth(leaves[:m]), mth(leaves), path[:-1])
+            assert not consistent(m, n, mth(leaves[:m]), mth(leaves), [*path, path[0]])  # a path too long
             assert not consistent(n, m, mth(leaves), mth(leaves[:m]), path)
     assert consistent(0, n, root([]), mth(leaves), [])
     assert not consistent(0, n, mth(leaves), mth(leaves), [])  # the empty tree's head is SHA-256 of nothing

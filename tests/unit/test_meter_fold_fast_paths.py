@@ -242,12 +242,23 @@ def test_observe_is_combining_with_a_one_value_state(aggregation, observations):
 
 
 @pytest.mark.parametrize("aggregation", [Aggregation.MIN, Aggregation.MAX])
-@pytest.mark.parametrize("order", [["1.0", "1", "1.00"], ["1.00", "1.0", "1"], ["1", "1.00", "1.0"]])
-def test_observe_keeps_the_plainest_of_equal_extremes_in_any_order(aggregation, order):
+@pytest.mark.parametrize(
+    ("order", "plainest"),
+    [
+        (["1.0", "1", "1.00"], "1"),
+        (["1.00", "1.0", "1"], "1"),
+        (["1", "1.00", "1.0"], "1"),
+        (["-0", "0"], "0"),  # JSON's -0: of zeros of one exponent, the unsigned
+        (["0", "-0"], "0"),
+        (["-0.0", "0.0", "-0"], "-0"),  # the larger exponent first
+        (["0.0", "-0", "-0.0"], "-0"),
+    ],
+)
+def test_observe_keeps_the_plainest_of_equal_extremes_in_any_order(aggregation, order, plainest):
     state = EMPTY
     for n, text in enumerate(order):
         state = observe(state, aggregation, Decimal(text), (0, n))
-    assert str(state.minimum) == str(state.maximum) == "1"
+    assert str(state.minimum) == str(state.maximum) == plainest
 
 
 @given(st.permutations(["2.50", "2.5", "2.500", "3", "3.0", "-1.0", "-1"]), st.integers(1, 6))
@@ -263,6 +274,18 @@ def test_equal_extremes_combine_to_the_same_text_in_any_order_and_grouping(texts
         states.append(state)
     for state in (combine(states[0], states[1]), combine(states[1], states[0])):
         assert (str(state.minimum), str(state.maximum)) == ("-1", "3")
+
+
+@given(st.permutations(["0", "-0", "0.0", "-0.0"]), st.integers(1, 3))
+def test_zeros_combine_to_the_unsigned_plainest_in_any_order_and_grouping(texts, split):
+    states = []
+    for part in (texts[:split], texts[split:]):
+        state = EMPTY
+        for n, text in enumerate(part):
+            state = observe(state, Aggregation.MAX, Decimal(text), (0, n))
+        states.append(state)
+    for state in (combine(states[0], states[1]), combine(states[1], states[0])):
+        assert (str(state.minimum), str(state.maximum)) == ("0", "0")
 
 
 # --- combine, against its definition as written before its fast path ---------------------------
@@ -283,9 +306,10 @@ def reference_combine(a: BucketState, b: BucketState) -> BucketState:
     return BucketState(
         count=a.count + b.count,
         total=EXACT.add(a.total, b.total),
-        # The smallest (largest) value; of equal ones the plainest text, the largest exponent.
-        minimum=pick(lambda x, y: min(x, y, key=lambda d: (d, -d.as_tuple().exponent)), a.minimum, b.minimum),
-        maximum=pick(lambda x, y: max(x, y, key=lambda d: (d, d.as_tuple().exponent)), a.maximum, b.maximum),
+        # The smallest (largest) value; of equal ones the plainest text, the largest exponent, and
+        # of zeros of one exponent the unsigned.
+        minimum=pick(lambda x, y: min(x, y, key=lambda d: (d, -d.as_tuple().exponent, d.is_signed())), a.minimum, b.minimum),
+        maximum=pick(lambda x, y: max(x, y, key=lambda d: (d, d.as_tuple().exponent, not d.is_signed())), a.maximum, b.maximum),
         latest_at=latest_at,
         latest=latest,
         uniques=a.uniques | b.uniques if b.uniques else a.uniques,

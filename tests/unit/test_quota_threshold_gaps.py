@@ -14,6 +14,7 @@ from decimal import Decimal
 from schemas.envelope import Envelope, encode
 from schemas.plans import Entitlement, Period, PlanBody
 from schemas.slos import SloBody
+from schemas.topics import partition_for
 from stores import quotas as quota_views
 from streams.log import Outgoing
 from tests.unit import test_runner_embedded
@@ -46,13 +47,17 @@ async def test_a_daily_quota_counts_its_own_day_not_the_days_before_it_in_the_mo
     embedded.control.assign_plan(CTX, str(tenant.id), "daily")
     await embedded.relay.relay_once()
     await embedded.runner.drain()
-    # Event time decides the day, whenever the fold runs: two days of one month, 6 calls each.
+    # Event time decides the day, whenever the fold runs: two days of one month, 6 calls each, the
+    # 11th's in two batches (4, then 2), so the second batch's usage before it is the day's 4.
     tenth, eleventh = datetime(2026, 11, 10, 12, tzinfo=UTC), datetime(2026, 11, 11, 12, tzinfo=UTC)
     await calls_at(embedded, str(tenant.id), tenth, 6, first=0)
     await embedded.runner.drain()
-    await calls_at(embedded, str(tenant.id), eleventh, 6, first=6)
+    await calls_at(embedded, str(tenant.id), eleventh, 4, first=6)
     await embedded.runner.drain()
-    # Each day crosses 50 % (6 of 10) and neither reaches 100 %: the 11th starts from 0, not from 6.
+    await calls_at(embedded, str(tenant.id), eleventh, 2, first=10)
+    await embedded.runner.drain()
+    # Each day crosses 50 % (6 of 10) and neither reaches 100 %: the 11th starts from 0, not from 6,
+    # and its second batch from the day's 4, not from 0.
     periods = [period for _, period, _ in notified(embedded, str(tenant.id))]
     assert [threshold for _, _, threshold in notified(embedded, str(tenant.id))] == [50, 50]
     assert len(set(periods)) == 2 and all("2026-11-1" in p for p in periods), periods
@@ -60,9 +65,14 @@ async def test_a_daily_quota_counts_its_own_day_not_the_days_before_it_in_the_mo
 
 async def test_a_quota_on_one_of_two_meters_of_a_type_is_checked_whichever_comes_first(embedded: Embedded) -> None:
     # Two meters of the event type "call"; one tenant has a quota on the first, the other on the
-    # second, so for each tenant one of the two meters has no quota, first or last.
+    # second, so for each tenant one of the two meters has no quota, first or last. The two
+    # tenants' events share a partition, so one batch holds both (a batch of one tenant's checks
+    # only the meters that tenant has quotas on).
     on_calls, _ = embedded.control.create_tenant(CTX, "calls", "free")
+    partitions = embedded.log.topics.partitions(embedded.log.topics.usage)
     on_tokens, _ = embedded.control.create_tenant(CTX, "tokens", "free")
+    while partition_for(str(on_tokens.id), partitions) != partition_for(str(on_calls.id), partitions):
+        on_tokens, _ = embedded.control.create_tenant(CTX, "tokens", "free")
     embedded.control.define_meter(CTX, COUNT)
     embedded.control.define_meter(CTX, TOKENS)
     calls = Entitlement(meter="calls", limit=Decimal(10), period=Period.MONTH, thresholds=[50, 100])

@@ -448,3 +448,70 @@ def consume_of_one_call(tenant: str, idempotency_key: str) -> ConsumeRequest:
         tenant_id=tenant, meter="calls", amount=Decimal(1), idempotency_key=idempotency_key, subject=None,
         entitlement=None, period=period, usage=(usage, encode(usage)), refusal=refusal, keep_until=now + timedelta(days=1),
     )  # fmt: skip
+
+
+def freshness() -> dict[tuple[str, str, str], float]:
+    return {
+        (m.name, s.labels["projector"], s.labels["partition"]): s.value for m in metrics.FRESHNESS.collect() for s in m.samples
+    }
+
+
+async def test_the_views_freshness_and_the_records_produced_per_topic(embedded: Embedded) -> None:
+    """Each fold notes the newest event it folded, per projector and partition; the lag report
+    says how many records wait there, so the lag in seconds is known while some do."""
+    for partition in (0, 1):
+        metrics.FRESHNESS.forget(METERS, partition)
+    usage = embedded.log.topics.usage
+    produced = REGISTRY.get_sample_value("omni_log_records_produced_total", {"topic": usage}) or 0.0
+    await use(embedded, ON_0, 10)  # batches of 7: 3 left after a step
+    assert REGISTRY.get_sample_value("omni_log_records_produced_total", {"topic": usage}) == produced + 10
+    await embedded.runner.step()
+    await embedded.runner.report_lag()
+    found = freshness()
+    assert found[("omni_views_event_time_seconds", METERS, "0")] == (START + timedelta(seconds=6)).timestamp()
+    assert 3000 < found[("omni_views_lag_seconds", METERS, "0")] < 86400  # recorded an hour ago; 3 records wait
+    assert ("omni_views_event_time_seconds", METERS, "1") not in found  # nothing folded there
+    assert found[("omni_views_lag_seconds", METERS, "1")] == 0.0  # nothing waits there
+    await embedded.runner.step()
+    await embedded.runner.report_lag()
+    found = freshness()
+    assert found[("omni_views_event_time_seconds", METERS, "0")] == (START + timedelta(seconds=9)).timestamp()
+    assert found[("omni_views_lag_seconds", METERS, "0")] == 0.0
+
+
+async def test_each_batch_is_a_process_span_of_the_log_system_with_its_write_ended(embedded: Embedded) -> None:
+    """The spans of a fold name the log (embedded here; Kafka's is the projector's default, which
+    replays use), and the `write views` span is ended with the commit."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from api import tracing
+    from streams.projectors import MeterProjector
+
+    assert MeterProjector(embedded.db, embedded.log.topics, keep_seen=timedelta(days=1)).log_system == "kafka"
+    tracing.ensure_provider()
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    try:
+        await use(embedded, ON_0, 2)
+        call = Envelope(
+            id="c-1", type="api_call", tenant_id=ON_0, source="gw", source_id="c-1", event_time=START, recorded_time=START
+        )
+        await embedded.log.append(embedded.log.topics.api_calls, [Outgoing(ON_0, encode(call))])
+        await embedded.runner.step()
+        spans = list(exporter.get_finished_spans())
+    finally:
+        exporter.shutdown()
+    for topic, count in ((embedded.log.topics.usage, 2), (embedded.log.topics.api_calls, 1)):
+        process = [s for s in spans if s.name == f"process {topic}"]
+        assert len(process) == 1 and process[0].attributes is not None
+        assert process[0].attributes["messaging.system"] == "embedded"
+        assert process[0].attributes["messaging.batch.message_count"] == count
+        assert process[0].attributes["messaging.destination.name"] == topic
+        assert process[0].attributes["messaging.destination.partition.id"] == "0"
+        writes = [s for s in spans if s.name == "write views" and s.parent and s.parent.span_id == process[0].context.span_id]
+        assert len(writes) == 1 and writes[0].end_time is not None
