@@ -66,13 +66,22 @@ def _exponent(value: int | Decimal) -> int:
     return 0 if type(value) is int else value.as_tuple().exponent  # type: ignore[union-attr, return-value]
 
 
+def _plainer(value: int | Decimal, known: int | Decimal) -> bool:
+    """Of two equal values, whether `value` has the plainer text (meter_state._plainer): the larger
+    exponent, or of equal exponents the unsigned of two zeros (0 and -0). An int is unsigned."""
+    mine, theirs = _exponent(value), _exponent(known)
+    return mine > theirs or (
+        mine == theirs and type(known) is not int and known.is_signed() and (type(value) is int or not value.is_signed())
+    )
+
+
 def _lower(value: int | Decimal, known: int | Decimal) -> bool:
     """Whether `value` takes the minimum's place: smaller, or equal with the plainer text (meter_state._lower)."""
-    return value < known or (value == known and _exponent(value) > _exponent(known))
+    return value < known or (value == known and _plainer(value, known))
 
 
 def _higher(value: int | Decimal, known: int | Decimal) -> bool:
-    return value > known or (value == known and _exponent(value) > _exponent(known))
+    return value > known or (value == known and _plainer(value, known))
 
 
 def _wire_readers(meter: CompiledMeter) -> tuple[WireReader | None, tuple[WireReader, ...]]:
@@ -240,10 +249,10 @@ class BulkFold:
         total = cell[TOTAL]
         cell[TOTAL] = total + value if type(total) is int and type(value) is int else _exact_add(total, value)
         low = cell[LOW]
-        if value <= low and (value < low or _exponent(value) > _exponent(low)):
+        if value <= low and (value < low or _plainer(value, low)):
             cell[LOW] = value
         high = cell[HIGH]
-        if value >= high and (value > high or _exponent(value) > _exponent(high)):
+        if value >= high and (value > high or _plainer(value, high)):
             cell[HIGH] = value
         at = cell[AT_US]
         if micros > at or (micros == at and offset > cell[AT_OFFSET]):

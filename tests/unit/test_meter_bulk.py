@@ -147,6 +147,22 @@ def test_ties_of_equal_values_keep_the_plainer_text_and_latest_goes_by_offset() 
     assert str(minute["last"].latest) == "8"
 
 
+def test_of_signed_zeros_min_and_max_keep_the_unsigned_in_any_order() -> None:
+    """0 and -0 (and 0.0 and -0.0) are equal: min and max keep the unsigned one of an exponent,
+    as meter_state does, whatever order they come in (a rebuild's order is not the stream's)."""
+    index = MeterIndex(METERS)
+    for values in (["-0", "0"], ["0", "-0"], ["-0.0", "0.0", "-0.0"], [0, "-0", "-0.00"], ["-0", 0]):
+        fold = BulkFold()
+        streaming: dict[Any, BucketState] = {}
+        for offset, value in enumerate(values):
+            raw = envelope_of(("inference", "t1", 0, "u1", value, "small", None, "a", None), offset)
+            apply(streaming, index, decode(raw), offset)
+            fold.add_wire(plan(index), decode_lean(raw), offset)  # type: ignore[arg-type]
+        assert texts_of(fold.states()) == texts_of(streaming), values
+        minute = {key.meter: state for key, state in fold.states().items()}
+        assert not minute["peak"].maximum.is_signed() and not minute["low"].minimum.is_signed(), values
+
+
 def test_totals_of_events_at_one_instant_take_the_latest_offset_across_subjects() -> None:
     """Equal event times in cells of different subjects: their totals' LATEST is the later offset's."""
     index = MeterIndex(METERS)
