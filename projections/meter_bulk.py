@@ -7,7 +7,7 @@ ints stay Python ints (exact, and a few times cheaper than Decimal), and the eve
 read from the wire layout as decoded (schemas.envelope.Wire) without building an Envelope. The
 cells give exactly the states `apply` and `combine` give (`states`, `roll_ups`): the same sums
 (an int sum is the Decimal sum of the same ints, exponent 0), the same minimum and maximum (of
-equal values, the plainer text: an int's exponent is 0, as Decimal(int)'s), the same LATEST (the
+equal values, the plainer text: an int's exponent is 0, as Decimal(int)'s, and of zeros the unsigned), the same LATEST (the
 greatest (event time, offset), the first one met of equal ones, as `observe` and `combine` keep
 the state they had) and the same unique tokens. Property tests hold them to `apply`
 (tests/unit/test_meter_bulk.py) and the rebuild that uses them to the streaming fold
@@ -66,13 +66,25 @@ def _exponent(value: int | Decimal) -> int:
     return 0 if type(value) is int else value.as_tuple().exponent  # type: ignore[union-attr, return-value]
 
 
+def _plainer(value: int | Decimal, known: int | Decimal) -> bool:
+    """meter_state._plainer of two equal values: the larger exponent, or of equal exponents the
+    unsigned of two zeros (an int is unsigned; "-0" and -0.0 give a signed Decimal zero)."""
+    value_exponent, known_exponent = _exponent(value), _exponent(known)
+    return value_exponent > known_exponent or (
+        value_exponent == known_exponent
+        and type(known) is not int
+        and known.is_signed()
+        and not (type(value) is not int and value.is_signed())  # type: ignore[union-attr]
+    )
+
+
 def _lower(value: int | Decimal, known: int | Decimal) -> bool:
     """Whether `value` takes the minimum's place: smaller, or equal with the plainer text (meter_state._lower)."""
-    return value < known or (value == known and _exponent(value) > _exponent(known))
+    return value < known or (value == known and _plainer(value, known))
 
 
 def _higher(value: int | Decimal, known: int | Decimal) -> bool:
-    return value > known or (value == known and _exponent(value) > _exponent(known))
+    return value > known or (value == known and _plainer(value, known))
 
 
 def _wire_readers(meter: CompiledMeter) -> tuple[WireReader | None, tuple[WireReader, ...]]:
@@ -240,10 +252,10 @@ class BulkFold:
         total = cell[TOTAL]
         cell[TOTAL] = total + value if type(total) is int and type(value) is int else _exact_add(total, value)
         low = cell[LOW]
-        if value <= low and (value < low or _exponent(value) > _exponent(low)):
+        if value <= low and (value < low or _plainer(value, low)):
             cell[LOW] = value
         high = cell[HIGH]
-        if value >= high and (value > high or _exponent(value) > _exponent(high)):
+        if value >= high and (value > high or _plainer(value, high)):
             cell[HIGH] = value
         at = cell[AT_US]
         if micros > at or (micros == at and offset > cell[AT_OFFSET]):
