@@ -7,7 +7,7 @@ ints stay Python ints (exact, and a few times cheaper than Decimal), and the eve
 read from the wire layout as decoded (schemas.envelope.Wire) without building an Envelope. The
 cells give exactly the states `apply` and `combine` give (`states`, `roll_ups`): the same sums
 (an int sum is the Decimal sum of the same ints, exponent 0), the same minimum and maximum (of
-equal values, the plainer text: an int's exponent is 0, as Decimal(int)'s), the same LATEST (the
+equal values, the plainer text: an int's exponent is 0, as Decimal(int)'s, and of zeros the unsigned), the same LATEST (the
 greatest (event time, offset), the first one met of equal ones, as `observe` and `combine` keep
 the state they had) and the same unique tokens. Property tests hold them to `apply`
 (tests/unit/test_meter_bulk.py) and the rebuild that uses them to the streaming fold
@@ -67,11 +67,14 @@ def _exponent(value: int | Decimal) -> int:
 
 
 def _plainer(value: int | Decimal, known: int | Decimal) -> bool:
-    """Of two equal values, whether `value` has the plainer text (meter_state._plainer): the larger
-    exponent, or of equal exponents the unsigned of two zeros (0 and -0). An int is unsigned."""
-    mine, theirs = _exponent(value), _exponent(known)
-    return mine > theirs or (
-        mine == theirs and type(known) is not int and known.is_signed() and (type(value) is int or not value.is_signed())
+    """meter_state._plainer of two equal values: the larger exponent, or of equal exponents the
+    unsigned of two zeros (an int is unsigned; "-0" and -0.0 give a signed Decimal zero)."""
+    value_exponent, known_exponent = _exponent(value), _exponent(known)
+    return value_exponent > known_exponent or (
+        value_exponent == known_exponent
+        and type(known) is not int
+        and known.is_signed()
+        and not (type(value) is not int and value.is_signed())  # type: ignore[union-attr]
     )
 
 
