@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from anyio import from_thread
 from fastapi import APIRouter, Query, Request
 
+from api.as_of import DESCRIPTION as AS_OF
+from api.as_of import check as as_of_check
 from api.deps import AdminDep, CallerDep, PlatformDep, TenantDep, command_context
 from api.problems import ExactJSONResponse, Problem
 from api.relaying import run_command
@@ -77,23 +79,16 @@ def query_meter(
     subject: Annotated[
         list[str], Query(description="Only these subjects: repeat it for several (taken whole: a subject may hold a comma)")
     ] = [],  # noqa: B006
-    as_of: Annotated[
-        Rfc3339Time | None,
-        Query(
-            description="Answer as the platform knew it at this instant: only events recorded by then count "
-            "(`to` bounds event time instead). Read from the log, so it takes longer the longer the log"
-        ),
-    ] = None,
+    as_of: Annotated[Rfc3339Time | None, Query(description=f"{AS_OF} (`to` bounds event time instead)")] = None,
 ) -> ExactJSONResponse:
     """The caller's usage on one meter, per window and group."""
-    for name, moment in (("from", from_), ("to", to), ("as_of", as_of)):
+    as_of_check(as_of)
+    for name, moment in (("from", from_), ("to", to)):
         if moment is not None and moment.tzinfo is None:
             raise Problem(422, "Invalid time range", f"`{name}` needs a time zone offset (e.g. Z).", kind="invalid-range")
     start, end = _whole_minute("from", from_), _whole_minute("to", to)
     if start is not None and end is not None and start >= end:
         raise Problem(422, "Invalid time range", "`from` must be before `to`.", kind="invalid-range")
-    if as_of is not None and as_of > datetime.now(UTC):
-        raise Problem(422, "Invalid as_of", "`as_of` is in the future: the platform cannot know it yet.", kind="invalid-as-of")
     groups = _split(group_by)
     with metrics.VIEW_QUERY.labels("meters").time(), platform.db.transaction() as tx:
         definition = views.meter_definition(tx, slug)
