@@ -9,7 +9,7 @@ common case itself: a tenant key and a JSON body that `ConsumeBody` accepts, par
 parses it (`json.loads`, then the model). It calls the route function (`api.routes.quotas.consume`)
 with the arguments FastAPI would pass, writes its answer as FastAPI would (the model's JSON,
 `application/json`), answers what the function raises with the app's own exception handlers,
-and marks the request with the route, so metrics, the `api_call` record and the trace name it
+and marks the request with the route, so metrics, the `api_call` record and the span name it
 as before.
 
 Everything else goes on to FastAPI unchanged, with what was read of the body handed on (and a
@@ -31,11 +31,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.routes import quotas
 from schemas.plans import ConsumeBody
-
-try:  # how FastAPI names the request's span and metrics after its route (private; optional)
-    from fastapi.telemetry._api import _route_selected
-except ImportError:  # pragma: no cover - another FastAPI: the span keeps the name the tracing layer gives it
-    _route_selected = None
 
 
 def _route_of(endpoint: Callable[..., Any]) -> BaseRoute:
@@ -95,9 +90,7 @@ class LeanConsume:
         except ValueError:  # not JSON, or not a consume (pydantic's ValidationError too): FastAPI's refusal
             await self.app(scope, _replay(read, None, receive), send)
             return
-        scope.update(child)  # as the router does: the route, its endpoint and path parameters
-        if _route_selected is not None:
-            _route_selected(scope=scope, path=self.route.path)  # type: ignore[attr-defined]
+        scope.update(child)  # as the router does: the route (which names the span), its endpoint and path parameters
         platform = self.fastapi_app.state.platform
         try:
             result = await quotas.consume(child["path_params"]["meter"], parsed, platform, principal)

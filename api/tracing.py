@@ -1,8 +1,11 @@
 """W3C trace context: every request has a server span, joined to the caller's trace when it sends one.
 
-FastAPI opens that span itself (its native OpenTelemetry support) once an SDK
-tracer provider is set; this middleware then only reads it. Without one (say,
-`FastAPI(telemetry={"tracing": False})`), the middleware opens the span.
+This middleware opens that span (FastAPI's own telemetry is off: its span cost about half again as
+much, for attributes nobody reads until an exporter is set). While nothing receives spans (no
+OTLP endpoint configured, no collector added), the span is a non-recording one: the same ids and
+the same sampling decision as the SDK's default sampler would make (the caller's flags, or sampled
+for a new trace), without building, timing and dropping a span on every request. Once something
+listens (`omni.telemetry.recording()`), it is the SDK's span, with the HTTP attributes.
 
 The span's `traceparent` travels on into the envelopes and audit entries the
 request produces, so a usage event or a command can be followed end to end,
@@ -20,20 +23,26 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.telemetry import TelemetryConfig
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.trace import Span, SpanKind
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, TraceFlags
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from omni import telemetry
 
 tracer = trace.get_tracer("omni.api")
+ids = RandomIdGenerator()
 
-# FastAPI's server span is all we need. Its operation spans (one per dependency, the endpoint and
-# the serialisation) cost about as much as the span itself, several times per request.
-TELEMETRY: TelemetryConfig = {"operation_spans": False}
+# The request's span is TracingMiddleware's; FastAPI's own (and its operation spans, metrics and
+# logs, which Omni does not configure) would only add to every request's cost.
+TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
+# The headers the propagators read (W3C trace context and baggage).
+_PROPAGATED = {b"traceparent": "traceparent", b"tracestate": "tracestate", b"baggage": "baggage"}
 
 
 def ensure_provider() -> None:
@@ -44,9 +53,23 @@ def ensure_provider() -> None:
 @contextmanager
 def send_span(topic: str, system: str) -> Iterator[Span]:
     """The PRODUCER span of a request's records, a child of the request's server span."""
+    if not telemetry.recording():
+        with trace.use_span(_unrecorded_child(trace.get_current_span().get_span_context())) as span:
+            yield span
+        return
     attributes = {"messaging.system": system, "messaging.operation.type": "send", "messaging.destination.name": topic}
     with tracer.start_as_current_span(f"send {topic}", kind=SpanKind.PRODUCER, attributes=attributes) as span:
         yield span
+
+
+def _unrecorded_child(parent: SpanContext) -> NonRecordingSpan:
+    """A span nothing records: a new span id in the parent's trace, with its flags and trace state;
+    with no valid parent, a new trace, sampled (as the SDK's default sampler decides for a root)."""
+    if parent.is_valid:
+        own = SpanContext(parent.trace_id, ids.generate_span_id(), False, parent.trace_flags, parent.trace_state)
+    else:
+        own = SpanContext(ids.generate_trace_id(), ids.generate_span_id(), False, TraceFlags(TraceFlags.SAMPLED))
+    return NonRecordingSpan(own)
 
 
 def traceparent_of(span: Span) -> str | None:
@@ -68,30 +91,39 @@ class TracingMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        current = trace.get_current_span()
-        if current.get_span_context().is_valid:  # FastAPI's own server span
-            await self._within(current, scope, receive, send)
+        carrier = {_PROPAGATED[name]: value.decode("latin-1") for name, value in scope["headers"] if name in _PROPAGATED}
+        parent = propagate.extract(carrier) if carrier else Context()
+        if not telemetry.recording():
+            span = _unrecorded_child(trace.get_current_span(parent).get_span_context())
+            token = otel_context.attach(trace.set_span_in_context(span, parent))
+            try:
+                await self._within(span, scope, receive, send)
+            finally:
+                otel_context.detach(token)
             return
-        request = Request(scope)
-        parent = propagate.extract(dict(request.headers))
-        with tracer.start_as_current_span(f"{request.method} {request.url.path}", context=parent, kind=SpanKind.SERVER) as span:
+        method, path = scope["method"], scope["path"]
+        attributes = {"http.request.method": method, "url.path": path, "url.scheme": scope.get("scheme", "http")}
+        with tracer.start_as_current_span(
+            f"{method} {path}", context=parent, kind=SpanKind.SERVER, attributes=attributes
+        ) as span:
             await self._within(span, scope, receive, send)
-            route = scope.get("route")
+            route = getattr(scope.get("route"), "path", None)
             if route is not None:
-                span.update_name(f"{request.method} {getattr(route, 'path', request.url.path)}")
+                span.set_attribute("http.route", route)
+                span.update_name(f"{method} {route}")
 
     async def _within(self, span: Span, scope: Scope, receive: Receive, send: Send) -> None:
         """Run the request with `span` current: its ids on request.state, its traceparent on the response."""
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier)
-        traceparent = carrier.get("traceparent")
+        traceparent = traceparent_of(span)
         state = scope.setdefault("state", {})
         state["traceparent"] = traceparent
         state["trace_id"] = format(span.get_span_context().trace_id, "032x")
+        recording = span.is_recording()
 
         async def send_traced(message: Message) -> None:
             if message["type"] == "http.response.start":
-                span.set_attribute("http.response.status_code", message["status"])
+                if recording:
+                    span.set_attribute("http.response.status_code", message["status"])
                 if traceparent:
                     MutableHeaders(scope=message).append("traceparent", traceparent)
             await send(message)

@@ -283,8 +283,8 @@ async def test_the_callers_trace_reaches_the_log(omni: Omni) -> None:
 
 
 async def test_one_trace_runs_from_the_request_through_the_log_to_the_views(omni: Omni) -> None:
-    """FastAPI's own server span is the request's span (no second one from our middleware, no
-    operation spans); its child `send` (PRODUCER) is the context the record carries in its
+    """The tracing middleware's server span is the request's span (none from FastAPI's own
+    telemetry, no operation spans); its child `send` (PRODUCER) is the context the record carries in its
     `traceparent` header, through the log (Kafka in Kafka mode); the fold's `process` span
     (CONSUMER) continues it, and `write views` spans the commit: one trace id from the client's
     request to the views. A batch folding records of several traces is a root span linking each."""

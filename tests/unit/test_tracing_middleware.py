@@ -67,3 +67,73 @@ async def test_an_invalid_incoming_traceparent_is_ignored_and_a_new_trace_starte
             version, trace_id, span_id, _ = body["traceparent"].split("-")
             assert version == "00" and trace_id == body["trace_id"] != CALLER
             assert trace_id != "0" * 32 and span_id != "0" * 16
+
+
+async def test_while_nothing_receives_spans_the_request_carries_the_same_trace_context_unrecorded(monkeypatch) -> None:
+    """No exporter and no collector: the server span is a non-recording one, with the ids and the
+    sampling decision the SDK's default sampler would give it (the caller's trace and flags, or a new
+    sampled trace), and a send span inside it is its child in the same trace."""
+    tracing.ensure_provider()
+    monkeypatch.setattr(tracing.telemetry, "recording", lambda: False)
+    app = FastAPI(telemetry=tracing.TELEMETRY)
+    tracing.install(app)
+
+    @app.get("/things")
+    async def things(request: Request) -> dict[str, str | bool | None]:
+        server = trace.get_current_span()
+        with tracing.send_span("usage", "kafka") as send:
+            child = tracing.traceparent_of(send)
+        return {
+            "traceparent": request.state.traceparent,
+            "current": tracing.traceparent_of(server),
+            "child": child,
+            "recording": server.is_recording() or send.is_recording(),
+        }
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        answers = {
+            flags: await client.get("/things", headers={"traceparent": f"00-{CALLER}-00f067aa0ba902b7-{flags}"})
+            for flags in ("01", "00")
+        }
+        root = await client.get("/things")
+    for flags, response in answers.items():
+        body = response.json()
+        version, trace_id, span_id, own_flags = body["traceparent"].split("-")
+        assert (version, trace_id, own_flags) == ("00", CALLER, flags)
+        assert span_id not in ("00f067aa0ba902b7", "0" * 16)
+        assert body["current"] == body["traceparent"] == response.headers["traceparent"]
+        child = body["child"].split("-")
+        assert child[1] == CALLER and child[3] == flags and child[2] not in (span_id, "00f067aa0ba902b7")
+        assert body["recording"] is False
+    body = root.json()
+    _, trace_id, span_id, flags = body["traceparent"].split("-")
+    assert trace_id not in (CALLER, "0" * 32) and span_id != "0" * 16 and flags == "01"
+    assert body["child"].split("-")[1] == trace_id
+
+
+async def test_once_something_receives_spans_the_server_span_is_recorded_with_its_route_and_status() -> None:
+    tracing.ensure_provider()
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app = FastAPI(telemetry=tracing.TELEMETRY)
+    tracing.install(app)
+
+    @app.post("/things/{thing}", status_code=201)
+    async def thing(thing: str) -> dict[str, str]:
+        return {"thing": thing}
+
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            response = await client.post("/things/7", headers={"traceparent": f"00-{CALLER}-00f067aa0ba902b7-01"})
+        spans = [s for s in exporter.get_finished_spans() if format(s.context.trace_id, "032x") == CALLER]
+    finally:
+        exporter.shutdown()
+    assert response.status_code == 201
+    assert [(s.kind, s.name) for s in spans] == [(SpanKind.SERVER, "POST /things/{thing}")]
+    attributes = dict(spans[0].attributes or {})
+    assert attributes["http.route"] == "/things/{thing}"
+    assert attributes["http.request.method"] == "POST" and attributes["url.path"] == "/things/7"
+    assert attributes["http.response.status_code"] == 201
+    assert format(spans[0].parent.span_id, "016x") == "00f067aa0ba902b7"
