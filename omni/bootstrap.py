@@ -341,7 +341,12 @@ def build(settings: Settings) -> Platform:
         from streams.redis_dedupe import RedisDedupedSink
         from streams.redis_quotas import RedisFactLedger, RedisQuotaLedger
 
-        kafka = KafkaLog(settings.kafka_bootstrap_servers, topics, produce_timeout=settings.produce_timeout_seconds)
+        kafka = KafkaLog(
+            settings.kafka_bootstrap_servers,
+            topics,
+            produce_timeout=settings.produce_timeout_seconds,
+            linger_ms=settings.kafka_linger_ms,
+        )
         log_ = kafka
         sink = RedisDedupedSink(
             kafka, settings.redis_url, topics, claim_ttl=settings.dedupe_claim_seconds, keep_for=settings.redis_dedupe_seconds
@@ -418,7 +423,12 @@ def open_log_and_views(settings: Settings) -> tuple[EventLog, Database]:
     else:
         from streams.kafka_log import KafkaLog
 
-        log_ = KafkaLog(settings.kafka_bootstrap_servers, topics, produce_timeout=settings.produce_timeout_seconds)
+        log_ = KafkaLog(
+            settings.kafka_bootstrap_servers,
+            topics,
+            produce_timeout=settings.produce_timeout_seconds,
+            linger_ms=settings.kafka_linger_ms,
+        )
         db = PostgresDatabase(settings.database_url, schema=settings.database_schema)
     db.migrate(schema.SCHEMA)
     return log_, db

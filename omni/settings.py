@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     runner_batch_size: int = Field(default=5000, ge=1)
     fold_linger_seconds: float = Field(default=0.1, ge=0, le=10)
     produce_timeout_seconds: float = Field(default=10.0, gt=0)
+    # How long an appended record may wait for others to share its produce batch (Kafka's linger.ms):
+    # 0 sends at once, and records that come while a request is out batch anyway (streams/kafka_log.py).
+    kafka_linger_ms: int = Field(default=0, ge=0, le=1000)
     meter_api_calls: bool = True
     # A command's answer waits at most this long for the views to hold its changes (read-your-writes).
     read_your_writes_seconds: float = Field(default=5.0, ge=0, le=60)
