@@ -457,3 +457,76 @@ async def test_retention_shreds_the_keys_of_persons_idle_longer_than_the_period(
     with omni.platform.personal.keys_db.transaction() as tx:
         assert data_keys.live(tx, tenant_id, ["returning", *actors]) == {}
         assert set(data_keys.live(tx, other_id, ["old", "apikey:admin"])) == {"old", "apikey:admin"}
+
+
+async def test_the_admin_acts_for_the_platforms_subjects_its_own_actor_and_a_named_tenants(omni: Omni, tmp_path: Path) -> None:
+    """The admin's key is a data subject of `_platform` (`apikey:admin`, the actor of platform-wide
+    commands): the admin exports and erases it like any person's, and the chain still verifies. With
+    `?tenant=`, the admin acts for a tenant's subjects; a tenant key names no other tenant."""
+    mark = uuid.uuid4().hex[:10]
+    admin_ip, admin_agent = "198.51.100.9", f"ops-console/{mark}"
+    operator = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=omni.app, client=(admin_ip, 4243)),
+        base_url="http://omni.test",
+        headers={"User-Agent": admin_agent, **omni.auth(ADMIN)},
+    )
+    tenant_id, key = await omni.tenant("acme")
+    _, other_key = await omni.tenant("globex")
+    assert (await operator.put("/v1/data-classes/chat", json=DATA_CLASS)).status_code == 201  # on `_platform`
+    await omni.settle()
+
+    async def own_entries() -> list[dict[str, Any]]:
+        found = (await operator.get("/v1/audit", params={"action": "data_class.put"})).json()["data"]
+        assert len(found) == 1, found
+        return found
+
+    assert [e["opened_actor"] for e in await own_entries()] == [{"ip": admin_ip, "user_agent": admin_agent}]
+
+    async def made(client: httpx.AsyncClient, subject: str, kind: str, **params: str) -> dict[str, Any]:
+        posted = await client.post("/v1/gdpr/requests", params=params, json={"subject": subject, "kind": kind})
+        assert posted.status_code == 202, posted.text
+        await asyncio.wait_for(omni.platform.gdpr_jobs.wait(), timeout=20)
+        await omni.settle()
+        shown = await client.get(posted.headers["Location"])
+        assert shown.status_code == 200 and shown.json()["status"] == "completed", shown.text
+        return shown.json()  # type: ignore[no-any-return]
+
+    # The platform's subjects, the default: the admin's own actor, exported, then erased.
+    access = await made(operator, "apikey:admin", "access")
+    export = (await operator.get(access["export"])).json()
+    assert export["tenant_id"] == "_platform"
+    assert {"ip": admin_ip, "user_agent": admin_agent} in [e["opened_actor"] for e in export["views"]["audit"]]
+    erasure = await made(operator, "apikey:admin", "erasure", tenant="_platform")
+    assert erasure["steps"][-1]["step"].startswith("data key "), erasure
+    assert (await operator.get(access["export"])).status_code == 410
+    assert [e["opened_actor"] for e in await own_entries()] == [{"ip": None, "user_agent": None}]
+    chain = await operator.get("/v1/audit/export")
+    assert chain.status_code == 200 and admin_ip.encode() not in chain.content
+    code, said = verified(tmp_path, chain.content, (await operator.get("/v1/audit/public-key")).text)
+    assert code == 0, said
+    assert (await omni.client.get(f"/v1/gdpr/requests/{erasure['id']}", headers=omni.auth(key))).status_code == 404
+
+    # A named tenant's subject: the tenant's request, shown to the tenant too; not `_platform`'s.
+    for_tenant = await made(operator, "person-a", "access", tenant=tenant_id)
+    assert for_tenant["export"] == f"/v1/gdpr/requests/{for_tenant['id']}/export?tenant={tenant_id}"
+    assert (await operator.get(for_tenant["export"])).json()["tenant_id"] == tenant_id
+    assert (await omni.client.get(f"/v1/gdpr/requests/{for_tenant['id']}", headers=omni.auth(key))).status_code == 200
+    assert (await operator.get(f"/v1/gdpr/requests/{for_tenant['id']}")).status_code == 404
+    for unknown in (str(uuid.uuid4()), "not-a-tenant"):
+        refused = await operator.post("/v1/gdpr/requests", params={"tenant": unknown}, json={"subject": "x", "kind": "access"})
+        assert refused.status_code == 404, refused.text
+    # A tenant key: its own tenant named or not; another's, or `_platform`, is not found.
+    own = await omni.client.post(
+        "/v1/gdpr/requests", params={"tenant": tenant_id}, json={"subject": "p", "kind": "access"}, headers=omni.auth(key)
+    )
+    assert own.status_code == 202 and own.headers["Location"] == f"/v1/gdpr/requests/{own.json()['id']}", own.text
+    for elsewhere in ("_platform", tenant_id):
+        response = await omni.client.post(
+            "/v1/gdpr/requests",
+            params={"tenant": elsewhere},
+            json={"subject": "p", "kind": "erasure"},
+            headers=omni.auth(other_key),
+        )
+        assert response.status_code == 404, (elsewhere, response.text)
+    await asyncio.wait_for(omni.platform.gdpr_jobs.wait(), timeout=20)
+    await operator.aclose()
