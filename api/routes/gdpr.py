@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import AdminDep, CallerDep, PlatformDep, TenantDep, acting_tenant, command_context
+from api.deps import AdminDep, CallerDep, PlatformDep, acting_tenant, command_context
 from api.problems import Problem
 from api.relaying import run_command
 from commands.control_plane import PLATFORM, Principal
@@ -207,15 +207,20 @@ def get_gdpr_export(request_id: str, platform: PlatformDep, principal: CallerDep
 @router.put(
     "/gdpr/retention",
     response_model=RetentionPublic,
-    responses={201: {"model": RetentionPublic, "description": "Set for the first time"}, 409: {}, 422: {}},
+    responses={201: {"model": RetentionPublic, "description": "Set for the first time"}, 404: {}, 409: {}, 422: {}},
 )
 async def put_retention(
-    body: RetentionBody, request: Request, response: Response, platform: PlatformDep, principal: TenantDep
+    body: RetentionBody,
+    request: Request,
+    response: Response,
+    platform: PlatformDep,
+    principal: CallerDep,
+    tenant: SubjectsOf = None,
 ) -> RetentionPublic:
-    """The caller's retention period for personal data: once a person has had no event for that many
-    days, their data key is shredded, each as an erasure request with the reason `retention` (null:
-    none). 201 the first time, 200 after."""
-    tenant_id = principal.tenant_id or ""
+    """The caller's retention period for personal data (the admin's: `_platform`'s, or `?tenant=`'s):
+    once a person has had no event for that many days, their data key is shredded, each as an erasure
+    request with the reason `retention` (null: none). 201 the first time, 200 after."""
+    tenant_id = await run_in_threadpool(acting_tenant, platform, principal, tenant)
     found, created = await run_command(
         platform, platform.control.put_retention, command_context(request, principal), tenant_id, body
     )
@@ -223,11 +228,13 @@ async def put_retention(
     return RetentionPublic(personal_data_days=found.days, version=found.revision, updated_at=format_time(found.modified_on))
 
 
-@router.get("/gdpr/retention", response_model=RetentionPublic)
-def get_retention(platform: PlatformDep, principal: TenantDep) -> RetentionPublic:
-    """The caller's retention period for personal data (null days and version 0: never set)."""
+@router.get("/gdpr/retention", response_model=RetentionPublic, responses={404: {}})
+def get_retention(platform: PlatformDep, principal: CallerDep, tenant: SubjectsOf = None) -> RetentionPublic:
+    """The caller's retention period for personal data (the admin's: `?tenant=`'s, default `_platform`'s;
+    null days and version 0: never set)."""
+    tenant_id = acting_tenant(platform, principal, tenant)
     with platform.db.transaction() as tx:
-        row = gdpr_store.retention(tx, principal.tenant_id or "")
+        row = gdpr_store.retention(tx, tenant_id)
     if row is None:
         return RetentionPublic(personal_data_days=None, version=0, updated_at=None)
     return RetentionPublic(personal_data_days=row.days, version=row.version, updated_at=row.at)

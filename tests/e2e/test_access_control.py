@@ -84,8 +84,8 @@ ROUTES: dict[tuple[str, str], str] = {
     ("POST", "/v1/gdpr/requests"): EITHER,
     ("GET", "/v1/gdpr/requests/{request_id}"): EITHER,
     ("GET", "/v1/gdpr/requests/{request_id}/export"): EITHER,
-    ("PUT", "/v1/gdpr/retention"): TENANT_ONLY,  # the tenant's own period for its own data subjects
-    ("GET", "/v1/gdpr/retention"): TENANT_ONLY,
+    ("PUT", "/v1/gdpr/retention"): EITHER,  # a tenant's own period; the admin's `_platform`'s, or `?tenant=`'s
+    ("GET", "/v1/gdpr/retention"): EITHER,
     # The breach register is the platform's own (Art. 33).
     ("POST", "/v1/gdpr/breaches"): ADMIN_ONLY,
     ("GET", "/v1/gdpr/breaches"): ADMIN_ONLY,

@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 from omni.settings import Mode
-from stores import schema
+from stores import data_keys, schema
 from streams.replay import Mode as ReplayMode
 from streams.replay import Request
 from tests.conftest import cloud_event
@@ -529,4 +529,15 @@ async def test_the_admin_acts_for_the_platforms_subjects_its_own_actor_and_a_nam
         )
         assert response.status_code == 404, (elsewhere, response.text)
     await asyncio.wait_for(omni.platform.gdpr_jobs.wait(), timeout=20)
+
+    # A retention period for the platform's subjects: the admin's actor, idle past it, is shredded.
+    assert (await operator.put("/v1/gdpr/retention", json={"personal_data_days": 30})).status_code == 201
+    assert (await omni.client.get("/v1/gdpr/retention", headers=omni.auth(key))).json()["version"] == 0
+    assert (await operator.get("/v1/gdpr/retention", params={"tenant": tenant_id})).json()["version"] == 0
+    await omni.settle()
+    assert (await operator.get("/v1/gdpr/retention")).json()["personal_data_days"] == 30
+    assert await omni.platform.retention.sweep_once(datetime.now(UTC) + timedelta(days=31)) == 1
+    with omni.platform.personal.keys_db.transaction() as tx:
+        assert data_keys.live(tx, "_platform", ["apikey:admin"]) == {}
+        assert set(data_keys.live(tx, tenant_id, ["apikey:admin"])) == {"apikey:admin"}  # acme has no period
     await operator.aclose()
