@@ -148,7 +148,7 @@ class GdprJobs:
             await platform.run_command(step, ctx, request, RequestStatus.RUNNING, begun)
             match RequestKind(request.kind):
                 case RequestKind.ERASURE:
-                    await self._erase(ctx, request)
+                    await self._erase(ctx, request, resumed)
                 case RequestKind.ACCESS | RequestKind.PORTABILITY:
                     events = await self._export(request)
                     done = f"export ready: {events} events; GET /v1/gdpr/requests/{request.id}/export"
@@ -167,7 +167,7 @@ class GdprJobs:
             except Exception:
                 log.exception("GDPR request %s: could not record its failure", request.id)
 
-    async def _erase(self, ctx: CommandContext, request: GdprRequest) -> None:
+    async def _erase(self, ctx: CommandContext, request: GdprRequest, resumed: bool) -> None:
         platform = self.platform
         key_id = await asyncio.to_thread(platform.personal.erase, request.tenant_id, request.subject)
 
@@ -180,7 +180,10 @@ class GdprJobs:
             done = f"nothing to erase: no live data key (erased before, or never seen); {exports} exports deleted"
         else:
             done = f"data key {key_id} erased; {exports} exports deleted"
-        record = functools.partial(platform.control.advance_gdpr_request, erased_key=key_id, erased=key_id is not None)
+        # Resumed, `SubjectErased` is recorded even with no key left: the stopped process may have
+        # deleted it without recording that, and every process must forget the key it keeps in memory.
+        erased = key_id is not None or resumed
+        record = functools.partial(platform.control.advance_gdpr_request, erased_key=key_id, erased=erased)
         await platform.run_command(record, ctx, request, RequestStatus.COMPLETED, done)
 
     async def _export(self, request: GdprRequest) -> int:

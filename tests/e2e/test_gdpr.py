@@ -19,6 +19,7 @@ import httpx
 import orjson
 import pytest
 
+from omni.bootstrap import Platform
 from omni.settings import Mode
 from stores import data_keys, schema
 from streams.replay import Mode as ReplayMode
@@ -376,11 +377,11 @@ def test_kafka_mode_refuses_to_serve_without_a_master_key(tmp_path: Any, monkeyp
     assert printed.exit_code == 0 and len(base64.b64decode(printed.output.strip())) == 32
 
 
-async def _control_events(omni: Omni, event_type: bytes) -> list[dict[str, Any]]:
+async def control_events(platform: Platform, event_type: bytes) -> list[dict[str, Any]]:
     found = []
-    topic = omni.platform.topics.control
-    for partition, end in (await omni.platform.log.end_offsets(topic)).items():
-        for record in await omni.platform.log.read(topic, partition, 0, end):
+    topic = platform.topics.control
+    for partition, end in (await platform.log.end_offsets(topic)).items():
+        for record in await platform.log.read(topic, partition, 0, end):
             if event_type in record.value:
                 found.append(orjson.loads(record.value)["data"])
     return found
@@ -434,7 +435,7 @@ async def test_retention_shreds_the_keys_of_persons_idle_longer_than_the_period(
     with omni.platform.personal.keys_db.transaction() as tx:
         assert set(data_keys.live(tx, tenant_id, ["old", "returning"])) == {"returning"}
         assert set(data_keys.live(tx, other_id, ["old"])) == {"old"}
-    erased = await _control_events(omni, b"omni.gdpr.subject_erased")
+    erased = await control_events(omni.platform, b"omni.gdpr.subject_erased")
     assert [(e["tenant_id"], e["subject"], e["reason"]) for e in erased] == [(tenant_id, "old", "retention")]
     audited = (await omni.client.get("/v1/audit", params={"action": "gdpr.erasure.received"}, headers=auth)).json()["data"]
     assert [a["reason"] for a in audited] == ["retention: no event for 30 days"]

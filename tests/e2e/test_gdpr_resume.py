@@ -21,6 +21,7 @@ from omni.settings import Mode, Settings
 from schemas.gdpr import RequestKind, RequestStatus
 from stores.database import PostgresDatabase
 from tests.e2e.conftest import ADMIN, drop_kafka_state, embedded_settings, kafka_settings, services_or_skip
+from tests.e2e.test_gdpr import control_events
 
 
 @pytest.fixture(params=["embedded", "kafka"])
@@ -92,6 +93,10 @@ async def test_requests_left_unfinished_by_a_stopped_process_are_run_after_a_res
         resumed_erasure = await ended(client, key, str(erasure.id))
         assert [s["status"] for s in resumed_erasure["steps"]] == ["received", "running", "running", "completed"]
         assert "nothing to erase" in resumed_erasure["steps"][-1]["step"], resumed_erasure
+        # Resumed, an erasure says the key is gone even when it found none: the stopped process may
+        # have deleted it without saying so, and every process forgets the key it keeps in memory.
+        erased = await control_events(platform, b"omni.gdpr.subject_erased")
+        assert [(e["id"], e["subject"], e["key_id"]) for e in erased] == [(str(erasure.id), "person-b", None)]
         untouched = await ended(client, key, str(done.id))
         assert [s["status"] for s in untouched["steps"]] == ["received", "completed"], untouched
         assert await platform.gdpr_jobs.resume_once() == 0  # ended ones are not run again
