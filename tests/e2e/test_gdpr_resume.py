@@ -100,6 +100,12 @@ async def test_requests_left_unfinished_by_a_stopped_process_are_run_after_a_res
         untouched = await ended(client, key, str(done.id))
         assert [s["status"] for s in untouched["steps"]] == ["received", "completed"], untouched
         assert await platform.gdpr_jobs.resume_once() == 0  # ended ones are not run again
+        # Each resumed step is audited, in the tenant's chain, with the platform's job runner as actor.
+        deadline = time.monotonic() + 30
+        while not (audited := await audit(client, key, "gdpr.access.completed")):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        assert [(e["resource"], e["actor"]["key_id"]) for e in audited] == [(f"gdpr/requests/{access.id}", "gdpr-jobs")]
 
         # A request whose job another process holds (its claim) is left to that job.
         late = await platform.run_command(platform.control.receive_gdpr_request, ctx, tenant_id, "person-d", RequestKind.ERASURE)
@@ -116,6 +122,12 @@ async def test_requests_left_unfinished_by_a_stopped_process_are_run_after_a_res
             if other is not None:
                 other.close()
         assert (await ended(client, key, str(late.id)))["status"] == "completed"
+
+
+async def audit(client: httpx.AsyncClient, key: str, action: str) -> list[dict[str, Any]]:
+    listed = await client.get("/v1/audit", params={"action": action}, headers={"Authorization": f"Bearer {key}"})
+    assert listed.status_code == 200, listed.text
+    return listed.json()["data"]  # type: ignore[no-any-return]
 
 
 async def folded(client: httpx.AsyncClient, key: str, request_id: str, timeout: float = 30) -> None:
