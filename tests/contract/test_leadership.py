@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from stores.database import PostgresDatabase, SqliteDatabase
@@ -45,6 +50,43 @@ def test_a_claim_is_held_by_one_job_at_a_time_and_lost_with_its_process(pg_schem
         for claims, db in ((first, first_db), (second, second_db), (other, other_db)):
             claims.close()
             db.close()
+
+
+def test_a_claim_is_freed_when_its_process_is_killed(pg_schema: str) -> None:
+    """SIGKILL, as a power cut: no release runs, the server drops the session and its locks."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, DATABASE_URL, pg_schema],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    db = PostgresDatabase(DATABASE_URL, schema=pg_schema)
+    claims = db.claims()
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == b"claimed"
+        assert claims.claim("gdpr-request:1") is False
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        deadline = time.monotonic() + 10
+        while not claims.claim("gdpr-request:1"):
+            assert time.monotonic() < deadline, "the killed process's claim was never freed"
+            time.sleep(0.02)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+        claims.close()
+        db.close()
+
+
+HOLDER = """
+import sys, time
+from stores.database import PostgresDatabase
+claims = PostgresDatabase(sys.argv[1], schema=sys.argv[2]).claims()
+assert claims.claim("gdpr-request:1")
+print("claimed", flush=True)
+time.sleep(60)
+"""
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_claim_in_the_one_embedded_process(tmp_path: Path) -> None:
