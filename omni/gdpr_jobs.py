@@ -33,6 +33,7 @@ from eventsourcing.persistence import IntegrityError
 from commands.control_plane import ACTOR_PREFIX, CommandContext
 from commands.errors import NotFound
 from commands.gdpr import GdprRequest
+from omni import failpoints
 from schemas.envelope import NewerSchema, decode, format_time
 from schemas.gdpr import RequestKind, RequestStatus
 from schemas.topics import partition_for
@@ -146,6 +147,7 @@ class GdprJobs:
         begun = f"{request.kind} resumed: the process that ran it had stopped" if resumed else f"{request.kind} started"
         try:
             await platform.run_command(step, ctx, request, RequestStatus.RUNNING, begun)
+            failpoints.hit(failpoints.GDPR_AFTER_RUNNING)
             match RequestKind(request.kind):
                 case RequestKind.ERASURE:
                     await self._erase(ctx, request, resumed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -16,11 +17,13 @@ import pytest
 
 from api.app import create_app
 from commands.control_plane import CommandContext
+from omni import failpoints
 from omni.bootstrap import Platform, build
 from omni.settings import Mode, Settings
 from schemas.gdpr import RequestKind, RequestStatus
 from stores.database import PostgresDatabase
 from tests.e2e.conftest import ADMIN, drop_kafka_state, embedded_settings, kafka_settings, services_or_skip
+from tests.e2e.test_crash_points import ArmedServer, created_tenant
 from tests.e2e.test_gdpr import control_events
 
 
@@ -136,3 +139,31 @@ async def folded(client: httpx.AsyncClient, key: str, request_id: str, timeout: 
     while (await client.get(f"/v1/gdpr/requests/{request_id}", headers={"Authorization": f"Bearer {key}"})).status_code != 200:
         assert time.monotonic() < deadline
         await asyncio.sleep(0.05)
+
+
+def test_omni_serve_killed_while_a_request_runs_finishes_it_after_its_restart(tmp_path: Path) -> None:
+    """`omni serve` (embedded) SIGKILLed right after recording an access request's `running`: the
+    restarted process runs it to its end, and the export is there."""
+    server = ArmedServer(tmp_path / "data", f"{failpoints.GDPR_AFTER_RUNNING}=kill")
+    server.start()
+    try:
+        key = {"Authorization": f"Bearer {created_tenant(server)['api_key']}"}
+        with contextlib.suppress(httpx.TransportError):  # answered 202, unless the kill came first
+            httpx.post(server.url + "/v1/gdpr/requests", json={"subject": "person-a", "kind": "access"}, headers=key)
+        assert server.process is not None and server.process.wait(timeout=30) == -signal.SIGKILL
+        server.kills += 1
+        server.start()
+        deadline = time.monotonic() + 30
+        while True:  # the request, as the audit trail (folded from the log) names it, run to its end
+            entries = httpx.get(server.url + "/v1/audit", params={"action": "gdpr.access.received"}, headers=key).json()
+            shown = [httpx.get(server.url + "/v1/" + e["resource"], headers=key).json() for e in entries["data"]]
+            if shown and shown[0]["status"] == "completed":
+                break
+            assert time.monotonic() < deadline, shown
+            time.sleep(0.05)
+        steps = shown[0]["steps"]
+        assert [(s["status"], s["step"]) for s in steps[:2]] == [("received", "received"), ("running", "access started")]
+        assert [s["status"] for s in steps[2:]] == ["running", "completed"] and "resumed" in steps[2]["step"], steps
+        assert httpx.get(server.url + shown[0]["export"], headers=key).json()["subject"] == "person-a"
+    finally:
+        server.stop()
