@@ -8,8 +8,11 @@ from fastapi import Depends, Request
 
 from api.edge import authenticate
 from api.problems import Problem
-from commands.control_plane import CommandContext, Principal
+from commands.control_plane import PLATFORM, CommandContext, Principal
+from commands.errors import NotFound
 from omni.bootstrap import Platform
+from schemas.ids import canonical_uuid
+from stores import views
 
 
 async def get_platform(request: Request) -> Platform:
@@ -62,3 +65,22 @@ def command_context(request: Request, principal: Principal) -> CommandContext:
         user_agent=request.headers.get("user-agent"),
         trace_id=trace_id(request),
     )
+
+
+def acting_tenant(platform: Platform, principal: Principal, tenant: str | None) -> str:
+    """Whose data a call is about: a tenant key's own tenant (naming another in `?tenant=`: 404); the
+    admin's `_platform` (the platform-wide actions), or the existing tenant `?tenant=` names.
+    Reads the views when the admin names a tenant (blocking: call it from a worker thread)."""
+    if not principal.is_admin:
+        if tenant is not None and canonical_uuid(tenant) != principal.tenant_id:
+            raise NotFound(f"tenant {tenant} not found")
+        return principal.tenant_id or ""
+    if tenant is None or tenant == PLATFORM:
+        return PLATFORM
+    canonical = canonical_uuid(tenant)
+    if canonical is None:
+        raise NotFound(f"tenant {tenant} not found")
+    with platform.db.transaction() as tx:
+        if views.tenant(tx, canonical) is None:
+            raise NotFound(f"tenant {tenant} not found")
+    return canonical

@@ -183,6 +183,7 @@ class Platform:
         self._tasks.append(asyncio.create_task(self.relay.run(self._stop), name="outbox-relay"))
         self._tasks.append(asyncio.create_task(self.notices.run(self._stop), name="notices-relay"))
         self._tasks.append(asyncio.create_task(self.retention.run(self._stop), name="gdpr-retention"))
+        self._tasks.append(asyncio.create_task(self.gdpr_jobs.keep_resuming(self._stop), name="gdpr-resume"))
         self.start_auto_close()
         self.start_stripe_sync()
         if self.settings.mode is Mode.EMBEDDED:
@@ -301,6 +302,7 @@ class Platform:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(task, timeout=5)
         self._tasks.clear()
+        self.gdpr_jobs.claims.close()
         if self.quotas is not None:
             await self.quotas.close()
         await self.log.close()

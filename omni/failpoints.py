@@ -44,6 +44,8 @@ NOTICES_AFTER_RECORD = "notices.after_record"
 # Audit entries linked into their chains and the audit checkpoint written, not committed: nothing
 # stays, and the batch is linked again after the restart, to the same hashes.
 AUDIT_BEFORE_COMMIT = "audit.before_commit"
+# A GDPR request's `running` recorded, its work not done: after the restart, the resumer runs it to its end.
+GDPR_AFTER_RUNNING = "gdpr.after_running"
 
 POINTS = (
     METERS_BEFORE_COMMIT,
@@ -58,6 +60,7 @@ POINTS = (
     QUOTA_AFTER_APPEND,
     NOTICES_AFTER_RECORD,
     AUDIT_BEFORE_COMMIT,
+    GDPR_AFTER_RUNNING,
 )
 ENVIRONMENT = "OMNI_FAILPOINTS"
 

@@ -9,6 +9,14 @@ Access and portability: every usage event on the log about the person (its subje
 its data class names), opened, and every view row about them, in one JSON document kept for the
 request (stores.gdpr.gdpr_exports) until the person is erased. It reads the tenant's partition of
 the usage topic from its start: its cost follows the tenant's history.
+
+Exactly once in effect: a job runs only under a claim on its request (stores.database.Claims: a
+PostgreSQL advisory lock held by the process, or a name in the one embedded process), so no two
+processes run one request at the same time; under the claim the request is read again from the
+event store and run only if it has not ended. A process that stops leaves its requests `received` or
+`running`; one process at a time (a leadership, as the retention sweeper has) looks for such
+requests when it starts and every minute, and runs each to its end. Each kind may run again: an
+erased key is erased again as a no-op, an export is rebuilt whole.
 """
 
 from __future__ import annotations
@@ -20,21 +28,29 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from eventsourcing.persistence import IntegrityError
 
 from commands.control_plane import ACTOR_PREFIX, CommandContext
+from commands.errors import NotFound
 from commands.gdpr import GdprRequest
+from omni import failpoints
 from schemas.envelope import NewerSchema, decode, format_time
 from schemas.gdpr import RequestKind, RequestStatus
 from schemas.topics import partition_for
 from stores import audit as audit_store
 from stores import gdpr as gdpr_store
-from stores.database import Tx
+from stores.database import StoreUnavailable, Tx
+from streams.pausing import pause
 
 if TYPE_CHECKING:
     from omni.bootstrap import Platform
 
 log = logging.getLogger(__name__)
 READ_PAGE = 5000
+LEADER = "gdpr-jobs"
+RESUME_EVERY_SECONDS = 60.0
+RESUMER = "gdpr-jobs"  # the audit entries' actor of a resumed job's steps: the platform itself
+ENDED = frozenset({RequestStatus.COMPLETED.value, RequestStatus.FAILED.value})
 
 
 def _audit_entries_of(tx: Tx, chain: str, key_id: str) -> list[dict[str, Any]]:
@@ -52,26 +68,89 @@ def _audit_entries_of(tx: Tx, chain: str, key_id: str) -> list[dict[str, Any]]:
 class GdprJobs:
     def __init__(self, platform: Platform) -> None:
         self.platform = platform
+        self.claims = platform.db.claims()
         self._running: set[asyncio.Task[None]] = set()
 
     def start(self, ctx: CommandContext, request: GdprRequest) -> None:
-        task = asyncio.create_task(self.run(ctx, request), name=f"gdpr-{request.id}")
+        """Run a request just received, in the background of this process (if nobody claimed it first)."""
+        task = asyncio.create_task(self._start(ctx, request), name=f"gdpr-{request.id}")
         self._running.add(task)
         task.add_done_callback(self._running.discard)
+
+    async def _start(self, ctx: CommandContext, request: GdprRequest) -> None:
+        await self.run_claimed(ctx, request.tenant_id, str(request.id))
 
     async def wait(self) -> None:
         """Every job started so far has ended (tests, shutdown)."""
         while self._running:
             await asyncio.gather(*list(self._running), return_exceptions=True)
 
-    async def run(self, ctx: CommandContext, request: GdprRequest) -> None:
+    async def run_claimed(
+        self, ctx: CommandContext, tenant_id: str, request_id: str, *, resumed: bool = False, again_if_failed: bool = False
+    ) -> bool:
+        """Run the request to its end under its claim; False when another job holds the claim, or the
+        request has ended (`again_if_failed`: a failed one runs again)."""
+        platform = self.platform
+        name = f"gdpr-request:{request_id}"
+        if not await asyncio.to_thread(self.claims.claim, name):
+            return False
+        try:
+            try:  # read again under the claim: a job that ended before it was taken has recorded its end
+                request = await asyncio.to_thread(platform.control.get_gdpr_request, tenant_id, request_id)
+            except NotFound:
+                return False
+            ended = ENDED - {RequestStatus.FAILED.value} if again_if_failed else ENDED
+            if request.status in ended:
+                return False
+            await self.run(ctx, request, resumed=resumed)
+            return True
+        finally:
+            await asyncio.to_thread(self.claims.release, name)
+
+    async def resume_once(self) -> int:
+        """Run every request that a stopped process left unfinished; how many ran."""
+        platform = self.platform
+
+        def unfinished() -> list[tuple[str, str]]:
+            with platform.db.transaction() as tx:
+                return gdpr_store.unfinished_requests(tx)
+
+        resumed = 0
+        for tenant_id, request_id in await asyncio.to_thread(unfinished):
+            ctx = CommandContext(tenant_id=tenant_id, key_id=RESUMER)
+            if await self.run_claimed(ctx, tenant_id, request_id, resumed=True):
+                resumed += 1
+        return resumed
+
+    async def keep_resuming(self, stop: asyncio.Event) -> None:
+        """While this process leads: resume unfinished requests at once, then every minute."""
+        leadership = self.platform.db.leadership(LEADER)
+        try:
+            while not stop.is_set():
+                try:
+                    if await asyncio.to_thread(leadership.hold):
+                        resumed = await self.resume_once()
+                        if resumed:
+                            log.info("GDPR: %d requests left unfinished by a stopped process were run", resumed)
+                except StoreUnavailable as outage:
+                    log.warning("GDPR job resumer waiting: %s", outage)
+                except Exception:
+                    log.exception("GDPR job resumer failed; retrying")
+                await pause(stop, RESUME_EVERY_SECONDS)
+        finally:
+            leadership.release()
+
+    async def run(self, ctx: CommandContext, request: GdprRequest, *, resumed: bool = False) -> None:
+        """The job's steps (call it under the request's claim: `run_claimed`)."""
         platform = self.platform
         step = platform.control.advance_gdpr_request
+        begun = f"{request.kind} resumed: the process that ran it had stopped" if resumed else f"{request.kind} started"
         try:
-            await platform.run_command(step, ctx, request, RequestStatus.RUNNING, f"{request.kind} started")
+            await platform.run_command(step, ctx, request, RequestStatus.RUNNING, begun)
+            failpoints.hit(failpoints.GDPR_AFTER_RUNNING)
             match RequestKind(request.kind):
                 case RequestKind.ERASURE:
-                    await self._erase(ctx, request)
+                    await self._erase(ctx, request, resumed)
                 case RequestKind.ACCESS | RequestKind.PORTABILITY:
                     events = await self._export(request)
                     done = f"export ready: {events} events; GET /v1/gdpr/requests/{request.id}/export"
@@ -79,6 +158,9 @@ class GdprJobs:
                 case RequestKind.RECTIFICATION:
                     done = "recorded: the tenant corrects the data by sending corrected events, sealed like the first"
                     await platform.run_command(step, ctx, request, RequestStatus.COMPLETED, done)
+        except IntegrityError:
+            # Another job recorded a step first (its claim was lost with its connection): it goes on.
+            log.warning("GDPR request %s: a step was recorded by another job; this one stops", request.id)
         except Exception as failure:
             # The reason names the failure's kind only: its text could quote personal data.
             log.exception("GDPR request %s failed", request.id)
@@ -87,7 +169,7 @@ class GdprJobs:
             except Exception:
                 log.exception("GDPR request %s: could not record its failure", request.id)
 
-    async def _erase(self, ctx: CommandContext, request: GdprRequest) -> None:
+    async def _erase(self, ctx: CommandContext, request: GdprRequest, resumed: bool) -> None:
         platform = self.platform
         key_id = await asyncio.to_thread(platform.personal.erase, request.tenant_id, request.subject)
 
@@ -100,7 +182,10 @@ class GdprJobs:
             done = f"nothing to erase: no live data key (erased before, or never seen); {exports} exports deleted"
         else:
             done = f"data key {key_id} erased; {exports} exports deleted"
-        record = functools.partial(platform.control.advance_gdpr_request, erased_key=key_id, erased=key_id is not None)
+        # Resumed, `SubjectErased` is recorded even with no key left: the stopped process may have
+        # deleted it without recording that, and every process must forget the key it keeps in memory.
+        erased = key_id is not None or resumed
+        record = functools.partial(platform.control.advance_gdpr_request, erased_key=key_id, erased=erased)
         await platform.run_command(record, ctx, request, RequestStatus.COMPLETED, done)
 
     async def _export(self, request: GdprRequest) -> int:

@@ -71,8 +71,9 @@ class RetentionSweeper:
         )
         if request.status == RequestStatus.COMPLETED.value:
             return  # recorded and run before: its key is erased since
-        # New, or left unfinished by a process that stopped, or failed: (again) as a request is run.
-        await platform.gdpr_jobs.run(ctx, request)
+        # New, or left unfinished by a process that stopped, or failed: (again) as a request is run,
+        # under its claim (a job that runs it now, such as the resumer's, is left to end it).
+        await platform.gdpr_jobs.run_claimed(ctx, tenant_id, str(request.id), again_if_failed=True)
 
     async def run(self, stop: asyncio.Event) -> None:
         leadership = self.platform.db.leadership(LEADER)

@@ -10,6 +10,7 @@ digest (stores.views.seen_digest), which PostgreSQL computes with built-ins.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import sqlite3
 import threading
@@ -55,6 +56,9 @@ class Database(Protocol):
 
     def leadership(self, name: str) -> Leadership:
         """Who among many processes does a singleton job (the outbox relay)."""
+
+    def claims(self) -> Claims:
+        """This process's claims on named pieces of work (a GDPR request's job), exclusive across processes."""
 
     def transaction(self) -> Any:
         """A context manager giving a Tx; commits on success, rolls back on error."""
@@ -113,6 +117,92 @@ class _AdvisoryLock:
             self._conn = None
 
 
+class Claims(Protocol):
+    def claim(self, name: str) -> bool:
+        """True when this process now holds `name` and nobody else did (in this process or another)."""
+
+    def release(self, name: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _LocalClaims:
+    """SQLite lives in one process: a claim is a name in a set."""
+
+    def __init__(self) -> None:
+        self._held: set[str] = set()
+        self._lock = threading.Lock()
+
+    def claim(self, name: str) -> bool:
+        with self._lock:
+            if name in self._held:
+                return False
+            self._held.add(name)
+            return True
+
+    def release(self, name: str) -> None:
+        with self._lock:
+            self._held.discard(name)
+
+    def close(self) -> None:
+        with self._lock:
+            self._held.clear()
+
+
+class _AdvisoryClaims(_LocalClaims):
+    """PostgreSQL session advisory locks, all on one connection of this process: a process that dies
+    loses its connection and so its claims. The set stays in front, because a session may take its
+    own advisory lock twice."""
+
+    def __init__(self, url: str, scope: str) -> None:
+        super().__init__()
+        self.url = url
+        self.scope = scope
+        self._conn: psycopg.Connection[Any] | None = None
+        self._db_lock = threading.Lock()
+
+    def _key(self, name: str) -> int:
+        return int.from_bytes(hashlib.sha256(f"{self.scope}:{name}".encode()).digest()[:8], "big", signed=True)
+
+    def claim(self, name: str) -> bool:
+        if not super().claim(name):
+            return False
+        try:
+            with self._db_lock:
+                if self._conn is None:
+                    self._conn = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
+                row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (self._key(name),)).fetchone()
+        except psycopg.Error:
+            self._drop()
+            row = None
+        if row and row[0]:
+            return True
+        super().release(name)
+        return False
+
+    def release(self, name: str) -> None:
+        try:
+            with self._db_lock:
+                if self._conn is not None:
+                    self._conn.execute("SELECT pg_advisory_unlock(%s)", (self._key(name),))
+        except psycopg.Error:
+            self._drop()  # the session is gone, and every lock it held with it
+        super().release(name)
+
+    def _drop(self) -> None:
+        with self._db_lock:
+            if self._conn is not None:
+                try:
+                    self._conn.close()
+                except psycopg.Error:
+                    pass
+                self._conn = None
+
+    def close(self) -> None:
+        self._drop()
+        super().close()
+
+
 class _SqliteTx:
     dialect = "sqlite"
 
@@ -167,6 +257,9 @@ class SqliteDatabase:
 
     def leadership(self, name: str) -> Leadership:
         return _Sole()
+
+    def claims(self) -> Claims:
+        return _LocalClaims()
 
     def close(self) -> None:
         with self._lock:
@@ -254,6 +347,9 @@ class PostgresDatabase:
 
     def leadership(self, name: str) -> Leadership:
         return _AdvisoryLock(self.url, f"{self.schema}:{name}")
+
+    def claims(self) -> Claims:
+        return _AdvisoryClaims(self.url, self.schema)
 
     @property
     def pool(self) -> ConnectionPool:

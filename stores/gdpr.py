@@ -103,6 +103,16 @@ def request(tx: Tx, tenant_id: str, request_id: str) -> RequestRow | None:
     return RequestRow(*found, steps=[(s, st, at) for s, st, at in steps])
 
 
+def unfinished_requests(tx: Tx) -> list[tuple[str, str]]:
+    """(tenant id, request id) of every request with no `completed` or `failed` step, oldest first:
+    what a process that stopped left to do (or what runs now). Reads every request once."""
+    rows = tx.execute(
+        "SELECT r.tenant_id, r.id FROM gdpr_requests r WHERE NOT EXISTS (SELECT 1 FROM gdpr_steps s "
+        "WHERE s.request_id = r.id AND s.status IN ('completed', 'failed')) ORDER BY r.received_at, r.id"
+    )
+    return [(str(t), str(i)) for t, i in rows]
+
+
 def requests_of_subject(tx: Tx, tenant_id: str, subject: str) -> list[dict[str, Any]]:
     rows = tx.execute(
         "SELECT id, kind, received_at FROM gdpr_requests WHERE tenant_id=? AND subject=? ORDER BY received_at",

@@ -91,10 +91,17 @@ def answer_counted(events: list[tuple[int, Envelope]], tenant: str, meter: Meter
     return sorted(rows, key=lambda row: (row[0], row[2] or "", row[3]))
 
 
+def _plain(value: Any) -> Any:
+    """A personal value sealed at admission reads as its pseudonym (README "What is sealed")."""
+    if isinstance(value, dict) and value.get("omni_sealed") == 1:
+        return value.get("ps")
+    return value
+
+
 def _value(meter: MeterDefinition, event: Envelope) -> Any:
     if meter.aggregation is Aggregation.COUNT:
         return 1
-    raw = lookup(document(event), path_parts(meter.value_property or "$"))
+    raw = _plain(lookup(document(event), path_parts(meter.value_property or "$")))
     if meter.aggregation is Aggregation.UNIQUE_COUNT:
         return reference_token(raw)
     return reference_numeric(raw)
@@ -104,7 +111,7 @@ def _groups(meter: MeterDefinition, event: Envelope, wanted: Sequence[str]) -> s
     """The requested group values as canonical JSON (a container as null, a long text as its digest)."""
     shown = {}
     for name in sorted(wanted):
-        value = lookup(document(event), path_parts(meter.group_by[name])) if name in meter.group_by else None
+        value = _plain(lookup(document(event), path_parts(meter.group_by[name]))) if name in meter.group_by else None
         if isinstance(value, (dict, list)):
             value = None
         elif isinstance(value, str) and len(value) > LONGEST_KEPT:
@@ -230,3 +237,61 @@ def _json_equal(found: Any, want: Any) -> bool:
     if isinstance(found, bool) or isinstance(want, bool):
         return found is want
     return not isinstance(found, (dict, list)) and bool(found == want)
+
+
+@dataclass(frozen=True)
+class Gdpr:
+    """The GDPR control state, as README "GDPR" says the views hold it."""
+
+    data_classes: dict[str, tuple[int, dict[str, Any]]]  # event type -> (newest version, its definition)
+    requests: dict[str, tuple[str, str, str, str]]  # id -> (tenant, subject, kind, status: its last step's)
+    unfinished: list[str]  # ids of the requests with no completed or failed step (the resumer's), in receipt order
+    breaches: dict[str, tuple[str, str, bool]]  # id -> (detected at, deadline: 72 hours on, notified)
+    overdue: set[str]  # past the deadline at `now` and not notified
+    retention: dict[str, tuple[int | None, int]]  # tenant -> (days, version)
+
+
+def gdpr_state(control: Iterable[Envelope], now: datetime) -> Gdpr:
+    """The GDPR state a control topic's events give, in log order, at `now`."""
+    classes: dict[str, tuple[int, dict[str, Any]]] = {}
+    requests: dict[str, list[str]] = {}  # id -> [tenant, subject, kind, status]
+    received: list[str] = []
+    ended: set[str] = set()
+    breaches: dict[str, tuple[str, str, bool]] = {}
+    retention: dict[str, tuple[int | None, int]] = {}
+    for event in control:
+        data: dict[str, Any] = event.data
+        match event.type:
+            case "omni.data_class.defined":
+                if data["event_type"] not in classes or classes[data["event_type"]][0] < data["version"]:
+                    classes[data["event_type"]] = (data["version"], data["definition"])
+            case "omni.gdpr.request_received":
+                requests[data["id"]] = [data["tenant_id"], data["subject"], data["kind"], "received"]
+                received.append(data["id"])
+            case "omni.gdpr.request_updated":
+                requests[data["id"]][3] = data["status"]
+                if data["status"] in ("completed", "failed"):
+                    ended.add(data["id"])
+            case "omni.gdpr.breach_recorded":
+                detected = datetime.fromisoformat(data["detected_at"])
+                breaches[data["id"]] = (data["detected_at"], _rfc3339(detected + timedelta(hours=72)), False)
+            case "omni.gdpr.breach_notified":
+                detected_at, deadline, _ = breaches[data["id"]]
+                breaches[data["id"]] = (detected_at, deadline, True)
+            case "omni.gdpr.retention_set":
+                if data["tenant_id"] not in retention or retention[data["tenant_id"]][1] < data["version"]:
+                    retention[data["tenant_id"]] = (data["personal_data_days"], data["version"])
+    return Gdpr(
+        data_classes=classes,
+        requests={i: (t, s, k, status) for i, (t, s, k, status) in requests.items()},
+        unfinished=[i for i in received if i not in ended],
+        breaches=breaches,
+        overdue={
+            i for i, (_, deadline, notified) in breaches.items() if not notified and datetime.fromisoformat(deadline) <= now
+        },
+        retention=retention,
+    )
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -11,9 +11,8 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import CallerDep, PlatformDep
+from api.deps import CallerDep, PlatformDep, acting_tenant
 from api.problems import Problem
-from commands.control_plane import PLATFORM, Principal
 from commands.errors import NotFound
 from omni.audit_keys import public_pem
 from omni.bootstrap import Platform
@@ -22,9 +21,7 @@ from projections.audit_proof import prove, prove_consistency
 from schemas.audit import AuditConsistency, AuditList, AuditProof
 from schemas.cloudevents import Rfc3339Time
 from schemas.envelope import format_time
-from schemas.ids import canonical_uuid
 from stores import audit as audit_store
-from stores import views
 
 router = APIRouter(prefix="/v1", tags=["audit"])
 
@@ -44,23 +41,6 @@ def _key(platform: Platform) -> Ed25519PrivateKey:
     return platform.runner.audit.key
 
 
-def _chain_of(platform: Platform, principal: Principal, tenant: str | None) -> str:
-    """The caller's own chain; the admin's, `_platform` or the tenant named by `?tenant=`."""
-    if not principal.is_admin:
-        if tenant is not None and canonical_uuid(tenant) != principal.tenant_id:
-            raise NotFound(f"tenant {tenant} not found")
-        return principal.tenant_id or ""
-    if tenant is None or tenant == PLATFORM:
-        return PLATFORM
-    canonical = canonical_uuid(tenant)
-    if canonical is None:
-        raise NotFound(f"tenant {tenant} not found")
-    with platform.db.transaction() as tx:
-        if views.tenant(tx, canonical) is None:
-            raise NotFound(f"tenant {tenant} not found")
-    return canonical
-
-
 @router.get("/audit", response_model=AuditList, responses={404: {}, 422: {}})
 def list_audit(
     platform: PlatformDep,
@@ -76,7 +56,7 @@ def list_audit(
 ) -> AuditList:
     """The commands of the caller's chain, accepted or refused, in chain order, as hashed; beside
     each, its actor's IP address and user agent opened (`opened_actor`, not hashed)."""
-    chain = _chain_of(platform, principal, tenant)
+    chain = acting_tenant(platform, principal, tenant)
     filters = audit_store.Filters(
         start_us=None if from_ is None else audit_store.micros(from_),
         end_us=None if to is None else audit_store.micros(to),
@@ -107,7 +87,7 @@ def list_audit(
 )
 async def export_audit(platform: PlatformDep, principal: CallerDep, tenant: TenantQuery = None) -> StreamingResponse:
     """The caller's chain, whole, for offline verification: as it stood when the export began."""
-    chain = await run_in_threadpool(_chain_of, platform, principal, tenant)
+    chain = await run_in_threadpool(acting_tenant, platform, principal, tenant)
     key = _key(platform)
 
     def snapshot() -> tuple[Head, dict[int, str]]:
@@ -146,7 +126,7 @@ def audit_proof(
 ) -> AuditProof:
     """An inclusion proof of one entry of the caller's chain, in the Merkle tree head of a signed
     checkpoint: the entry and log2(n) hashes, none of the chain's other entries."""
-    chain = _chain_of(platform, principal, tenant)
+    chain = acting_tenant(platform, principal, tenant)
     with platform.db.transaction() as tx:
         head = audit_store.heads(tx, [chain]).get(chain, EMPTY)
         body = audit_store.entry(tx, chain, seq)
@@ -180,7 +160,7 @@ def audit_consistency(
 ) -> AuditConsistency:
     """A consistency proof: the chain's first `first` entries are a prefix of a later checkpoint's,
     so the chain only grew since a checkpoint you kept (compare it with `omni audit verify-consistency`)."""
-    chain = _chain_of(platform, principal, tenant)
+    chain = acting_tenant(platform, principal, tenant)
     with platform.db.transaction() as tx:
         head = audit_store.heads(tx, [chain]).get(chain, EMPTY)
         if second is None:

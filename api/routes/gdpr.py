@@ -7,10 +7,12 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
 
-from api.deps import AdminDep, CallerDep, PlatformDep, TenantDep, command_context
+from api.deps import AdminDep, CallerDep, PlatformDep, acting_tenant, command_context
 from api.problems import Problem
 from api.relaying import run_command
+from commands.control_plane import PLATFORM, Principal
 from commands.errors import NotFound
 from projections.gdpr import breach_deadline
 from schemas.envelope import format_time
@@ -38,6 +40,14 @@ router = APIRouter(prefix="/v1", tags=["gdpr"])
 
 EVENT_TYPE = re.compile(EVENT_TYPE_PATTERN)
 EXPORTING = {RequestKind.ACCESS.value, RequestKind.PORTABILITY.value}
+SubjectsOf = Annotated[
+    str | None,
+    Query(
+        description="Admin only: whose data subjects: a tenant id, or `_platform`, the default: the platform's own, "
+        "such as the admin's key as the actor of platform-wide commands (`apikey:admin`). A tenant key acts for its own "
+        "subjects only (another tenant's id: 404)."
+    ),
+]
 
 
 @router.put(
@@ -91,7 +101,13 @@ def get_data_class(event_type: str, platform: PlatformDep, principal: CallerDep)
     return DataClassPublic(event_type=row.event_type, version=row.version, updated_at=row.updated_at, definition=row.definition)
 
 
-def _public(row: gdpr_store.RequestRow) -> GdprRequestPublic:
+def _link(principal: Principal, request_id: str, tenant_id: str, tail: str = "") -> str:
+    """Where the request is, for this caller: the admin names the tenant unless it is `_platform`."""
+    named = principal.is_admin and tenant_id != PLATFORM
+    return f"/v1/gdpr/requests/{request_id}{tail}" + (f"?tenant={tenant_id}" if named else "")
+
+
+def _public(row: gdpr_store.RequestRow, principal: Principal) -> GdprRequestPublic:
     received = datetime.fromisoformat(row.received_at)
     done = row.status == RequestStatus.COMPLETED.value and row.kind in EXPORTING
     return GdprRequestPublic(
@@ -102,32 +118,39 @@ def _public(row: gdpr_store.RequestRow) -> GdprRequestPublic:
         received_at=row.received_at,
         deadline=format_time(legal_deadline(received)),
         steps=[GdprStep(status=RequestStatus(status), step=step, at=at) for status, step, at in row.steps],
-        export=f"/v1/gdpr/requests/{row.id}/export" if done else None,
+        export=_link(principal, row.id, row.tenant_id, "/export") if done else None,
     )
 
 
-def _row(platform: PlatformDep, principal: TenantDep, request_id: str) -> gdpr_store.RequestRow:
+def _row(platform: PlatformDep, principal: Principal, tenant: str | None, request_id: str) -> gdpr_store.RequestRow:
+    tenant_id = acting_tenant(platform, principal, tenant)
     canonical = canonical_uuid(request_id)
     row = None
     if canonical is not None:
         with platform.db.transaction() as tx:
-            row = gdpr_store.request(tx, principal.tenant_id or "", canonical)
+            row = gdpr_store.request(tx, tenant_id, canonical)
     if row is None:
         raise NotFound(f"request {request_id} not found")
     return row
 
 
-@router.post("/gdpr/requests", status_code=202, response_model=GdprRequestPublic, responses={422: {}})
+@router.post("/gdpr/requests", status_code=202, response_model=GdprRequestPublic, responses={404: {}, 422: {}})
 async def create_gdpr_request(
-    body: GdprRequestBody, request: Request, response: Response, platform: PlatformDep, principal: TenantDep
+    body: GdprRequestBody,
+    request: Request,
+    response: Response,
+    platform: PlatformDep,
+    principal: CallerDep,
+    tenant: SubjectsOf = None,
 ) -> GdprRequestPublic:
-    """A data subject's request (Art. 15-17, 20), about one of the caller's own subjects: recorded
-    (202) and run in the background; its status and steps at `GET /v1/gdpr/requests/{id}`."""
+    """A data subject's request (Art. 15-17, 20), about one of the caller's own subjects (the admin's:
+    the platform's, or a tenant's named by `?tenant=`): recorded (202) and run in the background; its
+    status and steps at `Location`."""
+    tenant_id = await run_in_threadpool(acting_tenant, platform, principal, tenant)
     ctx = command_context(request, principal)
-    tenant_id = principal.tenant_id or ""
     received = await run_command(platform, platform.control.receive_gdpr_request, ctx, tenant_id, body.subject, body.kind)
     platform.gdpr_jobs.start(ctx, received)
-    response.headers["Location"] = f"/v1/gdpr/requests/{received.id}"
+    response.headers["Location"] = _link(principal, str(received.id), tenant_id)
     at = received.created_on
     return GdprRequestPublic(
         id=str(received.id),
@@ -141,19 +164,22 @@ async def create_gdpr_request(
 
 
 @router.get("/gdpr/requests/{request_id}", response_model=GdprRequestPublic, responses={404: {}})
-def get_gdpr_request(request_id: str, platform: PlatformDep, principal: TenantDep) -> GdprRequestPublic:
-    """A request of the caller's: its status, each step with its time, and its legal deadline."""
-    return _public(_row(platform, principal, request_id))
+def get_gdpr_request(
+    request_id: str, platform: PlatformDep, principal: CallerDep, tenant: SubjectsOf = None
+) -> GdprRequestPublic:
+    """A request of the caller's (the admin's: of `?tenant=`): its status, each step with its time,
+    and its legal deadline."""
+    return _public(_row(platform, principal, tenant, request_id), principal)
 
 
 @router.get(
     "/gdpr/requests/{request_id}/export",
     responses={200: {"content": {"application/json": {}}, "description": "The export"}, 404: {}, 409: {}, 410: {}},
 )
-def get_gdpr_export(request_id: str, platform: PlatformDep, principal: TenantDep) -> Response:
+def get_gdpr_export(request_id: str, platform: PlatformDep, principal: CallerDep, tenant: SubjectsOf = None) -> Response:
     """An access or portability request's export, once completed: every event and view row about the
     person, opened (JSON)."""
-    row = _row(platform, principal, request_id)
+    row = _row(platform, principal, tenant, request_id)
     if row.kind not in EXPORTING:
         raise Problem(
             409,
@@ -181,15 +207,20 @@ def get_gdpr_export(request_id: str, platform: PlatformDep, principal: TenantDep
 @router.put(
     "/gdpr/retention",
     response_model=RetentionPublic,
-    responses={201: {"model": RetentionPublic, "description": "Set for the first time"}, 409: {}, 422: {}},
+    responses={201: {"model": RetentionPublic, "description": "Set for the first time"}, 404: {}, 409: {}, 422: {}},
 )
 async def put_retention(
-    body: RetentionBody, request: Request, response: Response, platform: PlatformDep, principal: TenantDep
+    body: RetentionBody,
+    request: Request,
+    response: Response,
+    platform: PlatformDep,
+    principal: CallerDep,
+    tenant: SubjectsOf = None,
 ) -> RetentionPublic:
-    """The caller's retention period for personal data: once a person has had no event for that many
-    days, their data key is shredded, each as an erasure request with the reason `retention` (null:
-    none). 201 the first time, 200 after."""
-    tenant_id = principal.tenant_id or ""
+    """The caller's retention period for personal data (the admin's: `_platform`'s, or `?tenant=`'s):
+    once a person has had no event for that many days, their data key is shredded, each as an erasure
+    request with the reason `retention` (null: none). 201 the first time, 200 after."""
+    tenant_id = await run_in_threadpool(acting_tenant, platform, principal, tenant)
     found, created = await run_command(
         platform, platform.control.put_retention, command_context(request, principal), tenant_id, body
     )
@@ -197,11 +228,13 @@ async def put_retention(
     return RetentionPublic(personal_data_days=found.days, version=found.revision, updated_at=format_time(found.modified_on))
 
 
-@router.get("/gdpr/retention", response_model=RetentionPublic)
-def get_retention(platform: PlatformDep, principal: TenantDep) -> RetentionPublic:
-    """The caller's retention period for personal data (null days and version 0: never set)."""
+@router.get("/gdpr/retention", response_model=RetentionPublic, responses={404: {}})
+def get_retention(platform: PlatformDep, principal: CallerDep, tenant: SubjectsOf = None) -> RetentionPublic:
+    """The caller's retention period for personal data (the admin's: `?tenant=`'s, default `_platform`'s;
+    null days and version 0: never set)."""
+    tenant_id = acting_tenant(platform, principal, tenant)
     with platform.db.transaction() as tx:
-        row = gdpr_store.retention(tx, principal.tenant_id or "")
+        row = gdpr_store.retention(tx, tenant_id)
     if row is None:
         return RetentionPublic(personal_data_days=None, version=0, updated_at=None)
     return RetentionPublic(personal_data_days=row.days, version=row.version, updated_at=row.at)

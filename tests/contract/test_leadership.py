@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from stores.database import PostgresDatabase
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from stores.database import PostgresDatabase, SqliteDatabase
 from tests.contract.conftest import DATABASE_URL
 
 
@@ -20,3 +27,73 @@ def test_one_leader_at_a_time_and_takeover(pg_schema: str) -> None:
     finally:
         for lead in (first, second, other_schema):
             lead.release()
+
+
+def test_a_claim_is_held_by_one_job_at_a_time_and_lost_with_its_process(pg_schema: str) -> None:
+    """A GDPR request's job runs under a claim: one holder across processes, and within one."""
+    first_db = PostgresDatabase(DATABASE_URL, schema=pg_schema)
+    second_db = PostgresDatabase(DATABASE_URL, schema=pg_schema)
+    other_db = PostgresDatabase(DATABASE_URL, schema=pg_schema + "x")
+    first, second, other = first_db.claims(), second_db.claims(), other_db.claims()
+    try:
+        assert first.claim("gdpr-request:1") is True
+        assert first.claim("gdpr-request:1") is False  # the same process: its session would take it twice
+        assert second.claim("gdpr-request:1") is False
+        assert second.claim("gdpr-request:2") is True  # another request is free
+        assert other.claim("gdpr-request:1") is True  # another deployment's request of that name
+        first.release("gdpr-request:1")
+        assert second.claim("gdpr-request:1") is True
+        assert first.claim("gdpr-request:1") is False
+        second.close()  # its process stops: its session and every claim of it go
+        assert first.claim("gdpr-request:1") is True and first.claim("gdpr-request:2") is True
+    finally:
+        for claims, db in ((first, first_db), (second, second_db), (other, other_db)):
+            claims.close()
+            db.close()
+
+
+def test_a_claim_is_freed_when_its_process_is_killed(pg_schema: str) -> None:
+    """SIGKILL, as a power cut: no release runs, the server drops the session and its locks."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, DATABASE_URL, pg_schema],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    db = PostgresDatabase(DATABASE_URL, schema=pg_schema)
+    claims = db.claims()
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == b"claimed"
+        assert claims.claim("gdpr-request:1") is False
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        deadline = time.monotonic() + 10
+        while not claims.claim("gdpr-request:1"):
+            assert time.monotonic() < deadline, "the killed process's claim was never freed"
+            time.sleep(0.02)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+        claims.close()
+        db.close()
+
+
+HOLDER = """
+import sys, time
+from stores.database import PostgresDatabase
+claims = PostgresDatabase(sys.argv[1], schema=sys.argv[2]).claims()
+assert claims.claim("gdpr-request:1")
+print("claimed", flush=True)
+time.sleep(60)
+"""
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_a_claim_in_the_one_embedded_process(tmp_path: Path) -> None:
+    db = SqliteDatabase(tmp_path / "views.sqlite")
+    claims = db.claims()
+    assert claims.claim("gdpr-request:1") is True
+    assert claims.claim("gdpr-request:1") is False
+    claims.release("gdpr-request:1")
+    assert claims.claim("gdpr-request:1") is True
+    db.close()

@@ -80,11 +80,12 @@ ROUTES: dict[tuple[str, str], str] = {
     ("PUT", "/v1/data-classes/{event_type}"): ADMIN_ONLY,
     ("GET", "/v1/data-classes"): EITHER,
     ("GET", "/v1/data-classes/{event_type}"): EITHER,
-    ("POST", "/v1/gdpr/requests"): TENANT_ONLY,
-    ("GET", "/v1/gdpr/requests/{request_id}"): TENANT_ONLY,
-    ("GET", "/v1/gdpr/requests/{request_id}/export"): TENANT_ONLY,
-    ("PUT", "/v1/gdpr/retention"): TENANT_ONLY,  # the tenant's own period for its own data subjects
-    ("GET", "/v1/gdpr/retention"): TENANT_ONLY,
+    # A tenant's for its own subjects; the admin's for `_platform`'s (its own actor), or `?tenant=`'s.
+    ("POST", "/v1/gdpr/requests"): EITHER,
+    ("GET", "/v1/gdpr/requests/{request_id}"): EITHER,
+    ("GET", "/v1/gdpr/requests/{request_id}/export"): EITHER,
+    ("PUT", "/v1/gdpr/retention"): EITHER,  # a tenant's own period; the admin's `_platform`'s, or `?tenant=`'s
+    ("GET", "/v1/gdpr/retention"): EITHER,
     # The breach register is the platform's own (Art. 33).
     ("POST", "/v1/gdpr/breaches"): ADMIN_ONLY,
     ("GET", "/v1/gdpr/breaches"): ADMIN_ONLY,
@@ -218,6 +219,34 @@ async def test_every_route_with_an_id_refuses_another_tenants_id_with_404(omni: 
     keys = await omni.client.get(f"/v1/tenants/{b_id}/keys", headers=omni.auth(b_key))
     assert keys.status_code == 200
     assert [k["key_id"] for k in keys.json()["data"]] == [b_key.split("_")[1]]
+
+
+async def test_a_tenant_key_naming_another_tenant_in_the_query_is_answered_404(omni: Omni) -> None:
+    """`?tenant=` is the admin's: a tenant key naming another tenant there reaches nothing of it."""
+    ids, a_key = await tenant_with_a_meter(omni)
+    b_id, _ = await omni.tenant("b")
+    await omni.settle()
+    paths = omni.app.openapi()["paths"]
+    named = [
+        (method.upper(), path)
+        for path, item in paths.items()
+        for method, operation in item.items()
+        if any(p["name"] == "tenant" and p["in"] == "query" for p in operation.get("parameters", []))
+    ]
+    assert ("POST", "/v1/gdpr/requests") in named and ("GET", "/v1/audit") in named
+    for method, path in named:
+        body = request_body(method, path)
+        headers = {**body.pop("headers", {}), **omni.auth(a_key)}
+        url = concrete(path, ids)
+        required = {"/v1/audit/proof": {"seq": 1}, "/v1/audit/consistency": {"first": 1}}.get(path, {})
+        response = await omni.client.request(method, url, params={"tenant": b_id, **required}, headers=headers, **body)
+        assert response.status_code == 404, (method, path, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+    await omni.settle()
+    listed = await omni.client.get(
+        "/v1/audit", params={"tenant": b_id, "action": "gdpr.access.received"}, headers=omni.auth(ADMIN)
+    )
+    assert listed.status_code == 200 and listed.json()["data"] == [], listed.text  # no request was made for B
 
 
 async def test_bodies_cannot_assign_what_the_key_decides(omni: Omni) -> None:

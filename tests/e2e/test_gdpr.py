@@ -19,8 +19,9 @@ import httpx
 import orjson
 import pytest
 
+from omni.bootstrap import Platform
 from omni.settings import Mode
-from stores import schema
+from stores import data_keys, schema
 from streams.replay import Mode as ReplayMode
 from streams.replay import Request
 from tests.conftest import cloud_event
@@ -376,11 +377,11 @@ def test_kafka_mode_refuses_to_serve_without_a_master_key(tmp_path: Any, monkeyp
     assert printed.exit_code == 0 and len(base64.b64decode(printed.output.strip())) == 32
 
 
-async def _control_events(omni: Omni, event_type: bytes) -> list[dict[str, Any]]:
+async def control_events(platform: Platform, event_type: bytes) -> list[dict[str, Any]]:
     found = []
-    topic = omni.platform.topics.control
-    for partition, end in (await omni.platform.log.end_offsets(topic)).items():
-        for record in await omni.platform.log.read(topic, partition, 0, end):
+    topic = platform.topics.control
+    for partition, end in (await platform.log.end_offsets(topic)).items():
+        for record in await platform.log.read(topic, partition, 0, end):
             if event_type in record.value:
                 found.append(orjson.loads(record.value)["data"])
     return found
@@ -434,7 +435,7 @@ async def test_retention_shreds_the_keys_of_persons_idle_longer_than_the_period(
     with omni.platform.personal.keys_db.transaction() as tx:
         assert set(data_keys.live(tx, tenant_id, ["old", "returning"])) == {"returning"}
         assert set(data_keys.live(tx, other_id, ["old"])) == {"old"}
-    erased = await _control_events(omni, b"omni.gdpr.subject_erased")
+    erased = await control_events(omni.platform, b"omni.gdpr.subject_erased")
     assert [(e["tenant_id"], e["subject"], e["reason"]) for e in erased] == [(tenant_id, "old", "retention")]
     audited = (await omni.client.get("/v1/audit", params={"action": "gdpr.erasure.received"}, headers=auth)).json()["data"]
     assert [a["reason"] for a in audited] == ["retention: no event for 30 days"]
@@ -457,3 +458,87 @@ async def test_retention_shreds_the_keys_of_persons_idle_longer_than_the_period(
     with omni.platform.personal.keys_db.transaction() as tx:
         assert data_keys.live(tx, tenant_id, ["returning", *actors]) == {}
         assert set(data_keys.live(tx, other_id, ["old", "apikey:admin"])) == {"old", "apikey:admin"}
+
+
+async def test_the_admin_acts_for_the_platforms_subjects_its_own_actor_and_a_named_tenants(omni: Omni, tmp_path: Path) -> None:
+    """The admin's key is a data subject of `_platform` (`apikey:admin`, the actor of platform-wide
+    commands): the admin exports and erases it like any person's, and the chain still verifies. With
+    `?tenant=`, the admin acts for a tenant's subjects; a tenant key names no other tenant."""
+    mark = uuid.uuid4().hex[:10]
+    admin_ip, admin_agent = "198.51.100.9", f"ops-console/{mark}"
+    operator = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=omni.app, client=(admin_ip, 4243)),
+        base_url="http://omni.test",
+        headers={"User-Agent": admin_agent, **omni.auth(ADMIN)},
+    )
+    tenant_id, key = await omni.tenant("acme")
+    _, other_key = await omni.tenant("globex")
+    assert (await operator.put("/v1/data-classes/chat", json=DATA_CLASS)).status_code == 201  # on `_platform`
+    await omni.settle()
+
+    async def own_entries() -> list[dict[str, Any]]:
+        found = (await operator.get("/v1/audit", params={"action": "data_class.put"})).json()["data"]
+        assert len(found) == 1, found
+        return found
+
+    assert [e["opened_actor"] for e in await own_entries()] == [{"ip": admin_ip, "user_agent": admin_agent}]
+
+    async def made(client: httpx.AsyncClient, subject: str, kind: str, **params: str) -> dict[str, Any]:
+        posted = await client.post("/v1/gdpr/requests", params=params, json={"subject": subject, "kind": kind})
+        assert posted.status_code == 202, posted.text
+        await asyncio.wait_for(omni.platform.gdpr_jobs.wait(), timeout=20)
+        await omni.settle()
+        shown = await client.get(posted.headers["Location"])
+        assert shown.status_code == 200 and shown.json()["status"] == "completed", shown.text
+        return shown.json()  # type: ignore[no-any-return]
+
+    # The platform's subjects, the default: the admin's own actor, exported, then erased.
+    access = await made(operator, "apikey:admin", "access")
+    export = (await operator.get(access["export"])).json()
+    assert export["tenant_id"] == "_platform"
+    assert {"ip": admin_ip, "user_agent": admin_agent} in [e["opened_actor"] for e in export["views"]["audit"]]
+    erasure = await made(operator, "apikey:admin", "erasure", tenant="_platform")
+    assert erasure["steps"][-1]["step"].startswith("data key "), erasure
+    assert (await operator.get(access["export"])).status_code == 410
+    assert [e["opened_actor"] for e in await own_entries()] == [{"ip": None, "user_agent": None}]
+    chain = await operator.get("/v1/audit/export")
+    assert chain.status_code == 200 and admin_ip.encode() not in chain.content
+    code, said = verified(tmp_path, chain.content, (await operator.get("/v1/audit/public-key")).text)
+    assert code == 0, said
+    assert (await omni.client.get(f"/v1/gdpr/requests/{erasure['id']}", headers=omni.auth(key))).status_code == 404
+
+    # A named tenant's subject: the tenant's request, shown to the tenant too; not `_platform`'s.
+    for_tenant = await made(operator, "person-a", "access", tenant=tenant_id)
+    assert for_tenant["export"] == f"/v1/gdpr/requests/{for_tenant['id']}/export?tenant={tenant_id}"
+    assert (await operator.get(for_tenant["export"])).json()["tenant_id"] == tenant_id
+    assert (await omni.client.get(f"/v1/gdpr/requests/{for_tenant['id']}", headers=omni.auth(key))).status_code == 200
+    assert (await operator.get(f"/v1/gdpr/requests/{for_tenant['id']}")).status_code == 404
+    for unknown in (str(uuid.uuid4()), "not-a-tenant"):
+        refused = await operator.post("/v1/gdpr/requests", params={"tenant": unknown}, json={"subject": "x", "kind": "access"})
+        assert refused.status_code == 404, refused.text
+    # A tenant key: its own tenant named or not; another's, or `_platform`, is not found.
+    own = await omni.client.post(
+        "/v1/gdpr/requests", params={"tenant": tenant_id}, json={"subject": "p", "kind": "access"}, headers=omni.auth(key)
+    )
+    assert own.status_code == 202 and own.headers["Location"] == f"/v1/gdpr/requests/{own.json()['id']}", own.text
+    for elsewhere in ("_platform", tenant_id):
+        response = await omni.client.post(
+            "/v1/gdpr/requests",
+            params={"tenant": elsewhere},
+            json={"subject": "p", "kind": "erasure"},
+            headers=omni.auth(other_key),
+        )
+        assert response.status_code == 404, (elsewhere, response.text)
+    await asyncio.wait_for(omni.platform.gdpr_jobs.wait(), timeout=20)
+
+    # A retention period for the platform's subjects: the admin's actor, idle past it, is shredded.
+    assert (await operator.put("/v1/gdpr/retention", json={"personal_data_days": 30})).status_code == 201
+    assert (await omni.client.get("/v1/gdpr/retention", headers=omni.auth(key))).json()["version"] == 0
+    assert (await operator.get("/v1/gdpr/retention", params={"tenant": tenant_id})).json()["version"] == 0
+    await omni.settle()
+    assert (await operator.get("/v1/gdpr/retention")).json()["personal_data_days"] == 30
+    assert await omni.platform.retention.sweep_once(datetime.now(UTC) + timedelta(days=31)) == 1
+    with omni.platform.personal.keys_db.transaction() as tx:
+        assert data_keys.live(tx, "_platform", ["apikey:admin"]) == {}
+        assert set(data_keys.live(tx, tenant_id, ["apikey:admin"])) == {"apikey:admin"}  # acme has no period
+    await operator.aclose()

@@ -46,6 +46,7 @@ from streams.log import Outgoing
 from streams.outbox import to_envelope
 from streams.projectors import CATALOG, METERS, CatalogProjector, MeterProjector
 from tests.integration.conftest import free_port, new_schema_name
+from tests.integration.gdpr_truth import sealed_email
 from tests.integration.worker import ROOT, WORKER_BATCH, WorkerProcess
 from tests.meter_reference import document, lookup
 
@@ -73,6 +74,7 @@ class Stream:
 
     events: list[Envelope] = field(default_factory=list)
     base: datetime = field(default_factory=lambda: datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=1))
+    personal_every: int = 0  # every Nth event also carries an e-mail address, sealed as admission seals it (0: none)
 
     def generate(self, count: int, *, resend_every: int = 37) -> list[Envelope]:
         now = datetime.now(UTC)
@@ -90,6 +92,10 @@ class Stream:
                 recorded_time=now,
                 data={"tokens": (n * 7) % 50 + 1, "model": ("small", "large")[n % 2]},
             )
+            if self.personal_every and n % self.personal_every == 0:
+                assert event.subject is not None and isinstance(event.data, dict)
+                email = f"{event.subject}+{n // 24 % 3}@example.com"  # three addresses per person, in turn
+                event.data["email"] = sealed_email(event.tenant_id, event.subject, email)
             self.events.append(event)
             batch.append(event)
             if n % resend_every == 0:
@@ -103,7 +109,8 @@ class Stream:
         for event in self.events:
             minute = micros_of(event) // 60_000_000 * 60
             doc = document(event)
-            group = str(lookup(doc, group_path)) if group_path else ""
+            found = lookup(doc, group_path) if group_path else ""
+            group = str(found["ps"] if isinstance(found, dict) else found)  # a sealed value: its pseudonym
             if meter.aggregation is Aggregation.COUNT:
                 values[(event.tenant_id, minute, group)] += 1
             else:

@@ -4,7 +4,7 @@ and through the Faust worker (Kafka and PostgreSQL) gives identical views."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -24,6 +24,8 @@ from streams.projectors import CatalogProjector, MeterProjector
 from streams.runner import Runner
 from tests import truth
 from tests.integration.billing_truth import invoices_from
+from tests.integration.gdpr_truth import gdpr_control, gdpr_views
+from tests.integration.gdpr_truth import records as gdpr_records
 from tests.integration.test_faust_worker import (
     EVENT_TYPE,
     TENANTS,
@@ -59,6 +61,8 @@ def meters() -> tuple[list[MeterDefinition], list[MeterDefinition]]:
         MeterDefinition(slug="min", event_type=EVENT_TYPE, aggregation=Aggregation.MIN, value_property="$.data.tokens"),
         MeterDefinition(slug="avg", event_type=EVENT_TYPE, aggregation=Aggregation.AVG, value_property="$.data.tokens"),
         MeterDefinition(slug="users", event_type=EVENT_TYPE, aggregation=Aggregation.UNIQUE_COUNT, value_property="$.subject"),
+        # A personal path, sealed: grouped by its pseudonym (one group per person and address).
+        MeterDefinition(slug="emails", event_type=EVENT_TYPE, aggregation=Aggregation.COUNT, group_by={"email": "$.data.email"}),
     ]
     return early, late
 
@@ -128,7 +132,9 @@ async def test_embedded_runner_and_faust_worker_build_identical_views(
     worker_factory: Callable[[str, str], WorkerProcess],
 ) -> None:
     early, late = meters()
-    stream = Stream()
+    stream = Stream(personal_every=2)
+    now = datetime.now(UTC)
+    gdpr = gdpr_control(TENANTS, EVENT_TYPE, now)
     first_half, second_half = stream.generate(EVENTS // 2), stream.generate(EVENTS - EVENTS // 2)
     slugs = [m.slug for m in early + late]
 
@@ -139,6 +145,7 @@ async def test_embedded_runner_and_faust_worker_build_identical_views(
         await log.append(topics.control, [meter_defined(m) for m in early])
         await log.append(topics.control, [quota_set(tenant, q) for tenant, q in QUOTAS.items()])
         await log.append(topics.usage, to_records(first_half))
+        await log.append(topics.control, gdpr_records(gdpr))
         await log.append(topics.control, [meter_defined(m) for m in late])
         await log.append(topics.usage, to_records(second_half))
     assert sum((await kafka_log.end_offsets(topics.usage)).values()) > 10_000
@@ -201,6 +208,18 @@ async def test_embedded_runner_and_faust_worker_build_identical_views(
     # so byte-identical invoices priced from it.
     billed = [SUM, COUNT]
     assert invoices_from(sqlite_views, on_the_log, billed, TENANTS) == invoices_from(views_db, on_the_log, billed, TENANTS)
+    # GDPR: data classes, requests and their last status, the unfinished ones, breaches and which are
+    # overdue, retention periods: the same rows from both runners, and the state the log gives.
+    want_gdpr = truth.gdpr_state(gdpr, now)
+    (from_embedded, embedded_rows), (from_kafka, kafka_rows) = (gdpr_views(db, want_gdpr, now) for db in (sqlite_views, views_db))
+    assert embedded_rows == kafka_rows
+    assert from_embedded == from_kafka == want_gdpr
+    assert embedded_rows["count"] == len(want_gdpr.requests) == 6 and len(want_gdpr.unfinished) == 2
+    assert want_gdpr.overdue and want_gdpr.data_classes[EVENT_TYPE][0] == 2
+    # The sealed values' pseudonyms group the meter: several groups per person, none in clear.
+    emails = truth.answer(on_the_log, TENANTS[0], late[-1], truth.Query(group_by=("email",)))
+    groups = {row[3] for row in emails}
+    assert len(groups) == 7 and '{"email":null}' in groups and all('"ps1_' in g for g in groups - {'{"email":null}'})
     assert worker.stop() == 0
     await embedded_log.close()
     sqlite_views.close()

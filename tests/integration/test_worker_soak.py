@@ -1,6 +1,8 @@
 """Soak (`make soak`, not part of `make test`): the Faust worker SIGKILLed at random points
-five times during a 200,000-event stream; the final meters, quota notices, invoices' usage and SLO
-minutes equal the ground truth, and the audit chains appended meanwhile hold each entry once."""
+five times during a 200,000-event stream, half of its events carrying a sealed personal value; the
+final meters (one grouped by that value's pseudonym), quota notices, invoices' usage, SLO minutes
+and GDPR control state equal the ground truth, and the audit chains appended meanwhile hold each
+entry once."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import asyncio
 import os
 import random
 from collections.abc import Callable
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -16,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from omni.audit_keys import private_pem
 from projections.slos import fold_id
 from schemas.envelope import Envelope
-from schemas.meters import WindowSize
+from schemas.meters import Aggregation, MeterDefinition, WindowSize
 from schemas.plans import Entitlement, Period
 from schemas.topics import Topics
 from stores import views
@@ -24,10 +27,13 @@ from stores.database import PostgresDatabase
 from streams.kafka_log import KafkaLog
 from tests import truth
 from tests.integration.billing_truth import invoices_from
+from tests.integration.gdpr_truth import gdpr_control, gdpr_views
+from tests.integration.gdpr_truth import records as gdpr_records
 from tests.integration.test_audit_parity import PER_TENANT, audit_folded, audit_records, chains
 from tests.integration.test_audit_parity import TENANTS as AUDITED
 from tests.integration.test_faust_worker import (
     CALLS,
+    EVENT_TYPE,
     TENANTS,
     TOKENS,
     TOKENS_BY_MODEL,
@@ -56,6 +62,10 @@ QUOTAS = {
 }
 
 
+# A personal path, sealed at admission: the meter groups by its pseudonym.
+EMAILS = MeterDefinition(slug="emails", event_type=EVENT_TYPE, aggregation=Aggregation.COUNT, group_by={"email": "$.data.email"})
+
+
 @pytest.mark.timeout(1800)
 async def test_five_random_sigkills_during_a_long_stream(
     kafka_log: KafkaLog,
@@ -65,8 +75,10 @@ async def test_five_random_sigkills_during_a_long_stream(
     worker_factory: Callable[[str, str], WorkerProcess],
 ) -> None:
     rng = random.Random(int(os.environ.get("OMNI_SOAK_SEED", "2026")))
-    stream = Stream()
-    await kafka_log.append(topics.control, [meter_defined(TOKENS), meter_defined(CALLS)])
+    stream = Stream(personal_every=2)
+    now = datetime.now(UTC)
+    gdpr = gdpr_control(TENANTS, EVENT_TYPE, now)
+    await kafka_log.append(topics.control, [meter_defined(TOKENS), meter_defined(CALLS), meter_defined(EMAILS)])
     await kafka_log.append(topics.control, [quota_set(tenant, q) for tenant, q in QUOTAS.items()])
     await kafka_log.append(topics.control, [slo_defined(*slo) for slo in EARLY])
     worker = worker_factory(database_url, views_db.schema)
@@ -85,6 +97,7 @@ async def test_five_random_sigkills_during_a_long_stream(
             if sent == EVENTS // 2:
                 await kafka_log.append(topics.control, [meter_defined(TOKENS_BY_MODEL)])
                 await kafka_log.append(topics.control, [slo_defined(*slo) for slo in LATE])  # caught up from history
+                await kafka_log.append(topics.control, gdpr_records(gdpr))
             share = len(audit) * (sent + chunk) // EVENTS - len(audit) * sent // EVENTS
             appended = len(audit) * sent // EVENTS
             await kafka_log.append(topics.audit, audit[appended : appended + share])
@@ -96,14 +109,14 @@ async def test_five_random_sigkills_during_a_long_stream(
         worker.kill()
         worker.start()
     await producing
-    slugs = ["tokens", "calls", "tokens-by-model"]
+    slugs = ["tokens", "calls", "tokens-by-model", "emails"]
     await wait_for(lambda: caught_up(views_db, kafka_log, slugs), worker, 1200, "the worker to fold the whole stream")
     await wait_for(lambda: slos_caught_up(views_db, kafka_log), worker, 300, "the SLOs to catch up")
     await wait_for(lambda: audit_folded(views_db, kafka_log), worker, 300, "the worker to fold the audit topic")
-    assert_views_equal_truth(views_db, stream, [TOKENS, CALLS, TOKENS_BY_MODEL])
+    assert_views_equal_truth(views_db, stream, [TOKENS, CALLS, TOKENS_BY_MODEL, EMAILS])
     # The answers the API gives, as tests/truth.py computes them from the log with none of the code under test.
     for tenant in TENANTS:
-        for meter in (TOKENS, CALLS, TOKENS_BY_MODEL):
+        for meter in (TOKENS, CALLS, TOKENS_BY_MODEL, EMAILS):
             for query in (
                 truth.Query(),
                 truth.Query(window_size=WindowSize.HOUR, group_by=tuple(meter.group_by), by_subject=True),
@@ -136,5 +149,9 @@ async def test_five_random_sigkills_during_a_long_stream(
     entries, heads, _ = chains(views_db)
     assert len(entries) == len(AUDITED) * PER_TENANT
     assert [(chain, length) for chain, length, _ in heads] == [(tenant, PER_TENANT) for tenant in sorted(AUDITED)]
+    # GDPR control state: data classes, requests and their last status, breaches and which are overdue,
+    # retention periods, as the log gives them.
+    want_gdpr = truth.gdpr_state(gdpr, now)
+    assert gdpr_views(views_db, want_gdpr, now)[0] == want_gdpr and want_gdpr.unfinished and want_gdpr.overdue
     assert worker.runs == KILLS + 1
     assert worker.stop() == 0
