@@ -436,17 +436,26 @@ def spying(name: str) -> Iterator[None]:
 class Process:
     """A Python service in a subprocess; with BENCH_PROFILE=1 py-spy samples it until it exits."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], workdir: Path) -> None:
+    def __init__(self, name: str, args: list[str], env: dict[str, str], workdir: Path, *, nice: int = 0) -> None:
         self.name = name
         self.args = args
         self.env = env
+        self.nice = nice  # added to the process's niceness (0: as this process's)
         self.log = workdir / f"{name}.log"
         self.popen: subprocess.Popen[bytes] | None = None
         self.spy: Spy | None = None
 
     def start(self) -> None:
         log = self.log.open("wb")
-        self.popen = subprocess.Popen([sys.executable, *self.args], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        nice = self.nice
+        self.popen = subprocess.Popen(
+            [sys.executable, *self.args],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=(lambda: os.nice(nice)) if nice else None,
+        )
         if profiling():
             self.spy = Spy(self.popen.pid, self.name)
 
@@ -682,11 +691,12 @@ class Stack:
 
 
 @asynccontextmanager
-async def serve(mode: str, *, partitions: int = 4, workers: int = 1, apis: int = 1) -> AsyncIterator[Stack]:
+async def serve(mode: str, *, partitions: int = 4, workers: int = 1, apis: int = 1, worker_nice: int = 0) -> AsyncIterator[Stack]:
     """Start Omni in `mode` with topics, a schema and a data folder of its own; remove them all after.
 
     Kafka mode runs `workers` Faust workers in one consumer group (they share the partitions) and
-    `apis` API processes, as replicas would run behind a load balancer (`Stack.urls`).
+    `apis` API processes, as replicas would run behind a load balancer (`Stack.urls`). `worker_nice`
+    lowers the workers' CPU priority by that much (a deployment whose API and workers share cores).
     """
     if apis > 1 and mode != "kafka":
         raise ValueError("embedded mode serves from one process: its log and runner live in it")
@@ -714,7 +724,7 @@ async def serve(mode: str, *, partitions: int = 4, workers: int = 1, apis: int =
     count = workers if mode == "kafka" else 0
     names = [f"{mode}-worker"] if count == 1 else [f"{mode}-worker-{n}" for n in range(1, count + 1)]
     worker_env = {**env, "BENCH_TRACE": str(trace)}
-    processes = [Process(name, ["-m", module], worker_env, workdir) for name in names]
+    processes = [Process(name, ["-m", module], worker_env, workdir, nice=worker_nice) for name in names]
     api = Api(f"http://127.0.0.1:{ports[0]}")
     stack = Stack(
         api, servers[0], processes, workdir, prefix, schema, [], trace, [f"http://127.0.0.1:{p}" for p in ports], servers[1:]

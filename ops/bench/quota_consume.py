@@ -79,6 +79,7 @@ class Options:
     client: str = opt("raw", "the load's HTTP client: raw (ops/bench/raw_http.py, the lightest) or aiohttp")
     paced_rate: float = opt(TARGET_RATE, "consumes/s offered by the paced phase (0: no such phase)")
     paced_duration: float = opt(15.0, "seconds of the paced phase")
+    worker_nice: int = opt(0, "niceness added to the Faust workers (their folds yield the cores to the API's consumes)")
 
 
 # Load: closed-loop clients, each a keep-alive connection --------------------------------------
@@ -481,15 +482,16 @@ async def run(o: Options) -> Report:
     run_id = uuid.uuid4().hex[:8]
     figures: dict[str, Any] = {}
     notes: list[str] = []
-    async with serve("kafka", partitions=o.partitions, workers=o.workers, apis=o.apis) as stack:
+    async with serve("kafka", partitions=o.partitions, workers=o.workers, apis=o.apis, worker_nice=o.worker_nice) as stack:
         try:
             await put_plan(stack.api, "bench-open", OPEN_LIMIT)
             chosen, keys = await tenants_on_plan(stack, "consume", o.tenants, o.partitions, "bench-open", OPEN_LIMIT)
             found = await baselines(stack, o, chosen)
             load, cores = await consume_phase(stack, o, keys, f"{run_id}-c", warmup=o.warmup, duration=o.duration)
             paced: Load | None = None
+            paced_cores: dict[str, float] = {}
             if o.paced_rate > 0:
-                paced, _ = await consume_phase(
+                paced, paced_cores = await consume_phase(
                     stack, o, keys, f"{run_id}-p", warmup=o.warmup, duration=o.paced_duration, rate=o.paced_rate
                 )
             refusals: Load | None = None
@@ -562,6 +564,7 @@ async def run(o: Options) -> Report:
             "p90_ms": percentile(paced_ok, 90) * 1000,
             "p99_ms": paced_p99,
             "statuses": paced.statuses(),
+            "cpu_cores": paced_cores,  # busy while it ran, per role: "other" says whether the machine was quiet
         }
     rows = [
         latency_row("consume over HTTP (200s), closed loop", len(accepted_latencies), o.duration, accepted_latencies),
@@ -637,7 +640,10 @@ async def run(o: Options) -> Report:
         notes.append(
             f"paced: the same clients offer {o.paced_rate:,.0f} consumes/s together, each request due at a fixed time and "
             "its latency counted from then (a closed loop of N clients at R/s has a mean latency of N/R by Little's law: "
-            "50 clients at 2,000/s average 25 ms whatever the server does, so a p99 target is judged at an offered rate)"
+            "50 clients at 2,000/s average 25 ms whatever the server does, so a p99 target is judged at an offered rate); "
+            "cores busy meanwhile: "
+            + ", ".join(f"{role} {cores:.2f}" for role, cores in paced_cores.items())
+            + (f"; workers at nice {o.worker_nice}" if o.worker_nice else "")
         )
     return Report(
         NAME,
