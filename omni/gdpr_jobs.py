@@ -34,13 +34,13 @@ from commands.control_plane import ACTOR_PREFIX, CommandContext
 from commands.errors import NotFound
 from commands.gdpr import GdprRequest
 from omni import failpoints
+from omni.leading import lead_every
 from schemas.envelope import NewerSchema, decode, format_time
 from schemas.gdpr import RequestKind, RequestStatus
 from schemas.topics import partition_for
 from stores import audit as audit_store
 from stores import gdpr as gdpr_store
-from stores.database import StoreUnavailable, Tx
-from streams.pausing import pause
+from stores.database import Tx
 
 if TYPE_CHECKING:
     from omni.bootstrap import Platform
@@ -124,21 +124,13 @@ class GdprJobs:
 
     async def keep_resuming(self, stop: asyncio.Event) -> None:
         """While this process leads: resume unfinished requests at once, then every minute."""
-        leadership = self.platform.db.leadership(LEADER)
-        try:
-            while not stop.is_set():
-                try:
-                    if await asyncio.to_thread(leadership.hold):
-                        resumed = await self.resume_once()
-                        if resumed:
-                            log.info("GDPR: %d requests left unfinished by a stopped process were run", resumed)
-                except StoreUnavailable as outage:
-                    log.warning("GDPR job resumer waiting: %s", outage)
-                except Exception:
-                    log.exception("GDPR job resumer failed; retrying")
-                await pause(stop, RESUME_EVERY_SECONDS)
-        finally:
-            leadership.release()
+
+        async def step() -> None:
+            resumed = await self.resume_once()
+            if resumed:
+                log.info("GDPR: %d requests left unfinished by a stopped process were run", resumed)
+
+        await lead_every(self.platform.db, LEADER, RESUME_EVERY_SECONDS, stop, step, "GDPR job resumer")
 
     async def run(self, ctx: CommandContext, request: GdprRequest, *, resumed: bool = False) -> None:
         """The job's steps (call it under the request's claim: `run_claimed`)."""

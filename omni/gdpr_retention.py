@@ -17,12 +17,11 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from commands.control_plane import CommandContext
+from omni.leading import lead_every
 from schemas.envelope import format_time, parse_time
 from schemas.gdpr import RequestStatus, due_for_shredding, retention_cutoff
 from stores import data_keys
 from stores import gdpr as gdpr_store
-from stores.database import StoreUnavailable
-from streams.pausing import pause
 
 if TYPE_CHECKING:
     from omni.bootstrap import Platform
@@ -76,18 +75,9 @@ class RetentionSweeper:
         await platform.gdpr_jobs.run_claimed(ctx, tenant_id, str(request.id), again_if_failed=True)
 
     async def run(self, stop: asyncio.Event) -> None:
-        leadership = self.platform.db.leadership(LEADER)
-        try:
-            while not stop.is_set():
-                try:
-                    if await asyncio.to_thread(leadership.hold):
-                        shredded = await self.sweep_once()
-                        if shredded:
-                            log.info("retention: %d data keys shredded", shredded)
-                except StoreUnavailable as outage:
-                    log.warning("retention sweeper waiting: %s", outage)
-                except Exception:
-                    log.exception("retention sweep failed; retrying")
-                await pause(stop, SWEEP_EVERY_SECONDS)
-        finally:
-            leadership.release()
+        async def step() -> None:
+            shredded = await self.sweep_once()
+            if shredded:
+                log.info("retention: %d data keys shredded", shredded)
+
+        await lead_every(self.platform.db, LEADER, SWEEP_EVERY_SECONDS, stop, step, "retention sweeper")
