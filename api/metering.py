@@ -110,8 +110,8 @@ class ApiCallMiddleware:
     def record(self, request: Request, status: int, latency_ms: float) -> None:
         route = request.scope.get("route")
         template = getattr(route, "path", None) or "unmatched"
-        metrics.HTTP_REQUESTS.labels(template, request.method, str(status)).inc()
-        metrics.HTTP_LATENCY.labels(template).observe(latency_ms / 1000)
+        metrics.labelled(metrics.HTTP_REQUESTS, template, request.method, str(status)).inc()
+        metrics.labelled(metrics.HTTP_LATENCY, template).observe(latency_ms / 1000)
         principal = getattr(request.state, "principal", None)
         if principal is None:
             return  # counted above; never one durable record per anonymous request

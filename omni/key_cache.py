@@ -85,7 +85,7 @@ class KeyCache:
                 entry = None
             if entry is not None:
                 self._entries.move_to_end(digest)
-        metrics.KEY_CACHE.labels("hit" if entry is not None else "miss").inc()
+        metrics.labelled(metrics.KEY_CACHE, "hit" if entry is not None else "miss").inc()
         return entry.principal if entry is not None else None
 
     def put(self, token: str, principal: Principal, generation: int) -> None:

@@ -282,7 +282,7 @@ class EmbeddedLog:
         for item in items:
             by_partition[partition_for(item.key, partitions)].append(item)
         now_ms = int(time.time() * 1000)
-        metrics.PRODUCED.labels(topic).inc(len(items))  # (counted at the append; a rolled-back one is rare)
+        metrics.labelled(metrics.PRODUCED, topic).inc(len(items))  # (counted at the append; a rolled-back one is rare)
         for partition, batch in by_partition.items():
             row = db.execute("SELECT next_offset FROM heads WHERE topic=? AND partition=?", (topic, partition)).fetchone()
             first = row[0] if row else 0

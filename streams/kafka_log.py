@@ -132,7 +132,7 @@ class KafkaLog:
             if used:
                 await self._reset(used[0])
             raise
-        metrics.PRODUCED.labels(topic).inc(len(items))
+        metrics.labelled(metrics.PRODUCED, topic).inc(len(items))
 
     async def read(self, topic: str, partition: int, start: int, limit: int) -> list[LogRecord]:
         if limit <= 0:

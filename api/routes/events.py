@@ -191,8 +191,8 @@ async def ingest_events(request: Request, platform: PlatformDep, principal: Tena
         send.set_attribute("messaging.batch.message_count", len(envelopes))
     failpoints.hit(failpoints.INGEST_AFTER_APPEND)
     count = sum(accepted)
-    metrics.EVENTS.labels("accepted").inc(count)
-    metrics.EVENTS.labels("duplicate").inc(len(accepted) - count)
+    metrics.labelled(metrics.EVENTS, "accepted").inc(count)
+    metrics.labelled(metrics.EVENTS, "duplicate").inc(len(accepted) - count)
     # An IngestResult, written directly: up to 1,000 pydantic models per request, validated
     # again as the response model, cost more than the rest of the answer.
     answer = {

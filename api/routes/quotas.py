@@ -175,9 +175,9 @@ async def consume(meter: str, body: ConsumeBody, platform: PlatformDep, principa
     )
     outcome = await ledger.consume(request)
     if outcome.replayed:
-        metrics.QUOTA_DECISIONS.labels("replayed").inc()
+        metrics.labelled(metrics.QUOTA_DECISIONS, "replayed").inc()
     else:
-        metrics.QUOTA_DECISIONS.labels("accepted" if outcome.decision.accepted else "refused").inc()
+        metrics.labelled(metrics.QUOTA_DECISIONS, "accepted" if outcome.decision.accepted else "refused").inc()
     if outcome.in_progress:
         raise Problem(
             409,
