@@ -11,9 +11,11 @@ and the first sealed value of an event also carries the event's ciphertext:
 
 `ct` is AES-256-GCM under the person's data key (12-byte random nonce first, 16-byte tag last) of
 the JSON object mapping each sealed path to its value ({"$.data.email": "...", ...}), with the JSON
-array [tenant id, person] as associated data; `ps` is the person's pseudonym of that value
-(HMAC-SHA256 of its JSON text under a key derived from the same data key, its first 128 bits in hex),
-which meters count and group by. Both are useless once the data key is erased.
+array [tenant id, person] as associated data; `ps` is the person's pseudonym of that value, which
+meters count and group by: a 128-bit MAC of its JSON text under a key derived from the same data
+key, in hex, by the key's scheme (stores.data_keys): "ps2_" and keyed BLAKE2b for keys made since
+schemes were recorded, "ps1_" and HMAC-SHA256 (its first 128 bits) for keys made before, which keep
+it for life. Both are useless once the data key is erased.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from schemas.text import Text
 SEALED = "omni_sealed"  # the marker member of a sealed value; its version is the value (1)
 SEALED_VERSION = 1
 PSEUDONYM = "ps"
-PSEUDONYM_PREFIX = "ps1_"
+PSEUDONYM_PREFIX = "ps1_"  # HMAC-SHA256, keys made before the key store recorded schemes
+PSEUDONYM_PREFIX_BLAKE2B = "ps2_"  # keyed BLAKE2b, keys made since
 DEFAULT_SUBJECT_PROPERTY = "$.subject"
 EVENT_TYPE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,255}$"
 

@@ -8,6 +8,11 @@ erased key stays unreadable.
 `gdpr_key_activity` keeps when each person's key was last read for admission (their last event,
 give or take the time a process keeps a key in memory): the retention sweeper shreds the keys of
 persons idle for longer than their tenant's period.
+
+`scheme` says how a key makes pseudonyms (omni.personal_data.DataKey): 1, HMAC-SHA256, for every
+key made before the column existed (its rows gain it with that value); 2, keyed BLAKE2b, for keys
+made since. A key's pseudonyms never change (meters group and count by them), so a key keeps its
+scheme for life; a person gets the current scheme with a new key, after an erasure.
 """
 
 from __future__ import annotations
@@ -15,12 +20,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from stores.database import Tx
+from stores.database import Database, Tx
+
+HMAC_SHA256, BLAKE2B = 1, 2  # pseudonym schemes
+CURRENT_SCHEME = BLAKE2B
 
 SCHEMA = """
 /*postgres*/ CREATE TABLE IF NOT EXISTS gdpr_data_keys (
     tenant_id TEXT NOT NULL, subject TEXT NOT NULL, key_id TEXT NOT NULL, kek_id TEXT NOT NULL, wrapped BYTEA,
     created_at TEXT NOT NULL, erased_at TEXT, PRIMARY KEY (tenant_id, subject));
+/*postgres*/ ALTER TABLE gdpr_data_keys ADD COLUMN IF NOT EXISTS scheme INTEGER NOT NULL DEFAULT 1;
 /*sqlite*/ CREATE TABLE IF NOT EXISTS gdpr_data_keys (
     tenant_id TEXT NOT NULL, subject TEXT NOT NULL, key_id TEXT NOT NULL, kek_id TEXT NOT NULL, wrapped BLOB,
     created_at TEXT NOT NULL, erased_at TEXT, PRIMARY KEY (tenant_id, subject));
@@ -30,11 +39,21 @@ CREATE INDEX IF NOT EXISTS gdpr_key_activity_by_time ON gdpr_key_activity (tenan
 """
 
 
+def migrate(db: Database) -> None:
+    """Create the tables, or bring those of an earlier version up to date: keys gain their scheme
+    (HMAC-SHA256 for every key already there). SQLite has no ADD COLUMN IF NOT EXISTS."""
+    db.migrate(SCHEMA)
+    with db.transaction() as tx:
+        if tx.dialect == "sqlite" and "scheme" not in {row[1] for row in tx.execute("PRAGMA table_info(gdpr_data_keys)")}:
+            tx.execute(f"ALTER TABLE gdpr_data_keys ADD COLUMN scheme INTEGER NOT NULL DEFAULT {HMAC_SHA256}")
+
+
 @dataclass(frozen=True, slots=True)
 class StoredKey:
     key_id: str
     kek_id: str  # which master key wrapped it
     wrapped: bytes
+    scheme: int = HMAC_SHA256  # how it makes pseudonyms (HMAC_SHA256 or BLAKE2B), for life
 
 
 def live(tx: Tx, tenant_id: str, subjects: Iterable[str]) -> dict[str, StoredKey]:
@@ -45,21 +64,22 @@ def live(tx: Tx, tenant_id: str, subjects: Iterable[str]) -> dict[str, StoredKey
         chunk = wanted[start : start + 500]
         marks = ", ".join("?" * len(chunk))
         rows = tx.execute(
-            f"SELECT subject, key_id, kek_id, wrapped FROM gdpr_data_keys WHERE tenant_id=? AND subject IN ({marks}) "
+            f"SELECT subject, key_id, kek_id, wrapped, scheme FROM gdpr_data_keys WHERE tenant_id=? AND subject IN ({marks}) "
             "AND wrapped IS NOT NULL",
             (tenant_id, *chunk),
         )
-        found.update({s: StoredKey(k, kek, bytes(w)) for s, k, kek, w in rows})
+        found.update({s: StoredKey(k, kek, bytes(w), int(scheme)) for s, k, kek, w, scheme in rows})
     return found
 
 
 def create(tx: Tx, tenant_id: str, keys: dict[str, StoredKey], at: str) -> None:
     """Store new keys; a person who has a live key keeps it (a concurrent creator won: read it back)."""
     tx.execute_many(
-        "INSERT INTO gdpr_data_keys VALUES (?, ?, ?, ?, ?, ?, NULL) ON CONFLICT (tenant_id, subject) DO UPDATE SET "
+        "INSERT INTO gdpr_data_keys (tenant_id, subject, key_id, kek_id, wrapped, created_at, erased_at, scheme) "
+        "VALUES (?, ?, ?, ?, ?, ?, NULL, ?) ON CONFLICT (tenant_id, subject) DO UPDATE SET "
         "key_id=excluded.key_id, kek_id=excluded.kek_id, wrapped=excluded.wrapped, created_at=excluded.created_at, "
-        "erased_at=NULL WHERE gdpr_data_keys.wrapped IS NULL",
-        [(tenant_id, subject, k.key_id, k.kek_id, k.wrapped, at) for subject, k in sorted(keys.items())],
+        "erased_at=NULL, scheme=excluded.scheme WHERE gdpr_data_keys.wrapped IS NULL",
+        [(tenant_id, subject, k.key_id, k.kek_id, k.wrapped, at, k.scheme) for subject, k in sorted(keys.items())],
     )
 
 

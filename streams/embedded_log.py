@@ -7,6 +7,7 @@ appending it are one transaction: exact, even under concurrency.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
 import time
@@ -46,7 +47,15 @@ CREATE TABLE IF NOT EXISTS dedupe (
 CREATE INDEX IF NOT EXISTS dedupe_expiry ON dedupe (keep_until);
 """
 
+log = logging.getLogger(__name__)
 PURGE_EVERY_SECONDS = 60.0
+# The WAL is copied back into the database (checkpointed) by a thread of its own, on a connection of
+# its own, each time this many bytes of records were appended: SQLite's own automatic checkpoint
+# runs inside the commit that crosses its threshold, holding the log's lock (appends and the
+# runner's reads wait) for work that grows with the bytes appended (README, "GDPR": sealed events,
+# 700 bytes against 440, paid it 1.6 times as often). SQLite's own stays as a backstop, further out.
+CHECKPOINT_EVERY_BYTES = 4 * 1024 * 1024
+BACKSTOP_CHECKPOINT_PAGES = 16384  # 64 MiB of 4 KiB pages: reached only if the checkpointer falls behind
 T = TypeVar("T")
 
 _pack_headers = msgspec.msgpack.Encoder().encode
@@ -112,17 +121,48 @@ class EmbeddedLog:
         self._waiting: list[_Request] = []
         self._committer: asyncio.Task[None] | None = None
         self.appended = asyncio.Event()  # wakes the in-process runner
+        self._unchecked_bytes = 0  # appended since the checkpointer was last woken
+        self._checkpoint_due = threading.Event()
+        self._closing = threading.Event()
+        self._checkpointer: threading.Thread | None = None
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")  # a 202 means the event survives a power cut
+        db.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_CHECKPOINT_PAGES}")
         db.executescript(SCHEMA)
         _migrate(db)
         self._db = db
+        self._closing.clear()
+        self._checkpointer = threading.Thread(target=self._checkpoint_when_due, name="embedded-log-checkpoint", daemon=True)
+        self._checkpointer.start()
+
+    def _checkpoint_when_due(self) -> None:
+        """Copy the WAL back into the database whenever enough was appended (PASSIVE: never waits
+        for, nor blocks, appends and reads; what a reader still needs is copied next time)."""
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
+        try:
+            db.execute("PRAGMA synchronous=FULL")
+            while True:
+                self._checkpoint_due.wait()
+                if self._closing.is_set():
+                    return
+                self._checkpoint_due.clear()
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as failure:  # the next one, or SQLite's backstop, does it
+                    log.warning("embedded log checkpoint failed: %s", failure)
+        finally:
+            db.close()
 
     async def close(self) -> None:
+        if self._checkpointer is not None:
+            self._closing.set()
+            self._checkpoint_due.set()
+            await asyncio.to_thread(self._checkpointer.join)
+            self._checkpointer = None
         if self._db is not None:
             with self._lock:
                 self._db.close()
@@ -297,3 +337,8 @@ class EmbeddedLog:
                 "INSERT INTO heads VALUES (?, ?, ?) ON CONFLICT (topic, partition) DO UPDATE SET next_offset=excluded.next_offset",
                 (topic, partition, first + len(batch)),
             )
+        # Counted before the commit: a rolled-back append only wakes the checkpointer a little early.
+        self._unchecked_bytes += sum(len(item.value) for item in items)
+        if self._unchecked_bytes >= CHECKPOINT_EVERY_BYTES:
+            self._unchecked_bytes = 0
+            self._checkpoint_due.set()

@@ -38,7 +38,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[dict
             conn.execute(f'CREATE SCHEMA "{schema}"')
         env = event_store_env(Settings(mode="kafka", database_url=DATABASE_URL, database_schema=schema))
         db = PostgresDatabase(DATABASE_URL, schema=schema)
-    db.migrate(data_keys.SCHEMA)
+    data_keys.migrate(db)
     yield env, db
     db.close()
 
@@ -188,7 +188,7 @@ def test_an_actors_ip_address_and_user_agent_are_sealed_for_its_chain_and_shredd
     try:
         personal = PersonalData(MASTER, db, control.recorder, control.mapper.to_domain_event)
         ip, agent = personal.seal_actor("t1", "k1", "203.0.113.9", "console/1")
-        assert ip["ps"].startswith("ps1_") and "ct" in ip and "ct" not in agent  # one ciphertext, on the first
+        assert ip["ps"].startswith("ps2_") and "ct" in ip and "ct" not in agent  # one ciphertext, on the first
         assert "203.0.113.9" not in str((ip, agent)) and "console/1" not in str((ip, agent))
         assert personal.seal_actor("t1", "k1", None, None) == (None, None)  # nothing to seal
         only_agent = personal.seal_actor("t1", "k1", None, "cli/2")
@@ -207,3 +207,64 @@ def test_an_actors_ip_address_and_user_agent_are_sealed_for_its_chain_and_shredd
         assert personal.open_actors("t1", actors)[:2] == [{"ip": None, "user_agent": None}] * 2
     finally:
         control.close()
+
+
+# The key table as it was before keys recorded their pseudonym scheme.
+BEFORE_SCHEMES = """
+/*postgres*/ CREATE TABLE gdpr_data_keys (
+    tenant_id TEXT NOT NULL, subject TEXT NOT NULL, key_id TEXT NOT NULL, kek_id TEXT NOT NULL, wrapped BYTEA,
+    created_at TEXT NOT NULL, erased_at TEXT, PRIMARY KEY (tenant_id, subject));
+/*sqlite*/ CREATE TABLE gdpr_data_keys (
+    tenant_id TEXT NOT NULL, subject TEXT NOT NULL, key_id TEXT NOT NULL, kek_id TEXT NOT NULL, wrapped BLOB,
+    created_at TEXT NOT NULL, erased_at TEXT, PRIMARY KEY (tenant_id, subject))
+"""
+
+
+def test_keys_made_before_schemes_keep_their_pseudonyms_and_new_ones_take_blake2b(tmp_path: Path) -> None:
+    """A key store of the version before: its keys read as HMAC-SHA256 (their pseudonyms unchanged),
+    new persons' keys are BLAKE2b, and so is the new key of a person seen again after erasure.
+    SQLite here, PostgreSQL in the test below."""
+    _keys_before_schemes(SqliteDatabase(tmp_path / "eventstore.sqlite"), tmp_path)
+
+
+def test_keys_made_before_schemes_on_postgres(pg_schema: str, tmp_path: Path) -> None:
+    with psycopg.connect(DATABASE_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{pg_schema}"')
+    _keys_before_schemes(PostgresDatabase(DATABASE_URL, schema=pg_schema), tmp_path)
+
+
+def _keys_before_schemes(db: Database, tmp_path: Path) -> None:
+    try:
+        db.migrate(BEFORE_SCHEMES)
+        with db.transaction() as tx:  # as the version before wrote it
+            tx.execute(
+                "INSERT INTO gdpr_data_keys VALUES (?, ?, ?, ?, ?, ?, NULL)",
+                ("t1", "alice", "k-old", MASTER.id, MASTER.wrap(bytes(range(32))), "2025-01-01T00:00:00.000000Z"),
+            )
+        data_keys.migrate(db)
+        data_keys.migrate(db)  # again, as every start does: nothing changes
+        env = event_store_env(Settings(mode="embedded", data_dir=tmp_path))
+        control = ControlPlane(env=env)
+        try:
+            personal = PersonalData(MASTER, db, control.recorder, control.mapper.to_domain_event)
+            keys = personal.keys_for("t1", ["alice", "bob"], create=True)
+            assert (keys["alice"].key_id, keys["alice"].scheme, keys["bob"].scheme) == (
+                "k-old",
+                data_keys.HMAC_SHA256,
+                data_keys.BLAKE2B,
+            )
+            # The pseudonym alice's key gave before (tests/unit/test_gdpr_parts.py, OLD_SEALED).
+            assert keys["alice"].pseudonym(b'"alice@example.com"') == "ps1_c112e02987256e79204d729c29152541"
+            assert keys["bob"].pseudonym(b'"bob@example.com"').startswith("ps2_")
+            assert personal.erase("t1", "alice") == "k-old"
+            again = personal.keys_for("t1", ["alice"], create=True)["alice"]
+            assert again.key_id != "k-old" and again.scheme == data_keys.BLAKE2B
+            with db.transaction() as tx:
+                assert {s: k.scheme for s, k in data_keys.live(tx, "t1", ["alice", "bob"]).items()} == {
+                    "alice": data_keys.BLAKE2B,
+                    "bob": data_keys.BLAKE2B,
+                }
+        finally:
+            control.close()
+    finally:
+        db.close()

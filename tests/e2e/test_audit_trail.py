@@ -104,7 +104,7 @@ async def test_each_tenant_has_a_chain_listed_filtered_and_paged(omni: Omni) -> 
     assert {e["chain"] for e in chain} == {a_id}
     assert [e["prev"] for e in chain[1:]] == [e["hash"] for e in chain[:-1]]
     assert chain[2]["opened_actor"]["user_agent"] == "auditor/1"  # sealed in the entry, opened for its tenant
-    assert chain[2]["actor"]["user_agent"]["ps"].startswith("ps1_") and "auditor/1" not in str(chain[2]["actor"])
+    assert chain[2]["actor"]["user_agent"]["ps"].startswith("ps2_") and "auditor/1" not in str(chain[2]["actor"])
     # Filters and pages.
     assert [e["seq"] for e in (await listed(omni, a_key, outcome="rejected"))["data"]] == [3]
     assert [e["seq"] for e in (await listed(omni, a_key, action="api_key.revoke"))["data"]] == [3, 4]

@@ -233,7 +233,7 @@ async def test_personal_data_is_sealed_exported_and_erased_for_good(
     before = await meters()
     chats = await omni.query(key, "chats", group_by="email")
     assert sorted(int(row["value"]) for row in chats) == [1, 4]  # grouped by pseudonym: one group per person
-    assert all(row["group_by"]["email"].startswith("ps1_") for row in chats)
+    assert all(row["group_by"]["email"].startswith("ps2_") for row in chats)
     assert [int(row["value"]) for row in await omni.query(key, "people")] == [2]
 
     # Access: the export holds the person's events, opened, and nobody else's.
@@ -249,7 +249,7 @@ async def test_personal_data_is_sealed_exported_and_erased_for_good(
     assert bob_email not in export.text
     assert [f for f in await in_views(omni, needles) if "gdpr_exports" in f]  # the scan finds what is there
     assert document["views"]["meters"] and all(
-        r["group"].get("email", "ps1_").startswith("ps1_") for r in document["views"]["meters"]
+        r["group"].get("email", "ps2_").startswith("ps2_") for r in document["views"]["meters"]
     )
     # Another tenant's request is not found; an unknown person gets an empty export.
     assert (await omni.client.get(f"/v1/gdpr/requests/{access['id']}", headers=omni.auth(other_key))).status_code == 404
@@ -277,7 +277,7 @@ async def test_personal_data_is_sealed_exported_and_erased_for_good(
     # actor (its API key, as the data subject `apikey:<key id>`) is erased; the chain still verifies.
     staff_entries = [e for e in await audited(omni, key) if e["action"] in ("api_key.issue", "api_key.revoke")]
     assert [e["opened_actor"] for e in staff_entries] == [{"ip": staff_ip, "user_agent": staff_agent}] * 2
-    assert all(e["actor"]["ip"]["ps"].startswith("ps1_") for e in staff_entries)
+    assert all(e["actor"]["ip"]["ps"].startswith("ps2_") for e in staff_entries)
     actor_access = await request(omni, key, f"apikey:{key.split('_')[1]}", "access")
     actor_export = (await omni.client.get(actor_access["export"], headers=omni.auth(key))).json()
     assert {"ip": staff_ip, "user_agent": staff_agent} in [e["opened_actor"] for e in actor_export["views"]["audit"]]

@@ -123,7 +123,7 @@ async def test_every_command_is_audited_accepted_or_refused(omni: Omni) -> None:
     assert ("tenant.create", "rejected", "_platform") in seen  # the admin sent an invalid body
     revoke = next(e for e in entries if e.data["action"] == "api_key.revoke")
     assert revoke.data["outcome"] == "rejected"
-    assert revoke.data["actor"]["user_agent"]["ps"].startswith("ps1_")  # sealed on the topic
+    assert revoke.data["actor"]["user_agent"]["ps"].startswith("ps2_")  # sealed on the topic
     raw = [
         r.value for p in range(omni.platform.topics.partitions(topic)) for r in await omni.platform.log.read(topic, p, 0, 1000)
     ]

@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 from schemas.envelope import Actor, Envelope, decode, encode
 from schemas.topics import Topics, partition_for
-from streams.embedded_log import EmbeddedLog
+from streams.embedded_log import CHECKPOINT_EVERY_BYTES, EmbeddedLog
 from streams.log import LogRecord, Outgoing
 from tests.topic_records import assert_readable_by_outsiders
 from tests.unit.test_envelope_decoding import LAYOUT_1
@@ -83,3 +86,27 @@ async def test_a_log_made_before_headers_is_migrated_and_its_records_still_read(
         assert len(await again.read(TOPICS.usage, partition, 0, 10)) == 2
     finally:
         await again.close()
+
+
+async def test_the_wal_is_checkpointed_by_a_thread_of_its_own_as_records_are_appended(tmp_path: Path) -> None:
+    """Every CHECKPOINT_EVERY_BYTES appended wake the checkpointer, which copies the WAL into the
+    database file on its own connection (SQLite's own checkpoint is 64 MiB out: the database file
+    would stay at its first pages); closing the log stops the thread."""
+    path = tmp_path / "log.sqlite"
+    log = EmbeddedLog(path, TOPICS)
+    await log.start()
+    try:
+        empty = path.stat().st_size
+        value = b"x" * 4000
+        for _ in range(2):  # twice the threshold, in appends below it
+            await log.append(TOPICS.audit, [Outgoing(f"k{i}", value) for i in range(CHECKPOINT_EVERY_BYTES // 8000 + 1)])
+            assert await log.read(TOPICS.audit, partition_for("k0", 2), 0, 1)  # reads go on meanwhile
+        deadline = time.monotonic() + 30
+        while path.stat().st_size < empty + CHECKPOINT_EVERY_BYTES // 2:
+            assert time.monotonic() < deadline, "the WAL was never checkpointed into the database file"
+            await asyncio.sleep(0.01)
+    finally:
+        await log.close()
+    assert not any(t.name == "embedded-log-checkpoint" for t in threading.enumerate())
+    with sqlite3.connect(path) as db:  # everything appended is there
+        assert db.execute("SELECT count(*) FROM records").fetchone()[0] == 2 * (CHECKPOINT_EVERY_BYTES // 8000 + 1)

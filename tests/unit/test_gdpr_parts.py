@@ -3,6 +3,8 @@ pseudonyms, and the meters counting and grouping sealed values by their pseudony
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 from datetime import UTC, datetime, timedelta
 
@@ -26,6 +28,8 @@ from schemas.gdpr import (
     retention_cutoff,
 )
 from schemas.meters import MeterDefinition
+from stores.data_keys import BLAKE2B, HMAC_SHA256
+from stores.database import StoreUnavailable
 from stores.gdpr import BreachRow
 
 
@@ -91,15 +95,54 @@ def test_sealed_values_open_only_for_their_tenant_and_person() -> None:
         DataKey("k1", os.urandom(32)).open(first["ct"], aad)  # another key, even with the same id
 
 
-def test_pseudonyms_are_stable_per_person_and_unlinkable_across_persons() -> None:
-    alice, bob = DataKey("a", os.urandom(32)), DataKey("b", os.urandom(32))
+@pytest.mark.parametrize(("scheme", "prefix"), [(HMAC_SHA256, "ps1_"), (BLAKE2B, "ps2_")])
+def test_pseudonyms_are_stable_per_person_and_unlinkable_across_persons(scheme: int, prefix: str) -> None:
+    alice, bob = DataKey("a", os.urandom(32), scheme), DataKey("b", os.urandom(32), scheme)
     aad = associated_data("t1", "x")
     value = {"$.data.email": "same@example.com"}
     first, second = alice.seal(value, aad)["$.data.email"], alice.seal(value, aad)["$.data.email"]
     assert first["ct"] != second["ct"]  # a fresh nonce each time
-    assert first["ps"] == second["ps"] and first["ps"].startswith("ps1_")
+    assert first["ps"] == second["ps"] and first["ps"].startswith(prefix) and len(first["ps"]) == 36
     assert bob.seal(value, aad)["$.data.email"]["ps"] != first["ps"]
     assert alice.seal({"$.data.email": "other@example.com"}, aad)["$.data.email"]["ps"] != first["ps"]
+
+
+# What a key made before pseudonym schemes (HMAC-SHA256) gave, sealing with this secret and nonce:
+# its pseudonyms must never change (meters group and count by them), and its ciphertexts must open.
+OLD_SECRET = bytes(range(32))
+OLD_SEALED = {
+    "$.data.email": {
+        "omni_sealed": 1,
+        "ps": "ps1_c112e02987256e79204d729c29152541",
+        "kid": "k-old",
+        "ct": "AAAAAAAAAAAAAAAAB3j3eP1k8cdGZiazna3ZKiI0eLYI+GWwwOjE/ALu9CaTS3iDnS7KNRzpZYrIcBaJX6S6KGhAppZqi77KlDcM/DQL+5J+3OveIA==",
+    },
+    "$.data.prompt": {"omni_sealed": 1, "ps": "ps1_47239f2ec8d286624eea1159a1f99fd1"},
+}
+
+
+def test_a_key_made_before_pseudonym_schemes_seals_and_opens_as_it_did() -> None:
+    old = DataKey("k-old", OLD_SECRET, HMAC_SHA256)
+    values = {"$.data.email": "alice@example.com", "$.data.prompt": "hi"}
+    aad = associated_data("t1", "alice")
+    assert old.seal(values, aad, bytes(12)) == OLD_SEALED  # byte for byte, pseudonyms and ciphertext
+    assert old.open(OLD_SEALED["$.data.email"]["ct"], aad) == values
+    # The same secret under the current scheme: the same ciphertext, other pseudonyms (ps2_, BLAKE2b).
+    new = DataKey("k-old", OLD_SECRET, BLAKE2B).seal(values, aad, bytes(12))
+    assert new["$.data.email"]["ct"] == OLD_SEALED["$.data.email"]["ct"]
+    assert new["$.data.email"]["ps"] == "ps2_" + _blake2b(OLD_SECRET, b'"alice@example.com"')
+    assert DataKey("k-old", OLD_SECRET, BLAKE2B).open(OLD_SEALED["$.data.email"]["ct"], aad) == values
+
+
+def _blake2b(secret: bytes, text: bytes) -> str:
+    """The BLAKE2b scheme written out: a 128-bit BLAKE2b of the value's JSON text, keyed by
+    HMAC-SHA256(data key, "omni pseudonym v2")."""
+    return hashlib.blake2b(text, key=hmac.digest(secret, b"omni pseudonym v2", "sha256"), digest_size=16).hexdigest()
+
+
+def test_a_key_of_a_scheme_this_version_does_not_know_is_refused() -> None:
+    with pytest.raises(StoreUnavailable, match="scheme 3"):
+        DataKey("k", OLD_SECRET, 3)
 
 
 def test_the_master_key_wraps_data_keys() -> None:
