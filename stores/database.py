@@ -15,7 +15,7 @@ import re
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -109,12 +109,15 @@ class _AdvisoryLock:
         return False
 
     def release(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except psycopg.Error:
-                pass
-            self._conn = None
+        _close_quietly(self._conn)
+        self._conn = None
+
+
+def _close_quietly(conn: psycopg.Connection[Any] | None) -> None:
+    """Close a session whose locks are being let go; one already broken is gone anyway."""
+    if conn is not None:
+        with suppress(psycopg.Error):
+            conn.close()
 
 
 class Claims(Protocol):
@@ -191,12 +194,8 @@ class _AdvisoryClaims(_LocalClaims):
 
     def _drop(self) -> None:
         with self._db_lock:
-            if self._conn is not None:
-                try:
-                    self._conn.close()
-                except psycopg.Error:
-                    pass
-                self._conn = None
+            _close_quietly(self._conn)
+            self._conn = None
 
     def close(self) -> None:
         self._drop()
