@@ -2,9 +2,13 @@
 
 The event store's notification log is the outbox. The relay reads from its
 tracked position, publishes, then advances the position: a crash between
-"stored" and "published" loses nothing, and a crash between "published" and
-"position saved" republishes, which the catalog fold absorbs (its writes are
-idempotent and the envelope id is derived from the stored event).
+"stored" and "published" loses nothing. A crash between "published" and
+"position saved" would publish those events again; so a process that starts
+leading first reads the last record of each partition of its topics (each
+carries its store position) and leaves out what the log already holds. The
+folds absorb a repeat anyway (their writes are idempotent and the envelope id
+is derived from the stored event), but the notifications topic is read by
+others, who are promised each notice once.
 
 The leader polls the event store while events keep coming, and less often as
 it stays idle (every IDLE_FIRST seconds, doubling up to IDLE_MAX). A process
@@ -25,8 +29,8 @@ from commands.control_plane import AUDIT_TYPE, ControlPlane, describe
 from commands.ids import OMNI_NAMESPACE
 from commands.notices import NOTICE_TYPES
 from omni import failpoints
-from schemas.envelope import Envelope, encode
-from schemas.topics import STORE_POSITION, Topics
+from schemas.envelope import Envelope, NewerSchema, decode, encode
+from schemas.topics import STORE_POSITION, Topics, partition_for
 from stores import views
 from stores.database import Database, Leadership, StoreUnavailable
 from streams.log import EventLog, LogUnavailable, outgoing
@@ -76,6 +80,9 @@ class OutboxRelay:
         self.sleep = sleep  # the wait after a failed round
         self.pause = pause_  # the idle wait between rounds
         self._woken = asyncio.Event()
+        # While leading: per topic, each partition's count and the store position of its last record,
+        # read from the log when this process began to lead (None: not read yet).
+        self._published: dict[str, tuple[int, dict[int, int]]] | None = None
 
     def wake(self) -> None:
         """Something was just stored: poll now rather than after the idle pause. Call on the loop."""
@@ -94,22 +101,68 @@ class OutboxRelay:
         with self.db.transaction() as tx:
             views.set_relay_position(tx, RELAY, position)
 
+    async def _read_published(self) -> dict[str, tuple[int, dict[int, int]]]:
+        """Per topic: its partition count, and each partition's last record's store position."""
+        published: dict[str, tuple[int, dict[int, int]]] = {}
+        for topic in (self.topic, self.audit_topic, self.notifications_topic):
+            ends = await self.log.end_offsets(topic)
+            last: dict[int, int] = {}
+            for partition, end in ends.items():
+                if end <= 0:
+                    continue
+                for record in await self.log.read(topic, partition, end - 1, 1):
+                    try:
+                        position = decode(record.value).extensions.get(STORE_POSITION)
+                    except (ValueError, NewerSchema):
+                        continue  # not one of ours to judge by: publish as before
+                    if isinstance(position, int):
+                        last[partition] = position
+            published[topic] = (len(ends), last)
+        return published
+
+    def _unpublished(self, topic: str, key: str, position: int) -> bool:
+        """Whether the log lacks the event at `position` for `topic` under `key` (what this process read when it began to lead)."""
+        assert self._published is not None
+        partitions, last = self._published.get(topic, (0, {}))
+        if not partitions:
+            return True
+        return position > last.get(partition_for(key, partitions), 0)
+
     async def relay_once(self, limit: int = 500) -> int:
         """Publish the next stored events; return how many."""
         position, envelopes = await asyncio.to_thread(self._pending, limit)
         if not envelopes:
             return 0
-        control = [outgoing(e.id, e, encode(e)) for e in envelopes if e.type != AUDIT_TYPE and e.type not in NOTICE_TYPES]
-        audit = [outgoing(e.tenant_id, e, encode(e)) for e in envelopes if e.type == AUDIT_TYPE]
-        notices = [outgoing(e.tenant_id, e, encode(e)) for e in envelopes if e.type in NOTICE_TYPES]
-        failpoints.hit(failpoints.RELAY_BEFORE_PUBLISH)
-        if control:
-            await self.log.append(self.topic, control)
-        if audit:
-            await self.log.append(self.audit_topic, audit)
-        if notices:
-            await self.log.append(self.notifications_topic, notices)
-        failpoints.hit(failpoints.RELAY_AFTER_PUBLISH)
+        if self._published is None:
+            self._published = await self._read_published()
+        keyed: list[tuple[str, str, Envelope]] = []
+        for e in envelopes:
+            if e.type == AUDIT_TYPE:
+                keyed.append((self.audit_topic, e.tenant_id, e))
+            elif e.type in NOTICE_TYPES:
+                keyed.append((self.notifications_topic, e.tenant_id, e))
+            else:
+                keyed.append((self.topic, e.id, e))
+        fresh = [
+            (topic, outgoing(key, e, encode(e)))
+            for topic, key, e in keyed
+            if self._unpublished(topic, key, int(e.extensions.get(STORE_POSITION, 0)))
+        ]
+        control = [item for topic, item in fresh if topic == self.topic]
+        audit = [item for topic, item in fresh if topic == self.audit_topic]
+        notices = [item for topic, item in fresh if topic == self.notifications_topic]
+        try:
+            failpoints.hit(failpoints.RELAY_BEFORE_PUBLISH)
+            if control:
+                await self.log.append(self.topic, control)
+            if audit:
+                await self.log.append(self.audit_topic, audit)
+            if notices:
+                await self.log.append(self.notifications_topic, notices)
+            failpoints.hit(failpoints.RELAY_AFTER_PUBLISH)
+        except BaseException:
+            self._published = None  # some of it may be on the log now: read the log again before the next try
+            raise
         await asyncio.to_thread(self._advance, position)
         return len(envelopes)
 
@@ -125,6 +178,7 @@ class OutboxRelay:
         idle_for = idle
         while not stop.is_set():
             if not await asyncio.to_thread(leadership.hold):
+                self._published = None  # another process may publish meanwhile: read the log again on leading
                 await self.pause(stop, 1.0)
                 continue
             self._woken.clear()  # before reading: a wake while we read is kept for the pause below
