@@ -121,7 +121,9 @@ async def test_a_large_batch_full_of_escaped_nul_text_does_not_hold_up_other_req
     print(f"5 MB batch: {(finished - started) * 1000:.0f} ms; /healthz rounds ended meanwhile: {len(during)}")
     assert response.status_code == 202, response.text
     assert response.json()["accepted"] == 1000
-    assert len(during) >= 5, f"only {len(during)} /healthz rounds ended during the {finished - started:.3f}s batch"
+    # A held loop lets none end (one at most, at the very start); a free one 9 to 20 on a quiet machine,
+    # and as few as 4 under the suite's load on two cores.
+    assert len(during) >= 3, f"only {len(during)} /healthz rounds ended during the {finished - started:.3f}s batch"
 
 
 async def test_loose_values_are_refused_or_read_strictly(omni: Omni) -> None:
