@@ -9,6 +9,7 @@ it fails them, so a missing service can never pass for green.
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import uuid
@@ -137,12 +138,28 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def reserved_port() -> int:
+    """A free port below the ephemeral range (Linux: 32768 and up), for a listener that starts later.
+
+    A port from `free_port` is one the kernel also hands out for outgoing connections and to other
+    tests' `free_port`: while the broker waits to start (the tests that start Omni without it), one of
+    those could take it, and Kafka would fail to bind."""
+    while True:
+        port = random.randrange(20_000, 32_000)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+
+
 class OwnBroker:
     """A second single-node Kafka (ops/services/kafka.sh on free ports, its data under `run_dir`),
     so stopping it disturbs no other test. Not started until `run("start")`."""
 
     def __init__(self, run_dir: Path) -> None:
-        self.port, self.controller = free_port(), free_port()
+        self.port, self.controller = reserved_port(), reserved_port()
         self.servers = f"localhost:{self.port}"
         self.env = {
             **os.environ,
