@@ -33,7 +33,7 @@ from schemas.envelope import Envelope, NewerSchema, decode, encode
 from schemas.topics import STORE_POSITION, Topics, partition_for
 from stores import views
 from stores.database import Database, Leadership, StoreUnavailable
-from streams.log import EventLog, LogUnavailable, outgoing
+from streams.log import EventLog, LogUnavailable, Outgoing, outgoing
 from streams.pausing import Pause, pause
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,14 @@ class OutboxRelay:
             published[topic] = (len(ends), last)
         return published
 
+    def _destination(self, envelope: Envelope) -> tuple[str, str]:
+        """(topic, key): audit entries and notices by tenant on their topics, the rest by id on the control topic."""
+        if envelope.type == AUDIT_TYPE:
+            return self.audit_topic, envelope.tenant_id
+        if envelope.type in NOTICE_TYPES:
+            return self.notifications_topic, envelope.tenant_id
+        return self.topic, envelope.id
+
     def _unpublished(self, topic: str, key: str, position: int) -> bool:
         """Whether the log lacks the event at `position` for `topic` under `key` (what this process read when it began to lead)."""
         assert self._published is not None
@@ -135,35 +143,21 @@ class OutboxRelay:
             return 0
         if self._published is None:
             self._published = await self._read_published()
-        keyed: list[tuple[str, str, Envelope]] = []
+        by_topic: dict[str, list[Outgoing]] = {self.topic: [], self.audit_topic: [], self.notifications_topic: []}
         for e in envelopes:
-            if e.type == AUDIT_TYPE:
-                keyed.append((self.audit_topic, e.tenant_id, e))
-            elif e.type in NOTICE_TYPES:
-                keyed.append((self.notifications_topic, e.tenant_id, e))
-            else:
-                keyed.append((self.topic, e.id, e))
-        fresh = [
-            (topic, outgoing(key, e, encode(e)))
-            for topic, key, e in keyed
-            if self._unpublished(topic, key, int(e.extensions.get(STORE_POSITION, 0)))
-        ]
-        control = [item for topic, item in fresh if topic == self.topic]
-        audit = [item for topic, item in fresh if topic == self.audit_topic]
-        notices = [item for topic, item in fresh if topic == self.notifications_topic]
+            topic, key = self._destination(e)
+            if self._unpublished(topic, key, int(e.extensions.get(STORE_POSITION, 0))):
+                by_topic[topic].append(outgoing(key, e, encode(e)))
         try:
             failpoints.hit(failpoints.RELAY_BEFORE_PUBLISH)
-            if control:
-                await self.log.append(self.topic, control)
-            if audit:
-                await self.log.append(self.audit_topic, audit)
-            if notices:
-                await self.log.append(self.notifications_topic, notices)
+            for topic, items in by_topic.items():
+                if items:
+                    await self.log.append(topic, items)
             failpoints.hit(failpoints.RELAY_AFTER_PUBLISH)
+            await asyncio.to_thread(self._advance, position)
         except BaseException:
-            self._published = None  # some of it may be on the log now: read the log again before the next try
+            self._published = None  # some of it may be on the log, its position not saved: read the log again first
             raise
-        await asyncio.to_thread(self._advance, position)
         return len(envelopes)
 
     async def run(self, stop: asyncio.Event, idle: float = IDLE_FIRST, idle_max: float = IDLE_MAX) -> None:

@@ -295,3 +295,26 @@ async def test_a_notice_is_recorded_and_published_once_across_a_crash_after_reco
         "used": 8, "occurred_at": "2026-12-04T00:00:00.000000Z",
     }  # fmt: skip
     assert await setup.control_records() == [] and await setup.audit_records() == []
+
+
+async def test_a_position_that_could_not_be_saved_publishes_nothing_twice(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Published, then the store is away as the relay saves its position: the next round (the same
+    relay, still leading) reads the log again and publishes nothing twice."""
+    from stores.database import StoreUnavailable
+
+    setup.control.create_tenant(CTX, "acme", "pro")
+    advance = setup.relay._advance
+
+    def away(position: int) -> None:
+        raise StoreUnavailable("the views' database is away")
+
+    monkeypatch.setattr(setup.relay, "_advance", away)
+    with pytest.raises(StoreUnavailable):
+        await setup.relay.relay_once()
+    published = [decode(r.value).id for r in await setup.control_records()]
+    assert len(published) == 2 and setup.position() == 0
+
+    monkeypatch.setattr(setup.relay, "_advance", advance)
+    assert await setup.relay.relay_once() == 3
+    assert [decode(r.value).id for r in await setup.control_records()] == published
+    assert len(await setup.audit_records()) == 1 and setup.position() == 3
