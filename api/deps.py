@@ -67,20 +67,30 @@ def command_context(request: Request, principal: Principal) -> CommandContext:
     )
 
 
-def acting_tenant(platform: Platform, principal: Principal, tenant: str | None) -> str:
-    """Whose data a call is about: a tenant key's own tenant (naming another in `?tenant=`: 404); the
-    admin's `_platform` (the platform-wide actions), or the existing tenant `?tenant=` names.
-    Reads the views when the admin names a tenant (blocking: call it from a worker thread)."""
+def named_tenant(principal: Principal, tenant: str | None) -> str | None:
+    """The tenant `?tenant=` names, as the caller may see it: a tenant key's own (naming another: 404);
+    for the admin, the named tenant's canonical id (not an id: 404), or None when it names none."""
     if not principal.is_admin:
         if tenant is not None and canonical_uuid(tenant) != principal.tenant_id:
             raise NotFound(f"tenant {tenant} not found")
         return principal.tenant_id or ""
-    if tenant is None or tenant == PLATFORM:
-        return PLATFORM
+    if tenant is None:
+        return None
     canonical = canonical_uuid(tenant)
     if canonical is None:
         raise NotFound(f"tenant {tenant} not found")
-    with platform.db.transaction() as tx:
-        if views.tenant(tx, canonical) is None:
-            raise NotFound(f"tenant {tenant} not found")
     return canonical
+
+
+def acting_tenant(platform: Platform, principal: Principal, tenant: str | None) -> str:
+    """Whose data a call is about: a tenant key's own tenant (naming another in `?tenant=`: 404); the
+    admin's `_platform` (the platform-wide actions), or the existing tenant `?tenant=` names.
+    Reads the views when the admin names a tenant (blocking: call it from a worker thread)."""
+    named = named_tenant(principal, None if tenant == PLATFORM and principal.is_admin else tenant)
+    if named is None:
+        return PLATFORM
+    if principal.is_admin:
+        with platform.db.transaction() as tx:
+            if views.tenant(tx, named) is None:
+                raise NotFound(f"tenant {tenant} not found")
+    return named

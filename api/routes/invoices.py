@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
 from api import as_of, invoice_page
-from api.deps import AdminDep, CallerDep, PlatformDep, command_context
+from api.deps import AdminDep, CallerDep, PlatformDep, command_context, named_tenant
 from api.problems import Problem
 from api.relaying import run_command
 from commands.billing import PAID, UNCOLLECTIBLE, VOID
@@ -22,25 +22,10 @@ from projections.invoices import CREDIT_NOTE, INVOICE, PERIOD_PATTERN, BillingPe
 from schemas.billing import InvoiceChanged, InvoiceList, InvoicePublic, PeriodClose, StatusChange
 from schemas.cloudevents import Rfc3339Time
 from schemas.envelope import format_time
-from schemas.ids import canonical_uuid
 from stores import billing as billing_store
 from stores import views
 
 router = APIRouter(prefix="/v1", tags=["invoices"])
-
-
-def _tenant_of(principal: CallerDep, tenant: str | None) -> str | None:
-    """The caller's own tenant; for the admin, the one named by `?tenant=` (None: every tenant)."""
-    if not principal.is_admin:
-        if tenant is not None and canonical_uuid(tenant) != principal.tenant_id:
-            raise NotFound(f"tenant {tenant} not found")
-        return principal.tenant_id or ""
-    if tenant is None:
-        return None
-    canonical = canonical_uuid(tenant)
-    if canonical is None:
-        raise NotFound(f"tenant {tenant} not found")
-    return canonical
 
 
 def _public(row: billing_store.InvoiceRow) -> InvoicePublic:
@@ -95,7 +80,7 @@ def list_invoices(
     """Finalized invoices and credit notes, newest first (with `as_of`: those issued by then, each
     with its status then)."""
     as_of.check(as_of_)
-    tenant_id = _tenant_of(principal, tenant)
+    tenant_id = named_tenant(principal, tenant)
     cursor = None
     if before is not None:
         at, _, last_id = before.partition("~")
@@ -121,7 +106,7 @@ async def upcoming_invoice(
 ) -> InvoicePublic:
     """This month's invoice as it stands: the usage so far, priced by the tenant's plan now, with the
     adjustments the next close will bill. 404 when the tenant's plan charges nothing."""
-    tenant_id = _tenant_of(principal, tenant)
+    tenant_id = named_tenant(principal, tenant)
     if tenant_id is None:
         raise Problem(422, "Tenant needed", "The admin names the tenant: ?tenant=ID.", kind="tenant-needed")
     return await run_in_threadpool(_draft, platform, tenant_id)

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query
 from starlette.concurrency import run_in_threadpool
 
 from api import as_of
-from api.deps import CallerDep, PlatformDep, TenantDep
+from api.deps import CallerDep, PlatformDep, TenantDep, named_tenant
 from api.problems import Problem
 from commands.errors import NotFound
 from commands.slos import PLATFORM
@@ -32,7 +32,6 @@ from projections.quotas import (
 )
 from schemas.cloudevents import Rfc3339Time
 from schemas.envelope import Actor, Envelope, encode
-from schemas.ids import canonical_uuid
 from schemas.meters import MeterDefinition
 from schemas.plans import (
     ConsumeBody,
@@ -230,17 +229,11 @@ async def _sealed(platform: Platform, usage: Envelope) -> Envelope:
 
 
 def _tenant_of(principal: CallerDep, tenant: str | None) -> str:
-    """The caller's own tenant, or for the admin the one named by `?tenant=`."""
-    if not principal.is_admin:
-        if tenant is not None and canonical_uuid(tenant) != principal.tenant_id:
-            raise NotFound(f"tenant {tenant} not found")
-        return principal.tenant_id or ""
-    if tenant is None:
+    """The caller's own tenant, or for the admin the one named by `?tenant=` (which it must name)."""
+    named = named_tenant(principal, tenant)
+    if named is None:
         raise Problem(422, "Tenant needed", "The admin names the tenant: ?tenant=ID.", kind="tenant-needed")
-    canonical = canonical_uuid(tenant)
-    if canonical is None:
-        raise NotFound(f"tenant {tenant} not found")
-    return canonical
+    return named
 
 
 async def _quotas(platform: Platform, tenant_id: str) -> list[QuotaPublic]:
