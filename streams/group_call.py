@@ -7,7 +7,8 @@ number of round trips, and the per-call CPU on both ends, shrinks by the size of
 
 `run(items)` answers one result per item, in order, or raises: then every item of that call
 raises. An item whose caller was cancelled is still sent (it may have been already): its result is
-dropped.
+dropped. An item can also be posted without waiting for it (`post`): it goes with the next call,
+and only a failure is told, to the callback given.
 """
 
 from __future__ import annotations
@@ -29,10 +30,30 @@ class GroupCall(Generic[T, R]):
 
     async def __call__(self, item: T) -> R:
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._enqueue(item, future)
+        return await future
+
+    def _enqueue(self, item: T, future: asyncio.Future[R]) -> None:
         self._waiting.append((item, future))
         if self._caller is None or self._caller.done():
             self._caller = asyncio.create_task(self._call_waiting(), name="group-call")
-        return await future
+
+    def post(self, item: T, on_failure: Callable[[BaseException], None]) -> None:
+        """Send `item` with the next call without waiting for its result; a failure of that call is
+        passed to `on_failure` (a cancellation is not)."""
+
+        def told(future: asyncio.Future[R]) -> None:
+            if not future.cancelled() and (failure := future.exception()) is not None:
+                on_failure(failure)
+
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(told)
+        self._enqueue(item, future)
+
+    async def drain(self, timeout: float) -> None:
+        """Wait (at most `timeout` seconds) until every item waiting or under way has been sent."""
+        if self._caller is not None and not self._caller.done():
+            await asyncio.wait({self._caller}, timeout=timeout)
 
     def close(self) -> None:
         if self._caller is not None:

@@ -9,16 +9,20 @@ Consume, for one (tenant, idempotency key):
 1. one Lua script (CONSUME): the answer kept under the key, if any; else the decision against
    the counter of the quota's period, the counters of the consume's day and month raised if
    accepted, and a *pending* answer kept for PENDING_MS;
-2. the usage event (or the refusal) appended to Kafka with acks=all;
-3. SETTLE turns the pending answer into the kept one; if the append failed, UNDO takes the
-   amount back (in the same epoch only) and drops the pending answer: 503, nothing counted.
+2. the usage event (or the refusal) appended to Kafka with acks=all; then the consume is answered;
+3. the pending answer becomes the kept one, in the next CONSUME call (which keeps the answers
+   handed to it before it decides anything); if the append failed, UNDO takes the amount back (in
+   the same epoch only) and drops the pending answer: 503, nothing counted.
 
-Steps 1 and 3 are group calls (streams.group_call): the consumes that reach a step while its
-previous call is under way share the next one, each still decided in turn as if alone, and each
-still answered only once its own append is acknowledged and its own answer kept. Under load
-that is one round trip to Redis per step for many consumes instead of one per consume.
+Steps 1 and 3 share group calls (streams.group_call): the consumes that reach step 1, and the
+answers to keep, while a call is under way go together in the next one, each consume still decided
+in turn as if alone, and each still answered only once its own append is acknowledged. Under load
+that is one round trip to Redis for many consumes instead of two per consume, and no round trip
+between the append and the answer. A retry sent to this process after its answer finds the answer
+kept (its call comes after, or is, the one that keeps it); one sent to another API process within
+that round trip finds it pending (409, in progress, as for any retry of a consume under way).
 
-A process that dies between 1 and 3 leaves its amount counted and its answer pending until
+A process that dies between 1 and 3 (even after answering) leaves its amount counted and its answer pending until
 PENDING_MS: the counter is then above the log (refusing early, never overshooting) until the next
 rebuild; a retry after that decides again, and the event's id (the idempotency key) keeps the
 meters from counting it twice if both appends landed.
@@ -44,6 +48,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 
@@ -86,17 +91,24 @@ def from_milli(value: int | str | bytes) -> Decimal:
     return number.quantize(Decimal(1)) if number == number.to_integral_value() else number.normalize()
 
 
-# A group of consumes in one call (streams.group_call: those that arrive while a call is under
-# way share the next one), each decided in turn exactly as if alone.
-# KEYS: built, then each consume's answer key. ARGV: prefix, pending TTL (ms), then per consume:
-# tenant, fingerprint, amount, limit ('' for none), hard ('1'), field of the quota's period,
-# field of the day, field of the month, the period.
+# One call for the answers to keep (those whose appends landed) and a group of consumes to decide
+# (streams.group_call: those that arrive while a call is under way share the next one). The
+# answers are kept first, each only if it is still ours (still that pending value); then each
+# consume is decided in turn exactly as if alone.
+# KEYS: built, the n answers to keep, then each consume's answer key. ARGV: prefix, pending TTL
+# (ms), kept TTL (ms), n, then per answer to keep: its pending value, its kept value; then per
+# consume: tenant, fingerprint, amount, limit ('' for none), hard ('1'), field of the quota's
+# period, field of the day, field of the month, the period.
 # Answers, per consume: {'rebuild'} | {'kept', answer} | {'decided', accepted, used, epoch, pending value}.
 CONSUME = """
+local n = tonumber(ARGV[4])
+for i = 1, n do
+  if redis.call('GET', KEYS[1 + i]) == ARGV[3 + 2 * i] then redis.call('SET', KEYS[1 + i], ARGV[4 + 2 * i], 'PX', ARGV[3]) end
+end
 local epoch = redis.call('GET', KEYS[1])
 local out = {}
-for i = 2, #KEYS do
-  local a = 3 + (i - 2) * 9
+for i = 2 + n, #KEYS do
+  local a = 5 + 2 * n + (i - 2 - n) * 9
   if not epoch then
     out[#out + 1] = {'rebuild'}
   else
@@ -121,15 +133,6 @@ for i = 2, #KEYS do
   end
 end
 return out
-"""
-
-# KEYS: the answers of a group of consumes. ARGV: the TTL (ms), then per answer: its pending value,
-# its kept value. Each answer that is still ours (still that pending value) becomes the kept one.
-SETTLE = """
-for i = 1, #KEYS do
-  if redis.call('GET', KEYS[i]) == ARGV[2 * i] then redis.call('SET', KEYS[i], ARGV[2 * i + 1], 'PX', ARGV[1]) end
-end
-return #KEYS
 """
 
 # KEYS: built, answer. ARGV: prefix, tenant, pending value, epoch, accepted, amount, day field,
@@ -205,6 +208,27 @@ class QuotaKeys:
         return self.prefix + "m:" + epoch
 
 
+@dataclass(frozen=True, slots=True)
+class Decide:
+    """A consume to decide: its answer's key and its arguments to CONSUME."""
+
+    answer_key: str
+    args: list[object]
+
+
+@dataclass(frozen=True, slots=True)
+class Keep:
+    """An answer to keep: its key, the pending value it must still hold, the value kept from now on."""
+
+    answer_key: str
+    pending: str
+    kept: str
+
+
+def _not_kept(failure: BaseException) -> None:
+    log.warning("could not keep a consume's answer (%s); a retry may decide again (the meters count it once)", failure)
+
+
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -221,9 +245,7 @@ class RedisQuotaLedger:
         self.grace = grace  # how long an append may still be in flight (the produce timeout)
         self.keep_ms = keep_seconds * 1000
         self._consume = self.redis.register_script(CONSUME)
-        self._settle = self.redis.register_script(SETTLE)
-        self._decide: GroupCall[tuple[str, list[object]], list[object]] = GroupCall(self._decide_group)
-        self._keep: GroupCall[tuple[str, str, str], None] = GroupCall(self._settle_group)
+        self._calls: GroupCall[Decide | Keep, list[object] | None] = GroupCall(self._call_group)
         self._undo = self.redis.register_script(UNDO)
         self._install = self.redis.register_script(INSTALL)
         self._extend = self.redis.register_script(EXTEND)
@@ -234,8 +256,8 @@ class RedisQuotaLedger:
         for task in (self._rebuilding, self._keeper):
             if task is not None:
                 task.cancel()
-        self._decide.close()
-        self._keep.close()
+        await self._calls.drain(timeout=2.0)  # the answers still to keep
+        self._calls.close()
         await self.redis.aclose()
 
     async def start(self) -> None:
@@ -279,9 +301,10 @@ class RedisQuotaLedger:
         deadline = time.monotonic() + WAIT_FOR_BUILD_SECONDS
         while True:
             try:
-                reply = await self._decide((answer_key, args))
+                reply = await self._calls(Decide(answer_key, args))
             except RedisError as away:
                 raise LogUnavailable(f"the quota counters (Redis) are unreachable: {away}") from away
+            assert reply is not None
             kind = _text(reply[0])
             if kind != "rebuild":
                 break
@@ -305,27 +328,21 @@ class RedisQuotaLedger:
             raise
         failpoints.hit(failpoints.QUOTA_AFTER_APPEND)
         kept = pending.replace("pending|", "done|", 1) + "|" + ("" if limit is None else str(milli(limit)))
-        try:
-            await self._keep((answer_key, pending, kept))
-        except RedisError:
-            log.warning("could not keep a consume's answer; a retry may decide again (the meters count it once)")
+        self._calls.post(Keep(answer_key, pending, kept), on_failure=_not_kept)
         return ConsumeOutcome(_decision(accepted, from_milli(used), limit), request.period, replayed=False)
 
-    async def _decide_group(self, group: list[tuple[str, list[object]]]) -> list[list[object]]:
-        """CONSUME for a group of consumes (answer key, arguments): one round trip for all."""
-        keys = [self.keys.built, *(answer_key for answer_key, _ in group)]
-        args: list[object] = [self.keys.prefix, PENDING_MS]
-        for _, own in group:
-            args += own
-        return await self._consume(keys=keys, args=args)  # type: ignore[no-any-return]
-
-    async def _settle_group(self, group: list[tuple[str, str, str]]) -> list[None]:
-        """SETTLE for a group of answers (key, pending value, kept value): one round trip for all."""
-        args: list[object] = [self.keep_ms]
-        for _, pending, kept in group:
-            args += [pending, kept]
-        await self._settle(keys=[answer_key for answer_key, _, _ in group], args=args)
-        return [None] * len(group)
+    async def _call_group(self, group: list[Decide | Keep]) -> list[list[object] | None]:
+        """CONSUME for a group of answers to keep and consumes to decide: one round trip for all."""
+        keeps = [item for item in group if isinstance(item, Keep)]
+        decides = [item for item in group if isinstance(item, Decide)]
+        keys = [self.keys.built, *(k.answer_key for k in keeps), *(d.answer_key for d in decides)]
+        args: list[object] = [self.keys.prefix, PENDING_MS, self.keep_ms, len(keeps)]
+        for keep in keeps:
+            args += [keep.pending, keep.kept]
+        for decide in decides:
+            args += decide.args
+        replies = iter(await self._consume(keys=keys, args=args))
+        return [next(replies) if isinstance(item, Decide) else None for item in group]
 
     # Reads --------------------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@ counted once per offset, and a gap in what was counted drops the counters for a 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -105,6 +106,40 @@ async def test_a_consume_whose_append_fails_counts_nothing(
     finally:
         await ledger.close()
         views.close()
+
+
+async def test_an_answer_is_kept_after_the_consume_is_answered_and_before_the_next_decision(
+    redis_url: str, topics: Topics, raw: aioredis.Redis, tmp_path: Path
+) -> None:
+    """The call that keeps an answer is not awaited by its consume: it goes with the next decision
+    (kept first, then decided), or alone; closing the ledger sends the answers still to keep."""
+    views = SqliteDatabase(tmp_path / "views.sqlite")
+    views.migrate(VIEW_SCHEMA)
+    log = EmbeddedLog(tmp_path / "log.sqlite", topics)
+    await log.start()
+    ledger = RedisQuotaLedger(redis_url, topics, log, views, grace=0, keep_seconds=60)
+    keys = QuotaKeys(topics)
+    await raw.set(keys.built, "e1")
+    try:
+        first = await ledger.consume(request("t1", "req-1", 4, limit=10))
+        assert (first.decision.accepted, first.replayed) == (True, False)
+        pending = (await raw.get(keys.answer("t1", "req-1")) or b"").decode()
+        assert pending.startswith("pending|"), "answered before its answer is kept"
+        # The retry, at once: its decision goes in the call that keeps the first answer, after it.
+        again, other = await asyncio.gather(
+            ledger.consume(request("t1", "req-1", 4, limit=10)), ledger.consume(request("t1", "req-2", 4, limit=10))
+        )
+        assert (again.replayed, again.in_progress, again.decision.used) == (True, False, Decimal(4))
+        assert (other.replayed, other.decision.used) == (False, Decimal(8))
+        assert (await raw.get(keys.answer("t1", "req-1")) or b"").startswith(b"done|")
+        assert sum((await log.end_offsets(topics.usage)).values()) == 2, "the retry appends nothing"
+        last = await ledger.consume(request("t1", "req-3", 1, limit=10))
+        assert last.decision.used == Decimal(9)
+    finally:
+        await ledger.close()  # at once: it sends req-3's answer to keep before it closes the connection
+        await log.close()
+        views.close()
+    assert (await raw.get(keys.answer("t1", "req-3")) or b"").startswith(b"done|")
 
 
 async def test_facts_count_once_per_offset_and_a_gap_drops_the_counters(

@@ -97,3 +97,47 @@ async def test_a_wrong_number_of_results_fails_the_group() -> None:
     call: GroupCall[int, int] = GroupCall(short)
     with pytest.raises(RuntimeError, match="2 results for 3 items"):
         await asyncio.gather(call(1), call(2), call(3))
+
+
+async def test_a_posted_item_goes_with_the_next_call_and_only_its_failure_is_told() -> None:
+    recorder = Recorder()
+    recorder.failing = {2}
+    told: list[BaseException] = []
+    call: GroupCall[int, int] = GroupCall(recorder.run)
+    first = asyncio.create_task(call(1))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    call.post(2, on_failure=told.append)
+    call.post(3, on_failure=told.append)
+    later = asyncio.create_task(call(4))
+    await asyncio.sleep(0)
+    assert recorder.calls == [[1]], "posted items wait for the call under way, as awaited ones do"
+    recorder.release.set()
+    assert await first == 10
+    with pytest.raises(ConnectionError):
+        await later  # the call that carried 2 failed: every item of it is told
+    assert recorder.calls == [[1], [2, 3, 4]]
+    assert [str(failure) for failure in told] == ["lost [2, 3, 4]", "lost [2, 3, 4]"]
+
+
+async def test_a_posted_item_alone_starts_a_call_and_drain_waits_for_it() -> None:
+    recorder = Recorder()
+    call: GroupCall[int, int] = GroupCall(recorder.run)
+    call.post(7, on_failure=lambda failure: pytest.fail(f"told {failure}"))
+    draining = asyncio.create_task(call.drain(timeout=5))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert recorder.calls == [[7]] and not draining.done()
+    recorder.release.set()
+    await draining
+    await asyncio.wait_for(call.drain(timeout=5), 1)  # nothing under way: at once
+
+
+async def test_drain_gives_up_after_its_timeout() -> None:
+    recorder = Recorder()  # never released
+    call: GroupCall[int, int] = GroupCall(recorder.run)
+    call.post(1, on_failure=lambda failure: None)
+    await asyncio.sleep(0)
+    await asyncio.wait_for(call.drain(timeout=0.05), 1)
+    assert recorder.calls == [[1]]
+    call.close()
