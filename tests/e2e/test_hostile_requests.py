@@ -9,11 +9,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 from prometheus_client import REGISTRY
 
 from api.app import create_app
 from omni.bootstrap import build
+from omni.settings import Mode
 from tests.conftest import cloud_event
 from tests.e2e.conftest import ADMIN, SINGLE, Omni, embedded_settings
 from tests.e2e.test_bad_input import assert_problem
@@ -28,9 +30,27 @@ async def durable_footprint(omni: Omni) -> tuple[dict[str, int], int]:
     return records, platform.control.recorder.max_notification_id() or 0
 
 
+def stored_bytes(omni: Omni) -> int:
+    """The bytes the durable stores take: the data directory's files (embedded mode's log, event store
+    and views), and in Kafka mode the PostgreSQL schema's tables and indexes as well (the topics'
+    growth is in durable_footprint's record counts)."""
+    settings = omni.platform.settings
+    total = sum(f.stat().st_size for f in settings.data_dir.rglob("*") if f.is_file()) if settings.data_dir.exists() else 0
+    if settings.mode is Mode.KAFKA:
+        with psycopg.connect(settings.database_url) as conn:
+            row = conn.execute(
+                "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind IN ('r', 'm')",
+                (settings.database_schema,),
+            ).fetchone()
+        total += int(row[0]) if row else 0
+    return total
+
+
 async def test_anonymous_requests_leave_no_durable_record(omni: Omni) -> None:
     tenant_id, key = await omni.tenant()
     before = await durable_footprint(omni)
+    bytes_before = stored_bytes(omni)
     huge_agent = {"User-Agent": "x" * 12_000}
     bad_key = {"Authorization": "Bearer omni_0123456789abcdef_not-the-secret"}
     post, get = omni.client.post, omni.client.get
@@ -46,6 +66,9 @@ async def test_anonymous_requests_leave_no_durable_record(omni: Omni) -> None:
         assert (await get("/healthz", headers=huge_agent)).status_code == 200
         assert_problem(await get("/no-such-page"), 404)
     assert await durable_footprint(omni) == before
+    # Nor bytes: 30 of those requests carried a 12 KB User-Agent (360 KB, were any of it kept).
+    grown = stored_bytes(omni) - bytes_before
+    assert grown <= 64 * 1024, f"the durable stores grew by {grown} bytes for anonymous requests"
     refused = REGISTRY.get_sample_value("omni_http_refused_before_auth_total", {"reason": "unauthorized"})
     assert refused is not None and refused >= 80
     # An authenticated call still meters itself: one api_call record on the api_calls topic.
@@ -236,3 +259,58 @@ async def test_the_docs_are_served_offline_and_named_in_metrics(omni: Omni) -> N
     before = REGISTRY.get_sample_value("omni_http_requests_total", labels) or 0
     assert (await omni.client.get("/openapi.json")).json()["info"]["title"] == "Omni"
     assert REGISTRY.get_sample_value("omni_http_requests_total", labels) == before + 1
+
+
+async def test_tenant_ids_in_any_spelling_name_the_one_tenant_on_every_route_that_takes_one(omni: Omni) -> None:
+    """Item 5 beyond the keys: each path and `?tenant=` that takes a tenant id reads every spelling as
+    the one tenant (its plan, overrides, quotas, invoices, audit chain and retention), and the
+    tenant's own key may name itself in any spelling."""
+    tenant_id, tenant_key = await omni.tenant()
+    await omni.meter(slug="tokens", event_type="inference", aggregation="SUM", value_property="$.data.tokens")
+    admin = omni.auth(ADMIN)
+    plan = {
+        "name": "Flat",
+        "currency": "EUR",
+        "fee": "25.00",
+        "entitlements": [{"meter": "tokens", "limit": 100, "period": "DAY"}],
+    }
+    assert (await omni.client.put("/v1/plans/flat", json=plan, headers=admin)).status_code == 201
+    await omni.settle()
+    spellings = [tenant_id.upper(), "{" + tenant_id + "}", "urn:uuid:" + tenant_id, tenant_id.replace("-", "")]
+
+    for i, spelling in enumerate(spellings):
+        put = await omni.client.put(f"/v1/tenants/{spelling}/plan", json={"plan": "flat"}, headers=admin)
+        assert put.status_code == 204, (spelling, put.text)
+        override = {"limit": 200 + i, "period": "DAY"}
+        put = await omni.client.put(f"/v1/tenants/{spelling}/quotas/tokens", json=override, headers=admin)
+        assert put.status_code == 204, (spelling, put.text)
+        await omni.settle()
+        # What the admin did under that spelling is the tenant's own, as its key reads it.
+        own = await omni.client.get("/v1/quotas/tokens", headers=omni.auth(tenant_key))
+        assert (own.json()["source"], own.json()["limit"]) == ("override", 200 + i), own.text
+        for path in (
+            "/v1/quotas/tokens",
+            "/v1/quotas",
+            "/v1/invoices",
+            "/v1/invoices/upcoming",
+            "/v1/audit",
+            "/v1/gdpr/retention",
+        ):
+            as_admin = await omni.client.get(path, params={"tenant": spelling}, headers=admin)
+            as_tenant = await omni.client.get(path, params={"tenant": spelling}, headers=omni.auth(tenant_key))
+            assert as_admin.status_code == as_tenant.status_code == 200, (path, spelling, as_admin.text, as_tenant.text)
+        admin_audit = await omni.client.get("/v1/audit", params={"tenant": spelling}, headers=admin)
+        overrides = [e["resource"] for e in admin_audit.json()["data"] if e["action"] == "quota.override.set"]
+        assert overrides == [f"tenants/{tenant_id}/quotas/tokens"] * (i + 1), admin_audit.text
+        removed = await omni.client.delete(f"/v1/tenants/{spelling}/quotas/tokens", headers=admin)
+        assert removed.status_code == 204, (spelling, removed.text)
+        await omni.settle()
+        assert (await omni.client.get("/v1/quotas/tokens", headers=omni.auth(tenant_key))).json()["source"] == "plan"
+
+    # No phantom tenant came of it: still one tenant, with the plan.
+    listed = (await omni.client.get("/v1/tenants", headers=admin)).json()["data"]
+    assert [t["id"] for t in listed] == [tenant_id]
+    for garbage in ("not-a-uuid", tenant_id + "0"):
+        assert_problem(await omni.client.put(f"/v1/tenants/{garbage}/plan", json={"plan": "flat"}, headers=admin), 404)
+        assert_problem(await omni.client.get("/v1/quotas", params={"tenant": garbage}, headers=admin), 404)
+        assert_problem(await omni.client.get("/v1/invoices", params={"tenant": garbage}, headers=admin), 404)

@@ -238,3 +238,79 @@ async def test_worker_relay_and_api_start_without_postgresql_and_become_ready_wh
                 process.ensure_dead()
         finally:
             postgres.run("stop")  # its data goes with the test's temporary folder
+
+
+async def test_omni_serve_started_without_kafka_becomes_ready_and_serves_when_it_comes(
+    tmp_path: Path, database_url: str, redis_url: str
+) -> None:
+    """The API as deployed: `omni serve` in Kafka mode, its background tasks (the relay, the notices'
+    relay, GDPR jobs, retention) running, and no Kafka at start. It answers /readyz 503 for want of
+    the log, keeps running, and once the broker starts becomes ready and publishes what it accepts,
+    without a restart. (The test above runs the API in-process without its background tasks.)"""
+    broker = OwnBroker(tmp_path / "run")  # not started
+    settings = kafka_settings(os.urandom(6).hex(), kafka_bootstrap_servers=broker.servers)
+    topics = Topics(prefix=settings.topic_prefix, usage_partitions=settings.usage_partitions)
+    env = worker_env(topics, broker.servers, database_url, settings.database_schema, tmp_path / "data")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    worker = WorkerProcess({**env, "OMNI_WORKER_METRICS_PORT": str(free_port())}, logs)
+    api_port = str(free_port())
+    api_env = {**env, "OMNI_ADMIN_KEY": ADMIN, "REDIS_URL": redis_url, "OMNI_TEST_API_PORT": api_port}
+    api = WorkerProcess(
+        api_env, logs, args=("-m", "omni.cli", "serve", "--port", api_port), name="api", port_setting="OMNI_TEST_API_PORT"
+    )
+    processes = [worker, api]
+    try:
+        for process in processes:
+            process.start()
+        deadline = time.monotonic() + 60
+        while True:
+            seen = [await asyncio.to_thread(p.readiness) for p in processes]
+            if all(status == 503 and body["checks"]["log"] != "ok" for status, body in seen):
+                break
+            if any(p.exited is not None for p in processes) or time.monotonic() > deadline:
+                pytest.fail(
+                    f"expected both up and not ready for want of Kafka; saw {seen}\n" + "\n".join(p.report() for p in processes)
+                )
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(3)  # the background tasks meet the missing broker
+        assert api.exited is None, api.report()
+        before_kafka = {p.name: len(p.log_text().splitlines()) for p in processes}
+
+        await asyncio.to_thread(broker.run, "start")
+        await wait_ready(processes, 90, "the worker and `omni serve` to be ready once Kafka answers")
+        assert worker.runs == api.runs == 1  # no restart
+        # A line or so per attempt while Kafka was away, not thousands (nor a traceback per task).
+        assert max(before_kafka.values()) < 100, f"log lines while Kafka was away: {before_kafka}\n{api.report(100)}"
+
+        async with httpx.AsyncClient(base_url=api.url(""), timeout=30) as client:
+            admin = {"Authorization": f"Bearer {ADMIN}"}
+            tenant = (await client.post("/v1/tenants", json={"name": "late", "plan": "p"}, headers=admin)).json()
+            meter = {"slug": "calls", "event_type": "call", "aggregation": "COUNT"}
+            assert (await client.post("/v1/meters", json=meter, headers=admin)).status_code == 201
+            key = {"Authorization": f"Bearer {tenant['api_key']}", "Content-Type": BATCH}
+            for batch in range(EVENTS // 50):
+                body = orjson.dumps([cloud_event(f"b{batch}-{i}", type_="call") for i in range(50)])
+                response = await client.post("/v1/events", content=body, headers=key)
+                assert response.status_code == 202, response.text
+
+            async def counted() -> tuple[int, object]:
+                query = await client.get("/v1/meters/calls/query", headers={"Authorization": key["Authorization"]})
+                body = query.json()
+                return query.status_code, [row["value"] for row in body["data"]] if query.status_code == 200 else body
+
+            expected = (200, [EVENTS])
+            deadline = time.monotonic() + 60
+            while (seen_count := await counted()) != expected and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            report = "\n".join(p.report() for p in processes)
+            assert seen_count == expected, f"the meter: expected {expected}, the API answered {seen_count}\n{report}"
+        assert worker.stop() == 0, worker.report()
+        assert api.stop() in (0, -signal.SIGTERM), api.report()  # uvicorn re-raises the signal it shut down for
+    finally:
+        try:
+            for process in processes:
+                process.ensure_dead()
+            drop_schema(database_url, settings.database_schema)
+        finally:
+            broker.run("stop")
