@@ -255,10 +255,12 @@ async def test_the_docs_are_served_offline_and_named_in_metrics(omni: Omni) -> N
     for source in sources:
         if source.startswith("/"):
             assert (await omni.client.get(source)).status_code == 200, source
-    labels = {"route": "/openapi.json", "method": "GET", "status": "200"}
-    before = REGISTRY.get_sample_value("omni_http_requests_total", labels) or 0
+    for route in ("/openapi.json", "/docs"):
+        labels = {"route": route, "method": "GET", "status": "200"}
+        before = REGISTRY.get_sample_value("omni_http_requests_total", labels) or 0
+        assert (await omni.client.get(route)).status_code == 200
+        assert REGISTRY.get_sample_value("omni_http_requests_total", labels) == before + 1, route
     assert (await omni.client.get("/openapi.json")).json()["info"]["title"] == "Omni"
-    assert REGISTRY.get_sample_value("omni_http_requests_total", labels) == before + 1
 
 
 async def test_tenant_ids_in_any_spelling_name_the_one_tenant_on_every_route_that_takes_one(omni: Omni) -> None:

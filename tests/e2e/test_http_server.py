@@ -109,6 +109,7 @@ def test_the_admin_key_is_printed_once_when_generated(tmp_path: Path, monkeypatc
     assert first.exit_code == 0, first.output
     key = (tmp_path / "data" / "admin_key").read_text().strip()
     assert key in first.output
+    assert f"Data: {(tmp_path / 'data').resolve()}" in first.output  # where the data lives (README)
     again = runner.invoke(cli.app, ["serve", "--port", "1"], env=env)
     assert again.exit_code == 0 and key not in again.output
     assert runner.invoke(cli.app, ["admin-key"], env=env).output.strip() == key

@@ -11,9 +11,9 @@ from typing import Any
 
 import httpx
 
-from schemas.envelope import decode
 from tests.conftest import cloud_event
 from tests.e2e.conftest import ADMIN, Omni
+from tests.topic_records import assert_readable_by_outsiders
 
 TOKENS = {"slug": "tokens", "event_type": "inference", "aggregation": "SUM", "value_property": "$.data.tokens"}
 CALLS = {"slug": "calls", "event_type": "request", "aggregation": "COUNT"}
@@ -42,12 +42,13 @@ async def consume(
 
 
 async def notices_on_the_log(omni: Omni) -> list[str]:
-    """The ids of the notices on the notifications topic, in every partition."""
+    """The ids of the notices on the notifications topic, in every partition, each record read as an
+    outside consumer reads it (README, "Topics")."""
     log, topic = omni.platform.log, omni.platform.topics.notifications
     found = []
     for partition in range(omni.platform.topics.partitions(topic)):
         for record in await log.read(topic, partition, 0, 1000):
-            event = decode(record.value)
+            event = assert_readable_by_outsiders(record.headers, record.key, record.value)
             assert event.type == "omni.quota.threshold_crossed" and event.data["meter"] == "calls"
             found.append(event.data["id"])
     return sorted(found)

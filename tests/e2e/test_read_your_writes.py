@@ -103,3 +103,46 @@ async def test_a_data_class_and_a_gdpr_request_are_readable_at_once(live: httpx.
             assert asyncio.get_running_loop().time() < deadline, shown.text
             await asyncio.sleep(0.01)
             shown = await live.get(created.headers["location"], headers=own)
+
+
+async def test_plans_quotas_and_slos_are_readable_at_once(live: httpx.AsyncClient) -> None:
+    # Resources added after issue 12 (plans, quotas, SLOs) go through the same commands: each write is read back at once.
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    tenant = (await live.post("/v1/tenants", json={"name": "t", "plan": "p"}, headers=admin)).json()
+    own = {"Authorization": f"Bearer {tenant['api_key']}"}
+    meter = {"slug": "tokens", "event_type": "inference", "aggregation": "SUM", "value_property": "$.data.tokens"}
+    assert (await live.post("/v1/meters", json=meter, headers=admin)).status_code == 201
+    slo = {"event_type": "inference", "sli": "availability", "status_property": "$.data.status", "objective": 99, "window": "7d"}
+    for n in range(5):
+        limit = 1000 + n
+        plan = {"name": f"Plan {n}", "entitlements": [{"meter": "tokens", "limit": limit, "period": "MONTH"}]}
+        put = await live.put(f"/v1/plans/plan-{n}", json=plan, headers=admin)
+        assert put.status_code == 201, put.text
+        shown = await live.get(f"/v1/plans/plan-{n}", headers=own)
+        assert shown.status_code == 200 and shown.json()["version"] == 1, f"round {n}: {shown.text}"
+        revised = await live.put(f"/v1/plans/plan-{n}", json={**plan, "name": f"Plan {n}b"}, headers=admin)
+        assert revised.status_code == 200 and revised.json()["version"] == 2, revised.text
+        assert (await live.get(f"/v1/plans/plan-{n}", headers=own)).json()["version"] == 2, f"round {n}"
+
+        assigned = await live.put(f"/v1/tenants/{tenant['id']}/plan", json={"plan": f"plan-{n}"}, headers=admin)
+        assert assigned.status_code == 204, assigned.text
+        quota = await live.get("/v1/quotas/tokens", headers=own)
+        assert quota.status_code == 200, f"round {n}: {quota.text}"
+        assert (quota.json()["limit"], quota.json()["source"]) == (limit, "plan"), f"round {n}: {quota.text}"
+
+        override = {"limit": 10 + n, "period": "DAY"}
+        assert (await live.put(f"/v1/tenants/{tenant['id']}/quotas/tokens", json=override, headers=admin)).status_code == 204
+        quota = await live.get("/v1/quotas/tokens", headers=own)
+        assert (quota.json()["limit"], quota.json()["source"]) == (10 + n, "override"), f"round {n}: {quota.text}"
+        assert (await live.delete(f"/v1/tenants/{tenant['id']}/quotas/tokens", headers=admin)).status_code == 204
+        quota = await live.get("/v1/quotas/tokens", headers=own)
+        assert (quota.json()["limit"], quota.json()["source"]) == (limit, "plan"), f"round {n}: {quota.text}"
+
+        defined = await live.put(f"/v1/slos/slo-{n}", json=slo, headers=own)
+        assert defined.status_code == 201, defined.text
+        read = await live.get(f"/v1/slos/slo-{n}", headers=own)
+        assert read.status_code == 200, f"round {n}: {read.text}"
+        revised = await live.put(f"/v1/slos/slo-{n}", json={**slo, "objective": 99.5}, headers=own)
+        assert revised.status_code == 200 and revised.json()["version"] == 2, revised.text
+        listed = (await live.get("/v1/slos", headers=own)).json()["data"]
+        assert {(s["name"], s["version"]) for s in listed} >= {(f"slo-{n}", 2)}, f"round {n}: {listed}"
