@@ -9,6 +9,7 @@ import asyncio
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,26 +88,7 @@ async def test_worker_relay_and_api_start_without_kafka_and_become_ready_when_it
             assert max(before_kafka.values()) < 100, f"log lines while Kafka was away: {before_kafka}\n{report(api)}"
 
             # And they work: the relay publishes the meter, the worker folds the events exactly.
-            admin = {"Authorization": f"Bearer {ADMIN}"}
-            tenant = (await client.post("/v1/tenants", json={"name": "late", "plan": "p"}, headers=admin)).json()
-            meter = {"slug": "calls", "event_type": "call", "aggregation": "COUNT"}
-            assert (await client.post("/v1/meters", json=meter, headers=admin)).status_code == 201
-            key = {"Authorization": f"Bearer {tenant['api_key']}", "Content-Type": BATCH}
-            for batch in range(EVENTS // 50):
-                body = orjson.dumps([cloud_event(f"b{batch}-{i}", type_="call") for i in range(50)])
-                response = await client.post("/v1/events", content=body, headers=key)
-                assert response.status_code == 202, response.text
-
-            async def counted() -> tuple[int, object]:
-                query = await client.get("/v1/meters/calls/query", headers={"Authorization": key["Authorization"]})
-                body = query.json()
-                return query.status_code, [row["value"] for row in body["data"]] if query.status_code == 200 else body
-
-            expected = (200, [EVENTS])
-            deadline = time.monotonic() + 60
-            while (seen_count := await counted()) != expected and time.monotonic() < deadline:
-                await asyncio.sleep(0.2)
-            assert seen_count == expected, f"the meter: expected {expected}, the API answered {seen_count}\n{report(api)}"
+            await serves_exact_counts(client, lambda: report(api))
             assert worker.stop() == 0, report(api)
             assert relay.stop() == 0, report(api)
     finally:
@@ -284,27 +266,7 @@ async def test_omni_serve_started_without_kafka_becomes_ready_and_serves_when_it
         assert max(before_kafka.values()) < 100, f"log lines while Kafka was away: {before_kafka}\n{api.report(100)}"
 
         async with httpx.AsyncClient(base_url=api.url(""), timeout=30) as client:
-            admin = {"Authorization": f"Bearer {ADMIN}"}
-            tenant = (await client.post("/v1/tenants", json={"name": "late", "plan": "p"}, headers=admin)).json()
-            meter = {"slug": "calls", "event_type": "call", "aggregation": "COUNT"}
-            assert (await client.post("/v1/meters", json=meter, headers=admin)).status_code == 201
-            key = {"Authorization": f"Bearer {tenant['api_key']}", "Content-Type": BATCH}
-            for batch in range(EVENTS // 50):
-                body = orjson.dumps([cloud_event(f"b{batch}-{i}", type_="call") for i in range(50)])
-                response = await client.post("/v1/events", content=body, headers=key)
-                assert response.status_code == 202, response.text
-
-            async def counted() -> tuple[int, object]:
-                query = await client.get("/v1/meters/calls/query", headers={"Authorization": key["Authorization"]})
-                body = query.json()
-                return query.status_code, [row["value"] for row in body["data"]] if query.status_code == 200 else body
-
-            expected = (200, [EVENTS])
-            deadline = time.monotonic() + 60
-            while (seen_count := await counted()) != expected and time.monotonic() < deadline:
-                await asyncio.sleep(0.2)
-            report = "\n".join(p.report() for p in processes)
-            assert seen_count == expected, f"the meter: expected {expected}, the API answered {seen_count}\n{report}"
+            await serves_exact_counts(client, lambda: "\n".join(p.report() for p in processes))
         assert worker.stop() == 0, worker.report()
         assert api.stop() in (0, -signal.SIGTERM), api.report()  # uvicorn re-raises the signal it shut down for
     finally:
@@ -314,3 +276,28 @@ async def test_omni_serve_started_without_kafka_becomes_ready_and_serves_when_it
             drop_schema(database_url, settings.database_schema)
         finally:
             broker.run("stop")
+
+
+async def serves_exact_counts(client: httpx.AsyncClient, report: Callable[[], str]) -> None:
+    """A meter defined and EVENTS events sent through `client`: the meter's query counts them all,
+    once (the relay published the meter, the worker folded the events)."""
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    tenant = (await client.post("/v1/tenants", json={"name": "late", "plan": "p"}, headers=admin)).json()
+    meter = {"slug": "calls", "event_type": "call", "aggregation": "COUNT"}
+    assert (await client.post("/v1/meters", json=meter, headers=admin)).status_code == 201
+    key = {"Authorization": f"Bearer {tenant['api_key']}", "Content-Type": BATCH}
+    for batch in range(EVENTS // 50):
+        body = orjson.dumps([cloud_event(f"b{batch}-{i}", type_="call") for i in range(50)])
+        response = await client.post("/v1/events", content=body, headers=key)
+        assert response.status_code == 202, response.text
+
+    async def counted() -> tuple[int, object]:
+        query = await client.get("/v1/meters/calls/query", headers={"Authorization": key["Authorization"]})
+        body = query.json()
+        return query.status_code, [row["value"] for row in body["data"]] if query.status_code == 200 else body
+
+    expected = (200, [EVENTS])
+    deadline = time.monotonic() + 60
+    while (seen_count := await counted()) != expected and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert seen_count == expected, f"the meter: expected {expected}, the API answered {seen_count}\n{report()}"
