@@ -189,12 +189,24 @@ def encode(envelope: Envelope) -> bytes:
     return bytes(memoryview(text))
 
 
+# The last trace context's headers, kept: a request's envelopes share one trace context, so all
+# but its first reuse them (immutable: a tuple of (str, bytes) pairs). One pair, replaced whole.
+_last_traced: tuple[str, Headers] = ("", _STRUCTURED_HEADERS)
+
+
 def record_headers(envelope: Envelope) -> Headers:
     """The Kafka record headers of an envelope's record: its content type (the structured mode of
     the CloudEvents Kafka binding), and its trace context when it has one."""
-    if envelope.traceparent is None:
+    global _last_traced
+    traceparent = envelope.traceparent
+    if traceparent is None:
         return _STRUCTURED_HEADERS
-    return (_STRUCTURED_HEADERS[0], (TRACEPARENT, envelope.traceparent.encode()))
+    last = _last_traced
+    if last[0] == traceparent:
+        return last[1]
+    headers = (_STRUCTURED_HEADERS[0], (TRACEPARENT, traceparent.encode()))
+    _last_traced = (traceparent, headers)
+    return headers
 
 
 class Wire(msgspec.Struct, forbid_unknown_fields=True):

@@ -31,6 +31,8 @@ from faust.types.tuples import ConsumerMessage
 
 from streams.log import LogRecord
 
+_new_record = tuple.__new__  # what LogRecord(...) calls
+
 
 class FetchedRecord(Protocol):
     """What Faust's aiokafka driver fetches (aiokafka's ConsumerRecord)."""
@@ -88,8 +90,8 @@ def log_records(runs: Iterable[Sequence[FetchedRecord]]) -> dict[int, list[LogRe
             records = by_partition.setdefault(record.partition, {})
             if record.offset not in records:
                 key = record.key.decode() if record.key else ""
-                records[record.offset] = LogRecord(
-                    record.topic, record.partition, record.offset, key, record.value or b"", tuple(record.headers)
+                records[record.offset] = _new_record(  # LogRecord(...), without its Python frame
+                    LogRecord, (record.topic, record.partition, record.offset, key, record.value or b"", tuple(record.headers))
                 )
     return {partition: [records[o] for o in sorted(records)] for partition, records in by_partition.items()}
 

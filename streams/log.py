@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple, Protocol
 
@@ -29,16 +28,21 @@ class LogRecord(NamedTuple):
     headers: Headers = ()  # (name, value) pairs; none on records written before layout 2
 
 
-@dataclass(frozen=True, slots=True)
-class Outgoing:
+class Outgoing(NamedTuple):
+    """One record to append. A named tuple, as LogRecord: the API builds one per event it accepts,
+    and a frozen dataclass took about 0.4 µs of the 0.57 that `outgoing` cost per event."""
+
     key: str
     value: bytes
     headers: Headers = ()  # schemas.envelope.record_headers for an envelope
 
 
+_new_outgoing = tuple.__new__  # what Outgoing(...) calls, without the named tuple's own Python frame
+
+
 def outgoing(key: str, envelope: Envelope, value: bytes) -> Outgoing:
     """An envelope's record: `value` is its wire form (schemas.envelope.encode), with its headers."""
-    return Outgoing(key, value, record_headers(envelope))
+    return _new_outgoing(Outgoing, (key, value, record_headers(envelope)))
 
 
 class EventLog(Protocol):

@@ -23,6 +23,7 @@ from schemas.envelope import (
     encode,
     record_headers,
 )
+from streams.log import Outgoing, outgoing
 
 AT = datetime(2026, 11, 26, 5, 0, 0, 123456, tzinfo=UTC)
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -188,6 +189,26 @@ def test_record_headers_name_the_structured_mode_and_carry_the_trace() -> None:
         ("content-type", b"application/cloudevents+json"),
         ("traceparent", TRACEPARENT.encode()),
     )
+
+
+def test_an_envelopes_outgoing_record_is_its_key_value_and_headers() -> None:
+    traced = envelope(traceparent=TRACEPARENT)
+    item = outgoing("t-1", traced, b"{}")
+    assert type(item) is Outgoing and item == Outgoing("t-1", b"{}", record_headers(traced))
+    assert (item.key, item.value, item.headers) == ("t-1", b"{}", record_headers(traced))
+
+
+def test_record_headers_kept_for_a_trace_context_are_never_another_envelopes() -> None:
+    # record_headers keeps the last trace context's headers (a request's envelopes share one):
+    # whatever order envelopes come in, each record carries its own envelope's trace context.
+    other = "00-5bf92f3577b34da6a3ce929d0e0e4737-00f067aa0ba902b8-00"
+    order = [TRACEPARENT, TRACEPARENT, None, other, TRACEPARENT, None, other, other, "".join(TRACEPARENT)]
+    for traceparent in order:
+        headers = record_headers(envelope(traceparent=traceparent))
+        expected = [("content-type", b"application/cloudevents+json")]
+        if traceparent is not None:
+            expected.append(("traceparent", traceparent.encode()))
+        assert headers == tuple(expected)
 
 
 names = st.from_regex(r"\A[a-z0-9]{1,20}\Z").filter(lambda n: n not in RESERVED and n != "traceparent")

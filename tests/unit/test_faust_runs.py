@@ -58,6 +58,7 @@ def test_log_records_group_by_partition_in_offset_order_each_offset_once() -> No
     assert [r.offset for r in grouped[0]] == [0, 1]
     assert [r.offset for r in grouped[1]] == [5, 6, 7, 8, 9]
     assert grouped[1][0] == LogRecord("usage", 1, 5, "tenant-a", b"{}")
+    assert type(grouped[1][0]) is LogRecord and grouped[1][0].key == "tenant-a"  # built without its __new__
 
 
 def test_log_records_read_a_missing_key_or_value_as_empty() -> None:
