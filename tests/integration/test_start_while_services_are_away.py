@@ -185,11 +185,7 @@ async def test_worker_relay_and_api_start_without_postgresql_and_become_ready_wh
     relay_env = {**env, "OMNI_RELAY_METRICS_PORT": str(free_port()), "OMNI_ADMIN_KEY": ADMIN, "REDIS_URL": redis_url}
     relay = WorkerProcess(relay_env, logs, args=RELAY, name="relay", port_setting="OMNI_RELAY_METRICS_PORT")
     # `omni serve` waits to build until PostgreSQL answers, and listens only then.
-    api_port = str(free_port())
-    api_env = {**relay_env, "OMNI_TEST_API_PORT": api_port}
-    api = WorkerProcess(
-        api_env, logs, args=("-m", "omni.cli", "serve", "--port", api_port), name="api", port_setting="OMNI_TEST_API_PORT"
-    )
+    api = omni_serve(relay_env, logs)
     processes = [worker, relay, api]
     try:
         for process in processes:
@@ -236,11 +232,7 @@ async def test_omni_serve_started_without_kafka_becomes_ready_and_serves_when_it
     logs = tmp_path / "logs"
     logs.mkdir()
     worker = WorkerProcess({**env, "OMNI_WORKER_METRICS_PORT": str(free_port())}, logs)
-    api_port = str(free_port())
-    api_env = {**env, "OMNI_ADMIN_KEY": ADMIN, "REDIS_URL": redis_url, "OMNI_TEST_API_PORT": api_port}
-    api = WorkerProcess(
-        api_env, logs, args=("-m", "omni.cli", "serve", "--port", api_port), name="api", port_setting="OMNI_TEST_API_PORT"
-    )
+    api = omni_serve({**env, "OMNI_ADMIN_KEY": ADMIN, "REDIS_URL": redis_url}, logs)
     processes = [worker, api]
     try:
         for process in processes:
@@ -301,3 +293,15 @@ async def serves_exact_counts(client: httpx.AsyncClient, report: Callable[[], st
     while (seen_count := await counted()) != expected and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
     assert seen_count == expected, f"the meter: expected {expected}, the API answered {seen_count}\n{report()}"
+
+
+def omni_serve(env: dict[str, str], logs: Path) -> WorkerProcess:
+    """`omni serve` as a process, on a port of its own (its /readyz there too)."""
+    port = str(free_port())
+    return WorkerProcess(
+        {**env, "OMNI_TEST_API_PORT": port},
+        logs,
+        args=("-m", "omni.cli", "serve", "--port", port),
+        name="api",
+        port_setting="OMNI_TEST_API_PORT",
+    )
