@@ -69,6 +69,7 @@ from stores.database import Database
 from streams.group_call import GroupCall
 from streams.log import EventLog, LogRecord, LogUnavailable, Outgoing
 from streams.quota_ledger import ConsumeOutcome, ConsumeRequest, Rebuilding
+from streams.redis_pipe import RedisPipe
 from streams.redis_wire import redis_client
 
 log = logging.getLogger(__name__)
@@ -244,7 +245,8 @@ class RedisQuotaLedger:
         self.views_db = views_db
         self.grace = grace  # how long an append may still be in flight (the produce timeout)
         self.keep_ms = keep_seconds * 1000
-        self._consume = self.redis.register_script(CONSUME)
+        self._pipe = RedisPipe(url, connect_timeout=2.0, reply_timeout=5.0)  # CONSUME's calls, in order
+        self._consume_sha = hashlib.sha1(CONSUME.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
         self._calls: GroupCall[Decide | Keep, list[object] | None] = GroupCall(self._call_group)
         self._undo = self.redis.register_script(UNDO)
         self._install = self.redis.register_script(INSTALL)
@@ -258,6 +260,7 @@ class RedisQuotaLedger:
                 task.cancel()
         await self._calls.drain(timeout=2.0)  # the answers still to keep
         self._calls.close()
+        await self._pipe.close()
         await self.redis.aclose()
 
     async def start(self) -> None:
@@ -341,7 +344,7 @@ class RedisQuotaLedger:
             args += [keep.pending, keep.kept]
         for decide in decides:
             args += decide.args
-        replies = iter(await self._consume(keys=keys, args=args))
+        replies = iter(await self._pipe.evalsha(self._consume_sha, CONSUME, keys, args))
         return [next(replies) if isinstance(item, Decide) else None for item in group]
 
     # Reads --------------------------------------------------------------------------------------

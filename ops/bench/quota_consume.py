@@ -525,7 +525,9 @@ async def run(o: Options) -> Report:
     ours = len(accepted_latencies) / o.duration
     p50, p90, p99 = (percentile(accepted_latencies, q) * 1000 for q in (50, 90, 99))
     stolen = cores.pop(STOLEN)
-    per_consume = cpu_per_event(cores, ours) if ours else {}
+    per_consume = (
+        cpu_per_event(cores, ours) if ours else {role: float("nan") for role in cores}
+    )  # none accepted: the table still renders
     figures.update(
         {
             "consume_per_s": ours,

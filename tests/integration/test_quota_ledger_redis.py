@@ -120,12 +120,25 @@ async def test_an_answer_is_kept_after_the_consume_is_answered_and_before_the_ne
     ledger = RedisQuotaLedger(redis_url, topics, log, views, grace=0, keep_seconds=60)
     keys = QuotaKeys(topics)
     await raw.set(keys.built, "e1")
+    # Hold every CONSUME call that only keeps answers: the consume must answer without waiting for it.
+    gate = asyncio.Event()
+    evalsha = ledger._pipe.evalsha
+
+    async def gated(sha: str, source: str, keys_: list[Any], args: list[Any]) -> Any:
+        if len(keys_) > 1 and int(args[3]) == len(keys_) - 1:  # every key after `built` is an answer to keep
+            await gate.wait()
+        return await evalsha(sha, source, keys_, args)
+
+    ledger._pipe.evalsha = gated  # type: ignore[method-assign]
     try:
-        first = await ledger.consume(request("t1", "req-1", 4, limit=10))
+        first = await asyncio.wait_for(ledger.consume(request("t1", "req-1", 4, limit=10)), 10)
         assert (first.decision.accepted, first.replayed) == (True, False)
         pending = (await raw.get(keys.answer("t1", "req-1")) or b"").decode()
         assert pending.startswith("pending|"), "answered before its answer is kept"
-        # The retry, at once: its decision goes in the call that keeps the first answer, after it.
+        ledger._pipe.evalsha = evalsha  # type: ignore[method-assign]
+        gate.set()
+        # The retry, at once: its decision goes after the call that keeps the first answer, on the
+        # same connection (or in that call), so it finds the answer kept.
         again, other = await asyncio.gather(
             ledger.consume(request("t1", "req-1", 4, limit=10)), ledger.consume(request("t1", "req-2", 4, limit=10))
         )
