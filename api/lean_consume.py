@@ -94,13 +94,18 @@ class LeanConsume:
         platform = self.fastapi_app.state.platform
         try:
             result = await quotas.consume(child["path_params"]["meter"], parsed, platform, principal)
-            response: Response = Response(result.model_dump_json().encode(), media_type="application/json")
         except Exception as failure:
             handler = self._handler(failure)
             if handler is None:
                 raise
-            response = await handler(Request(scope, receive), failure)
-        await response(scope, receive, send)
+            response: Response = await handler(Request(scope, receive), failure)
+            await response(scope, receive, send)
+            return
+        # What Starlette's Response(body, media_type="application/json") sends, without building one.
+        body = result.model_dump_json().encode()
+        headers = [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
     def _handler(self, failure: Exception) -> Callable[..., Any] | None:
         """The app's handler for `failure`, as Starlette's ExceptionMiddleware finds it (by class, most
