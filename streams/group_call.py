@@ -9,11 +9,6 @@ number of round trips, and the per-call CPU on both ends, shrinks by the size of
 raises. An item whose caller was cancelled is still sent (it may have been already): its result is
 dropped. An item can also be posted without waiting for it (`post`): it goes with the next call,
 and only a failure is told, to the callback given.
-
-`calls` bounds how many calls are under way at once (1 by default). With more than one, a new item
-goes at once while fewer are under way, and the groups are formed, and `run` entered, in arrival
-order; `run` must keep that order where it matters (one pipelined connection does: Redis runs what
-it receives in the order sent).
 """
 
 from __future__ import annotations
@@ -27,12 +22,11 @@ R = TypeVar("R")
 
 
 class GroupCall(Generic[T, R]):
-    def __init__(self, run: Callable[[list[T]], Awaitable[Sequence[R]]], *, most: int = 256, calls: int = 1) -> None:
+    def __init__(self, run: Callable[[list[T]], Awaitable[Sequence[R]]], *, most: int = 256) -> None:
         self._run = run
         self._most = most
-        self._calls = calls
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []
-        self._callers: set[asyncio.Task[None]] = set()
+        self._caller: asyncio.Task[None] | None = None
 
     async def __call__(self, item: T) -> R:
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
@@ -41,10 +35,8 @@ class GroupCall(Generic[T, R]):
 
     def _enqueue(self, item: T, future: asyncio.Future[R]) -> None:
         self._waiting.append((item, future))
-        if sum(1 for caller in self._callers if not caller.done()) < self._calls:
-            caller = asyncio.create_task(self._call_waiting(), name="group-call")
-            self._callers.add(caller)
-            caller.add_done_callback(self._callers.discard)
+        if self._caller is None or self._caller.done():
+            self._caller = asyncio.create_task(self._call_waiting(), name="group-call")
 
     def post(self, item: T, on_failure: Callable[[BaseException], None]) -> None:
         """Send `item` with the next call without waiting for its result; a failure of that call is
@@ -60,12 +52,12 @@ class GroupCall(Generic[T, R]):
 
     async def drain(self, timeout: float) -> None:
         """Wait (at most `timeout` seconds) until every item waiting or under way has been sent."""
-        if under_way := {caller for caller in self._callers if not caller.done()}:
-            await asyncio.wait(under_way, timeout=timeout)
+        if self._caller is not None and not self._caller.done():
+            await asyncio.wait({self._caller}, timeout=timeout)
 
     def close(self) -> None:
-        for caller in list(self._callers):
-            caller.cancel()
+        if self._caller is not None:
+            self._caller.cancel()
 
     async def _call_waiting(self) -> None:
         while self._waiting:

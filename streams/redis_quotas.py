@@ -247,9 +247,7 @@ class RedisQuotaLedger:
         self.keep_ms = keep_seconds * 1000
         self._pipe = RedisPipe(url, connect_timeout=2.0, reply_timeout=5.0)  # CONSUME's calls, in order
         self._consume_sha = hashlib.sha1(CONSUME.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
-        # Two calls under way at once: a decision need not wait behind a call that only keeps answers.
-        # Both go on the pipe, which keeps their order, so a retry still finds its answer kept.
-        self._calls: GroupCall[Decide | Keep, list[object] | None] = GroupCall(self._call_group, calls=2)
+        self._calls: GroupCall[Decide | Keep, list[object] | None] = GroupCall(self._call_group)
         self._undo = self.redis.register_script(UNDO)
         self._install = self.redis.register_script(INSTALL)
         self._extend = self.redis.register_script(EXTEND)

@@ -141,23 +141,3 @@ async def test_drain_gives_up_after_its_timeout() -> None:
     await asyncio.wait_for(call.drain(timeout=0.05), 1)
     assert recorder.calls == [[1]]
     call.close()
-
-
-async def test_with_two_calls_under_way_a_new_item_does_not_wait_and_groups_keep_arrival_order() -> None:
-    recorder = Recorder()
-    call: GroupCall[int, int] = GroupCall(recorder.run, calls=2)
-    first = asyncio.create_task(call(1))
-    await asyncio.sleep(0)
-    second = asyncio.create_task(call(2))
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
-    assert recorder.calls == [[1], [2]], "the second item goes while the first call is under way"
-    rest = [asyncio.create_task(call(n)) for n in (3, 4, 5)]
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
-    assert recorder.calls == [[1], [2]], "two calls at most"
-    recorder.release.set()
-    assert [await task for task in (first, second, *rest)] == [10, 20, 30, 40, 50]
-    assert [item for group in recorder.calls for item in group] == [1, 2, 3, 4, 5], "entered in arrival order"
-    await call.drain(timeout=1)
-    call.close()
