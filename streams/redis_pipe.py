@@ -21,13 +21,13 @@ such as `NoScriptError`) for an error reply, which fails only its own call.
 from __future__ import annotations
 
 import asyncio
-import ssl
+import socket
 import time
 from collections import deque
 from typing import Any, cast
 
 import hiredis
-from redis.asyncio.connection import parse_url
+from redis.asyncio.connection import RedisSSLContext, SSLConnection, parse_url
 from redis.exceptions import (
     AuthenticationError,
     BusyLoadingError,
@@ -52,6 +52,15 @@ def error_of(reply: hiredis.ReplyError) -> Exception:
     return _ERRORS.get(text.split(" ", 1)[0], ResponseError)(text)
 
 
+def keep_alive(sock: socket.socket) -> None:
+    """TCP keepalive as redis-py sets it (probes after 30 s idle, every 5 s, 3 of them): a connection
+    a NAT or load balancer dropped while quiet is found out before a consume waits on it."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, option):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+
+
 class _Wire(asyncio.Protocol):
     """The connection's protocol: replies parsed by hiredis, each answering the oldest call waiting."""
 
@@ -63,6 +72,9 @@ class _Wire(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio.Transport subclasses
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            keep_alive(sock)
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
@@ -94,12 +106,21 @@ class _Wire(asyncio.Protocol):
 
 
 class RedisPipe:
-    """Commands on one connection to `url` (redis://, rediss:// or unix://, with its user, password
-    and database), connected on first use and again after a failure."""
+    """Commands on one connection to `url` (redis://, rediss:// with redis-py's ssl_* options, or
+    unix://; with its user, password and database), connected on first use and again after a
+    failure. Needs Redis 6 or later when the URL names a user (AUTH user password)."""
 
     def __init__(self, url: str, *, connect_timeout: float = 2.0, reply_timeout: float = 5.0) -> None:
         self._options = parse_url(url)
-        self._tls = url.startswith("rediss://")
+        # TLS as redis-py builds it for this URL: its ssl_* query options (CA, client certificate,
+        # verification, hostname check) into the same kind of context.
+        self._tls = (
+            RedisSSLContext(
+                **{name.removeprefix("ssl_"): value for name, value in self._options.items() if name.startswith("ssl_")}
+            )
+            if self._options.get("connection_class") is SSLConnection
+            else None
+        )
         self._connect_timeout = connect_timeout
         self._reply_timeout = reply_timeout
         self._wire: _Wire | None = None
@@ -109,6 +130,8 @@ class RedisPipe:
 
     async def call(self, *args: Any) -> Any:
         """Send one command and wait for its reply."""
+        if self._closed:
+            raise ConnectionError("the Redis connection is closed")
         wire = self._wire
         if wire is None or wire.lost is not None:
             wire = await self._connect()
@@ -158,7 +181,7 @@ class RedisPipe:
                     if "path" in o:
                         _, wire = await loop.create_unix_connection(_Wire, o["path"])
                     else:
-                        tls = ssl.create_default_context() if self._tls else None
+                        tls = self._tls.get() if self._tls is not None else None
                         _, wire = await loop.create_connection(_Wire, o.get("host", "localhost"), o.get("port", 6379), ssl=tls)
                     if o.get("password"):
                         auth = (o["username"], o["password"]) if o.get("username") else (o["password"],)
@@ -171,6 +194,9 @@ class RedisPipe:
                 if isinstance(failure, (OSError, asyncio.TimeoutError)):  # asyncio's: the builtin TimeoutError
                     raise ConnectionError(f"could not connect to Redis: {failure!r}") from failure
                 raise
+            if self._closed:  # closed while connecting: this connection must not outlive it
+                wire.fail(ConnectionError("the Redis connection is closed"))
+                raise ConnectionError("the Redis connection is closed")
             self._wire = wire
             return wire
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import socket
+import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -171,3 +173,31 @@ def test_on_uvloop_as_the_api_runs_it(redis_url: str, key: str) -> None:
             await pipe.close()
 
     uvloop.run(scenario())
+
+
+async def test_closing_while_connecting_leaves_no_connection_behind(redis_url: str) -> None:
+    pipe = RedisPipe(redis_url)
+    connecting = asyncio.create_task(pipe.call("PING"))
+    await asyncio.sleep(0)  # under way: the socket is being connected
+    await pipe.close()
+    with pytest.raises(ConnectionError):
+        await connecting
+    assert pipe._wire is None
+
+
+async def test_the_connection_is_kept_alive_as_redis_py_keeps_its_own(pipe: RedisPipe) -> None:
+    assert await pipe.call("PING") == b"PONG"
+    assert pipe._wire is not None and pipe._wire.transport is not None
+    sock = pipe._wire.transport.get_extra_info("socket")
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 30
+
+
+def test_tls_is_set_up_from_the_urls_ssl_options_as_redis_py_does() -> None:
+    bundle = "/etc/ssl/certs/ca-certificates.crt"
+    pipe = RedisPipe(f"REDISS://cache.example:6380/0?ssl_ca_certs={bundle}&ssl_check_hostname=false&ssl_cert_reqs=required")
+    assert pipe._tls is not None
+    context = pipe._tls.get()
+    assert context.check_hostname is False and context.verify_mode is ssl.CERT_REQUIRED
+    assert context.get_ca_certs(), "the CA bundle named in the URL is loaded"
+    assert RedisPipe("redis://cache.example:6379/0")._tls is None
