@@ -74,15 +74,22 @@ async def test_a_script_the_server_does_not_know_is_loaded_and_run(pipe: RedisPi
     assert await pipe.evalsha(sha, source, [key], [2]) == 7
 
 
-async def test_a_lost_connection_fails_the_calls_in_flight_and_the_next_call_connects_again(
-    pipe: RedisPipe, key: str, raw: aioredis.Redis
-) -> None:
-    first_id = await pipe.call("CLIENT", "ID")
+async def killed_with_a_call_in_flight(pipe: RedisPipe, raw: aioredis.Redis, key: str) -> int:
+    """Kill the pipe's connection while a BLPOP waits on it: the BLPOP fails with ConnectionError.
+    Returns the killed connection's id."""
+    first_id: int = await pipe.call("CLIENT", "ID")
     waiting = asyncio.create_task(pipe.call("BLPOP", key + ":list", 10))
     await asyncio.sleep(0.2)  # the BLPOP is on the wire
     assert await raw.client_kill_filter(_id=str(first_id)) == 1
     with pytest.raises(ConnectionError):
         await asyncio.wait_for(waiting, 5)
+    return first_id
+
+
+async def test_a_lost_connection_fails_the_calls_in_flight_and_the_next_call_connects_again(
+    pipe: RedisPipe, key: str, raw: aioredis.Redis
+) -> None:
+    first_id = await killed_with_a_call_in_flight(pipe, raw, key)
     assert await pipe.call("SET", key, "back") == b"OK"
     assert await pipe.call("CLIENT", "ID") != first_id
 
@@ -160,12 +167,7 @@ def test_on_uvloop_as_the_api_runs_it(redis_url: str, key: str) -> None:
         raw = aioredis.Redis.from_url(redis_url)
         try:
             assert await asyncio.gather(*(pipe.call("INCR", key) for _ in range(50))) == list(range(1, 51))
-            first_id = await pipe.call("CLIENT", "ID")
-            waiting = asyncio.create_task(pipe.call("BLPOP", key + ":list", 10))
-            await asyncio.sleep(0.2)  # the BLPOP is on the wire
-            assert await raw.client_kill_filter(_id=str(first_id)) == 1
-            with pytest.raises(ConnectionError):
-                await asyncio.wait_for(waiting, 5)
+            await killed_with_a_call_in_flight(pipe, raw, key)
             assert await pipe.call("INCR", key) == 51
         finally:
             await raw.delete(key)
