@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+import uvloop
 from hypothesis import Phase, settings
 
 
@@ -40,3 +43,11 @@ if os.environ.get("MUTANT_UNDER_TEST"):
         phases=(Phase.explicit, Phase.reuse, Phase.generate),
     )
     settings.load_profile("mutation")
+
+
+@pytest.fixture(scope="session")
+def event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
+    """uvloop for every async test: `omni serve` (uvicorn) and the Faust workers run on it, and its
+    transports are not asyncio's classes (a protocol asserting `asyncio.Transport` passed on
+    asyncio's loop and failed in the API)."""
+    return uvloop.EventLoopPolicy()
