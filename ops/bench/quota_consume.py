@@ -568,6 +568,9 @@ async def run(o: Options) -> Report:
             "p99_ms": paced_p99,
             "statuses": paced.statuses(),
             "cpu_cores": paced_cores,  # busy while it ran, per role: "other" says whether the machine was quiet
+            # What a consume costs each role when consumes arrive spread out (small groups): the
+            # figure a change to the API's per-call work moves, and ops.bench.compare reports.
+            "cpu_micros_per_consume": cpu_per_event(paced_cores, len(paced_ok) / o.paced_duration) if paced_ok else {},
         }
     rows = [
         latency_row("consume over HTTP (200s), closed loop", len(accepted_latencies), o.duration, accepted_latencies),
