@@ -99,12 +99,6 @@ class KafkaLog:
 
         used: list[AIOKafkaProducer] = []  # the producer this append handed records to, if any
 
-        async def send_one(item: Outgoing) -> None:  # a consume's record: no grouping to do
-            producer, _ = await self._connected()
-            used.append(producer)
-            partition = partition_for(item.key, partitions)
-            await (await producer.send(topic, item.value, key=item.key.encode(), partition=partition, headers=list(item.headers)))
-
         async def send_all() -> None:
             producer, _ = await self._connected()
             used.append(producer)
@@ -127,10 +121,10 @@ class KafkaLog:
                         await producer.send(topic, i.value, key=i.key.encode(), partition=partition, headers=list(i.headers))
                         for i in group
                     ]
-            await asyncio.gather(*acks)
+            await (acks[0] if len(acks) == 1 else asyncio.gather(*acks))  # one record (a consume's): no gathering
 
         try:
-            await self._guard(send_one(items[0]) if len(items) == 1 else send_all(), f"appending {len(items)} records to {topic}")
+            await self._guard(send_all(), f"appending {len(items)} records to {topic}")
         except LogUnavailable:
             # An idempotent producer whose batches were abandoned (timed out, broker gone) has
             # sequence numbers the broker will refuse forever after it returns
