@@ -24,7 +24,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from omni import metrics
 from schemas.topics import Topics, partition_for
-from streams.kafka_pipe import ProducePipe
+from streams.kafka_pipe import ProducePipe, Record
 from streams.log import LogRecord, LogUnavailable, Outgoing
 from streams.quiet_logs import limit_kafka_client_logs
 
@@ -99,11 +99,10 @@ class KafkaLog:
             return
         partitions = self.topics.partitions(topic)
 
-        used: list[AIOKafkaProducer] = []  # the producer this append handed records to, if any
+        used: list[AIOKafkaProducer] = []  # aiokafka's producer, if this append handed it batches
 
         async def send_all() -> None:
             producer, _ = await self._connected()
-            used.append(producer)
             pipe = self._pipe
             assert pipe is not None
             by_partition: dict[int, list[Outgoing]] = {}
@@ -111,6 +110,7 @@ class KafkaLog:
                 by_partition.setdefault(partition_for(item.key, partitions), []).append(item)
             # Send everything first, then wait: the batch travels in few requests.
             acks: list[asyncio.Future[Any]] = []
+            few: list[tuple[str, int, list[Record]]] = []
             for partition, group in by_partition.items():
                 if len(group) >= OWN_BATCH_FROM:
                     # aiokafka queues one batch per partition; a send_batch finding the slot taken
@@ -118,10 +118,13 @@ class KafkaLog:
                     # timeout shrinks by the whole time waited on every lost race: concurrent large
                     # appends to a partition failed with KafkaTimeoutError within seconds. Taking
                     # turns, each append waits for at most one drain per batch.
+                    used.append(producer)
                     async with self._enqueueing[(topic, partition)]:
                         acks += await _send_as_batches(producer, topic, partition, group)
                 else:  # a few records (a consume's one): one batch through the pipe, a fraction of aiokafka's CPU
-                    acks.append(pipe.send(topic, partition, [(i.key.encode(), i.value, list(i.headers)) for i in group]))
+                    few.append((topic, partition, [(i.key.encode(), i.value, list(i.headers)) for i in group]))
+            if few:
+                acks += pipe.send_many(few)
             await (acks[0] if len(acks) == 1 else asyncio.gather(*acks))  # one record (a consume's): no gathering
 
         try:
@@ -129,7 +132,8 @@ class KafkaLog:
         except LogUnavailable:
             # An idempotent producer whose batches were abandoned (timed out, broker gone) has
             # sequence numbers the broker will refuse forever after it returns
-            # (OutOfOrderSequence). A fresh producer gets a fresh id and starts clean.
+            # (OutOfOrderSequence). A fresh producer gets a fresh id and starts clean. (The pipe
+            # starts a new producer id itself after any failure: its failures reset nothing here.)
             if used:
                 await self._reset(used[0])
             raise

@@ -18,7 +18,11 @@ Failures, per partition of a response:
   replicas, a sequence or producer id the broker does not accept): the appends go again, in a new
   request under a new producer id (sequences start over) after the metadata is refreshed, until the
   deadline of each;
+- an error that means the batch was written but not yet replicated as acks=all asks (the
+  request timed out on the broker, not enough replicas after the append): those appends fail with
+  LogUnavailable, and may or may not stay written, as with a timeout;
 - any other error: those appends fail with LogUnavailable (nothing was written for them).
+After any error the next request starts a new producer id, so no sequence number is left out.
 A connection lost, or a response later than the timeout: every append in flight on it fails with
 LogUnavailable (they may or may not have been written, as with any client's timeout), and the next
 request gets a new producer id. A broker that cannot be reached fails the appends waiting for it at
@@ -61,6 +65,9 @@ PRODUCE_VERSIONS = range(3, 9)
 # OUT_OF_ORDER_SEQUENCE_NUMBER, INVALID_PRODUCER_EPOCH, UNKNOWN_PRODUCER_ID.
 NOT_WRITTEN = frozenset({3, 5, 6, 19, 45, 47, 59})
 METADATA_ERRORS = frozenset({3, 5, 6})  # ... of which these need the partition's leader looked up again
+# REQUEST_TIMED_OUT, NOT_ENOUGH_REPLICAS_AFTER_APPEND: the leader wrote the batch but it is not yet
+# replicated as acks=all asks; it may still be. Ambiguous, as a timeout is. Any other code: not written.
+MAYBE_WRITTEN = frozenset({7, 20})
 RETRY_PAUSE = 0.05  # before an append goes again after such an error
 NO_TRANSACTIONAL_ID = struct.pack(">h", -1)
 _HEADER = struct.Struct(">ihhih")  # size, api key, api version, correlation id, client id length
@@ -176,18 +183,40 @@ class ProducePipe:
     def send(self, topic: str, partition: int, records: Sequence[Record]) -> asyncio.Future[None]:
         """Append `records` to the partition, in order, in one batch; the future is done once the
         broker acknowledged them (acks=all), or fails with LogUnavailable."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if self._closed:
-            future.set_exception(LogUnavailable("the Kafka log is closed"))
-            return future
-        size = sum(DefaultRecordBatchBuilder.estimate_size_in_bytes(k, v, h) for k, v, h in records)
-        self._queue.append(_Append(topic, partition, records, future, time.monotonic() + self._timeout, size))
-        node = self._leaders.get((topic, partition))
-        link = self._links.get(node) if node is not None else None
-        if link is None or not link.in_flight or self._producer is None:
+        return self.send_many([(topic, partition, records)])[0]
+
+    def send_many(self, batches: Sequence[tuple[str, int, Sequence[Record]]]) -> list[asyncio.Future[None]]:
+        """`send` for several partitions at once: they leave in the same request to each broker."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[None]] = []
+        flush = False
+        deadline = time.monotonic() + self._timeout
+        for topic, partition, records in batches:
+            future: asyncio.Future[None] = loop.create_future()
+            futures.append(future)
+            if self._closed:
+                future.set_exception(LogUnavailable("the Kafka log is closed"))
+                continue
+            size = sum(DefaultRecordBatchBuilder.estimate_size_in_bytes(k, v, h) for k, v, h in records)
+            self._queue.append(_Append(topic, partition, records, future, deadline, size))
+            flush = flush or self._ready_for(self._leaders.get((topic, partition)))
+        if flush:
             self._flush()
-        # else: it leaves with the next request to that broker, written when the one in flight is answered
-        return future
+        else:  # it leaves when what it waits for is done: a response, a connection, a producer id
+            self._watch_while_busy()
+        return futures
+
+    def _ready_for(self, node: int | None) -> bool:
+        """Whether a flush now could send to `node`, or start what it waits for; otherwise the
+        event it waits for flushes (without a scan of the queue per append)."""
+        if node is None:
+            return True  # its leader is looked up in the flush
+        if self._producer is None:
+            return self._producer_task is None
+        link = self._links.get(node)
+        if link is None:
+            return node not in self._connecting
+        return not link.in_flight
 
     async def close(self) -> None:
         self._closed = True
@@ -209,13 +238,8 @@ class ProducePipe:
         """Write a request to every broker that has none in flight and appends waiting for it."""
         if self._closed or not self._queue:
             return
-        if self._producer is None:
-            if self._producer_task is None:
-                self._producer_task = asyncio.create_task(self._new_producer(), name="kafka-pipe-producer-id")
-            return
         now = time.monotonic()
         waiting: list[_Append] = []
-        ready: dict[int, list[_Append]] = {}
         for append in self._queue:
             if append.future.done():  # its caller gave up before it was sent: it never takes a sequence number
                 continue
@@ -223,6 +247,14 @@ class ProducePipe:
                 append.future.set_exception(LogUnavailable(f"Kafka did not take the append within {self._timeout}s"))
                 continue
             waiting.append(append)
+        if self._producer is None:
+            self._queue = deque(waiting)
+            if waiting and self._producer_task is None:
+                self._producer_task = asyncio.create_task(self._new_producer(), name="kafka-pipe-producer-id")
+            self._watch_while_busy()
+            return
+        ready: dict[int, list[_Append]] = {}
+        for append in waiting:
             node = self._leader(append.topic, append.partition)
             if node is None:
                 self._refresh_metadata()
@@ -235,6 +267,7 @@ class ProducePipe:
         for node, appends in ready.items():
             self._write(self._links[node], appends)
         self._queue = deque(a for a in waiting if not a.sent)
+        self._watch_while_busy()
 
     def _leader(self, topic: str, partition: int) -> int | None:
         node = self._leaders.get((topic, partition))
@@ -288,8 +321,6 @@ class ProducePipe:
         )
         link.in_flight.append(_Request(correlation_id, time.monotonic(), chosen, self._producer))
         link.transport.write(head + self._client_id + payload)
-        if self._watch is None:
-            self._watch = asyncio.get_running_loop().call_later(self._timeout / 4, self._check_responses)
 
     def _next_correlation(self) -> int:
         self._correlation = (self._correlation + 1) & 0x7FFFFFFF
@@ -327,7 +358,15 @@ class ProducePipe:
                     append.sent = False
                 again += appends
             else:
-                failure = LogUnavailable(f"Kafka refused the append to {tp[0]}[{tp[1]}] (error {code})")
+                if self._producer == request.producer:  # the batch's sequences were not taken: start over
+                    self._producer = None
+                    self._sequences.clear()
+                failure = LogUnavailable(
+                    f"Kafka wrote the append to {tp[0]}[{tp[1]}] but could not replicate it in time (error {code}): "
+                    "it may or may not stay"
+                    if code in MAYBE_WRITTEN
+                    else f"Kafka refused the append to {tp[0]}[{tp[1]}] (error {code})"
+                )
                 for append in appends:
                     if not append.future.done():
                         append.future.set_exception(failure)
@@ -336,21 +375,29 @@ class ProducePipe:
         self._flush()
 
     def _send_again(self, appends: list[_Append]) -> None:
+        if self._closed:
+            closed = LogUnavailable("the Kafka log is closed")
+            for append in appends:
+                if not append.future.done():
+                    append.future.set_exception(closed)
+            return
         self._queue.extendleft(reversed(appends))  # ahead of the appends that came after them
         self._flush()
 
     def _check_responses(self) -> None:
-        """One timer for every connection: a response later than the timeout drops its connection."""
+        """One timer for the pipe: a response later than the timeout drops its connection, and an
+        append still waiting to be sent past its deadline fails (its broker or leader unknown)."""
         self._watch = None
         now = time.monotonic()
-        busy = False
         for link in list(self._links.values()):
-            if link.in_flight:
-                if now - link.in_flight[0].sent > self._timeout:
-                    link.fail(LogUnavailable(f"Kafka broker {link.node} did not answer within {self._timeout}s"))
-                else:
-                    busy = True
-        if busy and not self._closed:
+            if link.in_flight and now - link.in_flight[0].sent > self._timeout:
+                link.fail(LogUnavailable(f"Kafka broker {link.node} did not answer within {self._timeout}s"))
+        if any(now > append.deadline for append in self._queue):
+            self._flush()
+        self._watch_while_busy()
+
+    def _watch_while_busy(self) -> None:
+        if self._watch is None and not self._closed and (self._queue or any(link.in_flight for link in self._links.values())):
             self._watch = asyncio.get_running_loop().call_later(self._timeout / 4, self._check_responses)
 
     def _dropped(self, link: _Link) -> None:
@@ -390,7 +437,7 @@ class ProducePipe:
                         + self._client_id
                     )
                     link.produce_version = _produce_version(await link.versions, correlation_id)
-            except (OSError, TimeoutError) as failure:
+            except (OSError, TimeoutError, struct.error) as failure:
                 raise LogUnavailable(
                     f"could not connect to Kafka broker {node} ({broker.host}:{broker.port}): {failure!r}"
                 ) from failure
@@ -402,6 +449,9 @@ class ProducePipe:
         except LogUnavailable as failure:
             link.fail(failure)
             self._fail_waiting(failure, node)
+        except BaseException:  # cancelled by close()
+            link.fail(LogUnavailable("the Kafka log is closed"))
+            raise
         finally:
             self._connecting.pop(node, None)
         self._flush()
@@ -442,9 +492,10 @@ class ProducePipe:
         try:
             async with asyncio.timeout(self._timeout):
                 await self._client.force_metadata_update()
-        except Exception:  # the appends waiting on it fail by their deadlines
+        except Exception:  # the appends waiting on it fail by their deadlines (_check_deadlines)
             log.debug("refreshing Kafka metadata failed", exc_info=True)
         self._leaders.clear()
+        self._refreshing = None  # so a leader still unknown asks again
         self._flush()
 
     def _fail_waiting(self, failure: LogUnavailable, node: int | None = None) -> None:

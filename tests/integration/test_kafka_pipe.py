@@ -110,6 +110,7 @@ async def test_a_silent_broker_fails_the_append_by_the_timeout_and_an_absent_one
 
         os.kill(pid, signal.SIGSTOP)
         paused = True
+        await _stopped(pid)
         started = time.monotonic()
         with pytest.raises(LogUnavailable, match="did not answer"):
             await pipe.send("pipe-test", 0, [(b"k", b"two", [])])
@@ -131,6 +132,73 @@ async def test_a_silent_broker_fails_the_append_by_the_timeout_and_an_absent_one
         if producer is not None:
             await producer.stop()
         broker.run("stop")
+
+
+async def test_an_append_to_every_partition_leaves_in_one_request(kafka_log: KafkaLog, topics: Topics) -> None:
+    await kafka_log.append(topics.usage, [Outgoing("tenant-a", b"warm")])
+    pipe = _pipe(kafka_log)
+    before = pipe._correlation
+    tenants = {partition_for(f"t{i}", topics.usage_partitions): f"t{i}" for i in range(50)}
+    assert len(tenants) == topics.usage_partitions
+
+    await kafka_log.append(topics.usage, [Outgoing(tenant, b"x") for tenant in tenants.values()])
+
+    assert pipe._correlation == before + 1
+
+
+async def test_a_record_the_broker_refuses_fails_alone_and_the_next_lands(kafka_log: KafkaLog, topics: Topics) -> None:
+    await kafka_log.append(topics.usage, [Outgoing("tenant-a", b"first")])
+    pipe = _pipe(kafka_log)
+    first_producer = pipe._producer
+    with pytest.raises(LogUnavailable, match="refused"):  # MESSAGE_TOO_LARGE: past the broker's 1 MiB
+        await kafka_log.append(topics.usage, [Outgoing("tenant-a", b"x" * 1_100_000)])
+    await kafka_log.append(topics.usage, [Outgoing("tenant-a", b"third")])  # a new producer id: no sequence left out
+
+    assert pipe._producer != first_producer
+    partition = partition_for("tenant-a", topics.usage_partitions)
+    assert [r.value for r in await kafka_log.read(topics.usage, partition, 0, 100)] == [b"first", b"third"]
+
+
+async def test_an_append_with_no_leader_to_take_it_fails_by_its_deadline(kafka_log: KafkaLog, topics: Topics) -> None:
+    await kafka_log.append(topics.usage, [Outgoing("tenant-a", b"first")])
+    assert kafka_log._producer is not None
+    pipe = ProducePipe(kafka_log._producer.client, timeout=1.0)
+    try:
+        started = time.monotonic()
+        with pytest.raises(LogUnavailable, match="did not take"):
+            await pipe.send(topics.usage, topics.usage_partitions + 5, [(b"k", b"v", [])])  # no such partition
+        assert time.monotonic() - started < 3.0
+        assert not pipe._queue
+    finally:
+        await pipe.close()
+
+
+async def test_closing_while_a_refused_append_waits_to_go_again_fails_it(kafka_log: KafkaLog, topics: Topics) -> None:
+    await kafka_log.append(topics.usage, [Outgoing("tenant-a", b"first")])
+    pipe = _pipe(kafka_log)
+    partition = partition_for("tenant-a", topics.usage_partitions)
+    pipe._sequences[(topics.usage, partition)] += 5  # refused (out of order), then sent again after a pause
+    refused = pipe.send(topics.usage, partition, [(b"tenant-a", b"second", [])])
+    while pipe._producer is not None:  # the refusal came back
+        await asyncio.sleep(0.001)
+    await pipe.close()
+    with pytest.raises(LogUnavailable, match="closed"):
+        await refused
+
+
+async def _stopped(pid: int) -> None:
+    """Until every thread of the process is stopped: the signal reaches a thread busy on the other
+    core only when it is next scheduled, and a request written meanwhile could still be answered."""
+    tasks = Path(f"/proc/{pid}/task")
+    while not all(_state(task / "stat") in ("T", "t", None) for task in tasks.iterdir()):
+        await asyncio.sleep(0.01)
+
+
+def _state(stat: Path) -> str | None:
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):  # a thread that ended meanwhile
+        return None
 
 
 async def test_a_closed_pipe_refuses_and_fails_what_waits(kafka_log: KafkaLog, topics: Topics) -> None:
