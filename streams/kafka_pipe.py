@@ -176,6 +176,7 @@ class ProducePipe:
         self._correlation = 0
         self._watch: asyncio.TimerHandle | None = None
         self._refreshing: asyncio.Task[None] | None = None
+        self._flush_soon = False  # a flush is due at the end of this turn of the loop
         self._closed = False
 
     # -- the port -----------------------------------------------------------------------------------
@@ -201,7 +202,14 @@ class ProducePipe:
             self._queue.append(_Append(topic, partition, records, future, deadline, size))
             flush = flush or self._ready_for(self._leaders.get((topic, partition)))
         if flush:
-            self._flush()
+            # At the end of this turn of the loop, not now: appends made in the same turn (the
+            # consumes a group call decided together) leave in one request, as aiokafka's sender
+            # task gathers them. Written at once, the first went alone and the rest waited a round
+            # trip for it: twice the requests (quota_consume, closed loop: the broker's CPU per
+            # consume 1.68x, the API's 1.16x).
+            if not self._flush_soon:
+                self._flush_soon = True
+                loop.call_soon(self._flush)
         else:  # it leaves when what it waits for is done: a response, a connection, a producer id
             self._watch_while_busy()
         return futures
@@ -216,7 +224,7 @@ class ProducePipe:
         link = self._links.get(node)
         if link is None:
             return node not in self._connecting
-        return not link.in_flight
+        return not link.in_flight and not self._flush_soon
 
     async def close(self) -> None:
         self._closed = True
@@ -236,6 +244,7 @@ class ProducePipe:
 
     def _flush(self) -> None:
         """Write a request to every broker that has none in flight and appends waiting for it."""
+        self._flush_soon = False
         if self._closed or not self._queue:
             return
         now = time.monotonic()

@@ -76,6 +76,7 @@ async def test_a_lost_connection_fails_what_was_in_flight_and_the_next_append_la
     partition = partition_for("tenant-a", topics.usage_partitions)
     first_producer = pipe._producer
     in_flight = pipe.send(topics.usage, partition, [(b"tenant-a", b"cut", [])])
+    await asyncio.sleep(0)  # written at the end of the loop's turn
     (link,) = pipe._links.values()
     assert link.in_flight and link.transport is not None
     link.transport.abort()
