@@ -93,11 +93,13 @@ class Load:
     failures: Counter[str]  # transport errors, by kind
     started: float
     ended: float
+    timeline: list[tuple[float, float]] = dataclasses.field(default_factory=list)  # (when due, latency) of each 200
 
     def merge(self, other: Load) -> None:
         for status, values in other.latencies.items():
             self.latencies.setdefault(status, []).extend(values)
         self.failures.update(other.failures)
+        self.timeline += other.timeline
 
     @property
     def count(self) -> int:
@@ -162,7 +164,10 @@ async def consume_load(
 
     def counted(now: float, begun: float, status: int) -> None:
         if now >= count_from:
-            load.latencies.setdefault(status, []).append(time.perf_counter() - begun)
+            latency = time.perf_counter() - begun
+            load.latencies.setdefault(status, []).append(latency)
+            if status == 200:
+                load.timeline.append((now, latency))
 
     def failed(now: float, failure: Exception) -> None:
         if now >= count_from:
@@ -212,6 +217,28 @@ async def consume_load(
     await asyncio.sleep(max(0.0, start_at - time.time()))
     await asyncio.gather(*(client(first + n) for n in range(clients)))
     return load
+
+
+def tail_shape(timeline: list[tuple[float, float]], slow: float) -> dict[str, Any]:
+    """Whether the slow answers (over `slow` seconds) come in bursts or spread out: each second's
+    p99 (by when the requests were due), the seconds holding any slow answer, and the share of
+    slow answers in the worst second. A burst points at a stall (a collection, a fork, a
+    checkpoint); spread out, at a loop busy all along."""
+    if not timeline:
+        return {}
+    first = min(due for due, _ in timeline)
+    seconds: dict[int, list[float]] = {}
+    for due, latency in timeline:
+        seconds.setdefault(int(due - first), []).append(latency)
+    slow_by_second = {s: sum(latency > slow for latency in values) for s, values in seconds.items()}
+    slow_total = sum(slow_by_second.values())
+    return {
+        "each_second_99th_percentile": [  # ms, by the second the requests were due
+            round(percentile(seconds[s], 99) * 1000, 1) for s in sorted(seconds)
+        ],
+        "seconds_with_slow": sum(1 for count in slow_by_second.values() if count),
+        "slow_share_in_worst_second": max(slow_by_second.values()) / slow_total if slow_total else 0.0,
+    }
 
 
 def consume_load_process(*args: Any) -> Load:
@@ -571,6 +598,7 @@ async def run(o: Options) -> Report:
             # What a consume costs each role when consumes arrive spread out (small groups): the
             # figure a change to the API's per-call work moves, and ops.bench.compare reports.
             "cpu_micros_per_consume": cpu_per_event(paced_cores, len(paced_ok) / o.paced_duration) if paced_ok else {},
+            **tail_shape(paced.timeline, TARGET_P99_MS / 1000),
         }
     rows = [
         latency_row("consume over HTTP (200s), closed loop", len(accepted_latencies), o.duration, accepted_latencies),
@@ -651,6 +679,13 @@ async def run(o: Options) -> Report:
             + ", ".join(f"{role} {cores:.2f}" for role, cores in paced_cores.items())
             + (f"; workers at nice {o.worker_nice}" if o.worker_nice else "")
         )
+        shape = figures["paced"]
+        if "seconds_with_slow" in shape:
+            notes.append(
+                f"paced tail: {shape['seconds_with_slow']} of the phase's {len(shape['each_second_99th_percentile'])} seconds "
+                f"held answers slower than {TARGET_P99_MS:.0f} ms, the worst second {shape['slow_share_in_worst_second']:.0%} "
+                "of them; each second's p99 (ms): " + " ".join(f"{v:.0f}" for v in shape["each_second_99th_percentile"])
+            )
     return Report(
         NAME,
         o,
