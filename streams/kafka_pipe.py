@@ -36,13 +36,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import struct
 import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import cast
 
 from aiokafka import TopicPartition
 from aiokafka.client import AIOKafkaClient
@@ -50,7 +48,7 @@ from aiokafka.protocol.transaction import InitProducerIdRequest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from streams.log import LogUnavailable
-from streams.redis_pipe import keep_alive
+from streams.sockets import connected
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +109,7 @@ class _Link(asyncio.Protocol):
         self.lost: LogUnavailable | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio.Transport subclasses
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            keep_alive(sock)
+        self.transport = connected(transport)
 
     def data_received(self, data: bytes) -> None:
         buffer = self.buffer

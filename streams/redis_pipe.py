@@ -21,10 +21,9 @@ such as `NoScriptError`) for an error reply, which fails only its own call.
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections import deque
-from typing import Any, cast
+from typing import Any
 
 import hiredis
 from redis.asyncio.connection import RedisSSLContext, SSLConnection, parse_url
@@ -37,6 +36,8 @@ from redis.exceptions import (
     ResponseError,
     TimeoutError,
 )
+
+from streams.sockets import connected
 
 _ERRORS: dict[str, type[ResponseError] | type[ConnectionError]] = {
     "NOSCRIPT": NoScriptError,
@@ -52,15 +53,6 @@ def error_of(reply: hiredis.ReplyError) -> Exception:
     return _ERRORS.get(text.split(" ", 1)[0], ResponseError)(text)
 
 
-def keep_alive(sock: socket.socket) -> None:
-    """TCP keepalive as redis-py sets it (probes after 30 s idle, every 5 s, 3 of them): a connection
-    a NAT or load balancer dropped while quiet is found out before a consume waits on it."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for option, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3)):
-        if hasattr(socket, option):
-            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
-
-
 class _Wire(asyncio.Protocol):
     """The connection's protocol: replies parsed by hiredis, each answering the oldest call waiting."""
 
@@ -71,10 +63,7 @@ class _Wire(asyncio.Protocol):
         self.lost: Exception | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio.Transport subclasses
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            keep_alive(sock)
+        self.transport = connected(transport)
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
