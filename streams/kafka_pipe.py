@@ -8,25 +8,25 @@ batch built by aiokafka's C builder, and its response read from `data_received`.
 rate a produce request carries one or two consumes, so that was about a quarter of a consume's CPU.
 
 What it keeps from the idempotent producer: every batch carries this pipe's producer id, epoch and
-the partition's next sequence number, so the broker writes each batch once and in order. One
-request per broker connection is in flight at a time, as in aiokafka (and Kafka handles one
-request per connection at a time anyway): appends that arrive meanwhile wait and leave together,
-one batch per partition, in the order they came.
+the partition's next sequence number, so the broker appends batches in the order sent, each at most
+once under that producer id. One request per broker connection is in flight at a time, as in
+aiokafka (and Kafka handles one request per connection at a time anyway): appends that arrive
+meanwhile wait and leave together, one batch per partition, in the order they came; appends made
+in one turn of the event loop leave in one request.
 
 Failures, per partition of a response:
-- an error that means the batch was not written (not the leader, no such partition yet, not enough
-  replicas, a sequence or producer id the broker does not accept): the appends go again, in a new
-  request under a new producer id (sequences start over) after the metadata is refreshed, until the
-  deadline of each;
-- an error that means the batch was written but not yet replicated as acks=all asks (the
-  request timed out on the broker, not enough replicas after the append): those appends fail with
-  LogUnavailable, and may or may not stay written, as with a timeout;
-- any other error: those appends fail with LogUnavailable (nothing was written for them).
-After any error the next request starts a new producer id, so no sequence number is left out.
+- a retriable error (no such partition yet, no leader or not the leader, not enough replicas, the
+  request timed out on the broker): the same batch goes again unchanged, under its producer id and
+  sequence, first in the queue, after a pause of RETRY_PAUSE (and the metadata looked up again
+  where it says so), until the deadline of its appends: a leader that had appended it drops the
+  copy, as for Kafka's own idempotent producer;
+- the broker does not accept the sequence or producer id (it lost or never had its state):
+  nothing was written, and the appends go again in a new batch under a new producer id;
+- any other error: those appends fail with LogUnavailable (nothing was written for them), and the
+  next request starts a new producer id, so no sequence number is left out.
 A connection lost, or a response later than the timeout: every append in flight on it fails with
-LogUnavailable (they may or may not have been written, as with any client's timeout), and the next
-request gets a new producer id. A broker that cannot be reached fails the appends waiting for it at
-once.
+LogUnavailable (they may or may not have been written, as with any client's timeout). A broker
+that cannot be reached fails the appends waiting for it at once.
 
 The record format is the one aiokafka writes (record batches v2, uncompressed, the create time of
 the append), so consumers see no difference. Plaintext connections only, as `KafkaLog` configures.
@@ -58,21 +58,34 @@ API_PRODUCE, API_VERSIONS = 0, 18
 # Produce versions this module reads and writes: 3 (record batches v2, the first Kafka 4 accepts)
 # to 8; from 9 on the request and response are "flexible" (compact encodings, tagged fields).
 PRODUCE_VERSIONS = range(3, 9)
-# Error codes that mean the batch was not written, so sending it again cannot duplicate it:
-# UNKNOWN_TOPIC_OR_PARTITION, LEADER_NOT_AVAILABLE, NOT_LEADER_OR_FOLLOWER, NOT_ENOUGH_REPLICAS,
-# OUT_OF_ORDER_SEQUENCE_NUMBER, INVALID_PRODUCER_EPOCH, UNKNOWN_PRODUCER_ID.
-NOT_WRITTEN = frozenset({3, 5, 6, 19, 45, 47, 59})
-METADATA_ERRORS = frozenset({3, 5, 6})  # ... of which these need the partition's leader looked up again
-# REQUEST_TIMED_OUT, NOT_ENOUGH_REPLICAS_AFTER_APPEND: the leader wrote the batch but it is not yet
-# replicated as acks=all asks; it may still be. Ambiguous, as a timeout is. Any other code: not written.
-MAYBE_WRITTEN = frozenset({7, 20})
-RETRY_PAUSE = 0.05  # before an append goes again after such an error
+# Retriable errors: the same batch goes again, unchanged (the same producer id, epoch and sequence,
+# as Kafka's Java client sends it), so a leader that had appended it before answering (a leadership
+# moved while acks=all waited, a replication too slow) drops the copy instead of writing it twice:
+# UNKNOWN_TOPIC_OR_PARTITION, LEADER_NOT_AVAILABLE, NOT_LEADER_OR_FOLLOWER, REQUEST_TIMED_OUT,
+# NOT_ENOUGH_REPLICAS, NOT_ENOUGH_REPLICAS_AFTER_APPEND.
+SEND_SAME = frozenset({3, 5, 6, 7, 19, 20})
+# The broker does not accept this producer's sequence (it lost or never had its state): nothing was
+# written, and the records go again in a new batch under a new producer id: OUT_OF_ORDER_SEQUENCE_NUMBER,
+# INVALID_PRODUCER_EPOCH, UNKNOWN_PRODUCER_ID.
+NEW_PRODUCER = frozenset({45, 47, 59})
+DUPLICATE_SEQUENCE_NUMBER = 46  # the broker had the batch already: written
+METADATA_ERRORS = frozenset({3, 5, 6})  # the partition's leader is looked up again
+RETRY_PAUSE = 0.05  # before anything is sent again after a refusal
 NO_TRANSACTIONAL_ID = struct.pack(">h", -1)
 _HEADER = struct.Struct(">ihhih")  # size, api key, api version, correlation id, client id length
 _INT16, _INT32 = struct.Struct(">h"), struct.Struct(">i")
 _PARTITION_HEAD = struct.Struct(">ihq")  # partition, error code, base offset
 _PARTITION = struct.Struct(">ii")  # partition, length of its records
 _ACKS_TIMEOUT_TOPICS = struct.Struct(">hii")
+
+
+@dataclass(eq=False, slots=True)
+class _SendSame:
+    """A batch to send again exactly as it went: its appends, in order, under its producer and sequence."""
+
+    producer: tuple[int, int]
+    sequence: int
+    deadline: float  # the latest of its appends'
 
 
 @dataclass(slots=True)
@@ -84,14 +97,21 @@ class _Append:
     deadline: float
     size: int  # estimated bytes in a batch
     sent: bool = False
+    again: _SendSame | None = None  # set while it waits to go again in the same batch
+
+
+@dataclass(slots=True)
+class _Batch:
+    appends: list[_Append]
+    producer: tuple[int, int]  # the producer id and epoch it carries
+    sequence: int  # its base sequence
 
 
 @dataclass(slots=True)
 class _Request:
     correlation_id: int
-    sent: float
-    batches: dict[tuple[str, int], list[_Append]]
-    producer: tuple[int, int]  # the producer id and epoch its batches carry
+    written_at: float
+    batches: dict[tuple[str, int], _Batch]
 
 
 class _Link(asyncio.Protocol):
@@ -138,8 +158,8 @@ class _Link(asyncio.Protocol):
         if self.versions is not None and not self.versions.done():
             self.versions.set_exception(failure)
         for request in self.in_flight:
-            for appends in request.batches.values():
-                for append in appends:
+            for batch in request.batches.values():
+                for append in batch.appends:
                     if not append.future.done():
                         append.future.set_exception(failure)
         self.in_flight.clear()
@@ -171,7 +191,8 @@ class ProducePipe:
         self._correlation = 0
         self._watch: asyncio.TimerHandle | None = None
         self._refreshing: asyncio.Task[None] | None = None
-        self._flush_soon = False  # a flush is due at the end of this turn of the loop
+        self._flush_soon = False  # a flush is due (at the end of this turn of the loop, or after a pause)
+        self._resume_at = 0.0  # time.monotonic() before which nothing is sent (just after a refusal)
         self._closed = False
 
     # -- the port -----------------------------------------------------------------------------------
@@ -187,13 +208,16 @@ class ProducePipe:
         futures: list[asyncio.Future[None]] = []
         flush = False
         deadline = time.monotonic() + self._timeout
-        for topic, partition, records in batches:
+        # Sized (and so type-checked by the C builder) before any is queued: all or none.
+        sizes = [
+            sum(DefaultRecordBatchBuilder.estimate_size_in_bytes(k, v, h) for k, v, h in records) for _, _, records in batches
+        ]
+        for (topic, partition, records), size in zip(batches, sizes, strict=True):
             future: asyncio.Future[None] = loop.create_future()
             futures.append(future)
             if self._closed:
                 future.set_exception(LogUnavailable("the Kafka log is closed"))
                 continue
-            size = sum(DefaultRecordBatchBuilder.estimate_size_in_bytes(k, v, h) for k, v, h in records)
             self._queue.append(_Append(topic, partition, records, future, deadline, size))
             flush = flush or self._ready_for(self._leaders.get((topic, partition)))
         if flush:
@@ -243,11 +267,22 @@ class ProducePipe:
         if self._closed or not self._queue:
             return
         now = time.monotonic()
+        if now < self._resume_at:  # a refusal just came back: give the broker a moment
+            if not self._flush_soon:
+                self._flush_soon = True
+                asyncio.get_running_loop().call_at(asyncio.get_running_loop().time() + self._resume_at - now, self._flush)
+            return
         waiting: list[_Append] = []
         for append in self._queue:
-            if append.future.done():  # its caller gave up before it was sent: it never takes a sequence number
+            again = append.again
+            if again is not None:  # a batch that goes again goes whole (its callers may have gone), or not at all
+                if now > again.deadline:
+                    if not append.future.done():
+                        append.future.set_exception(LogUnavailable(f"Kafka did not take the append within {self._timeout}s"))
+                    continue
+            elif append.future.done():  # its caller gave up before it was sent: it never takes a sequence number
                 continue
-            if now > append.deadline:
+            elif now > append.deadline:
                 append.future.set_exception(LogUnavailable(f"Kafka did not take the append within {self._timeout}s"))
                 continue
             waiting.append(append)
@@ -287,27 +322,46 @@ class ProducePipe:
         assert self._producer is not None and link.transport is not None
         producer_id, epoch = self._producer
         chosen: dict[tuple[str, int], list[_Append]] = {}
+        same: dict[tuple[str, int], _SendSame] = {}  # partitions whose batch goes again as it went
         sizes: dict[tuple[str, int], int] = {}
         full: set[tuple[str, int]] = set()
         for append in appends:
             tp = (append.topic, append.partition)
-            used = sizes.get(tp, 0)
-            if tp in full or (used and used + append.size > self._max_batch_bytes):
-                full.add(tp)  # the next request takes it, and every later append to this partition
+            if tp in full:
+                continue  # the next request takes it, and every later append to this partition
+            if append.again is not None:
+                if tp in chosen and same.get(tp) is not append.again:
+                    full.add(tp)  # a batch going again goes alone, as it went
+                    continue
+                same[tp] = append.again
+            elif tp in same:
+                full.add(tp)
                 continue
-            sizes[tp] = used + append.size
+            else:
+                used = sizes.get(tp, 0)
+                if used and used + append.size > self._max_batch_bytes:
+                    full.add(tp)
+                    continue
+                sizes[tp] = used + append.size
             chosen.setdefault(tp, []).append(append)
             append.sent = True
+        batches: dict[tuple[str, int], _Batch] = {}
         by_topic: dict[str, list[bytes]] = {}
         for (topic, partition), group in chosen.items():
-            sequence = self._sequences.get((topic, partition), 0)
-            builder = DefaultRecordBatchBuilder(2, 0, 0, producer_id, epoch, sequence, 1 << 30)
+            again = same.get((topic, partition))
+            if again is not None:
+                (batch_producer, batch_epoch), sequence = again.producer, again.sequence
+            else:
+                batch_producer, batch_epoch, sequence = producer_id, epoch, self._sequences.get((topic, partition), 0)
+            builder = DefaultRecordBatchBuilder(2, 0, 0, batch_producer, batch_epoch, sequence, 1 << 30)
             offset = 0
             for append in group:
                 for key, value, headers in append.records:
                     builder.append(offset, None, key, value, headers)
                     offset += 1
-            self._sequences[(topic, partition)] = (sequence + offset) & 0x7FFFFFFF  # Kafka's sequences wrap at 2^31
+            if again is None:
+                self._sequences[(topic, partition)] = (sequence + offset) & 0x7FFFFFFF  # Kafka's sequences wrap at 2^31
+            batches[(topic, partition)] = _Batch(group, (batch_producer, batch_epoch), sequence)
             batch = builder.build()
             by_topic.setdefault(topic, []).append(_PARTITION.pack(partition, len(batch)) + batch)
         body = [NO_TRANSACTIONAL_ID, _ACKS_TIMEOUT_TOPICS.pack(-1, self._timeout_ms, len(by_topic))]
@@ -323,7 +377,7 @@ class ProducePipe:
             correlation_id,
             len(self._client_id),
         )
-        link.in_flight.append(_Request(correlation_id, time.monotonic(), chosen, self._producer))
+        link.in_flight.append(_Request(correlation_id, time.monotonic(), batches))
         link.transport.write(head + self._client_id + payload)
 
     def _next_correlation(self) -> int:
@@ -344,48 +398,39 @@ class ProducePipe:
             return
         link.in_flight.popleft()
         again: list[_Append] = []
-        for tp, appends in request.batches.items():
+        for tp, batch in request.batches.items():
             code = errors.get(tp)
-            if code == 0:
-                for append in appends:
+            if code == 0 or code == DUPLICATE_SEQUENCE_NUMBER:
+                for append in batch.appends:
                     if not append.future.done():
                         append.future.set_result(None)
-            elif code in NOT_WRITTEN:
-                log.info("Kafka did not write a batch for %s[%d] (error %d); it goes again", tp[0], tp[1], code)
-                if self._producer == request.producer:  # this partition's later sequences are void: start over
-                    self._producer = None
-                    self._sequences.clear()
-                if code in METADATA_ERRORS:
-                    self._leaders.pop(tp, None)
-                    self._refresh_metadata()
-                for append in appends:
-                    append.sent = False
-                again += appends
-            else:
-                if self._producer == request.producer:  # the batch's sequences were not taken: start over
-                    self._producer = None
-                    self._sequences.clear()
-                failure = LogUnavailable(
-                    f"Kafka wrote the append to {tp[0]}[{tp[1]}] but could not replicate it in time (error {code}): "
-                    "it may or may not stay"
-                    if code in MAYBE_WRITTEN
-                    else f"Kafka refused the append to {tp[0]}[{tp[1]}] (error {code})"
-                )
-                for append in appends:
-                    if not append.future.done():
-                        append.future.set_exception(failure)
-        if again:
-            asyncio.get_running_loop().call_later(RETRY_PAUSE, self._send_again, again)
-        self._flush()
-
-    def _send_again(self, appends: list[_Append]) -> None:
-        if self._closed:
-            closed = LogUnavailable("the Kafka log is closed")
-            for append in appends:
+                continue
+            if code in METADATA_ERRORS:
+                self._leaders.pop(tp, None)
+                self._refresh_metadata()
+            if code in SEND_SAME:
+                log.info("Kafka answered error %d for a batch of %s[%d]; it goes again as it was", code, tp[0], tp[1])
+                same = _SendSame(batch.producer, batch.sequence, max(a.deadline for a in batch.appends))
+                for append in batch.appends:
+                    append.again, append.sent = same, False
+                again += batch.appends
+                continue
+            if self._producer == batch.producer:  # this partition's sequences from this batch on are void: start over
+                self._producer = None
+                self._sequences.clear()
+            if code in NEW_PRODUCER:
+                log.info("Kafka did not take the sequence of a batch of %s[%d] (error %d); it goes again", tp[0], tp[1], code)
+                for append in batch.appends:
+                    append.again, append.sent = None, False
+                again += [a for a in batch.appends if not a.future.done()]
+                continue
+            failure = LogUnavailable(f"Kafka refused the append to {tp[0]}[{tp[1]}] (error {code})")
+            for append in batch.appends:
                 if not append.future.done():
-                    append.future.set_exception(closed)
-            return
-        self._queue.extendleft(reversed(appends))  # ahead of the appends that came after them
+                    append.future.set_exception(failure)
+        if again:
+            self._queue.extendleft(reversed(again))  # ahead of the appends that came after them
+            self._resume_at = time.monotonic() + RETRY_PAUSE
         self._flush()
 
     def _check_responses(self) -> None:
@@ -394,7 +439,7 @@ class ProducePipe:
         self._watch = None
         now = time.monotonic()
         for link in list(self._links.values()):
-            if link.in_flight and now - link.in_flight[0].sent > self._timeout:
+            if link.in_flight and now - link.in_flight[0].written_at > self._timeout:
                 link.fail(LogUnavailable(f"Kafka broker {link.node} did not answer within {self._timeout}s"))
         if any(now > append.deadline for append in self._queue):
             self._flush()
@@ -447,6 +492,8 @@ class ProducePipe:
                 ) from failure
             if self._closed:
                 raise LogUnavailable("the Kafka log is closed")
+            if link.lost is not None:  # it failed while connecting (an unexpected frame, the broker gone)
+                raise link.lost
             link.versions = None
             link.pipe = self
             self._links[node] = link
@@ -496,7 +543,7 @@ class ProducePipe:
         try:
             async with asyncio.timeout(self._timeout):
                 await self._client.force_metadata_update()
-        except Exception:  # the appends waiting on it fail by their deadlines (_check_deadlines)
+        except Exception:  # the appends waiting on it fail by their deadlines (_check_responses)
             log.debug("refreshing Kafka metadata failed", exc_info=True)
         self._leaders.clear()
         self._refreshing = None  # so a leader still unknown asks again

@@ -7,18 +7,17 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import struct
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 
 from schemas.topics import Topics, partition_for
 from streams.kafka_log import KafkaLog
-from streams.kafka_pipe import ProducePipe, _produce_errors
+from streams.kafka_pipe import ProducePipe
 from streams.log import LogUnavailable, Outgoing
 from tests.integration.conftest import OwnBroker
 
@@ -31,12 +30,25 @@ def _pipe(log: KafkaLog) -> ProducePipe:
 
 
 async def test_concurrent_small_appends_land_once_each_in_order_and_share_requests(kafka_log: KafkaLog, topics: Topics) -> None:
+    await kafka_log.append(topics.usage, [Outgoing("tenant-0", b"warm")])
+    pipe = _pipe(kafka_log)
     writers, each = 50, 30
+    before = pipe._correlation
 
     async def writer(n: int) -> None:
+        """Each writer hands the pipe its appends without waiting for one before the next."""
+        key = f"tenant-{n % 7}"
+        headers = [("content-type", b"application/cloudevents+json"), ("writer", f"{n}".encode())]
+        sent = []
         for i in range(each):
-            headers = (("content-type", b"application/cloudevents+json"), ("writer", f"{n}".encode()))
-            await kafka_log.append(topics.usage, [Outgoing(f"tenant-{n % 7}", f"{n}:{i}".encode(), headers)])
+            sent.append(
+                pipe.send(
+                    topics.usage, partition_for(key, topics.usage_partitions), [(key.encode(), f"{n}:{i}".encode(), headers)]
+                )
+            )
+            if i % 3 == 0:
+                await asyncio.sleep(0)  # the writers' appends interleave
+        await asyncio.gather(*sent)
 
     await asyncio.gather(*(writer(n) for n in range(writers)))
 
@@ -44,6 +56,8 @@ async def test_concurrent_small_appends_land_once_each_in_order_and_share_reques
     total = 0
     for partition in range(topics.usage_partitions):
         for record in await kafka_log.read(topics.usage, partition, 0, 10_000):
+            if record.value == b"warm":
+                continue
             n, i = map(int, record.value.decode().split(":"))
             assert partition == partition_for(f"tenant-{n % 7}", topics.usage_partitions)
             assert record.key == f"tenant-{n % 7}"
@@ -51,9 +65,20 @@ async def test_concurrent_small_appends_land_once_each_in_order_and_share_reques
             seen[n].append(i)
             total += 1
     assert total == writers * each  # nothing lost, nothing twice
-    assert all(seen[n] == list(range(each)) for n in range(writers))  # each writer's records in its order
-    # 1,500 appends, 50 at a time: those that came while a request was out left together
-    assert _pipe(kafka_log)._correlation < writers * each
+    assert all(seen[n] == list(range(each)) for n in range(writers))  # each writer's records in the order handed over
+    # 1,500 appends: those that came while a request was out left together
+    assert pipe._correlation - before < writers * each / 10
+
+
+async def test_appends_made_in_one_turn_of_the_loop_leave_in_one_request(kafka_log: KafkaLog, topics: Topics) -> None:
+    await kafka_log.append(topics.usage, [Outgoing("tenant-a", b"warm")])
+    pipe = _pipe(kafka_log)
+    partition = partition_for("tenant-a", topics.usage_partitions)
+    before = pipe._correlation
+    first = pipe.send(topics.usage, partition, [(b"tenant-a", b"one", [])])
+    second = pipe.send(topics.usage, partition, [(b"tenant-a", b"two", [])])  # the connection is idle: still together
+    await asyncio.gather(first, second)
+    assert pipe._correlation == before + 1
 
 
 async def test_a_refused_sequence_goes_again_under_a_new_producer_id(kafka_log: KafkaLog, topics: Topics) -> None:
@@ -63,11 +88,51 @@ async def test_a_refused_sequence_goes_again_under_a_new_producer_id(kafka_log: 
     partition = partition_for("tenant-a", topics.usage_partitions)
     pipe._sequences[(topics.usage, partition)] += 5  # a gap the broker refuses: OUT_OF_ORDER_SEQUENCE_NUMBER
 
-    await kafka_log.append(topics.usage, [Outgoing("tenant-a", b"second")])
+    refused = pipe.send(topics.usage, partition, [(b"tenant-a", b"second", [])])
+    await asyncio.sleep(0)  # written
+    later = pipe.send(topics.usage, partition, [(b"tenant-a", b"third", [])])  # waits for the refused one's answer
+    await asyncio.gather(refused, later)
 
     assert pipe._producer is not None and pipe._producer != first_producer  # refused, then sent under a new id
     values = [r.value for r in await kafka_log.read(topics.usage, partition, 0, 100)]
-    assert values == [b"first", b"second"]
+    assert values == [b"first", b"second", b"third"]  # the refused one went again ahead of the later one
+
+
+async def test_a_retriable_refusal_sends_the_same_batch_again_until_it_is_taken(kafka_servers: str) -> None:
+    topic = f"pipe-retry-{os.urandom(4).hex()}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_servers)
+    await admin.start()
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_servers)
+    await producer.start()
+    pipe = ProducePipe(producer.client, timeout=10.0)
+    try:
+        await admin.create_topics([NewTopic(topic, 1, 1)])
+        await producer.partitions_for(topic)
+        await pipe.send(topic, 0, [(b"k", b"first", [])])
+        first_producer = pipe._producer
+        # Partition 1 does not exist yet; told it is led by the broker, the pipe sends there and
+        # the broker answers UNKNOWN_TOPIC_OR_PARTITION, a retriable error.
+        pipe._leaders[(topic, 1)] = pipe._leaders[(topic, 0)]
+        pending = pipe.send(topic, 1, [(b"k", b"second", [])])
+        await asyncio.sleep(0.5)
+        assert not pending.done()  # refused, and waiting to go again
+        await admin.create_partitions({topic: NewPartitions(2)})
+        await pending
+
+        assert pipe._producer == first_producer  # the same batch, producer id and sequence: no new producer
+        reader = AIOKafkaConsumer(bootstrap_servers=kafka_servers, auto_offset_reset="earliest")
+        await reader.start()
+        try:
+            reader.assign([TopicPartition(topic, 1)])
+            fetched = await reader.getmany(timeout_ms=5000)
+            assert [r.value for records in fetched.values() for r in records] == [b"second"]
+        finally:
+            await reader.stop()
+    finally:
+        await pipe.close()
+        await producer.stop()
+        await admin.delete_topics([topic])
+        await admin.close()
 
 
 async def test_a_lost_connection_fails_what_was_in_flight_and_the_next_append_lands(kafka_log: KafkaLog, topics: Topics) -> None:
@@ -106,25 +171,29 @@ async def test_a_silent_broker_fails_the_append_by_the_timeout_and_an_absent_one
         producer = AIOKafkaProducer(bootstrap_servers=broker.servers, acks="all", enable_idempotence=True)
         await producer.start()
         await producer.partitions_for("pipe-test")
-        pipe = ProducePipe(producer.client, timeout=1.0)
+        pipe = ProducePipe(producer.client, timeout=10.0)
         await pipe.send("pipe-test", 0, [(b"k", b"one", [])])
 
         os.kill(pid, signal.SIGSTOP)
         paused = True
         await _stopped(pid)
+        pipe._timeout = 1.0  # for this append only: a silent broker is found out within a second or so
         started = time.monotonic()
         with pytest.raises(LogUnavailable, match="did not answer"):
             await pipe.send("pipe-test", 0, [(b"k", b"two", [])])
         assert time.monotonic() - started < 3.0  # the timeout (1 s), checked every quarter of it
+        pipe._timeout = 10.0
         os.kill(pid, signal.SIGCONT)
         paused = False
         await pipe.send("pipe-test", 0, [(b"k", b"three", [])])  # a new connection and producer id
 
         broker.run("stop")
+        while pipe._links:  # the broker closed the pipe's connection on its way down
+            await asyncio.sleep(0.01)
         started = time.monotonic()
-        with pytest.raises(LogUnavailable):
+        with pytest.raises(LogUnavailable, match="could not"):  # no connection to be made, or no producer id
             await pipe.send("pipe-test", 0, [(b"k", b"four", [])])
-        assert time.monotonic() - started < 3.0
+        assert time.monotonic() - started < 3.0  # at once, not by the timeout
     finally:
         if paused:
             os.kill(pid, signal.SIGCONT)
@@ -151,13 +220,24 @@ async def test_a_record_the_broker_refuses_fails_alone_and_the_next_lands(kafka_
     await kafka_log.append(topics.usage, [Outgoing("tenant-a", b"first")])
     pipe = _pipe(kafka_log)
     first_producer = pipe._producer
-    with pytest.raises(LogUnavailable, match="refused"):  # MESSAGE_TOO_LARGE: past the broker's 1 MiB
-        await kafka_log.append(topics.usage, [Outgoing("tenant-a", b"x" * 1_100_000)])
-    await kafka_log.append(topics.usage, [Outgoing("tenant-a", b"third")])  # a new producer id: no sequence left out
-
-    assert pipe._producer != first_producer
     partition = partition_for("tenant-a", topics.usage_partitions)
+    other = (partition + 1) % topics.usage_partitions
+    too_large, beside = pipe.send_many(
+        [
+            (topics.usage, partition, [(b"tenant-a", b"x" * 1_100_000, [])]),  # MESSAGE_TOO_LARGE: past the broker's 1 MiB
+            (topics.usage, other, [(b"tenant-b", b"beside", [])]),  # in the same request
+        ]
+    )
+    with pytest.raises(LogUnavailable, match="refused"):
+        await too_large
+    await beside
+    before = pipe._correlation
+    await kafka_log.append(topics.usage, [Outgoing("tenant-a", b"third")])
+
+    assert pipe._producer != first_producer  # a new producer id: no sequence number left out ...
+    assert pipe._correlation == before + 1  # ... so the next append was not refused as out of order
     assert [r.value for r in await kafka_log.read(topics.usage, partition, 0, 100)] == [b"first", b"third"]
+    assert [r.value for r in await kafka_log.read(topics.usage, other, 0, 100)] == [b"beside"]
 
 
 async def test_an_append_with_no_leader_to_take_it_fails_by_its_deadline(kafka_log: KafkaLog, topics: Topics) -> None:
@@ -208,29 +288,3 @@ async def test_a_closed_pipe_refuses_and_fails_what_waits(kafka_log: KafkaLog, t
     await pipe.close()
     with pytest.raises(LogUnavailable, match="closed"):
         await pipe.send(topics.usage, 0, [(b"tenant-a", b"two", [])])
-
-
-def _response(version: int, correlation_id: int, partitions: list[tuple[str, int, int]]) -> bytes:
-    """A produce response as the broker writes versions 3 to 8."""
-    by_topic: dict[str, list[tuple[int, int]]] = defaultdict(list)
-    for topic, partition, error in partitions:
-        by_topic[topic].append((partition, error))
-    out = struct.pack(">ii", correlation_id, len(by_topic))
-    for topic, entries in by_topic.items():
-        out += struct.pack(">h", len(topic)) + topic.encode() + struct.pack(">i", len(entries))
-        for partition, error in entries:
-            out += struct.pack(">ihqq", partition, error, 42, -1)
-            if version >= 5:
-                out += struct.pack(">q", 0)
-            if version >= 8:
-                message = b"bad record"
-                out += struct.pack(">iih", 1, 0, len(message)) + message + struct.pack(">h", -1)
-    return out + struct.pack(">i", 0)  # throttle time
-
-
-@pytest.mark.parametrize("version", [3, 5, 8])
-def test_produce_responses_are_read_at_every_version_spoken(version: int) -> None:
-    frame = _response(version, 7, [("a", 0, 0), ("a", 2, 45), ("bb", 1, 6)])
-    assert _produce_errors(frame, 7, version) == {("a", 0): 0, ("a", 2): 45, ("bb", 1): 6}
-    with pytest.raises(ValueError, match="correlation"):
-        _produce_errors(frame, 8, version)
