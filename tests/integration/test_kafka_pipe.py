@@ -29,6 +29,13 @@ def _pipe(log: KafkaLog) -> ProducePipe:
     return log._pipe
 
 
+async def _after_first(log: KafkaLog, topics: Topics) -> tuple[ProducePipe, int]:
+    """The log's pipe once tenant-a's first record went through it (connected, with a producer id),
+    and tenant-a's partition."""
+    await log.append(topics.usage, [Outgoing("tenant-a", b"first")])
+    return _pipe(log), partition_for("tenant-a", topics.usage_partitions)
+
+
 async def test_concurrent_small_appends_land_once_each_in_order_and_share_requests(kafka_log: KafkaLog, topics: Topics) -> None:
     await kafka_log.append(topics.usage, [Outgoing("tenant-0", b"warm")])
     pipe = _pipe(kafka_log)
@@ -71,9 +78,7 @@ async def test_concurrent_small_appends_land_once_each_in_order_and_share_reques
 
 
 async def test_appends_made_in_one_turn_of_the_loop_leave_in_one_request(kafka_log: KafkaLog, topics: Topics) -> None:
-    await kafka_log.append(topics.usage, [Outgoing("tenant-a", b"warm")])
-    pipe = _pipe(kafka_log)
-    partition = partition_for("tenant-a", topics.usage_partitions)
+    pipe, partition = await _after_first(kafka_log, topics)
     before = pipe._correlation
     first = pipe.send(topics.usage, partition, [(b"tenant-a", b"one", [])])
     second = pipe.send(topics.usage, partition, [(b"tenant-a", b"two", [])])  # the connection is idle: still together
@@ -82,10 +87,8 @@ async def test_appends_made_in_one_turn_of_the_loop_leave_in_one_request(kafka_l
 
 
 async def test_a_refused_sequence_goes_again_under_a_new_producer_id(kafka_log: KafkaLog, topics: Topics) -> None:
-    await kafka_log.append(topics.usage, [Outgoing("tenant-a", b"first")])
-    pipe = _pipe(kafka_log)
+    pipe, partition = await _after_first(kafka_log, topics)
     first_producer = pipe._producer
-    partition = partition_for("tenant-a", topics.usage_partitions)
     pipe._sequences[(topics.usage, partition)] += 5  # a gap the broker refuses: OUT_OF_ORDER_SEQUENCE_NUMBER
 
     refused = pipe.send(topics.usage, partition, [(b"tenant-a", b"second", [])])
@@ -136,9 +139,7 @@ async def test_a_retriable_refusal_sends_the_same_batch_again_until_it_is_taken(
 
 
 async def test_a_lost_connection_fails_what_was_in_flight_and_the_next_append_lands(kafka_log: KafkaLog, topics: Topics) -> None:
-    await kafka_log.append(topics.usage, [Outgoing("tenant-a", b"before")])
-    pipe = _pipe(kafka_log)
-    partition = partition_for("tenant-a", topics.usage_partitions)
+    pipe, partition = await _after_first(kafka_log, topics)
     first_producer = pipe._producer
     in_flight = pipe.send(topics.usage, partition, [(b"tenant-a", b"cut", [])])
     await asyncio.sleep(0)  # written at the end of the loop's turn
@@ -152,7 +153,7 @@ async def test_a_lost_connection_fails_what_was_in_flight_and_the_next_append_la
 
     assert pipe._producer != first_producer  # what was in flight may have landed: its sequences are not guessed
     values = [r.value for r in await kafka_log.read(topics.usage, partition, 0, 100)]
-    assert values[0] == b"before" and values[-1] == b"after"
+    assert values[0] == b"first" and values[-1] == b"after"
     assert values[1:-1] in ([], [b"cut"])  # the cut one at most once
 
 
@@ -217,10 +218,8 @@ async def test_an_append_to_every_partition_leaves_in_one_request(kafka_log: Kaf
 
 
 async def test_a_record_the_broker_refuses_fails_alone_and_the_next_lands(kafka_log: KafkaLog, topics: Topics) -> None:
-    await kafka_log.append(topics.usage, [Outgoing("tenant-a", b"first")])
-    pipe = _pipe(kafka_log)
+    pipe, partition = await _after_first(kafka_log, topics)
     first_producer = pipe._producer
-    partition = partition_for("tenant-a", topics.usage_partitions)
     other = (partition + 1) % topics.usage_partitions
     too_large, beside = pipe.send_many(
         [
@@ -255,9 +254,7 @@ async def test_an_append_with_no_leader_to_take_it_fails_by_its_deadline(kafka_l
 
 
 async def test_closing_while_a_refused_append_waits_to_go_again_fails_it(kafka_log: KafkaLog, topics: Topics) -> None:
-    await kafka_log.append(topics.usage, [Outgoing("tenant-a", b"first")])
-    pipe = _pipe(kafka_log)
-    partition = partition_for("tenant-a", topics.usage_partitions)
+    pipe, partition = await _after_first(kafka_log, topics)
     pipe._sequences[(topics.usage, partition)] += 5  # refused (out of order), then sent again after a pause
     refused = pipe.send(topics.usage, partition, [(b"tenant-a", b"second", [])])
     while pipe._producer is not None:  # the refusal came back
