@@ -368,21 +368,20 @@ class ProducePipe:
         for topic, partitions in by_topic.items():
             name = topic.encode()
             body += [_INT16.pack(len(name)), name, _INT32.pack(len(partitions)), *partitions]
-        payload = b"".join(body)
         correlation_id = self._next_correlation()
-        head = _HEADER.pack(
-            _HEADER.size - 4 + len(self._client_id) + len(payload),
-            API_PRODUCE,
-            link.produce_version,
-            correlation_id,
-            len(self._client_id),
-        )
         link.in_flight.append(_Request(correlation_id, time.monotonic(), batches))
-        link.transport.write(head + self._client_id + payload)
+        link.transport.write(self._framed(API_PRODUCE, link.produce_version, correlation_id, b"".join(body)))
 
     def _next_correlation(self) -> int:
         self._correlation = (self._correlation + 1) & 0x7FFFFFFF
         return self._correlation
+
+    def _framed(self, api_key: int, version: int, correlation_id: int, body: bytes) -> bytes:
+        """A request as Kafka reads it: its size, header v1 (this pipe's client id), then its body."""
+        head = _HEADER.pack(
+            _HEADER.size - 4 + len(self._client_id) + len(body), api_key, version, correlation_id, len(self._client_id)
+        )
+        return head + self._client_id + body
 
     # -- responses ----------------------------------------------------------------------------------
 
@@ -479,12 +478,7 @@ class ProducePipe:
                     assert link.transport is not None
                     link.versions = loop.create_future()
                     correlation_id = self._next_correlation()
-                    link.transport.write(
-                        _HEADER.pack(
-                            _HEADER.size - 4 + len(self._client_id), API_VERSIONS, 0, correlation_id, len(self._client_id)
-                        )
-                        + self._client_id
-                    )
+                    link.transport.write(self._framed(API_VERSIONS, 0, correlation_id, b""))
                     link.produce_version = _produce_version(await link.versions, correlation_id)
             except (OSError, TimeoutError, struct.error) as failure:
                 raise LogUnavailable(

@@ -281,8 +281,13 @@ def _state(stat: Path) -> str | None:
 
 
 async def test_a_closed_pipe_refuses_and_fails_what_waits(kafka_log: KafkaLog, topics: Topics) -> None:
-    await kafka_log.append(topics.usage, [Outgoing("tenant-a", b"one")])
-    pipe = _pipe(kafka_log)
+    pipe, partition = await _after_first(kafka_log, topics)
+    in_flight = pipe.send(topics.usage, partition, [(b"tenant-a", b"in flight", [])])
+    await asyncio.sleep(0)  # written
+    waiting = pipe.send(topics.usage, partition, [(b"tenant-a", b"waiting", [])])  # behind the one in flight
     await pipe.close()
+    for future in (in_flight, waiting):
+        with pytest.raises(LogUnavailable, match="closed"):
+            await future
     with pytest.raises(LogUnavailable, match="closed"):
         await pipe.send(topics.usage, 0, [(b"tenant-a", b"two", [])])
