@@ -238,6 +238,27 @@ def cpu_snapshot(ours: dict[str, int]) -> dict[str, float]:
     return used
 
 
+def thread_schedule(pid: int) -> tuple[float, float] | None:
+    """(seconds on a CPU, seconds runnable but waiting for one) of a process's main thread so far,
+    from the scheduler's own counts (/proc/PID/task/PID/schedstat); None where the kernel keeps none.
+
+    For an event loop the second figure is the one CPU use hides: a loop that waits its turn for a
+    CPU a fifth of the time is saturated, however busy its own share looks."""
+    try:
+        running, waiting, _ = Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()
+    except (OSError, ValueError):
+        return None
+    return int(running) / 1e9, int(waiting) / 1e9
+
+
+def schedule_shares(before: tuple[float, float] | None, after: tuple[float, float] | None, wall: float) -> dict[str, float]:
+    """Shares of `wall` seconds a thread spent running, waiting for a CPU, and neither (idle: nothing to do)."""
+    if before is None or after is None or wall <= 0:
+        return {}
+    running, waiting = ((a - b) / wall for a, b in zip(after, before, strict=True))
+    return {"running": round(running, 3), "waiting_for_cpu": round(waiting, 3), "idle": round(max(0.0, 1 - running - waiting), 3)}
+
+
 STOLEN = "stolen"  # a snapshot's key beside the roles: CPU time the hypervisor gave to other machines
 
 

@@ -28,8 +28,19 @@ from typing import Any
 from ops.bench.common import ROOT
 from ops.bench.run import BENCHMARKS
 
-# The figures worth a ratio: rates, shares of a baseline, latencies, CPU per event, peak memory.
-INTERESTING = ("per_s", "ratio", "_ms", "p50", "p99", "cpu_micros_per_event", "cpu_micros_per_consume", "VmHWM")
+# The figures worth a ratio: rates, shares of a baseline, latencies, CPU per event, peak memory,
+# the share of time an event loop waited for a CPU.
+INTERESTING = (
+    "per_s",
+    "ratio",
+    "_ms",
+    "p50",
+    "p99",
+    "cpu_micros_per_event",
+    "cpu_micros_per_consume",
+    "VmHWM",
+    "waiting_for_cpu",
+)
 
 
 def leaves(figures: Any, path: str = "") -> Iterator[tuple[str, float]]:

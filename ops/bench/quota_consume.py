@@ -53,7 +53,9 @@ from ops.bench.common import (
     opt,
     percentile,
     ratio,
+    schedule_shares,
     serve,
+    thread_schedule,
 )
 from ops.bench.raw_http import RawHttpClient
 
@@ -94,6 +96,8 @@ class Load:
     started: float
     ended: float
     timeline: list[tuple[float, float]] = dataclasses.field(default_factory=list)  # (when due, latency) of each 200
+    # The first API process's event loop (its main thread) meanwhile: shares running, waiting for a CPU, idle.
+    api_loop: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def merge(self, other: Load) -> None:
         for status, values in other.latencies.items():
@@ -287,18 +291,20 @@ async def consume_phase(
             task = asyncio.ensure_future(asyncio.gather(*(loop.run_in_executor(pool, consume_load_process, *a) for a in args)))
         await asyncio.sleep(max(0.0, count_from - time.time()))
         pids = {**stack.pids(), **load_pids}
-        before = cpu_snapshot(pids)
+        before, loop_before, began = cpu_snapshot(pids), thread_schedule(stack.server.pid), time.monotonic()
         await asyncio.sleep(max(0.0, until - time.time()))
-        after = cpu_snapshot(pids)
+        after, loop_after, ended = cpu_snapshot(pids), thread_schedule(stack.server.pid), time.monotonic()
         loads = await task
     finally:
         if pool is not None:
             pool.shutdown()
     if isinstance(loads, Load):
-        return loads, cpu_cores(before, after)
-    total = Load({}, Counter(), count_from, until)
-    for load in loads:
-        total.merge(load)
+        total = loads
+    else:
+        total = Load({}, Counter(), count_from, until)
+        for load in loads:
+            total.merge(load)
+    total.api_loop = schedule_shares(loop_before, loop_after, ended - began)
     return total, cpu_cores(before, after)
 
 
@@ -580,6 +586,7 @@ async def run(o: Options) -> Report:
             "ratio_of_chain": ratio(ours, chain.per_s),
             "p99_over_floor": ratio(p99, settled.ms(99)),
             "cpu_cores": cores,
+            "api_loop": load.api_loop,
             "cpu_stolen_cores": stolen,
             "cpu_micros_per_consume": per_consume,
         }
@@ -594,6 +601,7 @@ async def run(o: Options) -> Report:
             "p90_ms": percentile(paced_ok, 90) * 1000,
             "p99_ms": paced_p99,
             "statuses": paced.statuses(),
+            "api_loop": paced.api_loop,  # the API's event loop: running, waiting for a CPU, idle
             "cpu_cores": paced_cores,  # busy while it ran, per role: "other" says whether the machine was quiet
             # What a consume costs each role when consumes arrive spread out (small groups): the
             # figure a change to the API's per-call work moves, and ops.bench.compare reports.
@@ -685,6 +693,18 @@ async def run(o: Options) -> Report:
                 f"paced tail: {shape['seconds_with_slow']} of the phase's {len(shape['each_second_99th_percentile'])} seconds "
                 f"held answers slower than {TARGET_P99_MS:.0f} ms, the worst second {shape['slow_share_in_worst_second']:.0%} "
                 "of them; each second's p99 (ms): " + " ".join(f"{v:.0f}" for v in shape["each_second_99th_percentile"])
+            )
+        if paced.api_loop:
+            notes.append(
+                "the API's event loop (its main thread, as the scheduler counted it) in the paced phase: "
+                f"running {paced.api_loop['running']:.0%}, waiting for a CPU {paced.api_loop['waiting_for_cpu']:.0%}, "
+                f"idle {paced.api_loop['idle']:.0%}"
+                + (
+                    f"; in the closed loop: running {load.api_loop['running']:.0%}, waiting {load.api_loop['waiting_for_cpu']:.0%}"
+                    if load.api_loop
+                    else ""
+                )
+                + " (a loop that is seldom idle queues every request behind the ones before it)"
             )
     return Report(
         NAME,

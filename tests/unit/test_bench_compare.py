@@ -36,6 +36,8 @@ def test_leaves_name_rounds_by_their_batch_size() -> None:
         ("rounds[100].raw_runs_per_s[0]", False),  # the baseline's single runs: their median is raw_per_s
         ("rounds[100].batch_size", False),
         ("memory_kib.end.kafka-api.VmHWM", True),
+        ("paced.api_loop.waiting_for_cpu", True),
+        ("paced.api_loop.idle", False),
         ("events", False),
     ],
 )
