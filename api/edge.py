@@ -26,6 +26,7 @@ from api.problems import BodyProblem, Problem, problem_response
 from commands.control_plane import Principal
 from omni import metrics
 from omni.bootstrap import Platform
+from omni.key_lookups import LookupsBusy
 
 PROTECTED_PREFIX = "/v1/"
 WEBHOOKS_PREFIX = "/v1/webhooks/"  # no API key: each webhook verifies its sender's signature itself
@@ -35,14 +36,28 @@ def unauthorized(detail: str) -> Problem:
     return Problem(401, "Unauthorized", detail, kind="unauthorized", headers={"WWW-Authenticate": "Bearer"})
 
 
+def lookups_busy() -> Problem:
+    return Problem(
+        503,
+        "Service Unavailable",
+        "Too many API keys this process has not verified yet are being checked at once; retry shortly.",
+        kind="key-lookups-busy",
+        headers={"Retry-After": "1"},
+    )
+
+
 async def authenticate(platform: Platform, authorization: str) -> Principal:
-    """The caller behind an `Authorization` header value, or 401. Reads the event store (in a
-    worker thread) only for a well-formed key this process has not verified yet."""
+    """The caller behind an `Authorization` header value, or 401. Reads the event store (on the
+    key lookups' own threads, bounded: omni.key_lookups) only for a well-formed key this process
+    has neither verified nor refused yet."""
     scheme, _, token = authorization.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise unauthorized("Send an API key as `Authorization: Bearer <key>`.")
-    principal = platform.cached_principal(token) or await asyncio.to_thread(platform.authenticate, token)
+    try:
+        principal = await platform.verify(token)
+    except LookupsBusy:
+        raise lookups_busy() from None
     if principal is None:
         raise unauthorized("The API key is unknown or revoked.")
     return principal
@@ -74,10 +89,8 @@ class EdgeMiddleware:
                 principal = await authenticate(self.platform, _header(scope, b"authorization"))
                 scope.setdefault("state", {})["principal"] = principal
         except Problem as refused:
-            if refused.status == 401:
-                metrics.REFUSED_BEFORE_AUTH.labels("unauthorized").inc()
-            else:
-                metrics.REFUSED_BEFORE_AUTH.labels("headers-too-large").inc()
+            reason = {401: "unauthorized", 503: "key-lookups-busy"}.get(refused.status, "headers-too-large")
+            metrics.REFUSED_BEFORE_AUTH.labels(reason).inc()
             await problem_response(Request(scope), refused)(scope, receive, send)
             return
         await self.app(scope, self._bounded(scope, receive), _no_store(send) if protected else send)

@@ -26,6 +26,7 @@ from omni.catalog_cache import CatalogCache
 from omni.gdpr_jobs import GdprJobs
 from omni.gdpr_retention import RetentionSweeper
 from omni.key_cache import KeyCache, KeyChanges
+from omni.key_lookups import KeyLookups
 from omni.personal_data import PersonalData, generate_master_key, master_key_from
 from omni.settings import Mode, Settings
 from schemas.topics import Topics
@@ -133,6 +134,7 @@ class Platform:
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))  # consume's time (tests set it)
     notices: NoticesRelay = field(init=False)
     replays: ReplayJobs = field(init=False)
+    key_lookups: KeyLookups = field(init=False)  # the store reads for keys not verified yet, bounded
 
     gdpr_jobs: GdprJobs = field(init=False)
     retention: RetentionSweeper = field(init=False)
@@ -142,6 +144,9 @@ class Platform:
         self.replays = ReplayJobs(build_replayer(self.settings, self.db, self.log), self.db)
         self.gdpr_jobs = GdprJobs(self)
         self.retention = RetentionSweeper(self)
+        self.key_lookups = KeyLookups(
+            self.authenticate, threads=self.settings.auth_lookup_threads, waiting=self.settings.auth_lookups_waiting
+        )
 
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -154,6 +159,11 @@ class Platform:
         if self.is_admin(token):
             return ADMIN
         return self.keys.get(token)
+
+    async def verify(self, token: str) -> Principal | None:
+        """Who `token` is: from memory when known, else by a bounded read of the event store
+        (omni.key_lookups: raises LookupsBusy past its bound)."""
+        return self.cached_principal(token) or await self.key_lookups.verify(token)
 
     def authenticate(self, token: str) -> Principal | None:
         """Who `token` is, reading the event store if needed (blocking: call it from a worker thread)."""
@@ -310,6 +320,7 @@ class Platform:
             await self.sink.close()
         if self.personal.keys_db is not self.db:
             self.personal.keys_db.close()
+        self.key_lookups.close()
         self.db.close()
         self.control.close()
 

@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(default=16 * 1024, ge=1024)  # names and values of all headers, together
     header_timeout_seconds: float = Field(default=10.0, gt=0)  # from a request's first byte to its last header
     body_timeout_seconds: float = Field(default=30.0, gt=0)  # the longest wait for the next piece of a body
+    # Keys not verified yet are read from the event store on threads of their own (omni/key_lookups.py),
+    # at most this many reads waiting at once (past that: 503 with Retry-After).
+    auth_lookup_threads: int = Field(default=4, ge=1, le=64)
+    auth_lookups_waiting: int = Field(default=256, ge=1)
     # GET /metrics on the API: off, open (no token), or only with `Authorization: Bearer <token>`.
     api_metrics: bool = True
     metrics_token: str | None = None

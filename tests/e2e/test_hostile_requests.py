@@ -3,10 +3,14 @@ another way, failures and disconnects. None may cost a durable record, nor fail 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -14,6 +18,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from api.app import create_app
+from commands.control_plane import key_aggregate_id, parse_token
 from omni.bootstrap import build
 from omni.settings import Mode
 from tests.conftest import cloud_event
@@ -316,3 +321,84 @@ async def test_tenant_ids_in_any_spelling_name_the_one_tenant_on_every_route_tha
         assert_problem(await omni.client.put(f"/v1/tenants/{garbage}/plan", json={"plan": "flat"}, headers=admin), 404)
         assert_problem(await omni.client.get("/v1/quotas", params={"tenant": garbage}, headers=admin), 404)
         assert_problem(await omni.client.get("/v1/invoices", params={"tenant": garbage}, headers=admin), 404)
+
+
+async def test_keys_that_fail_cost_one_read_each_and_never_hold_up_other_tenants(
+    omni: Omni, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flood of keys that do not exist, one wrong key over and over and tokens of no key's shape,
+    all at once, against a slow event store: the tenant whose key is verified is answered, every
+    refusal is a 401 (or a 503 saying to retry), and each wrong token was read once at most."""
+    tenant_id, key = await omni.tenant()
+    await omni.settle()
+    assert (await omni.client.get(f"/v1/tenants/{tenant_id}", headers=omni.auth(key))).status_code == 200
+    assert omni.platform.keys.trusted  # the tenant's key is now answered from memory
+    reads: list[str] = []
+    store_read = omni.platform.control.authenticate
+
+    def slow_read(token: str) -> Any:
+        reads.append(token)
+        time.sleep(0.005)  # a store that takes its time
+        return store_read(token)
+
+    monkeypatch.setattr(omni.platform.control, "authenticate", slow_read)
+    omni.platform.key_lookups.max_waiting = 64
+    repeated = "omni_0123456789abcdef_not-the-secret"
+    flood = [repeated] * 200 + [f"omni_{n:016x}_guess" for n in range(300)] + ["garbage", "omni_x"] * 50
+
+    async def hostile(token: str) -> httpx.Response:
+        return await omni.client.get("/v1/tenants", headers={"Authorization": f"Bearer {token}"})
+
+    async def tenant_work(n: int) -> int:
+        if n % 2:
+            return (await omni.client.get(f"/v1/tenants/{tenant_id}", headers=omni.auth(key))).status_code
+        return (await omni.send(key, [cloud_event(f"during-flood-{n}")])).status_code
+
+    answers = await asyncio.gather(*(hostile(t) for t in flood), *(tenant_work(n) for n in range(40)))
+    hostile_answers, tenant_statuses = answers[: len(flood)], answers[len(flood) :]
+    assert all(status in (200, 202) for status in tenant_statuses), tenant_statuses
+    statuses = {response.status_code for response in hostile_answers}
+    assert statuses <= {401, 503} and 401 in statuses, statuses
+    for response in hostile_answers:
+        if response.status_code == 503:
+            assert_problem(response, 503)
+            assert response.headers["retry-after"] == "1"
+    assert reads.count(repeated) == 1
+    assert len(reads) == len(set(reads)) <= 301  # each wrong token once at most, no malformed one at all
+    assert omni.platform.key_lookups.waiting == 0
+    assert_problem(await hostile(repeated), 401)  # from memory now
+    assert reads.count(repeated) == 1
+
+
+async def test_past_the_lookup_bound_an_unverified_key_waits_its_turn_as_503(omni: Omni, monkeypatch: pytest.MonkeyPatch) -> None:
+    tenant_id, key = await omni.tenant()
+    _, second_key = await omni.tenant("globex")
+    await omni.settle()
+    assert (await omni.client.get(f"/v1/tenants/{tenant_id}", headers=omni.auth(key))).status_code == 200
+    omni.platform.keys.forget([key_aggregate_id(parse_token(second_key)[0])])  # type: ignore[index]
+    gate = threading.Event()
+    store_read = omni.platform.control.authenticate
+
+    def held_read(token: str) -> Any:
+        gate.wait(5)
+        return store_read(token)
+
+    monkeypatch.setattr(omni.platform.control, "authenticate", held_read)
+    omni.platform.key_lookups.max_waiting = 2
+    held = [
+        asyncio.create_task(omni.client.get("/v1/tenants", headers={"Authorization": f"Bearer omni_{n:016x}_guess"}))
+        for n in range(2)
+    ]
+    for _ in range(200):
+        if omni.platform.key_lookups.waiting == 2:
+            break
+        await asyncio.sleep(0.01)
+    busy = await omni.client.get("/v1/tenants", headers=omni.auth(second_key))  # a good key, not verified here yet
+    assert_problem(busy, 503)
+    assert busy.headers["retry-after"] == "1"
+    assert (await omni.client.get(f"/v1/tenants/{tenant_id}", headers=omni.auth(key))).status_code == 200  # verified: no wait
+    gate.set()
+    assert [r.status_code for r in await asyncio.gather(*held)] == [401, 401]
+    assert (await omni.client.get("/v1/tenants", headers=omni.auth(second_key))).status_code in (200, 403)
+    refused = REGISTRY.get_sample_value("omni_http_refused_before_auth_total", {"reason": "key-lookups-busy"})
+    assert refused is not None and refused >= 1
