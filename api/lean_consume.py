@@ -33,19 +33,23 @@ from api.routes import quotas
 from schemas.plans import ConsumeBody
 
 
-def _route_of(endpoint: Callable[..., Any]) -> BaseRoute:
+def route_of(endpoint: Callable[..., Any]) -> BaseRoute:
     for route in quotas.router.routes:
         if getattr(route, "endpoint", None) is endpoint:
             return route
     raise LookupError(f"no route for {endpoint.__name__}")
 
 
-def _json_media_type(scope: Scope) -> bool:
+def json_media_type(content_type: bytes) -> bool:
     """As FastAPI decides to parse a body as JSON: application/json or application/*+json."""
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
+
+
+def _json_media_type(scope: Scope) -> bool:
     for name, value in scope["headers"]:
         if name == b"content-type":
-            media = value.split(b";", 1)[0].strip().lower()
-            return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
+            return json_media_type(value)
     return False
 
 
@@ -53,7 +57,7 @@ class LeanConsume:
     def __init__(self, app: ASGIApp, fastapi_app: FastAPI) -> None:
         self.app = app
         self.fastapi_app = fastapi_app
-        self.route = _route_of(quotas.consume)
+        self.route = route_of(quotas.consume)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].endswith("/consume"):

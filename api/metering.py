@@ -27,7 +27,7 @@ import uuid_utils
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from commands.control_plane import PLATFORM
+from commands.control_plane import PLATFORM, Principal
 from omni import metrics
 from schemas.envelope import Actor, Envelope, encode
 from streams.log import EventLog, outgoing
@@ -109,37 +109,51 @@ class ApiCallMiddleware:
 
     def record(self, scope: Scope, status: int, latency_ms: float) -> None:
         """From the scope itself: a Request (and its State) per request cost more than reading three keys."""
-        route = scope.get("route")
-        template = getattr(route, "path", None) or "unmatched"
-        method: str = scope["method"]
-        metrics.labelled(metrics.HTTP_REQUESTS, template, method, str(status)).inc()
-        metrics.labelled(metrics.HTTP_LATENCY, template).observe(latency_ms / 1000)
-        principal = scope.get("state", {}).get("principal")
-        if principal is None:
-            return  # counted above; never one durable record per anonymous request
-        tenant = PLATFORM if principal.is_admin else principal.tenant_id
-        now = datetime.now(UTC)
-        request_id = str(uuid_utils.uuid7())
-        self.recorder.record(
-            Envelope(
-                id=request_id,
-                type=API_CALL,
-                tenant_id=tenant or PLATFORM,
-                source=SOURCE,
-                source_id=request_id,
-                subject=principal.key_id,
-                event_time=now,
-                recorded_time=now,
-                actor=Actor(key_id=principal.key_id),  # no IP address nor user agent: see the module's doc
-                traceparent=scope.get("state", {}).get("traceparent"),
-                data={
-                    "route": template,
-                    "method": method,
-                    "status": status,
-                    "latency_ms": round(latency_ms, 3),
-                },
-            )
+        state = scope.get("state", {})
+        template = getattr(scope.get("route"), "path", None) or "unmatched"
+        record_call(
+            self.recorder, template, scope["method"], status, latency_ms, state.get("principal"), state.get("traceparent")
         )
+
+
+def record_call(
+    recorder: ApiCallRecorder | None,
+    template: str,
+    method: str,
+    status: int,
+    latency_ms: float,
+    principal: Principal | None,
+    traceparent: str | None,
+) -> None:
+    """Count a request in the HTTP metrics and, for a caller with a key (and `recorder`), record its
+    `api_call` event."""
+    metrics.labelled(metrics.HTTP_REQUESTS, template, method, str(status)).inc()
+    metrics.labelled(metrics.HTTP_LATENCY, template).observe(latency_ms / 1000)
+    if principal is None or recorder is None:
+        return  # counted above; never one durable record per anonymous request
+    tenant = PLATFORM if principal.is_admin else principal.tenant_id
+    now = datetime.now(UTC)
+    request_id = str(uuid_utils.uuid7())
+    recorder.record(
+        Envelope(
+            id=request_id,
+            type=API_CALL,
+            tenant_id=tenant or PLATFORM,
+            source=SOURCE,
+            source_id=request_id,
+            subject=principal.key_id,
+            event_time=now,
+            recorded_time=now,
+            actor=Actor(key_id=principal.key_id),  # no IP address nor user agent: see the module's doc
+            traceparent=traceparent,
+            data={
+                "route": template,
+                "method": method,
+                "status": status,
+                "latency_ms": round(latency_ms, 3),
+            },
+        )
+    )
 
 
 def install(app: FastAPI, recorder: ApiCallRecorder) -> None:

@@ -12,15 +12,21 @@ servers, and bounds the body.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import orjson
 import uvicorn
 from fastapi import FastAPI
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from starlette.types import Scope
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from api.consume_path import Claim, ConsumePath
 from api.problems import PROBLEM_BASE
 from omni.settings import Settings
+from schemas.plans import ConsumeBody
+
+log = logging.getLogger(__name__)
 
 
 class CorkedTransport:
@@ -59,11 +65,27 @@ class CorkedTransport:
         return getattr(self._transport, name)
 
 
+class _Answering:
+    """What uvicorn sees as the connection's current request while the consume path answers one:
+    a cycle not complete yet, so a request pipelined behind it waits its turn (uvicorn queues it
+    and stops reading), and a shutdown lets the answer finish, then closes."""
+
+    __slots__ = ("disconnected", "keep_alive", "message_event", "response_complete")
+
+    def __init__(self) -> None:
+        self.response_complete = False
+        self.keep_alive = True
+        self.disconnected = False
+        self.message_event = asyncio.Event()
+
+
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
-    """HttpToolsProtocol that bounds the size of a request's headers and the time they take."""
+    """HttpToolsProtocol that bounds the size of a request's headers and the time they take, and
+    hands consume's common case to the consume path (api/consume_path.py) when one is set."""
 
     max_header_bytes = 16 * 1024
     header_timeout = 10.0
+    consume_path: ConsumePath | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -71,6 +93,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._fed = 0  # bytes fed to the parser while the headers are incomplete
         self._header_timer: asyncio.TimerHandle | None = None
         self._refused = False
+        self._claim: Claim | None = None  # a consume the consume path answers, its body arriving
+        self._claim_body: list[bytes] = []
+        self._body_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CorkedTransport(transport, self.loop))  # type: ignore[arg-type]
@@ -78,6 +103,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_header_timer()
+        self._stop_body_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -107,16 +133,105 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._stop_header_timer()
-        if not self._refused:
-            super().on_headers_complete()
+        if self._refused:
+            return
+        if self.consume_path is not None and self._may_claim():
+            claim = self.consume_path.claim(self.parser.get_method(), self.url, self.headers)
+            if claim is not None:
+                self._claim, self._claim_body = claim, []
+                self._await_body()
+                return
+        super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
-        if not self._refused:
+        if self._claim is not None:
+            self._claim_body.append(body)
+            self._await_body()
+        elif not self._refused:
             super().on_body(body)
 
     def on_message_complete(self) -> None:
-        if not self._refused:
+        if self._claim is not None:
+            claim, body = self._claim, b"".join(self._claim_body)
+            self._claim, self._claim_body = None, []
+            self._stop_body_timer()
+            assert self.consume_path is not None
+            parsed = self.consume_path.parse(body)
+            if parsed is None:  # FastAPI refuses it in its own words: the request goes the ASGI way, as received
+                super().on_headers_complete()
+                if body:
+                    super().on_body(body)
+                super().on_message_complete()
+                return
+            self._answer(claim, parsed)
+        elif not self._refused:
             super().on_message_complete()
+
+    # -- consume, answered here (api/consume_path.py) ---------------------------------------------
+
+    def _may_claim(self) -> bool:
+        """A keep-alive HTTP/1.1 request with nothing else being answered on this connection."""
+        idle = self.cycle is None or self.cycle.response_complete
+        parser = self.parser
+        return idle and not self.pipeline and parser.get_http_version() == "1.1" and parser.should_keep_alive()
+
+    def _answer(self, claim: Claim, body: ConsumeBody) -> None:
+        answering = _Answering()
+        self.cycle = answering  # type: ignore[assignment]
+        scope = self.scope
+        scope.update(method="POST", path=self.url.decode("ascii"), raw_path=self.url, query_string=b"")
+        task = self.loop.create_task(self._respond(claim, body, scope, answering))
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+
+    async def _respond(self, claim: Claim, body: ConsumeBody, scope: Scope, answering: _Answering) -> None:
+        assert self.consume_path is not None
+        try:
+            status, headers, content = await self.consume_path.answer(claim, body, scope)
+        except Exception:  # a fault of the path itself (the route's own are answered by the app's handlers)
+            log.exception("consume answered at the connection failed")
+            status, headers = 500, [(b"content-type", b"application/problem+json"), (b"connection", b"close")]
+            content = orjson.dumps({"type": PROBLEM_BASE + "internal", "title": "Internal error", "status": 500})
+            headers.append((b"content-length", str(len(content)).encode()))
+            answering.keep_alive = False
+        if not answering.disconnected and not self.transport.is_closing():
+            # As uvicorn's own cycle writes an answer: its default headers first, names in lower case.
+            lines = [STATUS_LINE[status]]
+            for name, value in [*self.server_state.default_headers, *headers]:
+                lines += [name.lower(), b": ", value, b"\r\n"]
+            if not answering.keep_alive and (b"connection", b"close") not in headers:
+                lines.append(b"connection: close\r\n")
+            lines += [b"\r\n", content]
+            self.transport.write(b"".join(lines))
+            if not answering.keep_alive:
+                self.transport.close()
+        answering.response_complete = True
+        answering.message_event.set()
+        self.on_response_complete()
+
+    def _await_body(self) -> None:
+        """The edge's body timeout, for a body the consume path reads: each part restarts it."""
+        self._stop_body_timer()
+        assert self.consume_path is not None
+        self._body_timer = self.loop.call_later(self.consume_path.body_timeout, self._body_too_slow)
+
+    def _stop_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_too_slow(self) -> None:
+        self._body_timer = None
+        self._claim, self._claim_body = None, []
+        if self.transport.is_closing():
+            return
+        assert self.consume_path is not None
+        self._refuse(
+            408,
+            b"Request Timeout",
+            f"The body stalled: no part of it arrived for {self.consume_path.body_timeout} s.",
+            "body-timeout",
+        )
 
     # -------------------------------------------------------------------------
 
@@ -166,17 +281,24 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def bounded_protocol(settings: Settings) -> type[BoundedHttpToolsProtocol]:
+def bounded_protocol(settings: Settings, consume_path: ConsumePath | None = None) -> type[BoundedHttpToolsProtocol]:
     """The protocol class with this configuration's limits (uvicorn builds one per connection)."""
     return type(
         "ConfiguredHttpToolsProtocol",
         (BoundedHttpToolsProtocol,),
-        {"max_header_bytes": settings.max_header_bytes, "header_timeout": settings.header_timeout_seconds},
+        {
+            "max_header_bytes": settings.max_header_bytes,
+            "header_timeout": settings.header_timeout_seconds,
+            "consume_path": consume_path,
+        },
     )
 
 
 def server_config(app: FastAPI, settings: Settings, *, host: str, port: int) -> uvicorn.Config:
-    return uvicorn.Config(app, host=host, port=port, http=bounded_protocol(settings), log_config=None, access_log=False)
+    consume_path = ConsumePath(app) if settings.consume_at_connection else None
+    return uvicorn.Config(
+        app, host=host, port=port, http=bounded_protocol(settings, consume_path), log_config=None, access_log=False
+    )
 
 
 def serve_app(app: FastAPI, settings: Settings, *, host: str, port: int) -> None:

@@ -20,7 +20,7 @@ event: schemas/cloudevents.py.)
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from fastapi import FastAPI
@@ -80,6 +80,32 @@ def traceparent_of(span: Span) -> str | None:
     return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
 
 
+@contextmanager
+def request_span(method: str, path: str, headers: Iterable[tuple[bytes, bytes]], scheme: str) -> Iterator[Span]:
+    """A request's server span, current within the block: a child of the trace the caller's headers
+    name, if any. Non-recording while nothing receives spans (see the module's doc)."""
+    carrier = {_PROPAGATED[name]: value.decode("latin-1") for name, value in headers if name in _PROPAGATED}
+    parent = propagate.extract(carrier) if carrier else Context()
+    if not telemetry.recording():
+        span: Span = _unrecorded_child(trace.get_current_span(parent).get_span_context())
+        token = otel_context.attach(trace.set_span_in_context(span, parent))
+        try:
+            yield span
+        finally:
+            otel_context.detach(token)
+        return
+    attributes = {"http.request.method": method, "url.path": path, "url.scheme": scheme}
+    with tracer.start_as_current_span(f"{method} {path}", context=parent, kind=SpanKind.SERVER, attributes=attributes) as span:
+        yield span
+
+
+def named(span: Span, method: str, route: str | None) -> None:
+    """Name a recording span after the route that answered (its template, not the path)."""
+    if route is not None and span.is_recording():
+        span.set_attribute("http.route", route)
+        span.update_name(f"{method} {route}")
+
+
 class TracingMiddleware:
     """Plain ASGI rather than `@app.middleware("http")`: no extra task and memory streams per request,
     and the span is current in the very task that runs the route."""
@@ -91,26 +117,9 @@ class TracingMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        carrier = {_PROPAGATED[name]: value.decode("latin-1") for name, value in scope["headers"] if name in _PROPAGATED}
-        parent = propagate.extract(carrier) if carrier else Context()
-        if not telemetry.recording():
-            span = _unrecorded_child(trace.get_current_span(parent).get_span_context())
-            token = otel_context.attach(trace.set_span_in_context(span, parent))
-            try:
-                await self._within(span, scope, receive, send)
-            finally:
-                otel_context.detach(token)
-            return
-        method, path = scope["method"], scope["path"]
-        attributes = {"http.request.method": method, "url.path": path, "url.scheme": scope.get("scheme", "http")}
-        with tracer.start_as_current_span(
-            f"{method} {path}", context=parent, kind=SpanKind.SERVER, attributes=attributes
-        ) as span:
+        with request_span(scope["method"], scope["path"], scope["headers"], scope.get("scheme", "http")) as span:
             await self._within(span, scope, receive, send)
-            route = getattr(scope.get("route"), "path", None)
-            if route is not None:
-                span.set_attribute("http.route", route)
-                span.update_name(f"{method} {route}")
+            named(span, scope["method"], getattr(scope.get("route"), "path", None))
 
     async def _within(self, span: Span, scope: Scope, receive: Receive, send: Send) -> None:
         """Run the request with `span` current: its ids on request.state, its traceparent on the response."""

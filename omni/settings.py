@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(default=16 * 1024, ge=1024)  # names and values of all headers, together
     header_timeout_seconds: float = Field(default=10.0, gt=0)  # from a request's first byte to its last header
     body_timeout_seconds: float = Field(default=30.0, gt=0)  # the longest wait for the next piece of a body
+    # Consume's common case answered by the HTTP protocol itself, below ASGI (api/consume_path.py);
+    # false: through the ASGI layers like every other route.
+    consume_at_connection: bool = True
     # Keys not verified yet are read from the event store on threads of their own (omni/key_lookups.py),
     # at most this many reads waiting at once (past that: 503 with Retry-After).
     auth_lookup_threads: int = Field(default=4, ge=1, le=64)
