@@ -194,6 +194,7 @@ async def test_what_it_must_not_take_goes_the_asgi_way(served: tuple[Omni, int],
     fresh_tenant, fresh_key = await omni.tenant("fresh")
     assert (await scenarios.consume(omni, ADMIN, "tokens", 1)).status_code == 403
     assert (await scenarios.consume(omni, fresh_key, "tokens", 1)).status_code == 200
+
     async def in_chunks() -> AsyncIterator[bytes]:
         yield body
 
