@@ -109,7 +109,7 @@ class ConsumePath:
         """The body as FastAPI parses it (`json.loads`, then the model); None where FastAPI should refuse it."""
         try:
             return ConsumeBody.model_validate(json.loads(body))
-        except ValueError:  # not JSON, or not a consume (pydantic's ValidationError too)
+        except (ValueError, RecursionError):  # not JSON (or nested past the parser), or not a consume
             return None
 
     async def answer(self, claim: Claim, body: ConsumeBody, scope: Scope) -> tuple[int, Headers, bytes]:

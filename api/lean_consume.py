@@ -91,7 +91,7 @@ class LeanConsume:
             return
         try:
             parsed = ConsumeBody.model_validate(json.loads(body))
-        except ValueError:  # not JSON, or not a consume (pydantic's ValidationError too): FastAPI's refusal
+        except (ValueError, RecursionError):  # not JSON (or nested past the parser), not a consume: FastAPI refuses it
             await self.app(scope, _replay(read, None, receive), send)
             return
         scope.update(child)  # as the router does: the route (which names the span), its endpoint and path parameters

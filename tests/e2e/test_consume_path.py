@@ -239,3 +239,17 @@ async def test_a_consume_body_that_stalls_is_cut_off(served: tuple[Omni, int]) -
     assert loop.time() - started < 4.0  # the 0.5 s limit
     await omni.settle()
     assert (await scenarios.quota(omni, key, "tokens"))["used"] == 0
+
+
+async def test_a_body_nested_past_the_parser_goes_to_fastapi(served: tuple[Omni, int], taken: list[str]) -> None:
+    omni, _ = served
+    key = await ready_tenant(omni)
+    deep = b"[" * 100_000 + b"]" * 100_000
+    fast = await omni.client.post(
+        "/v1/quotas/tokens/consume", content=deep, headers={**omni.auth(key), "Content-Type": "application/json"}
+    )
+    asgi = await omni.client.post(
+        "/v1/quotas/tokens/consume?via=asgi", content=deep, headers={**omni.auth(key), "Content-Type": "application/json"}
+    )
+    assert shape(fast) == shape(asgi) and 400 <= fast.status_code < 500, fast.text
+    assert taken == []
