@@ -4,6 +4,7 @@ in time at the transport, before the app sees them; and the admin key printed on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,12 +12,14 @@ from pathlib import Path
 import orjson
 import pytest
 import uvicorn
+from fastapi import FastAPI
 from typer.testing import CliRunner
 
 from api.app import create_app
 from api.server import server_config
 from omni import cli
 from omni.bootstrap import build
+from omni.settings import Settings
 from tests.e2e.conftest import ADMIN, embedded_settings
 
 
@@ -26,10 +29,9 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[int]:
-    settings = embedded_settings(tmp_path / "data", header_timeout_seconds=0.5, max_header_bytes=4096, body_timeout_seconds=0.5)
-    app = create_app(platform=build(settings), background=False)
+@contextlib.asynccontextmanager
+async def serving(app: FastAPI, settings: Settings) -> AsyncIterator[int]:
+    """`app` behind `omni serve`'s own server configuration, on a free port of this host (yielded)."""
     port = free_port()
     running = uvicorn.Server(server_config(app, settings, host="127.0.0.1", port=port))
     task = asyncio.create_task(running.serve())
@@ -40,6 +42,13 @@ async def server(tmp_path: Path) -> AsyncIterator[int]:
     finally:
         running.should_exit = True
         await task
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[int]:
+    settings = embedded_settings(tmp_path / "data", header_timeout_seconds=0.5, max_header_bytes=4096, body_timeout_seconds=0.5)
+    async with serving(create_app(platform=build(settings), background=False), settings) as port:
+        yield port
 
 
 async def exchange(port: int, request: bytes, *, wait: float = 5.0) -> bytes:

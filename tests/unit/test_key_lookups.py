@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+from collections.abc import Iterator
 
 import pytest
 
@@ -28,22 +30,27 @@ class Store:
         return ALICE if token == GOOD else None
 
 
-async def test_a_token_not_shaped_like_a_key_is_refused_without_a_read() -> None:
-    store = Store()
-    lookups = KeyLookups(store.read, threads=1, waiting=4)
+@contextlib.contextmanager
+def looking_up(store: Store, *, threads: int, waiting: int) -> Iterator[KeyLookups]:
+    lookups = KeyLookups(store.read, threads=threads, waiting=waiting)
     try:
-        for token in ("", "abc", "omni_only-two", "omni__x", "bearer omni_a_b c".split()[0]):
-            assert await lookups.verify(token) is None
-        assert store.reads == []
+        yield lookups
     finally:
         lookups.close()
 
 
+async def test_a_token_not_shaped_like_a_key_is_refused_without_a_read() -> None:
+    store = Store()
+    with looking_up(store, threads=1, waiting=4) as lookups:
+        for token in ("", "abc", "omni_only-two", "omni__x", "bearer omni_a_b c".split()[0]):
+            assert await lookups.verify(token) is None
+        assert store.reads == []
+
+
 async def test_a_refused_token_is_read_once_however_often_it_comes() -> None:
     store = Store()
-    lookups = KeyLookups(store.read, threads=2, waiting=4)
     wrong = "omni_0123456789abcdef_not-the-secret"
-    try:
+    with looking_up(store, threads=2, waiting=4) as lookups:
         store.gate.clear()
         first = [asyncio.create_task(lookups.verify(wrong)) for _ in range(50)]  # at once: one read serves them all
         await asyncio.sleep(0.05)
@@ -55,15 +62,12 @@ async def test_a_refused_token_is_read_once_however_often_it_comes() -> None:
         assert await lookups.verify(GOOD) == ALICE
         assert store.reads == [wrong, GOOD, GOOD]
         assert lookups.waiting == 0
-    finally:
-        lookups.close()
 
 
 async def test_past_the_bound_a_lookup_is_refused_as_busy_and_frees_its_place_after() -> None:
     store = Store()
-    lookups = KeyLookups(store.read, threads=1, waiting=2)
     tokens = [f"omni_{n:016x}_secret" for n in range(3)]
-    try:
+    with looking_up(store, threads=1, waiting=2) as lookups:
         store.gate.clear()
         waiting = [asyncio.create_task(lookups.verify(t)) for t in tokens[:2]]
         await asyncio.sleep(0.05)
@@ -73,15 +77,12 @@ async def test_past_the_bound_a_lookup_is_refused_as_busy_and_frees_its_place_af
         assert await asyncio.gather(*waiting) == [None, None]
         assert lookups.waiting == 0
         assert await lookups.verify(tokens[2]) is None  # room again
-    finally:
-        lookups.close()
 
 
 async def test_a_caller_that_leaves_does_not_cancel_the_read_nor_leak_its_place() -> None:
     store = Store()
-    lookups = KeyLookups(store.read, threads=1, waiting=1)
     wrong = "omni_00000000000000ff_secret"
-    try:
+    with looking_up(store, threads=1, waiting=1) as lookups:
         store.gate.clear()
         leaving = asyncio.create_task(lookups.verify(wrong))
         await asyncio.sleep(0.05)
@@ -96,8 +97,6 @@ async def test_a_caller_that_leaves_does_not_cancel_the_read_nor_leak_its_place(
             await asyncio.sleep(0.01)
         assert lookups.waiting == 0
         assert await lookups.verify(GOOD) == ALICE
-    finally:
-        lookups.close()
 
 
 async def test_a_store_failure_reaches_every_caller_and_is_not_remembered() -> None:
