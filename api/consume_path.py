@@ -35,14 +35,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI
+from opentelemetry.trace import StatusCode
 from starlette.requests import Request
-from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import Scope
 
 from api import tracing
 from api.lean_consume import json_media_type, route_of
 from api.metering import ApiCallRecorder, record_call
+from api.problems import Problem, problem_response
 from api.routes import quotas
 from commands.control_plane import Principal
 from omni.bootstrap import Platform
@@ -85,7 +86,12 @@ class ConsumePath:
         token = b""
         length = b""
         media = False
+        seen: set[bytes] = set()
         for name, value in headers:
+            if name in (b"authorization", b"content-type"):
+                if name in seen:
+                    return None  # twice: which one counts is the ASGI path's reading (the first)
+                seen.add(name)
             if name == b"authorization":
                 scheme, _, token = value.partition(b" ")
                 if scheme.lower() != b"bearer":
@@ -112,9 +118,11 @@ class ConsumePath:
         except (ValueError, RecursionError):  # not JSON (or nested past the parser), or not a consume
             return None
 
-    async def answer(self, claim: Claim, body: ConsumeBody, scope: Scope) -> tuple[int, Headers, bytes]:
-        """Run the consume; its status, the app's headers (uvicorn adds its own) and the body.
+    async def answer(self, claim: Claim, body: ConsumeBody, scope: Scope) -> tuple[int, Headers, bytes, bool]:
+        """Run the consume; its status, the app's headers (uvicorn adds its own), the body, and
+        whether the connection may stay open (not after an unexpected error, as on the ASGI path).
         `scope`: the request's ASGI scope as uvicorn built it, for the exception handlers."""
+        keep_alive = True
         state = scope["state"]
         state["principal"] = claim.principal
         scope.update(route=self.route, endpoint=quotas.consume, path_params={"meter": claim.meter})
@@ -125,7 +133,15 @@ class ConsumePath:
             try:
                 result = await quotas.consume(claim.meter, body, self.platform, claim.principal)
             except Exception as failure:  # noqa: BLE001 - answered by the app's handler for it, as on the ASGI path
-                response = await self._handled(scope, failure)
+                handler = self._handler(failure)
+                if handler is self.app.exception_handlers[Exception]:  # unexpected: as the ASGI path's outermost layer
+                    keep_alive = False
+                    if span.is_recording():
+                        span.record_exception(failure)
+                        span.set_status(StatusCode.ERROR)
+                request = Request(scope)
+                request.scope["app"] = self.app
+                response = await handler(request, failure)
                 status, headers, content = response.status_code, list(response.raw_headers), bytes(response.body)
             else:
                 content = result.model_dump_json().encode()
@@ -136,15 +152,27 @@ class ConsumePath:
         headers = [h for h in headers if h[0] != b"cache-control"] + [NO_STORE]
         if traceparent:
             headers.append((b"traceparent", traceparent.encode()))
-        latency_ms = (time.perf_counter() - claim.started) * 1000
-        record_call(self.recorder, self.template, "POST", status, latency_ms, claim.principal, traceparent)
-        return status, headers, content
+        self._record(claim, status, traceparent)
+        return status, headers, content, keep_alive
 
-    async def _handled(self, scope: Scope, failure: Exception) -> Response:
-        request = Request(scope)
-        request.scope["app"] = self.app
-        handler = self._handler(failure)
-        return await handler(request, failure)
+    def stalled(self, claim: Claim, scope: Scope) -> tuple[int, Headers, bytes]:
+        """The edge's 408 for a body that stopped arriving (the connection closes after it)."""
+        scope["state"]["principal"] = claim.principal
+        problem = Problem(
+            408,
+            "Request timeout",
+            f"The body stalled: no part of it arrived for {self.body_timeout} s.",
+            kind="body-timeout",
+            headers={"Connection": "close"},
+        )
+        response = problem_response(Request(scope), problem)
+        self._record(claim, 408, None)
+        return 408, [*response.raw_headers, NO_STORE], bytes(response.body)
+
+    def _record(self, claim: Claim, status: int, traceparent: str | None) -> None:
+        if self.recorder is not None:  # as the ASGI path: its metrics and records come with the metering layer
+            latency_ms = (time.perf_counter() - claim.started) * 1000
+            record_call(self.recorder, self.template, "POST", status, latency_ms, claim.principal, traceparent)
 
     def _handler(self, failure: Exception) -> Callable[..., Any]:
         """The app's handler for `failure` by class, most specific first, the catch-all last (which

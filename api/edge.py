@@ -27,6 +27,7 @@ from commands.control_plane import Principal
 from omni import metrics
 from omni.bootstrap import Platform
 from omni.key_lookups import LookupsBusy
+from stores.database import StoreUnavailable
 
 PROTECTED_PREFIX = "/v1/"
 WEBHOOKS_PREFIX = "/v1/webhooks/"  # no API key: each webhook verifies its sender's signature itself
@@ -58,6 +59,14 @@ async def authenticate(platform: Platform, authorization: str) -> Principal:
         principal = await platform.verify(token)
     except LookupsBusy:
         raise lookups_busy() from None
+    except StoreUnavailable:  # the edge runs outside the app's handlers: say it here, as they would
+        raise Problem(
+            503,
+            "Store unavailable",
+            "A database is unreachable; retry later.",
+            kind="store-unavailable",
+            headers={"Retry-After": "1"},
+        ) from None
     if principal is None:
         raise unauthorized("The API key is unknown or revoked.")
     return principal
@@ -89,7 +98,7 @@ class EdgeMiddleware:
                 principal = await authenticate(self.platform, _header(scope, b"authorization"))
                 scope.setdefault("state", {})["principal"] = principal
         except Problem as refused:
-            reason = {401: "unauthorized", 503: "key-lookups-busy"}.get(refused.status, "headers-too-large")
+            reason = {401: "unauthorized", 431: "headers-too-large"}.get(refused.status) or refused.kind or "refused"
             metrics.REFUSED_BEFORE_AUTH.labels(reason).inc()
             await problem_response(Request(scope), refused)(scope, receive, send)
             return

@@ -95,6 +95,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._refused = False
         self._claim: Claim | None = None  # a consume the consume path answers, its body arriving
         self._claim_body: list[bytes] = []
+        self._answering: _Answering | None = None  # the claimed request's stand-in for uvicorn's cycle
+        self._before_claim: Any = None  # the cycle before it, put back if the request goes the ASGI way
         self._body_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -138,6 +140,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.consume_path is not None and self._may_claim():
             claim = self.consume_path.claim(self.parser.get_method(), self.url, self.headers)
             if claim is not None:
+                # Under way from now on, as an ASGI cycle would be: a request pipelined behind it
+                # queues, and a shutdown lets it finish (then closes).
+                self._before_claim, self._answering = self.cycle, _Answering()
+                self.cycle = self._answering  # type: ignore[assignment]
                 self._claim, self._claim_body = claim, []
                 self._await_body()
                 return
@@ -152,18 +158,23 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         if self._claim is not None:
-            claim, body = self._claim, b"".join(self._claim_body)
+            claim, body, answering = self._claim, b"".join(self._claim_body), self._answering
             self._claim, self._claim_body = None, []
             self._stop_body_timer()
-            assert self.consume_path is not None
+            assert self.consume_path is not None and answering is not None
             parsed = self.consume_path.parse(body)
             if parsed is None:  # FastAPI refuses it in its own words: the request goes the ASGI way, as received
+                self.cycle = self._before_claim
                 super().on_headers_complete()
+                if not answering.keep_alive:  # a shutdown came while the body arrived
+                    self.cycle.keep_alive = False
                 if body:
                     super().on_body(body)
                 super().on_message_complete()
                 return
-            self._answer(claim, parsed)
+            task = self.loop.create_task(self._respond(claim, parsed, self._request_scope(), answering))
+            task.add_done_callback(self.tasks.discard)
+            self.tasks.add(task)
         elif not self._refused:
             super().on_message_complete()
 
@@ -175,31 +186,36 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         parser = self.parser
         return idle and not self.pipeline and parser.get_http_version() == "1.1" and parser.should_keep_alive()
 
-    def _answer(self, claim: Claim, body: ConsumeBody) -> None:
-        answering = _Answering()
-        self.cycle = answering  # type: ignore[assignment]
+    def _request_scope(self) -> Scope:
+        """The request's ASGI scope, as uvicorn would have completed it (for the app's handlers)."""
         scope = self.scope
         scope.update(method="POST", path=self.url.decode("ascii"), raw_path=self.url, query_string=b"")
-        task = self.loop.create_task(self._respond(claim, body, scope, answering))
-        task.add_done_callback(self.tasks.discard)
-        self.tasks.add(task)
+        return scope
 
     async def _respond(self, claim: Claim, body: ConsumeBody, scope: Scope, answering: _Answering) -> None:
         assert self.consume_path is not None
         try:
-            status, headers, content = await self.consume_path.answer(claim, body, scope)
+            status, headers, content, keep_alive = await self.consume_path.answer(claim, body, scope)
         except Exception:  # a fault of the path itself (the route's own are answered by the app's handlers)
             log.exception("consume answered at the connection failed")
-            status, headers = 500, [(b"content-type", b"application/problem+json"), (b"connection", b"close")]
             content = orjson.dumps({"type": PROBLEM_BASE + "internal", "title": "Internal error", "status": 500})
-            headers.append((b"content-length", str(len(content)).encode()))
-            answering.keep_alive = False
+            status, keep_alive = 500, False
+            headers = [(b"content-length", str(len(content)).encode()), (b"content-type", b"application/problem+json")]
+        if self.flow.write_paused and not answering.disconnected:
+            await self.flow.drain()  # a client that does not read its answers is not sent more (as uvicorn's send)
+        self._write(answering, status, headers, content, keep_alive=keep_alive)
+
+    def _write(
+        self, answering: _Answering, status: int, headers: list[tuple[bytes, bytes]], content: bytes, *, keep_alive: bool
+    ) -> None:
+        """Write an answer as uvicorn's own cycle does (its default headers first, names in lower case),
+        then go on as it does when a response completes."""
+        answering.keep_alive = answering.keep_alive and keep_alive
         if not answering.disconnected and not self.transport.is_closing():
-            # As uvicorn's own cycle writes an answer: its default headers first, names in lower case.
             lines = [STATUS_LINE[status]]
             for name, value in [*self.server_state.default_headers, *headers]:
                 lines += [name.lower(), b": ", value, b"\r\n"]
-            if not answering.keep_alive and (b"connection", b"close") not in headers:
+            if not answering.keep_alive and not any(name.lower() == b"connection" for name, _ in headers):
                 lines.append(b"connection: close\r\n")
             lines += [b"\r\n", content]
             self.transport.write(b"".join(lines))
@@ -221,17 +237,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._body_timer = None
 
     def _body_too_slow(self) -> None:
+        """The edge's 408 for a stalled body, counted as it counts it; the connection closes."""
         self._body_timer = None
+        claim, answering = self._claim, self._answering
         self._claim, self._claim_body = None, []
-        if self.transport.is_closing():
-            return
-        assert self.consume_path is not None
-        self._refuse(
-            408,
-            b"Request Timeout",
-            f"The body stalled: no part of it arrived for {self.consume_path.body_timeout} s.",
-            "body-timeout",
-        )
+        assert self.consume_path is not None and claim is not None and answering is not None
+        status, headers, content = self.consume_path.stalled(claim, self._request_scope())
+        self._write(answering, status, headers, content, keep_alive=False)
 
     # -------------------------------------------------------------------------
 

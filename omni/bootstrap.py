@@ -145,7 +145,10 @@ class Platform:
         self.gdpr_jobs = GdprJobs(self)
         self.retention = RetentionSweeper(self)
         self.key_lookups = KeyLookups(
-            self.authenticate, threads=self.settings.auth_lookup_threads, waiting=self.settings.auth_lookups_waiting
+            self.authenticate,
+            threads=self.settings.auth_lookup_threads,
+            waiting=self.settings.auth_lookups_waiting,
+            generation=lambda: self.keys.generation,
         )
 
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)

@@ -13,14 +13,16 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+import uvicorn
 from prometheus_client import REGISTRY
 
 from api.app import create_app
 from api.consume_path import ConsumePath
+from api.server import server_config
 from omni.bootstrap import build
 from tests.e2e import test_plans_and_quotas as scenarios
 from tests.e2e.conftest import ADMIN, Omni, embedded_settings
-from tests.e2e.test_http_server import exchange, serving, status_and_body
+from tests.e2e.test_http_server import exchange, free_port, serving, status_and_body
 from tests.e2e.test_plans_and_quotas import CALLS, LATEST, TOKENS, on_plan, put_plan
 
 TRACE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -243,3 +245,90 @@ async def test_a_body_nested_past_the_parser_goes_to_fastapi(served: tuple[Omni,
     )
     assert shape(fast) == shape(asgi) and 400 <= fast.status_code < 500, fast.text
     assert taken == []
+
+
+async def test_a_repeated_key_or_media_type_goes_the_asgi_way(served: tuple[Omni, int], taken: list[str]) -> None:
+    """Which of two Authorization headers counts is the edge's reading (the first): never the path's own."""
+    omni, port = served
+    key = await ready_tenant(omni)
+    body = orjson.dumps({"amount": 1, "idempotency_key": "twice"})
+    head = "POST /v1/quotas/tokens/consume HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer omni_0123456789abcdef_wrong\r\n"
+    head += f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\nConnection: close\r\n"
+    status, _ = status_and_body(await exchange(port, f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body))
+    assert status == 401
+    head = f"POST /v1/quotas/tokens/consume HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n"
+    twice = head + "Content-Type: text/plain\r\nContent-Type: application/json\r\n"
+    status, _ = status_and_body(await exchange(port, f"{twice}Content-Length: {len(body)}\r\n\r\n".encode() + body))
+    assert status == 422  # FastAPI reads the first media type: not JSON
+    expecting = head + "Content-Type: application/json\r\nExpect: 100-continue\r\n"
+    answer = await exchange(port, f"{expecting}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    assert answer.startswith(b"HTTP/1.1 100 Continue") and b"HTTP/1.1 200 OK" in answer  # uvicorn's own handshake
+    assert taken == []
+
+
+async def test_a_shutdown_while_the_body_arrives_still_answers_it(tmp_path: Path, taken: list[str]) -> None:
+    settings = embedded_settings(tmp_path / "data")
+    platform = build(settings)
+    app = create_app(platform=platform, background=False)
+    port = free_port()
+    server = uvicorn.Server(server_config(app, settings, host="127.0.0.1", port=port))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            key = await ready_tenant(Omni(client, platform, app))
+        body = orjson.dumps({"amount": 1, "idempotency_key": "at-shutdown"})
+        head = f"POST /v1/quotas/tokens/consume HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n"
+        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(head.encode())
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        server.should_exit = True  # the server shuts down with the body still to come
+        await asyncio.sleep(0.2)
+        writer.write(body)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), timeout=5)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 200 ") and b"connection: close" in answer.lower()
+        assert taken == ["tokens"]
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def test_an_unexpected_error_is_the_catch_alls_500_and_closes(
+    served: tuple[Omni, int], taken: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    omni, port = served
+    key = await ready_tenant(omni)
+
+    async def broken(*args: Any) -> Any:
+        raise RuntimeError("a bug in the route")
+
+    monkeypatch.setattr("api.routes.quotas.consume", broken)
+    monkeypatch.setattr("api.lean_consume.quotas.consume", broken)
+    body = orjson.dumps({"amount": 1, "idempotency_key": "bug"})
+    answers = []
+    for path in ("/v1/quotas/tokens/consume", "/v1/quotas/tokens/consume?via=asgi"):
+        head = f"POST {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\n"
+        answers.append(await exchange(port, f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body))  # read to close
+    for answer in answers:
+        status, problem = status_and_body(answer)
+        assert status == 500 and problem["type"].endswith("/internal")
+    assert taken == ["tokens"]
+
+
+async def test_a_stalled_consume_body_is_counted_as_the_edge_counts_it(served: tuple[Omni, int]) -> None:
+    omni, port = served
+    key = await ready_tenant(omni)
+    labels = {"route": "/v1/quotas/{meter}/consume", "method": "POST", "status": "408"}
+    before = REGISTRY.get_sample_value("omni_http_requests_total", labels) or 0
+    head = f"POST /v1/quotas/tokens/consume HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n"
+    head += "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    answer = await exchange(port, head.encode() + b'{"amount": 1', wait=5.0)
+    status, problem = status_and_body(answer)
+    assert status == 408 and problem["instance"] == "/v1/quotas/tokens/consume" and problem["title"] == "Request timeout"
+    assert b"connection: close" in answer.lower() and b"cache-control: no-store" in answer.lower()
+    assert REGISTRY.get_sample_value("omni_http_requests_total", labels) == before + 1

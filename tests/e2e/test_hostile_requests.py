@@ -21,6 +21,7 @@ from api.app import create_app
 from commands.control_plane import key_aggregate_id, parse_token
 from omni.bootstrap import build
 from omni.settings import Mode
+from stores.database import StoreUnavailable
 from tests.conftest import cloud_event
 from tests.e2e.conftest import ADMIN, SINGLE, Omni, embedded_settings
 from tests.e2e.test_bad_input import assert_problem
@@ -402,3 +403,15 @@ async def test_past_the_lookup_bound_an_unverified_key_waits_its_turn_as_503(omn
     assert (await omni.client.get("/v1/tenants", headers=omni.auth(second_key))).status_code in (200, 403)
     refused = REGISTRY.get_sample_value("omni_http_refused_before_auth_total", {"reason": "key-lookups-busy"})
     assert refused is not None and refused >= 1
+
+
+async def test_a_store_outage_while_checking_a_key_is_503_not_500(omni: Omni, monkeypatch: pytest.MonkeyPatch) -> None:
+    def down(token: str) -> Any:
+        raise StoreUnavailable("the event store is unreachable")
+
+    monkeypatch.setattr(omni.platform.control, "authenticate", down)
+    answer = await omni.client.get("/v1/tenants", headers={"Authorization": "Bearer omni_0123456789abcdef_secret"})
+    assert_problem(answer, 503)
+    assert answer.headers["retry-after"] == "1" and answer.json()["type"].endswith("/store-unavailable")
+    # Not remembered as refused: once the store is back, the key is read again.
+    assert "omni_0123456789abcdef_secret" not in omni.platform.key_lookups.refused

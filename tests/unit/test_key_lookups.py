@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from commands.control_plane import Principal
-from omni.key_lookups import KeyLookups, LookupsBusy, RefusedTokens
+from omni.key_lookups import KeyLookups, LookupsBusy, TokenMemory
 
 GOOD = "omni_0123456789abcdef_the-secret"
 ALICE = Principal(tenant_id="t-alice", key_id="0123456789abcdef")
@@ -118,9 +118,9 @@ async def test_a_store_failure_reaches_every_caller_and_is_not_remembered() -> N
         lookups.close()
 
 
-def test_refused_tokens_are_forgotten_by_age_and_by_capacity() -> None:
+def test_tokens_are_forgotten_by_age_and_by_capacity() -> None:
     now = [0.0]
-    refused = RefusedTokens(capacity=2, max_age=10.0, clock=lambda: now[0])
+    refused = TokenMemory(capacity=2, max_age=10.0, clock=lambda: now[0])
     refused.add("a")
     refused.add("b")
     assert "a" in refused and "b" in refused
@@ -128,3 +128,57 @@ def test_refused_tokens_are_forgotten_by_age_and_by_capacity() -> None:
     assert "a" not in refused and "c" in refused and len(refused) == 2
     now[0] = 11.0
     assert "b" not in refused and "c" not in refused
+
+
+async def test_a_key_changed_during_a_read_is_read_again() -> None:
+    """A revocation seen while a read is under way: requests after it do not take that read's answer."""
+    store = Store()
+    generation = [0]
+    lookups = KeyLookups(store.read, threads=2, waiting=4, generation=lambda: generation[0])
+    try:
+        store.gate.clear()
+        before = asyncio.create_task(lookups.verify(GOOD))
+        await asyncio.sleep(0.05)
+        generation[0] += 1  # the key cache saw a key change
+        after = asyncio.create_task(lookups.verify(GOOD))
+        await asyncio.sleep(0.05)
+        store.gate.set()
+        assert await before == await after == ALICE
+        assert store.reads == [GOOD, GOOD]  # two reads, not one shared
+        assert lookups.waiting == 0
+    finally:
+        lookups.close()
+
+
+async def test_past_the_bound_a_token_the_store_said_was_good_still_gets_its_read() -> None:
+    store = Store()
+    with looking_up(store, threads=1, waiting=1) as lookups:
+        assert await lookups.verify(GOOD) == ALICE  # now known good
+        store.gate.clear()
+        flood = asyncio.create_task(lookups.verify("omni_00000000000000aa_guess"))
+        await asyncio.sleep(0.05)
+        with pytest.raises(LookupsBusy):
+            await lookups.verify("omni_00000000000000bb_guess")
+        good = asyncio.create_task(lookups.verify(GOOD))
+        await asyncio.sleep(0.05)
+        store.gate.set()
+        assert await good == ALICE and await flood is None
+
+
+async def test_callers_sharing_a_read_all_see_its_failure() -> None:
+    gate = threading.Event()
+
+    def failing(token: str) -> Principal | None:
+        gate.wait(5)
+        raise OSError("the store is down")
+
+    lookups = KeyLookups(failing, threads=1, waiting=4)
+    try:
+        callers = [asyncio.create_task(lookups.verify(GOOD)) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        gate.set()
+        outcomes = await asyncio.gather(*callers, return_exceptions=True)
+        assert all(isinstance(o, OSError) for o in outcomes)
+        assert lookups.waiting == 0 and GOOD not in lookups.refused
+    finally:
+        lookups.close()
