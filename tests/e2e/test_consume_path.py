@@ -13,16 +13,14 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-import uvicorn
 from prometheus_client import REGISTRY
 
 from api.app import create_app
 from api.consume_path import ConsumePath
-from api.server import server_config
 from omni.bootstrap import build
 from tests.e2e import test_plans_and_quotas as scenarios
 from tests.e2e.conftest import ADMIN, Omni, embedded_settings
-from tests.e2e.test_http_server import exchange, free_port, serving, status_and_body
+from tests.e2e.test_http_server import exchange, serving, status_and_body
 from tests.e2e.test_plans_and_quotas import CALLS, LATEST, TOKENS, on_plan, put_plan
 
 TRACE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -49,7 +47,7 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[Omni, int]]:
     settings = embedded_settings(tmp_path / "data", body_timeout_seconds=0.5)
     platform = build(settings)
     app = create_app(platform=platform, background=False)
-    async with serving(app, settings) as port:
+    async with serving(app, settings) as (port, _):
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
             yield Omni(client, platform, app), port
 
@@ -270,12 +268,7 @@ async def test_a_shutdown_while_the_body_arrives_still_answers_it(tmp_path: Path
     settings = embedded_settings(tmp_path / "data")
     platform = build(settings)
     app = create_app(platform=platform, background=False)
-    port = free_port()
-    server = uvicorn.Server(server_config(app, settings, host="127.0.0.1", port=port))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
-    try:
+    async with serving(app, settings) as (port, server):
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
             key = await ready_tenant(Omni(client, platform, app))
         body = orjson.dumps({"amount": 1, "idempotency_key": "at-shutdown"})
@@ -293,9 +286,6 @@ async def test_a_shutdown_while_the_body_arrives_still_answers_it(tmp_path: Path
         writer.close()
         assert answer.startswith(b"HTTP/1.1 200 ") and b"connection: close" in answer.lower()
         assert taken == ["tokens"]
-    finally:
-        server.should_exit = True
-        await task
 
 
 async def test_an_unexpected_error_is_the_catch_alls_500_and_closes(

@@ -30,15 +30,16 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def serving(app: FastAPI, settings: Settings) -> AsyncIterator[int]:
-    """`app` behind `omni serve`'s own server configuration, on a free port of this host (yielded)."""
+async def serving(app: FastAPI, settings: Settings) -> AsyncIterator[tuple[int, uvicorn.Server]]:
+    """`app` behind `omni serve`'s own server configuration, on a free port of this host: the port,
+    and the server (a test may shut it down itself)."""
     port = free_port()
     running = uvicorn.Server(server_config(app, settings, host="127.0.0.1", port=port))
     task = asyncio.create_task(running.serve())
     while not running.started:
         await asyncio.sleep(0.01)
     try:
-        yield port
+        yield port, running
     finally:
         running.should_exit = True
         await task
@@ -47,7 +48,7 @@ async def serving(app: FastAPI, settings: Settings) -> AsyncIterator[int]:
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[int]:
     settings = embedded_settings(tmp_path / "data", header_timeout_seconds=0.5, max_header_bytes=4096, body_timeout_seconds=0.5)
-    async with serving(create_app(platform=build(settings), background=False), settings) as port:
+    async with serving(create_app(platform=build(settings), background=False), settings) as (port, _):
         yield port
 
 
