@@ -337,8 +337,11 @@ async def test_keys_that_fail_cost_one_read_each_and_never_hold_up_other_tenants
     reads: list[str] = []
     store_read = omni.platform.control.authenticate
 
+    threads: set[str] = set()
+
     def slow_read(token: str) -> Any:
         reads.append(token)
+        threads.add(threading.current_thread().name)
         time.sleep(0.005)  # a store that takes its time
         return store_read(token)
 
@@ -366,6 +369,8 @@ async def test_keys_that_fail_cost_one_read_each_and_never_hold_up_other_tenants
             assert response.headers["retry-after"] == "1"
     assert reads.count(repeated) == 1
     assert len(reads) == len(set(reads)) <= 301  # each wrong token once at most, no malformed one at all
+    # Every read ran on the lookups' own threads: none held a thread commands and reads use.
+    assert threads and all(name.startswith("omni-key-lookup") for name in threads), threads
     assert omni.platform.key_lookups.waiting == 0
     assert_problem(await hostile(repeated), 401)  # from memory now
     assert reads.count(repeated) == 1

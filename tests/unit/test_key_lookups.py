@@ -124,10 +124,15 @@ def test_tokens_are_forgotten_by_age_and_by_capacity() -> None:
     refused.add("a")
     refused.add("b")
     assert "a" in refused and "b" in refused
-    refused.add("c")  # "a" was the least recently refused
-    assert "a" not in refused and "c" in refused and len(refused) == 2
-    now[0] = 11.0
-    assert "b" not in refused and "c" not in refused
+    refused.add("a")  # added again: now the most recent
+    refused.add("c")  # "b" is the least recently added
+    assert "b" not in refused and "a" in refused and "c" in refused and len(refused) == 2
+    now[0] = 5.0
+    refused.add("c")
+    now[0] = 11.0  # "a" was last added at 0, "c" at 5
+    assert "a" not in refused and "c" in refused
+    now[0] = 16.0
+    assert "c" not in refused
 
 
 async def test_a_key_changed_during_a_read_is_read_again() -> None:
