@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from fastapi import FastAPI
 from opentelemetry.trace import StatusCode
@@ -41,9 +39,10 @@ from starlette.routing import BaseRoute
 from starlette.types import Scope
 
 from api import tracing
-from api.lean_consume import json_media_type, route_of
+from api.edge import body_stalled
+from api.lean_consume import app_handler, json_media_type, route_of
 from api.metering import ApiCallRecorder, record_call
-from api.problems import Problem, problem_response
+from api.problems import problem_response
 from api.routes import quotas
 from commands.control_plane import Principal
 from omni.bootstrap import Platform
@@ -133,9 +132,9 @@ class ConsumePath:
             try:
                 result = await quotas.consume(claim.meter, body, self.platform, claim.principal)
             except Exception as failure:  # noqa: BLE001 - answered by the app's handler for it, as on the ASGI path
-                handler = self._handler(failure)
-                if handler is self.app.exception_handlers[Exception]:  # unexpected: as the ASGI path's outermost layer
-                    keep_alive = False
+                handler = app_handler(self.app, failure)
+                if handler is None:  # unexpected: the catch-all, as the ASGI path's outermost layer applies it
+                    handler, keep_alive = self.app.exception_handlers[Exception], False
                     if span.is_recording():
                         span.record_exception(failure)
                         span.set_status(StatusCode.ERROR)
@@ -158,14 +157,7 @@ class ConsumePath:
     def stalled(self, claim: Claim, scope: Scope) -> tuple[int, Headers, bytes]:
         """The edge's 408 for a body that stopped arriving (the connection closes after it)."""
         scope["state"]["principal"] = claim.principal
-        problem = Problem(
-            408,
-            "Request timeout",
-            f"The body stalled: no part of it arrived for {self.body_timeout} s.",
-            kind="body-timeout",
-            headers={"Connection": "close"},
-        )
-        response = problem_response(Request(scope), problem)
+        response = problem_response(Request(scope), body_stalled(self.body_timeout))
         self._record(claim, 408, None)
         return 408, [*response.raw_headers, NO_STORE], bytes(response.body)
 
@@ -173,12 +165,3 @@ class ConsumePath:
         if self.recorder is not None:  # as the ASGI path: its metrics and records come with the metering layer
             latency_ms = (time.perf_counter() - claim.started) * 1000
             record_call(self.recorder, self.template, "POST", status, latency_ms, claim.principal, traceparent)
-
-    def _handler(self, failure: Exception) -> Callable[..., Any]:
-        """The app's handler for `failure` by class, most specific first, the catch-all last (which
-        on the ASGI path Starlette's outermost layer applies)."""
-        handlers = self.app.exception_handlers
-        for kind in type(failure).__mro__:
-            if kind in handlers:
-                return handlers[kind]
-        return handlers[Exception]

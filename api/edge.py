@@ -22,7 +22,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.problems import BodyProblem, Problem, problem_response
+from api.problems import BodyProblem, Problem, problem_response, store_unavailable
 from commands.control_plane import Principal
 from omni import metrics
 from omni.bootstrap import Platform
@@ -35,6 +35,17 @@ WEBHOOKS_PREFIX = "/v1/webhooks/"  # no API key: each webhook verifies its sende
 
 def unauthorized(detail: str) -> Problem:
     return Problem(401, "Unauthorized", detail, kind="unauthorized", headers={"WWW-Authenticate": "Bearer"})
+
+
+def body_stalled(timeout: float) -> Problem:
+    """408 for a body no part of which arrived for `timeout` seconds; the connection closes after it."""
+    return Problem(
+        408,
+        "Request timeout",
+        f"The body stalled: no part of it arrived for {timeout} s.",
+        kind="body-timeout",
+        headers={"Connection": "close"},
+    )
 
 
 def lookups_busy() -> Problem:
@@ -60,13 +71,7 @@ async def authenticate(platform: Platform, authorization: str) -> Principal:
     except LookupsBusy:
         raise lookups_busy() from None
     except StoreUnavailable:  # the edge runs outside the app's handlers: say it here, as they would
-        raise Problem(
-            503,
-            "Store unavailable",
-            "A database is unreachable; retry later.",
-            kind="store-unavailable",
-            headers={"Retry-After": "1"},
-        ) from None
+        raise store_unavailable() from None
     if principal is None:
         raise unauthorized("The API key is unknown or revoked.")
     return principal
@@ -132,15 +137,7 @@ class EdgeMiddleware:
                 async with asyncio.timeout(self.body_timeout):  # no task of its own, unlike wait_for
                     message = await receive()
             except TimeoutError:
-                raise BodyProblem(
-                    Problem(
-                        408,
-                        "Request timeout",
-                        f"The body stalled: no part of it arrived for {self.body_timeout} s.",
-                        kind="body-timeout",
-                        headers={"Connection": "close"},
-                    )
-                ) from None
+                raise BodyProblem(body_stalled(self.body_timeout)) from None
             if message["type"] == "http.request":
                 size += len(message.get("body", b""))
                 if size > self.max_body_bytes:

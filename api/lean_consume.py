@@ -40,6 +40,18 @@ def route_of(endpoint: Callable[..., Any]) -> BaseRoute:
     raise LookupError(f"no route for {endpoint.__name__}")
 
 
+def app_handler(app: FastAPI, failure: Exception) -> Callable[..., Any] | None:
+    """The app's handler for `failure`, as Starlette's ExceptionMiddleware finds it (by class, most
+    specific first); None for the catch-all, which the outermost layer applies after re-raising."""
+    handlers = app.exception_handlers
+    for kind in type(failure).__mro__:
+        if kind is Exception:
+            return None
+        if kind in handlers:
+            return handlers[kind]
+    return None
+
+
 def json_media_type(content_type: bytes) -> bool:
     """As FastAPI decides to parse a body as JSON: application/json or application/*+json."""
     media = content_type.split(b";", 1)[0].strip().lower()
@@ -99,7 +111,7 @@ class LeanConsume:
         try:
             result = await quotas.consume(child["path_params"]["meter"], parsed, platform, principal)
         except Exception as failure:
-            handler = self._handler(failure)
+            handler = app_handler(self.fastapi_app, failure)
             if handler is None:
                 raise
             response: Response = await handler(Request(scope, receive), failure)
@@ -110,17 +122,6 @@ class LeanConsume:
         headers = [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-
-    def _handler(self, failure: Exception) -> Callable[..., Any] | None:
-        """The app's handler for `failure`, as Starlette's ExceptionMiddleware finds it (by class, most
-        specific first); None for the catch-all, which the outermost layer applies after re-raising."""
-        handlers = self.fastapi_app.exception_handlers
-        for kind in type(failure).__mro__:
-            if kind is Exception:
-                return None
-            if kind in handlers:
-                return handlers[kind]
-        return None
 
 
 def _replay(read: list[Message], failure: BaseException | None, receive: Receive) -> Receive:

@@ -117,7 +117,7 @@ class ApiCallMiddleware:
 
 
 def record_call(
-    recorder: ApiCallRecorder | None,
+    recorder: ApiCallRecorder,
     template: str,
     method: str,
     status: int,
@@ -125,11 +125,10 @@ def record_call(
     principal: Principal | None,
     traceparent: str | None,
 ) -> None:
-    """Count a request in the HTTP metrics and, for a caller with a key (and `recorder`), record its
-    `api_call` event."""
+    """Count a request in the HTTP metrics and, for a caller with a key, record its `api_call` event."""
     metrics.labelled(metrics.HTTP_REQUESTS, template, method, str(status)).inc()
     metrics.labelled(metrics.HTTP_LATENCY, template).observe(latency_ms / 1000)
-    if principal is None or recorder is None:
+    if principal is None:
         return  # counted above; never one durable record per anonymous request
     tenant = PLATFORM if principal.is_admin else principal.tenant_id
     now = datetime.now(UTC)

@@ -122,6 +122,17 @@ def _template_regex(template: str) -> re.Pattern[str]:
     return re.compile(re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)))
 
 
+def store_unavailable() -> Problem:
+    """A database could not be reached: nothing was done, retry (the handler's answer, and the edge's)."""
+    return Problem(
+        503,
+        "Store unavailable",
+        "A database is unreachable; retry later.",
+        kind="store-unavailable",
+        headers={"Retry-After": "1"},
+    )
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> Response:
@@ -193,16 +204,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StoreUnavailable)
     async def _store_down(request: Request, exc: StoreUnavailable) -> Response:
         log.warning("store unavailable: %s", exc)
-        return problem_response(
-            request,
-            Problem(
-                503,
-                "Store unavailable",
-                "A database is unreachable; retry later.",
-                kind="store-unavailable",
-                headers={"Retry-After": "1"},
-            ),
-        )
+        return problem_response(request, store_unavailable())
 
     @app.exception_handler(ClientDisconnect)
     async def _gone(request: Request, exc: ClientDisconnect) -> Response:
