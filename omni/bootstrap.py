@@ -375,7 +375,7 @@ def build(settings: Settings) -> Platform:
             kafka,
             db,
             grace=settings.produce_timeout_seconds,
-            keep_seconds=int(settings.acceptance_window.total_seconds()),
+            keep_seconds=int(settings.quota_answer_keep.total_seconds()),
         )
         facts = RedisFactLedger(settings.redis_url, topics)
     db.migrate(schema.SCHEMA)

@@ -96,10 +96,20 @@ class Settings(BaseSettings):
     # process killed between claim and append leaves the claim; retries get 503 until it lapses. It
     # always outlives the append it protects (produce_timeout_seconds + 1 at least).
     dedupe_claim_seconds: float = Field(default=30.0, ge=1, le=600)
+    # How long a consume's answer is kept for retries with its idempotency key (both modes): Redis
+    # holds one key per consume for that long in Kafka mode. At most the acceptance window.
+    quota_answer_seconds: int = Field(default=86_400, ge=60)
 
     @property
     def acceptance_window(self) -> timedelta:
         return timedelta(seconds=self.acceptance_window_seconds)
+
+    @property
+    def quota_answer_keep(self) -> timedelta:
+        """How long a consume's answer is kept: never past the acceptance window, so a retry decided
+        again once its answer has lapsed is still one the meters count once (they remember its id
+        that long)."""
+        return timedelta(seconds=min(self.quota_answer_seconds, self.acceptance_window_seconds))
 
     @property
     def future_tolerance(self) -> timedelta:
