@@ -12,7 +12,7 @@ import typer
 
 from omni import logs
 from omni.bootstrap import Platform, admin_key, admin_key_path, build, stored_admin_key
-from omni.runtime import tune_collector
+from omni.runtime import set_niceness, tune_collector
 from omni.settings import Mode, Settings
 
 if TYPE_CHECKING:
@@ -28,6 +28,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve the API. In embedded mode the relay and the projection runner run in-process too."""
     settings = Settings()
     logs.configure(settings.log_level)
+    set_niceness(settings.cpu_nice)  # before any thread starts: threads take their creator's niceness
     check_master_key(settings)
     from api.app import create_app
     from api.server import serve_app
@@ -87,6 +88,7 @@ def worker() -> None:
     """Run the Faust worker that folds the Kafka topics into views (Kafka mode)."""
     settings = Settings()
     logs.configure(settings.log_level)
+    set_niceness(settings.cpu_nice)  # before any thread starts: threads take their creator's niceness
     if settings.mode is not Mode.KAFKA:
         raise typer.BadParameter("`omni worker` is for OMNI_MODE=kafka; embedded mode runs its runner inside `omni serve`.")
     from streams.faust_app import run_worker
@@ -99,6 +101,7 @@ def relay() -> None:
     """Publish control-plane events from the event store to the log (Kafka mode)."""
     settings = Settings()
     logs.configure(settings.log_level)
+    set_niceness(settings.cpu_nice)  # before any thread starts: threads take their creator's niceness
     from omni.relay_process import run_relay
 
     run_relay(settings)

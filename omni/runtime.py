@@ -1,8 +1,12 @@
-"""Process-wide runtime settings for Omni's long-running processes (API, worker)."""
+"""Process-wide runtime settings for Omni's long-running processes (API, worker, relay)."""
 
 from __future__ import annotations
 
 import gc
+import logging
+import os
+
+log = logging.getLogger(__name__)
 
 
 def tune_collector(gen0_threshold: int) -> None:
@@ -22,3 +26,31 @@ def tune_collector(gen0_threshold: int) -> None:
     gc.freeze()
     _, gen1, gen2 = gc.get_threshold()
     gc.set_threshold(gen0_threshold, gen1, gen2)
+
+
+def set_niceness(nice: int | None) -> None:
+    """Give every thread of this process the CPU niceness `nice` (None: leave it as started).
+
+    Linux keeps a niceness per thread and a new thread takes its creator's, so this is called
+    first thing, and sets the threads already running too. Lowering it (a higher priority) needs
+    CAP_SYS_NICE: without it the process logs why and runs as started, never refusing to start.
+    """
+    if nice is None:
+        return
+    try:
+        threads = [int(tid) for tid in os.listdir("/proc/self/task")]
+    except OSError:
+        threads = [0]  # no /proc: this thread, which those started later copy
+    try:
+        for tid in threads:
+            try:
+                os.setpriority(os.PRIO_PROCESS, tid, nice)
+            except ProcessLookupError:
+                continue  # ended meanwhile
+    except PermissionError as refused:
+        log.warning(
+            "could not set this process's CPU niceness to %d (%s: raising priority needs CAP_SYS_NICE); running at %d",
+            nice,
+            refused.strerror,
+            os.getpriority(os.PRIO_PROCESS, 0),
+        )

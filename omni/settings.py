@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     # The address `omni worker` and `omni relay` serve /metrics and /readyz on (0.0.0.0: every interface).
     metrics_host: str = "127.0.0.1"
     log_level: str = "INFO"
+    # The CPU niceness this process gives itself as it starts (`omni serve`, `omni worker`, `omni
+    # relay`; omni/runtime.py), -20 (first) to 19 (last); None: as it was started. Set per process:
+    # on a host that runs the API beside the workers, the API first and the workers last keep
+    # consume's latency from queueing behind folds (README, "Performance"). Below the niceness it
+    # was started with needs CAP_SYS_NICE; without it the process says so and runs as started.
+    cpu_nice: int | None = Field(default=None, ge=-20, le=19)
     # The cyclic garbage collector of `omni serve` and `omni worker` (omni/runtime.py): its youngest
     # generation runs every this many net allocations (CPython: 700); 0 keeps CPython's settings.
     gc_gen0_threshold: int = Field(default=100_000, ge=0)

@@ -46,7 +46,7 @@ from faust.types import TP, ConsumerT, StreamT
 
 from omni import failpoints, health_server, metrics, telemetry
 from omni.health_server import Prober, Readiness, failure_text, in_daemon_thread
-from omni.runtime import tune_collector
+from omni.runtime import set_niceness, tune_collector
 from omni.settings import Settings
 from schemas.topics import Topics
 from stores import schema, views
@@ -459,4 +459,5 @@ if __name__ == "__main__":
 
     worker_settings = Settings()
     logs.configure(worker_settings.log_level)
+    set_niceness(worker_settings.cpu_nice)  # before any thread starts: threads take their creator's niceness
     run_worker(worker_settings)

@@ -374,6 +374,43 @@ async def wait_group_stable(group: str, members: int, timeout: float = 90.0) -> 
         await admin.close()
 
 
+async def wait_views_caught_up(prefix: str, schema: str, timeout: float = 120.0) -> float:
+    """Until the views hold everything on the usage and api_calls topics (their checkpoints at the
+    topics' ends); the seconds it took. A phase that starts with the previous one's backlog still
+    to fold measures that catch-up too."""
+    import psycopg
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    topics = [f"{prefix}.usage", f"{prefix}.api_calls"]
+    reader = AIOKafkaConsumer(bootstrap_servers=KAFKA)
+    await reader.start()
+    started = time.monotonic()
+    try:
+        cluster = await reader._client.fetch_all_metadata()
+        parts = [TopicPartition(t, p) for t in topics for p in cluster.partitions_for_topic(t) or ()]
+        if not parts:
+            raise RuntimeError(f"no partitions found for {topics}")
+        while True:
+            ends = await reader.end_offsets(parts)
+
+            def held() -> dict[tuple[str, int], int]:
+                with psycopg.connect(DATABASE_URL, autocommit=True) as conn:
+                    rows = conn.execute(
+                        f'SELECT topic, partition, next_offset FROM "{schema}".checkpoints WHERE consumer IN (%s, %s)',
+                        ("meters", "api-calls"),  # streams.projectors.METERS, API_CALLS
+                    ).fetchall()
+                return {(str(t), int(p)): int(o) for t, p, o in rows}
+
+            views = await asyncio.to_thread(held)
+            if all(views.get((tp.topic, tp.partition), 0) >= end for tp, end in ends.items()):
+                return time.monotonic() - started
+            if time.monotonic() - started > timeout:
+                raise RuntimeError(f"the views did not catch up within {timeout:.0f} s")
+            await asyncio.sleep(0.1)
+    finally:
+        await reader.stop()
+
+
 async def delete_topics(prefix: str) -> None:
     from aiokafka.admin import AIOKafkaAdminClient
 
@@ -457,26 +494,17 @@ def spying(name: str) -> Iterator[None]:
 class Process:
     """A Python service in a subprocess; with BENCH_PROFILE=1 py-spy samples it until it exits."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], workdir: Path, *, nice: int = 0) -> None:
+    def __init__(self, name: str, args: list[str], env: dict[str, str], workdir: Path) -> None:
         self.name = name
         self.args = args
         self.env = env
-        self.nice = nice  # added to the process's niceness (0: as this process's)
         self.log = workdir / f"{name}.log"
         self.popen: subprocess.Popen[bytes] | None = None
         self.spy: Spy | None = None
 
     def start(self) -> None:
         log = self.log.open("wb")
-        nice = self.nice
-        self.popen = subprocess.Popen(
-            [sys.executable, *self.args],
-            cwd=ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=(lambda: os.nice(nice)) if nice else None,
-        )
+        self.popen = subprocess.Popen([sys.executable, *self.args], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         if profiling():
             self.spy = Spy(self.popen.pid, self.name)
 
@@ -652,6 +680,11 @@ def service_env(**omni: str) -> dict[str, str]:
     return env
 
 
+def niced(env: dict[str, str], nice: int | None) -> dict[str, str]:
+    """A process's environment with the CPU niceness it gives itself (OMNI_CPU_NICE), if any."""
+    return env if nice is None else {**env, "OMNI_CPU_NICE": str(nice)}
+
+
 @dataclasses.dataclass
 class Stack:
     """Omni served over a real socket in a subprocess (and, in Kafka mode, its Faust workers)."""
@@ -712,12 +745,21 @@ class Stack:
 
 
 @asynccontextmanager
-async def serve(mode: str, *, partitions: int = 4, workers: int = 1, apis: int = 1, worker_nice: int = 0) -> AsyncIterator[Stack]:
+async def serve(
+    mode: str,
+    *,
+    partitions: int = 4,
+    workers: int = 1,
+    apis: int = 1,
+    api_nice: int | None = None,
+    worker_nice: int | None = None,
+) -> AsyncIterator[Stack]:
     """Start Omni in `mode` with topics, a schema and a data folder of its own; remove them all after.
 
     Kafka mode runs `workers` Faust workers in one consumer group (they share the partitions) and
-    `apis` API processes, as replicas would run behind a load balancer (`Stack.urls`). `worker_nice`
-    lowers the workers' CPU priority by that much (a deployment whose API and workers share cores).
+    `apis` API processes, as replicas would run behind a load balancer (`Stack.urls`).
+    `api_nice` and `worker_nice` are the CPU niceness the API processes and the workers give
+    themselves (OMNI_CPU_NICE; None: as this process's), as on a host whose cores they share.
     """
     if apis > 1 and mode != "kafka":
         raise ValueError("embedded mode serves from one process: its log and runner live in it")
@@ -735,7 +777,7 @@ async def serve(mode: str, *, partitions: int = 4, workers: int = 1, apis: int =
         Process(
             f"{mode}-api" if n == 0 else f"{mode}-api-{n + 1}",
             ["-m", "omni.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            env,
+            niced(env, api_nice),
             workdir,
         )
         for n, port in enumerate(ports)
@@ -744,8 +786,8 @@ async def serve(mode: str, *, partitions: int = 4, workers: int = 1, apis: int =
     module = "ops.bench.worker_trace" if tracing() else "streams.faust_app"
     count = workers if mode == "kafka" else 0
     names = [f"{mode}-worker"] if count == 1 else [f"{mode}-worker-{n}" for n in range(1, count + 1)]
-    worker_env = {**env, "BENCH_TRACE": str(trace)}
-    processes = [Process(name, ["-m", module], worker_env, workdir, nice=worker_nice) for name in names]
+    worker_env = niced({**env, "BENCH_TRACE": str(trace)}, worker_nice)
+    processes = [Process(name, ["-m", module], worker_env, workdir) for name in names]
     api = Api(f"http://127.0.0.1:{ports[0]}")
     stack = Stack(
         api, servers[0], processes, workdir, prefix, schema, [], trace, [f"http://127.0.0.1:{p}" for p in ports], servers[1:]
