@@ -88,7 +88,6 @@ def worker() -> None:
     """Run the Faust worker that folds the Kafka topics into views (Kafka mode)."""
     settings = Settings()
     logs.configure(settings.log_level)
-    set_niceness(settings.cpu_nice)  # before any thread starts: threads take their creator's niceness
     if settings.mode is not Mode.KAFKA:
         raise typer.BadParameter("`omni worker` is for OMNI_MODE=kafka; embedded mode runs its runner inside `omni serve`.")
     from streams.faust_app import run_worker

@@ -31,6 +31,10 @@ ADDITIVE = frozenset({Aggregation.SUM, Aggregation.COUNT})
 # from clients (schemas.envelope.RESERVED).
 QUOTA_CONSUME = "quotaconsume"
 CONSUME_SOURCE = "omni://quotas"
+# A refusal's source: its id is the idempotency key too, and a CloudEvent is one event per (source,
+# id). Under CONSUME_SOURCE a refusal would take the key's identity, and the meters, which count
+# each (tenant, source, id) once, would drop the usage of a later retry accepted under that key.
+REFUSALS_SOURCE = "omni://quotas/refusals"
 THRESHOLD_CROSSED = "omni.quota.threshold_crossed"
 REFUSED = "omni.quota.refused"
 NOTICES = uuid5(NAMESPACE_URL, "https://omni.dev/ids/notifications")

@@ -90,9 +90,11 @@ class EmbeddedQuotaLedger:
         return outcome
 
     def _decide(self, db: sqlite3.Connection, request: ConsumeRequest) -> ConsumeOutcome:
+        # An answer past its keep_until has lapsed, as its Redis key expires in Kafka mode, whether
+        # or not the purge has deleted its row yet (the decision below then replaces it).
         kept = db.execute(
-            "SELECT request, answer FROM quota_answers WHERE tenant_id=? AND idempotency_key=?",
-            (request.tenant_id, request.idempotency_key),
+            "SELECT request, answer FROM quota_answers WHERE tenant_id=? AND idempotency_key=? AND keep_until >= ?",
+            (request.tenant_id, request.idempotency_key, int(request.usage[0].event_time.timestamp())),
         ).fetchone()
         if kept is not None:
             if kept[0] != request.fingerprint():
@@ -108,7 +110,7 @@ class EmbeddedQuotaLedger:
                 _raise(db, (request.tenant_id, request.meter, period.text), request.amount)
         outcome = ConsumeOutcome(decision, request.period, replayed=False)
         db.execute(
-            "INSERT INTO quota_answers VALUES (?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO quota_answers VALUES (?, ?, ?, ?, ?)",
             (
                 request.tenant_id,
                 request.idempotency_key,

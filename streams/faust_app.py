@@ -429,6 +429,7 @@ def run_worker(settings: Settings) -> None:
 
     Kafka or PostgreSQL being away at start (or later) never stops it: it waits, and reports
     why on GET /readyz meanwhile."""
+    set_niceness(settings.cpu_nice)  # before any thread starts: threads take their creator's niceness
     failpoints.arm_from(os.environ)  # tests' crash points; nothing is armed unless OMNI_FAILPOINTS says so
     telemetry.configure("omni-worker")  # the fold's spans, exported with OTLP when configured
     readiness = Readiness("worker", (LOG, VIEWS, PARTITIONS))
@@ -459,5 +460,4 @@ if __name__ == "__main__":
 
     worker_settings = Settings()
     logs.configure(worker_settings.log_level)
-    set_niceness(worker_settings.cpu_nice)  # before any thread starts: threads take their creator's niceness
     run_worker(worker_settings)

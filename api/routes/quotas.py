@@ -23,6 +23,7 @@ from omni.personal_data import KeysMissing
 from projections.quotas import (
     CONSUME_SOURCE,
     QUOTA_CONSUME,
+    REFUSALS_SOURCE,
     REFUSED,
     PeriodKey,
     Quota,
@@ -147,7 +148,7 @@ async def consume(meter: str, body: ConsumeBody, platform: PlatformDep, principa
         id=str(uuid_utils.uuid7()),
         type=REFUSED,
         tenant_id=tenant_id,
-        source=CONSUME_SOURCE,
+        source=REFUSALS_SOURCE,
         source_id=body.idempotency_key,
         event_time=now,
         recorded_time=now,

@@ -680,6 +680,14 @@ def service_env(**omni: str) -> dict[str, str]:
     return env
 
 
+def niceness(pid: int) -> int | None:
+    """The CPU niceness a process runs at (its main thread's; /proc/PID/stat, field 19)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def niced(env: dict[str, str], nice: int | None) -> dict[str, str]:
     """A process's environment with the CPU niceness it gives itself (OMNI_CPU_NICE), if any."""
     return env if nice is None else {**env, "OMNI_CPU_NICE": str(nice)}

@@ -50,6 +50,7 @@ from ops.bench.common import (
     cpu_snapshot,
     load_client,
     machine,
+    niceness,
     opt,
     percentile,
     ratio,
@@ -525,6 +526,8 @@ async def run(o: Options) -> Report:
         try:
             await put_plan(stack.api, "bench-open", OPEN_LIMIT)
             chosen, keys = await tenants_on_plan(stack, "consume", o.tenants, o.partitions, "bench-open", OPEN_LIMIT)
+            # What the processes run at, not what they were asked: raising the API's priority needs CAP_SYS_NICE.
+            figures["niceness"] = {name: niceness(pid) for name, pid in stack.pids().items() if name != "bench client"}
             found = await baselines(stack, o, chosen)
             load, cores = await consume_phase(stack, o, keys, f"{run_id}-c", warmup=o.warmup, duration=o.duration)
             paced: Load | None = None
@@ -693,7 +696,9 @@ async def run(o: Options) -> Report:
             "50 clients at 2,000/s average 25 ms whatever the server does, so a p99 target is judged at an offered rate); "
             "cores busy meanwhile: "
             + ", ".join(f"{role} {cores:.2f}" for role, cores in paced_cores.items())
-            + f"; the API at nice {o.api_nice}, the workers at nice {o.worker_nice} (OMNI_CPU_NICE), the rest at 0; "
+            + "; niceness (OMNI_CPU_NICE): "
+            + ", ".join(f"{name} {nice}" for name, nice in figures["niceness"].items())
+            + "; "
             f"begun once the views held the closed loop's consumes ({figures['catch_up_seconds']:.1f} s after it)"
         )
         shape = figures["paced"]

@@ -43,7 +43,8 @@ async def seconds_kept(omni: Omni, tenant_id: str, idempotency_key: str) -> floa
 
 
 async def lapse(omni: Omni, tenant_id: str, idempotency_key: str) -> None:
-    """What the end of the answer's time does: Redis expires its key; the embedded ledger's purge deletes its row."""
+    """What the end of the answer's time does: Redis expires its key; the embedded ledger's row is
+    past its keep_until (its purge deletes it later, hourly)."""
     ledger = omni.platform.quotas
     if isinstance(ledger, RedisQuotaLedger):
         raw = aioredis.Redis.from_url(omni.platform.settings.redis_url)
@@ -53,9 +54,11 @@ async def lapse(omni: Omni, tenant_id: str, idempotency_key: str) -> None:
             await raw.aclose()
         return
     assert isinstance(ledger, EmbeddedQuotaLedger)
+    past = int(time.time()) - 1
     ledger.log.run_locked(
         lambda db: db.execute(
-            "DELETE FROM quota_answers WHERE tenant_id = ? AND idempotency_key = ?", (tenant_id, idempotency_key)
+            "UPDATE quota_answers SET keep_until = ? WHERE tenant_id = ? AND idempotency_key = ?",
+            (past, tenant_id, idempotency_key),
         )
     )
 
@@ -82,6 +85,27 @@ async def test_an_answer_is_kept_for_its_retry_window_then_a_retry_is_decided_ag
         await omni.settle()
         # ... while the meters count its usage once: its event carries the same id.
         assert sum(row["value"] for row in await omni.query(key, "tokens")) == 30
+
+
+async def test_a_retry_accepted_after_its_refusal_lapsed_is_metered(settings: Settings) -> None:
+    """A refusal is an event of its own (source omni://quotas/refusals), not the identity of the
+    idempotency key: a retry accepted under that key later (the limit raised meanwhile) is counted
+    by the meters, which count each (tenant, source, id) once."""
+    async with served(settings) as omni:
+        await omni.meter(**TOKENS)
+        await put_plan(omni, "pro", {"meter": "tokens", "limit": 50, "period": "DAY"}, status=201)
+        tenant_id, key = await omni.tenant()
+        await on_plan(omni, tenant_id, "pro")
+        assert (await consume(omni, key, "tokens", 40, "req-1")).status_code == 200
+        assert (await consume(omni, key, "tokens", 30, "req-2")).status_code == 429
+        await omni.settle()  # the refusal folded (and remembered) before the retry
+
+        await lapse(omni, tenant_id, "req-2")
+        await put_plan(omni, "pro", {"meter": "tokens", "limit": 100, "period": "DAY"}, status=200)
+        retried = await consume(omni, key, "tokens", 30, "req-2")
+        assert retried.status_code == 200 and retried.json()["used"] == 70
+        await omni.settle()
+        assert sum(row["value"] for row in await omni.query(key, "tokens")) == 70, "the retry's usage is metered"
 
 
 def test_answers_are_kept_a_day_by_default_and_never_past_the_acceptance_window() -> None:

@@ -263,7 +263,9 @@ def on_the_log(server: Server) -> tuple[list[str], list[str], list[str]]:
     with sqlite3.connect(server.data_dir / "log.sqlite") as log:
         rows = log.execute("SELECT topic, value FROM records WHERE topic IN ('omni.usage', 'omni.notifications')").fetchall()
     events = [(topic, orjson.loads(value)) for topic, value in rows]
-    quota_events = [e for topic, e in events if topic == "omni.usage" and e["source"] == "omni://quotas"]
+    quota_events = [
+        e for topic, e in events if topic == "omni.usage" and e["source"] in ("omni://quotas", "omni://quotas/refusals")
+    ]
     return (
         sorted(e["id"] for e in quota_events if e["type"] == "request"),
         sorted(e["id"] for e in quota_events if e["type"] == "omni.quota.refused"),

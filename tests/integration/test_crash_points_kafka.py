@@ -378,7 +378,7 @@ async def on_the_log(deployment: Deployment) -> tuple[list[str], list[str], list
             ]
     finally:
         await log.close()
-    quota_events = [e for e in events[topics.usage] if e.source == "omni://quotas"]
+    quota_events = [e for e in events[topics.usage] if e.source in ("omni://quotas", "omni://quotas/refusals")]
     return (
         sorted(e.source_id for e in quota_events if e.type == "request"),
         sorted(e.source_id for e in quota_events if e.type == "omni.quota.refused"),

@@ -20,7 +20,7 @@ from commands.control_plane import CommandContext, ControlPlane
 from omni import failpoints, metrics
 from omni.bootstrap import event_store_env
 from omni.settings import Settings
-from projections.quotas import CONSUME_SOURCE, QUOTA_CONSUME, REFUSED, period_of
+from projections.quotas import CONSUME_SOURCE, QUOTA_CONSUME, REFUSALS_SOURCE, REFUSED, period_of
 from schemas.envelope import Envelope, encode
 from schemas.meters import MeterDefinition
 from schemas.plans import Entitlement, Period, PlanBody
@@ -441,7 +441,7 @@ def consume_of_one_call(tenant: str, idempotency_key: str) -> ConsumeRequest:
         event_time=now, recorded_time=now, data={}, extensions={QUOTA_CONSUME: period.text},
     )  # fmt: skip
     refusal = Envelope(
-        id=f"r-{idempotency_key}", type=REFUSED, tenant_id=tenant, source=CONSUME_SOURCE, source_id=idempotency_key,
+        id=f"r-{idempotency_key}", type=REFUSED, tenant_id=tenant, source=REFUSALS_SOURCE, source_id=idempotency_key,
         event_time=now, recorded_time=now, data={},
     )  # fmt: skip
     return ConsumeRequest(
