@@ -15,7 +15,7 @@ from omni.settings import Settings
 from streams.embedded_quotas import EmbeddedQuotaLedger
 from streams.redis_quotas import QuotaKeys, RedisQuotaLedger
 from tests.e2e.conftest import Omni, embedded_settings, kafka_settings, served, services_or_skip
-from tests.e2e.test_plans_and_quotas import TOKENS, consume, on_plan, put_plan
+from tests.e2e.test_plans_and_quotas import consume, on_a_tokens_plan, put_plan
 
 KEEP = 120
 
@@ -65,11 +65,7 @@ async def lapse(omni: Omni, tenant_id: str, idempotency_key: str) -> None:
 
 async def test_an_answer_is_kept_for_its_retry_window_then_a_retry_is_decided_again(settings: Settings) -> None:
     async with served(settings) as omni:
-        await omni.meter(**TOKENS)
-        await put_plan(omni, "pro", {"meter": "tokens", "limit": 100, "period": "DAY"}, status=201)
-        tenant_id, key = await omni.tenant()
-        await on_plan(omni, tenant_id, "pro")
-
+        tenant_id, key = await on_a_tokens_plan(omni, 100, "DAY")
         first = await consume(omni, key, "tokens", 30, "req-1")
         again = await consume(omni, key, "tokens", 30, "req-1")
         assert first.status_code == again.status_code == 200
@@ -92,10 +88,7 @@ async def test_a_retry_accepted_after_its_refusal_lapsed_is_metered(settings: Se
     idempotency key: a retry accepted under that key later (the limit raised meanwhile) is counted
     by the meters, which count each (tenant, source, id) once."""
     async with served(settings) as omni:
-        await omni.meter(**TOKENS)
-        await put_plan(omni, "pro", {"meter": "tokens", "limit": 50, "period": "DAY"}, status=201)
-        tenant_id, key = await omni.tenant()
-        await on_plan(omni, tenant_id, "pro")
+        tenant_id, key = await on_a_tokens_plan(omni, 50, "DAY")
         assert (await consume(omni, key, "tokens", 40, "req-1")).status_code == 200
         assert (await consume(omni, key, "tokens", 30, "req-2")).status_code == 429
         await omni.settle()  # the refusal folded (and remembered) before the retry

@@ -34,6 +34,15 @@ async def on_plan(omni: Omni, tenant_id: str, slug: str) -> None:
     await omni.settle()
 
 
+async def on_a_tokens_plan(omni: Omni, limit: int, period: str) -> tuple[str, str]:
+    """The tokens meter, a plan "pro" limiting it, and a new tenant on that plan: its id and key."""
+    await omni.meter(**TOKENS)
+    await put_plan(omni, "pro", {"meter": "tokens", "limit": limit, "period": period}, status=201)
+    tenant_id, key = await omni.tenant()
+    await on_plan(omni, tenant_id, "pro")
+    return tenant_id, key
+
+
 async def consume(
     omni: Omni, key: str, meter: str, amount: Any, idempotency_key: str | None = None, **extra: Any
 ) -> httpx.Response:
@@ -130,10 +139,7 @@ async def test_concurrent_consumers_never_pass_a_hard_limit(omni: Omni) -> None:
 
 
 async def test_a_retry_returns_the_first_answer_and_counts_nothing(omni: Omni) -> None:
-    await omni.meter(**TOKENS)
-    await put_plan(omni, "pro", {"meter": "tokens", "limit": 100, "period": "MONTH"}, status=201)
-    tenant_id, key = await omni.tenant()
-    await on_plan(omni, tenant_id, "pro")
+    _, key = await on_a_tokens_plan(omni, 100, "MONTH")
     first = await consume(omni, key, "tokens", 60, "req-1")
     again = await consume(omni, key, "tokens", 60, "req-1")
     assert first.status_code == again.status_code == 200
