@@ -350,7 +350,7 @@ def build(settings: Settings) -> Platform:
         embedded = EmbeddedLog(settings.data_dir / "log.sqlite", topics)
         log_: EventLog = embedded
         sink: UsageSink = embedded
-        quotas = facts = EmbeddedQuotaLedger(embedded)
+        quotas = facts = EmbeddedQuotaLedger(embedded, keep=settings.quota_answer_keep)
         db = SqliteDatabase(settings.data_dir / "views.sqlite")
     else:
         from streams.kafka_log import KafkaLog

@@ -59,8 +59,9 @@ KEEP_PERIODS = timedelta(days=62)  # counters of periods that ended longer ago a
 
 
 class EmbeddedQuotaLedger:
-    def __init__(self, log: EmbeddedLog) -> None:
+    def __init__(self, log: EmbeddedLog, *, keep: timedelta) -> None:
         self.log = log
+        self.keep = keep  # how long an answer is kept for retries (OMNI_QUOTA_ANSWER_SECONDS)
         self._last_purge = 0.0
 
     async def start(self) -> None:
@@ -116,7 +117,7 @@ class EmbeddedQuotaLedger:
                 request.idempotency_key,
                 request.fingerprint(),
                 orjson.dumps(_answer_of(outcome)).decode(),
-                int(request.keep_until.timestamp()),
+                int((request.usage[0].event_time + self.keep).timestamp()),
             ),
         )
         self._purge(db)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from decimal import Decimal
 from typing import Protocol
 
@@ -35,7 +34,6 @@ class ConsumeRequest:
     period: PeriodKey  # the quota's period (a day when there is no quota), of the consume's time
     usage: tuple[Envelope, bytes]  # the usage event to append if accepted, and its wire form
     refusal: Envelope  # the refusal to append if refused (encoded only then: most consumes are accepted)
-    keep_until: datetime  # how long the answer is kept for retries
 
     def fingerprint(self) -> str:
         """What a retry must repeat to get the kept answer: the same meter, amount and subject."""

@@ -171,7 +171,6 @@ async def consume(meter: str, body: ConsumeBody, platform: PlatformDep, principa
         period=period,
         usage=(usage, encode(usage)),
         refusal=refusal,
-        keep_until=now + platform.settings.quota_answer_keep,
     )
     outcome = await ledger.consume(request)
     if outcome.replayed:

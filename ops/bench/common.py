@@ -381,7 +381,10 @@ async def wait_views_caught_up(prefix: str, schema: str, timeout: float = 120.0)
     import psycopg
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    topics = [f"{prefix}.usage", f"{prefix}.api_calls"]
+    from schemas.topics import Topics
+    from streams.projectors import API_CALLS, METERS
+
+    topics = [Topics(prefix=prefix).usage, Topics(prefix=prefix).api_calls]
     reader = AIOKafkaConsumer(bootstrap_servers=KAFKA)
     await reader.start()
     started = time.monotonic()
@@ -397,7 +400,7 @@ async def wait_views_caught_up(prefix: str, schema: str, timeout: float = 120.0)
                 with psycopg.connect(DATABASE_URL, autocommit=True) as conn:
                     rows = conn.execute(
                         f'SELECT topic, partition, next_offset FROM "{schema}".checkpoints WHERE consumer IN (%s, %s)',
-                        ("meters", "api-calls"),  # streams.projectors.METERS, API_CALLS
+                        (METERS, API_CALLS),
                     ).fetchall()
                 return {(str(t), int(p)): int(o) for t, p, o in rows}
 

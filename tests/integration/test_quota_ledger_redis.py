@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -75,7 +75,6 @@ def request(tenant: str, key: str, amount: int, limit: int) -> ConsumeRequest:
         period=period_of(NOW, Period.DAY),
         usage=(event, encode(event)),
         refusal=event,
-        keep_until=NOW + timedelta(days=1),
     )
 
 

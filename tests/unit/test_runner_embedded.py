@@ -402,7 +402,7 @@ async def test_a_meter_defined_after_its_usage_notifies_what_its_catch_up_crosse
 
 
 async def test_the_fold_counts_facts_in_the_quota_counters_once_even_when_folded_again(embedded: Embedded) -> None:
-    ledger = EmbeddedQuotaLedger(embedded.log)
+    ledger = EmbeddedQuotaLedger(embedded.log, keep=timedelta(days=1))
     await ledger.start()
     runner = build_runner(embedded.settings, embedded.db, embedded.log, ledger=ledger)
     tenant, _ = embedded.control.create_tenant(CTX, "acme", "free")
@@ -446,7 +446,7 @@ def consume_of_one_call(tenant: str, idempotency_key: str) -> ConsumeRequest:
     )  # fmt: skip
     return ConsumeRequest(
         tenant_id=tenant, meter="calls", amount=Decimal(1), idempotency_key=idempotency_key, subject=None,
-        entitlement=None, period=period, usage=(usage, encode(usage)), refusal=refusal, keep_until=now + timedelta(days=1),
+        entitlement=None, period=period, usage=(usage, encode(usage)), refusal=refusal,
     )  # fmt: skip
 
 

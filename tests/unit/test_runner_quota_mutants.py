@@ -97,7 +97,7 @@ async def test_plans_and_overrides_are_folded_and_each_change_sweeps_its_thresho
 
 
 async def test_a_batch_folded_again_past_the_ledgers_mark_adds_only_its_new_facts(embedded: Embedded) -> None:
-    ledger = EmbeddedQuotaLedger(embedded.log)
+    ledger = EmbeddedQuotaLedger(embedded.log, keep=timedelta(days=1))
     await ledger.start()
     runner = build_runner(embedded.settings, embedded.db, embedded.log, ledger=ledger)  # batches of 7
     acme, _ = embedded.control.create_tenant(CTX, "acme", "free")
@@ -136,7 +136,7 @@ class RebuildingFirst:
 
 
 async def test_a_drain_waits_out_a_rebuild_of_the_counters_until_its_deadline(embedded: Embedded) -> None:
-    ledger = EmbeddedQuotaLedger(embedded.log)
+    ledger = EmbeddedQuotaLedger(embedded.log, keep=timedelta(days=1))
     await ledger.start()
     acme, _ = embedded.control.create_tenant(CTX, "acme", "free")
     tenant = str(acme.id)
@@ -159,7 +159,7 @@ def test_build_runner_gives_both_meter_folds_the_ledger_and_the_audit_fold_its_k
     db = SqliteDatabase(tmp_path / "views.sqlite")
     db.migrate(VIEW_SCHEMA)
     log = EmbeddedLog(tmp_path / "log.sqlite", Topics(prefix="w", usage_partitions=1))
-    ledger = EmbeddedQuotaLedger(log)
+    ledger = EmbeddedQuotaLedger(log, keep=timedelta(days=1))
     runner = build_runner(settings, db, log, ledger=ledger)
     assert runner.meters.ledger is ledger and runner.api_calls is not None and runner.api_calls.ledger is ledger
     assert runner.audit is not None and runner.audit.every == 7
