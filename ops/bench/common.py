@@ -215,10 +215,12 @@ SERVICES = {"postgres": "postgres", "java": "kafka", "redis-server": "redis"}
 
 
 def _cpu_of(pid: int | str) -> tuple[str, float]:
-    """(command name, CPU seconds used so far) of one process."""
+    """(command name, CPU seconds used so far) of one process, with its children that ended and were
+    waited for: a child's time moves into its parent's when it is reaped (a Redis rewrite's fork, a
+    PostgreSQL backend), so a role's count never falls when one of its children ends."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     name, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
-    return name, (int(rest[11]) + int(rest[12])) / TICK
+    return name, sum(int(field) for field in rest[11:15]) / TICK  # utime, stime, cutime, cstime
 
 
 def cpu_snapshot(ours: dict[str, int]) -> dict[str, float]:
@@ -269,7 +271,8 @@ def stolen_seconds() -> float:
 
 
 def cpu_cores(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """Cores each role kept busy between two snapshots (processes that exited meanwhile are lost).
+    """Cores each role kept busy between two snapshots (a process that exited meanwhile is lost unless
+    a process counted here waited for it: a role's figure can read below its true one, even below 0).
 
     Beside the roles, `stolen`: cores' worth of time other virtual machines took from this one
     meanwhile. It is no role's and is not part of any total, but it says how far a run's figures
@@ -425,6 +428,45 @@ async def delete_topics(prefix: str) -> None:
             await admin.delete_topics(ours)
     finally:
         await admin.close()
+
+
+async def kafka_topics() -> int:
+    """How many topics the broker holds: one that served the test suite holds hundreds, with a heap
+    to match (README, Performance: judge on services like CI's, `make clean`)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
+    await admin.start()
+    try:
+        return len([t for t in await admin.list_topics() if not t.startswith("__")])
+    finally:
+        await admin.close()
+
+
+def redis_state(url: str = REDIS_URL) -> dict[str, int]:
+    """What the shared Redis holds and how often it has rewritten its append-only file so far.
+
+    Runs share the development Redis, and what earlier runs left there is not this run's: a Redis
+    holding a few million keys rewrites its AOF (a fork, then the whole dataset written out: about 7 s
+    of a core for 600 MB here) whenever the file doubles, wherever in a run that falls."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        info = client.info("persistence") | client.info("memory")
+        return {
+            "keys": int(client.dbsize()),
+            "used_memory_bytes": int(info["used_memory"]),
+            "aof_rewrites": int(info.get("aof_rewrites", 0)),
+            "aof_rewrite_in_progress": int(info.get("aof_rewrite_in_progress", 0)),
+        }
+    finally:
+        client.close()
+
+
+def rewrites_between(before: dict[str, int], after: dict[str, int]) -> int:
+    """AOF rewrites that ran during a phase: those begun in it, and one already under way at its start."""
+    return after["aof_rewrites"] - before["aof_rewrites"] + before["aof_rewrite_in_progress"]
 
 
 def delete_redis_claims(tenants: Sequence[str]) -> None:

@@ -48,12 +48,15 @@ from ops.bench.common import (
     cpu_cores,
     cpu_per_event,
     cpu_snapshot,
+    kafka_topics,
     load_client,
     machine,
     niceness,
     opt,
     percentile,
     ratio,
+    redis_state,
+    rewrites_between,
     schedule_shares,
     serve,
     thread_schedule,
@@ -102,6 +105,8 @@ class Load:
     timeline: list[tuple[float, float]] = dataclasses.field(default_factory=list)  # (when due, latency) of each 200
     # The first API process's event loop (its main thread) meanwhile: shares running, waiting for a CPU, idle.
     api_loop: dict[str, float] = dataclasses.field(default_factory=dict)
+    # Redis's AOF rewrites meanwhile (a fork, then the dataset written out): a slow spell's likeliest cause.
+    redis_rewrites: int = 0
 
     def merge(self, other: Load) -> None:
         for status, values in other.latencies.items():
@@ -295,9 +300,11 @@ async def consume_phase(
             task = asyncio.ensure_future(asyncio.gather(*(loop.run_in_executor(pool, consume_load_process, *a) for a in args)))
         await asyncio.sleep(max(0.0, count_from - time.time()))
         pids = {**stack.pids(), **load_pids}
+        redis_before = await asyncio.to_thread(redis_state)
         before, loop_before, began = cpu_snapshot(pids), thread_schedule(stack.server.pid), time.monotonic()
         await asyncio.sleep(max(0.0, until - time.time()))
         after, loop_after, ended = cpu_snapshot(pids), thread_schedule(stack.server.pid), time.monotonic()
+        redis_after = await asyncio.to_thread(redis_state)
         loads = await task
     finally:
         if pool is not None:
@@ -309,6 +316,7 @@ async def consume_phase(
         for load in loads:
             total.merge(load)
     total.api_loop = schedule_shares(loop_before, loop_after, ended - began)
+    total.redis_rewrites = rewrites_between(redis_before, redis_after)
     return total, cpu_cores(before, after)
 
 
@@ -520,6 +528,9 @@ async def run(o: Options) -> Report:
     run_id = uuid.uuid4().hex[:8]
     figures: dict[str, Any] = {}
     notes: list[str] = []
+    # What earlier runs (or anything else) left in the shared Redis decides how long its AOF rewrites take.
+    figures["redis_at_start"] = await asyncio.to_thread(redis_state)
+    figures["kafka_topics_at_start"] = await kafka_topics()
     async with serve(
         "kafka", partitions=o.partitions, workers=o.workers, apis=o.apis, api_nice=o.api_nice, worker_nice=o.worker_nice
     ) as stack:
@@ -598,6 +609,7 @@ async def run(o: Options) -> Report:
             "p99_over_floor": ratio(p99, settled.ms(99)),
             "cpu_cores": cores,
             "api_loop": load.api_loop,
+            "redis_aof_rewrites": load.redis_rewrites,
             "cpu_stolen_cores": stolen,
             "cpu_micros_per_consume": per_consume,
         }
@@ -613,6 +625,7 @@ async def run(o: Options) -> Report:
             "p99_ms": paced_p99,
             "statuses": paced.statuses(),
             "api_loop": paced.api_loop,  # the API's event loop: running, waiting for a CPU, idle
+            "redis_aof_rewrites": paced.redis_rewrites,
             "cpu_cores": paced_cores,  # busy while it ran, per role: "other" says whether the machine was quiet
             # What a consume costs each role when consumes arrive spread out (small groups): the
             # figure a change to the API's per-call work moves, and ops.bench.compare reports.
@@ -688,6 +701,23 @@ async def run(o: Options) -> Report:
     notes.append(
         f"load: {'bare HTTP/1.1 (ops/bench/raw_http.py)' if o.client == 'raw' else 'aiohttp'} keep-alive clients, closed loop, unique idempotency "
         f"keys, amounts 1..50; the baselines run before, from this process, while the API is idle; record {found['record_bytes']} B"
+    )
+    at_start = figures["redis_at_start"]
+    notes.append(
+        f"Redis at the start: {at_start['keys']:,} keys, {at_start['used_memory_bytes'] / 2**20:,.0f} MiB; AOF rewrites "
+        f"(a fork, then every key written out) during the closed loop: {load.redis_rewrites}"
+        + (f", the paced phase: {paced.redis_rewrites}" if paced is not None else "")
+        + (
+            " (keys left by earlier runs make each one longer: FLUSHALL the development Redis)"
+            if at_start["keys"] > 100_000
+            else ""
+        )
+        + f"; Kafka at the start: {figures['kafka_topics_at_start']} topics"
+        + (
+            " (a broker that served the test suite: `make clean` gives one like CI's)"
+            if figures["kafka_topics_at_start"] > 100
+            else ""
+        )
     )
     if paced is not None:
         notes.append(
