@@ -105,7 +105,7 @@ class Load:
     timeline: list[tuple[float, float]] = dataclasses.field(default_factory=list)  # (when due, latency) of each 200
     # The first API process's event loop (its main thread) meanwhile: shares running, waiting for a CPU, idle.
     api_loop: dict[str, float] = dataclasses.field(default_factory=dict)
-    # Redis's AOF rewrites meanwhile (a fork, then the dataset written out): a slow spell's likeliest cause.
+    # Redis's AOF rewrites meanwhile (a fork, then the dataset written out): one suspect of a slow phase.
     redis_rewrites: int = 0
 
     def merge(self, other: Load) -> None:
