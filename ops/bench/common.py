@@ -417,30 +417,30 @@ async def wait_views_caught_up(prefix: str, schema: str, timeout: float = 120.0)
         await reader.stop()
 
 
-async def delete_topics(prefix: str) -> None:
+@asynccontextmanager
+async def kafka_admin() -> AsyncIterator[Any]:
     from aiokafka.admin import AIOKafkaAdminClient
 
     admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
     await admin.start()
     try:
+        yield admin
+    finally:
+        await admin.close()
+
+
+async def delete_topics(prefix: str) -> None:
+    async with kafka_admin() as admin:
         ours = [t for t in await admin.list_topics() if t.startswith(prefix + ".")]
         if ours:
             await admin.delete_topics(ours)
-    finally:
-        await admin.close()
 
 
 async def kafka_topics() -> int:
     """How many topics the broker holds: one that served the test suite holds hundreds, with a heap
     to match (README, Performance: judge on services like CI's, `make clean`)."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
-    await admin.start()
-    try:
+    async with kafka_admin() as admin:
         return len([t for t in await admin.list_topics() if not t.startswith("__")])
-    finally:
-        await admin.close()
 
 
 def redis_state(url: str = REDIS_URL) -> dict[str, int]:
