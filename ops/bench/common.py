@@ -9,6 +9,7 @@ import dataclasses
 import math
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -467,6 +468,33 @@ def redis_state(url: str = REDIS_URL) -> dict[str, int]:
 def rewrites_between(before: dict[str, int], after: dict[str, int]) -> int:
     """AOF rewrites that ran during a phase: those begun in it, and one already under way at its start."""
     return after["aof_rewrites"] - before["aof_rewrites"] + before["aof_rewrite_in_progress"]
+
+
+# The development broker's collections (ops/services/kafka.sh logs them), one line per pause:
+# "[2026-12-06T12:47:16.152+0000][74.213s] GC(17) Pause Young (Normal) (G1 Evacuation Pause) 441M->170M(512M) 14.964ms"
+_GC_PAUSE = re.compile(r"^\[(\S+?)\]\[[\d.]+s\] GC\(\d+\) Pause .* ([\d.]+)ms$")
+
+
+def broker_pauses(since: float, until: float, logs: Path | None = None) -> list[tuple[float, float]]:
+    """The broker's stop-the-world pauses that ended between `since` and `until` (Unix seconds), as
+    (start, end): every produce request in flight waits them out, so each becomes a queue of
+    consumes. Empty when the broker's GC log is not where the project's scripts keep it (another
+    broker, or the log not written)."""
+    folder = logs or Path(os.environ.get("OMNI_RUN_DIR") or ROOT / ".run") / "kafka" / "logs"
+    pauses: list[tuple[float, float]] = []
+    for path in sorted(folder.glob("gc.log*")):
+        try:
+            lines = path.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            found = _GC_PAUSE.match(line)
+            if found is None:
+                continue
+            end = datetime.strptime(found[1], "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
+            if since <= end <= until:
+                pauses.append((end - float(found[2]) / 1000, end))
+    return sorted(pauses)
 
 
 def delete_redis_claims(tenants: Sequence[str]) -> None:

@@ -45,6 +45,7 @@ from ops.bench.common import (
     Stack,
     Table,
     Target,
+    broker_pauses,
     cpu_cores,
     cpu_per_event,
     cpu_snapshot,
@@ -107,6 +108,8 @@ class Load:
     api_loop: dict[str, float] = dataclasses.field(default_factory=dict)
     # Redis's AOF rewrites meanwhile (a fork, then the dataset written out): one suspect of a slow phase.
     redis_rewrites: int = 0
+    # The broker's stop-the-world pauses (start, end) that ended meanwhile: every append in flight waits them out.
+    broker_pauses: list[tuple[float, float]] = dataclasses.field(default_factory=list)
 
     def merge(self, other: Load) -> None:
         for status, values in other.latencies.items():
@@ -232,11 +235,13 @@ async def consume_load(
     return load
 
 
-def tail_shape(timeline: list[tuple[float, float]], slow: float) -> dict[str, Any]:
+def tail_shape(timeline: list[tuple[float, float]], slow: float, pauses: Sequence[tuple[float, float]] = ()) -> dict[str, Any]:
     """Whether the slow answers (over `slow` seconds) come in bursts or spread out: each second's
     p99 (by when the requests were due), the seconds holding any slow answer, and the share of
     slow answers in the worst second. A burst points at a stall (a collection, a fork, a
-    checkpoint); spread out, at a loop busy all along."""
+    checkpoint); spread out, at a loop busy all along. With the broker's pauses (start, end), also
+    the share of slow answers whose wait took in one of them or the queue it left (up to
+    `slow` after its end): the part of the tail the broker's collector explains."""
     if not timeline:
         return {}
     first = min(due for due, _ in timeline)
@@ -251,7 +256,22 @@ def tail_shape(timeline: list[tuple[float, float]], slow: float) -> dict[str, An
         ],
         "seconds_with_slow": sum(1 for count in slow_by_second.values() if count),
         "slow_share_in_worst_second": max(slow_by_second.values()) / slow_total if slow_total else 0.0,
+        "broker_pauses": {
+            "count": len(pauses),
+            "total_ms": round(sum(end - start for start, end in pauses) * 1000, 1),
+            "max_ms": round(max((end - start for start, end in pauses), default=0.0) * 1000, 1),
+        },
+        "slow_share_near_broker_pause": (
+            sum(1 for due, latency in timeline if latency > slow and _near_pause(due, due + latency, pauses, slow)) / slow_total
+            if slow_total
+            else 0.0
+        ),
     }
+
+
+def _near_pause(begun: float, answered: float, pauses: Sequence[tuple[float, float]], drain: float) -> bool:
+    """Whether a request's wait overlapped a pause, or the `drain` after it while its queue cleared."""
+    return any(begun <= end + drain and answered >= start for start, end in pauses)
 
 
 def consume_load_process(*args: Any) -> Load:
@@ -317,6 +337,7 @@ async def consume_phase(
             total.merge(load)
     total.api_loop = schedule_shares(loop_before, loop_after, ended - began)
     total.redis_rewrites = rewrites_between(redis_before, redis_after)
+    total.broker_pauses = broker_pauses(count_from, until + 1.0)
     return total, cpu_cores(before, after)
 
 
@@ -630,7 +651,7 @@ async def run(o: Options) -> Report:
             # What a consume costs each role when consumes arrive spread out (small groups): the
             # figure a change to the API's per-call work moves, and ops.bench.compare reports.
             "cpu_micros_per_consume": cpu_per_event(paced_cores, len(paced_ok) / o.paced_duration) if paced_ok else {},
-            **tail_shape(paced.timeline, TARGET_P99_MS / 1000),
+            **tail_shape(paced.timeline, TARGET_P99_MS / 1000, paced.broker_pauses),
         }
     rows = [
         latency_row("consume over HTTP (200s), closed loop", len(accepted_latencies), o.duration, accepted_latencies),
@@ -736,7 +757,15 @@ async def run(o: Options) -> Report:
             notes.append(
                 f"paced tail: {shape['seconds_with_slow']} of the phase's {len(shape['each_second_99th_percentile'])} seconds "
                 f"held answers slower than {TARGET_P99_MS:.0f} ms, the worst second {shape['slow_share_in_worst_second']:.0%} "
-                "of them; each second's p99 (ms): " + " ".join(f"{v:.0f}" for v in shape["each_second_99th_percentile"])
+                "of them; each second's p99 (ms): "
+                + " ".join(f"{v:.0f}" for v in shape["each_second_99th_percentile"])
+                + (
+                    f"; the broker paused {pauses['count']} times ({pauses['total_ms']:.0f} ms in all, the longest "
+                    f"{pauses['max_ms']:.0f} ms), and {shape['slow_share_near_broker_pause']:.0%} of the slow answers "
+                    f"waited in one or in the {TARGET_P99_MS:.0f} ms after it"
+                    if (pauses := shape["broker_pauses"])["count"]
+                    else "; no pause of the broker's collector found in its GC log (.run/kafka/logs)"
+                )
             )
         if paced.api_loop:
             notes.append(
