@@ -376,6 +376,7 @@ def build(settings: Settings) -> Platform:
             db,
             grace=settings.produce_timeout_seconds,
             keep_seconds=int(settings.quota_answer_keep.total_seconds()),
+            group_spacing=settings.consume_group_spacing_ms / 1000,
         )
         facts = RedisFactLedger(settings.redis_url, topics)
     db.migrate(schema.SCHEMA)

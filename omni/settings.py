@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     # How long an appended record may wait for others to share its produce batch (Kafka's linger.ms):
     # 0 sends at once, and records that come while a request is out batch anyway (streams/kafka_log.py).
     kafka_linger_ms: int = Field(default=0, ge=0, le=1000)
+    # The least time between two of consume's calls to Redis (streams.group_call): consumes that come
+    # meanwhile share the next call, and then its append to Kafka. Less CPU per consume at a steady
+    # rate for a longer wait (README, "Performance"); 0: every call as soon as the last is answered.
+    consume_group_spacing_ms: float = Field(default=0.0, ge=0, le=50)
     meter_api_calls: bool = True
     # A command's answer waits at most this long for the views to hold its changes (read-your-writes).
     read_your_writes_seconds: float = Field(default=5.0, ge=0, le=60)

@@ -18,7 +18,9 @@ Steps 1 and 3 share group calls (streams.group_call): the consumes that reach st
 answers to keep, while a call is under way go together in the next one, each consume still decided
 in turn as if alone, and each still answered only once its own append is acknowledged. Under load
 that is one round trip to Redis for many consumes instead of two per consume, and no round trip
-between the append and the answer. A retry sent to this process after its answer finds the answer
+between the append and the answer. With `group_spacing` (`OMNI_CONSUME_GROUP_SPACING_MS`, off by
+default) calls also start at least that far apart, so at a steady rate too each carries several
+consumes, whose appends then leave in one produce request: less CPU, a longer wait. A retry sent to this process after its answer finds the answer
 kept (its call comes after, or is, the one that keeps it); one sent to another API process within
 that round trip finds it pending (409, in progress, as for any retry of a consume under way).
 
@@ -237,7 +239,17 @@ def _text(value: object) -> str:
 class RedisQuotaLedger:
     """The API's side: consume, reads and rebuilds (asyncio)."""
 
-    def __init__(self, url: str, topics: Topics, log_: EventLog, views_db: Database, *, grace: float, keep_seconds: int) -> None:
+    def __init__(
+        self,
+        url: str,
+        topics: Topics,
+        log_: EventLog,
+        views_db: Database,
+        *,
+        grace: float,
+        keep_seconds: int,
+        group_spacing: float = 0.0,
+    ) -> None:
         self.redis: aioredis.Redis = redis_client(url, socket_connect_timeout=2.0, socket_timeout=5.0, health_check_interval=30)
         self.topics = topics
         self.keys = QuotaKeys(topics)
@@ -247,7 +259,8 @@ class RedisQuotaLedger:
         self.keep_ms = keep_seconds * 1000
         self._pipe = RedisPipe(url, connect_timeout=2.0, reply_timeout=5.0)  # CONSUME's calls, in order
         self._consume_sha = hashlib.sha1(CONSUME.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
-        self._calls: GroupCall[Decide | Keep, list[object] | None] = GroupCall(self._call_group)
+        # Calls at least `group_spacing` seconds apart: at a steady rate, groups of several consumes.
+        self._calls: GroupCall[Decide | Keep, list[object] | None] = GroupCall(self._call_group, spacing=group_spacing)
         self._undo = self.redis.register_script(UNDO)
         self._install = self.redis.register_script(INSTALL)
         self._extend = self.redis.register_script(EXTEND)

@@ -154,6 +154,47 @@ async def test_an_answer_is_kept_after_the_consume_is_answered_and_before_the_ne
     assert (await raw.get(keys.answer("t1", "req-3")) or b"").startswith(b"done|")
 
 
+async def test_spaced_calls_group_concurrent_consumes_and_stay_exact(
+    redis_url: str, topics: Topics, raw: aioredis.Redis, tmp_path: Path
+) -> None:
+    """With calls held apart (OMNI_CONSUME_GROUP_SPACING_MS), consumes arriving in a trickle share
+    calls, and a hard limit still holds exactly: accepted total = the limit, each retry its first answer."""
+    views = SqliteDatabase(tmp_path / "views.sqlite")
+    views.migrate(VIEW_SCHEMA)
+    log = EmbeddedLog(tmp_path / "log.sqlite", topics)
+    await log.start()
+    ledger = RedisQuotaLedger(redis_url, topics, log, views, grace=0, keep_seconds=60, group_spacing=0.02)
+    await raw.set(QuotaKeys(topics).built, "e1")
+    calls = 0
+    evalsha = ledger._pipe.evalsha
+
+    async def counted(sha: str, source: str, keys_: list[Any], args: list[Any]) -> Any:
+        nonlocal calls
+        calls += 1
+        return await evalsha(sha, source, keys_, args)
+
+    ledger._pipe.evalsha = counted  # type: ignore[method-assign]
+
+    async def trickle(n: int) -> Any:
+        await asyncio.sleep(n * 0.002)  # 60 consumes over 120 ms: a steady rate, not one burst
+        return await ledger.consume(request("t1", f"req-{n}", 3, limit=100))
+
+    try:
+        outcomes = await asyncio.wait_for(asyncio.gather(*(trickle(n) for n in range(60))), 30)
+        accepted = [o for o in outcomes if o.decision.accepted]
+        assert len(accepted) * 3 == 99, "33 of 3 fit under 100; nothing past it"
+        assert calls <= 15, f"{calls} calls for 60 consumes 2 ms apart: the spacing did not group them"
+        retries = await asyncio.gather(*(ledger.consume(request("t1", f"req-{n}", 3, limit=100)) for n in range(60)))
+        assert all(r.replayed for r in retries)
+        assert [r.decision.accepted for r in retries] == [o.decision.accepted for o in outcomes]
+        records = sum((await log.end_offsets(topics.usage)).values())
+        assert records == 60, "one record per consume (its usage, or its refusal); the retries append nothing"
+    finally:
+        await ledger.close()
+        await log.close()
+        views.close()
+
+
 async def test_facts_count_once_per_offset_and_a_gap_drops_the_counters(
     redis_url: str, topics: Topics, raw: aioredis.Redis
 ) -> None:

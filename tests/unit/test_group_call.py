@@ -141,3 +141,58 @@ async def test_drain_gives_up_after_its_timeout() -> None:
     await asyncio.wait_for(call.drain(timeout=0.05), 1)
     assert recorder.calls == [[1]]
     call.close()
+
+
+class Timed:
+    """Answers at once, and notes when each call began."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[float, list[int]]] = []
+
+    async def run(self, items: list[int]) -> list[int]:
+        self.calls.append((asyncio.get_running_loop().time(), list(items)))
+        return [item * 10 for item in items]
+
+
+async def test_spacing_gathers_what_comes_within_it_into_the_next_call() -> None:
+    """At a steady rate the round trip is short and groups would stay small: with a spacing, calls
+    start at least that far apart, each carrying everything that came since the last."""
+    timed, spacing = Timed(), 0.05
+    call: GroupCall[int, int] = GroupCall(timed.run, spacing=spacing)
+    assert await call(1) == 10
+    assert len(timed.calls) == 1, "the first item of a quiet moment goes at once"
+    second = asyncio.create_task(call(2))  # the last call began just now: this one waits out the rest
+    await asyncio.sleep(spacing / 5)
+    assert len(timed.calls) == 1
+    later = [asyncio.create_task(call(n)) for n in (3, 4)]
+    assert [await second, *[await task for task in later]] == [20, 30, 40]
+    assert [items for _, items in timed.calls] == [[1], [2, 3, 4]]
+    assert timed.calls[1][0] - timed.calls[0][0] >= spacing * 0.95  # the loop's timer may round
+
+
+async def test_spacing_never_delays_a_lone_item_after_a_quiet_moment_nor_a_full_group() -> None:
+    timed, spacing = Timed(), 0.05
+    call: GroupCall[int, int] = GroupCall(timed.run, most=3, spacing=spacing)
+    await call(1)
+    await asyncio.sleep(spacing * 1.5)
+    began = asyncio.get_running_loop().time()
+    await call(2)
+    assert timed.calls[1][0] - began < spacing / 2, "quiet for longer than the spacing: no wait"
+    full = [asyncio.create_task(call(n)) for n in (3, 4, 5)]  # `most` of them: they go without waiting
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert [items for _, items in timed.calls] == [[1], [2], [3, 4, 5]]
+    assert [await task for task in full] == [30, 40, 50]
+
+
+async def test_closing_while_spacing_cancels_the_items_waiting() -> None:
+    """Closed during the wait before a call: its items are cancelled, never left hanging."""
+    timed = Timed()
+    call: GroupCall[int, int] = GroupCall(timed.run, spacing=10.0)
+    await call(1)
+    waiting = asyncio.create_task(call(2))
+    await asyncio.sleep(0.01)
+    call.close()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(waiting, timeout=1.0)
+    assert [items for _, items in timed.calls] == [[1]]
