@@ -274,6 +274,65 @@ def _near_pause(begun: float, answered: float, pauses: Sequence[tuple[float, flo
     return any(begun <= end + drain and answered >= start for start, end in pauses)
 
 
+async def api_side_times(prefix: str, since: float, until: float) -> list[tuple[float, float]]:
+    """The API's own time for each 200 consume answered between `since` and `until` (Unix seconds),
+    from its `api_call` records (api.metering: from the request's headers in to its answer),
+    as (answered at, seconds). Beside the clients' latencies it tells a stall inside the API's
+    handling from a wait before a request is read or after its answer is written."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from schemas.envelope import decode
+    from schemas.topics import Topics
+
+    topic = Topics(prefix=prefix).api_calls
+    reader = AIOKafkaConsumer(bootstrap_servers=KAFKA, enable_auto_commit=False, auto_offset_reset="earliest")
+    await reader.start()
+    times: list[tuple[float, float]] = []
+    try:
+        cluster = await reader._client.fetch_all_metadata()
+        parts = [TopicPartition(topic, p) for p in cluster.partitions_for_topic(topic) or ()]
+        if not parts:
+            return []
+        reader.assign(parts)
+        await reader.seek_to_beginning(*parts)
+        ends = await reader.end_offsets(parts)
+
+        async def behind() -> bool:
+            return any([await reader.position(tp) < end for tp, end in ends.items()])
+
+        while await behind():
+            for records in (await reader.getmany(timeout_ms=500, max_records=10_000)).values():
+                for record in records:
+                    event = decode(record.value)
+                    data = event.data if isinstance(event.data, dict) else {}
+                    answered = event.event_time.timestamp()
+                    if (
+                        data.get("status") == 200
+                        and str(data.get("route", "")).endswith("/consume")
+                        and since <= answered <= until
+                    ):
+                        times.append((answered, float(data["latency_ms"]) / 1000))
+    finally:
+        await reader.stop()
+    return sorted(times)
+
+
+def api_side_shape(times: list[tuple[float, float]], first: float) -> dict[str, Any]:
+    """The API's own time per consume (api_side_times): p50, p99, and each second's p99 (ms)."""
+    if not times:
+        return {}
+    seconds: dict[int, list[float]] = {}
+    for answered, took in times:
+        seconds.setdefault(max(0, int(answered - first)), []).append(took)
+    everything = [took for _, took in times]
+    return {
+        "count": len(times),
+        "p50_ms": percentile(everything, 50) * 1000,
+        "p99_ms": percentile(everything, 99) * 1000,
+        "each_second_99th_percentile": [round(percentile(seconds[n], 99) * 1000, 1) for n in sorted(seconds)],
+    }
+
+
 def consume_load_process(*args: Any) -> Load:
     """One load generator process's share (concurrent.futures runs it in a spawned process)."""
     return asyncio.run(consume_load(*args))
@@ -564,6 +623,7 @@ async def run(o: Options) -> Report:
             load, cores = await consume_phase(stack, o, keys, f"{run_id}-c", warmup=o.warmup, duration=o.duration)
             paced: Load | None = None
             paced_cores: dict[str, float] = {}
+            api_times: list[tuple[float, float]] = []
             if o.paced_rate > 0:
                 # From a steady state: the worker first folds what the closed loop left (at nice 19 it
                 # lags while the API keeps the cores busy), so the paced phase does not measure that.
@@ -571,6 +631,8 @@ async def run(o: Options) -> Report:
                 paced, paced_cores = await consume_phase(
                     stack, o, keys, f"{run_id}-p", warmup=o.warmup, duration=o.paced_duration, rate=o.paced_rate
                 )
+                await asyncio.sleep(0.5)  # the API sends its api_call records every 0.2 s
+                api_times = await api_side_times(stack.prefix, paced.started, paced.ended + 1.0)
             refusals: Load | None = None
             exact: dict[str, Any] = {}
             if o.refusal_duration > 0:
@@ -652,6 +714,7 @@ async def run(o: Options) -> Report:
             # figure a change to the API's per-call work moves, and ops.bench.compare reports.
             "cpu_micros_per_consume": cpu_per_event(paced_cores, len(paced_ok) / o.paced_duration) if paced_ok else {},
             **tail_shape(paced.timeline, TARGET_P99_MS / 1000, paced.broker_pauses),
+            "api_side": api_side_shape(api_times, paced.started),
         }
     rows = [
         latency_row("consume over HTTP (200s), closed loop", len(accepted_latencies), o.duration, accepted_latencies),
@@ -766,6 +829,12 @@ async def run(o: Options) -> Report:
                     if (pauses := shape["broker_pauses"])["count"]
                     else "; no pause of the broker's collector found in its GC log (.run/kafka/logs)"
                 )
+            )
+        if inside := shape.get("api_side"):
+            notes.append(
+                f"the API's own time per consume in the paced phase (its api_call records: from its headers in to its answer), "
+                f"{inside['count']:,} of them: p50 {inside['p50_ms']:.1f} ms, p99 {inside['p99_ms']:.1f} ms; each second's p99 "
+                "(ms): " + " ".join(f"{v:.0f}" for v in inside["each_second_99th_percentile"])
             )
         if paced.api_loop:
             notes.append(

@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ops.bench.common import broker_pauses, cpu_snapshot, rewrites_between
-from ops.bench.quota_consume import tail_shape
+from ops.bench.quota_consume import api_side_shape, tail_shape
 
 
 def test_a_child_that_ended_still_counts_for_its_parent() -> None:
@@ -73,3 +73,12 @@ def test_slow_answers_near_a_pause_are_told_apart() -> None:
     assert shape["broker_pauses"] == {"count": 1, "total_ms": 20.0, "max_ms": 20.0}
     assert shape["slow_share_near_broker_pause"] == 2 / 3
     assert tail_shape(timeline, 0.025)["slow_share_near_broker_pause"] == 0.0
+
+
+def test_the_apis_own_times_are_told_by_the_second_they_were_answered() -> None:
+    times = [(100.2, 0.002), (100.9, 0.004), (101.5, 0.050), (102.1, 0.003)]
+    shape = api_side_shape(times, first=100.0)
+    assert shape["count"] == 4
+    assert shape["each_second_99th_percentile"][1] == 50.0  # the slow second stands out
+    assert shape["p50_ms"] < 5.0
+    assert api_side_shape([], first=100.0) == {}
