@@ -235,6 +235,14 @@ async def consume_load(
     return load
 
 
+def by_second(timed: list[tuple[float, float]], first: float) -> dict[int, list[float]]:
+    """(when, seconds) pairs grouped by the whole second since `first` that `when` falls in."""
+    seconds: dict[int, list[float]] = {}
+    for when, took in timed:
+        seconds.setdefault(max(0, int(when - first)), []).append(took)
+    return seconds
+
+
 def tail_shape(timeline: list[tuple[float, float]], slow: float, pauses: Sequence[tuple[float, float]] = ()) -> dict[str, Any]:
     """Whether the slow answers (over `slow` seconds) come in bursts or spread out: each second's
     p99 (by when the requests were due), the seconds holding any slow answer, and the share of
@@ -244,10 +252,7 @@ def tail_shape(timeline: list[tuple[float, float]], slow: float, pauses: Sequenc
     `slow` after its end): the part of the tail the broker's collector explains."""
     if not timeline:
         return {}
-    first = min(due for due, _ in timeline)
-    seconds: dict[int, list[float]] = {}
-    for due, latency in timeline:
-        seconds.setdefault(int(due - first), []).append(latency)
+    seconds = by_second(timeline, min(due for due, _ in timeline))
     slow_by_second = {s: sum(latency > slow for latency in values) for s, values in seconds.items()}
     slow_total = sum(slow_by_second.values())
     return {
@@ -321,9 +326,7 @@ def api_side_shape(times: list[tuple[float, float]], first: float) -> dict[str, 
     """The API's own time per consume (api_side_times): p50, p99, and each second's p99 (ms)."""
     if not times:
         return {}
-    seconds: dict[int, list[float]] = {}
-    for answered, took in times:
-        seconds.setdefault(max(0, int(answered - first)), []).append(took)
+    seconds = by_second(times, first)
     everything = [took for _, took in times]
     return {
         "count": len(times),
