@@ -103,7 +103,10 @@ class Load:
     failures: Counter[str]  # transport errors, by kind
     started: float
     ended: float
-    timeline: list[tuple[float, float]] = dataclasses.field(default_factory=list)  # (when due, latency) of each 200
+    # (when due, latency, how late the load generator sent it) of each 200. The lateness is the
+    # generator's own (its loop woke late) for a client idle when the request fell due; None for a
+    # client still waiting on its previous answer then (that wait is the service's).
+    timeline: list[tuple[float, float, float | None]] = dataclasses.field(default_factory=list)
     # The first API process's event loop (its main thread) meanwhile: shares running, waiting for a CPU, idle.
     api_loop: dict[str, float] = dataclasses.field(default_factory=dict)
     # Redis's AOF rewrites meanwhile (a fork, then the dataset written out): one suspect of a slow phase.
@@ -157,14 +160,17 @@ async def consume_load(
         """When client g's i-th request is due (time.time()), once that time has come; None in a closed loop."""
         return start_at + g / rate + i * interval if rate else None
 
-    async def wait_for_due(g: int, i: int) -> tuple[float, float]:
-        """(now, the moment the latency counts from): a paced request waits until it is due."""
+    async def wait_for_due(g: int, i: int) -> tuple[float, float, float | None]:
+        """(now, the moment the latency counts from, how late the request leaves if the client was
+        idle when it fell due): a paced request waits until it is due."""
         at = due(g, i)
         if at is None:
-            return time.time(), time.perf_counter()
-        if (ahead := at - time.time()) > 0:
+            return time.time(), time.perf_counter(), None
+        idle = (ahead := at - time.time()) > 0
+        if idle:
             await asyncio.sleep(ahead)
-        return at, time.perf_counter() - max(0.0, time.time() - at)
+        late = max(0.0, time.time() - at)
+        return at, time.perf_counter() - late, late if idle else None
 
     url = f"/v1/quotas/{METER['slug']}/consume"
 
@@ -178,12 +184,12 @@ async def consume_load(
             }
         )
 
-    def counted(now: float, begun: float, status: int) -> None:
+    def counted(now: float, begun: float, late: float | None, status: int) -> None:
         if now >= count_from:
             latency = time.perf_counter() - begun
             load.latencies.setdefault(status, []).append(latency)
             if status == 200:
-                load.timeline.append((now, latency))
+                load.timeline.append((now, latency, late))
 
     def failed(now: float, failure: Exception) -> None:
         if now >= count_from:
@@ -198,7 +204,7 @@ async def consume_load(
             while time.time() < until:
                 i += 1
                 body = body_of(n, i)
-                now, begun = await wait_for_due(n, i)
+                now, begun, late = await wait_for_due(n, i)
                 if now >= until:
                     break
                 try:
@@ -208,7 +214,7 @@ async def consume_load(
                 except Exception as failure:  # noqa: BLE001 - counted, reported as an error
                     failed(now, failure)
                     continue
-                counted(now, begun, status)
+                counted(now, begun, late, status)
 
     async def raw_client(n: int) -> None:
         key = keys[n % len(keys)]
@@ -218,7 +224,7 @@ async def consume_load(
             while time.time() < until:
                 i += 1
                 body = body_of(n, i)
-                now, begun = await wait_for_due(n, i)
+                now, begun, late = await wait_for_due(n, i)
                 if now >= until:
                     break
                 try:
@@ -226,7 +232,7 @@ async def consume_load(
                 except Exception as failure:  # noqa: BLE001 - counted, reported as an error
                     failed(now, failure)
                     continue
-                counted(now, begun, status)
+                counted(now, begun, late, status)
 
     client = raw_client if client_kind == "raw" else aiohttp_client
 
@@ -235,15 +241,17 @@ async def consume_load(
     return load
 
 
-def by_second(timed: list[tuple[float, float]], first: float) -> dict[int, list[float]]:
-    """(when, seconds) pairs grouped by the whole second since `first` that `when` falls in."""
+def by_second(timed: Sequence[tuple[float, float, *tuple[Any, ...]]], first: float) -> dict[int, list[float]]:
+    """(when, seconds, ...) records grouped by the whole second since `first` that `when` falls in."""
     seconds: dict[int, list[float]] = {}
-    for when, took in timed:
+    for when, took, *_ in timed:
         seconds.setdefault(max(0, int(when - first)), []).append(took)
     return seconds
 
 
-def tail_shape(timeline: list[tuple[float, float]], slow: float, pauses: Sequence[tuple[float, float]] = ()) -> dict[str, Any]:
+def tail_shape(
+    timeline: Sequence[tuple[float, float, float | None]], slow: float, pauses: Sequence[tuple[float, float]] = ()
+) -> dict[str, Any]:
     """Whether the slow answers (over `slow` seconds) come in bursts or spread out: each second's
     p99 (by when the requests were due), the seconds holding any slow answer, and the share of
     slow answers in the worst second. A burst points at a stall (a collection, a fork, a
@@ -252,7 +260,7 @@ def tail_shape(timeline: list[tuple[float, float]], slow: float, pauses: Sequenc
     `slow` after its end): the part of the tail the broker's collector explains."""
     if not timeline:
         return {}
-    seconds = by_second(timeline, min(due for due, _ in timeline))
+    seconds = by_second(timeline, min(due for due, *_ in timeline))
     slow_by_second = {s: sum(latency > slow for latency in values) for s, values in seconds.items()}
     slow_total = sum(slow_by_second.values())
     return {
@@ -267,10 +275,35 @@ def tail_shape(timeline: list[tuple[float, float]], slow: float, pauses: Sequenc
             "max_ms": round(max((end - start for start, end in pauses), default=0.0) * 1000, 1),
         },
         "slow_share_near_broker_pause": (
-            sum(1 for due, latency in timeline if latency > slow and _near_pause(due, due + latency, pauses, slow)) / slow_total
+            sum(1 for due, latency, _ in timeline if latency > slow and _near_pause(due, due + latency, pauses, slow))
+            / slow_total
             if slow_total
             else 0.0
         ),
+    }
+
+
+def generator_shape(timeline: Sequence[tuple[float, float, float | None]], slow: float) -> dict[str, Any]:
+    """How late the load generator itself sent the requests of clients idle when they fell due:
+    its event loop waking late, on the cores it shares with what it measures. A latency counts
+    from the due time, so that lateness is inside the clients' figures. Taken out, what is left of
+    each latency runs from the request leaving to its answer being read: the service's time plus
+    any lateness of the generator in reading the answer, which this cannot see. `slow_only_by_lateness`
+    counts the slow answers that would not be slow without the send's lateness."""
+    lateness = [late for _, _, late in timeline if late is not None]
+    if not lateness:
+        return {}
+    less = [latency - (late or 0.0) for _, latency, late in timeline]
+    return {
+        "idle_sends": len(lateness),
+        "late_p50_ms": percentile(lateness, 50) * 1000,
+        "late_p99_ms": percentile(lateness, 99) * 1000,
+        "late_max_ms": max(lateness) * 1000,
+        "slow_answers": sum(latency > slow for _, latency, _ in timeline),
+        "slow_only_by_lateness": sum(
+            1 for _, latency, late in timeline if latency > slow and late is not None and latency - late <= slow
+        ),
+        "p99_less_lateness_ms": percentile(less, 99) * 1000,
     }
 
 
@@ -718,6 +751,7 @@ async def run(o: Options) -> Report:
             "cpu_micros_per_consume": cpu_per_event(paced_cores, len(paced_ok) / o.paced_duration) if paced_ok else {},
             **tail_shape(paced.timeline, TARGET_P99_MS / 1000, paced.broker_pauses),
             "api_side": api_side_shape(api_times, paced.started),
+            "load_generator": generator_shape(paced.timeline, TARGET_P99_MS / 1000),
         }
     rows = [
         latency_row("consume over HTTP (200s), closed loop", len(accepted_latencies), o.duration, accepted_latencies),
@@ -838,6 +872,14 @@ async def run(o: Options) -> Report:
                 f"the API's own time per consume in the paced phase (its api_call records: from its headers in to its answer), "
                 f"{inside['count']:,} of them: p50 {inside['p50_ms']:.1f} ms, p99 {inside['p99_ms']:.1f} ms; each second's p99 "
                 "(ms): " + " ".join(f"{v:.0f}" for v in inside["each_second_99th_percentile"])
+            )
+        if late := shape.get("load_generator"):
+            notes.append(
+                f"the load generator's own lateness: {late['idle_sends']:,} requests fell due to an idle client and left "
+                f"p50 {late['late_p50_ms']:.1f} ms, p99 {late['late_p99_ms']:.1f} ms, at most {late['late_max_ms']:.0f} ms "
+                f"late; {late['slow_only_by_lateness']} of the {late['slow_answers']} answers slower than "
+                f"{TARGET_P99_MS:.0f} ms were slow only by it; p99 with it taken out {late['p99_less_lateness_ms']:.1f} ms "
+                "(from the request leaving to its answer read; the headline counts from the due time)"
             )
         if paced.api_loop:
             notes.append(

@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ops.bench.common import broker_pauses, cpu_snapshot, rewrites_between
-from ops.bench.quota_consume import api_side_shape, tail_shape
+from ops.bench.quota_consume import api_side_shape, generator_shape, tail_shape
 
 
 def test_a_child_that_ended_still_counts_for_its_parent() -> None:
@@ -64,10 +64,10 @@ def test_slow_answers_near_a_pause_are_told_apart() -> None:
     """A slow answer counts as the pause's when its wait overlapped it or the drain after it."""
     pause = (100.0, 100.02)
     timeline = [
-        (99.99, 0.040),  # waited through the pause
-        (100.03, 0.030),  # due in the queue it left
-        (101.0, 0.050),  # slow, a second later: not the pause's
-        (100.5, 0.005),  # fast: not counted at all
+        (99.99, 0.040, None),  # waited through the pause
+        (100.03, 0.030, None),  # due in the queue it left
+        (101.0, 0.050, None),  # slow, a second later: not the pause's
+        (100.5, 0.005, None),  # fast: not counted at all
     ]
     shape = tail_shape(timeline, 0.025, [pause])
     assert shape["broker_pauses"] == {"count": 1, "total_ms": 20.0, "max_ms": 20.0}
@@ -82,3 +82,21 @@ def test_the_apis_own_times_are_told_by_the_second_they_were_answered() -> None:
     assert shape["each_second_99th_percentile"][1] == 50.0  # the slow second stands out
     assert shape["p50_ms"] < 5.0
     assert api_side_shape([], first=100.0) == {}
+
+
+def test_the_load_generators_own_lateness_is_told_from_the_services_time() -> None:
+    """Only a client idle when its request fell due measures the generator's lateness; a slow
+    answer counts as the generator's only if it is fast once that lateness is taken out."""
+    timeline = [
+        (100.0, 0.030, 0.020),  # left 20 ms late, answered 10 ms after: slow only by the generator
+        (100.1, 0.040, 0.002),  # left on time, slow all the same: the service's
+        (100.2, 0.060, None),  # its client waited on a slow answer: the wait is the service's
+        (100.3, 0.004, 0.001),
+    ]
+    shape = generator_shape(timeline, 0.025)
+    assert shape["idle_sends"] == 3
+    assert shape["late_max_ms"] == 20.0
+    assert shape["slow_answers"] == 3
+    assert shape["slow_only_by_lateness"] == 1
+    assert shape["p99_less_lateness_ms"] == 60.0  # the behind client keeps all of its 60 ms
+    assert generator_shape([(100.0, 0.030, None)], 0.025) == {}
