@@ -26,9 +26,12 @@ from schemas.meters import Aggregation, MeterDefinition
 from schemas.plans import Enforcement, Entitlement, Period
 
 ADDITIVE = frozenset({Aggregation.SUM, Aggregation.COUNT})
-# The extension attribute on a usage event that consume recorded: its amount is already counted by
-# the ledger that decided, so the fold does not count it there a second time. Admission refuses it
-# from clients (schemas.envelope.RESERVED).
+# The extension attribute on a usage event that consume recorded: "<meter> <period>", the meter
+# whose quota consume checked and the period it counted in (consume_mark). Its amount is already
+# counted for that meter by the ledger that decided, so the fold does not count it there a second
+# time; every other meter over the event's type counts it as it counts a fact. Events recorded
+# before the meter was named carry the period alone, and count for none of their type's meters.
+# Admission refuses the attribute from clients (schemas.envelope.RESERVED).
 QUOTA_CONSUME = "quotaconsume"
 CONSUME_SOURCE = "omni://quotas"
 # A refusal's source: its id is the idempotency key too, and a CloudEvent is one event per (source,
@@ -157,17 +160,36 @@ def amount_of(meter: CompiledMeter, event: Envelope) -> Decimal | None:
     return None
 
 
+def consume_mark(meter: str, period: PeriodKey) -> str:
+    """The QUOTA_CONSUME attribute of the usage event a consume of `meter` records."""
+    return f"{meter} {period.text}"
+
+
+def counted_by_consume(event: Envelope, meter: str) -> bool:
+    """Whether the ledger that decided a consume counted this event's amount for `meter` then:
+    for the meter the consume named, and for every meter of the type when the mark names none
+    (events recorded before it did)."""
+    mark = event.extensions.get(QUOTA_CONSUME)
+    if mark is None:
+        return False
+    named, _, period = str(mark).partition(" ")
+    return not period or named == meter
+
+
 def usage_deltas(meters: MeterIndex, events: Iterable[Envelope], *, facts_only: bool) -> dict[CounterKey, Decimal]:
     """Each (tenant, additive meter, period) the events add to, and by how much: in the day and
-    the month of each event's time. `facts_only` leaves out what consume recorded (its ledger
-    counted it when it decided)."""
+    the month of each event's time. `facts_only` leaves out what consume's ledger counted when it
+    decided (the consumed meter's amount: counted_by_consume)."""
     deltas: dict[CounterKey, Decimal] = {}
     for event in events:
         candidates = meters.by_type.get(event.type)
-        if not candidates or (facts_only and QUOTA_CONSUME in event.extensions):
+        if not candidates:
             continue
+        consumed = facts_only and QUOTA_CONSUME in event.extensions
         periods: tuple[PeriodKey, PeriodKey] | None = None
         for meter in candidates:
+            if consumed and counted_by_consume(event, meter.slug):
+                continue
             amount = amount_of(meter, event)
             if amount is None:
                 continue
@@ -198,6 +220,12 @@ def usage_from_buckets(meters: MeterIndex, deltas: Mapping[BucketKey, BucketStat
             counter = (key.tenant_id, key.meter, text)
             found[counter] = found.get(counter, Decimal(0)) + amount
     return found
+
+
+def consumed_deltas(meters: MeterIndex, events: Iterable[Envelope]) -> dict[CounterKey, Decimal]:
+    """What consume's ledgers counted of `events` when they decided: usage_deltas without
+    facts_only, less usage_deltas with it."""
+    return minus(usage_deltas(meters, events, facts_only=False), usage_deltas(meters, events, facts_only=True))
 
 
 def minus(usage: Mapping[CounterKey, Decimal], taken: Mapping[CounterKey, Decimal]) -> dict[CounterKey, Decimal]:

@@ -455,7 +455,7 @@ def _facts_counter(
             consumed = [e for _, e in events if quotas.QUOTA_CONSUME in e.extensions]
             if not consumed:
                 return usage
-            return quotas.minus(usage, quotas.usage_deltas(meters, consumed, facts_only=False))
+            return quotas.minus(usage, quotas.consumed_deltas(meters, consumed))
         return quotas.usage_deltas(meters, [e for r, e in events if r.offset >= since], facts_only=True)
 
     return counted

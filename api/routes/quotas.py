@@ -28,6 +28,7 @@ from projections.quotas import (
     PeriodKey,
     Quota,
     consume_event_data,
+    consume_mark,
     is_additive,
     period_of,
 )
@@ -141,7 +142,7 @@ async def consume(meter: str, body: ConsumeBody, platform: PlatformDep, principa
         data=data,
         subject=body.subject,
         actor=actor,
-        extensions={QUOTA_CONSUME: period.text},
+        extensions={QUOTA_CONSUME: consume_mark(meter, period)},
     )
     usage = await _sealed(platform, usage)
     refusal = Envelope(

@@ -519,7 +519,7 @@ def usage_record(tenant_id: str) -> tuple[bytes, list[tuple[str, bytes]]]:
     """A usage event as consume appends it (same attributes and sizes), encoded, with its headers."""
     import uuid_utils
 
-    from projections.quotas import CONSUME_SOURCE, QUOTA_CONSUME, period_of
+    from projections.quotas import CONSUME_SOURCE, QUOTA_CONSUME, consume_mark, period_of
     from schemas.envelope import Actor, Envelope, encode, record_headers
     from schemas.plans import Period
 
@@ -535,7 +535,7 @@ def usage_record(tenant_id: str) -> tuple[bytes, list[tuple[str, bytes]]]:
         data={"model": "small", "tokens": 25},
         subject="customer-5",
         actor=Actor("k" * 26),
-        extensions={QUOTA_CONSUME: period_of(now, Period.DAY).text},
+        extensions={QUOTA_CONSUME: consume_mark(str(METER["slug"]), period_of(now, Period.DAY))},
     )
     return encode(event), list(record_headers(event))
 

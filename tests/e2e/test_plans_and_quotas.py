@@ -166,6 +166,33 @@ async def test_facts_count_but_are_never_refused(omni: Omni) -> None:
     assert (await consume(omni, key, "tokens", 1)).status_code == 429, "facts count against the quota"
 
 
+async def test_a_consume_counts_for_every_meter_of_its_type(omni: Omni) -> None:
+    """Two additive meters over one event type: the consume of one records an event the other
+    counts too, as a fact, so the other's quota says what its meter says and its own consumes are
+    refused past its limit (they were accepted: the fold left the event out of every meter's
+    quota, not only the consumed one's)."""
+    await omni.meter(**TOKENS)
+    await omni.meter(slug="inferences", event_type="inference", aggregation="COUNT")
+    await put_plan(
+        omni,
+        "pro",
+        {"meter": "tokens", "limit": 1000, "period": "DAY"},
+        {"meter": "inferences", "limit": 2, "period": "DAY"},
+        status=201,
+    )
+    tenant_id, key = await omni.tenant()
+    await on_plan(omni, tenant_id, "pro")
+    for _ in range(3):
+        assert (await consume(omni, key, "tokens", 40)).status_code == 200
+    await omni.settle()
+    assert (await quota(omni, key, "tokens"))["used"] == 120, "the consumed meter counts each once"
+    assert (await quota(omni, key, "inferences"))["used"] == 3
+    assert (await consume(omni, key, "inferences", 1)).status_code == 429
+    await omni.settle()
+    assert sum(row["value"] for row in await omni.query(key, "inferences")) == 3
+    assert sum(row["value"] for row in await omni.query(key, "tokens")) == 120
+
+
 async def test_thresholds_are_notified_once_per_period(omni: Omni) -> None:
     await omni.meter(**CALLS)
     await put_plan(omni, "pro", {"meter": "calls", "limit": 10, "period": "DAY", "thresholds": [50, 80, 100]}, status=201)

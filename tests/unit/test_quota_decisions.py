@@ -15,6 +15,8 @@ from projections.quotas import (
     PeriodKey,
     Quota,
     consume_event_data,
+    consume_mark,
+    consumed_deltas,
     crossed,
     crossings,
     decide,
@@ -34,7 +36,9 @@ CALLS = MeterDefinition(slug="calls", event_type="inference", aggregation=Aggreg
 NOW = datetime(2026, 12, 31, 23, 30, tzinfo=UTC)
 
 
-def event(n: int, tokens: object = 5, *, at: datetime = NOW, consumed: bool = False, tenant: str = "t1") -> Envelope:
+def event(
+    n: int, tokens: object = 5, *, at: datetime = NOW, consumed: bool = False, tenant: str = "t1", mark: str = "D:2026-12-31"
+) -> Envelope:
     return Envelope(
         id=f"omni-{n}",
         type="inference",
@@ -44,7 +48,7 @@ def event(n: int, tokens: object = 5, *, at: datetime = NOW, consumed: bool = Fa
         event_time=at,
         recorded_time=at,
         data={"usage": {"tokens": tokens}},
-        extensions={QUOTA_CONSUME: "D:2026-12-31"} if consumed else {},
+        extensions={QUOTA_CONSUME: mark} if consumed else {},
     )
 
 
@@ -144,6 +148,25 @@ def test_usage_counts_in_the_day_and_the_month_and_leaves_consumes_out_when_aske
     facts = usage_deltas(meters, events, facts_only=True)
     assert facts[("t1", "tokens", "D:2026-12-31")] == Decimal("7.5")
     assert facts[("t1", "calls", "M:2026-12")] == 3
+
+
+def test_a_consumed_event_is_left_out_of_its_own_meter_only() -> None:
+    """The ledger counted a consume for the meter it named; the type's other meters count the
+    event as a fact. A mark naming no meter (events recorded before marks named one) is left
+    out of every meter, as it was then."""
+    meters = MeterIndex([TOKENS, CALLS])
+    mark = consume_mark("tokens", period_of(NOW, Period.DAY))
+    assert mark == "tokens D:2026-12-31"
+    events = [event(1, 7, consumed=True, mark=mark), event(2, 5), event(3, 4, consumed=True)]
+    facts = usage_deltas(meters, events, facts_only=True)
+    assert facts[("t1", "tokens", "D:2026-12-31")] == 5
+    assert facts[("t1", "calls", "D:2026-12-31")] == 2, "counted for calls: consume counted it for tokens only"
+    assert consumed_deltas(meters, events) == {
+        ("t1", "tokens", "D:2026-12-31"): 11,
+        ("t1", "tokens", "M:2026-12"): 11,
+        ("t1", "calls", "D:2026-12-31"): 1,
+        ("t1", "calls", "M:2026-12"): 1,
+    }
 
 
 def test_thresholds_are_reached_at_their_percentage_and_crossed_once() -> None:
