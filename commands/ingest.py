@@ -27,6 +27,10 @@ FUTURE_TOLERANCE = timedelta(minutes=5)
 # OMNI_MAX_JSON_DEPTH: how many levels of arrays and objects `data` or an extension attribute's
 # value may nest (`{"a": [1]}` is two). orjson encodes at most 254 levels in all.
 MAX_DEPTH = 32
+# The scheme of the sources Omni records events under itself (omni://quotas, omni://api, ...): a
+# client's event under one would share the de-duplication identity (tenant, source, id) of one of
+# them, and one of the two would be dropped as the other's duplicate.
+OMNI_SOURCES = "omni:"
 # OMNI_MAX_EVENT_BYTES: an event's JSON as sent, and its envelope as stored, at most. Kafka refuses a
 # record larger than the broker's message.max.bytes (1,048,588 by default), failing its whole batch.
 MAX_EVENT_BYTES = 1_000_000
@@ -121,8 +125,13 @@ def admit_encoded(
             ]
             for name in taken:  # refused anyway; left out, the envelope can still be encoded and measured
                 del extensions[name]
+        if event.source[: len(OMNI_SOURCES)].lower() == OMNI_SOURCES:
+            problems.append(
+                f"source {event.source!r} is Omni's own: the events Omni records itself (consume's usage, "
+                "api_call records) take it, and a client's event under it would be taken for one of them"
+            )
         if may_hold_nul and _holds_nul(item):
-            problems.append("text may not contain NUL characters (\\u0000): the views cannot store them")
+            problems.append(NUL_REFUSED)
         moment = event.time or received
         if moment < oldest:
             problems.append(f"time {moment.isoformat()} is older than the acceptance window ({policy.window})")
@@ -168,15 +177,38 @@ def admit_encoded(
                 if too_deep:
                     problems.append(too_deep)
             if len(value) > max_bytes:
-                problems.append(
-                    f"the event is {len(value)} bytes stored; an event may be at most {max_bytes} bytes (OMNI_MAX_EVENT_BYTES)"
-                )
+                problems.append(too_large_stored(len(value), max_bytes))
         if problems:
             errors.append({"index": index, "id": envelope.source_id, "reasons": problems})
     if errors:
         errors.sort(key=lambda error: error["index"])
         raise Invalid(f"{len(errors)} of {len(items)} events are invalid; none were accepted", errors)
     return Admitted(envelopes, values)  # type: ignore[arg-type]  # no None without an error
+
+
+NUL_REFUSED = "text may not contain NUL characters (\\u0000): the views cannot store them"
+
+
+def too_large_stored(size: int, limit: int) -> str:
+    return f"the event is {size} bytes stored; an event may be at most {limit} bytes (OMNI_MAX_EVENT_BYTES)"
+
+
+def data_problems(data: Any, policy: AdmissionPolicy) -> list[str]:
+    """What admission refuses in a client's event's `data`, for data Omni records from a command's
+    body (consume's usage event): text that is not Unicode (a lone surrogate), a NUL character,
+    nesting past the limit. Measured on its JSON text, in C, as admission measures it."""
+    try:
+        text = orjson.dumps(data)
+    except orjson.JSONEncodeError as failure:
+        if "recursion" in str(failure).lower():  # beyond orjson's 254 levels
+            return [f"data nests deeper than {policy.max_depth} levels (OMNI_MAX_JSON_DEPTH)"]
+        return ["data holds text that is not Unicode (a lone surrogate, \\ud800 to \\udfff)"]
+    problems = []
+    if json_holds_nul(text):
+        problems.append(NUL_REFUSED)
+    if isinstance(data, dict | list) and nests_deeper(text, policy.max_depth):
+        problems.append(f"data nests deeper than {policy.max_depth} levels (OMNI_MAX_JSON_DEPTH)")
+    return problems
 
 
 def _encoded(envelopes: list[Envelope]) -> list[bytes | None]:

@@ -68,9 +68,21 @@ def holds_nul(value: Any) -> bool:
     return False
 
 
+def holds_lone_surrogate(text: str) -> bool:
+    """Whether `text` holds half of a UTF-16 surrogate pair (U+D800 to U+DFFF) alone: a JSON escape
+    such as \\ud800 parses into one, and no UTF-8 text (the log's, the views') can hold it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _no_nul(text: str) -> str:
     if "\x00" in text:
         raise ValueError("may not contain NUL characters (\\u0000)")
+    if holds_lone_surrogate(text):
+        raise ValueError("may not contain a lone surrogate (\\ud800 to \\udfff): it is not Unicode text")
     return text
 
 

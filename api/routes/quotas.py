@@ -16,6 +16,7 @@ from api import as_of
 from api.deps import CallerDep, PlatformDep, TenantDep, named_tenant
 from api.problems import Problem
 from commands.errors import NotFound
+from commands.ingest import data_problems, too_large_stored
 from commands.slos import PLATFORM
 from omni import metrics
 from omni.bootstrap import Platform
@@ -128,6 +129,10 @@ async def consume(meter: str, body: ConsumeBody, platform: PlatformDep, principa
         data = consume_event_data(definition, amount, body.data)
     except ValueError as unusable:
         raise Problem(422, "Meter cannot be consumed", str(unusable), kind="invalid-quota") from None
+    # The usage event is held to the rules of a client's events (POST /v1/events): what the views
+    # cannot store would be dead-lettered by the meters after consume counted it.
+    if problems := data_problems(data, platform.policy):
+        raise Problem(422, "Invalid data", "; ".join(problems), kind="invalid-data")
     now = platform.clock()
     period = period_of(now, quota.entitlement.period if quota else Period.DAY)
     actor = Actor(principal.key_id)
@@ -145,6 +150,9 @@ async def consume(meter: str, body: ConsumeBody, platform: PlatformDep, principa
         extensions={QUOTA_CONSUME: consume_mark(meter, period)},
     )
     usage = await _sealed(platform, usage)
+    value = encode(usage)
+    if len(value) > platform.policy.max_event_bytes:
+        raise Problem(422, "Invalid data", too_large_stored(len(value), platform.policy.max_event_bytes), kind="invalid-data")
     refusal = Envelope(
         id=str(uuid_utils.uuid7()),
         type=REFUSED,
@@ -170,7 +178,7 @@ async def consume(meter: str, body: ConsumeBody, platform: PlatformDep, principa
         subject=body.subject,
         entitlement=quota.entitlement if quota else None,
         period=period,
-        usage=(usage, encode(usage)),
+        usage=(usage, value),
         refusal=refusal,
     )
     outcome = await ledger.consume(request)

@@ -272,6 +272,38 @@ async def test_bad_consumes_are_refused_and_count_nothing(omni: Omni) -> None:
     assert await omni.query(key, "tokens") == []
 
 
+async def test_consume_data_is_held_to_the_rules_of_events(omni: Omni) -> None:
+    """What POST /v1/events refuses in an event's data, consume refuses in its own: text the views
+    cannot store (NUL, in a value or a key), text that is not Unicode (a lone surrogate: a 500
+    before), nesting past OMNI_MAX_JSON_DEPTH, an event past OMNI_MAX_EVENT_BYTES. Accepted, the
+    first were counted by the quota and then dead-lettered by the meters: usage never billed."""
+    await omni.meter(**TOKENS)
+    await put_plan(omni, "pro", {"meter": "tokens", "limit": 10**9, "period": "DAY"}, status=201)
+    tenant_id, key = await omni.tenant()
+    await on_plan(omni, tenant_id, "pro")
+    deep: dict[str, Any] = {}
+    for _ in range(40):
+        deep = {"a": deep}
+    headers = {**omni.auth(key), "content-type": "application/json"}
+    bodies = [
+        json.dumps({"amount": 1, "idempotency_key": "nul-value", "data": {"x": "a\u0000b"}}),
+        json.dumps({"amount": 1, "idempotency_key": "nul-key", "data": {"a\u0000b": 1}}),
+        json.dumps({"amount": 1, "idempotency_key": "deep", "data": deep}),
+        json.dumps({"amount": 1, "idempotency_key": "large", "data": {"x": "y" * 1_000_000}}),
+        '{"amount": 1, "idempotency_key": "surrogate", "data": {"x": "\\ud800"}}',
+        '{"amount": 1, "idempotency_key": "surrogate-key", "data": {"\\udfff": 1}}',
+        '{"amount": 1, "idempotency_key": "surrogate-subject", "subject": "\\ud800"}',
+    ]
+    for body in bodies:
+        response = await omni.client.post("/v1/quotas/tokens/consume", content=body.encode(), headers=headers)
+        assert response.status_code == 422, (body[:80], response.text[:300])
+        assert response.headers["content-type"] == "application/problem+json"
+    assert (await consume(omni, key, "tokens", 2, data={"x": "fine"})).status_code == 200
+    await omni.settle()
+    assert (await quota(omni, key, "tokens"))["used"] == 2
+    assert sum(row["value"] for row in await omni.query(key, "tokens")) == 2, "the quota and the meter agree"
+
+
 async def test_another_tenants_quota_is_not_found(omni: Omni) -> None:
     await omni.meter(**TOKENS)
     await put_plan(omni, "pro", {"meter": "tokens", "limit": 100, "period": "DAY"}, status=201)

@@ -113,6 +113,17 @@ def test_traceparent_and_other_extensions_are_not_reserved():
     assert envelope.extensions == {"tracestate": "a=b", "omni": "x", "tenant": "t"}
 
 
+@pytest.mark.parametrize("source", ["omni://quotas", "omni://api", "OMNI://quotas/refusals", "omni:anything"])
+def test_omnis_own_sources_are_refused(source):
+    """A client's event under omni://quotas with a consume's idempotency key as its id would be the
+    consume's duplicate (or make it one): one of the two dropped, after both were answered."""
+    error = rejected([good(source=source), good(id="evt-2")])
+    assert [e["index"] for e in error.errors] == [0]
+    assert "Omni's own" in error.errors[0]["reasons"][0]
+    (envelope,) = run([good(source="app://omni")])
+    assert envelope.source == "app://omni"
+
+
 def test_time_defaults_to_received():
     (implicit,) = run([good()])
     (explicit_null,) = run([good(time=None)])
