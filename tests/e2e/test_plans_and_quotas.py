@@ -108,6 +108,12 @@ async def test_bad_plans_are_refused_and_nothing_is_stored(omni: Omni) -> None:
         omni, "bad", {"meter": "tokens", "limit": 1, "period": "DAY"}, {"meter": "tokens", "limit": 2, "period": "DAY"}
     )
     assert twice.status_code == 422
+    lone_surrogate = await omni.client.put(  # not Unicode: a 500 from the event store's encoding before
+        "/v1/plans/bad",
+        content=b'{"name": "\\ud800", "entitlements": []}',
+        headers={**omni.auth(ADMIN), "content-type": "application/json"},
+    )
+    assert lone_surrogate.status_code == 422, lone_surrogate.text
     forbidden = await omni.client.put("/v1/plans/x", json={"entitlements": []}, headers=omni.auth(key))
     assert forbidden.status_code == 403
     assert (await omni.client.get("/v1/plans", headers=omni.auth(ADMIN))).json()["data"] == []
