@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +52,20 @@ LEADER = "gdpr-jobs"
 RESUME_EVERY_SECONDS = 60.0
 RESUMER = "gdpr-jobs"  # the audit entries' actor of a resumed job's steps: the platform itself
 ENDED = frozenset({RequestStatus.COMPLETED.value, RequestStatus.FAILED.value})
+
+
+def _opened_row(row: dict[str, Any], pseudonyms: Mapping[str, Any]) -> dict[str, Any]:
+    """A meter row of the export with the person's pseudonyms (in its group and its distinct
+    values) replaced by the values they stand for, as the events opened them; a pseudonym whose
+    value no opened event held (its key erased) stays as it is."""
+
+    def clear(value: Any) -> Any:
+        return pseudonyms.get(value, value) if isinstance(value, str) else value
+
+    opened = row | {"group": {name: clear(value) for name, value in row["group"].items()}}
+    if "uniques" in row:
+        opened["uniques"] = [clear(value) for value in row["uniques"]]
+    return opened
 
 
 def _audit_entries_of(tx: Tx, chain: str, key_id: str) -> list[dict[str, Any]]:
@@ -206,6 +221,7 @@ class GdprJobs:
                     if event.tenant_id == tenant_id and subject in (event.data_subject_id, event.subject):
                         about.append(event)
         keys = await asyncio.to_thread(platform.personal.keys_for, tenant_id, [subject], create=False)
+        pseudonyms: dict[str, Any] = {}  # what the person's values are sealed as -> the values
         for event in about:
             events.append(
                 {
@@ -215,14 +231,14 @@ class GdprJobs:
                     "subject": event.subject,
                     "time": format_time(event.event_time),
                     "recorded": format_time(event.recorded_time),
-                    "data": platform.personal.opened(event, keys),
+                    "data": platform.personal.opened(event, keys, pseudonyms),
                 }
             )
 
         def views() -> dict[str, Any]:
             with platform.db.transaction() as tx:
                 found = {
-                    "meters": gdpr_store.meter_rows_of_subject(tx, tenant_id, subject),
+                    "meters": [_opened_row(row, pseudonyms) for row in gdpr_store.meter_rows_of_subject(tx, tenant_id, subject)],
                     "gdpr_requests": gdpr_store.requests_of_subject(tx, tenant_id, subject),
                 }
                 actor = subject.removeprefix(ACTOR_PREFIX) if subject.startswith(ACTOR_PREFIX) else None

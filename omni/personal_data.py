@@ -478,9 +478,11 @@ class PersonalData:
     # -- reads -------------------------------------------------------------------------------------
 
     @staticmethod
-    def opened(envelope: Envelope, keys: dict[str, DataKey]) -> Any:
+    def opened(envelope: Envelope, keys: dict[str, DataKey], pseudonyms: dict[str, Any] | None = None) -> Any:
         """The event's data with its sealed values opened with its person's key in `keys`; values
-        whose key is not there (erased) are null. A copy: the envelope is unchanged."""
+        whose key is not there (erased) are null. A copy: the envelope is unchanged. With
+        `pseudonyms`, each opened value is also put there under the pseudonym it was sealed with
+        (what the meters group and count it by), so view rows can be opened too."""
         person = envelope.data_subject_id or envelope.subject or ""
         key = keys.get(person)
         opened: dict[str, Any] = {}
@@ -505,7 +507,10 @@ class PersonalData:
         def walk(value: Any, path: str) -> Any:
             if type(value) is dict:
                 if value.get(SEALED) == SEALED_VERSION:
-                    return opened.get(path)
+                    clear = opened.get(path)
+                    if pseudonyms is not None and path in opened and isinstance(value.get(PSEUDONYM), str):
+                        pseudonyms[value[PSEUDONYM]] = clear
+                    return clear
                 return {name: walk(item, f"{path}.{name}") for name, item in value.items()}
             if type(value) is list:
                 return [walk(item, path) for item in value]

@@ -141,15 +141,25 @@ def forget_exports(tx: Tx, tenant_id: str, subject: str) -> int:
 
 
 def meter_rows_of_subject(tx: Tx, tenant_id: str, subject: str) -> list[dict[str, Any]]:
-    """The meters' day buckets that name the person (what the meter views hold about them)."""
+    """The meters' day buckets that name the person (what the meter views hold about them): the
+    events counted, and what the meter's aggregation keeps of them (a total, the least and the
+    greatest value, the latest, the distinct values; those it does not keep are left out)."""
     rows = tx.execute(
-        "SELECT meter, window_start, group_key, count, total FROM meter_windows "
+        "SELECT meter, window_start, group_key, count, total, minimum, maximum, latest, uniques FROM meter_windows "
         "WHERE tenant_id=? AND subject=? AND resolution=86400 ORDER BY meter, window_start, group_key",
         (tenant_id, subject),
     )
-    return [
-        {"meter": m, "day_start": int(w), "group": orjson.loads(g), "count": int(c), "total": str(t)} for m, w, g, c, t in rows
-    ]
+    found = []
+    for meter, window, group, count, total, minimum, maximum, latest, uniques in rows:
+        row: dict[str, Any] = {"meter": meter, "day_start": int(window), "group": orjson.loads(group), "count": int(count)}
+        row["total"] = str(total)
+        for name, value in (("minimum", minimum), ("maximum", maximum), ("latest", latest)):
+            if value is not None:
+                row[name] = str(value)
+        if uniques:
+            row["uniques"] = sorted(orjson.loads(uniques) if isinstance(uniques, str) else uniques)
+        found.append(row)
+    return found
 
 
 BREACH_COLUMNS = "id, detected_at, recorded_at, deadline, scope, subjects, description, notified_at, overdue_notice_at"

@@ -248,9 +248,12 @@ async def test_personal_data_is_sealed_exported_and_erased_for_good(
     assert {e["data"]["prompt"] for e in document["events"]} == {alice_prompt}
     assert bob_email not in export.text
     assert [f for f in await in_views(omni, needles) if "gdpr_exports" in f]  # the scan finds what is there
-    assert document["views"]["meters"] and all(
-        r["group"].get("email", "ps2_").startswith("ps2_") for r in document["views"]["meters"]
-    )
+    # The view rows about the person are opened too: what the meters group and count by a
+    # pseudonym shows as the value it stands for.
+    rows = {r["meter"]: r for r in document["views"]["meters"]}
+    assert rows["chats"]["group"] == {"email": alice_email} and rows["chats"]["count"] == 4  # the consume too
+    assert rows["people"]["uniques"] == [alice_email]
+    assert rows["chat-tokens"]["total"] == "40" and "uniques" not in rows["chat-tokens"]
     # Another tenant's request is not found; an unknown person gets an empty export.
     assert (await omni.client.get(f"/v1/gdpr/requests/{access['id']}", headers=omni.auth(other_key))).status_code == 404
     assert (await omni.client.get(f"/v1/gdpr/requests/{access['id']}/export", headers=omni.auth(other_key))).status_code == 404
