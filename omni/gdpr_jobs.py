@@ -218,7 +218,10 @@ class GdprJobs:
                         event = decode(record.value)
                     except (NewerSchema, ValueError, KeyError, TypeError):
                         continue
-                    if event.tenant_id == tenant_id and subject in (event.data_subject_id, event.subject):
+                    # The event's person: the one its data class names in its data, else its subject
+                    # (as sealing decided). An event naming another person under a subject equal to
+                    # this one's is about that person, not this one.
+                    if event.tenant_id == tenant_id and (event.data_subject_id or event.subject) == subject:
                         about.append(event)
         keys = await asyncio.to_thread(platform.personal.keys_for, tenant_id, [subject], create=False)
         pseudonyms: dict[str, Any] = {}  # what the person's values are sealed as -> the values
