@@ -275,8 +275,11 @@ async def record_breach(
     body: BreachBody, request: Request, response: Response, platform: PlatformDep, admin: AdminDep
 ) -> BreachPublic:
     """Record a personal data breach: the supervisory authority is to be notified within 72 hours of
-    its detection (Art. 33); past that, one `omni.gdpr.breach_overdue` notification is emitted."""
-    breach = await run_command(platform, platform.control.record_breach, command_context(request, admin), body)
+    its detection (Art. 33); past that, one `omni.gdpr.breach_overdue` notification is emitted. A
+    detection more than the events' future tolerance (5 minutes by default) ahead of now: 422."""
+    breach = await run_command(
+        platform, platform.control.record_breach, command_context(request, admin), body, platform.policy.future
+    )
     response.headers["Location"] = f"/v1/gdpr/breaches/{breach.id}"
     with platform.db.transaction() as tx:
         row = gdpr_store.breach(tx, str(breach.id))

@@ -542,3 +542,36 @@ async def test_the_admin_acts_for_the_platforms_subjects_its_own_actor_and_a_nam
         assert data_keys.live(tx, "_platform", ["apikey:admin"]) == {}
         assert set(data_keys.live(tx, tenant_id, ["apikey:admin"])) == {"apikey:admin"}  # acme has no period
     await operator.aclose()
+
+
+async def test_a_breach_detected_in_the_future_is_refused_and_one_on_the_log_stops_no_view(omni: Omni) -> None:
+    """A detection beyond the events' clock skew (5 minutes) ahead is refused with 422 and nothing
+    is recorded; one already on the log (recorded before the command refused it) folds with the
+    latest deadline, never overdue, and the catalog goes on: a tenant created after it is read."""
+    from commands.control_plane import CommandContext
+    from schemas.gdpr import BreachBody
+
+    admin = omni.auth(ADMIN)
+    for detected in ("9999-12-30T00:00:00Z", (datetime.now(UTC) + timedelta(days=365)).isoformat()):
+        refused = await omni.client.post("/v1/gdpr/breaches", json={"detected_at": detected, "scope": "typo"}, headers=admin)
+        assert refused.status_code == 422, refused.text
+        assert refused.headers["content-type"].startswith("application/problem+json")
+        assert "in the future" in refused.json()["detail"], refused.json()
+    skewed = (datetime.now(UTC) + timedelta(minutes=4)).isoformat()  # within the skew: taken
+    taken = await omni.client.post("/v1/gdpr/breaches", json={"detected_at": skewed, "scope": "a clock"}, headers=admin)
+    assert taken.status_code == 201, taken.text
+    await omni.settle()
+    listed = (await omni.client.get("/v1/gdpr/breaches", headers=admin)).json()["data"]
+    assert [b["scope"] for b in listed] == ["a clock"]
+    assert await control_events(omni.platform, b'"typo"') == []
+
+    # A log from before the refusal may hold one: recorded here behind the route's back.
+    body = BreachBody.model_validate({"detected_at": "9999-12-30T00:00:00Z", "scope": "typo"})
+    await asyncio.to_thread(omni.platform.control.record_breach, CommandContext(), body, timedelta.max)
+    tenant_id, _ = await omni.tenant("after-the-breach")
+    await omni.settle()
+    tenant = await omni.client.get(f"/v1/tenants/{tenant_id}", headers=admin)
+    assert tenant.status_code == 200 and tenant.json()["name"] == "after-the-breach", tenant.text
+    typo = [b for b in (await omni.client.get("/v1/gdpr/breaches", headers=admin)).json()["data"] if b["scope"] == "typo"]
+    assert [(b["deadline"], b["status"]) for b in typo] == [("9999-12-31T23:59:59.999999Z", "open")]
+    assert (await omni.platform.replays.replayer.run(Request(("gdpr",), ReplayMode.DIFF))).differences == []
