@@ -46,6 +46,7 @@ from commands.control_plane import actor_subject
 from commands.errors import Invalid
 from commands.gdpr import DataClass, GdprRequest
 from omni import metrics
+from schemas.cloudevents import SUBJECT_MAX_LENGTH
 from schemas.envelope import Envelope, format_time
 from schemas.gdpr import PSEUDONYM, PSEUDONYM_PREFIX, PSEUDONYM_PREFIX_BLAKE2B, SEALED, SEALED_VERSION, DataClassBody
 from schemas.meters import path_parts
@@ -392,6 +393,14 @@ class PersonalData:
                 errors.append(
                     {"index": index, "id": envelope.source_id, "reasons": ["the data class of its type names no person in it"]}
                 )
+                continue
+            if len(person) > SUBJECT_MAX_LENGTH:  # a GDPR request could never name them
+                where = "$." + ".".join(compiled.subject)
+                reason = (
+                    f"the person its data class names ({where}) is {len(person)} characters long; "
+                    f"a person's id may be at most {SUBJECT_MAX_LENGTH}, as a GDPR request takes it"
+                )
+                errors.append({"index": index, "id": envelope.source_id, "reasons": [reason]})
                 continue
             work.append((index, envelope, compiled, person))
         if errors:

@@ -28,7 +28,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from schemas.cloudevents import Rfc3339Time
+from schemas.cloudevents import SUBJECT_MAX_LENGTH, Rfc3339Time
 from schemas.meters import JsonPath, path_parts
 from schemas.text import Text
 
@@ -177,7 +177,7 @@ class DataClassList(BaseModel):
 class GdprRequestBody(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    subject: Text = Field(min_length=1, max_length=256, description="The data subject's id")
+    subject: Text = Field(min_length=1, max_length=SUBJECT_MAX_LENGTH, description="The data subject's id")
     kind: RequestKind
 
 

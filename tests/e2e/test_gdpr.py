@@ -575,3 +575,41 @@ async def test_a_breach_detected_in_the_future_is_refused_and_one_on_the_log_sto
     typo = [b for b in (await omni.client.get("/v1/gdpr/breaches", headers=admin)).json()["data"] if b["scope"] == "typo"]
     assert [(b["deadline"], b["status"]) for b in typo] == [("9999-12-31T23:59:59.999999Z", "open")]
     assert (await omni.platform.replays.replayer.run(Request(("gdpr",), ReplayMode.DIFF))).differences == []
+
+
+async def test_a_person_named_under_data_has_an_id_a_gdpr_request_takes(omni: Omni) -> None:
+    """A data class naming the person by a value under `$.data`: an id longer than a GDPR request
+    takes (256 characters) is refused at admission, no key made; one of 256 is sealed, and that
+    person's request is taken."""
+    admin = omni.auth(ADMIN)
+    body = {"personal": ["$.data.email"], "subject_property": "$.data.user_id"}
+    assert (await omni.client.put("/v1/data-classes/signup", json=body, headers=admin)).status_code == 201
+    tenant_id, key = await omni.tenant("acme")
+    await omni.settle()
+    longest, too_long = "u" * 256, "v" * 257
+    events = [
+        cloud_event(f"e-{n}", type_="signup", data={"user_id": person, "email": f"{n}@example.com"})
+        for n, person in enumerate((longest, too_long))
+    ]
+    refused = await omni.send(key, events)
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["errors"] == [
+        {
+            "index": 1,
+            "id": "e-1",
+            "reasons": [
+                "the person its data class names ($.data.user_id) is 257 characters long; "
+                "a person's id may be at most 256, as a GDPR request takes it"
+            ],
+        }
+    ]
+    assert await asyncio.to_thread(omni.platform.personal.keys_for, tenant_id, [longest, too_long], create=False) == {}
+    assert (await omni.send(key, events[:1])).status_code == 202
+    await omni.settle()
+    assert list(await asyncio.to_thread(omni.platform.personal.keys_for, tenant_id, [longest], create=False)) == [longest]
+    access = await request(omni, key, longest, "access")
+    assert access["status"] == "completed", access
+    export = (await omni.client.get(access["export"], headers=omni.auth(key))).json()
+    assert "0@example.com" in orjson.dumps(export).decode()
+    too_long_request = {"subject": too_long, "kind": "access"}
+    assert (await omni.client.post("/v1/gdpr/requests", json=too_long_request, headers=omni.auth(key))).status_code == 422
