@@ -38,7 +38,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.hmac import HMAC
-from cryptography.hazmat.primitives.keywrap import aes_key_unwrap, aes_key_wrap
+from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 from eventsourcing.persistence import ApplicationRecorder
 from eventsourcing.utils import get_topic
 
@@ -354,6 +354,19 @@ class PersonalData:
         loaded = {s: self._unwrapped(k) for s, k in stored.items()}
         self.cache.put(tenant_id, loaded, generation)
         return found | loaded
+
+    def master_key_problem(self) -> str | None:
+        """Why the configured master key cannot be the one that wrapped the stored data keys (one live
+        key is unwrapped with it), or None (it opens that key, or there is none yet). Blocking."""
+        with self.keys_db.transaction() as tx:
+            stored = data_keys.any_live(tx)
+        if stored is None:
+            return None
+        try:
+            self._unwrapped(stored)
+        except (StoreUnavailable, InvalidUnwrap) as wrong:
+            return f"the GDPR master key does not open the data keys already stored ({wrong})"
+        return None
 
     def _unwrapped(self, stored: data_keys.StoredKey) -> DataKey:
         master = self._master()

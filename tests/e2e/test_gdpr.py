@@ -377,6 +377,37 @@ def test_kafka_mode_refuses_to_serve_without_a_master_key(tmp_path: Any, monkeyp
     assert printed.exit_code == 0 and len(base64.b64decode(printed.output.strip())) == 32
 
 
+def test_serve_refuses_to_start_with_a_master_key_other_than_the_one_that_wrapped_the_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A data directory whose data keys were wrapped by one master key, started with another: `omni
+    serve` exits 2 naming the setting, instead of serving 503 for every known person for good."""
+    from typer.testing import CliRunner
+
+    import api.server
+    from omni import cli
+    from omni.bootstrap import build
+    from omni.personal_data import generate_master_key
+    from tests.e2e.conftest import GDPR_MASTER_KEY, embedded_settings
+
+    data = tmp_path / "data"
+    platform = build(embedded_settings(data, gdpr_master_key=GDPR_MASTER_KEY))
+    platform.personal.keys_for("tenant-a", ["customer-42"], create=True)
+    asyncio.run(platform.stop())
+    served: list[bool] = []
+    monkeypatch.setattr(api.server, "serve_app", lambda *args, **kwargs: served.append(True))
+    monkeypatch.delenv("OMNI_GDPR_MASTER_KEY", raising=False)
+    runner = CliRunner()
+    env = {"OMNI_MODE": "embedded", "OMNI_DATA_DIR": str(data), "OMNI_ADMIN_KEY": ADMIN}
+    wrong = runner.invoke(cli.app, ["serve"], env={**env, "OMNI_GDPR_MASTER_KEY": generate_master_key()})
+    assert wrong.exit_code == 2 and served == [], wrong.output
+    assert "does not open the data keys already stored" in wrong.output and "OMNI_GDPR_MASTER_KEY" in wrong.output
+    generated = runner.invoke(cli.app, ["serve"], env=env)  # not set: the data directory's own, another one
+    assert generated.exit_code == 2 and "gdpr_master_key" in generated.output and served == [], generated.output
+    right = runner.invoke(cli.app, ["serve"], env={**env, "OMNI_GDPR_MASTER_KEY": GDPR_MASTER_KEY})
+    assert right.exit_code == 0 and served == [True], right.output
+
+
 async def control_events(platform: Platform, event_type: bytes) -> list[dict[str, Any]]:
     found = []
     topic = platform.topics.control
