@@ -38,7 +38,6 @@ PSEUDONYM = "ps"
 PSEUDONYM_PREFIX = "ps1_"  # HMAC-SHA256, keys made before the key store recorded schemes
 PSEUDONYM_PREFIX_BLAKE2B = "ps2_"  # keyed BLAKE2b, keys made since
 DEFAULT_SUBJECT_PROPERTY = "$.subject"
-EVENT_TYPE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,255}$"
 
 
 def pseudonym_of(value: Any) -> str | None:

@@ -644,3 +644,33 @@ async def test_a_person_named_under_data_has_an_id_a_gdpr_request_takes(omni: Om
     assert "0@example.com" in orjson.dumps(export).decode()
     too_long_request = {"subject": too_long, "kind": "access"}
     assert (await omni.client.post("/v1/gdpr/requests", json=too_long_request, headers=omni.auth(key))).status_code == 422
+
+
+async def test_every_event_type_admission_takes_can_have_a_data_class(omni: Omni) -> None:
+    """Admission and meters take any `type` of 1 to 256 characters without NUL: a data class can be
+    declared for each, a `/` in it sent as is or percent-encoded, and events of that type are sealed."""
+    admin = omni.auth(ADMIN)
+    tenant_id, key = await omni.tenant("acme")
+    types = {"x+y": "x%2By", "com.example/chat v2": "com.example%2Fchat%20v2", "a/b": "a/b", "é": "%C3%A9", "t" * 256: "t" * 256}
+    for n, (event_type, in_url) in enumerate(types.items()):
+        put = await omni.client.put(f"/v1/data-classes/{in_url}", json={"personal": ["$.data.email"]}, headers=admin)
+        assert put.status_code == 201 and put.json()["event_type"] == event_type, put.text
+        await omni.meter(slug=f"emails-{n}", event_type=event_type, aggregation="COUNT", group_by={"email": "$.data.email"})
+    await omni.settle()
+    for event_type, in_url in types.items():
+        got = await omni.client.get(f"/v1/data-classes/{in_url}", headers=omni.auth(key))
+        assert got.status_code == 200 and got.json()["event_type"] == event_type, got.text
+    listed = (await omni.client.get("/v1/data-classes", headers=admin)).json()["data"]
+    assert sorted(c["event_type"] for c in listed) == sorted(types)
+    for refused in ("t" * 257, "a%00b"):
+        assert (await omni.client.put(f"/v1/data-classes/{refused}", json=DATA_CLASS, headers=admin)).status_code == 422
+    events = [
+        cloud_event(f"e-{n}", type_=event_type, subject="customer-42", data={"email": "someone@example.com"})
+        for n, event_type in enumerate(types)
+    ]
+    assert (await omni.send(key, events)).status_code == 202
+    await omni.settle()
+    for n, event_type in enumerate(types):
+        rows = await omni.query(key, f"emails-{n}", group_by="email")
+        assert [r["group_by"]["email"][:4] for r in rows] == ["ps2_"], (event_type, rows)
+    assert tenant_id
