@@ -188,10 +188,11 @@ def get_gdpr_export(request_id: str, platform: PlatformDep, principal: CallerDep
     person, opened (JSON)."""
     row = _row(platform, principal, tenant, request_id)
     if row.kind not in EXPORTING:
+        article = "an" if row.kind[:1] in "aeiou" else "a"  # an erasure, a rectification
         raise Problem(
             409,
             "No export",
-            f"request {request_id} is a {row.kind} request: only access and portability make one",
+            f"request {request_id} is {article} {row.kind} request: only access and portability make one",
             kind="no-export",
         )
     with platform.db.transaction() as tx:
