@@ -9,7 +9,7 @@ Every one of those events is saved with its audit entry.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid4, uuid5
 
@@ -17,10 +17,18 @@ from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate, event
 from eventsourcing.persistence import IntegrityError
 
-from commands.errors import Conflict, NotFound
+from commands.errors import Conflict, Invalid, NotFound
 from commands.ids import OMNI_NAMESPACE
 from schemas.envelope import format_time
-from schemas.gdpr import RETENTION, BreachBody, DataClassBody, RequestKind, RequestStatus, RetentionBody
+from schemas.gdpr import (
+    RETENTION,
+    BreachBody,
+    DataClassBody,
+    RequestKind,
+    RequestStatus,
+    RetentionBody,
+    breach_detection_problem,
+)
 from schemas.ids import canonical_uuid
 
 if TYPE_CHECKING:
@@ -231,7 +239,18 @@ class GdprCommands:
         action = f"gdpr.{request.kind}.{status.value}"
         self.save(request, self._audit(ctx, action, f"gdpr/requests/{request.id}", request.tenant_id))
 
-    def record_breach(self: ControlPlane, ctx: CommandContext, body: BreachBody) -> Breach:
+    def record_breach(self: ControlPlane, ctx: CommandContext, body: BreachBody, future: timedelta) -> Breach:
+        """Record a breach; refused (nothing recorded) when its detection is more than `future` (the
+        clock skew admission allows) ahead of now, or cannot be written in UTC."""
+        with self._rejections_audited(ctx, "gdpr.breach.record", "gdpr/breaches"):
+            problem = breach_detection_problem(body.detected_at, datetime.now(UTC), future)
+            if problem is not None:
+                raise Invalid(
+                    problem,
+                    [{"loc": ["body", "detected_at"], "msg": problem}],
+                    title="Invalid breach",
+                    kind="invalid-breach",
+                )
         breach = Breach(
             detected_at=format_time(body.detected_at), scope=body.scope, subjects=body.subjects, description=body.description
         )

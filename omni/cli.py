@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from pathlib import Path
@@ -34,7 +35,9 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     from api.server import serve_app
 
     new_admin_key = None if stored_admin_key(settings) is not None else admin_key(settings)
-    api = create_app(platform=platform_when_reachable(settings), background=True)
+    platform = platform_when_reachable(settings)
+    check_master_key_opens_data_keys(platform)
+    api = create_app(platform=platform, background=True)
     tune_collector(settings.gc_gen0_threshold)
     typer.echo(f"Omni ({settings.mode.value} mode) on http://{host}:{port}  docs: http://{host}:{port}/docs", err=True)
     if settings.mode is Mode.EMBEDDED:
@@ -64,6 +67,25 @@ def check_master_key(settings: Settings) -> None:
         except ValueError as bad:
             typer.echo(f"omni serve: {bad}", err=True)
             raise typer.Exit(2) from bad
+
+
+def check_master_key_opens_data_keys(platform: Platform) -> None:
+    """The master key must be the one that wrapped the data keys already stored: with another, every
+    event about a known person and every GDPR request would answer 503 for good. `omni serve` refuses
+    to start instead (exit 2, saying what to set)."""
+    problem = platform.personal.master_key_problem()
+    if problem is None:
+        return
+    used = ""
+    if platform.settings.mode is Mode.EMBEDDED and not platform.settings.gdpr_master_key:
+        used = f" (it is not set: {platform.settings.data_dir / 'gdpr_master_key'} was used)"
+    typer.echo(
+        f"omni serve: {problem}. Set OMNI_GDPR_MASTER_KEY to the master key that wrapped them{used}; "
+        "with another key no event about a known person could be admitted.",
+        err=True,
+    )
+    asyncio.run(platform.stop())
+    raise typer.Exit(2)
 
 
 def platform_when_reachable(settings: Settings) -> Platform:

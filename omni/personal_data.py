@@ -38,7 +38,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.hmac import HMAC
-from cryptography.hazmat.primitives.keywrap import aes_key_unwrap, aes_key_wrap
+from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 from eventsourcing.persistence import ApplicationRecorder
 from eventsourcing.utils import get_topic
 
@@ -46,6 +46,7 @@ from commands.control_plane import actor_subject
 from commands.errors import Invalid
 from commands.gdpr import DataClass, GdprRequest
 from omni import metrics
+from schemas.cloudevents import SUBJECT_MAX_LENGTH
 from schemas.envelope import Envelope, format_time
 from schemas.gdpr import PSEUDONYM, PSEUDONYM_PREFIX, PSEUDONYM_PREFIX_BLAKE2B, SEALED, SEALED_VERSION, DataClassBody
 from schemas.meters import path_parts
@@ -354,6 +355,19 @@ class PersonalData:
         self.cache.put(tenant_id, loaded, generation)
         return found | loaded
 
+    def master_key_problem(self) -> str | None:
+        """Why the configured master key cannot be the one that wrapped the stored data keys (one live
+        key is unwrapped with it), or None (it opens that key, or there is none yet). Blocking."""
+        with self.keys_db.transaction() as tx:
+            stored = data_keys.any_live(tx)
+        if stored is None:
+            return None
+        try:
+            self._unwrapped(stored)
+        except (StoreUnavailable, InvalidUnwrap) as wrong:
+            return f"the GDPR master key does not open the data keys already stored ({wrong})"
+        return None
+
     def _unwrapped(self, stored: data_keys.StoredKey) -> DataKey:
         master = self._master()
         if stored.kek_id != master.id:
@@ -392,6 +406,14 @@ class PersonalData:
                 errors.append(
                     {"index": index, "id": envelope.source_id, "reasons": ["the data class of its type names no person in it"]}
                 )
+                continue
+            if len(person) > SUBJECT_MAX_LENGTH:  # a GDPR request could never name them
+                where = "$." + ".".join(compiled.subject)
+                reason = (
+                    f"the person its data class names ({where}) is {len(person)} characters long; "
+                    f"a person's id may be at most {SUBJECT_MAX_LENGTH}, as a GDPR request takes it"
+                )
+                errors.append({"index": index, "id": envelope.source_id, "reasons": [reason]})
                 continue
             work.append((index, envelope, compiled, person))
         if errors:

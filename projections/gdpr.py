@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from schemas.envelope import Envelope, format_time
@@ -60,9 +60,20 @@ class RetentionSet:
 Change = DataClassDefined | RequestStep | BreachRecorded | BreachNotified | RetentionSet
 
 
+LATEST = datetime.max.replace(tzinfo=UTC)
+
+
 def breach_deadline(detected_at: str) -> str:
-    """72 hours after detection (GDPR Art. 33(1))."""
-    return format_time(datetime.fromisoformat(detected_at) + BREACH_NOTIFY_WITHIN)
+    """72 hours after detection (GDPR Art. 33(1)), in UTC.
+
+    Clamped to the latest time a datetime holds (9999-12-31T23:59:59.999999Z) when 72 hours later
+    is past it: such a breach is never overdue. The command refuses a detection in the future, but
+    a log written before it did may hold one, and the fold must survive it (the catalog projector
+    folds these events, and a replay of the log must always be possible)."""
+    detected = datetime.fromisoformat(detected_at)
+    if detected > LATEST - BREACH_NOTIFY_WITHIN:
+        return format_time(LATEST)
+    return format_time(detected + BREACH_NOTIFY_WITHIN)
 
 
 def changes(event: Envelope) -> list[Change]:

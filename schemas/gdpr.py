@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import calendar
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from schemas.cloudevents import Rfc3339Time
+from schemas.cloudevents import SUBJECT_MAX_LENGTH, Rfc3339Time
 from schemas.meters import JsonPath, path_parts
 from schemas.text import Text
 
@@ -38,7 +38,6 @@ PSEUDONYM = "ps"
 PSEUDONYM_PREFIX = "ps1_"  # HMAC-SHA256, keys made before the key store recorded schemes
 PSEUDONYM_PREFIX_BLAKE2B = "ps2_"  # keyed BLAKE2b, keys made since
 DEFAULT_SUBJECT_PROPERTY = "$.subject"
-EVENT_TYPE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,255}$"
 
 
 def pseudonym_of(value: Any) -> str | None:
@@ -177,7 +176,7 @@ class DataClassList(BaseModel):
 class GdprRequestBody(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    subject: Text = Field(min_length=1, max_length=256, description="The data subject's id")
+    subject: Text = Field(min_length=1, max_length=SUBJECT_MAX_LENGTH, description="The data subject's id")
     kind: RequestKind
 
 
@@ -201,6 +200,20 @@ class GdprRequestPublic(BaseModel):
 # Breaches (Art. 33): the supervisory authority is to be notified within 72 hours of detection.
 BREACH_OVERDUE = "omni.gdpr.breach_overdue"  # the notification, once per breach, when the deadline passes
 BREACH_NOTIFY_WITHIN = timedelta(hours=72)
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+
+
+def breach_detection_problem(detected_at: datetime, now: datetime, future: timedelta) -> str | None:
+    """Why a breach cannot have been detected at `detected_at`, as recorded at `now`, or None.
+
+    A detection is in the past: at most `future` ahead of the clock, the skew admission allows an
+    event's time (OMNI_FUTURE_TOLERANCE_SECONDS). A later one would be a breach never overdue (and one
+    near year 9999 has no deadline a datetime can hold). Before year 1 in UTC cannot be stored."""
+    if detected_at - now > future:
+        return f"detected_at {detected_at.isoformat()} is more than {future} in the future; a breach is recorded once detected"
+    if detected_at < _EARLIEST:
+        return f"detected_at {detected_at.isoformat()} is before 0001-01-01T00:00:00Z"
+    return None
 
 
 class BreachBody(BaseModel):

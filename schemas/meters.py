@@ -8,6 +8,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from schemas.cloudevents import TYPE_MAX_LENGTH
 from schemas.text import Text
 
 # \Z, not $: in Python `$` also matches before a trailing newline.
@@ -62,7 +63,7 @@ class MeterDefinition(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=_VALUE_RULE)
 
     slug: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]{0,62}$", description="Unique name, used in URLs")
-    event_type: Text = Field(min_length=1, max_length=256, description="CloudEvent `type` this meter counts")
+    event_type: Text = Field(min_length=1, max_length=TYPE_MAX_LENGTH, description="CloudEvent `type` this meter counts")
     aggregation: Aggregation
     value_property: JsonPath | None = Field(default=None, description="Where the value is, e.g. $.data.tokens")
     group_by: dict[str, JsonPath] = Field(

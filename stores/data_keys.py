@@ -72,6 +72,15 @@ def live(tx: Tx, tenant_id: str, subjects: Iterable[str]) -> dict[str, StoredKey
     return found
 
 
+def any_live(tx: Tx) -> StoredKey | None:
+    """One live key, whichever (start-up tries it against the configured master key), or None."""
+    rows = tx.execute("SELECT key_id, kek_id, wrapped, scheme FROM gdpr_data_keys WHERE wrapped IS NOT NULL LIMIT 1")
+    if not rows:
+        return None
+    key_id, kek_id, wrapped, scheme = rows[0]
+    return StoredKey(key_id, kek_id, bytes(wrapped), int(scheme))
+
+
 def create(tx: Tx, tenant_id: str, keys: dict[str, StoredKey], at: str) -> None:
     """Store new keys; a person who has a live key keeps it (a concurrent creator won: read it back)."""
     tx.execute_many(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -15,9 +14,9 @@ from api.relaying import run_command
 from commands.control_plane import PLATFORM, Principal
 from commands.errors import NotFound
 from projections.gdpr import breach_deadline
+from schemas.cloudevents import TYPE_MAX_LENGTH, admissible_type
 from schemas.envelope import format_time
 from schemas.gdpr import (
-    EVENT_TYPE_PATTERN,
     BreachBody,
     BreachList,
     BreachPublic,
@@ -34,11 +33,11 @@ from schemas.gdpr import (
     legal_deadline,
 )
 from schemas.ids import canonical_uuid
+from schemas.text import NO_NUL_PATTERN
 from stores import gdpr as gdpr_store
 
 router = APIRouter(prefix="/v1", tags=["gdpr"])
 
-EVENT_TYPE = re.compile(EVENT_TYPE_PATTERN)
 EXPORTING = {RequestKind.ACCESS.value, RequestKind.PORTABILITY.value}
 SubjectsOf = Annotated[
     str | None,
@@ -50,13 +49,23 @@ SubjectsOf = Annotated[
 ]
 
 
+# `:path`: an event type may hold a `/` (`com.example/chat`), sent as is or as %2F, which the server
+# decodes before routing; any text admission takes as a `type` is a data class's name.
 @router.put(
-    "/data-classes/{event_type}",
+    "/data-classes/{event_type:path}",
     response_model=DataClassPublic,
     responses={201: {"model": DataClassPublic, "description": "Defined"}, 404: {}, 409: {}, 422: {}},
 )
 async def put_data_class(
-    event_type: Annotated[str, Path(pattern=EVENT_TYPE_PATTERN, description="The CloudEvent `type` it covers")],
+    event_type: Annotated[
+        str,
+        Path(
+            min_length=1,
+            max_length=TYPE_MAX_LENGTH,
+            pattern=NO_NUL_PATTERN,
+            description="The CloudEvent `type` it covers: any type admission takes (percent-encode what a URL path needs)",
+        ),
+    ],
     body: DataClassBody,
     request: Request,
     response: Response,
@@ -65,8 +74,6 @@ async def put_data_class(
 ) -> DataClassPublic:
     """Declare which values of an event type are personal (201), or change it (200, `version` + 1).
     From the answer on, every API process seals those values of new events at admission."""
-    if not EVENT_TYPE.fullmatch(event_type):
-        raise NotFound(f"data class {event_type!r} not found")
     found, created = await run_command(
         platform, platform.control.put_data_class, command_context(request, admin), event_type, body
     )
@@ -89,11 +96,11 @@ def list_data_classes(platform: PlatformDep, principal: CallerDep) -> DataClassL
     )
 
 
-@router.get("/data-classes/{event_type}", response_model=DataClassPublic, responses={404: {}})
+@router.get("/data-classes/{event_type:path}", response_model=DataClassPublic, responses={404: {}})
 def get_data_class(event_type: str, platform: PlatformDep, principal: CallerDep) -> DataClassPublic:
     """One event type's data class."""
     row = None
-    if EVENT_TYPE.fullmatch(event_type):
+    if admissible_type(event_type):
         with platform.db.transaction() as tx:
             row = gdpr_store.data_class(tx, event_type)
     if row is None:
@@ -181,10 +188,11 @@ def get_gdpr_export(request_id: str, platform: PlatformDep, principal: CallerDep
     person, opened (JSON)."""
     row = _row(platform, principal, tenant, request_id)
     if row.kind not in EXPORTING:
+        article = "an" if row.kind[:1] in "aeiou" else "a"  # an erasure, a rectification
         raise Problem(
             409,
             "No export",
-            f"request {request_id} is a {row.kind} request: only access and portability make one",
+            f"request {request_id} is {article} {row.kind} request: only access and portability make one",
             kind="no-export",
         )
     with platform.db.transaction() as tx:
@@ -275,8 +283,11 @@ async def record_breach(
     body: BreachBody, request: Request, response: Response, platform: PlatformDep, admin: AdminDep
 ) -> BreachPublic:
     """Record a personal data breach: the supervisory authority is to be notified within 72 hours of
-    its detection (Art. 33); past that, one `omni.gdpr.breach_overdue` notification is emitted."""
-    breach = await run_command(platform, platform.control.record_breach, command_context(request, admin), body)
+    its detection (Art. 33); past that, one `omni.gdpr.breach_overdue` notification is emitted. A
+    detection more than the events' future tolerance (5 minutes by default) ahead of now: 422."""
+    breach = await run_command(
+        platform, platform.control.record_breach, command_context(request, admin), body, platform.policy.future
+    )
     response.headers["Location"] = f"/v1/gdpr/breaches/{breach.id}"
     with platform.db.transaction() as tx:
         row = gdpr_store.breach(tx, str(breach.id))

@@ -268,3 +268,22 @@ def _keys_before_schemes(db: Database, tmp_path: Path) -> None:
             control.close()
     finally:
         db.close()
+
+
+def test_start_up_tells_a_master_key_that_did_not_wrap_the_stored_keys(store: tuple[dict[str, str], Database]) -> None:
+    """What `omni serve` checks before it serves (omni.cli): one stored key unwraps, or the reason."""
+    env, db = store
+    control = ControlPlane(env=env)
+    try:
+        right = PersonalData(MASTER, db, control.recorder, control.mapper.to_domain_event)
+        assert right.master_key_problem() is None  # no key yet: any master key will do
+        right.keys_for("t1", ["alice"], create=True)
+        assert right.master_key_problem() is None
+        other = PersonalData(MasterKey(b"f" * 32), db, control.recorder, control.mapper.to_domain_event)
+        assert "wrapped by another master key" in (other.master_key_problem() or "")
+        none = PersonalData(None, db, control.recorder, control.mapper.to_domain_event)
+        assert "no GDPR master key" in (none.master_key_problem() or "")
+        right.erase("t1", "alice")
+        assert other.master_key_problem() is None  # no live key left to open
+    finally:
+        control.close()

@@ -137,6 +137,22 @@ def test_a_breach_without_a_count_of_subjects_or_a_description_records_none() ->
     ]
 
 
+def test_a_breach_recorded_as_detected_in_year_9999_folds_with_the_latest_deadline() -> None:
+    """Such an event may be on an old log (the command refuses it now); the fold used to overflow on
+    it and stop the catalog projector for good."""
+    data = {
+        "id": "b",
+        "detected_at": "9999-12-30T00:00:00.000000Z",
+        "recorded_at": "2026-12-06T00:00:00.000000Z",
+        "scope": "typo",
+    }
+    assert changes(control("omni.gdpr.breach_recorded", data)) == [
+        BreachRecorded(
+            "b", "9999-12-30T00:00:00.000000Z", "2026-12-06T00:00:00.000000Z", "9999-12-31T23:59:59.999999Z", "typo", None, None
+        )
+    ]
+
+
 def test_the_breach_deadline_is_in_utc_whatever_the_detections_offset() -> None:
     assert breach_deadline("2025-03-01T08:00:00+02:00") == "2025-03-04T06:00:00.000000Z"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from cryptography.exceptions import InvalidTag
@@ -22,6 +22,7 @@ from schemas.gdpr import (
     RETENTION_SLACK,
     DataClassBody,
     RetentionBody,
+    breach_detection_problem,
     due_for_shredding,
     legal_deadline,
     pseudonym_of,
@@ -192,6 +193,30 @@ def test_a_breach_is_due_72_hours_after_detection_and_overdue_past_it() -> None:
     assert (
         BreachRow(*[*vars_of(row)[:7], "2026-03-03T00:00:00.000000Z", None]).status("2026-04-01T00:00:00.000000Z") == "notified"
     )
+
+
+def test_a_breach_detected_near_the_end_of_time_is_due_at_its_end_and_never_overdue() -> None:
+    """A log may hold such a breach (recorded before the command refused it): the fold must not overflow."""
+    end = "9999-12-31T23:59:59.999999Z"
+    assert breach_deadline("9999-12-30T00:00:00.000000Z") == end
+    assert breach_deadline("9999-12-31T23:30:00-01:00") == end  # past the end in UTC
+    assert breach_deadline("9999-12-28T23:59:59.999999Z") == end  # exactly at it
+    assert breach_deadline("9999-12-28T23:59:59.999998Z") == "9999-12-31T23:59:59.999998Z"
+    assert BreachRow("b", "9999-12-30T00:00:00.000000Z", "x", end, "s", None, None, None, None).status(end[:-2] + "8Z") == "open"
+
+
+def test_a_breach_is_refused_when_detected_ahead_of_the_clock_by_more_than_the_events_tolerance() -> None:
+    now, skew = datetime(2026, 12, 6, 12, 0, tzinfo=UTC), timedelta(minutes=5)
+    assert breach_detection_problem(now + skew, now, skew) is None
+    assert breach_detection_problem(now - timedelta(days=3650), now, skew) is None
+    ahead = breach_detection_problem(now + skew + timedelta(microseconds=1), now, skew)
+    assert ahead is not None and "in the future" in ahead
+    assert breach_detection_problem(datetime(9999, 12, 30, tzinfo=UTC), now, skew) is not None
+    assert breach_detection_problem(datetime(9999, 12, 31, 23, 30, tzinfo=timezone(timedelta(hours=-1))), now, skew)
+    # Before year 1 in UTC cannot be written as a time (it would fail after the checks, as a 500).
+    before = breach_detection_problem(datetime(1, 1, 1, 0, 30, tzinfo=timezone(timedelta(hours=1))), now, skew)
+    assert before is not None and "before 0001-01-01" in before
+    assert breach_detection_problem(datetime(1, 1, 1, 1, 0, tzinfo=timezone(timedelta(hours=1))), now, skew) is None
 
 
 def vars_of(row: BreachRow) -> list:
