@@ -399,9 +399,9 @@ class PersonalData:
         errors: list[dict[str, Any]] = []
         for index, envelope in enumerate(envelopes):
             compiled = classes.get(envelope.type)
-            if compiled is None or not isinstance(envelope.data, dict):
-                continue
-            person = person_of(envelope, compiled)
+            if compiled is None or (not isinstance(envelope.data, dict) and compiled.subject == SUBJECT):
+                continue  # data that is no object holds no value at a personal path (all are under $.data)
+            person = person_of(envelope, compiled)  # None for data that is no object: its person is in it
             if person is None:
                 errors.append(
                     {"index": index, "id": envelope.source_id, "reasons": ["the data class of its type names no person in it"]}

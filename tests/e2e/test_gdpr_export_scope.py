@@ -35,3 +35,18 @@ async def test_an_export_holds_the_events_about_its_person_and_no_one_elses(omni
     assert [(e["id"], e["data"]) for e in amy["events"]] == [("s1", {"user_id": "cust-amy", "note": "amy's note"})]
     org = await exported("org-7")
     assert [e["id"] for e in org["events"]] == ["c1"], "the support events are amy's and zed's, not org-7's"
+
+
+async def test_an_event_whose_data_cannot_name_its_person_is_refused_whatever_its_data(omni: Omni) -> None:
+    """The data class names the person under `data`: data that is no object names nobody, as an
+    object without the path does (a text was admitted, in clear, and no export could find it)."""
+    support = {"personal": ["$.data.note"], "subject_property": "$.data.user_id"}
+    assert (await omni.client.put("/v1/data-classes/support", json=support, headers=omni.auth(ADMIN))).status_code == 201
+    _, key = await omni.tenant("acme")
+    await omni.settle()
+    for data in ({"note": "who?"}, "a plain text about someone", ["a", "list"], 42):
+        sent = await omni.send(key, [cloud_event("s1", type_="support", subject="org-7", data=data)])
+        assert sent.status_code == 422, (data, sent.text)
+        assert "names no person" in sent.text
+    named = await omni.send(key, [cloud_event("s2", type_="support", subject="org-7", data={"user_id": "cust-amy"})])
+    assert named.status_code == 202, named.text
