@@ -36,6 +36,7 @@ from commands.errors import NotFound
 from commands.gdpr import GdprRequest
 from omni import failpoints
 from omni.leading import lead_every
+from omni.personal_data import document_associated_data
 from schemas.envelope import NewerSchema, decode, format_time
 from schemas.gdpr import RequestKind, RequestStatus
 from schemas.topics import partition_for
@@ -260,6 +261,9 @@ class GdprJobs:
             "views": await asyncio.to_thread(views),
         }
         text = orjson.dumps(document, option=orjson.OPT_SORT_KEYS).decode()
+        key = keys.get(subject)
+        if key is not None:  # kept sealed under the person's key: erasing it erases every copy's meaning
+            text = key.seal_document(text.encode(), document_associated_data(tenant_id, subject, str(request.id)))
 
         def keep() -> None:
             with platform.db.transaction() as tx:

@@ -89,6 +89,14 @@ def generate_master_key() -> str:
     return base64.b64encode(os.urandom(32)).decode()
 
 
+SEALED_DOCUMENT = "omni-sealed-document:v1:"  # how a sealed document (DataKey.seal_document) starts
+
+
+def document_associated_data(tenant_id: str, subject: str, name: str) -> bytes:
+    """What a sealed document is bound to: its tenant, its person and its name (a request's id)."""
+    return orjson.dumps([tenant_id, subject, name])
+
+
 def associated_data(tenant_id: str, subject: str) -> bytes:
     """What a sealed event's ciphertext is bound to: it opens only for that tenant and person."""
     return orjson.dumps([tenant_id, subject])
@@ -142,6 +150,21 @@ class DataKey:
         first["kid"] = self.key_id
         first["ct"] = _b64(nonce + self._aead.encrypt(nonce, dumps(values), aad), newline=False).decode()
         return sealed
+
+    def seal_document(self, document: bytes, aad: bytes) -> str:
+        """A whole document (a GDPR export) sealed under this key: SEALED_DOCUMENT, the key's id, then
+        the nonce and ciphertext in base64. Erasing the key leaves it unreadable wherever a copy of
+        its bytes lingers (a database's journal, a backup)."""
+        nonce = os.urandom(12)
+        return f"{SEALED_DOCUMENT}{self.key_id}:" + base64.b64encode(nonce + self._aead.encrypt(nonce, document, aad)).decode()
+
+    def open_document(self, sealed: str, aad: bytes) -> bytes:
+        """What seal_document sealed; InvalidTag or ValueError when it is not this key's."""
+        key_id, _, text = sealed.removeprefix(SEALED_DOCUMENT).partition(":")
+        if key_id != self.key_id:
+            raise ValueError(f"sealed under key {key_id}, not {self.key_id}")
+        raw = base64.b64decode(text)
+        return self._aead.decrypt(raw[:12], raw[12:], aad)
 
     def open(self, ciphertext: str, aad: bytes) -> dict[str, Any]:
         """The values (by path) a sealed event's ciphertext holds."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
+from cryptography.exceptions import InvalidTag
 from fastapi import APIRouter, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -13,6 +14,7 @@ from api.problems import Problem
 from api.relaying import run_command
 from commands.control_plane import PLATFORM, Principal
 from commands.errors import NotFound
+from omni.personal_data import SEALED_DOCUMENT, document_associated_data
 from projections.gdpr import breach_deadline
 from schemas.cloudevents import TYPE_MAX_LENGTH, admissible_type
 from schemas.envelope import format_time
@@ -208,8 +210,26 @@ def get_gdpr_export(request_id: str, platform: PlatformDep, principal: CallerDep
         raise Problem(
             409, "Export not ready", f"request {request_id} is {row.status}; the export comes once it completed", kind="not-ready"
         )
+    if document.startswith(SEALED_DOCUMENT):  # sealed under the person's key (omni.gdpr_jobs)
+        document = _opened_export(platform, row, document)
     headers = {"Content-Disposition": f'attachment; filename="gdpr-export-{row.id}.json"'}
     return Response(document, media_type="application/json", headers=headers)
+
+
+def _opened_export(platform: PlatformDep, row: gdpr_store.RequestRow, sealed: str) -> str:
+    """An export kept sealed, opened with its person's key; 410 when the key is gone (erased)."""
+    key = platform.personal.keys_for(row.tenant_id, [row.subject], create=False).get(row.subject)
+    try:
+        if key is None:
+            raise ValueError("no key")
+        return key.open_document(sealed, document_associated_data(row.tenant_id, row.subject, row.id)).decode()
+    except (InvalidTag, ValueError):
+        raise Problem(
+            410,
+            "Export erased",
+            f"the export of request {row.id} can no longer be opened: its subject was erased since",
+            kind="export-erased",
+        ) from None
 
 
 @router.put(

@@ -13,7 +13,7 @@ from cryptography.exceptions import InvalidTag
 from pydantic import ValidationError
 
 from commands.gdpr import GdprRequest, retention_request_id
-from omni.personal_data import DataKey, MasterKey, associated_data
+from omni.personal_data import SEALED_DOCUMENT, DataKey, MasterKey, associated_data, document_associated_data
 from projections.gdpr import breach_deadline
 from projections.meters import MeterIndex, apply, unique_token
 from schemas.envelope import Envelope
@@ -264,3 +264,17 @@ def test_a_key_is_kept_in_memory_for_less_than_the_retention_slack() -> None:
     from omni.personal_data import DataKeyCache
 
     assert DataKeyCache().max_age < RETENTION_SLACK.total_seconds()
+
+
+def test_an_export_sealed_under_a_persons_key_opens_with_that_key_only_and_for_its_request() -> None:
+    key, other = DataKey("k1", os.urandom(32)), DataKey("k2", os.urandom(32))
+    aad = document_associated_data("t1", "alice", "req-1")
+    sealed = key.seal_document(b'{"email": "alice@example.com"}', aad)
+    assert sealed.startswith(SEALED_DOCUMENT + "k1:") and b"alice@example.com" not in sealed.encode()
+    assert key.open_document(sealed, aad) == b'{"email": "alice@example.com"}'
+    with pytest.raises(ValueError):
+        other.open_document(sealed, aad)  # another key's
+    with pytest.raises(InvalidTag):
+        key.open_document(sealed, document_associated_data("t1", "alice", "req-2"))  # another request's
+    with pytest.raises(InvalidTag):
+        DataKey("k1", os.urandom(32)).open_document(sealed, aad)  # the key's id, another secret
