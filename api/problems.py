@@ -15,7 +15,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 
 from api.audit import record_refusal
-from commands.errors import Conflict, Invalid, NotFound
+from commands.errors import Conflict, Invalid, NotFound, Rejected
 from omni import metrics
 from stores.database import StoreUnavailable
 from streams.log import LogUnavailable
@@ -177,15 +177,22 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(NotFound)
     async def _not_found(request: Request, exc: NotFound) -> Response:
-        return problem_response(request, Problem(404, "Not found", str(exc), kind="not-found"))
+        return await _rejected(request, exc, Problem(404, "Not found", str(exc), kind="not-found"))
 
     @app.exception_handler(Conflict)
     async def _conflict(request: Request, exc: Conflict) -> Response:
-        return problem_response(request, Problem(409, "Conflict", str(exc), kind="conflict"))
+        return await _rejected(request, exc, Problem(409, "Conflict", str(exc), kind="conflict"))
 
     @app.exception_handler(Invalid)
     async def _rule(request: Request, exc: Invalid) -> Response:
-        return problem_response(request, Problem(422, exc.title, str(exc), kind=exc.kind, errors=exc.errors))
+        return await _rejected(request, exc, Problem(422, exc.title, str(exc), kind=exc.kind, errors=exc.errors))
+
+    async def _rejected(request: Request, exc: Rejected, problem: Problem) -> Response:
+        """A command's refusal is audited once: by the control plane when it refused it there, else
+        here (a route refusing before the command, such as a path naming no resource)."""
+        if not exc.audited:
+            await record_refusal(request, f"{problem.status} {problem.title}: {problem.detail or ''}".strip())
+        return problem_response(request, problem)
 
     @app.exception_handler(LogUnavailable)
     async def _log_down(request: Request, exc: LogUnavailable) -> Response:
