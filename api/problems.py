@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import simplejson
@@ -122,6 +123,23 @@ def _template_regex(template: str) -> re.Pattern[str]:
     return re.compile(re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)))
 
 
+def validation_reason(error: Mapping[str, Any]) -> str:
+    """pydantic's message for a validation error, but a length limit on text counted in characters:
+    text with a validator of its own (schemas.text.Text) has its length checked as a generic
+    value's, which pydantic words as "items after validation"."""
+    text, limits = error.get("input"), error.get("ctx") or {}
+    kind = error.get("type")
+    if isinstance(text, str) and kind in ("too_long", "string_too_long") and "max_length" in limits:
+        return f"String should have at most {_characters(limits['max_length'])}"
+    if isinstance(text, str) and kind in ("too_short", "string_too_short") and "min_length" in limits:
+        return f"String should have at least {_characters(limits['min_length'])}"
+    return str(error.get("msg", "invalid"))
+
+
+def _characters(count: int) -> str:
+    return f"{count} character" + ("" if count == 1 else "s")
+
+
 def store_unavailable() -> Problem:
     """A database could not be reached: nothing was done, retry (the handler's answer, and the edge's)."""
     return Problem(
@@ -146,9 +164,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
-        errors = [
-            {"location": ".".join(str(p) for p in e.get("loc", ())), "reason": e.get("msg", "invalid")} for e in exc.errors()
-        ]
+        errors = [{"location": ".".join(str(p) for p in e.get("loc", ())), "reason": validation_reason(e)} for e in exc.errors()]
         body_error = any(e["location"].startswith("body") for e in errors)
         json_broken = any(e.get("type") == "json_invalid" for e in exc.errors())
         status = 400 if json_broken else 422

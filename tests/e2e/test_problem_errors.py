@@ -4,6 +4,7 @@ request's validation and the commands' own rules."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import httpx
@@ -49,3 +50,20 @@ async def test_errors_name_a_location_and_a_reason_everywhere(omni: Omni) -> Non
         response = await put(f"/v1/tenants/{tenant_id}/quotas/{meter}", json={"limit": 1, "period": "DAY"}, headers=admin)
         [error] = errors_of(response, "invalid-quota")
         assert error["location"] == "path.meter" and repr(meter) in error["reason"]
+
+
+async def test_length_limits_on_text_count_characters(omni: Omni) -> None:
+    await omni.meter(**TOKENS)
+    _, key = await omni.tenant()
+    consume = "/v1/quotas/tokens/consume"
+    long_subject = {"amount": 1, "idempotency_key": "k", "subject": "é" * 257}
+    [error] = errors_of(await omni.client.post(consume, json=long_subject, headers=omni.auth(key)), "invalid-body")
+    assert error == {"location": "body.subject", "reason": "String should have at most 256 characters"}
+    empty_key = {"amount": 1, "idempotency_key": ""}
+    [error] = errors_of(await omni.client.post(consume, json=empty_key, headers=omni.auth(key)), "invalid-body")
+    assert error == {"location": "body.idempotency_key", "reason": "String should have at least 1 character"}
+    # A list's limit still counts items.
+    thresholds = {"limit": 1, "period": "DAY", "thresholds": list(range(1, 12))}
+    response = await omni.client.put(f"/v1/tenants/{uuid.uuid4()}/quotas/tokens", json=thresholds, headers=omni.auth(ADMIN))
+    [error] = errors_of(response, "invalid-body")
+    assert error["location"] == "body.thresholds" and "at most 10 items" in error["reason"]
