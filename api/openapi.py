@@ -38,7 +38,7 @@ DESCRIPTIONS = {
     "408": "The headers or the body arrived too slowly",
     "409": "Conflicts with the current state (already defined, changed concurrently)",
     "413": "The body or the batch is larger than allowed",
-    "415": "Unsupported content type",
+    "415": "The body is not in a media type the operation takes (a JSON body: `application/json` or `application/*+json`)",
     "422": "The request is well-formed but invalid; `errors` lists each reason",
     "431": "The request's headers are larger than allowed",
     "503": "A dependency (the log, the event store, the views) is unavailable; retry later",

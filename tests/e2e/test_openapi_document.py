@@ -55,6 +55,7 @@ async def test_every_error_is_problem_json_and_every_answer_is_documented(docume
             assert "404" in responses, (method, path)
         if "requestBody" in op:
             assert {"400", "413", "415", "422"} <= set(responses), (method, path)
+            assert "application/json" in responses["415"]["description"], (method, path)
         if path not in ("/healthz", "/metrics"):
             assert "503" in responses, (method, path)
 
