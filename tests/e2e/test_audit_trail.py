@@ -261,8 +261,8 @@ async def test_a_kept_checkpoint_is_proven_a_prefix_of_the_chain_as_it_grew(omni
 
 
 async def test_refused_plan_and_quota_commands_are_audited(omni: Omni) -> None:
-    """A tenant key's plan and quota commands (403), and the admin's invalid bodies (422) or paths
-    naming nothing (404), each leave a rejected entry, as tenants, keys and meters do."""
+    """A tenant key's plan, quota and other admin commands (403), and the admin's invalid bodies
+    (422) or paths naming nothing (404), each leave a rejected entry, as tenants, keys and meters do."""
     a_id, a_key = await omni.tenant("a")
     await omni.meter(slug="tokens", event_type="inference", aggregation="SUM", value_property="$.data.tokens")
     tenant_tries = [
@@ -270,6 +270,11 @@ async def test_refused_plan_and_quota_commands_are_audited(omni: Omni) -> None:
         ("PUT", f"/v1/tenants/{a_id}/plan", {"plan": "free"}),
         ("PUT", f"/v1/tenants/{a_id}/quotas/tokens", {"limit": 10**6, "period": "DAY"}),
         ("DELETE", f"/v1/tenants/{a_id}/quotas/tokens", None),
+        ("PUT", "/v1/data-classes/inference", {"personal": ["$.data.email"]}),
+        ("POST", "/v1/gdpr/breaches", {}),
+        ("POST", "/v1/billing/periods/2026-01/close", None),
+        ("POST", f"/v1/invoices/{uuid.uuid4()}/void", {"reason": "x"}),
+        ("POST", "/v1/admin/replays", {}),
     ]
     for method, path, body in tenant_tries:
         response = await omni.client.request(method, path, json=body, headers=omni.auth(a_key))
@@ -289,6 +294,11 @@ async def test_refused_plan_and_quota_commands_are_audited(omni: Omni) -> None:
         ("tenant.plan.assign", f"/v1/tenants/{a_id}/plan", "403"),
         ("quota.override.set", f"/v1/tenants/{a_id}/quotas/tokens", "403"),
         ("quota.override.remove", f"/v1/tenants/{a_id}/quotas/tokens", "403"),
+        ("data_class.put", "/v1/data-classes/inference", "403"),
+        ("gdpr.breach.record", "/v1/gdpr/breaches", "403"),
+        ("billing.period.close", "/v1/billing/periods/2026-01/close", "403"),
+        ("invoice.void", tenant_tries[-2][1], "403"),
+        ("replay.start", "/v1/admin/replays", "403"),
     ]
     platform = (await listed(omni, ADMIN, outcome="rejected"))["data"]
     assert [(e["action"], e["reason"].split(" ")[0]) for e in platform] == [
