@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
-from api import docs, edge, lean_consume, metering, openapi, problems, tracing
+from api import deps, docs, edge, lean_consume, metering, openapi, problems, tracing
 from api.routes import audit, events, gdpr, health, invoices, meters, plans, quotas, replays, slos, tenants, webhooks
 from omni.bootstrap import Platform, build
 from omni.settings import Settings
@@ -46,6 +46,8 @@ def create_app(settings: Settings | None = None, *, platform: Platform | None = 
         openapi_url=None,
         docs_url=None,
         redoc_url=None,
+        # A body FastAPI parses must be JSON: 415 otherwise, for every route in one place.
+        dependencies=[Depends(deps.json_body_media_type)],
     )
     app.state.platform = platform
     app.state.api_calls = recorder

@@ -1,4 +1,5 @@
-"""Commands refused before they reach the control plane still leave an audit entry.
+"""Commands refused before they reach the control plane still leave an audit entry (every command
+route is in COMMAND_ROUTES; the control plane audits the refusals it makes itself).
 
 Only an authenticated caller's refusals do: a request without a valid key is refused at the
 edge (api/edge.py) and counted in metrics, never stored, so anonymous traffic cannot grow the
@@ -21,6 +22,21 @@ COMMAND_ROUTES = {
     ("POST", "/v1/tenants/{tenant_id}/keys"): "api_key.issue",
     ("DELETE", "/v1/keys/{key_id}"): "api_key.revoke",
     ("POST", "/v1/meters"): "meter.define",
+    ("PUT", "/v1/plans/{slug}"): "plan.put",
+    ("PUT", "/v1/tenants/{tenant_id}/plan"): "tenant.plan.assign",
+    ("PUT", "/v1/tenants/{tenant_id}/quotas/{meter}"): "quota.override.set",
+    ("DELETE", "/v1/tenants/{tenant_id}/quotas/{meter}"): "quota.override.remove",
+    ("PUT", "/v1/slos/{name}"): "slo.put",
+    ("PUT", "/v1/data-classes/{event_type}"): "data_class.put",
+    ("POST", "/v1/gdpr/requests"): "gdpr.request.receive",  # accepted: gdpr.<kind>.received, by the body's kind
+    ("PUT", "/v1/gdpr/retention"): "gdpr.retention.put",
+    ("POST", "/v1/gdpr/breaches"): "gdpr.breach.record",
+    ("POST", "/v1/gdpr/breaches/{breach_id}/notified"): "gdpr.breach.notified",
+    ("POST", "/v1/billing/periods/{period}/close"): "billing.period.close",
+    ("POST", "/v1/invoices/{invoice_id}/void"): "invoice.void",
+    ("POST", "/v1/invoices/{invoice_id}/mark-uncollectible"): "invoice.uncollectible",
+    ("POST", "/v1/invoices/{invoice_id}/mark-paid"): "invoice.paid",
+    ("POST", "/v1/admin/replays"): "replay.start",
 }
 
 

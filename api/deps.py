@@ -52,6 +52,38 @@ AdminDep = Annotated[Principal, Depends(get_admin)]
 TenantDep = Annotated[Principal, Depends(get_tenant)]
 
 
+JSON = "application/json"
+
+
+def is_json_media_type(content_type: str) -> bool:
+    """As FastAPI parses a body as JSON: `application/json` or `application/*+json` (parameters aside)."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == JSON or (media.startswith("application/") and media.endswith("+json"))
+
+
+async def json_body_media_type(request: Request) -> None:
+    """Every route whose body FastAPI parses (a model) takes JSON only: a body in another media type,
+    or with no `Content-Type` (which FastAPI would not parse), is 415, not a 422 on its shape.
+    Installed once for the whole app (api/app.py); routes that read their body themselves (POST
+    /v1/events, the webhooks) have no body field and decide for themselves. A route without a body
+    field returns at once, before anything reads its body."""
+    route = request.scope.get("route")
+    if getattr(route, "body_field", None) is None:
+        return
+    content_type = request.headers.get("content-type", "")
+    if is_json_media_type(content_type) or not await request.body():  # FastAPI has read it already
+        return
+    sent = content_type.split(";", 1)[0].strip() or "no Content-Type"
+    headers = {"Accept-Post": JSON} if request.method == "POST" else {}
+    raise Problem(
+        415,
+        "Unsupported media type",
+        f"The body must be JSON, sent as `Content-Type: {JSON}` (or application/*+json); got {sent}.",
+        kind="unsupported-media-type",
+        headers=headers,
+    )
+
+
 def trace_id(request: Request) -> str | None:
     """Set by the tracing middleware: the request's span joins the caller's trace."""
     return getattr(request.state, "trace_id", None)

@@ -7,7 +7,8 @@ shares, so no route has to repeat it:
 - the bearer scheme, required on every /v1 operation (`/metrics` takes an optional token);
 - the errors each operation can answer, as problem+json: 401 and 403 under /v1; 404 where the
   path names a resource; 400, 408, 413 and 415 where there is a body; 409 for commands; 422
-  where anything is validated; 431 everywhere; 503 wherever a store or the log is read.
+  where anything is validated; 431 everywhere; 503 wherever a store or the log is read;
+- consume's 429 with its `Retry-After` and the members its problem carries (QuotaExceeded).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from api.problems import MEDIA_TYPE
 from omni.settings import Settings
 from schemas.api import Problem
 from schemas.cloudevents import BATCH, STRUCTURED, documented_schema
+from schemas.plans import QuotaExceeded
 
 BEARER = "bearer"
 METRICS_TOKEN = "metricsToken"
@@ -36,7 +38,7 @@ DESCRIPTIONS = {
     "408": "The headers or the body arrived too slowly",
     "409": "Conflicts with the current state (already defined, changed concurrently)",
     "413": "The body or the batch is larger than allowed",
-    "415": "Unsupported content type",
+    "415": "The body is not in a media type the operation takes (a JSON body: `application/json` or `application/*+json`)",
     "422": "The request is well-formed but invalid; `errors` lists each reason",
     "431": "The request's headers are larger than allowed",
     "503": "A dependency (the log, the event store, the views) is unavailable; retry later",
@@ -71,6 +73,22 @@ def _errors_of(path: str, method: str, operation: dict[str, Any]) -> list[str]:
 
 
 INGEST = ("/v1/events", "post")
+CONSUME = ("/v1/quotas/{meter}/consume", "post")
+
+
+def quota_exceeded() -> dict[str, Any]:
+    """Consume's 429: what api.routes.quotas.consume raises, headers and members."""
+    return {
+        "description": "A hard limit refuses the amount: nothing was recorded; retry once the period ends",
+        "headers": {
+            "Retry-After": {
+                "description": "Seconds until the quota's period ends",
+                "required": True,
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        },
+        "content": {MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/QuotaExceeded"}}},
+    }
 
 
 def ingest_body(max_batch_events: int) -> dict[str, Any]:
@@ -98,6 +116,7 @@ def complete(document: dict[str, Any], *, max_batch_events: int = 1000) -> dict[
     if method in document.get("paths", {}).get(path, {}):
         document["paths"][path][method]["requestBody"] = ingest_body(max_batch_events)
     schemas["Problem"] = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas["QuotaExceeded"] = QuotaExceeded.model_json_schema(ref_template="#/components/schemas/{model}")
     for unused in ("HTTPValidationError", "ValidationError"):
         schemas.pop(unused, None)
     components["securitySchemes"] = {
@@ -110,6 +129,8 @@ def complete(document: dict[str, Any], *, max_batch_events: int = 1000) -> dict[
             declared = [status for status in responses if status.isdigit() and int(status) >= 400]
             for status in {*_errors_of(path, method, operation), *declared}:
                 responses[status] = _problem_response(status)
+            if (path, method) == CONSUME:
+                responses["429"] = quota_exceeded()
             operation["responses"] = dict(sorted(responses.items()))
             if path.startswith(WEBHOOKS_PREFIX):
                 operation["security"] = []  # the sender's signature authenticates it (api/routes/webhooks.py)

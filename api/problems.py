@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import simplejson
@@ -15,7 +16,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 
 from api.audit import record_refusal
-from commands.errors import Conflict, Invalid, NotFound
+from commands.errors import Conflict, Invalid, NotFound, Rejected
 from omni import metrics
 from stores.database import StoreUnavailable
 from streams.log import LogUnavailable
@@ -122,6 +123,23 @@ def _template_regex(template: str) -> re.Pattern[str]:
     return re.compile(re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)))
 
 
+def validation_reason(error: Mapping[str, Any]) -> str:
+    """pydantic's message for a validation error, but a length limit on text counted in characters:
+    text with a validator of its own (schemas.text.Text) has its length checked as a generic
+    value's, which pydantic words as "items after validation"."""
+    text, limits = error.get("input"), error.get("ctx") or {}
+    kind = error.get("type")
+    if isinstance(text, str) and kind in ("too_long", "string_too_long") and "max_length" in limits:
+        return f"String should have at most {_characters(limits['max_length'])}"
+    if isinstance(text, str) and kind in ("too_short", "string_too_short") and "min_length" in limits:
+        return f"String should have at least {_characters(limits['min_length'])}"
+    return str(error.get("msg", "invalid"))
+
+
+def _characters(count: int) -> str:
+    return f"{count} character" + ("" if count == 1 else "s")
+
+
 def store_unavailable() -> Problem:
     """A database could not be reached: nothing was done, retry (the handler's answer, and the edge's)."""
     return Problem(
@@ -146,9 +164,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
-        errors = [
-            {"location": ".".join(str(p) for p in e.get("loc", ())), "reason": e.get("msg", "invalid")} for e in exc.errors()
-        ]
+        errors = [{"location": ".".join(str(p) for p in e.get("loc", ())), "reason": validation_reason(e)} for e in exc.errors()]
         body_error = any(e["location"].startswith("body") for e in errors)
         json_broken = any(e.get("type") == "json_invalid" for e in exc.errors())
         status = 400 if json_broken else 422
@@ -177,15 +193,22 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(NotFound)
     async def _not_found(request: Request, exc: NotFound) -> Response:
-        return problem_response(request, Problem(404, "Not found", str(exc), kind="not-found"))
+        return await _rejected(request, exc, Problem(404, "Not found", str(exc), kind="not-found"))
 
     @app.exception_handler(Conflict)
     async def _conflict(request: Request, exc: Conflict) -> Response:
-        return problem_response(request, Problem(409, "Conflict", str(exc), kind="conflict"))
+        return await _rejected(request, exc, Problem(409, "Conflict", str(exc), kind="conflict"))
 
     @app.exception_handler(Invalid)
     async def _rule(request: Request, exc: Invalid) -> Response:
-        return problem_response(request, Problem(422, exc.title, str(exc), kind=exc.kind, errors=exc.errors))
+        return await _rejected(request, exc, Problem(422, exc.title, str(exc), kind=exc.kind, errors=exc.errors))
+
+    async def _rejected(request: Request, exc: Rejected, problem: Problem) -> Response:
+        """A command's refusal is audited once: by the control plane when it refused it there, else
+        here (a route refusing before the command, such as a path naming no resource)."""
+        if not exc.audited:
+            await record_refusal(request, f"{problem.status} {problem.title}: {problem.detail or ''}".strip())
+        return problem_response(request, problem)
 
     @app.exception_handler(LogUnavailable)
     async def _log_down(request: Request, exc: LogUnavailable) -> Response:

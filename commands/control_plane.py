@@ -301,6 +301,7 @@ class ControlPlane(
             yield
         except Rejected as refused:
             self.record_rejection(ctx, action, resource, str(refused))
+            refused.audited = True
             raise
 
     def _audit(

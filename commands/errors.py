@@ -4,6 +4,8 @@
 class Rejected(Exception):
     """A command the domain refuses."""
 
+    audited = False  # set once the control plane stored the refusal's audit entry (api.problems audits the rest)
+
 
 class NotFound(Rejected):
     """The resource does not exist, or belongs to another tenant (same answer, by design)."""

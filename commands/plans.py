@@ -95,7 +95,7 @@ class PlanCommands:
             if plan is not None and plan.body.get("currency") not in (None, stored.get("currency")):
                 raise Invalid(
                     f"plan {slug!r} charges in {plan.body['currency']}; its currency cannot change (publish a new plan)",
-                    [{"loc": ["body", "currency"], "msg": "a plan's currency cannot change"}],
+                    [{"location": "body.currency", "reason": "a plan's currency cannot change"}],
                     title="Invalid plan",
                     kind="invalid-plan",
                 )
@@ -117,7 +117,7 @@ class PlanCommands:
             if plan is None:
                 raise Invalid(
                     f"plan {slug!r} is not defined",
-                    [{"loc": ["body", "plan"], "msg": "no such plan"}],
+                    [{"location": "body.plan", "reason": "no such plan"}],
                     title="Invalid plan",
                     kind="invalid-plan",
                 )
@@ -125,7 +125,7 @@ class PlanCommands:
             if billed_in is not None and charges_in not in (None, billed_in):
                 raise Invalid(
                     f"tenant {tenant.id} is invoiced in {billed_in}; plan {slug!r} charges in {charges_in}",
-                    [{"loc": ["body", "plan"], "msg": f"a tenant keeps the currency it is invoiced in ({billed_in})"}],
+                    [{"location": "body.plan", "reason": f"a tenant keeps the currency it is invoiced in ({billed_in})"}],
                     title="Invalid plan",
                     kind="invalid-plan",
                 )
@@ -140,7 +140,7 @@ class PlanCommands:
         resource = f"tenants/{tenant_id}/quotas/{entitlement.meter}"
         with self._rejections_audited(ctx, "quota.override.set", resource):
             tenant = str(self.get_tenant(tenant_id).id)
-            self._check_meters([entitlement])
+            self._check_meters([entitlement], locations=["path.meter"])
             stored = entitlement_json(entitlement)
             override = self._get_override(tenant, entitlement.meter)
             if override is None:
@@ -167,29 +167,36 @@ class PlanCommands:
             except IntegrityError as race:
                 raise Conflict("the override changed concurrently; retry") from race
 
-    def _check_meters(self: ControlPlane, entitlements: list[Entitlement], prices: Sequence[MeterPrice] = ()) -> None:
-        """Every entitlement's and price's meter exists and is additive; else Invalid, naming each.
-        Quotas count usage up, and invoices bill the usage of a period: neither has a meaning for a
-        maximum or an average."""
+    def _check_meters(
+        self: ControlPlane,
+        entitlements: list[Entitlement],
+        prices: Sequence[MeterPrice] = (),
+        *,
+        locations: Sequence[str] | None = None,
+    ) -> None:
+        """Every entitlement's and price's meter exists and is additive; else Invalid, naming each
+        where the request holds it: `locations` for the entitlements' meters (an override's is its
+        path, `path.meter`), else `body.entitlements.N.meter`. Quotas count usage up, and invoices
+        bill the usage of a period: neither has a meaning for a maximum or an average."""
         errors: list[dict[str, object]] = []
-        named = [("entitlements", i, e.meter, "quotas") for i, e in enumerate(entitlements)]
-        named += [("prices", i, p.meter, "prices") for i, p in enumerate(prices)]
-        for field_name, index, meter, what in named:
+        where = locations or [f"body.entitlements.{i}.meter" for i in range(len(entitlements))]
+        named = [(where[i], e.meter, "quotas") for i, e in enumerate(entitlements)]
+        named += [(f"body.prices.{i}.meter", p.meter, "prices") for i, p in enumerate(prices)]
+        for location, meter, what in named:
             definition = self._meter_definition(meter)
-            where = ["body", field_name, index, "meter"]
             if definition is None:
-                errors.append({"loc": where, "msg": f"meter {meter!r} is not defined"})
+                errors.append({"location": location, "reason": f"meter {meter!r} is not defined"})
             elif definition.aggregation.value not in ("SUM", "COUNT"):
                 errors.append(
                     {
-                        "loc": where,
-                        "msg": f"meter {meter!r} aggregates {definition.aggregation.value}: "
+                        "location": location,
+                        "reason": f"meter {meter!r} aggregates {definition.aggregation.value}: "
                         f"{what} apply to SUM and COUNT meters only",
                     }
                 )
         if errors:
             title, kind = ("Invalid quota", "invalid-quota") if not prices else ("Invalid plan", "invalid-plan")
-            raise Invalid("; ".join(str(e["msg"]) for e in errors), errors, title=title, kind=kind)
+            raise Invalid("; ".join(str(e["reason"]) for e in errors), errors, title=title, kind=kind)
 
     def _meter_definition(self: ControlPlane, slug: str) -> MeterDefinition | None:
         try:

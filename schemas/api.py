@@ -104,4 +104,9 @@ class Problem(BaseModel):
     status: int
     detail: str | None = None
     instance: str | None = None
-    errors: list[dict[str, Any]] | None = None
+    errors: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="Each reason a request is refused: `location` (where in the request, dotted: "
+        "`body.entitlements.0.limit`, `path.meter`, `query.from`) and `reason`; for a batch of events, "
+        "each bad event's `index` (and `id`) with its `reasons`.",
+    )

@@ -12,7 +12,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from schemas.currencies import MINOR_UNITS
 from schemas.quantities import QUANTITY_SCHEMA, SLUG_PATTERN, exact_quantity, quantity_json
@@ -33,7 +33,7 @@ def decimals_of(text: str) -> int:
 
 
 Price = Annotated[str, Field(pattern=f"^{PRICE_PATTERN}$", examples=["0.002"])]
-Quantity = Annotated[Decimal, Field(json_schema_extra=QUANTITY_SCHEMA)]
+Quantity = Annotated[Decimal, WithJsonSchema(QUANTITY_SCHEMA)]
 
 
 class PriceModel(StrEnum):

@@ -6,8 +6,9 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
+from schemas.api import Problem
 from schemas.billing import Billing, parse_billing, price_public
 from schemas.quantities import QUANTITY_SCHEMA, SLUG_PATTERN, exact_quantity, quantity_json
 from schemas.slos import SloAlertNotification
@@ -32,7 +33,7 @@ def _distinct(value: list[int]) -> list[int]:
 
 Thresholds = Annotated[list[Annotated[int, Field(ge=1, le=1000)]], AfterValidator(_distinct)]
 
-Limit = Annotated[Decimal, Field(json_schema_extra=QUANTITY_SCHEMA)]
+Limit = Annotated[Decimal, WithJsonSchema(QUANTITY_SCHEMA)]
 
 
 class Entitlement(BaseModel):
@@ -166,7 +167,7 @@ class ConsumeBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    amount: Annotated[Decimal, Field(json_schema_extra={**QUANTITY_SCHEMA, "exclusiveMinimum": 0})]
+    amount: Annotated[Decimal, WithJsonSchema({**QUANTITY_SCHEMA, "exclusiveMinimum": 0})]
     subject: Text | None = Field(default=None, min_length=1, max_length=256)
     idempotency_key: Text = Field(
         min_length=1, max_length=200, description="The usage event's id: a retry with it returns the first answer"
@@ -202,6 +203,16 @@ class ConsumeResult(BaseModel):
     remaining: int | float | str | None = Field(description="Left before the limit (null: no quota on this meter)")
     limit: int | float | str | None = Field(description="The limit in effect (null: no quota on this meter)")
     period_end: str
+
+
+class QuotaExceeded(Problem):
+    """Consume's 429: a hard limit refuses the amount (`type` .../quota-exceeded), with `Retry-After`."""
+
+    meter: str = Field(description="The meter consumed")
+    limit: int | float | str = Field(description="The limit in effect")
+    used: int | float | str = Field(description="Usage in the period, without the refused amount")
+    period: str = Field(description="The quota's period: `2026-12-04` (a day) or `2026-12` (a month), UTC")
+    period_end: str = Field(description="When the period ends (RFC 3339, UTC); `Retry-After` counts the seconds to it")
 
 
 class NotificationPublic(BaseModel):

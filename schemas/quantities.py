@@ -42,3 +42,5 @@ def quantity_json(quantity: Decimal) -> int | float | str:
 
 
 QUANTITY_SCHEMA = {"type": "number", "minimum": 0, "exclusiveMaximum": 1e12, "multipleOf": 0.001}
+"""A limit or an amount as the JSON schema declares it: a number, never text (exact_quantity refuses
+strings). Given whole with WithJsonSchema, since a Decimal field's own schema also allows a string."""

@@ -13,11 +13,10 @@ from fastapi import APIRouter, Query
 from starlette.concurrency import run_in_threadpool
 
 from api import as_of
-from api.deps import CallerDep, PlatformDep, TenantDep, named_tenant
+from api.deps import CallerDep, PlatformDep, TenantDep, acting_tenant, named_tenant
 from api.problems import Problem
 from commands.errors import NotFound
 from commands.ingest import data_problems, too_large_stored
-from commands.slos import PLATFORM
 from omni import metrics
 from omni.bootstrap import Platform
 from omni.personal_data import KeysMissing
@@ -34,7 +33,8 @@ from projections.quotas import (
     period_of,
 )
 from schemas.cloudevents import Rfc3339Time
-from schemas.envelope import Actor, Envelope, encode
+from schemas.envelope import Actor, Envelope, encode, format_time, parse_time
+from schemas.ids import canonical_uuid
 from schemas.meters import MeterDefinition
 from schemas.plans import (
     ConsumeBody,
@@ -345,6 +345,20 @@ def _quotas_as_of(platform: Platform, tenant_id: str, moment: datetime) -> list[
             usage.close()
 
 
+def _notifications_cursor(before: str) -> tuple[str, str]:
+    """`before` as the list wrote it in `next_before`: `<occurred_at>~<id>`, an RFC 3339 time and a
+    notification's UUID; anything else is 422 rather than a page from somewhere."""
+    at, _, last_id = before.partition("~")
+    moment, canonical = None, canonical_uuid(last_id)
+    try:
+        moment = parse_time(at)
+    except ValueError:
+        pass
+    if moment is None or moment.tzinfo is None or canonical is None:
+        raise Problem(422, "Invalid cursor", "`before` must be a `next_before` from an earlier page.", kind="invalid-cursor")
+    return format_time(moment), canonical
+
+
 @router.get("/notifications", response_model=NotificationList, responses={404: {}, 422: {}})
 def list_notifications(
     platform: PlatformDep,
@@ -354,13 +368,8 @@ def list_notifications(
     before: Annotated[str | None, Query(description="The `next_before` of the previous page")] = None,
 ) -> NotificationList:
     """The tenant's notifications (quota thresholds crossed, SLO alerts fired and resolved), newest first."""
-    tenant_id = PLATFORM if principal.is_admin and tenant is None else _tenant_of(principal, tenant)
-    cursor = None
-    if before is not None:
-        at, _, last_id = before.partition("~")
-        if not at or not last_id:
-            raise Problem(422, "Invalid cursor", "`before` must be a `next_before` from an earlier page.", kind="invalid-cursor")
-        cursor = (at, last_id)
+    cursor = None if before is None else _notifications_cursor(before)
+    tenant_id = acting_tenant(platform, principal, tenant)  # an unknown tenant is 404, as for quotas
     with metrics.VIEW_QUERY.labels("notifications").time(), platform.db.transaction() as tx:
         rows = quota_store.notifications(tx, tenant_id, limit, cursor)
         alerts = slo_store.alert_notifications(tx, tenant_id, limit, cursor)

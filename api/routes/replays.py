@@ -44,11 +44,9 @@ async def start_replay(
     ctx = command_context(request, admin)
     try:
         job_id = await run_in_threadpool(platform.replays.start, [p.value for p in body.projections], mode)
-    except UnknownProjection as unknown:
-        await run_command(platform, platform.control.record_rejection, ctx, ACTION, "replays", str(unknown))
+    except UnknownProjection as unknown:  # audited as refused by the problem's handler (api.audit)
         raise Problem(422, "Unknown projection", str(unknown), kind="unknown-projection") from unknown
     except store.Busy as busy:
-        await run_command(platform, platform.control.record_rejection, ctx, ACTION, "replays", str(busy))
         raise Problem(409, "Replay running", f"{busy}; one replay at a time per projection.", kind="replay-running") from busy
     await run_command(platform, platform.control.record_action, ctx, ACTION, f"replays/{job_id}")
     row = await run_in_threadpool(platform.replays.get, job_id)

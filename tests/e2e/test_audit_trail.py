@@ -258,3 +258,52 @@ async def test_a_kept_checkpoint_is_proven_a_prefix_of_the_chain_as_it_grew(omni
     for params in ({"first": 7}, {"first": 2, "second": 3}, {"first": 1, "tenant": b_id}):
         missing = await omni.client.get("/v1/audit/consistency", params=params, headers=omni.auth(a_key))
         assert missing.status_code == 404, (params, missing.text)
+
+
+async def test_refused_plan_and_quota_commands_are_audited(omni: Omni) -> None:
+    """A tenant key's plan, quota and other admin commands (403), and the admin's invalid bodies
+    (422) or paths naming nothing (404), each leave a rejected entry, as tenants, keys and meters do."""
+    a_id, a_key = await omni.tenant("a")
+    await omni.meter(slug="tokens", event_type="inference", aggregation="SUM", value_property="$.data.tokens")
+    tenant_tries = [
+        ("PUT", "/v1/plans/hack", {"entitlements": []}),
+        ("PUT", f"/v1/tenants/{a_id}/plan", {"plan": "free"}),
+        ("PUT", f"/v1/tenants/{a_id}/quotas/tokens", {"limit": 10**6, "period": "DAY"}),
+        ("DELETE", f"/v1/tenants/{a_id}/quotas/tokens", None),
+        ("PUT", "/v1/data-classes/inference", {"personal": ["$.data.email"]}),
+        ("POST", "/v1/gdpr/breaches", {}),
+        ("POST", "/v1/billing/periods/2026-01/close", None),
+        ("POST", f"/v1/invoices/{uuid.uuid4()}/void", {"reason": "x"}),
+        ("POST", "/v1/admin/replays", {}),
+    ]
+    for method, path, body in tenant_tries:
+        response = await omni.client.request(method, path, json=body, headers=omni.auth(a_key))
+        assert response.status_code == 403, (path, response.text)
+    admin_tries = [
+        ("PUT", f"/v1/tenants/{a_id}/quotas/tokens", {"limit": -1, "period": "DAY"}, 422),
+        ("PUT", "/v1/plans/pro", {"entitlements": [{"meter": "tokens", "limit": 5, "period": "WEEK"}]}, 422),
+        ("PUT", "/v1/tenants/not-a-tenant/plan", {"plan": "pro"}, 404),
+    ]
+    for method, path, body, status in admin_tries:
+        response = await omni.client.request(method, path, json=body, headers=omni.auth(ADMIN))
+        assert response.status_code == status, (path, response.text)
+    await omni.settle()
+    refused = (await listed(omni, a_key, outcome="rejected"))["data"]
+    assert [(e["action"], e["resource"], e["reason"].split(" ")[0]) for e in refused] == [
+        ("plan.put", "/v1/plans/hack", "403"),
+        ("tenant.plan.assign", f"/v1/tenants/{a_id}/plan", "403"),
+        ("quota.override.set", f"/v1/tenants/{a_id}/quotas/tokens", "403"),
+        ("quota.override.remove", f"/v1/tenants/{a_id}/quotas/tokens", "403"),
+        ("data_class.put", "/v1/data-classes/inference", "403"),
+        ("gdpr.breach.record", "/v1/gdpr/breaches", "403"),
+        ("billing.period.close", "/v1/billing/periods/2026-01/close", "403"),
+        ("invoice.void", tenant_tries[-2][1], "403"),
+        ("replay.start", "/v1/admin/replays", "403"),
+    ]
+    platform = (await listed(omni, ADMIN, outcome="rejected"))["data"]
+    assert [(e["action"], e["reason"].split(" ")[0]) for e in platform] == [
+        ("quota.override.set", "422"),
+        ("plan.put", "422"),
+        ("tenant.plan.assign", "404"),
+    ]
+    assert "body.limit" in platform[0]["reason"] and "body.entitlements.0.period" in platform[1]["reason"]

@@ -257,7 +257,7 @@ async def test_a_repeated_key_or_media_type_goes_the_asgi_way(served: tuple[Omni
     head = f"POST /v1/quotas/tokens/consume HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n"
     twice = head + "Content-Type: text/plain\r\nContent-Type: application/json\r\n"
     status, _ = status_and_body(await exchange(port, f"{twice}Content-Length: {len(body)}\r\n\r\n".encode() + body))
-    assert status == 422  # FastAPI reads the first media type: not JSON
+    assert status == 415  # FastAPI reads the first media type: not JSON
     expecting = head + "Content-Type: application/json\r\nExpect: 100-continue\r\n"
     answer = await exchange(port, f"{expecting}Content-Length: {len(body)}\r\n\r\n".encode() + body)
     assert answer.startswith(b"HTTP/1.1 100 Continue") and b"HTTP/1.1 200 OK" in answer  # uvicorn's own handshake

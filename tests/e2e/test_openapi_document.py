@@ -11,6 +11,8 @@ import pytest
 from tests.e2e.conftest import ADMIN, Omni
 
 PROBLEM = {"$ref": "#/components/schemas/Problem"}
+QUOTA_EXCEEDED = {"$ref": "#/components/schemas/QuotaExceeded"}
+CONSUME = "/v1/quotas/{meter}/consume"
 
 
 @pytest.fixture
@@ -47,11 +49,13 @@ async def test_every_error_is_problem_json_and_every_answer_is_documented(docume
         responses = op["responses"]
         for status, response in responses.items():
             if int(status) >= 400:
-                assert response["content"] == {"application/problem+json": {"schema": PROBLEM}}, (method, path, status)
+                schema = QUOTA_EXCEEDED if (path, method, status) == (CONSUME, "post", "429") else PROBLEM
+                assert response["content"] == {"application/problem+json": {"schema": schema}}, (method, path, status)
         if "{" in path:
             assert "404" in responses, (method, path)
         if "requestBody" in op:
             assert {"400", "413", "415", "422"} <= set(responses), (method, path)
+            assert "application/json" in responses["415"]["description"], (method, path)
         if path not in ("/healthz", "/metrics"):
             assert "503" in responses, (method, path)
 
@@ -63,3 +67,38 @@ async def test_unsupported_methods_name_every_method_of_the_path(omni: Omni) -> 
         assert response.status_code == 405, path
         assert response.headers["allow"] == allowed, path
         assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_consume_429_declares_retry_after_and_the_members_it_sends(omni: Omni, document: dict[str, Any]) -> None:
+    answer = document["paths"][CONSUME]["post"]["responses"]["429"]
+    assert answer["headers"]["Retry-After"] == {
+        "description": "Seconds until the quota's period ends",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 1},
+    }
+    schema = document["components"]["schemas"]["QuotaExceeded"]
+    members = {"meter", "limit", "used", "period", "period_end"}
+    assert members <= set(schema["required"]) and set(schema["properties"]) >= {"type", "title", "status", "detail"}
+    # What the server sends: exactly the documented members, and the header.
+    await omni.meter(slug="tokens", event_type="inference", aggregation="SUM", value_property="$.data.tokens")
+    plan = {"entitlements": [{"meter": "tokens", "limit": 5, "period": "DAY"}]}
+    assert (await omni.client.put("/v1/plans/pro", json=plan, headers=omni.auth(ADMIN))).status_code == 201
+    _, key = await omni.tenant(plan="pro")
+    await omni.settle()
+    body = {"amount": 6, "idempotency_key": "k"}
+    refused = await omni.client.post("/v1/quotas/tokens/consume", json=body, headers=omni.auth(key))
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+    sent = refused.json()
+    assert set(schema["required"]) <= set(sent) <= set(schema["properties"]), sent
+    assert (sent["meter"], sent["limit"], sent["used"]) == ("tokens", 5, 0)
+
+
+async def test_limits_and_amounts_are_numbers_in_the_schema(omni: Omni, document: dict[str, Any]) -> None:
+    schemas = document["components"]["schemas"]
+    for model, field in (("ConsumeBody", "amount"), ("Entitlement", "limit"), ("QuotaOverrideBody", "limit")):
+        declared = schemas[model]["properties"][field]
+        assert declared["type"] == "number" and "anyOf" not in declared, (model, declared)
+    # As validated: a string is refused, though a Decimal field would take one.
+    _, key = await omni.tenant()
+    body = {"amount": "1", "idempotency_key": "k"}
+    assert (await omni.client.post("/v1/quotas/tokens/consume", json=body, headers=omni.auth(key))).status_code == 422

@@ -1,0 +1,50 @@
+"""GET /v1/notifications refuses what it cannot read: a cursor that is not a `next_before` (both of
+its parts checked), and a tenant that does not exist (404, as GET /v1/quotas answers)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from tests.e2e.conftest import ADMIN, Omni
+
+NOTICE_ID = str(uuid.uuid4())
+
+
+@pytest.mark.parametrize(
+    "before",
+    [
+        "x",
+        "x~y",
+        "~",
+        f"~{NOTICE_ID}",
+        "2026-12-06T10:00:00.000000Z~",
+        "2026-12-06T10:00:00.000000Z~y",
+        f"x~{NOTICE_ID}",
+        f"2026-12-06T10:00:00~{NOTICE_ID}",  # no offset: no instant
+    ],
+)
+async def test_a_cursor_that_is_no_next_before_is_422(omni: Omni, before: str) -> None:
+    _, key = await omni.tenant()
+    response = await omni.client.get("/v1/notifications", params={"before": before}, headers=omni.auth(key))
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["type"].endswith("/invalid-cursor")
+
+
+async def test_a_well_formed_cursor_pages_and_an_unknown_tenant_is_404(omni: Omni) -> None:
+    tenant_id, key = await omni.tenant()
+    await omni.settle()
+    for before in (f"2026-12-06T10:00:00.000000Z~{NOTICE_ID}", f"2026-12-06T11:00:00+01:00~{NOTICE_ID.upper()}"):
+        response = await omni.client.get("/v1/notifications", params={"before": before}, headers=omni.auth(key))
+        assert response.status_code == 200 and response.json() == {"data": [], "next_before": None}, response.text
+    unknown = str(uuid.uuid4())
+    for path in ("/v1/notifications", "/v1/quotas"):
+        response = await omni.client.get(path, params={"tenant": unknown}, headers=omni.auth(ADMIN))
+        assert response.status_code == 404, (path, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+        assert (await omni.client.get(path, params={"tenant": tenant_id}, headers=omni.auth(ADMIN))).status_code == 200
+        assert (await omni.client.get(path, params={"tenant": unknown}, headers=omni.auth(key))).status_code == 404
+    platform = await omni.client.get("/v1/notifications", headers=omni.auth(ADMIN))  # the platform SLOs'
+    assert platform.status_code == 200 and platform.json()["data"] == []

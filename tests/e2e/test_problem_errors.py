@@ -1,0 +1,69 @@
+"""Problem+json `errors` have one shape, whoever refuses: each item a `location` (dotted: where in
+the request, `body.entitlements.0.limit`, `path.meter`, `query.from`) and a `reason`, both for the
+request's validation and the commands' own rules."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+
+from tests.e2e.conftest import ADMIN, Omni
+from tests.e2e.test_plans_and_quotas import LATEST, TOKENS
+
+
+def errors_of(response: httpx.Response, kind: str) -> list[dict[str, Any]]:
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["type"].endswith("/" + kind), body
+    assert all(set(error) == {"location", "reason"} for error in body["errors"]), body["errors"]
+    return body["errors"]  # type: ignore[no-any-return]
+
+
+async def test_errors_name_a_location_and_a_reason_everywhere(omni: Omni) -> None:
+    await omni.meter(**TOKENS)
+    await omni.meter(**LATEST)
+    tenant_id, _ = await omni.tenant()
+    admin = omni.auth(ADMIN)
+    put = omni.client.put
+    # The request's validation.
+    limit = {"entitlements": [{"meter": "tokens", "limit": -1, "period": "DAY"}]}
+    [error] = errors_of(await put("/v1/plans/p", json=limit, headers=admin), "invalid-body")
+    assert error["location"] == "body.entitlements.0.limit"
+    # The plan's rules: meters that do not exist or are not additive, where the body names them.
+    meters = {
+        "entitlements": [
+            {"meter": "tokens", "limit": 5, "period": "DAY"},
+            {"meter": "nope", "limit": 5, "period": "DAY"},
+            {"meter": "speed", "limit": 5, "period": "DAY"},
+        ]
+    }
+    found = errors_of(await put("/v1/plans/p", json=meters, headers=admin), "invalid-quota")
+    assert [e["location"] for e in found] == ["body.entitlements.1.meter", "body.entitlements.2.meter"]
+    assert "'nope' is not defined" in found[0]["reason"] and "MAX" in found[1]["reason"]
+    [error] = errors_of(await put(f"/v1/tenants/{tenant_id}/plan", json={"plan": "none"}, headers=admin), "invalid-plan")
+    assert error == {"location": "body.plan", "reason": "no such plan"}
+    # An override names its meter in the path, not in its body.
+    for meter in ("zzz", "speed"):
+        response = await put(f"/v1/tenants/{tenant_id}/quotas/{meter}", json={"limit": 1, "period": "DAY"}, headers=admin)
+        [error] = errors_of(response, "invalid-quota")
+        assert error["location"] == "path.meter" and repr(meter) in error["reason"]
+
+
+async def test_length_limits_on_text_count_characters(omni: Omni) -> None:
+    await omni.meter(**TOKENS)
+    _, key = await omni.tenant()
+    consume = "/v1/quotas/tokens/consume"
+    long_subject = {"amount": 1, "idempotency_key": "k", "subject": "é" * 257}
+    [error] = errors_of(await omni.client.post(consume, json=long_subject, headers=omni.auth(key)), "invalid-body")
+    assert error == {"location": "body.subject", "reason": "String should have at most 256 characters"}
+    empty_key = {"amount": 1, "idempotency_key": ""}
+    [error] = errors_of(await omni.client.post(consume, json=empty_key, headers=omni.auth(key)), "invalid-body")
+    assert error == {"location": "body.idempotency_key", "reason": "String should have at least 1 character"}
+    # A list's limit still counts items.
+    thresholds = {"limit": 1, "period": "DAY", "thresholds": list(range(1, 12))}
+    response = await omni.client.put(f"/v1/tenants/{uuid.uuid4()}/quotas/tokens", json=thresholds, headers=omni.auth(ADMIN))
+    [error] = errors_of(response, "invalid-body")
+    assert error["location"] == "body.thresholds" and "at most 10 items" in error["reason"]
