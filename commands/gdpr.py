@@ -247,7 +247,7 @@ class GdprCommands:
             if problem is not None:
                 raise Invalid(
                     problem,
-                    [{"loc": ["body", "detected_at"], "msg": problem}],
+                    [{"location": "body.detected_at", "reason": problem}],
                     title="Invalid breach",
                     kind="invalid-breach",
                 )

@@ -50,6 +50,10 @@ async def test_errors_name_a_location_and_a_reason_everywhere(omni: Omni) -> Non
         response = await put(f"/v1/tenants/{tenant_id}/quotas/{meter}", json={"limit": 1, "period": "DAY"}, headers=admin)
         [error] = errors_of(response, "invalid-quota")
         assert error["location"] == "path.meter" and repr(meter) in error["reason"]
+    # A breach detected in the future (the GDPR commands' rules).
+    breach = {"detected_at": "2999-01-01T00:00:00Z", "scope": "a typo in the year"}
+    [error] = errors_of(await omni.client.post("/v1/gdpr/breaches", json=breach, headers=admin), "invalid-breach")
+    assert error["location"] == "body.detected_at" and "future" in error["reason"]
 
 
 async def test_length_limits_on_text_count_characters(omni: Omni) -> None:
