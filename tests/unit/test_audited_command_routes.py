@@ -1,0 +1,21 @@
+"""api.audit.COMMAND_ROUTES names routes by method and path template: a route whose template
+changes (`{event_type}` became `{event_type:path}`) would silently stop auditing its refusals."""
+
+from __future__ import annotations
+
+from fastapi.routing import APIRoute
+
+from api.audit import COMMAND_ROUTES
+from api.routes import audit, events, gdpr, health, invoices, meters, plans, quotas, replays, slos, tenants, webhooks
+
+
+def test_every_audited_command_names_a_route_that_exists() -> None:
+    routers = (health, tenants, events, meters, plans, quotas, invoices, audit, slos, replays, gdpr, webhooks)
+    served = {
+        (method, route.path)
+        for module in routers
+        for route in module.router.routes
+        if isinstance(route, APIRoute)
+        for method in route.methods
+    }
+    assert set(COMMAND_ROUTES) - served == set()
