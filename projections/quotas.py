@@ -12,7 +12,7 @@ duplicated the same way, whether they came as facts (POST /v1/events) or through
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -180,15 +180,31 @@ def usage_deltas(meters: MeterIndex, events: Iterable[Envelope], *, facts_only: 
     """Each (tenant, additive meter, period) the events add to, and by how much: in the day and
     the month of each event's time. `facts_only` leaves out what consume's ledger counted when it
     decided (the consumed meter's amount: counted_by_consume)."""
+    return _deltas(meters, events, _not_counted_by_consume if facts_only else None)
+
+
+def consumed_deltas(meters: MeterIndex, events: Iterable[Envelope]) -> dict[CounterKey, Decimal]:
+    """What consume's ledgers counted of `events` when they decided: what usage_deltas with
+    facts_only leaves out."""
+    return _deltas(meters, events, counted_by_consume)
+
+
+def _not_counted_by_consume(event: Envelope, meter: str) -> bool:
+    return not counted_by_consume(event, meter)
+
+
+def _deltas(
+    meters: MeterIndex, events: Iterable[Envelope], counts: Callable[[Envelope, str], bool] | None
+) -> dict[CounterKey, Decimal]:
+    """usage_deltas' loop: with `counts`, an event adds to a meter only where counts(event, meter)."""
     deltas: dict[CounterKey, Decimal] = {}
     for event in events:
         candidates = meters.by_type.get(event.type)
         if not candidates:
             continue
-        consumed = facts_only and QUOTA_CONSUME in event.extensions
         periods: tuple[PeriodKey, PeriodKey] | None = None
         for meter in candidates:
-            if consumed and counted_by_consume(event, meter.slug):
+            if counts is not None and not counts(event, meter.slug):
                 continue
             amount = amount_of(meter, event)
             if amount is None:
@@ -220,12 +236,6 @@ def usage_from_buckets(meters: MeterIndex, deltas: Mapping[BucketKey, BucketStat
             counter = (key.tenant_id, key.meter, text)
             found[counter] = found.get(counter, Decimal(0)) + amount
     return found
-
-
-def consumed_deltas(meters: MeterIndex, events: Iterable[Envelope]) -> dict[CounterKey, Decimal]:
-    """What consume's ledgers counted of `events` when they decided: usage_deltas without
-    facts_only, less usage_deltas with it."""
-    return minus(usage_deltas(meters, events, facts_only=False), usage_deltas(meters, events, facts_only=True))
 
 
 def minus(usage: Mapping[CounterKey, Decimal], taken: Mapping[CounterKey, Decimal]) -> dict[CounterKey, Decimal]:
