@@ -74,6 +74,13 @@ def _errors_of(path: str, method: str, operation: dict[str, Any]) -> list[str]:
 
 INGEST = ("/v1/events", "post")
 CONSUME = ("/v1/quotas/{meter}/consume", "post")
+# The answers that say in `Location` where what they made is (api.routes: a job or a request to poll,
+# a breach to read back).
+LOCATED = {
+    ("/v1/gdpr/requests", "post", "202"): "The request's status and steps",
+    ("/v1/gdpr/breaches", "post", "201"): "The breach",
+    ("/v1/admin/replays", "post", "202"): "The replay job's state and progress",
+}
 
 
 def quota_exceeded() -> dict[str, Any]:
@@ -131,6 +138,13 @@ def complete(document: dict[str, Any], *, max_batch_events: int = 1000) -> dict[
                 responses[status] = _problem_response(status)
             if (path, method) == CONSUME:
                 responses["429"] = quota_exceeded()
+            for status, response in responses.items():
+                if (where := LOCATED.get((path, method, status))) is not None:
+                    response.setdefault("headers", {})["Location"] = {
+                        "description": f"{where}: a path on this API",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
             operation["responses"] = dict(sorted(responses.items()))
             if path.startswith(WEBHOOKS_PREFIX):
                 operation["security"] = []  # the sender's signature authenticates it (api/routes/webhooks.py)

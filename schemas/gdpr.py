@@ -194,7 +194,10 @@ class GdprRequestPublic(BaseModel):
     received_at: str
     deadline: str = Field(description="One month from receipt (GDPR Art. 12(3))")
     steps: list[GdprStep]
-    export: str | None = Field(default=None, description="Where the export is, once an access or portability request completed")
+    export: str | None = Field(
+        default=None,
+        description="Where the export is, once an access or portability request completed; null again once an erasure of its subject deleted it",
+    )
 
 
 # Breaches (Art. 33): the supervisory authority is to be notified within 72 hours of detection.

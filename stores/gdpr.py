@@ -133,6 +133,10 @@ def export(tx: Tx, tenant_id: str, request_id: str) -> str | None:
     return next((r[0] for r in rows), None)
 
 
+def has_export(tx: Tx, tenant_id: str, request_id: str) -> bool:
+    return bool(tx.execute("SELECT 1 FROM gdpr_exports WHERE request_id=? AND tenant_id=?", (request_id, tenant_id)))
+
+
 def forget_exports(tx: Tx, tenant_id: str, subject: str) -> int:
     """Erasure: the exports made for the person go (they hold decrypted personal data)."""
     rows = tx.execute("SELECT request_id FROM gdpr_exports WHERE tenant_id=? AND subject=?", (tenant_id, subject))

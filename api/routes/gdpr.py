@@ -116,9 +116,10 @@ def _link(principal: Principal, request_id: str, tenant_id: str, tail: str = "")
     return f"/v1/gdpr/requests/{request_id}{tail}" + (f"?tenant={tenant_id}" if named else "")
 
 
-def _public(row: gdpr_store.RequestRow, principal: Principal) -> GdprRequestPublic:
+def _public(row: gdpr_store.RequestRow, principal: Principal, *, exported: bool) -> GdprRequestPublic:
+    """The request as answered; `exported`: its export is kept (not deleted by an erasure since)."""
     received = datetime.fromisoformat(row.received_at)
-    done = row.status == RequestStatus.COMPLETED.value and row.kind in EXPORTING
+    done = row.status == RequestStatus.COMPLETED.value and row.kind in EXPORTING and exported
     return GdprRequestPublic(
         id=row.id,
         subject=row.subject,
@@ -178,7 +179,10 @@ def get_gdpr_request(
 ) -> GdprRequestPublic:
     """A request of the caller's (the admin's: of `?tenant=`): its status, each step with its time,
     and its legal deadline."""
-    return _public(_row(platform, principal, tenant, request_id), principal)
+    row = _row(platform, principal, tenant, request_id)
+    with platform.db.transaction() as tx:
+        exported = gdpr_store.has_export(tx, row.tenant_id, row.id)
+    return _public(row, principal, exported=exported)
 
 
 @router.get(

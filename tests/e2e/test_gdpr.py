@@ -271,6 +271,8 @@ async def test_personal_data_is_sealed_exported_and_erased_for_good(
     again = await request(omni, key, "person-a", "erasure")
     assert again["status"] == "completed" and "nothing to erase" in again["steps"][-1]["step"], again
     assert (await omni.client.get(access["export"], headers=omni.auth(key))).status_code == 410  # the export went too
+    was = await omni.client.get(f"/v1/gdpr/requests/{access['id']}", headers=omni.auth(key))
+    assert was.json()["status"] == "completed" and was.json()["export"] is None, "no link to what is gone"
     no_export = await omni.client.get(f"/v1/gdpr/requests/{erasure['id']}/export", headers=omni.auth(key))
     assert no_export.status_code == 409 and "is an erasure request" in no_export.json()["detail"], no_export.text
     after = await request(omni, key, "person-a", "access")

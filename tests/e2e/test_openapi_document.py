@@ -102,3 +102,18 @@ async def test_limits_and_amounts_are_numbers_in_the_schema(omni: Omni, document
     _, key = await omni.tenant()
     body = {"amount": "1", "idempotency_key": "k"}
     assert (await omni.client.post("/v1/quotas/tokens/consume", json=body, headers=omni.auth(key))).status_code == 422
+
+
+async def test_answers_that_point_at_what_they_made_declare_location(omni: Omni, document: dict[str, Any]) -> None:
+    """Each route that sets `Location` says so in the document (a generated client reads it), and the
+    header is sent."""
+    for path, method, status in (
+        ("/v1/gdpr/requests", "post", "202"),
+        ("/v1/gdpr/breaches", "post", "201"),
+        ("/v1/admin/replays", "post", "202"),
+    ):
+        answer = document["paths"][path][method]["responses"][status]
+        assert answer["headers"]["Location"]["required"] is True, (path, answer)
+    _, key = await omni.tenant()
+    sent = await omni.client.post("/v1/gdpr/requests", json={"subject": "cust-1", "kind": "access"}, headers=omni.auth(key))
+    assert sent.status_code == 202 and sent.headers["location"] == f"/v1/gdpr/requests/{sent.json()['id']}"
