@@ -39,8 +39,9 @@ from starlette.routing import BaseRoute
 from starlette.types import Scope
 
 from api import tracing
+from api.deps import json_media_type
 from api.edge import body_stalled
-from api.lean_consume import app_handler, json_media_type, route_of
+from api.lean_consume import app_handler, route_of
 from api.metering import ApiCallRecorder, record_call
 from api.problems import problem_response
 from api.routes import quotas

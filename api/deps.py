@@ -55,10 +55,11 @@ TenantDep = Annotated[Principal, Depends(get_tenant)]
 JSON = "application/json"
 
 
-def is_json_media_type(content_type: str) -> bool:
-    """As FastAPI parses a body as JSON: `application/json` or `application/*+json` (parameters aside)."""
-    media = content_type.split(";", 1)[0].strip().lower()
-    return media == JSON or (media.startswith("application/") and media.endswith("+json"))
+def json_media_type(content_type: bytes) -> bool:
+    """As FastAPI decides to parse a body as JSON: `application/json` or `application/*+json`
+    (parameters aside). Bytes, as the header arrives: the consume paths read it off the scope."""
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
 
 
 async def json_body_media_type(request: Request) -> None:
@@ -71,7 +72,7 @@ async def json_body_media_type(request: Request) -> None:
     if getattr(route, "body_field", None) is None:
         return
     content_type = request.headers.get("content-type", "")
-    if is_json_media_type(content_type) or not await request.body():  # FastAPI has read it already
+    if json_media_type(content_type.encode("latin-1")) or not await request.body():  # FastAPI has read it already
         return
     sent = content_type.split(";", 1)[0].strip() or "no Content-Type"
     headers = {"Accept-Post": JSON} if request.method == "POST" else {}

@@ -29,6 +29,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.deps import json_media_type
 from api.routes import quotas
 from schemas.plans import ConsumeBody
 
@@ -50,12 +51,6 @@ def app_handler(app: FastAPI, failure: Exception) -> Callable[..., Any] | None:
         if kind in handlers:
             return handlers[kind]
     return None
-
-
-def json_media_type(content_type: bytes) -> bool:
-    """As FastAPI decides to parse a body as JSON: application/json or application/*+json."""
-    media = content_type.split(b";", 1)[0].strip().lower()
-    return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
 
 
 def _json_media_type(scope: Scope) -> bool:

@@ -189,6 +189,10 @@ def admit_encoded(
 NUL_REFUSED = "text may not contain NUL characters (\\u0000): the views cannot store them"
 
 
+def deeper_than(what: str, limit: int) -> str:
+    return f"{what} nests deeper than {limit} levels (OMNI_MAX_JSON_DEPTH)"
+
+
 def too_large_stored(size: int, limit: int) -> str:
     return f"the event is {size} bytes stored; an event may be at most {limit} bytes (OMNI_MAX_EVENT_BYTES)"
 
@@ -201,13 +205,13 @@ def data_problems(data: Any, policy: AdmissionPolicy) -> list[str]:
         text = orjson.dumps(data)
     except orjson.JSONEncodeError as failure:
         if "recursion" in str(failure).lower():  # beyond orjson's 254 levels
-            return [f"data nests deeper than {policy.max_depth} levels (OMNI_MAX_JSON_DEPTH)"]
+            return [deeper_than("data", policy.max_depth)]
         return ["data holds text that is not Unicode (a lone surrogate, \\ud800 to \\udfff)"]
     problems = []
     if json_holds_nul(text):
         problems.append(NUL_REFUSED)
     if isinstance(data, dict | list) and nests_deeper(text, policy.max_depth):
-        problems.append(f"data nests deeper than {policy.max_depth} levels (OMNI_MAX_JSON_DEPTH)")
+        problems.append(deeper_than("data", policy.max_depth))
     return problems
 
 
@@ -262,7 +266,7 @@ def _too_deep(envelope: Envelope, limit: int) -> str | None:
     parts = [("data", envelope.data), *((f"extension attribute {name!r}", v) for name, v in envelope.extensions.items())]
     for what, value in parts:
         if isinstance(value, dict | list) and _nests_deeper(value, limit):
-            return f"{what} nests deeper than {limit} levels (OMNI_MAX_JSON_DEPTH)"
+            return deeper_than(what, limit)
     return None
 
 
