@@ -137,7 +137,7 @@ def query_meter(
                 "window_start": row.window_start.isoformat().replace("+00:00", "Z"),
                 "window_end": row.window_end.isoformat().replace("+00:00", "Z"),
                 "value": row.value,
-                "subject": row.subject,
+                "subject": row.subject or None,  # usage consumed without a subject: null, as a missing dimension is
                 "group_by": row.group_by,
             }
             for row in rows

@@ -54,6 +54,24 @@ async def test_sum_meter_is_exact_and_grouped(omni: Omni) -> None:
     assert {row["subject"] for row in by_subject} == {"user-0", "user-1"}
 
 
+async def test_usage_consumed_without_a_subject_groups_under_null(omni: Omni) -> None:
+    """Consume takes no subject if the gateway has none: grouped by subject, that usage shows under
+    null, as a missing dimension does (a CloudEvent's subject is never empty when present)."""
+    _, key = await omni.tenant()
+    await omni.meter(**TOKENS)
+    await omni.settle()  # consume reads the meter's definition from the catalog
+    response = await omni.send(key, [cloud_event("named", time=minute(1), data={"tokens": 4, "model": "small"})])
+    assert response.status_code == 202, response.text
+    for body in ({"amount": 5, "idempotency_key": "c-1"}, {"amount": 6, "idempotency_key": "c-2", "subject": "user-1"}):
+        consumed = await omni.client.post("/v1/quotas/tokens/consume", json=body, headers=omni.auth(key))
+        assert consumed.status_code == 200, consumed.text
+    await omni.settle()
+
+    by_subject = {row["subject"]: row["value"] for row in await omni.query(key, "tokens", group_by="subject")}
+    assert by_subject == {None: 5, "user-1": 10}
+    assert [row["subject"] for row in await omni.query(key, "tokens", group_by="model")] == [None, None]
+
+
 async def test_windows_follow_event_time(omni: Omni) -> None:
     _, key = await omni.tenant()
     await omni.meter(slug="calls", event_type="call", aggregation="COUNT")
