@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request, Response
 
 from api.deps import AdminDep, CallerDep, PlatformDep, command_context
 from api.relaying import run_command
@@ -11,6 +13,7 @@ from projections.plans import BILLING_KEYS
 from schemas.envelope import format_time
 from schemas.ids import canonical_uuid
 from schemas.plans import Entitlement, PlanAssignment, PlanBody, PlanList, PlanPublic, QuotaOverrideBody
+from schemas.quantities import SLUG_PATTERN
 from stores import plans as plan_store
 
 router = APIRouter(prefix="/v1", tags=["plans"])
@@ -27,12 +30,15 @@ def _public(row: plan_store.PlanRow) -> PlanPublic:
     responses={201: {"model": PlanPublic, "description": "Published"}, 404: {}, 409: {}, 422: {}},
 )
 async def put_plan(
-    slug: str, body: PlanBody, request: Request, response: Response, platform: PlatformDep, admin: AdminDep
+    slug: Annotated[str, Path(pattern=SLUG_PATTERN, description="The plan's slug, made here (422 when it is no slug)")],
+    body: PlanBody,
+    request: Request,
+    response: Response,
+    platform: PlatformDep,
+    admin: AdminDep,
 ) -> PlanPublic:
     """Publish a plan (201), or revise it (200): a changed body is the next version, and its tenants
     get the new entitlements at once; usage so far in the period carries over."""
-    if not plan_store.SLUG.fullmatch(slug):
-        raise NotFound(f"plan {slug!r} not found")
     plan, created = await run_command(platform, platform.control.put_plan, command_context(request, admin), slug, body)
     response.status_code = 201 if created else 200
     entitlements = [Entitlement.from_stored(e) for e in plan.body["entitlements"]]
@@ -78,11 +84,14 @@ async def assign_plan(tenant_id: str, body: PlanAssignment, request: Request, pl
     "/tenants/{tenant_id}/quotas/{meter}", status_code=204, response_class=Response, responses={404: {}, 409: {}, 422: {}}
 )
 async def set_quota_override(
-    tenant_id: str, meter: str, body: QuotaOverrideBody, request: Request, platform: PlatformDep, admin: AdminDep
+    tenant_id: str,
+    meter: Annotated[str, Path(pattern=SLUG_PATTERN, description="An additive meter's slug (422 when it is none)")],
+    body: QuotaOverrideBody,
+    request: Request,
+    platform: PlatformDep,
+    admin: AdminDep,
 ) -> Response:
     """Give one tenant its own entitlement on one meter, in place of its plan's."""
-    if not plan_store.SLUG.fullmatch(meter):
-        raise NotFound(f"meter {meter!r} not found")
     ctx = command_context(request, admin)
     await run_command(platform, platform.control.set_quota_override, ctx, _tenant(tenant_id), body.entitlement(meter))
     return Response(status_code=204)

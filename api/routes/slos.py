@@ -6,7 +6,7 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 
 from api.deps import CallerDep, PlatformDep, command_context
 from api.problems import Problem
@@ -20,6 +20,7 @@ from schemas.cloudevents import Rfc3339Time
 from schemas.envelope import format_time
 from schemas.meters import WindowSize
 from schemas.slos import (
+    SLO_NAME_PATTERN,
     Alerts,
     Counts,
     ErrorBudget,
@@ -64,12 +65,15 @@ def _row(platform: PlatformDep, principal: Principal, name: str) -> slo_store.Sl
     responses={201: {"model": SloPublic, "description": "Defined"}, 404: {}, 409: {}, 422: {}},
 )
 async def put_slo(
-    name: str, body: SloBody, request: Request, response: Response, platform: PlatformDep, principal: CallerDep
+    name: Annotated[str, Path(pattern=SLO_NAME_PATTERN, description="The SLO's name, made here (422 when it is no slug)")],
+    body: SloBody,
+    request: Request,
+    response: Response,
+    platform: PlatformDep,
+    principal: CallerDep,
 ) -> SloPublic:
     """Define an SLO (201), or revise it (200): a changed body is the next version, folded afresh from
     the whole log. A tenant's SLO counts its own events; the admin's counts every tenant's."""
-    if not NAME.fullmatch(name):
-        raise NotFound(f"SLO {name!r} not found")
     slo, created = await run_command(platform, platform.control.put_slo, command_context(request, principal), name, body)
     response.status_code = 201 if created else 200
     return SloPublic(

@@ -50,6 +50,14 @@ async def test_errors_name_a_location_and_a_reason_everywhere(omni: Omni) -> Non
         response = await put(f"/v1/tenants/{tenant_id}/quotas/{meter}", json={"limit": 1, "period": "DAY"}, headers=admin)
         [error] = errors_of(response, "invalid-quota")
         assert error["location"] == "path.meter" and repr(meter) in error["reason"]
+    # A slug the route would make, that is no slug: 422 at the path, not a 404 (it names nothing yet).
+    [error] = errors_of(await put("/v1/plans/Pro%20Plan", json={"entitlements": []}, headers=admin), "invalid-request")
+    assert error["location"] == "path.slug" and "pattern" in error["reason"]
+    response = await put(f"/v1/tenants/{tenant_id}/quotas/Tokens!", json={"limit": 1, "period": "DAY"}, headers=admin)
+    [error] = errors_of(response, "invalid-request")
+    assert error["location"] == "path.meter"
+    found = errors_of(await put("/v1/slos/My%20SLO", json={}, headers=admin), "invalid-body")  # its body too
+    assert "path.name" in [e["location"] for e in found]
     # A breach detected in the future (the GDPR commands' rules).
     breach = {"detected_at": "2999-01-01T00:00:00Z", "scope": "a typo in the year"}
     [error] = errors_of(await omni.client.post("/v1/gdpr/breaches", json=breach, headers=admin), "invalid-breach")
