@@ -121,6 +121,8 @@ class UsageCut:
     earlier: Mapping[str, Mapping[str, Mapping[str, Decimal]]]
     offsets: Mapping[str, Mapping[str, int]]
     plan_at: Callable[[str, int], PricedPlan | None] = field(compare=False)
+    # The tenants created after the period ended: no fee or minimum is due from them for it.
+    joined_after: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +191,8 @@ class BillingCommands:
             plan = cut.plans.get(cut.tenants[tenant_id])
             usage = cut.usage.get(tenant_id, {})
             earlier = cut.earlier.get(tenant_id, {})
-            if not usage and not earlier and (plan is None or not plan.charges_without_usage):
+            existed = tenant_id not in cut.joined_after
+            if not usage and not earlier and (plan is None or not existed or not plan.charges_without_usage):
                 continue
             account = self._billing_account(tenant_id)
             done = [
@@ -212,6 +215,7 @@ class BillingCommands:
                 next_invoice=account.invoices_issued + 1,
                 next_credit_note=account.credit_notes_issued + 1,
                 issued_at=closed_at,
+                existed=existed,
             )
             issued, changed = _issue(account, statement)
             if not changed:

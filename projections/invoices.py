@@ -97,18 +97,29 @@ class PricedPlan:
 @dataclass(frozen=True, slots=True)
 class Billed:
     """What one tenant was billed for one period: the plan version that priced it and the quantity
-    of each meter billed so far (the invoice's, then each adjustment's)."""
+    of each meter billed so far (the invoice's, then each adjustment's). `minimums` False: the
+    tenant did not exist in the period, so its prices' minimums did not apply (nor do they to the
+    period's adjustments)."""
 
     plan: str
     version: int
     quantities: Mapping[str, Decimal]
+    minimums: bool = True
 
     def to_json(self) -> dict[str, Any]:
-        return {"plan": self.plan, "version": self.version, "quantities": {m: str(q) for m, q in sorted(self.quantities.items())}}
+        stored: dict[str, Any] = {
+            "plan": self.plan,
+            "version": self.version,
+            "quantities": {m: str(q) for m, q in sorted(self.quantities.items())},
+        }
+        if not self.minimums:
+            stored["minimums"] = False  # absent (as in records before it existed): they applied
+        return stored
 
     @classmethod
     def from_json(cls, stored: Mapping[str, Any]) -> Billed:
-        return cls(stored["plan"], int(stored["version"]), {m: Decimal(q) for m, q in stored["quantities"].items()})
+        quantities = {m: Decimal(q) for m, q in stored["quantities"].items()}
+        return cls(stored["plan"], int(stored["version"]), quantities, bool(stored.get("minimums", True)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,24 +213,28 @@ def bill(
     next_invoice: int,
     next_credit_note: int,
     issued_at: str,
+    existed: bool = True,
 ) -> Statement:
     """Close `period` for one tenant.
 
     `usage`: the tenant's total of each meter in the period. `earlier`: its current totals in the
     closed periods before (period text -> meter -> total). `billed`: what it was billed for those.
-    `plan_at(slug, version)`: an earlier plan version. Sequences are the next unused numbers."""
+    `plan_at(slug, version)`: an earlier plan version. Sequences are the next unused numbers.
+    `existed` False: the tenant was created after the period ended, so the plan's standing charges
+    (its fee, its prices' minimums) are not due for it; usage in the period, by event time, is."""
     updates: dict[str, Billed] = {}
     lines: list[dict[str, Any]] = []
     if plan is not None:
-        fee = _fee_line(plan)
+        fee = _fee_line(plan) if existed else None
         if fee is not None:
             lines.append(fee)
         digits = MINOR_UNITS[plan.currency]
         for price in sorted(plan.billing.prices, key=lambda p: p.meter):
-            found = charge(price, usage.get(price.meter, ZERO), digits)
+            found = charge(price, usage.get(price.meter, ZERO), digits, minimum=existed)
             if found.quantity != 0 or found.amount != 0:
                 lines.append(usage_line(found))
-        updates[period.text] = Billed(plan.slug, plan.version, {m: q for m, q in usage.items() if plan.price_of(m) is not None})
+        priced = {m: q for m, q in usage.items() if plan.price_of(m) is not None}
+        updates[period.text] = Billed(plan.slug, plan.version, priced, minimums=existed)
     debits, credits, currency = _adjustments(plan, earlier, billed, plan_at, updates)
     charged = bool(lines) or any(line["amount"] > 0 for line in debits)
     invoice = None
@@ -270,7 +285,8 @@ def _adjustments(
                 # A tenant keeps its currency (commands.plans refuses a plan in another one).
                 raise ValueError(f"{text} was billed in {priced_by.currency}, this invoice is in {currency}")
             digits = MINOR_UNITS[priced_by.currency]
-            difference = charge(price, now, digits).amount - charge(price, then, digits).amount
+            minimum = before is None or before.minimums
+            difference = charge(price, now, digits, minimum=minimum).amount - charge(price, then, digits, minimum=minimum).amount
             line = {
                 "type": "adjustment",
                 "meter": meter,
@@ -285,7 +301,8 @@ def _adjustments(
             moved = True
             currency = currency or priced_by.currency
         if moved:
-            updates[text] = Billed(priced_by.slug, priced_by.version, quantities)
+            minimums = before is None or before.minimums
+            updates[text] = Billed(priced_by.slug, priced_by.version, quantities, minimums=minimums)
     return debits, credits, currency
 
 

@@ -130,6 +130,7 @@ def _draft(platform: Platform, tenant_id: str) -> InvoicePublic:
         next_invoice=next_invoice,
         next_credit_note=next_credit_note,
         issued_at=format_time(platform.clock()),
+        existed=tenant_id not in cut.joined_after,
     )
     if statement.invoice is None:
         raise NotFound(f"tenant {tenant_id} has nothing to be invoiced for {period.text} so far")

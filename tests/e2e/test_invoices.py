@@ -177,6 +177,21 @@ async def test_late_usage_is_billed_on_the_next_invoice_and_a_correction_downwar
     assert why == [f"closing {next_month.text}; usage of {this_month.text} changed after it was invoiced"]
 
 
+async def test_a_month_that_ended_before_a_tenant_was_created_bills_it_no_fee(omni: Omni) -> None:
+    ((tenant_id, key),) = await setup(omni)  # created now, on a plan with a fee
+    this_month = BillingPeriod.of(datetime.now(UTC))
+    last_month = this_month.before()
+    closed = await close(omni, last_month.text)
+    assert closed.status_code == 200, closed.text
+    assert (closed.json()["invoices"], closed.json()["totals"]) == (0, {})
+    assert await invoices(omni, key) == []
+
+    omni.platform.clock = lambda: after(this_month)
+    assert (await close(omni, this_month.text)).status_code == 200
+    (invoice,) = await invoices(omni, key)
+    assert (invoice["period"], invoice["tenant_id"], invoice["total"]) == (this_month.text, tenant_id, 1000)
+
+
 async def test_numbers_are_gapless_per_tenant_and_other_tenants_see_nothing(omni: Omni) -> None:
     (first, second) = await setup(omni, tenants=2)
     await use(omni, first[1], tokens=10)
