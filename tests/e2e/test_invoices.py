@@ -241,6 +241,40 @@ async def test_bad_billing_input_is_refused_with_problems(omni: Omni) -> None:
         assert unknown.status_code == 404 and unknown.headers["content-type"] == "application/problem+json", unknown.text
 
 
+async def test_a_plan_that_starts_charging_keeps_its_tenants_currency(omni: Omni) -> None:
+    ((tenant_id, key),) = await setup(omni)
+    await use(omni, key, tokens=10)
+    this_month = BillingPeriod.of(datetime.now(UTC))
+    omni.platform.clock = lambda: after(this_month)
+    assert (await close(omni, this_month.text)).status_code == 200  # invoiced in USD
+    await use(omni, key, tokens=2000)  # late usage of the closed month: an adjustment next month
+    free = await omni.client.put("/v1/plans/free", json={"entitlements": []}, headers=omni.auth(ADMIN))
+    assert free.status_code == 201, free.text
+    moved = await omni.client.put(f"/v1/tenants/{tenant_id}/plan", json={"plan": "free"}, headers=omni.auth(ADMIN))
+    assert moved.status_code == 204, moved.text
+    await omni.settle()
+
+    euros = {"entitlements": [], "currency": "EUR", "fee": "5.00"}
+    refused = await omni.client.put("/v1/plans/free", json=euros, headers=omni.auth(ADMIN))
+    assert refused.status_code == 422 and refused.headers["content-type"] == "application/problem+json", refused.text
+    assert refused.json()["errors"] == [
+        {"location": "body.currency", "reason": "a tenant keeps the currency it is invoiced in (USD)"}
+    ]
+    plan = (await omni.client.get("/v1/plans/free", headers=omni.auth(ADMIN))).json()
+    assert (plan["version"], plan["currency"]) == (1, None)
+    # The upcoming invoice (its adjustment priced in USD) and the next close still work.
+    draft = await omni.client.get("/v1/invoices/upcoming", headers=omni.auth(key))
+    assert draft.status_code == 200 and draft.json()["currency"] == "USD", draft.text
+
+    dollars = await omni.client.put("/v1/plans/free", json={**euros, "currency": "USD"}, headers=omni.auth(ADMIN))
+    assert dollars.status_code == 200 and dollars.json()["version"] == 2, dollars.text
+    await omni.settle()
+    draft = await omni.client.get("/v1/invoices/upcoming", headers=omni.auth(key))
+    assert draft.status_code == 200, draft.text
+    # 2,010 tokens: 1,010 past the free tier at 0.002, priced by the plan that priced the month (pro v1).
+    assert [(line["type"], line["amount"]) for line in draft.json()["lines"]] == [("fee", 500), ("adjustment", 202)]
+
+
 async def test_an_invoice_is_voided_with_a_credit_note_and_settled_states_stay_settled(omni: Omni) -> None:
     ((tenant_id, key), (_, other_key)) = await setup(omni, tenants=2)
     await use(omni, key, tokens=10)
