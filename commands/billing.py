@@ -23,7 +23,7 @@ from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate, event
 from eventsourcing.persistence import IntegrityError
 
-from commands.errors import Conflict, NotFound
+from commands.errors import Conflict, Invalid, NotFound
 from commands.ids import billing_account_aggregate_id, billing_period_aggregate_id
 from projections.invoices import (
     CREDIT_NOTE,
@@ -31,6 +31,7 @@ from projections.invoices import (
     BillingPeriod,
     PricedPlan,
     Statement,
+    Unbillable,
     bill,
     void_credit_note,
 )
@@ -157,7 +158,15 @@ class BillingCommands:
                 chunk = tenants[start : start + CLOSE_CHUNK]
                 last = start + CLOSE_CHUNK >= len(tenants)
                 for attempt in range(CLOSE_ATTEMPTS):
-                    accounts, issued, audits, before = self._bill_chunk(ctx, cut, chunk, closed_at)
+                    try:
+                        accounts, issued, audits, before = self._bill_chunk(ctx, cut, chunk, closed_at)
+                    except Unbillable as too_large:  # nothing of this chunk is saved; a close again resumes
+                        raise Invalid(
+                            f"billing period {period} was not closed: {too_large}",
+                            [{"location": "path.period", "reason": str(too_large)}],
+                            title="Unbillable amount",
+                            kind="unbillable-amount",
+                        ) from too_large
                     extra: list[Any] = []
                     if last:
                         count = len(documents) + len(issued) + earlier_documents + before

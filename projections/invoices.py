@@ -38,6 +38,13 @@ INVOICE = "invoice"
 CREDIT_NOTE = "credit_note"
 # Invoices' and credit notes' ids: uuid5 under this namespace, of what they are for.
 INVOICE_NAMESPACE = uuid5(NAMESPACE_URL, "https://omni.dev/invoices")
+# The largest amount a document may hold, in minor units: the views keep amounts as 64-bit integers
+# (BIGINT), and the log's encoder writes no larger integer.
+MAX_AMOUNT = 2**63 - 1
+
+
+class Unbillable(ValueError):
+    """A document whose amounts pass MAX_AMOUNT (usage far beyond any real bill): it is not issued."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,6 +325,11 @@ def _document(
     issued_at: str,
 ) -> dict[str, Any]:
     subtotal = sum(int(line["amount"]) for line in lines)
+    if subtotal > MAX_AMOUNT:  # every line's amount is zero or more: the subtotal bounds them all
+        raise Unbillable(
+            f"tenant {tenant_id}'s {kind.replace('_', ' ')} for {period.text} would total {subtotal} minor units of "
+            f"{currency}, more than an invoice holds ({MAX_AMOUNT}); correct the usage or the plan's prices"
+        )
     return {
         "id": document_id,
         "kind": kind,

@@ -275,6 +275,34 @@ async def test_a_plan_that_starts_charging_keeps_its_tenants_currency(omni: Omni
     assert [(line["type"], line["amount"]) for line in draft.json()["lines"]] == [("fee", 500), ("adjustment", 202)]
 
 
+async def test_usage_too_large_to_invoice_is_refused_and_leaves_the_log_flowing(omni: Omni) -> None:
+    ((tenant_id, key),) = await setup(omni)
+    # 10^22 tokens (a meter takes values up to 10^38): past 1,000 free, 0.002 each is 2 x 10^19 cents.
+    huge = "10000000000000000000000"
+    sent = await omni.send(key, [cloud_event(uuid.uuid4().hex, data={"tokens": huge})])
+    assert sent.status_code == 202, sent.text
+    await omni.settle()
+    draft = await omni.client.get("/v1/invoices/upcoming", headers=omni.auth(key))
+    assert draft.status_code == 422 and draft.json()["type"].endswith("/unbillable-amount"), draft.text
+    this_month = BillingPeriod.of(datetime.now(UTC))
+    omni.platform.clock = lambda: after(this_month)
+    refused = await close(omni, this_month.text)
+    assert refused.status_code == 422 and refused.json()["type"].endswith("/unbillable-amount"), refused.text
+    assert tenant_id in refused.json()["detail"], refused.text
+    assert await invoices(omni, key) == []
+
+    # The admin reprices the month (the plan in force at the close prices it): the close goes through,
+    # and the quantity, past what a JSON integer holds here, is written as its exact text.
+    free_tokens = {"meter": "tokens", "model": "per_unit", "unit_price": "0"}
+    repriced = {**PLAN, "prices": [free_tokens, *PLAN["prices"][1:]]}
+    assert (await omni.client.put("/v1/plans/pro", json=repriced, headers=omni.auth(ADMIN))).status_code == 200
+    closed = await close(omni, this_month.text)
+    assert closed.status_code == 200, closed.text
+    (invoice,) = await invoices(omni, key)  # the views folded it: the log took the invoice's event
+    tokens = next(line for line in invoice["lines"] if line.get("meter") == "tokens")
+    assert (tokens["quantity"], tokens["amount"], invoice["total"]) == (huge, 0, 1000)
+
+
 async def test_an_invoice_is_voided_with_a_credit_note_and_settled_states_stay_settled(omni: Omni) -> None:
     ((tenant_id, key), (_, other_key)) = await setup(omni, tenants=2)
     await use(omni, key, tokens=10)

@@ -6,10 +6,11 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from projections.invoices import Billed, BillingPeriod, PricedPlan, Statement, bill, canonical, digest
+from projections.invoices import MAX_AMOUNT, Billed, BillingPeriod, PricedPlan, Statement, Unbillable, bill, canonical, digest
 from projections.pricing import charge
 from schemas.billing import Billing
 
@@ -128,6 +129,28 @@ def test_a_tenant_created_after_the_period_owes_no_fee_nor_minimum_for_it_but_it
     existing = close(plan=WITH_MINIMUM, usage={"tokens": Decimal(30)})
     assert existing.invoice is not None and existing.invoice["total"] == 1500
     assert existing.billed["2026-11"].to_json() == {"plan": "floor", "version": 1, "quantities": {"tokens": "30"}}
+
+
+def test_an_invoice_holds_amounts_up_to_64_bits_and_refuses_more() -> None:
+    cents = PricedPlan(
+        "cents",
+        1,
+        Billing.model_validate({"currency": "USD", "prices": [{"meter": "tokens", "model": "per_unit", "unit_price": "0.01"}]}),
+    )
+    largest = close(plan=cents, usage={"tokens": Decimal(MAX_AMOUNT)}).invoice
+    assert largest is not None and largest["total"] == MAX_AMOUNT == 2**63 - 1
+    assert largest["lines"][0]["quantity"] == MAX_AMOUNT  # a JSON number still
+    assert canonical(largest)
+    with pytest.raises(Unbillable, match="more than an invoice holds"):
+        close(plan=cents, usage={"tokens": Decimal(MAX_AMOUNT + 1)})
+    # A quantity past 64 bits that costs nothing is invoiced, written as its exact text.
+    gratis = PricedPlan(
+        "gratis",
+        1,
+        Billing.model_validate({"currency": "USD", "prices": [{"meter": "tokens", "model": "per_unit", "unit_price": "0"}]}),
+    )
+    free = close(plan=gratis, usage={"tokens": Decimal(2**63)}).invoice
+    assert free is not None and free["lines"][0]["quantity"] == str(2**63) and canonical(free)
 
 
 def test_usage_that_costs_nothing_is_still_invoiced_at_zero() -> None:
