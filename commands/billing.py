@@ -23,7 +23,7 @@ from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate, event
 from eventsourcing.persistence import IntegrityError
 
-from commands.errors import Conflict, NotFound
+from commands.errors import Conflict, Invalid, NotFound
 from commands.ids import billing_account_aggregate_id, billing_period_aggregate_id
 from projections.invoices import (
     CREDIT_NOTE,
@@ -31,6 +31,7 @@ from projections.invoices import (
     BillingPeriod,
     PricedPlan,
     Statement,
+    Unbillable,
     bill,
     void_credit_note,
 )
@@ -121,6 +122,8 @@ class UsageCut:
     earlier: Mapping[str, Mapping[str, Mapping[str, Decimal]]]
     offsets: Mapping[str, Mapping[str, int]]
     plan_at: Callable[[str, int], PricedPlan | None] = field(compare=False)
+    # The tenants created after the period ended: no fee or minimum is due from them for it.
+    joined_after: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +158,15 @@ class BillingCommands:
                 chunk = tenants[start : start + CLOSE_CHUNK]
                 last = start + CLOSE_CHUNK >= len(tenants)
                 for attempt in range(CLOSE_ATTEMPTS):
-                    accounts, issued, audits, before = self._bill_chunk(ctx, cut, chunk, closed_at)
+                    try:
+                        accounts, issued, audits, before = self._bill_chunk(ctx, cut, chunk, closed_at)
+                    except Unbillable as too_large:  # nothing of this chunk is saved; a close again resumes
+                        raise Invalid(
+                            f"billing period {period} was not closed: {too_large}",
+                            [{"location": "path.period", "reason": str(too_large)}],
+                            title="Unbillable amount",
+                            kind="unbillable-amount",
+                        ) from too_large
                     extra: list[Any] = []
                     if last:
                         count = len(documents) + len(issued) + earlier_documents + before
@@ -189,7 +200,8 @@ class BillingCommands:
             plan = cut.plans.get(cut.tenants[tenant_id])
             usage = cut.usage.get(tenant_id, {})
             earlier = cut.earlier.get(tenant_id, {})
-            if not usage and not earlier and (plan is None or not plan.charges_without_usage):
+            existed = tenant_id not in cut.joined_after
+            if not usage and not earlier and (plan is None or not existed or not plan.charges_without_usage):
                 continue
             account = self._billing_account(tenant_id)
             done = [
@@ -212,6 +224,7 @@ class BillingCommands:
                 next_invoice=account.invoices_issued + 1,
                 next_credit_note=account.credit_notes_issued + 1,
                 issued_at=closed_at,
+                existed=existed,
             )
             issued, changed = _issue(account, statement)
             if not changed:

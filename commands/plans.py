@@ -84,8 +84,14 @@ def plan_json(body: PlanBody) -> dict[str, Any]:
 class PlanCommands:
     """The plan and quota commands of the ControlPlane application (mixed into it)."""
 
-    def put_plan(self: ControlPlane, ctx: CommandContext, slug: str, body: PlanBody) -> tuple[Plan, bool]:
-        """Publish a plan, or revise it when the body differs; returns the plan and whether it is new."""
+    def put_plan(
+        self: ControlPlane, ctx: CommandContext, slug: str, body: PlanBody, invoiced_in: frozenset[str] = frozenset()
+    ) -> tuple[Plan, bool]:
+        """Publish a plan, or revise it when the body differs; returns the plan and whether it is new.
+
+        `invoiced_in`: the currencies the plan's tenants have been invoiced in (read from the views at
+        the edge). A plan that charged nothing may start charging, but only in that currency: a
+        tenant keeps the currency it is invoiced in, as assign_plan holds for a tenant moved."""
         resource = f"plans/{slug}"
         with self._rejections_audited(ctx, "plan.put", resource):
             self._check_meters(body.entitlements, body.prices)
@@ -96,6 +102,15 @@ class PlanCommands:
                 raise Invalid(
                     f"plan {slug!r} charges in {plan.body['currency']}; its currency cannot change (publish a new plan)",
                     [{"location": "body.currency", "reason": "a plan's currency cannot change"}],
+                    title="Invalid plan",
+                    kind="invalid-plan",
+                )
+            others = ", ".join(sorted(invoiced_in - {stored["currency"]})) if "currency" in stored else ""
+            if others:
+                reason = f"a tenant keeps the currency it is invoiced in ({others})"
+                raise Invalid(
+                    f"plan {slug!r} has tenants invoiced in {others}; it cannot charge in {stored['currency']}",
+                    [{"location": "body.currency", "reason": reason}],
                     title="Invalid plan",
                     kind="invalid-plan",
                 )

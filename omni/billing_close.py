@@ -83,6 +83,7 @@ def read_cut(db: Database, period: BillingPeriod, window: timedelta, tenant_id: 
         tenants = billing_store.tenants_and_plans(tx)
         if tenant_id is not None:
             tenants = {tenant_id: tenants[tenant_id]} if tenant_id in tenants else {}
+        joined_after = billing_store.tenants_created_since(tx, period.end) & tenants.keys()
         plans = billing_store.charging_plans(tx)
         usage = billing_store.period_usage(tx, meters, period, tenant_id)
         earlier: dict[str, dict[str, dict[str, Decimal]]] = {}
@@ -99,6 +100,7 @@ def read_cut(db: Database, period: BillingPeriod, window: timedelta, tenant_id: 
         earlier=earlier,
         offsets=offsets,
         plan_at=lambda slug, version: versions.get((slug, version)),
+        joined_after=joined_after,
     )
 
 

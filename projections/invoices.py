@@ -38,6 +38,13 @@ INVOICE = "invoice"
 CREDIT_NOTE = "credit_note"
 # Invoices' and credit notes' ids: uuid5 under this namespace, of what they are for.
 INVOICE_NAMESPACE = uuid5(NAMESPACE_URL, "https://omni.dev/invoices")
+# The largest amount a document may hold, in minor units: the views keep amounts as 64-bit integers
+# (BIGINT), and the log's encoder writes no larger integer.
+MAX_AMOUNT = 2**63 - 1
+
+
+class Unbillable(ValueError):
+    """A document whose amounts pass MAX_AMOUNT (usage far beyond any real bill): it is not issued."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,18 +104,29 @@ class PricedPlan:
 @dataclass(frozen=True, slots=True)
 class Billed:
     """What one tenant was billed for one period: the plan version that priced it and the quantity
-    of each meter billed so far (the invoice's, then each adjustment's)."""
+    of each meter billed so far (the invoice's, then each adjustment's). `minimums` False: the
+    tenant did not exist in the period, so its prices' minimums did not apply (nor do they to the
+    period's adjustments)."""
 
     plan: str
     version: int
     quantities: Mapping[str, Decimal]
+    minimums: bool = True
 
     def to_json(self) -> dict[str, Any]:
-        return {"plan": self.plan, "version": self.version, "quantities": {m: str(q) for m, q in sorted(self.quantities.items())}}
+        stored: dict[str, Any] = {
+            "plan": self.plan,
+            "version": self.version,
+            "quantities": {m: str(q) for m, q in sorted(self.quantities.items())},
+        }
+        if not self.minimums:
+            stored["minimums"] = False  # absent (as in records before it existed): they applied
+        return stored
 
     @classmethod
     def from_json(cls, stored: Mapping[str, Any]) -> Billed:
-        return cls(stored["plan"], int(stored["version"]), {m: Decimal(q) for m, q in stored["quantities"].items()})
+        quantities = {m: Decimal(q) for m, q in stored["quantities"].items()}
+        return cls(stored["plan"], int(stored["version"]), quantities, bool(stored.get("minimums", True)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,24 +220,28 @@ def bill(
     next_invoice: int,
     next_credit_note: int,
     issued_at: str,
+    existed: bool = True,
 ) -> Statement:
     """Close `period` for one tenant.
 
     `usage`: the tenant's total of each meter in the period. `earlier`: its current totals in the
     closed periods before (period text -> meter -> total). `billed`: what it was billed for those.
-    `plan_at(slug, version)`: an earlier plan version. Sequences are the next unused numbers."""
+    `plan_at(slug, version)`: an earlier plan version. Sequences are the next unused numbers.
+    `existed` False: the tenant was created after the period ended, so the plan's standing charges
+    (its fee, its prices' minimums) are not due for it; usage in the period, by event time, is."""
     updates: dict[str, Billed] = {}
     lines: list[dict[str, Any]] = []
     if plan is not None:
-        fee = _fee_line(plan)
+        fee = _fee_line(plan) if existed else None
         if fee is not None:
             lines.append(fee)
         digits = MINOR_UNITS[plan.currency]
         for price in sorted(plan.billing.prices, key=lambda p: p.meter):
-            found = charge(price, usage.get(price.meter, ZERO), digits)
+            found = charge(price, usage.get(price.meter, ZERO), digits, minimum=existed)
             if found.quantity != 0 or found.amount != 0:
                 lines.append(usage_line(found))
-        updates[period.text] = Billed(plan.slug, plan.version, {m: q for m, q in usage.items() if plan.price_of(m) is not None})
+        priced = {m: q for m, q in usage.items() if plan.price_of(m) is not None}
+        updates[period.text] = Billed(plan.slug, plan.version, priced, minimums=existed)
     debits, credits, currency = _adjustments(plan, earlier, billed, plan_at, updates)
     charged = bool(lines) or any(line["amount"] > 0 for line in debits)
     invoice = None
@@ -270,7 +292,8 @@ def _adjustments(
                 # A tenant keeps its currency (commands.plans refuses a plan in another one).
                 raise ValueError(f"{text} was billed in {priced_by.currency}, this invoice is in {currency}")
             digits = MINOR_UNITS[priced_by.currency]
-            difference = charge(price, now, digits).amount - charge(price, then, digits).amount
+            minimum = before is None or before.minimums
+            difference = charge(price, now, digits, minimum=minimum).amount - charge(price, then, digits, minimum=minimum).amount
             line = {
                 "type": "adjustment",
                 "meter": meter,
@@ -285,7 +308,8 @@ def _adjustments(
             moved = True
             currency = currency or priced_by.currency
         if moved:
-            updates[text] = Billed(priced_by.slug, priced_by.version, quantities)
+            minimums = before is None or before.minimums
+            updates[text] = Billed(priced_by.slug, priced_by.version, quantities, minimums=minimums)
     return debits, credits, currency
 
 
@@ -301,6 +325,11 @@ def _document(
     issued_at: str,
 ) -> dict[str, Any]:
     subtotal = sum(int(line["amount"]) for line in lines)
+    if subtotal > MAX_AMOUNT:  # every line's amount is zero or more: the subtotal bounds them all
+        raise Unbillable(
+            f"tenant {tenant_id}'s {kind.replace('_', ' ')} for {period.text} would total {subtotal} minor units of "
+            f"{currency}, more than an invoice holds ({MAX_AMOUNT}); correct the usage or the plan's prices"
+        )
     return {
         "id": document_id,
         "kind": kind,

@@ -55,8 +55,9 @@ def to_minor(amount: Decimal, digits: int) -> int:
     return int((amount * (Decimal(10) ** digits)).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
 
 
-def charge(price: MeterPrice, quantity: Decimal, digits: int) -> Charge:
-    """The line for `quantity` of the price's meter, in a currency with `digits` minor units."""
+def charge(price: MeterPrice, quantity: Decimal, digits: int, *, minimum: bool = True) -> Charge:
+    """The line for `quantity` of the price's meter, in a currency with `digits` minor units.
+    `minimum` False: the price's minimum does not apply (a month the tenant did not exist in)."""
     billable = max(ZERO, quantity - price.included)
     tiers: tuple[TierCharge, ...] = ()
     packages: int | None = None
@@ -74,7 +75,7 @@ def charge(price: MeterPrice, quantity: Decimal, digits: int) -> Charge:
     else:  # pragma: no cover - the union is closed
         raise TypeError(f"no pricing for {price!r}")
     rounded = to_minor(exact, digits)
-    least = to_minor(Decimal(price.minimum), digits) if price.minimum is not None else 0
+    least = to_minor(Decimal(price.minimum), digits) if minimum and price.minimum is not None else 0
     return Charge(
         meter=price.meter,
         model=price.model,

@@ -33,11 +33,18 @@ def exact_quantity(value: Any, *, name: str, positive: bool) -> Decimal:
     return quantity.quantize(Decimal(1)) if quantity == quantity.to_integral_value() else quantity.normalize()
 
 
+# The integers written as JSON numbers: 64-bit signed ones. orjson (the log's and the views'
+# encoder) refuses anything past 64 bits outright, and most clients read no more.
+JSON_INTEGERS = range(-(2**63), 2**63)
+
+
 def quantity_json(quantity: Decimal) -> int | float | str:
     """A quantity as JSON: an integer when whole, else its exact decimal text as a number where
-    a double holds it exactly enough to read back (clients compare with what they sent)."""
+    a double holds it exactly enough to read back (clients compare with what they sent); as its
+    exact decimal text otherwise (a meter's total may pass 64 bits: a usage value may reach 10^38)."""
     if quantity == quantity.to_integral_value():
-        return int(quantity)
+        whole = int(quantity)
+        return whole if whole in JSON_INTEGERS else str(whole)
     return float(quantity) if Decimal(repr(float(quantity))) == quantity else str(quantity)
 
 

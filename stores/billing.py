@@ -8,7 +8,7 @@ of a close grows with tenants, meters and days, never with the events behind the
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -17,6 +17,7 @@ import orjson
 from projections.invoices import BillingPeriod, PricedPlan, canonical, digest
 from projections.meters import DAY
 from schemas.billing import parse_billing
+from schemas.envelope import format_time
 from stores.database import Tx
 
 SCHEMA = """
@@ -209,3 +210,16 @@ def meter_cut(tx: Tx, meters: Iterable[str]) -> dict[str, dict[str, int]]:
 
 def tenants_and_plans(tx: Tx) -> dict[str, str]:
     return {r[0]: r[1] for r in tx.execute("SELECT tenant_id, plan FROM tenants")}
+
+
+def currencies_invoiced_on_plan(tx: Tx, slug: str) -> frozenset[str]:
+    """The currencies the tenants on plan `slug` now have been invoiced in."""
+    rows = tx.execute(
+        "SELECT DISTINCT i.currency FROM invoices i JOIN tenants t ON t.tenant_id = i.tenant_id WHERE t.plan = ?", (slug,)
+    )
+    return frozenset(str(r[0]) for r in rows)
+
+
+def tenants_created_since(tx: Tx, moment: datetime) -> frozenset[str]:
+    """The tenants created at `moment` or later (created_at is format_time's text, which sorts like the time)."""
+    return frozenset(r[0] for r in tx.execute("SELECT tenant_id FROM tenants WHERE created_at >= ?", (format_time(moment),)))

@@ -56,12 +56,16 @@ def to_mirror(tx: Tx, limit: int) -> list[tuple[str, str, str, str]]:
     return [(str(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in rows]
 
 
-def unpushed(tx: Tx, limit: int) -> list[dict[str, Any]]:
-    """Finalized invoices (not credit notes) not yet in Stripe, oldest first."""
+def unpushed(tx: Tx, limit: int, after: tuple[str, str] | None = None) -> list[dict[str, Any]]:
+    """Finalized invoices (not credit notes) not yet in Stripe, oldest first (issued_at, then id);
+    `after`: the (issued_at, id) of the last one of the page before."""
+    page, params = "", ()
+    if after is not None:
+        page, params = " AND (i.issued_at > ? OR (i.issued_at = ? AND i.id > ?))", (after[0], after[0], after[1])
     rows = tx.execute(
         "SELECT i.document FROM invoices i WHERE i.kind=? AND i.status=? "
-        "AND NOT EXISTS (SELECT 1 FROM stripe_invoices s WHERE s.invoice_id = i.id) ORDER BY i.issued_at, i.id LIMIT ?",
-        (INVOICE, FINALIZED, limit),
+        f"AND NOT EXISTS (SELECT 1 FROM stripe_invoices s WHERE s.invoice_id = i.id){page} ORDER BY i.issued_at, i.id LIMIT ?",
+        (INVOICE, FINALIZED, *params, limit),
     )
     return [orjson.loads(r[0]) for r in rows]
 

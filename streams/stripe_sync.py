@@ -19,7 +19,8 @@ answer and our record sends the very same requests, and Stripe answers them as t
 
 Stripe outages (connection errors, 429, 409 on a key in flight, 5xx) stop the round; it is retried
 with backoff, and the invoice stays finalized and pending meanwhile. Any other refusal by Stripe
-skips that invoice for the round (logged), so one invoice Stripe refuses does not hold up the rest.
+(logged) puts that invoice aside with a backoff of its own, and the round goes on past it: however
+many invoices Stripe refuses, they never take the places of the others in a round.
 One process leads (as the outbox relay does); the others stand by.
 """
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -141,7 +143,7 @@ class StripeUnavailable(Exception):
 @dataclass(frozen=True, slots=True)
 class Round:
     pushed: int  # invoices pushed and recorded now
-    refused: int  # invoices Stripe refused (retried next round)
+    refused: int  # invoices Stripe refused (each retried after a backoff of its own)
 
 
 def stripe_client(settings: Settings, *, network_retries: int = NETWORK_RETRIES) -> stripe.StripeClient:
@@ -153,27 +155,53 @@ def stripe_client(settings: Settings, *, network_retries: int = NETWORK_RETRIES)
 
 class StripeSync:
     def __init__(
-        self, control: ControlPlane, db: Database, client: stripe.StripeClient, wake: Callable[[], None] | None = None
+        self,
+        control: ControlPlane,
+        db: Database,
+        client: stripe.StripeClient,
+        wake: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.control = control
         self.db = db
         self.client = client
         self.wake = wake  # the outbox relay's: publish what was just recorded
+        self.clock = clock
+        # Invoices Stripe refused: invoice id -> (refusals in a row, when to try it again, by `clock`).
+        self.refused: dict[str, tuple[int, float]] = {}
 
     def push_once(self, limit: int = PER_ROUND) -> Round:
-        """Push the next unpushed invoices (blocking). StripeUnavailable on an outage, after
-        recording the invoices pushed before it."""
-        with self.db.transaction() as tx:
-            pending = stripe_store.unpushed(tx, limit)
-        pushed = refused = 0
-        for document in pending:
-            try:
-                pushed += self.push(document)
-            except stripe.StripeError as error:
-                if is_outage(error):
-                    raise StripeUnavailable(f"{type(error).__name__}: {error}") from error
-                refused += 1
-                log.error("Stripe refused invoice %s; retrying next round: %s", document["id"], error)
+        """Push the next unpushed invoices, `limit` at most, past those Stripe refused whose backoff
+        has not run out (blocking). StripeUnavailable on an outage, after recording the invoices
+        pushed before it."""
+        now = self.clock()
+        attempted = pushed = refused = 0
+        after: tuple[str, str] | None = None
+        while attempted < limit:
+            with self.db.transaction() as tx:
+                page = stripe_store.unpushed(tx, PER_ROUND, after)
+            if not page:
+                break
+            after = (str(page[-1]["issued_at"]), str(page[-1]["id"]))
+            for document in page:
+                invoice_id = str(document["id"])
+                before = self.refused.get(invoice_id)
+                if before is not None and before[1] > now:
+                    continue  # refused lately: its own backoff runs
+                if attempted == limit:
+                    break
+                attempted += 1
+                try:
+                    pushed += self.push(document)
+                except stripe.StripeError as error:
+                    if is_outage(error):
+                        raise StripeUnavailable(f"{type(error).__name__}: {error}") from error
+                    refused += 1
+                    times = (before[0] if before is not None else 0) + 1
+                    self.refused[invoice_id] = (times, now + backoff(times))
+                    log.error("Stripe refused invoice %s; retrying in %.0fs: %s", invoice_id, backoff(times), error)
+                else:
+                    self.refused.pop(invoice_id, None)
         return Round(pushed, refused)
 
     def mirror_once(self, limit: int = PER_ROUND) -> int:
@@ -236,7 +264,7 @@ class StripeSync:
                         mirrored = await asyncio.to_thread(self.mirror_once)
                         if (done.pushed or mirrored) and self.wake is not None:
                             self.wake()
-                        failures = failures + 1 if done.refused else 0
+                        failures = 0  # refused invoices wait out backoffs of their own (push_once)
                 except StripeUnavailable as outage:
                     failures += 1
                     log.warning("Stripe unavailable (%s); retrying in %.0fs", outage, backoff(failures))

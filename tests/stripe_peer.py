@@ -16,6 +16,7 @@ import pytest
 
 STRIPE_MOCK = os.environ.get("STRIPE_API_BASE", "http://127.0.0.1:12111")
 UNAVAILABLE = b'{"error": {"type": "api_error", "message": "Stripe is down (the test proxy says so)"}}'
+REFUSED = b'{"error": {"type": "invalid_request_error", "message": "Refused (the test proxy says so)"}}'
 
 
 def stripe_mock_or_skip() -> str:
@@ -44,6 +45,7 @@ class RecordingProxy:
         self.upstream = urlparse(upstream)
         self.seen: list[Seen] = []
         self.unavailable = False  # answer 503 instead of forwarding
+        self.refuse_invoices: set[str] = set()  # our invoice ids whose Stripe invoice is refused with 400
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self.port = 0
@@ -89,13 +91,15 @@ class RecordingProxy:
 
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
         body = handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+        path = handler.path.partition("?")[0]
+        params = dict(parse_qsl(body.decode(), keep_blank_values=True))
         if self.unavailable:
             status, answer, headers = 503, UNAVAILABLE, {"Content-Type": "application/json"}
+        elif path == "/v1/invoices" and params.get("metadata[omni_invoice_id]") in self.refuse_invoices:
+            status, answer, headers = 400, REFUSED, {"Content-Type": "application/json"}
         else:
             status, answer, headers = self._forward(handler, body)
         with self._lock:
-            path = handler.path.partition("?")[0]
-            params = dict(parse_qsl(body.decode(), keep_blank_values=True))
             self.seen.append(Seen(handler.command, path, handler.headers.get("Idempotency-Key"), params, status))
         handler.send_response(status)
         for name, value in headers.items():

@@ -18,7 +18,7 @@ from commands.errors import NotFound
 from omni import metrics
 from omni.billing_close import NotOver, ViewsBehind, close_period, read_cut
 from omni.bootstrap import Platform
-from projections.invoices import CREDIT_NOTE, INVOICE, PERIOD_PATTERN, BillingPeriod, bill, digest
+from projections.invoices import CREDIT_NOTE, INVOICE, PERIOD_PATTERN, BillingPeriod, Unbillable, bill, digest
 from schemas.billing import InvoiceChanged, InvoiceList, InvoicePublic, PeriodClose, StatusChange
 from schemas.cloudevents import Rfc3339Time
 from schemas.envelope import format_time
@@ -119,18 +119,22 @@ def _draft(platform: Platform, tenant_id: str) -> InvoicePublic:
     period = BillingPeriod.of(platform.clock())
     cut = read_cut(platform.db, period, platform.settings.acceptance_window, tenant_id)
     billed, next_invoice, next_credit_note = platform.control.billed_so_far(tenant_id)
-    statement = bill(
-        tenant_id=tenant_id,
-        period=period,
-        plan=cut.plans.get(cut.tenants.get(tenant_id, "")),
-        usage=cut.usage.get(tenant_id, {}),
-        earlier=cut.earlier.get(tenant_id, {}),
-        billed=billed,
-        plan_at=cut.plan_at,
-        next_invoice=next_invoice,
-        next_credit_note=next_credit_note,
-        issued_at=format_time(platform.clock()),
-    )
+    try:
+        statement = bill(
+            tenant_id=tenant_id,
+            period=period,
+            plan=cut.plans.get(cut.tenants.get(tenant_id, "")),
+            usage=cut.usage.get(tenant_id, {}),
+            earlier=cut.earlier.get(tenant_id, {}),
+            billed=billed,
+            plan_at=cut.plan_at,
+            next_invoice=next_invoice,
+            next_credit_note=next_credit_note,
+            issued_at=format_time(platform.clock()),
+            existed=tenant_id not in cut.joined_after,
+        )
+    except Unbillable as too_large:
+        raise Problem(422, "Unbillable amount", str(too_large), kind="unbillable-amount") from too_large
     if statement.invoice is None:
         raise NotFound(f"tenant {tenant_id} has nothing to be invoiced for {period.text} so far")
     draft: dict[str, Any] = {**statement.invoice, "status": "draft", "number": None, "issued_at": None}

@@ -14,6 +14,7 @@ from schemas.envelope import format_time
 from schemas.ids import canonical_uuid
 from schemas.plans import Entitlement, PlanAssignment, PlanBody, PlanList, PlanPublic, QuotaOverrideBody
 from schemas.quantities import SLUG_PATTERN
+from stores import billing as billing_store
 from stores import plans as plan_store
 
 router = APIRouter(prefix="/v1", tags=["plans"])
@@ -39,7 +40,10 @@ async def put_plan(
 ) -> PlanPublic:
     """Publish a plan (201), or revise it (200): a changed body is the next version, and its tenants
     get the new entitlements at once; usage so far in the period carries over."""
-    plan, created = await run_command(platform, platform.control.put_plan, command_context(request, admin), slug, body)
+    with platform.db.transaction() as tx:
+        invoiced_in = billing_store.currencies_invoiced_on_plan(tx, slug)
+    ctx = command_context(request, admin)
+    plan, created = await run_command(platform, platform.control.put_plan, ctx, slug, body, invoiced_in)
     response.status_code = 201 if created else 200
     entitlements = [Entitlement.from_stored(e) for e in plan.body["entitlements"]]
     billing = {key: plan.body[key] for key in BILLING_KEYS if key in plan.body}

@@ -177,6 +177,21 @@ async def test_late_usage_is_billed_on_the_next_invoice_and_a_correction_downwar
     assert why == [f"closing {next_month.text}; usage of {this_month.text} changed after it was invoiced"]
 
 
+async def test_a_month_that_ended_before_a_tenant_was_created_bills_it_no_fee(omni: Omni) -> None:
+    ((tenant_id, key),) = await setup(omni)  # created now, on a plan with a fee
+    this_month = BillingPeriod.of(datetime.now(UTC))
+    last_month = this_month.before()
+    closed = await close(omni, last_month.text)
+    assert closed.status_code == 200, closed.text
+    assert (closed.json()["invoices"], closed.json()["totals"]) == (0, {})
+    assert await invoices(omni, key) == []
+
+    omni.platform.clock = lambda: after(this_month)
+    assert (await close(omni, this_month.text)).status_code == 200
+    (invoice,) = await invoices(omni, key)
+    assert (invoice["period"], invoice["tenant_id"], invoice["total"]) == (this_month.text, tenant_id, 1000)
+
+
 async def test_numbers_are_gapless_per_tenant_and_other_tenants_see_nothing(omni: Omni) -> None:
     (first, second) = await setup(omni, tenants=2)
     await use(omni, first[1], tokens=10)
@@ -224,6 +239,68 @@ async def test_bad_billing_input_is_refused_with_problems(omni: Omni) -> None:
     for route in ("/v1/invoices", "/v1/invoices/upcoming"):
         unknown = await omni.client.get(route, params={"tenant": str(uuid.uuid4())}, headers=omni.auth(ADMIN))
         assert unknown.status_code == 404 and unknown.headers["content-type"] == "application/problem+json", unknown.text
+
+
+async def test_a_plan_that_starts_charging_keeps_its_tenants_currency(omni: Omni) -> None:
+    ((tenant_id, key),) = await setup(omni)
+    await use(omni, key, tokens=10)
+    this_month = BillingPeriod.of(datetime.now(UTC))
+    omni.platform.clock = lambda: after(this_month)
+    assert (await close(omni, this_month.text)).status_code == 200  # invoiced in USD
+    await use(omni, key, tokens=2000)  # late usage of the closed month: an adjustment next month
+    free = await omni.client.put("/v1/plans/free", json={"entitlements": []}, headers=omni.auth(ADMIN))
+    assert free.status_code == 201, free.text
+    moved = await omni.client.put(f"/v1/tenants/{tenant_id}/plan", json={"plan": "free"}, headers=omni.auth(ADMIN))
+    assert moved.status_code == 204, moved.text
+    await omni.settle()
+
+    euros = {"entitlements": [], "currency": "EUR", "fee": "5.00"}
+    refused = await omni.client.put("/v1/plans/free", json=euros, headers=omni.auth(ADMIN))
+    assert refused.status_code == 422 and refused.headers["content-type"] == "application/problem+json", refused.text
+    assert refused.json()["errors"] == [
+        {"location": "body.currency", "reason": "a tenant keeps the currency it is invoiced in (USD)"}
+    ]
+    plan = (await omni.client.get("/v1/plans/free", headers=omni.auth(ADMIN))).json()
+    assert (plan["version"], plan["currency"]) == (1, None)
+    # The upcoming invoice (its adjustment priced in USD) and the next close still work.
+    draft = await omni.client.get("/v1/invoices/upcoming", headers=omni.auth(key))
+    assert draft.status_code == 200 and draft.json()["currency"] == "USD", draft.text
+
+    dollars = await omni.client.put("/v1/plans/free", json={**euros, "currency": "USD"}, headers=omni.auth(ADMIN))
+    assert dollars.status_code == 200 and dollars.json()["version"] == 2, dollars.text
+    await omni.settle()
+    draft = await omni.client.get("/v1/invoices/upcoming", headers=omni.auth(key))
+    assert draft.status_code == 200, draft.text
+    # 2,010 tokens: 1,010 past the free tier at 0.002, priced by the plan that priced the month (pro v1).
+    assert [(line["type"], line["amount"]) for line in draft.json()["lines"]] == [("fee", 500), ("adjustment", 202)]
+
+
+async def test_usage_too_large_to_invoice_is_refused_and_leaves_the_log_flowing(omni: Omni) -> None:
+    ((tenant_id, key),) = await setup(omni)
+    # 10^22 tokens (a meter takes values up to 10^38): past 1,000 free, 0.002 each is 2 x 10^19 cents.
+    huge = "10000000000000000000000"
+    sent = await omni.send(key, [cloud_event(uuid.uuid4().hex, data={"tokens": huge})])
+    assert sent.status_code == 202, sent.text
+    await omni.settle()
+    draft = await omni.client.get("/v1/invoices/upcoming", headers=omni.auth(key))
+    assert draft.status_code == 422 and draft.json()["type"].endswith("/unbillable-amount"), draft.text
+    this_month = BillingPeriod.of(datetime.now(UTC))
+    omni.platform.clock = lambda: after(this_month)
+    refused = await close(omni, this_month.text)
+    assert refused.status_code == 422 and refused.json()["type"].endswith("/unbillable-amount"), refused.text
+    assert tenant_id in refused.json()["detail"], refused.text
+    assert await invoices(omni, key) == []
+
+    # The admin reprices the month (the plan in force at the close prices it): the close goes through,
+    # and the quantity, past what a JSON integer holds here, is written as its exact text.
+    free_tokens = {"meter": "tokens", "model": "per_unit", "unit_price": "0"}
+    repriced = {**PLAN, "prices": [free_tokens, *PLAN["prices"][1:]]}
+    assert (await omni.client.put("/v1/plans/pro", json=repriced, headers=omni.auth(ADMIN))).status_code == 200
+    closed = await close(omni, this_month.text)
+    assert closed.status_code == 200, closed.text
+    (invoice,) = await invoices(omni, key)  # the views folded it: the log took the invoice's event
+    tokens = next(line for line in invoice["lines"] if line.get("meter") == "tokens")
+    assert (tokens["quantity"], tokens["amount"], invoice["total"]) == (huge, 0, 1000)
 
 
 async def test_an_invoice_is_voided_with_a_credit_note_and_settled_states_stay_settled(omni: Omni) -> None:

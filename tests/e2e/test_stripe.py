@@ -197,6 +197,36 @@ async def test_a_stripe_outage_loses_nothing_and_the_invoice_is_pushed_once_stri
     assert [c[2] for c in calls(delivered)].count(f"omni-{invoice['id']}-finalize") == 1
 
 
+async def test_invoices_stripe_refuses_wait_their_own_backoff_and_never_hold_up_the_others(
+    omni: Omni, proxy: RecordingProxy
+) -> None:
+    tenants = await setup(omni, tenants=2)
+    this_month = BillingPeriod.of(datetime.now(UTC))
+    omni.platform.clock = lambda: after(this_month)
+    assert (await close(omni, this_month.text)).status_code == 200
+    first, second = sorted((await invoices(omni, ADMIN)), key=lambda d: d["id"])  # the order they are pushed in
+    assert {first["tenant_id"], second["tenant_id"]} == {t for t, _ in tenants}
+    now = [1000.0]
+    sync = sync_through(omni, proxy)
+    sync.clock = lambda: now[0]
+    proxy.refuse_invoices = {first["id"]}  # say, a currency Stripe takes from no one
+
+    # One invoice a round: the refused one does not come back before its backoff, the next goes.
+    assert await asyncio.to_thread(sync.push_once, 1) == Round(pushed=0, refused=1)
+    assert await asyncio.to_thread(sync.push_once, 1) == Round(pushed=1, refused=0)
+    await omni.settle()
+    assert pushed(omni, first["id"]) is None and pushed(omni, second["id"]) is not None
+    assert await asyncio.to_thread(sync.push_once, 1) == Round(pushed=0, refused=0)  # still in its backoff
+    proxy.take()
+
+    now[0] += 1.0  # its backoff (1 s after one refusal) has run out, and Stripe takes it now
+    proxy.refuse_invoices = set()
+    assert await asyncio.to_thread(sync.push_once, 1) == Round(pushed=1, refused=0)
+    assert [c[2] for c in calls(proxy.take())][0] == f"omni-{first['id']}-invoice"
+    await omni.settle()
+    assert pushed(omni, first["id"]) is not None
+
+
 async def test_what_an_admin_does_to_a_pushed_invoice_reaches_stripe_once(omni: Omni, proxy: RecordingProxy) -> None:
     invoice = await one_invoice(omni)
     sync = sync_through(omni, proxy)

@@ -6,10 +6,11 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from projections.invoices import Billed, BillingPeriod, PricedPlan, Statement, bill, canonical, digest
+from projections.invoices import MAX_AMOUNT, Billed, BillingPeriod, PricedPlan, Statement, Unbillable, bill, canonical, digest
 from projections.pricing import charge
 from schemas.billing import Billing
 
@@ -42,6 +43,18 @@ USAGE_ONLY = PricedPlan(
     Billing.model_validate({"currency": "JPY", "prices": [{"meter": "tokens", "model": "per_unit", "unit_price": "2"}]}),
 )
 
+WITH_MINIMUM = PricedPlan(
+    "floor",
+    1,
+    Billing.model_validate(
+        {
+            "currency": "USD",
+            "fee": "10.00",
+            "prices": [{"meter": "tokens", "model": "per_unit", "unit_price": "0.01", "minimum": "5.00"}],
+        }
+    ),
+)
+
 
 def close(
     period: BillingPeriod = NOVEMBER,
@@ -49,8 +62,9 @@ def close(
     usage: dict[str, Decimal] | None = None,
     earlier: dict[str, dict[str, Decimal]] | None = None,
     billed: dict[str, Billed] | None = None,
+    existed: bool = True,
 ) -> Statement:
-    plans = {(p.slug, p.version): p for p in (PRO, USAGE_ONLY)}
+    plans = {(p.slug, p.version): p for p in (PRO, USAGE_ONLY, WITH_MINIMUM)}
     return bill(
         tenant_id=TENANT,
         period=period,
@@ -62,6 +76,7 @@ def close(
         next_invoice=7,
         next_credit_note=2,
         issued_at="2026-12-01T01:00:00Z",
+        existed=existed,
     )
 
 
@@ -91,6 +106,51 @@ def test_no_usage_and_no_fee_means_no_invoice_and_nothing_remembered() -> None:
 def test_a_fee_alone_is_invoiced() -> None:
     invoice = close().invoice
     assert invoice is not None and [line["type"] for line in invoice["lines"]] == ["fee"] and invoice["total"] == 1000
+
+
+def test_a_tenant_created_after_the_period_owes_no_fee_nor_minimum_for_it_but_its_usage_is_billed() -> None:
+    assert close(plan=WITH_MINIMUM, existed=False) == Statement(None, None, {})
+    statement = close(plan=WITH_MINIMUM, usage={"tokens": Decimal(30)}, existed=False)  # usage of the month, sent late
+    assert statement.invoice is not None
+    assert [(line["type"], line["amount"]) for line in statement.invoice["lines"]] == [("usage", 30)]
+    assert "minimum_applied" not in statement.invoice["lines"][0] and statement.invoice["total"] == 30
+    assert statement.billed == {"2026-11": Billed("floor", 1, {"tokens": Decimal(30)}, minimums=False)}
+    # Its late usage is priced as the month was: without the minimum (20 more tokens: 20 cents).
+    later = close(DECEMBER, plan=WITH_MINIMUM, earlier={"2026-11": {"tokens": Decimal(50)}}, billed=statement.billed)
+    assert later.invoice is not None
+    assert [(line["type"], line["amount"]) for line in later.invoice["lines"]] == [
+        ("fee", 1000),
+        ("usage", 500),  # December, which it existed in: the minimum applies
+        ("adjustment", 20),
+    ]
+    assert later.billed["2026-11"] == Billed("floor", 1, {"tokens": Decimal(50)}, minimums=False)
+    assert Billed.from_json(later.billed["2026-11"].to_json()) == later.billed["2026-11"]
+    # A tenant that existed: the fee and the minimum, as before (and its record says nothing of them).
+    existing = close(plan=WITH_MINIMUM, usage={"tokens": Decimal(30)})
+    assert existing.invoice is not None and existing.invoice["total"] == 1500
+    assert existing.billed["2026-11"].to_json() == {"plan": "floor", "version": 1, "quantities": {"tokens": "30"}}
+
+
+def test_an_invoice_holds_amounts_up_to_64_bits_and_refuses_more() -> None:
+    cents = PricedPlan(
+        "cents",
+        1,
+        Billing.model_validate({"currency": "USD", "prices": [{"meter": "tokens", "model": "per_unit", "unit_price": "0.01"}]}),
+    )
+    largest = close(plan=cents, usage={"tokens": Decimal(MAX_AMOUNT)}).invoice
+    assert largest is not None and largest["total"] == MAX_AMOUNT == 2**63 - 1
+    assert largest["lines"][0]["quantity"] == MAX_AMOUNT  # a JSON number still
+    assert canonical(largest)
+    with pytest.raises(Unbillable, match="more than an invoice holds"):
+        close(plan=cents, usage={"tokens": Decimal(MAX_AMOUNT + 1)})
+    # A quantity past 64 bits that costs nothing is invoiced, written as its exact text.
+    gratis = PricedPlan(
+        "gratis",
+        1,
+        Billing.model_validate({"currency": "USD", "prices": [{"meter": "tokens", "model": "per_unit", "unit_price": "0"}]}),
+    )
+    free = close(plan=gratis, usage={"tokens": Decimal(2**63)}).invoice
+    assert free is not None and free["lines"][0]["quantity"] == str(2**63) and canonical(free)
 
 
 def test_usage_that_costs_nothing_is_still_invoiced_at_zero() -> None:
