@@ -140,6 +140,18 @@ class SloList(BaseModel):
     data: list[SloPublic]
 
 
+class HistoryWindow(StrEnum):
+    """The window sizes of an SLO's history (a meter's MONTH is none: SLO windows are days)."""
+
+    MINUTE = "MINUTE"
+    HOUR = "HOUR"
+    DAY = "DAY"
+
+    @property
+    def seconds(self) -> int:
+        return {"MINUTE": 60, "HOUR": 3600, "DAY": 86400}[self.value]
+
+
 class SloHistoryPoint(BaseModel):
     start: str
     end: str

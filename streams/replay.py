@@ -93,6 +93,14 @@ class ReadOnlyLog:
         self.topics: Topics = log.topics
         self.until = until
         self._cut: dict[tuple[str, int], int] = {}
+        self.limits: dict[tuple[str, int], int] = {}  # a diff's: where the live folds stand (next offsets)
+
+    def limit(self, positions: dict[tuple[str, int], int]) -> bool:
+        """Read each (topic, partition) no further than `positions`, the next offsets of the live
+        folds (a diff compares at their place in the log); whether a limit moved since the last call."""
+        moved = positions != self.limits
+        self.limits = dict(positions)
+        return moved
 
     async def start(self) -> None:
         pass
@@ -110,10 +118,15 @@ class ReadOnlyLog:
         cut = self._cut.get((topic, partition))
         if cut is not None and start >= cut:
             return []
+        if start >= self.limits.get((topic, partition), start + 1):
+            return []
         records = await self.log.read(topic, partition, start, limit)
         return self._before_cut(topic, partition, records)
 
     def _before_cut(self, topic: str, partition: int, records: list[LogRecord]) -> list[LogRecord]:
+        most = self.limits.get((topic, partition))
+        if most is not None and records and records[-1].offset >= most:
+            records = [r for r in records if r.offset < most]
         if self.until is None:
             return records
         cut = self._cut.get((topic, partition))
@@ -154,7 +167,7 @@ class ReadOnlyLog:
 
     async def end_offsets(self, topic: str) -> dict[int, int]:
         ends = await self.log.end_offsets(topic)
-        return {p: min(end, self._cut.get((topic, p), end)) for p, end in ends.items()}
+        return {p: min(end, self._cut.get((topic, p), end), self.limits.get((topic, p), end)) for p, end in ends.items()}
 
 
 class Folder(Protocol):
@@ -222,6 +235,8 @@ class Replayer:
         try:
             source = ReadOnlyLog(self.log, request.until)
             folding = self._folding(source, shadow.db, {f.name for f in folds}, swap=request.mode is Mode.SWAP)
+            if request.mode is Mode.DIFF:  # what the live folds have not folded yet is no difference
+                source.limit(await asyncio.to_thread(self._live_positions, folding))
             progress.total = sum([sum((await source.end_offsets(topic)).values()) for topic in folding.topics])
             progress.started = time.monotonic()
             on_progress(progress)
@@ -230,6 +245,10 @@ class Replayer:
                 progress.total = progress.done
             differences: list[shadows.Difference] = []
             if request.mode is Mode.DIFF:
+                for _ in range(SWAP_TRIES):  # the live folds moved on meanwhile: fold on to where they are now
+                    if not source.limit(await asyncio.to_thread(self._live_positions, folding)):
+                        break
+                    await folding.drain(progress, on_progress)
                 tables = [t for p in chosen for t in p.tables]
                 differences = await asyncio.to_thread(shadows.diff, self.live, shadow.db, tables)
             swapped = False
@@ -263,6 +282,16 @@ class Replayer:
         outcome = await self.run(Request(tuple(projections), Mode.BUILD, until=until))
         assert outcome.kept is not None  # a point-in-time build is always kept
         return await asyncio.to_thread(shadows.reopen, self.live, outcome.kept)
+
+    def _live_positions(self, folding: _Folding) -> dict[tuple[str, int], int]:
+        """The next offset of the live fold of each partition of the topics `folding` reads."""
+        found: dict[tuple[str, int], int] = {}
+        with self.live.transaction() as tx:
+            for consumer, folder in folding.sources:
+                offsets = views.checkpoints(tx, consumer, folder.topic)
+                for partition in range(self.log.topics.partitions(folder.topic)):
+                    found[(folder.topic, partition)] = offsets.get(partition, 0)
+        return found
 
     def _folding(self, source: ReadOnlyLog, db: Database, folds: set[str], *, swap: bool) -> _Folding:
         topics = source.topics

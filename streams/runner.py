@@ -20,6 +20,7 @@ from streams.log import EventLog, LogUnavailable
 from streams.pausing import Pause, pause
 from streams.projectors import API_CALLS, AUDIT, CATALOG, AuditProjector, CatalogProjector, MeterProjector
 from streams.quota_ledger import FactLedger, Rebuilding
+from streams.slos import SloLag
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +127,17 @@ class Runner:
             for lag in await asyncio.to_thread(meters.lagging):
                 records = await self.log.read(meters.topic, lag.partition, lag.start, min(self.batch_size, lag.end - lag.start))
                 moved += await asyncio.to_thread(meters.catch_up, lag, records)
-            for slo_lag in await asyncio.to_thread(meters.slos.lagging):  # SLOs too (streams.slos)
-                size = min(self.batch_size, slo_lag.end - slo_lag.start)
-                moved += await asyncio.to_thread(
-                    meters.slos.catch_up, slo_lag, await self.log.read(meters.topic, slo_lag.partition, slo_lag.start, size)
-                )
+            by_slo: dict[str, list[SloLag]] = {}  # SLOs too (streams.slos), each with all its partitions at once
+            for slo_lag in await asyncio.to_thread(meters.slos.lagging):
+                by_slo.setdefault(slo_lag.slo, []).append(slo_lag)
+            for lags in by_slo.values():
+                records = {
+                    lag.partition: await self.log.read(
+                        meters.topic, lag.partition, lag.start, min(self.batch_size, lag.end - lag.start)
+                    )
+                    for lag in lags
+                }
+                moved += await asyncio.to_thread(meters.slos.catch_up, lags, records)
         return moved
 
     async def drain(self, rounds: int = 10_000, *, wait_for_counters: float = 60.0) -> None:

@@ -12,12 +12,13 @@ With no SLO defined, a batch costs one query that finds no rows.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Sequence
+import heapq
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from omni import metrics
 from projections import slos as slo_view
-from schemas.envelope import Envelope, decode
+from schemas.envelope import Envelope, decode, recorded_time_of
 from stores import slos as slo_store
 from stores import views
 from stores.database import Database, Tx
@@ -115,23 +116,101 @@ class SloFold:
                     found.append(SloLag(key, row.owner, row.name, row.version, partition, start, head))
         return found
 
-    def catch_up(self, lag: SloLag, records: Sequence[LogRecord]) -> int:
-        """Fold records [lag.start, ...) into one lagging SLO version; return how many offsets it advanced."""
+    def catch_up(self, lags: Sequence[SloLag], records: Mapping[int, Sequence[LogRecord]]) -> int:
+        """Fold records (by partition, each from its lag's start) into one lagging SLO version; return
+        how many offsets it advanced. Every partition's records are walked together, merged in the
+        order they were recorded, as the live fold met them: walked one partition after another, a
+        platform SLO would find every event of the later partitions late, so their alerts would
+        never fire. A partition whose records were not all read holds the others back at its last
+        one's recorded time (it goes whole, so each call advances)."""
+        if not lags:
+            return 0
+        first = lags[0]
         with self.db.transaction() as tx:
-            head = views.lock_checkpoint(tx, self.consumer, self.topic, lag.partition)
-            current = slo_store.checkpoints(tx, self.topic, lag.partition).get((lag.slo, lag.partition), 0)
-            row = slo_store.one(tx, lag.owner, lag.name)
-            if row is None or row.version != lag.version or current >= head or current != lag.start:
-                return 0  # revised, or moved by someone else since `records` were read: read again
-            batch = [r for r in records if current <= r.offset < head]
-            end = min(batch[-1].offset + 1, head) if batch else head  # nothing below the head: a gap
-            dropped = views.dropped_between(tx, self.topic, lag.partition, current, end)
-            events = (decode(r.value) for r in batch if r.offset not in dropped)
-            shown = self._fold(tx, [row], [self._compile(row)], events)
-            slo_store.set_checkpoints(tx, self.topic, lag.partition, {lag.slo: end})
+            row = slo_store.one(tx, first.owner, first.name)
+            if row is None or row.version != first.version:
+                return 0  # revised since
+            current = slo_store.checkpoints(tx, self.topic)
+            taken: list[_Taken] = []
+            for lag in lags:
+                head = views.lock_checkpoint(tx, self.consumer, self.topic, lag.partition)
+                at = current.get((lag.slo, lag.partition), 0)
+                if at >= head or at != lag.start:
+                    continue  # moved by someone else since `records` were read: read again
+                batch = [r for r in records.get(lag.partition, ()) if at <= r.offset < head]
+                taken.append(_Taken(lag.partition, at, head, batch, _recorded(batch)))
+            cut, holding = _cut(taken)
+            streams = []
+            for part in taken:
+                count = len(part.batch) if part.partition == holding else part.before(cut)
+                part.take(count)
+                dropped = views.dropped_between(tx, self.topic, part.partition, part.start, part.end)
+                streams.append(
+                    [
+                        (part.times[i], part.partition, r.offset, r)
+                        for i, r in enumerate(part.batch[:count])
+                        if r.offset not in dropped
+                    ]
+                )
+            merged = heapq.merge(*streams, key=lambda item: item[:3])
+            shown = self._fold(tx, [row], [self._compile(row)], (decode(item[3].value) for item in merged))
+            for part in taken:
+                if part.end > part.start:
+                    slo_store.set_checkpoints(tx, self.topic, part.partition, {first.slo: part.end})
         for show in shown:  # committed
             show()
-        return end - current
+        return sum(part.end - part.start for part in taken)
+
+
+@dataclass(slots=True)
+class _Taken:
+    """What a catch-up reads of one partition, [start, head) of it, and takes: up to `end`."""
+
+    partition: int
+    start: int
+    head: int
+    batch: list[LogRecord]
+    times: list[float]  # each record's recorded time (epoch seconds)
+    end: int = 0
+
+    @property
+    def whole(self) -> bool:
+        """Whether the batch reaches the head (or nothing below the head is left: a gap)."""
+        return not self.batch or self.batch[-1].offset + 1 >= self.head
+
+    def before(self, cut: float | None) -> int:
+        """How many of the batch's first records were recorded by `cut` (all: no cut)."""
+        if cut is None:
+            return len(self.batch)
+        count = 0
+        while count < len(self.batch) and self.times[count] <= cut:
+            count += 1
+        return count
+
+    def take(self, count: int) -> None:
+        if count == len(self.batch) and self.whole:
+            self.end = min(self.batch[-1].offset + 1, self.head) if self.batch else self.head
+        else:
+            self.end = self.batch[count - 1].offset + 1 if count else self.start
+
+
+def _recorded(batch: Sequence[LogRecord]) -> list[float]:
+    """Each record's recorded time; an unreadable record (a dead letter) takes the one before it."""
+    times, last = [], float("-inf")
+    for record in batch:
+        moment = recorded_time_of(record.value)
+        last = last if moment is None else moment.timestamp()
+        times.append(last)
+    return times
+
+
+def _cut(taken: Sequence[_Taken]) -> tuple[float | None, int | None]:
+    """The recorded time no partition is walked past in this call, and the partition that sets it
+    (of those with more to read, the one whose batch ends earliest); (None, None) when every batch is whole."""
+    partial = [(part.times[-1], part.partition) for part in taken if not part.whole]
+    if not partial:
+        return None, None
+    return min(partial)
 
 
 def _show(row: slo_store.SloRow, judged: Sequence[slo_view.Run], state: slo_view.AlertState | None) -> None:

@@ -18,12 +18,12 @@ from omni import metrics
 from projections import slos as slo_view
 from schemas.cloudevents import Rfc3339Time
 from schemas.envelope import format_time
-from schemas.meters import WindowSize
 from schemas.slos import (
     SLO_NAME_PATTERN,
     Alerts,
     Counts,
     ErrorBudget,
+    HistoryWindow,
     SloBody,
     SloHistory,
     SloHistoryPoint,
@@ -36,7 +36,6 @@ from stores import slos as slo_store
 router = APIRouter(prefix="/v1/slos", tags=["slos"])
 
 NAME = re.compile(r"[a-z0-9][a-z0-9_\-]{0,62}")  # schemas.slos.SLO_NAME_PATTERN
-HISTORY_SIZES = {WindowSize.MINUTE: 60, WindowSize.HOUR: 3600, WindowSize.DAY: 86400}
 MAX_HISTORY_POINTS = 10_000
 
 
@@ -129,17 +128,15 @@ def slo_history(
     principal: CallerDep,
     from_: Annotated[Rfc3339Time, Query(alias="from", description="Inclusive, RFC 3339, whole minute")],
     to: Annotated[Rfc3339Time, Query(description="Exclusive, RFC 3339, whole minute")],
-    window_size: Annotated[WindowSize, Query(description="MINUTE, HOUR or DAY")] = WindowSize.HOUR,
+    window_size: Annotated[HistoryWindow, Query(description="MINUTE, HOUR or DAY")] = HistoryWindow.HOUR,
 ) -> SloHistory:
     """Good and total events, and the SLI, per window of `window_size` from `from` to `to`: for a chart."""
     row = _row(platform, principal, name)
     start, end = _minute("from", from_), _minute("to", to)
-    size = HISTORY_SIZES.get(window_size)
-    if size is None:
-        raise Problem(422, "Invalid window size", "`window_size` is MINUTE, HOUR or DAY for an SLO.", kind="invalid-range")
+    size = window_size.seconds
     if start >= end:
         raise Problem(422, "Invalid time range", "`from` must come before `to`.", kind="invalid-range")
-    if (end - start) // size > MAX_HISTORY_POINTS:
+    if -((start - end) // size) > MAX_HISTORY_POINTS:  # windows, the last partial one included
         raise Problem(
             422, "Invalid time range", f"At most {MAX_HISTORY_POINTS} windows: widen `window_size`.", kind="invalid-range"
         )
