@@ -377,7 +377,13 @@ async def test_a_bad_or_stale_signature_is_refused_and_nothing_is_recorded(omni:
 def test_omni_serve_pushes_in_the_background_when_a_key_is_set(tmp_path: Path, proxy: RecordingProxy) -> None:
     """The wiring: `omni serve` (embedded) with OMNI_STRIPE_API_KEY pushes a closed month's invoice by itself."""
     server = Server(tmp_path / "data")
-    configured = {"OMNI_STRIPE_API_KEY": "sk_test_omni", "OMNI_STRIPE_API_BASE": proxy.url, "OMNI_BILLING_AUTO_CLOSE": "false"}
+    configured = {
+        "OMNI_STRIPE_API_KEY": "sk_test_omni",
+        "OMNI_STRIPE_API_BASE": proxy.url,
+        "OMNI_BILLING_AUTO_CLOSE": "false",
+        # A month long over, billed for usage sent late (a tenant created after a month owes no fee for it).
+        "OMNI_ACCEPTANCE_WINDOW_SECONDS": str(20 * 366 * 86400),
+    }
     os.environ.update(configured)
     try:
         server.start()
@@ -387,11 +393,23 @@ def test_omni_serve_pushes_in_the_background_when_a_key_is_set(tmp_path: Path, p
     try:
         admin = {"Authorization": f"Bearer {ADMIN}"}
         tenant = httpx.post(server.url + "/v1/tenants", json={"name": "acme", "plan": "flat"}, headers=admin).json()
-        plan = {"name": "Flat", "currency": "EUR", "fee": "25.00", "prices": []}
+        meter = {"slug": "tokens", "event_type": "inference", "aggregation": "SUM", "value_property": "$.data.tokens"}
+        assert httpx.post(server.url + "/v1/meters", json=meter, headers=admin).status_code == 201
+        price = {"meter": "tokens", "model": "per_unit", "unit_price": "0.01"}
+        plan = {"name": "Flat", "currency": "EUR", "fee": "25.00", "prices": [price]}
         assert httpx.put(server.url + "/v1/plans/flat", json=plan, headers=admin).status_code == 201
         assigned = httpx.put(server.url + f"/v1/tenants/{tenant['id']}/plan", json={"plan": "flat"}, headers=admin)
         assert assigned.status_code == 204, assigned.text
-        closed = httpx.post(server.url + "/v1/billing/periods/2020-01/close", headers=admin, timeout=30)
+        usage = {"specversion": "1.0", "id": "u-1", "source": "gateway", "type": "inference", "subject": "c-1"}
+        usage |= {"time": "2020-01-15T12:00:00Z", "data": {"tokens": 500}}
+        auth = {"Authorization": f"Bearer {tenant['api_key']}", "Content-Type": "application/cloudevents+json"}
+        assert httpx.post(server.url + "/v1/events", json=usage, headers=auth).status_code == 202
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # a close waits for no view: 503 while the meters lag the log
+            closed = httpx.post(server.url + "/v1/billing/periods/2020-01/close", headers=admin, timeout=30)
+            if closed.status_code != 503:
+                break
+            time.sleep(0.2)
         assert closed.status_code == 200 and closed.json()["invoices"] == 1, closed.text
         deadline = time.monotonic() + 20
         while not any(s.path.endswith("/finalize") for s in proxy.seen) and time.monotonic() < deadline:
@@ -399,6 +417,6 @@ def test_omni_serve_pushes_in_the_background_when_a_key_is_set(tmp_path: Path, p
         keys = [s.key for s in proxy.seen if s.status == 200]
         assert keys[0] == f"omni-customer-{tenant['id']}" and keys[-1].endswith("-finalize"), keys
         (item,) = [s.params for s in proxy.seen if s.path == "/v1/invoiceitems"]
-        assert (item["amount"], item["currency"]) == ("2500", "eur")
+        assert (item["amount"], item["currency"]) == ("500", "eur")  # 500 tokens at 0.01; no fee before the tenant was
     finally:
         server.stop()
