@@ -105,7 +105,27 @@ def query_meter(
             )
         subjects = [s for s in dict.fromkeys(subject) if s]  # an empty `subject=` filters nothing, as before
 
+        limit = platform.settings.max_query_buckets
+
         def query(tx: Tx) -> list[MeterRow]:
+            if views.buckets_over(
+                tx,
+                principal.tenant_id or "",
+                slug,
+                start=from_,
+                end=to,
+                window_size=window_size,
+                detailed=bool(groups or subjects),
+                subjects=subjects,
+                limit=limit,
+            ):
+                raise Problem(
+                    422,
+                    "Query too large",
+                    f"This query would combine more than {limit} stored buckets (OMNI_MAX_QUERY_BUCKETS): "
+                    "narrow `from` and `to`, filter by `subject`, or group by fewer dimensions.",
+                    kind="query-too-large",
+                )
             return views.query_meter(
                 tx,
                 principal.tenant_id or "",
