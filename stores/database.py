@@ -63,6 +63,10 @@ class Database(Protocol):
     def transaction(self) -> Any:
         """A context manager giving a Tx; commits on success, rolls back on error."""
 
+    def reading(self) -> Any:
+        """A context manager giving a Tx that only reads, from one snapshot, and waits for no writer:
+        for a read that may be long (a meter query), so that it holds up no other reader or writer."""
+
     def migrate(self, script: str) -> None: ...
 
     def close(self) -> None: ...
@@ -220,12 +224,17 @@ class _SqliteTx:
 
 
 class SqliteDatabase:
-    """One connection, one writer at a time (SQLite's own rule), WAL for concurrent reads."""
+    """One connection, one writer at a time (SQLite's own rule), WAL for concurrent reads: `reading`
+    reads on connections of its own, which no transaction on the one connection waits for."""
 
     dialect = "sqlite"
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._path = path
+        self._readers: list[sqlite3.Connection] = []  # idle read-only connections, for `reading`
+        self._readers_lock = threading.Lock()
+        self._closed = False
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -250,6 +259,42 @@ class SqliteDatabase:
             else:
                 self._db.execute("COMMIT")
 
+    @contextmanager
+    def reading(self) -> Iterator[_SqliteTx]:
+        """A read-only transaction on a connection of its own (kept for the next read), seeing one
+        snapshot: in WAL mode it waits for no writer and no writer waits for it, so a long read
+        holds up neither the folds' commits nor other requests' transactions (which share the one
+        connection and its lock). A database in memory has one connection: its transaction."""
+        if str(self._path) == ":memory:":
+            with self.transaction() as tx:
+                yield tx
+            return
+        with self._readers_lock:
+            if self._closed:
+                raise StoreUnavailable("the database is closed")
+            reader = self._readers.pop() if self._readers else None
+        try:
+            if reader is None:
+                reader = sqlite3.connect(f"file:{self._path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None)
+            reader.execute("BEGIN")
+        except sqlite3.Error as failure:
+            if reader is not None:
+                reader.close()
+            raise StoreUnavailable(str(failure)) from failure
+        try:
+            yield _SqliteTx(reader)
+        finally:
+            try:
+                reader.execute("ROLLBACK")  # it wrote nothing: ending it lets the WAL be checkpointed past it
+            except sqlite3.Error:
+                reader.close()  # broken: not kept
+            else:
+                with self._readers_lock:
+                    if self._closed:
+                        reader.close()
+                    else:
+                        self._readers.append(reader)
+
     def migrate(self, script: str) -> None:
         with self._lock:
             self._db.executescript("".join(f"{statement};\n" for statement in statements(script, self.dialect)))
@@ -261,6 +306,11 @@ class SqliteDatabase:
         return _LocalClaims()
 
     def close(self) -> None:
+        with self._readers_lock:
+            self._closed = True
+            readers, self._readers = self._readers, []
+        for reader in readers:
+            reader.close()
         with self._lock:
             self._db.close()
 
@@ -333,6 +383,12 @@ class PostgresDatabase:
             if type(failure).__name__ == "PoolTimeout":
                 raise StoreUnavailable(f"PostgreSQL pool exhausted or unreachable: {failure}") from failure
             raise
+
+    @contextmanager
+    def reading(self) -> Iterator[_PostgresTx]:
+        """A transaction of the pool's (MVCC: readers wait for no writer)."""
+        with self.transaction() as tx:
+            yield tx
 
     def migrate(self, script: str) -> None:
         self._open()

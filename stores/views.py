@@ -657,6 +657,39 @@ def total_buckets(
 # Meter queries ---------------------------------------------------------------------
 
 
+def buckets_over(
+    tx: Tx,
+    tenant_id: str,
+    meter: str,
+    *,
+    start: datetime | None,
+    end: datetime | None,
+    window_size: WindowSize | None,
+    detailed: bool,
+    subjects: Sequence[str],
+    limit: int,
+) -> bool:
+    """Whether the meter query `query_meter` would answer would read more than `limit` stored buckets
+    (`detailed`: asked for subjects or group values). Each piece is counted up to the limit at most,
+    from the index: the count costs no more than `limit` entries however many there are."""
+    first = None if start is None else int(start.timestamp())
+    last = None if end is None else int(end.timestamp())
+    table = "meter_windows" if detailed else "meter_totals"
+    counted = 0
+    for piece in plan(first, last, window_size):
+        params: list[Any] = []
+        where = _where(
+            tx.dialect, params, tenant_id, meter, piece.resolution, piece.start, piece.end, subjects if detailed else ()
+        )
+        [(found,)] = tx.execute(
+            f"SELECT count(*) FROM (SELECT 1 FROM {table} WHERE {where} LIMIT {limit - counted + 1}) AS b", params
+        )
+        counted += int(found)
+        if counted > limit:
+            return True
+    return False
+
+
 def query_meter(
     tx: Tx,
     tenant_id: str,

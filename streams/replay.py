@@ -29,7 +29,7 @@ from projections.meter_state import BucketState
 from projections.meters import BucketKey, MeterIndex, apply
 from schemas.envelope import decode, recorded_time_of
 from schemas.meters import MeterDefinition
-from schemas.topics import Topics
+from schemas.topics import Topics, partition_for
 from stores import plans as plan_store
 from stores import shadow as shadows
 from stores import views
@@ -42,6 +42,7 @@ from streams.runner import Runner
 
 log = logging.getLogger(__name__)
 
+AS_OF_PAGE = 5000  # records meters_as_of reads, and folds in a worker thread, at a time
 SWAP_TRIES = 20  # folds of the shadow towards a moving live view before a swap gives up
 
 
@@ -492,39 +493,58 @@ async def meters_as_of(log: EventLog, definitions: Sequence[MeterDefinition], te
     records of the topics the meters fold that were recorded by then (whatever their event time),
     each (source, id) once, into a store of their own in memory (close it after the query).
 
-    It reads those topics whole, so it costs time in proportion to the log (README, "Replay")."""
+    It reads the tenant's own partition of those topics whole (both are keyed by tenant: one
+    partition holds its records), so it costs time in proportion to that partition (README,
+    "Replay"). The records are read a page at a time and decoded and folded in a worker thread,
+    as the store is built: none of it runs on the event loop, where it would hold up every other
+    request while it lasts."""
     index = MeterIndex(definitions)
     types = {definition.event_type for definition in definitions}
     deltas: dict[BucketKey, BucketState] = {}
     seen: set[tuple[str, str, str]] = set()
+
+    def fold(records: list[LogRecord]) -> None:
+        for record in records:
+            if record.key != tenant_id:
+                continue  # another tenant's, sharing the partition: not decoded
+            moment = recorded_time_of(record.value)
+            if moment is None or moment > as_of:
+                continue
+            try:
+                event = decode(record.value)
+            except (ValueError, KeyError, TypeError):
+                continue  # dead-lettered by the folds too
+            if event.tenant_id != tenant_id or event.type not in types or event.dedupe_key in seen:
+                continue
+            seen.add(event.dedupe_key)
+            apply(deltas, index, event, record.offset)
+
     for topic in (log.topics.usage, log.topics.api_calls):
         ends = await log.end_offsets(topic)
-        for partition, end in sorted(ends.items()):
-            offset = 0
-            while offset < end:
-                records = await log.read(topic, partition, offset, 5000)
-                if not records:
-                    break
-                offset = records[-1].offset + 1
-                for record in records:
-                    moment = recorded_time_of(record.value)
-                    if moment is None or moment > as_of:
-                        continue
-                    try:
-                        event = decode(record.value)
-                    except (ValueError, KeyError, TypeError):
-                        continue  # dead-lettered by the folds too
-                    if event.tenant_id != tenant_id or event.type not in types or event.dedupe_key in seen:
-                        continue
-                    seen.add(event.dedupe_key)
-                    apply(deltas, index, event, record.offset)
+        own = partition_for(tenant_id, len(ends))
+        end, offset = ends.get(own, 0), 0
+        while offset < end:
+            records = await log.read(topic, own, offset, min(AS_OF_PAGE, end - offset))
+            if not records:
+                break
+            offset = records[-1].offset + 1
+            await asyncio.to_thread(fold, records)
+    return await asyncio.to_thread(_buckets_in_memory, definitions, deltas)
+
+
+def _buckets_in_memory(definitions: Sequence[MeterDefinition], deltas: dict[BucketKey, BucketState]) -> Database:
+    """A store in memory holding these meters and buckets (meters_as_of's). The buckets are merged
+    AS_OF_PAGE at a time: merge_buckets sorts what it merges, and one sort of a tenant's every
+    bucket (50,000 subjects) held the GIL, so the event loop too, for half a second."""
     db = SqliteDatabase(Path(":memory:"))
     try:
         db.migrate(SCHEMA)
         with db.transaction() as tx:
             for definition in definitions:
                 views.add_meter_definition(tx, "_platform", definition, "as-of")
-            views.merge_buckets(tx, deltas)
+            keys = list(deltas)
+            for start in range(0, len(keys), AS_OF_PAGE):
+                views.merge_buckets(tx, {key: deltas[key] for key in keys[start : start + AS_OF_PAGE]})
     except BaseException:
         db.close()
         raise

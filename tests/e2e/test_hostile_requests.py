@@ -420,3 +420,34 @@ async def test_a_store_outage_while_checking_a_key_is_503_not_500(omni: Omni, mo
     assert answer.headers["retry-after"] == "1" and answer.json()["type"].endswith("/store-unavailable")
     # Not remembered as refused: once the store is back, the key is read again.
     assert "omni_0123456789abcdef_secret" not in omni.platform.key_lookups.refused
+
+
+async def test_a_meter_query_waits_for_no_other_transaction_on_the_views(omni: Omni) -> None:
+    """A meter query reads on a connection of its own, from one snapshot. In embedded mode the views'
+    one connection (and its lock) serves every other request's transaction and the folds' commits:
+    a tenant's query over 50,000 buckets held it, so every other tenant's GET, for 1.5 s. Here another
+    transaction holds that connection while a tenant queries: the answer comes while it is held."""
+    await omni.meter(slug="tokens", event_type="inference", aggregation="SUM", value_property="$.data.tokens")
+    _, key = await omni.tenant("reader")
+    sent = await omni.send(key, [cloud_event(f"e{i}", data={"tokens": i}) for i in range(1, 5)])
+    assert sent.status_code == 202, sent.text
+    await omni.settle()
+    held, release, leaving = threading.Event(), threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with omni.platform.db.transaction():
+            held.set()
+            release.wait(10)
+            leaving.set()  # before the transaction ends: a query that waited for it finds this set
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait()
+    try:
+        rows = await omni.query(key, "tokens")
+        answered_while_held = not leaving.is_set()
+    finally:
+        release.set()
+        holder.join()
+    assert answered_while_held
+    assert [row["value"] for row in rows] == [10]
