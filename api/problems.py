@@ -136,6 +136,29 @@ def validation_reason(error: Mapping[str, Any]) -> str:
     return str(error.get("msg", "invalid"))
 
 
+def request_location(error: Mapping[str, Any], body: Any) -> str:
+    """Where in the request an error is, dotted (`body.prices.0.included`): pydantic's path, less
+    the steps that name no place in the body sent (a tagged union's tag, `per_unit`, which pydantic
+    puts between a list's item and its fields). Followed through the body itself; a step the body
+    lacks is kept only where the error is that it is missing."""
+    loc = tuple(error.get("loc", ()))
+    if not loc or loc[0] != "body" or not isinstance(body, dict | list):
+        return ".".join(str(step) for step in loc)
+    kept: list[str] = ["body"]
+    node: Any = body
+    for index, step in enumerate(loc[1:], start=1):
+        if isinstance(node, dict) and isinstance(step, str) and step in node:
+            node = node[step]
+        elif isinstance(node, list) and isinstance(step, int) and 0 <= step < len(node):
+            node = node[step]
+        elif index == len(loc) - 1 and error.get("type") == "missing":
+            node = None  # the field that is missing: its place
+        else:
+            continue  # no place in the body: a union's tag
+        kept.append(str(step))
+    return ".".join(kept)
+
+
 def _characters(count: int) -> str:
     return f"{count} character" + ("" if count == 1 else "s")
 
@@ -164,7 +187,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
-        errors = [{"location": ".".join(str(p) for p in e.get("loc", ())), "reason": validation_reason(e)} for e in exc.errors()]
+        errors = [{"location": request_location(e, exc.body), "reason": validation_reason(e)} for e in exc.errors()]
         body_error = any(e["location"].startswith("body") for e in errors)
         json_broken = any(e.get("type") == "json_invalid" for e in exc.errors())
         status = 400 if json_broken else 422

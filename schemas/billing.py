@@ -12,13 +12,15 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from schemas.currencies import MINOR_UNITS
 from schemas.quantities import QUANTITY_SCHEMA, SLUG_PATTERN, exact_quantity, quantity_json
 
 PRICE_TEXT = re.compile(r"\d{1,9}(\.\d{1,12})?")  # below 10^9, at most 12 decimals: a token at 0.000002
 PRICE_PATTERN = PRICE_TEXT.pattern
+Place = tuple[str | int, ...]  # where in a plan's body a value is: ("prices", 0, "tiers", 1, "flat_price")
 
 
 def price_text(value: Any, *, name: str) -> str:
@@ -98,10 +100,10 @@ class _PriceBase(BaseModel):
     def _minimum(cls, value: Any) -> str | None:
         return None if value is None else price_text(value, name="minimum")
 
-    def amounts(self) -> list[tuple[str, str]]:
-        """(name, decimal text) of every whole-currency amount in this price: each must fit the
-        plan's currency (no fraction of its minor unit)."""
-        return [("minimum", self.minimum)] if self.minimum is not None else []
+    def amounts(self) -> list[tuple[Place, str]]:
+        """(its place in the price, decimal text) of every whole-currency amount in this price: each
+        must fit the plan's currency (no fraction of its minor unit)."""
+        return [(("minimum",), self.minimum)] if self.minimum is not None else []
 
 
 class PerUnitPrice(_PriceBase):
@@ -123,8 +125,10 @@ class GraduatedPrice(_PriceBase):
     def _tiers(cls, value: list[Tier]) -> list[Tier]:
         return _check_tiers(value)
 
-    def amounts(self) -> list[tuple[str, str]]:
-        flat = [(f"tiers[{i}].flat_price", t.flat_price) for i, t in enumerate(self.tiers) if t.flat_price is not None]
+    def amounts(self) -> list[tuple[Place, str]]:
+        flat: list[tuple[Place, str]] = [
+            (("tiers", i, "flat_price"), t.flat_price) for i, t in enumerate(self.tiers) if t.flat_price is not None
+        ]
         return super().amounts() + flat
 
 
@@ -147,8 +151,8 @@ class PackagePrice(_PriceBase):
     def _package_price(cls, value: Any) -> str:
         return price_text(value, name="package_price")
 
-    def amounts(self) -> list[tuple[str, str]]:
-        return [*super().amounts(), ("package_price", self.package_price)]
+    def amounts(self) -> list[tuple[Place, str]]:
+        return [*super().amounts(), (("package_price",), self.package_price)]
 
 
 MeterPrice = Annotated[PerUnitPrice | GraduatedPrice | VolumePrice | PackagePrice, Field(discriminator="model")]
@@ -209,24 +213,43 @@ class Billing(BaseModel):
 
     @model_validator(mode="after")
     def _in_the_currency(self) -> Billing:
+        """The rules across fields, each refusal at the place in the body it is about."""
         if self.currency is None:
             if self.fee is not None or self.prices:
-                raise ValueError("a plan with a fee or prices needs a currency")
+                raise _refused([(("currency",), None, "a plan with a fee or prices needs a currency")])
             return self
         if self.currency not in MINOR_UNITS:
-            raise ValueError(f"currency {self.currency!r} is not an ISO 4217 currency with minor units")
+            reason = f"currency {self.currency!r} is not an ISO 4217 currency with minor units"
+            raise _refused([(("currency",), self.currency, reason)])
         digits = MINOR_UNITS[self.currency]
-        amounts = [("fee", self.fee)] if self.fee is not None else []
+        amounts: list[tuple[Place, str]] = [(("fee",), self.fee)] if self.fee is not None else []
         for index, price in enumerate(self.prices):
-            amounts += [(f"prices[{index}].{name}", text) for name, text in price.amounts()]
-        for name, text in amounts:
-            if decimals_of(text) > digits:
-                raise ValueError(f"{name} {text!r} has more decimals than {self.currency} has minor units ({digits})")
-        meters = [p.meter for p in self.prices]
-        repeated = sorted({m for m in meters if meters.count(m) > 1})
-        if repeated:
-            raise ValueError(f"one price per meter: {', '.join(repeated)} appear more than once")
+            amounts += [(("prices", index, *place), text) for place, text in price.amounts()]
+        refused: list[tuple[Place, Any, str]] = [
+            (place, text, f"{text!r} has more decimals than {self.currency} has minor units ({digits})")
+            for place, text in amounts
+            if decimals_of(text) > digits
+        ]
+        seen: set[str] = set()
+        for index, price in enumerate(self.prices):
+            if price.meter in seen:
+                refused.append((("prices", index, "meter"), price.meter, f"one price per meter: {price.meter} appears before"))
+            seen.add(price.meter)
+        if refused:
+            raise _refused(refused)
         return self
+
+
+def _refused(refusals: list[tuple[Place, Any, str]]) -> ValidationError:
+    """A validation error naming each place it refuses (a model validator's own errors would all be
+    at the model: `body`, not `body.prices.0.minimum`)."""
+    return ValidationError.from_exception_data(
+        "Billing",
+        [
+            InitErrorDetails(type=PydanticCustomError("plan_rule", "{reason}", {"reason": reason}), loc=place, input=value)
+            for place, value, reason in refusals
+        ],
+    )
 
 
 def billing_json(billing: Billing) -> dict[str, Any]:

@@ -50,6 +50,28 @@ async def test_errors_name_a_location_and_a_reason_everywhere(omni: Omni) -> Non
         response = await put(f"/v1/tenants/{tenant_id}/quotas/{meter}", json={"limit": 1, "period": "DAY"}, headers=admin)
         [error] = errors_of(response, "invalid-quota")
         assert error["location"] == "path.meter" and repr(meter) in error["reason"]
+    # A price's fields, where the body has them: no union tag (`per_unit`) between the item and its
+    # field, and the rules across fields (an amount in the currency) at the amount itself.
+    tiers = [{"up_to": 10, "unit_price": "1", "flat_price": "1.00"}, {"up_to": None, "unit_price": "1", "flat_price": "0.001"}]
+    prices = {
+        "currency": "USD",
+        "entitlements": [],
+        "prices": [
+            {"meter": "tokens", "model": "per_unit", "unit_price": "1", "included": -5},
+            {"meter": "tokens", "model": "graduated", "tiers": tiers},
+        ],
+    }
+    [error] = errors_of(await put("/v1/plans/p", json=prices, headers=admin), "invalid-body")
+    assert error["location"] == "body.prices.0.included", error
+    prices["prices"][0].pop("included")
+    found = errors_of(await put("/v1/plans/p", json=prices, headers=admin), "invalid-body")
+    assert {e["location"]: e["reason"] for e in found} == {
+        "body.prices.1.tiers.1.flat_price": "'0.001' has more decimals than USD has minor units (2)",
+        "body.prices.1.meter": "one price per meter: tokens appears before",
+    }
+    missing = {"currency": "USD", "entitlements": [], "prices": [{"meter": "tokens", "model": "per_unit"}]}
+    [error] = errors_of(await put("/v1/plans/p", json=missing, headers=admin), "invalid-body")
+    assert error["location"] == "body.prices.0.unit_price", error
     # A slug the route would make, that is no slug: 422 at the path, not a 404 (it names nothing yet).
     [error] = errors_of(await put("/v1/plans/Pro%20Plan", json={"entitlements": []}, headers=admin), "invalid-request")
     assert error["location"] == "path.slug" and "pattern" in error["reason"]
