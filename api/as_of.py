@@ -29,9 +29,17 @@ def check(as_of: datetime | None) -> None:
     if as_of is None:
         return
     if as_of.tzinfo is None:
-        raise Problem(422, "Invalid as_of", "`as_of` needs a time zone offset (e.g. Z).", kind="invalid-as-of")
+        raise Problem(
+            422, "Invalid as_of", "`as_of` needs a time zone offset (e.g. Z).", kind="invalid-as-of", location="query.as_of"
+        )
     if as_of > datetime.now(UTC):
-        raise Problem(422, "Invalid as_of", "`as_of` is in the future: the platform cannot know it yet.", kind="invalid-as-of")
+        raise Problem(
+            422,
+            "Invalid as_of",
+            "`as_of` is in the future: the platform cannot know it yet.",
+            kind="invalid-as-of",
+            location="query.as_of",
+        )
 
 
 @contextmanager

@@ -29,7 +29,9 @@ CLIENT_CLOSED_REQUEST = 499  # never sent (the client is gone); what metrics cou
 
 
 class Problem(Exception):
-    """Raise to answer with a problem; `errors` lists per-item reasons."""
+    """Raise to answer with a problem; `errors` lists per-item reasons. A 422 always lists them: one
+    at `location` (where in the request, dotted: `query.from`; the request as a whole by default)
+    with the detail as its reason, where no `errors` are given."""
 
     def __init__(
         self,
@@ -41,12 +43,15 @@ class Problem(Exception):
         errors: list[dict[str, Any]] | None = None,
         headers: dict[str, str] | None = None,
         members: dict[str, Any] | None = None,
+        location: str | None = None,
     ) -> None:
         super().__init__(detail or title)
         self.status = status
         self.title = title
         self.detail = detail
         self.kind = kind
+        if errors is None and status == 422:
+            errors = [{"location": location or "request", "reason": detail or title}]
         self.errors = errors
         self.headers = headers or {}
         self.members = members or {}  # extension members (RFC 9457 section 3.2), beside the standard ones

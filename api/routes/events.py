@@ -68,7 +68,7 @@ def parse_items(content_type: str, body: bytes, max_events: int, *, max_event_by
         if not isinstance(parsed, list):
             raise Problem(400, "Malformed batch", "A batch is a JSON array of events.", kind="malformed-batch")
         if not parsed:
-            raise Problem(422, "Empty batch", "A batch needs at least one event.", kind="empty-batch")
+            raise Problem(422, "Empty batch", "A batch needs at least one event.", kind="empty-batch", location="body")
         _check_count(len(parsed), max_events)
         return parsed
     if not isinstance(parsed, dict | TooLarge):

@@ -108,7 +108,9 @@ async def upcoming_invoice(
     adjustments the next close will bill. 404 when the tenant's plan charges nothing."""
     tenant_id = named_tenant(principal, tenant)
     if tenant_id is None:
-        raise Problem(422, "Tenant needed", "The admin names the tenant: ?tenant=ID.", kind="tenant-needed")
+        raise Problem(
+            422, "Tenant needed", "The admin names the tenant: ?tenant=ID.", kind="tenant-needed", location="query.tenant"
+        )
     return await run_in_threadpool(_draft, platform, tenant_id)
 
 

@@ -55,7 +55,13 @@ def _whole_minute(name: str, moment: datetime | None) -> int | None:
     if moment is None:
         return None
     if moment.second or moment.microsecond:
-        raise Problem(422, "Invalid time range", f"`{name}` must fall on a whole minute (UTC).", kind="invalid-range")
+        raise Problem(
+            422,
+            "Invalid time range",
+            f"`{name}` must fall on a whole minute (UTC).",
+            kind="invalid-range",
+            location=f"query.{name}",
+        )
     return int(moment.timestamp())
 
 
@@ -85,10 +91,16 @@ def query_meter(
     as_of_check(as_of)
     for name, moment in (("from", from_), ("to", to)):
         if moment is not None and moment.tzinfo is None:
-            raise Problem(422, "Invalid time range", f"`{name}` needs a time zone offset (e.g. Z).", kind="invalid-range")
+            raise Problem(
+                422,
+                "Invalid time range",
+                f"`{name}` needs a time zone offset (e.g. Z).",
+                kind="invalid-range",
+                location=f"query.{name}",
+            )
     start, end = _whole_minute("from", from_), _whole_minute("to", to)
     if start is not None and end is not None and start >= end:
-        raise Problem(422, "Invalid time range", "`from` must be before `to`.", kind="invalid-range")
+        raise Problem(422, "Invalid time range", "`from` must be before `to`.", kind="invalid-range", location="query.to")
     groups = _split(group_by)
     # On a connection of its own (embedded mode): a long query holds up no other tenant's request.
     with metrics.VIEW_QUERY.labels("meters").time(), platform.db.reading() as tx:
@@ -102,6 +114,7 @@ def query_meter(
                 "Unknown group_by",
                 f"{', '.join(unknown)} not among this meter's dimensions: {', '.join(['subject', *definition.group_by])}.",
                 kind="unknown-group-by",
+                location="query.group_by",
             )
         subjects = [s for s in dict.fromkeys(subject) if s]  # an empty `subject=` filters nothing, as before
 

@@ -112,11 +112,16 @@ async def consume(meter: str, body: ConsumeBody, platform: PlatformDep, principa
             "Not an additive meter",
             f"meter {meter!r} aggregates {definition.aggregation.value}: only SUM and COUNT meters have quotas.",
             kind="invalid-quota",
+            location="path.meter",
         )
     amount = body.amount
     if definition.aggregation.value == "COUNT" and amount != 1:
         raise Problem(
-            422, "Invalid amount", f"meter {meter!r} counts events: each consume counts one (amount 1).", kind="invalid-amount"
+            422,
+            "Invalid amount",
+            f"meter {meter!r} counts events: each consume counts one (amount 1).",
+            kind="invalid-amount",
+            location="body.amount",
         )
     if amount != amount.to_integral_value() and Decimal(repr(float(amount))) != amount:
         raise Problem(
@@ -124,15 +129,16 @@ async def consume(meter: str, body: ConsumeBody, platform: PlatformDep, principa
             "Invalid amount",
             "amount has more significant digits than the log's JSON numbers keep exactly (15).",
             kind="invalid-amount",
+            location="body.amount",
         )
     try:
         data = consume_event_data(definition, amount, body.data)
     except ValueError as unusable:
-        raise Problem(422, "Meter cannot be consumed", str(unusable), kind="invalid-quota") from None
+        raise Problem(422, "Meter cannot be consumed", str(unusable), kind="invalid-quota", location="path.meter") from None
     # The usage event is held to the rules of a client's events (POST /v1/events): what the views
     # cannot store would be dead-lettered by the meters after consume counted it.
     if problems := data_problems(data, platform.policy):
-        raise Problem(422, "Invalid data", "; ".join(problems), kind="invalid-data")
+        raise Problem(422, "Invalid data", "; ".join(problems), kind="invalid-data", location="body.data")
     now = platform.clock()
     period = period_of(now, quota.entitlement.period if quota else Period.DAY)
     actor = Actor(principal.key_id)
@@ -152,7 +158,13 @@ async def consume(meter: str, body: ConsumeBody, platform: PlatformDep, principa
     usage = await _sealed(platform, usage)
     value = encode(usage)
     if len(value) > platform.policy.max_event_bytes:
-        raise Problem(422, "Invalid data", too_large_stored(len(value), platform.policy.max_event_bytes), kind="invalid-data")
+        raise Problem(
+            422,
+            "Invalid data",
+            too_large_stored(len(value), platform.policy.max_event_bytes),
+            kind="invalid-data",
+            location="body.data",
+        )
     refusal = Envelope(
         id=str(uuid_utils.uuid7()),
         type=REFUSED,
@@ -241,7 +253,9 @@ def _tenant_of(principal: CallerDep, tenant: str | None) -> str:
     """The caller's own tenant, or for the admin the one named by `?tenant=` (which it must name)."""
     named = named_tenant(principal, tenant)
     if named is None:
-        raise Problem(422, "Tenant needed", "The admin names the tenant: ?tenant=ID.", kind="tenant-needed")
+        raise Problem(
+            422, "Tenant needed", "The admin names the tenant: ?tenant=ID.", kind="tenant-needed", location="query.tenant"
+        )
     return named
 
 
@@ -355,7 +369,13 @@ def _notifications_cursor(before: str) -> tuple[str, str]:
     except ValueError:
         pass
     if moment is None or moment.tzinfo is None or canonical is None:
-        raise Problem(422, "Invalid cursor", "`before` must be a `next_before` from an earlier page.", kind="invalid-cursor")
+        raise Problem(
+            422,
+            "Invalid cursor",
+            "`before` must be a `next_before` from an earlier page.",
+            kind="invalid-cursor",
+            location="query.before",
+        )
     return format_time(moment), canonical
 
 

@@ -45,7 +45,9 @@ async def start_replay(
     try:
         job_id = await run_in_threadpool(platform.replays.start, [p.value for p in body.projections], mode)
     except UnknownProjection as unknown:  # audited as refused by the problem's handler (api.audit)
-        raise Problem(422, "Unknown projection", str(unknown), kind="unknown-projection") from unknown
+        raise Problem(
+            422, "Unknown projection", str(unknown), kind="unknown-projection", location="body.projections"
+        ) from unknown
     except store.Busy as busy:
         raise Problem(409, "Replay running", f"{busy}; one replay at a time per projection.", kind="replay-running") from busy
     await run_command(platform, platform.control.record_action, ctx, ACTION, f"replays/{job_id}")

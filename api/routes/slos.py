@@ -117,7 +117,13 @@ def get_slo(name: str, platform: PlatformDep, principal: CallerDep) -> SloStatus
 
 def _minute(name: str, moment: datetime) -> int:
     if moment.second or moment.microsecond:
-        raise Problem(422, "Invalid time range", f"`{name}` must fall on a whole minute (UTC).", kind="invalid-range")
+        raise Problem(
+            422,
+            "Invalid time range",
+            f"`{name}` must fall on a whole minute (UTC).",
+            kind="invalid-range",
+            location=f"query.{name}",
+        )
     return int(moment.timestamp())
 
 
@@ -135,10 +141,14 @@ def slo_history(
     start, end = _minute("from", from_), _minute("to", to)
     size = window_size.seconds
     if start >= end:
-        raise Problem(422, "Invalid time range", "`from` must come before `to`.", kind="invalid-range")
+        raise Problem(422, "Invalid time range", "`from` must come before `to`.", kind="invalid-range", location="query.to")
     if -((start - end) // size) > MAX_HISTORY_POINTS:  # windows, the last partial one included
         raise Problem(
-            422, "Invalid time range", f"At most {MAX_HISTORY_POINTS} windows: widen `window_size`.", kind="invalid-range"
+            422,
+            "Invalid time range",
+            f"At most {MAX_HISTORY_POINTS} windows: widen `window_size`.",
+            kind="invalid-range",
+            location="query.window_size",
         )
     with metrics.VIEW_QUERY.labels("slo_history").time(), platform.db.transaction() as tx:
         found = slo_store.windows(tx, slo_view.fold_id(row.owner, row.name, row.version), start, end, size)

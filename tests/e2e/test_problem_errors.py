@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from tests.e2e.conftest import ADMIN, Omni
-from tests.e2e.test_plans_and_quotas import LATEST, TOKENS
+from tests.e2e.test_plans_and_quotas import CALLS, LATEST, TOKENS
 
 
 def errors_of(response: httpx.Response, kind: str) -> list[dict[str, Any]]:
@@ -101,3 +101,39 @@ async def test_length_limits_on_text_count_characters(omni: Omni) -> None:
     response = await omni.client.put(f"/v1/tenants/{uuid.uuid4()}/quotas/tokens", json=thresholds, headers=omni.auth(ADMIN))
     [error] = errors_of(response, "invalid-body")
     assert error["location"] == "body.thresholds" and "at most 10 items" in error["reason"]
+
+
+async def test_every_422_lists_its_reason_at_its_place(omni: Omni) -> None:
+    """The routes' own refusals (not the request's shape, not a command's rule) list their reason in
+    `errors` too, at the query parameter, path or body member they are about."""
+    await omni.meter(**TOKENS)
+    await omni.meter(**CALLS)
+    await omni.meter(**LATEST)
+    await omni.settle()
+    _, key = await omni.tenant()
+    auth, get, post = omni.auth(key), omni.client.get, omni.client.post
+    refused = [
+        (await get("/v1/meters/tokens/query", params={"from": "2026-01-01T00:00:30Z"}, headers=auth), "query.from"),
+        (
+            await get(
+                "/v1/meters/tokens/query", params={"from": "2026-01-02T00:00:00Z", "to": "2026-01-01T00:00:00Z"}, headers=auth
+            ),
+            "query.to",
+        ),
+        (await get("/v1/meters/tokens/query", params={"group_by": "colour"}, headers=auth), "query.group_by"),
+        (await get("/v1/meters/tokens/query", params={"as_of": "2999-01-01T00:00:00Z"}, headers=auth), "query.as_of"),
+        (await post("/v1/quotas/speed/consume", json={"amount": 1, "idempotency_key": "a"}, headers=auth), "path.meter"),
+        (await post("/v1/quotas/calls/consume", json={"amount": 2, "idempotency_key": "b"}, headers=auth), "body.amount"),
+        (
+            await post(
+                "/v1/quotas/tokens/consume", json={"amount": 1, "idempotency_key": "c", "data": {"x": "\0"}}, headers=auth
+            ),
+            "body.data",
+        ),
+        (await get("/v1/notifications", params={"before": "nonsense"}, headers=auth), "query.before"),
+        (await get("/v1/quotas", headers=omni.auth(ADMIN)), "query.tenant"),
+    ]
+    for response, location in refused:
+        assert response.status_code == 422, response.text
+        body = response.json()
+        assert body["errors"] == [{"location": location, "reason": body["detail"]}], body
