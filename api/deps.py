@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -127,3 +128,17 @@ def acting_tenant(platform: Platform, principal: Principal, tenant: str | None) 
             if views.tenant(tx, named) is None:
                 raise NotFound(f"tenant {tenant} not found")
     return named
+
+
+def whole_minute(name: str, moment: datetime) -> int:
+    """A time query parameter (`from`, `to`) in epoch seconds; 422 unless it is a whole minute, as
+    meters and SLOs keep their minutes."""
+    if moment.second or moment.microsecond:
+        raise Problem(
+            422,
+            "Invalid time range",
+            f"`{name}` must fall on a whole minute (UTC).",
+            kind="invalid-range",
+            location=f"query.{name}",
+        )
+    return int(moment.timestamp())

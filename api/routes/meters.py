@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from anyio import from_thread
@@ -10,7 +9,7 @@ from fastapi import APIRouter, Query, Request
 
 from api.as_of import DESCRIPTION as AS_OF
 from api.as_of import check as as_of_check
-from api.deps import AdminDep, CallerDep, PlatformDep, TenantDep, command_context
+from api.deps import AdminDep, CallerDep, PlatformDep, TenantDep, command_context, whole_minute
 from api.problems import ExactJSONResponse, Problem
 from api.relaying import run_command
 from commands.errors import NotFound
@@ -51,20 +50,6 @@ def get_meter(slug: str, platform: PlatformDep, principal: CallerDep) -> MeterDe
     return definition
 
 
-def _whole_minute(name: str, moment: datetime | None) -> int | None:
-    if moment is None:
-        return None
-    if moment.second or moment.microsecond:
-        raise Problem(
-            422,
-            "Invalid time range",
-            f"`{name}` must fall on a whole minute (UTC).",
-            kind="invalid-range",
-            location=f"query.{name}",
-        )
-    return int(moment.timestamp())
-
-
 def _split(values: list[str]) -> list[str]:
     """`group_by=model,region` as `group_by=model&group_by=region`: a dimension's name is an
     identifier (schemas.meters), so it never holds a comma. Subjects may: they are never split."""
@@ -98,7 +83,8 @@ def query_meter(
                 kind="invalid-range",
                 location=f"query.{name}",
             )
-    start, end = _whole_minute("from", from_), _whole_minute("to", to)
+    start = None if from_ is None else whole_minute("from", from_)
+    end = None if to is None else whole_minute("to", to)
     if start is not None and end is not None and start >= end:
         raise Problem(422, "Invalid time range", "`from` must be before `to`.", kind="invalid-range", location="query.to")
     groups = _split(group_by)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
-from api.deps import CallerDep, PlatformDep, command_context
+from api.deps import CallerDep, PlatformDep, command_context, whole_minute
 from api.problems import Problem
 from api.relaying import run_command
 from commands.control_plane import Principal
@@ -115,18 +115,6 @@ def get_slo(name: str, platform: PlatformDep, principal: CallerDep) -> SloStatus
     )
 
 
-def _minute(name: str, moment: datetime) -> int:
-    if moment.second or moment.microsecond:
-        raise Problem(
-            422,
-            "Invalid time range",
-            f"`{name}` must fall on a whole minute (UTC).",
-            kind="invalid-range",
-            location=f"query.{name}",
-        )
-    return int(moment.timestamp())
-
-
 @router.get("/{name}/history", response_model=SloHistory, responses={404: {}, 422: {}})
 def slo_history(
     name: str,
@@ -138,7 +126,7 @@ def slo_history(
 ) -> SloHistory:
     """Good and total events, and the SLI, per window of `window_size` from `from` to `to`: for a chart."""
     row = _row(platform, principal, name)
-    start, end = _minute("from", from_), _minute("to", to)
+    start, end = whole_minute("from", from_), whole_minute("to", to)
     size = window_size.seconds
     if start >= end:
         raise Problem(422, "Invalid time range", "`from` must come before `to`.", kind="invalid-range", location="query.to")
