@@ -1,0 +1,31 @@
+"""The `omni` command line as an operator meets it: a configuration or an argument it cannot use is
+a message naming what to change and exit 2, never a traceback, and it starts nothing meanwhile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from omni import cli
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "command"),
+    [
+        ("OMNI_MODE", "bogus", ["admin-key"]),
+        ("OMNI_USAGE_PARTITIONS", "abc", ["serve"]),
+        ("OMNI_TOPIC_PREFIX", "no spaces", ["relay"]),
+        ("OMNI_DATABASE_SCHEMA", "Not-A-Schema", ["replay", "--diff"]),
+        ("OMNI_CPU_NICE", "99", ["worker"]),
+    ],
+    ids=["mode-admin-key", "partitions-serve", "topic-prefix-relay", "schema-replay", "cpu-nice-worker"],
+)
+def test_a_setting_it_cannot_read_is_named_with_exit_2(variable: str, value: str, command: list[str], tmp_path: Path) -> None:
+    env = {"OMNI_DATA_DIR": str(tmp_path / "data"), variable: value}
+    result = CliRunner().invoke(cli.app, command, env=env)
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # no traceback
+    assert f"omni {command[0]}: {variable}" in result.output, result.output
+    assert not (tmp_path / "data").exists()  # nothing started, nothing written
