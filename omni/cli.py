@@ -130,9 +130,8 @@ def platform_when_reachable(settings: Settings) -> Platform:
 def worker() -> None:
     """Run the Faust worker that folds the Kafka topics into views (Kafka mode)."""
     settings = load_settings("worker")
+    kafka_mode_only("worker", settings, "its runner")
     logs.configure(settings.log_level)
-    if settings.mode is not Mode.KAFKA:
-        raise typer.BadParameter("`omni worker` is for OMNI_MODE=kafka; embedded mode runs its runner inside `omni serve`.")
     from streams.faust_app import run_worker
 
     run_worker(settings)
@@ -142,11 +141,23 @@ def worker() -> None:
 def relay() -> None:
     """Publish control-plane events from the event store to the log (Kafka mode)."""
     settings = load_settings("relay")
+    kafka_mode_only("relay", settings, "its outbox relay")
     logs.configure(settings.log_level)
     set_niceness(settings.cpu_nice)  # before any thread starts: threads take their creator's niceness
     from omni.relay_process import run_relay
 
     run_relay(settings)
+
+
+def kafka_mode_only(command: str, settings: Settings, what: str) -> None:
+    """`omni worker` and `omni relay` are Kafka mode's processes: in embedded mode `omni serve` runs
+    them in-process, and another beside it would fold or publish the same data directory twice."""
+    if settings.mode is not Mode.KAFKA:
+        typer.echo(
+            f"omni {command}: `omni {command}` is for OMNI_MODE=kafka; embedded mode runs {what} inside `omni serve`.",
+            err=True,
+        )
+        raise typer.Exit(2)
 
 
 audit = typer.Typer(help='The tamper-evident audit trail (README, "Audit trail").', no_args_is_help=True)

@@ -29,3 +29,13 @@ def test_a_setting_it_cannot_read_is_named_with_exit_2(variable: str, value: str
     assert isinstance(result.exception, SystemExit), result.exception  # no traceback
     assert f"omni {command[0]}: {variable}" in result.output, result.output
     assert not (tmp_path / "data").exists()  # nothing started, nothing written
+
+
+@pytest.mark.parametrize("command", ["relay", "worker"], ids=["relay", "worker"])
+def test_the_kafka_mode_processes_refuse_embedded_mode(command: str, tmp_path: Path) -> None:
+    """Embedded mode's relay and runner run inside `omni serve`: a relay of its own beside it would
+    publish the same outbox a second time and close billing periods on a data directory of its own."""
+    result = CliRunner().invoke(cli.app, [command], env={"OMNI_DATA_DIR": str(tmp_path / "data"), "OMNI_MODE": "embedded"})
+    assert result.exit_code == 2, result.output
+    assert f"omni {command}: `omni {command}` is for OMNI_MODE=kafka" in result.output, result.output
+    assert not (tmp_path / "data").exists()
