@@ -46,7 +46,10 @@ def _variable(loc: tuple[int | str, ...]) -> str:
 
 
 @app.command()
-def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
+def serve(
+    host: str = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port to listen on")] = 8000,
+) -> None:
     """Serve the API. In embedded mode the relay and the projection runner run in-process too."""
     settings = load_settings("serve")
     logs.configure(settings.log_level)

@@ -39,3 +39,14 @@ def test_the_kafka_mode_processes_refuse_embedded_mode(command: str, tmp_path: P
     assert result.exit_code == 2, result.output
     assert f"omni {command}: `omni {command}` is for OMNI_MODE=kafka" in result.output, result.output
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("port", ["99999", "65536", "-1"], ids=["99999", "65536", "negative"])
+def test_serve_refuses_a_port_no_socket_has(port: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--port 99999 listened on 34463 (the port modulo 65536) while it printed :99999."""
+    served: list[int] = []
+    monkeypatch.setattr("api.server.serve_app", lambda app, settings, host, port: served.append(port))
+    result = CliRunner().invoke(cli.app, ["serve", "--port", port], env={"OMNI_DATA_DIR": str(tmp_path / "data")})
+    assert result.exit_code == 2, result.output
+    assert "--port" in result.output and "1<=x<=65535" in result.output, result.output
+    assert served == [] and not (tmp_path / "data").exists()
