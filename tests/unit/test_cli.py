@@ -9,6 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from omni import cli
+from stores.database import StoreUnavailable
+from streams.log import LogUnavailable
 
 
 @pytest.mark.parametrize(
@@ -50,3 +52,48 @@ def test_serve_refuses_a_port_no_socket_has(port: str, tmp_path: Path, monkeypat
     assert result.exit_code == 2, result.output
     assert "--port" in result.output and "1<=x<=65535" in result.output, result.output
     assert served == [] and not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("args", [["--diff"], ["meters", "--swap"], []], ids=["diff", "swap-meters", "build"])
+def test_replay_where_no_embedded_log_is_exits_2_and_creates_nothing(args: list[str], tmp_path: Path) -> None:
+    """Run from the wrong directory it folded an empty log it had just created and said "0 rows
+    differ from the live views", exit 0: as if the views were right."""
+    data = tmp_path / "data"
+    result = CliRunner().invoke(cli.app, ["replay", *args], env={"OMNI_DATA_DIR": str(data)})
+    assert result.exit_code == 2, result.output
+    assert f"omni replay: no log at {data.resolve() / 'log.sqlite'}" in result.output, result.output
+    assert "rows differ" not in result.output
+    assert not data.exists()
+
+
+@pytest.mark.parametrize(
+    ("where", "failure"),
+    [("open", StoreUnavailable("PostgreSQL is unreachable: refused")), ("run", LogUnavailable("Kafka failed: refused"))],
+    ids=["views-away", "log-away"],
+)
+def test_replay_with_a_service_away_exits_2_not_1(
+    where: str, failure: Exception, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Exit 1 means "the rebuilt views differ" to a script running `omni replay --diff`: PostgreSQL or
+    Kafka away printed a traceback and exited 1."""
+
+    def fail(*args: object, **kwargs: object) -> object:
+        raise failure
+
+    if where == "open":
+        monkeypatch.setattr("omni.replay_cli.open_log_and_views", fail)
+    else:
+
+        class FailingReplayer:
+            async def run(self, *args: object, **kwargs: object) -> object:
+                raise failure
+
+        monkeypatch.setattr("omni.replay_cli.build_replayer", lambda *args: FailingReplayer())
+    env = {"OMNI_MODE": "kafka", "OMNI_DATABASE_SCHEMA": "never_used", "OMNI_DATA_DIR": str(tmp_path)}
+    if where == "run":  # a log and views that open: the embedded ones, in an empty data directory
+        env = {"OMNI_DATA_DIR": str(tmp_path)}
+        (tmp_path / "log.sqlite").touch()
+    result = CliRunner().invoke(cli.app, ["replay", "--diff"], env=env)
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert f"omni replay: {failure}" in result.output, result.output
