@@ -16,6 +16,7 @@ from omni import logs
 from omni.bootstrap import Platform, admin_key, admin_key_path, build, stored_admin_key
 from omni.runtime import set_niceness, tune_collector
 from omni.settings import Mode, Settings
+from stores.shadow import PROJECTIONS
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -334,7 +335,7 @@ def _stored_slos(settings: Settings) -> list[Any]:
 @app.command()
 def replay(
     projections: Annotated[
-        list[str] | None, typer.Argument(help="Projections to rebuild (meters quotas invoices slos audit catalog; none: all)")
+        list[str] | None, typer.Argument(help=f"Projections to rebuild ({' '.join(PROJECTIONS)}; none: all)")
     ] = None,
     diff: Annotated[
         bool, typer.Option("--diff", help="Report every row that differs from the live views (exit 1 if any)")

@@ -3,6 +3,7 @@ a message naming what to change and exit 2, never a traceback, and it starts not
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from typer.testing import CliRunner
 
 from omni import cli
 from stores.database import StoreUnavailable
+from stores.shadow import PROJECTIONS
 from streams.log import LogUnavailable
 
 
@@ -97,3 +99,9 @@ def test_replay_with_a_service_away_exits_2_not_1(
     assert result.exit_code == 2, result.output
     assert isinstance(result.exception, SystemExit), result.exception
     assert f"omni replay: {failure}" in result.output, result.output
+
+
+def test_replay_help_names_every_projection() -> None:
+    """`omni replay --help` left out `gdpr`, which the command takes."""
+    shown = CliRunner().invoke(cli.app, ["replay", "--help"], env={"COLUMNS": "200"}).output
+    assert [name for name in PROJECTIONS if re.search(rf"\b{name}\b", shown) is None] == [], shown
