@@ -4,8 +4,11 @@ a message naming what to change and exit 2, never a traceback, and it starts not
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import psycopg
 import pytest
 from typer.testing import CliRunner
 
@@ -105,3 +108,71 @@ def test_replay_help_names_every_projection() -> None:
     """`omni replay --help` left out `gdpr`, which the command takes."""
     shown = CliRunner().invoke(cli.app, ["replay", "--help"], env={"COLUMNS": "200"}).output
     assert [name for name in PROJECTIONS if re.search(rf"\b{name}\b", shown) is None] == [], shown
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("nope", "not JSON"),
+        ('{"owner": "x"}', "not a JSON list"),
+        ('[{"owner": "x"}]', "item 0: needs owner, name and definition"),
+        ('[{"owner": "x", "name": "a", "definition": {"objective": 5}}]', "item 0 (x/a): definition."),
+    ],
+    ids=["not-json", "not-a-list", "missing-name", "invalid-definition"],
+)
+def test_slo_rules_names_what_is_wrong_with_the_definitions(text: str, reason: str, tmp_path: Path) -> None:
+    definitions = tmp_path / "slos.json"
+    definitions.write_text(text)
+    out = tmp_path / "rules" / "slos.rules.yml"
+    result = CliRunner().invoke(cli.app, ["slo", "rules", "--definitions", str(definitions), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert f"omni slo rules: {definitions}: {reason}" in result.output, result.output
+    assert not out.parent.exists()
+
+
+def test_slo_rules_where_no_embedded_views_are_exits_2_and_creates_nothing(tmp_path: Path) -> None:
+    """Run without --definitions away from the data directory, it created views.sqlite there and
+    died on "no such table: slos" with a traceback."""
+    data, out = tmp_path / "data", tmp_path / "slos.rules.yml"
+    result = CliRunner().invoke(cli.app, ["slo", "rules", "--out", str(out)], env={"OMNI_DATA_DIR": str(data)})
+    assert result.exit_code == 2, result.output
+    assert f"omni slo rules: no views at {data.resolve() / 'views.sqlite'}" in result.output, result.output
+    assert not data.exists() and not out.exists()
+
+
+class NoViews:
+    """A PostgreSQL schema no Omni process has migrated (OMNI_DATABASE_SCHEMA misspelt)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    @contextmanager
+    def transaction(self) -> Iterator[object]:
+        raise psycopg.errors.UndefinedTable('relation "slos" does not exist')
+        yield
+
+    def close(self) -> None:
+        pass
+
+
+def away(*args: object, **kwargs: object) -> object:
+    raise StoreUnavailable("PostgreSQL is unreachable: refused")
+
+
+@pytest.mark.parametrize(
+    ("database", "reason"),
+    [(away, "PostgreSQL is unreachable: refused"), (NoViews, 'no views in PostgreSQL schema "typo" (OMNI_DATABASE_SCHEMA)')],
+    ids=["away", "schema-without-views"],
+)
+def test_slo_rules_without_the_views_database_exits_2(
+    database: object, reason: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("stores.database.PostgresDatabase", database)
+    out = tmp_path / "slos.rules.yml"
+    env = {"OMNI_MODE": "kafka", "OMNI_DATABASE_SCHEMA": "typo"}
+    result = CliRunner().invoke(cli.app, ["slo", "rules", "--out", str(out)], env=env)
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert f"omni slo rules: {reason}" in result.output, result.output
+    assert not out.exists()
