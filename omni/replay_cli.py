@@ -37,7 +37,7 @@ async def run_replay(settings: Settings, names: list[str], *, diff: bool, swap: 
     failpoints.arm_from(os.environ)  # tests' crash points (omni.failpoints); none unless OMNI_FAILPOINTS says so
     err = Console(stderr=True)
     if diff and swap:
-        err.print("choose one of --diff and --swap")
+        err.print("omni replay: choose one of --diff and --swap")
         return BAD
     mode = replay.Mode.SWAP if swap else replay.Mode.DIFF if diff else replay.Mode.BUILD
     try:

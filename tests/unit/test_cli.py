@@ -176,3 +176,9 @@ def test_slo_rules_without_the_views_database_exits_2(
     assert isinstance(result.exception, SystemExit), result.exception
     assert f"omni slo rules: {reason}" in result.output, result.output
     assert not out.exists()
+
+
+def test_replay_with_both_diff_and_swap_says_which_command_refused(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli.app, ["replay", "--diff", "--swap"], env={"OMNI_DATA_DIR": str(tmp_path / "data")})
+    assert result.exit_code == 2 and "omni replay: choose one of --diff and --swap" in result.output, result.output
+    assert not (tmp_path / "data").exists()
