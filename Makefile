@@ -5,7 +5,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: bench-full bench-smoke lint mutation run run-kafka test test-unit soak services-up services-down tools bench clean
+.PHONY: bench-full bench-smoke help lint mutation run run-kafka test test-unit soak services-up services-down tools bench clean
+.DEFAULT_GOAL := help
+
+help:  ## This list (every target with what it does)
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:[^#]*## /\t/' | awk -F'\t' '{printf "%-14s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,14 +20,14 @@ $(STAMP): pyproject.toml
 run: $(STAMP)  ## Embedded mode on http://127.0.0.1:8000 (state in $OMNI_DATA_DIR, default .omni-data)
 	$(BIN)/omni serve --host 127.0.0.1 --port 8000
 
-services-up:  ## Kafka, PostgreSQL and Redis, unless their URLs point at running ones
+services-up:  ## Kafka, PostgreSQL, Redis and stripe-mock, unless their URLs point at running ones
 	bash ops/services/up.sh
 
 tools:  ## What tests drive besides the services: headless Chromium (Debian's package) for the pages Omni serves, promtool for the rules
 	bash ops/services/chromium.sh
 	bash ops/services/promtool.sh >/dev/null
 
-services-down:
+services-down:  ## Stop the services services-up started (the data stays in .run/ for the next start)
 	bash ops/services/down.sh
 
 lint: $(STAMP)  ## ruff: the lint rules and the formatting of pyproject.toml
@@ -35,7 +39,7 @@ test: $(STAMP) lint services-up tools  ## Lint, then the whole suite against rea
 soak: $(STAMP) services-up  ## Long fault-injection runs (OMNI_SOAK_EVENTS, OMNI_SOAK_KILLS)
 	eval "$$(bash ops/services/env.sh)" && OMNI_REQUIRE_SERVICES=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m soak
 
-test-unit: $(STAMP)
+test-unit: $(STAMP)  ## The unit tests alone (no services)
 	$(BIN)/python -m pytest -q tests/unit
 
 run-kafka: $(STAMP) services-up  ## Kafka mode: relay and worker in the background, API in the foreground
@@ -76,5 +80,7 @@ mutation: $(MUTATION_STAMP)  ## Mutation testing of the core against the fast te
 	time $(MUTATION_VENV)/bin/mutmut run --max-children 2
 	$(MUTATION_VENV)/bin/mutmut results
 
-clean:
+# The services first: removing .run/ under them left them running on deleted files, out of
+# services-down's reach (their pid files gone with it).
+clean: services-down  ## Stop the services, then remove embedded mode's data, the services' data and mutants
 	rm -rf .omni-data .run mutants

@@ -94,10 +94,8 @@ def gdpr_master_key(settings: Settings) -> str | None:
     path = settings.data_dir / "gdpr_master_key"
     if path.exists():
         return path.read_text().strip()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
     key = generate_master_key()
-    path.write_text(key + "\n")
-    path.chmod(0o600)
+    write_secret(path, key)
     return key
 
 
@@ -106,12 +104,18 @@ def admin_key(settings: Settings) -> str:
     existing = stored_admin_key(settings)
     if existing is not None:
         return existing
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
     key = "omni_admin_" + secrets.token_urlsafe(32)
-    path = admin_key_path(settings)
-    path.write_text(key + "\n")
-    path.chmod(0o600)
+    write_secret(admin_key_path(settings), key)
     return key
+
+
+def write_secret(path: Path, key: str) -> None:
+    """A key into a new file of the data directory, readable by its owner only from the moment the
+    file exists (written first and chmod-ed after, it stood readable by every local user meanwhile)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.chmod(0o600)  # touch leaves an existing file's mode as it was
+    path.write_text(key + "\n")
 
 
 @dataclass

@@ -11,10 +11,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from omni import failpoints
 from omni.bootstrap import build_replayer, open_log_and_views
-from omni.settings import Settings
+from omni.settings import Mode, Settings
+from stores.database import StoreUnavailable
 from streams import replay
+from streams.log import LogUnavailable
 
-# Exit statuses: 0 done (and no difference), 1 differences found, 2 a request that cannot be.
+# Exit statuses: 0 done (and no difference), 1 differences found, 2 a request that cannot be, or a
+# log or views that cannot be read (never 1: a script running --diff reads 1 as "the views differ").
 DIFFERENT, BAD = 1, 2
 
 
@@ -34,7 +37,7 @@ async def run_replay(settings: Settings, names: list[str], *, diff: bool, swap: 
     failpoints.arm_from(os.environ)  # tests' crash points (omni.failpoints); none unless OMNI_FAILPOINTS says so
     err = Console(stderr=True)
     if diff and swap:
-        err.print("choose one of --diff and --swap")
+        err.print("omni replay: choose one of --diff and --swap")
         return BAD
     mode = replay.Mode.SWAP if swap else replay.Mode.DIFF if diff else replay.Mode.BUILD
     try:
@@ -43,9 +46,21 @@ async def run_replay(settings: Settings, names: list[str], *, diff: bool, swap: 
     except ValueError as bad:
         err.print(f"omni replay: {bad}")
         return BAD
-    log, db = open_log_and_views(settings)
-    await log.start()
+    if settings.mode is Mode.EMBEDDED and not (settings.data_dir / "log.sqlite").exists():
+        # Not created here: an empty log folded would answer "0 rows differ", as if the views were right.
+        typer.echo(
+            f"omni replay: no log at {(settings.data_dir / 'log.sqlite').resolve()}. Run this where `omni serve` "
+            "ran, or set OMNI_DATA_DIR to its data directory.",
+            err=True,
+        )
+        return BAD
     try:
+        log, db = open_log_and_views(settings)
+    except (StoreUnavailable, LogUnavailable) as away:
+        typer.echo(f"omni replay: {away}", err=True)
+        return BAD
+    try:
+        await log.start()
         with Progress(
             TextColumn("replaying"),
             BarColumn(),
@@ -61,6 +76,9 @@ async def run_replay(settings: Settings, names: list[str], *, diff: bool, swap: 
                 bar.update(task, completed=progress.done, total=progress.total or None, rate=progress.per_second)
 
             outcome = await build_replayer(settings, db, log).run(request, on_progress=show)
+    except (StoreUnavailable, LogUnavailable) as away:
+        typer.echo(f"omni replay: {away}", err=True)
+        return BAD
     finally:
         await log.close()
         db.close()
