@@ -44,8 +44,10 @@ test-unit: $(STAMP)  ## The unit tests alone (no services)
 
 run-kafka: $(STAMP) services-up  ## Kafka mode: relay and worker in the background, API in the foreground
 	eval "$$(bash ops/services/env.sh)" && export OMNI_MODE=kafka && \
-	  mkdir -p .omni-data && { test -s .omni-data/gdpr_master_key || $(BIN)/omni gdpr-master-key > .omni-data/gdpr_master_key; } && \
+	  mkdir -p .omni-data && { test -s .omni-data/gdpr_master_key || (umask 077; $(BIN)/omni gdpr-master-key > .omni-data/gdpr_master_key); } && \
 	  chmod 600 .omni-data/gdpr_master_key && export OMNI_GDPR_MASTER_KEY=$$(cat .omni-data/gdpr_master_key) && \
+	  { test -s .omni-data/admin_key || (umask 077; $(BIN)/omni admin-key --new > .omni-data/admin_key); } && \
+	  chmod 600 .omni-data/admin_key && export OMNI_ADMIN_KEY=$$(cat .omni-data/admin_key) && \
 	  ( $(BIN)/omni relay & OMNI_WORKER_METRICS_PORT=9400 $(BIN)/omni worker & trap 'kill 0' EXIT; $(BIN)/omni serve --host 127.0.0.1 --port 8000 )
 
 bench: $(STAMP) services-up  ## Benchmarks (not part of `make test`), at sizes that take about 10 minutes

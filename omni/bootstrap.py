@@ -104,9 +104,13 @@ def admin_key(settings: Settings) -> str:
     existing = stored_admin_key(settings)
     if existing is not None:
         return existing
-    key = "omni_admin_" + secrets.token_urlsafe(32)
+    key = new_admin_key()
     write_secret(admin_key_path(settings), key)
     return key
+
+
+def new_admin_key() -> str:
+    return "omni_admin_" + secrets.token_urlsafe(32)
 
 
 def write_secret(path: Path, key: str) -> None:

@@ -13,7 +13,7 @@ import typer
 from pydantic import ValidationError
 
 from omni import logs
-from omni.bootstrap import Platform, admin_key, admin_key_path, build, stored_admin_key
+from omni.bootstrap import Platform, admin_key, admin_key_path, build, new_admin_key, stored_admin_key
 from omni.runtime import set_niceness, tune_collector
 from omni.settings import Mode, Settings
 from stores.shadow import PROJECTIONS
@@ -56,6 +56,7 @@ def serve(
     logs.configure(settings.log_level)
     set_niceness(settings.cpu_nice)  # before any thread starts: threads take their creator's niceness
     check_master_key(settings)
+    check_admin_key(settings)
     from api.app import create_app
     from api.server import serve_app
 
@@ -92,6 +93,20 @@ def check_master_key(settings: Settings) -> None:
         except ValueError as bad:
             typer.echo(f"omni serve: {bad}", err=True)
             raise typer.Exit(2) from bad
+
+
+def check_admin_key(settings: Settings) -> None:
+    """Kafka mode's API processes must all accept the same admin key: none given, each would generate
+    one of its own in its own data directory, and an admin's request would be refused by every
+    process but one. `omni serve` refuses to start instead (embedded mode, one process, generates
+    it)."""
+    if settings.mode is Mode.KAFKA and not settings.admin_key:
+        typer.echo(
+            "omni serve: OMNI_ADMIN_KEY is not set. In Kafka mode every API process must accept the same admin "
+            "key: set it to a long random secret (`omni admin-key --new` prints one) and keep it secret.",
+            err=True,
+        )
+        raise typer.Exit(2)
 
 
 def check_master_key_opens_data_keys(platform: Platform) -> None:
@@ -410,8 +425,15 @@ def new_master_key() -> None:
 
 
 @app.command("admin-key")
-def show_admin_key() -> None:
+def show_admin_key(
+    new: Annotated[
+        bool, typer.Option("--new", help="Print a new random admin key (for OMNI_ADMIN_KEY) and store nothing")
+    ] = False,
+) -> None:
     """Print the admin key (OMNI_ADMIN_KEY, or the one `omni serve` generated in the data directory)."""
+    if new:
+        typer.echo(new_admin_key())
+        return
     settings = load_settings("admin-key")
     key = stored_admin_key(settings)
     if key is None:

@@ -182,3 +182,22 @@ def test_replay_with_both_diff_and_swap_says_which_command_refused(tmp_path: Pat
     result = CliRunner().invoke(cli.app, ["replay", "--diff", "--swap"], env={"OMNI_DATA_DIR": str(tmp_path / "data")})
     assert result.exit_code == 2 and "omni replay: choose one of --diff and --swap" in result.output, result.output
     assert not (tmp_path / "data").exists()
+
+
+def test_kafka_mode_serves_only_with_an_admin_key_every_api_process_shares(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without OMNI_ADMIN_KEY each Kafka-mode API process generated a key of its own in its own data
+    directory: behind one address, an admin's request was refused by every process but one."""
+    monkeypatch.setattr(cli, "platform_when_reachable", lambda settings: pytest.fail("built without an admin key"))
+    monkeypatch.delenv("OMNI_ADMIN_KEY", raising=False)
+    from tests.e2e.conftest import GDPR_MASTER_KEY
+
+    env = {"OMNI_MODE": "kafka", "OMNI_DATA_DIR": str(tmp_path / "data"), "OMNI_GDPR_MASTER_KEY": GDPR_MASTER_KEY}
+    result = CliRunner().invoke(cli.app, ["serve", "--port", "1"], env=env)
+    assert result.exit_code == 2, result.output
+    assert "omni serve: OMNI_ADMIN_KEY is not set" in result.output and "omni admin-key --new" in result.output
+    assert not (tmp_path / "data").exists()
+    first, second = (CliRunner().invoke(cli.app, ["admin-key", "--new"]) for _ in range(2))
+    assert first.exit_code == second.exit_code == 0
+    assert re.fullmatch(r"omni_admin_[\w-]{43}\n", first.output) and first.output != second.output
