@@ -30,11 +30,15 @@ def load_settings(command: str) -> Settings:
     """The configuration from the environment. A variable it cannot use is named, with the reason, and
     the command exits 2 before it starts or writes anything (not a traceback of pydantic's)."""
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as bad:
         for error in bad.errors():
             typer.echo(f"omni {command}: {_variable(error['loc'])}: {error['msg']}", err=True)
         raise typer.Exit(2) from bad
+    if settings.data_dir.exists() and not settings.data_dir.is_dir():
+        typer.echo(f"omni {command}: OMNI_DATA_DIR: {settings.data_dir.resolve()} is a file, not a directory", err=True)
+        raise typer.Exit(2)
+    return settings
 
 
 def _variable(loc: tuple[int | str, ...]) -> str:

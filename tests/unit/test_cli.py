@@ -201,3 +201,14 @@ def test_kafka_mode_serves_only_with_an_admin_key_every_api_process_shares(
     first, second = (CliRunner().invoke(cli.app, ["admin-key", "--new"]) for _ in range(2))
     assert first.exit_code == second.exit_code == 0
     assert re.fullmatch(r"omni_admin_[\w-]{43}\n", first.output) and first.output != second.output
+
+
+@pytest.mark.parametrize("command", [["serve"], ["admin-key"], ["replay"]], ids=["serve", "admin-key", "replay"])
+def test_a_data_directory_that_is_a_file_is_named_with_exit_2(command: list[str], tmp_path: Path) -> None:
+    taken = tmp_path / "data"
+    taken.write_text("not a directory")
+    result = CliRunner().invoke(cli.app, command, env={"OMNI_DATA_DIR": str(taken)})
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # no traceback
+    assert f"omni {command[0]}: OMNI_DATA_DIR: {taken} is a file, not a directory" in result.output, result.output
+    assert taken.read_text() == "not a directory"
