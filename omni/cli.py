@@ -122,6 +122,8 @@ def relay() -> None:
     """Publish control-plane events from the event store to the log (Kafka mode)."""
     settings = Settings()
     logs.configure(settings.log_level)
+    if settings.mode is not Mode.KAFKA:
+        raise typer.BadParameter("`omni relay` is for OMNI_MODE=kafka; embedded mode runs its relay inside `omni serve`.")
     set_niceness(settings.cpu_nice)  # before any thread starts: threads take their creator's niceness
     from omni.relay_process import run_relay
 
