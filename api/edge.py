@@ -22,7 +22,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.problems import BodyProblem, Problem, problem_response, store_unavailable
+from api.problems import EVENT_STORE_AWAY, BodyProblem, Problem, problem_response, store_unavailable
 from commands.control_plane import Principal
 from omni import metrics
 from omni.bootstrap import Platform
@@ -70,7 +70,7 @@ async def authenticate(platform: Platform, authorization: str) -> Principal:
         principal = await platform.verify(token)
     except LookupsBusy:
         raise lookups_busy() from None
-    except StoreUnavailable:  # the edge runs outside the app's handlers: say it here, as they would
+    except (StoreUnavailable, *EVENT_STORE_AWAY):  # the edge runs outside the app's handlers: say it here, as they would
         raise store_unavailable() from None
     if principal is None:
         raise unauthorized("The API key is unknown or revoked.")

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import simplejson
+from eventsourcing.persistence import InterfaceError as EventStoreInterfaceError
+from eventsourcing.persistence import OperationalError as EventStoreOperationalError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import HTTPException, RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -26,6 +28,9 @@ log = logging.getLogger(__name__)
 PROBLEM_BASE = "https://omni.dev/problems/"
 MEDIA_TYPE = "application/problem+json"
 CLIENT_CLOSED_REQUEST = 499  # never sent (the client is gone); what metrics count such a request as
+# What the event store (eventsourcing) raises once its own retries are spent: PostgreSQL (or SQLite)
+# unreachable, a connection lost or refused. As StoreUnavailable: 503, nothing was done.
+EVENT_STORE_AWAY: tuple[type[Exception], ...] = (EventStoreOperationalError, EventStoreInterfaceError)
 
 
 class Problem(Exception):
@@ -252,10 +257,12 @@ def install(app: FastAPI) -> None:
             ),
         )
 
-    @app.exception_handler(StoreUnavailable)
-    async def _store_down(request: Request, exc: StoreUnavailable) -> Response:
+    async def _store_down(request: Request, exc: Exception) -> Response:
         log.warning("store unavailable: %s", exc)
         return problem_response(request, store_unavailable())
+
+    for away in (StoreUnavailable, *EVENT_STORE_AWAY):
+        app.add_exception_handler(away, _store_down)
 
     @app.exception_handler(ClientDisconnect)
     async def _gone(request: Request, exc: ClientDisconnect) -> Response:

@@ -89,12 +89,22 @@ class _Sole:
         pass
 
 
-class _AdvisoryLock:
-    """A PostgreSQL session advisory lock on a connection of its own: lost with the connection."""
+# A leader's session ends once it has been idle this long (PostgreSQL's idle_session_timeout, 14+),
+# and its lock with it: a leader that stops without dying (SIGSTOP, a frozen VM, a network partition;
+# the server still sees its connection open) would otherwise keep every other process from leading
+# for hours. A live leader asks again at every turn (the relays at least once a second, the other
+# duties every minute), so it keeps its session; one whose turn ran longer loses a turn at most.
+LEADER_IDLE_SECONDS = 120.0
 
-    def __init__(self, url: str, name: str) -> None:
+
+class _AdvisoryLock:
+    """A PostgreSQL session advisory lock on a connection of its own: lost with the connection, or
+    when the connection has been idle for `idle_seconds` (its holder stopped answering)."""
+
+    def __init__(self, url: str, name: str, idle_seconds: float = LEADER_IDLE_SECONDS) -> None:
         self.url = url
         self.name = name
+        self.idle_seconds = idle_seconds
         self._conn: psycopg.Connection[Any] | None = None
 
     def hold(self) -> bool:
@@ -102,7 +112,8 @@ class _AdvisoryLock:
             if self._conn is not None:
                 self._conn.execute("SELECT 1")
                 return True
-            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
+            idle = f"-c idle_session_timeout={int(self.idle_seconds * 1000)}"
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=5, options=idle)
             row = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (self.name,)).fetchone()
             if row and row[0]:
                 self._conn = conn
@@ -346,9 +357,18 @@ class PostgresDatabase:
 
     dialect = "postgres"
 
-    def __init__(self, url: str, *, schema: str = "public", min_size: int = 1, max_size: int = 8) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str = "public",
+        min_size: int = 1,
+        max_size: int = 8,
+        leader_idle_seconds: float = LEADER_IDLE_SECONDS,
+    ) -> None:
         self.url = url
         self.schema = schema
+        self.leader_idle_seconds = leader_idle_seconds
         self._pool = ConnectionPool(
             url,
             min_size=min_size,
@@ -401,7 +421,7 @@ class PostgresDatabase:
                 conn.execute(statement)
 
     def leadership(self, name: str) -> Leadership:
-        return _AdvisoryLock(self.url, f"{self.schema}:{name}")
+        return _AdvisoryLock(self.url, f"{self.schema}:{name}", self.leader_idle_seconds)
 
     def claims(self) -> Claims:
         return _AdvisoryClaims(self.url, self.schema)

@@ -146,6 +146,10 @@ class RedisDedupedSink:
     async def close(self) -> None:
         await self.redis.aclose()
 
+    async def ping(self) -> None:
+        """Raise unless Redis answers (the API's /readyz: no claim, so no ingest or consume, without it)."""
+        await self.redis.ping()
+
     async def ingest(
         self, envelopes: Sequence[Envelope], keep_until: Sequence[datetime], values: Sequence[bytes] | None = None
     ) -> list[bool]:

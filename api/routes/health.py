@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse, Response
 
 from api.deps import PlatformDep
 from api.problems import Problem
+from streams.redis_dedupe import RedisDedupedSink
 
 router = APIRouter(tags=["health"])
 
@@ -53,7 +54,7 @@ def prometheus_metrics(request: Request, platform: PlatformDep) -> Response:
 
 @router.get("/readyz", responses={503: {"description": "A dependency is unreachable"}})
 async def readyz(platform: PlatformDep) -> JSONResponse:
-    """The log, the event store and the views are all reachable."""
+    """The log, the event store and the views are all reachable, and Redis in Kafka mode."""
     checks: dict[str, str] = {}
 
     async def check(name: str, probe) -> None:  # type: ignore[no-untyped-def]
@@ -70,6 +71,8 @@ async def readyz(platform: PlatformDep) -> JSONResponse:
     await check("log", platform.log.ping)
     await check("event_store", lambda: asyncio.to_thread(platform.control.recorder.max_notification_id))
     await check("views", lambda: asyncio.to_thread(views_probe))
+    if isinstance(platform.sink, RedisDedupedSink):  # Kafka mode: every ingest and consume claims in Redis first
+        await check("redis", platform.sink.ping)
     ready = all(v == "ok" for v in checks.values())
     if ready:
         return JSONResponse({"status": "ready", "checks": checks})

@@ -94,6 +94,52 @@ time.sleep(60)
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def test_a_leader_that_stops_answering_without_dying_lets_another_lead(pg_schema: str) -> None:
+    """SIGSTOP (as a frozen VM or a network partition): the server still sees the leader's connection
+    open, so its lock would stay for hours and no other process would relay the outbox. Its session
+    ends once idle for the leader's idle limit; another process leads, and the stopped one, resumed,
+    finds it no longer leads."""
+    leader = subprocess.Popen(
+        [sys.executable, "-c", LEADER, DATABASE_URL, pg_schema],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    db = PostgresDatabase(DATABASE_URL, schema=pg_schema, leader_idle_seconds=1)
+    other = db.leadership("relay")
+    try:
+        assert leader.stdin is not None and leader.stdout is not None
+        assert leader.stdout.readline().strip() == b"leading"
+        assert other.hold() is False
+        leader.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + 20
+        while not other.hold():
+            assert time.monotonic() < deadline, "the stopped leader kept the leadership"
+            time.sleep(0.05)
+        leader.send_signal(signal.SIGCONT)
+        leader.stdin.write(b"hold\n")
+        leader.stdin.flush()
+        assert leader.stdout.readline().strip() == b"False"  # resumed, it stands by
+        assert other.hold() is True
+    finally:
+        if leader.poll() is None:
+            leader.kill()
+        leader.wait()
+        other.release()
+        db.close()
+
+
+LEADER = """
+import sys
+from stores.database import PostgresDatabase
+leadership = PostgresDatabase(sys.argv[1], schema=sys.argv[2], leader_idle_seconds=1).leadership("relay")
+assert leadership.hold()
+print("leading", flush=True)
+sys.stdin.readline()
+print(leadership.hold(), flush=True)
+"""
+
+
 def test_a_claim_in_the_one_embedded_process(tmp_path: Path) -> None:
     db = SqliteDatabase(tmp_path / "views.sqlite")
     claims = db.claims()
