@@ -1,8 +1,10 @@
 """The CloudEvents HTTP protocol binding's other shapes, brought to the JSON format admission reads.
 
 - Binary mode: the attributes as `ce-*` headers (percent-encoded), the data as the body, its media
-  type as `Content-Type` (the event's `datacontenttype`). Told apart from structured mode by the
-  `ce-specversion` header, as the binding says.
+  type as `Content-Type` (the event's `datacontenttype`). Told by its `ce-specversion` header and a
+  `Content-Type` that is not a CloudEvents format's: structured and batched mode may carry the same
+  headers beside the event in the body (the binding, sections 3 and 3.2.3), and the body is the
+  event then, not its data.
 - `data_base64` (the JSON format's binary data), in either mode's events.
 
 Omni meters what it can read, so data arrives at admission as JSON: a JSON media type (or none, as
@@ -22,6 +24,8 @@ import orjson
 
 PREFIX = "ce-"
 SPECVERSION_HEADER = "ce-specversion"
+# A Content-Type with this prefix is structured or batched mode, whatever ce-* headers come with it.
+FORMAT_PREFIX = "application/cloudevents"
 
 
 class Unreadable(ValueError):
@@ -29,7 +33,8 @@ class Unreadable(ValueError):
 
 
 def is_binary_mode(headers: Mapping[str, str]) -> bool:
-    return SPECVERSION_HEADER in headers
+    """Binary mode: a `ce-specversion` header, and a `Content-Type` that names no event format."""
+    return SPECVERSION_HEADER in headers and not headers.get("content-type", "").lstrip().lower().startswith(FORMAT_PREFIX)
 
 
 def from_binary(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import orjson
 from cloudevents.v1.conversion import to_binary, to_json, to_structured
 from cloudevents.v1.http import CloudEvent
 
-from tests.e2e.conftest import BATCH, Omni
+from tests.e2e.conftest import BATCH, SINGLE, Omni
 
 
 def usage(event_id: str, tokens: int, **attributes: str) -> dict[str, str]:
@@ -63,3 +63,27 @@ async def test_binary_mode_attributes_are_checked_like_any_others(omni: Omni) ->
     assert refused.status_code == 422 and "cannot be metered" in refused.text
     nul = await post(omni, key, {**to_binary(CloudEvent(usage("n", 0), {}))[0], "ce-subject": "a%00b"}, b"{}")
     assert nul.status_code == 422 and "NUL" in nul.text
+
+
+async def test_structured_and_batched_mode_with_ce_headers_beside_them_read_the_body(omni: Omni) -> None:
+    """CloudEvents HTTP binding 1.0.2, section 3: the receiver tells the content mode by
+    `Content-Type`; one prefixed `application/cloudevents` is structured (or batched) mode. Section
+    3.2.3: structured mode MAY carry the binary mode's `ce-*` headers too (a forwarder adds them, as
+    the SDK's own `to_binary` names them), and every attribute is in the body. Read as binary mode,
+    the whole event became the data of an event with the headers' id: none of its usage counted."""
+    _, key = await omni.tenant()
+    await omni.meter(slug="tokens", event_type="inference", aggregation="SUM", value_property="$.data.tokens")
+    headers, _ = to_binary(CloudEvent(usage("from-headers", 0), {"tokens": 0}))
+    headers = {name: value for name, value in headers.items() if name.lower() != "content-type"}
+    _, single = to_structured(CloudEvent(usage("single", 3), {"tokens": 3}))
+    batch = b"[" + to_json(CloudEvent(usage("batched", 4), {"tokens": 4})) + b"]"
+
+    sent = [
+        await post(omni, key, {**headers, "Content-Type": SINGLE}, single),
+        await post(omni, key, {**headers, "Content-Type": f"{BATCH}; charset=utf-8"}, batch),
+    ]
+
+    assert [r.status_code for r in sent] == [202, 202], [r.text for r in sent]
+    assert [[result["id"] for result in r.json()["results"]] for r in sent] == [["single"], ["batched"]]
+    await omni.settle()
+    assert [row["value"] for row in await omni.query(key, "tokens")] == [3 + 4]

@@ -13,7 +13,19 @@ HEADERS = {"ce-specversion": "1.0", "ce-id": "e-1", "ce-source": "gw", "ce-type"
 
 def test_binary_mode_is_told_by_its_specversion_header() -> None:
     assert is_binary_mode(HEADERS)
+    assert is_binary_mode({**HEADERS, "content-type": "application/json"})
     assert not is_binary_mode({"content-type": "application/cloudevents+json", "ce-id": "x"})
+
+
+@pytest.mark.parametrize(
+    "media",
+    ["application/cloudevents+json", "application/cloudevents+json; charset=utf-8", "Application/CloudEvents-Batch+JSON"],
+)
+def test_a_cloudevents_content_type_is_structured_mode_whatever_ce_headers_come_with_it(media: str) -> None:
+    """CloudEvents HTTP binding 1.0.2, section 3: the receiver tells the modes by `Content-Type`,
+    `application/cloudevents` (and `-batch`) prefixed being structured (batched) mode; section 3.2.3:
+    structured mode MAY carry the binary mode's headers too."""
+    assert not is_binary_mode({**HEADERS, "content-type": media})
 
 
 def test_attributes_come_from_the_ce_headers_percent_decoded() -> None:
