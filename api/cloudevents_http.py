@@ -37,10 +37,20 @@ def is_binary_mode(headers: Mapping[str, str]) -> bool:
     return SPECVERSION_HEADER in headers and not headers.get("content-type", "").lstrip().lower().startswith(FORMAT_PREFIX)
 
 
+# Header names that are no attribute of binary mode: its data is the body, and its Content-Type the
+# datacontenttype (the binding, 3.1.1 and 3.1.2). Taken as attributes, a `ce-data_base64` header
+# became the data metered.
+_NOT_ATTRIBUTES = {
+    "data": "the data is the body",
+    "data_base64": "the data is the body",
+    "datacontenttype": "Content-Type carries it (the binding, 3.1.1: this header must not be present)",
+}
+
+
 def from_binary(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
     """One event in the JSON format from a binary-mode request (header names in lower case)."""
     event: dict[str, Any] = {
-        name.removeprefix(PREFIX): unquote(value) for name, value in headers.items() if name.startswith(PREFIX)
+        name.removeprefix(PREFIX): _attribute(name, value) for name, value in headers.items() if name.startswith(PREFIX)
     }
     media = headers.get("content-type")
     if media:
@@ -48,6 +58,22 @@ def from_binary(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
     if body:
         event["data"] = _readable(body, media)
     return event
+
+
+def _attribute(header: str, value: str) -> str:
+    """A header's attribute value, percent-decoded (the binding, 3.1.3.2): header values are printable
+    ASCII, and percent-encoded bytes must be UTF-8 ("encoded byte sequences which are invalid in
+    UTF-8 MUST be rejected"). Decoded leniently, bytes sent raw became other text (UTF-8 read as
+    Latin-1), and any invalid sequence U+FFFD, so two events' distinct ids could become one."""
+    name = header.removeprefix(PREFIX)
+    if name in _NOT_ATTRIBUTES:
+        raise Unreadable(f"header {header} names no attribute in binary mode: {_NOT_ATTRIBUTES[name]}")
+    if not value.isascii():
+        raise Unreadable(f"header {header} holds characters outside ASCII: percent-encode its UTF-8 bytes (%C3%A9 for é)")
+    try:
+        return unquote(value, errors="strict")
+    except UnicodeDecodeError:
+        raise Unreadable(f"header {header} is percent-encoded bytes that are not UTF-8") from None
 
 
 def with_readable_data(item: Any) -> Any:

@@ -87,3 +87,28 @@ async def test_structured_and_batched_mode_with_ce_headers_beside_them_read_the_
     assert [[result["id"] for result in r.json()["results"]] for r in sent] == [["single"], ["batched"]]
     await omni.settle()
     assert [row["value"] for row in await omni.query(key, "tokens")] == [3 + 4]
+
+
+async def test_binary_mode_header_values_that_are_not_percent_encoded_utf8_are_refused(omni: Omni) -> None:
+    """CloudEvents HTTP binding 1.0.2, 3.1.3.2: percent-encoded byte sequences "which are invalid in
+    UTF-8 MUST be rejected", and header values are printable US-ASCII. Decoded leniently, ids
+    `u-%C3` and `u-%C4` both became `u-\ufffd`, so the second event was answered `duplicate` and its
+    usage lost; an id sent as raw UTF-8 became other text (read as Latin-1), which a retry of the
+    event in structured mode did not match, so it counted twice."""
+    _, key = await omni.tenant()
+    headers, body = to_binary(CloudEvent(usage("u", 1), {"tokens": 1}))
+    raw = [(name.encode(), value.encode()) for name, value in {**headers, **omni.auth(key)}.items() if name != "ce-id"]
+
+    answers = [
+        await post(omni, key, {**headers, "ce-id": "u-%C3"}, body),
+        await post(omni, key, {**headers, "ce-id": "u-%C4"}, body),
+        await omni.client.post("/v1/events", content=body, headers=[*raw, (b"ce-id", "u-\u00e9".encode())]),
+    ]
+
+    assert [a.status_code for a in answers] == [422, 422, 422], [a.text for a in answers]
+    assert all(a.headers["content-type"] == "application/problem+json" for a in answers)
+    assert [orjson.loads(a.content)["errors"][0]["reasons"] for a in answers] == [
+        ["header ce-id is percent-encoded bytes that are not UTF-8"],
+        ["header ce-id is percent-encoded bytes that are not UTF-8"],
+        ["header ce-id holds characters outside ASCII: percent-encode its UTF-8 bytes (%C3%A9 for \u00e9)"],
+    ]

@@ -71,6 +71,35 @@ def test_data_no_meter_could_read_is_refused_with_the_reason(media: str, body: b
         from_binary({**HEADERS, "content-type": media}, body)
 
 
+@pytest.mark.parametrize(
+    ("header", "value", "reason"),
+    [
+        ("ce-id", "e-%C3", "not UTF-8"),  # a truncated sequence: it was U+FFFD, as e-%C4 was
+        ("ce-id", "e-%C0%A0", "not UTF-8"),  # the binding's own example: an overlong space
+        ("ce-id", "e-%ED%A0%80", "not UTF-8"),  # a surrogate
+        ("ce-subject", "caf\u00c3\u00a9", "outside ASCII"),  # é sent raw as UTF-8, read as Latin-1: it was "cafÃ©"
+        ("ce-data_base64", "eyJ0b2tlbnMiOiA5OX0=", "the data is the body"),  # it was the data metered
+        ("ce-data", '{"tokens": 99}', "the data is the body"),
+        ("ce-datacontenttype", "application/json", "Content-Type carries it"),
+    ],
+    ids=["truncated", "overlong", "surrogate", "raw-utf8", "data_base64", "data", "datacontenttype"],
+)
+def test_headers_the_binding_does_not_allow_are_refused(header: str, value: str, reason: str) -> None:
+    """CloudEvents HTTP binding 1.0.2, 3.1.3.2: header values are printable US-ASCII, decoded by one
+    round of percent-decoding, and "encoded byte sequences which are invalid in UTF-8 MUST be
+    rejected"; 3.1.1 and 3.1.2: the data is the body, its media type the Content-Type, and a
+    `ce-datacontenttype` header "MUST NOT also be present"."""
+    with pytest.raises(Unreadable, match=reason):
+        from_binary({**HEADERS, header: value}, b'{"tokens": 1}')
+
+
+def test_percent_decoding_takes_any_case_and_unnecessary_encoding() -> None:
+    """The binding, 3.1.3.2: decoding "MUST accept lower-case values", and values "unnecessarily
+    percent-encoded MUST be accepted"."""
+    event = from_binary({**HEADERS, "ce-subject": "Euro%20%e2%82%ac%20%F0%9F%98%80", "ce-id": "%65-1"}, b"")
+    assert (event["subject"], event["id"]) == ("Euro \u20ac \U0001f600", "e-1")
+
+
 def test_an_empty_body_is_an_event_without_data() -> None:
     assert "data" not in from_binary(HEADERS, b"")
 
