@@ -77,9 +77,12 @@ def _attribute(header: str, value: str) -> str:
 
 
 def with_readable_data(item: Any) -> Any:
-    """`item` with its `data_base64` decoded into `data` (a new dict), or unchanged without one."""
+    """`item` with its `data_base64` decoded into `data` (a new dict), or unchanged without one (a
+    null one is left out)."""
     if not isinstance(item, dict) or "data_base64" not in item:
         return item
+    if item["data_base64"] is None:  # JSON null is an unset member (CloudEvents JSON format, 2.2)
+        return {key: value for key, value in item.items() if key != "data_base64"}
     if "data" in item:
         raise Unreadable("an event carries either data or data_base64, not both")
     encoded = item["data_base64"]

@@ -117,6 +117,9 @@ def admit_encoded(
             errors.append({"index": index, "id": _safe_id(item), "reasons": [_reason(e) for e in event.errors()]})
             continue
         extensions = event.extensions()
+        if extensions and None in extensions.values():
+            # JSON null is an unset attribute (CloudEvents JSON format, 2.2): not kept, not checked.
+            extensions = {name: value for name, value in extensions.items() if value is not None}
         problems = extension_errors(extensions)
         if extensions and not RESERVED.isdisjoint(extensions):
             taken = sorted(RESERVED.intersection(extensions))

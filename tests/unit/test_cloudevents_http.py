@@ -112,6 +112,13 @@ def test_data_base64_is_decoded_into_data() -> None:
     assert with_readable_data(text)["data"] == "hi"
 
 
+def test_a_null_data_base64_is_absent() -> None:
+    """CloudEvents JSON format 1.0.2, 2.2: a member that is JSON null MUST be treated as unset: an
+    event with `"data_base64": null` beside its `data` (or alone) was refused."""
+    assert with_readable_data({"id": "1", "data": {"tokens": 3}, "data_base64": None}) == {"id": "1", "data": {"tokens": 3}}
+    assert with_readable_data({"id": "2", "data_base64": None}) == {"id": "2"}
+
+
 @pytest.mark.parametrize(
     ("item", "reason"),
     [
