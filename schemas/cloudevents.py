@@ -102,11 +102,15 @@ def documented_schema() -> dict[str, Any]:
         "the time of receipt when absent or null",
     }
     properties["traceparent"] = {
-        "type": "string",
-        "pattern": "^" + _TRACEPARENT.pattern.removesuffix("\\Z") + "$",
-        "description": "W3C trace context: the event joins this trace",
+        "anyOf": [{"type": "string", "pattern": "^" + _TRACEPARENT.pattern.removesuffix("\\Z") + "$"}, {"type": "null"}],
+        "description": "W3C trace context: the event joins this trace (null: unset, as any attribute)",
     }
     properties["data"] = {"description": "Any JSON: text without NUL characters, nested at most OMNI_MAX_JSON_DEPTH levels"}
+    properties["data_base64"] = {
+        "anyOf": [{"type": "string", "contentEncoding": "base64"}, {"type": "null"}],
+        "description": "The data as base64 (the JSON format's binary data), in place of `data`: JSON, or text "
+        "(`text/*`), by `datacontenttype`; null: unset",
+    }
     # Extension attributes: any other lowercase alphanumeric name (CloudEvents' naming rule).
     schema["patternProperties"] = {"^[a-z0-9]{1,20}$": {}}
     schema["additionalProperties"] = False
