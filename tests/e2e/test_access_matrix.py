@@ -329,3 +329,41 @@ async def test_every_operation_answers_every_caller_as_the_readme_says(omni: Omn
             if recorded[action] - before[caller][action] < count:
                 found.append(f"{caller}: {count} refused {action}, {recorded[action] - before[caller][action]} audited")
     assert not found, "\n".join(found)
+
+
+async def test_a_key_lifecycle_reaches_no_one_elses_keys(omni: Omni) -> None:
+    """A revoked key is refused from the very next request on every kind of route (no settling), a
+    tenant can revoke neither another tenant's key nor the admin's, and lists no tenants."""
+    await omni.meter(slug="calls", event_type="call", aggregation="COUNT")
+    await ok(await omni.client.put("/v1/plans/pro", json=PLAN, headers=omni.auth(ADMIN)), 201)
+    a_id, a_key = await omni.tenant("a")
+    b_id, b_key = await omni.tenant("b")
+    await omni.settle()
+    a, b = omni.auth(a_key), omni.auth(b_key)
+    consume = {"amount": 1, "idempotency_key": "k"}
+    event = orjson.dumps([cloud_event("e", type_="call")])
+    assert (await omni.client.post("/v1/quotas/calls/consume", json=consume, headers=a)).status_code == 200
+
+    for key_id in (b_key.split("_")[1], "admin"):
+        refused = await omni.client.delete(f"/v1/keys/{key_id}", headers=a)
+        assert refused.status_code == 404 and refused.headers["content-type"] == "application/problem+json", key_id
+    assert (await omni.client.delete("/v1/keys/admin", headers=omni.auth(ADMIN))).status_code == 404
+    assert (await omni.client.get(f"/v1/tenants/{b_id}", headers=b)).status_code == 200
+    assert (await omni.client.get("/v1/tenants", headers=omni.auth(ADMIN))).status_code == 200
+    assert (await omni.client.get("/v1/tenants", headers=a)).status_code == 403
+    assert (await omni.client.get(f"/v1/tenants/{b_id}", headers=a)).status_code == 404
+
+    assert (await omni.client.delete(f"/v1/keys/{a_key.split('_')[1]}", headers=a)).status_code == 204
+    for method, path, kwargs in [
+        ("GET", f"/v1/tenants/{a_id}", {}),
+        ("POST", "/v1/events", {"content": event, "headers": {"Content-Type": BATCH}}),
+        ("POST", "/v1/quotas/calls/consume", {"json": consume | {"idempotency_key": "after"}}),
+        ("POST", f"/v1/tenants/{a_id}/keys", {"json": {"label": "again"}}),
+    ]:
+        headers = {**kwargs.pop("headers", {}), **a}
+        response = await omni.client.request(method, path, headers=headers, **kwargs)
+        assert response.status_code == 401, (method, path, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+    await omni.settle()
+    keys = (await ok(await omni.client.get(f"/v1/tenants/{a_id}/keys", headers=omni.auth(ADMIN)), 200))["data"]
+    assert [k["revoked_at"] is not None for k in keys] == [True], "the revoked key issued nothing"
