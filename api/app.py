@@ -46,8 +46,9 @@ def create_app(settings: Settings | None = None, *, platform: Platform | None = 
         openapi_url=None,
         docs_url=None,
         redoc_url=None,
-        # A body FastAPI parses must be JSON: 415 otherwise, for every route in one place.
-        dependencies=[Depends(deps.json_body_media_type)],
+        # A NUL in the URL names nothing (404 in the path, 422 in the query), and a body FastAPI parses
+        # must be JSON (415 otherwise): for every route in one place.
+        dependencies=[Depends(deps.no_nul_in_url), Depends(deps.json_body_media_type)],
     )
     app.state.platform = platform
     app.state.api_calls = recorder

@@ -86,6 +86,24 @@ async def json_body_media_type(request: Request) -> None:
     )
 
 
+async def no_nul_in_url(request: Request) -> None:
+    """No text Omni stores holds a NUL character (PostgreSQL text cannot), so a path parameter
+    holding one (`%00`) names nothing: 404, whoever asks, before any store is read with it (PostgreSQL
+    refuses such a parameter with an error, which was a 500). A query parameter holding one is
+    refused with 422 at its place. Installed once for the whole app (api/app.py)."""
+    if any("\x00" in value for value in request.path_params.values()):
+        raise NotFound("no resource is named with a NUL character (%00)")
+    for name, value in request.query_params.multi_items():
+        if "\x00" in value:
+            raise Problem(
+                422,
+                "Invalid request",
+                "Text may not hold a NUL character (%00).",
+                kind="invalid-request",
+                location=f"query.{name}",
+            )
+
+
 def trace_id(request: Request) -> str | None:
     """Set by the tracing middleware: the request's span joins the caller's trace."""
     return getattr(request.state, "trace_id", None)

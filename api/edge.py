@@ -9,8 +9,8 @@ Every request passes here before routing, in this order:
 3. its body is bounded in size (413, from Content-Length when declared, else as it streams)
    and in time (408 when the next piece takes longer than `body_timeout_seconds`).
 
-Answers under /v1 carry `Cache-Control: no-store`: each is one tenant's private data, and
-some (a new tenant, a new key) carry a secret shown once.
+Answers under /v1 carry `Cache-Control: no-store`, refusals included: each is one tenant's private
+data, and some (a new tenant, a new key) carry a secret shown once.
 """
 
 from __future__ import annotations
@@ -96,18 +96,20 @@ class EdgeMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        # Every answer under /v1/ is private, refusals included (a 401, the webhook's answers).
+        private = scope["path"].startswith(PROTECTED_PREFIX)
+        answer = _no_store(send) if private else send
         try:
             self._check_headers(scope)
-            protected = scope["path"].startswith(PROTECTED_PREFIX) and not scope["path"].startswith(WEBHOOKS_PREFIX)
-            if protected:
+            if private and not scope["path"].startswith(WEBHOOKS_PREFIX):
                 principal = await authenticate(self.platform, _header(scope, b"authorization"))
                 scope.setdefault("state", {})["principal"] = principal
         except Problem as refused:
             reason = {401: "unauthorized", 431: "headers-too-large"}.get(refused.status) or refused.kind or "refused"
             metrics.REFUSED_BEFORE_AUTH.labels(reason).inc()
-            await problem_response(Request(scope), refused)(scope, receive, send)
+            await problem_response(Request(scope), refused)(scope, receive, answer)
             return
-        await self.app(scope, self._bounded(scope, receive), _no_store(send) if protected else send)
+        await self.app(scope, self._bounded(scope, receive), answer)
 
     def _check_headers(self, scope: Scope) -> None:
         if header_bytes(scope) > self.max_header_bytes:

@@ -112,6 +112,13 @@ def actor_subject(key_id: str | None) -> str:
     return f"{ACTOR_PREFIX}{key_id or '-'}"
 
 
+def storable(text: str) -> str:
+    """Text as the views can keep it: a NUL character (PostgreSQL text holds none; only a path's
+    `%00` brings one into an entry, in its resource and in the reason naming it) written as `%00`.
+    An entry holding one was dead-lettered by the audit fold, and its refusal missing from the chain."""
+    return text.replace("\x00", "%00")
+
+
 def audit_entry(
     ctx: CommandContext,
     action: str,
@@ -131,9 +138,9 @@ def audit_entry(
     return AuditEntry(
         tenant_id=chain,
         action=action,
-        resource=resource,
+        resource=storable(resource),
         outcome=outcome,
-        reason=reason,
+        reason=None if reason is None else storable(reason),
         actor_key_id=ctx.key_id,
         actor_ip=ip,
         user_agent=user_agent,

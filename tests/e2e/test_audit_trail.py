@@ -307,3 +307,31 @@ async def test_refused_plan_and_quota_commands_are_audited(omni: Omni) -> None:
         ("tenant.plan.assign", "404"),
     ]
     assert "body.limit" in platform[0]["reason"] and "body.entitlements.0.period" in platform[1]["reason"]
+
+
+async def test_a_refused_command_whose_path_holds_a_nul_is_audited(omni: Omni) -> None:
+    """`%00` in a path decodes to a NUL character, which no view can store: the refusal's entry
+    writes it back as `%00`, so it joins its chain rather than being dead-lettered by the fold."""
+    a_id, a_key = await omni.tenant("a")
+    tenant_tries = [("DELETE", "/v1/keys/%00", None, 404), ("POST", "/v1/tenants/%00/keys", {"label": "x"}, 404)]
+    admin_tries = [
+        ("PUT", "/v1/tenants/%00/plan", {"plan": "pro"}, 404),
+        ("POST", "/v1/invoices/%00/void", {"reason": "x"}, 404),
+        ("POST", "/v1/gdpr/breaches/a%00b/notified", None, 404),
+    ]
+    for key, tries in ((a_key, tenant_tries), (ADMIN, admin_tries)):
+        for method, path, body, status in tries:
+            response = await omni.client.request(method, path, json=body, headers=omni.auth(key))
+            assert response.status_code == status, (path, response.text)
+    await omni.settle()
+    refused = [(e["action"], e["resource"]) for e in (await listed(omni, a_key, outcome="rejected"))["data"]]
+    assert refused == [("api_key.revoke", "/v1/keys/%00"), ("api_key.issue", "/v1/tenants/%00/keys")]
+    platform = (await listed(omni, ADMIN, outcome="rejected"))["data"]
+    assert [(e["action"], e["resource"]) for e in platform] == [
+        ("tenant.plan.assign", "/v1/tenants/%00/plan"),
+        ("invoice.void", "/v1/invoices/%00/void"),
+        ("gdpr.breach.notified", "/v1/gdpr/breaches/a%00b/notified"),
+    ]
+    assert all("\x00" not in e["resource"] + e["reason"] for e in platform), platform
+    with omni.platform.db.transaction() as tx:
+        assert tx.execute("SELECT count(*) FROM dead_letters")[0][0] == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import httpx
@@ -71,6 +72,32 @@ async def test_text_with_a_nul_character_is_refused_everywhere_and_the_fold_goes
     assert (await omni.send(key, [cloud_event("x", type_="call", subject="\\u0000")])).json()["accepted"] == 1
     await omni.settle()
     assert sum(row["value"] for row in await omni.query(key, "calls")) == 1
+
+
+async def test_a_nul_in_the_url_names_nothing_on_every_route(omni: Omni) -> None:
+    """No stored text holds a NUL, so `%00` in a path names nothing (404) and in a query is refused
+    (422), on every route and for every caller, before a store is read with it: PostgreSQL refuses
+    such a parameter with an error, and nine routes answered it with a 500 in Kafka mode."""
+    tenant_id, key = await omni.tenant()
+    await omni.meter(slug="calls", event_type="call", aggregation="COUNT")
+    paths = omni.app.openapi()["paths"]
+    named = [(m.upper(), p) for p, item in paths.items() for m in item if "{" in p and not p.startswith("/v1/webhooks/")]
+    assert len(named) > 20
+    for method, template in named:
+        for caller in (ADMIN, key):
+            path = re.sub(r"\{\w+(:\w+)?\}", "a%00", template)
+            body = {"reason": "x"} if method == "POST" and "/invoices/" in path else None
+            response = await omni.client.request(method, path, json=body, headers=omni.auth(caller))
+            assert_problem(response, 404)
+    for path, params, caller in [
+        ("/v1/tenants", {"after": "a\x00"}, ADMIN),
+        (f"/v1/tenants/{tenant_id}", {"unknown": "\x00"}, key),
+        ("/v1/invoices", {"before": "a~b\x00"}, key),
+        ("/v1/meters/calls/query", {"subject": "u\x00", "group_by": "subject"}, key),
+        ("/v1/quotas", {"tenant": "\x00"}, ADMIN),
+    ]:
+        body = assert_problem(await omni.client.get(path, params=params, headers=omni.auth(caller)), 422)
+        assert [e["location"] for e in body["errors"]] == [f"query.{next(iter(params))}"], body
 
 
 async def test_meter_queries_refuse_bad_ranges_and_unknowns(omni: Omni) -> None:

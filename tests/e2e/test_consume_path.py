@@ -322,3 +322,24 @@ async def test_a_stalled_consume_body_is_counted_as_the_edge_counts_it(served: t
     assert status == 408 and problem["instance"] == "/v1/quotas/tokens/consume" and problem["title"] == "Request timeout"
     assert b"connection: close" in answer.lower() and b"cache-control: no-store" in answer.lower()
     assert REGISTRY.get_sample_value("omni_http_requests_total", labels) == before + 1
+
+
+async def test_a_revoked_key_is_refused_from_the_next_consume_on_the_same_connection(
+    served: tuple[Omni, int], taken: list[str]
+) -> None:
+    """The consume path trusts only keys in the key cache, which a revocation empties before its 204:
+    the next consume, on the connection a gateway keeps open, is the edge's 401."""
+    omni, _ = served
+    key = await ready_tenant(omni)
+
+    async def consume(idempotency_key: str) -> httpx.Response:
+        body = {"amount": 1, "idempotency_key": idempotency_key}
+        return await omni.client.post("/v1/quotas/tokens/consume", json=body, headers=omni.auth(key))
+
+    assert (await consume("before")).status_code == 200
+    assert taken == ["tokens"], "answered at the connection"
+    assert (await omni.client.delete(f"/v1/keys/{key.split('_')[1]}", headers=omni.auth(key))).status_code == 204
+    refused = await consume("after")
+    assert refused.status_code == 401, refused.text
+    assert refused.headers["content-type"] == "application/problem+json" and refused.headers["cache-control"] == "no-store"
+    assert taken == ["tokens"], "the revoked key went the ASGI way, to the edge"

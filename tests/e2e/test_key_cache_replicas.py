@@ -113,3 +113,30 @@ async def test_a_plan_changed_on_one_replica_limits_consumes_on_the_other_at_onc
     await first.settle()  # the views hold the new version: what a command's answer waits for
     assert await consume(2, "third") == 429, "b served the plan it kept: 6 + 2 passes the new limit of 7"
     assert await consume(1, "fourth") == 200
+
+
+async def test_a_key_its_tenant_revoked_on_one_replica_consumes_and_ingests_nothing_on_the_other(
+    replicas: tuple[Replica, Replica],
+) -> None:
+    """The hot routes read the same key cache: once the other replica heard the revocation, its
+    consume and ingest refuse the key (401), and nothing the key sent after it is counted."""
+    (first, a), (second, b) = replicas
+    meter = {"slug": "calls", "event_type": "call", "aggregation": "COUNT"}
+    assert (await a.post("/v1/meters", json=meter, headers=auth(ADMIN))).status_code == 201
+    plan = {"entitlements": [{"meter": "calls", "limit": 10, "period": "DAY"}]}
+    assert (await a.put("/v1/plans/pro", json=plan, headers=auth(ADMIN))).status_code == 201
+    created = (await a.post("/v1/tenants", json={"name": "acme", "plan": "pro"}, headers=auth(ADMIN))).json()
+    await first.settle()
+    key = created["api_key"]
+    body = {"amount": 1, "idempotency_key": "before"}
+    assert (await b.post("/v1/quotas/calls/consume", json=body, headers=auth(key))).status_code == 200
+
+    assert (await a.delete(f"/v1/keys/{key.split('_')[1]}", headers=auth(key))).status_code == 204
+    await eventually(lambda: second.cached_principal(key) is None, timeout=2.0)
+    after = await b.post("/v1/quotas/calls/consume", json=body | {"idempotency_key": "after"}, headers=auth(key))
+    assert after.status_code == 401, after.text
+    event = {"specversion": "1.0", "id": "e", "source": "s", "type": "call", "subject": "u"}
+    sent = await b.post("/v1/events", json=event, headers={**auth(key), "Content-Type": "application/cloudevents+json"})
+    assert sent.status_code == 401, sent.text
+    quota = await b.get("/v1/quotas/calls", params={"tenant": created["id"]}, headers=auth(ADMIN))
+    assert quota.status_code == 200 and quota.json()["used"] == 1, quota.text
