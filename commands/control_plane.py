@@ -23,6 +23,7 @@ from eventsourcing.persistence import IntegrityError, Recording
 from commands import billing, gdpr, notices, plans, slos, stripe_sync
 from commands.errors import Conflict, NotFound, Rejected
 from commands.ids import key_aggregate_id, meter_aggregate_id
+from commands.limits import Limits
 from schemas.ids import canonical_uuid
 from schemas.meters import MeterDefinition
 
@@ -197,6 +198,11 @@ class ControlPlane(
         # Seals the actor's IP address and user agent for the audit trail (omni.personal_data); None:
         # kept as given (tools that record no commands from the network).
         self.seal_actor: ActorSealer | None = None
+        # What one owner may hold (commands.limits; omni.bootstrap sets them from the settings).
+        self.limits = Limits()
+        # An owner's SLO names as the views hold them, read once, when its SLOs are first counted in the
+        # event store (they were defined before the count began); None: no views (tools, tests).
+        self.views_slo_names: Callable[[str], list[str]] | None = None
 
     def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
         """Store, and remember in this thread the store position of the last event that changes a view

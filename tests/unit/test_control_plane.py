@@ -370,3 +370,34 @@ def test_describe_of_an_unknown_event_is_harmless():
     log_type, tenant, payload = describe(Strange())
     assert log_type.startswith("omni.unknown.")
     assert (tenant, payload) == (PLATFORM, {})
+
+
+# --- what one owner may hold: commands.limits ---------------------------------------------------
+
+SLO_BODY = {"event_type": "inference", "sli": "availability", "status_property": "$.data.status", "objective": 99, "window": "7d"}
+
+
+def test_an_owners_slos_from_before_the_count_are_read_from_the_views_once(app):
+    from commands.errors import LimitReached
+    from commands.limits import Limits
+    from commands.slos import SloNames, slo_names_aggregate_id
+    from schemas.slos import SloBody
+
+    app.limits = Limits(slos_per_owner=3)
+    asked: list[str] = []
+    app.views_slo_names = lambda owner: asked.append(owner) or ["old-b", "old-a"]
+    body = SloBody.model_validate(SLO_BODY)
+    tenant = ctx_for("t-1")
+    assert app.put_slo(tenant, "new", body)[1] is True
+    with pytest.raises(LimitReached) as refused:
+        app.put_slo(tenant, "newer", body)
+    assert (refused.value.kind, refused.value.limit, refused.value.audited) == ("slo-limit-reached", 3, True)
+    assert asked == ["t-1"], "read once: from then on the event store counts"
+    names = app.repository.get(slo_names_aggregate_id("t-1"))
+    assert isinstance(names, SloNames) and names.names == ["old-a", "old-b", "new"]
+    published = [describe(e) for e in stored_events(app) if isinstance(e, SloNames.Event)]
+    assert published == [
+        ("omni.slo.names_opened", "t-1", {"owner": "t-1", "names": ["old-a", "old-b"]}),
+        ("omni.slo.name_added", "t-1", {"owner": "t-1", "name": "new"}),
+    ]
+    assert (audits(app)[-1].action, audits(app)[-1].outcome) == ("slo.put", "rejected")
