@@ -392,8 +392,10 @@ def build(settings: Settings) -> Platform:
     control.limits = Limits(
         slos_per_owner=settings.max_slos_per_tenant,
         slo_revisions_per_hour=settings.slo_revisions_per_hour,
+        keys_per_tenant=settings.max_keys_per_tenant,
     )
     control.views_slo_names = functools.partial(_slo_names, db)
+    control.views_active_keys = functools.partial(_active_keys, db)
     keys = KeyCache()  # trusted once `start` watches the key changes
     return Platform(
         settings=settings,
@@ -423,6 +425,12 @@ def _slo_names(db: Database, owner: str) -> list[str]:
     """The owner's SLOs as the views hold them (ControlPlane.views_slo_names)."""
     with db.transaction() as tx:
         return slo_store.names_of(tx, owner)
+
+
+def _active_keys(db: Database, tenant_id: str) -> list[str]:
+    """The tenant's keys not revoked, as the views hold them (ControlPlane.views_active_keys)."""
+    with db.transaction() as tx:
+        return views.active_keys_of(tx, tenant_id)
 
 
 def build_replayer(settings: Settings, db: Database, log_: EventLog) -> Replayer:
