@@ -36,10 +36,11 @@ DESCRIPTIONS = {
     "403": "The key's role may not call this operation",
     "404": "No such resource for this caller (another tenant's resource answers 404 too)",
     "408": "The headers or the body arrived too slowly",
-    "409": "Conflicts with the current state (already defined, changed concurrently)",
+    "409": "Conflicts with the current state (already defined, changed concurrently, a limit on what the owner holds reached)",
     "413": "The body or the batch is larger than allowed",
     "415": "The body is not in a media type the operation takes (a JSON body: `application/json` or `application/*+json`)",
     "422": "The request is well-formed but invalid; `errors` lists each reason",
+    "429": "Too many such changes lately: nothing was done; retry after `Retry-After` seconds",
     "431": "The request's headers are larger than allowed",
     "503": "A dependency (the log, the event store, the views) is unavailable; retry later",
 }

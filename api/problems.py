@@ -18,7 +18,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 
 from api.audit import record_refusal
-from commands.errors import Conflict, Invalid, NotFound, Rejected
+from commands.errors import Conflict, Invalid, LimitReached, NotFound, Rejected, TooSoon
 from omni import metrics
 from stores.database import StoreUnavailable
 from streams.log import LogUnavailable
@@ -231,6 +231,17 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Conflict)
     async def _conflict(request: Request, exc: Conflict) -> Response:
         return await _rejected(request, exc, Problem(409, "Conflict", str(exc), kind="conflict"))
+
+    @app.exception_handler(LimitReached)
+    async def _limit(request: Request, exc: LimitReached) -> Response:
+        problem = Problem(409, "Limit reached", str(exc), kind=exc.kind, members={"limit": exc.limit})
+        return await _rejected(request, exc, problem)
+
+    @app.exception_handler(TooSoon)
+    async def _too_soon(request: Request, exc: TooSoon) -> Response:
+        headers = {"Retry-After": str(exc.retry_after)}
+        problem = Problem(429, "Too many requests", str(exc), kind=exc.kind, headers=headers)
+        return await _rejected(request, exc, problem)
 
     @app.exception_handler(Invalid)
     async def _rule(request: Request, exc: Invalid) -> Response:

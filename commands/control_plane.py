@@ -21,14 +21,16 @@ from eventsourcing.domain import Aggregate, event
 from eventsourcing.persistence import IntegrityError, Recording
 
 from commands import billing, gdpr, notices, plans, slos, stripe_sync
-from commands.errors import Conflict, NotFound, Rejected
-from commands.ids import key_aggregate_id, meter_aggregate_id
+from commands.errors import Conflict, LimitReached, NotFound, Rejected
+from commands.ids import key_aggregate_id, key_ring_aggregate_id, meter_aggregate_id
+from commands.limits import ATTEMPTS, Limits
 from schemas.ids import canonical_uuid
 from schemas.meters import MeterDefinition
 
 KEY_PREFIX = "omni"
 PLATFORM = "_platform"
 AUDIT_TYPE = "omni.audit.recorded"
+KEY_RING_OPENED, KEY_RING_ADDED, KEY_RING_REMOVED = "omni.key_ring.opened", "omni.key_ring.added", "omni.key_ring.removed"
 
 
 def hash_secret(secret: str) -> str:
@@ -65,6 +67,30 @@ class ApiKey(Aggregate):
     def revoke(self, key_id: str, tenant_id: str) -> None:
         """The event names the key and tenant so readers of the log need nothing else."""
         self.revoked = True
+
+
+class KeyRing(Aggregate):
+    """A tenant's API keys not revoked, which its limit counts. A key issued or revoked is saved with
+    this aggregate's next version, so of two issued at once one is redone on what the other left
+    (the event store's optimistic concurrency): the tenant never passes its limit."""
+
+    @staticmethod
+    def create_id(tenant_id: str, key_ids: list[str]) -> UUID:
+        return key_ring_aggregate_id(tenant_id)
+
+    @event("Opened")
+    def __init__(self, tenant_id: str, key_ids: list[str]) -> None:
+        """`key_ids`: its first key's, or for a tenant from before the count began its active keys then."""
+        self.tenant_id = tenant_id
+        self.key_ids = list(key_ids)
+
+    @event("KeyAdded")
+    def add(self, tenant_id: str, key_id: str) -> None:
+        self.key_ids.append(key_id)
+
+    @event("KeyRemoved")
+    def remove(self, tenant_id: str, key_id: str) -> None:
+        self.key_ids.remove(key_id)
 
 
 class Meter(Aggregate):
@@ -204,6 +230,13 @@ class ControlPlane(
         # Seals the actor's IP address and user agent for the audit trail (omni.personal_data); None:
         # kept as given (tools that record no commands from the network).
         self.seal_actor: ActorSealer | None = None
+        # What one owner may hold (commands.limits; omni.bootstrap sets them from the settings).
+        self.limits = Limits()
+        # An owner's SLO names as the views hold them, read once, when its SLOs are first counted in the
+        # event store (they were defined before the count began); None: no views (tools, tests).
+        self.views_slo_names: Callable[[str], list[str]] | None = None
+        # Likewise a tenant's active API keys, for a tenant created before its keys were counted.
+        self.views_active_keys: Callable[[str], list[str]] | None = None
 
     def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
         """Store, and remember in this thread the store position of the last event that changes a view
@@ -223,7 +256,8 @@ class ControlPlane(
     def create_tenant(self, ctx: CommandContext, name: str, plan: str) -> tuple[Tenant, IssuedKey]:
         tenant = Tenant(name=name, plan=plan)
         key, issued = self._new_key(str(tenant.id), label="default")
-        self.save(tenant, key, self._audit(ctx, "tenant.create", f"tenants/{tenant.id}", str(tenant.id)))
+        ring = KeyRing(tenant_id=str(tenant.id), key_ids=[issued.key_id])
+        self.save(tenant, key, ring, self._audit(ctx, "tenant.create", f"tenants/{tenant.id}", str(tenant.id)))
         return tenant, issued
 
     def get_tenant(self, tenant_id: str) -> Tenant:
@@ -239,6 +273,7 @@ class ControlPlane(
         return tenant
 
     def issue_key(self, ctx: CommandContext, tenant_id: str, label: str | None = None) -> IssuedKey:
+        """Issue another key; refused (409) when the tenant holds `limits.keys_per_tenant` active keys."""
         resource = f"tenants/{tenant_id}/keys"
         with self._rejections_audited(ctx, "api_key.issue", resource):
             if ctx.tenant_id is not None and ctx.tenant_id != canonical_uuid(tenant_id):
@@ -246,23 +281,46 @@ class ControlPlane(
             # The key names the tenant in its one canonical spelling: any other (upper case, braces,
             # no hyphens) would make a key whose usage no view of the tenant ever shows.
             tenant_id = str(self.get_tenant(tenant_id).id)
-        key, issued = self._new_key(tenant_id, label)
-        self.save(key, self._audit(ctx, "api_key.issue", f"keys/{issued.key_id}", tenant_id))
-        return issued
+            for _ in range(ATTEMPTS):
+                ring = self._key_ring(tenant_id)
+                limit = self.limits.keys_per_tenant
+                if len(ring.key_ids) >= limit:
+                    raise LimitReached(
+                        f"Tenant {tenant_id} has {len(ring.key_ids)} active API keys, the most it may hold "
+                        f"(OMNI_MAX_KEYS_PER_TENANT = {limit}): revoke one first.",
+                        kind="key-limit-reached",
+                        limit=limit,
+                    )
+                key, issued = self._new_key(tenant_id, label)
+                ring.add(tenant_id=tenant_id, key_id=issued.key_id)
+                try:
+                    self.save(key, ring, self._audit(ctx, "api_key.issue", f"keys/{issued.key_id}", tenant_id))
+                except IntegrityError:
+                    continue  # another key of this tenant was issued or revoked first: count again
+                return issued
+            raise Conflict(f"the keys of tenant {tenant_id} changed concurrently; retry")
 
     def revoke_key(self, ctx: CommandContext, key_id: str) -> None:
         """Revoke a key. A tenant may only revoke its own; revoking twice changes nothing."""
         resource = f"keys/{key_id}"
         with self._rejections_audited(ctx, "api_key.revoke", resource):
-            key = self._get_key(key_id)
-            if key is None or (ctx.tenant_id is not None and key.tenant_id != ctx.tenant_id):
-                raise NotFound(f"key {key_id} not found")
-            if not key.revoked:
-                key.revoke(key_id=key.key_id, tenant_id=key.tenant_id)
-            try:
-                self.save(key, self._audit(ctx, "api_key.revoke", resource, key.tenant_id))
-            except IntegrityError as race:
-                raise Conflict(f"key {key_id} changed concurrently; retry") from race
+            for _ in range(ATTEMPTS):
+                key = self._get_key(key_id)
+                if key is None or (ctx.tenant_id is not None and key.tenant_id != ctx.tenant_id):
+                    raise NotFound(f"key {key_id} not found")
+                changed: list[Aggregate] = [key]
+                if not key.revoked:
+                    key.revoke(key_id=key.key_id, tenant_id=key.tenant_id)
+                    ring = self._stored_key_ring(key.tenant_id)
+                    if ring is not None and key.key_id in ring.key_ids:
+                        ring.remove(tenant_id=key.tenant_id, key_id=key.key_id)
+                        changed.append(ring)
+                try:
+                    self.save(*changed, self._audit(ctx, "api_key.revoke", resource, key.tenant_id))
+                except IntegrityError:
+                    continue  # revoked, or another key of the tenant changed, meanwhile: decide again
+                return
+            raise Conflict(f"key {key_id} changed concurrently; retry")
 
     def define_meter(self, ctx: CommandContext, definition: MeterDefinition) -> Meter:
         resource = f"meters/{definition.slug}"
@@ -330,6 +388,22 @@ class ControlPlane(
             return None
         return key if isinstance(key, ApiKey) else None
 
+    def _stored_key_ring(self, tenant_id: str) -> KeyRing | None:
+        try:
+            ring: object = self.repository.get(key_ring_aggregate_id(tenant_id))
+        except AggregateNotFoundError:
+            return None
+        return ring if isinstance(ring, KeyRing) else None
+
+    def _key_ring(self, tenant_id: str) -> KeyRing:
+        """The tenant's active keys; opened (unsaved) from the views for a tenant created before its keys
+        were counted in the event store."""
+        ring = self._stored_key_ring(tenant_id)
+        if ring is None:
+            earlier = self.views_active_keys(tenant_id) if self.views_active_keys is not None else []
+            ring = KeyRing(tenant_id=tenant_id, key_ids=earlier)
+        return ring
+
     @staticmethod
     def _new_key(tenant_id: str, label: str | None) -> tuple[ApiKey, IssuedKey]:
         key_id = secrets.token_hex(8)
@@ -368,6 +442,12 @@ def describe(domain_event: Any) -> tuple[str, str, dict[str, Any]]:
                     "tenant_id": domain_event.tenant_id,
                 },
             )
+        case "KeyRing.Opened":
+            return KEY_RING_OPENED, domain_event.tenant_id, {"tenant_id": domain_event.tenant_id, "key_ids": domain_event.key_ids}
+        case "KeyRing.KeyAdded":
+            return KEY_RING_ADDED, domain_event.tenant_id, {"tenant_id": domain_event.tenant_id, "key_id": domain_event.key_id}
+        case "KeyRing.KeyRemoved":
+            return KEY_RING_REMOVED, domain_event.tenant_id, {"tenant_id": domain_event.tenant_id, "key_id": domain_event.key_id}
         case "AuditEntry.Recorded":
             return (
                 AUDIT_TYPE,

@@ -30,3 +30,22 @@ class Invalid(Rejected):
         self.errors = errors or []
         self.title = title  # the problem's title and type (api.problems)
         self.kind = kind
+
+
+class LimitReached(Conflict):
+    """The owner already holds as many of a resource as it may (its SLOs, its active keys): a 409,
+    since the request is sound and the owner's current state refuses it (revoke a key, revise an SLO)."""
+
+    def __init__(self, message: str, *, kind: str, limit: int) -> None:
+        super().__init__(message)
+        self.kind = kind  # the problem's type (api.problems)
+        self.limit = limit
+
+
+class TooSoon(Rejected):
+    """The same change was made too often lately: a 429, to be tried again after `retry_after` seconds."""
+
+    def __init__(self, message: str, *, kind: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.retry_after = retry_after

@@ -11,6 +11,10 @@ def key_aggregate_id(key_id: str) -> UUID:
     return uuid5(OMNI_NAMESPACE, f"api-key:{key_id}")
 
 
+def key_ring_aggregate_id(tenant_id: str) -> UUID:
+    return uuid5(OMNI_NAMESPACE, f"key-ring:{tenant_id}")
+
+
 def meter_aggregate_id(slug: str) -> UUID:
     return uuid5(OMNI_NAMESPACE, f"meter:{slug}")
 

@@ -4,10 +4,16 @@ The owner is the tenant whose key defined it (the SLO covers that tenant's event
 for the admin's (every tenant's events). An SLO is defined at version 1 and revised to the next
 version by each change; each version is folded from the start of the log (projections.slos). Each
 change is saved with its audit entry and relayed by the outbox as `omni.slo.defined`.
+
+Since every version is caught up from the whole shared log, an owner defines at most
+`limits.slos_per_owner` SLOs (counted by a SloNames aggregate per owner, saved with each new SLO)
+and each SLO is revised at most `limits.slo_revisions_per_hour` times in any hour.
 """
 
 from __future__ import annotations
 
+import math
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid5
 
@@ -15,8 +21,9 @@ from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate, event
 from eventsourcing.persistence import IntegrityError
 
-from commands.errors import Conflict
+from commands.errors import Conflict, LimitReached, TooSoon
 from commands.ids import OMNI_NAMESPACE
+from commands.limits import ATTEMPTS
 from schemas.slos import SloBody
 
 if TYPE_CHECKING:
@@ -24,10 +31,16 @@ if TYPE_CHECKING:
 
 PLATFORM = "_platform"
 SLO_DEFINED = "omni.slo.defined"
+SLO_NAMES_OPENED, SLO_NAME_ADDED = "omni.slo.names_opened", "omni.slo.name_added"
+REVISION_SPAN = timedelta(hours=1)
 
 
 def slo_aggregate_id(owner: str, name: str) -> UUID:
     return uuid5(OMNI_NAMESPACE, f"slo:{owner}:{name}")
+
+
+def slo_names_aggregate_id(owner: str) -> UUID:
+    return uuid5(OMNI_NAMESPACE, f"slo-names:{owner}")
 
 
 class Slo(Aggregate):
@@ -49,27 +62,100 @@ class Slo(Aggregate):
         self.slo_version = slo_version
 
 
+class SloNames(Aggregate):
+    """The names of one owner's SLOs, which its limit counts. A new SLO is saved with this aggregate's
+    next version, so of two new SLOs of one owner stored at once one is redone on what the other
+    left (the event store's optimistic concurrency): the owner never passes its limit."""
+
+    @staticmethod
+    def create_id(owner: str, names: list[str]) -> UUID:
+        return slo_names_aggregate_id(owner)
+
+    @event("Opened")
+    def __init__(self, owner: str, names: list[str]) -> None:
+        """`names`: the owner's SLOs defined before this count began (by an earlier version of Omni)."""
+        self.owner = owner
+        self.names = list(names)
+
+    @event("Added")
+    def add(self, owner: str, name: str) -> None:
+        self.names.append(name)
+
+
 class SloCommands:
     """The SLO commands of the ControlPlane application (mixed into it)."""
 
     def put_slo(self: ControlPlane, ctx: CommandContext, name: str, body: SloBody) -> tuple[Slo, bool]:
         """Define an SLO, or revise it when the body differs; returns the SLO and whether it is new.
-        The owner is the caller's tenant, or `_platform` for the admin (ctx.tenant_id None)."""
+        The owner is the caller's tenant, or `_platform` for the admin (ctx.tenant_id None). A new
+        SLO past the owner's limit is refused (409), and so is a revision past the SLO's revisions in
+        the last hour (429)."""
         owner = ctx.tenant_id or PLATFORM
         resource = f"slos/{name}"
         with self._rejections_audited(ctx, "slo.put", resource):
             spec = body.stored()
-            slo = self.get_slo(owner, name)
-            created = slo is None
-            if slo is None:
-                slo = Slo(owner=owner, name=name, spec=spec)
-            elif slo.spec != spec:
-                slo.revise(owner=owner, name=name, slo_version=slo.slo_version + 1, spec=spec)
-            try:
-                self.save(slo, self._audit(ctx, "slo.put", resource, owner))
-            except IntegrityError as race:
-                raise Conflict(f"SLO {name!r} changed concurrently; retry") from race
-        return slo, created
+            for _ in range(ATTEMPTS):
+                slo = self.get_slo(owner, name)
+                created = slo is None
+                changed: list[Aggregate] = []
+                if slo is None:
+                    names = self._slo_names(owner)
+                    if name not in names.names:
+                        self._check_slo_count(owner, names)
+                        names.add(owner=owner, name=name)
+                    slo = Slo(owner=owner, name=name, spec=spec)
+                    changed = [slo, names]
+                elif slo.spec != spec:
+                    self._check_slo_revisions(owner, name)
+                    slo.revise(owner=owner, name=name, slo_version=slo.slo_version + 1, spec=spec)
+                    changed = [slo]
+                try:
+                    self.save(*changed, self._audit(ctx, "slo.put", resource, owner))
+                except IntegrityError:
+                    continue  # another command of this owner was stored first: decide again on what it left
+                return slo, created
+            raise Conflict(f"SLO {name!r} changed concurrently; retry")
+
+    def _slo_names(self: ControlPlane, owner: str) -> SloNames:
+        """The owner's SLO names; opened (unsaved) from the views for an owner that has none in the event
+        store yet: its SLOs then, if any, were defined before this count began."""
+        try:
+            names: object = self.repository.get(slo_names_aggregate_id(owner))
+        except AggregateNotFoundError:
+            earlier = self.views_slo_names(owner) if self.views_slo_names is not None else []
+            return SloNames(owner=owner, names=sorted(earlier))
+        if not isinstance(names, SloNames):
+            raise TypeError(f"not an SLO count: {names!r}")
+        return names
+
+    def _check_slo_count(self: ControlPlane, owner: str, names: SloNames) -> None:
+        limit = self.limits.slos_per_owner
+        if len(names.names) >= limit:
+            who = "The platform" if owner == PLATFORM else "This tenant"
+            raise LimitReached(
+                f"{who} has {len(names.names)} SLOs, the most it may define (OMNI_MAX_SLOS_PER_TENANT = {limit}): "
+                "each is folded from the whole log. Revise one of them instead.",
+                kind="slo-limit-reached",
+                limit=limit,
+            )
+
+    def _check_slo_revisions(self: ControlPlane, owner: str, name: str) -> None:
+        """At most `limits.slo_revisions_per_hour` revisions of one SLO in any hour (each version is
+        folded afresh from the whole log): read from the SLO's latest events alone."""
+        limit = self.limits.slo_revisions_per_hour
+        latest = self.repository.event_store.get(slo_aggregate_id(owner, name), desc=True, limit=limit)
+        revisions = [e.timestamp for e in latest if isinstance(e, Slo.Revised)]
+        if len(revisions) < limit:
+            return
+        wait = (min(revisions) + REVISION_SPAN - datetime.now(UTC)).total_seconds()
+        if wait > 0:
+            raise TooSoon(
+                f"SLO {name!r} was revised {limit} times in the last hour, the most it may be "
+                f"(OMNI_SLO_REVISIONS_PER_HOUR = {limit}): each version is folded from the whole log. "
+                f"Revise it again in {math.ceil(wait)} s.",
+                kind="slo-revised-too-often",
+                retry_after=math.ceil(wait),
+            )
 
     def get_slo(self: ControlPlane, owner: str, name: str) -> Slo | None:
         try:
@@ -89,4 +175,8 @@ def describe(domain_event: Any) -> tuple[str, str, dict[str, Any]] | None:
             owner, name = domain_event.owner, domain_event.name
             data = {"owner": owner, "name": name, "version": domain_event.slo_version, "definition": domain_event.spec}
             return SLO_DEFINED, owner, data
+        case "SloNames.Opened":
+            return SLO_NAMES_OPENED, domain_event.owner, {"owner": domain_event.owner, "names": domain_event.names}
+        case "SloNames.Added":
+            return SLO_NAME_ADDED, domain_event.owner, {"owner": domain_event.owner, "name": domain_event.name}
     return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import logging
@@ -21,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from commands.control_plane import ControlPlane, Principal
 from commands.ingest import AdmissionPolicy
+from commands.limits import Limits
 from omni import failpoints, metrics
 from omni.catalog_cache import CatalogCache
 from omni.gdpr_jobs import GdprJobs
@@ -31,6 +33,7 @@ from omni.personal_data import PersonalData, generate_master_key, master_key_fro
 from omni.settings import Mode, Settings
 from schemas.topics import Topics
 from stores import data_keys, schema, views
+from stores import slos as slo_store
 from stores.database import Database, PostgresDatabase, SqliteDatabase
 from stores.store_listener import StoreListener
 from streams.embedded_quotas import EmbeddedQuotaLedger
@@ -394,6 +397,13 @@ def build(settings: Settings) -> Platform:
     data_keys.migrate(keys_db)
     personal = PersonalData(master_key_from(gdpr_master_key(settings)), keys_db, control.recorder, control.mapper.to_domain_event)
     control.seal_actor = personal.seal_actor  # the audit trail's IP addresses and user agents
+    control.limits = Limits(
+        slos_per_owner=settings.max_slos_per_tenant,
+        slo_revisions_per_hour=settings.slo_revisions_per_hour,
+        keys_per_tenant=settings.max_keys_per_tenant,
+    )
+    control.views_slo_names = functools.partial(_slo_names, db)
+    control.views_active_keys = functools.partial(_active_keys, db)
     keys = KeyCache()  # trusted once `start` watches the key changes
     return Platform(
         settings=settings,
@@ -417,6 +427,18 @@ def build(settings: Settings) -> Platform:
         personal=personal,
         quotas=quotas,
     )
+
+
+def _slo_names(db: Database, owner: str) -> list[str]:
+    """The owner's SLOs as the views hold them (ControlPlane.views_slo_names)."""
+    with db.transaction() as tx:
+        return slo_store.names_of(tx, owner)
+
+
+def _active_keys(db: Database, tenant_id: str) -> list[str]:
+    """The tenant's keys not revoked, as the views hold them (ControlPlane.views_active_keys)."""
+    with db.transaction() as tx:
+        return views.active_keys_of(tx, tenant_id)
 
 
 def build_replayer(settings: Settings, db: Database, log_: EventLog) -> Replayer:

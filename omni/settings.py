@@ -35,6 +35,14 @@ class Settings(BaseSettings):
     # Stored buckets (minute, hour or day) one meter query may combine: its time and memory grow with
     # them (50,000 took 1 s and 300 MB at the peak, in embedded mode), and it answers no more rows.
     max_query_buckets: int = Field(default=50_000, ge=1)
+    # What one owner may hold in the control plane (README, "Security"). Every new SLO, and every
+    # revision, is folded afresh from the whole shared usage log (streams/slos.py): so an owner (a
+    # tenant, or the platform's admin) defines at most max_slos_per_tenant of them, and each may be
+    # revised at most slo_revisions_per_hour times in any hour. A tenant holds at most
+    # max_keys_per_tenant API keys not revoked.
+    max_slos_per_tenant: int = Field(default=50, ge=1, le=10_000)
+    slo_revisions_per_hour: int = Field(default=10, ge=1, le=3600)
+    max_keys_per_tenant: int = Field(default=100, ge=1, le=100_000)
     runner_batch_size: int = Field(default=5000, ge=1)
     fold_linger_seconds: float = Field(default=0.1, ge=0, le=10)
     produce_timeout_seconds: float = Field(default=10.0, gt=0)

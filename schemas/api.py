@@ -59,6 +59,7 @@ class KeyPublic(BaseModel):
 
 class KeyList(BaseModel):
     data: list[KeyPublic]
+    next_after: str | None = Field(default=None, description="Pass as `after` for the next page; null on the last")
 
 
 class EventResult(BaseModel):

@@ -73,6 +73,10 @@ def of_owner(tx: Tx, owner: str) -> list[SloRow]:
     return [_row(r) for r in rows]
 
 
+def names_of(tx: Tx, owner: str) -> list[str]:
+    return [r[0] for r in tx.execute("SELECT name FROM slos WHERE owner=? ORDER BY name", (owner,))]
+
+
 def one(tx: Tx, owner: str, name: str) -> SloRow | None:
     rows = tx.execute("SELECT owner, name, version, definition, updated_at FROM slos WHERE owner=? AND name=?", (owner, name))
     return next((_row(r) for r in rows), None)

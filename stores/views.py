@@ -893,9 +893,28 @@ def tenants(tx: Tx, limit: int, after: str | None) -> list[tuple[str, str, str, 
     return [tuple(r) for r in rows]  # type: ignore[misc]
 
 
-def keys_of(tx: Tx, tenant_id: str) -> list[tuple[str, str | None, str, str | None]]:
+def keys_of(
+    tx: Tx, tenant_id: str, limit: int | None = None, after: tuple[str, str] | None = None
+) -> list[tuple[str, str | None, str, str | None]]:
+    """The tenant's keys in the order they were issued, `limit` of them (None: all) after `after`, the
+    (issued_at, key_id) of the last one seen."""
+    where = "tenant_id=?"
+    params: list[Any] = [tenant_id]
+    if after is not None:
+        where += " AND (issued_at > ? OR (issued_at = ? AND key_id > ?))"
+        params += [after[0], after[0], after[1]]
+    paged = ""
+    if limit is not None:
+        paged = " LIMIT ?"
+        params.append(limit)
     rows = tx.execute(
-        "SELECT key_id, label, issued_at, revoked_at FROM api_keys WHERE tenant_id=? ORDER BY issued_at, key_id",
-        (tenant_id,),
+        f"SELECT key_id, label, issued_at, revoked_at FROM api_keys WHERE {where} ORDER BY issued_at, key_id{paged}", params
     )
     return [tuple(r) for r in rows]  # type: ignore[misc]
+
+
+def active_keys_of(tx: Tx, tenant_id: str) -> list[str]:
+    rows = tx.execute(
+        "SELECT key_id FROM api_keys WHERE tenant_id=? AND revoked_at IS NULL ORDER BY issued_at, key_id", (tenant_id,)
+    )
+    return [r[0] for r in rows]

@@ -61,7 +61,7 @@ def _row(platform: PlatformDep, principal: Principal, name: str) -> slo_store.Sl
 @router.put(
     "/{name}",
     response_model=SloPublic,
-    responses={201: {"model": SloPublic, "description": "Defined"}, 404: {}, 409: {}, 422: {}},
+    responses={201: {"model": SloPublic, "description": "Defined"}, 404: {}, 409: {}, 422: {}, 429: {}},
 )
 async def put_slo(
     name: Annotated[str, Path(pattern=SLO_NAME_PATTERN, description="The SLO's name, made here (422 when it is no slug)")],
@@ -72,7 +72,10 @@ async def put_slo(
     principal: CallerDep,
 ) -> SloPublic:
     """Define an SLO (201), or revise it (200): a changed body is the next version, folded afresh from
-    the whole log. A tenant's SLO counts its own events; the admin's counts every tenant's."""
+    the whole log. A tenant's SLO counts its own events; the admin's counts every tenant's. An owner
+    defines at most OMNI_MAX_SLOS_PER_TENANT SLOs (409 `slo-limit-reached` past it; revising one
+    still works), and revises one at most OMNI_SLO_REVISIONS_PER_HOUR times in any hour (429
+    `slo-revised-too-often`, with `Retry-After`)."""
     slo, created = await run_command(platform, platform.control.put_slo, command_context(request, principal), name, body)
     response.status_code = 201 if created else 200
     return SloPublic(

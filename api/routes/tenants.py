@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import re
+from typing import Annotated
+
 from fastapi import APIRouter, Query, Request, Response
 
 from api.deps import AdminDep, CallerDep, PlatformDep, command_context
+from api.problems import Problem
 from api.relaying import run_command
 from commands.errors import NotFound
 from schemas.api import KeyCreate, KeyIssued, KeyList, KeyPublic, TenantCreate, TenantCreated, TenantList, TenantPublic
+from schemas.envelope import format_time, parse_time
 from schemas.ids import canonical_uuid
 from stores import views
 
 router = APIRouter(prefix="/v1", tags=["tenants"])
+
+KEY_ID = re.compile(r"[0-9a-f]{1,64}")  # commands.control_plane._new_key: hex
 
 
 @router.post("/tenants", status_code=201, response_model=TenantCreated)
@@ -53,23 +60,47 @@ def get_tenant(tenant_id: str, platform: PlatformDep, principal: CallerDep) -> T
     return TenantPublic(id=row[0], name=row[1], plan=row[2], created_at=row[3])
 
 
-@router.post("/tenants/{tenant_id}/keys", status_code=201, response_model=KeyIssued)
+@router.post("/tenants/{tenant_id}/keys", status_code=201, response_model=KeyIssued, responses={404: {}, 409: {}})
 async def issue_key(
     tenant_id: str, request: Request, platform: PlatformDep, principal: CallerDep, body: KeyCreate | None = None
 ) -> KeyIssued:
-    """Issue another API key for a tenant (the admin, or the tenant itself)."""
+    """Issue another API key for a tenant (the admin, or the tenant itself): at most
+    OMNI_MAX_KEYS_PER_TENANT not revoked (409 `key-limit-reached` past it; revoke one first)."""
     ctx = command_context(request, principal)
     issued = await run_command(platform, platform.control.issue_key, ctx, tenant_id, body.label if body else None)
     return KeyIssued(key_id=issued.key_id, tenant_id=issued.tenant_id, api_key=issued.token)
 
 
-@router.get("/tenants/{tenant_id}/keys", response_model=KeyList)
-def list_keys(tenant_id: str, platform: PlatformDep, principal: CallerDep) -> KeyList:
-    """The tenant's keys, without secrets."""
+def _keys_cursor(after: str) -> tuple[str, str]:
+    """`after` as the list wrote it in `next_after`: `<issued_at>~<key_id>`, an RFC 3339 time and a
+    key id; anything else is 422 rather than a page from somewhere."""
+    at, _, key_id = after.partition("~")
+    moment = None
+    try:
+        moment = parse_time(at)
+    except ValueError:
+        pass
+    if moment is None or moment.tzinfo is None or not KEY_ID.fullmatch(key_id):
+        raise Problem(422, "Invalid cursor", "`after` must be a `next_after` from an earlier page.", kind="invalid-cursor")
+    return format_time(moment), key_id
+
+
+@router.get("/tenants/{tenant_id}/keys", response_model=KeyList, responses={404: {}, 422: {}})
+def list_keys(
+    tenant_id: str,
+    platform: PlatformDep,
+    principal: CallerDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    after: Annotated[str | None, Query(description="The `next_after` of the previous page")] = None,
+) -> KeyList:
+    """The tenant's keys without secrets, in the order they were issued, revoked ones with `revoked_at`;
+    `limit` a page, the next after `next_after`."""
     tenant_id = _visible(principal, tenant_id)
+    cursor = None if after is None else _keys_cursor(after)
     with platform.db.transaction() as tx:
-        rows = views.keys_of(tx, tenant_id)
-    return KeyList(data=[KeyPublic(key_id=r[0], label=r[1], issued_at=r[2], revoked_at=r[3]) for r in rows])
+        rows = views.keys_of(tx, tenant_id, limit, cursor)
+    data = [KeyPublic(key_id=r[0], label=r[1], issued_at=r[2], revoked_at=r[3]) for r in rows]
+    return KeyList(data=data, next_after=f"{data[-1].issued_at}~{data[-1].key_id}" if len(data) == limit else None)
 
 
 @router.delete("/keys/{key_id}", status_code=204, response_class=Response)

@@ -96,9 +96,13 @@ def tenant_with_key(control: ControlPlane) -> tuple[str, str]:
 
 # Each command: what it stores (its events' class names, then its audit entry's action), and how to issue it.
 COMMANDS: dict[str, tuple[list[str], str, Callable[[ControlPlane, tuple[str, str]], object]]] = {
-    "create_tenant": (["Tenant.Created", "ApiKey.Issued"], "tenant.create", lambda c, _: c.create_tenant(CTX, "b", "pro")),
-    "issue_key": (["ApiKey.Issued"], "api_key.issue", lambda c, given: c.issue_key(CTX, given[0], "ci")),
-    "revoke_key": (["ApiKey.Revoked"], "api_key.revoke", lambda c, given: c.revoke_key(CTX, given[1])),
+    "create_tenant": (
+        ["Tenant.Created", "ApiKey.Issued", "KeyRing.Opened"],
+        "tenant.create",
+        lambda c, _: c.create_tenant(CTX, "b", "pro"),
+    ),
+    "issue_key": (["ApiKey.Issued", "KeyRing.KeyAdded"], "api_key.issue", lambda c, given: c.issue_key(CTX, given[0], "ci")),
+    "revoke_key": (["ApiKey.Revoked", "KeyRing.KeyRemoved"], "api_key.revoke", lambda c, given: c.revoke_key(CTX, given[1])),
     "define_meter": (
         ["Meter.Defined"],
         "meter.define",

@@ -36,7 +36,7 @@ async def test_events_stored_before_a_crash_are_published_after_restart(tmp_path
     await second.start(background=False)
     await second.settle()
     types = [decode(r.value).type for r in await control_records(second)]
-    assert types == ["omni.tenant.created", "omni.api_key.issued", "omni.meter.defined"]
+    assert types == ["omni.tenant.created", "omni.api_key.issued", "omni.key_ring.opened", "omni.meter.defined"]
     audit = await second.log.read(second.topics.audit, 0, 0, 100) + [
         r for p in range(1, second.topics.usage_partitions) for r in await second.log.read(second.topics.audit, p, 0, 100)
     ]
@@ -58,8 +58,8 @@ async def test_a_republished_batch_changes_no_view(tmp_path: Path) -> None:
         views.set_relay_position(tx, RELAY, 0)
     await platform.settle()
     records = await control_records(platform)
-    assert len(records) == 6  # every control event twice on the log
-    assert len({decode(r.value).id for r in records}) == 3  # with the same ids
+    assert len(records) == 8  # every control event twice on the log
+    assert len({decode(r.value).id for r in records}) == 4  # with the same ids
     with platform.db.transaction() as tx:
         assert len(views.tenants(tx, 100, None)) == 1
         assert len(views.keys_of(tx, str(tenant.id))) == 1

@@ -224,11 +224,13 @@ def test_unknown_key_revocation_is_not_found_and_audited(app):
     assert (entry.action, entry.outcome) == ("api_key.revoke", "rejected")
 
 
-def test_a_lost_race_on_revoke_is_a_conflict_and_audited(app, monkeypatch):
+def test_a_race_on_revoke_lost_every_time_is_a_conflict_and_audited(app, monkeypatch):
+    """A lost race is redone on what the winner left (commands.limits.ATTEMPTS); one that reads a
+    stale key every time gives up."""
     tenant, issued = app.create_tenant(ADMIN, "a", "free")
     stale_unrevoked = copy.deepcopy(app._get_key(issued.key_id))
     app.revoke_key(ADMIN, issued.key_id)
-    monkeypatch.setattr(app, "_get_key", lambda key_id: stale_unrevoked)
+    monkeypatch.setattr(app, "_get_key", lambda key_id: copy.deepcopy(stale_unrevoked))
     before = len(stored_events(app))
     with pytest.raises(Conflict):
         app.revoke_key(ADMIN, issued.key_id)
@@ -308,6 +310,9 @@ EXPECTED_TYPES = {
     "ApiKey.Revoked": "omni.api_key.revoked",
     "AuditEntry.Recorded": AUDIT_TYPE,
     "Meter.Defined": "omni.meter.defined",
+    "KeyRing.Opened": "omni.key_ring.opened",
+    "KeyRing.KeyAdded": "omni.key_ring.added",
+    "KeyRing.KeyRemoved": "omni.key_ring.removed",
 }
 
 
@@ -346,6 +351,10 @@ def test_describe_maps_every_domain_event_type(app):
                 assert tenant == event.tenant_id
                 assert payload["outcome"] in ("accepted", "rejected")
                 assert set(payload) == {"action", "resource", "outcome", "reason", "actor", "trace_id"}
+            case "KeyRing.Opened":
+                assert tenant == payload["tenant_id"] == event.tenant_id and payload["key_ids"] == event.key_ids
+            case "KeyRing.KeyAdded" | "KeyRing.KeyRemoved":
+                assert tenant == payload["tenant_id"] == event.tenant_id and payload["key_id"] == event.key_id
             case "Meter.Defined":
                 assert tenant == PLATFORM
                 assert MeterDefinition.model_validate(payload["definition"]).slug == payload["slug"] == "tokens"
@@ -370,3 +379,64 @@ def test_describe_of_an_unknown_event_is_harmless():
     log_type, tenant, payload = describe(Strange())
     assert log_type.startswith("omni.unknown.")
     assert (tenant, payload) == (PLATFORM, {})
+
+
+# --- what one owner may hold: commands.limits ---------------------------------------------------
+
+SLO_BODY = {"event_type": "inference", "sli": "availability", "status_property": "$.data.status", "objective": 99, "window": "7d"}
+
+
+def test_an_owners_slos_from_before_the_count_are_read_from_the_views_once(app):
+    from commands.errors import LimitReached
+    from commands.limits import Limits
+    from commands.slos import SloNames, slo_names_aggregate_id
+    from schemas.slos import SloBody
+
+    app.limits = Limits(slos_per_owner=3)
+    asked: list[str] = []
+    app.views_slo_names = lambda owner: asked.append(owner) or ["old-b", "old-a"]
+    body = SloBody.model_validate(SLO_BODY)
+    tenant = ctx_for("t-1")
+    assert app.put_slo(tenant, "new", body)[1] is True
+    with pytest.raises(LimitReached) as refused:
+        app.put_slo(tenant, "newer", body)
+    assert (refused.value.kind, refused.value.limit, refused.value.audited) == ("slo-limit-reached", 3, True)
+    assert asked == ["t-1"], "read once: from then on the event store counts"
+    names = app.repository.get(slo_names_aggregate_id("t-1"))
+    assert isinstance(names, SloNames) and names.names == ["old-a", "old-b", "new"]
+    published = [describe(e) for e in stored_events(app) if isinstance(e, SloNames.Event)]
+    assert published == [
+        ("omni.slo.names_opened", "t-1", {"owner": "t-1", "names": ["old-a", "old-b"]}),
+        ("omni.slo.name_added", "t-1", {"owner": "t-1", "name": "new"}),
+    ]
+    assert (audits(app)[-1].action, audits(app)[-1].outcome) == ("slo.put", "rejected")
+
+
+def test_a_tenants_active_keys_from_before_the_count_are_read_from_the_views_once(app):
+    from commands.control_plane import KeyRing
+    from commands.errors import LimitReached
+    from commands.ids import key_ring_aggregate_id
+    from commands.limits import Limits
+
+    app.limits = Limits(keys_per_tenant=3)
+    created, first = app.create_tenant(ADMIN, "new", "pro")
+    ring = app.repository.get(key_ring_aggregate_id(str(created.id)))
+    assert isinstance(ring, KeyRing) and ring.key_ids == [first.key_id], "a tenant created now is counted from the start"
+    # As an earlier version stored a tenant: its keys, and no count of them.
+    old = Tenant(name="old", plan="pro")
+    tenant_id = str(old.id)
+    keys = [ApiKey(key_id=f"k{i}", tenant_id=tenant_id, secret_hash="x", label=None) for i in range(3)]
+    keys[2].revoke(key_id="k2", tenant_id=tenant_id)
+    app.save(old, *keys)
+    asked: list[str] = []
+    app.views_active_keys = lambda t: asked.append(t) or ["k0", "k1"]
+    extra = app.issue_key(ctx_for(tenant_id), tenant_id)
+    with pytest.raises(LimitReached) as refused:
+        app.issue_key(ctx_for(tenant_id), tenant_id)
+    assert (refused.value.kind, refused.value.limit, refused.value.audited) == ("key-limit-reached", 3, True)
+    assert asked == [tenant_id], "read once: from then on the event store counts"
+    app.revoke_key(ctx_for(tenant_id), "k0")
+    app.revoke_key(ctx_for(tenant_id), "k2")  # revoked before the count: nothing to take off
+    assert app.repository.get(key_ring_aggregate_id(tenant_id)).key_ids == ["k1", extra.key_id]
+    app.issue_key(ctx_for(tenant_id), tenant_id)
+    assert asked == [tenant_id]

@@ -114,7 +114,12 @@ async def test_every_stored_event_is_published_once_to_its_topic_and_the_positio
     assert [decode(r.value) for r in control] == expected
     assert [r.key for r in control] == [e.id for e in expected]  # keyed by the envelope's id
     assert [r.headers for r in control] == [record_headers(e) for e in expected]
-    assert [e.type for e in expected] == ["omni.tenant.created", "omni.api_key.issued", "omni.meter.defined"]
+    assert [e.type for e in expected] == [
+        "omni.tenant.created",
+        "omni.api_key.issued",
+        "omni.key_ring.opened",
+        "omni.meter.defined",
+    ]
 
     audit = await setup.audit_records()
     entries = [to_envelope(e, position) for position, e in events if to_envelope(e).type == AUDIT_TYPE]
@@ -129,12 +134,12 @@ async def test_every_stored_event_is_published_once_to_its_topic_and_the_positio
 async def test_the_relay_publishes_at_most_its_limit_at_a_time(setup: Setup) -> None:
     setup.control.create_tenant(CTX, "acme", "pro")
     events = stored(setup.control)
-    assert len(events) == 3  # tenant created, key issued, audit entry
+    assert len(events) == 4  # tenant created, key issued, its key ring opened, audit entry
     assert await setup.relay.relay_once(limit=2) == 2
     assert setup.position() == events[1][0]
-    assert await setup.relay.relay_once(limit=2) == 1
-    assert setup.position() == events[2][0]
-    assert len(await setup.control_records()) + len(await setup.audit_records()) == 3
+    assert await setup.relay.relay_once(limit=2) == 2
+    assert setup.position() == events[3][0]
+    assert len(await setup.control_records()) + len(await setup.audit_records()) == 4
 
 
 async def test_a_crash_before_publishing_publishes_later_and_one_after_publishing_publishes_nothing_again(setup: Setup) -> None:
@@ -151,20 +156,20 @@ async def test_a_crash_before_publishing_publishes_later_and_one_after_publishin
     with pytest.raises(failpoints.FailpointHit):
         await setup.relay.relay_once()
     first = [decode(r.value).id for r in await setup.control_records()]
-    assert len(first) == 2 and setup.position() == 0  # on the log, the position not saved
+    assert len(first) == 3 and setup.position() == 0  # on the log, the position not saved
 
     audited = [decode(r.value).id for r in await setup.audit_records()]
     assert len(audited) == 1
 
     restarted = OutboxRelay(setup.control, setup.log, setup.db, TOPICS)
-    assert await restarted.relay_once() == 3  # read past, published nothing again
+    assert await restarted.relay_once() == 4  # read past, published nothing again
     assert [decode(r.value).id for r in await setup.control_records()] == first
     assert [decode(r.value).id for r in await setup.audit_records()] == audited
-    assert setup.position() == 3 and await restarted.relay_once() == 0
+    assert setup.position() == 4 and await restarted.relay_once() == 0
 
     setup.control.create_tenant(CTX, "globex", "pro")  # what comes next is published as always
-    assert await setup.relay.relay_once() == 3  # the first relay, after its failure: it reads the log again too
-    assert len(await setup.control_records()) == 4 and len(await setup.audit_records()) == 2
+    assert await setup.relay.relay_once() == 4  # the first relay, after its failure: it reads the log again too
+    assert len(await setup.control_records()) == 6 and len(await setup.audit_records()) == 2
 
 
 async def wait_for(check, within: float = 5.0) -> None:  # type: ignore[no-untyped-def]
@@ -191,7 +196,7 @@ async def test_the_loop_publishes_what_is_stored_at_a_wake_and_rides_out_an_outa
         setup.control.create_tenant(CTX, "retried", "pro")
         setup.relay.wake()
         await wait_for(lambda: _logged(caplog, "outbox relay failed; retrying"), within=2.0)
-        assert len(await setup.control_records()) == 2
+        assert len(await setup.control_records()) == 3
         await asyncio.sleep(1.1)  # its second's pause after a failure
         setup.relay.wake()
         await wait_for(lambda: _count(setup, 4), within=2.0)
@@ -247,7 +252,7 @@ async def test_the_idle_relay_doubles_its_pause_up_to_the_most_and_starts_again_
         0.05, 0.1,  # so do events published (stored in the pause of 0.1, found by the next poll)
     ]  # fmt: skip
     assert {kind for kind, _ in waits.waited} == {"pause"}
-    assert len(await setup.control_records()) == 2
+    assert len(await setup.control_records()) == 3
 
 
 async def test_after_an_outage_or_a_failure_the_relay_waits_a_second_then_pauses_as_at_first(setup: Setup) -> None:
@@ -268,7 +273,7 @@ async def test_after_an_outage_or_a_failure_the_relay_waits_a_second_then_pauses
     # outage: a second, then the first idle pause; failure: the same, doubled; then the events are
     # published and the relay reads again at once, finds nothing, and pauses from the first again
     assert waits.waited == [("sleep", 1.0), ("pause", 0.25), ("sleep", 1.0), ("pause", 0.5), ("pause", 0.25)]
-    assert len(await setup.control_records()) == 2
+    assert len(await setup.control_records()) == 3
 
 
 async def test_a_notice_is_recorded_and_published_once_across_a_crash_after_recording(setup: Setup) -> None:
@@ -312,9 +317,9 @@ async def test_a_position_that_could_not_be_saved_publishes_nothing_twice(setup:
     with pytest.raises(StoreUnavailable):
         await setup.relay.relay_once()
     published = [decode(r.value).id for r in await setup.control_records()]
-    assert len(published) == 2 and setup.position() == 0
+    assert len(published) == 3 and setup.position() == 0
 
     monkeypatch.setattr(setup.relay, "_advance", advance)
-    assert await setup.relay.relay_once() == 3
+    assert await setup.relay.relay_once() == 4
     assert [decode(r.value).id for r in await setup.control_records()] == published
-    assert len(await setup.audit_records()) == 1 and setup.position() == 3
+    assert len(await setup.audit_records()) == 1 and setup.position() == 4

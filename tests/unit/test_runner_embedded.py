@@ -109,18 +109,18 @@ def test_build_runner_wires_both_topics_with_the_settings(tmp_path: Path) -> Non
 async def test_a_step_folds_the_catalog_and_usage_and_says_how_many_records_it_moved(embedded: Embedded) -> None:
     tenant, _ = embedded.control.create_tenant(CTX, "acme", "pro")
     embedded.control.define_meter(CTX, COUNT)
-    assert await embedded.relay.relay_once() == 5  # 3 control events, 2 audit entries
+    assert await embedded.relay.relay_once() == 6  # 4 control events, 2 audit entries
     await use(embedded, str(tenant.id), 20)
     ends = await embedded.log.end_offsets(embedded.log.topics.usage)
 
-    # Batches of 7: the 3 control records, at most 7 usage records per partition and step, and the 2 audit entries.
-    assert await embedded.runner.step() == 3 + sum(min(7, end) for end in ends.values()) + 2
+    # Batches of 7: the 4 control records, at most 7 usage records per partition and step, and the 2 audit entries.
+    assert await embedded.runner.step() == 4 + sum(min(7, end) for end in ends.values()) + 2
     await embedded.runner.drain()
     assert await embedded.runner.step() == 0
 
     assert [(t[0], t[1]) for t in embedded.read(lambda tx: views.tenants(tx, 100, None))] == [(str(tenant.id), "acme")]
     assert [m.slug for m in embedded.read(views.meter_definitions)] == ["calls"]
-    assert embedded.read(lambda tx: views.checkpoints(tx, CATALOG, embedded.log.topics.control)) == {0: 3}
+    assert embedded.read(lambda tx: views.checkpoints(tx, CATALOG, embedded.log.topics.control)) == {0: 4}
     position = embedded.read(lambda tx: views.relay_position(tx, RELAY))
     assert position > 0 and embedded.read(lambda tx: views.relay_position(tx, CATALOG_APPLIED)) == position - 1
     assert embedded.total("calls", str(tenant.id)) == 20
@@ -144,7 +144,7 @@ async def test_a_republished_catalog_changes_nothing_and_never_lowers_the_positi
         views.set_relay_position(tx, RELAY, 0)  # published, the position never saved: all again
     await embedded.relay.relay_once()
     # the control records, and the audit entries (folded at most every second, or when told everything): each linked once
-    assert await embedded.runner.step(everything=True) == 3 + 2
+    assert await embedded.runner.step(everything=True) == 4 + 2
     assert sorted(row[0] for row in embedded.read(lambda tx: tx.execute("SELECT length FROM audit_heads"))) == [1, 1]
     assert embedded.read(lambda tx: views.relay_position(tx, CATALOG_APPLIED)) == applied
     assert len(embedded.read(lambda tx: views.tenants(tx, 100, None))) == 1
