@@ -30,5 +30,7 @@ def test_a_busy_thread_counts_as_running() -> None:
     after = thread_schedule(os.getpid())
     assert before is not None and after is not None
     shares = schedule_shares(before, after, time.monotonic() - began)
-    assert shares["running"] > 0.3
-    assert shares["idle"] < 0.1  # it was never without work: running or waiting its turn
+    # How much of it ran depends on what else wanted the CPUs (11 % was seen under a loaded suite);
+    # that it ran, and was never without work (running or waiting its turn), does not.
+    assert shares["running"] > 0
+    assert shares["idle"] < 0.1
