@@ -89,10 +89,20 @@ async def json_body_media_type(request: Request) -> None:
 async def no_nul_in_url(request: Request) -> None:
     """No text Omni stores holds a NUL character (PostgreSQL text cannot), so a path parameter
     holding one (`%00`) names nothing: 404, whoever asks, before any store is read with it (PostgreSQL
-    refuses such a parameter with an error, which was a 500). A query parameter holding one is
+    refuses such a parameter with an error, which was a 500); but a name a PUT would make is refused
+    with 422 at its place, as any other name it cannot take. A query parameter holding one is
     refused with 422 at its place. Installed once for the whole app (api/app.py)."""
-    if any("\x00" in value for value in request.path_params.values()):
-        raise NotFound("no resource is named with a NUL character (%00)")
+    for name, value in request.path_params.items():
+        if "\x00" in value:
+            if request.method == "PUT" and _puts(request, name):  # a name the request would make: its own error
+                raise Problem(
+                    422,
+                    "Invalid request",
+                    "A name may not hold a NUL character (%00).",
+                    kind="invalid-request",
+                    location=f"path.{name}",
+                )
+            raise NotFound("no resource is named with a NUL character (%00)")
     for name, value in request.query_params.multi_items():
         if "\x00" in value:
             raise Problem(
@@ -102,6 +112,14 @@ async def no_nul_in_url(request: Request) -> None:
                 kind="invalid-request",
                 location=f"query.{name}",
             )
+
+
+def _puts(request: Request, name: str) -> bool:
+    """Whether path parameter `name` is what a PUT makes or replaces (the path's last segment, as in
+    `/v1/plans/{slug}`), not a resource it is about (`/v1/tenants/{tenant_id}/plan`)."""
+    template = getattr(request.scope.get("route"), "path", "")
+    last = template.rsplit("/", 1)[-1]
+    return last.startswith("{") and last.removeprefix("{").split(":", 1)[0].removesuffix("}") == name
 
 
 def trace_id(request: Request) -> str | None:
