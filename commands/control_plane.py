@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
@@ -30,6 +30,7 @@ from schemas.meters import MeterDefinition
 KEY_PREFIX = "omni"
 PLATFORM = "_platform"
 AUDIT_TYPE = "omni.audit.recorded"
+KEY_RING_SNAPSHOT_EVERY = 100
 KEY_RING_OPENED, KEY_RING_ADDED, KEY_RING_REMOVED = "omni.key_ring.opened", "omni.key_ring.added", "omni.key_ring.removed"
 
 
@@ -223,6 +224,11 @@ class ControlPlane(
     """
 
     name = "omni_control"
+    # A key ring keeps every key issued and revoked: loaded whole, a tenant issuing and revoking in a
+    # loop would make each of its key commands slower. A snapshot every KEY_RING_SNAPSHOT_EVERY
+    # versions bounds what a load replays (snapshots are a cache beside the events: the outbox and
+    # the notification log never see them).
+    snapshotting_intervals: ClassVar[dict[type[Aggregate], int]] = {KeyRing: KEY_RING_SNAPSHOT_EVERY}  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

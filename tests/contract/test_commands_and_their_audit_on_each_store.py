@@ -144,3 +144,22 @@ def test_a_write_failing_part_way_stores_neither_the_command_nor_its_audit_entry
     done = store.stored()[len(after) :]
     assert [kind(e) for e in done] == [*events, "AuditEntry.Recorded"]
     assert (done[-1].action, done[-1].outcome) == (action, "accepted")
+
+
+def test_a_key_ring_snapshot_is_kept_and_loaded_on_each_store(store: Store) -> None:
+    """The key ring's snapshots (commands.control_plane.KEY_RING_SNAPSHOT_EVERY) live in a table of
+    their own beside the events, made with them on start, on SQLite and on PostgreSQL; the relay's
+    notifications never hold them."""
+    from commands.control_plane import KeyRing
+    from commands.ids import key_ring_aggregate_id
+
+    control = store.control
+    control.snapshotting_intervals = {KeyRing: 4}  # type: ignore[misc]
+    tenant_id, first = tenant_with_key(control)
+    kept = [control.issue_key(CTX, tenant_id, f"k{n}").key_id for n in range(5)]  # versions 2 to 6
+    control.revoke_key(CTX, kept[0])  # version 7
+    control.revoke_key(CTX, kept[1])  # version 8
+    ring_id = key_ring_aggregate_id(tenant_id)
+    assert [s.originator_version for s in control.snapshots.get(ring_id)] == [4, 8]  # type: ignore[union-attr]
+    assert control.repository.get(ring_id).key_ids == [first, *kept[2:]]
+    assert all(not isinstance(event, dict) and "Snapshot" not in type(event).__name__ for event in store.stored())

@@ -440,3 +440,22 @@ def test_a_tenants_active_keys_from_before_the_count_are_read_from_the_views_onc
     assert app.repository.get(key_ring_aggregate_id(tenant_id)).key_ids == ["k1", extra.key_id]
     app.issue_key(ctx_for(tenant_id), tenant_id)
     assert asked == [tenant_id]
+
+
+def test_a_key_ring_churned_loads_from_its_snapshot(app):
+    """A tenant issuing and revoking keys in a loop grows its key ring's events without end: every
+    KEY_RING_SNAPSHOT_EVERY versions a snapshot is taken, and a load replays only what came after."""
+    from commands.control_plane import KEY_RING_SNAPSHOT_EVERY
+    from commands.ids import key_ring_aggregate_id
+
+    created, first = app.create_tenant(ADMIN, "churn", "pro")
+    tenant_id = str(created.id)
+    for _ in range(KEY_RING_SNAPSHOT_EVERY):  # two versions each: issued, revoked
+        issued = app.issue_key(ctx_for(tenant_id), tenant_id)
+        app.revoke_key(ctx_for(tenant_id), issued.key_id)
+    last = app.issue_key(ctx_for(tenant_id), tenant_id)
+    ring_id = key_ring_aggregate_id(tenant_id)
+    snapshots = list(app.snapshots.get(ring_id, desc=True, limit=1))
+    assert snapshots and snapshots[0].originator_version == 2 * KEY_RING_SNAPSHOT_EVERY
+    ring = app.repository.get(ring_id)
+    assert ring.key_ids == [first.key_id, last.key_id] and ring.version == 2 * KEY_RING_SNAPSHOT_EVERY + 2
