@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
@@ -30,6 +30,7 @@ from schemas.meters import MeterDefinition
 KEY_PREFIX = "omni"
 PLATFORM = "_platform"
 AUDIT_TYPE = "omni.audit.recorded"
+A = TypeVar("A", bound=Aggregate)
 KEY_RING_SNAPSHOT_EVERY = 100
 KEY_RING_OPENED, KEY_RING_ADDED, KEY_RING_REMOVED = "omni.key_ring.opened", "omni.key_ring.added", "omni.key_ring.removed"
 
@@ -387,19 +388,19 @@ class ControlPlane(
     ) -> AuditEntry:
         return audit_entry(ctx, action, resource, tenant_id, outcome=outcome, reason=reason, seal=self.seal_actor)
 
-    def _get_key(self, key_id: str) -> ApiKey | None:
+    def stored(self, aggregate_id: UUID, kind: type[A]) -> A | None:
+        """The aggregate stored under `aggregate_id` if it is a `kind`, else None."""
         try:
-            key: object = self.repository.get(key_aggregate_id(key_id))
+            found: object = self.repository.get(aggregate_id)
         except AggregateNotFoundError:
             return None
-        return key if isinstance(key, ApiKey) else None
+        return found if isinstance(found, kind) else None
+
+    def _get_key(self, key_id: str) -> ApiKey | None:
+        return self.stored(key_aggregate_id(key_id), ApiKey)
 
     def _stored_key_ring(self, tenant_id: str) -> KeyRing | None:
-        try:
-            ring: object = self.repository.get(key_ring_aggregate_id(tenant_id))
-        except AggregateNotFoundError:
-            return None
-        return ring if isinstance(ring, KeyRing) else None
+        return self.stored(key_ring_aggregate_id(tenant_id), KeyRing)
 
     def _key_ring(self, tenant_id: str) -> KeyRing:
         """The tenant's active keys; opened (unsaved) from the views for a tenant created before its keys

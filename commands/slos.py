@@ -119,13 +119,10 @@ class SloCommands:
     def _slo_names(self: ControlPlane, owner: str) -> SloNames:
         """The owner's SLO names; opened (unsaved) from the views for an owner that has none in the event
         store yet: its SLOs then, if any, were defined before this count began."""
-        try:
-            names: object = self.repository.get(slo_names_aggregate_id(owner))
-        except AggregateNotFoundError:
+        names = self.stored(slo_names_aggregate_id(owner), SloNames)
+        if names is None:
             earlier = self.views_slo_names(owner) if self.views_slo_names is not None else []
             return SloNames(owner=owner, names=sorted(earlier))
-        if not isinstance(names, SloNames):
-            raise TypeError(f"not an SLO count: {names!r}")
         return names
 
     def _check_slo_count(self: ControlPlane, owner: str, names: SloNames) -> None:

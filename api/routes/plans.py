@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
@@ -9,6 +10,7 @@ from fastapi import APIRouter, Path, Request, Response
 from api.deps import AdminDep, CallerDep, PlatformDep, command_context
 from api.relaying import run_command
 from commands.errors import NotFound
+from omni.bootstrap import Platform
 from projections.plans import BILLING_KEYS
 from schemas.envelope import format_time
 from schemas.ids import canonical_uuid
@@ -18,6 +20,11 @@ from stores import billing as billing_store
 from stores import plans as plan_store
 
 router = APIRouter(prefix="/v1", tags=["plans"])
+
+
+def _currencies_invoiced_on_plan(platform: Platform, slug: str) -> frozenset[str]:
+    with platform.db.transaction() as tx:
+        return billing_store.currencies_invoiced_on_plan(tx, slug)
 
 
 def _public(row: plan_store.PlanRow) -> PlanPublic:
@@ -40,8 +47,7 @@ async def put_plan(
 ) -> PlanPublic:
     """Publish a plan (201), or revise it (200): a changed body is the next version, and its tenants
     get the new entitlements at once; usage so far in the period carries over."""
-    with platform.db.transaction() as tx:
-        invoiced_in = billing_store.currencies_invoiced_on_plan(tx, slug)
+    invoiced_in = await asyncio.to_thread(_currencies_invoiced_on_plan, platform, slug)  # not on the event loop
     ctx = command_context(request, admin)
     plan, created = await run_command(platform, platform.control.put_plan, ctx, slug, body, invoiced_in)
     response.status_code = 201 if created else 200

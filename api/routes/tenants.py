@@ -81,7 +81,13 @@ def _keys_cursor(after: str) -> tuple[str, str]:
     except ValueError:
         pass
     if moment is None or moment.tzinfo is None or not KEY_ID.fullmatch(key_id):
-        raise Problem(422, "Invalid cursor", "`after` must be a `next_after` from an earlier page.", kind="invalid-cursor")
+        raise Problem(
+            422,
+            "Invalid cursor",
+            "`after` must be a `next_after` from an earlier page.",
+            kind="invalid-cursor",
+            location="query.after",
+        )
     return format_time(moment), key_id
 
 
