@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from api import deps, docs, edge, lean_consume, metering, openapi, problems, tracing
+from api.meter_watch import MeterWatches
 from api.routes import audit, events, gdpr, health, invoices, meters, plans, quotas, replays, slos, tenants, webhooks
 from omni.bootstrap import Platform, build
 from omni.settings import Settings
@@ -17,6 +18,7 @@ def create_app(settings: Settings | None = None, *, platform: Platform | None = 
     """`background` runs the relay (and, embedded, the runner) inside the API process."""
     platform = platform or build(settings or Settings())
     recorder = metering.ApiCallRecorder(platform.log)
+    watches = MeterWatches(platform)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -26,6 +28,7 @@ def create_app(settings: Settings | None = None, *, platform: Platform | None = 
         try:
             yield
         finally:
+            watches.close()  # a server other than omni serve's (api/server.py) ends them only here
             await recorder.stop()
             await recorder.flush()
             await platform.stop()
@@ -52,6 +55,7 @@ def create_app(settings: Settings | None = None, *, platform: Platform | None = 
     )
     app.state.platform = platform
     app.state.api_calls = recorder
+    app.state.watches = watches
     problems.install(app)
     lean_consume.install(app)  # consume's common case, past FastAPI's routing (after the edge's checks)
     edge.install(app, platform)  # innermost but for lean_consume: it runs after tracing and metering saw the request

@@ -76,15 +76,21 @@ class ExactJSONResponse(JSONResponse):
     the OpenAPI document shows the route's response model rather than a string."""
 
     def render(self, content: Any) -> bytes:
-        return simplejson.dumps(content, use_decimal=True, separators=(",", ":"), default=str).encode()
+        return exact_json(content)
 
 
-def problem_response(request: Request, problem: Problem) -> Response:
+def exact_json(content: Any) -> bytes:
+    """JSON on one line, Decimals written as exact numbers."""
+    return simplejson.dumps(content, use_decimal=True, separators=(",", ":"), default=str).encode()
+
+
+def problem_body(instance: str, problem: Problem) -> bytes:
+    """The RFC 9457 document of `problem`, about the request at path `instance`."""
     body: dict[str, Any] = {
         "type": PROBLEM_BASE + problem.kind if problem.kind else "about:blank",
         "title": problem.title,
         "status": problem.status,
-        "instance": request.url.path,
+        "instance": instance,
     }
     if problem.detail:
         body["detail"] = problem.detail
@@ -92,8 +98,12 @@ def problem_response(request: Request, problem: Problem) -> Response:
         body["errors"] = problem.errors
     for name, value in problem.members.items():
         body.setdefault(name, value)
+    return simplejson.dumps(body, default=str).encode()
+
+
+def problem_response(request: Request, problem: Problem) -> Response:
     return Response(
-        simplejson.dumps(body, default=str),
+        problem_body(request.url.path, problem),
         status_code=problem.status,
         media_type=MEDIA_TYPE,
         headers=problem.headers,

@@ -313,5 +313,21 @@ def server_config(app: FastAPI, settings: Settings, *, host: str, port: int) -> 
     )
 
 
+class Server(uvicorn.Server):
+    """uvicorn's server, which ends the app's live watches (api/meter_watch.py) as it starts to shut
+    down: uvicorn waits for every connection to finish before the app's own shutdown, and a watch
+    would otherwise hold that wait open until it timed out."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self.app = app
+
+    async def shutdown(self, sockets: list[Any] | None = None) -> None:
+        watches = getattr(self.app.state, "watches", None)
+        if watches is not None:
+            watches.close()
+        await super().shutdown(sockets)
+
+
 def serve_app(app: FastAPI, settings: Settings, *, host: str, port: int) -> None:
-    uvicorn.Server(server_config(app, settings, host=host, port=port)).run()
+    Server(server_config(app, settings, host=host, port=port), app).run()

@@ -71,6 +71,7 @@ REFUSED_BEFORE_AUTH = Counter(
 CLIENT_DISCONNECTS = Counter(
     "omni_http_client_disconnects_total", "Requests whose client went away before its body was read in full"
 )
+METER_WATCHES = Gauge("omni_meter_watches", "Live meter watches open in this API process (GET /v1/meters/{slug}/watch)")
 READY = Gauge(
     "omni_ready",
     "1 while this process is ready (its GET /readyz answers 200): omni worker and omni relay",

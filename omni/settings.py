@@ -35,6 +35,13 @@ class Settings(BaseSettings):
     # Stored buckets (minute, hour or day) one meter query may combine: its time and memory grow with
     # them (50,000 took 1 s and 300 MB at the peak, in embedded mode), and it answers no more rows.
     max_query_buckets: int = Field(default=50_000, ge=1)
+    # Live meter watches (GET /v1/meters/{slug}/watch; api/meter_watch.py), per API process: how many
+    # a tenant may hold open and how many in all; how often the views' positions are read while any
+    # is open (how soon a change shows); how long one stays open before its client reconnects.
+    max_watches_per_tenant: int = Field(default=5, ge=1, le=1000)
+    max_watches: int = Field(default=500, ge=1, le=100_000)
+    watch_poll_ms: int = Field(default=250, ge=10, le=10_000)
+    watch_seconds: float = Field(default=300.0, gt=0, le=86_400)
     # What one owner may hold in the control plane (README, "Security"). Every new SLO, and every
     # revision, is folded afresh from the whole shared usage log (streams/slos.py): so an owner (a
     # tenant, or the platform's admin) defines at most max_slos_per_tenant of them, and each may be

@@ -180,6 +180,13 @@ def meter_checkpoints(tx: Tx, topic: str, partition: int | None = None) -> dict[
     return {(m, int(p)): int(o) for m, p, o in rows}
 
 
+def meter_positions(tx: Tx) -> dict[int, int]:
+    """Per partition, the sum of every meter's next offset on every topic the meters fold: it moves
+    whenever the meters' views take in a record of that partition (what a live watch waits for)."""
+    rows = tx.execute("SELECT partition, SUM(next_offset) FROM meter_offsets GROUP BY partition")
+    return {int(p): int(total) for p, total in rows}
+
+
 def set_meter_checkpoints(tx: Tx, topic: str, partition: int, next_offsets: Mapping[str, int]) -> None:
     tx.execute_many(
         "INSERT INTO meter_offsets VALUES (?, ?, ?, ?) "

@@ -1,19 +1,24 @@
-"""Meters: defined by the admin, queried by tenants over their own usage."""
+"""Meters: defined by the admin, queried by tenants over their own usage, and watched live."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any
 
 from anyio import from_thread
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import StreamingResponse
 
 from api.as_of import DESCRIPTION as AS_OF
 from api.as_of import check as as_of_check
 from api.deps import AdminDep, CallerDep, PlatformDep, TenantDep, command_context, whole_minute
+from api.meter_watch import EVENT_STREAM, MeterWatches, WatchFull
 from api.problems import ExactJSONResponse, Problem
 from api.relaying import run_command
 from commands.errors import NotFound
 from omni import metrics
+from omni.bootstrap import Platform
 from projections.meter_query import MeterRow
 from schemas.api import MeterList, MeterQueryResult
 from schemas.cloudevents import Rfc3339Time
@@ -56,11 +61,20 @@ def _split(values: list[str]) -> list[str]:
     return [part for value in values for part in value.split(",") if part]
 
 
-@router.get("/{slug}/query", response_model=MeterQueryResult, response_class=ExactJSONResponse)
-def query_meter(
+@dataclass(frozen=True, slots=True)
+class MeterQuestion:
+    """What a query or a watch asks of one meter, checked as far as it can be without reading anything."""
+
+    slug: str
+    start: datetime | None  # inclusive, a whole minute
+    end: datetime | None  # exclusive, a whole minute
+    window_size: WindowSize | None
+    groups: list[str]  # `subject` and dimensions, as asked
+    subjects: list[str]  # only these subjects (none: every one)
+
+
+async def meter_question(
     slug: str,
-    platform: PlatformDep,
-    principal: TenantDep,
     from_: Annotated[Rfc3339Time | None, Query(alias="from", description="Inclusive, RFC 3339, whole minute")] = None,
     to: Annotated[Rfc3339Time | None, Query(description="Exclusive, RFC 3339, whole minute")] = None,
     window_size: Annotated[WindowSize | None, Query()] = None,
@@ -70,10 +84,7 @@ def query_meter(
     subject: Annotated[
         list[str], Query(description="Only these subjects: repeat it for several (taken whole: a subject may hold a comma)")
     ] = [],  # noqa: B006
-    as_of: Annotated[Rfc3339Time | None, Query(description=f"{AS_OF} (`to` bounds event time instead)")] = None,
-) -> ExactJSONResponse:
-    """The caller's usage on one meter, per window and group."""
-    as_of_check(as_of)
+) -> MeterQuestion:
     for name, moment in (("from", from_), ("to", to)):
         if moment is not None and moment.tzinfo is None:
             raise Problem(
@@ -83,75 +94,77 @@ def query_meter(
                 kind="invalid-range",
                 location=f"query.{name}",
             )
-    start = None if from_ is None else whole_minute("from", from_)
-    end = None if to is None else whole_minute("to", to)
-    if start is not None and end is not None and start >= end:
+    if from_ is not None:
+        whole_minute("from", from_)
+    if to is not None:
+        whole_minute("to", to)
+    if from_ is not None and to is not None and from_ >= to:
         raise Problem(422, "Invalid time range", "`from` must be before `to`.", kind="invalid-range", location="query.to")
-    groups = _split(group_by)
-    # On a connection of its own (embedded mode): a long query holds up no other tenant's request.
-    with metrics.VIEW_QUERY.labels("meters").time(), platform.db.reading() as tx:
-        definition = views.meter_definition(tx, slug)
-        if definition is None:
-            raise NotFound(f"meter {slug!r} not found")
-        unknown = [g for g in groups if g != "subject" and g not in definition.group_by]
-        if unknown:
-            raise Problem(
-                422,
-                "Unknown group_by",
-                f"{', '.join(unknown)} not among this meter's dimensions: {', '.join(['subject', *definition.group_by])}.",
-                kind="unknown-group-by",
-                location="query.group_by",
-            )
-        subjects = [s for s in dict.fromkeys(subject) if s]  # an empty `subject=` filters nothing, as before
+    subjects = [s for s in dict.fromkeys(subject) if s]  # an empty `subject=` filters nothing, as before
+    return MeterQuestion(slug, from_, to, window_size, _split(group_by), subjects)
 
-        limit = platform.settings.max_query_buckets
 
-        def query(tx: Tx) -> list[MeterRow]:
-            if views.buckets_over(
-                tx,
-                principal.tenant_id or "",
-                slug,
-                start=from_,
-                end=to,
-                window_size=window_size,
-                detailed=bool(groups or subjects),
-                subjects=subjects,
-                limit=limit,
-            ):
-                raise Problem(
-                    422,
-                    "Query too large",
-                    f"This query would combine more than {limit} stored buckets (OMNI_MAX_QUERY_BUCKETS): "
-                    "narrow `from` and `to`, filter by `subject`, or group by fewer dimensions.",
-                    kind="query-too-large",
-                )
-            return views.query_meter(
-                tx,
-                principal.tenant_id or "",
-                definition,
-                start=from_,
-                end=to,
-                window_size=window_size,
-                group_by=list(dict.fromkeys(g for g in groups if g != "subject")),
-                by_subject="subject" in groups or len(subjects) == 1,
-                subjects=subjects,
-            )
+QuestionDep = Annotated[MeterQuestion, Depends(meter_question)]
 
-        if as_of is None:
-            rows = query(tx)
-    if as_of is not None:  # the buckets as they stood then, folded from the log into a store of their own
-        past = from_thread.run(meter_as_of, platform.log, definition, principal.tenant_id or "", as_of)
-        try:
-            with past.transaction() as past_tx:
-                rows = query(past_tx)
-        finally:
-            past.close()
-    body: dict[str, Any] = {
-        "meter": slug,
+
+def _definition(tx: Tx, question: MeterQuestion) -> MeterDefinition:
+    """The meter asked about, or 404; 422 for a dimension it does not have."""
+    definition = views.meter_definition(tx, question.slug)
+    if definition is None:
+        raise NotFound(f"meter {question.slug!r} not found")
+    unknown = [g for g in question.groups if g != "subject" and g not in definition.group_by]
+    if unknown:
+        raise Problem(
+            422,
+            "Unknown group_by",
+            f"{', '.join(unknown)} not among this meter's dimensions: {', '.join(['subject', *definition.group_by])}.",
+            kind="unknown-group-by",
+            location="query.group_by",
+        )
+    return definition
+
+
+def _rows(tx: Tx, tenant_id: str, definition: MeterDefinition, question: MeterQuestion, limit: int) -> list[MeterRow]:
+    """The buckets' answer, or 422 `query-too-large` past `limit` stored buckets (counted first)."""
+    groups, subjects = question.groups, question.subjects
+    if views.buckets_over(
+        tx,
+        tenant_id,
+        question.slug,
+        start=question.start,
+        end=question.end,
+        window_size=question.window_size,
+        detailed=bool(groups or subjects),
+        subjects=subjects,
+        limit=limit,
+    ):
+        raise Problem(
+            422,
+            "Query too large",
+            f"This query would combine more than {limit} stored buckets (OMNI_MAX_QUERY_BUCKETS): "
+            "narrow `from` and `to`, filter by `subject`, or group by fewer dimensions.",
+            kind="query-too-large",
+        )
+    return views.query_meter(
+        tx,
+        tenant_id,
+        definition,
+        start=question.start,
+        end=question.end,
+        window_size=question.window_size,
+        group_by=list(dict.fromkeys(g for g in groups if g != "subject")),
+        by_subject="subject" in groups or len(subjects) == 1,
+        subjects=subjects,
+    )
+
+
+def _body(definition: MeterDefinition, question: MeterQuestion, rows: list[MeterRow]) -> dict[str, Any]:
+    return {
+        "meter": question.slug,
         "aggregation": definition.aggregation.value,
-        "window_size": window_size.value if window_size else None,
-        "from": from_.isoformat() if from_ else None,
-        "to": to.isoformat() if to else None,
+        "window_size": question.window_size.value if question.window_size else None,
+        "from": question.start.isoformat() if question.start else None,
+        "to": question.end.isoformat() if question.end else None,
         "data": [
             {
                 "window_start": row.window_start.isoformat().replace("+00:00", "Z"),
@@ -163,4 +176,81 @@ def query_meter(
             for row in rows
         ],
     }
-    return ExactJSONResponse(body)
+
+
+def meter_answer(platform: Platform, tenant_id: str, question: MeterQuestion) -> dict[str, Any]:
+    """The live views' answer to `question` for `tenant_id` (blocking: call it from a worker thread).
+    On a connection of its own (embedded mode): a long query holds up no other tenant's request."""
+    with metrics.VIEW_QUERY.labels("meters").time(), platform.db.reading() as tx:
+        definition = _definition(tx, question)
+        rows = _rows(tx, tenant_id, definition, question, platform.settings.max_query_buckets)
+    return _body(definition, question, rows)
+
+
+@router.get("/{slug}/query", response_model=MeterQueryResult, response_class=ExactJSONResponse)
+def query_meter(
+    question: QuestionDep,
+    platform: PlatformDep,
+    principal: TenantDep,
+    as_of: Annotated[Rfc3339Time | None, Query(description=f"{AS_OF} (`to` bounds event time instead)")] = None,
+) -> ExactJSONResponse:
+    """The caller's usage on one meter, per window and group."""
+    as_of_check(as_of)
+    tenant_id = principal.tenant_id or ""
+    if as_of is None:
+        return ExactJSONResponse(meter_answer(platform, tenant_id, question))
+    with platform.db.reading() as tx:
+        definition = _definition(tx, question)
+    # The buckets as they stood then, folded from the log into a store of their own.
+    past = from_thread.run(meter_as_of, platform.log, definition, tenant_id, as_of)
+    try:
+        with past.transaction() as past_tx:
+            rows = _rows(past_tx, tenant_id, definition, question, platform.settings.max_query_buckets)
+    finally:
+        past.close()
+    return ExactJSONResponse(_body(definition, question, rows))
+
+
+WATCH_ANSWER = {
+    "description": (
+        "Server-Sent Events: `usage` events, each the meter's answer as `GET .../query` gives it (`data`, one "
+        "JSON line; `id`, a digest of it), first at once and then whenever it changes; `problem` (RFC 9457) "
+        "before the server ends a watch it cannot go on with; comment lines while nothing changes."
+    ),
+    "content": {EVENT_STREAM: {"schema": {"type": "string"}}},
+}
+
+
+@router.get(
+    "/{slug}/watch",
+    response_class=StreamingResponse,
+    responses={200: WATCH_ANSWER, 429: {"description": "This tenant already holds its watches' most"}},
+)
+async def watch_meter(
+    question: QuestionDep,
+    request: Request,
+    platform: PlatformDep,
+    principal: TenantDep,
+    last_event_id: Annotated[
+        str | None, Header(description="The `id` of the last `usage` event received: not sent again while it holds")
+    ] = None,
+) -> StreamingResponse:
+    """The caller's usage on one meter, live: the query's answer again each time the views change it."""
+    watches: MeterWatches = request.app.state.watches
+    tenant_id = principal.tenant_id or ""
+    try:
+        watch = watches.open(tenant_id, request.headers.get("authorization", ""), request.url.path)
+    except WatchFull as full:
+        raise Problem(
+            429, "Too many watches", str(full), kind="too-many-watches", headers={"Retry-After": str(full.retry_after)}
+        ) from None
+    try:
+        first = await watch.answer(lambda: meter_answer(platform, tenant_id, question))  # 404 and 422 as for a query
+    except BaseException:
+        watch.close()
+        raise
+    return StreamingResponse(
+        watch.events(first, lambda: meter_answer(platform, tenant_id, question), last_event_id),
+        media_type=EVENT_STREAM,
+        headers={"X-Accel-Buffering": "no"},  # a proxy in front (nginx) passes each event on at once
+    )

@@ -73,6 +73,7 @@ def embedded_settings(data_dir: Path, **overrides: Any) -> Settings:
         "admin_key": ADMIN,
         "usage_partitions": 3,
         "billing_auto_close": False,  # tests close their periods themselves
+        "watch_seconds": 0.2,  # over ASGI (httpx) an answer is read whole: a live watch ends soon
     }
     return Settings(**(values | {"read_your_writes_seconds": 0} | overrides))
 
@@ -94,6 +95,7 @@ def kafka_settings(name: str, **overrides: Any) -> Settings:
         "read_your_writes_seconds": 0,  # tests that settle the views themselves: commands do not wait
         "billing_auto_close": False,  # tests close their periods themselves
         "gdpr_master_key": GDPR_MASTER_KEY,  # embedded mode generates its own
+        "watch_seconds": 0.2,  # over ASGI (httpx) an answer is read whole: a live watch ends soon
     }
     return Settings(**(values | overrides))
 

@@ -71,6 +71,7 @@ EXPECTED: dict[Operation, tuple[int, int, int]] = {
     ("GET", "/v1/meters"): (200, 200, 200),
     ("GET", "/v1/meters/{slug}"): (200, 200, 200),
     ("GET", "/v1/meters/{slug}/query"): (200, 200, 403),  # tenant (B queries its own usage)
+    ("GET", "/v1/meters/{slug}/watch"): (200, 200, 403),  # tenant (B watches its own usage)
     ("PUT", "/v1/plans/{slug}"): (403, 403, 201),  # admin puts; anyone with a key reads
     ("GET", "/v1/plans"): (200, 200, 200),
     ("GET", "/v1/plans/{slug}"): (200, 200, 200),

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from typer.testing import CliRunner
 
 from api.app import create_app
-from api.server import server_config
+from api.server import Server, server_config
 from omni import cli
 from omni.bootstrap import build
 from omni.settings import Settings
@@ -34,7 +34,7 @@ async def serving(app: FastAPI, settings: Settings) -> AsyncIterator[tuple[int, 
     """`app` behind `omni serve`'s own server configuration, on a free port of this host: the port,
     and the server (a test may shut it down itself)."""
     port = free_port()
-    running = uvicorn.Server(server_config(app, settings, host="127.0.0.1", port=port))
+    running = Server(server_config(app, settings, host="127.0.0.1", port=port), app)
     task = asyncio.create_task(running.serve())
     while not running.started:
         await asyncio.sleep(0.01)

@@ -25,7 +25,9 @@ CASES_PER_OPERATION = 60
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, str]]:
     running = Server(tmp_path_factory.mktemp("conformance") / "data")
-    running.start()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMNI_WATCH_SECONDS", "0.2")  # a live watch the generated cases open ends soon
+        running.start()
     admin = {"Authorization": f"Bearer {ADMIN}"}
     tenant = httpx.post(running.url + "/v1/tenants", json={"name": "conformance", "plan": "p"}, headers=admin).json()
     meter = {"slug": "tokens", "event_type": "inference", "aggregation": "SUM", "value_property": "$.data.tokens"}

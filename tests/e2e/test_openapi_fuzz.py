@@ -21,7 +21,9 @@ from tests.e2e.test_crash_restart_embedded import Server
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     running = Server(tmp_path_factory.mktemp("fuzz") / "data")
-    running.start()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMNI_WATCH_SECONDS", "0.2")  # a live watch the generated cases open ends soon
+        running.start()
     admin = {"Authorization": f"Bearer {ADMIN}"}
     tenant = httpx.post(running.url + "/v1/tenants", json={"name": "fuzz", "plan": "p"}, headers=admin).json()
     running.tenant_key = tenant["api_key"]  # type: ignore[attr-defined]
