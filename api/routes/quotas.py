@@ -33,7 +33,7 @@ from projections.quotas import (
     period_of,
 )
 from schemas.cloudevents import Rfc3339Time
-from schemas.envelope import Actor, Envelope, encode, format_time, parse_time
+from schemas.envelope import Actor, Envelope, cursor_time, encode
 from schemas.ids import canonical_uuid
 from schemas.meters import MeterDefinition
 from schemas.plans import (
@@ -363,12 +363,8 @@ def _notifications_cursor(before: str) -> tuple[str, str]:
     """`before` as the list wrote it in `next_before`: `<occurred_at>~<id>`, an RFC 3339 time and a
     notification's UUID; anything else is 422 rather than a page from somewhere."""
     at, _, last_id = before.partition("~")
-    moment, canonical = None, canonical_uuid(last_id)
-    try:
-        moment = parse_time(at)
-    except ValueError:
-        pass
-    if moment is None or moment.tzinfo is None or canonical is None:
+    moment, canonical = cursor_time(at), canonical_uuid(last_id)
+    if moment is None or canonical is None:
         raise Problem(
             422,
             "Invalid cursor",
@@ -376,7 +372,7 @@ def _notifications_cursor(before: str) -> tuple[str, str]:
             kind="invalid-cursor",
             location="query.before",
         )
-    return format_time(moment), canonical
+    return moment, canonical
 
 
 @router.get("/notifications", response_model=NotificationList, responses={404: {}, 422: {}})

@@ -23,6 +23,8 @@ NOTICE_ID = "a8ba7524-79e6-4ce1-a44b-426efb72bd98"  # fixed: parametrized ids mu
         "2026-12-06T10:00:00.000000Z~y",
         f"x~{NOTICE_ID}",
         f"2026-12-06T10:00:00~{NOTICE_ID}",  # no offset: no instant
+        f"0001-01-01T00:00:00+01:00~{NOTICE_ID}",  # an instant before year 1 in UTC
+        f"9999-12-31T23:59:59-01:00~{NOTICE_ID}",  # an instant after year 9999 in UTC
     ],
 )
 async def test_a_cursor_that_is_no_next_before_is_422(omni: Omni, before: str) -> None:
