@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from uuid import uuid5
 
+from projections.quotas import NOTICES
+from projections.slos import PLATFORM
 from schemas.envelope import Envelope, format_time
 from schemas.gdpr import BREACH_NOTIFY_WITHIN
 
@@ -47,6 +50,38 @@ class BreachRecorded:
 class BreachNotified:
     breach_id: str
     notified_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class BreachOverdue:
+    """The platform's notice of a breach whose 72 hours passed with the authority not notified.
+    Its id comes from the breach's and it is dated when the deadline passed, so the notices relay
+    (after a restart, or a replay of the views) and GET /v1/notifications all find the same one."""
+
+    id: str
+    breach_id: str
+    detected_at: str
+    deadline: str
+    scope: str
+
+    @property
+    def occurred_at(self) -> str:
+        return self.deadline
+
+    def data(self) -> dict[str, Any]:
+        """The notice as the notifications topic carries it (`id` beside it, as for every notice)."""
+        return {
+            "tenant_id": PLATFORM,
+            "breach_id": self.breach_id,
+            "detected_at": self.detected_at,
+            "deadline": self.deadline,
+            "scope": self.scope,
+            "occurred_at": self.occurred_at,
+        }
+
+
+def breach_overdue(breach_id: str, detected_at: str, deadline: str, scope: str) -> BreachOverdue:
+    return BreachOverdue(str(uuid5(NOTICES, f"breach-overdue:{breach_id}")), breach_id, detected_at, deadline, scope)
 
 
 @dataclass(frozen=True, slots=True)

@@ -142,6 +142,16 @@ def parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text)  # takes the "Z" since Python 3.11
 
 
+def cursor_time(text: str) -> str | None:
+    """A page cursor's instant as format_time writes it, or None for text that is not an RFC 3339
+    time with an offset, or one outside years 1 to 9999 once in UTC (`0001-01-01T00:00:00+01:00`)."""
+    try:
+        moment = parse_time(text)
+        return None if moment.tzinfo is None else format_time(moment)
+    except (ValueError, OverflowError):
+        return None
+
+
 class ReservedName(ValueError):
     """An extension attribute named like one of CloudEvents' or Omni's own."""
 

@@ -24,7 +24,7 @@ import calendar
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -228,6 +228,20 @@ class BreachBody(BaseModel):
     scope: Text = Field(min_length=1, max_length=2000, description="What was breached: systems, data, tenants")
     subjects: int | None = Field(default=None, ge=0, le=10**12, description="How many data subjects, if known")
     description: Text | None = Field(default=None, max_length=4000)
+
+
+class BreachOverdueNotification(BaseModel):
+    """A breach's 72 hours passed with the supervisory authority not notified: the platform's notice,
+    once per breach, dated when the deadline passed."""
+
+    id: str
+    type: Literal["omni.gdpr.breach_overdue"]
+    tenant_id: str = Field(description="Always `_platform`: the register is the platform's")
+    breach_id: str
+    detected_at: str
+    deadline: str
+    scope: str
+    occurred_at: str = Field(description="When the deadline passed (the breach's `deadline`)")
 
 
 class BreachPublic(BaseModel):

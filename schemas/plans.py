@@ -10,6 +10,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchem
 
 from schemas.api import Problem
 from schemas.billing import Billing, parse_billing, price_public
+from schemas.gdpr import BreachOverdueNotification
 from schemas.quantities import QUANTITY_SCHEMA, SLUG_PATTERN, exact_quantity, quantity_json
 from schemas.slos import SloAlertNotification
 from schemas.text import Text
@@ -230,5 +231,5 @@ class NotificationPublic(BaseModel):
 
 
 class NotificationList(BaseModel):
-    data: list[Annotated[NotificationPublic | SloAlertNotification, Field(discriminator="type")]]
+    data: list[Annotated[NotificationPublic | SloAlertNotification | BreachOverdueNotification, Field(discriminator="type")]]
     next_before: str | None = None

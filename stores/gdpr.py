@@ -232,6 +232,11 @@ def overdue_unnoticed(tx: Tx, now: str) -> list[BreachRow]:
     return [_breach(r) for r in rows]
 
 
+def overdue_noticed(tx: Tx) -> list[BreachRow]:
+    """Breaches whose overdue notice was emitted (the register is the admin's, and short)."""
+    return [_breach(r) for r in tx.execute(f"SELECT {BREACH_COLUMNS} FROM gdpr_breaches WHERE overdue_notice_at IS NOT NULL")]
+
+
 def mark_overdue_noticed(tx: Tx, breach_id: str, at: str) -> None:
     tx.execute("UPDATE gdpr_breaches SET overdue_notice_at=? WHERE id=? AND overdue_notice_at IS NULL", (at, breach_id))
 

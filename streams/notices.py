@@ -14,13 +14,13 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
-from uuid import uuid5
 
 from commands.control_plane import ControlPlane
 from commands.gdpr import PLATFORM
 from commands.notices import Notice
 from omni import failpoints
-from projections.quotas import NOTICES, PeriodKey
+from projections.gdpr import breach_overdue
+from projections.quotas import PeriodKey
 from schemas.envelope import format_time
 from schemas.gdpr import BREACH_OVERDUE
 from schemas.plans import quantity_json
@@ -79,9 +79,8 @@ class NoticesRelay:
         with self.db.transaction() as tx:
             overdue = gdpr_views.overdue_unnoticed(tx, now)
         for breach in overdue:
-            data = {"breach_id": breach.id, "detected_at": breach.detected_at, "deadline": breach.deadline, "scope": breach.scope}
-            notice_id = str(uuid5(NOTICES, f"breach-overdue:{breach.id}"))
-            self.control.record_notice(Notice(notice_id=notice_id, kind=BREACH_OVERDUE, tenant_id=PLATFORM, data=data))
+            notice = breach_overdue(breach.id, breach.detected_at, breach.deadline, breach.scope)
+            self.control.record_notice(Notice(notice_id=notice.id, kind=BREACH_OVERDUE, tenant_id=PLATFORM, data=notice.data()))
             with self.db.transaction() as tx:
                 gdpr_views.mark_overdue_noticed(tx, breach.id, now)
         return len(overdue)

@@ -15,11 +15,13 @@ from starlette.concurrency import run_in_threadpool
 from api import as_of
 from api.deps import CallerDep, PlatformDep, TenantDep, acting_tenant, named_tenant
 from api.problems import Problem
+from commands.control_plane import PLATFORM
 from commands.errors import NotFound
 from commands.ingest import data_problems, too_large_stored
 from omni import metrics
 from omni.bootstrap import Platform
 from omni.personal_data import KeysMissing
+from projections.gdpr import breach_overdue
 from projections.quotas import (
     CONSUME_SOURCE,
     QUOTA_CONSUME,
@@ -33,7 +35,8 @@ from projections.quotas import (
     period_of,
 )
 from schemas.cloudevents import Rfc3339Time
-from schemas.envelope import Actor, Envelope, encode, format_time, parse_time
+from schemas.envelope import Actor, Envelope, cursor_time, encode
+from schemas.gdpr import BREACH_OVERDUE, BreachOverdueNotification
 from schemas.ids import canonical_uuid
 from schemas.meters import MeterDefinition
 from schemas.plans import (
@@ -47,6 +50,7 @@ from schemas.plans import (
     quantity_json,
 )
 from schemas.slos import SloAlertNotification
+from stores import gdpr as gdpr_store
 from stores import plans as plan_store
 from stores import quotas as quota_store
 from stores import slos as slo_store
@@ -363,12 +367,8 @@ def _notifications_cursor(before: str) -> tuple[str, str]:
     """`before` as the list wrote it in `next_before`: `<occurred_at>~<id>`, an RFC 3339 time and a
     notification's UUID; anything else is 422 rather than a page from somewhere."""
     at, _, last_id = before.partition("~")
-    moment, canonical = None, canonical_uuid(last_id)
-    try:
-        moment = parse_time(at)
-    except ValueError:
-        pass
-    if moment is None or moment.tzinfo is None or canonical is None:
+    moment, canonical = cursor_time(at), canonical_uuid(last_id)
+    if moment is None or canonical is None:
         raise Problem(
             422,
             "Invalid cursor",
@@ -376,24 +376,28 @@ def _notifications_cursor(before: str) -> tuple[str, str]:
             kind="invalid-cursor",
             location="query.before",
         )
-    return format_time(moment), canonical
+    return moment, canonical
 
 
 @router.get("/notifications", response_model=NotificationList, responses={404: {}, 422: {}})
 def list_notifications(
     platform: PlatformDep,
     principal: CallerDep,
-    tenant: Annotated[str | None, Query(description="Admin only: whose notifications (none: the platform SLOs')")] = None,
+    tenant: Annotated[
+        str | None, Query(description="Admin only: whose notifications (none: the platform's, its SLOs' and overdue breaches')")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     before: Annotated[str | None, Query(description="The `next_before` of the previous page")] = None,
 ) -> NotificationList:
-    """The tenant's notifications (quota thresholds crossed, SLO alerts fired and resolved), newest first."""
+    """The tenant's notifications (quota thresholds crossed, SLO alerts fired and resolved), newest first;
+    the platform's (the admin's without `?tenant=`) also hold the overdue breaches' notices."""
     cursor = None if before is None else _notifications_cursor(before)
     tenant_id = acting_tenant(platform, principal, tenant)  # an unknown tenant is 404, as for quotas
     with metrics.VIEW_QUERY.labels("notifications").time(), platform.db.transaction() as tx:
         rows = quota_store.notifications(tx, tenant_id, limit, cursor)
         alerts = slo_store.alert_notifications(tx, tenant_id, limit, cursor)
-    found: list[NotificationPublic | SloAlertNotification] = [
+        overdue = gdpr_store.overdue_noticed(tx) if tenant_id == PLATFORM else []
+    found: list[NotificationPublic | SloAlertNotification | BreachOverdueNotification] = [
         NotificationPublic(
             id=r[0],
             type=r[2],  # type: ignore[arg-type]
@@ -420,6 +424,10 @@ def list_notifications(
         )
         for a in alerts
     ]
+    for breach in overdue:
+        notice = breach_overdue(breach.id, breach.detected_at, breach.deadline, breach.scope)
+        if cursor is None or (notice.occurred_at, notice.id) < cursor:
+            found.append(BreachOverdueNotification(id=notice.id, type=BREACH_OVERDUE, **notice.data()))
     data = sorted(found, key=lambda n: (n.occurred_at, n.id), reverse=True)[:limit]
     next_before = f"{data[-1].occurred_at}~{data[-1].id}" if len(data) == limit else None
     return NotificationList(data=data, next_before=next_before)

@@ -12,7 +12,7 @@ from api.problems import Problem
 from api.relaying import run_command
 from commands.errors import NotFound
 from schemas.api import KeyCreate, KeyIssued, KeyList, KeyPublic, TenantCreate, TenantCreated, TenantList, TenantPublic
-from schemas.envelope import format_time, parse_time
+from schemas.envelope import cursor_time
 from schemas.ids import canonical_uuid
 from stores import views
 
@@ -75,12 +75,8 @@ def _keys_cursor(after: str) -> tuple[str, str]:
     """`after` as the list wrote it in `next_after`: `<issued_at>~<key_id>`, an RFC 3339 time and a
     key id; anything else is 422 rather than a page from somewhere."""
     at, _, key_id = after.partition("~")
-    moment = None
-    try:
-        moment = parse_time(at)
-    except ValueError:
-        pass
-    if moment is None or moment.tzinfo is None or not KEY_ID.fullmatch(key_id):
+    moment = cursor_time(at)
+    if moment is None or not KEY_ID.fullmatch(key_id):
         raise Problem(
             422,
             "Invalid cursor",
@@ -88,7 +84,7 @@ def _keys_cursor(after: str) -> tuple[str, str]:
             kind="invalid-cursor",
             location="query.after",
         )
-    return format_time(moment), key_id
+    return moment, key_id
 
 
 @router.get("/tenants/{tenant_id}/keys", response_model=KeyList, responses={404: {}, 422: {}})

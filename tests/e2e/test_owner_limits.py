@@ -160,7 +160,9 @@ async def test_the_key_list_is_paged_in_the_order_keys_were_issued(limited: Omni
             break
     assert [len(p) for p in pages] == [2, 2, 1]
     assert [k for p in pages for k in p] == [k["key_id"] for k in whole["data"]]
-    for bad in ("nonsense", "2026-01-01T00:00:00Z~", "2026-01-01T00:00:00~abc", "yesterday~abc"):
+    # the last two: instants before year 1 and after year 9999 in UTC (were 500s)
+    overflowing = ("0001-01-01T00:00:00+01:00~0123456789abcdef", "9999-12-31T23:59:59-01:00~0123456789abcdef")
+    for bad in ("nonsense", "2026-01-01T00:00:00Z~", "2026-01-01T00:00:00~abc", "yesterday~abc", *overflowing):
         body = assert_problem(await keys_page(omni, key, tenant_id, after=bad), 422)
         assert body["type"].endswith("/invalid-cursor")
     assert assert_problem(await keys_page(omni, key, tenant_id, limit=0), 422)
