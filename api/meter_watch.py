@@ -112,6 +112,8 @@ class ViewsPulse:
                 positions = await to_thread.run_sync(self._read, limiter=self._limiter)
             except (StoreUnavailable, *EVENT_STORE_AWAY) as away:  # the views away: the watches wait on
                 log.warning("live meter watches: the views' positions are unreadable (%s); trying again", away)
+            except Exception:  # anything else must not leave every watch asleep for good
+                log.exception("live meter watches: reading the views' positions failed; trying again")
             else:
                 for partition, position in positions.items():
                     if self._positions.get(partition) != position:
