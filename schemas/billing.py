@@ -304,6 +304,16 @@ class InvoicePublic(BaseModel):
     digest: str | None = Field(default=None, description="SHA-256 of the finalized document's canonical JSON")
 
 
+class UpcomingInvoice(InvoicePublic):
+    """This month's invoice as the next close would issue it, with the credit note issued beside it."""
+
+    credit_note: InvoicePublic | None = Field(
+        default=None,
+        description="The credit note the next close issues with it (usage of an invoiced month corrected "
+        "downwards), as a draft; null when there is none",
+    )
+
+
 class InvoiceList(BaseModel):
     data: list[InvoicePublic]
     next_before: str | None = None

@@ -19,7 +19,7 @@ from omni import metrics
 from omni.billing_close import NotOver, ViewsBehind, close_period, read_cut
 from omni.bootstrap import Platform
 from projections.invoices import CREDIT_NOTE, INVOICE, PERIOD_PATTERN, BillingPeriod, Unbillable, bill, digest
-from schemas.billing import InvoiceChanged, InvoiceList, InvoicePublic, PeriodClose, StatusChange
+from schemas.billing import InvoiceChanged, InvoiceList, InvoicePublic, PeriodClose, StatusChange, UpcomingInvoice
 from schemas.cloudevents import Rfc3339Time
 from schemas.envelope import format_time
 from stores import billing as billing_store
@@ -98,14 +98,15 @@ def list_invoices(
     return InvoiceList(data=found, next_before=f"{last.issued_at}~{last.id}" if last is not None else None)
 
 
-@router.get("/invoices/upcoming", response_model=InvoicePublic, responses={404: {}, 422: {}})
+@router.get("/invoices/upcoming", response_model=UpcomingInvoice, responses={404: {}, 422: {}})
 async def upcoming_invoice(
     platform: PlatformDep,
     principal: CallerDep,
     tenant: Annotated[str | None, Query(description="Admin only: whose")] = None,
-) -> InvoicePublic:
+) -> UpcomingInvoice:
     """This month's invoice as it stands: the usage so far, priced by the tenant's plan now, with the
-    adjustments the next close will bill. 404 when the tenant's plan charges nothing."""
+    adjustments the next close will bill and the credit note it will issue (`credit_note`). 404 when
+    the tenant's plan charges nothing."""
     tenant_id = named_tenant(principal, tenant)
     if tenant_id is None:
         raise Problem(
@@ -114,7 +115,7 @@ async def upcoming_invoice(
     return await run_in_threadpool(_draft, platform, tenant_id)
 
 
-def _draft(platform: Platform, tenant_id: str) -> InvoicePublic:
+def _draft(platform: Platform, tenant_id: str) -> UpcomingInvoice:
     with platform.db.transaction() as tx:
         if views.tenant(tx, tenant_id) is None:
             raise NotFound(f"tenant {tenant_id} not found")
@@ -139,8 +140,9 @@ def _draft(platform: Platform, tenant_id: str) -> InvoicePublic:
         raise Problem(422, "Unbillable amount", str(too_large), kind="unbillable-amount") from too_large
     if statement.invoice is None:
         raise NotFound(f"tenant {tenant_id} has nothing to be invoiced for {period.text} so far")
-    draft: dict[str, Any] = {**statement.invoice, "status": "draft", "number": None, "issued_at": None}
-    return InvoicePublic.model_validate(draft)
+    unissued = {"status": "draft", "number": None, "issued_at": None}
+    credit_note = None if statement.credit_note is None else {**statement.credit_note, **unissued}
+    return UpcomingInvoice.model_validate({**statement.invoice, **unissued, "credit_note": credit_note})
 
 
 @router.get(

@@ -88,6 +88,7 @@ async def test_a_closed_month_is_invoiced_exactly_once(omni: Omni) -> None:
     draft = await omni.client.get("/v1/invoices/upcoming", headers=omni.auth(key))
     assert draft.status_code == 200, draft.text
     assert (draft.json()["status"], draft.json()["number"], draft.json()["total"]) == ("draft", None, 3934)
+    assert draft.json()["credit_note"] is None  # nothing to credit
 
     early = await close(omni, this_month.text)
     assert early.status_code == 409 and early.json()["type"].endswith("period-not-over"), early.text
@@ -144,6 +145,9 @@ async def test_late_usage_is_billed_on_the_next_invoice_and_a_correction_downwar
         500,
         100,
     )
+    # The credit note the next close issues beside it, shown as a draft: 10.00 back for the images.
+    pending = draft["credit_note"]
+    assert (pending["kind"], pending["status"], pending["number"], pending["total"]) == ("credit_note", "draft", None, 1000)
 
     next_month = BillingPeriod.parse(f"{this_month.end:%Y-%m}")
     assert next_month is not None
@@ -165,6 +169,7 @@ async def test_late_usage_is_billed_on_the_next_invoice_and_a_correction_downwar
     # 100 images: 1 package (5.00), billed 3 packages (15.00) before: 10.00 back.
     assert [(line["meter"], line["quantity"], line["amount"]) for line in credit["lines"]] == [("images", -150, 1000)]
     assert (credit["kind"], credit["total"]) == ("credit_note", 1000)
+    assert (credit["id"], credit["lines"]) == (pending["id"], pending["lines"])  # what the draft showed
 
     # The audit trail says why the second invoice bills the month before.
     topic = omni.platform.topics.audit
