@@ -288,6 +288,7 @@ def swap(live: Database, shadow: Shadow, folds: Sequence[Fold]) -> None:
         sent = {table: sorted(str(row[0]) for row in tx.execute(f"SELECT id FROM {table} WHERE recorded = 1")) for table in SENT}
         names = {fold.name for fold in folds}
         past = _slo_past(tx) if METERS in names else None
+        thresholds = _every_row(tx, NOTIFICATIONS) if names & {CATALOG, METERS} else None
         noticed = _overdue_noticed(tx) if CATALOG in names else []
         for table, where, params in _swapped_rows(folds):
             tx.execute(f"DELETE FROM {table} {where}", params)
@@ -305,7 +306,35 @@ def swap(live: Database, shadow: Shadow, folds: Sequence[Fold]) -> None:
             tx.execute_many(f"UPDATE {table} SET recorded = 1 WHERE id = ?", [(i,) for i in ids])
         if past is not None:
             _keep_slo_past(tx, past)
+        if thresholds is not None:
+            _keep_thresholds_notified(tx, thresholds)
         tx.execute_many("UPDATE gdpr_breaches SET overdue_notice_at=? WHERE id=?", [(at, i) for i, at in noticed])
+
+
+@dataclass(frozen=True, slots=True)
+class TableRows:
+    """Every row of one table, with its columns' names."""
+
+    table: str
+    columns: list[str]
+    rows: list[tuple[Any, ...]]
+
+
+def _every_row(tx: Tx, table: str) -> TableRows:
+    names = columns(tx, table)
+    return TableRows(table, names, [tuple(row) for row in tx.execute(f"SELECT {', '.join(names)} FROM {table}")])
+
+
+def _keep_thresholds_notified(tx: Tx, live: TableRows) -> None:
+    """A replay never tells a threshold notice again, nor otherwise. Its id names the tenant, meter,
+    period and threshold, but its moment and usage depend on which fold found it first: a quota
+    change over usage folded before it is notified as of the change, with the usage folded by then,
+    while a replay folds the catalog first and finds it at the usage event that reached it. So each
+    notice the live views hold stays as they told it (sent, or still to send as it is), the replay's
+    of the same id is dropped, and only a notice the live views never had is new (and notified)."""
+    tx.execute_many(f"DELETE FROM {live.table} WHERE id=?", [(row[0],) for row in live.rows])
+    marks = ", ".join("?" for _ in live.columns)
+    tx.execute_many(f"INSERT INTO {live.table} ({', '.join(live.columns)}) VALUES ({marks})", live.rows)
 
 
 def _overdue_noticed(tx: Tx) -> list[tuple[str, str]]:

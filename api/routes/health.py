@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+from typing import Any
 
 from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -22,16 +23,16 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.head("/metrics", operation_id="prometheus_metrics_head", response_class=Response)
-@router.get(
-    "/metrics",
-    response_class=Response,
-    responses={
-        200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text exposition"},
-        401: {"description": "OMNI_METRICS_TOKEN is set and the request does not carry it"},
-        404: {"description": "OMNI_API_METRICS is off"},
-    },
-)
+# GET and HEAD answer alike (HEAD without the body), so each documents every answer.
+METRICS_ANSWERS: dict[int | str, dict[str, Any]] = {
+    200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text exposition"},
+    401: {"description": "OMNI_METRICS_TOKEN is set and the request does not carry it"},
+    404: {"description": "OMNI_API_METRICS is off"},
+}
+
+
+@router.head("/metrics", operation_id="prometheus_metrics_head", response_class=Response, responses=METRICS_ANSWERS)
+@router.get("/metrics", response_class=Response, responses=METRICS_ANSWERS)
 def prometheus_metrics(request: Request, platform: PlatformDep) -> Response:
     """Prometheus exposition format. The counts span every tenant: open unless OMNI_METRICS_TOKEN is
     set (then `Authorization: Bearer <token>`), and absent with OMNI_API_METRICS=false."""

@@ -117,3 +117,13 @@ async def test_answers_that_point_at_what_they_made_declare_location(omni: Omni,
     _, key = await omni.tenant()
     sent = await omni.client.post("/v1/gdpr/requests", json={"subject": "cust-1", "kind": "access"}, headers=omni.auth(key))
     assert sent.status_code == 202 and sent.headers["location"] == f"/v1/gdpr/requests/{sent.json()['id']}"
+
+
+async def test_head_metrics_documents_the_answers_get_has(document: dict[str, Any]) -> None:
+    """HEAD /metrics answers 401 without OMNI_METRICS_TOKEN when one is set, and 404 with
+    OMNI_API_METRICS=false, as GET does; its operation listed only 200 and 431, so a client
+    generated from the document, or schemathesis, was told those answers could not happen."""
+    get, head = document["paths"]["/metrics"]["get"], document["paths"]["/metrics"]["head"]
+    assert {"401", "404"} <= set(head["responses"])
+    assert set(head["responses"]) == set(get["responses"])
+    assert head["security"] == get["security"]

@@ -31,6 +31,7 @@ from tests.e2e.conftest import ADMIN, Omni, embedded_settings, served
 from tests.e2e.test_invoices import after, close, invoices, use
 from tests.e2e.test_invoices import setup as invoice_setup
 from tests.e2e.test_plans_and_quotas import TOKENS, on_plan, put_plan
+from tests.topic_records import assert_readable_by_outsiders
 
 TABLES = sorted({t for fold in shadows.FOLDS.values() for t in fold.tables} | {shadows.NOTIFICATIONS, "checkpoints"})
 
@@ -350,3 +351,45 @@ async def test_replays_as_jobs_diff_swap_and_one_at_a_time_per_projection(omni: 
         refused = await omni.client.post("/v1/admin/replays", json=bad, headers=admin)
         assert refused.status_code == 422 and refused.headers["content-type"] == "application/problem+json", refused.text
     assert (await omni.client.get("/v1/admin/replays/nope", headers=admin)).status_code == 404
+
+
+async def notified(omni: Omni, key: str) -> list[dict[str, Any]]:
+    response = await omni.client.get("/v1/notifications", headers=omni.auth(key))
+    assert response.status_code == 200, response.text
+    return response.json()["data"]  # type: ignore[no-any-return]
+
+
+async def notices_published(omni: Omni) -> list[dict[str, Any]]:
+    """The data of every notice on the notifications topic, as an outside consumer reads it."""
+    log, topic = omni.platform.log, omni.platform.topics.notifications
+    found = []
+    for partition in range(omni.platform.topics.partitions(topic)):
+        for record in await log.read(topic, partition, 0, 1000):
+            found.append(assert_readable_by_outsiders(record.headers, record.key, record.value).data)
+    return found
+
+
+async def test_a_swap_keeps_the_threshold_notices_a_quota_change_found_as_they_were_published(omni: Omni) -> None:
+    """Usage first, its quota after (a tenant signed up on a plan not published yet, as in the
+    README's first session): the plan's publication finds the threshold reached, and notifies it as
+    of then with the usage folded by then. A replay folds the catalog first, so it finds the same
+    threshold at the usage event that reached it, earlier and with less used; a swap wrote that over
+    the notice already published, and GET /v1/notifications told another moment and amount than
+    the notifications topic had."""
+    await omni.meter(**TOKENS)
+    tenant_id, key = await omni.tenant(plan="later")
+    usage = [cloud_event(f"u{i}", data={"tokens": tokens}) for i, tokens in enumerate((812, 10, 5))]
+    assert (await omni.send(key, usage)).status_code == 202
+    await omni.settle()
+    await put_plan(omni, "later", {"meter": "tokens", "limit": 1000, "period": "MONTH", "thresholds": [80]}, status=201)
+    await omni.settle()
+    before = await notified(omni, key)
+    assert [(n["threshold"], n["used"]) for n in before] == [(80, 827)]
+    published = await notices_published(omni)
+    assert [(n["id"], n["used"], n["occurred_at"]) for n in published] == [(before[0]["id"], 827, before[0]["occurred_at"])]
+
+    replayer = build_replayer(omni.platform.settings, omni.platform.db, omni.platform.log)
+    assert (await replayer.run(Request(mode=Mode.SWAP))).swapped
+    await omni.settle()
+    assert await notified(omni, key) == before  # as the topic told it
+    assert await notices_published(omni) == published  # and nothing published again
