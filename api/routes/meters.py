@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from anyio import from_thread
@@ -50,6 +51,46 @@ def get_meter(slug: str, platform: PlatformDep, principal: CallerDep) -> MeterDe
     return definition
 
 
+def _utc_text(moment: datetime | None) -> str | None:
+    """An instant of the answer, in UTC with a `Z`."""
+    return None if moment is None else moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+QUERY_PARAMETERS = ("from", "to", "window_size", "group_by", "subject", "as_of")
+
+
+def _refuse_unknown(request: Request) -> None:
+    """422 for a query parameter the route does not take: a filter it does not know (a dimension's
+    name, OpenMeter's `filterGroupBy[model]`) or a misspelt name, ignored, answered every group's
+    usage as if filtered."""
+    unknown = [name for name in dict.fromkeys(request.query_params) if name not in QUERY_PARAMETERS]
+    if unknown:
+        reason = f"not a parameter of this query, which takes {', '.join(QUERY_PARAMETERS)}"
+        raise Problem(
+            422,
+            "Unknown query parameter",
+            f"{', '.join(unknown)}: {reason}.",
+            kind="unknown-parameter",
+            errors=[{"location": f"query.{name}", "reason": f"{name} is {reason}"} for name in unknown],
+        )
+
+
+def _in_utc(name: str, moment: datetime | None) -> datetime | None:
+    """A query's time bound as the same instant in UTC; 422 without an offset, or past the years
+    UTC can name (0001-01-01T00:00:00+05:00 is in year 0)."""
+    if moment is None:
+        return None
+    problem = None
+    if moment.tzinfo is None:
+        problem = f"`{name}` needs a time zone offset (e.g. Z)."
+    else:
+        try:
+            return moment.astimezone(UTC)
+        except OverflowError:
+            problem = f"`{name}` must fall between 0001-01-01T00:00:00Z and 9999-12-31T23:59:00Z."
+    raise Problem(422, "Invalid time range", problem, kind="invalid-range", location=f"query.{name}")
+
+
 def _split(values: list[str]) -> list[str]:
     """`group_by=model,region` as `group_by=model&group_by=region`: a dimension's name is an
     identifier (schemas.meters), so it never holds a comma. Subjects may: they are never split."""
@@ -59,6 +100,7 @@ def _split(values: list[str]) -> list[str]:
 @router.get("/{slug}/query", response_model=MeterQueryResult, response_class=ExactJSONResponse)
 def query_meter(
     slug: str,
+    request: Request,
     platform: PlatformDep,
     principal: TenantDep,
     from_: Annotated[Rfc3339Time | None, Query(alias="from", description="Inclusive, RFC 3339, whole minute")] = None,
@@ -73,16 +115,11 @@ def query_meter(
     as_of: Annotated[Rfc3339Time | None, Query(description=f"{AS_OF} (`to` bounds event time instead)")] = None,
 ) -> ExactJSONResponse:
     """The caller's usage on one meter, per window and group."""
+    _refuse_unknown(request)
     as_of_check(as_of)
-    for name, moment in (("from", from_), ("to", to)):
-        if moment is not None and moment.tzinfo is None:
-            raise Problem(
-                422,
-                "Invalid time range",
-                f"`{name}` needs a time zone offset (e.g. Z).",
-                kind="invalid-range",
-                location=f"query.{name}",
-            )
+    # Told back in UTC, as every row's window is: a bound sent with another offset made a row cut
+    # to it start at "10:00:00+05:30" and end at "…Z".
+    from_, to = _in_utc("from", from_), _in_utc("to", to)
     start = None if from_ is None else whole_minute("from", from_)
     end = None if to is None else whole_minute("to", to)
     if start is not None and end is not None and start >= end:
@@ -150,12 +187,12 @@ def query_meter(
         "meter": slug,
         "aggregation": definition.aggregation.value,
         "window_size": window_size.value if window_size else None,
-        "from": from_.isoformat() if from_ else None,
-        "to": to.isoformat() if to else None,
+        "from": _utc_text(from_),
+        "to": _utc_text(to),
         "data": [
             {
-                "window_start": row.window_start.isoformat().replace("+00:00", "Z"),
-                "window_end": row.window_end.isoformat().replace("+00:00", "Z"),
+                "window_start": _utc_text(row.window_start),
+                "window_end": _utc_text(row.window_end),
                 "value": row.value,
                 "subject": row.subject or None,  # usage consumed without a subject: null, as a missing dimension is
                 "group_by": row.group_by,
