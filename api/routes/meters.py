@@ -38,7 +38,7 @@ def list_meters(platform: PlatformDep, principal: CallerDep) -> MeterList:
     """Every meter defined so far (as folded from the log)."""
     with platform.db.transaction() as tx:
         definitions = views.meter_definitions(tx)
-    return MeterList(data=[d.model_dump(mode="json") for d in definitions])
+    return MeterList(data=definitions)
 
 
 @router.get("/{slug}", response_model=MeterDefinition)

@@ -117,3 +117,13 @@ async def test_answers_that_point_at_what_they_made_declare_location(omni: Omni,
     _, key = await omni.tenant()
     sent = await omni.client.post("/v1/gdpr/requests", json={"subject": "cust-1", "kind": "access"}, headers=omni.auth(key))
     assert sent.status_code == 202 and sent.headers["location"] == f"/v1/gdpr/requests/{sent.json()['id']}"
+
+
+async def test_the_meter_answers_name_their_types(document: dict[str, Any]) -> None:
+    """A generated client gets typed meters and query answers: the list's items were any object, and
+    the answer's aggregation and window size any text."""
+    schemas = document["components"]["schemas"]
+    assert schemas["MeterList"]["properties"]["data"]["items"] == {"$ref": "#/components/schemas/MeterDefinition"}
+    result = schemas["MeterQueryResult"]["properties"]
+    assert result["aggregation"] == {"$ref": "#/components/schemas/Aggregation"}
+    assert {"$ref": "#/components/schemas/WindowSize"} in result["window_size"]["anyOf"]
