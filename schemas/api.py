@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
+from schemas.meters import Aggregation, MeterDefinition, WindowSize
 from schemas.text import Text
 
 
@@ -75,7 +76,7 @@ class IngestResult(BaseModel):
 
 
 class MeterList(BaseModel):
-    data: list[dict[str, Any]]
+    data: list[MeterDefinition]
 
 
 class MeterRowPublic(BaseModel):
@@ -90,8 +91,8 @@ class MeterRowPublic(BaseModel):
 
 class MeterQueryResult(BaseModel):
     meter: str
-    aggregation: str
-    window_size: str | None
+    aggregation: Aggregation
+    window_size: WindowSize | None
     from_: datetime | None = Field(alias="from")
     to: datetime | None
     data: list[MeterRowPublic]

@@ -6,7 +6,8 @@ import re
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from schemas.cloudevents import TYPE_MAX_LENGTH
 from schemas.text import Text
@@ -40,6 +41,17 @@ def _check_path(path: str) -> str:
     return path
 
 
+def _check_group_key(key: str) -> str:
+    if not _GROUP_KEY.match(key):
+        raise ValueError(f"group_by key {key!r} must be an identifier")
+    if key in RESERVED_GROUP_KEYS:
+        raise ValueError(f"group_by key {key!r} is reserved")
+    return key
+
+
+# A dimension's name, checked as a key of `group_by`: a refusal names the key (body.group_by.<key>).
+GroupKey = Annotated[str, AfterValidator(_check_group_key)]
+
 JsonPath = Annotated[str, AfterValidator(_check_path), Field(json_schema_extra={"pattern": r"^\$(\.[A-Za-z_][A-Za-z0-9_\-]*)+$"})]
 _GROUP_KEYS_SCHEMA = {"pattern": r"^[A-Za-z_][A-Za-z0-9_]{0,62}$", "not": {"enum": sorted(RESERVED_GROUP_KEYS)}}
 
@@ -65,8 +77,10 @@ class MeterDefinition(BaseModel):
     slug: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]{0,62}$", description="Unique name, used in URLs")
     event_type: Text = Field(min_length=1, max_length=TYPE_MAX_LENGTH, description="CloudEvent `type` this meter counts")
     aggregation: Aggregation
-    value_property: JsonPath | None = Field(default=None, description="Where the value is, e.g. $.data.tokens")
-    group_by: dict[str, JsonPath] = Field(
+    value_property: JsonPath | None = Field(
+        default=None, validate_default=True, description="Where the value is, e.g. $.data.tokens"
+    )
+    group_by: dict[GroupKey, JsonPath] = Field(
         default_factory=dict,
         max_length=16,
         description='Dimensions, e.g. {"model": "$.data.model"}',
@@ -74,18 +88,16 @@ class MeterDefinition(BaseModel):
     )
     description: Text | None = Field(default=None, max_length=1024)
 
-    @model_validator(mode="after")
-    def _consistent(self) -> MeterDefinition:
-        if self.aggregation is Aggregation.COUNT:
-            if self.value_property is not None:
-                raise ValueError("COUNT meters take no value_property")
-        elif self.value_property is None:
-            raise ValueError(f"{self.aggregation} meters need a value_property")
-        for key in self.group_by:
-            if not _GROUP_KEY.match(key):
-                raise ValueError(f"group_by key {key!r} must be an identifier")
-            if key in RESERVED_GROUP_KEYS:
-                raise ValueError(f"group_by key {key!r} is reserved")
-        if len(self.group_by) > 16:
-            raise ValueError("at most 16 group_by dimensions")
-        return self
+    @field_validator("value_property", mode="after")
+    @classmethod
+    def _value_for_aggregation(cls, value_property: str | None, info: ValidationInfo) -> str | None:
+        """COUNT takes no value_property, every other aggregation needs one: checked at the field, so a
+        refusal names it (body.value_property), as the field's own rules do. validate_default runs it
+        when the field is left out."""
+        aggregation = info.data.get("aggregation")
+        if aggregation is Aggregation.COUNT and value_property is not None:
+            raise ValueError("COUNT meters take no value_property")
+        if aggregation is not None and aggregation is not Aggregation.COUNT and value_property is None:
+            # "missing": the field's place is named although the body lacks it (api.problems.request_location).
+            raise PydanticCustomError("missing", "{aggregation} meters need a value_property", {"aggregation": str(aggregation)})
+        return value_property

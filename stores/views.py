@@ -758,8 +758,10 @@ _AGGREGATE_SQL = {  # over the rows of a group; values that are counts come back
     Aggregation.COUNT: "sum(count)::bigint",
     Aggregation.SUM: "sum(total)",
     Aggregation.AVG: "sum(total), sum(count)::bigint",
-    Aggregation.MIN: "min(minimum)",
-    Aggregation.MAX: "max(maximum)",
+    # Of equal values (5.0 and 5), the plainer text, as meter_state.combine keeps it: min() and max()
+    # returned whichever row came last, so a query told 5.0 where the embedded views tell 5.
+    Aggregation.MIN: "(min(ARRAY[minimum, scale(minimum)]) FILTER (WHERE minimum IS NOT NULL))[1]",
+    Aggregation.MAX: "(max(ARRAY[maximum, -scale(maximum)]) FILTER (WHERE maximum IS NOT NULL))[1]",
     Aggregation.LATEST: "(array_agg(latest ORDER BY latest_at_us DESC, latest_offset DESC) FILTER (WHERE latest_at_us IS NOT NULL))[1]",
     Aggregation.UNIQUE_COUNT: "count(DISTINCT token)",
 }

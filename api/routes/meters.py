@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from anyio import from_thread
@@ -42,7 +42,7 @@ def list_meters(platform: PlatformDep, principal: CallerDep) -> MeterList:
     """Every meter defined so far (as folded from the log)."""
     with platform.db.transaction() as tx:
         definitions = views.meter_definitions(tx)
-    return MeterList(data=[d.model_dump(mode="json") for d in definitions])
+    return MeterList(data=definitions)
 
 
 @router.get("/{slug}", response_model=MeterDefinition)
@@ -53,6 +53,46 @@ def get_meter(slug: str, platform: PlatformDep, principal: CallerDep) -> MeterDe
     if definition is None:
         raise NotFound(f"meter {slug!r} not found")
     return definition
+
+
+def _utc_text(moment: datetime | None) -> str | None:
+    """An instant of the answer, in UTC with a `Z`."""
+    return None if moment is None else moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+QUESTION_PARAMETERS = ("from", "to", "window_size", "group_by", "subject")  # a query's and a watch's
+
+
+def _refuse_unknown(request: Request, taken: tuple[str, ...], what: str) -> None:
+    """422 for a query parameter the route does not take: a filter it does not know (a dimension's
+    name, OpenMeter's `filterGroupBy[model]`) or a misspelt name, ignored, answered every group's
+    usage as if filtered."""
+    unknown = [name for name in dict.fromkeys(request.query_params) if name not in taken]
+    if unknown:
+        reason = f"not a parameter of this {what}, which takes {', '.join(taken)}"
+        raise Problem(
+            422,
+            "Unknown query parameter",
+            f"{', '.join(unknown)}: {reason}.",
+            kind="unknown-parameter",
+            errors=[{"location": f"query.{name}", "reason": f"{name} is {reason}"} for name in unknown],
+        )
+
+
+def _in_utc(name: str, moment: datetime | None) -> datetime | None:
+    """A query's time bound as the same instant in UTC; 422 without an offset, or past the years
+    UTC can name (0001-01-01T00:00:00+05:00 is in year 0)."""
+    if moment is None:
+        return None
+    problem = None
+    if moment.tzinfo is None:
+        problem = f"`{name}` needs a time zone offset (e.g. Z)."
+    else:
+        try:
+            return moment.astimezone(UTC)
+        except OverflowError:
+            problem = f"`{name}` must fall between 0001-01-01T00:00:00Z and 9999-12-31T23:59:00Z."
+    raise Problem(422, "Invalid time range", problem, kind="invalid-range", location=f"query.{name}")
 
 
 def _split(values: list[str]) -> list[str]:
@@ -85,15 +125,9 @@ async def meter_question(
         list[str], Query(description="Only these subjects: repeat it for several (taken whole: a subject may hold a comma)")
     ] = [],  # noqa: B006
 ) -> MeterQuestion:
-    for name, moment in (("from", from_), ("to", to)):
-        if moment is not None and moment.tzinfo is None:
-            raise Problem(
-                422,
-                "Invalid time range",
-                f"`{name}` needs a time zone offset (e.g. Z).",
-                kind="invalid-range",
-                location=f"query.{name}",
-            )
+    # Told back in UTC, as every row's window is: a bound sent with another offset made a row cut
+    # to it start at "10:00:00+05:30" and end at "…Z".
+    from_, to = _in_utc("from", from_), _in_utc("to", to)
     if from_ is not None:
         whole_minute("from", from_)
     if to is not None:
@@ -163,12 +197,12 @@ def _body(definition: MeterDefinition, question: MeterQuestion, rows: list[Meter
         "meter": question.slug,
         "aggregation": definition.aggregation.value,
         "window_size": question.window_size.value if question.window_size else None,
-        "from": question.start.isoformat() if question.start else None,
-        "to": question.end.isoformat() if question.end else None,
+        "from": _utc_text(question.start),
+        "to": _utc_text(question.end),
         "data": [
             {
-                "window_start": row.window_start.isoformat().replace("+00:00", "Z"),
-                "window_end": row.window_end.isoformat().replace("+00:00", "Z"),
+                "window_start": _utc_text(row.window_start),
+                "window_end": _utc_text(row.window_end),
                 "value": row.value,
                 "subject": row.subject or None,  # usage consumed without a subject: null, as a missing dimension is
                 "group_by": row.group_by,
@@ -190,11 +224,13 @@ def meter_answer(platform: Platform, tenant_id: str, question: MeterQuestion) ->
 @router.get("/{slug}/query", response_model=MeterQueryResult, response_class=ExactJSONResponse)
 def query_meter(
     question: QuestionDep,
+    request: Request,
     platform: PlatformDep,
     principal: TenantDep,
     as_of: Annotated[Rfc3339Time | None, Query(description=f"{AS_OF} (`to` bounds event time instead)")] = None,
 ) -> ExactJSONResponse:
     """The caller's usage on one meter, per window and group."""
+    _refuse_unknown(request, (*QUESTION_PARAMETERS, "as_of"), "query")
     as_of_check(as_of)
     tenant_id = principal.tenant_id or ""
     if as_of is None:
@@ -236,6 +272,7 @@ async def watch_meter(
     ] = None,
 ) -> StreamingResponse:
     """The caller's usage on one meter, live: the query's answer again each time the views change it."""
+    _refuse_unknown(request, QUESTION_PARAMETERS, "watch")  # `as_of` too: a watch follows the live views
     watches: MeterWatches = request.app.state.watches
     tenant_id = principal.tenant_id or ""
     try:

@@ -147,6 +147,29 @@ async def test_meter_definitions_are_validated(omni: Omni) -> None:
     assert_problem(await post("/v1/meters", json=ok, headers=admin), 409)
 
 
+async def test_a_meter_definitions_reasons_are_each_at_its_place(omni: Omni) -> None:
+    """A rule across fields names the field it refuses, as a field's own rule does: `body` alone
+    told an admin neither which field nor which dimension."""
+    admin = omni.auth(ADMIN)
+    cases = [
+        ({"aggregation": "SUM"}, [("body.value_property", "SUM meters need a value_property")]),
+        (
+            {"aggregation": "COUNT", "value_property": "$.data.n"},
+            [("body.value_property", "COUNT meters take no value_property")],
+        ),
+        (
+            {"aggregation": "COUNT", "group_by": {"subject": "$.data.s", "a b": "$.data.ab", "ok": "$.data.ok"}},
+            [("body.group_by.subject", "group_by key 'subject' is reserved"), ("body.group_by.a b", "must be an identifier")],
+        ),
+    ]
+    for fields, expected in cases:
+        body = assert_problem(
+            await omni.client.post("/v1/meters", json={"slug": "x", "event_type": "t", **fields}, headers=admin), 422
+        )
+        assert [error["location"] for error in body["errors"]] == [location for location, _ in expected], body
+        assert all(reason in error["reason"] for error, (_, reason) in zip(body["errors"], expected, strict=True))
+
+
 @pytest.fixture
 async def small(tmp_path: Path):  # type: ignore[no-untyped-def]
     platform = build(embedded_settings(tmp_path / "data", max_body_bytes=4096, max_batch_events=5))

@@ -127,3 +127,13 @@ async def test_head_metrics_documents_the_answers_get_has(document: dict[str, An
     assert {"401", "404"} <= set(head["responses"])
     assert set(head["responses"]) == set(get["responses"])
     assert head["security"] == get["security"]
+
+
+async def test_the_meter_answers_name_their_types(document: dict[str, Any]) -> None:
+    """A generated client gets typed meters and query answers: the list's items were any object, and
+    the answer's aggregation and window size any text."""
+    schemas = document["components"]["schemas"]
+    assert schemas["MeterList"]["properties"]["data"]["items"] == {"$ref": "#/components/schemas/MeterDefinition"}
+    result = schemas["MeterQueryResult"]["properties"]
+    assert result["aggregation"] == {"$ref": "#/components/schemas/Aggregation"}
+    assert {"$ref": "#/components/schemas/WindowSize"} in result["window_size"]["anyOf"]
