@@ -40,6 +40,25 @@ class StoreUnavailable(Exception):
     """The view database cannot be reached. Reads answer 503."""
 
 
+# SQLite's primary result codes that say the file cannot be used now, whatever the statement: the
+# disk full, an I/O error, the file or its file system read-only, another connection's lock held past
+# the timeout, the file not openable. A mistake in the SQL (SQLITE_ERROR) or a constraint is not one.
+_OUTAGES = {
+    5,  # SQLITE_BUSY
+    6,  # SQLITE_LOCKED
+    8,  # SQLITE_READONLY
+    10,  # SQLITE_IOERR
+    13,  # SQLITE_FULL
+    14,  # SQLITE_CANTOPEN
+}
+
+
+def sqlite_outage(failure: sqlite3.Error) -> bool:
+    """Whether `failure` is of the file's own (full, read-only, I/O, locked), not of the statement."""
+    code = getattr(failure, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in _OUTAGES
+
+
 class Tx(Protocol):
     dialect: str
 
@@ -264,11 +283,13 @@ class SqliteDatabase:
                 raise StoreUnavailable(str(failure)) from failure
             try:
                 yield _SqliteTx(self._db)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            else:
                 self._db.execute("COMMIT")
+            except BaseException as failure:
+                if self._db.in_transaction:  # SQLite rolls back by itself on some errors (a full disk, I/O)
+                    self._db.execute("ROLLBACK")
+                if isinstance(failure, sqlite3.Error) and sqlite_outage(failure):
+                    raise StoreUnavailable(str(failure)) from failure
+                raise
 
     @contextmanager
     def reading(self) -> Iterator[_SqliteTx]:
