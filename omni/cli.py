@@ -436,6 +436,42 @@ def replay(
     raise typer.Exit(asyncio.run(run_replay(settings, projections or [], diff=diff, swap=swap, until=until, keep=keep)))
 
 
+@app.command()
+def backup(
+    destination: Annotated[Path, typer.Argument(help="A new folder for the copy (it must not exist)")],
+) -> None:
+    """Copy the embedded data directory as it stands at one instant, while `omni serve` runs (README, "Backups")."""
+    from omni.backup import BackupFailed
+    from omni.backup import backup as copy_data_dir
+
+    settings = load_settings("backup")
+    if settings.mode is not Mode.EMBEDDED:
+        typer.echo(
+            "omni backup: `omni backup` copies embedded mode's data directory; in Kafka mode back up PostgreSQL "
+            '(pg_dump) and keep the topics, whose retention is disabled (README, "Backups").',
+            err=True,
+        )
+        raise typer.Exit(2)
+    try:
+        copied = copy_data_dir(settings.data_dir, destination)
+    except BackupFailed as failed:
+        typer.echo(f"omni backup: {failed}", err=True)
+        raise typer.Exit(2) from failed
+    for name, size in copied.files.items():
+        typer.echo(f"{copied.destination / name}\t{size}")
+    kept_outside = [
+        variable
+        for variable, value in (
+            ("OMNI_ADMIN_KEY", settings.admin_key),
+            ("OMNI_GDPR_MASTER_KEY", settings.gdpr_master_key),
+            ("OMNI_AUDIT_SIGNING_KEY", settings.audit_signing_key),
+        )
+        if value
+    ]
+    if kept_outside:
+        typer.echo(f"omni backup: {', '.join(kept_outside)} set: keep each with the copy, which does not hold it", err=True)
+
+
 @app.command("gdpr-master-key")
 def new_master_key() -> None:
     """Print a new GDPR master key (32 random bytes in base64) for OMNI_GDPR_MASTER_KEY."""
