@@ -259,7 +259,10 @@ class SqliteDatabase:
 
     dialect = "sqlite"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, durable: bool = False) -> None:
+        """`durable`: each commit is synced to disk before it returns (synchronous=FULL), for what a
+        later commit elsewhere depends on (the data keys, which the log's sealed events need);
+        otherwise a power cut may take the last commits back (NORMAL: the views, folded again)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self._path = path
         self._readers: list[sqlite3.Connection] = []  # idle read-only connections, for `reading`
@@ -267,7 +270,7 @@ class SqliteDatabase:
         self._closed = False
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         # SQLite has no sha256: the schema's migration of the de-duplication memory calls this one.
         from stores.views import seen_digest  # here, not at the top: stores.views imports this module
 
