@@ -393,7 +393,8 @@ def build(settings: Settings) -> Platform:
     db.migrate(schema.SCHEMA)
     control = ControlPlane(env=event_store_env(settings))
     # The data keys live in the event store's database: its own file in embedded mode, its schema in PostgreSQL.
-    keys_db = SqliteDatabase(settings.data_dir / "eventstore.sqlite") if settings.mode is Mode.EMBEDDED else db
+    # Synced at each commit: an event sealed with a new key is on the log (synced) before its 202.
+    keys_db = SqliteDatabase(settings.data_dir / "eventstore.sqlite", durable=True) if settings.mode is Mode.EMBEDDED else db
     data_keys.migrate(keys_db)
     personal = PersonalData(master_key_from(gdpr_master_key(settings)), keys_db, control.recorder, control.mapper.to_domain_event)
     control.seal_actor = personal.seal_actor  # the audit trail's IP addresses and user agents

@@ -12,8 +12,9 @@ import psycopg
 import typer
 from pydantic import ValidationError
 
-from omni import logs
+from omni import data_dir, logs
 from omni.bootstrap import Platform, admin_key, admin_key_path, build, new_admin_key, stored_admin_key
+from omni.data_dir import DataDirLock
 from omni.runtime import set_niceness, tune_collector
 from omni.settings import Mode, Settings
 from stores.shadow import PROJECTIONS
@@ -58,6 +59,7 @@ def serve(
     """Serve the API. In embedded mode the relay and the projection runner run in-process too."""
     settings = load_settings("serve")
     logs.configure(settings.log_level)
+    lock = hold_data_dir(settings)  # before anything is written there
     set_niceness(settings.cpu_nice)  # before any thread starts: threads take their creator's niceness
     check_master_key(settings)
     check_admin_key(settings)
@@ -76,6 +78,20 @@ def serve(
         # Printed once, when generated, never again at later starts (logs are often kept and shared).
         typer.echo(f"Admin key (generated now; `omni admin-key` prints it again): {new_admin_key}", err=True)
     serve_app(api, settings, host=host, port=port)
+    if lock is not None:
+        lock.release()
+
+
+def hold_data_dir(settings: Settings) -> DataDirLock | None:
+    """Embedded mode: this process takes the data directory for itself (omni.data_dir), or says why
+    it cannot (another `omni serve` on it, a directory it cannot write) and exits 2."""
+    if settings.mode is not Mode.EMBEDDED:
+        return None
+    try:
+        return data_dir.hold(settings.data_dir)
+    except (data_dir.DataDirInUse, data_dir.DataDirUnwritable) as refused:
+        typer.echo(f"omni serve: {refused}.", err=True)
+        raise typer.Exit(2) from refused
 
 
 def check_master_key(settings: Settings) -> None:
@@ -418,6 +434,42 @@ def replay(
     logs.configure(settings.log_level)
     tune_collector(settings.gc_gen0_threshold)  # a rebuild allocates as `omni serve` does, in bulk
     raise typer.Exit(asyncio.run(run_replay(settings, projections or [], diff=diff, swap=swap, until=until, keep=keep)))
+
+
+@app.command()
+def backup(
+    destination: Annotated[Path, typer.Argument(help="A new folder for the copy (it must not exist)")],
+) -> None:
+    """Copy the embedded data directory as it stands at one instant, while `omni serve` runs (README, "Backups")."""
+    from omni.backup import BackupFailed
+    from omni.backup import backup as copy_data_dir
+
+    settings = load_settings("backup")
+    if settings.mode is not Mode.EMBEDDED:
+        typer.echo(
+            "omni backup: `omni backup` copies embedded mode's data directory; in Kafka mode back up PostgreSQL "
+            '(pg_dump) and keep the topics, whose retention is disabled (README, "Backups").',
+            err=True,
+        )
+        raise typer.Exit(2)
+    try:
+        copied = copy_data_dir(settings.data_dir, destination)
+    except BackupFailed as failed:
+        typer.echo(f"omni backup: {failed}", err=True)
+        raise typer.Exit(2) from failed
+    for name, size in copied.files.items():
+        typer.echo(f"{copied.destination / name}\t{size}")
+    kept_outside = [
+        variable
+        for variable, value in (
+            ("OMNI_ADMIN_KEY", settings.admin_key),
+            ("OMNI_GDPR_MASTER_KEY", settings.gdpr_master_key),
+            ("OMNI_AUDIT_SIGNING_KEY", settings.audit_signing_key),
+        )
+        if value
+    ]
+    if kept_outside:
+        typer.echo(f"omni backup: {', '.join(kept_outside)} set: keep each with the copy, which does not hold it", err=True)
 
 
 @app.command("gdpr-master-key")

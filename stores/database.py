@@ -40,6 +40,25 @@ class StoreUnavailable(Exception):
     """The view database cannot be reached. Reads answer 503."""
 
 
+# SQLite's primary result codes that say the file cannot be used now, whatever the statement: the
+# disk full, an I/O error, the file or its file system read-only, another connection's lock held past
+# the timeout, the file not openable. A mistake in the SQL (SQLITE_ERROR) or a constraint is not one.
+_OUTAGES = {
+    5,  # SQLITE_BUSY
+    6,  # SQLITE_LOCKED
+    8,  # SQLITE_READONLY
+    10,  # SQLITE_IOERR
+    13,  # SQLITE_FULL
+    14,  # SQLITE_CANTOPEN
+}
+
+
+def sqlite_outage(failure: sqlite3.Error) -> bool:
+    """Whether `failure` is of the file's own (full, read-only, I/O, locked), not of the statement."""
+    code = getattr(failure, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in _OUTAGES
+
+
 class Tx(Protocol):
     dialect: str
 
@@ -240,7 +259,10 @@ class SqliteDatabase:
 
     dialect = "sqlite"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, durable: bool = False) -> None:
+        """`durable`: each commit is synced to disk before it returns (synchronous=FULL), for what a
+        later commit elsewhere depends on (the data keys, which the log's sealed events need);
+        otherwise a power cut may take the last commits back (NORMAL: the views, folded again)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self._path = path
         self._readers: list[sqlite3.Connection] = []  # idle read-only connections, for `reading`
@@ -248,7 +270,7 @@ class SqliteDatabase:
         self._closed = False
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         # SQLite has no sha256: the schema's migration of the de-duplication memory calls this one.
         from stores.views import seen_digest  # here, not at the top: stores.views imports this module
 
@@ -264,11 +286,13 @@ class SqliteDatabase:
                 raise StoreUnavailable(str(failure)) from failure
             try:
                 yield _SqliteTx(self._db)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            else:
                 self._db.execute("COMMIT")
+            except BaseException as failure:
+                if self._db.in_transaction:  # SQLite rolls back by itself on some errors (a full disk, I/O)
+                    self._db.execute("ROLLBACK")
+                if isinstance(failure, sqlite3.Error) and sqlite_outage(failure):
+                    raise StoreUnavailable(str(failure)) from failure
+                raise
 
     @contextmanager
     def reading(self) -> Iterator[_SqliteTx]:

@@ -81,6 +81,13 @@ def _migrate(db: sqlite3.Connection) -> None:
                 raise
 
 
+def rollback(db: sqlite3.Connection) -> None:
+    """End a failed transaction. SQLite rolls one back by itself on some errors (a full disk, an I/O
+    error): a ROLLBACK then fails with "no transaction is active" and hides the error that matters."""
+    if db.in_transaction:
+        db.execute("ROLLBACK")
+
+
 @dataclass(frozen=True, slots=True)
 class _Request:
     """One caller's part of a group commit."""
@@ -262,7 +269,7 @@ class EmbeddedLog:
             self._append_rows(db, topic, items)
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            rollback(db)
             raise
 
     def _ingest(self, db: sqlite3.Connection, requests: Sequence[_Request]) -> list[list[bool]]:
@@ -293,7 +300,7 @@ class EmbeddedLog:
             self._append_rows(db, self.topics.usage, fresh)
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            rollback(db)
             raise
         if purge:
             self._last_purge = now

@@ -35,7 +35,7 @@ from schemas.meters import Aggregation, MeterDefinition
 from stores import quotas as quota_views
 from stores import views
 from stores.database import Database, Tx
-from streams.embedded_log import EmbeddedLog
+from streams.embedded_log import EmbeddedLog, rollback
 from streams.log import Outgoing
 from streams.quota_ledger import ConsumeOutcome, ConsumeRequest
 
@@ -86,7 +86,7 @@ class EmbeddedQuotaLedger:
             outcome = self._decide(db, request)
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            rollback(db)
             raise
         return outcome
 
@@ -159,7 +159,7 @@ class EmbeddedQuotaLedger:
                     _set_mark(db, topic, partition, end)
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                rollback(db)
                 raise
 
         self.log.run_locked(add)
@@ -203,7 +203,7 @@ class EmbeddedQuotaLedger:
             db.execute("COMMIT")
             metrics.QUOTA_REBUILDS.inc()
         except BaseException:
-            db.execute("ROLLBACK")
+            rollback(db)
             raise
         return True
 
