@@ -253,7 +253,25 @@ WATCH_ANSWER = {
         "JSON line; `id`, a digest of it), first at once and then whenever it changes; `problem` (RFC 9457) "
         "before the server ends a watch it cannot go on with; comment lines while nothing changes."
     ),
-    "content": {EVENT_STREAM: {"schema": {"type": "string"}}},
+    # Each event, as OpenAPI 3.1 tools read the `schema` of an event stream (3.2 calls it `itemSchema`).
+    "content": {
+        EVENT_STREAM: {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "event": {"type": "string", "enum": ["usage", "problem"]},
+                    "id": {"type": "string", "description": "`usage`: a digest of its answer (send it as Last-Event-ID)"},
+                    "data": {
+                        "type": "string",
+                        "contentMediaType": "application/json",
+                        "description": "`usage`: the query's answer (MeterQueryResult); `problem`: an RFC 9457 problem",
+                    },
+                    "retry": {"type": "integer", "description": "Milliseconds to wait before reconnecting"},
+                },
+                "required": ["data"],
+            }
+        }
+    },
 }
 
 
