@@ -41,8 +41,22 @@ ids = RandomIdGenerator()
 # The request's span is TracingMiddleware's; FastAPI's own (and its operation spans, metrics and
 # logs, which Omni does not configure) would only add to every request's cost.
 TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
+# HTTP's own methods (RFC 9110, and PATCH), as OpenTelemetry's `http.request.method` knows them: any
+# other token is `_OTHER` (the span's `http.request.method_original` keeps it) in spans and in the
+# metrics' `method` label, so no caller makes a series, or a span name, per method it makes up.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+OTHER_METHOD = "_OTHER"
 # The headers the propagators read (W3C trace context and baggage).
 _PROPAGATED = {b"traceparent": "traceparent", b"tracestate": "tracestate", b"baggage": "baggage"}
+
+
+def method_label(method: str) -> str:
+    return method if method in KNOWN_METHODS else OTHER_METHOD
+
+
+def _span_method(method: str) -> str:
+    """A span name's method: OpenTelemetry's conventions name a span of another method `HTTP`."""
+    return method if method in KNOWN_METHODS else "HTTP"
 
 
 def ensure_provider() -> None:
@@ -94,8 +108,11 @@ def request_span(method: str, path: str, headers: Iterable[tuple[bytes, bytes]],
         finally:
             otel_context.detach(token)
         return
-    attributes = {"http.request.method": method, "url.path": path, "url.scheme": scheme}
-    with tracer.start_as_current_span(f"{method} {path}", context=parent, kind=SpanKind.SERVER, attributes=attributes) as span:
+    attributes = {"http.request.method": method_label(method), "url.path": path, "url.scheme": scheme}
+    if method not in KNOWN_METHODS:
+        attributes["http.request.method_original"] = method
+    # Named by its method alone until a route answers (`named`): never by the path, which holds ids.
+    with tracer.start_as_current_span(_span_method(method), context=parent, kind=SpanKind.SERVER, attributes=attributes) as span:
         yield span
 
 
@@ -103,7 +120,7 @@ def named(span: Span, method: str, route: str | None) -> None:
     """Name a recording span after the route that answered (its template, not the path)."""
     if route is not None and span.is_recording():
         span.set_attribute("http.route", route)
-        span.update_name(f"{method} {route}")
+        span.update_name(f"{_span_method(method)} {route}")
 
 
 class TracingMiddleware:
