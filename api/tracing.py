@@ -94,6 +94,11 @@ def traceparent_of(span: Span) -> str | None:
     return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
 
 
+def current_traceparent() -> str | None:
+    """The W3C traceparent of the current span (a request's server span, in a route)."""
+    return traceparent_of(trace.get_current_span())
+
+
 @contextmanager
 def request_span(method: str, path: str, headers: Iterable[tuple[bytes, bytes]], scheme: str) -> Iterator[Span]:
     """A request's server span, current within the block: a child of the trace the caller's headers
