@@ -20,16 +20,18 @@ event: schemas/cloudevents.py.)
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from fastapi import FastAPI
 from fastapi.telemetry import TelemetryConfig
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -46,8 +48,14 @@ TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 # metrics' `method` label, so no caller makes a series, or a span name, per method it makes up.
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 OTHER_METHOD = "_OTHER"
-# The headers the propagators read (W3C trace context and baggage).
-_PROPAGATED = {b"traceparent": "traceparent", b"tracestate": "tracestate", b"baggage": "baggage"}
+# The caller's W3C trace context: `traceparent` and `tracestate` (baggage, which Omni never reads,
+# is not parsed: OpenTelemetry warns once per bad member of it, echoing the member).
+_PROPAGATED = {b"traceparent": "traceparent", b"tracestate": "tracestate"}
+_TRACE_CONTEXT = TraceContextTextMapPropagator()
+# What a caller's trace headers hold is the caller's concern: an invalid one is ignored, as W3C trace
+# context says, and not logged. OpenTelemetry logs a WARNING for a traceparent past 512 characters
+# and for each bad tracestate member (echoing it): lines any caller, without a key, could make.
+_QUIET = ("opentelemetry.trace.propagation.tracecontext", "opentelemetry.trace.span")
 
 
 def method_label(method: str) -> str:
@@ -104,7 +112,7 @@ def request_span(method: str, path: str, headers: Iterable[tuple[bytes, bytes]],
     """A request's server span, current within the block: a child of the trace the caller's headers
     name, if any. Non-recording while nothing receives spans (see the module's doc)."""
     carrier = {_PROPAGATED[name]: value.decode("latin-1") for name, value in headers if name in _PROPAGATED}
-    parent = propagate.extract(carrier) if carrier else Context()
+    parent = _TRACE_CONTEXT.extract(carrier) if carrier else Context()
     if not telemetry.recording():
         span: Span = _unrecorded_child(trace.get_current_span(parent).get_span_context())
         token = otel_context.attach(trace.set_span_in_context(span, parent))
@@ -164,4 +172,6 @@ class TracingMiddleware:
 
 def install(app: FastAPI) -> None:
     ensure_provider()
+    for name in _QUIET:
+        logging.getLogger(name).setLevel(logging.ERROR)
     app.add_middleware(TracingMiddleware)

@@ -3,7 +3,10 @@ something receives spans, a non-recording one with the same ids until then."""
 
 from __future__ import annotations
 
+import logging
+
 import httpx
+import pytest
 from fastapi import FastAPI, Request
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -151,3 +154,31 @@ async def test_a_span_is_never_named_after_a_path_nor_a_method_the_caller_made_u
     originals = [(s.attributes or {}).get("http.request.method_original") for s in spans]
     assert methods == ["GET", "_OTHER", "_OTHER"] and originals == [None, "MADEUP", "MADEUP"]
     assert [(s.attributes or {}).get("url.path") for s in spans] == ["/nothing/4f1c2a", "/things/1", "/nothing/4f1c2a"]
+
+
+async def test_trace_headers_a_caller_sends_cost_no_log_lines(caplog: pytest.LogCaptureFixture) -> None:
+    """The caller's trace headers are the caller's: Omni reads `traceparent` and `tracestate` (W3C
+    trace context) and ignores what is invalid, as the spec says, without a word. It read `baggage`
+    too, which it never uses, and OpenTelemetry logged a WARNING per bad member, echoing it: one
+    8 KB request, before any key was checked, wrote 182 log lines."""
+    tracing.ensure_provider()
+    app = FastAPI(telemetry=tracing.TELEMETRY)
+    tracing.install(app)
+
+    @app.get("/things")
+    async def things(request: Request) -> dict[str, str | None]:
+        return {"trace_id": request.state.trace_id}
+
+    headers = {
+        "traceparent": f"00-{CALLER}-00f067aa0ba902b7-01",
+        "tracestate": ",".join(["=bad"] * 30),
+        "baggage": ";," * 4000,
+    }
+    caplog.set_level(logging.DEBUG)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        response = await client.get("/things", headers=headers)
+        too_long = await client.get("/things", headers={"traceparent": "x" * 8000})
+    assert response.status_code == too_long.status_code == 200
+    assert response.json()["trace_id"] == CALLER  # the valid traceparent joined; the bad tracestate dropped
+    assert too_long.json()["trace_id"] != CALLER
+    assert [r.getMessage()[:80] for r in caplog.records if r.name.startswith("opentelemetry")] == []
