@@ -223,12 +223,12 @@ class Pools(Collector):
             requests.add_metric([name, "failed"], stats.get("requests_errors", 0))
         yield from (size, most, waiting, requests)
         clients = GaugeMetricFamily("omni_redis_pool_connections", "Redis client connections, by state", labels=["state"])
-        in_use = idle = 0
-        for pool in list(self._redis):
-            in_use += len(getattr(pool, "_in_use_connections", ()))
-            idle += len(getattr(pool, "_available_connections", ()))
-        clients.add_metric(["in_use"], in_use)
-        clients.add_metric(["idle"], idle)
+        watched = list(self._redis)
+        if watched:  # a process without Redis (embedded mode, the relay) shows none, not an idle pool
+            in_use = sum(len(getattr(pool, "_in_use_connections", ())) for pool in watched)
+            idle = sum(len(getattr(pool, "_available_connections", ())) for pool in watched)
+            clients.add_metric(["in_use"], in_use)
+            clients.add_metric(["idle"], idle)
         yield clients
 
 

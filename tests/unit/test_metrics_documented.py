@@ -63,3 +63,21 @@ def test_every_exported_metric_is_documented_with_its_labels() -> None:
     assert sorted(table.keys() - served.keys()) == [], "in the README's table of metrics, not exported"
     for name, labels in served.items():
         assert sorted(table[name]) == sorted(labels), f"{name}: the README says {table[name]}, /metrics has {labels}"
+
+
+def test_a_process_without_redis_shows_no_redis_connections() -> None:
+    """omni_redis_pool_connections comes from the Redis clients a process watches: embedded mode
+    and the relay have none, and showed `in_use 0, idle 0` as if a pool sat idle."""
+    from omni.metrics import Pools
+
+    class Client:
+        _in_use_connections = [object()]
+        _available_connections = [object(), object()]
+
+    pools = Pools()
+    redis = {f.name: f for f in pools.collect()}["omni_redis_pool_connections"]
+    assert redis.samples == []
+    client = Client()
+    pools.watch_redis(client)
+    redis = {f.name: f for f in pools.collect()}["omni_redis_pool_connections"]
+    assert {s.labels["state"]: s.value for s in redis.samples} == {"in_use": 1, "idle": 2}
