@@ -59,8 +59,7 @@ def create_app(settings: Settings | None = None, *, platform: Platform | None = 
     problems.install(app)
     lean_consume.install(app)  # consume's common case, past FastAPI's routing (after the edge's checks)
     edge.install(app, platform)  # innermost but for lean_consume: it runs after tracing and metering saw the request
-    if platform.settings.meter_api_calls:
-        metering.install(app, recorder)
+    metering.install(app, recorder if platform.settings.meter_api_calls else None)
     tracing.install(app)  # installed last, so it runs first: every later layer sees the span
     for router in (
         health.router,

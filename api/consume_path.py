@@ -163,6 +163,6 @@ class ConsumePath:
         return 408, [*response.raw_headers, NO_STORE], bytes(response.body)
 
     def _record(self, claim: Claim, status: int, traceparent: str | None) -> None:
-        if self.recorder is not None:  # as the ASGI path: its metrics and records come with the metering layer
-            latency_ms = (time.perf_counter() - claim.started) * 1000
-            record_call(self.recorder, self.template, "POST", status, latency_ms, claim.principal, traceparent)
+        """As the ASGI path's metering layer: counted in the metrics, and recorded unless OMNI_METER_API_CALLS=false."""
+        latency_ms = (time.perf_counter() - claim.started) * 1000
+        record_call(self.recorder, self.template, "POST", status, latency_ms, claim.principal, traceparent)

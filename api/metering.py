@@ -27,6 +27,7 @@ import uuid_utils
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.tracing import method_label
 from commands.control_plane import PLATFORM, Principal
 from omni import metrics
 from schemas.envelope import Actor, Envelope, encode
@@ -80,7 +81,7 @@ class ApiCallMiddleware:
     """Plain ASGI rather than `@app.middleware("http")`, whose task group and memory streams
     cost more per request than the recording itself."""
 
-    def __init__(self, app: ASGIApp, recorder: ApiCallRecorder) -> None:
+    def __init__(self, app: ASGIApp, recorder: ApiCallRecorder | None) -> None:
         self.app = app
         self.recorder = recorder
 
@@ -117,7 +118,7 @@ class ApiCallMiddleware:
 
 
 def record_call(
-    recorder: ApiCallRecorder,
+    recorder: ApiCallRecorder | None,
     template: str,
     method: str,
     status: int,
@@ -125,10 +126,11 @@ def record_call(
     principal: Principal | None,
     traceparent: str | None,
 ) -> None:
-    """Count a request in the HTTP metrics and, for a caller with a key, record its `api_call` event."""
-    metrics.labelled(metrics.HTTP_REQUESTS, template, method, str(status)).inc()
+    """Count a request in the HTTP metrics and, for a caller with a key, record its `api_call` event
+    (unless `recorder` is None: OMNI_METER_API_CALLS=false, where requests are counted all the same)."""
+    metrics.labelled(metrics.HTTP_REQUESTS, template, method_label(method), str(status)).inc()
     metrics.labelled(metrics.HTTP_LATENCY, template).observe(latency_ms / 1000)
-    if principal is None:
+    if principal is None or recorder is None:
         return  # counted above; never one durable record per anonymous request
     tenant = PLATFORM if principal.is_admin else principal.tenant_id
     now = datetime.now(UTC)
@@ -155,5 +157,8 @@ def record_call(
     )
 
 
-def install(app: FastAPI, recorder: ApiCallRecorder) -> None:
+def install(app: FastAPI, recorder: ApiCallRecorder | None) -> None:
+    """Count every request in the HTTP metrics, and record callers' `api_call` events with `recorder`
+    (None: OMNI_METER_API_CALLS=false; the metrics, which the platform's alerts read, stay)."""
+    metrics.seed_http_requests()
     app.add_middleware(ApiCallMiddleware, recorder=recorder)

@@ -20,16 +20,18 @@ event: schemas/cloudevents.py.)
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from fastapi import FastAPI
 from fastapi.telemetry import TelemetryConfig
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -41,8 +43,28 @@ ids = RandomIdGenerator()
 # The request's span is TracingMiddleware's; FastAPI's own (and its operation spans, metrics and
 # logs, which Omni does not configure) would only add to every request's cost.
 TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
-# The headers the propagators read (W3C trace context and baggage).
-_PROPAGATED = {b"traceparent": "traceparent", b"tracestate": "tracestate", b"baggage": "baggage"}
+# HTTP's own methods (RFC 9110, and PATCH), as OpenTelemetry's `http.request.method` knows them: any
+# other token is `_OTHER` (the span's `http.request.method_original` keeps it) in spans and in the
+# metrics' `method` label, so no caller makes a series, or a span name, per method it makes up.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+OTHER_METHOD = "_OTHER"
+# The caller's W3C trace context: `traceparent` and `tracestate` (baggage, which Omni never reads,
+# is not parsed: OpenTelemetry warns once per bad member of it, echoing the member).
+_PROPAGATED = {b"traceparent": "traceparent", b"tracestate": "tracestate"}
+_TRACE_CONTEXT = TraceContextTextMapPropagator()
+# What a caller's trace headers hold is the caller's concern: an invalid one is ignored, as W3C trace
+# context says, and not logged. OpenTelemetry logs a WARNING for a traceparent past 512 characters
+# and for each bad tracestate member (echoing it): lines any caller, without a key, could make.
+_QUIET = ("opentelemetry.trace.propagation.tracecontext", "opentelemetry.trace.span")
+
+
+def method_label(method: str) -> str:
+    return method if method in KNOWN_METHODS else OTHER_METHOD
+
+
+def _span_method(method: str) -> str:
+    """A span name's method: OpenTelemetry's conventions name a span of another method `HTTP`."""
+    return method if method in KNOWN_METHODS else "HTTP"
 
 
 def ensure_provider() -> None:
@@ -80,12 +102,17 @@ def traceparent_of(span: Span) -> str | None:
     return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
 
 
+def current_traceparent() -> str | None:
+    """The W3C traceparent of the current span (a request's server span, in a route)."""
+    return traceparent_of(trace.get_current_span())
+
+
 @contextmanager
 def request_span(method: str, path: str, headers: Iterable[tuple[bytes, bytes]], scheme: str) -> Iterator[Span]:
     """A request's server span, current within the block: a child of the trace the caller's headers
     name, if any. Non-recording while nothing receives spans (see the module's doc)."""
     carrier = {_PROPAGATED[name]: value.decode("latin-1") for name, value in headers if name in _PROPAGATED}
-    parent = propagate.extract(carrier) if carrier else Context()
+    parent = _TRACE_CONTEXT.extract(carrier) if carrier else Context()
     if not telemetry.recording():
         span: Span = _unrecorded_child(trace.get_current_span(parent).get_span_context())
         token = otel_context.attach(trace.set_span_in_context(span, parent))
@@ -94,8 +121,11 @@ def request_span(method: str, path: str, headers: Iterable[tuple[bytes, bytes]],
         finally:
             otel_context.detach(token)
         return
-    attributes = {"http.request.method": method, "url.path": path, "url.scheme": scheme}
-    with tracer.start_as_current_span(f"{method} {path}", context=parent, kind=SpanKind.SERVER, attributes=attributes) as span:
+    attributes = {"http.request.method": method_label(method), "url.path": path, "url.scheme": scheme}
+    if method not in KNOWN_METHODS:
+        attributes["http.request.method_original"] = method
+    # Named by its method alone until a route answers (`named`): never by the path, which holds ids.
+    with tracer.start_as_current_span(_span_method(method), context=parent, kind=SpanKind.SERVER, attributes=attributes) as span:
         yield span
 
 
@@ -103,7 +133,7 @@ def named(span: Span, method: str, route: str | None) -> None:
     """Name a recording span after the route that answered (its template, not the path)."""
     if route is not None and span.is_recording():
         span.set_attribute("http.route", route)
-        span.update_name(f"{method} {route}")
+        span.update_name(f"{_span_method(method)} {route}")
 
 
 class TracingMiddleware:
@@ -142,4 +172,6 @@ class TracingMiddleware:
 
 def install(app: FastAPI) -> None:
     ensure_provider()
+    for name in _QUIET:
+        logging.getLogger(name).setLevel(logging.ERROR)
     app.add_middleware(TracingMiddleware)

@@ -288,6 +288,7 @@ class Platform:
             return views.relay_position(tx, CATALOG_APPLIED)
 
     async def _watch_keys(self) -> None:
+        metrics.KEY_CACHE_TRUSTED.set(self.keys.trusted)  # this process authenticates: its cache's state is shown
         if self.settings.mode is Mode.EMBEDDED:
             # The only process on this data: every key change is one of its own commands.
             await asyncio.to_thread(self.key_changes.start_watching)

@@ -65,7 +65,6 @@ class KeyCache:
         self._watched = False
         self._current = True
         self._generation = 0
-        metrics.KEY_CACHE_TRUSTED.set(0)
 
     @property
     def trusted(self) -> bool:
@@ -131,7 +130,7 @@ class KeyCache:
             self._entries.clear()
             self._watched, self._current = watched, current
             trusted = self.trusted
-        metrics.KEY_CACHE_TRUSTED.set(int(trusted))
+        metrics.KEY_CACHE_TRUSTED.set(trusted)
 
 
 class KeyChanges:

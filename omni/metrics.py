@@ -25,8 +25,6 @@ def labelled(metric: M, *values: str) -> M:
 
 EVENTS = Counter("omni_events_total", "Usage events offered to POST /v1/events", ["outcome"])
 HTTP_REQUESTS = Counter("omni_http_requests_total", "HTTP requests served", ["route", "method", "status"])
-for _status in ("500", "503"):  # exported from the start, so the first failure of ingest is an increase
-    HTTP_REQUESTS.labels("/v1/events", "POST", _status)
 HTTP_LATENCY = Histogram(
     "omni_http_request_seconds",
     "HTTP request latency",
@@ -58,10 +56,6 @@ DATA_KEY_READS = Counter(
 )
 KEY_CACHE = Counter(
     "omni_key_cache_total", "API key lookups answered from memory (hit) or by the event store (miss)", ["outcome"]
-)
-KEY_CACHE_TRUSTED = Gauge(
-    "omni_key_cache_trusted",
-    "1 while every API key change reaches this process's key cache; 0 while it is bypassed (its listener is down)",
 )
 REFUSED_BEFORE_AUTH = Counter(
     "omni_http_refused_before_auth_total",
@@ -104,6 +98,39 @@ SLO_ALERT_FIRING = Gauge(
     "1 while an SLO's alert fires as the fold evaluates it by event time (omni.slo.alert_fired / _resolved)",
     ["owner", "slo", "alert"],
 )
+
+
+def seed_http_requests() -> None:
+    """The API's first 5xx of POST /v1/events exported at 0 from the start, so `increase()` sees the
+    first failure of ingest. Called by the API alone: a worker or a relay serves no request."""
+    for status in ("500", "503"):
+        HTTP_REQUESTS.labels("/v1/events", "POST", status)
+
+
+class KeyCacheTrust(Collector):
+    """omni_key_cache_trusted: 1 while every API key change reaches this process's key cache, 0 while
+    it is bypassed. No sample until an API process says which (`set`): a process that
+    authenticates no one (omni worker, omni relay) has no key cache to trust, and a 0 from it made
+    `min(omni_key_cache_trusted)` read as a bypassed cache everywhere."""
+
+    def __init__(self) -> None:
+        self._trusted: bool | None = None
+
+    def set(self, trusted: bool) -> None:
+        self._trusted = trusted
+
+    def collect(self) -> Iterator[Metric]:
+        trusted = GaugeMetricFamily(
+            "omni_key_cache_trusted",
+            "1 while every API key change reaches this process's key cache; 0 while it is bypassed (its listener is down)",
+        )
+        if self._trusted is not None:
+            trusted.add_metric([], int(self._trusted))
+        yield trusted
+
+
+KEY_CACHE_TRUSTED = KeyCacheTrust()
+REGISTRY.register(KEY_CACHE_TRUSTED)
 
 
 class Freshness(Collector):
@@ -197,12 +224,12 @@ class Pools(Collector):
             requests.add_metric([name, "failed"], stats.get("requests_errors", 0))
         yield from (size, most, waiting, requests)
         clients = GaugeMetricFamily("omni_redis_pool_connections", "Redis client connections, by state", labels=["state"])
-        in_use = idle = 0
-        for pool in list(self._redis):
-            in_use += len(getattr(pool, "_in_use_connections", ()))
-            idle += len(getattr(pool, "_available_connections", ()))
-        clients.add_metric(["in_use"], in_use)
-        clients.add_metric(["idle"], idle)
+        watched = list(self._redis)
+        if watched:  # a process without Redis (embedded mode, the relay) shows none, not an idle pool
+            in_use = sum(len(getattr(pool, "_in_use_connections", ())) for pool in watched)
+            idle = sum(len(getattr(pool, "_available_connections", ())) for pool in watched)
+            clients.add_metric(["in_use"], in_use)
+            clients.add_metric(["idle"], idle)
         yield clients
 
 

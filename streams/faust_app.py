@@ -446,7 +446,11 @@ def run_worker(settings: Settings) -> None:
     # The topics must exist before the consumer subscribes (the broker does not auto-create them).
     loop.run_until_complete(retry_forever("creating the topics on Kafka", kafka.ping))
     app = create_worker_app(settings, db, kafka, readiness)
-    worker = faust.Worker(app, loglevel=settings.log_level, loop=loop, override_logging=False)
+    worker = faust.Worker(app, loglevel=settings.log_level, loop=loop, override_logging=False, quiet=True)
+    # Nothing but the JSON log records (omni/logs.py) on the output: no banner (quiet) and no terminal
+    # spinner, whose escapes and `OK ^` a log shipper cannot parse (Faust drops it only when it sets
+    # up logging itself, which override_logging=False keeps it from doing).
+    worker.spinner = None
     tune_collector(settings.gc_gen0_threshold)
     try:
         worker.execute_from_commandline()

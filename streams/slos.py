@@ -11,14 +11,17 @@ With no SLO defined, a batch costs one query that finds no rows.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import heapq
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 
 from omni import metrics
 from projections import slos as slo_view
 from schemas.envelope import Envelope, decode, recorded_time_of
+from schemas.slos import SloWindow
 from stores import slos as slo_store
 from stores import views
 from stores.database import Database, Tx
@@ -217,6 +220,12 @@ def _show(row: slo_store.SloRow, judged: Sequence[slo_view.Run], state: slo_view
     good, total = sum(run[1] for run in judged), sum(run[2] for run in judged)
     metrics.SLO_EVENTS.labels(row.owner, row.name, "good").inc(good)
     metrics.SLO_EVENTS.labels(row.owner, row.name, "bad").inc(total - good)
-    metrics.SLO_OBJECTIVE.labels(row.owner, row.name, row.definition.window.value).set(row.definition.objective / 100)
+    window = row.definition.window
+    for other in SloWindow:  # a revision that changed the window: the old window's objective is gone
+        if other is not window:
+            with contextlib.suppress(KeyError):
+                metrics.SLO_OBJECTIVE.remove(row.owner, row.name, other.value)
+    # As the rules' slo:objective:ratio writes it (99.9 is 0.999, not 0.9990000000000001).
+    metrics.SLO_OBJECTIVE.labels(row.owner, row.name, window.value).set(float(Decimal(repr(row.definition.objective)) / 100))
     for alert in slo_view.ALERTS:
         metrics.SLO_ALERT_FIRING.labels(row.owner, row.name, alert).set(1 if state and alert in state.firing else 0)

@@ -12,7 +12,7 @@ from anyio import from_thread
 from fastapi import APIRouter, Query
 from starlette.concurrency import run_in_threadpool
 
-from api import as_of
+from api import as_of, tracing
 from api.deps import CallerDep, PlatformDep, TenantDep, acting_tenant, named_tenant
 from api.problems import Problem
 from commands.control_plane import PLATFORM
@@ -146,6 +146,8 @@ async def consume(meter: str, body: ConsumeBody, platform: PlatformDep, principa
     now = platform.clock()
     period = period_of(now, quota.entitlement.period if quota else Period.DAY)
     actor = Actor(principal.key_id)
+    # The request's span: its records join the caller's trace, as an ingested event's do.
+    traceparent = tracing.current_traceparent()
     usage = Envelope(
         id=str(uuid_utils.uuid7()),
         type=definition.event_type,
@@ -157,6 +159,7 @@ async def consume(meter: str, body: ConsumeBody, platform: PlatformDep, principa
         data=data,
         subject=body.subject,
         actor=actor,
+        traceparent=traceparent,
         extensions={QUOTA_CONSUME: consume_mark(meter, period)},
     )
     usage = await _sealed(platform, usage)
@@ -185,6 +188,7 @@ async def consume(meter: str, body: ConsumeBody, platform: PlatformDep, principa
         },
         subject=body.subject,
         actor=actor,
+        traceparent=traceparent,
     )
     request = ConsumeRequest(
         tenant_id=tenant_id,

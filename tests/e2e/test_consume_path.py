@@ -18,6 +18,7 @@ from prometheus_client import REGISTRY
 from api.app import create_app
 from api.consume_path import ConsumePath
 from omni.bootstrap import build
+from schemas.envelope import decode
 from tests.e2e import test_plans_and_quotas as scenarios
 from tests.e2e.conftest import ADMIN, Omni, embedded_settings
 from tests.e2e.test_http_server import exchange, serving, status_and_body
@@ -103,6 +104,13 @@ async def test_each_answer_is_the_asgi_paths_answer(served: tuple[Omni, int], ta
     assert fast.headers["traceparent"].split("-")[1] == TRACE.split("-")[1]  # the caller's trace, continued
     assert fast.headers["traceparent"] != asgi.headers["traceparent"]  # a span of its own
     assert taken == (["tokens"] if fast.status_code in (200, 429) else [])
+    if fast.status_code in (200, 429):  # the usage (or refusal) record carries the request's span, on both paths
+        topic = omni.platform.topics.usage
+        records = [
+            r for p in range(omni.platform.topics.partitions(topic)) for r in await omni.platform.log.read(topic, p, 0, 100)
+        ]
+        carried = {decode(r.value).source_id: decode(r.value).traceparent for r in records}
+        assert (carried["k-fast"], carried["k-asgi"]) == (fast.headers["traceparent"], asgi.headers["traceparent"])
 
 
 async def test_errors_the_route_raises_are_answered_by_the_apps_handlers(served: tuple[Omni, int], taken: list[str]) -> None:

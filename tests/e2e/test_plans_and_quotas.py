@@ -376,3 +376,31 @@ async def test_periods_reset_at_midnight_utc_and_nothing_counts_in_two(omni: Omn
         (midnight - timedelta(days=1)).isoformat().replace("+00:00", "Z"): 3,
         midnight.isoformat().replace("+00:00", "Z"): 3,
     }
+
+
+async def test_consumes_records_carry_the_callers_trace(omni: Omni) -> None:
+    """A consume's usage record and a refusal's record join the caller's trace, as an ingested
+    event's does (OpenTelemetry's messaging conventions: the context in the record's `traceparent`
+    header): they went onto the log without one, so a consume's fold was a trace of its own."""
+    from schemas.envelope import decode
+
+    _, key = await on_a_tokens_plan(omni, 10, "DAY")
+    trace = "5bf92f3577b34da6a3ce929d0e0e4731"
+    headers = {**omni.auth(key), "traceparent": f"00-{trace}-00f067aa0ba902b7-01"}
+    for idempotency_key, amount, status in (("traced-accepted", 6, 200), ("traced-refused", 6, 429)):
+        body = {"amount": amount, "idempotency_key": idempotency_key}
+        response = await omni.client.post("/v1/quotas/tokens/consume", json=body, headers=headers)
+        assert response.status_code == status, response.text
+        assert response.headers["traceparent"].split("-")[1] == trace
+    topic = omni.platform.topics.usage
+    records = [r for p in range(omni.platform.topics.partitions(topic)) for r in await omni.platform.log.read(topic, p, 0, 100)]
+    traced = {}
+    for record in records:
+        event = decode(record.value)
+        if event.source_id in ("traced-accepted", "traced-refused"):
+            header = dict(record.headers).get("traceparent")
+            traced[event.source_id] = (event.traceparent, None if header is None else header.decode())
+    assert traced.keys() == {"traced-accepted", "traced-refused"}
+    for kept, header in traced.values():
+        assert kept is not None and kept.split("-")[1] == trace
+        assert header == kept

@@ -160,3 +160,34 @@ async def test_status_and_history_from_the_log(omni: Omni) -> None:
 
 def _text(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
+
+
+async def test_the_objective_metric_follows_a_revised_window_and_reads_as_written(omni: Omni) -> None:
+    """omni_slo_objective_ratio{owner, slo, window}: a revision that changes the window leaves one
+    series, the new window's (the old one stayed at its last value, so the SLO dashboard showed two
+    objectives for one SLO, forever); and 99.9 is exported as 0.999, as the rules' slo:objective:ratio
+    has it, not 0.9990000000000001."""
+    from prometheus_client import REGISTRY
+
+    owner, key = await omni.tenant("objective")
+
+    def objectives() -> dict[str, float]:
+        return {
+            sample.labels["window"]: sample.value
+            for family in REGISTRY.collect()
+            if family.name == "omni_slo_objective_ratio"
+            for sample in family.samples
+            if sample.labels["owner"] == owner and sample.labels["slo"] == "avail"
+        }
+
+    async def folded(event_id: str) -> None:
+        ok = cloud_event(event_id, data={"status": 200, "model": "large"})
+        assert (await omni.send(key, [ok])).status_code == 202
+        await omni.settle()
+
+    await put_slo(omni, key, "avail", {**EVERY_TENANT, "objective": 99.9, "window": "7d"}, 201)
+    await folded("before-the-revision")
+    assert objectives() == {"7d": 0.999}
+    await put_slo(omni, key, "avail", {**EVERY_TENANT, "objective": 99.5, "window": "30d"}, 200)
+    await folded("after-the-revision")
+    assert objectives() == {"30d": 0.995}

@@ -90,3 +90,67 @@ def test_the_dashboards_are_what_the_script_writes() -> None:
         assert on_disk == dashboards.rendered(model), f"regenerate: python -m ops.grafana.dashboards ({name})"
         titles.add(json.loads(on_disk)["title"])
     assert titles == {"Omni: API", "Omni: stream", "Omni: SLOs"}
+
+
+SELECTOR = re.compile(r"\b(omni_[a-z0-9_]+)\s*\{([^}]*)\}")
+MATCHER = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:=~|!~|!=|=)")
+BY_CLAUSE = re.compile(r"\b(?:by|without|on|ignoring)\s*\(([^)]*)\)")
+TARGET_LABELS = {"job", "instance"}  # Prometheus's own, on every scraped series
+
+
+def labels_of() -> dict[str, set[str]]:
+    """Each exported series name with the labels its samples carry (a histogram's `_bucket` with `le`)."""
+    from tests.unit.test_metrics_documented import exported
+
+    found: dict[str, set[str]] = {}
+    for name, labels in exported().items():
+        found[name] = set(labels) | TARGET_LABELS
+        for suffix in ("_bucket", "_sum", "_count"):
+            found[f"{name}{suffix}"] = found[name] | ({"le"} if suffix == "_bucket" else set())
+    return found
+
+
+def label_problems(expr: str, known: dict[str, set[str]]) -> list[str]:
+    """Labels a query names that the series it reads do not have: in a selector, or (where it
+    reads Omni's series only) in a by/without/on/ignoring list."""
+    problems = []
+    for name, matchers in SELECTOR.findall(expr):
+        for label in MATCHER.findall(re.sub(r'"(?:[^"\\]|\\.)*"', '""', matchers)):
+            if label not in known.get(name, set()):
+                problems.append(f"{name} has no label {label!r}")
+    read = metrics_in(expr)
+    if read and all(name.startswith("omni_") for name in read):
+        carried = set().union(*(known.get(name, set()) for name in read))
+        for labels in BY_CLAUSE.findall(expr):
+            problems += [
+                f"no series read has a label {label!r}"
+                for label in map(str.strip, labels.split(","))
+                if label and label not in carried
+            ]
+    return problems
+
+
+def test_the_label_check_sees_a_wrong_label() -> None:
+    known = {"omni_x_total": {"route", "status"}}
+    assert label_problems('sum by (route) (rate(omni_x_total{status=~"5.."}[5m]))', known) == []
+    assert label_problems('sum by (path) (rate(omni_x_total{code="500"}[5m]))', known) == [
+        "omni_x_total has no label 'code'",
+        "no series read has a label 'path'",
+    ]
+
+
+def test_every_label_a_rule_or_a_dashboard_names_is_one_the_series_has() -> None:
+    """The rules and the panels name only labels the metrics they read carry: a label spelt wrong
+    (or one a metric lost) is a query that matches nothing, an alert that never fires."""
+    known = labels_of()
+    exprs = [
+        rule["expr"]
+        for path in (ROOT / "ops/prometheus").glob("*.rules.yml")
+        for group in yaml.safe_load(path.read_text())["groups"]
+        for rule in group["rules"]
+    ]
+    for model in dashboards.DASHBOARDS.values():
+        exprs += queries(model)
+    assert len(exprs) > 50
+    for expr in exprs:
+        assert label_problems(expr.replace("$owner", ".*").replace("$slo", ".*"), known) == [], expr

@@ -3,7 +3,10 @@ something receives spans, a non-recording one with the same ids until then."""
 
 from __future__ import annotations
 
+import logging
+
 import httpx
+import pytest
 from fastapi import FastAPI, Request
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -117,3 +120,65 @@ async def test_while_nothing_receives_spans_the_request_carries_the_same_trace_c
     _, trace_id, span_id, flags = body["traceparent"].split("-")
     assert trace_id not in (CALLER, "0" * 32) and span_id != "0" * 16 and flags == "01"
     assert body["child"].split("-")[1] == trace_id
+
+
+async def test_a_span_is_never_named_after_a_path_nor_a_method_the_caller_made_up() -> None:
+    """OpenTelemetry's HTTP conventions: a server span is `{method} {route}`, or `{method}` alone
+    when no route answered (a path holds ids: one span name per id swamps a tracing backend's
+    index), and a method HTTP does not define is `_OTHER` (`HTTP` in the name), the token sent
+    kept in `http.request.method_original`."""
+    tracing.ensure_provider()
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app = FastAPI(telemetry=tracing.TELEMETRY)
+    tracing.install(app)
+
+    @app.get("/things/{thing}")
+    async def thing() -> dict[str, str]:
+        return {}
+
+    caller = "7bf92f3577b34da6a3ce929d0e0e4739"
+    headers = {"traceparent": f"00-{caller}-00f067aa0ba902b7-01"}
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            assert (await client.get("/nothing/4f1c2a", headers=headers)).status_code == 404
+            assert (await client.request("MADEUP", "/things/1", headers=headers)).status_code == 405
+            assert (await client.request("MADEUP", "/nothing/4f1c2a", headers=headers)).status_code == 404
+        spans = [s for s in exporter.get_finished_spans() if format(s.context.trace_id, "032x") == caller]
+    finally:
+        exporter.shutdown()
+    assert [s.name for s in spans] == ["GET", "HTTP /things/{thing}", "HTTP"]
+    methods = [(s.attributes or {}).get("http.request.method") for s in spans]
+    originals = [(s.attributes or {}).get("http.request.method_original") for s in spans]
+    assert methods == ["GET", "_OTHER", "_OTHER"] and originals == [None, "MADEUP", "MADEUP"]
+    assert [(s.attributes or {}).get("url.path") for s in spans] == ["/nothing/4f1c2a", "/things/1", "/nothing/4f1c2a"]
+
+
+async def test_trace_headers_a_caller_sends_cost_no_log_lines(caplog: pytest.LogCaptureFixture) -> None:
+    """The caller's trace headers are the caller's: Omni reads `traceparent` and `tracestate` (W3C
+    trace context) and ignores what is invalid, as the spec says, without a word. It read `baggage`
+    too, which it never uses, and OpenTelemetry logged a WARNING per bad member, echoing it: one
+    8 KB request, before any key was checked, wrote 182 log lines."""
+    tracing.ensure_provider()
+    app = FastAPI(telemetry=tracing.TELEMETRY)
+    tracing.install(app)
+
+    @app.get("/things")
+    async def things(request: Request) -> dict[str, str | None]:
+        return {"trace_id": request.state.trace_id}
+
+    headers = {
+        "traceparent": f"00-{CALLER}-00f067aa0ba902b7-01",
+        "tracestate": ",".join(["=bad"] * 30),
+        "baggage": ";," * 4000,
+    }
+    caplog.set_level(logging.DEBUG)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        response = await client.get("/things", headers=headers)
+        too_long = await client.get("/things", headers={"traceparent": "x" * 8000})
+    assert response.status_code == too_long.status_code == 200
+    assert response.json()["trace_id"] == CALLER  # the valid traceparent joined; the bad tracestate dropped
+    assert too_long.json()["trace_id"] != CALLER
+    assert [r.getMessage()[:80] for r in caplog.records if r.name.startswith("opentelemetry")] == []
