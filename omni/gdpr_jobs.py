@@ -42,7 +42,7 @@ from schemas.gdpr import RequestKind, RequestStatus
 from schemas.topics import partition_for
 from stores import audit as audit_store
 from stores import gdpr as gdpr_store
-from stores.database import Tx
+from stores.database import EVENT_STORE_AWAY, StoreUnavailable, Tx
 
 if TYPE_CHECKING:
     from omni.bootstrap import Platform
@@ -94,7 +94,14 @@ class GdprJobs:
         task.add_done_callback(self._running.discard)
 
     async def _start(self, ctx: CommandContext, request: GdprRequest) -> None:
-        await self.run_claimed(ctx, request.tenant_id, str(request.id))
+        try:
+            await self.run_claimed(ctx, request.tenant_id, str(request.id))
+        except (*EVENT_STORE_AWAY, StoreUnavailable) as away:
+            # Not lost: the request stays unfinished, and the resumer runs it again once the
+            # database is back (keep_resuming). Said once here, not as a task nobody awaited.
+            log.warning(
+                "GDPR request %s stopped, a database is unreachable (%s); it is resumed when it is back", request.id, away
+            )
 
     async def wait(self) -> None:
         """Every job started so far has ended (tests, shutdown)."""
