@@ -9,8 +9,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import simplejson
-from eventsourcing.persistence import InterfaceError as EventStoreInterfaceError
-from eventsourcing.persistence import OperationalError as EventStoreOperationalError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import HTTPException, RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -20,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from api.audit import record_refusal
 from commands.errors import Conflict, Invalid, LimitReached, NotFound, Rejected, TooSoon
 from omni import metrics
-from stores.database import StoreUnavailable
+from stores.database import EVENT_STORE_AWAY, StoreUnavailable
 from streams.log import LogUnavailable
 
 log = logging.getLogger(__name__)
@@ -28,9 +26,6 @@ log = logging.getLogger(__name__)
 PROBLEM_BASE = "https://omni.dev/problems/"
 MEDIA_TYPE = "application/problem+json"
 CLIENT_CLOSED_REQUEST = 499  # never sent (the client is gone); what metrics count such a request as
-# What the event store (eventsourcing) raises once its own retries are spent: PostgreSQL (or SQLite)
-# unreachable, a connection lost or refused. As StoreUnavailable: 503, nothing was done.
-EVENT_STORE_AWAY: tuple[type[Exception], ...] = (EventStoreOperationalError, EventStoreInterfaceError)
 
 
 class Problem(Exception):

@@ -34,7 +34,7 @@ from omni.settings import Mode, Settings
 from schemas.topics import Topics
 from stores import data_keys, schema, views
 from stores import slos as slo_store
-from stores.database import Database, PostgresDatabase, SqliteDatabase
+from stores.database import EVENT_STORE_AWAY, Database, PostgresDatabase, SqliteDatabase, StoreUnavailable
 from stores.store_listener import StoreListener
 from streams.embedded_quotas import EmbeddedQuotaLedger
 from streams.log import EventLog, UsageSink
@@ -62,14 +62,15 @@ def event_store_env(settings: Settings) -> dict[str, str]:
         }
     url = urlparse(settings.database_url)
     return {
-        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        # eventsourcing's PostgreSQL persistence, each operation's wait bounded (stores/event_store.py).
+        "PERSISTENCE_MODULE": "stores.event_store:Factory",
+        "OMNI_DATABASE_WAIT_SECONDS": str(settings.database_wait_seconds),
         "POSTGRES_DBNAME": url.path.lstrip("/"),
         "POSTGRES_HOST": url.hostname or "localhost",
         "POSTGRES_PORT": str(url.port or 5432),
         "POSTGRES_USER": unquote(url.username or ""),
         "POSTGRES_PASSWORD": unquote(url.password or ""),
         "POSTGRES_SCHEMA": settings.database_schema,
-        "POSTGRES_CONNECT_TIMEOUT": "5",
         "POSTGRES_POOL_SIZE": "5",
         "CREATE_TABLE": "true",
     }
@@ -242,8 +243,17 @@ class Platform:
 
         try:
             result, position = await run_in_threadpool(act)
-        finally:
+        except (*EVENT_STORE_AWAY, StoreUnavailable):
+            # Nothing this process must catch up on now, and each catch-up would wait for the store
+            # in turn (the answer's 503 came minutes late): what the command may have stored before
+            # the store went away reaches the caches through the key listener, which catches up on
+            # everything when it listens again.
+            self.relay.wake()
+            raise
+        except BaseException:
             await self.after_command()
+            raise
+        await self.after_command()
         if position is not None:
             await self.views_reach(position)
         return result
@@ -379,7 +389,7 @@ def build(settings: Settings) -> Platform:
         sink = RedisDedupedSink(
             kafka, settings.redis_url, topics, claim_ttl=settings.dedupe_claim_seconds, keep_for=settings.redis_dedupe_seconds
         )
-        db = PostgresDatabase(settings.database_url, schema=settings.database_schema)
+        db = PostgresDatabase(settings.database_url, schema=settings.database_schema, wait_seconds=settings.database_wait_seconds)
         metrics.POOLS.watch_postgres(settings.database_schema, db.pool)
         quotas = RedisQuotaLedger(
             settings.redis_url,

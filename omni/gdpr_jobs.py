@@ -42,7 +42,8 @@ from schemas.gdpr import RequestKind, RequestStatus
 from schemas.topics import partition_for
 from stores import audit as audit_store
 from stores import gdpr as gdpr_store
-from stores.database import Tx
+from stores.database import EVENT_STORE_AWAY, StoreUnavailable, Tx
+from streams.log import LogUnavailable
 
 if TYPE_CHECKING:
     from omni.bootstrap import Platform
@@ -81,6 +82,11 @@ def _audit_entries_of(tx: Tx, chain: str, key_id: str) -> list[dict[str, Any]]:
         after = page[-1][0]
 
 
+# What stops a job without being the request's fault: a dependency away. The job stops, and the
+# request stays unfinished for the resumer (not `failed`).
+DEPENDENCY_AWAY: tuple[type[Exception], ...] = (LogUnavailable, StoreUnavailable, *EVENT_STORE_AWAY)
+
+
 class GdprJobs:
     def __init__(self, platform: Platform) -> None:
         self.platform = platform
@@ -94,7 +100,14 @@ class GdprJobs:
         task.add_done_callback(self._running.discard)
 
     async def _start(self, ctx: CommandContext, request: GdprRequest) -> None:
-        await self.run_claimed(ctx, request.tenant_id, str(request.id))
+        try:
+            await self.run_claimed(ctx, request.tenant_id, str(request.id))
+        except DEPENDENCY_AWAY as away:
+            # Not lost: the request stays unfinished, and the resumer runs it again once the
+            # dependency is back (keep_resuming). Said once here, not as a task nobody awaited.
+            log.warning(
+                "GDPR request %s stopped, a dependency is unreachable (%s); it is resumed when it is back", request.id, away
+            )
 
     async def wait(self) -> None:
         """Every job started so far has ended (tests, shutdown)."""
@@ -169,6 +182,13 @@ class GdprJobs:
         except IntegrityError:
             # Another job recorded a step first (its claim was lost with its connection): it goes on.
             log.warning("GDPR request %s: a step was recorded by another job; this one stops", request.id)
+        except DEPENDENCY_AWAY as away:
+            # A dependency away (Kafka, PostgreSQL, Redis) is no reason to fail a person's request for
+            # good: recorded `failed`, it was never run again, and the tenant had to ask anew. Left
+            # unfinished, the resumer runs it again (every minute) once the dependency is back.
+            log.warning(
+                "GDPR request %s stopped, a dependency is unreachable (%s); it is resumed when it is back", request.id, away
+            )
         except Exception as failure:
             # The reason names the failure's kind only: its text could quote personal data.
             log.exception("GDPR request %s failed", request.id)

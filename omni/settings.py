@@ -115,6 +115,10 @@ class Settings(BaseSettings):
     # Kafka mode: the usual names, no prefix, as every Kafka/PostgreSQL/Redis tool reads them.
     kafka_bootstrap_servers: str = Field(default="localhost:19092", validation_alias="KAFKA_BOOTSTRAP_SERVERS")
     database_url: str = Field(default="postgresql://omni:omni@127.0.0.1:15432/omni", validation_alias="DATABASE_URL")
+    # Kafka mode: how long a request waits to reach PostgreSQL (the event store or the views) before
+    # 503: for a connection from a pool, and retrying at once one that broke under it (README,
+    # "Configuration"). eventsourcing's own retries took about 50 s while PostgreSQL was away.
+    database_wait_seconds: float = Field(default=3.0, gt=0, le=60)
     database_schema: str = Field(default="public", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     redis_url: str = Field(default="redis://127.0.0.1:16379/0", validation_alias="REDIS_URL")
     # Kafka mode: how long Redis keeps each accepted event's de-duplication key at most (None: the

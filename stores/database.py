@@ -14,12 +14,14 @@ import hashlib
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Protocol
 
 import psycopg
+from eventsourcing.persistence import InterfaceError, OperationalError
 from psycopg_pool import ConnectionPool
 
 _DIALECT_TAG = re.compile(r"/\*\s*(sqlite|postgres)\s*\*/")
@@ -34,6 +36,9 @@ def statements(script: str, dialect: str) -> list[str]:
         if text and (tag is None or tag.group(1) == dialect):
             chosen.append(text)
     return chosen
+
+
+CONNECT_TIMEOUT = 2  # libpq's connect_timeout, in whole seconds (at least 2)
 
 
 class StoreUnavailable(Exception):
@@ -57,6 +62,11 @@ def sqlite_outage(failure: sqlite3.Error) -> bool:
     """Whether `failure` is of the file's own (full, read-only, I/O, locked), not of the statement."""
     code = getattr(failure, "sqlite_errorcode", None)
     return code is not None and code & 0xFF in _OUTAGES
+
+
+# What the event store (eventsourcing) raises once an operation's wait is spent: PostgreSQL (or
+# SQLite) unreachable, a connection lost or refused. As StoreUnavailable: 503, nothing was done.
+EVENT_STORE_AWAY: tuple[type[Exception], ...] = (OperationalError, InterfaceError)
 
 
 class Tx(Protocol):
@@ -389,6 +399,7 @@ class PostgresDatabase:
         min_size: int = 1,
         max_size: int = 8,
         leader_idle_seconds: float = LEADER_IDLE_SECONDS,
+        wait_seconds: float = 10.0,
     ) -> None:
         self.url = url
         self.schema = schema
@@ -397,12 +408,16 @@ class PostgresDatabase:
             url,
             min_size=min_size,
             max_size=max_size,
-            kwargs={"options": f'-c search_path="{schema}"', "autocommit": True},
+            # A host that does not answer is given up on after CONNECT_TIMEOUT (libpq would wait for
+            # the operating system's: minutes).
+            kwargs={"options": f'-c search_path="{schema}"', "autocommit": True, "connect_timeout": CONNECT_TIMEOUT},
             open=False,
-            timeout=10,
-            # A connection is tested as it leaves the pool, so one broken by a database restart is
-            # replaced instead of failing the next request (costs one round trip per transaction).
-            check=ConnectionPool.check_connection,
+            # A transaction waits at most this long for a connection, then StoreUnavailable (503).
+            timeout=wait_seconds,
+            # A reconnection is given up after as long: the next transaction to find the pool empty
+            # starts another at once. (psycopg_pool's own backoff waited longer and longer, up to
+            # 5 minutes: after an outage of two minutes, a minute and a half more of 503s.)
+            reconnect_timeout=wait_seconds,
         )
         self._opened = False
 
@@ -418,15 +433,33 @@ class PostgresDatabase:
     def transaction(self) -> Iterator[_PostgresTx]:
         self._open()
         try:
-            with self._pool.connection() as conn:
+            conn = self._working_connection()
+            try:
                 with conn.transaction():
                     yield _PostgresTx(conn)
+            finally:
+                self._pool.putconn(conn)
         except (psycopg.OperationalError, psycopg.InterfaceError) as failure:
             raise StoreUnavailable(f"PostgreSQL failed: {failure}") from failure
         except Exception as failure:
             if type(failure).__name__ == "PoolTimeout":
                 raise StoreUnavailable(f"PostgreSQL pool exhausted or unreachable: {failure}") from failure
             raise
+
+    def _working_connection(self) -> psycopg.Connection[Any]:
+        """A connection from the pool that answers, within the pool's wait. One that does not (broken
+        by a restart of PostgreSQL, or cut) goes back, to be replaced, and the next is tried at once:
+        psycopg_pool's own check paused 1, 2, 4 s between two, so after a blip a request waited
+        through every broken connection of the pool, and past its wait it was answered 503."""
+        deadline = time.monotonic() + self._pool.timeout
+        while True:
+            conn = self._pool.getconn(timeout=max(0.0, deadline - time.monotonic()))
+            try:
+                conn.execute("")  # one round trip (autocommit: no transaction left open)
+            except psycopg.Error:
+                self._pool.putconn(conn)  # broken: the pool discards it and connects another
+                continue
+            return conn
 
     @contextmanager
     def reading(self) -> Iterator[_PostgresTx]:
