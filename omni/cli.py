@@ -60,26 +60,28 @@ def serve(
     settings = load_settings("serve")
     logs.configure(settings.log_level)
     lock = hold_data_dir(settings)  # before anything is written there
-    set_niceness(settings.cpu_nice)  # before any thread starts: threads take their creator's niceness
-    check_master_key(settings)
-    check_admin_key(settings)
-    from api.app import create_app
-    from api.server import serve_app
+    try:
+        set_niceness(settings.cpu_nice)  # before any thread starts: threads take their creator's niceness
+        check_master_key(settings)
+        check_admin_key(settings)
+        from api.app import create_app
+        from api.server import serve_app
 
-    new_admin_key = None if stored_admin_key(settings) is not None else admin_key(settings)
-    platform = platform_when_reachable(settings)
-    check_master_key_opens_data_keys(platform)
-    api = create_app(platform=platform, background=True)
-    tune_collector(settings.gc_gen0_threshold)
-    typer.echo(f"Omni ({settings.mode.value} mode) on http://{host}:{port}  docs: http://{host}:{port}/docs", err=True)
-    if settings.mode is Mode.EMBEDDED:
-        typer.echo(f"Data: {settings.data_dir.resolve()}", err=True)
-    if new_admin_key is not None:
-        # Printed once, when generated, never again at later starts (logs are often kept and shared).
-        typer.echo(f"Admin key (generated now; `omni admin-key` prints it again): {new_admin_key}", err=True)
-    serve_app(api, settings, host=host, port=port)
-    if lock is not None:
-        lock.release()
+        new_admin_key = None if stored_admin_key(settings) is not None else admin_key(settings)
+        platform = platform_when_reachable(settings)
+        check_master_key_opens_data_keys(platform)
+        api = create_app(platform=platform, background=True)
+        tune_collector(settings.gc_gen0_threshold)
+        typer.echo(f"Omni ({settings.mode.value} mode) on http://{host}:{port}  docs: http://{host}:{port}/docs", err=True)
+        if settings.mode is Mode.EMBEDDED:
+            typer.echo(f"Data: {settings.data_dir.resolve()}", err=True)
+        if new_admin_key is not None:
+            # Printed once, when generated, never again at later starts (logs are often kept and shared).
+            typer.echo(f"Admin key (generated now; `omni admin-key` prints it again): {new_admin_key}", err=True)
+        serve_app(api, settings, host=host, port=port)
+    finally:  # a refusal (exit 2) leaves the directory free for the next start, in this process too
+        if lock is not None:
+            lock.release()
 
 
 def hold_data_dir(settings: Settings) -> DataDirLock | None:

@@ -44,6 +44,7 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/v1/meters"): EITHER,
     ("GET", "/v1/meters/{slug}"): EITHER,
     ("GET", "/v1/meters/{slug}/query"): TENANT_ONLY,
+    ("GET", "/v1/meters/{slug}/watch"): TENANT_ONLY,
     ("POST", "/v1/events"): TENANT_ONLY,
     ("PUT", "/v1/plans/{slug}"): ADMIN_ONLY,
     ("GET", "/v1/plans"): EITHER,
