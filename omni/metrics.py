@@ -63,6 +63,14 @@ KEY_CACHE_TRUSTED = Gauge(
     "omni_key_cache_trusted",
     "1 while every API key change reaches this process's key cache; 0 while it is bypassed (its listener is down)",
 )
+WEBHOOK_ATTEMPTS = Counter(
+    "omni_webhook_attempts_total",
+    "Webhook delivery attempts (README, Webhooks): delivered (2xx), retrying (failed, tried again later), "
+    "failed (the last of the schedule failed: given up)",
+    ["outcome"],
+)
+for _outcome in ("delivered", "retrying", "failed"):
+    WEBHOOK_ATTEMPTS.labels(_outcome)
 REFUSED_BEFORE_AUTH = Counter(
     "omni_http_refused_before_auth_total",
     "Requests refused at the edge before any route ran (no valid key, oversized headers): counted, never stored",
