@@ -9,7 +9,21 @@ from fastapi import Depends, FastAPI
 
 from api import deps, docs, edge, lean_consume, metering, openapi, problems, tracing
 from api.meter_watch import MeterWatches
-from api.routes import audit, events, gdpr, health, invoices, meters, plans, quotas, replays, slos, tenants, webhooks
+from api.routes import (
+    audit,
+    events,
+    gdpr,
+    health,
+    invoices,
+    meters,
+    plans,
+    quotas,
+    replays,
+    slos,
+    tenants,
+    webhook_endpoints,
+    webhooks,
+)
 from omni.bootstrap import Platform, build
 from omni.settings import Settings
 
@@ -73,6 +87,7 @@ def create_app(settings: Settings | None = None, *, platform: Platform | None = 
         slos.router,
         replays.router,
         gdpr.router,
+        webhook_endpoints.router,
     ):
         app.include_router(router)
     app.include_router(webhooks.router)  # authenticated by Stripe's signature, not an API key (api/edge.py)

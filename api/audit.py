@@ -37,6 +37,8 @@ COMMAND_ROUTES = {
     ("POST", "/v1/invoices/{invoice_id}/mark-uncollectible"): "invoice.uncollectible",
     ("POST", "/v1/invoices/{invoice_id}/mark-paid"): "invoice.paid",
     ("POST", "/v1/admin/replays"): "replay.start",
+    ("POST", "/v1/webhook-endpoints"): "webhook_endpoint.create",
+    ("DELETE", "/v1/webhook-endpoints/{endpoint_id}"): "webhook_endpoint.delete",
 }
 
 

@@ -20,7 +20,7 @@ from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate, event
 from eventsourcing.persistence import IntegrityError, Recording
 
-from commands import billing, gdpr, notices, plans, slos, stripe_sync
+from commands import billing, gdpr, notices, plans, slos, stripe_sync, webhooks
 from commands.errors import Conflict, LimitReached, NotFound, Rejected
 from commands.ids import key_aggregate_id, key_ring_aggregate_id, meter_aggregate_id
 from commands.limits import ATTEMPTS, Limits
@@ -216,6 +216,7 @@ class ControlPlane(
     stripe_sync.StripeCommands,
     slos.SloCommands,
     gdpr.GdprCommands,
+    webhooks.WebhookCommands,
     Application[UUID],
 ):
     """Tenants, keys, meters, plans and quota overrides: the decisions that need invariants.
@@ -229,7 +230,10 @@ class ControlPlane(
     # loop would make each of its key commands slower. A snapshot every KEY_RING_SNAPSHOT_EVERY
     # versions bounds what a load replays (snapshots are a cache beside the events: the outbox and
     # the notification log never see them).
-    snapshotting_intervals: ClassVar[dict[type[Aggregate], int]] = {KeyRing: KEY_RING_SNAPSHOT_EVERY}  # type: ignore[misc]
+    snapshotting_intervals: ClassVar[dict[type[Aggregate], int]] = {  # type: ignore[misc]
+        KeyRing: KEY_RING_SNAPSHOT_EVERY,
+        webhooks.WebhookEndpoints: KEY_RING_SNAPSHOT_EVERY,  # likewise: every endpoint ever added and deleted
+    }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -244,6 +248,9 @@ class ControlPlane(
         self.views_slo_names: Callable[[str], list[str]] | None = None
         # Likewise a tenant's active API keys, for a tenant created before its keys were counted.
         self.views_active_keys: Callable[[str], list[str]] | None = None
+        # Seals webhook endpoints' signing secrets (the master key, omni.personal_data); None: no
+        # endpoint can be created (tools, tests of other commands).
+        self.secret_box: webhooks.SecretBox | None = None
 
     def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
         """Store, and remember in this thread the store position of the last event that changes a view
@@ -423,6 +430,7 @@ class ControlPlane(
 def describe(domain_event: Any) -> tuple[str, str, dict[str, Any]]:
     described = plans.describe(domain_event) or billing.describe(domain_event) or notices.describe(domain_event)
     described = described or stripe_sync.describe(domain_event) or slos.describe(domain_event) or gdpr.describe(domain_event)
+    described = described or webhooks.describe(domain_event)
     if described is not None:
         return described
     kind = type(domain_event).__qualname__  # e.g. "Tenant.Created"

@@ -45,6 +45,7 @@ from streams.quota_ledger import FactLedger, QuotaLedger
 from streams.replay import Replayer
 from streams.replay_jobs import ReplayJobs
 from streams.runner import Runner, build_runner
+from streams.webhooks import WebhookDeliveries
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -150,12 +151,15 @@ class Platform:
 
     gdpr_jobs: GdprJobs = field(init=False)
     retention: RetentionSweeper = field(init=False)
+    webhooks: WebhookDeliveries | None = field(init=False)  # None without a master key to open their secrets
 
     def __post_init__(self) -> None:
         self.notices = NoticesRelay(self.control, self.db, self.relay.wake)
         self.replays = ReplayJobs(build_replayer(self.settings, self.db, self.log), self.db)
         self.gdpr_jobs = GdprJobs(self)
         self.retention = RetentionSweeper(self)
+        master = self.personal.master
+        self.webhooks = None if master is None else WebhookDeliveries(self.settings, self.control, self.db, master)
         self.key_lookups = KeyLookups(
             self.authenticate,
             threads=self.settings.auth_lookup_threads,
@@ -211,6 +215,7 @@ class Platform:
         self._tasks.append(asyncio.create_task(self.gdpr_jobs.keep_resuming(self._stop), name="gdpr-resume"))
         self.start_auto_close()
         self.start_stripe_sync()
+        self.start_webhooks()
         if self.settings.mode is Mode.EMBEDDED:
             wake = getattr(self.log, "appended", None)
             self._tasks.append(asyncio.create_task(self.runner.run(self._stop, wake), name="runner"))
@@ -229,6 +234,14 @@ class Platform:
 
             sync = from_settings(self.settings, self.control, self.db, self.relay.wake)
             self._tasks.append(asyncio.create_task(sync.run(self._stop), name="stripe-sync"))
+
+    def start_webhooks(self) -> None:
+        """Deliver the notices to the webhook endpoints, in the background (README, "Webhooks"); one
+        process delivers at a time (a PostgreSQL advisory lock in Kafka mode)."""
+        if self.webhooks is None:
+            log.warning("webhooks are not delivered by this process: it has no OMNI_GDPR_MASTER_KEY to open their secrets")
+            return
+        self._tasks.append(asyncio.create_task(self.webhooks.run(self._stop), name="webhooks"))
 
     async def run_command(self, action: Callable[..., T], *args: Any) -> T:
         """Run `action` in a worker thread. Then what the command stored (its events, or the audit entry
@@ -413,7 +426,9 @@ def build(settings: Settings) -> Platform:
         slos_per_owner=settings.max_slos_per_tenant,
         slo_revisions_per_hour=settings.slo_revisions_per_hour,
         keys_per_tenant=settings.max_keys_per_tenant,
+        webhook_endpoints_per_owner=settings.max_webhook_endpoints,
     )
+    control.secret_box = personal.master  # webhook endpoints' signing secrets
     control.views_slo_names = functools.partial(_slo_names, db)
     control.views_active_keys = functools.partial(_active_keys, db)
     keys = KeyCache()  # trusted once `start` watches the key changes

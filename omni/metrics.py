@@ -57,6 +57,14 @@ DATA_KEY_READS = Counter(
 KEY_CACHE = Counter(
     "omni_key_cache_total", "API key lookups answered from memory (hit) or by the event store (miss)", ["outcome"]
 )
+WEBHOOK_ATTEMPTS = Counter(
+    "omni_webhook_attempts_total",
+    "Webhook delivery attempts (README, Webhooks): delivered (2xx), retrying (failed, tried again later), "
+    "failed (the last of the schedule failed: given up)",
+    ["outcome"],
+)
+for _outcome in ("delivered", "retrying", "failed"):
+    WEBHOOK_ATTEMPTS.labels(_outcome)
 REFUSED_BEFORE_AUTH = Counter(
     "omni_http_refused_before_auth_total",
     "Requests refused at the edge before any route ran (no valid key, oversized headers): counted, never stored",

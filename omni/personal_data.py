@@ -59,6 +59,7 @@ ACTOR_IP, ACTOR_USER_AGENT = "$.actor.ip", "$.actor.user_agent"  # the paths an 
 _SEAL_INFO = b"omni seal v1"
 _PSEUDONYM_INFO = b"omni pseudonym v1"
 _PSEUDONYM_BLAKE2B_INFO = b"omni pseudonym v2"
+_SECRETS_INFO = b"omni platform secrets v1"  # the key sealing secrets the platform keeps (webhook signing keys)
 _b64 = binascii.b2a_base64  # base64.b64encode's own code, less a call
 
 
@@ -83,6 +84,23 @@ class MasterKey:
 
     def unwrap(self, wrapped: bytes) -> bytes:
         return aes_key_unwrap(self._secret, wrapped)
+
+    def seal_secret(self, plain: bytes, aad: bytes) -> str:
+        """A secret the platform keeps for itself (a webhook endpoint's signing key), sealed with
+        AES-256-GCM under a key derived from this one, bound to `aad`: base64 of nonce and ciphertext."""
+        nonce = os.urandom(12)
+        return base64.b64encode(nonce + AESGCM(self._derived(_SECRETS_INFO)).encrypt(nonce, plain, aad)).decode()
+
+    def open_secret(self, sealed: str, aad: bytes) -> bytes:
+        """seal_secret's secret again (raises ValueError if another key or another `aad` sealed it)."""
+        raw = base64.b64decode(sealed)
+        try:
+            return AESGCM(self._derived(_SECRETS_INFO)).decrypt(raw[:12], raw[12:], aad)
+        except InvalidTag:
+            raise ValueError("the secret was sealed under another master key, or for another use") from None
+
+    def _derived(self, info: bytes) -> bytes:
+        return hmac.digest(self._secret, info, "sha256")
 
 
 def generate_master_key() -> str:

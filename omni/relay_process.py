@@ -48,6 +48,7 @@ async def relay_until_stopped(settings: Settings) -> None:
     await platform.start(background=False, watch_keys=False)  # it authenticates no one
     platform.start_auto_close()
     platform.start_stripe_sync()
+    platform.start_webhooks()
     prober = Prober(readiness, probes(platform))
     probing = asyncio.create_task(prober.run(stop), name="readiness")
     try:

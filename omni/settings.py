@@ -6,7 +6,7 @@ from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -50,6 +50,15 @@ class Settings(BaseSettings):
     max_slos_per_tenant: int = Field(default=50, ge=1, le=10_000)
     slo_revisions_per_hour: int = Field(default=10, ge=1, le=3600)
     max_keys_per_tenant: int = Field(default=100, ge=1, le=100_000)
+    # Webhooks (README, Webhooks): an owner's endpoints at most; private, loopback and link-local
+    # addresses and http allowed (development and tests only); each attempt's time limit; the pauses
+    # after each failed attempt (seconds, comma-separated; spent: the delivery is given up); how many
+    # endpoints are sent to at once (one delivery at a time each, in order).
+    max_webhook_endpoints: int = Field(default=10, ge=1, le=1000)
+    webhooks_allow_private: bool = False
+    webhooks_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    webhooks_retry_schedule: str = Field(default="5,300,1800,7200,18000,36000", pattern=r"^[0-9.,\s]*$")
+    webhooks_concurrency: int = Field(default=16, ge=1, le=1000)
     runner_batch_size: int = Field(default=5000, ge=1)
     fold_linger_seconds: float = Field(default=0.1, ge=0, le=10)
     produce_timeout_seconds: float = Field(default=10.0, gt=0)
@@ -131,6 +140,20 @@ class Settings(BaseSettings):
     # How long a consume's answer is kept for retries with its idempotency key (both modes): Redis
     # holds one key per consume for that long in Kafka mode. At most the acceptance window.
     quota_answer_seconds: int = Field(default=86_400, ge=60)
+
+    @field_validator("webhooks_retry_schedule")
+    @classmethod
+    def _schedule(cls, text: str) -> str:
+        from projections.webhooks import parse_schedule
+
+        parse_schedule(text)  # a ValueError names what is wrong
+        return text
+
+    @property
+    def webhooks_retries(self) -> tuple[float, ...]:
+        from projections.webhooks import parse_schedule
+
+        return parse_schedule(self.webhooks_retry_schedule)
 
     @property
     def acceptance_window(self) -> timedelta:

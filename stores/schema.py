@@ -1,6 +1,6 @@
 """Every view table, migrated together (stores.database.Database.migrate)."""
 
-from stores import audit, billing, gdpr, plans, quotas, replays, slos, stripe, views
+from stores import audit, billing, gdpr, plans, quotas, replays, slos, stripe, views, webhooks
 
 SCHEMA = ";\n".join(
     script.strip().rstrip(";")
@@ -14,5 +14,6 @@ SCHEMA = ";\n".join(
         slos.SCHEMA,
         replays.SCHEMA,
         gdpr.SCHEMA,
+        webhooks.SCHEMA,
     )
 )

@@ -62,6 +62,7 @@ FOLDS: dict[str, Fold] = {
             "stripe_customers",
             "stripe_invoices",
             "slos",
+            "webhook_endpoints",
             *GDPR_VIEWS,
         ),
         ("catalog-applied",),
@@ -106,7 +107,7 @@ PROJECTIONS: dict[str, Projection] = {
         Projection("slos", ("slos", "slo_minutes", "slo_alerts", "slo_notifications"), (CATALOG, METERS)),
         Projection("audit", ("audit_entries", "audit_heads", "audit_checkpoints", "audit_trees"), (AUDIT,)),
         Projection("gdpr", GDPR_VIEWS, (CATALOG,)),
-        Projection("catalog", ("tenants", "api_keys", "meter_definitions"), (CATALOG,)),
+        Projection("catalog", ("tenants", "api_keys", "meter_definitions", "webhook_endpoints"), (CATALOG,)),
     )
 }
 # Columns no replay can know: whether the notices relay has sent a notification yet.

@@ -28,6 +28,7 @@ from projections import gdpr as gdpr_view
 from projections import plans as plan_view
 from projections import slos as slo_view
 from projections import stripe as stripe_view
+from projections import webhooks as webhook_view
 from projections.meter_state import BucketState
 from projections.meters import BucketKey, MeterIndex, apply
 from projections.plans import changes as plan_changes
@@ -42,6 +43,7 @@ from stores import quotas as quota_store
 from stores import slos as slo_store
 from stores import stripe as stripe_store
 from stores import views
+from stores import webhooks as webhook_store
 from stores.database import Database, Tx
 from streams import tracing
 from streams.log import LogRecord
@@ -161,6 +163,13 @@ class CatalogProjector:
                             gdpr_store.breach_notified(tx, gdpr_change)
                         case gdpr_view.RetentionSet():
                             gdpr_store.put_retention(tx, gdpr_change)
+                for webhook_change in webhook_view.changes(event):
+                    match webhook_change:
+                        case webhook_view.EndpointAdded():
+                            c = webhook_change
+                            webhook_store.add_endpoint(tx, c.endpoint_id, c.owner, c.url, c.description, c.created_at)
+                        case webhook_view.EndpointRemoved():
+                            webhook_store.remove_endpoint(tx, webhook_change.endpoint_id, webhook_change.deleted_at)
                 position = max(position, catalog.store_position(event))
             views.set_checkpoint(tx, CATALOG, self.topic, partition, fresh[-1].offset + 1)
             # Records relayed by older versions carry no position; one republished after a relay's

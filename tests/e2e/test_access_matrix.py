@@ -113,8 +113,15 @@ EXPECTED: dict[Operation, tuple[int, int, int]] = {
     ("GET", "/v1/gdpr/breaches"): (403, 403, 200),
     ("GET", "/v1/gdpr/breaches/{breach_id}"): (403, 403, 200),
     ("POST", "/v1/gdpr/breaches/{breach_id}/notified"): (403, 403, 200),
+    # A tenant's webhook endpoints and the admin's (the platform's) are apart, as SLOs are.
+    ("POST", "/v1/webhook-endpoints"): (201, 201, 201),  # each adds its own
+    ("GET", "/v1/webhook-endpoints"): (200, 200, 200),
+    ("GET", "/v1/webhook-endpoints/{endpoint_id}"): (200, 404, 404),  # its owner
+    ("DELETE", "/v1/webhook-endpoints/{endpoint_id}"): (204, 404, 404),
+    ("GET", "/v1/webhook-endpoints/{endpoint_id}/deliveries"): (200, 404, 404),
 }
 
+WEBHOOK_URL = "https://93.184.215.14/acl"  # a public address: nothing resolved, and no notice of theirs is sent here
 SLO = {"event_type": "call", "sli": "availability", "status_property": "$.data.status", "objective": 99, "window": "7d"}
 PLAN = {"currency": "USD", "fee": "1.00", "entitlements": [{"meter": "calls", "limit": 1000, "period": "DAY"}]}
 BODIES: dict[Operation, dict[str, Any]] = {
@@ -133,6 +140,7 @@ BODIES: dict[Operation, dict[str, Any]] = {
     ("POST", "/v1/invoices/{invoice_id}/void"): {"reason": "acl"},
     ("POST", "/v1/invoices/{invoice_id}/mark-uncollectible"): {"reason": "acl"},
     ("POST", "/v1/invoices/{invoice_id}/mark-paid"): {"reason": "acl"},
+    ("POST", "/v1/webhook-endpoints"): {"url": WEBHOOK_URL},
 }
 QUERIES: dict[str, dict[str, str]] = {
     "/v1/audit/proof": {"seq": "1"},
@@ -201,6 +209,9 @@ async def build_world(omni: Omni) -> World:
     await ok(await omni.send(a_key, [cloud_event("acl-a", type_="call", data={"status": 200})]), 202)
     await ok(await omni.client.put("/v1/slos/acl-slo", json=SLO, headers=a), 201)
     await ok(await omni.client.put("/v1/gdpr/retention", json={"personal_data_days": 30}, headers=a), 201)
+    hooks = [
+        await ok(await omni.client.post("/v1/webhook-endpoints", json={"url": WEBHOOK_URL}, headers=a), 201) for _ in range(2)
+    ]
     await omni.settle()
 
     # A month closed, so every tenant has a finalized invoice (its plan's fee), then the clock back.
@@ -247,10 +258,12 @@ async def build_world(omni: Omni) -> World:
             "event_type": "call",
             "request_id": request_id,
             "breach_id": (await ok(breach, 201))["id"],
+            "endpoint_id": hooks[0]["id"],
         },
     )
     for caller in (OTHER, ADMIN_CALLER):
         world.own[(("DELETE", "/v1/keys/{key_id}"), caller)] = {"key_id": spare[caller]}
+    world.own[(("DELETE", "/v1/webhook-endpoints/{endpoint_id}"), OWNER)] = {"endpoint_id": hooks[1]["id"]}  # the other stays
     for name, (tenant_id, _) in moved.items():
         operation = ("POST", f"/v1/invoices/{{invoice_id}}/{'mark-' if name != 'void' else ''}{name}")
         world.own[(operation, ADMIN_CALLER)] = {"invoice_id": invoice_of[tenant_id]}

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from commands.gdpr import Breach, DataClass, GdprRequest, Retention
+from commands.webhooks import WebhookEndpoints
 from omni.personal_data import DataKey, associated_data
 from schemas.envelope import Envelope, encode, format_time
 from schemas.gdpr import RETENTION, DataClassBody, RequestStatus
@@ -79,6 +80,23 @@ def gdpr_control(tenants: Sequence[str], event_type: str, now: datetime) -> list
     dropped.change(tenant_id=second, days=None, revision=2)
     made += [kept, dropped]
     return [to_envelope(event) for aggregate in made for event in aggregate.collect_events()]
+
+
+def webhook_control(tenants: Sequence[str]) -> tuple[list[Envelope], set[tuple[str, str, str]]]:
+    """Webhook endpoints added and deleted (a tenant's and the platform's), made by the aggregate of
+    commands/webhooks.py and relayed as the outbox relays them; and the (id, owner, url) of those left."""
+    first, second = tenants[:2]
+    made = []
+    for owner in (first, second, "_platform"):
+        endpoints = WebhookEndpoints(owner=owner)
+        for n in range(3):
+            endpoints.add(
+                owner=owner, endpoint_id=f"{owner}-{n}", url=f"https://h{n}.example/{owner}", description=None, sealed_secret="s"
+            )
+        endpoints.remove(owner=owner, endpoint_id=f"{owner}-1")
+        made.append(endpoints)
+    left = {(f"{o}-{n}", o, f"https://h{n}.example/{o}") for o in (first, second, "_platform") for n in (0, 2)}
+    return [to_envelope(event) for aggregate in made for event in aggregate.collect_events()], left
 
 
 def records(envelopes: Sequence[Envelope]) -> list[Outgoing]:

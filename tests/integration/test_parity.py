@@ -24,7 +24,7 @@ from streams.projectors import CatalogProjector, MeterProjector
 from streams.runner import Runner
 from tests import truth
 from tests.integration.billing_truth import invoices_from
-from tests.integration.gdpr_truth import gdpr_control, gdpr_views
+from tests.integration.gdpr_truth import gdpr_control, gdpr_views, webhook_control
 from tests.integration.gdpr_truth import records as gdpr_records
 from tests.integration.test_faust_worker import (
     EVENT_TYPE,
@@ -123,6 +123,11 @@ def query_answers(db: Database, meters: list[MeterDefinition]) -> dict[tuple[str
     return answers
 
 
+def webhook_rows(db: Database) -> list[tuple[object, ...]]:
+    with db.transaction() as tx:
+        return [tuple(r) for r in tx.execute("SELECT * FROM webhook_endpoints ORDER BY id")]
+
+
 async def test_embedded_runner_and_faust_worker_build_identical_views(
     tmp_path: Path,
     kafka_log: KafkaLog,
@@ -135,6 +140,7 @@ async def test_embedded_runner_and_faust_worker_build_identical_views(
     stream = Stream(personal_every=2)
     now = datetime.now(UTC)
     gdpr = gdpr_control(TENANTS, EVENT_TYPE, now)
+    webhooks, webhooks_left = webhook_control(TENANTS)
     first_half, second_half = stream.generate(EVENTS // 2), stream.generate(EVENTS - EVENTS // 2)
     slugs = [m.slug for m in early + late]
 
@@ -146,6 +152,7 @@ async def test_embedded_runner_and_faust_worker_build_identical_views(
         await log.append(topics.control, [quota_set(tenant, q) for tenant, q in QUOTAS.items()])
         await log.append(topics.usage, to_records(first_half))
         await log.append(topics.control, gdpr_records(gdpr))
+        await log.append(topics.control, gdpr_records(webhooks))
         await log.append(topics.control, [meter_defined(m) for m in late])
         await log.append(topics.usage, to_records(second_half))
     assert sum((await kafka_log.end_offsets(topics.usage)).values()) > 10_000
@@ -216,6 +223,10 @@ async def test_embedded_runner_and_faust_worker_build_identical_views(
     assert from_embedded == from_kafka == want_gdpr
     assert embedded_rows["count"] == len(want_gdpr.requests) == 6 and len(want_gdpr.unfinished) == 2
     assert want_gdpr.overdue and want_gdpr.data_classes[EVENT_TYPE][0] == 2
+    # Webhook endpoints: the same rows from both runners, those not deleted as the commands left them.
+    endpoints = [webhook_rows(db) for db in (sqlite_views, views_db)]
+    assert endpoints[0] == endpoints[1]
+    assert {(row[0], row[1], row[2]) for row in endpoints[0] if row[5] is None} == webhooks_left
     # The sealed values' pseudonyms group the meter: several groups per person, none in clear.
     emails = truth.answer(on_the_log, TENANTS[0], late[-1], truth.Query(group_by=("email",)))
     groups = {row[3] for row in emails}

@@ -6,11 +6,25 @@ from __future__ import annotations
 from fastapi.routing import APIRoute
 
 from api.audit import COMMAND_ROUTES
-from api.routes import audit, events, gdpr, health, invoices, meters, plans, quotas, replays, slos, tenants, webhooks
+from api.routes import (
+    audit,
+    events,
+    gdpr,
+    health,
+    invoices,
+    meters,
+    plans,
+    quotas,
+    replays,
+    slos,
+    tenants,
+    webhook_endpoints,
+    webhooks,
+)
 
 
 def test_every_audited_command_names_a_route_that_exists() -> None:
-    routers = (health, tenants, events, meters, plans, quotas, invoices, audit, slos, replays, gdpr, webhooks)
+    routers = (health, tenants, events, meters, plans, quotas, invoices, audit, slos, replays, gdpr, webhooks, webhook_endpoints)
     served = {
         (method, route.path)
         for module in routers

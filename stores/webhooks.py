@@ -1,0 +1,207 @@
+"""The webhooks' tables.
+
+`webhook_endpoints` is the endpoints' view for reads, written by the catalog projector from the
+control topic (`omni.webhook_endpoint.created` / `.deleted`; idempotent, so a control event relayed
+twice changes nothing).
+
+The delivery loop (streams.webhooks) keeps its own, written from the event store in its order:
+`webhook_targets` (each endpoint, its sealed secret, open or deleted, as of the loop's position),
+`webhook_deliveries` (one row per notice and endpoint, `seq` the notice's position in the event
+store: the order it is delivered in) and `webhook_attempts` (each attempt's outcome).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from stores.database import Tx
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS webhook_endpoints (
+    id TEXT PRIMARY KEY, owner TEXT NOT NULL, url TEXT NOT NULL, description TEXT, created_at TEXT NOT NULL,
+    deleted_at TEXT);
+CREATE INDEX IF NOT EXISTS webhook_endpoints_by_owner ON webhook_endpoints (owner, created_at, id);
+CREATE TABLE IF NOT EXISTS webhook_targets (
+    id TEXT PRIMARY KEY, owner TEXT NOT NULL, url TEXT NOT NULL, sealed_secret TEXT NOT NULL, open INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS webhook_targets_by_owner ON webhook_targets (owner, id);
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    endpoint_id TEXT NOT NULL, seq BIGINT NOT NULL, notice_id TEXT NOT NULL, type TEXT NOT NULL, body TEXT NOT NULL,
+    state TEXT NOT NULL, attempts INTEGER NOT NULL, next_attempt_at DOUBLE PRECISION, created_at TEXT NOT NULL,
+    PRIMARY KEY (endpoint_id, seq));
+CREATE INDEX IF NOT EXISTS webhook_deliveries_pending ON webhook_deliveries (endpoint_id, seq) WHERE state = 'pending';
+CREATE TABLE IF NOT EXISTS webhook_attempts (
+    endpoint_id TEXT NOT NULL, seq BIGINT NOT NULL, number INTEGER NOT NULL, at TEXT NOT NULL, status_code INTEGER,
+    error TEXT, PRIMARY KEY (endpoint_id, seq, number));
+"""
+
+PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+
+
+# The endpoints' view (reads) -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointRow:
+    id: str
+    owner: str
+    url: str
+    description: str | None
+    created_at: str
+
+
+def add_endpoint(tx: Tx, endpoint_id: str, owner: str, url: str, description: str | None, created_at: str) -> None:
+    tx.execute(
+        "INSERT INTO webhook_endpoints VALUES (?, ?, ?, ?, ?, NULL) ON CONFLICT (id) DO NOTHING",
+        (endpoint_id, owner, url, description, created_at),
+    )
+
+
+def remove_endpoint(tx: Tx, endpoint_id: str, deleted_at: str) -> None:
+    tx.execute("UPDATE webhook_endpoints SET deleted_at=? WHERE id=? AND deleted_at IS NULL", (deleted_at, endpoint_id))
+
+
+def endpoints_of(tx: Tx, owner: str) -> list[EndpointRow]:
+    rows = tx.execute(
+        "SELECT id, owner, url, description, created_at FROM webhook_endpoints "
+        "WHERE owner=? AND deleted_at IS NULL ORDER BY created_at, id",
+        (owner,),
+    )
+    return [EndpointRow(*r) for r in rows]
+
+
+def endpoint(tx: Tx, owner: str, endpoint_id: str) -> EndpointRow | None:
+    """The owner's endpoint (not deleted); None for another owner's, as for one that does not exist."""
+    rows = tx.execute(
+        "SELECT id, owner, url, description, created_at FROM webhook_endpoints WHERE id=? AND owner=? AND deleted_at IS NULL",
+        (endpoint_id, owner),
+    )
+    return next((EndpointRow(*r) for r in rows), None)
+
+
+# The delivery loop's ---------------------------------------------------------------------------
+
+
+def open_target(tx: Tx, endpoint_id: str, owner: str, url: str, sealed_secret: str) -> None:
+    tx.execute(
+        "INSERT INTO webhook_targets VALUES (?, ?, ?, ?, 1) ON CONFLICT (id) DO NOTHING",
+        (endpoint_id, owner, url, sealed_secret),
+    )
+
+
+def close_target(tx: Tx, endpoint_id: str) -> None:
+    tx.execute("UPDATE webhook_targets SET open=0 WHERE id=?", (endpoint_id,))
+
+
+def open_targets_of(tx: Tx, owner: str) -> list[str]:
+    return [r[0] for r in tx.execute("SELECT id FROM webhook_targets WHERE owner=? AND open=1 ORDER BY id", (owner,))]
+
+
+@dataclass(frozen=True, slots=True)
+class NewDelivery:
+    endpoint_id: str
+    seq: int
+    notice_id: str
+    type: str
+    body: str
+
+
+def enqueue(tx: Tx, deliveries: Sequence[NewDelivery], now: float, created_at: str) -> None:
+    if not deliveries:
+        return
+    tx.execute_many(
+        "INSERT INTO webhook_deliveries VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?) ON CONFLICT (endpoint_id, seq) DO NOTHING",
+        [(d.endpoint_id, d.seq, d.notice_id, d.type, d.body, now, created_at) for d in deliveries],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """An endpoint's next delivery (the oldest pending), due now."""
+
+    endpoint_id: str
+    owner: str
+    url: str
+    sealed_secret: str
+    seq: int
+    notice_id: str
+    body: str
+    attempts: int
+
+
+def due(tx: Tx, now: float, limit: int) -> list[Due]:
+    """Open endpoints whose oldest pending delivery is due by `now`, longest waiting first. Only the
+    oldest of each endpoint: a later notice never overtakes an earlier one (in order per endpoint)."""
+    rows = tx.execute(
+        "SELECT t.id, t.owner, t.url, t.sealed_secret, d.seq, d.notice_id, d.body, d.attempts "
+        "FROM webhook_targets t JOIN webhook_deliveries d ON d.endpoint_id = t.id "
+        "WHERE t.open = 1 AND d.state = 'pending' AND d.next_attempt_at <= ? "
+        "AND d.seq = (SELECT MIN(p.seq) FROM webhook_deliveries p WHERE p.endpoint_id = t.id AND p.state = 'pending') "
+        "ORDER BY d.next_attempt_at, t.id LIMIT ?",
+        (now, limit),
+    )
+    return [Due(r[0], r[1], r[2], r[3], int(r[4]), r[5], r[6], int(r[7])) for r in rows]
+
+
+def next_due_at(tx: Tx) -> float | None:
+    """When the next delivery of an open endpoint is due, the oldest pending of each (None: nothing pending)."""
+    rows = tx.execute(
+        "SELECT MIN(d.next_attempt_at) FROM webhook_deliveries d JOIN webhook_targets t ON t.id = d.endpoint_id "
+        "WHERE t.open = 1 AND d.state = 'pending' "
+        "AND d.seq = (SELECT MIN(p.seq) FROM webhook_deliveries p WHERE p.endpoint_id = t.id AND p.state = 'pending')"
+    )
+    return None if not rows or rows[0][0] is None else float(rows[0][0])
+
+
+def record_attempt(
+    tx: Tx,
+    endpoint_id: str,
+    seq: int,
+    number: int,
+    at: str,
+    status_code: int | None,
+    error: str | None,
+    state: str,
+    next_attempt_at: float | None,
+) -> None:
+    """An attempt's outcome, and where its delivery stands after it (one transaction)."""
+    tx.execute(
+        "INSERT INTO webhook_attempts VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (endpoint_id, seq, number) DO NOTHING",
+        (endpoint_id, seq, number, at, status_code, error),
+    )
+    tx.execute(
+        "UPDATE webhook_deliveries SET state=?, attempts=?, next_attempt_at=? WHERE endpoint_id=? AND seq=?",
+        (state, number, next_attempt_at, endpoint_id, seq),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRow:
+    seq: int
+    notice_id: str
+    type: str
+    state: str
+    next_attempt_at: float | None
+    created_at: str
+    attempts: list[tuple[str, int | None, str | None]]  # (at, status code, error), oldest first
+
+
+def deliveries(tx: Tx, endpoint_id: str, limit: int, before: int | None) -> list[DeliveryRow]:
+    """The endpoint's deliveries, newest first (by their notices' order), before `before` (a seq)."""
+    rows = tx.execute(
+        "SELECT seq, notice_id, type, state, next_attempt_at, created_at FROM webhook_deliveries "
+        "WHERE endpoint_id=? AND seq<? ORDER BY seq DESC LIMIT ?",
+        (endpoint_id, before if before is not None else 2**62, limit),
+    )
+    if not rows:
+        return []
+    seqs = [int(r[0]) for r in rows]
+    found: dict[int, list[tuple[str, int | None, str | None]]] = {s: [] for s in seqs}
+    attempts = tx.execute(
+        "SELECT seq, at, status_code, error FROM webhook_attempts WHERE endpoint_id=? AND seq>=? AND seq<=? ORDER BY seq, number",
+        (endpoint_id, min(seqs), max(seqs)),
+    )
+    for seq, at, status, error in attempts:
+        if int(seq) in found:
+            found[int(seq)].append((at, None if status is None else int(status), error))
+    return [DeliveryRow(int(r[0]), r[1], r[2], r[3], None if r[4] is None else float(r[4]), r[5], found[int(r[0])]) for r in rows]
