@@ -92,6 +92,12 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/v1/gdpr/breaches"): ADMIN_ONLY,
     ("GET", "/v1/gdpr/breaches/{breach_id}"): ADMIN_ONLY,
     ("POST", "/v1/gdpr/breaches/{breach_id}/notified"): ADMIN_ONLY,
+    # A tenant's endpoints get its own notices; the admin's, the platform's (each sees only its own).
+    ("POST", "/v1/webhook-endpoints"): EITHER,
+    ("GET", "/v1/webhook-endpoints"): EITHER,
+    ("GET", "/v1/webhook-endpoints/{endpoint_id}"): EITHER,
+    ("DELETE", "/v1/webhook-endpoints/{endpoint_id}"): EITHER,
+    ("GET", "/v1/webhook-endpoints/{endpoint_id}/deliveries"): EITHER,
 }
 
 
@@ -167,6 +173,7 @@ async def tenant_with_a_meter(omni: Omni) -> tuple[dict[str, str], str]:
         "event_type": "call",
         "request_id": str(uuid.uuid4()),
         "breach_id": str(uuid.uuid4()),
+        "endpoint_id": str(uuid.uuid4()),
     }, key
 
 
