@@ -26,6 +26,7 @@ BENCHMARKS = (
     "quota_consume",
     "close_period",
     "gdpr_ingest",
+    "meter_watch",
 )
 
 

@@ -31,6 +31,8 @@ TINY = {
     + ["--quota-consume-paced-duration", "2", "--quota-consume-paced-rate", "200"],
     "close_period": ["--close-period-tenants", "5", "--close-period-events", "300"],
     "gdpr_ingest": ["--gdpr-ingest-events", "1000", "--gdpr-ingest-rounds", "1", "--gdpr-ingest-subjects", "50"],
+    "meter_watch": ["--meter-watch-duration", "2", "--meter-watch-rate", "300", "--meter-watch-watches", "6"]
+    + ["--meter-watch-probes", "2"],
 }
 
 
