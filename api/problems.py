@@ -178,6 +178,17 @@ def _characters(count: int) -> str:
     return f"{count} character" + ("" if count == 1 else "s")
 
 
+def invalid_cursor(name: str, wrote: str) -> Problem:
+    """422 for a page cursor (`before`, `after`) that is not one an earlier page `wrote` (`next_before`)."""
+    return Problem(
+        422,
+        "Invalid cursor",
+        f"`{name}` must be a `{wrote}` from an earlier page.",
+        kind="invalid-cursor",
+        location=f"query.{name}",
+    )
+
+
 def store_unavailable() -> Problem:
     """A database could not be reached: nothing was done, retry (the handler's answer, and the edge's)."""
     return Problem(

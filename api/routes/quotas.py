@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api import as_of, tracing
 from api.deps import CallerDep, PlatformDep, TenantDep, acting_tenant, named_tenant
-from api.problems import Problem
+from api.problems import Problem, invalid_cursor
 from commands.control_plane import PLATFORM
 from commands.errors import NotFound
 from commands.ingest import data_problems, too_large_stored
@@ -373,13 +373,7 @@ def _notifications_cursor(before: str) -> tuple[str, str]:
     at, _, last_id = before.partition("~")
     moment, canonical = cursor_time(at), canonical_uuid(last_id)
     if moment is None or canonical is None:
-        raise Problem(
-            422,
-            "Invalid cursor",
-            "`before` must be a `next_before` from an earlier page.",
-            kind="invalid-cursor",
-            location="query.before",
-        )
+        raise invalid_cursor("before", "next_before")
     return moment, canonical
 
 

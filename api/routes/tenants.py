@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 
 from api.deps import AdminDep, CallerDep, PlatformDep, command_context
-from api.problems import Problem
+from api.problems import invalid_cursor
 from api.relaying import run_command
 from commands.errors import NotFound
 from schemas.api import KeyCreate, KeyIssued, KeyList, KeyPublic, TenantCreate, TenantCreated, TenantList, TenantPublic
@@ -77,13 +77,7 @@ def _keys_cursor(after: str) -> tuple[str, str]:
     at, _, key_id = after.partition("~")
     moment = cursor_time(at)
     if moment is None or not KEY_ID.fullmatch(key_id):
-        raise Problem(
-            422,
-            "Invalid cursor",
-            "`after` must be a `next_after` from an earlier page.",
-            kind="invalid-cursor",
-            location="query.after",
-        )
+        raise invalid_cursor("after", "next_after")
     return moment, key_id
 
 

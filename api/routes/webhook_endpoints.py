@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, Query, Request, Response
 
 from api.deps import CallerDep, PlatformDep, command_context
-from api.problems import Problem
+from api.problems import Problem, invalid_cursor
 from api.relaying import run_command
 from commands.control_plane import Principal
 from commands.errors import Invalid, NotFound
@@ -140,13 +140,7 @@ async def delete_webhook_endpoint(endpoint_id: str, request: Request, platform: 
 
 def _cursor(before: str) -> int:
     if not before.isdigit() or not 0 < int(before) < 2**62:
-        raise Problem(
-            422,
-            "Invalid cursor",
-            "`before` must be a `next_before` from an earlier page.",
-            kind="invalid-cursor",
-            location="query.before",
-        )
+        raise invalid_cursor("before", "next_before")
     return int(before)
 
 
