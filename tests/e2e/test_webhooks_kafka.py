@@ -62,6 +62,5 @@ async def test_two_loops_deliver_each_notice_once_in_order() -> None:
     firsts = list(dict.fromkeys(hook.delivered()))
     assert firsts == [d["id"] for d in reversed(listing["data"])]
     assert sorted(firsts) == sorted(n["id"] for n in notices)
-    assert all(later in firsts[: firsts.index(later) + 1] for later in hook.delivered())  # repeats only of ones sent
     for received in hook.received:
         assert verified(endpoint["secret"], received)["type"] == "omni.gdpr.breach_overdue"
