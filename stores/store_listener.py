@@ -63,10 +63,9 @@ class StoreListener:
             await self.listening()
             quiet = 0.0
             while not stop.is_set():
-                heard = False
-                # Returns after the first notice or a second of silence, so `stop` is seen promptly.
-                async for _ in conn.notifies(timeout=1.0, stop_after=1):
-                    heard = True
+                heard = await _first_notice(conn, stop)
+                if heard is None:
+                    return  # stopped while waiting: the process shuts down at once, not after the second
                 if heard:
                     quiet = 0.0
                     await self.changed()
@@ -94,6 +93,28 @@ class StoreListener:
         probe.add_done_callback(lambda task: task.cancelled() or task.exception())  # nobody awaits it
         probe.cancel()
         raise ProbeUnanswered(f"the event store did not answer a probe within {self.probe_timeout}s")
+
+
+async def _first_notice(conn: psycopg.AsyncConnection, stop: asyncio.Event) -> bool | None:
+    """Whether a notice came within a second of silence; None once `stop` is set meanwhile."""
+
+    async def heard() -> bool:
+        async for _ in conn.notifies(timeout=1.0, stop_after=1):
+            return True
+        return False
+
+    listening = asyncio.ensure_future(heard())
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({listening, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if listening.done():
+        return listening.result()
+    listening.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await listening
+    return None
 
 
 class ProbeUnanswered(Exception):
