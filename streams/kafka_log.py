@@ -54,6 +54,7 @@ MAX_BATCH_BYTES = 128 * 1024
 OWN_BATCH_FROM = 64
 POLL_MS = 100  # one getmany wait inside `read`
 FETCH_WAIT_MS = 20
+READER_RETRY_BACKOFF_MS = 5
 
 
 class KafkaLog:
@@ -263,13 +264,12 @@ class KafkaLog:
             # up the next end_offsets by its whole wait; keep the wait short (and pause when idle).
             fetch_max_wait_ms=FETCH_WAIT_MS,
             request_timeout_ms=max(int(self.produce_timeout * 1000), 5000),
+            # A read assigns its one partition, and assign() also tells the client to keep metadata
+            # for that topic only: the next read of another topic finds it unknown and waits out
+            # this backoff before asking again (aiokafka's 100 ms default: about 0.3 s a runner step).
+            retry_backoff_ms=READER_RETRY_BACKOFF_MS,
         )
         await self._reader.start()
-        # Every partition of our topics assigned once, each paused until a read resumes it: assign()
-        # also tells the reader's client which topics to keep metadata for, so a read that assigned
-        # its one partition made it forget every other topic, and the next read of another waited
-        # out the client's retry backoff (100 ms) to learn it again: about 0.3 s a runner step.
-        _assign_paused(self._reader, [TopicPartition(t, p) for t in self.topics.all() for p in range(self.topics.partitions(t))])
         await self._check_partitions(self._producer)
         log.info("connected to Kafka at %s", self.bootstrap_servers)
 
@@ -327,8 +327,8 @@ class KafkaLog:
             end = (await reader.end_offsets([tp]))[tp]
             if start >= end:
                 return []  # the end of the partition: answer at once, no fetch wait
-            if tp not in reader.assignment():  # not one of our topics' (connect assigned those)
-                _assign_paused(reader, [*reader.assignment(), tp])
+            if reader.assignment() != {tp}:
+                reader.assign([tp])
             reader.seek(tp, start)
             reader.resume(tp)
             try:
@@ -352,11 +352,6 @@ async def _send_as_batches(
     batch.close()
     acks.append(await producer.send_batch(batch, topic, partition=partition))
     return acks
-
-
-def _assign_paused(reader: AIOKafkaConsumer, partitions: Sequence[TopicPartition]) -> None:
-    reader.assign(list(partitions))
-    reader.pause(*partitions)
 
 
 async def _fetch_some(reader: AIOKafkaConsumer, tp: TopicPartition, start: int, limit: int) -> list[LogRecord]:

@@ -57,7 +57,7 @@ def schemathesis_finds_nothing(served: tuple[Server, str], who: str, tmp_path: P
             str(Path(sys.executable).with_name("schemathesis")), "--config-file", str(CONFIG),
             "run", server.url + "/openapi.json", "--phases", phases, *exclude,
             "--checks", "all", "--header", f"Authorization: Bearer {key}",
-            "--seed", str(SEED), "--max-examples", str(CASES_PER_OPERATION), "--workers", "2",
+            "--seed", str(SEED), "--max-examples", str(CASES_PER_OPERATION), "--workers", "1",
             "--no-color", "--generation-database", "none", "--report-dir", str(tmp_path),
             "--generation-allow-x00", "false",
         ]  # fmt: skip

@@ -93,8 +93,10 @@ async def test_the_wal_is_checkpointed_by_a_thread_of_its_own_as_records_are_app
     database file on its own connection (SQLite's own checkpoint is 64 MiB out: the database file
     would stay at its first pages); closing the log stops the thread."""
     path = tmp_path / "log.sqlite"
+    others = {t for t in threading.enumerate() if t.name == "embedded-log-checkpoint"}  # other tests' logs
     log = EmbeddedLog(path, TOPICS)
     await log.start()
+    [own] = {t for t in threading.enumerate() if t.name == "embedded-log-checkpoint"} - others
     try:
         empty = path.stat().st_size
         value = b"x" * 4000
@@ -107,6 +109,6 @@ async def test_the_wal_is_checkpointed_by_a_thread_of_its_own_as_records_are_app
             await asyncio.sleep(0.01)
     finally:
         await log.close()
-    assert not any(t.name == "embedded-log-checkpoint" for t in threading.enumerate())
+    assert not own.is_alive()
     with sqlite3.connect(path) as db:  # everything appended is there
         assert db.execute("SELECT count(*) FROM records").fetchone()[0] == 2 * (CHECKPOINT_EVERY_BYTES // 8000 + 1)
