@@ -34,7 +34,7 @@ lint: $(STAMP)  ## ruff: the lint rules and the formatting of pyproject.toml
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 test: $(STAMP) lint services-up tools  ## Lint, then the whole suite against real services
-	eval "$$(bash ops/services/env.sh)" && OMNI_REQUIRE_SERVICES=1 $(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=15
+	eval "$$(bash ops/services/env.sh)" && OMNI_REQUIRE_SERVICES=1 $(BIN)/python -m pytest -q -p no:cacheprovider -n 3 --dist loadfile --no-loadscope-reorder --durations=15
 
 soak: $(STAMP) services-up  ## Long fault-injection runs (OMNI_SOAK_EVENTS, OMNI_SOAK_KILLS)
 	eval "$$(bash ops/services/env.sh)" && OMNI_REQUIRE_SERVICES=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m soak

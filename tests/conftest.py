@@ -51,3 +51,26 @@ def event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
     transports are not asyncio's classes (a protocol asserting `asyncio.Transport` passed on
     asyncio's loop and failed in the API)."""
     return uvloop.EventLoopPolicy()
+
+
+# The files that take longest (seconds of test time, one run of `make test`), started first: `make
+# test` hands whole files to its workers in collection order (`--dist loadfile
+# --no-loadscope-reorder`), so a long file collected late would run on alone after the others end.
+# A file missing here only starts in its usual place.
+LONGEST_FILES = (
+    "tests/integration/test_crash_points_kafka.py",  # 170
+    "tests/e2e/test_openapi_conformance.py",  # 120
+    "tests/integration/test_faust_worker.py",  # 107
+    "tests/integration/test_start_while_services_are_away.py",  # 102
+    "tests/integration/test_parity.py",  # 95
+    "tests/e2e/test_openapi_conformance_tenant.py",  # 80
+    "tests/e2e/test_crash_points.py",  # 75
+    "tests/e2e/test_openapi_fuzz.py",  # 65
+    "tests/integration/test_broker_outage.py",  # 46
+    "tests/contract/test_meter_queries_on_each_database.py",  # 43
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    first = {path: rank for rank, path in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: first.get(item.nodeid.partition("::")[0], len(first)))  # stable: the rest keep their order

@@ -45,7 +45,7 @@ def test_no_server_errors_and_problems_everywhere(server: Server) -> None:
         )
 
         @given(case=cases, key=st.sampled_from(keys))
-        @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         def probe(case: schemathesis.Case, key: str) -> None:
             response = case.call(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=10)
             where = f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text[:300]}"
