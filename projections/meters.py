@@ -248,6 +248,21 @@ def _canonical(names: tuple[str, ...], values: tuple[Any, ...]) -> str:
     return orjson.dumps(groups, option=orjson.OPT_SORT_KEYS).decode()
 
 
+def group_value_texts(asked: str) -> tuple[str, ...]:
+    """The stored JSON texts of the group values a dimension filter's value `asked` matches: the
+    string itself (a long one by its digest, as folded), and the number, boolean or null whose JSON
+    text it is (`5` matches 5, `true` true, `null` an event without the dimension). A query string
+    holds only text, so that is how a typed value is named; `5` does not match 5.0."""
+    texts = [orjson.dumps(_group_value(asked)).decode()]
+    try:
+        typed = orjson.loads(asked)
+    except orjson.JSONDecodeError:
+        return tuple(texts)
+    if typed is None or type(typed) in (bool, int, float):
+        texts.append(orjson.dumps(typed).decode())
+    return tuple(texts)
+
+
 def _group_value(value: Any) -> Any:
     if isinstance(value, (dict, list)):
         return pseudonym_of(value)  # a sealed personal value groups by its pseudonym; other objects as null

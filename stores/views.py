@@ -59,7 +59,7 @@ from datetime import datetime
 from decimal import Decimal
 from functools import lru_cache
 from operator import itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -67,7 +67,7 @@ from projections import meter_bulk
 from projections.meter_bulk import BulkFold
 from projections.meter_query import SECONDS, MeterRow, StoredBucket, meter_rows, plan, roll_up, whole_range
 from projections.meter_state import BucketState, average, combine
-from projections.meters import MINUTE, BucketKey, roll_ups, totals
+from projections.meters import MINUTE, BucketKey, group_value_texts, roll_ups, totals
 from schemas.meters import Aggregation, MeterDefinition, WindowSize
 from stores.database import Tx
 
@@ -605,6 +605,24 @@ def merge_buckets(tx: Tx, deltas: Mapping[BucketKey, BucketState]) -> None:
         )
 
 
+class DimensionFilter(NamedTuple):
+    """Only the buckets whose value of one dimension is among `texts` (their JSON texts as folded)."""
+
+    name: str
+    position: int  # in the meter's sorted dimensions, from 1 (PostgreSQL's group_values)
+    texts: tuple[str, ...]
+
+
+def dimension_filters(definition: MeterDefinition, asked: Mapping[str, Sequence[str]]) -> list[DimensionFilter]:
+    """The filters of a query asking, per dimension of `definition`, for any of some values (as the
+    query string names them: projections.meters.group_value_texts)."""
+    dimensions = sorted(definition.group_by)
+    return [
+        DimensionFilter(name, dimensions.index(name) + 1, tuple(dict.fromkeys(t for v in values for t in group_value_texts(v))))
+        for name, values in sorted(asked.items())
+    ]
+
+
 def _where(
     dialect: str,
     params: list[Any],
@@ -614,9 +632,11 @@ def _where(
     start: int | None,
     end: int | None,
     subjects: Sequence[str] = (),
+    filters: Sequence[DimensionFilter] = (),
 ) -> str:
-    """The condition for one meter's buckets of one resolution, window starts in [start, end) and
-    of these subjects (all when none); its parameters are appended to `params`."""
+    """The condition for one meter's buckets of one resolution, window starts in [start, end), of
+    these subjects (all when none) and dimension values; its parameters are appended to `params`.
+    Dimension filters hold for `meter_windows` only (`meter_totals` has no groups)."""
     sql = "tenant_id=? AND meter=? AND resolution=?"
     params += [tenant_id, meter, resolution]
     if start is not None:
@@ -631,6 +651,13 @@ def _where(
     elif subjects:
         sql += " AND subject IN (" + ", ".join("?" for _ in subjects) + ")"
         params.extend(subjects)
+    for name, position, texts in filters:
+        if dialect == "postgres":
+            sql += f" AND group_values[{int(position)}] = ANY(?)"
+            params.append(list(texts))
+        else:  # the value's JSON text within group_key, as written (SQLite's ->)
+            sql += " AND (group_key -> ?) IN (" + ", ".join("?" for _ in texts) + ")"
+            params += [f"$.{name}", *texts]
     return sql
 
 
@@ -643,10 +670,11 @@ def buckets(
     subjects: Sequence[str],
     *,
     resolution: int = MINUTE,
+    filters: Sequence[DimensionFilter] = (),
 ) -> list[StoredBucket]:
     """Stored buckets of one resolution (minutes unless told) whose window starts in [start, end)."""
     params: list[Any] = []
-    where = _where(tx.dialect, params, tenant_id, meter, resolution, start, end, subjects)
+    where = _where(tx.dialect, params, tenant_id, meter, resolution, start, end, subjects, filters)
     sql = f"SELECT window_start, subject, group_key, {', '.join(_VALUES)} FROM meter_windows WHERE {where}"
     return [StoredBucket(int(w), s, g, _state(values)) for w, s, g, *values in tx.execute(sql, params)]
 
@@ -675,10 +703,12 @@ def buckets_over(
     detailed: bool,
     subjects: Sequence[str],
     limit: int,
+    filters: Sequence[DimensionFilter] = (),
 ) -> bool:
     """Whether the meter query `query_meter` would answer would read more than `limit` stored buckets
-    (`detailed`: asked for subjects or group values). Each piece is counted up to the limit at most,
-    from the index: the count costs no more than `limit` entries however many there are."""
+    (`detailed`: asked for subjects or group values, or filtered by them). Each piece is counted up
+    to the limit at most, from the index: the count costs no more than `limit` entries however many
+    there are."""
     first = None if start is None else int(start.timestamp())
     last = None if end is None else int(end.timestamp())
     table = "meter_windows" if detailed else "meter_totals"
@@ -686,7 +716,15 @@ def buckets_over(
     for piece in plan(first, last, window_size):
         params: list[Any] = []
         where = _where(
-            tx.dialect, params, tenant_id, meter, piece.resolution, piece.start, piece.end, subjects if detailed else ()
+            tx.dialect,
+            params,
+            tenant_id,
+            meter,
+            piece.resolution,
+            piece.start,
+            piece.end,
+            subjects if detailed else (),
+            filters if detailed else (),
         )
         [(found,)] = tx.execute(
             f"SELECT count(*) FROM (SELECT 1 FROM {table} WHERE {where} LIMIT {limit - counted + 1}) AS b", params
@@ -708,8 +746,10 @@ def query_meter(
     group_by: Sequence[str],
     by_subject: bool,
     subjects: Sequence[str],
+    filters: Sequence[DimensionFilter] = (),
 ) -> list[MeterRow]:
-    """One row per window, subject (when `by_subject`) and requested group values.
+    """One row per window, subject (when `by_subject`) and requested group values, of the buckets
+    of `subjects` (all when none) whose dimensions hold the `filters`' values.
 
     `start` and `end` are whole UTC minutes. Buckets are read at the coarsest
     resolution that fits (projections.meter_query.plan): from `meter_totals`
@@ -719,20 +759,24 @@ def query_meter(
     """
     first = None if start is None else int(start.timestamp())
     last = None if end is None else int(end.timestamp())
-    detailed = bool(group_by or by_subject or subjects)
+    detailed = bool(group_by or by_subject or subjects or filters)
     if tx.dialect == "postgres":
-        return _query_in_sql(tx, tenant_id, definition, first, last, start, end, window_size, group_by, by_subject, subjects)
+        return _query_in_sql(
+            tx, tenant_id, definition, first, last, start, end, window_size, group_by, by_subject, subjects, filters
+        )
     stored: list[StoredBucket] = []
     for piece in plan(first, last, window_size):
         if detailed:
-            stored += buckets(tx, tenant_id, definition.slug, piece.start, piece.end, subjects, resolution=piece.resolution)
+            stored += buckets(
+                tx, tenant_id, definition.slug, piece.start, piece.end, subjects, resolution=piece.resolution, filters=filters
+            )
         else:
             stored += total_buckets(tx, tenant_id, definition.slug, piece.start, piece.end, resolution=piece.resolution)
     span = None
     if stored and window_size is None and (start is None or end is None):
         params: list[Any] = []
-        where = _where(tx.dialect, params, tenant_id, definition.slug, MINUTE, first, last, subjects)
         table = "meter_windows" if detailed else "meter_totals"
+        where = _where(tx.dialect, params, tenant_id, definition.slug, MINUTE, first, last, subjects, filters)
         [(low, high)] = tx.execute(f"SELECT min(window_start), max(window_start) FROM {table} WHERE {where}", params)
         span = (int(low), int(high))
     return roll_up(
@@ -798,10 +842,11 @@ def _query_in_sql(
     group_by: Sequence[str],
     by_subject: bool,
     subjects: Sequence[str],
+    filters: Sequence[DimensionFilter],
 ) -> list[MeterRow]:
     """One statement. When every bucket read is exactly one row of the answer (buckets the size
     of the windows, keyed like the rows), it reads them as they are; otherwise it GROUPs BY."""
-    detailed = bool(group_by or by_subject or subjects)
+    detailed = bool(group_by or by_subject or subjects or filters)
     table = "meter_windows" if detailed else "meter_totals"
     aggregation = definition.aggregation
     dimensions = sorted(definition.group_by)
@@ -819,7 +864,7 @@ def _query_in_sql(
     if whole:  # the first and last minute with data, in the same statement (and snapshot)
         bounds = [
             f"(SELECT {edge}(window_start) FROM {table} "
-            f"WHERE {_where(tx.dialect, params, tenant_id, definition.slug, MINUTE, first, last, subjects)})"
+            f"WHERE {_where(tx.dialect, params, tenant_id, definition.slug, MINUTE, first, last, subjects, filters)})"
             for edge in ("min", "max")
         ]
     columns = ", ".join([*keys, *bounds, _VALUE_SQL[aggregation] if direct else _AGGREGATE_SQL[aggregation]])
@@ -828,7 +873,9 @@ def _query_in_sql(
     )
     selects = []
     for piece in pieces:
-        where = _where(tx.dialect, params, tenant_id, definition.slug, piece.resolution, piece.start, piece.end, subjects)
+        where = _where(
+            tx.dialect, params, tenant_id, definition.slug, piece.resolution, piece.start, piece.end, subjects, filters
+        )
         selects.append(f"SELECT {columns if direct else inner} FROM {table} WHERE {where}")
     if direct:
         sql = " UNION ALL ".join(selects)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, localcontext
 from typing import Any
@@ -33,6 +33,7 @@ class Query:
     group_by: Sequence[str] = ()
     by_subject: bool = False
     subjects: Sequence[str] = ()
+    filters: Mapping[str, Sequence[str]] = field(default_factory=dict)  # dimension: any of these values
 
 
 def counted(log: Iterable[tuple[int, Envelope]]) -> list[tuple[int, Envelope]]:
@@ -64,6 +65,8 @@ def answer_counted(events: list[tuple[int, Envelope]], tenant: str, meter: Meter
             continue
         subject = event.subject or ""
         if query.subjects and subject not in query.subjects:
+            continue
+        if not all(_holds(meter, event, name, values) for name, values in query.filters.items()):
             continue
         moment = event.event_time.astimezone(UTC)
         if query.start is not None and moment < query.start:
@@ -118,6 +121,15 @@ def _groups(meter: MeterDefinition, event: Envelope, wanted: Sequence[str]) -> s
             value = "sha256:" + hashlib.sha256(value.encode()).hexdigest()
         shown[name] = value
     return json.dumps(shown, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _holds(meter: MeterDefinition, event: Envelope, dimension: str, values: Sequence[str]) -> bool:
+    """Whether the event's value of `dimension` is one of `values` as a query string names them: a
+    text as itself, a number, boolean or null (none in the event) as its JSON text."""
+    value = _plain(lookup(document(event), path_parts(meter.group_by[dimension])))
+    if isinstance(value, (dict, list)):
+        value = None
+    return (value if isinstance(value, str) else json.dumps(value)) in values
 
 
 def _aggregate(aggregation: Aggregation, values: list[tuple[datetime, int, Any]]) -> Decimal | int | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -60,14 +61,33 @@ def _utc_text(moment: datetime | None) -> str | None:
     return None if moment is None else moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-QUESTION_PARAMETERS = ("from", "to", "window_size", "group_by", "subject")  # a query's and a watch's
+QUESTION_PARAMETERS = ("from", "to", "window_size", "group_by", "subject", "filter_group_by[…]")  # a query's and a watch's
+# `filter_group_by[model]=large`: OpenAPI's deepObject style, as OpenMeter's `filterGroupBy[model]`.
+FILTER = re.compile(r"filter_group_by\[([^\[\]]*)\]")
+FILTER_PARAMETER = {
+    "name": "filter_group_by",
+    "in": "query",
+    "required": False,
+    "style": "deepObject",
+    "explode": True,
+    "description": (
+        "Only usage whose dimension holds this value: `filter_group_by[model]=large`. Repeat it for several "
+        "values of one dimension (any of them), name several dimensions (each must hold). A number, `true`, "
+        "`false` or `null` (no such value in the event) also matches that typed value."
+    ),
+    "schema": {"type": "object", "additionalProperties": {"type": "string"}},
+}
 
 
 def _refuse_unknown(request: Request, taken: tuple[str, ...], what: str) -> None:
     """422 for a query parameter the route does not take: a filter it does not know (a dimension's
     name, OpenMeter's `filterGroupBy[model]`) or a misspelt name, ignored, answered every group's
     usage as if filtered."""
-    unknown = [name for name in dict.fromkeys(request.query_params) if name not in taken]
+    unknown = [
+        name
+        for name in dict.fromkeys(request.query_params)
+        if name not in taken and not ("filter_group_by[…]" in taken and FILTER.fullmatch(name))
+    ]
     if unknown:
         reason = f"not a parameter of this {what}, which takes {', '.join(taken)}"
         raise Problem(
@@ -111,9 +131,11 @@ class MeterQuestion:
     window_size: WindowSize | None
     groups: list[str]  # `subject` and dimensions, as asked
     subjects: list[str]  # only these subjects (none: every one)
+    filters: dict[str, list[str]]  # only usage whose dimension holds one of these values, by dimension
 
 
 async def meter_question(
+    request: Request,
     slug: str,
     from_: Annotated[Rfc3339Time | None, Query(alias="from", description="Inclusive, RFC 3339, whole minute")] = None,
     to: Annotated[Rfc3339Time | None, Query(description="Exclusive, RFC 3339, whole minute")] = None,
@@ -135,7 +157,13 @@ async def meter_question(
     if from_ is not None and to is not None and from_ >= to:
         raise Problem(422, "Invalid time range", "`from` must be before `to`.", kind="invalid-range", location="query.to")
     subjects = [s for s in dict.fromkeys(subject) if s]  # an empty `subject=` filters nothing, as before
-    return MeterQuestion(slug, from_, to, window_size, _split(group_by), subjects)
+    filters: dict[str, list[str]] = {}
+    for name, value in request.query_params.multi_items():
+        if (asked := FILTER.fullmatch(name)) is not None:
+            values = filters.setdefault(asked.group(1), [])
+            if value not in values:
+                values.append(value)
+    return MeterQuestion(slug, from_, to, window_size, _split(group_by), subjects, filters)
 
 
 QuestionDep = Annotated[MeterQuestion, Depends(meter_question)]
@@ -155,12 +183,24 @@ def _definition(tx: Tx, question: MeterQuestion) -> MeterDefinition:
             kind="unknown-group-by",
             location="query.group_by",
         )
+    unknown = [name for name in question.filters if name not in definition.group_by]
+    if unknown:
+        dimensions = ", ".join(definition.group_by) or "none"
+        reason = f"not among this meter's dimensions ({dimensions}; filter subjects with `subject`)"
+        raise Problem(
+            422,
+            "Unknown filter_group_by",
+            f"{', '.join(repr(n) for n in unknown)}: {reason}.",
+            kind="unknown-group-by",
+            errors=[{"location": f"query.filter_group_by[{name}]", "reason": f"{name!r} is {reason}"} for name in unknown],
+        )
     return definition
 
 
 def _rows(tx: Tx, tenant_id: str, definition: MeterDefinition, question: MeterQuestion, limit: int) -> list[MeterRow]:
     """The buckets' answer, or 422 `query-too-large` past `limit` stored buckets (counted first)."""
     groups, subjects = question.groups, question.subjects
+    filters = views.dimension_filters(definition, question.filters)
     if views.buckets_over(
         tx,
         tenant_id,
@@ -168,15 +208,16 @@ def _rows(tx: Tx, tenant_id: str, definition: MeterDefinition, question: MeterQu
         start=question.start,
         end=question.end,
         window_size=question.window_size,
-        detailed=bool(groups or subjects),
+        detailed=bool(groups or subjects or filters),
         subjects=subjects,
         limit=limit,
+        filters=filters,
     ):
         raise Problem(
             422,
             "Query too large",
             f"This query would combine more than {limit} stored buckets (OMNI_MAX_QUERY_BUCKETS): "
-            "narrow `from` and `to`, filter by `subject`, or group by fewer dimensions.",
+            "narrow `from` and `to`, filter by `subject` or `filter_group_by`, or group by fewer dimensions.",
             kind="query-too-large",
         )
     return views.query_meter(
@@ -189,6 +230,7 @@ def _rows(tx: Tx, tenant_id: str, definition: MeterDefinition, question: MeterQu
         group_by=list(dict.fromkeys(g for g in groups if g != "subject")),
         by_subject="subject" in groups or len(subjects) == 1,
         subjects=subjects,
+        filters=filters,
     )
 
 
@@ -221,7 +263,12 @@ def meter_answer(platform: Platform, tenant_id: str, question: MeterQuestion) ->
     return _body(definition, question, rows)
 
 
-@router.get("/{slug}/query", response_model=MeterQueryResult, response_class=ExactJSONResponse)
+@router.get(
+    "/{slug}/query",
+    response_model=MeterQueryResult,
+    response_class=ExactJSONResponse,
+    openapi_extra={"parameters": [FILTER_PARAMETER]},
+)
 def query_meter(
     question: QuestionDep,
     request: Request,
@@ -279,6 +326,7 @@ WATCH_ANSWER = {
     "/{slug}/watch",
     response_class=StreamingResponse,
     responses={200: WATCH_ANSWER, 429: {"description": "This tenant already holds its watches' most"}},
+    openapi_extra={"parameters": [FILTER_PARAMETER]},
 )
 async def watch_meter(
     question: QuestionDep,
