@@ -111,7 +111,7 @@ SHAPES: list[dict[str, Any]] = [
     {"group_by": ["region"], "by_subject": False, "subjects": ["s2", ""]},
 ]
 # Dimension filters (`filter_group_by[…]`), as the query string names values, each with a shape
-# above, over the first three ranges (the truth scans every event per query: not all combinations).
+# above, over the first two ranges (the truth scans every event per query: not all combinations).
 FILTERED: list[tuple[int, dict[str, list[str]]]] = [
     (0, {"region": ["eu"]}),
     (1, {"model": ["1", "a"], "region": ["null", "us"]}),  # the number 1 (not 1.0), "a"; no region or "us"
@@ -133,7 +133,7 @@ def test_queries_equal_the_truth_computed_from_the_raw_events(database: Database
     for meter in METERS:
         for window_size in [None, *WindowSize]:
             for start, end in RANGES:
-                filtered = [(SHAPES[i], asked) for i, asked in FILTERED] if (start, end) in RANGES[:3] else []
+                filtered = [(SHAPES[i], asked) for i, asked in FILTERED] if (start, end) in RANGES[:2] else []
                 for shape, asked in [*((shape, {}) for shape in SHAPES), *filtered]:
                     filters = views.dimension_filters(meter, asked)
                     with database.transaction() as tx:
@@ -145,7 +145,7 @@ def test_queries_equal_the_truth_computed_from_the_raw_events(database: Database
                     assert truth.shown(got) == want, (meter.slug, window_size, start, end, shape, asked)
                     checked += bool(want)
                     checked_filtered += bool(want and asked)
-    assert checked > LOG_SIZE * 2 // 3 and checked_filtered > LOG_SIZE // 5
+    assert checked > LOG_SIZE * 2 // 3 and checked_filtered > LOG_SIZE // 8
 
 
 def test_roll_up_rows_are_the_minute_rows_combined(database: Database) -> None:

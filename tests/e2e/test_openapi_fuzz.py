@@ -45,7 +45,7 @@ def test_no_server_errors_and_problems_everywhere(server: Server) -> None:
         )
 
         @given(case=cases, key=st.sampled_from(keys))
-        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         def probe(case: schemathesis.Case, key: str) -> None:
             response = case.call(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=10)
             where = f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text[:300]}"
@@ -60,4 +60,4 @@ def test_no_server_errors_and_problems_everywhere(server: Server) -> None:
     # The fuzzing really reached the server: its own request counter says so.
     metrics = httpx.get(server.url + "/metrics").text
     served = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith("omni_http_requests_total{"))
-    assert served >= 10 * len(operations)
+    assert served >= 5 * len(operations)

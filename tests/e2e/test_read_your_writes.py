@@ -17,7 +17,7 @@ from omni.settings import Settings
 from tests.conftest import cloud_event
 from tests.e2e.conftest import ADMIN, drop_kafka_state, embedded_settings, kafka_settings, services_or_skip
 
-ROUNDS = 50
+ROUNDS = 30
 
 
 @pytest.fixture(params=["embedded", "kafka"])
