@@ -83,11 +83,7 @@ def _refuse_unknown(request: Request, taken: tuple[str, ...], what: str) -> None
     """422 for a query parameter the route does not take: a filter it does not know (a dimension's
     name, OpenMeter's `filterGroupBy[model]`) or a misspelt name, ignored, answered every group's
     usage as if filtered."""
-    unknown = [
-        name
-        for name in dict.fromkeys(request.query_params)
-        if name not in taken and not ("filter_group_by[…]" in taken and FILTER.fullmatch(name))
-    ]
+    unknown = [name for name in dict.fromkeys(request.query_params) if name not in taken and not FILTER.fullmatch(name)]
     if unknown:
         reason = f"not a parameter of this {what}, which takes {', '.join(taken)}"
         raise Problem(

@@ -53,7 +53,9 @@ async def test_min_and_max_of_equal_values_tell_the_plainer_text_in_both_modes(o
     embedded views keep the plainer text when they combine buckets, and so must PostgreSQL's)."""
     for aggregation in ("MIN", "MAX"):
         await omni.meter(slug=aggregation.lower(), event_type="inference", aggregation=aggregation, value_property="$.data.v")
-    hour = _hour(4)
+    # Yesterday 10:00 to 12:00 UTC: two hours of one day whatever the time now (a range across
+    # midnight splits the DAY window in two, and the test ran at 03:00 UTC found it).
+    hour = (datetime.now(UTC) - timedelta(days=1)).replace(hour=10, minute=0, second=0, microsecond=0)
     keys = []
     for name, (first, second) in {"plain-later": ("5.0", "5"), "plain-first": ("5", "5.0")}.items():
         _, key = await omni.tenant(name)
