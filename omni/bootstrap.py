@@ -66,6 +66,7 @@ def event_store_env(settings: Settings) -> dict[str, str]:
         # eventsourcing's PostgreSQL persistence, each operation's wait bounded (stores/event_store.py).
         "PERSISTENCE_MODULE": "stores.event_store:Factory",
         "OMNI_DATABASE_WAIT_SECONDS": str(settings.database_wait_seconds),
+        "OMNI_DATABASE_STATEMENT_SECONDS": str(settings.database_statement_seconds),
         "POSTGRES_DBNAME": url.path.lstrip("/"),
         "POSTGRES_HOST": url.hostname or "localhost",
         "POSTGRES_PORT": str(url.port or 5432),
@@ -402,7 +403,12 @@ def build(settings: Settings) -> Platform:
         sink = RedisDedupedSink(
             kafka, settings.redis_url, topics, claim_ttl=settings.dedupe_claim_seconds, keep_for=settings.redis_dedupe_seconds
         )
-        db = PostgresDatabase(settings.database_url, schema=settings.database_schema, wait_seconds=settings.database_wait_seconds)
+        db = PostgresDatabase(
+            settings.database_url,
+            schema=settings.database_schema,
+            wait_seconds=settings.database_wait_seconds,
+            statement_seconds=settings.database_statement_seconds,
+        )
         metrics.POOLS.watch_postgres(settings.database_schema, db.pool)
         quotas = RedisQuotaLedger(
             settings.redis_url,

@@ -128,6 +128,11 @@ class Settings(BaseSettings):
     # 503: for a connection from a pool, and retrying at once one that broke under it (README,
     # "Configuration"). eventsourcing's own retries took about 50 s while PostgreSQL was away.
     database_wait_seconds: float = Field(default=3.0, gt=0, le=60)
+    # Kafka mode: how long one PostgreSQL statement of the API's, the worker's or the relay's may
+    # take. PostgreSQL cancels one that runs longer (its statement_timeout), and a server that leaves
+    # a round trip unanswered a second past it (SIGSTOP, a frozen host) has the connection cut: 503,
+    # rather than a request held until its client gives up. Migrations and a replay's swap are exempt.
+    database_statement_seconds: float = Field(default=15.0, gt=0, le=3600)
     database_schema: str = Field(default="public", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     redis_url: str = Field(default="redis://127.0.0.1:16379/0", validation_alias="REDIS_URL")
     # Kafka mode: how long Redis keeps each accepted event's de-duplication key at most (None: the

@@ -24,6 +24,8 @@ import psycopg
 from eventsourcing.persistence import InterfaceError, OperationalError
 from psycopg_pool import ConnectionPool
 
+from stores.statement_watch import STATEMENTS
+
 _DIALECT_TAG = re.compile(r"/\*\s*(sqlite|postgres)\s*\*/")
 
 
@@ -39,6 +41,14 @@ def statements(script: str, dialect: str) -> list[str]:
 
 
 CONNECT_TIMEOUT = 2  # libpq's connect_timeout, in whole seconds (at least 2)
+# A bounded statement's round trip unanswered this long past its statement_timeout is taken for a
+# server that stopped answering (PostgreSQL's own cancel would have come by then), and cut.
+SILENCE_PAST_STATEMENT = 1.0
+
+
+def statement_timeout_ms(seconds: float) -> int:
+    """PostgreSQL's statement_timeout for a bound in seconds (0 would mean none)."""
+    return max(1, round(seconds * 1000))
 
 
 class StoreUnavailable(Exception):
@@ -89,8 +99,10 @@ class Database(Protocol):
     def claims(self) -> Claims:
         """This process's claims on named pieces of work (a GDPR request's job), exclusive across processes."""
 
-    def transaction(self) -> Any:
-        """A context manager giving a Tx; commits on success, rolls back on error."""
+    def transaction(self, *, bounded: bool = True) -> Any:
+        """A context manager giving a Tx; commits on success, rolls back on error. `bounded=False`
+        for a transaction whose statements may legitimately run long (a replay's swap): PostgreSQL's
+        statement limit does not apply to it."""
 
     def reading(self) -> Any:
         """A context manager giving a Tx that only reads, from one snapshot, and waits for no writer:
@@ -130,20 +142,25 @@ class _AdvisoryLock:
     """A PostgreSQL session advisory lock on a connection of its own: lost with the connection, or
     when the connection has been idle for `idle_seconds` (its holder stopped answering)."""
 
-    def __init__(self, url: str, name: str, idle_seconds: float = LEADER_IDLE_SECONDS) -> None:
+    def __init__(
+        self, url: str, name: str, idle_seconds: float = LEADER_IDLE_SECONDS, statement_seconds: float | None = None
+    ) -> None:
         self.url = url
         self.name = name
         self.idle_seconds = idle_seconds
+        self.statement_seconds = statement_seconds
         self._conn: psycopg.Connection[Any] | None = None
 
     def hold(self) -> bool:
         try:
             if self._conn is not None:
-                self._conn.execute("SELECT 1")
+                with STATEMENTS.armed(self._conn, self.statement_seconds):
+                    self._conn.execute("SELECT 1")
                 return True
             idle = f"-c idle_session_timeout={int(self.idle_seconds * 1000)}"
             conn = psycopg.connect(self.url, autocommit=True, connect_timeout=5, options=idle)
-            row = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (self.name,)).fetchone()
+            with STATEMENTS.armed(conn, self.statement_seconds):
+                row = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (self.name,)).fetchone()
             if row and row[0]:
                 self._conn = conn
                 return True
@@ -201,10 +218,11 @@ class _AdvisoryClaims(_LocalClaims):
     loses its connection and so its claims. The set stays in front, because a session may take its
     own advisory lock twice."""
 
-    def __init__(self, url: str, scope: str) -> None:
+    def __init__(self, url: str, scope: str, statement_seconds: float | None = None) -> None:
         super().__init__()
         self.url = url
         self.scope = scope
+        self.statement_seconds = statement_seconds
         self._conn: psycopg.Connection[Any] | None = None
         self._db_lock = threading.Lock()
 
@@ -218,7 +236,8 @@ class _AdvisoryClaims(_LocalClaims):
             with self._db_lock:
                 if self._conn is None:
                     self._conn = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
-                row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (self._key(name),)).fetchone()
+                with STATEMENTS.armed(self._conn, self.statement_seconds):
+                    row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (self._key(name),)).fetchone()
         except psycopg.Error:
             self._drop()
             row = None
@@ -231,7 +250,8 @@ class _AdvisoryClaims(_LocalClaims):
         try:
             with self._db_lock:
                 if self._conn is not None:
-                    self._conn.execute("SELECT pg_advisory_unlock(%s)", (self._key(name),))
+                    with STATEMENTS.armed(self._conn, self.statement_seconds):
+                        self._conn.execute("SELECT pg_advisory_unlock(%s)", (self._key(name),))
         except psycopg.Error:
             self._drop()  # the session is gone, and every lock it held with it
         super().release(name)
@@ -288,7 +308,8 @@ class SqliteDatabase:
         self._lock = threading.RLock()
 
     @contextmanager
-    def transaction(self) -> Iterator[_SqliteTx]:
+    def transaction(self, *, bounded: bool = True) -> Iterator[_SqliteTx]:
+        """`bounded` has no meaning here: the file answers or fails, it is never silent."""
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
@@ -361,33 +382,50 @@ class SqliteDatabase:
 
 
 class _PostgresTx:
+    """Each statement's round trips bounded by `seconds` of silence (stores.statement_watch)."""
+
     dialect = "postgres"
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], seconds: float | None = None) -> None:
         self._conn = conn
+        self._seconds = seconds
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        cursor = self._conn.execute(sql.replace("?", "%s"), params)  # type: ignore[arg-type]
-        return cursor.fetchall() if cursor.description else []
+        with STATEMENTS.armed(self._conn, self._seconds):
+            cursor = self._conn.execute(sql.replace("?", "%s"), params)  # type: ignore[arg-type]
+            return cursor.fetchall() if cursor.description else []
 
     def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        with self._conn.cursor() as cursor:
+        with STATEMENTS.armed(self._conn, self._seconds), self._conn.cursor() as cursor:
             cursor.executemany(sql.replace("?", "%s"), rows)  # type: ignore[arg-type]
 
     def copy_rows(self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-        with self._conn.cursor() as cursor, cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+        with (
+            STATEMENTS.armed(self._conn, self._seconds),
+            self._conn.cursor() as cursor,
+            cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy,
+        ):
             for row in rows:
                 copy.write_row(row)
 
     def copy_text(self, table: str, columns: Sequence[str], texts: Iterable[str]) -> None:
         """Append rows given as COPY's text format (lines of tab-separated, escaped values)."""
-        with self._conn.cursor() as cursor, cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+        with (
+            STATEMENTS.armed(self._conn, self._seconds),
+            self._conn.cursor() as cursor,
+            cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy,
+        ):
             for text in texts:
                 copy.write(text)
 
 
 class PostgresDatabase:
-    """A psycopg 3 connection pool; each transaction borrows one connection."""
+    """A psycopg 3 connection pool; each transaction borrows one connection.
+
+    `statement_seconds` (None: no bound) bounds each statement twice: PostgreSQL cancels one that
+    runs longer (its `statement_timeout`, the connection kept), and a round trip the server leaves
+    unanswered a second past it (SIGSTOP, a frozen host: nothing is cancelled there) has its
+    connection cut (stores.statement_watch). Either way the transaction raises StoreUnavailable."""
 
     dialect = "postgres"
 
@@ -400,17 +438,23 @@ class PostgresDatabase:
         max_size: int = 8,
         leader_idle_seconds: float = LEADER_IDLE_SECONDS,
         wait_seconds: float = 10.0,
+        statement_seconds: float | None = None,
     ) -> None:
         self.url = url
         self.schema = schema
         self.leader_idle_seconds = leader_idle_seconds
+        self.statement_seconds = statement_seconds
+        self._silence = None if statement_seconds is None else statement_seconds + SILENCE_PAST_STATEMENT
+        options = f'-c search_path="{schema}"'
+        if statement_seconds is not None:
+            options += f" -c statement_timeout={statement_timeout_ms(statement_seconds)}"
         self._pool = ConnectionPool(
             url,
             min_size=min_size,
             max_size=max_size,
             # A host that does not answer is given up on after CONNECT_TIMEOUT (libpq would wait for
             # the operating system's: minutes).
-            kwargs={"options": f'-c search_path="{schema}"', "autocommit": True, "connect_timeout": CONNECT_TIMEOUT},
+            kwargs={"options": options, "autocommit": True, "connect_timeout": CONNECT_TIMEOUT},
             open=False,
             # A transaction waits at most this long for a connection, then StoreUnavailable (503).
             timeout=wait_seconds,
@@ -430,13 +474,28 @@ class PostgresDatabase:
             self._opened = True
 
     @contextmanager
-    def transaction(self) -> Iterator[_PostgresTx]:
+    def transaction(self, *, bounded: bool = True) -> Iterator[_PostgresTx]:
         self._open()
+        silence = self._silence if bounded else None
         try:
             conn = self._working_connection()
             try:
-                with conn.transaction():
-                    yield _PostgresTx(conn)
+                # BEGIN and COMMIT are round trips too: each bounded like a statement, and not the
+                # caller's own time between statements.
+                transaction = conn.transaction()
+                with STATEMENTS.armed(conn, silence):
+                    transaction.__enter__()
+                try:
+                    if not bounded and self.statement_seconds is not None:
+                        conn.execute("SET LOCAL statement_timeout = 0")
+                    yield _PostgresTx(conn, silence)
+                except BaseException as failure:
+                    with STATEMENTS.armed(conn, silence):
+                        if not transaction.__exit__(type(failure), failure, failure.__traceback__):
+                            raise
+                else:
+                    with STATEMENTS.armed(conn, silence):
+                        transaction.__exit__(None, None, None)
             finally:
                 self._pool.putconn(conn)
         except (psycopg.OperationalError, psycopg.InterfaceError) as failure:
@@ -455,7 +514,9 @@ class PostgresDatabase:
         while True:
             conn = self._pool.getconn(timeout=max(0.0, deadline - time.monotonic()))
             try:
-                conn.execute("")  # one round trip (autocommit: no transaction left open)
+                # one round trip (autocommit: no transaction left open), within what is left of the wait
+                with STATEMENTS.armed(conn, max(0.0, deadline - time.monotonic())):
+                    conn.execute("")
             except psycopg.Error:
                 self._pool.putconn(conn)  # broken: the pool discards it and connects another
                 continue
@@ -471,6 +532,7 @@ class PostgresDatabase:
         self._open()
         with self._pool.connection() as conn, conn.transaction():
             # Many workers may start at once; one migrates, the others wait for it.
+            conn.execute("SET LOCAL statement_timeout = 0")  # a migration may take long, and waits for another's
             conn.execute("SELECT pg_advisory_xact_lock(7243)")
             conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
             conn.execute(f'SET LOCAL search_path TO "{self.schema}"')
@@ -478,10 +540,10 @@ class PostgresDatabase:
                 conn.execute(statement)
 
     def leadership(self, name: str) -> Leadership:
-        return _AdvisoryLock(self.url, f"{self.schema}:{name}", self.leader_idle_seconds)
+        return _AdvisoryLock(self.url, f"{self.schema}:{name}", self.leader_idle_seconds, self._silence)
 
     def claims(self) -> Claims:
-        return _AdvisoryClaims(self.url, self.schema)
+        return _AdvisoryClaims(self.url, self.schema, self._silence)
 
     @property
     def pool(self) -> ConnectionPool:

@@ -14,6 +14,11 @@ dropped) is retried at once on another, so a blip costs a request nothing, and a
 `wait_seconds`, then eventsourcing's OperationalError (503 at the edge). The pool gives up a
 reconnection attempt after `wait_seconds` too, and a request that finds the pool empty starts a
 new one: once PostgreSQL answers again, the next request connects.
+
+Each statement is bounded as the views' are (`OMNI_DATABASE_STATEMENT_SECONDS`, stores.database):
+PostgreSQL cancels one that runs longer, and a connection borrowed for an operation that a server
+left silent a second past that bound is cut (stores.statement_watch), so a frozen PostgreSQL costs a
+request that long and a 503, not its client's whole timeout.
 """
 
 from __future__ import annotations
@@ -27,10 +32,14 @@ from typing import Any, TypeVar, cast
 from eventsourcing import postgres
 from eventsourcing.persistence import InterfaceError, OperationalError
 
+from stores.database import SILENCE_PAST_STATEMENT, statement_timeout_ms
+from stores.statement_watch import STATEMENTS
+
 T = TypeVar("T")
 
 WAIT_SECONDS = "OMNI_DATABASE_WAIT_SECONDS"  # the event store's environment (omni.bootstrap.event_store_env)
 DEFAULT_WAIT_SECONDS = 3.0
+STATEMENT_SECONDS = "OMNI_DATABASE_STATEMENT_SECONDS"  # unset: no bound on a statement
 RETRY_PAUSE = 0.05  # between two attempts of one operation: a failure that comes at once does not spin
 CONNECT_TIMEOUT = 2  # libpq's connect_timeout (whole seconds, at least 2): a host that does not answer
 
@@ -70,21 +79,42 @@ def bounded(wait_seconds: Callable[[Any], float]) -> Callable[[Callable[..., T]]
 
 
 class BoundedPool(postgres.ConnectionPool[Any]):
-    """A pool whose wait for a connection is what is left of the operation's (`_left`)."""
+    """A pool whose wait for a connection is what is left of the operation's (`_left`), and whose
+    connections, while borrowed, are cut after `silence` seconds (None: never). An operation of the
+    event store is a statement or two on one borrowed connection, with no caller's code between."""
+
+    def __init__(self, *args: Any, silence: float | None = None, **kwargs: Any) -> None:
+        self.silence = silence
+        self._watched: dict[int, int] = {}  # id of a borrowed connection: its StatementWatch token
+        super().__init__(*args, **kwargs)
 
     def getconn(self, timeout: float | None = None) -> Any:
-        return super().getconn(_left(self.timeout) if timeout is None else timeout)
+        conn = super().getconn(_left(self.timeout) if timeout is None else timeout)
+        if self.silence is not None:
+            self._watched[id(conn)] = STATEMENTS.arm(conn, self.silence)
+        return conn
+
+    def putconn(self, conn: Any) -> None:
+        token = self._watched.pop(id(conn), None)
+        if token is not None:
+            STATEMENTS.disarm(token)
+        super().putconn(conn)
 
 
-def bounded_pool(pool: postgres.ConnectionPool[Any], wait_seconds: float) -> BoundedPool:
+def bounded_pool(pool: postgres.ConnectionPool[Any], wait_seconds: float, statement_seconds: float | None = None) -> BoundedPool:
     """`pool` (eventsourcing's, not opened yet), but: each wait bounded as above, a reconnection given
     up after `wait_seconds` (the next request to find the pool empty starts another at once, rather
     than after the ever longer pauses of psycopg_pool's backoff), and a host that does not answer a
-    connection given up on after CONNECT_TIMEOUT (libpq waits for the operating system's: minutes)."""
+    connection given up on after CONNECT_TIMEOUT (libpq waits for the operating system's: minutes),
+    and each statement bounded by `statement_seconds` (None: not)."""
+    kwargs: dict[str, Any] = {**(pool.kwargs or {}), "connect_timeout": CONNECT_TIMEOUT}
+    if statement_seconds is not None:
+        kwargs["options"] = f"-c statement_timeout={statement_timeout_ms(statement_seconds)}"
     return BoundedPool(
+        silence=None if statement_seconds is None else statement_seconds + SILENCE_PAST_STATEMENT,
         get_password_func=pool.get_password_func,
         connection_class=pool.connection_class,
-        kwargs={**(pool.kwargs or {}), "connect_timeout": CONNECT_TIMEOUT},
+        kwargs=kwargs,
         min_size=pool.min_size,
         max_size=pool.max_size,
         open=False,
@@ -115,11 +145,16 @@ class ApplicationRecorder(postgres.PostgresApplicationRecorder):
 
 class Factory(postgres.PostgresFactory):
     """eventsourcing's PostgresFactory, with the recorders above and a bounded pool. Its settings are
-    eventsourcing's (POSTGRES_*), and OMNI_DATABASE_WAIT_SECONDS."""
+    eventsourcing's (POSTGRES_*), OMNI_DATABASE_WAIT_SECONDS and OMNI_DATABASE_STATEMENT_SECONDS."""
 
     aggregate_recorder_class = AggregateRecorder
     application_recorder_class = ApplicationRecorder
 
     def __init__(self, env: Any) -> None:
         super().__init__(env)
-        self.datastore.pool = bounded_pool(self.datastore.pool, float(self.env.get(WAIT_SECONDS) or DEFAULT_WAIT_SECONDS))
+        statement = self.env.get(STATEMENT_SECONDS)
+        self.datastore.pool = bounded_pool(
+            self.datastore.pool,
+            float(self.env.get(WAIT_SECONDS) or DEFAULT_WAIT_SECONDS),
+            float(statement) if statement else None,
+        )

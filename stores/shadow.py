@@ -279,7 +279,7 @@ def swap(live: Database, shadow: Shadow, folds: Sequence[Fold]) -> None:
     consumers = tuple(c for fold in folds for c in fold.consumers)
     with shadow.db.transaction() as stx:
         theirs = _offsets(stx, consumers)
-    with live.transaction() as tx:
+    with live.transaction(bounded=False) as tx:  # copies whole views: as long as they take
         if tx.dialect == "postgres":
             tx.execute("LOCK TABLE checkpoints IN EXCLUSIVE MODE")  # the folds' first statement waits for us
         ours = _offsets(tx, consumers)

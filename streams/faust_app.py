@@ -395,7 +395,12 @@ def _migrated_views(settings: Settings) -> PostgresDatabase:
     # A plain connection first, as it fails at once; the pool waits 10 s for its first one.
     psycopg.connect(settings.database_url, connect_timeout=5).close()
     # A pool that failed to open is closed for good: each attempt gets a new one.
-    db = PostgresDatabase(settings.database_url, schema=settings.database_schema, wait_seconds=settings.database_wait_seconds)
+    db = PostgresDatabase(
+        settings.database_url,
+        schema=settings.database_schema,
+        wait_seconds=settings.database_wait_seconds,
+        statement_seconds=settings.database_statement_seconds,
+    )
     metrics.POOLS.watch_postgres(settings.database_schema, db.pool)
     try:
         db.migrate(schema.SCHEMA)

@@ -70,7 +70,9 @@ async def behind_a_proxy() -> AsyncIterator[tuple[Omni, TcpProxy]]:
     url = urlparse(kafka_settings("x").database_url)
     with TcpProxy(url.hostname or "127.0.0.1", url.port or 5432) as proxy:
         through = urlunparse(url._replace(netloc=f"{url.netloc.rpartition('@')[0]}@{proxy.address}"))
-        settings = kafka_settings(uuid.uuid4().hex[:12], database_url=through, database_wait_seconds=WAIT)
+        settings = kafka_settings(
+            uuid.uuid4().hex[:12], database_url=through, database_wait_seconds=WAIT, database_statement_seconds=WAIT
+        )
         async with served(settings, timeout=30.0) as running:
             yield running, proxy
             proxy.up()  # the test's schema and topics are dropped through it
@@ -128,3 +130,37 @@ async def test_a_connection_dropped_under_a_request_costs_it_nothing(behind_a_pr
     assert (await omni.client.put("/v1/plans/pro", json={"entitlements": []}, headers=omni.auth(ADMIN))).status_code == 201
     proxy.cut()
     assert (await omni.client.post(f"/v1/tenants/{tenant_id}/keys", json={}, headers=omni.auth(ADMIN))).status_code == 201
+
+
+async def test_a_frozen_postgresql_costs_a_request_the_statement_bound_and_a_503(
+    behind_a_proxy: tuple[Omni, TcpProxy],
+) -> None:
+    """PostgreSQL stopped without a word (SIGSTOP, a frozen host): connections stay open and nothing
+    answers. Every request needing it waited until its client gave up; now each is answered 503
+    once the statement bound (here WAIT, below the client's timeout) has passed unanswered."""
+    omni, proxy = behind_a_proxy
+    tenant_id, key = await omni.tenant()
+    meter = {"slug": "calls", "event_type": "call", "aggregation": "COUNT"}
+    assert (await omni.client.post("/v1/meters", json=meter, headers=omni.auth(ADMIN))).status_code == 201
+    await omni.settle()
+    requests = {
+        "a key not cached": ("GET", "/v1/tenants", None, NEVER_VERIFIED),
+        "a view read": ("GET", "/v1/meters/calls", None, key),
+        "a command": ("PUT", "/v1/plans/pro", {"entitlements": []}, ADMIN),
+    }
+
+    proxy.freeze()
+    try:
+        for what, (method, path, body, token) in requests.items():
+            answer, took = await timed(omni, method, path, body, token)
+            problem = assert_problem(answer, 503)
+            assert problem["type"].endswith("/store-unavailable"), what
+            assert took < ANSWERED_WITHIN, f"{what}: 503 after {took:.1f} s"
+    finally:
+        proxy.thaw()
+    for what, (method, path, body, token) in requests.items():
+        if token == NEVER_VERIFIED:
+            token = ADMIN
+        answer, took = await timed(omni, method, path, body, token)
+        assert answer.status_code < 300, f"{what}, PostgreSQL awake: {answer.status_code} {answer.text}"
+        assert took < ANSWERED_WITHIN, f"{what}, PostgreSQL awake: answered after {took:.1f} s"
