@@ -19,7 +19,7 @@ from api.audit import record_refusal
 from commands.errors import Conflict, Invalid, LimitReached, NotFound, Rejected, TooSoon
 from omni import metrics
 from stores.database import EVENT_STORE_AWAY, StoreUnavailable
-from streams.log import LogUnavailable
+from streams.log import CountersUnavailable, LogUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -280,6 +280,22 @@ def install(app: FastAPI) -> None:
                 "Log unavailable",
                 "The event log cannot take events right now; nothing was accepted. Retry later.",
                 kind="log-unavailable",
+                headers={"Retry-After": "1"},
+            ),
+        )
+
+    @app.exception_handler(CountersUnavailable)
+    async def _counters_down(request: Request, exc: CountersUnavailable) -> Response:
+        # Redis away is not the log away: an operator told "log unavailable" looks at Kafka first.
+        log.warning("counters unavailable: %s", exc)
+        return problem_response(
+            request,
+            Problem(
+                503,
+                "Counters unavailable",
+                "Redis, which holds the de-duplication claims and the quota counters, cannot decide right "
+                "now; nothing was accepted. Retry later.",
+                kind="counters-unavailable",
                 headers={"Retry-After": "1"},
             ),
         )

@@ -14,6 +14,11 @@ class LogUnavailable(Exception):
     """The log could not durably take or give events. The API answers 503."""
 
 
+class CountersUnavailable(LogUnavailable):
+    """Kafka mode's Redis (the de-duplication claims, the quota counters) could not decide: nothing
+    was appended. A LogUnavailable to everything that retries one; the API names Redis, not the log."""
+
+
 class LogRecord(NamedTuple):
     """One record as both adapters give it: Kafka's, or the embedded log's copy of one.
 

@@ -48,7 +48,7 @@ from omni import failpoints
 from schemas.envelope import Envelope, encode
 from schemas.topics import Topics
 from streams.kafka_log import KafkaLog
-from streams.log import LogUnavailable, outgoing
+from streams.log import CountersUnavailable, LogUnavailable, outgoing
 from streams.redis_wire import redis_client
 
 log = logging.getLogger(__name__)
@@ -206,7 +206,7 @@ class RedisDedupedSink:
                 keys=keys, args=[claim.value, claim.marker, self.claim_ttl_ms, claim.keep_until_ms, PENDING, MARKER]
             )
         except RedisError as failure:
-            raise LogUnavailable(f"Redis (de-duplication) is unavailable: {failure}") from failure
+            raise CountersUnavailable(f"Redis (de-duplication) is unavailable: {failure}") from failure
         if not lost:
             return waiting, {}
         won = dict(waiting)

@@ -69,7 +69,7 @@ from stores import quotas as quota_views
 from stores import views
 from stores.database import Database
 from streams.group_call import GroupCall
-from streams.log import EventLog, LogRecord, LogUnavailable, Outgoing
+from streams.log import CountersUnavailable, EventLog, LogRecord, LogUnavailable, Outgoing
 from streams.quota_ledger import ConsumeOutcome, ConsumeRequest, Rebuilding
 from streams.redis_pipe import RedisPipe
 from streams.redis_wire import redis_client
@@ -319,14 +319,14 @@ class RedisQuotaLedger:
             try:
                 reply = await self._calls(Decide(answer_key, args))
             except RedisError as away:
-                raise LogUnavailable(f"the quota counters (Redis) are unreachable: {away}") from away
+                raise CountersUnavailable(f"the quota counters (Redis) are unreachable: {away}") from away
             assert reply is not None
             kind = _text(reply[0])
             if kind != "rebuild":
                 break
             self._start_rebuild()
             if time.monotonic() > deadline:
-                raise LogUnavailable("the quota counters are being rebuilt; retry shortly")
+                raise CountersUnavailable("the quota counters are being rebuilt; retry shortly")
             await asyncio.sleep(0.05)
         if kind == "kept":
             return _kept(_text(reply[1]), digest)

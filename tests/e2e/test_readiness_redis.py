@@ -40,6 +40,9 @@ async def test_readyz_checks_redis_which_ingest_needs(omni_in_kafka_mode: tuple[
     assert set(checks) == {"log", "event_store", "views", "redis"}
     if away:
         assert ingest.status_code == 503, ingest.text
+        # Redis named, not the log: Kafka was fine all along.
+        assert ingest.json()["type"] == "https://omni.dev/problems/counters-unavailable", ingest.text
+        assert ingest.headers["retry-after"] == "1"
         assert ready.status_code == 503, ready.text
         assert checks["redis"].startswith("unavailable: "), checks
         assert {name: state for name, state in checks.items() if name != "redis"} == {
