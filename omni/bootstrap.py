@@ -383,6 +383,7 @@ def build(settings: Settings) -> Platform:
         from streams.embedded_log import EmbeddedLog
 
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        metrics.DATA_DIR_SPACE.watch(settings.data_dir)
         embedded = EmbeddedLog(settings.data_dir / "log.sqlite", topics)
         log_: EventLog = embedded
         sink: UsageSink = embedded

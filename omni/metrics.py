@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import shutil
 import threading
 import time
 import weakref
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
@@ -196,6 +199,32 @@ class Freshness(Collector):
 
 FRESHNESS = Freshness()
 REGISTRY.register(FRESHNESS)
+
+
+class DataDirSpace(Collector):
+    """omni_data_dir_free_bytes: the room left on the file system of embedded mode's data directory
+    (what a process that is not root may still write), read at each scrape. No sample in Kafka mode,
+    which keeps nothing on local disk (`watch` is never called)."""
+
+    def __init__(self) -> None:
+        self._path: Path | None = None
+
+    def watch(self, path: Path) -> None:
+        self._path = path
+
+    def collect(self) -> Iterator[Metric]:
+        free = GaugeMetricFamily(
+            "omni_data_dir_free_bytes",
+            "Bytes still free on the file system of embedded mode's data directory (OMNI_DATA_DIR)",
+        )
+        if self._path is not None:
+            with contextlib.suppress(OSError):  # the directory gone: no sample, rather than a failed scrape
+                free.add_metric([], shutil.disk_usage(self._path).free)
+        yield free
+
+
+DATA_DIR_SPACE = DataDirSpace()
+REGISTRY.register(DATA_DIR_SPACE)
 
 
 class Pools(Collector):

@@ -20,6 +20,10 @@ class Settings(BaseSettings):
 
     mode: Mode = Mode.EMBEDDED
     data_dir: Path = Path(".omni-data")
+    # Embedded mode: GET /readyz answers 503 (check `disk`) while the data directory's file system
+    # has less room than this, in MiB (0: not checked). Ingest and commands refuse with 503 once it is
+    # full; readiness says so first, so a load balancer or an operator hears it before the clients.
+    min_free_disk_mb: int = Field(default=64, ge=0)
     admin_key: str | None = None
     topic_prefix: str = Field(default="omni", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}$")
     usage_partitions: int = Field(default=4, ge=1, le=256)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import shutil
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -12,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 
 from api.deps import PlatformDep
 from api.problems import Problem
+from omni.settings import Mode
 from streams.redis_dedupe import RedisDedupedSink
 
 router = APIRouter(tags=["health"])
@@ -54,9 +57,21 @@ def prometheus_metrics(request: Request, platform: PlatformDep) -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/readyz", responses={503: {"description": "A dependency is unreachable"}})
+class LowOnDisk(Exception):
+    """The data directory's file system has less room than OMNI_MIN_FREE_DISK_MB."""
+
+
+def disk_probe(data_dir: Path, floor_mb: int) -> None:
+    """Embedded mode's files answer but may have no room: SQLite then refuses every write (503s)."""
+    free = shutil.disk_usage(data_dir).free
+    if free < floor_mb * 2**20:
+        raise LowOnDisk(f"{free / 2**20:.1f} MiB free under {data_dir}, below OMNI_MIN_FREE_DISK_MB ({floor_mb})")
+
+
+@router.get("/readyz", responses={503: {"description": "A dependency is unreachable, or the data directory nearly full"}})
 async def readyz(platform: PlatformDep) -> JSONResponse:
-    """The log, the event store and the views are all reachable, and Redis in Kafka mode."""
+    """The log, the event store and the views are all reachable, and Redis in Kafka mode; in
+    embedded mode, the data directory's file system has room (OMNI_MIN_FREE_DISK_MB)."""
     checks: dict[str, str] = {}
 
     async def check(name: str, probe) -> None:  # type: ignore[no-untyped-def]
@@ -81,8 +96,11 @@ async def readyz(platform: PlatformDep) -> JSONResponse:
     ]
     if isinstance(platform.sink, RedisDedupedSink):  # Kafka mode: every ingest and consume claims in Redis first
         probes.append(check("redis", platform.sink.ping))
+    settings = platform.settings
+    if settings.mode is Mode.EMBEDDED and settings.min_free_disk_mb:
+        probes.append(check("disk", lambda: asyncio.to_thread(disk_probe, settings.data_dir, settings.min_free_disk_mb)))
     await asyncio.gather(*probes)
-    checks = {name: checks[name] for name in ("log", "event_store", "views", "redis") if name in checks}
+    checks = {name: checks[name] for name in ("log", "event_store", "views", "redis", "disk") if name in checks}
     ready = all(v == "ok" for v in checks.values())
     if ready:
         return JSONResponse({"status": "ready", "checks": checks})

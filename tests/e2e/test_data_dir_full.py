@@ -35,7 +35,7 @@ def test_a_full_file_system_refuses_with_503_and_loses_no_event_answered_202(tmp
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "OMNI_DATA_DIR": str(mount_point / "data"), "OMNI_ADMIN_KEY": ADMIN, "OMNI_MODE": "embedded"}
-    env |= {"OMNI_BILLING_AUTO_CLOSE": "false", "OMNI_USAGE_PARTITIONS": "2"}
+    env |= {"OMNI_BILLING_AUTO_CLOSE": "false", "OMNI_USAGE_PARTITIONS": "2", "OMNI_MIN_FREE_DISK_MB": "1"}
     log_path = tmp_path / "server.log"
     admin = {"Authorization": f"Bearer {ADMIN}"}
     with log_path.open("wb") as log:
@@ -85,6 +85,8 @@ def test_a_full_file_system_refuses_with_503_and_loses_no_event_answered_202(tmp
             assert refused == 3, "the file system never filled"
             command = client.post(url + "/v1/tenants", json={"name": "beta", "plan": "pro"}, headers=admin)
             assert_problem(command, 503)
+            full = client.get(url + "/readyz")  # readiness says so too (it answered 200 all along)
+            assert full.status_code == 503 and full.json()["checks"]["disk"].startswith("unavailable: LowOnDisk"), full.text
 
             subprocess.run(["mount", "-o", "remount,size=64m", str(mount_point)], check=True)
             deadline = time.monotonic() + 60
@@ -96,6 +98,7 @@ def test_a_full_file_system_refuses_with_503_and_loses_no_event_answered_202(tmp
                 time.sleep(0.2)
             assert counted == len(answered)
             assert client.post(url + "/v1/tenants", json={"name": "beta", "plan": "pro"}, headers=admin).status_code == 201
+            assert client.get(url + "/readyz").status_code == 200
     finally:
         server.terminate()
         server.wait(timeout=30)
