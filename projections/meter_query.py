@@ -6,14 +6,20 @@ window of the query, and finer buckets only for the edges of a from/to that
 is not aligned to it (`plan`). The store then combines the buckets per
 window and group, either in SQL (PostgreSQL) or here in Python (`roll_up`),
 and `meter_rows` turns the combined values into the rows the API answers.
-Windows are UTC.
+
+Windows are UTC unless a query names a time zone (`zone`): then its hours, days and months start at
+that zone's local boundaries (a day of 23 or 25 hours across a change of clocks; a month from local
+midnight on its first). The stored buckets are UTC, so such a query reads hours where the zone's
+offsets are whole hours and minutes where they are not (+05:30), never days, and every database
+combines them here (`roll_up`), so the two agree by construction.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
 from typing import Any, NamedTuple
 
@@ -54,8 +60,16 @@ class Piece:
     end: int | None
 
 
-def window_bounds(moment: datetime, size: WindowSize) -> tuple[datetime, datetime]:
-    """The UTC window of `size` containing `moment`."""
+def zoned(window_size: WindowSize | None, zone: tzinfo) -> bool:
+    """Whether this query's windows depend on its time zone: hours, days and months outside UTC."""
+    return zone is not UTC and window_size not in (None, WindowSize.MINUTE)
+
+
+def window_bounds(moment: datetime, size: WindowSize, zone: tzinfo = UTC) -> tuple[datetime, datetime]:
+    """The window of `size` containing `moment`: UTC's, or `zone`'s local one (as UTC instants)."""
+    if zoned(size, zone):
+        start = window_start_of(int(moment.timestamp()), size, zone)
+        return EPOCH + timedelta(seconds=start), EPOCH + timedelta(seconds=_next_start(start, size, zone))
     moment = moment.astimezone(UTC)
     match size:
         case WindowSize.MINUTE:
@@ -73,8 +87,49 @@ def window_bounds(moment: datetime, size: WindowSize) -> tuple[datetime, datetim
             return start, end
 
 
-def resolutions_for(window_size: WindowSize | None) -> tuple[int, ...]:
+def _local_start(local: datetime, size: WindowSize) -> datetime:
+    """The local time a window of `size` holding `local` starts at. A day or month starts at the
+    first of its midnight (fold 0; where clocks skip midnight, that names the instant they skip
+    from); an hour that clocks repeat is two windows (its fold is kept)."""
+    match size:
+        case WindowSize.HOUR:
+            return local.replace(minute=0, second=0, microsecond=0)
+        case WindowSize.DAY:
+            return local.replace(hour=0, minute=0, second=0, microsecond=0, fold=0)
+        case _:
+            return local.replace(day=1, hour=0, minute=0, second=0, microsecond=0, fold=0)
+
+
+def _next_start(start: int, size: WindowSize, zone: tzinfo) -> int:
+    """Where the zoned window starting at `start` (epoch seconds) ends: the next one's start."""
+    local = datetime.fromtimestamp(start, zone)
+    match size:
+        case WindowSize.HOUR:
+            return start + HOUR
+        case WindowSize.DAY:
+            following = (local.replace(tzinfo=None) + timedelta(days=1)).replace(tzinfo=zone)
+        case _:
+            year, month = (local.year + 1, 1) if local.month == 12 else (local.year, local.month + 1)
+            following = local.replace(year=year, month=month)
+    return int(_local_start(following, size).timestamp())
+
+
+@functools.lru_cache(maxsize=256)
+def hour_aligned(zone: tzinfo) -> bool:
+    """Whether `zone`'s offset from UTC has been a whole number of hours at every month's start from
+    1970 to 2100 (usage exists only in between): its local hours, days and months then start on
+    UTC hours, so its windows can be read from hour buckets. +05:30 and +05:45 cannot."""
+    moments = (datetime(year, month, 1, tzinfo=UTC) for year in range(1970, 2101) for month in range(1, 13))
+    return all(
+        (offset := moment.astimezone(zone).utcoffset()) is not None and offset % timedelta(hours=1) == timedelta(0)
+        for moment in moments
+    )
+
+
+def resolutions_for(window_size: WindowSize | None, zone: tzinfo = UTC) -> tuple[int, ...]:
     """Bucket sizes that never straddle a window of this size, coarsest first."""
+    if zoned(window_size, zone):
+        return (HOUR, MINUTE) if hour_aligned(zone) else (MINUTE,)
     match window_size:
         case WindowSize.MINUTE:
             return (MINUTE,)
@@ -84,13 +139,13 @@ def resolutions_for(window_size: WindowSize | None) -> tuple[int, ...]:
             return (DAY, HOUR, MINUTE)
 
 
-def plan(start: int | None, end: int | None, window_size: WindowSize | None) -> list[Piece]:
+def plan(start: int | None, end: int | None, window_size: WindowSize | None, zone: tzinfo = UTC) -> list[Piece]:
     """Disjoint pieces that cover [start, end) (epoch seconds, whole minutes) exactly.
 
-    The middle is read at the coarsest resolution the window size allows; an
+    The middle is read at the coarsest resolution the window size (and zone) allows; an
     edge that is not aligned to it is covered by finer buckets.
     """
-    return _cover(start, end, resolutions_for(window_size))
+    return _cover(start, end, resolutions_for(window_size, zone))
 
 
 def _cover(start: int | None, end: int | None, levels: Sequence[int]) -> list[Piece]:
@@ -109,8 +164,11 @@ def _cover(start: int | None, end: int | None, levels: Sequence[int]) -> list[Pi
     return pieces
 
 
-def window_start_of(epoch_seconds: int, window_size: WindowSize) -> int:
-    """The start (epoch seconds) of the UTC window of `window_size` holding this second."""
+def window_start_of(epoch_seconds: int, window_size: WindowSize, zone: tzinfo = UTC) -> int:
+    """The start (epoch seconds) of the window of `window_size` holding this second: UTC's, or
+    `zone`'s local one."""
+    if zoned(window_size, zone):
+        return int(_local_start(datetime.fromtimestamp(epoch_seconds, zone), window_size).timestamp())
     if window_size is WindowSize.MONTH:
         moment = EPOCH + timedelta(seconds=epoch_seconds)
         return (datetime(moment.year, moment.month, 1, tzinfo=UTC) - EPOCH) // timedelta(seconds=1)
@@ -131,11 +189,13 @@ def meter_rows(
     window_size: WindowSize | None,
     group_by: Sequence[str],
     whole: tuple[datetime, datetime] | None = None,
+    zone: tzinfo = UTC,
 ) -> list[MeterRow]:
     """Rows sorted by window, subject, then group values; edge windows cut to [start, end).
 
     Without a window size, every row spans `whole`; otherwise a row's window
-    is the one holding its epoch second. A query may answer thousands of rows,
+    is the one holding its epoch second (in `zone`, whose windows the rows
+    must already name by their starts). A query may answer thousands of rows,
     so this loop avoids every avoidable object.
     """
     wanted = tuple(group_by)
@@ -156,7 +216,8 @@ def meter_rows(
         ]
     first = None if start is None else int(start.timestamp())
     last = None if end is None else int(end.timestamp())
-    seconds = SECONDS.get(window_size)
+    local = zoned(window_size, zone)
+    seconds = None if local else SECONDS.get(window_size)
     step = timedelta(seconds=seconds or 0)
     rows = []
     previous = following = None  # the last window seen, and where it ends (epoch seconds)
@@ -165,8 +226,8 @@ def meter_rows(
         if seconds is not None:
             w -= w % seconds
         if w != previous:
-            if seconds is None:  # a month
-                lower, upper = window_bounds(EPOCH + timedelta(seconds=w), window_size)
+            if seconds is None:  # a month, or a window of a time zone's
+                lower, upper = window_bounds(EPOCH + timedelta(seconds=w), window_size, zone)
                 w, high = (lower - EPOCH) // _SECOND, (upper - EPOCH) // _SECOND
             else:
                 lower = upper if w == following else EPOCH + timedelta(seconds=w)
@@ -214,6 +275,7 @@ def roll_up(
     group_by: Sequence[str],
     by_subject: bool,
     span: tuple[int, int] | None = None,
+    zone: tzinfo = UTC,
 ) -> list[MeterRow]:
     """Combine buckets into one row per (window, subject?, group values), in Python.
 
@@ -233,8 +295,17 @@ def roll_up(
     wanted = tuple(group_by)
     texts: dict[str, tuple[str, ...]] = {}
     groups: dict[tuple[int, str | None, tuple[str, ...]], BucketState] = {}
+    local = zoned(window_size, zone)
+    starts: dict[int, int] = {}  # a bucket's start: its window's, in a time zone (worth remembering there)
     for bucket in buckets:
-        window = 0 if window_size is None else window_start_of(bucket.window_start, window_size)
+        if window_size is None:
+            window = 0
+        elif not local:
+            window = window_start_of(bucket.window_start, window_size)
+        elif (known := starts.get(bucket.window_start)) is not None:
+            window = known
+        else:
+            window = starts[bucket.window_start] = window_start_of(bucket.window_start, window_size, zone)
         values = texts.get(bucket.group_key)
         if values is None:
             values = texts[bucket.group_key] = group_texts(bucket.group_key, wanted) if wanted else ()
@@ -247,4 +318,5 @@ def roll_up(
         window_size=window_size,
         group_by=wanted,
         whole=whole,
+        zone=zone,
     )

@@ -93,6 +93,9 @@ class MeterQueryResult(BaseModel):
     meter: str
     aggregation: Aggregation
     window_size: WindowSize | None
+    window_time_zone: str = Field(
+        default="UTC", description="The time zone whose local hours, days and months the windows follow"
+    )
     from_: datetime | None = Field(alias="from")
     to: datetime | None
     data: list[MeterRowPublic]

@@ -55,7 +55,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, tzinfo
 from decimal import Decimal
 from functools import lru_cache
 from operator import itemgetter
@@ -65,7 +65,7 @@ import orjson
 
 from projections import meter_bulk
 from projections.meter_bulk import BulkFold
-from projections.meter_query import SECONDS, MeterRow, StoredBucket, meter_rows, plan, roll_up, whole_range
+from projections.meter_query import SECONDS, MeterRow, StoredBucket, meter_rows, plan, roll_up, whole_range, zoned
 from projections.meter_state import BucketState, average, combine
 from projections.meters import MINUTE, BucketKey, group_value_texts, roll_ups, totals
 from schemas.meters import Aggregation, MeterDefinition, WindowSize
@@ -704,6 +704,7 @@ def buckets_over(
     subjects: Sequence[str],
     limit: int,
     filters: Sequence[DimensionFilter] = (),
+    zone: tzinfo = UTC,
 ) -> bool:
     """Whether the meter query `query_meter` would answer would read more than `limit` stored buckets
     (`detailed`: asked for subjects or group values, or filtered by them). Each piece is counted up
@@ -713,7 +714,7 @@ def buckets_over(
     last = None if end is None else int(end.timestamp())
     table = "meter_windows" if detailed else "meter_totals"
     counted = 0
-    for piece in plan(first, last, window_size):
+    for piece in plan(first, last, window_size, zone):
         params: list[Any] = []
         where = _where(
             tx.dialect,
@@ -747,6 +748,7 @@ def query_meter(
     by_subject: bool,
     subjects: Sequence[str],
     filters: Sequence[DimensionFilter] = (),
+    zone: tzinfo = UTC,
 ) -> list[MeterRow]:
     """One row per window, subject (when `by_subject`) and requested group values, of the buckets
     of `subjects` (all when none) whose dimensions hold the `filters`' values.
@@ -755,17 +757,18 @@ def query_meter(
     resolution that fits (projections.meter_query.plan): from `meter_totals`
     when neither subjects nor group values are asked for, else from
     `meter_windows`. PostgreSQL combines them in one GROUP BY; SQLite rolls
-    them up in Python (it cannot add decimals exactly).
+    them up in Python (it cannot add decimals exactly), and so do both for
+    windows of a time zone (`zone`), whose starts Python computes alike.
     """
     first = None if start is None else int(start.timestamp())
     last = None if end is None else int(end.timestamp())
     detailed = bool(group_by or by_subject or subjects or filters)
-    if tx.dialect == "postgres":
+    if tx.dialect == "postgres" and not zoned(window_size, zone):
         return _query_in_sql(
             tx, tenant_id, definition, first, last, start, end, window_size, group_by, by_subject, subjects, filters
         )
     stored: list[StoredBucket] = []
-    for piece in plan(first, last, window_size):
+    for piece in plan(first, last, window_size, zone):
         if detailed:
             stored += buckets(
                 tx, tenant_id, definition.slug, piece.start, piece.end, subjects, resolution=piece.resolution, filters=filters
@@ -788,6 +791,7 @@ def query_meter(
         group_by=group_by,
         by_subject=by_subject,
         span=span,
+        zone=zone,
     )
 
 

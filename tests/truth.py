@@ -5,7 +5,8 @@ It restates the rules of README "Meters" the plain way: the first occurrence of 
 id) on the log counts; an event with a NUL in any text counts nowhere; a meter's value is read from
 the event as its CloudEvent (tests/meter_reference.py); each window of the query (UTC minute, hour,
 day or month, or one window over the whole range) aggregates the events whose time falls in it,
-per subject and group values when asked; edge windows are cut to [from, to).
+per subject and group values when asked; edge windows are cut to [from, to). With a time zone, an
+hour, day or month is the zone's local one, found by calendar arithmetic on its wall clock.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal, localcontext
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from schemas.envelope import Envelope
 from schemas.meters import Aggregation, MeterDefinition, WindowSize, path_parts
@@ -34,6 +36,7 @@ class Query:
     by_subject: bool = False
     subjects: Sequence[str] = ()
     filters: Mapping[str, Sequence[str]] = field(default_factory=dict)  # dimension: any of these values
+    zone: str = "UTC"  # the IANA time zone of the hours, days and months
 
 
 def counted(log: Iterable[tuple[int, Envelope]]) -> list[tuple[int, Envelope]]:
@@ -83,7 +86,7 @@ def answer_counted(events: list[tuple[int, Envelope]], tenant: str, meter: Meter
     windows: dict[tuple[datetime, datetime, str | None, str], list[tuple[datetime, int, Any]]] = {}
     whole = _whole(query, [moment for moment, *_ in observations])
     for moment, offset, subject, groups, value in observations:
-        lower, upper = whole if query.window_size is None else _window(moment, query.window_size)
+        lower, upper = whole if query.window_size is None else _window(moment, query.window_size, query.zone)
         lower = max(lower, query.start) if query.start is not None else lower
         upper = min(upper, query.end) if query.end is not None else upper
         windows.setdefault((lower, upper, subject, groups), []).append((moment, offset, value))
@@ -156,7 +159,9 @@ def _aggregate(aggregation: Aggregation, values: list[tuple[datetime, int, Any]]
         return total / len(numbers)
 
 
-def _window(moment: datetime, size: WindowSize) -> tuple[datetime, datetime]:
+def _window(moment: datetime, size: WindowSize, zone: str = "UTC") -> tuple[datetime, datetime]:
+    if zone != "UTC" and size is not WindowSize.MINUTE:
+        return _local_window(moment, size, ZoneInfo(zone))
     if size is WindowSize.MINUTE:
         start = moment.replace(second=0, microsecond=0)
         return start, start + timedelta(minutes=1)
@@ -168,6 +173,27 @@ def _window(moment: datetime, size: WindowSize) -> tuple[datetime, datetime]:
         return start, start + timedelta(days=1)
     start = datetime(moment.year, moment.month, 1, tzinfo=UTC)
     return start, datetime(moment.year + moment.month // 12, moment.month % 12 + 1, 1, tzinfo=UTC)
+
+
+def _local_window(moment: datetime, size: WindowSize, zone: ZoneInfo) -> tuple[datetime, datetime]:
+    """The zone's local hour (an hour long, from the wall clock's last full hour: a repeated hour is
+    two), day or month (from the first midnight of that date to the first of the next one)."""
+    wall = moment.astimezone(zone)
+    if size is WindowSize.HOUR:
+        start = wall.replace(minute=0, second=0, microsecond=0)
+        return start.astimezone(UTC), start.astimezone(UTC) + timedelta(hours=1)
+    if size is WindowSize.DAY:
+        first, following = wall.date(), wall.date() + timedelta(days=1)
+    else:
+        first = wall.date().replace(day=1)
+        following = (first + timedelta(days=32)).replace(day=1)
+    return _midnight(first, zone), _midnight(following, zone)
+
+
+def _midnight(day: Any, zone: ZoneInfo) -> datetime:
+    """The first instant of a local date: its midnight, or where clocks skip midnight, the moment
+    they skip (Python's fold 0 of a skipped time is the offset before the change)."""
+    return datetime.combine(day, time(0), tzinfo=zone).astimezone(UTC)
 
 
 def _whole(query: Query, moments: list[datetime]) -> tuple[datetime, datetime]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import re
+import zoneinfo
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Annotated, Any
 
 from anyio import from_thread
@@ -61,7 +63,15 @@ def _utc_text(moment: datetime | None) -> str | None:
     return None if moment is None else moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-QUESTION_PARAMETERS = ("from", "to", "window_size", "group_by", "subject", "filter_group_by[…]")  # a query's and a watch's
+QUESTION_PARAMETERS = (  # a query's and a watch's
+    "from",
+    "to",
+    "window_size",
+    "window_time_zone",
+    "group_by",
+    "subject",
+    "filter_group_by[…]",
+)
 # `filter_group_by[model]=large`: OpenAPI's deepObject style, as OpenMeter's `filterGroupBy[model]`.
 FILTER = re.compile(r"filter_group_by\[([^\[\]]*)\]")
 FILTER_PARAMETER = {
@@ -111,6 +121,27 @@ def _in_utc(name: str, moment: datetime | None) -> datetime | None:
     raise Problem(422, "Invalid time range", problem, kind="invalid-range", location=f"query.{name}")
 
 
+@functools.lru_cache(maxsize=1)
+def _zone_names() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+def _zone(name: str) -> tzinfo:
+    """The IANA time zone a query's windows follow (UTC itself for `UTC`); 422 for another name.
+    Only names in the zone database: ZoneInfo would also open a file a name leads to."""
+    if name in ("UTC", "Etc/UTC"):
+        return UTC
+    if name not in _zone_names():
+        raise Problem(
+            422,
+            "Unknown time zone",
+            f"{name!r} is not an IANA time zone name (such as Europe/Berlin, America/New_York or Asia/Kolkata).",
+            kind="unknown-time-zone",
+            location="query.window_time_zone",
+        )
+    return zoneinfo.ZoneInfo(name)
+
+
 def _split(values: list[str]) -> list[str]:
     """`group_by=model,region` as `group_by=model&group_by=region`: a dimension's name is an
     identifier (schemas.meters), so it never holds a comma. Subjects may: they are never split."""
@@ -125,6 +156,8 @@ class MeterQuestion:
     start: datetime | None  # inclusive, a whole minute
     end: datetime | None  # exclusive, a whole minute
     window_size: WindowSize | None
+    zone_name: str  # the IANA time zone of the windows, as asked
+    zone: tzinfo  # that zone
     groups: list[str]  # `subject` and dimensions, as asked
     subjects: list[str]  # only these subjects (none: every one)
     filters: dict[str, list[str]]  # only usage whose dimension holds one of these values, by dimension
@@ -136,6 +169,14 @@ async def meter_question(
     from_: Annotated[Rfc3339Time | None, Query(alias="from", description="Inclusive, RFC 3339, whole minute")] = None,
     to: Annotated[Rfc3339Time | None, Query(description="Exclusive, RFC 3339, whole minute")] = None,
     window_size: Annotated[WindowSize | None, Query()] = None,
+    window_time_zone: Annotated[
+        str,
+        Query(
+            description="The IANA time zone whose local hours, days and months the windows follow (such as "
+            "America/New_York); answers stay in UTC",
+            max_length=64,
+        ),
+    ] = "UTC",
     group_by: Annotated[
         list[str], Query(description="Dimensions to group by; `subject` is one. Repeat it, or separate names with commas")
     ] = [],  # noqa: B006
@@ -159,7 +200,8 @@ async def meter_question(
             values = filters.setdefault(asked.group(1), [])
             if value not in values:
                 values.append(value)
-    return MeterQuestion(slug, from_, to, window_size, _split(group_by), subjects, filters)
+    zone = _zone(window_time_zone)
+    return MeterQuestion(slug, from_, to, window_size, window_time_zone, zone, _split(group_by), subjects, filters)
 
 
 QuestionDep = Annotated[MeterQuestion, Depends(meter_question)]
@@ -208,6 +250,7 @@ def _rows(tx: Tx, tenant_id: str, definition: MeterDefinition, question: MeterQu
         subjects=subjects,
         limit=limit,
         filters=filters,
+        zone=question.zone,
     ):
         raise Problem(
             422,
@@ -227,6 +270,7 @@ def _rows(tx: Tx, tenant_id: str, definition: MeterDefinition, question: MeterQu
         by_subject="subject" in groups or len(subjects) == 1,
         subjects=subjects,
         filters=filters,
+        zone=question.zone,
     )
 
 
@@ -235,6 +279,7 @@ def _body(definition: MeterDefinition, question: MeterQuestion, rows: list[Meter
         "meter": question.slug,
         "aggregation": definition.aggregation.value,
         "window_size": question.window_size.value if question.window_size else None,
+        "window_time_zone": question.zone_name,
         "from": _utc_text(question.start),
         "to": _utc_text(question.end),
         "data": [

@@ -53,11 +53,11 @@ VALUES: list[Any] = [
 ]
 
 
-def records(count: int, seed: int = 11) -> list[LogRecord]:
+def records(count: int, seed: int = 11, start: datetime = START) -> list[LogRecord]:
     rng = random.Random(seed)
     out = []
     for offset in range(count):
-        moment = START + timedelta(seconds=rng.randrange(0, 2 * 86400), microseconds=rng.choice([0, 5]))
+        moment = start + timedelta(seconds=rng.randrange(0, 2 * 86400), microseconds=rng.choice([0, 5]))
         data: dict[str, Any] = {"v": rng.choice(VALUES), "model": rng.choice(MODELS)}
         if rng.random() < 0.7:
             data["region"] = rng.choice(["eu", "us"])
@@ -146,6 +146,55 @@ def test_queries_equal_the_truth_computed_from_the_raw_events(database: Database
                     checked += bool(want)
                     checked_filtered += bool(want and asked)
     assert checked > LOG_SIZE * 2 // 3 and checked_filtered > LOG_SIZE // 8
+
+
+# Windows in a time zone (`window_time_zone`): local hours, days and months, read from hour buckets
+# where the zone's offsets are whole hours and from minutes where not (+05:30, +05:45), combined
+# in Python on both databases. The first log crosses every zone's month end; the second, New
+# York's change of clocks on 2026-03-08 (a day of 23 hours) and Adelaide's on 2026-04-05 (of 25).
+ZONES = ["America/New_York", "Asia/Kolkata", "Asia/Kathmandu", "Australia/Adelaide"]
+ZONED_RANGES: list[tuple[datetime | None, datetime | None]] = [(None, None), (at(2026, 1, 30, 23, 17), at(2026, 2, 1, 13, 41))]
+CLOCKS_CHANGE = [
+    (datetime(2026, 3, 7, 12, tzinfo=UTC), ["America/New_York"]),
+    (datetime(2026, 4, 4, 6, tzinfo=UTC), ["Australia/Adelaide"]),
+]
+
+
+@pytest.mark.parametrize(
+    "log_start", [START, *(start for start, _ in CLOCKS_CHANGE)], ids=["month-end", "new-york-dst", "adelaide-dst"]
+)
+def test_windows_of_a_time_zone_equal_the_truth(database: Database, log_start: datetime) -> None:
+    from zoneinfo import ZoneInfo
+
+    log = records(LOG_SIZE // 2, seed=5, start=log_start)
+    build(database, log)
+    events = truth.counted((r.offset, decode(r.value)) for r in log)
+    zones = dict(CLOCKS_CHANGE).get(log_start, ZONES)
+    ranges = ZONED_RANGES if log_start == START else [(None, None), (log_start + timedelta(hours=7, minutes=13), None)]
+    checked = 0
+    for meter in METERS:
+        for window_size in (WindowSize.HOUR, WindowSize.DAY, WindowSize.MONTH):
+            for zone in zones:
+                for start, end in ranges:
+                    for shape in (SHAPES[0], SHAPES[2]):
+                        with database.transaction() as tx:
+                            got = views.query_meter(
+                                tx, "t1", meter, start=start, end=end, window_size=window_size, zone=ZoneInfo(zone), **shape
+                            )
+                        query = truth.Query(
+                            start, end, window_size, shape["group_by"], shape["by_subject"], shape["subjects"], zone=zone
+                        )
+                        want = truth.answer_counted(events, "t1", meter, query)
+                        assert truth.shown(got) == want, (meter.slug, window_size, zone, start, end, shape)
+                        checked += bool(want)
+    assert checked >= len(METERS) * 3 * len(zones) * len(ranges) * 2 * 3 // 4
+    if log_start != START:  # the day the clocks change is there, and is not 24 hours long
+        with database.transaction() as tx:
+            days = views.query_meter(
+                tx, "t1", METERS[0], start=None, end=None, window_size=WindowSize.DAY, zone=ZoneInfo(zones[0]), **SHAPES[0]
+            )
+        assert {row.window_end - row.window_start for row in days} >= {timedelta(hours=24)}
+        assert {row.window_end - row.window_start for row in days} & {timedelta(hours=23), timedelta(hours=25)}
 
 
 def test_roll_up_rows_are_the_minute_rows_combined(database: Database) -> None:

@@ -103,7 +103,8 @@ async def test_a_parameter_the_query_does_not_take_is_refused_not_ignored(omni: 
         assert body["type"].endswith("/unknown-parameter")
         assert [error["location"] for error in body["errors"]] == [f"query.{name}" for name in names]
         assert all(
-            "from, to, window_size, group_by, subject, filter_group_by[…], as_of" in error["reason"] for error in body["errors"]
+            "from, to, window_size, window_time_zone, group_by, subject, filter_group_by[…], as_of" in error["reason"]
+            for error in body["errors"]
         )
     # The parameters it takes still answer, and so does a query with none.
     assert [row["value"] for row in await omni.query(key, "tokens", group_by="model", window_size="DAY")] == [1, 2]

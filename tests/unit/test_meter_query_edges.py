@@ -186,3 +186,54 @@ def test_a_meter_without_its_value_path_counts_nothing() -> None:
         slug="s", event_type="inference", aggregation="SUM", value_property=None, group_by={}, description=None
     )
     assert apply({}, MeterIndex([broken]), event({"tokens": 3}), 0) == {}
+
+
+# Windows of a time zone (`window_time_zone`) ------------------------------------------------------
+
+
+def test_a_day_whose_midnight_clocks_skip_starts_when_they_skip() -> None:
+    from zoneinfo import ZoneInfo
+
+    santiago = ZoneInfo("America/Santiago")  # 2026-09-06: 00:00 -04 becomes 01:00 -03
+    start, end = window_bounds(at(2026, 9, 6, 15), WindowSize.DAY, santiago)
+    assert start == at(2026, 9, 6, 4)  # local 01:00, the day's first instant
+    assert end == at(2026, 9, 7, 3)  # the next local midnight, at -03
+    assert end - start == timedelta(hours=23)
+    assert window_start_of(seconds(at(2026, 9, 6, 4)), WindowSize.DAY, santiago) == seconds(start)
+    assert window_start_of(seconds(at(2026, 9, 6, 3, 59)), WindowSize.DAY, santiago) == seconds(at(2026, 9, 5, 4))
+
+
+def test_an_hour_the_clocks_repeat_is_two_windows() -> None:
+    from zoneinfo import ZoneInfo
+
+    new_york = ZoneInfo("America/New_York")  # 2026-11-01: 01:00-02:00 happens at -04, then at -05
+    first = window_bounds(at(2026, 11, 1, 5, 30), WindowSize.HOUR, new_york)
+    second = window_bounds(at(2026, 11, 1, 6, 30), WindowSize.HOUR, new_york)
+    assert first == (at(2026, 11, 1, 5), at(2026, 11, 1, 6))
+    assert second == (at(2026, 11, 1, 6), at(2026, 11, 1, 7))
+
+
+def test_a_zone_is_read_from_hours_only_where_its_offsets_are_whole_hours() -> None:
+    from zoneinfo import ZoneInfo
+
+    from projections.meter_query import hour_aligned, resolutions_for
+    from projections.meters import HOUR, MINUTE
+
+    assert hour_aligned(ZoneInfo("America/New_York")) and hour_aligned(ZoneInfo("Europe/Berlin"))
+    assert not hour_aligned(ZoneInfo("Asia/Kolkata")) and not hour_aligned(ZoneInfo("Australia/Adelaide"))
+    assert resolutions_for(WindowSize.DAY, ZoneInfo("Europe/Berlin")) == (HOUR, MINUTE)  # never UTC days
+    assert resolutions_for(WindowSize.MONTH, ZoneInfo("Asia/Kathmandu")) == (MINUTE,)
+    assert resolutions_for(WindowSize.MINUTE, ZoneInfo("Asia/Kathmandu")) == (MINUTE,)  # a minute is a minute
+    assert resolutions_for(WindowSize.DAY) == resolutions_for(WindowSize.DAY, UTC)
+
+
+def test_a_local_month_runs_from_its_first_local_midnight_to_the_next() -> None:
+    from zoneinfo import ZoneInfo
+
+    kolkata = ZoneInfo("Asia/Kolkata")
+    assert window_bounds(at(2026, 1, 31, 18, 29), WindowSize.MONTH, kolkata) == (
+        at(2025, 12, 31, 18, 30),
+        at(2026, 1, 31, 18, 30),
+    )
+    assert window_bounds(at(2026, 1, 31, 18, 30), WindowSize.MONTH, kolkata) == (at(2026, 1, 31, 18, 30), at(2026, 2, 28, 18, 30))
+    assert window_bounds(at(2026, 12, 15), WindowSize.MONTH, kolkata) == (at(2026, 11, 30, 18, 30), at(2026, 12, 31, 18, 30))
