@@ -152,7 +152,7 @@ def test_queries_equal_the_truth_computed_from_the_raw_events(database: Database
 # where the zone's offsets are whole hours and from minutes where not (+05:30, +05:45), combined
 # in Python on both databases. The first log crosses every zone's month end; the second, New
 # York's change of clocks on 2026-03-08 (a day of 23 hours) and Adelaide's on 2026-04-05 (of 25).
-ZONES = ["America/New_York", "Asia/Kolkata", "Asia/Kathmandu", "Australia/Adelaide"]
+ZONES = ["America/New_York", "Asia/Kolkata", "Asia/Kathmandu"]  # Adelaide (+10:30) has a log of its own
 ZONED_RANGES: list[tuple[datetime | None, datetime | None]] = [(None, None), (at(2026, 1, 30, 23, 17), at(2026, 2, 1, 13, 41))]
 CLOCKS_CHANGE = [
     (datetime(2026, 3, 7, 12, tzinfo=UTC), ["America/New_York"]),
