@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     webhooks_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     webhooks_retry_schedule: str = Field(default="5,300,1800,7200,18000,36000", pattern=r"^[0-9.,\s]*$")
     webhooks_concurrency: int = Field(default=16, ge=1, le=1000)
+    # How long a settled delivery (delivered, or given up) is kept, with its attempts, for the
+    # deliveries list; a deleted endpoint's are deleted at once.
+    webhooks_keep_days: int = Field(default=30, ge=1, le=3650)
     runner_batch_size: int = Field(default=5000, ge=1)
     fold_linger_seconds: float = Field(default=0.1, ge=0, le=10)
     produce_timeout_seconds: float = Field(default=10.0, gt=0)

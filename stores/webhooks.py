@@ -7,7 +7,9 @@ twice changes nothing).
 The delivery loop (streams.webhooks) keeps its own, written from the event store in its order:
 `webhook_targets` (each endpoint, its sealed secret, open or deleted, as of the loop's position),
 `webhook_deliveries` (one row per notice and endpoint, `seq` the notice's position in the event
-store: the order it is delivered in) and `webhook_attempts` (each attempt's outcome).
+store: the order it is delivered in) and `webhook_attempts` (each attempt's outcome). `prune` keeps
+them from growing for ever: a settled delivery goes with its attempts once it is old enough, and a
+deleted endpoint's rows (its sealed secret too) at once.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
     state TEXT NOT NULL, attempts INTEGER NOT NULL, next_attempt_at DOUBLE PRECISION, created_at TEXT NOT NULL,
     PRIMARY KEY (endpoint_id, seq));
 CREATE INDEX IF NOT EXISTS webhook_deliveries_pending ON webhook_deliveries (endpoint_id, seq) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS webhook_deliveries_by_age ON webhook_deliveries (created_at) WHERE state <> 'pending';
 CREATE TABLE IF NOT EXISTS webhook_attempts (
     endpoint_id TEXT NOT NULL, seq BIGINT NOT NULL, number INTEGER NOT NULL, at TEXT NOT NULL, status_code INTEGER,
     error TEXT, PRIMARY KEY (endpoint_id, seq, number));
@@ -205,3 +208,35 @@ def deliveries(tx: Tx, endpoint_id: str, limit: int, before: int | None) -> list
         if int(seq) in found:
             found[int(seq)].append((at, None if status is None else int(status), error))
     return [DeliveryRow(int(r[0]), r[1], r[2], r[3], None if r[4] is None else float(r[4]), r[5], found[int(r[0])]) for r in rows]
+
+
+# Pruning -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    deliveries: int  # delivery rows deleted, with their attempts
+    endpoints: int  # deleted endpoints whose rows (and sealed secret) are gone now
+
+
+def prune(tx: Tx, settled_before: str, limit: int) -> Pruned:
+    """Delete up to `limit` deliveries settled (delivered or given up) before `settled_before` (a
+    created_at), with their attempts; and one deleted endpoint's rows, all of them, with its target
+    (a deleted endpoint is sent nothing more, and its deliveries are no longer listed). A pending
+    delivery of an open endpoint is never deleted. Call it again while it deletes anything."""
+    old = [
+        (endpoint_id, int(seq))
+        for endpoint_id, seq in tx.execute(
+            "SELECT endpoint_id, seq FROM webhook_deliveries WHERE state <> 'pending' AND created_at < ? LIMIT ?",
+            (settled_before, limit),
+        )
+    ]
+    if old:
+        tx.execute_many("DELETE FROM webhook_attempts WHERE endpoint_id=? AND seq=?", old)
+        tx.execute_many("DELETE FROM webhook_deliveries WHERE endpoint_id=? AND seq=?", old)
+    closed = [row[0] for row in tx.execute("SELECT id FROM webhook_targets WHERE open = 0 ORDER BY id LIMIT 1")]
+    for endpoint_id in closed:
+        tx.execute("DELETE FROM webhook_attempts WHERE endpoint_id=?", (endpoint_id,))
+        tx.execute("DELETE FROM webhook_deliveries WHERE endpoint_id=?", (endpoint_id,))
+        tx.execute("DELETE FROM webhook_targets WHERE id=?", (endpoint_id,))
+    return Pruned(len(old), len(closed))

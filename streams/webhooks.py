@@ -28,7 +28,7 @@ import logging
 import socket
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from ipaddress import ip_address
 
 import aiohttp
@@ -54,6 +54,8 @@ LEADER = "webhooks"
 FANOUT = "webhooks-fanout"  # its row of relay_positions: the event-store position fanned out so far
 IDLE_SECONDS = 0.5
 MIN_PAUSE = 0.01
+PRUNE_EVERY_SECONDS = 3600.0  # the leader deletes what is past keeping this often (and as it starts leading)
+PRUNE_BATCH = 1000  # deliveries a transaction deletes at most
 TOPICS = tuple(
     sorted(get_topic(kind) for kind in (Notice.Emitted, WebhookEndpoints.EndpointAdded, WebhookEndpoints.EndpointRemoved))
 )
@@ -95,6 +97,8 @@ class WebhookDeliveries:
         self.timeout = settings.webhooks_timeout_seconds
         self.schedule = settings.webhooks_retries
         self.concurrency = settings.webhooks_concurrency
+        self.keep = timedelta(days=settings.webhooks_keep_days)
+        self._next_prune = 0.0  # monotonic: when the leader prunes next
         self._woken = asyncio.Event()
         self._in_flight: dict[str, asyncio.Task[None]] = {}
 
@@ -238,6 +242,26 @@ class WebhookDeliveries:
         # No cookies kept (one receiver's would reach no other), no proxy from the environment.
         return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False)
 
+    # 3. Pruning (blocking: run in a thread) -----------------------------------------------------
+
+    def prune_once(self, now: float | None = None) -> store.Pruned:
+        """Delete the deliveries settled more than `keep` before `now` (with their attempts) and every
+        deleted endpoint's rows, a batch a transaction, until none are left."""
+        cutoff = format_time(datetime.fromtimestamp(time.time() if now is None else now, UTC) - self.keep)
+        deliveries = endpoints = 0
+        while True:
+            with self.db.transaction() as tx:
+                pruned = store.prune(tx, cutoff, PRUNE_BATCH)
+            deliveries += pruned.deliveries
+            endpoints += pruned.endpoints
+            if not (pruned.deliveries or pruned.endpoints):
+                break
+        if deliveries or endpoints:
+            log.info(
+                "webhooks: pruned %d deliveries settled before %s, and %d deleted endpoints' rows", deliveries, cutoff, endpoints
+            )
+        return store.Pruned(deliveries, endpoints)
+
     # The loop ----------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -256,6 +280,9 @@ class WebhookDeliveries:
                 try:
                     moved += await asyncio.to_thread(self.fan_out_once)
                     moved += await self.deliver_once(session)
+                    if time.monotonic() >= self._next_prune:
+                        await asyncio.to_thread(self.prune_once)
+                        self._next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
                     if not moved:
                         wait = await asyncio.to_thread(self._until_due)
                 except StoreUnavailable as outage:

@@ -286,3 +286,24 @@ async def test_endpoints_are_their_owners_alone_and_limited(omni: Omni) -> None:
     assert (await omni.client.post("/v1/webhook-endpoints", json={"url": public}, headers=a)).status_code == 201
     await omni.settle()
     assert len((await omni.client.get("/v1/webhook-endpoints", headers=a)).json()["data"]) == 10
+
+
+async def test_the_leader_prunes_settled_deliveries_past_keeping(tmp_path: Path) -> None:
+    import asyncio
+
+    async with running(tmp_path) as omni, receivers(Receiver()) as (hook,):
+        created = await endpoint(omni, ADMIN, hook.url)
+        await breach(omni, "kept a while")
+        await hook.wait_for(1)
+        assert len(await settled_deliveries(omni, ADMIN, created["id"], 1)) == 1
+        loop = omni.platform.webhooks
+        assert loop is not None
+        loop.keep = timedelta(0)  # as if OMNI_WEBHOOKS_KEEP_DAYS had passed
+        loop._next_prune = 0.0  # noqa: SLF001 - its hour is up
+        loop.wake()
+        deadline = time.monotonic() + 10
+        while (await deliveries(omni, ADMIN, created["id"]))["data"]:
+            assert time.monotonic() < deadline, "the delivery loop never pruned"
+            await asyncio.sleep(0.05)
+        await breach(omni, "after pruning")  # delivery goes on as before
+        await hook.wait_for(2)

@@ -1,0 +1,65 @@
+"""Webhook delivery rows are pruned on both databases: a settled delivery (delivered or given up)
+past keeping goes with its attempts, a pending one never does, and a deleted endpoint's rows and
+sealed secret go at once. They were never deleted: one row per notice and endpoint, and one per
+attempt, for ever."""
+
+from __future__ import annotations
+
+from stores import webhooks as store
+from stores.database import Database
+
+OLD, NEW, CUTOFF = "2026-10-01T00:00:00Z", "2026-12-06T00:00:00Z", "2026-11-06T00:00:00Z"
+
+
+def rows(db: Database, table: str) -> list[tuple[object, ...]]:
+    with db.transaction() as tx:
+        order = "id" if table == "webhook_targets" else "endpoint_id, seq"
+        return [tuple(r) for r in tx.execute(f"SELECT * FROM {table} ORDER BY {order}")]
+
+
+def keys(db: Database, table: str) -> set[tuple[str, int]]:
+    with db.transaction() as tx:
+        return {(r[0], int(r[1])) for r in tx.execute(f"SELECT endpoint_id, seq FROM {table}")}
+
+
+def deliver(db: Database, endpoint_id: str, seq: int, created_at: str, state: str) -> None:
+    with db.transaction() as tx:
+        store.enqueue(tx, [store.NewDelivery(endpoint_id, seq, f"n{seq}", "omni.test", "{}")], 0.0, created_at)
+        if state != store.PENDING:
+            store.record_attempt(tx, endpoint_id, seq, 1, created_at, 500, "500", store.PENDING, 1.0)
+            store.record_attempt(tx, endpoint_id, seq, 2, created_at, 200 if state == store.DELIVERED else 500, None, state, None)
+
+
+def test_settled_deliveries_past_keeping_go_with_their_attempts_and_pending_ones_stay(database: Database) -> None:
+    with database.transaction() as tx:
+        store.open_target(tx, "we_open", "t1", "https://a.example/hook", "sealed")
+    deliver(database, "we_open", 1, OLD, store.DELIVERED)
+    deliver(database, "we_open", 2, OLD, store.FAILED)
+    deliver(database, "we_open", 3, OLD, store.PENDING)  # still being retried: never pruned
+    deliver(database, "we_open", 4, NEW, store.DELIVERED)
+
+    with database.transaction() as tx:
+        pruned = store.prune(tx, CUTOFF, limit=1)  # a batch at a time
+    assert pruned == store.Pruned(deliveries=1, endpoints=0)
+    with database.transaction() as tx:
+        assert store.prune(tx, CUTOFF, limit=10) == store.Pruned(deliveries=1, endpoints=0)
+        assert store.prune(tx, CUTOFF, limit=10) == store.Pruned(deliveries=0, endpoints=0)
+    assert keys(database, "webhook_deliveries") == {("we_open", 3), ("we_open", 4)}
+    assert keys(database, "webhook_attempts") == {("we_open", 4)}  # the pruned ones' attempts went with them
+    assert [r[0] for r in rows(database, "webhook_targets")] == ["we_open"]
+
+
+def test_a_deleted_endpoints_rows_and_secret_go_at_once(database: Database) -> None:
+    with database.transaction() as tx:
+        store.open_target(tx, "we_gone", "t1", "https://a.example/hook", "sealed-secret")
+        store.open_target(tx, "we_kept", "t1", "https://b.example/hook", "sealed")
+    deliver(database, "we_gone", 1, NEW, store.DELIVERED)
+    deliver(database, "we_gone", 2, NEW, store.PENDING)
+    deliver(database, "we_kept", 3, NEW, store.DELIVERED)
+    with database.transaction() as tx:
+        store.close_target(tx, "we_gone")
+        assert store.prune(tx, CUTOFF, limit=10) == store.Pruned(deliveries=0, endpoints=1)
+        assert store.prune(tx, CUTOFF, limit=10) == store.Pruned(deliveries=0, endpoints=0)
+    assert keys(database, "webhook_deliveries") == {("we_kept", 3)}
+    assert keys(database, "webhook_attempts") == {("we_kept", 3)}
+    assert [r[0] for r in rows(database, "webhook_targets")] == ["we_kept"]
