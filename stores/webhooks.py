@@ -146,6 +146,19 @@ def due(tx: Tx, now: float, limit: int) -> list[Due]:
     return [Due(r[0], r[1], r[2], r[3], int(r[4]), r[5], r[6], int(r[7])) for r in rows]
 
 
+def lease(tx: Tx, endpoint_id: str, seq: int, now: float, until: float) -> bool:
+    """Take a due delivery for one attempt: it is not due again before `until` (the attempt's time
+    limit, and a margin), so no other process (a new leader) sends it meanwhile; the attempt's
+    outcome, recorded, sets when it is due next. False when it is no longer due (taken, or settled)."""
+    return bool(
+        tx.execute(
+            "UPDATE webhook_deliveries SET next_attempt_at=? "
+            "WHERE endpoint_id=? AND seq=? AND state='pending' AND next_attempt_at<=? RETURNING seq",
+            (until, endpoint_id, seq, now),
+        )
+    )
+
+
 def next_due_at(tx: Tx) -> float | None:
     """When the next delivery of an open endpoint is due, the oldest pending of each (None: nothing pending)."""
     rows = tx.execute(

@@ -56,6 +56,8 @@ IDLE_SECONDS = 0.5
 MIN_PAUSE = 0.01
 PRUNE_EVERY_SECONDS = 3600.0  # the leader deletes what is past keeping this often (and as it starts leading)
 PRUNE_BATCH = 1000  # deliveries a transaction deletes at most
+LEASE_MARGIN_SECONDS = 30.0  # an attempt's lease outlasts its time limit by this (recording it, a slow thread)
+SHUTDOWN_GRACE_SECONDS = 2.0  # how long a stopping loop lets its attempts in flight end and be recorded
 TOPICS = tuple(
     sorted(get_topic(kind) for kind in (Notice.Emitted, WebhookEndpoints.EndpointAdded, WebhookEndpoints.EndpointRemoved))
 )
@@ -179,8 +181,20 @@ class WebhookDeliveries:
         self._in_flight.pop(endpoint_id, None)
         self._woken.set()
 
+    def _lease(self, due: store.Due) -> bool:
+        now = time.time()
+        with self.db.transaction() as tx:
+            return store.lease(tx, due.endpoint_id, due.seq, now, now + self.timeout + LEASE_MARGIN_SECONDS)
+
     async def _attempt(self, session: aiohttp.ClientSession, due: store.Due) -> None:
         number = due.attempts + 1
+        try:
+            leased = await asyncio.to_thread(self._lease, due)
+        except StoreUnavailable as outage:
+            log.warning("webhook %s to %s not attempted: %s", due.notice_id, due.endpoint_id, outage)
+            return
+        if not leased:
+            return  # another process took it, or it settled, since it was found due
         outcome = await self.send(session, due)
         error = attempt_error(outcome.status, outcome.error)
         now = time.time()
@@ -271,7 +285,9 @@ class WebhookDeliveries:
         try:
             while not stop.is_set():
                 if not await asyncio.to_thread(leadership.hold):
-                    await self._cancel_in_flight()  # another process leads: it sends from now on
+                    # Another process leads: it sends from now on. The attempts already sent end and
+                    # are recorded (each is leased: the new leader does not send it again meanwhile).
+                    await self._settle_in_flight(self.timeout + 1.0)
                     await pause(stop, 1.0)
                     continue
                 self._woken.clear()
@@ -294,13 +310,17 @@ class WebhookDeliveries:
                 if not moved:
                     await pause(stop, wait, self._woken)
         finally:
-            await self._cancel_in_flight()
+            await self._settle_in_flight(SHUTDOWN_GRACE_SECONDS)
             await session.close()
             await asyncio.to_thread(leadership.release)
 
-    async def _cancel_in_flight(self) -> None:
+    async def _settle_in_flight(self, wait: float) -> None:
+        """Let the attempts in flight end and be recorded, for `wait` seconds at most; then cancel the
+        rest (sent, maybe received, not recorded: each is sent again once its lease ends, at least once)."""
         tasks = list(self._in_flight.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            _, unfinished = await asyncio.wait(tasks, timeout=wait)
+            for task in unfinished:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         self._in_flight.clear()

@@ -46,10 +46,13 @@ def verified(secret: str, received: Received, tolerance: int = 300) -> dict[str,
 
 @dataclass
 class Receiver:
-    """Answers `statuses` in turn (200 once they run out); with `hang`, answers nothing, ever."""
+    """Answers `statuses` in turn (200 once they run out), each `delay` seconds after it arrived; with
+    `hang`, answers nothing, ever. `arriving` is set as a request arrives, before any delay."""
 
     statuses: list[int] = field(default_factory=list)
     hang: bool = False
+    delay: float = 0.0
+    arriving: asyncio.Event = field(default_factory=asyncio.Event)
     received: list[Received] = field(default_factory=list)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     port: int = 0
@@ -62,6 +65,9 @@ class Receiver:
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         headers = {k.lower(): v for k, v in request.headers.items()}
+        self.arriving.set()
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if self.hang:
             self.received.append(Received(headers, body, 0))
             self.arrived.set()

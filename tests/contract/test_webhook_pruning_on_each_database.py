@@ -63,3 +63,20 @@ def test_a_deleted_endpoints_rows_and_secret_go_at_once(database: Database) -> N
     assert keys(database, "webhook_deliveries") == {("we_kept", 3)}
     assert keys(database, "webhook_attempts") == {("we_kept", 3)}
     assert [r[0] for r in rows(database, "webhook_targets")] == ["we_kept"]
+
+
+def test_a_leased_delivery_is_not_due_until_its_lease_ends(database: Database) -> None:
+    """An attempt takes its delivery first (webhooks handed from one leader to the next did not send
+    an attempt again that the first still had in flight): the delivery is not due meanwhile, and a
+    second taker, or one after it settled, gets nothing."""
+    with database.transaction() as tx:
+        store.open_target(tx, "we_1", "t1", "https://a.example/hook", "sealed")
+        store.enqueue(tx, [store.NewDelivery("we_1", 1, "n1", "omni.test", "{}")], 100.0, NEW)
+        assert [d.seq for d in store.due(tx, 100.0, 10)] == [1]
+        assert store.lease(tx, "we_1", 1, now=100.0, until=140.0)
+        assert not store.lease(tx, "we_1", 1, now=101.0, until=141.0)  # taken: not due
+        assert store.due(tx, 139.0, 10) == [] and store.next_due_at(tx) == 140.0
+        assert [d.seq for d in store.due(tx, 140.0, 10)] == [1]  # the lease ended unrecorded (a crash): due again
+        store.record_attempt(tx, "we_1", 1, 1, NEW, 200, None, store.DELIVERED, None)
+        assert not store.lease(tx, "we_1", 1, now=150.0, until=190.0)  # settled
+        assert store.due(tx, 10_000.0, 10) == []

@@ -307,3 +307,43 @@ async def test_the_leader_prunes_settled_deliveries_past_keeping(tmp_path: Path)
             await asyncio.sleep(0.05)
         await breach(omni, "after pruning")  # delivery goes on as before
         await hook.wait_for(2)
+
+
+class HandedOver:
+    """The delivery loop's leadership, as the test hands it away and back (the other relays' as ever)."""
+
+    def __init__(self) -> None:
+        self.leading = True
+
+    def hold(self) -> bool:
+        return self.leading
+
+    def release(self) -> None:
+        pass
+
+
+async def test_an_attempt_in_flight_at_a_handover_ends_and_is_not_sent_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop losing its lead cancelled the attempts it had sent, unrecorded, and the next leader
+    sent each again under the same webhook-id. Now each attempt is leased first: the loop lets it end
+    and records it, and no leader takes it up meanwhile."""
+    import asyncio
+
+    from stores.database import SqliteDatabase
+
+    handed = HandedOver()
+    leadership = SqliteDatabase.leadership
+    monkeypatch.setattr(SqliteDatabase, "leadership", lambda db, name: handed if name == "webhooks" else leadership(db, name))
+    async with running(tmp_path) as omni, receivers(Receiver(delay=1.5)) as (slow,):
+        created = await endpoint(omni, ADMIN, slow.url)
+        await breach(omni, "handed over")
+        await asyncio.wait_for(slow.arriving.wait(), 10)
+        handed.leading = False  # another process leads now...
+        await asyncio.sleep(0.6)
+        handed.leading = True  # ...and this one again, while the first attempt is still unanswered
+        await slow.wait_for(1)
+        [delivery] = await settled_deliveries(omni, ADMIN, created["id"], 1)
+        await asyncio.sleep(2.0)  # time enough for a leader to send it again, were it due
+        assert len(slow.received) == 1, [r.id for r in slow.received]
+        assert delivery["status"] == "delivered" and len(delivery["attempts"]) == 1
