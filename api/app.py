@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
-from api import deps, docs, edge, lean_consume, metering, openapi, problems, tracing
+from api import deps, docs, edge, idempotency, lean_consume, metering, openapi, problems, tracing
 from api.meter_watch import MeterWatches
 from api.routes import (
     audit,
@@ -72,6 +72,7 @@ def create_app(settings: Settings | None = None, *, platform: Platform | None = 
     app.state.watches = watches
     problems.install(app)
     lean_consume.install(app)  # consume's common case, past FastAPI's routing (after the edge's checks)
+    idempotency.install(app, platform)  # POSTs sent again with their Idempotency-Key: after the edge authenticated
     edge.install(app, platform)  # innermost but for lean_consume: it runs after tracing and metering saw the request
     metering.install(app, recorder if platform.settings.meter_api_calls else None)
     tracing.install(app)  # installed last, so it runs first: every later layer sees the span

@@ -156,13 +156,25 @@ def complete(document: dict[str, Any], *, max_batch_events: int = 1000) -> dict[
     return document
 
 
+DESCRIPTION = (
+    "Errors are RFC 9457 problem details. A POST may carry an `Idempotency-Key` header (1 to 255 printable "
+    "ASCII characters, the caller's own): sent again with it, a request that succeeded gets its first answer "
+    "again (`Idempotent-Replayed: true`) for a day and does nothing twice; the key with another request is "
+    "422 `idempotency-key-reused`, and while its first request runs, 409 `idempotency-key-in-progress`. "
+    "POST /v1/events, consume and Stripe's webhook have keys of their own (the event's id and source, "
+    "`idempotency_key`, Stripe's event id). It is not listed per operation, as in Stripe's own document."
+)
+
+
 def install(app: FastAPI, settings: Settings) -> None:
     """`app.openapi()` builds the completed document once and keeps it."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             app.openapi_schema = complete(
-                get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes),
+                get_openapi(
+                    title=app.title, version=app.version, summary=app.summary, description=DESCRIPTION, routes=app.routes
+                ),
                 max_batch_events=settings.max_batch_events,
             )
         return app.openapi_schema

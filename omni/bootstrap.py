@@ -32,7 +32,7 @@ from omni.key_lookups import KeyLookups
 from omni.personal_data import PersonalData, generate_master_key, master_key_from
 from omni.settings import Mode, Settings
 from schemas.topics import Topics
-from stores import data_keys, schema, views
+from stores import data_keys, idempotency, schema, views
 from stores import slos as slo_store
 from stores.database import EVENT_STORE_AWAY, Database, PostgresDatabase, SqliteDatabase, StoreUnavailable
 from stores.store_listener import StoreListener
@@ -427,6 +427,7 @@ def build(settings: Settings) -> Platform:
     # Synced at each commit: an event sealed with a new key is on the log (synced) before its 202.
     keys_db = SqliteDatabase(settings.data_dir / "eventstore.sqlite", durable=True) if settings.mode is Mode.EMBEDDED else db
     data_keys.migrate(keys_db)
+    idempotency.migrate(keys_db)  # POST requests' Idempotency-Key (api/idempotency.py), beside the data keys
     personal = PersonalData(master_key_from(gdpr_master_key(settings)), keys_db, control.recorder, control.mapper.to_domain_event)
     control.seal_actor = personal.seal_actor  # the audit trail's IP addresses and user agents
     control.limits = Limits(

@@ -1,0 +1,248 @@
+"""`Idempotency-Key` on POST requests, as Stripe's API takes it: a client that sends a POST again
+with the same key (its connection dropped before the answer came) gets the first answer again,
+and nothing is done twice: no second tenant, key, meter, endpoint or request.
+
+- The key is the caller's own (scoped by the API key that sent it), at most 255 printable ASCII
+  characters, and kept for a day once its request succeeded (2xx). That answer is stored sealed
+  under the master key (it may hold a secret shown once: a new tenant's API key), and given again,
+  byte for byte, with `Idempotent-Replayed: true`.
+- The same key with another request (method, path, query or body) is 422 `idempotency-key-reused`;
+  while its first request still runs, 409 `idempotency-key-in-progress` with `Retry-After`.
+- A request that did not succeed (4xx, 5xx, or no answer) keeps nothing: its retry runs again.
+- POST /v1/events (each CloudEvent is its own key, by id and source), consume (`idempotency_key` in
+  its body) and Stripe's webhook (its event id) have their own, and pass through untouched.
+
+Plain ASGI inside the edge: the caller is authenticated and its body bounded before this reads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import re
+import time
+from dataclasses import dataclass
+
+import orjson
+from fastapi import FastAPI
+from starlette.requests import ClientDisconnect, Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.problems import BodyProblem, Problem, problem_response, store_unavailable
+from commands.control_plane import Principal
+from omni.bootstrap import Platform
+from stores import idempotency as store
+from stores.database import StoreUnavailable
+
+HEADER = b"idempotency-key"
+KEY = re.compile(r"[\x21-\x7e]{1,255}")  # printable ASCII, as Stripe's
+KEEP_SECONDS = 86_400.0  # a succeeded request's answer is given again for a day
+PENDING_SECONDS = 60.0  # a key whose request never finished (its process died) is taken over after this
+PURGE_EVERY_SECONDS = 3600.0
+LARGEST_ANSWER = 1 << 20  # an answer larger is not kept (no POST of Omni's answers as much)
+KEPT_HEADERS = (b"content-type", b"location")
+OWN_KEYS = re.compile(r"^/v1/(events|quotas/[^/]+/consume|webhooks/.*)$")  # routes with idempotency of their own
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            {
+                "status": self.status,
+                "headers": [[name.decode("latin-1"), value.decode("latin-1")] for name, value in self.headers],
+                "body": base64.b64encode(self.body).decode(),
+            }
+        )
+
+    @staticmethod
+    def decode(data: bytes) -> Answer:
+        parsed = orjson.loads(data)
+        headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in parsed["headers"]]
+        return Answer(int(parsed["status"]), headers, base64.b64decode(parsed["body"]))
+
+
+def fingerprint(method: str, path: str, query: bytes, body: bytes) -> str:
+    """What makes two requests the same request."""
+    digest = hashlib.sha256()
+    for part in (method.encode(), path.encode(), query, body):
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def scope_of(principal: Principal) -> str:
+    """Whose keys these are: the API key that sent them (a tenant's other keys, and the admin, have
+    their own)."""
+    return f"{principal.tenant_id or '_platform'}:{principal.key_id}"
+
+
+def sealing_aad(scope: str, key: str) -> bytes:
+    """A kept answer opens only as the answer of that caller's key."""
+    return f"omni idempotent answer v1:{scope}:{key}".encode()
+
+
+def invalid_key() -> Problem:
+    return Problem(
+        422,
+        "Invalid Idempotency-Key",
+        "An Idempotency-Key is 1 to 255 printable ASCII characters (no spaces), such as a UUID.",
+        kind="invalid-idempotency-key",
+        location="header.Idempotency-Key",
+    )
+
+
+def reused() -> Problem:
+    return Problem(
+        422,
+        "Idempotency-Key reused",
+        "This Idempotency-Key was first used with another request (method, path, query or body); "
+        "a key names one request. Send this one with a key of its own.",
+        kind="idempotency-key-reused",
+        location="header.Idempotency-Key",
+    )
+
+
+def in_progress() -> Problem:
+    return Problem(
+        409,
+        "Idempotency-Key in progress",
+        "The first request with this Idempotency-Key is still being answered; retry shortly for its answer.",
+        kind="idempotency-key-in-progress",
+        headers={"Retry-After": "1"},
+    )
+
+
+class IdempotencyMiddleware:
+    def __init__(self, app: ASGIApp, platform: Platform) -> None:
+        self.app = app
+        self.db = platform.personal.keys_db
+        self.box = platform.personal.master
+        self._next_purge = 0.0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        key = _idempotency_key(scope) if scope["type"] == "http" and scope["method"] == "POST" else None
+        principal = scope.get("state", {}).get("principal") if key is not None else None
+        if key is None or principal is None or self.box is None or OWN_KEYS.match(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        if not KEY.fullmatch(key):
+            await problem_response(request, invalid_key())(scope, receive, send)
+            return
+        try:
+            body = await _whole_body(receive)
+        except BodyProblem as refused:
+            await problem_response(request, refused.problem)(scope, receive, send)
+            return
+        except ClientDisconnect:
+            return  # nobody is left to answer
+        caller = scope_of(principal)
+        digest = fingerprint("POST", scope["path"], scope["query_string"], body)
+        try:
+            held = await asyncio.to_thread(self._claim, caller, key, digest)
+        except StoreUnavailable:
+            await problem_response(request, store_unavailable())(scope, receive, send)
+            return
+        if held is None:
+            await self._run(scope, receive, send, body, caller, key)
+        elif held.fingerprint != digest:
+            await problem_response(request, reused())(scope, receive, send)
+        elif held.state != store.DONE or held.sealed is None:
+            await problem_response(request, in_progress())(scope, receive, send)
+        else:
+            await self._replay(held.sealed, caller, key, send)
+
+    def _claim(self, caller: str, key: str, digest: str) -> store.Held | None:
+        now = time.time()
+        with self.db.transaction() as tx:
+            if now >= self._next_purge:
+                store.purge(tx, now)
+                self._next_purge = now + PURGE_EVERY_SECONDS
+            return store.claim(tx, caller, key, digest, now, now + PENDING_SECONDS)
+
+    async def _replay(self, sealed: str, caller: str, key: str, send: Send) -> None:
+        """The first request's answer, as it was, marked as given again."""
+        assert self.box is not None
+        answer = Answer.decode(self.box.open_secret(sealed, sealing_aad(caller, key)))
+        headers = [*answer.headers, (b"idempotent-replayed", b"true"), (b"content-length", str(len(answer.body)).encode())]
+        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+        await send({"type": "http.response.body", "body": answer.body})
+
+    async def _run(self, scope: Scope, receive: Receive, send: Send, body: bytes, caller: str, key: str) -> None:
+        """The request, with its body read already; its answer kept if it succeeded, else the key let go."""
+        given = False
+
+        async def body_then_receive() -> Message:
+            nonlocal given
+            if not given:
+                given = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # past the body: only the client's disconnect comes
+
+        status = 0
+        headers: list[tuple[bytes, bytes]] = []
+        chunks: list[bytes] = []
+        size = 0
+
+        async def keeping(message: Message) -> None:
+            nonlocal status, headers, size
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                headers = [(name.lower(), value) for name, value in message.get("headers", []) if name.lower() in KEPT_HEADERS]
+            elif message["type"] == "http.response.body":
+                size += len(message.get("body", b""))
+                if size <= LARGEST_ANSWER:
+                    chunks.append(message.get("body", b""))
+            await send(message)
+
+        kept = False
+        try:
+            await self.app(scope, body_then_receive, keeping)
+            if 200 <= status < 300 and size <= LARGEST_ANSWER:
+                answer = Answer(status, headers, b"".join(chunks))
+                await asyncio.to_thread(self._keep, caller, key, answer)
+                kept = True
+        finally:
+            if not kept:
+                await asyncio.shield(asyncio.to_thread(self._let_go, caller, key))
+
+    def _keep(self, caller: str, key: str, answer: Answer) -> None:
+        assert self.box is not None
+        sealed = self.box.seal_secret(answer.encode(), sealing_aad(caller, key))
+        with self.db.transaction() as tx:
+            store.complete(tx, caller, key, sealed, time.time() + KEEP_SECONDS)
+
+    def _let_go(self, caller: str, key: str) -> None:
+        try:
+            with self.db.transaction() as tx:
+                store.release(tx, caller, key)
+        except StoreUnavailable:
+            pass  # the key stays pending until PENDING_SECONDS pass: its retries get 409 until then
+
+
+def _idempotency_key(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == HEADER:
+            return value.decode("latin-1")
+    return None
+
+
+async def _whole_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def install(app: FastAPI, platform: Platform) -> None:
+    app.add_middleware(IdempotencyMiddleware, platform=platform)
