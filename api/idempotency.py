@@ -20,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import logging
 import re
+import secrets
 import time
 from dataclasses import dataclass
 
@@ -35,10 +37,15 @@ from omni.bootstrap import Platform
 from stores import idempotency as store
 from stores.database import StoreUnavailable
 
+log = logging.getLogger(__name__)
+
 HEADER = b"idempotency-key"
 KEY = re.compile(r"[\x21-\x7e]{1,255}")  # printable ASCII, as Stripe's
 KEEP_SECONDS = 86_400.0  # a succeeded request's answer is given again for a day
-PENDING_SECONDS = 60.0  # a key whose request never finished (its process died) is taken over after this
+# A key whose request never finished (its process died) is taken over after this: longer than any
+# request runs (each wait on a store is bounded in seconds), so a slow first request is never run twice.
+PENDING_SECONDS = 120.0
+KEEP_TRIES = 3  # writing a succeeded request's answer, at most this many times (0.2 s apart)
 PURGE_EVERY_SECONDS = 3600.0
 LARGEST_ANSWER = 1 << 20  # an answer larger is not kept (no POST of Omni's answers as much)
 KEPT_HEADERS = (b"content-type", b"location")
@@ -108,6 +115,16 @@ def reused() -> Problem:
     )
 
 
+def unreadable() -> Problem:
+    return Problem(
+        409,
+        "Idempotency-Key answer unreadable",
+        "The first answer to this Idempotency-Key is kept sealed under a master key this process does not hold "
+        "(OMNI_GDPR_MASTER_KEY changed); it was done. Send it with a new key only to do it again.",
+        kind="idempotency-answer-unreadable",
+    )
+
+
 def in_progress() -> Problem:
     return Problem(
         409,
@@ -144,37 +161,45 @@ class IdempotencyMiddleware:
             return  # nobody is left to answer
         caller = scope_of(principal)
         digest = fingerprint("POST", scope["path"], scope["query_string"], body)
+        owner = secrets.token_hex(16)
         try:
-            held = await asyncio.to_thread(self._claim, caller, key, digest)
+            held = await asyncio.to_thread(self._claim, caller, key, digest, owner)
         except StoreUnavailable:
             await problem_response(request, store_unavailable())(scope, receive, send)
             return
         if held is None:
-            await self._run(scope, receive, send, body, caller, key)
+            await self._run(scope, receive, send, body, caller, key, owner)
         elif held.fingerprint != digest:
             await problem_response(request, reused())(scope, receive, send)
         elif held.state != store.DONE or held.sealed is None:
             await problem_response(request, in_progress())(scope, receive, send)
         else:
-            await self._replay(held.sealed, caller, key, send)
+            try:
+                answer = self._opened(held.sealed, caller, key)
+            except ValueError:
+                await problem_response(request, unreadable())(scope, receive, send)
+                return
+            await self._replay(answer, send)
 
-    def _claim(self, caller: str, key: str, digest: str) -> store.Held | None:
+    def _claim(self, caller: str, key: str, digest: str, owner: str) -> store.Held | None:
         now = time.time()
         with self.db.transaction() as tx:
             if now >= self._next_purge:
                 store.purge(tx, now)
                 self._next_purge = now + PURGE_EVERY_SECONDS
-            return store.claim(tx, caller, key, digest, now, now + PENDING_SECONDS)
+            return store.claim(tx, caller, key, digest, owner, now, now + PENDING_SECONDS)
 
-    async def _replay(self, sealed: str, caller: str, key: str, send: Send) -> None:
-        """The first request's answer, as it was, marked as given again."""
+    def _opened(self, sealed: str, caller: str, key: str) -> Answer:
         assert self.box is not None
-        answer = Answer.decode(self.box.open_secret(sealed, sealing_aad(caller, key)))
+        return Answer.decode(self.box.open_secret(sealed, sealing_aad(caller, key)))
+
+    async def _replay(self, answer: Answer, send: Send) -> None:
+        """The first request's answer, as it was, marked as given again."""
         headers = [*answer.headers, (b"idempotent-replayed", b"true"), (b"content-length", str(len(answer.body)).encode())]
         await send({"type": "http.response.start", "status": answer.status, "headers": headers})
         await send({"type": "http.response.body", "body": answer.body})
 
-    async def _run(self, scope: Scope, receive: Receive, send: Send, body: bytes, caller: str, key: str) -> None:
+    async def _run(self, scope: Scope, receive: Receive, send: Send, body: bytes, caller: str, key: str, owner: str) -> None:
         """The request, with its body read already; its answer kept if it succeeded, else the key let go."""
         given = False
 
@@ -201,27 +226,38 @@ class IdempotencyMiddleware:
                     chunks.append(message.get("body", b""))
             await send(message)
 
-        kept = False
+        succeeded = False
         try:
             await self.app(scope, body_then_receive, keeping)
-            if 200 <= status < 300 and size <= LARGEST_ANSWER:
-                answer = Answer(status, headers, b"".join(chunks))
-                await asyncio.to_thread(self._keep, caller, key, answer)
-                kept = True
+            succeeded = 200 <= status < 300
         finally:
-            if not kept:
-                await asyncio.shield(asyncio.to_thread(self._let_go, caller, key))
+            if succeeded and size <= LARGEST_ANSWER:
+                # Done: never let the key go now (a retry would do it again). Kept even if this
+                # request is being cancelled; if it cannot be kept, the key stays pending, and its
+                # retries are told 409 until PENDING_SECONDS pass.
+                answer = Answer(status, headers, b"".join(chunks))
+                await asyncio.shield(asyncio.to_thread(self._keep, caller, key, owner, answer))
+            elif not succeeded:
+                await asyncio.shield(asyncio.to_thread(self._let_go, caller, key, owner))
 
-    def _keep(self, caller: str, key: str, answer: Answer) -> None:
+    def _keep(self, caller: str, key: str, owner: str, answer: Answer) -> None:
         assert self.box is not None
         sealed = self.box.seal_secret(answer.encode(), sealing_aad(caller, key))
-        with self.db.transaction() as tx:
-            store.complete(tx, caller, key, sealed, time.time() + KEEP_SECONDS)
+        for attempt in range(KEEP_TRIES):
+            try:
+                with self.db.transaction() as tx:
+                    store.complete(tx, caller, key, owner, sealed, time.time() + KEEP_SECONDS)
+                return
+            except StoreUnavailable:
+                if attempt + 1 == KEEP_TRIES:
+                    log.warning("the answer to Idempotency-Key %r could not be kept: its retries get 409 for a while", key)
+                    return
+                time.sleep(0.2)
 
-    def _let_go(self, caller: str, key: str) -> None:
+    def _let_go(self, caller: str, key: str, owner: str) -> None:
         try:
             with self.db.transaction() as tx:
-                store.release(tx, caller, key)
+                store.release(tx, caller, key, owner)
         except StoreUnavailable:
             pass  # the key stays pending until PENDING_SECONDS pass: its retries get 409 until then
 

@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from api.audit import record_refusal
 from commands.errors import Conflict, Invalid, LimitReached, NotFound, Rejected, TooSoon
 from omni import metrics
-from stores.database import EVENT_STORE_AWAY, StoreUnavailable
+from stores.database import EVENT_STORE_AWAY, StatementTimedOut, StoreUnavailable
 from streams.log import CountersUnavailable, LogUnavailable
 
 log = logging.getLogger(__name__)
@@ -296,6 +296,21 @@ def install(app: FastAPI) -> None:
                 "Redis, which holds the de-duplication claims and the quota counters, cannot decide right "
                 "now; nothing was accepted. Retry later.",
                 kind="counters-unavailable",
+                headers={"Retry-After": "1"},
+            ),
+        )
+
+    @app.exception_handler(StatementTimedOut)
+    async def _statement_timed_out(request: Request, exc: StatementTimedOut) -> Response:
+        log.warning("statement timed out: %s", exc)
+        return problem_response(
+            request,
+            Problem(
+                503,
+                "Statement timed out",
+                "A database statement ran past OMNI_DATABASE_STATEMENT_SECONDS and was cancelled; nothing was "
+                "changed. A narrower question (a shorter range, fewer groups) is answered sooner.",
+                kind="statement-timeout",
                 headers={"Retry-After": "1"},
             ),
         )

@@ -104,8 +104,12 @@ def _next_start(start: int, size: WindowSize, zone: tzinfo) -> int:
     """Where the zoned window starting at `start` (epoch seconds) ends: the next one's start."""
     local = datetime.fromtimestamp(start, zone)
     match size:
-        case WindowSize.HOUR:
-            return start + HOUR
+        case WindowSize.HOUR:  # the next local hour's start: an hour later, or 90 minutes where
+            # clocks go back half an hour (Lord Howe Island) and this local hour starts once more
+            probe = start + HOUR
+            while (following := window_start_of(probe, size, zone)) <= start:
+                probe += HOUR // 2
+            return following
         case WindowSize.DAY:
             following = (local.replace(tzinfo=None) + timedelta(days=1)).replace(tzinfo=zone)
         case _:

@@ -44,6 +44,12 @@ CONNECT_TIMEOUT = 2  # libpq's connect_timeout, in whole seconds (at least 2)
 # A bounded statement's round trip unanswered this long past its statement_timeout is taken for a
 # server that stopped answering (PostgreSQL's own cancel would have come by then), and cut.
 SILENCE_PAST_STATEMENT = 1.0
+# A batch of statements in one round trip (executemany's pipeline, a COPY) is given this many times
+# a statement's bound: PostgreSQL bounds each of them, and they follow one another.
+BATCH_BOUNDS = 4
+# The probe of a pooled connection is never given less than this, whatever is left of the wait: a
+# healthy connection under load is not to be cut for answering a millisecond late.
+PROBE_AT_LEAST = 1.0
 
 
 def statement_timeout_ms(seconds: float) -> int:
@@ -53,6 +59,11 @@ def statement_timeout_ms(seconds: float) -> int:
 
 class StoreUnavailable(Exception):
     """The view database cannot be reached. Reads answer 503."""
+
+
+class StatementTimedOut(StoreUnavailable):
+    """PostgreSQL cancelled a statement that ran past OMNI_DATABASE_STATEMENT_SECONDS: the store is
+    there, the question too heavy (a narrower one, or a quieter moment, is answered)."""
 
 
 # SQLite's primary result codes that say the file cannot be used now, whatever the statement: the
@@ -389,6 +400,7 @@ class _PostgresTx:
     def __init__(self, conn: psycopg.Connection[Any], seconds: float | None = None) -> None:
         self._conn = conn
         self._seconds = seconds
+        self._batch_seconds = None if seconds is None else seconds * BATCH_BOUNDS
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with STATEMENTS.armed(self._conn, self._seconds):
@@ -396,12 +408,12 @@ class _PostgresTx:
             return cursor.fetchall() if cursor.description else []
 
     def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        with STATEMENTS.armed(self._conn, self._seconds), self._conn.cursor() as cursor:
+        with STATEMENTS.armed(self._conn, self._batch_seconds), self._conn.cursor() as cursor:
             cursor.executemany(sql.replace("?", "%s"), rows)  # type: ignore[arg-type]
 
     def copy_rows(self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
         with (
-            STATEMENTS.armed(self._conn, self._seconds),
+            STATEMENTS.armed(self._conn, self._batch_seconds),
             self._conn.cursor() as cursor,
             cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy,
         ):
@@ -411,7 +423,7 @@ class _PostgresTx:
     def copy_text(self, table: str, columns: Sequence[str], texts: Iterable[str]) -> None:
         """Append rows given as COPY's text format (lines of tab-separated, escaped values)."""
         with (
-            STATEMENTS.armed(self._conn, self._seconds),
+            STATEMENTS.armed(self._conn, self._batch_seconds),
             self._conn.cursor() as cursor,
             cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy,
         ):
@@ -498,6 +510,8 @@ class PostgresDatabase:
                         transaction.__exit__(None, None, None)
             finally:
                 self._pool.putconn(conn)
+        except psycopg.errors.QueryCanceled as failure:
+            raise StatementTimedOut(f"PostgreSQL cancelled a statement past its time: {failure}") from failure
         except (psycopg.OperationalError, psycopg.InterfaceError) as failure:
             raise StoreUnavailable(f"PostgreSQL failed: {failure}") from failure
         except Exception as failure:
@@ -515,7 +529,7 @@ class PostgresDatabase:
             conn = self._pool.getconn(timeout=max(0.0, deadline - time.monotonic()))
             try:
                 # one round trip (autocommit: no transaction left open), within what is left of the wait
-                with STATEMENTS.armed(conn, max(0.0, deadline - time.monotonic())):
+                with STATEMENTS.armed(conn, max(PROBE_AT_LEAST, deadline - time.monotonic())):
                     conn.execute("")
             except psycopg.Error:
                 self._pool.putconn(conn)  # broken: the pool discards it and connects another

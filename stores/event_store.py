@@ -16,9 +16,10 @@ reconnection attempt after `wait_seconds` too, and a request that finds the pool
 new one: once PostgreSQL answers again, the next request connects.
 
 Each statement is bounded as the views' are (`OMNI_DATABASE_STATEMENT_SECONDS`, stores.database):
-PostgreSQL cancels one that runs longer, and a connection borrowed for an operation that a server
-left silent a second past that bound is cut (stores.statement_watch), so a frozen PostgreSQL costs a
-request that long and a 503, not its client's whole timeout.
+PostgreSQL cancels one that runs longer, and a connection borrowed for an operation (a wait for the
+table's lock, the insert, the commit) that is not given back within twice that bound and a second
+is cut (stores.statement_watch), so a frozen PostgreSQL costs a request that long and a 503, not
+its client's whole timeout.
 """
 
 from __future__ import annotations
@@ -111,7 +112,8 @@ def bounded_pool(pool: postgres.ConnectionPool[Any], wait_seconds: float, statem
     if statement_seconds is not None:
         kwargs["options"] = f"-c statement_timeout={statement_timeout_ms(statement_seconds)}"
     return BoundedPool(
-        silence=None if statement_seconds is None else statement_seconds + SILENCE_PAST_STATEMENT,
+        # An operation may wait for the table's lock (up to a statement's bound), then insert and commit.
+        silence=None if statement_seconds is None else 2 * statement_seconds + SILENCE_PAST_STATEMENT,
         get_password_func=pool.get_password_func,
         connection_class=pool.connection_class,
         kwargs=kwargs,

@@ -16,7 +16,7 @@ from stores.database import Database, Tx
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     scope TEXT NOT NULL, idem_key TEXT NOT NULL, fingerprint TEXT NOT NULL, state TEXT NOT NULL,
-    expires_at DOUBLE PRECISION NOT NULL, sealed TEXT, PRIMARY KEY (scope, idem_key));
+    expires_at DOUBLE PRECISION NOT NULL, sealed TEXT, owner TEXT NOT NULL, PRIMARY KEY (scope, idem_key));
 CREATE INDEX IF NOT EXISTS idempotency_keys_by_expiry ON idempotency_keys (expires_at);
 """
 
@@ -37,14 +37,14 @@ class Held:
     sealed: str | None
 
 
-def claim(tx: Tx, scope: str, key: str, fingerprint: str, now: float, pending_until: float) -> Held | None:
-    """Take `key` for a request (None: taken, run it), or what it already holds. A row past its
-    expiry is taken over as if there were none."""
+def claim(tx: Tx, scope: str, key: str, fingerprint: str, owner: str, now: float, pending_until: float) -> Held | None:
+    """Take `key` for a request (None: taken, by `owner`, a token of that request's own: run it), or
+    what it already holds. A row past its expiry is taken over as if there were none."""
     taken = tx.execute(
-        "INSERT INTO idempotency_keys VALUES (?, ?, ?, 'pending', ?, NULL) ON CONFLICT (scope, idem_key) DO UPDATE "
-        "SET fingerprint=excluded.fingerprint, state='pending', expires_at=excluded.expires_at, sealed=NULL "
-        "WHERE idempotency_keys.expires_at <= ? RETURNING state",
-        (scope, key, fingerprint, pending_until, now),
+        "INSERT INTO idempotency_keys VALUES (?, ?, ?, 'pending', ?, NULL, ?) ON CONFLICT (scope, idem_key) DO UPDATE "
+        "SET fingerprint=excluded.fingerprint, state='pending', expires_at=excluded.expires_at, sealed=NULL, "
+        "owner=excluded.owner WHERE idempotency_keys.expires_at <= ? RETURNING state",
+        (scope, key, fingerprint, pending_until, owner, now),
     )
     if taken:
         return None
@@ -54,17 +54,19 @@ def claim(tx: Tx, scope: str, key: str, fingerprint: str, now: float, pending_un
     return Held(held_fingerprint, state, sealed)
 
 
-def complete(tx: Tx, scope: str, key: str, sealed: str, keep_until: float) -> None:
-    """The request holding `key` succeeded: keep its answer until `keep_until`."""
+def complete(tx: Tx, scope: str, key: str, owner: str, sealed: str, keep_until: float) -> None:
+    """The request holding `key` (as `owner`) succeeded: keep its answer until `keep_until`. A claim
+    another request took over meanwhile is left to it."""
     tx.execute(
-        "UPDATE idempotency_keys SET state='done', sealed=?, expires_at=? WHERE scope=? AND idem_key=? AND state='pending'",
-        (sealed, keep_until, scope, key),
+        "UPDATE idempotency_keys SET state='done', sealed=?, expires_at=? "
+        "WHERE scope=? AND idem_key=? AND owner=? AND state='pending'",
+        (sealed, keep_until, scope, key, owner),
     )
 
 
-def release(tx: Tx, scope: str, key: str) -> None:
-    """The request holding `key` did not succeed: its retry runs again."""
-    tx.execute("DELETE FROM idempotency_keys WHERE scope=? AND idem_key=? AND state='pending'", (scope, key))
+def release(tx: Tx, scope: str, key: str, owner: str) -> None:
+    """The request holding `key` (as `owner`) did not succeed: its retry runs again."""
+    tx.execute("DELETE FROM idempotency_keys WHERE scope=? AND idem_key=? AND owner=? AND state='pending'", (scope, key, owner))
 
 
 def purge(tx: Tx, now: float) -> None:

@@ -10,13 +10,15 @@ A `StatementWatch` is one thread per process. A round trip is `armed` with a dea
 deadline passes unanswered, the watch shuts the connection's socket down. psycopg's wait then ends
 at once with OperationalError ("server closed the connection unexpectedly"), the connection is
 broken (its pool discards it) and the caller answers as for any outage: 503. Arming costs a lock and
-a dictionary entry, about 3 µs a round trip here, and wakes nothing: the thread looks every TICK
-seconds (deadlines are seconds long; waking it at each arming cost 2 µs more a round trip).
+a dictionary entry and a descriptor of its own for the socket (dup and close), about 5 µs a round
+trip here, and wakes nothing: the thread looks every TICK seconds (deadlines are seconds long;
+waking it at each arming cost 2 µs more a round trip).
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import socket
 import threading
 import time
@@ -27,7 +29,7 @@ TICK = 0.2  # seconds between two looks at the deadlines: a cut comes at most th
 
 class StatementWatch:
     def __init__(self) -> None:
-        self._armed: dict[int, tuple[float, int]] = {}  # token: (deadline, socket's descriptor)
+        self._armed: dict[int, tuple[float, int]] = {}  # token: (deadline, a descriptor of our own for the socket)
         self._tokens = itertools.count()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -37,7 +39,9 @@ class StatementWatch:
         """Watch `conn` (a psycopg connection) from now: a token for `disarm`."""
         deadline = time.monotonic() + seconds
         try:
-            fd = conn.pgconn.socket
+            # A descriptor of our own for the socket: were the connection closed while armed (a
+            # thread cancelled around it), its number could be reused by another socket; ours cannot.
+            fd = os.dup(conn.pgconn.socket)
         except Exception:  # closed or broken already: its next round trip fails by itself
             return -1
         token = next(self._tokens)
@@ -49,13 +53,15 @@ class StatementWatch:
         return token
 
     def disarm(self, token: int) -> bool:
-        """Stop watching; False when the deadline had passed and the connection was shut down.
-        Called before the connection can be closed, so the watch never touches a descriptor that
-        was closed and reused."""
+        """Stop watching; False when the deadline had passed and the connection was shut down."""
         if token < 0:
             return True
         with self._lock:
-            return self._armed.pop(token, None) is not None
+            armed = self._armed.pop(token, None)
+        if armed is None:
+            return False
+        os.close(armed[1])
+        return True
 
     def armed(self, conn: Any, seconds: float | None) -> _Armed:
         """A context: round trips on `conn` inside it, unanswered for `seconds`, end with the
@@ -71,12 +77,14 @@ class StatementWatch:
                     if deadline <= now:
                         del self._armed[token]
                         self._shut(fd)
+                        os.close(fd)
 
     def _shut(self, fd: int) -> None:
+        """Shut the socket down (for every descriptor of it: psycopg's wait on its own ends at once)."""
         try:
-            sock = socket.socket(fileno=fd)  # takes the descriptor's socket, not a copy: detached below
+            sock = socket.socket(fileno=fd)  # wraps our descriptor, not a copy: detached below
         except OSError:
-            return  # closed meanwhile: nothing left to cut
+            return
         try:
             sock.shutdown(socket.SHUT_RDWR)
             self.cut += 1

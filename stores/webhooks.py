@@ -181,9 +181,11 @@ def record_attempt(
     next_attempt_at: float | None,
 ) -> None:
     """An attempt's outcome, and where its delivery stands after it (one transaction)."""
-    tx.execute(
-        "INSERT INTO webhook_attempts VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (endpoint_id, seq, number) DO NOTHING",
-        (endpoint_id, seq, number, at, status_code, error),
+    tx.execute(  # only for a delivery still there (one pruned meanwhile, its endpoint deleted, keeps none)
+        "INSERT INTO webhook_attempts SELECT ?, ?, ?, ?, ?, ? "
+        "WHERE EXISTS (SELECT 1 FROM webhook_deliveries WHERE endpoint_id=? AND seq=?) "
+        "ON CONFLICT (endpoint_id, seq, number) DO NOTHING",
+        (endpoint_id, seq, number, at, status_code, error, endpoint_id, seq),
     )
     tx.execute(
         "UPDATE webhook_deliveries SET state=?, attempts=?, next_attempt_at=? WHERE endpoint_id=? AND seq=?",
@@ -234,9 +236,10 @@ class Pruned:
 
 def prune(tx: Tx, settled_before: str, limit: int) -> Pruned:
     """Delete up to `limit` deliveries settled (delivered or given up) before `settled_before` (a
-    created_at), with their attempts; and one deleted endpoint's rows, all of them, with its target
-    (a deleted endpoint is sent nothing more, and its deliveries are no longer listed). A pending
-    delivery of an open endpoint is never deleted. Call it again while it deletes anything."""
+    created_at), with their attempts; and up to `limit` of one deleted endpoint's deliveries, then,
+    once it has none, its target (a deleted endpoint is sent nothing more, and its deliveries are
+    no longer listed). A pending delivery of an open endpoint is never deleted. Call it again while
+    it deletes anything."""
     old = [
         (endpoint_id, int(seq))
         for endpoint_id, seq in tx.execute(
@@ -244,12 +247,16 @@ def prune(tx: Tx, settled_before: str, limit: int) -> Pruned:
             (settled_before, limit),
         )
     ]
+    closed = [row[0] for row in tx.execute("SELECT id FROM webhook_targets WHERE open = 0 ORDER BY id LIMIT 1")]
+    gone = 0
+    for endpoint_id in closed:
+        rows = tx.execute("SELECT endpoint_id, seq FROM webhook_deliveries WHERE endpoint_id=? LIMIT ?", (endpoint_id, limit))
+        old += [(e, int(seq)) for e, seq in rows]
+        if not rows:  # its last deliveries went in an earlier call: the endpoint goes now
+            tx.execute("DELETE FROM webhook_attempts WHERE endpoint_id=?", (endpoint_id,))
+            tx.execute("DELETE FROM webhook_targets WHERE id=?", (endpoint_id,))
+            gone += 1
     if old:
         tx.execute_many("DELETE FROM webhook_attempts WHERE endpoint_id=? AND seq=?", old)
         tx.execute_many("DELETE FROM webhook_deliveries WHERE endpoint_id=? AND seq=?", old)
-    closed = [row[0] for row in tx.execute("SELECT id FROM webhook_targets WHERE open = 0 ORDER BY id LIMIT 1")]
-    for endpoint_id in closed:
-        tx.execute("DELETE FROM webhook_attempts WHERE endpoint_id=?", (endpoint_id,))
-        tx.execute("DELETE FROM webhook_deliveries WHERE endpoint_id=?", (endpoint_id,))
-        tx.execute("DELETE FROM webhook_targets WHERE id=?", (endpoint_id,))
-    return Pruned(len(old), len(closed))
+    return Pruned(len(old), gone)

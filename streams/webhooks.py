@@ -56,6 +56,8 @@ IDLE_SECONDS = 0.5
 MIN_PAUSE = 0.01
 PRUNE_EVERY_SECONDS = 3600.0  # the leader deletes what is past keeping this often (and as it starts leading)
 PRUNE_BATCH = 1000  # deliveries a transaction deletes at most
+PRUNE_BATCHES = 20  # transactions a prune makes at most in one turn of the loop
+PRUNE_AGAIN_SECONDS = 10.0  # when a prune that left a backlog comes back for more
 LEASE_MARGIN_SECONDS = 30.0  # an attempt's lease outlasts its time limit by this (recording it, a slow thread)
 SHUTDOWN_GRACE_SECONDS = 2.0  # how long a stopping loop lets its attempts in flight end and be recorded
 TOPICS = tuple(
@@ -258,18 +260,21 @@ class WebhookDeliveries:
 
     # 3. Pruning (blocking: run in a thread) -----------------------------------------------------
 
-    def prune_once(self, now: float | None = None) -> store.Pruned:
-        """Delete the deliveries settled more than `keep` before `now` (with their attempts) and every
-        deleted endpoint's rows, a batch a transaction, until none are left."""
+    def prune_once(self, now: float | None = None, batches: int = PRUNE_BATCHES) -> store.Pruned:
+        """Delete the deliveries settled more than `keep` before `now` (with their attempts) and the
+        deleted endpoints' rows, a batch a transaction, `batches` at most (the loop's turn is not held
+        up by a backlog: it comes back for the rest, PRUNE_AGAIN_SECONDS later)."""
         cutoff = format_time(datetime.fromtimestamp(time.time() if now is None else now, UTC) - self.keep)
         deliveries = endpoints = 0
-        while True:
+        for _ in range(batches):
             with self.db.transaction() as tx:
                 pruned = store.prune(tx, cutoff, PRUNE_BATCH)
             deliveries += pruned.deliveries
             endpoints += pruned.endpoints
             if not (pruned.deliveries or pruned.endpoints):
                 break
+        else:
+            self._next_prune = time.monotonic() + PRUNE_AGAIN_SECONDS
         if deliveries or endpoints:
             log.info(
                 "webhooks: pruned %d deliveries settled before %s, and %d deleted endpoints' rows", deliveries, cutoff, endpoints
@@ -297,8 +302,9 @@ class WebhookDeliveries:
                     moved += await asyncio.to_thread(self.fan_out_once)
                     moved += await self.deliver_once(session)
                     if time.monotonic() >= self._next_prune:
-                        await asyncio.to_thread(self.prune_once)
+                        # Scheduled first: a prune that fails (or leaves a backlog) is not retried at every turn.
                         self._next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
+                        await asyncio.to_thread(self.prune_once)
                     if not moved:
                         wait = await asyncio.to_thread(self._until_due)
                 except StoreUnavailable as outage:

@@ -177,7 +177,8 @@ def _window(moment: datetime, size: WindowSize, zone: str = "UTC") -> tuple[date
 
 def _local_window(moment: datetime, size: WindowSize, zone: ZoneInfo) -> tuple[datetime, datetime]:
     """The zone's local hour (an hour long, from the wall clock's last full hour: a repeated hour is
-    two), day or month (from the first midnight of that date to the first of the next one)."""
+    two; the zones asked here change clocks by whole hours), day or month (from the first midnight of
+    that date to the first of the next one)."""
     wall = moment.astimezone(zone)
     if size is WindowSize.HOUR:
         start = wall.replace(minute=0, second=0, microsecond=0)

@@ -58,8 +58,12 @@ def test_a_deleted_endpoints_rows_and_secret_go_at_once(database: Database) -> N
     deliver(database, "we_kept", 3, NEW, store.DELIVERED)
     with database.transaction() as tx:
         store.close_target(tx, "we_gone")
+        assert store.prune(tx, CUTOFF, limit=1) == store.Pruned(deliveries=1, endpoints=0)  # in batches too
+        assert store.prune(tx, CUTOFF, limit=10) == store.Pruned(deliveries=1, endpoints=0)
         assert store.prune(tx, CUTOFF, limit=10) == store.Pruned(deliveries=0, endpoints=1)
         assert store.prune(tx, CUTOFF, limit=10) == store.Pruned(deliveries=0, endpoints=0)
+        # An attempt that was in flight as its endpoint's rows went is recorded nowhere (nothing would prune it).
+        store.record_attempt(tx, "we_gone", 2, 1, NEW, 200, None, store.DELIVERED, None)
     assert keys(database, "webhook_deliveries") == {("we_kept", 3)}
     assert keys(database, "webhook_attempts") == {("we_kept", 3)}
     assert [r[0] for r in rows(database, "webhook_targets")] == ["we_kept"]

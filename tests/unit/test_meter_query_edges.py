@@ -237,3 +237,21 @@ def test_a_local_month_runs_from_its_first_local_midnight_to_the_next() -> None:
     )
     assert window_bounds(at(2026, 1, 31, 18, 30), WindowSize.MONTH, kolkata) == (at(2026, 1, 31, 18, 30), at(2026, 2, 28, 18, 30))
     assert window_bounds(at(2026, 12, 15), WindowSize.MONTH, kolkata) == (at(2026, 11, 30, 18, 30), at(2026, 12, 31, 18, 30))
+
+
+def test_every_zoned_window_holds_the_instants_it_is_given_for() -> None:
+    """Across each kind of change of clocks (an hour forward or back, half an hour back on Lord
+    Howe Island, midnight skipped in Santiago), the window found for an instant holds it."""
+    from zoneinfo import ZoneInfo
+
+    changes = [at(2026, 4, 4), at(2026, 10, 3), at(2026, 3, 8), at(2026, 11, 1), at(2026, 9, 5, 12)]
+    for name in ("Australia/Lord_Howe", "America/New_York", "Asia/Kolkata", "America/Santiago"):
+        zone = ZoneInfo(name)
+        for change in changes:
+            for minutes in range(0, 36 * 60, 10):
+                moment = change + timedelta(minutes=minutes)
+                for size in (WindowSize.HOUR, WindowSize.DAY, WindowSize.MONTH):
+                    start, end = window_bounds(moment, size, zone)
+                    assert start <= moment < end, (name, size, moment, start, end)
+    lord_howe = ZoneInfo("Australia/Lord_Howe")  # 02:00 +11 becomes 01:30 +10:30: that hour is 90 minutes
+    assert window_bounds(at(2026, 4, 4, 15, 10), WindowSize.HOUR, lord_howe) == (at(2026, 4, 4, 14), at(2026, 4, 4, 15, 30))
