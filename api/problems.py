@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import simplejson
@@ -200,6 +200,38 @@ def store_unavailable() -> Problem:
     )
 
 
+# Dependencies away, each told by name (503, nothing done, retry in a second): the most specific
+# class answers (CountersUnavailable is a LogUnavailable to everything that retries one).
+OUTAGES: dict[type[Exception], tuple[str, str, str]] = {
+    LogUnavailable: (
+        "log-unavailable",
+        "Log unavailable",
+        "The event log cannot take events right now; nothing was accepted. Retry later.",
+    ),
+    # Redis away is not the log away: an operator told "log unavailable" looks at Kafka first.
+    CountersUnavailable: (
+        "counters-unavailable",
+        "Counters unavailable",
+        "Redis, which holds the de-duplication claims and the quota counters, cannot decide right now; "
+        "nothing was accepted. Retry later.",
+    ),
+    StatementTimedOut: (
+        "statement-timeout",
+        "Statement timed out",
+        "A database statement ran past OMNI_DATABASE_STATEMENT_SECONDS and was cancelled; nothing was "
+        "changed. A narrower question (a shorter range, fewer groups) is answered sooner.",
+    ),
+}
+
+
+def _outage_handler(kind: str, title: str, detail: str) -> Callable[[Request, Exception], Awaitable[Response]]:
+    async def answer(request: Request, exc: Exception) -> Response:
+        log.warning("%s: %s", title.lower(), exc)
+        return problem_response(request, Problem(503, title, detail, kind=kind, headers={"Retry-After": "1"}))
+
+    return answer
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> Response:
@@ -270,50 +302,8 @@ def install(app: FastAPI) -> None:
             await record_refusal(request, f"{problem.status} {problem.title}: {problem.detail or ''}".strip())
         return problem_response(request, problem)
 
-    @app.exception_handler(LogUnavailable)
-    async def _log_down(request: Request, exc: LogUnavailable) -> Response:
-        log.warning("log unavailable: %s", exc)
-        return problem_response(
-            request,
-            Problem(
-                503,
-                "Log unavailable",
-                "The event log cannot take events right now; nothing was accepted. Retry later.",
-                kind="log-unavailable",
-                headers={"Retry-After": "1"},
-            ),
-        )
-
-    @app.exception_handler(CountersUnavailable)
-    async def _counters_down(request: Request, exc: CountersUnavailable) -> Response:
-        # Redis away is not the log away: an operator told "log unavailable" looks at Kafka first.
-        log.warning("counters unavailable: %s", exc)
-        return problem_response(
-            request,
-            Problem(
-                503,
-                "Counters unavailable",
-                "Redis, which holds the de-duplication claims and the quota counters, cannot decide right "
-                "now; nothing was accepted. Retry later.",
-                kind="counters-unavailable",
-                headers={"Retry-After": "1"},
-            ),
-        )
-
-    @app.exception_handler(StatementTimedOut)
-    async def _statement_timed_out(request: Request, exc: StatementTimedOut) -> Response:
-        log.warning("statement timed out: %s", exc)
-        return problem_response(
-            request,
-            Problem(
-                503,
-                "Statement timed out",
-                "A database statement ran past OMNI_DATABASE_STATEMENT_SECONDS and was cancelled; nothing was "
-                "changed. A narrower question (a shorter range, fewer groups) is answered sooner.",
-                kind="statement-timeout",
-                headers={"Retry-After": "1"},
-            ),
-        )
+    for exception, (kind, title, detail) in OUTAGES.items():
+        app.add_exception_handler(exception, _outage_handler(kind, title, detail))
 
     async def _store_down(request: Request, exc: Exception) -> Response:
         log.warning("store unavailable: %s", exc)
