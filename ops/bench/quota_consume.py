@@ -60,6 +60,7 @@ from ops.bench.common import (
     rewrites_between,
     schedule_shares,
     serve,
+    stolen_seconds,
     thread_schedule,
     wait_views_caught_up,
 )
@@ -113,6 +114,10 @@ class Load:
     redis_rewrites: int = 0
     # The broker's stop-the-world pauses (start, end) that ended meanwhile: every append in flight waits them out.
     broker_pauses: list[tuple[float, float]] = dataclasses.field(default_factory=list)
+    # The machine's steal time meanwhile, sampled: (wall clock, CPU seconds other virtual machines
+    # took from this one so far). A second the hypervisor took a core away is a slow second for
+    # everything on it, whatever the code does.
+    steal: list[tuple[float, float]] = dataclasses.field(default_factory=list)
 
     def merge(self, other: Load) -> None:
         for status, values in other.latencies.items():
@@ -417,8 +422,10 @@ async def consume_phase(
         pids = {**stack.pids(), **load_pids}
         redis_before = await asyncio.to_thread(redis_state)
         before, loop_before, began = cpu_snapshot(pids), thread_schedule(stack.server.pid), time.monotonic()
+        steal = asyncio.create_task(asyncio.to_thread(sample_steal, until))
         await asyncio.sleep(max(0.0, until - time.time()))
         after, loop_after, ended = cpu_snapshot(pids), thread_schedule(stack.server.pid), time.monotonic()
+        stolen_samples = await steal
         redis_after = await asyncio.to_thread(redis_state)
         loads = await task
     finally:
@@ -433,7 +440,50 @@ async def consume_phase(
     total.api_loop = schedule_shares(loop_before, loop_after, ended - began)
     total.redis_rewrites = rewrites_between(redis_before, redis_after)
     total.broker_pauses = broker_pauses(count_from, until + 1.0)
+    total.steal = stolen_samples
     return total, cpu_cores(before, after)
+
+
+STEAL_EVERY = 0.05  # seconds between two readings of the machine's steal time
+
+
+def sample_steal(until: float) -> list[tuple[float, float]]:
+    """(wall clock, steal so far) every STEAL_EVERY seconds until `until` (a thread of the bench's)."""
+    samples = []
+    while (now := time.time()) < until + STEAL_EVERY:
+        samples.append((now, stolen_seconds()))
+        time.sleep(STEAL_EVERY)
+    return samples
+
+
+def steal_shape(
+    timeline: Sequence[tuple[float, float, float | None]], steal: Sequence[tuple[float, float]], slow: float
+) -> dict[str, Any]:
+    """The cores' worth of time the hypervisor took in each second of the phase (the seconds of
+    `tail_shape`: by when requests were due), and how much of it fell in the slow seconds (whose
+    p99 passed `slow`) against the others: whether the tail is the machine's or the code's."""
+    if not timeline or len(steal) < 2:
+        return {}
+    first = min(due for due, *_ in timeline)
+    seconds = by_second(timeline, first)
+    stolen: dict[int, float] = {}
+    for (when, before), (_, after) in zip(steal, steal[1:], strict=False):
+        second = max(0, int(when - first))
+        stolen[second] = stolen.get(second, 0.0) + (after - before)
+    each = [round(stolen.get(n, 0.0), 3) for n in sorted(seconds)]
+    slow_seconds = [n for n in sorted(seconds) if percentile(seconds[n], 99) > slow]
+    others = [n for n in sorted(seconds) if n not in slow_seconds]
+
+    def mean(ns: Sequence[int]) -> float:
+        return round(sum(stolen.get(n, 0.0) for n in ns) / len(ns), 3) if ns else 0.0
+
+    return {
+        "each_second_stolen_cores": each,
+        "slow_seconds": len(slow_seconds),
+        "stolen_cores_in_slow_seconds": mean(slow_seconds),
+        "stolen_cores_in_other_seconds": mean(others),
+        "slow_seconds_with_steal": sum(1 for n in slow_seconds if stolen.get(n, 0.0) >= 0.05),
+    }
 
 
 # Set-up: plans and tenants ---------------------------------------------------------------------
@@ -750,6 +800,7 @@ async def run(o: Options) -> Report:
             # figure a change to the API's per-call work moves, and ops.bench.compare reports.
             "cpu_micros_per_consume": cpu_per_event(paced_cores, len(paced_ok) / o.paced_duration) if paced_ok else {},
             **tail_shape(paced.timeline, TARGET_P99_MS / 1000, paced.broker_pauses),
+            "steal": steal_shape(paced.timeline, paced.steal, TARGET_P99_MS / 1000),
             "api_side": api_side_shape(api_times, paced.started),
             "load_generator": generator_shape(paced.timeline, TARGET_P99_MS / 1000),
         }
@@ -866,6 +917,13 @@ async def run(o: Options) -> Report:
                     if (pauses := shape["broker_pauses"])["count"]
                     else "; no pause of the broker's collector found in its GC log (.run/kafka/logs)"
                 )
+            )
+        if steal := shape.get("steal"):
+            notes.append(
+                f"the hypervisor's steal: {steal['stolen_cores_in_slow_seconds']:.3f} cores at the mean in the "
+                f"{steal['slow_seconds']} seconds whose p99 passed {TARGET_P99_MS:.0f} ms ({steal['slow_seconds_with_steal']} "
+                f"of them with 0.05 cores or more), {steal['stolen_cores_in_other_seconds']:.3f} in the others; each "
+                "second's: " + " ".join(f"{v:.2f}" for v in steal["each_second_stolen_cores"])
             )
         if inside := shape.get("api_side"):
             notes.append(
