@@ -186,6 +186,10 @@ class QuotaPublic(BaseModel):
     limit: int | float | str
     used: int | float | str
     remaining: int | float | str
+    has_access: bool = Field(
+        description="Whether a consume would be taken now: a hard limit with something remaining, or a soft limit (never refuses)"
+    )
+    overage: int | float | str = Field(description="Usage past the limit (facts are never refused), 0 within it")
     period: Period
     period_start: str
     period_end: str

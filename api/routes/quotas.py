@@ -42,6 +42,7 @@ from schemas.meters import MeterDefinition
 from schemas.plans import (
     ConsumeBody,
     ConsumeResult,
+    Enforcement,
     NotificationList,
     NotificationPublic,
     Period,
@@ -297,6 +298,9 @@ def _public(meter: str, quota: Quota, period: PeriodKey, used: Decimal) -> Quota
         limit=quantity_json(e.limit),
         used=quantity_json(used),
         remaining=quantity_json(max(e.limit - used, Decimal(0))),
+        # OpenMeter's entitlement answer (has access, balance, usage, overage), as a gateway reads it.
+        has_access=e.enforcement is not Enforcement.HARD or used < e.limit,
+        overage=quantity_json(max(used - e.limit, Decimal(0))),
         period=e.period,
         period_start=_z(period.start),
         period_end=_z(period.end),

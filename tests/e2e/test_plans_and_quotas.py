@@ -168,8 +168,13 @@ async def test_facts_count_but_are_never_refused(omni: Omni) -> None:
     facts = await omni.send(key, [cloud_event(f"f{i}", type_="inference", data={"tokens": 50}) for i in range(3)])
     assert facts.status_code == 202 and facts.json()["accepted"] == 3, "facts past the limit are still recorded"
     await omni.settle()
-    assert (await quota(omni, key, "tokens"))["used"] == 190
+    past = await quota(omni, key, "tokens")
+    # As a gateway reads an entitlement (OpenMeter's four facts): no access, nothing left, 90 over.
+    assert (past["used"], past["remaining"], past["has_access"], past["overage"]) == (190, 0, False, 90)
     assert (await consume(omni, key, "tokens", 1)).status_code == 429, "facts count against the quota"
+    await put_plan(omni, "pro", {"meter": "tokens", "limit": 100, "period": "DAY", "enforcement": "soft"}, status=200)
+    soft = await quota(omni, key, "tokens")
+    assert (soft["has_access"], soft["overage"], soft["enforcement"]) == (True, 90, "soft"), "a soft limit never refuses"
 
 
 async def test_a_consume_counts_for_every_meter_of_its_type(omni: Omni) -> None:
@@ -245,6 +250,7 @@ async def test_an_override_replaces_the_plan_and_usage_carries_over(omni: Omni) 
     await omni.settle()
     current = await quota(omni, key, "tokens")
     assert (current["source"], current["limit"], current["used"], current["remaining"]) == ("override", 150, 100, 50)
+    assert (current["has_access"], current["overage"]) == (True, 0)
     assert (await consume(omni, key, "tokens", 50)).status_code == 200
     removed = await omni.client.delete(f"/v1/tenants/{tenant_id}/quotas/tokens", headers=omni.auth(ADMIN))
     assert removed.status_code == 204
