@@ -98,7 +98,7 @@ def invalid_key() -> Problem:
     return Problem(
         422,
         "Invalid Idempotency-Key",
-        "An Idempotency-Key is 1 to 255 printable ASCII characters (no spaces), such as a UUID.",
+        "An Idempotency-Key is one header of 1 to 255 printable ASCII characters (no spaces), such as a UUID.",
         kind="invalid-idempotency-key",
         location="header.Idempotency-Key",
     )
@@ -215,7 +215,7 @@ class IdempotencyMiddleware:
         chunks: list[bytes] = []
         size = 0
 
-        async def keeping(message: Message) -> None:
+        def note(message: Message) -> None:
             nonlocal status, headers, size
             if message["type"] == "http.response.start":
                 status = int(message["status"])
@@ -224,21 +224,37 @@ class IdempotencyMiddleware:
                 size += len(message.get("body", b""))
                 if size <= LARGEST_ANSWER:
                     chunks.append(message.get("body", b""))
+
+        settled = False  # kept or let go, before the client had the whole answer
+
+        async def settle_first(message: Message) -> None:
+            """The answer's last piece leaves only once the key holds it (or was let go): a client
+            that sends the request again the moment it has the answer gets it again, never 409."""
+            nonlocal settled
+            note(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False) and not settled:
+                settled = True
+                try:
+                    await self._settle(caller, key, owner, Answer(status, headers, b"".join(chunks)), size)
+                except Exception:  # the answer still goes out; the key stays pending (409) until it lapses
+                    log.exception("the answer to Idempotency-Key %r could not be settled", key)
             await send(message)
 
-        succeeded = False
         try:
-            await self.app(scope, body_then_receive, keeping)
-            succeeded = 200 <= status < 300
+            await self.app(scope, body_then_receive, settle_first)
         finally:
-            if succeeded and size <= LARGEST_ANSWER:
+            if not settled:  # no answer sent (an error the outer layers answer): its retry runs again
+                await asyncio.shield(asyncio.to_thread(self._let_go, caller, key, owner))
+
+    async def _settle(self, caller: str, key: str, owner: str, answer: Answer, size: int) -> None:
+        if 200 <= answer.status < 300:
+            if size <= LARGEST_ANSWER:
                 # Done: never let the key go now (a retry would do it again). Kept even if this
                 # request is being cancelled; if it cannot be kept, the key stays pending, and its
                 # retries are told 409 until PENDING_SECONDS pass.
-                answer = Answer(status, headers, b"".join(chunks))
                 await asyncio.shield(asyncio.to_thread(self._keep, caller, key, owner, answer))
-            elif not succeeded:
-                await asyncio.shield(asyncio.to_thread(self._let_go, caller, key, owner))
+        else:
+            await asyncio.shield(asyncio.to_thread(self._let_go, caller, key, owner))
 
     def _keep(self, caller: str, key: str, owner: str, answer: Answer) -> None:
         assert self.box is not None
@@ -263,10 +279,11 @@ class IdempotencyMiddleware:
 
 
 def _idempotency_key(scope: Scope) -> str | None:
-    for name, value in scope["headers"]:
-        if name == HEADER:
-            return value.decode("latin-1")
-    return None
+    """The request's key; a request sending it twice names no one request (an invalid key, 422)."""
+    found = [value.decode("latin-1") for name, value in scope["headers"] if name == HEADER]
+    if len(found) > 1:
+        return ""
+    return found[0] if found else None
 
 
 async def _whole_body(receive: Receive) -> bytes:

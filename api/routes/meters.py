@@ -121,9 +121,15 @@ def _in_utc(name: str, moment: datetime | None) -> datetime | None:
     raise Problem(422, "Invalid time range", problem, kind="invalid-range", location=f"query.{name}")
 
 
+# Files of the zone database that are no zone of the IANA's: `localtime` is the host's own clock zone
+# (a link to /etc/localtime), so answers would change with the server they came from.
+NOT_ZONES = frozenset({"localtime", "posixrules", "Factory"})
+LONGEST_ZONE_NAME = 64  # the longest IANA name has 32 characters
+
+
 @functools.lru_cache(maxsize=1)
 def _zone_names() -> frozenset[str]:
-    return frozenset(zoneinfo.available_timezones())
+    return frozenset(zoneinfo.available_timezones()) - NOT_ZONES
 
 
 def _zone(name: str) -> tzinfo:
@@ -131,11 +137,12 @@ def _zone(name: str) -> tzinfo:
     Only names in the zone database: ZoneInfo would also open a file a name leads to."""
     if name in ("UTC", "Etc/UTC"):
         return UTC
-    if name not in _zone_names():
+    if len(name) > LONGEST_ZONE_NAME or name not in _zone_names():
         raise Problem(
             422,
             "Unknown time zone",
-            f"{name!r} is not an IANA time zone name (such as Europe/Berlin, America/New_York or Asia/Kolkata).",
+            f"`{name if len(name) <= LONGEST_ZONE_NAME else name[:LONGEST_ZONE_NAME] + '…'}` is not an IANA time zone "
+            "name (such as Europe/Berlin, America/New_York or Asia/Kolkata).",
             kind="unknown-time-zone",
             location="query.window_time_zone",
         )
@@ -174,7 +181,6 @@ async def meter_question(
         Query(
             description="The IANA time zone whose local hours, days and months the windows follow (such as "
             "America/New_York); answers stay in UTC",
-            max_length=64,
         ),
     ] = "UTC",
     group_by: Annotated[

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.e2e.conftest import ADMIN, Omni
 from tests.e2e.test_bad_input import assert_problem
+from tests.e2e.test_meter_watch import MODES, live, settings_for
 
 
 def keyed(omni: Omni, token: str, key: str) -> dict[str, str]:
@@ -133,3 +136,25 @@ async def test_routes_with_keys_of_their_own_ignore_the_header(omni: Omni) -> No
 
 def test_sqlite_has_what_the_claim_needs() -> None:
     assert sqlite3.sqlite_version_info >= (3, 35)  # ON CONFLICT ... DO UPDATE ... WHERE, and RETURNING
+
+
+@MODES
+async def test_a_retry_sent_the_moment_the_answer_came_gets_it_again(mode: str, tmp_path: Path) -> None:
+    """Over a real socket, where the client has the answer as soon as its last byte is sent. The
+    answer was kept only after it was sent: a retry sent at once found its key still pending, and
+    was told 409 rather than given the answer it had just missed (a walkthrough: 33 of 200)."""
+    async with live(settings_for(mode, tmp_path)) as running, httpx.AsyncClient(base_url=running.url, timeout=30) as client:
+        for n in range(40):
+            body = {"slug": f"m{n}", "event_type": "x", "aggregation": "COUNT"}
+            headers = {"Authorization": f"Bearer {ADMIN}", "Idempotency-Key": f"meter-{n}"}
+            first = await client.post("/v1/meters", json=body, headers=headers)
+            again = await client.post("/v1/meters", json=body, headers=headers)
+            assert first.status_code == 201, first.text
+            assert again.status_code == 201 and again.headers["idempotent-replayed"] == "true", (n, again.text)
+
+
+async def test_a_key_sent_twice_in_one_request_is_refused(omni: Omni) -> None:
+    headers = [("Authorization", f"Bearer {ADMIN}"), ("Idempotency-Key", "k1"), ("Idempotency-Key", "k2")]
+    answer = await omni.client.post("/v1/tenants", json={"name": "acme", "plan": "pro"}, headers=headers)
+    assert assert_problem(answer, 422)["type"].endswith("/invalid-idempotency-key")
+    assert await tenants(omni) == []

@@ -94,7 +94,7 @@ async def test_hours_of_a_half_hour_zone_start_at_half_past_utc(omni: Omni) -> N
     assert row["window_end"] == iso(moment.replace(minute=30))
 
 
-@pytest.mark.parametrize("name", ["Mars/Olympus_Mons", "EST5EDT/../../etc/passwd", "utc"])
+@pytest.mark.parametrize("name", ["Mars/Olympus_Mons", "EST5EDT/../../etc/passwd", "utc", "localtime", "A" * 5000])
 async def test_an_unknown_time_zone_is_refused_not_taken_for_utc(omni: Omni, name: str) -> None:
     await omni.meter(**TOKENS)
     _, key = await omni.tenant("acme")
