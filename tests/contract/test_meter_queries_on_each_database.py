@@ -166,7 +166,7 @@ CLOCKS_CHANGE = [
 def test_windows_of_a_time_zone_equal_the_truth(database: Database, log_start: datetime) -> None:
     from zoneinfo import ZoneInfo
 
-    log = records(LOG_SIZE // 2, seed=5, start=log_start)
+    log = records(LOG_SIZE // 3, seed=5, start=log_start)
     build(database, log)
     events = truth.counted((r.offset, decode(r.value)) for r in log)
     zones = dict(CLOCKS_CHANGE).get(log_start, ZONES)

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.e2e.conftest import ADMIN, Omni
 from tests.e2e.test_bad_input import assert_problem
@@ -99,13 +98,13 @@ async def test_requests_racing_with_one_key_do_it_once(omni: Omni) -> None:
     assert len(await tenants(omni)) == 1
 
 
-@pytest.mark.parametrize("key", ["", "has space", "x" * 256, "é".encode()], ids=["empty", "space", "too-long", "latin-1"])
-async def test_a_malformed_key_is_refused_and_nothing_done(omni: Omni, key: str | bytes) -> None:
-    answer = await omni.client.post(
-        "/v1/tenants", json={"name": "acme", "plan": "pro"}, headers={**omni.auth(ADMIN), "Idempotency-Key": key}
-    )
-    problem = assert_problem(answer, 422)
-    assert problem["type"].endswith("/invalid-idempotency-key")
+async def test_a_malformed_key_is_refused_and_nothing_done(omni: Omni) -> None:
+    for key in ["", "has space", "x" * 256, "é".encode()]:
+        answer = await omni.client.post(
+            "/v1/tenants", json={"name": "acme", "plan": "pro"}, headers={**omni.auth(ADMIN), "Idempotency-Key": key}
+        )
+        problem = assert_problem(answer, 422)
+        assert problem["type"].endswith("/invalid-idempotency-key"), key
     assert await tenants(omni) == []
 
 

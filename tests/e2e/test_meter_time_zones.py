@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from tests.conftest import cloud_event
-from tests.e2e.conftest import Omni
+from tests.e2e.conftest import Omni, embedded_settings, served
 from tests.e2e.test_bad_input import assert_problem
 from tests.e2e.test_meter_watch import MODES, live, settings_for, watching
 
@@ -94,17 +94,17 @@ async def test_hours_of_a_half_hour_zone_start_at_half_past_utc(omni: Omni) -> N
     assert row["window_end"] == iso(moment.replace(minute=30))
 
 
-@pytest.mark.parametrize("name", ["Mars/Olympus_Mons", "EST5EDT/../../etc/passwd", "utc", "localtime", "A" * 5000])
-async def test_an_unknown_time_zone_is_refused_not_taken_for_utc(omni: Omni, name: str) -> None:
+async def test_an_unknown_time_zone_is_refused_not_taken_for_utc(omni: Omni) -> None:
     await omni.meter(**TOKENS)
     _, key = await omni.tenant("acme")
     await omni.settle()
-    answer = await omni.client.get(
-        "/v1/meters/tokens/query", params={"window_size": "DAY", "window_time_zone": name}, headers=omni.auth(key)
-    )
-    problem = assert_problem(answer, 422)
-    assert problem["type"].endswith("/unknown-time-zone"), problem
-    assert problem["errors"] == [{"location": "query.window_time_zone", "reason": problem["errors"][0]["reason"]}]
+    for name in ["Mars/Olympus_Mons", "EST5EDT/../../etc/passwd", "utc", "localtime", "A" * 5000]:
+        answer = await omni.client.get(
+            "/v1/meters/tokens/query", params={"window_size": "DAY", "window_time_zone": name}, headers=omni.auth(key)
+        )
+        problem = assert_problem(answer, 422)
+        assert problem["type"].endswith("/unknown-time-zone"), (name[:20], problem)
+        assert problem["errors"] == [{"location": "query.window_time_zone", "reason": problem["errors"][0]["reason"]}]
 
 
 @MODES
@@ -123,8 +123,9 @@ async def test_a_watch_answers_in_the_zone_it_was_asked_for(mode: str, tmp_path:
             assert [row["window_start"] for row in first[2]["data"]] == [iso(midnight)]
 
 
-async def test_the_parameter_is_in_the_openapi_document(omni: Omni) -> None:
-    document = (await omni.client.get("/openapi.json")).json()
+async def test_the_parameter_is_in_the_openapi_document(tmp_path: Path) -> None:
+    async with served(embedded_settings(tmp_path / "data")) as omni:  # one document for both modes
+        document = (await omni.client.get("/openapi.json")).json()
     for route in ("query", "watch"):
         parameters = document["paths"][f"/v1/meters/{{slug}}/{route}"]["get"]["parameters"]
         [zone] = [p for p in parameters if p["name"] == "window_time_zone"]
