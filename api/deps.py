@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import types
+from collections.abc import Iterator
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any, Union, get_args, get_origin
 
 from fastapi import Depends, Request
+from fastapi.dependencies.models import Dependant
 
 from api.edge import authenticate
 from api.problems import Problem
@@ -112,6 +115,67 @@ async def no_nul_in_url(request: Request) -> None:
                 kind="invalid-request",
                 location=f"query.{name}",
             )
+
+
+async def one_value_each(request: Request) -> None:
+    """A query parameter that takes one value, sent twice (`?window_size=HOUR&window_size=DAY`), is
+    refused with 422 at its place: FastAPI would take the last and answer a question the caller did
+    not ask. Parameters that take a list (`group_by`, `filter_group_by[…]`) may repeat. Installed once
+    for the whole app (api/app.py); a request without a query string returns at once."""
+    if not request.scope.get("query_string"):
+        return
+    names = _single_valued(request)
+    query = request.query_params
+    repeated = [name for name in names if len(query.getlist(name)) > 1]
+    if repeated:
+        raise Problem(
+            422,
+            "Repeated query parameter",
+            f"{', '.join(repeated)}: sent more than once, but takes one value.",
+            kind="repeated-parameter",
+            errors=[
+                {"location": f"query.{name}", "reason": f"{name} takes one value; it was sent more than once"}
+                for name in repeated
+            ],
+        )
+
+
+# Per app (api/app.py): id of a route -> (the route, its one-value query parameters). The route is held,
+# so its id names no other route while its entry lasts.
+SingleValued = dict[int, tuple[object, tuple[str, ...]]]
+
+
+def _single_valued(request: Request) -> tuple[str, ...]:
+    """The names of the query parameters of the request's route, its dependencies' included, that take
+    one value: found once per route, then kept in the app's table."""
+    route = request.scope.get("route")
+    table: SingleValued | None = getattr(request.app.state, "single_valued", None)
+    if table is not None and (known := table.get(id(route))) is not None and known[0] is route:
+        return known[1]
+    dependant = getattr(route, "dependant", None)
+    names: tuple[str, ...] = ()
+    if isinstance(dependant, Dependant):
+        fields = _query_fields(dependant)
+        names = tuple(dict.fromkeys(f.alias for f in fields if not _takes_many(f.field_info.annotation)))
+    if table is not None:
+        table[id(route)] = (route, names)
+    return names
+
+
+def _query_fields(dependant: Dependant) -> Iterator[Any]:
+    yield from dependant.query_params
+    for sub in dependant.dependencies:
+        yield from _query_fields(sub)
+
+
+def _takes_many(annotation: Any) -> bool:
+    """Whether a parameter's type is a list of values (`list[str] | None` is; `str | None` is not)."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _takes_many(get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        return any(_takes_many(arg) for arg in get_args(annotation) if arg is not type(None))
+    return origin in (list, tuple, set, frozenset) or annotation in (list, tuple, set, frozenset)
 
 
 def _puts(request: Request, name: str) -> bool:

@@ -1,0 +1,84 @@
+"""A query parameter that takes one value, sent twice, is refused (422 `repeated-parameter` at its
+place), on every route: FastAPI alone takes the last of them, and `?window_size=HOUR&window_size=DAY`
+was answered by days for a client that meant hours. Parameters that take a list may repeat."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import cloud_event
+from tests.e2e.conftest import ADMIN, Omni, embedded_settings, served
+from tests.e2e.test_bad_input import assert_problem
+
+TOKENS = {"slug": "tokens", "event_type": "inference", "aggregation": "SUM", "value_property": "$.data.tokens"}
+TOKENS_BY_MODEL = TOKENS | {"group_by": {"model": "$.data.model"}}
+
+
+def operations(document: dict[str, Any]) -> list[tuple[str, str, list[dict[str, Any]]]]:
+    """Each GET and DELETE of the document (they change nothing a repeated parameter could reach) with
+    its query parameters."""
+    found = []
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            if method in ("get", "delete"):
+                query = [p for p in [*item.get("parameters", []), *operation.get("parameters", [])] if p["in"] == "query"]
+                found.append((method, path, query))
+    return found
+
+
+def takes_many(parameter: dict[str, Any]) -> bool:
+    schema = parameter.get("schema", {})
+    kinds = [schema, *schema.get("anyOf", [])]
+    return parameter.get("style") == "deepObject" or any(kind.get("type") == "array" for kind in kinds)
+
+
+async def test_every_one_value_parameter_of_the_document_is_refused_when_repeated(tmp_path: Path) -> None:
+    async with served(embedded_settings(tmp_path / "data")) as omni:
+        document = (await omni.client.get("/openapi.json")).json()
+        checked = 0
+        for method, path, query in operations(document):
+            url = re.sub(r"\{[^}]+\}", "x", path)
+            for parameter in (p for p in query if not takes_many(p)):
+                name = parameter["name"]
+                response = await omni.client.request(
+                    method.upper(), url, params=[(name, "1"), (name, "2")], headers=omni.auth(ADMIN)
+                )
+                body = assert_problem(response, 422)
+                assert body["type"].endswith("/repeated-parameter"), (method, path, name, body)
+                assert body["errors"] == [{"location": f"query.{name}", "reason": f"{name} takes one value; it was sent more than once"}]
+                checked += 1
+        # The routes that take one-value parameters: meters' query and watch, audit, notifications,
+        # quotas, invoices, SLOs, GDPR, webhooks' deliveries...
+        assert checked >= 20, checked
+
+
+async def test_a_repeated_window_is_refused_and_repeated_lists_are_answered(omni: Omni) -> None:
+    await omni.meter(**TOKENS_BY_MODEL)
+    _, key = await omni.tenant()
+    events = [cloud_event(f"e{i}", data={"tokens": i + 1, "model": model}) for i, model in enumerate(["a", "b", "c"])]
+    assert (await omni.send(key, events)).status_code == 202
+    await omni.settle()
+    url = "/v1/meters/tokens/query"
+
+    twice = await omni.client.get(url, params=[("window_size", "HOUR"), ("window_size", "DAY")], headers=omni.auth(key))
+    body = assert_problem(twice, 422)
+    assert body["type"].endswith("/repeated-parameter")
+    assert [error["location"] for error in body["errors"]] == ["query.window_size"]
+    # Two at once are both named.
+    both = [("from", "2026-01-01T00:00:00Z"), ("window_size", "DAY"), ("from", "2026-01-02T00:00:00Z"), ("window_size", "DAY")]
+    body = assert_problem(await omni.client.get(url, params=both, headers=omni.auth(key)), 422)
+    assert sorted(error["location"] for error in body["errors"]) == ["query.from", "query.window_size"]
+
+    # A list parameter and a filter may repeat: any of the values counts.
+    listed = await omni.client.get(
+        url,
+        params=[("group_by", "model"), ("group_by", "subject"), ("filter_group_by[model]", "a"), ("filter_group_by[model]", "c")],
+        headers=omni.auth(key),
+    )
+    assert listed.status_code == 200, listed.text
+    assert sorted((row["group_by"]["model"], int(row["value"])) for row in listed.json()["data"]) == [("a", 1), ("c", 3)]
+    # Once each, the same parameters are answered.
+    once = await omni.client.get(url, params={"window_size": "DAY"}, headers=omni.auth(key))
+    assert once.status_code == 200, once.text
