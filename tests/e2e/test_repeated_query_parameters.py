@@ -47,7 +47,9 @@ async def test_every_one_value_parameter_of_the_document_is_refused_when_repeate
                 )
                 body = assert_problem(response, 422)
                 assert body["type"].endswith("/repeated-parameter"), (method, path, name, body)
-                assert body["errors"] == [{"location": f"query.{name}", "reason": f"{name} takes one value; it was sent more than once"}]
+                assert body["errors"] == [
+                    {"location": f"query.{name}", "reason": f"{name} takes one value; it was sent more than once"}
+                ]
                 checked += 1
         # The routes that take one-value parameters: meters' query and watch, audit, notifications,
         # quotas, invoices, SLOs, GDPR, webhooks' deliveries...
