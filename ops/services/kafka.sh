@@ -32,11 +32,12 @@ fetch_jars() {
   mv "$tmp" "$LIBS"
 }
 
-# java with the cached jars; tools log WARN+ to $RUN/logs/<name>.log instead of the console.
+# java with the cached jars; tools log WARN+ to $RUN/logs/<name>.log instead of the console. A tool
+# runs for seconds: the quick compiler alone and the serial collector start it on about half the CPU.
 kjava() {
   local name=$1; shift
   mkdir -p "$RUN/logs"
-  java -cp "$LIBS/*" -Dlog4j2.configurationFile="$LOG4J" -Dkafka.logs.dir="$RUN/logs" -Dkafka.log.name="$name" "$@"
+  java -XX:TieredStopAtLevel=1 -XX:+UseSerialGC -cp "$LIBS/*" -Dlog4j2.configurationFile="$LOG4J" -Dkafka.logs.dir="$RUN/logs" -Dkafka.log.name="$name" "$@"
 }
 
 # Readiness = the broker answers a Metadata request listing at least one broker. A bare TCP connect is
@@ -102,7 +103,9 @@ start() {
   write_props
   if [[ ! -f $RUN/data/meta.properties ]]; then
     local id
-    id=$(kjava storage kafka.tools.StorageTool random-uuid)
+    # A cluster id as StorageTool's random-uuid makes it (16 random bytes, base64url, no padding),
+    # without starting a JVM for it.
+    id=$(python3 -c 'import base64, os; print(base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("="))')
     kjava storage kafka.tools.StorageTool format -t "$id" -c "$PROPS" --standalone >/dev/null \
       || die "formatting $RUN/data failed; see $RUN/logs/storage.log"
   fi
@@ -111,9 +114,10 @@ start() {
   # setsid: survive the caller's session/Ctrl-C; the child writes its own pid, then execs java.
   # The JVM's own collector settings (Kafka's kafka-run-class.sh options, G1 aiming at 20 ms pauses
   # and marking from 35 % occupancy, were measured and not kept: see the README's Performance).
-  # Collections are logged to $RUN/logs/gc.log.
+  # Collections are logged to $RUN/logs/gc.log. KAFKA_EXTRA_JVM_OPTS: options of the caller's (the
+  # tests' own short-lived brokers start on the quick compiler alone: tests/integration/conftest.py).
   nohup setsid bash -c 'echo $$ >"$0"; exec "$@"' "$PIDFILE" \
-    java -Xms512m -Xmx512m -Xlog:gc:file="$RUN/logs/gc.log":time,uptime:filecount=5,filesize=20M \
+    java ${KAFKA_EXTRA_JVM_OPTS:-} -Xms512m -Xmx512m -Xlog:gc:file="$RUN/logs/gc.log":time,uptime:filecount=5,filesize=20M \
     -cp "$LIBS/*" -Dlog4j2.configurationFile="$LOG4J" \
     -Dkafka.logs.dir="$RUN/logs" -Dkafka.log.name=server kafka.Kafka "$PROPS" \
     >>"$OUT" 2>&1 </dev/null &

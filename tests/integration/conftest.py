@@ -166,6 +166,9 @@ class OwnBroker:
             "OMNI_RUN_DIR": str(run_dir),
             "KAFKA_PORT": str(self.port),
             "KAFKA_CONTROLLER_PORT": str(self.controller),
+            # It lives for one test, stopped and started again: the quick compiler alone and the serial
+            # collector start it on about 60 % of the CPU (the suite is bound by CPU).
+            "KAFKA_EXTRA_JVM_OPTS": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC",
         }
 
     def run(self, action: str) -> None:
