@@ -104,9 +104,12 @@ start() {
   if [[ ! -f $RUN/data/meta.properties ]]; then
     local id
     # A cluster id as StorageTool's random-uuid makes it (16 random bytes, base64url, no padding),
-    # without starting a JVM for it.
-    id=$(python3 -c 'import base64, os; print(base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("="))')
-    kjava storage kafka.tools.StorageTool format -t "$id" -c "$PROPS" --standalone >/dev/null \
+    # without starting a JVM for it. Never one starting with "-", which reads as an option (Kafka's own
+    # Uuid avoids it too).
+    id=$(python3 -c 'import base64, os
+while (id := base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")).startswith("-"): pass
+print(id)')
+    kjava storage kafka.tools.StorageTool format --cluster-id="$id" -c "$PROPS" --standalone >/dev/null \
       || die "formatting $RUN/data failed; see $RUN/logs/storage.log"
   fi
   mkdir -p "$RUN/logs"
