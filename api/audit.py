@@ -27,6 +27,7 @@ COMMAND_ROUTES = {
     ("PUT", "/v1/tenants/{tenant_id}/quotas/{meter}"): "quota.override.set",
     ("DELETE", "/v1/tenants/{tenant_id}/quotas/{meter}"): "quota.override.remove",
     ("PUT", "/v1/slos/{name}"): "slo.put",
+    ("DELETE", "/v1/slos/{name}"): "slo.delete",
     ("PUT", "/v1/data-classes/{event_type:path}"): "data_class.put",
     ("POST", "/v1/gdpr/requests"): "gdpr.request.receive",  # accepted: gdpr.<kind>.received, by the body's kind
     ("PUT", "/v1/gdpr/retention"): "gdpr.retention.put",

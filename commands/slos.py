@@ -3,7 +3,9 @@
 The owner is the tenant whose key defined it (the SLO covers that tenant's events) or `_platform`
 for the admin's (every tenant's events). An SLO is defined at version 1 and revised to the next
 version by each change; each version is folded from the start of the log (projections.slos). Each
-change is saved with its audit entry and relayed by the outbox as `omni.slo.defined`.
+change is saved with its audit entry and relayed by the outbox as `omni.slo.defined`. Deleting an
+SLO (`omni.slo.deleted`) ends its version and frees its name and its place under the limit; defined
+again, the name is the next version, folded afresh.
 
 Since every version is caught up from the whole shared log, an owner defines at most
 `limits.slos_per_owner` SLOs (counted by a SloNames aggregate per owner, saved with each new SLO)
@@ -21,7 +23,7 @@ from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate, event
 from eventsourcing.persistence import IntegrityError
 
-from commands.errors import Conflict, LimitReached, TooSoon
+from commands.errors import Conflict, LimitReached, NotFound, TooSoon
 from commands.ids import OMNI_NAMESPACE
 from commands.limits import ATTEMPTS
 from schemas.slos import SloBody
@@ -30,8 +32,9 @@ if TYPE_CHECKING:
     from commands.control_plane import CommandContext, ControlPlane
 
 PLATFORM = "_platform"
-SLO_DEFINED = "omni.slo.defined"
+SLO_DEFINED, SLO_DELETED = "omni.slo.defined", "omni.slo.deleted"
 SLO_NAMES_OPENED, SLO_NAME_ADDED = "omni.slo.names_opened", "omni.slo.name_added"
+SLO_NAME_REMOVED = "omni.slo.name_removed"
 REVISION_SPAN = timedelta(hours=1)
 
 
@@ -54,12 +57,20 @@ class Slo(Aggregate):
         self.name = name
         self.spec = spec
         self.slo_version = 1
+        self.deleted = False
 
     @event("Revised")
     def revise(self, owner: str, name: str, slo_version: int, spec: dict[str, Any]) -> None:
-        """The event names the SLO and its new version, so readers of the log need nothing else."""
+        """The event names the SLO and its new version, so readers of the log need nothing else. A
+        deleted SLO defined again is revised to the next version too."""
         self.spec = spec
         self.slo_version = slo_version
+        self.deleted = False
+
+    @event("Deleted")
+    def delete(self, owner: str, name: str, slo_version: int) -> None:
+        """`slo_version`: the version that ends (its fold, alerts and metrics with it)."""
+        self.deleted = True
 
 
 class SloNames(Aggregate):
@@ -81,6 +92,10 @@ class SloNames(Aggregate):
     def add(self, owner: str, name: str) -> None:
         self.names.append(name)
 
+    @event("Removed")
+    def remove(self, owner: str, name: str) -> None:
+        self.names.remove(name)
+
 
 class SloCommands:
     """The SLO commands of the ControlPlane application (mixed into it)."""
@@ -96,14 +111,18 @@ class SloCommands:
             spec = body.stored()
             for _ in range(ATTEMPTS):
                 slo = self.get_slo(owner, name)
-                created = slo is None
+                created = slo is None or slo.deleted
                 changed: list[Aggregate] = []
-                if slo is None:
+                if created:
                     names = self._slo_names(owner)
                     if name not in names.names:
                         self._check_slo_count(owner, names)
                         names.add(owner=owner, name=name)
-                    slo = Slo(owner=owner, name=name, spec=spec)
+                    if slo is None:
+                        slo = Slo(owner=owner, name=name, spec=spec)
+                    else:  # deleted: defined again as its next version, counted as a revision
+                        self._check_slo_revisions(owner, name)
+                        slo.revise(owner=owner, name=name, slo_version=slo.slo_version + 1, spec=spec)
                     changed = [slo, names]
                 elif slo.spec != spec:
                     self._check_slo_revisions(owner, name)
@@ -114,6 +133,27 @@ class SloCommands:
                 except IntegrityError:
                     continue  # another command of this owner was stored first: decide again on what it left
                 return slo, created
+            raise Conflict(f"SLO {name!r} changed concurrently; retry")
+
+    def delete_slo(self: ControlPlane, ctx: CommandContext, name: str) -> None:
+        """Delete one of the caller's SLOs: its version is no longer folded, read or alerted on, and its
+        name leaves the owner's count. 404 for a name the owner has not defined, or deleted already."""
+        owner = ctx.tenant_id or PLATFORM
+        resource = f"slos/{name}"
+        with self._rejections_audited(ctx, "slo.delete", resource):
+            for _ in range(ATTEMPTS):
+                slo = self.get_slo(owner, name)
+                if slo is None or slo.deleted:
+                    raise NotFound(f"SLO {name!r} not found")
+                slo.delete(owner=owner, name=name, slo_version=slo.slo_version)
+                names = self._slo_names(owner)
+                if name in names.names:
+                    names.remove(owner=owner, name=name)
+                try:
+                    self.save(slo, names, self._audit(ctx, "slo.delete", resource, owner))
+                except IntegrityError:
+                    continue  # another command of this owner was stored first: decide again on what it left
+                return
             raise Conflict(f"SLO {name!r} changed concurrently; retry")
 
     def _slo_names(self: ControlPlane, owner: str) -> SloNames:
@@ -140,8 +180,10 @@ class SloCommands:
         """At most `limits.slo_revisions_per_hour` revisions of one SLO in any hour (each version is
         folded afresh from the whole log): read from the SLO's latest events alone."""
         limit = self.limits.slo_revisions_per_hour
-        latest = self.repository.event_store.get(slo_aggregate_id(owner, name), desc=True, limit=limit)
-        revisions = [e.timestamp for e in latest if isinstance(e, Slo.Revised)]
+        # A deletion may come between two revisions (a deleted SLO put again is a revision): the
+        # latest `limit` revisions are among its latest 2 x `limit` events.
+        latest = self.repository.event_store.get(slo_aggregate_id(owner, name), desc=True, limit=2 * limit)
+        revisions = [e.timestamp for e in latest if isinstance(e, Slo.Revised)][:limit]
         if len(revisions) < limit:
             return
         wait = (min(revisions) + REVISION_SPAN - datetime.now(UTC)).total_seconds()
@@ -172,8 +214,13 @@ def describe(domain_event: Any) -> tuple[str, str, dict[str, Any]] | None:
             owner, name = domain_event.owner, domain_event.name
             data = {"owner": owner, "name": name, "version": domain_event.slo_version, "definition": domain_event.spec}
             return SLO_DEFINED, owner, data
+        case "Slo.Deleted":
+            owner, name = domain_event.owner, domain_event.name
+            return SLO_DELETED, owner, {"owner": owner, "name": name, "version": domain_event.slo_version}
         case "SloNames.Opened":
             return SLO_NAMES_OPENED, domain_event.owner, {"owner": domain_event.owner, "names": domain_event.names}
         case "SloNames.Added":
             return SLO_NAME_ADDED, domain_event.owner, {"owner": domain_event.owner, "name": domain_event.name}
+        case "SloNames.Removed":
+            return SLO_NAME_REMOVED, domain_event.owner, {"owner": domain_event.owner, "name": domain_event.name}
     return None

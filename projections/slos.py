@@ -424,10 +424,23 @@ class SloDefined:
     at: str
 
 
-def changes(event: Envelope) -> list[SloDefined]:
+@dataclass(frozen=True, slots=True)
+class SloDeleted:
+    """The SLO's `version` ends: it and any earlier version are no longer read, folded or alerted on."""
+
+    owner: str
+    name: str
+    version: int
+    at: str
+
+
+def changes(event: Envelope) -> list[SloDefined | SloDeleted]:
     """What one control-plane event changes in the SLO definitions. Other types change nothing."""
-    if event.type != "omni.slo.defined":
-        return []
     data: dict[str, Any] = event.data or {}
-    at = format_time(event.event_time)
-    return [SloDefined(data["owner"], data["name"], int(data["version"]), data["definition"], at)]
+    match event.type:
+        case "omni.slo.defined":
+            at = format_time(event.event_time)
+            return [SloDefined(data["owner"], data["name"], int(data["version"]), data["definition"], at)]
+        case "omni.slo.deleted":
+            return [SloDeleted(data["owner"], data["name"], int(data["version"]), format_time(event.event_time))]
+    return []

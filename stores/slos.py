@@ -2,6 +2,9 @@
 
 `slos` is written by the catalog projector (with its checkpoint) from `omni.slo.defined`; a row is
 replaced only by a higher version, so a control event relayed twice changes nothing.
+`slo_deletions` holds the version each deleted SLO ended at (`omni.slo.deleted`): a definition is
+read only while no deletion of its name is at its version or later, so a deletion relayed again
+hides no later definition, and a definition relayed again shows no deleted one.
 `slo_minutes` holds (good, total) per SLO version (its fold id), tenant and minute of event time,
 written by the meter projector in the transaction that moves its checkpoints; `slo_offsets` holds
 each SLO version's own checkpoint per topic and partition, as `meter_offsets` does for meters, so a
@@ -26,6 +29,9 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS slos (
     owner TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL, definition TEXT NOT NULL,
     updated_at TEXT NOT NULL, PRIMARY KEY (owner, name));
+CREATE TABLE IF NOT EXISTS slo_deletions (
+    owner TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL, deleted_at TEXT NOT NULL,
+    PRIMARY KEY (owner, name));
 CREATE TABLE IF NOT EXISTS slo_offsets (
     slo TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL, next_offset BIGINT NOT NULL,
     PRIMARY KEY (slo, topic, partition));
@@ -63,22 +69,38 @@ def put(tx: Tx, owner: str, name: str, version: int, definition: dict[str, Any],
     )
 
 
+# The definitions no deletion ended.
+_LIVE = (
+    "SELECT s.owner, s.name, s.version, s.definition, s.updated_at FROM slos s WHERE NOT EXISTS "
+    "(SELECT 1 FROM slo_deletions d WHERE d.owner = s.owner AND d.name = s.name AND d.version >= s.version)"
+)
+
+
+def delete(tx: Tx, owner: str, name: str, version: int, at: str) -> None:
+    """The SLO's `version` (and every earlier one) ends: it is no longer read or folded. Its minutes
+    stay, as a revised version's do: the meters' fold alone writes them (stores.shadow.FOLDS)."""
+    tx.execute(
+        "INSERT INTO slo_deletions VALUES (?, ?, ?, ?) ON CONFLICT (owner, name) DO UPDATE SET version=excluded.version, "
+        "deleted_at=excluded.deleted_at WHERE slo_deletions.version < excluded.version",
+        (owner, name, version, at),
+    )
+
+
 def definitions(tx: Tx) -> list[SloRow]:
     """Every SLO at its current version (one small query per folded batch; none defined: no rows)."""
-    return [_row(r) for r in tx.execute("SELECT owner, name, version, definition, updated_at FROM slos")]
+    return [_row(r) for r in tx.execute(_LIVE)]
 
 
 def of_owner(tx: Tx, owner: str) -> list[SloRow]:
-    rows = tx.execute("SELECT owner, name, version, definition, updated_at FROM slos WHERE owner=? ORDER BY name", (owner,))
-    return [_row(r) for r in rows]
+    return [_row(r) for r in tx.execute(f"{_LIVE} AND s.owner=? ORDER BY s.name", (owner,))]
 
 
 def names_of(tx: Tx, owner: str) -> list[str]:
-    return [r[0] for r in tx.execute("SELECT name FROM slos WHERE owner=? ORDER BY name", (owner,))]
+    return [r.name for r in of_owner(tx, owner)]
 
 
 def one(tx: Tx, owner: str, name: str) -> SloRow | None:
-    rows = tx.execute("SELECT owner, name, version, definition, updated_at FROM slos WHERE owner=? AND name=?", (owner, name))
+    rows = tx.execute(f"{_LIVE} AND s.owner=? AND s.name=?", (owner, name))
     return next((_row(r) for r in rows), None)
 
 

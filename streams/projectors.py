@@ -150,7 +150,11 @@ class CatalogProjector:
                 for stripe_change in stripe_view.changes(event):
                     stripe_store.write(tx, stripe_change)
                 for slo in slo_view.changes(event):
-                    slo_store.put(tx, slo.owner, slo.name, slo.version, slo.definition, slo.at)
+                    match slo:
+                        case slo_view.SloDefined():
+                            slo_store.put(tx, slo.owner, slo.name, slo.version, slo.definition, slo.at)
+                        case slo_view.SloDeleted():
+                            slo_store.delete(tx, slo.owner, slo.name, slo.version, slo.at)
                 for gdpr_change in gdpr_view.changes(event):
                     match gdpr_change:
                         case gdpr_view.DataClassDefined():

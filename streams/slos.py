@@ -49,6 +49,7 @@ class SloFold:
         self.topic = topic
         self.consumer = consumer  # whose partition checkpoints the SLOs follow
         self._compiled: dict[str, slo_view.CompiledSlo] = {}  # by fold id: a version never changes
+        self._shown: set[tuple[str, str]] = set()  # (owner, name) of the SLOs whose series this process exports
 
     def _compile(self, row: slo_store.SloRow) -> slo_view.CompiledSlo:
         key = slo_view.fold_id(row.owner, row.name, row.version)
@@ -64,6 +65,7 @@ class SloFold:
         and move their checkpoints with the partition's. Returns what the metrics show once the
         transaction has committed."""
         rows = slo_store.definitions(tx)
+        self._forget_deleted(rows)
         if not rows:
             return []
         offsets = slo_store.checkpoints(tx, self.topic, partition)
@@ -73,6 +75,14 @@ class SloFold:
         shown = self._fold(tx, rows, live, (event for _, event in events))
         slo_store.set_checkpoints(tx, self.topic, partition, {c.fold_id: end for c in live})
         return shown
+
+    def _forget_deleted(self, rows: Sequence[slo_store.SloRow]) -> None:
+        """Drop the series of SLOs deleted since this process showed them (a deleted SLO's alert
+        would otherwise read firing until the process restarts)."""
+        gone = self._shown - {(row.owner, row.name) for row in rows}
+        for owner, name in gone:
+            _unshow(owner, name)
+        self._shown -= gone
 
     def _fold(
         self, tx: Tx, rows: Sequence[slo_store.SloRow], slos: Sequence[slo_view.CompiledSlo], events: Iterable[Envelope]
@@ -99,6 +109,7 @@ class SloFold:
                 if transitions:
                     slo_store.add_alert_notifications(tx, row, slo, transitions)
                 shown.append(functools.partial(_show, row, seen, moved))
+                self._shown.add((row.owner, row.name))
         slo_store.merge(tx, deltas)
         return shown
 
@@ -229,3 +240,15 @@ def _show(row: slo_store.SloRow, judged: Sequence[slo_view.Run], state: slo_view
     metrics.SLO_OBJECTIVE.labels(row.owner, row.name, window.value).set(float(Decimal(repr(row.definition.objective)) / 100))
     for alert in slo_view.ALERTS:
         metrics.SLO_ALERT_FIRING.labels(row.owner, row.name, alert).set(1 if state and alert in state.firing else 0)
+
+
+def _unshow(owner: str, name: str) -> None:
+    """Remove every series of one SLO."""
+    labelled = [
+        *((metrics.SLO_EVENTS, outcome) for outcome in ("good", "bad")),
+        *((metrics.SLO_OBJECTIVE, window.value) for window in SloWindow),
+        *((metrics.SLO_ALERT_FIRING, alert) for alert in slo_view.ALERTS),
+    ]
+    for series, last in labelled:
+        with contextlib.suppress(KeyError):
+            series.remove(owner, name, last)

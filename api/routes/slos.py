@@ -83,6 +83,17 @@ async def put_slo(
     )
 
 
+@router.delete("/{name}", status_code=204, response_class=Response, responses={404: {}})
+async def delete_slo(name: str, request: Request, platform: PlatformDep, principal: CallerDep) -> Response:
+    """Delete one of the caller's SLOs: it is no longer read, folded or alerted on, and its name leaves
+    the owner's count (OMNI_MAX_SLOS_PER_TENANT). Defined again, the name is its next version, folded
+    afresh from the whole log. 404 for another owner's SLO, a missing one, or one deleted already."""
+    if not NAME.fullmatch(name):
+        raise NotFound(f"SLO {name!r} not found")
+    await run_command(platform, platform.control.delete_slo, command_context(request, principal), name)
+    return Response(status_code=204)
+
+
 @router.get("", response_model=SloList)
 def list_slos(platform: PlatformDep, principal: CallerDep) -> SloList:
     """The caller's SLOs, at their current versions (the admin's: the platform's)."""

@@ -71,6 +71,7 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/v1/audit/public-key"): EITHER,
     # A tenant's SLO covers its own events, the admin's every tenant's; each sees only its own.
     ("PUT", "/v1/slos/{name}"): EITHER,
+    ("DELETE", "/v1/slos/{name}"): EITHER,
     ("GET", "/v1/slos"): EITHER,
     ("GET", "/v1/slos/{name}"): EITHER,
     ("GET", "/v1/slos/{name}/history"): EITHER,

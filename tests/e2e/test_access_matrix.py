@@ -96,6 +96,7 @@ EXPECTED: dict[Operation, tuple[int, int, int]] = {
     ("GET", "/v1/audit/public-key"): (200, 200, 200),  # anyone with a key
     # A tenant's SLOs and the admin's (`_platform`'s) are apart: each names its own, reads its own.
     ("PUT", "/v1/slos/{name}"): (200, 201, 201),  # A's unchanged; B and the admin define their own
+    ("DELETE", "/v1/slos/{name}"): (204, 404, 404),  # its owner (A deletes one of its own, the other stays)
     ("GET", "/v1/slos"): (200, 200, 200),
     ("GET", "/v1/slos/{name}"): (200, 404, 404),  # its owner
     ("GET", "/v1/slos/{name}/history"): (200, 404, 404),
@@ -208,6 +209,7 @@ async def build_world(omni: Omni) -> World:
     spare = {caller: (await new_key(a_id, a_key))["key_id"] for caller in (OWNER, OTHER, ADMIN_CALLER)}
     await ok(await omni.send(a_key, [cloud_event("acl-a", type_="call", data={"status": 200})]), 202)
     await ok(await omni.client.put("/v1/slos/acl-slo", json=SLO, headers=a), 201)
+    await ok(await omni.client.put("/v1/slos/acl-slo-deleted", json=SLO, headers=a), 201)
     await ok(await omni.client.put("/v1/gdpr/retention", json={"personal_data_days": 30}, headers=a), 201)
     hooks = [
         await ok(await omni.client.post("/v1/webhook-endpoints", json={"url": WEBHOOK_URL}, headers=a), 201) for _ in range(2)
@@ -264,6 +266,7 @@ async def build_world(omni: Omni) -> World:
     for caller in (OTHER, ADMIN_CALLER):
         world.own[(("DELETE", "/v1/keys/{key_id}"), caller)] = {"key_id": spare[caller]}
     world.own[(("DELETE", "/v1/webhook-endpoints/{endpoint_id}"), OWNER)] = {"endpoint_id": hooks[1]["id"]}  # the other stays
+    world.own[(("DELETE", "/v1/slos/{name}"), OWNER)] = {"name": "acl-slo-deleted"}
     for name, (tenant_id, _) in moved.items():
         operation = ("POST", f"/v1/invoices/{{invoice_id}}/{'mark-' if name != 'void' else ''}{name}")
         world.own[(operation, ADMIN_CALLER)] = {"invoice_id": invoice_of[tenant_id]}

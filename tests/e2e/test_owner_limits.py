@@ -168,3 +168,32 @@ async def test_the_key_list_is_paged_in_the_order_keys_were_issued(limited: Omni
     assert assert_problem(await keys_page(omni, key, tenant_id, limit=0), 422)
     assert (await keys_page(omni, other, tenant_id)).status_code == 404
     assert [k["key_id"] for k in (await keys_page(omni, ADMIN, other_id)).json()["data"]] != []
+
+
+async def delete_slo(omni: Omni, key: str, name: str) -> int:
+    response = await omni.client.delete(f"/v1/slos/{name}", headers=omni.auth(key))
+    await omni.settle()
+    return response.status_code
+
+
+async def test_a_deleted_slo_leaves_the_count_and_its_name_comes_back_as_the_next_version(limited: Omni) -> None:
+    """At the limit, deleting an SLO makes room for another (before, an owner at its limit could only
+    revise); the deleted name defined again counts once more, and its redefinition is a revision of
+    the SLO, so its revisions in the hour are counted with it."""
+    omni = limited
+    _, key = await omni.tenant("a")
+    for i in range(SLOS):
+        assert (await put_slo(omni, key, f"slo-{i}")).status_code == 201
+    assert await delete_slo(omni, key, "slo-1") == 204
+    assert (await put_slo(omni, key, "another")).status_code == 201
+    assert assert_problem(await put_slo(omni, key, "slo-1"), 409)["type"].endswith("/slo-limit-reached")
+    assert await delete_slo(omni, key, "another") == 204
+    again = await put_slo(omni, key, "slo-1")
+    assert (again.status_code, again.json()["version"]) == (201, 2)
+    # slo-1 has one revision this hour (its redefinition); REVISIONS is 2: one more, then 429.
+    assert (await put_slo(omni, key, "slo-1", {**SLO, "objective": 98})).status_code == 200
+    assert await delete_slo(omni, key, "slo-1") == 204
+    assert assert_problem(await put_slo(omni, key, "slo-1"), 429)["type"].endswith("/slo-revised-too-often")
+    await omni.settle()
+    listed = (await omni.client.get("/v1/slos", headers=omni.auth(key))).json()["data"]
+    assert [s["name"] for s in listed] == ["slo-0", "slo-2"]

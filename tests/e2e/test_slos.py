@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import uuid4
 
 import httpx
 
@@ -191,3 +192,54 @@ async def test_the_objective_metric_follows_a_revised_window_and_reads_as_writte
     await put_slo(omni, key, "avail", {**EVERY_TENANT, "objective": 99.5, "window": "30d"}, 200)
     await folded("after-the-revision")
     assert objectives() == {"30d": 0.995}
+
+
+async def test_a_deleted_slo_is_gone_for_its_owner_alone_and_comes_back_folded_afresh(omni: Omni) -> None:
+    """DELETE /v1/slos/{name}: the owner's SLO is no longer read, listed or folded, its series leave
+    /metrics at the next batch (an alert left firing would page for ever), and another owner cannot
+    delete it. Defined again, the name is the next version, folded from the whole log: the events sent
+    while it was deleted count too. The deletion is audited."""
+    from prometheus_client import REGISTRY
+
+    owner, key = await omni.tenant("a")
+    _, other = await omni.tenant("b")
+
+    def series() -> set[str]:
+        return {
+            family.name
+            for family in REGISTRY.collect()
+            if family.name.startswith("omni_slo_")
+            for sample in family.samples
+            if sample.labels.get("owner") == owner and sample.labels.get("slo") == "large"
+        }
+
+    async def send(*statuses: int) -> None:
+        events = [cloud_event(f"e{uuid4().hex}", data={"model": "large", "status": s}) for s in statuses]
+        assert (await omni.send(key, events)).status_code == 202
+        await omni.settle()
+
+    await put_slo(omni, key, "large", LARGE, 201)
+    await send(200, 200, 500)
+    assert (await status_of(omni, key, "large"))["total"] == 3
+    assert series() >= {"omni_slo_objective_ratio", "omni_slo_alert_firing"}
+
+    assert (await omni.client.delete("/v1/slos/large", headers=omni.auth(other))).status_code == 404
+    assert (await omni.client.delete("/v1/slos/large", headers=omni.auth(ADMIN))).status_code == 404, (
+        "the admin's are _platform's"
+    )
+    assert (await omni.client.delete("/v1/slos/large", headers=omni.auth(key))).status_code == 204
+    await omni.settle()
+    assert (await omni.client.get("/v1/slos/large", headers=omni.auth(key))).status_code == 404
+    params = {"from": "2026-01-01T00:00:00Z", "to": "2026-01-01T01:00:00Z"}
+    assert (await omni.client.get("/v1/slos/large/history", params=params, headers=omni.auth(key))).status_code == 404
+    assert (await omni.client.get("/v1/slos", headers=omni.auth(key))).json()["data"] == []
+    assert (await omni.client.delete("/v1/slos/large", headers=omni.auth(key))).status_code == 404, "deleted already"
+    await send(500)
+    assert series() == set(), "a deleted SLO's series are removed at the next batch"
+
+    again = await put_slo(omni, key, "large", LARGE, 201)
+    assert again.json()["version"] == 2
+    assert (await status_of(omni, key, "large"))["total"] == 4, "folded afresh, the events sent meanwhile included"
+    response = await omni.client.get("/v1/audit", params={"action": "slo.delete"}, headers=omni.auth(key))
+    entries = [(e["resource"], e["outcome"]) for e in response.json()["data"]]
+    assert entries == [("slos/large", "accepted"), ("slos/large", "rejected")]
