@@ -233,6 +233,7 @@ class ControlPlane(
     snapshotting_intervals: ClassVar[dict[type[Aggregate], int]] = {  # type: ignore[misc]
         KeyRing: KEY_RING_SNAPSHOT_EVERY,
         webhooks.WebhookEndpoints: KEY_RING_SNAPSHOT_EVERY,  # likewise: every endpoint ever added and deleted
+        slos.SloNames: KEY_RING_SNAPSHOT_EVERY,  # likewise: every SLO name ever added and deleted
     }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

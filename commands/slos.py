@@ -9,7 +9,10 @@ again, the name is the next version, folded afresh.
 
 Since every version is caught up from the whole shared log, an owner defines at most
 `limits.slos_per_owner` SLOs (counted by a SloNames aggregate per owner, saved with each new SLO)
-and each SLO is revised at most `limits.slo_revisions_per_hour` times in any hour.
+and each SLO is revised at most `limits.slo_revisions_per_hour` times in any hour. A deleted SLO
+keeps its place in the count for an hour (REVISION_SPAN): deleting and defining under new names in
+a loop would otherwise fold the whole log again without bound. Put again, its own name takes its
+place back at once (a revision of it, counted as one).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from eventsourcing.persistence import IntegrityError
 from commands.errors import Conflict, LimitReached, NotFound, TooSoon
 from commands.ids import OMNI_NAMESPACE
 from commands.limits import ATTEMPTS
+from schemas.envelope import format_time
 from schemas.slos import SloBody
 
 if TYPE_CHECKING:
@@ -87,14 +91,24 @@ class SloNames(Aggregate):
         """`names`: the owner's SLOs defined before this count began (by an earlier version of Omni)."""
         self.owner = owner
         self.names = list(names)
+        self.removed: dict[str, str] = {}  # deleted within the hour before the latest removal: name -> when
 
     @event("Added")
     def add(self, owner: str, name: str) -> None:
         self.names.append(name)
+        self.removed.pop(name, None)
 
     @event("Removed")
-    def remove(self, owner: str, name: str) -> None:
+    def remove(self, owner: str, name: str, at: str) -> None:
+        """`at` (RFC 3339): when it was deleted; the name keeps its place in the count for an hour."""
         self.names.remove(name)
+        since = datetime.fromisoformat(at) - REVISION_SPAN
+        self.removed = {n: t for n, t in self.removed.items() if datetime.fromisoformat(t) > since} | {name: at}
+
+    def held(self, now: datetime) -> list[str]:
+        """The names counted against the owner's limit now: its SLOs, and those deleted within the hour."""
+        recent = [n for n, at in self.removed.items() if datetime.fromisoformat(at) > now - REVISION_SPAN]
+        return self.names + recent
 
 
 class SloCommands:
@@ -116,7 +130,8 @@ class SloCommands:
                 if created:
                     names = self._slo_names(owner)
                     if name not in names.names:
-                        self._check_slo_count(owner, names)
+                        if name not in names.removed:  # a name deleted within the hour holds its own place
+                            self._check_slo_count(owner, names)
                         names.add(owner=owner, name=name)
                     if slo is None:
                         slo = Slo(owner=owner, name=name, spec=spec)
@@ -148,7 +163,7 @@ class SloCommands:
                 slo.delete(owner=owner, name=name, slo_version=slo.slo_version)
                 names = self._slo_names(owner)
                 if name in names.names:
-                    names.remove(owner=owner, name=name)
+                    names.remove(owner=owner, name=name, at=format_time(datetime.now(UTC)))
                 try:
                     self.save(slo, names, self._audit(ctx, "slo.delete", resource, owner))
                 except IntegrityError:
@@ -167,10 +182,13 @@ class SloCommands:
 
     def _check_slo_count(self: ControlPlane, owner: str, names: SloNames) -> None:
         limit = self.limits.slos_per_owner
-        if len(names.names) >= limit:
+        held = names.held(datetime.now(UTC))
+        if len(held) >= limit:
             who = "The platform" if owner == PLATFORM else "This tenant"
+            deleted = len(held) - len(names.names)
+            recently = f" ({deleted} of them deleted within the hour, which keep their place for an hour)" if deleted else ""
             raise LimitReached(
-                f"{who} has {len(names.names)} SLOs, the most it may define (OMNI_MAX_SLOS_PER_TENANT = {limit}): "
+                f"{who} has {len(held)} SLOs{recently}, the most it may define (OMNI_MAX_SLOS_PER_TENANT = {limit}): "
                 "each is folded from the whole log. Revise one of them instead.",
                 kind="slo-limit-reached",
                 limit=limit,
@@ -222,5 +240,6 @@ def describe(domain_event: Any) -> tuple[str, str, dict[str, Any]] | None:
         case "SloNames.Added":
             return SLO_NAME_ADDED, domain_event.owner, {"owner": domain_event.owner, "name": domain_event.name}
         case "SloNames.Removed":
-            return SLO_NAME_REMOVED, domain_event.owner, {"owner": domain_event.owner, "name": domain_event.name}
+            data = {"owner": domain_event.owner, "name": domain_event.name, "at": domain_event.at}
+            return SLO_NAME_REMOVED, domain_event.owner, data
     return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -406,9 +407,12 @@ def _stored_slos(settings: Settings) -> list[Any]:
     except psycopg.errors.UndefinedTable as missing:
         typer.echo(
             f'omni slo rules: no views in PostgreSQL schema "{settings.database_schema}" (OMNI_DATABASE_SCHEMA): '
-            f"{str(missing).splitlines()[0]}",
+            f"{str(missing).splitlines()[0]} (views of an earlier version of Omni: start `omni serve` once to migrate them)",
             err=True,
         )
+        raise typer.Exit(2) from missing
+    except sqlite3.OperationalError as missing:  # views of an earlier version, not migrated yet
+        typer.echo(f"omni slo rules: {missing}: start `omni serve` once to migrate the views.", err=True)
         raise typer.Exit(2) from missing
     return [SloSpec(r.owner, r.name, r.definition) for r in rows]
 

@@ -49,7 +49,8 @@ class SloFold:
         self.topic = topic
         self.consumer = consumer  # whose partition checkpoints the SLOs follow
         self._compiled: dict[str, slo_view.CompiledSlo] = {}  # by fold id: a version never changes
-        self._shown: set[tuple[str, str]] = set()  # (owner, name) of the SLOs whose series this process exports
+        # The SLOs whose series this process exports: (owner, name) -> the version shown.
+        self._shown: dict[tuple[str, str], int] = {}
 
     def _compile(self, row: slo_store.SloRow) -> slo_view.CompiledSlo:
         key = slo_view.fold_id(row.owner, row.name, row.version)
@@ -77,12 +78,14 @@ class SloFold:
         return shown
 
     def _forget_deleted(self, rows: Sequence[slo_store.SloRow]) -> None:
-        """Drop the series of SLOs deleted since this process showed them (a deleted SLO's alert
-        would otherwise read firing until the process restarts)."""
-        gone = self._shown - {(row.owner, row.name) for row in rows}
-        for owner, name in gone:
-            _unshow(owner, name)
-        self._shown -= gone
+        """Drop the series of SLO versions ended since this process showed them: deleted, or replaced
+        (by a revision, or by the name put again after a deletion, whose catch-up shows it anew). A
+        deleted SLO's alert would otherwise read firing until the process restarts."""
+        live = {(row.owner, row.name): row.version for row in rows}
+        for key, version in list(self._shown.items()):
+            if live.get(key) != version:
+                _unshow(*key, alerts_only=key in live)  # a new version goes on counting its name's events
+                del self._shown[key]
 
     def _fold(
         self, tx: Tx, rows: Sequence[slo_store.SloRow], slos: Sequence[slo_view.CompiledSlo], events: Iterable[Envelope]
@@ -109,7 +112,7 @@ class SloFold:
                 if transitions:
                     slo_store.add_alert_notifications(tx, row, slo, transitions)
                 shown.append(functools.partial(_show, row, seen, moved))
-                self._shown.add((row.owner, row.name))
+                self._shown[(row.owner, row.name)] = row.version
         slo_store.merge(tx, deltas)
         return shown
 
@@ -242,13 +245,12 @@ def _show(row: slo_store.SloRow, judged: Sequence[slo_view.Run], state: slo_view
         metrics.SLO_ALERT_FIRING.labels(row.owner, row.name, alert).set(1 if state and alert in state.firing else 0)
 
 
-def _unshow(owner: str, name: str) -> None:
-    """Remove every series of one SLO."""
-    labelled = [
-        *((metrics.SLO_EVENTS, outcome) for outcome in ("good", "bad")),
-        *((metrics.SLO_OBJECTIVE, window.value) for window in SloWindow),
-        *((metrics.SLO_ALERT_FIRING, alert) for alert in slo_view.ALERTS),
-    ]
+def _unshow(owner: str, name: str, *, alerts_only: bool = False) -> None:
+    """Remove the series of one SLO: every one, or its alerts' alone (a version ended, another follows)."""
+    labelled = [(metrics.SLO_ALERT_FIRING, alert) for alert in slo_view.ALERTS]
+    if not alerts_only:
+        labelled += [(metrics.SLO_EVENTS, outcome) for outcome in ("good", "bad")]
+        labelled += [(metrics.SLO_OBJECTIVE, window.value) for window in SloWindow]
     for series, last in labelled:
         with contextlib.suppress(KeyError):
             series.remove(owner, name, last)

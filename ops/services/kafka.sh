@@ -32,12 +32,11 @@ fetch_jars() {
   mv "$tmp" "$LIBS"
 }
 
-# java with the cached jars; tools log WARN+ to $RUN/logs/<name>.log instead of the console. A tool
-# runs for seconds: the quick compiler alone and the serial collector start it on about half the CPU.
+# java with the cached jars; tools log WARN+ to $RUN/logs/<name>.log instead of the console.
 kjava() {
   local name=$1; shift
   mkdir -p "$RUN/logs"
-  java -XX:TieredStopAtLevel=1 -XX:+UseSerialGC -cp "$LIBS/*" -Dlog4j2.configurationFile="$LOG4J" -Dkafka.logs.dir="$RUN/logs" -Dkafka.log.name="$name" "$@"
+  java -cp "$LIBS/*" -Dlog4j2.configurationFile="$LOG4J" -Dkafka.logs.dir="$RUN/logs" -Dkafka.log.name="$name" "$@"
 }
 
 # Readiness = the broker answers a Metadata request listing at least one broker. A bare TCP connect is
@@ -109,7 +108,9 @@ start() {
     id=$(python3 -c 'import base64, os
 while (id := base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")).startswith("-"): pass
 print(id)')
-    kjava storage kafka.tools.StorageTool format --cluster-id="$id" -c "$PROPS" --standalone >/dev/null \
+    # Formatting runs for a second or two: the quick compiler alone and the serial collector do it on
+    # about half the CPU (not for producer-perf, a benchmark's baseline).
+    kjava storage -XX:TieredStopAtLevel=1 -XX:+UseSerialGC kafka.tools.StorageTool format --cluster-id="$id" -c "$PROPS" --standalone >/dev/null \
       || die "formatting $RUN/data failed; see $RUN/logs/storage.log"
   fi
   mkdir -p "$RUN/logs"
@@ -119,8 +120,10 @@ print(id)')
   # and marking from 35 % occupancy, were measured and not kept: see the README's Performance).
   # Collections are logged to $RUN/logs/gc.log. KAFKA_EXTRA_JVM_OPTS: options of the caller's (the
   # tests' own short-lived brokers start on the quick compiler alone: tests/integration/conftest.py).
+  local extra=()
+  read -ra extra <<<"${KAFKA_EXTRA_JVM_OPTS:-}"
   nohup setsid bash -c 'echo $$ >"$0"; exec "$@"' "$PIDFILE" \
-    java ${KAFKA_EXTRA_JVM_OPTS:-} -Xms512m -Xmx512m -Xlog:gc:file="$RUN/logs/gc.log":time,uptime:filecount=5,filesize=20M \
+    java -Xms512m -Xmx512m "${extra[@]}" -Xlog:gc:file="$RUN/logs/gc.log":time,uptime:filecount=5,filesize=20M \
     -cp "$LIBS/*" -Dlog4j2.configurationFile="$LOG4J" \
     -Dkafka.logs.dir="$RUN/logs" -Dkafka.log.name=server kafka.Kafka "$PROPS" \
     >>"$OUT" 2>&1 </dev/null &

@@ -176,24 +176,23 @@ async def delete_slo(omni: Omni, key: str, name: str) -> int:
     return response.status_code
 
 
-async def test_a_deleted_slo_leaves_the_count_and_its_name_comes_back_as_the_next_version(limited: Omni) -> None:
-    """At the limit, deleting an SLO makes room for another (before, an owner at its limit could only
-    revise); the deleted name defined again counts once more, and its redefinition is a revision of
-    the SLO, so its revisions in the hour are counted with it."""
+async def test_a_deleted_slo_keeps_its_place_for_an_hour_but_its_own_name_comes_back_at_once(limited: Omni) -> None:
+    """Deleting and defining under new names in a loop would fold the whole log again without bound:
+    a deleted SLO keeps its place in the count for an hour (tests/unit/test_control_plane.py holds the
+    hour). Its own name put again takes its place back at once, as its next version: a revision, so
+    its revisions in the hour are counted with it."""
     omni = limited
     _, key = await omni.tenant("a")
     for i in range(SLOS):
         assert (await put_slo(omni, key, f"slo-{i}")).status_code == 201
     assert await delete_slo(omni, key, "slo-1") == 204
-    assert (await put_slo(omni, key, "another")).status_code == 201
-    assert assert_problem(await put_slo(omni, key, "slo-1"), 409)["type"].endswith("/slo-limit-reached")
-    assert await delete_slo(omni, key, "another") == 204
+    refused = assert_problem(await put_slo(omni, key, "another"), 409)
+    assert refused["type"].endswith("/slo-limit-reached") and "1 of them deleted within the hour" in refused["detail"]
     again = await put_slo(omni, key, "slo-1")
     assert (again.status_code, again.json()["version"]) == (201, 2)
     # slo-1 has one revision this hour (its redefinition); REVISIONS is 2: one more, then 429.
     assert (await put_slo(omni, key, "slo-1", {**SLO, "objective": 98})).status_code == 200
     assert await delete_slo(omni, key, "slo-1") == 204
     assert assert_problem(await put_slo(omni, key, "slo-1"), 429)["type"].endswith("/slo-revised-too-often")
-    await omni.settle()
     listed = (await omni.client.get("/v1/slos", headers=omni.auth(key))).json()["data"]
     assert [s["name"] for s in listed] == ["slo-0", "slo-2"]

@@ -412,6 +412,34 @@ def test_an_owners_slos_from_before_the_count_are_read_from_the_views_once(app):
     assert (audits(app)[-1].action, audits(app)[-1].outcome) == ("slo.put", "rejected")
 
 
+def test_a_deleted_slo_keeps_its_place_in_the_count_for_an_hour(app):
+    from datetime import datetime, timedelta
+
+    from commands.errors import LimitReached
+    from commands.limits import Limits
+    from commands.slos import SloNames, slo_names_aggregate_id
+    from schemas.envelope import format_time
+    from schemas.slos import SloBody
+
+    app.limits = Limits(slos_per_owner=2)
+    body = SloBody.model_validate(SLO_BODY)
+    tenant = ctx_for("t-1")
+    assert app.put_slo(tenant, "a", body)[1] and app.put_slo(tenant, "b", body)[1]
+    app.delete_slo(tenant, "a")
+    with pytest.raises(LimitReached, match="1 of them deleted within the hour"):
+        app.put_slo(tenant, "c", body)
+    names = app.repository.get(slo_names_aggregate_id("t-1"))
+    assert isinstance(names, SloNames) and names.names == ["b"] and list(names.removed) == ["a"]
+    deleted_at = datetime.fromisoformat(names.removed["a"])
+    assert names.held(deleted_at + timedelta(minutes=59)) == ["b", "a"]
+    assert names.held(deleted_at + timedelta(minutes=61)) == ["b"], "its place is free an hour after"
+    # Removals an hour older than the latest are forgotten: the aggregate does not grow with them.
+    later = format_time(deleted_at + timedelta(hours=2))
+    names.add(owner="t-1", name="x")
+    names.remove(owner="t-1", name="x", at=later)
+    assert names.removed == {"x": later}
+
+
 def test_a_tenants_active_keys_from_before_the_count_are_read_from_the_views_once(app):
     from commands.control_plane import KeyRing
     from commands.errors import LimitReached
