@@ -40,6 +40,7 @@ COMMAND_ROUTES = {
     ("POST", "/v1/admin/replays"): "replay.start",
     ("POST", "/v1/webhook-endpoints"): "webhook_endpoint.create",
     ("DELETE", "/v1/webhook-endpoints/{endpoint_id}"): "webhook_endpoint.delete",
+    ("POST", "/v1/webhook-endpoints/{endpoint_id}/rotate-secret"): "webhook_endpoint.rotate_secret",
 }
 
 

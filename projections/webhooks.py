@@ -5,7 +5,8 @@ Standard Webhooks (https://www.standardwebhooks.com): each delivery is a POST wh
 `webhook-id` (the notice's id, the same on every attempt: receivers de-duplicate on it),
 `webhook-timestamp` (Unix seconds of the attempt) and `webhook-signature`: `v1,` and the base64
 HMAC-SHA256, keyed with the secret's decoded bytes, of `{id}.{timestamp}.{body}`. The secret is
-`whsec_` and the base64 of its bytes.
+`whsec_` and the base64 of its bytes. While a rotated secret is still valid, the header holds two
+signatures, the new secret's and then the old one's, space-separated, as the specification allows.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from schemas.envelope import Envelope, format_time
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32
 ENDPOINT_CREATED, ENDPOINT_DELETED = "omni.webhook_endpoint.created", "omni.webhook_endpoint.deleted"
+SECRET_ROTATED = "omni.webhook_endpoint.secret_rotated"
 # After the first attempt fails: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, then given up (7 attempts, about 17.6 h).
 RETRY_SCHEDULE: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000)
 
@@ -49,11 +51,12 @@ def signature(key: bytes, message_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(hmac.digest(key, signed, hashlib.sha256)).decode()
 
 
-def headers(key: bytes, message_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+def headers(keys: Sequence[bytes], message_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    """A delivery's headers, signed with each of `keys` (the current secret first)."""
     return {
         "webhook-id": message_id,
         "webhook-timestamp": str(timestamp),
-        "webhook-signature": signature(key, message_id, timestamp, body),
+        "webhook-signature": " ".join(signature(key, message_id, timestamp, body) for key in keys),
         "content-type": "application/json",
     }
 

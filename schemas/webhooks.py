@@ -44,6 +44,30 @@ class WebhookEndpointCreated(WebhookEndpointPublic):
     )
 
 
+MAX_PREVIOUS_SECRET_HOURS = 168  # a week
+
+
+class WebhookSecretRotation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    previous_secret_hours: int = Field(
+        default=24,
+        ge=0,
+        le=MAX_PREVIOUS_SECRET_HOURS,
+        description="How long the secret rotated out still signs each delivery beside the new one, so the "
+        "receiver can take the new one on meanwhile (0: stop at once, for a secret that leaked)",
+    )
+
+
+class WebhookSecretRotated(BaseModel):
+    id: str
+    secret: str = Field(description="The new secret (`whsec_`...): shown once, in this answer only")
+    previous_secret_valid_until: str = Field(
+        description="RFC 3339: until then each delivery's `webhook-signature` holds the old secret's signature "
+        "too, after the new one's"
+    )
+
+
 class WebhookEndpointList(BaseModel):
     data: list[WebhookEndpointPublic]
 

@@ -7,7 +7,9 @@ twice changes nothing).
 The delivery loop (streams.webhooks) keeps its own, written from the event store in its order:
 `webhook_targets` (each endpoint, its sealed secret, open or deleted, as of the loop's position),
 `webhook_deliveries` (one row per notice and endpoint, `seq` the notice's position in the event
-store: the order it is delivered in) and `webhook_attempts` (each attempt's outcome). `prune` keeps
+store: the order it is delivered in), `webhook_attempts` (each attempt's outcome) and
+`webhook_previous_secrets` (an endpoint's secrets rotated out, each still signing beside the current
+one until its `valid_until`). `prune` keeps
 them from growing for ever: a settled delivery goes with its attempts once it is old enough, and a
 deleted endpoint's rows (its sealed secret too) at once.
 """
@@ -33,6 +35,8 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
     PRIMARY KEY (endpoint_id, seq));
 CREATE INDEX IF NOT EXISTS webhook_deliveries_pending ON webhook_deliveries (endpoint_id, seq) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS webhook_deliveries_by_age ON webhook_deliveries (created_at) WHERE state <> 'pending';
+CREATE TABLE IF NOT EXISTS webhook_previous_secrets (
+    id TEXT NOT NULL, sealed_secret TEXT NOT NULL, valid_until DOUBLE PRECISION NOT NULL, PRIMARY KEY (id, sealed_secret));
 CREATE TABLE IF NOT EXISTS webhook_attempts (
     endpoint_id TEXT NOT NULL, seq BIGINT NOT NULL, number INTEGER NOT NULL, at TEXT NOT NULL, status_code INTEGER,
     error TEXT, PRIMARY KEY (endpoint_id, seq, number));
@@ -92,6 +96,28 @@ def open_target(tx: Tx, endpoint_id: str, owner: str, url: str, sealed_secret: s
     )
 
 
+def rotate_target(tx: Tx, endpoint_id: str, sealed_secret: str, previous_valid_until: float) -> None:
+    """The endpoint's new secret. The one it replaces signs beside it until `previous_valid_until`
+    (epoch seconds), and so does any rotated out before it, but never longer: a rotation that keeps
+    nothing (a secret leaked) ends them all. An endpoint the loop does not have (deleted and pruned)
+    is left alone."""
+    tx.execute(
+        "UPDATE webhook_previous_secrets SET valid_until=? WHERE id=? AND valid_until > ?",
+        (previous_valid_until, endpoint_id, previous_valid_until),
+    )
+    tx.execute(
+        "INSERT INTO webhook_previous_secrets SELECT id, sealed_secret, ? FROM webhook_targets WHERE id=? "
+        "ON CONFLICT (id, sealed_secret) DO NOTHING",
+        (previous_valid_until, endpoint_id),
+    )
+    tx.execute("UPDATE webhook_targets SET sealed_secret=? WHERE id=?", (sealed_secret, endpoint_id))
+
+
+def drop_expired_secrets(tx: Tx, now: float) -> None:
+    """Forget the rotated-out secrets that no longer sign (sealed, but kept no longer than needed)."""
+    tx.execute("DELETE FROM webhook_previous_secrets WHERE valid_until <= ?", (now,))
+
+
 def close_target(tx: Tx, endpoint_id: str) -> None:
     tx.execute("UPDATE webhook_targets SET open=0 WHERE id=?", (endpoint_id,))
 
@@ -130,6 +156,7 @@ class Due:
     notice_id: str
     body: str
     attempts: int
+    previous_sealed_secrets: tuple[str, ...] = ()  # rotated out and still valid: they sign too, latest first
 
 
 def due(tx: Tx, now: float, limit: int) -> list[Due]:
@@ -143,7 +170,16 @@ def due(tx: Tx, now: float, limit: int) -> list[Due]:
         "ORDER BY d.next_attempt_at, t.id LIMIT ?",
         (now, limit),
     )
-    return [Due(r[0], r[1], r[2], r[3], int(r[4]), r[5], r[6], int(r[7])) for r in rows]
+    previous: dict[str, list[str]] = {}
+    if rows:
+        ids = sorted({r[0] for r in rows})
+        for endpoint_id, sealed in tx.execute(
+            f"SELECT id, sealed_secret FROM webhook_previous_secrets WHERE valid_until > ? AND id IN ({', '.join('?' * len(ids))}) "
+            "ORDER BY id, valid_until DESC, sealed_secret",
+            (now, *ids),
+        ):
+            previous.setdefault(endpoint_id, []).append(sealed)
+    return [Due(r[0], r[1], r[2], r[3], int(r[4]), r[5], r[6], int(r[7]), tuple(previous.get(r[0], ()))) for r in rows]
 
 
 def lease(tx: Tx, endpoint_id: str, seq: int, now: float, until: float) -> bool:
@@ -254,6 +290,7 @@ def prune(tx: Tx, settled_before: str, limit: int) -> Pruned:
         old += [(e, int(seq)) for e, seq in rows]
         if not rows:  # its last deliveries went in an earlier call: the endpoint goes now
             tx.execute("DELETE FROM webhook_attempts WHERE endpoint_id=?", (endpoint_id,))
+            tx.execute("DELETE FROM webhook_previous_secrets WHERE id=?", (endpoint_id,))
             tx.execute("DELETE FROM webhook_targets WHERE id=?", (endpoint_id,))
             gone += 1
     if old:

@@ -61,7 +61,15 @@ PRUNE_AGAIN_SECONDS = 10.0  # when a prune that left a backlog comes back for mo
 LEASE_MARGIN_SECONDS = 30.0  # an attempt's lease outlasts its time limit by this (recording it, a slow thread)
 SHUTDOWN_GRACE_SECONDS = 2.0  # how long a stopping loop lets its attempts in flight end and be recorded
 TOPICS = tuple(
-    sorted(get_topic(kind) for kind in (Notice.Emitted, WebhookEndpoints.EndpointAdded, WebhookEndpoints.EndpointRemoved))
+    sorted(
+        get_topic(kind)
+        for kind in (
+            Notice.Emitted,
+            WebhookEndpoints.EndpointAdded,
+            WebhookEndpoints.EndpointRemoved,
+            WebhookEndpoints.SecretRotated,
+        )
+    )
 )
 USER_AGENT = "Omni-Webhooks/1"
 
@@ -135,6 +143,10 @@ class WebhookDeliveries:
                     store.open_target(tx, e.endpoint_id, e.owner, e.url, e.sealed_secret)
                 elif isinstance(domain_event, WebhookEndpoints.EndpointRemoved):
                     store.close_target(tx, domain_event.endpoint_id)
+                elif isinstance(domain_event, WebhookEndpoints.SecretRotated):
+                    r = domain_event
+                    until = datetime.fromisoformat(r.previous_valid_until).timestamp()
+                    store.rotate_target(tx, r.endpoint_id, r.sealed_secret, until)
                 elif isinstance(domain_event, Notice.Emitted):
                     n = domain_event
                     body = message(n.kind, n.notice_id, n.data).decode()
@@ -226,12 +238,13 @@ class WebhookDeliveries:
         problem = url_problem(due.url, allow_private=self.allow_private)
         if problem is not None:
             return Outcome(None, f"refused: {problem}")
+        sealed = [due.sealed_secret, *due.previous_sealed_secrets]
         try:
-            key = self.box.open_secret(due.sealed_secret, secret_aad(due.owner, due.endpoint_id))
+            keys = [self.box.open_secret(s, secret_aad(due.owner, due.endpoint_id)) for s in sealed]
         except ValueError as unopened:
             return Outcome(None, f"the endpoint's secret cannot be opened: {unopened}")
         body = due.body.encode()
-        signed = headers(key, due.notice_id, int(time.time()), body)
+        signed = headers(keys, due.notice_id, int(time.time()), body)
         try:
             async with session.post(
                 due.url,
@@ -264,7 +277,10 @@ class WebhookDeliveries:
         """Delete the deliveries settled more than `keep` before `now` (with their attempts) and the
         deleted endpoints' rows, a batch a transaction, `batches` at most (the loop's turn is not held
         up by a backlog: it comes back for the rest, PRUNE_AGAIN_SECONDS later)."""
-        cutoff = format_time(datetime.fromtimestamp(time.time() if now is None else now, UTC) - self.keep)
+        moment = time.time() if now is None else now
+        cutoff = format_time(datetime.fromtimestamp(moment, UTC) - self.keep)
+        with self.db.transaction() as tx:
+            store.drop_expired_secrets(tx, moment)
         deliveries = endpoints = 0
         for _ in range(batches):
             with self.db.transaction() as tx:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from ipaddress import ip_address
 from typing import Annotated
 from urllib.parse import urlsplit
@@ -28,6 +28,8 @@ from schemas.webhooks import (
     WebhookEndpointCreated,
     WebhookEndpointList,
     WebhookEndpointPublic,
+    WebhookSecretRotated,
+    WebhookSecretRotation,
     address_problem,
     ip_literal,
     url_problem,
@@ -114,6 +116,26 @@ async def create_webhook_endpoint(
     e = created.endpoint
     return WebhookEndpointCreated(
         id=e.endpoint_id, url=e.url, description=e.description, created_at=e.created_at, secret=created.secret
+    )
+
+
+@router.post("/{endpoint_id}/rotate-secret", response_model=WebhookSecretRotated, responses={404: {}, 422: {}, 503: {}})
+async def rotate_webhook_secret(
+    endpoint_id: str,
+    request: Request,
+    platform: PlatformDep,
+    principal: CallerDep,
+    body: WebhookSecretRotation | None = None,
+) -> WebhookSecretRotated:
+    """A new signing secret for one of the caller's endpoints, shown in this answer only. The secret it
+    replaces still signs each delivery beside it for `previous_secret_hours` (24 by default; 0 for a
+    secret that leaked), so the receiver can switch over without refusing a delivery. The body may be
+    left out. Another owner's endpoint, or a deleted one: 404."""
+    keep = timedelta(hours=(body or WebhookSecretRotation()).previous_secret_hours)
+    ctx = command_context(request, principal)
+    rotated = await run_command(platform, platform.control.rotate_webhook_secret, ctx, endpoint_id, keep)
+    return WebhookSecretRotated(
+        id=rotated.endpoint_id, secret=rotated.secret, previous_secret_valid_until=rotated.previous_valid_until
     )
 
 

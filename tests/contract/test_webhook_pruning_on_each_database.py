@@ -13,7 +13,7 @@ OLD, NEW, CUTOFF = "2026-10-01T00:00:00Z", "2026-12-06T00:00:00Z", "2026-11-06T0
 
 def rows(db: Database, table: str) -> list[tuple[object, ...]]:
     with db.transaction() as tx:
-        order = "id" if table == "webhook_targets" else "endpoint_id, seq"
+        order = "id" if table in ("webhook_targets", "webhook_previous_secrets") else "endpoint_id, seq"
         return [tuple(r) for r in tx.execute(f"SELECT * FROM {table} ORDER BY {order}")]
 
 
@@ -84,3 +84,44 @@ def test_a_leased_delivery_is_not_due_until_its_lease_ends(database: Database) -
         store.record_attempt(tx, "we_1", 1, 1, NEW, 200, None, store.DELIVERED, None)
         assert not store.lease(tx, "we_1", 1, now=150.0, until=190.0)  # settled
         assert store.due(tx, 10_000.0, 10) == []
+
+
+def test_a_rotated_out_secret_signs_until_its_time_and_a_later_rotation_never_extends_it(database: Database) -> None:
+    """The delivery loop's secrets across rotations: each rotated-out secret is due beside the current
+    one until its `valid_until`; a rotation caps the ones before it at its own (0 hours: ends them
+    all); a lapsed one is forgotten; a deleted endpoint's go with it."""
+    t0 = 1_800_000_000.0
+    with database.transaction() as tx:
+        store.open_target(tx, "we_rot", "t1", "https://a.example/hook", "first")
+        store.open_target(tx, "we_other", "t1", "https://b.example/hook", "other")
+    deliver(database, "we_rot", 1, NEW, store.PENDING)
+    deliver(database, "we_other", 2, NEW, store.PENDING)
+
+    def secrets_due(now: float) -> dict[str, tuple[str, tuple[str, ...]]]:
+        with database.transaction() as tx:
+            return {d.endpoint_id: (d.sealed_secret, d.previous_sealed_secrets) for d in store.due(tx, now, 10)}
+
+    assert secrets_due(t0) == {"we_rot": ("first", ()), "we_other": ("other", ())}
+    with database.transaction() as tx:
+        store.rotate_target(tx, "we_rot", "second", t0 + 86_400)
+    assert secrets_due(t0)["we_rot"] == ("second", ("first",))
+    with database.transaction() as tx:
+        store.rotate_target(tx, "we_rot", "third", t0 + 3_600)  # kept an hour: "first" is cut to it too
+    assert secrets_due(t0)["we_rot"] == ("third", ("first", "second"))  # both until the same moment now
+    assert secrets_due(t0 + 3_601)["we_rot"] == ("third", ()), "none signs past the later rotation's time"
+    assert secrets_due(t0 + 3_601)["we_other"] == ("other", ())
+    with database.transaction() as tx:
+        store.rotate_target(tx, "we_rot", "fourth", t0 + 86_400)
+        store.rotate_target(tx, "we_rot", "fifth", t0)  # a leak: nothing kept, every earlier one ends now
+    assert secrets_due(t0)["we_rot"] == ("fifth", ())
+    with database.transaction() as tx:
+        store.drop_expired_secrets(tx, t0 + 3_601)
+    assert rows(database, "webhook_previous_secrets") == []
+    with database.transaction() as tx:
+        store.rotate_target(tx, "we_rot", "sixth", t0 + 60)
+        store.rotate_target(tx, "we_gone_long_ago", "x", t0 + 60)  # an endpoint the loop no longer has
+        store.close_target(tx, "we_rot")
+    with database.transaction() as tx:
+        assert store.prune(tx, CUTOFF, limit=10) == store.Pruned(deliveries=1, endpoints=0)  # its delivery
+        assert store.prune(tx, CUTOFF, limit=10) == store.Pruned(deliveries=0, endpoints=1)  # then the endpoint
+    assert [r[0] for r in rows(database, "webhook_previous_secrets")] == [], "a deleted endpoint's secrets go with it"

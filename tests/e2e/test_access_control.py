@@ -98,6 +98,7 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/v1/webhook-endpoints"): EITHER,
     ("GET", "/v1/webhook-endpoints/{endpoint_id}"): EITHER,
     ("DELETE", "/v1/webhook-endpoints/{endpoint_id}"): EITHER,
+    ("POST", "/v1/webhook-endpoints/{endpoint_id}/rotate-secret"): EITHER,
     ("GET", "/v1/webhook-endpoints/{endpoint_id}/deliveries"): EITHER,
 }
 

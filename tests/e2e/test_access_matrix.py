@@ -119,6 +119,7 @@ EXPECTED: dict[Operation, tuple[int, int, int]] = {
     ("GET", "/v1/webhook-endpoints"): (200, 200, 200),
     ("GET", "/v1/webhook-endpoints/{endpoint_id}"): (200, 404, 404),  # its owner
     ("DELETE", "/v1/webhook-endpoints/{endpoint_id}"): (204, 404, 404),
+    ("POST", "/v1/webhook-endpoints/{endpoint_id}/rotate-secret"): (200, 404, 404),
     ("GET", "/v1/webhook-endpoints/{endpoint_id}/deliveries"): (200, 404, 404),
 }
 

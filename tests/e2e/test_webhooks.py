@@ -347,3 +347,62 @@ async def test_an_attempt_in_flight_at_a_handover_ends_and_is_not_sent_again(
         await asyncio.sleep(2.0)  # time enough for a leader to send it again, were it due
         assert len(slow.received) == 1, [r.id for r in slow.received]
         assert delivery["status"] == "delivered" and len(delivery["attempts"]) == 1
+
+
+async def test_a_rotated_secret_signs_beside_the_new_one_until_it_lapses(tmp_path: Path) -> None:
+    """POST .../rotate-secret: a new secret, shown once; each delivery's `webhook-signature` holds the
+    new secret's signature and, until `previous_secret_valid_until`, the old one's after it (Standard
+    Webhooks' space-separated signatures), so a receiver switches over without refusing a delivery.
+    Rotating with `previous_secret_hours: 0` (a leaked secret) ends every earlier one at once."""
+    async with running(tmp_path) as omni, receivers(Receiver()) as (hook,):
+        admin = omni.auth(ADMIN)
+        created = await endpoint(omni, ADMIN, hook.url)
+        path = f"/v1/webhook-endpoints/{created['id']}/rotate-secret"
+        before = datetime.now(UTC)
+        rotated = await omni.client.post(path, headers=admin)  # no body: the old one kept a day
+        assert rotated.status_code == 200, rotated.text
+        answer = rotated.json()
+        assert answer["id"] == created["id"] and answer["secret"].startswith("whsec_")
+        assert answer["secret"] != created["secret"]
+        until = datetime.fromisoformat(answer["previous_secret_valid_until"])
+        assert before + timedelta(hours=24) <= until <= datetime.now(UTC) + timedelta(hours=24)
+
+        await breach(omni, "first")
+        await hook.wait_for(1)
+        first = hook.received[0]
+        assert len(first.headers["webhook-signature"].split(" ")) == 2
+        assert verified(answer["secret"], first) == verified(created["secret"], first)
+        new_only = {**first.headers, "webhook-signature": first.headers["webhook-signature"].split(" ")[0]}
+        verified(answer["secret"], type(first)(new_only, first.body, first.status))  # the new secret's comes first
+
+        leaked = await omni.client.post(path, json={"previous_secret_hours": 0}, headers=admin)
+        assert leaked.status_code == 200, leaked.text
+        assert leaked.json()["previous_secret_valid_until"] <= datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        await breach(omni, "second")
+        await hook.wait_for(2)
+        second = hook.received[1]
+        assert len(second.headers["webhook-signature"].split(" ")) == 1
+        verified(leaked.json()["secret"], second)
+        for ended in (created["secret"], answer["secret"]):
+            with pytest.raises(AssertionError, match="no valid signature"):
+                verified(ended, second)
+
+        # Bad input, another owner's endpoint, a missing one.
+        for bad in ({"previous_secret_hours": 169}, {"previous_secret_hours": -1}, {"keep": 1}):
+            refused = await omni.client.post(path, json=bad, headers=admin)
+            assert refused.status_code == 422 and refused.headers["content-type"] == "application/problem+json"
+        _, tenant_key = await omni.tenant("other")
+        assert (await omni.client.post(path, headers=omni.auth(tenant_key))).status_code == 404
+        missing = "/v1/webhook-endpoints/00000000-0000-4000-8000-000000000000/rotate-secret"
+        assert (await omni.client.post(missing, headers=admin)).status_code == 404
+        deadline = time.monotonic() + 10
+        while True:  # a refusal's entry is folded in the background
+            params = {"action": "webhook_endpoint.rotate_secret"}
+            entries = (await omni.client.get("/v1/audit", params=params, headers=admin)).json()["data"]
+            outcomes = [(e["outcome"], e["resource"]) for e in entries]
+            if len(outcomes) >= 3 or time.monotonic() > deadline:
+                break
+            await receivers_pause()
+        resource = f"webhook-endpoints/{created['id']}"
+        assert outcomes[:2] == [("accepted", resource)] * 2
+        assert ("rejected", "webhook-endpoints/00000000-0000-4000-8000-000000000000") in outcomes

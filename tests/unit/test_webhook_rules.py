@@ -34,7 +34,7 @@ def test_the_signature_is_the_standard_webhooks_example() -> None:
 
 def test_headers_sign_the_body_sent_with_the_id_and_timestamp_sent() -> None:
     key = bytes(range(32))
-    sent = headers(key, "n-1", 1700000000, b"{}")
+    sent = headers([key], "n-1", 1700000000, b"{}")
     assert sent["webhook-id"] == "n-1" and sent["webhook-timestamp"] == "1700000000"
     assert sent["content-type"] == "application/json"
     assert sent["webhook-signature"] == signature(key, "n-1", 1700000000, b"{}")
@@ -204,7 +204,7 @@ def test_the_readmes_verifier_accepts_a_delivery_and_refuses_a_changed_one() -> 
     verify = scope["verify"]
     key = bytes(range(32))
     body = message("omni.gdpr.breach_overdue", "n-1", {"occurred_at": "2026-01-01T00:00:00.000000Z"})
-    sent = headers(key, "n-1", int(time.time()), body)
+    sent = headers([key], "n-1", int(time.time()), body)
     assert verify(secret_text(key), sent, body) is True  # type: ignore[operator]
     assert verify(secret_text(key), sent, body + b" ") is False  # type: ignore[operator]
     assert verify(secret_text(bytes(32)), sent, body) is False  # type: ignore[operator]
