@@ -387,6 +387,17 @@ async def test_a_rotated_secret_signs_beside_the_new_one_until_it_lapses(tmp_pat
             with pytest.raises(AssertionError, match="no valid signature"):
                 verified(ended, second)
 
+        # Sent again with its Idempotency-Key, a rotation is not done twice: the same secret.
+        keyed = {**admin, "Idempotency-Key": "rotate-once"}
+        once = await omni.client.post(path, json={"previous_secret_hours": 1}, headers=keyed)
+        twice = await omni.client.post(path, json={"previous_secret_hours": 1}, headers=keyed)
+        assert once.status_code == twice.status_code == 200 and twice.headers.get("idempotent-replayed") == "true"
+        assert once.json() == twice.json()
+        await breach(omni, "third")
+        await hook.wait_for(3)
+        verified(once.json()["secret"], hook.received[2])
+        assert len(hook.received[2].headers["webhook-signature"].split(" ")) == 2  # the leak's secret, for an hour
+
         # Bad input, another owner's endpoint, a missing one.
         for bad in ({"previous_secret_hours": 169}, {"previous_secret_hours": -1}, {"keep": 1}):
             refused = await omni.client.post(path, json=bad, headers=admin)
@@ -400,9 +411,9 @@ async def test_a_rotated_secret_signs_beside_the_new_one_until_it_lapses(tmp_pat
             params = {"action": "webhook_endpoint.rotate_secret"}
             entries = (await omni.client.get("/v1/audit", params=params, headers=admin)).json()["data"]
             outcomes = [(e["outcome"], e["resource"]) for e in entries]
-            if len(outcomes) >= 3 or time.monotonic() > deadline:
+            if len(outcomes) >= 4 or time.monotonic() > deadline:
                 break
             await receivers_pause()
         resource = f"webhook-endpoints/{created['id']}"
-        assert outcomes[:2] == [("accepted", resource)] * 2
+        assert outcomes[:3] == [("accepted", resource)] * 3
         assert ("rejected", "webhook-endpoints/00000000-0000-4000-8000-000000000000") in outcomes
