@@ -8,8 +8,8 @@ The delivery loop (streams.webhooks) keeps its own, written from the event store
 `webhook_targets` (each endpoint, its sealed secret, open or deleted, as of the loop's position),
 `webhook_deliveries` (one row per notice and endpoint, `seq` the notice's position in the event
 store: the order it is delivered in), `webhook_attempts` (each attempt's outcome) and
-`webhook_previous_secrets` (an endpoint's secrets rotated out, each still signing beside the current
-one until its `valid_until`). `prune` keeps
+`webhook_previous_secrets` (an endpoint's last two secrets rotated out, each still signing beside the
+current one until its `valid_until`; `seq` the rotation's position in the event store). `prune` keeps
 them from growing for ever: a settled delivery goes with its attempts once it is old enough, and a
 deleted endpoint's rows (its sealed secret too) at once.
 """
@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
 CREATE INDEX IF NOT EXISTS webhook_deliveries_pending ON webhook_deliveries (endpoint_id, seq) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS webhook_deliveries_by_age ON webhook_deliveries (created_at) WHERE state <> 'pending';
 CREATE TABLE IF NOT EXISTS webhook_previous_secrets (
-    id TEXT NOT NULL, sealed_secret TEXT NOT NULL, valid_until DOUBLE PRECISION NOT NULL, PRIMARY KEY (id, sealed_secret));
+    id TEXT NOT NULL, seq BIGINT NOT NULL, sealed_secret TEXT NOT NULL, valid_until DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (id, seq));
 CREATE TABLE IF NOT EXISTS webhook_attempts (
     endpoint_id TEXT NOT NULL, seq BIGINT NOT NULL, number INTEGER NOT NULL, at TEXT NOT NULL, status_code INTEGER,
     error TEXT, PRIMARY KEY (endpoint_id, seq, number));
@@ -96,19 +97,28 @@ def open_target(tx: Tx, endpoint_id: str, owner: str, url: str, sealed_secret: s
     )
 
 
-def rotate_target(tx: Tx, endpoint_id: str, sealed_secret: str, previous_valid_until: float) -> None:
-    """The endpoint's new secret. The one it replaces signs beside it until `previous_valid_until`
-    (epoch seconds), and so does any rotated out before it, but never longer: a rotation that keeps
-    nothing (a secret leaked) ends them all. An endpoint the loop does not have (deleted and pruned)
-    is left alone."""
+MAX_PREVIOUS_SECRETS = 2  # a rotation sent twice without its Idempotency-Key still keeps the first secret
+
+
+def rotate_target(tx: Tx, endpoint_id: str, seq: int, sealed_secret: str, previous_valid_until: float) -> None:
+    """The endpoint's new secret (the rotation at event-store position `seq`). The one it replaces
+    signs beside it until `previous_valid_until` (epoch seconds), and so does the one rotated out
+    before it, but never longer (a rotation that keeps nothing, for a leaked secret, ends both); any
+    older one ends now, so a delivery carries at most three signatures. An endpoint the loop does not
+    have (deleted and pruned) is left alone."""
     tx.execute(
         "UPDATE webhook_previous_secrets SET valid_until=? WHERE id=? AND valid_until > ?",
         (previous_valid_until, endpoint_id, previous_valid_until),
     )
     tx.execute(
-        "INSERT INTO webhook_previous_secrets SELECT id, sealed_secret, ? FROM webhook_targets WHERE id=? "
-        "ON CONFLICT (id, sealed_secret) DO NOTHING",
-        (previous_valid_until, endpoint_id),
+        "DELETE FROM webhook_previous_secrets WHERE id=? AND seq NOT IN "
+        "(SELECT seq FROM webhook_previous_secrets WHERE id=? ORDER BY seq DESC LIMIT ?)",
+        (endpoint_id, endpoint_id, MAX_PREVIOUS_SECRETS - 1),
+    )
+    tx.execute(
+        "INSERT INTO webhook_previous_secrets SELECT id, ?, sealed_secret, ? FROM webhook_targets WHERE id=? "
+        "ON CONFLICT (id, seq) DO NOTHING",
+        (seq, previous_valid_until, endpoint_id),
     )
     tx.execute("UPDATE webhook_targets SET sealed_secret=? WHERE id=?", (sealed_secret, endpoint_id))
 
@@ -156,7 +166,7 @@ class Due:
     notice_id: str
     body: str
     attempts: int
-    previous_sealed_secrets: tuple[str, ...] = ()  # rotated out and still valid: they sign too, latest first
+    previous_sealed_secrets: tuple[str, ...] = ()  # rotated out and still valid: they sign too, the latest first
 
 
 def due(tx: Tx, now: float, limit: int) -> list[Due]:
@@ -175,7 +185,7 @@ def due(tx: Tx, now: float, limit: int) -> list[Due]:
         ids = sorted({r[0] for r in rows})
         for endpoint_id, sealed in tx.execute(
             f"SELECT id, sealed_secret FROM webhook_previous_secrets WHERE valid_until > ? AND id IN ({', '.join('?' * len(ids))}) "
-            "ORDER BY id, valid_until DESC, sealed_secret",
+            "ORDER BY id, seq DESC",
             (now, *ids),
         ):
             previous.setdefault(endpoint_id, []).append(sealed)

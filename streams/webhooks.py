@@ -146,7 +146,7 @@ class WebhookDeliveries:
                 elif isinstance(domain_event, WebhookEndpoints.SecretRotated):
                     r = domain_event
                     until = datetime.fromisoformat(r.previous_valid_until).timestamp()
-                    store.rotate_target(tx, r.endpoint_id, r.sealed_secret, until)
+                    store.rotate_target(tx, r.endpoint_id, notification.id, r.sealed_secret, until)
                 elif isinstance(domain_event, Notice.Emitted):
                     n = domain_event
                     body = message(n.kind, n.notice_id, n.data).decode()

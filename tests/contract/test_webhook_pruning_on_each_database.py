@@ -88,8 +88,9 @@ def test_a_leased_delivery_is_not_due_until_its_lease_ends(database: Database) -
 
 def test_a_rotated_out_secret_signs_until_its_time_and_a_later_rotation_never_extends_it(database: Database) -> None:
     """The delivery loop's secrets across rotations: each rotated-out secret is due beside the current
-    one until its `valid_until`; a rotation caps the ones before it at its own (0 hours: ends them
-    all); a lapsed one is forgotten; a deleted endpoint's go with it."""
+    one until its `valid_until`, the latest first; a rotation caps the one before it at its own time
+    (0 hours: ends it), never extends it, and ends any older one (at most two sign beside the
+    current); a lapsed one is forgotten; a deleted endpoint's go with it."""
     t0 = 1_800_000_000.0
     with database.transaction() as tx:
         store.open_target(tx, "we_rot", "t1", "https://a.example/hook", "first")
@@ -103,25 +104,29 @@ def test_a_rotated_out_secret_signs_until_its_time_and_a_later_rotation_never_ex
 
     assert secrets_due(t0) == {"we_rot": ("first", ()), "we_other": ("other", ())}
     with database.transaction() as tx:
-        store.rotate_target(tx, "we_rot", "second", t0 + 86_400)
+        store.rotate_target(tx, "we_rot", 10, "second", t0 + 86_400)
     assert secrets_due(t0)["we_rot"] == ("second", ("first",))
     with database.transaction() as tx:
-        store.rotate_target(tx, "we_rot", "third", t0 + 3_600)  # kept an hour: "first" is cut to it too
-    assert secrets_due(t0)["we_rot"] == ("third", ("first", "second"))  # both until the same moment now
+        store.rotate_target(tx, "we_rot", 11, "third", t0 + 3_600)  # kept an hour: "first" is cut to it too
+    assert secrets_due(t0)["we_rot"] == ("third", ("second", "first"))
     assert secrets_due(t0 + 3_601)["we_rot"] == ("third", ()), "none signs past the later rotation's time"
     assert secrets_due(t0 + 3_601)["we_other"] == ("other", ())
     with database.transaction() as tx:
-        store.rotate_target(tx, "we_rot", "fourth", t0 + 86_400)
-        store.rotate_target(tx, "we_rot", "fifth", t0)  # a leak: nothing kept, every earlier one ends now
+        store.rotate_target(tx, "we_rot", 12, "fourth", t0 + 86_400)  # a day: "second" is not extended to it
+    assert secrets_due(t0)["we_rot"] == ("fourth", ("third", "second")), "the oldest, first, ends: two at most"
+    assert secrets_due(t0 + 3_601)["we_rot"] == ("fourth", ("third",))
+    with database.transaction() as tx:
+        store.rotate_target(tx, "we_rot", 13, "fifth", t0)  # a leak: nothing kept, every earlier one ends now
     assert secrets_due(t0)["we_rot"] == ("fifth", ())
     with database.transaction() as tx:
-        store.drop_expired_secrets(tx, t0 + 3_601)
+        store.drop_expired_secrets(tx, t0 + 1)
     assert rows(database, "webhook_previous_secrets") == []
     with database.transaction() as tx:
-        store.rotate_target(tx, "we_rot", "sixth", t0 + 60)
-        store.rotate_target(tx, "we_gone_long_ago", "x", t0 + 60)  # an endpoint the loop no longer has
+        store.rotate_target(tx, "we_rot", 14, "sixth", t0 + 60)
+        store.rotate_target(tx, "we_gone_long_ago", 15, "x", t0 + 60)  # an endpoint the loop no longer has
         store.close_target(tx, "we_rot")
+    assert [r[0] for r in rows(database, "webhook_previous_secrets")] == ["we_rot"]
     with database.transaction() as tx:
         assert store.prune(tx, CUTOFF, limit=10) == store.Pruned(deliveries=1, endpoints=0)  # its delivery
         assert store.prune(tx, CUTOFF, limit=10) == store.Pruned(deliveries=0, endpoints=1)  # then the endpoint
-    assert [r[0] for r in rows(database, "webhook_previous_secrets")] == [], "a deleted endpoint's secrets go with it"
+    assert rows(database, "webhook_previous_secrets") == [], "a deleted endpoint's secrets go with it"

@@ -362,14 +362,35 @@ def test_describe_maps_every_domain_event_type(app):
 
 
 def test_describe_never_leaks_secrets(app):
+    from datetime import timedelta
+
+    from commands.webhooks import WebhookEndpoints
+    from omni.personal_data import MasterKey
+
     app, tokens = busy_app(app)
-    secrets_ = [t.split("_", 2)[2] for t in tokens]
+    app.secret_box = MasterKey(bytes(range(32)))
+    created = app.create_webhook_endpoint(ADMIN, "https://hooks.example/omni", None)
+    rotated = app.rotate_webhook_secret(ADMIN, created.endpoint.endpoint_id, timedelta(hours=1))
+    secrets_ = [t.split("_", 2)[2] for t in tokens] + [
+        created.secret.removeprefix("whsec_"),
+        rotated.secret.removeprefix("whsec_"),
+    ]
+    sealed = [
+        e.sealed_secret
+        for e in stored_events(app)
+        if isinstance(e, WebhookEndpoints.SecretRotated | WebhookEndpoints.EndpointAdded)
+    ]
+    assert len(sealed) == 2
     hashes = [hash_secret(s) for s in secrets_]
     for event in stored_events(app):
         published = json.dumps(describe(event))
-        assert "secret_hash" not in published
-        for value in (*secrets_, *hashes):
+        assert "secret_hash" not in published and "sealed" not in published
+        for value in (*secrets_, *hashes, *sealed):
             assert value not in published
+    rotation = [describe(e) for e in stored_events(app) if isinstance(e, WebhookEndpoints.SecretRotated)]
+    assert [(kind, set(data)) for kind, _, data in rotation] == [
+        ("omni.webhook_endpoint.secret_rotated", {"owner", "id", "previous_valid_until"})
+    ]
 
 
 def test_describe_of_an_unknown_event_is_harmless():
