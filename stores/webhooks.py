@@ -281,16 +281,18 @@ class Pruned:
 
 
 def prune(tx: Tx, settled_before: str, limit: int) -> Pruned:
-    """Delete up to `limit` deliveries settled (delivered or given up) before `settled_before` (a
-    created_at), with their attempts; and up to `limit` of one deleted endpoint's deliveries, then,
+    """Delete up to `limit` deliveries settled (delivered or given up) before `settled_before` (RFC
+    3339: made, and last attempted, before it), with their attempts; and up to `limit` of one deleted endpoint's deliveries, then,
     once it has none, its target (a deleted endpoint is sent nothing more, and its deliveries are
     no longer listed). A pending delivery of an open endpoint is never deleted. Call it again while
     it deletes anything."""
     old = [
         (endpoint_id, int(seq))
         for endpoint_id, seq in tx.execute(
-            "SELECT endpoint_id, seq FROM webhook_deliveries WHERE state <> 'pending' AND created_at < ? LIMIT ?",
-            (settled_before, limit),
+            "SELECT endpoint_id, seq FROM webhook_deliveries d WHERE state <> 'pending' AND created_at < ? "
+            "AND NOT EXISTS (SELECT 1 FROM webhook_attempts a WHERE a.endpoint_id = d.endpoint_id AND a.seq = d.seq "
+            "AND a.at >= ?) LIMIT ?",
+            (settled_before, settled_before, limit),
         )
     ]
     closed = [row[0] for row in tx.execute("SELECT id FROM webhook_targets WHERE open = 0 ORDER BY id LIMIT 1")]

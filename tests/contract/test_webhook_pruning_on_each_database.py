@@ -22,12 +22,14 @@ def keys(db: Database, table: str) -> set[tuple[str, int]]:
         return {(r[0], int(r[1])) for r in tx.execute(f"SELECT endpoint_id, seq FROM {table}")}
 
 
-def deliver(db: Database, endpoint_id: str, seq: int, created_at: str, state: str) -> None:
+def deliver(db: Database, endpoint_id: str, seq: int, created_at: str, state: str, settled_at: str | None = None) -> None:
+    """A delivery made at `created_at`, attempted then and, when not pending, settled at `settled_at`."""
     with db.transaction() as tx:
         store.enqueue(tx, [store.NewDelivery(endpoint_id, seq, f"n{seq}", "omni.test", "{}")], 0.0, created_at)
         if state != store.PENDING:
+            last = settled_at or created_at
             store.record_attempt(tx, endpoint_id, seq, 1, created_at, 500, "500", store.PENDING, 1.0)
-            store.record_attempt(tx, endpoint_id, seq, 2, created_at, 200 if state == store.DELIVERED else 500, None, state, None)
+            store.record_attempt(tx, endpoint_id, seq, 2, last, 200 if state == store.DELIVERED else 500, None, state, None)
 
 
 def test_settled_deliveries_past_keeping_go_with_their_attempts_and_pending_ones_stay(database: Database) -> None:
@@ -37,6 +39,7 @@ def test_settled_deliveries_past_keeping_go_with_their_attempts_and_pending_ones
     deliver(database, "we_open", 2, OLD, store.FAILED)
     deliver(database, "we_open", 3, OLD, store.PENDING)  # still being retried: never pruned
     deliver(database, "we_open", 4, NEW, store.DELIVERED)
+    deliver(database, "we_open", 5, OLD, store.FAILED, settled_at=NEW)  # retried for a while: kept from when it settled
 
     with database.transaction() as tx:
         pruned = store.prune(tx, CUTOFF, limit=1)  # a batch at a time
@@ -44,8 +47,8 @@ def test_settled_deliveries_past_keeping_go_with_their_attempts_and_pending_ones
     with database.transaction() as tx:
         assert store.prune(tx, CUTOFF, limit=10) == store.Pruned(deliveries=1, endpoints=0)
         assert store.prune(tx, CUTOFF, limit=10) == store.Pruned(deliveries=0, endpoints=0)
-    assert keys(database, "webhook_deliveries") == {("we_open", 3), ("we_open", 4)}
-    assert keys(database, "webhook_attempts") == {("we_open", 4)}  # the pruned ones' attempts went with them
+    assert keys(database, "webhook_deliveries") == {("we_open", 3), ("we_open", 4), ("we_open", 5)}
+    assert keys(database, "webhook_attempts") == {("we_open", 4), ("we_open", 5)}  # the pruned ones' attempts went with them
     assert [r[0] for r in rows(database, "webhook_targets")] == ["we_open"]
 
 
