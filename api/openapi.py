@@ -158,7 +158,7 @@ def complete(document: dict[str, Any], *, max_batch_events: int = 1000) -> dict[
 
 DESCRIPTION = (
     "Errors are RFC 9457 problem details. A POST may carry an `Idempotency-Key` header (1 to 255 printable "
-    "ASCII characters, the caller's own): sent again with it, a request that succeeded gets its first answer "
+    "ASCII characters without spaces, the caller's own): sent again with it, a request that succeeded gets its first answer "
     "again (`Idempotent-Replayed: true`) for a day and does nothing twice; the key with another request is "
     "422 `idempotency-key-reused`, and while its first request runs, 409 `idempotency-key-in-progress`. "
     "POST /v1/events, consume and Stripe's webhook have keys of their own (the event's id and source, "

@@ -189,7 +189,8 @@ class SloCommands:
             recently = f" ({deleted} of them deleted within the hour, which keep their place for an hour)" if deleted else ""
             raise LimitReached(
                 f"{who} has {len(held)} SLOs{recently}, the most it may define (OMNI_MAX_SLOS_PER_TENANT = {limit}): "
-                "each is folded from the whole log. Revise one of them instead.",
+                "each is folded from the whole log. Revise one of them instead, or delete one (its place is free an "
+                "hour after; its own name may be put again at once).",
                 kind="slo-limit-reached",
                 limit=limit,
             )

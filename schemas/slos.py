@@ -78,8 +78,9 @@ class SloBody(BaseModel):
     sli: Sli
     status_property: JsonPath | None = Field(default=None, description="availability: where the status is")
     latency_property: JsonPath | None = Field(default=None, description="latency: where the latency in ms is")
-    threshold_ms: float | None = Field(default=None, gt=0, le=1e12, description="latency: good at most this")
-    objective: float = Field(gt=0, lt=100, description="Percent of good events, e.g. 99.9")
+    # strict: a number, as the schema says (`true` and "200" were taken as 1 and 200)
+    threshold_ms: float | None = Field(default=None, gt=0, le=1e12, strict=True, description="latency: good at most this")
+    objective: float = Field(gt=0, lt=100, strict=True, description="Percent of good events, e.g. 99.9")
     window: SloWindow
     description: Text | None = Field(default=None, max_length=1024)
 

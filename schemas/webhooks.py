@@ -54,6 +54,7 @@ class WebhookSecretRotation(BaseModel):
         default=24,
         ge=0,
         le=MAX_PREVIOUS_SECRET_HOURS,
+        strict=True,  # a whole number: `true` or "5" is refused, not taken for hours
         description="How long the secret rotated out still signs each delivery beside the new one, so the "
         "receiver can take the new one on meanwhile (0: stop at once, for a secret that leaked)",
     )

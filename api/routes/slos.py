@@ -85,11 +85,11 @@ async def put_slo(
 
 @router.delete("/{name}", status_code=204, response_class=Response, responses={404: {}})
 async def delete_slo(name: str, request: Request, platform: PlatformDep, principal: CallerDep) -> Response:
-    """Delete one of the caller's SLOs: it is no longer read, folded or alerted on, and its name leaves
-    the owner's count (OMNI_MAX_SLOS_PER_TENANT). Defined again, the name is its next version, folded
-    afresh from the whole log. 404 for another owner's SLO, a missing one, or one deleted already."""
-    if not NAME.fullmatch(name):
-        raise NotFound(f"SLO {name!r} not found")
+    """Delete one of the caller's SLOs: it is no longer read, folded or alerted on. It keeps its place in
+    the owner's count (OMNI_MAX_SLOS_PER_TENANT) for an hour, since every new SLO is folded from the
+    whole log; its own name put again takes the place back at once, as its next version (a revision,
+    counted against OMNI_SLO_REVISIONS_PER_HOUR), folded afresh. 404 for another owner's SLO, a missing
+    one, or one deleted already."""
     await run_command(platform, platform.control.delete_slo, command_context(request, principal), name)
     return Response(status_code=204)
 

@@ -68,6 +68,9 @@ async def test_slos_are_versioned_per_owner_and_refuse_bad_input(omni: Omni) -> 
         {**LARGE, "sli": "latency", "status_property": None, "latency_property": "$.data.ms"},  # no threshold
         {**LARGE, "match": {"data.model": "large"}},  # not a JSON path
         {**LARGE, "status_property": "$data"},
+        {**LARGE, "objective": "99"},  # a number, as the schema says: not a string, nor `true`
+        {**LARGE, "sli": "latency", "status_property": None, "latency_property": "$.data.ms", "threshold_ms": True},
+        {**LARGE, "sli": "latency", "status_property": None, "latency_property": "$.data.ms", "threshold_ms": "200"},
     ):
         response = await put_slo(omni, key, "bad", bad, 422)
         assert response.headers["content-type"] == "application/problem+json"
@@ -234,6 +237,7 @@ async def test_a_deleted_slo_is_gone_for_its_owner_alone_and_comes_back_folded_a
     assert (await omni.client.get("/v1/slos/large/history", params=params, headers=omni.auth(key))).status_code == 404
     assert (await omni.client.get("/v1/slos", headers=omni.auth(key))).json()["data"] == []
     assert (await omni.client.delete("/v1/slos/large", headers=omni.auth(key))).status_code == 404, "deleted already"
+    assert (await omni.client.delete("/v1/slos/BAD%20NAME", headers=omni.auth(key))).status_code == 404
     await send(500)
     assert series() == set(), "a deleted SLO's series are removed at the next batch"
 
@@ -242,4 +246,4 @@ async def test_a_deleted_slo_is_gone_for_its_owner_alone_and_comes_back_folded_a
     assert (await status_of(omni, key, "large"))["total"] == 4, "folded afresh, the events sent meanwhile included"
     response = await omni.client.get("/v1/audit", params={"action": "slo.delete"}, headers=omni.auth(key))
     entries = [(e["resource"], e["outcome"]) for e in response.json()["data"]]
-    assert entries == [("slos/large", "accepted"), ("slos/large", "rejected")]
+    assert entries == [("slos/large", "accepted"), ("slos/large", "rejected"), ("slos/BAD NAME", "rejected")]

@@ -399,7 +399,13 @@ async def test_a_rotated_secret_signs_beside_the_new_one_until_it_lapses(tmp_pat
         assert len(hook.received[2].headers["webhook-signature"].split(" ")) == 2  # the leak's secret, for an hour
 
         # Bad input, another owner's endpoint, a missing one.
-        for bad in ({"previous_secret_hours": 169}, {"previous_secret_hours": -1}, {"keep": 1}):
+        for bad in (
+            {"previous_secret_hours": 169},
+            {"previous_secret_hours": -1},
+            {"previous_secret_hours": True},  # not taken for 1 hour
+            {"previous_secret_hours": "5"},
+            {"keep": 1},
+        ):
             refused = await omni.client.post(path, json=bad, headers=admin)
             assert refused.status_code == 422 and refused.headers["content-type"] == "application/problem+json"
         _, tenant_key = await omni.tenant("other")
