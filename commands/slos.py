@@ -4,8 +4,8 @@ The owner is the tenant whose key defined it (the SLO covers that tenant's event
 for the admin's (every tenant's events). An SLO is defined at version 1 and revised to the next
 version by each change; each version is folded from the start of the log (projections.slos). Each
 change is saved with its audit entry and relayed by the outbox as `omni.slo.defined`. Deleting an
-SLO (`omni.slo.deleted`) ends its version and frees its name and its place under the limit; defined
-again, the name is the next version, folded afresh.
+SLO (`omni.slo.deleted`) ends its version; defined again, the name is the next version, folded
+afresh.
 
 Since every version is caught up from the whole shared log, an owner defines at most
 `limits.slos_per_owner` SLOs (counted by a SloNames aggregate per owner, saved with each new SLO)
@@ -152,7 +152,8 @@ class SloCommands:
 
     def delete_slo(self: ControlPlane, ctx: CommandContext, name: str) -> None:
         """Delete one of the caller's SLOs: its version is no longer folded, read or alerted on, and its
-        name leaves the owner's count. 404 for a name the owner has not defined, or deleted already."""
+        name leaves the owner's count an hour later (SloNames.held). 404 for a name the owner has not
+        defined, or deleted already."""
         owner = ctx.tenant_id or PLATFORM
         resource = f"slos/{name}"
         with self._rejections_audited(ctx, "slo.delete", resource):

@@ -5,8 +5,9 @@ Standard Webhooks (https://www.standardwebhooks.com): each delivery is a POST wh
 `webhook-id` (the notice's id, the same on every attempt: receivers de-duplicate on it),
 `webhook-timestamp` (Unix seconds of the attempt) and `webhook-signature`: `v1,` and the base64
 HMAC-SHA256, keyed with the secret's decoded bytes, of `{id}.{timestamp}.{body}`. The secret is
-`whsec_` and the base64 of its bytes. While a rotated secret is still valid, the header holds two
-signatures, the new secret's and then the old one's, space-separated, as the specification allows.
+`whsec_` and the base64 of its bytes. While secrets rotated out are still valid (two at most), the
+header holds the current secret's signature and then theirs, space-separated, as the specification
+allows.
 """
 
 from __future__ import annotations

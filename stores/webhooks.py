@@ -282,10 +282,10 @@ class Pruned:
 
 def prune(tx: Tx, settled_before: str, limit: int) -> Pruned:
     """Delete up to `limit` deliveries settled (delivered or given up) before `settled_before` (RFC
-    3339: made, and last attempted, before it), with their attempts; and up to `limit` of one deleted endpoint's deliveries, then,
-    once it has none, its target (a deleted endpoint is sent nothing more, and its deliveries are
-    no longer listed). A pending delivery of an open endpoint is never deleted. Call it again while
-    it deletes anything."""
+    3339: made, and last attempted, before it), with their attempts; and up to `limit` of one
+    deleted endpoint's deliveries, then, once it has none, its target and secrets (a deleted endpoint
+    is sent nothing more, and its deliveries are no longer listed). A pending delivery of an open
+    endpoint is never deleted. Call it again while it deletes anything."""
     old = [
         (endpoint_id, int(seq))
         for endpoint_id, seq in tx.execute(

@@ -66,7 +66,7 @@ class SloFold:
         and move their checkpoints with the partition's. Returns what the metrics show once the
         transaction has committed."""
         rows = slo_store.definitions(tx)
-        self._forget_deleted(rows)
+        self._forget_ended(rows)
         if not rows:
             return []
         offsets = slo_store.checkpoints(tx, self.topic, partition)
@@ -77,7 +77,7 @@ class SloFold:
         slo_store.set_checkpoints(tx, self.topic, partition, {c.fold_id: end for c in live})
         return shown
 
-    def _forget_deleted(self, rows: Sequence[slo_store.SloRow]) -> None:
+    def _forget_ended(self, rows: Sequence[slo_store.SloRow]) -> None:
         """Drop the series of SLO versions ended since this process showed them: deleted, or replaced
         (by a revision, or by the name put again after a deletion, whose catch-up shows it anew). A
         deleted SLO's alert would otherwise read firing until the process restarts."""

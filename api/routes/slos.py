@@ -83,7 +83,7 @@ async def put_slo(
     )
 
 
-@router.delete("/{name}", status_code=204, response_class=Response, responses={404: {}})
+@router.delete("/{name}", status_code=204, response_class=Response, responses={404: {}, 409: {}})
 async def delete_slo(name: str, request: Request, platform: PlatformDep, principal: CallerDep) -> Response:
     """Delete one of the caller's SLOs: it is no longer read, folded or alerted on. It keeps its place in
     the owner's count (OMNI_MAX_SLOS_PER_TENANT) for an hour, since every new SLO is folded from the

@@ -119,7 +119,7 @@ async def create_webhook_endpoint(
     )
 
 
-@router.post("/{endpoint_id}/rotate-secret", response_model=WebhookSecretRotated, responses={404: {}, 422: {}, 503: {}})
+@router.post("/{endpoint_id}/rotate-secret", response_model=WebhookSecretRotated, responses={404: {}, 409: {}, 422: {}, 503: {}})
 async def rotate_webhook_secret(
     endpoint_id: str,
     request: Request,

@@ -51,7 +51,7 @@ def test_a_deleted_slos_series_go_and_a_replaced_versions_alerts_go() -> None:
     everything = {"omni_slo_events_total", "omni_slo_objective_ratio", "omni_slo_alert_firing"}
     assert series("deleted") >= everything
 
-    fold._forget_deleted([row("kept", 1), row("revised", 2)])
+    fold._forget_ended([row("kept", 1), row("revised", 2)])
     assert series("kept") >= everything, "a version still live keeps its series"
     assert "omni_slo_alert_firing" not in series("revised"), "the replaced version's alert is not the new one's"
     assert series("revised") >= {"omni_slo_events_total", "omni_slo_objective_ratio"}
