@@ -16,6 +16,7 @@ from commands.slos import Slo
 from projections.slos import fold_id
 from schemas.envelope import encode
 from schemas.topics import Topics
+from stores import slos as slo_store
 from stores.database import Database, PostgresDatabase, SqliteDatabase
 from stores.schema import SCHEMA as VIEW_SCHEMA
 from streams.embedded_log import EmbeddedLog
@@ -42,10 +43,31 @@ LATE = [
 ]
 
 
+# Defined with the early ones and deleted half-way: both runners end with it gone alike. Its buckets
+# depend on when each runner's fold saw the deletion, so they are not compared.
+DELETED = (TENANTS[1], "gone", {**LATENCY, "threshold_ms": 20})
+
+
 def slo_defined(owner: str, name: str, body: dict[str, Any]) -> Outgoing:
     """The control-topic record the outbox relay publishes for a defined SLO."""
     envelope = to_envelope(Slo(owner=owner, name=name, spec=body).collect_events()[0])
     return Outgoing(envelope.id, encode(envelope))
+
+
+def slo_deleted(owner: str, name: str, body: dict[str, Any]) -> Outgoing:
+    """The control-topic record the outbox relay publishes for that SLO deleted (at version 1)."""
+    slo = Slo(owner=owner, name=name, spec=body)
+    slo.delete(owner=owner, name=name, slo_version=1)
+    envelope = to_envelope(slo.collect_events()[1])
+    return Outgoing(envelope.id, encode(envelope))
+
+
+def slo_definitions(db: Database) -> tuple[list[tuple[str, str, int]], list[tuple[str, str, int]]]:
+    """The SLOs read as live, and the deletions, as the catalog's fold left them."""
+    with db.transaction() as tx:
+        live = sorted((row.owner, row.name, row.version) for row in slo_store.definitions(tx))
+        deleted = sorted((str(o), str(n), int(v)) for o, n, v in tx.execute("SELECT owner, name, version FROM slo_deletions"))
+    return live, deleted
 
 
 def slo_buckets(db: Database) -> dict[tuple[str, str, int], tuple[int, int]]:
@@ -83,9 +105,9 @@ async def test_embedded_runner_and_faust_worker_fold_identical_slo_buckets(
     embedded_log = EmbeddedLog(tmp_path / "log.sqlite", Topics(prefix=topics.prefix, usage_partitions=topics.usage_partitions))
     await embedded_log.start()
     for log in (embedded_log, kafka_log):
-        await log.append(topics.control, [slo_defined(*slo) for slo in EARLY])
+        await log.append(topics.control, [slo_defined(*slo) for slo in [*EARLY, DELETED]])
         await log.append(topics.usage, to_records(first_half))
-        await log.append(topics.control, [slo_defined(*slo) for slo in LATE])
+        await log.append(topics.control, [slo_defined(*slo) for slo in LATE] + [slo_deleted(*DELETED)])
         await log.append(topics.usage, to_records(second_half))
 
     sqlite_views = SqliteDatabase(tmp_path / "views.sqlite")
@@ -104,8 +126,15 @@ async def test_embedded_runner_and_faust_worker_fold_identical_slo_buckets(
     await wait_for(lambda: caught_up(views_db, kafka_log, []), worker, 90, "the worker to fold everything")
     await wait_for(lambda: slos_caught_up(views_db, kafka_log), worker, 90, "the SLOs to catch up")
 
-    embedded, kafka = slo_buckets(sqlite_views), slo_buckets(views_db)
+    gone = fold_id(DELETED[0], DELETED[1], 1)
+    embedded, kafka = (
+        {key: counts for key, counts in slo_buckets(db).items() if key[0] != gone} for db in (sqlite_views, views_db)
+    )
     assert embedded == kafka
+    assert slo_definitions(sqlite_views) == slo_definitions(views_db)
+    live, deleted = slo_definitions(sqlite_views)
+    assert (DELETED[0], DELETED[1], 1) not in live and deleted == [(DELETED[0], DELETED[1], 1)]
+    assert len(live) == len(EARLY + LATE)
     on_the_log = list(enumerate(first_half + second_half))
     for owner, name, body in EARLY + LATE:
         key = fold_id(owner, name, 1)
