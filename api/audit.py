@@ -24,6 +24,8 @@ COMMAND_ROUTES = {
     ("POST", "/v1/meters"): "meter.define",
     ("PUT", "/v1/plans/{slug}"): "plan.put",
     ("PUT", "/v1/tenants/{tenant_id}/plan"): "tenant.plan.assign",
+    ("POST", "/v1/tenants/{tenant_id}/suspend"): "tenant.suspend",
+    ("POST", "/v1/tenants/{tenant_id}/resume"): "tenant.resume",
     ("PUT", "/v1/tenants/{tenant_id}/quotas/{meter}"): "quota.override.set",
     ("DELETE", "/v1/tenants/{tenant_id}/quotas/{meter}"): "quota.override.remove",
     ("PUT", "/v1/slos/{name}"): "slo.put",

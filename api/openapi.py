@@ -8,7 +8,8 @@ shares, so no route has to repeat it:
 - the errors each operation can answer, as problem+json: 401 and 403 under /v1; 404 where the
   path names a resource; 400, 408, 413 and 415 where there is a body; 409 for commands; 422
   where anything is validated; 431 everywhere; 503 wherever a store or the log is read;
-- consume's 429 with its `Retry-After` and the members its problem carries (QuotaExceeded).
+- consume's 429 with its `Retry-After` and the members its problem carries (QuotaExceeded), and its 403
+  with a suspended tenant's (ConsumeForbidden).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from api.problems import MEDIA_TYPE
 from omni.settings import Settings
 from schemas.api import Problem
 from schemas.cloudevents import BATCH, STRUCTURED, documented_schema
-from schemas.plans import QuotaExceeded
+from schemas.plans import ConsumeForbidden, QuotaExceeded
 
 BEARER = "bearer"
 METRICS_TOKEN = "metricsToken"
@@ -99,6 +100,14 @@ def quota_exceeded() -> dict[str, Any]:
     }
 
 
+def consume_forbidden() -> dict[str, Any]:
+    """Consume's 403: its tenant suspended (POST /v1/tenants/{id}/suspend), or an admin's key."""
+    return {
+        "description": "The tenant is suspended (`tenant-suspended`: nothing was recorded), or the key is not a tenant's",
+        "content": {MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/ConsumeForbidden"}}},
+    }
+
+
 def ingest_body(max_batch_events: int) -> dict[str, Any]:
     """POST /v1/events reads its body itself (one parse, no model per event), so FastAPI cannot see
     it. Documented as the batch alone: generators (openapi-python-client among them) write broken
@@ -125,6 +134,7 @@ def complete(document: dict[str, Any], *, max_batch_events: int = 1000) -> dict[
         document["paths"][path][method]["requestBody"] = ingest_body(max_batch_events)
     schemas["Problem"] = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
     schemas["QuotaExceeded"] = QuotaExceeded.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas["ConsumeForbidden"] = ConsumeForbidden.model_json_schema(ref_template="#/components/schemas/{model}")
     for unused in ("HTTPValidationError", "ValidationError"):
         schemas.pop(unused, None)
     components["securitySchemes"] = {
@@ -139,6 +149,7 @@ def complete(document: dict[str, Any], *, max_batch_events: int = 1000) -> dict[
                 responses[status] = _problem_response(status)
             if (path, method) == CONSUME:
                 responses["429"] = quota_exceeded()
+                responses["403"] = consume_forbidden()
             for status, response in responses.items():
                 if (where := LOCATED.get((path, method, status))) is not None:
                     response.setdefault("headers", {})["Location"] = {

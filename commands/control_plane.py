@@ -20,7 +20,7 @@ from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate, event
 from eventsourcing.persistence import IntegrityError, Recording
 
-from commands import billing, gdpr, notices, plans, slos, stripe_sync, webhooks
+from commands import billing, gdpr, notices, plans, slos, stripe_sync, suspensions, webhooks
 from commands.errors import Conflict, LimitReached, NotFound, Rejected
 from commands.ids import key_aggregate_id, key_ring_aggregate_id, meter_aggregate_id
 from commands.limits import ATTEMPTS, Limits
@@ -45,11 +45,24 @@ class Tenant(Aggregate):
     def __init__(self, name: str, plan: str) -> None:
         self.name = name
         self.plan = plan
+        self.suspension: str | None = None  # the reason, while suspended (commands.suspensions)
+        self.suspended_at: str | None = None
 
     @event("PlanAssigned")
     def assign_plan(self, tenant_id: str, plan: str) -> None:
         """The event names the tenant so readers of the log need nothing else."""
         self.plan = plan
+
+    @event("Suspended")
+    def suspend(self, tenant_id: str, reason: str, notice_id: str, at: str) -> None:
+        """`notice_id`: the id of the notice that tells the tenant (commands.suspensions); `at`: RFC 3339."""
+        self.suspension = reason
+        self.suspended_at = at
+
+    @event("Resumed")
+    def resume(self, tenant_id: str, notice_id: str, at: str) -> None:
+        self.suspension = None
+        self.suspended_at = None
 
 
 class ApiKey(Aggregate):
@@ -135,6 +148,10 @@ ActorSealer = Callable[[str, str | None, str | None, str | None], tuple[Any, Any
 ACTOR_PREFIX = "apikey:"
 
 
+# Events relayed to topics the catalog does not fold: a command's reads wait for none of them.
+UNFOLDED_BY_CATALOG = (AuditEntry.Recorded, notices.Notice.Emitted)
+
+
 def actor_subject(key_id: str | None) -> str:
     """The data subject an actor is in its chain's tenant: its API key (`apikey:<key id>`)."""
     return f"{ACTOR_PREFIX}{key_id or '-'}"
@@ -212,6 +229,7 @@ def parse_token(token: str) -> tuple[str, str] | None:
 
 class ControlPlane(
     plans.PlanCommands,
+    suspensions.SuspensionCommands,
     billing.BillingCommands,
     stripe_sync.StripeCommands,
     slos.SloCommands,
@@ -255,9 +273,9 @@ class ControlPlane(
 
     def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
         """Store, and remember in this thread the store position of the last event that changes a view
-        (audit entries go to the audit topic, not the catalog): the caller's reads wait for it."""
+        (audit entries and notices go to topics of their own, not the catalog's): the caller's reads wait for it."""
         recordings = super().save(*objs, **kwargs)
-        positions = [r.notification.id for r in recordings if not isinstance(r.domain_event, AuditEntry.Recorded)]
+        positions = [r.notification.id for r in recordings if not isinstance(r.domain_event, UNFOLDED_BY_CATALOG)]
         if positions:
             self._saved.position = max(positions)
         return recordings
@@ -431,7 +449,7 @@ class ControlPlane(
 def describe(domain_event: Any) -> tuple[str, str, dict[str, Any]]:
     described = plans.describe(domain_event) or billing.describe(domain_event) or notices.describe(domain_event)
     described = described or stripe_sync.describe(domain_event) or slos.describe(domain_event) or gdpr.describe(domain_event)
-    described = described or webhooks.describe(domain_event)
+    described = described or webhooks.describe(domain_event) or suspensions.describe(domain_event)
     if described is not None:
         return described
     kind = type(domain_event).__qualname__  # e.g. "Tenant.Created"

@@ -32,6 +32,11 @@ class TenantPublic(BaseModel):
     name: str
     plan: str
     created_at: str
+    status: Literal["active", "suspended"] = Field(
+        default="active", description="`suspended`: its consumes are refused (403 `tenant-suspended`) until it is resumed"
+    )
+    suspended_at: str | None = Field(default=None, description="When it was suspended; null while active")
+    suspension_reason: str | None = Field(default=None, description="Why; null while active")
 
 
 class TenantList(BaseModel):

@@ -13,6 +13,7 @@ from schemas.billing import Billing, parse_billing, price_public
 from schemas.gdpr import BreachOverdueNotification
 from schemas.quantities import QUANTITY_SCHEMA, SLUG_PATTERN, exact_quantity, quantity_json
 from schemas.slos import SloAlertNotification
+from schemas.suspensions import TenantStatusNotification
 from schemas.text import Text
 
 
@@ -210,6 +211,14 @@ class ConsumeResult(BaseModel):
     period_end: str
 
 
+class ConsumeForbidden(Problem):
+    """Consume's 403: the tenant is suspended (`type` .../tenant-suspended, with `suspended_at` and
+    `reason`), or the key is the admin's (consume is a tenant's)."""
+
+    suspended_at: str | None = Field(default=None, description="tenant-suspended: when (RFC 3339, UTC)")
+    reason: str | None = Field(default=None, description="tenant-suspended: why, as the admin said")
+
+
 class QuotaExceeded(Problem):
     """Consume's 429: a hard limit refuses the amount (`type` .../quota-exceeded), with `Retry-After`."""
 
@@ -235,5 +244,10 @@ class NotificationPublic(BaseModel):
 
 
 class NotificationList(BaseModel):
-    data: list[Annotated[NotificationPublic | SloAlertNotification | BreachOverdueNotification, Field(discriminator="type")]]
+    data: list[
+        Annotated[
+            NotificationPublic | SloAlertNotification | BreachOverdueNotification | TenantStatusNotification,
+            Field(discriminator="type"),
+        ]
+    ]
     next_before: str | None = None

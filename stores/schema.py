@@ -1,6 +1,6 @@
 """Every view table, migrated together (stores.database.Database.migrate)."""
 
-from stores import audit, billing, gdpr, plans, quotas, replays, slos, stripe, views, webhooks
+from stores import audit, billing, gdpr, plans, quotas, replays, slos, stripe, suspensions, views, webhooks
 
 SCHEMA = ";\n".join(
     script.strip().rstrip(";")
@@ -15,5 +15,6 @@ SCHEMA = ";\n".join(
         replays.SCHEMA,
         gdpr.SCHEMA,
         webhooks.SCHEMA,
+        suspensions.SCHEMA,
     )
 )

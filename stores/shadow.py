@@ -53,6 +53,7 @@ FOLDS: dict[str, Fold] = {
         (
             "tenants",
             "api_keys",
+            "tenant_status_changes",
             "meter_definitions",
             "plans",
             "plan_versions",
@@ -108,7 +109,9 @@ PROJECTIONS: dict[str, Projection] = {
         Projection("slos", ("slos", "slo_deletions", "slo_minutes", "slo_alerts", "slo_notifications"), (CATALOG, METERS)),
         Projection("audit", ("audit_entries", "audit_heads", "audit_checkpoints", "audit_trees"), (AUDIT,)),
         Projection("gdpr", GDPR_VIEWS, (CATALOG,)),
-        Projection("catalog", ("tenants", "api_keys", "meter_definitions", "webhook_endpoints"), (CATALOG,)),
+        Projection(
+            "catalog", ("tenants", "api_keys", "tenant_status_changes", "meter_definitions", "webhook_endpoints"), (CATALOG,)
+        ),
     )
 }
 # Columns no replay can know: whether the notices relay has sent a notification yet.

@@ -80,6 +80,9 @@ class EmbeddedQuotaLedger:
             failpoints.hit(failpoints.QUOTA_AFTER_APPEND)
         return outcome
 
+    async def kept(self, request: ConsumeRequest) -> ConsumeOutcome | None:
+        return await asyncio.to_thread(self.log.run_locked, lambda db: self._kept(db, request))
+
     def _consume(self, db: sqlite3.Connection, request: ConsumeRequest) -> ConsumeOutcome:
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -90,17 +93,23 @@ class EmbeddedQuotaLedger:
             raise
         return outcome
 
-    def _decide(self, db: sqlite3.Connection, request: ConsumeRequest) -> ConsumeOutcome:
+    def _kept(self, db: sqlite3.Connection, request: ConsumeRequest) -> ConsumeOutcome | None:
         # An answer past its keep_until has lapsed, as its Redis key expires in Kafka mode, whether
-        # or not the purge has deleted its row yet (the decision below then replaces it).
+        # or not the purge has deleted its row yet (a decision then replaces it).
         kept = db.execute(
             "SELECT request, answer FROM quota_answers WHERE tenant_id=? AND idempotency_key=? AND keep_until >= ?",
             (request.tenant_id, request.idempotency_key, int(request.usage[0].event_time.timestamp())),
         ).fetchone()
+        if kept is None:
+            return None
+        if kept[0] != request.fingerprint():
+            return ConsumeOutcome(decide(Decimal(0), request.amount, None), request.period, replayed=True, conflict=True)
+        return _outcome_of(orjson.loads(kept[1]))
+
+    def _decide(self, db: sqlite3.Connection, request: ConsumeRequest) -> ConsumeOutcome:
+        kept = self._kept(db, request)
         if kept is not None:
-            if kept[0] != request.fingerprint():
-                return ConsumeOutcome(decide(Decimal(0), request.amount, None), request.period, replayed=True, conflict=True)
-            return _outcome_of(orjson.loads(kept[1]))
+            return kept
         used = _counter(db, (request.tenant_id, request.meter, request.period.text))
         decision = decide(used, request.amount, request.entitlement)
         envelope, value = request.usage if decision.accepted else (request.refusal, encode(request.refusal))

@@ -28,6 +28,7 @@ from projections import gdpr as gdpr_view
 from projections import plans as plan_view
 from projections import slos as slo_view
 from projections import stripe as stripe_view
+from projections import suspensions as suspension_view
 from projections import webhooks as webhook_view
 from projections.meter_state import BucketState
 from projections.meters import BucketKey, MeterIndex, apply
@@ -42,6 +43,7 @@ from stores import plans as plan_store
 from stores import quotas as quota_store
 from stores import slos as slo_store
 from stores import stripe as stripe_store
+from stores import suspensions as suspension_store
 from stores import views
 from stores import webhooks as webhook_store
 from stores.database import Database, Tx
@@ -167,6 +169,8 @@ class CatalogProjector:
                             gdpr_store.breach_notified(tx, gdpr_change)
                         case gdpr_view.RetentionSet():
                             gdpr_store.put_retention(tx, gdpr_change)
+                for status_change in suspension_view.changes(event):
+                    suspension_store.record(tx, status_change)
                 for webhook_change in webhook_view.changes(event):
                     match webhook_change:
                         case webhook_view.EndpointAdded():

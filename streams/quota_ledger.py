@@ -58,6 +58,11 @@ class QuotaLedger(Protocol):
         """Decide and record atomically; LogUnavailable when it cannot (nothing is counted)."""
         ...
 
+    async def kept(self, request: ConsumeRequest) -> ConsumeOutcome | None:
+        """The answer kept for an earlier call with the request's idempotency key (a conflict if that
+        call was another request), deciding nothing; None when there is none."""
+        ...
+
     async def used(self, tenant_id: str, meter: str, period: PeriodKey) -> Decimal | None:
         """The hot counter; None when there is none to read (then read the views)."""
         ...

@@ -347,6 +347,15 @@ class RedisQuotaLedger:
         self._calls.post(Keep(answer_key, pending, kept), on_failure=_not_kept)
         return ConsumeOutcome(_decision(accepted, from_milli(used), limit), request.period, replayed=False)
 
+    async def kept(self, request: ConsumeRequest) -> ConsumeOutcome | None:
+        try:
+            kept = await self.redis.get(self.keys.answer(request.tenant_id, request.idempotency_key))
+        except RedisError as away:
+            raise CountersUnavailable(f"the quota counters (Redis) are unreachable: {away}") from away
+        if kept is None:
+            return None
+        return _kept(_text(kept), hashlib.sha256(request.fingerprint().encode()).hexdigest())
+
     async def _call_group(self, group: list[Decide | Keep]) -> list[list[object] | None]:
         """CONSUME for a group of answers to keep and consumes to decide: one round trip for all."""
         keeps = [item for item in group if isinstance(item, Keep)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated
@@ -51,11 +52,14 @@ from schemas.plans import (
     quantity_json,
 )
 from schemas.slos import SloAlertNotification
+from schemas.suspensions import TenantStatusNotification
 from stores import gdpr as gdpr_store
 from stores import plans as plan_store
 from stores import quotas as quota_store
 from stores import slos as slo_store
+from stores import suspensions as suspension_store
 from stores import views
+from stores.suspensions import Suspension
 from streams.projectors import CATALOG_APPLIED
 from streams.quota_ledger import ConsumeRequest, QuotaLedger
 from streams.replay import meters_as_of
@@ -69,23 +73,33 @@ def _ledger(platform: Platform) -> QuotaLedger:
     return platform.quotas
 
 
-async def _catalog(platform: Platform, meter: str, tenant_id: str) -> tuple[MeterDefinition | None, dict[str, Quota]]:
-    """The meter's definition and the tenant's quotas: kept in memory while they hold (omni.catalog_cache),
-    else read from the views, in a worker thread."""
+@dataclass(frozen=True, slots=True)
+class ConsumeCatalog:
+    """What consume reads from the catalog: the meter's definition, the tenant's quotas, its suspension."""
+
+    definition: MeterDefinition | None
+    quotas: dict[str, Quota]
+    suspension: Suspension | None
+
+
+async def _catalog(platform: Platform, meter: str, tenant_id: str) -> ConsumeCatalog:
+    """The meter's definition, the tenant's quotas and suspension: kept in memory while they hold
+    (omni.catalog_cache), else read from the views, in a worker thread."""
     cache = platform.catalog
     found_meter, definition = cache.get(("meter", meter))
-    found_quotas, quotas = cache.get(("quotas", tenant_id))
-    if found_meter and found_quotas:
-        return definition, quotas
+    found_tenant, tenant = cache.get(("tenant", tenant_id))
+    if found_meter and found_tenant:
+        return ConsumeCatalog(definition, *tenant)
 
-    def read() -> tuple[MeterDefinition | None, dict[str, Quota]]:
+    def read() -> ConsumeCatalog:
         with platform.db.transaction() as tx:
             applied = views.relay_position(tx, CATALOG_APPLIED)  # first: what follows is at least this new
             definition = views.meter_definition(tx, meter)
             quotas = plan_store.quotas_of(tx, tenant_id)
+            suspension = suspension_store.suspension(tx, tenant_id)
         cache.put(("meter", meter), applied, definition)
-        cache.put(("quotas", tenant_id), applied, quotas)
-        return definition, quotas
+        cache.put(("tenant", tenant_id), applied, (quotas, suspension))
+        return ConsumeCatalog(definition, quotas, suspension)
 
     return await run_in_threadpool(read)
 
@@ -97,7 +111,7 @@ def _z(moment: datetime) -> str:
 @router.post(
     "/quotas/{meter}/consume",
     response_model=ConsumeResult,
-    responses={404: {}, 409: {}, 422: {}, 429: {}, 503: {}},
+    responses={403: {}, 404: {}, 409: {}, 422: {}, 429: {}, 503: {}},
 )
 async def consume(meter: str, body: ConsumeBody, platform: PlatformDep, principal: TenantDep) -> ConsumeResult:
     """Check and record usage before serving a request: the usage is on the log (an event of the
@@ -107,10 +121,11 @@ async def consume(meter: str, body: ConsumeBody, platform: PlatformDep, principa
     ledger = _ledger(platform)
     tenant_id = principal.tenant_id or ""
 
-    definition, quotas = await _catalog(platform, meter, tenant_id)
+    catalog = await _catalog(platform, meter, tenant_id)
+    definition = catalog.definition
     if definition is None:
         raise NotFound(f"meter {meter!r} not found")
-    quota = quotas.get(meter)
+    quota = catalog.quotas.get(meter)
     if not is_additive(definition):
         raise Problem(
             422,
@@ -202,7 +217,15 @@ async def consume(meter: str, body: ConsumeBody, platform: PlatformDep, principa
         usage=(usage, value),
         refusal=refusal,
     )
-    outcome = await ledger.consume(request)
+    if catalog.suspension is not None:
+        # Nothing is decided nor counted: only an answer kept from before the suspension is given again.
+        kept = await ledger.kept(request)
+        if kept is None:
+            metrics.labelled(metrics.QUOTA_DECISIONS, "suspended").inc()
+            raise _suspended(tenant_id, catalog.suspension)
+        outcome = kept
+    else:
+        outcome = await ledger.consume(request)
     if outcome.replayed:
         metrics.labelled(metrics.QUOTA_DECISIONS, "replayed").inc()
     else:
@@ -248,6 +271,16 @@ async def consume(meter: str, body: ConsumeBody, platform: PlatformDep, principa
     )
 
 
+def _suspended(tenant_id: str, suspension: Suspension) -> Problem:
+    return Problem(
+        403,
+        "Tenant suspended",
+        f"tenant {tenant_id} is suspended ({suspension.reason}): its consumes are refused until it is resumed.",
+        kind="tenant-suspended",
+        members={"suspended_at": suspension.since, "reason": suspension.reason},
+    )
+
+
 async def _sealed(platform: Platform, usage: Envelope) -> Envelope:
     """The usage event with its personal values sealed, as POST /v1/events seals them (README, "GDPR")."""
     envelopes = [usage]
@@ -272,7 +305,7 @@ async def _quotas(platform: Platform, tenant_id: str) -> list[QuotaPublic]:
     """Usage from the hot counters, which hold consumes at once; from the views where there are none."""
     now = platform.clock()
 
-    def from_views() -> list[tuple[str, Quota, PeriodKey, Decimal]]:
+    def from_views() -> tuple[list[tuple[str, Quota, PeriodKey, Decimal]], bool]:
         with platform.db.transaction() as tx:
             if views.tenant(tx, tenant_id) is None:
                 raise NotFound(f"tenant {tenant_id} not found")
@@ -282,16 +315,17 @@ async def _quotas(platform: Platform, tenant_id: str) -> list[QuotaPublic]:
                 period = period_of(now, quota.entitlement.period)
                 used = quota_store.period_total(tx, tenant_id, definitions[meter], period) if meter in definitions else Decimal(0)
                 found.append((meter, quota, period, used))
-            return found
+            return found, suspension_store.suspension(tx, tenant_id) is not None
 
     found = []
-    for meter, quota, period, folded in await run_in_threadpool(from_views):
+    folded_quotas, suspended = await run_in_threadpool(from_views)
+    for meter, quota, period, folded in folded_quotas:
         counted = await platform.quotas.used(tenant_id, meter, period) if platform.quotas is not None else None
-        found.append(_public(meter, quota, period, folded if counted is None else counted))
+        found.append(_public(meter, quota, period, folded if counted is None else counted, suspended=suspended))
     return found
 
 
-def _public(meter: str, quota: Quota, period: PeriodKey, used: Decimal) -> QuotaPublic:
+def _public(meter: str, quota: Quota, period: PeriodKey, used: Decimal, *, suspended: bool) -> QuotaPublic:
     e = quota.entitlement
     return QuotaPublic(
         meter=meter,
@@ -299,7 +333,8 @@ def _public(meter: str, quota: Quota, period: PeriodKey, used: Decimal) -> Quota
         used=quantity_json(used),
         remaining=quantity_json(max(e.limit - used, Decimal(0))),
         # OpenMeter's entitlement answer (has access, balance, usage, overage), as a gateway reads it.
-        has_access=e.enforcement is not Enforcement.HARD or used < e.limit,
+        # A suspended tenant has none: its consumes are refused whatever its usage.
+        has_access=not suspended and (e.enforcement is not Enforcement.HARD or used < e.limit),
         overage=quantity_json(max(used - e.limit, Decimal(0))),
         period=e.period,
         period_start=_z(period.start),
@@ -354,6 +389,7 @@ def _quotas_as_of(platform: Platform, tenant_id: str, moment: datetime) -> list[
     with as_of.catalog_as_of(platform, moment) as past, past.transaction() as tx:
         definitions = {d.slug: d for d in views.meter_definitions(tx)}
         quotas = plan_store.quotas_of(tx, tenant_id)
+        suspended = suspension_store.suspension(tx, tenant_id) is not None
     counted = [definitions[meter] for meter in quotas if meter in definitions]
     usage = from_thread.run(meters_as_of, platform.log, counted, tenant_id, moment) if counted else None
     try:
@@ -364,7 +400,7 @@ def _quotas_as_of(platform: Platform, tenant_id: str, moment: datetime) -> list[
             if usage is not None and meter in definitions:
                 with usage.transaction() as tx:
                     used = quota_store.period_total(tx, tenant_id, definitions[meter], period)
-            found.append(_public(meter, quota, period, used))
+            found.append(_public(meter, quota, period, used, suspended=suspended))
         return found
     finally:
         if usage is not None:
@@ -399,7 +435,8 @@ def list_notifications(
         rows = quota_store.notifications(tx, tenant_id, limit, cursor)
         alerts = slo_store.alert_notifications(tx, tenant_id, limit, cursor)
         overdue = gdpr_store.overdue_noticed(tx) if tenant_id == PLATFORM else []
-    found: list[NotificationPublic | SloAlertNotification | BreachOverdueNotification] = [
+        statuses = suspension_store.notifications(tx, tenant_id, limit, cursor)
+    found: list[NotificationPublic | SloAlertNotification | BreachOverdueNotification | TenantStatusNotification] = [
         NotificationPublic(
             id=r[0],
             type=r[2],  # type: ignore[arg-type]
@@ -425,6 +462,10 @@ def list_notifications(
             occurred_at=a[7],  # type: ignore[arg-type]
         )
         for a in alerts
+    ]
+    found += [
+        TenantStatusNotification(id=i, type=kind, tenant_id=t, reason=reason, occurred_at=at)  # type: ignore[arg-type]
+        for i, t, kind, reason, at in statuses
     ]
     for breach in overdue:
         notice = breach_overdue(breach.id, breach.detected_at, breach.deadline, breach.scope)

@@ -10,11 +10,15 @@ from fastapi import APIRouter, Query, Request, Response
 from api.deps import AdminDep, CallerDep, PlatformDep, command_context
 from api.problems import invalid_cursor
 from api.relaying import run_command
+from commands.control_plane import Tenant
 from commands.errors import NotFound
+from omni.bootstrap import Platform
 from schemas.api import KeyCreate, KeyIssued, KeyList, KeyPublic, TenantCreate, TenantCreated, TenantList, TenantPublic
-from schemas.envelope import cursor_time
+from schemas.envelope import cursor_time, format_time
 from schemas.ids import canonical_uuid
-from stores import views
+from schemas.suspensions import SuspendBody, TenantStatus
+from stores import suspensions, views
+from stores.suspensions import Suspension
 
 router = APIRouter(prefix="/v1", tags=["tenants"])
 
@@ -30,14 +34,26 @@ async def create_tenant(body: TenantCreate, request: Request, platform: Platform
     return TenantCreated(id=str(tenant.id), name=tenant.name, plan=tenant.plan, api_key=key.token, key_id=key.key_id)
 
 
+def _public(row: tuple[str, str, str, str], suspension: Suspension | None) -> TenantPublic:
+    tenant = TenantPublic(id=row[0], name=row[1], plan=row[2], created_at=row[3])
+    if suspension is not None:
+        tenant.status, tenant.suspended_at, tenant.suspension_reason = "suspended", suspension.since, suspension.reason
+    return tenant
+
+
 @router.get("/tenants", response_model=TenantList)
 def list_tenants(
-    platform: PlatformDep, admin: AdminDep, limit: int = Query(100, ge=1, le=1000), after: str | None = None
+    platform: PlatformDep,
+    admin: AdminDep,
+    limit: int = Query(100, ge=1, le=1000),
+    after: str | None = None,
+    status: Annotated[TenantStatus | None, Query(description="Only the tenants of this status now")] = None,
 ) -> TenantList:
-    """List tenants (admin), paged by id."""
+    """List tenants (admin), paged by id; `status` (`active` or `suspended`) keeps those of that status."""
     with platform.db.transaction() as tx:
-        rows = views.tenants(tx, limit, after)
-    data = [TenantPublic(id=r[0], name=r[1], plan=r[2], created_at=r[3]) for r in rows]
+        rows = suspensions.tenants(tx, limit, after, status)
+        suspended = suspensions.suspensions(tx, (r[0] for r in rows))
+    data = [_public(r, suspended.get(r[0])) for r in rows]
     return TenantList(data=data, next_after=data[-1].id if len(data) == limit else None)
 
 
@@ -52,12 +68,43 @@ def _visible(principal: CallerDep, tenant_id: str) -> str:
 @router.get("/tenants/{tenant_id}", response_model=TenantPublic)
 def get_tenant(tenant_id: str, platform: PlatformDep, principal: CallerDep) -> TenantPublic:
     """One tenant: the admin sees any, a tenant key only its own."""
-    tenant_id = _visible(principal, tenant_id)
+    return _read(platform, _visible(principal, tenant_id))
+
+
+def _read(platform: Platform, tenant_id: str) -> TenantPublic:
     with platform.db.transaction() as tx:
         row = views.tenant(tx, tenant_id)
+        suspension = suspensions.suspension(tx, tenant_id)
     if row is None:
         raise NotFound(f"tenant {tenant_id} not found")
-    return TenantPublic(id=row[0], name=row[1], plan=row[2], created_at=row[3])
+    return _public(row, suspension)
+
+
+def _of_aggregate(tenant: Tenant) -> TenantPublic:
+    """The tenant as its command left it (as the views show it once they hold the change)."""
+    row = (str(tenant.id), tenant.name, tenant.plan, format_time(tenant.created_on))
+    suspension = None if tenant.suspension is None else Suspension(tenant.suspension, tenant.suspended_at or "")
+    return _public(row, suspension)
+
+
+@router.post("/tenants/{tenant_id}/suspend", response_model=TenantPublic, responses={404: {}, 409: {}})
+async def suspend_tenant(
+    tenant_id: str, body: SuspendBody, request: Request, platform: PlatformDep, admin: AdminDep
+) -> TenantPublic:
+    """Suspend a tenant (admin): from the answer on, its consumes are refused with 403
+    `tenant-suspended` and count nothing; its keys still read, and its events (facts) are still
+    counted. The tenant is told by an `omni.tenant.suspended` notification (and its webhook
+    endpoints). Suspending a suspended tenant changes nothing."""
+    tenant = await run_command(platform, platform.control.suspend_tenant, command_context(request, admin), tenant_id, body.reason)
+    return _of_aggregate(tenant)
+
+
+@router.post("/tenants/{tenant_id}/resume", response_model=TenantPublic, responses={404: {}, 409: {}})
+async def resume_tenant(tenant_id: str, request: Request, platform: PlatformDep, admin: AdminDep) -> TenantPublic:
+    """Resume a suspended tenant (admin): its consumes are decided again from the answer on, and it is
+    told by an `omni.tenant.resumed` notification. Resuming an active tenant changes nothing."""
+    tenant = await run_command(platform, platform.control.resume_tenant, command_context(request, admin), tenant_id)
+    return _of_aggregate(tenant)
 
 
 @router.post("/tenants/{tenant_id}/keys", status_code=201, response_model=KeyIssued, responses={404: {}, 409: {}})

@@ -76,6 +76,8 @@ EXPECTED: dict[Operation, tuple[int, int, int]] = {
     ("GET", "/v1/plans"): (200, 200, 200),
     ("GET", "/v1/plans/{slug}"): (200, 200, 200),
     ("PUT", "/v1/tenants/{tenant_id}/plan"): (403, 403, 204),  # admin
+    ("POST", "/v1/tenants/{tenant_id}/suspend"): (403, 403, 200),  # admin
+    ("POST", "/v1/tenants/{tenant_id}/resume"): (403, 403, 200),  # admin
     ("PUT", "/v1/tenants/{tenant_id}/quotas/{meter}"): (403, 403, 204),  # admin
     ("DELETE", "/v1/tenants/{tenant_id}/quotas/{meter}"): (403, 403, 204),
     ("POST", "/v1/quotas/{meter}/consume"): (200, 200, 403),  # tenant (B consumes its own quota)
@@ -132,6 +134,7 @@ BODIES: dict[Operation, dict[str, Any]] = {
     ("POST", "/v1/meters"): {"slug": "acl-meter", "event_type": "call", "aggregation": "COUNT"},
     ("PUT", "/v1/plans/{slug}"): PLAN,
     ("PUT", "/v1/tenants/{tenant_id}/plan"): {"plan": "pro"},
+    ("POST", "/v1/tenants/{tenant_id}/suspend"): {"reason": "acl"},
     ("PUT", "/v1/tenants/{tenant_id}/quotas/{meter}"): {"limit": 5, "period": "DAY"},
     ("PUT", "/v1/slos/{name}"): SLO,
     ("POST", "/v1/admin/replays"): {"projections": ["catalog"], "mode": "diff"},
@@ -195,6 +198,7 @@ async def build_world(omni: Omni) -> World:
     a_id, a_key = await omni.tenant("a")
     b_id, b_key = await omni.tenant("b")
     moved = {name: await omni.tenant(name) for name in ("void", "uncollectible", "paid")}  # invoices the admin moves
+    held_id, _ = await omni.tenant("held")  # the one the admin suspends and resumes (A's consumes go on)
     a = omni.auth(a_key)
     for tenant_id in [a_id, b_id, *(t for t, _ in moved.values())]:
         await ok(await omni.client.put(f"/v1/tenants/{tenant_id}/plan", json={"plan": "pro"}, headers=admin), 204)
@@ -271,6 +275,8 @@ async def build_world(omni: Omni) -> World:
     for name, (tenant_id, _) in moved.items():
         operation = ("POST", f"/v1/invoices/{{invoice_id}}/{'mark-' if name != 'void' else ''}{name}")
         world.own[(operation, ADMIN_CALLER)] = {"invoice_id": invoice_of[tenant_id]}
+    for action in ("suspend", "resume"):
+        world.own[(("POST", f"/v1/tenants/{{tenant_id}}/{action}"), ADMIN_CALLER)] = {"tenant_id": held_id}
     # PUT /v1/plans/{slug} by the admin publishes a plan of its own, as every other caller names.
     world.own[(("PUT", "/v1/plans/{slug}"), ADMIN_CALLER)] = {"slug": "acl-plan"}
     return world

@@ -140,3 +140,29 @@ async def test_a_key_its_tenant_revoked_on_one_replica_consumes_and_ingests_noth
     assert sent.status_code == 401, sent.text
     quota = await b.get("/v1/quotas/calls", params={"tenant": created["id"]}, headers=auth(ADMIN))
     assert quota.status_code == 200 and quota.json()["used"] == 1, quota.text
+
+
+async def test_a_tenant_suspended_on_one_replica_consumes_nothing_on_the_other_at_once(
+    replicas: tuple[Replica, Replica],
+) -> None:
+    """The other replica keeps the tenant's quotas and status in memory: once the views hold the
+    suspension (what its answer waits for) its consumes are refused, and decided again once resumed."""
+    (first, a), (_, b) = replicas
+    meter = {"slug": "calls", "event_type": "call", "aggregation": "COUNT"}
+    assert (await a.post("/v1/meters", json=meter, headers=auth(ADMIN))).status_code == 201
+    created = (await a.post("/v1/tenants", json={"name": "acme", "plan": "pro"}, headers=auth(ADMIN))).json()
+    await first.settle()
+    key, tenant_id = created["api_key"], created["id"]
+
+    async def consume(name: str) -> int:
+        body = {"amount": 1, "idempotency_key": name}
+        return (await b.post("/v1/quotas/calls/consume", json=body, headers=auth(key))).status_code
+
+    assert await consume("first") == 200  # b now keeps the tenant's catalog entry
+    suspended = await a.post(f"/v1/tenants/{tenant_id}/suspend", json={"reason": "unpaid"}, headers=auth(ADMIN))
+    assert suspended.status_code == 200, suspended.text
+    await first.settle()  # the views hold the suspension: what its answer waits for
+    assert await consume("second") == 403, "b served the status it kept"
+    assert (await a.post(f"/v1/tenants/{tenant_id}/resume", headers=auth(ADMIN))).status_code == 200
+    await first.settle()
+    assert await consume("second") == 200

@@ -12,6 +12,7 @@ from tests.e2e.conftest import ADMIN, Omni
 
 PROBLEM = {"$ref": "#/components/schemas/Problem"}
 QUOTA_EXCEEDED = {"$ref": "#/components/schemas/QuotaExceeded"}
+CONSUME_FORBIDDEN = {"$ref": "#/components/schemas/ConsumeForbidden"}
 CONSUME = "/v1/quotas/{meter}/consume"
 
 
@@ -49,7 +50,11 @@ async def test_every_error_is_problem_json_and_every_answer_is_documented(docume
         responses = op["responses"]
         for status, response in responses.items():
             if int(status) >= 400:
-                schema = QUOTA_EXCEEDED if (path, method, status) == (CONSUME, "post", "429") else PROBLEM
+                schema = (
+                    {"429": QUOTA_EXCEEDED, "403": CONSUME_FORBIDDEN}.get(status, PROBLEM)
+                    if (path, method) == (CONSUME, "post")
+                    else PROBLEM
+                )
                 assert response["content"] == {"application/problem+json": {"schema": schema}}, (method, path, status)
         if "{" in path:
             assert "404" in responses, (method, path)

@@ -19,7 +19,15 @@ async def test_a_tenant_gets_a_working_key(omni: Omni) -> None:
     created_on = omni.platform.control.repository.get(UUID(tenant_id)).created_on
     assert before <= created_on <= after
     created_at = created_on.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    assert response.json() == {"id": tenant_id, "name": "acme", "plan": "pro", "created_at": created_at}
+    assert response.json() == {
+        "id": tenant_id,
+        "name": "acme",
+        "plan": "pro",
+        "created_at": created_at,
+        "status": "active",
+        "suspended_at": None,
+        "suspension_reason": None,
+    }
 
 
 async def test_a_revoked_key_is_refused_at_once(omni: Omni) -> None:
