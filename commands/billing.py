@@ -34,6 +34,7 @@ from projections.invoices import (
     Unbillable,
     bill,
     void_credit_note,
+    void_forgiven,
 )
 from projections.invoices import (
     credit_note_id as credit_note_id_of,
@@ -90,7 +91,8 @@ class BillingAccount(Aggregate):
 
     @event("BilledCorrected")
     def rebill(self, tenant_id: str, billed: dict[str, dict[str, Any]]) -> None:
-        """Usage of a billed period moved at no cost (inside an allowance): remembered, not invoiced."""
+        """What periods were billed changed without an invoice: usage of a billed period moved at no
+        cost (inside an allowance), or a void forgave what its invoice charged (projections.invoices.void_forgiven)."""
         self.billed.update(billed)
 
 
@@ -296,6 +298,10 @@ class BillingCommands:
             if status == VOID:
                 credit_note = void_credit_note(document, account.credit_notes_issued + 1, reason, at)
                 account.finalize(tenant_id=tenant_id, invoice=credit_note, billed={})
+                billed = {p: Billed.from_json(b) for p, b in account.billed.items()}
+                forgiven = void_forgiven(document, billed)
+                if forgiven:
+                    account.rebill(tenant_id=tenant_id, billed={p: b.to_json() for p, b in forgiven.items()})
             try:
                 self.save(account, self._audit(ctx, action, resource, tenant_id, reason=reason))
             except IntegrityError as race:

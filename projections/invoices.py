@@ -106,12 +106,14 @@ class Billed:
     """What one tenant was billed for one period: the plan version that priced it and the quantity
     of each meter billed so far (the invoice's, then each adjustment's). `minimums` False: the
     tenant did not exist in the period, so its prices' minimums did not apply (nor do they to the
-    period's adjustments)."""
+    period's adjustments). `forgiven`: the quantities of each meter that voided invoices charged
+    for (`void_forgiven`): never billed again, so a later close prices the period's usage less them."""
 
     plan: str
     version: int
     quantities: Mapping[str, Decimal]
     minimums: bool = True
+    forgiven: Mapping[str, Decimal] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         stored: dict[str, Any] = {
@@ -121,12 +123,15 @@ class Billed:
         }
         if not self.minimums:
             stored["minimums"] = False  # absent (as in records before it existed): they applied
+        if self.forgiven:
+            stored["forgiven"] = {m: str(q) for m, q in sorted(self.forgiven.items())}  # absent: nothing voided
         return stored
 
     @classmethod
     def from_json(cls, stored: Mapping[str, Any]) -> Billed:
         quantities = {m: Decimal(q) for m, q in stored["quantities"].items()}
-        return cls(stored["plan"], int(stored["version"]), quantities, bool(stored.get("minimums", True)))
+        forgiven = {m: Decimal(q) for m, q in stored.get("forgiven", {}).items()}
+        return cls(stored["plan"], int(stored["version"]), quantities, bool(stored.get("minimums", True)), forgiven)
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,10 +287,11 @@ def _adjustments(
         if priced_by is None:
             continue
         quantities = dict(before.quantities) if before is not None else {}
+        forgiven = before.forgiven if before is not None else {}
         moved = False
         for meter in sorted({*quantities, *(p.meter for p in priced_by.billing.prices)}):
             price = priced_by.price_of(meter)
-            now, then = totals.get(meter, ZERO), quantities.get(meter, ZERO)
+            now, then = _billable(totals.get(meter, ZERO), forgiven.get(meter)), quantities.get(meter, ZERO)
             if price is None or now == then:
                 continue
             if currency not in (None, priced_by.currency):
@@ -300,17 +306,48 @@ def _adjustments(
                 "period": text,
                 "quantity": quantity_json(now - then),
                 "billed_quantity": quantity_json(then),
-                "corrected_quantity": quantity_json(now),
+                "corrected_quantity": quantity_json(totals.get(meter, ZERO)),
                 "amount": abs(difference),
             }
+            if meter in forgiven:  # corrected less forgiven less billed is the line's quantity
+                line["forgiven_quantity"] = quantity_json(forgiven[meter])
             (credits if difference < 0 else debits).append(line)
             quantities[meter] = now
             moved = True
             currency = currency or priced_by.currency
         if moved:
             minimums = before is None or before.minimums
-            updates[text] = Billed(priced_by.slug, priced_by.version, quantities, minimums=minimums)
+            updates[text] = Billed(priced_by.slug, priced_by.version, quantities, minimums=minimums, forgiven=forgiven)
     return debits, credits, currency
+
+
+def _billable(usage: Decimal, forgiven: Decimal | None) -> Decimal:
+    """A meter's usage in a period that is still to be billed: less what voided invoices forgave,
+    never below nothing (a correction downwards cannot credit what was never paid)."""
+    return usage if forgiven is None else max(usage - forgiven, ZERO)
+
+
+def void_forgiven(invoice: Mapping[str, Any], billed: Mapping[str, Billed]) -> dict[str, Billed]:
+    """The billed state of each period a voided invoice charged usage for (its own, and each its
+    adjustments named), with what it charged taken back and forgiven: the void credited it all, so
+    no later close bills it again, nor credits it again when the usage is corrected downwards. Usage
+    reported for those periods later, past what was forgiven, is billed as any late usage is."""
+    changed: dict[str, Billed] = {}
+    plan = invoice.get("plan") or {}
+    for line in invoice["lines"]:
+        if line["type"] == "usage":
+            period = str(invoice["period"])
+        elif line["type"] == "adjustment":
+            period = str(line["period"])
+        else:
+            continue
+        before = changed.get(period) or billed.get(period) or Billed(str(plan.get("slug", "")), int(plan.get("version", 0)), {})
+        meter, quantity = str(line["meter"]), Decimal(str(line["quantity"]))
+        quantities, forgiven = dict(before.quantities), dict(before.forgiven)
+        quantities[meter] = quantities.get(meter, ZERO) - quantity
+        forgiven[meter] = forgiven.get(meter, ZERO) + quantity
+        changed[period] = Billed(before.plan, before.version, quantities, minimums=before.minimums, forgiven=forgiven)
+    return changed
 
 
 def _document(

@@ -354,6 +354,52 @@ async def test_an_invoice_is_voided_with_a_credit_note_and_settled_states_stay_s
     assert tenant_id == invoice["tenant_id"]
 
 
+async def test_a_voided_months_usage_is_never_credited_again_and_only_later_usage_is_billed(omni: Omni) -> None:
+    """The void credited the whole invoice: a correction downwards of its month must credit nothing
+    more (it used to credit the difference a second time), and usage reported later, past what the
+    void forgave, is billed as late usage (priced as if the month had started empty)."""
+    ((_, key),) = await setup(omni)
+    await use(omni, key, tokens=5000)
+    this_month = BillingPeriod.of(datetime.now(UTC))
+    omni.platform.clock = lambda: after(this_month)
+    assert (await close(omni, this_month.text)).status_code == 200
+    (invoice,) = await invoices(omni, key)
+    assert invoice["total"] == 1000 + 800  # the fee, and 4000 tokens past the free 1000 at 0.002
+    voided = await omni.client.post(f"/v1/invoices/{invoice['id']}/void", json={"reason": "goodwill"}, headers=omni.auth(ADMIN))
+    assert voided.status_code == 200 and voided.json()["credit_note"]["total"] == 1800, voided.text
+    await omni.settle()
+
+    async def upcoming() -> dict[str, Any]:
+        await omni.settle()
+        response = await omni.client.get("/v1/invoices/upcoming", headers=omni.auth(key))
+        assert response.status_code == 200, response.text
+        return response.json()  # type: ignore[no-any-return]
+
+    await use(omni, key, tokens=-1000)  # corrected down: nothing was paid for the month, nothing to credit
+    draft = await upcoming()
+    assert draft["credit_note"] is None, draft["credit_note"]
+    assert [line["type"] for line in draft["lines"]] == ["fee"]
+
+    await use(omni, key, tokens=3000)  # 7000 now: 2000 past the 5000 forgiven
+    draft = await upcoming()
+    adjustment = next(line for line in draft["lines"] if line["type"] == "adjustment")
+    assert {k: adjustment[k] for k in ("quantity", "billed_quantity", "forgiven_quantity", "corrected_quantity", "amount")} == {
+        "quantity": 2000,
+        "billed_quantity": 0,
+        "forgiven_quantity": 5000,
+        "corrected_quantity": 7000,
+        "amount": 200,  # 2000 tokens, the first 1000 free
+    }
+
+    next_month = BillingPeriod.parse(f"{this_month.end:%Y-%m}")
+    assert next_month is not None
+    omni.platform.clock = lambda: after(next_month)
+    closed = await close(omni, next_month.text)
+    assert (closed.json()["invoices"], closed.json()["credit_notes"]) == (1, 0), closed.text
+    second = next(d for d in await invoices(omni, key) if d["period"] == next_month.text)
+    assert [(line["type"], line["amount"]) for line in second["lines"]] == [("fee", 1000), ("adjustment", 200)]
+
+
 async def test_invoices_are_byte_identical_after_the_views_are_rebuilt_from_the_log(omni: Omni) -> None:
     tenants = await setup(omni, tenants=3)
     for index, (_, key) in enumerate(tenants):

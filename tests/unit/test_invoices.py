@@ -10,13 +10,25 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from projections.invoices import MAX_AMOUNT, Billed, BillingPeriod, PricedPlan, Statement, Unbillable, bill, canonical, digest
+from projections.invoices import (
+    MAX_AMOUNT,
+    Billed,
+    BillingPeriod,
+    PricedPlan,
+    Statement,
+    Unbillable,
+    bill,
+    canonical,
+    digest,
+    void_forgiven,
+)
 from projections.pricing import charge
 from schemas.billing import Billing
 
 NOVEMBER = BillingPeriod.parse("2026-11")
 DECEMBER = BillingPeriod.parse("2026-12")
-assert NOVEMBER is not None and DECEMBER is not None
+JANUARY = BillingPeriod.parse("2027-01")
+assert NOVEMBER is not None and DECEMBER is not None and JANUARY is not None
 TENANT = "3f2a9c1b-0000-4000-8000-000000000001"
 
 PRO = PricedPlan(
@@ -205,6 +217,46 @@ def test_a_period_never_invoiced_is_adjusted_from_nothing_with_the_plan_now() ->
     statement = close(DECEMBER, plan=USAGE_ONLY, earlier={"2026-11": {"tokens": Decimal(10)}})
     assert statement.invoice is not None
     assert [(line["type"], line["amount"]) for line in statement.invoice["lines"]] == [("adjustment", 20)]
+
+
+def test_a_voided_adjustment_is_forgiven_and_its_months_standing_invoice_is_still_credited_down() -> None:
+    """November's invoice stands (2501 tokens); December's, whose adjustment billed 500 more of
+    November, is voided: November goes back to what stands, the 500 forgiven. A correction of
+    November to 2501 then credits 500 of what its standing invoice charged, and nothing twice."""
+    november = {"2026-11": Billed("pro", 1, {"tokens": Decimal(2501), "images": Decimal(250)})}
+    december = close(DECEMBER, earlier={"2026-11": {"tokens": Decimal(3001), "images": Decimal(250)}}, billed=november)
+    assert december.invoice is not None
+    forgiven = void_forgiven(december.invoice, {**november, **december.billed})
+    assert forgiven == {
+        "2026-11": Billed("pro", 1, {"tokens": Decimal(2501), "images": Decimal(250)}, forgiven={"tokens": Decimal(500)})
+    }
+    assert Billed.from_json(forgiven["2026-11"].to_json()) == forgiven["2026-11"]
+    assert "forgiven" not in november["2026-11"].to_json(), "a record without a void is stored as before"
+
+    unchanged = close(JANUARY, earlier={"2026-11": {"tokens": Decimal(3001), "images": Decimal(250)}}, billed=forgiven)
+    assert unchanged.credit_note is None and unchanged.invoice is not None
+    assert [line["type"] for line in unchanged.invoice["lines"]] == ["fee"], "the forgiven 500 is not billed again"
+    corrected = close(JANUARY, earlier={"2026-11": {"tokens": Decimal(2501), "images": Decimal(250)}}, billed=forgiven)
+    assert corrected.credit_note is not None
+    (line,) = corrected.credit_note["lines"]
+    # 2001 billable (2501 less the 500 forgiven) against 2501 billed: 500 tokens at 0.002 back.
+    assert (line["quantity"], line["forgiven_quantity"], line["corrected_quantity"], line["amount"]) == (-500, 500, 2501, 100)
+
+
+def test_a_correction_of_a_voided_month_credits_nothing_and_its_later_usage_is_billed_from_empty() -> None:
+    statement = close(usage={"tokens": Decimal(5000)})
+    assert statement.invoice is not None
+    forgiven = void_forgiven(statement.invoice, statement.billed)
+    assert forgiven == {"2026-11": Billed("pro", 1, {"tokens": Decimal(0)}, forgiven={"tokens": Decimal(5000)})}
+    down = close(DECEMBER, earlier={"2026-11": {"tokens": Decimal(4000)}}, billed=forgiven)
+    assert down.credit_note is None and down.invoice is not None
+    assert [line["type"] for line in down.invoice["lines"]] == ["fee"]
+    up = close(DECEMBER, earlier={"2026-11": {"tokens": Decimal(7000)}}, billed=forgiven)
+    assert up.invoice is not None and up.credit_note is None
+    assert [(line["type"], line.get("quantity"), line["amount"]) for line in up.invoice["lines"]] == [
+        ("fee", None, 1000),
+        ("adjustment", 2000, 200),  # 2000 past the 5000 forgiven, the first 1000 of them free
+    ]
 
 
 def test_the_same_inputs_give_the_same_bytes() -> None:
