@@ -103,6 +103,7 @@ class RetentionBody(BaseModel):
     personal_data_days: int | None = Field(
         ge=1,
         le=MAX_RETENTION_DAYS,
+        strict=True,  # a whole number: `true` or "30" is refused, not taken for days
         description="Days after a person's last event before their data key is shredded; null: kept until erased",
     )
 
@@ -203,7 +204,9 @@ class GdprRequestPublic(BaseModel):
 # Breaches (Art. 33): the supervisory authority is to be notified within 72 hours of detection.
 BREACH_OVERDUE = "omni.gdpr.breach_overdue"  # the notification, once per breach, when the deadline passes
 BREACH_NOTIFY_WITHIN = timedelta(hours=72)
-_EARLIEST = datetime.min.replace(tzinfo=UTC)
+# The GDPR applies from 25 May 2018 (Art. 99(2)): a breach detected before it has no Art. 33 deadline,
+# and a date of year 1 or 1970 is a client's default, which would emit an overdue notice at once.
+GDPR_APPLIES_FROM = datetime(2018, 5, 25, tzinfo=UTC)
 
 
 def breach_detection_problem(detected_at: datetime, now: datetime, future: timedelta) -> str | None:
@@ -211,11 +214,11 @@ def breach_detection_problem(detected_at: datetime, now: datetime, future: timed
 
     A detection is in the past: at most `future` ahead of the clock, the skew admission allows an
     event's time (OMNI_FUTURE_TOLERANCE_SECONDS). A later one would be a breach never overdue (and one
-    near year 9999 has no deadline a datetime can hold). Before year 1 in UTC cannot be stored."""
+    near year 9999 has no deadline a datetime can hold). Nor before the GDPR applied (GDPR_APPLIES_FROM)."""
     if detected_at - now > future:
         return f"detected_at {detected_at.isoformat()} is more than {future} in the future; a breach is recorded once detected"
-    if detected_at < _EARLIEST:
-        return f"detected_at {detected_at.isoformat()} is before 0001-01-01T00:00:00Z"
+    if detected_at < GDPR_APPLIES_FROM:
+        return f"detected_at {detected_at.isoformat()} is before 2018-05-25, when the GDPR began to apply (Art. 99(2))"
     return None
 
 
@@ -226,7 +229,7 @@ class BreachBody(BaseModel):
 
     detected_at: Rfc3339Time = Field(description="When the breach was detected (the 72 hours run from it)")
     scope: Text = Field(min_length=1, max_length=2000, description="What was breached: systems, data, tenants")
-    subjects: int | None = Field(default=None, ge=0, le=10**12, description="How many data subjects, if known")
+    subjects: int | None = Field(default=None, ge=0, le=10**12, strict=True, description="How many data subjects, if known")
     description: Text | None = Field(default=None, max_length=4000)
 
 

@@ -33,7 +33,8 @@ def _distinct(value: list[int]) -> list[int]:
     return sorted(value)
 
 
-Thresholds = Annotated[list[Annotated[int, Field(ge=1, le=1000)]], AfterValidator(_distinct)]
+# Strict: `true` or "80" is refused, not taken for a percentage.
+Thresholds = Annotated[list[Annotated[int, Field(ge=1, le=1000, strict=True)]], AfterValidator(_distinct)]
 
 Limit = Annotated[Decimal, WithJsonSchema(QUANTITY_SCHEMA)]
 

@@ -151,8 +151,15 @@ def _zone(name: str) -> tzinfo:
 
 def _split(values: list[str]) -> list[str]:
     """`group_by=model,region` as `group_by=model&group_by=region`: a dimension's name is an
-    identifier (schemas.meters), so it never holds a comma. Subjects may: they are never split."""
-    return [part for value in values for part in value.split(",") if part]
+    identifier (schemas.meters), so it never holds a comma. Subjects may: they are never split.
+    An empty name (`group_by=`, `group_by=model,`) is 422: ignored, it would answer another question."""
+    parts = [part for value in values for part in value.split(",")]
+    if "" in parts:
+        raise Problem(
+            422, "Invalid group_by", "group_by names a dimension (or `subject`): an empty name asks nothing.",
+            kind="invalid-parameter", location="query.group_by",
+        )  # fmt: skip
+    return parts
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +206,15 @@ async def meter_question(
         whole_minute("to", to)
     if from_ is not None and to is not None and from_ >= to:
         raise Problem(422, "Invalid time range", "`from` must be before `to`.", kind="invalid-range", location="query.to")
-    subjects = [s for s in dict.fromkeys(subject) if s]  # an empty `subject=` filters nothing, as before
+    if "" in subject:  # ignored, it would answer every subject's usage
+        raise Problem(
+            422,
+            "Invalid subject",
+            "subject names a subject: it cannot be empty.",
+            kind="invalid-parameter",
+            location="query.subject",
+        )
+    subjects = list(dict.fromkeys(subject))
     filters: dict[str, list[str]] = {}
     for name, value in request.query_params.multi_items():
         if (asked := FILTER.fullmatch(name)) is not None:

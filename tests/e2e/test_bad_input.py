@@ -125,6 +125,17 @@ async def test_meter_queries_refuse_bad_ranges_and_unknowns(omni: Omni) -> None:
     )
     assert_problem(await get("/v1/meters/tokens/query", params={"from": "2026-01-01T00:00:00"}, headers=auth), 422)
     assert_problem(await get("/v1/meters/tokens/query", params={"group_by": "colour"}, headers=auth), 422)
+    # An empty filter or dimension would be ignored, answering every subject's or group's usage.
+    for params, place in (
+        ({"subject": ""}, "query.subject"),
+        ([("subject", "user-1"), ("subject", "")], "query.subject"),
+        ({"group_by": ""}, "query.group_by"),
+        ({"group_by": "model,"}, "query.group_by"),
+        ({"group_by": ","}, "query.group_by"),
+    ):
+        for route in ("query", "watch"):
+            problem = assert_problem(await get(f"/v1/meters/tokens/{route}", params=params, headers=auth), 422)
+            assert [e["location"] for e in problem["errors"]] == [place], (route, params, problem)
     assert_problem(await get("/v1/meters/tokens/query", headers=omni.auth(ADMIN)), 403)
 
 
@@ -215,3 +226,60 @@ async def test_the_log_being_down_gives_503_and_claims_nothing(omni: Omni) -> No
     }
     await omni.settle()
     assert [row["value"] for row in await omni.query(key, "calls")] == [1]
+
+
+async def test_whole_numbers_in_bodies_take_json_integers_only(omni: Omni) -> None:
+    """A boolean or a numeric string is refused where a body takes a whole number (a walkthrough
+    found `"personal_data_days": true` set a 1-day shredding period), as plans' limits and SLOs'
+    numbers already were; and a breach is not dated before the GDPR applied."""
+    await omni.meter(slug="calls", event_type="call", aggregation="COUNT")
+    tenant_id, key = await omni.tenant()
+    admin, tenant = omni.auth(ADMIN), omni.auth(key)
+    refused = [
+        ("PUT", "/v1/gdpr/retention", tenant, {"personal_data_days": True}, "body.personal_data_days"),
+        ("PUT", "/v1/gdpr/retention", tenant, {"personal_data_days": "30"}, "body.personal_data_days"),
+        ("PUT", "/v1/gdpr/retention", tenant, {"personal_data_days": 30.0}, "body.personal_data_days"),
+        (
+            "PUT",
+            "/v1/plans/strict",
+            admin,
+            {"entitlements": [{"meter": "calls", "limit": 5, "period": "DAY", "thresholds": [True, 100]}]},
+            "body.entitlements.0.thresholds.0",
+        ),
+        (
+            "PUT",
+            "/v1/plans/strict",
+            admin,
+            {"entitlements": [{"meter": "calls", "limit": 5, "period": "DAY", "thresholds": ["80"]}]},
+            "body.entitlements.0.thresholds.0",
+        ),
+        (
+            "PUT",
+            f"/v1/tenants/{tenant_id}/quotas/calls",
+            admin,
+            {"limit": 5, "period": "DAY", "thresholds": [50.0]},
+            "body.thresholds.0",
+        ),
+        (
+            "POST",
+            "/v1/gdpr/breaches",
+            admin,
+            {"detected_at": "2026-12-01T00:00:00Z", "scope": "x", "subjects": True},
+            "body.subjects",
+        ),
+        (
+            "POST",
+            "/v1/gdpr/breaches",
+            admin,
+            {"detected_at": "2026-12-01T00:00:00Z", "scope": "x", "subjects": "12"},
+            "body.subjects",
+        ),
+        ("POST", "/v1/gdpr/breaches", admin, {"detected_at": "1970-01-01T00:00:00Z", "scope": "x"}, None),
+    ]
+    for method, path, headers, body, place in refused:
+        problem = assert_problem(await omni.client.request(method, path, json=body, headers=headers), 422)
+        if place is not None:
+            assert [e["location"] for e in problem["errors"]] == [place], (path, body, problem)
+    assert (await omni.client.put("/v1/gdpr/retention", json={"personal_data_days": 30}, headers=tenant)).status_code == 201
+    breaches = await omni.client.get("/v1/gdpr/breaches", headers=admin)
+    assert breaches.json()["data"] == [], "nothing was recorded"

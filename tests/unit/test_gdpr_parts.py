@@ -208,15 +208,17 @@ def test_a_breach_detected_near_the_end_of_time_is_due_at_its_end_and_never_over
 def test_a_breach_is_refused_when_detected_ahead_of_the_clock_by_more_than_the_events_tolerance() -> None:
     now, skew = datetime(2026, 12, 6, 12, 0, tzinfo=UTC), timedelta(minutes=5)
     assert breach_detection_problem(now + skew, now, skew) is None
-    assert breach_detection_problem(now - timedelta(days=3650), now, skew) is None
+    assert breach_detection_problem(now - timedelta(days=3000), now, skew) is None
     ahead = breach_detection_problem(now + skew + timedelta(microseconds=1), now, skew)
     assert ahead is not None and "in the future" in ahead
     assert breach_detection_problem(datetime(9999, 12, 30, tzinfo=UTC), now, skew) is not None
     assert breach_detection_problem(datetime(9999, 12, 31, 23, 30, tzinfo=timezone(timedelta(hours=-1))), now, skew)
-    # Before year 1 in UTC cannot be written as a time (it would fail after the checks, as a 500).
-    before = breach_detection_problem(datetime(1, 1, 1, 0, 30, tzinfo=timezone(timedelta(hours=1))), now, skew)
-    assert before is not None and "before 0001-01-01" in before
-    assert breach_detection_problem(datetime(1, 1, 1, 1, 0, tzinfo=timezone(timedelta(hours=1))), now, skew) is None
+    # Before the GDPR applied (a client's default of year 1 or 1970 among them): no Art. 33 deadline.
+    for early in (datetime(1, 1, 1, 0, 30, tzinfo=timezone(timedelta(hours=1))), datetime(1970, 1, 1, tzinfo=UTC)):
+        before = breach_detection_problem(early, now, skew)
+        assert before is not None and "before 2018-05-25" in before
+    assert breach_detection_problem(datetime(2018, 5, 25, 0, 59, tzinfo=timezone(timedelta(hours=1))), now, skew) is not None
+    assert breach_detection_problem(datetime(2018, 5, 25, 1, 0, tzinfo=timezone(timedelta(hours=1))), now, skew) is None
 
 
 def vars_of(row: BreachRow) -> list:
