@@ -34,10 +34,11 @@ class ReplayState(StrEnum):
 class ReplayCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    projections: list[ProjectionName] = Field(
-        default_factory=list,
+    projections: list[ProjectionName] | None = Field(
+        default=None,
+        min_length=1,
         max_length=16,
-        description="The projections to rebuild (none: every one)",
+        description="The projections to rebuild (absent: every one; an empty list is refused, not taken for all)",
         examples=[["meters"]],
     )
     mode: ReplayMode = ReplayMode.DIFF

@@ -161,14 +161,16 @@ def get_invoice(
     request: Request,
     platform: PlatformDep,
     principal: CallerDep,
+    tenant: Annotated[str | None, Query(description="Whose it must be (as on the list): another tenant's answers 404")] = None,
     as_of_: Annotated[Rfc3339Time | None, Query(alias="as_of", description=as_of.DESCRIPTION)] = None,
 ) -> Any:
     """One invoice or credit note (another tenant's answers 404); with `Accept: text/html`, a printable
     page; with `as_of`, its status then (404 if it was not issued yet)."""
     as_of.check(as_of_)
+    owner = named_tenant(principal, tenant)  # a tenant key naming another tenant: 404, as on the list
     with platform.db.transaction() as tx:
         row = billing_store.invoice(tx, invoice_id)
-        if row is None or (not principal.is_admin and row[0]["tenant_id"] != principal.tenant_id):
+        if row is None or (owner is not None and row[0]["tenant_id"] != owner):
             raise NotFound(f"invoice {invoice_id} not found")
         tenant = views.tenant(tx, row[0]["tenant_id"])
     if as_of_ is not None:

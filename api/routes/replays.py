@@ -36,14 +36,16 @@ def _public(row: store.JobRow) -> ReplayJob:
 
 @router.post("", status_code=202, response_model=ReplayJob, responses={409: {}, 422: {}})
 async def start_replay(
-    body: ReplayCreate, request: Request, response: Response, platform: PlatformDep, admin: AdminDep
+    request: Request, response: Response, platform: PlatformDep, admin: AdminDep, body: ReplayCreate | None = None
 ) -> ReplayJob:
     """Start a replay of projections into a shadow store, then a diff with the live views or a swap;
-    409 while another replay of one of them runs. Audited, accepted or refused (`replay.start`)."""
+    409 while another replay of one of them runs. Audited, accepted or refused (`replay.start`).
+    Without a body: a diff of every projection."""
+    body = body or ReplayCreate()
     mode = Mode(body.mode.value)
     ctx = command_context(request, admin)
     try:
-        job_id = await run_in_threadpool(platform.replays.start, [p.value for p in body.projections], mode)
+        job_id = await run_in_threadpool(platform.replays.start, [p.value for p in body.projections or ()], mode)
     except UnknownProjection as unknown:  # audited as refused by the problem's handler (api.audit)
         raise Problem(
             422, "Unknown projection", str(unknown), kind="unknown-projection", location="body.projections"

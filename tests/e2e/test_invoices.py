@@ -212,6 +212,15 @@ async def test_numbers_are_gapless_per_tenant_and_other_tenants_see_nothing(omni
     assert hidden.status_code == 404, hidden.text
     other = await omni.client.get("/v1/invoices", params={"tenant": second[0]}, headers=omni.auth(first[1]))
     assert other.status_code == 404, other.text
+    # One invoice, its tenant named: by a key naming another tenant, or by the admin naming another owner, 404.
+    for key, named, status in (
+        (first[1], second[0], 404),
+        (ADMIN, second[0], 404),
+        (ADMIN, first[0], 200),
+        (first[1], first[0], 200),
+    ):
+        one = await omni.client.get(f"/v1/invoices/{mine['id']}", params={"tenant": named}, headers=omni.auth(key))
+        assert one.status_code == status, (key, named, one.text)
     every = await omni.client.get("/v1/invoices", params={"period": this_month.text}, headers=omni.auth(ADMIN))
     assert sorted(d["tenant_id"] for d in every.json()["data"]) == sorted([first[0], second[0]])
 

@@ -347,10 +347,25 @@ async def test_replays_as_jobs_diff_swap_and_one_at_a_time_per_projection(omni: 
     again = await omni.client.post("/v1/admin/replays", json={"projections": ["meters"]}, headers=admin)
     assert again.status_code == 202, again.text  # the dead job holds nothing (this one is stopped with the platform)
 
-    for bad in ({"projections": ["nope"]}, {"mode": "rebuild"}, {"projections": "meters"}, {"tenant_id": "x"}):
+    for bad in (
+        {"projections": ["nope"]},
+        {"mode": "rebuild"},
+        {"projections": "meters"},
+        {"tenant_id": "x"},
+        {"projections": []},
+    ):
         refused = await omni.client.post("/v1/admin/replays", json=bad, headers=admin)
         assert refused.status_code == 422 and refused.headers["content-type"] == "application/problem+json", refused.text
+    assert refused.json()["errors"][0]["location"] == "body.projections", "an empty list is not taken for every projection"
     assert (await omni.client.get("/v1/admin/replays/nope", headers=admin)).status_code == 404
+    with omni.platform.db.transaction() as tx:
+        tx.execute("UPDATE replay_jobs SET beat_us = 0")  # the job started above stopped: it holds nothing
+    everything = await omni.client.post("/v1/admin/replays", headers=admin)  # no body: a diff of every projection
+    assert everything.status_code == 202, everything.text
+    assert (everything.json()["projections"], everything.json()["mode"]) == (
+        ["meters", "quotas", "invoices", "slos", "audit", "gdpr", "catalog"],
+        "diff",
+    )
 
 
 async def notified(omni: Omni, key: str) -> list[dict[str, Any]]:
