@@ -64,14 +64,14 @@ def create_app(settings: Settings | None = None, *, platform: Platform | None = 
         docs_url=None,
         redoc_url=None,
         # A NUL in the URL names nothing (404 in the path, 422 in the query), and a body FastAPI parses
-        # must be JSON (415 otherwise), a one-value query parameter comes once (422 otherwise): for
-        # every route in one place.
-        dependencies=[Depends(deps.no_nul_in_url), Depends(deps.one_value_each), Depends(deps.json_body_media_type)],
+        # must be JSON (415 otherwise), a query holds the route's own parameters, a one-value one once
+        # (422 otherwise): for every route in one place.
+        dependencies=[Depends(deps.no_nul_in_url), Depends(deps.query_as_declared), Depends(deps.json_body_media_type)],
     )
     app.state.platform = platform
     app.state.api_calls = recorder
     app.state.watches = watches
-    app.state.single_valued = deps.SingleValued()
+    app.state.declared_queries = deps.DeclaredQueries()
     problems.install(app)
     lean_consume.install(app)  # consume's common case, past FastAPI's routing (after the edge's checks)
     idempotency.install(app, platform)  # POSTs sent again with their Idempotency-Key: after the edge authenticated

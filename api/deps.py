@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import types
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Union, get_args, get_origin
 
@@ -117,16 +118,30 @@ async def no_nul_in_url(request: Request) -> None:
             )
 
 
-async def one_value_each(request: Request) -> None:
-    """A query parameter that takes one value, sent twice (`?window_size=HOUR&window_size=DAY`), is
-    refused with 422 at its place: FastAPI would take the last and answer a question the caller did
-    not ask. Parameters that take a list (`group_by`, `filter_group_by[…]`) may repeat. Installed once
-    for the whole app (api/app.py); a request without a query string returns at once."""
+async def query_as_declared(request: Request) -> None:
+    """The query string holds the route's own parameters, each as often as it may come, else 422 at
+    each place: FastAPI would ignore a parameter the route does not take (a misspelt filter, `as_of`
+    where nothing is kept as of a time) and take the last of one sent twice
+    (`?window_size=HOUR&window_size=DAY`), answering a question the caller did not ask. Parameters
+    that take a list (`group_by`) may repeat; a deepObject one (`filter_group_by[model]`) takes any
+    key. Routes outside `/v1/` (documents, probes, metrics) are left alone. Installed once for the
+    whole app (api/app.py); a request without a query string returns at once."""
     if not request.scope.get("query_string"):
         return
-    names = _single_valued(request)
+    declared = _declared_query(request)
     query = request.query_params
-    repeated = [name for name in names if len(query.getlist(name)) > 1]
+    if request.url.path.startswith("/v1/"):
+        unknown = [name for name in dict.fromkeys(query) if not declared.takes(name)]
+        if unknown:
+            reason = f"not a parameter of this operation, which takes {', '.join(declared.named()) or 'none'}"
+            raise Problem(
+                422,
+                "Unknown query parameter",
+                f"{', '.join(unknown)}: {reason}.",
+                kind="unknown-parameter",
+                errors=[{"location": f"query.{name}", "reason": f"{name} is {reason}"} for name in unknown],
+            )
+    repeated = [name for name in declared.single if len(query.getlist(name)) > 1]
     if repeated:
         raise Problem(
             422,
@@ -140,26 +155,48 @@ async def one_value_each(request: Request) -> None:
         )
 
 
-# Per app (api/app.py): id of a route -> (the route, its one-value query parameters). The route is held,
-# so its id names no other route while its entry lasts.
-SingleValued = dict[int, tuple[object, tuple[str, ...]]]
+@dataclass(frozen=True, slots=True)
+class DeclaredQuery:
+    """A route's query parameters, its dependencies' included, as its OpenAPI operation declares them."""
+
+    single: tuple[str, ...]  # those that take one value
+    many: tuple[str, ...]  # those that take a list
+    deep: tuple[str, ...]  # deepObject ones, `name[key]` (documented by the route's openapi_extra)
+
+    def takes(self, name: str) -> bool:
+        if name in self.single or name in self.many:
+            return True
+        base, bracket, rest = name.partition("[")  # `name[key]`, the key without brackets of its own
+        key = rest[:-1]
+        return bool(bracket) and rest.endswith("]") and "[" not in key and "]" not in key and base in self.deep
+
+    def named(self) -> list[str]:
+        return [*self.single, *self.many, *(f"{name}[…]" for name in self.deep)]
 
 
-def _single_valued(request: Request) -> tuple[str, ...]:
-    """The names of the query parameters of the request's route, its dependencies' included, that take
-    one value: found once per route, then kept in the app's table."""
+# Per app (api/app.py): id of a route -> (the route, its query parameters). The route is held, so its
+# id names no other route while its entry lasts.
+DeclaredQueries = dict[int, tuple[object, DeclaredQuery]]
+
+
+def _declared_query(request: Request) -> DeclaredQuery:
+    """The request's route's query parameters: found once per route, then kept in the app's table."""
     route = request.scope.get("route")
-    table: SingleValued | None = getattr(request.app.state, "single_valued", None)
+    table: DeclaredQueries | None = getattr(request.app.state, "declared_queries", None)
     if table is not None and (known := table.get(id(route))) is not None and known[0] is route:
         return known[1]
     dependant = getattr(route, "dependant", None)
-    names: tuple[str, ...] = ()
+    single: dict[str, None] = {}
+    many: dict[str, None] = {}
     if isinstance(dependant, Dependant):
-        fields = _query_fields(dependant)
-        names = tuple(dict.fromkeys(f.alias for f in fields if not _takes_many(f.field_info.annotation)))
+        for f in _query_fields(dependant):
+            (many if _takes_many(f.field_info.annotation) else single)[f.alias] = None
+    extra = getattr(route, "openapi_extra", None) or {}
+    deep = tuple(p["name"] for p in extra.get("parameters", []) if p.get("in") == "query" and p.get("style") == "deepObject")
+    declared = DeclaredQuery(tuple(single), tuple(many), deep)
     if table is not None:
-        table[id(route)] = (route, names)
-    return names
+        table[id(route)] = (route, declared)
+    return declared
 
 
 def _query_fields(dependant: Dependant) -> Iterator[Any]:

@@ -35,6 +35,8 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/metrics"): PUBLIC,
     ("HEAD", "/metrics"): PUBLIC,
     ("POST", "/v1/tenants"): ADMIN_ONLY,
+    ("POST", "/v1/tenants/{tenant_id}/suspend"): ADMIN_ONLY,
+    ("POST", "/v1/tenants/{tenant_id}/resume"): ADMIN_ONLY,
     ("GET", "/v1/tenants"): ADMIN_ONLY,
     ("GET", "/v1/tenants/{tenant_id}"): EITHER,
     ("POST", "/v1/tenants/{tenant_id}/keys"): EITHER,
@@ -148,6 +150,8 @@ def request_body(method: str, path: str) -> dict[str, Any]:
         return {"json": {"subject": "acl-person", "kind": "access"}}
     if (method, path) == ("PUT", "/v1/gdpr/retention"):
         return {"json": {"personal_data_days": 30}}
+    if (method, path) == ("POST", "/v1/tenants/{tenant_id}/suspend"):
+        return {"json": {"reason": "acl"}}
     if method == "POST" and path.startswith("/v1/invoices/"):
         return {"json": {"reason": "acl"}}
     if method == "POST":

@@ -1,6 +1,9 @@
-"""A query parameter that takes one value, sent twice, is refused (422 `repeated-parameter` at its
-place), on every route: FastAPI alone takes the last of them, and `?window_size=HOUR&window_size=DAY`
-was answered by days for a client that meant hours. Parameters that take a list may repeat."""
+"""A query holds the route's own parameters, each as often as it may come, on every route under /v1/.
+A parameter the route does not take is refused (422 `unknown-parameter` at its place): FastAPI alone
+ignores it, and `GET /v1/invoices/upcoming?as_of=...` answered today's draft as if it were the past's.
+A parameter that takes one value, sent twice, is refused (422 `repeated-parameter`): FastAPI alone
+takes the last, and `?window_size=HOUR&window_size=DAY` was answered by days for a client that meant
+hours. Parameters that take a list may repeat."""
 
 from __future__ import annotations
 
@@ -54,6 +57,42 @@ async def test_every_one_value_parameter_of_the_document_is_refused_when_repeate
         # quotas, invoices, SLOs, GDPR (POST /v1/gdpr/requests and PUT /v1/gdpr/retention among them),
         # webhooks' deliveries...
         assert checked >= 40, checked
+
+
+async def test_every_operation_under_v1_refuses_a_parameter_it_does_not_take(tmp_path: Path) -> None:
+    async with served(embedded_settings(tmp_path / "data")) as omni:
+        document = (await omni.client.get("/openapi.json")).json()
+        checked = 0
+        for method, path, query in operations(document):
+            if not path.startswith("/v1/"):
+                continue
+            url = re.sub(r"\{[^}]+\}", "x", path)
+            response = await omni.client.request(method.upper(), url, params={"omni_unknown": "1"}, headers=omni.auth(ADMIN))
+            body = assert_problem(response, 422)
+            assert body["type"].endswith("/unknown-parameter"), (method, path, body)
+            (error,) = body["errors"]
+            assert error["location"] == "query.omni_unknown", (method, path, body)
+            for parameter in query:  # the reason names what the operation takes
+                assert parameter["name"] in error["reason"], (method, path, parameter["name"], error)
+            checked += 1
+        assert checked >= 60, checked
+        outside = await omni.client.get("/healthz", params={"omni_unknown": "1"})
+        assert outside.status_code == 200, "probes, documents and metrics are left alone"
+
+
+async def test_a_deep_object_filter_takes_any_key_and_nothing_else_of_its_name(omni: Omni) -> None:
+    await omni.meter(**TOKENS_BY_MODEL)
+    _, key = await omni.tenant()
+    await omni.settle()
+    url = "/v1/meters/tokens/query"
+    assert (await omni.client.get(url, params={"filter_group_by[model]": "a"}, headers=omni.auth(key))).status_code == 200
+    for name in ("filter_group_by", "filter_group_by[model", "filterGroupBy[model]", "as_of_x"):
+        body = assert_problem(await omni.client.get(url, params={name: "a"}, headers=omni.auth(key)), 422)
+        assert body["type"].endswith("/unknown-parameter") and body["errors"][0]["location"] == f"query.{name}", body
+    watch = await omni.client.get("/v1/meters/tokens/watch", params={"as_of": "2026-12-01T00:00:00Z"}, headers=omni.auth(key))
+    assert assert_problem(watch, 422)["type"].endswith("/unknown-parameter"), "a watch follows the live views: no as_of"
+    upcoming = await omni.client.get("/v1/invoices/upcoming", params={"as_of": "2026-12-01T00:00:00Z"}, headers=omni.auth(key))
+    assert assert_problem(upcoming, 422)["errors"][0]["location"] == "query.as_of"
 
 
 async def test_a_repeated_window_is_refused_and_repeated_lists_are_answered(omni: Omni) -> None:
