@@ -7,6 +7,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
+from urllib.parse import quote
 
 import simplejson
 from fastapi import FastAPI, Request
@@ -18,6 +19,8 @@ from starlette.responses import JSONResponse, Response
 from api.audit import record_refusal
 from commands.errors import Conflict, Invalid, LimitReached, NotFound, Rejected, TooSoon
 from omni import metrics
+from schemas.envelope import cursor_time
+from schemas.ids import canonical_uuid
 from stores.database import EVENT_STORE_AWAY, StatementTimedOut, StoreUnavailable
 from streams.log import CountersUnavailable, LogUnavailable
 
@@ -79,13 +82,18 @@ def exact_json(content: Any) -> bytes:
     return simplejson.dumps(content, use_decimal=True, separators=(",", ":"), default=str).encode()
 
 
+# What a path segment may hold unencoded (RFC 3986 pchar), and `/`: anything else is percent-encoded.
+PATH_SAFE = "/!$&'()*+,;=:@-._~"
+
+
 def problem_body(instance: str, problem: Problem) -> bytes:
-    """The RFC 9457 document of `problem`, about the request at path `instance`."""
+    """The RFC 9457 document of `problem`, about the request at path `instance` (as decoded: encoded
+    again here, so that the member is the URI reference RFC 9457 says it is, with no raw space or NUL)."""
     body: dict[str, Any] = {
         "type": PROBLEM_BASE + problem.kind if problem.kind else "about:blank",
         "title": problem.title,
         "status": problem.status,
-        "instance": instance,
+        "instance": quote(instance, safe=PATH_SAFE),
     }
     if problem.detail:
         body["detail"] = problem.detail
@@ -187,6 +195,17 @@ def invalid_cursor(name: str, wrote: str) -> Problem:
         kind="invalid-cursor",
         location=f"query.{name}",
     )
+
+
+def time_and_id_cursor(before: str) -> tuple[str, str]:
+    """`before` as a newest-first list wrote it in `next_before`: `<time>~<id>`, an RFC 3339 time and
+    a UUID (a notification's, an invoice's), the time as the views write it; anything else is 422
+    rather than a page from somewhere (compared as text, `x~y` answered the whole list)."""
+    at, _, last_id = before.partition("~")
+    moment, canonical = cursor_time(at), canonical_uuid(last_id)
+    if moment is None or canonical is None:
+        raise invalid_cursor("before", "next_before")
+    return moment, canonical
 
 
 def store_unavailable() -> Problem:

@@ -55,7 +55,10 @@ def list_audit(
     after: Annotated[int, Query(ge=0, le=2**62, description="The `next_after` of the previous page")] = 0,
 ) -> AuditList:
     """The commands of the caller's chain, accepted or refused, in chain order, as hashed; beside
-    each, its actor's IP address and user agent opened (`opened_actor`, not hashed)."""
+    each, its actor's IP address and user agent opened (`opened_actor`, not hashed): a tenant's own
+    keys' for the tenant, every actor's for the admin."""
+    if from_ is not None and to is not None and from_ >= to:
+        raise Problem(422, "Invalid time range", "`from` must be before `to`.", kind="invalid-range", location="query.to")
     chain = acting_tenant(platform, principal, tenant)
     filters = audit_store.Filters(
         start_us=None if from_ is None else audit_store.micros(from_),
@@ -68,7 +71,10 @@ def list_audit(
         rows = audit_store.entries(tx, chain, filters, after=after, limit=limit)
     entries = [orjson.loads(body) for _, body in rows]
     for entry, opened in zip(entries, platform.personal.open_actors(chain, [e["actor"] for e in entries]), strict=True):
-        entry["opened_actor"] = opened
+        # The admin's own (the platform's commands on the tenant: its creation, its invoices) are the
+        # operator's personal data: a tenant reads them sealed, as hashed, never opened.
+        shown = principal.is_admin or entry["actor"].get("key_id") is not None
+        entry["opened_actor"] = opened if shown else {"ip": None, "user_agent": None}
     return AuditList.model_validate({"data": entries, "next_after": rows[-1][0] if len(rows) == limit else None})
 
 

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api import as_of, invoice_page
 from api.deps import AdminDep, CallerDep, PlatformDep, command_context, named_tenant
-from api.problems import Problem
+from api.problems import Problem, time_and_id_cursor
 from api.relaying import run_command
 from commands.billing import PAID, UNCOLLECTIBLE, VOID
 from commands.errors import NotFound
@@ -74,17 +74,14 @@ def list_invoices(
     tenant: Annotated[str | None, Query(description="Admin only: whose invoices (every tenant's if absent)")] = None,
     period: Annotated[str | None, Query(pattern=PERIOD_PATTERN, description="Only this month's")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    before: Annotated[str | None, Query(pattern=r"^[^~]+~.+$", description="The `next_before` of the previous page")] = None,
+    before: Annotated[str | None, Query(description="The `next_before` of the previous page")] = None,
     as_of_: Annotated[Rfc3339Time | None, Query(alias="as_of", description=as_of.DESCRIPTION)] = None,
 ) -> InvoiceList:
     """Finalized invoices and credit notes, newest first (with `as_of`: those issued by then, each
     with its status then)."""
     as_of.check(as_of_)
     tenant_id = named_tenant(principal, tenant)
-    cursor = None
-    if before is not None:
-        at, _, last_id = before.partition("~")
-        cursor = (at, last_id)
+    cursor = None if before is None else time_and_id_cursor(before)
     with metrics.VIEW_QUERY.labels("invoices").time(), platform.db.transaction() as tx:
         if tenant_id is not None and views.tenant(tx, tenant_id) is None:
             raise NotFound(f"tenant {tenant} not found")

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api import as_of, tracing
 from api.deps import CallerDep, PlatformDep, TenantDep, acting_tenant, named_tenant
-from api.problems import Problem, invalid_cursor
+from api.problems import Problem, time_and_id_cursor
 from commands.control_plane import PLATFORM
 from commands.errors import NotFound
 from commands.ingest import data_problems, too_large_stored
@@ -36,9 +36,8 @@ from projections.quotas import (
     period_of,
 )
 from schemas.cloudevents import Rfc3339Time
-from schemas.envelope import Actor, Envelope, cursor_time, encode
+from schemas.envelope import Actor, Envelope, encode
 from schemas.gdpr import BREACH_OVERDUE, BreachOverdueNotification
-from schemas.ids import canonical_uuid
 from schemas.meters import MeterDefinition
 from schemas.plans import (
     ConsumeBody,
@@ -407,16 +406,6 @@ def _quotas_as_of(platform: Platform, tenant_id: str, moment: datetime) -> list[
             usage.close()
 
 
-def _notifications_cursor(before: str) -> tuple[str, str]:
-    """`before` as the list wrote it in `next_before`: `<occurred_at>~<id>`, an RFC 3339 time and a
-    notification's UUID; anything else is 422 rather than a page from somewhere."""
-    at, _, last_id = before.partition("~")
-    moment, canonical = cursor_time(at), canonical_uuid(last_id)
-    if moment is None or canonical is None:
-        raise invalid_cursor("before", "next_before")
-    return moment, canonical
-
-
 @router.get("/notifications", response_model=NotificationList, responses={404: {}, 422: {}})
 def list_notifications(
     platform: PlatformDep,
@@ -429,7 +418,7 @@ def list_notifications(
 ) -> NotificationList:
     """The tenant's notifications (quota thresholds crossed, SLO alerts fired and resolved), newest first;
     the platform's (the admin's without `?tenant=`) also hold the overdue breaches' notices."""
-    cursor = None if before is None else _notifications_cursor(before)
+    cursor = None if before is None else time_and_id_cursor(before)
     tenant_id = acting_tenant(platform, principal, tenant)  # an unknown tenant is 404, as for quotas
     with metrics.VIEW_QUERY.labels("notifications").time(), platform.db.transaction() as tx:
         rows = quota_store.notifications(tx, tenant_id, limit, cursor)

@@ -104,6 +104,16 @@ async def test_each_tenant_has_a_chain_listed_filtered_and_paged(omni: Omni) -> 
     assert {e["chain"] for e in chain} == {a_id}
     assert [e["prev"] for e in chain[1:]] == [e["hash"] for e in chain[:-1]]
     assert chain[2]["opened_actor"]["user_agent"] == "auditor/1"  # sealed in the entry, opened for its tenant
+    # The admin's command on the tenant (its creation) is the operator's: sealed for the tenant, opened
+    # for the admin alone.
+    assert chain[0]["actor"]["key_id"] is None and chain[0]["opened_actor"] == {"ip": None, "user_agent": None}
+    as_admin = (await listed(omni, ADMIN, tenant=a_id))["data"]
+    assert as_admin[0]["opened_actor"]["ip"] is not None and as_admin[2]["opened_actor"] == chain[2]["opened_actor"]
+    assert [e["hash"] for e in as_admin] == [e["hash"] for e in chain], "the same entries, as hashed"
+    backwards = await omni.client.get(
+        "/v1/audit", params={"from": "2026-12-07T10:00:00Z", "to": "2026-12-07T09:00:00Z"}, headers=omni.auth(a_key)
+    )
+    assert backwards.status_code == 422 and backwards.json()["errors"][0]["location"] == "query.to", backwards.text
     assert chain[2]["actor"]["user_agent"]["ps"].startswith("ps2_") and "auditor/1" not in str(chain[2]["actor"])
     # Filters and pages.
     assert [e["seq"] for e in (await listed(omni, a_key, outcome="rejected"))["data"]] == [3]

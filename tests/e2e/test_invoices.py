@@ -221,6 +221,13 @@ async def test_numbers_are_gapless_per_tenant_and_other_tenants_see_nothing(omni
     ):
         one = await omni.client.get(f"/v1/invoices/{mine['id']}", params={"tenant": named}, headers=omni.auth(key))
         assert one.status_code == status, (key, named, one.text)
+    for cursor in ("x~y", f"{mine['issued_at']}~not-an-id", f"yesterday~{mine['id']}"):  # compared as text, x~y paged all
+        refused = await omni.client.get("/v1/invoices", params={"before": cursor}, headers=omni.auth(first[1]))
+        assert refused.status_code == 422 and refused.json()["type"].endswith("/invalid-cursor"), refused.text
+    older = await omni.client.get(
+        "/v1/invoices", params={"before": f"{mine['issued_at']}~{mine['id']}"}, headers=omni.auth(first[1])
+    )
+    assert older.status_code == 200 and older.json()["data"] == [], "nothing of its before its first invoice"
     every = await omni.client.get("/v1/invoices", params={"period": this_month.text}, headers=omni.auth(ADMIN))
     assert sorted(d["tenant_id"] for d in every.json()["data"]) == sorted([first[0], second[0]])
 

@@ -137,3 +137,17 @@ async def test_every_422_lists_its_reason_at_its_place(omni: Omni) -> None:
         assert response.status_code == 422, response.text
         body = response.json()
         assert body["errors"] == [{"location": location, "reason": body["detail"]}], body
+
+
+async def test_instance_is_the_request_path_as_a_uri_reference(omni: Omni) -> None:
+    """RFC 9457's `instance` is a URI reference: the path is encoded again as sent, never with a raw
+    space, NUL or non-ASCII character from its decoded form."""
+    admin = omni.auth(ADMIN)
+    missing = await omni.client.get("/v1/data-classes/com.example%2Fchat%20v2", headers=admin)
+    assert missing.status_code == 404 and missing.json()["instance"] == "/v1/data-classes/com.example/chat%20v2"
+    nul = await omni.client.put("/v1/data-classes/%00", json={"personal": ["$.data.email"]}, headers=admin)
+    assert nul.status_code == 422 and nul.json()["instance"] == "/v1/data-classes/%00"
+    accented = await omni.client.get("/v1/plans/caf%C3%A9%25", headers=admin)
+    assert accented.status_code == 404 and accented.json()["instance"] == "/v1/plans/caf%C3%A9%25"
+    plain = await omni.client.get("/v1/plans/nope", headers=admin)
+    assert plain.json()["instance"] == "/v1/plans/nope"
