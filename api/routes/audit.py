@@ -15,7 +15,7 @@ from api.deps import CallerDep, PlatformDep, acting_tenant
 from api.problems import Problem
 from commands.errors import NotFound
 from omni.audit_keys import public_pem
-from omni.bootstrap import Platform
+from omni.bootstrap import ADMIN, Platform
 from projections.audit_chain import EMPTY, Head, checkpoint, export_lines
 from projections.audit_proof import prove, prove_consistency
 from schemas.audit import AuditConsistency, AuditList, AuditProof
@@ -73,7 +73,7 @@ def list_audit(
     for entry, opened in zip(entries, platform.personal.open_actors(chain, [e["actor"] for e in entries]), strict=True):
         # The admin's own (the platform's commands on the tenant: its creation, its invoices) are the
         # operator's personal data: a tenant reads them sealed, as hashed, never opened.
-        shown = principal.is_admin or entry["actor"].get("key_id") is not None
+        shown = principal.is_admin or entry["actor"].get("key_id") not in (None, ADMIN.key_id)
         entry["opened_actor"] = opened if shown else {"ip": None, "user_agent": None}
     return AuditList.model_validate({"data": entries, "next_after": rows[-1][0] if len(rows) == limit else None})
 
