@@ -69,7 +69,10 @@ def _quantity(line: Mapping[str, Any]) -> str:
             text += f" = {line['packages']} packages"
         return text
     if line["type"] == "adjustment":
-        return f"{line['billed_quantity']} → {line['corrected_quantity']}"
+        text = f"{line['billed_quantity']} → {line['corrected_quantity']}"
+        if "forgiven_quantity" in line:  # a voided invoice's, not billed again
+            text += f" ({line['forgiven_quantity']} forgiven)"
+        return text
     return ""
 
 

@@ -13,8 +13,8 @@ and marks the request with the route, so metrics, the `api_call` record and the 
 as before.
 
 Everything else goes on to FastAPI unchanged, with what was read of the body handed on (and a
-failure while reading it raised again there): another key, another media type, a body that does
-not parse or validate. So every refusal of a request's shape is still FastAPI's own.
+failure while reading it raised again there): another key, another media type, a query string
+(refused there: consume takes no parameter), a body that does not parse or validate. So every refusal of a request's shape is still FastAPI's own.
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ class LeanConsume:
             or principal.is_admin
             or principal.tenant_id is None
             or not _json_media_type(scope)
+            or scope.get("query_string")  # consume takes none: FastAPI's dependencies refuse one (api.deps)
         ):
             await self.app(scope, receive, send)
             return

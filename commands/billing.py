@@ -35,6 +35,7 @@ from projections.invoices import (
     bill,
     void_credit_note,
     void_forgiven,
+    void_refusal,
 )
 from projections.invoices import (
     credit_note_id as credit_note_id_of,
@@ -293,6 +294,10 @@ class BillingCommands:
                 return None
             if status not in MOVES[now]:
                 raise Conflict(f"invoice {invoice_id} is {now}; it cannot become {status}")
+            if status == VOID:
+                billed_now = {p: Billed.from_json(b) for p, b in account.billed.items()}
+                if (refusal := void_refusal(document, billed_now)) is not None:
+                    raise Conflict(f"invoice {invoice_id} cannot be voided: {refusal}")
             account.change_status(tenant_id=tenant_id, invoice_id=invoice_id, status=status, reason=reason, source=source)
             credit_note = None
             if status == VOID:

@@ -41,13 +41,15 @@ class SuspensionCommands:
             tenant = self.get_tenant(tenant_id)
             canonical = str(tenant.id)
             changed: list[Any] = [tenant]
+            why = f"already suspended since {tenant.suspended_at}: {tenant.suspension}"  # changes nothing
             if tenant.suspension is None:
                 notice_id, at = status_notice_id(canonical, tenant.version + 1), format_time(datetime.now(UTC))
                 tenant.suspend(tenant_id=canonical, reason=reason, notice_id=notice_id, at=at)
                 data = {"tenant_id": canonical, "reason": reason, "occurred_at": at}
                 changed.append(Notice(notice_id=notice_id, kind=TENANT_SUSPENDED, tenant_id=canonical, data=data))
+                why = reason
             try:
-                self.save(*changed, self._audit(ctx, "tenant.suspend", f"tenants/{canonical}", canonical))
+                self.save(*changed, self._audit(ctx, "tenant.suspend", f"tenants/{canonical}", canonical, reason=why))
             except IntegrityError as race:
                 raise Conflict(f"tenant {tenant_id} changed concurrently; retry") from race
             return tenant
@@ -57,13 +59,15 @@ class SuspensionCommands:
             tenant = self.get_tenant(tenant_id)
             canonical = str(tenant.id)
             changed: list[Any] = [tenant]
+            why: str | None = "not suspended"  # changes nothing
             if tenant.suspension is not None:
+                why = None
                 notice_id, at = status_notice_id(canonical, tenant.version + 1), format_time(datetime.now(UTC))
                 tenant.resume(tenant_id=canonical, notice_id=notice_id, at=at)
                 data = {"tenant_id": canonical, "reason": None, "occurred_at": at}
                 changed.append(Notice(notice_id=notice_id, kind=TENANT_RESUMED, tenant_id=canonical, data=data))
             try:
-                self.save(*changed, self._audit(ctx, "tenant.resume", f"tenants/{canonical}", canonical))
+                self.save(*changed, self._audit(ctx, "tenant.resume", f"tenants/{canonical}", canonical, reason=why))
             except IntegrityError as race:
                 raise Conflict(f"tenant {tenant_id} changed concurrently; retry") from race
             return tenant

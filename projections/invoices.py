@@ -327,22 +327,52 @@ def _billable(usage: Decimal, forgiven: Decimal | None) -> Decimal:
     return usage if forgiven is None else max(usage - forgiven, ZERO)
 
 
+def _charged_usage(invoice: Mapping[str, Any]) -> list[tuple[str, str, Decimal, Decimal]]:
+    """Each (period, meter) an invoice charged usage for: the quantity it added (above nothing; a
+    line that took usage back, or a month whose total was below nothing, charged none) and the
+    billed quantity it left the period at."""
+    found = []
+    for line in invoice["lines"]:
+        if line["type"] == "usage":
+            period, left_at = str(invoice["period"]), Decimal(str(line["quantity"]))
+        elif line["type"] == "adjustment":
+            period = str(line["period"])
+            left_at = Decimal(str(line["corrected_quantity"])) - Decimal(str(line.get("forgiven_quantity", 0)))
+        else:
+            continue
+        quantity = Decimal(str(line["quantity"]))
+        if quantity > 0:
+            found.append((period, str(line["meter"]), quantity, left_at))
+    return found
+
+
+def void_refusal(invoice: Mapping[str, Any], billed: Mapping[str, Billed]) -> str | None:
+    """Why voiding `invoice` cannot give back its whole total, or None. Its void credits the total,
+    which is right while the usage it charged is still billed; once a month it charged was
+    corrected downwards (a credit note gave some back, or a fold moved it down at no cost), part of
+    it is credited already, and the void would credit it twice."""
+    for period, meter, _, left_at in _charged_usage(invoice):
+        now = billed.get(period)
+        if now is not None and now.quantities.get(meter, ZERO) < left_at:
+            return (
+                f"{meter} of {period} was corrected downwards after invoice {invoice['number']} billed it "
+                f"({quantity_json(left_at)} billed, {quantity_json(now.quantities.get(meter, ZERO))} now): "
+                "voiding it would give back what a credit note already did"
+            )
+    return None
+
+
 def void_forgiven(invoice: Mapping[str, Any], billed: Mapping[str, Billed]) -> dict[str, Billed]:
     """The billed state of each period a voided invoice charged usage for (its own, and each its
     adjustments named), with what it charged taken back and forgiven: the void credited it all, so
     no later close bills it again, nor credits it again when the usage is corrected downwards. Usage
-    reported for those periods later, past what was forgiven, is billed as any late usage is."""
+    reported for those periods later, past what was forgiven, is billed as any late usage is.
+    Only what the invoice added is forgiven (`_charged_usage`); `void_refusal` says when a void
+    cannot be made."""
     changed: dict[str, Billed] = {}
     plan = invoice.get("plan") or {}
-    for line in invoice["lines"]:
-        if line["type"] == "usage":
-            period = str(invoice["period"])
-        elif line["type"] == "adjustment":
-            period = str(line["period"])
-        else:
-            continue
+    for period, meter, quantity, _ in _charged_usage(invoice):
         before = changed.get(period) or billed.get(period) or Billed(str(plan.get("slug", "")), int(plan.get("version", 0)), {})
-        meter, quantity = str(line["meter"]), Decimal(str(line["quantity"]))
         quantities, forgiven = dict(before.quantities), dict(before.forgiven)
         quantities[meter] = quantities.get(meter, ZERO) - quantity
         forgiven[meter] = forgiven.get(meter, ZERO) + quantity

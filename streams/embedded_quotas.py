@@ -23,6 +23,7 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -80,8 +81,9 @@ class EmbeddedQuotaLedger:
             failpoints.hit(failpoints.QUOTA_AFTER_APPEND)
         return outcome
 
-    async def kept(self, request: ConsumeRequest) -> ConsumeOutcome | None:
-        return await asyncio.to_thread(self.log.run_locked, lambda db: self._kept(db, request))
+    async def kept(self, tenant_id: str, idempotency_key: str, fingerprint: str, now: datetime) -> ConsumeOutcome | None:
+        found = await asyncio.to_thread(self.log.run_locked, lambda db: _kept(db, tenant_id, idempotency_key, now))
+        return None if found is None else _kept_outcome(found, fingerprint)
 
     def _consume(self, db: sqlite3.Connection, request: ConsumeRequest) -> ConsumeOutcome:
         db.execute("BEGIN IMMEDIATE")
@@ -93,23 +95,10 @@ class EmbeddedQuotaLedger:
             raise
         return outcome
 
-    def _kept(self, db: sqlite3.Connection, request: ConsumeRequest) -> ConsumeOutcome | None:
-        # An answer past its keep_until has lapsed, as its Redis key expires in Kafka mode, whether
-        # or not the purge has deleted its row yet (a decision then replaces it).
-        kept = db.execute(
-            "SELECT request, answer FROM quota_answers WHERE tenant_id=? AND idempotency_key=? AND keep_until >= ?",
-            (request.tenant_id, request.idempotency_key, int(request.usage[0].event_time.timestamp())),
-        ).fetchone()
-        if kept is None:
-            return None
-        if kept[0] != request.fingerprint():
-            return ConsumeOutcome(decide(Decimal(0), request.amount, None), request.period, replayed=True, conflict=True)
-        return _outcome_of(orjson.loads(kept[1]))
-
     def _decide(self, db: sqlite3.Connection, request: ConsumeRequest) -> ConsumeOutcome:
-        kept = self._kept(db, request)
-        if kept is not None:
-            return kept
+        found = _kept(db, request.tenant_id, request.idempotency_key, request.usage[0].event_time)
+        if found is not None:
+            return _kept_outcome(found, request.fingerprint())
         used = _counter(db, (request.tenant_id, request.meter, request.period.text))
         decision = decide(used, request.amount, request.entitlement)
         envelope, value = request.usage if decision.accepted else (request.refusal, encode(request.refusal))
@@ -274,3 +263,20 @@ def _outcome_of(answer: dict[str, object]) -> ConsumeOutcome:
         bool(answer["accepted"]), Decimal(str(answer["used"])), number(answer["limit"]), number(answer["remaining"])
     )
     return ConsumeOutcome(decision, PeriodKey.parse(str(answer["period"])), replayed=True)
+
+
+def _kept(db: sqlite3.Connection, tenant_id: str, idempotency_key: str, now: datetime) -> tuple[str, str] | None:
+    """The kept (fingerprint, answer) under a consume's idempotency key. An answer past its keep_until
+    has lapsed, as its Redis key expires in Kafka mode, whether or not the purge has deleted its row
+    yet (a decision then replaces it)."""
+    row = db.execute(
+        "SELECT request, answer FROM quota_answers WHERE tenant_id=? AND idempotency_key=? AND keep_until >= ?",
+        (tenant_id, idempotency_key, int(now.timestamp())),
+    ).fetchone()
+    return None if row is None else (str(row[0]), str(row[1]))
+
+
+def _kept_outcome(found: tuple[str, str], fingerprint: str) -> ConsumeOutcome:
+    """The kept answer given again, or a conflict when it was kept for another request."""
+    outcome = _outcome_of(orjson.loads(found[1]))
+    return outcome if found[0] == fingerprint else replace(outcome, conflict=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Protocol
 
@@ -36,8 +37,12 @@ class ConsumeRequest:
     refusal: Envelope  # the refusal to append if refused (encoded only then: most consumes are accepted)
 
     def fingerprint(self) -> str:
-        """What a retry must repeat to get the kept answer: the same meter, amount and subject."""
-        return orjson.dumps([self.meter, str(self.amount), self.subject]).decode()
+        return consume_fingerprint(self.meter, self.amount, self.subject)
+
+
+def consume_fingerprint(meter: str, amount: Decimal, subject: str | None) -> str:
+    """What a retry must repeat to get the kept answer: the same meter, amount and subject."""
+    return orjson.dumps([meter, str(amount), subject]).decode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,9 +63,10 @@ class QuotaLedger(Protocol):
         """Decide and record atomically; LogUnavailable when it cannot (nothing is counted)."""
         ...
 
-    async def kept(self, request: ConsumeRequest) -> ConsumeOutcome | None:
-        """The answer kept for an earlier call with the request's idempotency key (a conflict if that
-        call was another request), deciding nothing; None when there is none."""
+    async def kept(self, tenant_id: str, idempotency_key: str, fingerprint: str, now: datetime) -> ConsumeOutcome | None:
+        """The answer kept at `now` for an earlier call with this idempotency key (a conflict if that
+        call was another request: another `fingerprint`), deciding nothing; None when there is none.
+        LogUnavailable when it cannot be read."""
         ...
 
     async def used(self, tenant_id: str, meter: str, period: PeriodKey) -> Decimal | None:

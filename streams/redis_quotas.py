@@ -347,14 +347,14 @@ class RedisQuotaLedger:
         self._calls.post(Keep(answer_key, pending, kept), on_failure=_not_kept)
         return ConsumeOutcome(_decision(accepted, from_milli(used), limit), request.period, replayed=False)
 
-    async def kept(self, request: ConsumeRequest) -> ConsumeOutcome | None:
+    async def kept(self, tenant_id: str, idempotency_key: str, fingerprint: str, now: datetime) -> ConsumeOutcome | None:
         try:
-            kept = await self.redis.get(self.keys.answer(request.tenant_id, request.idempotency_key))
+            kept = await self.redis.get(self.keys.answer(tenant_id, idempotency_key))
         except RedisError as away:
             raise CountersUnavailable(f"the quota counters (Redis) are unreachable: {away}") from away
         if kept is None:
             return None
-        return _kept(_text(kept), hashlib.sha256(request.fingerprint().encode()).hexdigest())
+        return _kept(_text(kept), hashlib.sha256(fingerprint.encode()).hexdigest())
 
     async def _call_group(self, group: list[Decide | Keep]) -> list[list[object] | None]:
         """CONSUME for a group of answers to keep and consumes to decide: one round trip for all."""

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Any
 
 import uuid_utils
 from anyio import from_thread
@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from api import as_of, tracing
 from api.deps import CallerDep, PlatformDep, TenantDep, acting_tenant, named_tenant
 from api.problems import Problem, time_and_id_cursor
-from commands.control_plane import PLATFORM
+from commands.control_plane import PLATFORM, Principal
 from commands.errors import NotFound
 from commands.ingest import data_problems, too_large_stored
 from omni import metrics
@@ -59,8 +59,9 @@ from stores import slos as slo_store
 from stores import suspensions as suspension_store
 from stores import views
 from stores.suspensions import Suspension
+from streams.log import LogUnavailable
 from streams.projectors import CATALOG_APPLIED
-from streams.quota_ledger import ConsumeRequest, QuotaLedger
+from streams.quota_ledger import ConsumeOutcome, ConsumeRequest, QuotaLedger, consume_fingerprint
 from streams.replay import meters_as_of
 
 router = APIRouter(prefix="/v1", tags=["quotas"])
@@ -159,6 +160,70 @@ async def consume(meter: str, body: ConsumeBody, platform: PlatformDep, principa
     if problems := data_problems(data, platform.policy):
         raise Problem(422, "Invalid data", "; ".join(problems), kind="invalid-data", location="body.data")
     now = platform.clock()
+    if catalog.suspension is not None:
+        outcome = await _kept_while_suspended(ledger, tenant_id, meter, amount, body, now, catalog.suspension)
+    else:
+        request = await _consume_request(platform, definition, quota, meter, amount, body, data, principal, now)
+        outcome = await ledger.consume(request)
+    if outcome.replayed:
+        metrics.labelled(metrics.QUOTA_DECISIONS, "replayed").inc()
+    else:
+        metrics.labelled(metrics.QUOTA_DECISIONS, "accepted" if outcome.decision.accepted else "refused").inc()
+    if outcome.in_progress:
+        raise Problem(
+            409,
+            "Consume in progress",
+            "A consume with this idempotency key is still being recorded; retry it in a moment.",
+            kind="consume-in-progress",
+            headers={"Retry-After": "1"},
+        )
+    if outcome.conflict:
+        raise Problem(
+            409,
+            "Idempotency key reused",
+            "This idempotency key was used for another consume (meter, amount or subject).",
+            kind="idempotency-key-reused",
+        )
+    decision = outcome.decision
+    if not decision.accepted:
+        retry_after = max(1, math.ceil((outcome.period.end - now).total_seconds()))
+        raise Problem(
+            429,
+            "Quota exceeded",
+            f"{meter}: {quantity_json(decision.used)} of {quantity_json(decision.limit or Decimal(0))} used in {outcome.period.label}; "
+            f"{quantity_json(amount)} more would pass the limit.",
+            kind="quota-exceeded",
+            headers={"Retry-After": str(retry_after)},
+            members={
+                "meter": meter,
+                "limit": quantity_json(decision.limit or Decimal(0)),
+                "used": quantity_json(decision.used),
+                "period": outcome.period.label,
+                "period_end": _z(outcome.period.end),
+            },
+        )
+    return ConsumeResult(
+        used=quantity_json(decision.used),
+        remaining=quantity_json(decision.remaining) if decision.remaining is not None else None,
+        limit=quantity_json(decision.limit) if decision.limit is not None else None,
+        period_end=_z(outcome.period.end),
+    )
+
+
+async def _consume_request(
+    platform: Platform,
+    definition: MeterDefinition,
+    quota: Quota | None,
+    meter: str,
+    amount: Decimal,
+    body: ConsumeBody,
+    data: dict[str, Any],
+    principal: Principal,
+    now: datetime,
+) -> ConsumeRequest:
+    """What the ledger decides on: the usage event to append if accepted (its personal values sealed),
+    and the refusal to append if refused."""
+    tenant_id = principal.tenant_id or ""
     period = period_of(now, quota.entitlement.period if quota else Period.DAY)
     actor = Actor(principal.key_id)
     # The request's span: its records join the caller's trace, as an ingested event's do.
@@ -216,58 +281,23 @@ async def consume(meter: str, body: ConsumeBody, platform: PlatformDep, principa
         usage=(usage, value),
         refusal=refusal,
     )
-    if catalog.suspension is not None:
-        # Nothing is decided nor counted: only an answer kept from before the suspension is given again.
-        kept = await ledger.kept(request)
-        if kept is None:
-            metrics.labelled(metrics.QUOTA_DECISIONS, "suspended").inc()
-            raise _suspended(tenant_id, catalog.suspension)
-        outcome = kept
-    else:
-        outcome = await ledger.consume(request)
-    if outcome.replayed:
-        metrics.labelled(metrics.QUOTA_DECISIONS, "replayed").inc()
-    else:
-        metrics.labelled(metrics.QUOTA_DECISIONS, "accepted" if outcome.decision.accepted else "refused").inc()
-    if outcome.in_progress:
-        raise Problem(
-            409,
-            "Consume in progress",
-            "A consume with this idempotency key is still being recorded; retry it in a moment.",
-            kind="consume-in-progress",
-            headers={"Retry-After": "1"},
-        )
-    if outcome.conflict:
-        raise Problem(
-            409,
-            "Idempotency key reused",
-            "This idempotency key was used for another consume (meter, amount or subject).",
-            kind="idempotency-key-reused",
-        )
-    decision = outcome.decision
-    if not decision.accepted:
-        retry_after = max(1, math.ceil((outcome.period.end - now).total_seconds()))
-        raise Problem(
-            429,
-            "Quota exceeded",
-            f"{meter}: {quantity_json(decision.used)} of {quantity_json(decision.limit or Decimal(0))} used in {outcome.period.label}; "
-            f"{quantity_json(amount)} more would pass the limit.",
-            kind="quota-exceeded",
-            headers={"Retry-After": str(retry_after)},
-            members={
-                "meter": meter,
-                "limit": quantity_json(decision.limit or Decimal(0)),
-                "used": quantity_json(decision.used),
-                "period": outcome.period.label,
-                "period_end": _z(outcome.period.end),
-            },
-        )
-    return ConsumeResult(
-        used=quantity_json(decision.used),
-        remaining=quantity_json(decision.remaining) if decision.remaining is not None else None,
-        limit=quantity_json(decision.limit) if decision.limit is not None else None,
-        period_end=_z(outcome.period.end),
-    )
+    return request
+
+
+async def _kept_while_suspended(
+    ledger: QuotaLedger, tenant_id: str, meter: str, amount: Decimal, body: ConsumeBody, now: datetime, suspension: Suspension
+) -> ConsumeOutcome:
+    """A suspended tenant's consume: nothing decided nor counted (nor sealed), only an answer kept from
+    before the suspension given again; else 403. Kept answers that cannot be read (Redis away) are
+    none: the refusal stands, where a 503 would let a gateway that fails open serve the tenant."""
+    try:
+        kept = await ledger.kept(tenant_id, body.idempotency_key, consume_fingerprint(meter, amount, body.subject), now)
+    except LogUnavailable:
+        kept = None
+    if kept is None:
+        metrics.labelled(metrics.QUOTA_DECISIONS, "suspended").inc()
+        raise _suspended(tenant_id, suspension)
+    return kept
 
 
 def _suspended(tenant_id: str, suspension: Suspension) -> Problem:

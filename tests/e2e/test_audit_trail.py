@@ -128,6 +128,7 @@ async def test_each_tenant_has_a_chain_listed_filtered_and_paged(omni: Omni) -> 
     # The admin: the platform's own chain by default, a tenant's by `?tenant=`.
     platform = (await listed(omni, ADMIN))["data"]
     assert [(e["chain"], e["action"]) for e in platform] == [("_platform", "meter.define")]
+
     def unopened(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [{k: v for k, v in e.items() if k != "opened_actor"} for e in entries]
 

@@ -416,6 +416,29 @@ async def test_a_voided_months_usage_is_never_credited_again_and_only_later_usag
     assert [(line["type"], line["amount"]) for line in second["lines"]] == [("fee", 1000), ("adjustment", 200)]
 
 
+async def test_an_invoice_whose_month_was_credited_since_cannot_be_voided(omni: Omni) -> None:
+    """Corrected downwards and credited by the next close, November's invoice still charges less
+    than its total: a void giving the whole total back would credit the difference twice (409)."""
+    ((_, key),) = await setup(omni)
+    await use(omni, key, tokens=5000)
+    this_month = BillingPeriod.of(datetime.now(UTC))
+    omni.platform.clock = lambda: after(this_month)
+    assert (await close(omni, this_month.text)).status_code == 200
+    (invoice,) = await invoices(omni, key)
+    await use(omni, key, tokens=-2000)
+    next_month = BillingPeriod.parse(f"{this_month.end:%Y-%m}")
+    assert next_month is not None
+    omni.platform.clock = lambda: after(next_month)
+    closed = await close(omni, next_month.text)
+    assert closed.json()["credit_notes"] == 1, closed.text
+    refused = await omni.client.post(f"/v1/invoices/{invoice['id']}/void", json={"reason": "x"}, headers=omni.auth(ADMIN))
+    assert refused.status_code == 409 and "corrected downwards" in refused.json()["detail"], refused.text
+    await omni.settle()
+    assert {d["id"]: d["status"] for d in await invoices(omni, key)}[invoice["id"]] == "finalized", "nothing changed"
+    paid = await omni.client.post(f"/v1/invoices/{invoice['id']}/mark-paid", json={"reason": "wire"}, headers=omni.auth(ADMIN))
+    assert paid.status_code == 200, "its other moves stand"
+
+
 async def test_invoices_are_byte_identical_after_the_views_are_rebuilt_from_the_log(omni: Omni) -> None:
     tenants = await setup(omni, tenants=3)
     for index, (_, key) in enumerate(tenants):

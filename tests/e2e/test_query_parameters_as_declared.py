@@ -123,3 +123,16 @@ async def test_a_repeated_window_is_refused_and_repeated_lists_are_answered(omni
     # Once each, the same parameters are answered.
     once = await omni.client.get(url, params={"window_size": "DAY"}, headers=omni.auth(key))
     assert once.status_code == 200, once.text
+
+
+async def test_a_consume_with_a_parameter_is_refused_and_counts_nothing(omni: Omni) -> None:
+    """Consume's own fast layer (api/lean_consume.py) passes a query string to FastAPI, which refuses
+    it: a gateway asking `?dry_run=true` must not be charged for what it took for a dry run."""
+    await omni.meter(**TOKENS)
+    _, key = await omni.tenant()
+    await omni.settle()
+    body = {"amount": 5, "idempotency_key": "dry"}
+    refused = await omni.client.post("/v1/quotas/tokens/consume", params={"dry_run": "true"}, json=body, headers=omni.auth(key))
+    assert assert_problem(refused, 422)["errors"][0]["location"] == "query.dry_run"
+    counted = await omni.client.post("/v1/quotas/tokens/consume", json=body, headers=omni.auth(key))
+    assert counted.status_code == 200 and counted.json()["used"] == 5, "the refused call counted nothing"

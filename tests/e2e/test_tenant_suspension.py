@@ -62,6 +62,14 @@ async def test_a_suspended_tenant_consumes_nothing_until_it_is_resumed(omni: Omn
     assert problem["type"].endswith("tenant-suspended") and problem["status"] == 403
     assert problem["reason"] == "invoice 2026-11 unpaid" and problem["suspended_at"] == body["suspended_at"]
     assert "retry-after" not in refused.headers
+    # Refused before anything is made for it: no data key for a person it names (a data class seals
+    # the prompt), so a suspended tenant cannot grow the key store by consuming for new subjects.
+    declared = await omni.client.put("/v1/data-classes/inference", json={"personal": ["$.data.prompt"]}, headers=omni.auth(ADMIN))
+    assert declared.status_code == 201, declared.text
+    await omni.settle()
+    newcomer = await consume(omni, a_key, "tokens", 5, "newcomer", subject="newcomer", data={"prompt": "hello"})
+    assert newcomer.status_code == 403, newcomer.text
+    assert omni.platform.personal.keys_for(a_id, {"newcomer"}, create=False) == {}
     assert (await consume(omni, b_key, "tokens", 5)).status_code == 200, "another tenant is not suspended"
 
     again = await consume(omni, a_key, "tokens", 10, "before")

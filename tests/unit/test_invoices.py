@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from api import invoice_page
 from projections.invoices import (
     MAX_AMOUNT,
     Billed,
@@ -21,6 +22,7 @@ from projections.invoices import (
     canonical,
     digest,
     void_forgiven,
+    void_refusal,
 )
 from projections.pricing import charge
 from schemas.billing import Billing
@@ -257,6 +259,47 @@ def test_a_correction_of_a_voided_month_credits_nothing_and_its_later_usage_is_b
         ("fee", None, 1000),
         ("adjustment", 2000, 200),  # 2000 past the 5000 forgiven, the first 1000 of them free
     ]
+
+
+def test_a_month_corrected_downwards_since_its_invoice_cannot_be_voided() -> None:
+    """November billed 5000 tokens (1800); December credited 400 back (corrected to 3000). A void of
+    November's invoice would give its whole 1800 back, 400 of it a second time: it is refused."""
+    november = close(usage={"tokens": Decimal(5000)})
+    assert november.invoice is not None
+    december = close(DECEMBER, earlier={"2026-11": {"tokens": Decimal(3000)}}, billed=november.billed)
+    assert december.credit_note is not None and december.credit_note["total"] == 400
+    refusal = void_refusal(november.invoice, {**november.billed, **december.billed})
+    assert refusal is not None and "tokens of 2026-11" in refusal and "5000 billed, 3000 now" in refusal
+    assert void_refusal(november.invoice, november.billed) is None, "uncorrected: it may be voided"
+    upwards = close(DECEMBER, earlier={"2026-11": {"tokens": Decimal(6000)}}, billed=november.billed)
+    assert void_refusal(november.invoice, {**november.billed, **upwards.billed}) is None, "a debit since takes nothing back"
+
+
+def test_a_void_forgives_only_what_its_invoice_added() -> None:
+    """A correction downwards inside the free tier is a zero line on an invoice (its quantity below
+    nothing), and a month's total may be below nothing: voiding either forgives nothing of them."""
+    november = {"2026-11": Billed("pro", 1, {"tokens": Decimal(500)})}
+    december = close(DECEMBER, earlier={"2026-11": {"tokens": Decimal(300)}}, billed=november)
+    assert december.invoice is not None
+    assert [(line["type"], line.get("quantity"), line["amount"]) for line in december.invoice["lines"]] == [
+        ("fee", None, 1000),
+        ("adjustment", -200, 0),
+    ]
+    assert void_refusal(december.invoice, {**november, **december.billed}) is None
+    assert void_forgiven(december.invoice, {**november, **december.billed}) == {}
+    below = close(usage={"tokens": Decimal(-5)})
+    assert below.invoice is not None and void_forgiven(below.invoice, below.billed) == {}
+
+
+def test_the_printable_page_shows_what_a_void_forgave() -> None:
+    statement = close(usage={"tokens": Decimal(5000)})
+    assert statement.invoice is not None
+    later = close(
+        DECEMBER, earlier={"2026-11": {"tokens": Decimal(7000)}}, billed=void_forgiven(statement.invoice, statement.billed)
+    )
+    assert later.invoice is not None
+    page = invoice_page.render(later.invoice, "finalized", seller="Omni", customer="acme")
+    assert "0 → 7000 (5000 forgiven)" in page
 
 
 def test_the_same_inputs_give_the_same_bytes() -> None:

@@ -3,18 +3,25 @@ control events (projections.suspensions): what each change stores, relays and fo
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import pytest
 
+from api.problems import Problem
+from api.routes.quotas import _kept_while_suspended
 from commands.control_plane import AuditEntry, CommandContext, ControlPlane, Tenant, describe
 from commands.errors import NotFound
 from commands.notices import NOTICE_TYPES, Notice
 from commands.suspensions import status_notice_id
 from projections import suspensions as fold
 from schemas.envelope import Actor, Envelope
+from schemas.plans import ConsumeBody
 from schemas.suspensions import SUSPENSION_LIFTED, SUSPENSION_SET, TENANT_RESUMED, TENANT_SUSPENDED
+from stores.suspensions import Suspension
+from streams.log import CountersUnavailable
 
 ADMIN = CommandContext(key_id=None, ip="127.0.0.1", user_agent="admin-cli")
 
@@ -115,3 +122,33 @@ def test_other_control_events_change_no_status() -> None:
         actor=Actor(None),
     )
     assert fold.changes(event) == []
+
+
+def test_each_change_is_audited_with_why(app: ControlPlane) -> None:
+    tenant, _ = app.create_tenant(ADMIN, "acme", "pro")
+    tenant_id = str(tenant.id)
+    app.suspend_tenant(ADMIN, tenant_id, "unpaid")
+    app.suspend_tenant(ADMIN, tenant_id, "again")
+    app.resume_tenant(ADMIN, tenant_id)
+    app.resume_tenant(ADMIN, tenant_id)
+    audits = [e for e in stored(app) if isinstance(e, AuditEntry.Recorded) and e.action.startswith("tenant.")][-4:]
+    reasons = [(e.action, e.reason) for e in audits]
+    assert reasons[0] == ("tenant.suspend", "unpaid") and reasons[2] == ("tenant.resume", None)
+    assert reasons[1][1].startswith("already suspended since") and reasons[1][1].endswith(": unpaid")
+    assert reasons[3] == ("tenant.resume", "not suspended")
+
+
+class AwayLedger:
+    """The kept answers cannot be read (Redis away)."""
+
+    async def kept(self, tenant_id: str, idempotency_key: str, fingerprint: str, now: datetime) -> None:
+        raise CountersUnavailable("the quota counters (Redis) are unreachable")
+
+
+def test_a_suspended_consume_is_refused_when_its_kept_answers_cannot_be_read() -> None:
+    """403, not 503: a gateway that fails open on 503 would serve the suspended tenant."""
+    body = ConsumeBody(amount=Decimal(1), idempotency_key="k")
+    suspension = Suspension("unpaid", "2026-12-07T10:00:00.000000Z")
+    with pytest.raises(Problem) as refused:
+        asyncio.run(_kept_while_suspended(AwayLedger(), "t", "tokens", Decimal(1), body, datetime.now(UTC), suspension))  # type: ignore[arg-type]
+    assert refused.value.status == 403 and refused.value.kind == "tenant-suspended"
