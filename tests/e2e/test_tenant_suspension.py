@@ -4,6 +4,8 @@ each change an audit entry and a notification (and a webhook delivery) to the te
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -62,14 +64,6 @@ async def test_a_suspended_tenant_consumes_nothing_until_it_is_resumed(omni: Omn
     assert problem["type"].endswith("tenant-suspended") and problem["status"] == 403
     assert problem["reason"] == "invoice 2026-11 unpaid" and problem["suspended_at"] == body["suspended_at"]
     assert "retry-after" not in refused.headers
-    # Refused before anything is made for it: no data key for a person it names (a data class seals
-    # the prompt), so a suspended tenant cannot grow the key store by consuming for new subjects.
-    declared = await omni.client.put("/v1/data-classes/inference", json={"personal": ["$.data.prompt"]}, headers=omni.auth(ADMIN))
-    assert declared.status_code == 201, declared.text
-    await omni.settle()
-    newcomer = await consume(omni, a_key, "tokens", 5, "newcomer", subject="newcomer", data={"prompt": "hello"})
-    assert newcomer.status_code == 403, newcomer.text
-    assert omni.platform.personal.keys_for(a_id, {"newcomer"}, create=False) == {}
     assert (await consume(omni, b_key, "tokens", 5)).status_code == 200, "another tenant is not suspended"
 
     again = await consume(omni, a_key, "tokens", 10, "before")
@@ -87,6 +81,14 @@ async def test_a_suspended_tenant_consumes_nothing_until_it_is_resumed(omni: Omn
     await omni.settle()
     assert (await quota(omni, a_key, "tokens"))["used"] == 17
 
+    # Refused before anything is made for it: no data key for a person it names (a data class seals
+    # the prompt), so a suspended tenant cannot grow the key store by consuming for new subjects.
+    declared = await omni.client.put("/v1/data-classes/inference", json={"personal": ["$.data.prompt"]}, headers=omni.auth(ADMIN))
+    assert declared.status_code == 201, declared.text
+    await omni.settle()
+    newcomer = await consume(omni, a_key, "tokens", 5, "newcomer", subject="newcomer", data={"prompt": "hello"})
+    assert newcomer.status_code == 403, newcomer.text
+    assert omni.platform.personal.keys_for(a_id, {"newcomer"}, create=False) == {}
     resumed = await resume(omni, a_id)
     assert resumed.status_code == 200, resumed.text
     assert {k: resumed.json()[k] for k in ("status", "suspended_at", "suspension_reason")} == {
@@ -94,7 +96,7 @@ async def test_a_suspended_tenant_consumes_nothing_until_it_is_resumed(omni: Omn
         "suspended_at": None,
         "suspension_reason": None,
     }
-    after = await consume(omni, a_key, "tokens", 5, "during")
+    after = await consume(omni, a_key, "tokens", 5, "during", subject="user-1")
     assert after.status_code == 200 and after.json()["used"] == 22, "the refused key counted nothing and is decided now"
 
     told = await notifications(omni, a_key)
@@ -135,10 +137,26 @@ async def test_suspension_is_the_admins_and_changes_nothing_twice(omni: Omni) ->
     wrong = await omni.client.get("/v1/tenants", params={"status": "closed"}, headers=omni.auth(ADMIN))
     assert wrong.status_code == 422
 
+    # The catalog rebuilt from the log holds the same changes (the views' rows are the events' alone).
+    assert (await resume(omni, a_id)).status_code == 200 and (await suspend(omni, a_id, "third")).status_code == 200
+    started = await omni.client.post("/v1/admin/replays", json={"projections": ["catalog"]}, headers=omni.auth(ADMIN))
+    assert started.status_code == 202, started.text
+    job = started.json()
+    deadline = time.monotonic() + 30
+    while job["state"] in ("queued", "running"):
+        assert time.monotonic() < deadline, job
+        await asyncio.sleep(0.02)  # the job runs on this event loop
+        job = (await omni.client.get(f"/v1/admin/replays/{job['id']}", headers=omni.auth(ADMIN))).json()
+    assert (job["state"], job["differences"]) == ("done", 0), job
+    with omni.platform.db.transaction() as tx:
+        assert tx.execute("SELECT COUNT(*) FROM tenant_status_changes WHERE tenant_id=?", (a_id,))[0][0] == 3
+
     audited = await omni.client.get("/v1/audit", params={"action": "tenant.suspend"}, headers=omni.auth(a_key))
-    # The tenant's own refused attempt, then both suspensions (the second changed nothing, and is
-    # recorded all the same); the admin's refusals are in the platform's chain.
-    assert [e["outcome"] for e in audited.json()["data"]] == ["rejected", "accepted", "accepted"]
+    # The tenant's own refused attempt, then the suspensions (the second changed nothing, and is
+    # recorded all the same, saying so); the admin's refusals are in the platform's chain.
+    entries = audited.json()["data"]
+    assert [e["outcome"] for e in entries] == ["rejected", "accepted", "accepted", "accepted"]
+    assert [e["reason"] for e in entries[1:]][0::2] == ["first", "third"] and "already suspended" in entries[2]["reason"]
     platform = await omni.client.get("/v1/audit", params={"action": "tenant.suspend"}, headers=omni.auth(ADMIN))
     assert [e["outcome"] for e in platform.json()["data"]] == ["rejected"] * 6
 
