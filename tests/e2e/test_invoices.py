@@ -370,16 +370,22 @@ async def test_an_invoice_is_voided_with_a_credit_note_and_settled_states_stay_s
     assert tenant_id == invoice["tenant_id"]
 
 
-async def test_a_voided_months_usage_is_never_credited_again_and_only_later_usage_is_billed(omni: Omni) -> None:
-    """The void credited the whole invoice: a correction downwards of its month must credit nothing
-    more (it used to credit the difference a second time), and usage reported later, past what the
-    void forgave, is billed as late usage (priced as if the month had started empty)."""
+async def invoiced_5000_tokens(omni: Omni) -> tuple[str, BillingPeriod, dict[str, Any]]:
+    """A tenant that used 5000 tokens this month, the month closed: its key, the month, its invoice."""
     ((_, key),) = await setup(omni)
     await use(omni, key, tokens=5000)
     this_month = BillingPeriod.of(datetime.now(UTC))
     omni.platform.clock = lambda: after(this_month)
     assert (await close(omni, this_month.text)).status_code == 200
     (invoice,) = await invoices(omni, key)
+    return key, this_month, invoice
+
+
+async def test_a_voided_months_usage_is_never_credited_again_and_only_later_usage_is_billed(omni: Omni) -> None:
+    """The void credited the whole invoice: a correction downwards of its month must credit nothing
+    more (it used to credit the difference a second time), and usage reported later, past what the
+    void forgave, is billed as late usage (priced as if the month had started empty)."""
+    key, this_month, invoice = await invoiced_5000_tokens(omni)
     assert invoice["total"] == 1000 + 800  # the fee, and 4000 tokens past the free 1000 at 0.002
     voided = await omni.client.post(f"/v1/invoices/{invoice['id']}/void", json={"reason": "goodwill"}, headers=omni.auth(ADMIN))
     assert voided.status_code == 200 and voided.json()["credit_note"]["total"] == 1800, voided.text
@@ -419,12 +425,7 @@ async def test_a_voided_months_usage_is_never_credited_again_and_only_later_usag
 async def test_an_invoice_whose_month_was_credited_since_cannot_be_voided(omni: Omni) -> None:
     """Corrected downwards and credited by the next close, November's invoice still charges less
     than its total: a void giving the whole total back would credit the difference twice (409)."""
-    ((_, key),) = await setup(omni)
-    await use(omni, key, tokens=5000)
-    this_month = BillingPeriod.of(datetime.now(UTC))
-    omni.platform.clock = lambda: after(this_month)
-    assert (await close(omni, this_month.text)).status_code == 200
-    (invoice,) = await invoices(omni, key)
+    key, this_month, invoice = await invoiced_5000_tokens(omni)
     await use(omni, key, tokens=-2000)
     next_month = BillingPeriod.parse(f"{this_month.end:%Y-%m}")
     assert next_month is not None
