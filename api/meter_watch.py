@@ -212,6 +212,9 @@ class Watch:
     def _problem(self, problem: Problem) -> bytes:
         return sse("problem", problem_body(self.instance, problem))
 
+    def _revoked(self) -> bytes:
+        return self._problem(Problem(401, "Unauthorized", "The API key was revoked.", kind="unauthorized"))
+
     async def events(self, first: bytes, ask: Callable[[], dict[str, Any]], held: str | None) -> AsyncIterator[bytes]:
         """The stream: `first`, then each new answer, until the watch's time is up, the client
         leaves (the server cancels this), or the API stops."""
@@ -241,9 +244,14 @@ class Watch:
                     if loop.time() >= ends:
                         return
                     if not await self._allowed():
-                        yield self._problem(Problem(401, "Unauthorized", "The API key was revoked.", kind="unauthorized"))
+                        yield self._revoked()
                         return
                     yield b": watching\n\n"
+                # Checked before each new answer too: a tenant whose usage keeps moving never leaves
+                # the wait above quietly, and a revoked key must not read it meanwhile.
+                if not await self._allowed():
+                    yield self._revoked()
+                    return
                 try:
                     body = await self.answer(ask)
                 except Problem as problem:

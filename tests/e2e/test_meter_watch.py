@@ -201,6 +201,26 @@ async def test_a_revoked_key_ends_the_watch_with_a_problem(tmp_path: Path, monke
             assert await stream.next() is None
 
 
+async def test_a_revoked_key_reads_no_more_usage_while_the_tenant_is_busy(tmp_path: Path) -> None:
+    """The quiet-period check never comes while the tenant's usage keeps moving (a walkthrough's
+    revoked key read 19 answers in 36 s): the key is checked before each new answer too."""
+    async with live(settings_for("embedded", tmp_path)) as running:  # the heartbeat at its 15 s
+        omni = running.omni
+        await omni.meter(**TOKENS)
+        tenant_id, key = await omni.tenant("acme")
+        issued = await omni.client.post(f"/v1/tenants/{tenant_id}/keys", json={"label": "leaked"}, headers=omni.auth(key))
+        leaked = issued.json()
+        await omni.settle()
+        async with watching(running.url, leaked["api_key"]) as stream:
+            assert await stream.next()
+            revoked = await omni.client.delete(f"/v1/keys/{leaked['key_id']}", headers=omni.auth(key))
+            assert revoked.status_code == 204
+            await usage(omni, key, ["busy-1"], 5)  # the partition moves: a new answer is due
+            event, _, problem = await stream.next(timeout=5) or ("", None, None)
+            assert event == "problem" and problem["status"] == 401, (event, problem)
+            assert await stream.next() is None
+
+
 async def test_a_meter_grown_past_the_bucket_bound_ends_the_watch_with_422(tmp_path: Path) -> None:
     async with live(settings_for("embedded", tmp_path, max_query_buckets=2)) as running:
         omni = running.omni
