@@ -19,7 +19,7 @@ from decimal import Decimal
 from typing import Any
 from uuid import NAMESPACE_URL, uuid5
 
-from projections.meter_state import BucketState
+from projections.meter_state import EXACT, BucketState
 from projections.meters import BucketKey, CompiledMeter, MeterIndex, numeric, read
 from schemas.envelope import Envelope
 from schemas.meters import Aggregation, MeterDefinition
@@ -139,15 +139,18 @@ def decide(used: Decimal, amount: Decimal, entitlement: Entitlement | None) -> D
     pass it (so the accepted total never does, and reaches it exactly when demand exceeds it); a
     soft limit or no quota at all accepts everything."""
     if entitlement is None:
-        return Decision(True, used + amount, None, None)
+        return Decision(True, _add(used, amount), None, None)
     limit = entitlement.limit
-    after = used + amount
+    after = _add(used, amount)
     if entitlement.enforcement is Enforcement.HARD and after > limit:
         return Decision(False, used, limit, max(limit - used, Decimal(0)))
     return Decision(True, after, limit, max(limit - after, Decimal(0)))
 
 
 CounterKey = tuple[str, str, str]  # tenant, meter, period text
+# Usage adds as the meters add it: exactly (projections.meter_state.EXACT), never rounded to the 28
+# digits of Python's default context (a fact of 1.2e29 made `used` differ from the meter).
+_add = EXACT.add
 
 
 def amount_of(meter: CompiledMeter, event: Envelope) -> Decimal | None:
@@ -212,7 +215,7 @@ def _deltas(
             periods = periods or periods_of(event.event_time)
             for period in periods:
                 key = (event.tenant_id, meter.slug, period.text)
-                deltas[key] = deltas.get(key, Decimal(0)) + amount
+                deltas[key] = _add(deltas.get(key, Decimal(0)), amount)
     return deltas
 
 
@@ -234,7 +237,7 @@ def usage_from_buckets(meters: MeterIndex, deltas: Mapping[BucketKey, BucketStat
             texts = periods[day] = (day_key.text, month_key.text)
         for text in texts:
             counter = (key.tenant_id, key.meter, text)
-            found[counter] = found.get(counter, Decimal(0)) + amount
+            found[counter] = _add(found.get(counter, Decimal(0)), amount)
     return found
 
 
@@ -306,7 +309,7 @@ def crossings(
             period = period_of(event.event_time, quota.entitlement.period)
             key = (event.tenant_id, meter.slug, period.text)
             was = used.get(key, Decimal(0))
-            now = was + amount
+            now = _add(was, amount)
             used[key] = now
             for threshold in crossed(was, now, quota.entitlement):
                 found.append(

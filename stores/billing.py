@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from projections.invoices import BillingPeriod, PricedPlan, canonical, digest
+from projections.meter_state import EXACT
 from projections.meters import DAY
 from schemas.billing import parse_billing
 from schemas.envelope import format_time
@@ -178,7 +179,7 @@ def period_usage(
             )
         for owner, amount in rows:
             per_meter = usage.setdefault(owner, {})
-            per_meter[meter] = per_meter.get(meter, Decimal(0)) + Decimal(amount)
+            per_meter[meter] = EXACT.add(per_meter.get(meter, Decimal(0)), Decimal(amount))  # never rounded
     return {t: {m: _plain(q) for m, q in found.items()} for t, found in usage.items()}
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from decimal import Decimal
 
+from projections.meter_state import EXACT
 from projections.meters import DAY
 from projections.quotas import THRESHOLD_CROSSED, Crossing, PeriodKey
 from schemas.envelope import format_time
@@ -49,7 +50,7 @@ def period_totals(tx: Tx, definition: MeterDefinition, start: int, end: int) -> 
     )
     found: dict[str, Decimal] = {}
     for tenant_id, amount in rows:
-        found[tenant_id] = found.get(tenant_id, Decimal(0)) + Decimal(amount)
+        found[tenant_id] = EXACT.add(found.get(tenant_id, Decimal(0)), Decimal(amount))  # as the meters add
     return found
 
 
@@ -60,7 +61,10 @@ def period_total(tx: Tx, tenant_id: str, definition: MeterDefinition, period: Pe
         "AND window_start >= ? AND window_start < ?",
         (tenant_id, definition.slug, DAY, int(period.start.timestamp()), int(period.end.timestamp())),
     )
-    return sum((Decimal(row[0]) for row in rows), Decimal(0))
+    total = Decimal(0)
+    for row in rows:
+        total = EXACT.add(total, Decimal(row[0]))  # as the meters add: never rounded to 28 digits
+    return total
 
 
 def add_notifications(tx: Tx, crossings: Iterable[Crossing]) -> int:

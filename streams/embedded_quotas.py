@@ -30,6 +30,7 @@ from decimal import Decimal
 import orjson
 
 from omni import failpoints, metrics
+from projections.meter_state import EXACT
 from projections.quotas import CounterKey, Decision, PeriodKey, decide, periods_around, periods_of
 from schemas.envelope import encode, record_headers
 from schemas.meters import Aggregation, MeterDefinition
@@ -233,7 +234,7 @@ def _counter(db: sqlite3.Connection, key: CounterKey) -> Decimal:
 def _raise(db: sqlite3.Connection, key: CounterKey, amount: Decimal) -> None:
     db.execute(
         "INSERT INTO quota_counters VALUES (?, ?, ?, ?) ON CONFLICT (tenant_id, meter, period) DO UPDATE SET used=?",
-        (*key, str(amount), str(_counter(db, key) + amount)),
+        (*key, str(amount), str(EXACT.add(_counter(db, key), amount))),  # exact: the meters' sums are
     )
 
 

@@ -59,6 +59,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from omni import failpoints, metrics
+from projections.meter_state import EXACT
 from projections.meters import MeterIndex
 from projections.quotas import CounterKey, Decision, PeriodKey, periods_around, periods_of, usage_deltas
 from schemas.envelope import Envelope, NewerSchema, decode, encode, record_headers
@@ -86,7 +87,18 @@ BUILT_MARK = "quota-counters-built"  # in the views: counters were installed onc
 
 def milli(amount: Decimal) -> int:
     """An amount in milli-units, rounded half to even (facts may have more decimals than limits)."""
-    return int((amount * MILLI).to_integral_value(rounding=ROUND_HALF_EVEN))
+    return int(EXACT.multiply(amount, MILLI).to_integral_value(rounding=ROUND_HALF_EVEN))
+
+
+# A counter saturates at this many milli-units either way (about 9 x 10^12 units, past any limit:
+# limits are below 10^12): every integer up to it is exact as a Lua number, and a fact far past it
+# (admission takes values up to 10^38) neither overflows Redis's 64-bit integers, failing the
+# fold's count and every rebuild after it (so every tenant's consume), nor rounds a sum near it.
+SATURATION = 2**53
+
+
+def saturated(value: int) -> int:
+    return max(-SATURATION, min(SATURATION, value))
 
 
 def from_milli(value: int | str | bytes) -> Decimal:
@@ -151,7 +163,8 @@ return 1
 """
 
 # KEYS: built, lock. ARGV: prefix, mark field (topic/partition), the batch's first offset, the
-# mark the caller counted from, the batch's end, then (tenant, field, amount) triples.
+# mark the caller counted from, the batch's end, then (tenant, field, amount) triples. Each counter
+# saturates at SATURATION either way.
 # Answers {'skip'} (no counters, or a rebuild is filling them: count nothing, or 'wait'),
 # {'moved', mark} (count again from there), {'reset'} (facts were folded uncounted), {'ok'}.
 ADD_FACTS = """
@@ -169,7 +182,10 @@ end
 if mark ~= tonumber(ARGV[4]) then return {'moved', string.format('%.0f', mark)} end
 if mark >= tonumber(ARGV[5]) then return {'ok'} end
 for i = 6, #ARGV, 3 do
-  redis.call('HINCRBY', ARGV[1] .. 'c:' .. epoch .. ':' .. ARGV[i], ARGV[i + 1], ARGV[i + 2])
+  local counters = ARGV[1] .. 'c:' .. epoch .. ':' .. ARGV[i]
+  local now = tonumber(redis.call('HGET', counters, ARGV[i + 1]) or '0') + tonumber(ARGV[i + 2])
+  if now > 9007199254740992 then now = 9007199254740992 elseif now < -9007199254740992 then now = -9007199254740992 end
+  redis.call('HSET', counters, ARGV[i + 1], string.format('%.0f', now))
 end
 redis.call('HSET', marks, ARGV[2], ARGV[5])
 return {'ok'}
@@ -372,7 +388,8 @@ class RedisQuotaLedger:
     # Reads --------------------------------------------------------------------------------------
 
     async def used(self, tenant_id: str, meter: str, period: PeriodKey) -> Decimal | None:
-        """The counter, or None when there are none (Redis away or lost): read the views then."""
+        """The counter, or None when there are none (Redis away or lost) or it saturated (it holds the
+        bound, not the sum): read the views then."""
         try:
             epoch = await self.redis.get(self.keys.built)
             if epoch is None:
@@ -380,7 +397,8 @@ class RedisQuotaLedger:
             value = await self.redis.hget(self.keys.counters(_text(epoch), tenant_id), field(meter, period))
         except RedisError:
             return None
-        return from_milli(value or 0)
+        counted = int(_text(value or b"0"))
+        return None if abs(counted) >= SATURATION else from_milli(counted)
 
     # Rebuild ------------------------------------------------------------------------------------
 
@@ -407,7 +425,7 @@ class RedisQuotaLedger:
                 renewing.cancel()
             pipe = self.redis.pipeline(transaction=False)
             for (tenant_id, meter, period), amount in counters.items():
-                pipe.hincrby(self.keys.counters(epoch, tenant_id), f"{meter}|{period}", milli(amount))
+                pipe.hset(self.keys.counters(epoch, tenant_id), f"{meter}|{period}", saturated(milli(amount)))
             for mark_field, end in marks.items():
                 pipe.hset(self.keys.marks(epoch), mark_field, end)
             await pipe.execute()
@@ -483,7 +501,7 @@ class RedisQuotaLedger:
         current = {period.text for period in periods}
         for key, amount in usage_deltas(meters, fresh, facts_only=False).items():
             if key[2] in current:
-                counters[key] = counters.get(key, Decimal(0)) + amount
+                counters[key] = EXACT.add(counters.get(key, Decimal(0)), amount)
         return counters, marks
 
     def _not_folded(self, events: Sequence[Envelope]) -> list[Envelope]:
@@ -542,7 +560,7 @@ class RedisFactLedger:
             for _ in range(10):
                 args: list[object] = [self.keys.prefix, mark_field, start, counted_from, end]
                 for (tenant_id, meter, period), amount in counted(counted_from).items():
-                    args += [tenant_id, f"{meter}|{period}", milli(amount)]
+                    args += [tenant_id, f"{meter}|{period}", saturated(milli(amount))]
                 reply = self._add(keys=[self.keys.built, self.keys.lock], args=args)
                 kind = _text(reply[0])
                 if kind == "moved":

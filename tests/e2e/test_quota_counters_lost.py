@@ -76,3 +76,31 @@ async def test_flushall_mid_storm_loses_nothing_and_passes_no_limit(kafka_omni: 
     assert sum(row["value"] for row in rows) == 200 + accepted * AMOUNT, "the log holds exactly what was accepted"
     quota = (await omni.client.get("/v1/quotas/tokens", headers=omni.auth(key))).json()
     assert quota["used"] == 200 + accepted * AMOUNT
+
+
+async def test_a_fact_past_any_counter_fails_no_other_tenants_consume_nor_a_rebuild(kafka_omni: Omni) -> None:
+    """One tenant's fact far past 64 bits (10^20 tokens, which admission takes) used to overflow the
+    counters' fold and every rebuild after it: every tenant's consume then waited and answered 503.
+    The counters saturate now, the rebuild after a FLUSHDB included."""
+    omni = kafka_omni
+    await omni.meter(slug="tokens", event_type="inference", aggregation="SUM", value_property="$.data.tokens")
+    plan = {"entitlements": [{"meter": "tokens", "limit": LIMIT, "period": "MONTH"}]}
+    assert (await omni.client.put("/v1/plans/pro", json=plan, headers=omni.auth(ADMIN))).status_code == 201
+    (_, hostile), (_, other) = await omni.tenant("hostile"), await omni.tenant("other")
+    await omni.settle()
+    assert (await omni.send(hostile, [cloud_event("huge", data={"tokens": 1e20})])).status_code == 202
+    await omni.settle()
+
+    async def consume(key: str, name: str) -> int:
+        body = {"amount": AMOUNT, "idempotency_key": name}
+        return (await omni.client.post("/v1/quotas/tokens/consume", json=body, headers=omni.auth(key))).status_code
+
+    assert await consume(other, "before") == 200
+    assert await consume(hostile, "hostile-before") == 429
+    redis = aioredis.from_url(omni.platform.settings.redis_url)
+    await redis.flushdb()  # rebuilt from the views, the huge total among them
+    await redis.aclose()
+    assert await consume(other, "after") == 200
+    assert await consume(hostile, "hostile-after") == 429
+    used = await omni.client.get("/v1/quotas/tokens", headers=omni.auth(other))
+    assert used.json()["used"] == 2 * AMOUNT, used.text

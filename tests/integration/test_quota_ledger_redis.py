@@ -225,3 +225,45 @@ async def test_facts_count_once_per_offset_and_a_gap_drops_the_counters(
     facts.add_facts(topic, 0, 9, 10, batch(9, [1]))  # 6..8 folded without being counted
     assert not await raw.exists(keys.built), "the counters are dropped, to be rebuilt"
     facts.redis.close()
+
+
+async def test_a_fact_past_64_bits_saturates_its_counter_and_fails_no_one(
+    redis_url: str, topics: Topics, raw: aioredis.Redis, tmp_path: Path
+) -> None:
+    """Admission takes values up to 10^38: one such fact (a mis-sent unit, a hostile tenant) used to
+    overflow Redis's 64-bit HINCRBY, so its batch went uncounted for every tenant of the partition and
+    every rebuild after it failed the same way (every consume 503). Now its counter saturates, past
+    any limit, and the other tenant's counter and consumes go on exactly."""
+    keys = QuotaKeys(topics)
+    await raw.set(keys.built, "e1")
+    facts = RedisFactLedger(redis_url, topics)
+    meters = MeterIndex([TOKENS])
+    topic = topics.usage
+    day = f"tokens|{period_of(NOW, Period.DAY).text}"
+
+    def add(offset: int, event: Envelope) -> None:
+        facts.add_facts(topic, 0, offset, offset + 1, lambda since: usage_deltas(meters, [event], facts_only=True))
+
+    views = SqliteDatabase(tmp_path / "views.sqlite")
+    views.migrate(VIEW_SCHEMA)
+    log = EmbeddedLog(tmp_path / "log.sqlite", topics)
+    await log.start()
+    ledger = RedisQuotaLedger(redis_url, topics, log, views, grace=0, keep_seconds=60)
+    try:
+        add(0, usage("t1", "huge", 10**20))
+        add(1, usage("t2", "small", 7))
+        add(2, usage("t1", "huger", 10**30))
+        assert await raw.exists(keys.built), "nothing was dropped for a rebuild"
+        assert int(await raw.hget(keys.counters("e1", "t1"), day) or 0) == 2**53
+        assert int(await raw.hget(keys.counters("e1", "t2"), day) or 0) == 7 * 1000
+        assert (await ledger.consume(request("t2", "c1", 3, limit=10))).decision.used == 10
+        assert not (await ledger.consume(request("t1", "c2", 1, limit=10))).decision.accepted, "far past any limit"
+        for offset in (3, 4):  # two batches taking far more back than was ever counted
+            add(offset, usage("t1", f"back-{offset}", -(10**32)))
+        assert int(await raw.hget(keys.counters("e1", "t1"), day) or 0) == -(2**53), "below nothing, it saturates too"
+        assert await raw.exists(keys.built)
+    finally:
+        facts.redis.close()
+        await ledger.close()
+        await log.close()
+        views.close()
