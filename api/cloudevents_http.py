@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import unquote
 
@@ -47,8 +47,16 @@ _NOT_ATTRIBUTES = {
 }
 
 
-def from_binary(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
-    """One event in the JSON format from a binary-mode request (header names in lower case)."""
+def from_binary(sent: Mapping[str, str] | Iterable[tuple[str, str]], body: bytes) -> dict[str, Any]:
+    """One event in the JSON format from a binary-mode request's headers, each as sent (names in
+    lower case). An attribute or `Content-Type` sent twice is refused: taking either would name an
+    event (its id, its source, its version) the client may not have meant, and a proxy that joins
+    repeated headers would name another."""
+    headers: dict[str, str] = {}
+    for name, value in sent.items() if isinstance(sent, Mapping) else sent:
+        if name in headers and (name.startswith(PREFIX) or name == "content-type"):
+            raise Unreadable(f"header {name} is sent more than once: an attribute takes one value")
+        headers.setdefault(name, value)
     event: dict[str, Any] = {
         name.removeprefix(PREFIX): _attribute(name, value) for name, value in headers.items() if name.startswith(PREFIX)
     }

@@ -108,7 +108,7 @@ def _parsed_event_by_event(body: bytes, max_events: int, max_event_bytes: int) -
     return items
 
 
-def _binary_event(headers: dict[str, str], body: bytes) -> dict[str, Any]:
+def _binary_event(headers: list[tuple[str, str]], body: bytes) -> dict[str, Any]:
     try:
         return from_binary(headers, body)
     except Unreadable as unreadable:
@@ -150,7 +150,7 @@ async def ingest_events(request: Request, platform: PlatformDep, principal: Tena
         large = len(body) > OFF_LOOP_BYTES or len(body) > policy.max_event_bytes
 
         binary = is_binary_mode(request.headers)
-        headers = dict(request.headers) if binary else {}
+        headers = request.headers.items() if binary else []  # every one as sent: from_binary refuses repeats
 
         personal = platform.personal
 

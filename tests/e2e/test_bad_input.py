@@ -283,3 +283,14 @@ async def test_whole_numbers_in_bodies_take_json_integers_only(omni: Omni) -> No
     assert (await omni.client.put("/v1/gdpr/retention", json={"personal_data_days": 30}, headers=tenant)).status_code == 201
     breaches = await omni.client.get("/v1/gdpr/breaches", headers=admin)
     assert breaches.json()["data"] == [], "nothing was recorded"
+
+
+async def test_a_binary_mode_attribute_sent_twice_is_refused_and_nothing_is_accepted(omni: Omni) -> None:
+    _, key = await omni.tenant()
+    base = [("ce-specversion", "1.0"), ("ce-source", "s"), ("ce-type", "inference"), ("ce-subject", "u1")]
+    sent = [*omni.auth(key).items(), *base, ("ce-id", "b6"), ("ce-id", "b7"), ("Content-Type", "application/json")]
+    problem = assert_problem(await omni.client.post("/v1/events", content=b'{"tokens": 2}', headers=sent), 422)
+    assert "ce-id is sent more than once" in problem["errors"][0]["reasons"][0], problem
+    once = [*omni.auth(key).items(), *base, ("ce-id", "b6"), ("Content-Type", "application/json")]
+    accepted = await omni.client.post("/v1/events", content=b'{"tokens": 2}', headers=once)
+    assert accepted.status_code == 202 and accepted.json()["accepted"] == 1, "b6 was not taken before"

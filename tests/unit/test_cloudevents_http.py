@@ -150,3 +150,13 @@ def test_the_documented_event_schema_takes_what_admission_takes(extra: dict) -> 
     an unknown member, and a null `traceparent` (JSON format, 2.2: null is unset)."""
     event = {"specversion": "1.0", "id": "e-1", "source": "gw", "type": "inference", "subject": "u", **extra}
     assert list(jsonschema_rs.validator_for(documented_schema()).iter_errors(event)) == []
+
+
+@pytest.mark.parametrize("header", ["ce-id", "ce-specversion", "ce-source", "content-type"])
+def test_an_attribute_or_the_media_type_sent_twice_is_refused(header: str) -> None:
+    """Either value would name an event the client may not have meant (the first for this reader,
+    the last, or both joined, for another): refused, as a repeated query parameter is."""
+    sent = [*HEADERS.items(), ("content-type", "application/json"), (header, "other")]
+    with pytest.raises(Unreadable, match=f"{header} is sent more than once"):
+        from_binary(sent, b'{"tokens": 1}')
+    assert from_binary([*sent[:-1], ("user-agent", "a"), ("user-agent", "b")], b"")["id"] == HEADERS["ce-id"]
