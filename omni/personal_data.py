@@ -444,9 +444,9 @@ class PersonalData:
                 continue  # data that is no object holds no value at a personal path (all are under $.data)
             person = person_of(envelope, compiled)  # None for data that is no object: its person is in it
             if person is None:
-                errors.append(
-                    {"index": index, "id": envelope.source_id, "reasons": ["the data class of its type names no person in it"]}
-                )
+                where = "$." + ".".join(compiled.subject)
+                reason = f"the data class of its type names the person at {where}: the event holds no person's id there"
+                errors.append({"index": index, "id": envelope.source_id, "reasons": [reason]})
                 continue
             if len(person) > SUBJECT_MAX_LENGTH:  # a GDPR request could never name them
                 where = "$." + ".".join(compiled.subject)

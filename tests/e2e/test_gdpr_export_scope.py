@@ -47,6 +47,6 @@ async def test_an_event_whose_data_cannot_name_its_person_is_refused_whatever_it
     for data in ({"note": "who?"}, "a plain text about someone", ["a", "list"], 42):
         sent = await omni.send(key, [cloud_event("s1", type_="support", subject="org-7", data=data)])
         assert sent.status_code == 422, (data, sent.text)
-        assert "names no person" in sent.text
+        assert "names the person at $.data.user_id: the event holds no person's id there" in sent.text
     named = await omni.send(key, [cloud_event("s2", type_="support", subject="org-7", data={"user_id": "cust-amy"})])
     assert named.status_code == 202, named.text
