@@ -50,6 +50,8 @@ def list_tenants(
     status: Annotated[TenantStatus | None, Query(description="Only the tenants of this status now")] = None,
 ) -> TenantList:
     """List tenants (admin), paged by id; `status` (`active` or `suspended`) keeps those of that status."""
+    if after is not None and canonical_uuid(after) != after:  # compared as text, anything paged from somewhere
+        raise invalid_cursor("after", "next_after")
     with platform.db.transaction() as tx:
         rows = suspensions.tenants(tx, limit, after, status)
         suspended = suspensions.suspensions(tx, (r[0] for r in rows))

@@ -136,6 +136,11 @@ async def test_suspension_is_the_admins_and_changes_nothing_twice(omni: Omni) ->
     assert {t["id"]: t["status"] for t in everyone}[a_id] == "suspended"
     wrong = await omni.client.get("/v1/tenants", params={"status": "closed"}, headers=omni.auth(ADMIN))
     assert wrong.status_code == 422
+    for cursor in ("x", a_id.upper(), f"{a_id}~1"):  # a page's next_after is a tenant's id as listed
+        refused = await omni.client.get("/v1/tenants", params={"after": cursor}, headers=omni.auth(ADMIN))
+        assert refused.status_code == 422 and refused.json()["type"].endswith("/invalid-cursor"), refused.text
+    paged = await omni.client.get("/v1/tenants", params={"after": a_id, "limit": 1000}, headers=omni.auth(ADMIN))
+    assert all(t["id"] > a_id for t in paged.json()["data"])
 
     # The catalog rebuilt from the log holds the same changes (the views' rows are the events' alone).
     assert (await resume(omni, a_id)).status_code == 200 and (await suspend(omni, a_id, "third")).status_code == 200
