@@ -68,6 +68,18 @@ def from_binary(sent: Mapping[str, str] | Iterable[tuple[str, str]], body: bytes
     return event
 
 
+def binary_id(sent: Iterable[tuple[str, str]]) -> str | None:
+    """The event's id as a refusal of its binary-mode request names it: its one readable `ce-id`
+    header, or None (none, two, or one that does not decode)."""
+    ids = [value for name, value in sent if name == "ce-id"]
+    if len(ids) != 1:
+        return None
+    try:
+        return _attribute("ce-id", ids[0])
+    except Unreadable:
+        return None
+
+
 def _attribute(header: str, value: str) -> str:
     """A header's attribute value, percent-decoded (the binding, 3.1.3.2): header values are printable
     ASCII, and percent-encoded bytes must be UTF-8 ("encoded byte sequences which are invalid in

@@ -25,7 +25,7 @@ import uuid_utils
 from fastapi import APIRouter, Request, Response
 
 from api import tracing
-from api.cloudevents_http import Unreadable, from_binary, is_binary_mode, with_readable_data
+from api.cloudevents_http import Unreadable, binary_id, from_binary, is_binary_mode, with_readable_data
 from api.deps import PlatformDep, TenantDep
 from api.problems import Problem
 from commands.errors import Invalid
@@ -112,7 +112,8 @@ def _binary_event(headers: list[tuple[str, str]], body: bytes) -> dict[str, Any]
     try:
         return from_binary(headers, body)
     except Unreadable as unreadable:
-        raise Invalid("1 of 1 events is invalid; none were accepted", [{"index": 0, "reasons": [str(unreadable)]}]) from None
+        error = {"index": 0, "id": binary_id(headers), "reasons": [str(unreadable)]}
+        raise Invalid("1 of 1 events is invalid; none were accepted", [error]) from None
 
 
 def _with_readable_data(items: list[Any]) -> list[Any]:
@@ -124,7 +125,9 @@ def _with_readable_data(items: list[Any]) -> list[Any]:
         try:
             readable.append(with_readable_data(item))
         except Unreadable as unreadable:
-            errors.append({"index": index, "reasons": [str(unreadable)]})
+            errors.append(
+                {"index": index, "id": item.get("id") if isinstance(item.get("id"), str) else None, "reasons": [str(unreadable)]}
+            )
     if errors:
         raise Invalid(f"{len(errors)} of {len(items)} events are invalid; none were accepted", errors)
     return readable

@@ -294,3 +294,18 @@ async def test_a_binary_mode_attribute_sent_twice_is_refused_and_nothing_is_acce
     once = [*omni.auth(key).items(), *base, ("ce-id", "b6"), ("Content-Type", "application/json")]
     accepted = await omni.client.post("/v1/events", content=b'{"tokens": 2}', headers=once)
     assert accepted.status_code == 202 and accepted.json()["accepted"] == 1, "b6 was not taken before"
+
+
+async def test_a_refused_events_id_is_named_whatever_the_mode(omni: Omni) -> None:
+    """Each bad event's `index` and `id` (README): binary mode's and data_base64's refusals named no id."""
+    _, key = await omni.tenant()
+    base = [("ce-specversion", "1.0"), ("ce-source", "s"), ("ce-type", "inference"), ("ce-subject", "u1")]
+    sent = [*omni.auth(key).items(), *base, ("ce-id", "b%209"), ("ce-data", "x"), ("Content-Type", "application/json")]
+    problem = assert_problem(await omni.client.post("/v1/events", content=b"{}", headers=sent), 422)
+    assert [(e["index"], e["id"]) for e in problem["errors"]] == [(0, "b 9")], problem
+    event = {"specversion": "1.0", "id": "d64", "source": "s", "type": "inference", "subject": "u1", "data_base64": "%%%"}
+    problem = assert_problem(
+        await omni.client.post("/v1/events", content=orjson.dumps([event]), headers={**omni.auth(key), "Content-Type": BATCH}),
+        422,
+    )
+    assert [(e["index"], e["id"]) for e in problem["errors"]] == [(0, "d64")], problem
