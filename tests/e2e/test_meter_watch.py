@@ -183,42 +183,37 @@ async def test_a_tenant_holds_at_most_its_watches_and_a_closed_one_frees_its_pla
             assert await again.next()
 
 
-async def test_a_revoked_key_ends_the_watch_with_a_problem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("api.meter_watch.HEARTBEAT_SECONDS", 0.1)
+async def revoked_while_watching(tmp_path: Path, *, busy: bool) -> None:
+    """A second key of a tenant watches; the tenant revokes it (and, `busy`, sends usage at once):
+    the watch ends with a 401 problem and nothing more."""
     async with live(settings_for("embedded", tmp_path)) as running:
         omni = running.omni
         await omni.meter(**TOKENS)
         tenant_id, key = await omni.tenant("acme")
         issued = await omni.client.post(f"/v1/tenants/{tenant_id}/keys", json={"label": "dash"}, headers=omni.auth(key))
-        dashboard = issued.json()
+        watcher = issued.json()
         await omni.settle()
-        async with watching(running.url, dashboard["api_key"]) as stream:
+        async with watching(running.url, watcher["api_key"]) as stream:
             assert await stream.next()
-            revoked = await omni.client.delete(f"/v1/keys/{dashboard['key_id']}", headers=omni.auth(key))
+            revoked = await omni.client.delete(f"/v1/keys/{watcher['key_id']}", headers=omni.auth(key))
             assert revoked.status_code == 204
-            event, _, problem = await stream.next() or ("", None, None)
-            assert event == "problem" and problem["status"] == 401, problem
+            if busy:
+                await usage(omni, key, ["busy-1"], 5)  # the partition moves: a new answer is due
+            event, _, problem = await stream.next(timeout=5) or ("", None, None)
+            assert event == "problem" and problem["status"] == 401, (event, problem)
             assert await stream.next() is None
+
+
+async def test_a_revoked_key_ends_the_watch_with_a_problem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("api.meter_watch.HEARTBEAT_SECONDS", 0.1)
+    await revoked_while_watching(tmp_path, busy=False)
 
 
 async def test_a_revoked_key_reads_no_more_usage_while_the_tenant_is_busy(tmp_path: Path) -> None:
     """The quiet-period check never comes while the tenant's usage keeps moving (a walkthrough's
-    revoked key read 19 answers in 36 s): the key is checked before each new answer too."""
-    async with live(settings_for("embedded", tmp_path)) as running:  # the heartbeat at its 15 s
-        omni = running.omni
-        await omni.meter(**TOKENS)
-        tenant_id, key = await omni.tenant("acme")
-        issued = await omni.client.post(f"/v1/tenants/{tenant_id}/keys", json={"label": "leaked"}, headers=omni.auth(key))
-        leaked = issued.json()
-        await omni.settle()
-        async with watching(running.url, leaked["api_key"]) as stream:
-            assert await stream.next()
-            revoked = await omni.client.delete(f"/v1/keys/{leaked['key_id']}", headers=omni.auth(key))
-            assert revoked.status_code == 204
-            await usage(omni, key, ["busy-1"], 5)  # the partition moves: a new answer is due
-            event, _, problem = await stream.next(timeout=5) or ("", None, None)
-            assert event == "problem" and problem["status"] == 401, (event, problem)
-            assert await stream.next() is None
+    revoked key read 19 answers in 36 s): the key is checked before each new answer too (the
+    heartbeat at its 15 s here, so only that check can end the watch in time)."""
+    await revoked_while_watching(tmp_path, busy=True)
 
 
 async def test_a_meter_grown_past_the_bucket_bound_ends_the_watch_with_422(tmp_path: Path) -> None:
