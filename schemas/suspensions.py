@@ -21,7 +21,7 @@ class SuspendBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    reason: Annotated[Text, Field(min_length=1, max_length=500)]
+    reason: Annotated[Text, Field(min_length=1, max_length=500, pattern=r"\S")]  # not blank: it says why
 
 
 class TenantStatusNotification(BaseModel):
