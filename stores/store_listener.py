@@ -24,7 +24,14 @@ from psycopg import sql
 
 log = logging.getLogger(__name__)
 
-APPLICATION_NAME = "omni-store-listener"  # how its connection shows in pg_stat_activity
+APPLICATION_NAME = "omni-store-listener"
+
+
+def application_name(channel: str) -> str:
+    """How a listener's connection shows in pg_stat_activity: with the channel it listens on (its
+    event store), so one deployment's listeners can be told from another's on a shared server.
+    PostgreSQL keeps 63 bytes of it."""
+    return f"{APPLICATION_NAME} {channel}"[:63]
 
 
 @dataclass
@@ -56,7 +63,7 @@ class StoreListener:
 
     async def _listen(self, stop: asyncio.Event) -> None:
         conn = await psycopg.AsyncConnection.connect(
-            self.url, autocommit=True, connect_timeout=5, application_name=APPLICATION_NAME
+            self.url, autocommit=True, connect_timeout=5, application_name=application_name(self.channel)
         )
         async with conn:
             await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))

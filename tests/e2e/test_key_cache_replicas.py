@@ -18,7 +18,7 @@ import pytest
 
 from api.app import create_app
 from omni.bootstrap import Platform, build
-from stores.store_listener import APPLICATION_NAME
+from stores.store_listener import application_name
 from tests.contract.conftest import DATABASE_URL
 from tests.e2e.conftest import ADMIN, drop_kafka_state, kafka_settings, services_or_skip
 
@@ -77,9 +77,12 @@ async def test_a_replica_that_cannot_hear_the_store_keeps_nothing_until_it_hears
     assert (await b.get("/v1/meters", headers=auth(key))).status_code == 200
     assert len(second.keys) == 1
 
+    # Only this deployment's listeners (its event store's channel): the suite's other tests, running
+    # beside it on the same server, keep theirs (cutting them all made another test's key cache miss).
+    name = application_name(second.control.recorder.channel_name)  # type: ignore[attr-defined]
     with psycopg.connect(DATABASE_URL, autocommit=True) as conn:
         cut = conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s", (APPLICATION_NAME,)
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s", (name,)
         ).fetchall()
     assert cut, "no listener connection to cut"
     # Whatever it kept may have gone stale while it was deaf: it goes, whether or not it reconnected yet.
