@@ -134,6 +134,11 @@ class Decision:
     remaining: Decimal | None
 
 
+# Usage adds as the meters add it: exactly (projections.meter_state.EXACT), never rounded to the 28
+# digits of Python's default context (a fact of 1.2e29 made `used` differ from the meter).
+_add = EXACT.add
+
+
 def decide(used: Decimal, amount: Decimal, entitlement: Entitlement | None) -> Decision:
     """Consume `amount` with `used` counted so far in the period. A hard limit refuses what would
     pass it (so the accepted total never does, and reaches it exactly when demand exceeds it); a
@@ -148,9 +153,6 @@ def decide(used: Decimal, amount: Decimal, entitlement: Entitlement | None) -> D
 
 
 CounterKey = tuple[str, str, str]  # tenant, meter, period text
-# Usage adds as the meters add it: exactly (projections.meter_state.EXACT), never rounded to the 28
-# digits of Python's default context (a fact of 1.2e29 made `used` differ from the meter).
-_add = EXACT.add
 
 
 def amount_of(meter: CompiledMeter, event: Envelope) -> Decimal | None:

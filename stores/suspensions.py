@@ -42,12 +42,7 @@ def record(tx: Tx, change: StatusChanged) -> None:
 
 def suspension(tx: Tx, tenant_id: str) -> Suspension | None:
     """The tenant's suspension now; None while it is active."""
-    rows = tx.execute(
-        "SELECT status, reason, at FROM tenant_status_changes WHERE tenant_id=? ORDER BY version DESC LIMIT 1", (tenant_id,)
-    )
-    if not rows or rows[0][0] != "suspended":
-        return None
-    return Suspension(rows[0][1] or "", rows[0][2])
+    return suspensions(tx, [tenant_id]).get(tenant_id)
 
 
 def suspensions(tx: Tx, tenant_ids: Iterable[str]) -> dict[str, Suspension]:
