@@ -945,14 +945,6 @@ def tenant(tx: Tx, tenant_id: str) -> tuple[str, str, str, str] | None:
     return tuple(rows[0]) if rows else None  # type: ignore[return-value]
 
 
-def tenants(tx: Tx, limit: int, after: str | None) -> list[tuple[str, str, str, str]]:
-    rows = tx.execute(
-        "SELECT tenant_id, name, plan, created_at FROM tenants WHERE tenant_id > ? ORDER BY tenant_id LIMIT ?",
-        (after or "", limit),
-    )
-    return [tuple(r) for r in rows]  # type: ignore[misc]
-
-
 def keys_of(
     tx: Tx, tenant_id: str, limit: int | None = None, after: tuple[str, str] | None = None
 ) -> list[tuple[str, str | None, str, str | None]]:

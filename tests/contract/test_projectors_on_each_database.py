@@ -15,7 +15,7 @@ from omni import failpoints
 from schemas.envelope import Envelope, encode
 from schemas.meters import MeterDefinition
 from schemas.topics import STORE_POSITION, Topics
-from stores import views
+from stores import suspensions, views
 from stores.database import Database
 from streams.embedded_log import EmbeddedLog
 from streams.log import LogRecord, Outgoing
@@ -369,7 +369,7 @@ def applied_position(db: Database) -> int:
 
 def tenant_names(db: Database) -> list[str]:
     with db.transaction() as tx:
-        return [name for _, name, _, _ in views.tenants(tx, 100, None)]
+        return [name for _, name, _, _ in suspensions.tenants(tx, 100, None, None)]
 
 
 def test_a_batch_says_how_many_records_it_applied_and_a_redelivered_one_none(database: Database) -> None:

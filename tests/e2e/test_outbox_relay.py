@@ -11,7 +11,7 @@ from commands.control_plane import CommandContext
 from omni.bootstrap import build
 from schemas.envelope import decode
 from schemas.meters import MeterDefinition
-from stores import views
+from stores import suspensions, views
 from streams.outbox import RELAY
 from tests.e2e.conftest import embedded_settings
 
@@ -61,7 +61,7 @@ async def test_a_republished_batch_changes_no_view(tmp_path: Path) -> None:
     assert len(records) == 8  # every control event twice on the log
     assert len({decode(r.value).id for r in records}) == 4  # with the same ids
     with platform.db.transaction() as tx:
-        assert len(views.tenants(tx, 100, None)) == 1
+        assert len(suspensions.tenants(tx, 100, None, None)) == 1
         assert len(views.keys_of(tx, str(tenant.id))) == 1
         assert [m.slug for m in views.meter_definitions(tx)] == ["calls"]
     await platform.stop()

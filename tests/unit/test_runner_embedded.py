@@ -26,7 +26,7 @@ from schemas.meters import MeterDefinition
 from schemas.plans import Entitlement, Period, PlanBody
 from schemas.topics import Topics
 from stores import quotas as quota_views
-from stores import views
+from stores import suspensions, views
 from stores.database import SqliteDatabase
 from stores.schema import SCHEMA as VIEW_SCHEMA
 from streams.embedded_log import EmbeddedLog
@@ -118,7 +118,9 @@ async def test_a_step_folds_the_catalog_and_usage_and_says_how_many_records_it_m
     await embedded.runner.drain()
     assert await embedded.runner.step() == 0
 
-    assert [(t[0], t[1]) for t in embedded.read(lambda tx: views.tenants(tx, 100, None))] == [(str(tenant.id), "acme")]
+    assert [(t[0], t[1]) for t in embedded.read(lambda tx: suspensions.tenants(tx, 100, None, None))] == [
+        (str(tenant.id), "acme")
+    ]
     assert [m.slug for m in embedded.read(views.meter_definitions)] == ["calls"]
     assert embedded.read(lambda tx: views.checkpoints(tx, CATALOG, embedded.log.topics.control)) == {0: 4}
     position = embedded.read(lambda tx: views.relay_position(tx, RELAY))
@@ -147,7 +149,7 @@ async def test_a_republished_catalog_changes_nothing_and_never_lowers_the_positi
     assert await embedded.runner.step(everything=True) == 4 + 2
     assert sorted(row[0] for row in embedded.read(lambda tx: tx.execute("SELECT length FROM audit_heads"))) == [1, 1]
     assert embedded.read(lambda tx: views.relay_position(tx, CATALOG_APPLIED)) == applied
-    assert len(embedded.read(lambda tx: views.tenants(tx, 100, None))) == 1
+    assert len(embedded.read(lambda tx: suspensions.tenants(tx, 100, None, None))) == 1
     assert [m.slug for m in embedded.read(views.meter_definitions)] == ["calls"]
 
 
@@ -193,7 +195,7 @@ async def test_the_catalog_holds_each_tenant_key_and_revocation_as_commanded(emb
     embedded.control.revoke_key(CTX, first.key_id)
     await embedded.relay.relay_once()
     await embedded.runner.drain()
-    [(tenant_id, name, plan, created_at)] = embedded.read(lambda tx: views.tenants(tx, 100, None))
+    [(tenant_id, name, plan, created_at)] = embedded.read(lambda tx: suspensions.tenants(tx, 100, None, None))
     assert (tenant_id, name, plan) == (str(tenant.id), "acme", "pro") and created_at
     keys = {
         key_id: (label, issued, revoked)
