@@ -10,7 +10,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from commands.control_plane import Tenant
 from commands.gdpr import Breach, DataClass, GdprRequest, Retention
+from commands.suspensions import status_notice_id
 from commands.webhooks import WebhookEndpoints
 from omni.personal_data import DataKey, associated_data
 from schemas.envelope import Envelope, encode, format_time
@@ -133,3 +135,23 @@ def sealed_email(tenant: str, person: str, email: str) -> dict[str, Any]:
     secret = hashlib.sha256(f"{tenant}/{person}".encode()).digest()
     key = DataKey(secret[:8].hex(), secret)
     return key.seal({"$.data.email": email}, associated_data(tenant, person))["$.data.email"]
+
+
+def suspension_control() -> tuple[list[Envelope], dict[str, str | None]]:
+    """Tenants suspended and resumed, made by the Tenant aggregate (commands/suspensions.py's events)
+    and relayed as the outbox relays them; and each tenant's suspension reason at the end (None:
+    active)."""
+    made, left = [], {}
+    for name, steps in (("kept", ["unpaid"]), ("back", ["unpaid", None]), ("again", ["unpaid", None, "fraud"])):
+        tenant = Tenant(name=name, plan="pro")
+        tenant_id = str(tenant.id)
+        for n, reason in enumerate(steps):
+            at = f"2026-12-07T08:0{n}:00.000000Z"
+            notice = status_notice_id(tenant_id, tenant.version + 1)
+            if reason is None:
+                tenant.resume(tenant_id=tenant_id, notice_id=notice, at=at)
+            else:
+                tenant.suspend(tenant_id=tenant_id, reason=reason, notice_id=notice, at=at)
+        made.append(tenant)
+        left[tenant_id] = steps[-1]
+    return [to_envelope(event) for aggregate in made for event in aggregate.collect_events()], left

@@ -15,6 +15,7 @@ from projections.meters import RESOLUTIONS
 from schemas.meters import Aggregation, MeterDefinition, WindowSize
 from schemas.plans import Entitlement, Period
 from schemas.topics import Topics
+from stores import suspensions as suspension_store
 from stores import views
 from stores.database import Database, PostgresDatabase, SqliteDatabase
 from stores.schema import SCHEMA as VIEW_SCHEMA
@@ -24,7 +25,7 @@ from streams.projectors import CatalogProjector, MeterProjector
 from streams.runner import Runner
 from tests import truth
 from tests.integration.billing_truth import invoices_from
-from tests.integration.gdpr_truth import gdpr_control, gdpr_views, webhook_control
+from tests.integration.gdpr_truth import gdpr_control, gdpr_views, suspension_control, webhook_control
 from tests.integration.gdpr_truth import records as gdpr_records
 from tests.integration.test_faust_worker import (
     EVENT_TYPE,
@@ -123,6 +124,11 @@ def query_answers(db: Database, meters: list[MeterDefinition]) -> dict[tuple[str
     return answers
 
 
+def status_rows(db: Database) -> list[tuple[object, ...]]:
+    with db.transaction() as tx:
+        return [tuple(r) for r in tx.execute("SELECT * FROM tenant_status_changes ORDER BY tenant_id, version")]
+
+
 def webhook_rows(db: Database) -> list[tuple[object, ...]]:
     with db.transaction() as tx:
         return [tuple(r) for r in tx.execute("SELECT * FROM webhook_endpoints ORDER BY id")]
@@ -141,6 +147,7 @@ async def test_embedded_runner_and_faust_worker_build_identical_views(
     now = datetime.now(UTC)
     gdpr = gdpr_control(TENANTS, EVENT_TYPE, now)
     webhooks, webhooks_left = webhook_control(TENANTS)
+    suspensions, suspended_at_end = suspension_control()
     first_half, second_half = stream.generate(EVENTS // 2), stream.generate(EVENTS - EVENTS // 2)
     slugs = [m.slug for m in early + late]
 
@@ -153,6 +160,7 @@ async def test_embedded_runner_and_faust_worker_build_identical_views(
         await log.append(topics.usage, to_records(first_half))
         await log.append(topics.control, gdpr_records(gdpr))
         await log.append(topics.control, gdpr_records(webhooks))
+        await log.append(topics.control, gdpr_records(suspensions))
         await log.append(topics.control, [meter_defined(m) for m in late])
         await log.append(topics.usage, to_records(second_half))
     assert sum((await kafka_log.end_offsets(topics.usage)).values()) > 10_000
@@ -227,6 +235,13 @@ async def test_embedded_runner_and_faust_worker_build_identical_views(
     endpoints = [webhook_rows(db) for db in (sqlite_views, views_db)]
     assert endpoints[0] == endpoints[1]
     assert {(row[0], row[1], row[2]) for row in endpoints[0] if row[5] is None} == webhooks_left
+    # Tenants' suspensions: the same changes from both runners, each tenant's last one its status.
+    changes = [status_rows(db) for db in (sqlite_views, views_db)]
+    assert changes[0] == changes[1] and len(changes[0]) == 6
+    for db in (sqlite_views, views_db):
+        with db.transaction() as tx:
+            now_suspended = suspension_store.suspensions(tx, suspended_at_end)
+        assert {t: (s.reason if (s := now_suspended.get(t)) else None) for t in suspended_at_end} == suspended_at_end
     # The sealed values' pseudonyms group the meter: several groups per person, none in clear.
     emails = truth.answer(on_the_log, TENANTS[0], late[-1], truth.Query(group_by=("email",)))
     groups = {row[3] for row in emails}
