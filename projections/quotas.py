@@ -12,7 +12,7 @@ duplicated the same way, whether they came as facts (POST /v1/events) or through
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -241,6 +241,22 @@ def usage_from_buckets(meters: MeterIndex, deltas: Mapping[BucketKey, BucketStat
             counter = (key.tenant_id, key.meter, text)
             found[counter] = _add(found.get(counter, Decimal(0)), amount)
     return found
+
+
+def caught_up_deltas(
+    meters: MeterIndex, events: Sequence[tuple[int, Envelope]], since: int, consumed_from: int
+) -> dict[CounterKey, Decimal]:
+    """What a meter's catch-up adds to the hot counters, of the (offset, event) pairs it folded from
+    `since` on. Below `consumed_from` every event counts, consume's own records too: the counters were
+    built before the meter held them (a meter defined after its events, or lagging when the counters
+    were rebuilt from the views). From `consumed_from` on the counters hold what consume counted as
+    it decided, so only facts count (as the live fold counts them)."""
+    before = [event for offset, event in events if since <= offset < consumed_from]
+    after = [event for offset, event in events if offset >= max(since, consumed_from)]
+    deltas = usage_deltas(meters, before, facts_only=False)
+    for key, amount in usage_deltas(meters, after, facts_only=True).items():
+        deltas[key] = _add(deltas.get(key, Decimal(0)), amount)
+    return deltas
 
 
 def minus(usage: Mapping[CounterKey, Decimal], taken: Mapping[CounterKey, Decimal]) -> dict[CounterKey, Decimal]:

@@ -180,6 +180,19 @@ def meter_checkpoints(tx: Tx, topic: str, partition: int | None = None) -> dict[
     return {(m, int(p)): int(o) for m, p, o in rows}
 
 
+def meters_behind(tx: Tx, topic: str, heads: Mapping[int, int]) -> dict[tuple[str, int], int]:
+    """Each (meter, partition) of `topic` whose meter has folded less than the partition's checkpoint
+    (`heads`): still catching up there (defined after its events). The value: the offset it has
+    folded to, what its buckets hold below."""
+    offsets = meter_checkpoints(tx, topic)
+    return {
+        (definition.slug, partition): offsets.get((definition.slug, partition), 0)
+        for definition in meter_definitions(tx)
+        for partition, head in heads.items()
+        if offsets.get((definition.slug, partition), 0) < head
+    }
+
+
 def meter_positions(tx: Tx) -> dict[int, int]:
     """Per partition, the sum of every meter's next offset on every topic the meters fold: it moves
     whenever the meters' views take in a record of that partition (what a live watch waits for)."""

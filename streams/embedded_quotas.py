@@ -39,7 +39,7 @@ from stores import views
 from stores.database import Database, Tx
 from streams.embedded_log import EmbeddedLog, rollback
 from streams.log import Outgoing
-from streams.quota_ledger import ConsumeOutcome, ConsumeRequest
+from streams.quota_ledger import ConsumeOutcome, ConsumeRequest, caught_up_mark, consumed_from_mark
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS quota_counters (
@@ -163,6 +163,33 @@ class EmbeddedQuotaLedger:
 
         self.log.run_locked(add)
 
+    def add_caught_up(
+        self,
+        meter: str,
+        topic: str,
+        partition: int,
+        start: int,
+        end: int,
+        counted: Callable[[int, int], Mapping[CounterKey, Decimal]],
+    ) -> None:
+        """Count what a meter's catch-up folded of [start, end) from its own mark on (blocking)."""
+
+        def add(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                mark = _mark(db, caught_up_mark(topic, partition, meter), partition)
+                if end > mark:
+                    consumed_from = _mark(db, consumed_from_mark(topic, partition, meter), partition)
+                    for key, amount in counted(max(mark, start), consumed_from).items():
+                        _raise(db, key, amount)
+                    _set_mark(db, caught_up_mark(topic, partition, meter), partition, end)
+                db.execute("COMMIT")
+            except BaseException:
+                rollback(db)
+                raise
+
+        self.log.run_locked(add)
+
     # Building the counters of an older log ------------------------------------------------------
 
     async def ensure_built(self, drain: Callable[[], Awaitable[None]], views_db: Database, now: datetime) -> bool:
@@ -192,12 +219,19 @@ class EmbeddedQuotaLedger:
                     db.execute("ROLLBACK")
                     return False
                 totals = _current_totals(tx, views.meter_definitions(tx), now)
+                behind = {topic: views.meters_behind(tx, topic, held[topic]) for topic in ends}
             db.execute("DELETE FROM quota_counters")
+            db.execute("DELETE FROM quota_marks")
             for key, amount in totals.items():
                 _raise(db, key, amount)
             for topic, partitions in current.items():
                 for partition, end in partitions.items():
                     _set_mark(db, topic, partition, end)
+                # A meter still catching up holds its views' usage below its own offset; its catch-up
+                # counts the rest, consume's records of it too (decided before these counters).
+                for (meter, partition), folded in behind[topic].items():
+                    _set_mark(db, caught_up_mark(topic, partition, meter), partition, folded)
+                    _set_mark(db, consumed_from_mark(topic, partition, meter), partition, partitions.get(partition, 0))
             db.execute("INSERT INTO quota_ledger VALUES (?, ?) ON CONFLICT DO NOTHING", (BUILT, now.isoformat()))
             db.execute("COMMIT")
             metrics.QUOTA_REBUILDS.inc()
@@ -236,6 +270,11 @@ def _raise(db: sqlite3.Connection, key: CounterKey, amount: Decimal) -> None:
         "INSERT INTO quota_counters VALUES (?, ?, ?, ?) ON CONFLICT (tenant_id, meter, period) DO UPDATE SET used=?",
         (*key, str(amount), str(EXACT.add(_counter(db, key), amount))),  # exact: the meters' sums are
     )
+
+
+def _mark(db: sqlite3.Connection, name: str, partition: int) -> int:
+    row = db.execute("SELECT next_offset FROM quota_marks WHERE topic=? AND partition=?", (name, partition)).fetchone()
+    return int(row[0]) if row else 0
 
 
 def _set_mark(db: sqlite3.Connection, topic: str, partition: int, end: int) -> None:

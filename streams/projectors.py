@@ -394,6 +394,17 @@ class MeterProjector:
             one = MeterIndex([definition])
             deltas = _folded(one, kept)
             self._notify_thresholds(tx, one, kept, quotas.usage_from_buckets(one, deltas))
+            if self.ledger is not None and quotas.is_additive(definition):
+                # The live fold counted these records before the meter existed; its quota counts them now.
+                pairs = [(r.offset, e) for r, e in kept]
+                self.ledger.add_caught_up(
+                    lag.meter,
+                    self.topic,
+                    lag.partition,
+                    current,
+                    end,
+                    lambda since, consumed_from: quotas.caught_up_deltas(one, pairs, since, consumed_from),
+                )
             views.merge_buckets(tx, deltas)
             views.set_meter_checkpoints(tx, self.topic, lag.partition, {lag.meter: end})
         return end - current

@@ -74,6 +74,19 @@ class QuotaLedger(Protocol):
         ...
 
 
+def caught_up_mark(topic: str, partition: int, meter: str) -> str:
+    """The mark of what one meter's catch-up has counted in a partition (the hot counters hold the
+    meter's usage below it), beside the live fold's mark `topic/partition`. Slugs and topic names
+    hold no `#`."""
+    return f"{topic}/{partition}#{meter}"
+
+
+def consumed_from_mark(topic: str, partition: int, meter: str) -> str:
+    """Where the counters hold consume's own records of a lagging meter from (caught_up_deltas'
+    `consumed_from`): set by a rebuild that found the meter catching up, at the log's end then."""
+    return f"{topic}/{partition}#{meter}@consumed"
+
+
 class FactLedger(Protocol):
     """The worker's side: facts counted as the meters fold them (blocking)."""
 
@@ -82,4 +95,20 @@ class FactLedger(Protocol):
     ) -> None:
         """Count the facts of the batch [start, end) as folded that are not counted yet: `counted(since)`
         is what the batch's facts at offsets from `since` on add, per counter."""
+        ...
+
+    def add_caught_up(
+        self,
+        meter: str,
+        topic: str,
+        partition: int,
+        start: int,
+        end: int,
+        counted: Callable[[int, int], Mapping[CounterKey, Decimal]],
+    ) -> None:
+        """Count what one meter's catch-up folded of [start, end) that is not counted yet, against a
+        mark of that meter's own (the live fold's marks cover the meters that were live).
+        `counted(since, consumed_from)`: what the batch adds from offset `since` on, consume's own
+        records included below `consumed_from` (projections.quotas.caught_up_deltas); the ledger
+        says where that is (0 unless a rebuild found the meter lagging)."""
         ...

@@ -71,7 +71,7 @@ from stores import views
 from stores.database import Database
 from streams.group_call import GroupCall
 from streams.log import CountersUnavailable, EventLog, LogRecord, LogUnavailable, Outgoing
-from streams.quota_ledger import ConsumeOutcome, ConsumeRequest, Rebuilding
+from streams.quota_ledger import ConsumeOutcome, ConsumeRequest, Rebuilding, caught_up_mark, consumed_from_mark
 from streams.redis_pipe import RedisPipe
 from streams.redis_wire import redis_client
 
@@ -188,6 +188,35 @@ for i = 6, #ARGV, 3 do
   redis.call('HSET', counters, ARGV[i + 1], string.format('%.0f', now))
 end
 redis.call('HSET', marks, ARGV[2], ARGV[5])
+return {'ok'}
+"""
+
+# KEYS: built, lock. ARGV: prefix, the meter's catch-up mark field, its consumed-from field, the
+# batch's first offset, the mark the caller counted from, the consumed-from it assumed, the batch's
+# end, then (tenant, field, amount) triples. As ADD_FACTS, against a mark of one meter's own
+# (streams.quota_ledger.caught_up_mark); {'moved', mark, consumed_from}: count again with those.
+CATCH_UP = """
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  if redis.call('EXISTS', KEYS[2]) == 1 then return {'wait'} end
+  return {'skip'}
+end
+local marks = ARGV[1] .. 'm:' .. epoch
+local mark = tonumber(redis.call('HGET', marks, ARGV[2]) or '0')
+if mark < tonumber(ARGV[4]) then
+  redis.call('DEL', KEYS[1])
+  return {'reset'}
+end
+local consumed = redis.call('HGET', marks, ARGV[3]) or '0'
+if mark ~= tonumber(ARGV[5]) or consumed ~= ARGV[6] then return {'moved', string.format('%.0f', mark), consumed} end
+if mark >= tonumber(ARGV[7]) then return {'ok'} end
+for i = 8, #ARGV, 3 do
+  local counters = ARGV[1] .. 'c:' .. epoch .. ':' .. ARGV[i]
+  local now = tonumber(redis.call('HGET', counters, ARGV[i + 1]) or '0') + tonumber(ARGV[i + 2])
+  if now > 9007199254740992 then now = 9007199254740992 elseif now < -9007199254740992 then now = -9007199254740992 end
+  redis.call('HSET', counters, ARGV[i + 1], string.format('%.0f', now))
+end
+redis.call('HSET', marks, ARGV[2], ARGV[7])
 return {'ok'}
 """
 
@@ -471,37 +500,48 @@ class RedisQuotaLedger:
         sources = {self.topics.usage: METERS, self.topics.api_calls: API_CALLS}
         ends = {topic: await self.log.end_offsets(topic) for topic in sources}
 
-        def read_views() -> tuple[dict[str, dict[int, int]], list[MeterDefinition], dict[CounterKey, Decimal]]:
+        def read_views() -> tuple[dict[str, dict[int, int]], list[MeterDefinition], dict[CounterKey, Decimal], Behind]:
             with self.views_db.transaction() as tx:
                 held = {topic: views.checkpoints(tx, consumer, topic) for topic, consumer in sources.items()}
                 definitions = [d for d in views.meter_definitions(tx) if d.aggregation in (Aggregation.SUM, Aggregation.COUNT)]
+                behind = {topic: views.meters_behind(tx, topic, held[topic]) for topic in sources}
                 totals: dict[CounterKey, Decimal] = {}
                 for definition in definitions:
                     for period in periods:
                         start, end = int(period.start.timestamp()), int(period.end.timestamp())
                         for tenant_id, amount in quota_views.period_totals(tx, definition, start, end).items():
                             totals[(tenant_id, definition.slug, period.text)] = amount
-                return held, definitions, totals
+                return held, definitions, totals, behind
 
-        held, definitions, counters = await asyncio.to_thread(read_views)
+        held, definitions, counters, behind = await asyncio.to_thread(read_views)
         meters = MeterIndex(definitions)
-        tail: list[Envelope] = []
+        tail: dict[tuple[str, int], list[Envelope]] = {}
         marks: dict[str, int] = {}
         for topic, partitions in ends.items():
             for partition, end in partitions.items():
                 start = held[topic].get(partition, 0)
                 marks[f"{topic}/{partition}"] = max(end, start)
+                # A meter still catching up here: its views hold its usage below its own offset, and
+                # its catch-up counts the rest (consume's records of it too, up to this end).
+                for (meter, at), folded in behind[topic].items():
+                    if at == partition:
+                        marks[caught_up_mark(topic, partition, meter)] = folded
+                        marks[consumed_from_mark(topic, partition, meter)] = end
+                found = tail.setdefault((topic, partition), [])
                 while start < end:
                     records = await self.log.read(topic, partition, start, min(READ_CHUNK, end - start))
                     if not records:
                         break
-                    tail.extend(_decoded(r) for r in records if r.offset < end)
+                    found.extend(e for e in (_decoded(r) for r in records if r.offset < end) if e is not None)
                     start = records[-1].offset + 1
-        fresh = await asyncio.to_thread(self._not_folded, [e for e in tail if e is not None])
+        fresh = {id(e) for e in await asyncio.to_thread(self._not_folded, [e for events in tail.values() for e in events])}
         current = {period.text for period in periods}
-        for key, amount in usage_deltas(meters, fresh, facts_only=False).items():
-            if key[2] in current:
-                counters[key] = EXACT.add(counters.get(key, Decimal(0)), amount)
+        for (topic, partition), events in tail.items():
+            lagging = {meter for meter, at in behind[topic] if at == partition}
+            live = meters.only(d.slug for d in definitions if d.slug not in lagging) if lagging else meters
+            for key, amount in usage_deltas(live, [e for e in events if id(e) in fresh], facts_only=False).items():
+                if key[2] in current:
+                    counters[key] = EXACT.add(counters.get(key, Decimal(0)), amount)
         return counters, marks
 
     def _not_folded(self, events: Sequence[Envelope]) -> list[Envelope]:
@@ -512,6 +552,9 @@ class RedisQuotaLedger:
         with self.views_db.transaction() as tx:
             seen = views.already_seen(tx, list(first))
         return [event for key, event in first.items() if key not in seen]
+
+
+Behind = dict[str, dict[tuple[str, int], int]]  # per topic: views.meters_behind
 
 
 def _decoded(record: LogRecord) -> Envelope | None:
@@ -549,6 +592,7 @@ class RedisFactLedger:
         metrics.POOLS.watch_redis(self.redis.connection_pool)
         self.keys = QuotaKeys(topics)
         self._add = self.redis.register_script(ADD_FACTS)
+        self._catch_up = self.redis.register_script(CATCH_UP)
 
     def add_facts(
         self, topic: str, partition: int, start: int, end: int, counted: Callable[[int], Mapping[CounterKey, Decimal]]
@@ -575,3 +619,33 @@ class RedisFactLedger:
             # The views go on; the counters miss this batch, which the next batch's check finds
             # (its first offset past the mark), dropping them for a rebuild.
             log.warning("quota counters unreachable (%s); %s folded without counting its facts", away, mark_field)
+
+    def add_caught_up(
+        self,
+        meter: str,
+        topic: str,
+        partition: int,
+        start: int,
+        end: int,
+        counted: Callable[[int, int], Mapping[CounterKey, Decimal]],
+    ) -> None:
+        """As add_facts, for one meter's catch-up, against that meter's own mark."""
+        mark_field, consumed_field = caught_up_mark(topic, partition, meter), consumed_from_mark(topic, partition, meter)
+        counted_from, consumed_from = start, 0
+        try:
+            for _ in range(10):
+                args: list[object] = [self.keys.prefix, mark_field, consumed_field, start, counted_from, consumed_from, end]
+                for (tenant_id, slug, period), amount in counted(counted_from, consumed_from).items():
+                    args += [tenant_id, f"{slug}|{period}", saturated(milli(amount))]
+                reply = self._catch_up(keys=[self.keys.built, self.keys.lock], args=args)
+                kind = _text(reply[0])
+                if kind == "moved":
+                    counted_from, consumed_from = max(int(_text(reply[1])), start), int(_text(reply[2]))
+                    continue
+                if kind == "wait":
+                    raise Rebuilding("the quota counters are being rebuilt")
+                if kind == "reset":
+                    log.warning("%s: a catch-up was folded uncounted; the quota counters will be rebuilt", mark_field)
+                return
+        except RedisError as away:
+            log.warning("quota counters unreachable (%s); %s caught up without counting", away, mark_field)

@@ -14,6 +14,7 @@ from projections.quotas import (
     QUOTA_CONSUME,
     PeriodKey,
     Quota,
+    caught_up_deltas,
     consume_event_data,
     consume_mark,
     consumed_deltas,
@@ -148,6 +149,24 @@ def test_usage_counts_in_the_day_and_the_month_and_leaves_consumes_out_when_aske
     facts = usage_deltas(meters, events, facts_only=True)
     assert facts[("t1", "tokens", "D:2026-12-31")] == Decimal("7.5")
     assert facts[("t1", "calls", "M:2026-12")] == 3
+
+
+def test_a_catch_up_counts_consumes_below_where_the_counters_hold_them_and_facts_after() -> None:
+    """A meter's catch-up adds what its counters lack: from `since` on (its mark), every event below
+    `consumed_from` (consume's own too: the counters were built without them), only facts after."""
+    meters = MeterIndex([TOKENS])
+    mark = consume_mark("tokens", period_of(NOW, Period.DAY))
+    pairs = [
+        (10, event(1, 100)),
+        (11, event(2, 7, consumed=True, mark=mark)),
+        (12, event(3, 5)),
+        (13, event(4, 3, consumed=True, mark=mark)),
+    ]
+    day = ("t1", "tokens", "D:2026-12-31")
+    assert caught_up_deltas(meters, pairs, 10, 0)[day] == 105, "counters built with the meter: consumes held"
+    assert caught_up_deltas(meters, pairs, 10, 13)[day] == 112, "below 13 the consume counts, at 13 it does not"
+    assert caught_up_deltas(meters, pairs, 11, 20)[day] == 15, "from the mark on only"
+    assert caught_up_deltas(meters, pairs, 14, 20) == {}
 
 
 def test_a_consumed_event_is_left_out_of_its_own_meter_only() -> None:
