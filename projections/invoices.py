@@ -299,7 +299,13 @@ def _adjustments(
                 raise ValueError(f"{text} was billed in {priced_by.currency}, this invoice is in {currency}")
             digits = MINOR_UNITS[priced_by.currency]
             minimum = before is None or before.minimums
-            difference = charge(price, now, digits, minimum=minimum).amount - charge(price, then, digits, minimum=minimum).amount
+            # Priced on the month's whole usage: what voids forgave still fills the tiers (and met the
+            # minimum) below what is billed now, so a void forgives what its invoice charged, no more.
+            base = forgiven.get(meter, ZERO)
+            difference = (
+                charge(price, base + now, digits, minimum=minimum).amount
+                - charge(price, base + then, digits, minimum=minimum).amount
+            )
             line = {
                 "type": "adjustment",
                 "meter": meter,

@@ -384,7 +384,8 @@ async def invoiced_5000_tokens(omni: Omni) -> tuple[str, BillingPeriod, dict[str
 async def test_a_voided_months_usage_is_never_credited_again_and_only_later_usage_is_billed(omni: Omni) -> None:
     """The void credited the whole invoice: a correction downwards of its month must credit nothing
     more (it used to credit the difference a second time), and usage reported later, past what the
-    void forgave, is billed as late usage (priced as if the month had started empty)."""
+    void forgave, is billed as late usage, priced on the month's whole usage: the forgiven 5000 took
+    the free tier, so the void forgives what its invoice charged and no more."""
     key, this_month, invoice = await invoiced_5000_tokens(omni)
     assert invoice["total"] == 1000 + 800  # the fee, and 4000 tokens past the free 1000 at 0.002
     voided = await omni.client.post(f"/v1/invoices/{invoice['id']}/void", json={"reason": "goodwill"}, headers=omni.auth(ADMIN))
@@ -410,7 +411,7 @@ async def test_a_voided_months_usage_is_never_credited_again_and_only_later_usag
         "billed_quantity": 0,
         "forgiven_quantity": 5000,
         "corrected_quantity": 7000,
-        "amount": 200,  # 2000 tokens, the first 1000 free
+        "amount": 400,  # 2000 tokens at 0.002: the free 1000 were among the 5000 forgiven
     }
 
     next_month = BillingPeriod.parse(f"{this_month.end:%Y-%m}")
@@ -419,7 +420,7 @@ async def test_a_voided_months_usage_is_never_credited_again_and_only_later_usag
     closed = await close(omni, next_month.text)
     assert (closed.json()["invoices"], closed.json()["credit_notes"]) == (1, 0), closed.text
     second = next(d for d in await invoices(omni, key) if d["period"] == next_month.text)
-    assert [(line["type"], line["amount"]) for line in second["lines"]] == [("fee", 1000), ("adjustment", 200)]
+    assert [(line["type"], line["amount"]) for line in second["lines"]] == [("fee", 1000), ("adjustment", 400)]
 
 
 async def test_an_invoice_whose_month_was_credited_since_cannot_be_voided(omni: Omni) -> None:

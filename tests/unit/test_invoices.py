@@ -245,7 +245,7 @@ def test_a_voided_adjustment_is_forgiven_and_its_months_standing_invoice_is_stil
     assert (line["quantity"], line["forgiven_quantity"], line["corrected_quantity"], line["amount"]) == (-500, 500, 2501, 100)
 
 
-def test_a_correction_of_a_voided_month_credits_nothing_and_its_later_usage_is_billed_from_empty() -> None:
+def test_a_correction_of_a_voided_month_credits_nothing_and_its_later_usage_is_priced_past_the_forgiven() -> None:
     statement = close(usage={"tokens": Decimal(5000)})
     assert statement.invoice is not None
     forgiven = void_forgiven(statement.invoice, statement.billed)
@@ -257,8 +257,43 @@ def test_a_correction_of_a_voided_month_credits_nothing_and_its_later_usage_is_b
     assert up.invoice is not None and up.credit_note is None
     assert [(line["type"], line.get("quantity"), line["amount"]) for line in up.invoice["lines"]] == [
         ("fee", None, 1000),
-        ("adjustment", 2000, 200),  # 2000 past the 5000 forgiven, the first 1000 of them free
+        ("adjustment", 2000, 400),  # 2000 past the 5000 forgiven, which took the free 1000: all at 0.002
     ]
+
+
+def test_a_void_forgives_the_minimum_its_invoice_charged_once() -> None:
+    """100 tokens billed at the 5.00 minimum, voided; 1000 more reported later. The month's 1100 cost
+    11.00 in all, less the 5.00 the void forgave: 6.00 (priced as if empty it was 5.00, forgiving 6.00)."""
+    statement = close(plan=WITH_MINIMUM, usage={"tokens": Decimal(100)})
+    assert statement.invoice is not None
+    assert _lines(statement.invoice, "usage") == 500
+    later = close(
+        DECEMBER,
+        plan=WITH_MINIMUM,
+        earlier={"2026-11": {"tokens": Decimal(1100)}},
+        billed=void_forgiven(statement.invoice, statement.billed),
+    )
+    assert later.invoice is not None
+    assert _lines(later.invoice, "adjustment") == 600
+
+
+@given(
+    billed_then=st.integers(min_value=0, max_value=50_000).map(Decimal),
+    late=st.integers(min_value=-5_000, max_value=50_000).map(Decimal),
+)
+def test_a_void_forgives_what_its_invoice_charged_and_no_more(billed_then: Decimal, late: Decimal) -> None:
+    """After a void, the month's later usage costs what the whole month costs less what the voided
+    invoice charged: the same as if the invoice had stood, less its amount."""
+    first = close(usage={"tokens": billed_then})
+    assert first.invoice is not None
+    total = billed_then + late
+    second = close(DECEMBER, earlier={"2026-11": {"tokens": total}}, billed=void_forgiven(first.invoice, first.billed))
+    assert _lines(second.credit_note, "adjustment") == 0, "nothing is credited for a voided month"
+    price = PRO.price_of("tokens")
+    assert price is not None
+    forgiven_usage = max(billed_then, Decimal(0))
+    expected = charge(price, total, 2).amount - charge(price, forgiven_usage, 2).amount if total > forgiven_usage else 0
+    assert _lines(second.invoice, "adjustment") == expected
 
 
 def test_a_month_corrected_downwards_since_its_invoice_cannot_be_voided() -> None:
