@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
-from api import deps, docs, edge, idempotency, lean_consume, metering, openapi, problems, tracing
+from api import deps, docs, edge, head_requests, idempotency, lean_consume, metering, openapi, problems, tracing
 from api.meter_watch import MeterWatches
 from api.routes import (
     audit,
@@ -73,6 +73,7 @@ def create_app(settings: Settings | None = None, *, platform: Platform | None = 
     app.state.watches = watches
     app.state.declared_queries = deps.DeclaredQueries()
     problems.install(app)
+    head_requests.install(app)  # innermost: the routes answer HEAD as GET; every other layer sees HEAD
     lean_consume.install(app)  # consume's common case, past FastAPI's routing (after the edge's checks)
     idempotency.install(app, platform)  # POSTs sent again with their Idempotency-Key: after the edge authenticated
     edge.install(app, platform)  # innermost but for lean_consume: it runs after tracing and metering saw the request

@@ -130,14 +130,21 @@ _TITLES = {
 }
 
 
+# Routes whose GET is a stream of events, not a document: no HEAD (api/head_requests.py).
+STREAMS = re.compile(r"^/v1/meters/[^/]+/watch$")
+
+
 def allowed_methods(request: Request) -> list[str]:
     """Every method the OpenAPI document lists for this request's path: Starlette names only those of
-    the first route it finds on the path, and FastAPI's routers keep the others out of its reach."""
+    the first route it finds on the path, and FastAPI's routers keep the others out of its reach.
+    HEAD wherever GET is (api/head_requests.py), but on a stream."""
     path = request.url.path
     methods: set[str] = set()
     for template, operations in request.app.openapi().get("paths", {}).items():
         if _template_regex(template).fullmatch(path):
             methods |= {method.upper() for method in operations}
+    if "GET" in methods and not STREAMS.match(path):
+        methods.add("HEAD")
     return sorted(methods)
 
 

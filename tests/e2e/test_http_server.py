@@ -73,6 +73,16 @@ async def test_a_normal_request_is_served(server: int) -> None:
     assert status_and_body(answer) == (200, {"status": "ok"})
 
 
+async def test_head_is_answered_by_the_server_without_a_body(server: int) -> None:
+    """The server, which saw HEAD, sends the GET's headers and no body: the connection stays usable."""
+    answer = await exchange(
+        server, b"HEAD /healthz HTTP/1.1\r\nHost: t\r\n\r\nGET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"content-length: 15" in head.lower(), head
+    assert status_and_body(rest) == (200, {"status": "ok"}), "the next request on the connection is answered"
+
+
 async def test_headers_past_the_limit_are_refused_before_the_app(server: int) -> None:
     # 100 KiB of one header, sent as a client would, with more of the request still to come.
     answer = await exchange(server, b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Pad: " + b"p" * 100_000 + b"\r\n")

@@ -67,7 +67,13 @@ async def test_every_error_is_problem_json_and_every_answer_is_documented(docume
 
 async def test_unsupported_methods_name_every_method_of_the_path(omni: Omni) -> None:
     admin = omni.auth(ADMIN)
-    for path, allowed in (("/v1/meters", "GET, POST"), ("/v1/tenants", "GET, POST"), ("/healthz", "GET")):
+    for path, allowed in (
+        ("/v1/meters", "GET, HEAD, POST"),
+        ("/v1/tenants", "GET, HEAD, POST"),
+        ("/healthz", "GET, HEAD"),
+        ("/v1/events", "POST"),
+        ("/v1/meters/tokens/watch", "GET"),
+    ):
         response = await omni.client.request("OPTIONS", path, headers=admin)
         assert response.status_code == 405, path
         assert response.headers["allow"] == allowed, path
