@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, GetCoreSchemaHandler, GetPydanticSchema
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, GetCoreSchemaHandler, GetPydanticSchema, field_validator
 from pydantic_core import core_schema
 
 from schemas.text import NO_NUL_PATTERN
@@ -19,6 +19,9 @@ BATCH = "application/cloudevents-batch+json"
 _EXTENSION_NAME = re.compile(r"[a-z0-9]{1,20}\Z")
 # W3C trace context, version 00's layout: version ff, an all-zero trace id and an all-zero parent
 # (span) id are invalid. Lowercase hex only.
+# CloudEvents' `dataschema` is a URI (RFC 3986: a scheme, then the rest), printable ASCII without spaces.
+DATASCHEMA = r"^[A-Za-z][A-Za-z0-9+.\-]*:[!-~]*$"
+_DATASCHEMA = re.compile(DATASCHEMA.removesuffix("$") + r"\Z")
 _TRACEPARENT = re.compile(r"(?!ff)[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}\Z")
 # RFC 3339 date-time (section 5.6): seconds required, any fraction, Z or a +hh:mm offset. T and Z
 # may be lowercase, and the separator a space (its note on readability). [0-9], not \d: a Python \d
@@ -62,8 +65,17 @@ class CloudEvent(BaseModel):
     subject: str = Field(min_length=1, max_length=SUBJECT_MAX_LENGTH)
     time: Rfc3339Time | None = None
     datacontenttype: str | None = None
-    dataschema: str | None = None
+    dataschema: str | None = Field(default=None, max_length=2048, json_schema_extra={"format": "uri", "pattern": DATASCHEMA})
     data: Any = None
+
+    @field_validator("dataschema")
+    @classmethod
+    def _dataschema_is_a_uri(cls, value: str | None) -> str | None:
+        """CloudEvents: if present, a non-empty URI. A relative reference (`schemas/v1`) names no schema
+        a consumer of the log could find."""
+        if value is not None and not _DATASCHEMA.match(value):
+            raise ValueError("dataschema must be an absolute URI (RFC 3986), such as https://example.com/schemas/chat.json")
+        return value
 
     def extensions(self) -> dict[str, Any]:
         return dict(self.model_extra or {})

@@ -112,3 +112,22 @@ async def test_binary_mode_header_values_that_are_not_percent_encoded_utf8_are_r
         ["header ce-id is percent-encoded bytes that are not UTF-8"],
         ["header ce-id holds characters outside ASCII: percent-encode its UTF-8 bytes (%C3%A9 for \u00e9)"],
     ]
+
+
+async def test_dataschema_is_an_absolute_uri_in_every_mode(omni: Omni) -> None:
+    """CloudEvents: `dataschema`, if present, is a non-empty URI. One the SDK sends from a URL is
+    taken; a relative reference or text is refused at its place, with the event's id, nothing kept."""
+    _, key = await omni.tenant()
+    await omni.meter(slug="tokens", event_type="inference", aggregation="SUM", value_property="$.data.tokens")
+    schema = "https://example.com/schemas/inference.json"
+    headers, body = to_structured(CloudEvent(usage("with-schema", 1, dataschema=schema), {"tokens": 1}))
+    assert (await post(omni, key, headers, body)).status_code == 202
+    for event_id, dataschema in (("relative", "schemas/inference"), ("spaced", "https://example.com/a b"), ("empty", "")):
+        for make in (to_structured, to_binary):
+            headers, body = make(CloudEvent(usage(event_id, 1, dataschema=dataschema), {"tokens": 1}))
+            refused = await post(omni, key, headers, body)
+            assert refused.status_code == 422, (event_id, make, refused.text)
+            (error,) = orjson.loads(refused.content)["errors"]
+            assert error["id"] == event_id and any("dataschema must be an absolute URI" in r for r in error["reasons"]), error
+    await omni.settle()
+    assert [row["value"] for row in await omni.query(key, "tokens")] == [1], "only the event with a URI was kept"
