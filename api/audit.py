@@ -22,6 +22,8 @@ COMMAND_ROUTES = {
     ("POST", "/v1/tenants/{tenant_id}/keys"): "api_key.issue",
     ("DELETE", "/v1/keys/{key_id}"): "api_key.revoke",
     ("POST", "/v1/meters"): "meter.define",
+    ("PATCH", "/v1/meters/{slug}"): "meter.describe",
+    ("DELETE", "/v1/meters/{slug}"): "meter.delete",
     ("PUT", "/v1/plans/{slug}"): "plan.put",
     ("PUT", "/v1/tenants/{tenant_id}/plan"): "tenant.plan.assign",
     ("POST", "/v1/tenants/{tenant_id}/suspend"): "tenant.suspend",

@@ -33,6 +33,7 @@ import anyio
 from anyio import to_thread
 
 from api.problems import EVENT_STORE_AWAY, Problem, exact_json, problem_body, store_unavailable
+from commands.errors import NotFound
 from omni import metrics
 from omni.bootstrap import Platform
 from omni.key_lookups import LookupsBusy
@@ -115,7 +116,8 @@ class ViewsPulse:
             except Exception:  # anything else must not leave every watch asleep for good
                 log.exception("live meter watches: reading the views' positions failed; trying again")
             else:
-                for partition, position in positions.items():
+                for partition in positions.keys() | self._positions.keys():
+                    position = positions.get(partition, 0)  # none left: every meter it had was deleted
                     if self._positions.get(partition) != position:
                         self._positions[partition] = position
                         woken = self._moved.pop(partition, None)
@@ -256,6 +258,9 @@ class Watch:
                     body = await self.answer(ask)
                 except Problem as problem:
                     yield self._problem(problem)
+                    return
+                except NotFound as gone:  # the meter was deleted meanwhile
+                    yield self._problem(Problem(404, "Not found", str(gone), kind="not-found"))
                     return
                 except (StoreUnavailable, *EVENT_STORE_AWAY):
                     yield self._problem(store_unavailable())

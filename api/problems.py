@@ -304,7 +304,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Conflict)
     async def _conflict(request: Request, exc: Conflict) -> Response:
-        return await _rejected(request, exc, Problem(409, "Conflict", str(exc), kind="conflict"))
+        return await _rejected(request, exc, Problem(409, "Conflict", str(exc), kind=exc.kind, members=exc.members))
 
     @app.exception_handler(LimitReached)
     async def _limit(request: Request, exc: LimitReached) -> Response:

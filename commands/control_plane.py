@@ -20,7 +20,7 @@ from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate, event
 from eventsourcing.persistence import IntegrityError, Recording
 
-from commands import billing, gdpr, notices, plans, slos, stripe_sync, suspensions, webhooks
+from commands import billing, gdpr, meters, notices, plans, slos, stripe_sync, suspensions, webhooks
 from commands.errors import Conflict, LimitReached, NotFound, Rejected
 from commands.ids import key_aggregate_id, key_ring_aggregate_id, meter_aggregate_id
 from commands.limits import ATTEMPTS, Limits
@@ -117,6 +117,23 @@ class Meter(Aggregate):
     def __init__(self, slug: str, definition: dict[str, Any]) -> None:
         self.slug = slug
         self.definition = definition
+        self.users: list[str] = []  # who named it (commands.meters.meter_user): it cannot be deleted then
+        self.deleted = False
+
+    @event("Described")
+    def set_description(self, slug: str, description: str | None) -> None:
+        """Only the description: what a meter counts never changes under its slug."""
+        self.definition = {**self.definition, "description": description}
+
+    @event("Named")
+    def name_by(self, slug: str, user: str) -> None:
+        """A plan or an override named it (saved with that change, so a deletion racing it loses)."""
+        self.users.append(user)
+
+    @event("Deleted")
+    def delete(self, slug: str) -> None:
+        """For good: its views are dropped, and its slug is never defined again."""
+        self.deleted = True
 
 
 class AuditEntry(Aggregate):
@@ -228,6 +245,7 @@ def parse_token(token: str) -> tuple[str, str] | None:
 
 
 class ControlPlane(
+    meters.MeterCommands,
     plans.PlanCommands,
     suspensions.SuspensionCommands,
     billing.BillingCommands,
@@ -267,6 +285,9 @@ class ControlPlane(
         self.views_slo_names: Callable[[str], list[str]] | None = None
         # Likewise a tenant's active API keys, for a tenant created before its keys were counted.
         self.views_active_keys: Callable[[str], list[str]] | None = None
+        # Who names a meter as the views hold it (plans and overrides from before names were recorded
+        # on the meter), checked with the meter's own before it is deleted; None: no views (tools, tests).
+        self.views_meter_users: Callable[[str], list[str]] | None = None
         # Seals webhook endpoints' signing secrets (the master key, omni.personal_data); None: no
         # endpoint can be created (tools, tests of other commands).
         self.secret_box: webhooks.SecretBox | None = None
@@ -362,6 +383,12 @@ class ControlPlane(
             try:
                 self.save(meter, self._audit(ctx, "meter.define", resource, PLATFORM))
             except IntegrityError as taken:
+                if meters.stored_meter(self, definition.slug) is None:  # deleted: its slug is retired
+                    raise Conflict(
+                        f"meter {definition.slug!r} was deleted, and a deleted meter's slug is not defined again "
+                        "(its usage was counted by another definition); define it under another slug",
+                        kind="meter-deleted",
+                    ) from taken
                 raise Conflict(f"meter {definition.slug!r} is already defined") from taken
         return meter
 
@@ -450,6 +477,7 @@ def describe(domain_event: Any) -> tuple[str, str, dict[str, Any]]:
     described = plans.describe(domain_event) or billing.describe(domain_event) or notices.describe(domain_event)
     described = described or stripe_sync.describe(domain_event) or slos.describe(domain_event) or gdpr.describe(domain_event)
     described = described or webhooks.describe(domain_event) or suspensions.describe(domain_event)
+    described = described or meters.describe(domain_event)
     if described is not None:
         return described
     kind = type(domain_event).__qualname__  # e.g. "Tenant.Created"

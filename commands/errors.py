@@ -12,7 +12,13 @@ class NotFound(Rejected):
 
 
 class Conflict(Rejected):
-    """The command contradicts the current state."""
+    """The command contradicts the current state. `kind`: the problem's type; `members`: what it adds
+    to the problem (api.problems)."""
+
+    def __init__(self, message: str, *, kind: str = "conflict", members: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.members = members or {}
 
 
 class Invalid(Rejected):

@@ -19,14 +19,15 @@ from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate, event
 from eventsourcing.persistence import IntegrityError
 
+from commands import meters
 from commands.errors import Conflict, Invalid, NotFound
-from commands.ids import meter_aggregate_id, override_aggregate_id, plan_aggregate_id
+from commands.ids import override_aggregate_id, plan_aggregate_id
 from schemas.billing import MeterPrice, billing_json
 from schemas.meters import MeterDefinition
 from schemas.plans import Entitlement, PlanBody
 
 if TYPE_CHECKING:
-    from commands.control_plane import CommandContext, ControlPlane
+    from commands.control_plane import CommandContext, ControlPlane, Meter
 
 PLATFORM = "_platform"
 
@@ -118,8 +119,9 @@ class PlanCommands:
                 plan = Plan(slug=slug, body=stored)
             elif plan.body != stored:
                 plan.revise(slug=slug, plan_version=plan.plan_version + 1, body=stored)
+            named = self._named(meters.plan_user(slug), [e.meter for e in body.entitlements] + [p.meter for p in body.prices])
             try:
-                self.save(plan, self._audit(ctx, "plan.put", resource, PLATFORM))
+                self.save(plan, *named, self._audit(ctx, "plan.put", resource, PLATFORM))
             except IntegrityError as race:
                 raise Conflict(f"plan {slug!r} changed concurrently; retry") from race
         return plan, created
@@ -162,9 +164,12 @@ class PlanCommands:
                 override = QuotaOverride(tenant_id=tenant, meter=entitlement.meter, entitlement=stored)
             elif override.entitlement != stored:
                 override.change(tenant_id=tenant, meter=entitlement.meter, entitlement=stored)
+            named = self._named(meters.override_user(tenant), [entitlement.meter])
             try:
                 self.save(
-                    override, self._audit(ctx, "quota.override.set", f"tenants/{tenant}/quotas/{entitlement.meter}", tenant)
+                    override,
+                    *named,
+                    self._audit(ctx, "quota.override.set", f"tenants/{tenant}/quotas/{entitlement.meter}", tenant),
                 )
             except IntegrityError as race:
                 raise Conflict("the override changed concurrently; retry") from race
@@ -214,12 +219,19 @@ class PlanCommands:
             raise Invalid("; ".join(str(e["reason"]) for e in errors), errors, title=title, kind=kind)
 
     def _meter_definition(self: ControlPlane, slug: str) -> MeterDefinition | None:
-        try:
-            meter: object = self.repository.get(meter_aggregate_id(slug))
-        except AggregateNotFoundError:
-            return None
-        definition = getattr(meter, "definition", None)  # a Meter (commands.control_plane)
-        return MeterDefinition.model_validate(definition) if isinstance(definition, dict) else None
+        meter = meters.stored_meter(self, slug)
+        return None if meter is None else MeterDefinition.model_validate(meter.definition)
+
+    def _named(self: ControlPlane, user: str, slugs: Sequence[str]) -> list[Meter]:
+        """The meters `user` names that do not list it yet, each with it added: saved with the change
+        that names them, so a deletion racing that change finds it, or makes it fail."""
+        named = []
+        for slug in dict.fromkeys(slugs):
+            meter = meters.stored_meter(self, slug)
+            if meter is not None and user not in meter.users:
+                meter.name_by(slug=slug, user=user)
+                named.append(meter)
+        return named
 
     def _get_plan(self: ControlPlane, slug: str) -> Plan | None:
         try:

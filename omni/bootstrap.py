@@ -33,6 +33,7 @@ from omni.personal_data import PersonalData, generate_master_key, master_key_fro
 from omni.settings import Mode, Settings
 from schemas.topics import Topics
 from stores import data_keys, idempotency, schema, views
+from stores import plans as plan_store
 from stores import slos as slo_store
 from stores.database import EVENT_STORE_AWAY, Database, PostgresDatabase, SqliteDatabase, StoreUnavailable
 from stores.store_listener import StoreListener
@@ -439,6 +440,7 @@ def build(settings: Settings) -> Platform:
     control.secret_box = personal.master  # webhook endpoints' signing secrets
     control.views_slo_names = functools.partial(_slo_names, db)
     control.views_active_keys = functools.partial(_active_keys, db)
+    control.views_meter_users = functools.partial(_meter_users, db)
     keys = KeyCache()  # trusted once `start` watches the key changes
     return Platform(
         settings=settings,
@@ -474,6 +476,12 @@ def _active_keys(db: Database, tenant_id: str) -> list[str]:
     """The tenant's keys not revoked, as the views hold them (ControlPlane.views_active_keys)."""
     with db.transaction() as tx:
         return views.active_keys_of(tx, tenant_id)
+
+
+def _meter_users(db: Database, meter: str) -> list[str]:
+    """Who names the meter as the views hold it (ControlPlane.views_meter_users)."""
+    with db.transaction() as tx:
+        return plan_store.meter_users(tx, meter)
 
 
 def build_replayer(settings: Settings, db: Database, log_: EventLog) -> Replayer:

@@ -1,4 +1,5 @@
-"""The catalog view: tenants, keys and meter definitions, folded from control-plane events."""
+"""The catalog view: tenants, keys and meter definitions (described and deleted too), folded from
+control-plane events."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Any
 from schemas.envelope import Envelope, format_time
 from schemas.meters import MeterDefinition
 from schemas.topics import STORE_POSITION
+
+METER_DESCRIBED, METER_DELETED = "omni.meter.described", "omni.meter.deleted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +41,18 @@ class MeterAdded:
     event_id: str
 
 
-Change = TenantAdded | KeyAdded | KeyRevoked | MeterAdded
+@dataclass(frozen=True, slots=True)
+class MeterDescribed:
+    slug: str
+    description: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MeterDeleted:
+    slug: str
+
+
+Change = TenantAdded | KeyAdded | KeyRevoked | MeterAdded | MeterDescribed | MeterDeleted
 
 
 def store_position(event: Envelope) -> int:
@@ -60,4 +74,8 @@ def changes(event: Envelope) -> list[Change]:
             return [KeyRevoked(data["key_id"], at)]
         case "omni.meter.defined":
             return [MeterAdded(MeterDefinition.model_validate(data["definition"]), event.id)]
+        case "omni.meter.described":  # METER_DESCRIBED
+            return [MeterDescribed(data["slug"], data["description"])]
+        case "omni.meter.deleted":  # METER_DELETED
+            return [MeterDeleted(data["slug"])]
     return []

@@ -101,3 +101,11 @@ class MeterDefinition(BaseModel):
             # "missing": the field's place is named although the body lacks it (api.problems.request_location).
             raise PydanticCustomError("missing", "{aggregation} meters need a value_property", {"aggregation": str(aggregation)})
         return value_property
+
+
+class MeterDescription(BaseModel):
+    """`PATCH /v1/meters/{slug}`: what may change of a meter once defined (what it counts never does)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    description: Text | None = Field(max_length=1024, description="The meter's new description; null: none")

@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from commands.meters import override_user, plan_user
 from commands.plans import entitlement_json
 from projections.quotas import Quota, in_effect
 from schemas.plans import Entitlement
@@ -67,6 +68,22 @@ def set_override(tx: Tx, tenant_id: str, entitlement: Entitlement) -> None:
 
 def remove_override(tx: Tx, tenant_id: str, meter: str) -> None:
     tx.execute("DELETE FROM quota_overrides WHERE tenant_id=? AND meter=?", (tenant_id, meter))
+
+
+def meter_users(tx: Tx, meter: str) -> list[str]:
+    """Who names `meter` as the views hold it (commands.meters): plans whose current entitlements or
+    any version's prices name it, and tenants whose override is on it."""
+    users = []
+    for slug, entitlements in tx.execute("SELECT slug, entitlements FROM plans"):
+        if any(e.get("meter") == meter for e in orjson.loads(entitlements)):
+            users.append(plan_user(slug))
+    for slug, billing in tx.execute("SELECT slug, billing FROM plan_versions"):
+        if any(p.get("meter") == meter for p in orjson.loads(billing).get("prices", ())):
+            users.append(plan_user(slug))
+    users += [
+        override_user(tenant_id) for (tenant_id,) in tx.execute("SELECT tenant_id FROM quota_overrides WHERE meter=?", (meter,))
+    ]
+    return sorted(set(users))
 
 
 PlanRow = tuple[str, int, str | None, list[Entitlement], str, dict[str, Any]]

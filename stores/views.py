@@ -331,6 +331,19 @@ def add_meter_definition(tx: Tx, tenant_id: str, definition: MeterDefinition, ev
     )
 
 
+def describe_meter(tx: Tx, definition: MeterDefinition) -> None:
+    """A meter's definition with its new description (nothing else of it changes)."""
+    tx.execute("UPDATE meter_definitions SET body=? WHERE slug=?", (definition.model_dump_json(), definition.slug))
+
+
+def drop_meter(tx: Tx, slug: str) -> None:
+    """A deleted meter: its definition, buckets and offsets. The caller holds the meters' checkpoints
+    (lock_checkpoint on every partition they fold), so no batch counting it commits after this."""
+    for table in ("meter_definitions", "meter_windows", "meter_totals"):
+        tx.execute(f"DELETE FROM {table} WHERE {'slug' if table == 'meter_definitions' else 'meter'}=?", (slug,))
+    tx.execute("DELETE FROM meter_offsets WHERE meter=?", (slug,))
+
+
 # Bucket rows ---------------------------------------------------------------------
 
 _KEYS = {

@@ -130,6 +130,7 @@ class CatalogProjector:
 
     def __init__(self, db: Database, topics: Topics) -> None:
         self.db = db
+        self.topics = topics
         self.topic = topics.control
 
     def process(self, partition: int, records: Sequence[LogRecord]) -> int:
@@ -141,7 +142,10 @@ class CatalogProjector:
             mishaps = Mishaps()
             _check_contiguous(self.topic, partition, start, fresh, mishaps)
             position = 0
-            for _, event in decoded(tx, CATALOG, fresh, mishaps):
+            events = decoded(tx, CATALOG, fresh, mishaps)
+            if any(e.type == catalog.METER_DELETED for _, e in events):
+                self._hold_meter_folds(tx)  # first, before any other lock this batch takes
+            for _, event in events:
                 for change in catalog.changes(event):
                     _write_change(tx, change)
                 for plan_change in plan_changes(event):
@@ -189,6 +193,14 @@ class CatalogProjector:
         metrics.PROJECTED.labels(CATALOG).inc(len(fresh))
         return len(fresh)
 
+    def _hold_meter_folds(self, tx: Tx) -> None:
+        """Every partition's checkpoint of the folds that count meters, held to the end of this
+        transaction: a batch that read a deleted meter's definition commits before its rows are
+        dropped, and the next finds it gone."""
+        for consumer, topic in ((METERS, self.topics.usage), (API_CALLS, self.topics.api_calls)):
+            for partition in range(self.topics.partitions(topic)):
+                views.lock_checkpoint(tx, consumer, topic, partition)
+
 
 def _write_change(tx: Tx, change: catalog.Change) -> None:
     match change:
@@ -200,6 +212,12 @@ def _write_change(tx: Tx, change: catalog.Change) -> None:
             views.revoke_key(tx, change.key_id, change.revoked_at)
         case catalog.MeterAdded():
             views.add_meter_definition(tx, "_platform", change.definition, change.event_id)
+        case catalog.MeterDescribed():
+            definition = views.meter_definition(tx, change.slug)
+            if definition is not None:
+                views.describe_meter(tx, definition.model_copy(update={"description": change.description}))
+        case catalog.MeterDeleted():
+            views.drop_meter(tx, change.slug)
 
 
 def _sweep_thresholds(tx: Tx, change: plan_view.Change, event: Envelope) -> None:

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from anyio import from_thread
 from fastapi import APIRouter, Depends, Header, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from api.as_of import DESCRIPTION as AS_OF
 from api.as_of import check as as_of_check
@@ -25,7 +25,7 @@ from omni.bootstrap import Platform
 from projections.meter_query import MeterRow
 from schemas.api import MeterList, MeterQueryResult
 from schemas.cloudevents import Rfc3339Time
-from schemas.meters import MeterDefinition, WindowSize
+from schemas.meters import MeterDefinition, MeterDescription, WindowSize
 from stores import views
 from stores.database import Tx
 from streams.replay import meter_as_of
@@ -38,6 +38,23 @@ async def define_meter(body: MeterDefinition, request: Request, platform: Platfo
     """Define a meter. It covers every event already on the log, not only new ones."""
     await run_command(platform, platform.control.define_meter, command_context(request, admin), body)
     return body
+
+
+@router.patch("/{slug}", response_model=MeterDefinition, responses={404: {}, 409: {}, 422: {}})
+async def describe_meter(
+    slug: str, body: MeterDescription, request: Request, platform: PlatformDep, admin: AdminDep
+) -> MeterDefinition:
+    """Change a meter's description. What a meter counts never changes under its slug (define
+    another one, which covers the whole history too); a description may change at any time."""
+    return await run_command(platform, platform.control.describe_meter, command_context(request, admin), slug, body.description)
+
+
+@router.delete("/{slug}", status_code=204, response_class=Response, responses={404: {}, 409: {}})
+async def delete_meter(slug: str, request: Request, platform: PlatformDep, admin: AdminDep) -> Response:
+    """Delete a meter for good: its usage views are dropped, the folds stop counting it, and its
+    slug is not defined again. 409 `meter-in-use` while a plan (any version) or an override names it."""
+    await run_command(platform, platform.control.delete_meter, command_context(request, admin), slug)
+    return Response(status_code=204)
 
 
 @router.get("", response_model=MeterList)

@@ -45,6 +45,8 @@ ROUTES: dict[tuple[str, str], str] = {
     ("POST", "/v1/meters"): ADMIN_ONLY,
     ("GET", "/v1/meters"): EITHER,
     ("GET", "/v1/meters/{slug}"): EITHER,
+    ("PATCH", "/v1/meters/{slug}"): ADMIN_ONLY,
+    ("DELETE", "/v1/meters/{slug}"): ADMIN_ONLY,
     ("GET", "/v1/meters/{slug}/query"): TENANT_ONLY,
     ("GET", "/v1/meters/{slug}/watch"): TENANT_ONLY,
     ("POST", "/v1/events"): TENANT_ONLY,
@@ -122,6 +124,8 @@ def request_body(method: str, path: str) -> dict[str, Any]:
         return {"json": {"name": "acl", "plan": "pro"}}
     if (method, path) == ("POST", "/v1/meters"):
         return {"json": {"slug": "acl-meter", "event_type": "call", "aggregation": "COUNT"}}
+    if (method, path) == ("PATCH", "/v1/meters/{slug}"):
+        return {"json": {"description": "calls"}}
     if (method, path) == ("PUT", "/v1/plans/{slug}"):
         return {"json": {"entitlements": [{"meter": "calls", "limit": 5, "period": "DAY"}]}}
     if (method, path) == ("PUT", "/v1/tenants/{tenant_id}/plan"):

@@ -70,6 +70,8 @@ EXPECTED: dict[Operation, tuple[int, int, int]] = {
     ("POST", "/v1/meters"): (403, 403, 201),  # admin defines; anyone with a key reads
     ("GET", "/v1/meters"): (200, 200, 200),
     ("GET", "/v1/meters/{slug}"): (200, 200, 200),
+    ("PATCH", "/v1/meters/{slug}"): (403, 403, 200),  # admin
+    ("DELETE", "/v1/meters/{slug}"): (403, 403, 204),  # admin (a meter of its own: `calls` is in use)
     ("GET", "/v1/meters/{slug}/query"): (200, 200, 403),  # tenant (B queries its own usage)
     ("GET", "/v1/meters/{slug}/watch"): (200, 200, 403),  # tenant (B watches its own usage)
     ("PUT", "/v1/plans/{slug}"): (403, 403, 201),  # admin puts; anyone with a key reads
@@ -132,6 +134,7 @@ BODIES: dict[Operation, dict[str, Any]] = {
     ("POST", "/v1/tenants"): {"name": "acl", "plan": "pro"},
     ("POST", "/v1/tenants/{tenant_id}/keys"): {"label": "acl"},
     ("POST", "/v1/meters"): {"slug": "acl-meter", "event_type": "call", "aggregation": "COUNT"},
+    ("PATCH", "/v1/meters/{slug}"): {"description": "calls, as the access matrix makes them"},
     ("PUT", "/v1/plans/{slug}"): PLAN,
     ("PUT", "/v1/tenants/{tenant_id}/plan"): {"plan": "pro"},
     ("POST", "/v1/tenants/{tenant_id}/suspend"): {"reason": "acl"},
@@ -193,6 +196,7 @@ async def with_views_settled(omni: Omni, request: Any) -> httpx.Response:
 async def build_world(omni: Omni) -> World:
     admin = omni.auth(ADMIN)
     await omni.meter(slug="calls", event_type="call", aggregation="COUNT")
+    await omni.meter(slug="acl-doomed", event_type="call", aggregation="COUNT")  # the one the admin deletes
     await ok(await omni.client.put("/v1/plans/pro", json=PLAN, headers=admin), 201)
     await ok(await omni.client.put("/v1/data-classes/call", json={"personal": ["$.data.email"]}, headers=admin), 201)
     a_id, a_key = await omni.tenant("a")
@@ -272,6 +276,7 @@ async def build_world(omni: Omni) -> World:
         world.own[(("DELETE", "/v1/keys/{key_id}"), caller)] = {"key_id": spare[caller]}
     world.own[(("DELETE", "/v1/webhook-endpoints/{endpoint_id}"), OWNER)] = {"endpoint_id": hooks[1]["id"]}  # the other stays
     world.own[(("DELETE", "/v1/slos/{name}"), OWNER)] = {"name": "acl-slo-deleted"}
+    world.own[(("DELETE", "/v1/meters/{slug}"), ADMIN_CALLER)] = {"slug": "acl-doomed"}
     for name, (tenant_id, _) in moved.items():
         operation = ("POST", f"/v1/invoices/{{invoice_id}}/{'mark-' if name != 'void' else ''}{name}")
         world.own[(operation, ADMIN_CALLER)] = {"invoice_id": invoice_of[tenant_id]}
