@@ -130,6 +130,11 @@ class Meter(Aggregate):
         """A plan or an override named it (saved with that change, so a deletion racing it loses)."""
         self.users.append(user)
 
+    @event("Unnamed")
+    def unname_by(self, slug: str, user: str) -> None:
+        """That plan or override no longer names it (a plan that ever priced it still does)."""
+        self.users.remove(user)
+
     @event("Deleted")
     def delete(self, slug: str) -> None:
         """For good: its views are dropped, and its slug is never defined again."""

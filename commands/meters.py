@@ -8,9 +8,10 @@ A meter is deleted for good: its views are dropped, the folds stop counting it, 
 never defined again (a new definition under it would meet counters and invoices of the old one). A
 meter that a plan (any of its versions: invoices are priced by the version of their month) or a
 tenant's override names cannot be deleted: 409 `meter-in-use`, naming them. Who names a meter is
-recorded on the meter itself, saved with the plan or override that names it, so a deletion and a
-plan racing it cannot both be saved (the event store's optimistic concurrency); plans and overrides
-from before that record are read from the views.
+recorded on the meter itself, saved with the plan or override that names it (or stops naming it:
+an override removed, a plan's next version without it, if no version of that plan priced it), so a
+deletion and a plan racing it cannot both be saved (the event store's optimistic concurrency); plans
+and overrides from before that record are read from the views.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ if TYPE_CHECKING:
     from commands.control_plane import CommandContext, ControlPlane, Meter
 
 PLATFORM = "_platform"
-NAMED = "omni.meter.named"  # folded by nothing: what the meter's deletion checks is in the event store
+# Folded by nothing: who names a meter, which its deletion checks, is read from the event store.
+NAMED, UNNAMED = "omni.meter.named", "omni.meter.unnamed"
 
 
 def plan_user(plan: str) -> str:
@@ -104,4 +106,6 @@ def describe(domain_event: Any) -> tuple[str, str, dict[str, Any]] | None:
             return METER_DELETED, PLATFORM, {"slug": domain_event.slug}
         case "Meter.Named":
             return NAMED, PLATFORM, {"slug": domain_event.slug, "user": domain_event.user}
+        case "Meter.Unnamed":
+            return UNNAMED, PLATFORM, {"slug": domain_event.slug, "user": domain_event.user}
     return None

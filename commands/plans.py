@@ -42,12 +42,22 @@ class Plan(Aggregate):
         self.slug = slug
         self.body = body
         self.plan_version = 1
+        self.priced: set[str] = set(_priced(body))  # every meter any version priced: its invoices name them
 
     @event("Revised")
     def revise(self, slug: str, plan_version: int, body: dict[str, Any]) -> None:
         """The event names the plan and its new version, so readers of the log need nothing else."""
         self.body = body
         self.plan_version = plan_version
+        self.priced |= set(_priced(body))
+
+    def names(self) -> set[str]:
+        """The meters this plan keeps from deletion: its entitlements' now, every version's prices."""
+        return {e["meter"] for e in self.body.get("entitlements", ())} | self.priced
+
+
+def _priced(body: dict[str, Any]) -> list[str]:
+    return [price["meter"] for price in body.get("prices", ())]
 
 
 class QuotaOverride(Aggregate):
@@ -115,13 +125,15 @@ class PlanCommands:
                     title="Invalid plan",
                     kind="invalid-plan",
                 )
+            before = set() if plan is None else plan.names()
             if plan is None:
                 plan = Plan(slug=slug, body=stored)
             elif plan.body != stored:
                 plan.revise(slug=slug, plan_version=plan.plan_version + 1, body=stored)
-            named = self._named(meters.plan_user(slug), [e.meter for e in body.entitlements] + [p.meter for p in body.prices])
+            user, after = meters.plan_user(slug), plan.names()
+            touched = self._named(user, sorted(after)) + self._unnamed(user, sorted(before - after))
             try:
-                self.save(plan, *named, self._audit(ctx, "plan.put", resource, PLATFORM))
+                self.save(plan, *touched, self._audit(ctx, "plan.put", resource, PLATFORM))
             except IntegrityError as race:
                 raise Conflict(f"plan {slug!r} changed concurrently; retry") from race
         return plan, created
@@ -182,8 +194,11 @@ class PlanCommands:
             if override is None or override.entitlement is None:
                 raise NotFound(f"tenant {tenant_id} has no override on meter {meter!r}")
             override.remove(tenant_id=tenant, meter=meter)
+            unnamed = self._unnamed(meters.override_user(tenant), [meter])
             try:
-                self.save(override, self._audit(ctx, "quota.override.remove", f"tenants/{tenant}/quotas/{meter}", tenant))
+                self.save(
+                    override, *unnamed, self._audit(ctx, "quota.override.remove", f"tenants/{tenant}/quotas/{meter}", tenant)
+                )
             except IntegrityError as race:
                 raise Conflict("the override changed concurrently; retry") from race
 
@@ -232,6 +247,16 @@ class PlanCommands:
                 meter.name_by(slug=slug, user=user)
                 named.append(meter)
         return named
+
+    def _unnamed(self: ControlPlane, user: str, slugs: Sequence[str]) -> list[Meter]:
+        """The meters `user` no longer names that list it, each with it taken off."""
+        unnamed = []
+        for slug in dict.fromkeys(slugs):
+            meter = meters.stored_meter(self, slug)
+            if meter is not None and user in meter.users:
+                meter.unname_by(slug=slug, user=user)
+                unnamed.append(meter)
+        return unnamed
 
     def _get_plan(self: ControlPlane, slug: str) -> Plan | None:
         try:

@@ -139,6 +139,17 @@ async def test_a_meter_a_plan_or_an_override_names_is_not_deleted(omni: Omni) ->
     await omni.settle()
     assert (await delete(omni, "spare")).json()["used_by"] == [f"override:{tenant_id}"]
 
+    # Named no more: the override removed, a plan whose next version leaves out a meter it never priced.
+    removed = await omni.client.delete(f"/v1/tenants/{tenant_id}/quotas/spare", headers=omni.auth(ADMIN))
+    assert removed.status_code == 204, removed.text
+    await omni.settle()
+    assert (await delete(omni, "spare")).status_code == 204
+    await omni.meter(**{**CALLS, "slug": "hourly"})
+    await put_plan(omni, "lite", {"meter": "hourly", "limit": 5, "period": "DAY"}, status=201)
+    assert (await delete(omni, "hourly")).json()["used_by"] == ["plan:lite"]
+    await put_plan(omni, "lite", {"meter": "calls", "limit": 5, "period": "DAY"}, status=200)
+    assert (await delete(omni, "hourly")).status_code == 204
+
 
 async def test_who_names_a_meter_is_kept_on_the_meter_itself(omni: Omni) -> None:
     """The views may not hold a plan yet (the relay is a moment behind the event store): the meter's
