@@ -124,6 +124,14 @@ def meter_defined(definition: MeterDefinition) -> Outgoing:
     return Outgoing(envelope.id, encode(envelope))
 
 
+def meter_deleted(definition: MeterDefinition) -> list[Outgoing]:
+    """The control-topic records the outbox relay publishes for a meter defined, then deleted."""
+    meter = Meter(slug=definition.slug, definition=definition.model_dump(mode="json"))
+    meter.delete(slug=definition.slug)
+    envelopes = [to_envelope(event) for event in meter.collect_events()]
+    return [Outgoing(envelope.id, encode(envelope)) for envelope in envelopes[1:]]
+
+
 def quota_set(tenant_id: str, entitlement: Entitlement) -> Outgoing:
     """The control-topic record the outbox relay publishes for a tenant's quota override."""
     override = QuotaOverride(tenant_id=tenant_id, meter=entitlement.meter, entitlement=entitlement_json(entitlement))

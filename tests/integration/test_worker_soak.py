@@ -1,8 +1,8 @@
 """Soak (`make soak`, not part of `make test`): the Faust worker SIGKILLed at random points
 five times during a 200,000-event stream, half of its events carrying a sealed personal value; the
-final meters (one grouped by that value's pseudonym), quota notices, invoices' usage, SLO minutes
-and GDPR control state equal the ground truth, and the audit chains appended meanwhile hold each
-entry once."""
+final meters (one grouped by that value's pseudonym), quota notices, invoices' usage, SLO minutes,
+GDPR control state and tenants' suspensions equal the ground truth, a meter deleted midway leaves
+nothing behind, and the audit chains appended meanwhile hold each entry once."""
 
 from __future__ import annotations
 
@@ -18,16 +18,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from omni.audit_keys import private_pem
 from projections.slos import fold_id
-from schemas.envelope import Envelope
+from schemas.envelope import Envelope, encode
 from schemas.meters import Aggregation, MeterDefinition, WindowSize
 from schemas.plans import Entitlement, Period
 from schemas.topics import Topics
+from stores import suspensions as suspension_store
 from stores import views
 from stores.database import PostgresDatabase
 from streams.kafka_log import KafkaLog
+from streams.log import Outgoing
 from tests import truth
 from tests.integration.billing_truth import invoices_from
-from tests.integration.gdpr_truth import gdpr_control, gdpr_views
+from tests.integration.gdpr_truth import gdpr_control, gdpr_views, suspension_control
 from tests.integration.gdpr_truth import records as gdpr_records
 from tests.integration.test_audit_parity import PER_TENANT, audit_folded, audit_records, chains
 from tests.integration.test_audit_parity import TENANTS as AUDITED
@@ -41,6 +43,7 @@ from tests.integration.test_faust_worker import (
     assert_views_equal_truth,
     caught_up,
     meter_defined,
+    meter_deleted,
     notified,
     quota_set,
     to_records,
@@ -64,6 +67,8 @@ QUOTAS = {
 
 # A personal path, sealed at admission: the meter groups by its pseudonym.
 EMAILS = MeterDefinition(slug="emails", event_type=EVENT_TYPE, aggregation=Aggregation.COUNT, group_by={"email": "$.data.email"})
+# Counted from the start, deleted midway: nothing of it may be left, whatever the kills interrupted.
+DOOMED = MeterDefinition(slug="doomed", event_type=EVENT_TYPE, aggregation=Aggregation.SUM, value_property="$.data.tokens")
 
 
 @pytest.mark.timeout(1800)
@@ -78,7 +83,9 @@ async def test_five_random_sigkills_during_a_long_stream(
     stream = Stream(personal_every=2)
     now = datetime.now(UTC)
     gdpr = gdpr_control(TENANTS, EVENT_TYPE, now)
+    suspensions, statuses = suspension_control()
     await kafka_log.append(topics.control, [meter_defined(TOKENS), meter_defined(CALLS), meter_defined(EMAILS)])
+    await kafka_log.append(topics.control, [meter_defined(DOOMED)])
     await kafka_log.append(topics.control, [quota_set(tenant, q) for tenant, q in QUOTAS.items()])
     await kafka_log.append(topics.control, [slo_defined(*slo) for slo in EARLY])
     worker = worker_factory(database_url, views_db.schema)
@@ -98,6 +105,8 @@ async def test_five_random_sigkills_during_a_long_stream(
                 await kafka_log.append(topics.control, [meter_defined(TOKENS_BY_MODEL)])
                 await kafka_log.append(topics.control, [slo_defined(*slo) for slo in LATE])  # caught up from history
                 await kafka_log.append(topics.control, gdpr_records(gdpr))
+                await kafka_log.append(topics.control, meter_deleted(DOOMED))
+                await kafka_log.append(topics.control, [Outgoing(e.id, encode(e)) for e in suspensions])
             share = len(audit) * (sent + chunk) // EVENTS - len(audit) * sent // EVENTS
             appended = len(audit) * sent // EVENTS
             await kafka_log.append(topics.audit, audit[appended : appended + share])
@@ -153,5 +162,11 @@ async def test_five_random_sigkills_during_a_long_stream(
     # retention periods, as the log gives them.
     want_gdpr = truth.gdpr_state(gdpr, now)
     assert gdpr_views(views_db, want_gdpr, now)[0] == want_gdpr and want_gdpr.unfinished and want_gdpr.overdue
+    # The meter deleted midway: no definition, bucket or offset of it; tenants' statuses as the log left them.
+    with views_db.transaction() as tx:
+        for table, column in (("meter_definitions", "slug"), ("meter_windows", "meter"), ("meter_totals", "meter"), ("meter_offsets", "meter")):  # fmt: skip
+            assert tx.execute(f"SELECT count(*) FROM {table} WHERE {column}='doomed'")[0][0] == 0, table
+        held = {t: suspension_store.suspension(tx, t) for t in statuses}
+    assert {t: None if s is None else s.reason for t, s in held.items()} == statuses
     assert worker.runs == KILLS + 1
     assert worker.stop() == 0
