@@ -33,6 +33,7 @@ from tests.integration.test_faust_worker import (
     Stream,
     caught_up,
     meter_defined,
+    meter_deleted,
     notified,
     quota_set,
     to_records,
@@ -43,6 +44,8 @@ from tests.integration.worker import WorkerProcess
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
 EVENTS = 10_500  # plus every 37th event re-sent: more than 10,000 records on the log
+# Counted over the first half of the stream, then deleted: neither runner keeps anything of it.
+DOOMED = MeterDefinition(slug="doomed", event_type=EVENT_TYPE, aggregation=Aggregation.SUM, value_property="$.data.tokens")
 
 
 def meters() -> tuple[list[MeterDefinition], list[MeterDefinition]]:
@@ -155,12 +158,13 @@ async def test_embedded_runner_and_faust_worker_build_identical_views(
     embedded_log = EmbeddedLog(tmp_path / "log.sqlite", Topics(prefix=topics.prefix, usage_partitions=topics.usage_partitions))
     await embedded_log.start()
     for log in (embedded_log, kafka_log):
-        await log.append(topics.control, [meter_defined(m) for m in early])
+        await log.append(topics.control, [meter_defined(m) for m in early + [DOOMED]])
         await log.append(topics.control, [quota_set(tenant, q) for tenant, q in QUOTAS.items()])
         await log.append(topics.usage, to_records(first_half))
         await log.append(topics.control, gdpr_records(gdpr))
         await log.append(topics.control, gdpr_records(webhooks))
         await log.append(topics.control, gdpr_records(suspensions))
+        await log.append(topics.control, meter_deleted(DOOMED))  # counted over the first half, then deleted
         await log.append(topics.control, [meter_defined(m) for m in late])
         await log.append(topics.usage, to_records(second_half))
     assert sum((await kafka_log.end_offsets(topics.usage)).values()) > 10_000
@@ -180,6 +184,10 @@ async def test_embedded_runner_and_faust_worker_build_identical_views(
     worker.start()
     await wait_for(lambda: caught_up(views_db, kafka_log, slugs), worker, 90, "the worker to fold everything")
 
+    for db in (sqlite_views, views_db):  # nothing of the deleted meter in either
+        with db.transaction() as tx:
+            for table, column in (("meter_definitions", "slug"), ("meter_windows", "meter"), ("meter_offsets", "meter")):
+                assert tx.execute(f"SELECT count(*) FROM {table} WHERE {column}=?", (DOOMED.slug,))[0][0] == 0, table
     embedded, kafka = all_buckets(sqlite_views, slugs), all_buckets(views_db, slugs)
     assert len(embedded) > 1000
     assert {key[3] for key in embedded} == set(RESOLUTIONS)
