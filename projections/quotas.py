@@ -244,14 +244,16 @@ def usage_from_buckets(meters: MeterIndex, deltas: Mapping[BucketKey, BucketStat
 
 
 def caught_up_deltas(
-    meters: MeterIndex, events: Sequence[tuple[int, Envelope]], since: int, consumed_from: int
+    meters: MeterIndex, events: Sequence[tuple[int, Envelope]], since: int, tail_from: int, consumed_from: int
 ) -> dict[CounterKey, Decimal]:
     """What a meter's catch-up adds to the hot counters, of the (offset, event) pairs it folded from
-    `since` on. Below `consumed_from` every event counts, consume's own records too: the counters were
-    built before the meter held them (a meter defined after its events, or lagging when the counters
-    were rebuilt from the views). From `consumed_from` on the counters hold what consume counted as
-    it decided, so only facts count (as the live fold counts them)."""
-    before = [event for offset, event in events if since <= offset < consumed_from]
+    `since` on. Below `tail_from` every event counts, consume's own records too: the counters were
+    built from the views before the meter held these (it was defined after its events, or lagging
+    when the counters were rebuilt). From `tail_from` to `consumed_from` nothing does: the rebuild
+    counted that tail of the log (what the views had not folded) itself. From `consumed_from` on only
+    facts count, as the live fold counts them: the counters hold what consume counted as it decided.
+    With no rebuild that found the meter behind, both are 0: facts only."""
+    before = [event for offset, event in events if since <= offset < tail_from]
     after = [event for offset, event in events if offset >= max(since, consumed_from)]
     deltas = usage_deltas(meters, before, facts_only=False)
     for key, amount in usage_deltas(meters, after, facts_only=True).items():

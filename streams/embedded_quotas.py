@@ -39,7 +39,7 @@ from stores import views
 from stores.database import Database, Tx
 from streams.embedded_log import EmbeddedLog, rollback
 from streams.log import Outgoing
-from streams.quota_ledger import ConsumeOutcome, ConsumeRequest, caught_up_mark, consumed_from_mark
+from streams.quota_ledger import ConsumeOutcome, ConsumeRequest, caught_up_mark, consumed_from_mark, tail_from_mark
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS quota_counters (
@@ -170,7 +170,7 @@ class EmbeddedQuotaLedger:
         partition: int,
         start: int,
         end: int,
-        counted: Callable[[int, int], Mapping[CounterKey, Decimal]],
+        counted: Callable[[int, int, int], Mapping[CounterKey, Decimal]],
     ) -> None:
         """Count what a meter's catch-up folded of [start, end) from its own mark on (blocking)."""
 
@@ -179,8 +179,9 @@ class EmbeddedQuotaLedger:
             try:
                 mark = _mark(db, caught_up_mark(topic, partition, meter), partition)
                 if end > mark:
+                    tail_from = _mark(db, tail_from_mark(topic, partition, meter), partition)
                     consumed_from = _mark(db, consumed_from_mark(topic, partition, meter), partition)
-                    for key, amount in counted(max(mark, start), consumed_from).items():
+                    for key, amount in counted(max(mark, start), tail_from, consumed_from).items():
                         _raise(db, key, amount)
                     _set_mark(db, caught_up_mark(topic, partition, meter), partition, end)
                 db.execute("COMMIT")
@@ -231,6 +232,8 @@ class EmbeddedQuotaLedger:
                 # counts the rest, consume's records of it too (decided before these counters).
                 for (meter, partition), folded in behind[topic].items():
                     _set_mark(db, caught_up_mark(topic, partition, meter), partition, folded)
+                    # The views hold the whole log here: no tail for the build to count itself.
+                    _set_mark(db, tail_from_mark(topic, partition, meter), partition, partitions.get(partition, 0))
                     _set_mark(db, consumed_from_mark(topic, partition, meter), partition, partitions.get(partition, 0))
             db.execute("INSERT INTO quota_ledger VALUES (?, ?) ON CONFLICT DO NOTHING", (BUILT, now.isoformat()))
             db.execute("COMMIT")

@@ -421,7 +421,7 @@ class MeterProjector:
                     lag.partition,
                     current,
                     end,
-                    lambda since, consumed_from: quotas.caught_up_deltas(one, pairs, since, consumed_from),
+                    lambda since, tail_from, consumed_from: quotas.caught_up_deltas(one, pairs, since, tail_from, consumed_from),
                 )
             views.merge_buckets(tx, deltas)
             views.set_meter_checkpoints(tx, self.topic, lag.partition, {lag.meter: end})

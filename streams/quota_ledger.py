@@ -87,6 +87,12 @@ def consumed_from_mark(topic: str, partition: int, meter: str) -> str:
     return f"{topic}/{partition}#{meter}@consumed"
 
 
+def tail_from_mark(topic: str, partition: int, meter: str) -> str:
+    """Where the tail of the log that rebuild counted itself begins (caught_up_deltas' `tail_from`):
+    the views' checkpoint then; the tail ends at `consumed_from_mark`."""
+    return f"{topic}/{partition}#{meter}@tail"
+
+
 class FactLedger(Protocol):
     """The worker's side: facts counted as the meters fold them (blocking)."""
 
@@ -104,11 +110,11 @@ class FactLedger(Protocol):
         partition: int,
         start: int,
         end: int,
-        counted: Callable[[int, int], Mapping[CounterKey, Decimal]],
+        counted: Callable[[int, int, int], Mapping[CounterKey, Decimal]],
     ) -> None:
         """Count what one meter's catch-up folded of [start, end) that is not counted yet, against a
         mark of that meter's own (the live fold's marks cover the meters that were live).
-        `counted(since, consumed_from)`: what the batch adds from offset `since` on, consume's own
-        records included below `consumed_from` (projections.quotas.caught_up_deltas); the ledger
-        says where that is (0 unless a rebuild found the meter lagging)."""
+        `counted(since, tail_from, consumed_from)`: what the batch adds from offset `since` on
+        (projections.quotas.caught_up_deltas); the ledger says where those are (0 unless a rebuild
+        found the meter lagging)."""
         ...

@@ -71,7 +71,14 @@ from stores import views
 from stores.database import Database
 from streams.group_call import GroupCall
 from streams.log import CountersUnavailable, EventLog, LogRecord, LogUnavailable, Outgoing
-from streams.quota_ledger import ConsumeOutcome, ConsumeRequest, Rebuilding, caught_up_mark, consumed_from_mark
+from streams.quota_ledger import (
+    ConsumeOutcome,
+    ConsumeRequest,
+    Rebuilding,
+    caught_up_mark,
+    consumed_from_mark,
+    tail_from_mark,
+)
 from streams.redis_pipe import RedisPipe
 from streams.redis_wire import redis_client
 
@@ -191,10 +198,11 @@ redis.call('HSET', marks, ARGV[2], ARGV[5])
 return {'ok'}
 """
 
-# KEYS: built, lock. ARGV: prefix, the meter's catch-up mark field, its consumed-from field, the
-# batch's first offset, the mark the caller counted from, the consumed-from it assumed, the batch's
-# end, then (tenant, field, amount) triples. As ADD_FACTS, against a mark of one meter's own
-# (streams.quota_ledger.caught_up_mark); {'moved', mark, consumed_from}: count again with those.
+# KEYS: built, lock. ARGV: prefix, the meter's catch-up mark field, its tail-from field, its
+# consumed-from field, the batch's first offset, the mark the caller counted from, the tail-from and
+# consumed-from it assumed, the batch's end, then (tenant, field, amount) triples. As ADD_FACTS,
+# against a mark of one meter's own (streams.quota_ledger.caught_up_mark); {'moved', mark,
+# tail_from, consumed_from}: count again with those.
 CATCH_UP = """
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then
@@ -203,20 +211,23 @@ if not epoch then
 end
 local marks = ARGV[1] .. 'm:' .. epoch
 local mark = tonumber(redis.call('HGET', marks, ARGV[2]) or '0')
-if mark < tonumber(ARGV[4]) then
+if mark < tonumber(ARGV[5]) then
   redis.call('DEL', KEYS[1])
   return {'reset'}
 end
-local consumed = redis.call('HGET', marks, ARGV[3]) or '0'
-if mark ~= tonumber(ARGV[5]) or consumed ~= ARGV[6] then return {'moved', string.format('%.0f', mark), consumed} end
-if mark >= tonumber(ARGV[7]) then return {'ok'} end
-for i = 8, #ARGV, 3 do
+local tail = redis.call('HGET', marks, ARGV[3]) or '0'
+local consumed = redis.call('HGET', marks, ARGV[4]) or '0'
+if mark ~= tonumber(ARGV[6]) or tail ~= ARGV[7] or consumed ~= ARGV[8] then
+  return {'moved', string.format('%.0f', mark), tail, consumed}
+end
+if mark >= tonumber(ARGV[9]) then return {'ok'} end
+for i = 10, #ARGV, 3 do
   local counters = ARGV[1] .. 'c:' .. epoch .. ':' .. ARGV[i]
   local now = tonumber(redis.call('HGET', counters, ARGV[i + 1]) or '0') + tonumber(ARGV[i + 2])
   if now > 9007199254740992 then now = 9007199254740992 elseif now < -9007199254740992 then now = -9007199254740992 end
   redis.call('HSET', counters, ARGV[i + 1], string.format('%.0f', now))
 end
-redis.call('HSET', marks, ARGV[2], ARGV[7])
+redis.call('HSET', marks, ARGV[2], ARGV[9])
 return {'ok'}
 """
 
@@ -521,11 +532,13 @@ class RedisQuotaLedger:
             for partition, end in partitions.items():
                 start = held[topic].get(partition, 0)
                 marks[f"{topic}/{partition}"] = max(end, start)
-                # A meter still catching up here: its views hold its usage below its own offset, and
-                # its catch-up counts the rest (consume's records of it too, up to this end).
+                # A meter still catching up here: its views hold its usage below its own offset, this
+                # rebuild counts the tail [start, end) for it as for every meter, and its catch-up
+                # counts the rest below `start` (consume's records of it too) and facts past `end`.
                 for (meter, at), folded in behind[topic].items():
                     if at == partition:
                         marks[caught_up_mark(topic, partition, meter)] = folded
+                        marks[tail_from_mark(topic, partition, meter)] = min(start, end)
                         marks[consumed_from_mark(topic, partition, meter)] = end
                 found = tail.setdefault((topic, partition), [])
                 while start < end:
@@ -536,10 +549,8 @@ class RedisQuotaLedger:
                     start = records[-1].offset + 1
         fresh = {id(e) for e in await asyncio.to_thread(self._not_folded, [e for events in tail.values() for e in events])}
         current = {period.text for period in periods}
-        for (topic, partition), events in tail.items():
-            lagging = {meter for meter, at in behind[topic] if at == partition}
-            live = meters.only(d.slug for d in definitions if d.slug not in lagging) if lagging else meters
-            for key, amount in usage_deltas(live, [e for e in events if id(e) in fresh], facts_only=False).items():
+        for events in tail.values():
+            for key, amount in usage_deltas(meters, [e for e in events if id(e) in fresh], facts_only=False).items():
                 if key[2] in current:
                     counters[key] = EXACT.add(counters.get(key, Decimal(0)), amount)
         return counters, marks
@@ -627,20 +638,23 @@ class RedisFactLedger:
         partition: int,
         start: int,
         end: int,
-        counted: Callable[[int, int], Mapping[CounterKey, Decimal]],
+        counted: Callable[[int, int, int], Mapping[CounterKey, Decimal]],
     ) -> None:
         """As add_facts, for one meter's catch-up, against that meter's own mark."""
-        mark_field, consumed_field = caught_up_mark(topic, partition, meter), consumed_from_mark(topic, partition, meter)
-        counted_from, consumed_from = start, 0
+        mark_field = caught_up_mark(topic, partition, meter)
+        tail_field, consumed_field = tail_from_mark(topic, partition, meter), consumed_from_mark(topic, partition, meter)
+        counted_from, tail_from, consumed_from = start, 0, 0
         try:
             for _ in range(10):
-                args: list[object] = [self.keys.prefix, mark_field, consumed_field, start, counted_from, consumed_from, end]
-                for (tenant_id, slug, period), amount in counted(counted_from, consumed_from).items():
+                args: list[object] = [self.keys.prefix, mark_field, tail_field, consumed_field, start, counted_from]
+                args += [tail_from, consumed_from, end]
+                for (tenant_id, slug, period), amount in counted(counted_from, tail_from, consumed_from).items():
                     args += [tenant_id, f"{slug}|{period}", saturated(milli(amount))]
                 reply = self._catch_up(keys=[self.keys.built, self.keys.lock], args=args)
                 kind = _text(reply[0])
                 if kind == "moved":
-                    counted_from, consumed_from = max(int(_text(reply[1])), start), int(_text(reply[2]))
+                    counted_from = max(int(_text(reply[1])), start)
+                    tail_from, consumed_from = int(_text(reply[2])), int(_text(reply[3]))
                     continue
                 if kind == "wait":
                     raise Rebuilding("the quota counters are being rebuilt")

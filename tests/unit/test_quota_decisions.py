@@ -151,9 +151,10 @@ def test_usage_counts_in_the_day_and_the_month_and_leaves_consumes_out_when_aske
     assert facts[("t1", "calls", "M:2026-12")] == 3
 
 
-def test_a_catch_up_counts_consumes_below_where_the_counters_hold_them_and_facts_after() -> None:
+def test_a_catch_up_counts_what_the_counters_lack_and_nothing_a_rebuild_counted() -> None:
     """A meter's catch-up adds what its counters lack: from `since` on (its mark), every event below
-    `consumed_from` (consume's own too: the counters were built without them), only facts after."""
+    `tail_from` (consume's too: the counters were built without them), nothing up to `consumed_from`
+    (the rebuild counted that tail itself), and only facts after (consume counted its own)."""
     meters = MeterIndex([TOKENS])
     mark = consume_mark("tokens", period_of(NOW, Period.DAY))
     pairs = [
@@ -161,12 +162,14 @@ def test_a_catch_up_counts_consumes_below_where_the_counters_hold_them_and_facts
         (11, event(2, 7, consumed=True, mark=mark)),
         (12, event(3, 5)),
         (13, event(4, 3, consumed=True, mark=mark)),
+        (14, event(5, 1000)),
     ]
     day = ("t1", "tokens", "D:2026-12-31")
-    assert caught_up_deltas(meters, pairs, 10, 0)[day] == 105, "counters built with the meter: consumes held"
-    assert caught_up_deltas(meters, pairs, 10, 13)[day] == 112, "below 13 the consume counts, at 13 it does not"
-    assert caught_up_deltas(meters, pairs, 11, 20)[day] == 15, "from the mark on only"
-    assert caught_up_deltas(meters, pairs, 14, 20) == {}
+    assert caught_up_deltas(meters, pairs, 10, 0, 0)[day] == 1105, "no rebuild found it behind: facts only"
+    assert caught_up_deltas(meters, pairs, 10, 13, 13)[day] == 1112, "below 13 the consume counts, at 13 it does not"
+    assert caught_up_deltas(meters, pairs, 10, 12, 14)[day] == 1107, "12 and 13 were the rebuild's tail"
+    assert caught_up_deltas(meters, pairs, 11, 20, 20)[day] == 1015, "from the mark on only"
+    assert caught_up_deltas(meters, pairs, 15, 20, 20) == {}
 
 
 def test_a_consumed_event_is_left_out_of_its_own_meter_only() -> None:
