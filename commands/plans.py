@@ -105,7 +105,7 @@ class PlanCommands:
         tenant keeps the currency it is invoiced in, as assign_plan holds for a tenant moved."""
         resource = f"plans/{slug}"
         with self._rejections_audited(ctx, "plan.put", resource):
-            self._check_meters(body.entitlements, body.prices)
+            checked = self._check_meters(body.entitlements, body.prices)
             stored = plan_json(body)
             plan = self._get_plan(slug)
             created = plan is None
@@ -131,7 +131,7 @@ class PlanCommands:
             elif plan.body != stored:
                 plan.revise(slug=slug, plan_version=plan.plan_version + 1, body=stored)
             user, after = meters.plan_user(slug), plan.names()
-            touched = self._named(user, sorted(after)) + self._unnamed(user, sorted(before - after))
+            touched = self._named(user, sorted(after), checked) + self._unnamed(user, sorted(before - after))
             try:
                 self.save(plan, *touched, self._audit(ctx, "plan.put", resource, PLATFORM))
             except IntegrityError as race:
@@ -169,14 +169,14 @@ class PlanCommands:
         resource = f"tenants/{tenant_id}/quotas/{entitlement.meter}"
         with self._rejections_audited(ctx, "quota.override.set", resource):
             tenant = str(self.get_tenant(tenant_id).id)
-            self._check_meters([entitlement], locations=["path.meter"])
+            checked = self._check_meters([entitlement], locations=["path.meter"])
             stored = entitlement_json(entitlement)
             override = self._get_override(tenant, entitlement.meter)
             if override is None:
                 override = QuotaOverride(tenant_id=tenant, meter=entitlement.meter, entitlement=stored)
             elif override.entitlement != stored:
                 override.change(tenant_id=tenant, meter=entitlement.meter, entitlement=stored)
-            named = self._named(meters.override_user(tenant), [entitlement.meter])
+            named = self._named(meters.override_user(tenant), [entitlement.meter], checked)
             try:
                 self.save(
                     override,
@@ -208,17 +208,23 @@ class PlanCommands:
         prices: Sequence[MeterPrice] = (),
         *,
         locations: Sequence[str] | None = None,
-    ) -> None:
+    ) -> dict[str, Meter]:
         """Every entitlement's and price's meter exists and is additive; else Invalid, naming each
         where the request holds it: `locations` for the entitlements' meters (an override's is its
         path, `path.meter`), else `body.entitlements.N.meter`. Quotas count usage up, and invoices
-        bill the usage of a period: neither has a meaning for a maximum or an average."""
+        bill the usage of a period: neither has a meaning for a maximum or an average. Returns the
+        meters as checked: the names recorded on them (`_named`) are saved on those very versions, so a
+        deletion saved since makes the save fail rather than name a deleted meter."""
         errors: list[dict[str, object]] = []
         where = locations or [f"body.entitlements.{i}.meter" for i in range(len(entitlements))]
         named = [(where[i], e.meter, "quotas") for i, e in enumerate(entitlements)]
         named += [(f"body.prices.{i}.meter", p.meter, "prices") for i, p in enumerate(prices)]
+        checked: dict[str, Meter] = {}
         for location, meter, what in named:
-            definition = self._meter_definition(meter)
+            aggregate = checked.get(meter) or meters.stored_meter(self, meter)
+            definition = None if aggregate is None else MeterDefinition.model_validate(aggregate.definition)
+            if aggregate is not None:
+                checked[meter] = aggregate
             if definition is None:
                 errors.append({"location": location, "reason": f"meter {meter!r} is not defined"})
             elif definition.aggregation.value not in ("SUM", "COUNT"):
@@ -232,17 +238,15 @@ class PlanCommands:
         if errors:
             title, kind = ("Invalid quota", "invalid-quota") if not prices else ("Invalid plan", "invalid-plan")
             raise Invalid("; ".join(str(e["reason"]) for e in errors), errors, title=title, kind=kind)
+        return checked
 
-    def _meter_definition(self: ControlPlane, slug: str) -> MeterDefinition | None:
-        meter = meters.stored_meter(self, slug)
-        return None if meter is None else MeterDefinition.model_validate(meter.definition)
-
-    def _named(self: ControlPlane, user: str, slugs: Sequence[str]) -> list[Meter]:
+    def _named(self: ControlPlane, user: str, slugs: Sequence[str], checked: dict[str, Meter]) -> list[Meter]:
         """The meters `user` names that do not list it yet, each with it added: saved with the change
-        that names them, so a deletion racing that change finds it, or makes it fail."""
+        that names them, so a deletion racing that change finds it, or makes it fail. `checked`: the
+        meters as `_check_meters` read them."""
         named = []
         for slug in dict.fromkeys(slugs):
-            meter = meters.stored_meter(self, slug)
+            meter = checked.get(slug) or meters.stored_meter(self, slug)
             if meter is not None and user not in meter.users:
                 meter.name_by(slug=slug, user=user)
                 named.append(meter)

@@ -174,3 +174,25 @@ async def test_a_watch_of_a_meter_deleted_ends_with_404(tmp_path: Path) -> None:
             event, _, problem = await stream.next(timeout=5) or ("", None, None)
             assert event == "problem" and problem["status"] == 404, (event, problem)
             assert await stream.next() is None
+
+
+async def test_a_plan_racing_a_deletion_does_not_name_the_deleted_meter(omni: Omni, monkeypatch: Any) -> None:
+    """The meter deleted between the plan's check of it and the plan's save: the save fails (409),
+    since the name it records goes on the meter as the check read it."""
+    from commands.control_plane import CommandContext, ControlPlane
+
+    await omni.meter(**TOKENS)
+    await omni.settle()
+    check = ControlPlane._check_meters
+
+    def deleted_right_after(self: ControlPlane, *args: Any, **kwargs: Any) -> Any:
+        checked = check(self, *args, **kwargs)
+        self.delete_meter(CommandContext(tenant_id=None, key_id="admin"), "tokens")
+        return checked
+
+    monkeypatch.setattr(ControlPlane, "_check_meters", deleted_right_after)
+    raced = await put_plan(omni, "pro", {"meter": "tokens", "limit": 10, "period": "DAY"})
+    assert raced.status_code == 409 and "concurrently" in raced.text, raced.text
+    monkeypatch.undo()
+    assert (await omni.client.get("/v1/plans/pro", headers=omni.auth(ADMIN))).status_code == 404
+    assert (await omni.client.get("/v1/meters/tokens", headers=omni.auth(ADMIN))).status_code == 404
