@@ -275,6 +275,7 @@ class ControlPlane(
         KeyRing: KEY_RING_SNAPSHOT_EVERY,
         webhooks.WebhookEndpoints: KEY_RING_SNAPSHOT_EVERY,  # likewise: every endpoint ever added and deleted
         slos.SloNames: KEY_RING_SNAPSHOT_EVERY,  # likewise: every SLO name ever added and deleted
+        Meter: KEY_RING_SNAPSHOT_EVERY,  # likewise: every plan and override that ever named it
     }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

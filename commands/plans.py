@@ -11,8 +11,10 @@ maximum or an average cannot be used up.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from commands.control_plane import CommandContext, ControlPlane, Meter
 
 PLATFORM = "_platform"
+T = TypeVar("T")
 
 
 class Plan(Aggregate):
@@ -105,37 +108,41 @@ class PlanCommands:
         tenant keeps the currency it is invoiced in, as assign_plan holds for a tenant moved."""
         resource = f"plans/{slug}"
         with self._rejections_audited(ctx, "plan.put", resource):
-            checked = self._check_meters(body.entitlements, body.prices)
-            stored = plan_json(body)
-            plan = self._get_plan(slug)
-            created = plan is None
-            if plan is not None and plan.body.get("currency") not in (None, stored.get("currency")):
-                raise Invalid(
-                    f"plan {slug!r} charges in {plan.body['currency']}; its currency cannot change (publish a new plan)",
-                    [{"location": "body.currency", "reason": "a plan's currency cannot change"}],
-                    title="Invalid plan",
-                    kind="invalid-plan",
-                )
-            others = ", ".join(sorted(invoiced_in - {stored["currency"]})) if "currency" in stored else ""
-            if others:
-                reason = f"a tenant keeps the currency it is invoiced in ({others})"
-                raise Invalid(
-                    f"plan {slug!r} has tenants invoiced in {others}; it cannot charge in {stored['currency']}",
-                    [{"location": "body.currency", "reason": reason}],
-                    title="Invalid plan",
-                    kind="invalid-plan",
-                )
-            before = set() if plan is None else plan.names()
-            if plan is None:
-                plan = Plan(slug=slug, body=stored)
-            elif plan.body != stored:
-                plan.revise(slug=slug, plan_version=plan.plan_version + 1, body=stored)
-            user, after = meters.plan_user(slug), plan.names()
-            touched = self._named(user, sorted(after), checked) + self._unnamed(user, sorted(before - after))
-            try:
-                self.save(plan, *touched, self._audit(ctx, "plan.put", resource, PLATFORM))
-            except IntegrityError as race:
-                raise Conflict(f"plan {slug!r} changed concurrently; retry") from race
+            # A plan or a meter changed meanwhile (a plan or override naming one of its meters, say):
+            # decided again on what that left, as if the two came one after the other.
+            return _retried(lambda: self._put_plan(ctx, slug, body, invoiced_in), f"plan {slug!r} changed concurrently; retry")
+
+    def _put_plan(
+        self: ControlPlane, ctx: CommandContext, slug: str, body: PlanBody, invoiced_in: frozenset[str]
+    ) -> tuple[Plan, bool]:
+        checked = self._check_meters(body.entitlements, body.prices)
+        stored = plan_json(body)
+        plan = self._get_plan(slug)
+        created = plan is None
+        if plan is not None and plan.body.get("currency") not in (None, stored.get("currency")):
+            raise Invalid(
+                f"plan {slug!r} charges in {plan.body['currency']}; its currency cannot change (publish a new plan)",
+                [{"location": "body.currency", "reason": "a plan's currency cannot change"}],
+                title="Invalid plan",
+                kind="invalid-plan",
+            )
+        others = ", ".join(sorted(invoiced_in - {stored["currency"]})) if "currency" in stored else ""
+        if others:
+            reason = f"a tenant keeps the currency it is invoiced in ({others})"
+            raise Invalid(
+                f"plan {slug!r} has tenants invoiced in {others}; it cannot charge in {stored['currency']}",
+                [{"location": "body.currency", "reason": reason}],
+                title="Invalid plan",
+                kind="invalid-plan",
+            )
+        before = set() if plan is None else plan.names()
+        if plan is None:
+            plan = Plan(slug=slug, body=stored)
+        elif plan.body != stored:
+            plan.revise(slug=slug, plan_version=plan.plan_version + 1, body=stored)
+        user, after = meters.plan_user(slug), plan.names()
+        touched = self._named(user, sorted(after), checked) + self._unnamed(user, sorted(before - after))
+        self.save(plan, *touched, self._audit(ctx, "plan.put", f"plans/{slug}", PLATFORM))
         return plan, created
 
     def assign_plan(self: ControlPlane, ctx: CommandContext, tenant_id: str, slug: str) -> None:
@@ -169,38 +176,35 @@ class PlanCommands:
         resource = f"tenants/{tenant_id}/quotas/{entitlement.meter}"
         with self._rejections_audited(ctx, "quota.override.set", resource):
             tenant = str(self.get_tenant(tenant_id).id)
-            checked = self._check_meters([entitlement], locations=["path.meter"])
-            stored = entitlement_json(entitlement)
-            override = self._get_override(tenant, entitlement.meter)
-            if override is None:
-                override = QuotaOverride(tenant_id=tenant, meter=entitlement.meter, entitlement=stored)
-            elif override.entitlement != stored:
-                override.change(tenant_id=tenant, meter=entitlement.meter, entitlement=stored)
-            named = self._named(meters.override_user(tenant), [entitlement.meter], checked)
-            try:
-                self.save(
-                    override,
-                    *named,
-                    self._audit(ctx, "quota.override.set", f"tenants/{tenant}/quotas/{entitlement.meter}", tenant),
-                )
-            except IntegrityError as race:
-                raise Conflict("the override changed concurrently; retry") from race
+            # Overrides of many tenants on one meter each record their name on it: one saved first,
+            # the others are decided again on what it left.
+            _retried(lambda: self._set_override(ctx, tenant, entitlement), "the override changed concurrently; retry")
+
+    def _set_override(self: ControlPlane, ctx: CommandContext, tenant: str, entitlement: Entitlement) -> None:
+        checked = self._check_meters([entitlement], locations=["path.meter"])
+        stored = entitlement_json(entitlement)
+        override = self._get_override(tenant, entitlement.meter)
+        if override is None:
+            override = QuotaOverride(tenant_id=tenant, meter=entitlement.meter, entitlement=stored)
+        elif override.entitlement != stored:
+            override.change(tenant_id=tenant, meter=entitlement.meter, entitlement=stored)
+        named = self._named(meters.override_user(tenant), [entitlement.meter], checked)
+        resource = f"tenants/{tenant}/quotas/{entitlement.meter}"
+        self.save(override, *named, self._audit(ctx, "quota.override.set", resource, tenant))
 
     def remove_quota_override(self: ControlPlane, ctx: CommandContext, tenant_id: str, meter: str) -> None:
         resource = f"tenants/{tenant_id}/quotas/{meter}"
         with self._rejections_audited(ctx, "quota.override.remove", resource):
             tenant = str(self.get_tenant(tenant_id).id)
-            override = self._get_override(tenant, meter)
-            if override is None or override.entitlement is None:
-                raise NotFound(f"tenant {tenant_id} has no override on meter {meter!r}")
-            override.remove(tenant_id=tenant, meter=meter)
-            unnamed = self._unnamed(meters.override_user(tenant), [meter])
-            try:
-                self.save(
-                    override, *unnamed, self._audit(ctx, "quota.override.remove", f"tenants/{tenant}/quotas/{meter}", tenant)
-                )
-            except IntegrityError as race:
-                raise Conflict("the override changed concurrently; retry") from race
+            _retried(lambda: self._remove_override(ctx, tenant, tenant_id, meter), "the override changed concurrently; retry")
+
+    def _remove_override(self: ControlPlane, ctx: CommandContext, tenant: str, asked: str, meter: str) -> None:
+        override = self._get_override(tenant, meter)
+        if override is None or override.entitlement is None:
+            raise NotFound(f"tenant {asked} has no override on meter {meter!r}")
+        override.remove(tenant_id=tenant, meter=meter)
+        unnamed = self._unnamed(meters.override_user(tenant), [meter])
+        self.save(override, *unnamed, self._audit(ctx, "quota.override.remove", f"tenants/{tenant}/quotas/{meter}", tenant))
 
     def _check_meters(
         self: ControlPlane,
@@ -275,6 +279,21 @@ class PlanCommands:
         except AggregateNotFoundError:
             return None
         return override if isinstance(override, QuotaOverride) else None
+
+
+RACES = 20  # a meter named by many tenants' overrides at once: each may lose to every other once
+
+
+def _retried(attempt: Callable[[], T], conflict: str) -> T:
+    """`attempt` (read, decide, save) again while its save loses a race (the event store's optimistic
+    concurrency), after a short random pause that spreads the contenders, up to RACES times; then 409.
+    Commands run in worker threads: the pause holds no event loop."""
+    for tries in range(RACES):
+        try:
+            return attempt()
+        except IntegrityError:
+            time.sleep(random.uniform(0, 0.002 * (tries + 1)))
+    raise Conflict(conflict)
 
 
 def describe(domain_event: Any) -> tuple[str, str, dict[str, Any]] | None:

@@ -177,22 +177,45 @@ async def test_a_watch_of_a_meter_deleted_ends_with_404(tmp_path: Path) -> None:
 
 
 async def test_a_plan_racing_a_deletion_does_not_name_the_deleted_meter(omni: Omni, monkeypatch: Any) -> None:
-    """The meter deleted between the plan's check of it and the plan's save: the save fails (409),
-    since the name it records goes on the meter as the check read it."""
+    """The meter deleted between the plan's check of it and the plan's save: the save fails, since
+    the name it records goes on the meter as the check read it, and the plan decided again finds
+    the meter gone (422)."""
     from commands.control_plane import CommandContext, ControlPlane
 
     await omni.meter(**TOKENS)
     await omni.settle()
     check = ControlPlane._check_meters
+    checks: list[int] = []
 
     def deleted_right_after(self: ControlPlane, *args: Any, **kwargs: Any) -> Any:
+        checks.append(1)
         checked = check(self, *args, **kwargs)
-        self.delete_meter(CommandContext(tenant_id=None, key_id="admin"), "tokens")
+        if len(checks) == 1:
+            self.delete_meter(CommandContext(tenant_id=None, key_id="admin"), "tokens")
         return checked
 
     monkeypatch.setattr(ControlPlane, "_check_meters", deleted_right_after)
     raced = await put_plan(omni, "pro", {"meter": "tokens", "limit": 10, "period": "DAY"})
-    assert raced.status_code == 409 and "concurrently" in raced.text, raced.text
+    assert raced.status_code == 422 and "'tokens' is not defined" in raced.text, raced.text
+    assert len(checks) == 2, "decided again after its save lost the race"
     monkeypatch.undo()
     assert (await omni.client.get("/v1/plans/pro", headers=omni.auth(ADMIN))).status_code == 404
     assert (await omni.client.get("/v1/meters/tokens", headers=omni.auth(ADMIN))).status_code == 404
+
+
+async def test_overrides_of_many_tenants_on_one_meter_at_once_all_stand(omni: Omni) -> None:
+    """Each records its tenant on the meter: those that lose the race are decided again, not 409."""
+    import asyncio
+
+    await omni.meter(**TOKENS)
+    tenants = [(await omni.tenant(f"t{i}"))[0] for i in range(8)]
+    await omni.settle()
+    answers = await asyncio.gather(
+        *(
+            omni.client.put(f"/v1/tenants/{t}/quotas/tokens", json={"limit": 5, "period": "DAY"}, headers=omni.auth(ADMIN))
+            for t in tenants
+        )
+    )
+    assert [a.status_code for a in answers] == [204] * len(tenants), [a.text for a in answers]
+    refused = await delete(omni, "tokens")
+    assert sorted(refused.json()["used_by"]) == sorted(f"override:{t}" for t in tenants)
