@@ -56,6 +56,9 @@ CREATE TABLE IF NOT EXISTS quota_ledger (name TEXT PRIMARY KEY, value TEXT NOT N
 """
 
 BUILT = "built"
+# What the counters count (streams.redis_quotas.FORMAT): counters built by an older version are
+# built again once, at the start.
+FORMAT_ROW, FORMAT = "format", "2"
 PURGE_EVERY_SECONDS = 3600.0
 KEEP_PERIODS = timedelta(days=62)  # counters of periods that ended longer ago are dropped
 
@@ -196,7 +199,7 @@ class EmbeddedQuotaLedger:
     async def ensure_built(self, drain: Callable[[], Awaitable[None]], views_db: Database, now: datetime) -> bool:
         """Fill the counters from the views if they were never built; True once they are."""
         for _ in range(100):
-            if self.log.run_locked(lambda db: db.execute("SELECT 1 FROM quota_ledger WHERE name=?", (BUILT,)).fetchone()):
+            if self.log.run_locked(_built):
                 return True
             await drain()
             ends = {topic: await self.log.end_offsets(topic) for topic in (self.log.topics.usage, self.log.topics.api_calls)}
@@ -236,6 +239,9 @@ class EmbeddedQuotaLedger:
                     _set_mark(db, tail_from_mark(topic, partition, meter), partition, partitions.get(partition, 0))
                     _set_mark(db, consumed_from_mark(topic, partition, meter), partition, partitions.get(partition, 0))
             db.execute("INSERT INTO quota_ledger VALUES (?, ?) ON CONFLICT DO NOTHING", (BUILT, now.isoformat()))
+            db.execute(
+                "INSERT INTO quota_ledger VALUES (?, ?) ON CONFLICT DO UPDATE SET value=excluded.value", (FORMAT_ROW, FORMAT)
+            )
             db.execute("COMMIT")
             metrics.QUOTA_REBUILDS.inc()
         except BaseException:
@@ -247,6 +253,15 @@ class EmbeddedQuotaLedger:
         from streams.projectors import API_CALLS, METERS
 
         return {self.log.topics.usage: METERS, self.log.topics.api_calls: API_CALLS}
+
+
+def _built(db: sqlite3.Connection) -> bool:
+    """Whether the counters are built, by this version: built by an older one, they are not."""
+    row = db.execute("SELECT value FROM quota_ledger WHERE name=?", (FORMAT_ROW,)).fetchone()
+    if row is None or row[0] != FORMAT:
+        db.execute("DELETE FROM quota_ledger WHERE name=?", (BUILT,))
+        return False
+    return db.execute("SELECT 1 FROM quota_ledger WHERE name=?", (BUILT,)).fetchone() is not None
 
 
 def _current_totals(tx: Tx, definitions: list[MeterDefinition], now: datetime) -> dict[CounterKey, Decimal]:

@@ -85,6 +85,10 @@ from streams.redis_wire import redis_client
 log = logging.getLogger(__name__)
 
 MILLI = Decimal(1000)
+# What the counters count: "2" since meters' catch-ups count into them (a meter defined after its
+# events). Counters built by an older version are built again once, at the API's start: that also
+# counts the history of meters defined after their events, which older versions left out.
+FORMAT = "2"
 PENDING_MS = 30_000
 LOCK_MS = 15_000  # renewed while a rebuild runs: a process that died rebuilding holds it no longer than this
 WAIT_FOR_BUILD_SECONDS = 10.0
@@ -255,6 +259,7 @@ class QuotaKeys:
     def __init__(self, topics: Topics) -> None:
         self.prefix = f"omni:quota:{topics.prefix}:"
         self.built = self.prefix + "built"
+        self.format = self.prefix + "format"  # FORMAT, once counters of it are built
         self.lock = self.prefix + "building"
 
     def answer(self, tenant_id: str, idempotency_key: str) -> str:
@@ -341,7 +346,10 @@ class RedisQuotaLedger:
         while True:
             try:
                 if await self.redis.exists(self.keys.built):
-                    return
+                    if _text(await self.redis.get(self.keys.format) or b"") == FORMAT:
+                        return
+                    log.info("quota counters of an older version (format %s wanted): building them again", FORMAT)
+                    await self.redis.delete(self.keys.built)
                 self._start_rebuild()
                 assert self._rebuilding is not None
                 await asyncio.shield(self._rebuilding)
@@ -468,6 +476,7 @@ class RedisQuotaLedger:
                 pipe.hset(self.keys.counters(epoch, tenant_id), f"{meter}|{period}", saturated(milli(amount)))
             for mark_field, end in marks.items():
                 pipe.hset(self.keys.marks(epoch), mark_field, end)
+            pipe.set(self.keys.format, FORMAT)
             await pipe.execute()
             installed = bool(await self._install(keys=[self.keys.lock, self.keys.built], args=[token, epoch]))
             if installed:

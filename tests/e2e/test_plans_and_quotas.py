@@ -524,3 +524,42 @@ async def test_counters_rebuilt_while_a_meter_catches_up_count_its_history_once(
         "the catch-up went on from where the rebuild found it, with no second rebuild"
     )
     assert (await quota(omni, key, "tokens"))["used"] == sum(row["value"] for row in await omni.query(key, "tokens"))
+
+
+async def test_counters_built_by_an_older_version_are_built_again_once(omni: Omni) -> None:
+    """Counters of an older format (older versions left out the history of meters defined after
+    their events) are built again from the views at the start, once: a counter gone wrong is right
+    after it, and a second start builds nothing."""
+    from projections.quotas import period_of
+    from schemas.plans import Period
+    from streams.embedded_quotas import FORMAT_ROW, EmbeddedQuotaLedger
+    from streams.redis_quotas import RedisQuotaLedger, field
+
+    tenant_id, key = await on_a_tokens_plan(omni, 1000, "DAY")
+    assert (await consume(omni, key, "tokens", 10)).status_code == 200
+    await omni.settle()
+    ledger = omni.platform.quotas
+    period = period_of(datetime.now(UTC), Period.DAY)
+
+    async def start() -> None:
+        if isinstance(ledger, EmbeddedQuotaLedger):
+            assert await ledger.ensure_built(omni.settle, omni.platform.db, datetime.now(UTC))
+        else:
+            assert isinstance(ledger, RedisQuotaLedger)
+            await asyncio.wait_for(ledger._keep_built(), timeout=30)
+
+    if isinstance(ledger, EmbeddedQuotaLedger):
+        ledger.log.run_locked(lambda db: db.execute("DELETE FROM quota_ledger WHERE name=?", (FORMAT_ROW,)))
+        ledger.log.run_locked(lambda db: db.execute("UPDATE quota_counters SET used='0'"))
+    else:
+        assert isinstance(ledger, RedisQuotaLedger)
+        epoch = (await ledger.redis.get(ledger.keys.built)).decode()
+        await ledger.redis.hset(ledger.keys.counters(epoch, tenant_id), field("tokens", period), 0)
+        await ledger.redis.set(ledger.keys.format, "1")
+    assert await ledger.used(tenant_id, "tokens", period) == 0, "as an older version left it"
+    before = REGISTRY.get_sample_value("omni_quota_ledger_rebuilds_total")
+    await start()
+    assert await ledger.used(tenant_id, "tokens", period) == 10
+    assert REGISTRY.get_sample_value("omni_quota_ledger_rebuilds_total") == (before or 0) + 1
+    await start()
+    assert REGISTRY.get_sample_value("omni_quota_ledger_rebuilds_total") == (before or 0) + 1, "once"
