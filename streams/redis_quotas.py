@@ -173,67 +173,72 @@ end
 return 1
 """
 
-# KEYS: built, lock. ARGV: prefix, mark field (topic/partition), the batch's first offset, the
-# mark the caller counted from, the batch's end, then (tenant, field, amount) triples. Each counter
-# saturates at SATURATION either way.
-# Answers {'skip'} (no counters, or a rebuild is filling them: count nothing, or 'wait'),
-# {'moved', mark} (count again from there), {'reset'} (facts were folded uncounted), {'ok'}.
-ADD_FACTS = """
+
+# The start of the scripts that count folded records (ADD_FACTS, CATCH_UP): the current epoch, or
+# {'wait'} while a rebuild is filling a new one, {'skip'} when there are no counters; and the mark
+# (in ARGV[2]) checked against the batch's first offset (ARGV[3 + shift]): past it, records were
+# folded uncounted, so the counters are dropped for a rebuild ({'reset'}).
+def _counting_from_mark(shift: int) -> str:
+    return f"""
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then
-  if redis.call('EXISTS', KEYS[2]) == 1 then return {'wait'} end
-  return {'skip'}
+  if redis.call('EXISTS', KEYS[2]) == 1 then return {{'wait'}} end
+  return {{'skip'}}
 end
 local marks = ARGV[1] .. 'm:' .. epoch
 local mark = tonumber(redis.call('HGET', marks, ARGV[2]) or '0')
-if mark < tonumber(ARGV[3]) then
+if mark < tonumber(ARGV[{3 + shift}]) then
   redis.call('DEL', KEYS[1])
-  return {'reset'}
+  return {{'reset'}}
 end
-if mark ~= tonumber(ARGV[4]) then return {'moved', string.format('%.0f', mark)} end
-if mark >= tonumber(ARGV[5]) then return {'ok'} end
-for i = 6, #ARGV, 3 do
+"""
+
+
+# The end of those scripts: the (tenant, field, amount) triples from ARGV[first] on added, each
+# counter saturating at SATURATION either way, and the mark moved to the batch's end (ARGV[last]).
+def _counted(first: int, end: int) -> str:
+    return f"""
+for i = {first}, #ARGV, 3 do
   local counters = ARGV[1] .. 'c:' .. epoch .. ':' .. ARGV[i]
   local now = tonumber(redis.call('HGET', counters, ARGV[i + 1]) or '0') + tonumber(ARGV[i + 2])
   if now > 9007199254740992 then now = 9007199254740992 elseif now < -9007199254740992 then now = -9007199254740992 end
   redis.call('HSET', counters, ARGV[i + 1], string.format('%.0f', now))
 end
-redis.call('HSET', marks, ARGV[2], ARGV[5])
-return {'ok'}
+redis.call('HSET', marks, ARGV[2], ARGV[{end}])
+return {{'ok'}}
 """
+
+
+# KEYS: built, lock. ARGV: prefix, mark field (topic/partition), the batch's first offset, the
+# mark the caller counted from, the batch's end, then (tenant, field, amount) triples.
+# Answers {'skip'} (no counters, or a rebuild is filling them: count nothing, or 'wait'),
+# {'moved', mark} (count again from there), {'reset'} (facts were folded uncounted), {'ok'}.
+ADD_FACTS = (
+    _counting_from_mark(0)
+    + """
+if mark ~= tonumber(ARGV[4]) then return {'moved', string.format('%.0f', mark)} end
+if mark >= tonumber(ARGV[5]) then return {'ok'} end
+"""
+    + _counted(6, 5)
+)
 
 # KEYS: built, lock. ARGV: prefix, the meter's catch-up mark field, its tail-from field, its
 # consumed-from field, the batch's first offset, the mark the caller counted from, the tail-from and
 # consumed-from it assumed, the batch's end, then (tenant, field, amount) triples. As ADD_FACTS,
 # against a mark of one meter's own (streams.quota_ledger.caught_up_mark); {'moved', mark,
 # tail_from, consumed_from}: count again with those.
-CATCH_UP = """
-local epoch = redis.call('GET', KEYS[1])
-if not epoch then
-  if redis.call('EXISTS', KEYS[2]) == 1 then return {'wait'} end
-  return {'skip'}
-end
-local marks = ARGV[1] .. 'm:' .. epoch
-local mark = tonumber(redis.call('HGET', marks, ARGV[2]) or '0')
-if mark < tonumber(ARGV[5]) then
-  redis.call('DEL', KEYS[1])
-  return {'reset'}
-end
+CATCH_UP = (
+    _counting_from_mark(2)
+    + """
 local tail = redis.call('HGET', marks, ARGV[3]) or '0'
 local consumed = redis.call('HGET', marks, ARGV[4]) or '0'
 if mark ~= tonumber(ARGV[6]) or tail ~= ARGV[7] or consumed ~= ARGV[8] then
   return {'moved', string.format('%.0f', mark), tail, consumed}
 end
 if mark >= tonumber(ARGV[9]) then return {'ok'} end
-for i = 10, #ARGV, 3 do
-  local counters = ARGV[1] .. 'c:' .. epoch .. ':' .. ARGV[i]
-  local now = tonumber(redis.call('HGET', counters, ARGV[i + 1]) or '0') + tonumber(ARGV[i + 2])
-  if now > 9007199254740992 then now = 9007199254740992 elseif now < -9007199254740992 then now = -9007199254740992 end
-  redis.call('HSET', counters, ARGV[i + 1], string.format('%.0f', now))
-end
-redis.call('HSET', marks, ARGV[2], ARGV[9])
-return {'ok'}
 """
+    + _counted(10, 9)
+)
 
 # KEYS: lock. ARGV: token, TTL (ms). Extends the lock if it is still ours.
 EXTEND = """
