@@ -5,9 +5,9 @@ checkers and caches probing `HEAD /healthz` or a document's URL were refused. Th
 innermost, hands a HEAD request on as a GET (a copy of the scope, so routing and the route itself run
 as for a GET; the route it found is copied back for the outer layers, which record the request as
 HEAD: metrics, the `api_call` record, the span) and drops the body of its answer, keeping its
-`Content-Length` (the server, which saw HEAD, sends none either). A live meter watch answers a GET with a stream that lasts minutes: its HEAD is
-405 (`Allow: GET`), not a request that never ends. Nothing is added to the OpenAPI document: HEAD is
-implied by GET there too.
+`Content-Length` (the server, which saw HEAD, sends none either). A live meter watch answers a GET
+with a stream that lasts minutes: its HEAD is 405 (`Allow: GET`), not a request that never ends.
+Nothing is added to the OpenAPI document: HEAD is implied by GET there too.
 """
 
 from __future__ import annotations
@@ -46,12 +46,7 @@ class HeadAsGet:
 
 
 async def _not_allowed(scope: Scope, send: Send) -> None:
-    problem = Problem(
-        405,
-        "Method not allowed",
-        "A meter watch is a stream of events: open it with GET.",
-        headers={"Allow": "GET"},
-    )
+    problem = Problem(405, "Method not allowed", "A meter watch is a stream of events: open it with GET.")
     body = problem_body(scope.get("root_path", "") + scope["path"], problem)
     headers = [
         (b"content-type", b"application/problem+json"),

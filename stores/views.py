@@ -339,9 +339,9 @@ def describe_meter(tx: Tx, definition: MeterDefinition) -> None:
 def drop_meter(tx: Tx, slug: str) -> None:
     """A deleted meter: its definition, buckets and offsets. The caller holds the meters' checkpoints
     (lock_checkpoint on every partition they fold), so no batch counting it commits after this."""
-    for table in ("meter_definitions", "meter_windows", "meter_totals"):
-        tx.execute(f"DELETE FROM {table} WHERE {'slug' if table == 'meter_definitions' else 'meter'}=?", (slug,))
-    tx.execute("DELETE FROM meter_offsets WHERE meter=?", (slug,))
+    tx.execute("DELETE FROM meter_definitions WHERE slug=?", (slug,))
+    for table in ("meter_windows", "meter_totals", "meter_offsets"):
+        tx.execute(f"DELETE FROM {table} WHERE meter=?", (slug,))
 
 
 # Bucket rows ---------------------------------------------------------------------

@@ -39,7 +39,14 @@ from stores import views
 from stores.database import Database, Tx
 from streams.embedded_log import EmbeddedLog, rollback
 from streams.log import Outgoing
-from streams.quota_ledger import ConsumeOutcome, ConsumeRequest, caught_up_mark, consumed_from_mark, tail_from_mark
+from streams.quota_ledger import (
+    CaughtUpCounter,
+    ConsumeOutcome,
+    ConsumeRequest,
+    caught_up_mark,
+    consumed_from_mark,
+    tail_from_mark,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS quota_counters (
@@ -151,10 +158,7 @@ class EmbeddedQuotaLedger:
         def add(db: sqlite3.Connection) -> None:
             db.execute("BEGIN IMMEDIATE")
             try:
-                row = db.execute(
-                    "SELECT next_offset FROM quota_marks WHERE topic=? AND partition=?", (topic, partition)
-                ).fetchone()
-                mark = row[0] if row else 0
+                mark = _mark(db, topic, partition)
                 if end > mark:
                     for key, amount in counted(mark).items():
                         _raise(db, key, amount)
@@ -173,7 +177,7 @@ class EmbeddedQuotaLedger:
         partition: int,
         start: int,
         end: int,
-        counted: Callable[[int, int, int], Mapping[CounterKey, Decimal]],
+        counted: CaughtUpCounter,
     ) -> None:
         """Count what a meter's catch-up folded of [start, end) from its own mark on (blocking)."""
 

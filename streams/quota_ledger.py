@@ -93,6 +93,11 @@ def tail_from_mark(topic: str, partition: int, meter: str) -> str:
     return f"{topic}/{partition}#{meter}@tail"
 
 
+# What a meter's catch-up adds to the counters: (since, tail_from, consumed_from) -> per counter
+# (projections.quotas.caught_up_deltas, over the batch).
+CaughtUpCounter = Callable[[int, int, int], Mapping[CounterKey, Decimal]]
+
+
 class FactLedger(Protocol):
     """The worker's side: facts counted as the meters fold them (blocking)."""
 
@@ -110,7 +115,7 @@ class FactLedger(Protocol):
         partition: int,
         start: int,
         end: int,
-        counted: Callable[[int, int, int], Mapping[CounterKey, Decimal]],
+        counted: CaughtUpCounter,
     ) -> None:
         """Count what one meter's catch-up folded of [start, end) that is not counted yet, against a
         mark of that meter's own (the live fold's marks cover the meters that were live).

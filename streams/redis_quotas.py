@@ -72,6 +72,7 @@ from stores.database import Database
 from streams.group_call import GroupCall
 from streams.log import CountersUnavailable, EventLog, LogRecord, LogUnavailable, Outgoing
 from streams.quota_ledger import (
+    CaughtUpCounter,
     ConsumeOutcome,
     ConsumeRequest,
     Rebuilding,
@@ -652,7 +653,7 @@ class RedisFactLedger:
         partition: int,
         start: int,
         end: int,
-        counted: Callable[[int, int, int], Mapping[CounterKey, Decimal]],
+        counted: CaughtUpCounter,
     ) -> None:
         """As add_facts, for one meter's catch-up, against that meter's own mark."""
         mark_field = caught_up_mark(topic, partition, meter)
