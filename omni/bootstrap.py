@@ -11,7 +11,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -157,7 +157,9 @@ class Platform:
 
     def __post_init__(self) -> None:
         self.notices = NoticesRelay(self.control, self.db, self.relay.wake)
-        self.replays = ReplayJobs(build_replayer(self.settings, self.db, self.log), self.db)
+        self.replays = ReplayJobs(
+            build_replayer(self.settings, self.db, self.log, None if self.quotas is None else self.quotas.views_swapped), self.db
+        )
         self.gdpr_jobs = GdprJobs(self)
         self.retention = RetentionSweeper(self)
         master = self.personal.master
@@ -484,8 +486,11 @@ def _meter_users(db: Database, meter: str) -> list[str]:
         return plan_store.meter_users(tx, meter)
 
 
-def build_replayer(settings: Settings, db: Database, log_: EventLog) -> Replayer:
-    """Replays (streams.replay) of the live views `db` from `log_`, folded as `build_runner` folds."""
+def build_replayer(
+    settings: Settings, db: Database, log_: EventLog, on_meters_swapped: Callable[[], Awaitable[None]] | None = None
+) -> Replayer:
+    """Replays (streams.replay) of the live views `db` from `log_`, folded as `build_runner` folds;
+    `on_meters_swapped`: the quota counters told of a swap of the meters' views (the platform's own)."""
     from omni.audit_keys import signing_key
 
     return Replayer(
@@ -496,6 +501,7 @@ def build_replayer(settings: Settings, db: Database, log_: EventLog) -> Replayer
         keep_seen=settings.acceptance_window + settings.future_tolerance,
         batch_size=settings.runner_batch_size,
         audit_every=settings.audit_checkpoint_every,
+        on_meters_swapped=on_meters_swapped,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import typer
@@ -14,11 +15,22 @@ from omni.bootstrap import build_replayer, open_log_and_views
 from omni.settings import Mode, Settings
 from stores.database import StoreUnavailable
 from streams import replay
-from streams.log import LogUnavailable
+from streams.log import EventLog, LogUnavailable
 
 # Exit statuses: 0 done (and no difference), 1 differences found, 2 a request that cannot be, or a
 # log or views that cannot be read (never 1: a script running --diff reads 1 as "the views differ").
 DIFFERENT, BAD = 1, 2
+
+
+def _counters_told(settings: Settings, log: EventLog) -> Callable[[], Awaitable[None]] | None:
+    """How this process tells the API's quota counters that a swap changed the meters' views: in Kafka
+    mode their `built` mark dropped in Redis, so the next consume builds them again. (In embedded mode
+    the runner of `omni serve` finds it at its fold's next batch.)"""
+    if settings.mode is Mode.EMBEDDED:
+        return None
+    from streams.redis_quotas import views_swapped_elsewhere
+
+    return lambda: views_swapped_elsewhere(settings.redis_url, log.topics)
 
 
 def parse_until(text: str | None) -> datetime | None:
@@ -75,7 +87,7 @@ async def run_replay(settings: Settings, names: list[str], *, diff: bool, swap: 
             def show(progress: replay.Progress) -> None:
                 bar.update(task, completed=progress.done, total=progress.total or None, rate=progress.per_second)
 
-            outcome = await build_replayer(settings, db, log).run(request, on_progress=show)
+            outcome = await build_replayer(settings, db, log, _counters_told(settings, log)).run(request, on_progress=show)
     except (StoreUnavailable, LogUnavailable) as away:
         typer.echo(f"omni replay: {away}", err=True)
         return BAD

@@ -7,11 +7,12 @@ day buckets of `meter_totals` (stores.views), summed here (SQLite keeps totals a
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from decimal import Decimal
 
 from projections.meter_state import EXACT
 from projections.meters import DAY
-from projections.quotas import THRESHOLD_CROSSED, Crossing, PeriodKey
+from projections.quotas import THRESHOLD_CROSSED, CounterKey, Crossing, PeriodKey, periods_around
 from schemas.envelope import format_time
 from schemas.meters import Aggregation, MeterDefinition
 from stores.database import Tx
@@ -51,6 +52,20 @@ def period_totals(tx: Tx, definition: MeterDefinition, start: int, end: int) -> 
     found: dict[str, Decimal] = {}
     for tenant_id, amount in rows:
         found[tenant_id] = EXACT.add(found.get(tenant_id, Decimal(0)), Decimal(amount))  # as the meters add
+    return found
+
+
+def current_totals(tx: Tx, definitions: Iterable[MeterDefinition], now: datetime) -> dict[CounterKey, Decimal]:
+    """Every tenant's usage of each additive meter in the periods around `now` (what the hot quota
+    counters hold), as the views hold it."""
+    found: dict[CounterKey, Decimal] = {}
+    for definition in definitions:
+        if definition.aggregation not in (Aggregation.SUM, Aggregation.COUNT):
+            continue
+        for period in periods_around(now):
+            start, end = int(period.start.timestamp()), int(period.end.timestamp())
+            for tenant_id, amount in period_totals(tx, definition, start, end).items():
+                found[(tenant_id, definition.slug, period.text)] = amount
     return found
 
 

@@ -22,13 +22,17 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from projections.quotas import CounterKey
 from projections.slos import AlertState, state_after_swap
 from schemas.envelope import format_time
+from stores import quotas as quota_views
 from stores import slos as slo_store
+from stores import views
 from stores.database import Database, PostgresDatabase, SqliteDatabase, Tx
 
 CATALOG, METERS, AUDIT = "catalog", "meters", "audit"  # the folds (see the module's docstring)
@@ -275,14 +279,18 @@ def _swapped_rows(folds: Sequence[Fold]) -> list[tuple[str, str, tuple[str, ...]
     return parts
 
 
-def swap(live: Database, shadow: Shadow, folds: Sequence[Fold]) -> None:
+def swap(live: Database, shadow: Shadow, folds: Sequence[Fold]) -> bool:
     """Make the shadow's rows of `folds` the live ones, in one transaction of the live views: their
     readers see the old rows or the new, never a mix, and the live folds wait (they lock their
     checkpoints first) and go on from the shadow's offsets. ShadowBehind (nothing changed) when
-    the live folds are past the shadow's offsets anywhere: they would skip what lies between."""
+    the live folds are past the shadow's offsets anywhere: they would skip what lies between.
+    True when the swap changed what the hot quota counters count (they are to be built again)."""
     consumers = tuple(c for fold in folds for c in fold.consumers)
+    names = {fold.name for fold in folds}
+    now = datetime.now(UTC)
     with shadow.db.transaction() as stx:
         theirs = _offsets(stx, consumers)
+        their_counted = _counted(stx, now) if METERS in names else None
     with live.transaction(bounded=False) as tx:  # copies whole views: as long as they take
         if tx.dialect == "postgres":
             tx.execute("LOCK TABLE checkpoints IN EXCLUSIVE MODE")  # the folds' first statement waits for us
@@ -290,23 +298,25 @@ def swap(live: Database, shadow: Shadow, folds: Sequence[Fold]) -> None:
         behind = [key for key, offset in ours.items() if theirs.get(key, 0) < offset]
         if behind:
             raise ShadowBehind(f"the live views are past the replay at {behind[:3]}")
+        # The hot quota counters are built from the meters' views: built again if these change what
+        # they count (stores.views.meters_generation).
+        counters_change = their_counted is not None and _changes_counters(tx, ours, theirs, their_counted, now)
         sent = {table: sorted(str(row[0]) for row in tx.execute(f"SELECT id FROM {table} WHERE recorded = 1")) for table in SENT}
-        names = {fold.name for fold in folds}
         past = _slo_past(tx) if METERS in names else None
         thresholds = _every_row(tx, NOTIFICATIONS) if names & {CATALOG, METERS} else None
         noticed = _overdue_noticed(tx) if CATALOG in names else []
         for table, where, params in _swapped_rows(folds):
             tx.execute(f"DELETE FROM {table} {where}", params)
-            names = ", ".join(columns(tx, table))
+            listed = ", ".join(columns(tx, table))
             if isinstance(shadow.db, PostgresDatabase):
-                tx.execute(f'INSERT INTO {table} ({names}) SELECT {names} FROM "{shadow.schema}".{table} {where}', params)
+                tx.execute(f'INSERT INTO {table} ({listed}) SELECT {listed} FROM "{shadow.schema}".{table} {where}', params)
             else:
                 assert shadow.file is not None
                 with _reading(shadow.file) as source:
-                    cursor = source.execute(f"SELECT {names} FROM {table} {where}", params)
-                    marks = ", ".join("?" for _ in names.split(", "))
+                    cursor = source.execute(f"SELECT {listed} FROM {table} {where}", params)
+                    marks = ", ".join("?" for _ in listed.split(", "))
                     while chunk := list(islice(cursor, SWAP_CHUNK)):
-                        tx.execute_many(f"INSERT INTO {table} ({names}) VALUES ({marks})", chunk)
+                        tx.execute_many(f"INSERT INTO {table} ({listed}) VALUES ({marks})", chunk)
         for table, ids in sent.items():
             tx.execute_many(f"UPDATE {table} SET recorded = 1 WHERE id = ?", [(i,) for i in ids])
         if past is not None:
@@ -314,6 +324,35 @@ def swap(live: Database, shadow: Shadow, folds: Sequence[Fold]) -> None:
         if thresholds is not None:
             _keep_thresholds_notified(tx, thresholds)
         tx.execute_many("UPDATE gdpr_breaches SET overdue_notice_at=? WHERE id=?", [(at, i) for i, at in noticed])
+        if counters_change:
+            views.set_relay_position(tx, views.METERS_GENERATION, views.meters_generation(tx) + 1)
+    return counters_change
+
+
+def _counted(tx: Tx, now: datetime) -> dict[CounterKey, Decimal]:
+    """What the hot quota counters take from these views: the current periods' totals."""
+    return quota_views.current_totals(tx, views.meter_definitions(tx), now)
+
+
+def _changes_counters(
+    tx: Tx,
+    ours: dict[tuple[str, str, int], int],
+    theirs: dict[tuple[str, str, int], int],
+    their_counted: dict[CounterKey, Decimal],
+    now: datetime,
+) -> bool:
+    """Whether the shadow's meters' views would have the quota counters count otherwise than the live
+    ones they replace: offsets moved (records the live fold never counted), a live meter still
+    catching up (its counters hold part of its history; the shadow's holds it all), or other totals."""
+    meters = [key for key in {*ours, *theirs} if key[0] in FOLDS[METERS].consumers]
+    if any(ours.get(key, 0) != theirs.get(key, 0) for key in meters):
+        return True
+    heads: dict[str, dict[int, int]] = {}
+    for key in meters:
+        heads.setdefault(key[1], {})[key[2]] = ours.get(key, 0)
+    if any(views.meters_behind(tx, topic, at) for topic, at in heads.items()):
+        return True
+    return _counted(tx, now) != their_counted
 
 
 @dataclass(frozen=True, slots=True)

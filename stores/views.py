@@ -193,6 +193,17 @@ def meters_behind(tx: Tx, topic: str, heads: Mapping[int, int]) -> dict[tuple[st
     }
 
 
+# Bumped by a replay's swap of the meters' views (stores.shadow.swap), in its transaction: the hot quota
+# counters are built from these views and hold the generation they were built from, so a fold that
+# finds another one knows they no longer match the views and has them built again.
+METERS_GENERATION = "meters-views-generation"
+
+
+def meters_generation(tx: Tx) -> int:
+    """How many times a replay swapped the meters' views in (0: never)."""
+    return relay_position(tx, METERS_GENERATION)
+
+
 def meter_positions(tx: Tx) -> dict[int, int]:
     """Per partition, the sum of every meter's next offset on every topic the meters fold: it moves
     whenever the meters' views take in a record of that partition (what a live watch waits for)."""

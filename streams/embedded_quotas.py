@@ -31,12 +31,11 @@ import orjson
 
 from omni import failpoints, metrics
 from projections.meter_state import EXACT
-from projections.quotas import CounterKey, Decision, PeriodKey, decide, periods_around, periods_of
+from projections.quotas import CounterKey, Decision, PeriodKey, decide, periods_of
 from schemas.envelope import encode, record_headers
-from schemas.meters import Aggregation, MeterDefinition
 from stores import quotas as quota_views
 from stores import views
-from stores.database import Database, Tx
+from stores.database import Database
 from streams.embedded_log import EmbeddedLog, rollback
 from streams.log import Outgoing
 from streams.quota_ledger import (
@@ -66,6 +65,9 @@ BUILT = "built"
 # What the counters count (streams.redis_quotas.FORMAT): counters built by an older version are
 # built again once, at the start.
 FORMAT_ROW, FORMAT = "format", "2"
+# The generation of the meters' views the counters were built from (stores.views.meters_generation):
+# a replay's swap of those views moves it on, and counters of an older one are built again.
+GENERATION_ROW = "views_generation"
 PURGE_EVERY_SECONDS = 3600.0
 KEEP_PERIODS = timedelta(days=62)  # counters of periods that ended longer ago are dropped
 
@@ -75,6 +77,9 @@ class EmbeddedQuotaLedger:
         self.log = log
         self.keep = keep  # how long an answer is kept for retries (OMNI_QUOTA_ANSWER_SECONDS)
         self._last_purge = 0.0
+        # A fold found the counters built from views a replay swapped out since: they count nothing
+        # until built again (streams.runner builds them, as `ensure_built` at the start).
+        self.stale = False
 
     async def start(self) -> None:
         self.log.run_locked(lambda db: db.executescript(SCHEMA))
@@ -150,16 +155,24 @@ class EmbeddedQuotaLedger:
     # Facts, from the meter projector ---------------------------------------------------------
 
     def add_facts(
-        self, topic: str, partition: int, start: int, end: int, counted: Callable[[int], Mapping[CounterKey, Decimal]]
+        self,
+        topic: str,
+        partition: int,
+        start: int,
+        end: int,
+        counted: Callable[[int], Mapping[CounterKey, Decimal]],
+        generation: int,
     ) -> None:
         """Count what the batch's facts add from the partition's mark on, and move the mark to
-        `end` (blocking)."""
+        `end` (blocking). Counters built from other views than the fold's count nothing: `stale`."""
 
         def add(db: sqlite3.Connection) -> None:
             db.execute("BEGIN IMMEDIATE")
             try:
                 mark = _mark(db, topic, partition)
-                if end > mark:
+                if _generation(db) != generation:
+                    self.stale = True
+                elif end > mark:
                     for key, amount in counted(mark).items():
                         _raise(db, key, amount)
                     _set_mark(db, topic, partition, end)
@@ -178,6 +191,7 @@ class EmbeddedQuotaLedger:
         start: int,
         end: int,
         counted: CaughtUpCounter,
+        generation: int,
     ) -> None:
         """Count what a meter's catch-up folded of [start, end) from its own mark on (blocking)."""
 
@@ -185,7 +199,9 @@ class EmbeddedQuotaLedger:
             db.execute("BEGIN IMMEDIATE")
             try:
                 mark = _mark(db, caught_up_mark(topic, partition, meter), partition)
-                if end > mark:
+                if _generation(db) != generation:
+                    self.stale = True
+                elif end > mark:
                     tail_from = _mark(db, tail_from_mark(topic, partition, meter), partition)
                     consumed_from = _mark(db, consumed_from_mark(topic, partition, meter), partition)
                     for key, amount in counted(max(mark, start), tail_from, consumed_from).items():
@@ -201,15 +217,25 @@ class EmbeddedQuotaLedger:
     # Building the counters of an older log ------------------------------------------------------
 
     async def ensure_built(self, drain: Callable[[], Awaitable[None]], views_db: Database, now: datetime) -> bool:
-        """Fill the counters from the views if they were never built; True once they are."""
+        """Fill the counters from the views if they were never built, or built from views a replay
+        swapped out since; True once they are."""
         for _ in range(100):
-            if self.log.run_locked(_built):
+            generation = await asyncio.to_thread(_views_generation, views_db)
+            if self.log.run_locked(lambda db: _built(db, generation)):  # noqa: B023 - called at once
+                self.stale = False
                 return True
             await drain()
             ends = {topic: await self.log.end_offsets(topic) for topic in (self.log.topics.usage, self.log.topics.api_calls)}
             if self.log.run_locked(lambda db: self._build(db, views_db, ends, now)):  # noqa: B023 - called at once
+                self.stale = False
                 return True
         return False
+
+    async def views_swapped(self) -> None:
+        """A replay swapped the meters' views in: the counters are built again from them (by the
+        runner's next step; its fold's next batch would find it too)."""
+        self.stale = True
+        self.log.appended.set()  # wakes the runner
 
     def _build(self, db: sqlite3.Connection, views_db: Database, ends: dict[str, dict[int, int]], now: datetime) -> bool:
         db.execute("BEGIN IMMEDIATE")
@@ -226,7 +252,8 @@ class EmbeddedQuotaLedger:
                 if any(held[topic].get(p, 0) != o for topic in ends for p, o in current[topic].items()):
                     db.execute("ROLLBACK")
                     return False
-                totals = _current_totals(tx, views.meter_definitions(tx), now)
+                generation = views.meters_generation(tx)
+                totals = quota_views.current_totals(tx, views.meter_definitions(tx), now)
                 behind = {topic: views.meters_behind(tx, topic, held[topic]) for topic in ends}
             db.execute("DELETE FROM quota_counters")
             db.execute("DELETE FROM quota_marks")
@@ -243,9 +270,8 @@ class EmbeddedQuotaLedger:
                     _set_mark(db, tail_from_mark(topic, partition, meter), partition, partitions.get(partition, 0))
                     _set_mark(db, consumed_from_mark(topic, partition, meter), partition, partitions.get(partition, 0))
             db.execute("INSERT INTO quota_ledger VALUES (?, ?) ON CONFLICT DO NOTHING", (BUILT, now.isoformat()))
-            db.execute(
-                "INSERT INTO quota_ledger VALUES (?, ?) ON CONFLICT DO UPDATE SET value=excluded.value", (FORMAT_ROW, FORMAT)
-            )
+            for name, value in ((FORMAT_ROW, FORMAT), (GENERATION_ROW, str(generation))):
+                db.execute("INSERT INTO quota_ledger VALUES (?, ?) ON CONFLICT DO UPDATE SET value=excluded.value", (name, value))
             db.execute("COMMIT")
             metrics.QUOTA_REBUILDS.inc()
         except BaseException:
@@ -259,27 +285,25 @@ class EmbeddedQuotaLedger:
         return {self.log.topics.usage: METERS, self.log.topics.api_calls: API_CALLS}
 
 
-def _built(db: sqlite3.Connection) -> bool:
-    """Whether the counters are built, by this version: built by an older one, they are not."""
+def _built(db: sqlite3.Connection, generation: int) -> bool:
+    """Whether the counters are built, by this version, from the meters' views of `generation`:
+    built by an older version, or from views swapped out since, they are not."""
     row = db.execute("SELECT value FROM quota_ledger WHERE name=?", (FORMAT_ROW,)).fetchone()
-    if row is None or row[0] != FORMAT:
+    if row is None or row[0] != FORMAT or _generation(db) != generation:
         db.execute("DELETE FROM quota_ledger WHERE name=?", (BUILT,))
         return False
     return db.execute("SELECT 1 FROM quota_ledger WHERE name=?", (BUILT,)).fetchone() is not None
 
 
-def _current_totals(tx: Tx, definitions: list[MeterDefinition], now: datetime) -> dict[CounterKey, Decimal]:
-    """Every tenant's usage of each additive meter in the periods around `now`, from the views."""
-    found: dict[CounterKey, Decimal] = {}
-    for definition in definitions:
-        if definition.aggregation not in (Aggregation.SUM, Aggregation.COUNT):
-            continue
-        for period in periods_around(now):
-            for tenant_id, amount in quota_views.period_totals(
-                tx, definition, int(period.start.timestamp()), int(period.end.timestamp())
-            ).items():
-                found[(tenant_id, definition.slug, period.text)] = amount
-    return found
+def _generation(db: sqlite3.Connection) -> int:
+    """The generation of the meters' views the counters were built from (0 before any swap)."""
+    row = db.execute("SELECT value FROM quota_ledger WHERE name=?", (GENERATION_ROW,)).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _views_generation(views_db: Database) -> int:
+    with views_db.transaction() as tx:
+        return views.meters_generation(tx)
 
 
 def _counter(db: sqlite3.Connection, key: CounterKey) -> Decimal:

@@ -358,10 +358,9 @@ class MeterProjector:
             deltas = _folded(live_meters, kept)
             usage = quotas.usage_from_buckets(live_meters, deltas)
             self._notify_thresholds(tx, live_meters, kept, usage)
-            if self.ledger is not None and usage:
-                self.ledger.add_facts(self.topic, partition, start, end, _facts_counter(live_meters, kept, start, usage))
-            elif self.ledger is not None:
-                self.ledger.add_facts(self.topic, partition, start, end, lambda since: {})
+            if self.ledger is not None:
+                counted = _facts_counter(live_meters, kept, start, usage) if usage else _nothing_counted
+                self.ledger.add_facts(self.topic, partition, start, end, counted, views.meters_generation(tx))
             # `write views` ends after the commit: the ExitStack is left after the transaction.
             writing.enter_context(trace.use_span(tracing.write_span(), end_on_exit=True))
             self._merge(tx, deltas)
@@ -422,6 +421,7 @@ class MeterProjector:
                     current,
                     end,
                     lambda since, tail_from, consumed_from: quotas.caught_up_deltas(one, pairs, since, tail_from, consumed_from),
+                    views.meters_generation(tx),
                 )
             views.merge_buckets(tx, deltas)
             views.set_meter_checkpoints(tx, self.topic, lag.partition, {lag.meter: end})
@@ -478,6 +478,10 @@ class MeterProjector:
         found = quotas.crossings(before, relevant, quota_meters, in_force)
         if found:
             quota_store.add_notifications(tx, found)
+
+
+def _nothing_counted(since: int) -> dict[quotas.CounterKey, Decimal]:
+    return {}
 
 
 def _folded(meters: MeterIndex, events: Sequence[tuple[LogRecord, Envelope]]) -> dict[BucketKey, BucketState]:

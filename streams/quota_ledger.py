@@ -6,7 +6,7 @@ Redis (streams.redis_quotas). Both decide with projections.quotas.decide and cou
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -17,6 +17,7 @@ import orjson
 from projections.quotas import CounterKey, Decision, PeriodKey
 from schemas.envelope import Envelope
 from schemas.plans import Entitlement
+from stores.database import Database
 from streams.log import LogUnavailable
 
 
@@ -73,6 +74,10 @@ class QuotaLedger(Protocol):
         """The hot counter; None when there is none to read (then read the views)."""
         ...
 
+    async def views_swapped(self) -> None:
+        """A replay swapped the meters' views in: build the counters again from them, soon."""
+        ...
+
 
 def caught_up_mark(topic: str, partition: int, meter: str) -> str:
     """The mark of what one meter's catch-up has counted in a partition (the hot counters hold the
@@ -98,14 +103,31 @@ def tail_from_mark(topic: str, partition: int, meter: str) -> str:
 CaughtUpCounter = Callable[[int, int, int], Mapping[CounterKey, Decimal]]
 
 
+class RebuiltByItsFold(Protocol):
+    """Counters that the process folding the meters builds again when its fold finds them built from
+    views a replay swapped out since (embedded mode: streams.embedded_quotas)."""
+
+    stale: bool
+
+    async def ensure_built(self, drain: Callable[[], Awaitable[None]], views_db: Database, now: datetime) -> bool: ...
+
+
 class FactLedger(Protocol):
     """The worker's side: facts counted as the meters fold them (blocking)."""
 
     def add_facts(
-        self, topic: str, partition: int, start: int, end: int, counted: Callable[[int], Mapping[CounterKey, Decimal]]
+        self,
+        topic: str,
+        partition: int,
+        start: int,
+        end: int,
+        counted: Callable[[int], Mapping[CounterKey, Decimal]],
+        generation: int,
     ) -> None:
         """Count the facts of the batch [start, end) as folded that are not counted yet: `counted(since)`
-        is what the batch's facts at offsets from `since` on add, per counter."""
+        is what the batch's facts at offsets from `since` on add, per counter. `generation`: the
+        meters' views' (stores.views.meters_generation) as the fold read them; counters built from
+        another generation (a replay swapped the views in since) count nothing and are built again."""
         ...
 
     def add_caught_up(
@@ -116,10 +138,11 @@ class FactLedger(Protocol):
         start: int,
         end: int,
         counted: CaughtUpCounter,
+        generation: int,
     ) -> None:
         """Count what one meter's catch-up folded of [start, end) that is not counted yet, against a
         mark of that meter's own (the live fold's marks cover the meters that were live).
         `counted(since, tail_from, consumed_from)`: what the batch adds from offset `since` on
         (projections.quotas.caught_up_deltas); the ledger says where those are (0 unless a rebuild
-        found the meter lagging)."""
+        found the meter lagging). `generation` as for add_facts."""
         ...

@@ -68,7 +68,7 @@ from schemas.plans import Enforcement
 from schemas.topics import Topics
 from stores import quotas as quota_views
 from stores import views
-from stores.database import Database
+from stores.database import Database, StoreUnavailable
 from streams.group_call import GroupCall
 from streams.log import CountersUnavailable, EventLog, LogRecord, LogUnavailable, Outgoing
 from streams.quota_ledger import (
@@ -95,6 +95,8 @@ LOCK_MS = 15_000  # renewed while a rebuild runs: a process that died rebuilding
 WAIT_FOR_BUILD_SECONDS = 10.0
 READ_CHUNK = 5000
 BUILT_MARK = "quota-counters-built"  # in the views: counters were installed once (a rebuild then waits its grace)
+# In an epoch's marks: the generation of the meters' views it was built from (stores.views.meters_generation).
+GENERATION_FIELD = "generation"
 
 
 def milli(amount: Decimal) -> int:
@@ -178,8 +180,9 @@ return 1
 # The start of the scripts that count folded records (ADD_FACTS, CATCH_UP): the current epoch, or
 # {'wait'} while a rebuild is filling a new one, {'skip'} when there are no counters; and the mark
 # (in ARGV[2]) checked against the batch's first offset (ARGV[3 + shift]): past it, records were
-# folded uncounted, so the counters are dropped for a rebuild ({'reset'}).
-def _counting_from_mark(shift: int) -> str:
+# folded uncounted, so the counters are dropped for a rebuild ({'reset'}). So are counters built
+# from views of another generation than the fold's (ARGV[generation]; a replay swapped the views).
+def _counting_from_mark(shift: int, generation: int) -> str:
     return f"""
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then
@@ -188,7 +191,8 @@ if not epoch then
 end
 local marks = ARGV[1] .. 'm:' .. epoch
 local mark = tonumber(redis.call('HGET', marks, ARGV[2]) or '0')
-if mark < tonumber(ARGV[{3 + shift}]) then
+local built_from = redis.call('HGET', marks, '{GENERATION_FIELD}') or '0'
+if mark < tonumber(ARGV[{3 + shift}]) or built_from ~= ARGV[{generation}] then
   redis.call('DEL', KEYS[1])
   return {{'reset'}}
 end
@@ -211,25 +215,26 @@ return {{'ok'}}
 
 
 # KEYS: built, lock. ARGV: prefix, mark field (topic/partition), the batch's first offset, the
-# mark the caller counted from, the batch's end, then (tenant, field, amount) triples.
-# Answers {'skip'} (no counters, or a rebuild is filling them: count nothing, or 'wait'),
-# {'moved', mark} (count again from there), {'reset'} (facts were folded uncounted), {'ok'}.
+# mark the caller counted from, the batch's end, the views' generation, then (tenant, field, amount)
+# triples. Answers {'skip'} (no counters, or a rebuild is filling them: count nothing, or 'wait'),
+# {'moved', mark} (count again from there), {'reset'} (facts were folded uncounted, or the views
+# were swapped), {'ok'}.
 ADD_FACTS = (
-    _counting_from_mark(0)
+    _counting_from_mark(0, 6)
     + """
 if mark ~= tonumber(ARGV[4]) then return {'moved', string.format('%.0f', mark)} end
 if mark >= tonumber(ARGV[5]) then return {'ok'} end
 """
-    + _counted(6, 5)
+    + _counted(7, 5)
 )
 
 # KEYS: built, lock. ARGV: prefix, the meter's catch-up mark field, its tail-from field, its
 # consumed-from field, the batch's first offset, the mark the caller counted from, the tail-from and
-# consumed-from it assumed, the batch's end, then (tenant, field, amount) triples. As ADD_FACTS,
-# against a mark of one meter's own (streams.quota_ledger.caught_up_mark); {'moved', mark,
-# tail_from, consumed_from}: count again with those.
+# consumed-from it assumed, the batch's end, the views' generation, then (tenant, field, amount)
+# triples. As ADD_FACTS, against a mark of one meter's own (streams.quota_ledger.caught_up_mark);
+# {'moved', mark, tail_from, consumed_from}: count again with those.
 CATCH_UP = (
-    _counting_from_mark(2)
+    _counting_from_mark(2, 10)
     + """
 local tail = redis.call('HGET', marks, ARGV[3]) or '0'
 local consumed = redis.call('HGET', marks, ARGV[4]) or '0'
@@ -238,7 +243,7 @@ if mark ~= tonumber(ARGV[6]) or tail ~= ARGV[7] or consumed ~= ARGV[8] then
 end
 if mark >= tonumber(ARGV[9]) then return {'ok'} end
 """
-    + _counted(10, 9)
+    + _counted(11, 9)
 )
 
 # KEYS: lock. ARGV: token, TTL (ms). Extends the lock if it is still ours.
@@ -351,17 +356,39 @@ class RedisQuotaLedger:
     async def _keep_built(self) -> None:
         while True:
             try:
-                if await self.redis.exists(self.keys.built):
-                    if _text(await self.redis.get(self.keys.format) or b"") == FORMAT:
+                epoch = await self.redis.get(self.keys.built)
+                if epoch is not None:
+                    if _text(await self.redis.get(self.keys.format) or b"") != FORMAT:
+                        log.info("quota counters of an older version (format %s wanted): building them again", FORMAT)
+                        await self.redis.delete(self.keys.built)
+                    elif not await self._built_from_current_views(_text(epoch)):
+                        log.info("quota counters built from views a replay swapped out since: building them again")
+                        await self.redis.delete(self.keys.built)
+                    else:
                         return
-                    log.info("quota counters of an older version (format %s wanted): building them again", FORMAT)
-                    await self.redis.delete(self.keys.built)
                 self._start_rebuild()
                 assert self._rebuilding is not None
                 await asyncio.shield(self._rebuilding)
-            except RedisError as away:
-                log.warning("quota counters: Redis unreachable (%s); trying again", away)
+            except (RedisError, StoreUnavailable) as away:
+                log.warning("quota counters: Redis or the views unreachable (%s); trying again", away)
             await asyncio.sleep(1.0)
+
+    async def _built_from_current_views(self, epoch: str) -> bool:
+        """Whether the epoch's counters were built from the meters' views as they are now (no replay
+        has swapped them since: stores.views.meters_generation)."""
+        built_from = int(_text(await self.redis.hget(self.keys.marks(epoch), GENERATION_FIELD) or b"0"))
+
+        def current() -> int:
+            with self.views_db.transaction() as tx:
+                return views.meters_generation(tx)
+
+        return built_from == await asyncio.to_thread(current)
+
+    async def views_swapped(self) -> None:
+        """A replay swapped the meters' views in: the counters are built again from them now (the
+        fold's next batch would find it too; this spares consumes the wait for one)."""
+        await self.redis.delete(self.keys.built)
+        self._start_rebuild()
 
     # Consume ------------------------------------------------------------------------------------
 
@@ -526,23 +553,18 @@ class RedisQuotaLedger:
         sources = {self.topics.usage: METERS, self.topics.api_calls: API_CALLS}
         ends = {topic: await self.log.end_offsets(topic) for topic in sources}
 
-        def read_views() -> tuple[dict[str, dict[int, int]], list[MeterDefinition], dict[CounterKey, Decimal], Behind]:
+        def read_views() -> tuple[dict[str, dict[int, int]], list[MeterDefinition], dict[CounterKey, Decimal], Behind, int]:
             with self.views_db.transaction() as tx:
+                generation = views.meters_generation(tx)
                 held = {topic: views.checkpoints(tx, consumer, topic) for topic, consumer in sources.items()}
                 definitions = [d for d in views.meter_definitions(tx) if d.aggregation in (Aggregation.SUM, Aggregation.COUNT)]
                 behind = {topic: views.meters_behind(tx, topic, held[topic]) for topic in sources}
-                totals: dict[CounterKey, Decimal] = {}
-                for definition in definitions:
-                    for period in periods:
-                        start, end = int(period.start.timestamp()), int(period.end.timestamp())
-                        for tenant_id, amount in quota_views.period_totals(tx, definition, start, end).items():
-                            totals[(tenant_id, definition.slug, period.text)] = amount
-                return held, definitions, totals, behind
+                return held, definitions, quota_views.current_totals(tx, definitions, now), behind, generation
 
-        held, definitions, counters, behind = await asyncio.to_thread(read_views)
+        held, definitions, counters, behind, generation = await asyncio.to_thread(read_views)
         meters = MeterIndex(definitions)
         tail: dict[tuple[str, int], list[Envelope]] = {}
-        marks: dict[str, int] = {}
+        marks: dict[str, int] = {GENERATION_FIELD: generation}
         for topic, partitions in ends.items():
             for partition, end in partitions.items():
                 start = held[topic].get(partition, 0)
@@ -609,6 +631,16 @@ def _kept(kept: str, digest: str) -> ConsumeOutcome:
     return ConsumeOutcome(_decision(accepted == "1", from_milli(used), limit), PeriodKey.parse(period), replayed=True)
 
 
+async def views_swapped_elsewhere(url: str, topics: Topics) -> None:
+    """RedisQuotaLedger.views_swapped from another process (`omni replay --swap`): the counters'
+    `built` mark dropped, so the API's next consume builds them again."""
+    client = redis_client(url, socket_connect_timeout=2.0, socket_timeout=5.0)
+    try:
+        await client.delete(QuotaKeys(topics).built)
+    finally:
+        await client.aclose()
+
+
 class RedisFactLedger:
     """The worker's side: facts counted as the meters fold them (blocking; the projectors run in threads)."""
 
@@ -621,14 +653,20 @@ class RedisFactLedger:
         self._catch_up = self.redis.register_script(CATCH_UP)
 
     def add_facts(
-        self, topic: str, partition: int, start: int, end: int, counted: Callable[[int], Mapping[CounterKey, Decimal]]
+        self,
+        topic: str,
+        partition: int,
+        start: int,
+        end: int,
+        counted: Callable[[int], Mapping[CounterKey, Decimal]],
+        generation: int,
     ) -> None:
         """One script call in the common case: the batch counted whole, from its first offset."""
         mark_field = f"{topic}/{partition}"
         counted_from = start
         try:
             for _ in range(10):
-                args: list[object] = [self.keys.prefix, mark_field, start, counted_from, end]
+                args: list[object] = [self.keys.prefix, mark_field, start, counted_from, end, generation]
                 for (tenant_id, meter, period), amount in counted(counted_from).items():
                     args += [tenant_id, f"{meter}|{period}", saturated(milli(amount))]
                 reply = self._add(keys=[self.keys.built, self.keys.lock], args=args)
@@ -639,7 +677,10 @@ class RedisFactLedger:
                 if kind == "wait":
                     raise Rebuilding("the quota counters are being rebuilt")
                 if kind == "reset":
-                    log.warning("%s: facts were folded uncounted; the quota counters will be rebuilt", mark_field)
+                    log.warning(
+                        "%s: facts were folded uncounted, or the meters' views were swapped; the quota counters will be rebuilt",
+                        mark_field,
+                    )
                 return  # 'ok', or 'skip': no counters to keep (the next rebuild counts this batch from the log)
         except RedisError as away:
             # The views go on; the counters miss this batch, which the next batch's check finds
@@ -654,6 +695,7 @@ class RedisFactLedger:
         start: int,
         end: int,
         counted: CaughtUpCounter,
+        generation: int,
     ) -> None:
         """As add_facts, for one meter's catch-up, against that meter's own mark."""
         mark_field = caught_up_mark(topic, partition, meter)
@@ -662,7 +704,7 @@ class RedisFactLedger:
         try:
             for _ in range(10):
                 args: list[object] = [self.keys.prefix, mark_field, tail_field, consumed_field, start, counted_from]
-                args += [tail_from, consumed_from, end]
+                args += [tail_from, consumed_from, end, generation]
                 for (tenant_id, slug, period), amount in counted(counted_from, tail_from, consumed_from).items():
                     args += [tenant_id, f"{slug}|{period}", saturated(milli(amount))]
                 reply = self._catch_up(keys=[self.keys.built, self.keys.lock], args=args)

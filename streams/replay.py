@@ -15,7 +15,7 @@ import gc
 import logging
 import multiprocessing
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -210,6 +210,9 @@ class Replayer:
     batch_size: int = 5000
     audit_every: int = 100
     shard_from: int = 200_000  # records to replay from which another process folds half the usage topic
+    # Told once a swap of the meters' views changed what the hot quota counters count: they are
+    # built again from them (the live fold's next batch finds it too, by the views' generation).
+    on_meters_swapped: Callable[[], Awaitable[None]] | None = None
 
     async def run(
         self,
@@ -252,11 +255,11 @@ class Replayer:
                     await folding.drain(progress, on_progress)
                 tables = [t for p in chosen for t in p.tables]
                 differences = await asyncio.to_thread(shadows.diff, self.live, shadow.db, tables)
-            swapped = False
+            swapped = counters_change = False
             if request.mode is Mode.SWAP:
                 for _ in range(SWAP_TRIES):
                     try:
-                        await asyncio.to_thread(shadows.swap, self.live, shadow, folds)
+                        counters_change = await asyncio.to_thread(shadows.swap, self.live, shadow, folds)
                     except shadows.ShadowBehind:
                         progress.total = max(progress.total, progress.done)
                         await folding.drain(progress, on_progress)
@@ -265,6 +268,11 @@ class Replayer:
                     break
                 else:
                     raise shadows.ShadowBehind(f"the live views kept ahead of the replay {SWAP_TRIES} times; try again")
+                if counters_change and self.on_meters_swapped is not None:
+                    try:
+                        await self.on_meters_swapped()
+                    except Exception:  # the swap is done; the live fold's next batch finds the counters stale
+                        log.warning("could not have the quota counters built again after the swap", exc_info=True)
             progress.finished = time.monotonic()
             on_progress(progress)
             return Outcome(progress, differences, swapped, (shadow.schema or str(shadow.file)) if keep else None)

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 from omni import metrics
 from omni.audit_keys import signing_key
@@ -19,7 +20,7 @@ from stores.database import Database
 from streams.log import EventLog, LogUnavailable
 from streams.pausing import Pause, pause
 from streams.projectors import API_CALLS, AUDIT, CATALOG, AuditProjector, CatalogProjector, MeterProjector
-from streams.quota_ledger import FactLedger, Rebuilding
+from streams.quota_ledger import FactLedger, Rebuilding, RebuiltByItsFold
 from streams.slos import SloLag
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class Runner:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         pause_: Pause = pause,
+        counters: RebuiltByItsFold | None = None,
     ) -> None:
         self.log = log_
         self.catalog = catalog
@@ -58,6 +60,8 @@ class Runner:
         self.pause = pause_  # the idle wait between steps
         self._api_calls_due = 0.0  # the clock's time of the next fold of api_calls (API_CALLS_EVERY)
         self._audit_due = 0.0  # and of the audit topic's
+        self.counters = counters  # the quota counters this runner builds again when found stale (embedded mode)
+        self._building_counters = False
 
     @property
     def meter_projectors(self) -> tuple[MeterProjector, ...]:
@@ -100,7 +104,21 @@ class Runner:
                 records = await self.log.read(self.audit.topic, partition, audit_heads.get(partition, 0), self.batch_size)
                 if records:
                     moved += await asyncio.to_thread(self.audit.process, partition, records)
-        return moved + await self.catch_up()
+        moved += await self.catch_up()
+        if self.counters is not None and self.counters.stale and not self._building_counters:
+            await self._build_counters()
+        return moved
+
+    async def _build_counters(self) -> None:
+        """Build the quota counters again from the views (a replay swapped them in), folding the log
+        to its end first: steps taken meanwhile leave the counters alone."""
+        assert self.counters is not None
+        self._building_counters = True
+        try:
+            log.info("the meters' views were swapped in by a replay: building the quota counters again")
+            await self.counters.ensure_built(self.drain, self.meters.db, datetime.now(UTC))
+        finally:
+            self._building_counters = False
 
     async def lag(self) -> dict[tuple[str, int], int]:
         """Records on the log the views do not hold yet, per (projector, partition)."""
@@ -184,6 +202,8 @@ def build_runner(settings: Settings, db: Database, log_: EventLog, ledger: FactL
     keep_seen = settings.acceptance_window + settings.future_tolerance
     topics = log_.topics
     system = settings.mode.value  # messaging.system of the fold's spans: kafka, or embedded
+    from streams.embedded_quotas import EmbeddedQuotaLedger
+
     return Runner(
         log_,
         CatalogProjector(db, topics),
@@ -193,4 +213,5 @@ def build_runner(settings: Settings, db: Database, log_: EventLog, ledger: FactL
             db, topics, keep_seen=keep_seen, topic=topics.api_calls, consumer=API_CALLS, ledger=ledger, log_system=system
         ),
         audit=AuditProjector(db, topics, signing_key(settings, db), every=settings.audit_checkpoint_every),
+        counters=ledger if isinstance(ledger, EmbeddedQuotaLedger) else None,  # built again by this process
     )

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from typer.testing import CliRunner
 
 from omni import failpoints
@@ -30,7 +31,7 @@ from tests.conftest import cloud_event
 from tests.e2e.conftest import ADMIN, Omni, embedded_settings, served
 from tests.e2e.test_invoices import after, close, invoices, use
 from tests.e2e.test_invoices import setup as invoice_setup
-from tests.e2e.test_plans_and_quotas import TOKENS, on_plan, put_plan
+from tests.e2e.test_plans_and_quotas import TOKENS, consume, on_a_tokens_plan, on_plan, put_plan, quota
 from tests.topic_records import assert_readable_by_outsiders
 
 TABLES = sorted({t for fold in shadows.FOLDS.values() for t in fold.tables} | {shadows.NOTIFICATIONS, "checkpoints"})
@@ -408,3 +409,135 @@ async def test_a_swap_keeps_the_threshold_notices_a_quota_change_found_as_they_w
     await omni.settle()
     assert await notified(omni, key) == before  # as the topic told it
     assert await notices_published(omni) == published  # and nothing published again
+
+
+# The hot quota counters across a swap of the meters' views (README, "Replay"): built again when
+# the swap changes what they count, from the views swapped in, so consume decides exactly after it.
+
+
+def meters_generation(omni: Omni) -> int:
+    with omni.platform.db.transaction() as tx:
+        return views.meters_generation(tx)
+
+
+def rebuilds() -> float:
+    return REGISTRY.get_sample_value("omni_quota_ledger_rebuilds_total") or 0.0
+
+
+async def swap_meters(omni: Omni, *, tell_the_counters: bool = True) -> None:
+    """A replay of the meters swapped in, by the platform's own replays (which tell its quota
+    counters), or as `omni replay --swap` in another process that died before telling them."""
+    assert omni.platform.quotas is not None
+    told = omni.platform.quotas.views_swapped if tell_the_counters else None
+    replayer = build_replayer(omni.platform.settings, omni.platform.db, omni.platform.log, told)
+    assert (await replayer.run(Request(("meters",), Mode.SWAP))).swapped
+
+
+async def start_the_counters(omni: Omni) -> None:
+    """What the API's start does with the hot counters: build them if they are not built from the
+    current views."""
+    from streams.embedded_quotas import EmbeddedQuotaLedger
+    from streams.redis_quotas import RedisQuotaLedger
+
+    ledger = omni.platform.quotas
+    if isinstance(ledger, EmbeddedQuotaLedger):
+        assert await ledger.ensure_built(omni.settle, omni.platform.db, datetime.now(UTC))
+    else:
+        assert isinstance(ledger, RedisQuotaLedger)
+        await asyncio.wait_for(ledger._keep_built(), timeout=60)
+
+
+async def test_a_swap_ahead_of_the_live_fold_has_the_quota_counters_count_what_the_fold_skips(omni: Omni) -> None:
+    """The replay folds to the log's end while the live fold is behind, so the swap moves the live
+    fold past facts it never counted. Embedded mode's counters lost them (the quota read 600 and
+    consume accepted up to 1,000 more); now the counters are built again from the views swapped in."""
+    tenant_id, key = await on_a_tokens_plan(omni, 1000, "DAY")
+    await omni.settle()
+    await start_the_counters(omni)
+    assert (await omni.send(key, [cloud_event(f"f{i}", data={"tokens": 300}) for i in range(2)])).status_code == 202
+    await omni.settle()
+    assert (await omni.send(key, [cloud_event("late", data={"tokens": 300})])).status_code == 202  # not folded live
+    generation = meters_generation(omni)
+    await swap_meters(omni)
+    assert meters_generation(omni) == generation + 1
+    await omni.settle()
+    assert (await quota(omni, key, "tokens"))["used"] == 900
+    assert (await consume(omni, key, "tokens", 101)).status_code == 429, "900 are used"
+    accepted = await consume(omni, key, "tokens", 100)
+    assert accepted.status_code == 200 and accepted.json()["used"] == 1000, accepted.text
+
+
+async def catching_up_when_swapped(omni: Omni, *, tell_the_counters: bool) -> str:
+    """A meter defined over 100 tokens, a quota of 150 on it, its catch-up one record (50) in when a
+    replay swaps in views where it has folded its whole history; the tenant's key."""
+    from unittest.mock import AsyncMock, patch
+
+    tenant_id, key = await omni.tenant()
+    await omni.meter(**TOKENS)
+    await omni.settle()
+    await start_the_counters(omni)  # built, as by a running API: the catch-up counts into them
+    assert (await omni.send(key, [cloud_event(f"early-{i}", data={"tokens": 50}) for i in range(2)])).status_code == 202
+    await omni.settle()
+    await omni.meter(**{**TOKENS, "slug": "late"})
+    with patch.object(omni.platform.runner, "catch_up", AsyncMock(return_value=0)):
+        await put_plan(omni, "late", {"meter": "late", "limit": 150, "period": "DAY"}, status=201)
+        await on_plan(omni, tenant_id, "late")
+        await omni.settle()
+        meters = omni.platform.runner.meters
+        (lag,) = await asyncio.to_thread(meters.lagging)
+        first = await omni.platform.log.read(meters.topic, lag.partition, lag.start, 1)
+        assert await asyncio.to_thread(meters.catch_up, lag, first) == 1
+        assert (await quota(omni, key, "late"))["used"] == 50, "half its history counted when the swap comes"
+        await swap_meters(omni, tell_the_counters=tell_the_counters)
+    return key
+
+
+async def test_a_swap_that_ends_a_meters_catch_up_has_its_quota_count_its_whole_history(omni: Omni) -> None:
+    """The swap makes the meter live with its history folded, so its own catch-up stops: its counters
+    held 50 of the 100 and stayed there, and consume accepted 60 past the limit of 150."""
+    key = await catching_up_when_swapped(omni, tell_the_counters=True)
+    await omni.settle()
+    assert sum(row["value"] for row in await omni.query(key, "late")) == 100
+    assert (await quota(omni, key, "late"))["used"] == 100
+    assert (await consume(omni, key, "late", 60)).status_code == 429, "100 were used"
+    accepted = await consume(omni, key, "late", 50)
+    assert accepted.status_code == 200 and accepted.json()["used"] == 150, accepted.text
+
+
+async def test_counters_built_from_views_swapped_out_are_built_again_at_the_start(omni: Omni) -> None:
+    """A swap by a process that died before telling the counters (or `omni replay` beside a stopped
+    API): the counters hold the generation of the views they were built from, so the next start
+    builds them again."""
+    key = await catching_up_when_swapped(omni, tell_the_counters=False)
+    await start_the_counters(omni)
+    assert (await quota(omni, key, "late"))["used"] == 100
+    assert (await consume(omni, key, "late", 60)).status_code == 429, "100 were used"
+    before = rebuilds()
+    await start_the_counters(omni)
+    assert rebuilds() == before, "built once: the next start finds them built from these views"
+
+
+async def test_counters_built_from_views_swapped_out_are_built_again_at_the_folds_next_batch(omni: Omni) -> None:
+    """As above, with the API running on: the fold's next batch finds the views' generation moved."""
+    key = await catching_up_when_swapped(omni, tell_the_counters=False)
+    assert (await omni.send(key, [cloud_event("after", data={"tokens": 1})])).status_code == 202
+    await omni.settle()
+    assert (await consume(omni, key, "late", 50)).status_code == 429, "101 were used"
+    accepted = await consume(omni, key, "late", 49)
+    assert accepted.status_code == 200 and accepted.json()["used"] == 150, accepted.text
+
+
+async def test_a_swap_that_changes_nothing_the_counters_count_builds_nothing(omni: Omni) -> None:
+    """A swap of views equal to the live ones (the live fold at the log's end, no meter catching
+    up) leaves the counters as they are: no rebuild, so no consume waits for one."""
+    tenant_id, key = await on_a_tokens_plan(omni, 1000, "DAY")
+    await omni.settle()
+    await start_the_counters(omni)
+    assert (await consume(omni, key, "tokens", 10)).status_code == 200
+    await omni.settle()
+    generation, before = meters_generation(omni), rebuilds()
+    await swap_meters(omni)
+    await omni.settle()
+    assert meters_generation(omni) == generation and rebuilds() == before
+    accepted = await consume(omni, key, "tokens", 990)
+    assert accepted.status_code == 200 and accepted.json()["used"] == 1000, accepted.text

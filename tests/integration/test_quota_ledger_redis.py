@@ -25,8 +25,8 @@ from stores.schema import SCHEMA as VIEW_SCHEMA
 from streams.embedded_log import EmbeddedLog
 from streams.kafka_log import KafkaLog
 from streams.log import LogRecord, LogUnavailable
-from streams.quota_ledger import ConsumeRequest
-from streams.redis_quotas import QuotaKeys, RedisFactLedger, RedisQuotaLedger
+from streams.quota_ledger import ConsumeRequest, caught_up_mark
+from streams.redis_quotas import GENERATION_FIELD, QuotaKeys, RedisFactLedger, RedisQuotaLedger
 from tests.integration.conftest import free_port
 
 pytestmark = [pytest.mark.redis, pytest.mark.kafka]
@@ -214,17 +214,47 @@ async def test_facts_count_once_per_offset_and_a_gap_drops_the_counters(
 
     day = f"tokens|{period_of(NOW, Period.DAY).text}"
     counters = keys.counters("e1", "t1")
-    facts.add_facts(topic, 0, 0, 3, batch(0, [5, 7, 9], consumed_at=2))
+    facts.add_facts(topic, 0, 0, 3, batch(0, [5, 7, 9], consumed_at=2), 0)
     assert int(await raw.hget(counters, day) or 0) == 12 * 1000, "consume's own amount is left out (milli-units)"
-    facts.add_facts(topic, 0, 0, 3, batch(0, [5, 7, 9], consumed_at=2))  # the batch again, after a failed commit
+    facts.add_facts(topic, 0, 0, 3, batch(0, [5, 7, 9], consumed_at=2), 0)  # the batch again, after a failed commit
     assert int(await raw.hget(counters, day) or 0) == 12 * 1000
-    facts.add_facts(topic, 0, 1, 4, batch(1, [7, 9, 11], consumed_at=2))  # overlapping: only offset 3 is new
+    facts.add_facts(topic, 0, 1, 4, batch(1, [7, 9, 11], consumed_at=2), 0)  # overlapping: only offset 3 is new
     assert int(await raw.hget(counters, day) or 0) == 23 * 1000
-    facts.add_facts(topic, 0, 4, 6, lambda since: {})  # nothing kept (duplicates): the mark moves all the same
+    facts.add_facts(topic, 0, 4, 6, lambda since: {}, 0)  # nothing kept (duplicates): the mark moves all the same
     assert int(await raw.hget(keys.marks("e1"), f"{topic}/0") or 0) == 6
-    facts.add_facts(topic, 0, 9, 10, batch(9, [1]))  # 6..8 folded without being counted
+    facts.add_facts(topic, 0, 9, 10, batch(9, [1]), 0)  # 6..8 folded without being counted
     assert not await raw.exists(keys.built), "the counters are dropped, to be rebuilt"
     facts.redis.close()
+
+
+async def test_counters_built_from_swapped_out_views_count_nothing_and_are_dropped(
+    redis_url: str, topics: Topics, raw: aioredis.Redis
+) -> None:
+    """A fold that read the meters' views of another generation than the counters were built from
+    (a replay swapped them in since) counts nothing in them and drops them for a rebuild, in the
+    live fold's script and in a catch-up's."""
+    keys = QuotaKeys(topics)
+    meters = MeterIndex([TOKENS])
+    topic = topics.usage
+    day = f"tokens|{period_of(NOW, Period.DAY).text}"
+    counters = keys.counters("e1", "t1")
+    event = usage("t1", "f0", 5, consumed=False)
+    facts = RedisFactLedger(redis_url, topics)
+    try:
+        await raw.set(keys.built, "e1")
+        await raw.hset(keys.marks("e1"), GENERATION_FIELD, 3)
+        facts.add_facts(topic, 0, 0, 1, lambda since: usage_deltas(meters, [event], facts_only=True), 3)
+        assert int(await raw.hget(counters, day) or 0) == 5000, "the same generation: counted"
+        facts.add_facts(topic, 0, 1, 2, lambda since: usage_deltas(meters, [event], facts_only=True), 4)
+        assert int(await raw.hget(counters, day) or 0) == 5000 and not await raw.exists(keys.built)
+
+        await raw.set(keys.built, "e1")
+        mark = caught_up_mark(topic, 0, "tokens")
+        facts.add_caught_up("tokens", topic, 0, 0, 1, lambda since, tail, consumed: {("t1", "tokens", day[7:]): Decimal(2)}, 4)
+        assert int(await raw.hget(counters, day) or 0) == 5000 and not await raw.exists(keys.built)
+        assert await raw.hget(keys.marks("e1"), mark) is None
+    finally:
+        facts.redis.close()
 
 
 async def test_a_fact_past_64_bits_saturates_its_counter_and_fails_no_one(
@@ -242,7 +272,7 @@ async def test_a_fact_past_64_bits_saturates_its_counter_and_fails_no_one(
     day = f"tokens|{period_of(NOW, Period.DAY).text}"
 
     def add(offset: int, event: Envelope) -> None:
-        facts.add_facts(topic, 0, offset, offset + 1, lambda since: usage_deltas(meters, [event], facts_only=True))
+        facts.add_facts(topic, 0, offset, offset + 1, lambda since: usage_deltas(meters, [event], facts_only=True), 0)
 
     views = SqliteDatabase(tmp_path / "views.sqlite")
     views.migrate(VIEW_SCHEMA)

@@ -128,11 +128,11 @@ class RebuildingFirst:
     def __init__(self, ledger: EmbeddedQuotaLedger, times: int) -> None:
         self.ledger, self.times = ledger, times
 
-    def add_facts(self, topic, partition, start, end, counted):  # type: ignore[no-untyped-def]
+    def add_facts(self, topic, partition, start, end, counted, generation):  # type: ignore[no-untyped-def]
         if self.times:
             self.times -= 1
             raise Rebuilding("the quota counters are being rebuilt")
-        self.ledger.add_facts(topic, partition, start, end, counted)
+        self.ledger.add_facts(topic, partition, start, end, counted, generation)
 
 
 async def test_a_drain_waits_out_a_rebuild_of_the_counters_until_its_deadline(embedded: Embedded) -> None:
