@@ -305,6 +305,9 @@ def swap(live: Database, shadow: Shadow, folds: Sequence[Fold]) -> bool:
         past = _slo_past(tx) if METERS in names else None
         thresholds = _every_row(tx, NOTIFICATIONS) if names & {CATALOG, METERS} else None
         noticed = _overdue_noticed(tx) if CATALOG in names else []
+        # The catalog alone: meters its swap deletes (the shadow folded their omni.meter.deleted,
+        # the live catalog not yet) leave the live meters' fold too, as the live catalog drops them.
+        defined = _meter_slugs(tx) if CATALOG in names and METERS not in names else None
         for table, where, params in _swapped_rows(folds):
             tx.execute(f"DELETE FROM {table} {where}", params)
             listed = ", ".join(columns(tx, table))
@@ -319,6 +322,9 @@ def swap(live: Database, shadow: Shadow, folds: Sequence[Fold]) -> bool:
                         tx.execute_many(f"INSERT INTO {table} ({listed}) VALUES ({marks})", chunk)
         for table, ids in sent.items():
             tx.execute_many(f"UPDATE {table} SET recorded = 1 WHERE id = ?", [(i,) for i in ids])
+        if defined is not None:
+            for slug in sorted(defined - _meter_slugs(tx)):
+                views.drop_meter_rows(tx, slug)
         if past is not None:
             _keep_slo_past(tx, past)
         if thresholds is not None:
@@ -327,6 +333,10 @@ def swap(live: Database, shadow: Shadow, folds: Sequence[Fold]) -> bool:
         if counters_change:
             views.set_relay_position(tx, views.METERS_GENERATION, views.meters_generation(tx) + 1)
     return counters_change
+
+
+def _meter_slugs(tx: Tx) -> set[str]:
+    return {str(row[0]) for row in tx.execute("SELECT slug FROM meter_definitions")}
 
 
 def _counted(tx: Tx, now: datetime) -> dict[CounterKey, Decimal]:

@@ -351,6 +351,11 @@ def drop_meter(tx: Tx, slug: str) -> None:
     """A deleted meter: its definition, buckets and offsets. The caller holds the meters' checkpoints
     (lock_checkpoint on every partition they fold), so no batch counting it commits after this."""
     tx.execute("DELETE FROM meter_definitions WHERE slug=?", (slug,))
+    drop_meter_rows(tx, slug)
+
+
+def drop_meter_rows(tx: Tx, slug: str) -> None:
+    """A deleted meter's buckets and offsets (the meters' fold's rows of it), as drop_meter."""
     for table in ("meter_windows", "meter_totals", "meter_offsets"):
         tx.execute(f"DELETE FROM {table} WHERE meter=?", (slug,))
 
