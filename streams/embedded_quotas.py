@@ -77,8 +77,8 @@ class EmbeddedQuotaLedger:
         self.log = log
         self.keep = keep  # how long an answer is kept for retries (OMNI_QUOTA_ANSWER_SECONDS)
         self._last_purge = 0.0
-        # A fold found the counters built from views a replay swapped out since: they count nothing
-        # until built again (streams.runner builds them, as `ensure_built` at the start).
+        # A fold found the counters built from views a replay swapped out since: streams.runner builds
+        # them again (as `ensure_built` at the start), counting on in them meanwhile.
         self.stale = False
 
     async def start(self) -> None:
@@ -164,15 +164,17 @@ class EmbeddedQuotaLedger:
         generation: int,
     ) -> None:
         """Count what the batch's facts add from the partition's mark on, and move the mark to
-        `end` (blocking). Counters built from other views than the fold's count nothing: `stale`."""
+        `end` (blocking). Counters built from other views than the fold's are `stale`: built again soon."""
 
         def add(db: sqlite3.Connection) -> None:
             db.execute("BEGIN IMMEDIATE")
             try:
                 mark = _mark(db, topic, partition)
                 if _generation(db) != generation:
+                    # Built from views swapped out since: counted on all the same (no worse than they
+                    # were) until built again from the views now live.
                     self.stale = True
-                elif end > mark:
+                if end > mark:
                     for key, amount in counted(mark).items():
                         _raise(db, key, amount)
                     _set_mark(db, topic, partition, end)
@@ -201,7 +203,7 @@ class EmbeddedQuotaLedger:
                 mark = _mark(db, caught_up_mark(topic, partition, meter), partition)
                 if _generation(db) != generation:
                     self.stale = True
-                elif end > mark:
+                if end > mark:
                     tail_from = _mark(db, tail_from_mark(topic, partition, meter), partition)
                     consumed_from = _mark(db, consumed_from_mark(topic, partition, meter), partition)
                     for key, amount in counted(max(mark, start), tail_from, consumed_from).items():
@@ -220,15 +222,17 @@ class EmbeddedQuotaLedger:
         """Fill the counters from the views if they were never built, or built from views a replay
         swapped out since; True once they are."""
         for _ in range(100):
+            # Cleared before the generation is read: a swap after it marks the counters stale again.
+            self.stale = False
             generation = await asyncio.to_thread(_views_generation, views_db)
-            if self.log.run_locked(lambda db: _built(db, generation)):  # noqa: B023 - called at once
-                self.stale = False
+            if await asyncio.to_thread(self.log.run_locked, lambda db: _built(db, generation)):  # noqa: B023 - awaited at once
                 return True
             await drain()
             ends = {topic: await self.log.end_offsets(topic) for topic in (self.log.topics.usage, self.log.topics.api_calls)}
-            if self.log.run_locked(lambda db: self._build(db, views_db, ends, now)):  # noqa: B023 - called at once
-                self.stale = False
+            built = await asyncio.to_thread(self.log.run_locked, lambda db: self._build(db, views_db, ends, now))  # noqa: B023
+            if built:
                 return True
+        self.stale = True  # appended to at every try: the runner tries again
         return False
 
     async def views_swapped(self) -> None:

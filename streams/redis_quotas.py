@@ -377,12 +377,11 @@ class RedisQuotaLedger:
         """Whether the epoch's counters were built from the meters' views as they are now (no replay
         has swapped them since: stores.views.meters_generation)."""
         built_from = int(_text(await self.redis.hget(self.keys.marks(epoch), GENERATION_FIELD) or b"0"))
+        return built_from == await asyncio.to_thread(self._views_generation)
 
-        def current() -> int:
-            with self.views_db.transaction() as tx:
-                return views.meters_generation(tx)
-
-        return built_from == await asyncio.to_thread(current)
+    def _views_generation(self) -> int:
+        with self.views_db.transaction() as tx:
+            return views.meters_generation(tx)
 
     async def views_swapped(self) -> None:
         """A replay swapped the meters' views in: the counters are built again from them now (the
@@ -502,6 +501,8 @@ class RedisQuotaLedger:
                 epoch = secrets.token_hex(6)
                 moment = now or datetime.now(UTC)
                 counters, marks = await self._from_views_and_log(moment)
+                if marks[GENERATION_FIELD] != await asyncio.to_thread(self._views_generation):
+                    counters, marks = await self._from_views_and_log(moment)  # a replay swapped the views meanwhile
             finally:
                 renewing.cancel()
             pipe = self.redis.pipeline(transaction=False)
