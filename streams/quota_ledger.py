@@ -127,7 +127,9 @@ class FactLedger(Protocol):
         """Count the facts of the batch [start, end) as folded that are not counted yet: `counted(since)`
         is what the batch's facts at offsets from `since` on add, per counter. `generation`: the
         meters' views' (stores.views.meters_generation) as the fold read them; counters built from
-        another generation (a replay swapped the views in since) count nothing and are built again."""
+        another generation (a replay swapped the views in since) are built again: Redis's are dropped
+        at once (the batch uncounted, the rebuild counts it from the log), embedded mode's count on
+        until its runner has built them."""
         ...
 
     def add_caught_up(

@@ -111,7 +111,7 @@ class Runner:
 
     async def _build_counters(self) -> None:
         """Build the quota counters again from the views (a replay swapped them in), folding the log
-        to its end first: steps taken meanwhile leave the counters alone."""
+        to its end first: the steps of that fold start no second build."""
         assert self.counters is not None
         self._building_counters = True
         try:
