@@ -31,7 +31,7 @@ from tests.conftest import cloud_event
 from tests.e2e.conftest import ADMIN, Omni, embedded_settings, served
 from tests.e2e.test_invoices import after, close, invoices, use
 from tests.e2e.test_invoices import setup as invoice_setup
-from tests.e2e.test_plans_and_quotas import TOKENS, consume, on_a_tokens_plan, on_plan, put_plan, quota
+from tests.e2e.test_plans_and_quotas import TOKENS, consume, on_a_tokens_plan, on_plan, put_plan, quota, start_the_counters
 from tests.topic_records import assert_readable_by_outsiders
 
 TABLES = sorted({t for fold in shadows.FOLDS.values() for t in fold.tables} | {shadows.NOTIFICATIONS, "checkpoints"})
@@ -431,20 +431,6 @@ async def swap_meters(omni: Omni, *, tell_the_counters: bool = True) -> None:
     told = omni.platform.quotas.views_swapped if tell_the_counters else None
     replayer = build_replayer(omni.platform.settings, omni.platform.db, omni.platform.log, told)
     assert (await replayer.run(Request(("meters",), Mode.SWAP))).swapped
-
-
-async def start_the_counters(omni: Omni) -> None:
-    """What the API's start does with the hot counters: build them if they are not built from the
-    current views."""
-    from streams.embedded_quotas import EmbeddedQuotaLedger
-    from streams.redis_quotas import RedisQuotaLedger
-
-    ledger = omni.platform.quotas
-    if isinstance(ledger, EmbeddedQuotaLedger):
-        assert await ledger.ensure_built(omni.settle, omni.platform.db, datetime.now(UTC))
-    else:
-        assert isinstance(ledger, RedisQuotaLedger)
-        await asyncio.wait_for(ledger._keep_built(), timeout=60)
 
 
 async def test_a_swap_ahead_of_the_live_fold_has_the_quota_counters_count_what_the_fold_skips(omni: Omni) -> None:
