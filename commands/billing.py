@@ -98,16 +98,29 @@ class BillingAccount(Aggregate):
 
 
 class ClosedPeriod(Aggregate):
-    """A billing month, closed once."""
+    """A billing month, closed once. `held`: the tenants the close could not invoice (an amount past
+    what an invoice holds, projections.invoices.Unbillable), each with why; closing the month again
+    invoices those that can be now (`invoice_held`). Closes recorded before holds existed held none."""
 
     @staticmethod
-    def create_id(period: str, closed_at: str, cut: dict[str, Any], invoices: int) -> UUID:
+    def create_id(period: str, closed_at: str, cut: dict[str, Any], invoices: int, held: dict[str, str] | None = None) -> UUID:
         return billing_period_aggregate_id(period)
 
     @event("Closed")
-    def __init__(self, period: str, closed_at: str, cut: dict[str, Any], invoices: int) -> None:
+    def __init__(
+        self, period: str, closed_at: str, cut: dict[str, Any], invoices: int, held: dict[str, str] | None = None
+    ) -> None:
         self.period = period
         self.closed_at = closed_at
+        self.invoices = invoices
+        self.held: dict[str, str] = dict(held or {})
+
+    @event("HeldInvoiced")
+    def invoice_held(self, period: str, invoiced: list[str], held: dict[str, str], invoices: int, at: str) -> None:
+        """A close of the month again invoiced the `invoiced` tenants it had held; `held`: those still
+        held; `invoices`: the documents issued for the month in all since its close."""
+        self.held = dict(held)
+        self.invoices = invoices
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,13 +147,15 @@ class Closed:
     period: str
     closed_at: str
     invoices: list[dict[str, Any]]  # invoices and credit notes, in tenant order
+    held: dict[str, str] = field(default_factory=dict)  # tenant -> why it is not invoiced (Unbillable)
 
 
 class BillingCommands:
     """The billing commands of the ControlPlane application (mixed into it)."""
 
     def close_period(self: ControlPlane, ctx: CommandContext, cut: UsageCut, closed_at: str) -> Closed:
-        """Finalize every tenant's invoice for the period, once. Conflict if it was closed before.
+        """Finalize every tenant's invoice for the period, once. Conflict if it was closed before and
+        holds no tenant back.
 
         Tenants are billed and saved CLOSE_CHUNK at a time (an event-store transaction of tens of
         thousands of events stalls PostgreSQL's client), each chunk with its audit entries; the
@@ -148,33 +163,39 @@ class BillingCommands:
         resumed by closing again: tenants already invoiced for the period keep their invoice, and
         their usage after that first cut is billed next month as an adjustment, never twice. A chunk
         that loses a race with another period's close over an account is redone on the accounts as
-        they are now, so the numbers stay gapless."""
+        they are now, so the numbers stay gapless.
+
+        A tenant whose invoice would pass what an invoice holds (Unbillable: usage far beyond any
+        real bill) is held, never the others: the period closes without it, its record names it
+        with the reason (and an audit entry each), and closing the period again invoices the held
+        tenants whose usage or prices were corrected since (`_invoice_held`)."""
         period = cut.period.text
         resource = f"billing/periods/{period}"
         with self._rejections_audited(ctx, "billing.period.close", resource):
-            if self._closed_period(period) is not None:
-                raise Conflict(f"billing period {period} is already closed")
+            closed_before = self._closed_period(period)
+            if closed_before is not None:
+                if not closed_before.held:
+                    raise Conflict(f"billing period {period} is already closed")
+                return self._invoice_held(ctx, cut, closed_before, closed_at)
+            held_earlier = self.held_months(sorted({p for months in cut.earlier.values() for p in months}))
             tenants = sorted(cut.tenants)
             documents: list[dict[str, Any]] = []
+            held: dict[str, str] = {}
             earlier_documents = 0
             for start in range(0, max(len(tenants), 1), CLOSE_CHUNK):
                 chunk = tenants[start : start + CLOSE_CHUNK]
                 last = start + CLOSE_CHUNK >= len(tenants)
                 for attempt in range(CLOSE_ATTEMPTS):
-                    try:
-                        accounts, issued, audits, before = self._bill_chunk(ctx, cut, chunk, closed_at)
-                    except Unbillable as too_large:  # nothing of this chunk is saved; a close again resumes
-                        raise Invalid(
-                            f"billing period {period} was not closed: {too_large}",
-                            [{"location": "path.period", "reason": str(too_large)}],
-                            title="Unbillable amount",
-                            kind="unbillable-amount",
-                        ) from too_large
+                    accounts, issued, audits, before, chunk_held = self._bill_chunk(ctx, cut, chunk, closed_at, held_earlier)
                     extra: list[Any] = []
                     if last:
                         count = len(documents) + len(issued) + earlier_documents + before
-                        closed = ClosedPeriod(period=period, closed_at=closed_at, cut=dict(cut.offsets), invoices=count)
+                        all_held = {**held, **chunk_held}
+                        closed = ClosedPeriod(
+                            period=period, closed_at=closed_at, cut=dict(cut.offsets), invoices=count, held=all_held
+                        )
                         extra = [closed, self._audit(ctx, "billing.period.close", resource, PLATFORM)]
+                        extra += [self._audit(ctx, "invoice.hold", resource, t, reason=why) for t, why in all_held.items()]
                     if not accounts and not extra:
                         break
                     try:
@@ -186,23 +207,78 @@ class BillingCommands:
                         if attempt == CLOSE_ATTEMPTS - 1:
                             raise Conflict(f"billing period {period} could not be closed for concurrent changes; retry") from race
                 documents += issued
+                held.update(chunk_held)
                 earlier_documents += before
-        return Closed(period, closed_at, documents)
+        return Closed(period, closed_at, documents, held)
+
+    def _invoice_held(self: ControlPlane, ctx: CommandContext, cut: UsageCut, closed: ClosedPeriod, at: str) -> Closed:
+        """Close a closed period again: invoice the tenants it held that can be now. Invalid
+        (`unbillable-amount`) when none can, naming each with its reason: nothing changed."""
+        period = cut.period.text
+        resource = f"billing/periods/{period}"
+        held_earlier = self.held_months(sorted({p for months in cut.earlier.values() for p in months}))
+        for attempt in range(CLOSE_ATTEMPTS):
+            waiting = sorted(t for t in closed.held if t in cut.tenants)
+            accounts, issued, audits, before, still = self._bill_chunk(ctx, cut, waiting, at, held_earlier)
+            still.update({t: why for t, why in closed.held.items() if t not in cut.tenants})  # deleted since: held on
+            invoiced = sorted(set(closed.held) - set(still))
+            if not invoiced:
+                reasons = [{"location": "path.period", "reason": why} for _, why in sorted(still.items())]
+                raise Invalid(
+                    f"billing period {period} is closed; none of the {len(still)} tenants it holds can be invoiced yet",
+                    reasons,
+                    title="Unbillable amount",
+                    kind="unbillable-amount",
+                )
+            closed.invoice_held(
+                period=period, invoiced=invoiced, held=still, invoices=closed.invoices + len(issued) + before, at=at
+            )
+            audit = self._audit(
+                ctx, "billing.period.close", resource, PLATFORM, reason=f"invoiced held tenants: {', '.join(invoiced)}"
+            )
+            try:
+                self.save(closed, audit, *accounts, *audits)
+                return Closed(period, at, issued, still)
+            except IntegrityError as race:
+                if attempt == CLOSE_ATTEMPTS - 1:
+                    raise Conflict(f"billing period {period} could not be closed for concurrent changes; retry") from race
+                found = self._closed_period(period)
+                if found is None or not found.held:
+                    raise Conflict(f"billing period {period} is already closed") from race
+                closed = found
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def held_months(self: ControlPlane, periods: list[str]) -> dict[str, frozenset[str]]:
+        """Of these closed periods, the tenants each holds (not invoiced): their usage of it is billed
+        by closing it again, never as another month's adjustment."""
+        found: dict[str, frozenset[str]] = {}
+        for period in periods:
+            closed = self._closed_period(period)
+            if closed is not None and closed.held:
+                found[period] = frozenset(closed.held)
+        return found
 
     def _bill_chunk(
-        self: ControlPlane, ctx: CommandContext, cut: UsageCut, tenants: list[str], closed_at: str
-    ) -> tuple[list[BillingAccount], list[dict[str, Any]], list[Any], int]:
-        """The accounts changed, the documents issued and their audit entries for these tenants, and
-        how many documents an earlier, interrupted close of this period issued to them."""
+        self: ControlPlane,
+        ctx: CommandContext,
+        cut: UsageCut,
+        tenants: list[str],
+        closed_at: str,
+        held_earlier: Mapping[str, frozenset[str]],
+    ) -> tuple[list[BillingAccount], list[dict[str, Any]], list[Any], int, dict[str, str]]:
+        """The accounts changed, the documents issued and their audit entries for these tenants, how
+        many documents an earlier, interrupted close of this period issued to them, and the tenants
+        held (Unbillable: nothing of theirs is issued), with why."""
         period = cut.period.text
         accounts: list[BillingAccount] = []
         documents: list[dict[str, Any]] = []
         audits = []
+        held: dict[str, str] = {}
         before = 0
         for tenant_id in tenants:
             plan = cut.plans.get(cut.tenants[tenant_id])
             usage = cut.usage.get(tenant_id, {})
-            earlier = cut.earlier.get(tenant_id, {})
+            earlier = without_held(cut.earlier.get(tenant_id, {}), tenant_id, held_earlier)
             existed = tenant_id not in cut.joined_after
             if not usage and not earlier and (plan is None or not existed or not plan.charges_without_usage):
                 continue
@@ -215,20 +291,24 @@ class BillingCommands:
             if done:
                 before += len(done)  # invoiced by a close of this period that was cut short
                 continue
+            try:
+                statement = bill(
+                    tenant_id=tenant_id,
+                    period=cut.period,
+                    plan=plan,
+                    usage=usage,
+                    earlier=earlier,
+                    billed={p: Billed.from_json(b) for p, b in account.billed.items()} if account else {},
+                    plan_at=cut.plan_at,
+                    next_invoice=(account.invoices_issued if account else 0) + 1,
+                    next_credit_note=(account.credit_notes_issued if account else 0) + 1,
+                    issued_at=closed_at,
+                    existed=existed,
+                )
+            except Unbillable as too_large:
+                held[tenant_id] = str(too_large)
+                continue
             account = account or BillingAccount(tenant_id=tenant_id)
-            statement = bill(
-                tenant_id=tenant_id,
-                period=cut.period,
-                plan=plan,
-                usage=usage,
-                earlier=earlier,
-                billed={p: Billed.from_json(b) for p, b in account.billed.items()},
-                plan_at=cut.plan_at,
-                next_invoice=account.invoices_issued + 1,
-                next_credit_note=account.credit_notes_issued + 1,
-                issued_at=closed_at,
-                existed=existed,
-            )
             issued, changed = _issue(account, statement)
             if not changed:
                 continue
@@ -237,7 +317,7 @@ class BillingCommands:
             for document in issued:
                 action, target = f"{document['kind']}.finalize", f"invoices/{document['id']}"
                 audits.append(self._audit(ctx, action, target, tenant_id, reason=_why(document)))
-        return accounts, documents, audits, before
+        return accounts, documents, audits, before, held
 
     def billed_so_far(self: ControlPlane, tenant_id: str) -> tuple[dict[str, Billed], int, int]:
         """What the tenant was billed per period, and its next invoice and credit-note numbers (the
@@ -255,6 +335,11 @@ class BillingCommands:
 
     def is_closed(self: ControlPlane, period: str) -> bool:
         return self._closed_period(period) is not None
+
+    def is_closed_holding_none(self: ControlPlane, period: str) -> bool:
+        """Closed, with every tenant invoiced: a close of it again has nothing to do (Conflict)."""
+        closed = self._closed_period(period)
+        return closed is not None and not closed.held
 
     def _billing_account(self: ControlPlane, tenant_id: str) -> BillingAccount | None:
         try:
@@ -336,6 +421,16 @@ def _issue(account: BillingAccount, statement: Statement) -> tuple[list[dict[str
     return issued, bool(issued)
 
 
+def without_held(
+    earlier: Mapping[str, Mapping[str, Decimal]], tenant_id: str, held: Mapping[str, frozenset[str]]
+) -> Mapping[str, Mapping[str, Decimal]]:
+    """The tenant's earlier periods less those that hold it: a held month is billed by closing it
+    again, never as an adjustment of a later one."""
+    if not any(tenant_id in tenants for tenants in held.values()):
+        return earlier
+    return {p: totals for p, totals in earlier.items() if tenant_id not in held.get(p, frozenset())}
+
+
 def _why(document: Mapping[str, Any]) -> str:
     adjusted = sorted({line["period"] for line in document["lines"] if line.get("type") == "adjustment"})
     because = f"closing {document['period']}"
@@ -374,5 +469,17 @@ def describe(domain_event: Any) -> tuple[str, str, dict[str, Any]] | None:
                 "cut": domain_event.cut,
                 "invoices": domain_event.invoices,
             }
+            held = getattr(domain_event, "held", None)  # absent from closes recorded before holds existed
+            if held:
+                data["held"] = held
             return "omni.billing.period_closed", PLATFORM, data
+        case "ClosedPeriod.HeldInvoiced":
+            data = {
+                "period": domain_event.period,
+                "invoiced": domain_event.invoiced,
+                "held": domain_event.held,
+                "invoices": domain_event.invoices,
+                "at": domain_event.at,
+            }
+            return "omni.billing.held_invoiced", PLATFORM, data
     return None

@@ -109,7 +109,7 @@ async def close_period(platform: Platform, period: BillingPeriod, ctx: CommandCo
     now = platform.clock()
     if now < period.end:
         raise NotOver(f"billing period {period.text} ends at {format_time(period.end)}; it cannot close before")
-    if await asyncio.to_thread(platform.control.is_closed, period.text):
+    if await asyncio.to_thread(platform.control.is_closed_holding_none, period.text):
         raise Conflict(f"billing period {period.text} is already closed")
     with platform.db.transaction() as tx:
         meters = sorted(billing_store.priced_meters(tx))
@@ -154,4 +154,13 @@ class AutoClose:
         except Conflict:
             return None  # another process closed it first
         log.info("closed billing period %s: %d documents", closed.period, len(closed.invoices))
+        for tenant_id, reason in sorted(closed.held.items()):
+            log.warning(
+                "billing period %s holds tenant %s, not invoiced: %s; correct its usage or the plan's prices, then "
+                "close the period again (POST /v1/billing/periods/%s/close)",
+                closed.period,
+                tenant_id,
+                reason,
+                closed.period,
+            )
         return closed

@@ -20,12 +20,13 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Any
 from uuid import NAMESPACE_URL, uuid5
 
 import orjson
 
+from projections.meter_state import EXACT
 from projections.pricing import ZERO, Charge, charge, to_minor
 from schemas.billing import Billing, MeterPrice
 from schemas.currencies import MINOR_UNITS
@@ -233,7 +234,25 @@ def bill(
     closed periods before (period text -> meter -> total). `billed`: what it was billed for those.
     `plan_at(slug, version)`: an earlier plan version. Sequences are the next unused numbers.
     `existed` False: the tenant was created after the period ended, so the plan's standing charges
-    (its fee, its prices' minimums) are not due for it; usage in the period, by event time, is."""
+    (its fee, its prices' minimums) are not due for it; usage in the period, by event time, is.
+    Exact in EXACT's 120 digits, as the meters sum (Python's default context keeps 28)."""
+    with localcontext(EXACT):
+        return _bill(tenant_id, period, plan, usage, earlier, billed, plan_at, next_invoice, next_credit_note, issued_at, existed)
+
+
+def _bill(
+    tenant_id: str,
+    period: BillingPeriod,
+    plan: PricedPlan | None,
+    usage: Mapping[str, Decimal],
+    earlier: Mapping[str, Mapping[str, Decimal]],
+    billed: Mapping[str, Billed],
+    plan_at: Callable[[str, int], PricedPlan | None],
+    next_invoice: int,
+    next_credit_note: int,
+    issued_at: str,
+    existed: bool,
+) -> Statement:
     updates: dict[str, Billed] = {}
     lines: list[dict[str, Any]] = []
     if plan is not None:
@@ -357,7 +376,9 @@ def void_refusal(invoice: Mapping[str, Any], billed: Mapping[str, Billed]) -> st
     which is right while the usage it charged is still billed; once a month it charged was
     corrected downwards (a credit note gave some back, or a fold moved it down at no cost), part of
     it is credited already, and the void would credit it twice."""
-    for period, meter, _, left_at in _charged_usage(invoice):
+    with localcontext(EXACT):
+        charged = _charged_usage(invoice)
+    for period, meter, _, left_at in charged:
         now = billed.get(period)
         if now is not None and now.quantities.get(meter, ZERO) < left_at:
             return (
@@ -377,11 +398,13 @@ def void_forgiven(invoice: Mapping[str, Any], billed: Mapping[str, Billed]) -> d
     cannot be made."""
     changed: dict[str, Billed] = {}
     plan = invoice.get("plan") or {}
-    for period, meter, quantity, _ in _charged_usage(invoice):
+    with localcontext(EXACT):
+        charged = _charged_usage(invoice)
+    for period, meter, quantity, _ in charged:
         before = changed.get(period) or billed.get(period) or Billed(str(plan.get("slug", "")), int(plan.get("version", 0)), {})
         quantities, forgiven = dict(before.quantities), dict(before.forgiven)
-        quantities[meter] = quantities.get(meter, ZERO) - quantity
-        forgiven[meter] = forgiven.get(meter, ZERO) + quantity
+        quantities[meter] = EXACT.subtract(quantities.get(meter, ZERO), quantity)
+        forgiven[meter] = EXACT.add(forgiven.get(meter, ZERO), quantity)
         changed[period] = Billed(before.plan, before.version, quantities, minimums=before.minimums, forgiven=forgiven)
     return changed
 
@@ -454,6 +477,14 @@ class PeriodClosed:
     closed_at: str
     invoices: int
     cut: dict[str, Any]
+    held: dict[str, str]  # tenant -> why the close did not invoice it
+
+
+@dataclass(frozen=True, slots=True)
+class HeldInvoiced:
+    period: str
+    invoices: int  # documents issued for the period in all since its close
+    held: dict[str, str]  # the tenants still held
 
 
 @dataclass(frozen=True, slots=True)
@@ -464,7 +495,7 @@ class StatusChanged:
     source: str
 
 
-BillingChange = DocumentFinalized | PeriodClosed | StatusChanged
+BillingChange = DocumentFinalized | PeriodClosed | HeldInvoiced | StatusChanged
 
 
 def changes(event: Envelope) -> list[BillingChange]:
@@ -476,5 +507,7 @@ def changes(event: Envelope) -> list[BillingChange]:
         case "omni.invoice.status_changed":
             return [StatusChanged(data["invoice_id"], data["status"], data["at"], data.get("source", "admin"))]
         case "omni.billing.period_closed":
-            return [PeriodClosed(data["period"], data["closed_at"], int(data["invoices"]), data["cut"])]
+            return [PeriodClosed(data["period"], data["closed_at"], int(data["invoices"]), data["cut"], data.get("held", {}))]
+        case "omni.billing.held_invoiced":
+            return [HeldInvoiced(data["period"], int(data["invoices"]), data["held"])]
     return []

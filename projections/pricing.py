@@ -14,8 +14,9 @@ allowance comes off the quantity first; a minimum lifts the rounded amount.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal, localcontext
 
+from projections.meter_state import EXACT
 from schemas.billing import GraduatedPrice, MeterPrice, PackagePrice, PerUnitPrice, PriceModel
 
 ZERO = Decimal(0)
@@ -52,12 +53,19 @@ class Charge:
 
 def to_minor(amount: Decimal, digits: int) -> int:
     """Whole currency units to minor units, rounded half-even: the one rounding of a line."""
-    return int((amount * (Decimal(10) ** digits)).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+    return int(EXACT.multiply(amount, Decimal(10) ** digits).quantize(Decimal(1), rounding=ROUND_HALF_EVEN, context=EXACT))
 
 
 def charge(price: MeterPrice, quantity: Decimal, digits: int, *, minimum: bool = True) -> Charge:
     """The line for `quantity` of the price's meter, in a currency with `digits` minor units.
-    `minimum` False: the price's minimum does not apply (a month the tenant did not exist in)."""
+    `minimum` False: the price's minimum does not apply (a month the tenant did not exist in).
+    Exact in EXACT's 120 digits (a meter's total may reach 10^38 with 18 decimal places: Python's
+    default 28 digits rounded such a quantity, and raised on quantizing an amount past 10^28)."""
+    with localcontext(EXACT):
+        return _charge(price, quantity, digits, minimum=minimum)
+
+
+def _charge(price: MeterPrice, quantity: Decimal, digits: int, *, minimum: bool) -> Charge:
     billable = max(ZERO, quantity - price.included)
     tiers: tuple[TierCharge, ...] = ()
     packages: int | None = None

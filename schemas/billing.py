@@ -319,12 +319,34 @@ class InvoiceList(BaseModel):
     next_before: str | None = None
 
 
+class HeldTenant(BaseModel):
+    tenant_id: str
+    reason: str = Field(description="Why it was not invoiced: its amount would pass what an invoice holds (2^63 - 1 minor units)")
+
+
 class PeriodClose(BaseModel):
     period: str
     closed_at: str
     invoices: int = Field(description="Invoices finalized")
     credit_notes: int = Field(description="Credit notes issued for usage corrected after its period was invoiced")
     totals: dict[str, int] = Field(description="Invoiced per currency, in minor units")
+    held: list[HeldTenant] = Field(
+        default_factory=list,
+        description="Tenants not invoiced for the period (the others are): correct their usage or the prices, then "
+        "close the period again to invoice them",
+    )
+
+
+class ClosedPeriodPublic(BaseModel):
+    period: str
+    closed_at: str
+    documents: int = Field(description="Invoices and credit notes issued for the period")
+    held: list[HeldTenant] = Field(description="Tenants the period still holds: not invoiced for it")
+
+
+class ClosedPeriodList(BaseModel):
+    data: list[ClosedPeriodPublic]
+    next_before: str | None = Field(description="Pass as `before` for the next page; null on the last")
 
 
 class StatusChange(BaseModel):

@@ -29,6 +29,8 @@ CREATE TABLE IF NOT EXISTS invoices (
 CREATE INDEX IF NOT EXISTS invoices_by_tenant ON invoices (tenant_id, issued_at, id);
 CREATE TABLE IF NOT EXISTS billing_periods (
     period TEXT PRIMARY KEY, closed_at TEXT NOT NULL, invoices INTEGER NOT NULL, cut TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS billing_held (
+    period TEXT NOT NULL, tenant_id TEXT NOT NULL, reason TEXT NOT NULL, PRIMARY KEY (period, tenant_id));
 """
 
 InvoiceRow = tuple[dict[str, Any], str, str | None]  # the finalized document, its status now, when it changed
@@ -59,11 +61,44 @@ def set_status(tx: Tx, invoice_id: str, status: str, at: str, source: str) -> No
     tx.execute("UPDATE invoices SET status=?, status_changed_at=?, status_source=? WHERE id=?", (status, at, source, invoice_id))
 
 
-def add_closed_period(tx: Tx, period: str, closed_at: str, invoices: int, cut: Mapping[str, Any]) -> None:
+def add_closed_period(
+    tx: Tx, period: str, closed_at: str, invoices: int, cut: Mapping[str, Any], held: Mapping[str, str]
+) -> None:
+    """`held`: the tenants the close did not invoice (an amount past what an invoice holds), with why."""
     tx.execute(
         "INSERT INTO billing_periods VALUES (?, ?, ?, ?) ON CONFLICT (period) DO NOTHING",
         (period, closed_at, invoices, orjson.dumps(cut, option=orjson.OPT_SORT_KEYS).decode()),
     )
+    set_held(tx, period, held)
+
+
+def held_invoiced(tx: Tx, period: str, invoices: int, held: Mapping[str, str]) -> None:
+    """A close of the period again invoiced tenants it held: `held` are those still held."""
+    tx.execute("UPDATE billing_periods SET invoices=? WHERE period=?", (invoices, period))
+    set_held(tx, period, held)
+
+
+def set_held(tx: Tx, period: str, held: Mapping[str, str]) -> None:
+    tx.execute("DELETE FROM billing_held WHERE period=?", (period,))
+    for tenant_id, reason in sorted(held.items()):
+        tx.execute("INSERT INTO billing_held VALUES (?, ?, ?)", (period, tenant_id, reason))
+
+
+def periods(tx: Tx, *, limit: int, before: str | None = None) -> list[tuple[str, str, int, dict[str, str]]]:
+    """Closed periods, newest first: (period, closed_at, documents issued, held tenant -> reason)."""
+    where, params = ("WHERE period < ?", (before,)) if before is not None else ("", ())
+    rows = tx.execute(
+        f"SELECT period, closed_at, invoices FROM billing_periods {where} ORDER BY period DESC LIMIT ?", (*params, limit)
+    )
+    held: dict[str, dict[str, str]] = {}
+    if rows:
+        low, high = rows[-1][0], rows[0][0]
+        for period, tenant_id, reason in tx.execute(
+            "SELECT period, tenant_id, reason FROM billing_held WHERE period >= ? AND period <= ? ORDER BY period, tenant_id",
+            (low, high),
+        ):
+            held.setdefault(period, {})[tenant_id] = reason
+    return [(r[0], r[1], int(r[2]), held.get(r[0], {})) for r in rows]
 
 
 def _row(row: tuple[Any, ...]) -> InvoiceRow:
@@ -185,7 +220,9 @@ def period_usage(
 
 def _plain(quantity: Decimal) -> Decimal:
     """Without trailing zeros or an exponent: 100, 2.5 (SQLite's text and PostgreSQL's sums carry scale)."""
-    return quantity.quantize(Decimal(1)) if quantity == quantity.to_integral_value() else quantity.normalize()
+    if quantity == quantity.to_integral_value():
+        return quantity.quantize(Decimal(1), context=EXACT)  # in 120 digits: a total may pass Python's default 28
+    return quantity.normalize(EXACT)
 
 
 def earlier_periods(tx: Tx, period: BillingPeriod, window: timedelta) -> list[BillingPeriod]:

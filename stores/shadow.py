@@ -64,6 +64,7 @@ FOLDS: dict[str, Fold] = {
             "quota_overrides",
             "invoices",
             "billing_periods",
+            "billing_held",
             "stripe_customers",
             "stripe_invoices",
             "slos",
@@ -109,7 +110,9 @@ PROJECTIONS: dict[str, Projection] = {
     for p in (
         Projection("meters", ("meter_windows", "meter_totals"), (METERS,)),
         Projection("quotas", ("plans", "plan_versions", "quota_overrides", NOTIFICATIONS), (CATALOG, METERS)),
-        Projection("invoices", ("invoices", "billing_periods", "stripe_customers", "stripe_invoices"), (CATALOG,)),
+        Projection(
+            "invoices", ("invoices", "billing_periods", "billing_held", "stripe_customers", "stripe_invoices"), (CATALOG,)
+        ),
         Projection("slos", ("slos", "slo_deletions", "slo_minutes", "slo_alerts", "slo_notifications"), (CATALOG, METERS)),
         Projection("audit", ("audit_entries", "audit_heads", "audit_checkpoints", "audit_trees"), (AUDIT,)),
         Projection("gdpr", GDPR_VIEWS, (CATALOG,)),

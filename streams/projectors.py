@@ -252,8 +252,10 @@ def _write_billing_change(tx: Tx, change: invoices.BillingChange) -> None:
             billing_store.add_invoice(tx, document)
         case invoices.StatusChanged(invoice_id, status, at, source):
             billing_store.set_status(tx, invoice_id, status, at, source)
-        case invoices.PeriodClosed(period, closed_at, count, cut):
-            billing_store.add_closed_period(tx, period, closed_at, count, cut)
+        case invoices.PeriodClosed(period, closed_at, count, cut, held):
+            billing_store.add_closed_period(tx, period, closed_at, count, cut, held)
+        case invoices.HeldInvoiced(period, count, held):
+            billing_store.held_invoiced(tx, period, count, held)
 
 
 def _write_plan_change(tx: Tx, change: plan_view.Change) -> None:

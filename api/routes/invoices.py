@@ -13,13 +13,23 @@ from api import as_of, invoice_page
 from api.deps import AdminDep, CallerDep, PlatformDep, command_context, named_tenant
 from api.problems import Problem, time_and_id_cursor
 from api.relaying import run_command
-from commands.billing import PAID, UNCOLLECTIBLE, VOID
+from commands.billing import PAID, UNCOLLECTIBLE, VOID, without_held
 from commands.errors import NotFound
 from omni import metrics
 from omni.billing_close import NotOver, ViewsBehind, close_period, read_cut
 from omni.bootstrap import Platform
 from projections.invoices import CREDIT_NOTE, INVOICE, PERIOD_PATTERN, BillingPeriod, Unbillable, bill, digest
-from schemas.billing import InvoiceChanged, InvoiceList, InvoicePublic, PeriodClose, StatusChange, UpcomingInvoice
+from schemas.billing import (
+    ClosedPeriodList,
+    ClosedPeriodPublic,
+    HeldTenant,
+    InvoiceChanged,
+    InvoiceList,
+    InvoicePublic,
+    PeriodClose,
+    StatusChange,
+    UpcomingInvoice,
+)
 from schemas.cloudevents import Rfc3339Time
 from schemas.envelope import format_time
 from stores import billing as billing_store
@@ -64,7 +74,31 @@ async def close_billing_period(
         invoices=sum(1 for d in closed.invoices if d["kind"] == INVOICE),
         credit_notes=sum(1 for d in closed.invoices if d["kind"] == CREDIT_NOTE),
         totals=dict(sorted(totals.items())),
+        held=[HeldTenant(tenant_id=t, reason=why) for t, why in sorted(closed.held.items())],
     )
+
+
+@router.get("/billing/periods", response_model=ClosedPeriodList, responses={422: {}})
+def list_closed_periods(
+    platform: PlatformDep,
+    admin: AdminDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    before: Annotated[str | None, Query(pattern=PERIOD_PATTERN, description="The `next_before` of the previous page")] = None,
+) -> ClosedPeriodList:
+    """The closed billing periods, newest first, each with the tenants it holds (not invoiced:
+    their amount would pass what an invoice holds) until a close again invoices them."""
+    with metrics.VIEW_QUERY.labels("billing_periods").time(), platform.db.transaction() as tx:
+        rows = billing_store.periods(tx, limit=limit, before=before)
+    found = [
+        ClosedPeriodPublic(
+            period=period,
+            closed_at=closed_at,
+            documents=documents,
+            held=[HeldTenant(tenant_id=t, reason=why) for t, why in held.items()],
+        )
+        for period, closed_at, documents, held in rows
+    ]
+    return ClosedPeriodList(data=found, next_before=found[-1].period if len(found) == limit else None)
 
 
 @router.get("/invoices", response_model=InvoiceList, responses={404: {}, 422: {}})
@@ -119,13 +153,15 @@ def _draft(platform: Platform, tenant_id: str) -> UpcomingInvoice:
     period = BillingPeriod.of(platform.clock())
     cut = read_cut(platform.db, period, platform.settings.acceptance_window, tenant_id)
     billed, next_invoice, next_credit_note = platform.control.billed_so_far(tenant_id)
+    earlier = cut.earlier.get(tenant_id, {})
+    held = platform.control.held_months(sorted(earlier))
     try:
         statement = bill(
             tenant_id=tenant_id,
             period=period,
             plan=cut.plans.get(cut.tenants.get(tenant_id, "")),
             usage=cut.usage.get(tenant_id, {}),
-            earlier=cut.earlier.get(tenant_id, {}),
+            earlier=without_held(earlier, tenant_id, held),
             billed=billed,
             plan_at=cut.plan_at,
             next_invoice=next_invoice,

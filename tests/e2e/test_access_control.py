@@ -61,6 +61,7 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/v1/quotas/{meter}"): EITHER,
     ("GET", "/v1/notifications"): EITHER,
     ("POST", "/v1/billing/periods/{period}/close"): ADMIN_ONLY,
+    ("GET", "/v1/billing/periods"): ADMIN_ONLY,
     ("GET", "/v1/invoices"): EITHER,
     ("GET", "/v1/invoices/upcoming"): EITHER,
     ("GET", "/v1/invoices/{invoice_id}"): EITHER,

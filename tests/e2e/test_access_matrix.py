@@ -87,6 +87,7 @@ EXPECTED: dict[Operation, tuple[int, int, int]] = {
     ("GET", "/v1/quotas/{meter}"): (200, 404, 200),
     ("GET", "/v1/notifications"): (200, 404, 200),  # tenant; admin with ?tenant=
     ("POST", "/v1/billing/periods/{period}/close"): (403, 403, 200),  # admin
+    ("GET", "/v1/billing/periods"): (403, 403, 200),  # admin
     ("GET", "/v1/invoices"): (200, 404, 200),  # tenant; admin (every tenant's, or ?tenant=)
     ("GET", "/v1/invoices/upcoming"): (200, 404, 200),  # tenant; admin with ?tenant=
     ("GET", "/v1/invoices/{invoice_id}"): (200, 404, 200),

@@ -102,6 +102,7 @@ async def test_a_closed_month_is_invoiced_exactly_once(omni: Omni) -> None:
         "invoices": 1,
         "credit_notes": 0,
         "totals": {"USD": 3934},
+        "held": [],
     }
 
     (invoice,) = await invoices(omni, key)
@@ -296,32 +297,70 @@ async def test_a_plan_that_starts_charging_keeps_its_tenants_currency(omni: Omni
     assert [(line["type"], line["amount"]) for line in draft.json()["lines"]] == [("fee", 500), ("adjustment", 202)]
 
 
-async def test_usage_too_large_to_invoice_is_refused_and_leaves_the_log_flowing(omni: Omni) -> None:
-    ((tenant_id, key),) = await setup(omni)
-    # 10^22 tokens (a meter takes values up to 10^38): past 1,000 free, 0.002 each is 2 x 10^19 cents.
-    huge = "10000000000000000000000"
-    sent = await omni.send(key, [cloud_event(uuid.uuid4().hex, data={"tokens": huge})])
+async def test_a_tenant_too_large_to_invoice_is_held_and_every_other_tenant_is_invoiced(omni: Omni) -> None:
+    ((held_id, held_key), (_, key)) = await setup(omni, tenants=2)
+    # 10^28 tokens (a meter takes values up to 10^38), past the 28 digits of Python's default decimal
+    # context: past 1,000 free, 0.002 each is 2 x 10^25 cents, more than an invoice holds.
+    huge = "10000000000000000000000000000"
+    sent = await omni.send(held_key, [cloud_event(uuid.uuid4().hex, data={"tokens": huge})])
     assert sent.status_code == 202, sent.text
+    await use(omni, key, tokens=1500)
     await omni.settle()
-    draft = await omni.client.get("/v1/invoices/upcoming", headers=omni.auth(key))
+    draft = await omni.client.get("/v1/invoices/upcoming", headers=omni.auth(held_key))
     assert draft.status_code == 422 and draft.json()["type"].endswith("/unbillable-amount"), draft.text
     this_month = BillingPeriod.of(datetime.now(UTC))
     omni.platform.clock = lambda: after(this_month)
-    refused = await close(omni, this_month.text)
-    assert refused.status_code == 422 and refused.json()["type"].endswith("/unbillable-amount"), refused.text
-    assert tenant_id in refused.json()["detail"], refused.text
-    assert await invoices(omni, key) == []
 
-    # The admin reprices the month (the plan in force at the close prices it): the close goes through,
-    # and the quantity, past what a JSON integer holds here, is written as its exact text.
-    free_tokens = {"meter": "tokens", "model": "per_unit", "unit_price": "0"}
-    repriced = {**PLAN, "prices": [free_tokens, *PLAN["prices"][1:]]}
-    assert (await omni.client.put("/v1/plans/pro", json=repriced, headers=omni.auth(ADMIN))).status_code == 200
     closed = await close(omni, this_month.text)
     assert closed.status_code == 200, closed.text
-    (invoice,) = await invoices(omni, key)  # the views folded it: the log took the invoice's event
-    tokens = next(line for line in invoice["lines"] if line.get("meter") == "tokens")
-    assert (tokens["quantity"], tokens["amount"], invoice["total"]) == (huge, 0, 1000)
+    assert (closed.json()["invoices"], closed.json()["totals"]) == (1, {"USD": 1100}), closed.text  # the fee, 500 tokens
+    ((held,),) = [closed.json()["held"]]
+    assert held["tenant_id"] == held_id and "more than an invoice holds" in held["reason"], held
+    assert await invoices(omni, held_key) == []
+    assert [(i["period"], i["total"]) for i in await invoices(omni, key)] == [(this_month.text, 1100)]
+    periods = await omni.client.get("/v1/billing/periods", headers=omni.auth(ADMIN))
+    assert periods.status_code == 200, periods.text
+    assert [(p["period"], p["documents"], [h["tenant_id"] for h in p["held"]]) for p in periods.json()["data"]] == [
+        (this_month.text, 1, [held_id])
+    ]
+    assert (await omni.client.get("/v1/billing/periods", headers=omni.auth(key))).status_code == 403
+    trail = await omni.client.get("/v1/audit", params={"tenant": held_id}, headers=omni.auth(ADMIN))
+    assert [e["action"] for e in trail.json()["data"] if e["action"] == "invoice.hold"] == ["invoice.hold"], trail.text
+
+    # Closed again before anything changed: 422 naming the tenant, and nothing issued.
+    again = await close(omni, this_month.text)
+    assert again.status_code == 422 and again.json()["type"].endswith("/unbillable-amount"), again.text
+    assert held_id in again.text and await invoices(omni, held_key) == []
+
+    # Next month's draft and close leave the held month out: it is billed by closing that month
+    # again, never as an adjustment (which would be as unbillable).
+    omni.platform.clock = lambda: after(this_month, hours=2)
+    draft = await omni.client.get("/v1/invoices/upcoming", headers=omni.auth(held_key))
+    assert draft.status_code == 200, draft.text
+    assert [line["type"] for line in draft.json()["lines"]] == ["fee"], draft.text
+    next_month = BillingPeriod.parse(f"{this_month.end:%Y-%m}")
+    assert next_month is not None
+    omni.platform.clock = lambda: after(next_month)
+    closed = await close(omni, next_month.text)
+    assert (closed.status_code, closed.json().get("held")) == (200, []), closed.text
+    ((period, lines),) = [(i["period"], i["lines"]) for i in await invoices(omni, held_key)]
+    assert (period, [line["type"] for line in lines]) == (next_month.text, ["fee"])
+
+    # The tenant corrects the month's usage: closing it again invoices the tenant, once.
+    fixed = await omni.send(held_key, [cloud_event(uuid.uuid4().hex, data={"tokens": "-" + huge})])
+    assert fixed.status_code == 202, fixed.text
+    await use(omni, held_key, tokens=2000)
+    reclosed = await close(omni, this_month.text)
+    assert reclosed.status_code == 200, reclosed.text
+    assert (reclosed.json()["invoices"], reclosed.json()["totals"], reclosed.json()["held"]) == (1, {"USD": 1200}, [])
+    invoice = next(i for i in await invoices(omni, held_key) if i["period"] == this_month.text)
+    assert (invoice["total"], invoice["number"][-5:]) == (1200, "-0002")  # after next month's
+    assert (await close(omni, this_month.text)).status_code == 409
+    periods = await omni.client.get("/v1/billing/periods", headers=omni.auth(ADMIN))
+    assert [(p["period"], p["documents"], p["held"]) for p in periods.json()["data"]] == [
+        (next_month.text, 2, []),
+        (this_month.text, 2, []),
+    ]
 
 
 async def test_an_invoice_is_voided_with_a_credit_note_and_settled_states_stay_settled(omni: Omni) -> None:

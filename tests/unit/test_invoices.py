@@ -167,6 +167,34 @@ def test_an_invoice_holds_amounts_up_to_64_bits_and_refuses_more() -> None:
     assert free is not None and free["lines"][0]["quantity"] == str(2**63) and canonical(free)
 
 
+@pytest.mark.parametrize("quantity", ["1e28", "1e30", "99999999999999999999999999999999999999", "-1e38"])
+def test_a_quantity_past_28_digits_is_refused_as_unbillable_or_billed_exactly(quantity: str) -> None:
+    # Python's default context keeps 28 digits: quantizing an amount past 10^28 raised
+    # InvalidOperation there (a 500 that failed every tenant's close), and sums were rounded.
+    total = Decimal(quantity)
+    if total > 0:
+        with pytest.raises(Unbillable, match="more than an invoice holds"):
+            close(plan=USAGE_ONLY, usage={"tokens": total})
+    else:  # far below nothing: no usage to bill, the fee only
+        statement = close(usage={"tokens": total})
+        assert statement.invoice is not None and statement.invoice["total"] == 1000
+        assert statement.invoice["lines"][1]["quantity"] == str(int(total))
+
+
+def test_a_quantity_with_more_than_28_significant_digits_is_invoiced_exactly() -> None:
+    precise = Decimal("123456789012.123456789012345679")  # 30 significant digits, as a meter sums them
+    statement = close(plan=USAGE_ONLY, usage={"tokens": precise})
+    assert statement.invoice is not None
+    (line,) = statement.invoice["lines"]
+    assert Decimal(str(line["quantity"])) == precise
+    assert line["amount"] == 246913578024  # 2 yen a token, 246,913,578,024.246... rounded once
+    assert statement.billed["2026-11"].quantities == {"tokens": precise}
+    tiered = close(usage={"tokens": precise}).invoice
+    assert tiered is not None
+    tokens = next(line for line in tiered["lines"] if line.get("meter") == "tokens")
+    assert tokens["tiers"][1]["amount"] == "246913576.024246913578024691358"  # (precise - 1000) x 0.002, exact
+
+
 def test_usage_that_costs_nothing_is_still_invoiced_at_zero() -> None:
     free = PricedPlan(
         "free",
