@@ -428,7 +428,11 @@ def build(settings: Settings) -> Platform:
     control = ControlPlane(env=event_store_env(settings))
     # The data keys live in the event store's database: its own file in embedded mode, its schema in PostgreSQL.
     # Synced at each commit: an event sealed with a new key is on the log (synced) before its 202.
-    keys_db = SqliteDatabase(settings.data_dir / "eventstore.sqlite", durable=True) if settings.mode is Mode.EMBEDDED else db
+    keys_db = (
+        SqliteDatabase(settings.data_dir / "eventstore.sqlite", durable=True, secure_delete=True)
+        if settings.mode is Mode.EMBEDDED
+        else db
+    )
     data_keys.migrate(keys_db)
     idempotency.migrate(keys_db)  # POST requests' Idempotency-Key (api/idempotency.py), beside the data keys
     personal = PersonalData(master_key_from(gdpr_master_key(settings)), keys_db, control.recorder, control.mapper.to_domain_event)

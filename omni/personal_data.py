@@ -421,6 +421,9 @@ class PersonalData:
         with self.keys_db.transaction() as tx:
             key_id = data_keys.erase(tx, tenant_id, subject, format_time(datetime.now(UTC)))
         self.cache.forget([(tenant_id, subject)])
+        # No copy of the key left in SQLite's write-ahead log: after a no-op erasure too, since the one
+        # that deleted the key may have stopped before this (a resumed request comes here again).
+        self.keys_db.forget_overwritten()
         return key_id
 
     # -- admission ---------------------------------------------------------------------------------

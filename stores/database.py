@@ -121,6 +121,12 @@ class Database(Protocol):
 
     def migrate(self, script: str) -> None: ...
 
+    def forget_overwritten(self) -> None:
+        """Leave no copy of what the last commits overwrote or deleted in the database's own files
+        (blocking): SQLite's write-ahead log keeps every page version until a checkpoint resets it.
+        What erasure deletes (a person's data key) goes through this; PostgreSQL keeps old row
+        versions and its own WAL until vacuum and recycling (README, GDPR)."""
+
     def close(self) -> None: ...
 
 
@@ -300,10 +306,12 @@ class SqliteDatabase:
 
     dialect = "sqlite"
 
-    def __init__(self, path: Path, *, durable: bool = False) -> None:
+    def __init__(self, path: Path, *, durable: bool = False, secure_delete: bool = False) -> None:
         """`durable`: each commit is synced to disk before it returns (synchronous=FULL), for what a
         later commit elsewhere depends on (the data keys, which the log's sealed events need);
-        otherwise a power cut may take the last commits back (NORMAL: the views, folded again)."""
+        otherwise a power cut may take the last commits back (NORMAL: the views, folded again).
+        `secure_delete`: what this connection deletes or overwrites is zeroed in its page, not left
+        in the page's free space (the data keys: see forget_overwritten)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self._path = path
         self._readers: list[sqlite3.Connection] = []  # idle read-only connections, for `reading`
@@ -312,6 +320,8 @@ class SqliteDatabase:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        if secure_delete:
+            self._db.execute("PRAGMA secure_delete=ON")
         # SQLite has no sha256: the schema's migration of the de-duplication memory calls this one.
         from stores.views import seen_digest  # here, not at the top: stores.views imports this module
 
@@ -335,6 +345,20 @@ class SqliteDatabase:
                 if isinstance(failure, sqlite3.Error) and sqlite_outage(failure):
                     raise StoreUnavailable(str(failure)) from failure
                 raise
+
+    def forget_overwritten(self, *, attempts: int = 50, pause: float = 0.1) -> None:
+        """Copy the write-ahead log into the database and truncate it to nothing, so that no earlier
+        version of a page (a data key before its erasure) is left in it; with `secure_delete` the
+        pages copied hold no trace either. A reader still on an older snapshot (another connection
+        to the file: the event store's) holds the log: tried again for up to `attempts` x `pause`
+        seconds, then StoreUnavailable (the erasure is retried: README, GDPR)."""
+        for _ in range(attempts):
+            with self._lock:
+                busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if not busy:
+                return
+            time.sleep(pause)
+        raise StoreUnavailable(f"{self._path.name}'s write-ahead log could not be reset: a reader holds it")
 
     @contextmanager
     def reading(self) -> Iterator[_SqliteTx]:
@@ -541,6 +565,10 @@ class PostgresDatabase:
         """A transaction of the pool's (MVCC: readers wait for no writer)."""
         with self.transaction() as tx:
             yield tx
+
+    def forget_overwritten(self) -> None:
+        """Nothing to do at the SQL level: PostgreSQL keeps a dead row version until vacuum and its WAL
+        until recycled, out of a client's reach (README, GDPR: the master key is not in the database)."""
 
     def migrate(self, script: str) -> None:
         self._open()

@@ -683,3 +683,31 @@ async def test_every_event_type_admission_takes_can_have_a_data_class(omni: Omni
         rows = await omni.query(key, f"emails-{n}", group_by="email")
         assert [r["group_by"]["email"][:4] for r in rows] == ["ps2_"], (event_type, rows)
     assert tenant_id
+
+
+async def test_an_erased_key_leaves_no_copy_in_any_file_of_the_data_directory(tmp_path: Path) -> None:
+    """Embedded mode keeps the data keys in SQLite, whose write-ahead log keeps every version of a
+    page until a checkpoint resets it: the wrapped key an erasure deleted stayed readable there, and
+    the master key that opens it sits in the same directory."""
+    from tests.e2e.conftest import embedded_settings, served
+
+    async with served(embedded_settings(tmp_path / "data")) as omni:
+        assert (await omni.client.put("/v1/data-classes/chat", json=DATA_CLASS, headers=omni.auth(ADMIN))).status_code == 201
+        await omni.settle()
+        _, key = await omni.tenant("acme")
+        events = [cloud_event(f"e{i}", type_="chat", subject="person-a", data={"email": "a@example.com"}) for i in range(3)]
+        assert (await omni.send(key, events)).status_code == 202
+        with omni.platform.personal.keys_db.transaction() as tx:
+            ((wrapped,),) = tx.execute("SELECT wrapped FROM gdpr_data_keys WHERE subject='person-a'")
+        wrapped = bytes(wrapped)
+        # Enough commits after the key's that the log holds it in older frames, as a running server's does.
+        for i in range(20):
+            assert (await omni.send(key, [cloud_event(f"o{i}", type_="chat", subject=f"other-{i}", data={})])).status_code == 202
+
+        def files_holding() -> list[str]:
+            return [p.name for p in sorted((tmp_path / "data").rglob("*")) if p.is_file() and wrapped in p.read_bytes()]
+
+        assert files_holding(), "the key is stored before its erasure"
+        erasure = await request(omni, key, "person-a", "erasure")
+        assert erasure["status"] == "completed" and "erased" in erasure["steps"][-1]["step"], erasure
+        assert files_holding() == []
