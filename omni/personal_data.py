@@ -216,17 +216,25 @@ def person_of(event: Envelope, compiled: CompiledClass) -> str | None:
     return doc if isinstance(doc, str) and doc else None
 
 
-def _parent(data: Any, steps: tuple[str, ...]) -> dict[str, Any] | None:
-    """The dict holding the value at `steps` (under data), or None."""
+def _place(data: dict[str, Any], steps: tuple[str, ...]) -> tuple[dict[str, Any], str, str] | None:
+    """Where the personal value at `steps` (under data) is: the dict holding it, its name there and
+    its path; None when the event holds nothing there. An event shaped otherwise than its class (a
+    string, a list or a number where the path goes on through an object) holds what it holds there
+    in that value, so the place is that value's own: sealed whole, nothing of it is kept in clear."""
     doc = data
-    for part in steps[1:-1]:
-        if not isinstance(doc, dict):
+    for depth in range(1, len(steps) - 1):
+        child = doc.get(steps[depth])
+        if child is None:
             return None
-        doc = doc.get(part)
-    return doc if isinstance(doc, dict) else None
+        if type(child) is not dict:
+            return doc, steps[depth], "$." + ".".join(steps[: depth + 1])
+        doc = child
+    name = steps[-1]
+    return (doc, name, "$." + ".".join(steps)) if name in doc else None
 
 
 SUBJECT = ("subject",)  # a data class's person is the CloudEvent subject (the default)
+DATA = "$.data"  # the path of an event's whole data, sealed whole when it is no object
 
 
 class KeysMissing(Exception):
@@ -443,8 +451,8 @@ class PersonalData:
         errors: list[dict[str, Any]] = []
         for index, envelope in enumerate(envelopes):
             compiled = classes.get(envelope.type)
-            if compiled is None or (not isinstance(envelope.data, dict) and compiled.subject == SUBJECT):
-                continue  # data that is no object holds no value at a personal path (all are under $.data)
+            if compiled is None or (envelope.data is None and compiled.subject == SUBJECT):
+                continue  # no data holds no value at a personal path (all are under $.data)
             person = person_of(envelope, compiled)  # None for data that is no object: its person is in it
             if person is None:
                 where = "$." + ".".join(compiled.subject)
@@ -492,15 +500,20 @@ class PersonalData:
             data = envelope.data
             found: dict[str, Any] = {}
             places: list[tuple[dict[str, Any], str]] = []
-            for path, steps in compiled.personal:
-                parent = data if len(steps) == 2 else _parent(data, steps)  # most paths are data's own members
-                if parent is not None:
-                    name = steps[-1]
-                    if name in parent:
-                        found[path] = parent[name]
-                        places.append((parent, name))
+            if type(data) is not dict:  # data that is no object (a string, a list): all of it sealed
+                found[DATA] = data
+                places.append(({}, ""))
+            else:
+                for path, steps in compiled.personal:
+                    if len(steps) == 2:  # most paths are data's own members
+                        if steps[1] in data and path not in found:
+                            found[path] = data[steps[1]]
+                            places.append((data, steps[1]))
+                    elif (place := _place(data, steps)) is not None and place[2] not in found:
+                        found[place[2]] = place[0][place[1]]
+                        places.append((place[0], place[1]))
             if compiled.subject != SUBJECT:  # the person is not the subject: say who it is
-                envelopes[index] = msgspec.structs.replace(envelope, data_subject_id=person)
+                envelopes[index] = envelope = msgspec.structs.replace(envelope, data_subject_id=person)
             if not found:
                 continue
             aad = aads.get(person)
@@ -508,6 +521,9 @@ class PersonalData:
                 aad = aads[person] = associated_data(envelope.tenant_id, person)
             sealed = keys[person].sealed(found, aad, nonces[start : start + 12])
             start += 12
+            if type(data) is not dict:
+                envelopes[index] = msgspec.structs.replace(envelope, data=sealed[0])
+                continue
             for (parent, name), value in zip(places, sealed):  # noqa: B905 - one sealed value per place
                 parent[name] = value
 

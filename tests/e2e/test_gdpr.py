@@ -21,6 +21,7 @@ import pytest
 
 from omni.bootstrap import Platform
 from omni.settings import Mode
+from schemas.envelope import decode
 from stores import data_keys, schema
 from streams.replay import Mode as ReplayMode
 from streams.replay import Request
@@ -711,3 +712,54 @@ async def test_an_erased_key_leaves_no_copy_in_any_file_of_the_data_directory(tm
         erasure = await request(omni, key, "person-a", "erasure")
         assert erasure["status"] == "completed" and "erased" in erasure["steps"][-1]["step"], erasure
         assert files_holding() == []
+
+
+async def test_an_event_shaped_otherwise_than_its_data_class_is_sealed_where_its_shape_departs(tmp_path: Path) -> None:
+    """A path running on through an object the event holds as a string, a list or no object at all:
+    the value the event holds there is sealed whole (it was kept in clear, and survived erasure)."""
+    from tests.e2e.conftest import embedded_settings, served
+
+    mark = uuid.uuid4().hex[:10]
+    clear = [f"as text {mark}", f"tag {mark}", f"in a list {mark}", f"the whole data {mark}"]
+    async with served(embedded_settings(tmp_path / "data")) as omni:
+        body = {"personal": ["$.data.profile.name", "$.data.profile.email", "$.data.tags", "$.data.email"]}
+        assert (await omni.client.put("/v1/data-classes/chat", json=body, headers=omni.auth(ADMIN))).status_code == 201
+        await omni.settle()
+        _, key = await omni.tenant("acme")
+        events = [
+            cloud_event("e1", type_="chat", subject="person-b", data={"tokens": 1, "profile": clear[0], "tags": clear[1]}),
+            cloud_event("e2", type_="chat", subject="person-b", data={"tokens": 2, "profile": [{"name": clear[2]}]}),
+            cloud_event("e3", type_="chat", subject="person-b", data=clear[3]),
+            cloud_event("e4", type_="chat", subject="person-b", data={"tokens": 4, "profile": {"name": "n", "age": 40}}),
+        ]
+        assert (await omni.send(key, events)).status_code == 202
+        await omni.settle()
+        assert await everywhere(omni, [c.encode() for c in clear]) == []
+        access = await request(omni, key, "person-b", "access")
+        document = (await omni.client.get(access["export"], headers=omni.auth(key))).json()
+        assert [e["data"] for e in sorted(document["events"], key=lambda e: e["id"])] == [
+            {"tokens": 1, "profile": clear[0], "tags": clear[1]},
+            {"tokens": 2, "profile": [{"name": clear[2]}]},
+            clear[3],
+            {"tokens": 4, "profile": {"name": "n", "age": 40}},  # shaped as declared: the name alone sealed
+        ]
+        topic = omni.platform.topics.usage
+        stored = [
+            decode(r.value)
+            for partition, end in (await omni.platform.log.end_offsets(topic)).items()
+            for r in await omni.platform.log.read(topic, partition, 0, end)
+        ]
+        fourth = next(e for e in stored if e.source_id == "e4")
+        assert fourth.data["profile"]["age"] == 40 and "ct" in fourth.data["profile"]["name"]
+
+        erasure = await request(omni, key, "person-b", "erasure")
+        assert erasure["status"] == "completed", erasure
+        after = await request(omni, key, "person-b", "access")
+        emptied = (await omni.client.get(after["export"], headers=omni.auth(key))).json()
+        assert [e["data"] for e in sorted(emptied["events"], key=lambda e: e["id"])] == [
+            {"tokens": 1, "profile": None, "tags": None},
+            {"tokens": 2, "profile": None},
+            None,
+            {"tokens": 4, "profile": {"name": None, "age": 40}},
+        ]
+        assert await everywhere(omni, [c.encode() for c in clear]) == []
