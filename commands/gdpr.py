@@ -162,6 +162,17 @@ class GdprCommands:
     def receive_gdpr_request(
         self: ControlPlane, ctx: CommandContext, tenant_id: str, subject: str, kind: RequestKind
     ) -> GdprRequest:
+        """NotFound when a tenant names an actor (`apikey:<key id>`) that is no key of its own: the
+        admin's key (`apikey:admin`) acted in the tenant's chain too, and its IP address and user
+        agent there are the operator's personal data, which a tenant reads sealed and never opens
+        (api/routes/audit.py), nor exports, nor erases."""
+        from commands.control_plane import ACTOR_PREFIX
+
+        if ctx.tenant_id is not None and subject.startswith(ACTOR_PREFIX):
+            with self._rejections_audited(ctx, f"gdpr.{kind.value}.received", "gdpr/requests"):
+                key = self._get_key(subject.removeprefix(ACTOR_PREFIX))
+                if key is None or key.tenant_id != ctx.tenant_id:
+                    raise NotFound(f"subject {subject} is no API key of this tenant's")
         request = GdprRequest(tenant_id=tenant_id, subject=subject, kind=kind.value)
         self.save(request, self._audit(ctx, f"gdpr.{kind.value}.received", f"gdpr/requests/{request.id}", tenant_id))
         return request

@@ -763,3 +763,25 @@ async def test_an_event_shaped_otherwise_than_its_data_class_is_sealed_where_its
             {"tokens": 4, "profile": {"name": None, "age": 40}},
         ]
         assert await everywhere(omni, [c.encode() for c in clear]) == []
+
+
+async def test_a_tenant_acts_for_its_own_keys_as_actors_only_never_the_admins_or_another_tenants(omni: Omni) -> None:
+    """The admin's key acted in every tenant's chain (it created the tenant): as an actor there it is
+    the operator's personal data, which a tenant reads sealed and may neither export nor erase."""
+    _, key = await omni.tenant("acme")
+    _, other_key = await omni.tenant("globex")
+    own = f"apikey:{key.split('_')[1]}"
+    for subject in ("apikey:admin", f"apikey:{other_key.split('_')[1]}", "apikey:0000000000000000"):
+        for kind in ("access", "erasure"):
+            refused = await omni.client.post("/v1/gdpr/requests", json={"subject": subject, "kind": kind}, headers=omni.auth(key))
+            assert refused.status_code == 404 and refused.headers["content-type"] == "application/problem+json", refused.text
+    assert (await request(omni, key, own, "access"))["status"] == "completed"
+    trail = await audited(omni, key)
+    assert [e["reason"][:3] for e in trail if e["action"] == "gdpr.erasure.received" and e["outcome"] != "accepted"] == [
+        "404"
+    ] * 3
+    # The admin acts for the operator: the platform's own subjects, or a tenant's named by ?tenant=.
+    admin = await omni.client.post(
+        "/v1/gdpr/requests", json={"subject": "apikey:admin", "kind": "access"}, headers=omni.auth(ADMIN)
+    )
+    assert admin.status_code == 202, admin.text
