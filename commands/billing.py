@@ -372,8 +372,12 @@ class BillingCommands:
         action = f"invoice.{status}"
         with self._rejections_audited(ctx, action, resource):
             account = self._billing_account(tenant_id)
-            if account is None or invoice_id not in account.statuses or document["kind"] != "invoice":
+            if account is None or invoice_id not in account.statuses:
                 raise NotFound(f"invoice {invoice_id} not found")
+            if document["kind"] != "invoice":
+                raise Conflict(
+                    f"{invoice_id} is a credit note: it is final as issued, only invoices are paid, voided or uncollectible"
+                )
             now = account.statuses[invoice_id]
             if now == status:
                 return None

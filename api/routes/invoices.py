@@ -218,20 +218,41 @@ def get_invoice(
     return HTMLResponse(page, headers={"Vary": "Accept"})
 
 
+JSON_TYPES = ("application/json", "application/problem+json")
+
+
 def _wants_html(accept: str) -> bool:
-    """HTML when the client lists text/html before any JSON (a browser, `curl -H 'Accept: text/html'`)."""
-    kinds = [part.split(";")[0].strip().lower() for part in accept.split(",")]
-    html = kinds.index("text/html") if "text/html" in kinds else None
-    json_ = min((i for i, k in enumerate(kinds) if k in ("application/json", "application/problem+json")), default=None)
-    return html is not None and (json_ is None or html < json_)
+    """HTML when the client prefers text/html to JSON (a browser, `curl -H 'Accept: text/html'`): by
+    their quality values (RFC 9110, 12.5.1; `q=0` is "not acceptable"), and at equal quality the one
+    listed first. JSON otherwise, also for what neither names (the API's own type)."""
+    html: tuple[float, int] | None = None
+    json_: tuple[float, int] | None = None
+    for index, part in enumerate(accept.split(",")):
+        kind, *parameters = (piece.strip() for piece in part.split(";"))
+        quality = 1.0
+        for parameter in parameters:
+            name, _, value = parameter.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = min(max(float(value), 0.0), 1.0)
+                except ValueError:
+                    quality = 0.0  # unreadable: not taken as a preference
+        kind = kind.lower()
+        if kind == "text/html" and (html is None or quality > html[0]):
+            html = (quality, index)
+        elif kind in JSON_TYPES and (json_ is None or quality > json_[0]):
+            json_ = (quality, index)
+    if html is None or html[0] == 0:
+        return False
+    return json_ is None or html[0] > json_[0] or (html[0] == json_[0] and html[1] < json_[1])
 
 
 async def _move(platform: Platform, request: Request, admin: Any, invoice_id: str, status: str, reason: str) -> InvoiceChanged:
     with platform.db.transaction() as tx:
         row = billing_store.invoice(tx, invoice_id)
-    if row is None or row[0]["kind"] != INVOICE:
+    if row is None:
         raise NotFound(f"invoice {invoice_id} not found")
-    ctx = command_context(request, admin)
+    ctx = command_context(request, admin)  # a credit note: the command's 409 (final as issued)
     at = format_time(platform.clock())
     move = functools.partial(platform.control.set_invoice_status, reason=reason, source="admin", at=at)
     credit_note = await run_command(platform, move, ctx, row[0], status)

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Header, Request
 
 from api.deps import PlatformDep, trace_id
@@ -51,9 +52,14 @@ class InvoiceNotice:
     attempt: int | None
 
 
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
 def read_event(event: Mapping[str, Any]) -> InvoiceNotice:
     """The fields we act on, from a verified Stripe event (pure)."""
-    found = event.get("data", {}).get("object", {})
+    data = event.get("data")
+    found = data.get("object") if isinstance(data, Mapping) else None
     found = found if isinstance(found, Mapping) else {}
     metadata = found.get("metadata") or {}
     invoice_id = metadata.get("omni_invoice_id") if found.get("object") == "invoice" and isinstance(metadata, Mapping) else None
@@ -91,12 +97,23 @@ async def stripe_webhook(
     import stripe
 
     try:
-        event = stripe.Webhook.construct_event(payload, stripe_signature, secret)
+        # Stripe's own check, recency included (construct_event's tolerance: 300 s).
+        stripe.WebhookSignature.verify_header(payload, stripe_signature, secret, stripe.Webhook.DEFAULT_TOLERANCE)
     except stripe.SignatureVerificationError as bad:
         raise Problem(400, "Bad signature", f"The Stripe-Signature does not verify: {bad}", kind="bad-signature") from bad
-    except ValueError as bad:  # signed, but not a Stripe event
-        raise Problem(400, "Malformed event", f"The body is not a Stripe event: {bad}", kind="malformed-event") from bad
-    notice = read_event(event.to_dict())
+    # Signed, then read here: Stripe's builder took JSON that is no object for one and failed (a 500).
+    try:
+        event = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        event = None
+    if not isinstance(event, dict) or not _text(event.get("id")) or not _text(event.get("type")):
+        raise Problem(
+            400,
+            "Malformed event",
+            "The body is not a Stripe event: a JSON object with its `id` and `type`.",
+            kind="malformed-event",
+        )
+    notice = read_event(event)
     receipt = WebhookReceipt(event_id=notice.event_id, type=notice.type, outcome=Outcome.IGNORED, invoice_id=notice.invoice_id)
     if notice.type not in (PAID, PAYMENT_FAILED) or notice.invoice_id is None:
         return receipt

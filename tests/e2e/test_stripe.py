@@ -366,6 +366,8 @@ async def test_a_bad_or_stale_signature_is_refused_and_nothing_is_recorded(omni:
         (paid, {"Content-Type": "application/json"}),  # no signature
         (paid, {"Content-Type": "application/json", **omni.auth(ADMIN)}),  # an API key is no signature
         (b"not json", signed(b"not json")),  # signed, but no Stripe event
+        *((body, signed(body)) for body in (b"[1, 2]", b'"text"', b"null", b"5")),  # JSON, but no object (was a 500)
+        (b'{"type": "invoice.paid"}', signed(b'{"type": "invoice.paid"}')),  # an object without its id
     ]:
         response = await webhook(omni, payload, headers)
         assert response.status_code == 400, response.text
