@@ -36,6 +36,11 @@ def decimals_of(text: str) -> int:
 
 Price = Annotated[str, Field(pattern=f"^{PRICE_PATTERN}$", examples=["0.002"])]
 Quantity = Annotated[Decimal, WithJsonSchema(QUANTITY_SCHEMA)]
+# A tier's end and a package's size: more than zero (zero is refused, as exact_quantity's `positive`).
+PositiveQuantity = Annotated[
+    Decimal,
+    WithJsonSchema({**{k: v for k, v in QUANTITY_SCHEMA.items() if k != "minimum"}, "exclusiveMinimum": 0}),
+]
 
 
 class PriceModel(StrEnum):
@@ -51,7 +56,9 @@ class Tier(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    up_to: Quantity | None = Field(description="The tier's last unit; null for the last tier, which has no end")
+    up_to: PositiveQuantity | None = Field(
+        default=None, description="The tier's last unit; absent or null for the last tier (and only it), which has no end"
+    )
     unit_price: Price = "0"
     flat_price: Price | None = Field(default=None, description="Charged once when the quantity reaches the tier")
 
@@ -87,7 +94,11 @@ class _PriceBase(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     meter: str = Field(pattern=SLUG_PATTERN, description="A SUM or COUNT meter's slug")
-    included: Quantity = Field(default=Decimal(0), description="Units free each period, before any price applies")
+    included: Quantity = Field(
+        default=Decimal(0),
+        description="Units free each period, before any price applies",
+        json_schema_extra={"default": 0},  # a number, as it is sent (the Decimal's own default would read "0")
+    )
     minimum: Price | None = Field(default=None, description="The line's least amount each period, in the plan's currency")
 
     @field_validator("included", mode="before")
@@ -138,7 +149,7 @@ class VolumePrice(GraduatedPrice):
 
 class PackagePrice(_PriceBase):
     model: Literal[PriceModel.PACKAGE] = PriceModel.PACKAGE
-    package_size: Quantity = Field(description="Units per package; a started package is charged whole")
+    package_size: PositiveQuantity = Field(description="Units per package; a started package is charged whole")
     package_price: Price
 
     @field_validator("package_size", mode="before")
