@@ -308,8 +308,18 @@ def bounded_protocol(settings: Settings, consume_path: ConsumePath | None = None
 
 def server_config(app: FastAPI, settings: Settings, *, host: str, port: int) -> uvicorn.Config:
     consume_path = ConsumePath(app) if settings.consume_at_connection else None
+    # uvicorn believes X-Forwarded-For from loopback by default: any local process could then name the
+    # IP address an audit entry records. Only the proxies named in OMNI_FORWARDED_ALLOW_IPS are believed.
+    proxies = settings.forwarded_allow_ips.strip()
     return uvicorn.Config(
-        app, host=host, port=port, http=bounded_protocol(settings, consume_path), log_config=None, access_log=False
+        app,
+        host=host,
+        port=port,
+        http=bounded_protocol(settings, consume_path),
+        log_config=None,
+        access_log=False,
+        proxy_headers=bool(proxies),
+        forwarded_allow_ips=proxies or None,
     )
 
 

@@ -134,3 +134,27 @@ def test_the_admin_key_is_printed_once_when_generated(tmp_path: Path, monkeypatc
     assert again.exit_code == 0 and key not in again.output
     assert runner.invoke(cli.app, ["admin-key"], env=env).output.strip() == key
     assert served == [1, 1]
+
+
+@pytest.mark.parametrize(("proxies", "recorded"), [("", "127.0.0.1"), ("127.0.0.1", "203.0.113.9")])
+async def test_a_forwarded_address_is_believed_only_from_the_proxies_named(tmp_path: Path, proxies: str, recorded: str) -> None:
+    """uvicorn's default believed X-Forwarded-For from any local process: an audit entry then recorded
+    whatever address (or text) it named as the actor's IP."""
+    import httpx
+
+    from tests.e2e.conftest import Omni
+
+    settings = embedded_settings(tmp_path / "data", forwarded_allow_ips=proxies)
+    app = create_app(platform=build(settings), background=False)
+    async with serving(app, settings) as (port, _), httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        omni = Omni(client, app.state.platform, app)
+        made = await client.post(
+            "/v1/tenants",
+            json={"name": "acme", "plan": "pro"},
+            headers={**omni.auth(ADMIN), "X-Forwarded-For": "203.0.113.9"},
+        )
+        assert made.status_code == 201, made.text
+        await omni.settle()
+        trail = await client.get("/v1/audit", params={"tenant": made.json()["id"]}, headers=omni.auth(ADMIN))
+        (entry,) = [e for e in trail.json()["data"] if e["action"] == "tenant.create"]
+        assert entry["opened_actor"]["ip"] == recorded
