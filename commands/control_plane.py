@@ -21,9 +21,10 @@ from eventsourcing.domain import Aggregate, event
 from eventsourcing.persistence import IntegrityError, Recording
 
 from commands import billing, gdpr, meters, notices, plans, slos, stripe_sync, suspensions, webhooks
-from commands.errors import Conflict, LimitReached, NotFound, Rejected, status_line
+from commands.errors import Conflict, Invalid, LimitReached, NotFound, Rejected, status_line
 from commands.ids import key_aggregate_id, key_ring_aggregate_id, meter_aggregate_id
 from commands.limits import ATTEMPTS, Limits
+from schemas.gdpr import sealed_value_read
 from schemas.ids import canonical_uuid
 from schemas.meters import MeterDefinition
 
@@ -385,6 +386,11 @@ class ControlPlane(
     def define_meter(self, ctx: CommandContext, definition: MeterDefinition) -> Meter:
         resource = f"meters/{definition.slug}"
         with self._rejections_audited(ctx, "meter.define", resource):
+            data_class = self.get_data_class(definition.event_type)
+            if data_class is not None and (why := sealed_value_read(data_class.spec["personal"], definition)) is not None:
+                raise Invalid(
+                    why, [{"location": "body.value_property", "reason": why}], title="Invalid meter", kind="invalid-meter"
+                )
             meter = Meter(slug=definition.slug, definition=definition.model_dump(mode="json"))
             try:
                 self.save(meter, self._audit(ctx, "meter.define", resource, PLATFORM))

@@ -29,7 +29,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.cloudevents import SUBJECT_MAX_LENGTH, Rfc3339Time
-from schemas.meters import JsonPath, path_parts
+from schemas.meters import Aggregation, JsonPath, MeterDefinition, path_parts
 from schemas.text import Text
 
 SEALED = "omni_sealed"  # the marker member of a sealed value; its version is the value (1)
@@ -262,3 +262,24 @@ class BreachPublic(BaseModel):
 
 class BreachList(BaseModel):
     data: list[BreachPublic]
+
+
+# What a meter reads as a value it adds, compares or keeps: a sealed value is no number for it, so it
+# would count nothing. UNIQUE_COUNT and group_by read a sealed value as its pseudonym (README, GDPR).
+READS_VALUES = frozenset({Aggregation.SUM, Aggregation.MAX, Aggregation.MIN, Aggregation.AVG, Aggregation.LATEST})
+
+
+def sealed_value_read(personal: list[str], meter: MeterDefinition) -> str | None:
+    """Why `meter` cannot read its value when these paths of its event type are personal (sealed at
+    admission): its value_property is one of them or under one. None when it can."""
+    if meter.aggregation not in READS_VALUES or meter.value_property is None:
+        return None
+    value = meter.value_property
+    for path in personal:
+        if value == path or value.startswith(path + "."):
+            return (
+                f"meter {meter.slug!r} ({meter.aggregation.value}) reads its value at {value}, which the data class of "
+                f"{meter.event_type!r} seals as personal ({path}): a sealed value is no number, so the meter would count "
+                "nothing; meter such a value with UNIQUE_COUNT or group_by (they read its pseudonym), or leave it out of the class"
+            )
+    return None

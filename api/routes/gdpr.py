@@ -33,10 +33,12 @@ from schemas.gdpr import (
     RetentionBody,
     RetentionPublic,
     legal_deadline,
+    sealed_value_read,
 )
 from schemas.ids import canonical_uuid
 from schemas.text import NO_NUL_PATTERN
 from stores import gdpr as gdpr_store
+from stores import views
 
 router = APIRouter(prefix="/v1", tags=["gdpr"])
 
@@ -75,7 +77,17 @@ async def put_data_class(
     admin: AdminDep,
 ) -> DataClassPublic:
     """Declare which values of an event type are personal (201), or change it (200, `version` + 1).
-    From the answer on, every API process seals those values of new events at admission."""
+    From the answer on, every API process seals those values of new events at admission. 422 when a
+    meter of the type adds, compares or keeps a value the class would seal (it would count nothing)."""
+    reasons = await run_in_threadpool(_meters_reading_sealed, platform, event_type, list(body.personal))
+    if reasons:
+        raise Problem(
+            422,
+            "Invalid data class",
+            f"{len(reasons)} meter(s) of type {event_type!r} read a value this data class would seal.",
+            kind="invalid-data-class",
+            errors=[{"location": "body.personal", "reason": reason} for reason in reasons],
+        )
     found, created = await run_command(
         platform, platform.control.put_data_class, command_context(request, admin), event_type, body
     )
@@ -83,6 +95,14 @@ async def put_data_class(
     return DataClassPublic(
         event_type=event_type, version=found.revision, updated_at=format_time(found.modified_on), definition=body
     )
+
+
+def _meters_reading_sealed(platform: PlatformDep, event_type: str, personal: list[str]) -> list[str]:
+    """Why each meter of `event_type` could not read its value were `personal` sealed (the views'
+    definitions: a meter defined a moment ago is checked by its own command against the class)."""
+    with platform.db.transaction() as tx:
+        meters = [m for m in views.meter_definitions(tx) if m.event_type == event_type]
+    return [why for m in meters if (why := sealed_value_read(personal, m)) is not None]
 
 
 @router.get("/data-classes", response_model=DataClassList)

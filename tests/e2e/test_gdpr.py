@@ -785,3 +785,33 @@ async def test_a_tenant_acts_for_its_own_keys_as_actors_only_never_the_admins_or
         "/v1/gdpr/requests", json={"subject": "apikey:admin", "kind": "access"}, headers=omni.auth(ADMIN)
     )
     assert admin.status_code == 202, admin.text
+
+
+async def test_a_meter_cannot_add_or_compare_a_value_its_data_class_seals(tmp_path: Path) -> None:
+    """A sealed value is no number: a SUM (MAX, MIN, AVG, LATEST) over one counted nothing, silently.
+    Defining such a meter, or declaring personal a path such a meter reads, is refused."""
+    from tests.e2e.conftest import embedded_settings, served
+
+    async with served(embedded_settings(tmp_path / "data")) as omni:
+        admin = omni.auth(ADMIN)
+        body = {"personal": ["$.data.email", "$.data.profile"]}
+        assert (await omni.client.put("/v1/data-classes/chat", json=body, headers=admin)).status_code == 201
+        await omni.settle()
+        for aggregation in ("SUM", "MAX", "MIN", "AVG", "LATEST"):
+            meter = {"slug": f"age-{aggregation.lower()}", "event_type": "chat", "aggregation": aggregation}
+            refused = await omni.client.post("/v1/meters", json={**meter, "value_property": "$.data.profile.age"}, headers=admin)
+            assert refused.status_code == 422, refused.text
+            assert [e["location"] for e in refused.json()["errors"]] == ["body.value_property"], refused.text
+        for meter in (
+            {"slug": "people", "event_type": "chat", "aggregation": "UNIQUE_COUNT", "value_property": "$.data.email"},
+            {"slug": "tokens", "event_type": "chat", "aggregation": "SUM", "value_property": "$.data.tokens"},
+        ):
+            assert (await omni.client.post("/v1/meters", json=meter, headers=admin)).status_code == 201
+        await omni.settle()
+        widened = {"personal": ["$.data.email", "$.data.profile", "$.data.tokens"]}
+        refused = await omni.client.put("/v1/data-classes/chat", json=widened, headers=admin)
+        assert refused.status_code == 422 and "'tokens'" in refused.json()["errors"][0]["reason"], refused.text
+        got = await omni.client.get("/v1/data-classes/chat", headers=admin)
+        assert got.json()["version"] == 1, got.text  # unchanged
+        other = await omni.client.put("/v1/data-classes/chat", json={"personal": ["$.data.email"]}, headers=admin)
+        assert other.status_code == 200, other.text
