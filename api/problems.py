@@ -271,7 +271,14 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
-        errors = [{"location": request_location(e, exc.body), "reason": validation_reason(e)} for e in exc.errors()]
+        errors = [
+            # JSON that does not parse: pydantic's location is the character it stopped at, no place in
+            # the body; told in the reason instead.
+            {"location": "body", "reason": f"{validation_reason(e)} at character {e['loc'][-1]}"}
+            if e.get("type") == "json_invalid" and len(e.get("loc", ())) == 2
+            else {"location": request_location(e, exc.body), "reason": validation_reason(e)}
+            for e in exc.errors()
+        ]
         body_error = any(e["location"].startswith("body") for e in errors)
         json_broken = any(e.get("type") == "json_invalid" for e in exc.errors())
         status = 400 if json_broken else 422

@@ -151,3 +151,13 @@ async def test_instance_is_the_request_path_as_a_uri_reference(omni: Omni) -> No
     assert accented.status_code == 404 and accented.json()["instance"] == "/v1/plans/caf%C3%A9%25"
     plain = await omni.client.get("/v1/plans/nope", headers=admin)
     assert plain.json()["instance"] == "/v1/plans/nope"
+
+
+async def test_json_that_does_not_parse_is_400_at_the_body_with_the_character_in_the_reason(omni: Omni) -> None:
+    broken = await omni.client.post(
+        "/v1/gdpr/requests", content=b"{not json", headers={**omni.auth(ADMIN), "Content-Type": "application/json"}
+    )
+    assert broken.status_code == 400 and broken.headers["content-type"] == "application/problem+json", broken.text
+    assert broken.json()["title"] == "Malformed JSON"
+    [error] = broken.json()["errors"]
+    assert error["location"] == "body" and error["reason"].endswith("at character 1"), error  # not `body.1`
