@@ -237,54 +237,38 @@ def bill(
     (its fee, its prices' minimums) are not due for it; usage in the period, by event time, is.
     Exact in EXACT's 120 digits, as the meters sum (Python's default context keeps 28)."""
     with localcontext(EXACT):
-        return _bill(tenant_id, period, plan, usage, earlier, billed, plan_at, next_invoice, next_credit_note, issued_at, existed)
-
-
-def _bill(
-    tenant_id: str,
-    period: BillingPeriod,
-    plan: PricedPlan | None,
-    usage: Mapping[str, Decimal],
-    earlier: Mapping[str, Mapping[str, Decimal]],
-    billed: Mapping[str, Billed],
-    plan_at: Callable[[str, int], PricedPlan | None],
-    next_invoice: int,
-    next_credit_note: int,
-    issued_at: str,
-    existed: bool,
-) -> Statement:
-    updates: dict[str, Billed] = {}
-    lines: list[dict[str, Any]] = []
-    if plan is not None:
-        fee = _fee_line(plan) if existed else None
-        if fee is not None:
-            lines.append(fee)
-        digits = MINOR_UNITS[plan.currency]
-        for price in sorted(plan.billing.prices, key=lambda p: p.meter):
-            found = charge(price, usage.get(price.meter, ZERO), digits, minimum=existed)
-            if found.quantity != 0 or found.amount != 0:
-                lines.append(usage_line(found))
-        priced = {m: q for m, q in usage.items() if plan.price_of(m) is not None}
-        updates[period.text] = Billed(plan.slug, plan.version, priced, minimums=existed)
-    debits, credits, currency = _adjustments(plan, earlier, billed, plan_at, updates)
-    charged = bool(lines) or any(line["amount"] > 0 for line in debits)
-    invoice = None
-    if charged and currency is not None:
-        lines += debits
-        invoice = _document(
-            INVOICE, invoice_id(tenant_id, period.text), document_number(tenant_id, INVOICE, next_invoice),
-            tenant_id, period, currency, plan, lines, issued_at,
-        )  # fmt: skip
-    credit_note = None
-    if credits and currency is not None:
-        credit_note = _document(
-            CREDIT_NOTE, credit_note_id(tenant_id, period.text), document_number(tenant_id, CREDIT_NOTE, next_credit_note),
-            tenant_id, period, currency, plan, credits, issued_at,
-        )  # fmt: skip
-        credit_note["reason"] = "usage corrected after its period was invoiced"
-    if invoice is None:
-        updates.pop(period.text, None)  # nothing billed for the period: nothing to remember
-    return Statement(invoice, credit_note, updates)
+        updates: dict[str, Billed] = {}
+        lines: list[dict[str, Any]] = []
+        if plan is not None:
+            fee = _fee_line(plan) if existed else None
+            if fee is not None:
+                lines.append(fee)
+            digits = MINOR_UNITS[plan.currency]
+            for price in sorted(plan.billing.prices, key=lambda p: p.meter):
+                found = charge(price, usage.get(price.meter, ZERO), digits, minimum=existed)
+                if found.quantity != 0 or found.amount != 0:
+                    lines.append(usage_line(found))
+            priced = {m: q for m, q in usage.items() if plan.price_of(m) is not None}
+            updates[period.text] = Billed(plan.slug, plan.version, priced, minimums=existed)
+        debits, credits, currency = _adjustments(plan, earlier, billed, plan_at, updates)
+        charged = bool(lines) or any(line["amount"] > 0 for line in debits)
+        invoice = None
+        if charged and currency is not None:
+            lines += debits
+            invoice = _document(
+                INVOICE, invoice_id(tenant_id, period.text), document_number(tenant_id, INVOICE, next_invoice),
+                tenant_id, period, currency, plan, lines, issued_at,
+            )  # fmt: skip
+        credit_note = None
+        if credits and currency is not None:
+            credit_note = _document(
+                CREDIT_NOTE, credit_note_id(tenant_id, period.text), document_number(tenant_id, CREDIT_NOTE, next_credit_note),
+                tenant_id, period, currency, plan, credits, issued_at,
+            )  # fmt: skip
+            credit_note["reason"] = "usage corrected after its period was invoiced"
+        if invoice is None:
+            updates.pop(period.text, None)  # nothing billed for the period: nothing to remember
+        return Statement(invoice, credit_note, updates)
 
 
 def _adjustments(
