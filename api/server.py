@@ -310,7 +310,7 @@ def server_config(app: FastAPI, settings: Settings, *, host: str, port: int) -> 
     consume_path = ConsumePath(app) if settings.consume_at_connection else None
     # uvicorn believes X-Forwarded-For from loopback by default: any local process could then name the
     # IP address an audit entry records. Only the proxies named in OMNI_FORWARDED_ALLOW_IPS are believed.
-    proxies = settings.forwarded_allow_ips.strip()
+    proxies = (settings.forwarded_allow_ips or "").strip()
     return uvicorn.Config(
         app,
         host=host,

@@ -102,9 +102,9 @@ class Settings(BaseSettings):
     header_timeout_seconds: float = Field(default=10.0, gt=0)  # from a request's first byte to its last header
     body_timeout_seconds: float = Field(default=30.0, gt=0)  # the longest wait for the next piece of a body
     # The reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (uvicorn's
-    # forwarded_allow_ips: addresses or networks, comma-separated, `*` for any); empty: none, the
+    # forwarded_allow_ips: addresses or networks, comma-separated, `*` for any); unset: none, the
     # client's address is the connection's (the audit trail records it as the actor's IP).
-    forwarded_allow_ips: str = ""
+    forwarded_allow_ips: str | None = None
     # Consume's common case answered by the HTTP protocol itself, below ASGI (api/consume_path.py);
     # false: through the ASGI layers like every other route.
     consume_at_connection: bool = True

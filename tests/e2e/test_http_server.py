@@ -136,8 +136,10 @@ def test_the_admin_key_is_printed_once_when_generated(tmp_path: Path, monkeypatc
     assert served == [1, 1]
 
 
-@pytest.mark.parametrize(("proxies", "recorded"), [("", "127.0.0.1"), ("127.0.0.1", "203.0.113.9")])
-async def test_a_forwarded_address_is_believed_only_from_the_proxies_named(tmp_path: Path, proxies: str, recorded: str) -> None:
+@pytest.mark.parametrize(("proxies", "recorded"), [(None, "127.0.0.1"), ("127.0.0.1", "203.0.113.9")])
+async def test_a_forwarded_address_is_believed_only_from_the_proxies_named(
+    tmp_path: Path, proxies: str | None, recorded: str
+) -> None:
     """uvicorn's default believed X-Forwarded-For from any local process: an audit entry then recorded
     whatever address (or text) it named as the actor's IP."""
     import httpx
