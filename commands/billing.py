@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -132,8 +133,8 @@ class UsageCut:
     next offset): the log prefix the invoices bill, so anyone can recompute them."""
 
     period: BillingPeriod
-    tenants: Mapping[str, str]  # tenant -> its plan's slug
-    plans: Mapping[str, PricedPlan]  # the plans that charge, at their current versions
+    tenants: Mapping[str, str]  # tenant -> its plan's slug now
+    plans: Mapping[str, PricedPlan]  # the plans that charge, at the versions in force at the period's end
     usage: Mapping[str, Mapping[str, Decimal]]
     earlier: Mapping[str, Mapping[str, Mapping[str, Decimal]]]
     offsets: Mapping[str, Mapping[str, int]]
@@ -248,6 +249,20 @@ class BillingCommands:
                 closed = found
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def plan_at(self: ControlPlane, tenant_id: str, moment: datetime) -> str | None:
+        """The plan the tenant was on just before `moment` (its creation's, or its last assignment's
+        before then), from its events in the event store; for a tenant created later, the plan it was
+        created on; None for no such tenant."""
+        found: str | None = None
+        for domain_event in self.repository.event_store.get(UUID(tenant_id)):
+            plan = getattr(domain_event, "plan", None)  # Created and PlanAssigned carry it
+            if not isinstance(plan, str):
+                continue
+            if domain_event.timestamp >= moment:
+                return found or plan
+            found = plan
+        return found
+
     def held_months(self: ControlPlane, periods: list[str]) -> dict[str, frozenset[str]]:
         """Of these closed periods, the tenants each holds (not invoiced): their usage of it is billed
         by closing it again, never as another month's adjustment."""
@@ -276,7 +291,10 @@ class BillingCommands:
         held: dict[str, str] = {}
         before = 0
         for tenant_id in tenants:
-            plan = cut.plans.get(cut.tenants[tenant_id])
+            # The month is priced by the plan the tenant was on at its end, at the version in force
+            # then (a price or a plan changed on the 1st leaves the month before as it was); a tenant
+            # created after the month: the plan it was created on.
+            plan = cut.plans.get(self.plan_at(tenant_id, cut.period.end) or cut.tenants[tenant_id])
             usage = cut.usage.get(tenant_id, {})
             earlier = without_held(cut.earlier.get(tenant_id, {}), tenant_id, held_earlier)
             existed = tenant_id not in cut.joined_after

@@ -84,7 +84,7 @@ def read_cut(db: Database, period: BillingPeriod, window: timedelta, tenant_id: 
         if tenant_id is not None:
             tenants = {tenant_id: tenants[tenant_id]} if tenant_id in tenants else {}
         joined_after = billing_store.tenants_created_since(tx, period.end) & tenants.keys()
-        plans = billing_store.charging_plans(tx)
+        plans = billing_store.charging_plans(tx, period.end)  # a month ended: as they were at its end
         usage = billing_store.period_usage(tx, meters, period, tenant_id)
         earlier: dict[str, dict[str, dict[str, Decimal]]] = {}
         for before in billing_store.earlier_periods(tx, period, window):
@@ -156,7 +156,7 @@ class AutoClose:
         log.info("closed billing period %s: %d documents", closed.period, len(closed.invoices))
         for tenant_id, reason in sorted(closed.held.items()):
             log.warning(
-                "billing period %s holds tenant %s, not invoiced: %s; correct its usage or the plan's prices, then "
+                "billing period %s holds tenant %s, not invoiced: %s; correct its usage, then "
                 "close the period again (POST /v1/billing/periods/%s/close)",
                 closed.period,
                 tenant_id,

@@ -408,7 +408,7 @@ def _document(
     if subtotal > MAX_AMOUNT:  # every line's amount is zero or more: the subtotal bounds them all
         raise Unbillable(
             f"tenant {tenant_id}'s {kind.replace('_', ' ')} for {period.text} would total {subtotal} minor units of "
-            f"{currency}, more than an invoice holds ({MAX_AMOUNT}); correct the usage or the plan's prices"
+            f"{currency}, more than an invoice holds ({MAX_AMOUNT}); correct the usage"
         )
     return {
         "id": document_id,

@@ -343,7 +343,7 @@ class PeriodClose(BaseModel):
     totals: dict[str, int] = Field(description="Invoiced per currency, in minor units")
     held: list[HeldTenant] = Field(
         default_factory=list,
-        description="Tenants not invoiced for the period (the others are): correct their usage or the prices, then "
+        description="Tenants not invoiced for the period (the others are): correct their usage, then "
         "close the period again to invoice them",
     )
 

@@ -158,11 +158,24 @@ def priced_plan(slug: str, version: int, billing: dict[str, Any]) -> PricedPlan 
     return PricedPlan(slug, version, parsed) if parsed.currency is not None else None
 
 
-def charging_plans(tx: Tx) -> dict[str, PricedPlan]:
-    """Every plan that charges, at its current version."""
-    rows = tx.execute(
-        "SELECT v.slug, v.version, v.billing FROM plan_versions v JOIN plans p ON p.slug = v.slug AND p.version = v.version"
-    )
+def charging_plans(tx: Tx, moment: datetime | None = None) -> dict[str, PricedPlan]:
+    """Every plan that charges, at its version in force just before `moment` (the last published
+    before it; a plan first published later: its first version), or its current one."""
+    if moment is None:
+        rows = tx.execute(
+            "SELECT v.slug, v.version, v.billing FROM plan_versions v JOIN plans p ON p.slug = v.slug AND p.version = v.version"
+        )
+    else:
+        before = format_time(moment)
+        versions: dict[str, list[tuple[int, str, str]]] = {}  # slug -> (version, published_at, billing)
+        for slug, version, billing, published_at in tx.execute("SELECT slug, version, billing, published_at FROM plan_versions"):
+            versions.setdefault(slug, []).append((int(version), published_at, billing))
+        rows = []
+        for slug, found in versions.items():
+            found.sort()
+            earlier = [v for v in found if v[1] < before]
+            version, _, billing = earlier[-1] if earlier else found[0]
+            rows.append((slug, version, billing))
     found = {r[0]: priced_plan(r[0], int(r[1]), orjson.loads(r[2])) for r in rows}
     return {slug: plan for slug, plan in found.items() if plan is not None}
 

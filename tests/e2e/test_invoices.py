@@ -9,9 +9,11 @@ import hashlib
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from projections.invoices import BillingPeriod
 from schemas.envelope import decode
@@ -565,3 +567,46 @@ async def test_last_month_closes_by_itself_once_its_grace_has_passed(omni: Omni)
     (invoice,) = await invoices(omni, key)
     assert invoice["period"] == this_month.text
     assert await closer.once() is None  # closed: nothing more
+
+
+async def test_a_month_is_priced_by_the_plan_and_version_in_force_at_its_end(tmp_path: Path) -> None:
+    """A price revised, or a tenant moved to another plan, after a month ended (on the 1st, before the
+    close) leaves that month as it was: it was priced by whatever was in force at the close."""
+    from tests.e2e.conftest import embedded_settings, served
+
+    last_month = BillingPeriod.of(datetime.now(UTC)).before()
+    settings = embedded_settings(tmp_path / "data", acceptance_window_seconds=120 * 86400)
+    async with served(settings) as omni:
+        # The plan and the tenants as they were in the middle of last month: the event store's clock.
+        with pytest.MonkeyPatch.context() as then:
+            then.setattr("eventsourcing.domain.datetime_now_with_tzinfo", lambda: last_month.start + timedelta(days=10))
+            (stayed_id, stayed), (moved_id, moved) = await setup(omni, tenants=2)
+        late_in_it = last_month.end - timedelta(hours=1)
+        for key in (stayed, moved):
+            events = [cloud_event(uuid.uuid4().hex, data={"tokens": 3000}, time=late_in_it)]
+            assert (await omni.send(key, events)).status_code == 202
+        # Now, after the month ended: pro's tokens cost five times as much, and one tenant moves to
+        # a plan that charges a dollar a token.
+        dearer = {
+            **PLAN,
+            "prices": [{**PLAN["prices"][0], "tiers": [{"up_to": 1000, "unit_price": "0"}, {"unit_price": "0.01"}]}],
+        }
+        assert (await omni.client.put("/v1/plans/pro", json=dearer, headers=omni.auth(ADMIN))).status_code == 200
+        steep = {"currency": "USD", "prices": [{"meter": "tokens", "model": "per_unit", "unit_price": "1.00"}]}
+        assert (await omni.client.put("/v1/plans/steep", json=steep, headers=omni.auth(ADMIN))).status_code == 201
+        assert (
+            await omni.client.put(f"/v1/tenants/{moved_id}/plan", json={"plan": "steep"}, headers=omni.auth(ADMIN))
+        ).status_code == 204
+        await omni.settle()
+        closed = await close(omni, last_month.text)
+        assert closed.status_code == 200, closed.text
+        for key in (stayed, moved):
+            (invoice,) = await invoices(omni, key)
+            # pro v1: the fee, and 2,000 tokens past the free 1,000 at 0.002: 10.00 + 4.00.
+            assert (invoice["plan"], invoice["total"]) == ({"slug": "pro", "version": 1}, 1400), invoice
+        # This month is priced as things stand now.
+        draft = await omni.client.get("/v1/invoices/upcoming", headers=omni.auth(stayed))
+        assert (draft.json()["plan"], draft.json()["total"]) == ({"slug": "pro", "version": 2}, 1000), draft.text
+        draft = await omni.client.get("/v1/invoices/upcoming", headers=omni.auth(moved))
+        assert draft.status_code == 404, draft.text  # steep charges no fee, and there is no usage yet
+    assert stayed_id != moved_id
