@@ -17,7 +17,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 
 from api.audit import record_refusal
-from commands.errors import Conflict, Invalid, LimitReached, NotFound, Rejected, TooSoon
+from commands.errors import Conflict, Invalid, LimitReached, NotFound, Rejected, TooSoon, status_of
 from omni import metrics
 from schemas.envelope import cursor_time
 from schemas.ids import canonical_uuid
@@ -307,26 +307,26 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(NotFound)
     async def _not_found(request: Request, exc: NotFound) -> Response:
-        return await _rejected(request, exc, Problem(404, "Not found", str(exc), kind="not-found"))
+        return await _rejected(request, exc, Problem(*status_of(exc), str(exc), kind="not-found"))
 
     @app.exception_handler(Conflict)
     async def _conflict(request: Request, exc: Conflict) -> Response:
-        return await _rejected(request, exc, Problem(409, "Conflict", str(exc), kind=exc.kind, members=exc.members))
+        return await _rejected(request, exc, Problem(*status_of(exc), str(exc), kind=exc.kind, members=exc.members))
 
     @app.exception_handler(LimitReached)
     async def _limit(request: Request, exc: LimitReached) -> Response:
-        problem = Problem(409, "Limit reached", str(exc), kind=exc.kind, members={"limit": exc.limit})
+        problem = Problem(*status_of(exc), str(exc), kind=exc.kind, members={"limit": exc.limit})
         return await _rejected(request, exc, problem)
 
     @app.exception_handler(TooSoon)
     async def _too_soon(request: Request, exc: TooSoon) -> Response:
         headers = {"Retry-After": str(exc.retry_after)}
-        problem = Problem(429, "Too many requests", str(exc), kind=exc.kind, headers=headers)
+        problem = Problem(*status_of(exc), str(exc), kind=exc.kind, headers=headers)
         return await _rejected(request, exc, problem)
 
     @app.exception_handler(Invalid)
     async def _rule(request: Request, exc: Invalid) -> Response:
-        return await _rejected(request, exc, Problem(422, exc.title, str(exc), kind=exc.kind, errors=exc.errors))
+        return await _rejected(request, exc, Problem(*status_of(exc), str(exc), kind=exc.kind, errors=exc.errors))
 
     async def _rejected(request: Request, exc: Rejected, problem: Problem) -> Response:
         """A command's refusal is audited once: by the control plane when it refused it there, else

@@ -178,7 +178,7 @@ class BillingCommands:
                 if not closed_before.held:
                     raise Conflict(f"billing period {period} is already closed")
                 return self._invoice_held(ctx, cut, closed_before, closed_at)
-            held_earlier = self.held_months(sorted({p for months in cut.earlier.values() for p in months}))
+            held_earlier = self.held_months(cut)
             tenants = sorted(cut.tenants)
             documents: list[dict[str, Any]] = []
             held: dict[str, str] = {}
@@ -217,7 +217,7 @@ class BillingCommands:
         (`unbillable-amount`) when none can, naming each with its reason: nothing changed."""
         period = cut.period.text
         resource = f"billing/periods/{period}"
-        held_earlier = self.held_months(sorted({p for months in cut.earlier.values() for p in months}))
+        held_earlier = self.held_months(cut)
         for attempt in range(CLOSE_ATTEMPTS):
             waiting = sorted(t for t in closed.held if t in cut.tenants)
             accounts, issued, audits, before, still = self._bill_chunk(ctx, cut, waiting, at, held_earlier)
@@ -263,11 +263,11 @@ class BillingCommands:
             found = plan
         return found
 
-    def held_months(self: ControlPlane, periods: list[str]) -> dict[str, frozenset[str]]:
-        """Of these closed periods, the tenants each holds (not invoiced): their usage of it is billed
-        by closing it again, never as another month's adjustment."""
+    def held_months(self: ControlPlane, cut: UsageCut) -> dict[str, frozenset[str]]:
+        """Of the closed periods before the cut's, the tenants each holds (not invoiced): their usage
+        of it is billed by closing it again, never as another month's adjustment."""
         found: dict[str, frozenset[str]] = {}
-        for period in periods:
+        for period in sorted({p for months in cut.earlier.values() for p in months}):
             closed = self._closed_period(period)
             if closed is not None and closed.held:
                 found[period] = frozenset(closed.held)

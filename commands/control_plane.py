@@ -21,7 +21,7 @@ from eventsourcing.domain import Aggregate, event
 from eventsourcing.persistence import IntegrityError, Recording
 
 from commands import billing, gdpr, meters, notices, plans, slos, stripe_sync, suspensions, webhooks
-from commands.errors import Conflict, Invalid, LimitReached, NotFound, Rejected, status_line
+from commands.errors import Conflict, Invalid, LimitReached, NotFound, Rejected, status_of
 from commands.ids import key_aggregate_id, key_ring_aggregate_id, meter_aggregate_id
 from commands.limits import ATTEMPTS, Limits
 from schemas.gdpr import sealed_value_read
@@ -437,7 +437,8 @@ class ControlPlane(
         try:
             yield
         except Rejected as refused:
-            self.record_rejection(ctx, action, resource, f"{status_line(refused)}: {refused}")
+            status, title = status_of(refused)
+            self.record_rejection(ctx, action, resource, f"{status} {title}: {refused}")
             refused.audited = True
             raise
 

@@ -57,18 +57,18 @@ class TooSoon(Rejected):
         self.retry_after = retry_after
 
 
-def status_line(refused: Rejected) -> str:
-    """The status and title the API answers a refusal with (api.problems), as an audit entry's reason
-    starts: `404 Not found`, `409 Conflict`, `422 <its title>`."""
+def status_of(refused: Rejected) -> tuple[int, str]:
+    """The status and title the API answers a refusal with (api.problems), which an audit entry's
+    reason starts with too: (404, "Not found"), (409, "Conflict"), (422, its title)."""
     match refused:
         case NotFound():
-            return "404 Not found"
+            return 404, "Not found"
         case LimitReached():
-            return "409 Limit reached"
+            return 409, "Limit reached"
         case Conflict():
-            return "409 Conflict"
+            return 409, "Conflict"
         case Invalid():
-            return f"422 {refused.title}"
+            return 422, refused.title
         case TooSoon():
-            return "429 Too many requests"
-    return "400 Refused"
+            return 429, "Too many requests"
+    return 400, "Refused"

@@ -154,7 +154,7 @@ def _draft(platform: Platform, tenant_id: str) -> UpcomingInvoice:
     cut = read_cut(platform.db, period, platform.settings.acceptance_window, tenant_id)
     billed, next_invoice, next_credit_note = platform.control.billed_so_far(tenant_id)
     earlier = cut.earlier.get(tenant_id, {})
-    held = platform.control.held_months(sorted(earlier))
+    held = platform.control.held_months(cut)
     try:
         statement = bill(
             tenant_id=tenant_id,

@@ -326,6 +326,14 @@ async def test_a_tenant_too_large_to_invoice_is_held_and_every_other_tenant_is_i
         (this_month.text, 1, [held_id])
     ]
     assert (await omni.client.get("/v1/billing/periods", headers=omni.auth(key))).status_code == 403
+    # The held tenants are folded from the log like the rest: views rebuilt from it hold them again.
+    with omni.platform.db.transaction() as tx:
+        dropped = set(re.findall(r"DROP TABLE IF EXISTS (\w+)", schema.SCHEMA))
+        for table in set(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", schema.SCHEMA)) - dropped:
+            tx.execute(f"DELETE FROM {table}")
+    await omni.settle()
+    rebuilt = await omni.client.get("/v1/billing/periods", headers=omni.auth(ADMIN))
+    assert rebuilt.json() == periods.json()
     trail = await omni.client.get("/v1/audit", params={"tenant": held_id}, headers=omni.auth(ADMIN))
     assert [e["action"] for e in trail.json()["data"] if e["action"] == "invoice.hold"] == ["invoice.hold"], trail.text
 

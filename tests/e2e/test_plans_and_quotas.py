@@ -498,10 +498,7 @@ async def test_counters_rebuilt_while_a_meter_catches_up_count_its_history_once(
         await on_plan(omni, tenant_id, "both")
         await omni.settle()
         # Its catch-up begun: one record folded, so its own offset is past zero when the rebuild reads it.
-        meters = omni.platform.runner.meters
-        (lag,) = await asyncio.to_thread(meters.lagging)
-        first = await omni.platform.log.read(meters.topic, lag.partition, lag.start, 1)
-        assert await asyncio.to_thread(meters.catch_up, lag, first) == 1
+        meters, lag = await fold_the_first_record_of_its_catch_up(omni)
         for amount in (20, 7):
             assert (await consume(omni, key, "shadow", amount)).status_code == 200, "decided before the rebuild, not yet folded"
         await _counters_rebuilt_while_catching_up(omni)
@@ -524,6 +521,16 @@ async def test_counters_rebuilt_while_a_meter_catches_up_count_its_history_once(
         "the catch-up went on from where the rebuild found it, with no second rebuild"
     )
     assert (await quota(omni, key, "tokens"))["used"] == sum(row["value"] for row in await omni.query(key, "tokens"))
+
+
+async def fold_the_first_record_of_its_catch_up(omni: Omni) -> tuple[Any, Any]:
+    """The one meter lagging (the runner's own catch-up patched out) folds the first record of its
+    catch-up; the meters' projector and that lag."""
+    meters = omni.platform.runner.meters
+    (lag,) = await asyncio.to_thread(meters.lagging)
+    first = await omni.platform.log.read(meters.topic, lag.partition, lag.start, 1)
+    assert await asyncio.to_thread(meters.catch_up, lag, first) == 1
+    return meters, lag
 
 
 async def start_the_counters(omni: Omni) -> None:

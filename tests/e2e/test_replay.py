@@ -31,7 +31,16 @@ from tests.conftest import cloud_event
 from tests.e2e.conftest import ADMIN, Omni, embedded_settings, served
 from tests.e2e.test_invoices import after, close, invoices, use
 from tests.e2e.test_invoices import setup as invoice_setup
-from tests.e2e.test_plans_and_quotas import TOKENS, consume, on_a_tokens_plan, on_plan, put_plan, quota, start_the_counters
+from tests.e2e.test_plans_and_quotas import (
+    TOKENS,
+    consume,
+    fold_the_first_record_of_its_catch_up,
+    on_a_tokens_plan,
+    on_plan,
+    put_plan,
+    quota,
+    start_the_counters,
+)
 from tests.topic_records import assert_readable_by_outsiders
 
 TABLES = sorted({t for fold in shadows.FOLDS.values() for t in fold.tables} | {shadows.NOTIFICATIONS, "checkpoints"})
@@ -469,10 +478,7 @@ async def catching_up_when_swapped(omni: Omni, *, tell_the_counters: bool) -> st
         await put_plan(omni, "late", {"meter": "late", "limit": 150, "period": "DAY"}, status=201)
         await on_plan(omni, tenant_id, "late")
         await omni.settle()
-        meters = omni.platform.runner.meters
-        (lag,) = await asyncio.to_thread(meters.lagging)
-        first = await omni.platform.log.read(meters.topic, lag.partition, lag.start, 1)
-        assert await asyncio.to_thread(meters.catch_up, lag, first) == 1
+        await fold_the_first_record_of_its_catch_up(omni)
         assert (await quota(omni, key, "late"))["used"] == 50, "half its history counted when the swap comes"
         await swap_meters(omni, tell_the_counters=tell_the_counters)
     return key
