@@ -6,7 +6,8 @@ in one save: every API process reads that save and forgets the key (omni.persona
 keeps the sealed events, unreadable; meters keep their pseudonyms, unlinkable.
 
 Access and portability: every usage event on the log about the person (its subject, or the person
-its data class names), opened, and every view row about them, in one JSON document kept for the
+its data class names), opened, and every view row about them (a meter's bucket by its subject, or
+by the person's pseudonyms among its values: row_about_person), in one JSON document kept for the
 request (stores.gdpr.gdpr_exports) until the person is erased. It reads the tenant's partition of
 the usage topic from its start: its cost follows the tenant's history.
 
@@ -38,7 +39,7 @@ from omni import failpoints
 from omni.leading import lead_every
 from omni.personal_data import document_associated_data
 from schemas.envelope import NewerSchema, decode, format_time
-from schemas.gdpr import RequestKind, RequestStatus
+from schemas.gdpr import PSEUDONYM_PREFIX, PSEUDONYM_PREFIX_BLAKE2B, RequestKind, RequestStatus
 from schemas.topics import partition_for
 from stores import audit as audit_store
 from stores import gdpr as gdpr_store
@@ -56,18 +57,48 @@ RESUMER = "gdpr-jobs"  # the audit entries' actor of a resumed job's steps: the 
 ENDED = frozenset({RequestStatus.COMPLETED.value, RequestStatus.FAILED.value})
 
 
-def _opened_row(row: dict[str, Any], pseudonyms: Mapping[str, Any]) -> dict[str, Any]:
-    """A meter row of the export with the person's pseudonyms (in its group and its distinct
-    values) replaced by the values they stand for, as the events opened them; a pseudonym whose
-    value no opened event held (its key erased) stays as it is."""
+WITHHELD = "(withheld: another person's pseudonym)"
 
-    def clear(value: Any) -> Any:
-        return pseudonyms.get(value, value) if isinstance(value, str) else value
 
-    opened = row | {"group": {name: clear(value) for name, value in row["group"].items()}}
-    if "uniques" in row:
-        opened["uniques"] = [clear(value) for value in row["uniques"]]
-    return opened
+def row_about_person(row: dict[str, Any], subject: str, pseudonyms: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What the export shows of a meter's day bucket for the person, or None when it is not about
+    them. `pseudonyms`: the person's pseudonyms (from their events, opened) -> the values.
+
+    A bucket is about the person by its `subject` (the whole bucket), by one of its group values
+    (the whole bucket: it counts the person's events only), or by one of its distinct values alone
+    (only those values: its count and totals are of everyone's events). Each of the person's
+    pseudonyms shows as the value it stands for; another person's shows as WITHHELD, and their
+    distinct values are left out. A pseudonym whose value no opened event held (the person's key
+    erased) is not the person's any more, and shows withheld too."""
+    prefixes = (PSEUDONYM_PREFIX, PSEUDONYM_PREFIX_BLAKE2B)
+
+    def shown(value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        if value in pseudonyms:
+            return pseudonyms[value]
+        return WITHHELD if value.startswith(prefixes) else value
+
+    group = {name: shown(value) for name, value in row["group"].items()}
+    uniques: list[str] = row.get("uniques", [])
+    if row["subject"] == subject:
+        about = "subject"
+    elif any(isinstance(value, str) and value in pseudonyms for value in row["group"].values()):
+        about = "group"
+    elif any(token in pseudonyms for token in uniques):
+        return {
+            "meter": row["meter"],
+            "day_start": row["day_start"],
+            "about": "distinct value",
+            "group": group,
+            "uniques": [pseudonyms[token] for token in uniques if token in pseudonyms],
+        }
+    else:
+        return None
+    shown_row = row | {"about": about, "group": group}
+    if "uniques" in row:  # plain distinct values are the bucket's; a pseudonym only if the person's
+        shown_row["uniques"] = [shown(token) for token in uniques if token in pseudonyms or not token.startswith(prefixes)]
+    return shown_row
 
 
 def _audit_entries_of(tx: Tx, chain: str, key_id: str) -> list[dict[str, Any]]:
@@ -261,8 +292,9 @@ class GdprJobs:
 
         def views() -> dict[str, Any]:
             with platform.db.transaction() as tx:
+                rows = gdpr_store.meter_rows_naming(tx, tenant_id, subject, pseudonyms)
                 found = {
-                    "meters": [_opened_row(row, pseudonyms) for row in gdpr_store.meter_rows_of_subject(tx, tenant_id, subject)],
+                    "meters": [shown for row in rows if (shown := row_about_person(row, subject, pseudonyms)) is not None],
                     "gdpr_requests": gdpr_store.requests_of_subject(tx, tenant_id, subject),
                 }
                 actor = subject.removeprefix(ACTOR_PREFIX) if subject.startswith(ACTOR_PREFIX) else None

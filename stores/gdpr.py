@@ -7,7 +7,7 @@ until the person is erased).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,26 +144,51 @@ def forget_exports(tx: Tx, tenant_id: str, subject: str) -> int:
     return len(rows)
 
 
-def meter_rows_of_subject(tx: Tx, tenant_id: str, subject: str) -> list[dict[str, Any]]:
-    """The meters' day buckets that name the person (what the meter views hold about them): the
-    events counted, and what the meter's aggregation keeps of them (a total, the least and the
-    greatest value, the latest, the distinct values; those it does not keep are left out)."""
-    rows = tx.execute(
-        "SELECT meter, window_start, group_key, count, total, minimum, maximum, latest, uniques FROM meter_windows "
-        "WHERE tenant_id=? AND subject=? AND resolution=86400 ORDER BY meter, window_start, group_key",
-        (tenant_id, subject),
-    )
-    found = []
-    for meter, window, group, count, total, minimum, maximum, latest, uniques in rows:
-        row: dict[str, Any] = {"meter": meter, "day_start": int(window), "group": orjson.loads(group), "count": int(count)}
-        row["total"] = str(total)
+_PSEUDONYMS_A_QUERY = 200  # SQLite: the person's pseudonyms looked for in one statement
+
+
+def meter_rows_naming(tx: Tx, tenant_id: str, subject: str, pseudonyms: Collection[str]) -> list[dict[str, Any]]:
+    """The meters' day buckets that may name the person: those whose subject is the person, and
+    those holding one of the person's pseudonyms among their group values or distinct values (a
+    data class that names the person in the event's data leaves the bucket's subject to someone
+    else: the person is in it by the pseudonyms of their values). A candidate only: which of its
+    parts are the person's is decided by who reads it (omni.gdpr_jobs.row_about_person). Each with
+    what the meter's aggregation keeps (a total, the least and the greatest value, the latest, the
+    distinct values; those it does not keep are left out)."""
+    columns = "meter, window_start, subject, group_key, count, total, minimum, maximum, latest, uniques"
+    where = f"SELECT {columns} FROM meter_windows WHERE tenant_id=? AND resolution=86400 AND "
+    found: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    queries: list[tuple[str, list[Any]]] = [(where + "subject=?", [tenant_id, subject])]
+    wanted = sorted(set(pseudonyms))
+    if wanted and tx.dialect == "postgres":
+        quoted = [orjson.dumps(p).decode() for p in wanted]  # group_values hold each value's JSON text
+        queries.append((where + "(group_values && ? OR uniques && ?)", [tenant_id, quoted, wanted]))
+    else:
+        for first in range(0, len(wanted), _PSEUDONYMS_A_QUERY):
+            chunk = wanted[first : first + _PSEUDONYMS_A_QUERY]
+            held = " OR ".join("instr(group_key, ?) > 0 OR instr(coalesce(uniques, ''), ?) > 0" for _ in chunk)
+            queries.append((where + f"({held})", [tenant_id, *(p for p in chunk for _ in (0, 1))]))
+    for sql, params in queries:
+        for row in tx.execute(sql, params):
+            found[(row[0], row[1], row[2], row[3])] = row
+    rows = []
+    for key in sorted(found):
+        meter, window, row_subject, group, count, total, minimum, maximum, latest, uniques = found[key]
+        row: dict[str, Any] = {
+            "meter": meter,
+            "day_start": int(window),
+            "subject": row_subject,
+            "group": orjson.loads(group),
+            "count": int(count),
+            "total": str(total),
+        }
         for name, value in (("minimum", minimum), ("maximum", maximum), ("latest", latest)):
             if value is not None:
                 row[name] = str(value)
         if uniques:
             row["uniques"] = sorted(orjson.loads(uniques) if isinstance(uniques, str) else uniques)
-        found.append(row)
-    return found
+        rows.append(row)
+    return rows
 
 
 BREACH_COLUMNS = "id, detected_at, recorded_at, deadline, scope, subjects, description, notified_at, overdue_notice_at"

@@ -13,6 +13,7 @@ from cryptography.exceptions import InvalidTag
 from pydantic import ValidationError
 
 from commands.gdpr import GdprRequest, retention_request_id
+from omni.gdpr_jobs import WITHHELD, row_about_person
 from omni.personal_data import SEALED_DOCUMENT, DataKey, MasterKey, associated_data, document_associated_data
 from projections.gdpr import breach_deadline
 from projections.meters import MeterIndex, apply, unique_token
@@ -280,3 +281,30 @@ def test_an_export_sealed_under_a_persons_key_opens_with_that_key_only_and_for_i
         key.open_document(sealed, document_associated_data("t1", "alice", "req-2"))  # another request's
     with pytest.raises(InvalidTag):
         DataKey("k1", os.urandom(32)).open_document(sealed, aad)  # the key's id, another secret
+
+
+def test_a_bucket_is_shown_to_a_person_by_what_in_it_is_theirs() -> None:
+    own, other = "ps2_" + "a" * 32, "ps1_" + "b" * 32
+    mine = {own: 42}  # a personal value need not be text
+    bucket = {"meter": "m", "day_start": 0, "count": 3, "total": "3"}
+    by_subject = bucket | {"subject": "amy", "group": {"e": other, "plan": "pro"}, "uniques": ['"x"', other, own]}
+    assert row_about_person(by_subject, "amy", mine) == bucket | {
+        "subject": "amy",
+        "about": "subject",
+        "group": {"e": WITHHELD, "plan": "pro"},
+        "uniques": ['"x"', 42],
+    }
+    by_group = bucket | {"subject": "org", "group": {"e": own}}
+    assert row_about_person(by_group, "amy", mine) == by_group | {"about": "group", "group": {"e": 42}}
+    by_distinct_value = bucket | {"subject": "org", "group": {"e": other}, "uniques": [other, own]}
+    assert row_about_person(by_distinct_value, "amy", mine) == {
+        "meter": "m",
+        "day_start": 0,
+        "about": "distinct value",
+        "group": {"e": WITHHELD},
+        "uniques": [42],
+    }
+    assert row_about_person(bucket | {"subject": "org", "group": {"e": other}, "uniques": [other]}, "amy", mine) is None
+    # Erased: no event opens, so the person's pseudonyms are no one's to show.
+    assert row_about_person(by_subject, "amy", {})["group"] == {"e": WITHHELD, "plan": "pro"}  # type: ignore[index]
+    assert row_about_person(by_group, "amy", {}) is None
