@@ -23,6 +23,7 @@ from api.edge import WEBHOOKS_PREFIX
 from api.problems import MEDIA_TYPE
 from omni.settings import Settings
 from schemas.api import Problem
+from schemas.billing import invoice_line_schemas
 from schemas.cloudevents import BATCH, STRUCTURED, documented_schema
 from schemas.plans import ConsumeForbidden, QuotaExceeded
 
@@ -135,6 +136,7 @@ def complete(document: dict[str, Any], *, max_batch_events: int = 1000) -> dict[
     schemas["Problem"] = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
     schemas["QuotaExceeded"] = QuotaExceeded.model_json_schema(ref_template="#/components/schemas/{model}")
     schemas["ConsumeForbidden"] = ConsumeForbidden.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(invoice_line_schemas("#/components/schemas/{model}"))
     for unused in ("HTTPValidationError", "ValidationError"):
         schemas.pop(unused, None)
     components["securitySchemes"] = {

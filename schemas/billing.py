@@ -12,7 +12,17 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from schemas.currencies import MINOR_UNITS
@@ -293,6 +303,101 @@ def price_public(price: MeterPrice) -> dict[str, Any]:
     return body
 
 
+# The lines of an invoice, as the OpenAPI document describes them (api/openapi.py). An invoice is
+# returned as the projection made and digested it (projections.invoices), never re-validated: these
+# models only document it, and the tests check real invoices of every kind against the document.
+LINE_QUANTITY_SCHEMA: dict[str, Any] = {
+    "description": "A quantity, exact: a JSON number where a double holds it exactly, else its decimal text "
+    "(a meter's total may pass 64 bits)",
+    "anyOf": [{"type": "number"}, {"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?$"}],
+}
+LineQuantity = Annotated[Decimal, WithJsonSchema(LINE_QUANTITY_SCHEMA)]
+
+
+def _not_null(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)  # left out when absent, never null
+
+
+class FeeLine(BaseModel):
+    """The plan's flat fee for the period."""
+
+    type: Literal["fee"]
+    plan: str = Field(description="The plan's slug")
+    amount: int = Field(description="Minor units")
+
+
+class TierLine(BaseModel):
+    """What one tier of a graduated or volume price charged."""
+
+    tier: int = Field(description="1 for the first tier")
+    up_to: LineQuantity | None = Field(description="The tier's end; null: no end")
+    quantity: LineQuantity = Field(description="The billable units this tier priced")
+    unit_price: str
+    flat_price: str | None
+    amount: str = Field(description="Exact, in whole currency units (decimal text), before the line is rounded to minor units")
+
+
+class UsageLine(BaseModel):
+    """One meter's usage in the period, priced by the plan's price for it."""
+
+    type: Literal["usage"]
+    meter: str
+    model: PriceModel
+    quantity: LineQuantity = Field(description="The period's usage")
+    included: LineQuantity = Field(description="Units the plan includes free")
+    billable: LineQuantity = Field(description="Usage past the included units")
+    amount: int = Field(description="Minor units: the exact amount rounded half-even once, lifted to the price's minimum")
+    tiers: list[TierLine] | SkipJsonSchema[None] = Field(
+        default=None, json_schema_extra=_not_null, description="graduated and volume: each tier that priced some"
+    )
+    packages: int | SkipJsonSchema[None] = Field(
+        default=None, json_schema_extra=_not_null, description="package: packages started"
+    )
+    package_price: str | SkipJsonSchema[None] = Field(
+        default=None, json_schema_extra=_not_null, description="package: each package's"
+    )
+    unit_price: str | SkipJsonSchema[None] = Field(default=None, json_schema_extra=_not_null, description="per_unit: each unit's")
+    minimum_applied: bool | SkipJsonSchema[None] = Field(
+        default=None, json_schema_extra=_not_null, description="true when the price's minimum lifted the amount"
+    )
+
+
+class AdjustmentLine(BaseModel):
+    """Usage of an earlier, invoiced month corrected since: billed now (upwards, on an invoice) or
+    credited (downwards, on a credit note)."""
+
+    type: Literal["adjustment"]
+    meter: str
+    period: str = Field(description="The corrected month, YYYY-MM")
+    quantity: LineQuantity = Field(
+        description="corrected_quantity less billed_quantity (less forgiven_quantity): negative when credited"
+    )
+    billed_quantity: LineQuantity = Field(description="What the month's documents billed so far")
+    corrected_quantity: LineQuantity = Field(description="The month's usage now")
+    forgiven_quantity: LineQuantity | SkipJsonSchema[None] = Field(
+        default=None, json_schema_extra=_not_null, description="What voided invoices of the month forgave"
+    )
+    amount: int = Field(description="Minor units, never negative: the document's kind says which way")
+
+
+class VoidLine(BaseModel):
+    """A credit note's one line when an invoice is voided: the invoice's whole total."""
+
+    type: Literal["void"]
+    invoice: str = Field(description="The voided invoice's id")
+    number: str | None = Field(description="The voided invoice's number")
+    amount: int = Field(description="Minor units")
+
+
+InvoiceLine = Annotated[FeeLine | UsageLine | AdjustmentLine | VoidLine, Field(discriminator="type")]
+
+
+def invoice_line_schemas(ref_template: str) -> dict[str, dict[str, Any]]:
+    """`InvoiceLine` (one of the kinds, by `type`) and each kind's schema, named, for a document's components."""
+    schema = TypeAdapter(InvoiceLine).json_schema(ref_template=ref_template)
+    return {**schema.pop("$defs"), "InvoiceLine": schema}
+
+
 class InvoicePublic(BaseModel):
     """An invoice or a credit note: amounts in integer minor units (`"total": 1930` is USD 19.30)."""
 
@@ -307,7 +412,9 @@ class InvoicePublic(BaseModel):
     minor_units: int = Field(description="The currency's digits after the point: USD 2, JPY 0, KWD 3")
     status: Literal["draft", "finalized", "paid", "void", "uncollectible"]
     plan: dict[str, Any] | None = Field(description="The plan version that priced it: {slug, version}")
-    lines: list[dict[str, Any]] = Field(description="fee, usage (with tiers applied) and adjustment lines")
+    lines: Annotated[
+        list[dict[str, Any]], WithJsonSchema({"type": "array", "items": {"$ref": "#/components/schemas/InvoiceLine"}})
+    ] = Field(description="fee, usage (with tiers applied) and adjustment lines; a credit note's: adjustment or void lines")
     subtotal: int
     total: int
     issued_at: str | None = Field(description="When it was finalized; null on a draft")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema_rs
 import pytest
 
 from projections.invoices import BillingPeriod
@@ -75,10 +76,20 @@ def after(period: BillingPeriod, hours: int = 1) -> datetime:
     return period.end + timedelta(hours=hours)
 
 
+async def documented(omni: Omni, schema: str, body: Any) -> Any:
+    """`body`, once checked against the OpenAPI document's `schema` (a client generated from the
+    document reads it): every invoice and credit note the tests read passes here, each kind of line."""
+    document = (await omni.client.get("/openapi.json")).json()
+    validator = jsonschema_rs.validator_for({"$ref": f"#/components/schemas/{schema}", "components": document["components"]})
+    errors = [f"{'/'.join(map(str, e.instance_path))}: {e.message}" for e in validator.iter_errors(body)]
+    assert errors == [], errors
+    return body
+
+
 async def invoices(omni: Omni, key: str) -> list[dict[str, Any]]:
     response = await omni.client.get("/v1/invoices", headers=omni.auth(key))
     assert response.status_code == 200, response.text
-    return response.json()["data"]  # type: ignore[no-any-return]
+    return (await documented(omni, "InvoiceList", response.json()))["data"]  # type: ignore[no-any-return]
 
 
 async def test_a_closed_month_is_invoiced_exactly_once(omni: Omni) -> None:
@@ -89,6 +100,7 @@ async def test_a_closed_month_is_invoiced_exactly_once(omni: Omni) -> None:
 
     draft = await omni.client.get("/v1/invoices/upcoming", headers=omni.auth(key))
     assert draft.status_code == 200, draft.text
+    await documented(omni, "UpcomingInvoice", draft.json())
     assert (draft.json()["status"], draft.json()["number"], draft.json()["total"]) == ("draft", None, 3934)
     assert draft.json()["credit_note"] is None  # nothing to credit
 
@@ -139,7 +151,9 @@ async def test_late_usage_is_billed_on_the_next_invoice_and_a_correction_downwar
     # Late, inside the acceptance window: 500 more tokens, and images corrected down by 150.
     await use(omni, key, tokens=500, images=-150)
     await omni.settle()
-    draft = (await omni.client.get("/v1/invoices/upcoming", headers=omni.auth(key))).json()
+    draft = await documented(
+        omni, "UpcomingInvoice", (await omni.client.get("/v1/invoices/upcoming", headers=omni.auth(key))).json()
+    )
     adjustment = next(line for line in draft["lines"] if line["type"] == "adjustment")
     # 3001 tokens: 2001 x 0.002 = 4.002 USD -> 400 cents, billed 300 before: 100 more.
     assert (adjustment["meter"], adjustment["period"], adjustment["quantity"], adjustment["amount"]) == (
@@ -392,7 +406,7 @@ async def test_an_invoice_is_voided_with_a_credit_note_and_settled_states_stay_s
 
     voided = await move(invoice["id"], "void", "billed the wrong plan")
     assert voided.status_code == 200, voided.text
-    credit = voided.json()["credit_note"]
+    credit = (await documented(omni, "InvoiceChanged", voided.json()))["credit_note"]
     assert voided.json()["invoice"]["status"] == "void"
     assert (credit["kind"], credit["total"], credit["number"]) == (
         "credit_note",
@@ -445,7 +459,7 @@ async def test_a_voided_months_usage_is_never_credited_again_and_only_later_usag
         await omni.settle()
         response = await omni.client.get("/v1/invoices/upcoming", headers=omni.auth(key))
         assert response.status_code == 200, response.text
-        return response.json()  # type: ignore[no-any-return]
+        return await documented(omni, "UpcomingInvoice", response.json())  # type: ignore[no-any-return]
 
     await use(omni, key, tokens=-1000)  # corrected down: nothing was paid for the month, nothing to credit
     draft = await upcoming()
