@@ -14,7 +14,7 @@ same order and through the same functions:
   arrives, the protocol applies the edge's body timeout (408);
 - the request's server span (api.tracing.request_span), current while the route runs, and its
   `traceparent` on the answer;
-- the route function itself (api.routes.quotas.consume), its body parsed as FastAPI parses it;
+- the route function itself (api.routes.quotas.consume), its body parsed as the route parses it;
 - the app's own exception handlers for whatever the route raises (problem+json, as on the ASGI
   path; the catch-all logs the traceback as there);
 - `Cache-Control: no-store`, the HTTP metrics and the `api_call` record (api.metering.record_call).
@@ -28,7 +28,6 @@ compares the two paths answer by answer over real HTTP.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 
@@ -41,6 +40,7 @@ from starlette.types import Scope
 from api import tracing
 from api.deps import json_media_type
 from api.edge import body_stalled
+from api.exact_json import loads_exact
 from api.lean_consume import app_handler, route_of
 from api.metering import ApiCallRecorder, record_call
 from api.problems import problem_response
@@ -112,9 +112,10 @@ class ConsumePath:
 
     @staticmethod
     def parse(body: bytes) -> ConsumeBody | None:
-        """The body as FastAPI parses it (`json.loads`, then the model); None where FastAPI should refuse it."""
+        """The body as the consume route parses it (api/exact_json.py, then the model); None where
+        the route should refuse it."""
         try:
-            return ConsumeBody.model_validate(json.loads(body))
+            return ConsumeBody.model_validate(loads_exact(body))
         except (ValueError, RecursionError):  # not JSON (or nested past the parser), or not a consume
             return None
 

@@ -5,8 +5,8 @@ its own work FastAPI spent more CPU than the work itself (py-spy during quota_co
 every route's pattern in turn, solving the dependencies, reading the body through a Request,
 validating and serialising the answer model, and three more ASGI layers). This layer, the
 innermost middleware (the edge has authenticated the caller and bounds the body), answers the
-common case itself: a tenant key and a JSON body that `ConsumeBody` accepts, parsed as FastAPI
-parses it (`json.loads`, then the model). It calls the route function (`api.routes.quotas.consume`)
+common case itself: a tenant key and a JSON body that `ConsumeBody` accepts, parsed as the route
+parses it (api/exact_json.py, then the model). It calls the route function (`api.routes.quotas.consume`)
 with the arguments FastAPI would pass, writes its answer as FastAPI would (the model's JSON,
 `application/json`), answers what the function raises with the app's own exception handlers,
 and marks the request with the route, so metrics, the `api_call` record and the span name it
@@ -19,7 +19,6 @@ failure while reading it raised again there): another key, another media type, a
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +29,7 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import json_media_type
+from api.exact_json import loads_exact
 from api.routes import quotas
 from schemas.plans import ConsumeBody
 
@@ -98,7 +98,7 @@ class LeanConsume:
             await self.app(scope, _replay(read, failure, receive), send)
             return
         try:
-            parsed = ConsumeBody.model_validate(json.loads(body))
+            parsed = ConsumeBody.model_validate(loads_exact(body))
         except (ValueError, RecursionError):  # not JSON (or nested past the parser), not a consume: FastAPI refuses it
             await self.app(scope, _replay(read, None, receive), send)
             return

@@ -163,6 +163,8 @@ def validation_reason(error: Mapping[str, Any]) -> str:
         return f"String should have at most {_characters(limits['max_length'])}"
     if isinstance(text, str) and kind in ("too_short", "string_too_short") and "min_length" in limits:
         return f"String should have at least {_characters(limits['min_length'])}"
+    if kind == "json_invalid" and limits.get("error"):  # what the parser found: "Expecting value"
+        return f"{error.get('msg', 'JSON decode error')}: {limits['error']}"
     return str(error.get("msg", "invalid"))
 
 

@@ -11,7 +11,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchem
 from schemas.api import Problem
 from schemas.billing import Billing, parse_billing, price_public
 from schemas.gdpr import BreachOverdueNotification
-from schemas.quantities import QUANTITY_SCHEMA, SLUG_PATTERN, exact_quantity, quantity_json
+from schemas.quantities import QUANTITY_SCHEMA, SLUG_PATTERN, exact_quantity, floats_of_decimals, quantity_json
 from schemas.slos import SloAlertNotification
 from schemas.suspensions import TenantStatusNotification
 from schemas.text import Text
@@ -181,6 +181,11 @@ class ConsumeBody(BaseModel):
     @classmethod
     def _amount(cls, value: Any) -> Decimal:
         return exact_quantity(value, name="amount", positive=True)
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _data(cls, value: Any) -> Any:
+        return floats_of_decimals(value)  # read exactly with the amount (api/exact_json.py); kept as JSON reads it
 
 
 class QuotaPublic(BaseModel):

@@ -51,3 +51,16 @@ def quantity_json(quantity: Decimal) -> int | float | str:
 QUANTITY_SCHEMA = {"type": "number", "minimum": 0, "exclusiveMaximum": 1e12, "multipleOf": 0.001}
 """A limit or an amount as the JSON schema declares it: a number, never text (exact_quantity refuses
 strings). Given whole with WithJsonSchema, since a Decimal field's own schema also allows a string."""
+
+
+def floats_of_decimals(value: Any) -> Any:
+    """A free-form JSON value read with its fractions as Decimals (api/exact_json.py), the fractions
+    as floats, as `json.loads` reads them: for values kept as they came, which the log's encoder
+    writes (it refuses Decimals)."""
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, dict):
+        return {key: floats_of_decimals(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [floats_of_decimals(item) for item in value]
+    return value

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request, Response
 
 from api.deps import AdminDep, CallerDep, PlatformDep, command_context
+from api.exact_json import ExactJsonRoute
 from api.relaying import run_command
 from commands.errors import NotFound
 from omni.bootstrap import Platform
@@ -19,7 +20,7 @@ from schemas.quantities import SLUG_PATTERN
 from stores import billing as billing_store
 from stores import plans as plan_store
 
-router = APIRouter(prefix="/v1", tags=["plans"])
+router = APIRouter(prefix="/v1", tags=["plans"], route_class=ExactJsonRoute)
 
 
 def _currencies_invoiced_on_plan(platform: Platform, slug: str) -> frozenset[str]:

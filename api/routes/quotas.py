@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api import as_of, tracing
 from api.deps import CallerDep, PlatformDep, TenantDep, acting_tenant, named_tenant
+from api.exact_json import ExactJsonRoute
 from api.problems import Problem, time_and_id_cursor
 from commands.control_plane import PLATFORM, Principal
 from commands.errors import NotFound
@@ -64,7 +65,7 @@ from streams.projectors import CATALOG_APPLIED
 from streams.quota_ledger import ConsumeOutcome, ConsumeRequest, QuotaLedger, consume_fingerprint
 from streams.replay import meters_as_of
 
-router = APIRouter(prefix="/v1", tags=["quotas"])
+router = APIRouter(prefix="/v1", tags=["quotas"], route_class=ExactJsonRoute)
 
 
 def _ledger(platform: Platform) -> QuotaLedger:

@@ -143,6 +143,7 @@ async def test_errors_the_route_raises_are_answered_by_the_apps_handlers(served:
         scenarios.test_concurrent_consumers_never_pass_a_hard_limit,
         scenarios.test_a_retry_returns_the_first_answer_and_counts_nothing,
         scenarios.test_bad_consumes_are_refused_and_count_nothing,
+        scenarios.test_amounts_and_limits_are_read_as_written,
         scenarios.test_an_override_replaces_the_plan_and_usage_carries_over,
     ],
 )

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 from prometheus_client import REGISTRY
 
+from schemas.envelope import decode
 from stores import views
 from streams.projectors import METERS
 from tests.conftest import cloud_event
@@ -286,6 +287,60 @@ async def test_bad_consumes_are_refused_and_count_nothing(omni: Omni) -> None:
     await omni.settle()
     assert (await quota(omni, key, "tokens"))["used"] == 0
     assert await omni.query(key, "tokens") == []
+
+
+async def test_amounts_and_limits_are_read_as_written(omni: Omni) -> None:
+    """A fraction used to reach the quantity's checks as a binary float: 1 and 34 zeros and a 1 was
+    counted as 1, 0.00099999999999999999999 as 0.001, where three decimal places are taken at most.
+    NaN and Infinity, which are not JSON, were taken in `data` and written to the log as null."""
+    tenant_id, key = await on_a_tokens_plan(omni, 100, "DAY")
+    headers = {**omni.auth(key), "content-type": "application/json"}
+
+    async def sent(amount: str, data: str = "null", idempotency_key: str = "") -> httpx.Response:
+        body = f'{{"amount": {amount}, "idempotency_key": "{idempotency_key or uuid.uuid4().hex}", "data": {data}}}'
+        return await omni.client.post("/v1/quotas/tokens/consume", content=body.encode(), headers=headers)
+
+    for amount, reason in (
+        ("1.00000000000000000000000000000000001", "amount may have at most 3 decimal places"),
+        ("0.00099999999999999999999", "amount may have at most 3 decimal places"),
+        ("1e-400", "amount may have at most 3 decimal places"),
+        ("99999999999.9999999999999", "amount may have at most 3 decimal places"),
+    ):
+        refused = await sent(amount)
+        assert refused.status_code == 422, (amount, refused.text)
+        assert [(e["location"], reason in e["reason"]) for e in refused.json()["errors"]] == [("body.amount", True)], refused.text
+    for amount, data in (("NaN", "null"), ("1", '{"x": NaN}'), ("1", '{"x": [1, -Infinity]}'), ("Infinity", "null")):
+        broken = await sent(amount, data)
+        assert broken.status_code == 400 and broken.json()["title"] == "Malformed JSON", (amount, data, broken.text)
+        (error,) = broken.json()["errors"]
+        assert error["location"] == "body" and "is not a JSON number" in error["reason"], error
+    not_a_constant = await sent("1", '{"note": "NaN, Infinity"}')  # in a string: text, not a number
+    assert not_a_constant.status_code == 200, not_a_constant.text
+    taken = await sent("2.5", '{"ratio": 0.1, "big": 12345678901234567890.5}', idempotency_key="exact")
+    assert taken.status_code == 200 and taken.json()["used"] == 3.5, taken.text
+    await omni.settle()
+    assert (await quota(omni, key, "tokens"))["used"] == 3.5
+    records = [
+        decode(r.value)
+        for p in range(omni.platform.topics.partitions(omni.platform.topics.usage))
+        for r in await omni.platform.log.read(omni.platform.topics.usage, p, 0, 100)
+    ]
+    (event,) = [e for e in records if e.source_id == "exact"]
+    assert event.data == {"ratio": 0.1, "big": 12345678901234567890.5, "tokens": 2.5}, event.data
+
+    limit = await omni.client.put(
+        "/v1/plans/pro",
+        content=b'{"entitlements": [{"meter": "tokens", "limit": 100.00000000000000000001, "period": "DAY"}]}',
+        headers={**omni.auth(ADMIN), "content-type": "application/json"},
+    )
+    assert limit.status_code == 422 and "at most 3 decimal places" in limit.text, limit.text
+    override = await omni.client.put(
+        f"/v1/tenants/{tenant_id}/quotas/tokens",
+        content=b'{"limit": 5.0000000000000000001, "period": "DAY"}',
+        headers={**omni.auth(ADMIN), "content-type": "application/json"},
+    )
+    assert override.status_code == 422 and "at most 3 decimal places" in override.text, override.text
+    assert (await quota(omni, key, "tokens"))["limit"] == 100
 
 
 async def test_consume_data_is_held_to_the_rules_of_events(omni: Omni) -> None:
