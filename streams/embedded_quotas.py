@@ -113,7 +113,7 @@ class EmbeddedQuotaLedger:
 
     def _decide(self, db: sqlite3.Connection, request: ConsumeRequest) -> ConsumeOutcome:
         found = _kept(db, request.tenant_id, request.idempotency_key, request.usage[0].event_time)
-        if found is not None:
+        if found is not None and not _refused_in_another_period(found, request.period):
             return _kept_outcome(found, request.fingerprint())
         used = _counter(db, (request.tenant_id, request.meter, request.period.text))
         decision = decide(used, request.amount, request.entitlement)
@@ -364,6 +364,12 @@ def _kept(db: sqlite3.Connection, tenant_id: str, idempotency_key: str, now: dat
         (tenant_id, idempotency_key, int(now.timestamp())),
     ).fetchone()
     return None if row is None else (str(row[0]), str(row[1]))
+
+
+def _refused_in_another_period(found: tuple[str, str], period: PeriodKey) -> bool:
+    """A kept refusal whose period is not the retry's: no answer to it (QuotaLedger.consume)."""
+    answer = orjson.loads(found[1])
+    return not answer["accepted"] and answer["period"] != period.text
 
 
 def _kept_outcome(found: tuple[str, str], fingerprint: str) -> ConsumeOutcome:

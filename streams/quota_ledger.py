@@ -61,7 +61,11 @@ class QuotaLedger(Protocol):
     async def close(self) -> None: ...
 
     async def consume(self, request: ConsumeRequest) -> ConsumeOutcome:
-        """Decide and record atomically; LogUnavailable when it cannot (nothing is counted)."""
+        """Decide and record atomically; LogUnavailable when it cannot (nothing is counted). A retry
+        (the same idempotency key) gets the answer kept for the first call, except a refusal kept for
+        another period than the retry's: the refusal counted nothing and its `Retry-After` pointed at
+        its period's end, so from there the retry is decided again (it kept giving the old 429, with
+        `Retry-After: 1`, until the answer lapsed a day later)."""
         ...
 
     async def kept(self, tenant_id: str, idempotency_key: str, fingerprint: str, now: datetime) -> ConsumeOutcome | None:

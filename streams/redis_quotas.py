@@ -123,7 +123,8 @@ def from_milli(value: int | str | bytes) -> Decimal:
 # One call for the answers to keep (those whose appends landed) and a group of consumes to decide
 # (streams.group_call: those that arrive while a call is under way share the next one). The
 # answers are kept first, each only if it is still ours (still that pending value); then each
-# consume is decided in turn exactly as if alone.
+# consume is decided in turn exactly as if alone. A refusal kept for a period that has ended is
+# no answer to a retry in the next one (streams.quota_ledger.QuotaLedger.consume).
 # KEYS: built, the n answers to keep, then each consume's answer key. ARGV: prefix, pending TTL
 # (ms), kept TTL (ms), n, then per answer to keep: its pending value, its kept value; then per
 # consume: tenant, fingerprint, amount, limit ('' for none), hard ('1'), field of the quota's
@@ -142,6 +143,10 @@ for i = 2 + n, #KEYS do
     out[#out + 1] = {'rebuild'}
   else
     local kept = redis.call('GET', KEYS[i])
+    if kept then
+      local state, accepted_then, period_then = string.match(kept, '^(%a+)|[^|]*|[^|]*|([01])|[^|]*|([^|]*)')
+      if state == 'done' and accepted_then == '0' and period_then ~= ARGV[a + 8] then kept = false end
+    end
     if kept then
       out[#out + 1] = {'kept', kept}
     else

@@ -423,12 +423,20 @@ async def test_periods_reset_at_midnight_utc_and_nothing_counts_in_two(omni: Omn
     await omni.settle()
 
     omni.platform.clock = lambda: last_instant
-    answers = [await consume(omni, key, "calls", 1) for _ in range(3)]
+    answers = [await consume(omni, key, "calls", 1, f"yesterday-{n}") for n in range(3)]
     assert [a.status_code for a in answers] == [200, 200, 429], "the fact took one of yesterday's three"
     assert answers[0].json()["period_end"] == midnight.isoformat().replace("+00:00", "Z")
+    assert answers[2].headers["retry-after"] == "1"
     omni.platform.clock = lambda: midnight
-    answers = [await consume(omni, key, "calls", 1) for _ in range(3)]
-    assert [a.status_code for a in answers] == [200, 200, 429], "a new day, less the fact at its first instant"
+    # A retry after Retry-After: the accepted answer is given again, the refusal's day is over and
+    # the retry is decided in the new one (it was given the old 429 again, with Retry-After: 1).
+    replayed = await consume(omni, key, "calls", 1, "yesterday-0")
+    assert replayed.status_code == 200 and replayed.json() == answers[0].json(), replayed.text
+    retried = await consume(omni, key, "calls", 1, "yesterday-2")
+    assert retried.status_code == 200 and retried.json()["used"] == 2, retried.text
+    assert (await consume(omni, key, "calls", 1, "yesterday-2")).json() == retried.json(), "kept, now it was taken"
+    answers = [await consume(omni, key, "calls", 1) for _ in range(2)]
+    assert [a.status_code for a in answers] == [200, 429], "a new day, less the fact at its first instant and the retry"
 
     await omni.settle()
     days = await omni.query(
