@@ -95,6 +95,14 @@ def plan_json(body: PlanBody) -> dict[str, Any]:
     return {"name": body.name, "entitlements": [entitlement_json(e) for e in body.entitlements], **billing_json(body)}
 
 
+def _by_meter(body: dict[str, Any]) -> dict[str, Any]:
+    """A plan's body with its entitlements and prices in the order of their meters: one of each per
+    meter, so their order means nothing, and the same plan sent in another order is no new version."""
+    return body | {
+        part: sorted(body[part], key=lambda item: str(item["meter"])) for part in ("entitlements", "prices") if part in body
+    }
+
+
 class PlanCommands:
     """The plan and quota commands of the ControlPlane application (mixed into it)."""
 
@@ -138,7 +146,7 @@ class PlanCommands:
         before = set() if plan is None else plan.names()
         if plan is None:
             plan = Plan(slug=slug, body=stored)
-        elif plan.body != stored:
+        elif _by_meter(plan.body) != _by_meter(stored):
             plan.revise(slug=slug, plan_version=plan.plan_version + 1, body=stored)
         user, after = meters.plan_user(slug), plan.names()
         touched = self._named(user, sorted(after), checked) + self._unnamed(user, sorted(before - after))

@@ -87,6 +87,14 @@ async def test_plans_are_versioned_data(omni: Omni) -> None:
     assert changed.json()["version"] == 2
     listed = (await omni.client.get("/v1/plans", headers=omni.auth(ADMIN))).json()["data"]
     assert [(p["slug"], p["version"], p["entitlements"][0]["limit"]) for p in listed] == [("pro", 2, 2000)]
+    await omni.meter(**CALLS)
+    both = [
+        {"meter": "tokens", "limit": 2000, "period": "MONTH", "thresholds": [50]},
+        {"meter": "calls", "limit": 5, "period": "DAY"},
+    ]
+    assert (await put_plan(omni, "pro", *both, status=200)).json()["version"] == 3
+    reordered = await put_plan(omni, "pro", *reversed(both), status=200)
+    assert reordered.json()["version"] == 3, "one entitlement per meter: their order is no change"
     _, key = await omni.tenant()
     assert (await omni.client.get("/v1/plans/pro", headers=omni.auth(key))).status_code == 200
     assert (await omni.client.get("/v1/plans/none", headers=omni.auth(key))).status_code == 404
