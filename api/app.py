@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
 from api import deps, docs, edge, head_requests, idempotency, lean_consume, metering, openapi, problems, tracing
+from api.ingest_rates import IngestRates
 from api.meter_watch import MeterWatches
 from api.routes import (
     audit,
@@ -71,6 +73,9 @@ def create_app(settings: Settings | None = None, *, platform: Platform | None = 
     app.state.platform = platform
     app.state.api_calls = recorder
     app.state.watches = watches
+    app.state.ingest_rates = IngestRates(
+        platform.settings.tenant_events_per_second, batch=platform.settings.max_batch_events, clock=time.monotonic
+    )
     app.state.declared_queries = deps.DeclaredQueries()
     problems.install(app)
     head_requests.install(app)  # innermost: the routes answer HEAD as GET; every other layer sees HEAD

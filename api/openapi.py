@@ -42,7 +42,7 @@ DESCRIPTIONS = {
     "413": "The body or the batch is larger than allowed",
     "415": "The body is not in a media type the operation takes (a JSON body: `application/json` or `application/*+json`)",
     "422": "The request is well-formed but invalid; `errors` lists each reason",
-    "429": "Too many such changes lately: nothing was done; retry after `Retry-After` seconds",
+    "429": "Too many such requests lately (a tenant's events a second, an SLO's revisions, a tenant's watches): nothing was done; retry after `Retry-After` seconds",
     "431": "The request's headers are larger than allowed",
     "503": "A dependency (the log, the event store, the views) is unavailable; retry later",
 }

@@ -27,6 +27,9 @@ def labelled(metric: M, *values: str) -> M:
 
 
 EVENTS = Counter("omni_events_total", "Usage events offered to POST /v1/events", ["outcome"])
+INGEST_RATE_LIMITED = Counter(
+    "omni_ingest_rate_limited_total", "POST /v1/events requests refused for their tenant's rate (OMNI_TENANT_EVENTS_PER_SECOND)"
+)
 HTTP_REQUESTS = Counter("omni_http_requests_total", "HTTP requests served", ["route", "method", "status"])
 HTTP_LATENCY = Histogram(
     "omni_http_request_seconds",

@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     acceptance_window_seconds: int = Field(default=7 * 86400, ge=60)
     future_tolerance_seconds: int = Field(default=300, ge=0)
     max_batch_events: int = Field(default=1000, ge=1)
+    # Events one tenant may send to one API process a second (POST /v1/events; api/ingest_rates.py),
+    # in bursts of up to a second's worth (at least a batch): past it, 429 with Retry-After. So one
+    # tenant's flood cannot hold every other tenant's usage back in the shared log and folds. 0: no limit.
+    tenant_events_per_second: float = Field(default=10_000, ge=0)
     max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
     # One usage event: how deep its `data` or an extension attribute may nest (orjson encodes 254
     # levels in all), and how large it may be as sent and as stored (Kafka's default limits on a

@@ -27,6 +27,7 @@ from fastapi import APIRouter, Request, Response
 from api import tracing
 from api.cloudevents_http import Unreadable, binary_id, from_binary, is_binary_mode, with_readable_data
 from api.deps import PlatformDep, TenantDep
+from api.ingest_rates import IngestRates
 from api.problems import Problem
 from commands.errors import Invalid
 from commands.ingest import Admitted, TooLarge, admit_encoded, expires_at
@@ -133,10 +134,27 @@ def _with_readable_data(items: list[Any]) -> list[Any]:
     return readable
 
 
-@router.post("/events", status_code=202, response_model=IngestResult, responses={413: {}, 415: {}, 422: {}, 503: {}})
+def _too_fast(tenant_id: str, rates: IngestRates, wait: int) -> Problem:
+    metrics.INGEST_RATE_LIMITED.inc()
+    return Problem(
+        429,
+        "Ingest rate exceeded",
+        f"tenant {tenant_id} sends more than {rates.per_second:g} events a second to this API process "
+        f"(OMNI_TENANT_EVENTS_PER_SECOND); nothing of this request was recorded: send it again after "
+        f"{wait} s, or in smaller batches.",
+        kind="ingest-rate-exceeded",
+        headers={"Retry-After": str(wait)},
+    )
+
+
+@router.post("/events", status_code=202, response_model=IngestResult, responses={413: {}, 415: {}, 422: {}, 429: {}, 503: {}})
 async def ingest_events(request: Request, platform: PlatformDep, principal: TenantDep) -> Response:
     """Accept one CloudEvent or a batch; 202 once every accepted event is durable on the log."""
     settings = platform.settings
+    rates: IngestRates = request.app.state.ingest_rates
+    tenant_id = principal.tenant_id or ""
+    if rates.empty(tenant_id):  # refused before its events are read
+        raise _too_fast(tenant_id, rates, 1)
     body = await request.body()  # bounded in size and time by the edge (api/edge.py), as on every route
     policy = platform.policy
     content_type = request.headers.get("content-type", "")
@@ -167,7 +185,7 @@ async def ingest_events(request: Request, platform: PlatformDep, principal: Tena
             readable = _with_readable_data(items)
             return admit_encoded(
                 readable,
-                tenant_id=principal.tenant_id or "",
+                tenant_id=tenant_id,
                 actor=actor,
                 received=received,
                 policy=policy,
@@ -186,6 +204,8 @@ async def ingest_events(request: Request, platform: PlatformDep, principal: Tena
             except KeysMissing:  # a person's data key is not in memory: read (or made) off the event loop
                 admitted = await asyncio.to_thread(admission, True)
         envelopes = admitted.envelopes
+        if wait := rates.wait_for(tenant_id, len(envelopes)):
+            raise _too_fast(tenant_id, rates, wait)
         try:
             accepted = await platform.sink.ingest(envelopes, [expires_at(e, policy) for e in envelopes], admitted.values)
         except LogUnavailable:
