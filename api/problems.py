@@ -165,7 +165,8 @@ def validation_reason(error: Mapping[str, Any]) -> str:
         return f"String should have at least {_characters(limits['min_length'])}"
     if kind == "json_invalid" and limits.get("error"):  # what the parser found: "Expecting value"
         return f"{error.get('msg', 'JSON decode error')}: {limits['error']}"
-    return str(error.get("msg", "invalid"))
+    # A validator's own words, without the kind of exception pydantic puts before them.
+    return str(error.get("msg", "invalid")).removeprefix("Value error, ")
 
 
 def request_location(error: Mapping[str, Any], body: Any) -> str:

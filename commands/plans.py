@@ -232,7 +232,7 @@ class PlanCommands:
         named = [(where[i], e.meter, "quotas") for i, e in enumerate(entitlements)]
         named += [(f"body.prices.{i}.meter", p.meter, "prices") for i, p in enumerate(prices)]
         checked: dict[str, Meter] = {}
-        for location, meter, what in named:
+        for index, (location, meter, what) in enumerate(named):
             aggregate = checked.get(meter) or meters.stored_meter(self, meter)
             definition = None if aggregate is None else MeterDefinition.model_validate(aggregate.definition)
             if aggregate is not None:
@@ -247,6 +247,15 @@ class PlanCommands:
                         f"{what} apply to SUM and COUNT meters only",
                     }
                 )
+            elif what == "quotas" and definition.aggregation.value == "COUNT":
+                limit = entitlements[index].limit
+                if limit != limit.to_integral_value():  # a COUNT meter counts events: 2.5 would take two
+                    errors.append(
+                        {
+                            "location": "body.limit" if locations else f"body.entitlements.{index}.limit",
+                            "reason": f"meter {meter!r} counts events: its limit must be a whole number, not {limit}",
+                        }
+                    )
         if errors:
             title, kind = ("Invalid quota", "invalid-quota") if not prices else ("Invalid plan", "invalid-plan")
             raise Invalid("; ".join(str(e["reason"]) for e in errors), errors, title=title, kind=kind)

@@ -11,6 +11,7 @@ SLUG_PATTERN = r"^[a-z0-9][a-z0-9_\-]{0,62}$"
 # units in Redis, whose Lua numbers are doubles: exact below 2^53 milli-units, about 9 * 10^12 units.
 MAX_QUANTITY = Decimal(10) ** 12
 MAX_DECIMALS = 3
+LEAST_AMOUNT = Decimal(1).scaleb(-MAX_DECIMALS)  # the least a consume may take: a milli-unit
 
 
 def exact_quantity(value: Any, *, name: str, positive: bool) -> Decimal:

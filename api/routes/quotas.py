@@ -51,6 +51,7 @@ from schemas.plans import (
     QuotaPublic,
     quantity_json,
 )
+from schemas.quantities import LEAST_AMOUNT
 from schemas.slos import SloAlertNotification
 from schemas.suspensions import TenantStatusNotification
 from stores import gdpr as gdpr_store
@@ -364,7 +365,8 @@ def _public(meter: str, quota: Quota, period: PeriodKey, used: Decimal, *, suspe
         remaining=quantity_json(max(e.limit - used, Decimal(0))),
         # OpenMeter's entitlement answer (has access, balance, usage, overage), as a gateway reads it.
         # A suspended tenant has none: its consumes are refused whatever its usage.
-        has_access=not suspended and (e.enforcement is not Enforcement.HARD or used < e.limit),
+        # Whether the least consume would be taken (a fact of finer grain may leave less than that).
+        has_access=not suspended and (e.enforcement is not Enforcement.HARD or used + LEAST_AMOUNT <= e.limit),
         overage=quantity_json(max(used - e.limit, Decimal(0))),
         period=e.period,
         period_start=_z(period.start),

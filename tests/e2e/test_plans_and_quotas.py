@@ -11,8 +11,10 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
+import pytest
 from prometheus_client import REGISTRY
 
+from omni.settings import Mode
 from schemas.envelope import decode
 from stores import views
 from streams.projectors import METERS
@@ -117,6 +119,19 @@ async def test_bad_plans_are_refused_and_nothing_is_stored(omni: Omni) -> None:
         response = await put_plan(omni, "bad", entitlement)
         assert response.status_code == 422, (entitlement, response.text)
         assert response.headers["content-type"] == "application/problem+json"
+    await omni.meter(**CALLS)
+    halves = await put_plan(omni, "bad", {"meter": "calls", "limit": 2.5, "period": "DAY"})  # a COUNT counts events
+    assert halves.status_code == 422 and halves.json()["errors"] == [
+        {
+            "location": "body.entitlements.0.limit",
+            "reason": "meter 'calls' counts events: its limit must be a whole number, not 2.5",
+        }
+    ], halves.text
+    tenant_id, _ = await omni.tenant("halves")
+    override = await omni.client.put(
+        f"/v1/tenants/{tenant_id}/quotas/calls", json={"limit": 2.5, "period": "DAY"}, headers=omni.auth(ADMIN)
+    )
+    assert override.status_code == 422 and override.json()["errors"][0]["location"] == "body.limit", override.text
     twice = await put_plan(
         omni, "bad", {"meter": "tokens", "limit": 1, "period": "DAY"}, {"meter": "tokens", "limit": 2, "period": "DAY"}
     )
@@ -316,7 +331,7 @@ async def test_amounts_and_limits_are_read_as_written(omni: Omni) -> None:
     ):
         refused = await sent(amount)
         assert refused.status_code == 422, (amount, refused.text)
-        assert [(e["location"], reason in e["reason"]) for e in refused.json()["errors"]] == [("body.amount", True)], refused.text
+        assert [(e["location"], e["reason"]) for e in refused.json()["errors"]] == [("body.amount", reason)], refused.text
     for amount, data in (("NaN", "null"), ("1", '{"x": NaN}'), ("1", '{"x": [1, -Infinity]}'), ("Infinity", "null")):
         broken = await sent(amount, data)
         assert broken.status_code == 400 and broken.json()["title"] == "Malformed JSON", (amount, data, broken.text)
@@ -381,6 +396,26 @@ async def test_consume_data_is_held_to_the_rules_of_events(omni: Omni) -> None:
     await omni.settle()
     assert (await quota(omni, key, "tokens"))["used"] == 2
     assert sum(row["value"] for row in await omni.query(key, "tokens")) == 2, "the quota and the meter agree"
+
+
+async def test_a_quota_has_access_while_the_least_consume_would_be_taken(omni: Omni) -> None:
+    """A fact of finer grain than a consume's (a milli-unit) can leave less than one: `has_access`
+    said true while every consume was refused. (Kafka mode's hot counters count milli-units: there
+    such a fact is rounded, README "Quotas", so the views' exact remainder is the embedded runner's.)"""
+    if omni.platform.settings.mode is not Mode.EMBEDDED:
+        pytest.skip("the hot counters in Redis count whole milli-units")
+    tenant_id, key = await on_a_tokens_plan(omni, 20, "DAY")
+    assert (await omni.send(key, [cloud_event("fine", data={"tokens": "19.9995"})])).status_code == 202
+    await omni.settle()
+    read = await quota(omni, key, "tokens")
+    assert (read["used"], read["remaining"], read["has_access"]) == (19.9995, 0.0005, False), read
+    assert (await consume(omni, key, "tokens", 0.001)).status_code == 429
+    assert (await omni.send(key, [cloud_event("back", data={"tokens": "-0.0005"})])).status_code == 202
+    await omni.settle()
+    read = await quota(omni, key, "tokens")
+    assert (read["remaining"], read["has_access"]) == (0.001, True), read
+    assert (await consume(omni, key, "tokens", 0.001)).status_code == 200
+    assert tenant_id
 
 
 async def test_another_tenants_quota_is_not_found(omni: Omni) -> None:
