@@ -5,7 +5,7 @@ from __future__ import annotations
 import types
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Union, get_args, get_origin
 
 from fastapi import Depends, Request
@@ -278,4 +278,17 @@ def whole_minute(name: str, moment: datetime) -> int:
             kind="invalid-range",
             location=f"query.{name}",
         )
-    return int(moment.timestamp())
+    epoch = int(moment.timestamp())
+    if not _FIRST_MINUTE <= epoch <= _LAST_MINUTE:  # in UTC past the years a time can name (a 500 before)
+        raise Problem(
+            422,
+            "Invalid time range",
+            f"`{name}` must fall between 0001-01-01T00:00:00Z and 9999-12-31T23:59:00Z.",
+            kind="invalid-range",
+            location=f"query.{name}",
+        )
+    return epoch
+
+
+_FIRST_MINUTE = int(datetime(1, 1, 1, tzinfo=UTC).timestamp())
+_LAST_MINUTE = int(datetime(9999, 12, 31, 23, 59, tzinfo=UTC).timestamp())

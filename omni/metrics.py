@@ -27,6 +27,9 @@ def labelled(metric: M, *values: str) -> M:
 
 
 EVENTS = Counter("omni_events_total", "Usage events offered to POST /v1/events", ["outcome"])
+OUTBOX_SET_ASIDE = Counter(
+    "omni_outbox_set_aside_total", "Stored control events the outbox relay could not encode for the log, and set aside"
+)
 INGEST_RATE_LIMITED = Counter(
     "omni_ingest_rate_limited_total", "POST /v1/events requests refused for their tenant's rate (OMNI_TENANT_EVENTS_PER_SECOND)"
 )

@@ -5,9 +5,10 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.meters import JsonPath
+from schemas.quantities import JSON_INTEGERS
 from schemas.text import Text
 
 SLO_NAME_PATTERN = r"^[a-z0-9][a-z0-9_\-]{0,62}$"
@@ -83,6 +84,16 @@ class SloBody(BaseModel):
     objective: float = Field(gt=0, lt=100, strict=True, description="Percent of good events, e.g. 99.9")
     window: SloWindow
     description: Text | None = Field(default=None, max_length=1024)
+
+    @field_validator("match", mode="after")
+    @classmethod
+    def _integers_events_hold(cls, match: dict[str, Any]) -> dict[str, Any]:
+        # An event holds 64-bit integers at most (the log's encoder refuses others): a larger one
+        # matches nothing, and an SLO's event carrying it stopped the outbox relay for everyone.
+        for path, value in match.items():
+            if isinstance(value, int) and not isinstance(value, bool) and value not in JSON_INTEGERS:
+                raise ValueError(f"match {path}: {value} is past 64 bits; events hold integers from -2^63 to 2^63 - 1")
+        return match
 
     @model_validator(mode="after")
     def _consistent(self) -> SloBody:

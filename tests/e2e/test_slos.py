@@ -71,10 +71,17 @@ async def test_slos_are_versioned_per_owner_and_refuse_bad_input(omni: Omni) -> 
         {**LARGE, "objective": "99"},  # a number, as the schema says: not a string, nor `true`
         {**LARGE, "sli": "latency", "status_property": None, "latency_property": "$.data.ms", "threshold_ms": True},
         {**LARGE, "sli": "latency", "status_property": None, "latency_property": "$.data.ms", "threshold_ms": "200"},
+        {**LARGE, "match": {"$.data.k": 10**30}},  # past what an event holds: it stopped the outbox relay for everyone
     ):
         response = await put_slo(omni, key, "bad", bad, 422)
         assert response.headers["content-type"] == "application/problem+json"
     assert (await omni.client.get("/v1/slos/bad", headers=omni.auth(key))).status_code == 404
+    for bounds in (  # instants past the years UTC can name: a 500 before
+        {"from": "0001-01-01T00:00:00+05:00", "to": "0001-01-02T00:00:00Z", "window_size": "DAY"},
+        {"from": "9999-12-31T00:00:00Z", "to": "9999-12-31T23:59:00-05:00"},
+    ):
+        history = await omni.client.get("/v1/slos/large/history", params=bounds, headers=omni.auth(key))
+        assert history.status_code == 422 and "must fall between 0001-01-01" in history.text, history.text
 
 
 async def test_status_and_history_from_the_log(omni: Omni) -> None:

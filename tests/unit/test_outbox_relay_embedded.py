@@ -15,6 +15,7 @@ from pathlib import Path
 from uuid import uuid4, uuid5
 
 import pytest
+from prometheus_client import REGISTRY
 
 from commands.control_plane import AUDIT_TYPE, CommandContext, ControlPlane
 from commands.ids import OMNI_NAMESPACE
@@ -24,6 +25,7 @@ from omni.settings import Settings
 from projections.quotas import THRESHOLD_CROSSED, Crossing, PeriodKey
 from schemas.envelope import decode, record_headers
 from schemas.meters import MeterDefinition
+from schemas.slos import SloBody
 from schemas.topics import STORE_POSITION, Topics, partition_for
 from stores import quotas as quota_views
 from stores import views
@@ -129,6 +131,30 @@ async def test_every_stored_event_is_published_once_to_its_topic_and_the_positio
         assert r.partition == partition_for(r.key, TOPICS.usage_partitions)
         assert r.key == decode(r.value).tenant_id
     assert {r.key for r in audit} <= {str(tenant.id), "_platform"}
+
+
+async def test_an_event_the_log_cannot_hold_is_set_aside_and_the_rest_go_on(
+    setup: Setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An SLO whose `match` held an integer past 64 bits (taken before the body refused it) was
+    stored, and the relay stopped on it for good: every command after it, of every tenant, never
+    reached the views."""
+    body = SloBody.model_construct(  # as an earlier version took it, behind today's validation
+        **SloBody.model_validate(
+            {"event_type": "t", "sli": "availability", "status_property": "$.data.s", "objective": 99, "window": "7d"}
+        ).__dict__
+        | {"match": {"$.data.k": 10**30}}
+    )
+    setup.control.put_slo(CTX, "poison", body)
+    setup.control.define_meter(CTX, MeterDefinition(slug="calls", event_type="call", aggregation="COUNT"))
+    before = REGISTRY.get_sample_value("omni_outbox_set_aside_total") or 0
+    with caplog.at_level(logging.ERROR, logger="streams.outbox"):
+        assert await setup.relay.relay_once() == len(stored(setup.control))
+    assert setup.position() == stored(setup.control)[-1][0]
+    published = [decode(r.value).type for r in await setup.control_records()]
+    assert "omni.meter.defined" in published and "omni.slo.defined" not in published, published
+    assert REGISTRY.get_sample_value("omni_outbox_set_aside_total") == before + 1
+    assert "sets aside stored event" in caplog.text and "omni.slo.defined" in caplog.text
 
 
 async def test_the_relay_publishes_at_most_its_limit_at_a_time(setup: Setup) -> None:
