@@ -31,12 +31,12 @@ from api.tracing import method_label
 from commands.control_plane import PLATFORM, Principal
 from omni import metrics
 from schemas.envelope import Actor, Envelope, encode
+from schemas.topics import API_CALL_SOURCE, API_CALL_TYPE
 from streams.log import EventLog, outgoing
 
 log = logging.getLogger(__name__)
 
-API_CALL = "api_call"
-SOURCE = "omni://api"
+API_CALL, SOURCE = API_CALL_TYPE, API_CALL_SOURCE
 
 
 class ApiCallRecorder:

@@ -24,6 +24,7 @@ from projections.meters import Reader, micros_of, numeric, read, reader_of
 from schemas.envelope import Envelope, format_time
 from schemas.meters import path_parts
 from schemas.slos import SloBody, SloWindow
+from schemas.topics import API_CALL_SOURCE, API_CALL_TYPE
 
 MINUTE = 60
 HOUR = 3600
@@ -133,6 +134,8 @@ def judge(slo: CompiledSlo, event: Envelope) -> bool | None:
     """Whether `event` is good for `slo`; None when the SLO does not count it."""
     if event.type != slo.event_type or (slo.owner != PLATFORM and event.tenant_id != slo.owner):
         return None
+    if slo.owner == PLATFORM and event.type == API_CALL_TYPE and event.source != API_CALL_SOURCE:
+        return None  # the platform's API calls are the API's own records: a tenant's "api_call" forged them
     for reader, expected in slo.match:
         if not _equal(read(event, reader), expected):
             return None

@@ -9,6 +9,10 @@ from dataclasses import dataclass
 # event store (notification id). The catalog fold keeps the highest it applied, so the caller of a
 # command can wait until its own writes are readable.
 STORE_POSITION = "storeposition"
+# What the API records of each authenticated request (api/metering.py), on the api_calls topic. A
+# tenant may send events of that type too (under a source of its own: `omni:` ones are Omni's).
+API_CALL_TYPE = "api_call"
+API_CALL_SOURCE = "omni://api"
 
 
 @dataclass(frozen=True, slots=True)

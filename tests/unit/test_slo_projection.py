@@ -40,13 +40,13 @@ LATENCY = {
 }
 
 
-def ev(data: Any = None, *, tenant: str = "t1", at: datetime = T0, type_: str = "inference") -> Envelope:
+def ev(data: Any = None, *, tenant: str = "t1", at: datetime = T0, type_: str = "inference", source: str = "src") -> Envelope:
     n = next(_serial)
     return Envelope(
         id=f"e{n}",
         type=type_,
         tenant_id=tenant,
-        source="src",
+        source=source,
         source_id=f"s{n}",
         event_time=at,
         recorded_time=at,
@@ -85,6 +85,17 @@ def test_a_tenants_slo_counts_its_own_events_the_platforms_every_tenants() -> No
     mine, every = compiled(AVAILABILITY, owner="t1"), compiled(AVAILABILITY)
     other = ev({"status": 200}, tenant="t2")
     assert slos.judge(mine, other) is None and slos.judge(every, other) is True
+
+
+def test_the_platforms_api_calls_are_the_apis_own_records_not_a_tenants_events_of_that_type() -> None:
+    """Any tenant could send events of type `api_call` with the status it liked: the platform's SLO
+    over the API's calls counted them, paging for errors that never were, or hiding real ones."""
+    body = {**AVAILABILITY, "event_type": "api_call"}
+    platforms, tenants = compiled(body), compiled(body, owner="t1")
+    recorded = ev({"status": 200}, type_="api_call", source="omni://api")
+    forged = ev({"status": 503}, type_="api_call", source="gw")
+    assert (slos.judge(platforms, recorded), slos.judge(platforms, forged)) == (True, None)
+    assert (slos.judge(tenants, recorded), slos.judge(tenants, forged)) == (True, False), "a tenant's SLO, its own events"
 
 
 def test_bucket_boundary_and_a_late_event() -> None:
