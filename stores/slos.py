@@ -20,8 +20,8 @@ from typing import Any
 
 import orjson
 
-from projections.slos import AlertState, Bucket, GoodTotal, Transition, alert_notice_id
-from schemas.envelope import format_time
+from projections.slos import AlertState, Bucket, GoodTotal, Transition, alert_notice_id, fold_id
+from schemas.envelope import format_time, parse_time
 from schemas.slos import SloBody
 from stores.database import Tx
 
@@ -74,6 +74,23 @@ _LIVE = (
     "SELECT s.owner, s.name, s.version, s.definition, s.updated_at FROM slos s WHERE NOT EXISTS "
     "(SELECT 1 FROM slo_deletions d WHERE d.owner = s.owner AND d.name = s.name AND d.version >= s.version)"
 )
+
+
+def resolve_ended(tx: Tx, owner: str, name: str, ended: int, at: str) -> None:
+    """The SLO's versions up to `ended` end at `at` (a revision to the next, or a deletion): each
+    alert of the live version still firing is resolved then. The version is folded no more, so an
+    incident its alert opened never closed (and a revision fired the same alert again). Nothing
+    when the live version is not among them (an event folded again)."""
+    live = one(tx, owner, name)
+    if live is None or live.version > ended:
+        return
+    slo = fold_id(owner, name, live.version)
+    state = alert_states(tx, [slo])[slo]
+    if state is None or not state.firing:
+        return
+    moment = int(parse_time(at).timestamp())
+    add_alert_notifications(tx, live, slo, [Transition(alert, False, moment, {}) for alert in sorted(state.firing)])
+    set_alert_state(tx, slo, AlertState(state.open, frozenset()))
 
 
 def delete(tx: Tx, owner: str, name: str, version: int, at: str) -> None:

@@ -158,8 +158,10 @@ class CatalogProjector:
                 for slo in slo_view.changes(event):
                     match slo:
                         case slo_view.SloDefined():
+                            slo_store.resolve_ended(tx, slo.owner, slo.name, slo.version - 1, slo.at)
                             slo_store.put(tx, slo.owner, slo.name, slo.version, slo.definition, slo.at)
                         case slo_view.SloDeleted():
+                            slo_store.resolve_ended(tx, slo.owner, slo.name, slo.version, slo.at)
                             slo_store.delete(tx, slo.owner, slo.name, slo.version, slo.at)
                 for gdpr_change in gdpr_view.changes(event):
                     match gdpr_change:

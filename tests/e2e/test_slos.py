@@ -164,6 +164,18 @@ async def test_status_and_history_from_the_log(omni: Omni) -> None:
     await put_slo(omni, key, "large", {k: v for k, v in revised.items() if v is not None}, 200)
     again = await status_of(omni, key, "large")
     assert (again["version"], again["good"], again["total"]) == (2, 8, 8), "503 ms is within 503"
+    # Version 1's alerts were firing: it is folded no more, so they are resolved as it ends (they
+    # stayed open for ever), and so are the admin's when its SLO is deleted.
+    await omni.settle()
+    assert [n[:4] for n in await alerts(key)] == [
+        ("omni.slo.alert_fired", a, "large", "page"),
+        ("omni.slo.alert_fired", a, "large", "ticket"),
+        ("omni.slo.alert_resolved", a, "large", "page"),
+        ("omni.slo.alert_resolved", a, "large", "ticket"),
+    ]
+    assert (await omni.client.delete("/v1/slos/all", headers=omni.auth(ADMIN))).status_code == 204
+    await omni.settle()
+    assert [n[0] for n in await alerts(ADMIN)] == ["omni.slo.alert_fired"] * 2 + ["omni.slo.alert_resolved"] * 2
     uneven = {**params, "from": _text(now - timedelta(minutes=3, seconds=1))}
     assert (await omni.client.get("/v1/slos/large/history", params=uneven, headers=omni.auth(key))).status_code == 422
     assert a
