@@ -209,6 +209,8 @@ def data_problems(data: Any, policy: AdmissionPolicy) -> list[str]:
     except orjson.JSONEncodeError as failure:
         if "recursion" in str(failure).lower():  # beyond orjson's 254 levels
             return [deeper_than("data", policy.max_depth)]
+        if "integer" in str(failure).lower():  # "Integer exceeds 64-bit range"
+            return ["data holds an integer past 64 bits; an event holds integers from -2^63 to 2^63 - 1"]
         return ["data holds text that is not Unicode (a lone surrogate, \\ud800 to \\udfff)"]
     problems = []
     if json_holds_nul(text):

@@ -392,6 +392,12 @@ async def test_consume_data_is_held_to_the_rules_of_events(omni: Omni) -> None:
         response = await omni.client.post("/v1/quotas/tokens/consume", content=body.encode(), headers=headers)
         assert response.status_code == 422, (body[:80], response.text[:300])
         assert response.headers["content-type"] == "application/problem+json"
+    huge = await omni.client.post(
+        "/v1/quotas/tokens/consume",
+        content=b'{"amount": 1, "idempotency_key": "huge", "data": {"n": 1' + b"0" * 30 + b"}}",
+        headers=headers,
+    )
+    assert huge.status_code == 422 and "an integer past 64 bits" in huge.text, huge.text  # it was told "not Unicode"
     assert (await consume(omni, key, "tokens", 2, data={"x": "fine"})).status_code == 200
     await omni.settle()
     assert (await quota(omni, key, "tokens"))["used"] == 2
