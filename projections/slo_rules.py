@@ -11,6 +11,7 @@ definitions in, a rules document (a dict, written as YAML by `omni slo rules`) o
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -37,7 +38,9 @@ def _number(value: Decimal) -> str:
 
 def _selector(spec: SloSpec, **extra: str) -> str:
     labels = {"owner": spec.owner, "slo": spec.name, **extra}
-    return "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
+    # Each value as a PromQL string: a JSON string is one (Go's escapes), so a quote or a backslash
+    # in an owner read from a definitions file cannot end it (promtool refused the rules before).
+    return "{" + ",".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in labels.items()) + "}"
 
 
 def _labels(spec: SloSpec) -> dict[str, str]:

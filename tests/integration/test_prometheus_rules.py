@@ -23,6 +23,21 @@ def test_the_slo_rules_are_generated_from_the_definitions(tmp_path: Path) -> Non
     )
 
 
+def test_an_owner_with_a_quote_or_a_backslash_still_makes_rules_promtool_takes(tmp_path: Path) -> None:
+    """A definitions file's owner went into the rules' selectors as it was: a quote in it ended the
+    PromQL string, and promtool refused the file `omni slo rules` wrote (and said was fine)."""
+    import json
+
+    listed = json.loads((RULES / "slos.json").read_text())
+    odd = [{**slo, "owner": 'team "a" \\ b'} for slo in listed]
+    definitions, out = tmp_path / "slos.json", tmp_path / "odd.rules.yml"
+    definitions.write_text(json.dumps(odd))
+    slo_rules(out=out, definitions=definitions)
+    checked = subprocess.run([promtool(), "check", "rules", str(out)], capture_output=True, text=True, check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert 'owner="team \\"a\\" \\\\ b"' in out.read_text()
+
+
 def test_promtool_checks_the_rules_and_passes_their_unit_tests() -> None:
     files = sorted(RULES.glob("*.rules.yml"))
     assert {f.name for f in files} >= {"platform.rules.yml", "slos.rules.yml"}
