@@ -193,7 +193,12 @@ async def consume(meter: str, body: ConsumeBody, platform: PlatformDep, principa
             429,
             "Quota exceeded",
             f"{meter}: {quantity_json(decision.used)} of {quantity_json(decision.limit or Decimal(0))} used in {outcome.period.label}; "
-            f"{quantity_json(amount)} more would pass the limit.",
+            f"{quantity_json(amount)} more would pass the limit"
+            + (
+                "."
+                if decision.limit is None or amount <= decision.limit
+                else ", and passes the whole limit: no period takes it at once."
+            ),
             kind="quota-exceeded",
             headers={"Retry-After": str(retry_after)},
             members={

@@ -183,6 +183,9 @@ async def test_a_retry_returns_the_first_answer_and_counts_nothing(omni: Omni) -
     assert (await consume(omni, key, "tokens", 60, "req-2")).status_code == 429, "a refusal is the answer too"
     reused = await consume(omni, key, "tokens", 5, "req-1")
     assert reused.status_code == 409, "the same key for another request"
+    whole = await consume(omni, key, "tokens", 101, "req-3")
+    assert whole.status_code == 429 and "passes the whole limit: no period takes it at once" in whole.json()["detail"]
+    assert "whole limit" not in refused.json()["detail"], refused.text
     await omni.settle()
     assert sum(row["value"] for row in await omni.query(key, "tokens")) == 60
 
