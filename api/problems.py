@@ -31,6 +31,9 @@ MEDIA_TYPE = "application/problem+json"
 CLIENT_CLOSED_REQUEST = 499  # never sent (the client is gone); what metrics count such a request as
 
 
+DETAILED_ERRORS = 3  # a validation problem's detail tells the first few of its errors (all are in `errors`)
+
+
 class Problem(Exception):
     """Raise to answer with a problem; `errors` lists per-item reasons. A 422 always lists them: one
     at `location` (where in the request, dotted: `query.from`; the request as a whole by default)
@@ -285,12 +288,16 @@ def install(app: FastAPI) -> None:
         body_error = any(e["location"].startswith("body") for e in errors)
         json_broken = any(e.get("type") == "json_invalid" for e in exc.errors())
         status = 400 if json_broken else 422
+        told = "; ".join(f"{e['location']}: {e['reason']}" for e in errors[:DETAILED_ERRORS])
+        more = len(errors) - DETAILED_ERRORS
+        detail = told + (f"; and {more} more (see errors)" if more > 0 else "")
         await record_refusal(request, f"{status} " + "; ".join(f"{e['location']}: {e['reason']}" for e in errors))
         return problem_response(
             request,
             Problem(
                 status,
                 "Malformed JSON" if json_broken else "Invalid request",
+                detail,
                 kind="invalid-request" if not body_error else "invalid-body",
                 errors=errors,
             ),

@@ -161,7 +161,7 @@ class PlanCommands:
             if plan is None:
                 raise Invalid(
                     f"plan {slug!r} is not defined",
-                    [{"location": "body.plan", "reason": "no such plan"}],
+                    [{"location": "body.plan", "reason": f"plan {slug!r} is not defined"}],
                     title="Invalid plan",
                     kind="invalid-plan",
                 )
