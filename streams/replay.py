@@ -360,6 +360,7 @@ class _Folding:
                 deferred = None if quotas else Deferred()
                 for folder in bulk:
                     folder.deferred = deferred
+                    folder.slos.tenants_only = True  # the platform's SLOs: caught up below, every partition together
                 for consumer, folder in [(c, f) for c, f in self.sources if f in bulk]:
                     starts = await asyncio.to_thread(self._checkpoints, consumer, folder.topic)
                     size = self.chunks.get(consumer, self.batch_size)
@@ -389,6 +390,7 @@ class _Folding:
                 gc.unfreeze()
                 for folder in bulk:
                     folder.deferred = None
+                    folder.slos.tenants_only = False
                 if self._pool is not None:
                     self._pool.shutdown(wait=False, cancel_futures=True)
                     self._pool = None
@@ -602,6 +604,7 @@ async def _fold_shard(job: Shard) -> int:
         db, job.topics, keep_seen=job.keep_seen, seen={}, deferred=deferred, remember=job.remember, topic=job.topic,
         consumer=job.consumer,
     )  # fmt: skip
+    folder.slos.tenants_only = True  # as the replay's own bulk pass (the platform's SLOs are caught up after)
     done = 0
     try:
         async for partition, records in ReadOnlyLog(log, job.until).chunks(job.topic, job.starts, job.size, job.partitions):

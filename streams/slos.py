@@ -51,6 +51,11 @@ class SloFold:
         self._compiled: dict[str, slo_view.CompiledSlo] = {}  # by fold id: a version never changes
         # The SLOs whose series this process exports: (owner, name) -> the version shown.
         self._shown: dict[tuple[str, str], int] = {}
+        # A replay's bulk pass folds one partition after another: a platform SLO (every partition's
+        # events) would find every event of the later partitions late, and its alerts would not be
+        # the live fold's. Then it folds the tenants' SLOs only, and the platform's are left behind
+        # for the catch-up, which walks every partition together (catch_up).
+        self.tenants_only = False
 
     def _compile(self, row: slo_store.SloRow) -> slo_view.CompiledSlo:
         key = slo_view.fold_id(row.owner, row.name, row.version)
@@ -71,6 +76,8 @@ class SloFold:
             return []
         offsets = slo_store.checkpoints(tx, self.topic, partition)
         live = [c for c in map(self._compile, rows) if offsets.get((c.fold_id, partition), 0) == start]
+        if self.tenants_only:
+            live = [c for c in live if c.owner != slo_view.PLATFORM]
         if not live:
             return []
         shown = self._fold(tx, rows, live, (event for _, event in events))
