@@ -82,7 +82,9 @@ def verify(lines: Iterable[bytes], public_key: Ed25519PublicKey) -> Intact | Bro
     final_line = 0
     number = 0
     for number, raw in enumerate(lines, start=1):
-        line = raw.rstrip(b"\r\n")
+        # One line end, LF or CRLF (as read from a file, or converted by a tool): any other byte is
+        # the line's, so a CR more (which rstrip took away too) breaks it like any edit.
+        line = raw.removesuffix(b"\n").removesuffix(b"\r")
         try:
             item = json.loads(line, object_pairs_hook=_no_duplicates)
         except ValueError as unreadable:

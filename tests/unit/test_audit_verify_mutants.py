@@ -200,3 +200,11 @@ def test_an_unreadable_line_is_named_with_what_the_parser_says() -> None:
 def test_lines_read_with_their_line_ends_verify(end: bytes) -> None:
     outcome = verify([line + end for line in LINES], KEY.public_key())
     assert isinstance(outcome, Intact) and (outcome.entries, outcome.checkpoints) == (7, 2)
+
+
+@pytest.mark.parametrize("end", [b"\r\r\n", b"\r\r", b"\n\n", b"\r\n\n"])
+def test_any_byte_more_than_a_line_end_breaks_the_line(end: bytes) -> None:
+    """A CR (or a line end) more on a line was taken away with the line end: the export still
+    verified, though a byte of it had changed."""
+    outcome = verify([*LINES[:4], LINES[4] + end, *(line + b"\n" for line in LINES[5:])], KEY.public_key())
+    assert isinstance(outcome, Broken) and outcome.line == 5, outcome
