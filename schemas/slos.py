@@ -81,7 +81,9 @@ class SloBody(BaseModel):
     latency_property: JsonPath | None = Field(default=None, description="latency: where the latency in ms is")
     # strict: a number, as the schema says (`true` and "200" were taken as 1 and 200)
     threshold_ms: float | None = Field(default=None, gt=0, le=1e12, strict=True, description="latency: good at most this")
-    objective: float = Field(gt=0, lt=100, strict=True, description="Percent of good events, e.g. 99.9")
+    # At least a thousandth of a percent: below the floats' normal range (1e-320) the rules and the
+    # metrics wrote the objective differently (0 against 1e-322).
+    objective: float = Field(ge=0.001, lt=100, strict=True, description="Percent of good events, e.g. 99.9 (0.001 to below 100)")
     window: SloWindow
     description: Text | None = Field(default=None, max_length=1024)
 

@@ -64,6 +64,7 @@ async def test_slos_are_versioned_per_owner_and_refuse_bad_input(omni: Omni) -> 
     for bad in (
         {**LARGE, "objective": 100},
         {**LARGE, "objective": 0},
+        {**LARGE, "objective": 1e-320},  # below the floats' normal range: the rules and the metrics told it apart
         {**LARGE, "window": "14d"},
         {**LARGE, "sli": "latency", "status_property": None, "latency_property": "$.data.ms"},  # no threshold
         {**LARGE, "match": {"data.model": "large"}},  # not a JSON path
