@@ -37,14 +37,28 @@ def _constant_at(document: str) -> int:
     return 0
 
 
+class _NotJson(ValueError):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _refuse(name: str) -> Any:
+    raise _NotJson(name)
+
+
+# One decoder for every call: json.loads with options builds a decoder (and its scanner) each time,
+# 5 µs more per consume than the decode itself.
+_DECODER = json.JSONDecoder(parse_float=Decimal, parse_constant=_refuse)
+
+
 def loads_exact(body: bytes | str) -> Any:
     """`json.loads`, with fractions as Decimals and NaN, Infinity and -Infinity refused."""
-
-    def refuse(name: str) -> Any:
-        document = body if isinstance(body, str) else body.decode("utf-8", "replace")
-        raise json.JSONDecodeError(f"{name} is not a JSON number", document, _constant_at(document))
-
-    return json.loads(body, parse_float=Decimal, parse_constant=refuse)
+    document = body if isinstance(body, str) else body.decode(json.detect_encoding(body), "surrogatepass")
+    try:
+        return _DECODER.decode(document)
+    except _NotJson as constant:
+        raise json.JSONDecodeError(f"{constant.name} is not a JSON number", document, _constant_at(document)) from None
 
 
 class ExactJsonRequest(Request):
