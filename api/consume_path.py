@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from fastapi import FastAPI
 from opentelemetry.trace import StatusCode
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import Scope
 
@@ -132,7 +133,8 @@ class ConsumePath:
             state["traceparent"] = traceparent
             state["trace_id"] = format(span.get_span_context().trace_id, "032x")
             try:
-                result = await quotas.consume(claim.meter, body, self.platform, claim.principal)
+                extra = Response()  # what the route adds to a 200 (Idempotent-Replayed on a retry)
+                result = await quotas.consume(claim.meter, body, self.platform, claim.principal, extra)
             except Exception as failure:  # noqa: BLE001 - answered by the app's handler for it, as on the ASGI path
                 handler = app_handler(self.app, failure)
                 if handler is None:  # unexpected: the catch-all, as the ASGI path's outermost layer applies it
@@ -147,6 +149,7 @@ class ConsumePath:
             else:
                 content = result.model_dump_json().encode()
                 status, headers = 200, [(b"content-length", str(len(content)).encode()), (b"content-type", JSON)]
+                headers += [h for h in extra.raw_headers if h[0] != b"content-length"]
             if span.is_recording():
                 span.set_attribute("http.response.status_code", status)
             tracing.named(span, "POST", self.template)

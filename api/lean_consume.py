@@ -105,7 +105,8 @@ class LeanConsume:
         scope.update(child)  # as the router does: the route (which names the span), its endpoint and path parameters
         platform = self.fastapi_app.state.platform
         try:
-            result = await quotas.consume(child["path_params"]["meter"], parsed, platform, principal)
+            extra = Response()  # what the route adds to a 200 (Idempotent-Replayed on a retry)
+            result = await quotas.consume(child["path_params"]["meter"], parsed, platform, principal, extra)
         except Exception as failure:
             handler = app_handler(self.fastapi_app, failure)
             if handler is None:
@@ -116,6 +117,7 @@ class LeanConsume:
         # What Starlette's Response(body, media_type="application/json") sends, without building one.
         body = result.model_dump_json().encode()
         headers = [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
+        headers += [h for h in extra.raw_headers if h[0] != b"content-length"]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import uuid_utils
 from anyio import from_thread
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from starlette.concurrency import run_in_threadpool
 
 from api import as_of, tracing
@@ -66,6 +66,7 @@ from streams.projectors import CATALOG_APPLIED
 from streams.quota_ledger import ConsumeOutcome, ConsumeRequest, QuotaLedger, consume_fingerprint
 from streams.replay import meters_as_of
 
+REPLAYED = "Idempotent-Replayed"  # as api/idempotency.py answers every POST's replay
 router = APIRouter(prefix="/v1", tags=["quotas"], route_class=ExactJsonRoute)
 
 
@@ -115,11 +116,15 @@ def _z(moment: datetime) -> str:
     response_model=ConsumeResult,
     responses={403: {}, 404: {}, 409: {}, 422: {}, 429: {}, 503: {}},
 )
-async def consume(meter: str, body: ConsumeBody, platform: PlatformDep, principal: TenantDep) -> ConsumeResult:
+async def consume(
+    meter: str, body: ConsumeBody, platform: PlatformDep, principal: TenantDep, response: Response
+) -> ConsumeResult:
     """Check and record usage before serving a request: the usage is on the log (an event of the
     meter's type, whose id is the idempotency key) when the answer is 200. A hard limit refuses
     with 429 what would pass it; a retry with the same idempotency key returns the first answer and
-    counts nothing."""
+    counts nothing, with `Idempotent-Replayed: true` (as every POST's replay), so a gateway can
+    tell a consume counted now from one counted before. `response`: where that header is set (the
+    paths that answer consume themselves, api/consume_path.py and api/lean_consume.py, pass one)."""
     ledger = _ledger(platform)
     tenant_id = principal.tenant_id or ""
 
@@ -187,6 +192,7 @@ async def consume(meter: str, body: ConsumeBody, platform: PlatformDep, principa
             kind="idempotency-key-reused",
         )
     decision = outcome.decision
+    replayed = {REPLAYED: "true"} if outcome.replayed else {}
     if not decision.accepted:
         retry_after = max(1, math.ceil((outcome.period.end - now).total_seconds()))
         raise Problem(
@@ -200,7 +206,7 @@ async def consume(meter: str, body: ConsumeBody, platform: PlatformDep, principa
                 else ", and passes the whole limit: no period takes it at once."
             ),
             kind="quota-exceeded",
-            headers={"Retry-After": str(retry_after)},
+            headers={"Retry-After": str(retry_after), **replayed},
             members={
                 "meter": meter,
                 "limit": quantity_json(decision.limit or Decimal(0)),
@@ -209,6 +215,7 @@ async def consume(meter: str, body: ConsumeBody, platform: PlatformDep, principa
                 "period_end": _z(outcome.period.end),
             },
         )
+    response.headers.update(replayed)
     return ConsumeResult(
         used=quantity_json(decision.used),
         remaining=quantity_json(decision.remaining) if decision.remaining is not None else None,

@@ -46,8 +46,15 @@ def through_fastapi(omni: Omni) -> Iterator[None]:
 
 
 def shown(response: httpx.Response) -> tuple[int, dict[str, str], bytes]:
-    headers = {k: v for k, v in response.headers.items() if k not in ("date", "traceparent", "retry-after")}
+    """What the two paths must agree on; `idempotent-replayed` apart (`both` sends a request, then
+    the same again: the second is the replay), checked on its own."""
+    left_out = ("date", "traceparent", "retry-after", "idempotent-replayed")
+    headers = {k: v for k, v in response.headers.items() if k not in left_out}
     return response.status_code, headers, response.content
+
+
+def first_then_replayed(first: httpx.Response, replay: httpx.Response) -> bool:
+    return "idempotent-replayed" not in first.headers and replay.headers.get("idempotent-replayed") == "true"
 
 
 async def post(omni: Omni, key: str, meter: str, body: Any, **headers: str) -> httpx.Response:
@@ -75,17 +82,19 @@ async def test_every_outcome_is_answered_as_fastapi_answers_it(omni: Omni) -> No
     first = {"amount": 4, "idempotency_key": "k-1", "subject": "s", "data": {"model": "m"}}
     lean, routed = await both(omni, key, "tokens", first)
     assert lean.status_code == 200, lean.text
-    assert shown(lean) == shown(routed)
+    assert shown(lean) == shown(routed) and first_then_replayed(lean, routed)
     assert lean.headers["content-type"] == "application/json" and lean.headers["cache-control"] == "no-store"
     with through_fastapi(omni):
         second = await post(omni, key, "tokens", {"amount": 5, "idempotency_key": "k-2"})
     assert second.status_code == 200, second.text
-    assert shown(await post(omni, key, "tokens", {"amount": 5, "idempotency_key": "k-2"})) == shown(second)
+    replayed = await post(omni, key, "tokens", {"amount": 5, "idempotency_key": "k-2"})
+    assert shown(replayed) == shown(second) and first_then_replayed(second, replayed)
 
     # Refused (429), and its replay; a key reused for another amount (409).
     lean, routed = await both(omni, key, "tokens", {"amount": 2, "idempotency_key": "k-3"})
     assert lean.status_code == 429, lean.text
     assert shown(lean) == shown(routed) and lean.headers["retry-after"] and routed.headers["retry-after"]
+    assert first_then_replayed(lean, routed)
     lean, routed = await both(omni, key, "tokens", {"amount": 3, "idempotency_key": "k-1"})
     assert lean.status_code == 409 and shown(lean) == shown(routed)
 

@@ -178,9 +178,13 @@ async def test_a_retry_returns_the_first_answer_and_counts_nothing(omni: Omni) -
     again = await consume(omni, key, "tokens", 60, "req-1")
     assert first.status_code == again.status_code == 200
     assert first.json() == again.json()
+    # Told apart as every POST's replay is: a gateway knows a consume counted now from one before.
+    assert ("idempotent-replayed" not in first.headers, again.headers.get("idempotent-replayed")) == (True, "true")
     refused = await consume(omni, key, "tokens", 60, "req-2")
-    assert refused.status_code == 429
-    assert (await consume(omni, key, "tokens", 60, "req-2")).status_code == 429, "a refusal is the answer too"
+    assert refused.status_code == 429 and "idempotent-replayed" not in refused.headers
+    refused_again = await consume(omni, key, "tokens", 60, "req-2")
+    assert refused_again.status_code == 429, "a refusal is the answer too"
+    assert refused_again.headers.get("idempotent-replayed") == "true"
     reused = await consume(omni, key, "tokens", 5, "req-1")
     assert reused.status_code == 409, "the same key for another request"
     whole = await consume(omni, key, "tokens", 101, "req-3")
