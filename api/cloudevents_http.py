@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import unquote
@@ -80,6 +81,9 @@ def binary_id(sent: Iterable[tuple[str, str]]) -> str | None:
         return None
 
 
+_STRAY_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
 def _attribute(header: str, value: str) -> str:
     """A header's attribute value, percent-decoded (the binding, 3.1.3.2): header values are printable
     ASCII, and percent-encoded bytes must be UTF-8 ("encoded byte sequences which are invalid in
@@ -90,6 +94,8 @@ def _attribute(header: str, value: str) -> str:
         raise Unreadable(f"header {header} names no attribute in binary mode: {_NOT_ATTRIBUTES[name]}")
     if not value.isascii():
         raise Unreadable(f"header {header} holds characters outside ASCII: percent-encode its UTF-8 bytes (%C3%A9 for é)")
+    if _STRAY_PERCENT.search(value):  # "a%" and "a%25" both read as "a%": two ids would be one
+        raise Unreadable(f"header {header} holds a % that begins no percent-encoded byte: send a % as %25")
     try:
         return unquote(value, errors="strict")
     except UnicodeDecodeError:

@@ -6,7 +6,9 @@ minutes late, and their consumes wait behind its batches (a walkthrough measured
 from 31 ms to 680 ms). So each tenant has a token bucket per API process: `rate` events a second,
 holding at most one second of them, and never less than a batch (so any batch the API takes can
 pass once the bucket is full). A batch that finds too few tokens is refused whole with 429 and
-`Retry-After` (the seconds until it would pass), nothing of it recorded: the sender retries it as is.
+`Retry-After` (the seconds until it would pass; 1 when the bucket is empty before the batch is
+read), nothing of it recorded: the sender retries it as is. A batch the log then refuses (503)
+gives its events back.
 
 Pure: the clock is given. Not shared between processes: N API processes take N times the rate.
 """
@@ -52,6 +54,11 @@ class IngestRates:
             bucket.tokens -= events
             return 0
         return max(1, math.ceil((events - bucket.tokens) / self.per_second))
+
+    def give_back(self, tenant_id: str, events: int) -> None:
+        """Events taken but never recorded (the log was away: 503): a retry of them is not charged twice."""
+        if self.per_second > 0 and (bucket := self._buckets.get(tenant_id)) is not None:
+            bucket.tokens = min(self.capacity, bucket.tokens + events)
 
     def empty(self, tenant_id: str) -> bool:
         """No event at all may be sent now: refused before the body is read for its events."""

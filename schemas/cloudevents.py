@@ -37,7 +37,10 @@ SUBJECT_MAX_LENGTH = 256
 # A CloudEvent's `type`: any text of 1 to this many characters without NUL (admission refuses NUL in
 # any text). Meters and data classes take every type admission takes (`admissible_type`).
 TYPE_MAX_LENGTH = 256
-RFC_3339_REASON = "must be an RFC 3339 timestamp as text, such as 2024-05-01T12:00:00Z (a number is not taken)"
+RFC_3339_REASON = (
+    "must be an RFC 3339 timestamp as text, with its offset: 2024-05-01T12:00:00Z or 2024-05-01T14:00:00+02:00 "
+    "(a number, or a time without Z or an offset, is not taken)"
+)
 
 
 def _rfc_3339_text(source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:

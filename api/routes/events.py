@@ -209,6 +209,7 @@ async def ingest_events(request: Request, platform: PlatformDep, principal: Tena
         try:
             accepted = await platform.sink.ingest(envelopes, [expires_at(e, policy) for e in envelopes], admitted.values)
         except LogUnavailable:
+            rates.give_back(tenant_id, len(envelopes))  # nothing recorded: its retry is not charged twice
             metrics.LOG_UNAVAILABLE.inc()
             raise
         send.set_attribute("messaging.batch.message_count", len(envelopes))

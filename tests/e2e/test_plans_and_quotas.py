@@ -411,10 +411,22 @@ async def test_consume_data_is_held_to_the_rules_of_events(omni: Omni) -> None:
     assert sum(row["value"] for row in await omni.query(key, "tokens")) == 2, "the quota and the meter agree"
 
 
+async def test_a_fact_finer_than_a_milli_unit_never_lets_a_consume_pass_the_limit(omni: Omni) -> None:
+    """Kafka mode's hot counters count milli-units: a fact of 99.9994 was counted as 99.999 (half to
+    even), and a consume of 0.001 was taken, passing the limit of 100 by 0.0004. Counted up, it is
+    refused, as the exact sum refuses it in embedded mode."""
+    _, key = await on_a_tokens_plan(omni, 100, "DAY")
+    assert (await omni.send(key, [cloud_event("fine", data={"tokens": "99.9994"})])).status_code == 202
+    await omni.settle()
+    assert (await consume(omni, key, "tokens", 0.001)).status_code == 429
+    await omni.settle()
+    assert sum(row["value"] for row in await omni.query(key, "tokens")) == Decimal("99.9994")
+
+
 async def test_a_quota_has_access_while_the_least_consume_would_be_taken(omni: Omni) -> None:
     """A fact of finer grain than a consume's (a milli-unit) can leave less than one: `has_access`
     said true while every consume was refused. (Kafka mode's hot counters count milli-units: there
-    such a fact is rounded, README "Quotas", so the views' exact remainder is the embedded runner's.)"""
+    such a fact is rounded up, README "Quotas", so the exact remainder is the embedded runner's.)"""
     if omni.platform.settings.mode is not Mode.EMBEDDED:
         pytest.skip("the hot counters in Redis count whole milli-units")
     tenant_id, key = await on_a_tokens_plan(omni, 20, "DAY")

@@ -83,8 +83,11 @@ def test_data_no_meter_could_read_is_refused_with_the_reason(media: str, body: b
         ("ce-data_base64", "eyJ0b2tlbnMiOiA5OX0=", "the data is the body"),  # it was the data metered
         ("ce-data", '{"tokens": 99}', "the data is the body"),
         ("ce-datacontenttype", "application/json", "Content-Type carries it"),
+        ("ce-subject", "%ZZ", "begins no percent-encoded byte"),  # it was kept as "%ZZ"
+        ("ce-id", "a%", "begins no percent-encoded byte"),  # "a%" and "a%25" were one id
+        ("ce-id", "a%2", "begins no percent-encoded byte"),
     ],
-    ids=["truncated", "overlong", "surrogate", "raw-utf8", "data_base64", "data", "datacontenttype"],
+    ids=["truncated", "overlong", "surrogate", "raw-utf8", "data_base64", "data", "datacontenttype", "zz", "trailing", "half"],
 )
 def test_headers_the_binding_does_not_allow_are_refused(header: str, value: str, reason: str) -> None:
     """CloudEvents HTTP binding 1.0.2, 3.1.3.2: header values are printable US-ASCII, decoded by one

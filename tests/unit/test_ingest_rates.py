@@ -42,3 +42,12 @@ def test_a_rate_below_a_batch_still_lets_a_batch_through_and_tells_the_wait() ->
 def test_no_limit() -> None:
     rates = IngestRates(0, batch=1000, clock=Clock())
     assert all(rates.wait_for("a", 1000) == 0 for _ in range(100)) and not rates.empty("a")
+
+
+def test_events_the_log_refused_are_given_back() -> None:
+    rates = IngestRates(1000, batch=1000, clock=Clock())
+    assert rates.wait_for("a", 1000) == 0 and rates.wait_for("a", 1000) == 1
+    rates.give_back("a", 1000)  # the log was away: nothing of the batch was recorded
+    assert rates.wait_for("a", 1000) == 0
+    rates.give_back("a", 5000)
+    assert rates.wait_for("a", 1000) == 0 and rates.wait_for("a", 1) == 1, "never more than the bucket holds"
