@@ -58,12 +58,12 @@ def event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
 # --no-loadscope-reorder`), so a long file collected late would run on alone after the others end.
 # A file missing here only starts in its usual place.
 LONGEST_FILES = (
+    "tests/integration/test_parity.py",  # 181 (one test: 2026-12-07 on a slow day)
     "tests/integration/test_crash_points_kafka.py",  # 170
     "tests/e2e/test_openapi_conformance.py",  # 120
+    "tests/e2e/test_openapi_conformance_tenant.py",  # 110
     "tests/integration/test_faust_worker.py",  # 107
     "tests/integration/test_start_while_services_are_away.py",  # 102
-    "tests/integration/test_parity.py",  # 95
-    "tests/e2e/test_openapi_conformance_tenant.py",  # 80
     "tests/e2e/test_crash_points.py",  # 75
     "tests/e2e/test_openapi_fuzz.py",  # 65
     "tests/integration/test_broker_outage.py",  # 46
