@@ -18,7 +18,9 @@ first line that breaks, and why:
 
 What no offline check can see: a tail cut off together with the final checkpoint of an *older*
 export of the same chain, which is what that older export was. A verifier who kept a later
-checkpoint compares lengths.
+checkpoint compares lengths. Nor a periodic checkpoint's line taken out: the entries and the final
+checkpoint still verify; `Intact.checkpoints` counts those found, for a verifier who knows the
+deployment's interval (the export does not carry it).
 """
 
 from __future__ import annotations
