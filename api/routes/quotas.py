@@ -134,9 +134,9 @@ async def consume(
         raise NotFound(f"meter {meter!r} not found")
     quota = catalog.quotas.get(meter)
     if not is_additive(definition):
-        raise Problem(
+        raise Problem(  # one title per problem type (RFC 9457, 3.1.3), as the plan routes' invalid-quota
             422,
-            "Not an additive meter",
+            "Invalid quota",
             f"meter {meter!r} aggregates {definition.aggregation.value}: only SUM and COUNT meters have quotas.",
             kind="invalid-quota",
             location="path.meter",
@@ -161,7 +161,7 @@ async def consume(
     try:
         data = consume_event_data(definition, amount, body.data)
     except ValueError as unusable:
-        raise Problem(422, "Meter cannot be consumed", str(unusable), kind="invalid-quota", location="path.meter") from None
+        raise Problem(422, "Invalid quota", str(unusable), kind="invalid-quota", location="path.meter") from None
     # The usage event is held to the rules of a client's events (POST /v1/events): what the views
     # cannot store would be dead-lettered by the meters after consume counted it.
     if problems := data_problems(data, platform.policy):
