@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,23 @@ async def two_tenants_on_a_plan(omni: Omni) -> tuple[tuple[str, str], tuple[str,
     for tenant_id, _ in (a, b):
         await on_plan(omni, tenant_id, "pro")
     return a, b
+
+
+async def test_a_refusal_of_a_period_that_has_ended_is_no_answer_to_a_suspended_tenant(omni: Omni) -> None:
+    """A kept refusal is an answer within its period only (README, Quotas): past it, a suspended
+    tenant's retry got the old 429 with `Retry-After: 1` again and again, where 403 is the answer."""
+    await omni.meter(**TOKENS)
+    await put_plan(omni, "pro", {"meter": "tokens", "limit": 10, "period": "DAY"}, status=201)
+    tenant_id, key = await omni.tenant("late")
+    await on_plan(omni, tenant_id, "pro")
+    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    omni.platform.clock = lambda: midnight - timedelta(microseconds=1)
+    assert (await consume(omni, key, "tokens", 11, "big")).status_code == 429
+    assert (await suspend(omni, tenant_id)).status_code == 200
+    assert (await consume(omni, key, "tokens", 11, "big")).status_code == 429, "within its day, the kept refusal"
+    omni.platform.clock = lambda: midnight
+    late = await consume(omni, key, "tokens", 11, "big")
+    assert late.status_code == 403 and late.json()["type"].endswith("tenant-suspended"), late.text
 
 
 async def test_a_suspended_tenant_consumes_nothing_until_it_is_resumed(omni: Omni) -> None:
