@@ -47,9 +47,16 @@ def _refuse(name: str) -> Any:
     raise _NotJson(name)
 
 
+def _fraction(text: str) -> Decimal:
+    try:
+        return Decimal(text)
+    except ArithmeticError:  # an exponent past what a decimal holds (1e-999999999999999999999): a 500 before
+        raise _NotJson(text[:40] + ("..." if len(text) > 40 else "")) from None
+
+
 # One decoder for every call: json.loads with options builds a decoder (and its scanner) each time,
 # 5 µs more per consume than the decode itself.
-_DECODER = json.JSONDecoder(parse_float=Decimal, parse_constant=_refuse)
+_DECODER = json.JSONDecoder(parse_float=_fraction, parse_constant=_refuse)
 
 
 def loads_exact(body: bytes | str) -> Any:
@@ -58,7 +65,12 @@ def loads_exact(body: bytes | str) -> Any:
     try:
         return _DECODER.decode(document)
     except _NotJson as constant:
-        raise json.JSONDecodeError(f"{constant.name} is not a JSON number", document, _constant_at(document)) from None
+        where = (
+            _constant_at(document)
+            if constant.name in ("NaN", "Infinity", "-Infinity")
+            else max(0, document.find(constant.name.removesuffix("...")))
+        )
+        raise json.JSONDecodeError(f"{constant.name} is not a JSON number Omni can read", document, where) from None
 
 
 class ExactJsonRequest(Request):

@@ -86,7 +86,7 @@ def verify(lines: Iterable[bytes], public_key: Ed25519PublicKey) -> Intact | Bro
     for number, raw in enumerate(lines, start=1):
         # One line end, LF or CRLF (as read from a file, or converted by a tool): any other byte is
         # the line's, so a CR more (which rstrip took away too) breaks it like any edit.
-        line = raw.removesuffix(b"\n").removesuffix(b"\r")
+        line = raw[:-2] if raw.endswith(b"\r\n") else raw.removesuffix(b"\n")
         try:
             item = json.loads(line, object_pairs_hook=_no_duplicates)
         except ValueError as unreadable:

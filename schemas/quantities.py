@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from decimal import Decimal
 from typing import Any
 
@@ -59,7 +60,10 @@ def floats_of_decimals(value: Any) -> Any:
     as floats, as `json.loads` reads them: for values kept as they came, which the log's encoder
     writes (it refuses Decimals)."""
     if isinstance(value, Decimal):
-        return float(value)
+        number = float(value)
+        if not math.isfinite(number):  # 1e400: it was taken and written to the log as null
+            raise ValueError(f"{value} is past what a JSON number holds (a double: about 1.8e308)")
+        return number
     if isinstance(value, dict):
         return {key: floats_of_decimals(item) for key, item in value.items()}
     if isinstance(value, list):

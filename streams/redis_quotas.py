@@ -52,7 +52,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 
 import redis
 import redis.asyncio as aioredis
@@ -100,16 +100,11 @@ GENERATION_FIELD = "generation"
 
 
 def milli(amount: Decimal) -> int:
-    """An amount in milli-units, rounded half to even: a consume's amount or a limit (whole milli-units)."""
+    """An amount in milli-units, rounded half to even: a consume's amount and a limit are whole
+    milli-units; a batch of facts finer than that is rounded, by under half a milli-unit either way.
+    (Rounded up instead, the errors of every batch added up, all one way: a counter of fine-grained
+    costs grew by up to a milli-unit a batch until the next rebuild, refusing more and more early.)"""
     return int(EXACT.multiply(amount, MILLI).to_integral_value(rounding=ROUND_HALF_EVEN))
-
-
-def milli_up(amount: Decimal) -> int:
-    """Facts counted in milli-units: rounded up (towards +infinity), for facts may have finer grain
-    than a milli-unit. A counter so never holds less than the exact usage, and a hard limit refuses
-    up to a milli-unit early for each such batch, never late (rounded half to even, 0.0004 more
-    counted nothing, and a consume could pass the limit by it)."""
-    return int(EXACT.multiply(amount, MILLI).to_integral_value(rounding=ROUND_CEILING))
 
 
 # A counter saturates at this many milli-units either way (about 9 x 10^12 units, past any limit:
@@ -520,7 +515,7 @@ class RedisQuotaLedger:
                 renewing.cancel()
             pipe = self.redis.pipeline(transaction=False)
             for (tenant_id, meter, period), amount in counters.items():
-                pipe.hset(self.keys.counters(epoch, tenant_id), f"{meter}|{period}", saturated(milli_up(amount)))
+                pipe.hset(self.keys.counters(epoch, tenant_id), f"{meter}|{period}", saturated(milli(amount)))
             for mark_field, end in marks.items():
                 pipe.hset(self.keys.marks(epoch), mark_field, end)
             pipe.set(self.keys.format, FORMAT)
@@ -682,7 +677,7 @@ class RedisFactLedger:
             for _ in range(10):
                 args: list[object] = [self.keys.prefix, mark_field, start, counted_from, end, generation]
                 for (tenant_id, meter, period), amount in counted(counted_from).items():
-                    args += [tenant_id, f"{meter}|{period}", saturated(milli_up(amount))]
+                    args += [tenant_id, f"{meter}|{period}", saturated(milli(amount))]
                 reply = self._add(keys=[self.keys.built, self.keys.lock], args=args)
                 kind = _text(reply[0])
                 if kind == "moved":
@@ -720,7 +715,7 @@ class RedisFactLedger:
                 args: list[object] = [self.keys.prefix, mark_field, tail_field, consumed_field, start, counted_from]
                 args += [tail_from, consumed_from, end, generation]
                 for (tenant_id, slug, period), amount in counted(counted_from, tail_from, consumed_from).items():
-                    args += [tenant_id, f"{slug}|{period}", saturated(milli_up(amount))]
+                    args += [tenant_id, f"{slug}|{period}", saturated(milli(amount))]
                 reply = self._catch_up(keys=[self.keys.built, self.keys.lock], args=args)
                 kind = _text(reply[0])
                 if kind == "moved":

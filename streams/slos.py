@@ -104,7 +104,14 @@ class SloFold:
         if judged:
             by_id = {slo_view.fold_id(r.owner, r.name, r.version): r for r in rows}
             states = slo_store.alert_states(tx, sorted(judged))
+            # Read again under the alerts' locks: a revision or deletion committed since `rows` were
+            # read has resolved the ended version's alerts (stores.slos.resolve_ended, which takes
+            # the same locks), and the ended version must not fire again (PostgreSQL reads each
+            # statement's committed rows; SQLite's writes come one at a time).
+            live_now = {slo_view.fold_id(r.owner, r.name, r.version) for r in slo_store.definitions(tx)}
             for slo, seen in sorted(judged.items()):
+                if slo not in live_now:
+                    continue
                 state, row = states[slo], by_id[slo]
                 if state is not None and max(run[0] for run in seen) <= state.open:
                     before: dict[int, slo_view.GoodTotal] = {}  # no minute completes: nothing is evaluated

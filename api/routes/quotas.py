@@ -308,7 +308,7 @@ async def _kept_while_suspended(
         kept = await ledger.kept(tenant_id, body.idempotency_key, consume_fingerprint(meter, amount, body.subject), now)
     except LogUnavailable:
         kept = None
-    if kept is not None and not kept.decision.accepted and not kept.conflict and now >= kept.period.end:
+    if kept is not None and not (kept.decision.accepted or kept.conflict or kept.in_progress) and now >= kept.period.end:
         kept = None  # a refusal of a period that has ended answers no retry (QuotaLedger.consume): the 403 does
     if kept is None:
         metrics.labelled(metrics.QUOTA_DECISIONS, "suspended").inc()
