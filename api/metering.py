@@ -36,8 +36,6 @@ from streams.log import EventLog, outgoing
 
 log = logging.getLogger(__name__)
 
-API_CALL, SOURCE = API_CALL_TYPE, API_CALL_SOURCE
-
 
 class ApiCallRecorder:
     def __init__(self, log_: EventLog, *, capacity: int = 50_000, every: float = 0.2) -> None:
@@ -138,9 +136,9 @@ def record_call(
     recorder.record(
         Envelope(
             id=request_id,
-            type=API_CALL,
+            type=API_CALL_TYPE,
             tenant_id=tenant or PLATFORM,
-            source=SOURCE,
+            source=API_CALL_SOURCE,
             source_id=request_id,
             subject=principal.key_id,
             event_time=now,
