@@ -23,7 +23,8 @@ from decimal import Decimal
 from typing import Any
 
 from fastapi import Request, Response
-from fastapi.routing import APIRoute
+
+from api.roles import RoleFirstRoute
 
 # A JSON string (skipped whole, so a constant's name inside one is not taken), or a constant.
 _CONSTANT = re.compile(r'"(?:[^"\\]|\\.)*"|(NaN|-?Infinity)')
@@ -80,8 +81,8 @@ class ExactJsonRequest(Request):
         return self._json
 
 
-class ExactJsonRoute(APIRoute):
-    """A route whose JSON body is read by `loads_exact`."""
+class ExactJsonRoute(RoleFirstRoute):
+    """A route whose JSON body is read by `loads_exact` (and its caller's role checked first)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()

@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import CallerDep, PlatformDep, acting_tenant
 from api.problems import Problem
+from api.roles import RoleFirstRoute
 from commands.errors import NotFound
 from omni.audit_keys import public_pem
 from omni.bootstrap import ADMIN, Platform
@@ -23,7 +24,7 @@ from schemas.cloudevents import Rfc3339Time
 from schemas.envelope import format_time
 from stores import audit as audit_store
 
-router = APIRouter(prefix="/v1", tags=["audit"])
+router = APIRouter(prefix="/v1", tags=["audit"], route_class=RoleFirstRoute)
 
 JSON_LINES = "application/jsonl"
 PEM = "application/x-pem-file"

@@ -29,6 +29,7 @@ from api.cloudevents_http import Unreadable, binary_id, from_binary, is_binary_m
 from api.deps import PlatformDep, TenantDep
 from api.ingest_rates import IngestRates
 from api.problems import Problem
+from api.roles import RoleFirstRoute
 from commands.errors import Invalid
 from commands.ingest import Admitted, TooLarge, admit_encoded, expires_at
 from omni import failpoints, metrics
@@ -39,7 +40,7 @@ from schemas.envelope import Actor
 from schemas.text import json_holds_nul
 from streams.log import LogUnavailable
 
-router = APIRouter(prefix="/v1", tags=["events"])
+router = APIRouter(prefix="/v1", tags=["events"], route_class=RoleFirstRoute)
 
 _SINGLE = {STRUCTURED, "application/json"}
 OFF_LOOP_BYTES = 256 * 1024  # bodies larger than this are admitted in a worker thread, event by event

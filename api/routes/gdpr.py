@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import AdminDep, CallerDep, PlatformDep, acting_tenant, command_context
 from api.problems import Problem
 from api.relaying import run_command
+from api.roles import RoleFirstRoute
 from commands.control_plane import PLATFORM, Principal
 from commands.errors import NotFound
 from omni.personal_data import SEALED_DOCUMENT, document_associated_data
@@ -40,7 +41,7 @@ from schemas.text import NO_NUL_PATTERN
 from stores import gdpr as gdpr_store
 from stores import views
 
-router = APIRouter(prefix="/v1", tags=["gdpr"])
+router = APIRouter(prefix="/v1", tags=["gdpr"], route_class=RoleFirstRoute)
 
 EXPORTING = {RequestKind.ACCESS.value, RequestKind.PORTABILITY.value}
 SubjectsOf = Annotated[

@@ -14,10 +14,11 @@ from starlette.responses import JSONResponse, Response
 
 from api.deps import PlatformDep
 from api.problems import Problem
+from api.roles import RoleFirstRoute
 from omni.settings import Mode
 from streams.redis_dedupe import RedisDedupedSink
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=RoleFirstRoute)
 CHECK_SECONDS = 3.0  # the longest /readyz waits for one service's answer (they are asked at once)
 
 

@@ -13,6 +13,7 @@ from api import as_of, invoice_page
 from api.deps import AdminDep, CallerDep, PlatformDep, command_context, named_tenant
 from api.problems import Problem, time_and_id_cursor
 from api.relaying import run_command
+from api.roles import RoleFirstRoute
 from commands.billing import PAID, UNCOLLECTIBLE, VOID, without_held
 from commands.errors import NotFound
 from omni import metrics
@@ -35,7 +36,7 @@ from schemas.envelope import format_time
 from stores import billing as billing_store
 from stores import views
 
-router = APIRouter(prefix="/v1", tags=["invoices"])
+router = APIRouter(prefix="/v1", tags=["invoices"], route_class=RoleFirstRoute)
 
 
 def _public(row: billing_store.InvoiceRow) -> InvoicePublic:

@@ -19,6 +19,7 @@ from api.deps import AdminDep, CallerDep, PlatformDep, TenantDep, command_contex
 from api.meter_watch import EVENT_STREAM, MeterWatches, WatchFull
 from api.problems import ExactJSONResponse, Problem
 from api.relaying import run_command
+from api.roles import RoleFirstRoute
 from commands.errors import NotFound
 from omni import metrics
 from omni.bootstrap import Platform
@@ -30,7 +31,7 @@ from stores import views
 from stores.database import Tx
 from streams.replay import meter_as_of
 
-router = APIRouter(prefix="/v1/meters", tags=["meters"])
+router = APIRouter(prefix="/v1/meters", tags=["meters"], route_class=RoleFirstRoute)
 
 
 @router.post("", status_code=201, response_model=MeterDefinition)

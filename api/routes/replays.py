@@ -8,13 +8,14 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import AdminDep, PlatformDep, command_context
 from api.problems import Problem
 from api.relaying import run_command
+from api.roles import RoleFirstRoute
 from commands.errors import NotFound
 from schemas.replays import ReplayCreate, ReplayJob, ReplayProgress
 from stores import replays as store
 from stores.shadow import UnknownProjection
 from streams.replay import Mode
 
-router = APIRouter(prefix="/v1/admin/replays", tags=["replays"])
+router = APIRouter(prefix="/v1/admin/replays", tags=["replays"], route_class=RoleFirstRoute)
 ACTION = "replay.start"
 
 

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from api.deps import CallerDep, PlatformDep, command_context, whole_minute
 from api.problems import Problem
 from api.relaying import run_command
+from api.roles import RoleFirstRoute
 from commands.control_plane import Principal
 from commands.errors import NotFound
 from commands.slos import PLATFORM
@@ -33,7 +34,7 @@ from schemas.slos import (
 )
 from stores import slos as slo_store
 
-router = APIRouter(prefix="/v1/slos", tags=["slos"])
+router = APIRouter(prefix="/v1/slos", tags=["slos"], route_class=RoleFirstRoute)
 
 NAME = re.compile(r"[a-z0-9][a-z0-9_\-]{0,62}")  # schemas.slos.SLO_NAME_PATTERN
 MAX_HISTORY_POINTS = 10_000

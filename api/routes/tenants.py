@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Request, Response
 from api.deps import AdminDep, CallerDep, PlatformDep, command_context
 from api.problems import invalid_cursor
 from api.relaying import run_command
+from api.roles import RoleFirstRoute
 from commands.control_plane import Tenant
 from commands.errors import NotFound
 from omni.bootstrap import Platform
@@ -20,7 +21,7 @@ from schemas.suspensions import SuspendBody, TenantStatus
 from stores import suspensions, views
 from stores.suspensions import Suspension
 
-router = APIRouter(prefix="/v1", tags=["tenants"])
+router = APIRouter(prefix="/v1", tags=["tenants"], route_class=RoleFirstRoute)
 
 KEY_ID = re.compile(r"[0-9a-f]{1,64}")  # commands.control_plane._new_key: hex
 

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Query, Request, Response
 from api.deps import CallerDep, PlatformDep, command_context
 from api.problems import Problem, invalid_cursor
 from api.relaying import run_command
+from api.roles import RoleFirstRoute
 from commands.control_plane import Principal
 from commands.errors import Invalid, NotFound
 from commands.webhooks import PLATFORM
@@ -36,7 +37,7 @@ from schemas.webhooks import (
 )
 from stores import webhooks as webhook_store
 
-router = APIRouter(prefix="/v1/webhook-endpoints", tags=["webhooks"])
+router = APIRouter(prefix="/v1/webhook-endpoints", tags=["webhooks"], route_class=RoleFirstRoute)
 
 RESOLVE_SECONDS = 5.0
 _NO_SUCH_NAME = {getattr(socket, name) for name in ("EAI_NONAME", "EAI_NODATA") if hasattr(socket, name)}

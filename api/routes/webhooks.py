@@ -24,6 +24,7 @@ from fastapi import APIRouter, Header, Request
 from api.deps import PlatformDep, trace_id
 from api.problems import Problem
 from api.relaying import run_command
+from api.roles import RoleFirstRoute
 from commands.control_plane import CommandContext
 from commands.errors import Conflict, NotFound
 from projections.invoices import INVOICE
@@ -31,7 +32,7 @@ from schemas.envelope import format_time
 from schemas.stripe import Outcome, WebhookReceipt
 from stores import billing as billing_store
 
-router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
+router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], route_class=RoleFirstRoute)
 
 PAID, PAYMENT_FAILED = "invoice.paid", "invoice.payment_failed"
 
