@@ -355,7 +355,7 @@ async def test_every_operation_answers_every_caller_as_the_readme_says(omni: Omn
     world = await build_world(omni)
     ops = operations(omni)
     assert {op for op, _ in ops} == set(OPEN) | set(EXPECTED), "a new route: add its row to README and EXPECTED"
-    audited = {(m, re.sub(r":\w+\}", "}", p)): action for (m, p), action in COMMAND_ROUTES.items()}
+    audited = {(m, re.sub(r":\w+\}", "}", p)): how.action for (m, p), how in COMMAND_ROUTES.items()}
     refused: dict[str, Counter[str]] = {OWNER: Counter(), OTHER: Counter(), ADMIN_CALLER: Counter()}
     before = {caller: await rejected_audit(omni, world.keys[caller] or "") for caller in refused}
     found: list[str] = []

@@ -3,6 +3,8 @@ changes (`{event_type}` became `{event_type:path}`) would silently stop auditing
 
 from __future__ import annotations
 
+import re
+
 from fastapi.routing import APIRoute
 
 from api.audit import COMMAND_ROUTES
@@ -33,3 +35,12 @@ def test_every_audited_command_names_a_route_that_exists() -> None:
         for method in route.methods
     }
     assert set(COMMAND_ROUTES) - served == set()
+
+
+def test_every_refusals_resource_is_named_by_its_routes_parameters() -> None:
+    """A refused command's resource is the one the control plane names for it, from the path's own
+    parameters: each name its template uses is one of the route's."""
+    for (_, path), audited in COMMAND_ROUTES.items():
+        parameters = {name.split(":")[0] for name in re.findall(r"\{([^}]+)\}", path)}
+        assert set(re.findall(r"\{(\w+)\}", audited.resource)) <= parameters, (path, audited)
+        assert not audited.resource.startswith("/"), audited
