@@ -24,12 +24,13 @@ import calendar
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from schemas.cloudevents import SUBJECT_MAX_LENGTH, Rfc3339Time
 from schemas.meters import Aggregation, JsonPath, MeterDefinition, path_parts
+from schemas.quantities import whole_as_int
 from schemas.text import Text
 
 SEALED = "omni_sealed"  # the marker member of a sealed value; its version is the value (1)
@@ -95,15 +96,16 @@ def due_for_shredding(last_seen: Mapping[str, datetime], days: int | None, now: 
     return [person for person, seen in sorted(last_seen.items(), key=lambda item: (item[1], item[0])) if seen < cutoff]
 
 
+RetentionDays = Annotated[int, Field(ge=1, le=MAX_RETENTION_DAYS, strict=True), BeforeValidator(whole_as_int)]
+BreachSubjects = Annotated[int, Field(ge=0, le=10**12, strict=True), BeforeValidator(whole_as_int)]
+
+
 class RetentionBody(BaseModel):
     """A tenant's retention period for personal data."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    personal_data_days: int | None = Field(
-        ge=1,
-        le=MAX_RETENTION_DAYS,
-        strict=True,  # a whole number: `true` or "30" is refused, not taken for days
+    personal_data_days: RetentionDays | None = Field(
         description="Days after a person's last event before their data key is shredded; null: kept until erased",
     )
 
@@ -229,7 +231,7 @@ class BreachBody(BaseModel):
 
     detected_at: Rfc3339Time = Field(description="When the breach was detected (the 72 hours run from it)")
     scope: Text = Field(min_length=1, max_length=2000, description="What was breached: systems, data, tenants")
-    subjects: int | None = Field(default=None, ge=0, le=10**12, strict=True, description="How many data subjects, if known")
+    subjects: BreachSubjects | None = Field(default=None, description="How many data subjects, if known")
     description: Text | None = Field(default=None, max_length=4000)
 
 

@@ -6,12 +6,12 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator
 
 from schemas.api import Problem
 from schemas.billing import Billing, parse_billing, price_public
 from schemas.gdpr import BreachOverdueNotification
-from schemas.quantities import QUANTITY_SCHEMA, SLUG_PATTERN, exact_quantity, floats_of_decimals, quantity_json
+from schemas.quantities import QUANTITY_SCHEMA, SLUG_PATTERN, exact_quantity, floats_of_decimals, quantity_json, whole_as_int
 from schemas.slos import SloAlertNotification
 from schemas.suspensions import TenantStatusNotification
 from schemas.text import Text
@@ -33,8 +33,9 @@ def _distinct(value: list[int]) -> list[int]:
     return sorted(value)
 
 
-# Strict: `true` or "80" is refused, not taken for a percentage.
-Thresholds = Annotated[list[Annotated[int, Field(ge=1, le=1000, strict=True)]], AfterValidator(_distinct)]
+# Whole numbers (`80` or `80.0`): `true` or "80" is refused, not taken for a percentage.
+Threshold = Annotated[int, Field(ge=1, le=1000, strict=True), BeforeValidator(whole_as_int)]
+Thresholds = Annotated[list[Threshold], AfterValidator(_distinct)]
 
 Limit = Annotated[Decimal, WithJsonSchema(QUANTITY_SCHEMA)]
 

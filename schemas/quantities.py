@@ -69,3 +69,16 @@ def floats_of_decimals(value: Any) -> Any:
     if isinstance(value, list):
         return [floats_of_decimals(item) for item in value]
     return value
+
+
+def whole_as_int(value: Any) -> Any:
+    """A number with no fraction as the int it is, before a strict int's check, which then still
+    refuses `30.5`, `true` and "30". JSON Schema's "integer" is any number with no fraction (`30.0`
+    is one, and a client's encoder may write a double so), and a lax int would take `true` or "30"
+    for a count. Placed after the int's own constraints in `Annotated` (`Field(ge=..., strict=True),
+    BeforeValidator(whole_as_int)`), so they stay the schema's `minimum` and `maximum`."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
+        return int(value)
+    return value

@@ -11,11 +11,12 @@ tests) allows private, loopback and link-local addresses, and http.
 from __future__ import annotations
 
 import ipaddress
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from schemas.quantities import whole_as_int
 from schemas.text import Text
 
 URL_MAX_LENGTH = 2000
@@ -47,14 +48,14 @@ class WebhookEndpointCreated(WebhookEndpointPublic):
 MAX_PREVIOUS_SECRET_HOURS = 168  # a week
 
 
+PreviousSecretHours = Annotated[int, Field(ge=0, le=MAX_PREVIOUS_SECRET_HOURS, strict=True), BeforeValidator(whole_as_int)]
+
+
 class WebhookSecretRotation(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    previous_secret_hours: int = Field(
+    previous_secret_hours: PreviousSecretHours = Field(
         default=24,
-        ge=0,
-        le=MAX_PREVIOUS_SECRET_HOURS,
-        strict=True,  # a whole number: `true` or "5" is refused, not taken for hours
         description="How long the secret rotated out still signs each delivery beside the new one, so the "
         "receiver can take the new one on meanwhile (0: stop at once, for a secret that leaked)",
     )

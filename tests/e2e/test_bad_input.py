@@ -234,14 +234,16 @@ async def test_the_log_being_down_gives_503_and_claims_nothing(omni: Omni) -> No
 async def test_whole_numbers_in_bodies_take_json_integers_only(omni: Omni) -> None:
     """A boolean or a numeric string is refused where a body takes a whole number (a walkthrough
     found `"personal_data_days": true` set a 1-day shredding period), as plans' limits and SLOs'
-    numbers already were; and a breach is not dated before the GDPR applied."""
+    numbers already were, and so is a fraction; a number with no fraction (`30.0`) is a whole
+    number, as JSON Schema's "integer" says (schemathesis sent one); and a breach is not dated
+    before the GDPR applied."""
     await omni.meter(slug="calls", event_type="call", aggregation="COUNT")
     tenant_id, key = await omni.tenant()
     admin, tenant = omni.auth(ADMIN), omni.auth(key)
     refused = [
         ("PUT", "/v1/gdpr/retention", tenant, {"personal_data_days": True}, "body.personal_data_days"),
         ("PUT", "/v1/gdpr/retention", tenant, {"personal_data_days": "30"}, "body.personal_data_days"),
-        ("PUT", "/v1/gdpr/retention", tenant, {"personal_data_days": 30.0}, "body.personal_data_days"),
+        ("PUT", "/v1/gdpr/retention", tenant, {"personal_data_days": 30.5}, "body.personal_data_days"),
         (
             "PUT",
             "/v1/plans/strict",
@@ -260,7 +262,7 @@ async def test_whole_numbers_in_bodies_take_json_integers_only(omni: Omni) -> No
             "PUT",
             f"/v1/tenants/{tenant_id}/quotas/calls",
             admin,
-            {"limit": 5, "period": "DAY", "thresholds": [50.0]},
+            {"limit": 5, "period": "DAY", "thresholds": [50.5]},
             "body.thresholds.0",
         ),
         (
@@ -284,6 +286,10 @@ async def test_whole_numbers_in_bodies_take_json_integers_only(omni: Omni) -> No
         if place is not None:
             assert [e["location"] for e in problem["errors"]] == [place], (path, body, problem)
     assert (await omni.client.put("/v1/gdpr/retention", json={"personal_data_days": 30}, headers=tenant)).status_code == 201
+    again = await omni.client.put("/v1/gdpr/retention", json={"personal_data_days": 31.0}, headers=tenant)
+    assert (again.status_code, again.json()["personal_data_days"]) == (200, 31), again.text
+    override = {"limit": 5, "period": "DAY", "thresholds": [50.0, 80]}
+    assert (await omni.client.put(f"/v1/tenants/{tenant_id}/quotas/calls", json=override, headers=admin)).status_code == 204
     breaches = await omni.client.get("/v1/gdpr/breaches", headers=admin)
     assert breaches.json()["data"] == [], "nothing was recorded"
 

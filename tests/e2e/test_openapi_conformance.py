@@ -26,7 +26,7 @@ from tests.e2e.test_crash_restart_embedded import Server
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")  # the rules JSON Schema cannot state
 SEED = 20261204
-CASES_PER_OPERATION = 10
+CASES_PER_OPERATION = 6
 FORBIDDEN = {  # what each caller may not call: the access matrix's 403s (README's route table)
     "admin": [f"{method} {path}" for (method, path), (_, _, admin) in EXPECTED.items() if admin == 403],
     "tenant": [f"{method} {path}" for (method, path), (owner, _, _) in EXPECTED.items() if owner == 403],
