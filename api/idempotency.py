@@ -12,7 +12,8 @@ and nothing is done twice: no second tenant, key, meter, endpoint or request.
 - POST /v1/events (each CloudEvent is its own key, by id and source), consume (`idempotency_key` in
   its body) and Stripe's webhook (its event id) have their own, and pass through untouched.
 
-Plain ASGI inside the edge: the caller is authenticated and its body bounded before this reads it.
+Plain ASGI inside the edge: the caller is authenticated and its body bounded before this reads it,
+and a request its route refuses for the caller's role goes on untouched (api/roles.py), to its 403.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.problems import BodyProblem, Problem, problem_response, store_unavailable
+from api.roles import RolesByPath
 from commands.control_plane import Principal
 from omni.bootstrap import Platform
 from stores import idempotency as store
@@ -136,8 +138,9 @@ def in_progress() -> Problem:
 
 
 class IdempotencyMiddleware:
-    def __init__(self, app: ASGIApp, platform: Platform) -> None:
+    def __init__(self, app: ASGIApp, platform: Platform, roles: RolesByPath) -> None:
         self.app = app
+        self.roles = roles
         self.db = platform.personal.keys_db
         self.box = platform.personal.master
         self._next_purge = 0.0
@@ -146,6 +149,9 @@ class IdempotencyMiddleware:
         key = _idempotency_key(scope) if scope["type"] == "http" and scope["method"] == "POST" else None
         principal = scope.get("state", {}).get("principal") if key is not None else None
         if key is None or principal is None or self.box is None or OWN_KEYS.match(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        if await self.roles.refuses(scope, principal):  # its route answers 403 before reading anything
             await self.app(scope, receive, send)
             return
         request = Request(scope)
@@ -298,4 +304,4 @@ async def _whole_body(receive: Receive) -> bytes:
 
 
 def install(app: FastAPI, platform: Platform) -> None:
-    app.add_middleware(IdempotencyMiddleware, platform=platform)
+    app.add_middleware(IdempotencyMiddleware, platform=platform, roles=RolesByPath(app))

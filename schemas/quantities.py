@@ -76,9 +76,11 @@ def whole_as_int(value: Any) -> Any:
     refuses `30.5`, `true` and "30". JSON Schema's "integer" is any number with no fraction (`30.0`
     is one, and a client's encoder may write a double so), and a lax int would take `true` or "30"
     for a count. Placed after the int's own constraints in `Annotated` (`Field(ge=..., strict=True),
-    BeforeValidator(whole_as_int)`), so they stay the schema's `minimum` and `maximum`."""
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+    BeforeValidator(whole_as_int)`), so they stay the schema's `minimum` and `maximum`. A number past
+    64 bits is left as it came, for the strict check to refuse."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer() and abs(value) < 2**63:
         return int(value)
-    if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
+    # Bounded before int(): `1e999999999` is a Decimal whose int has a billion digits, minutes of CPU.
+    if isinstance(value, Decimal) and value.is_finite() and value.adjusted() < 19 and value == value.to_integral_value():
         return int(value)
     return value
