@@ -44,9 +44,8 @@ COMMAND_ROUTES = {
     ("PUT", "/v1/slos/{name}"): Audited("slo.put", "slos/{name}"),
     ("DELETE", "/v1/slos/{name}"): Audited("slo.delete", "slos/{name}"),
     ("PUT", "/v1/data-classes/{event_type:path}"): Audited("data_class.put", "data-classes/{event_type}"),
-    ("POST", "/v1/gdpr/requests"): Audited(
-        "gdpr.request.receive", "gdpr/requests"
-    ),  # accepted: gdpr.<kind>.received, by the body's kind
+    # Accepted, a request is audited as gdpr.<kind>.received, by the body's kind.
+    ("POST", "/v1/gdpr/requests"): Audited("gdpr.request.receive", "gdpr/requests"),
     ("PUT", "/v1/gdpr/retention"): Audited("gdpr.retention.put", "gdpr/retention"),
     ("POST", "/v1/gdpr/breaches"): Audited("gdpr.breach.record", "gdpr/breaches"),
     ("POST", "/v1/gdpr/breaches/{breach_id}/notified"): Audited("gdpr.breach.notified", "gdpr/breaches/{breach_id}"),

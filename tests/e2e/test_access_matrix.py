@@ -297,10 +297,16 @@ def expected(operation: Operation, caller: str) -> int:
     return {OWNER: owner, OTHER: other, ADMIN_CALLER: admin}[caller]
 
 
+def url_of(world: World, operation: Operation, caller: str) -> str:
+    """The operation's path with the world's ids (the caller's own, where it has some) in it."""
+    template = operation[1]
+    ids = world.ids | ({"slug": "pro"} if "/plans/" in template else {}) | world.own.get((operation, caller), {})
+    return re.sub(r"\{(\w+)(:\w+)?\}", lambda match: ids[match.group(1)], template)
+
+
 async def call(omni: Omni, world: World, operation: Operation, named: bool, caller: str) -> httpx.Response:
     method, template = operation
-    ids = world.ids | ({"slug": "pro"} if "/plans/" in template else {}) | world.own.get((operation, caller), {})
-    url = re.sub(r"\{(\w+)(:\w+)?\}", lambda match: ids[match.group(1)], template)
+    url = url_of(world, operation, caller)
     params = dict(QUERIES.get(template, {}))
     if named and caller in (OTHER, ADMIN_CALLER):
         params["tenant"] = world.a_id  # B reaching for A's; the admin naming A
@@ -323,8 +329,7 @@ async def call_with_bad_input(omni: Omni, world: World, operation: Operation, ca
     """The call again with every query parameter the operation declares, its body and (on a POST) its
     Idempotency-Key malformed: a caller the route refuses is refused before anything it sent is read."""
     method, template = operation
-    ids = world.ids | ({"slug": "pro"} if "/plans/" in template else {}) | world.own.get((operation, caller), {})
-    url = re.sub(r"\{(\w+)(:\w+)?\}", lambda match: ids[match.group(1)], template)
+    url = url_of(world, operation, caller)
     declared = omni.app.openapi()["paths"][template][method.lower()].get("parameters", [])
     params = {p["name"]: "\x00not-a-value" for p in declared if p["in"] == "query"}
     key = world.keys[caller]
