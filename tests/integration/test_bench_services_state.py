@@ -3,6 +3,7 @@ rewrites, and the broker's topics, as quota_consume reports them at its start an
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
@@ -63,5 +64,10 @@ async def test_kafka_topics_counts_the_brokers_topics_without_its_own(
     finally:
         await admin.close()
         await common.delete_topics(prefix)
+    # A deletion reaches the broker's metadata a moment after the controller took it (under a busy
+    # suite, more than one listing later): the topic is gone within seconds, not at the next listing.
     async with common.kafka_admin() as check:
-        assert not [t for t in await check.list_topics() if t.startswith(prefix + ".")], "deleted again"
+        deadline = time.monotonic() + 15
+        while left := [t for t in await check.list_topics() if t.startswith(prefix + ".")]:
+            assert time.monotonic() < deadline, f"not deleted again: {left}"
+            await asyncio.sleep(0.2)
