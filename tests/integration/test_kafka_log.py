@@ -84,16 +84,16 @@ async def test_many_concurrent_large_appends_to_one_partition_all_succeed(kafka_
     queues one batch per partition at a time. Without appends taking turns, the waiting sends
     raced for that slot, and aiokafka takes the whole time waited off a send's timeout again on
     every lost race: these 32 appends, half a second of work, failed with KafkaTimeoutError
-    within a 2 s timeout (and in the API, the producer's reset then failed every other append)."""
-    log_ = KafkaLog(kafka_servers, topics, produce_timeout=2)
+    (and in the API, the producer's reset then failed every other append). They fail within a
+    second whatever the timeout, so a generous one keeps a busy machine from failing the test
+    while the regression still fails it (checked with the turns removed, at 2, 5 and 10 s)."""
+    log_ = KafkaLog(kafka_servers, topics, produce_timeout=10)
     await log_.start()
     try:
         padding = b"x" * 500
         per_append = 3 * MAX_BATCH_BYTES // len(padding)  # about four batches each
         appends = [[Outgoing("one-tenant", b"%03d-%05d:" % (a, i) + padding) for i in range(per_append)] for a in range(32)]
-        started = time.monotonic()
         await asyncio.gather(*(log_.append(topics.usage, items) for items in appends))
-        took = time.monotonic() - started
 
         partition = partition_for("one-tenant", topics.usage_partitions)
         stored: list[bytes] = []
@@ -104,7 +104,6 @@ async def test_many_concurrent_large_appends_to_one_partition_all_succeed(kafka_
         for items in appends:  # each append's records stay in order, and together
             first = stored.index(items[0].value)
             assert stored[first : first + len(items)] == [item.value for item in items]
-        assert took < 2
     finally:
         await log_.close()
 
