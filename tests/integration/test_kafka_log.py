@@ -149,7 +149,8 @@ async def test_read_at_the_end_answers_empty_at_once(kafka_log: KafkaLog, topics
     started = time.monotonic()
     assert await kafka_log.read(topics.control, 0, 1, 100) == []
     assert await kafka_log.read(topics.control, 0, 99, 100) == []
-    assert time.monotonic() - started < 1.0
+    # Fetching past the end would wait out the 10 s guard; half of it leaves a busy machine room.
+    assert time.monotonic() - started < 5.0
 
 
 async def test_explicit_partitioning_places_every_key_like_the_embedded_log(kafka_log: KafkaLog, topics: Topics) -> None:
