@@ -14,6 +14,7 @@ from fastapi import Request
 
 from api.relaying import run_command
 from commands.control_plane import CommandContext
+from commands.refusals import kept_resource
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,9 @@ COMMAND_ROUTES = {
 
 
 async def record_refusal(request: Request, reason: str) -> None:
-    """Audit an authenticated caller's refused command (wrong role, invalid body). Never fails the response."""
+    """Audit an authenticated caller's refused command (wrong role, invalid body), `reason` in our
+    words (commands.refusals.refusal_reason), the path's parameters in the resource only where they
+    have the shape of an id or slug. Never fails the response."""
     route = request.scope.get("route")
     audited = COMMAND_ROUTES.get((request.method, getattr(route, "path", "")))
     platform = getattr(request.app.state, "platform", None)
@@ -72,9 +75,9 @@ async def record_refusal(request: Request, reason: str) -> None:
         return
     action = audited.action
     try:
-        resource = audited.resource.format_map(request.path_params)
-    except KeyError:  # not routed as its template says: the path as it came
-        resource = request.url.path
+        resource = kept_resource(audited.resource.format_map(request.path_params))
+    except KeyError:  # not routed as its template says: the collection's name alone
+        resource = kept_resource(audited.resource.split("/", 1)[0])
     ctx = CommandContext(
         tenant_id=None if principal.is_admin else principal.tenant_id,
         key_id=principal.key_id,

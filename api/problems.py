@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 
 from api.audit import record_refusal
 from commands.errors import Conflict, Invalid, LimitReached, NotFound, Rejected, TooSoon, status_of
+from commands.refusals import refusal_reason
 from omni import metrics
 from schemas.envelope import cursor_time
 from schemas.ids import canonical_uuid
@@ -173,13 +174,18 @@ def validation_reason(error: Mapping[str, Any]) -> str:
 
 
 def request_location(error: Mapping[str, Any], body: Any) -> str:
-    """Where in the request an error is, dotted (`body.prices.0.included`): pydantic's path, less
-    the steps that name no place in the body sent (a tagged union's tag, `per_unit`, which pydantic
-    puts between a list's item and its fields). Followed through the body itself; a step the body
-    lacks is kept only where the error is that it is missing."""
+    """Where in the request an error is, dotted (`body.prices.0.included`)."""
+    return ".".join(request_steps(error, body))
+
+
+def request_steps(error: Mapping[str, Any], body: Any) -> list[str]:
+    """The steps to where in the request an error is: pydantic's path, less the steps that name no
+    place in the body sent (a tagged union's tag, `per_unit`, which pydantic puts between a list's
+    item and its fields). Followed through the body itself; a step the body lacks is kept only
+    where the error is that it is missing."""
     loc = tuple(error.get("loc", ()))
     if not loc or loc[0] != "body" or not isinstance(body, dict | list):
-        return ".".join(str(step) for step in loc)
+        return [str(step) for step in loc]
     kept: list[str] = ["body"]
     node: Any = body
     for index, step in enumerate(loc[1:], start=1):
@@ -192,7 +198,7 @@ def request_location(error: Mapping[str, Any], body: Any) -> str:
         else:
             continue  # no place in the body: a union's tag
         kept.append(str(step))
-    return ".".join(kept)
+    return kept
 
 
 def _characters(count: int) -> str:
@@ -256,6 +262,14 @@ OUTAGES: dict[type[Exception], tuple[str, str, str]] = {
 }
 
 
+def reason_of(problem: Problem) -> str:
+    """A refusal's reason as its audit entry keeps it: the problem's status, title and kind, and each
+    error's place, never the detail or the errors' reasons, which quote what the caller sent
+    (commands.refusals)."""
+    places = [(str(e.get("location", "request")), None) for e in problem.errors or []]
+    return refusal_reason(problem.status, problem.title, kind=problem.kind, places=places)
+
+
 def _outage_handler(kind: str, title: str, detail: str) -> Callable[[Request, Exception], Awaitable[Response]]:
     async def answer(request: Request, exc: Exception) -> Response:
         log.warning("%s: %s", title.lower(), exc)
@@ -268,7 +282,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> Response:
         if 400 <= exc.status < 500:
-            await record_refusal(request, f"{exc.status} {exc.title}: {exc.detail or ''}".strip())
+            await record_refusal(request, reason_of(exc))
         return problem_response(request, exc)
 
     @app.exception_handler(BodyProblem)
@@ -291,17 +305,19 @@ def install(app: FastAPI) -> None:
         told = "; ".join(f"{e['location']}: {e['reason']}" for e in errors[:DETAILED_ERRORS])
         more = len(errors) - DETAILED_ERRORS
         detail = told + (f"; and {more} more (see errors)" if more > 0 else "")
-        await record_refusal(request, f"{status} " + "; ".join(f"{e['location']}: {e['reason']}" for e in errors))
-        return problem_response(
-            request,
-            Problem(
-                status,
-                "Malformed JSON" if json_broken else "Invalid request",
-                detail,
-                kind="invalid-request" if not body_error else "invalid-body",
-                errors=errors,
-            ),
+        problem = Problem(
+            status,
+            "Malformed JSON" if json_broken else "Invalid request",
+            detail,
+            kind="invalid-request" if not body_error else "invalid-body",
+            errors=errors,
         )
+        # The places from pydantic's steps, each judged whole: a field the caller named `a.b@c.d` is one step.
+        places = [
+            (["body"] if e.get("type") == "json_invalid" else request_steps(e, exc.body), e.get("type")) for e in exc.errors()
+        ]
+        await record_refusal(request, refusal_reason(status, problem.title, kind=problem.kind, places=places))
+        return problem_response(request, problem)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
@@ -342,7 +358,7 @@ def install(app: FastAPI) -> None:
         """A command's refusal is audited once: by the control plane when it refused it there, else
         here (a route refusing before the command, such as a path naming no resource)."""
         if not exc.audited:
-            await record_refusal(request, f"{problem.status} {problem.title}: {problem.detail or ''}".strip())
+            await record_refusal(request, reason_of(problem))
         return problem_response(request, problem)
 
     for exception, (kind, title, detail) in OUTAGES.items():

@@ -24,6 +24,7 @@ from commands import billing, gdpr, meters, notices, plans, slos, stripe_sync, s
 from commands.errors import Conflict, Invalid, LimitReached, NotFound, Rejected, status_of
 from commands.ids import key_aggregate_id, key_ring_aggregate_id, meter_aggregate_id
 from commands.limits import ATTEMPTS, Limits
+from commands.refusals import kept_resource, refusal_reason
 from schemas.gdpr import sealed_value_read
 from schemas.ids import canonical_uuid
 from schemas.meters import MeterDefinition
@@ -438,7 +439,10 @@ class ControlPlane(
             yield
         except Rejected as refused:
             status, title = status_of(refused)
-            self.record_rejection(ctx, action, resource, f"{status} {title}: {refused}")
+            errors: list[dict[str, object]] = getattr(refused, "errors", [])
+            places = [(str(error.get("location", "request")), None) for error in errors]
+            reason = refusal_reason(status, title, kind=getattr(refused, "kind", None), places=places)
+            self.record_rejection(ctx, action, kept_resource(resource), reason)
             refused.audited = True
             raise
 

@@ -325,7 +325,8 @@ async def test_refused_plan_and_quota_commands_are_audited(omni: Omni) -> None:
 
 async def test_a_refused_command_whose_path_holds_a_nul_is_audited(omni: Omni) -> None:
     """`%00` in a path decodes to a NUL character, which no view can store: the refusal's entry
-    writes it back as `%00`, so it joins its chain rather than being dead-lettered by the fold."""
+    names that segment `*` (no id has its shape), so it joins its chain rather than being
+    dead-lettered by the fold."""
     a_id, a_key = await omni.tenant("a")
     tenant_tries = [("DELETE", "/v1/keys/%00", None, 404), ("POST", "/v1/tenants/%00/keys", {"label": "x"}, 404)]
     admin_tries = [
@@ -339,13 +340,60 @@ async def test_a_refused_command_whose_path_holds_a_nul_is_audited(omni: Omni) -
             assert response.status_code == status, (path, response.text)
     await omni.settle()
     refused = [(e["action"], e["resource"]) for e in (await listed(omni, a_key, outcome="rejected"))["data"]]
-    assert refused == [("api_key.revoke", "keys/%00"), ("api_key.issue", "tenants/%00/keys")]
+    assert refused == [("api_key.revoke", "keys/*"), ("api_key.issue", "tenants/*/keys")]
     platform = (await listed(omni, ADMIN, outcome="rejected"))["data"]
     assert [(e["action"], e["resource"]) for e in platform] == [
-        ("tenant.plan.assign", "tenants/%00/plan"),
-        ("invoice.void", "invoices/%00"),
-        ("gdpr.breach.notified", "gdpr/breaches/a%00b"),
+        ("tenant.plan.assign", "tenants/*/plan"),
+        ("invoice.void", "invoices/*"),
+        ("gdpr.breach.notified", "gdpr/breaches/*"),
     ]
     assert all("\x00" not in e["resource"] + e["reason"] for e in platform), platform
     with omni.platform.db.transaction() as tx:
         assert tx.execute("SELECT count(*) FROM dead_letters")[0][0] == 0
+
+
+async def test_a_refused_command_leaves_nothing_the_caller_sent_in_the_chain(omni: Omni) -> None:
+    """A chain cannot be erased, so a refusal's entry keeps why in our words (status, title, kind,
+    each error's place and code) and the path's ids where they have an id's shape: an e-mail address
+    sent as a GDPR subject, a field's or a query parameter's name, a path segment or a meter's slug
+    in a refused command reaches no entry, while the places say what was wrong."""
+    a_id, a_key = await omni.tenant("a")
+    person = "Alice.Smith@example.com"
+    tenant_tries = [
+        ("POST", "/v1/gdpr/requests", {"subject": person, "kind": "forget-me"}, 422),
+        ("POST", "/v1/gdpr/requests", {"subject": "p-1", "kind": "access", person: 1}, 422),
+        ("POST", f"/v1/tenants/{person}/keys", {"label": person}, 404),
+        ("PUT", f"/v1/plans/{person}", {"entitlements": []}, 403),
+    ]
+    admin_tries = [
+        ("POST", "/v1/tenants", {"name": person, "plan": person, "extra": {person: person}}, 422),
+        ("PUT", f"/v1/tenants/{person}/plan", {"plan": "pro"}, 404),
+        ("PUT", f"/v1/tenants/{a_id}/quotas/tokens?{person}=1", {"limit": 5, "period": "DAY"}, 422),
+        ("POST", "/v1/meters", {"slug": "calls", "event_type": "request", "aggregation": "COUNT", "note": person}, 422),
+        ("PUT", "/v1/data-classes/chat", {"personal": [f"$.data.{person}["]}, 422),
+    ]
+    for key, tries in ((a_key, tenant_tries), (ADMIN, admin_tries)):
+        for method, path, body, status in tries:
+            response = await omni.client.request(method, path, json=body, headers=omni.auth(key))
+            assert response.status_code == status, (path, response.text)
+    await omni.settle()
+    for key in (a_key, ADMIN):
+        chain = await exported(omni, key)
+        assert person.encode() not in chain and b"Alice" not in chain and b"example.com" not in chain, chain
+    refused = (await listed(omni, a_key, outcome="rejected"))["data"]
+    assert [(e["action"], e["resource"], e["reason"]) for e in refused] == [
+        ("gdpr.request.receive", "gdpr/requests", "422 Invalid request (invalid-body): body.kind enum"),
+        ("gdpr.request.receive", "gdpr/requests", "422 Invalid request (invalid-body): body.* extra_forbidden"),
+        ("api_key.issue", "tenants/*/keys", "404 Not found"),
+        ("plan.put", "plans/*", "403 Forbidden"),
+    ]
+    platform = (await listed(omni, ADMIN, outcome="rejected"))["data"]
+    assert [(e["action"], e["resource"], e["reason"].split(":")[0]) for e in platform] == [
+        ("tenant.create", "tenants", "422 Invalid request (invalid-body)"),
+        ("tenant.plan.assign", "tenants/*/plan", "404 Not found"),
+        ("quota.override.set", f"tenants/{a_id}/quotas/tokens", "422 Unknown query parameter (unknown-parameter)"),
+        ("meter.define", "meters", "422 Invalid request (invalid-body)"),
+        ("data_class.put", "data-classes/chat", platform[4]["reason"].split(":")[0]),
+    ]
+    assert "query.*" in platform[2]["reason"] and "body.note" in platform[3]["reason"], platform
+    assert platform[4]["reason"].startswith("422 ") and "body.personal" in platform[4]["reason"], platform[4]

@@ -297,7 +297,7 @@ def test_defining_the_same_slug_twice_is_a_conflict(app):
     assert len(defined) == 1
     entry = audits(app)[-1]
     assert (entry.action, entry.resource, entry.outcome) == ("meter.define", "meters/tokens", "rejected")
-    assert "already defined" in entry.reason
+    assert entry.reason == "409 Conflict"  # the detail, which quotes the command, is the caller's answer alone
     # Only the rejection: the failed save stored no "accepted" audit entry.
     assert [e.outcome for e in audits(app)] == ["accepted", "rejected"]
 
