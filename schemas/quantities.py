@@ -55,7 +55,13 @@ QUANTITY_SCHEMA = {"type": "number", "minimum": 0, "exclusiveMaximum": 1e12, "mu
 strings). Given whole with WithJsonSchema, since a Decimal field's own schema also allows a string."""
 
 
-def floats_of_decimals(value: Any) -> Any:
+# Deeper than orjson writes (254 levels), a value is left as it came: the depth check refuses it
+# (commands.ingest.data_problems). Walking on, two frames a level, hit Python's recursion limit near
+# 490 levels: a 500 where 422 is the answer.
+_WALKED_LEVELS = 255
+
+
+def floats_of_decimals(value: Any, _level: int = 0) -> Any:
     """A free-form JSON value read with its fractions as Decimals (api/exact_json.py), the fractions
     as floats, as `json.loads` reads them: for values kept as they came, which the log's encoder
     writes (it refuses Decimals)."""
@@ -64,10 +70,12 @@ def floats_of_decimals(value: Any) -> Any:
         if not math.isfinite(number):  # 1e400: it was taken and written to the log as null
             raise ValueError(f"{value} is past what a JSON number holds (a double: about 1.8e308)")
         return number
+    if _level >= _WALKED_LEVELS:
+        return value
     if isinstance(value, dict):
-        return {key: floats_of_decimals(item) for key, item in value.items()}
+        return {key: floats_of_decimals(item, _level + 1) for key, item in value.items()}
     if isinstance(value, list):
-        return [floats_of_decimals(item) for item in value]
+        return [floats_of_decimals(item, _level + 1) for item in value]
     return value
 
 

@@ -398,10 +398,16 @@ async def test_consume_data_is_held_to_the_rules_of_events(omni: Omni) -> None:
         '{"amount": 1, "idempotency_key": "surrogate-key", "data": {"\\udfff": 1}}',
         '{"amount": 1, "idempotency_key": "surrogate-subject", "subject": "\\ud800"}',
     ]
+    # Far deeper (a 500 before: the walk reading fractions ran past Python's recursion limit),
+    # objects, arrays, and a fraction at the bottom, which the walk leaves as it came.
+    too_deep = ['{"a":' * 600 + "1" + "}" * 600, "[" * 600 + "1" + "]" * 600, "[" * 300 + "1.5" + "]" * 300]
+    bodies += [f'{{"amount": 1, "idempotency_key": "too-deep-{i}", "data": {{"x": {d}}}}}' for i, d in enumerate(too_deep)]
     for body in bodies:
         response = await omni.client.post("/v1/quotas/tokens/consume", content=body.encode(), headers=headers)
         assert response.status_code == 422, (body[:80], response.text[:300])
         assert response.headers["content-type"] == "application/problem+json"
+        if "too-deep" in body:
+            assert "data nests deeper than 32 levels" in response.text, response.text[:300]
     huge = await omni.client.post(
         "/v1/quotas/tokens/consume",
         content=b'{"amount": 1, "idempotency_key": "huge", "data": {"n": 1' + b"0" * 30 + b"}}",
