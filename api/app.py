@@ -73,6 +73,7 @@ def create_app(settings: Settings | None = None, *, platform: Platform | None = 
     app.state.platform = platform
     app.state.api_calls = recorder
     app.state.watches = watches
+    app.state.tenant_reads = watches.reads
     app.state.ingest_rates = IngestRates(
         platform.settings.tenant_events_per_second, batch=platform.settings.max_batch_events, clock=time.monotonic
     )

@@ -82,6 +82,10 @@ REFUSED_BEFORE_AUTH = Counter(
 CLIENT_DISCONNECTS = Counter(
     "omni_http_client_disconnects_total", "Requests whose client went away before its body was read in full"
 )
+QUERIES_REFUSED = Counter(
+    "omni_meter_queries_refused_total",
+    "Meter queries answered 429: their tenant already ran OMNI_MAX_QUERIES_PER_TENANT at once and more waited (api/tenant_reads.py)",
+)
 METER_WATCHES = Gauge("omni_meter_watches", "Live meter watches open in this API process (GET /v1/meters/{slug}/watch)")
 READY = Gauge(
     "omni_ready",

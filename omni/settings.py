@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     # Stored buckets (minute, hour or day) one meter query may combine: its time and memory grow with
     # them (50,000 took 1 s and 300 MB at the peak, in embedded mode), and it answers no more rows.
     max_query_buckets: int = Field(default=50_000, ge=1)
+    # Meter queries (watches' answers among them) one tenant runs at once in one API process, and how
+    # many more may wait their turn, for how long (api/tenant_reads.py): one tenant's heavy queries
+    # took every views connection, and other tenants' requests were answered 503.
+    max_queries_per_tenant: int = Field(default=2, ge=1, le=1000)
+    max_queries_waiting_per_tenant: int = Field(default=32, ge=0, le=100_000)
+    query_wait_seconds: float = Field(default=10.0, gt=0, le=600)
     # Live meter watches (GET /v1/meters/{slug}/watch; api/meter_watch.py), per API process: how many
     # a tenant may hold open and how many in all; how often the views' positions are read while any
     # is open (how soon a change shows); how long one stays open before its client reconnects.

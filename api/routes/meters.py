@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from typing import Annotated, Any
 
-from anyio import from_thread
+from anyio import from_thread, to_thread
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
@@ -20,6 +20,7 @@ from api.meter_watch import EVENT_STREAM, MeterWatches, WatchFull
 from api.problems import ExactJSONResponse, Problem
 from api.relaying import run_command
 from api.roles import RoleFirstRoute
+from api.tenant_reads import TenantReads
 from commands.errors import NotFound
 from omni import metrics
 from omni.bootstrap import Platform
@@ -322,9 +323,10 @@ def meter_answer(platform: Platform, tenant_id: str, question: MeterQuestion) ->
     "/{slug}/query",
     response_model=MeterQueryResult,
     response_class=ExactJSONResponse,
+    responses={429: {"description": "This tenant already runs its most meter queries at once, and too many more wait"}},
     openapi_extra={"parameters": [FILTER_PARAMETER]},
 )
-def query_meter(
+async def query_meter(
     question: QuestionDep,
     request: Request,
     platform: PlatformDep,
@@ -334,6 +336,12 @@ def query_meter(
     """The caller's usage on one meter, per window and group."""
     as_of_check(as_of)
     tenant_id = principal.tenant_id or ""
+    reads: TenantReads = request.app.state.tenant_reads
+    async with reads.turn(tenant_id):  # waiting for it on the loop: no thread, no connection held
+        return await to_thread.run_sync(_query_meter, platform, tenant_id, question, as_of)
+
+
+def _query_meter(platform: Platform, tenant_id: str, question: MeterQuestion, as_of: datetime | None) -> ExactJSONResponse:
     if as_of is None:
         return ExactJSONResponse(meter_answer(platform, tenant_id, question))
     with platform.db.reading() as tx:

@@ -269,3 +269,63 @@ async def test_what_cannot_be_watched_is_refused_before_the_stream_starts(tmp_pa
                 assert response.status_code == status, (path, params, response.text)
                 assert response.headers["content-type"] == "application/problem+json"
             assert not omni.app.state.watches.count  # none of them opened a watch
+
+
+async def test_a_tenants_watches_take_turns_and_rest_as_long_as_they_answered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A watch's answer is one of its tenant's meter queries (OMNI_MAX_QUERIES_PER_TENANT, here 1: its
+    two watches never answer at once), and a watch answers again no sooner than its last answer took:
+    five watches of a heavy query, woken by each small event of their tenant, held every watch
+    thread and slowed other tenants' watches from 0.3 s to 5 s."""
+    import threading
+
+    import api.routes.meters as meters_route
+
+    real = meters_route.meter_answer
+    calls: list[tuple[str, float, float]] = []  # (the watch's window, start, end)
+    at_once = [0, 0]  # now, most
+    lock = threading.Lock()
+
+    def slow_answer(platform: Any, tenant_id: str, question: Any) -> dict[str, Any]:
+        with lock:
+            at_once[0] += 1
+            at_once[1] = max(at_once)
+        start = time.monotonic()
+        time.sleep(0.15)  # a heavy query's time
+        try:
+            return real(platform, tenant_id, question)
+        finally:
+            with lock:
+                at_once[0] -= 1
+                calls.append((str(question.window_size), start, time.monotonic()))
+
+    monkeypatch.setattr(meters_route, "meter_answer", slow_answer)
+    async with live(settings_for("embedded", tmp_path, max_queries_per_tenant=1)) as running:
+        omni = running.omni
+        await omni.meter(**TOKENS)
+        _, key = await omni.tenant("acme")
+        await omni.settle()
+        async with (
+            watching(running.url, key, window_size="DAY") as by_day,
+            watching(running.url, key, window_size="HOUR") as by_hour,
+        ):
+            assert await by_day.next() and await by_hour.next()
+            await moving(omni, key, "two")
+            assert await by_day.next() and await by_hour.next()
+        assert at_once[1] == 1, "the tenant's two watches answered at once"
+        async with watching(running.url, key, window_size="MINUTE") as alone:  # no other watch to wait for
+            assert await alone.next()
+            await moving(omni, key, "one")
+            assert await alone.next()
+    answers = sorted((start, end) for window, start, end in calls if window == "MINUTE")
+    assert len(answers) >= 2, calls
+    for (start, end), (next_start, _) in zip(answers, answers[1:], strict=False):
+        assert next_start - end >= (end - start) - 0.01, answers  # it rested as long as it answered
+
+
+async def moving(omni: Omni, key: str, name: str) -> None:
+    """The tenant's partition moving far more often than a heavy answer takes."""
+    for i in range(12):
+        await usage(omni, key, [f"{name}-{i}"], 1)
+        await asyncio.sleep(0.03)

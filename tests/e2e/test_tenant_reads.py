@@ -1,0 +1,63 @@
+"""One tenant's meter queries never take the views' connections from other tenants (api/tenant_reads.py).
+
+Kafka mode: the API's views pool holds 8 PostgreSQL connections. A tenant's heavy queries (held
+here by a 1.5 s statement in the query's own transaction, as a query over tens of thousands of
+buckets takes) used to run as many at once as it sent: ten of them took every connection, and
+another tenant's reads waited past the pool's wait and were answered 503."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+
+import api.routes.meters as meters_route
+from api.routes.meters import meter_answer
+from omni.bootstrap import Platform
+from tests.e2e.conftest import kafka_settings, served, services_or_skip
+
+
+async def test_one_tenants_heavy_queries_leave_other_tenants_their_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    services_or_skip()
+    settings = kafka_settings(
+        uuid.uuid4().hex[:12], database_wait_seconds=1.0, max_queries_per_tenant=2, max_queries_waiting_per_tenant=3
+    )
+    async with served(settings) as omni:
+        await omni.meter(slug="tokens", event_type="inference", aggregation="SUM", value_property="$.data.tokens")
+        heavy_id, heavy_key = await omni.tenant("heavy")
+        _, other_key = await omni.tenant("other")
+        await omni.settle()
+        running: list[int] = []
+
+        def slow_for_heavy(platform: Platform, tenant_id: str, question: Any) -> dict[str, Any]:
+            if tenant_id == heavy_id:
+                running.append(omni.app.state.tenant_reads.running(heavy_id))
+                with platform.db.reading() as tx:  # a views connection held as a heavy query holds it
+                    tx.execute("SELECT pg_sleep(1.5)")
+            return meter_answer(platform, tenant_id, question)
+
+        monkeypatch.setattr(meters_route, "meter_answer", slow_for_heavy)
+
+        async def heavy_query() -> int:
+            response = await omni.client.get("/v1/meters/tokens/query", headers=omni.auth(heavy_key), timeout=30)
+            assert response.status_code in (200, 429), response.text
+            if response.status_code == 429:
+                assert response.json()["type"].endswith("/too-many-queries") and response.headers["retry-after"] == "1"
+            return response.status_code
+
+        async def other_reads() -> list[int]:
+            await asyncio.sleep(0.3)  # the heavy queries running
+            answers = []
+            for path in ("/v1/quotas", "/v1/meters/tokens", "/v1/meters/tokens/query", "/v1/notifications"):
+                response = await omni.client.get(path, headers=omni.auth(other_key), timeout=30)
+                answers.append(response.status_code)
+            return answers
+
+        *heavy, other = await asyncio.gather(*(heavy_query() for _ in range(10)), other_reads())
+        assert other == [200, 200, 200, 200]  # 503 "database unreachable" for each, before
+        # Two run at once, three more wait their turn: the other five are refused at once, 429.
+        assert sorted(heavy) == [200] * 5 + [429] * 5
+        assert max(running) <= 2 and len(running) == 5
+        assert omni.app.state.tenant_reads.running(heavy_id) == 0  # every turn given back
