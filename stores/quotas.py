@@ -127,7 +127,9 @@ def notifications(tx: Tx, tenant_id: str, limit: int, before: tuple[str, str] | 
 def unrecorded(tx: Tx, limit: int) -> list[NotificationRow]:
     """Notifications the notices relay has not recorded in the event store yet."""
     columns = "id, tenant_id, type, meter, period, threshold, quota_limit, used, occurred_at"
-    rows = tx.execute(f"SELECT {columns} FROM notifications WHERE recorded = 0 ORDER BY occurred_at, id LIMIT ?", (limit,))
+    rows = tx.execute(
+        f"SELECT {columns} FROM notifications WHERE recorded = 0 ORDER BY occurred_at, threshold, id LIMIT ?", (limit,)
+    )
     return [tuple(r) for r in rows]  # type: ignore[misc]
 
 

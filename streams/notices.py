@@ -50,6 +50,10 @@ class NoticesRelay:
             alerts = slo_views.unrecorded_alerts(tx, limit)
         if not rows and not alerts:
             return moved
+        # Recorded (and so published and delivered to webhooks) in the order they happened: the
+        # thresholds one fact crossed together share its time, and go lowest first (50, 80, 100), not
+        # in the order of their ids, which a receiver acting on the last notice it got took as news.
+        notices: list[tuple[tuple[str, int, str], Notice]] = []
         for notice_id, tenant_id, kind, meter, period, threshold, quota_limit, used, occurred_at in rows:
             data = {
                 "tenant_id": tenant_id,
@@ -60,12 +64,14 @@ class NoticesRelay:
                 "used": quantity_json(Decimal(used)),
                 "occurred_at": occurred_at,
             }
-            self.control.record_notice(Notice(notice_id=notice_id, kind=kind, tenant_id=tenant_id, data=data))
+            notice = Notice(notice_id=notice_id, kind=kind, tenant_id=tenant_id, data=data)
+            notices.append(((occurred_at, int(threshold), notice_id), notice))
         for notice_id, owner, kind, slo, version, alert, burn_rates, occurred_at in alerts:
             data = {"tenant_id": owner, "slo": slo, "version": version, "alert": alert, "burn_rates": burn_rates}
-            self.control.record_notice(
-                Notice(notice_id=notice_id, kind=kind, tenant_id=owner, data={**data, "occurred_at": occurred_at})
-            )
+            notice = Notice(notice_id=notice_id, kind=kind, tenant_id=owner, data={**data, "occurred_at": occurred_at})
+            notices.append(((occurred_at, 0, notice_id), notice))
+        for _, notice in sorted(notices, key=lambda pair: pair[0]):
+            self.control.record_notice(notice)
         failpoints.hit(failpoints.NOTICES_AFTER_RECORD)
         with self.db.transaction() as tx:
             quota_views.mark_recorded(tx, [row[0] for row in rows])

@@ -271,6 +271,26 @@ async def test_thresholds_are_notified_once_per_period(omni: Omni) -> None:
     assert [n["id"] for n in page["data"] + rest.json()["data"]] == [n["id"] for n in notes]
 
 
+async def test_thresholds_one_consume_crosses_together_are_published_lowest_first(omni: Omni) -> None:
+    """They share the consume's time; recorded in their ids' order they went out 100, 80, 50 (a
+    walkthrough's webhook receiver, acting on the last notice it got, was left at 50 %)."""
+    await omni.meter(**TOKENS)
+    thresholds = [10, 20, 30, 40, 50, 60, 70, 80, 90, 100]
+    await put_plan(omni, "pro", {"meter": "tokens", "limit": 1000, "period": "DAY", "thresholds": thresholds}, status=201)
+    tenant_id, key = await omni.tenant()
+    await on_plan(omni, tenant_id, "pro")
+    assert (await consume(omni, key, "tokens", 1000)).status_code == 200
+    await omni.settle()
+    log, topic = omni.platform.log, omni.platform.topics.notifications
+    published = [
+        json.loads(record.value)["data"]
+        for partition in range(omni.platform.topics.partitions(topic))
+        for record in await log.read(topic, partition, 0, 1000)
+    ]
+    assert len({notice["occurred_at"] for notice in published}) == 1  # crossed together
+    assert [notice["threshold"] for notice in published] == thresholds
+
+
 async def test_an_override_replaces_the_plan_and_usage_carries_over(omni: Omni) -> None:
     await omni.meter(**TOKENS)
     await put_plan(omni, "pro", {"meter": "tokens", "limit": 100, "period": "DAY"}, status=201)
