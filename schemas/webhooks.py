@@ -87,7 +87,12 @@ class WebhookDelivery(BaseModel):
         description="`failed`: every attempt of the schedule failed, and it was given up"
     )
     created_at: str = Field(description="When the notice was queued for this endpoint")
-    next_attempt_at: str | None = Field(description="When it is tried next, while pending")
+    next_attempt_at: str | None = Field(
+        description=(
+            "When it is tried next: for the endpoint's first pending delivery only (null for one queued "
+            "behind it, which waits for it to settle, and for a settled one)"
+        )
+    )
     attempts: list[DeliveryAttempt] = Field(description="Oldest first")
 
 

@@ -271,6 +271,12 @@ def deliveries(tx: Tx, endpoint_id: str, limit: int, before: int | None) -> list
     return [DeliveryRow(int(r[0]), r[1], r[2], r[3], None if r[4] is None else float(r[4]), r[5], found[int(r[0])]) for r in rows]
 
 
+def pending_head(tx: Tx, endpoint_id: str) -> int | None:
+    """The seq of the endpoint's first pending delivery: the one attempted next (they go in order)."""
+    rows = tx.execute("SELECT min(seq) FROM webhook_deliveries WHERE endpoint_id=? AND state=?", (endpoint_id, PENDING))
+    return None if not rows or rows[0][0] is None else int(rows[0][0])
+
+
 # Pruning -------------------------------------------------------------------------------------
 
 

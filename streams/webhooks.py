@@ -209,6 +209,7 @@ class WebhookDeliveries:
             return
         if not leased:
             return  # another process took it, or it settled, since it was found due
+        started = time.time()  # the attempt's time, as its `at` (a timeout's came 10 s late)
         outcome = await self.send(session, due)
         error = attempt_error(outcome.status, outcome.error)
         now = time.time()
@@ -220,7 +221,7 @@ class WebhookDeliveries:
                 (store.FAILED, None, "failed") if delay is None else (store.PENDING, now + delay, "retrying")
             )
             log.info("webhook %s to endpoint %s, attempt %d: %s", due.notice_id, due.endpoint_id, number, error)
-        at = format_time(datetime.fromtimestamp(now, UTC))
+        at = format_time(datetime.fromtimestamp(started, UTC))
 
         def record() -> None:
             with self.db.transaction() as tx:

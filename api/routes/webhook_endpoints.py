@@ -180,18 +180,20 @@ def list_webhook_deliveries(
     before: Annotated[str | None, Query(description="The `next_before` of the previous page")] = None,
 ) -> WebhookDeliveryList:
     """The endpoint's deliveries, newest first: each notice sent or to be sent, its attempts (when,
-    the status code or the error) and, while pending, when it is tried next."""
+    the status code or the error) and, for the first pending one, when it is tried next."""
     row = _endpoint(platform, principal, endpoint_id)
     cursor = None if before is None else _cursor(before)
     with platform.db.transaction() as tx:
         found = webhook_store.deliveries(tx, row.id, limit, cursor)
+        head = webhook_store.pending_head(tx, row.id)
     data = [
         WebhookDelivery(
             id=d.notice_id,
             type=d.type,
             status=d.state,  # type: ignore[arg-type]
             created_at=d.created_at,
-            next_attempt_at=_at(d.next_attempt_at) if d.state == webhook_store.PENDING else None,
+            # Those queued behind it wait for it to settle: no time of their own yet.
+            next_attempt_at=_at(d.next_attempt_at) if d.state == webhook_store.PENDING and d.seq == head else None,
             attempts=[DeliveryAttempt(at=at, status_code=status, error=error) for at, status, error in d.attempts],
         )
         for d in found

@@ -178,12 +178,32 @@ async def test_a_hanging_endpoint_delays_no_other(tmp_path: Path) -> None:
         running(tmp_path, webhooks_timeout_seconds=120) as omni,
         receivers(Receiver(hang=True), Receiver()) as (stuck, fine),
     ):
-        await endpoint(omni, ADMIN, stuck.url)
+        stuck_id = (await endpoint(omni, ADMIN, stuck.url))["id"]
         await endpoint(omni, ADMIN, fine.url)
         for i in range(3):
             await breach(omni, f"bucket {i}")
             await fine.wait_for(i + 1)
         assert len(stuck.received) == 1 and stuck.received[0].status == 0  # its first, still unanswered
+        # Only the first pending delivery has a time of its own; the two behind it wait for it.
+        listing = (await deliveries(omni, ADMIN, stuck_id))["data"]
+        assert [d["status"] for d in listing] == ["pending"] * 3
+        assert [d["next_attempt_at"] is None for d in listing] == [True, True, False]
+
+
+async def test_an_attempts_time_is_when_it_began(tmp_path: Path) -> None:
+    """A receiver answering 1.5 s late: the attempt's `at` is when it was made (the signature's
+    timestamp's second), not when its answer came (it was, as a timeout's was the timeout later)."""
+    async with (
+        running(tmp_path, webhooks_retry_schedule="0.1") as omni,
+        receivers(Receiver(statuses=[500], delay=1.5)) as (slow,),
+    ):
+        created = await endpoint(omni, ADMIN, slow.url)
+        await breach(omni, "late answers")
+        await slow.wait_for(1)  # delivered: the 500, then the 200
+        listing = await settled_deliveries(omni, ADMIN, created["id"], 1)
+        signed = [int(received.headers["webhook-timestamp"]) for received in slow.received]
+        began = [datetime.fromisoformat(t["at"]).timestamp() for t in listing[0]["attempts"]]
+        assert len(began) == 2 and all(-0.5 < at - second < 1 for at, second in zip(began, signed, strict=True)), (began, signed)
 
 
 async def test_a_deleted_endpoint_gets_nothing_more_and_is_gone(tmp_path: Path) -> None:
