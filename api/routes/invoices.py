@@ -109,7 +109,7 @@ def list_invoices(
     tenant: Annotated[str | None, Query(description="Admin only: whose invoices (every tenant's if absent)")] = None,
     period: Annotated[str | None, Query(pattern=PERIOD_PATTERN, description="Only this month's")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    before: Annotated[str | None, Query(description="The `next_before` of the previous page")] = None,
+    before: Annotated[str | None, Query(min_length=1, description="The `next_before` of the previous page")] = None,
     as_of_: Annotated[Rfc3339Time | None, Query(alias="as_of", description=as_of.DESCRIPTION)] = None,
 ) -> InvoiceList:
     """Finalized invoices and credit notes, newest first (with `as_of`: those issued by then, each

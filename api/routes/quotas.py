@@ -461,7 +461,7 @@ def list_notifications(
         str | None, Query(description="Admin only: whose notifications (none: the platform's, its SLOs' and overdue breaches')")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    before: Annotated[str | None, Query(description="The `next_before` of the previous page")] = None,
+    before: Annotated[str | None, Query(min_length=1, description="The `next_before` of the previous page")] = None,
 ) -> NotificationList:
     """The tenant's notifications (quota thresholds crossed, SLO alerts fired and resolved), newest first;
     the platform's (the admin's without `?tenant=`) also hold the overdue breaches' notices."""

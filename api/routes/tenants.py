@@ -47,7 +47,7 @@ def list_tenants(
     platform: PlatformDep,
     admin: AdminDep,
     limit: int = Query(100, ge=1, le=1000),
-    after: str | None = None,
+    after: Annotated[str | None, Query(min_length=1, description="The `next_after` of the previous page")] = None,
     status: Annotated[TenantStatus | None, Query(description="Only the tenants of this status now")] = None,
 ) -> TenantList:
     """List tenants (admin), paged by id; `status` (`active` or `suspended`) keeps those of that status."""
@@ -137,7 +137,7 @@ def list_keys(
     platform: PlatformDep,
     principal: CallerDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    after: Annotated[str | None, Query(description="The `next_after` of the previous page")] = None,
+    after: Annotated[str | None, Query(min_length=1, description="The `next_after` of the previous page")] = None,
 ) -> KeyList:
     """The tenant's keys without secrets, in the order they were issued, revoked ones with `revoked_at`;
     `limit` a page, the next after `next_after`."""

@@ -177,7 +177,7 @@ def list_webhook_deliveries(
     platform: PlatformDep,
     principal: CallerDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    before: Annotated[str | None, Query(description="The `next_before` of the previous page")] = None,
+    before: Annotated[str | None, Query(min_length=1, description="The `next_before` of the previous page")] = None,
 ) -> WebhookDeliveryList:
     """The endpoint's deliveries, newest first: each notice sent or to be sent, its attempts (when,
     the status code or the error) and, for the first pending one, when it is tried next."""

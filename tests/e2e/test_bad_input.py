@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -318,3 +319,28 @@ async def test_a_refused_events_id_is_named_whatever_the_mode(omni: Omni) -> Non
         422,
     )
     assert [(e["index"], e["id"]) for e in problem["errors"]] == [(0, "d64")], problem
+
+
+async def test_an_empty_page_cursor_is_refused_as_the_schema_says(omni: Omni) -> None:
+    """A cursor is never empty: `?before=` was 422 while the document declared any string, so a
+    schema-driven client sent it (schemathesis: a response the schema's parameters do not explain)."""
+    tenant_id, key = await omni.tenant()
+    endpoint = await omni.client.post("/v1/webhook-endpoints", json={"url": "https://93.184.215.14/hook"}, headers=omni.auth(key))
+    assert endpoint.status_code == 201, endpoint.text
+    document = (await omni.client.get("/openapi.json")).json()
+    for path, name, caller in (
+        ("/v1/notifications", "before", key),
+        ("/v1/invoices", "before", key),
+        (f"/v1/webhook-endpoints/{endpoint.json()['id']}/deliveries", "before", key),
+        ("/v1/tenants", "after", ADMIN),
+        (f"/v1/tenants/{tenant_id}/keys", "after", key),
+    ):
+        response = await omni.client.get(path, params={name: ""}, headers=omni.auth(caller))
+        assert response.status_code == 422, (path, response.text)
+        assert [e["location"] for e in response.json()["errors"]] == [f"query.{name}"], response.text
+        template = re.sub(r"/(webhook-endpoints|tenants)/[^/]+/", r"/\1/{id}/", path)
+        template = template.replace("webhook-endpoints/{id}", "webhook-endpoints/{endpoint_id}").replace(
+            "tenants/{id}", "tenants/{tenant_id}"
+        )
+        (declared,) = [p for p in document["paths"][template]["get"]["parameters"] if p["name"] == name]
+        assert '"minLength": 1' in json.dumps(declared["schema"]), declared
