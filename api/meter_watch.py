@@ -34,20 +34,22 @@ import anyio
 from anyio import to_thread
 
 from api.problems import EVENT_STORE_AWAY, Problem, exact_json, problem_body, store_unavailable
-from api.tenant_reads import TenantReads
+from api.tenant_reads import HeavyReads, TenantReads
 from commands.errors import NotFound
 from omni import metrics
 from omni.bootstrap import Platform
 from omni.key_lookups import LookupsBusy
 from schemas.topics import partition_for
 from stores import views
-from stores.database import StoreUnavailable
+from stores.database import PostgresDatabase, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 EVENT_STREAM = "text/event-stream"
 HEARTBEAT_SECONDS = 15.0
 WATCH_THREADS = 4  # watches' queries at once, on threads apart from other requests'
+# Embedded mode's meter reads each take a read-only SQLite connection of their own: bounded as a pool of 8.
+VIEWS_READERS = 8
 RECONNECT_MS = 2000  # what EventSource waits before it reconnects (the stream's `retry:` field)
 
 
@@ -139,11 +141,18 @@ class MeterWatches:
         self.seconds = settings.watch_seconds
         self.partitions = settings.usage_partitions
         self.limiter = anyio.CapacityLimiter(WATCH_THREADS)
-        # Each tenant's meter queries at once, its watches' answers among them (api/tenant_reads.py).
+        # Heavy reads at once (api/tenant_reads.py): the process's, below its views pool's size; each
+        # tenant's meter queries; each tenant's watches' answers, one at a time, apart from its queries.
+        pool = platform.db.pool.max_size if isinstance(platform.db, PostgresDatabase) else VIEWS_READERS
+        self.heavy = HeavyReads.beside_a_pool(pool)
         self.reads = TenantReads(
             settings.max_queries_per_tenant,
             waiting=settings.max_queries_waiting_per_tenant,
             wait_seconds=settings.query_wait_seconds,
+            heavy=self.heavy,
+        )
+        self.answers = TenantReads(
+            1, waiting=settings.max_watches_per_tenant, wait_seconds=settings.query_wait_seconds, heavy=self.heavy
         )
         self.pulse = ViewsPulse(self._positions, settings.watch_poll_ms / 1000, self.limiter)
         self.open_by_tenant: Counter[str] = Counter()
@@ -207,10 +216,11 @@ class Watch:
             self._open = False
             self.watches._closed(self.tenant_id)
 
-    async def answer(self, ask: Callable[[], dict[str, Any]]) -> bytes:
+    async def answer(self, ask: Callable[[], dict[str, Any]], *, first: bool = False) -> bytes:
         """The query's answer now, read at or after the position noted first (so no change is missed),
-        as one of its tenant's queries (waiting for its turn as long as it takes)."""
-        async with self.watches.reads.turn(self.tenant_id, patient=True):
+        in its turn among the tenant's watches and the process's heavy reads: the first within a
+        query's bound (429 past it, before the stream starts), the next ones as long as it takes."""
+        async with self.watches.answers.turn(self.tenant_id, patient=not first):
             self.since = self.watches.pulse.position(self.partition)
             started = time.monotonic()
             body = await to_thread.run_sync(ask, limiter=self.watches.limiter)
@@ -277,10 +287,10 @@ class Watch:
                 if not await self._allowed():
                     yield self._revoked()
                     return
-                rest = self.rest()
+                rest = min(self.rest(), HEARTBEAT_SECONDS, ends - loop.time())
                 if rest > 0:
                     await asyncio.wait({closing}, timeout=rest)
-                    if closing.done():
+                    if closing.done() or loop.time() >= ends:
                         return
                 try:
                     body = await self.answer(ask)

@@ -266,7 +266,9 @@ def reason_of(problem: Problem) -> str:
     """A refusal's reason as its audit entry keeps it: the problem's status, title and kind, and each
     error's place, never the detail or the errors' reasons, which quote what the caller sent
     (commands.refusals)."""
-    places = [(str(e.get("location", "request")), None) for e in problem.errors or []]
+    # An unknown parameter's name is the caller's, whatever its shape (commands.refusals.CALLER_NAMED).
+    code = "unknown_parameter" if problem.kind == "unknown-parameter" else None
+    places = [(str(e.get("location", "request")), code) for e in problem.errors or []]
     return refusal_reason(problem.status, problem.title, kind=problem.kind, places=places)
 
 

@@ -4,11 +4,20 @@ A meter query over tens of thousands of buckets holds a database connection and 
 seconds. In Kafka mode the API's views pool holds 8 connections: a walkthrough's tenant keeping 16
 heavy queries open at once took all of them, and every other tenant's reads and commands waited
 past OMNI_DATABASE_WAIT_SECONDS and were answered 503 "database unreachable" (consumes and ingest
-took 3 to 6 s). So a tenant runs at most `per_tenant` meter queries at once in one API process, its
-watches' answers among them. Its other queries wait their turn on the event loop, holding no
-thread and no connection: at most `waiting` of them, each for at most `wait_seconds` (a watch waits
-as long as it takes); past either the answer is 429 `too-many-queries` with `Retry-After`, and the
-tenant alone sees it.
+took 3 to 6 s). So:
+
+- a tenant runs at most `per_tenant` meter queries at once in one API process; the rest wait
+  their turn on the event loop, holding no thread and no connection, at most `waiting` of them,
+  each for at most `wait_seconds`; past either, 429 `too-many-queries` with `Retry-After`, to that
+  tenant alone;
+- the process runs at most `most` heavy reads at once, every tenant's queries and watches'
+  answers together (`HeavyReads`), fewer than the pool's connections, so commands, consume and the
+  other reads always find one. A read waits for one of those in arrival order (asyncio's semaphore
+  wakes its waiters first in, first out) within the same bound.
+
+A tenant's watches take turns of their own (one at a time), apart from its queries: watches woken
+together, waiting for the watch threads behind other tenants' answers, held the tenant's query
+turns, and its own queries were refused for other tenants' load.
 
 Not shared between processes: N API processes let a tenant run N times as many.
 """
@@ -24,6 +33,20 @@ from api.problems import Problem
 from omni import metrics
 
 RETRY_AFTER_SECONDS = 1
+# Connections of the views pool (8 in Kafka mode) left for every request other than heavy reads.
+KEPT_FOR_THE_REST = 3
+
+
+class HeavyReads:
+    """The process's heavy reads at once: every tenant's meter queries and watches' answers."""
+
+    def __init__(self, most: int) -> None:
+        self.most = most
+        self.slots = asyncio.Semaphore(most)
+
+    @classmethod
+    def beside_a_pool(cls, connections: int) -> HeavyReads:
+        return cls(max(1, connections - KEPT_FOR_THE_REST))
 
 
 @dataclass(slots=True)
@@ -33,21 +56,23 @@ class _Turns:
 
 
 class TenantReads:
-    def __init__(self, per_tenant: int, *, waiting: int, wait_seconds: float) -> None:
+    def __init__(self, per_tenant: int, *, waiting: int, wait_seconds: float, heavy: HeavyReads) -> None:
         self.per_tenant = per_tenant
         self.waiting = waiting
         self.wait_seconds = wait_seconds
+        self.heavy = heavy
         self._turns: dict[str, _Turns] = {}
 
     def running(self, tenant_id: str) -> int:
-        """How many of the tenant's reads run now (for the tests and the metrics)."""
+        """How many of the tenant's reads hold a turn now (for the tests)."""
         turns = self._turns.get(tenant_id)
         return 0 if turns is None else self.per_tenant - turns.running._value
 
     @asynccontextmanager
     async def turn(self, tenant_id: str, *, patient: bool = False) -> AsyncIterator[None]:
-        """Run the body as one of the tenant's reads: at once if it has a turn free, else after
-        waiting for one (`patient`: without a bound, for a watch). 429 when too many wait."""
+        """Run the body as one of the tenant's reads and one of the process's heavy reads: at once
+        if both are free, else after waiting for them (`patient`: without a bound, for a watch
+        already open). 429 when too many of the tenant's wait, or the wait runs past its bound."""
         turns = self._turns.get(tenant_id)
         if turns is None:
             turns = self._turns[tenant_id] = _Turns(asyncio.Semaphore(self.per_tenant))
@@ -58,11 +83,17 @@ class TenantReads:
             try:
                 async with asyncio.timeout(None if patient else self.wait_seconds):
                     await turns.running.acquire()
+                    try:
+                        await self.heavy.slots.acquire()
+                    except BaseException:
+                        turns.running.release()
+                        raise
             except TimeoutError:
-                raise self._refused(f"none ended within {self.wait_seconds:g}s") from None
+                raise self._refused(f"none could start within {self.wait_seconds:g}s") from None
             try:
                 yield
             finally:
+                self.heavy.slots.release()
                 turns.running.release()
         finally:
             turns.holders -= 1
@@ -74,8 +105,8 @@ class TenantReads:
         return Problem(
             429,
             "Too many queries",
-            f"This tenant already runs {self.per_tenant} meter queries at once in this API process "
-            f"(OMNI_MAX_QUERIES_PER_TENANT), and {why}; retry shortly.",
+            f"This tenant's meter queries take turns, {self.per_tenant} at once in this API process "
+            f"(OMNI_MAX_QUERIES_PER_TENANT), and the process's {self.heavy.most} at once in all; {why}. Retry shortly.",
             kind="too-many-queries",
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
         )

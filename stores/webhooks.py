@@ -273,7 +273,8 @@ def deliveries(tx: Tx, endpoint_id: str, limit: int, before: int | None) -> list
 
 def pending_head(tx: Tx, endpoint_id: str) -> int | None:
     """The seq of the endpoint's first pending delivery: the one attempted next (they go in order)."""
-    rows = tx.execute("SELECT min(seq) FROM webhook_deliveries WHERE endpoint_id=? AND state=?", (endpoint_id, PENDING))
+    # The state as a literal, as due() has it: PostgreSQL's partial index names it so.
+    rows = tx.execute("SELECT min(seq) FROM webhook_deliveries WHERE endpoint_id=? AND state='pending'", (endpoint_id,))
     return None if not rows or rows[0][0] is None else int(rows[0][0])
 
 

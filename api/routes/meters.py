@@ -409,7 +409,7 @@ async def watch_meter(
             429, "Too many watches", str(full), kind="too-many-watches", headers={"Retry-After": str(full.retry_after)}
         ) from None
     try:
-        first = await watch.answer(lambda: meter_answer(platform, tenant_id, question))  # 404 and 422 as for a query
+        first = await watch.answer(lambda: meter_answer(platform, tenant_id, question), first=True)  # 404, 422, 429 as a query
     except BaseException:
         watch.close()
         raise

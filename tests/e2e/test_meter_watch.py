@@ -274,8 +274,8 @@ async def test_what_cannot_be_watched_is_refused_before_the_stream_starts(tmp_pa
 async def test_a_tenants_watches_take_turns_and_rest_as_long_as_they_answered(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A watch's answer is one of its tenant's meter queries (OMNI_MAX_QUERIES_PER_TENANT, here 1: its
-    two watches never answer at once), and a watch answers again no sooner than its last answer took:
+    """A tenant's watches answer one at a time (its two watches never at once, apart from its
+    queries' turns), and a watch answers again no sooner than its last answer took:
     five watches of a heavy query, woken by each small event of their tenant, held every watch
     thread and slowed other tenants' watches from 0.3 s to 5 s."""
     import threading
@@ -301,7 +301,7 @@ async def test_a_tenants_watches_take_turns_and_rest_as_long_as_they_answered(
                 calls.append((str(question.window_size), start, time.monotonic()))
 
     monkeypatch.setattr(meters_route, "meter_answer", slow_answer)
-    async with live(settings_for("embedded", tmp_path, max_queries_per_tenant=1)) as running:
+    async with live(settings_for("embedded", tmp_path)) as running:
         omni = running.omni
         await omni.meter(**TOKENS)
         _, key = await omni.tenant("acme")

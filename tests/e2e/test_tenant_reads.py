@@ -8,6 +8,7 @@ another tenant's reads waited past the pool's wait and were answered 503."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from typing import Any
 
@@ -29,33 +30,46 @@ async def test_one_tenants_heavy_queries_leave_other_tenants_their_reads(monkeyp
         heavy_id, heavy_key = await omni.tenant("heavy")
         _, other_key = await omni.tenant("other")
         await omni.settle()
+        reads = omni.app.state.tenant_reads
+        all_came = threading.Event()  # each of the ten heavy queries started, waits or was refused
         running: list[int] = []
 
         def slow_for_heavy(platform: Platform, tenant_id: str, question: Any) -> dict[str, Any]:
             if tenant_id == heavy_id:
-                running.append(omni.app.state.tenant_reads.running(heavy_id))
+                running.append(reads.running(heavy_id))
                 with platform.db.reading() as tx:  # a views connection held as a heavy query holds it
+                    all_came.wait(20)
                     tx.execute("SELECT pg_sleep(1.5)")
             return meter_answer(platform, tenant_id, question)
 
         monkeypatch.setattr(meters_route, "meter_answer", slow_for_heavy)
+        answered: list[int] = []
 
         async def heavy_query() -> int:
             response = await omni.client.get("/v1/meters/tokens/query", headers=omni.auth(heavy_key), timeout=30)
             assert response.status_code in (200, 429), response.text
             if response.status_code == 429:
                 assert response.json()["type"].endswith("/too-many-queries") and response.headers["retry-after"] == "1"
+            answered.append(response.status_code)
             return response.status_code
 
         async def other_reads() -> list[int]:
-            await asyncio.sleep(0.3)  # the heavy queries running
+            # Once the heavy tenant's ten came (two running, three waiting, five refused), while its
+            # two hold their connections:
+            deadline = asyncio.get_running_loop().time() + 10  # without turns the ten never settle so
+            while not (answered.count(429) == 5 and (turns := reads._turns.get(heavy_id)) and turns.holders == 5):
+                if asyncio.get_running_loop().time() > deadline:
+                    break
+                await asyncio.sleep(0.01)
+            all_came.set()
             answers = []
             for path in ("/v1/quotas", "/v1/meters/tokens", "/v1/meters/tokens/query", "/v1/notifications"):
                 response = await omni.client.get(path, headers=omni.auth(other_key), timeout=30)
                 answers.append(response.status_code)
             return answers
 
-        *heavy, other = await asyncio.gather(*(heavy_query() for _ in range(10)), other_reads())
+        async with asyncio.timeout(60):
+            *heavy, other = await asyncio.gather(*(heavy_query() for _ in range(10)), other_reads())
         assert other == [200, 200, 200, 200]  # 503 "database unreachable" for each, before
         # Two run at once, three more wait their turn: the other five are refused at once, 429.
         assert sorted(heavy) == [200] * 5 + [429] * 5

@@ -24,6 +24,9 @@ def app() -> ControlPlane:
     return control
 
 
+INVOICE_2 = "5d0e7f5a-9a51-5c7e-8a11-2b7cbb0e6f02"  # a uuid5, as invoices' ids are (a refusal keeps no other shape)
+
+
 def stored(app: ControlPlane) -> list[Any]:
     return [app.mapper.to_domain_event(n) for n in app.recorder.select_notifications(1, 1000)]
 
@@ -66,13 +69,21 @@ def test_a_payment_marks_paid_once_and_a_voided_invoice_stays_void(app: ControlP
     moves = [describe(e)[2] for e in stored(app) if type(e).__qualname__ == "BillingAccount.StatusChanged"]
     assert [(m["status"], m["source"], m["reason"]) for m in moves] == [("paid", "stripe", "Stripe event evt_1")]
 
-    other = {"id": "inv-2", "kind": "invoice", "tenant_id": "t-1", "currency": "USD", "number": "X-0002", "total": 5, "lines": []}
+    other = {
+        "id": INVOICE_2,
+        "kind": "invoice",
+        "tenant_id": "t-1",
+        "currency": "USD",
+        "number": "X-0002",
+        "total": 5,
+        "lines": [],
+    }
     account = app._billing_account("t-1")
     assert account is not None
     account.finalize(tenant_id="t-1", invoice=other, billed={})
-    account.change_status(tenant_id="t-1", invoice_id="inv-2", status="void", reason="ops", source="admin")
+    account.change_status(tenant_id="t-1", invoice_id=INVOICE_2, status="void", reason="ops", source="admin")
     app.save(account)
     with pytest.raises(Conflict):
         app.record_stripe_payment(SYNC, "evt_2", other, "2026-12-01T00:00:00.000000Z")
     refused = [e for e in stored(app) if isinstance(e, AuditEntry.Recorded) and e.outcome == "rejected"]
-    assert [(e.action, e.resource) for e in refused] == [("invoice.paid", "invoices/inv-2")]
+    assert [(e.action, e.resource) for e in refused] == [("invoice.paid", f"invoices/{INVOICE_2}")]
