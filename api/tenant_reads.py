@@ -15,6 +15,10 @@ took 3 to 6 s). So:
   other reads always find one. A read waits for one of those in arrival order (asyncio's semaphore
   wakes its waiters first in, first out) within the same bound.
 
+The reads `as_of` an instant (meter queries, quotas, invoices) take a query's turn too: each folds
+the log into a store of its own, and 45 of them at once held every thread and database connection
+(`/readyz` failed, other tenants waited 30 s).
+
 A tenant's watches take turns of their own (one at a time), apart from its queries: watches woken
 together, waiting for the watch threads behind other tenants' answers, held the tenant's query
 turns, and its own queries were refused for other tenants' load.
@@ -26,10 +30,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 
+from fastapi import Request
+
 from api.problems import Problem
+from commands.control_plane import PLATFORM, Principal
 from omni import metrics
 
 RETRY_AFTER_SECONDS = 1
@@ -110,3 +117,9 @@ class TenantReads:
             kind="too-many-queries",
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
         )
+
+
+def query_turn(request: Request, principal: Principal) -> AbstractAsyncContextManager[None]:
+    """The caller's turn among its heavy reads (the admin's are the platform's)."""
+    reads: TenantReads = request.app.state.tenant_reads
+    return reads.turn(principal.tenant_id or PLATFORM)

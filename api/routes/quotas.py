@@ -10,13 +10,14 @@ from typing import Annotated, Any
 
 import uuid_utils
 from anyio import from_thread
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from api import as_of, tracing
 from api.deps import CallerDep, PlatformDep, TenantDep, acting_tenant, named_tenant
 from api.exact_json import ExactJsonRoute
 from api.problems import Problem, time_and_id_cursor
+from api.tenant_reads import query_turn
 from commands.control_plane import PLATFORM, Principal
 from commands.errors import NotFound
 from commands.ingest import data_problems, too_large_stored
@@ -392,8 +393,9 @@ def _public(meter: str, quota: Quota, period: PeriodKey, used: Decimal, *, suspe
     )
 
 
-@router.get("/quotas", response_model=QuotaList, responses={404: {}, 422: {}})
+@router.get("/quotas", response_model=QuotaList, responses={404: {}, 422: {}, 429: {}})
 async def list_quotas(
+    request: Request,
     platform: PlatformDep,
     principal: CallerDep,
     tenant: Annotated[str | None, Query(description="Admin only: whose quotas")] = None,
@@ -401,29 +403,33 @@ async def list_quotas(
 ) -> QuotaList:
     """Each quota of the tenant, with its usage in the current period (with `as_of`: in the period
     holding that instant, as the platform knew both then)."""
-    return QuotaList(data=await _quotas_at(platform, _tenant_of(principal, tenant), as_of_))
+    return QuotaList(data=await _quotas_at(request, platform, principal, _tenant_of(principal, tenant), as_of_))
 
 
-@router.get("/quotas/{meter}", response_model=QuotaPublic, responses={404: {}, 422: {}})
+@router.get("/quotas/{meter}", response_model=QuotaPublic, responses={404: {}, 422: {}, 429: {}})
 async def get_quota(
     meter: str,
+    request: Request,
     platform: PlatformDep,
     principal: CallerDep,
     tenant: Annotated[str | None, Query(description="Admin only: whose quota")] = None,
     as_of_: Annotated[Rfc3339Time | None, Query(alias="as_of", description=as_of.DESCRIPTION)] = None,
 ) -> QuotaPublic:
     """One quota of the tenant, with its usage in the current period (or as of an instant)."""
-    for quota in await _quotas_at(platform, _tenant_of(principal, tenant), as_of_):
+    for quota in await _quotas_at(request, platform, principal, _tenant_of(principal, tenant), as_of_):
         if quota.meter == meter:
             return quota
     raise NotFound(f"no quota on meter {meter!r}")
 
 
-async def _quotas_at(platform: Platform, tenant_id: str, moment: datetime | None) -> list[QuotaPublic]:
+async def _quotas_at(
+    request: Request, platform: Platform, principal: Principal, tenant_id: str, moment: datetime | None
+) -> list[QuotaPublic]:
     as_of.check(moment)
     if moment is None:
         return await _quotas(platform, tenant_id)
-    return await run_in_threadpool(_quotas_as_of, platform, tenant_id, moment)
+    async with query_turn(request, principal):  # a fold of the log: one of the caller's heavy reads
+        return await run_in_threadpool(_quotas_as_of, platform, tenant_id, moment)
 
 
 def _quotas_as_of(platform: Platform, tenant_id: str, moment: datetime) -> list[QuotaPublic]:

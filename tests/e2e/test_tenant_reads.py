@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -75,3 +76,52 @@ async def test_one_tenants_heavy_queries_leave_other_tenants_their_reads(monkeyp
         assert sorted(heavy) == [200] * 5 + [429] * 5
         assert max(running) <= 2 and len(running) == 5
         assert omni.app.state.tenant_reads.running(heavy_id) == 0  # every turn given back
+
+
+async def test_reads_as_of_an_instant_take_the_callers_turns(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each folds the log into a store of its own (api/as_of.py): 45 at once held every thread and
+    connection of the API, and other tenants waited 30 s. Here a tenant runs one at a time and none
+    waits: its second is refused, while another tenant's runs."""
+    import contextlib
+    import threading
+    from collections.abc import Iterator
+
+    import api.as_of
+    from tests.e2e.conftest import embedded_settings
+
+    real = api.as_of.catalog_as_of
+    release = threading.Event()
+    folding = [0]
+
+    @contextlib.contextmanager
+    def held(platform: Platform, moment: Any) -> Iterator[Any]:
+        folding[0] += 1
+        release.wait(20)
+        with real(platform, moment) as past:
+            yield past
+
+    monkeypatch.setattr(api.as_of, "catalog_as_of", held)
+    settings = embedded_settings(tmp_path / "data", max_queries_per_tenant=1, max_queries_waiting_per_tenant=0)
+    async with served(settings) as omni:
+        _, a_key = await omni.tenant("a")
+        _, b_key = await omni.tenant("b")
+        await omni.settle()
+        moment = {"as_of": datetime.now(UTC).isoformat()}
+
+        async def read(key: str, path: str) -> int:
+            return (await omni.client.get(path, params=moment, headers=omni.auth(key), timeout=30)).status_code
+
+        first = asyncio.create_task(read(a_key, "/v1/invoices"))
+        async with asyncio.timeout(20):
+            while folding[0] < 1:
+                assert not first.done(), first.result()
+                await asyncio.sleep(0.01)
+        assert await read(a_key, "/v1/quotas") == 429  # a's one turn is taken
+        assert await read(a_key, "/v1/invoices/00000000-0000-0000-0000-000000000000") == 429
+        other = asyncio.create_task(read(b_key, "/v1/quotas"))
+        async with asyncio.timeout(20):
+            while folding[0] < 2:  # b's started beside a's
+                assert not other.done(), other.result()
+                await asyncio.sleep(0.01)
+        release.set()
+        assert await first == 200 and await other == 200
