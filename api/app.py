@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from api import deps, docs, edge, head_requests, idempotency, lean_consume, metering, openapi, problems, tracing
+from api.host_lookups import HostLookups
 from api.ingest_rates import IngestRates
 from api.meter_watch import MeterWatches
 from api.routes import (
@@ -35,6 +36,7 @@ def create_app(settings: Settings | None = None, *, platform: Platform | None = 
     platform = platform or build(settings or Settings())
     recorder = metering.ApiCallRecorder(platform.log)
     watches = MeterWatches(platform)
+    host_lookups = HostLookups()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -45,6 +47,7 @@ def create_app(settings: Settings | None = None, *, platform: Platform | None = 
             yield
         finally:
             watches.close()  # a server other than omni serve's (api/server.py) ends them only here
+            host_lookups.close()
             await recorder.stop()
             await recorder.flush()
             await platform.stop()
@@ -74,6 +77,7 @@ def create_app(settings: Settings | None = None, *, platform: Platform | None = 
     app.state.api_calls = recorder
     app.state.watches = watches
     app.state.tenant_reads = watches.reads
+    app.state.host_lookups = host_lookups
     app.state.ingest_rates = IngestRates(
         platform.settings.tenant_events_per_second, batch=platform.settings.max_batch_events, clock=time.monotonic
     )

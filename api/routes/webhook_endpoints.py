@@ -3,7 +3,6 @@ and what came of each delivery (README, Webhooks)."""
 
 from __future__ import annotations
 
-import asyncio
 import socket
 from datetime import UTC, datetime, timedelta
 from ipaddress import ip_address
@@ -13,6 +12,7 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, Query, Request, Response
 
 from api.deps import CallerDep, PlatformDep, command_context
+from api.host_lookups import RESOLVE_SECONDS, HostLookups
 from api.problems import Problem, invalid_cursor
 from api.relaying import run_command
 from api.roles import RoleFirstRoute
@@ -39,7 +39,6 @@ from stores import webhooks as webhook_store
 
 router = APIRouter(prefix="/v1/webhook-endpoints", tags=["webhooks"], route_class=RoleFirstRoute)
 
-RESOLVE_SECONDS = 5.0
 _NO_SUCH_NAME = {getattr(socket, name) for name in ("EAI_NONAME", "EAI_NODATA") if hasattr(socket, name)}
 
 
@@ -51,7 +50,7 @@ def _invalid_url(reason: str) -> Invalid:
     return Invalid(reason, [{"location": "body.url", "reason": reason}], title="Invalid webhook URL", kind="invalid-webhook-url")
 
 
-async def _host_problem(url: str, allow_private: bool) -> str | None:
+async def _host_problem(url: str, allow_private: bool, lookups: HostLookups, owner: str) -> str | None:
     """Why the URL's host may not be sent to, by the addresses it resolves to now (None: it may).
     Checked again at each delivery, on the addresses connected to."""
     parts = urlsplit(url)
@@ -59,9 +58,7 @@ async def _host_problem(url: str, allow_private: bool) -> str | None:
     if ip_literal(host) is not None:
         return None  # url_problem checked it
     try:
-        found = await asyncio.wait_for(
-            asyncio.get_running_loop().getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM), RESOLVE_SECONDS
-        )
+        found = await lookups.resolve(owner, host, parts.port or 443)
     except socket.gaierror as failed:
         if failed.errno in _NO_SUCH_NAME:
             return f"The URL's host {host} does not resolve."
@@ -99,7 +96,7 @@ def _public(row: webhook_store.EndpointRow) -> WebhookEndpointPublic:
     "",
     status_code=201,
     response_model=WebhookEndpointCreated,
-    responses={409: {}, 422: {}, 503: {}},
+    responses={409: {}, 422: {}, 429: {}, 503: {}},
 )
 async def create_webhook_endpoint(
     body: WebhookEndpointBody, request: Request, platform: PlatformDep, principal: CallerDep
@@ -109,7 +106,10 @@ async def create_webhook_endpoint(
     https, without credentials, and its host resolves to public addresses only (422 otherwise, the
     reason at `body.url`). An owner has at most OMNI_MAX_WEBHOOK_ENDPOINTS (409 past it)."""
     allow_private = platform.settings.webhooks_allow_private
-    problem = url_problem(body.url, allow_private=allow_private) or await _host_problem(body.url, allow_private)
+    lookups: HostLookups = request.app.state.host_lookups
+    problem = url_problem(body.url, allow_private=allow_private) or await _host_problem(
+        body.url, allow_private, lookups, _owner(principal)
+    )
     if problem is not None:
         raise _invalid_url(problem)
     ctx = command_context(request, principal)
