@@ -815,3 +815,37 @@ async def test_a_meter_cannot_add_or_compare_a_value_its_data_class_seals(tmp_pa
         assert got.json()["version"] == 1, got.text  # unchanged
         other = await omni.client.put("/v1/data-classes/chat", json={"personal": ["$.data.email"]}, headers=admin)
         assert other.status_code == 200, other.text
+
+
+async def test_a_tenants_exports_run_one_at_a_time(omni: Omni, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each reads its tenant's whole usage partition: a walkthrough's 77 at once kept the API busy
+    for a minute, every tenant's requests slower. A tenant's exports queue; each still completes."""
+    from omni.gdpr_jobs import GdprJobs
+
+    real = GdprJobs._export_now
+    running: dict[str, int] = {}
+    most: dict[str, int] = {}
+
+    async def counted(self: GdprJobs, gdpr_request: Any) -> int:
+        tenant = gdpr_request.tenant_id
+        running[tenant] = running.get(tenant, 0) + 1
+        most[tenant] = max(most.get(tenant, 0), running[tenant])
+        try:
+            await asyncio.sleep(0.05)
+            return await real(self, gdpr_request)
+        finally:
+            running[tenant] -= 1
+
+    monkeypatch.setattr(GdprJobs, "_export_now", counted)
+    a_id, a_key = await omni.tenant("a")
+    b_id, b_key = await omni.tenant("b")
+    sent = []
+    for key, subject in ((a_key, "p-1"), (a_key, "p-2"), (a_key, "p-3"), (b_key, "p-1")):
+        response = await omni.client.post(
+            "/v1/gdpr/requests", json={"subject": subject, "kind": "access"}, headers=omni.auth(key)
+        )
+        assert response.status_code == 202, response.text
+        sent.append((key, response.json()["id"]))
+    for key, request_id in sent:
+        assert (await finished(omni, key, request_id))["status"] == "completed"
+    assert most == {a_id: 1, b_id: 1}
