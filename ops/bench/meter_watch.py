@@ -205,3 +205,9 @@ async def run(o: Options) -> Report:
         },
         notes=["the watch reads the views every OMNI_WATCH_POLL_MS (250 ms by default); the poller asks the query itself"],
     )
+
+
+if __name__ == "__main__":
+    from ops.bench.run import main
+
+    raise SystemExit(main(only=NAME))
