@@ -9,7 +9,9 @@ hosts of a slow DNS server, twelve requests once, kept every other owner's endpo
 
 So the lookups run on threads of their own, and an owner has at most one in flight, counted
 until its thread is done, not until its request was answered: a second while one is still running
-is 429 `dns-lookup-busy` with `Retry-After`.
+is 429 `dns-lookup-busy` with `Retry-After`. A lookup is never queued: with every thread taken (by
+as many owners' slow lookups) the answer is 503 `dns-unavailable` at once. A lookup still running
+when the process exits delays its exit until the resolver gives up (threads are joined at exit).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ LOOKUP_THREADS = 4
 class HostLookups:
     def __init__(self, *, threads: int = LOOKUP_THREADS, seconds: float = RESOLVE_SECONDS) -> None:
         self.seconds = seconds
+        self.threads = threads
         self._threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="omni-host-lookup")
         self._in_flight: Counter[str] = Counter()
 
@@ -44,11 +47,21 @@ class HostLookups:
                 "Lookup in flight",
                 "A lookup of an endpoint's host for this owner is still running; retry once it ends.",
                 kind="dns-lookup-busy",
+                headers={"Retry-After": str(int(2 * self.seconds))},  # a silent server's lookup runs ~2 waits
+            )
+        if sum(self._in_flight.values()) >= self.threads:
+            # Every thread is taken by other owners' lookups: not queued behind them (a queued one
+            # timed out and then still counted against its owner), answered now.
+            raise Problem(
+                503,
+                "DNS unavailable",
+                "Every host lookup thread is busy; retry shortly.",
+                kind="dns-unavailable",
                 headers={"Retry-After": str(int(self.seconds))},
             )
-        self._in_flight[owner] += 1
         loop = asyncio.get_running_loop()
         lookup = loop.run_in_executor(self._threads, socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM)
+        self._in_flight[owner] += 1  # after the submit, which raises once the threads are shut down
         lookup.add_done_callback(lambda done: self._done(owner, done))  # when its thread is done
         # Shielded: the timeout answers the request and leaves the lookup running, counted.
         return await asyncio.wait_for(asyncio.shield(lookup), self.seconds)

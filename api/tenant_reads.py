@@ -112,8 +112,9 @@ class TenantReads:
         return Problem(
             429,
             "Too many queries",
-            f"This tenant's meter queries take turns, {self.per_tenant} at once in this API process "
-            f"(OMNI_MAX_QUERIES_PER_TENANT), and the process's {self.heavy.most} at once in all; {why}. Retry shortly.",
+            f"This tenant's heavy reads (meter queries, reads as of an instant) take turns, {self.per_tenant} at "
+            f"once in this API process (OMNI_MAX_QUERIES_PER_TENANT), and the process's {self.heavy.most} at once "
+            f"in all; {why}. Retry shortly.",
             kind="too-many-queries",
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
         )

@@ -205,7 +205,10 @@ class GdprJobs:
             failpoints.hit(failpoints.GDPR_AFTER_RUNNING)
             match RequestKind(request.kind):
                 case RequestKind.ERASURE:
-                    await self._erase(ctx, request, resumed)
+                    # After the tenant's exports queued before it, never beside one: an export that
+                    # waited its turn found the key erased and kept its document unsealed.
+                    async with self._exporting.setdefault(request.tenant_id, asyncio.Lock()):
+                        await self._erase(ctx, request, resumed)
                 case RequestKind.ACCESS | RequestKind.PORTABILITY:
                     events = await self._export(request)
                     done = f"export ready: {events} events; GET /v1/gdpr/requests/{request.id}/export"

@@ -84,7 +84,7 @@ CLIENT_DISCONNECTS = Counter(
 )
 QUERIES_REFUSED = Counter(
     "omni_meter_queries_refused_total",
-    "Meter queries answered 429: their tenant already ran OMNI_MAX_QUERIES_PER_TENANT at once and more waited (api/tenant_reads.py)",
+    "Heavy reads (meter queries, reads as of an instant) answered 429 too-many-queries (api/tenant_reads.py)",
 )
 METER_WATCHES = Gauge("omni_meter_watches", "Live meter watches open in this API process (GET /v1/meters/{slug}/watch)")
 READY = Gauge(

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, Query, Request, Response
 
 from api.deps import CallerDep, PlatformDep, command_context
-from api.host_lookups import RESOLVE_SECONDS, HostLookups
+from api.host_lookups import HostLookups
 from api.problems import Problem, invalid_cursor
 from api.relaying import run_command
 from api.roles import RoleFirstRoute
@@ -67,7 +67,7 @@ async def _host_problem(url: str, allow_private: bool, lookups: HostLookups, own
         ) from None
     except TimeoutError:
         raise Problem(
-            503, "DNS unavailable", f"{host} could not be resolved in {RESOLVE_SECONDS:g} s; retry.", kind="dns-unavailable"
+            503, "DNS unavailable", f"{host} could not be resolved in {lookups.seconds:g} s; retry.", kind="dns-unavailable"
         ) from None
     for *_, sockaddr in found:
         problem = address_problem(ip_address(sockaddr[0]), allow_private=allow_private)

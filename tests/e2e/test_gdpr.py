@@ -819,19 +819,23 @@ async def test_a_meter_cannot_add_or_compare_a_value_its_data_class_seals(tmp_pa
 
 async def test_a_tenants_exports_run_one_at_a_time(omni: Omni, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each reads its tenant's whole usage partition: a walkthrough's 77 at once kept the API busy
-    for a minute, every tenant's requests slower. A tenant's exports queue; each still completes."""
+    for a minute, every tenant's requests slower. A's exports queue behind its first (held here
+    until every request was taken) while B's runs beside it; each still completes."""
     from omni.gdpr_jobs import GdprJobs
 
     real = GdprJobs._export_now
     running: dict[str, int] = {}
     most: dict[str, int] = {}
+    all_taken = asyncio.Event()
+    beside: list[dict[str, int]] = []  # who ran, as each export started
 
     async def counted(self: GdprJobs, gdpr_request: Any) -> int:
         tenant = gdpr_request.tenant_id
         running[tenant] = running.get(tenant, 0) + 1
         most[tenant] = max(most.get(tenant, 0), running[tenant])
+        beside.append(dict(running))
         try:
-            await asyncio.sleep(0.05)
+            await asyncio.wait_for(all_taken.wait(), 20)
             return await real(self, gdpr_request)
         finally:
             running[tenant] -= 1
@@ -840,12 +844,62 @@ async def test_a_tenants_exports_run_one_at_a_time(omni: Omni, monkeypatch: pyte
     a_id, a_key = await omni.tenant("a")
     b_id, b_key = await omni.tenant("b")
     sent = []
-    for key, subject in ((a_key, "p-1"), (a_key, "p-2"), (a_key, "p-3"), (b_key, "p-1")):
-        response = await omni.client.post(
-            "/v1/gdpr/requests", json={"subject": subject, "kind": "access"}, headers=omni.auth(key)
-        )
-        assert response.status_code == 202, response.text
-        sent.append((key, response.json()["id"]))
+    try:
+        for key, subject in ((a_key, "p-1"), (a_key, "p-2"), (a_key, "p-3"), (b_key, "p-1")):
+            response = await omni.client.post(
+                "/v1/gdpr/requests", json={"subject": subject, "kind": "access"}, headers=omni.auth(key)
+            )
+            assert response.status_code == 202, response.text
+            sent.append((key, response.json()["id"]))
+        async with asyncio.timeout(20):
+            while running.get(b_id, 0) < 1:  # B's export started while A's first is held
+                await asyncio.sleep(0.01)
+        assert running == {a_id: 1, b_id: 1}
+    finally:
+        all_taken.set()
     for key, request_id in sent:
         assert (await finished(omni, key, request_id))["status"] == "completed"
-    assert most == {a_id: 1, b_id: 1}
+    assert most == {a_id: 1, b_id: 1} and len(beside) == 4
+
+
+async def test_an_erasure_waits_for_the_exports_of_its_tenant_before_it(omni: Omni, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An export waiting its turn (the tenant's exports run one at a time) found its person's key
+    erased meanwhile and kept its document unsealed. An erasure now takes the same turn: it starts
+    once the exports queued before it have ended."""
+    from omni.gdpr_jobs import GdprJobs
+
+    real_export, real_erase = GdprJobs._export_now, GdprJobs._erase
+    release = asyncio.Event()
+    order: list[str] = []
+
+    async def held_export(self: GdprJobs, gdpr_request: Any) -> int:
+        order.append("export started")
+        await asyncio.wait_for(release.wait(), 20)
+        try:
+            return await real_export(self, gdpr_request)
+        finally:
+            order.append("export ended")
+
+    async def erase(self: GdprJobs, ctx: Any, gdpr_request: Any, resumed: bool) -> None:
+        order.append("erasure started")
+        await real_erase(self, ctx, gdpr_request, resumed)
+
+    monkeypatch.setattr(GdprJobs, "_export_now", held_export)
+    monkeypatch.setattr(GdprJobs, "_erase", erase)
+    _, key = await omni.tenant("a")
+    sent = []
+    try:
+        for kind in ("access", "erasure"):
+            response = await omni.client.post("/v1/gdpr/requests", json={"subject": "p-1", "kind": kind}, headers=omni.auth(key))
+            assert response.status_code == 202, response.text
+            sent.append(response.json()["id"])
+        async with asyncio.timeout(20):
+            while not order:
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # time enough for the erasure to start, were it not waiting
+        assert order == ["export started"]
+    finally:
+        release.set()
+    for request_id in sent:
+        assert (await finished(omni, key, request_id))["status"] == "completed"
+    assert order == ["export started", "export ended", "erasure started"]

@@ -111,17 +111,20 @@ async def test_reads_as_of_an_instant_take_the_callers_turns(tmp_path: Any, monk
         async def read(key: str, path: str) -> int:
             return (await omni.client.get(path, params=moment, headers=omni.auth(key), timeout=30)).status_code
 
-        first = asyncio.create_task(read(a_key, "/v1/invoices"))
-        async with asyncio.timeout(20):
-            while folding[0] < 1:
-                assert not first.done(), first.result()
-                await asyncio.sleep(0.01)
-        assert await read(a_key, "/v1/quotas") == 429  # a's one turn is taken
-        assert await read(a_key, "/v1/invoices/00000000-0000-0000-0000-000000000000") == 429
-        other = asyncio.create_task(read(b_key, "/v1/quotas"))
-        async with asyncio.timeout(20):
-            while folding[0] < 2:  # b's started beside a's
-                assert not other.done(), other.result()
-                await asyncio.sleep(0.01)
-        release.set()
+        try:
+            first = asyncio.create_task(read(a_key, "/v1/invoices"))
+            async with asyncio.timeout(20):
+                while folding[0] < 1:
+                    assert not first.done(), first.result()
+                    await asyncio.sleep(0.01)
+            assert await read(a_key, "/v1/quotas") == 429  # a's one turn is taken
+            assert await read(a_key, "/v1/invoices/00000000-0000-0000-0000-000000000000") == 429
+            other = asyncio.create_task(read(b_key, "/v1/quotas"))
+            async with asyncio.timeout(20):
+                while folding[0] < 2:  # b's started beside a's
+                    assert not other.done(), other.result()
+                    await asyncio.sleep(0.01)
+            release.set()
+        finally:
+            release.set()  # a failing assertion leaves no thread held
         assert await first == 200 and await other == 200

@@ -26,14 +26,14 @@ async def test_a_slow_lookup_holds_its_owner_alone_until_its_thread_is_done(monk
         return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.215.14", port))]
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    lookups = HostLookups(threads=2, seconds=0.1)
+    lookups = HostLookups(threads=2, seconds=0.5)
     try:
         with pytest.raises(TimeoutError):
             await lookups.resolve("a", "x1.slow.test", 443)
         assert lookups.in_flight("a") == 1  # answered, still running
         with pytest.raises(Problem) as busy:
             await lookups.resolve("a", "x2.slow.test", 443)
-        assert busy.value.status == 429 and busy.value.kind == "dns-lookup-busy" and "Retry-After" in busy.value.headers
+        assert busy.value.status == 429 and busy.value.kind == "dns-lookup-busy" and busy.value.headers["Retry-After"] == "1"
         for _ in range(5):  # B is answered at once, again and again, beside A's stuck lookup
             found = await lookups.resolve("b", "hooks.example.com", 443)
             assert found[0][4] == ("93.184.215.14", 443)
@@ -42,6 +42,31 @@ async def test_a_slow_lookup_holds_its_owner_alone_until_its_thread_is_done(monk
             while lookups.in_flight("a"):
                 await asyncio.sleep(0.01)
         assert await lookups.resolve("a", "hooks.example.com", 443)  # A's turn back once its lookup ended
+    finally:
+        answers.set()
+        lookups.close()
+
+
+async def test_with_every_thread_taken_a_lookup_is_answered_at_once_and_not_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Queued behind other owners' stuck lookups, C's timed out and then counted against C until it
+    ran: its next tries were 429. Now C is told 503 at once, and nothing of it is left running."""
+    answers = threading.Event()
+
+    def getaddrinfo(host: str, port: int, *args: Any) -> list[tuple[Any, ...]]:
+        answers.wait(10)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    lookups = HostLookups(threads=2, seconds=0.2)
+    try:
+        for owner in ("a", "b"):
+            with pytest.raises(TimeoutError):
+                await lookups.resolve(owner, "x.slow.test", 443)
+        for _ in range(2):
+            with pytest.raises(Problem) as full:
+                await lookups.resolve("c", "hooks.example.com", 443)
+            assert full.value.status == 503 and full.value.kind == "dns-unavailable"
+        assert lookups.in_flight("c") == 0
     finally:
         answers.set()
         lookups.close()
