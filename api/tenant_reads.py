@@ -29,15 +29,19 @@ Not shared between processes: N API processes let a tenant run N times as many.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TypeVar
 
+from anyio import to_thread
 from fastapi import Request
 
 from api.problems import Problem
 from commands.control_plane import PLATFORM, Principal
 from omni import metrics
+
+T = TypeVar("T")
 
 RETRY_AFTER_SECONDS = 1
 # Connections of the views pool (8 in Kafka mode) left for every request other than heavy reads.
@@ -120,7 +124,11 @@ class TenantReads:
         )
 
 
-def query_turn(request: Request, principal: Principal) -> AbstractAsyncContextManager[None]:
-    """The caller's turn among its heavy reads (the admin's are the platform's)."""
+async def read_in_thread(request: Request, principal: Principal, read: Callable[[], T], *, heavy: bool) -> T:
+    """`read` in a worker thread; a heavy one (a meter query, a fold of the log as of an instant)
+    in one of the caller's turns (the admin's are the platform's), waited for on the loop."""
+    if not heavy:
+        return await to_thread.run_sync(read)
     reads: TenantReads = request.app.state.tenant_reads
-    return reads.turn(principal.tenant_id or PLATFORM)
+    async with reads.turn(principal.tenant_id or PLATFORM):
+        return await to_thread.run_sync(read)

@@ -58,11 +58,10 @@ def kept_place(location: str | Sequence[str], *, caller_named: bool = False) -> 
         steps = [first, rest] if first in _FLAT and rest else location.split(".")
     else:
         steps = list(location)
-    if caller_named and len(steps) > 1:
-        steps[-1] = "\x00"  # no name of ours: written `*` below
+    callers = len(steps) - 1 if caller_named and len(steps) > 1 else None  # the step the caller named
     kept: list[str] = []
-    for step in steps:
-        if _OUR_NAME.fullmatch(step):
+    for index, step in enumerate(steps):
+        if index != callers and _OUR_NAME.fullmatch(step):
             kept.append(step)
         elif isinstance(location, str):
             return ".".join([*kept, "*"])

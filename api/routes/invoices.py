@@ -15,7 +15,7 @@ from api.deps import AdminDep, CallerDep, PlatformDep, command_context, named_te
 from api.problems import Problem, time_and_id_cursor
 from api.relaying import run_command
 from api.roles import RoleFirstRoute
-from api.tenant_reads import query_turn
+from api.tenant_reads import read_in_thread
 from commands.billing import PAID, UNCOLLECTIBLE, VOID, without_held
 from commands.control_plane import Principal
 from commands.errors import NotFound
@@ -120,10 +120,7 @@ async def list_invoices(
     with its status then)."""
     as_of.check(as_of_)
     read = functools.partial(_invoices, platform, principal, tenant, period, limit, before, as_of_)
-    if as_of_ is None:
-        return await run_in_threadpool(read)
-    async with query_turn(request, principal):  # a fold of the log: one of the caller's heavy reads
-        return await run_in_threadpool(read)
+    return await read_in_thread(request, principal, read, heavy=as_of_ is not None)  # as of: a fold of the log
 
 
 def _invoices(
@@ -223,10 +220,7 @@ async def get_invoice(
     page; with `as_of`, its status then (404 if it was not issued yet)."""
     as_of.check(as_of_)
     read = functools.partial(_invoice, platform, principal, invoice_id, tenant, as_of_, request.headers.get("accept", ""))
-    if as_of_ is None:
-        return await run_in_threadpool(read)
-    async with query_turn(request, principal):  # a fold of the log: one of the caller's heavy reads
-        return await run_in_threadpool(read)
+    return await read_in_thread(request, principal, read, heavy=as_of_ is not None)  # as of: a fold of the log
 
 
 def _invoice(

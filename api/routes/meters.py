@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from typing import Annotated, Any
 
-from anyio import from_thread, to_thread
+from anyio import from_thread
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
@@ -20,7 +20,7 @@ from api.meter_watch import EVENT_STREAM, MeterWatches, WatchFull
 from api.problems import ExactJSONResponse, Problem
 from api.relaying import run_command
 from api.roles import RoleFirstRoute
-from api.tenant_reads import TenantReads
+from api.tenant_reads import read_in_thread
 from commands.errors import NotFound
 from omni import metrics
 from omni.bootstrap import Platform
@@ -336,9 +336,10 @@ async def query_meter(
     """The caller's usage on one meter, per window and group."""
     as_of_check(as_of)
     tenant_id = principal.tenant_id or ""
-    reads: TenantReads = request.app.state.tenant_reads
-    async with reads.turn(tenant_id):  # waiting for it on the loop: no thread, no connection held
-        return await to_thread.run_sync(_query_meter, platform, tenant_id, question, as_of)
+    answer = functools.partial(_query_meter, platform, tenant_id, question, as_of)
+    return await read_in_thread(
+        request, principal, answer, heavy=True
+    )  # in the tenant's turn: no thread, no connection held waiting
 
 
 def _query_meter(platform: Platform, tenant_id: str, question: MeterQuestion, as_of: datetime | None) -> ExactJSONResponse:

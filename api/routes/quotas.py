@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,7 +18,7 @@ from api import as_of, tracing
 from api.deps import CallerDep, PlatformDep, TenantDep, acting_tenant, named_tenant
 from api.exact_json import ExactJsonRoute
 from api.problems import Problem, time_and_id_cursor
-from api.tenant_reads import query_turn
+from api.tenant_reads import read_in_thread
 from commands.control_plane import PLATFORM, Principal
 from commands.errors import NotFound
 from commands.ingest import data_problems, too_large_stored
@@ -428,8 +429,8 @@ async def _quotas_at(
     as_of.check(moment)
     if moment is None:
         return await _quotas(platform, tenant_id)
-    async with query_turn(request, principal):  # a fold of the log: one of the caller's heavy reads
-        return await run_in_threadpool(_quotas_as_of, platform, tenant_id, moment)
+    as_then = functools.partial(_quotas_as_of, platform, tenant_id, moment)
+    return await read_in_thread(request, principal, as_then, heavy=True)  # a fold of the log
 
 
 def _quotas_as_of(platform: Platform, tenant_id: str, moment: datetime) -> list[QuotaPublic]:
